@@ -1,0 +1,18 @@
+import { defineConfig } from 'vitest/config';
+
+// Tests import workspace packages by name; this condition resolves them to their TypeScript
+// sources so a test run never depends on a stale build.
+const conditions = ['@exactly-once/source', 'node', 'import', 'module', 'default'];
+
+export default defineConfig({
+  resolve: { conditions },
+  ssr: { resolve: { conditions, externalConditions: conditions } },
+  test: {
+    include: ['packages/*/test/**/*.test.ts', 'test/**/*.test.ts'],
+    // Integration tests share real servers; isolate them by unique names, not by serial runs.
+    pool: 'forks',
+    testTimeout: 60_000,
+    hookTimeout: 120_000,
+    reporters: ['default'],
+  },
+});
