@@ -1,0 +1,28 @@
+/**
+ * The blob-store contract for results too large to keep inline in a record. A blob is written
+ * (and made durable) before any record points at it; the pointer carries the size and sha256 so
+ * a reader detects corruption or truncation.
+ */
+
+/** Where a blob lives, and how to check it. */
+export interface BlobPointer {
+  /** Store-specific location, e.g. `fs:2f1c…` or `gridfs:65a…`. */
+  readonly uri: string;
+  /** Bytes. */
+  readonly size: number;
+  /** Lower-case hex sha256 of the content. */
+  readonly sha256: string;
+}
+
+export type BlobSource = Uint8Array | AsyncIterable<Uint8Array>;
+
+export interface BlobStore {
+  /** Stores the bytes durably and returns their pointer. Streams are never buffered whole. */
+  put(source: BlobSource): Promise<BlobPointer>;
+  /** Streams the content, throwing {@link BlobIntegrityError} at the end when size or hash differ. */
+  stream(pointer: BlobPointer): AsyncIterable<Uint8Array>;
+  /** Reads the whole content (verified). For results known to fit in memory. */
+  get(pointer: BlobPointer): Promise<Uint8Array>;
+  /** Deletes the blob; deleting a missing blob is not an error. */
+  delete(pointer: BlobPointer): Promise<void>;
+}

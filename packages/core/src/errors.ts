@@ -1,0 +1,215 @@
+/**
+ * Every error the SDK raises is an {@link ExactlyOnceError}: branch on `instanceof` or `code`,
+ * never on `name`. `retryable` alone decides whether the pipeline retries.
+ */
+
+/** The closed set of error codes. */
+export const ErrorCode = {
+  KeyMissing: 'KEY_MISSING',
+  InvalidKey: 'INVALID_KEY',
+  KeyReuse: 'IDEMPOTENCY_KEY_REUSE',
+  LeaseLost: 'LEASE_LOST',
+  StoreUnavailable: 'STORE_UNAVAILABLE',
+  Config: 'CONFIG',
+  Permanent: 'PERMANENT',
+  Malformed: 'MALFORMED_MESSAGE',
+  AttemptsExhausted: 'ATTEMPTS_EXHAUSTED',
+  BlobIntegrity: 'BLOB_INTEGRITY',
+  PreviouslyFailed: 'PREVIOUSLY_FAILED',
+  Publish: 'PUBLISH_FAILED',
+} as const;
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+export interface ExactlyOnceErrorOptions {
+  cause?: unknown;
+}
+
+/** Base class of every error raised by exactly-once. */
+export class ExactlyOnceError extends Error {
+  override name = 'ExactlyOnceError';
+  readonly code: ErrorCode;
+  /** Whether processing the same message again may succeed. */
+  readonly retryable: boolean;
+
+  constructor(code: ErrorCode, message: string, retryable: boolean, options: ExactlyOnceErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.retryable = retryable;
+  }
+}
+
+/** The message carries no usable idempotency key and the policy is `reject`. */
+export class KeyMissingError extends ExactlyOnceError {
+  override name = 'KeyMissingError';
+  constructor(message = 'message has no idempotency key (header x-idempotency-key) and missingKey policy is "reject"') {
+    super(ErrorCode.KeyMissing, message, false);
+  }
+}
+
+/** The key is present but unusable (empty, not valid UTF-8, ...). */
+export class InvalidKeyError extends ExactlyOnceError {
+  override name = 'InvalidKeyError';
+  constructor(
+    message: string,
+    readonly reason: 'empty' | 'encoding' | 'type',
+  ) {
+    super(ErrorCode.InvalidKey, message, false);
+  }
+}
+
+/** The same key arrived with a different payload fingerprint: never processed as a duplicate. */
+export class IdempotencyKeyReuseError extends ExactlyOnceError {
+  override name = 'IdempotencyKeyReuseError';
+  readonly key: string;
+  readonly storedFingerprint: string;
+  readonly receivedFingerprint: string;
+  constructor(opts: { key: string; storedFingerprint: string; receivedFingerprint: string }) {
+    super(
+      ErrorCode.KeyReuse,
+      `idempotency key "${truncate(opts.key)}" was already used with a different payload ` +
+        `(stored fingerprint ${opts.storedFingerprint.slice(0, 12)}…, received ${opts.receivedFingerprint.slice(0, 12)}…)`,
+      false,
+    );
+    this.key = opts.key;
+    this.storedFingerprint = opts.storedFingerprint;
+    this.receivedFingerprint = opts.receivedFingerprint;
+  }
+}
+
+/** This worker's lease was taken over (or could not be extended): it must not complete or ack. */
+export class LeaseLostError extends ExactlyOnceError {
+  override name = 'LeaseLostError';
+  readonly key: string;
+  readonly fence: number;
+  constructor(opts: { key: string; fence: number; cause?: unknown }) {
+    super(ErrorCode.LeaseLost, `lease on "${truncate(opts.key)}" (fence ${opts.fence}) was lost`, true, opts);
+    this.key = opts.key;
+    this.fence = opts.fence;
+  }
+}
+
+/** The processed-store could not be reached or answered with an error. Nothing is acked meanwhile. */
+export class StoreUnavailableError extends ExactlyOnceError {
+  override name = 'StoreUnavailableError';
+  readonly operation: string;
+  constructor(opts: { operation: string; cause?: unknown; message?: string }) {
+    super(
+      ErrorCode.StoreUnavailable,
+      opts.message ?? `processed-store ${opts.operation} failed: ${describeCause(opts.cause)}`,
+      true,
+      opts,
+    );
+    this.operation = opts.operation;
+  }
+}
+
+/** Invalid options; thrown at construction, never while processing. */
+export class ConfigError extends ExactlyOnceError {
+  override name = 'ConfigError';
+  constructor(message: string) {
+    super(ErrorCode.Config, message, false);
+  }
+}
+
+/**
+ * Throw this (or a subclass) from a handler to fail the message permanently: no retry, the record
+ * becomes FAILED and the message is dead-lettered with the reason.
+ *
+ * @example
+ * ```ts
+ * if (order.amount <= 0) throw new PermanentError('amount must be positive');
+ * ```
+ */
+export class PermanentError extends ExactlyOnceError {
+  override name = 'PermanentError';
+  constructor(message: string, options: ExactlyOnceErrorOptions = {}) {
+    super(ErrorCode.Permanent, message, false, options);
+  }
+}
+
+/** The delivery could not be decoded or failed validation. */
+export class MalformedMessageError extends ExactlyOnceError {
+  override name = 'MalformedMessageError';
+  constructor(message: string, options: ExactlyOnceErrorOptions = {}) {
+    super(ErrorCode.Malformed, message, false, options);
+  }
+}
+
+/** The handler failed with retryable errors on every allowed attempt. */
+export class AttemptsExhaustedError extends ExactlyOnceError {
+  override name = 'AttemptsExhaustedError';
+  readonly attempts: number;
+  constructor(opts: { attempts: number; cause?: unknown }) {
+    super(
+      ErrorCode.AttemptsExhausted,
+      `gave up after ${opts.attempts} attempts: ${describeCause(opts.cause)}`,
+      false,
+      opts,
+    );
+    this.attempts = opts.attempts;
+  }
+}
+
+/** A blob's bytes do not match the size or sha256 its pointer records. */
+export class BlobIntegrityError extends ExactlyOnceError {
+  override name = 'BlobIntegrityError';
+  constructor(message: string) {
+    super(ErrorCode.BlobIntegrity, message, false);
+  }
+}
+
+/** The key's record is FAILED: a redelivery is dead-lettered again, never re-run. */
+export class PreviouslyFailedError extends ExactlyOnceError {
+  override name = 'PreviouslyFailedError';
+  constructor(
+    readonly key: string,
+    readonly original: { code: string; message: string },
+  ) {
+    super(
+      ErrorCode.PreviouslyFailed,
+      `key "${truncate(key)}" already failed permanently (${original.code}: ${original.message})`,
+      false,
+    );
+  }
+}
+
+/** An outgoing message was not confirmed by the broker. */
+export class PublishError extends ExactlyOnceError {
+  override name = 'PublishError';
+  constructor(message: string, options: ExactlyOnceErrorOptions = {}) {
+    super(ErrorCode.Publish, message, true, options);
+  }
+}
+
+/** True when processing the message again may succeed. Unknown errors are retryable. */
+export function isRetryable(error: unknown): boolean {
+  if (error instanceof ExactlyOnceError) return error.retryable;
+  if (typeof error === 'object' && error !== null && 'retryable' in error) {
+    return (error as { retryable: unknown }).retryable !== false;
+  }
+  return true;
+}
+
+/** A serialisable summary of an error, as stored in FAILED records and dead-letter headers. */
+export interface ErrorInfo {
+  /** Error class name, e.g. `PermanentError`. */
+  name: string;
+  /** `ExactlyOnceError.code`, or `ERROR` for foreign errors. */
+  code: string;
+  message: string;
+}
+
+export function toErrorInfo(error: unknown): ErrorInfo {
+  if (error instanceof ExactlyOnceError) return { name: error.name, code: error.code, message: error.message };
+  if (error instanceof Error) return { name: error.name, code: 'ERROR', message: error.message };
+  return { name: 'NonError', code: 'ERROR', message: String(error) };
+}
+
+function describeCause(cause: unknown): string {
+  if (cause instanceof Error) return cause.message;
+  return cause === undefined ? 'unknown cause' : String(cause);
+}
+
+function truncate(s: string): string {
+  return s.length > 80 ? `${s.slice(0, 77)}...` : s;
+}

@@ -1,0 +1,165 @@
+/**
+ * The processed-store contract. A store provides atomic primitives only; the exactly-once
+ * algorithm lives in the pipeline. Each method is one atomic operation in the store, using the
+ * store's own clock for every deadline, and returns expected outcomes as values. A method throws
+ * only when the store itself failed, and then it throws {@link StoreUnavailableError}.
+ *
+ * Keys passed to a store are already scoped (`namespace:consumer:key`) and may contain any
+ * character, NUL and `{`, `*`, `$`, `.` included: a store stores them verbatim and never
+ * interprets them.
+ */
+import type { ErrorInfo } from '../errors.js';
+import type { BlobPointer } from '../blob/types.js';
+
+/** Record states, as stored. */
+export const RecordState = {
+  InProgress: 'IN_PROGRESS',
+  Completed: 'COMPLETED',
+  Failed: 'FAILED',
+} as const;
+export type RecordState = (typeof RecordState)[keyof typeof RecordState];
+
+/** A handler result as the record keeps it: inline bytes, or a pointer to a blob. */
+export type StoredResult =
+  | { readonly kind: 'inline'; readonly data: Uint8Array }
+  | { readonly kind: 'blob'; readonly pointer: BlobPointer };
+
+/** A message the handler published, kept in the COMPLETED record until the broker confirmed it. */
+export interface OutgoingMessage {
+  /** Stable id, unique within the record: the child idempotency key of the message. */
+  readonly id: string;
+  /** Queue, exchange or topic; the transport's publisher interprets it. */
+  readonly destination: string;
+  /** Routing key (RabbitMQ) or partition key (Kafka). */
+  readonly routingKey?: string;
+  readonly body: Uint8Array;
+  /** Headers, the propagated `x-request-id`, `x-idempotency-key` and `traceparent` included. */
+  readonly headers: Readonly<Record<string, string>>;
+}
+
+/** An outgoing message with its confirmation flag, as read back from a record. */
+export interface OutgoingRecord extends OutgoingMessage {
+  readonly published: boolean;
+}
+
+/** A journaled step's outcome under a record (see `ctx.step`). */
+export interface StepRecord {
+  /** Encoded result of the step's function. */
+  readonly result: Uint8Array;
+  /** Store time (ms since epoch) when the step was recorded. */
+  readonly at: number;
+}
+
+interface RecordBase {
+  readonly key: string;
+  readonly fingerprint: string;
+  /** Fencing token of the newest lease ever granted on this key. */
+  readonly fence: number;
+  /** Attempts started so far (1 on the first). */
+  readonly attempt: number;
+  /** Trace id of the run that last held the lease or completed the record, for span links. */
+  readonly traceId?: string;
+}
+
+export interface InProgressRecord extends RecordBase {
+  readonly state: typeof RecordState.InProgress;
+  readonly owner: string;
+  /** Store time (ms) when the lease ends; 0 after a `release`. */
+  readonly leaseUntil: number;
+  /** The error of the last released attempt, if any. */
+  readonly lastError?: ErrorInfo;
+  readonly steps: Readonly<Record<string, StepRecord>>;
+}
+
+export interface CompletedRecord extends RecordBase {
+  readonly state: typeof RecordState.Completed;
+  readonly result?: StoredResult;
+  readonly outgoing: readonly OutgoingRecord[];
+  readonly completedAt: number;
+  readonly expiresAt: number;
+}
+
+export interface FailedRecord extends RecordBase {
+  readonly state: typeof RecordState.Failed;
+  readonly error: ErrorInfo;
+  readonly failedAt: number;
+  readonly expiresAt: number;
+}
+
+export type ProcessedRecord = InProgressRecord | CompletedRecord | FailedRecord;
+
+export interface BeginRequest {
+  readonly key: string;
+  readonly fingerprint: string;
+  /** Id of the worker asking; stored as the lease owner. */
+  readonly owner: string;
+  readonly leaseMs: number;
+  readonly traceId?: string;
+}
+
+/**
+ * How a lease was acquired: `new` (no live record), `retry` (the previous attempt released it
+ * after a retryable error) or `takeover` (the previous holder's lease ran out: it died or stalled).
+ */
+export type AcquireKind = 'new' | 'retry' | 'takeover';
+
+export type BeginResult =
+  | {
+      readonly status: 'acquired';
+      readonly kind: AcquireKind;
+      readonly fence: number;
+      readonly attempt: number;
+      /** Store time (ms) when the new lease ends. */
+      readonly leaseUntil: number;
+      /** Steps journaled by earlier attempts of this record. */
+      readonly steps: Readonly<Record<string, StepRecord>>;
+    }
+  | { readonly status: 'duplicate'; readonly record: CompletedRecord }
+  | { readonly status: 'busy'; readonly record: InProgressRecord; readonly retryAfterMs: number }
+  | { readonly status: 'mismatch'; readonly record: ProcessedRecord }
+  | { readonly status: 'failed'; readonly record: FailedRecord };
+
+export interface CompleteRequest {
+  readonly key: string;
+  readonly fence: number;
+  readonly result?: StoredResult;
+  /** Published after the record is durable; stored with `published: false`. */
+  readonly outgoing: readonly OutgoingMessage[];
+  /** How long the COMPLETED record answers duplicates. */
+  readonly retentionMs: number;
+  readonly traceId?: string;
+}
+
+/** `ok`, or `lost` when the fence is stale or the record is no longer this lease's. */
+export type FencedResult = 'ok' | 'lost';
+
+/**
+ * The processed-store contract. Implementations: the in-memory store in core (tests only),
+ * `@exactly-once/store-redis`, `@exactly-once/store-mongo`. Every implementation runs the
+ * conformance kit (`@exactly-once/core/testing`) against its real server.
+ */
+export interface ProcessedStore {
+  /**
+   * Atomically claim `key`. Absent or expired record: create IN_PROGRESS, fence and attempt
+   * continuing from any earlier record (or 1). IN_PROGRESS whose lease has passed (or was
+   * released): take it over with fence + 1 and attempt + 1. Fingerprint differs from the stored
+   * one: `mismatch`, whatever the state.
+   */
+  begin(request: BeginRequest): Promise<BeginResult>;
+  /** Extend the lease to store-now + `leaseMs` if `fence` still holds it. */
+  extend(key: string, fence: number, leaseMs: number): Promise<FencedResult>;
+  /** IN_PROGRESS(fence) -> COMPLETED with result and outgoing messages, in one write. */
+  complete(request: CompleteRequest): Promise<FencedResult>;
+  /** Give the lease up after a retryable error: the next `begin` acquires at once (kind `retry`). */
+  release(key: string, fence: number, error: ErrorInfo): Promise<FencedResult>;
+  /** IN_PROGRESS(fence) -> FAILED, kept for `retentionMs`. */
+  fail(key: string, fence: number, error: ErrorInfo, retentionMs: number): Promise<FencedResult>;
+  /** Flag outgoing messages of a COMPLETED record as confirmed. Unknown ids are ignored. */
+  markPublished(key: string, ids: readonly string[]): Promise<void>;
+  /** Journal a step's result under the IN_PROGRESS record held by `fence`. */
+  saveStep(key: string, fence: number, name: string, result: Uint8Array): Promise<FencedResult>;
+  /** Read a record; an expired record reads as absent. */
+  get(key: string): Promise<ProcessedRecord | undefined>;
+  /** Release connections the store opened itself. */
+  close?(): Promise<void>;
+}
