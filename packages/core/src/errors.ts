@@ -41,7 +41,9 @@ export class ExactlyOnceError extends Error {
 /** The message carries no usable idempotency key and the policy is `reject`. */
 export class KeyMissingError extends ExactlyOnceError {
   override name = 'KeyMissingError';
-  constructor(message = 'message has no idempotency key (header x-idempotency-key) and missingKey policy is "reject"') {
+  constructor(
+    message = 'message has no idempotency key (header x-idempotency-key) and missingKey policy is "reject"',
+  ) {
     super(ErrorCode.KeyMissing, message, false);
   }
 }
@@ -200,7 +202,8 @@ export interface ErrorInfo {
 }
 
 export function toErrorInfo(error: unknown): ErrorInfo {
-  if (error instanceof ExactlyOnceError) return { name: error.name, code: error.code, message: error.message };
+  if (error instanceof ExactlyOnceError)
+    return { name: error.name, code: error.code, message: error.message };
   if (error instanceof Error) return { name: error.name, code: 'ERROR', message: error.message };
   return { name: 'NonError', code: 'ERROR', message: String(error) };
 }

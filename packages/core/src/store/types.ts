@@ -57,7 +57,10 @@ interface RecordBase {
   readonly fence: number;
   /** Attempts started so far (1 on the first). */
   readonly attempt: number;
-  /** Trace id of the run that last held the lease or completed the record, for span links. */
+  /**
+   * `<trace id>-<span id>` of the run that last held the lease or completed the record, so a
+   * duplicate's span can link to it. Opaque to stores.
+   */
   readonly traceId?: string;
 }
 

@@ -1,0 +1,81 @@
+/** Header names the SDK reads and writes, and helpers to read them from any transport. */
+import { InvalidKeyError } from './errors.js';
+
+export const Headers = {
+  /** End-to-end request id: set once by the first service, copied unchanged onto every message. */
+  RequestId: 'x-request-id',
+  /** Dedup key of this message. */
+  IdempotencyKey: 'x-idempotency-key',
+  Traceparent: 'traceparent',
+  Tracestate: 'tracestate',
+  Baggage: 'baggage',
+  /** Retry attempt that produced this copy of the message (1 = first delivery). */
+  Attempt: 'x-eo-attempt',
+  /** Dead-letter and retry reason headers. */
+  ErrorClass: 'x-eo-error-class',
+  ErrorCode: 'x-eo-error-code',
+  ErrorMessage: 'x-eo-error-message',
+  Attempts: 'x-eo-attempts',
+  OriginalDestination: 'x-eo-original-destination',
+  Consumer: 'x-eo-consumer',
+  FailedAt: 'x-eo-failed-at',
+  Outcome: 'x-eo-outcome',
+} as const;
+
+/** A header value as transports hand it over: amqplib gives strings/numbers, kafkajs Buffers. */
+export type HeaderValue =
+  | string
+  | number
+  | boolean
+  | Uint8Array
+  | readonly (string | Uint8Array)[]
+  | null
+  | undefined;
+export type MessageHeaders = Readonly<Record<string, HeaderValue>>;
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * Reads a header as a string. Byte values must be valid UTF-8; for a repeated Kafka header the
+ * last value wins (the one a retrying producer set last).
+ *
+ * @throws InvalidKeyError when the bytes are not valid UTF-8.
+ */
+export function readHeader(headers: MessageHeaders | undefined, name: string): string | undefined {
+  if (!headers) return undefined;
+  let value = headers[name];
+  if (value === undefined) {
+    // Header names are case-insensitive in HTTP and some bridges upper-case them.
+    const lower = name.toLowerCase();
+    for (const k of Object.keys(headers)) {
+      if (k.toLowerCase() === lower) {
+        value = headers[k];
+        break;
+      }
+    }
+  }
+  if (Array.isArray(value)) value = value[value.length - 1];
+  if (value === undefined || value === null) return undefined;
+  if (typeof value === 'string') return value;
+  if (typeof value === 'number' || typeof value === 'boolean') return String(value);
+  try {
+    return utf8.decode(value as Uint8Array);
+  } catch {
+    throw new InvalidKeyError(`header ${name} is not valid UTF-8`, 'encoding');
+  }
+}
+
+/** Text form of every header that has one; binary values that are not UTF-8 are left out. */
+export function textHeaders(headers: MessageHeaders | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (!headers) return out;
+  for (const name of Object.keys(headers)) {
+    try {
+      const v = readHeader(headers, name);
+      if (v !== undefined) out[name] = v;
+    } catch {
+      // not text: a payload-specific header we have no reason to interpret
+    }
+  }
+  return out;
+}

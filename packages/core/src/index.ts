@@ -1,0 +1,56 @@
+/**
+ * `@exactly-once/core`: the ack-last pipeline, the record state machine, the store contracts, and
+ * the key, header, retry and tracing helpers. Imports no broker and no database client.
+ */
+export * from './errors.js';
+export type {
+  AcquireKind,
+  BeginRequest,
+  BeginResult,
+  CompletedRecord,
+  CompleteRequest,
+  FailedRecord,
+  FencedResult,
+  InProgressRecord,
+  OutgoingMessage,
+  OutgoingRecord,
+  ProcessedRecord,
+  ProcessedStore,
+  StepRecord,
+  StoredResult,
+} from './store/types.js';
+export { RecordState } from './store/types.js';
+export type { BlobPointer, BlobSource, BlobStore } from './blob/types.js';
+export { Headers, readHeader, textHeaders } from './headers.js';
+export type { HeaderValue, MessageHeaders } from './headers.js';
+export {
+  canonicalJson,
+  deriveChildKey,
+  fingerprint,
+  MAX_KEY_BYTES,
+  normalizeKey,
+  scopeKey,
+  sha256Hex,
+  stableKey,
+  validateName,
+} from './keys.js';
+export type { StableKeyField } from './keys.js';
+export {
+  backoffMs,
+  DEFAULT_RETRY_POLICY,
+  resolveRetryPolicy,
+  retryDelayMs,
+  worstCaseRetrySpanMs,
+} from './retry.js';
+export type { RetryPolicy, RetryPolicyOptions } from './retry.js';
+export type { Handler, HandlerContext, PublishOptions, StepOptions } from './context.js';
+export { checkRetentionHorizon, PROCESSOR_DEFAULTS, resolveProcessorOptions } from './options.js';
+export type { MissingKeyPolicy, ProcessorOptions, ResolvedProcessorOptions } from './options.js';
+export type { Logger, LogMeta } from './logger.js';
+export { silentLogger } from './logger.js';
+export { createProcessor } from './processor.js';
+export type { Processor } from './processor.js';
+export { decodeResult } from './codec.js';
+export type { SpanKindMode } from './tracing.js';
+export * as semconv from './semconv.js';
+export type { Delivery, Disposition, Outcome, DeadLetterReason, OutgoingPublisher } from './spi.js';

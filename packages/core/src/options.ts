@@ -1,0 +1,192 @@
+/** Processor options, their defaults, and the one function that validates them. */
+import { hostname } from 'node:os';
+import { randomUUID } from 'node:crypto';
+import type { BlobStore } from './blob/types.js';
+import { ConfigError } from './errors.js';
+import { validateName } from './keys.js';
+import type { Logger } from './logger.js';
+import { silentLogger } from './logger.js';
+import {
+  resolveRetryPolicy,
+  type RetryPolicy,
+  type RetryPolicyOptions,
+  worstCaseRetrySpanMs,
+} from './retry.js';
+import type { Delivery, OutgoingPublisher } from './spi.js';
+import type { ProcessedStore } from './store/types.js';
+import type { SpanKindMode } from './tracing.js';
+import type { Handler } from './context.js';
+
+/**
+ * What to do with a message that has no `x-idempotency-key` header.
+ * - `reject`: dead-letter it with {@link KeyMissingError} (default).
+ * - `broker-id`: use the broker's stable identity (Kafka topic/partition/offset, AMQP message id).
+ * - `payload-hash`: sha256 of the canonical payload: identical payloads are one message.
+ * - a function returning a key from the payload (e.g. a business id), or undefined to reject.
+ */
+export type MissingKeyPolicy<T = unknown> =
+  | 'reject'
+  | 'broker-id'
+  | 'payload-hash'
+  | ((payload: T, delivery: Delivery) => string | undefined);
+
+export interface ProcessorOptions<T = unknown, R = unknown> {
+  /** Name of this consumer; part of every store key. `[A-Za-z0-9._-]{1,100}` */
+  consumer: string;
+  /** Service or tenant namespace; part of every store key. @defaultValue 'default' */
+  namespace?: string;
+  store: ProcessedStore;
+  handler: Handler<T, R>;
+  /** Where results over `inlineResultBytes` go. Without one, results are always inline. */
+  blobs?: BlobStore;
+  /** Confirmed publisher for the handler's outgoing messages. */
+  publisher?: OutgoingPublisher;
+  /** Turns the body into the handler's payload; throw to dead-letter it. @defaultValue UTF-8 JSON */
+  decode?: (body: Uint8Array, delivery: Delivery) => T;
+  /** Checks the decoded payload; throw to dead-letter it as malformed. */
+  validate?: (payload: T) => void;
+  /** Selects what the fingerprint covers. @defaultValue the whole payload */
+  fingerprint?: (payload: T) => unknown;
+  /** @defaultValue 'reject' */
+  missingKey?: MissingKeyPolicy<T>;
+  /** Lease length. @defaultValue 30000 */
+  leaseMs?: number;
+  /** Heartbeat period; must be well under the lease. @defaultValue leaseMs / 3 */
+  heartbeatMs?: number;
+  /** How long a COMPLETED or FAILED record answers duplicates. @defaultValue 7 days */
+  retentionMs?: number;
+  /** Results larger than this many bytes go to `blobs`. @defaultValue 16384 */
+  inlineResultBytes?: number;
+  retry?: RetryPolicyOptions;
+  /**
+   * How late a message can come back besides retries: delayed redelivery, dead-letter replay,
+   * Kafka offset resets. Retention must cover retries plus this. @defaultValue 1 day
+   */
+  redeliveryHorizonMs?: number;
+  /** What to do when retention is shorter than the horizon. @defaultValue 'error' */
+  retentionCheck?: 'error' | 'warn' | 'off';
+  /** @defaultValue 'auto' */
+  spanKind?: SpanKindMode;
+  /** Lease owner id. @defaultValue `<hostname>/<pid>/<random>` */
+  ownerId?: string;
+  logger?: Logger;
+}
+
+export interface ResolvedProcessorOptions<T, R> {
+  readonly consumer: string;
+  readonly namespace: string;
+  readonly store: ProcessedStore;
+  readonly handler: Handler<T, R>;
+  readonly blobs: BlobStore | undefined;
+  readonly publisher: OutgoingPublisher | undefined;
+  readonly decode: ((body: Uint8Array, delivery: Delivery) => T) | undefined;
+  readonly validate: ((payload: T) => void) | undefined;
+  readonly fingerprint: ((payload: T) => unknown) | undefined;
+  readonly missingKey: MissingKeyPolicy<T>;
+  readonly leaseMs: number;
+  readonly heartbeatMs: number;
+  readonly retentionMs: number;
+  readonly inlineResultBytes: number;
+  readonly retry: RetryPolicy;
+  readonly redeliveryHorizonMs: number;
+  readonly spanKind: SpanKindMode;
+  readonly ownerId: string;
+  readonly logger: Logger;
+}
+
+const DAY = 86_400_000;
+
+export const PROCESSOR_DEFAULTS = Object.freeze({
+  namespace: 'default',
+  leaseMs: 30_000,
+  retentionMs: 7 * DAY,
+  inlineResultBytes: 16 * 1024,
+  redeliveryHorizonMs: DAY,
+  retentionCheck: 'error' as const,
+  spanKind: 'auto' as const,
+  missingKey: 'reject' as const,
+});
+
+export function resolveProcessorOptions<T, R>(o: ProcessorOptions<T, R>): ResolvedProcessorOptions<T, R> {
+  if (!o || typeof o !== 'object') throw new ConfigError('options are required');
+  if (!o.store) throw new ConfigError('store is required (e.g. createRedisStore or createMongoStore)');
+  if (typeof o.handler !== 'function') throw new ConfigError('handler must be a function');
+  const consumer = validateName('consumer', o.consumer);
+  const namespace = validateName('namespace', o.namespace ?? PROCESSOR_DEFAULTS.namespace);
+  const leaseMs = o.leaseMs ?? PROCESSOR_DEFAULTS.leaseMs;
+  positive('leaseMs', leaseMs);
+  const heartbeatMs = o.heartbeatMs ?? Math.max(1, Math.floor(leaseMs / 3));
+  positive('heartbeatMs', heartbeatMs);
+  if (heartbeatMs > leaseMs / 2) {
+    throw new ConfigError(
+      `heartbeatMs (${heartbeatMs}) must be at most half of leaseMs (${leaseMs}); a third is recommended, ` +
+        'so one missed heartbeat does not lose the lease',
+    );
+  }
+  const retentionMs = o.retentionMs ?? PROCESSOR_DEFAULTS.retentionMs;
+  positive('retentionMs', retentionMs);
+  const inlineResultBytes = o.inlineResultBytes ?? PROCESSOR_DEFAULTS.inlineResultBytes;
+  if (!Number.isInteger(inlineResultBytes) || inlineResultBytes < 0) {
+    throw new ConfigError('inlineResultBytes must be an integer >= 0');
+  }
+  const retry = resolveRetryPolicy(o.retry);
+  const redeliveryHorizonMs = o.redeliveryHorizonMs ?? PROCESSOR_DEFAULTS.redeliveryHorizonMs;
+  if (!(redeliveryHorizonMs >= 0)) throw new ConfigError('redeliveryHorizonMs must be >= 0');
+  const missingKey = o.missingKey ?? PROCESSOR_DEFAULTS.missingKey;
+  if (typeof missingKey !== 'function' && !['reject', 'broker-id', 'payload-hash'].includes(missingKey)) {
+    throw new ConfigError(`missingKey must be 'reject', 'broker-id', 'payload-hash' or a function`);
+  }
+  const logger = o.logger ?? silentLogger;
+  const resolved: ResolvedProcessorOptions<T, R> = Object.freeze({
+    consumer,
+    namespace,
+    store: o.store,
+    handler: o.handler,
+    blobs: o.blobs,
+    publisher: o.publisher,
+    decode: o.decode,
+    validate: o.validate,
+    fingerprint: o.fingerprint,
+    missingKey,
+    leaseMs,
+    heartbeatMs,
+    retentionMs,
+    inlineResultBytes,
+    retry,
+    redeliveryHorizonMs,
+    spanKind: o.spanKind ?? PROCESSOR_DEFAULTS.spanKind,
+    ownerId: o.ownerId ?? `${hostname()}/${process.pid}/${randomUUID().slice(0, 8)}`,
+    logger,
+  });
+  checkRetentionHorizon(resolved, o.retentionCheck ?? PROCESSOR_DEFAULTS.retentionCheck);
+  return resolved;
+}
+
+/**
+ * Dedup retention must outlast every way a message can come back; otherwise a late copy finds no
+ * record and runs again. Checked once, at start.
+ */
+export function checkRetentionHorizon(
+  o: Pick<
+    ResolvedProcessorOptions<unknown, unknown>,
+    'retentionMs' | 'retry' | 'redeliveryHorizonMs' | 'leaseMs' | 'logger' | 'consumer'
+  >,
+  mode: 'error' | 'warn' | 'off',
+): void {
+  if (mode === 'off') return;
+  const needed = worstCaseRetrySpanMs(o.retry) + o.retry.maxAttempts * o.leaseMs + o.redeliveryHorizonMs;
+  if (o.retentionMs >= needed) return;
+  const message =
+    `consumer "${o.consumer}": retentionMs (${o.retentionMs} ms) is shorter than the longest a message can ` +
+    `come back (${needed} ms = retry schedule + ${o.retry.maxAttempts} leases + redeliveryHorizonMs). ` +
+    'A late copy would find no record and be processed again. Raise retentionMs, or lower the horizon, ' +
+    "or set retentionCheck: 'warn'.";
+  if (mode === 'error') throw new ConfigError(message);
+  o.logger.warn(message, { consumer: o.consumer });
+}
+
+function positive(name: string, v: number): void {
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
+    throw new ConfigError(`${name} must be a positive number of milliseconds (got ${v})`);
+  }
+}

@@ -1,0 +1,151 @@
+/**
+ * Tracing and metrics through `@opentelemetry/api` only: a no-op until the application installs
+ * an SDK. Payloads and secrets never become attributes.
+ */
+import {
+  type Attributes,
+  type Context,
+  context,
+  type Link,
+  metrics,
+  propagation,
+  ROOT_CONTEXT,
+  type Span,
+  SpanKind,
+  SpanStatusCode,
+  type TextMapGetter,
+  type TextMapSetter,
+  trace,
+} from '@opentelemetry/api';
+import { type MessageHeaders, readHeader } from './headers.js';
+
+const SCOPE = '@exactly-once/core';
+const VERSION = '0.1.0';
+
+export function tracer() {
+  return trace.getTracer(SCOPE, VERSION);
+}
+
+const headerGetter: TextMapGetter<MessageHeaders> = {
+  keys: (carrier) => Object.keys(carrier),
+  get: (carrier, key) => {
+    try {
+      return readHeader(carrier, key);
+    } catch {
+      return undefined;
+    }
+  },
+};
+
+const headerSetter: TextMapSetter<Record<string, string>> = {
+  set: (carrier, key, value) => {
+    carrier[key] = value;
+  },
+};
+
+/** The producer's context (traceparent, tracestate, baggage) carried by a message. */
+export function extractContext(headers: MessageHeaders): Context {
+  return propagation.extract(ROOT_CONTEXT, headers, headerGetter);
+}
+
+/** Writes the given context's trace headers into `carrier`. */
+export function injectContext(ctx: Context, carrier: Record<string, string>): Record<string, string> {
+  propagation.inject(ctx, carrier, headerSetter);
+  return carrier;
+}
+
+/**
+ * `consumer`: always a `process <destination>` CONSUMER span continuing the producer's trace.
+ * `internal`: an INTERNAL child of the active span (an auto-instrumentation already made the
+ * consumer span). `auto`: internal when a span is active on the current context, else consumer.
+ */
+export type SpanKindMode = 'auto' | 'consumer' | 'internal';
+
+export function startProcessSpan(
+  mode: SpanKindMode,
+  destination: string,
+  headers: MessageHeaders,
+  attributes: Attributes,
+  links: Link[] = [],
+): { span: Span; ctx: Context } {
+  const active = trace.getSpan(context.active());
+  const internal = mode === 'internal' || (mode === 'auto' && active !== undefined && active.isRecording());
+  const parent = internal ? context.active() : extractContext(headers);
+  const span = tracer().startSpan(
+    internal ? `exactly-once process ${destination}` : `process ${destination}`,
+    {
+      kind: internal ? SpanKind.INTERNAL : SpanKind.CONSUMER,
+      attributes,
+      links,
+    },
+    parent,
+  );
+  // Keep the parent's baggage (request id) on the span's context for outgoing messages.
+  return { span, ctx: trace.setSpan(parent, span) };
+}
+
+/** Runs `fn` in a child span, recording an exception and error status if it throws. */
+export async function inSpan<T>(
+  name: string,
+  parent: Context,
+  attributes: Attributes,
+  fn: (span: Span) => Promise<T>,
+  kind: SpanKind = SpanKind.INTERNAL,
+): Promise<T> {
+  const span = tracer().startSpan(name, { kind, attributes }, parent);
+  try {
+    return await context.with(trace.setSpan(parent, span), () => fn(span));
+  } catch (error) {
+    recordError(span, error);
+    throw error;
+  } finally {
+    span.end();
+  }
+}
+
+export function recordError(span: Span, error: unknown): void {
+  if (error instanceof Error) span.recordException(error);
+  span.setStatus({
+    code: SpanStatusCode.ERROR,
+    message: error instanceof Error ? error.message : String(error),
+  });
+}
+
+/** `<trace id>-<span id>` of a span, as records keep it (see `ProcessedRecord.traceId`). */
+export function spanRef(span: Span): string | undefined {
+  const sc = span.spanContext();
+  return trace.isSpanContextValid(sc) ? `${sc.traceId}-${sc.spanId}` : undefined;
+}
+
+/** A link to the span that completed a record, so a duplicate's span points at the original run. */
+export function linkToRef(ref: string | undefined): Link[] {
+  const m = ref ? /^([0-9a-f]{32})-([0-9a-f]{16})$/.exec(ref) : null;
+  if (!m) return [];
+  return [{ context: { traceId: m[1] as string, spanId: m[2] as string, traceFlags: 1, isRemote: true } }];
+}
+
+const meter = () => metrics.getMeter(SCOPE, VERSION);
+// The metrics API has no proxy provider: instruments made before the application registers its
+// SDK would stay no-ops, so they are re-made when the global provider changes.
+let instruments: { provider: unknown; value: ReturnType<typeof createInstruments> } | undefined;
+function createInstruments() {
+  const m = meter();
+  return {
+    deliveries: m.createCounter('exactly_once.deliveries', {
+      description: 'Deliveries handled, by outcome and settle action',
+    }),
+    processDuration: m.createHistogram('exactly_once.process.duration', {
+      description: 'Time from receipt to settle decision',
+      unit: 's',
+    }),
+    handlerDuration: m.createHistogram('exactly_once.handler.duration', {
+      description: 'Handler run time',
+      unit: 's',
+    }),
+  };
+}
+export function instrumentsFor() {
+  const provider = metrics.getMeterProvider();
+  if (instruments?.provider !== provider) instruments = { provider, value: createInstruments() };
+  return instruments.value;
+}
