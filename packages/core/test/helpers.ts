@@ -1,0 +1,40 @@
+import type { Delivery, OutgoingMessage, OutgoingPublisher } from '../src/spi.js';
+
+const enc = new TextEncoder();
+
+export function delivery(
+  payload: unknown,
+  headers: Record<string, string | Uint8Array> = {},
+  extra: Partial<Delivery> = {},
+): Delivery {
+  return {
+    body: typeof payload === 'string' ? enc.encode(payload) : enc.encode(JSON.stringify(payload)),
+    headers,
+    destination: 'orders',
+    system: 'test',
+    ...extra,
+  };
+}
+
+/** A publisher that records what it was asked to send and can be made to fail. */
+export function recordingPublisher(): OutgoingPublisher & { sent: OutgoingMessage[]; failing: boolean } {
+  const p = {
+    sent: [] as OutgoingMessage[],
+    failing: false,
+    async publish(messages: readonly OutgoingMessage[]) {
+      if (p.failing) throw new Error('broker did not confirm');
+      p.sent.push(...messages);
+    },
+  };
+  return p;
+}
+
+export function deferred<T = void>() {
+  let resolve!: (v: T) => void;
+  let reject!: (e: unknown) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}

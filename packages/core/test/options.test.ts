@@ -1,0 +1,60 @@
+import { describe, expect, it } from 'vitest';
+import { ConfigError } from '../src/errors.js';
+import { stableKey } from '../src/keys.js';
+import { createProcessor } from '../src/processor.js';
+import { backoffMs, resolveRetryPolicy, retryDelayMs, worstCaseRetrySpanMs } from '../src/retry.js';
+import { createMemoryStore } from '../src/store/memory-store.js';
+
+const base = { store: createMemoryStore(), handler: () => undefined };
+
+describe('options are validated with actionable messages', () => {
+  it('rejects consumer names that could collide inside a store key', () => {
+    expect(() => createProcessor({ ...base, consumer: 'a:b' })).toThrow(ConfigError);
+    expect(() => createProcessor({ ...base, consumer: '' })).toThrow(/consumer must match/);
+  });
+
+  it('requires the heartbeat to be at most half the lease', () => {
+    expect(() => createProcessor({ ...base, consumer: 'c', leaseMs: 1000, heartbeatMs: 900 })).toThrow(
+      /heartbeatMs \(900\) must be at most half of leaseMs/,
+    );
+  });
+
+  it('refuses a retention shorter than the retry schedule plus the redelivery horizon', () => {
+    expect(() =>
+      createProcessor({ ...base, consumer: 'c', retentionMs: 60_000, redeliveryHorizonMs: 3_600_000 }),
+    ).toThrow(/retentionMs \(60000 ms\) is shorter/);
+    const warnings: string[] = [];
+    createProcessor({
+      ...base,
+      consumer: 'c',
+      retentionMs: 60_000,
+      retentionCheck: 'warn',
+      logger: { debug() {}, info() {}, error() {}, warn: (m) => warnings.push(m) },
+    });
+    expect(warnings).toHaveLength(1);
+  });
+
+  it('validates retry policies', () => {
+    expect(() => resolveRetryPolicy({ maxAttempts: 0 })).toThrow(ConfigError);
+    expect(() => resolveRetryPolicy({ initialDelayMs: 10, maxDelayMs: 5 })).toThrow(/maxDelayMs/);
+  });
+});
+
+describe('retry delays', () => {
+  it('grow exponentially up to the cap, with jitter inside the bounds', () => {
+    const p = resolveRetryPolicy({ initialDelayMs: 100, maxDelayMs: 1000, multiplier: 2, maxAttempts: 6 });
+    expect([1, 2, 3, 4, 5].map((a) => backoffMs(p, a))).toEqual([100, 200, 400, 800, 1000]);
+    expect(worstCaseRetrySpanMs(p)).toBe(2500);
+    expect(retryDelayMs(p, 3, () => 0)).toBe(200);
+    expect(retryDelayMs(p, 3, () => 1)).toBe(400);
+    expect(retryDelayMs({ ...p, jitter: 'full' }, 3, () => 0)).toBe(0);
+  });
+});
+
+describe('stableKey', () => {
+  it('is independent of field order and refuses dates', () => {
+    expect(stableKey('charge', { a: 1, b: 'x' })).toBe(stableKey('charge', { b: 'x', a: 1 }));
+    expect(stableKey('charge', { a: 1 })).not.toBe(stableKey('refund', { a: 1 }));
+    expect(() => stableKey('charge', { at: new Date() as unknown as string })).toThrow(/clock/);
+  });
+});

@@ -1,0 +1,391 @@
+import { describe, expect, it } from 'vitest';
+import { createFsBlobStore } from '../src/blob/fs-blob-store.js';
+import type { HandlerContext } from '../src/context.js';
+import { PermanentError } from '../src/errors.js';
+import { Headers } from '../src/headers.js';
+import { createProcessor } from '../src/processor.js';
+import { withFaults } from '../src/store/faulty-store.js';
+import { createMemoryStore } from '../src/store/memory-store.js';
+import { deferred, delivery, recordingPublisher } from './helpers.js';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const key = (k: string) => ({ [Headers.IdempotencyKey]: k, [Headers.RequestId]: `req-${k}` });
+const fast = { leaseMs: 300, retentionCheck: 'off' as const, retry: { maxAttempts: 3, initialDelayMs: 10 } };
+
+describe('processor: completed and duplicate', () => {
+  it('runs the handler once, stores the result, publishes, then acks; a redelivery is a duplicate', async () => {
+    // Prepare
+    const store = createMemoryStore();
+    const publisher = recordingPublisher();
+    let runs = 0;
+    const p = createProcessor<{ amount: number }, { charged: number }>({
+      consumer: 'billing',
+      store,
+      publisher,
+      ...fast,
+      handler: (order, ctx) => {
+        runs++;
+        ctx.publish('payments', { amount: order.amount }, { name: 'captured' });
+        return { charged: order.amount };
+      },
+    });
+    // Act
+    const first = await p.process(delivery({ amount: 5 }, key('k1')));
+    const second = await p.process(delivery({ amount: 5 }, key('k1')));
+    // Assess
+    expect(first).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    expect(second).toMatchObject({ action: 'ack', outcome: 'duplicate' });
+    expect(runs).toBe(1);
+    expect(publisher.sent).toHaveLength(1);
+    const rec = await store.get('default:billing:k1');
+    expect(rec?.state).toBe('COMPLETED');
+    if (rec?.state === 'COMPLETED') expect(rec.outgoing.every((m) => m.published)).toBe(true);
+    if (second.action === 'ack' && second.result?.kind === 'inline') {
+      expect(JSON.parse(new TextDecoder().decode(second.result.data))).toEqual({ charged: 5 });
+    } else throw new Error('expected inline result');
+  });
+
+  it('propagates the request id and derives stable child keys for outgoing messages', async () => {
+    const publisher = recordingPublisher();
+    const seen: string[] = [];
+    const p = createProcessor({
+      consumer: 'billing',
+      store: createMemoryStore(),
+      publisher,
+      ...fast,
+      handler: (_: unknown, ctx: HandlerContext) => {
+        seen.push(ctx.keyFor('charge'));
+        ctx.publish('payments', { a: 1 });
+        ctx.publish('emails', 'hello', { name: 'receipt', headers: { [Headers.RequestId]: 'spoofed' } });
+      },
+    });
+    await p.process(delivery({}, key('k2')));
+    const [a, b] = publisher.sent;
+    expect(a?.headers[Headers.RequestId]).toBe('req-k2');
+    expect(b?.headers[Headers.RequestId]).toBe('req-k2');
+    expect(a?.headers[Headers.IdempotencyKey]).toBe(a?.id);
+    expect(a?.id).not.toBe(b?.id);
+    expect(a?.id).toMatch(/^eo1-[A-Za-z0-9_-]{32}$/);
+    expect(seen[0]).toMatch(/^eo1-/);
+    expect(b?.headers['content-type']).toContain('text/plain');
+  });
+
+  it('re-publishes outgoing messages that were not confirmed, on the duplicate path, with the same ids', async () => {
+    const store = createMemoryStore();
+    const publisher = recordingPublisher();
+    let runs = 0;
+    const p = createProcessor({
+      consumer: 'billing',
+      store,
+      publisher,
+      ...fast,
+      handler: (_: unknown, ctx: HandlerContext) => {
+        runs++;
+        ctx.publish('payments', { n: 1 });
+      },
+    });
+    publisher.failing = true;
+    const first = await p.process(delivery({}, key('k3')));
+    expect(first).toMatchObject({ action: 'defer', outcome: 'publish-failed' });
+    publisher.failing = false;
+    const second = await p.process(delivery({}, key('k3')));
+    expect(second).toMatchObject({ action: 'ack', outcome: 'duplicate' });
+    expect(runs).toBe(1);
+    expect(publisher.sent).toHaveLength(1);
+    const third = await p.process(delivery({}, key('k3')));
+    expect(third.action).toBe('ack');
+    expect(publisher.sent).toHaveLength(1);
+  });
+
+  it('defers a concurrent delivery of the same key (busy) instead of running it twice', async () => {
+    const gate = deferred();
+    let runs = 0;
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      ...fast,
+      handler: async () => {
+        runs++;
+        await gate.promise;
+      },
+    });
+    const first = p.process(delivery({}, key('k4')));
+    await new Promise((r) => setTimeout(r, 20));
+    const second = await p.process(delivery({}, key('k4')));
+    gate.resolve();
+    expect(second).toMatchObject({ action: 'defer', outcome: 'busy' });
+    expect(await first).toMatchObject({ action: 'ack' });
+    expect(runs).toBe(1);
+  });
+
+  it('stores large results as blobs and answers duplicates with the pointer', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'eo-blobs-'));
+    try {
+      const blobs = createFsBlobStore({ directory: dir });
+      const p = createProcessor({
+        consumer: 'c',
+        store: createMemoryStore(),
+        blobs,
+        inlineResultBytes: 64,
+        ...fast,
+        handler: () => ({ receipt: 'x'.repeat(10_000) }),
+      });
+      const first = await p.process(delivery({}, key('k5')));
+      const dup = await p.process(delivery({}, key('k5')));
+      expect(first.action === 'ack' && first.result?.kind).toBe('blob');
+      if (dup.action !== 'ack' || dup.result?.kind !== 'blob') throw new Error('expected blob');
+      const bytes = await blobs.get(dup.result.pointer);
+      expect(JSON.parse(new TextDecoder().decode(bytes)).receipt).toHaveLength(10_000);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('processor: failures', () => {
+  it('dead-letters the same key with a different payload as IdempotencyKeyReuse', async () => {
+    const p = createProcessor({ consumer: 'c', store: createMemoryStore(), ...fast, handler: () => 1 });
+    await p.process(delivery({ amount: 1 }, key('k6')));
+    const d = await p.process(delivery({ amount: 2 }, key('k6')));
+    expect(d).toMatchObject({ action: 'dead-letter', outcome: 'mismatch' });
+    if (d.action === 'dead-letter') expect(d.reason.error.code).toBe('IDEMPOTENCY_KEY_REUSE');
+  });
+
+  it('treats key order in JSON as the same payload', async () => {
+    const p = createProcessor({ consumer: 'c', store: createMemoryStore(), ...fast, handler: () => 1 });
+    await p.process(delivery('{"a":1,"b":2}', key('k7')));
+    expect(await p.process(delivery('{"b":2,"a":1}', key('k7')))).toMatchObject({ outcome: 'duplicate' });
+  });
+
+  it('retries retryable errors with backoff, then fails and dead-letters; later copies are dead-lettered too', async () => {
+    const store = createMemoryStore();
+    let runs = 0;
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      handler: () => {
+        runs++;
+        throw new Error('provider timeout');
+      },
+    });
+    const d1 = await p.process(delivery({}, key('k8')));
+    expect(d1).toMatchObject({ action: 'retry', nextAttempt: 2 });
+    const d2 = await p.process(delivery({}, key('k8')));
+    expect(d2).toMatchObject({ action: 'retry', nextAttempt: 3 });
+    const d3 = await p.process(delivery({}, key('k8')));
+    expect(d3).toMatchObject({ action: 'dead-letter' });
+    if (d3.action === 'dead-letter') {
+      expect(d3.reason.error.code).toBe('ATTEMPTS_EXHAUSTED');
+      expect(d3.reason.attempts).toBe(3);
+    }
+    expect((await store.get('default:c:k8'))?.state).toBe('FAILED');
+    const d4 = await p.process(delivery({}, key('k8')));
+    expect(d4).toMatchObject({ action: 'dead-letter', outcome: 'failed' });
+    expect(runs).toBe(3);
+  });
+
+  it('dead-letters a PermanentError at once', async () => {
+    let runs = 0;
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      ...fast,
+      handler: () => {
+        runs++;
+        throw new PermanentError('card declined');
+      },
+    });
+    const d = await p.process(delivery({}, key('k9')));
+    expect(d).toMatchObject({ action: 'dead-letter' });
+    if (d.action === 'dead-letter') expect(d.reason.error).toMatchObject({ code: 'PERMANENT', message: 'card declined' });
+    expect(runs).toBe(1);
+  });
+
+  it('dead-letters malformed bodies and messages without a key, never running the handler', async () => {
+    let runs = 0;
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      ...fast,
+      handler: () => {
+        runs++;
+      },
+    });
+    const bad = await p.process(delivery('{not json', key('k10')));
+    expect(bad).toMatchObject({ action: 'dead-letter', outcome: 'invalid' });
+    if (bad.action === 'dead-letter') expect(bad.reason.error.code).toBe('MALFORMED_MESSAGE');
+    const nokey = await p.process(delivery({}, {}));
+    if (nokey.action !== 'dead-letter') throw new Error('expected dead-letter');
+    expect(nokey.reason.error.code).toBe('KEY_MISSING');
+    const badKey = await p.process(delivery({}, { [Headers.IdempotencyKey]: new Uint8Array([0xff, 0xfe]) }));
+    if (badKey.action !== 'dead-letter') throw new Error('expected dead-letter');
+    expect(badKey.reason.error.code).toBe('INVALID_KEY');
+    expect(runs).toBe(0);
+  });
+
+  it('derives keys by policy: payload hash and broker id', async () => {
+    const store = createMemoryStore();
+    let runs = 0;
+    const byHash = createProcessor({
+      consumer: 'h',
+      store,
+      missingKey: 'payload-hash',
+      ...fast,
+      handler: () => {
+        runs++;
+      },
+    });
+    await byHash.process(delivery({ a: 1 }));
+    expect(await byHash.process(delivery({ a: 1 }))).toMatchObject({ outcome: 'duplicate' });
+    const byBroker = createProcessor({
+      consumer: 'b',
+      store,
+      missingKey: 'broker-id',
+      ...fast,
+      handler: () => {
+        runs++;
+      },
+    });
+    await byBroker.process(delivery({ a: 1 }, {}, { brokerId: 'kafka:t:0:42' }));
+    expect(await byBroker.process(delivery({ a: 1 }, {}, { brokerId: 'kafka:t:0:42' }))).toMatchObject({
+      outcome: 'duplicate',
+    });
+    expect(runs).toBe(2);
+  });
+
+  it('hashes keys longer than 255 bytes', async () => {
+    const store = createMemoryStore();
+    const p = createProcessor({ consumer: 'c', store, ...fast, handler: () => 1 });
+    await p.process(delivery({}, { [Headers.IdempotencyKey]: 'k'.repeat(300) }));
+    const rec = await store.get(`default:c:sha256:${(await import('../src/keys.js')).sha256Hex('k'.repeat(300))}`);
+    expect(rec?.state).toBe('COMPLETED');
+  });
+
+  it('never acks while the store is down', async () => {
+    let down = true;
+    const store = withFaults(createMemoryStore(), { failWhen: () => down });
+    let runs = 0;
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      handler: () => {
+        runs++;
+      },
+    });
+    expect(await p.process(delivery({}, key('k11')))).toMatchObject({ action: 'defer', outcome: 'store-unavailable' });
+    down = false;
+    expect(await p.process(delivery({}, key('k11')))).toMatchObject({ action: 'ack' });
+    expect(runs).toBe(1);
+  });
+
+  it('does not ack when complete fails, and the next delivery takes over and completes', async () => {
+    let failComplete = true;
+    const store = withFaults(createMemoryStore(), { failWhen: (op) => op === 'complete' && failComplete });
+    let runs = 0;
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      leaseMs: 60,
+      heartbeatMs: 20,
+      handler: () => {
+        runs++;
+      },
+    });
+    expect(await p.process(delivery({}, key('k12')))).toMatchObject({ action: 'defer' });
+    failComplete = false;
+    await new Promise((r) => setTimeout(r, 80));
+    expect(await p.process(delivery({}, key('k12')))).toMatchObject({ action: 'ack', outcome: 'takeover' });
+    expect(runs).toBe(2);
+  });
+});
+
+describe('processor: leases and steps', () => {
+  it('a worker that lost its lease cannot complete; its signal aborts; the new owner completes', async () => {
+    const store = createMemoryStore();
+    let extendsFail = true;
+    const slowStore = withFaults(store, { failWhen: (op) => op === 'extend' && extendsFail });
+    const gate = deferred();
+    let aborted = false;
+    const stale = createProcessor({
+      consumer: 'c',
+      store: slowStore,
+      ...fast,
+      leaseMs: 60,
+      heartbeatMs: 20,
+      handler: async (_: unknown, ctx: HandlerContext) => {
+        ctx.signal.addEventListener('abort', () => {
+          aborted = true;
+        });
+        await gate.promise;
+        return 'stale';
+      },
+    });
+    const fresh = createProcessor({ consumer: 'c', store, ...fast, handler: () => 'fresh' });
+    const staleRun = stale.process(delivery({}, key('k13')));
+    await new Promise((r) => setTimeout(r, 120));
+    const takeover = await fresh.process(delivery({}, key('k13')));
+    expect(takeover).toMatchObject({ action: 'ack', outcome: 'takeover' });
+    extendsFail = false;
+    gate.resolve();
+    expect(await staleRun).toMatchObject({ action: 'defer', outcome: 'lease-lost' });
+    expect(aborted).toBe(true);
+    const rec = await store.get('default:c:k13');
+    if (rec?.state !== 'COMPLETED' || rec.result?.kind !== 'inline') throw new Error('expected completed');
+    expect(new TextDecoder().decode(rec.result.data)).toBe('"fresh"');
+  });
+
+  it('journals steps: a retry skips steps that already succeeded', async () => {
+    const calls: string[] = [];
+    let failEmail = true;
+    const p = createProcessor({
+      consumer: 'renewal',
+      store: createMemoryStore(),
+      ...fast,
+      handler: async (_: unknown, ctx: HandlerContext) => {
+        const charge = await ctx.step('charge', () => {
+          calls.push('charge');
+          return { id: 'ch_1', key: ctx.keyFor('charge') };
+        });
+        await ctx.step('email', () => {
+          calls.push('email');
+          if (failEmail) throw new Error('smtp down');
+          return true;
+        });
+        return charge;
+      },
+    });
+    expect(await p.process(delivery({}, key('k14')))).toMatchObject({ action: 'retry' });
+    failEmail = false;
+    const d = await p.process(delivery({}, key('k14')));
+    expect(d).toMatchObject({ action: 'ack' });
+    expect(calls).toEqual(['charge', 'email', 'email']);
+  });
+
+  it('keyFor is the same on every attempt and differs per name and per consumer', async () => {
+    const keys: string[] = [];
+    let fail = true;
+    const mk = (consumer: string) =>
+      createProcessor({
+        consumer,
+        store: createMemoryStore(),
+        ...fast,
+        handler: (_: unknown, ctx: HandlerContext) => {
+          keys.push(ctx.keyFor('charge'), ctx.keyFor('refund'));
+          if (fail) throw new Error('again');
+        },
+      });
+    const a = mk('a');
+    await a.process(delivery({}, key('k15')));
+    fail = false;
+    await a.process(delivery({}, key('k15')));
+    await mk('b').process(delivery({}, key('k15')));
+    expect(keys[0]).toBe(keys[2]);
+    expect(keys[0]).not.toBe(keys[1]);
+    expect(keys[4]).not.toBe(keys[0]);
+  });
+});
