@@ -2,7 +2,7 @@ import { defineConfig } from 'vitest/config';
 
 // Tests import workspace packages by name; this condition resolves them to their TypeScript
 // sources so a test run never depends on a stale build.
-const conditions = ['@exactly-once/source', 'node', 'import', 'module', 'default'];
+const conditions = ['@exactly-once/source', 'node', 'import', 'default'];
 
 export default defineConfig({
   resolve: { conditions },

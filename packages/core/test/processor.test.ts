@@ -200,7 +200,8 @@ describe('processor: failures', () => {
     });
     const d = await p.process(delivery({}, key('k9')));
     expect(d).toMatchObject({ action: 'dead-letter' });
-    if (d.action === 'dead-letter') expect(d.reason.error).toMatchObject({ code: 'PERMANENT', message: 'card declined' });
+    if (d.action === 'dead-letter')
+      expect(d.reason.error).toMatchObject({ code: 'PERMANENT', message: 'card declined' });
     expect(runs).toBe(1);
   });
 
@@ -260,7 +261,9 @@ describe('processor: failures', () => {
     const store = createMemoryStore();
     const p = createProcessor({ consumer: 'c', store, ...fast, handler: () => 1 });
     await p.process(delivery({}, { [Headers.IdempotencyKey]: 'k'.repeat(300) }));
-    const rec = await store.get(`default:c:sha256:${(await import('../src/keys.js')).sha256Hex('k'.repeat(300))}`);
+    const rec = await store.get(
+      `default:c:sha256:${(await import('../src/keys.js')).sha256Hex('k'.repeat(300))}`,
+    );
     expect(rec?.state).toBe('COMPLETED');
   });
 
@@ -276,7 +279,10 @@ describe('processor: failures', () => {
         runs++;
       },
     });
-    expect(await p.process(delivery({}, key('k11')))).toMatchObject({ action: 'defer', outcome: 'store-unavailable' });
+    expect(await p.process(delivery({}, key('k11')))).toMatchObject({
+      action: 'defer',
+      outcome: 'store-unavailable',
+    });
     down = false;
     expect(await p.process(delivery({}, key('k11')))).toMatchObject({ action: 'ack' });
     expect(runs).toBe(1);

@@ -1,0 +1,130 @@
+import { context, propagation, ROOT_CONTEXT, SpanKind, trace } from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
+import { CompositePropagator, W3CBaggagePropagator, W3CTraceContextPropagator } from '@opentelemetry/core';
+import {
+  BasicTracerProvider,
+  InMemorySpanExporter,
+  SimpleSpanProcessor,
+} from '@opentelemetry/sdk-trace-base';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import type { HandlerContext } from '../src/context.js';
+import { Headers } from '../src/headers.js';
+import { createProcessor } from '../src/processor.js';
+import { createMemoryStore } from '../src/store/memory-store.js';
+import { delivery, recordingPublisher } from './helpers.js';
+
+const exporter = new InMemorySpanExporter();
+const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
+const contextManager = new AsyncLocalStorageContextManager();
+
+beforeAll(() => {
+  contextManager.enable();
+  context.setGlobalContextManager(contextManager);
+  trace.setGlobalTracerProvider(provider);
+  propagation.setGlobalPropagator(
+    new CompositePropagator({ propagators: [new W3CTraceContextPropagator(), new W3CBaggagePropagator()] }),
+  );
+});
+afterAll(() => {
+  trace.disable();
+  context.disable();
+  propagation.disable();
+});
+beforeEach(() => exporter.reset());
+
+const producerTraceId = '4bf92f3577b34da6a3ce929d0e0e4736';
+const headers = (k: string) => ({
+  [Headers.IdempotencyKey]: k,
+  [Headers.RequestId]: `req-${k}`,
+  traceparent: `00-${producerTraceId}-00f067aa0ba902b7-01`,
+});
+
+describe('tracing', () => {
+  it('continues the producer trace with a CONSUMER process span carrying the outcome attributes', async () => {
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      retentionCheck: 'off',
+      handler: () => 1,
+    });
+    await p.process(delivery({}, headers('t1')));
+    const span = exporter.getFinishedSpans().find((s) => s.name === 'process orders');
+    expect(span?.kind).toBe(SpanKind.CONSUMER);
+    expect(span?.spanContext().traceId).toBe(producerTraceId);
+    expect(span?.attributes).toMatchObject({
+      'messaging.system': 'test',
+      'messaging.destination.name': 'orders',
+      'exactly_once.key': 't1',
+      'exactly_once.request_id': 'req-t1',
+      'exactly_once.outcome': 'acquired',
+      'exactly_once.attempt': 1,
+      'exactly_once.fence': 1,
+    });
+    const names = exporter.getFinishedSpans().map((s) => s.name);
+    expect(names).toEqual(expect.arrayContaining(['exactly-once begin', 'exactly-once complete']));
+  });
+
+  it('links a duplicate to the span that completed the record, in the same trace', async () => {
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      retentionCheck: 'off',
+      handler: () => 1,
+    });
+    await p.process(delivery({}, headers('t2')));
+    const original = exporter.getFinishedSpans().find((s) => s.name === 'process orders');
+    exporter.reset();
+    await p.process(delivery({}, headers('t2')));
+    const dup = exporter.getFinishedSpans().find((s) => s.name === 'process orders');
+    expect(dup?.attributes['exactly_once.outcome']).toBe('duplicate');
+    expect(dup?.spanContext().traceId).toBe(producerTraceId);
+    expect(dup?.links[0]?.context.spanId).toBe(original?.spanContext().spanId);
+  });
+
+  it('injects trace context and the request id baggage into outgoing messages', async () => {
+    const publisher = recordingPublisher();
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      publisher,
+      retentionCheck: 'off',
+      handler: (_: unknown, ctx: HandlerContext) => ctx.publish('next', { a: 1 }),
+    });
+    await p.process(delivery({}, headers('t3')));
+    const out = publisher.sent[0];
+    expect(out?.headers.traceparent).toMatch(new RegExp(`^00-${producerTraceId}-[0-9a-f]{16}-01$`));
+    expect(out?.headers.baggage).toContain('exactly_once.request_id=req-t3');
+    const names = exporter.getFinishedSpans().map((s) => s.name);
+    expect(names).toEqual(expect.arrayContaining(['create next', 'send next']));
+  });
+
+  it('makes an INTERNAL child when an instrumentation already opened a consumer span (auto mode)', async () => {
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      retentionCheck: 'off',
+      handler: () => 1,
+    });
+    const outer = provider
+      .getTracer('instr')
+      .startSpan('orders process', { kind: SpanKind.CONSUMER }, ROOT_CONTEXT);
+    await context.with(trace.setSpan(ROOT_CONTEXT, outer), () => p.process(delivery({}, headers('t4'))));
+    outer.end();
+    const inner = exporter.getFinishedSpans().find((s) => s.name === 'exactly-once process orders');
+    expect(inner?.kind).toBe(SpanKind.INTERNAL);
+    expect(inner?.parentSpanContext?.spanId).toBe(outer.spanContext().spanId);
+    expect(exporter.getFinishedSpans().filter((s) => s.kind === SpanKind.CONSUMER)).toHaveLength(1);
+  });
+
+  it('never puts the payload into attributes', async () => {
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      retentionCheck: 'off',
+      handler: () => 1,
+    });
+    await p.process(delivery({ card: '4242424242424242' }, headers('t5')));
+    const all = JSON.stringify(exporter.getFinishedSpans().map((s) => s.attributes));
+    expect(all).not.toContain('4242');
+  });
+});
