@@ -1,0 +1,252 @@
+/**
+ * An in-memory {@link ProcessedStore} for unit and property tests. Not for production: records
+ * live in one process and vanish with it, so it cannot deduplicate across workers or restarts.
+ */
+import type { ErrorInfo } from '../errors.js';
+import {
+  type BeginRequest,
+  type BeginResult,
+  type CompletedRecord,
+  type CompleteRequest,
+  type FailedRecord,
+  type FencedResult,
+  type InProgressRecord,
+  type OutgoingRecord,
+  type ProcessedRecord,
+  type ProcessedStore,
+  RecordState,
+  type StepRecord,
+  type StoredResult,
+} from './types.js';
+
+export interface MemoryStoreOptions {
+  /** The store's clock (ms since epoch); inject one to step leases and retention by hand. */
+  readonly now?: () => number;
+}
+
+/** A {@link ProcessedStore} kept in a `Map`. */
+export interface MemoryStore extends ProcessedStore {
+  /**
+   * Records held, expired COMPLETED/FAILED records included: they are kept so that a key's
+   * fences keep growing after its record expired (see {@link createMemoryStore}).
+   */
+  size(): number;
+}
+
+/**
+ * Creates an in-memory processed-store for tests. **Not for production**: single-process, nothing
+ * is persisted.
+ *
+ * Every operation runs synchronously against a `Map` before its promise resolves, so each one is
+ * atomic by construction and concurrent callers interleave only between operations, as they would
+ * against a real store. State lives in the store object, not in the workers using it: a test can
+ * drop a worker mid-message ("crash" it) and start another against the same store.
+ *
+ * Choices the contract leaves open:
+ * - A holder whose lease has passed but whom nobody has taken over yet may still `extend`,
+ *   `saveStep`, `complete`, `release` or `fail`: the fence, not the clock, decides ownership.
+ *   Until another `begin` bumps the fence nobody else can have started, so finishing is safe and
+ *   saves a redo.
+ * - Likewise after `release`, until the next `begin` takes the key: `release` is advice to the
+ *   next `begin` (acquire at once, kind `retry`), and only a new fence revokes the old one.
+ * - Expired COMPLETED/FAILED records read as absent but stay in the map, so the next `begin`
+ *   continues the key's fence instead of restarting at 1.
+ *
+ * Byte arrays are copied on the way in and out: a caller mutating its buffers afterwards, or the
+ * arrays it read back, never changes what the store holds.
+ */
+export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore {
+  const now = options.now ?? Date.now;
+  const records = new Map<string, ProcessedRecord>();
+
+  const live = (key: string, at: number): ProcessedRecord | undefined => {
+    const record = records.get(key);
+    if (record === undefined || isExpired(record, at)) return undefined;
+    return record;
+  };
+
+  const held = (key: string, fence: number): InProgressRecord | undefined => {
+    const record = records.get(key);
+    return record?.state === RecordState.InProgress && record.fence === fence ? record : undefined;
+  };
+
+  return {
+    async begin(request: BeginRequest): Promise<BeginResult> {
+      const at = now();
+      const stored = records.get(request.key);
+      const current = stored !== undefined && !isExpired(stored, at) ? stored : undefined;
+
+      if (current !== undefined) {
+        if (current.fingerprint !== request.fingerprint) {
+          return { status: 'mismatch', record: copyRecord(current) };
+        }
+        if (current.state === RecordState.Completed)
+          return { status: 'duplicate', record: copyRecord(current) };
+        if (current.state === RecordState.Failed) return { status: 'failed', record: copyRecord(current) };
+        if (current.leaseUntil > at) {
+          return { status: 'busy', record: copyRecord(current), retryAfterMs: current.leaseUntil - at };
+        }
+      }
+
+      const kind = current === undefined ? 'new' : current.leaseUntil === 0 ? 'retry' : 'takeover';
+      const previous = current?.state === RecordState.InProgress ? current : undefined;
+      const next: InProgressRecord = {
+        key: request.key,
+        fingerprint: request.fingerprint,
+        state: RecordState.InProgress,
+        fence: (stored?.fence ?? 0) + 1,
+        attempt: (previous?.attempt ?? 0) + 1,
+        owner: request.owner,
+        leaseUntil: at + request.leaseMs,
+        steps: previous?.steps ?? {},
+        ...(request.traceId === undefined ? {} : { traceId: request.traceId }),
+        ...(previous?.lastError === undefined ? {} : { lastError: previous.lastError }),
+      };
+      records.set(request.key, next);
+      return {
+        status: 'acquired',
+        kind,
+        fence: next.fence,
+        attempt: next.attempt,
+        leaseUntil: next.leaseUntil,
+        steps: copySteps(next.steps),
+      };
+    },
+
+    async extend(key: string, fence: number, leaseMs: number): Promise<FencedResult> {
+      const record = held(key, fence);
+      if (record === undefined) return 'lost';
+      records.set(key, { ...record, leaseUntil: now() + leaseMs });
+      return 'ok';
+    },
+
+    async complete(request: CompleteRequest): Promise<FencedResult> {
+      const record = held(request.key, request.fence);
+      if (record === undefined) return 'lost';
+      const at = now();
+      const traceId = request.traceId ?? record.traceId;
+      const completed: CompletedRecord = {
+        key: record.key,
+        fingerprint: record.fingerprint,
+        state: RecordState.Completed,
+        fence: record.fence,
+        attempt: record.attempt,
+        ...(traceId === undefined ? {} : { traceId }),
+        ...(request.result === undefined ? {} : { result: copyResult(request.result) }),
+        outgoing: request.outgoing.map((message) => copyOutgoing({ ...message, published: false })),
+        completedAt: at,
+        expiresAt: at + request.retentionMs,
+      };
+      records.set(request.key, completed);
+      return 'ok';
+    },
+
+    async release(key: string, fence: number, error: ErrorInfo): Promise<FencedResult> {
+      const record = held(key, fence);
+      if (record === undefined) return 'lost';
+      records.set(key, { ...record, leaseUntil: 0, lastError: copyError(error) });
+      return 'ok';
+    },
+
+    async fail(key: string, fence: number, error: ErrorInfo, retentionMs: number): Promise<FencedResult> {
+      const record = held(key, fence);
+      if (record === undefined) return 'lost';
+      const at = now();
+      const failed: FailedRecord = {
+        key: record.key,
+        fingerprint: record.fingerprint,
+        state: RecordState.Failed,
+        fence: record.fence,
+        attempt: record.attempt,
+        ...(record.traceId === undefined ? {} : { traceId: record.traceId }),
+        error: copyError(error),
+        failedAt: at,
+        expiresAt: at + retentionMs,
+      };
+      records.set(key, failed);
+      return 'ok';
+    },
+
+    async markPublished(key: string, ids: readonly string[]): Promise<void> {
+      const record = live(key, now());
+      if (record?.state !== RecordState.Completed) return;
+      const confirmed = new Set(ids);
+      records.set(key, {
+        ...record,
+        outgoing: record.outgoing.map((m) => (confirmed.has(m.id) ? { ...m, published: true } : m)),
+      });
+    },
+
+    async saveStep(key: string, fence: number, name: string, result: Uint8Array): Promise<FencedResult> {
+      const record = held(key, fence);
+      if (record === undefined) return 'lost';
+      const step: StepRecord = { result: new Uint8Array(result), at: now() };
+      records.set(key, { ...record, steps: { ...record.steps, [name]: step } });
+      return 'ok';
+    },
+
+    async get(key: string): Promise<ProcessedRecord | undefined> {
+      const record = live(key, now());
+      return record === undefined ? undefined : copyRecord(record);
+    },
+
+    size(): number {
+      return records.size;
+    },
+  };
+}
+
+function isExpired(record: ProcessedRecord, at: number): boolean {
+  return record.state !== RecordState.InProgress && record.expiresAt <= at;
+}
+
+function copyError(error: ErrorInfo): ErrorInfo {
+  return { name: error.name, code: error.code, message: error.message };
+}
+
+function copyResult(result: StoredResult): StoredResult {
+  if (result.kind === 'inline') return { kind: 'inline', data: new Uint8Array(result.data) };
+  const { uri, size, sha256 } = result.pointer;
+  return { kind: 'blob', pointer: { uri, size, sha256 } };
+}
+
+function copyOutgoing(message: OutgoingRecord): OutgoingRecord {
+  return {
+    id: message.id,
+    destination: message.destination,
+    ...(message.routingKey === undefined ? {} : { routingKey: message.routingKey }),
+    body: new Uint8Array(message.body),
+    headers: { ...message.headers },
+    published: message.published,
+  };
+}
+
+function copySteps(steps: Readonly<Record<string, StepRecord>>): Record<string, StepRecord> {
+  // fromEntries defines own properties, so a step named `__proto__` stays an ordinary entry.
+  return Object.fromEntries(
+    Object.entries(steps).map(([name, step]) => [name, { result: new Uint8Array(step.result), at: step.at }]),
+  );
+}
+
+function copyRecord<R extends ProcessedRecord>(record: R): R {
+  return copyAny(record) as R;
+}
+
+function copyAny(record: ProcessedRecord): ProcessedRecord {
+  switch (record.state) {
+    case RecordState.InProgress:
+      return {
+        ...record,
+        steps: copySteps(record.steps),
+        ...(record.lastError === undefined ? {} : { lastError: copyError(record.lastError) }),
+      };
+    case RecordState.Completed:
+      return {
+        ...record,
+        ...(record.result === undefined ? {} : { result: copyResult(record.result) }),
+        outgoing: record.outgoing.map(copyOutgoing),
+      };
+    case RecordState.Failed:
+      return { ...record, error: copyError(record.error) };
+  }
+}

@@ -1,0 +1,523 @@
+/**
+ * The processed-store conformance kit: one vitest suite that every {@link ProcessedStore} (and,
+ * optionally, its {@link BlobStore}) must pass against its real server.
+ */
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { BlobPointer, BlobStore } from '../blob/types.js';
+import { ErrorCode, type ErrorInfo } from '../errors.js';
+import type {
+  BeginRequest,
+  BeginResult,
+  CompletedRecord,
+  CompleteRequest,
+  FencedResult,
+  OutgoingMessage,
+  ProcessedRecord,
+  ProcessedStore,
+  StoredResult,
+} from '../store/types.js';
+
+/** What a conformance run exercises. */
+export interface StoreUnderTest {
+  readonly store: ProcessedStore;
+  /** The blob store shipped with the processed-store, if any; its tests are skipped without one. */
+  readonly blobs?: BlobStore;
+  /** Runs once after the suite; without it, `store.close()` is called. */
+  readonly teardown?: () => Promise<void>;
+}
+
+export interface ConformanceOptions {
+  /** Lease used throughout; tests wait for it to pass, so keep it short. Default 300 ms. */
+  readonly leaseMs?: number;
+  /** Simultaneous `begin` calls racing for one key. Default 16. */
+  readonly concurrency?: number;
+}
+
+/**
+ * Declares a vitest suite that checks a processed-store against the {@link ProcessedStore}
+ * contract. Call it at the top level of a test file:
+ *
+ * ```ts
+ * import { describeStoreConformance } from '@exactly-once/core/testing';
+ *
+ * describeStoreConformance('redis', async () => {
+ *   const client = new Redis(process.env.REDIS_URL);
+ *   return { store: createRedisStore({ client }), teardown: async () => void (await client.quit()) };
+ * });
+ * ```
+ *
+ * It proves the properties the pipeline's exactly-once argument rests on: one winner among
+ * racing `begin`s, fencing (a stale holder can change nothing), takeover after lease expiry,
+ * retry after release, fingerprint mismatch in every state, durable results and outgoing
+ * messages, step journaling, logical expiry, verbatim and isolated keys (`*`, `{`, `$gt`, NUL,
+ * 10 KiB...), exact bytes, and deadlines in epoch milliseconds; with `blobs`, verified blob
+ * round trips and corruption detection. It leaves open what the contract leaves open, e.g.
+ * whether a holder whose lease passed, but whom nobody took over, may still complete.
+ *
+ * Run it against the real server (not a mock): atomicity, key escaping and server clocks are
+ * what it checks. Each test writes under a fresh random key prefix, so runs can share a database;
+ * records are not cleaned up, so point it at a disposable one. It sleeps for a few leases in all.
+ */
+export function describeStoreConformance(
+  name: string,
+  setup: () => Promise<StoreUnderTest> | StoreUnderTest,
+  options: ConformanceOptions = {},
+): void {
+  const leaseMs = options.leaseMs ?? 300;
+  const concurrency = options.concurrency ?? 16;
+  // Long enough for a lease (or a short retention) to have passed on the store's clock too.
+  const pastLease = leaseMs + Math.max(100, Math.ceil(leaseMs / 2));
+  const shortRetentionMs = 200;
+  const pastRetention = shortRetentionMs + 200;
+  const retentionMs = 600_000;
+  const boom: ErrorInfo = { name: 'Error', code: 'ERROR', message: 'boom: retryable' };
+  const fatal: ErrorInfo = { name: 'PermanentError', code: ErrorCode.Permanent, message: 'bad order' };
+
+  describe(`ProcessedStore conformance: ${name}`, () => {
+    let sut: StoreUnderTest | undefined;
+    beforeAll(async () => {
+      sut = await setup();
+    });
+    afterAll(async () => {
+      if (sut?.teardown) await sut.teardown();
+      else await sut?.store.close?.();
+    });
+
+    const store = (): ProcessedStore => {
+      if (sut === undefined) throw new Error('conformance setup did not run');
+      return sut.store;
+    };
+    const keys = (): ((suffix?: string) => string) => {
+      const prefix = `eo-conformance:${randomUUID()}:`;
+      return (suffix = 'key') => prefix + suffix;
+    };
+    const request = (key: string, extra: Partial<BeginRequest> = {}): BeginRequest => ({
+      key,
+      fingerprint: 'fp-1',
+      owner: 'worker-a',
+      leaseMs,
+      ...extra,
+    });
+    const acquire = async (key: string, extra: Partial<BeginRequest> = {}) =>
+      expectStatus(await store().begin(request(key, extra)), 'acquired');
+    const freshKey = (): string => keys()();
+    const completeWith = (key: string, fence: number, extra: Partial<CompleteRequest> = {}) =>
+      store().complete({ key, fence, outgoing: [], retentionMs, ...extra });
+
+    it('begin on an absent key acquires a new lease: attempt 1, no steps', async () => {
+      const key = freshKey();
+      const acquired = await acquire(key);
+      expect(acquired.kind).toBe('new');
+      expect(Number.isSafeInteger(acquired.fence) && acquired.fence >= 1).toBe(true);
+      expect(acquired.attempt).toBe(1);
+      expect(Object.keys(acquired.steps)).toEqual([]);
+    });
+
+    it('begin while the lease is live is busy, with 0 < retryAfterMs <= leaseMs', async () => {
+      const key = freshKey();
+      const acquired = await acquire(key);
+      const busy = expectStatus(await store().begin(request(key, { owner: 'worker-b' })), 'busy');
+      expect(busy.retryAfterMs).toBeGreaterThan(0);
+      expect(busy.retryAfterMs).toBeLessThanOrEqual(leaseMs);
+      expect(busy.record).toMatchObject({
+        key,
+        state: 'IN_PROGRESS',
+        fence: acquired.fence,
+        owner: 'worker-a',
+      });
+    });
+
+    it('begin with a different fingerprint is a mismatch in every state', async () => {
+      const key = keys();
+      const other = { fingerprint: 'fp-2', owner: 'worker-b' };
+      await acquire(key('live'));
+      const released = await acquire(key('released'));
+      await ok(store().release(key('released'), released.fence, boom));
+      const completed = await acquire(key('completed'));
+      await ok(completeWith(key('completed'), completed.fence));
+      const failed = await acquire(key('failed'));
+      await ok(store().fail(key('failed'), failed.fence, fatal, retentionMs));
+      for (const [suffix, state] of [
+        ['live', 'IN_PROGRESS'],
+        ['released', 'IN_PROGRESS'],
+        ['completed', 'COMPLETED'],
+        ['failed', 'FAILED'],
+      ] as const) {
+        const mismatch = expectStatus(await store().begin(request(key(suffix), other)), 'mismatch');
+        expect(mismatch.record).toMatchObject({ key: key(suffix), state, fingerprint: 'fp-1' });
+      }
+    });
+
+    it(`${concurrency} concurrent begins on one key: exactly one acquires, the rest are busy (20 keys)`, async () => {
+      const key = keys();
+      for (let k = 0; k < 20; k++) {
+        const results = await Promise.all(
+          Array.from({ length: concurrency }, (_, i) =>
+            store().begin(request(key(`k${k}`), { owner: `w${i}` })),
+          ),
+        );
+        const acquired = results.filter((r) => r.status === 'acquired');
+        expect(acquired).toHaveLength(1);
+        const busy = results.filter((r) => r.status === 'busy');
+        expect(busy).toHaveLength(concurrency - 1);
+        for (const r of busy) expect(r.record.fence).toBe(acquired[0]?.fence);
+      }
+    });
+
+    it('extend with the holding fence pushes the lease out; with any other fence it is lost', async () => {
+      const key = freshKey();
+      const acquired = await acquire(key);
+      await lost(store().extend(key, acquired.fence + 1, leaseMs));
+      await lost(store().extend(key, acquired.fence - 1, leaseMs));
+      await ok(store().extend(key, acquired.fence, leaseMs * 3));
+      await sleep(pastLease);
+      expectStatus(await store().begin(request(key, { owner: 'worker-b' })), 'busy');
+    });
+
+    it('after the lease passes, begin takes over: fence + 1, attempt 2, steps kept', async () => {
+      const key = freshKey();
+      const first = await acquire(key);
+      await ok(store().saveStep(key, first.fence, 'charge', bytes([7])));
+      await sleep(pastLease);
+      const second = await acquire(key, { owner: 'worker-b' });
+      expect(second).toMatchObject({ kind: 'takeover', fence: first.fence + 1, attempt: 2 });
+      expect(plain(second.steps.charge?.result)).toEqual([7]);
+      expect(await store().get(key)).toMatchObject({ state: 'IN_PROGRESS', owner: 'worker-b' });
+    });
+
+    it('after a takeover the old fence is lost for every fenced operation and changes nothing', async () => {
+      const key = freshKey();
+      const first = await acquire(key);
+      await sleep(pastLease);
+      await acquire(key, { owner: 'worker-b' });
+      const before = await store().get(key);
+      const stale = first.fence;
+      await lost(store().extend(key, stale, leaseMs * 10));
+      await lost(store().saveStep(key, stale, 'zombie', bytes([1])));
+      await lost(store().release(key, stale, boom));
+      await lost(store().fail(key, stale, fatal, retentionMs));
+      await lost(completeWith(key, stale));
+      expect(await store().get(key)).toEqual(before);
+    });
+
+    it('complete keeps result, unpublished outgoing messages, timestamps and trace id; begin is a duplicate', async () => {
+      const key = freshKey();
+      const acquired = await acquire(key);
+      const outgoing = [message('m1'), message('m2')];
+      const traceId = 'trace-1-span-1';
+      await ok(completeWith(key, acquired.fence, { result: inline([1, 2, 3]), outgoing, traceId }));
+      const { record } = expectStatus(await store().begin(request(key, { owner: 'worker-b' })), 'duplicate');
+      expect(record).toMatchObject({ key, fingerprint: 'fp-1', state: 'COMPLETED', fence: acquired.fence });
+      expect(record.traceId).toBe(traceId);
+      expect(inlineData(record)).toEqual([1, 2, 3]);
+      expect(record.outgoing.map((m) => `${m.id}:${m.published}`)).toEqual(['m1:false', 'm2:false']);
+      expectNow(record.completedAt);
+      expect(Math.abs(record.expiresAt - record.completedAt - retentionMs)).toBeLessThanOrEqual(1000);
+      expect(await store().get(key)).toEqual(record);
+    });
+
+    it('a blob result pointer round-trips exactly', async () => {
+      const key = freshKey();
+      const pointer: BlobPointer = sut?.blobs
+        ? await sut.blobs.put(bytes([1, 2, 3]))
+        : { uri: 'conformance:blob/1', size: 123_456, sha256: 'ab'.repeat(32) };
+      const acquired = await acquire(key);
+      await ok(completeWith(key, acquired.fence, { result: { kind: 'blob', pointer } }));
+      const { record } = expectStatus(await store().begin(request(key)), 'duplicate');
+      expect(record.result).toEqual({ kind: 'blob', pointer });
+    });
+
+    it('blob store: bytes put are read back verified, whole and streamed', async (ctx) => {
+      const blobs = sut?.blobs ?? ctx.skip('no blob store given');
+      const data = allBytes();
+      const pointer = await blobs.put(data);
+      expect(pointer).toMatchObject({ size: 256, sha256: sha256(data) });
+      expect(plain(await blobs.get(pointer))).toEqual(plain(data));
+      const empty = await blobs.put(new Uint8Array(0));
+      expect((await blobs.get(empty)).byteLength).toBe(0);
+    });
+
+    it('blob store: a multi-MB chunked source is stored and read back intact', async (ctx) => {
+      const blobs = sut?.blobs ?? ctx.skip('no blob store given');
+      const chunks = Array.from({ length: 48 }, () => new Uint8Array(randomBytes(64 * 1024)));
+      const expected = createHash('sha256');
+      for (const chunk of chunks) expected.update(chunk);
+      const pointer = await blobs.put(iterate(chunks));
+      expect(pointer).toMatchObject({ size: 48 * 64 * 1024, sha256: expected.digest('hex') });
+      const read = createHash('sha256');
+      let size = 0;
+      for await (const chunk of blobs.stream(pointer)) {
+        read.update(chunk);
+        size += chunk.byteLength;
+      }
+      expect([size, read.digest('hex')]).toEqual([pointer.size, pointer.sha256]);
+    });
+
+    it('blob store: a pointer with a wrong sha256 or size fails with BlobIntegrityError', async (ctx) => {
+      const blobs = sut?.blobs ?? ctx.skip('no blob store given');
+      const pointer = await blobs.put(bytes([1, 2, 3, 4]));
+      const wrongHash = { ...pointer, sha256: sha256(bytes([4, 3, 2, 1])) };
+      for (const bad of [wrongHash, { ...pointer, size: 5 }, { ...pointer, size: 3 }]) {
+        await expect(blobs.get(bad)).rejects.toMatchObject({ code: ErrorCode.BlobIntegrity });
+      }
+      const drain = async () => {
+        for await (const chunk of blobs.stream(wrongHash)) expect(chunk.byteLength).toBeGreaterThan(0);
+      };
+      await expect(drain()).rejects.toMatchObject({ code: ErrorCode.BlobIntegrity });
+    });
+
+    it('blob store: a deleted blob cannot be read; deleting it again is not an error', async (ctx) => {
+      const blobs = sut?.blobs ?? ctx.skip('no blob store given');
+      const pointer = await blobs.put(bytes([9]));
+      await blobs.delete(pointer);
+      await expect(blobs.get(pointer)).rejects.toThrow();
+      await blobs.delete(pointer);
+    });
+
+    it('markPublished flags only the given ids, is idempotent and ignores unknown ids', async () => {
+      const key = freshKey();
+      const acquired = await acquire(key);
+      const outgoing = [message('a'), message('b'), message('c')];
+      await ok(completeWith(key, acquired.fence, { outgoing }));
+      const flags = async () =>
+        inState(await store().get(key), 'COMPLETED').outgoing.map((m) => `${m.id}:${m.published}`);
+      await store().markPublished(key, ['a', 'c', 'unknown']);
+      expect(await flags()).toEqual(['a:true', 'b:false', 'c:true']);
+      await store().markPublished(key, ['a']);
+      await store().markPublished(key, []);
+      expect(await flags()).toEqual(['a:true', 'b:false', 'c:true']);
+    });
+
+    it('release keeps the record IN_PROGRESS with leaseUntil 0 and lastError; begin retries at once', async () => {
+      const key = freshKey();
+      const first = await acquire(key);
+      await ok(store().release(key, first.fence, boom));
+      const released = inState(await store().get(key), 'IN_PROGRESS');
+      expect(released.leaseUntil).toBe(0);
+      expect(released.lastError).toEqual(boom);
+      const second = await acquire(key, { owner: 'worker-b' });
+      expect(second).toMatchObject({ kind: 'retry', fence: first.fence + 1, attempt: 2 });
+    });
+
+    it('fail makes the record FAILED; begin then answers failed with the error', async () => {
+      const key = freshKey();
+      const acquired = await acquire(key);
+      await ok(store().fail(key, acquired.fence, fatal, retentionMs));
+      const { record } = expectStatus(await store().begin(request(key)), 'failed');
+      expect(record).toMatchObject({ key, state: 'FAILED', error: fatal, attempt: 1 });
+      expectNow(record.failedAt);
+      expect(Math.abs(record.expiresAt - record.failedAt - retentionMs)).toBeLessThanOrEqual(1000);
+      expect(await store().get(key)).toEqual(record);
+    });
+
+    it('saveStep journals steps the next attempt receives; a stale fence is lost', async () => {
+      const key = freshKey();
+      const first = await acquire(key);
+      await ok(store().saveStep(key, first.fence, 'charge', bytes([1, 2, 3])));
+      await ok(store().saveStep(key, first.fence, 'empty', new Uint8Array(0)));
+      await ok(store().release(key, first.fence, boom));
+      const second = await acquire(key);
+      expect(second.kind).toBe('retry');
+      expect(plain(second.steps.charge?.result)).toEqual([1, 2, 3]);
+      expect(plain(second.steps.empty?.result)).toEqual([]);
+      expectNow(second.steps.charge?.at ?? 0);
+      await lost(store().saveStep(key, first.fence, 'zombie', bytes([0])));
+      await ok(store().saveStep(key, second.fence, 'ship', bytes([4])));
+      const steps = inState(await store().get(key), 'IN_PROGRESS').steps;
+      expect(Object.keys(steps).sort()).toEqual(['charge', 'empty', 'ship']);
+    });
+
+    it('a COMPLETED record reads as absent after its retention; begin then starts anew', async () => {
+      const key = freshKey();
+      const first = await acquire(key);
+      await ok(completeWith(key, first.fence, { retentionMs: shortRetentionMs }));
+      await sleep(pastRetention);
+      expect(await store().get(key)).toBeUndefined();
+      await store().markPublished(key, ['x']);
+      // Once expired, the key is free: even another payload is accepted.
+      const again = await acquire(key, { fingerprint: 'fp-2' });
+      expect(again).toMatchObject({ kind: 'new', attempt: 1 });
+    });
+
+    it('a FAILED record reads as absent after its retention; begin then starts anew', async () => {
+      const key = freshKey();
+      const first = await acquire(key);
+      await ok(store().fail(key, first.fence, fatal, shortRetentionMs));
+      await sleep(pastRetention);
+      expect(await store().get(key)).toBeUndefined();
+      expect(await acquire(key)).toMatchObject({ kind: 'new', attempt: 1 });
+    });
+
+    it('hostile keys are stored verbatim and isolated from each other', async () => {
+      const key = keys();
+      // Decoys that a key read as a pattern, a path or a C string would reach.
+      const decoys = ['', 'a', 'ab', 'b', 'tag', 'k', 'x', 'ключ'];
+      const fences = await Promise.all(
+        decoys.map(async (d) => (await acquire(key(d), { fingerprint: 'decoy' })).fence),
+      );
+      for (const [i, suffix] of HOSTILE_KEYS.entries()) {
+        expect(await store().get(key(suffix))).toBeUndefined();
+        const acquired = await acquire(key(suffix), { fingerprint: `fp-${i}` });
+        expect(acquired).toMatchObject({ kind: 'new', attempt: 1 });
+        const outgoing = [message('m')];
+        await ok(completeWith(key(suffix), acquired.fence, { result: inline([i]), outgoing }));
+        await store().markPublished(key(suffix), ['m']);
+      }
+      for (const [i, suffix] of HOSTILE_KEYS.entries()) {
+        const record = inState(await store().get(key(suffix)), 'COMPLETED');
+        // Not toBe: a failure would print a 10 KiB key.
+        expect(record.key === key(suffix) && record.fingerprint === `fp-${i}`).toBe(true);
+        expect(inlineData(record)).toEqual([i]);
+        const again = await store().begin(request(key(suffix), { fingerprint: `fp-${i}` }));
+        expect(expectStatus(again, 'duplicate').record.key === key(suffix)).toBe(true);
+      }
+      for (const [i, decoy] of decoys.entries()) {
+        const record = inState(await store().get(key(decoy)), 'IN_PROGRESS');
+        expect(record).toMatchObject({ key: key(decoy), fingerprint: 'decoy', fence: fences[i], attempt: 1 });
+      }
+    });
+
+    it('every byte value in results and outgoing bodies, and headers, round-trip exactly', async () => {
+      const key = freshKey();
+      const acquired = await acquire(key);
+      const data = allBytes();
+      const headers = {
+        traceparent: `00-${'a1'.repeat(16)}-${'b2'.repeat(8)}-01`,
+        empty: '',
+        'ü-ключ': '🔑 "\\',
+      };
+      const routed = { id: 'routed', destination: 'orders.out', routingKey: 'rk.1', headers };
+      const outgoing: OutgoingMessage[] = [
+        { ...routed, body: data.slice().reverse() },
+        { id: 'plain', destination: 'topic', body: data, headers: {} },
+      ];
+      await ok(completeWith(key, acquired.fence, { result: inline(data), outgoing }));
+      for (const record of [
+        inState(await store().get(key), 'COMPLETED'),
+        expectStatus(await store().begin(request(key)), 'duplicate').record,
+      ]) {
+        expect(inlineData(record)).toEqual(plain(data));
+        const [first, second] = record.outgoing;
+        expect(first).toMatchObject(routed);
+        expect(plain(first?.body)).toEqual(plain(data).reverse());
+        expect(second?.routingKey).toBeUndefined();
+        expect(second?.headers).toEqual({});
+        expect(plain(second?.body)).toEqual(plain(data));
+      }
+    });
+
+    it('stored bytes never alias the caller’s arrays', async () => {
+      const key = freshKey();
+      const acquired = await acquire(key);
+      const step = bytes([1]);
+      await ok(store().saveStep(key, acquired.fence, 's', step));
+      step[0] = 99;
+      const result = bytes([2]);
+      const body = bytes([3]);
+      await ok(store().release(key, acquired.fence, boom));
+      const again = await acquire(key);
+      expect(plain(again.steps.s?.result)).toEqual([1]);
+      const outgoing = [{ ...message('m'), body }];
+      await ok(completeWith(key, again.fence, { result: inline(result), outgoing }));
+      result[0] = 99;
+      body[0] = 99;
+      const read = inState(await store().get(key), 'COMPLETED');
+      if (read.result?.kind === 'inline') read.result.data[0] = 98;
+      expect(plain(read.outgoing[0]?.body)).toEqual([3]);
+      expect(inlineData(inState(await store().get(key), 'COMPLETED'))).toEqual([2]);
+    });
+
+    it('fenced operations on an absent key are lost and create nothing', async () => {
+      const key = freshKey();
+      await lost(store().extend(key, 1, leaseMs));
+      await lost(store().saveStep(key, 1, 's', bytes([1])));
+      await lost(store().release(key, 1, boom));
+      await lost(store().fail(key, 1, fatal, retentionMs));
+      await lost(completeWith(key, 1));
+      await store().markPublished(key, ['m']);
+      expect(await store().get(key)).toBeUndefined();
+    });
+
+    it('deadlines and timestamps are epoch milliseconds on a clock within 5 s of this one', async () => {
+      const key = freshKey();
+      const acquired = await acquire(key);
+      expectNow(acquired.leaseUntil - leaseMs);
+      await ok(completeWith(key, acquired.fence));
+      expectNow(inState(await store().get(key), 'COMPLETED').completedAt);
+    });
+  });
+}
+
+/** Suffixes that break stores which build key patterns, JSON queries or paths from keys. */
+const HOSTILE_KEYS: readonly string[] = [
+  ...['*', '{', '}', '{tag}', '$gt', '{"$gt":""}', '..', 'a.b', '\u0000', 'a\u0000b', 'k:with:colons'],
+  ...['?[a-z]', 'ключ-🔑', 'x'.repeat(10 * 1024)],
+];
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+async function ok(result: Promise<FencedResult>): Promise<void> {
+  expect(await result).toBe('ok');
+}
+
+async function lost(result: Promise<FencedResult>): Promise<void> {
+  expect(await result).toBe('lost');
+}
+
+function expectStatus<S extends BeginResult['status']>(
+  result: BeginResult,
+  status: S,
+): Extract<BeginResult, { status: S }> {
+  expect(result.status).toBe(status);
+  return result as Extract<BeginResult, { status: S }>;
+}
+
+function inState<S extends ProcessedRecord['state']>(
+  record: ProcessedRecord | undefined,
+  state: S,
+): Extract<ProcessedRecord, { state: S }> {
+  expect(record?.state).toBe(state);
+  return record as Extract<ProcessedRecord, { state: S }>;
+}
+
+function expectNow(at: number): void {
+  expect(Math.abs(at - Date.now()), `timestamp ${at} is not near now`).toBeLessThan(5000);
+}
+
+function message(id: string): OutgoingMessage {
+  return { id, destination: 'out', body: bytes([1]), headers: { 'x-idempotency-key': id } };
+}
+
+function inline(data: number[] | Uint8Array): StoredResult {
+  return { kind: 'inline', data: data instanceof Uint8Array ? data : bytes(data) };
+}
+
+function bytes(values: number[]): Uint8Array {
+  return Uint8Array.from(values);
+}
+
+function allBytes(): Uint8Array {
+  return Uint8Array.from({ length: 256 }, (_, i) => i);
+}
+
+/** Stores may hand back Buffers; compare contents, not classes. */
+function plain(data: Uint8Array): number[];
+function plain(data: Uint8Array | undefined): number[] | undefined;
+function plain(data: Uint8Array | undefined): number[] | undefined {
+  return data === undefined ? undefined : Array.from(data);
+}
+
+function inlineData(record: CompletedRecord): number[] | undefined {
+  return record.result?.kind === 'inline' ? plain(record.result.data) : undefined;
+}
+
+async function* iterate(chunks: readonly Uint8Array[]): AsyncGenerator<Uint8Array> {
+  yield* chunks;
+}
+
+function sha256(data: Uint8Array): string {
+  return createHash('sha256').update(data).digest('hex');
+}
