@@ -10,7 +10,11 @@ export interface LeaseKeeper {
   readonly signal: AbortSignal;
   /** True once the store said another fence holds the key. */
   readonly lost: boolean;
-  stop(): void;
+  /**
+   * Stops heartbeating and waits for an extend already on its way, so it cannot land after the
+   * caller's release or complete and revive the lease.
+   */
+  stop(): Promise<void>;
 }
 
 export function keepLease(opts: {
@@ -28,6 +32,7 @@ export function keepLease(opts: {
   // never earlier, because the store set it after we asked.
   let deadline = performance.now() + opts.leaseMs;
   let timer: NodeJS.Timeout | undefined;
+  let inflight: Promise<void> | undefined;
 
   const abort = () => {
     if (!controller.signal.aborted) {
@@ -59,7 +64,9 @@ export function keepLease(opts: {
     // The floor keeps an unreachable store from being hammered once the deadline has passed.
     const floor = Math.min(opts.intervalMs, 50);
     const wait = Math.max(floor, Math.min(opts.intervalMs, deadline - performance.now()));
-    timer = setTimeout(() => void tick(), wait);
+    timer = setTimeout(() => {
+      inflight = tick();
+    }, wait);
     timer.unref?.();
   };
   schedule();
@@ -69,9 +76,10 @@ export function keepLease(opts: {
     get lost() {
       return lost;
     },
-    stop() {
+    async stop() {
       stopped = true;
       if (timer) clearTimeout(timer);
+      await inflight;
     },
   };
 }

@@ -245,7 +245,7 @@ async function run<T, R>(
     handlerError = error;
     failedHandler = true;
   } finally {
-    keeper.stop();
+    await keeper.stop();
     instrumentsFor().handlerDuration.record((performance.now() - handlerStart) / 1000, {
       consumer: o.consumer,
     });

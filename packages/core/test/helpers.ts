@@ -1,4 +1,5 @@
-import type { Delivery, OutgoingMessage, OutgoingPublisher } from '../src/spi.js';
+import type { Delivery, OutgoingPublisher } from '../src/spi.js';
+import type { OutgoingMessage } from '../src/store/types.js';
 
 const enc = new TextEncoder();
 

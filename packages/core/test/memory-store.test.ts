@@ -39,7 +39,12 @@ describe('memory store with an injected clock', () => {
     expect(busy).toMatchObject({ status: 'busy', retryAfterMs: 1 });
     clock.now += 1;
     const second = await acquire(store, 'k', { owner: 'w2', traceId: 't2' });
-    expect(second).toMatchObject({ kind: 'takeover', fence: 2, attempt: 2, leaseUntil: clock.now + 1000 });
+    expect(second).toMatchObject({
+      kind: 'takeover',
+      fence: first.fence + 1,
+      attempt: 2,
+      leaseUntil: clock.now + 1000,
+    });
     expect(await store.get('k')).toMatchObject({ owner: 'w2', traceId: 't2' });
   });
 
@@ -59,11 +64,11 @@ describe('memory store with an injected clock', () => {
     expect((await store.begin(request('k'))).status).toBe('duplicate');
     clock.now += 1;
     expect(await store.get('k')).toBeUndefined();
-    expect(await acquire(store, 'k', { fingerprint: 'other' })).toMatchObject({
-      kind: 'new',
-      attempt: 1,
-      fence: 2,
-    });
+    const renewed = await acquire(store, 'k', { fingerprint: 'other' });
+    expect(renewed).toMatchObject({ kind: 'new', attempt: 1 });
+    // A new record's fence starts at store time, above every fence the key had before.
+    expect(renewed.fence).toBe(clock.now);
+    expect(renewed.fence).toBeGreaterThan(first.fence);
     // The expired record stays so its fence survives; a stale holder stays fenced out.
     expect(store.size()).toBe(1);
     expect(await store.complete({ key: 'k', fence: first.fence, outgoing: [], retentionMs: 500 })).toBe(
@@ -88,10 +93,10 @@ describe('memory store with an injected clock', () => {
     await store.saveStep('k', first.fence, 'a', new Uint8Array([1]));
     await store.release('k', first.fence, boom);
     const second = await acquire(store, 'k');
-    expect(second).toMatchObject({ kind: 'retry', fence: 2, attempt: 2 });
+    expect(second).toMatchObject({ kind: 'retry', fence: first.fence + 1, attempt: 2 });
     clock.now += 1000;
     const third = await acquire(store, 'k');
-    expect(third).toMatchObject({ kind: 'takeover', fence: 3, attempt: 3 });
+    expect(third).toMatchObject({ kind: 'takeover', fence: first.fence + 2, attempt: 3 });
     expect(Array.from(third.steps.a?.result ?? [])).toEqual([1]);
     expect(await store.get('k')).toMatchObject({ lastError: boom });
   });

@@ -94,7 +94,9 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
         key: request.key,
         fingerprint: request.fingerprint,
         state: RecordState.InProgress,
-        fence: (stored?.fence ?? 0) + 1,
+        // A new record starts its fence at store time, so fences never repeat even where the
+        // old record was physically deleted (see ProcessedStore.begin).
+        fence: kind === 'new' ? Math.max((stored?.fence ?? 0) + 1, Math.floor(at)) : (stored?.fence ?? 0) + 1,
         attempt: (previous?.attempt ?? 0) + 1,
         owner: request.owner,
         leaseUntil: at + request.leaseMs,

@@ -143,10 +143,12 @@ export type FencedResult = 'ok' | 'lost';
  */
 export interface ProcessedStore {
   /**
-   * Atomically claim `key`. Absent or expired record: create IN_PROGRESS, fence and attempt
-   * continuing from any earlier record (or 1). IN_PROGRESS whose lease has passed (or was
-   * released): take it over with fence + 1 and attempt + 1. Fingerprint differs from the stored
-   * one: `mismatch`, whatever the state.
+   * Atomically claim `key`. Absent or expired record: create IN_PROGRESS with attempt 1 and
+   * fence = max(previous fence + 1, store time in ms): starting from the clock means a fence never
+   * repeats even after the old record was physically deleted, so a worker stalled past retention
+   * cannot write over a newer record. IN_PROGRESS whose lease has passed (or was released): take
+   * it over with fence + 1 and attempt + 1. Fingerprint differs from the stored one: `mismatch`,
+   * whatever the state.
    */
   begin(request: BeginRequest): Promise<BeginResult>;
   /** Extend the lease to store-now + `leaseMs` if `fence` still holds it. */

@@ -114,6 +114,13 @@ export function describeStoreConformance(
       expect(Object.keys(acquired.steps)).toEqual([]);
     });
 
+    it('a new record starts its fence at store time (ms), so fences never repeat after deletion', async () => {
+      const acquired = await acquire(freshKey());
+      expect(Math.abs(acquired.fence - Date.now()), `fence ${acquired.fence} is not store time`).toBeLessThan(
+        5000,
+      );
+    });
+
     it('begin while the lease is live is busy, with 0 < retryAfterMs <= leaseMs', async () => {
       const key = freshKey();
       const acquired = await acquire(key);
