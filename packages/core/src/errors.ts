@@ -17,6 +17,8 @@ export const ErrorCode = {
   BlobIntegrity: 'BLOB_INTEGRITY',
   PreviouslyFailed: 'PREVIOUSLY_FAILED',
   Publish: 'PUBLISH_FAILED',
+  InProgress: 'IN_PROGRESS',
+  ExecutionFailed: 'EXECUTION_FAILED',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

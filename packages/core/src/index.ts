@@ -60,3 +60,5 @@ export { withFaults } from './store/faulty-store.js';
 export type { FaultOptions, StoreOperation } from './store/faulty-store.js';
 export { createFsBlobStore } from './blob/fs-blob-store.js';
 export type { FsBlobStoreOptions } from './blob/fs-blob-store.js';
+export { createIdempotentExecutor, ExecutionFailedError, RequestInProgressError } from './executor.js';
+export type { ExecuteRequest, ExecuteResult, ExecutorOptions, IdempotentExecutor } from './executor.js';

@@ -1,0 +1,144 @@
+/**
+ * Idempotent execution outside a consumer: an HTTP endpoint (`POST /orders` with an
+ * `Idempotency-Key` header), a scheduled job, a first service that publishes. The same pipeline
+ * as a consumer's, driven by a request instead of a delivery: one run per key, the stored result
+ * for every replay, outgoing messages published after the record is durable.
+ */
+import { randomUUID } from 'node:crypto';
+import { context } from '@opentelemetry/api';
+import { decodeResult, encodeValue } from './codec.js';
+import { ConfigError, ErrorCode, type ErrorInfo, ExactlyOnceError } from './errors.js';
+import { Headers } from './headers.js';
+import type { ProcessorOptions } from './options.js';
+import { createProcessor } from './processor.js';
+import type { Handler } from './context.js';
+import { injectContext } from './tracing.js';
+import type { StoredResult } from './store/types.js';
+
+/** Another request with the same key is running; answer e.g. 409 with `Retry-After`. */
+export class RequestInProgressError extends ExactlyOnceError {
+  override name = 'RequestInProgressError';
+  constructor(readonly retryAfterMs: number) {
+    super(ErrorCode.InProgress, 'a request with this idempotency key is in progress', true);
+  }
+}
+
+/**
+ * The run did not complete. `outcome` says why: `mismatch` (the key was used with another
+ * payload: answer 422), `failed` (failed permanently, now or earlier), `retryable` (the client may
+ * retry with the same key). `info` is the underlying error.
+ */
+export class ExecutionFailedError extends ExactlyOnceError {
+  override name = 'ExecutionFailedError';
+  constructor(
+    readonly outcome: 'mismatch' | 'failed' | 'retryable',
+    readonly info: ErrorInfo,
+  ) {
+    super(ErrorCode.ExecutionFailed, `${info.name}: ${info.message}`, outcome === 'retryable');
+  }
+}
+
+export type ExecutorOptions<T, R> = Omit<ProcessorOptions<T, R>, 'handler' | 'decode' | 'missingKey'>;
+
+export interface ExecuteRequest<T> {
+  /** The client's idempotency key. */
+  key: string;
+  payload: T;
+  /** Defaults to the key: a first hop's request id is its key. */
+  requestId?: string;
+}
+
+export interface ExecuteResult<R> {
+  /** `completed`: this call ran the handler; `duplicate`: the stored result of an earlier run. */
+  readonly status: 'completed' | 'duplicate';
+  readonly result: R | undefined;
+  readonly requestId: string;
+}
+
+export interface IdempotentExecutor<T, R> {
+  /**
+   * Runs `handler` once per key. Throws {@link RequestInProgressError} while another run holds
+   * the key, and {@link ExecutionFailedError} when the key was reused with another payload or the
+   * run failed.
+   */
+  execute(request: ExecuteRequest<T>, handler: Handler<T, R>): Promise<ExecuteResult<R>>;
+}
+
+/**
+ * @example
+ * ```ts
+ * const orders = createIdempotentExecutor<OrderRequest, OrderResponse>({ consumer: 'orders-api', store, publisher });
+ * const { result, status } = await orders.execute({ key: req.header('Idempotency-Key'), payload: body },
+ *   async (order, ctx) => { ctx.publish('orders', order); return { orderId: ctx.keyFor('order') }; });
+ * ```
+ */
+export function createIdempotentExecutor<T = unknown, R = unknown>(
+  options: ExecutorOptions<T, R>,
+): IdempotentExecutor<T, R> {
+  // One processor per executor; the handler of the current call travels with the payload.
+  type Envelope = { payload: T; handler: Handler<T, R> };
+  const envelopes = new Map<string, Envelope>();
+  const processor = createProcessor<T, R>({
+    ...options,
+    spanKind: options.spanKind ?? 'internal',
+    decode: (_body, delivery) => {
+      const id = delivery.brokerId as string;
+      return (envelopes.get(id) as Envelope).payload;
+    },
+    handler: (payload, ctx) => {
+      const id = ctx.headers['x-eo-call'] as string;
+      return (envelopes.get(id) as Envelope).handler(payload, ctx);
+    },
+  });
+  const blobs = options.blobs;
+
+  const readResult = async (stored: StoredResult | undefined): Promise<R | undefined> => {
+    if (!stored) return undefined;
+    if (stored.kind === 'inline') return decodeResult<R>(stored.data);
+    if (!blobs) throw new ConfigError('the stored result is a blob but the executor has no blob store');
+    return decodeResult<R>(await blobs.get(stored.pointer));
+  };
+
+  return {
+    async execute(request, handler) {
+      const call = randomUUID();
+      envelopes.set(call, { payload: request.payload, handler });
+      const requestId = request.requestId ?? request.key;
+      const headers: Record<string, string> = {
+        [Headers.IdempotencyKey]: request.key,
+        [Headers.RequestId]: requestId,
+        'x-eo-call': call,
+      };
+      injectContext(context.active(), headers);
+      try {
+        const d = await processor.process({
+          body: encodeValue(request.payload).bytes,
+          headers,
+          destination: options.consumer,
+          system: 'http',
+          brokerId: call,
+        });
+        switch (d.action) {
+          case 'ack':
+            return {
+              status: d.outcome === 'duplicate' ? 'duplicate' : 'completed',
+              result: await readResult(d.result),
+              requestId,
+            };
+          case 'defer':
+            if (d.outcome === 'busy') throw new RequestInProgressError(d.delayMs);
+            throw new ExecutionFailedError(
+              'retryable',
+              d.error ?? { name: 'Error', code: 'ERROR', message: d.outcome },
+            );
+          case 'retry':
+            throw new ExecutionFailedError('retryable', d.error);
+          case 'dead-letter':
+            throw new ExecutionFailedError(d.outcome === 'mismatch' ? 'mismatch' : 'failed', d.reason.error);
+        }
+      } finally {
+        envelopes.delete(call);
+      }
+    },
+  };
+}

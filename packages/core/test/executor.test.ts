@@ -1,0 +1,72 @@
+import { describe, expect, it } from 'vitest';
+import type { HandlerContext } from '../src/context.js';
+import { PermanentError } from '../src/errors.js';
+import { createIdempotentExecutor, ExecutionFailedError, RequestInProgressError } from '../src/executor.js';
+import { createMemoryStore } from '../src/store/memory-store.js';
+import { deferred, recordingPublisher } from './helpers.js';
+
+const opts = { consumer: 'orders-api', retentionCheck: 'off' as const };
+
+describe('idempotent executor (HTTP-style requests)', () => {
+  it('runs once per key and replays the stored response', async () => {
+    const publisher = recordingPublisher();
+    const ex = createIdempotentExecutor<{ sku: string }, { orderId: string }>({
+      ...opts,
+      store: createMemoryStore(),
+      publisher,
+    });
+    let runs = 0;
+    const handler = (order: { sku: string }, ctx: HandlerContext) => {
+      runs++;
+      ctx.publish('orders', order, { name: 'created' });
+      return { orderId: ctx.keyFor('order') };
+    };
+    const a = await ex.execute({ key: 'client-key-1', payload: { sku: 'x' } }, handler);
+    const b = await ex.execute({ key: 'client-key-1', payload: { sku: 'x' } }, handler);
+    expect(a.status).toBe('completed');
+    expect(b.status).toBe('duplicate');
+    expect(b.result).toEqual(a.result);
+    expect(runs).toBe(1);
+    expect(publisher.sent).toHaveLength(1);
+    expect(publisher.sent[0]?.headers['x-request-id']).toBe('client-key-1');
+  });
+
+  it('rejects a different body under the same key, and a concurrent run of the same key', async () => {
+    const ex = createIdempotentExecutor<{ n: number }, number>({ ...opts, store: createMemoryStore() });
+    const gate = deferred();
+    const first = ex.execute({ key: 'k', payload: { n: 1 } }, async () => {
+      await gate.promise;
+      return 1;
+    });
+    await new Promise((r) => setTimeout(r, 10));
+    await expect(ex.execute({ key: 'k', payload: { n: 1 } }, () => 1)).rejects.toBeInstanceOf(
+      RequestInProgressError,
+    );
+    gate.resolve();
+    await first;
+    const reuse = await ex.execute({ key: 'k', payload: { n: 2 } }, () => 2).catch((e) => e);
+    expect(reuse).toBeInstanceOf(ExecutionFailedError);
+    expect(reuse.outcome).toBe('mismatch');
+    expect(reuse.info.code).toBe('IDEMPOTENCY_KEY_REUSE');
+  });
+
+  it('lets a client retry a retryable failure with the same key, and remembers a permanent one', async () => {
+    const ex = createIdempotentExecutor<object, string>({ ...opts, store: createMemoryStore() });
+    const flaky = await ex
+      .execute({ key: 'r', payload: {} }, () => {
+        throw new Error('provider timeout');
+      })
+      .catch((e) => e);
+    expect(flaky).toMatchObject({ outcome: 'retryable', retryable: true });
+    expect((await ex.execute({ key: 'r', payload: {} }, () => 'ok')).result).toBe('ok');
+    const declined = await ex
+      .execute({ key: 'p', payload: {} }, () => {
+        throw new PermanentError('card declined');
+      })
+      .catch((e) => e);
+    expect(declined).toMatchObject({ outcome: 'failed' });
+    const again = await ex.execute({ key: 'p', payload: {} }, () => 'never').catch((e) => e);
+    expect(again).toMatchObject({ outcome: 'failed' });
+    expect(again.info.code).toBe('PREVIOUSLY_FAILED');
+  });
+});
