@@ -1,0 +1,205 @@
+/**
+ * The stored document: one per key, `_id` = the store key verbatim. Field names are short (a
+ * COMPLETED record is written millions of times) and fixed: nothing the caller supplies ever
+ * becomes a field name, so keys, step names, message ids and header names may hold `.`, `$` or
+ * NUL. Steps and headers are arrays for that reason.
+ */
+import {
+  type BlobPointer,
+  type CompletedRecord,
+  type ErrorInfo,
+  type FailedRecord,
+  type InProgressRecord,
+  type OutgoingMessage,
+  type OutgoingRecord,
+  type ProcessedRecord,
+  RecordState,
+  type StepRecord,
+  type StoredResult,
+} from '@exactly-once/core';
+import { Binary } from 'mongodb';
+
+/** `s`: record state, as a small int (4 bytes in BSON, against 6 for a one-letter string). */
+export const State = { InProgress: 1, Completed: 2, Failed: 3 } as const;
+export type State = (typeof State)[keyof typeof State];
+
+export interface ErrorDoc {
+  n: string;
+  c: string;
+  m: string;
+}
+
+export interface StepDoc {
+  /** Step name. */
+  k: string;
+  r: Binary;
+  at: number;
+}
+
+export interface OutgoingDoc {
+  i: string;
+  d: string;
+  k?: string;
+  b: Binary;
+  /** Headers flattened to `[name, value, name, value, ...]`: names are data, not field names. */
+  h: string[];
+}
+
+export interface BlobDoc {
+  u: string;
+  z: number;
+  h: string;
+}
+
+export interface RecordDoc {
+  _id: string;
+  s: State;
+  /** Fingerprint. */
+  f: string;
+  /** Fence. */
+  n: number;
+  /** Attempt. */
+  a: number;
+  /** Trace id. */
+  t?: string;
+  /** IN_PROGRESS: owner, lease end (store ms; 0 after release), journaled steps. */
+  o?: string;
+  l?: number;
+  /** Steps in the order saved; a name saved twice keeps its last entry (see {@link decodeSteps}). */
+  st?: StepDoc[];
+  /** IN_PROGRESS: the last released attempt's error. FAILED: the error. */
+  x?: ErrorDoc;
+  /** COMPLETED: inline result, or blob pointer. */
+  r?: Binary;
+  b?: BlobDoc;
+  /** COMPLETED: outgoing messages (absent when none) and the ids confirmed so far. */
+  ob?: OutgoingDoc[];
+  pb?: string[];
+  /** COMPLETED/FAILED: completedAt or failedAt (store ms). */
+  d?: number;
+  /** COMPLETED/FAILED: expiresAt, a BSON date so that a TTL index can use it. */
+  e?: Date;
+}
+
+/** Copies, so a caller mutating its array after the call never changes what is written. */
+export function toBinary(data: Uint8Array): Binary {
+  return new Binary(Uint8Array.prototype.slice.call(data));
+}
+
+/** A plain Uint8Array copy (never a view into the driver's buffer, never a Buffer). */
+export function fromBinary(value: Binary | undefined): Uint8Array {
+  if (value === undefined) return new Uint8Array(0);
+  return Uint8Array.from(value.buffer.subarray(0, value.position));
+}
+
+export function encodeError(error: ErrorInfo): ErrorDoc {
+  return { n: String(error.name), c: String(error.code), m: String(error.message) };
+}
+
+function decodeError(doc: ErrorDoc | undefined): ErrorInfo {
+  return { name: doc?.n ?? 'Error', code: doc?.c ?? 'ERROR', message: doc?.m ?? '' };
+}
+
+export function encodeResult(result: StoredResult | undefined): { r?: Binary; b?: BlobDoc } {
+  if (result === undefined) return {};
+  if (result.kind === 'inline') return { r: toBinary(result.data) };
+  const { uri, size, sha256 } = result.pointer;
+  return { b: { u: uri, z: size, h: sha256 } };
+}
+
+function decodeResult(doc: RecordDoc): StoredResult | undefined {
+  if (doc.r !== undefined) return { kind: 'inline', data: fromBinary(doc.r) };
+  if (doc.b !== undefined) {
+    const pointer: BlobPointer = { uri: doc.b.u, size: doc.b.z, sha256: doc.b.h };
+    return { kind: 'blob', pointer };
+  }
+  return undefined;
+}
+
+export function encodeOutgoing(messages: readonly OutgoingMessage[]): OutgoingDoc[] {
+  return messages.map((m) => {
+    const h: string[] = [];
+    for (const [name, value] of Object.entries(m.headers)) h.push(name, String(value));
+    return {
+      i: m.id,
+      d: m.destination,
+      ...(m.routingKey === undefined ? {} : { k: m.routingKey }),
+      b: toBinary(m.body),
+      h,
+    };
+  });
+}
+
+function decodeOutgoing(doc: RecordDoc): OutgoingRecord[] {
+  const published = new Set(doc.pb ?? []);
+  return (doc.ob ?? []).map((m) => {
+    const headers: [string, string][] = [];
+    for (let i = 0; i + 1 < m.h.length; i += 2) headers.push([m.h[i] as string, m.h[i + 1] as string]);
+    return {
+      id: m.i,
+      destination: m.d,
+      ...(m.k === undefined ? {} : { routingKey: m.k }),
+      body: fromBinary(m.b),
+      // fromEntries defines own properties: a header named `__proto__` stays a header.
+      headers: Object.fromEntries(headers),
+      published: published.has(m.i),
+    };
+  });
+}
+
+export function decodeSteps(steps: readonly StepDoc[] | undefined): Record<string, StepRecord> {
+  const byName = new Map<string, StepRecord>();
+  // saveStep appends; a later entry for a name replaces the earlier one.
+  for (const step of steps ?? []) byName.set(step.k, { result: fromBinary(step.r), at: step.at });
+  return Object.fromEntries(byName);
+}
+
+/** Whether a COMPLETED/FAILED document is past its retention at store time `now`. */
+export function isExpired(doc: RecordDoc, now: number): boolean {
+  return doc.s !== State.InProgress && (doc.e === undefined || doc.e.getTime() <= now);
+}
+
+export function decodeRecord(doc: RecordDoc): ProcessedRecord {
+  const base = {
+    key: doc._id,
+    fingerprint: doc.f,
+    fence: doc.n,
+    attempt: doc.a,
+    ...(doc.t === undefined ? {} : { traceId: doc.t }),
+  };
+  switch (doc.s) {
+    case State.InProgress: {
+      const record: InProgressRecord = {
+        ...base,
+        state: RecordState.InProgress,
+        owner: doc.o ?? '',
+        leaseUntil: doc.l ?? 0,
+        ...(doc.x === undefined ? {} : { lastError: decodeError(doc.x) }),
+        steps: decodeSteps(doc.st),
+      };
+      return record;
+    }
+    case State.Completed: {
+      const result = decodeResult(doc);
+      const record: CompletedRecord = {
+        ...base,
+        state: RecordState.Completed,
+        ...(result === undefined ? {} : { result }),
+        outgoing: decodeOutgoing(doc),
+        completedAt: doc.d ?? 0,
+        expiresAt: doc.e?.getTime() ?? 0,
+      };
+      return record;
+    }
+    default: {
+      const record: FailedRecord = {
+        ...base,
+        state: RecordState.Failed,
+        error: decodeError(doc.x),
+        failedAt: doc.d ?? 0,
+        expiresAt: doc.e?.getTime() ?? 0,
+      };
+      return record;
+    }
+  }
+}

@@ -1,0 +1,186 @@
+/**
+ * A {@link BlobStore} on GridFS: a blob is a `<bucket>.files` document and its 255 KiB chunks in
+ * `<bucket>.chunks`. Pointers are `gridfs:<24 hex digits of the file id>`.
+ */
+import { createHash } from 'node:crypto';
+import { pipeline } from 'node:stream/promises';
+import {
+  type BlobPointer,
+  type BlobSource,
+  type BlobStore,
+  BlobIntegrityError,
+  StoreUnavailableError,
+} from '@exactly-once/core';
+import {
+  type Db,
+  type Document,
+  GridFSBucket,
+  MongoError,
+  MongoGridFSChunkError,
+  ObjectId,
+  type WriteConcernSettings,
+} from 'mongodb';
+
+export interface GridFsBlobStoreOptions {
+  readonly db: Db;
+  /** GridFS bucket (collection prefix). Default `eo_blobs`. */
+  readonly bucketName?: string;
+  /** Default 255 KiB, GridFS's own default: a chunk document stays well under 16 MiB. */
+  readonly chunkSizeBytes?: number;
+  /** Write concern of chunks and files documents. Default `{ w: 'majority' }`. */
+  readonly writeConcern?: WriteConcernSettings;
+}
+
+export const DEFAULT_BUCKET = 'eo_blobs';
+const URI_PATTERN = /^gridfs:([0-9a-f]{24})$/;
+const SHA256_PATTERN = /^[0-9a-f]{64}$/;
+
+/**
+ * Creates a GridFS blob store. `put` streams the source into GridFS, hashing and counting on the
+ * way, with the stream's backpressure: memory holds one chunk, not the blob. GridFS writes the
+ * files document after the last chunk, so a partial upload never has a files document (and `put`
+ * never returned a pointer to it); a failed upload removes its chunks. Reads check size and sha256
+ * against the pointer and fail with {@link BlobIntegrityError} on any difference, a missing file
+ * or a missing or mis-sized chunk. Driver failures surface as StoreUnavailableError (retryable).
+ */
+export function createGridFsBlobStore(options: GridFsBlobStoreOptions): BlobStore {
+  const bucketName = options.bucketName ?? DEFAULT_BUCKET;
+  const writeConcern = options.writeConcern ?? { w: 'majority' };
+  const bucket = new GridFSBucket(options.db, {
+    bucketName,
+    chunkSizeBytes: options.chunkSizeBytes ?? 255 * 1024,
+    writeConcern,
+  });
+  const files = options.db.collection<Document>(`${bucketName}.files`);
+  const chunks = options.db.collection<Document>(`${bucketName}.chunks`);
+
+  const stream = (pointer: BlobPointer): AsyncIterable<Uint8Array> => {
+    // Validate now rather than on first iteration, so a bad pointer fails where it is passed.
+    const id = idOf(pointer);
+    checkPointer(pointer);
+    return verified(bucket, id, pointer);
+  };
+
+  return {
+    async put(source: BlobSource): Promise<BlobPointer> {
+      const upload = bucket.openUploadStream('eo-blob');
+      const hash = createHash('sha256');
+      let size = 0;
+      async function* hashed(): AsyncGenerator<Buffer> {
+        for await (const chunk of source instanceof Uint8Array ? [source] : source) {
+          if (!(chunk instanceof Uint8Array)) throw new TypeError('blob source must yield Uint8Array chunks');
+          hash.update(chunk);
+          size += chunk.byteLength;
+          // Copied: the stream may queue the chunk while the source reuses its buffer.
+          yield Buffer.from(chunk);
+        }
+      }
+      try {
+        // pipeline waits on the stream's backpressure and resolves on 'finish', which GridFS emits
+        // after the files document is written.
+        await pipeline(hashed(), upload);
+      } catch (error) {
+        await upload.abort().catch(() => undefined);
+        throw error instanceof MongoError
+          ? new StoreUnavailableError({ operation: 'blob.put', cause: error })
+          : error;
+      }
+      return { uri: `gridfs:${upload.id.toHexString()}`, size, sha256: hash.digest('hex') };
+    },
+
+    stream,
+
+    async get(pointer: BlobPointer): Promise<Uint8Array> {
+      const parts: Uint8Array[] = [];
+      let size = 0;
+      for await (const part of stream(pointer)) {
+        parts.push(part);
+        size += part.byteLength;
+      }
+      // Allocated only now: a corrupt pointer's `size` never decides how much memory is taken.
+      const out = new Uint8Array(size);
+      let offset = 0;
+      for (const part of parts) {
+        out.set(part, offset);
+        offset += part.byteLength;
+      }
+      return out;
+    },
+
+    async delete(pointer: BlobPointer): Promise<void> {
+      const id = idOf(pointer);
+      try {
+        // The files document first: a reader then finds no file, never a file with chunks missing.
+        await files.deleteOne({ _id: id }, { writeConcern });
+        await chunks.deleteMany({ files_id: id }, { writeConcern });
+      } catch (error) {
+        throw new StoreUnavailableError({ operation: 'blob.delete', cause: error });
+      }
+    },
+  };
+}
+
+async function* verified(
+  bucket: GridFSBucket,
+  id: ObjectId,
+  pointer: BlobPointer,
+): AsyncGenerator<Uint8Array> {
+  const hash = createHash('sha256');
+  let size = 0;
+  const download = bucket.openDownloadStream(id);
+  try {
+    for await (const chunk of download as AsyncIterable<Buffer>) {
+      size += chunk.byteLength;
+      if (size > pointer.size) {
+        throw new BlobIntegrityError(`blob ${pointer.uri} is longer than the ${pointer.size} bytes recorded`);
+      }
+      hash.update(chunk);
+      yield chunk;
+    }
+  } catch (error) {
+    throw readError(pointer, error);
+  } finally {
+    download.destroy();
+  }
+  if (size !== pointer.size) {
+    throw new BlobIntegrityError(`blob ${pointer.uri} has ${size} bytes, ${pointer.size} recorded`);
+  }
+  const digest = hash.digest('hex');
+  if (digest !== pointer.sha256) {
+    throw new BlobIntegrityError(`blob ${pointer.uri} has sha256 ${digest}, ${pointer.sha256} recorded`);
+  }
+}
+
+function readError(pointer: BlobPointer, error: unknown): unknown {
+  if (error instanceof BlobIntegrityError) return error;
+  // The driver's "file not found" carries code ENOENT; chunk errors mean missing or resized chunks.
+  if ((error as { code?: unknown })?.code === 'ENOENT') {
+    return new BlobIntegrityError(`blob ${pointer.uri} does not exist`);
+  }
+  if (error instanceof MongoGridFSChunkError) {
+    return new BlobIntegrityError(`blob ${pointer.uri} is corrupt: ${error.message}`);
+  }
+  if (error instanceof MongoError)
+    return new StoreUnavailableError({ operation: 'blob.stream', cause: error });
+  return error;
+}
+
+function idOf(pointer: BlobPointer): ObjectId {
+  const uri: unknown = pointer?.uri;
+  const hex = typeof uri === 'string' ? URI_PATTERN.exec(uri)?.[1] : undefined;
+  if (hex === undefined) {
+    throw new BlobIntegrityError(
+      `not a GridFS blob pointer: ${JSON.stringify(uri)?.slice(0, 100)} (expected gridfs:<24 hex digits>)`,
+    );
+  }
+  return ObjectId.createFromHexString(hex);
+}
+
+function checkPointer(pointer: BlobPointer): void {
+  if (!Number.isSafeInteger(pointer.size) || pointer.size < 0) {
+    throw new BlobIntegrityError(`blob ${pointer.uri} has an invalid recorded size: ${String(pointer.size)}`);
+  }
+  if (typeof pointer.sha256 !== 'string' || !SHA256_PATTERN.test(pointer.sha256)) {
+    throw new BlobIntegrityError(`blob ${pointer.uri} has an invalid recorded sha256`);
+  }
+}
