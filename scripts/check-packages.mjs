@@ -25,9 +25,13 @@ for (const dir of readdirSync(join(root, 'packages'))) {
     const targets = typeof target === 'string' ? { default: target } : target;
     for (const [cond, file] of Object.entries(targets)) {
       if (cond === '@exactly-once/source') continue;
-      if (!existsSync(join(base, file))) fail(name, `exports["${sub}"].${cond} -> ${file} does not exist (build first)`);
+      if (!existsSync(join(base, file)))
+        fail(name, `exports["${sub}"].${cond} -> ${file} does not exist (build first)`);
     }
-    if (typeof target === 'object' && Object.keys(target).find((c) => c !== '@exactly-once/source') !== 'types') {
+    if (
+      typeof target === 'object' &&
+      Object.keys(target).find((c) => c !== '@exactly-once/source') !== 'types'
+    ) {
       fail(name, `exports["${sub}"]: "types" must be the first condition after the source condition`);
     }
   }
@@ -63,7 +67,10 @@ for (const dir of readdirSync(join(root, 'packages'))) {
   const visit = (f, stack) => {
     if (state.get(f) === 'done') return;
     if (state.get(f) === 'active') {
-      fail(name, `import cycle: ${[...stack.slice(stack.indexOf(f)), f].map((p) => p.slice(base.length + 1)).join(' -> ')}`);
+      fail(
+        name,
+        `import cycle: ${[...stack.slice(stack.indexOf(f)), f].map((p) => p.slice(base.length + 1)).join(' -> ')}`,
+      );
       return;
     }
     state.set(f, 'active');
