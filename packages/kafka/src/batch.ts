@@ -1,0 +1,279 @@
+/**
+ * One `eachBatch` call: the records of one partition, processed strictly in order. A record's
+ * offset is resolved only once it is settled (acked or dead-lettered), so the fetch position and
+ * every commit stay at or before the first unsettled record: a crash or a revocation never skips
+ * work, it only repeats some, and repeats resolve as duplicates in the processed-store.
+ */
+import type { Disposition, Processor } from '@exactly-once/core/spi';
+import { type Logger, toErrorInfo } from '@exactly-once/core';
+import { type EachBatchPayloadLike, isRebalanceError, type KafkaMessageLike } from './client.js';
+import { deadLetterRecord, retryAtOf, retryRecord, toDelivery } from './delivery.js';
+import type { ExactlyOnceProducer } from './producer.js';
+import type { ConsumerStats } from './stats.js';
+
+/** What the consumer shares with every batch it runs. */
+export interface BatchEnv {
+  readonly processor: Processor;
+  readonly groupId: string;
+  readonly deadLetterTopic: string;
+  readonly retryTopic: string | undefined;
+  readonly producer: ExactlyOnceProducer;
+  readonly logger: Logger;
+  readonly stats: ConsumerStats;
+  readonly commitEveryMessages: number;
+  readonly commitIntervalMs: number;
+  readonly heartbeatIntervalMs: number;
+  readonly maxInPlaceWaitMs: number;
+  readonly revokeGraceMs: number;
+  /** Aborts when the consumer is stopping. */
+  readonly stopSignal: AbortSignal;
+  /** Schedules `resume` after `ms` unless the consumer stops first. */
+  scheduleResume(ms: number, resume: () => void): void;
+  /** Tracks runs still going after their batch gave up on them, so `stop` can wait for them. */
+  track(run: Promise<unknown>): void;
+}
+
+type Step = 'settled' | 'paused' | 'abandoned';
+
+/** Runs one batch. Throws only a rebalance error, so kafkajs rejoins the group at once. */
+export async function runBatch(env: BatchEnv, payload: EachBatchPayloadLike): Promise<void> {
+  const run = new BatchRun(env, payload);
+  await run.run();
+}
+
+class BatchRun {
+  private readonly topic: string;
+  private readonly partition: number;
+  /** Resolves when this batch must stop taking on work: revoked, stale, or the consumer stops. */
+  private readonly interrupted: Promise<void>;
+  private interrupt!: () => void;
+  private stopped = false;
+  private rebalanceError: unknown;
+  private settledNext: bigint | undefined;
+  private committedNext: bigint | undefined;
+  private sinceCommit = 0;
+  private lastCommitAt = performance.now();
+
+  constructor(
+    private readonly env: BatchEnv,
+    private readonly payload: EachBatchPayloadLike,
+  ) {
+    this.topic = payload.batch.topic;
+    this.partition = payload.batch.partition;
+    this.interrupted = new Promise<void>((resolve) => {
+      this.interrupt = () => {
+        this.stopped = true;
+        resolve();
+      };
+    });
+    if (env.stopSignal.aborted) this.interrupt();
+    else env.stopSignal.addEventListener('abort', () => this.interrupt(), { once: true });
+  }
+
+  private live(): boolean {
+    if (!this.stopped && (!this.payload.isRunning() || this.payload.isStale())) this.interrupt();
+    return !this.stopped;
+  }
+
+  async run(): Promise<void> {
+    // kafkajs heartbeats only between batches; a long handler or a wait would otherwise let the
+    // session time out and cause a rebalance. Its own throttle keeps these calls cheap.
+    const timer = setInterval(() => this.heartbeat(), this.env.heartbeatIntervalMs);
+    try {
+      for (const message of this.payload.batch.messages) {
+        if (!this.live()) break;
+        const step = await this.settle(message);
+        if (step !== 'settled') break;
+        if (
+          this.sinceCommit >= this.env.commitEveryMessages ||
+          performance.now() - this.lastCommitAt >= this.env.commitIntervalMs
+        ) {
+          await this.commit();
+        }
+      }
+    } finally {
+      clearInterval(timer);
+      await this.commit();
+    }
+    // Rethrown so kafkajs rejoins now instead of after its next own heartbeat.
+    if (this.rebalanceError !== undefined) throw this.rebalanceError;
+  }
+
+  private heartbeat(): void {
+    if (!this.live()) return;
+    this.payload.heartbeat().catch((error: unknown) => {
+      if (isRebalanceError(error)) {
+        this.rebalanceError ??= error;
+        this.interrupt();
+      } else {
+        this.env.logger.debug('kafka heartbeat failed', { error: toErrorInfo(error) });
+      }
+    });
+  }
+
+  /** Processes one record until it is settled, or the batch pauses or gives it up. */
+  private async settle(message: KafkaMessageLike): Promise<Step> {
+    const { env, topic, partition } = this;
+    const delivery = toDelivery(topic, partition, message, env.groupId, topic === env.retryTopic);
+    if (topic === env.retryTopic) {
+      const due = retryAtOf(message);
+      const wait = due === undefined ? 0 : due - Date.now();
+      if (wait > 0) {
+        const step = await this.wait(wait);
+        if (step !== 'settled') return step;
+      }
+    }
+    for (;;) {
+      const pending = env.processor.process(delivery);
+      const d = await this.awaitOrAbandon(pending);
+      if (d === undefined) {
+        env.track(pending);
+        env.stats.abandoned++;
+        return 'abandoned';
+      }
+      switch (d.action) {
+        case 'ack':
+          env.stats.acked++;
+          return this.resolve(message);
+        case 'dead-letter': {
+          const record = deadLetterRecord(topic, partition, message, d.reason);
+          const sent = await this.produce(env.deadLetterTopic, record, 'dead-letter');
+          if (!sent) return 'abandoned';
+          env.stats.deadLettered++;
+          return this.resolve(message);
+        }
+        case 'retry': {
+          env.stats.retried++;
+          if (env.retryTopic !== undefined) {
+            const record = retryRecord(topic, partition, message, delivery, d, Date.now());
+            if (!(await this.produce(env.retryTopic, record, 'retry'))) return 'abandoned';
+            return this.resolve(message);
+          }
+          const step = await this.wait(d.delayMs);
+          if (step !== 'settled') return step;
+          break;
+        }
+        case 'defer': {
+          env.stats.deferred++;
+          this.logDefer(d, message);
+          const step = await this.wait(d.delayMs);
+          if (step !== 'settled') return step;
+          break;
+        }
+      }
+    }
+  }
+
+  private resolve(message: KafkaMessageLike): Step {
+    this.payload.resolveOffset(message.offset);
+    this.settledNext = BigInt(message.offset) + 1n;
+    this.sinceCommit++;
+    return 'settled';
+  }
+
+  /**
+   * Waits for a run. On an interrupt it still gives the run `revokeGraceMs` to finish, so a
+   * short handler's work is committed rather than repeated; after that the run goes on unowned
+   * (its writes are fenced) and the record stays unresolved for whoever owns the partition next.
+   */
+  private async awaitOrAbandon(pending: Promise<Disposition>): Promise<Disposition | undefined> {
+    const first = await Promise.race([pending, this.interrupted.then(() => undefined)]);
+    if (first !== undefined) return first;
+    let timer: NodeJS.Timeout | undefined;
+    const late = await Promise.race([
+      pending,
+      new Promise<undefined>((resolve) => {
+        timer = setTimeout(resolve, this.env.revokeGraceMs, undefined);
+      }),
+    ]);
+    clearTimeout(timer);
+    // Only a settle that needs no more broker round trips than a commit is taken this late.
+    return late?.action === 'ack' || late?.action === 'dead-letter' ? late : undefined;
+  }
+
+  /**
+   * The partition waits `ms` before the record is tried again. Short waits happen in place (the
+   * heartbeat timer keeps the session alive); longer ones pause the partition and end the batch,
+   * because kafkajs fetches again only when every batch of the fetch has returned: waiting in
+   * place would stall the other partitions too. The unresolved record is fetched again on resume.
+   */
+  private async wait(ms: number): Promise<Step> {
+    if (ms > this.env.maxInPlaceWaitMs) {
+      const resume = this.payload.pause();
+      this.env.stats.paused++;
+      this.env.scheduleResume(ms, resume);
+      return 'paused';
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const slept = await Promise.race([
+      new Promise<boolean>((resolve) => {
+        timer = setTimeout(resolve, ms, true);
+      }),
+      this.interrupted.then(() => false),
+    ]);
+    clearTimeout(timer);
+    return slept ? 'settled' : 'abandoned';
+  }
+
+  /** Produces a copy, retrying until the broker acknowledges it or the batch is interrupted. */
+  private async produce(
+    topic: string,
+    record: Parameters<ExactlyOnceProducer['sendRecords']>[1][number],
+    what: string,
+  ): Promise<boolean> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.env.producer.sendRecords(topic, [record]);
+        return true;
+      } catch (error) {
+        this.env.logger.warn(`${what} copy not acknowledged; retrying`, {
+          topic,
+          attempt,
+          error: toErrorInfo(error),
+        });
+        const step = await this.wait(Math.min(this.env.maxInPlaceWaitMs, 100 * 2 ** Math.min(attempt, 6)));
+        if (step !== 'settled') return false;
+      }
+    }
+  }
+
+  private async commit(): Promise<void> {
+    const next = this.settledNext;
+    if (next === undefined || next === this.committedNext) return;
+    try {
+      await this.payload.commitOffsetsIfNecessary({
+        topics: [{ topic: this.topic, partitions: [{ partition: this.partition, offset: next.toString() }] }],
+      });
+      this.committedNext = next;
+      this.env.stats.commits++;
+    } catch (error) {
+      if (isRebalanceError(error)) {
+        this.rebalanceError ??= error;
+        this.interrupt();
+      }
+      // Not fatal: a later commit carries a higher offset; until then a restart repeats a few
+      // settled records, which the store answers as duplicates.
+      this.env.logger.warn('offset commit failed', {
+        topic: this.topic,
+        partition: this.partition,
+        offset: next.toString(),
+        error: toErrorInfo(error),
+      });
+    } finally {
+      this.sinceCommit = 0;
+      this.lastCommitAt = performance.now();
+    }
+  }
+
+  private logDefer(d: Extract<Disposition, { action: 'defer' }>, message: KafkaMessageLike): void {
+    if (d.outcome === 'busy') return; // routine: another run holds the key
+    this.env.logger.info('record deferred', {
+      topic: this.topic,
+      partition: this.partition,
+      offset: message.offset,
+      outcome: d.outcome,
+      delayMs: d.delayMs,
+      ...(d.error ? { error: d.error } : {}),
+    });
+  }
+}

@@ -1,0 +1,164 @@
+/** Kafka record -> core `Delivery`, and the headers the adapter adds to copies it produces. */
+import { type DeadLetterReason, type Delivery, deadLetterHeaders } from '@exactly-once/core/spi';
+import { Headers } from '@exactly-once/core';
+import type { KafkaHeaders, KafkaMessageLike, ProducerRecordMessageLike } from './client.js';
+
+/** Headers the Kafka adapter adds to dead-lettered and retried copies, besides core's `x-eo-*`. */
+export const KafkaHeaderNames = {
+  /** Topic/partition/offset the copy was made from: finds the original, identifies repeats. */
+  OriginalTopic: 'x-eo-original-topic',
+  OriginalPartition: 'x-eo-original-partition',
+  OriginalOffset: 'x-eo-original-offset',
+  OriginalTimestamp: 'x-eo-original-timestamp',
+  /** Retry topic: earliest time (ms since epoch) the copy may be processed. */
+  RetryAt: 'x-eo-retry-at',
+  /**
+   * Retry topic: the original record's broker id, so the `broker-id` missing-key policy keys a
+   * retried copy like the original (its own topic/partition/offset differ).
+   */
+  BrokerId: 'x-eo-broker-id',
+} as const;
+
+/** Span attribute names (OpenTelemetry messaging conventions). */
+export const KafkaAttributes = {
+  Offset: 'messaging.kafka.offset',
+  Partition: 'messaging.destination.partition.id',
+  MessageKey: 'messaging.kafka.message.key',
+  Tombstone: 'messaging.kafka.message.tombstone',
+  ConsumerGroup: 'messaging.consumer.group.name',
+} as const;
+
+const EMPTY = new Uint8Array(0);
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** `kafka:<topic>:<partition>:<offset>`: stable across redeliveries of the same record. */
+export function brokerIdOf(topic: string, partition: number, offset: string): string {
+  return `kafka:${topic}:${partition}:${offset}`;
+}
+
+/**
+ * Maps a record. A null value (tombstone) becomes an empty body flagged with the tombstone
+ * attribute, which the consumer's decode wrapper turns into a malformed message.
+ */
+export function toDelivery(
+  topic: string,
+  partition: number,
+  message: KafkaMessageLike,
+  groupId: string,
+  trustBrokerIdHeader: boolean,
+): Delivery {
+  const headers = message.headers ?? {};
+  const attributes: Record<string, string | number | boolean> = {
+    [KafkaAttributes.Offset]: Number(message.offset),
+    [KafkaAttributes.Partition]: String(partition),
+    [KafkaAttributes.ConsumerGroup]: groupId,
+  };
+  const key = textOf(message.key);
+  if (key !== undefined) attributes[KafkaAttributes.MessageKey] = key;
+  if (message.value === null) attributes[KafkaAttributes.Tombstone] = true;
+  // Only a retry topic this consumer writes itself may carry the original's identity.
+  const carried = trustBrokerIdHeader ? textOf(headers[KafkaHeaderNames.BrokerId]) : undefined;
+  return {
+    body: message.value ?? EMPTY,
+    headers,
+    destination: topic,
+    system: 'kafka',
+    brokerId: carried ?? brokerIdOf(topic, partition, message.offset),
+    attributes,
+  };
+}
+
+export function isTombstone(delivery: Delivery): boolean {
+  return delivery.attributes?.[KafkaAttributes.Tombstone] === true;
+}
+
+/** The original headers as strings or bytes, as a producer accepts them (repeats keep the last). */
+export function copyHeaders(headers: KafkaHeaders | undefined): Record<string, string | Buffer> {
+  const out: Record<string, string | Buffer> = {};
+  if (!headers) return out;
+  for (const [name, value] of Object.entries(headers)) {
+    const last = Array.isArray(value) ? value[value.length - 1] : value;
+    if (last !== undefined) out[name] = typeof last === 'string' ? last : toBuffer(last as Uint8Array);
+  }
+  return out;
+}
+
+function toBuffer(bytes: Uint8Array): Buffer;
+function toBuffer(bytes: Uint8Array | null): Buffer | null;
+function toBuffer(bytes: Uint8Array | null): Buffer | null {
+  if (bytes === null) return null;
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+/** The record to produce to the dead-letter topic: same key and value, reason headers added. */
+export function deadLetterRecord(
+  topic: string,
+  partition: number,
+  message: KafkaMessageLike,
+  reason: DeadLetterReason,
+): ProducerRecordMessageLike {
+  return {
+    key: toBuffer(message.key),
+    value: toBuffer(message.value),
+    headers: {
+      ...copyHeaders(message.headers),
+      ...deadLetterHeaders(reason),
+      ...originHeaders(topic, partition, message),
+    },
+  };
+}
+
+/** A copy for the retry topic, due `delayMs` from now, carrying the next attempt number. */
+export function retryRecord(
+  topic: string,
+  partition: number,
+  message: KafkaMessageLike,
+  delivery: Delivery,
+  retry: { delayMs: number; nextAttempt: number },
+  now: number,
+): ProducerRecordMessageLike {
+  return {
+    key: toBuffer(message.key),
+    value: toBuffer(message.value),
+    headers: {
+      ...copyHeaders(message.headers),
+      ...originHeaders(topic, partition, message),
+      [Headers.Attempt]: String(retry.nextAttempt),
+      [KafkaHeaderNames.RetryAt]: String(now + retry.delayMs),
+      ...(delivery.brokerId ? { [KafkaHeaderNames.BrokerId]: delivery.brokerId } : {}),
+    },
+  };
+}
+
+function originHeaders(topic: string, partition: number, message: KafkaMessageLike): Record<string, string> {
+  // A copy of a copy keeps pointing at the first record.
+  const h = message.headers ?? {};
+  const keep = (name: string, value: string) => textOf(h[name]) ?? value;
+  return {
+    [KafkaHeaderNames.OriginalTopic]: keep(KafkaHeaderNames.OriginalTopic, topic),
+    [KafkaHeaderNames.OriginalPartition]: keep(KafkaHeaderNames.OriginalPartition, String(partition)),
+    [KafkaHeaderNames.OriginalOffset]: keep(KafkaHeaderNames.OriginalOffset, message.offset),
+    [KafkaHeaderNames.OriginalTimestamp]: keep(KafkaHeaderNames.OriginalTimestamp, message.timestamp),
+  };
+}
+
+/** Due time of a retry-topic copy, or undefined when it carries none. */
+export function retryAtOf(message: KafkaMessageLike): number | undefined {
+  const raw = textOf(message.headers?.[KafkaHeaderNames.RetryAt]);
+  const at = raw === undefined ? Number.NaN : Number(raw);
+  return Number.isFinite(at) ? at : undefined;
+}
+
+function textOf(value: KafkaHeaderValue | Uint8Array | null | undefined): string | undefined {
+  if (value === null || value === undefined) return undefined;
+  const last = Array.isArray(value) ? value[value.length - 1] : value;
+  if (last === undefined) return undefined;
+  if (typeof last === 'string') return last;
+  try {
+    return utf8.decode(last as Uint8Array);
+  } catch {
+    return undefined;
+  }
+}
+
+type KafkaHeaderValue = KafkaHeaders[string];

@@ -1,0 +1,159 @@
+/**
+ * The idempotent producer: a first service's `send` (sets request id, idempotency key and trace
+ * context) and core's confirmed `OutgoingPublisher` for handler outputs and dead-letter copies.
+ */
+import { randomUUID } from 'node:crypto';
+import { context, SpanKind, trace } from '@opentelemetry/api';
+import { Headers, type OutgoingMessage, PublishError } from '@exactly-once/core';
+import { encodeValue, injectContext, recordError, tracer } from '@exactly-once/core/spi';
+import type { OutgoingPublisher } from '@exactly-once/core/spi';
+import type { KafkaLike, ProducerConfigLike, ProducerLike, ProducerRecordMessageLike } from './client.js';
+
+export interface ProducerOptions {
+  kafka: KafkaLike;
+  /**
+   * Extra producer options. The adapter always sets `idempotent: true` and
+   * `maxInFlightRequests: 1`: idempotence is what keeps a retried send from writing twice, and
+   * one request in flight keeps per-partition order across retries.
+   */
+  producerConfig?: Omit<ProducerConfigLike, 'idempotent' | 'maxInFlightRequests'>;
+  /** Broker-side timeout of one produce request. @defaultValue 30000 */
+  timeoutMs?: number;
+}
+
+export interface SendOptions {
+  /** End-to-end request id. @defaultValue a random UUID */
+  requestId?: string;
+  /** Dedup key of the message. @defaultValue the request id */
+  idempotencyKey?: string;
+  /** Partition key. */
+  key?: string;
+  /** Extra headers; the SDK's own (`x-request-id`, `x-idempotency-key`, trace) win. */
+  headers?: Readonly<Record<string, string>>;
+}
+
+export interface SendResult {
+  readonly requestId: string;
+  readonly idempotencyKey: string;
+}
+
+/** A connected-on-demand idempotent producer that is also core's {@link OutgoingPublisher}. */
+export interface ExactlyOnceProducer extends OutgoingPublisher {
+  /**
+   * Sends one JSON (or bytes/string) message as a first service: sets `x-request-id`,
+   * `x-idempotency-key` and `traceparent`, in a `send <topic>` PRODUCER span. Resolves when all
+   * in-sync replicas acknowledged it (acks -1).
+   */
+  send(topic: string, message: unknown, options?: SendOptions): Promise<SendResult>;
+  /** Produces raw records to one topic, acks -1. Used for dead-letter and retry copies. */
+  sendRecords(topic: string, records: ProducerRecordMessageLike[]): Promise<void>;
+  /** Resolves once the producer is connected (sends connect lazily otherwise). */
+  connect(): Promise<void>;
+  disconnect(): Promise<void>;
+}
+
+/**
+ * Creates the producer. Sends connect on first use; call {@link ExactlyOnceProducer.disconnect}
+ * when done.
+ *
+ * @example
+ * ```ts
+ * const producer = createProducer({ kafka });
+ * const { requestId } = await producer.send('orders', { orderId: 'o-1' }, { key: 'o-1' });
+ * ```
+ */
+export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
+  const timeout = options.timeoutMs ?? 30_000;
+  const producer: ProducerLike = options.kafka.producer({
+    ...options.producerConfig,
+    idempotent: true,
+    maxInFlightRequests: 1,
+  });
+  let connecting: Promise<void> | undefined;
+  const connect = () => {
+    connecting ??= producer.connect().catch((error: unknown) => {
+      // A failed connect must not stick: the next send tries again.
+      connecting = undefined;
+      throw error;
+    });
+    return connecting;
+  };
+
+  const sendBatch = async (topicMessages: { topic: string; messages: ProducerRecordMessageLike[] }[]) => {
+    await connect();
+    await producer.sendBatch({ topicMessages, acks: -1, timeout });
+  };
+
+  return {
+    connect,
+    async disconnect() {
+      const pending = connecting;
+      connecting = undefined;
+      if (pending) {
+        await pending.catch(() => {});
+        await producer.disconnect();
+      }
+    },
+
+    async send(topic, message, sendOptions = {}) {
+      const requestId = sendOptions.requestId ?? randomUUID();
+      const idempotencyKey = sendOptions.idempotencyKey ?? requestId;
+      const { bytes, contentType } = encodeValue(message);
+      const span = tracer().startSpan(`send ${topic}`, {
+        kind: SpanKind.PRODUCER,
+        attributes: {
+          'messaging.system': 'kafka',
+          'messaging.destination.name': topic,
+          'messaging.operation.type': 'send',
+          'messaging.operation.name': 'send',
+          'exactly_once.request_id': requestId,
+          'exactly_once.key': idempotencyKey,
+          ...(sendOptions.key === undefined ? {} : { 'messaging.kafka.message.key': sendOptions.key }),
+        },
+      });
+      const ctx = trace.setSpan(context.active(), span);
+      const headers: Record<string, string> = {
+        'content-type': contentType,
+        ...sendOptions.headers,
+        ...injectContext(ctx, {}),
+        [Headers.RequestId]: requestId,
+        [Headers.IdempotencyKey]: idempotencyKey,
+      };
+      try {
+        await context.with(ctx, () =>
+          sendBatch([
+            { topic, messages: [{ key: sendOptions.key ?? null, value: Buffer.from(bytes), headers }] },
+          ]),
+        );
+      } catch (error) {
+        recordError(span, error);
+        throw error;
+      } finally {
+        span.end();
+      }
+      return { requestId, idempotencyKey };
+    },
+
+    async sendRecords(topic, records) {
+      await sendBatch([{ topic, messages: records }]);
+    },
+
+    async publish(messages: readonly OutgoingMessage[]) {
+      if (messages.length === 0) return;
+      const byTopic = new Map<string, ProducerRecordMessageLike[]>();
+      for (const m of messages) {
+        const list = byTopic.get(m.destination) ?? [];
+        byTopic.set(m.destination, list);
+        list.push({ key: m.routingKey ?? null, value: Buffer.from(m.body), headers: { ...m.headers } });
+      }
+      try {
+        // One request for all of a run's outputs; it resolves only when every one is acknowledged.
+        await sendBatch([...byTopic].map(([topic, list]) => ({ topic, messages: list })));
+      } catch (error) {
+        throw new PublishError(`kafka produce not acknowledged: ${(error as Error)?.message ?? error}`, {
+          cause: error,
+        });
+      }
+    },
+  };
+}

@@ -1,0 +1,197 @@
+/** Shared plumbing of the Kafka adapter tests: clients, topics, offsets, ledgers, output checks. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { Redis } from 'ioredis';
+import { type Admin, Kafka, logLevel } from 'kafkajs';
+import { env, uniqueName } from '../support/env.js';
+import { waitUntil } from '../support/wait.js';
+
+export { env, uniqueName, waitUntil };
+
+export function newKafka(clientId: string): Kafka {
+  return new Kafka({
+    clientId,
+    brokers: env.kafkaBrokers,
+    logLevel: logLevel.NOTHING,
+    retry: { retries: 12, initialRetryTime: 200, maxRetryTime: 5_000 },
+  });
+}
+
+/** Consumer settings that keep group joins quick: dead members expire after 6 s. */
+export const fastGroup = { sessionTimeout: 6_000, rebalanceTimeout: 10_000, heartbeatInterval: 500 } as const;
+
+export async function createTopics(admin: Admin, topics: string[], numPartitions: number): Promise<void> {
+  await admin.createTopics({
+    topics: topics.map((topic) => ({ topic, numPartitions })),
+    waitForLeaders: false,
+  });
+  // kafkajs' own waitForLeaders trips over concurrent creations; poll the metadata instead.
+  await waitUntil(
+    async () => {
+      const { topics: meta } = await admin.fetchTopicMetadata({ topics });
+      return meta.every(
+        (t) => t.partitions.length === numPartitions && t.partitions.every((p) => p.leader >= 0),
+      );
+    },
+    { message: `leaders of ${topics.join(', ')}` },
+  );
+}
+
+/** Sum over partitions of the high watermark: the number of records in a compaction-free topic. */
+export async function topicSize(admin: Admin, topic: string): Promise<number> {
+  const offsets = await admin.fetchTopicOffsets(topic);
+  return offsets.reduce((n, p) => n + Number(p.high) - Number(p.low), 0);
+}
+
+/** Committed offsets of a group, by partition (-1 when none). */
+export async function committed(admin: Admin, groupId: string, topic: string): Promise<Map<number, number>> {
+  const [t] = await admin.fetchOffsets({ groupId, topics: [topic] });
+  return new Map((t?.partitions ?? []).map((p) => [p.partition, Number(p.offset)]));
+}
+
+/** True when the group committed every partition up to its end. */
+export async function fullyCommitted(admin: Admin, groupId: string, topic: string): Promise<boolean> {
+  const ends = await admin.fetchTopicOffsets(topic);
+  const done = await committed(admin, groupId, topic);
+  return ends.every((p) => p.high === p.low || (done.get(p.partition) ?? -1) >= Number(p.high));
+}
+
+export function newRedis(): Redis {
+  return new Redis(env.redisUrl, { maxRetriesPerRequest: 2, lazyConnect: false });
+}
+
+/** One JSON order per key, spread over partitions by the Kafka key. */
+export async function produceOrders(
+  kafka: Kafka,
+  topic: string,
+  ids: string[],
+  extra: (id: string) => Record<string, string> = () => ({}),
+): Promise<void> {
+  const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+  await producer.connect();
+  try {
+    for (let i = 0; i < ids.length; i += 500) {
+      await producer.send({
+        topic,
+        acks: -1,
+        messages: ids.slice(i, i + 500).map((id) => ({
+          key: id,
+          value: JSON.stringify({ id }),
+          headers: { 'x-idempotency-key': id, 'x-request-id': `req-${id}`, ...extra(id) },
+        })),
+      });
+    }
+  } finally {
+    await producer.disconnect();
+  }
+}
+
+export interface ReadRecord {
+  key: string | null;
+  value: string | null;
+  headers: Record<string, string>;
+  partition: number;
+  offset: string;
+}
+
+/** Reads a topic from the beginning until `count` records arrived (or `done` says so). */
+export async function readTopic(
+  kafka: Kafka,
+  topic: string,
+  done: (records: ReadRecord[]) => boolean,
+  timeoutMs = 60_000,
+): Promise<ReadRecord[]> {
+  const consumer = kafka.consumer({ groupId: uniqueName('reader'), ...fastGroup });
+  const records: ReadRecord[] = [];
+  await consumer.connect();
+  try {
+    await consumer.subscribe({ topic, fromBeginning: true });
+    await consumer.run({
+      eachMessage: async ({ partition, message }) => {
+        const headers: Record<string, string> = {};
+        for (const [k, v] of Object.entries(message.headers ?? {})) {
+          const last = Array.isArray(v) ? v[v.length - 1] : v;
+          if (last !== undefined) headers[k] = String(last);
+        }
+        records.push({
+          key: message.key === null ? null : String(message.key),
+          value: message.value === null ? null : String(message.value),
+          headers,
+          partition,
+          offset: message.offset,
+        });
+      },
+    });
+    await waitUntil(() => done(records), { timeoutMs, message: `records of ${topic}` });
+    return records;
+  } finally {
+    await consumer.disconnect();
+  }
+}
+
+/** Distinct `x-idempotency-key` values among records. */
+export function distinctKeys(records: ReadRecord[]): number {
+  return new Set(records.map((r) => r.headers['x-idempotency-key'])).size;
+}
+
+export const workerScript = fileURLToPath(new URL('./crash-worker.ts', import.meta.url));
+
+export interface WorkerConfig {
+  topic: string;
+  outTopic: string;
+  dlqTopic: string;
+  groupId: string;
+  ledger: string;
+  storePrefix: string;
+  killPoint?: 'after-begin' | 'in-handler' | 'after-complete' | 'after-publish' | 'before-commit' | 'none';
+  /** Kill at the n-th event of the kill point. */
+  killAt?: number;
+  handlerDelayMs?: number;
+}
+
+/** Spawns the crash worker as a real process (SIGKILL is the real thing). */
+export function spawnWorker(config: WorkerConfig, log: (line: string) => void = () => {}): ChildProcess {
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', '--conditions=@exactly-once/source', workerScript],
+    {
+      cwd: fileURLToPath(new URL('../..', import.meta.url)),
+      env: {
+        ...process.env,
+        EO_WORKER_CONFIG: JSON.stringify(config),
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
+  const forward = (chunk: Buffer) => {
+    for (const line of chunk.toString().split('\n')) if (line.trim()) log(line);
+  };
+  child.stdout?.on('data', forward);
+  child.stderr?.on('data', forward);
+  return child;
+}
+
+export function exited(child: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+  if (child.exitCode !== null || child.signalCode !== null) {
+    return Promise.resolve({ code: child.exitCode, signal: child.signalCode });
+  }
+  return new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+}
+
+/** Ledger counts: handler runs (not idempotent) and idempotent effects, per key. */
+export async function ledger(
+  redis: Redis,
+  name: string,
+): Promise<{ runs: number; effects: number; keysRun: number }> {
+  const runs = await redis.hvals(`${name}:runs`);
+  return {
+    runs: runs.reduce((n, v) => n + Number(v), 0),
+    keysRun: runs.length,
+    effects: await redis.hlen(`${name}:effects`),
+  };
+}
+
+export function table(title: string, rows: Record<string, string | number>[]): void {
+  console.log(`\n${title}`);
+  console.table(rows);
+}
