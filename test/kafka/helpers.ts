@@ -195,3 +195,6 @@ export function table(title: string, rows: Record<string, string | number>[]): v
   console.log(`\n${title}`);
   console.table(rows);
 }
+
+/** Keeps expected warnings (store down, broker gone) out of the test output. */
+export const quietLogger = { debug() {}, info() {}, warn() {}, error() {} };

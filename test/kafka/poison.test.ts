@@ -14,6 +14,7 @@ import {
   fullyCommitted,
   newKafka,
   newRedis,
+  quietLogger,
   readTopic,
   uniqueName,
   waitUntil,
@@ -72,6 +73,7 @@ describe('poison and malformed records', () => {
       store,
       fromBeginning: true,
       consumerConfig: fastGroup,
+      logger: quietLogger,
       retry: { maxAttempts: 3, initialDelayMs: 20, maxDelayMs: 50 },
       handler: async (payload, ctx) => {
         runs.set(ctx.key, (runs.get(ctx.key) ?? 0) + 1);
