@@ -44,6 +44,8 @@ export interface KafkaConsumerOptions<T = unknown, R = unknown>
   /**
    * Passed to `kafka.consumer()`. Tune `sessionTimeout` (default 30000), `rebalanceTimeout`
    * (60000) and `heartbeatInterval` (3000) here; the adapter heartbeats during long work itself.
+   * `maxWaitTimeInMs` defaults to 1000 here (kafkajs: 5000) so a resumed partition is fetched
+   * soon.
    */
   consumerConfig?: Omit<ConsumerConfigLike, 'groupId'>;
   /** Commit after this many settled records of a partition, or at the batch end. @defaultValue 100 */
@@ -143,7 +145,9 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
   });
 
   const heartbeatIntervalMs = Math.max(100, Math.floor(Number(consumerConfig.heartbeatInterval ?? 3000) / 3));
-  const consumer = kafka.consumer({ ...consumerConfig, groupId });
+  // A paused partition is fetched again only when the current long poll returns; a shorter
+  // poll than kafkajs' 5 s default keeps resumed partitions (retry waits) responsive.
+  const consumer = kafka.consumer({ maxWaitTimeInMs: 1000, ...consumerConfig, groupId });
   const stats = emptyStats();
   const stopController = new AbortController();
   const resumeTimers = new Set<NodeJS.Timeout>();

@@ -1,0 +1,256 @@
+/**
+ * Consumer semantics against the real broker: per-partition order, broker-id keys, heartbeats
+ * during work longer than the session timeout, long retry waits that pause only their
+ * partition, the optional retry topic, and commit on stop.
+ */
+import { createConsumer, type KafkaConsumer } from '@exactly-once/kafka';
+import { createRedisStore } from '@exactly-once/store-redis';
+import type { Redis } from 'ioredis';
+import type { Admin, Kafka } from 'kafkajs';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import {
+  committed,
+  createTopics,
+  fastGroup,
+  fullyCommitted,
+  newKafka,
+  newRedis,
+  quietLogger,
+  readTopic,
+  uniqueName,
+  waitUntil,
+} from './helpers.js';
+
+let kafka: Kafka;
+let admin: Admin;
+let redis: Redis;
+const running: KafkaConsumer[] = [];
+
+beforeAll(async () => {
+  kafka = newKafka('consumer-test');
+  admin = kafka.admin();
+  await admin.connect();
+  redis = newRedis();
+});
+
+afterEach(async () => {
+  await Promise.all(running.splice(0).map((c) => c.stop()));
+});
+
+afterAll(async () => {
+  await admin?.disconnect();
+  await redis?.quit();
+});
+
+async function setup(partitions = 3) {
+  const topic = uniqueName('consumer');
+  await createTopics(admin, [topic, `${topic}.dlq`, `${topic}.retry`], partitions);
+  return { topic, dlq: `${topic}.dlq`, retry: `${topic}.retry`, groupId: uniqueName('consumer-group') };
+}
+
+async function send(
+  topic: string,
+  messages: { key: string; value: unknown; id?: string; partition?: number }[],
+) {
+  const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+  await producer.connect();
+  await producer.send({
+    topic,
+    acks: -1,
+    messages: messages.map((m) => ({
+      key: m.key,
+      ...(m.partition === undefined ? {} : { partition: m.partition }),
+      value: JSON.stringify(m.value),
+      headers: m.id ? { 'x-idempotency-key': m.id } : {},
+    })),
+  });
+  await producer.disconnect();
+}
+
+function start<T>(options: Parameters<typeof createConsumer<T>>[0]): Promise<KafkaConsumer> {
+  const consumer = createConsumer<T>({
+    fromBeginning: true,
+    consumerConfig: fastGroup,
+    logger: quietLogger,
+    ...options,
+  });
+  running.push(consumer);
+  return consumer.start().then(() => consumer);
+}
+
+const store = () => createRedisStore({ client: redis, keyPrefix: uniqueName('eo') });
+
+describe('kafka consumer', () => {
+  it('keeps per-partition order and keys keyless records by topic/partition/offset', async () => {
+    const { topic, dlq, groupId } = await setup();
+    const keys = ['a', 'b', 'c', 'd'];
+    await send(
+      topic,
+      Array.from({ length: 200 }, (_, i) => ({
+        key: keys[i % 4] as string,
+        value: { k: keys[i % 4], seq: i },
+      })),
+    );
+    const seen: { k: string; seq: number; key: string }[] = [];
+    await start<{ k: string; seq: number }>({
+      kafka,
+      groupId,
+      topics: [topic],
+      deadLetter: { topic: dlq },
+      store: store(),
+      missingKey: 'broker-id',
+      handler: (p, ctx) => {
+        seen.push({ k: p.k, seq: p.seq, key: ctx.key });
+      },
+    });
+    await waitUntil(() => fullyCommitted(admin, groupId, topic), { message: 'all committed' });
+    expect(seen).toHaveLength(200);
+    for (const k of keys) {
+      const seqs = seen.filter((s) => s.k === k).map((s) => s.seq);
+      expect(seqs).toEqual([...seqs].sort((x, y) => x - y));
+    }
+    expect(seen.every((s) => /^kafka:consumer-[^:]+:\d:\d+$/.test(s.key))).toBe(true);
+    expect(new Set(seen.map((s) => s.key)).size).toBe(200);
+  });
+
+  it('heartbeats through a handler longer than the session timeout: no rebalance, one run', async () => {
+    const { topic, dlq, groupId } = await setup(1);
+    await send(topic, [
+      { key: 'x', value: { slow: true }, id: 'slow' },
+      { key: 'x', value: { slow: false }, id: 'fast' },
+    ]);
+    let runs = 0;
+    let joins = 0;
+    let slowDone = false;
+    const consumer = createConsumer<{ slow: boolean }>({
+      kafka,
+      groupId,
+      topics: [topic],
+      deadLetter: { topic: dlq },
+      store: store(),
+      fromBeginning: true,
+      consumerConfig: fastGroup, // session timeout 6 s
+      logger: quietLogger,
+      handler: async (p) => {
+        runs++;
+        if (p.slow) {
+          // Longer than the session timeout; finishes on an observable condition.
+          const until = Date.now() + fastGroup.sessionTimeout * 1.5;
+          await waitUntil(() => Date.now() >= until, { timeoutMs: 20_000, intervalMs: 100 });
+          slowDone = true;
+        }
+      },
+    });
+    running.push(consumer);
+    consumer.consumer.on?.(consumer.consumer.events?.GROUP_JOIN as string, () => joins++);
+    await consumer.start();
+    await waitUntil(() => fullyCommitted(admin, groupId, topic), { timeoutMs: 40_000, message: 'committed' });
+    expect(slowDone).toBe(true);
+    expect(runs).toBe(2);
+    expect(joins).toBe(1);
+    expect(consumer.stats.abandoned).toBe(0);
+  }, 60_000);
+
+  it('a long retry wait pauses only its partition; the record is retried in place, in order', async () => {
+    const { topic, dlq, groupId } = await setup(2);
+    const records = [
+      { key: 'p', value: { id: 'flaky-1' }, id: 'flaky-1', partition: 0 },
+      { key: 'p', value: { id: 'after-flaky' }, id: 'after-flaky', partition: 0 },
+      ...Array.from({ length: 40 }, (_, i) => ({
+        key: `other-${i}`,
+        value: { id: `o-${i}` },
+        id: `o-${i}`,
+        partition: 1,
+      })),
+    ];
+    await send(topic, records);
+    const order: string[] = [];
+    let flakyFailures = 0;
+    const consumer = await start<{ id: string }>({
+      kafka,
+      groupId,
+      topics: [topic],
+      deadLetter: { topic: dlq },
+      store: store(),
+      maxInPlaceWaitMs: 200,
+      retry: { maxAttempts: 3, initialDelayMs: 1_500, jitter: 'none' },
+      handler: (p) => {
+        if (p.id === 'flaky-1' && flakyFailures++ === 0) throw new Error('transient');
+        order.push(p.id);
+      },
+    });
+    await waitUntil(() => fullyCommitted(admin, groupId, topic), { message: 'all committed' });
+    expect(consumer.stats.paused).toBeGreaterThanOrEqual(1);
+    expect(flakyFailures).toBe(2);
+    // Partition 0 kept its order: the record behind the retried one waited for it.
+    expect(order.indexOf('flaky-1')).toBeLessThan(order.indexOf('after-flaky'));
+    // Partition 1 did not wait for partition 0's 1.5 s retry (its 40 records take milliseconds).
+    const lastOther = Math.max(...order.map((id, i) => (id.startsWith('o-') ? i : -1)));
+    expect(lastOther).toBeLessThan(order.indexOf('flaky-1'));
+  });
+
+  it('with a retry topic: copies the record with its next attempt, keeps the partition flowing', async () => {
+    const { topic, dlq, retry, groupId } = await setup(1);
+    await send(topic, [
+      { key: 'k', value: { id: 'flaky' } }, // keyless: broker-id policy, key must survive the copy
+      { key: 'k', value: { id: 'next' }, id: 'next' },
+    ]);
+    const runs: { id: string; key: string; attempt: number }[] = [];
+    let failures = 0;
+    await start<{ id: string }>({
+      kafka,
+      groupId,
+      topics: [topic],
+      retryTopic: retry,
+      deadLetter: { topic: dlq },
+      store: store(),
+      missingKey: 'broker-id',
+      retry: { maxAttempts: 5, initialDelayMs: 300, jitter: 'none' },
+      handler: (p, ctx) => {
+        runs.push({ id: p.id, key: ctx.key, attempt: ctx.attempt });
+        if (p.id === 'flaky' && failures++ < 2) throw new Error('transient');
+      },
+    });
+    await waitUntil(() => runs.filter((r) => r.id === 'flaky').length === 3, { message: 'three runs' });
+    await waitUntil(() => fullyCommitted(admin, groupId, retry), { message: 'retry topic committed' });
+    const flaky = runs.filter((r) => r.id === 'flaky');
+    expect(new Set(flaky.map((r) => r.key)).size).toBe(1);
+    expect(flaky[0]?.key).toMatch(new RegExp(`^kafka:${topic}:0:0$`));
+    expect(flaky.map((r) => r.attempt)).toEqual([1, 2, 3]);
+    // Order is given up for retries: the next record did not wait.
+    expect(runs.findIndex((r) => r.id === 'next')).toBeLessThan(runs.findLastIndex((r) => r.id === 'flaky'));
+    const copies = await readTopic(kafka, retry, (r) => r.length >= 2);
+    expect(copies.map((c) => c.headers['x-eo-attempt'])).toEqual(['2', '3']);
+    expect(copies.every((c) => c.headers['x-eo-original-topic'] === topic)).toBe(true);
+    expect(copies.every((c) => c.headers['x-eo-original-offset'] === '0')).toBe(true);
+  });
+
+  it('stop() mid-batch lets the current run finish and commits exactly what was settled', async () => {
+    const { topic, dlq, groupId } = await setup(3);
+    await send(
+      topic,
+      Array.from({ length: 90 }, (_, i) => ({ key: `k${i}`, value: { i }, id: `s-${i}` })),
+    );
+    let done = 0;
+    const consumer = await start<{ i: number }>({
+      kafka,
+      groupId,
+      topics: [topic],
+      deadLetter: { topic: dlq },
+      store: store(),
+      commitEveryMessages: 1_000,
+      commitIntervalMs: 60_000,
+      handler: async () => {
+        await new Promise((r) => setTimeout(r, 30));
+        done++;
+      },
+    });
+    await waitUntil(() => done >= 20, { message: 'some processed' });
+    await consumer.stop();
+    const offsets = await committed(admin, groupId, topic);
+    const total = [...offsets.values()].reduce((n, v) => n + Math.max(0, v), 0);
+    expect(total).toBe(consumer.stats.acked);
+    expect(total).toBe(done);
+    expect(total).toBeLessThan(90);
+  });
+});
