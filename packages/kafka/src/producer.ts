@@ -99,6 +99,20 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
       const requestId = sendOptions.requestId ?? randomUUID();
       const idempotencyKey = sendOptions.idempotencyKey ?? requestId;
       const { bytes, contentType } = encodeValue(message);
+      const base: Record<string, string> = { 'content-type': contentType, ...sendOptions.headers };
+      const own = {
+        [Headers.RequestId]: requestId,
+        [Headers.IdempotencyKey]: idempotencyKey,
+      };
+      const record = (headers: Record<string, string>) => [
+        { topic, messages: [{ key: sendOptions.key ?? null, value: Buffer.from(bytes), headers }] },
+      ];
+      if (instrumented(producer)) {
+        // @opentelemetry/instrumentation-kafkajs already makes a `send <topic>` PRODUCER span
+        // and injects its context into the headers; a second span would double every send.
+        await sendBatch(record({ ...base, ...own }));
+        return { requestId, idempotencyKey };
+      }
       const span = tracer().startSpan(`send ${topic}`, {
         kind: SpanKind.PRODUCER,
         attributes: {
@@ -112,19 +126,8 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
         },
       });
       const ctx = trace.setSpan(context.active(), span);
-      const headers: Record<string, string> = {
-        'content-type': contentType,
-        ...sendOptions.headers,
-        ...injectContext(ctx, {}),
-        [Headers.RequestId]: requestId,
-        [Headers.IdempotencyKey]: idempotencyKey,
-      };
       try {
-        await context.with(ctx, () =>
-          sendBatch([
-            { topic, messages: [{ key: sendOptions.key ?? null, value: Buffer.from(bytes), headers }] },
-          ]),
-        );
+        await context.with(ctx, () => sendBatch(record({ ...base, ...injectContext(ctx, {}), ...own })));
       } catch (error) {
         recordError(span, error);
         throw error;
@@ -156,4 +159,9 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
       }
     },
   };
+}
+
+/** True when an OpenTelemetry instrumentation wrapped the client's send (shimmer marks wrappers). */
+function instrumented(producer: ProducerLike): boolean {
+  return (producer.sendBatch as { __wrapped?: unknown }).__wrapped === true;
 }
