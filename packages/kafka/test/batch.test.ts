@@ -1,0 +1,191 @@
+/** The batch runner against a scripted client and processor: what gets resolved and committed when. */
+import type { Delivery, Disposition, Processor } from '@exactly-once/core/spi';
+import { describe, expect, it } from 'vitest';
+import { type BatchEnv, runBatch } from '../src/batch.js';
+import type {
+  EachBatchPayloadLike,
+  OffsetsByTopicPartitionLike,
+  ProducerRecordMessageLike,
+} from '../src/client.js';
+import type { ExactlyOnceProducer } from '../src/producer.js';
+import { emptyStats } from '../src/stats.js';
+
+const ack: Disposition = { action: 'ack', outcome: 'acquired' };
+const defer = (delayMs: number): Disposition => ({ action: 'defer', outcome: 'busy', delayMs });
+const deadLetter: Disposition = {
+  action: 'dead-letter',
+  outcome: 'invalid',
+  reason: {
+    error: { name: 'MalformedMessageError', code: 'MALFORMED_MESSAGE', message: 'bad' },
+    attempts: 0,
+    consumer: 'c',
+    originalDestination: 't',
+    at: 0,
+  },
+};
+
+function payload(count: number, heartbeat: () => Promise<void> = async () => {}) {
+  const resolved: string[] = [];
+  const commits: string[] = [];
+  let paused = 0;
+  const p: EachBatchPayloadLike = {
+    batch: {
+      topic: 't',
+      partition: 0,
+      messages: Array.from({ length: count }, (_, i) => ({
+        key: Buffer.from(`k${i}`),
+        value: Buffer.from(JSON.stringify({ i })),
+        offset: String(i),
+        timestamp: '0',
+        headers: { 'x-idempotency-key': Buffer.from(`id-${i}`) },
+      })),
+    },
+    resolveOffset: (o) => resolved.push(o),
+    heartbeat,
+    pause: () => {
+      paused++;
+      return () => {};
+    },
+    commitOffsetsIfNecessary: async (offsets?: OffsetsByTopicPartitionLike) => {
+      commits.push(offsets?.topics[0]?.partitions[0]?.offset ?? '?');
+    },
+    isRunning: () => true,
+    isStale: () => false,
+  };
+  return { p, resolved, commits, paused: () => paused };
+}
+
+function env(
+  script: (d: Delivery, call: number) => Promise<Disposition> | Disposition,
+  over: Partial<BatchEnv> = {},
+) {
+  const calls: Delivery[] = [];
+  const sent: { topic: string; record: ProducerRecordMessageLike }[] = [];
+  const resumes: number[] = [];
+  const processor = {
+    process: async (d: Delivery) => {
+      calls.push(d);
+      return script(d, calls.length);
+    },
+  } as unknown as Processor;
+  const producer = {
+    sendRecords: async (topic: string, records: ProducerRecordMessageLike[]) => {
+      for (const record of records) sent.push({ topic, record });
+    },
+  } as unknown as ExactlyOnceProducer;
+  const controller = new AbortController();
+  const e: BatchEnv = {
+    processor,
+    groupId: 'g',
+    deadLetterTopic: 't.dlq',
+    retryTopic: undefined,
+    producer,
+    logger: { debug() {}, info() {}, warn() {}, error() {} },
+    stats: emptyStats(),
+    commitEveryMessages: 100,
+    commitIntervalMs: 60_000,
+    heartbeatIntervalMs: 5,
+    maxInPlaceWaitMs: 50,
+    revokeGraceMs: 20,
+    stopSignal: controller.signal,
+    scheduleResume: (ms) => resumes.push(ms),
+    track: () => {},
+    ...over,
+  };
+  return { e, calls, sent, resumes, stop: () => controller.abort() };
+}
+
+const offsetOf = (d: Delivery) => Number(d.attributes?.['messaging.kafka.offset']);
+
+describe('batch runner', () => {
+  it('resolves and commits only up to the first unsettled record, pausing for a long wait', async () => {
+    const { p, resolved, commits, paused } = payload(5);
+    const { e, resumes } = env((d) => (offsetOf(d) === 2 ? defer(5_000) : ack));
+    await runBatch(e, p);
+    expect(resolved).toEqual(['0', '1']);
+    expect(commits).toEqual(['2']);
+    expect(paused()).toBe(1);
+    expect(resumes).toEqual([5_000]);
+  });
+
+  it('waits short delays in place and processes the same record again', async () => {
+    const { p, resolved, commits } = payload(2);
+    const { e, calls } = env((d, call) => (offsetOf(d) === 0 && call < 3 ? defer(5) : ack));
+    await runBatch(e, p);
+    expect(calls.map(offsetOf)).toEqual([0, 0, 0, 1]);
+    expect(resolved).toEqual(['0', '1']);
+    expect(commits).toEqual(['2']);
+  });
+
+  it('dead-letters with reason and origin headers, retrying the produce until acknowledged', async () => {
+    const { p, resolved } = payload(1);
+    let failures = 0;
+    const sent: ProducerRecordMessageLike[] = [];
+    const producer = {
+      sendRecords: async (_topic: string, records: ProducerRecordMessageLike[]) => {
+        if (failures++ < 2) throw new Error('broker unavailable');
+        sent.push(...records);
+      },
+    } as unknown as ExactlyOnceProducer;
+    const { e } = env(() => deadLetter, { producer });
+    await runBatch(e, p);
+    expect(resolved).toEqual(['0']);
+    expect(sent).toHaveLength(1);
+    expect(sent[0]?.headers).toMatchObject({
+      'x-eo-error-code': 'MALFORMED_MESSAGE',
+      'x-eo-original-topic': 't',
+      'x-eo-original-partition': '0',
+      'x-eo-original-offset': '0',
+    });
+    expect(String(sent[0]?.headers?.['x-idempotency-key'])).toBe('id-0');
+  });
+
+  it('on stop, gives a hanging run the grace period, then leaves it unresolved', async () => {
+    const { p, resolved, commits } = payload(3);
+    let stop = () => {};
+    const never = new Promise<Disposition>(() => {});
+    const tracked: Promise<unknown>[] = [];
+    const made = env(
+      (d) => {
+        if (offsetOf(d) === 1) {
+          stop();
+          return never;
+        }
+        return ack;
+      },
+      { track: (r) => tracked.push(r) },
+    );
+    stop = made.stop;
+    await runBatch(made.e, p);
+    expect(resolved).toEqual(['0']);
+    expect(commits).toEqual(['1']);
+    expect(made.e.stats.abandoned).toBe(1);
+    expect(tracked).toHaveLength(1);
+  });
+
+  it('rethrows a rebalance reported by a heartbeat so the client rejoins at once', async () => {
+    const rebalance = Object.assign(new Error('rebalancing'), { type: 'REBALANCE_IN_PROGRESS' });
+    const { p, resolved } = payload(3, async () => {
+      throw rebalance;
+    });
+    const { e } = env((d) =>
+      offsetOf(d) === 0 ? ack : new Promise<Disposition>((r) => setTimeout(() => r(defer(1)), 200)),
+    );
+    await expect(runBatch(e, p)).rejects.toBe(rebalance);
+    expect(resolved).toEqual(['0']);
+  });
+
+  it('takes a late ack within the grace period and commits it', async () => {
+    const rebalance = Object.assign(new Error('rebalancing'), { type: 'ILLEGAL_GENERATION' });
+    const { p, resolved, commits } = payload(2, async () => {
+      throw rebalance;
+    });
+    const { e } = env(() => new Promise<Disposition>((r) => setTimeout(() => r(ack), 15)), {
+      revokeGraceMs: 1_000,
+      heartbeatIntervalMs: 1,
+    });
+    await expect(runBatch(e, p)).rejects.toBe(rebalance);
+    expect(resolved).toEqual(['0']);
+    expect(commits).toEqual(['1']);
+  });
+});
