@@ -69,14 +69,17 @@ async function scenario(point: (typeof POINTS)[number]) {
     // Commits are fewer than records; kill early enough that the kill really happens.
     const killAt = point === 'before-commit' ? 2 + run : 30 + Math.floor(Math.random() * 120);
     const child = spawnWorker({ ...config, killPoint: point, killAt }, log);
+    let settled = false;
     const outcome = await Promise.race([
       exited(child).then((r) => (r.signal === 'SIGKILL' ? ('killed' as const) : ('exited' as const))),
-      waitUntil(() => fullyCommitted(admin, config.groupId, topic), {
+      // Stops polling as soon as the race is decided, so no timer outlives this round.
+      waitUntil(async () => settled || (await fullyCommitted(admin, config.groupId, topic)), {
         timeoutMs: 120_000,
         intervalMs: 250,
         message: 'progress',
       }).then(() => 'done' as const),
     ]);
+    settled = true;
     if (outcome === 'killed') kills++;
     if (outcome !== 'killed') {
       child.kill('SIGTERM');
