@@ -1,0 +1,86 @@
+/**
+ * Memory per processed key, measured on a real server through the real scripts.
+ *
+ *   npx tsx --conditions=@exactly-once/source packages/store-redis/bench/bytes-per-key.ts [N] [--plain]
+ *
+ * Writes N COMPLETED records (scoped key `orders:billing:<uuid>`, sha256 fingerprint, trace ref,
+ * an 11-byte inline result, no outgoing messages) under a fresh prefix in DB 15 of EO_REDIS_URL
+ * (default redis://127.0.0.1:6379), reads INFO used_memory before and after, then compacts them
+ * into markers and measures again; with --plain, the store has no compactAfterMs (no index, no
+ * markers). Deletes only its own keys at the end. Run it on an otherwise
+ * idle server: used_memory is server-wide.
+ */
+import { randomBytes, randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { createRedisStore } from '../src/index.js';
+
+const n = Number(process.argv[2] ?? process.env.EO_BENCH_N ?? 1_000_000);
+const plain = process.argv.includes('--plain');
+const url = process.env.EO_REDIS_URL ?? 'redis://127.0.0.1:6379';
+const client = new Redis(url, { db: 15, maxRetriesPerRequest: 1 });
+// As short as the default `eo`, so the figures hold for it; random, so runs never collide.
+const keyPrefix = `b${randomBytes(1).toString('hex')}`;
+const store = createRedisStore({ client, keyPrefix, ...(plain ? {} : { compactAfterMs: 0 }) });
+const result = { kind: 'inline' as const, data: new TextEncoder().encode('{"ok":true}') };
+const traceId = `${randomBytes(16).toString('hex')}-${randomBytes(8).toString('hex')}`;
+const fingerprint = randomBytes(32).toString('hex');
+const retentionMs = 7 * 86_400_000;
+
+async function usedMemory(): Promise<number> {
+  const info = await client.info('memory');
+  return Number(/used_memory:(\d+)/.exec(info)?.[1]);
+}
+
+async function writeOne(i: number): Promise<void> {
+  const key = `orders:billing:${randomUUID()}`;
+  const begun = await store.begin({ key, fingerprint, owner: `worker-${i % 16}`, leaseMs: 60_000, traceId });
+  if (begun.status !== 'acquired') throw new Error(`key ${i}: ${begun.status}`);
+  const done = await store.complete({ key, fence: begun.fence, result, outgoing: [], retentionMs, traceId });
+  if (done !== 'ok') throw new Error(`key ${i}: complete ${done}`);
+}
+
+async function cleanup(): Promise<void> {
+  let cursor = '0';
+  do {
+    const [next, keys] = await client.scanBuffer(cursor, 'MATCH', `${keyPrefix}:*`, 'COUNT', 5000);
+    cursor = next.toString();
+    if (keys.length > 0) await client.unlink(...keys);
+  } while (cursor !== '0');
+}
+
+try {
+  await store.checkServer();
+  const base = await usedMemory();
+  const started = performance.now();
+  const window = 2000;
+  for (let i = 0; i < n; i += window) {
+    await Promise.all(Array.from({ length: Math.min(window, n - i) }, (_, j) => writeOne(i + j)));
+  }
+  const writeSeconds = (performance.now() - started) / 1000;
+  const withRecords = await usedMemory();
+  const perRecord = (withRecords - base) / n;
+  console.log(`N=${n} keys, written in ${writeSeconds.toFixed(1)} s (begin + complete each)`);
+  if (plain) {
+    console.log(`COMPLETED records (no compaction index): ${perRecord.toFixed(1)} bytes/key`);
+  } else {
+    // Records written by a store with compactAfterMs are also indexed; sample the index apart.
+    let indexBytes = 0;
+    for (let tag = 0; tag < 65_536; tag += 4096) {
+      const key = `${keyPrefix}:{${tag.toString(16).padStart(4, '0')}}i`;
+      indexBytes += Number((await client.memory('USAGE', key)) ?? 0);
+    }
+    console.log(`COMPLETED records + compaction index: ${perRecord.toFixed(1)} bytes/key`);
+    console.log(
+      `  of which index (sampled 16 of 65,536 tags): ~${((indexBytes * 4096) / n).toFixed(1)} bytes/key`,
+    );
+    const compactStart = performance.now();
+    const stats = await store.compactCompleted({ batchSize: 200, concurrency: 64 });
+    const compactSeconds = (performance.now() - compactStart) / 1000;
+    const withMarkers = await usedMemory();
+    console.log(`compacted ${stats.compacted} in ${compactSeconds.toFixed(1)} s`);
+    console.log(`markers: ${((withMarkers - base) / n).toFixed(1)} bytes/key`);
+  }
+} finally {
+  await cleanup();
+  await client.quit();
+}

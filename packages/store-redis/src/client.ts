@@ -1,0 +1,77 @@
+/**
+ * The slice of an ioredis client (standalone `Redis` or `Cluster`) the store uses, typed
+ * structurally so the public API does not tie callers to one ioredis build.
+ */
+import { StoreUnavailableError } from '@exactly-once/core';
+import { type LuaScript, scripts } from './generated/scripts.js';
+
+export type RedisArg = string | Buffer | number;
+
+export interface RedisClient {
+  /** `true` for an ioredis `Cluster`. */
+  readonly isCluster: boolean;
+  defineCommand(name: string, definition: { lua: string; numberOfKeys?: number }): void;
+  call(command: string, ...args: RedisArg[]): Promise<unknown>;
+  pipeline(): unknown;
+  quit(): Promise<unknown>;
+  /** Cluster only: the node connections. */
+  nodes?(role?: 'all' | 'master' | 'slave'): RedisClient[];
+}
+
+export type ScriptName = keyof typeof scripts;
+type Command = (...args: RedisArg[]) => Promise<unknown>;
+
+const registered = new WeakSet<object>();
+
+/**
+ * Registers every script once per client. ioredis sends a defined command as EVALSHA and falls
+ * back to EVAL on NOSCRIPT, so a restarted or failed-over server reloads them transparently.
+ */
+export function registerScripts(client: RedisClient): void {
+  if (registered.has(client)) return;
+  for (const script of Object.values(scripts) as LuaScript[]) {
+    const definition =
+      script.numberOfKeys === undefined
+        ? { lua: script.lua }
+        : { lua: script.lua, numberOfKeys: script.numberOfKeys };
+    client.defineCommand(script.command, definition);
+  }
+  registered.add(client);
+}
+
+/** Runs a script, replies as Buffers; any failure becomes a retryable StoreUnavailableError. */
+export async function runScript(
+  client: RedisClient | object,
+  name: ScriptName,
+  operation: string,
+  args: RedisArg[],
+): Promise<unknown> {
+  const command = (client as Record<string, Command | undefined>)[`${scripts[name].command}Buffer`];
+  if (command === undefined) throw new Error(`script ${name} is not registered on this client`);
+  try {
+    return await command.apply(client, args);
+  } catch (cause) {
+    throw unavailable(operation, cause);
+  }
+}
+
+/**
+ * Runs a plain command with the same error mapping; replies are strings. (Not `callBuffer`:
+ * ioredis 5.8 drops its command name when `enableAutoPipelining` is on.)
+ */
+export async function runCommand(
+  client: RedisClient,
+  operation: string,
+  command: string,
+  args: RedisArg[],
+): Promise<unknown> {
+  try {
+    return await client.call(command, ...args);
+  } catch (cause) {
+    throw unavailable(operation, cause);
+  }
+}
+
+export function unavailable(operation: string, cause: unknown): StoreUnavailableError {
+  return cause instanceof StoreUnavailableError ? cause : new StoreUnavailableError({ operation, cause });
+}

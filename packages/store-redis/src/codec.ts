@@ -1,0 +1,205 @@
+/**
+ * The record encoding: one Redis hash per record, with one-letter field names so that a small
+ * record stays in Redis's compact listpack encoding. Values are binary-safe strings.
+ *
+ *   s state (I|C|F)   f fingerprint   n fence   a attempt   t trace id   w owner
+ *   l leaseUntil      e error / lastError       c completedAt / failedAt   x expiresAt
+ *   r result          m outgoing count; d<i> id, o<i> message, p<i> present once published
+ *   S<name>           step: '<at>:' + result bytes
+ *
+ * Lua only compares fingerprints, fences and times; everything else is packed and unpacked here.
+ */
+import { createHash } from 'node:crypto';
+import {
+  type CompletedRecord,
+  type ErrorInfo,
+  type OutgoingMessage,
+  type OutgoingRecord,
+  type ProcessedRecord,
+  RecordState,
+  type StepRecord,
+  type StoredResult,
+} from '@exactly-once/core';
+
+/** A COMPLETED record answered by a compaction marker: no result, no messages, no history. */
+export interface CompactedRecord extends CompletedRecord {
+  readonly compacted: true;
+}
+
+const HEX_BYTES = /^(?:[0-9a-f]{2})+$/;
+const TRACE_REF = /^([0-9a-f]{32})-([0-9a-f]{16})$/;
+
+/**
+ * Fingerprints (sha256 hex) and trace refs (`<trace id>-<span id>`) are hex: stored as bytes they
+ * take half the space. A leading byte says which form follows, so any other string round-trips.
+ */
+export function packText(text: string): Buffer {
+  if (HEX_BYTES.test(text)) return Buffer.concat([Buffer.of(1), Buffer.from(text, 'hex')]);
+  const trace = TRACE_REF.exec(text);
+  if (trace) return Buffer.concat([Buffer.of(2), Buffer.from(`${trace[1]}${trace[2]}`, 'hex')]);
+  return Buffer.concat([Buffer.of(0), Buffer.from(text, 'utf8')]);
+}
+
+export function unpackText(packed: Buffer): string {
+  const body = packed.subarray(1);
+  switch (packed[0]) {
+    case 1:
+      return body.toString('hex');
+    case 2:
+      return `${body.subarray(0, 16).toString('hex')}-${body.subarray(16).toString('hex')}`;
+    default:
+      return body.toString('utf8');
+  }
+}
+
+/** First 8 bytes of sha1(packed fingerprint): what a compaction marker keeps of the fingerprint. */
+export function fingerprintHash(packedFingerprint: Buffer): Buffer {
+  return createHash('sha1').update(packedFingerprint).digest().subarray(0, 8);
+}
+
+export function packError(error: ErrorInfo): string {
+  return JSON.stringify([error.name, error.code, error.message]);
+}
+
+function unpackError(packed: Buffer): ErrorInfo {
+  const [name, code, message] = JSON.parse(packed.toString('utf8')) as [string, string, string];
+  return { name, code, message };
+}
+
+export function packResult(result: StoredResult | undefined): Buffer | string {
+  if (result === undefined) return '';
+  if (result.kind === 'inline') return Buffer.concat([Buffer.from('i'), result.data]);
+  const { uri, size, sha256 } = result.pointer;
+  return `b${JSON.stringify([uri, size, sha256])}`;
+}
+
+function unpackResult(packed: Buffer): StoredResult {
+  if (packed[0] === 0x69 /* i */) return { kind: 'inline', data: copy(packed.subarray(1)) };
+  const [uri, size, sha256] = JSON.parse(packed.subarray(1).toString('utf8')) as [string, number, string];
+  return { kind: 'blob', pointer: { uri, size, sha256 } };
+}
+
+/** `[destination, routingKey|null, headers]` as JSON, a newline (JSON escapes its own), the body. */
+export function packMessage(message: OutgoingMessage): Buffer {
+  const meta = JSON.stringify([message.destination, message.routingKey ?? null, message.headers]);
+  return Buffer.concat([Buffer.from(`${meta}\n`), message.body]);
+}
+
+function unpackMessage(id: string, packed: Buffer, published: boolean): OutgoingRecord {
+  const cut = packed.indexOf(0x0a);
+  const [destination, routingKey, headers] = JSON.parse(packed.subarray(0, cut).toString('utf8')) as [
+    string,
+    string | null,
+    Record<string, string>,
+  ];
+  return {
+    id,
+    destination,
+    ...(routingKey === null ? {} : { routingKey }),
+    body: copy(packed.subarray(cut + 1)),
+    headers,
+    published,
+  };
+}
+
+/** Replies can be views into a larger socket buffer: hand out copies the caller owns. */
+function copy(bytes: Buffer): Uint8Array {
+  return new Uint8Array(bytes);
+}
+
+function int(value: Buffer | undefined): number {
+  return value === undefined ? 0 : Number(value.toString('latin1'));
+}
+
+/** Decodes a flat HGETALL reply; `undefined` for an empty (absent) hash. */
+export function decodeRecord(key: string, flat: readonly Buffer[]): ProcessedRecord | undefined {
+  if (flat.length === 0) return undefined;
+  const fields = new Map<string, Buffer>();
+  const steps: [string, StepRecord][] = [];
+  for (let i = 0; i + 1 < flat.length; i += 2) {
+    const name = flat[i] as Buffer;
+    const value = flat[i + 1] as Buffer;
+    if (name[0] === 0x53 /* S */) {
+      const cut = value.indexOf(0x3a /* : */);
+      steps.push([
+        name.subarray(1).toString('utf8'),
+        { at: Number(value.subarray(0, cut).toString('latin1')), result: copy(value.subarray(cut + 1)) },
+      ]);
+    } else {
+      fields.set(name.toString('latin1'), value);
+    }
+  }
+  const trace = fields.get('t');
+  const base = {
+    key,
+    fingerprint: unpackText(fields.get('f') ?? Buffer.of(0)),
+    fence: int(fields.get('n')),
+    attempt: int(fields.get('a')),
+    ...(trace === undefined ? {} : { traceId: unpackText(trace) }),
+  };
+  const state = fields.get('s')?.toString('latin1');
+  const error = fields.get('e');
+  if (state === 'I') {
+    return {
+      ...base,
+      state: RecordState.InProgress,
+      owner: (fields.get('w') ?? Buffer.alloc(0)).toString('utf8'),
+      leaseUntil: int(fields.get('l')),
+      ...(error === undefined ? {} : { lastError: unpackError(error) }),
+      // fromEntries defines own properties, so a step named `__proto__` stays an ordinary entry.
+      steps: Object.fromEntries(steps),
+    };
+  }
+  if (state === 'F') {
+    return {
+      ...base,
+      state: RecordState.Failed,
+      error: unpackError(error ?? Buffer.from('["Error","ERROR",""]')),
+      failedAt: int(fields.get('c')),
+      expiresAt: int(fields.get('x')),
+    };
+  }
+  const result = fields.get('r');
+  const outgoing: OutgoingRecord[] = [];
+  for (let i = 1; i <= int(fields.get('m')); i++) {
+    const id = (fields.get(`d${i}`) ?? Buffer.alloc(0)).toString('utf8');
+    outgoing.push(
+      unpackMessage(id, fields.get(`o${i}`) ?? Buffer.from('["",null,{}]\n'), fields.has(`p${i}`)),
+    );
+  }
+  return {
+    ...base,
+    state: RecordState.Completed,
+    ...(result === undefined ? {} : { result: unpackResult(result) }),
+    outgoing,
+    completedAt: int(fields.get('c')),
+    expiresAt: int(fields.get('x')),
+  };
+}
+
+/** True when a COMPLETED or FAILED record's retention has passed on the server clock. */
+export function isExpired(record: ProcessedRecord, now: number): boolean {
+  return record.state !== RecordState.InProgress && record.expiresAt <= now;
+}
+
+/**
+ * A record standing in for a compacted one. The stored fingerprint is known only by an 8-byte
+ * hash, so it is reported as `compacted:<hex>` unless the caller's own fingerprint matched it.
+ */
+export function decodeMarker(key: string, marker: Buffer, matchedFingerprint?: string): CompactedRecord {
+  return {
+    key,
+    fingerprint: matchedFingerprint ?? `compacted:${marker.subarray(6).toString('hex')}`,
+    fence: 0,
+    attempt: 0,
+    state: RecordState.Completed,
+    outgoing: [],
+    completedAt: 0,
+    expiresAt: markerExpiry(marker),
+    compacted: true,
+  };
+}
+
+export function markerExpiry(marker: Buffer): number {
+  return marker.readUIntBE(0, 6);
+}

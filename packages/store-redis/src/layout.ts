@@ -1,0 +1,65 @@
+/**
+ * Where a record lives. A record is named after a digest of its store key, never after the key
+ * itself: any key (`*`, `{`, NUL, 10 KiB...) becomes a fixed-size name that no pattern, hash-tag
+ * rule or length limit can trip over, and long keys cost no memory. The caller always knows the
+ * key it asks about, so records do not store it.
+ *
+ * With d = sha256(key):
+ * - tag:     hex of d[0..2] — 65,536 tags spread evenly over the 16,384 cluster slots.
+ * - id:      d[2..18], 16 bytes; tag + id are 144 bits of the digest.
+ * - record:  `<prefix>:{<tag>}:<id>`
+ * - bucket:  `<prefix>:{<tag>}m` — compaction markers of the tag's keys (hash: id -> marker)
+ * - index:   `<prefix>:{<tag>}i` — completions awaiting compaction (sorted set: id -> completedAt)
+ *
+ * All keys of a record share the `{<tag>}` hash tag, so every script runs on one cluster slot.
+ * Two distinct keys share a record only if 144 bits of their sha256 agree: about n²/2^145 for n
+ * keys, 2e-29 at 30 million.
+ */
+import { createHash } from 'node:crypto';
+
+export const TAG_COUNT = 65_536;
+
+export interface RecordKeys {
+  readonly record: Buffer;
+  readonly bucket: Buffer;
+  readonly index: Buffer;
+  /** The record's 16-byte id: its name suffix, index member and marker field. */
+  readonly id: Buffer;
+}
+
+/** `<prefix>:{<tag hex>}`, the part every key of a tag starts with. */
+export function tagPrefix(prefix: string, tag: number): string {
+  return `${prefix}:{${tag.toString(16).padStart(4, '0')}}`;
+}
+
+export function bucketKey(prefix: string, tag: number): Buffer {
+  return Buffer.from(`${tagPrefix(prefix, tag)}m`);
+}
+
+export function indexKey(prefix: string, tag: number): Buffer {
+  return Buffer.from(`${tagPrefix(prefix, tag)}i`);
+}
+
+export function recordKey(prefix: string, tag: number, id: Buffer): Buffer {
+  return Buffer.concat([Buffer.from(`${tagPrefix(prefix, tag)}:`), id]);
+}
+
+export function keysFor(prefix: string, key: string): RecordKeys {
+  const digest = createHash('sha256').update(key).digest();
+  const tag = digest.readUInt16BE(0);
+  const id = digest.subarray(2, 18);
+  return {
+    record: recordKey(prefix, tag, id),
+    bucket: bucketKey(prefix, tag),
+    index: indexKey(prefix, tag),
+    id,
+  };
+}
+
+/**
+ * The Redis key of `key`'s record, for looking at it with redis-cli (e.g. `HGETALL`, `PTTL`):
+ * `redisKeyFor('eo', 'orders:billing:42').toString('latin1')`.
+ */
+export function redisKeyFor(prefix: string, key: string): Buffer {
+  return keysFor(prefix, key).record;
+}

@@ -1,0 +1,73 @@
+/**
+ * Refuses a server that may evict keys. Under memory pressure an eviction policy drops keys
+ * silently: a dropped COMPLETED record makes the next redelivery of its message run again, which
+ * is exactly what this store exists to prevent. Every `volatile-*` policy is as dangerous as the
+ * `allkeys-*` ones, because every record here carries a TTL.
+ */
+import { ConfigError, type Logger } from '@exactly-once/core';
+import { type RedisClient, unavailable } from './client.js';
+
+export const SAFE_POLICY = 'noeviction';
+
+export interface ServerCheckOptions {
+  readonly client: RedisClient;
+  readonly logger: Logger;
+  /** When false, an unsafe policy is logged instead of thrown. */
+  readonly enforce: boolean;
+}
+
+/** Checks `maxmemory-policy` on the server, or on every master of a cluster. */
+export async function checkServer(options: ServerCheckOptions): Promise<void> {
+  const { client, logger, enforce } = options;
+  for (const node of await targets(client)) {
+    let reply: unknown;
+    try {
+      reply = await node.call('CONFIG', 'GET', 'maxmemory-policy');
+    } catch (cause) {
+      // Managed services rename or forbid CONFIG: a server reply, not an outage.
+      if (cause instanceof Error && cause.name === 'ReplyError') {
+        logger.warn('cannot read maxmemory-policy (CONFIG GET refused); make sure it is "noeviction"', {
+          error: cause.message,
+        });
+        continue;
+      }
+      throw unavailable('checkServer', cause);
+    }
+    const policy = parsePolicy(reply);
+    if (policy === undefined) {
+      logger.warn('CONFIG GET maxmemory-policy returned nothing; make sure it is "noeviction"');
+    } else if (policy !== SAFE_POLICY) {
+      const message =
+        `Redis maxmemory-policy is "${policy}": the server may evict processed-records under memory ` +
+        `pressure, and an evicted record lets its message be processed again. Set it to "${SAFE_POLICY}" ` +
+        '(or pass checkEvictionPolicy: false to accept the risk).';
+      if (enforce) throw new ConfigError(message);
+      logger.warn(message);
+    }
+  }
+}
+
+/** `CONFIG GET` answers `[name, value]` (RESP2) or `{ name: value }` (RESP3). */
+export function parsePolicy(reply: unknown): string | undefined {
+  if (Array.isArray(reply)) {
+    const value: unknown = reply[1];
+    return value === undefined ? undefined : String(value);
+  }
+  if (reply !== null && typeof reply === 'object') {
+    const value = (reply as Record<string, unknown>)['maxmemory-policy'];
+    return value === undefined ? undefined : String(value);
+  }
+  return undefined;
+}
+
+async function targets(client: RedisClient): Promise<RedisClient[]> {
+  if (!client.isCluster || client.nodes === undefined) return [client];
+  // A cluster client learns its nodes on connect; a keyless command makes it connect.
+  try {
+    await client.call('PING');
+  } catch (cause) {
+    throw unavailable('checkServer', cause);
+  }
+  const masters = client.nodes('master');
+  return masters.length > 0 ? masters : [client];
+}

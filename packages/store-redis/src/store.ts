@@ -1,0 +1,318 @@
+/**
+ * The Redis processed-store: every transition is one Lua script (src/lua), so each is atomic
+ * on the server and reads the server's clock, whatever the clocks of the workers say.
+ */
+import {
+  type BeginRequest,
+  type BeginResult,
+  type CompleteRequest,
+  ConfigError,
+  type ErrorInfo,
+  type FencedResult,
+  type InProgressRecord,
+  type Logger,
+  type ProcessedRecord,
+  type ProcessedStore,
+  silentLogger,
+  StoreUnavailableError,
+} from '@exactly-once/core';
+import { type RedisArg, type RedisClient, registerScripts, runScript, unavailable } from './client.js';
+import {
+  type CompactedRecord,
+  decodeMarker,
+  decodeRecord,
+  fingerprintHash,
+  isExpired,
+  markerExpiry,
+  packError,
+  packMessage,
+  packResult,
+  packText,
+} from './codec.js';
+import { type CompactionOptions, type CompactionStats, compactPass } from './compaction.js';
+import { scripts } from './generated/scripts.js';
+import { keysFor } from './layout.js';
+import { checkServer } from './server-check.js';
+
+export interface RedisStoreOptions {
+  /** An ioredis `Redis` or `Cluster`. The store does not close it unless `closeClient` is set. */
+  readonly client: RedisClient;
+  /** First segment of every key the store writes. No `{` or `}`. Default `eo`. */
+  readonly keyPrefix?: string;
+  /**
+   * How long an IN_PROGRESS record outlives its lease before Redis drops it, so abandoned
+   * records do not leak. Default 7 days.
+   */
+  readonly inProgressTtlMs?: number;
+  /**
+   * How long a COMPLETED or FAILED record stays stored past its expiry (it already reads as
+   * absent). New fences start at the server clock; a record still stored also keeps the next
+   * fence above its own if the clock stepped back (e.g. after a failover). Default 1 minute.
+   */
+  readonly expiredGraceMs?: number;
+  /**
+   * Refuse a server whose `maxmemory-policy` is not `noeviction` (checked on first use and by
+   * `checkServer()`). Default true; false only logs the risk.
+   */
+  readonly checkEvictionPolicy?: boolean;
+  /**
+   * Enables compaction: COMPLETED records are indexed, and `compactCompleted()` turns those
+   * completed at least this long ago into compact markers. Unset: no index, no compaction.
+   */
+  readonly compactAfterMs?: number;
+  /**
+   * After `complete`, wait (Redis `WAIT`) until this many replicas acknowledged the write; fewer
+   * within `timeoutMs` makes `complete` throw StoreUnavailableError so the message is not acked.
+   */
+  readonly waitReplicas?: { readonly replicas: number; readonly timeoutMs: number };
+  /** Let `close()` quit the client. Default false. */
+  readonly closeClient?: boolean;
+  readonly logger?: Logger;
+}
+
+export interface RedisProcessedStore extends ProcessedStore {
+  /** Checks the server's eviction policy; throws ConfigError when it is unsafe (see options). */
+  checkServer(): Promise<void>;
+  /** One compaction pass over this store's index; needs `compactAfterMs`. */
+  compactCompleted(options?: CompactionOptions): Promise<CompactionStats>;
+  close(): Promise<void>;
+}
+
+export type { CompactedRecord };
+
+const DAY_MS = 86_400_000;
+
+export function createRedisStore(options: RedisStoreOptions): RedisProcessedStore {
+  const client = options.client;
+  const prefix = options.keyPrefix ?? 'eo';
+  if (prefix.length === 0 || /[{}]/.test(prefix)) {
+    throw new ConfigError(
+      `keyPrefix must be non-empty and contain no "{" or "}" (got ${JSON.stringify(prefix)})`,
+    );
+  }
+  const ttlMs = duration('inProgressTtlMs', options.inProgressTtlMs, 7 * DAY_MS);
+  const graceMs = duration('expiredGraceMs', options.expiredGraceMs, 60_000);
+  const compactAfterMs =
+    options.compactAfterMs === undefined ? undefined : duration('compactAfterMs', options.compactAfterMs, 0);
+  const wait = options.waitReplicas;
+  if (wait && !(Number.isInteger(wait.replicas) && wait.replicas >= 0 && wait.timeoutMs >= 0)) {
+    throw new ConfigError('waitReplicas needs an integer replicas >= 0 and timeoutMs >= 0');
+  }
+  const logger = options.logger ?? silentLogger;
+  const enforce = options.checkEvictionPolicy ?? true;
+  registerScripts(client);
+
+  const check = () => checkServer({ client, logger, enforce });
+  // The policy is checked once before the first operation; an outage during the check is
+  // retried on the next call, an unsafe policy keeps failing every call.
+  let checked: Promise<void> | undefined;
+  let passed = !enforce;
+  const ready = async (): Promise<void> => {
+    if (passed) return;
+    checked ??= check().then(
+      () => {
+        passed = true;
+      },
+      (error: unknown) => {
+        if (!(error instanceof ConfigError)) checked = undefined;
+        throw error;
+      },
+    );
+    await checked;
+  };
+
+  const fenced = async (operation: string, args: RedisArg[]): Promise<FencedResult> => {
+    await ready();
+    const reply = await runScript(client, operation as 'extend', operation, args);
+    return reply === 1 ? 'ok' : 'lost';
+  };
+
+  const completeArgs = (request: CompleteRequest): RedisArg[] => {
+    const keys = keysFor(prefix, request.key);
+    const indexed = compactAfterMs !== undefined && request.retentionMs > compactAfterMs;
+    const args: RedisArg[] = [
+      keys.record,
+      keys.index,
+      String(request.fence),
+      ms(request.retentionMs),
+      String(graceMs),
+      request.traceId === undefined ? '' : packText(request.traceId),
+      packResult(request.result),
+      indexed ? keys.id : '',
+    ];
+    for (const message of request.outgoing) args.push(message.id, packMessage(message));
+    return args;
+  };
+
+  return {
+    async begin(request: BeginRequest): Promise<BeginResult> {
+      await ready();
+      const keys = keysFor(prefix, request.key);
+      const fingerprint = packText(request.fingerprint);
+      const [code, now, payload] = (await runScript(client, 'begin', 'begin', [
+        keys.record,
+        keys.bucket,
+        fingerprint,
+        request.owner,
+        ms(request.leaseMs),
+        request.traceId === undefined ? '' : packText(request.traceId),
+        String(ttlMs),
+        keys.id,
+        fingerprintHash(fingerprint),
+      ])) as [Buffer, number, Buffer[] | Buffer];
+      const status = code.toString('latin1');
+      if (status === 'K') {
+        return {
+          status: 'duplicate',
+          record: decodeMarker(request.key, payload as Buffer, request.fingerprint),
+        };
+      }
+      if (status === 'X') return { status: 'mismatch', record: decodeMarker(request.key, payload as Buffer) };
+      const record = decodeRecord(request.key, payload as Buffer[]);
+      if (record === undefined) throw malformed('begin', status);
+      switch (status) {
+        case 'N':
+        case 'R':
+        case 'T': {
+          const held = record as InProgressRecord;
+          return {
+            status: 'acquired',
+            kind: status === 'N' ? 'new' : status === 'R' ? 'retry' : 'takeover',
+            fence: held.fence,
+            attempt: held.attempt,
+            leaseUntil: held.leaseUntil,
+            steps: held.steps,
+          };
+        }
+        case 'B': {
+          const busy = record as InProgressRecord;
+          return { status: 'busy', record: busy, retryAfterMs: Math.max(1, busy.leaseUntil - Number(now)) };
+        }
+        case 'D':
+          if (record.state === 'COMPLETED') return { status: 'duplicate', record };
+          break;
+        case 'F':
+          if (record.state === 'FAILED') return { status: 'failed', record };
+          break;
+        case 'M':
+          return { status: 'mismatch', record };
+      }
+      throw malformed('begin', status);
+    },
+
+    extend(key: string, fence: number, leaseMs: number): Promise<FencedResult> {
+      return fenced('extend', [keysFor(prefix, key).record, String(fence), ms(leaseMs), String(ttlMs)]);
+    },
+
+    async complete(request: CompleteRequest): Promise<FencedResult> {
+      if (wait === undefined) return fenced('complete', completeArgs(request));
+      await ready();
+      return completeAndWait(client, completeArgs(request), wait);
+    },
+
+    release(key: string, fence: number, error: ErrorInfo): Promise<FencedResult> {
+      return fenced('release', [keysFor(prefix, key).record, String(fence), packError(error), String(ttlMs)]);
+    },
+
+    fail(key: string, fence: number, error: ErrorInfo, retentionMs: number): Promise<FencedResult> {
+      const record = keysFor(prefix, key).record;
+      return fenced('fail', [record, String(fence), packError(error), ms(retentionMs), String(graceMs)]);
+    },
+
+    async markPublished(key: string, ids: readonly string[]): Promise<void> {
+      if (ids.length === 0) return;
+      await ready();
+      await runScript(client, 'markPublished', 'markPublished', [keysFor(prefix, key).record, ...ids]);
+    },
+
+    saveStep(key: string, fence: number, name: string, result: Uint8Array): Promise<FencedResult> {
+      return fenced('saveStep', [keysFor(prefix, key).record, String(fence), name, Buffer.from(result)]);
+    },
+
+    async get(key: string): Promise<ProcessedRecord | undefined> {
+      await ready();
+      const keys = keysFor(prefix, key);
+      const [now, flat, marker] = (await runScript(client, 'get', 'get', [
+        keys.record,
+        keys.bucket,
+        keys.id,
+      ])) as [number, Buffer[], Buffer | null];
+      const record = decodeRecord(key, flat);
+      if (record !== undefined) return isExpired(record, Number(now)) ? undefined : record;
+      if (marker !== null && markerExpiry(marker) > Number(now)) return decodeMarker(key, marker);
+      return undefined;
+    },
+
+    checkServer: check,
+
+    async compactCompleted(compaction?: CompactionOptions): Promise<CompactionStats> {
+      if (compactAfterMs === undefined) {
+        throw new ConfigError('compactCompleted needs a store created with compactAfterMs');
+      }
+      await ready();
+      return compactPass({ client, prefix, compactAfterMs, graceMs }, compaction);
+    },
+
+    async close(): Promise<void> {
+      if (!options.closeClient) return;
+      try {
+        await client.quit();
+      } catch (cause) {
+        throw unavailable('close', cause);
+      }
+    },
+  };
+}
+
+type PipelineLike = Record<string, (...args: RedisArg[]) => unknown> & {
+  exec(): Promise<[Error | null, unknown][] | null>;
+};
+
+/**
+ * The script and WAIT go in one pipeline: in a cluster, ioredis sends a pipeline to the node of
+ * its keyed commands, so WAIT runs on the connection that made the write.
+ */
+async function completeAndWait(
+  client: RedisClient,
+  args: RedisArg[],
+  wait: { replicas: number; timeoutMs: number },
+): Promise<FencedResult> {
+  let results: [Error | null, unknown][] | null;
+  try {
+    const pipeline = client.pipeline() as PipelineLike;
+    pipeline[`${scripts.complete.command}Buffer`]?.(...args);
+    pipeline.call?.('WAIT', wait.replicas, wait.timeoutMs);
+    results = await pipeline.exec();
+  } catch (cause) {
+    throw unavailable('complete', cause);
+  }
+  const [written, waited] = results ?? [];
+  if (written?.[0] || waited?.[0]) throw unavailable('complete', written?.[0] ?? waited?.[0]);
+  if (written?.[1] !== 1) return 'lost';
+  const acknowledged = Number(waited?.[1]);
+  if (acknowledged < wait.replicas) {
+    throw new StoreUnavailableError({
+      operation: 'complete',
+      message:
+        `record completed on the primary, but only ${acknowledged} of ${wait.replicas} replicas ` +
+        `acknowledged within ${wait.timeoutMs} ms; not acking, the redelivery will find it`,
+    });
+  }
+  return 'ok';
+}
+
+function duration(name: string, value: number | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (!Number.isFinite(value) || value < 0) throw new ConfigError(`${name} must be a duration in ms >= 0`);
+  return Math.ceil(value);
+}
+
+/** Durations reach Lua as integer strings; a NaN or negative one would corrupt deadlines. */
+function ms(value: number): string {
+  if (!Number.isFinite(value)) throw new RangeError(`duration must be finite (got ${value})`);
+  return String(Math.max(0, Math.ceil(value)));
+}
+
+function malformed(operation: string, status: string): StoreUnavailableError {
+  return new StoreUnavailableError({ operation, message: `unexpected ${operation} reply "${status}"` });
+}

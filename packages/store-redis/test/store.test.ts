@@ -1,0 +1,240 @@
+/**
+ * Redis-specific behaviour beyond the conformance kit: server checks, outages, layout, encoding
+ * size, TTLs and WAIT.
+ */
+import { randomUUID } from 'node:crypto';
+import { ConfigError, ErrorCode, type Logger, StoreUnavailableError } from '@exactly-once/core';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type RedisClient, createRedisStore } from '../src/index.js';
+import { scripts } from '../src/generated/scripts.js';
+import { keysFor } from '../src/layout.js';
+import { parsePolicy } from '../src/server-check.js';
+import { cluster, dropPrefix, standalone, testPrefix } from './helpers.js';
+
+const leaseMs = 30_000;
+
+/** Redis's own hash-tag rule: the text between the first `{` and the next `}`, if non-empty. */
+function hashTag(key: Buffer): string {
+  const text = key.toString('latin1');
+  const open = text.indexOf('{');
+  const close = text.indexOf('}', open + 1);
+  return open >= 0 && close > open + 1 ? text.slice(open + 1, close) : text;
+}
+
+function recordingLogger(): Logger & { warnings: string[] } {
+  const warnings: string[] = [];
+  const noop = () => {};
+  return { warnings, debug: noop, info: noop, error: noop, warn: (message) => void warnings.push(message) };
+}
+
+/** A client whose CONFIG GET answers `reply` (or throws it); nothing else is ever reached. */
+function fakeClient(reply: unknown): RedisClient {
+  return {
+    isCluster: false,
+    defineCommand: () => {},
+    call: async () => {
+      if (reply instanceof Error) throw reply;
+      return reply;
+    },
+    pipeline: () => ({}),
+    quit: async () => 'OK',
+  };
+}
+
+function replyError(message: string): Error {
+  const error = new Error(message);
+  error.name = 'ReplyError';
+  return error;
+}
+
+describe('eviction policy check', () => {
+  it('passes against the test servers, which run noeviction', async () => {
+    for (const client of [standalone(), cluster()]) {
+      try {
+        await createRedisStore({ client }).checkServer();
+      } finally {
+        await client.quit();
+      }
+    }
+  });
+
+  it('reads CONFIG GET replies in RESP2 and RESP3 form', () => {
+    expect(parsePolicy(['maxmemory-policy', 'noeviction'])).toBe('noeviction');
+    expect(parsePolicy({ 'maxmemory-policy': 'allkeys-lru' })).toBe('allkeys-lru');
+    expect(parsePolicy([])).toBeUndefined();
+    expect(parsePolicy(null)).toBeUndefined();
+  });
+
+  it('refuses any evicting policy, volatile ones included, on checkServer and on first use', async () => {
+    for (const policy of ['allkeys-lru', 'volatile-lru', 'volatile-ttl', 'allkeys-random']) {
+      const store = createRedisStore({ client: fakeClient(['maxmemory-policy', policy]) });
+      await expect(store.checkServer()).rejects.toBeInstanceOf(ConfigError);
+      await expect(store.get('k')).rejects.toMatchObject({ code: ErrorCode.Config });
+    }
+  });
+
+  it('only warns when the check is opted out of, or when CONFIG is refused', async () => {
+    const logger = recordingLogger();
+    const optedOut = createRedisStore({
+      client: fakeClient(['maxmemory-policy', 'allkeys-lru']),
+      checkEvictionPolicy: false,
+      logger,
+    });
+    await optedOut.checkServer();
+    expect(logger.warnings.join()).toMatch(/allkeys-lru/);
+    const managed = createRedisStore({
+      client: fakeClient(replyError("ERR unknown command 'CONFIG'")),
+      logger,
+    });
+    await managed.checkServer();
+    expect(logger.warnings.at(-1)).toMatch(/CONFIG GET refused/);
+  });
+});
+
+describe('store outage', () => {
+  it('every operation fails with a retryable StoreUnavailableError', async () => {
+    // Nothing listens on port 1; no offline queue and no retries, so calls fail at once.
+    const client = new Redis({
+      port: 1,
+      lazyConnect: true,
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+    });
+    client.on('error', () => {});
+    try {
+      for (const checkEvictionPolicy of [true, false]) {
+        const store = createRedisStore({ client, checkEvictionPolicy });
+        const calls = [
+          () => store.begin({ key: 'k', fingerprint: 'f', owner: 'o', leaseMs }),
+          () => store.extend('k', 1, leaseMs),
+          () => store.complete({ key: 'k', fence: 1, outgoing: [], retentionMs: 1000 }),
+          () => store.release('k', 1, { name: 'E', code: 'E', message: 'm' }),
+          () => store.fail('k', 1, { name: 'E', code: 'E', message: 'm' }, 1000),
+          () => store.markPublished('k', ['m']),
+          () => store.saveStep('k', 1, 's', Uint8Array.of(1)),
+          () => store.get('k'),
+        ];
+        for (const call of calls) {
+          const error = await call().then(
+            () => undefined,
+            (e: unknown) => e,
+          );
+          expect(error).toBeInstanceOf(StoreUnavailableError);
+          expect(error).toMatchObject({ code: ErrorCode.StoreUnavailable, retryable: true });
+        }
+      }
+    } finally {
+      client.disconnect();
+    }
+  });
+});
+
+describe('layout and encoding (standalone)', () => {
+  let client: Redis;
+  const keyPrefix = testPrefix('store');
+  beforeAll(() => {
+    client = standalone();
+  });
+  afterAll(async () => {
+    await dropPrefix(client, keyPrefix);
+    await client.quit();
+  });
+
+  it('all keys of a record share one hash tag; user braces and length change nothing', () => {
+    for (const key of ['plain', '{user-tag}', 'a{b}c', '}{', '{}', '\u0000{x}', 'x'.repeat(10_240)]) {
+      const keys = keysFor(keyPrefix, key);
+      const tag = hashTag(keys.record);
+      expect(tag).toMatch(/^[0-9a-f]{4}$/);
+      expect([hashTag(keys.bucket), hashTag(keys.index)]).toEqual([tag, tag]);
+      // A fixed-size name whatever the key: prefix, tag, ':' and a 16-byte id.
+      expect(keys.record.length).toBe(keyPrefix.length + 8 + 16);
+      expect(keys.record.subarray(-16)).toEqual(keys.id);
+    }
+  });
+
+  it('scripts are registered under version- and content-suffixed command names', () => {
+    const store = createRedisStore({ client, keyPrefix });
+    expect(store).toBeDefined();
+    for (const script of Object.values(scripts)) {
+      expect(script.command).toMatch(/^eo[A-Z][A-Za-z]*_v\d+_[0-9a-f]{8}$/);
+      expect(typeof (client as unknown as Record<string, unknown>)[`${script.command}Buffer`]).toBe(
+        'function',
+      );
+    }
+  });
+
+  it('a small COMPLETED record is one compact listpack hash with a TTL of retention + grace', async () => {
+    const store = createRedisStore({ client, keyPrefix, expiredGraceMs: 60_000 });
+    const key = `orders:billing:${randomUUID()}`;
+    const begun = await store.begin({ key, fingerprint: 'a'.repeat(64), owner: 'w-1', leaseMs });
+    if (begun.status !== 'acquired') throw new Error(begun.status);
+    const record = keysFor(keyPrefix, key).record;
+    // IN_PROGRESS: kept for the lease plus the 7-day default safety TTL.
+    const inProgressTtl = await client.pttl(record);
+    expect(Math.abs(inProgressTtl - (leaseMs + 7 * 86_400_000))).toBeLessThan(5000);
+    const result = { kind: 'inline' as const, data: new TextEncoder().encode('{"ok":true}') };
+    expect(
+      await store.complete({ key, fence: begun.fence, result, outgoing: [], retentionMs: 86_400_000 }),
+    ).toBe('ok');
+    expect(await client.object('ENCODING', record)).toBe('listpack');
+    expect(Math.abs((await client.pttl(record)) - (86_400_000 + 60_000))).toBeLessThan(5000);
+    const bytes = Number(await client.memory('USAGE', record));
+    expect(bytes).toBeLessThan(250);
+  });
+
+  it('waitReplicas: enough acknowledgements pass; too few throw, leaving the record completed', async () => {
+    for (const [replicas, expected] of [
+      [0, 'ok'],
+      [1, 'throws'],
+    ] as const) {
+      const store = createRedisStore({ client, keyPrefix, waitReplicas: { replicas, timeoutMs: 100 } });
+      const key = randomUUID();
+      const begun = await store.begin({ key, fingerprint: 'f', owner: 'w', leaseMs });
+      if (begun.status !== 'acquired') throw new Error(begun.status);
+      const completing = store.complete({ key, fence: begun.fence, outgoing: [], retentionMs: 60_000 });
+      if (expected === 'ok') await expect(completing).resolves.toBe('ok');
+      else await expect(completing).rejects.toMatchObject({ code: ErrorCode.StoreUnavailable });
+      expect(await store.begin({ key, fingerprint: 'f', owner: 'w', leaseMs })).toMatchObject({
+        status: 'duplicate',
+      });
+      expect(await store.complete({ key, fence: begun.fence, outgoing: [], retentionMs: 1 })).toBe('lost');
+    }
+  });
+});
+
+describe('cluster routing', () => {
+  it('complete with waitReplicas runs WAIT on the node that holds the key', async () => {
+    const client = cluster();
+    const keyPrefix = testPrefix('wait');
+    try {
+      const store = createRedisStore({ client, keyPrefix, waitReplicas: { replicas: 0, timeoutMs: 100 } });
+      for (let i = 0; i < 20; i++) {
+        const key = `${randomUUID()}{${i}}`;
+        const begun = await store.begin({ key, fingerprint: 'f', owner: 'w', leaseMs });
+        if (begun.status !== 'acquired') throw new Error(begun.status);
+        expect(await store.complete({ key, fence: begun.fence, outgoing: [], retentionMs: 60_000 })).toBe(
+          'ok',
+        );
+      }
+    } finally {
+      await dropPrefix(client, keyPrefix);
+      await client.quit();
+    }
+  });
+});
+
+describe('options', () => {
+  it('rejects a key prefix with braces and negative durations', () => {
+    const client = fakeClient([]);
+    expect(() => createRedisStore({ client, keyPrefix: 'a{b}' })).toThrow(ConfigError);
+    expect(() => createRedisStore({ client, keyPrefix: '' })).toThrow(ConfigError);
+    expect(() => createRedisStore({ client, inProgressTtlMs: -1 })).toThrow(ConfigError);
+    expect(() => createRedisStore({ client, compactAfterMs: Number.NaN })).toThrow(ConfigError);
+  });
+
+  it('compactCompleted needs compactAfterMs', async () => {
+    const store = createRedisStore({ client: fakeClient([]), checkEvictionPolicy: false });
+    await expect(store.compactCompleted()).rejects.toBeInstanceOf(ConfigError);
+  });
+});
