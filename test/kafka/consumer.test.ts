@@ -225,6 +225,55 @@ describe('kafka consumer', () => {
     expect(copies.every((c) => c.headers['x-eo-original-offset'] === '0')).toBe(true);
   });
 
+  it('on revocation gives up a slow run; the new owner waits (busy) and acks the duplicate', async () => {
+    const { topic, dlq, groupId } = await setup(2);
+    await send(topic, [
+      { key: 'a', value: { id: 'slow' }, id: 'slow', partition: 0 },
+      { key: 'b', value: { id: 'quick' }, id: 'quick', partition: 1 },
+    ]);
+    const runs = new Map<string, number>();
+    let bJoined = false;
+    let slowDone = false;
+    const common = {
+      kafka,
+      groupId,
+      topics: [topic],
+      deadLetter: { topic: dlq },
+      store: store(),
+      revokeGraceMs: 200,
+      leaseMs: 6_000,
+      handler: async (p: { id: string }) => {
+        runs.set(p.id, (runs.get(p.id) ?? 0) + 1);
+        if (p.id === 'slow') {
+          // Runs until the second member has joined and the rebalance is over.
+          await waitUntil(() => bJoined, { timeoutMs: 40_000 });
+          const until = Date.now() + 1_500;
+          await waitUntil(() => Date.now() >= until);
+          slowDone = true;
+        }
+      },
+    };
+    const a = await start<{ id: string }>(common);
+    await waitUntil(() => runs.get('slow') === 1, { message: 'slow run started' });
+    const b = createConsumer<{ id: string }>({
+      ...common,
+      fromBeginning: true,
+      consumerConfig: fastGroup,
+      logger: quietLogger,
+    });
+    running.push(b);
+    b.consumer.on?.(b.consumer.events?.GROUP_JOIN as string, () => {
+      bJoined = true;
+    });
+    await b.start();
+    await waitUntil(() => fullyCommitted(admin, groupId, topic), { timeoutMs: 60_000, message: 'committed' });
+    expect(slowDone).toBe(true);
+    expect(a.stats.abandoned).toBeGreaterThanOrEqual(1);
+    // The slow record ran once: the next owner found it busy, waited, and acked the duplicate.
+    expect(runs.get('slow')).toBe(1);
+    expect(a.stats.deferred + b.stats.deferred).toBeGreaterThanOrEqual(1);
+  }, 90_000);
+
   it('stop() mid-batch lets the current run finish and commits exactly what was settled', async () => {
     const { topic, dlq, groupId } = await setup(3);
     await send(

@@ -79,9 +79,46 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
     return connecting;
   };
 
-  const sendBatch = async (topicMessages: { topic: string; messages: ProducerRecordMessageLike[] }[]) => {
+  const direct = async (topicMessages: TopicMessages[]) => {
     await connect();
     await producer.sendBatch({ topicMessages, acks: -1, timeout });
+  };
+
+  // With one request in flight, concurrent sends (one per busy partition) would queue behind each
+  // other, a broker round trip each. Sends that arrive while a request is in flight go out
+  // together in the next one, in arrival order, so per-partition order is kept.
+  const queue: { topicMessages: TopicMessages[]; resolve: () => void; reject: (e: unknown) => void }[] = [];
+  let flushing = false;
+  const flush = async () => {
+    flushing = true;
+    try {
+      while (queue.length > 0) {
+        const group = queue.splice(0, MAX_COALESCED_SENDS);
+        try {
+          await direct(mergeByTopic(group.flatMap((p) => p.topicMessages)));
+          for (const p of group) p.resolve();
+        } catch (error) {
+          if (group.length === 1) {
+            group[0]?.reject(error);
+            continue;
+          }
+          // One bad record (unknown topic, too large) must not fail the sends it shared a
+          // request with, again and again: each goes out alone now.
+          for (const p of group) await direct(p.topicMessages).then(p.resolve, p.reject);
+        }
+      }
+    } finally {
+      flushing = false;
+    }
+  };
+  const sendBatch = (topicMessages: TopicMessages[]): Promise<void> => {
+    // An instrumentation makes its spans from the caller's context at the client call; a shared
+    // request would put every coalesced message under one caller's trace.
+    if (instrumented(producer)) return direct(topicMessages);
+    return new Promise<void>((resolve, reject) => {
+      queue.push({ topicMessages, resolve, reject });
+      if (!flushing) void flush();
+    });
   };
 
   return {
@@ -159,6 +196,21 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
       }
     },
   };
+}
+
+type TopicMessages = { topic: string; messages: ProducerRecordMessageLike[] };
+
+/** Upper bound of sends merged into one produce request. */
+const MAX_COALESCED_SENDS = 64;
+
+function mergeByTopic(list: TopicMessages[]): TopicMessages[] {
+  const byTopic = new Map<string, ProducerRecordMessageLike[]>();
+  for (const { topic, messages } of list) {
+    const acc = byTopic.get(topic) ?? [];
+    byTopic.set(topic, acc);
+    acc.push(...messages);
+  }
+  return [...byTopic].map(([topic, messages]) => ({ topic, messages }));
 }
 
 /** True when an OpenTelemetry instrumentation wrapped the client's send (shimmer marks wrappers). */
