@@ -54,14 +54,14 @@ export interface BlobDoc {
 export interface RecordDoc {
   _id: string;
   s: State;
-  /** Fingerprint. */
-  f: string;
+  /** Fingerprint (32 bytes when it is lower-case sha256 hex, see {@link packFingerprint}). */
+  f: string | Binary;
   /** Fence. */
   n: number;
   /** Attempt. */
   a: number;
-  /** Trace id. */
-  t?: string;
+  /** Trace id (24 bytes when it is `<32 hex>-<16 hex>`, see {@link packTraceId}). */
+  t?: string | Binary;
   /** IN_PROGRESS: owner, lease end (store ms; 0 after release), journaled steps. */
   o?: string;
   l?: number;
@@ -79,6 +79,34 @@ export interface RecordDoc {
   d?: number;
   /** COMPLETED/FAILED: expiresAt, a BSON date so that a TTL index can use it. */
   e?: Date;
+}
+
+const SHA256_HEX = /^[0-9a-f]{64}$/;
+const TRACE_REF = /^([0-9a-f]{32})-([0-9a-f]{16})$/;
+
+/**
+ * A fingerprint is normally a sha256 in lower-case hex: stored as its 32 bytes it takes 37 bytes of
+ * BSON instead of 69. Anything else (other formats, upper case) stays a string, so reading back
+ * always gives the exact string written.
+ */
+export function packFingerprint(fingerprint: string): string | Binary {
+  return SHA256_HEX.test(fingerprint) ? new Binary(Buffer.from(fingerprint, 'hex')) : fingerprint;
+}
+
+function unpackFingerprint(value: string | Binary): string {
+  return typeof value === 'string' ? value : Buffer.from(value.value()).toString('hex');
+}
+
+/** `<trace id>-<span id>` in lower-case hex as 24 bytes (29 bytes of BSON instead of 54). */
+export function packTraceId(traceId: string): string | Binary {
+  const match = TRACE_REF.exec(traceId);
+  return match === null ? traceId : new Binary(Buffer.from(`${match[1]}${match[2]}`, 'hex'));
+}
+
+function unpackTraceId(value: string | Binary): string {
+  if (typeof value === 'string') return value;
+  const hex = Buffer.from(value.value()).toString('hex');
+  return `${hex.slice(0, 32)}-${hex.slice(32)}`;
 }
 
 /** Copies, so a caller mutating its array after the call never changes what is written. */
@@ -162,10 +190,10 @@ export function isExpired(doc: RecordDoc, now: number): boolean {
 export function decodeRecord(doc: RecordDoc): ProcessedRecord {
   const base = {
     key: doc._id,
-    fingerprint: doc.f,
+    fingerprint: unpackFingerprint(doc.f),
     fence: doc.n,
     attempt: doc.a,
-    ...(doc.t === undefined ? {} : { traceId: doc.t }),
+    ...(doc.t === undefined ? {} : { traceId: unpackTraceId(doc.t) }),
   };
   switch (doc.s) {
     case State.InProgress: {

@@ -22,6 +22,8 @@ import {
   encodeOutgoing,
   encodeResult,
   isExpired,
+  packFingerprint,
+  packTraceId,
   type RecordDoc,
   State,
   toBinary,
@@ -116,10 +118,10 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
   const fresh = (request: BeginRequest, now: number, fence: number): RecordDoc => ({
     _id: request.key,
     s: State.InProgress,
-    f: request.fingerprint,
+    f: packFingerprint(request.fingerprint),
     n: fence,
     a: 1,
-    ...(request.traceId === undefined ? {} : { t: request.traceId }),
+    ...(request.traceId === undefined ? {} : { t: packTraceId(request.traceId) }),
     o: request.owner,
     l: now + request.leaseMs,
   });
@@ -168,7 +170,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       $set: {
         o: request.owner,
         l: leaseUntil,
-        ...(request.traceId === undefined ? {} : { t: request.traceId }),
+        ...(request.traceId === undefined ? {} : { t: packTraceId(request.traceId) }),
       },
       $inc: { n: 1, a: 1 },
       ...(request.traceId === undefined ? { $unset: { t: '' } } : {}),
@@ -239,7 +241,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         ...result,
         ...(request.outgoing.length === 0 ? {} : { ob: encodeOutgoing(request.outgoing) }),
         // Without a new trace id the record keeps the one of the run that held the lease.
-        ...(request.traceId === undefined ? {} : { t: request.traceId }),
+        ...(request.traceId === undefined ? {} : { t: packTraceId(request.traceId) }),
       };
       const unset: Record<string, ''> = { o: '', l: '', st: '', x: '', pb: '' };
       for (const field of ['r', 'b', 'ob'] as const) if (!(field in completed)) unset[field] = '';

@@ -56,13 +56,30 @@ describe('races', () => {
   });
 
   it('concurrent takeovers of a passed lease: exactly one acquires (skipped on FerretDB 1.x, whose conditional updates are not atomic)', async (ctx) => {
-    if (test.ferret1 && !process.env.EO_FORCE) ctx.skip();
+    // EO_MONGO_FORCE_RACE_TESTS=1 runs it on FerretDB 1.x anyway, to watch it fail.
+    if (test.ferret1 && !process.env.EO_MONGO_FORCE_RACE_TESTS) ctx.skip();
     for (let k = 0; k < 5; k++) {
       const key = `takeover-race:${k}`;
       await acquired(store, key, 50);
       await sleep(120);
       const results = await Promise.all(Array.from({ length: 16 }, (_, i) => begin(store, key, `w${i}`)));
       expect(results.filter((r) => r.status === 'acquired')).toHaveLength(1);
+    }
+  });
+  it('a stale holder completing while others take over: exactly one of them wins (skipped on FerretDB 1.x)', async (ctx) => {
+    if (test.ferret1 && !process.env.EO_MONGO_FORCE_RACE_TESTS) ctx.skip();
+    for (let k = 0; k < 5; k++) {
+      const key = `complete-race:${k}`;
+      const stale = await acquired(store, key, 50);
+      await sleep(120);
+      const [completed, ...begins] = await Promise.all([
+        store.complete({ key, fence: stale.fence, outgoing: [], retentionMs: 60_000 }),
+        ...Array.from({ length: 8 }, (_, i) => begin(store, key, `w${i}`)),
+      ]);
+      const takeovers = begins.filter((r) => r.status === 'acquired').length;
+      expect(takeovers + (completed === 'ok' ? 1 : 0)).toBe(1);
+      const record = await store.get(key);
+      expect(record?.state).toBe(completed === 'ok' ? 'COMPLETED' : 'IN_PROGRESS');
     }
   });
 });
@@ -97,6 +114,27 @@ describe('document layout', () => {
     expect(doc?.e).toBeInstanceOf(Date);
     const record = await store.get(key);
     expect(record?.state === 'COMPLETED' && record.outgoing[0]?.headers).toEqual(headers);
+  });
+
+  it('hex fingerprints and trace ids are stored as bytes and read back as the exact strings', async () => {
+    const sha = 'ab'.repeat(32);
+    const trace = `${'0f'.repeat(16)}-${'e1'.repeat(8)}`;
+    const cases = [
+      [sha, trace, true],
+      [sha.toUpperCase(), trace.toUpperCase(), false],
+      [`${sha}0`, `${trace}-x`, false],
+      ['fp', 'not-a-trace', false],
+    ] as const;
+    for (const [i, [fingerprint, traceId, packed]] of cases.entries()) {
+      const key = `packing:${i}`;
+      const lease = await store.begin({ key, fingerprint, owner: 'w', leaseMs: 1000, traceId });
+      expect(lease.status).toBe('acquired');
+      const doc = await raw.findOne({ _id: key });
+      expect(typeof doc?.f === 'string' && typeof doc?.t === 'string').toBe(!packed);
+      expect(await store.get(key)).toMatchObject({ fingerprint, traceId });
+      const again = await store.begin({ key, fingerprint, owner: 'w2', leaseMs: 1000 });
+      expect(again.status).toBe('busy');
+    }
   });
 
   it('steps saved twice under one name read back as the last one', async () => {

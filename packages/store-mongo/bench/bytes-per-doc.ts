@@ -1,0 +1,125 @@
+/**
+ * Bytes per COMPLETED record with a tiny result, written through the real store (begin + complete),
+ * as the server reports them (collStats/dbStats) and as BSON (`BSON.calculateObjectSize`, which is
+ * what MongoDB's collStats `size` adds up, before compression), extrapolated to 30 M records.
+ *
+ *   npx tsx --conditions=@exactly-once/source packages/store-mongo/bench/bytes-per-doc.ts
+ *
+ * Env: EO_MONGO_URL (default mongodb://127.0.0.1:27017), EO_BENCH_DOCS (default 100000),
+ * EO_BENCH_COLLECTIONS (default: 1 on MongoDB; on FerretDB 1.x one per 100 records, because
+ * there every conditional write scans its whole collection), EO_BENCH_CONCURRENCY (default 32; 1 on FerretDB 1.x, whose SQLite writers
+ * queue on one lock per database and give up with SQLITE_BUSY after 10 s: more writers only add
+ * retries). A StoreUnavailableError is retried, as the pipeline would.
+ * The database is dropped afterwards.
+ */
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { StoreUnavailableError } from '@exactly-once/core';
+import { BSON, type Document, MongoClient } from 'mongodb';
+import { createMongoStore, type MongoProcessedStore } from '../src/index.js';
+
+const url = process.env.EO_MONGO_URL ?? 'mongodb://127.0.0.1:27017';
+const total = Number(process.env.EO_BENCH_DOCS ?? 100_000);
+const TARGET = 30_000_000;
+const out = (line = '') => process.stdout.write(`${line}\n`);
+let retries = 0;
+async function retried<T>(operation: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await operation();
+    } catch (error) {
+      if (!(error instanceof StoreUnavailableError) || attempt >= 30) throw error;
+      retries++;
+      await new Promise((resolve) => setTimeout(resolve, Math.min(100 * attempt, 2000)));
+    }
+  }
+}
+
+const client = new MongoClient(url);
+await client.connect();
+const db = client.db(`eo_bench_bytes_${Date.now().toString(36)}`);
+const info = await db.command({ buildInfo: 1 });
+const ferret = typeof info.ferretdbVersion === 'string' ? String(info.ferretdbVersion) : undefined;
+const concurrency = Number(process.env.EO_BENCH_CONCURRENCY ?? (ferret?.startsWith('v1.') ? 1 : 32));
+const collections = Number(
+  process.env.EO_BENCH_COLLECTIONS ?? (ferret?.startsWith('v1.') ? Math.ceil(total / 100) : 1),
+);
+
+try {
+  const stores: MongoProcessedStore[] = Array.from({ length: collections }, (_, i) =>
+    createMongoStore({ db, collectionName: `eo_records_${i}` }),
+  );
+  // What a pipeline writes: a scoped key, a sha256 fingerprint, a trace reference, a tiny result.
+  const result = new TextEncoder().encode('{"ok":true}');
+  const hex = (bytes: number) => randomBytes(bytes).toString('hex');
+  let next = 0;
+  let failure: unknown;
+  const started = performance.now();
+  const worker = async () => {
+    for (let i = next++; i < total && failure === undefined; i = next++) {
+      const store = stores[i % collections] as MongoProcessedStore;
+      const key = `shop:billing:${randomUUID()}`;
+      const fingerprint = createHash('sha256').update(key).digest('hex');
+      const traceId = `${hex(16)}-${hex(8)}`;
+      const begun = await retried(() =>
+        store.begin({ key, fingerprint, owner: 'bench-worker-1', leaseMs: 60_000, traceId }),
+      );
+      if (begun.status !== 'acquired') throw new Error(`begin: ${begun.status}`);
+      const request = { key, fence: begun.fence, outgoing: [], retentionMs: 7 * 24 * 3600_000, traceId };
+      const ok = await retried(() =>
+        store.complete({ ...request, result: { kind: 'inline', data: result } }),
+      );
+      // 'lost' after a retry: the first attempt may have been applied after all.
+      if (ok !== 'ok' && (await store.get(key))?.state !== 'COMPLETED') throw new Error('complete lost');
+    }
+  };
+  // Every worker settles before the database is dropped: FerretDB must not lose files under a write.
+  await Promise.all(
+    Array.from({ length: concurrency }, () =>
+      worker().catch((error: unknown) => {
+        failure ??= error;
+      }),
+    ),
+  );
+  if (failure !== undefined) throw failure;
+  const seconds = (performance.now() - started) / 1000;
+
+  let count = 0;
+  let size = 0;
+  let storageSize = 0;
+  let indexSize = 0;
+  for (const store of stores) {
+    const stats = await db.command({ collStats: store.collection.collectionName });
+    count += Number(stats.count);
+    size += Number(stats.size);
+    storageSize += Number(stats.storageSize);
+    indexSize += Number(stats.totalIndexSize);
+  }
+  const dbStats: Document = await db.command({ dbStats: 1 });
+  const sample = await (stores[0] as MongoProcessedStore).collection.find({}).limit(1000).toArray();
+  const bson = sample.reduce((sum, doc) => sum + BSON.calculateObjectSize(doc), 0) / sample.length;
+
+  const perDoc = (bytes: number) => bytes / count;
+  const at30M = (bytes: number) => `${((perDoc(bytes) * TARGET) / 1024 ** 3).toFixed(1)} GiB`;
+  out(`server: ${ferret === undefined ? `MongoDB ${info.version}` : `FerretDB ${ferret}`} at ${url}`);
+  out(
+    `records: ${count} COMPLETED in ${collections} collection(s), ${(count / seconds).toFixed(0)}/s, ${retries} retries`,
+  );
+  out(`sample document: ${JSON.stringify(sample[0])}`);
+  out();
+  out('                               bytes/record   at 30 M');
+  const row = (label: string, bytes: number) =>
+    out(
+      `${label.padEnd(30)} ${bytes.toFixed(0).padStart(12)}   ${((bytes * TARGET) / 1024 ** 3).toFixed(1)} GiB`,
+    );
+  row('BSON (calculateObjectSize)', bson);
+  row('collStats size', perDoc(size));
+  row('collStats storageSize', perDoc(storageSize));
+  row('collStats totalIndexSize', perDoc(indexSize));
+  row('dbStats totalSize', perDoc(Number(dbStats.totalSize)));
+  out();
+  out(`dbStats: ${JSON.stringify(dbStats)}`);
+  out(`at 30 M, data + indexes as reported: ${at30M(storageSize + indexSize)}`);
+} finally {
+  await db.dropDatabase();
+  await client.close();
+}
