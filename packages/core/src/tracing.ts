@@ -70,7 +70,14 @@ export function startProcessSpan(
 ): { span: Span; ctx: Context } {
   const active = trace.getSpan(context.active());
   const internal = mode === 'internal' || (mode === 'auto' && active !== undefined && active.isRecording());
-  const parent = internal ? context.active() : extractContext(headers);
+  const producer = extractContext(headers);
+  const parent = internal ? context.active() : producer;
+  if (internal) {
+    // Batch instrumentations parent the consumer span on a poll span; keep a direct link to the
+    // producer's span so the message's own trace is one click away.
+    const remote = trace.getSpanContext(producer);
+    if (remote && trace.isSpanContextValid(remote)) links = [...links, { context: remote }];
+  }
   const span = tracer().startSpan(
     internal ? `exactly-once process ${destination}` : `process ${destination}`,
     {

@@ -113,6 +113,8 @@ describe('tracing', () => {
     const inner = exporter.getFinishedSpans().find((s) => s.name === 'exactly-once process orders');
     expect(inner?.kind).toBe(SpanKind.INTERNAL);
     expect(inner?.parentSpanContext?.spanId).toBe(outer.spanContext().spanId);
+    // The producer's span stays reachable through a link.
+    expect(inner?.links[0]?.context.traceId).toBe(producerTraceId);
     expect(exporter.getFinishedSpans().filter((s) => s.kind === SpanKind.CONSUMER)).toHaveLength(1);
   });
 
