@@ -48,7 +48,13 @@ import {
   BAGGAGE_REQUEST_ID,
 } from './semconv.js';
 import type { Delivery, Disposition, Outcome } from './spi.js';
-import type { CompletedRecord, OutgoingMessage, ProcessedStore, StoredResult } from './store/types.js';
+import type {
+  BeginResult,
+  CompletedRecord,
+  OutgoingMessage,
+  ProcessedStore,
+  StoredResult,
+} from './store/types.js';
 import { inSpan, instrumentsFor, linkToRef, recordError, spanRef, startProcessSpan } from './tracing.js';
 
 export interface Processor {
@@ -69,11 +75,15 @@ export interface Processor {
  */
 export function createProcessor<T = unknown, R = unknown>(options: ProcessorOptions<T, R>): Processor {
   const o = resolveProcessorOptions(options);
+  const publishing = new Map<string, Promise<unknown>>();
   return {
     options: o as ResolvedProcessorOptions<unknown, unknown>,
-    process: (delivery) => processDelivery(o, delivery),
+    process: (delivery) => processDelivery(o, delivery, publishing),
   };
 }
+
+/** Publishes of this processor under way, by store key (see finishCompleted). */
+type Publishing = Map<string, Promise<unknown>>;
 
 interface Prepared<T> {
   payload: T;
@@ -86,6 +96,7 @@ interface Prepared<T> {
 async function processDelivery<T, R>(
   o: ResolvedProcessorOptions<T, R>,
   delivery: Delivery,
+  publishing: Publishing,
 ): Promise<Disposition> {
   const started = performance.now();
   const baseAttrs = {
@@ -100,7 +111,7 @@ async function processDelivery<T, R>(
   const { span, ctx } = startProcessSpan(o.spanKind, delivery.destination, delivery.headers, baseAttrs);
   let disposition: Disposition;
   try {
-    disposition = await context.with(ctx, () => run(o, delivery, span, ctx));
+    disposition = await context.with(ctx, () => run(o, delivery, span, ctx, publishing));
   } catch (error) {
     // Only a bug gets here; never ack what we do not understand.
     recordError(span, error);
@@ -126,6 +137,7 @@ async function run<T, R>(
   delivery: Delivery,
   span: Span,
   ctx: Context,
+  publishing: Publishing,
 ): Promise<Disposition> {
   let prepared: Prepared<T>;
   try {
@@ -160,7 +172,7 @@ async function run<T, R>(
   switch (begun.status) {
     case 'duplicate': {
       span.addLinks(linkToRef(begun.record.traceId));
-      return finishCompleted(o, runCtx, storeKey, begun.record, 'duplicate');
+      return finishCompleted(o, runCtx, storeKey, begun.record, publishing);
     }
     case 'busy':
       // Poll well before the other lease ends: the other worker usually finishes early.
@@ -192,6 +204,30 @@ async function run<T, R>(
     case 'acquired':
       break;
   }
+  // Copies of this key that arrive while this run completes and publishes wait for it instead
+  // of publishing the same outgoing messages again (see finishCompleted).
+  let finished!: () => void;
+  const marker = new Promise<void>((resolve) => {
+    finished = resolve;
+  });
+  publishing.set(storeKey, marker);
+  try {
+    return await runAcquired(o, delivery, span, runCtx, prepared, begun);
+  } finally {
+    if (publishing.get(storeKey) === marker) publishing.delete(storeKey);
+    finished();
+  }
+}
+
+async function runAcquired<T, R>(
+  o: ResolvedProcessorOptions<T, R>,
+  delivery: Delivery,
+  span: Span,
+  runCtx: Context,
+  prepared: Prepared<T>,
+  begun: Extract<BeginResult, { status: 'acquired' }>,
+): Promise<Disposition> {
+  const { storeKey, requestId } = prepared;
   span.setAttribute(ATTR_EO_ATTEMPT, begun.attempt);
   span.setAttribute(ATTR_EO_FENCE, begun.fence);
   const outcome: Outcome = begun.kind === 'takeover' ? 'takeover' : 'acquired';
@@ -364,10 +400,18 @@ async function finishCompleted<T, R>(
   ctx: Context,
   storeKey: string,
   record: CompletedRecord,
-  outcome: Outcome,
+  publishing: Publishing,
 ): Promise<Disposition> {
-  const pending = record.outgoing.filter((m) => !m.published);
-  return publishThenAck(o, ctx, storeKey, pending, outcome, record.result);
+  let pending = record.outgoing.filter((m) => !m.published);
+  const underWay = publishing.get(storeKey);
+  if (pending.length > 0 && underWay) {
+    // A concurrent copy in this process is publishing the same messages right now: wait for it
+    // rather than send them twice, then publish only what it did not confirm.
+    await underWay.catch(() => {});
+    const fresh = await o.store.get(storeKey).catch(() => undefined);
+    if (fresh?.state === 'COMPLETED') pending = fresh.outgoing.filter((m) => !m.published);
+  }
+  return publishThenAck(o, ctx, storeKey, pending, 'duplicate', record.result);
 }
 
 async function publishThenAck<T, R>(

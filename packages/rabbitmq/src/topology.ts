@@ -1,0 +1,86 @@
+/**
+ * Queue topology for retries and dead letters:
+ *
+ *   work queue ──(retry copy, confirmed)──▶ <queue>.retry.<delay>  (x-message-ttl = delay)
+ *        ▲                                        │ expires
+ *        └────────── default exchange, routing key <queue> ◀──┘
+ *   work queue ──(dead-letter copy, confirmed)──▶ <queue>.dlq
+ *
+ * One queue per delay tier (not per-message expiration): RabbitMQ only expires messages at the
+ * head of a queue, so mixed delays in one queue would hold short ones behind long ones.
+ */
+import type { Channel } from 'amqplib';
+
+export interface TopologyOptions {
+  /** The work queue. */
+  queue: string;
+  /** Delay tiers for retries, ascending. @defaultValue [1000, 5000, 30000, 120000, 600000] */
+  retryDelaysMs?: readonly number[];
+  /** @defaultValue `<queue>.dlq` */
+  deadLetterQueue?: string;
+  /**
+   * `quorum` survives node loss in a cluster and is RabbitMQ's recommendation for durable work;
+   * `classic` for brokers where quorum queues are unavailable. Must match an existing queue.
+   * @defaultValue 'quorum'
+   */
+  queueType?: 'quorum' | 'classic';
+}
+
+export interface Topology {
+  readonly queue: string;
+  readonly deadLetterQueue: string;
+  /** `[delayMs, queueName]`, ascending. */
+  readonly retryQueues: readonly (readonly [number, string])[];
+}
+
+export const DEFAULT_RETRY_DELAYS_MS: readonly number[] = Object.freeze([
+  1_000, 5_000, 30_000, 120_000, 600_000,
+]);
+
+export function topologyFor(options: TopologyOptions): Topology {
+  const delays = [...(options.retryDelaysMs ?? DEFAULT_RETRY_DELAYS_MS)].sort((a, b) => a - b);
+  return {
+    queue: options.queue,
+    deadLetterQueue: options.deadLetterQueue ?? `${options.queue}.dlq`,
+    retryQueues: delays.map((d) => [d, `${options.queue}.retry.${d}`] as const),
+  };
+}
+
+/** The retry queue whose delay is the smallest one at least `delayMs` (or the longest). */
+export function retryQueueFor(topology: Topology, delayMs: number): string {
+  const tier = topology.retryQueues.find(([d]) => d >= delayMs) ?? topology.retryQueues.at(-1);
+  if (!tier) throw new Error('topology has no retry queues');
+  return tier[1];
+}
+
+/**
+ * Declares the work queue, its retry tiers and its dead-letter queue (idempotent).
+ *
+ * @example
+ * ```ts
+ * await declareTopology(channel, { queue: 'orders', retryDelaysMs: [1000, 10000] });
+ * ```
+ */
+export async function declareTopology(channel: Channel, options: TopologyOptions): Promise<Topology> {
+  const topology = topologyFor(options);
+  const type = options.queueType ?? 'quorum';
+  const typeArgs = { 'x-queue-type': type };
+  await channel.assertQueue(topology.queue, { durable: true, arguments: typeArgs });
+  await channel.assertQueue(topology.deadLetterQueue, { durable: true, arguments: typeArgs });
+  for (const [delay, name] of topology.retryQueues) {
+    await channel.assertQueue(name, {
+      durable: true,
+      arguments: {
+        ...typeArgs,
+        'x-message-ttl': delay,
+        'x-dead-letter-exchange': '',
+        'x-dead-letter-routing-key': topology.queue,
+        // Quorum queues dead-letter at most once by default; expiry is our delivery path.
+        ...(type === 'quorum'
+          ? { 'x-dead-letter-strategy': 'at-least-once', 'x-overflow': 'reject-publish' }
+          : {}),
+      },
+    });
+  }
+  return topology;
+}

@@ -1,0 +1,136 @@
+import { PermanentError, type HandlerContext } from '@exactly-once/core';
+import { createConsumer, createPublisher, type RabbitConsumer } from '@exactly-once/rabbitmq';
+import { createRedisStore } from '@exactly-once/store-redis';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { env, uniqueName } from '../support/env.js';
+import { waitUntil } from '../support/wait.js';
+import { newRedis, queuesOf, rawChannel } from './helpers.js';
+
+const redis = newRedis();
+const delays = [50, 200];
+const cleanups: (() => Promise<unknown>)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0)) await c();
+});
+afterAll(() => redis.quit());
+
+async function setup(handler: (payload: { id: string }, ctx: HandlerContext) => unknown, extra = {}) {
+  const queue = uniqueName('rmq');
+  const raw = await rawChannel();
+  await raw.ch.assertQueue(`${queue}.out`, { durable: true });
+  const effects = new Map<string, number>();
+  const consumer: RabbitConsumer = createConsumer<{ id: string }>({
+    connection: env.amqpUrl,
+    queue,
+    consumer: 'rmq-test',
+    namespace: queue.replace(/[^A-Za-z0-9._-]/g, ''),
+    store: createRedisStore({ client: redis, keyPrefix: `t:${queue}` }),
+    retryDelaysMs: delays,
+    retry: { maxAttempts: 3, initialDelayMs: 50, maxDelayMs: 200 },
+    retentionCheck: 'off',
+    leaseMs: 2_000,
+    handler: async (payload, ctx) => {
+      effects.set(ctx.key, (effects.get(ctx.key) ?? 0) + 1);
+      return handler(payload, ctx);
+    },
+    ...extra,
+  });
+  await consumer.start();
+  cleanups.push(async () => {
+    await consumer.stop();
+    await raw.deleteQueues(queuesOf(queue, delays));
+    await raw.close();
+  });
+  return { queue, raw, consumer, effects };
+}
+
+describe('rabbitmq consumer', () => {
+  it('processes each key once across duplicates and publishes one outgoing message per key', async () => {
+    const { queue, raw, consumer, effects } = await setup((p, ctx) => {
+      ctx.publish(`${ctx.headers['x-test-out']}`, { id: p.id });
+    });
+    for (let i = 0; i < 30; i++) {
+      for (let copy = 0; copy < 3; copy++) {
+        await raw.publish(
+          queue,
+          { id: `o${i}` },
+          { 'x-idempotency-key': `k${i}`, 'x-test-out': `${queue}.out` },
+        );
+      }
+    }
+    await waitUntil(() => consumer.stats.acked === 90, {
+      message: `90 acks (${JSON.stringify(consumer.stats)})`,
+    });
+    expect([...effects.values()].every((n) => n === 1)).toBe(true);
+    expect(effects.size).toBe(30);
+    expect(consumer.stats.byOutcome.duplicate).toBe(60);
+    const out = await waitUntil(async () => {
+      const n = await raw.count(`${queue}.out`);
+      return n === 30 ? raw.drain(`${queue}.out`) : undefined;
+    });
+    const childKeys = new Set(out.map((m) => String(m.properties.headers?.['x-idempotency-key'])));
+    expect(childKeys.size).toBe(30);
+    expect(out.every((m) => String(m.properties.headers?.['x-request-id']).startsWith('k'))).toBe(true);
+  });
+
+  it('retries through the delay queues with the attempt header, then completes', async () => {
+    const attempts: number[] = [];
+    const { queue, raw, consumer } = await setup((_p, ctx) => {
+      attempts.push(ctx.attempt);
+      if (ctx.attempt < 3) throw new Error('flaky');
+    });
+    await raw.publish(queue, { id: 'x' }, { 'x-idempotency-key': 'flaky-1' });
+    await waitUntil(() => consumer.stats.acked === 3, { message: 'three settles' });
+    expect(attempts).toEqual([1, 2, 3]);
+    expect(consumer.stats.retried).toBe(2);
+    expect(consumer.stats.byOutcome.acquired).toBe(3);
+  });
+
+  it('dead-letters poison, malformed and key-less messages with reason headers; nothing is lost', async () => {
+    const { queue, raw, consumer } = await setup((p) => {
+      if (p.id === 'poison') throw new PermanentError('declined');
+      if (p.id === 'always') throw new Error('still down');
+    });
+    await raw.publish(queue, { id: 'poison' }, { 'x-idempotency-key': 'p1' });
+    await raw.publish(queue, { id: 'always' }, { 'x-idempotency-key': 'p2' });
+    await raw.publish(queue, '{not json', { 'x-idempotency-key': 'p3' });
+    await raw.publish(queue, { id: 'nokey' });
+    await raw.publish(queue, { id: 'ok' }, { 'x-idempotency-key': 'p4' });
+    const dlq = await waitUntil(
+      async () => {
+        const n = await raw.count(`${queue}.dlq`);
+        return n === 4 ? raw.drain(`${queue}.dlq`) : undefined;
+      },
+      { message: 'four dead letters' },
+    );
+    const codes = dlq.map((m) => String(m.properties.headers?.['x-eo-error-code'])).sort();
+    expect(codes).toEqual(['ATTEMPTS_EXHAUSTED', 'KEY_MISSING', 'MALFORMED_MESSAGE', 'PERMANENT']);
+    for (const m of dlq) {
+      expect(m.properties.headers?.['x-eo-original-destination']).toBe(queue);
+      expect(m.properties.headers?.['x-eo-error-message']).toBeTruthy();
+    }
+    await waitUntil(() => consumer.stats.byOutcome.acquired !== undefined && consumer.stats.acked >= 7);
+    expect(await raw.count(queue)).toBe(0);
+  });
+
+  it('a first service publishes with request id, key, message id and trace headers', async () => {
+    const queue = uniqueName('rmq-pub');
+    const raw = await rawChannel();
+    await raw.ch.assertQueue(queue, { durable: false, autoDelete: false });
+    const publisher = createPublisher({ connection: env.amqpUrl });
+    try {
+      const { requestId, idempotencyKey } = await publisher.send(queue, { a: 1 }, { requestId: 'req-1' });
+      expect(idempotencyKey).toBe(requestId);
+      const [m] = await waitUntil(async () =>
+        (await raw.count(queue)) === 1 ? raw.drain(queue) : undefined,
+      );
+      expect(m?.properties.headers).toMatchObject({ 'x-request-id': 'req-1', 'x-idempotency-key': 'req-1' });
+      expect(m?.properties.messageId).toBe('req-1');
+      expect(m?.properties.deliveryMode).toBe(2);
+    } finally {
+      await publisher.close();
+      await raw.deleteQueues([queue]);
+      await raw.close();
+    }
+  });
+});

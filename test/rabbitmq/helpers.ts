@@ -1,0 +1,49 @@
+import amqp from 'amqplib';
+import { Redis } from 'ioredis';
+import { env } from '../support/env.js';
+
+export const newRedis = () => new Redis(env.redisUrl, { maxRetriesPerRequest: 3 });
+
+/** A raw amqplib connection for the test's own publishing and inspection. */
+export async function rawChannel() {
+  const conn = await amqp.connect(env.amqpUrl);
+  const ch = await conn.createConfirmChannel();
+  return {
+    ch,
+    async publish(queue: string, body: unknown, headers: Record<string, string> = {}, messageId?: string) {
+      const content = Buffer.from(typeof body === 'string' ? body : JSON.stringify(body));
+      await new Promise<void>((resolve, reject) =>
+        ch.sendToQueue(
+          queue,
+          content,
+          { persistent: true, headers, ...(messageId ? { messageId } : {}) },
+          (e) => (e ? reject(e) : resolve()),
+        ),
+      );
+    },
+    /** Reads every message currently in `queue` (acking them). */
+    async drain(queue: string) {
+      const out: amqp.GetMessage[] = [];
+      for (;;) {
+        const m = await ch.get(queue, { noAck: true });
+        if (!m) return out;
+        out.push(m);
+      }
+    },
+    async count(queue: string) {
+      return (await ch.checkQueue(queue)).messageCount;
+    },
+    async deleteQueues(queues: string[]) {
+      for (const q of queues) await ch.deleteQueue(q).catch(() => {});
+    },
+    async close() {
+      await ch.close().catch(() => {});
+      await conn.close().catch(() => {});
+    },
+  };
+}
+
+/** Queues a consumer on `queue` declares, for clean-up. */
+export function queuesOf(queue: string, delays: number[]) {
+  return [queue, `${queue}.dlq`, `${queue}.out`, ...delays.map((d) => `${queue}.retry.${d}`)];
+}
