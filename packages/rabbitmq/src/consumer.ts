@@ -100,8 +100,10 @@ export function createConsumer<T = unknown, R = unknown>(
   const topology = topologyFor(topologyOptions);
   const logger: Logger = rest.logger ?? silentLogger;
   const { manager, owned } = resolveConnection(connection);
-  let ownPublisher: RabbitPublisher | undefined;
-  const publisher = givenPublisher ?? (ownPublisher = createPublisher({ connection: manager }));
+  const ownPublisher: RabbitPublisher | undefined = givenPublisher
+    ? undefined
+    : createPublisher({ connection: manager });
+  const publisher = givenPublisher ?? (ownPublisher as RabbitPublisher);
   const processor = createProcessor<T, R>({ ...rest, publisher });
   const stats: ConsumerStats = {
     received: 0,
