@@ -1,3 +1,5 @@
+import { randomUUID } from 'node:crypto';
+
 /** Where the real local servers are (see scripts/infra.sh); each can be overridden by env. */
 export const env = {
   redisUrl: process.env.EO_REDIS_URL ?? 'redis://127.0.0.1:6379',
@@ -15,7 +17,10 @@ export const env = {
   jaegerQueryUrl: process.env.EO_JAEGER_QUERY_URL ?? 'http://127.0.0.1:16686',
 } as const;
 
-/** A name no other test (or earlier run) uses: queues, topics, groups, databases, key prefixes. */
+/**
+ * A name no other test (or earlier run) uses, for queues, topics, groups, key prefixes and
+ * databases: the prefix, `-` and 32 random hex digits (a UUID without its dashes).
+ */
 export function uniqueName(prefix: string): string {
-  return `${prefix}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
+  return `${prefix}-${randomUUID().replace(/-/g, '')}`;
 }

@@ -4,7 +4,7 @@
  */
 export async function waitUntil<T>(
   predicate: () => T | Promise<T>,
-  options: { timeoutMs?: number; intervalMs?: number; message?: string } = {},
+  options: { timeoutMs?: number; intervalMs?: number; message?: string | (() => string) } = {},
 ): Promise<NonNullable<T>> {
   const { timeoutMs = 30_000, intervalMs = 50, message = 'condition' } = options;
   const deadline = Date.now() + timeoutMs;
@@ -18,7 +18,8 @@ export async function waitUntil<T>(
     }
     if (Date.now() > deadline) {
       const suffix = lastError instanceof Error ? ` (last error: ${lastError.message})` : '';
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${message}${suffix}`);
+      const what = typeof message === 'function' ? message() : message;
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${suffix}`);
     }
     await new Promise((r) => setTimeout(r, intervalMs));
   }
