@@ -1,0 +1,150 @@
+import { type HandlerContext, withFaults } from '@exactly-once/core';
+import { createConsumer, type RabbitConsumer } from '@exactly-once/rabbitmq';
+import amqp from 'amqp-connection-manager';
+import { createRedisStore } from '@exactly-once/store-redis';
+import { afterAll, describe, expect, it } from 'vitest';
+import { env, uniqueName } from '../support/env.js';
+import { waitUntil } from '../support/wait.js';
+import { newRedis, queuesOf, rawChannel } from './helpers.js';
+
+const redis = newRedis();
+afterAll(() => redis.quit());
+
+function consumerOn(
+  queue: string,
+  effects: Map<string, number>,
+  extra: Record<string, unknown> = {},
+  handlerDelayMs = 2,
+) {
+  return createConsumer<{ id: string }>({
+    connection: env.amqpUrl,
+    queue,
+    consumer: 'resilience',
+    store: createRedisStore({ client: redis, keyPrefix: `t:${queue}` }),
+    retryDelaysMs: [100],
+    retentionCheck: 'off',
+    leaseMs: 2_000,
+    prefetch: 8,
+    handler: async (_p: { id: string }, ctx: HandlerContext) => {
+      effects.set(ctx.key, (effects.get(ctx.key) ?? 0) + 1);
+      await new Promise((r) => setTimeout(r, handlerDelayMs));
+    },
+    ...extra,
+  });
+}
+
+describe('rabbitmq resilience', () => {
+  it('two consumers on one queue with every key delivered three times: one effect per key', async () => {
+    const queue = uniqueName('rmq-two');
+    const raw = await rawChannel();
+    const effects = new Map<string, number>();
+    const a: RabbitConsumer = consumerOn(queue, effects);
+    const b: RabbitConsumer = consumerOn(queue, effects);
+    await a.start();
+    await b.start();
+    try {
+      for (let i = 0; i < 200; i++) {
+        for (let c = 0; c < 3; c++)
+          await raw.publish(queue, { id: `${i}` }, { 'x-idempotency-key': `k${i}` });
+      }
+      await waitUntil(() => a.stats.acked + b.stats.acked === 600, {
+        timeoutMs: 60_000,
+        message: '600 acks',
+      });
+      expect(effects.size).toBe(200);
+      expect([...effects.values()].every((n) => n === 1)).toBe(true);
+      expect(a.stats.acked).toBeGreaterThan(0);
+      expect(b.stats.acked).toBeGreaterThan(0);
+    } finally {
+      await a.stop();
+      await b.stop();
+      await raw.deleteQueues(queuesOf(queue, [100]));
+      await raw.close();
+    }
+  });
+
+  it('acks nothing while the store is down and processes everything once it is back', async () => {
+    const queue = uniqueName('rmq-outage');
+    const raw = await rawChannel();
+    const effects = new Map<string, number>();
+    let down = false;
+    const store = withFaults(createRedisStore({ client: redis, keyPrefix: `t:${queue}` }), {
+      failWhen: () => down,
+    });
+    const consumer = consumerOn(queue, effects, { store });
+    await consumer.start();
+    try {
+      for (let i = 0; i < 50; i++) await raw.publish(queue, { id: `${i}` }, { 'x-idempotency-key': `a${i}` });
+      await waitUntil(() => consumer.stats.acked === 50, { message: 'first 50 acks' });
+      down = true;
+      for (let i = 0; i < 50; i++) await raw.publish(queue, { id: `${i}` }, { 'x-idempotency-key': `b${i}` });
+      await waitUntil(() => (consumer.stats.byOutcome['store-unavailable'] ?? 0) >= 20, {
+        message: 'outage seen',
+      });
+      const ackedDuringOutage = consumer.stats.acked;
+      await new Promise((r) => setTimeout(r, 300));
+      expect(consumer.stats.acked).toBe(ackedDuringOutage);
+      expect(ackedDuringOutage).toBe(50);
+      down = false;
+      await waitUntil(() => consumer.stats.acked === 100, { message: 'all 100 acks after recovery' });
+      expect(effects.size).toBe(100);
+      expect([...effects.values()].every((n) => n === 1)).toBe(true);
+    } finally {
+      await consumer.stop();
+      await raw.deleteQueues(queuesOf(queue, [100]));
+      await raw.close();
+    }
+  });
+
+  it('survives a dropped connection: in-flight deliveries are redelivered, never acked on the new channel', async () => {
+    const queue = uniqueName('rmq-drop');
+    const raw = await rawChannel();
+    const effects = new Map<string, number>();
+    // A named connection, so only this test's connections are dropped.
+    const connection = amqp.connect([env.amqpUrl], {
+      reconnectTimeInSeconds: 0.2,
+      connectionOptions: { clientProperties: { connection_name: queue } },
+    });
+    const consumer = consumerOn(queue, effects, { connection, prefetch: 4 }, 40);
+    await consumer.start();
+    try {
+      for (let i = 0; i < 300; i++)
+        await raw.publish(queue, { id: `${i}` }, { 'x-idempotency-key': `d${i}` });
+      await waitUntil(() => consumer.stats.acked > 20, { message: 'some progress' });
+      // Close the consumer's connections from the broker side, as a network drop would.
+      const url = new URL(env.rabbitManagementUrl);
+      const auth = {
+        authorization: `Basic ${Buffer.from(`${url.username}:${url.password}`).toString('base64')}`,
+      };
+      type Conn = { name: string; client_properties?: { connection_name?: string } };
+      // The management API lists a connection a few seconds after it opened.
+      const ours = await waitUntil(
+        async () => {
+          const res = await fetch(`${url.origin}/api/connections`, { headers: auth });
+          const conns = (await res.json()) as Conn[];
+          const mine = conns.filter((c) => c.client_properties?.connection_name === queue);
+          return mine.length > 0 ? mine : undefined;
+        },
+        { timeoutMs: 20_000, intervalMs: 250, message: 'the consumer connection in the management API' },
+      );
+      const doneAtDrop = effects.size;
+      expect(doneAtDrop).toBeLessThan(300);
+      for (const c of ours) {
+        await fetch(`${url.origin}/api/connections/${encodeURIComponent(c.name)}`, {
+          method: 'DELETE',
+          headers: auth,
+        });
+      }
+      await waitUntil(async () => effects.size === 300 && (await raw.count(queue)) === 0, {
+        timeoutMs: 60_000,
+        message: () => `all 300 processed after the drop (${effects.size})`,
+      });
+      expect([...effects.values()].every((n) => n === 1)).toBe(true);
+    } finally {
+      await consumer.stop();
+      await connection.close();
+      await raw.deleteQueues(queuesOf(queue, [100]));
+      await raw.close();
+    }
+  });
+});
