@@ -21,7 +21,12 @@ const POINTS = (process.env.EO_CRASH_POINTS?.split(',') ?? [
   'before-ack',
 ]) as KillPoint[];
 const redis = newRedis();
-afterAll(() => redis.quit());
+const children = new Set<ChildProcess>();
+afterAll(async () => {
+  // A failed run must not leave workers behind.
+  for (const c of children) c.kill('SIGKILL');
+  await redis.quit();
+});
 
 function startWorker(config: CrashWorkerConfig): {
   child: ChildProcess;
