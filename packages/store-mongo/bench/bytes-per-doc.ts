@@ -6,10 +6,11 @@
  *   npx tsx --conditions=@exactly-once/source packages/store-mongo/bench/bytes-per-doc.ts
  *
  * Env: EO_MONGO_URL (default mongodb://127.0.0.1:27017), EO_BENCH_DOCS (default 100000),
- * EO_BENCH_COLLECTIONS (default: 1 on MongoDB; on FerretDB 1.x one per 100 records, because
- * there every conditional write scans its whole collection), EO_BENCH_CONCURRENCY (default 32; 1 on FerretDB 1.x, whose SQLite writers
- * queue on one lock per database and give up with SQLITE_BUSY after 10 s: more writers only add
- * retries). A StoreUnavailableError is retried, as the pipeline would.
+ * EO_BENCH_COLLECTIONS (default 1 on MongoDB; on FerretDB 1.x one per 200 records, because there
+ * every conditional write scans its whole collection; runs with 1000 collections of 100 records
+ * hit SQLITE_BUSY within two minutes), EO_BENCH_CONCURRENCY (default 32; 1 on FerretDB
+ * 1.x, whose SQLite writers share one lock per database and give up with SQLITE_BUSY after 10 s).
+ * A StoreUnavailableError is retried, as the pipeline would.
  * The database is dropped afterwards.
  */
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
@@ -41,7 +42,7 @@ const info = await db.command({ buildInfo: 1 });
 const ferret = typeof info.ferretdbVersion === 'string' ? String(info.ferretdbVersion) : undefined;
 const concurrency = Number(process.env.EO_BENCH_CONCURRENCY ?? (ferret?.startsWith('v1.') ? 1 : 32));
 const collections = Number(
-  process.env.EO_BENCH_COLLECTIONS ?? (ferret?.startsWith('v1.') ? Math.ceil(total / 100) : 1),
+  process.env.EO_BENCH_COLLECTIONS ?? (ferret?.startsWith('v1.') ? Math.ceil(total / 200) : 1),
 );
 
 try {
