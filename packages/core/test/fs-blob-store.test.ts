@@ -2,12 +2,11 @@ import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describeStoreConformance } from '@exactly-once/core/testing';
+import { describeBlobStoreConformance } from '@exactly-once/core/testing';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createFsBlobStore } from '../src/blob/fs-blob-store.js';
 import type { BlobPointer } from '../src/blob/types.js';
 import { BlobIntegrityError } from '../src/errors.js';
-import { createMemoryStore } from '../src/store/memory-store.js';
 
 const directories: string[] = [];
 
@@ -30,8 +29,7 @@ async function* chunked(count: number, size: number): AsyncGenerator<Uint8Array>
   for (let i = 0; i < count; i++) yield new Uint8Array(size).fill(i % 256);
 }
 
-describeStoreConformance('memory + fs blobs', async () => ({
-  store: createMemoryStore(),
+describeBlobStoreConformance('fs', async () => ({
   blobs: createFsBlobStore({ directory: await freshDirectory() }),
 }));
 

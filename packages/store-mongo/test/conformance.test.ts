@@ -1,4 +1,4 @@
-import { describeStoreConformance } from '@exactly-once/core/testing';
+import { describeBlobStoreConformance, describeStoreConformance } from '@exactly-once/core/testing';
 import { createGridFsBlobStore, createMongoStore } from '../src/index.js';
 import { openTestDatabase } from './helpers.js';
 
@@ -15,4 +15,9 @@ describeStoreConformance('mongo (FerretDB)', async () => {
       await test.drop();
     },
   };
+});
+
+describeBlobStoreConformance('GridFS (FerretDB)', async () => {
+  const test = await openTestDatabase('blob-conformance');
+  return { blobs: createGridFsBlobStore({ db: test.db }), teardown: () => test.drop() };
 });

@@ -21,7 +21,10 @@ import type {
 /** What a conformance run exercises. */
 export interface StoreUnderTest {
   readonly store: ProcessedStore;
-  /** The blob store shipped with the processed-store, if any; its tests are skipped without one. */
+  /**
+   * The blob store shipped with the processed-store, if any: blob-result pointers are then real.
+   * Run {@link describeBlobStoreConformance} for the blob store's own suite.
+   */
   readonly blobs?: BlobStore;
   /** Runs once after the suite; without it, `store.close()` is called. */
   readonly teardown?: () => Promise<void>;
@@ -233,53 +236,6 @@ export function describeStoreConformance(
       await ok(completeWith(key, acquired.fence, { result: { kind: 'blob', pointer } }));
       const { record } = expectStatus(await store().begin(request(key)), 'duplicate');
       expect(record.result).toEqual({ kind: 'blob', pointer });
-    });
-
-    it('blob store: bytes put are read back verified, whole and streamed', async (ctx) => {
-      const blobs = sut?.blobs ?? ctx.skip('no blob store given');
-      const data = allBytes();
-      const pointer = await blobs.put(data);
-      expect(pointer).toMatchObject({ size: 256, sha256: sha256(data) });
-      expect(plain(await blobs.get(pointer))).toEqual(plain(data));
-      const empty = await blobs.put(new Uint8Array(0));
-      expect((await blobs.get(empty)).byteLength).toBe(0);
-    });
-
-    it('blob store: a multi-MB chunked source is stored and read back intact', async (ctx) => {
-      const blobs = sut?.blobs ?? ctx.skip('no blob store given');
-      const chunks = Array.from({ length: 48 }, () => new Uint8Array(randomBytes(64 * 1024)));
-      const expected = createHash('sha256');
-      for (const chunk of chunks) expected.update(chunk);
-      const pointer = await blobs.put(iterate(chunks));
-      expect(pointer).toMatchObject({ size: 48 * 64 * 1024, sha256: expected.digest('hex') });
-      const read = createHash('sha256');
-      let size = 0;
-      for await (const chunk of blobs.stream(pointer)) {
-        read.update(chunk);
-        size += chunk.byteLength;
-      }
-      expect([size, read.digest('hex')]).toEqual([pointer.size, pointer.sha256]);
-    });
-
-    it('blob store: a pointer with a wrong sha256 or size fails with BlobIntegrityError', async (ctx) => {
-      const blobs = sut?.blobs ?? ctx.skip('no blob store given');
-      const pointer = await blobs.put(bytes([1, 2, 3, 4]));
-      const wrongHash = { ...pointer, sha256: sha256(bytes([4, 3, 2, 1])) };
-      for (const bad of [wrongHash, { ...pointer, size: 5 }, { ...pointer, size: 3 }]) {
-        await expect(blobs.get(bad)).rejects.toMatchObject({ code: ErrorCode.BlobIntegrity });
-      }
-      const drain = async () => {
-        for await (const chunk of blobs.stream(wrongHash)) expect(chunk.byteLength).toBeGreaterThan(0);
-      };
-      await expect(drain()).rejects.toMatchObject({ code: ErrorCode.BlobIntegrity });
-    });
-
-    it('blob store: a deleted blob cannot be read; deleting it again is not an error', async (ctx) => {
-      const blobs = sut?.blobs ?? ctx.skip('no blob store given');
-      const pointer = await blobs.put(bytes([9]));
-      await blobs.delete(pointer);
-      await expect(blobs.get(pointer)).rejects.toThrow();
-      await blobs.delete(pointer);
     });
 
     it('markPublished flags only the given ids, is idempotent and ignores unknown ids', async () => {
@@ -527,4 +483,85 @@ async function* iterate(chunks: readonly Uint8Array[]): AsyncGenerator<Uint8Arra
 
 function sha256(data: Uint8Array): string {
   return createHash('sha256').update(data).digest('hex');
+}
+
+export interface BlobStoreUnderTest {
+  blobs: BlobStore;
+  teardown?: () => Promise<void>;
+}
+
+/**
+ * The blob-store conformance suite: verified round trips (whole and streamed, multi-MB), size and
+ * hash mismatches detected as {@link BlobIntegrityError}, idempotent deletes. Run it against the
+ * real backend (a directory, GridFS, S3...).
+ *
+ * @example
+ * ```ts
+ * describeBlobStoreConformance('gridfs', async () => ({ blobs: createGridFsBlobStore({ db }) }));
+ * ```
+ */
+export function describeBlobStoreConformance(
+  name: string,
+  setup: () => Promise<BlobStoreUnderTest> | BlobStoreUnderTest,
+): void {
+  describe(`BlobStore conformance: ${name}`, () => {
+    let under: BlobStoreUnderTest | undefined;
+    const current = (): BlobStore => {
+      if (!under) throw new Error('blob store setup did not run');
+      return under.blobs;
+    };
+    beforeAll(async () => {
+      under = await setup();
+    });
+    afterAll(async () => {
+      await under?.teardown?.();
+    });
+
+    it('bytes put are read back verified, whole and streamed', async () => {
+      const blobs = current();
+      const data = allBytes();
+      const pointer = await blobs.put(data);
+      expect(pointer).toMatchObject({ size: 256, sha256: sha256(data) });
+      expect(plain(await blobs.get(pointer))).toEqual(plain(data));
+      const empty = await blobs.put(new Uint8Array(0));
+      expect((await blobs.get(empty)).byteLength).toBe(0);
+    });
+
+    it('a multi-MB chunked source is stored and read back intact', async () => {
+      const blobs = current();
+      const chunks = Array.from({ length: 48 }, () => new Uint8Array(randomBytes(64 * 1024)));
+      const expected = createHash('sha256');
+      for (const chunk of chunks) expected.update(chunk);
+      const pointer = await blobs.put(iterate(chunks));
+      expect(pointer).toMatchObject({ size: 48 * 64 * 1024, sha256: expected.digest('hex') });
+      const read = createHash('sha256');
+      let size = 0;
+      for await (const chunk of blobs.stream(pointer)) {
+        read.update(chunk);
+        size += chunk.byteLength;
+      }
+      expect([size, read.digest('hex')]).toEqual([pointer.size, pointer.sha256]);
+    });
+
+    it('a pointer with a wrong sha256 or size fails with BlobIntegrityError', async () => {
+      const blobs = current();
+      const pointer = await blobs.put(bytes([1, 2, 3, 4]));
+      const wrongHash = { ...pointer, sha256: sha256(bytes([4, 3, 2, 1])) };
+      for (const bad of [wrongHash, { ...pointer, size: 5 }, { ...pointer, size: 3 }]) {
+        await expect(blobs.get(bad)).rejects.toMatchObject({ code: ErrorCode.BlobIntegrity });
+      }
+      const drain = async () => {
+        for await (const chunk of blobs.stream(wrongHash)) expect(chunk.byteLength).toBeGreaterThan(0);
+      };
+      await expect(drain()).rejects.toMatchObject({ code: ErrorCode.BlobIntegrity });
+    });
+
+    it('a deleted blob cannot be read; deleting it again is not an error', async () => {
+      const blobs = current();
+      const pointer = await blobs.put(bytes([9]));
+      await blobs.delete(pointer);
+      await expect(blobs.get(pointer)).rejects.toThrow();
+      await blobs.delete(pointer);
+    });
+  });
 }

@@ -3,7 +3,9 @@
  * servers. Imports vitest, so load it from test files only.
  */
 export {
+  type BlobStoreUnderTest,
   type ConformanceOptions,
+  describeBlobStoreConformance,
   describeStoreConformance,
   type StoreUnderTest,
 } from './conformance.js';
