@@ -5,7 +5,7 @@ import { decodeResult, encodeResult, encodeValue } from './codec.js';
 import { ConfigError, isRetryable, LeaseLostError } from './errors.js';
 import { Headers } from './headers.js';
 import { deriveChildKey } from './keys.js';
-import { resolveRetryPolicy, type RetryPolicyOptions, retryDelayMs } from './retry.js';
+import { type RetryPolicyOptions, resolveRetryPolicy, retryDelayMs } from './retry.js';
 import {
   ATTR_EO_STEP,
   ATTR_EO_STEP_REPLAYED,
@@ -13,7 +13,7 @@ import {
   BAGGAGE_REQUEST_ID,
 } from './semconv.js';
 import type { AcquireKind, OutgoingMessage, ProcessedStore, StepRecord } from './store/types.js';
-import { inSpan, injectContext, tracer } from './tracing.js';
+import { injectContext, inSpan, tracer } from './tracing.js';
 
 export interface PublishOptions {
   /**

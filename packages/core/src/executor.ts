@@ -7,13 +7,13 @@
 import { randomUUID } from 'node:crypto';
 import { context } from '@opentelemetry/api';
 import { decodeResult, encodeValue } from './codec.js';
+import type { Handler } from './context.js';
 import { ConfigError, ErrorCode, type ErrorInfo, ExactlyOnceError } from './errors.js';
 import { Headers } from './headers.js';
 import type { ProcessorOptions } from './options.js';
 import { createProcessor } from './processor.js';
-import type { Handler } from './context.js';
-import { injectContext } from './tracing.js';
 import type { StoredResult } from './store/types.js';
+import { injectContext } from './tracing.js';
 
 /** Another request with the same key is running; answer e.g. 409 with `Retry-After`. */
 export class RequestInProgressError extends ExactlyOnceError {

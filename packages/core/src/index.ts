@@ -2,7 +2,49 @@
  * `@exactly-once/core`: the ack-last pipeline, the record state machine, the store contracts, and
  * the key, header, retry and tracing helpers. Imports no broker and no database client.
  */
+
+export type { FsBlobStoreOptions } from './blob/fs-blob-store.js';
+export { createFsBlobStore } from './blob/fs-blob-store.js';
+export type { BlobPointer, BlobSource, BlobStore } from './blob/types.js';
+export { decodeResult } from './codec.js';
+export type { Handler, HandlerContext, PublishOptions, StepOptions } from './context.js';
 export * from './errors.js';
+export type { ExecuteRequest, ExecuteResult, ExecutorOptions, IdempotentExecutor } from './executor.js';
+export { createIdempotentExecutor, ExecutionFailedError, RequestInProgressError } from './executor.js';
+export type { HeaderValue, MessageHeaders } from './headers.js';
+export { Headers, readHeader, textHeaders } from './headers.js';
+export type { StableKeyField } from './keys.js';
+export {
+  canonicalJson,
+  deriveChildKey,
+  fingerprint,
+  MAX_KEY_BYTES,
+  normalizeKey,
+  scopeKey,
+  sha256Hex,
+  stableKey,
+  validateName,
+} from './keys.js';
+export type { Logger, LogMeta } from './logger.js';
+export { silentLogger } from './logger.js';
+export type { MissingKeyPolicy, ProcessorOptions, ResolvedProcessorOptions } from './options.js';
+export { checkRetentionHorizon, PROCESSOR_DEFAULTS, resolveProcessorOptions } from './options.js';
+export type { Processor } from './processor.js';
+export { createProcessor } from './processor.js';
+export type { RetryPolicy, RetryPolicyOptions } from './retry.js';
+export {
+  backoffMs,
+  DEFAULT_RETRY_POLICY,
+  resolveRetryPolicy,
+  retryDelayMs,
+  worstCaseRetrySpanMs,
+} from './retry.js';
+export * as semconv from './semconv.js';
+export type { DeadLetterReason, Delivery, Disposition, Outcome, OutgoingPublisher } from './spi.js';
+export type { FaultOptions, StoreOperation } from './store/faulty-store.js';
+export { withFaults } from './store/faulty-store.js';
+export type { MemoryStore, MemoryStoreOptions } from './store/memory-store.js';
+export { createMemoryStore } from './store/memory-store.js';
 export type {
   AcquireKind,
   BeginRequest,
@@ -20,45 +62,4 @@ export type {
   StoredResult,
 } from './store/types.js';
 export { RecordState } from './store/types.js';
-export type { BlobPointer, BlobSource, BlobStore } from './blob/types.js';
-export { Headers, readHeader, textHeaders } from './headers.js';
-export type { HeaderValue, MessageHeaders } from './headers.js';
-export {
-  canonicalJson,
-  deriveChildKey,
-  fingerprint,
-  MAX_KEY_BYTES,
-  normalizeKey,
-  scopeKey,
-  sha256Hex,
-  stableKey,
-  validateName,
-} from './keys.js';
-export type { StableKeyField } from './keys.js';
-export {
-  backoffMs,
-  DEFAULT_RETRY_POLICY,
-  resolveRetryPolicy,
-  retryDelayMs,
-  worstCaseRetrySpanMs,
-} from './retry.js';
-export type { RetryPolicy, RetryPolicyOptions } from './retry.js';
-export type { Handler, HandlerContext, PublishOptions, StepOptions } from './context.js';
-export { checkRetentionHorizon, PROCESSOR_DEFAULTS, resolveProcessorOptions } from './options.js';
-export type { MissingKeyPolicy, ProcessorOptions, ResolvedProcessorOptions } from './options.js';
-export type { Logger, LogMeta } from './logger.js';
-export { silentLogger } from './logger.js';
-export { createProcessor } from './processor.js';
-export type { Processor } from './processor.js';
-export { decodeResult } from './codec.js';
 export type { SpanKindMode } from './tracing.js';
-export * as semconv from './semconv.js';
-export type { Delivery, Disposition, Outcome, DeadLetterReason, OutgoingPublisher } from './spi.js';
-export { createMemoryStore } from './store/memory-store.js';
-export type { MemoryStore, MemoryStoreOptions } from './store/memory-store.js';
-export { withFaults } from './store/faulty-store.js';
-export type { FaultOptions, StoreOperation } from './store/faulty-store.js';
-export { createFsBlobStore } from './blob/fs-blob-store.js';
-export type { FsBlobStoreOptions } from './blob/fs-blob-store.js';
-export { createIdempotentExecutor, ExecutionFailedError, RequestInProgressError } from './executor.js';
-export type { ExecuteRequest, ExecuteResult, ExecutorOptions, IdempotentExecutor } from './executor.js';

@@ -1,21 +1,22 @@
 /** Processor options, their defaults, and the one function that validates them. */
-import { hostname } from 'node:os';
+
 import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
 import type { BlobStore } from './blob/types.js';
+import type { Handler } from './context.js';
 import { ConfigError } from './errors.js';
 import { validateName } from './keys.js';
 import type { Logger } from './logger.js';
 import { silentLogger } from './logger.js';
 import {
-  resolveRetryPolicy,
   type RetryPolicy,
   type RetryPolicyOptions,
+  resolveRetryPolicy,
   worstCaseRetrySpanMs,
 } from './retry.js';
 import type { Delivery, OutgoingPublisher } from './spi.js';
 import type { ProcessedStore } from './store/types.js';
 import type { SpanKindMode } from './tracing.js';
-import type { Handler } from './context.js';
 
 /**
  * What to do with a message that has no `x-idempotency-key` header.

@@ -14,24 +14,29 @@
  */
 import { type Context, context, propagation, type Span, SpanKind, SpanStatusCode } from '@opentelemetry/api';
 import { decodeJson, encodeResult } from './codec.js';
-import { type Handler, createRunContext } from './context.js';
+import { createRunContext, type Handler } from './context.js';
 import {
   AttemptsExhaustedError,
-  type ErrorInfo,
   IdempotencyKeyReuseError,
-  isRetryable,
   KeyMissingError,
-  LeaseLostError,
   MalformedMessageError,
   PreviouslyFailedError,
   PublishError,
   toErrorInfo,
 } from './errors.js';
+import {
+  deadLetter,
+  discardBlobs,
+  failAndDeadLetter,
+  handleFailure,
+  leaseLost,
+  release,
+  storeDown,
+} from './failure.js';
 import { Headers, readHeader, textHeaders } from './headers.js';
 import { fingerprint, normalizeKey, scopeKey } from './keys.js';
 import { keepLease } from './lease-keeper.js';
 import { type ProcessorOptions, type ResolvedProcessorOptions, resolveProcessorOptions } from './options.js';
-import { retryDelayMs } from './retry.js';
 import {
   ATTR_EO_ACTION,
   ATTR_EO_ATTEMPT,
@@ -458,117 +463,4 @@ async function publishThenAck<T, R>(
     }
   }
   return result ? { action: 'ack', outcome, result } : { action: 'ack', outcome };
-}
-
-async function handleFailure<T, R>(
-  o: ResolvedProcessorOptions<T, R>,
-  delivery: Delivery,
-  storeKey: string,
-  fence: number,
-  attempt: number,
-  outcome: Outcome,
-  error: unknown,
-  blobs: import('./blob/types.js').BlobPointer[],
-): Promise<Disposition> {
-  await discardBlobs(o, blobs);
-  if (error instanceof LeaseLostError) return leaseLost(storeKey, fence);
-  if (!isRetryable(error)) return failAndDeadLetter(o, delivery, storeKey, fence, error, attempt);
-  if (attempt >= o.retry.maxAttempts) {
-    return failAndDeadLetter(
-      o,
-      delivery,
-      storeKey,
-      fence,
-      new AttemptsExhaustedError({ attempts: attempt, cause: error }),
-      attempt,
-    );
-  }
-  const info = toErrorInfo(error);
-  try {
-    const r = await o.store.release(storeKey, fence, info);
-    if (r === 'lost') return leaseLost(storeKey, fence);
-  } catch (storeError) {
-    return storeDown(o, storeError);
-  }
-  return {
-    action: 'retry',
-    outcome,
-    delayMs: retryDelayMs(o.retry, attempt),
-    nextAttempt: attempt + 1,
-    error: info,
-  };
-}
-
-async function failAndDeadLetter<T, R>(
-  o: ResolvedProcessorOptions<T, R>,
-  delivery: Delivery,
-  storeKey: string,
-  fence: number,
-  error: unknown,
-  attempts: number,
-): Promise<Disposition> {
-  try {
-    const r = await o.store.fail(storeKey, fence, toErrorInfo(error), o.retentionMs);
-    if (r === 'lost') return leaseLost(storeKey, fence);
-  } catch (storeError) {
-    return storeDown(o, storeError);
-  }
-  return deadLetter(o, delivery, 'failed', error, attempts);
-}
-
-function deadLetter<T, R>(
-  o: ResolvedProcessorOptions<T, R>,
-  delivery: Delivery,
-  outcome: Outcome,
-  error: unknown,
-  attempts: number,
-): Disposition {
-  const info: ErrorInfo = toErrorInfo(error);
-  return {
-    action: 'dead-letter',
-    outcome,
-    reason: {
-      error: info,
-      attempts,
-      consumer: o.consumer,
-      originalDestination: delivery.destination,
-      at: Date.now(),
-    },
-  };
-}
-
-async function release<T, R>(o: ResolvedProcessorOptions<T, R>, key: string, fence: number, error: unknown) {
-  try {
-    await o.store.release(key, fence, toErrorInfo(error));
-  } catch {
-    // The lease runs out by itself.
-  }
-}
-
-async function discardBlobs<T, R>(
-  o: ResolvedProcessorOptions<T, R>,
-  blobs: readonly { uri: string; size: number; sha256: string }[],
-) {
-  if (!o.blobs) return;
-  for (const pointer of blobs) {
-    try {
-      await o.blobs.delete(pointer);
-    } catch {
-      // An orphan blob wastes space but never corrupts a record.
-    }
-  }
-}
-
-function leaseLost(key: string, fence: number): Disposition {
-  return {
-    action: 'defer',
-    outcome: 'lease-lost',
-    delayMs: 100,
-    error: toErrorInfo(new LeaseLostError({ key, fence })),
-  };
-}
-
-function storeDown<T, R>(o: ResolvedProcessorOptions<T, R>, error: unknown): Disposition {
-  o.logger.warn('processed-store unavailable; message not acked', { error: toErrorInfo(error) });
-  return { action: 'defer', outcome: 'store-unavailable', delayMs: 1000, error: toErrorInfo(error) };
 }

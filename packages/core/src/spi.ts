@@ -6,7 +6,7 @@ import type { ErrorInfo } from './errors.js';
 import { Headers, type MessageHeaders } from './headers.js';
 import type { OutgoingMessage, StoredResult } from './store/types.js';
 
-export type { MessageHeaders, HeaderValue } from './headers.js';
+export type { HeaderValue, MessageHeaders } from './headers.js';
 
 /** One message as the broker delivered it. */
 export interface Delivery {
@@ -105,8 +105,8 @@ export function deadLetterHeaders(reason: DeadLetterReason): Record<string, stri
   };
 }
 
-export { createProcessor } from './processor.js';
-export type { Processor } from './processor.js';
-export { extractContext, injectContext, inSpan, recordError, tracer } from './tracing.js';
-export { encodeValue, decodeJson } from './codec.js';
+export { decodeJson, encodeValue } from './codec.js';
 export { sleep } from './context.js';
+export type { Processor } from './processor.js';
+export { createProcessor } from './processor.js';
+export { extractContext, injectContext, inSpan, recordError, tracer } from './tracing.js';

@@ -8,8 +8,9 @@
  * character, NUL and `{`, `*`, `$`, `.` included: a store stores them verbatim and never
  * interprets them.
  */
-import type { ErrorInfo } from '../errors.js';
+
 import type { BlobPointer } from '../blob/types.js';
+import type { ErrorInfo } from '../errors.js';
 
 /** Record states, as stored. */
 export const RecordState = {
