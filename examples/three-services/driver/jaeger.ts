@@ -1,0 +1,228 @@
+/**
+ * Reading traces back from Jaeger's query API (`/api/traces`), checking that every order's
+ * request is one trace across the three services, and printing a trace as a span tree.
+ */
+
+export interface JaegerSpan {
+  traceID: string;
+  spanID: string;
+  operationName: string;
+  references: { refType: 'CHILD_OF' | 'FOLLOWS_FROM'; traceID: string; spanID: string }[];
+  startTime: number; // µs since epoch
+  duration: number; // µs
+  tags: { key: string; value: unknown }[];
+  processID: string;
+}
+
+export interface JaegerTrace {
+  traceID: string;
+  spans: JaegerSpan[];
+  processes: Record<string, { serviceName: string }>;
+}
+
+export const tagOf = (span: JaegerSpan, key: string): unknown => span.tags.find((t) => t.key === key)?.value;
+export const serviceOf = (trace: JaegerTrace, span: JaegerSpan): string =>
+  trace.processes[span.processID]?.serviceName ?? '?';
+
+/** Traces with a span of `service` carrying all `tags`; Jaeger returns each trace whole. */
+export async function findTraces(
+  base: string,
+  service: string,
+  tags: Record<string, string>,
+  sinceMs = Date.now() - 24 * 3600_000,
+): Promise<JaegerTrace[]> {
+  const q = new URLSearchParams({
+    service,
+    tags: JSON.stringify(tags),
+    start: String(sinceMs * 1000),
+    end: String((Date.now() + 60_000) * 1000),
+    limit: '100',
+  });
+  const res = await fetch(`${base}/api/traces?${q}`, { signal: AbortSignal.timeout(10_000) });
+  if (!res.ok) throw new Error(`Jaeger answered ${res.status} to ${res.url}`);
+  return ((await res.json()) as { data: JaegerTrace[] | null }).data ?? [];
+}
+
+export interface TraceExpectation {
+  requestId: string;
+  /** An exact copy was published to B's queue / C's topic: a `duplicate` process span must show. */
+  billingDuplicate: boolean;
+  notificationDuplicate: boolean;
+  /** The client got the stored answer back at least once: A's `duplicate` span must link here. */
+  replayed: boolean;
+}
+
+export interface TraceCheck {
+  /** What is wrong with the order's trace; empty when it is complete. */
+  problems: string[];
+  /** Anomalies that did not change any effect, worth printing. */
+  notes: string[];
+}
+
+/** Checks one order's trace: one trace, all three services, the expected duplicates. */
+export async function checkTrace(base: string, e: TraceExpectation, sinceMs: number): Promise<TraceCheck> {
+  const tags = { 'exactly_once.request_id': e.requestId };
+  const traces = await findTraces(base, 'billing', tags, sinceMs);
+  if (traces.length !== 1) {
+    return { problems: [`${e.requestId}: billing spans in ${traces.length} traces, expected 1`], notes: [] };
+  }
+  const trace = traces[0] as JaegerTrace;
+  const problems: string[] = [];
+  const notes: string[] = [];
+  const where = `${e.requestId} (trace ${trace.traceID})`;
+  const services = new Set(trace.spans.map((s) => serviceOf(trace, s)));
+  for (const s of ['order', 'billing', 'notification']) {
+    if (!services.has(s)) problems.push(`${where}: no ${s} span`);
+  }
+  const isStart = (s: JaegerSpan) =>
+    s.references.length === 0 && s.operationName === 'POST /orders' && serviceOf(trace, s) === 'order';
+  if (!trace.spans.some(isStart)) problems.push(`${where}: does not start at order's POST /orders`);
+  // Process spans that settled a delivery with an ack: the original run, then duplicates.
+  const acked = (service: string) =>
+    trace.spans.filter((s) => serviceOf(trace, s) === service && tagOf(s, 'exactly_once.action') === 'ack');
+  for (const service of ['billing', 'notification'] as const) {
+    const runs = acked(service).filter((s) => tagOf(s, 'exactly_once.outcome') !== 'duplicate');
+    if (runs.length > 1 && service === 'billing') {
+      // Documented in packages/store-mongo/README.md: FerretDB 1.x has no atomic conditional
+      // update, so two copies waiting on a dead worker's lease can both take it over.
+      notes.push(`${where}: billing completed the key ${runs.length} times (FerretDB 1.x takeover race)`);
+    } else if (runs.length > 1) {
+      problems.push(`${where}: ${service} completed the key ${runs.length} times`);
+    }
+    const expected = service === 'billing' ? e.billingDuplicate : e.notificationDuplicate;
+    const copies = acked(service).length;
+    const hasDuplicate = acked(service).some((s) => tagOf(s, 'exactly_once.outcome') === 'duplicate');
+    // The injected copy must be in the trace, settled; normally as a duplicate.
+    if (expected && !hasDuplicate && !(service === 'billing' && copies > 1)) {
+      problems.push(`${where}: no ${service} duplicate`);
+    }
+  }
+  if (e.replayed) {
+    // A replay is a new HTTP request, so a new trace; its process span links to the first run.
+    const replays = await findTraces(
+      base,
+      'order',
+      { ...tags, 'exactly_once.outcome': 'duplicate' },
+      sinceMs,
+    );
+    const linked = replays.some((t) =>
+      t.spans.some((s) =>
+        s.references.some((r) => r.refType === 'FOLLOWS_FROM' && r.traceID === trace.traceID),
+      ),
+    );
+    if (!linked) problems.push(`${where}: no replay links to it`);
+  }
+  return { problems, notes };
+}
+
+export interface TraceReport {
+  checked: number;
+  complete: number;
+  withCopies: number;
+  replayed: number;
+  problems: string[];
+  notes: string[];
+}
+
+/** Checks every order's trace, asking again for the ones whose spans may still be on the way. */
+export async function checkTraces(
+  base: string,
+  expectations: TraceExpectation[],
+  sinceMs: number,
+): Promise<TraceReport> {
+  let failing = expectations;
+  let problems: string[] = [];
+  const notes: string[] = [];
+  for (let round = 0; round < 10 && failing.length > 0; round++) {
+    if (round > 0) await new Promise((r) => setTimeout(r, 2_000));
+    const found = new Map<TraceExpectation, TraceCheck>();
+    for (let i = 0; i < failing.length; i += 8) {
+      await Promise.all(
+        failing.slice(i, i + 8).map(async (e) => {
+          const check = await checkTrace(base, e, sinceMs).catch((err) => ({
+            problems: [String(err)],
+            notes: [],
+          }));
+          found.set(e, check);
+          if (check.problems.length === 0) notes.push(...check.notes);
+        }),
+      );
+    }
+    failing = failing.filter((e) => (found.get(e)?.problems.length ?? 0) > 0);
+    problems = failing.flatMap((e) => found.get(e)?.problems ?? []);
+  }
+  return {
+    checked: expectations.length,
+    complete: expectations.length - failing.length,
+    withCopies: expectations.filter((e) => e.billingDuplicate || e.notificationDuplicate).length,
+    replayed: expectations.filter((e) => e.replayed).length,
+    problems,
+    notes,
+  };
+}
+
+/** The span tree of a trace: offset, duration, service, name and pipeline outcome per span. */
+export function renderTree(trace: JaegerTrace): string[] {
+  const byId = new Map(trace.spans.map((s) => [s.spanID, s]));
+  const children = new Map<string, JaegerSpan[]>();
+  const roots: JaegerSpan[] = [];
+  for (const s of trace.spans) {
+    // Jaeger keeps one reference per span: when a span also links to its own parent (core links
+    // a process span to the producer's span, which for A is the server span) the parent can come
+    // back as FOLLOWS_FROM. Either kind within the trace places the span, as Jaeger's UI does.
+    const inTrace = s.references.filter((r) => byId.has(r.spanID));
+    const parent = inTrace.find((r) => r.refType === 'CHILD_OF') ?? inTrace[0];
+    if (parent) children.set(parent.spanID, [...(children.get(parent.spanID) ?? []), s]);
+    else roots.push(s);
+  }
+  const t0 = Math.min(...trace.spans.map((s) => s.startTime));
+  const ms = (us: number) => `${(us / 1000).toFixed(1)} ms`.padStart(10);
+  const lines: string[] = [];
+  const walk = (s: JaegerSpan, prefix: string, last: boolean, depth: number, repeats = 1) => {
+    const outcome = tagOf(s, 'exactly_once.outcome');
+    const status = tagOf(s, 'http.response.status_code');
+    const detail = [
+      outcome === undefined ? '' : `[${String(outcome)}]`,
+      status === undefined ? '' : `[${String(status)}]`,
+      tagOf(s, 'exactly_once.step.replayed') === true ? '[replayed from the journal]' : '',
+      tagOf(s, 'http.response.header.idempotent-replayed') === undefined
+        ? ''
+        : '[answered from its key store]',
+      // Its parent never reached Jaeger: it was still open when its process was SIGKILLed.
+      depth === 0 && s.references.length > 0 ? '(parent span lost: process killed)' : '',
+      tagOf(s, 'otel.status_code') === 'ERROR' ? '(error)' : '',
+      repeats > 1 ? `x${repeats}: waited for the key's lease` : '',
+    ]
+      .filter(Boolean)
+      .join(' ');
+    const branch = depth === 0 ? '' : last ? '└─ ' : '├─ ';
+    lines.push(
+      `${ms(s.startTime - t0)} ${ms(s.duration)}  ${serviceOf(trace, s).padEnd(13)} ${prefix}${branch}${s.operationName}${detail ? `  ${detail}` : ''}`,
+    );
+    if (repeats > 1) return;
+    const sorted = (children.get(s.spanID) ?? []).sort((a, b) => a.startTime - b.startTime);
+    // A delivery that polls a key another worker holds makes one `busy` span per poll; one line
+    // for each run of them keeps the tree readable.
+    const kids: [JaegerSpan, number][] = [];
+    for (const k of sorted) {
+      const prev = kids.at(-1);
+      const busy = tagOf(k, 'exactly_once.outcome') === 'busy';
+      if (
+        busy &&
+        prev &&
+        prev[0].operationName === k.operationName &&
+        tagOf(prev[0], 'exactly_once.outcome') === 'busy'
+      ) {
+        prev[1]++;
+      } else {
+        kids.push([k, 1]);
+      }
+    }
+    const next = depth === 0 ? prefix : prefix + (last ? '   ' : '│  ');
+    kids.forEach(([k, n], i) => {
+      walk(k, next, i === kids.length - 1, depth + 1, n);
+    });
+  };
+  for (const r of roots.sort((a, b) => a.startTime - b.startTime)) walk(r, '', true, 0);
+  return [`    offset   duration  service       span`, ...lines];
+}
