@@ -2,20 +2,31 @@ import { describeBlobStoreConformance, describeStoreConformance } from '@exactly
 import { createGridFsBlobStore, createMongoStore } from '../src/index.js';
 import { openTestDatabase } from './helpers.js';
 
-describeStoreConformance('mongo (FerretDB)', async () => {
-  const test = await openTestDatabase('conformance');
-  const blobs = createGridFsBlobStore({ db: test.db });
-  const store = createMongoStore({ db: test.db, blobs });
-  await store.ensureIndexes();
-  return {
-    store,
-    blobs,
-    teardown: async () => {
-      await store.close();
-      await test.drop();
-    },
-  };
-});
+// FerretDB 1.x applies a filtered update as read, check, write-back with nothing held in between
+// (its issue #3040), so two racers can both win: the races on an existing record cannot pass
+// there and are left out of its run. On MongoDB they run (and store.test.ts can force them).
+const probe = await openTestDatabase('probe');
+const ferret1 = probe.ferret1;
+await probe.drop();
+
+describeStoreConformance(
+  ferret1 ? 'mongo (FerretDB 1.x)' : 'mongo',
+  async () => {
+    const test = await openTestDatabase('conformance');
+    const blobs = createGridFsBlobStore({ db: test.db });
+    const store = createMongoStore({ db: test.db, blobs });
+    await store.ensureIndexes();
+    return {
+      store,
+      blobs,
+      teardown: async () => {
+        await store.close();
+        await test.drop();
+      },
+    };
+  },
+  { existingRecordRaces: !ferret1 },
+);
 
 describeBlobStoreConformance('GridFS (FerretDB)', async () => {
   const test = await openTestDatabase('blob-conformance');

@@ -35,6 +35,12 @@ export interface ConformanceOptions {
   readonly leaseMs?: number;
   /** Simultaneous `begin` calls racing for one key. Default 16. */
   readonly concurrency?: number;
+  /**
+   * Run the races on an existing record (takeovers of a passed lease; a stale `complete` against
+   * takeovers). Default true. Only turn it off for a test server known not to make conditional
+   * updates atomic, and say so where you do: a store that fails them is not safe.
+   */
+  readonly existingRecordRaces?: boolean;
 }
 
 /**
@@ -158,6 +164,37 @@ export function describeStoreConformance(
         expect(mismatch.record).toMatchObject({ key: key(suffix), state, fingerprint: 'fp-1' });
       }
     });
+
+    if (options.existingRecordRaces !== false) {
+      it(`${concurrency} racing takeovers of a passed lease: exactly one acquires (5 keys)`, async () => {
+        for (let k = 0; k < 5; k++) {
+          const key = freshKey();
+          const first = await acquire(key);
+          await sleep(pastLease);
+          const results = await Promise.all(
+            Array.from({ length: concurrency }, (_, i) => store().begin(request(key, { owner: `w${i}` }))),
+          );
+          const winners = results.filter((r) => r.status === 'acquired');
+          expect(winners).toHaveLength(1);
+          expect(winners[0]).toMatchObject({ kind: 'takeover', fence: first.fence + 1 });
+        }
+      });
+
+      it('a stale holder completing while others take over: exactly one of them wins (5 keys)', async () => {
+        for (let k = 0; k < 5; k++) {
+          const key = freshKey();
+          const stale = await acquire(key);
+          await sleep(pastLease);
+          const [completed, ...begins] = await Promise.all([
+            completeWith(key, stale.fence),
+            ...Array.from({ length: 8 }, (_, i) => store().begin(request(key, { owner: `w${i}` }))),
+          ]);
+          const takeovers = begins.filter((r) => r.status === 'acquired').length;
+          expect(takeovers + (completed === 'ok' ? 1 : 0)).toBe(1);
+          expect((await store().get(key))?.state).toBe(completed === 'ok' ? 'COMPLETED' : 'IN_PROGRESS');
+        }
+      });
+    }
 
     it(`${concurrency} concurrent begins on one key: exactly one acquires, the rest are busy (20 keys)`, async () => {
       const key = keys();
