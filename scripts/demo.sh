@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/infra.sh up
 if [[ -f examples/three-services/package.json ]]; then
-  npm run --workspace examples/three-services demo -- "$@"
+  npm run --workspace @exactly-once-examples/three-services demo -- "$@"
 else
   bash scripts/infra.sh status
   echo

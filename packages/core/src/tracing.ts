@@ -76,7 +76,10 @@ export function startProcessSpan(
     // Batch instrumentations parent the consumer span on a poll span; keep a direct link to the
     // producer's span so the message's own trace is one click away.
     const remote = trace.getSpanContext(producer);
-    if (remote && trace.isSpanContextValid(remote)) links = [...links, { context: remote }];
+    // No link to the very span we are a child of (an in-process caller): Jaeger would keep only
+    // one of the two references.
+    const isParent = remote?.spanId === active?.spanContext().spanId;
+    if (remote && trace.isSpanContextValid(remote) && !isParent) links = [...links, { context: remote }];
   }
   const span = tracer().startSpan(
     internal ? `exactly-once process ${destination}` : `process ${destination}`,

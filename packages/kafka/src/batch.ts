@@ -67,8 +67,11 @@ class BatchRun {
       };
     });
     if (env.stopSignal.aborted) this.interrupt();
-    else env.stopSignal.addEventListener('abort', () => this.interrupt(), { once: true });
+    else env.stopSignal.addEventListener('abort', this.onStop, { once: true });
   }
+
+  // Removed when the batch ends: the stop signal lives as long as the consumer, batches do not.
+  private readonly onStop = () => this.interrupt();
 
   private live(): boolean {
     if (!this.stopped && (!this.payload.isRunning() || this.payload.isStale())) this.interrupt();
@@ -93,6 +96,7 @@ class BatchRun {
       }
     } finally {
       clearInterval(timer);
+      this.env.stopSignal.removeEventListener('abort', this.onStop);
       await this.commit();
     }
     // Rethrown so kafkajs rejoins now instead of after its next own heartbeat.
