@@ -2,140 +2,331 @@
 # Real servers on 127.0.0.1 for tests and the demo: Redis (standalone and a 3-master cluster),
 # RabbitMQ, Apache Kafka (KRaft), FerretDB (MongoDB wire protocol, SQLite) and Jaeger v2.
 #
-#   scripts/infra.sh up [service...]      install what is missing, start, wait until healthy
-#   scripts/infra.sh down [service...]    stop what this script started (by recorded PID)
-#   scripts/infra.sh status               health, port and version of each server
-#   scripts/infra.sh logs <service>       tail a server's log
+#   scripts/infra.sh up [service...]       install what is missing, start, wait until healthy
+#   scripts/infra.sh down [service...]     stop what this script started (by recorded PID)
+#   scripts/infra.sh status                health, ports and version of each server
+#   scripts/infra.sh logs <service>        tail a server's log
+#   scripts/infra.sh install [service...]  only install/build what is missing (nothing started)
 #
-# Everything lives under $EXACTLY_ONCE_INFRA_HOME (default ~/.cache/exactly-once-infra): built
-# binaries, Maven jars, data, logs and PID files. Nothing is written into the repository. The
-# first `up` on a fresh machine builds FerretDB and Jaeger from the Go module proxy and fetches
-# Kafka from Maven Central (minutes); later runs reuse them (seconds).
+# Services: redis redis-cluster rabbitmq kafka ferretdb jaeger (default: all).
+#
+# Everything lives under $EXACTLY_ONCE_INFRA_HOME (default ~/.cache/exactly-once-infra):
+#   bin/ built binaries, build/ Go build modules, kafka-<version>/ Maven-fetched jars,
+#   data/<service>/ server data and generated configs, run/<name>.pid, logs/<service>.log.
+# Nothing is written into the repository. The first `up` on a fresh machine installs Redis and
+# RabbitMQ with apt, fetches Kafka from Maven Central and builds FerretDB and Jaeger from the Go
+# module proxy (minutes); later runs reuse all of it, and `up` is a no-op when all are healthy.
+#
+# Versions can be overridden: EO_KAFKA_VERSION (4.x or 3.x), EO_FERRETDB_VERSION,
+# EO_JAEGER_VERSION; EO_HEALTH_TIMEOUT (seconds a server may take to become healthy).
 set -euo pipefail
 
-HOME_DIR="${EXACTLY_ONCE_INFRA_HOME:-$HOME/.cache/exactly-once-infra}"
 KAFKA_VERSION="${EO_KAFKA_VERSION:-4.1.1}"
 FERRETDB_VERSION="${EO_FERRETDB_VERSION:-v1.24.2}"
-JAEGER_MODULE_VERSION="${EO_JAEGER_VERSION:-v1.76.0}"
-LOG4J_VERSION=2.24.3
-SLF4J_VERSION=2.0.17
+JAEGER_VERSION="${EO_JAEGER_VERSION:-v1.76.0}" # Go module version of Jaeger v2 (cmd/jaeger)
+HEALTH_TIMEOUT="${EO_HEALTH_TIMEOUT:-120}"
+
+LOG4J_VERSION=2.24.3  # Kafka 4.x logs through log4j2 ...
+SLF4J_VERSION=2.0.17  # ... and needs the slf4j 2 API for log4j-slf4j2-impl
+RELOAD4J_VERSION=1.2.25 SLF4J1_VERSION=1.7.36 # Kafka 3.x: log4j 1 API via reload4j
 RABBIT_NODE="exactlyonce@localhost"
 CLUSTER_PORTS=(7001 7002 7003)
 ALL_SERVICES=(redis redis-cluster rabbitmq kafka ferretdb jaeger)
-HEALTH_TIMEOUT="${EO_HEALTH_TIMEOUT:-180}"
 
-BIN="$HOME_DIR/bin" DATA="$HOME_DIR/data" RUN="$HOME_DIR/run" LOGS="$HOME_DIR/logs" BUILD="$HOME_DIR/build"
-mkdir -p "$BIN" "$DATA" "$RUN" "$LOGS" "$BUILD"
+ROOT="${EXACTLY_ONCE_INFRA_HOME:-$HOME/.cache/exactly-once-infra}"
+BIN="$ROOT/bin" BUILD="$ROOT/build" DATA="$ROOT/data" RUN="$ROOT/run" LOGS="$ROOT/logs"
+KAFKA_HOME="$ROOT/kafka-$KAFKA_VERSION"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+mkdir -p "$BIN" "$BUILD" "$DATA" "$RUN" "$LOGS"
 
-say() { printf '[infra %5ss] %s\n' "$SECONDS" "$*"; }
+# ---------------------------------------------------------------- helpers
+T0=$EPOCHREALTIME
+elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1fs", b - a }'; }
+say() { printf '[infra %6s] %s\n' "$(elapsed "$T0")" "$*"; }
 die() { printf '[infra] ERROR: %s\n' "$*" >&2; exit 1; }
+have() { command -v "$1" >/dev/null 2>&1; }
+need() { have "$1" || die "$1 is required: $2"; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-pid_alive() { [[ -f "$RUN/$1.pid" ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+pid_of() { [[ -f "$RUN/$1.pid" ]] && cat "$RUN/$1.pid"; }
+pid_alive() { local pid; pid=$(pid_of "$1") && [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; }
 
-# Waits until `$2...` succeeds; on timeout prints the service log tail and fails.
-wait_for() {
-  local name=$1; shift
-  local deadline=$((SECONDS + HEALTH_TIMEOUT))
-  until "$@" >/dev/null 2>&1; do
-    if ((SECONDS > deadline)); then
-      tail -n 40 "$LOGS/$name.log" >&2 2>/dev/null || true
-      die "$name did not become healthy within ${HEALTH_TIMEOUT}s (log: $LOGS/$name.log)"
-    fi
-    sleep 0.5
-  done
+# http_get <url> [user:password]: prints the body of a 2xx answer, fails otherwise. curl when
+# present, else Node's fetch.
+http_get() {
+  if have curl; then
+    curl -fsS -m 5 ${2:+-u "$2"} "$1"
+  else
+    # shellcheck disable=SC2016 # JavaScript, not shell
+    node -e '
+      const [url, auth] = process.argv.slice(1);
+      const headers = auth ? { authorization: `Basic ${Buffer.from(auth).toString("base64")}` } : {};
+      fetch(url, { headers, signal: AbortSignal.timeout(5000) })
+        .then(async (r) => { if (!r.ok) process.exit(1); process.stdout.write(await r.text()); })
+        .catch(() => process.exit(1));' "$1" "${2:-}"
+  fi
 }
+http_ok() { http_get "$@" >/dev/null; }
 
-# Starts a long-running command in its own session, recording its PID.
+# Starts a long-running command in its own session with output appended to its log and
+# records its PID. fd 9 (the lock) is not passed on, so a server never holds the lock.
 spawn() {
-  local name=$1; shift
-  setsid nohup "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  local name=$1 log=$2
+  shift 2
+  setsid nohup "$@" >>"$log" 2>&1 </dev/null 9>&- &
   echo $! >"$RUN/$name.pid"
 }
 
-stop_pid_file() {
-  local file=$1 pid
-  [[ -f "$file" ]] || return 0
-  pid=$(cat "$file")
-  if kill -0 "$pid" 2>/dev/null; then
+stop_pid() {
+  local name=$1 pid
+  pid=$(pid_of "$name") || return 0
+  if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
     kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
+    for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
   fi
-  rm -f "$file"
+  rm -f "$RUN/$name.pid"
 }
 
-# ---------------------------------------------------------------- prerequisites
-apt_install() {
-  local missing=()
-  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
-  ((${#missing[@]} == 0)) && return 0
-  say "apt-get install ${missing[*]}"
-  # Debian's postinst would start the system services; we run our own instances instead.
-  local guard=""
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && guard=1
+# Per-service bookkeeping for `up`: when its start began and whether it was already running.
+declare -A STARTED_AT=() WAS_RUNNING=()
+
+# wait_until <service> <log> <check...>: polls the check; on timeout prints the log tail and fails.
+wait_until() {
+  local name=$1 log=$2
+  shift 2
+  local deadline=$((SECONDS + HEALTH_TIMEOUT))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS > deadline)); then
+      echo "---- last lines of $log" >&2
+      tail -n 40 "$log" >&2 2>/dev/null || true
+      die "$name is not healthy after ${HEALTH_TIMEOUT}s (full log: $log)"
+    fi
+    sleep 0.25
+  done
+}
+# wait_healthy: the same, then one progress line for the service.
+wait_healthy() {
+  wait_until "$@"
+  if [[ -n ${WAS_RUNNING[$1]:-} ]]; then
+    say "$(printf '%-13s healthy (already running)' "$1")"
+  else
+    say "$(printf '%-13s healthy, started in %s' "$1" "$(elapsed "${STARTED_AT[$1]:-$T0}")")"
   fi
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } \
-    >>"$LOGS/apt.log" 2>&1 || { [[ -n $guard ]] && rm -f /usr/sbin/policy-rc.d; die "apt-get failed (see $LOGS/apt.log)"; }
-  [[ -n $guard ]] && rm -f /usr/sbin/policy-rc.d
+}
+
+# Decides what `up` does for a service: 0 = start it, 1 = leave it (healthy, or its recorded
+# process is still booting and only needs waiting for). Fails if a foreign process has the port.
+should_start() {
+  local name=$1 check=$2 port=$3
+  STARTED_AT[$name]=$EPOCHREALTIME
+  if $check >/dev/null 2>&1; then
+    WAS_RUNNING[$name]=1
+    return 1
+  fi
+  if pid_alive "$name"; then
+    say "$name: process $(pid_of "$name") is running but not healthy yet; waiting for it"
+    return 1
+  fi
+  if port_open "$port"; then
+    die "port $port is taken by a process this script did not start (see: ss -ltnp)"
+  fi
+  say "$name: starting"
   return 0
 }
 
-need_cmd() { command -v "$1" >/dev/null 2>&1 || die "$1 is required ($2)"; }
+# ---------------------------------------------------------------- installs
+# apt packages for the requested services, in one `apt-get update` + `install`.
+install_apt() {
+  local pkgs=() missing=() s
+  for s in "$@"; do
+    case $s in
+      redis | redis-cluster) pkgs+=(redis-server redis-tools) ;;
+      rabbitmq) pkgs+=(rabbitmq-server) ;;
+      kafka)
+        have java || pkgs+=(openjdk-17-jre-headless)
+        have mvn || pkgs+=(maven)
+        ;;
+    esac
+  done
+  for s in "${pkgs[@]}"; do
+    dpkg -s "$s" >/dev/null 2>&1 || missing+=("$s")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  ((EUID == 0)) || die "apt packages missing (${missing[*]}); run as root or install them"
+  say "apt-get install ${missing[*]}"
+  # Debian's postinst would start the system-wide services; we run our own instances instead.
+  local guard=""
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    guard=1
+  fi
+  local rc=0
+  {
+    apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  } >>"$LOGS/apt.log" 2>&1 9>&- || rc=$?
+  [[ -n $guard ]] && rm -f /usr/sbin/policy-rc.d
+  ((rc == 0)) || { tail -n 20 "$LOGS/apt.log" >&2; die "apt-get failed (log: $LOGS/apt.log)"; }
+}
+
+install_kafka() {
+  [[ -f "$KAFKA_HOME/libs/.complete" ]] && return 0
+  need java "Kafka runs on Java 17+"
+  need mvn "Maven fetches the Kafka jars from Maven Central"
+  say "kafka: fetching Kafka $KAFKA_VERSION jars from Maven Central (first run only)"
+  mkdir -p "$KAFKA_HOME"
+  local logging
+  if [[ $KAFKA_VERSION == 3.* ]]; then
+    logging="
+    <dependency><groupId>ch.qos.reload4j</groupId><artifactId>reload4j</artifactId><version>$RELOAD4J_VERSION</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-reload4j</artifactId><version>$SLF4J1_VERSION</version></dependency>"
+  else
+    # Kafka pulls slf4j-api 1.7; log4j's slf4j2 binding needs the 2.x API, or nothing is logged.
+    logging="
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>$SLF4J_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>$LOG4J_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>$LOG4J_VERSION</version></dependency>"
+  fi
+  cat >"$KAFKA_HOME/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local</groupId><artifactId>kafka-broker</artifactId><version>1</version><packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>$logging
+  </dependencies>
+</project>
+POM
+  rm -rf "$KAFKA_HOME/libs"
+  (cd "$KAFKA_HOME" && mvn -q -B dependency:copy-dependencies -DoutputDirectory=libs -DincludeScope=runtime) \
+    >>"$LOGS/kafka-build.log" 2>&1 9>&- || die "Maven could not fetch Kafka (log: $LOGS/kafka-build.log)"
+  touch "$KAFKA_HOME/libs/.complete"
+}
+
+install_ferretdb() {
+  [[ -x "$BIN/ferretdb-$FERRETDB_VERSION" ]] && return 0
+  need go "FerretDB is built from the Go module proxy"
+  say "ferretdb: building FerretDB $FERRETDB_VERSION (first run only, a few minutes)"
+  local log="$LOGS/ferretdb-build.log" src="$BUILD/ferretdb-$FERRETDB_VERSION" dir
+  # FerretDB embeds build/version/version.txt, which its module zip lacks (a binary built with
+  # `go install`/`go get -tool` panics at start), so build a copy of the module with that file.
+  dir=$(cd "$BUILD" && go mod download -json "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" 2>>"$log" |
+    sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+  [[ -n $dir && -d $dir ]] || die "could not download FerretDB $FERRETDB_VERSION (log: $log)"
+  rm -rf "$src" && cp -r "$dir" "$src" && chmod -R u+w "$src"
+  echo "$FERRETDB_VERSION" >"$src/build/version/version.txt"
+  (cd "$src" && go build -o "$BIN/ferretdb-$FERRETDB_VERSION.tmp" ./cmd/ferretdb) >>"$log" 2>&1 9>&- ||
+    die "FerretDB build failed (log: $log)"
+  mv "$BIN/ferretdb-$FERRETDB_VERSION.tmp" "$BIN/ferretdb-$FERRETDB_VERSION"
+}
+
+install_jaeger() {
+  [[ -x "$BIN/jaeger-$JAEGER_VERSION" ]] && return 0
+  need go "Jaeger is built from the Go module proxy"
+  say "jaeger: building Jaeger v2 (module $JAEGER_VERSION; first run only, several minutes)"
+  local log="$LOGS/jaeger-build.log" mod="$BUILD/jaeger-tool"
+  # `go install module@version` refuses modules with replace directives; a tool dependency of a
+  # small wrapper module builds it with the versions Jaeger pins.
+  mkdir -p "$mod"
+  [[ -f "$mod/go.mod" ]] || printf 'module local/jaeger-tool\n\ngo 1.24\n' >"$mod/go.mod"
+  (cd "$mod" && go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@$JAEGER_VERSION" &&
+    go build -o "$BIN/jaeger-$JAEGER_VERSION.tmp" github.com/jaegertracing/jaeger/cmd/jaeger) \
+    >>"$log" 2>&1 9>&- || die "Jaeger build failed (log: $log)"
+  mv "$BIN/jaeger-$JAEGER_VERSION.tmp" "$BIN/jaeger-$JAEGER_VERSION"
+}
+
+install_service() {
+  case $1 in
+    kafka) install_kafka ;;
+    ferretdb) install_ferretdb ;;
+    jaeger) install_jaeger ;;
+  esac
+}
 
 # ---------------------------------------------------------------- redis
 redis_healthy() { [[ "$(redis-cli -p 6379 ping 2>/dev/null)" == PONG ]]; }
-up_redis() {
-  apt_install redis-server
-  if redis_healthy; then return 0; fi
-  port_open 6379 && die "port 6379 is taken by a process this script did not start"
+redis_version() { redis-cli -p "${1:-6379}" info server 2>/dev/null | sed -n 's/^redis_version:\(.*\)\r$/\1/p'; }
+start_redis() {
+  should_start redis redis_healthy 6379 || return 0
   mkdir -p "$DATA/redis"
-  # appendfsync everysec: a crash may lose about one second of writes (see store-redis README).
-  redis-server --bind 127.0.0.1 --port 6379 --dir "$DATA/redis" --daemonize yes \
-    --pidfile "$RUN/redis.pid" --logfile "$LOGS/redis.log" --save "" \
-    --appendonly yes --appendfsync everysec --maxmemory-policy noeviction >/dev/null
-  wait_for redis redis_healthy
+  # appendfsync everysec: a crash of the server may lose about one second of writes.
+  spawn redis "$LOGS/redis.log" redis-server --bind 127.0.0.1 --port 6379 --dir "$DATA/redis" \
+    --daemonize no --logfile "$LOGS/redis.log" --save "" --appendonly yes --appendfsync everysec \
+    --maxmemory-policy noeviction
 }
-version_redis() { redis-cli -p 6379 info server 2>/dev/null | sed -n 's/^redis_version:\(.*\)\r$/\1/p'; }
 
-cluster_healthy() { redis-cli -p "${CLUSTER_PORTS[0]}" cluster info 2>/dev/null | grep -q 'cluster_state:ok'; }
-up_redis_cluster() {
-  apt_install redis-server
-  if cluster_healthy; then return 0; fi
+cluster_healthy() { redis-cli -p "${CLUSTER_PORTS[0]}" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; }
+cluster_nodes_up() {
+  local port
+  for port in "${CLUSTER_PORTS[@]}"; do [[ "$(redis-cli -p "$port" ping 2>/dev/null)" == PONG ]] || return 1; done
+}
+start_redis_cluster() {
+  STARTED_AT[redis-cluster]=$EPOCHREALTIME
+  if cluster_healthy; then
+    WAS_RUNNING[redis-cluster]=1
+    return 0
+  fi
+  local port
   for port in "${CLUSTER_PORTS[@]}"; do
     [[ "$(redis-cli -p "$port" ping 2>/dev/null)" == PONG ]] && continue
+    pid_alive "redis-cluster-$port" && continue
+    port_open "$port" && die "port $port is taken by a process this script did not start"
     mkdir -p "$DATA/redis-cluster/$port"
-    redis-server --bind 127.0.0.1 --port "$port" --cluster-enabled yes \
-      --cluster-config-file "$DATA/redis-cluster/$port/nodes.conf" --dir "$DATA/redis-cluster/$port" \
-      --daemonize yes --pidfile "$RUN/redis-cluster-$port.pid" --logfile "$LOGS/redis-cluster.log" \
-      --save "" --appendonly no --maxmemory-policy noeviction >/dev/null
+    spawn "redis-cluster-$port" "$LOGS/redis-cluster.log" redis-server --bind 127.0.0.1 --port "$port" \
+      --cluster-enabled yes --cluster-config-file "$DATA/redis-cluster/$port/nodes.conf" \
+      --dir "$DATA/redis-cluster/$port" --daemonize no --logfile "$LOGS/redis-cluster.log" --save "" \
+      --appendonly yes --appendfsync everysec --maxmemory-policy noeviction
   done
-  for port in "${CLUSTER_PORTS[@]}"; do wait_for redis-cluster redis-cli -p "$port" ping; done
-  if ! redis-cli -p "${CLUSTER_PORTS[0]}" cluster info | grep -q 'cluster_slots_assigned:16384'; then
-    local nodes=()
+  say "redis-cluster: starting"
+}
+# The cluster is created once; afterwards each node's nodes.conf restores it on restart.
+finish_redis_cluster() {
+  wait_until redis-cluster "$LOGS/redis-cluster.log" cluster_nodes_up
+  if ! redis-cli -p "${CLUSTER_PORTS[0]}" cluster info 2>/dev/null | grep -q '^cluster_slots_assigned:16384'; then
+    local nodes=() port
     for port in "${CLUSTER_PORTS[@]}"; do nodes+=("127.0.0.1:$port"); done
-    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >>"$LOGS/redis-cluster.log" 2>&1
+    say "redis-cluster: creating the cluster (${nodes[*]})"
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >>"$LOGS/redis-cluster.log" 2>&1 ||
+      die "redis-cli --cluster create failed (log: $LOGS/redis-cluster.log; to start over: down redis-cluster, remove $DATA/redis-cluster)"
   fi
-  wait_for redis-cluster cluster_healthy
+  wait_healthy redis-cluster "$LOGS/redis-cluster.log" cluster_healthy
 }
 
 # ---------------------------------------------------------------- rabbitmq
+# Our own node (not the system service), its files under data/rabbitmq, every port on loopback.
 rabbit_env() {
+  local loopback='-kernel inet_dist_use_interface {127,0,0,1}'
   export RABBITMQ_NODENAME="$RABBIT_NODE" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT=5672
   export RABBITMQ_DIST_PORT=25672 ERL_EPMD_ADDRESS=127.0.0.1
+  export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="$loopback" RABBITMQ_CTL_ERL_ARGS="$loopback"
   export RABBITMQ_MNESIA_BASE="$DATA/rabbitmq/mnesia" RABBITMQ_LOG_BASE="$LOGS/rabbitmq-server"
-  export RABBITMQ_CONFIG_FILE="$DATA/rabbitmq/rabbitmq.conf" RABBITMQ_ENABLED_PLUGINS_FILE="$DATA/rabbitmq/enabled_plugins"
-  export RABBITMQ_PID_FILE="$RUN/rabbitmq-beam.pid" RABBITMQ_ADVANCED_CONFIG_FILE="$DATA/rabbitmq/advanced.config"
+  export RABBITMQ_CONFIG_FILE="$DATA/rabbitmq/rabbitmq.conf"
+  export RABBITMQ_ADVANCED_CONFIG_FILE="$DATA/rabbitmq/advanced.config"
+  export RABBITMQ_ENABLED_PLUGINS_FILE="$DATA/rabbitmq/enabled_plugins"
+  export RABBITMQ_PID_FILE="$RUN/rabbitmq-beam.pid"
 }
-rabbitmqctl_() { rabbit_env; /usr/lib/rabbitmq/bin/rabbitmqctl -n "$RABBIT_NODE" "$@"; }
-rabbit_healthy() { port_open 5672 && rabbitmqctl_ await_startup --timeout 5 >/dev/null 2>&1 && port_open 15672; }
+rabbitmqctl_() (
+  rabbit_env
+  exec 9>&-
+  /usr/lib/rabbitmq/bin/rabbitmqctl -n "$RABBIT_NODE" "$@"
+)
+# A real AMQP 0-9-1 handshake: the server answers the protocol header with a method frame
+# (type 1, Connection.Start); plus the management API.
+amqp_handshake() (
+  exec 3<>/dev/tcp/127.0.0.1/5672 || exit 1
+  printf 'AMQP\x00\x00\x09\x01' >&3
+  [[ "$(timeout 3 head -c 1 <&3 | od -An -tx1 | tr -d ' \n')" == 01 ]]
+)
+rabbit_healthy() { amqp_handshake 2>/dev/null && http_ok http://127.0.0.1:15672/api/overview guest:guest; }
+rabbit_version() {
+  http_get http://127.0.0.1:15672/api/overview guest:guest 2>/dev/null |
+    sed -n 's/.*"rabbitmq_version":"\([^"]*\)".*/\1/p'
+}
 start_rabbitmq() {
-  apt_install rabbitmq-server
-  if pid_alive rabbitmq && rabbit_healthy; then return 0; fi
-  port_open 5672 && die "port 5672 is taken by a process this script did not start"
+  should_start rabbitmq rabbit_healthy 5672 || return 0
   mkdir -p "$DATA/rabbitmq" "$LOGS/rabbitmq-server"
-  cat >"$DATA/rabbitmq/rabbitmq.conf" <<CONF
+  cat >"$DATA/rabbitmq/rabbitmq.conf" <<'CONF'
 listeners.tcp.default = 127.0.0.1:5672
 management.tcp.ip = 127.0.0.1
 management.tcp.port = 15672
@@ -145,54 +336,39 @@ disk_free_limit.absolute = 200MB
 CONF
   echo '[rabbitmq_management].' >"$DATA/rabbitmq/enabled_plugins"
   echo '[].' >"$DATA/rabbitmq/advanced.config"
-  local epmd_before=""
-  epmd_before=$(pgrep -x epmd || true)
-  rabbit_env
-  spawn rabbitmq /usr/lib/rabbitmq/bin/rabbitmq-server
-  # Erlang starts epmd on demand; if it was not running before, it is ours to stop later.
-  [[ -z $epmd_before ]] && touch "$RUN/epmd.ours"
-  return 0
+  # Erlang starts epmd on demand and it outlives the node: if none runs now, the one that
+  # appears is ours to stop on `down` (its PID is recorded once the node is up).
+  if pgrep -x epmd >/dev/null; then rm -f "$RUN/epmd.ours"; else touch "$RUN/epmd.ours"; fi
+  (
+    rabbit_env
+    spawn rabbitmq "$LOGS/rabbitmq.log" /usr/lib/rabbitmq/bin/rabbitmq-server
+  )
 }
-wait_rabbitmq() {
-  wait_for rabbitmq rabbit_healthy
+finish_rabbitmq() {
+  wait_healthy rabbitmq "$LOGS/rabbitmq.log" rabbit_healthy
   if [[ -f "$RUN/epmd.ours" ]]; then
-    pgrep -x epmd | tail -n1 >"$RUN/epmd.pid"
+    pgrep -x -n epmd >"$RUN/epmd.pid" || rm -f "$RUN/epmd.pid"
     rm -f "$RUN/epmd.ours"
   fi
 }
-version_rabbitmq() { rabbitmqctl_ version 2>/dev/null | tail -n1; }
 
 # ---------------------------------------------------------------- kafka
-KAFKA_HOME="$HOME_DIR/kafka-$KAFKA_VERSION"
-fetch_kafka() {
-  [[ -f "$KAFKA_HOME/libs/.complete" ]] && return 0
-  need_cmd mvn "Maven fetches the Kafka jars from Maven Central"
-  need_cmd java "Kafka needs a Java 17+ runtime"
-  say "fetching Kafka $KAFKA_VERSION jars from Maven Central"
-  mkdir -p "$KAFKA_HOME"
-  cat >"$KAFKA_HOME/pom.xml" <<POM
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>local</groupId><artifactId>kafka-broker</artifactId><version>1</version><packaging>pom</packaging>
-  <dependencies>
-    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
-    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>$SLF4J_VERSION</version></dependency>
-    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>$LOG4J_VERSION</version></dependency>
-    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>$LOG4J_VERSION</version></dependency>
-  </dependencies>
-</project>
-POM
-  rm -rf "$KAFKA_HOME/libs"
-  (cd "$KAFKA_HOME" && mvn -q -B dependency:copy-dependencies -DoutputDirectory=libs -DincludeScope=runtime) \
-    >>"$LOGS/kafka-build.log" 2>&1 || die "Maven could not fetch Kafka (see $LOGS/kafka-build.log)"
-  touch "$KAFKA_HOME/libs/.complete"
+# A real Kafka protocol round trip: ApiVersions v0 (correlation id 1) must answer error code 0.
+kafka_api_versions() (
+  exec 3<>/dev/tcp/127.0.0.1/9092 || exit 1
+  printf '\x00\x00\x00\x0c\x00\x12\x00\x00\x00\x00\x00\x01\x00\x02eo' >&3
+  [[ "$(timeout 3 head -c 10 <&3 | od -An -tx1 | tr -d ' \n' | cut -c9-)" == 000000010000 ]]
+)
+kafka_healthy() { grep -q 'Kafka Server started' "$LOGS/kafka.log" 2>/dev/null && kafka_api_versions 2>/dev/null; }
+# The version of the running broker, from its classpath (kafka-<version>/libs).
+kafka_version() {
+  local pid
+  pid=$(pid_of kafka) || return 0
+  ps -o args= -p "$pid" 2>/dev/null | sed -n 's|.*/kafka-\([^/ ]*\)/libs.*|\1 (KRaft)|p'
 }
-kafka_healthy() { port_open 9092 && grep -q 'Kafka Server started' "$LOGS/kafka.log"; }
 start_kafka() {
-  fetch_kafka
-  if pid_alive kafka && kafka_healthy; then return 0; fi
-  port_open 9092 && die "port 9092 is taken by a process this script did not start"
-  local dir="$DATA/kafka"
+  should_start kafka kafka_healthy 9092 || return 0
+  local dir="$DATA/kafka" cp="$KAFKA_HOME/libs/*" logging
   mkdir -p "$dir"
   cat >"$dir/server.properties" <<PROPS
 process.roles=broker,controller
@@ -215,7 +391,18 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 log.flush.interval.messages=1
 PROPS
-  cat >"$dir/log4j2.properties" <<'L4J'
+  # Warnings and up, plus the "Kafka Server started" line the health check looks for.
+  if [[ $KAFKA_VERSION == 3.* ]]; then
+    cat >"$dir/log4j.properties" <<'L4J'
+log4j.rootLogger=WARN, stdout
+log4j.appender.stdout=org.apache.log4j.ConsoleAppender
+log4j.appender.stdout.layout=org.apache.log4j.PatternLayout
+log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka.server.KafkaRaftServer=INFO
+L4J
+    logging="-Dlog4j.configuration=file:$dir/log4j.properties"
+  else
+    cat >"$dir/log4j2.properties" <<'L4J'
 status = warn
 appender.out.type = Console
 appender.out.name = STDOUT
@@ -226,85 +413,50 @@ rootLogger.appenderRef.out.ref = STDOUT
 logger.server.name = kafka.server.KafkaRaftServer
 logger.server.level = INFO
 L4J
-  local cp="$KAFKA_HOME/libs/*"
+    logging="-Dlog4j2.configurationFile=$dir/log4j2.properties"
+  fi
+  [[ -f "$LOGS/kafka.log" ]] && mv "$LOGS/kafka.log" "$LOGS/kafka.log.1"
   if [[ ! -f "$dir/logs/meta.properties" ]]; then
     local cluster_id
-    cluster_id=$(java -cp "$cp" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)
-    java -cp "$cp" -Dlog4j2.configurationFile="$dir/log4j2.properties" kafka.tools.StorageTool format \
-      -t "$cluster_id" -c "$dir/server.properties" >>"$LOGS/kafka.log" 2>&1 || die "Kafka storage format failed"
+    cluster_id=$(java -cp "$cp" "$logging" kafka.tools.StorageTool random-uuid 2>>"$LOGS/kafka.log" | tail -n1)
+    java -cp "$cp" "$logging" kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" \
+      >>"$LOGS/kafka.log" 2>&1 || die "Kafka storage format failed (log: $LOGS/kafka.log)"
   fi
-  : >"$LOGS/kafka.log"
-  spawn kafka java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
-    -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$cp" kafka.Kafka "$dir/server.properties"
+  spawn kafka "$LOGS/kafka.log" java -Xms512m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true "$logging" \
+    -cp "$cp" kafka.Kafka "$dir/server.properties"
 }
-wait_kafka() { wait_for kafka kafka_healthy; }
-version_kafka() { echo "$KAFKA_VERSION (KRaft)"; }
 
-# ---------------------------------------------------------------- go tools
-need_go() {
-  need_cmd go "FerretDB and Jaeger are built from the Go module proxy"
-}
-build_ferretdb() {
-  [[ -x "$BIN/ferretdb-$FERRETDB_VERSION" ]] && return 0
-  need_go
-  say "building FerretDB $FERRETDB_VERSION (first run only)"
-  local src="$BUILD/ferretdb-$FERRETDB_VERSION"
-  local dir
-  dir=$(cd "$BUILD" && GOFLAGS=-mod=mod go mod download -json "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" \
-    | sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p')
-  [[ -d "$dir" ]] || die "could not download FerretDB $FERRETDB_VERSION from the Go module proxy"
-  rm -rf "$src" && cp -r "$dir" "$src" && chmod -R u+w "$src"
-  # A module-proxy copy has no git metadata; FerretDB reads its version from this file.
-  echo "$FERRETDB_VERSION" >"$src/build/version/version.txt"
-  (cd "$src" && go build -o "$BIN/ferretdb-$FERRETDB_VERSION" ./cmd/ferretdb) >>"$LOGS/ferretdb-build.log" 2>&1 \
-    || die "FerretDB build failed (see $LOGS/ferretdb-build.log)"
-}
-ferretdb_healthy() { port_open 27017 && [[ -n "$(ferret_hello)" ]]; }
-# A real wire-protocol round trip when the repo's mongodb driver is installed; else the port.
-ferret_hello() {
-  local here
-  here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-  if [[ -d "$here/node_modules/mongodb" ]]; then
-    (cd "$here" && node -e "
-      const { MongoClient } = require('mongodb');
-      const c = new MongoClient('mongodb://127.0.0.1:27017', { serverSelectionTimeoutMS: 2000 });
-      c.db('admin').command({ buildInfo: 1 }).then((r) => { console.log(r.version); return c.close(); })
-        .catch(() => process.exit(1));" 2>/dev/null)
-  else
-    echo unknown
-  fi
+# ---------------------------------------------------------------- ferretdb
+ferretdb_bin() { echo "$BIN/ferretdb-$FERRETDB_VERSION"; }
+ferretdb_healthy() { node "$REPO/scripts/health/mongo-ping.mjs" 127.0.0.1:27017 >/dev/null; }
+ferretdb_version() {
+  local wire
+  wire=$(node "$REPO/scripts/health/mongo-ping.mjs" 127.0.0.1:27017 2>/dev/null) || return 0
+  local pid bin
+  pid=$(pid_of ferretdb) && bin=$(ps -o args= -p "$pid" 2>/dev/null | sed -n 's|^[^ ]*/ferretdb-\([^ ]*\) .*|\1|p')
+  echo "${bin:-?} (MongoDB wire $wire, SQLite)"
 }
 start_ferretdb() {
-  build_ferretdb
-  if pid_alive ferretdb && ferretdb_healthy; then return 0; fi
-  port_open 27017 && die "port 27017 is taken by a process this script did not start"
+  should_start ferretdb ferretdb_healthy 27017 || return 0
   mkdir -p "$DATA/ferretdb/sqlite" "$DATA/ferretdb/state"
-  spawn ferretdb "$BIN/ferretdb-$FERRETDB_VERSION" --listen-addr=127.0.0.1:27017 --handler=sqlite \
+  spawn ferretdb "$LOGS/ferretdb.log" "$(ferretdb_bin)" --listen-addr=127.0.0.1:27017 --handler=sqlite \
     --sqlite-url="file:$DATA/ferretdb/sqlite/" --state-dir="$DATA/ferretdb/state" \
     --debug-addr=127.0.0.1:8088 --telemetry=disable --log-level=warn
 }
-wait_ferretdb() { wait_for ferretdb ferretdb_healthy; }
-version_ferretdb() { echo "$FERRETDB_VERSION (MongoDB wire $(ferret_hello))"; }
 
-build_jaeger() {
-  [[ -x "$BIN/jaeger-$JAEGER_MODULE_VERSION" ]] && return 0
-  need_go
-  say "building Jaeger v2 (module $JAEGER_MODULE_VERSION; first run only, several minutes)"
-  local mod="$BUILD/jaeger-tool"
-  mkdir -p "$mod"
-  # `go install …@version` refuses the module's replace directives; a tool dependency of a
-  # small wrapper module resolves them.
-  [[ -f "$mod/go.mod" ]] || printf 'module local/jaeger-tool\n\ngo 1.24\n' >"$mod/go.mod"
-  (cd "$mod" && go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@$JAEGER_MODULE_VERSION" \
-    && go build -o "$BIN/jaeger-$JAEGER_MODULE_VERSION" github.com/jaegertracing/jaeger/cmd/jaeger) \
-    >>"$LOGS/jaeger-build.log" 2>&1 || die "Jaeger build failed (see $LOGS/jaeger-build.log)"
+# ---------------------------------------------------------------- jaeger
+jaeger_healthy() { http_ok http://127.0.0.1:16686/api/services && port_open 4318 && port_open 4317; }
+jaeger_version() {
+  local pid
+  pid=$(pid_of jaeger) || return 0
+  ps -o args= -p "$pid" 2>/dev/null | sed -n 's|^[^ ]*/jaeger-\([^ ]*\) .*|v2 (module \1)|p'
 }
-jaeger_healthy() { port_open 16686 && port_open 4318 && curl -fsS http://127.0.0.1:16686/api/services >/dev/null; }
 start_jaeger() {
-  build_jaeger
-  if pid_alive jaeger && jaeger_healthy; then return 0; fi
-  port_open 16686 && die "port 16686 is taken by a process this script did not start"
+  should_start jaeger jaeger_healthy 16686 || return 0
   mkdir -p "$DATA/jaeger"
+  # In-memory storage; OTLP in on 4317 (gRPC) and 4318 (HTTP); query UI/API on 16686 (HTTP) and
+  # 16685 (gRPC); health on 13133. Internal metrics and self-tracing are off: nothing else listens
+  # and nothing is sent anywhere.
   cat >"$DATA/jaeger/config.yaml" <<'YAML'
 service:
   extensions: [jaeger_storage, jaeger_query, healthcheckv2]
@@ -326,6 +478,8 @@ extensions:
     http:
       endpoint: 127.0.0.1:13133
   jaeger_query:
+    # Jaeger would otherwise trace its own query API into itself (health checks included).
+    enable_tracing: false
     storage:
       traces: memstore
     grpc:
@@ -351,86 +505,143 @@ exporters:
   jaeger_storage_exporter:
     trace_storage: memstore
 YAML
-  spawn jaeger "$BIN/jaeger-$JAEGER_MODULE_VERSION" --config "$DATA/jaeger/config.yaml"
+  spawn jaeger "$LOGS/jaeger.log" "$BIN/jaeger-$JAEGER_VERSION" --config "$DATA/jaeger/config.yaml"
 }
-wait_jaeger() { wait_for jaeger jaeger_healthy; }
-version_jaeger() { echo "v2 (module $JAEGER_MODULE_VERSION)"; }
 
 # ---------------------------------------------------------------- commands
-services_from_args() { if (($# == 0)); then echo "${ALL_SERVICES[@]}"; else echo "$@"; fi; }
+SERVICES=()
+parse_services() {
+  local s known
+  SERVICES=("$@")
+  ((${#SERVICES[@]})) || SERVICES=("${ALL_SERVICES[@]}")
+  for s in "${SERVICES[@]}"; do
+    known=""
+    for k in "${ALL_SERVICES[@]}"; do [[ $s == "$k" ]] && known=1; done
+    [[ -n $known ]] || die "unknown service '$s' (services: ${ALL_SERVICES[*]})"
+  done
+}
+wants() {
+  local s
+  for s in "${SERVICES[@]}"; do [[ $s == "$1" ]] && return 0; done
+  return 1
+}
+
+# One `up`/`down`/`install` at a time (several test runs may call `up` at once); servers are
+# started with this descriptor closed, so the lock ends with the command.
+take_lock() {
+  exec 9>"$RUN/.lock"
+  if ! flock -n 9; then
+    say "waiting for another infra.sh to finish"
+    flock 9
+  fi
+}
+
+cmd_install() {
+  parse_services "$@"
+  take_lock
+  install_apt "${SERVICES[@]}"
+  for s in "${SERVICES[@]}"; do install_service "$s"; done
+  say "installed: ${SERVICES[*]}"
+}
 
 cmd_up() {
-  local services
-  read -r -a services <<<"$(services_from_args "$@")"
-  need_cmd curl "health checks use curl"
-  # Start the slow ones first and let them boot while the rest come up.
-  for s in "${services[@]}"; do
-    case $s in rabbitmq) start_rabbitmq ;; kafka) start_kafka ;; esac
-  done
-  for s in "${services[@]}"; do
-    case $s in
-      redis) up_redis ;;
-      redis-cluster) up_redis_cluster ;;
-      ferretdb) start_ferretdb; wait_ferretdb ;;
-      jaeger) start_jaeger; wait_jaeger ;;
-      rabbitmq | kafka) ;;
-      *) die "unknown service '$s' (known: ${ALL_SERVICES[*]})" ;;
-    esac
-  done
-  for s in "${services[@]}"; do
-    case $s in rabbitmq) wait_rabbitmq ;; kafka) wait_kafka ;; esac
-  done
-  say "up: ${services[*]}"
+  parse_services "$@"
+  take_lock
+  install_apt "${SERVICES[@]}"
+  # The slow starters (RabbitMQ, Kafka) first, so they boot while the rest are built and started.
+  if wants rabbitmq; then start_rabbitmq; fi
+  if wants kafka; then
+    install_kafka
+    start_kafka
+  fi
+  if wants redis; then start_redis; fi
+  if wants redis-cluster; then start_redis_cluster; fi
+  if wants ferretdb; then
+    install_ferretdb
+    start_ferretdb
+  fi
+  if wants jaeger; then
+    install_jaeger
+    start_jaeger
+  fi
+  # Then wait for each; they boot in parallel.
+  if wants redis; then wait_healthy redis "$LOGS/redis.log" redis_healthy; fi
+  if wants redis-cluster; then finish_redis_cluster; fi
+  if wants ferretdb; then wait_healthy ferretdb "$LOGS/ferretdb.log" ferretdb_healthy; fi
+  if wants jaeger; then wait_healthy jaeger "$LOGS/jaeger.log" jaeger_healthy; fi
+  if wants rabbitmq; then finish_rabbitmq; fi
+  if wants kafka; then wait_healthy kafka "$LOGS/kafka.log" kafka_healthy; fi
+  say "all healthy: ${SERVICES[*]} (total $(elapsed "$T0"); PIDs in $RUN)"
+}
+
+stop_service() {
+  local port
+  case $1 in
+    redis-cluster) for port in "${CLUSTER_PORTS[@]}"; do stop_pid "redis-cluster-$port"; done ;;
+    rabbitmq)
+      if pid_alive rabbitmq; then rabbitmqctl_ stop >/dev/null 2>&1 || true; fi
+      stop_pid rabbitmq
+      rm -f "$RUN/rabbitmq-beam.pid"
+      ;;
+    *) stop_pid "$1" ;;
+  esac
+  say "$1 stopped"
 }
 
 cmd_down() {
-  local services
-  read -r -a services <<<"$(services_from_args "$@")"
-  for s in "${services[@]}"; do
-    case $s in
-      redis) stop_pid_file "$RUN/redis.pid" ;;
-      redis-cluster) for p in "${CLUSTER_PORTS[@]}"; do stop_pid_file "$RUN/redis-cluster-$p.pid"; done ;;
-      rabbitmq)
-        if pid_alive rabbitmq; then rabbitmqctl_ stop >/dev/null 2>&1 || true; fi
-        stop_pid_file "$RUN/rabbitmq.pid"
-        rm -f "$RUN/rabbitmq-beam.pid"
-        ;;
-      kafka | ferretdb | jaeger) stop_pid_file "$RUN/$s.pid" ;;
-      *) die "unknown service '$s'" ;;
-    esac
-    say "stopped $s"
-  done
-  # epmd outlives RabbitMQ; stop it once nothing of ours needs it, and only if we started it.
-  if [[ -f "$RUN/epmd.pid" ]] && ! pid_alive rabbitmq; then stop_pid_file "$RUN/epmd.pid"; fi
+  parse_services "$@"
+  take_lock
+  local s
+  # In parallel: each waits for its own processes to exit (graceful first, SIGKILL after 30 s).
+  for s in "${SERVICES[@]}"; do stop_service "$s" & done
+  wait
+  # epmd outlives RabbitMQ; stop it once RabbitMQ is down, and only if this script started it.
+  if [[ -f "$RUN/epmd.pid" ]] && ! pid_alive rabbitmq; then
+    stop_pid epmd
+    say "epmd stopped"
+  fi
 }
 
 cmd_status() {
-  local ok=0
-  printf '%-14s %-8s %-22s %s\n' SERVICE STATE PORTS VERSION
+  local bad=0
+  printf '%-14s %-9s %-28s %s\n' SERVICE STATE PORTS VERSION
   row() {
-    local name=$1 ports=$2 check=$3 ver=$4 state=down v=""
-    if $check >/dev/null 2>&1; then state=healthy; v=$($ver 2>/dev/null || true); else ok=1; fi
-    printf '%-14s %-8s %-22s %s\n' "$name" "$state" "$ports" "$v"
+    local name=$1 ports=$2 check=$3 version=$4 state=down v=""
+    if $check >/dev/null 2>&1; then
+      state=healthy
+      v=$($version 2>/dev/null || true)
+    else
+      bad=1
+    fi
+    printf '%-14s %-9s %-28s %s\n' "$name" "$state" "$ports" "$v"
   }
-  row redis 6379 redis_healthy version_redis
-  row redis-cluster 7001-7003 cluster_healthy version_redis
-  row rabbitmq 5672,15672 rabbit_healthy version_rabbitmq
-  row kafka 9092 kafka_healthy version_kafka
-  row ferretdb 27017 ferretdb_healthy version_ferretdb
-  row jaeger 4317,4318,16686 jaeger_healthy version_jaeger
-  return $ok
+  row redis 6379 redis_healthy redis_version
+  row redis-cluster 7001,7002,7003 cluster_healthy redis_version
+  row rabbitmq 5672,15672 rabbit_healthy rabbit_version
+  row kafka 9092,9093 kafka_healthy kafka_version
+  row ferretdb 27017 ferretdb_healthy ferretdb_version
+  row jaeger 4317,4318,16685,16686,13133 jaeger_healthy jaeger_version
+  echo "home: $ROOT"
+  return $bad
 }
 
 cmd_logs() {
-  local s=${1:?usage: infra.sh logs <service>}
-  [[ $s == rabbitmq ]] && { tail -n 100 -f "$LOGS/rabbitmq.log" "$LOGS"/rabbitmq-server/*.log; return; }
-  tail -n 100 -f "$LOGS/$s.log"
+  local s=${1:-}
+  [[ -n $s ]] || die "usage: infra.sh logs <service> (services: ${ALL_SERVICES[*]})"
+  parse_services "$s"
+  local files=("$LOGS/$s.log")
+  [[ $s == rabbitmq ]] && files+=("$LOGS"/rabbitmq-server/*.log)
+  if [[ -t 1 ]]; then tail -n 100 -F "${files[@]}"; else tail -n 100 "${files[@]}"; fi
 }
 
 case "${1:-}" in
-  up) shift; cmd_up "$@" ;;
-  down) shift; cmd_down "$@" ;;
+  up) shift && cmd_up "$@" ;;
+  down) shift && cmd_down "$@" ;;
   status) cmd_status ;;
-  logs) shift; cmd_logs "$@" ;;
-  *) echo "usage: $0 up|down|status|logs [service...]  (services: ${ALL_SERVICES[*]})" >&2; exit 2 ;;
+  logs) shift && cmd_logs "$@" ;;
+  install) shift && cmd_install "$@" ;;
+  *)
+    echo "usage: $0 up|down|status|logs|install [service...]  (services: ${ALL_SERVICES[*]})" >&2
+    exit 2
+    ;;
 esac
