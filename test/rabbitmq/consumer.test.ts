@@ -75,13 +75,17 @@ describe('rabbitmq consumer', () => {
 
   it('retries through the delay queues with the attempt header, then completes', async () => {
     const attempts: number[] = [];
+    const headers: (string | undefined)[] = [];
     const { queue, raw, consumer } = await setup((_p, ctx) => {
       attempts.push(ctx.attempt);
+      headers.push(ctx.headers['x-eo-attempt']);
       if (ctx.attempt < 3) throw new Error('flaky');
     });
     await raw.publish(queue, { id: 'x' }, { 'x-idempotency-key': 'flaky-1' });
     await waitUntil(() => consumer.stats.acked === 3, { message: 'three settles' });
     expect(attempts).toEqual([1, 2, 3]);
+    // The copies came back through the delay queues with the next attempt in their header.
+    expect(headers).toEqual([undefined, '2', '3']);
     expect(consumer.stats.retried).toBe(2);
     expect(consumer.stats.byOutcome.acquired).toBe(3);
   });
@@ -108,7 +112,17 @@ describe('rabbitmq consumer', () => {
     for (const m of dlq) {
       expect(m.properties.headers?.['x-eo-original-destination']).toBe(queue);
       expect(m.properties.headers?.['x-eo-error-message']).toBeTruthy();
+      expect(m.properties.headers?.['x-eo-consumer']).toBe('rmq-test');
     }
+    // The always-failing one went through both delay tiers (the broker's x-death records each
+    // expiry) before its attempts ran out.
+    const exhausted = dlq.find((m) => m.properties.headers?.['x-eo-error-code'] === 'ATTEMPTS_EXHAUSTED');
+    expect(exhausted?.properties.headers).toMatchObject({ 'x-eo-attempt': '3', 'x-eo-attempts': '3' });
+    const deaths = exhausted?.properties.headers?.['x-death'] as { queue: string; reason: string }[];
+    expect(deaths.map((d) => `${d.queue}:${d.reason}`).sort()).toEqual([
+      `${queue}.retry.200:expired`,
+      `${queue}.retry.50:expired`,
+    ]);
     await waitUntil(() => consumer.stats.byOutcome.acquired !== undefined && consumer.stats.acked >= 7);
     expect(await raw.count(queue)).toBe(0);
   });

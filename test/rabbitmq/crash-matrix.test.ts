@@ -13,7 +13,9 @@ import { newRedis, rawChannel } from './helpers.js';
 
 const MESSAGES = Number(process.env.EO_CRASH_MESSAGES ?? 400);
 const KILLS = 3;
+// 'none' is the baseline: the same run without a kill.
 const POINTS = (process.env.EO_CRASH_POINTS?.split(',') ?? [
+  'none',
   'after-begin',
   'in-handler',
   'after-complete',
@@ -37,9 +39,11 @@ function startWorker(config: CrashWorkerConfig): {
     ['--import', 'tsx', '--conditions=@exactly-once/source', 'test/rabbitmq/crash-worker.ts'],
     {
       env: { ...process.env, EO_WORKER_CONFIG: JSON.stringify(config) },
-      stdio: ['ignore', 'pipe', 'inherit'],
+      stdio: ['ignore', 'ignore', 'inherit'],
     },
   );
+  children.add(child);
+  child.on('exit', () => children.delete(child));
   const exited = new Promise<NodeJS.Signals | null>((resolve) =>
     child.on('exit', (_code, signal) => resolve(signal)),
   );
@@ -67,7 +71,7 @@ async function runPoint(point: KillPoint) {
   const base = { queue, outQueue, ledger, storePrefix: `crash:${queue}` };
   let kills = 0;
   // Kill at spread-out events so each restart finds work in a different state.
-  for (let k = 0; k < KILLS; k++) {
+  for (let k = 0; point !== 'none' && k < KILLS; k++) {
     const { exited } = startWorker({ ...base, killPoint: point, killAt: 20 + k * 37 });
     if ((await exited) === 'SIGKILL') kills++;
   }
@@ -97,7 +101,11 @@ async function runPoint(point: KillPoint) {
   await last.exited;
   const runs = Object.values(await redis.hgetall(`${ledger}:runs`)).reduce((n, v) => n + Number(v), 0);
   const completions = Object.values(await redis.hgetall(`${ledger}:completions`)).map(Number);
-  const effects = await redis.hlen(`${ledger}:effects`);
+  const effectEntries = await redis.hgetall(`${ledger}:effects`);
+  const effects = Object.keys(effectEntries).length;
+  // Effect ids per input key: more than one would mean ctx.keyFor was not stable across runs.
+  const perKey = new Map<string, number>();
+  for (const key of Object.values(effectEntries)) perKey.set(key, (perKey.get(key) ?? 0) + 1);
   const dlq = await raw.count(`${queue}.dlq`).catch(() => 0);
   await raw.deleteQueues([queue, outQueue, `${queue}.dlq`, `${queue}.retry.100`, `${queue}.retry.500`]);
   await raw.close();
@@ -108,7 +116,8 @@ async function runPoint(point: KillPoint) {
     kills,
     handlerRuns: runs,
     effects,
-    duplicateEffects: Math.max(0, effects - MESSAGES),
+    duplicateEffects: [...perKey.values()].reduce((n, c) => n + c - 1, 0),
+    keysWithEffect: perKey.size,
     doubleCompletions: completions.filter((c) => c > 1).length,
     completed,
     deadLettered: dlq,
@@ -121,10 +130,12 @@ async function runPoint(point: KillPoint) {
 describe('rabbitmq crash matrix (SIGKILL at every pipeline point)', () => {
   it('ends every point with one effect per key, nothing lost, every outgoing message delivered', async () => {
     const rows = await Promise.all(POINTS.map(runPoint));
-    console.table(rows);
+    console.log(markdownTable(rows));
     for (const r of rows) {
-      expect(r.kills, `${r.point}: the worker was killed`).toBe(KILLS);
+      expect(r.kills, `${r.point}: the worker was killed`).toBe(r.point === 'none' ? 0 : KILLS);
       expect(r.effects, `${r.point}: one idempotent effect per key`).toBe(MESSAGES);
+      expect(r.keysWithEffect, `${r.point}: every key has its effect`).toBe(MESSAGES);
+      expect(r.duplicateEffects, `${r.point}: duplicate effects`).toBe(0);
       expect(r.doubleCompletions, `${r.point}: completions per key`).toBe(0);
       expect(r.completed, `${r.point}: completed`).toBe(MESSAGES);
       expect(r.lost, `${r.point}: lost`).toBe(0);
@@ -132,3 +143,33 @@ describe('rabbitmq crash matrix (SIGKILL at every pipeline point)', () => {
     }
   }, 300_000);
 });
+
+type Row = Awaited<ReturnType<typeof runPoint>>;
+const COLUMNS: [keyof Row, string][] = [
+  ['point', 'kill point'],
+  ['messages', 'messages'],
+  ['kills', 'SIGKILLs'],
+  ['handlerRuns', 'handler runs'],
+  ['effects', 'effects applied'],
+  ['duplicateEffects', 'duplicate effects'],
+  ['completed', 'COMPLETED records'],
+  ['doubleCompletions', 'keys completed twice'],
+  ['deadLettered', 'dead-lettered'],
+  ['lost', 'lost'],
+  ['outgoingTotal', 'outgoing received'],
+  ['outgoingDistinct', 'outgoing distinct keys'],
+];
+
+/** The counts as a Markdown table, for release notes. */
+function markdownTable(rows: Row[]): string {
+  const line = (cells: unknown[]) => `| ${cells.join(' | ')} |`;
+  const totals = COLUMNS.map(([k]) =>
+    k === 'point' ? '**total**' : rows.reduce((n, r) => n + Number(r[k]), 0),
+  );
+  return [
+    line(COLUMNS.map(([, title]) => title)),
+    line(COLUMNS.map(([k]) => (k === 'point' ? '---' : '---:'))),
+    ...rows.map((r) => line(COLUMNS.map(([k]) => r[k]))),
+    line(totals),
+  ].join('\n');
+}

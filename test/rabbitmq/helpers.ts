@@ -10,6 +10,18 @@ export async function rawChannel() {
   const ch = await conn.createConfirmChannel();
   return {
     ch,
+    /** The queue's counts, or undefined when it does not exist (checked on a throwaway channel). */
+    async check(queue: string) {
+      const probe = await conn.createChannel();
+      probe.on('error', () => {});
+      try {
+        return await probe.checkQueue(queue);
+      } catch {
+        return undefined;
+      } finally {
+        await probe.close().catch(() => {});
+      }
+    },
     async publish(queue: string, body: unknown, headers: Record<string, string> = {}, messageId?: string) {
       const content = Buffer.from(typeof body === 'string' ? body : JSON.stringify(body));
       await new Promise<void>((resolve, reject) =>

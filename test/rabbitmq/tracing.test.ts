@@ -100,12 +100,18 @@ describe('rabbitmq tracing', () => {
     const files = (definition?.files ?? []).map((f) => ({ f, exports: require(f.name) }));
     for (const { f, exports } of files) f.patch?.(exports, '0.10.9');
     try {
-      const { queue, spans } = await roundTrip();
+      const { queue, spans, named } = await roundTrip();
       const consumers = spans.filter((s) => s.kind === SpanKind.CONSUMER && s.name.includes(queue));
       const internal = spans.filter((s) => s.name === `exactly-once process ${queue}`);
       expect(consumers).toHaveLength(3);
       expect(internal).toHaveLength(3);
       expect(internal.every((s) => s.kind === SpanKind.INTERNAL)).toBe(true);
+      // One PRODUCER span per send too: the instrumentation's; `send` adds none of its own.
+      const producers = spans.filter((s) => s.kind === SpanKind.PRODUCER);
+      expect(named(`send ${queue}`)).toHaveLength(0);
+      expect(producers).toHaveLength(3);
+      const producerTraces = new Set(producers.map((s) => s.spanContext().traceId));
+      expect(consumers.every((c) => producerTraces.has(c.spanContext().traceId))).toBe(true);
     } finally {
       for (const { f, exports } of files) f.unpatch?.(exports, '0.10.9');
     }

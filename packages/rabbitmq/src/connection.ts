@@ -1,8 +1,8 @@
 /**
  * Connections come from amqp-connection-manager: it reconnects with backoff after a broker
- * restart or a dropped socket and re-runs each channel's setup on the new connection. We use its
- * setup hook for consumers (so every delivery is settled on the raw channel that delivered it)
- * and its buffering confirm channels for publishing.
+ * restart or a dropped socket, round-robins over several URLs, and sets heartbeats. Channels are
+ * ours (see channel.ts): the manager's channel wrapper only reopens a channel after the whole
+ * connection was lost, and we must know which channel delivered each message.
  */
 import amqp, { type AmqpConnectionManager } from 'amqp-connection-manager';
 
@@ -13,11 +13,13 @@ export type ConnectionInput = string | readonly string[] | AmqpConnectionManager
 
 export function resolveConnection(input: ConnectionInput): {
   manager: AmqpConnectionManager;
+  /** True when we created the manager, so we close it. */
   owned: boolean;
 } {
   if (typeof input === 'string' || Array.isArray(input)) {
     const urls = (typeof input === 'string' ? [input] : [...input]) as string[];
     return {
+      // A 5 s heartbeat notices a dead peer within ~10 s; reconnect attempts every second.
       manager: amqp.connect(urls, { heartbeatIntervalInSeconds: 5, reconnectTimeInSeconds: 1 }),
       owned: true,
     };

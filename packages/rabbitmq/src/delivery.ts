@@ -1,23 +1,49 @@
-/** Mapping between amqplib messages and core's deliveries and copies. */
+/** Mapping between amqplib messages and core's deliveries, and the copies we publish of them. */
 import type { ConsumeMessage, MessageProperties, Options } from 'amqplib';
-import { type DeadLetterReason, type Delivery, deadLetterHeaders } from '@exactly-once/core/spi';
+import {
+  type DeadLetterReason,
+  type Delivery,
+  deadLetterHeaders,
+  type HeaderValue,
+} from '@exactly-once/core/spi';
 import { Headers } from '@exactly-once/core';
+
+/**
+ * AMQP header tables can hold values core has no use for (nested tables such as `x-death`,
+ * timestamps, decimals); the delivery keeps the scalar, text and byte ones. Copies we publish
+ * keep every original header.
+ */
+function scalarHeaders(headers: Record<string, unknown> | undefined): Record<string, HeaderValue> {
+  const out: Record<string, HeaderValue> = {};
+  for (const [name, v] of Object.entries(headers ?? {})) {
+    if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean' || v instanceof Uint8Array) {
+      out[name] = v;
+    } else if (Array.isArray(v) && v.every((x) => typeof x === 'string' || x instanceof Uint8Array)) {
+      out[name] = v as (string | Uint8Array)[];
+    }
+  }
+  return out;
+}
 
 export function toDelivery(msg: ConsumeMessage, queue: string): Delivery {
   const props = msg.properties;
-  const headers = { ...(props.headers ?? {}) };
+  const messageId =
+    props.messageId === undefined || props.messageId === null ? undefined : String(props.messageId);
+  const headers = scalarHeaders(props.headers);
+  if (messageId !== undefined && headers['message-id'] === undefined) headers['message-id'] = messageId;
   return {
     body: msg.content,
     headers,
     destination: queue,
     system: 'rabbitmq',
-    // A publisher-set message id is stable across redeliveries; the delivery tag is not.
-    ...(props.messageId ? { brokerId: `amqp:${queue}:${String(props.messageId)}` } : {}),
+    // A publisher-set message id survives redeliveries and our retry copies; the delivery tag
+    // does not.
+    ...(messageId !== undefined ? { brokerId: `amqp:${messageId}` } : {}),
     attributes: {
       'messaging.rabbitmq.destination.routing_key': msg.fields.routingKey,
       'messaging.rabbitmq.message.delivery_tag': msg.fields.deliveryTag,
       'exactly_once.redelivered': msg.fields.redelivered,
-      ...(props.messageId ? { 'messaging.message.id': String(props.messageId) } : {}),
+      ...(messageId !== undefined ? { 'messaging.message.id': messageId } : {}),
     },
   };
 }
@@ -37,6 +63,7 @@ function copyOptions(props: MessageProperties, headers: Record<string, unknown>)
   };
 }
 
+/** The retry copy: every original header, and the attempt it will be. */
 export function retryCopyOptions(msg: ConsumeMessage, nextAttempt: number): Options.Publish {
   return copyOptions(msg.properties, {
     ...(msg.properties.headers ?? {}),
@@ -44,6 +71,7 @@ export function retryCopyOptions(msg: ConsumeMessage, nextAttempt: number): Opti
   });
 }
 
+/** The dead-letter copy: every original header, the reason headers, and where it came from. */
 export function deadLetterCopyOptions(msg: ConsumeMessage, reason: DeadLetterReason): Options.Publish {
   return copyOptions(msg.properties, {
     ...(msg.properties.headers ?? {}),

@@ -6,6 +6,12 @@ export { createConsumer } from './consumer.js';
 export type { ConsumerStats, RabbitConsumer, RabbitConsumerOptions } from './consumer.js';
 export { createPublisher } from './publisher.js';
 export type { PublisherOptions, RabbitPublisher, SendOptions } from './publisher.js';
-export { DEFAULT_RETRY_DELAYS_MS, declareTopology, retryQueueFor, topologyFor } from './topology.js';
+export {
+  checkTopology,
+  DEFAULT_RETRY_DELAYS_MS,
+  declareTopology,
+  retryQueueFor,
+  topologyFor,
+} from './topology.js';
 export type { Topology, TopologyOptions } from './topology.js';
 export type { AmqpConnectionManager, ConnectionInput } from './connection.js';

@@ -1,19 +1,35 @@
 /**
- * The publisher: confirmed publishes over a reconnecting confirm channel. `send` is for a first
- * service (it mints the request id); `publish` is core's OutgoingPublisher, used by consumers for
- * the handler's outgoing messages.
+ * The publisher: confirmed, persistent publishes over a channel that is reopened after any close.
+ * `send` is for a first service (it mints the request id); `publish` is core's OutgoingPublisher,
+ * used by consumers for the handler's outgoing messages.
  */
 import { randomUUID } from 'node:crypto';
 import { context, propagation, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
-import { ConfigError, Headers, PublishError, type OutgoingMessage } from '@exactly-once/core';
+import {
+  ConfigError,
+  Headers,
+  type Logger,
+  type OutgoingMessage,
+  PublishError,
+  silentLogger,
+} from '@exactly-once/core';
 import { encodeValue, type OutgoingPublisher, tracer } from '@exactly-once/core/spi';
-import type { ChannelWrapper } from 'amqp-connection-manager';
+import { ChannelClosedError, keepChannel, publishConfirmed } from './channel.js';
 import { type ConnectionInput, resolveConnection } from './connection.js';
 
 export interface PublisherOptions {
   connection: ConnectionInput;
-  /** A publish not confirmed within this time (e.g. broker down) rejects. @defaultValue 30000 */
+  /**
+   * How long a publish may wait for a channel and the broker's confirm (e.g. while the broker
+   * restarts) before it rejects. @defaultValue 30000
+   */
   publishTimeoutMs?: number;
+  /**
+   * Treat a message no queue took (no such queue, no binding) as a failed publish instead of
+   * letting the broker drop it. @defaultValue true
+   */
+  mandatory?: boolean;
+  logger?: Logger;
 }
 
 export interface SendOptions {
@@ -33,16 +49,22 @@ export interface RabbitPublisher extends OutgoingPublisher {
    * Publishes one message as the start (or a hop) of a request and resolves when the broker
    * confirmed it. Destination convention: without `routingKey`, `destination` is a queue reached
    * through the default exchange; with it, `destination` is an exchange.
+   *
+   * @throws PublishError when it was not confirmed within `publishTimeoutMs`, was nacked, or
+   * (with `mandatory`) no queue took it. Sending again with the same ids is safe.
    */
   send(
     destination: string,
     message: unknown,
     options?: SendOptions,
   ): Promise<{ requestId: string; idempotencyKey: string }>;
-  /** Waits until connected. */
+  /** Waits until a channel is open. */
   ready(): Promise<void>;
   close(): Promise<void>;
 }
+
+/** True when an OpenTelemetry instrumentation wrapped the client's publish (shimmer marks it). */
+const wrapped = (fn: unknown) => (fn as { __wrapped?: unknown } | undefined)?.__wrapped === true;
 
 /**
  * @example
@@ -52,73 +74,130 @@ export interface RabbitPublisher extends OutgoingPublisher {
  * ```
  */
 export function createPublisher(options: PublisherOptions): RabbitPublisher {
-  if (!options?.connection)
+  if (!options?.connection) {
     throw new ConfigError('connection (an AMQP URL or connection manager) is required');
+  }
   const { manager, owned } = resolveConnection(options.connection);
-  const timeout = options.publishTimeoutMs ?? 30_000;
-  const channel: ChannelWrapper = manager.createChannel({
-    json: false,
-    confirm: true,
-    publishTimeout: timeout,
+  const timeoutMs = options.publishTimeoutMs ?? 30_000;
+  const mandatory = options.mandatory ?? true;
+  const logger = options.logger ?? silentLogger;
+  let instrumented = false;
+  const keeper = keepChannel({
+    manager,
+    logger,
+    name: 'publisher',
+    setup: async (kept) => {
+      instrumented = wrapped(kept.channel.publish);
+    },
   });
+  // Exchanges seen to exist. A publish to a missing exchange makes the broker close the channel,
+  // which would fail every other publish on it; a passive check on a throwaway channel does not.
+  const exchanges = new Set<string>();
 
-  const route = (destination: string, routingKey: string | undefined) =>
-    routingKey === undefined
-      ? { exchange: '', key: destination }
-      : { exchange: destination, key: routingKey };
-
-  const publishOne = async (m: OutgoingMessage) => {
-    const { exchange, key } = route(m.destination, m.routingKey);
+  const checkExchange = async (exchange: string) => {
+    if (exchange === '' || exchanges.has(exchange) || !manager.connection) return;
+    const ch = await manager.connection.createChannel();
+    ch.on('error', () => {});
     try {
-      await channel.publish(exchange, key, Buffer.from(m.body), {
-        persistent: true,
-        messageId: m.id,
-        contentType: m.headers['content-type'],
-        headers: { ...m.headers },
-      });
-    } catch (cause) {
-      throw new PublishError(`publish to ${m.destination} was not confirmed`, { cause });
+      await ch.checkExchange(exchange);
+      exchanges.add(exchange);
+    } catch (error) {
+      if ((error as { code?: unknown }).code === 404) {
+        throw new PublishError(`exchange "${exchange}" does not exist`, { cause: error });
+      }
+      // Anything else (a connection going down) is for the publish itself to run into.
+    } finally {
+      await ch.close().catch(() => {});
+    }
+  };
+
+  const publishOne = async (m: OutgoingMessage, deadline: number) => {
+    const [exchange, key] = m.routingKey === undefined ? ['', m.destination] : [m.destination, m.routingKey];
+    const content = Buffer.from(m.body.buffer, m.body.byteOffset, m.body.byteLength);
+    const publishOptions = {
+      persistent: true,
+      mandatory,
+      messageId: m.id,
+      ...(m.headers['content-type'] ? { contentType: m.headers['content-type'] } : {}),
+      headers: { ...m.headers },
+    };
+    for (;;) {
+      try {
+        await checkExchange(exchange);
+        const kept = await keeper.get(Math.max(1, deadline - Date.now()));
+        await withDeadline(publishConfirmed(kept, exchange, key, content, publishOptions), deadline);
+        return;
+      } catch (error) {
+        // A channel that closed before the confirm: the message may or may not be in the queue.
+        // Sending it again (same message id and key) is safe; the consumer deduplicates.
+        if (error instanceof ChannelClosedError && Date.now() < deadline) {
+          exchanges.clear();
+          continue;
+        }
+        if (error instanceof PublishError) throw error;
+        throw new PublishError(`publish to ${m.destination} was not confirmed: ${(error as Error).message}`, {
+          cause: error,
+        });
+      }
     }
   };
 
   return {
     async publish(messages) {
-      // Confirms are per message; send them all, then wait for all.
-      await Promise.all(messages.map(publishOne));
+      // Confirms are per message: send them all, then wait for all.
+      const deadline = Date.now() + timeoutMs;
+      await Promise.all(messages.map((m) => publishOne(m, deadline)));
     },
+
     async send(destination, message, opts = {}) {
       const requestId = opts.requestId ?? randomUUID();
       const idempotencyKey = opts.idempotencyKey ?? requestId;
+      const { bytes, contentType } = encodeValue(message);
+      const deadline = Date.now() + timeoutMs;
+      const build = (traceHeaders: Record<string, string>): OutgoingMessage => ({
+        id: opts.messageId ?? idempotencyKey,
+        destination,
+        ...(opts.routingKey === undefined ? {} : { routingKey: opts.routingKey }),
+        body: bytes,
+        headers: {
+          'content-type': contentType,
+          ...opts.headers,
+          ...traceHeaders,
+          [Headers.RequestId]: requestId,
+          [Headers.IdempotencyKey]: idempotencyKey,
+        },
+      });
+      // Whether an instrumentation wraps publish is known once a channel exists; a send needs
+      // one anyway (if none comes in time, publishOne reports it).
+      if (!keeper.current()) await keeper.get(Math.max(1, deadline - Date.now())).catch(() => {});
+      if (instrumented) {
+        // @opentelemetry/instrumentation-amqplib already makes a PRODUCER span per publish and
+        // injects its context into the headers; a second span would double every send.
+        await publishOne(build({}), deadline);
+        return { requestId, idempotencyKey };
+      }
       const span = tracer().startSpan(`send ${destination}`, {
         kind: SpanKind.PRODUCER,
         attributes: {
           'messaging.system': 'rabbitmq',
           'messaging.operation.type': 'send',
+          'messaging.operation.name': 'send',
           'messaging.destination.name': destination,
+          ...(opts.routingKey === undefined
+            ? {}
+            : { 'messaging.rabbitmq.destination.routing_key': opts.routingKey }),
           'exactly_once.request_id': requestId,
           'exactly_once.key': idempotencyKey,
         },
       });
-      const headers: Record<string, string> = { ...opts.headers };
+      const traceHeaders: Record<string, string> = {};
       const bag = (propagation.getBaggage(context.active()) ?? propagation.createBaggage()).setEntry(
         'exactly_once.request_id',
         { value: requestId },
       );
-      propagation.inject(propagation.setBaggage(trace.setSpan(context.active(), span), bag), headers);
-      const { bytes, contentType } = encodeValue(message);
+      propagation.inject(propagation.setBaggage(trace.setSpan(context.active(), span), bag), traceHeaders);
       try {
-        await publishOne({
-          id: opts.messageId ?? idempotencyKey,
-          destination,
-          ...(opts.routingKey === undefined ? {} : { routingKey: opts.routingKey }),
-          body: bytes,
-          headers: {
-            'content-type': contentType,
-            ...headers,
-            [Headers.RequestId]: requestId,
-            [Headers.IdempotencyKey]: idempotencyKey,
-          },
-        });
+        await publishOne(build(traceHeaders), deadline);
       } catch (error) {
         span.recordException(error as Error);
         span.setStatus({ code: SpanStatusCode.ERROR, message: (error as Error).message });
@@ -128,10 +207,26 @@ export function createPublisher(options: PublisherOptions): RabbitPublisher {
       }
       return { requestId, idempotencyKey };
     },
-    ready: () => channel.waitForConnect(),
+
+    async ready() {
+      await keeper.get(Number.POSITIVE_INFINITY);
+    },
+
     async close() {
-      await channel.close();
+      await keeper.close();
       if (owned) await manager.close();
     },
   };
+}
+
+/** `p`, or a PublishError if it has not settled by `deadline` (the broker never confirmed). */
+function withDeadline<T>(p: Promise<T>, deadline: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new PublishError('the broker did not confirm in time')),
+      Math.max(0, deadline - Date.now()),
+    );
+  });
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
 }

@@ -9,6 +9,7 @@
  * One queue per delay tier (not per-message expiration): RabbitMQ only expires messages at the
  * head of a queue, so mixed delays in one queue would hold short ones behind long ones.
  */
+import { ConfigError } from '@exactly-once/core';
 import type { Channel } from 'amqplib';
 
 export interface TopologyOptions {
@@ -38,7 +39,12 @@ export const DEFAULT_RETRY_DELAYS_MS: readonly number[] = Object.freeze([
 ]);
 
 export function topologyFor(options: TopologyOptions): Topology {
-  const delays = [...(options.retryDelaysMs ?? DEFAULT_RETRY_DELAYS_MS)].sort((a, b) => a - b);
+  const given = options.retryDelaysMs ?? DEFAULT_RETRY_DELAYS_MS;
+  if (given.length === 0 || !given.every((d) => Number.isInteger(d) && d > 0)) {
+    // x-message-ttl must be a positive integer; the broker would refuse the declare.
+    throw new ConfigError('retryDelaysMs must be a non-empty list of positive integers (ms)');
+  }
+  const delays = [...new Set(given)].sort((a, b) => a - b);
   return {
     queue: options.queue,
     deadLetterQueue: options.deadLetterQueue ?? `${options.queue}.dlq`,
@@ -83,4 +89,14 @@ export async function declareTopology(channel: Channel, options: TopologyOptions
     });
   }
   return topology;
+}
+
+/**
+ * Checks that the work, retry and dead-letter queues exist (for `topology: 'assume'`). A missing
+ * one fails here, at start, rather than as retry copies the broker has nowhere to put.
+ */
+export async function checkTopology(channel: Channel, topology: Topology): Promise<void> {
+  for (const name of [topology.queue, topology.deadLetterQueue, ...topology.retryQueues.map(([, n]) => n)]) {
+    await channel.checkQueue(name);
+  }
 }

@@ -1,0 +1,293 @@
+/**
+ * Channels we own on a connection amqp-connection-manager keeps alive, and confirmed publishing on
+ * them.
+ *
+ * The manager recovers the *connection*; a *channel* can also die alone (the broker closes it for
+ * an unknown delivery tag, a `consumer_timeout`, a failed declare, a publish to a missing
+ * exchange), and the manager's own channel wrapper then waits for the next connection loss before
+ * it opens another. So we open channels ourselves, on the manager's current connection, and
+ * reopen them after any close. Each channel gets a generation number and an `open` flag that
+ * turns false the moment it closes: deliveries remember the channel they came on and are never
+ * settled on another one.
+ */
+import { type Logger, toErrorInfo } from '@exactly-once/core';
+import type { ConfirmChannel, Options } from 'amqplib';
+import type { AmqpConnectionManager } from 'amqp-connection-manager';
+
+/** One channel we opened, as deliveries and publishes see it. */
+export interface KeptChannel {
+  readonly channel: ConfirmChannel;
+  /** 1 for the first channel of a keeper, one more for each reopen. */
+  readonly generation: number;
+  /** False from the moment the channel closed; its delivery tags mean nothing any more. */
+  readonly open: boolean;
+  /** The broker's reason, when the broker closed the channel. */
+  readonly closeError?: Error;
+}
+
+export interface ChannelKeeperOptions {
+  manager: AmqpConnectionManager;
+  /** Runs on each new channel before it is handed out (topology, prefetch, consume). */
+  setup?: (kept: KeptChannel) => Promise<void>;
+  logger: Logger;
+  /** For log messages. */
+  name: string;
+}
+
+export interface ChannelKeeper {
+  /** The open, set-up channel, if there is one now. */
+  current(): KeptChannel | undefined;
+  /** The open, set-up channel, waiting up to `timeoutMs` (may be Infinity) for one. */
+  get(timeoutMs: number): Promise<KeptChannel>;
+  /**
+   * Settles on the first successful setup; rejects if the broker refused the first setup
+   * (403/404/406: missing or differently declared queues, permissions), which retrying will not
+   * fix. An unreachable broker is waited for.
+   */
+  readonly firstSetup: Promise<void>;
+  /** Closes the channel (the broker requeues its unacked deliveries) and stops reopening. */
+  close(): Promise<void>;
+}
+
+/** A publish or settle that cannot complete because its channel closed; safe to redo elsewhere. */
+export class ChannelClosedError extends Error {
+  override name = 'ChannelClosedError';
+}
+
+/** The broker refused a confirmed publish: nacked, or returned as unroutable. */
+export class NotConfirmedError extends Error {
+  override name = 'NotConfirmedError';
+}
+
+interface MutableKept {
+  channel: ConfirmChannel;
+  generation: number;
+  open: boolean;
+  closeError?: Error;
+}
+
+const REFUSALS = new Set([403, 404, 406]);
+const codeOf = (error: unknown) => (error as { code?: unknown } | undefined)?.code;
+const noop = () => {};
+
+/** Opens a confirm channel now (if connected) and after every close, until `close()`. */
+export function keepChannel(options: ChannelKeeperOptions): ChannelKeeper {
+  const { manager, logger, name } = options;
+  let current: MutableKept | undefined;
+  let generation = 0;
+  let opening = false;
+  let closed = false;
+  let failures = 0;
+  let timer: NodeJS.Timeout | undefined;
+  let firstSettled = false;
+  const waiters = new Set<() => void>();
+  let resolveFirst!: () => void;
+  let rejectFirst!: (error: unknown) => void;
+  const firstSetup = new Promise<void>((resolve, reject) => {
+    resolveFirst = resolve;
+    rejectFirst = reject;
+  });
+  // Callers that only use get() must not see an unhandled rejection.
+  firstSetup.catch(noop);
+
+  const wake = () => {
+    for (const w of [...waiters]) w();
+  };
+
+  const scheduleOpen = () => {
+    if (closed || timer) return;
+    // Back off on repeated failures so a refused setup does not spin; a plain reconnect is fast.
+    const delay = Math.min(100 * 2 ** failures, 5_000);
+    timer = setTimeout(() => {
+      timer = undefined;
+      void open();
+    }, delay);
+  };
+
+  const open = async () => {
+    if (closed || opening || current?.open) return;
+    const connection = manager.connection;
+    if (!connection) return; // the manager's 'connect' event calls us again
+    opening = true;
+    let kept: MutableKept | undefined;
+    try {
+      const channel = await connection.createConfirmChannel();
+      const k: MutableKept = { channel, generation: ++generation, open: true };
+      kept = k;
+      // The broker closing a channel is an 'error' event; without a listener it would throw.
+      channel.on('error', (error: Error) => {
+        k.closeError = error;
+        logger.warn(`${name}: the broker closed the channel`, { error: toErrorInfo(error) });
+      });
+      channel.once('close', () => {
+        k.open = false;
+        if (current === k) current = undefined;
+        scheduleOpen();
+      });
+      if (closed) {
+        await channel.close().catch(noop);
+        return;
+      }
+      await options.setup?.(k);
+      if (!k.open) throw k.closeError ?? new ChannelClosedError('channel closed during setup');
+      if (closed) {
+        // close() ran while we were setting up; it found no channel to close.
+        await channel.close().catch(noop);
+        return;
+      }
+      current = k;
+      failures = 0;
+      if (!firstSettled) {
+        firstSettled = true;
+        resolveFirst();
+      }
+      wake();
+    } catch (error) {
+      failures++;
+      const cause = kept?.closeError ?? error;
+      const refused = REFUSALS.has(codeOf(cause) as number);
+      // A refusal needs someone to fix the broker side; anything else is a connection going away.
+      (refused ? logger.error : logger.warn).call(logger, `${name}: channel setup failed; trying again`, {
+        error: toErrorInfo(cause),
+      });
+      if (!firstSettled && refused) {
+        firstSettled = true;
+        rejectFirst(cause);
+      }
+      if (kept?.open)
+        await kept.channel.close().catch(noop); // its 'close' schedules the reopen
+      else scheduleOpen();
+    } finally {
+      opening = false;
+    }
+  };
+
+  const onConnect = () => void open();
+  manager.on('connect', onConnect);
+  void open();
+
+  return {
+    current: () => (current?.open ? current : undefined),
+    firstSetup,
+    get(timeoutMs) {
+      if (current?.open) return Promise.resolve(current);
+      if (closed) return Promise.reject(new ChannelClosedError(`${name} is closed`));
+      return new Promise((resolve, reject) => {
+        const done = () => {
+          if (current?.open) {
+            finish();
+            resolve(current);
+          } else if (closed) {
+            finish();
+            reject(new ChannelClosedError(`${name} is closed`));
+          }
+        };
+        const t = Number.isFinite(timeoutMs)
+          ? setTimeout(() => {
+              finish();
+              reject(new ChannelClosedError(`${name}: no open channel within ${timeoutMs} ms`));
+            }, timeoutMs)
+          : undefined;
+        const finish = () => {
+          clearTimeout(t);
+          waiters.delete(done);
+        };
+        waiters.add(done);
+      });
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      manager.off('connect', onConnect);
+      if (timer) clearTimeout(timer);
+      wake();
+      if (!firstSettled) {
+        firstSettled = true;
+        rejectFirst(new ChannelClosedError(`${name} closed before it was set up`));
+      }
+      const k = current;
+      current = undefined;
+      if (k?.open) await k.channel.close().catch(noop);
+    },
+  };
+}
+
+// ---------------------------------------------------------------- confirmed publishing
+
+interface Pending {
+  readonly route: string;
+  returned?: string;
+}
+const pendingByChannel = new WeakMap<ConfirmChannel, Pending[]>();
+
+/**
+ * With `mandatory`, the broker returns a message no queue accepted (`basic.return`) before it
+ * confirms it; without this, a publish to a missing queue is "confirmed" and silently dropped.
+ * A return names exchange, routing key and message id, so it is matched to the oldest pending
+ * publish with the same route (returns and confirms come in publish order).
+ */
+function pendingOf(channel: ConfirmChannel): Pending[] {
+  let pending = pendingByChannel.get(channel);
+  if (!pending) {
+    const list: Pending[] = [];
+    pending = list;
+    pendingByChannel.set(channel, list);
+    channel.on('return', (msg) => {
+      const route = routeOf(msg.fields.exchange, msg.fields.routingKey, msg.properties.messageId);
+      const p = list.find((x) => x.route === route && x.returned === undefined);
+      if (p) p.returned = `${msg.fields.replyCode} ${msg.fields.replyText}`;
+    });
+  }
+  return pending;
+}
+
+const routeOf = (exchange: string, routingKey: string, messageId: unknown) =>
+  `${exchange}\u0000${routingKey}\u0000${messageId === undefined ? '' : String(messageId)}`;
+
+/**
+ * Publishes on `kept` and resolves when the broker confirmed the message into at least one queue.
+ *
+ * @throws ChannelClosedError when the channel closed first (publish again on another channel).
+ * @throws NotConfirmedError when the broker nacked or (with `mandatory`) returned it.
+ */
+export function publishConfirmed(
+  kept: KeptChannel,
+  exchange: string,
+  routingKey: string,
+  content: Buffer,
+  options: Options.Publish & { mandatory?: boolean },
+): Promise<void> {
+  if (!kept.open) return Promise.reject(new ChannelClosedError('channel closed'));
+  const mandatory = options.mandatory !== false;
+  const list = pendingOf(kept.channel);
+  const entry: Pending = { route: routeOf(exchange, routingKey, options.messageId) };
+  if (mandatory) list.push(entry);
+  const forget = () => {
+    const i = list.indexOf(entry);
+    if (i >= 0) list.splice(i, 1);
+  };
+  return new Promise<void>((resolve, reject) => {
+    try {
+      kept.channel.publish(exchange, routingKey, content, { ...options, mandatory }, (error) => {
+        forget();
+        // amqplib fails unconfirmed publishes with 'channel closed' (before our close listener
+        // runs) and nacks with 'message nacked'.
+        if (error && error.message !== 'message nacked') {
+          reject(new ChannelClosedError('channel closed before the confirm'));
+        } else if (error) {
+          reject(new NotConfirmedError(`the broker nacked the message (${exchange}/${routingKey})`));
+        } else if (entry.returned !== undefined) {
+          const where =
+            exchange === '' ? `queue "${routingKey}"` : `exchange "${exchange}" key "${routingKey}"`;
+          reject(
+            new NotConfirmedError(`unroutable: no queue took the message for ${where} (${entry.returned})`),
+          );
+        } else resolve();
+      });
+    } catch (error) {
+      // amqplib throws synchronously on a closing or closed channel.
+      forget();
+      reject(new ChannelClosedError((error as Error).message));
+    }
+  });
+}

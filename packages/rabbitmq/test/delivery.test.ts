@@ -1,0 +1,55 @@
+import { Headers } from '@exactly-once/core';
+import type { ConsumeMessage } from 'amqplib';
+import { describe, expect, it } from 'vitest';
+import { deadLetterCopyOptions, retryCopyOptions, toDelivery } from '../src/delivery.js';
+
+const message = (headers: Record<string, unknown>, messageId?: string): ConsumeMessage =>
+  ({
+    content: Buffer.from('{"a":1}'),
+    fields: { deliveryTag: 7, redelivered: true, exchange: 'ex', routingKey: 'rk', consumerTag: 'c' },
+    properties: { headers, contentType: 'application/json', ...(messageId ? { messageId } : {}) },
+  }) as unknown as ConsumeMessage;
+
+describe('delivery mapping', () => {
+  it('maps headers, the message id and span attributes', () => {
+    const d = toDelivery(
+      message({ 'x-idempotency-key': 'k1', n: 3, b: Buffer.from('x'), 'x-death': [{ count: 1 }] }, 'm-1'),
+      'orders',
+    );
+    expect(d.system).toBe('rabbitmq');
+    expect(d.destination).toBe('orders');
+    expect(d.brokerId).toBe('amqp:m-1');
+    // Nested tables (x-death) are not core header values; scalars and bytes are kept.
+    expect(Object.keys(d.headers).sort()).toEqual(['b', 'message-id', 'n', 'x-idempotency-key']);
+    expect(d.attributes).toMatchObject({
+      'messaging.rabbitmq.destination.routing_key': 'rk',
+      'messaging.rabbitmq.message.delivery_tag': 7,
+      'messaging.message.id': 'm-1',
+      'exactly_once.redelivered': true,
+    });
+    expect(toDelivery(message({}), 'orders').brokerId).toBeUndefined();
+  });
+
+  it('copies keep every original header and add the attempt or the reason', () => {
+    const original = message({ 'x-idempotency-key': 'k1', 'x-death': [{ count: 1 }] }, 'm-1');
+    const retry = retryCopyOptions(original, 3);
+    expect(retry).toMatchObject({ persistent: true, messageId: 'm-1', contentType: 'application/json' });
+    expect(retry.headers).toMatchObject({ 'x-idempotency-key': 'k1', [Headers.Attempt]: '3' });
+    expect(retry.headers?.['x-death']).toEqual([{ count: 1 }]);
+    const dead = deadLetterCopyOptions(original, {
+      error: { name: 'PermanentError', code: 'PERMANENT', message: 'no' },
+      attempts: 2,
+      consumer: 'billing',
+      originalDestination: 'orders',
+      at: 0,
+    });
+    expect(dead.headers).toMatchObject({
+      'x-idempotency-key': 'k1',
+      [Headers.ErrorCode]: 'PERMANENT',
+      [Headers.Attempts]: '2',
+      [Headers.OriginalDestination]: 'orders',
+      'x-eo-original-exchange': 'ex',
+      'x-eo-original-routing-key': 'rk',
+    });
+  });
+});
