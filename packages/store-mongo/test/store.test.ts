@@ -55,33 +55,7 @@ describe('races', () => {
     }
   });
 
-  it('concurrent takeovers of a passed lease: exactly one acquires (skipped on FerretDB 1.x, whose conditional updates are not atomic)', async (ctx) => {
-    // EO_MONGO_FORCE_RACE_TESTS=1 runs it on FerretDB 1.x anyway, to watch it fail.
-    if (test.ferret1 && !process.env.EO_MONGO_FORCE_RACE_TESTS) ctx.skip();
-    for (let k = 0; k < 5; k++) {
-      const key = `takeover-race:${k}`;
-      await acquired(store, key, 50);
-      await sleep(120);
-      const results = await Promise.all(Array.from({ length: 16 }, (_, i) => begin(store, key, `w${i}`)));
-      expect(results.filter((r) => r.status === 'acquired')).toHaveLength(1);
-    }
-  });
-  it('a stale holder completing while others take over: exactly one of them wins (skipped on FerretDB 1.x)', async (ctx) => {
-    if (test.ferret1 && !process.env.EO_MONGO_FORCE_RACE_TESTS) ctx.skip();
-    for (let k = 0; k < 5; k++) {
-      const key = `complete-race:${k}`;
-      const stale = await acquired(store, key, 50);
-      await sleep(120);
-      const [completed, ...begins] = await Promise.all([
-        store.complete({ key, fence: stale.fence, outgoing: [], retentionMs: 60_000 }),
-        ...Array.from({ length: 8 }, (_, i) => begin(store, key, `w${i}`)),
-      ]);
-      const takeovers = begins.filter((r) => r.status === 'acquired').length;
-      expect(takeovers + (completed === 'ok' ? 1 : 0)).toBe(1);
-      const record = await store.get(key);
-      expect(record?.state).toBe(completed === 'ok' ? 'COMPLETED' : 'IN_PROGRESS');
-    }
-  });
+  // Races on an existing record are in the conformance kit (conformance.test.ts).
 });
 
 describe('document layout', () => {
