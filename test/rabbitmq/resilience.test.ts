@@ -15,6 +15,7 @@ function consumerOn(
   effects: Map<string, number>,
   extra: Record<string, unknown> = {},
   handlerDelayMs = 2,
+  gate?: () => Promise<void>,
 ) {
   return createConsumer<{ id: string }>({
     connection: env.amqpUrl,
@@ -28,6 +29,7 @@ function consumerOn(
     handler: async (_p: { id: string }, ctx: HandlerContext) => {
       effects.set(ctx.key, (effects.get(ctx.key) ?? 0) + 1);
       await new Promise((r) => setTimeout(r, handlerDelayMs));
+      await gate?.();
     },
     ...extra,
   });
@@ -108,12 +110,20 @@ describe('rabbitmq resilience', () => {
       reconnectTimeInSeconds: 0.2,
       connectionOptions: { clientProperties: { connection_name: queue } },
     });
-    const consumer = consumerOn(queue, effects, { connection, prefetch: 4 }, 40);
+    // Handlers after the 20th hold until the connection is dropped, so deliveries are in flight
+    // at the drop however slowly the management API lists the connection.
+    let reopen!: () => void;
+    const dropped = new Promise<void>((resolve) => {
+      reopen = resolve;
+    });
+    const consumer = consumerOn(queue, effects, { connection, prefetch: 4 }, 5, () =>
+      effects.size > 20 ? dropped : Promise.resolve(),
+    );
     await consumer.start();
     try {
       for (let i = 0; i < 300; i++)
         await raw.publish(queue, { id: `${i}` }, { 'x-idempotency-key': `d${i}` });
-      await waitUntil(() => consumer.stats.acked > 20, { message: 'some progress' });
+      await waitUntil(() => consumer.stats.acked >= 15, { message: 'some progress' });
       // Close the consumer's connections from the broker side, as a network drop would.
       const url = new URL(env.rabbitManagementUrl);
       const auth = {
@@ -138,6 +148,7 @@ describe('rabbitmq resilience', () => {
           headers: auth,
         });
       }
+      reopen();
       await waitUntil(async () => effects.size === 300 && (await raw.count(queue)) === 0, {
         timeoutMs: 60_000,
         message: () => `all 300 processed after the drop (${effects.size})`,
