@@ -1,0 +1,168 @@
+/**
+ * Kafka (kafkajs) driver. Raw and SDK consumers are configured alike: same partitions, same
+ * `partitionsConsumedConcurrently`, same fetch wait, manual offset resolution and explicit commits
+ * every 100 settled records and at the end of each batch (the SDK's own commit cadence), so the
+ * difference between them is the SDK's work per record.
+ */
+import { createConsumer } from '@exactly-once/kafka';
+import type { ProcessedStore } from '@exactly-once/core';
+import { type Admin, Kafka, logLevel } from 'kafkajs';
+import type { Driver, Handle, Running, Source } from './consume.js';
+import { instrument } from './consume.js';
+import { env, uniqueName } from './env.js';
+import type { Meter } from './stats.js';
+import { handler, message, type Order } from './workload.js';
+
+const COMMIT_EVERY = 100;
+/** kafkajs defaults, except the fetch wait, which the SDK lowers to 1 s; raw gets the same. */
+const CONSUMER_CONFIG = { maxWaitTimeInMs: 1000 } as const;
+/** Records retained for an hour: anything a failed cleanup leaves behind expires by itself. */
+const RETENTION = { retentionMs: 3_600_000, retentionCheck: 'off' } as const;
+
+export class KafkaDriver implements Driver {
+  readonly broker = 'kafka' as const;
+  private readonly kafka: Kafka;
+
+  constructor(private readonly partitions: number) {
+    this.kafka = new Kafka({
+      clientId: 'eo-bench',
+      brokers: [...env.kafkaBrokers],
+      logLevel: logLevel.NOTHING,
+      retry: { retries: 10, initialRetryTime: 200, maxRetryTime: 5_000 },
+    });
+  }
+
+  /**
+   * Admin and producer clients are made per topic: a kafkajs client keeps refreshing metadata of
+   * every topic it ever touched, and fails once one of them was deleted.
+   */
+  async prepare(batch: string, messages: number): Promise<Source> {
+    const admin = this.kafka.admin();
+    await admin.connect();
+    const topic = uniqueName(`eo-bench-${batch}`);
+    await admin.createTopics({ topics: [{ topic, numPartitions: this.partitions }], waitForLeaders: false });
+    await waitForLeaders(admin, topic, this.partitions);
+    const producer = this.kafka.producer({ allowAutoTopicCreation: false });
+    await producer.connect();
+    try {
+      for (let i = 0; i < messages; i += 1000) {
+        const chunk = Array.from({ length: Math.min(1000, messages - i) }, (_, j) => message(batch, i + j));
+        await producer.send({
+          topic,
+          acks: -1,
+          messages: chunk.map((m) => ({ key: m.key, value: m.body, headers: m.headers })),
+        });
+      }
+    } finally {
+      await producer.disconnect();
+    }
+    return new KafkaSource(this.kafka, admin, topic, this.partitions);
+  }
+
+  async close(): Promise<void> {}
+}
+
+/** kafkajs' own `waitForLeaders` trips over concurrent creations (other tests); poll metadata. */
+async function waitForLeaders(admin: Admin, topic: string, partitions: number): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    try {
+      const { topics } = await admin.fetchTopicMetadata({ topics: [topic] });
+      const parts = topics[0]?.partitions ?? [];
+      if (parts.length === partitions && parts.every((p) => p.leader >= 0)) return;
+    } catch {
+      // not known yet
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`no leaders for ${topic}`);
+}
+
+class KafkaSource implements Source {
+  private readonly groups: string[] = [];
+
+  constructor(
+    private readonly kafka: Kafka,
+    private readonly admin: Admin,
+    private readonly topic: string,
+    private readonly partitions: number,
+  ) {}
+
+  async startRaw(meter: Meter, handle: Handle, onError: () => void): Promise<Running> {
+    const groupId = uniqueName('eo-bench-raw');
+    this.groups.push(groupId);
+    const consumer = this.kafka.consumer({ groupId, ...CONSUMER_CONFIG });
+    await consumer.connect();
+    await consumer.subscribe({ topics: [this.topic], fromBeginning: true });
+    await consumer.run({
+      autoCommit: false,
+      eachBatchAutoResolve: false,
+      partitionsConsumedConcurrently: this.partitions,
+      eachBatch: async ({ batch, resolveOffset, commitOffsetsIfNecessary, isRunning, isStale }) => {
+        const commit = (offset: string) =>
+          commitOffsetsIfNecessary({
+            topics: [
+              {
+                topic: batch.topic,
+                partitions: [{ partition: batch.partition, offset: (BigInt(offset) + 1n).toString() }],
+              },
+            ],
+          });
+        let last: string | undefined;
+        let since = 0;
+        for (const m of batch.messages) {
+          if (!isRunning() || isStale()) break;
+          const startedAt = meter.start();
+          const payload = JSON.parse((m.value as Buffer).toString()) as Order;
+          const key = String(m.headers?.['x-idempotency-key']);
+          try {
+            await handle(payload, key);
+          } catch {
+            onError();
+            break; // the record is fetched again, as a real consumer would retry it
+          }
+          resolveOffset(m.offset);
+          last = m.offset;
+          meter.settle(startedAt);
+          if (++since >= COMMIT_EVERY) {
+            await commit(m.offset);
+            since = 0;
+          }
+        }
+        if (last !== undefined && since > 0) await commit(last);
+      },
+    });
+    return { stop: () => consumer.disconnect() };
+  }
+
+  async startSdk(meter: Meter, store: ProcessedStore, outcomes: Record<string, number>): Promise<Running> {
+    const groupId = uniqueName('eo-bench-sdk');
+    this.groups.push(groupId);
+    const consumer = createConsumer<Order>({
+      kafka: this.kafka,
+      groupId,
+      topics: [this.topic],
+      deadLetter: { topic: `${this.topic}.dlq` },
+      store,
+      handler,
+      fromBeginning: true,
+      partitionsConsumedConcurrently: this.partitions,
+      consumerConfig: CONSUMER_CONFIG,
+      commitEveryMessages: COMMIT_EVERY,
+      ...RETENTION,
+    });
+    instrument(consumer.processor, meter, outcomes);
+    await consumer.start();
+    return { stop: () => consumer.stop() };
+  }
+
+  async remove(): Promise<void> {
+    const existing = new Set(await this.admin.listTopics());
+    const topics = [this.topic, `${this.topic}.dlq`].filter((t) => existing.has(t));
+    try {
+      if (topics.length > 0) await this.admin.deleteTopics({ topics, timeout: 30_000 });
+      await this.admin.deleteGroups(this.groups).catch(() => {});
+    } finally {
+      await this.admin.disconnect();
+    }
+  }
+}

@@ -1,0 +1,300 @@
+/**
+ * `npm run bench [-- options]`: consume throughput against the raw clients and AWS Powertools,
+ * added latency, storage per key and outbox drain. Prints tables on stdout, progress on stderr,
+ * and writes everything measured to bench/out/<timestamp>.json. See README.md for the method.
+ */
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Command, InvalidArgumentError } from 'commander';
+import {
+  CONSUME_VARIANTS,
+  type ConsumeRound,
+  type ConsumeVariant,
+  type Driver,
+  runConsume,
+  summarizeConsume,
+} from './lib/consume.js';
+import { benchDir, machineInfo, sampleLoad } from './lib/env.js';
+import { KafkaDriver } from './lib/kafka.js';
+import { type LatencyRound, runLatency, summarizeLatency } from './lib/latency.js';
+import { OUTBOX_VARIANTS, type OutboxRound, runOutbox, summarizeOutbox } from './lib/outbox.js';
+import { PowertoolsKit } from './lib/powertools.js';
+import { formatProfile, type ProfileSummary, summarizeProfileFile } from './lib/profile.js';
+import { createProgress } from './lib/progress.js';
+import { type QueueType, RabbitDriver } from './lib/rabbitmq.js';
+import {
+  consumeTable,
+  HEADERS,
+  latencyTable,
+  outboxTable,
+  profileTable,
+  storageTable,
+  targets,
+  targetsTable,
+} from './lib/report.js';
+import { runStorage, type StorageResult } from './lib/storage.js';
+import { StoreKit } from './lib/stores.js';
+
+const SECTIONS = ['kafka', 'rabbitmq', 'latency', 'storage', 'outbox'] as const;
+type Section = (typeof SECTIONS)[number];
+
+const int = (value: string): number => {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('expected a positive integer');
+  return n;
+};
+const list =
+  <T extends string>(allowed: readonly T[]) =>
+  (value: string): T[] => {
+    const items = value.split(',').map((s) => s.trim()) as T[];
+    const bad = items.filter((i) => !allowed.includes(i));
+    if (bad.length > 0)
+      throw new InvalidArgumentError(`unknown: ${bad.join(', ')} (one of ${allowed.join(', ')})`);
+    return items;
+  };
+
+const program = new Command('bench')
+  .description('exactly-once benchmarks: throughput, latency, storage, outbox drain')
+  .option('--quick', 'tiny sizes, one round: checks the harness runs (CI); figures mean nothing')
+  .option('--only <sections>', `comma list of ${SECTIONS.join(',')}`, list(SECTIONS))
+  .option('--messages <n>', 'messages per consume run (default 50000; quick 60)', int)
+  .option('--mongo-messages <n>', 'messages per sdk-mongo run (default 500; quick 20)', int)
+  .option('--rounds <n>', 'interleaved rounds of consume and latency runs (default 5; quick 1)', int)
+  .option(
+    '--variants <list>',
+    `consume/latency variants (${CONSUME_VARIANTS.join(',')})`,
+    list(CONSUME_VARIANTS),
+  )
+  .option('--partitions <n>', 'Kafka partitions = partitionsConsumedConcurrently (default 4)', int)
+  .option('--prefetch <n>', 'RabbitMQ prefetch for every consumer (default 32)', int)
+  .option('--queue-type <type>', 'quorum (the SDK default) or classic', 'quorum')
+  .option('--latency-messages <n>', 'serial messages per latency run (default 2000; quick 30)', int)
+  .option('--storage-keys <n>', 'Redis keys written by the store bench (default 200000; quick 500)', int)
+  .option('--mongo-docs <n>', 'records written by the store-mongo bench (default 2000; quick 30)', int)
+  .option('--sample-keys <n>', 'keys written for MEMORY USAGE samples (default 2000; quick 50)', int)
+  .option('--outbox <n>', 'outbox backlog size (default 100000; quick 200)', int)
+  .option('--outbox-window <n>', 'max unconfirmed messages during the drain (default 256)', int)
+  .option('--outbox-rounds <n>', 'interleaved outbox rounds (default 3; quick 1)', int)
+  .option('--redis-autopipelining', "experiment: ioredis enableAutoPipelining on the SDK stores' client")
+  .option('--timeout <s>', 'give up on one measurement after this many seconds (default 1800)', int)
+  .option('--profile', 'CPU-profile extra, unreported raw/sdk-memory/sdk-redis/powertools consume runs')
+  .option('--summarize-profile <file>', 'only print the summary of a .cpuprofile (e.g. from node --cpu-prof)')
+  .option(
+    '--profile-messages <n>',
+    'with --summarize-profile: messages in the profile, for CPU per message',
+    int,
+  )
+  .option('--no-progress', 'no progress bars or notes on stderr')
+  .option('--out <dir>', 'where the JSON goes', join(benchDir, 'out'));
+
+program.parse();
+const o = program.opts();
+
+if (o.summarizeProfile) {
+  console.log(formatProfile(await summarizeProfileFile(String(o.summarizeProfile), o.profileMessages)));
+  process.exit(0);
+}
+
+const quick = o.quick === true;
+const pick = (value: unknown, full: number, small: number): number =>
+  typeof value === 'number' ? value : quick ? small : full;
+const config = {
+  quick,
+  sections: (o.only as Section[] | undefined) ?? [...SECTIONS],
+  messages: pick(o.messages, 50_000, 60),
+  mongoMessages: pick(o.mongoMessages, 500, 20),
+  rounds: pick(o.rounds, 5, 1),
+  variants: (o.variants as ConsumeVariant[] | undefined) ?? [...CONSUME_VARIANTS],
+  partitions: pick(o.partitions, 4, 2),
+  prefetch: pick(o.prefetch, 32, 32),
+  queueType: (o.queueType === 'classic' ? 'classic' : 'quorum') as QueueType,
+  latencyMessages: pick(o.latencyMessages, 2000, 30),
+  storageKeys: pick(o.storageKeys, 200_000, 500),
+  mongoDocs: pick(o.mongoDocs, 2000, 30),
+  sampleKeys: pick(o.sampleKeys, 2000, 50),
+  outbox: pick(o.outbox, 100_000, 200),
+  outboxWindow: pick(o.outboxWindow, 256, 64),
+  outboxRounds: pick(o.outboxRounds, 3, 1),
+  timeoutMs: pick(o.timeout, 1800, 300) * 1000,
+  profile: o.profile === true,
+  redisAutoPipelining: o.redisAutopipelining === true,
+};
+if (!config.variants.includes('raw')) console.error('note: without the raw variant there are no ratios');
+
+const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+await mkdir(String(o.out), { recursive: true });
+const progress = createProgress(o.progress !== false);
+const machine = machineInfo();
+const startedAt = new Date().toISOString();
+const loads = [sampleLoad()];
+const stores = new StoreKit(config.redisAutoPipelining);
+const powertools = new PowertoolsKit();
+const kits = { stores, powertools };
+const failures: { section: Section; error: string }[] = [];
+const consumeRounds: ConsumeRound[] = [];
+const profiles: ProfileSummary[] = [];
+let latencyRounds: LatencyRound[] | undefined;
+let storage: StorageResult | undefined;
+let outboxRounds: OutboxRound[] | undefined;
+
+progress.note(
+  `bench ${quick ? '(quick) ' : ''}sections ${config.sections.join(',')}; ` +
+    `load ${machine.loadavg.join(' ')} on ${machine.nproc} CPUs`,
+);
+
+async function section(name: Section, run: () => Promise<void>): Promise<void> {
+  if (!config.sections.includes(name)) return;
+  try {
+    await run();
+  } catch (error) {
+    failures.push({
+      section: name,
+      error: error instanceof Error ? (error.stack ?? error.message) : String(error),
+    });
+    progress.note(`${name} failed: ${error instanceof Error ? error.message : String(error)}`);
+  } finally {
+    loads.push(sampleLoad());
+  }
+}
+
+async function consume(driver: Driver): Promise<void> {
+  try {
+    const result = await runConsume(
+      driver,
+      {
+        rounds: config.rounds,
+        messages: config.messages,
+        mongoMessages: config.mongoMessages,
+        variants: config.variants,
+        timeoutMs: config.timeoutMs,
+        ...(config.profile ? { profilePrefix: join(String(o.out), stamp) } : {}),
+      },
+      kits,
+      progress,
+    );
+    consumeRounds.push(...result.rounds);
+    profiles.push(...result.profiles);
+  } finally {
+    await driver.close();
+  }
+}
+
+try {
+  await section('kafka', () => consume(new KafkaDriver(config.partitions)));
+  await section('rabbitmq', () => consume(new RabbitDriver(config.prefetch, config.queueType)));
+  await section('latency', async () => {
+    latencyRounds = await runLatency(
+      {
+        rounds: config.rounds,
+        messages: config.latencyMessages,
+        mongoMessages: Math.min(config.latencyMessages, config.mongoMessages),
+        variants: config.variants,
+      },
+      kits,
+      progress,
+    );
+  });
+  await section('storage', async () => {
+    storage = await runStorage(
+      {
+        redisKeys: config.storageKeys,
+        mongoDocs: config.mongoDocs,
+        sampleKeys: config.sampleKeys,
+        timeoutMs: config.timeoutMs,
+      },
+      kits,
+      progress,
+    );
+  });
+  await section('outbox', async () => {
+    outboxRounds = await runOutbox(
+      {
+        rounds: config.outboxRounds,
+        messages: config.outbox,
+        window: config.outboxWindow,
+        queueType: config.queueType,
+        variants: OUTBOX_VARIANTS,
+      },
+      stores,
+      progress,
+    );
+  });
+} finally {
+  progress.close();
+  await stores.close().catch(() => {});
+  await powertools.close().catch(() => {});
+}
+
+const consumeSummary = summarizeConsume(consumeRounds);
+const latencySummary = latencyRounds ? summarizeLatency(latencyRounds) : undefined;
+const outboxSummary = outboxRounds ? summarizeOutbox(outboxRounds) : undefined;
+const targetRows = targets(consumeSummary, storage?.figures);
+
+const lines: string[] = [];
+lines.push(
+  `exactly-once bench ${quick ? '(quick: sizes too small for the figures to mean anything) ' : ''}${startedAt}`,
+  `machine: ${machine.nproc} CPUs (${machine.cpuModel}), ${machine.memoryGiB} GiB, node ${machine.node}; ` +
+    `load at start ${machine.loadavg.join(' ')}, during ${loads.map((l) => l.load1).join(' ')}`,
+  '',
+);
+if (config.sections.includes('kafka') || config.sections.includes('rabbitmq')) {
+  lines.push(
+    `${HEADERS.consume} (medians of ${config.rounds} interleaved rounds; ${config.partitions} Kafka partitions, ` +
+      `RabbitMQ prefetch ${config.prefetch}, ${config.queueType} queues) ==`,
+    consumeTable(consumeSummary),
+    '  x raw / x powertools: median of per-round ratios. p50/p99: per-message time from delivery to settle,',
+    '  under full load. +p50/+p99: minus raw in the same round. * srv cmds/msg, srv us/msg: INFO commandstats',
+    "  deltas (calls, server CPU) of the variant's commands per message; server-wide, so other clients add to them.",
+    '',
+  );
+}
+if (latencySummary) {
+  lines.push(
+    `${HEADERS.latency} (no broker, one message at a time, ${config.latencyMessages} per run) ==`,
+    latencyTable(latencySummary),
+    '',
+  );
+}
+if (storage) {
+  lines.push(`${HEADERS.storage} (extrapolated linearly to 30M keys) ==`, storageTable(storage.figures), '');
+}
+if (outboxSummary) {
+  lines.push(
+    `${HEADERS.outbox} (${config.queueType} queue, confirms, medians of ${config.outboxRounds} rounds) ==`,
+  );
+  lines.push(outboxTable(outboxSummary), '');
+}
+lines.push(`${HEADERS.targets} (reported, not asserted) ==`, targetsTable(targetRows), '');
+if (profiles.length > 0) {
+  lines.push(`${HEADERS.profiles} (extra runs, not in the figures above; details in the JSON) ==`);
+  lines.push(profileTable(profiles), '');
+  for (const p of profiles.filter((x) => x.label.includes('sdk-redis'))) lines.push(formatProfile(p), '');
+}
+for (const f of failures) lines.push(`section ${f.section} FAILED: ${f.error}`, '');
+
+const file = join(String(o.out), `${stamp}.json`);
+await writeFile(
+  file,
+  `${JSON.stringify(
+    {
+      startedAt,
+      finishedAt: new Date().toISOString(),
+      command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(),
+      config,
+      machine,
+      loads,
+      consume: { summary: consumeSummary, rounds: consumeRounds },
+      latency: latencyRounds ? { summary: latencySummary, rounds: latencyRounds } : undefined,
+      storage,
+      outbox: outboxRounds ? { summary: outboxSummary, rounds: outboxRounds } : undefined,
+      targets: targetRows,
+      profiles,
+      failures,
+    },
+    null,
+    2,
+  )}\n`,
+);
+lines.push(`written ${file}`);
+console.log(lines.join('\n'));
+process.exit(failures.length > 0 ? 1 : 0);

@@ -1,0 +1,42 @@
+/**
+ * The benchmark harness in quick mode (tiny sizes, one round) against the local servers: it must
+ * run every section and print its tables. No figure is checked: timings on a shared CI machine
+ * say nothing, and the targets are reported by the full run, not asserted.
+ */
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { expect, it, onTestFinished } from 'vitest';
+
+const benchDir = fileURLToPath(new URL('../../bench/', import.meta.url));
+
+it('runs every section of the bench in quick mode and prints the tables', async () => {
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', '--conditions=@exactly-once/source', 'run.ts', '--quick', '--no-progress'],
+    { cwd: benchDir, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  // SIGINT lets the package benches it started delete their keys.
+  onTestFinished(() => {
+    if (child.exitCode === null) child.kill('SIGINT');
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => {
+    stdout += d.toString();
+  });
+  child.stderr.on('data', (d: Buffer) => {
+    stderr += d.toString();
+  });
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  expect(code, `exit ${code}\n${stdout.slice(-4000)}\n${stderr.slice(-4000)}`).toBe(0);
+  for (const header of [
+    '== Consume throughput',
+    '== Added latency per message, serial',
+    '== Storage per key',
+    '== Outbox drain',
+    '== Targets',
+  ]) {
+    expect(stdout).toContain(header);
+  }
+  expect(stdout).toMatch(/broker\s+variant\s+msgs\s+msgs\/s\s+x raw/);
+}, 600_000);
