@@ -97,10 +97,16 @@ export class RabbitDriver implements Driver {
   }
 
   async deleteQueues(queue: string): Promise<void> {
-    const channel = await this.admin();
     const topology = topologyFor({ queue });
     for (const q of [queue, topology.deadLetterQueue, ...topology.retryQueues.map(([, name]) => name)]) {
-      await channel.deleteQueue(q);
+      const channel = await this.admin();
+      try {
+        await channel.deleteQueue(q);
+      } catch {
+        // The broker closed the channel (a restart, say): once more on a fresh one.
+        if (this.channel === channel) this.channel = undefined;
+        await (await this.admin()).deleteQueue(q);
+      }
     }
   }
 
