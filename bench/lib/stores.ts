@@ -53,7 +53,7 @@ export function counted(inner: ProcessedStore): { store: ProcessedStore; calls: 
     complete: count('complete', (r) => inner.complete(r)),
     release: count('release', (k, f, e) => inner.release(k, f, e)),
     fail: count('fail', (k, f, e, r) => inner.fail(k, f, e, r)),
-    markPublished: count('markPublished', (k, ids) => inner.markPublished(k, ids)),
+    markPublished: count('markPublished', (k, f, ids) => inner.markPublished(k, f, ids)),
     saveStep: count('saveStep', (k, f, n, r) => inner.saveStep(k, f, n, r)),
     get: count('get', (k) => inner.get(k)),
   };

@@ -49,7 +49,7 @@ const store: ProcessedStore = {
   extend: (key, fence, leaseMs) => base.extend(key, fence, leaseMs),
   release: (key, fence, error) => base.release(key, fence, error),
   fail: (key, fence, error, retentionMs) => base.fail(key, fence, error, retentionMs),
-  markPublished: (key, ids) => base.markPublished(key, ids),
+  markPublished: (key, fence, ids) => base.markPublished(key, fence, ids),
   saveStep: (key, fence, name, result) => base.saveStep(key, fence, name, result),
   get: (key) => base.get(key),
 };

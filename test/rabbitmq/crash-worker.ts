@@ -55,8 +55,8 @@ const store: ProcessedStore = {
     return r;
   },
   // markPublished is the pipeline's last step before the ack.
-  async markPublished(key, ids) {
-    await base.markPublished(key, ids);
+  async markPublished(key, fence, ids) {
+    await base.markPublished(key, fence, ids);
     hit('before-ack');
   },
   extend: (key, fence, leaseMs) => base.extend(key, fence, leaseMs),

@@ -19,6 +19,10 @@ export const ErrorCode = {
   Publish: 'PUBLISH_FAILED',
   InProgress: 'IN_PROGRESS',
   ExecutionFailed: 'EXECUTION_FAILED',
+  RecordTooLarge: 'RECORD_TOO_LARGE',
+  RunTimeout: 'RUN_TIMEOUT',
+  HandlerFailed: 'HANDLER_FAILED',
+  Closed: 'CLOSED',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

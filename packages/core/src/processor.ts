@@ -332,7 +332,7 @@ async function runAcquired<T, R>(
     await discardBlobs(o, state.blobs);
     return leaseLost(storeKey, fence);
   }
-  return publishThenAck(o, runCtx, storeKey, state.outgoing, outcome, stored);
+  return publishThenAck(o, runCtx, storeKey, fence, state.outgoing, outcome, stored);
 }
 
 function prepare<T, R>(o: ResolvedProcessorOptions<T, R>, delivery: Delivery): Prepared<T> {
@@ -416,13 +416,14 @@ async function finishCompleted<T, R>(
     const fresh = await o.store.get(storeKey).catch(() => undefined);
     if (fresh?.state === 'COMPLETED') pending = fresh.outgoing.filter((m) => !m.published);
   }
-  return publishThenAck(o, ctx, storeKey, pending, 'duplicate', record.result);
+  return publishThenAck(o, ctx, storeKey, record.fence, pending, 'duplicate', record.result);
 }
 
 async function publishThenAck<T, R>(
   o: ResolvedProcessorOptions<T, R>,
   ctx: Context,
   storeKey: string,
+  fence: number,
   outgoing: readonly OutgoingMessage[],
   outcome: Outcome,
   result: StoredResult | undefined,
@@ -452,6 +453,7 @@ async function publishThenAck<T, R>(
     try {
       await o.store.markPublished(
         storeKey,
+        fence,
         outgoing.map((m) => m.id),
       );
     } catch (error) {

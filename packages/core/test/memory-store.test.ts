@@ -82,7 +82,7 @@ describe('memory store with an injected clock', () => {
     const outgoing = [{ id: 'm', destination: 'd', body: new Uint8Array([1]), headers: {} }];
     await store.complete({ key: 'k', fence: first.fence, outgoing, retentionMs: 10 });
     clock.now += 10;
-    await store.markPublished('k', ['m']);
+    await store.markPublished('k', first.fence, ['m']);
     clock.now -= 10;
     expect(await store.get('k')).toMatchObject({ outgoing: [{ id: 'm', published: false }] });
   });
@@ -176,7 +176,7 @@ describe('withFaults', () => {
     const second = await acquire(store, 'k');
     const outgoing = [{ id: 'm', destination: 'd', body: new Uint8Array([1]), headers: {} }];
     expect(await store.complete({ key: 'k', fence: second.fence, outgoing, retentionMs: 60_000 })).toBe('ok');
-    await store.markPublished('k', ['m']);
+    await store.markPublished('k', second.fence, ['m']);
     expect(await store.get('k')).toMatchObject({ state: 'COMPLETED', outgoing: [{ published: true }] });
     const third = await acquire(store, 'j');
     expect(await store.fail('j', third.fence, boom, 60_000)).toBe('ok');

@@ -201,7 +201,7 @@ function freezingStore(
     },
     release: async (k, f, e) => (isDead() ? never : store.release(k, f, e)),
     fail: async (k, f, e, r) => (isDead() ? never : store.fail(k, f, e, r)),
-    markPublished: async (k, ids) => (isDead() ? never : store.markPublished(k, ids)),
+    markPublished: async (k, f, ids) => (isDead() ? never : store.markPublished(k, f, ids)),
     saveStep: async (k, f, n, r) => (isDead() ? never : store.saveStep(k, f, n, r)),
     get: (k) => store.get(k),
   };

@@ -260,14 +260,14 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       });
     },
 
-    async markPublished(key: string, ids: readonly string[]): Promise<void> {
+    async markPublished(key: string, fence: number, ids: readonly string[]): Promise<void> {
       if (ids.length === 0) return;
       await guarded('markPublished', async () => {
         const now = await clock.now();
         // $addToSet rather than a flag inside each message: FerretDB 1.x has neither arrayFilters
         // nor the positional operator, and a set of confirmed ids needs no read-modify-write.
         await collection.updateOne(
-          { _id: key, s: State.Completed, e: { $gt: new Date(now) } },
+          { _id: key, s: State.Completed, n: fence, e: { $gt: new Date(now) } },
           { $addToSet: { pb: { $each: [...new Set(ids)] } } },
           write,
         );

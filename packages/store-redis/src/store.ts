@@ -219,10 +219,11 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       return fenced('fail', [record, String(fence), packError(error), ms(retentionMs), String(graceMs)]);
     },
 
-    async markPublished(key: string, ids: readonly string[]): Promise<void> {
+    async markPublished(key: string, fence: number, ids: readonly string[]): Promise<void> {
       if (ids.length === 0) return;
       await ready();
-      await runScript(client, 'markPublished', 'markPublished', [keysFor(prefix, key).record, ...ids]);
+      const args = [keysFor(prefix, key).record, String(fence), ...ids];
+      await runScript(client, 'markPublished', 'markPublished', args);
     },
 
     saveStep(key: string, fence: number, name: string, result: Uint8Array): Promise<FencedResult> {

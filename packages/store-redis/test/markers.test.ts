@@ -52,7 +52,7 @@ for (const [name, connect] of [
       expect(
         await store.complete({ key, fence: begun.fence, result, outgoing, retentionMs: retention }),
       ).toBe('ok');
-      if (published) await store.markPublished(key, [outgoing[0]?.id ?? '']);
+      if (published) await store.markPublished(key, begun.fence, [outgoing[0]?.id ?? '']);
     };
 
     it('compacted keys answer duplicate or mismatch exactly; other keys stay new', async () => {
@@ -113,7 +113,7 @@ for (const [name, connect] of [
       const kept = await store.get(key);
       expect(kept).toMatchObject({ state: 'COMPLETED', outgoing: [{ published: false }] });
       expect(kept && 'compacted' in kept).toBe(false);
-      await store.markPublished(key, [`${key}/out`]);
+      await store.markPublished(key, kept?.fence ?? 0, [`${key}/out`]);
       await store.compactCompleted({ concurrency: 64 });
       expect(await store.get(key)).toMatchObject({ state: 'COMPLETED', compacted: true });
     });

@@ -111,7 +111,7 @@ describe('store outage', () => {
           () => store.complete({ key: 'k', fence: 1, outgoing: [], retentionMs: 1000 }),
           () => store.release('k', 1, { name: 'E', code: 'E', message: 'm' }),
           () => store.fail('k', 1, { name: 'E', code: 'E', message: 'm' }, 1000),
-          () => store.markPublished('k', ['m']),
+          () => store.markPublished('k', 1, ['m']),
           () => store.saveStep('k', 1, 's', Uint8Array.of(1)),
           () => store.get('k'),
         ];

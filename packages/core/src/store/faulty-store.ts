@@ -55,7 +55,8 @@ export function withFaults(store: ProcessedStore, options: FaultOptions): Proces
     release: (key, fence, error) => guard('release', key, () => store.release(key, fence, error)),
     fail: (key, fence, error, retentionMs) =>
       guard('fail', key, () => store.fail(key, fence, error, retentionMs)),
-    markPublished: (key, ids) => guard('markPublished', key, () => store.markPublished(key, ids)),
+    markPublished: (key, fence, ids) =>
+      guard('markPublished', key, () => store.markPublished(key, fence, ids)),
     saveStep: (key, fence, name, result) =>
       guard('saveStep', key, () => store.saveStep(key, fence, name, result)),
     get: (key) => guard('get', key, () => store.get(key)),

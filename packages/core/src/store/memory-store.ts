@@ -169,9 +169,9 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
       return 'ok';
     },
 
-    async markPublished(key: string, ids: readonly string[]): Promise<void> {
+    async markPublished(key: string, fence: number, ids: readonly string[]): Promise<void> {
       const record = live(key, now());
-      if (record?.state !== RecordState.Completed) return;
+      if (record?.state !== RecordState.Completed || record.fence !== fence) return;
       const confirmed = new Set(ids);
       records.set(key, {
         ...record,

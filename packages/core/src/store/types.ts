@@ -160,8 +160,12 @@ export interface ProcessedStore {
   release(key: string, fence: number, error: ErrorInfo): Promise<FencedResult>;
   /** IN_PROGRESS(fence) -> FAILED, kept for `retentionMs`. */
   fail(key: string, fence: number, error: ErrorInfo, retentionMs: number): Promise<FencedResult>;
-  /** Flag outgoing messages of a COMPLETED record as confirmed. Unknown ids are ignored. */
-  markPublished(key: string, ids: readonly string[]): Promise<void>;
+  /**
+   * Flag outgoing messages of the COMPLETED record completed under `fence` as confirmed. Unknown
+   * ids are ignored, and so is the call when the record's fence differs: a straggler from an
+   * earlier incarnation of the key must not flag the newer record's messages.
+   */
+  markPublished(key: string, fence: number, ids: readonly string[]): Promise<void>;
   /** Journal a step's result under the IN_PROGRESS record held by `fence`. */
   saveStep(key: string, fence: number, name: string, result: Uint8Array): Promise<FencedResult>;
   /** Read a record; an expired record reads as absent. */

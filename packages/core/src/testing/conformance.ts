@@ -282,11 +282,23 @@ export function describeStoreConformance(
       await ok(completeWith(key, acquired.fence, { outgoing }));
       const flags = async () =>
         inState(await store().get(key), 'COMPLETED').outgoing.map((m) => `${m.id}:${m.published}`);
-      await store().markPublished(key, ['a', 'c', 'unknown']);
+      await store().markPublished(key, acquired.fence, ['a', 'c', 'unknown']);
       expect(await flags()).toEqual(['a:true', 'b:false', 'c:true']);
-      await store().markPublished(key, ['a']);
-      await store().markPublished(key, []);
+      await store().markPublished(key, acquired.fence, ['a']);
+      await store().markPublished(key, acquired.fence, []);
       expect(await flags()).toEqual(['a:true', 'b:false', 'c:true']);
+    });
+
+    it('markPublished with another fence than the completing one flags nothing', async () => {
+      // A straggler from an earlier incarnation of the key (its record expired and the key was
+      // begun and completed again) must not mark the newer record's messages as confirmed.
+      const key = freshKey();
+      const acquired = await acquire(key);
+      await ok(completeWith(key, acquired.fence, { outgoing: [message('a'), message('b')] }));
+      await store().markPublished(key, acquired.fence - 1, ['a']);
+      await store().markPublished(key, acquired.fence + 1, ['b']);
+      const flags = inState(await store().get(key), 'COMPLETED').outgoing.map((m) => m.published);
+      expect(flags).toEqual([false, false]);
     });
 
     it('release keeps the record IN_PROGRESS with leaseUntil 0 and lastError; begin retries at once', async () => {
@@ -334,7 +346,7 @@ export function describeStoreConformance(
       await ok(completeWith(key, first.fence, { retentionMs: shortRetentionMs }));
       await sleep(pastRetention);
       expect(await store().get(key)).toBeUndefined();
-      await store().markPublished(key, ['x']);
+      await store().markPublished(key, first.fence, ['x']);
       // Once expired, the key is free: even another payload is accepted.
       const again = await acquire(key, { fingerprint: 'fp-2' });
       expect(again).toMatchObject({ kind: 'new', attempt: 1 });
@@ -362,7 +374,7 @@ export function describeStoreConformance(
         expect(acquired).toMatchObject({ kind: 'new', attempt: 1 });
         const outgoing = [message('m')];
         await ok(completeWith(key(suffix), acquired.fence, { result: inline([i]), outgoing }));
-        await store().markPublished(key(suffix), ['m']);
+        await store().markPublished(key(suffix), acquired.fence, ['m']);
       }
       for (const [i, suffix] of HOSTILE_KEYS.entries()) {
         const record = inState(await store().get(key(suffix)), 'COMPLETED');
@@ -435,7 +447,7 @@ export function describeStoreConformance(
       await lost(store().release(key, 1, boom));
       await lost(store().fail(key, 1, fatal, retentionMs));
       await lost(completeWith(key, 1));
-      await store().markPublished(key, ['m']);
+      await store().markPublished(key, 1, ['m']);
       expect(await store().get(key)).toBeUndefined();
     });
 
