@@ -2,7 +2,7 @@
 import { type Context, propagation, type Span, SpanKind, trace } from '@opentelemetry/api';
 import type { BlobPointer, BlobSource, BlobStore } from './blob/types.js';
 import { decodeResult, encodeResult, encodeValue } from './codec.js';
-import { ConfigError, isRetryable, LeaseLostError } from './errors.js';
+import { ClosedError, ConfigError, isRetryable, LeaseLostError } from './errors.js';
 import { Headers } from './headers.js';
 import { deriveChildKey } from './keys.js';
 import { type RetryPolicyOptions, resolveRetryPolicy, retryDelayMs } from './retry.js';
@@ -75,8 +75,15 @@ export type Handler<T = unknown, R = unknown> = (payload: T, ctx: HandlerContext
 export interface RunState {
   readonly ctx: HandlerContext;
   readonly outgoing: OutgoingMessage[];
-  /** Blobs written during the run, to delete if the run does not complete. */
+  /** Blobs written during the run, to delete if the run does not complete (see `isJournaled`). */
   readonly blobs: BlobPointer[];
+  /**
+   * Whether a journaled step (replayed, or saved by this run unless the store said `lost`) may
+   * hold this pointer. Steps outlive the run (release, takeover), so their blobs must too.
+   */
+  isJournaled(pointer: BlobPointer): boolean;
+  /** Ends the run: `publish`, `step` and `storeBlob` throw from now on. */
+  close(): void;
 }
 
 export function createRunContext(args: {
@@ -86,6 +93,7 @@ export function createRunContext(args: {
   attempt: number;
   fence: number;
   kind: AcquireKind;
+  namespace: string;
   consumer: string;
   headers: Readonly<Record<string, string>>;
   signal: AbortSignal;
@@ -100,10 +108,21 @@ export function createRunContext(args: {
   const blobs: BlobPointer[] = [];
   const stepNames = new Set<string>();
   const publishNames = new Set<string>();
+  // Encoded step results that may be journaled: replayed ones, and this run's unless `lost`.
+  const journal: Buffer[] = Object.values(args.steps).map((s) => Buffer.from(s.result));
+  let closed = false;
+  const open = (what: string) => {
+    if (closed) {
+      throw new ClosedError(
+        'run context',
+        `${what} called after the handler returned: the run is over and nothing it does is recorded`,
+      );
+    }
+  };
   const keyFor = (name: string) => {
     if (typeof name !== 'string' || name.length === 0)
       throw new ConfigError('keyFor(name) needs a non-empty name');
-    return deriveChildKey(args.key, args.consumer, name);
+    return deriveChildKey(args.namespace, args.consumer, name, args.key);
   };
 
   const ctx: HandlerContext = {
@@ -118,6 +137,7 @@ export function createRunContext(args: {
     span: args.span,
     keyFor,
     publish(destination, message, options = {}) {
+      open('ctx.publish');
       if (!args.canPublish) {
         throw new ConfigError('ctx.publish needs a publisher: pass `publisher` to the consumer options');
       }
@@ -155,6 +175,7 @@ export function createRunContext(args: {
       });
     },
     async step(name, fn, options = {}) {
+      open('ctx.step');
       if (stepNames.has(name)) throw new ConfigError(`step name "${name}" used twice in one run`);
       stepNames.add(name);
       const journaled = args.steps[name];
@@ -165,14 +186,22 @@ export function createRunContext(args: {
         }
         span.setAttribute(ATTR_EO_STEP_REPLAYED, false);
         const value = await runWithRetry(fn, options.retry, args.signal);
-        const encoded = encodeResult(value) ?? encodeResult(null);
-        const saved = await args.store.saveStep(args.storeKey, args.fence, name, encoded as Uint8Array);
-        if (saved === 'lost') throw new LeaseLostError({ key: args.storeKey, fence: args.fence });
+        const encoded = (encodeResult(value) ?? encodeResult(null)) as Uint8Array;
+        open('ctx.step');
+        // Counted as journaled before the write: if the answer never arrives, it may have landed.
+        const entry = Buffer.from(encoded);
+        journal.push(entry);
+        const saved = await args.store.saveStep(args.storeKey, args.fence, name, encoded);
+        if (saved === 'lost') {
+          journal.splice(journal.indexOf(entry), 1);
+          throw new LeaseLostError({ key: args.storeKey, fence: args.fence });
+        }
         // Return what a replay would return, so both paths see the same value.
-        return decodeResult(encoded as Uint8Array);
+        return decodeResult(encoded);
       });
     },
     async storeBlob(source) {
+      open('ctx.storeBlob');
       if (!args.blobStore)
         throw new ConfigError('ctx.storeBlob needs a blob store: pass `blobs` to the options');
       const pointer = await args.blobStore.put(source);
@@ -180,7 +209,16 @@ export function createRunContext(args: {
       return pointer;
     },
   };
-  return { ctx, outgoing, blobs };
+  return {
+    ctx,
+    outgoing,
+    blobs,
+    // A pointer is found by its uri in the step's JSON, wherever the handler put it.
+    isJournaled: (pointer) => journal.some((bytes) => bytes.includes(pointer.uri)),
+    close() {
+      closed = true;
+    },
+  };
 }
 
 async function runWithRetry<S>(

@@ -59,7 +59,7 @@ export class InvalidKeyError extends ExactlyOnceError {
   override name = 'InvalidKeyError';
   constructor(
     message: string,
-    readonly reason: 'empty' | 'encoding' | 'type',
+    readonly reason: 'empty' | 'encoding' | 'type' | 'multiple',
   ) {
     super(ErrorCode.InvalidKey, message, false);
   }
@@ -186,6 +186,60 @@ export class PublishError extends ExactlyOnceError {
   override name = 'PublishError';
   constructor(message: string, options: ExactlyOnceErrorOptions = {}) {
     super(ErrorCode.Publish, message, true, options);
+  }
+}
+
+/**
+ * The store refused a record as too large (e.g. a result over MongoDB's 16 MB document limit with
+ * no blob store configured). Permanent: the same write would be refused again. Configure a blob
+ * store (`blobs`) so large results are stored by reference.
+ */
+export class RecordTooLargeError extends ExactlyOnceError {
+  override name = 'RecordTooLargeError';
+  readonly operation: string;
+  constructor(opts: { operation: string; cause?: unknown; message?: string }) {
+    super(
+      ErrorCode.RecordTooLarge,
+      opts.message ??
+        `processed-store ${opts.operation} refused the record as too large: ${describeCause(opts.cause)}`,
+      false,
+      opts,
+    );
+    this.operation = opts.operation;
+  }
+}
+
+/**
+ * A run went on longer than `maxRunMs`: the pipeline stopped heartbeating it, aborted its signal
+ * and released the key for a retry. Retryable; counts as an attempt.
+ */
+export class RunTimeoutError extends ExactlyOnceError {
+  override name = 'RunTimeoutError';
+  readonly maxRunMs: number;
+  constructor(opts: { maxRunMs: number }) {
+    super(ErrorCode.RunTimeout, `handler still running after maxRunMs (${opts.maxRunMs} ms)`, true);
+    this.maxRunMs = opts.maxRunMs;
+  }
+}
+
+/**
+ * A handler failed permanently with an error that is not an {@link ExactlyOnceError} (one flagged
+ * `retryable: false`). The original error is the `cause`, and its class and message are in this
+ * error's message, so a dead-letter reason is always a library error.
+ */
+export class HandlerFailedError extends ExactlyOnceError {
+  override name = 'HandlerFailedError';
+  constructor(cause: unknown) {
+    const info = cause instanceof Error ? `${cause.name}: ${cause.message}` : String(cause);
+    super(ErrorCode.HandlerFailed, `handler failed permanently: ${info}`, false, { cause });
+  }
+}
+
+/** Used after close (a publisher, a producer, a finished run's context): nothing more is sent. */
+export class ClosedError extends ExactlyOnceError {
+  override name = 'ClosedError';
+  constructor(what: string, detail?: string) {
+    super(ErrorCode.Closed, detail ?? `${what} is closed`, false);
   }
 }
 

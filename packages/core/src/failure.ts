@@ -7,6 +7,8 @@ import type { BlobPointer } from './blob/types.js';
 import {
   AttemptsExhaustedError,
   type ErrorInfo,
+  ExactlyOnceError,
+  HandlerFailedError,
   isRetryable,
   LeaseLostError,
   toErrorInfo,
@@ -23,11 +25,14 @@ export async function handleFailure<T, R>(
   attempt: number,
   outcome: Outcome,
   error: unknown,
-  blobs: BlobPointer[],
+  blobs: RunBlobs,
 ): Promise<Disposition> {
   await discardBlobs(o, blobs);
   if (error instanceof LeaseLostError) return leaseLost(storeKey, fence);
-  if (!isRetryable(error)) return failAndDeadLetter(o, delivery, storeKey, fence, error, attempt);
+  if (!isRetryable(error)) {
+    const reason = error instanceof ExactlyOnceError ? error : new HandlerFailedError(error);
+    return failAndDeadLetter(o, delivery, storeKey, fence, reason, attempt);
+  }
   if (attempt >= o.retry.maxAttempts) {
     return failAndDeadLetter(
       o,
@@ -78,7 +83,10 @@ export function deadLetter<T, R>(
   error: unknown,
   attempts: number,
 ): Disposition {
-  const info: ErrorInfo = toErrorInfo(error);
+  // Reasons are always library errors, so consumers of the dead-letter queue branch on one set.
+  const info: ErrorInfo = toErrorInfo(
+    error instanceof ExactlyOnceError ? error : new HandlerFailedError(error),
+  );
   return {
     action: 'dead-letter',
     outcome,
@@ -105,12 +113,20 @@ export async function release<T, R>(
   }
 }
 
-export async function discardBlobs<T, R>(
-  o: ResolvedProcessorOptions<T, R>,
-  blobs: readonly { uri: string; size: number; sha256: string }[],
-) {
+/** The blobs a run wrote, and which of them a journaled step may point at. */
+export interface RunBlobs {
+  readonly blobs: readonly BlobPointer[];
+  isJournaled(pointer: BlobPointer): boolean;
+}
+
+/**
+ * Deletes the blobs of a run that will not complete, except those a journaled step may name: a
+ * step outlives its run (a retry or a takeover replays it), so its blob must outlive it too.
+ */
+export async function discardBlobs<T, R>(o: ResolvedProcessorOptions<T, R>, run: RunBlobs) {
   if (!o.blobs) return;
-  for (const pointer of blobs) {
+  for (const pointer of run.blobs) {
+    if (run.isJournaled(pointer)) continue;
     try {
       await o.blobs.delete(pointer);
     } catch {

@@ -36,8 +36,9 @@ export type MessageHeaders = Readonly<Record<string, HeaderValue>>;
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 /**
- * Reads a header as a string. Byte values must be valid UTF-8; for a repeated Kafka header the
- * last value wins (the one a retrying producer set last).
+ * Reads a header as a string, leniently: for trace and informational headers only. Byte values
+ * must be valid UTF-8; for a repeated header the last value wins. Never use it for a header that
+ * identifies a message: see {@link readIdentityHeader}.
  *
  * @throws InvalidKeyError when the bytes are not valid UTF-8.
  */
@@ -78,4 +79,48 @@ export function textHeaders(headers: MessageHeaders | undefined): Record<string,
     }
   }
   return out;
+}
+
+/**
+ * Reads a header that identifies a message (`x-idempotency-key`, `x-request-id`) strictly: it
+ * must be present once, as a string or UTF-8 bytes. Anything else is ambiguous and is never
+ * guessed at: picking one of several values would collapse different messages onto one key.
+ *
+ * @returns the value, or undefined when the header is absent (or null).
+ * @throws InvalidKeyError for a multi-valued header (an AMQP array, a repeated Kafka header), the
+ * same name present twice in different letter case, a non-string value (number, boolean, table)
+ * or bytes that are not valid UTF-8.
+ */
+export function readIdentityHeader(headers: MessageHeaders | undefined, name: string): string | undefined {
+  if (!headers) return undefined;
+  const lower = name.toLowerCase();
+  const names = Object.keys(headers).filter((k) => k.toLowerCase() === lower);
+  if (names.length > 1) {
+    throw new InvalidKeyError(
+      `header ${name} is present ${names.length} times (${names.join(', ')})`,
+      'multiple',
+    );
+  }
+  const value = names[0] === undefined ? undefined : headers[names[0]];
+  if (value === undefined || value === null) return undefined;
+  if (typeof value === 'string') return value;
+  if (Array.isArray(value)) {
+    throw new InvalidKeyError(
+      `header ${name} has ${value.length} values; exactly one is required`,
+      'multiple',
+    );
+  }
+  if (value instanceof Uint8Array) {
+    try {
+      return utf8.decode(value);
+    } catch {
+      throw new InvalidKeyError(`header ${name} is not valid UTF-8`, 'encoding');
+    }
+  }
+  throw new InvalidKeyError(`header ${name} must be a string, not ${describeType(value)}`, 'type');
+}
+
+function describeType(value: unknown): string {
+  if (typeof value === 'object') return value === null ? 'null' : 'an object';
+  return `a ${typeof value}`;
 }

@@ -12,7 +12,7 @@ export * from './errors.js';
 export type { ExecuteRequest, ExecuteResult, ExecutorOptions, IdempotentExecutor } from './executor.js';
 export { createIdempotentExecutor, ExecutionFailedError, RequestInProgressError } from './executor.js';
 export type { HeaderValue, MessageHeaders } from './headers.js';
-export { Headers, readHeader, textHeaders } from './headers.js';
+export { Headers, readHeader, readIdentityHeader, textHeaders } from './headers.js';
 export type { StableKeyField } from './keys.js';
 export {
   canonicalJson,

@@ -10,9 +10,13 @@ export const MAX_KEY_BYTES = 255;
 const HASHED_PREFIX = 'sha256:';
 const NAME_PATTERN = /^[A-Za-z0-9._-]{1,100}$/;
 
+/** Payloads nested deeper than this are refused by {@link canonicalJson} (and so by fingerprints). */
+export const MAX_PAYLOAD_DEPTH = 1000;
+
 /**
  * Validates a key as received and returns the form the store sees: the key itself, or
- * `sha256:<hex>` when it is longer than {@link MAX_KEY_BYTES}.
+ * `sha256:<hex>` when it is longer than {@link MAX_KEY_BYTES}. A key that itself starts with
+ * `sha256:` is hashed too, so a literal key can never collide with the hashed form of another.
  */
 export function normalizeKey(raw: string): string {
   if (typeof raw !== 'string') throw new InvalidKeyError('idempotency key must be a string', 'type');
@@ -20,7 +24,9 @@ export function normalizeKey(raw: string): string {
   if (!raw.isWellFormed()) {
     throw new InvalidKeyError('idempotency key contains an unpaired UTF-16 surrogate', 'encoding');
   }
-  if (Buffer.byteLength(raw, 'utf8') > MAX_KEY_BYTES) return HASHED_PREFIX + sha256Hex(raw);
+  if (raw.startsWith(HASHED_PREFIX) || Buffer.byteLength(raw, 'utf8') > MAX_KEY_BYTES) {
+    return HASHED_PREFIX + sha256Hex(raw);
+  }
   return raw;
 }
 
@@ -38,13 +44,21 @@ export function scopeKey(namespace: string, consumer: string, key: string): stri
 }
 
 /**
- * A child key derived from a parent key, the consumer that derives it and a name the handler
- * gives. Deterministic, so a re-run derives the same key; fixed length and URL-safe, so it fits an
- * external API's `Idempotency-Key` header.
+ * A child key derived from a parent key, the namespace and consumer that derive it, and a name
+ * the handler gives. Deterministic, so a re-run derives the same key; fixed length and URL-safe,
+ * so it fits an external API's `Idempotency-Key` header. The namespace is part of it, so two
+ * tenants with the same consumer name and business key never emit the same child key.
+ *
+ * The `eo2-` prefix names the derivation: `eo1-` keys (0.1, without the namespace) are never
+ * produced again, so a message re-run after an upgrade publishes a new child key once.
  */
-export function deriveChildKey(parentKey: string, consumer: string, name: string): string {
-  const digest = createHash('sha256').update(`eo1\n${consumer}\n${name}\n${parentKey}`).digest('base64url');
-  return `eo1-${digest.slice(0, 32)}`;
+export function deriveChildKey(namespace: string, consumer: string, name: string, parentKey: string): string {
+  // Namespace and consumer are validated names without newlines; the handler's name is length
+  // prefixed, so no choice of name and key can reproduce another pair's input.
+  const digest = createHash('sha256')
+    .update(`eo2\n${namespace}\n${consumer}\n${name.length}:${name}\n${parentKey}`)
+    .digest('base64url');
+  return `eo2-${digest.slice(0, 32)}`;
 }
 
 /**
@@ -52,10 +66,10 @@ export function deriveChildKey(parentKey: string, consumer: string, name: string
  * that mean the same thing give the same text whatever their key order.
  */
 export function canonicalJson(value: unknown): string {
-  return JSON.stringify(canonicalize(value, new Set()));
+  return JSON.stringify(canonicalize(value, new Set(), 0));
 }
 
-function canonicalize(value: unknown, seen: Set<object>): unknown {
+function canonicalize(value: unknown, seen: Set<object>, depth: number): unknown {
   if (value === null || typeof value !== 'object') {
     if (typeof value === 'bigint') return `${value}n`;
     if (typeof value === 'number' && !Number.isFinite(value)) {
@@ -64,15 +78,18 @@ function canonicalize(value: unknown, seen: Set<object>): unknown {
     return value;
   }
   if (seen.has(value)) throw new TypeError('cannot fingerprint a cyclic value');
+  // A walk this deep would overflow the stack; a real payload never nests like this.
+  if (depth >= MAX_PAYLOAD_DEPTH) throw new RangeError(`value nests deeper than ${MAX_PAYLOAD_DEPTH} levels`);
   seen.add(value);
   try {
     if (value instanceof Uint8Array) return { $bytes: Buffer.from(value).toString('base64') };
-    if (Array.isArray(value)) return value.map((v) => (v === undefined ? null : canonicalize(v, seen)));
+    if (Array.isArray(value))
+      return value.map((v) => (v === undefined ? null : canonicalize(v, seen, depth + 1)));
     if (value instanceof Date) return value.toISOString();
     const out: Record<string, unknown> = {};
     for (const k of Object.keys(value).sort()) {
       const v = (value as Record<string, unknown>)[k];
-      if (v !== undefined && typeof v !== 'function') out[k] = canonicalize(v, seen);
+      if (v !== undefined && typeof v !== 'function') out[k] = canonicalize(v, seen, depth + 1);
     }
     return out;
   } finally {

@@ -15,6 +15,8 @@ export interface LeaseKeeper {
    * caller's release or complete and revive the lease.
    */
   stop(): Promise<void>;
+  /** Gives the run up (e.g. past `maxRunMs`): aborts the signal with `reason` and stops heartbeating. */
+  abort(reason: Error): void;
 }
 
 export function keepLease(opts: {
@@ -80,6 +82,11 @@ export function keepLease(opts: {
       stopped = true;
       if (timer) clearTimeout(timer);
       await inflight;
+    },
+    abort(reason) {
+      stopped = true;
+      if (timer) clearTimeout(timer);
+      if (!controller.signal.aborted) controller.abort(reason);
     },
   };
 }

@@ -54,6 +54,19 @@ export interface ProcessorOptions<T = unknown, R = unknown> {
   leaseMs?: number;
   /** Heartbeat period; must be well under the lease. @defaultValue leaseMs / 3 */
   heartbeatMs?: number;
+  /**
+   * Longest a handler may run. A handler still running then is given up: its `ctx.signal`
+   * aborts, the heartbeat stops, the key is released and the message is retried (a
+   * `RunTimeoutError`, counted as an attempt). Without a bound a hung handler would heartbeat
+   * its lease for ever. @defaultValue 900000 (15 minutes)
+   */
+  maxRunMs?: number;
+  /**
+   * Unconfirmed publishes of a completed message's outgoing messages in a row before the message
+   * is dead-lettered with a `PublishError` reason (metric `exactly_once.publish.escalations`). Until
+   * then it is redelivered with a growing delay (0.5 s doubling to 30 s). @defaultValue 20
+   */
+  maxPublishDeferrals?: number;
   /** How long a COMPLETED or FAILED record answers duplicates. @defaultValue 7 days */
   retentionMs?: number;
   /** Results larger than this many bytes go to `blobs`. @defaultValue 16384 */
@@ -86,6 +99,8 @@ export interface ResolvedProcessorOptions<T, R> {
   readonly missingKey: MissingKeyPolicy<T>;
   readonly leaseMs: number;
   readonly heartbeatMs: number;
+  readonly maxRunMs: number;
+  readonly maxPublishDeferrals: number;
   readonly retentionMs: number;
   readonly inlineResultBytes: number;
   readonly retry: RetryPolicy;
@@ -100,6 +115,8 @@ const DAY = 86_400_000;
 export const PROCESSOR_DEFAULTS = Object.freeze({
   namespace: 'default',
   leaseMs: 30_000,
+  maxRunMs: 15 * 60_000,
+  maxPublishDeferrals: 20,
   retentionMs: 7 * DAY,
   inlineResultBytes: 16 * 1024,
   redeliveryHorizonMs: DAY,
@@ -123,6 +140,12 @@ export function resolveProcessorOptions<T, R>(o: ProcessorOptions<T, R>): Resolv
       `heartbeatMs (${heartbeatMs}) must be at most half of leaseMs (${leaseMs}); a third is recommended, ` +
         'so one missed heartbeat does not lose the lease',
     );
+  }
+  const maxRunMs = o.maxRunMs ?? PROCESSOR_DEFAULTS.maxRunMs;
+  positive('maxRunMs', maxRunMs);
+  const maxPublishDeferrals = o.maxPublishDeferrals ?? PROCESSOR_DEFAULTS.maxPublishDeferrals;
+  if (!Number.isInteger(maxPublishDeferrals) || maxPublishDeferrals < 0) {
+    throw new ConfigError(`maxPublishDeferrals must be an integer >= 0 (got ${maxPublishDeferrals})`);
   }
   const retentionMs = o.retentionMs ?? PROCESSOR_DEFAULTS.retentionMs;
   positive('retentionMs', retentionMs);
@@ -151,6 +174,8 @@ export function resolveProcessorOptions<T, R>(o: ProcessorOptions<T, R>): Resolv
     missingKey,
     leaseMs,
     heartbeatMs,
+    maxRunMs,
+    maxPublishDeferrals,
     retentionMs,
     inlineResultBytes,
     retry,
@@ -171,15 +196,17 @@ export function checkRetentionHorizon(
   o: Pick<
     ResolvedProcessorOptions<unknown, unknown>,
     'retentionMs' | 'retry' | 'redeliveryHorizonMs' | 'leaseMs' | 'logger' | 'consumer'
-  >,
+  > & { readonly maxRunMs?: number },
   mode: 'error' | 'warn' | 'off',
 ): void {
   if (mode === 'off') return;
-  const needed = worstCaseRetrySpanMs(o.retry) + o.retry.maxAttempts * o.leaseMs + o.redeliveryHorizonMs;
+  // Each attempt holds the key for at most its run bound (or a lease, when a worker died).
+  const perAttempt = Math.max(o.leaseMs, o.maxRunMs ?? 0);
+  const needed = worstCaseRetrySpanMs(o.retry) + o.retry.maxAttempts * perAttempt + o.redeliveryHorizonMs;
   if (o.retentionMs >= needed) return;
   const message =
     `consumer "${o.consumer}": retentionMs (${o.retentionMs} ms) is shorter than the longest a message can ` +
-    `come back (${needed} ms = retry schedule + ${o.retry.maxAttempts} leases + redeliveryHorizonMs). ` +
+    `come back (${needed} ms = retry schedule + ${o.retry.maxAttempts} × max(leaseMs, maxRunMs) + redeliveryHorizonMs). ` +
     'A late copy would find no record and be processed again. Raise retentionMs, or lower the horizon, ' +
     "or set retentionCheck: 'warn'.";
   if (mode === 'error') throw new ConfigError(message);

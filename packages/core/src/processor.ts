@@ -14,14 +14,17 @@
  */
 import { type Context, context, propagation, type Span, SpanKind, SpanStatusCode } from '@opentelemetry/api';
 import { decodeJson, encodeResult } from './codec.js';
-import { createRunContext, type Handler } from './context.js';
+import { createRunContext, type Handler, type HandlerContext } from './context.js';
 import {
   AttemptsExhaustedError,
+  ExactlyOnceError,
   IdempotencyKeyReuseError,
+  isRetryable,
   KeyMissingError,
   MalformedMessageError,
   PreviouslyFailedError,
   PublishError,
+  RunTimeoutError,
   toErrorInfo,
 } from './errors.js';
 import {
@@ -30,12 +33,13 @@ import {
   failAndDeadLetter,
   handleFailure,
   leaseLost,
+  type RunBlobs,
   release,
   storeDown,
 } from './failure.js';
-import { Headers, readHeader, textHeaders } from './headers.js';
+import { Headers, readIdentityHeader, textHeaders } from './headers.js';
 import { fingerprint, normalizeKey, scopeKey } from './keys.js';
-import { keepLease } from './lease-keeper.js';
+import { keepLease, type LeaseKeeper } from './lease-keeper.js';
 import { type ProcessorOptions, type ResolvedProcessorOptions, resolveProcessorOptions } from './options.js';
 import {
   ATTR_EO_ACTION,
@@ -80,15 +84,23 @@ export interface Processor {
  */
 export function createProcessor<T = unknown, R = unknown>(options: ProcessorOptions<T, R>): Processor {
   const o = resolveProcessorOptions(options);
-  const publishing = new Map<string, Promise<unknown>>();
+  const shared: Shared = { publishing: new Map(), publishFailures: new Map() };
   return {
     options: o as ResolvedProcessorOptions<unknown, unknown>,
-    process: (delivery) => processDelivery(o, delivery, publishing),
+    process: (delivery) => processDelivery(o, delivery, shared),
   };
 }
 
-/** Publishes of this processor under way, by store key (see finishCompleted). */
-type Publishing = Map<string, Promise<unknown>>;
+/** What the runs of one processor share. */
+interface Shared {
+  /** Publishes under way, by store key (see finishCompleted). */
+  readonly publishing: Map<string, Promise<unknown>>;
+  /** Consecutive unconfirmed publishes, by store key (see publishThenAck). */
+  readonly publishFailures: Map<string, number>;
+}
+
+/** Keys whose publish failures are remembered at once; the oldest is forgotten first. */
+const MAX_TRACKED_PUBLISH_FAILURES = 10_000;
 
 interface Prepared<T> {
   payload: T;
@@ -101,7 +113,7 @@ interface Prepared<T> {
 async function processDelivery<T, R>(
   o: ResolvedProcessorOptions<T, R>,
   delivery: Delivery,
-  publishing: Publishing,
+  shared: Shared,
 ): Promise<Disposition> {
   const started = performance.now();
   const baseAttrs = {
@@ -116,7 +128,7 @@ async function processDelivery<T, R>(
   const { span, ctx } = startProcessSpan(o.spanKind, delivery.destination, delivery.headers, baseAttrs);
   let disposition: Disposition;
   try {
-    disposition = await context.with(ctx, () => run(o, delivery, span, ctx, publishing));
+    disposition = await context.with(ctx, () => run(o, delivery, span, ctx, shared));
   } catch (error) {
     // Only a bug gets here; never ack what we do not understand.
     recordError(span, error);
@@ -142,13 +154,18 @@ async function run<T, R>(
   delivery: Delivery,
   span: Span,
   ctx: Context,
-  publishing: Publishing,
+  shared: Shared,
 ): Promise<Disposition> {
   let prepared: Prepared<T>;
   try {
     prepared = prepare(o, delivery);
   } catch (error) {
-    return deadLetter(o, delivery, 'invalid', error, 0);
+    // A user hook or a hostile payload may throw anything; the reason is always a library error.
+    const reason =
+      error instanceof ExactlyOnceError
+        ? error
+        : new MalformedMessageError(`message could not be read: ${describe(error)}`, { cause: error });
+    return deadLetter(o, delivery, 'invalid', reason, 0);
   }
   const { storeKey, requestId } = prepared;
   span.setAttribute(ATTR_EO_KEY, prepared.key);
@@ -177,7 +194,7 @@ async function run<T, R>(
   switch (begun.status) {
     case 'duplicate': {
       span.addLinks(linkToRef(begun.record.traceId));
-      return finishCompleted(o, runCtx, storeKey, begun.record, publishing);
+      return finishCompleted(o, runCtx, delivery, storeKey, begun.record, shared);
     }
     case 'busy':
       // Poll well before the other lease ends: the other worker usually finishes early.
@@ -215,11 +232,11 @@ async function run<T, R>(
   const marker = new Promise<void>((resolve) => {
     finished = resolve;
   });
-  publishing.set(storeKey, marker);
+  shared.publishing.set(storeKey, marker);
   try {
-    return await runAcquired(o, delivery, span, runCtx, prepared, begun);
+    return await runAcquired(o, delivery, span, runCtx, prepared, begun, shared);
   } finally {
-    if (publishing.get(storeKey) === marker) publishing.delete(storeKey);
+    if (shared.publishing.get(storeKey) === marker) shared.publishing.delete(storeKey);
     finished();
   }
 }
@@ -231,6 +248,7 @@ async function runAcquired<T, R>(
   runCtx: Context,
   prepared: Prepared<T>,
   begun: Extract<BeginResult, { status: 'acquired' }>,
+  shared: Shared,
 ): Promise<Disposition> {
   const { storeKey, requestId } = prepared;
   span.setAttribute(ATTR_EO_ATTEMPT, begun.attempt);
@@ -265,6 +283,7 @@ async function runAcquired<T, R>(
     attempt,
     fence,
     kind: begun.kind,
+    namespace: o.namespace,
     consumer: o.consumer,
     headers: textHeaders(delivery.headers),
     signal: keeper.signal,
@@ -276,41 +295,38 @@ async function runAcquired<T, R>(
     canPublish: o.publisher !== undefined,
   });
 
-  let result: R | undefined;
-  let handlerError: unknown;
-  let failedHandler = false;
-  const handlerStart = performance.now();
-  try {
-    result = await context.with(runCtx, () => (o.handler as Handler<T, R>)(prepared.payload, state.ctx));
-  } catch (error) {
-    handlerError = error;
-    failedHandler = true;
-  } finally {
-    await keeper.stop();
-    instrumentsFor().handlerDuration.record((performance.now() - handlerStart) / 1000, {
-      consumer: o.consumer,
-    });
-  }
-
+  const ran = await runHandler(o, prepared.payload, state.ctx, runCtx, keeper);
+  state.close();
   if (keeper.lost) {
     // A newer fence owns the key; whatever this run did must not be recorded or acked.
-    await discardBlobs(o, state.blobs);
+    await keeper.stop();
+    await discardBlobs(o, state);
     return leaseLost(storeKey, fence);
   }
-
-  if (failedHandler) {
-    recordError(span, handlerError);
-    return handleFailure(o, delivery, storeKey, fence, attempt, outcome, handlerError, state.blobs);
+  if (!ran.ok) {
+    await keeper.stop();
+    recordError(span, ran.error);
+    return handleFailure(o, delivery, storeKey, fence, attempt, outcome, ran.error, state);
   }
 
+  // The heartbeat goes on while a large result uploads: a slow upload must not lose the lease.
   let stored: StoredResult | undefined;
   try {
-    stored = await storeResult(o, runCtx, result);
+    stored = await storeResult(o, runCtx, ran.value);
   } catch (error) {
+    await keeper.stop();
     await release(o, storeKey, fence, error);
     return { action: 'defer', outcome: 'store-unavailable', delayMs: 1000, error: toErrorInfo(error) };
   }
-  if (stored?.kind === 'blob') state.blobs.push(stored.pointer);
+  await keeper.stop();
+  const run: RunBlobs = {
+    blobs: stored?.kind === 'blob' ? [...state.blobs, stored.pointer] : state.blobs,
+    isJournaled: state.isJournaled,
+  };
+  if (keeper.lost) {
+    await discardBlobs(o, run);
+    return leaseLost(storeKey, fence);
+  }
 
   let completed: 'ok' | 'lost';
   try {
@@ -325,14 +341,58 @@ async function runAcquired<T, R>(
       }),
     );
   } catch (error) {
+    if (!isRetryable(error)) {
+      // The store refused the record itself (e.g. too large): the same write would fail again.
+      await discardBlobs(o, run);
+      return failAndDeadLetter(o, delivery, storeKey, fence, error, attempt);
+    }
     // Unknown whether the write landed: keep the blobs, redeliver; the next run resolves it.
     return storeDown(o, error);
   }
   if (completed === 'lost') {
-    await discardBlobs(o, state.blobs);
+    await discardBlobs(o, run);
     return leaseLost(storeKey, fence);
   }
-  return publishThenAck(o, runCtx, storeKey, fence, state.outgoing, outcome, stored);
+  return publishThenAck(o, runCtx, delivery, storeKey, fence, state.outgoing, outcome, stored, shared);
+}
+
+type HandlerRun<R> = { ok: true; value: R | undefined } | { ok: false; error: unknown };
+
+/**
+ * Runs the handler under the lease, for at most `maxRunMs`. A handler still running then is
+ * abandoned: its signal aborts, the heartbeat stops, and the run fails with a retryable
+ * RunTimeoutError. Its context is closed, and every store write it could still make is fenced.
+ */
+async function runHandler<T, R>(
+  o: ResolvedProcessorOptions<T, R>,
+  payload: T,
+  ctx: HandlerContext,
+  runCtx: Context,
+  keeper: LeaseKeeper,
+): Promise<HandlerRun<R>> {
+  const started = performance.now();
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<HandlerRun<R>>((resolve) => {
+    timer = setTimeout(() => {
+      const error = new RunTimeoutError({ maxRunMs: o.maxRunMs });
+      keeper.abort(error);
+      resolve({ ok: false, error });
+    }, o.maxRunMs);
+  });
+  try {
+    const handled = (async (): Promise<HandlerRun<R>> => {
+      try {
+        const value = await context.with(runCtx, () => (o.handler as Handler<T, R>)(payload, ctx));
+        return { ok: true, value };
+      } catch (error) {
+        return { ok: false, error };
+      }
+    })();
+    return await Promise.race([handled, timedOut]);
+  } finally {
+    clearTimeout(timer);
+    instrumentsFor().handlerDuration.record((performance.now() - started) / 1000, { consumer: o.consumer });
+  }
 }
 
 function prepare<T, R>(o: ResolvedProcessorOptions<T, R>, delivery: Delivery): Prepared<T> {
@@ -347,16 +407,12 @@ function prepare<T, R>(o: ResolvedProcessorOptions<T, R>, delivery: Delivery): P
     });
   }
   const fp = fingerprint(o.fingerprint ? o.fingerprint(payload) : payload);
-  let raw = readHeader(delivery.headers, Headers.IdempotencyKey);
+  let raw = readIdentityHeader(delivery.headers, Headers.IdempotencyKey);
   if (raw === undefined || raw === '') raw = keyFromPolicy(o, payload, delivery, fp);
   const key = normalizeKey(raw);
-  let requestId = key;
-  try {
-    const header = readHeader(delivery.headers, Headers.RequestId);
-    if (header) requestId = normalizeKey(header);
-  } catch {
-    // A broken request id only loses correlation; the key is what deduplicates.
-  }
+  // A request id is validated as strictly as the key: it is copied onto every downstream message.
+  const header = readIdentityHeader(delivery.headers, Headers.RequestId);
+  const requestId = header ? normalizeKey(header) : key;
   return { payload, key, storeKey: scopeKey(o.namespace, o.consumer, key), requestId, fingerprint: fp };
 }
 
@@ -403,12 +459,13 @@ async function storeResult<T, R>(
 async function finishCompleted<T, R>(
   o: ResolvedProcessorOptions<T, R>,
   ctx: Context,
+  delivery: Delivery,
   storeKey: string,
   record: CompletedRecord,
-  publishing: Publishing,
+  shared: Shared,
 ): Promise<Disposition> {
   let pending = record.outgoing.filter((m) => !m.published);
-  const underWay = publishing.get(storeKey);
+  const underWay = shared.publishing.get(storeKey);
   if (pending.length > 0 && underWay) {
     // A concurrent copy in this process is publishing the same messages right now: wait for it
     // rather than send them twice, then publish only what it did not confirm.
@@ -416,28 +473,37 @@ async function finishCompleted<T, R>(
     const fresh = await o.store.get(storeKey).catch(() => undefined);
     if (fresh?.state === 'COMPLETED') pending = fresh.outgoing.filter((m) => !m.published);
   }
-  return publishThenAck(o, ctx, storeKey, record.fence, pending, 'duplicate', record.result);
+  return publishThenAck(
+    o,
+    ctx,
+    delivery,
+    storeKey,
+    record.fence,
+    pending,
+    'duplicate',
+    record.result,
+    shared,
+  );
 }
 
 async function publishThenAck<T, R>(
   o: ResolvedProcessorOptions<T, R>,
   ctx: Context,
+  delivery: Delivery,
   storeKey: string,
   fence: number,
   outgoing: readonly OutgoingMessage[],
   outcome: Outcome,
   result: StoredResult | undefined,
+  shared: Shared,
 ): Promise<Disposition> {
   if (outgoing.length > 0) {
-    const publisher = o.publisher;
-    if (!publisher) {
-      const error = new PublishError(
-        'record has unconfirmed outgoing messages but the consumer has no publisher',
-      );
-      return { action: 'defer', outcome: 'publish-failed', delayMs: 5000, error: toErrorInfo(error) };
-    }
-    const destinations = [...new Set(outgoing.map((m) => m.destination))].join(',');
     try {
+      const publisher = o.publisher;
+      if (!publisher) {
+        throw new PublishError('record has unconfirmed outgoing messages but the consumer has no publisher');
+      }
+      const destinations = [...new Set(outgoing.map((m) => m.destination))].join(',');
       await inSpan(
         `send ${destinations}`,
         ctx,
@@ -446,10 +512,9 @@ async function publishThenAck<T, R>(
         SpanKind.CLIENT,
       );
     } catch (error) {
-      // COMPLETED is durable; the redelivery finds it and publishes what is still unconfirmed.
-      o.logger.warn('outgoing publish not confirmed; message will be redelivered', { key: storeKey });
-      return { action: 'defer', outcome: 'publish-failed', delayMs: 1000, error: toErrorInfo(error) };
+      return publishFailed(o, delivery, storeKey, error, shared);
     }
+    shared.publishFailures.delete(storeKey);
     try {
       await o.store.markPublished(
         storeKey,
@@ -465,4 +530,53 @@ async function publishThenAck<T, R>(
     }
   }
   return result ? { action: 'ack', outcome, result } : { action: 'ack', outcome };
+}
+
+/**
+ * An unconfirmed publish defers the message (COMPLETED is durable; the redelivery publishes what
+ * is still unconfirmed), with a growing delay. After `maxPublishDeferrals` in a row it escalates:
+ * a destination that does not exist would otherwise hold a Kafka partition or a prefetch slot for
+ * ever. The message is dead-lettered with the reason; replaying it publishes the outgoing
+ * messages (the record answers it as a duplicate).
+ */
+function publishFailed<T, R>(
+  o: ResolvedProcessorOptions<T, R>,
+  delivery: Delivery,
+  storeKey: string,
+  error: unknown,
+  shared: Shared,
+): Disposition {
+  const failures = (shared.publishFailures.get(storeKey) ?? 0) + 1;
+  shared.publishFailures.delete(storeKey); // re-inserted last: the map forgets the oldest first
+  if (failures > o.maxPublishDeferrals) {
+    o.logger.error('outgoing messages never confirmed; dead-lettering the message', {
+      key: storeKey,
+      attempts: failures,
+      error: toErrorInfo(error),
+    });
+    instrumentsFor().publishEscalations.add(1, { consumer: o.consumer });
+    const reason = new PublishError(
+      `outgoing messages not confirmed after ${failures} attempts: ${describe(error)}`,
+      { cause: error },
+    );
+    return deadLetter(o, delivery, 'publish-failed', reason, failures);
+  }
+  shared.publishFailures.set(storeKey, failures);
+  if (shared.publishFailures.size > MAX_TRACKED_PUBLISH_FAILURES) {
+    const oldest = shared.publishFailures.keys().next().value;
+    if (oldest !== undefined) shared.publishFailures.delete(oldest);
+  }
+  o.logger.warn('outgoing publish not confirmed; message will be redelivered', {
+    key: storeKey,
+    attempt: failures,
+  });
+  const delayMs = Math.min(30_000, 500 * 2 ** (failures - 1));
+  const info = toErrorInfo(
+    error instanceof ExactlyOnceError ? error : new PublishError(describe(error), { cause: error }),
+  );
+  return { action: 'defer', outcome: 'publish-failed', delayMs, error: info };
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
 }

@@ -152,6 +152,9 @@ function createInstruments() {
       description: 'Handler run time',
       unit: 's',
     }),
+    publishEscalations: m.createCounter('exactly_once.publish.escalations', {
+      description: 'Messages dead-lettered because their outgoing messages were never confirmed',
+    }),
   };
 }
 export function instrumentsFor() {

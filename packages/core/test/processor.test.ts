@@ -67,8 +67,8 @@ describe('processor: completed and duplicate', () => {
     expect(b?.headers[Headers.RequestId]).toBe('req-k2');
     expect(a?.headers[Headers.IdempotencyKey]).toBe(a?.id);
     expect(a?.id).not.toBe(b?.id);
-    expect(a?.id).toMatch(/^eo1-[A-Za-z0-9_-]{32}$/);
-    expect(seen[0]).toMatch(/^eo1-/);
+    expect(a?.id).toMatch(/^eo2-[A-Za-z0-9_-]{32}$/);
+    expect(seen[0]).toMatch(/^eo2-/);
     expect(b?.headers['content-type']).toContain('text/plain');
   });
 

@@ -1,0 +1,48 @@
+import { describe, expect, it } from 'vitest';
+import { Headers, readIdentityHeader } from '../src/headers.js';
+import { createProcessor } from '../src/processor.js';
+import { createMemoryStore } from '../src/store/memory-store.js';
+import { delivery } from './helpers.js';
+
+const enc = new TextEncoder();
+
+describe('identity headers are read strictly, never guessed', () => {
+  it.each([
+    ['an AMQP array of two keys', { [Headers.IdempotencyKey]: ['a', 'b'] }],
+    ['an AMQP array of one key', { [Headers.IdempotencyKey]: ['a'] }],
+    ['a repeated Kafka header', { [Headers.IdempotencyKey]: [enc.encode('a'), enc.encode('b')] }],
+    ['the name twice in different case', { [Headers.IdempotencyKey]: 'a', 'X-Idempotency-Key': 'b' }],
+    ['a number', { [Headers.IdempotencyKey]: 42 }],
+    ['a boolean', { [Headers.IdempotencyKey]: true }],
+    ['a table', { [Headers.IdempotencyKey]: { nested: 'a' } }],
+    ['a repeated request id', { [Headers.IdempotencyKey]: 'k', [Headers.RequestId]: ['r1', 'r2'] }],
+    ['a numeric request id', { [Headers.IdempotencyKey]: 'k', [Headers.RequestId]: 7 }],
+    [
+      'a request id that is not UTF-8',
+      { [Headers.IdempotencyKey]: 'k', [Headers.RequestId]: Uint8Array.of(0xff) },
+    ],
+  ])('%s is dead-lettered as INVALID_KEY and the handler never runs', async (_, headers) => {
+    let runs = 0;
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      retentionCheck: 'off',
+      handler: () => {
+        runs++;
+      },
+    });
+    const d = await p.process(delivery({ a: 1 }, headers as never));
+    expect(d).toMatchObject({ action: 'dead-letter', outcome: 'invalid' });
+    if (d.action === 'dead-letter') {
+      expect(d.reason.error).toMatchObject({ name: 'InvalidKeyError', code: 'INVALID_KEY' });
+    }
+    expect(runs).toBe(0);
+  });
+
+  it('accepts one string or one UTF-8 byte value', () => {
+    expect(readIdentityHeader({ 'x-idempotency-key': 'k1' }, Headers.IdempotencyKey)).toBe('k1');
+    expect(readIdentityHeader({ 'X-Idempotency-Key': enc.encode('k2') }, Headers.IdempotencyKey)).toBe('k2');
+    expect(readIdentityHeader({ other: 'x' }, Headers.IdempotencyKey)).toBeUndefined();
+    expect(readIdentityHeader({ 'x-idempotency-key': null }, Headers.IdempotencyKey)).toBeUndefined();
+  });
+});

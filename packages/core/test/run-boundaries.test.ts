@@ -1,0 +1,333 @@
+/**
+ * Defects outside the happy path: blobs under journaled steps, child keys across namespaces,
+ * payloads that overflow a walk, key spaces, a context used after its run, unbounded runs and
+ * deferrals, leases during large uploads, results too big for the store.
+ */
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { createFsBlobStore } from '../src/blob/fs-blob-store.js';
+import type { BlobPointer, BlobStore } from '../src/blob/types.js';
+import type { HandlerContext } from '../src/context.js';
+import { RecordTooLargeError } from '../src/errors.js';
+import { Headers } from '../src/headers.js';
+import { normalizeKey, sha256Hex } from '../src/keys.js';
+import { createProcessor } from '../src/processor.js';
+import { withFaults } from '../src/store/faulty-store.js';
+import { createMemoryStore } from '../src/store/memory-store.js';
+import type { ProcessedStore } from '../src/store/types.js';
+import { deferred, delivery, recordingPublisher } from './helpers.js';
+
+const key = (k: string) => ({ [Headers.IdempotencyKey]: k });
+const fast = { leaseMs: 300, retentionCheck: 'off' as const, retry: { maxAttempts: 3, initialDelayMs: 10 } };
+const dirs: string[] = [];
+afterAll(async () => {
+  for (const d of dirs) await rm(d, { recursive: true, force: true });
+});
+async function fsBlobs(): Promise<BlobStore> {
+  const directory = await mkdtemp(join(tmpdir(), 'eo-blobs-'));
+  dirs.push(directory);
+  return createFsBlobStore({ directory });
+}
+const pdf = () => new Uint8Array(4096).fill(7);
+
+describe('blobs stored inside a journaled step survive the run that stored them', () => {
+  it('a retry replays the step and can still read the blob its pointer names', async () => {
+    const blobs = await fsBlobs();
+    let failLater = true;
+    const read: number[] = [];
+    const p = createProcessor({
+      consumer: 'render',
+      store: createMemoryStore(),
+      blobs,
+      ...fast,
+      handler: async (_: unknown, ctx: HandlerContext) => {
+        const pointer = await ctx.step('render', () => ctx.storeBlob(pdf()));
+        await ctx.step('mail', () => {
+          if (failLater) throw new Error('smtp down');
+          return true;
+        });
+        read.push((await blobs.get(pointer)).byteLength);
+        return pointer;
+      },
+    });
+    expect(await p.process(delivery({}, key('b1')))).toMatchObject({ action: 'retry' });
+    failLater = false;
+    expect(await p.process(delivery({}, key('b1')))).toMatchObject({ action: 'ack' });
+    expect(read).toEqual([4096]);
+  });
+
+  it("a stale run's lease-lost path does not delete the new owner's replayed blob", async () => {
+    const blobs = await fsBlobs();
+    const store = createMemoryStore();
+    const gate = deferred();
+    let pointer: BlobPointer | undefined;
+    const stale = createProcessor({
+      consumer: 'render',
+      // Its heartbeats never reach the store: the lease runs out while it stalls.
+      store: withFaults(store, { failWhen: (op) => op === 'extend' }),
+      blobs,
+      ...fast,
+      leaseMs: 60,
+      heartbeatMs: 20,
+      handler: async (_: unknown, ctx: HandlerContext) => {
+        pointer = await ctx.step('render', () => ctx.storeBlob(pdf()));
+        await gate.promise; // stalls past its lease
+        throw new Error('too late anyway');
+      },
+    });
+    const staleRun = stale.process(delivery({}, key('b2')));
+    const rival = createProcessor({
+      consumer: 'render',
+      store,
+      blobs,
+      ...fast,
+      handler: async (_: unknown, ctx: HandlerContext) => {
+        const replayed = await ctx.step('render', () => ctx.storeBlob(pdf()));
+        gate.resolve();
+        await staleRun; // the stale run finishes (lease lost) before this run reads its blob
+        return (await blobs.get(replayed)).byteLength;
+      },
+    });
+    let d = await rival.process(delivery({}, key('b2')));
+    for (let i = 0; d.action === 'defer' && i < 100; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      d = await rival.process(delivery({}, key('b2')));
+    }
+    expect(d).toMatchObject({ action: 'ack', outcome: 'takeover' });
+    expect(pointer).toBeDefined();
+    expect((await blobs.get(pointer as BlobPointer)).byteLength).toBe(4096);
+  });
+
+  it('blobs of a run that is retried are deleted when no journaled step names them', async () => {
+    const directory = await mkdtemp(join(tmpdir(), 'eo-blobs-'));
+    dirs.push(directory);
+    const blobs = createFsBlobStore({ directory });
+    let fail = true;
+    const p = createProcessor({
+      consumer: 'render',
+      store: createMemoryStore(),
+      blobs,
+      ...fast,
+      handler: async (_: unknown, ctx: HandlerContext) => {
+        await ctx.storeBlob(pdf());
+        if (fail) throw new Error('transient');
+      },
+    });
+    expect(await p.process(delivery({}, key('b3')))).toMatchObject({ action: 'retry' });
+    const files = async () =>
+      (await Promise.all((await readdir(directory)).map((d) => readdir(join(directory, d))))).flat();
+    expect(await files()).toEqual([]);
+    fail = false;
+    expect(await p.process(delivery({}, key('b3')))).toMatchObject({ action: 'ack' });
+  });
+});
+
+describe('child keys', () => {
+  it('differ between namespaces (tenants) with the same consumer and business key', async () => {
+    const seen: Record<string, { keyFor: string; child: string | undefined }> = {};
+    for (const namespace of ['tenant-a', 'tenant-b']) {
+      const publisher = recordingPublisher();
+      const p = createProcessor({
+        consumer: 'billing',
+        namespace,
+        store: createMemoryStore(),
+        publisher,
+        ...fast,
+        handler: (_: unknown, ctx: HandlerContext) => {
+          seen[namespace] = { keyFor: ctx.keyFor('charge'), child: undefined };
+          ctx.publish('payments', { ok: true }, { name: 'captured' });
+        },
+      });
+      await p.process(delivery({}, key('order-1')));
+      (seen[namespace] as { child: string | undefined }).child =
+        publisher.sent[0]?.headers[Headers.IdempotencyKey];
+    }
+    expect(seen['tenant-a']?.keyFor).not.toBe(seen['tenant-b']?.keyFor);
+    expect(seen['tenant-a']?.child).toBeDefined();
+    expect(seen['tenant-a']?.child).not.toBe(seen['tenant-b']?.child);
+  });
+});
+
+describe('hostile payloads and key spaces', () => {
+  it('a JSON body nested 100k deep is dead-lettered as MalformedMessageError, not a RangeError', async () => {
+    const body = `${'['.repeat(100_000)}${']'.repeat(100_000)}`;
+    let runs = 0;
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      ...fast,
+      handler: () => {
+        runs++;
+      },
+    });
+    const d = await p.process(delivery(body, key('deep')));
+    expect(d).toMatchObject({ action: 'dead-letter', outcome: 'invalid' });
+    if (d.action === 'dead-letter') {
+      expect(d.reason.error).toMatchObject({ name: 'MalformedMessageError', code: 'MALFORMED_MESSAGE' });
+    }
+    expect(runs).toBe(0);
+  });
+
+  it('every dead-letter reason is a library error, also for a foreign permanent handler error', async () => {
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      ...fast,
+      fingerprint: () => {
+        throw new RangeError('selector blew up');
+      },
+      handler: () => undefined,
+    });
+    const byFingerprint = await p.process(delivery({}, key('f1')));
+    if (byFingerprint.action !== 'dead-letter') throw new Error('expected dead-letter');
+    expect(byFingerprint.reason.error.code).toBe('MALFORMED_MESSAGE');
+
+    const q = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      ...fast,
+      handler: () => {
+        throw Object.assign(new TypeError('bad card'), { retryable: false });
+      },
+    });
+    const byHandler = await q.process(delivery({}, key('f2')));
+    if (byHandler.action !== 'dead-letter') throw new Error('expected dead-letter');
+    expect(byHandler.reason.error).toMatchObject({ name: 'HandlerFailedError', code: 'HANDLER_FAILED' });
+    expect(byHandler.reason.error.message).toContain('TypeError: bad card');
+  });
+
+  it('a literal key that looks like a hashed key never collides with the hashed form of a long key', () => {
+    const long = 'k'.repeat(300);
+    const hashed = normalizeKey(long);
+    expect(hashed.startsWith('sha256:')).toBe(true);
+    expect(normalizeKey(`sha256:${sha256Hex(long)}`)).not.toBe(hashed);
+    expect(normalizeKey(hashed)).not.toBe(hashed);
+    expect(normalizeKey('order-1')).toBe('order-1');
+  });
+});
+
+describe('a context used after its run', () => {
+  it('ctx.publish, ctx.step and ctx.storeBlob throw once the handler has returned', async () => {
+    let saved: HandlerContext | undefined;
+    const publisher = recordingPublisher();
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      publisher,
+      blobs: await fsBlobs(),
+      ...fast,
+      handler: (_: unknown, ctx: HandlerContext) => {
+        saved = ctx;
+      },
+    });
+    expect(await p.process(delivery({}, key('late')))).toMatchObject({ action: 'ack' });
+    const ctx = saved as HandlerContext;
+    expect(() => ctx.publish('payments', { late: true })).toThrow(/after the handler/);
+    await expect(ctx.step('late', () => 1)).rejects.toThrow(/after the handler/);
+    await expect(ctx.storeBlob(pdf())).rejects.toThrow(/after the handler/);
+    expect(publisher.sent).toEqual([]);
+  });
+});
+
+describe('bounded runs and deferrals', () => {
+  it('a hung handler is given up after maxRunMs: signal aborted, key released, retry scheduled', async () => {
+    const store = createMemoryStore();
+    let aborted = false;
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      heartbeatMs: 50,
+      maxRunMs: 200,
+      handler: (_: unknown, ctx: HandlerContext) =>
+        new Promise<never>(() => {
+          ctx.signal.addEventListener('abort', () => {
+            aborted = true;
+          });
+        }),
+    });
+    const d = await p.process(delivery({}, key('hung')));
+    expect(d).toMatchObject({ action: 'retry', error: { name: 'RunTimeoutError', code: 'RUN_TIMEOUT' } });
+    expect(aborted).toBe(true);
+    expect(await store.get('default:c:hung')).toMatchObject({ state: 'IN_PROGRESS', leaseUntil: 0 });
+  });
+
+  it('after maxPublishDeferrals unconfirmed publishes the message is dead-lettered with the reason', async () => {
+    const publisher = recordingPublisher();
+    publisher.failing = true;
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      publisher,
+      ...fast,
+      maxPublishDeferrals: 3,
+      handler: (_: unknown, ctx: HandlerContext) => {
+        ctx.publish('missing-exchange', { a: 1 });
+      },
+    });
+    const outcomes: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      const d = await p.process(delivery({}, key('stuck')));
+      outcomes.push(`${d.action}:${d.outcome}`);
+    }
+    expect(outcomes).toEqual([
+      // the first run completes, then its publish is not confirmed
+      'defer:publish-failed',
+      'defer:publish-failed',
+      'defer:publish-failed',
+      'dead-letter:publish-failed',
+    ]);
+    // A replayed dead letter gets the full allowance again (the destination may be fixed by now).
+    expect(await p.process(delivery({}, key('stuck')))).toMatchObject({ action: 'defer' });
+  });
+});
+
+describe('large results', () => {
+  it('the lease is extended while a large result uploads; a rival sees the key busy', async () => {
+    const store = createMemoryStore();
+    const inner = await fsBlobs();
+    const uploading = deferred();
+    const finishUpload = deferred();
+    const slow: BlobStore = {
+      ...inner,
+      async put(source) {
+        uploading.resolve();
+        await finishUpload.promise;
+        return inner.put(source);
+      },
+    };
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      blobs: slow,
+      ...fast,
+      leaseMs: 60,
+      heartbeatMs: 20,
+      inlineResultBytes: 10,
+      handler: () => 'x'.repeat(1000),
+    });
+    const run = p.process(delivery({}, key('big')));
+    await uploading.promise;
+    await new Promise((r) => setTimeout(r, 150)); // well past one lease
+    const rival = createProcessor({ consumer: 'c', store, ...fast, handler: () => 'rival' });
+    expect(await rival.process(delivery({}, key('big')))).toMatchObject({ action: 'defer', outcome: 'busy' });
+    finishUpload.resolve();
+    expect(await run).toMatchObject({ action: 'ack', outcome: 'acquired' });
+  });
+
+  it('a result the store refuses as too large fails permanently and is dead-lettered', async () => {
+    const inner = createMemoryStore();
+    const store: ProcessedStore = {
+      ...inner,
+      complete: async () => {
+        throw new RecordTooLargeError({ operation: 'complete', message: 'document over 16 MB' });
+      },
+    };
+    const p = createProcessor({ consumer: 'c', store, ...fast, handler: () => 'big' });
+    const d = await p.process(delivery({}, key('huge')));
+    expect(d).toMatchObject({ action: 'dead-letter', reason: { error: { code: 'RECORD_TOO_LARGE' } } });
+    expect(await inner.get('default:c:huge')).toMatchObject({ state: 'FAILED' });
+  });
+});
