@@ -44,6 +44,23 @@ export function scopeKey(namespace: string, consumer: string, key: string): stri
 }
 
 /**
+ * The store key the pipeline uses for a message key: `namespace:consumer:normalizeKey(key)`. Use
+ * it to look a message's record up (`store.get`) or to forget it before replaying a dead letter
+ * (`store.clear`).
+ *
+ * @example
+ * ```ts
+ * const storeKey = recordKeyFor({ consumer: 'billing', key: 'order-42' });
+ * console.log(await store.get(storeKey)); // state, attempt, fence, lease, result, outgoing
+ * if ((await store.get(storeKey))?.state === 'FAILED') await store.clear(storeKey);
+ * ```
+ */
+export function recordKeyFor(message: { consumer: string; key: string; namespace?: string }): string {
+  const namespace = validateName('namespace', message.namespace ?? 'default');
+  return scopeKey(namespace, validateName('consumer', message.consumer), normalizeKey(message.key));
+}
+
+/**
  * A child key derived from a parent key, the namespace and consumer that derive it, and a name
  * the handler gives. Deterministic, so a re-run derives the same key; fixed length and URL-safe,
  * so it fits an external API's `Idempotency-Key` header. The namespace is part of it, so two

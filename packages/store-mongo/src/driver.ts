@@ -1,9 +1,10 @@
 /**
- * How driver and server errors become the SDK's errors: a store method throws only
- * StoreUnavailableError, except for the duplicate-key race, which callers handle themselves.
+ * How driver and server errors become the SDK's errors: a store method throws
+ * StoreUnavailableError (retryable), or RecordTooLargeError (permanent) when the server or the
+ * driver refused the document for its size; the duplicate-key race is handled by callers.
  */
-import { StoreUnavailableError } from '@exactly-once/core';
-import { MongoServerError } from 'mongodb';
+import { RecordTooLargeError, StoreUnavailableError } from '@exactly-once/core';
+import { MongoInvalidArgumentError, MongoServerError } from 'mongodb';
 
 /** E11000: an insert (or upsert) collided with an existing `_id`. */
 export function isDuplicateKey(error: unknown): boolean {
@@ -23,7 +24,35 @@ export function isUnsupported(error: unknown): boolean {
   return [238, 2, 9, 67, 197].includes(Number(error.code));
 }
 
-/** Runs one store operation, turning every failure into a retryable StoreUnavailableError. */
+/** The document (or the command carrying it) is over the BSON size limit: the same write always fails. */
+export function isTooLarge(error: unknown): boolean {
+  if (error instanceof MongoServerError) {
+    const code = Number(error.code);
+    // 10334 BSONObjectTooLarge: a command over 16 MiB + 16 KiB, or (MongoDB 5.0+) an update whose
+    // result is over 16 MiB; 17419 that update result before 5.0; 17420 the same for an upsert.
+    if (code === 10334 || code === 17419 || code === 17420) return true;
+    // An insert over 16 MiB is a plain BadValue: only its message tells it apart.
+    return code === 2 && error.message.includes('object to insert too large');
+  }
+  // The driver's own check, in bulk writes only (the store does not use them today).
+  if (error instanceof MongoInvalidArgumentError) {
+    return /Document is larger than the maximum size|exceeds the max bson object size/.test(error.message);
+  }
+  // bson 6 serializes every command into one 17 MiB buffer and fails past its end with a bare
+  // RangeError: V8's for a binary, Node's ERR_OUT_OF_RANGE on "offset" for a string or number.
+  // It happens before anything is sent. (16-17 MiB documents get through; FerretDB 1.x stores
+  // them, MongoDB refuses them with one of the codes above.)
+  if (error instanceof RangeError) {
+    const code = (error as { code?: unknown }).code;
+    return (
+      error.message === 'offset is out of bounds' ||
+      (code === 'ERR_OUT_OF_RANGE' && error.message.startsWith('The value of "offset" is out of range'))
+    );
+  }
+  return false;
+}
+
+/** Runs one store operation, turning every failure into the SDK's error for it (see {@link asStoreError}). */
 export async function guarded<T>(operation: string, fn: () => Promise<T>): Promise<T> {
   try {
     return await fn();
@@ -32,7 +61,8 @@ export async function guarded<T>(operation: string, fn: () => Promise<T>): Promi
   }
 }
 
-export function asStoreError(operation: string, error: unknown): StoreUnavailableError {
-  if (error instanceof StoreUnavailableError) return error;
+export function asStoreError(operation: string, error: unknown): StoreUnavailableError | RecordTooLargeError {
+  if (error instanceof StoreUnavailableError || error instanceof RecordTooLargeError) return error;
+  if (isTooLarge(error)) return new RecordTooLargeError({ operation, cause: error });
   return new StoreUnavailableError({ operation, cause: error });
 }

@@ -5,6 +5,7 @@ import {
   type BeginRequest,
   type BeginResult,
   type BlobStore,
+  type ClearResult,
   type CompleteRequest,
   ConfigError,
   type ErrorInfo,
@@ -49,7 +50,7 @@ export interface MongoStoreOptions {
    * clock.ts). `client`: this host's clock; every worker's host must then be synchronised.
    */
   readonly clock?: 'server' | 'client';
-  /** How often the server clock offset is measured again. Default 60 s. */
+  /** How often the server clock is measured again. Default 60 s. */
   readonly clockRefreshMs?: number;
   /** Blob store holding large results: the sweeper deletes the blobs of records it removes. */
   readonly blobs?: BlobStore;
@@ -285,6 +286,25 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         const now = await clock.now();
         const doc = await collection.findOne({ _id: key });
         return doc === null || isExpired(doc, now) ? undefined : decodeRecord(doc);
+      });
+    },
+
+    async clear(key: string): Promise<ClearResult> {
+      return guarded('clear', async () => {
+        const now = await clock.now();
+        const doc = await collection.findOne({ _id: key });
+        if (doc === null) return 'absent';
+        if (doc.s === State.InProgress && (doc.l ?? 0) > now) return 'busy';
+        // Only the version read is deleted: a worker that began or extended since keeps it.
+        const filter = {
+          _id: key,
+          s: doc.s,
+          n: doc.n,
+          ...(doc.s === State.InProgress ? { l: doc.l ?? 0 } : {}),
+        };
+        const { deletedCount } = await collection.deleteOne(filter, write);
+        if (deletedCount === 1) return isExpired(doc, now) ? 'absent' : 'cleared';
+        return (await collection.findOne({ _id: key })) === null ? 'absent' : 'busy';
       });
     },
 

@@ -5,6 +5,7 @@
 import {
   type BeginRequest,
   type BeginResult,
+  type ClearResult,
   type CompleteRequest,
   ConfigError,
   type ErrorInfo,
@@ -228,6 +229,18 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
 
     saveStep(key: string, fence: number, name: string, result: Uint8Array): Promise<FencedResult> {
       return fenced('saveStep', [keysFor(prefix, key).record, String(fence), name, Buffer.from(result)]);
+    },
+
+    async clear(key: string): Promise<ClearResult> {
+      await ready();
+      const keys = keysFor(prefix, key);
+      const code = Number(
+        await runScript(client, 'clear', 'clear', [keys.record, keys.bucket, keys.index, keys.id]),
+      );
+      if (code === 1) return 'cleared';
+      if (code === 0) return 'absent';
+      if (code === -1) return 'busy';
+      throw malformed('clear', String(code));
     },
 
     async get(key: string): Promise<ProcessedRecord | undefined> {

@@ -14,7 +14,8 @@ export type StoreOperation =
   | 'fail'
   | 'markPublished'
   | 'saveStep'
-  | 'get';
+  | 'get'
+  | 'clear';
 
 export interface FaultOptions {
   /**
@@ -60,6 +61,7 @@ export function withFaults(store: ProcessedStore, options: FaultOptions): Proces
     saveStep: (key, fence, name, result) =>
       guard('saveStep', key, () => store.saveStep(key, fence, name, result)),
     get: (key) => guard('get', key, () => store.get(key)),
+    clear: (key) => guard('clear', key, () => store.clear(key)),
   };
   const close = store.close?.bind(store);
   return close === undefined ? wrapped : { ...wrapped, close };

@@ -5,6 +5,7 @@
 import type { ErrorInfo } from '../errors.js';
 import {
   type BeginRequest,
+  type ClearResult,
   type BeginResult,
   type CompletedRecord,
   type CompleteRequest,
@@ -192,9 +193,33 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
       return record === undefined ? undefined : copyRecord(record);
     },
 
+    async clear(key: string): Promise<ClearResult> {
+      const record = live(key, now());
+      if (record?.state === RecordState.InProgress && record.leaseUntil > now()) return 'busy';
+      // Kept (as an expired tombstone) so the key's fences keep growing; reads as absent.
+      const stored = records.get(key);
+      if (stored === undefined || record === undefined) return 'absent';
+      records.set(key, tombstone(stored, now()));
+      return 'cleared';
+    },
+
     size(): number {
       return records.size;
     },
+  };
+}
+
+/** A record that reads as absent but keeps the key's fence (see createMemoryStore). */
+function tombstone(record: ProcessedRecord, at: number): FailedRecord {
+  return {
+    key: record.key,
+    fingerprint: record.fingerprint,
+    state: RecordState.Failed,
+    fence: record.fence,
+    attempt: record.attempt,
+    error: { name: 'Cleared', code: 'CLEARED', message: 'cleared' },
+    failedAt: at,
+    expiresAt: at,
   };
 }
 

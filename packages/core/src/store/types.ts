@@ -138,6 +138,12 @@ export interface CompleteRequest {
 export type FencedResult = 'ok' | 'lost';
 
 /**
+ * `cleared`: the record is gone and the key's next message runs anew; `absent`: nothing was
+ * stored; `busy`: a worker holds the key under a live lease, nothing was deleted.
+ */
+export type ClearResult = 'cleared' | 'absent' | 'busy';
+
+/**
  * The processed-store contract. Implementations: the in-memory store in core (tests only),
  * `@exactly-once/store-redis`, `@exactly-once/store-mongo`. Every implementation runs the
  * conformance kit (`@exactly-once/core/testing`) against its real server.
@@ -170,6 +176,13 @@ export interface ProcessedStore {
   saveStep(key: string, fence: number, name: string, result: Uint8Array): Promise<FencedResult>;
   /** Read a record; an expired record reads as absent. */
   get(key: string): Promise<ProcessedRecord | undefined>;
+  /**
+   * Forget a key (an operator's action, never the pipeline's): delete its COMPLETED, FAILED or
+   * lapsed IN_PROGRESS record, so the next message with the key runs the handler again, e.g.
+   * before replaying a dead letter whose record is FAILED. A record under a live lease is kept
+   * (`busy`). A later record's fence starts at store time, above every fence of the deleted one.
+   */
+  clear(key: string): Promise<ClearResult>;
   /** Release connections the store opened itself. */
   close?(): Promise<void>;
 }

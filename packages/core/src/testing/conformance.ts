@@ -301,6 +301,35 @@ export function describeStoreConformance(
       expect(flags).toEqual([false, false]);
     });
 
+    it('clear forgets COMPLETED and FAILED records; the next begin starts anew with a higher fence', async () => {
+      for (const finish of ['complete', 'fail'] as const) {
+        const key = freshKey();
+        const first = await acquire(key);
+        if (finish === 'complete') await ok(completeWith(key, first.fence, { outgoing: [message('m')] }));
+        else await ok(store().fail(key, first.fence, fatal, retentionMs));
+        expect(await store().clear(key)).toBe('cleared');
+        expect(await store().get(key)).toBeUndefined();
+        expect(await store().clear(key)).toBe('absent');
+        const again = await acquire(key, { fingerprint: 'another payload' });
+        expect(again).toMatchObject({ kind: 'new', attempt: 1 });
+        expect(again.fence).toBeGreaterThan(first.fence);
+        await store().markPublished(key, first.fence, ['m']);
+        expect(await store().get(key)).toMatchObject({ state: 'IN_PROGRESS', fence: again.fence });
+      }
+    });
+
+    it('clear keeps a record under a live lease (busy) and forgets a released one', async () => {
+      const key = freshKey();
+      const held = await acquire(key);
+      expect(await store().clear(key)).toBe('busy');
+      expect(await store().get(key)).toMatchObject({ state: 'IN_PROGRESS', fence: held.fence });
+      await ok(store().release(key, held.fence, boom));
+      expect(await store().clear(key)).toBe('cleared');
+      await lost(completeWith(key, held.fence));
+      expect(await store().get(key)).toBeUndefined();
+      expect(await store().clear(freshKey())).toBe('absent');
+    });
+
     it('release keeps the record IN_PROGRESS with leaseUntil 0 and lastError; begin retries at once', async () => {
       const key = freshKey();
       const first = await acquire(key);
