@@ -56,6 +56,7 @@ export type {
   FailedRecord,
   FencedResult,
   InProgressRecord,
+  MarkPublishedRequest,
   OutgoingMessage,
   OutgoingRecord,
   ProcessedRecord,

@@ -40,6 +40,7 @@ import {
 import { Headers, readIdentityHeader, textHeaders } from './headers.js';
 import { fingerprint, normalizeKey, scopeKey } from './keys.js';
 import { keepLease, type LeaseKeeper } from './lease-keeper.js';
+import { coalescing } from './store/coalesce.js';
 import { type ProcessorOptions, type ResolvedProcessorOptions, resolveProcessorOptions } from './options.js';
 import {
   ATTR_EO_ACTION,
@@ -83,7 +84,9 @@ export interface Processor {
  * ```
  */
 export function createProcessor<T = unknown, R = unknown>(options: ProcessorOptions<T, R>): Processor {
-  const o = resolveProcessorOptions(options);
+  const resolved = resolveProcessorOptions(options);
+  // Concurrent runs share store round trips (see store/coalesce.ts).
+  const o: ResolvedProcessorOptions<T, R> = Object.freeze({ ...resolved, store: coalescing(resolved.store) });
   const shared: Shared = { publishing: new Map(), publishFailures: new Map() };
   return {
     options: o as ResolvedProcessorOptions<unknown, unknown>,

@@ -31,7 +31,7 @@ export function render() {
     const match = FILE_NAME.exec(file);
     if (!match) throw new Error(`${file}: expected <verbNoun>-<numKeys|n>.lua`);
     const [, verb, keys] = match;
-    const lua = readFileSync(join(luaDir, file), 'utf8');
+    const lua = withIncludes(readFileSync(join(luaDir, file), 'utf8'), file);
     if (!lua.startsWith('--[[') || !/\n\]\]\n/.test(lua)) throw new Error(`${file}: missing header block`);
     const header = lua.slice(0, lua.indexOf('\n]]\n'));
     for (const part of ['KEYS[1]', 'Returns']) {
@@ -60,6 +60,19 @@ export function render() {
     `export const LAYOUT_VERSION = ${LAYOUT_VERSION};\n\n` +
     `export const scripts = {\n${entries.join('')}} as const satisfies Record<string, LuaScript>;\n`
   );
+}
+
+/**
+ * Replaces each `--- @include "includes/<name>"` line by src/lua/includes/<name>.lua (once per
+ * script), so two scripts that share a transition share its source.
+ */
+function withIncludes(lua, file) {
+  const seen = new Set();
+  return lua.replace(/^--- @include "([a-zA-Z/]+)"$/gm, (_, name) => {
+    if (seen.has(name)) throw new Error(`${file}: ${name} included twice`);
+    seen.add(name);
+    return readFileSync(join(luaDir, `${name}.lua`), 'utf8').trimEnd();
+  });
 }
 
 function escapeTemplate(text) {

@@ -11,6 +11,7 @@ import {
   type ErrorInfo,
   type FencedResult,
   type InProgressRecord,
+  type MarkPublishedRequest,
   type Logger,
   type ProcessedRecord,
   type ProcessedStore,
@@ -102,6 +103,9 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
   const logger = options.logger ?? silentLogger;
   const enforce = options.checkEvictionPolicy ?? true;
   registerScripts(client);
+  // A script may only touch keys of one cluster slot: on a Cluster, batches go per hash tag.
+  const cluster = (client as { isCluster?: boolean }).isCluster === true;
+  const slotOf = (key: string): string => (cluster ? keysFor(prefix, key).bucket.toString('latin1') : '');
 
   const check = () => checkServer({ client, logger, enforce });
   // The policy is checked once before the first operation; an outage during the check is
@@ -160,47 +164,49 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
         String(ttlMs),
         keys.id,
         fingerprintHash(fingerprint),
-      ])) as [Buffer, number, Buffer[] | Buffer];
-      const status = code.toString('latin1');
-      if (status === 'K') {
-        return {
-          status: 'duplicate',
-          record: decodeMarker(request.key, payload as Buffer, request.fingerprint),
-        };
-      }
-      if (status === 'X') return { status: 'mismatch', record: decodeMarker(request.key, payload as Buffer) };
-      const record = decodeRecord(request.key, payload as Buffer[]);
-      if (record === undefined) throw malformed('begin', status);
-      switch (status) {
-        case 'N':
-        case 'R':
-        case 'T': {
-          const held = record as InProgressRecord;
-          return {
-            status: 'acquired',
-            kind: status === 'N' ? 'new' : status === 'R' ? 'retry' : 'takeover',
-            fence: held.fence,
-            attempt: held.attempt,
-            leaseUntil: held.leaseUntil,
-            steps: held.steps,
-          };
-        }
-        case 'B': {
-          const busy = record as InProgressRecord;
-          return { status: 'busy', record: busy, retryAfterMs: Math.max(1, busy.leaseUntil - Number(now)) };
-        }
-        case 'D':
-          if (record.state === 'COMPLETED') return { status: 'duplicate', record };
-          break;
-        case 'F':
-          if (record.state === 'FAILED') return { status: 'failed', record };
-          break;
-        case 'M':
-          return { status: 'mismatch', record };
-      }
-      throw malformed('begin', status);
+      ])) as [Buffer, number, BeginPayload];
+      return decodeBegin(request, code, now, payload, request.leaseMs);
     },
 
+    async beginMany(requests: readonly BeginRequest[]): Promise<BeginResult[]> {
+      if (requests.length === 0) return [];
+      await ready();
+      // One call per owner and lease (in practice one per batch); per hash tag on a Cluster.
+      return inGroups(
+        requests,
+        (r) => `${r.owner}\n${r.leaseMs}${slotOf(r.key)}`,
+        async (group) => {
+          const first = group[0] as BeginRequest;
+          const keys: RedisArg[] = [];
+          const args: RedisArg[] = [first.owner, ms(first.leaseMs), String(ttlMs)];
+          for (const request of group) {
+            const k = keysFor(prefix, request.key);
+            const fingerprint = packText(request.fingerprint);
+            keys.push(k.record, k.bucket);
+            args.push(
+              fingerprint,
+              request.traceId === undefined ? '' : packText(request.traceId),
+              k.id,
+              fingerprintHash(fingerprint),
+            );
+          }
+          const reply = (await runScript(client, 'beginMany', 'begin', [keys.length, ...keys, ...args])) as [
+            number,
+            ...(Buffer | BeginPayload)[],
+          ];
+          const now = reply[0];
+          return group.map((request, i) =>
+            decodeBegin(
+              request,
+              reply[1 + 2 * i] as Buffer,
+              now,
+              reply[2 + 2 * i] as BeginPayload,
+              request.leaseMs,
+            ),
+          );
+        },
+      );
+    },
     extend(key: string, fence: number, leaseMs: number): Promise<FencedResult> {
       return fenced('extend', [keysFor(prefix, key).record, String(fence), ms(leaseMs), String(ttlMs)]);
     },
@@ -209,6 +215,56 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       if (wait === undefined) return fenced('complete', completeArgs(request));
       await ready();
       return completeAndWait(client, completeArgs(request), wait);
+    },
+
+    async completeMany(requests: readonly CompleteRequest[]): Promise<FencedResult[]> {
+      if (requests.length === 0) return [];
+      await ready();
+      return inGroups(
+        requests,
+        (r) => slotOf(r.key),
+        async (group) => {
+          const keys: RedisArg[] = [];
+          const args: RedisArg[] = [String(graceMs)];
+          for (const request of group) {
+            const [record, index, ...rest] = completeArgs(request);
+            keys.push(record as RedisArg, index as RedisArg);
+            // completeArgs: fence, retention, grace, trace, result, id, messages...
+            const [fence, retention, , trace, result, id, ...messages] = rest;
+            args.push(
+              fence as RedisArg,
+              retention as RedisArg,
+              trace as RedisArg,
+              result as RedisArg,
+              id as RedisArg,
+            );
+            args.push(String(messages.length / 2), ...messages);
+          }
+          const call = [keys.length, ...keys, ...args];
+          const replies = (
+            wait === undefined
+              ? await runScript(client, 'completeMany', 'complete', call)
+              : await withWait(client, 'completeMany', call, wait)
+          ) as number[];
+          return replies.map((r): FencedResult => (r === 1 ? 'ok' : 'lost'));
+        },
+      );
+    },
+
+    async markPublishedMany(requests: readonly MarkPublishedRequest[]): Promise<void> {
+      const wanted = requests.filter((r) => r.ids.length > 0);
+      if (wanted.length === 0) return;
+      await ready();
+      await inGroups(
+        wanted,
+        (r) => slotOf(r.key),
+        async (group) => {
+          const keys = group.map((r) => keysFor(prefix, r.key).record);
+          const args = group.flatMap((r) => [String(r.fence), String(r.ids.length), ...r.ids]);
+          await runScript(client, 'markPublishedMany', 'markPublished', [keys.length, ...keys, ...args]);
+          return group.map(() => undefined);
+        },
+      );
     },
 
     release(key: string, fence: number, error: ErrorInfo): Promise<FencedResult> {
@@ -291,10 +347,23 @@ async function completeAndWait(
   args: RedisArg[],
   wait: { replicas: number; timeoutMs: number },
 ): Promise<FencedResult> {
+  return (await withWait(client, 'complete', args, wait)) === 1 ? 'ok' : 'lost';
+}
+
+/**
+ * Runs a completion script and `WAIT` in one pipeline; throws (not acked) when fewer replicas
+ * than asked acknowledged it. Returns the script's reply.
+ */
+async function withWait(
+  client: RedisClient,
+  script: 'complete' | 'completeMany',
+  args: RedisArg[],
+  wait: { replicas: number; timeoutMs: number },
+): Promise<unknown> {
   let results: [Error | null, unknown][] | null;
   try {
     const pipeline = client.pipeline() as PipelineLike;
-    pipeline[`${scripts.complete.command}Buffer`]?.(...args);
+    pipeline[`${scripts[script].command}Buffer`]?.(...args);
     pipeline.call?.('WAIT', wait.replicas, wait.timeoutMs);
     results = await pipeline.exec();
   } catch (cause) {
@@ -302,7 +371,9 @@ async function completeAndWait(
   }
   const [written, waited] = results ?? [];
   if (written?.[0] || waited?.[0]) throw unavailable('complete', written?.[0] ?? waited?.[0]);
-  if (written?.[1] !== 1) return 'lost';
+  // Nothing was written (every fence lost): no replica needs to have anything.
+  const replies = Array.isArray(written?.[1]) ? (written?.[1] as unknown[]) : [written?.[1]];
+  if (replies.every((r) => r !== 1)) return written?.[1];
   const acknowledged = Number(waited?.[1]);
   if (acknowledged < wait.replicas) {
     throw new StoreUnavailableError({
@@ -312,7 +383,97 @@ async function completeAndWait(
         `acknowledged within ${wait.timeoutMs} ms; not acking, the redelivery will find it`,
     });
   }
-  return 'ok';
+  return written?.[1];
+}
+
+/** A begin reply's payload: numbers (new, batch busy), a record hash, or a compaction marker. */
+type BeginPayload = number[] | Buffer[] | Buffer;
+
+/** Turns a begin script's code and payload into the contract's answer. */
+function decodeBegin(
+  request: BeginRequest,
+  code: Buffer,
+  now: number,
+  payload: BeginPayload,
+  leaseMs: number,
+): BeginResult {
+  const status = code.toString('latin1');
+  if (status === 'N') {
+    const [fence, leaseUntil] = payload as number[];
+    return {
+      status: 'acquired',
+      kind: 'new',
+      fence: Number(fence),
+      attempt: 1,
+      leaseUntil: Number(leaseUntil),
+      steps: {},
+    };
+  }
+  if (status === 'K') {
+    return { status: 'duplicate', record: decodeMarker(request.key, payload as Buffer, request.fingerprint) };
+  }
+  if (status === 'X') return { status: 'mismatch', record: decodeMarker(request.key, payload as Buffer) };
+  if (status === 'B' && typeof (payload as unknown[])[0] === 'number') {
+    const leaseUntil = Number((payload as number[])[0]);
+    return { status: 'busy', retryAfterMs: Math.min(leaseMs, Math.max(1, leaseUntil - Number(now))) };
+  }
+  const record = decodeRecord(request.key, payload as Buffer[]);
+  if (record === undefined) throw malformed('begin', status);
+  switch (status) {
+    case 'R':
+    case 'T': {
+      const held = record as InProgressRecord;
+      return {
+        status: 'acquired',
+        kind: status === 'R' ? 'retry' : 'takeover',
+        fence: held.fence,
+        attempt: held.attempt,
+        leaseUntil: held.leaseUntil,
+        steps: held.steps,
+      };
+    }
+    case 'B': {
+      const busy = record as InProgressRecord;
+      return { status: 'busy', record: busy, retryAfterMs: Math.max(1, busy.leaseUntil - Number(now)) };
+    }
+    case 'D':
+      if (record.state === 'COMPLETED') return { status: 'duplicate', record };
+      break;
+    case 'F':
+      if (record.state === 'FAILED') return { status: 'failed', record };
+      break;
+    case 'M':
+      return { status: 'mismatch', record };
+  }
+  throw malformed('begin', status);
+}
+
+/**
+ * Runs `run` once per group of items with the same `group` key (concurrently), and answers in
+ * the items' order. Within a group, items keep their order.
+ */
+async function inGroups<T, A>(
+  items: readonly T[],
+  group: (item: T) => string,
+  run: (items: T[]) => Promise<A[]>,
+): Promise<A[]> {
+  const groups = new Map<string, number[]>();
+  items.forEach((item, i) => {
+    const k = group(item);
+    const g = groups.get(k);
+    if (g) g.push(i);
+    else groups.set(k, [i]);
+  });
+  const answers = new Array<A>(items.length);
+  await Promise.all(
+    [...groups.values()].map(async (indexes) => {
+      const replies = await run(indexes.map((i) => items[i] as T));
+      indexes.forEach((i, j) => {
+        answers[i] = replies[j] as A;
+      });
+    }),
+  );
+  return answers;
 }
 
 function duration(name: string, value: number | undefined, fallback: number): number {

@@ -12,6 +12,7 @@ import {
   type FailedRecord,
   type FencedResult,
   type InProgressRecord,
+  type MarkPublishedRequest,
   type OutgoingRecord,
   type ProcessedRecord,
   type ProcessedStore,
@@ -71,7 +72,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
     return record?.state === RecordState.InProgress && record.fence === fence ? record : undefined;
   };
 
-  return {
+  const store: MemoryStore = {
     async begin(request: BeginRequest): Promise<BeginResult> {
       const at = now();
       const stored = records.get(request.key);
@@ -203,10 +204,28 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
       return 'cleared';
     },
 
+    // Batch forms: the single operations in order; each is synchronous, so a batch is too.
+    async beginMany(requests: readonly BeginRequest[]): Promise<BeginResult[]> {
+      const answers: BeginResult[] = [];
+      for (const request of requests) answers.push(await store.begin(request));
+      return answers;
+    },
+
+    async completeMany(requests: readonly CompleteRequest[]): Promise<FencedResult[]> {
+      const answers: FencedResult[] = [];
+      for (const request of requests) answers.push(await store.complete(request));
+      return answers;
+    },
+
+    async markPublishedMany(requests: readonly MarkPublishedRequest[]): Promise<void> {
+      for (const r of requests) await store.markPublished(r.key, r.fence, r.ids);
+    },
+
     size(): number {
       return records.size;
     },
   };
+  return store;
 }
 
 /** A record that reads as absent but keeps the key's fence (see createMemoryStore). */

@@ -119,7 +119,12 @@ export type BeginResult =
       readonly steps: Readonly<Record<string, StepRecord>>;
     }
   | { readonly status: 'duplicate'; readonly record: CompletedRecord }
-  | { readonly status: 'busy'; readonly record: InProgressRecord; readonly retryAfterMs: number }
+  | {
+      readonly status: 'busy';
+      /** The holder's record; a batch answer (`beginMany`) may leave it out. */
+      readonly record?: InProgressRecord;
+      readonly retryAfterMs: number;
+    }
   | { readonly status: 'mismatch'; readonly record: ProcessedRecord }
   | { readonly status: 'failed'; readonly record: FailedRecord };
 
@@ -185,4 +190,25 @@ export interface ProcessedStore {
   clear(key: string): Promise<ClearResult>;
   /** Release connections the store opened itself. */
   close?(): Promise<void>;
+
+  /**
+   * Batch forms, optional: one round trip for many keys. Each answers one result per request,
+   * in order, exactly as if the single operation had been called for each request one after
+   * another (so the same key twice in one batch: the second `begin` sees the first's lease).
+   * A batch need not be atomic as a whole: a crash may apply a prefix of it, and each key's own
+   * transition stays atomic. Without them, core calls the single operations concurrently.
+   *
+   * A wrapper that overrides a single operation (to count, delay or fail it) must override or
+   * drop its batch form too: core prefers the batch form when there is one.
+   */
+  beginMany?(requests: readonly BeginRequest[]): Promise<BeginResult[]>;
+  completeMany?(requests: readonly CompleteRequest[]): Promise<FencedResult[]>;
+  markPublishedMany?(requests: readonly MarkPublishedRequest[]): Promise<void>;
+}
+
+/** One record's confirmed outgoing messages, for {@link ProcessedStore.markPublishedMany}. */
+export interface MarkPublishedRequest {
+  readonly key: string;
+  readonly fence: number;
+  readonly ids: readonly string[];
 }

@@ -6,6 +6,7 @@ import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BlobPointer, BlobStore } from '../blob/types.js';
 import { ErrorCode, type ErrorInfo } from '../errors.js';
+import { batchConformanceTests } from './batch-conformance.js';
 import type {
   BeginRequest,
   BeginResult,
@@ -114,6 +115,8 @@ export function describeStoreConformance(
     const completeWith = (key: string, fence: number, extra: Partial<CompleteRequest> = {}) =>
       store().complete({ key, fence, outgoing: [], retentionMs, ...extra });
 
+    batchConformanceTests(store, leaseMs);
+
     it('begin on an absent key acquires a new lease: attempt 1, no steps', async () => {
       const key = freshKey();
       const acquired = await acquire(key);
@@ -208,7 +211,7 @@ export function describeStoreConformance(
         expect(acquired).toHaveLength(1);
         const busy = results.filter((r) => r.status === 'busy');
         expect(busy).toHaveLength(concurrency - 1);
-        for (const r of busy) expect(r.record.fence).toBe(acquired[0]?.fence);
+        for (const r of busy) expect(r.record?.fence).toBe(acquired[0]?.fence);
       }
     });
 

@@ -13,9 +13,9 @@ export const LAYOUT_VERSION = 1;
 
 export const scripts = {
   begin: {
-    command: 'eoBegin_v1_ec3a23cb',
+    command: 'eoBegin_v1_383bc4f8',
     numberOfKeys: 2,
-    sha1: 'ec3a23cb05226f247cc7f3c05ca028979974d6ff',
+    sha1: '383bc4f8e0b5688612c852bf16f87da6e485ffd0',
     lua: `--[[
 begin: claim the record of one key for an attempt, or say why not.
 
@@ -32,7 +32,7 @@ ARGV[7]  marker fingerprint hash (8 bytes)
 A new record's fence is max(server now in ms, previous fence + 1); takeover and retry add 1.
 
 Returns { code, server now (ms), payload }:
-  'N'  acquired, kind new       payload = record hash after the write (HGETALL)
+  'N'  acquired, kind new       payload = { fence, leaseUntil }
   'R'  acquired, kind retry     payload = record hash after the write
   'T'  acquired, kind takeover  payload = record hash after the write
   'B'  busy                     payload = stored record hash
@@ -45,56 +45,165 @@ Returns { code, server now (ms), payload }:
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rec, bucket = KEYS[1], KEYS[2]
-local fp, owner, lease, trace, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local function int(n) return string.format('%d', n) end
+-- beginOne: the begin transition of one key (see begin-2.lua for the codes). \`full\` asks for the
+-- whole record hash with a busy answer; batches answer busy with the lease end only.
+-- Returns code, payload: 'N' { fence, leaseUntil }; 'R'/'T' the record hash after the write;
+-- 'B' the record hash, or { leaseUntil } when not \`full\`; 'D'/'F'/'M' the record hash;
+-- 'K'/'X' the compaction marker.
+local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, now, full)
+  local h = rcall('HMGET', rec, 's', 'f', 'n', 'a', 'l', 'x')
+  local state = h[1]
+  -- COMPLETED and FAILED records are logically gone at their expiry, though still stored for a grace.
+  local live = state == 'I' or (state and tonumber(h[6]) > now)
 
-local h = rcall('HMGET', rec, 's', 'f', 'n', 'a', 'l', 'x')
-local state = h[1]
--- COMPLETED and FAILED records are logically gone at their expiry, though still stored for a grace.
-local live = state == 'I' or (state and tonumber(h[6]) > now)
-
-if live then
-  -- A different payload under the same key is reported whatever the state.
-  if h[2] ~= fp then return { 'M', now, rcall('HGETALL', rec) } end
-  if state == 'C' then return { 'D', now, rcall('HGETALL', rec) } end
-  if state == 'F' then return { 'F', now, rcall('HGETALL', rec) } end
-  local leaseUntil = tonumber(h[5])
-  if leaseUntil > now then return { 'B', now, rcall('HGETALL', rec) } end
-  -- leaseUntil 0 means released after a retryable error; any other past value, a lapsed holder.
-  local code = 'T'
-  if leaseUntil == 0 then code = 'R' end
-  leaseUntil = now + lease
-  rcall('HSET', rec, 'n', int(tonumber(h[3]) + 1), 'a', int(tonumber(h[4]) + 1), 'w', owner,
-    'l', int(leaseUntil))
-  if trace == '' then rcall('HDEL', rec, 't') else rcall('HSET', rec, 't', trace) end
-  rcall('PEXPIREAT', rec, int(leaseUntil + ttl))
-  return { code, now, rcall('HGETALL', rec) }
-end
-
--- Fences of new records start at the server clock, so they do not repeat even after the old
--- record is gone; an expired record still stored also guards against a clock stepping back.
-local fence = now
-if state then
-  fence = math.max(now, tonumber(h[3]) + 1)
-else
-  -- No record: a compacted one may still answer "already processed".
-  local marker = rcall('HGET', bucket, ARGV[6])
-  if marker then
-    if struct.unpack('>I6', marker) > now then
-      if string.sub(marker, 7) ~= ARGV[7] then return { 'X', now, marker } end
-      return { 'K', now, marker }
+  if live then
+    -- A different payload under the same key is reported whatever the state.
+    if h[2] ~= fp then return 'M', rcall('HGETALL', rec) end
+    if state == 'C' then return 'D', rcall('HGETALL', rec) end
+    if state == 'F' then return 'F', rcall('HGETALL', rec) end
+    local leaseUntil = tonumber(h[5])
+    if leaseUntil > now then
+      if full then return 'B', rcall('HGETALL', rec) end
+      return 'B', { leaseUntil }
     end
-    rcall('HDEL', bucket, ARGV[6])
+    -- leaseUntil 0 means released after a retryable error; any other past value, a lapsed holder.
+    local code = 'T'
+    if leaseUntil == 0 then code = 'R' end
+    leaseUntil = now + lease
+    rcall('HSET', rec, 'n', int(tonumber(h[3]) + 1), 'a', int(tonumber(h[4]) + 1), 'w', owner,
+      'l', int(leaseUntil))
+    if trace == '' then rcall('HDEL', rec, 't') else rcall('HSET', rec, 't', trace) end
+    rcall('PEXPIREAT', rec, int(leaseUntil + ttl))
+    return code, rcall('HGETALL', rec)
   end
+
+  -- Fences of new records start at the server clock, so they do not repeat even after the old
+  -- record is gone; an expired record still stored also guards against a clock stepping back.
+  local fence = now
+  if state then
+    fence = math.max(now, tonumber(h[3]) + 1)
+    rcall('DEL', rec)
+  else
+    -- No record: a compacted one may still answer "already processed".
+    local marker = rcall('HGET', bucket, id)
+    if marker then
+      if struct.unpack('>I6', marker) > now then
+        if string.sub(marker, 7) ~= fphash then return 'X', marker end
+        return 'K', marker
+      end
+      rcall('HDEL', bucket, id)
+    end
+  end
+
+  local leaseUntil = now + lease
+  if trace ~= '' then
+    rcall('HSET', rec, 's', 'I', 'f', fp, 'n', int(fence), 'a', '1', 'w', owner, 'l', int(leaseUntil), 't', trace)
+  else
+    rcall('HSET', rec, 's', 'I', 'f', fp, 'n', int(fence), 'a', '1', 'w', owner, 'l', int(leaseUntil))
+  end
+  rcall('PEXPIREAT', rec, int(leaseUntil + ttl))
+  return 'N', { fence, leaseUntil }
 end
 
-local leaseUntil = now + lease
-rcall('DEL', rec)
-rcall('HSET', rec, 's', 'I', 'f', fp, 'n', int(fence), 'a', '1', 'w', owner, 'l', int(leaseUntil))
-if trace ~= '' then rcall('HSET', rec, 't', trace) end
-rcall('PEXPIREAT', rec, int(leaseUntil + ttl))
-return { 'N', now, rcall('HGETALL', rec) }
+local code, payload = beginOne(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4],
+  tonumber(ARGV[5]), ARGV[6], ARGV[7], now, true)
+return { code, now, payload }
+`,
+  },
+  beginMany: {
+    command: 'eoBeginMany_v1_3e206d03',
+    numberOfKeys: undefined,
+    sha1: '3e206d034014e778062d63ab61dd2b6507e1c95a',
+    lua: `--[[
+beginMany: begin several keys in one call, in order, each exactly as begin-2.lua would (the same
+key twice: the second sees the first's lease). Called with numkeys = 2 * number of keys.
+
+KEYS[1], KEYS[3] ...  record hash of key 1, 2, ... (KEYS[2i-1] for key i)
+KEYS[2], KEYS[4] ...  compaction-marker bucket of each key's hash tag (KEYS[2i])
+ARGV[1]  owner
+ARGV[2]  lease (ms)
+ARGV[3]  safety TTL of an IN_PROGRESS record past its lease end (ms)
+ARGV[4i], ARGV[4i+1], ARGV[4i+2], ARGV[4i+3]  per key i: fingerprint (encoded), trace id
+         (encoded; '' = none), record id (16 bytes), marker fingerprint hash (8 bytes)
+
+Returns { server now (ms), code 1, payload 1, code 2, payload 2, ... } with the codes and
+payloads of begin-2.lua, except busy: payload = { leaseUntil } (no record read).
+]]
+local rcall = redis.call
+local t = rcall('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function int(n) return string.format('%d', n) end
+-- beginOne: the begin transition of one key (see begin-2.lua for the codes). \`full\` asks for the
+-- whole record hash with a busy answer; batches answer busy with the lease end only.
+-- Returns code, payload: 'N' { fence, leaseUntil }; 'R'/'T' the record hash after the write;
+-- 'B' the record hash, or { leaseUntil } when not \`full\`; 'D'/'F'/'M' the record hash;
+-- 'K'/'X' the compaction marker.
+local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, now, full)
+  local h = rcall('HMGET', rec, 's', 'f', 'n', 'a', 'l', 'x')
+  local state = h[1]
+  -- COMPLETED and FAILED records are logically gone at their expiry, though still stored for a grace.
+  local live = state == 'I' or (state and tonumber(h[6]) > now)
+
+  if live then
+    -- A different payload under the same key is reported whatever the state.
+    if h[2] ~= fp then return 'M', rcall('HGETALL', rec) end
+    if state == 'C' then return 'D', rcall('HGETALL', rec) end
+    if state == 'F' then return 'F', rcall('HGETALL', rec) end
+    local leaseUntil = tonumber(h[5])
+    if leaseUntil > now then
+      if full then return 'B', rcall('HGETALL', rec) end
+      return 'B', { leaseUntil }
+    end
+    -- leaseUntil 0 means released after a retryable error; any other past value, a lapsed holder.
+    local code = 'T'
+    if leaseUntil == 0 then code = 'R' end
+    leaseUntil = now + lease
+    rcall('HSET', rec, 'n', int(tonumber(h[3]) + 1), 'a', int(tonumber(h[4]) + 1), 'w', owner,
+      'l', int(leaseUntil))
+    if trace == '' then rcall('HDEL', rec, 't') else rcall('HSET', rec, 't', trace) end
+    rcall('PEXPIREAT', rec, int(leaseUntil + ttl))
+    return code, rcall('HGETALL', rec)
+  end
+
+  -- Fences of new records start at the server clock, so they do not repeat even after the old
+  -- record is gone; an expired record still stored also guards against a clock stepping back.
+  local fence = now
+  if state then
+    fence = math.max(now, tonumber(h[3]) + 1)
+    rcall('DEL', rec)
+  else
+    -- No record: a compacted one may still answer "already processed".
+    local marker = rcall('HGET', bucket, id)
+    if marker then
+      if struct.unpack('>I6', marker) > now then
+        if string.sub(marker, 7) ~= fphash then return 'X', marker end
+        return 'K', marker
+      end
+      rcall('HDEL', bucket, id)
+    end
+  end
+
+  local leaseUntil = now + lease
+  if trace ~= '' then
+    rcall('HSET', rec, 's', 'I', 'f', fp, 'n', int(fence), 'a', '1', 'w', owner, 'l', int(leaseUntil), 't', trace)
+  else
+    rcall('HSET', rec, 's', 'I', 'f', fp, 'n', int(fence), 'a', '1', 'w', owner, 'l', int(leaseUntil))
+  end
+  rcall('PEXPIREAT', rec, int(leaseUntil + ttl))
+  return 'N', { fence, leaseUntil }
+end
+
+local owner, lease, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = { now }
+for i = 1, #KEYS / 2 do
+  local a = 4 * i
+  local code, payload = beginOne(KEYS[2 * i - 1], KEYS[2 * i], ARGV[a], owner, lease, ARGV[a + 1], ttl,
+    ARGV[a + 2], ARGV[a + 3], now, false)
+  out[#out + 1] = code
+  out[#out + 1] = payload
+end
+return out
 `,
   },
   clear: {
@@ -229,9 +338,9 @@ return { compacted, dropped, deferred }
 `,
   },
   complete: {
-    command: 'eoComplete_v1_2074d996',
+    command: 'eoComplete_v1_5051970b',
     numberOfKeys: 2,
-    sha1: '2074d99684aa6d7533d6d2918da3e5116ab9de1d',
+    sha1: '5051970b3a0d1a7472dfe14cb12a0acc9d56420b',
     lua: `--[[
 complete: IN_PROGRESS(fence) -> COMPLETED with result and outgoing messages, in one write.
 
@@ -255,53 +364,138 @@ Returns:
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rec, index = KEYS[1], KEYS[2]
 local function int(n) return string.format('%d', n) end
+-- completeOne: IN_PROGRESS(fence) -> COMPLETED of one key (see complete-2.lua). Its outgoing
+-- messages are ARGV[first], ARGV[first + 1], ... : \`count\` pairs of id, message.
+-- Returns 1 (ok) or 0 (lost).
+local function completeOne(rec, index, fence, retention, grace, trace, result, id, first, count, now)
+  local h = rcall('HMGET', rec, 's', 'n', 'f', 'a', 't')
+  if h[1] ~= 'I' or h[2] ~= fence then return 0 end
+  local expiresAt = now + retention
+  local physicalEnd = int(expiresAt + grace)
+  if trace == '' then trace = h[5] end
 
-local h = rcall('HMGET', rec, 's', 'n', 'f', 'a', 't')
-if h[1] ~= 'I' or h[2] ~= ARGV[1] then return 0 end
-local expiresAt = now + tonumber(ARGV[2])
-local physicalEnd = int(expiresAt + tonumber(ARGV[3]))
-local trace = ARGV[4]
-if trace == '' then trace = h[5] end
-
-local fields = { 's', 'C', 'f', h[3], 'n', h[2], 'a', h[4], 'c', int(now), 'x', int(expiresAt) }
-if trace then
-  fields[#fields + 1] = 't'
-  fields[#fields + 1] = trace
-end
-if ARGV[5] ~= '' then
-  fields[#fields + 1] = 'r'
-  fields[#fields + 1] = ARGV[5]
-end
-rcall('DEL', rec)
-rcall('HSET', rec, unpack(fields))
-
-local count = (#ARGV - 6) / 2
-if count > 0 then
-  rcall('HSET', rec, 'm', int(count))
-  -- In chunks: unpack() of thousands of values would overflow Lua's C stack.
-  local chunk = {}
+  local fields = { 's', 'C', 'f', h[3], 'n', h[2], 'a', h[4], 'c', int(now), 'x', int(expiresAt) }
+  if trace then
+    fields[#fields + 1] = 't'
+    fields[#fields + 1] = trace
+  end
+  if result ~= '' then
+    fields[#fields + 1] = 'r'
+    fields[#fields + 1] = result
+  end
+  if count > 0 then
+    fields[#fields + 1] = 'm'
+    fields[#fields + 1] = int(count)
+  end
+  -- The new record replaces the old hash whole, which drops the lease and the journaled steps.
+  rcall('DEL', rec)
   for i = 1, count do
-    chunk[#chunk + 1] = 'd' .. i
-    chunk[#chunk + 1] = ARGV[5 + 2 * i]
-    chunk[#chunk + 1] = 'o' .. i
-    chunk[#chunk + 1] = ARGV[6 + 2 * i]
-    if #chunk >= 400 or i == count then
-      rcall('HSET', rec, unpack(chunk))
-      chunk = {}
+    fields[#fields + 1] = 'd' .. i
+    fields[#fields + 1] = ARGV[first + 2 * i - 2]
+    fields[#fields + 1] = 'o' .. i
+    fields[#fields + 1] = ARGV[first + 2 * i - 1]
+    -- In chunks: unpack() of thousands of values would overflow Lua's C stack.
+    if #fields >= 400 then
+      rcall('HSET', rec, unpack(fields))
+      fields = {}
     end
   end
-end
-rcall('PEXPIREAT', rec, physicalEnd)
+  if #fields > 0 then rcall('HSET', rec, unpack(fields)) end
+  rcall('PEXPIREAT', rec, physicalEnd)
 
-if ARGV[6] ~= '' then
-  rcall('ZADD', index, int(now), ARGV[6])
-  -- The index lives as long as its newest record; compaction prunes it meanwhile.
-  local ttl = rcall('PTTL', index)
-  if ttl < 0 or now + ttl < tonumber(physicalEnd) then rcall('PEXPIREAT', index, physicalEnd) end
+  if id ~= '' then
+    rcall('ZADD', index, int(now), id)
+    -- The index lives as long as its newest record; compaction prunes it meanwhile.
+    local ttl = rcall('PTTL', index)
+    if ttl < 0 or now + ttl < tonumber(physicalEnd) then rcall('PEXPIREAT', index, physicalEnd) end
+  end
+  return 1
 end
-return 1
+
+return completeOne(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5],
+  ARGV[6], 7, (#ARGV - 6) / 2, now)
+`,
+  },
+  completeMany: {
+    command: 'eoCompleteMany_v1_8f0c33fa',
+    numberOfKeys: undefined,
+    sha1: '8f0c33fad19adacbff7ff4ab2987842ac5274e8a',
+    lua: `--[[
+completeMany: complete several keys in one call, in order, each exactly as complete-2.lua would.
+Called with numkeys = 2 * number of keys.
+
+KEYS[1], KEYS[3] ...  record hash of key 1, 2, ... (KEYS[2i-1] for key i)
+KEYS[2], KEYS[4] ...  completion index of each key's hash tag (KEYS[2i])
+ARGV[1]  grace (ms) a record is physically kept past its expiry
+then per key, in order: fence, retention (ms), trace id (encoded; '' = keep the stored one),
+result (encoded; '' = none), record id for the index ('' = not indexed), outgoing message count
+n, then n pairs of message id, message (encoded)
+
+Returns { r1, r2, ... }: per key 1 (ok) or 0 (lost: not IN_PROGRESS under this fence).
+]]
+local rcall = redis.call
+local t = rcall('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function int(n) return string.format('%d', n) end
+-- completeOne: IN_PROGRESS(fence) -> COMPLETED of one key (see complete-2.lua). Its outgoing
+-- messages are ARGV[first], ARGV[first + 1], ... : \`count\` pairs of id, message.
+-- Returns 1 (ok) or 0 (lost).
+local function completeOne(rec, index, fence, retention, grace, trace, result, id, first, count, now)
+  local h = rcall('HMGET', rec, 's', 'n', 'f', 'a', 't')
+  if h[1] ~= 'I' or h[2] ~= fence then return 0 end
+  local expiresAt = now + retention
+  local physicalEnd = int(expiresAt + grace)
+  if trace == '' then trace = h[5] end
+
+  local fields = { 's', 'C', 'f', h[3], 'n', h[2], 'a', h[4], 'c', int(now), 'x', int(expiresAt) }
+  if trace then
+    fields[#fields + 1] = 't'
+    fields[#fields + 1] = trace
+  end
+  if result ~= '' then
+    fields[#fields + 1] = 'r'
+    fields[#fields + 1] = result
+  end
+  if count > 0 then
+    fields[#fields + 1] = 'm'
+    fields[#fields + 1] = int(count)
+  end
+  -- The new record replaces the old hash whole, which drops the lease and the journaled steps.
+  rcall('DEL', rec)
+  for i = 1, count do
+    fields[#fields + 1] = 'd' .. i
+    fields[#fields + 1] = ARGV[first + 2 * i - 2]
+    fields[#fields + 1] = 'o' .. i
+    fields[#fields + 1] = ARGV[first + 2 * i - 1]
+    -- In chunks: unpack() of thousands of values would overflow Lua's C stack.
+    if #fields >= 400 then
+      rcall('HSET', rec, unpack(fields))
+      fields = {}
+    end
+  end
+  if #fields > 0 then rcall('HSET', rec, unpack(fields)) end
+  rcall('PEXPIREAT', rec, physicalEnd)
+
+  if id ~= '' then
+    rcall('ZADD', index, int(now), id)
+    -- The index lives as long as its newest record; compaction prunes it meanwhile.
+    local ttl = rcall('PTTL', index)
+    if ttl < 0 or now + ttl < tonumber(physicalEnd) then rcall('PEXPIREAT', index, physicalEnd) end
+  end
+  return 1
+end
+
+local grace = tonumber(ARGV[1])
+local out = {}
+local a = 2
+for i = 1, #KEYS / 2 do
+  local count = tonumber(ARGV[a + 5])
+  out[i] = completeOne(KEYS[2 * i - 1], KEYS[2 * i], ARGV[a], tonumber(ARGV[a + 1]), grace, ARGV[a + 2],
+    ARGV[a + 3], ARGV[a + 4], a + 6, count, now)
+  a = a + 6 + 2 * count
+end
+return out
 `,
   },
   extend: {
@@ -426,6 +620,41 @@ for i = 1, count do
   if wanted[rcall('HGET', rec, 'd' .. i)] then
     flagged = flagged + rcall('HSET', rec, 'p' .. i, '1')
   end
+end
+return flagged
+`,
+  },
+  markPublishedMany: {
+    command: 'eoMarkPublishedMany_v1_957045d8',
+    numberOfKeys: undefined,
+    sha1: '957045d814965b73318d6f7d9ac972d4348ff82b',
+    lua: `--[[
+markPublishedMany: markPublished-1.lua for several records in one call.
+Called with numkeys = number of records.
+
+KEYS[1] ...  record hash of each record, in order
+ARGV: per record, in order: fence it was completed under, id count n, then n message ids
+
+Returns the number of messages newly flagged in all.
+]]
+local rcall = redis.call
+local t = rcall('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local flagged = 0
+local a = 1
+for k = 1, #KEYS do
+  local rec, fence, n = KEYS[k], ARGV[a], tonumber(ARGV[a + 1])
+  local h = rcall('HMGET', rec, 's', 'x', 'm', 'n')
+  local count = tonumber(h[3]) or 0
+  if h[1] == 'C' and tonumber(h[2]) > now and h[4] == fence and count > 0 and n > 0 then
+    local wanted = {}
+    for i = 1, n do wanted[ARGV[a + 1 + i]] = true end
+    for i = 1, count do
+      if wanted[rcall('HGET', rec, 'd' .. i)] then flagged = flagged + rcall('HSET', rec, 'p' .. i, '1') end
+    end
+  end
+  a = a + 2 + n
 end
 return flagged
 `,

@@ -1,0 +1,80 @@
+/**
+ * Coalesces the store calls that concurrent runs make within one event-loop turn into one batch
+ * call: RabbitMQ deliveries that arrived together, or the records of a Kafka batch, begin in one
+ * round trip and complete in one. Each run still sees its own answer, and still waits for the
+ * store to acknowledge its own write before it publishes or acks: only the round trips are shared.
+ *
+ * Flushes never wait for each other: a batch collected while the previous one is in flight is
+ * sent at once, so with a small prefetch window the store round trips of batches overlap.
+ */
+import type {
+  BeginRequest,
+  BeginResult,
+  CompleteRequest,
+  FencedResult,
+  MarkPublishedRequest,
+  ProcessedStore,
+} from './types.js';
+
+/** Most requests in one batch call; a larger turn is sent as several calls. */
+export const MAX_BATCH = 256;
+
+interface Pending<Q, A> {
+  readonly request: Q;
+  resolve(answer: A): void;
+  reject(error: unknown): void;
+}
+
+/**
+ * Collects requests until the current turn's I/O callbacks and microtasks have run
+ * (`setImmediate`), then sends them with `send`, at most {@link MAX_BATCH} per call.
+ */
+function batcher<Q, A>(send: (requests: Q[]) => Promise<A[]>): (request: Q) => Promise<A> {
+  let queue: Pending<Q, A>[] = [];
+  const flush = () => {
+    const taken = queue;
+    queue = [];
+    for (let i = 0; i < taken.length; i += MAX_BATCH) {
+      const part = taken.slice(i, i + MAX_BATCH);
+      send(part.map((p) => p.request)).then(
+        (answers) => {
+          for (const [j, p] of part.entries()) p.resolve(answers[j] as A);
+        },
+        (error: unknown) => {
+          for (const p of part) p.reject(error);
+        },
+      );
+    }
+  };
+  return (request) =>
+    new Promise<A>((resolve, reject) => {
+      if (queue.length === 0) setImmediate(flush);
+      queue.push({ request, resolve, reject });
+    });
+}
+
+/**
+ * Wraps a store that has batch operations so that single calls are batched; a store without them
+ * is returned as it is (its single calls already run concurrently).
+ */
+export function coalescing(store: ProcessedStore): ProcessedStore {
+  const { beginMany, completeMany, markPublishedMany } = store;
+  if (!beginMany && !completeMany && !markPublishedMany) return store;
+  const wrapped: ProcessedStore = Object.create(store) as ProcessedStore;
+  if (beginMany) {
+    const begin = batcher<BeginRequest, BeginResult>((r) => beginMany.call(store, r));
+    wrapped.begin = begin;
+  }
+  if (completeMany) {
+    const complete = batcher<CompleteRequest, FencedResult>((r) => completeMany.call(store, r));
+    wrapped.complete = complete;
+  }
+  if (markPublishedMany) {
+    const mark = batcher<MarkPublishedRequest, void>(async (r) => {
+      await markPublishedMany.call(store, r);
+      return r.map(() => undefined);
+    });
+    wrapped.markPublished = (key, fence, ids) => mark({ key, fence, ids });
+  }
+  return wrapped;
+}
