@@ -3,7 +3,9 @@
  * during work longer than the session timeout, long retry waits that pause only their
  * partition, the optional retry topic, and commit on stop.
  */
+import { PermanentError } from '@exactly-once/core';
 import { createConsumer, type KafkaConsumer } from '@exactly-once/kafka';
+import { createPublisher } from '@exactly-once/rabbitmq';
 import { createRedisStore } from '@exactly-once/store-redis';
 import type { Redis } from 'ioredis';
 import type { Admin, Kafka } from 'kafkajs';
@@ -17,9 +19,12 @@ import {
   newRedis,
   quietLogger,
   readTopic,
+  topicSize,
   uniqueName,
   waitUntil,
 } from './helpers.js';
+import { env } from '../support/env.js';
+import { rawChannel } from '../rabbitmq/helpers.js';
 
 let kafka: Kafka;
 let admin: Admin;
@@ -301,5 +306,44 @@ describe('kafka consumer', () => {
     expect(total).toBe(consumer.stats.acked);
     expect(total).toBe(done);
     expect(total).toBeLessThan(90);
+  });
+
+  it('publisher takes the ctx.publish messages (here: RabbitMQ); producer still writes the dead letters', async () => {
+    const { topic, dlq, groupId } = await setup(1);
+    const queue = uniqueName('from-kafka');
+    const raw = await rawChannel();
+    await raw.ch.assertQueue(queue, { durable: true });
+    const rabbit = createPublisher({ connection: env.amqpUrl });
+    try {
+      await send(topic, [
+        { key: 'k', value: { id: 'ok' }, id: 'pub-ok' },
+        { key: 'k', value: { id: 'bad' }, id: 'pub-bad' },
+      ]);
+      const consumer = await start<{ id: string }>({
+        kafka,
+        groupId,
+        topics: [topic],
+        deadLetter: { topic: dlq },
+        publisher: rabbit,
+        store: store(),
+        handler: (p, ctx) => {
+          if (p.id === 'bad') throw new PermanentError('declined');
+          ctx.publish(queue, { id: p.id });
+        },
+      });
+      await waitUntil(() => fullyCommitted(admin, groupId, topic), { message: 'all committed' });
+      const [out] = await waitUntil(
+        async () => ((await raw.count(queue)) === 1 ? raw.drain(queue) : undefined),
+        { timeoutMs: 5_000, message: 'the output in the RabbitMQ queue' },
+      );
+      expect(JSON.parse(String(out?.content))).toEqual({ id: 'ok' });
+      expect(out?.properties.headers?.['x-request-id']).toBe('pub-ok');
+      expect(await topicSize(admin, dlq)).toBe(1);
+      expect(consumer.stats).toMatchObject({ received: 2, acked: 1, deadLettered: 1, inFlight: 0 });
+    } finally {
+      await rabbit.close();
+      await raw.deleteQueues([queue]);
+      await raw.close();
+    }
   });
 });

@@ -89,7 +89,10 @@ export async function produceOrders(
 export interface ReadRecord {
   key: string | null;
   value: string | null;
+  /** The last value of each header. */
   headers: Record<string, string>;
+  /** Every value of each header, in record order (a header can be repeated). */
+  headerValues: Record<string, string[]>;
   partition: number;
   offset: string;
 }
@@ -109,14 +112,18 @@ export async function readTopic(
     await consumer.run({
       eachMessage: async ({ partition, message }) => {
         const headers: Record<string, string> = {};
+        const headerValues: Record<string, string[]> = {};
         for (const [k, v] of Object.entries(message.headers ?? {})) {
-          const last = Array.isArray(v) ? v[v.length - 1] : v;
-          if (last !== undefined) headers[k] = String(last);
+          const all = (Array.isArray(v) ? v : [v]).filter((x) => x !== undefined).map(String);
+          headerValues[k] = all;
+          const last = all[all.length - 1];
+          if (last !== undefined) headers[k] = last;
         }
         records.push({
           key: message.key === null ? null : String(message.key),
           value: message.value === null ? null : String(message.value),
           headers,
+          headerValues,
           partition,
           offset: message.offset,
         });

@@ -1,4 +1,10 @@
-import { PermanentError, type HandlerContext } from '@exactly-once/core';
+import {
+  ConfigError,
+  type HandlerContext,
+  type OutgoingMessage,
+  PermanentError,
+  scopeKey,
+} from '@exactly-once/core';
 import { createConsumer, createPublisher, type RabbitConsumer } from '@exactly-once/rabbitmq';
 import { createRedisStore } from '@exactly-once/store-redis';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -82,11 +88,12 @@ describe('rabbitmq consumer', () => {
       if (ctx.attempt < 3) throw new Error('flaky');
     });
     await raw.publish(queue, { id: 'x' }, { 'x-idempotency-key': 'flaky-1' });
-    await waitUntil(() => consumer.stats.acked === 3, { message: 'three settles' });
+    await waitUntil(() => consumer.stats.acked === 1, { message: 'processed after two retries' });
     expect(attempts).toEqual([1, 2, 3]);
     // The copies came back through the delay queues with the next attempt in their header.
     expect(headers).toEqual([undefined, '2', '3']);
-    expect(consumer.stats.retried).toBe(2);
+    // Disjoint counters, as in the Kafka consumer: a retried original is not counted as acked.
+    expect(consumer.stats).toMatchObject({ received: 3, acked: 1, retried: 2, deadLettered: 0, inFlight: 0 });
     expect(consumer.stats.byOutcome.acquired).toBe(3);
   });
 
@@ -123,7 +130,8 @@ describe('rabbitmq consumer', () => {
       `${queue}.retry.200:expired`,
       `${queue}.retry.50:expired`,
     ]);
-    await waitUntil(() => consumer.stats.byOutcome.acquired !== undefined && consumer.stats.acked >= 7);
+    await waitUntil(() => consumer.stats.acked === 1 && consumer.stats.deadLettered === 4);
+    expect(consumer.stats.retried).toBe(2); // 'always' went through both tiers
     expect(await raw.count(queue)).toBe(0);
   });
 
@@ -146,5 +154,95 @@ describe('rabbitmq consumer', () => {
       await raw.deleteQueues([queue]);
       await raw.close();
     }
+  });
+});
+
+describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
+  it('names the consumer after its queue by default, and sends dead letters to deadLetter.queue', async () => {
+    const queue = uniqueName('rmq-named');
+    const dlq = `${queue}.dead`;
+    const raw = await rawChannel();
+    const store = createRedisStore({ client: redis, keyPrefix: `t:${queue}` });
+    const consumer = createConsumer<{ id: string }>({
+      connection: env.amqpUrl,
+      queue,
+      deadLetter: { queue: dlq },
+      store,
+      retryDelaysMs: delays,
+      retentionCheck: 'off',
+      handler: (p) => {
+        if (p.id === 'bad') throw new PermanentError('declined');
+      },
+    });
+    cleanups.push(async () => {
+      await consumer.stop();
+      await raw.deleteQueues([...queuesOf(queue, delays), dlq]);
+      await raw.close();
+    });
+    await consumer.start();
+    expect(consumer.topology.deadLetterQueue).toBe(dlq);
+    await raw.publish(queue, { id: 'ok' }, { 'x-idempotency-key': 'n-ok' });
+    await raw.publish(queue, { id: 'bad' }, { 'x-idempotency-key': 'n-bad' });
+    const [dead] = await waitUntil(async () => ((await raw.count(dlq)) === 1 ? raw.drain(dlq) : undefined), {
+      message: 'a dead letter in deadLetter.queue',
+    });
+    expect(dead?.properties.headers?.['x-eo-consumer']).toBe(queue);
+    await waitUntil(() => consumer.stats.acked === 1);
+    expect((await store.get(scopeKey('default', queue, 'n-ok')))?.state).toBe('COMPLETED');
+    expect(await raw.check(`${queue}.dlq`)).toBeUndefined(); // the default one was never declared
+  });
+
+  it('refuses the old deadLetterQueue option and a queue name that cannot be a consumer name', () => {
+    const base = {
+      connection: env.amqpUrl,
+      store: createRedisStore({ client: redis }),
+      handler: () => {},
+    };
+    expect(() => createConsumer({ ...base, queue: 'q', deadLetterQueue: 'q.dead' } as never)).toThrow(
+      /deadLetter: \{ queue/,
+    );
+    expect(() => createConsumer({ ...base, queue: 'orders/eu' })).toThrow(ConfigError);
+    expect(() => createConsumer({ ...base, queue: 'orders/eu' })).toThrow(/set consumer explicitly/);
+    expect(() => createConsumer({ ...base, queue: 'orders/eu', consumer: 'orders-eu' })).not.toThrow();
+    expect(() => createConsumer({ ...base, queue: 'q', deadLetter: { queue: 'q' } })).toThrow(ConfigError);
+  });
+
+  it('after stop() a run that outlived it publishes nothing through a publisher you passed', async () => {
+    const sent: OutgoingMessage[] = [];
+    const publisher = {
+      publish: async (messages: readonly OutgoingMessage[]) => void sent.push(...messages),
+    };
+    let release!: () => void;
+    const released = new Promise<void>((r) => {
+      release = r;
+    });
+    const outcomes: string[] = [];
+    const { queue, raw, consumer, effects } = await setup(
+      async (p, ctx) => {
+        await released;
+        ctx.publish('anywhere', { id: p.id });
+      },
+      {
+        publisher,
+        logger: {
+          debug() {},
+          info() {},
+          warn: (message: string) => outcomes.push(message),
+          error: (message: string) => outcomes.push(message),
+        },
+      },
+    );
+    await raw.publish(queue, { id: 'late' }, { 'x-idempotency-key': 'late-1' });
+    await waitUntil(() => effects.size === 1, { message: 'the handler started' });
+    await consumer.stop({ timeoutMs: 50 });
+    release();
+    await waitUntil(() => outcomes.some((m) => /publish/.test(m)) || sent.length > 0, {
+      message: 'the late run tried to publish',
+    });
+    expect(sent).toEqual([]);
+    await waitUntil(() => consumer.stats.inFlight === 0, { message: 'the late run ended' });
+    expect(consumer.stats.abandoned).toBe(1);
+    expect(consumer.stats.acked).toBe(0);
+    expect(consumer.stats.byOutcome['publish-failed']).toBe(1); // refused: the consumer is closed
   });
 });

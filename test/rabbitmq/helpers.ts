@@ -22,7 +22,8 @@ export async function rawChannel() {
         await probe.close().catch(() => {});
       }
     },
-    async publish(queue: string, body: unknown, headers: Record<string, string> = {}, messageId?: string) {
+    /** AMQP header values may be any table value: arrays, numbers, nested tables. */
+    async publish(queue: string, body: unknown, headers: Record<string, unknown> = {}, messageId?: string) {
       const content = Buffer.from(typeof body === 'string' ? body : JSON.stringify(body));
       await new Promise<void>((resolve, reject) =>
         ch.sendToQueue(

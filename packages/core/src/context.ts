@@ -96,7 +96,8 @@ export function createRunContext(args: {
   namespace: string;
   consumer: string;
   headers: Readonly<Record<string, string>>;
-  signal: AbortSignal;
+  /** The run's abort signal, made on first use (most handlers never read it). */
+  signal: () => AbortSignal;
   span: Span;
   otelContext: Context;
   steps: Readonly<Record<string, StepRecord>>;
@@ -133,7 +134,9 @@ export function createRunContext(args: {
     acquiredAs: args.kind,
     consumer: args.consumer,
     headers: args.headers,
-    signal: args.signal,
+    get signal() {
+      return args.signal();
+    },
     span: args.span,
     keyFor,
     publish(destination, message, options = {}) {
@@ -185,7 +188,7 @@ export function createRunContext(args: {
           return decodeResult(journaled.result);
         }
         span.setAttribute(ATTR_EO_STEP_REPLAYED, false);
-        const value = await runWithRetry(fn, options.retry, args.signal);
+        const value = await runWithRetry(fn, options.retry, args.signal());
         const encoded = (encodeResult(value) ?? encodeResult(null)) as Uint8Array;
         open('ctx.step');
         // Counted as journaled before the write: if the answer never arrives, it may have landed.

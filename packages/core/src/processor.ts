@@ -12,7 +12,7 @@
  * The pipeline only decides; the transport adapter settles the delivery as the returned
  * {@link Disposition} says, and settling is always the last step.
  */
-import { type Context, context, propagation, type Span, SpanKind, SpanStatusCode } from '@opentelemetry/api';
+import { type Context, propagation, type Span, SpanStatusCode } from '@opentelemetry/api';
 import { decodeJson, encodeResult } from './codec.js';
 import { createRunContext, type Handler, type HandlerContext } from './context.js';
 import {
@@ -21,9 +21,9 @@ import {
   IdempotencyKeyReuseError,
   isRetryable,
   KeyMissingError,
+  LeaseLostError,
   MalformedMessageError,
   PreviouslyFailedError,
-  PublishError,
   RunTimeoutError,
   toErrorInfo,
 } from './errors.js';
@@ -39,9 +39,9 @@ import {
 } from './failure.js';
 import { Headers, readIdentityHeader, textHeaders } from './headers.js';
 import { fingerprint, normalizeKey, scopeKey } from './keys.js';
-import { keepLease, type LeaseKeeper } from './lease-keeper.js';
-import { coalescing } from './store/coalesce.js';
+import { createLeaseBoard, } from './lease-keeper.js';
 import { type ProcessorOptions, type ResolvedProcessorOptions, resolveProcessorOptions } from './options.js';
+import { describe, finishCompleted, publishThenAck } from './publish.js';
 import {
   ATTR_EO_ACTION,
   ATTR_EO_ATTEMPT,
@@ -57,19 +57,40 @@ import {
   ATTR_MESSAGING_SYSTEM,
   BAGGAGE_REQUEST_ID,
 } from './semconv.js';
+import type { Shared, Turn } from './shared.js';
 import type { Delivery, Disposition, Outcome } from './spi.js';
+import { coalescing } from './store/coalesce.js';
 import type {
   BeginResult,
-  CompletedRecord,
-  OutgoingMessage,
-  ProcessedStore,
   StoredResult,
 } from './store/types.js';
-import { inSpan, instrumentsFor, linkToRef, recordError, spanRef, startProcessSpan } from './tracing.js';
+import {
+  inSpan,
+  instrumentsFor,
+  linkToRef,
+  recordError,
+  spanRef,
+  startProcessSpan,
+  tracingEnabled,
+  untraced,
+  withContext,
+} from './tracing.js';
 
 export interface Processor {
   /** Runs the pipeline for one delivery and says how to settle it. Never throws. */
   process(delivery: Delivery): Promise<Disposition>;
+  /**
+   * Runs deliveries whose effects must happen in order (the records of a Kafka partition) with
+   * their store round trips shared: every delivery begins at once (one batch call), but each
+   * handler starts only once the one before it succeeded, failed permanently or needed no run.
+   * Answers one promise per delivery, to be settled in order. After a delivery that will be
+   * tried again (retry, or defer), the later ones are not run: they answer
+   * `{ action: 'defer', outcome: 'not-run', delayMs: 0 }` and keep their leases for the next
+   * call with them; {@link releaseHeld} gives those leases back (on revocation or stop).
+   */
+  processInOrder(deliveries: readonly Delivery[]): Promise<Disposition>[];
+  /** Releases the leases kept for deliveries `processInOrder` did not run. */
+  releaseHeld(): Promise<void>;
   readonly options: ResolvedProcessorOptions<unknown, unknown>;
 }
 
@@ -87,23 +108,49 @@ export function createProcessor<T = unknown, R = unknown>(options: ProcessorOpti
   const resolved = resolveProcessorOptions(options);
   // Concurrent runs share store round trips (see store/coalesce.ts).
   const o: ResolvedProcessorOptions<T, R> = Object.freeze({ ...resolved, store: coalescing(resolved.store) });
-  const shared: Shared = { publishing: new Map(), publishFailures: new Map() };
+  const shared: Shared = {
+    publishing: new Map(),
+    publishFailures: new Map(),
+    held: new Map(),
+    leases: createLeaseBoard({
+      store: o.store,
+      leaseMs: o.leaseMs,
+      intervalMs: o.heartbeatMs,
+      onError: (key, error) => o.logger.warn('lease heartbeat failed', { key, error: toErrorInfo(error) }),
+    }),
+  };
   return {
     options: o as ResolvedProcessorOptions<unknown, unknown>,
-    process: (delivery) => processDelivery(o, delivery, shared),
+    process: (delivery) => processDelivery(o, delivery, shared, undefined),
+    processInOrder(deliveries) {
+      let previous = Promise.resolve(true);
+      return deliveries.map((delivery) => {
+        let go!: (proceed: boolean) => void;
+        const next = new Promise<boolean>((resolve) => {
+          go = resolve;
+        });
+        const turn: Turn = { previous, go };
+        previous = next;
+        return processDelivery(o, delivery, shared, turn);
+      });
+    },
+    releaseHeld: () => releaseHeld(o, shared),
   };
 }
 
-/** What the runs of one processor share. */
-interface Shared {
-  /** Publishes under way, by store key (see finishCompleted). */
-  readonly publishing: Map<string, Promise<unknown>>;
-  /** Consecutive unconfirmed publishes, by store key (see publishThenAck). */
-  readonly publishFailures: Map<string, number>;
+/** Gives back the leases of ordered deliveries that were not run (their next begin is a retry). */
+async function releaseHeld<T, R>(o: ResolvedProcessorOptions<T, R>, shared: Shared): Promise<void> {
+  const held = [...shared.held];
+  shared.held.clear();
+  const notRun = {
+    name: 'NotRun',
+    code: 'NOT_RUN',
+    message: 'an earlier message of its partition was retried',
+  };
+  await Promise.all(
+    held.map(([key, h]) => o.store.release(key, h.begun.fence, notRun).catch(() => undefined)),
+  );
 }
-
-/** Keys whose publish failures are remembered at once; the oldest is forgotten first. */
-const MAX_TRACKED_PUBLISH_FAILURES = 10_000;
 
 interface Prepared<T> {
   payload: T;
@@ -117,32 +164,41 @@ async function processDelivery<T, R>(
   o: ResolvedProcessorOptions<T, R>,
   delivery: Delivery,
   shared: Shared,
+  turn: Turn | undefined,
 ): Promise<Disposition> {
   const started = performance.now();
-  const baseAttrs = {
-    [ATTR_MESSAGING_SYSTEM]: delivery.system,
-    [ATTR_MESSAGING_DESTINATION_NAME]: delivery.destination,
-    [ATTR_MESSAGING_OPERATION_TYPE]: 'process',
-    [ATTR_MESSAGING_OPERATION_NAME]: 'process',
-    [ATTR_MESSAGING_BODY_SIZE]: delivery.body.byteLength,
-    [ATTR_EO_CONSUMER]: o.consumer,
-    ...delivery.attributes,
-  };
-  const { span, ctx } = startProcessSpan(o.spanKind, delivery.destination, delivery.headers, baseAttrs);
+  // Without a tracer provider nothing records: no span, attributes or context switches at all.
+  const { span, ctx } = tracingEnabled()
+    ? startProcessSpan(o.spanKind, delivery.destination, delivery.headers, {
+        [ATTR_MESSAGING_SYSTEM]: delivery.system,
+        [ATTR_MESSAGING_DESTINATION_NAME]: delivery.destination,
+        [ATTR_MESSAGING_OPERATION_TYPE]: 'process',
+        [ATTR_MESSAGING_OPERATION_NAME]: 'process',
+        [ATTR_MESSAGING_BODY_SIZE]: delivery.body.byteLength,
+        [ATTR_EO_CONSUMER]: o.consumer,
+        ...delivery.attributes,
+      })
+    : untraced();
   let disposition: Disposition;
   try {
-    disposition = await context.with(ctx, () => run(o, delivery, span, ctx, shared));
+    disposition = await withContext(ctx, () => run(o, delivery, span, ctx, shared, turn));
   } catch (error) {
     // Only a bug gets here; never ack what we do not understand.
     recordError(span, error);
     o.logger.error('unexpected pipeline error; message will be redelivered', { error: toErrorInfo(error) });
     disposition = { action: 'defer', outcome: 'store-unavailable', delayMs: 1000, error: toErrorInfo(error) };
+  } finally {
+    // Every path says whether the next delivery may run; the first word counts, so this is a
+    // safety net for paths that said nothing.
+    turn?.go(false);
   }
-  span.setAttribute(ATTR_EO_OUTCOME, disposition.outcome);
-  span.setAttribute(ATTR_EO_ACTION, disposition.action);
-  if (disposition.action === 'dead-letter' || disposition.action === 'retry') {
-    const error = disposition.action === 'retry' ? disposition.error : disposition.reason.error;
-    span.setStatus({ code: SpanStatusCode.ERROR, message: `${error.name}: ${error.message}` });
+  if (span.isRecording()) {
+    span.setAttribute(ATTR_EO_OUTCOME, disposition.outcome);
+    span.setAttribute(ATTR_EO_ACTION, disposition.action);
+    if (disposition.action === 'dead-letter' || disposition.action === 'retry') {
+      const error = disposition.action === 'retry' ? disposition.error : disposition.reason.error;
+      span.setStatus({ code: SpanStatusCode.ERROR, message: `${error.name}: ${error.message}` });
+    }
   }
   span.end();
   const attrs = { consumer: o.consumer, outcome: disposition.outcome, action: disposition.action };
@@ -158,7 +214,10 @@ async function run<T, R>(
   span: Span,
   ctx: Context,
   shared: Shared,
+  turn: Turn | undefined,
 ): Promise<Disposition> {
+  // A delivery needing no handler run lets the next one go as soon as the one before it did.
+  const passOn = async () => turn?.go(await turn.previous);
   let prepared: Prepared<T>;
   try {
     prepared = prepare(o, delivery);
@@ -168,31 +227,60 @@ async function run<T, R>(
       error instanceof ExactlyOnceError
         ? error
         : new MalformedMessageError(`message could not be read: ${describe(error)}`, { cause: error });
+    await passOn();
     return deadLetter(o, delivery, 'invalid', reason, 0);
   }
   const { storeKey, requestId } = prepared;
-  span.setAttribute(ATTR_EO_KEY, prepared.key);
-  span.setAttribute(ATTR_EO_REQUEST_ID, requestId);
-  // Downstream spans and messages find the request by its id through baggage.
-  const bag = (propagation.getBaggage(ctx) ?? propagation.createBaggage()).setEntry(BAGGAGE_REQUEST_ID, {
-    value: requestId,
-  });
-  const runCtx = propagation.setBaggage(ctx, bag);
+  let runCtx = ctx;
+  if (span.isRecording()) {
+    span.setAttribute(ATTR_EO_KEY, prepared.key);
+    span.setAttribute(ATTR_EO_REQUEST_ID, requestId);
+    // Downstream spans and messages find the request by its id through baggage.
+    const bag = (propagation.getBaggage(ctx) ?? propagation.createBaggage()).setEntry(BAGGAGE_REQUEST_ID, {
+      value: requestId,
+    });
+    runCtx = propagation.setBaggage(ctx, bag);
+  }
 
-  let begun: Awaited<ReturnType<ProcessedStore['begin']>>;
+  let begun: BeginResult;
+  const asked = performance.now();
   try {
-    begun = await inSpan('exactly-once begin', runCtx, {}, () =>
-      o.store.begin({
-        key: storeKey,
-        fingerprint: prepared.fingerprint,
-        owner: o.ownerId,
-        leaseMs: o.leaseMs,
-        ...(spanRef(span) ? { traceId: spanRef(span) as string } : {}),
-      }),
-    );
+    begun =
+      (await reuseHeld(o, shared, storeKey, prepared.fingerprint)) ??
+      (await inSpan('exactly-once begin', runCtx, {}, () =>
+        o.store.begin({
+          key: storeKey,
+          fingerprint: prepared.fingerprint,
+          owner: o.ownerId,
+          leaseMs: o.leaseMs,
+          ...(spanRef(span) ? { traceId: spanRef(span) as string } : {}),
+        }),
+      ));
   } catch (error) {
     return storeDown(o, error);
   }
+  if (begun.status === 'acquired' && turn && !(await turn.previous)) {
+    // An earlier delivery of the group will be tried again: this one waits its turn, lease kept.
+    shared.held.set(storeKey, {
+      begun,
+      fingerprint: prepared.fingerprint,
+      deadline: performance.now() + o.leaseMs,
+    });
+    return { action: 'defer', outcome: 'not-run', delayMs: 0 };
+  }
+  if (begun.status === 'acquired' && turn && performance.now() - asked > o.leaseMs / 2) {
+    // A long wait for its turn used up half the lease: renew it before the handler starts.
+    try {
+      if ((await o.store.extend(storeKey, begun.fence, o.leaseMs)) === 'lost') {
+        turn.go(false);
+        return leaseLost(storeKey, begun.fence);
+      }
+    } catch (error) {
+      turn.go(false);
+      return storeDown(o, error);
+    }
+  }
+  if (begun.status !== 'acquired' && begun.status !== 'busy') await passOn();
 
   switch (begun.status) {
     case 'duplicate': {
@@ -237,7 +325,7 @@ async function run<T, R>(
   });
   shared.publishing.set(storeKey, marker);
   try {
-    return await runAcquired(o, delivery, span, runCtx, prepared, begun, shared);
+    return await runAcquired(o, delivery, span, runCtx, prepared, begun, shared, turn);
   } finally {
     if (shared.publishing.get(storeKey) === marker) shared.publishing.delete(storeKey);
     finished();
@@ -252,15 +340,19 @@ async function runAcquired<T, R>(
   prepared: Prepared<T>,
   begun: Extract<BeginResult, { status: 'acquired' }>,
   shared: Shared,
+  turn: Turn | undefined,
 ): Promise<Disposition> {
   const { storeKey, requestId } = prepared;
-  span.setAttribute(ATTR_EO_ATTEMPT, begun.attempt);
-  span.setAttribute(ATTR_EO_FENCE, begun.fence);
+  if (span.isRecording()) {
+    span.setAttribute(ATTR_EO_ATTEMPT, begun.attempt);
+    span.setAttribute(ATTR_EO_FENCE, begun.fence);
+  }
   const outcome: Outcome = begun.kind === 'takeover' ? 'takeover' : 'acquired';
   const { fence, attempt } = begun;
 
   // A message that keeps killing its worker comes back as takeovers; stop it here.
   if (attempt > o.retry.maxAttempts) {
+    turn?.go(true);
     return failAndDeadLetter(
       o,
       delivery,
@@ -271,13 +363,16 @@ async function runAcquired<T, R>(
     );
   }
 
-  const keeper = keepLease({
-    store: o.store,
+  const handled = handlerRun<R>();
+  const keeper = shared.leases.hold({
     key: storeKey,
     fence,
-    leaseMs: o.leaseMs,
-    intervalMs: o.heartbeatMs,
-    onError: (error) => o.logger.warn('lease heartbeat failed', { key: storeKey, error: toErrorInfo(error) }),
+    maxRunMs: o.maxRunMs,
+    onTimeout: () => {
+      const error = new RunTimeoutError({ maxRunMs: o.maxRunMs });
+      keeper.abort(error);
+      handled.settle({ ok: false, error });
+    },
   });
   const state = createRunContext({
     key: prepared.key,
@@ -289,7 +384,7 @@ async function runAcquired<T, R>(
     namespace: o.namespace,
     consumer: o.consumer,
     headers: textHeaders(delivery.headers),
-    signal: keeper.signal,
+    signal: () => keeper.signal,
     span,
     otelContext: runCtx,
     steps: begun.steps,
@@ -298,8 +393,15 @@ async function runAcquired<T, R>(
     canPublish: o.publisher !== undefined,
   });
 
-  const ran = await runHandler(o, prepared.payload, state.ctx, runCtx, keeper);
+  const ran = await runHandler(o, prepared.payload, state.ctx, runCtx, handled);
   state.close();
+  // The next delivery of an ordered group may run unless this one will be tried again.
+  turn?.go(
+    !keeper.lost &&
+      (ran.ok ||
+        (!(ran.error instanceof LeaseLostError) &&
+          (!isRetryable(ran.error) || attempt >= o.retry.maxAttempts))),
+  );
   if (keeper.lost) {
     // A newer fence owns the key; whatever this run did must not be recorded or acked.
     await keeper.stop();
@@ -361,41 +463,59 @@ async function runAcquired<T, R>(
 
 type HandlerRun<R> = { ok: true; value: R | undefined } | { ok: false; error: unknown };
 
+/** One run's outcome, settled by the handler or, past `maxRunMs`, by the lease board. */
+function handlerRun<R>() {
+  let settle!: (outcome: HandlerRun<R>) => void;
+  const outcome = new Promise<HandlerRun<R>>((resolve) => {
+    settle = resolve;
+  });
+  return { outcome, settle };
+}
+
 /**
- * Runs the handler under the lease, for at most `maxRunMs`. A handler still running then is
- * abandoned: its signal aborts, the heartbeat stops, and the run fails with a retryable
- * RunTimeoutError. Its context is closed, and every store write it could still make is fenced.
+ * Runs the handler under the lease. A handler still running after `maxRunMs` is abandoned (the
+ * lease board settles the run with a RunTimeoutError and aborts its signal); its context is
+ * closed, and every store write it could still make is fenced.
  */
 async function runHandler<T, R>(
   o: ResolvedProcessorOptions<T, R>,
   payload: T,
   ctx: HandlerContext,
   runCtx: Context,
-  keeper: LeaseKeeper,
+  run: ReturnType<typeof handlerRun<R>>,
 ): Promise<HandlerRun<R>> {
   const started = performance.now();
-  let timer: NodeJS.Timeout | undefined;
-  const timedOut = new Promise<HandlerRun<R>>((resolve) => {
-    timer = setTimeout(() => {
-      const error = new RunTimeoutError({ maxRunMs: o.maxRunMs });
-      keeper.abort(error);
-      resolve({ ok: false, error });
-    }, o.maxRunMs);
-  });
   try {
-    const handled = (async (): Promise<HandlerRun<R>> => {
-      try {
-        const value = await context.with(runCtx, () => (o.handler as Handler<T, R>)(payload, ctx));
-        return { ok: true, value };
-      } catch (error) {
-        return { ok: false, error };
-      }
-    })();
-    return await Promise.race([handled, timedOut]);
-  } finally {
-    clearTimeout(timer);
-    instrumentsFor().handlerDuration.record((performance.now() - started) / 1000, { consumer: o.consumer });
+    const value = withContext(runCtx, () => (o.handler as Handler<T, R>)(payload, ctx));
+    Promise.resolve(value).then(
+      (v) => run.settle({ ok: true, value: v }),
+      (error: unknown) => run.settle({ ok: false, error }),
+    );
+  } catch (error) {
+    run.settle({ ok: false, error });
   }
+  const outcome = await run.outcome;
+  instrumentsFor().handlerDuration.record((performance.now() - started) / 1000, { consumer: o.consumer });
+  return outcome;
+}
+
+/**
+ * The lease this processor kept for an ordered delivery it did not run, if it still has one for
+ * this payload: extended first when half of it has passed. Undefined: begin as usual.
+ */
+async function reuseHeld<T, R>(
+  o: ResolvedProcessorOptions<T, R>,
+  shared: Shared,
+  storeKey: string,
+  fingerprint: string,
+): Promise<BeginResult | undefined> {
+  const held = shared.held.get(storeKey);
+  if (held === undefined) return undefined;
+  shared.held.delete(storeKey);
+  if (held.fingerprint !== fingerprint) return undefined;
+  if (held.deadline - performance.now() > o.leaseMs / 2) return held.begun;
+  if ((await o.store.extend(storeKey, held.begun.fence, o.leaseMs)) === 'lost') return undefined;
+  return held.begun;
 }
 
 function prepare<T, R>(o: ResolvedProcessorOptions<T, R>, delivery: Delivery): Prepared<T> {
@@ -457,129 +577,4 @@ async function storeResult<T, R>(
     () => blobs.put(bytes),
   );
   return { kind: 'blob', pointer };
-}
-
-async function finishCompleted<T, R>(
-  o: ResolvedProcessorOptions<T, R>,
-  ctx: Context,
-  delivery: Delivery,
-  storeKey: string,
-  record: CompletedRecord,
-  shared: Shared,
-): Promise<Disposition> {
-  let pending = record.outgoing.filter((m) => !m.published);
-  const underWay = shared.publishing.get(storeKey);
-  if (pending.length > 0 && underWay) {
-    // A concurrent copy in this process is publishing the same messages right now: wait for it
-    // rather than send them twice, then publish only what it did not confirm.
-    await underWay.catch(() => {});
-    const fresh = await o.store.get(storeKey).catch(() => undefined);
-    if (fresh?.state === 'COMPLETED') pending = fresh.outgoing.filter((m) => !m.published);
-  }
-  return publishThenAck(
-    o,
-    ctx,
-    delivery,
-    storeKey,
-    record.fence,
-    pending,
-    'duplicate',
-    record.result,
-    shared,
-  );
-}
-
-async function publishThenAck<T, R>(
-  o: ResolvedProcessorOptions<T, R>,
-  ctx: Context,
-  delivery: Delivery,
-  storeKey: string,
-  fence: number,
-  outgoing: readonly OutgoingMessage[],
-  outcome: Outcome,
-  result: StoredResult | undefined,
-  shared: Shared,
-): Promise<Disposition> {
-  if (outgoing.length > 0) {
-    try {
-      const publisher = o.publisher;
-      if (!publisher) {
-        throw new PublishError('record has unconfirmed outgoing messages but the consumer has no publisher');
-      }
-      const destinations = [...new Set(outgoing.map((m) => m.destination))].join(',');
-      await inSpan(
-        `send ${destinations}`,
-        ctx,
-        { [ATTR_MESSAGING_OPERATION_TYPE]: 'send', 'messaging.batch.message_count': outgoing.length },
-        () => publisher.publish(outgoing),
-        SpanKind.CLIENT,
-      );
-    } catch (error) {
-      return publishFailed(o, delivery, storeKey, error, shared);
-    }
-    shared.publishFailures.delete(storeKey);
-    try {
-      await o.store.markPublished(
-        storeKey,
-        fence,
-        outgoing.map((m) => m.id),
-      );
-    } catch (error) {
-      // Published and confirmed: a later duplicate re-sends them, and receivers dedup by child key.
-      o.logger.warn('markPublished failed after a confirmed publish', {
-        key: storeKey,
-        error: toErrorInfo(error),
-      });
-    }
-  }
-  return result ? { action: 'ack', outcome, result } : { action: 'ack', outcome };
-}
-
-/**
- * An unconfirmed publish defers the message (COMPLETED is durable; the redelivery publishes what
- * is still unconfirmed), with a growing delay. After `maxPublishDeferrals` in a row it escalates:
- * a destination that does not exist would otherwise hold a Kafka partition or a prefetch slot for
- * ever. The message is dead-lettered with the reason; replaying it publishes the outgoing
- * messages (the record answers it as a duplicate).
- */
-function publishFailed<T, R>(
-  o: ResolvedProcessorOptions<T, R>,
-  delivery: Delivery,
-  storeKey: string,
-  error: unknown,
-  shared: Shared,
-): Disposition {
-  const failures = (shared.publishFailures.get(storeKey) ?? 0) + 1;
-  shared.publishFailures.delete(storeKey); // re-inserted last: the map forgets the oldest first
-  if (failures > o.maxPublishDeferrals) {
-    o.logger.error('outgoing messages never confirmed; dead-lettering the message', {
-      key: storeKey,
-      attempts: failures,
-      error: toErrorInfo(error),
-    });
-    instrumentsFor().publishEscalations.add(1, { consumer: o.consumer });
-    const reason = new PublishError(
-      `outgoing messages not confirmed after ${failures} attempts: ${describe(error)}`,
-      { cause: error },
-    );
-    return deadLetter(o, delivery, 'publish-failed', reason, failures);
-  }
-  shared.publishFailures.set(storeKey, failures);
-  if (shared.publishFailures.size > MAX_TRACKED_PUBLISH_FAILURES) {
-    const oldest = shared.publishFailures.keys().next().value;
-    if (oldest !== undefined) shared.publishFailures.delete(oldest);
-  }
-  o.logger.warn('outgoing publish not confirmed; message will be redelivered', {
-    key: storeKey,
-    attempt: failures,
-  });
-  const delayMs = Math.min(30_000, 500 * 2 ** (failures - 1));
-  const info = toErrorInfo(
-    error instanceof ExactlyOnceError ? error : new PublishError(describe(error), { cause: error }),
-  );
-  return { action: 'defer', outcome: 'publish-failed', delayMs, error: info };
-}
-
-function describe(error: unknown): string {
-  return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
 }

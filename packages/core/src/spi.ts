@@ -37,7 +37,9 @@ export type Outcome =
   | 'invalid'
   | 'lease-lost'
   | 'store-unavailable'
-  | 'publish-failed';
+  | 'publish-failed'
+  /** An ordered delivery whose handler waits for an earlier one to be tried again. */
+  | 'not-run';
 
 /** Why a message goes to the dead-letter destination; becomes `x-eo-*` headers. */
 export interface DeadLetterReason {
@@ -85,6 +87,56 @@ export type Disposition =
       readonly delayMs: number;
       readonly error?: ErrorInfo;
     };
+
+/**
+ * The counters every exactly-once consumer keeps, with the same names and meanings in
+ * `@exactly-once/kafka` and `@exactly-once/rabbitmq` (each adds its own extras). Counts since
+ * the consumer was created.
+ *
+ * A delivery (a RabbitMQ message, a Kafka record) that is settled counts once in exactly one of
+ * `acked`, `retried` (retried through a copy) or `deadLettered`. One given up unsettled counts
+ * in `abandoned`; the broker delivers it again and it is `received` again (so is a Kafka record
+ * fetched again after its partition was paused).
+ */
+export interface BaseConsumerStats {
+  /** Deliveries taken into the pipeline; a redelivery or re-fetch counts again. */
+  received: number;
+  /**
+   * Deliveries settled after an `ack` disposition: processed now, or a duplicate of a completed
+   * key (RabbitMQ: `basic.ack`; Kafka: offset resolved, committed in order).
+   */
+  acked: number;
+  /**
+   * `retry` dispositions carried out: the copy confirmed by the broker and the original settled
+   * (RabbitMQ delay queue, Kafka `retryTopic`), or, for Kafka without a retry topic, the wait
+   * before the same record is processed again.
+   */
+  retried: number;
+  /** Deliveries whose dead-letter copy the broker confirmed, and which were then settled. */
+  deadLettered: number;
+  /**
+   * `defer` dispositions: the delivery was kept and run again later (key busy elsewhere, lease
+   * lost, store down, outgoing publish not confirmed).
+   */
+  deferred: number;
+  /**
+   * Deliveries given up without being settled (the channel closed, the partition was revoked,
+   * or the consumer stopped); the broker delivers them again, to this or another consumer.
+   */
+  abandoned: number;
+  /**
+   * Deliveries being handled now: received, and neither settled nor given up yet, plus runs the
+   * consumer gave up on that are still finishing (their store writes are fenced).
+   */
+  inFlight: number;
+  /** Pipeline runs by outcome (`acquired`, `duplicate`, `busy`, `invalid`, ...). */
+  byOutcome: Partial<Record<Outcome, number>>;
+}
+
+/** Counts a pipeline outcome in `stats.byOutcome`. */
+export function countOutcome(stats: BaseConsumerStats, outcome: Outcome): void {
+  stats.byOutcome[outcome] = (stats.byOutcome[outcome] ?? 0) + 1;
+}
 
 /** Publishes outgoing messages and resolves only when the broker confirmed every one of them. */
 export interface OutgoingPublisher {

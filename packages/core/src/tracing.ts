@@ -6,6 +6,7 @@ import {
   type Attributes,
   type Context,
   context,
+  INVALID_SPAN_CONTEXT,
   type Link,
   metrics,
   propagation,
@@ -24,6 +25,29 @@ const VERSION = '0.1.0';
 
 export function tracer() {
   return trace.getTracer(SCOPE, VERSION);
+}
+
+/**
+ * Whether an OpenTelemetry SDK registered a tracer provider. Until one does, the API's proxy
+ * provider has no delegate, every span is a no-op, and the pipeline skips tracing work.
+ */
+export function tracingEnabled(): boolean {
+  const provider = trace.getTracerProvider() as {
+    getDelegateTracer?: (name: string, version?: string) => unknown;
+  };
+  return provider.getDelegateTracer === undefined || provider.getDelegateTracer(SCOPE, VERSION) !== undefined;
+}
+
+const NOT_RECORDING = trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
+
+/** The span and context of a run when nothing records. */
+export function untraced(): { span: Span; ctx: Context } {
+  return { span: NOT_RECORDING, ctx: ROOT_CONTEXT };
+}
+
+/** `context.with`, skipped when the context carries no recording span (nothing to propagate). */
+export function withContext<T>(ctx: Context, fn: () => T): T {
+  return trace.getSpan(ctx)?.isRecording() ? context.with(ctx, fn) : fn();
 }
 
 const headerGetter: TextMapGetter<MessageHeaders> = {
@@ -102,6 +126,8 @@ export async function inSpan<T>(
   fn: (span: Span) => Promise<T>,
   kind: SpanKind = SpanKind.INTERNAL,
 ): Promise<T> {
+  // A child of a span that does not record would not record either.
+  if (!trace.getSpan(parent)?.isRecording()) return fn(NOT_RECORDING);
   const span = tracer().startSpan(name, { kind, attributes }, parent);
   try {
     return await context.with(trace.setSpan(parent, span), () => fn(span));

@@ -204,6 +204,7 @@ function freezingStore(
     markPublished: async (k, f, ids) => (isDead() ? never : store.markPublished(k, f, ids)),
     saveStep: async (k, f, n, r) => (isDead() ? never : store.saveStep(k, f, n, r)),
     get: (k) => store.get(k),
+    clear: (k) => store.clear(k),
   };
 }
 

@@ -4,12 +4,13 @@
  * every commit stay at or before the first unsettled record: a crash or a revocation never skips
  * work, it only repeats some, and repeats resolve as duplicates in the processed-store.
  */
-import type { Disposition, Processor } from '@exactly-once/core/spi';
+
 import { type Logger, toErrorInfo } from '@exactly-once/core';
+import type { Disposition, Processor } from '@exactly-once/core/spi';
 import { type EachBatchPayloadLike, isRebalanceError, type KafkaMessageLike } from './client.js';
 import { deadLetterRecord, retryAtOf, retryRecord, toDelivery } from './delivery.js';
 import type { ExactlyOnceProducer } from './producer.js';
-import type { ConsumerStats } from './stats.js';
+import { type ConsumerStats, countOutcome } from './stats.js';
 
 /** What the consumer shares with every batch it runs. */
 export interface BatchEnv {
@@ -24,7 +25,11 @@ export interface BatchEnv {
   readonly commitIntervalMs: number;
   readonly heartbeatIntervalMs: number;
   readonly maxInPlaceWaitMs: number;
-  readonly revokeGraceMs: number;
+  /**
+   * How long a run already under way may still finish once its batch is interrupted:
+   * `revokeGraceMs` on a revocation, what is left of `stop({ timeoutMs })` when stopping.
+   */
+  graceMs(): number;
   /** Aborts when the consumer is stopping. */
   readonly stopSignal: AbortSignal;
   /** Schedules `resume` after `ms` unless the consumer stops first. */
@@ -85,7 +90,7 @@ class BatchRun {
     try {
       for (const message of this.payload.batch.messages) {
         if (!this.live()) break;
-        const step = await this.settle(message);
+        const step = await this.handle(message);
         if (step !== 'settled') break;
         if (
           this.sinceCommit >= this.env.commitEveryMessages ||
@@ -115,6 +120,20 @@ class BatchRun {
     });
   }
 
+  /** {@link settle} with the counters every consumer keeps. */
+  private async handle(message: KafkaMessageLike): Promise<Step> {
+    const { stats } = this.env;
+    stats.received++;
+    stats.inFlight++;
+    try {
+      const step = await this.settle(message);
+      if (step === 'abandoned') stats.abandoned++;
+      return step;
+    } finally {
+      stats.inFlight--;
+    }
+  }
+
   /** Processes one record until it is settled, or the batch pauses or gives it up. */
   private async settle(message: KafkaMessageLike): Promise<Step> {
     const { env, topic, partition } = this;
@@ -131,10 +150,18 @@ class BatchRun {
       const pending = env.processor.process(delivery);
       const d = await this.awaitOrAbandon(pending);
       if (d === undefined) {
+        // Given up; the run goes on unowned (its writes are fenced) and is still in flight.
         env.track(pending);
-        env.stats.abandoned++;
+        env.stats.inFlight++;
+        void pending
+          .then((late) => countOutcome(env.stats, late.outcome))
+          .catch(() => {})
+          .finally(() => {
+            env.stats.inFlight--;
+          });
         return 'abandoned';
       }
+      countOutcome(env.stats, d.outcome);
       switch (d.action) {
         case 'ack':
           env.stats.acked++;
@@ -147,12 +174,13 @@ class BatchRun {
           return this.resolve(message);
         }
         case 'retry': {
-          env.stats.retried++;
           if (env.retryTopic !== undefined) {
             const record = retryRecord(topic, partition, message, delivery, d, Date.now());
             if (!(await this.produce(env.retryTopic, record, 'retry'))) return 'abandoned';
+            env.stats.retried++;
             return this.resolve(message);
           }
+          env.stats.retried++;
           const step = await this.wait(d.delayMs);
           if (step !== 'settled') return step;
           break;
@@ -176,9 +204,10 @@ class BatchRun {
   }
 
   /**
-   * Waits for a run. On an interrupt it still gives the run `revokeGraceMs` to finish, so a
-   * short handler's work is committed rather than repeated; after that the run goes on unowned
-   * (its writes are fenced) and the record stays unresolved for whoever owns the partition next.
+   * Waits for a run. On an interrupt it still gives the run `revokeGraceMs` (when stopping: the
+   * rest of stop's timeout) to finish, so a short handler's work is committed rather than
+   * repeated; after that the run goes on unowned (its writes are fenced) and the record stays
+   * unresolved for whoever owns the partition next.
    */
   private async awaitOrAbandon(pending: Promise<Disposition>): Promise<Disposition | undefined> {
     const first = await Promise.race([pending, this.interrupted.then(() => undefined)]);
@@ -187,7 +216,7 @@ class BatchRun {
     const late = await Promise.race([
       pending,
       new Promise<undefined>((resolve) => {
-        timer = setTimeout(resolve, this.env.revokeGraceMs, undefined);
+        timer = setTimeout(resolve, this.env.graceMs(), undefined);
       }),
     ]);
     clearTimeout(timer);

@@ -63,7 +63,8 @@ export interface ConsumerLike {
 export interface ProducerRecordMessageLike {
   key?: string | Buffer | null;
   value: string | Buffer | null;
-  headers?: Record<string, string | Buffer>;
+  /** An array value is produced as the same header repeated, once per element, in order. */
+  headers?: Record<string, string | Buffer | (string | Buffer)[]>;
 }
 
 export interface ProducerLike {

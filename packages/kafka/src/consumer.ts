@@ -1,12 +1,15 @@
 /** `createConsumer`: a kafkajs consumer group member that runs every record through core's pipeline. */
 import {
+  ClosedError,
   ConfigError,
   MalformedMessageError,
+  type OutgoingPublisher,
   type ProcessorOptions,
   silentLogger,
   toErrorInfo,
+  validateName,
 } from '@exactly-once/core';
-import { createProcessor, decodeJson, type Delivery, type Processor } from '@exactly-once/core/spi';
+import { createProcessor, type Delivery, decodeJson, type Processor } from '@exactly-once/core/spi';
 import { type BatchEnv, runBatch } from './batch.js';
 import type { ConsumerConfigLike, ConsumerLike, KafkaLike } from './client.js';
 import { isTombstone } from './delivery.js';
@@ -18,11 +21,17 @@ export interface KafkaConsumerOptions<T = unknown, R = unknown>
   kafka: KafkaLike;
   groupId: string;
   topics: readonly string[];
-  /** Consumer name in store keys. @defaultValue `groupId` */
+  /**
+   * The consumer's name in store keys (`<namespace>:<consumer>:<key>`) and in `x-eo-consumer`
+   * on dead letters; `[A-Za-z0-9._-]{1,100}`. Changing it, or the `groupId` while it is unset,
+   * starts a new key space: records under the old name are no longer seen, so a message that
+   * comes back is processed again. @defaultValue `groupId`
+   */
   consumer?: string;
   /**
    * Where permanently failed, malformed and poison records go (produced with acks -1 by an
    * idempotent producer, with reason and origin headers) before their offset is resolved.
+   * Must not be one of `topics` or the `retryTopic`.
    */
   deadLetter: { topic: string };
   /**
@@ -30,11 +39,18 @@ export interface KafkaConsumerOptions<T = unknown, R = unknown>
    * is tried again, keeping the partition's order. Set: the record is copied to this topic with
    * its next attempt and due time, its offset is resolved, and the consumer (which also subscribes
    * to it) processes the copy when due. Keeps the partition flowing; gives up order for retries.
+   * Must be a topic of its own: not one of `topics`, not `deadLetter.topic`.
    */
   retryTopic?: string;
   /**
-   * Producer for the handler's `ctx.publish` messages and for dead-letter/retry copies.
-   * @defaultValue an idempotent producer created from `kafka`, disconnected by `stop()`
+   * Where the handler's `ctx.publish` messages go: any core `OutgoingPublisher`, e.g. a RabbitMQ
+   * publisher. @defaultValue `producer`
+   */
+  publisher?: OutgoingPublisher;
+  /**
+   * Produces the dead-letter and retry copies, and is the default `publisher`. A producer you
+   * pass is yours: `stop()` leaves it connected.
+   * @defaultValue an idempotent producer created from `kafka`, disconnected for good by `stop()`
    */
   producer?: ExactlyOnceProducer;
   /** Partitions processed at the same time (each in order). @defaultValue 8 */
@@ -58,10 +74,20 @@ export interface KafkaConsumerOptions<T = unknown, R = unknown>
    */
   maxInPlaceWaitMs?: number;
   /**
-   * On revocation or stop, how long a run already under way may still finish and be committed.
-   * Keep it well under `rebalanceTimeout`. @defaultValue 5000
+   * On revocation, how long a run already under way may still finish and be committed; also
+   * the default of `stop({ timeoutMs })`. Keep it well under `rebalanceTimeout`.
+   * @defaultValue 5000
    */
   revokeGraceMs?: number;
+}
+
+/** Options of `stop()`; the same in `@exactly-once/rabbitmq`. */
+export interface StopOptions {
+  /**
+   * How long runs under way may still finish (and be committed) before the consumer gives them
+   * up and leaves the group. Keep it under `sessionTimeout`. @defaultValue `revokeGraceMs`
+   */
+  timeoutMs?: number;
 }
 
 /** A running (or startable) exactly-once consumer group member. */
@@ -69,17 +95,26 @@ export interface KafkaConsumer {
   /** Connects, subscribes and starts consuming. Resolves once the consumer runs. */
   start(): Promise<void>;
   /**
-   * Stops taking records, lets in-flight runs finish (up to `revokeGraceMs`), commits what was
-   * settled, leaves the group and disconnects. Safe to call twice.
+   * Stops taking records, lets the runs under way finish within `timeoutMs` (default
+   * `revokeGraceMs`), commits what was settled, leaves the group and disconnects, and
+   * disconnects the producer it created. A run still going then is given up: its record stays
+   * uncommitted and is processed again by the next owner (a duplicate once the run completed,
+   * else a takeover after its lease). After `stop()` resolved the consumer sends nothing: such a
+   * run's outgoing messages and the default producer are refused with a `ClosedError`. Safe to
+   * call twice.
    */
-  stop(): Promise<void>;
+  stop(options?: StopOptions): Promise<void>;
   /** The underlying client consumer, e.g. for `on(consumer.events.GROUP_JOIN, ...)`. */
   readonly consumer: ConsumerLike;
   readonly processor: Processor;
+  /** The producer of dead-letter and retry copies (the one passed in, or the one created). */
   readonly producer: ExactlyOnceProducer;
   /** Live counters. */
   readonly stats: Readonly<ConsumerStats>;
 }
+
+/** setTimeout fires at once for delays over 2^31 - 1 ms; longer waits are waits without end. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**
  * Creates an exactly-once consumer: ordered per partition, offsets committed only past settled
@@ -100,8 +135,10 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
     kafka,
     groupId,
     topics,
+    consumer: consumerName,
     deadLetter,
     retryTopic,
+    publisher: givenPublisher,
     producer: givenProducer,
     partitionsConsumedConcurrently = 8,
     fromBeginning = false,
@@ -116,9 +153,7 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
   if (typeof groupId !== 'string' || groupId.length === 0) throw new ConfigError('groupId is required');
   if (!Array.isArray(topics) || topics.length === 0)
     throw new ConfigError('topics must list at least one topic');
-  if (!deadLetter?.topic) throw new ConfigError('deadLetter.topic is required');
-  if (topics.includes(deadLetter.topic))
-    throw new ConfigError('deadLetter.topic must not be a consumed topic');
+  checkTopics(topics, deadLetter, retryTopic);
   for (const [name, v] of Object.entries({
     partitionsConsumedConcurrently,
     commitEveryMessages,
@@ -130,13 +165,24 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
       throw new ConfigError(`${name} must be a number >= 0`);
     }
   }
+  const name = consumerName ?? defaultName('groupId', groupId);
   const logger = rest.logger ?? silentLogger;
   const producer = givenProducer ?? createProducer({ kafka });
+  // Set once stop() is over: a run that outlived it publishes nothing more, through any
+  // publisher (its record stays uncommitted; the next owner publishes its outgoing messages).
+  let finished = false;
+  const target: OutgoingPublisher = givenPublisher ?? producer;
+  const publisher: OutgoingPublisher = {
+    publish: (messages) =>
+      finished
+        ? Promise.reject(new ClosedError('consumer', `the consumer of group "${groupId}" is stopped`))
+        : target.publish(messages),
+  };
   const userDecode = rest.decode;
   const processor = createProcessor<T, R>({
     ...rest,
-    consumer: rest.consumer ?? groupId,
-    publisher: producer,
+    consumer: name,
+    publisher,
     decode: (body: Uint8Array, delivery: Delivery): T => {
       // A tombstone has no payload to process; it can only be a producer's mistake here.
       if (isTombstone(delivery)) throw new MalformedMessageError('record has a null value (tombstone)');
@@ -154,6 +200,8 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
   const orphans = new Set<Promise<unknown>>();
   let state: 'new' | 'running' | 'stopping' | 'stopped' = 'new';
   let stopping: Promise<void> | undefined;
+  let stopDeadline = Number.POSITIVE_INFINITY;
+  const remaining = () => Math.max(0, stopDeadline - performance.now());
 
   const env: BatchEnv = {
     processor,
@@ -167,7 +215,7 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
     commitIntervalMs,
     heartbeatIntervalMs,
     maxInPlaceWaitMs,
-    revokeGraceMs,
+    graceMs: () => (stopController.signal.aborted ? remaining() : revokeGraceMs),
     stopSignal: stopController.signal,
     scheduleResume(ms, resume) {
       const timer = setTimeout(() => {
@@ -208,22 +256,22 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
         eachBatch: (payload) => runBatch(env, payload),
       });
     },
-    stop() {
+    stop({ timeoutMs = revokeGraceMs }: StopOptions = {}) {
       stopping ??= (async () => {
-        if (state === 'new') {
-          state = 'stopped';
-          return;
-        }
+        const wasNew = state === 'new';
         state = 'stopping';
-        // Batches see the abort, let their current run finish (bounded), commit and return;
-        // disconnect waits for them and then leaves the group.
+        stopDeadline = performance.now() + (timeoutMs >= 0 ? Math.min(timeoutMs, MAX_TIMER_MS) : 0);
+        // Batches see the abort, let their current run finish (until the deadline), commit and
+        // return; disconnect waits for them and then leaves the group.
         stopController.abort();
         for (const t of resumeTimers) clearTimeout(t);
         resumeTimers.clear();
         try {
-          await consumer.disconnect();
+          if (!wasNew) await consumer.disconnect();
         } finally {
-          await waitAtMost([...orphans], revokeGraceMs);
+          // Runs given up earlier (a revocation) get what is left of the same deadline.
+          await waitAtMost([...orphans], remaining());
+          finished = true;
           if (!givenProducer) await producer.disconnect().catch(() => {});
           state = 'stopped';
         }
@@ -231,6 +279,53 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
       return stopping;
     },
   };
+}
+
+function checkTopics(
+  topics: readonly string[],
+  deadLetter: { topic: string } | undefined,
+  retryTopic: string | undefined,
+): void {
+  const dlq = deadLetter?.topic;
+  if (typeof dlq !== 'string' || dlq.length === 0) {
+    throw new ConfigError('deadLetter.topic is required (e.g. deadLetter: { topic: "orders.dlq" })');
+  }
+  if (topics.includes(dlq)) {
+    throw new ConfigError(
+      `deadLetter.topic "${dlq}" is also in topics: every dead letter would be consumed and fail ` +
+        'again, in a loop. Use a separate topic for dead letters.',
+    );
+  }
+  if (retryTopic === undefined) return;
+  if (typeof retryTopic !== 'string' || retryTopic.length === 0) {
+    throw new ConfigError('retryTopic must be a topic name, or unset to retry in place');
+  }
+  if (retryTopic === dlq) {
+    throw new ConfigError(
+      `retryTopic "${retryTopic}" is also deadLetter.topic: the consumer subscribes to its retry ` +
+        'topic, so every dead letter would be consumed and processed again, in a loop. Use a ' +
+        `separate topic for each (e.g. retryTopic "${topics[0]}.retry", deadLetter.topic "${topics[0]}.dlq").`,
+    );
+  }
+  if (topics.includes(retryTopic)) {
+    throw new ConfigError(
+      `retryTopic "${retryTopic}" is also in topics: the consumer subscribes to its retry topic by ` +
+        'itself and takes every record there for a retry copy it wrote (due time, original broker ' +
+        'id). Remove it from topics, or use a separate topic for retries.',
+    );
+  }
+}
+
+/** The default consumer name, or a ConfigError saying how to set one. */
+function defaultName(source: string, value: string): string {
+  try {
+    return validateName('consumer', value);
+  } catch {
+    throw new ConfigError(
+      `consumer defaults to the ${source} ("${value}"), which is not a valid consumer name ` +
+        '([A-Za-z0-9._-]{1,100}); set consumer explicitly',
+    );
+  }
 }
 
 async function waitAtMost(runs: Promise<unknown>[], ms: number): Promise<void> {

@@ -1,6 +1,7 @@
 /** Kafka record -> core `Delivery`, and the headers the adapter adds to copies it produces. */
-import { type DeadLetterReason, type Delivery, deadLetterHeaders } from '@exactly-once/core/spi';
+
 import { Headers } from '@exactly-once/core';
+import { type DeadLetterReason, type Delivery, deadLetterHeaders } from '@exactly-once/core/spi';
 import type { KafkaHeaders, KafkaMessageLike, ProducerRecordMessageLike } from './client.js';
 
 /** Headers the Kafka adapter adds to dead-lettered and retried copies, besides core's `x-eo-*`. */
@@ -72,16 +73,28 @@ export function isTombstone(delivery: Delivery): boolean {
   return delivery.attributes?.[KafkaAttributes.Tombstone] === true;
 }
 
-/** The original headers as strings or bytes, as a producer accepts them (repeats keep the last). */
-export function copyHeaders(headers: KafkaHeaders | undefined): Record<string, string | Buffer> {
-  const out: Record<string, string | Buffer> = {};
+/**
+ * The original headers as strings or bytes, as a producer accepts them. A repeated header stays
+ * repeated (every value, in order): collapsing it would turn a record core refused for an
+ * ambiguous `x-idempotency-key` into a valid one with a guessed key for whoever replays the copy.
+ */
+export function copyHeaders(headers: KafkaHeaders | undefined): ProducerHeaders {
+  const out: ProducerHeaders = {};
   if (!headers) return out;
+  const one = (v: string | Uint8Array) => (typeof v === 'string' ? v : toBuffer(v));
   for (const [name, value] of Object.entries(headers)) {
-    const last = Array.isArray(value) ? value[value.length - 1] : value;
-    if (last !== undefined) out[name] = typeof last === 'string' ? last : toBuffer(last as Uint8Array);
+    if (value === undefined) continue;
+    if (Array.isArray(value)) {
+      const all = (value as readonly (string | Uint8Array)[]).filter((v) => v !== undefined).map(one);
+      if (all.length > 0) out[name] = all;
+    } else {
+      out[name] = one(value as string | Uint8Array);
+    }
   }
   return out;
 }
+
+type ProducerHeaders = NonNullable<ProducerRecordMessageLike['headers']>;
 
 function toBuffer(bytes: Uint8Array): Buffer;
 function toBuffer(bytes: Uint8Array | null): Buffer | null;

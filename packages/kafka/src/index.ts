@@ -2,12 +2,7 @@
  * `@exactly-once/kafka`: effectively-once Kafka consumers (kafkajs) on top of
  * `@exactly-once/core`, and an idempotent producer that sets the SDK's headers.
  */
-export { createConsumer } from './consumer.js';
-export type { KafkaConsumer, KafkaConsumerOptions } from './consumer.js';
-export { createProducer } from './producer.js';
-export type { ExactlyOnceProducer, ProducerOptions, SendOptions, SendResult } from './producer.js';
-export { brokerIdOf, KafkaAttributes, KafkaHeaderNames } from './delivery.js';
-export type { ConsumerStats } from './stats.js';
+
 export type {
   ConsumerConfigLike,
   ConsumerLike,
@@ -23,3 +18,9 @@ export type {
   ProducerLike,
   ProducerRecordMessageLike,
 } from './client.js';
+export type { KafkaConsumer, KafkaConsumerOptions, StopOptions } from './consumer.js';
+export { createConsumer } from './consumer.js';
+export { brokerIdOf, KafkaAttributes, KafkaHeaderNames } from './delivery.js';
+export type { ExactlyOnceProducer, ProducerOptions, SendOptions, SendResult } from './producer.js';
+export { createProducer } from './producer.js';
+export type { BaseConsumerStats, ConsumerStats } from './stats.js';

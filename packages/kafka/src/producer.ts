@@ -3,10 +3,10 @@
  * context) and core's confirmed `OutgoingPublisher` for handler outputs and dead-letter copies.
  */
 import { randomUUID } from 'node:crypto';
-import { context, SpanKind, trace } from '@opentelemetry/api';
-import { Headers, type OutgoingMessage, PublishError } from '@exactly-once/core';
-import { encodeValue, injectContext, recordError, tracer } from '@exactly-once/core/spi';
+import { ClosedError, Headers, type OutgoingMessage, PublishError } from '@exactly-once/core';
 import type { OutgoingPublisher } from '@exactly-once/core/spi';
+import { encodeValue, injectContext, recordError, tracer } from '@exactly-once/core/spi';
+import { context, SpanKind, trace } from '@opentelemetry/api';
 import type { KafkaLike, ProducerConfigLike, ProducerLike, ProducerRecordMessageLike } from './client.js';
 
 export interface ProducerOptions {
@@ -22,11 +22,14 @@ export interface ProducerOptions {
 }
 
 export interface SendOptions {
-  /** End-to-end request id. @defaultValue a random UUID */
+  /** End-to-end request id (`x-request-id`), copied onto every downstream message. @defaultValue a random UUID */
   requestId?: string;
-  /** Dedup key of the message. @defaultValue the request id */
+  /**
+   * Dedup key of the message (`x-idempotency-key`): the same business request must get the same
+   * key every time it is sent. @defaultValue the request id
+   */
   idempotencyKey?: string;
-  /** Partition key. */
+  /** Kafka record key: picks the partition, so records with one key stay in order. @defaultValue none (null key) */
   key?: string;
   /** Extra headers; the SDK's own (`x-request-id`, `x-idempotency-key`, trace) win. */
   headers?: Readonly<Record<string, string>>;
@@ -49,12 +52,17 @@ export interface ExactlyOnceProducer extends OutgoingPublisher {
   sendRecords(topic: string, records: ProducerRecordMessageLike[]): Promise<void>;
   /** Resolves once the producer is connected (sends connect lazily otherwise). */
   connect(): Promise<void>;
+  /**
+   * Disconnects, for good: from then on `send`, `sendRecords`, `publish` and `connect` reject
+   * with a `ClosedError` and never connect again (create a new producer instead). Safe to call
+   * twice.
+   */
   disconnect(): Promise<void>;
 }
 
 /**
  * Creates the producer. Sends connect on first use; call {@link ExactlyOnceProducer.disconnect}
- * when done.
+ * when done (it is final).
  *
  * @example
  * ```ts
@@ -70,7 +78,13 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
     maxInFlightRequests: 1,
   });
   let connecting: Promise<void> | undefined;
+  // Set by disconnect(): a send after it (a late run of a stopped consumer, say) must not
+  // connect the client again and leave it connected with nobody to disconnect it.
+  let closed = false;
+  let disconnecting: Promise<void> | undefined;
+  const closedError = () => new ClosedError('producer', 'the producer is disconnected; create a new one');
   const connect = () => {
+    if (closed) return Promise.reject(closedError());
     connecting ??= producer.connect().catch((error: unknown) => {
       // A failed connect must not stick: the next send tries again.
       connecting = undefined;
@@ -123,16 +137,21 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
 
   return {
     connect,
-    async disconnect() {
-      const pending = connecting;
-      connecting = undefined;
-      if (pending) {
-        await pending.catch(() => {});
-        await producer.disconnect();
-      }
+    disconnect() {
+      closed = true;
+      disconnecting ??= (async () => {
+        const pending = connecting;
+        connecting = undefined;
+        if (pending) {
+          await pending.catch(() => {});
+          await producer.disconnect();
+        }
+      })();
+      return disconnecting;
     },
 
     async send(topic, message, sendOptions = {}) {
+      if (closed) throw closedError();
       const requestId = sendOptions.requestId ?? randomUUID();
       const idempotencyKey = sendOptions.idempotencyKey ?? requestId;
       const { bytes, contentType } = encodeValue(message);
@@ -175,10 +194,12 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
     },
 
     async sendRecords(topic, records) {
+      if (closed) throw closedError();
       await sendBatch([{ topic, messages: records }]);
     },
 
     async publish(messages: readonly OutgoingMessage[]) {
+      if (closed) throw closedError();
       if (messages.length === 0) return;
       const byTopic = new Map<string, ProducerRecordMessageLike[]>();
       for (const m of messages) {
@@ -190,6 +211,7 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
         // One request for all of a run's outputs; it resolves only when every one is acknowledged.
         await sendBatch([...byTopic].map(([topic, list]) => ({ topic, messages: list })));
       } catch (error) {
+        if (error instanceof ClosedError) throw error;
         throw new PublishError(`kafka produce not acknowledged: ${(error as Error)?.message ?? error}`, {
           cause: error,
         });

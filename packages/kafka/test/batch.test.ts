@@ -86,7 +86,7 @@ function env(
     commitIntervalMs: 60_000,
     heartbeatIntervalMs: 5,
     maxInPlaceWaitMs: 50,
-    revokeGraceMs: 20,
+    graceMs: () => 20,
     stopSignal: controller.signal,
     scheduleResume: (ms) => resumes.push(ms),
     track: () => {},
@@ -181,7 +181,7 @@ describe('batch runner', () => {
       throw rebalance;
     });
     const { e } = env(() => new Promise<Disposition>((r) => setTimeout(() => r(ack), 15)), {
-      revokeGraceMs: 1_000,
+      graceMs: () => 1_000,
       heartbeatIntervalMs: 1,
     });
     await expect(runBatch(e, p)).rejects.toBe(rebalance);

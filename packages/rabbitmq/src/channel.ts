@@ -11,8 +11,8 @@
  * settled on another one.
  */
 import { type Logger, toErrorInfo } from '@exactly-once/core';
-import type { ConfirmChannel, Options } from 'amqplib';
 import type { AmqpConnectionManager } from 'amqp-connection-manager';
+import type { ConfirmChannel, Options } from 'amqplib';
 
 /** One channel we opened, as deliveries and publishes see it. */
 export interface KeptChannel {

@@ -1,14 +1,15 @@
 /** `createConsumer`: a RabbitMQ consumer that runs every delivery through core's pipeline. */
 import { setMaxListeners } from 'node:events';
 import {
+  ClosedError,
   ConfigError,
   type Logger,
   type OutgoingPublisher,
-  type Outcome,
   type ProcessorOptions,
   PublishError,
   silentLogger,
   toErrorInfo,
+  validateName,
 } from '@exactly-once/core';
 import { createProcessor, type Disposition, type Processor } from '@exactly-once/core/spi';
 import type { ConsumeMessage } from 'amqplib';
@@ -16,6 +17,7 @@ import { type ChannelKeeper, type KeptChannel, keepChannel, publishConfirmed } f
 import { type ConnectionInput, resolveConnection } from './connection.js';
 import { deadLetterCopyOptions, retryCopyOptions, toDelivery } from './delivery.js';
 import { createPublisher, type RabbitPublisher } from './publisher.js';
+import { type ConsumerStats, countOutcome, emptyStats } from './stats.js';
 import {
   checkTopology,
   declareTopology,
@@ -26,12 +28,19 @@ import {
 } from './topology.js';
 
 export interface RabbitConsumerOptions<T = unknown, R = unknown>
-  extends Omit<ProcessorOptions<T, R>, 'publisher'>,
+  extends Omit<ProcessorOptions<T, R>, 'publisher' | 'consumer'>,
     Omit<TopologyOptions, 'queue'> {
   /** An AMQP URL (or several), or an amqp-connection-manager connection you own and close. */
   connection: ConnectionInput;
   /** The work queue. */
   queue: string;
+  /**
+   * The consumer's name in store keys (`<namespace>:<consumer>:<key>`) and in `x-eo-consumer`
+   * on dead letters; `[A-Za-z0-9._-]{1,100}`. Changing it, or the `queue` while it is unset,
+   * starts a new key space: records under the old name are no longer seen, so a message that
+   * comes back is processed again. @defaultValue `queue`
+   */
+  consumer?: string;
   /** Unacked deliveries at once; bounds concurrency. @defaultValue 16 */
   prefetch?: number;
   /**
@@ -41,30 +50,20 @@ export interface RabbitConsumerOptions<T = unknown, R = unknown>
    */
   topology?: 'declare' | 'assume';
   /**
-   * Publisher for the handler's `ctx.publish` messages (any core OutgoingPublisher, e.g. a Kafka
-   * producer). @defaultValue a RabbitMQ publisher on the same connection
+   * Where the handler's `ctx.publish` messages go: any core `OutgoingPublisher`, e.g. a Kafka
+   * producer. A publisher you pass is yours: `stop()` leaves it open.
+   * @defaultValue a RabbitMQ publisher on the same connection, closed by `stop()`
    */
   publisher?: OutgoingPublisher;
 }
 
-/** Counters since start, for health checks and tests. */
-export interface ConsumerStats {
-  received: number;
-  byOutcome: Partial<Record<Outcome, number>>;
-  acked: number;
-  retried: number;
-  deadLettered: number;
-  /** Pipeline runs that said "not now" (busy key, store down, publish unconfirmed). */
-  deferred: number;
-  /** Retry or dead-letter copies that could not be published yet, and were tried again. */
-  settleFailures: number;
-  /** Deliveries whose channel closed before they were settled; the broker redelivers them. */
-  abandoned: number;
-  /** Server-side consumer cancellations (queue deleted), each followed by a re-subscribe. */
-  cancelled: number;
-  /** Channels opened: 1, plus one per reconnect or channel loss. */
-  channels: number;
-  inFlight: number;
+/** Options of `stop()`; the same in `@exactly-once/kafka`. */
+export interface StopOptions {
+  /**
+   * How long deliveries under way may still finish (and be acked) before the consumer closes
+   * its channel; unfinished ones are redelivered by the broker. @defaultValue 10000
+   */
+  timeoutMs?: number;
 }
 
 export interface RabbitConsumer {
@@ -76,10 +75,14 @@ export interface RabbitConsumer {
    */
   start(): Promise<void>;
   /**
-   * Cancels the subscription, lets in-flight deliveries finish within `timeoutMs`, then closes.
-   * Unfinished deliveries are not acked: the broker redelivers them. @defaultValue timeoutMs 10000
+   * Cancels the subscription, hands deferred deliveries back, lets the runs under way finish
+   * within `timeoutMs` (default 10 s), then closes the channel (and the default publisher, and
+   * the connection it created). Unfinished deliveries are not acked: the broker redelivers them,
+   * and the next consumer waits for their lease and answers them as duplicates (or takes them
+   * over). After `stop()` resolved the consumer sends nothing: a run still going publishes
+   * nothing (a `ClosedError`, whichever the publisher) and acks nothing. Safe to call twice.
    */
-  stop(options?: { timeoutMs?: number }): Promise<void>;
+  stop(options?: StopOptions): Promise<void>;
   readonly processor: Processor;
   readonly topology: Topology;
   readonly stats: Readonly<ConsumerStats>;
@@ -104,14 +107,18 @@ export function createConsumer<T = unknown, R = unknown>(
     queue,
     prefetch = 16,
     topology: topologyMode = 'declare',
+    consumer: consumerName,
     retryDelaysMs,
-    deadLetterQueue,
+    deadLetter,
     queueType,
     publisher: givenPublisher,
     ...rest
   } = options;
   if (!connection) throw new ConfigError('connection (an AMQP URL or connection manager) is required');
   if (typeof queue !== 'string' || queue.length === 0) throw new ConfigError('queue is required');
+  if ('deadLetterQueue' in rest) {
+    throw new ConfigError('deadLetterQueue was renamed: use deadLetter: { queue: "<name>" }');
+  }
   if (!Number.isInteger(prefetch) || prefetch < 1) throw new ConfigError('prefetch must be an integer >= 1');
   if (topologyMode !== 'declare' && topologyMode !== 'assume') {
     throw new ConfigError("topology must be 'declare' or 'assume'");
@@ -119,33 +126,27 @@ export function createConsumer<T = unknown, R = unknown>(
   const topologyOptions: TopologyOptions = {
     queue,
     ...(retryDelaysMs ? { retryDelaysMs } : {}),
-    ...(deadLetterQueue ? { deadLetterQueue } : {}),
+    ...(deadLetter ? { deadLetter } : {}),
     ...(queueType ? { queueType } : {}),
   };
   const topology = topologyFor(topologyOptions);
+  const name = consumerName ?? defaultName(queue);
   const logger: Logger = rest.logger ?? silentLogger;
   let ownPublisher: RabbitPublisher | undefined;
-  // The default publisher is created at start, on the consumer's connection.
-  const publisher: OutgoingPublisher = givenPublisher ?? {
+  // Set once stop() is over: a run that outlived it publishes nothing more, through any
+  // publisher (its message was not acked; the next consumer publishes its outgoing messages).
+  let finished = false;
+  const publisher: OutgoingPublisher = {
     publish: async (messages) => {
+      if (finished) throw new ClosedError('consumer', `the consumer of queue "${queue}" is stopped`);
+      if (givenPublisher) return givenPublisher.publish(messages);
+      // The default publisher is created at start, on the consumer's connection.
       if (!ownPublisher) throw new PublishError('the consumer is not started');
       await ownPublisher.publish(messages);
     },
   };
-  const processor = createProcessor<T, R>({ ...rest, publisher });
-  const stats: ConsumerStats = {
-    received: 0,
-    byOutcome: {},
-    acked: 0,
-    retried: 0,
-    deadLettered: 0,
-    deferred: 0,
-    settleFailures: 0,
-    abandoned: 0,
-    cancelled: 0,
-    channels: 0,
-    inFlight: 0,
-  };
+  const processor = createProcessor<T, R>({ ...rest, consumer: name, publisher });
+  const stats = emptyStats();
   const inFlight = new Set<Promise<void>>();
   const consumerTags = new Map<KeptChannel, string>();
   // Aborted by stop(): wakes deliveries waiting to run again, so shutdown does not wait them out.
@@ -219,7 +220,7 @@ export function createConsumer<T = unknown, R = unknown>(
           return;
         }
         const d = await processor.process(delivery);
-        stats.byOutcome[d.outcome] = (stats.byOutcome[d.outcome] ?? 0) + 1;
+        countOutcome(stats, d.outcome);
         if (d.action !== 'defer') {
           await settle(kept, msg, d);
           return;
@@ -229,7 +230,8 @@ export function createConsumer<T = unknown, R = unknown>(
         // its prefetch slot, so a store outage throttles consumption instead of spinning, and
         // does not count against a quorum queue's delivery limit.
         if (!(await pause(d.delayMs, stopping.signal))) {
-          if (kept.open) kept.channel.nack(msg, false, true); // stopping: hand it back now
+          stats.abandoned++; // stopping: hand it back now
+          if (kept.open) kept.channel.nack(msg, false, true);
           return;
         }
       }
@@ -278,17 +280,20 @@ export function createConsumer<T = unknown, R = unknown>(
         // (its slot stays taken) and try again until it works, the channel closes, or we stop.
         stats.settleFailures++;
         logger.error(`could not ${d.action} the message; trying again`, { queue, error: toErrorInfo(error) });
-        if (!(await pause(backoff(failures), stopping.signal))) return;
+        if (!(await pause(backoff(failures), stopping.signal))) {
+          stats.abandoned++; // stopping: left unacked, the broker redelivers it
+          return;
+        }
         continue;
       }
-      stats.acked++;
-      if (d.action === 'retry') stats.retried++;
-      if (d.action === 'dead-letter') stats.deadLettered++;
+      if (d.action === 'ack') stats.acked++;
+      else if (d.action === 'retry') stats.retried++;
+      else stats.deadLettered++;
       return;
     }
   };
 
-  const stop = ({ timeoutMs = 10_000 }: { timeoutMs?: number } = {}) => {
+  const stop = ({ timeoutMs = 10_000 }: StopOptions = {}) => {
     stopped ??= (async () => {
       stopping.abort();
       for (const [kept, tag] of consumerTags) {
@@ -296,8 +301,11 @@ export function createConsumer<T = unknown, R = unknown>(
       }
       const drained = Promise.allSettled([...inFlight]);
       let timer: NodeJS.Timeout | undefined;
-      await Promise.race([drained, new Promise((r) => (timer = setTimeout(r, timeoutMs)))]);
+      // setTimeout fires at once for delays over 2^31 - 1 ms.
+      const ms = timeoutMs >= 0 ? Math.min(timeoutMs, 2 ** 31 - 1) : 0;
+      await Promise.race([drained, new Promise((r) => (timer = setTimeout(r, ms)))]);
       clearTimeout(timer);
+      finished = true;
       if (inFlight.size > 0) {
         logger.warn('stopping with deliveries in flight; the broker will redeliver them', {
           queue,
@@ -335,6 +343,18 @@ export function createConsumer<T = unknown, R = unknown>(
 }
 
 const backoff = (failures: number) => Math.min(200 * 2 ** failures, 30_000);
+
+/** The queue as the consumer name, or a ConfigError saying how to set one. */
+function defaultName(queue: string): string {
+  try {
+    return validateName('consumer', queue);
+  } catch {
+    throw new ConfigError(
+      `consumer defaults to the queue ("${queue}"), which is not a valid consumer name ` +
+        '([A-Za-z0-9._-]{1,100}); set consumer explicitly',
+    );
+  }
+}
 
 /** Waits `ms`; false if `signal` aborted first. */
 function pause(ms: number, signal: AbortSignal): Promise<boolean> {

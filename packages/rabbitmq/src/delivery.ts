@@ -1,22 +1,37 @@
 /** Mapping between amqplib messages and core's deliveries, and the copies we publish of them. */
-import type { ConsumeMessage, MessageProperties, Options } from 'amqplib';
+
+import { Headers } from '@exactly-once/core';
 import {
   type DeadLetterReason,
   type Delivery,
   deadLetterHeaders,
   type HeaderValue,
 } from '@exactly-once/core/spi';
-import { Headers } from '@exactly-once/core';
+import type { ConsumeMessage, MessageProperties, Options } from 'amqplib';
+
+/** Headers that identify a message; core validates them strictly (see `readIdentityHeader`). */
+const IDENTITY_HEADERS = new Set<string>([Headers.IdempotencyKey, Headers.RequestId]);
 
 /**
  * AMQP header tables can hold values core has no use for (nested tables such as `x-death`,
- * timestamps, decimals); the delivery keeps the scalar, text and byte ones. Copies we publish
- * keep every original header.
+ * timestamps, decimals); the delivery keeps the scalar, text and byte ones. The identity headers
+ * are the exception: they go to core exactly as amqplib decoded them, whatever their type (an
+ * array, a number, a table), under every letter case they were sent with, so that core refuses
+ * an ambiguous key instead of this mapping silently dropping it (a dropped key would fall back
+ * to the `missingKey` policy and be processed under another key). Copies we publish keep every
+ * original header.
  */
 function scalarHeaders(headers: Record<string, unknown> | undefined): Record<string, HeaderValue> {
   const out: Record<string, HeaderValue> = {};
   for (const [name, v] of Object.entries(headers ?? {})) {
-    if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean' || v instanceof Uint8Array) {
+    if (IDENTITY_HEADERS.has(name.toLowerCase())) {
+      out[name] = v as HeaderValue; // raw: core decides
+    } else if (
+      typeof v === 'string' ||
+      typeof v === 'number' ||
+      typeof v === 'boolean' ||
+      v instanceof Uint8Array
+    ) {
       out[name] = v;
     } else if (Array.isArray(v) && v.every((x) => typeof x === 'string' || x instanceof Uint8Array)) {
       out[name] = v as (string | Uint8Array)[];

@@ -2,10 +2,14 @@
  * `@exactly-once/rabbitmq`: effectively-once RabbitMQ consumers (ack last, retries through delay
  * queues, dead letters with reasons) and a confirmed publisher, on amqplib.
  */
+
+export type { AmqpConnectionManager, ConnectionInput } from './connection.js';
+export type { RabbitConsumer, RabbitConsumerOptions, StopOptions } from './consumer.js';
 export { createConsumer } from './consumer.js';
-export type { ConsumerStats, RabbitConsumer, RabbitConsumerOptions } from './consumer.js';
-export { createPublisher } from './publisher.js';
 export type { PublisherOptions, RabbitPublisher, SendOptions } from './publisher.js';
+export { createPublisher } from './publisher.js';
+export type { BaseConsumerStats, ConsumerStats } from './stats.js';
+export type { Topology, TopologyOptions } from './topology.js';
 export {
   checkTopology,
   DEFAULT_RETRY_DELAYS_MS,
@@ -13,5 +17,3 @@ export {
   retryQueueFor,
   topologyFor,
 } from './topology.js';
-export type { Topology, TopologyOptions } from './topology.js';
-export type { AmqpConnectionManager, ConnectionInput } from './connection.js';

@@ -4,8 +4,8 @@
  * used by consumers for the handler's outgoing messages.
  */
 import { randomUUID } from 'node:crypto';
-import { context, propagation, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import {
+  ClosedError,
   ConfigError,
   Headers,
   type Logger,
@@ -14,6 +14,7 @@ import {
   silentLogger,
 } from '@exactly-once/core';
 import { encodeValue, type OutgoingPublisher, tracer } from '@exactly-once/core/spi';
+import { context, propagation, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import { ChannelClosedError, keepChannel, publishConfirmed } from './channel.js';
 import { type ConnectionInput, resolveConnection } from './connection.js';
 
@@ -52,14 +53,20 @@ export interface RabbitPublisher extends OutgoingPublisher {
    *
    * @throws PublishError when it was not confirmed within `publishTimeoutMs`, was nacked, or
    * (with `mandatory`) no queue took it. Sending again with the same ids is safe.
+   * @throws ClosedError after {@link RabbitPublisher.close} (also for a send still waiting then).
    */
   send(
     destination: string,
     message: unknown,
     options?: SendOptions,
   ): Promise<{ requestId: string; idempotencyKey: string }>;
-  /** Waits until a channel is open. */
+  /** Waits until a channel is open. @throws ClosedError after close. */
   ready(): Promise<void>;
+  /**
+   * Closes the channel (and the connection, when the publisher created it). Final: every call
+   * after it, and every publish still waiting for a channel or a confirm, rejects with a
+   * `ClosedError` at once. Safe to call twice.
+   */
   close(): Promise<void>;
 }
 
@@ -82,6 +89,11 @@ export function createPublisher(options: PublisherOptions): RabbitPublisher {
   const mandatory = options.mandatory ?? true;
   const logger = options.logger ?? silentLogger;
   let instrumented = false;
+  // Set by close(): from then on nothing looks for a channel again (the keeper's get() would
+  // reject at once, and a retry loop around it would spin until its deadline).
+  let closed = false;
+  let closing: Promise<void> | undefined;
+  const closedError = () => new ClosedError('publisher');
   const keeper = keepChannel({
     manager,
     logger,
@@ -122,12 +134,14 @@ export function createPublisher(options: PublisherOptions): RabbitPublisher {
       headers: { ...m.headers },
     };
     for (;;) {
+      if (closed) throw closedError();
       try {
         await checkExchange(exchange);
         const kept = await keeper.get(Math.max(1, deadline - Date.now()));
         await withDeadline(publishConfirmed(kept, exchange, key, content, publishOptions), deadline);
         return;
       } catch (error) {
+        if (closed) throw closedError();
         // A channel that closed before the confirm: the message may or may not be in the queue.
         // Sending it again (same message id and key) is safe; the consumer deduplicates.
         if (error instanceof ChannelClosedError && Date.now() < deadline) {
@@ -144,12 +158,14 @@ export function createPublisher(options: PublisherOptions): RabbitPublisher {
 
   return {
     async publish(messages) {
+      if (closed) throw closedError();
       // Confirms are per message: send them all, then wait for all.
       const deadline = Date.now() + timeoutMs;
       await Promise.all(messages.map((m) => publishOne(m, deadline)));
     },
 
     async send(destination, message, opts = {}) {
+      if (closed) throw closedError();
       const requestId = opts.requestId ?? randomUUID();
       const idempotencyKey = opts.idempotencyKey ?? requestId;
       const { bytes, contentType } = encodeValue(message);
@@ -209,12 +225,21 @@ export function createPublisher(options: PublisherOptions): RabbitPublisher {
     },
 
     async ready() {
-      await keeper.get(Number.POSITIVE_INFINITY);
+      if (closed) throw closedError();
+      try {
+        await keeper.get(Number.POSITIVE_INFINITY);
+      } catch (error) {
+        throw closed ? closedError() : error;
+      }
     },
 
-    async close() {
-      await keeper.close();
-      if (owned) await manager.close();
+    close() {
+      closed = true;
+      closing ??= (async () => {
+        await keeper.close();
+        if (owned) await manager.close();
+      })();
+      return closing;
     },
   };
 }

@@ -17,8 +17,11 @@ export interface TopologyOptions {
   queue: string;
   /** Delay tiers for retries, ascending. @defaultValue [1000, 5000, 30000, 120000, 600000] */
   retryDelaysMs?: readonly number[];
-  /** @defaultValue `<queue>.dlq` */
-  deadLetterQueue?: string;
+  /**
+   * Where dead letters go: `queue`, declared with the other queues. Must not be the work queue
+   * or a retry queue. @defaultValue `{ queue: '<queue>.dlq' }`
+   */
+  deadLetter?: { queue?: string };
   /**
    * `quorum` survives node loss in a cluster and is RabbitMQ's recommendation for durable work;
    * `classic` for brokers where quorum queues are unavailable. Must match an existing queue.
@@ -29,6 +32,7 @@ export interface TopologyOptions {
 
 export interface Topology {
   readonly queue: string;
+  /** The resolved dead-letter queue (`deadLetter.queue`, or `<queue>.dlq`). */
   readonly deadLetterQueue: string;
   /** `[delayMs, queueName]`, ascending. */
   readonly retryQueues: readonly (readonly [number, string])[];
@@ -39,17 +43,29 @@ export const DEFAULT_RETRY_DELAYS_MS: readonly number[] = Object.freeze([
 ]);
 
 export function topologyFor(options: TopologyOptions): Topology {
+  if ((options as { deadLetterQueue?: unknown }).deadLetterQueue !== undefined) {
+    // Renamed to match the Kafka consumer's deadLetter: { topic }; silently ignoring the old
+    // name would send dead letters to the default queue instead.
+    throw new ConfigError('deadLetterQueue was renamed: use deadLetter: { queue: "<name>" }');
+  }
   const given = options.retryDelaysMs ?? DEFAULT_RETRY_DELAYS_MS;
   if (given.length === 0 || !given.every((d) => Number.isInteger(d) && d > 0)) {
     // x-message-ttl must be a positive integer; the broker would refuse the declare.
     throw new ConfigError('retryDelaysMs must be a non-empty list of positive integers (ms)');
   }
   const delays = [...new Set(given)].sort((a, b) => a - b);
-  return {
-    queue: options.queue,
-    deadLetterQueue: options.deadLetterQueue ?? `${options.queue}.dlq`,
-    retryQueues: delays.map((d) => [d, `${options.queue}.retry.${d}`] as const),
-  };
+  const retryQueues = delays.map((d) => [d, `${options.queue}.retry.${d}`] as const);
+  const deadLetterQueue = options.deadLetter?.queue ?? `${options.queue}.dlq`;
+  if (typeof deadLetterQueue !== 'string' || deadLetterQueue.length === 0) {
+    throw new ConfigError('deadLetter.queue must be a queue name (or unset for "<queue>.dlq")');
+  }
+  if (deadLetterQueue === options.queue || retryQueues.some(([, name]) => name === deadLetterQueue)) {
+    throw new ConfigError(
+      `deadLetter.queue "${deadLetterQueue}" is the work queue or one of its retry queues: dead letters ` +
+        'would be consumed and fail again, in a loop. Use a queue of its own.',
+    );
+  }
+  return { queue: options.queue, deadLetterQueue, retryQueues };
 }
 
 /** The retry queue whose delay is the smallest one at least `delayMs` (or the longest). */
@@ -64,7 +80,7 @@ export function retryQueueFor(topology: Topology, delayMs: number): string {
  *
  * @example
  * ```ts
- * await declareTopology(channel, { queue: 'orders', retryDelaysMs: [1000, 10000] });
+ * await declareTopology(channel, { queue: 'orders', retryDelaysMs: [1000, 10000], deadLetter: { queue: 'orders.dead' } });
  * ```
  */
 export async function declareTopology(channel: Channel, options: TopologyOptions): Promise<Topology> {

@@ -30,6 +30,20 @@ describe('delivery mapping', () => {
     expect(toDelivery(message({}), 'orders').brokerId).toBeUndefined();
   });
 
+  it('hands the identity headers to core exactly as decoded, whatever their type, for core to refuse', () => {
+    const raw = {
+      'x-idempotency-key': [1, 'a'],
+      'X-Idempotency-Key': 'b',
+      'x-request-id': { nested: true },
+      other: { nested: true },
+    };
+    const d = toDelivery(message(raw), 'orders');
+    expect(d.headers['x-idempotency-key']).toEqual([1, 'a']);
+    expect(d.headers['X-Idempotency-Key']).toBe('b');
+    expect(d.headers['x-request-id']).toEqual({ nested: true });
+    expect(d.headers.other).toBeUndefined(); // other tables are still left out
+  });
+
   it('copies keep every original header and add the attempt or the reason', () => {
     const original = message({ 'x-idempotency-key': 'k1', 'x-death': [{ count: 1 }] }, 'm-1');
     const retry = retryCopyOptions(original, 3);

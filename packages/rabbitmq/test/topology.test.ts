@@ -10,7 +10,17 @@ describe('topology', () => {
       [1000, 'orders.retry.1000'],
       [5000, 'orders.retry.5000'],
     ]);
-    expect(topologyFor({ queue: 'orders', deadLetterQueue: 'dead' }).deadLetterQueue).toBe('dead');
+    expect(topologyFor({ queue: 'orders', deadLetter: { queue: 'dead' } }).deadLetterQueue).toBe('dead');
+  });
+
+  it('refuses a dead-letter queue that is consumed, and the old deadLetterQueue name', () => {
+    expect(() => topologyFor({ queue: 'q', deadLetter: { queue: 'q' } })).toThrow(ConfigError);
+    expect(() =>
+      topologyFor({ queue: 'q', retryDelaysMs: [100], deadLetter: { queue: 'q.retry.100' } }),
+    ).toThrow(/in a loop/);
+    expect(() => topologyFor({ queue: 'q', deadLetterQueue: 'dead' } as never)).toThrow(
+      /deadLetter: \{ queue/,
+    );
   });
 
   it('sends a retry to the shortest tier at least as long as its backoff, or the longest', () => {

@@ -5,8 +5,8 @@
 import type { ErrorInfo } from '../errors.js';
 import {
   type BeginRequest,
-  type ClearResult,
   type BeginResult,
+  type ClearResult,
   type CompletedRecord,
   type CompleteRequest,
   type FailedRecord,

@@ -6,7 +6,6 @@ import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BlobPointer, BlobStore } from '../blob/types.js';
 import { ErrorCode, type ErrorInfo } from '../errors.js';
-import { batchConformanceTests } from './batch-conformance.js';
 import type {
   BeginRequest,
   BeginResult,
@@ -18,6 +17,7 @@ import type {
   ProcessedStore,
   StoredResult,
 } from '../store/types.js';
+import { batchConformanceTests } from './batch-conformance.js';
 
 /** What a conformance run exercises. */
 export interface StoreUnderTest {

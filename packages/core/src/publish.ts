@@ -1,0 +1,139 @@
+/**
+ * The end of a completed run, and the duplicate path: publish the record's unconfirmed outgoing
+ * messages with broker confirmation, flag them published, then say ack. An unconfirmed publish
+ * defers the message, and escalates to a dead letter after `maxPublishDeferrals` in a row.
+ */
+import { type Context, SpanKind } from '@opentelemetry/api';
+import { ExactlyOnceError, PublishError, toErrorInfo } from './errors.js';
+import { deadLetter } from './failure.js';
+import type { ResolvedProcessorOptions } from './options.js';
+import { ATTR_MESSAGING_OPERATION_TYPE } from './semconv.js';
+import { MAX_TRACKED_PUBLISH_FAILURES, type Shared } from './shared.js';
+import type { Delivery, Disposition, Outcome } from './spi.js';
+import type { CompletedRecord, OutgoingMessage, StoredResult } from './store/types.js';
+import { inSpan, instrumentsFor } from './tracing.js';
+
+export async function finishCompleted<T, R>(
+  o: ResolvedProcessorOptions<T, R>,
+  ctx: Context,
+  delivery: Delivery,
+  storeKey: string,
+  record: CompletedRecord,
+  shared: Shared,
+): Promise<Disposition> {
+  let pending = record.outgoing.filter((m) => !m.published);
+  const underWay = shared.publishing.get(storeKey);
+  if (pending.length > 0 && underWay) {
+    // A concurrent copy in this process is publishing the same messages right now: wait for it
+    // rather than send them twice, then publish only what it did not confirm.
+    await underWay.catch(() => {});
+    const fresh = await o.store.get(storeKey).catch(() => undefined);
+    if (fresh?.state === 'COMPLETED') pending = fresh.outgoing.filter((m) => !m.published);
+  }
+  return publishThenAck(
+    o,
+    ctx,
+    delivery,
+    storeKey,
+    record.fence,
+    pending,
+    'duplicate',
+    record.result,
+    shared,
+  );
+}
+
+export async function publishThenAck<T, R>(
+  o: ResolvedProcessorOptions<T, R>,
+  ctx: Context,
+  delivery: Delivery,
+  storeKey: string,
+  fence: number,
+  outgoing: readonly OutgoingMessage[],
+  outcome: Outcome,
+  result: StoredResult | undefined,
+  shared: Shared,
+): Promise<Disposition> {
+  if (outgoing.length > 0) {
+    try {
+      const publisher = o.publisher;
+      if (!publisher) {
+        throw new PublishError('record has unconfirmed outgoing messages but the consumer has no publisher');
+      }
+      const destinations = [...new Set(outgoing.map((m) => m.destination))].join(',');
+      await inSpan(
+        `send ${destinations}`,
+        ctx,
+        { [ATTR_MESSAGING_OPERATION_TYPE]: 'send', 'messaging.batch.message_count': outgoing.length },
+        () => publisher.publish(outgoing),
+        SpanKind.CLIENT,
+      );
+    } catch (error) {
+      return publishFailed(o, delivery, storeKey, error, shared);
+    }
+    shared.publishFailures.delete(storeKey);
+    try {
+      await o.store.markPublished(
+        storeKey,
+        fence,
+        outgoing.map((m) => m.id),
+      );
+    } catch (error) {
+      // Published and confirmed: a later duplicate re-sends them, and receivers dedup by child key.
+      o.logger.warn('markPublished failed after a confirmed publish', {
+        key: storeKey,
+        error: toErrorInfo(error),
+      });
+    }
+  }
+  return result ? { action: 'ack', outcome, result } : { action: 'ack', outcome };
+}
+
+/**
+ * An unconfirmed publish defers the message (COMPLETED is durable; the redelivery publishes what
+ * is still unconfirmed), with a growing delay. After `maxPublishDeferrals` in a row it escalates:
+ * a destination that does not exist would otherwise hold a Kafka partition or a prefetch slot for
+ * ever. The message is dead-lettered with the reason; replaying it publishes the outgoing
+ * messages (the record answers it as a duplicate).
+ */
+function publishFailed<T, R>(
+  o: ResolvedProcessorOptions<T, R>,
+  delivery: Delivery,
+  storeKey: string,
+  error: unknown,
+  shared: Shared,
+): Disposition {
+  const failures = (shared.publishFailures.get(storeKey) ?? 0) + 1;
+  shared.publishFailures.delete(storeKey); // re-inserted last: the map forgets the oldest first
+  if (failures > o.maxPublishDeferrals) {
+    o.logger.error('outgoing messages never confirmed; dead-lettering the message', {
+      key: storeKey,
+      attempts: failures,
+      error: toErrorInfo(error),
+    });
+    instrumentsFor().publishEscalations.add(1, { consumer: o.consumer });
+    const reason = new PublishError(
+      `outgoing messages not confirmed after ${failures} attempts: ${describe(error)}`,
+      { cause: error },
+    );
+    return deadLetter(o, delivery, 'publish-failed', reason, failures);
+  }
+  shared.publishFailures.set(storeKey, failures);
+  if (shared.publishFailures.size > MAX_TRACKED_PUBLISH_FAILURES) {
+    const oldest = shared.publishFailures.keys().next().value;
+    if (oldest !== undefined) shared.publishFailures.delete(oldest);
+  }
+  o.logger.warn('outgoing publish not confirmed; message will be redelivered', {
+    key: storeKey,
+    attempt: failures,
+  });
+  const delayMs = Math.min(30_000, 500 * 2 ** (failures - 1));
+  const info = toErrorInfo(
+    error instanceof ExactlyOnceError ? error : new PublishError(describe(error), { cause: error }),
+  );
+  return { action: 'defer', outcome: 'publish-failed', delayMs, error: info };
+}
+
+export function describe(error: unknown): string {
+  return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+}

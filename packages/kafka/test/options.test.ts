@@ -1,0 +1,59 @@
+/** Option checks at construction (a real kafkajs client; nothing connects before start()). */
+import { ConfigError, createMemoryStore } from '@exactly-once/core';
+import { Kafka, logLevel } from 'kafkajs';
+import { describe, expect, it } from 'vitest';
+import { createConsumer, type KafkaConsumerOptions } from '../src/consumer.js';
+
+const kafka = new Kafka({ brokers: ['127.0.0.1:9092'], logLevel: logLevel.NOTHING });
+const base: KafkaConsumerOptions = {
+  kafka,
+  groupId: 'billing',
+  topics: ['orders'],
+  deadLetter: { topic: 'orders.dlq' },
+  store: createMemoryStore(),
+  handler: () => {},
+};
+
+function configError(options: Partial<KafkaConsumerOptions>): ConfigError {
+  try {
+    createConsumer({ ...base, ...options });
+  } catch (error) {
+    expect(error).toBeInstanceOf(ConfigError);
+    return error as ConfigError;
+  }
+  throw new Error(`accepted ${JSON.stringify({ ...options, kafka: undefined, store: undefined })}`);
+}
+
+describe('kafka consumer options', () => {
+  it('refuses a retry topic that is the dead-letter topic: dead letters would be consumed and loop', () => {
+    const e = configError({ retryTopic: 'orders.dlq' });
+    expect(e.message).toMatch(/retryTopic .*orders\.dlq.* deadLetter\.topic/);
+    expect(e.message).toMatch(/separate topic/);
+  });
+
+  it('refuses a retry topic that is one of the consumed topics', () => {
+    const e = configError({ topics: ['orders', 'orders.retry'], retryTopic: 'orders.retry' });
+    expect(e.message).toMatch(/retryTopic .*orders\.retry.* topics/);
+    expect(e.message).toMatch(/remove it from topics/i);
+  });
+
+  it('refuses an empty retry topic', () => {
+    expect(configError({ retryTopic: '' }).message).toMatch(/retryTopic/);
+  });
+
+  it('still refuses a dead-letter topic that is consumed', () => {
+    expect(configError({ topics: ['orders', 'orders.dlq'] }).message).toMatch(/deadLetter\.topic/);
+  });
+
+  it('accepts distinct retry and dead-letter topics', () => {
+    expect(() => createConsumer({ ...base, retryTopic: 'orders.retry' })).not.toThrow();
+  });
+
+  it('names the consumer after the group, and says so when the group id cannot be a consumer name', () => {
+    expect(createConsumer(base).processor.options.consumer).toBe('billing');
+    expect(configError({ groupId: 'billing/eu' }).message).toMatch(/groupId .*set consumer explicitly/);
+    expect(
+      createConsumer({ ...base, groupId: 'billing/eu', consumer: 'billing-eu' }).processor.options.consumer,
+    ).toBe('billing-eu');
+  });
+});

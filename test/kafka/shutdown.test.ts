@@ -1,0 +1,249 @@
+/**
+ * Shutdown against the real broker: after `stop()` resolved, nothing the consumer owns talks to
+ * Kafka again. A run that outlived `stop()` (its handler was still busy when stop gave up on it)
+ * may still reach `ctx.publish` → complete → publish; that publish is refused (ClosedError), the
+ * producer is not reconnected, and the record stays uncommitted for the next owner, which answers
+ * it as a duplicate and publishes the outgoing message then.
+ */
+import { ClosedError, scopeKey } from '@exactly-once/core';
+import { createConsumer, createProducer, type KafkaConsumer, type KafkaLike } from '@exactly-once/kafka';
+import { createRedisStore } from '@exactly-once/store-redis';
+import type { Redis } from 'ioredis';
+import type { Admin, ConsumerConfig, Kafka } from 'kafkajs';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import {
+  committed,
+  createTopics,
+  fastGroup,
+  fullyCommitted,
+  newKafka,
+  newRedis,
+  topicSize,
+  uniqueName,
+  waitUntil,
+} from './helpers.js';
+
+let kafka: Kafka;
+let admin: Admin;
+let redis: Redis;
+const cleanups: (() => Promise<unknown>)[] = [];
+
+beforeAll(async () => {
+  kafka = newKafka('shutdown-test');
+  admin = kafka.admin();
+  await admin.connect();
+  redis = newRedis();
+});
+
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c().catch(() => {});
+});
+
+afterAll(async () => {
+  await admin?.disconnect();
+  await redis?.quit();
+});
+
+/** The real client, with every producer's connects and disconnects counted (kafkajs events). */
+function countingKafka() {
+  const counts = { connects: 0, disconnects: 0, producers: 0 };
+  const client: KafkaLike = {
+    consumer: (config) =>
+      kafka.consumer(config as unknown as ConsumerConfig) as unknown as ReturnType<KafkaLike['consumer']>,
+    producer: (config) => {
+      const producer = kafka.producer(config);
+      counts.producers++;
+      producer.on(producer.events.CONNECT, () => counts.connects++);
+      producer.on(producer.events.DISCONNECT, () => counts.disconnects++);
+      return producer;
+    },
+  };
+  return { client, counts };
+}
+
+/** Logs as `{ level, message, meta }`, to see what the pipeline did with a run nobody awaits. */
+function recordingLogger() {
+  const lines: { level: string; message: string; meta?: Record<string, unknown> }[] = [];
+  const at =
+    (level: string) =>
+    (message: string, meta?: Record<string, unknown>): void => {
+      lines.push({ level, message, ...(meta ? { meta } : {}) });
+    };
+  return { logger: { debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') }, lines };
+}
+
+async function setup() {
+  const topic = uniqueName('shutdown');
+  const out = `${topic}.out`;
+  const dlq = `${topic}.dlq`;
+  await createTopics(admin, [topic, out, dlq], 1);
+  const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+  await producer.connect();
+  await producer.send({
+    topic,
+    acks: -1,
+    messages: [
+      { key: 'k', value: JSON.stringify({ id: 'late-1' }), headers: { 'x-idempotency-key': 'late-1' } },
+    ],
+  });
+  await producer.disconnect();
+  return { topic, out, dlq, groupId: uniqueName('shutdown-group'), prefix: uniqueName('eo') };
+}
+
+describe('kafka consumer shutdown', () => {
+  it('a run that outlives stop() cannot reconnect the producer; the record is redone on restart as a duplicate', async () => {
+    const { topic, out, dlq, groupId, prefix } = await setup();
+    const store = createRedisStore({ client: redis, keyPrefix: prefix });
+    const storeKey = scopeKey('default', groupId, 'late-1');
+    const { client, counts } = countingKafka();
+    const { logger, lines } = recordingLogger();
+    let runs = 0;
+    let started = false;
+    let release!: () => void;
+    const released = new Promise<void>((r) => {
+      release = r;
+    });
+    const a: KafkaConsumer = createConsumer<{ id: string }>({
+      kafka: client,
+      groupId,
+      topics: [topic],
+      deadLetter: { topic: dlq },
+      store,
+      fromBeginning: true,
+      consumerConfig: fastGroup,
+      revokeGraceMs: 200,
+      leaseMs: 3_000,
+      logger,
+      handler: async (p, ctx) => {
+        runs++;
+        started = true;
+        await released; // still running when stop() gives up on it
+        ctx.publish(out, { id: p.id });
+      },
+    });
+    cleanups.push(() => a.stop());
+    await a.start();
+    await waitUntil(() => started, { message: 'the handler started' });
+    await a.stop({ timeoutMs: 200 });
+    expect(counts).toEqual({ producers: 1, connects: 1, disconnects: 1 });
+
+    // The abandoned run goes on: complete, then publish through the consumer's producer.
+    release();
+    await waitUntil(
+      () => counts.connects > 1 || lines.some((l) => l.meta?.key === storeKey && /publish/.test(l.message)),
+      { message: 'the late run tried to publish' },
+    );
+    expect(counts.connects).toBe(1); // not reconnected
+    expect((await store.get(storeKey))?.state).toBe('COMPLETED');
+    expect(await topicSize(admin, out)).toBe(0);
+    expect((await committed(admin, groupId, topic)).get(0) ?? -1).toBeLessThanOrEqual(0);
+
+    // The next owner finds the record COMPLETED: no second handler run, the output goes out now.
+    let runsAfter = 0;
+    const b = createConsumer<{ id: string }>({
+      kafka,
+      groupId,
+      topics: [topic],
+      deadLetter: { topic: dlq },
+      store,
+      fromBeginning: true,
+      consumerConfig: fastGroup,
+      leaseMs: 3_000,
+      handler: () => {
+        runsAfter++;
+      },
+    });
+    cleanups.push(() => b.stop());
+    await b.start();
+    await waitUntil(() => fullyCommitted(admin, groupId, topic), { timeoutMs: 40_000, message: 'committed' });
+    expect(runs).toBe(1);
+    expect(runsAfter).toBe(0);
+    expect(b.stats.byOutcome.duplicate).toBe(1);
+    await waitUntil(async () => (await topicSize(admin, out)) === 1, { message: 'the output published' });
+  }, 90_000);
+
+  it('after stop() the default producer refuses every call with ClosedError and never reconnects', async () => {
+    const { topic, dlq, groupId, prefix } = await setup();
+    const { client, counts } = countingKafka();
+    let done = false;
+    const consumer = createConsumer<{ id: string }>({
+      kafka: client,
+      groupId,
+      topics: [topic],
+      deadLetter: { topic: dlq },
+      store: createRedisStore({ client: redis, keyPrefix: prefix }),
+      fromBeginning: true,
+      consumerConfig: fastGroup,
+      handler: () => {
+        done = true;
+      },
+    });
+    cleanups.push(() => consumer.stop());
+    await consumer.start();
+    await waitUntil(() => done, { message: 'one record processed' });
+    await consumer.stop();
+    expect(counts).toEqual({ producers: 1, connects: 1, disconnects: 1 });
+    const { producer } = consumer;
+    const calls: [string, () => Promise<unknown>][] = [
+      ['send', () => producer.send(dlq, { a: 1 })],
+      [
+        'sendRecords (dead-letter/retry copies)',
+        () => producer.sendRecords(dlq, [{ key: null, value: 'x' }]),
+      ],
+      [
+        'publish',
+        () => producer.publish([{ id: 'm', destination: dlq, body: Buffer.from('{}'), headers: {} }]),
+      ],
+      ['connect', () => producer.connect()],
+    ];
+    for (const [name, call] of calls) {
+      await expect(call(), name).rejects.toBeInstanceOf(ClosedError);
+    }
+    expect(counts.connects).toBe(1);
+    expect(await topicSize(admin, dlq)).toBe(0);
+  });
+
+  it('a producer you pass in is left connected by stop(), but the stopped consumer publishes nothing more through it', async () => {
+    const { topic, out, dlq, groupId, prefix } = await setup();
+    const shared = createProducer({ kafka });
+    cleanups.push(() => shared.disconnect());
+    let started = false;
+    let release!: () => void;
+    const released = new Promise<void>((r) => {
+      release = r;
+    });
+    const { logger, lines } = recordingLogger();
+    const storeKey = scopeKey('default', groupId, 'late-1');
+    const consumer = createConsumer<{ id: string }>({
+      kafka,
+      groupId,
+      topics: [topic],
+      deadLetter: { topic: dlq },
+      producer: shared,
+      store: createRedisStore({ client: redis, keyPrefix: prefix }),
+      fromBeginning: true,
+      consumerConfig: fastGroup,
+      logger,
+      handler: async (p, ctx) => {
+        started = true;
+        await released;
+        ctx.publish(out, { id: p.id });
+      },
+    });
+    cleanups.push(() => consumer.stop());
+    await consumer.start();
+    await waitUntil(() => started, { message: 'the handler started' });
+    await consumer.stop({ timeoutMs: 100 });
+    release();
+    await waitUntil(
+      async () =>
+        lines.some((l) => l.meta?.key === storeKey && /publish/.test(l.message)) ||
+        (await topicSize(admin, out)) > 0,
+      { message: 'the late run tried to publish' },
+    );
+    expect(await topicSize(admin, out)).toBe(0);
+    // Still yours, still connected.
+    await shared.send(out, { mine: true });
+    expect(await topicSize(admin, out)).toBe(1);
+  });
+});

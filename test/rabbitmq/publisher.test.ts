@@ -1,0 +1,93 @@
+/**
+ * The publisher's life cycle against the real broker: after `close()` every call is refused at
+ * once with a ClosedError, instead of looking for a channel until `publishTimeoutMs` runs out.
+ */
+import { ClosedError, ErrorCode } from '@exactly-once/core';
+import { createPublisher } from '@exactly-once/rabbitmq';
+import amqp from 'amqp-connection-manager';
+import { describe, expect, it } from 'vitest';
+import { env } from '../support/env.js';
+
+/**
+ * Settles `p`, counting the event-loop turns (setImmediate callbacks) that ran meanwhile. A call
+ * refused at once settles within a turn or two; one that polls for a channel keeps the loop
+ * busy (each poll is a turn) or starves it, and then settles only at its deadline.
+ */
+async function settleCountingTurns(p: Promise<unknown>): Promise<{ error: unknown; turns: number }> {
+  let turns = 0;
+  let done = false;
+  const turn = () => {
+    if (done) return;
+    turns++;
+    setImmediate(turn);
+  };
+  setImmediate(turn);
+  const error = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  done = true;
+  return { error, turns };
+}
+
+const outgoing = (destination: string) => ({
+  id: 'm-1',
+  destination,
+  body: Buffer.from('{}'),
+  headers: { 'x-idempotency-key': 'k-1' },
+});
+
+function expectClosed(error: unknown) {
+  expect(error).toBeInstanceOf(ClosedError);
+  expect(error).toMatchObject({ code: ErrorCode.Closed, retryable: false });
+}
+
+describe('rabbitmq publisher after close()', () => {
+  it('send, publish and ready reject at once with ClosedError (its own connection)', async () => {
+    // A long timeout: a publisher that waits for a channel instead of refusing fails the test
+    // by timing out or by settling with another error after it.
+    const publisher = createPublisher({ connection: env.amqpUrl, publishTimeoutMs: 2_000 });
+    await publisher.ready();
+    await publisher.close();
+    for (const call of [
+      () => publisher.send('some-queue', { a: 1 }),
+      () => publisher.send('amq.direct', { a: 1 }, { routingKey: 'x' }),
+      () => publisher.publish([outgoing('some-queue')]),
+      () => publisher.ready(),
+    ]) {
+      const { error, turns } = await settleCountingTurns(call());
+      expectClosed(error);
+      expect(turns).toBeLessThanOrEqual(3);
+    }
+    await publisher.close(); // twice is fine
+  });
+
+  it('on a shared connection that stays open, a closed publisher neither polls nor opens channels', async () => {
+    const manager = amqp.connect([env.amqpUrl]);
+    try {
+      const publisher = createPublisher({ connection: manager, publishTimeoutMs: 2_000 });
+      await publisher.ready();
+      await publisher.close();
+      const { error, turns } = await settleCountingTurns(
+        publisher.send('amq.direct', { a: 1 }, { routingKey: 'x' }),
+      );
+      expectClosed(error);
+      expect(turns).toBeLessThanOrEqual(3);
+    } finally {
+      await manager.close();
+    }
+  });
+
+  it('a publish still waiting for a channel when close() is called rejects with ClosedError', async () => {
+    // Nothing listens on port 1: the publisher never gets a channel and waits for one.
+    const publisher = createPublisher({ connection: 'amqp://127.0.0.1:1', publishTimeoutMs: 5_000 });
+    const pending = publisher.publish([outgoing('some-queue')]);
+    pending.catch(() => {});
+    await new Promise((r) => setImmediate(r));
+    const closing = publisher.close();
+    const { error, turns } = await settleCountingTurns(pending);
+    await closing;
+    expectClosed(error);
+    expect(turns).toBeLessThanOrEqual(3);
+  });
+});
