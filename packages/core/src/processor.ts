@@ -39,7 +39,7 @@ import {
 } from './failure.js';
 import { Headers, readIdentityHeader, textHeaders } from './headers.js';
 import { fingerprint, normalizeKey, scopeKey } from './keys.js';
-import { createLeaseBoard, } from './lease-keeper.js';
+import { createLeaseBoard } from './lease-keeper.js';
 import { type ProcessorOptions, type ResolvedProcessorOptions, resolveProcessorOptions } from './options.js';
 import { describe, finishCompleted, publishThenAck } from './publish.js';
 import {
@@ -57,13 +57,10 @@ import {
   ATTR_MESSAGING_SYSTEM,
   BAGGAGE_REQUEST_ID,
 } from './semconv.js';
-import type { Shared, Turn } from './shared.js';
+import { type HeldLease, ORDERED_WINDOW, type OrderedGroup, type Shared, type Turn } from './shared.js';
 import type { Delivery, Disposition, Outcome } from './spi.js';
 import { coalescing } from './store/coalesce.js';
-import type {
-  BeginResult,
-  StoredResult,
-} from './store/types.js';
+import type { BeginResult, StoredResult } from './store/types.js';
 import {
   inSpan,
   instrumentsFor,
@@ -86,12 +83,22 @@ export interface Processor {
    * Answers one promise per delivery, to be settled in order. After a delivery that will be
    * tried again (retry, or defer), the later ones are not run: they answer
    * `{ action: 'defer', outcome: 'not-run', delayMs: 0 }` and keep their leases for the next
-   * call with them; {@link releaseHeld} gives those leases back (on revocation or stop).
+   * call with them (see {@link OrderedRun.release}).
    */
-  processInOrder(deliveries: readonly Delivery[]): Promise<Disposition>[];
-  /** Releases the leases kept for deliveries `processInOrder` did not run. */
-  releaseHeld(): Promise<void>;
+  processInOrder(deliveries: readonly Delivery[]): OrderedRun;
   readonly options: ResolvedProcessorOptions<unknown, unknown>;
+}
+
+/** The answer of {@link Processor.processInOrder}. */
+export interface OrderedRun {
+  /** One per delivery, in order. */
+  readonly dispositions: Promise<Disposition>[];
+  /**
+   * Gives back the leases kept for this group's deliveries that were not run and that no later
+   * `processInOrder` call took over (call it when the group is abandoned: revocation, stop).
+   * Their next begin is a `retry`.
+   */
+  release(): Promise<void>;
 }
 
 /**
@@ -123,33 +130,35 @@ export function createProcessor<T = unknown, R = unknown>(options: ProcessorOpti
     options: o as ResolvedProcessorOptions<unknown, unknown>,
     process: (delivery) => processDelivery(o, delivery, shared, undefined),
     processInOrder(deliveries) {
+      const group: OrderedGroup = { kept: [], released: false, stopped: false, ended: [] };
       let previous = Promise.resolve(true);
-      return deliveries.map((delivery) => {
+      const dispositions = deliveries.map((delivery, index) => {
         let go!: (proceed: boolean) => void;
         const next = new Promise<boolean>((resolve) => {
           go = resolve;
         });
-        const turn: Turn = { previous, go };
+        const turn: Turn = { previous, go, group, index };
         previous = next;
-        return processDelivery(o, delivery, shared, turn);
+        const disposition = processDelivery(o, delivery, shared, turn);
+        group.ended.push(disposition.then(() => undefined));
+        return disposition;
       });
+      return { dispositions, release: () => releaseKept(o, shared, group) };
     },
-    releaseHeld: () => releaseHeld(o, shared),
   };
 }
 
-/** Gives back the leases of ordered deliveries that were not run (their next begin is a retry). */
-async function releaseHeld<T, R>(o: ResolvedProcessorOptions<T, R>, shared: Shared): Promise<void> {
-  const held = [...shared.held];
-  shared.held.clear();
-  const notRun = {
-    name: 'NotRun',
-    code: 'NOT_RUN',
-    message: 'an earlier message of its partition was retried',
-  };
-  await Promise.all(
-    held.map(([key, h]) => o.store.release(key, h.begun.fence, notRun).catch(() => undefined)),
-  );
+const NOT_RUN = { name: 'NotRun', code: 'NOT_RUN', message: 'an earlier message of its group is retried' };
+
+/**
+ * Ends a group: no handler of it starts any more, and the kept leases nobody took over since are
+ * given back (their next begin is a retry).
+ */
+async function releaseKept<T, R>(o: ResolvedProcessorOptions<T, R>, shared: Shared, group: OrderedGroup) {
+  group.released = true;
+  const left = group.kept.splice(0).filter((h) => shared.held.get(h.key) === h);
+  for (const h of left) shared.held.delete(h.key);
+  await Promise.all(left.map((h) => o.store.release(h.key, h.begun.fence, NOT_RUN).catch(() => undefined)));
 }
 
 interface Prepared<T> {
@@ -191,6 +200,9 @@ async function processDelivery<T, R>(
     // Every path says whether the next delivery may run; the first word counts, so this is a
     // safety net for paths that said nothing.
     turn?.go(false);
+  }
+  if (turn && (disposition.outcome === 'store-unavailable' || disposition.outcome === 'lease-lost')) {
+    turn.group.stopped = true;
   }
   if (span.isRecording()) {
     span.setAttribute(ATTR_EO_OUTCOME, disposition.outcome);
@@ -259,13 +271,21 @@ async function run<T, R>(
   } catch (error) {
     return storeDown(o, error);
   }
-  if (begun.status === 'acquired' && turn && !(await turn.previous)) {
+  if (begun.status === 'acquired' && turn && !(await mayRun(turn))) {
+    if (turn.group.released) {
+      // The group was given up while this begin was on its way.
+      await o.store.release(storeKey, begun.fence, NOT_RUN).catch(() => undefined);
+      return { action: 'defer', outcome: 'not-run', delayMs: 0 };
+    }
     // An earlier delivery of the group will be tried again: this one waits its turn, lease kept.
-    shared.held.set(storeKey, {
+    const held: HeldLease = {
+      key: storeKey,
       begun,
       fingerprint: prepared.fingerprint,
       deadline: performance.now() + o.leaseMs,
-    });
+    };
+    shared.held.set(storeKey, held);
+    turn.group.kept.push(held);
     return { action: 'defer', outcome: 'not-run', delayMs: 0 };
   }
   if (begun.status === 'acquired' && turn && performance.now() - asked > o.leaseMs / 2) {
@@ -497,6 +517,17 @@ async function runHandler<T, R>(
   const outcome = await run.outcome;
   instrumentsFor().handlerDuration.record((performance.now() - started) / 1000, { consumer: o.consumer });
   return outcome;
+}
+
+/**
+ * Whether an ordered delivery may run its handler now: the one before it went well, the group
+ * is neither released nor stopped, and at most ORDERED_WINDOW handlers run ahead of their writes.
+ */
+async function mayRun(turn: Turn): Promise<boolean> {
+  if (!(await turn.previous)) return false;
+  const group = turn.group;
+  if (turn.index >= ORDERED_WINDOW) await group.ended[turn.index - ORDERED_WINDOW];
+  return !group.released && !group.stopped;
 }
 
 /**

@@ -8,6 +8,7 @@ import type { BeginResult } from './store/types.js';
  * reuses it when the delivery comes back, instead of finding its own lease busy.
  */
 export interface HeldLease {
+  readonly key: string;
   readonly begun: Extract<BeginResult, { status: 'acquired' }>;
   readonly fingerprint: string;
   /** Local deadline (monotonic clock) of the lease as last acquired or extended. */
@@ -21,7 +22,31 @@ export interface HeldLease {
 export interface Turn {
   readonly previous: Promise<boolean>;
   go(proceed: boolean): void;
+  readonly group: OrderedGroup;
+  /** Position in the group. */
+  readonly index: number;
 }
+
+/** The deliveries of one `processInOrder` call. */
+export interface OrderedGroup {
+  /** The leases kept for deliveries not run, to give back with the group's `release`. */
+  readonly kept: HeldLease[];
+  /** Set by `release`: no handler of the group starts any more. */
+  released: boolean;
+  /**
+   * Set when a run of the group could not finish its store writes (store down, lease lost): no
+   * later handler starts until the group is run again, so an outage stops the handlers too.
+   */
+  stopped: boolean;
+  /** Per delivery, resolved when its run has ended (its completion written or given up). */
+  readonly ended: Promise<void>[];
+}
+
+/**
+ * How many handlers of an ordered group may run ahead of their completion writes: enough for the
+ * writes to share round trips, few enough that a store outage stops the handlers at once.
+ */
+export const ORDERED_WINDOW = 32;
 
 /** What the runs of one processor share. */
 export interface Shared {

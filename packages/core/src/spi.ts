@@ -159,6 +159,6 @@ export function deadLetterHeaders(reason: DeadLetterReason): Record<string, stri
 
 export { decodeJson, encodeValue } from './codec.js';
 export { sleep } from './context.js';
-export type { Processor } from './processor.js';
+export type { OrderedRun, Processor } from './processor.js';
 export { createProcessor } from './processor.js';
 export { extractContext, injectContext, inSpan, recordError, tracer } from './tracing.js';

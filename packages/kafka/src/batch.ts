@@ -6,7 +6,7 @@
  */
 
 import { type Logger, toErrorInfo } from '@exactly-once/core';
-import type { Disposition, Processor } from '@exactly-once/core/spi';
+import type { Disposition, OrderedRun, Processor } from '@exactly-once/core/spi';
 import { type EachBatchPayloadLike, isRebalanceError, type KafkaMessageLike } from './client.js';
 import { deadLetterRecord, retryAtOf, retryRecord, toDelivery } from './delivery.js';
 import type { ExactlyOnceProducer } from './producer.js';
@@ -38,7 +38,17 @@ export interface BatchEnv {
   track(run: Promise<unknown>): void;
 }
 
-type Step = 'settled' | 'paused' | 'abandoned';
+/**
+ * `rebatch`: the record was not run because the one before it was tried again in place; run the
+ * rest of the batch again from it (its lease was kept, so no store round trip is repeated).
+ */
+type Step = 'settled' | 'paused' | 'abandoned' | 'rebatch';
+
+/**
+ * Records of one partition begun together: their store round trips are shared, their handlers
+ * still run one after another in offset order (see Processor.processInOrder).
+ */
+const CHUNK = 256;
 
 /** Runs one batch. Throws only a rebalance error, so kafkajs rejoins the group at once. */
 export async function runBatch(env: BatchEnv, payload: EachBatchPayloadLike): Promise<void> {
@@ -54,6 +64,8 @@ class BatchRun {
   private interrupt!: () => void;
   private stopped = false;
   private rebalanceError: unknown;
+  /** Ordered groups started by this batch (see Processor.processInOrder). */
+  private readonly runs: OrderedRun[] = [];
   private settledNext: bigint | undefined;
   private committedNext: bigint | undefined;
   private sinceCommit = 0;
@@ -68,6 +80,8 @@ class BatchRun {
     this.interrupted = new Promise<void>((resolve) => {
       this.interrupt = () => {
         this.stopped = true;
+        // Handlers of records not under way yet must not start once the batch is given up.
+        void this.releaseRuns();
         resolve();
       };
     });
@@ -78,6 +92,11 @@ class BatchRun {
   // Removed when the batch ends: the stop signal lives as long as the consumer, batches do not.
   private readonly onStop = () => this.interrupt();
 
+  /** Ends the batch's ordered groups: no handler of theirs starts any more; kept leases go back. */
+  private releaseRuns(): Promise<unknown> {
+    return Promise.all(this.runs.splice(0).map((r) => r.release()));
+  }
+
   private live(): boolean {
     if (!this.stopped && (!this.payload.isRunning() || this.payload.isStale())) this.interrupt();
     return !this.stopped;
@@ -87,11 +106,34 @@ class BatchRun {
     // kafkajs heartbeats only between batches; a long handler or a wait would otherwise let the
     // session time out and cause a rebalance. Its own throttle keeps these calls cheap.
     const timer = setInterval(() => this.heartbeat(), this.env.heartbeatIntervalMs);
+    const messages = this.payload.batch.messages;
+    // Retry-topic records wait for their due time one by one; the others run in ordered groups.
+    const grouped = this.topic !== this.env.retryTopic;
+    let group: { from: number; dispositions: Promise<Disposition>[] } | undefined;
     try {
-      for (const message of this.payload.batch.messages) {
-        if (!this.live()) break;
-        const step = await this.handle(message);
+      for (let i = 0; i < messages.length; ) {
+        const message = messages[i] as KafkaMessageLike;
+        let started: Promise<Disposition> | undefined;
+        if (grouped) {
+          if (group === undefined || i - group.from >= group.dispositions.length) {
+            if (!this.live()) break;
+            const run = this.env.processor.processInOrder(
+              messages.slice(i, i + CHUNK).map((m) => this.deliveryOf(m)),
+            );
+            this.runs.push(run);
+            group = { from: i, dispositions: run.dispositions };
+          }
+          // Already started: an interrupt gives it the grace period like any run under way.
+          started = group.dispositions[i - group.from];
+        } else if (!this.live()) break;
+        const step = await this.handle(message, started);
+        if (step === 'rebatch') {
+          if (!this.live()) break;
+          group = undefined;
+          continue;
+        }
         if (step !== 'settled') break;
+        i++;
         if (
           this.sinceCommit >= this.env.commitEveryMessages ||
           performance.now() - this.lastCommitAt >= this.env.commitIntervalMs
@@ -101,6 +143,9 @@ class BatchRun {
       }
     } finally {
       clearInterval(timer);
+      // Records begun but never run (the batch paused or was given up): give their leases back,
+      // so whoever fetches them next does not find them busy for a whole lease.
+      await this.releaseRuns();
       this.env.stopSignal.removeEventListener('abort', this.onStop);
       await this.commit();
     }
@@ -121,23 +166,37 @@ class BatchRun {
   }
 
   /** {@link settle} with the counters every consumer keeps. */
-  private async handle(message: KafkaMessageLike): Promise<Step> {
+  private async handle(message: KafkaMessageLike, first: Promise<Disposition> | undefined): Promise<Step> {
     const { stats } = this.env;
     stats.received++;
     stats.inFlight++;
     try {
-      const step = await this.settle(message);
+      const step = await this.settle(message, first);
       if (step === 'abandoned') stats.abandoned++;
+      if (step === 'rebatch') stats.received--; // counted again when it is run
       return step;
     } finally {
       stats.inFlight--;
     }
   }
 
-  /** Processes one record until it is settled, or the batch pauses or gives it up. */
-  private async settle(message: KafkaMessageLike): Promise<Step> {
+  private deliveryOf(message: KafkaMessageLike) {
+    return toDelivery(
+      this.topic,
+      this.partition,
+      message,
+      this.env.groupId,
+      this.topic === this.env.retryTopic,
+    );
+  }
+
+  /**
+   * Processes one record until it is settled, or the batch pauses or gives it up. `first` is the
+   * record's run already started in an ordered group; later runs of it start here.
+   */
+  private async settle(message: KafkaMessageLike, first: Promise<Disposition> | undefined): Promise<Step> {
     const { env, topic, partition } = this;
-    const delivery = toDelivery(topic, partition, message, env.groupId, topic === env.retryTopic);
+    const delivery = this.deliveryOf(message);
     if (topic === env.retryTopic) {
       const due = retryAtOf(message);
       const wait = due === undefined ? 0 : due - Date.now();
@@ -146,8 +205,8 @@ class BatchRun {
         if (step !== 'settled') return step;
       }
     }
-    for (;;) {
-      const pending = env.processor.process(delivery);
+    for (let started = first; ; started = undefined) {
+      const pending = started ?? env.processor.process(delivery);
       const d = await this.awaitOrAbandon(pending);
       if (d === undefined) {
         // Given up; the run goes on unowned (its writes are fenced) and is still in flight.
@@ -161,6 +220,7 @@ class BatchRun {
           });
         return 'abandoned';
       }
+      if (d.outcome === 'not-run') return 'rebatch';
       countOutcome(env.stats, d.outcome);
       switch (d.action) {
         case 'ack':

@@ -62,10 +62,29 @@ function env(
   const calls: Delivery[] = [];
   const sent: { topic: string; record: ProducerRecordMessageLike }[] = [];
   const resumes: number[] = [];
+  const process = async (d: Delivery) => {
+    calls.push(d);
+    return script(d, calls.length);
+  };
+  const notRun: Disposition = { action: 'defer', outcome: 'not-run', delayMs: 0 };
   const processor = {
-    process: async (d: Delivery) => {
-      calls.push(d);
-      return script(d, calls.length);
+    process,
+    // Like core's: each record runs once the one before it settled; after one that did not, the
+    // later ones answer not-run.
+    processInOrder: (deliveries: readonly Delivery[]) => {
+      let previous = Promise.resolve(true);
+      let released = false;
+      const dispositions = deliveries.map((d) => {
+        const run = previous.then((go) => (go && !released ? process(d) : notRun));
+        previous = run.then((r) => r.action === 'ack' || r.action === 'dead-letter');
+        return run;
+      });
+      return {
+        dispositions,
+        release: async () => {
+          released = true;
+        },
+      };
     },
   } as unknown as Processor;
   const producer = {

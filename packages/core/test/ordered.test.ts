@@ -1,0 +1,141 @@
+import { describe, expect, it } from 'vitest';
+import type { HandlerContext } from '../src/context.js';
+import { PermanentError } from '../src/errors.js';
+import { Headers } from '../src/headers.js';
+import { createProcessor } from '../src/processor.js';
+import { createMemoryStore } from '../src/store/memory-store.js';
+import type { ProcessedStore } from '../src/store/types.js';
+import { delivery } from './helpers.js';
+
+const fast = { leaseMs: 2000, retentionCheck: 'off' as const, retry: { maxAttempts: 3, initialDelayMs: 10 } };
+const records = (prefix: string, n: number) =>
+  Array.from({ length: n }, (_, i) => delivery({ i }, { [Headers.IdempotencyKey]: `${prefix}-${i}` }));
+
+/** A memory store that counts the calls the pipeline makes on it. */
+function countingStore() {
+  const inner = createMemoryStore();
+  const calls: string[] = [];
+  const store: ProcessedStore = {
+    ...inner,
+    begin: (r) => {
+      calls.push('begin');
+      return inner.begin(r);
+    },
+    beginMany: (rs) => {
+      calls.push(`beginMany:${rs.length}`);
+      return inner.beginMany?.(rs) ?? Promise.resolve([]);
+    },
+    completeMany: (rs) => {
+      calls.push(`completeMany:${rs.length}`);
+      return inner.completeMany?.(rs) ?? Promise.resolve([]);
+    },
+  };
+  return { inner, store, calls };
+}
+
+describe('processInOrder: ordered groups with shared round trips', () => {
+  it('begins a group in one call, runs handlers one at a time in order, completes in one call', async () => {
+    const { store, calls } = countingStore();
+    const order: number[] = [];
+    let running = 0;
+    let overlap = false;
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      handler: async (m: { i: number }) => {
+        overlap ||= running > 0;
+        running++;
+        await new Promise((r) => setImmediate(r));
+        order.push(m.i);
+        running--;
+      },
+    });
+    const run = p.processInOrder(records('a', 20));
+    const ds = await Promise.all(run.dispositions);
+    expect(ds.every((d) => d.action === 'ack')).toBe(true);
+    expect(order).toEqual([...Array(20).keys()]);
+    expect(overlap).toBe(false);
+    expect(calls[0]).toBe('beginMany:20');
+    expect(calls.filter((c) => c.startsWith('begin')).length).toBe(1);
+  });
+
+  it('after a retryable failure the later records are not run; the next call reuses their leases', async () => {
+    const { inner, store, calls } = countingStore();
+    const ran: number[] = [];
+    let failTwo = true;
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      handler: (m: { i: number }) => {
+        ran.push(m.i);
+        if (m.i === 2 && failTwo) throw new Error('transient');
+      },
+    });
+    const group = records('b', 5);
+    const first = await Promise.all(p.processInOrder(group).dispositions);
+    expect(first.map((d) => `${d.action}:${d.outcome}`)).toEqual([
+      'ack:acquired',
+      'ack:acquired',
+      'retry:acquired',
+      'defer:not-run',
+      'defer:not-run',
+    ]);
+    failTwo = false;
+    calls.length = 0;
+    const second = await Promise.all(p.processInOrder(group.slice(2)).dispositions);
+    expect(second.map((d) => d.action)).toEqual(['ack', 'ack', 'ack']);
+    expect(ran).toEqual([0, 1, 2, 2, 3, 4]);
+    // Only the retried record began again; 3 and 4 ran on the leases kept for them.
+    expect(calls.filter((c) => c.startsWith('begin'))).toEqual(['beginMany:1']);
+    for (const i of [3, 4]) {
+      expect(await inner.get(`default:c:b-${i}`)).toMatchObject({ state: 'COMPLETED', attempt: 1 });
+    }
+  });
+
+  it('release gives the kept leases back: their next begin is a retry, at once', async () => {
+    const store = createMemoryStore();
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      handler: (m: { i: number }) => {
+        if (m.i === 0) throw new Error('transient');
+      },
+    });
+    const run = p.processInOrder(records('r', 3));
+    await Promise.all(run.dispositions);
+    expect(await store.get('default:c:r-1')).toMatchObject({ state: 'IN_PROGRESS' });
+    await run.release();
+    const other = createProcessor({ consumer: 'c', store, ...fast, handler: () => 'other' });
+    const d = await other.process(records('r', 2)[1] as never);
+    expect(d).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    expect(await store.get('default:c:r-1')).toMatchObject({ state: 'COMPLETED', attempt: 2 });
+  });
+
+  it('a permanent failure or a duplicate in the middle lets the later records run', async () => {
+    const store = createMemoryStore();
+    const ran: number[] = [];
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      handler: (m: { i: number }, _ctx: HandlerContext) => {
+        ran.push(m.i);
+        if (m.i === 1) throw new PermanentError('bad');
+      },
+    });
+    const group = records('p', 4);
+    await p.process(group[2] as never); // 2 is a duplicate in the group below
+    ran.length = 0;
+    const ds = await Promise.all(p.processInOrder(group).dispositions);
+    expect(ds.map((d) => `${d.action}:${d.outcome}`)).toEqual([
+      'ack:acquired',
+      'dead-letter:failed',
+      'ack:duplicate',
+      'ack:acquired',
+    ]);
+    expect(ran).toEqual([0, 1, 3]);
+  });
+});
