@@ -5,6 +5,7 @@
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { DEFAULT_PREFETCH } from '@exactly-once/rabbitmq';
 import { Command, InvalidArgumentError } from 'commander';
 import {
   CONSUME_VARIANTS,
@@ -16,7 +17,7 @@ import {
 } from './lib/consume.js';
 import { benchDir, machineInfo, sampleLoad } from './lib/env.js';
 import { KafkaDriver } from './lib/kafka.js';
-import { type LatencyRound, runLatency, summarizeLatency } from './lib/latency.js';
+import { type LatencyResult, runLatency, summarizeLatency, summarizePings } from './lib/latency.js';
 import { OUTBOX_VARIANTS, type OutboxRound, runOutbox, summarizeOutbox } from './lib/outbox.js';
 import { PowertoolsKit } from './lib/powertools.js';
 import { formatProfile, type ProfileSummary, summarizeProfileFile } from './lib/profile.js';
@@ -66,9 +67,14 @@ const program = new Command('bench')
     list(CONSUME_VARIANTS),
   )
   .option('--partitions <n>', 'Kafka partitions = partitionsConsumedConcurrently (default 4)', int)
-  .option('--prefetch <n>', 'RabbitMQ prefetch for every consumer (default 32)', int)
+  .option(
+    '--prefetch <n>',
+    `RabbitMQ prefetch of every variant (default: the SDK consumer's, ${DEFAULT_PREFETCH})`,
+    int,
+  )
   .option('--queue-type <type>', 'quorum (the SDK default) or classic', 'quorum')
   .option('--latency-messages <n>', 'serial messages per latency run (default 2000; quick 30)', int)
+  .option('--pings <n>', 'PINGs timed per latency round for the Redis round trip (default 1000)', int)
   .option('--storage-keys <n>', 'Redis keys written by the store bench (default 200000; quick 500)', int)
   .option('--mongo-docs <n>', 'records written by the store-mongo bench (default 2000; quick 30)', int)
   .option('--sample-keys <n>', 'keys written for MEMORY USAGE samples (default 2000; quick 50)', int)
@@ -106,7 +112,10 @@ const config = {
   rounds: pick(o.rounds, 5, 1),
   variants: (o.variants as ConsumeVariant[] | undefined) ?? [...CONSUME_VARIANTS],
   partitions: pick(o.partitions, 4, 2),
-  prefetch: pick(o.prefetch, 32, 32),
+  // The SDK consumer's own default (its exported constant), for the raw and Powertools variants too.
+  prefetch: pick(o.prefetch, DEFAULT_PREFETCH, DEFAULT_PREFETCH),
+  prefetchSource: typeof o.prefetch === 'number' ? '--prefetch' : "the SDK's default",
+  pings: pick(o.pings, 1000, 1000),
   queueType: (o.queueType === 'classic' ? 'classic' : 'quorum') as QueueType,
   latencyMessages: pick(o.latencyMessages, 2000, 30),
   storageKeys: pick(o.storageKeys, 200_000, 500),
@@ -133,7 +142,7 @@ const kits = { stores, powertools };
 const failures: { section: Section; error: string }[] = [];
 const consumeRounds: ConsumeRound[] = [];
 const profiles: ProfileSummary[] = [];
-let latencyRounds: LatencyRound[] | undefined;
+let latency: LatencyResult | undefined;
 let storage: StorageResult | undefined;
 let outboxRounds: OutboxRound[] | undefined;
 
@@ -183,12 +192,13 @@ try {
   await section('kafka', () => consume(new KafkaDriver(config.partitions)));
   await section('rabbitmq', () => consume(new RabbitDriver(config.prefetch, config.queueType)));
   await section('latency', async () => {
-    latencyRounds = await runLatency(
+    latency = await runLatency(
       {
         rounds: config.rounds,
         messages: config.latencyMessages,
         mongoMessages: Math.min(config.latencyMessages, config.mongoMessages),
         variants: config.variants,
+        pings: config.pings,
       },
       kits,
       progress,
@@ -226,9 +236,14 @@ try {
 }
 
 const consumeSummary = summarizeConsume(consumeRounds);
-const latencySummary = latencyRounds ? summarizeLatency(latencyRounds) : undefined;
+const latencySummary = latency ? summarizeLatency(latency.rounds) : undefined;
+const pingSummary = latency ? summarizePings(latency.pings) : undefined;
 const outboxSummary = outboxRounds ? summarizeOutbox(outboxRounds) : undefined;
-const targetRows = targets(consumeSummary, storage?.figures);
+const targetRows = targets(
+  consumeSummary,
+  latencySummary && pingSummary ? { summary: latencySummary, pings: pingSummary } : undefined,
+  storage?.figures,
+);
 
 const lines: string[] = [];
 lines.push(
@@ -240,18 +255,24 @@ lines.push(
 if (config.sections.includes('kafka') || config.sections.includes('rabbitmq')) {
   lines.push(
     `${HEADERS.consume} (medians of ${config.rounds} interleaved rounds; ${config.partitions} Kafka partitions, ` +
-      `RabbitMQ prefetch ${config.prefetch}, ${config.queueType} queues) ==`,
+      `RabbitMQ prefetch ${config.prefetch} (${config.prefetchSource}), ${config.queueType} queues) ==`,
     consumeTable(consumeSummary),
     '  x raw / x powertools: median of per-round ratios. p50/p99: per-message time from delivery to settle,',
-    '  under full load. +p50/+p99: minus raw in the same round. * srv cmds/msg, srv us/msg: INFO commandstats',
-    "  deltas (calls, server CPU) of the variant's commands per message; server-wide, so other clients add to them.",
+    '  under full load. +p50/+p99: minus raw in the same round. store calls/msg: calls on the store, a batch',
+    '  call counting as one (Powertools: Redis commands); keys/batch: keys per batch call. * srv cmds/msg,',
+    "  srv us/msg: INFO commandstats deltas (calls, server CPU) of the variant's commands per message, summed",
+    '  over the 3 masters for sdk-redis-cluster; server-wide, so other clients add to them.',
     '',
   );
 }
-if (latencySummary) {
+if (latencySummary && pingSummary) {
+  const us = (v: number) => (Number.isFinite(v) ? `${v.toFixed(1)} us` : '-');
   lines.push(
     `${HEADERS.latency} (no broker, one message at a time, ${config.latencyMessages} per run) ==`,
     latencyTable(latencySummary),
+    `  Redis round trip (PING p50 of ${pingSummary.pings}, median of rounds): ${us(pingSummary.redisP50Us)}` +
+      (Number.isFinite(pingSummary.clusterP50Us) ? `; cluster ${us(pingSummary.clusterP50Us)}` : '') +
+      '. store calls/msg: a batch call counts as one.',
     '',
   );
 }
@@ -284,7 +305,9 @@ await writeFile(
       machine,
       loads,
       consume: { summary: consumeSummary, rounds: consumeRounds },
-      latency: latencyRounds ? { summary: latencySummary, rounds: latencyRounds } : undefined,
+      latency: latency
+        ? { summary: latencySummary, pingSummary, rounds: latency.rounds, pings: latency.pings }
+        : undefined,
       storage,
       outbox: outboxRounds ? { summary: outboxSummary, rounds: outboxRounds } : undefined,
       targets: targetRows,

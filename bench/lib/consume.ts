@@ -6,16 +6,23 @@
  * medians of per-round ratios (each variant against the raw run of the same round).
  */
 import type { ProcessedStore } from '@exactly-once/core';
-import type { Disposition, Processor } from '@exactly-once/core/spi';
+import type { Delivery, Disposition, Processor } from '@exactly-once/core/spi';
 import { sampleLoad } from './env.js';
 import type { PowertoolsKit } from './powertools.js';
 import type { Progress } from './progress.js';
 import { CpuProfiler, type ProfileSummary } from './profile.js';
 import { Meter, median, rotate, within } from './stats.js';
-import { commandDelta, commandStats, type StoreKind, type StoreKit } from './stores.js';
+import { batchTotals, commandDelta, commandStats, type StoreKind, type StoreKit } from './stores.js';
 import { handler, type Order } from './workload.js';
 
-export const CONSUME_VARIANTS = ['raw', 'sdk-memory', 'sdk-redis', 'sdk-mongo', 'powertools'] as const;
+export const CONSUME_VARIANTS = [
+  'raw',
+  'sdk-memory',
+  'sdk-redis',
+  'sdk-redis-cluster',
+  'sdk-mongo',
+  'powertools',
+] as const;
 export type ConsumeVariant = (typeof CONSUME_VARIANTS)[number];
 export type Broker = 'kafka' | 'rabbitmq';
 
@@ -51,10 +58,20 @@ export interface ConsumeRound {
   rate: number;
   p50Ms: number;
   p99Ms: number;
-  /** Calls on the processed-store wrapper (SDK) or Redis commands sent by Powertools, per message. */
+  /**
+   * Calls on the processed-store wrapper (SDK; a batch call counts as one) or Redis commands
+   * sent by Powertools, per message.
+   */
   storeCallsPerMsg?: number;
   storeCalls?: Record<string, number>;
-  /** `INFO commandstats` delta of the commands this variant uses, per message (server-wide). */
+  /** SDK: keys carried by each batch operation, summed over its calls. */
+  batchKeys?: Record<string, number>;
+  /** SDK: keys per batch call (all batch operations). */
+  keysPerBatch?: number;
+  /**
+   * `INFO commandstats` delta of the commands this variant uses, per message (server-wide;
+   * `sdk-redis-cluster`: summed over the cluster's masters).
+   */
   serverCmdsPerMsg?: number;
   /** Redis CPU (µs) in those commands per message, from the same delta (server-wide). */
   serverUsPerMsg?: number;
@@ -81,23 +98,46 @@ export interface ConsumeOptions {
 export const PROFILED: readonly ConsumeVariant[] = ['raw', 'sdk-memory', 'sdk-redis', 'powertools'];
 
 /**
- * Times every `processor.process` and counts outcomes. The adapters call the method through the
- * processor object, so replacing it there sees every delivery; the settle (ack, offset resolve)
- * follows synchronously when it resolves.
+ * Times every delivery through the processor and counts outcomes. The adapters call it through
+ * the processor object, so replacing its methods there sees every delivery: `process` (RabbitMQ,
+ * and Kafka records run again) and `processInOrder` (the ordered groups of a Kafka partition,
+ * whose deliveries all start when the group does). The settle (ack, offset resolve) follows when
+ * a disposition resolves.
  */
 export function instrument(processor: Processor, meter: Meter, outcomes: Record<string, number>): void {
-  const original = processor.process.bind(processor);
-  processor.process = async (delivery) => {
-    const startedAt = meter.start();
-    const d: Disposition = await original(delivery);
+  const observe = (startedAt: number, d: Disposition): Disposition => {
     outcomes[d.outcome] = (outcomes[d.outcome] ?? 0) + 1;
     if (d.action === 'ack') meter.settle(startedAt);
     return d;
   };
+  const process = processor.process.bind(processor);
+  processor.process = async (delivery) => {
+    const startedAt = meter.start();
+    return observe(startedAt, await process(delivery));
+  };
+  const processInOrder = processor.processInOrder.bind(processor);
+  processor.processInOrder = (deliveries: readonly Delivery[]) => {
+    const starts = deliveries.map(() => meter.start());
+    const run = processInOrder(deliveries);
+    return {
+      dispositions: run.dispositions.map((p, i) => p.then((d) => observe(starts[i] as number, d))),
+      release: () => run.release(),
+    };
+  };
 }
 
-const storeOf = (variant: ConsumeVariant): StoreKind | undefined =>
+export const storeOf = (variant: string): StoreKind | undefined =>
   variant.startsWith('sdk-') ? (variant.slice(4) as StoreKind) : undefined;
+
+/** Short names in topic, queue and message key names. */
+const CODES: Record<ConsumeVariant, string> = {
+  raw: 'raw',
+  'sdk-memory': 'mem',
+  'sdk-redis': 'red',
+  'sdk-redis-cluster': 'rcl',
+  'sdk-mongo': 'mon',
+  powertools: 'pow',
+};
 
 const SDK_REDIS_COMMANDS = ['evalsha', 'eval'];
 const POWERTOOLS_COMMANDS = ['set', 'get', 'del'];
@@ -178,14 +218,16 @@ export async function runOne(
 ): Promise<ConsumeRound> {
   const kind = storeOf(variant);
   const messages = kind === 'mongo' ? options.mongoMessages : options.messages;
-  const batch = `${driver.broker.slice(0, 2)}${round}${variant.replace('sdk-', '').slice(0, 3)}`;
+  const batch = `${driver.broker.slice(0, 2)}${round}${CODES[variant]}`;
   const source = await driver.prepare(batch, messages);
   const meter = new Meter(messages);
   const outcomes: Record<string, number> = {};
   let errors = 0;
   const store = kind ? await kits.stores.make(kind) : undefined;
   const pt = variant === 'powertools' ? await kits.powertools.make(handler, kits.stores.redis) : undefined;
-  const usesRedis = kind === 'redis' || pt !== undefined;
+  const usesRedis = kind === 'redis' || kind === 'redis-cluster' || pt !== undefined;
+  // The connections of the server(s) the variant's commands go to: the masters of a cluster.
+  const statsClients = usesRedis ? await kits.stores.statsClients(kind ?? 'redis') : [];
   const task = progress.track(`${driver.broker} ${variant} r${round + 1}`, messages, () => meter.settled);
   let running: Running | undefined;
   try {
@@ -194,7 +236,7 @@ export async function runOne(
     let before: ReturnType<typeof commandStats> | undefined;
     meter.onFirst = () => {
       window?.begin();
-      if (usesRedis) before = commandStats(kits.stores.redis);
+      if (usesRedis) before = commandStats(statsClients);
     };
     const loadBefore = sampleLoad().load1;
     await window?.prepare();
@@ -205,7 +247,7 @@ export async function runOne(
       running = await source.startRaw(meter, handle, () => errors++);
     }
     await within(meter.finished, options.timeoutMs, `${driver.broker} ${variant} consuming ${messages}`);
-    const after = usesRedis ? await commandStats(kits.stores.redis) : undefined;
+    const after = usesRedis ? await commandStats(statsClients) : undefined;
     await window?.stop();
     const loadAfter = sampleLoad().load1;
     const counted = await before;
@@ -227,12 +269,15 @@ export async function runOne(
     if (store) {
       result.storeCalls = { ...store.calls };
       result.storeCallsPerMsg = store.total() / messages;
+      result.batchKeys = { ...store.batchKeys };
+      const batches = batchTotals(store.calls, store.batchKeys);
+      if (batches.calls > 0) result.keysPerBatch = batches.keys / batches.calls;
     } else if (pt) {
       result.storeCalls = { ...pt.calls };
       result.storeCallsPerMsg = pt.total() / messages;
     }
     if (counted && after) {
-      const names = kind === 'redis' ? SDK_REDIS_COMMANDS : POWERTOOLS_COMMANDS;
+      const names = pt ? POWERTOOLS_COMMANDS : SDK_REDIS_COMMANDS;
       const delta = commandDelta(counted, after, names);
       result.serverCmdsPerMsg = delta.calls / messages;
       result.serverUsPerMsg = delta.usec / messages;
@@ -260,6 +305,7 @@ export interface ConsumeSummary {
   addedP50Ms: number;
   addedP99Ms: number;
   storeCallsPerMsg: number;
+  keysPerBatch: number;
   serverCmdsPerMsg: number;
   serverUsPerMsg: number;
   load: number;
@@ -296,6 +342,7 @@ export function summarizeConsume(rounds: readonly ConsumeRound[]): ConsumeSummar
         addedP50Ms: paired('raw', (r, o) => r.p50Ms - o.p50Ms),
         addedP99Ms: paired('raw', (r, o) => r.p99Ms - o.p99Ms),
         storeCallsPerMsg: median(rs.map((r) => r.storeCallsPerMsg ?? Number.NaN)),
+        keysPerBatch: median(rs.map((r) => r.keysPerBatch ?? Number.NaN)),
         serverCmdsPerMsg: median(rs.map((r) => r.serverCmdsPerMsg ?? Number.NaN)),
         serverUsPerMsg: median(rs.map((r) => r.serverUsPerMsg ?? Number.NaN)),
         load: median(rs.map((r) => (r.loadBefore + r.loadAfter) / 2)),

@@ -8,6 +8,13 @@ export const env = {
   redisUrl: process.env.EO_REDIS_URL ?? 'redis://127.0.0.1:6379',
   /** A database of its own: everything the bench writes to Redis lives there, under its own prefixes. */
   redisDb: Number(process.env.EO_BENCH_REDIS_DB ?? 14),
+  /** The 3-master Redis Cluster of `scripts/infra.sh` (no databases there: DB 0, own prefixes). */
+  redisClusterNodes: (process.env.EO_REDIS_CLUSTER_NODES ?? '127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003')
+    .split(',')
+    .map((node) => {
+      const [host = '127.0.0.1', port = '6379'] = node.trim().split(':');
+      return { host, port: Number(port) };
+    }),
   amqpUrl: process.env.EO_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672',
   rabbitManagementUrl: process.env.EO_RABBIT_MANAGEMENT_URL ?? 'http://127.0.0.1:15672',
   kafkaBrokers: (process.env.EO_KAFKA_BROKERS ?? '127.0.0.1:9092').split(','),

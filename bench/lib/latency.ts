@@ -4,17 +4,44 @@
  * each store, and the Powertools-wrapped handler. Broker costs are the same for all variants, so
  * they are left out; what remains is the SDK's own time per message and its store round trips.
  * Under load (the consume runs) latency also includes queueing behind other messages in flight.
+ *
+ * Each round first times `PING` on the stores' Redis client(s): the round trip the SDK's added
+ * latency is compared with (its target is at most two of them).
  */
 import { createProcessor, type Processor } from '@exactly-once/core';
 import type { Delivery } from '@exactly-once/core/spi';
+import { CONSUME_VARIANTS, storeOf } from './consume.js';
 import type { PowertoolsKit } from './powertools.js';
 import type { Progress } from './progress.js';
 import { Durations, median, rotate } from './stats.js';
-import type { StoreKind, StoreKit } from './stores.js';
+import { pingRtt, type StoreKit } from './stores.js';
 import { handler, message, type Order } from './workload.js';
 
-export const LATENCY_VARIANTS = ['raw', 'sdk-memory', 'sdk-redis', 'sdk-mongo', 'powertools'] as const;
+/** The consume variants, minus the broker. */
+export const LATENCY_VARIANTS = CONSUME_VARIANTS;
 export type LatencyVariant = (typeof LATENCY_VARIANTS)[number];
+
+/** PING round trips of one round, µs: on the standalone server, and on the cluster when measured. */
+export interface PingRound {
+  round: number;
+  pings: number;
+  redisP50Us: number;
+  redisP99Us: number;
+  clusterP50Us?: number;
+  clusterP99Us?: number;
+}
+
+export interface PingSummary {
+  pings: number;
+  /** Median over rounds of each round's median PING round trip. */
+  redisP50Us: number;
+  clusterP50Us: number;
+}
+
+export interface LatencyResult {
+  rounds: LatencyRound[];
+  pings: PingRound[];
+}
 
 export interface LatencyRound {
   variant: LatencyVariant;
@@ -24,6 +51,7 @@ export interface LatencyRound {
   p99Us: number;
   storeCallsPerMsg?: number;
   storeCalls?: Record<string, number>;
+  batchKeys?: Record<string, number>;
 }
 
 export interface LatencySummary {
@@ -41,19 +69,43 @@ const deliveryOf = (batch: string, i: number): Delivery => {
 };
 
 export async function runLatency(
-  options: { rounds: number; messages: number; mongoMessages: number; variants: readonly LatencyVariant[] },
+  options: {
+    rounds: number;
+    messages: number;
+    mongoMessages: number;
+    variants: readonly LatencyVariant[];
+    pings: number;
+  },
   kits: { stores: StoreKit; powertools: PowertoolsKit },
   progress: Progress,
-): Promise<LatencyRound[]> {
+): Promise<LatencyResult> {
   const rounds: LatencyRound[] = [];
+  const pings: PingRound[] = [];
   for (let round = 0; round < options.rounds; round++) {
+    const redis = await pingRtt(kits.stores.redis, options.pings);
+    const ping: PingRound = {
+      round: round + 1,
+      pings: options.pings,
+      redisP50Us: redis.p50Us,
+      redisP99Us: redis.p99Us,
+    };
+    if (options.variants.includes('sdk-redis-cluster')) {
+      const cluster = await pingRtt(await kits.stores.redisCluster(), options.pings);
+      ping.clusterP50Us = cluster.p50Us;
+      ping.clusterP99Us = cluster.p99Us;
+    }
+    pings.push(ping);
+    progress.note(
+      `latency r${round + 1} PING p50 ${redis.p50Us.toFixed(1)} us` +
+        (ping.clusterP50Us === undefined ? '' : `, cluster ${ping.clusterP50Us.toFixed(1)} us`),
+    );
     for (const variant of rotate(options.variants, round)) {
       const n = variant === 'sdk-mongo' ? options.mongoMessages : options.messages;
       const batch = `lat-${kits.stores.runId}-${round}-${variant}`;
       const durations = new Durations(n);
       let done = 0;
       const task = progress.track(`latency ${variant} r${round + 1}`, n, () => done);
-      const kind = variant.startsWith('sdk-') ? (variant.slice(4) as StoreKind) : undefined;
+      const kind = storeOf(variant);
       const store = kind ? await kits.stores.make(kind) : undefined;
       const pt =
         variant === 'powertools' ? await kits.powertools.make(handler, kits.stores.redis) : undefined;
@@ -92,6 +144,7 @@ export async function runLatency(
       if (store) {
         r.storeCalls = { ...store.calls };
         r.storeCallsPerMsg = store.total() / n;
+        r.batchKeys = { ...store.batchKeys };
       } else if (pt) {
         r.storeCalls = { ...pt.calls };
         r.storeCallsPerMsg = pt.total() / n;
@@ -99,7 +152,15 @@ export async function runLatency(
       rounds.push(r);
     }
   }
-  return rounds;
+  return { rounds, pings };
+}
+
+export function summarizePings(pings: readonly PingRound[]): PingSummary {
+  return {
+    pings: pings[0]?.pings ?? 0,
+    redisP50Us: median(pings.map((p) => p.redisP50Us)),
+    clusterP50Us: median(pings.map((p) => p.clusterP50Us ?? Number.NaN)),
+  };
 }
 
 export function summarizeLatency(rounds: readonly LatencyRound[]): LatencySummary[] {

@@ -1,6 +1,6 @@
 /** Text tables and the targets check. Targets are reported next to the figures, never asserted. */
 import type { ConsumeSummary } from './consume.js';
-import type { LatencySummary } from './latency.js';
+import type { LatencySummary, PingSummary } from './latency.js';
 import type { OutboxSummary } from './outbox.js';
 import type { ProfileSummary } from './profile.js';
 import type { StorageFigure } from './storage.js';
@@ -52,6 +52,7 @@ export function consumeTable(rows: readonly ConsumeSummary[]): string {
       ['+p50 ms', 2],
       ['+p99 ms', 2],
       ['store calls/msg', 2],
+      ['keys/batch', 1],
       ['srv cmds/msg*', 2],
       ['srv us/msg*', 1],
       ['load', 1],
@@ -68,6 +69,7 @@ export function consumeTable(rows: readonly ConsumeSummary[]): string {
       r.variant === 'raw' ? '' : r.addedP50Ms,
       r.variant === 'raw' ? '' : r.addedP99Ms,
       r.storeCallsPerMsg,
+      r.keysPerBatch,
       r.serverCmdsPerMsg,
       r.serverUsPerMsg,
       r.load,
@@ -139,24 +141,65 @@ export interface Target {
   threshold: number;
   /** `min`: figure >= threshold; `max`: figure <= threshold. */
   kind: 'min' | 'max';
+  /** How the threshold was derived, when it is not a constant (e.g. `2 x PING 61.2 us`). */
+  basis?: string;
+  /** `undefined` (`n/a`): the figure or the threshold was not measured in this run. */
   met: boolean | undefined;
 }
 
+/**
+ * The targets of the performance issue, each with the figure of this run it is judged on: the
+ * consume ratios and per-message costs per broker, the serial added latency in Redis round trips,
+ * and the storage sizes.
+ */
 export function targets(
   consume: readonly ConsumeSummary[],
+  latency: { summary: readonly LatencySummary[]; pings: PingSummary } | undefined,
   storage: readonly StorageFigure[] | undefined,
 ): Target[] {
   const out: Target[] = [];
-  const add = (target: string, figure: number | undefined, threshold: number, kind: 'min' | 'max') => {
+  const add = (
+    target: string,
+    figure: number | undefined,
+    threshold: number,
+    kind: 'min' | 'max',
+    basis?: string,
+  ) => {
     const f = figure ?? Number.NaN;
-    const met = Number.isFinite(f) ? (kind === 'min' ? f >= threshold : f <= threshold) : undefined;
-    out.push({ target, figure: f, threshold, kind, met });
+    const met =
+      Number.isFinite(f) && Number.isFinite(threshold)
+        ? kind === 'min'
+          ? f >= threshold
+          : f <= threshold
+        : undefined;
+    out.push({ target, figure: f, threshold, kind, ...(basis ? { basis } : {}), met });
   };
   for (const broker of ['kafka', 'rabbitmq'] as const) {
-    const row = consume.find((r) => r.broker === broker && r.variant === 'sdk-redis');
-    if (!row) continue;
-    add(`${broker}: SDK+Redis throughput vs raw`, row.vsRaw, 0.9, 'min');
-    add(`${broker}: SDK+Redis throughput vs Powertools`, row.vsPowertools, 2.5, 'min');
+    if (!consume.some((r) => r.broker === broker)) continue;
+    const row = (variant: ConsumeSummary['variant']) =>
+      consume.find((r) => r.broker === broker && r.variant === variant);
+    add(`${broker}: sdk-redis / raw, msgs/s`, row('sdk-redis')?.vsRaw, 0.9, 'min');
+    add(`${broker}: sdk-redis / powertools, msgs/s`, row('sdk-redis')?.vsPowertools, 2.5, 'min');
+    add(`${broker}: sdk-memory / raw, msgs/s`, row('sdk-memory')?.vsRaw, 0.97, 'min');
+    add(`${broker}: sdk-redis-cluster / raw, msgs/s`, row('sdk-redis-cluster')?.vsRaw, 0.8, 'min');
+    add(`${broker}: sdk-redis Redis CPU us/msg`, row('sdk-redis')?.serverUsPerMsg, 6, 'max');
+    add(
+      `${broker}: sdk-redis-cluster Redis CPU us/msg (3 masters)`,
+      row('sdk-redis-cluster')?.serverUsPerMsg,
+      6,
+      'max',
+    );
+    add(`${broker}: sdk-redis store calls/msg`, row('sdk-redis')?.storeCallsPerMsg, 0.1, 'max');
+  }
+  if (latency) {
+    const rtt = latency.pings.redisP50Us;
+    add(
+      'serial: sdk-redis +p50 us',
+      latency.summary.find((r) => r.variant === 'sdk-redis')?.addedP50Us,
+      2 * rtt,
+      'max',
+      `2 x PING ${Number.isFinite(rtt) ? rtt.toFixed(1) : '-'} us`,
+    );
   }
   if (storage) {
     const get = (name: string) => storage.find((f) => f.figure === name)?.bytes;
@@ -167,6 +210,14 @@ export function targets(
 }
 
 export function targetsTable(rows: readonly Target[]): string {
+  const threshold = (t: Target) => {
+    const n = Number.isFinite(t.threshold)
+      ? Number.isInteger(t.threshold * 100)
+        ? String(t.threshold)
+        : t.threshold.toFixed(1)
+      : '-';
+    return `${t.kind === 'min' ? '>=' : '<='} ${n}${t.basis ? ` (${t.basis})` : ''}`;
+  };
   return table(
     [
       ['target', 0],
@@ -174,12 +225,7 @@ export function targetsTable(rows: readonly Target[]): string {
       ['wanted', 0],
       ['met', 0],
     ],
-    rows.map((t) => [
-      t.target,
-      t.figure,
-      `${t.kind === 'min' ? '>=' : '<='} ${t.threshold}`,
-      t.met === undefined ? 'n/a' : t.met ? 'yes' : 'NO',
-    ]),
+    rows.map((t) => [t.target, t.figure, threshold(t), t.met === undefined ? 'n/a' : t.met ? 'yes' : 'NO']),
   );
 }
 

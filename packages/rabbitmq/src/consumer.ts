@@ -13,6 +13,7 @@ import {
 } from '@exactly-once/core';
 import { createProcessor, type Disposition, type Processor } from '@exactly-once/core/spi';
 import type { ConsumeMessage } from 'amqplib';
+import { createSettler, type Settler } from './acks.js';
 import { type ChannelKeeper, type KeptChannel, keepChannel, publishConfirmed } from './channel.js';
 import { type ConnectionInput, resolveConnection } from './connection.js';
 import { deadLetterCopyOptions, retryCopyOptions, toDelivery } from './delivery.js';
@@ -26,6 +27,9 @@ import {
   type TopologyOptions,
   topologyFor,
 } from './topology.js';
+
+/** The consumer's default prefetch window. */
+export const DEFAULT_PREFETCH = 100;
 
 export interface RabbitConsumerOptions<T = unknown, R = unknown>
   extends Omit<ProcessorOptions<T, R>, 'publisher' | 'consumer'>,
@@ -41,7 +45,11 @@ export interface RabbitConsumerOptions<T = unknown, R = unknown>
    * comes back is processed again. @defaultValue `queue`
    */
   consumer?: string;
-  /** Unacked deliveries at once; bounds concurrency. @defaultValue 16 */
+  /**
+   * Unacked deliveries at once; bounds concurrency. Deliveries that arrive together are begun in
+   * one store round trip and completed in one, so a larger window means fewer round trips per
+   * message (and more work repeated by a crash). @defaultValue 100
+   */
   prefetch?: number;
   /**
    * `declare`: assert the work, retry and dead-letter queues on every (re)connect (idempotent).
@@ -105,7 +113,7 @@ export function createConsumer<T = unknown, R = unknown>(
   const {
     connection,
     queue,
-    prefetch = 16,
+    prefetch = DEFAULT_PREFETCH,
     topology: topologyMode = 'declare',
     consumer: consumerName,
     retryDelaysMs,
@@ -157,6 +165,18 @@ export function createConsumer<T = unknown, R = unknown>(
   let manager: ReturnType<typeof resolveConnection> | undefined;
   let stopped: Promise<void> | undefined;
 
+  // One settler per channel: acks of one turn become one `multiple` ack where they can.
+  const settlers = new Map<KeptChannel, Settler>();
+  const settlerOf = (kept: KeptChannel): Settler => {
+    let settler = settlers.get(kept);
+    if (settler === undefined) {
+      settler = createSettler(kept.channel);
+      settlers.set(kept, settler);
+      kept.channel.once('close', () => settlers.delete(kept));
+    }
+    return settler;
+  };
+
   const setup = async (kept: KeptChannel) => {
     stats.channels++;
     kept.channel.once('close', () => consumerTags.delete(kept));
@@ -173,10 +193,11 @@ export function createConsumer<T = unknown, R = unknown>(
         onCancelled(kept);
         return;
       }
+      settlerOf(kept).received(msg);
       if (stopping.signal.aborted) {
         // Arrived after stop() began: hand it back at once rather than start new work.
         try {
-          kept.channel.nack(msg, false, true);
+          settlerOf(kept).requeue(msg);
         } catch {
           // the channel is closing: the broker requeues it anyway
         }
@@ -231,7 +252,7 @@ export function createConsumer<T = unknown, R = unknown>(
         // does not count against a quorum queue's delivery limit.
         if (!(await pause(d.delayMs, stopping.signal))) {
           stats.abandoned++; // stopping: hand it back now
-          if (kept.open) kept.channel.nack(msg, false, true);
+          if (kept.open) settlerOf(kept).requeue(msg);
           return;
         }
       }
@@ -270,7 +291,7 @@ export function createConsumer<T = unknown, R = unknown>(
             deadLetterCopyOptions(msg, d.reason),
           );
         }
-        kept.channel.ack(msg);
+        settlerOf(kept).ack(msg);
       } catch (error) {
         if (!kept.open) {
           stats.abandoned++;
@@ -312,6 +333,7 @@ export function createConsumer<T = unknown, R = unknown>(
           inFlight: inFlight.size,
         });
       }
+      for (const settler of settlers.values()) settler.flush();
       await keeper?.close();
       await ownPublisher?.close();
       if (manager?.owned) await manager.manager.close();

@@ -5,7 +5,7 @@
 
 export type { AmqpConnectionManager, ConnectionInput } from './connection.js';
 export type { RabbitConsumer, RabbitConsumerOptions, StopOptions } from './consumer.js';
-export { createConsumer } from './consumer.js';
+export { createConsumer, DEFAULT_PREFETCH } from './consumer.js';
 export type { PublisherOptions, RabbitPublisher, SendOptions } from './publisher.js';
 export { createPublisher } from './publisher.js';
 export type { BaseConsumerStats, ConsumerStats } from './stats.js';

@@ -1,0 +1,81 @@
+/**
+ * Settles the deliveries of one channel. Acks made within one event-loop turn go out together:
+ * one `multiple` ack for the longest run of the channel's oldest outstanding deliveries that are
+ * all being acked, and single acks for the rest. A `multiple` ack acknowledges every unsettled
+ * delivery up to its tag, so it is only sent when every one of those is being acked: the channel
+ * tracks its outstanding tags for that.
+ */
+import type { ConfirmChannel, ConsumeMessage } from 'amqplib';
+
+export interface Settler {
+  /** Notes a delivery as outstanding; call it first thing for every delivery. */
+  received(msg: ConsumeMessage): void;
+  /** Acks, coalesced with the other acks of this turn. */
+  ack(msg: ConsumeMessage): void;
+  /** Nacks (requeue) at once. */
+  requeue(msg: ConsumeMessage): void;
+  /** Sends the acks of this turn now (before the channel is closed). */
+  flush(): void;
+}
+
+export function createSettler(channel: ConfirmChannel): Settler {
+  // Delivery tags grow by one per delivery on a channel, so arrival order is tag order.
+  const outstanding: number[] = [];
+  let head = 0;
+  const pending = new Map<number, ConsumeMessage>();
+  let scheduled = false;
+
+  const forget = (tag: number) => {
+    const i = outstanding.indexOf(tag, head);
+    if (i >= 0) outstanding.splice(i, 1);
+  };
+
+  const flush = () => {
+    scheduled = false;
+    if (pending.size === 0) return;
+    let last: ConsumeMessage | undefined;
+    let covered = 0;
+    while (head < outstanding.length && pending.has(outstanding[head] as number)) {
+      const tag = outstanding[head] as number;
+      last = pending.get(tag);
+      pending.delete(tag);
+      head++;
+      covered++;
+    }
+    // Compact now and then, so the array does not grow with every delivery ever received.
+    if (head > 1024) {
+      outstanding.splice(0, head);
+      head = 0;
+    }
+    if (last) channel.ack(last, covered > 1);
+    for (const [tag, msg] of pending) {
+      forget(tag);
+      channel.ack(msg);
+    }
+    pending.clear();
+  };
+
+  return {
+    received(msg) {
+      outstanding.push(msg.fields.deliveryTag);
+    },
+    ack(msg) {
+      pending.set(msg.fields.deliveryTag, msg);
+      if (!scheduled) {
+        scheduled = true;
+        setImmediate(() => this.flush());
+      }
+    },
+    requeue(msg) {
+      forget(msg.fields.deliveryTag);
+      channel.nack(msg, false, true);
+    },
+    flush() {
+      try {
+        flush();
+      } catch {
+        // closed: the broker requeues what was not acked
+      }
+    },
+  };
+}
