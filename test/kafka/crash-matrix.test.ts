@@ -26,12 +26,20 @@ import {
   waitUntil,
   type WorkerConfig,
 } from './helpers.js';
-import { dropLedger, tallyLedger } from '../support/crash-ledger.js';
+import { dropLedger, type KillPoint, tallyLedger } from '../support/crash-ledger.js';
+import type { CrashWorkerConfig } from './crash-worker.js';
 
 const MESSAGES = Number(process.env.EO_CRASH_MESSAGES ?? 1000);
 const KILLS = 3;
 const PARTITIONS = 4;
-const POINTS = ['after-begin', 'in-handler', 'after-complete', 'after-publish', 'before-commit'] as const;
+const POINTS = (process.env.EO_CRASH_POINTS?.split(',') ?? [
+  'after-begin',
+  'in-handler',
+  'after-complete',
+  'after-publish',
+  'before-commit',
+  'mid-batch',
+]) as Exclude<KillPoint, 'none' | 'before-ack'>[];
 
 let kafka: Kafka;
 let admin: Admin;
@@ -48,6 +56,10 @@ afterAll(async () => {
   await admin?.disconnect();
   await redis?.quit();
 });
+
+/** spawnWorker only passes the config on; the worker reads it as a CrashWorkerConfig. */
+const spawnCrashWorker = (config: CrashWorkerConfig, log: (line: string) => void) =>
+  spawnWorker(config as WorkerConfig, log);
 
 async function scenario(point: (typeof POINTS)[number]) {
   const topic = uniqueName(`crash-${point}`);
@@ -69,10 +81,14 @@ async function scenario(point: (typeof POINTS)[number]) {
   let kills = 0;
   for (let run = 0; run < KILLS; run++) {
     // Commits are fewer than records; kill early enough that the kill really happens: at 3-15%
-    // of the messages (30-150 of 1000), so three kills stay well inside the run.
+    // of the messages (30-150 of 1000), so three kills stay well inside the run. mid-batch counts
+    // completeMany calls of >= 2 requests: a partition's handlers run one at a time, so its own
+    // completes rarely meet in one turn, but those of the worker's partitions do (batches of up to
+    // PARTITIONS), about one call of >= 2 per 3-4 records: its n-th event comes after ~3n records.
+    const at = MESSAGES * (0.03 + Math.random() * 0.12);
     const killAt =
-      point === 'before-commit' ? 2 + run : Math.max(1, Math.round(MESSAGES * (0.03 + Math.random() * 0.12)));
-    const child = spawnWorker({ ...config, killPoint: point, killAt }, log);
+      point === 'before-commit' ? 2 + run : Math.max(1, Math.round(point === 'mid-batch' ? at / 3 : at));
+    const child = spawnCrashWorker({ ...config, killPoint: point, killAt }, log);
     let settled = false;
     const outcome = await Promise.race([
       exited(child).then((r) => (r.signal === 'SIGKILL' ? ('killed' as const) : ('exited' as const))),
@@ -126,6 +142,9 @@ async function scenario(point: (typeof POINTS)[number]) {
       messages: MESSAGES,
       kills,
       'kills logged': l.kills.length,
+      'complete batches >= 2 / all': `${l.completeBatches.multi}/${l.completeBatches.calls} (max ${l.completeBatches.largest})`,
+      'cut batch: completed': l.cutCompleted,
+      'cut batch: not completed': l.cutNotCompleted,
       'handler starts': l.handlerStarts,
       'non-idempotent effects': l.applied,
       'extra runs': l.extraRuns,
@@ -157,6 +176,8 @@ describe('crash matrix (SIGKILL at every pipeline point, restart, external ledge
     for (const { row, failed, problems } of results) {
       const point = row['kill point'];
       expect(row.kills, `${point}: kills happened`).toBeGreaterThan(0);
+      // A cut batch is the point of mid-batch: every kill must have found a batch of >= 2 to cut.
+      if (point === 'mid-batch') expect(row.kills, 'mid-batch: kills').toBe(KILLS);
       expect(row['kills logged'], `${point}: every kill is in the ledger`).toBe(row.kills);
       expect(problems, `${point}: ledger and records disagree`).toEqual([]);
       // The non-idempotent count: every run beyond one per completed message is the re-run of an
@@ -164,10 +185,18 @@ describe('crash matrix (SIGKILL at every pipeline point, restart, external ledge
       expect(row['extra runs'], `${point}: extra runs = re-runs of killed attempts`).toBe(
         row['takeovers after effect'],
       );
-      // Of the deliveries the kills fired on, only in-handler ones had run their effect.
+      // Of the deliveries the kills fired on, only in-handler ones had run their effect — and the
+      // not-completed half of a cut batch: each had returned from its handler, so each is re-run
+      // once, while the completed half never is (the ledger checks both per key).
       expect(row['of killed delivery'], `${point}: re-runs of the delivery killed`).toBe(
-        point === 'in-handler' ? row.kills : 0,
+        point === 'in-handler' ? row.kills : point === 'mid-batch' ? row['cut batch: not completed'] : 0,
       );
+      if (point === 'mid-batch') {
+        const smaller = Math.min(row['cut batch: completed'], row['cut batch: not completed']);
+        expect(smaller, 'mid-batch: keys per half').toBeGreaterThanOrEqual(row.kills);
+      } else {
+        expect(row['cut batch: completed'] + row['cut batch: not completed'], `${point}: keys cut`).toBe(0);
+      }
       expect(row['duplicate effects'], `${point}: duplicate effects`).toBe(0);
       expect(row['double completions'], `${point}: double completions`).toBe(0);
       expect(row.lost, `${point}: lost`).toBe(0);

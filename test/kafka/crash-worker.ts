@@ -9,11 +9,14 @@
  */
 import { createConsumer, createProducer, type KafkaLike } from '@exactly-once/kafka';
 import { createRedisStore } from '@exactly-once/store-redis';
-import { crashKit } from '../support/crash-ledger.js';
+import { crashKit, type KillPoint } from '../support/crash-ledger.js';
 import type { WorkerConfig } from './helpers.js';
 import { fastGroup, newKafka, newRedis } from './helpers.js';
 
-const config = JSON.parse(process.env.EO_WORKER_CONFIG ?? '{}') as WorkerConfig;
+/** WorkerConfig, with every kill point of the ledger (helpers.ts lists the points of other tests). */
+export type CrashWorkerConfig = Omit<WorkerConfig, 'killPoint'> & { killPoint?: KillPoint };
+
+const config = JSON.parse(process.env.EO_WORKER_CONFIG ?? '{}') as CrashWorkerConfig;
 const redis = newRedis();
 const kit = crashKit({
   redis,

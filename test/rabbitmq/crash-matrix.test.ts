@@ -25,6 +25,7 @@ const POINTS = (process.env.EO_CRASH_POINTS?.split(',') ?? [
   'after-complete',
   'after-publish',
   'before-ack',
+  'mid-batch',
 ]) as KillPoint[];
 const redis = newRedis();
 const children = new Set<ChildProcess>();
@@ -83,7 +84,11 @@ async function runPoint(point: KillPoint) {
   // Kill at spread-out events so each restart finds work in a different state; the three kills
   // together stay well inside the run (5%, 14%, 23% of the messages: 20, 56, 92 of 400).
   for (let k = 0; point !== 'none' && k < KILLS; k++) {
-    const killAt = Math.max(1, Math.round(MESSAGES * (0.05 + 0.09 * k)));
+    // mid-batch counts completeMany calls of >= 2 requests, not deliveries: its worker returns
+    // handlers in pairs (see crash-worker.ts), so such a call comes at most every 2 deliveries;
+    // dividing by 4 leaves room for pairs that meet other completes: events 5, 14, 23 of 400.
+    const at = MESSAGES * (0.05 + 0.09 * k);
+    const killAt = Math.max(1, Math.round(point === 'mid-batch' ? at / 4 : at));
     const worker = startWorker({ ...base, killPoint: point, killAt });
     let settled = false;
     const outcome = await Promise.race([
@@ -139,6 +144,10 @@ async function runPoint(point: KillPoint) {
     messages: MESSAGES,
     kills,
     killsLogged: tally.kills.length,
+    cutCompleted: tally.cutCompleted,
+    cutNotCompleted: tally.cutNotCompleted,
+    batches: `${tally.completeBatches.multi}/${tally.completeBatches.calls} (max ${tally.completeBatches.largest})`,
+    multiBatches: tally.completeBatches.multi,
     handlerStarts: tally.handlerStarts,
     applied: tally.applied,
     extraRuns: tally.extraRuns,
@@ -169,11 +178,26 @@ describe('rabbitmq crash matrix (SIGKILL at every pipeline point)', () => {
       // The non-idempotent count: every run beyond one per message is the re-run of an attempt a
       // kill caught after its effect — exactly, not at most.
       expect(r.extraRuns, `${r.point}: extra handler runs = re-runs of killed attempts`).toBe(r.reruns);
-      // Of the deliveries the kills fired on, only in-handler ones had run their effect.
+      // Of the deliveries the kills fired on, only in-handler ones had run their effect — and the
+      // not-completed half of a cut batch: each had returned from its handler, so each is re-run
+      // once, while the completed half never is (the ledger checks both per key).
       expect(r.rerunsOfKilled, `${r.point}: re-runs of the delivery killed`).toBe(
-        r.point === 'in-handler' ? r.kills : 0,
+        r.point === 'in-handler' ? r.kills : r.point === 'mid-batch' ? r.cutNotCompleted : 0,
       );
-      if (r.point === 'none') expect(r.takeovers, 'none: takeovers').toBe(0);
+      // Each mid-batch kill cut a batch of >= 2 in two non-empty halves; no other point cuts one.
+      if (r.point === 'mid-batch') {
+        expect(
+          Math.min(r.cutCompleted, r.cutNotCompleted),
+          'mid-batch: keys per half',
+        ).toBeGreaterThanOrEqual(r.kills);
+      } else {
+        expect(r.cutCompleted + r.cutNotCompleted, `${r.point}: keys of cut batches`).toBe(0);
+      }
+      if (r.point === 'none') {
+        expect(r.takeovers, 'none: takeovers').toBe(0);
+        // Deliveries that arrive together complete together: batches of >= 2 do happen.
+        expect(r.multiBatches, 'none: completeMany calls of >= 2').toBeGreaterThan(0);
+      }
       expect(r.effects, `${r.point}: one idempotent effect per key`).toBe(MESSAGES);
       expect(r.duplicateEffects, `${r.point}: duplicate effects`).toBe(0);
       expect(r.doubleCompletions, `${r.point}: completions per key`).toBe(0);
@@ -185,10 +209,13 @@ describe('rabbitmq crash matrix (SIGKILL at every pipeline point)', () => {
 });
 
 type Row = Awaited<ReturnType<typeof runPoint>>;
-const COLUMNS: [Exclude<keyof Row, 'problems'>, string][] = [
+const COLUMNS: [Exclude<keyof Row, 'problems' | 'multiBatches'>, string][] = [
   ['point', 'kill point'],
   ['messages', 'messages'],
   ['kills', 'SIGKILLs'],
+  ['batches', 'complete batches >= 2 / all'],
+  ['cutCompleted', 'cut batch: completed'],
+  ['cutNotCompleted', 'cut batch: not completed'],
   ['handlerStarts', 'handler starts'],
   ['applied', 'non-idempotent effects'],
   ['extraRuns', 'extra runs'],
@@ -210,7 +237,7 @@ const COLUMNS: [Exclude<keyof Row, 'problems'>, string][] = [
 function markdownTable(rows: Row[]): string {
   const line = (cells: unknown[]) => `| ${cells.join(' | ')} |`;
   const totals = COLUMNS.map(([k]) =>
-    k === 'point' ? '**total**' : rows.reduce((n, r) => n + Number(r[k]), 0),
+    k === 'point' ? '**total**' : k === 'batches' ? '' : rows.reduce((n, r) => n + Number(r[k]), 0),
   );
   return [
     line(COLUMNS.map(([, title]) => title)),

@@ -12,6 +12,9 @@
  *   <ledger>:completions  hash  store key -> successful completes (fencing allows one)
  *   <ledger>:kills        list  one JSON {point, key, state, attempt, pid} per SIGKILL, written just
  *                               before it: the delivery the kill point fired on, as the store had it
+ *                               (mid-batch: {point, batch: {completed, notCompleted}, pid} instead)
+ *   <ledger>:batches      hash  batch size -> completeMany calls of that size (how well completes
+ *                               coalesce; mid-batch needs calls of >= 2)
  *
  * When may a handler legitimately run twice? Only when an attempt reached its effect and was then
  * superseded by a takeover: its worker died before `complete` landed. A kill fires on one delivery,
@@ -19,12 +22,26 @@
  *   - the delivery a kill fires on: after-begin -> taken over, handler runs once in all;
  *     in-handler -> taken over, handler runs twice; after-complete / after-publish / before-ack ->
  *     COMPLETED, never taken over, runs once; before-commit fires on a batch, not a delivery.
+ *   - mid-batch fires on a completeMany call of n >= 2 requests (completes core coalesced: of
+ *     RabbitMQ deliveries whose handlers returned together, which its worker arranges under this
+ *     point; of Kafka records of different partitions that met in one turn). The first
+ *     floor(n/2) requests go through the real completeMany, the kill entry lists them as
+ *     `completed` and the rest as `notCompleted` (each with its fence, and the store's state and
+ *     attempt just before the kill), and the process dies before the rest is sent, so nothing of
+ *     the batch was published, flagged or acked. A request is only sent once its handler returned,
+ *     so every one of them had reached its effect:
+ *       completed    -> COMPLETED under its own fence at the kill, never taken over, never re-run,
+ *                       completed once; its redelivery is a duplicate that publishes its outgoing
+ *                       messages from the record;
+ *       notCompleted -> still IN_PROGRESS under its own fence at the kill, taken over, and re-run
+ *                       exactly once (its killed attempt's effect is a legitimate extra run).
  *   - its neighbours in flight: taken over without a re-run if caught between begin and effect,
  *     re-run if caught between effect and complete, neither once complete landed.
  * {@link tallyLedger} checks this per attempt against the store's attempt numbers.
  */
 import {
   type BeginResult,
+  type CompleteRequest,
   type FencedResult,
   type HandlerContext,
   type ProcessedRecord,
@@ -40,7 +57,8 @@ export type KillPoint =
   | 'after-complete'
   | 'after-publish'
   | 'before-ack'
-  | 'before-commit';
+  | 'before-commit'
+  | 'mid-batch';
 
 /** Kill points at which the delivery that fired is already COMPLETED in the store. */
 const AFTER_COMPLETE: readonly KillPoint[] = ['after-complete', 'after-publish', 'before-ack'];
@@ -54,6 +72,18 @@ export interface AppliedEntry {
   readonly pid: number;
 }
 
+/** One request of the completeMany call a mid-batch kill cut, with its record just before the kill. */
+export interface BatchKey {
+  readonly key: string;
+  /** The fence the request completes under. */
+  readonly fence: number;
+  /** What the real completeMany answered (completed half only). */
+  readonly result?: FencedResult;
+  readonly state?: ProcessedRecord['state'];
+  readonly recordFence?: number;
+  readonly attempt?: number;
+}
+
 export interface KillEntry {
   readonly point: KillPoint;
   /** Store key of the delivery the point fired on; absent for batch-level points. */
@@ -61,6 +91,8 @@ export interface KillEntry {
   /** Its record as the store had it just before the kill. */
   readonly state?: ProcessedRecord['state'];
   readonly attempt?: number;
+  /** mid-batch: the cut completeMany call, split into the half sent and the half never sent. */
+  readonly batch?: { readonly completed: readonly BatchKey[]; readonly notCompleted: readonly BatchKey[] };
   readonly pid: number;
 }
 
@@ -70,10 +102,14 @@ export const ledgerKeys = (ledger: string) => ({
   applied: `${ledger}:applied`,
   completions: `${ledger}:completions`,
   kills: `${ledger}:kills`,
+  batches: `${ledger}:batches`,
 });
 
 export interface CrashKit {
-  /** The store, with the after-begin, after-complete and before-ack points and the completion count. */
+  /**
+   * The store, with the after-begin, after-complete, mid-batch and before-ack points, the
+   * completion count and the completeMany batch sizes.
+   */
   readonly store: ProcessedStore;
   /**
    * Counts an event of `point`; at the configured n-th one, records the kill (with the store's
@@ -105,19 +141,63 @@ export function crashKit(options: {
   const namespace = options.namespace ?? 'default';
   let events = 0;
 
+  /** Counts an event of `point`: true at the configured n-th one, when the process must die. */
+  const fires = (point: KillPoint) => point === killPoint && ++events === options.killAt;
+  const kill = async (entry: KillEntry): Promise<never> => {
+    await redis.rpush(keys.kills, JSON.stringify(entry));
+    console.log(`killing at ${entry.point} #${events}`);
+    process.kill(process.pid, 'SIGKILL');
+    return new Promise<never>(() => {});
+  };
+
   const hit = async (point: KillPoint, storeKey?: string): Promise<void> => {
-    if (point !== killPoint || ++events !== options.killAt) return;
+    if (!fires(point)) return;
     const record = storeKey === undefined ? undefined : await base.get(storeKey);
-    const entry: KillEntry = {
+    await kill({
       point,
       ...(storeKey === undefined ? {} : { key: storeKey }),
       ...(record ? { state: record.state, attempt: record.attempt } : {}),
       pid: process.pid,
+    });
+  };
+
+  /**
+   * The mid-batch point: sends the first half of the batch through the real store, records the
+   * kill with the keys of both halves as the store has them now, and dies before the second half
+   * is sent.
+   */
+  const cutBatch = async (
+    send: (requests: readonly CompleteRequest[]) => Promise<FencedResult[]>,
+    requests: readonly CompleteRequest[],
+  ): Promise<never> => {
+    const half = Math.floor(requests.length / 2);
+    const results = await send(requests.slice(0, half));
+    await countCompletions(requests.length, requests.slice(0, half), results);
+    const snapshot = async (r: CompleteRequest, result?: FencedResult): Promise<BatchKey> => {
+      const record = await base.get(r.key);
+      return {
+        key: r.key,
+        fence: r.fence,
+        ...(result === undefined ? {} : { result }),
+        ...(record ? { state: record.state, recordFence: record.fence, attempt: record.attempt } : {}),
+      };
     };
-    await redis.rpush(keys.kills, JSON.stringify(entry));
-    console.log(`killing at ${point} #${events}`);
-    process.kill(process.pid, 'SIGKILL');
-    await new Promise<never>(() => {});
+    const [completed, notCompleted] = await Promise.all([
+      Promise.all(requests.slice(0, half).map((r, i) => snapshot(r, results[i]))),
+      Promise.all(requests.slice(half).map((r) => snapshot(r))),
+    ]);
+    return kill({ point: 'mid-batch', batch: { completed, notCompleted }, pid: process.pid });
+  };
+
+  /** Counts a completeMany call of `size` and the completions the store accepted, in one round trip. */
+  const countCompletions = async (
+    size: number,
+    requests: readonly CompleteRequest[],
+    results: readonly FencedResult[],
+  ) => {
+    const tx = redis.multi().hincrby(keys.batches, String(size), 1);
+    for (const [i, r] of requests.entries()) if (results[i] === 'ok') tx.hincrby(keys.completions, r.key, 1);
+    await tx.exec();
   };
 
   const afterBegin = async (key: string, r: BeginResult) => {
@@ -156,9 +236,12 @@ export function crashKit(options: {
     };
   }
   if (completeMany) {
+    const send = (requests: readonly CompleteRequest[]) => completeMany.call(base, requests);
     store.completeMany = async (requests) => {
-      const results = await completeMany.call(base, requests);
-      for (const [i, r] of results.entries()) await afterComplete(requests[i]!.key, r);
+      if (requests.length >= 2 && fires('mid-batch')) return cutBatch(send, requests);
+      const results = await send(requests);
+      await countCompletions(requests.length, requests, results);
+      for (const [i, r] of results.entries()) if (r === 'ok') await hit('after-complete', requests[i]!.key);
       return results;
     };
   }
@@ -212,11 +295,16 @@ export interface LedgerTally {
   readonly takeovers: number;
   /** Superseded attempts that had reached the effect: the legitimate re-runs. */
   readonly reruns: number;
-  /** Of `reruns`, attempts a kill point fired on (in-handler kills). */
+  /** Of `reruns`, attempts a kill point fired on (in-handler kills, mid-batch `notCompleted`). */
   readonly rerunsOfKilled: number;
   /** Of `reruns`, neighbours in flight in a killed worker. */
   readonly rerunsOfNeighbours: number;
   readonly kills: readonly KillEntry[];
+  /** Keys of the batches mid-batch kills cut: completed before the kill, and never sent. */
+  readonly cutCompleted: number;
+  readonly cutNotCompleted: number;
+  /** completeMany calls: all, those of >= 2 requests, and the largest. */
+  readonly completeBatches: { readonly calls: number; readonly multi: number; readonly largest: number };
   /** Every breach of the model above, one line each; empty when the run is explained. */
   readonly problems: readonly string[];
 }
@@ -235,12 +323,13 @@ export async function tallyLedger(
   records: ReadonlyMap<string, ProcessedRecord | undefined>,
 ): Promise<LedgerTally> {
   const keys = ledgerKeys(ledger);
-  const [runs, effects, appliedRaw, completions, killsRaw] = await Promise.all([
+  const [runs, effects, appliedRaw, completions, killsRaw, batches] = await Promise.all([
     redis.hvals(keys.runs),
     redis.hvals(keys.effects),
     redis.lrange(keys.applied, 0, -1),
     redis.hvals(keys.completions),
     redis.lrange(keys.kills, 0, -1),
+    redis.hgetall(keys.batches),
   ]);
   const applied = appliedRaw.map((s) => JSON.parse(s) as AppliedEntry);
   const kills = killsRaw.map((s) => JSON.parse(s) as KillEntry);
@@ -288,7 +377,43 @@ export async function tallyLedger(
   }
 
   let rerunsOfKilled = 0;
+  let cutCompleted = 0;
+  let cutNotCompleted = 0;
   for (const k of kills) {
+    if (k.point === 'mid-batch') {
+      const { completed: sent = [], notCompleted: cut = [] } = k.batch ?? {};
+      if (sent.length === 0 || cut.length === 0) {
+        problems.push(
+          `mid-batch kill (pid ${k.pid}): batch of ${sent.length} + ${cut.length}, not cut in two`,
+        );
+      }
+      cutCompleted += sent.length;
+      cutNotCompleted += cut.length;
+      for (const b of [...sent, ...cut]) {
+        const half = b.result === undefined ? 'not completed' : 'completed';
+        const what = `mid-batch kill of ${b.key} (${half}) attempt ${b.attempt}`;
+        const final = records.get(b.key);
+        if (!final || b.attempt === undefined) {
+          problems.push(`${what}: no record`);
+          continue;
+        }
+        if (b.recordFence !== b.fence)
+          problems.push(`${what}: fence ${b.recordFence} at the kill, not ${b.fence}`);
+        // A complete is only requested once the handler returned: its effect happened.
+        if (!(byKey.get(b.key)?.has(b.attempt) ?? false)) problems.push(`${what}: did not reach its effect`);
+        if (b.result !== undefined) {
+          if (b.result !== 'ok' || b.state !== 'COMPLETED') {
+            problems.push(`${what}: ${b.result}, record ${b.state} at the kill`);
+          }
+          if (final.attempt !== b.attempt) problems.push(`${what}: taken over to attempt ${final.attempt}`);
+        } else {
+          if (b.state !== 'IN_PROGRESS') problems.push(`${what}: record was ${b.state} at the kill`);
+          if (final.attempt <= b.attempt) problems.push(`${what}: never taken over`);
+          if (superseded.has(`${b.key}#${b.attempt}`)) rerunsOfKilled++;
+        }
+      }
+      continue;
+    }
     if (k.key === undefined) continue;
     const what = `${k.point} kill of ${k.key} attempt ${k.attempt}`;
     const final = records.get(k.key);
@@ -312,6 +437,7 @@ export async function tallyLedger(
 
   const perKey = new Map<string, number>();
   for (const key of effects) perKey.set(key, (perKey.get(key) ?? 0) + 1);
+  const sizes = Object.entries(batches).map(([size, calls]) => [Number(size), Number(calls)] as const);
   return {
     handlerStarts: runs.reduce((n, v) => n + Number(v), 0),
     applied: applied.length,
@@ -324,6 +450,13 @@ export async function tallyLedger(
     rerunsOfKilled,
     rerunsOfNeighbours: superseded.size - rerunsOfKilled,
     kills,
+    cutCompleted,
+    cutNotCompleted,
+    completeBatches: {
+      calls: sizes.reduce((n, [, c]) => n + c, 0),
+      multi: sizes.reduce((n, [size, c]) => n + (size >= 2 ? c : 0), 0),
+      largest: sizes.reduce((m, [size]) => Math.max(m, size), 0),
+    },
     problems,
   };
 }
