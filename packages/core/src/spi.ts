@@ -160,5 +160,12 @@ export function deadLetterHeaders(reason: DeadLetterReason): Record<string, stri
 export { decodeJson, encodeValue } from './codec.js';
 export { sleep } from './context.js';
 export type { OrderedRun, Processor } from './processor.js';
+export type {
+  DeadLetterDisposition,
+  RetryDisposition,
+  SettleDisposition,
+  SettlementPort,
+} from './settle.js';
+export { settle } from './settle.js';
 export { createProcessor } from './processor.js';
 export { extractContext, injectContext, inSpan, recordError, tracer } from './tracing.js';

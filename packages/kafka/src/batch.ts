@@ -6,7 +6,13 @@
  */
 
 import { type Logger, toErrorInfo } from '@exactly-once/core';
-import type { Disposition, OrderedRun, Processor } from '@exactly-once/core/spi';
+import {
+  type Delivery,
+  type Disposition,
+  type OrderedRun,
+  type Processor,
+  settle as ackLast,
+} from '@exactly-once/core/spi';
 import { type EachBatchPayloadLike, isRebalanceError, type KafkaMessageLike } from './client.js';
 import { deadLetterRecord, retryAtOf, retryRecord, toDelivery } from './delivery.js';
 import type { ExactlyOnceProducer } from './producer.js';
@@ -197,7 +203,7 @@ class BatchRun {
    * record's run already started in an ordered group; later runs of it start here.
    */
   private async settle(message: KafkaMessageLike, first: Promise<Disposition> | undefined): Promise<Step> {
-    const { env, topic, partition } = this;
+    const { env, topic } = this;
     const delivery = this.deliveryOf(message);
     if (topic === env.retryTopic) {
       const due = retryAtOf(message);
@@ -229,18 +235,15 @@ class BatchRun {
           env.stats.acked++;
           return this.resolve(message);
         case 'dead-letter': {
-          const record = deadLetterRecord(topic, partition, message, d.reason);
-          const sent = await this.produce(env.deadLetterTopic, record, 'dead-letter');
-          if (!sent) return 'abandoned';
+          if (!(await this.settleWithCopy(d, message, delivery))) return 'abandoned';
           env.stats.deadLettered++;
-          return this.resolve(message);
+          return 'settled';
         }
         case 'retry': {
           if (env.retryTopic !== undefined) {
-            const record = retryRecord(topic, partition, message, delivery, d, Date.now());
-            if (!(await this.produce(env.retryTopic, record, 'retry'))) return 'abandoned';
+            if (!(await this.settleWithCopy(d, message, delivery))) return 'abandoned';
             env.stats.retried++;
-            return this.resolve(message);
+            return 'settled';
           }
           env.stats.retried++;
           const step = await this.wait(d.delayMs);
@@ -255,6 +258,34 @@ class BatchRun {
           break;
         }
       }
+    }
+  }
+
+  /**
+   * Produces the retry or dead-letter copy (acks -1, retried until acknowledged), then resolves
+   * the original's offset: core's ack-last order. False when the batch was interrupted first.
+   */
+  private async settleWithCopy(
+    d: Extract<Disposition, { action: 'retry' | 'dead-letter' }>,
+    message: KafkaMessageLike,
+    delivery: Delivery,
+  ): Promise<boolean> {
+    const { env, topic, partition } = this;
+    const copy = async (to: string, record: Parameters<ExactlyOnceProducer['sendRecords']>[1][number]) => {
+      if (!(await this.produce(to, record, d.action)))
+        throw new Error('interrupted before the copy was acknowledged');
+    };
+    try {
+      await ackLast(d, {
+        retryCopy: (r) =>
+          copy(env.retryTopic as string, retryRecord(topic, partition, message, delivery, r, Date.now())),
+        deadLetterCopy: (dl) =>
+          copy(env.deadLetterTopic, deadLetterRecord(topic, partition, message, dl.reason)),
+        ack: () => this.resolve(message),
+      });
+      return true;
+    } catch {
+      return false;
     }
   }
 

@@ -11,7 +11,7 @@ import {
   toErrorInfo,
   validateName,
 } from '@exactly-once/core';
-import { createProcessor, type Disposition, type Processor } from '@exactly-once/core/spi';
+import { createProcessor, type Disposition, type Processor, settle as ackLast } from '@exactly-once/core/spi';
 import type { ConsumeMessage } from 'amqplib';
 import { createSettler, type Settler } from './acks.js';
 import { type ChannelKeeper, type KeptChannel, keepChannel, publishConfirmed } from './channel.js';
@@ -277,21 +277,25 @@ export function createConsumer<T = unknown, R = unknown>(
         return;
       }
       try {
-        // A crash between the copy's confirm and the ack leaves two copies, never none; the
-        // store answers the second one as a duplicate.
-        if (d.action === 'retry') {
-          const to = retryQueueFor(topology, d.delayMs);
-          await publishConfirmed(kept, '', to, msg.content, retryCopyOptions(msg, d.nextAttempt));
-        } else if (d.action === 'dead-letter') {
-          await publishConfirmed(
-            kept,
-            '',
-            topology.deadLetterQueue,
-            msg.content,
-            deadLetterCopyOptions(msg, d.reason),
-          );
-        }
-        settlerOf(kept).ack(msg);
+        await ackLast(d, {
+          retryCopy: (r) =>
+            publishConfirmed(
+              kept,
+              '',
+              retryQueueFor(topology, r.delayMs),
+              msg.content,
+              retryCopyOptions(msg, r.nextAttempt),
+            ),
+          deadLetterCopy: (dl) =>
+            publishConfirmed(
+              kept,
+              '',
+              topology.deadLetterQueue,
+              msg.content,
+              deadLetterCopyOptions(msg, dl.reason),
+            ),
+          ack: () => settlerOf(kept).ack(msg),
+        });
       } catch (error) {
         if (!kept.open) {
           stats.abandoned++;
