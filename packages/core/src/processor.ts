@@ -13,14 +13,12 @@
  * {@link Disposition} says, and settling is always the last step.
  */
 import { type Context, propagation, type Span, SpanStatusCode } from '@opentelemetry/api';
-import { decodeJson, encodeResult } from './codec.js';
-import { createRunContext, type Handler, type HandlerContext } from './context.js';
+import { createRunContext } from './context.js';
 import {
   AttemptsExhaustedError,
   ExactlyOnceError,
   IdempotencyKeyReuseError,
   isRetryable,
-  KeyMissingError,
   LeaseLostError,
   MalformedMessageError,
   PreviouslyFailedError,
@@ -37,10 +35,12 @@ import {
   release,
   storeDown,
 } from './failure.js';
-import { Headers, readIdentityHeader, textHeaders } from './headers.js';
-import { fingerprint, normalizeKey, scopeKey } from './keys.js';
+import { handlerRun, runHandler, storeResult } from './handler-run.js';
+import { textHeaders } from './headers.js';
 import { createLeaseBoard } from './lease-keeper.js';
 import { type ProcessorOptions, type ResolvedProcessorOptions, resolveProcessorOptions } from './options.js';
+import { mayRun, NOT_RUN, releaseKept, reuseHeld } from './ordered.js';
+import { type Prepared, prepare } from './prepare.js';
 import { describe, finishCompleted, publishThenAck } from './publish.js';
 import {
   ATTR_EO_ACTION,
@@ -57,7 +57,7 @@ import {
   ATTR_MESSAGING_SYSTEM,
   BAGGAGE_REQUEST_ID,
 } from './semconv.js';
-import { type HeldLease, ORDERED_WINDOW, type OrderedGroup, type Shared, type Turn } from './shared.js';
+import type { HeldLease, OrderedGroup, Shared, Turn } from './shared.js';
 import type { Delivery, Disposition, Outcome } from './spi.js';
 import { coalescing } from './store/coalesce.js';
 import type { BeginResult, StoredResult } from './store/types.js';
@@ -146,27 +146,6 @@ export function createProcessor<T = unknown, R = unknown>(options: ProcessorOpti
       return { dispositions, release: () => releaseKept(o, shared, group) };
     },
   };
-}
-
-const NOT_RUN = { name: 'NotRun', code: 'NOT_RUN', message: 'an earlier message of its group is retried' };
-
-/**
- * Ends a group: no handler of it starts any more, and the kept leases nobody took over since are
- * given back (their next begin is a retry).
- */
-async function releaseKept<T, R>(o: ResolvedProcessorOptions<T, R>, shared: Shared, group: OrderedGroup) {
-  group.released = true;
-  const left = group.kept.splice(0).filter((h) => shared.held.get(h.key) === h);
-  for (const h of left) shared.held.delete(h.key);
-  await Promise.all(left.map((h) => o.store.release(h.key, h.begun.fence, NOT_RUN).catch(() => undefined)));
-}
-
-interface Prepared<T> {
-  payload: T;
-  key: string;
-  storeKey: string;
-  requestId: string;
-  fingerprint: string;
 }
 
 async function processDelivery<T, R>(
@@ -479,133 +458,4 @@ async function runAcquired<T, R>(
     return leaseLost(storeKey, fence);
   }
   return publishThenAck(o, runCtx, delivery, storeKey, fence, state.outgoing, outcome, stored, shared);
-}
-
-type HandlerRun<R> = { ok: true; value: R | undefined } | { ok: false; error: unknown };
-
-/** One run's outcome, settled by the handler or, past `maxRunMs`, by the lease board. */
-function handlerRun<R>() {
-  let settle!: (outcome: HandlerRun<R>) => void;
-  const outcome = new Promise<HandlerRun<R>>((resolve) => {
-    settle = resolve;
-  });
-  return { outcome, settle };
-}
-
-/**
- * Runs the handler under the lease. A handler still running after `maxRunMs` is abandoned (the
- * lease board settles the run with a RunTimeoutError and aborts its signal); its context is
- * closed, and every store write it could still make is fenced.
- */
-async function runHandler<T, R>(
-  o: ResolvedProcessorOptions<T, R>,
-  payload: T,
-  ctx: HandlerContext,
-  runCtx: Context,
-  run: ReturnType<typeof handlerRun<R>>,
-): Promise<HandlerRun<R>> {
-  const started = performance.now();
-  try {
-    const value = withContext(runCtx, () => (o.handler as Handler<T, R>)(payload, ctx));
-    Promise.resolve(value).then(
-      (v) => run.settle({ ok: true, value: v }),
-      (error: unknown) => run.settle({ ok: false, error }),
-    );
-  } catch (error) {
-    run.settle({ ok: false, error });
-  }
-  const outcome = await run.outcome;
-  instrumentsFor().handlerDuration.record((performance.now() - started) / 1000, { consumer: o.consumer });
-  return outcome;
-}
-
-/**
- * Whether an ordered delivery may run its handler now: the one before it went well, the group
- * is neither released nor stopped, and at most ORDERED_WINDOW handlers run ahead of their writes.
- */
-async function mayRun(turn: Turn): Promise<boolean> {
-  if (!(await turn.previous)) return false;
-  const group = turn.group;
-  if (turn.index >= ORDERED_WINDOW) await group.ended[turn.index - ORDERED_WINDOW];
-  return !group.released && !group.stopped;
-}
-
-/**
- * The lease this processor kept for an ordered delivery it did not run, if it still has one for
- * this payload: extended first when half of it has passed. Undefined: begin as usual.
- */
-async function reuseHeld<T, R>(
-  o: ResolvedProcessorOptions<T, R>,
-  shared: Shared,
-  storeKey: string,
-  fingerprint: string,
-): Promise<BeginResult | undefined> {
-  const held = shared.held.get(storeKey);
-  if (held === undefined) return undefined;
-  shared.held.delete(storeKey);
-  if (held.fingerprint !== fingerprint) return undefined;
-  if (held.deadline - performance.now() > o.leaseMs / 2) return held.begun;
-  if ((await o.store.extend(storeKey, held.begun.fence, o.leaseMs)) === 'lost') return undefined;
-  return held.begun;
-}
-
-function prepare<T, R>(o: ResolvedProcessorOptions<T, R>, delivery: Delivery): Prepared<T> {
-  let payload: T;
-  try {
-    payload = o.decode ? o.decode(delivery.body, delivery) : (decodeJson(delivery.body) as T);
-    o.validate?.(payload);
-  } catch (error) {
-    if (error instanceof MalformedMessageError) throw error;
-    throw new MalformedMessageError(`message failed validation: ${(error as Error)?.message ?? error}`, {
-      cause: error,
-    });
-  }
-  const fp = fingerprint(o.fingerprint ? o.fingerprint(payload) : payload);
-  let raw = readIdentityHeader(delivery.headers, Headers.IdempotencyKey);
-  if (raw === undefined || raw === '') raw = keyFromPolicy(o, payload, delivery, fp);
-  const key = normalizeKey(raw);
-  // A request id is validated as strictly as the key: it is copied onto every downstream message.
-  const header = readIdentityHeader(delivery.headers, Headers.RequestId);
-  const requestId = header ? normalizeKey(header) : key;
-  return { payload, key, storeKey: scopeKey(o.namespace, o.consumer, key), requestId, fingerprint: fp };
-}
-
-function keyFromPolicy<T, R>(
-  o: ResolvedProcessorOptions<T, R>,
-  payload: T,
-  delivery: Delivery,
-  fp: string,
-): string {
-  const policy = o.missingKey;
-  if (policy === 'broker-id') {
-    if (delivery.brokerId) return delivery.brokerId;
-    throw new KeyMissingError(
-      'message has no idempotency key and the broker gave it no stable id (missingKey: broker-id)',
-    );
-  }
-  if (policy === 'payload-hash') return `payload:${fp}`;
-  if (typeof policy === 'function') {
-    const k = policy(payload, delivery);
-    if (k) return k;
-  }
-  throw new KeyMissingError();
-}
-
-async function storeResult<T, R>(
-  o: ResolvedProcessorOptions<T, R>,
-  ctx: Context,
-  result: R | undefined,
-): Promise<StoredResult | undefined> {
-  const bytes = encodeResult(result);
-  if (!bytes) return undefined;
-  if (!o.blobs || bytes.byteLength <= o.inlineResultBytes) return { kind: 'inline', data: bytes };
-  const blobs = o.blobs;
-  // The blob is durable before any record points at it.
-  const pointer = await inSpan(
-    'exactly-once blob put',
-    ctx,
-    { 'exactly_once.blob.size': bytes.byteLength },
-    () => blobs.put(bytes),
-  );
-  return { kind: 'blob', pointer };
 }

@@ -160,6 +160,7 @@ export function deadLetterHeaders(reason: DeadLetterReason): Record<string, stri
 export { decodeJson, encodeValue } from './codec.js';
 export { sleep } from './context.js';
 export type { OrderedRun, Processor } from './processor.js';
+export { createProcessor } from './processor.js';
 export type {
   DeadLetterDisposition,
   RetryDisposition,
@@ -167,5 +168,4 @@ export type {
   SettlementPort,
 } from './settle.js';
 export { settle } from './settle.js';
-export { createProcessor } from './processor.js';
 export { extractContext, injectContext, inSpan, recordError, tracer } from './tracing.js';

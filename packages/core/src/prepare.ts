@@ -1,0 +1,57 @@
+/** Reading a delivery: decode, validate, fingerprint, key and request id. */
+import { decodeJson } from './codec.js';
+import { KeyMissingError, MalformedMessageError } from './errors.js';
+import { Headers, readIdentityHeader } from './headers.js';
+import { fingerprint, normalizeKey, scopeKey } from './keys.js';
+import type { ResolvedProcessorOptions } from './options.js';
+import type { Delivery } from './spi.js';
+
+export interface Prepared<T> {
+  payload: T;
+  key: string;
+  storeKey: string;
+  requestId: string;
+  fingerprint: string;
+}
+
+export function prepare<T, R>(o: ResolvedProcessorOptions<T, R>, delivery: Delivery): Prepared<T> {
+  let payload: T;
+  try {
+    payload = o.decode ? o.decode(delivery.body, delivery) : (decodeJson(delivery.body) as T);
+    o.validate?.(payload);
+  } catch (error) {
+    if (error instanceof MalformedMessageError) throw error;
+    throw new MalformedMessageError(`message failed validation: ${(error as Error)?.message ?? error}`, {
+      cause: error,
+    });
+  }
+  const fp = fingerprint(o.fingerprint ? o.fingerprint(payload) : payload);
+  let raw = readIdentityHeader(delivery.headers, Headers.IdempotencyKey);
+  if (raw === undefined || raw === '') raw = keyFromPolicy(o, payload, delivery, fp);
+  const key = normalizeKey(raw);
+  // A request id is validated as strictly as the key: it is copied onto every downstream message.
+  const header = readIdentityHeader(delivery.headers, Headers.RequestId);
+  const requestId = header ? normalizeKey(header) : key;
+  return { payload, key, storeKey: scopeKey(o.namespace, o.consumer, key), requestId, fingerprint: fp };
+}
+
+export function keyFromPolicy<T, R>(
+  o: ResolvedProcessorOptions<T, R>,
+  payload: T,
+  delivery: Delivery,
+  fp: string,
+): string {
+  const policy = o.missingKey;
+  if (policy === 'broker-id') {
+    if (delivery.brokerId) return delivery.brokerId;
+    throw new KeyMissingError(
+      'message has no idempotency key and the broker gave it no stable id (missingKey: broker-id)',
+    );
+  }
+  if (policy === 'payload-hash') return `payload:${fp}`;
+  if (typeof policy === 'function') {
+    const k = policy(payload, delivery);
+    if (k) return k;
+  }
+  throw new KeyMissingError();
+}
