@@ -13,8 +13,8 @@
 # Everything lives under $EXACTLY_ONCE_INFRA_HOME (default ~/.cache/exactly-once-infra):
 #   bin/ built binaries, build/ Go build modules, kafka-<version>/ Maven-fetched jars,
 #   data/<service>/ server data and generated configs, run/<name>.pid, logs/<service>.log.
-# Nothing is written into the repository. The first `up` on a fresh machine installs Redis and
-# RabbitMQ with apt, fetches Kafka from Maven Central and builds FerretDB and Jaeger from the Go
+# Nothing is written into the repository. The first `up` on a fresh machine installs Redis,
+# RabbitMQ and the Spin model checker with apt, fetches Kafka from Maven Central and builds FerretDB and Jaeger from the Go
 # module proxy (minutes); later runs reuse all of it, and `up` is a no-op when all are healthy.
 #
 # Versions can be overridden: EO_KAFKA_VERSION (4.x or 3.x), EO_FERRETDB_VERSION,
@@ -149,6 +149,9 @@ install_apt() {
         ;;
     esac
   done
+  # The model checker of model/ (test/model/spin.test.ts), and a C compiler for its verifiers.
+  pkgs+=(spin)
+  have cc || pkgs+=(gcc)
   for s in "${pkgs[@]}"; do
     dpkg -s "$s" >/dev/null 2>&1 || missing+=("$s")
   done
