@@ -44,7 +44,22 @@ export function recordKey(prefix: string, tag: number, id: Buffer): Buffer {
   return Buffer.concat([Buffer.from(`${tagPrefix(prefix, tag)}:`), id]);
 }
 
+// A key is begun and then completed moments later: remember the last few thousand layouts rather
+// than hash each key twice.
+const recent = new Map<string, RecordKeys>();
+const RECENT_MAX = 4096;
+
 export function keysFor(prefix: string, key: string): RecordKeys {
+  const cacheKey = `${prefix}\u0000${key}`;
+  const cached = recent.get(cacheKey);
+  if (cached !== undefined) return cached;
+  const keys = computeKeys(prefix, key);
+  if (recent.size >= RECENT_MAX) recent.clear();
+  recent.set(cacheKey, keys);
+  return keys;
+}
+
+function computeKeys(prefix: string, key: string): RecordKeys {
   const digest = createHash('sha256').update(key).digest();
   const tag = digest.readUInt16BE(0);
   const id = digest.subarray(2, 18);
@@ -62,4 +77,19 @@ export function keysFor(prefix: string, key: string): RecordKeys {
  */
 export function redisKeyFor(prefix: string, key: string): Buffer {
   return keysFor(prefix, key).record;
+}
+
+/**
+ * The payload guard's claim of `fingerprint` within `scope` (see `claimFingerprint`):
+ * `<prefix>:{f<fingerprint>}p:<scope>`, a string holding the first key, expiring with the window,
+ * hash-tagged by the fingerprint. A fingerprint over 64 characters (core's is 64 hex digits), or
+ * one holding `{` or `}`, is named by its sha256 instead (`{h<sha256>}`), so the tag stays short
+ * and well-formed.
+ */
+export function fingerprintClaimKey(prefix: string, scope: string, fingerprint: string): Buffer {
+  const tag =
+    fingerprint.length <= 64 && !/[{}]/.test(fingerprint)
+      ? `f${fingerprint}`
+      : `h${createHash('sha256').update(fingerprint).digest('hex')}`;
+  return Buffer.from(`${prefix}:{${tag}}p:${scope}`);
 }
