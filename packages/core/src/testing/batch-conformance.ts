@@ -15,10 +15,16 @@ import type {
   ProcessedStore,
 } from '../store/types.js';
 
+// Without batch forms: the single operations one after another, which is what a batch must equal.
+async function inOrder<Q, A>(requests: Q[], one: (request: Q) => Promise<A>): Promise<A[]> {
+  const answers: A[] = [];
+  for (const request of requests) answers.push(await one(request));
+  return answers;
+}
 const beginMany = (store: ProcessedStore, requests: BeginRequest[]): Promise<BeginResult[]> =>
-  store.beginMany ? store.beginMany(requests) : Promise.all(requests.map((r) => store.begin(r)));
+  store.beginMany ? store.beginMany(requests) : inOrder(requests, (r) => store.begin(r));
 const completeMany = (store: ProcessedStore, requests: CompleteRequest[]): Promise<FencedResult[]> =>
-  store.completeMany ? store.completeMany(requests) : Promise.all(requests.map((r) => store.complete(r)));
+  store.completeMany ? store.completeMany(requests) : inOrder(requests, (r) => store.complete(r));
 const markPublishedMany = async (store: ProcessedStore, requests: MarkPublishedRequest[]) => {
   if (store.markPublishedMany) await store.markPublishedMany(requests);
   else await Promise.all(requests.map((r) => store.markPublished(r.key, r.fence, r.ids)));
