@@ -1,17 +1,14 @@
 /** The handler's view of one run: keys, lease, journaled steps and buffered outgoing messages. */
+export type { StepEvent, StepOptions, StepReconcileInfo, StepReconcileResult } from './steps.js';
 import { type Context, propagation, type Span, SpanKind, trace } from '@opentelemetry/api';
 import type { BlobPointer, BlobSource, BlobStore } from './blob/types.js';
-import { decodeResult, encodeResult, encodeValue } from './codec.js';
-import { ClosedError, ConfigError, isRetryable, LeaseLostError } from './errors.js';
+import { encodeValue } from './codec.js';
+import { ClosedError, ConfigError } from './errors.js';
 import { Headers } from './headers.js';
 import { deriveChildKey } from './keys.js';
-import { type RetryPolicyOptions, resolveRetryPolicy, retryDelayMs } from './retry.js';
-import {
-  ATTR_EO_STEP,
-  ATTR_EO_STEP_REPLAYED,
-  ATTR_MESSAGING_DESTINATION_NAME,
-  BAGGAGE_REQUEST_ID,
-} from './semconv.js';
+import type { Logger } from './logger.js';
+import { ATTR_EO_STEP, ATTR_MESSAGING_DESTINATION_NAME, BAGGAGE_REQUEST_ID } from './semconv.js';
+import { runStep, type StepEvent, type StepOptions, type StepRunArgs } from './steps.js';
 import type { AcquireKind, OutgoingMessage, ProcessedStore, StepRecord } from './store/types.js';
 import { injectContext, inSpan, tracer } from './tracing.js';
 
@@ -25,11 +22,6 @@ export interface PublishOptions {
   routingKey?: string;
   /** Extra headers; the SDK's own (`x-request-id`, `x-idempotency-key`, trace) always win. */
   headers?: Readonly<Record<string, string>>;
-}
-
-export interface StepOptions {
-  /** In-process retries of the step's function before the error reaches the handler. */
-  retry?: RetryPolicyOptions;
 }
 
 /** What a handler receives besides the payload. */
@@ -63,10 +55,16 @@ export interface HandlerContext {
   publish(destination: string, message: unknown, options?: PublishOptions): void;
   /**
    * Runs `fn` once per message: its JSON result is journaled under the record, and a later
-   * attempt (retry or takeover) gets the journaled result without running `fn` again.
+   * attempt (retry or takeover) gets the journaled result without running `fn` again. A step
+   * interrupted between its effect and the journal write runs again, unless `reconcile` says the
+   * effect happened; see {@link StepOptions} for retries, give-up and alerts.
    */
-  step<S>(name: string, fn: (signal: AbortSignal) => Promise<S> | S, options?: StepOptions): Promise<S>;
-  /** Stores large content (streamed) in the blob store and returns its pointer for the result. */
+  step<S>(name: string, fn: (signal: AbortSignal) => Promise<S> | S, options?: StepOptions<S>): Promise<S>;
+  /**
+   * Stores large content in the blob store and returns its pointer for the result: bytes, a Node
+   * `Readable` (binary mode) or any async iterable of `Uint8Array`, read chunk by chunk, never
+   * buffered whole. To make a stream the result itself, return `resultStream(source)`.
+   */
   storeBlob(source: BlobSource): Promise<BlobPointer>;
 }
 
@@ -104,6 +102,9 @@ export function createRunContext(args: {
   store: ProcessedStore;
   blobStore: BlobStore | undefined;
   canPublish: boolean;
+  /** The processor's `onStepEvent` hook. */
+  onStepEvent?: ((event: StepEvent) => void) | undefined;
+  logger?: Logger;
 }): RunState {
   const outgoing: OutgoingMessage[] = [];
   const blobs: BlobPointer[] = [];
@@ -124,6 +125,28 @@ export function createRunContext(args: {
     if (typeof name !== 'string' || name.length === 0)
       throw new ConfigError('keyFor(name) needs a non-empty name');
     return deriveChildKey(args.namespace, args.consumer, name, args.key);
+  };
+
+  const stepArgs: StepRunArgs = {
+    storeKey: args.storeKey,
+    messageKey: args.key,
+    consumer: args.consumer,
+    attempt: args.attempt,
+    fence: args.fence,
+    store: args.store,
+    signal: args.signal,
+    keyFor,
+    onStepEvent: args.onStepEvent,
+    logger: args.logger,
+    open: () => open('ctx.step'),
+    journal(encoded) {
+      const entry = Buffer.from(encoded);
+      journal.push(entry);
+      return () => {
+        const at = journal.indexOf(entry);
+        if (at >= 0) journal.splice(at, 1);
+      };
+    },
   };
 
   const ctx: HandlerContext = {
@@ -181,27 +204,10 @@ export function createRunContext(args: {
       open('ctx.step');
       if (stepNames.has(name)) throw new ConfigError(`step name "${name}" used twice in one run`);
       stepNames.add(name);
-      const journaled = args.steps[name];
-      return inSpan(`step ${name}`, args.otelContext, { [ATTR_EO_STEP]: name }, async (span) => {
-        if (journaled) {
-          span.setAttribute(ATTR_EO_STEP_REPLAYED, true);
-          return decodeResult(journaled.result);
-        }
-        span.setAttribute(ATTR_EO_STEP_REPLAYED, false);
-        const value = await runWithRetry(fn, options.retry, args.signal());
-        const encoded = (encodeResult(value) ?? encodeResult(null)) as Uint8Array;
-        open('ctx.step');
-        // Counted as journaled before the write: if the answer never arrives, it may have landed.
-        const entry = Buffer.from(encoded);
-        journal.push(entry);
-        const saved = await args.store.saveStep(args.storeKey, args.fence, name, encoded);
-        if (saved === 'lost') {
-          journal.splice(journal.indexOf(entry), 1);
-          throw new LeaseLostError({ key: args.storeKey, fence: args.fence });
-        }
-        // Return what a replay would return, so both paths see the same value.
-        return decodeResult(encoded);
-      });
+      const journaled = Object.hasOwn(args.steps, name) ? args.steps[name] : undefined;
+      return inSpan(`step ${name}`, args.otelContext, { [ATTR_EO_STEP]: name }, (span) =>
+        runStep(stepArgs, name, fn, options, journaled, span),
+      );
     },
     async storeBlob(source) {
       open('ctx.storeBlob');
@@ -224,34 +230,4 @@ export function createRunContext(args: {
   };
 }
 
-async function runWithRetry<S>(
-  fn: (signal: AbortSignal) => Promise<S> | S,
-  retry: RetryPolicyOptions | undefined,
-  signal: AbortSignal,
-): Promise<S> {
-  const policy = resolveRetryPolicy(retry ?? { maxAttempts: 1 }, 'step.retry');
-  for (let attempt = 1; ; attempt++) {
-    signal.throwIfAborted();
-    try {
-      return await fn(signal);
-    } catch (error) {
-      if (!isRetryable(error) || attempt >= policy.maxAttempts) throw error;
-      await sleep(retryDelayMs(policy, attempt), signal);
-    }
-  }
-}
-
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason);
-    const t = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    const onAbort = () => {
-      clearTimeout(t);
-      reject(signal?.reason);
-    };
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
-}
+export { sleep } from './steps.js';

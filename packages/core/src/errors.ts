@@ -23,6 +23,7 @@ export const ErrorCode = {
   RunTimeout: 'RUN_TIMEOUT',
   HandlerFailed: 'HANDLER_FAILED',
   Closed: 'CLOSED',
+  DuplicatePayload: 'DUPLICATE_PAYLOAD',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -240,6 +241,30 @@ export class ClosedError extends ExactlyOnceError {
   override name = 'ClosedError';
   constructor(what: string, detail?: string) {
     super(ErrorCode.Closed, detail ?? `${what} is closed`, false);
+  }
+}
+
+/**
+ * A message arrived under a new idempotency key with the same payload fingerprint as a message
+ * seen under another key within `payloadGuard.windowMs` (a client that makes a new key per retry,
+ * or a key derived from a clock that crossed a boundary). Raised only with
+ * `payloadGuard: { action: 'dead-letter' }`; non-retryable.
+ */
+export class DuplicatePayloadError extends ExactlyOnceError {
+  override name = 'DuplicatePayloadError';
+  readonly key: string;
+  readonly firstKey: string;
+  readonly fingerprint: string;
+  constructor(opts: { key: string; firstKey: string; fingerprint: string }) {
+    super(
+      ErrorCode.DuplicatePayload,
+      `message with key "${truncate(opts.key)}" has the same payload (fingerprint ${opts.fingerprint.slice(0, 12)}…) ` +
+        `as the message with key "${truncate(opts.firstKey)}" seen within the payload guard window`,
+      false,
+    );
+    this.key = opts.key;
+    this.firstKey = opts.firstKey;
+    this.fingerprint = opts.fingerprint;
   }
 }
 

@@ -1,9 +1,13 @@
 /** Running the handler under its lease, and storing its result (inline, or as a blob first). */
 import type { Context } from '@opentelemetry/api';
+import type { Readable } from 'node:stream';
+import { streamOf } from './blob/result-stream.js';
 import { encodeResult } from './codec.js';
+import { ConfigError } from './errors.js';
 import type { Handler, HandlerContext } from './context.js';
 import type { ResolvedProcessorOptions } from './options.js';
 import type { StoredResult } from './store/types.js';
+import { ATTR_EO_BLOB_SIZE } from './semconv.js';
 import { inSpan, instrumentsFor, withContext } from './tracing.js';
 
 export type HandlerRun<R> = { ok: true; value: R | undefined } | { ok: false; error: unknown };
@@ -44,11 +48,24 @@ export async function runHandler<T, R>(
   return outcome;
 }
 
+/**
+ * Thrown by {@link storeResult} when the handler's result stream failed (or cannot be stored at
+ * all): the pipeline treats `cause` as the handler's error, not as a store outage.
+ */
+export class ResultSourceFailure extends Error {
+  override name = 'ResultSourceFailure';
+  constructor(override readonly cause: unknown) {
+    super('the handler result stream failed', { cause });
+  }
+}
+
 export async function storeResult<T, R>(
   o: ResolvedProcessorOptions<T, R>,
   ctx: Context,
   result: R | undefined,
 ): Promise<StoredResult | undefined> {
+  const stream = streamOf(result);
+  if (stream !== undefined) return storeResultStream(o, ctx, stream);
   const bytes = encodeResult(result);
   if (!bytes) return undefined;
   if (!o.blobs || bytes.byteLength <= o.inlineResultBytes) return { kind: 'inline', data: bytes };
@@ -61,4 +78,53 @@ export async function storeResult<T, R>(
     () => blobs.put(bytes),
   );
   return { kind: 'blob', pointer };
+}
+
+/** Streams the handler's result into the blob store, chunk by chunk: never held whole. */
+async function storeResultStream<T, R>(
+  o: ResolvedProcessorOptions<T, R>,
+  ctx: Context,
+  source: Readable | AsyncIterable<Uint8Array>,
+): Promise<StoredResult> {
+  const blobs = o.blobs;
+  if (!blobs) {
+    destroy(source);
+    throw new ResultSourceFailure(
+      new ConfigError('a streamed handler result needs a blob store: pass `blobs` to the options'),
+    );
+  }
+  let failed: { error: unknown } | undefined;
+  async function* tracked(): AsyncGenerator<Uint8Array> {
+    try {
+      for await (const chunk of source) {
+        if (!(chunk instanceof Uint8Array)) {
+          throw new TypeError('a result stream must yield Uint8Array chunks (a Readable in binary mode)');
+        }
+        yield chunk;
+      }
+    } catch (error) {
+      failed = { error };
+      throw error;
+    }
+  }
+  try {
+    // The blob is durable before any record points at it.
+    const pointer = await inSpan('exactly-once blob put', ctx, {}, async (span) => {
+      const p = await blobs.put(tracked());
+      span.setAttribute(ATTR_EO_BLOB_SIZE, p.size);
+      return p;
+    });
+    return { kind: 'blob', pointer };
+  } catch (error) {
+    if (failed) throw new ResultSourceFailure(failed.error);
+    throw error;
+  } finally {
+    // A put that failed before (or while) reading leaves the source open: close it.
+    destroy(source);
+  }
+}
+
+function destroy(source: unknown): void {
+  const d = (source as { destroy?: unknown }).destroy;
+  if (typeof d === 'function' && !(source as { destroyed?: boolean }).destroyed) d.call(source);
 }

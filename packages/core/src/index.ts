@@ -5,9 +5,19 @@
 
 export type { FsBlobStoreOptions } from './blob/fs-blob-store.js';
 export { createFsBlobStore } from './blob/fs-blob-store.js';
+export type { ResultStream } from './blob/result-stream.js';
+export { resultStream } from './blob/result-stream.js';
 export type { BlobPointer, BlobSource, BlobStore } from './blob/types.js';
 export { decodeResult } from './codec.js';
-export type { Handler, HandlerContext, PublishOptions, StepOptions } from './context.js';
+export type {
+  Handler,
+  HandlerContext,
+  PublishOptions,
+  StepEvent,
+  StepOptions,
+  StepReconcileInfo,
+  StepReconcileResult,
+} from './context.js';
 export * from './errors.js';
 export type { ExecuteRequest, ExecuteResult, ExecutorOptions, IdempotentExecutor } from './executor.js';
 export { createIdempotentExecutor, ExecutionFailedError, RequestInProgressError } from './executor.js';
@@ -32,6 +42,7 @@ export type { MissingKeyPolicy, ProcessorOptions, ResolvedProcessorOptions } fro
 export { checkRetentionHorizon, PROCESSOR_DEFAULTS, resolveProcessorOptions } from './options.js';
 export type { Processor } from './processor.js';
 export { createProcessor } from './processor.js';
+export type { PayloadGuardOptions } from './payload-guard.js';
 export type { RetryPolicy, RetryPolicyOptions } from './retry.js';
 export {
   backoffMs,
@@ -46,15 +57,22 @@ export type { FaultOptions, StoreOperation } from './store/faulty-store.js';
 export { withFaults } from './store/faulty-store.js';
 export type { MemoryStore, MemoryStoreOptions } from './store/memory-store.js';
 export { createMemoryStore } from './store/memory-store.js';
+export type { StuckQuery, StuckWatch, WatchStuckOptions } from './store/stuck.js';
+export { findStuck, watchStuck } from './store/stuck.js';
+export type { TieredStore, TieredStoreOptions } from './store/tiered-store.js';
+export { createTieredStore } from './store/tiered-store.js';
 export type {
   AcquireKind,
   BeginRequest,
   BeginResult,
   ClearResult,
+  FingerprintClaim,
   CompletedRecord,
   CompleteRequest,
   FailedRecord,
   FencedResult,
+  InProgressEntry,
+  InProgressQuery,
   InProgressRecord,
   MarkPublishedRequest,
   OutgoingMessage,
@@ -62,6 +80,7 @@ export type {
   ProcessedRecord,
   ProcessedStore,
   StepRecord,
+  StepState,
   StoredResult,
 } from './store/types.js';
 export { RecordState } from './store/types.js';

@@ -4,9 +4,11 @@ import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { BlobStore } from './blob/types.js';
 import type { Handler } from './context.js';
+import type { StepEvent } from './steps.js';
 import { ConfigError } from './errors.js';
 import { validateName } from './keys.js';
 import type { Logger } from './logger.js';
+import { type PayloadGuardOptions, type ResolvedPayloadGuard, resolvePayloadGuard } from './payload-guard.js';
 import { silentLogger } from './logger.js';
 import {
   type RetryPolicy,
@@ -81,9 +83,21 @@ export interface ProcessorOptions<T = unknown, R = unknown> {
   retentionCheck?: 'error' | 'warn' | 'off';
   /** @defaultValue 'auto' */
   spanKind?: SpanKindMode;
+  /**
+   * Flags or dead-letters a message whose payload fingerprint another key carried within
+   * `windowMs` (a client making a new key per retry). Needs a store with `claimFingerprint`;
+   * costs one store round trip per message. Off by default. See payload-guard.ts.
+   */
+  payloadGuard?: PayloadGuardOptions;
   /** Lease owner id. @defaultValue `<hostname>/<pid>/<random>` */
   ownerId?: string;
   logger?: Logger;
+  /**
+   * Called when a step gives up (`onGiveUp: 'continue'`) or its function failed `alertAfter`
+   * times (see `StepOptions`). It runs inline; an error it throws (or a promise it rejects) is
+   * logged and ignored, never breaking the message.
+   */
+  onStepEvent?: (event: StepEvent) => void;
 }
 
 export interface ResolvedProcessorOptions<T, R> {
@@ -106,8 +120,10 @@ export interface ResolvedProcessorOptions<T, R> {
   readonly retry: RetryPolicy;
   readonly redeliveryHorizonMs: number;
   readonly spanKind: SpanKindMode;
+  readonly payloadGuard: ResolvedPayloadGuard | undefined;
   readonly ownerId: string;
   readonly logger: Logger;
+  readonly onStepEvent: ((event: StepEvent) => void) | undefined;
 }
 
 const DAY = 86_400_000;
@@ -181,31 +197,40 @@ export function resolveProcessorOptions<T, R>(o: ProcessorOptions<T, R>): Resolv
     retry,
     redeliveryHorizonMs,
     spanKind: o.spanKind ?? PROCESSOR_DEFAULTS.spanKind,
+    payloadGuard: resolvePayloadGuard(o.payloadGuard, o.store),
     ownerId: o.ownerId ?? `${hostname()}/${process.pid}/${randomUUID().slice(0, 8)}`,
     logger,
+    onStepEvent: o.onStepEvent,
   });
+  if (o.onStepEvent !== undefined && typeof o.onStepEvent !== 'function') {
+    throw new ConfigError('onStepEvent must be a function');
+  }
   checkRetentionHorizon(resolved, o.retentionCheck ?? PROCESSOR_DEFAULTS.retentionCheck);
   return resolved;
 }
 
 /**
  * Dedup retention must outlast every way a message can come back; otherwise a late copy finds no
- * record and runs again. Checked once, at start.
+ * record and runs again. Checked once, at start. The retention checked is the store's
+ * `effectiveRetentionMs(retentionMs)` when it has one (a tiered store: the cold tier's), else
+ * `retentionMs`.
  */
 export function checkRetentionHorizon(
   o: Pick<
     ResolvedProcessorOptions<unknown, unknown>,
     'retentionMs' | 'retry' | 'redeliveryHorizonMs' | 'leaseMs' | 'logger' | 'consumer'
-  > & { readonly maxRunMs?: number },
+  > & { readonly maxRunMs?: number; readonly store?: ProcessedStore },
   mode: 'error' | 'warn' | 'off',
 ): void {
   if (mode === 'off') return;
+  // A store may keep records longer than asked (a tiered store: its cold tier's retention).
+  const retentionMs = o.store?.effectiveRetentionMs?.(o.retentionMs) ?? o.retentionMs;
   // Each attempt holds the key for at most its run bound (or a lease, when a worker died).
   const perAttempt = Math.max(o.leaseMs, o.maxRunMs ?? 0);
   const needed = worstCaseRetrySpanMs(o.retry) + o.retry.maxAttempts * perAttempt + o.redeliveryHorizonMs;
-  if (o.retentionMs >= needed) return;
+  if (retentionMs >= needed) return;
   const message =
-    `consumer "${o.consumer}": retentionMs (${o.retentionMs} ms) is shorter than the longest a message can ` +
+    `consumer "${o.consumer}": retentionMs (${retentionMs} ms) is shorter than the longest a message can ` +
     `come back (${needed} ms = retry schedule + ${o.retry.maxAttempts} × max(leaseMs, maxRunMs) + redeliveryHorizonMs). ` +
     'A late copy would find no record and be processed again. Raise retentionMs, or lower the horizon, ' +
     "or set retentionCheck: 'warn'.";

@@ -35,11 +35,12 @@ import {
   release,
   storeDown,
 } from './failure.js';
-import { handlerRun, runHandler, storeResult } from './handler-run.js';
+import { handlerRun, ResultSourceFailure, runHandler, storeResult } from './handler-run.js';
 import { textHeaders } from './headers.js';
 import { createLeaseBoard } from './lease-keeper.js';
 import { type ProcessorOptions, type ResolvedProcessorOptions, resolveProcessorOptions } from './options.js';
 import { mayRun, NOT_RUN, releaseKept, reuseHeld } from './ordered.js';
+import { guardPayload } from './payload-guard.js';
 import { type Prepared, prepare } from './prepare.js';
 import { describe, finishCompleted, publishThenAck } from './publish.js';
 import {
@@ -233,6 +234,29 @@ async function run<T, R>(
     runCtx = propagation.setBaggage(ctx, bag);
   }
 
+  if (o.payloadGuard) {
+    // Same payload under another key within the window (a new key per retry): flag or refuse.
+    let reuse: ExactlyOnceError | undefined;
+    try {
+      reuse = await guardPayload({
+        guard: o.payloadGuard,
+        store: o.store,
+        namespace: o.namespace,
+        consumer: o.consumer,
+        key: prepared.key,
+        fingerprint: prepared.fingerprint,
+        span,
+        logger: o.logger,
+      });
+    } catch (error) {
+      return storeDown(o, error);
+    }
+    if (reuse) {
+      await passOn();
+      return deadLetter(o, delivery, 'payload-reuse', reuse, 0);
+    }
+  }
+
   let begun: BeginResult;
   const asked = performance.now();
   try {
@@ -390,6 +414,8 @@ async function runAcquired<T, R>(
     store: o.store,
     blobStore: o.blobs,
     canPublish: o.publisher !== undefined,
+    onStepEvent: o.onStepEvent,
+    logger: o.logger,
   });
 
   const ran = await runHandler(o, prepared.payload, state.ctx, runCtx, handled);
@@ -419,6 +445,11 @@ async function runAcquired<T, R>(
     stored = await storeResult(o, runCtx, ran.value);
   } catch (error) {
     await keeper.stop();
+    if (error instanceof ResultSourceFailure) {
+      // The handler's result stream failed (or cannot be stored): a failure of the handler.
+      recordError(span, error.cause);
+      return handleFailure(o, delivery, storeKey, fence, attempt, outcome, error.cause, state);
+    }
     await release(o, storeKey, fence, error);
     return { action: 'defer', outcome: 'store-unavailable', delayMs: 1000, error: toErrorInfo(error) };
   }

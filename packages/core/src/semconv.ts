@@ -17,6 +17,9 @@ export const ATTR_EO_ACTION = 'exactly_once.action';
 export const ATTR_EO_STEP = 'exactly_once.step';
 export const ATTR_EO_STEP_REPLAYED = 'exactly_once.step.replayed';
 export const ATTR_EO_BLOB_SIZE = 'exactly_once.blob.size';
+/** Set (true) on a run whose payload fingerprint another key claimed within `payloadGuard.windowMs`. */
+export const ATTR_EO_PAYLOAD_REUSE = 'exactly_once.payload_reuse';
+export const ATTR_EO_PAYLOAD_REUSE_FIRST_KEY = 'exactly_once.payload_reuse.first_key';
 
 /** Baggage entry carrying the request id, so downstream spans can be found by it. */
 export const BAGGAGE_REQUEST_ID = 'exactly_once.request_id';
@@ -24,3 +27,4 @@ export const BAGGAGE_REQUEST_ID = 'exactly_once.request_id';
 export const METRIC_DELIVERIES = 'exactly_once.deliveries';
 export const METRIC_PROCESS_DURATION = 'exactly_once.process.duration';
 export const METRIC_HANDLER_DURATION = 'exactly_once.handler.duration';
+export const METRIC_PAYLOAD_REUSE = 'exactly_once.payload_reuse';

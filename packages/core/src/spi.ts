@@ -38,6 +38,8 @@ export type Outcome =
   | 'lease-lost'
   | 'store-unavailable'
   | 'publish-failed'
+  /** Dead-lettered by `payloadGuard`: the same payload came under another key within the window. */
+  | 'payload-reuse'
   /** An ordered delivery whose handler waits for an earlier one to be tried again. */
   | 'not-run';
 

@@ -178,8 +178,17 @@ function createInstruments() {
       description: 'Handler run time',
       unit: 's',
     }),
+    payloadReuse: m.createCounter('exactly_once.payload_reuse', {
+      description: 'Messages whose payload fingerprint another key claimed within payloadGuard.windowMs',
+    }),
     publishEscalations: m.createCounter('exactly_once.publish.escalations', {
       description: 'Messages dead-lettered because their outgoing messages were never confirmed',
+    }),
+    stepGiveUps: m.createCounter('exactly_once.step.give_ups', {
+      description: "Steps that gave up (`onGiveUp: 'continue'`) and resolved with their fallback",
+    }),
+    stepAlerts: m.createCounter('exactly_once.step.alerts', {
+      description: 'Steps whose function failed `alertAfter` times in one run',
     }),
   };
 }

@@ -32,7 +32,8 @@ export interface ErrorDoc {
 export interface StepDoc {
   /** Step name. */
   k: string;
-  r: Binary;
+  /** The result of a done step; absent on a started marker (`markStepStarted`). */
+  r?: Binary;
   at: number;
 }
 
@@ -65,6 +66,8 @@ export interface RecordDoc {
   /** IN_PROGRESS: owner, lease end (store ms; 0 after release), journaled steps. */
   o?: string;
   l?: number;
+  /** IN_PROGRESS: store time (ms) the current attempt began (for listInProgress). */
+  sa?: number;
   /** Steps in the order saved; a name saved twice keeps its last entry (see {@link decodeSteps}). */
   st?: StepDoc[];
   /** IN_PROGRESS: the last released attempt's error. FAILED: the error. */
@@ -177,8 +180,15 @@ function decodeOutgoing(doc: RecordDoc): OutgoingRecord[] {
 
 export function decodeSteps(steps: readonly StepDoc[] | undefined): Record<string, StepRecord> {
   const byName = new Map<string, StepRecord>();
-  // saveStep appends; a later entry for a name replaces the earlier one.
-  for (const step of steps ?? []) byName.set(step.k, { result: fromBinary(step.r), at: step.at });
+  // saveStep and markStepStarted append; a later entry for a name replaces the earlier one.
+  for (const step of steps ?? []) {
+    byName.set(
+      step.k,
+      step.r === undefined
+        ? { state: 'started', result: new Uint8Array(0), at: step.at }
+        : { state: 'done', result: fromBinary(step.r), at: step.at },
+    );
+  }
   return Object.fromEntries(byName);
 }
 

@@ -12,11 +12,12 @@ import {
   StoreUnavailableError,
 } from '@exactly-once/core';
 import {
+  Binary,
+  type Collection,
   type Db,
   type Document,
   GridFSBucket,
   MongoError,
-  MongoGridFSChunkError,
   ObjectId,
   type WriteConcernSettings,
 } from 'mongodb';
@@ -39,7 +40,8 @@ const SHA256_PATTERN = /^[0-9a-f]{64}$/;
  * Creates a GridFS blob store. `put` streams the source into GridFS, hashing and counting on the
  * way, with the stream's backpressure: memory holds one chunk, not the blob. GridFS writes the
  * files document after the last chunk, so a partial upload never has a files document (and `put`
- * never returned a pointer to it); a failed upload removes its chunks. Reads check size and sha256
+ * never returned a pointer to it); a failed upload removes its chunks. Reads fetch 16 chunks (about
+ * 4 MiB) per query, so memory holds a window, not the blob; they check size and sha256
  * against the pointer and fail with {@link BlobIntegrityError} on any difference, a missing file
  * or a missing or mis-sized chunk. Driver failures surface as StoreUnavailableError (retryable).
  */
@@ -58,7 +60,7 @@ export function createGridFsBlobStore(options: GridFsBlobStoreOptions): BlobStor
     // Validate now rather than on first iteration, so a bad pointer fails where it is passed.
     const id = idOf(pointer);
     checkPointer(pointer);
-    return verified(bucket, id, pointer);
+    return verified(files, chunks, id, pointer);
   };
 
   return {
@@ -120,27 +122,58 @@ export function createGridFsBlobStore(options: GridFsBlobStoreOptions): BlobStor
   };
 }
 
+/** Chunks fetched per query on a read: memory holds one window (about 4 MiB), not a server batch. */
+const READ_WINDOW_CHUNKS = 16;
+
+/**
+ * Reads the blob window by window (one bounded query per {@link READ_WINDOW_CHUNKS} chunks, not
+ * the driver's download stream, whose cursor takes the server's default 16 MiB batches), checking
+ * that every chunk is there, in order and of the size the files document implies, then the size
+ * and sha256 against the pointer.
+ */
 async function* verified(
-  bucket: GridFSBucket,
+  files: Collection<Document>,
+  chunks: Collection<Document>,
   id: ObjectId,
   pointer: BlobPointer,
 ): AsyncGenerator<Uint8Array> {
   const hash = createHash('sha256');
   let size = 0;
-  const download = bucket.openDownloadStream(id);
   try {
-    for await (const chunk of download as AsyncIterable<Buffer>) {
-      size += chunk.byteLength;
-      if (size > pointer.size) {
-        throw new BlobIntegrityError(`blob ${pointer.uri} is longer than the ${pointer.size} bytes recorded`);
+    const file = await files.findOne({ _id: id });
+    if (file === null) throw new BlobIntegrityError(`blob ${pointer.uri} does not exist`);
+    const length = Number(file.length);
+    const chunkSize = Number(file.chunkSize);
+    if (length !== pointer.size) {
+      throw new BlobIntegrityError(`blob ${pointer.uri} has ${length} bytes, ${pointer.size} recorded`);
+    }
+    if (!(chunkSize > 0)) throw new BlobIntegrityError(`blob ${pointer.uri} has an invalid chunk size`);
+    const count = Math.ceil(length / chunkSize);
+    for (let from = 0; from < count; from += READ_WINDOW_CHUNKS) {
+      const to = Math.min(count, from + READ_WINDOW_CHUNKS);
+      const cursor = chunks
+        .find({ files_id: id, n: { $gte: from, $lt: to } }, { batchSize: READ_WINDOW_CHUNKS })
+        .sort({ n: 1 });
+      let n = from;
+      for await (const doc of cursor) {
+        if (doc.n !== n)
+          throw new BlobIntegrityError(`blob ${pointer.uri} is corrupt: chunk ${n} is missing`);
+        const data = doc.data instanceof Binary ? doc.data.value() : undefined;
+        const expected = n === count - 1 ? length - n * chunkSize : chunkSize;
+        if (data === undefined || data.byteLength !== expected) {
+          throw new BlobIntegrityError(
+            `blob ${pointer.uri} is corrupt: chunk ${n} has ${data?.byteLength} bytes, ${expected} expected`,
+          );
+        }
+        size += data.byteLength;
+        hash.update(data);
+        n++;
+        yield data;
       }
-      hash.update(chunk);
-      yield chunk;
+      if (n !== to) throw new BlobIntegrityError(`blob ${pointer.uri} is corrupt: chunk ${n} is missing`);
     }
   } catch (error) {
     throw readError(pointer, error);
-  } finally {
-    download.destroy();
   }
   if (size !== pointer.size) {
     throw new BlobIntegrityError(`blob ${pointer.uri} has ${size} bytes, ${pointer.size} recorded`);
@@ -153,12 +186,9 @@ async function* verified(
 
 function readError(pointer: BlobPointer, error: unknown): unknown {
   if (error instanceof BlobIntegrityError) return error;
-  // The driver's "file not found" carries code ENOENT; chunk errors mean missing or resized chunks.
+  // Kept for errors of the driver's own GridFS streams: "file not found" carries code ENOENT.
   if ((error as { code?: unknown })?.code === 'ENOENT') {
     return new BlobIntegrityError(`blob ${pointer.uri} does not exist`);
-  }
-  if (error instanceof MongoGridFSChunkError) {
-    return new BlobIntegrityError(`blob ${pointer.uri} is corrupt: ${error.message}`);
   }
   if (error instanceof MongoError)
     return new StoreUnavailableError({ operation: 'blob.stream', cause: error });

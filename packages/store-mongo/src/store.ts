@@ -10,6 +10,9 @@ import {
   ConfigError,
   type ErrorInfo,
   type FencedResult,
+  type FingerprintClaim,
+  type InProgressEntry,
+  type InProgressQuery,
   type ProcessedRecord,
   type ProcessedStore,
   StoreUnavailableError,
@@ -63,6 +66,11 @@ export interface MongoStoreOptions {
   readonly sweepBatchSize?: number;
   /** Receives errors of the background sweeper (the next round runs anyway). Default: ignored. */
   readonly onSweepError?: (error: unknown) => void;
+  /**
+   * Collection of the payload guard's fingerprint claims (`claimFingerprint`). Default
+   * `<records collection name>_fingerprints` in the records collection's database.
+   */
+  readonly fingerprintCollection?: Collection<Document>;
 }
 
 export interface EnsureIndexesResult {
@@ -71,6 +79,13 @@ export interface EnsureIndexesResult {
 }
 
 export interface MongoProcessedStore extends ProcessedStore {
+  /** The payload guard's claim (see {@link ProcessedStore.claimFingerprint}). */
+  claimFingerprint(
+    scope: string,
+    fingerprint: string,
+    key: string,
+    windowMs: number,
+  ): Promise<FingerprintClaim | undefined>;
   readonly collection: Collection<RecordDoc>;
   /** Creates the expiry index: TTL where the server supports it, a plain one otherwise. */
   ensureIndexes(): Promise<EnsureIndexesResult>;
@@ -106,6 +121,16 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
   const writeConcern = options.writeConcern ?? { w: 'majority' };
   const write = { writeConcern };
   const clock = makeClock(options, collection);
+  let claimsCollection: Collection<ClaimDoc> | undefined;
+  const claims = (): Collection<ClaimDoc> => {
+    if (claimsCollection) return claimsCollection;
+    const db = options.db ?? (collection as { db?: Db }).db;
+    const named =
+      options.fingerprintCollection ?? db?.collection(`${collection.collectionName}_fingerprints`);
+    if (named === undefined) throw new ConfigError('claimFingerprint needs `db` or `fingerprintCollection`');
+    claimsCollection = named as unknown as Collection<ClaimDoc>;
+    return claimsCollection;
+  };
   const blobs = options.blobs;
   const sweepers = new Set<() => void>();
   let sweeping: Promise<unknown> = Promise.resolve();
@@ -125,6 +150,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     ...(request.traceId === undefined ? {} : { t: packTraceId(request.traceId) }),
     o: request.owner,
     l: now + request.leaseMs,
+    sa: now,
   });
   const acquiredNew = (doc: RecordDoc): BeginResult => ({
     status: 'acquired',
@@ -171,6 +197,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       $set: {
         o: request.owner,
         l: leaseUntil,
+        sa: now,
         ...(request.traceId === undefined ? {} : { t: packTraceId(request.traceId) }),
       },
       $inc: { n: 1, a: 1 },
@@ -244,7 +271,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         // Without a new trace id the record keeps the one of the run that held the lease.
         ...(request.traceId === undefined ? {} : { t: packTraceId(request.traceId) }),
       };
-      const unset: Record<string, ''> = { o: '', l: '', st: '', x: '', pb: '' };
+      const unset: Record<string, ''> = { o: '', l: '', sa: '', st: '', x: '', pb: '' };
       for (const field of ['r', 'b', 'ob'] as const) if (!(field in completed)) unset[field] = '';
       return fenced('complete', request.key, request.fence, { $set: completed, $unset: unset });
     },
@@ -257,7 +284,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       const now = await guarded('fail', () => clock.now());
       return fenced('fail', key, fence, {
         $set: { s: State.Failed, x: encodeError(error), d: now, e: new Date(now + retentionMs) },
-        $unset: { o: '', l: '', st: '', r: '', b: '', ob: '', pb: '' },
+        $unset: { o: '', l: '', sa: '', st: '', r: '', b: '', ob: '', pb: '' },
       });
     },
 
@@ -279,6 +306,48 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       const now = await guarded('saveStep', () => clock.now());
       // Appended, never keyed by name: a step name is data and may hold `.` or `$`.
       return fenced('saveStep', key, fence, { $push: { st: { k: name, r: toBinary(result), at: now } } });
+    },
+
+    async markStepStarted(key: string, fence: number, name: string): Promise<FencedResult> {
+      const now = await guarded('markStepStarted', () => clock.now());
+      // An entry without a result: the step reads as started until a saveStep entry follows it.
+      return fenced('markStepStarted', key, fence, { $push: { st: { k: name, at: now } } });
+    },
+
+    /**
+     * Operator query: IN_PROGRESS records whose current attempt began (`sa`) at least
+     * `olderThanMs` ago, on the `eo_in_progress` index ({ s, sa }); a prefix is a range on `_id`
+     * (the store key, compared verbatim, never as a pattern).
+     */
+    async listInProgress(query: InProgressQuery): Promise<InProgressEntry[]> {
+      return guarded('listInProgress', async () => {
+        if (!(query.limit > 0)) return [];
+        const cutoff = (await clock.now()) - query.olderThanMs;
+        const filter: Document = { s: State.InProgress, sa: { $lte: cutoff } };
+        const prefix = query.prefix;
+        if (prefix !== undefined && prefix !== '') {
+          const last = prefix.charCodeAt(prefix.length - 1);
+          filter._id =
+            last < 0xd7ff
+              ? { $gte: prefix, $lt: prefix.slice(0, -1) + String.fromCharCode(last + 1) }
+              : { $gte: prefix };
+        }
+        const found: InProgressEntry[] = [];
+        for await (const doc of collection.find(filter).sort({ sa: 1 })) {
+          const record = doc as RecordDoc;
+          if (prefix !== undefined && !record._id.startsWith(prefix)) continue;
+          found.push({
+            key: record._id,
+            owner: record.o ?? '',
+            attempt: record.a,
+            fence: record.n,
+            leaseUntil: record.l ?? 0,
+            startedAt: record.sa ?? 0,
+          });
+          if (found.length >= query.limit) break;
+        }
+        return found;
+      });
     },
 
     async get(key: string): Promise<ProcessedRecord | undefined> {
@@ -308,7 +377,60 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       });
     },
 
+    async claimFingerprint(
+      scope: string,
+      fingerprint: string,
+      key: string,
+      windowMs: number,
+    ): Promise<FingerprintClaim | undefined> {
+      const fingerprints = claims();
+      return guarded('claimFingerprint', async () => {
+        // Length-prefixed, so no (scope, fingerprint) pair can spell another's id.
+        const _id = `${scope.length}:${scope}:${fingerprint}`;
+        for (let round = 0; round < MAX_BEGIN_ROUNDS; round++) {
+          const now = await clock.now();
+          const until = new Date(now + Math.max(1, windowMs));
+          try {
+            // The unique _id makes the first writer win.
+            await fingerprints.insertOne({ _id, k: key, e: until }, write);
+            return undefined;
+          } catch (error) {
+            if (!isDuplicateKey(error)) throw error;
+          }
+          const held = await fingerprints.findOne({ _id });
+          if (held === null) continue; // swept meanwhile: insert again
+          if (held.e.getTime() > now) return held.k === key ? undefined : { firstKey: held.k };
+          // Expired: replace it, unless another worker renewed it since it was read.
+          const replaced = await fingerprints.updateOne(
+            { _id, k: held.k, e: held.e },
+            { $set: { k: key, e: until } },
+            write,
+          );
+          if (replaced.matchedCount === 1) return undefined;
+        }
+        throw new StoreUnavailableError({
+          operation: 'claimFingerprint',
+          message: `claimFingerprint kept racing other writers after ${MAX_BEGIN_ROUNDS} rounds`,
+        });
+      });
+    },
+
     async ensureIndexes(): Promise<EnsureIndexesResult> {
+      try {
+        // Lapsed fingerprint claims: TTL where supported, else the sweeper deletes them.
+        await claims().createIndex({ e: 1 }, { name: 'eo_claim_ttl', expireAfterSeconds: 0 });
+      } catch (error) {
+        if (error instanceof ConfigError) {
+          // No database to put claims in: nothing to index (claimFingerprint will say so).
+        } else if (isUnsupported(error)) {
+          // No TTL (FerretDB 1.x): index `e` for the sweeper's delete instead.
+          await guarded('ensureIndexes', () => claims().createIndex({ e: 1 }, { name: 'eo_claim_expiry' }));
+        } else throw asStoreError('ensureIndexes', error);
+      }
+      // Stuck-work queries (listInProgress): IN_PROGRESS records by the start of their attempt.
+      await guarded('ensureIndexes', () =>
+        collection.createIndex({ s: 1, sa: 1 }, { name: 'eo_in_progress' }),
+      );
       const expireAfterSeconds = options.ttlDelaySeconds ?? (blobs === undefined ? 0 : 3600);
       try {
         await collection.createIndex({ e: 1 }, { name: 'eo_expiry_ttl', expireAfterSeconds });
@@ -330,7 +452,15 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         batchSize: options.sweepBatchSize ?? 500,
       });
       sweeping = run.catch(() => undefined);
-      return run;
+      // Lapsed payload-guard claims go too (a server without TTL indexes keeps them otherwise).
+      return run.then(async (result) => {
+        if (claimsCollection !== undefined) {
+          const now = await guarded('sweepExpired', () => clock.now());
+          const fingerprints = claimsCollection;
+          await guarded('sweepExpired', () => fingerprints.deleteMany({ e: { $lte: new Date(now) } }, write));
+        }
+        return result;
+      });
     },
 
     startSweeper(intervalMs: number): () => void {
@@ -361,6 +491,13 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     },
   };
   return store;
+}
+
+/** A payload-guard claim: the first key and when the claim lapses. */
+interface ClaimDoc {
+  _id: string;
+  k: string;
+  e: Date;
 }
 
 function makeClock(options: MongoStoreOptions, collection: Collection<RecordDoc>): StoreClock {

@@ -5,7 +5,7 @@
  *   s state (I|C|F)   f fingerprint   n fence   a attempt   t trace id   w owner
  *   l leaseUntil      e error / lastError       c completedAt / failedAt   x expiresAt
  *   r result          m outgoing count; d<i> id, o<i> message, p<i> present once published
- *   S<name>           step: '<at>:' + result bytes
+ *   S<name>           step: done '<at>:' + result bytes; started (in doubt) '<at>' alone
  *
  * Lua only compares fingerprints, fences and times; everything else is packed and unpacked here.
  */
@@ -123,7 +123,13 @@ export function decodeRecord(key: string, flat: readonly Buffer[]): ProcessedRec
       const cut = value.indexOf(0x3a /* : */);
       steps.push([
         name.subarray(1).toString('utf8'),
-        { at: Number(value.subarray(0, cut).toString('latin1')), result: copy(value.subarray(cut + 1)) },
+        cut < 0
+          ? { state: 'started', at: Number(value.toString('latin1')), result: new Uint8Array(0) }
+          : {
+              state: 'done',
+              at: Number(value.subarray(0, cut).toString('latin1')),
+              result: copy(value.subarray(cut + 1)),
+            },
       ]);
     } else {
       fields.set(name.toString('latin1'), value);

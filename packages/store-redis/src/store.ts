@@ -10,6 +10,9 @@ import {
   ConfigError,
   type ErrorInfo,
   type FencedResult,
+  type FingerprintClaim,
+  type InProgressEntry,
+  type InProgressQuery,
   type InProgressRecord,
   type MarkPublishedRequest,
   type Logger,
@@ -18,7 +21,14 @@ import {
   silentLogger,
   StoreUnavailableError,
 } from '@exactly-once/core';
-import { type RedisArg, type RedisClient, registerScripts, runScript, unavailable } from './client.js';
+import {
+  type RedisArg,
+  type RedisClient,
+  registerScripts,
+  runCommand,
+  runScript,
+  unavailable,
+} from './client.js';
 import {
   type CompactedRecord,
   decodeMarker,
@@ -33,7 +43,8 @@ import {
 } from './codec.js';
 import { type CompactionOptions, type CompactionStats, compactPass } from './compaction.js';
 import { scripts } from './generated/scripts.js';
-import { keysFor } from './layout.js';
+import { listInProgress } from './in-progress.js';
+import { fingerprintClaimKey, keysFor } from './layout.js';
 import { checkServer } from './server-check.js';
 
 export interface RedisStoreOptions {
@@ -73,6 +84,13 @@ export interface RedisStoreOptions {
 }
 
 export interface RedisProcessedStore extends ProcessedStore {
+  /** The payload guard's claim (see {@link ProcessedStore.claimFingerprint}). */
+  claimFingerprint(
+    scope: string,
+    fingerprint: string,
+    key: string,
+    windowMs: number,
+  ): Promise<FingerprintClaim | undefined>;
   /** Checks the server's eviction policy; throws ConfigError when it is unsafe (see options). */
   checkServer(): Promise<void>;
   /** One compaction pass over this store's index; needs `compactAfterMs`. */
@@ -164,6 +182,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
         String(ttlMs),
         keys.id,
         fingerprintHash(fingerprint),
+        request.key,
       ])) as [Buffer, number, BeginPayload];
       return decodeBegin(request, code, now, payload, request.leaseMs);
     },
@@ -190,6 +209,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
               fingerprintHash(fingerprint),
             );
           }
+          for (const request of group) args.push(request.key);
           const reply = (await runScript(client, 'beginMany', 'begin', [keys.length, ...keys, ...args])) as [
             number,
             ...(Buffer | BeginPayload)[],
@@ -287,6 +307,10 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       return fenced('saveStep', [keysFor(prefix, key).record, String(fence), name, Buffer.from(result)]);
     },
 
+    markStepStarted(key: string, fence: number, name: string): Promise<FencedResult> {
+      return fenced('markStepStarted', [keysFor(prefix, key).record, String(fence), name]);
+    },
+
     async clear(key: string): Promise<ClearResult> {
       await ready();
       const keys = keysFor(prefix, key);
@@ -297,6 +321,12 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       if (code === 0) return 'absent';
       if (code === -1) return 'busy';
       throw malformed('clear', String(code));
+    },
+
+    /** Operator query; SCANs the store's keys (see in-progress.ts). */
+    async listInProgress(query: InProgressQuery): Promise<InProgressEntry[]> {
+      await ready();
+      return listInProgress(client, prefix, query);
     },
 
     async get(key: string): Promise<ProcessedRecord | undefined> {
@@ -311,6 +341,28 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       if (record !== undefined) return isExpired(record, Number(now)) ? undefined : record;
       if (marker !== null && markerExpiry(marker) > Number(now)) return decodeMarker(key, marker);
       return undefined;
+    },
+
+    async claimFingerprint(
+      scope: string,
+      fingerprint: string,
+      key: string,
+      windowMs: number,
+    ): Promise<FingerprintClaim | undefined> {
+      await ready();
+      // One command: SET NX sets only when no live claim exists; GET answers the holder's key
+      // (nil when this call set it). PX expires the claim on the server's clock.
+      const held = await runCommand(client, 'claimFingerprint', 'SET', [
+        fingerprintClaimKey(prefix, scope, fingerprint),
+        key,
+        'NX',
+        'GET',
+        'PX',
+        // PX needs at least 1.
+        String(Math.max(1, Number(ms(windowMs)))),
+      ]);
+      if (held === null || held === undefined || held === key) return undefined;
+      return { firstKey: String(held) };
     },
 
     checkServer: check,

@@ -3,6 +3,7 @@
  * (and made durable) before any record points at it; the pointer carries the size and sha256 so
  * a reader detects corruption or truncation.
  */
+import type { Readable } from 'node:stream';
 
 /** Where a blob lives, and how to check it. */
 export interface BlobPointer {
@@ -14,7 +15,13 @@ export interface BlobPointer {
   readonly sha256: string;
 }
 
-export type BlobSource = Uint8Array | AsyncIterable<Uint8Array>;
+/**
+ * What a blob is made from: bytes, or a stream read chunk by chunk (never buffered whole): a Node
+ * `Readable` (a file, an HTTP body, a child process's stdout; in binary mode, not with
+ * `setEncoding`), a web `ReadableStream`, or any async iterable of `Uint8Array` (e.g. an async
+ * generator). A chunk that is not a `Uint8Array` fails the `put` with a TypeError.
+ */
+export type BlobSource = Uint8Array | Readable | AsyncIterable<Uint8Array>;
 
 export interface BlobStore {
   /** Stores the bytes durably and returns their pointer. Streams are never buffered whole. */

@@ -14,6 +14,8 @@ export type StoreOperation =
   | 'fail'
   | 'markPublished'
   | 'saveStep'
+  | 'markStepStarted'
+  | 'claimFingerprint'
   | 'get'
   | 'clear';
 
@@ -49,6 +51,8 @@ export function withFaults(store: ProcessedStore, options: FaultOptions): Proces
     return value;
   };
 
+  const started = store.markStepStarted?.bind(store);
+  const claim = store.claimFingerprint?.bind(store);
   const wrapped: ProcessedStore = {
     begin: (request) => guard('begin', request.key, () => store.begin(request)),
     extend: (key, fence, leaseMs) => guard('extend', key, () => store.extend(key, fence, leaseMs)),
@@ -60,6 +64,18 @@ export function withFaults(store: ProcessedStore, options: FaultOptions): Proces
       guard('markPublished', key, () => store.markPublished(key, fence, ids)),
     saveStep: (key, fence, name, result) =>
       guard('saveStep', key, () => store.saveStep(key, fence, name, result)),
+    ...(started === undefined
+      ? {}
+      : {
+          markStepStarted: (key: string, fence: number, name: string) =>
+            guard('markStepStarted', key, () => started(key, fence, name)),
+        }),
+    ...(claim === undefined
+      ? {}
+      : {
+          claimFingerprint: (scope: string, fingerprint: string, key: string, windowMs: number) =>
+            guard('claimFingerprint', key, () => claim(scope, fingerprint, key, windowMs)),
+        }),
     get: (key) => guard('get', key, () => store.get(key)),
     clear: (key) => guard('clear', key, () => store.clear(key)),
   };

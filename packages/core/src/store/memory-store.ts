@@ -11,6 +11,9 @@ import {
   type CompleteRequest,
   type FailedRecord,
   type FencedResult,
+  type FingerprintClaim,
+  type InProgressEntry,
+  type InProgressQuery,
   type InProgressRecord,
   type MarkPublishedRequest,
   type OutgoingRecord,
@@ -60,6 +63,10 @@ export interface MemoryStore extends ProcessedStore {
 export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore {
   const now = options.now ?? Date.now;
   const records = new Map<string, ProcessedRecord>();
+  // Payload-guard claims: scope NUL fingerprint -> first key and store-time expiry.
+  const claims = new Map<string, { key: string; until: number }>();
+  // Store time each key's current attempt began, for listInProgress.
+  const started = new Map<string, number>();
 
   const live = (key: string, at: number): ProcessedRecord | undefined => {
     const record = records.get(key);
@@ -107,6 +114,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
         ...(previous?.lastError === undefined ? {} : { lastError: previous.lastError }),
       };
       records.set(request.key, next);
+      started.set(request.key, at);
       return {
         status: 'acquired',
         kind,
@@ -115,6 +123,21 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
         leaseUntil: next.leaseUntil,
         steps: copySteps(next.steps),
       };
+    },
+
+    async listInProgress(query: InProgressQuery): Promise<InProgressEntry[]> {
+      const cutoff = now() - query.olderThanMs;
+      const found: InProgressEntry[] = [];
+      for (const [key, record] of records) {
+        if (found.length >= query.limit) break;
+        if (record.state !== RecordState.InProgress) continue;
+        if (query.prefix !== undefined && !key.startsWith(query.prefix)) continue;
+        const startedAt = started.get(key) ?? 0;
+        if (startedAt > cutoff) continue;
+        const { owner, attempt, fence, leaseUntil } = record;
+        found.push({ key, owner, attempt, fence, leaseUntil, startedAt });
+      }
+      return found;
     },
 
     async extend(key: string, fence: number, leaseMs: number): Promise<FencedResult> {
@@ -184,7 +207,15 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
     async saveStep(key: string, fence: number, name: string, result: Uint8Array): Promise<FencedResult> {
       const record = held(key, fence);
       if (record === undefined) return 'lost';
-      const step: StepRecord = { result: new Uint8Array(result), at: now() };
+      const step: StepRecord = { state: 'done', result: new Uint8Array(result), at: now() };
+      records.set(key, { ...record, steps: { ...record.steps, [name]: step } });
+      return 'ok';
+    },
+
+    async markStepStarted(key: string, fence: number, name: string): Promise<FencedResult> {
+      const record = held(key, fence);
+      if (record === undefined) return 'lost';
+      const step: StepRecord = { state: 'started', result: new Uint8Array(0), at: now() };
       records.set(key, { ...record, steps: { ...record.steps, [name]: step } });
       return 'ok';
     },
@@ -219,6 +250,23 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
 
     async markPublishedMany(requests: readonly MarkPublishedRequest[]): Promise<void> {
       for (const r of requests) await store.markPublished(r.key, r.fence, r.ids);
+    },
+
+    async claimFingerprint(
+      scope: string,
+      fingerprint: string,
+      key: string,
+      windowMs: number,
+    ): Promise<FingerprintClaim | undefined> {
+      const at = now();
+      const id = `${scope.length}:${scope}\u0000${fingerprint}`;
+      const claim = claims.get(id);
+      if (claim !== undefined && claim.until > at)
+        return claim.key === key ? undefined : { firstKey: claim.key };
+      claims.set(id, { key, until: at + windowMs });
+      // Forget lapsed claims now and then, so a long test run does not grow without bound.
+      if (claims.size % 1024 === 0) for (const [k, c] of claims) if (c.until <= at) claims.delete(k);
+      return undefined;
     },
 
     size(): number {
@@ -270,7 +318,10 @@ function copyOutgoing(message: OutgoingRecord): OutgoingRecord {
 function copySteps(steps: Readonly<Record<string, StepRecord>>): Record<string, StepRecord> {
   // fromEntries defines own properties, so a step named `__proto__` stays an ordinary entry.
   return Object.fromEntries(
-    Object.entries(steps).map(([name, step]) => [name, { result: new Uint8Array(step.result), at: step.at }]),
+    Object.entries(steps).map(([name, step]) => [
+      name,
+      { state: step.state, result: new Uint8Array(step.result), at: step.at },
+    ]),
   );
 }
 

@@ -43,11 +43,22 @@ export interface OutgoingRecord extends OutgoingMessage {
   readonly published: boolean;
 }
 
-/** A journaled step's outcome under a record (see `ctx.step`). */
+/**
+ * A journaled step's state: `started` (an attempt was about to run its function and never said
+ * how it ended: in doubt, see {@link ProcessedStore.markStepStarted}) or `done` (its result is
+ * journaled).
+ */
+export type StepState = 'started' | 'done';
+
+/** A journaled step under a record (see `ctx.step`). */
 export interface StepRecord {
-  /** Encoded result of the step's function. */
+  readonly state: StepState;
+  /**
+   * `done`: the encoded result of the step's function (core writes JSON; empty bytes stand for
+   * `undefined`, e.g. a step that gave up without a fallback). `started`: empty.
+   */
   readonly result: Uint8Array;
-  /** Store time (ms since epoch) when the step was recorded. */
+  /** Store time (ms since epoch) when the step was recorded (started, or done). */
   readonly at: number;
 }
 
@@ -177,8 +188,19 @@ export interface ProcessedStore {
    * earlier incarnation of the key must not flag the newer record's messages.
    */
   markPublished(key: string, fence: number, ids: readonly string[]): Promise<void>;
-  /** Journal a step's result under the IN_PROGRESS record held by `fence`. */
+  /**
+   * Journal a step's result under the IN_PROGRESS record held by `fence`: the step reads as
+   * `done`, replacing a `started` marker of the same name.
+   */
   saveStep(key: string, fence: number, name: string, result: Uint8Array): Promise<FencedResult>;
+  /**
+   * Journal that a step is about to run (`ctx.step` with `reconcile`), fenced like `saveStep`:
+   * the step reads as `started` (empty result) until a `saveStep` of the same name replaces it,
+   * so a later attempt knows the step's effect is in doubt. Called only for a step not `done`.
+   * Optional: without it `ctx.step(..., { reconcile })` throws a ConfigError (a wrapper that
+   * does not forward it disables reconciling, loudly).
+   */
+  markStepStarted?(key: string, fence: number, name: string): Promise<FencedResult>;
   /** Read a record; an expired record reads as absent. */
   get(key: string): Promise<ProcessedRecord | undefined>;
   /**
@@ -190,6 +212,36 @@ export interface ProcessedStore {
   clear(key: string): Promise<ClearResult>;
   /** Release connections the store opened itself. */
   close?(): Promise<void>;
+
+  /**
+   * Optional hint: how long a record completed (or failed) with `retentionMs` keeps answering
+   * duplicates in this store. Without it, exactly `retentionMs`. A tiered store answers with its
+   * cold tier's retention; the processor's retention-horizon check uses this value.
+   */
+  effectiveRetentionMs?(retentionMs: number): number;
+
+  /**
+   * Optional operator query (alerts, CLI): IN_PROGRESS records whose current attempt started
+   * more than `olderThanMs` ago (store time), at most `limit`, optionally only keys starting with
+   * `prefix` (e.g. `namespace:consumer:`). Not part of the pipeline; it may scan. Records written
+   * before a store supported it may be left out.
+   */
+  listInProgress?(query: InProgressQuery): Promise<InProgressEntry[]>;
+
+  /**
+   * Optional (needed by the processor's `payloadGuard`): claim `fingerprint` within `scope` for
+   * `key` during `windowMs` of store time, in one atomic operation. The first key to claim a
+   * fingerprint wins; its claim is never extended or moved by later calls while it is live.
+   * Answers `undefined` when `key` holds the claim (just made, or made earlier by the same key: a
+   * redelivery), and `{ firstKey }` when another key holds a live claim. An expired claim is
+   * replaced by the caller's. `scope`, `fingerprint` and `key` may contain any character.
+   */
+  claimFingerprint?(
+    scope: string,
+    fingerprint: string,
+    key: string,
+    windowMs: number,
+  ): Promise<FingerprintClaim | undefined>;
 
   /**
    * Batch forms, optional: one round trip for many keys. Each answers one result per request,
@@ -206,9 +258,37 @@ export interface ProcessedStore {
   markPublishedMany?(requests: readonly MarkPublishedRequest[]): Promise<void>;
 }
 
+/** The answer of {@link ProcessedStore.claimFingerprint} when another key got there first. */
+export interface FingerprintClaim {
+  readonly firstKey: string;
+}
+
 /** One record's confirmed outgoing messages, for {@link ProcessedStore.markPublishedMany}. */
 export interface MarkPublishedRequest {
   readonly key: string;
   readonly fence: number;
   readonly ids: readonly string[];
+}
+
+/** A query for {@link ProcessedStore.listInProgress}. */
+export interface InProgressQuery {
+  /** Only scoped keys starting with this (verbatim, never a pattern). */
+  readonly prefix?: string;
+  /** Only records whose current attempt started at least this long ago. */
+  readonly olderThanMs: number;
+  /** At most this many entries. */
+  readonly limit: number;
+}
+
+/** One IN_PROGRESS record, as {@link ProcessedStore.listInProgress} reports it. */
+export interface InProgressEntry {
+  /** The scoped key (`namespace:consumer:key`). */
+  readonly key: string;
+  readonly owner: string;
+  readonly attempt: number;
+  readonly fence: number;
+  /** Store time (ms) when the lease ends; 0 after a `release`. */
+  readonly leaseUntil: number;
+  /** Store time (ms) when the current attempt began. */
+  readonly startedAt: number;
 }

@@ -364,12 +364,82 @@ export function describeStoreConformance(
       const second = await acquire(key);
       expect(second.kind).toBe('retry');
       expect(plain(second.steps.charge?.result)).toEqual([1, 2, 3]);
+      expect(second.steps.charge?.state).toBe('done');
       expect(plain(second.steps.empty?.result)).toEqual([]);
+      expect(second.steps.empty?.state).toBe('done');
       expectNow(second.steps.charge?.at ?? 0);
       await lost(store().saveStep(key, first.fence, 'zombie', bytes([0])));
       await ok(store().saveStep(key, second.fence, 'ship', bytes([4])));
       const steps = inState(await store().get(key), 'IN_PROGRESS').steps;
       expect(Object.keys(steps).sort()).toEqual(['charge', 'empty', 'ship']);
+    });
+
+    // markStepStarted is optional in the contract: a store without it cannot serve `reconcile`
+    // steps (core refuses them loudly), and these tests pass vacuously.
+    it('markStepStarted journals an in-doubt step the next attempt sees as started; saveStep makes it done', async () => {
+      const mark = store().markStepStarted?.bind(store());
+      if (mark === undefined) return;
+      const key = freshKey();
+      const first = await acquire(key);
+      const odd = 'pay.$set{x}*\u0000é';
+      await ok(mark(key, first.fence, 'charge'));
+      await ok(mark(key, first.fence, odd));
+      await ok(store().saveStep(key, first.fence, 'quote', bytes([9])));
+      const read = inState(await store().get(key), 'IN_PROGRESS').steps;
+      expect(read.charge).toMatchObject({ state: 'started' });
+      expect(plain(read.charge?.result)).toEqual([]);
+      expectNow(read.charge?.at ?? 0);
+      await ok(store().release(key, first.fence, boom));
+
+      const second = await acquire(key);
+      expect(second.kind).toBe('retry');
+      expect(second.steps.charge?.state).toBe('started');
+      expect(second.steps[odd]?.state).toBe('started');
+      expect(second.steps.quote?.state).toBe('done');
+      expect(plain(second.steps.quote?.result)).toEqual([9]);
+      // The stale holder can neither mark nor finish a step any more.
+      await lost(mark(key, first.fence, 'zombie'));
+      await lost(store().saveStep(key, first.fence, 'charge', bytes([0])));
+      // Done overrides started (an empty result included).
+      await ok(store().saveStep(key, second.fence, 'charge', bytes([7])));
+      await ok(store().saveStep(key, second.fence, odd, new Uint8Array(0)));
+      await ok(mark(key, second.fence, 'ship'));
+      const steps = inState(await store().get(key), 'IN_PROGRESS').steps;
+      expect(Object.keys(steps).sort()).toEqual(['charge', odd, 'quote', 'ship'].sort());
+      expect(steps.charge?.state).toBe('done');
+      expect(plain(steps.charge?.result)).toEqual([7]);
+      expect(steps[odd]?.state).toBe('done');
+      expect(plain(steps[odd]?.result)).toEqual([]);
+
+      // A takeover sees the same: started steps stay started, done ones done.
+      await sleep(pastLease);
+      const third = await acquire(key, { owner: 'worker-b' });
+      expect(third.kind).toBe('takeover');
+      expect(third.steps.ship?.state).toBe('started');
+      expect(third.steps.charge?.state).toBe('done');
+      await lost(mark(key, second.fence, 'late'));
+      expect(inState(await store().get(key), 'IN_PROGRESS').steps.late).toBeUndefined();
+    });
+
+    it('markStepStarted on an absent, completed or failed record is lost and changes nothing', async () => {
+      const mark = store().markStepStarted?.bind(store());
+      if (mark === undefined) return;
+      await lost(mark(freshKey(), 1, 's'));
+      const absent = freshKey();
+      await lost(mark(absent, 1, 's'));
+      expect(await store().get(absent)).toBeUndefined();
+      const done = freshKey();
+      const a = await acquire(done);
+      await ok(mark(done, a.fence, 's'));
+      await ok(completeWith(done, a.fence));
+      const before = await store().get(done);
+      await lost(mark(done, a.fence, 's'));
+      expect(await store().get(done)).toEqual(before);
+      const failed = freshKey();
+      const b = await acquire(failed);
+      await ok(store().fail(failed, b.fence, fatal, retentionMs));
+      await lost(mark(failed, b.fence, 's'));
+      expect(await store().get(failed)).toMatchObject({ state: 'FAILED' });
     });
 
     it('a COMPLETED record reads as absent after its retention; begin then starts anew', async () => {

@@ -9,3 +9,7 @@ export {
   describeStoreConformance,
   type StoreUnderTest,
 } from './conformance.js';
+export {
+  describeFingerprintClaimConformance,
+  type FingerprintClaimConformanceOptions,
+} from './fingerprint-conformance.js';

@@ -13,9 +13,9 @@ export const LAYOUT_VERSION = 1;
 
 export const scripts = {
   begin: {
-    command: 'eoBegin_v1_383bc4f8',
+    command: 'eoBegin_v1_80c4c73e',
     numberOfKeys: 2,
-    sha1: '383bc4f8e0b5688612c852bf16f87da6e485ffd0',
+    sha1: '80c4c73e0e8ac644774787aa4db33ab7de175153',
     lua: `--[[
 begin: claim the record of one key for an attempt, or say why not.
 
@@ -28,6 +28,7 @@ ARGV[4]  trace id (encoded; '' = none)
 ARGV[5]  safety TTL of an IN_PROGRESS record past its lease end (ms)
 ARGV[6]  record id (16 bytes): the key's field in the marker bucket
 ARGV[7]  marker fingerprint hash (8 bytes)
+ARGV[8]  the store key itself (kept while IN_PROGRESS, for listInProgress)
 
 A new record's fence is max(server now in ms, previous fence + 1); takeover and retry add 1.
 
@@ -51,7 +52,9 @@ local function int(n) return string.format('%d', n) end
 -- Returns code, payload: 'N' { fence, leaseUntil }; 'R'/'T' the record hash after the write;
 -- 'B' the record hash, or { leaseUntil } when not \`full\`; 'D'/'F'/'M' the record hash;
 -- 'K'/'X' the compaction marker.
-local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, now, full)
+-- \`name\` is the store key itself: kept in 'k' with the attempt's start time 'b' while the record is
+-- IN_PROGRESS (complete and fail rewrite the hash without them), for listInProgress.
+local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, now, full, name)
   local h = rcall('HMGET', rec, 's', 'f', 'n', 'a', 'l', 'x')
   local state = h[1]
   -- COMPLETED and FAILED records are logically gone at their expiry, though still stored for a grace.
@@ -72,7 +75,7 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, n
     if leaseUntil == 0 then code = 'R' end
     leaseUntil = now + lease
     rcall('HSET', rec, 'n', int(tonumber(h[3]) + 1), 'a', int(tonumber(h[4]) + 1), 'w', owner,
-      'l', int(leaseUntil))
+      'l', int(leaseUntil), 'k', name, 'b', int(now))
     if trace == '' then rcall('HDEL', rec, 't') else rcall('HSET', rec, 't', trace) end
     rcall('PEXPIREAT', rec, int(leaseUntil + ttl))
     return code, rcall('HGETALL', rec)
@@ -98,23 +101,25 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, n
 
   local leaseUntil = now + lease
   if trace ~= '' then
-    rcall('HSET', rec, 's', 'I', 'f', fp, 'n', int(fence), 'a', '1', 'w', owner, 'l', int(leaseUntil), 't', trace)
+    rcall('HSET', rec, 's', 'I', 'f', fp, 'n', int(fence), 'a', '1', 'w', owner, 'l', int(leaseUntil), 't', trace,
+      'k', name, 'b', int(now))
   else
-    rcall('HSET', rec, 's', 'I', 'f', fp, 'n', int(fence), 'a', '1', 'w', owner, 'l', int(leaseUntil))
+    rcall('HSET', rec, 's', 'I', 'f', fp, 'n', int(fence), 'a', '1', 'w', owner, 'l', int(leaseUntil),
+      'k', name, 'b', int(now))
   end
   rcall('PEXPIREAT', rec, int(leaseUntil + ttl))
   return 'N', { fence, leaseUntil }
 end
 
 local code, payload = beginOne(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4],
-  tonumber(ARGV[5]), ARGV[6], ARGV[7], now, true)
+  tonumber(ARGV[5]), ARGV[6], ARGV[7], now, true, ARGV[8])
 return { code, now, payload }
 `,
   },
   beginMany: {
-    command: 'eoBeginMany_v1_3e206d03',
+    command: 'eoBeginMany_v1_6b20f417',
     numberOfKeys: undefined,
-    sha1: '3e206d034014e778062d63ab61dd2b6507e1c95a',
+    sha1: '6b20f4174f5fb6d0ed510515a14b5b8085f1755a',
     lua: `--[[
 beginMany: begin several keys in one call, in order, each exactly as begin-2.lua would (the same
 key twice: the second sees the first's lease). Called with numkeys = 2 * number of keys.
@@ -126,6 +131,8 @@ ARGV[2]  lease (ms)
 ARGV[3]  safety TTL of an IN_PROGRESS record past its lease end (ms)
 ARGV[4i], ARGV[4i+1], ARGV[4i+2], ARGV[4i+3]  per key i: fingerprint (encoded), trace id
          (encoded; '' = none), record id (16 bytes), marker fingerprint hash (8 bytes)
+ARGV[3+4n+i]  per key i (n keys, after all of the above): the store key itself (kept while
+         IN_PROGRESS, for listInProgress)
 
 Returns { server now (ms), code 1, payload 1, code 2, payload 2, ... } with the codes and
 payloads of begin-2.lua, except busy: payload = { leaseUntil } (no record read).
@@ -139,7 +146,9 @@ local function int(n) return string.format('%d', n) end
 -- Returns code, payload: 'N' { fence, leaseUntil }; 'R'/'T' the record hash after the write;
 -- 'B' the record hash, or { leaseUntil } when not \`full\`; 'D'/'F'/'M' the record hash;
 -- 'K'/'X' the compaction marker.
-local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, now, full)
+-- \`name\` is the store key itself: kept in 'k' with the attempt's start time 'b' while the record is
+-- IN_PROGRESS (complete and fail rewrite the hash without them), for listInProgress.
+local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, now, full, name)
   local h = rcall('HMGET', rec, 's', 'f', 'n', 'a', 'l', 'x')
   local state = h[1]
   -- COMPLETED and FAILED records are logically gone at their expiry, though still stored for a grace.
@@ -160,7 +169,7 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, n
     if leaseUntil == 0 then code = 'R' end
     leaseUntil = now + lease
     rcall('HSET', rec, 'n', int(tonumber(h[3]) + 1), 'a', int(tonumber(h[4]) + 1), 'w', owner,
-      'l', int(leaseUntil))
+      'l', int(leaseUntil), 'k', name, 'b', int(now))
     if trace == '' then rcall('HDEL', rec, 't') else rcall('HSET', rec, 't', trace) end
     rcall('PEXPIREAT', rec, int(leaseUntil + ttl))
     return code, rcall('HGETALL', rec)
@@ -186,9 +195,11 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, n
 
   local leaseUntil = now + lease
   if trace ~= '' then
-    rcall('HSET', rec, 's', 'I', 'f', fp, 'n', int(fence), 'a', '1', 'w', owner, 'l', int(leaseUntil), 't', trace)
+    rcall('HSET', rec, 's', 'I', 'f', fp, 'n', int(fence), 'a', '1', 'w', owner, 'l', int(leaseUntil), 't', trace,
+      'k', name, 'b', int(now))
   else
-    rcall('HSET', rec, 's', 'I', 'f', fp, 'n', int(fence), 'a', '1', 'w', owner, 'l', int(leaseUntil))
+    rcall('HSET', rec, 's', 'I', 'f', fp, 'n', int(fence), 'a', '1', 'w', owner, 'l', int(leaseUntil),
+      'k', name, 'b', int(now))
   end
   rcall('PEXPIREAT', rec, int(leaseUntil + ttl))
   return 'N', { fence, leaseUntil }
@@ -196,10 +207,11 @@ end
 
 local owner, lease, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = { now }
-for i = 1, #KEYS / 2 do
+local n = #KEYS / 2
+for i = 1, n do
   local a = 4 * i
   local code, payload = beginOne(KEYS[2 * i - 1], KEYS[2 * i], ARGV[a], owner, lease, ARGV[a + 1], ttl,
-    ARGV[a + 2], ARGV[a + 3], now, false)
+    ARGV[a + 2], ARGV[a + 3], now, false, ARGV[3 + 4 * n + i])
   out[#out + 1] = code
   out[#out + 1] = payload
 end
@@ -657,6 +669,36 @@ for k = 1, #KEYS do
   a = a + 2 + n
 end
 return flagged
+`,
+  },
+  markStepStarted: {
+    command: 'eoMarkStepStarted_v1_f60928ea',
+    numberOfKeys: 1,
+    sha1: 'f60928ea2493f1f5fb7356ee94dec50a4406b771',
+    lua: `--[[
+markStepStarted: journal that a step is about to run, under the IN_PROGRESS record held by the
+fence, so a later attempt knows the step is in doubt (see ctx.step's reconcile).
+
+KEYS[1]  record hash
+ARGV[1]  fence
+ARGV[2]  step name
+
+Stored as field 'S' .. name = '<server now ms>' (no ':' and no result: started, not done); a
+later saveStep of the name overwrites it with '<at>:' .. result.
+
+Returns:
+  1  ok
+  0  lost: the record is not IN_PROGRESS under this fence
+]]
+local rcall = redis.call
+local t = rcall('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rec = KEYS[1]
+
+local h = rcall('HMGET', rec, 's', 'n')
+if h[1] ~= 'I' or h[2] ~= ARGV[1] then return 0 end
+rcall('HSET', rec, 'S' .. ARGV[2], string.format('%d', now))
+return 1
 `,
   },
   release: {

@@ -9,6 +9,8 @@ ARGV[2]  lease (ms)
 ARGV[3]  safety TTL of an IN_PROGRESS record past its lease end (ms)
 ARGV[4i], ARGV[4i+1], ARGV[4i+2], ARGV[4i+3]  per key i: fingerprint (encoded), trace id
          (encoded; '' = none), record id (16 bytes), marker fingerprint hash (8 bytes)
+ARGV[3+4n+i]  per key i (n keys, after all of the above): the store key itself (kept while
+         IN_PROGRESS, for listInProgress)
 
 Returns { server now (ms), code 1, payload 1, code 2, payload 2, ... } with the codes and
 payloads of begin-2.lua, except busy: payload = { leaseUntil } (no record read).
@@ -21,10 +23,11 @@ local function int(n) return string.format('%d', n) end
 
 local owner, lease, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = { now }
-for i = 1, #KEYS / 2 do
+local n = #KEYS / 2
+for i = 1, n do
   local a = 4 * i
   local code, payload = beginOne(KEYS[2 * i - 1], KEYS[2 * i], ARGV[a], owner, lease, ARGV[a + 1], ttl,
-    ARGV[a + 2], ARGV[a + 3], now, false)
+    ARGV[a + 2], ARGV[a + 3], now, false, ARGV[3 + 4 * n + i])
   out[#out + 1] = code
   out[#out + 1] = payload
 end

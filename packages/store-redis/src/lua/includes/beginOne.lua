@@ -3,7 +3,9 @@
 -- Returns code, payload: 'N' { fence, leaseUntil }; 'R'/'T' the record hash after the write;
 -- 'B' the record hash, or { leaseUntil } when not `full`; 'D'/'F'/'M' the record hash;
 -- 'K'/'X' the compaction marker.
-local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, now, full)
+-- `name` is the store key itself: kept in 'k' with the attempt's start time 'b' while the record is
+-- IN_PROGRESS (complete and fail rewrite the hash without them), for listInProgress.
+local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, now, full, name)
   local h = rcall('HMGET', rec, 's', 'f', 'n', 'a', 'l', 'x')
   local state = h[1]
   -- COMPLETED and FAILED records are logically gone at their expiry, though still stored for a grace.
@@ -24,7 +26,7 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, n
     if leaseUntil == 0 then code = 'R' end
     leaseUntil = now + lease
     rcall('HSET', rec, 'n', int(tonumber(h[3]) + 1), 'a', int(tonumber(h[4]) + 1), 'w', owner,
-      'l', int(leaseUntil))
+      'l', int(leaseUntil), 'k', name, 'b', int(now))
     if trace == '' then rcall('HDEL', rec, 't') else rcall('HSET', rec, 't', trace) end
     rcall('PEXPIREAT', rec, int(leaseUntil + ttl))
     return code, rcall('HGETALL', rec)
@@ -50,9 +52,11 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, n
 
   local leaseUntil = now + lease
   if trace ~= '' then
-    rcall('HSET', rec, 's', 'I', 'f', fp, 'n', int(fence), 'a', '1', 'w', owner, 'l', int(leaseUntil), 't', trace)
+    rcall('HSET', rec, 's', 'I', 'f', fp, 'n', int(fence), 'a', '1', 'w', owner, 'l', int(leaseUntil), 't', trace,
+      'k', name, 'b', int(now))
   else
-    rcall('HSET', rec, 's', 'I', 'f', fp, 'n', int(fence), 'a', '1', 'w', owner, 'l', int(leaseUntil))
+    rcall('HSET', rec, 's', 'I', 'f', fp, 'n', int(fence), 'a', '1', 'w', owner, 'l', int(leaseUntil),
+      'k', name, 'b', int(now))
   end
   rcall('PEXPIREAT', rec, int(leaseUntil + ttl))
   return 'N', { fence, leaseUntil }

@@ -1,0 +1,91 @@
+/**
+ * The payload guard: the same payload under a new idempotency key within a window. A client that
+ * makes a new key per retry (S6), or derives its key from a clock that crossed a boundary
+ * (`hash(user, amount, minute)` at 2:00:59 → 2:01:00), defeats key-based deduplication: every
+ * copy looks like a new message. The guard claims each message's payload fingerprint in the store
+ * for `windowMs`; a second key arriving with a fingerprint another key claimed is flagged (metric,
+ * span attribute, logger warning) or dead-lettered as a {@link DuplicatePayloadError}.
+ *
+ * The same key redelivered is never flagged: its claim is its own. Two genuinely distinct
+ * messages with identical payloads (two identical orders placed on purpose within the window) are
+ * a false positive: narrow what the fingerprint covers (the `fingerprint` option) or use `flag`.
+ */
+import type { Span } from '@opentelemetry/api';
+import { ConfigError, DuplicatePayloadError } from './errors.js';
+import { ATTR_EO_PAYLOAD_REUSE, ATTR_EO_PAYLOAD_REUSE_FIRST_KEY } from './semconv.js';
+import type { ProcessedStore } from './store/types.js';
+import { instrumentsFor } from './tracing.js';
+import type { Logger } from './logger.js';
+
+export interface PayloadGuardOptions {
+  /** How long (store time) a fingerprint stays claimed by the first key that carried it. */
+  windowMs: number;
+  /**
+   * `flag`: process the message, and count it (`exactly_once.payload_reuse`), mark the span
+   * (`exactly_once.payload_reuse`) and log a warning. `dead-letter`: dead-letter it with a
+   * {@link DuplicatePayloadError} (non-retryable) without running the handler.
+   */
+  action: 'flag' | 'dead-letter';
+}
+
+export type ResolvedPayloadGuard = Readonly<PayloadGuardOptions>;
+
+/** Validates `payloadGuard`; the store must implement `claimFingerprint`. */
+export function resolvePayloadGuard(
+  guard: PayloadGuardOptions | undefined,
+  store: ProcessedStore,
+): ResolvedPayloadGuard | undefined {
+  if (guard === undefined) return undefined;
+  if (typeof guard !== 'object' || guard === null) throw new ConfigError('payloadGuard must be an object');
+  const { windowMs, action } = guard;
+  if (typeof windowMs !== 'number' || !Number.isInteger(windowMs) || windowMs <= 0) {
+    throw new ConfigError(
+      `payloadGuard.windowMs must be a positive integer of milliseconds (got ${windowMs})`,
+    );
+  }
+  if (action !== 'flag' && action !== 'dead-letter') {
+    throw new ConfigError(`payloadGuard.action must be 'flag' or 'dead-letter' (got ${String(action)})`);
+  }
+  if (typeof store.claimFingerprint !== 'function') {
+    throw new ConfigError(
+      'payloadGuard needs a store with claimFingerprint (memory, Redis and Mongo stores have it)',
+    );
+  }
+  return Object.freeze({ windowMs, action });
+}
+
+/**
+ * Claims the message's fingerprint for its key. Answers a {@link DuplicatePayloadError} when the
+ * message must be dead-lettered, undefined when it goes on (flagged or not). Store failures throw.
+ */
+export async function guardPayload(args: {
+  guard: ResolvedPayloadGuard;
+  store: ProcessedStore;
+  namespace: string;
+  consumer: string;
+  key: string;
+  fingerprint: string;
+  span: Span;
+  logger: Logger;
+}): Promise<DuplicatePayloadError | undefined> {
+  const { guard, store, key, fingerprint } = args;
+  const claim = store.claimFingerprint as NonNullable<ProcessedStore['claimFingerprint']>;
+  const scope = `${args.namespace}:${args.consumer}`;
+  const held = await claim.call(store, scope, fingerprint, key, guard.windowMs);
+  if (held === undefined) return undefined;
+  instrumentsFor().payloadReuse.add(1, { consumer: args.consumer, action: guard.action });
+  if (args.span.isRecording()) {
+    args.span.setAttribute(ATTR_EO_PAYLOAD_REUSE, true);
+    args.span.setAttribute(ATTR_EO_PAYLOAD_REUSE_FIRST_KEY, held.firstKey);
+  }
+  args.logger.warn('same payload under a new idempotency key within the payload guard window', {
+    consumer: args.consumer,
+    key,
+    firstKey: held.firstKey,
+    fingerprint,
+    action: guard.action,
+  });
+  return guard.action === 'dead-letter'
+    ? new DuplicatePayloadError({ key, firstKey: held.firstKey, fingerprint })
+    : undefined;
+}

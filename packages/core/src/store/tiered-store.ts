@@ -1,0 +1,225 @@
+/**
+ * A tiered processed-store for long-tail retries: a fast `hot` store (e.g. Redis) holds leases,
+ * steps and recent terminal records for `hotRetentionMs`; a durable `cold` store (e.g. MongoDB)
+ * holds every COMPLETED and FAILED record for the full retention, so a retry that comes back after
+ * the hot store forgot the key (its retention passed, or it was evicted) is still answered as a
+ * duplicate and never runs the handler again.
+ *
+ * Protocol (both tiers are ordinary {@link ProcessedStore}s; nothing else is assumed of them):
+ *
+ * - `begin`: hot first. busy / duplicate / failed / mismatch from hot are answered at once (one
+ *   round trip: a recent duplicate never touches cold). When hot acquires, cold is asked with the
+ *   same request (`cold.begin`, lease `leaseMs`, the owner tagged with the hot fence): cold
+ *   `acquired` -> acquired (the returned fence is the hot one); cold `duplicate` / `failed` /
+ *   `mismatch` / `busy` -> that answer (the long tail), and the hot lease just taken is released
+ *   and cleared so the hot tier does not shadow the cold record.
+ * - `complete` and `fail`: **cold first, then hot.** The cold write is the commit point: it is
+ *   fenced by cold's own lease (found by the hot-fence tag of the cold IN_PROGRESS record), so a
+ *   stale worker whose cold lease was taken over commits nothing. Only after cold acknowledged is
+ *   hot written (retention `min(hotRetentionMs, retention)`), and only after `complete` returns
+ *   does the pipeline publish and ack. A crash between the two writes leaves cold COMPLETED and hot
+ *   IN_PROGRESS: the next delivery acquires in hot, finds the COMPLETED record in cold and is
+ *   answered as a duplicate, so nothing runs twice. The reverse order (hot first) would let a
+ *   crash leave a COMPLETED record only in the tier that forgets it.
+ * - `extend`, `saveStep`, `markStepStarted`: hot only (the heartbeat stays one fast round trip). The cold lease is
+ *   not extended: it only matters to a worker that got past hot, i.e. after hot lost the record
+ *   or its lease passed, and then taking the cold lease over is exactly what fencing needs.
+ * - `release`: hot, then cold's lease (so the next attempt acquires in cold at once).
+ * - `markPublished`: both tiers; cold's record is addressed by its own fence.
+ * - `get`: hot; when hot has no terminal record, cold too (a terminal record wins).
+ * - `clear`: hot, then cold.
+ * - `listInProgress`, `claimFingerprint`: hot's, when it has them.
+ *
+ * Fences: the fence handed to the pipeline is always the hot tier's, which starts at hot store
+ * time for a new record, so it stays monotonic even after hot forgot a key. A duplicate answered
+ * from cold carries cold's record (and fence), which `markPublished` accepts as well.
+ *
+ * Steps live in the hot tier only: an IN_PROGRESS record the hot store lost loses its steps.
+ */
+
+import type { ErrorInfo } from '../errors.js';
+import type {
+  BeginRequest,
+  BeginResult,
+  ClearResult,
+  CompleteRequest,
+  FencedResult,
+  InProgressRecord,
+  ProcessedRecord,
+  ProcessedStore,
+} from './types.js';
+import { RecordState } from './types.js';
+
+export interface TieredStoreOptions {
+  /** The fast tier: leases, steps, recent records (e.g. `createRedisStore`). */
+  readonly hot: ProcessedStore;
+  /** The durable tier: every COMPLETED and FAILED record for the full retention (e.g. `createMongoStore`). */
+  readonly cold: ProcessedStore;
+  /** How long the hot tier keeps a COMPLETED or FAILED record (capped by the record's retention). */
+  readonly hotRetentionMs: number;
+  /**
+   * How long the cold tier keeps a COMPLETED or FAILED record. @defaultValue the retention the
+   * pipeline asks for (the processor's `retentionMs`).
+   */
+  readonly coldRetentionMs?: number;
+  /**
+   * Lease of the cold tier's claim, taken when hot acquires a key. It is never extended (see the
+   * module doc), so keep it no longer than the processor's `leaseMs`. @defaultValue 30000
+   */
+  readonly coldLeaseMs?: number;
+}
+
+export interface TieredStore extends ProcessedStore {
+  readonly hot: ProcessedStore;
+  readonly cold: ProcessedStore;
+  /** The cold tier's retention for a record completed with `requestedMs`. */
+  effectiveRetentionMs(requestedMs: number): number;
+}
+
+const TAG = '\u0000hot-fence:';
+const RELEASED: ErrorInfo = {
+  name: 'TieredStore',
+  code: 'COLD_TIER_ANSWERED',
+  message: 'the cold tier answered for this key',
+};
+
+function tag(owner: string, fence: number): string {
+  return `${owner}${TAG}${fence}`;
+}
+
+function untag<R extends ProcessedRecord | undefined>(record: R): R {
+  if (!record || record.state !== RecordState.InProgress) return record;
+  const at = record.owner.lastIndexOf(TAG);
+  return (at < 0 ? record : { ...record, owner: record.owner.slice(0, at) }) as R;
+}
+
+function hotFenceOf(record: ProcessedRecord | undefined): number | undefined {
+  if (!record || record.state !== RecordState.InProgress) return undefined;
+  const at = record.owner.lastIndexOf(TAG);
+  return at < 0 ? undefined : Number(record.owner.slice(at + TAG.length));
+}
+
+function terminal(record: ProcessedRecord | undefined): boolean {
+  return record !== undefined && record.state !== RecordState.InProgress;
+}
+
+/**
+ * Builds a {@link TieredStore}. Retention check: the processor checks its horizon against
+ * {@link TieredStore.effectiveRetentionMs} (the cold tier's retention), not `hotRetentionMs`.
+ */
+export function createTieredStore(options: TieredStoreOptions): TieredStore {
+  const { hot, cold, hotRetentionMs } = options;
+  if (!hot || !cold) throw new TypeError('createTieredStore: hot and cold stores are required');
+  if (!(hotRetentionMs > 0)) throw new TypeError('createTieredStore: hotRetentionMs must be > 0');
+  const coldLeaseMs = options.coldLeaseMs ?? 30_000;
+  const coldRetention = (requested: number) => options.coldRetentionMs ?? requested;
+  const hotRetention = (requested: number) => Math.min(hotRetentionMs, coldRetention(requested));
+
+  /** Give up a hot lease taken only to consult cold, so hot does not shadow cold's answer. */
+  async function dropHot(key: string, fence: number): Promise<void> {
+    if ((await hot.release(key, fence, RELEASED)) === 'ok') await hot.clear(key);
+  }
+
+  /** Cold's IN_PROGRESS record claimed under hot fence `fence`, if it is still that claim. */
+  async function coldClaim(key: string, fence: number): Promise<InProgressRecord | undefined> {
+    const record = await cold.get(key);
+    return record?.state === RecordState.InProgress && hotFenceOf(record) === fence ? record : undefined;
+  }
+
+  return {
+    hot,
+    cold,
+    effectiveRetentionMs: coldRetention,
+
+    async begin(request: BeginRequest): Promise<BeginResult> {
+      const first = await hot.begin(request);
+      if (first.status !== 'acquired') return first;
+      const second = await cold.begin({
+        ...request,
+        owner: tag(request.owner, first.fence),
+        leaseMs: Math.min(request.leaseMs, coldLeaseMs),
+      });
+      if (second.status === 'acquired') return first;
+      await dropHot(request.key, first.fence);
+      if (second.status === 'busy') return { ...second, record: untag(second.record) };
+      if (second.status === 'mismatch') return { ...second, record: untag(second.record) };
+      return second;
+    },
+
+    extend: (key, fence, leaseMs) => hot.extend(key, fence, leaseMs),
+    saveStep: (key, fence, name, result) => hot.saveStep(key, fence, name, result),
+
+    async complete(request: CompleteRequest): Promise<FencedResult> {
+      const claim = await coldClaim(request.key, request.fence);
+      if (!claim) return 'lost';
+      // The commit point: durable in cold before anything else sees the record as COMPLETED.
+      const committed = await cold.complete({
+        ...request,
+        fence: claim.fence,
+        retentionMs: coldRetention(request.retentionMs),
+      });
+      if (committed !== 'ok') return committed;
+      // Hot may answer 'lost' (taken over meanwhile); the outcome is committed all the same, and
+      // the taker is answered as a duplicate from cold.
+      await hot.complete({ ...request, retentionMs: hotRetention(request.retentionMs) });
+      return 'ok';
+    },
+
+    async fail(key, fence, error, retentionMs): Promise<FencedResult> {
+      const claim = await coldClaim(key, fence);
+      if (!claim) return 'lost';
+      const committed = await cold.fail(key, claim.fence, error, coldRetention(retentionMs));
+      if (committed !== 'ok') return committed;
+      await hot.fail(key, fence, error, hotRetention(retentionMs));
+      return 'ok';
+    },
+
+    async release(key, fence, error): Promise<FencedResult> {
+      const released = await hot.release(key, fence, error);
+      if (released !== 'ok') return released;
+      const claim = await coldClaim(key, fence);
+      if (claim) await cold.release(key, claim.fence, error);
+      return 'ok';
+    },
+
+    async markPublished(key, fence, ids): Promise<void> {
+      const [, record] = await Promise.all([hot.markPublished(key, fence, ids), cold.get(key)]);
+      if (record?.state !== RecordState.Completed) return;
+      if (record.fence === fence) {
+        await cold.markPublished(key, fence, ids);
+        return;
+      }
+      // A fence of the hot record: cold holds the same completion under its own fence.
+      const mirror = await hot.get(key);
+      if (mirror?.state === RecordState.Completed && mirror.fence === fence) {
+        await cold.markPublished(key, record.fence, ids);
+      }
+    },
+
+    async get(key): Promise<ProcessedRecord | undefined> {
+      const record = await hot.get(key);
+      if (terminal(record)) return record;
+      const durable = await cold.get(key);
+      if (terminal(durable)) return durable;
+      return record ?? untag(durable);
+    },
+
+    async clear(key): Promise<ClearResult> {
+      const first = await hot.clear(key);
+      if (first === 'busy') return 'busy';
+      const second = await cold.clear(key);
+      if (second === 'busy') return 'busy';
+      return first === 'cleared' || second === 'cleared' ? 'cleared' : 'absent';
+    },
+
+    // IN_PROGRESS records and their steps live in the hot tier (cold only holds claims); the
+    // payload guard's short-lived claims too.
+    ...(hot.listInProgress ? { listInProgress: hot.listInProgress.bind(hot) } : {}),
+    ...(hot.markStepStarted ? { markStepStarted: hot.markStepStarted.bind(hot) } : {}),
+    ...(hot.claimFingerprint ? { claimFingerprint: hot.claimFingerprint.bind(hot) } : {}),
+
+    async close(): Promise<void> {
+      await Promise.all([hot.close?.(), cold.close?.()]);
+    },
+  };
+}

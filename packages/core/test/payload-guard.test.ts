@@ -1,0 +1,183 @@
+/**
+ * The payload guard in the pipeline (memory store): the same payload under a new key within the
+ * window is flagged or dead-lettered; the same key redelivered never is. The real stores run the
+ * claimFingerprint conformance suite in their own packages.
+ */
+import { describeFingerprintClaimConformance } from '@exactly-once/core/testing';
+import { describe, expect, it } from 'vitest';
+import { DuplicatePayloadError, ErrorCode } from '../src/errors.js';
+import { Headers } from '../src/headers.js';
+import type { LogMeta, Logger } from '../src/logger.js';
+import { createProcessor } from '../src/processor.js';
+import { createMemoryStore } from '../src/store/memory-store.js';
+import type { ProcessedStore } from '../src/store/types.js';
+import { delivery } from './helpers.js';
+
+const key = (k: string) => ({ [Headers.IdempotencyKey]: k });
+const fast = { leaseMs: 300, retentionCheck: 'off' as const, retry: { maxAttempts: 3, initialDelayMs: 10 } };
+
+function recordingLogger(): Logger & { warnings: { message: string; meta?: LogMeta }[] } {
+  const warnings: { message: string; meta?: LogMeta }[] = [];
+  const noop = () => {};
+  return {
+    warnings,
+    debug: noop,
+    info: noop,
+    error: noop,
+    warn: (message, meta) => warnings.push({ message, meta }),
+  };
+}
+
+describeFingerprintClaimConformance('memory', () => ({ store: createMemoryStore() }));
+
+describe('payloadGuard', () => {
+  it('flag: a second key with the same payload runs, and is counted, logged and marked', async () => {
+    // Prepare
+    const logger = recordingLogger();
+    let runs = 0;
+    const p = createProcessor({
+      consumer: 'billing',
+      store: createMemoryStore(),
+      ...fast,
+      logger,
+      payloadGuard: { windowMs: 60_000, action: 'flag' },
+      handler: () => {
+        runs++;
+      },
+    });
+    const charge = { user: 7, amount: 100 };
+    // Act: the client retried with a fresh key (S6), then the first key was redelivered.
+    const first = await p.process(delivery(charge, key('charge-2:00:59')));
+    const second = await p.process(delivery(charge, key('charge-2:01:00')));
+    const redelivered = await p.process(delivery(charge, key('charge-2:00:59')));
+    // Assess
+    expect(first).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    expect(second).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    expect(redelivered).toMatchObject({ action: 'ack', outcome: 'duplicate' });
+    expect(runs).toBe(2);
+    expect(logger.warnings).toHaveLength(1);
+    expect(logger.warnings[0]?.meta).toMatchObject({
+      key: 'charge-2:01:00',
+      firstKey: 'charge-2:00:59',
+      action: 'flag',
+    });
+  });
+
+  it('dead-letter: the second key is refused with DuplicatePayloadError before its handler runs', async () => {
+    let runs = 0;
+    const p = createProcessor({
+      consumer: 'billing',
+      store: createMemoryStore(),
+      ...fast,
+      logger: recordingLogger(),
+      payloadGuard: { windowMs: 60_000, action: 'dead-letter' },
+      handler: () => {
+        runs++;
+        return 'charged';
+      },
+    });
+    const charge = { user: 7, amount: 100 };
+    expect(await p.process(delivery(charge, key('a')))).toMatchObject({ action: 'ack' });
+    const refused = await p.process(delivery(charge, key('b')));
+    expect(refused).toMatchObject({
+      action: 'dead-letter',
+      outcome: 'payload-reuse',
+      reason: { error: { name: 'DuplicatePayloadError', code: ErrorCode.DuplicatePayload } },
+    });
+    // Refused again on redelivery; the first key's redelivery is its own duplicate, never refused.
+    expect(await p.process(delivery(charge, key('b')))).toMatchObject({ action: 'dead-letter' });
+    expect(await p.process(delivery(charge, key('a')))).toMatchObject({
+      action: 'ack',
+      outcome: 'duplicate',
+    });
+    // A different payload under a new key is a new message.
+    expect(await p.process(delivery({ ...charge, amount: 101 }, key('c')))).toMatchObject({
+      action: 'ack',
+      outcome: 'acquired',
+    });
+    expect(runs).toBe(2);
+    const error = new DuplicatePayloadError({ key: 'b', firstKey: 'a', fingerprint: 'f'.repeat(64) });
+    expect(error.retryable).toBe(false);
+    expect(error.code).toBe('DUPLICATE_PAYLOAD');
+  });
+
+  it('the window lapses on the store clock: after it, the same payload under a new key runs', async () => {
+    let now = 1_000_000;
+    const p = createProcessor({
+      consumer: 'billing',
+      store: createMemoryStore({ now: () => now }),
+      ...fast,
+      logger: recordingLogger(),
+      payloadGuard: { windowMs: 5_000, action: 'dead-letter' },
+      handler: () => 'ok',
+    });
+    expect(await p.process(delivery({ n: 1 }, key('a')))).toMatchObject({ action: 'ack' });
+    now += 4_999;
+    expect(await p.process(delivery({ n: 1 }, key('b')))).toMatchObject({ action: 'dead-letter' });
+    now += 2;
+    expect(await p.process(delivery({ n: 1 }, key('b')))).toMatchObject({
+      action: 'ack',
+      outcome: 'acquired',
+    });
+  });
+
+  it('the fingerprint option narrows what counts as the same payload', async () => {
+    const p = createProcessor<{ order: string; sentAt: string }>({
+      consumer: 'orders',
+      store: createMemoryStore(),
+      ...fast,
+      logger: recordingLogger(),
+      fingerprint: (m) => m.order,
+      payloadGuard: { windowMs: 60_000, action: 'dead-letter' },
+      handler: () => 'ok',
+    });
+    await p.process(delivery({ order: 'o-1', sentAt: '2:00:59' }, key('a')));
+    expect(await p.process(delivery({ order: 'o-1', sentAt: '2:01:00' }, key('b')))).toMatchObject({
+      action: 'dead-letter',
+    });
+  });
+
+  it('a store outage during the claim defers the message (nothing acked, nothing run)', async () => {
+    const store = createMemoryStore();
+    let down = true;
+    const flaky: ProcessedStore = Object.create(store);
+    flaky.claimFingerprint = async (...args) => {
+      if (down) throw new Error('connection refused');
+      return store.claimFingerprint?.(...args);
+    };
+    let runs = 0;
+    const p = createProcessor({
+      consumer: 'billing',
+      store: flaky,
+      ...fast,
+      logger: recordingLogger(),
+      payloadGuard: { windowMs: 60_000, action: 'flag' },
+      handler: () => {
+        runs++;
+      },
+    });
+    expect(await p.process(delivery({ n: 1 }, key('a')))).toMatchObject({ action: 'defer' });
+    down = false;
+    expect(await p.process(delivery({ n: 1 }, key('a')))).toMatchObject({ action: 'ack' });
+    expect(runs).toBe(1);
+  });
+
+  it('is validated at construction', () => {
+    const base = {
+      consumer: 'c',
+      store: createMemoryStore(),
+      handler: () => 1,
+      retentionCheck: 'off' as const,
+    };
+    expect(() => createProcessor({ ...base, payloadGuard: { windowMs: 0, action: 'flag' } })).toThrow(
+      /windowMs/,
+    );
+    expect(() =>
+      createProcessor({ ...base, payloadGuard: { windowMs: 10, action: 'drop' as 'flag' } }),
+    ).toThrow(/action/);
+    const { claimFingerprint: _, ...withoutClaim } = createMemoryStore();
+    expect(() =>
+      createProcessor({ ...base, store: withoutClaim, payloadGuard: { windowMs: 10, action: 'flag' } }),
+    ).toThrow(/claimFingerprint/);
+  });
+});
