@@ -69,11 +69,13 @@ http_get() {
 http_ok() { http_get "$@" >/dev/null; }
 
 # Starts a long-running command in its own session with output appended to its log and
-# records its PID. fd 9 (the lock) is not passed on, so a server never holds the lock.
+# records its PID. fd 9 (the lock) is not passed on, so a server never holds the lock. Servers run
+# in $ROOT, never in the caller's directory: a server whose working directory is deleted (a test
+# checkout removed after it restarted one) breaks in odd ways (RabbitMQ's management API: 500).
 spawn() {
   local name=$1 log=$2
   shift 2
-  setsid nohup "$@" >>"$log" 2>&1 </dev/null 9>&- &
+  (cd "$ROOT" && exec setsid nohup "$@" >>"$log" 2>&1 </dev/null 9>&-) &
   echo $! >"$RUN/$name.pid"
 }
 
