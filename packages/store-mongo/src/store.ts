@@ -100,6 +100,8 @@ export interface MongoProcessedStore extends ProcessedStore {
 export type { SweepResult } from './sweep.js';
 
 export const DEFAULT_COLLECTION = 'eo_records';
+/** The error a cleared record's tombstone carries (it reads as absent). */
+const CLEARED = { name: 'Cleared', code: 'CLEARED', message: 'cleared by an operator' };
 /** Rounds of begin's claim/read loop; only writers racing on the same key ever need a second one. */
 const MAX_BEGIN_ROUNDS = 8;
 
@@ -364,15 +366,25 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         const doc = await collection.findOne({ _id: key });
         if (doc === null) return 'absent';
         if (doc.s === State.InProgress && (doc.l ?? 0) > now) return 'busy';
-        // Only the version read is deleted: a worker that began or extended since keeps it.
+        // Only the version read is cleared: a worker that began or extended since keeps it. The
+        // record becomes an expired FAILED tombstone rather than going away, so the next begin
+        // (which renews expired records) continues its fence, even within the same millisecond;
+        // the sweeper or TTL index removes it later.
         const filter = {
           _id: key,
           s: doc.s,
           n: doc.n,
           ...(doc.s === State.InProgress ? { l: doc.l ?? 0 } : {}),
         };
-        const { deletedCount } = await collection.deleteOne(filter, write);
-        if (deletedCount === 1) return isExpired(doc, now) ? 'absent' : 'cleared';
+        const { matchedCount } = await collection.updateOne(
+          filter,
+          {
+            $set: { s: State.Failed, e: new Date(now - 1), d: now, x: encodeError(CLEARED) },
+            $unset: { o: '', l: '', st: '', r: '', b: '', ob: '', pb: '', sa: '' },
+          },
+          write,
+        );
+        if (matchedCount === 1) return isExpired(doc, now) ? 'absent' : 'cleared';
         return (await collection.findOne({ _id: key })) === null ? 'absent' : 'busy';
       });
     },

@@ -315,7 +315,13 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       await ready();
       const keys = keysFor(prefix, key);
       const code = Number(
-        await runScript(client, 'clear', 'clear', [keys.record, keys.bucket, keys.index, keys.id]),
+        await runScript(client, 'clear', 'clear', [
+          keys.record,
+          keys.bucket,
+          keys.index,
+          keys.id,
+          String(graceMs),
+        ]),
       );
       if (code === 1) return 'cleared';
       if (code === 0) return 'absent';

@@ -7,20 +7,31 @@ KEYS[1]  record hash
 KEYS[2]  compaction-marker bucket of the key's hash tag
 KEYS[3]  completion index of the key's hash tag
 ARGV[1]  record id (16 bytes): the key's field in the marker bucket and index member
+ARGV[2]  grace (ms) the cleared record is kept as an expired tombstone
+
+The record is not deleted but replaced by an expired tombstone holding only its fence, kept for
+the grace: the next begin reads it as absent and still starts above its fence, even within the
+same millisecond.
 
 Returns:
-  1  cleared: the record or its marker was deleted
-  0  absent: nothing was stored for the key
- -1  busy: the record is IN_PROGRESS under a live lease (nothing deleted)
+  1  cleared: the record or its marker was forgotten
+  0  absent: nothing was stored for the key (or only an expired record)
+ -1  busy: the record is IN_PROGRESS under a live lease (nothing changed)
 ]]
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rec, bucket, index = KEYS[1], KEYS[2], KEYS[3]
 
-local h = rcall('HMGET', rec, 's', 'l')
+local h = rcall('HMGET', rec, 's', 'l', 'n', 'x')
 if h[1] == 'I' and tonumber(h[2]) > now then return -1 end
-local removed = rcall('DEL', rec) + rcall('HDEL', bucket, ARGV[1])
+local live = h[1] == 'I' or (h[1] and tonumber(h[4]) > now)
+local removed = rcall('HDEL', bucket, ARGV[1])
 rcall('ZREM', index, ARGV[1])
-if removed > 0 then return 1 end
+if h[1] then
+  rcall('DEL', rec)
+  rcall('HSET', rec, 's', 'F', 'n', h[3], 'x', '0', 'f', '')
+  rcall('PEXPIREAT', rec, string.format('%d', now + tonumber(ARGV[2])))
+end
+if live or removed > 0 then return 1 end
 return 0
