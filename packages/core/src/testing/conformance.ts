@@ -2,22 +2,27 @@
  * The processed-store conformance kit: one vitest suite that every {@link ProcessedStore} (and,
  * optionally, its {@link BlobStore}) must pass against its real server.
  */
-import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BlobPointer, BlobStore } from '../blob/types.js';
 import { ErrorCode, type ErrorInfo } from '../errors.js';
-import type {
-  BeginRequest,
-  BeginResult,
-  CompletedRecord,
-  CompleteRequest,
-  FencedResult,
-  OutgoingMessage,
-  ProcessedRecord,
-  ProcessedStore,
-  StoredResult,
-} from '../store/types.js';
+import type { BeginRequest, CompleteRequest, OutgoingMessage, ProcessedStore } from '../store/types.js';
 import { batchConformanceTests } from './batch-conformance.js';
+import {
+  allBytes,
+  bytes,
+  expectNow,
+  expectStatus,
+  HOSTILE_KEYS,
+  inline,
+  inlineData,
+  inState,
+  lost,
+  message,
+  ok,
+  plain,
+  sleep,
+} from './conformance-helpers.js';
 
 /** What a conformance run exercises. */
 export interface StoreUnderTest {
@@ -564,155 +569,3 @@ export function describeStoreConformance(
 }
 
 /** Suffixes that break stores which build key patterns, JSON queries or paths from keys. */
-const HOSTILE_KEYS: readonly string[] = [
-  ...['*', '{', '}', '{tag}', '$gt', '{"$gt":""}', '..', 'a.b', '\u0000', 'a\u0000b', 'k:with:colons'],
-  ...['?[a-z]', 'ключ-🔑', 'x'.repeat(10 * 1024)],
-];
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-async function ok(result: Promise<FencedResult>): Promise<void> {
-  expect(await result).toBe('ok');
-}
-
-async function lost(result: Promise<FencedResult>): Promise<void> {
-  expect(await result).toBe('lost');
-}
-
-function expectStatus<S extends BeginResult['status']>(
-  result: BeginResult,
-  status: S,
-): Extract<BeginResult, { status: S }> {
-  expect(result.status).toBe(status);
-  return result as Extract<BeginResult, { status: S }>;
-}
-
-function inState<S extends ProcessedRecord['state']>(
-  record: ProcessedRecord | undefined,
-  state: S,
-): Extract<ProcessedRecord, { state: S }> {
-  expect(record?.state).toBe(state);
-  return record as Extract<ProcessedRecord, { state: S }>;
-}
-
-function expectNow(at: number): void {
-  expect(Math.abs(at - Date.now()), `timestamp ${at} is not near now`).toBeLessThan(5000);
-}
-
-function message(id: string): OutgoingMessage {
-  return { id, destination: 'out', body: bytes([1]), headers: { 'x-idempotency-key': id } };
-}
-
-function inline(data: number[] | Uint8Array): StoredResult {
-  return { kind: 'inline', data: data instanceof Uint8Array ? data : bytes(data) };
-}
-
-function bytes(values: number[]): Uint8Array {
-  return Uint8Array.from(values);
-}
-
-function allBytes(): Uint8Array {
-  return Uint8Array.from({ length: 256 }, (_, i) => i);
-}
-
-/** Stores may hand back Buffers; compare contents, not classes. */
-function plain(data: Uint8Array): number[];
-function plain(data: Uint8Array | undefined): number[] | undefined;
-function plain(data: Uint8Array | undefined): number[] | undefined {
-  return data === undefined ? undefined : Array.from(data);
-}
-
-function inlineData(record: CompletedRecord): number[] | undefined {
-  return record.result?.kind === 'inline' ? plain(record.result.data) : undefined;
-}
-
-async function* iterate(chunks: readonly Uint8Array[]): AsyncGenerator<Uint8Array> {
-  yield* chunks;
-}
-
-function sha256(data: Uint8Array): string {
-  return createHash('sha256').update(data).digest('hex');
-}
-
-export interface BlobStoreUnderTest {
-  blobs: BlobStore;
-  teardown?: () => Promise<void>;
-}
-
-/**
- * The blob-store conformance suite: verified round trips (whole and streamed, multi-MB), size and
- * hash mismatches detected as {@link BlobIntegrityError}, idempotent deletes. Run it against the
- * real backend (a directory, GridFS, S3...).
- *
- * @example
- * ```ts
- * describeBlobStoreConformance('gridfs', async () => ({ blobs: createGridFsBlobStore({ db }) }));
- * ```
- */
-export function describeBlobStoreConformance(
-  name: string,
-  setup: () => Promise<BlobStoreUnderTest> | BlobStoreUnderTest,
-): void {
-  describe(`BlobStore conformance: ${name}`, () => {
-    let under: BlobStoreUnderTest | undefined;
-    const current = (): BlobStore => {
-      if (!under) throw new Error('blob store setup did not run');
-      return under.blobs;
-    };
-    beforeAll(async () => {
-      under = await setup();
-    });
-    afterAll(async () => {
-      await under?.teardown?.();
-    });
-
-    it('bytes put are read back verified, whole and streamed', async () => {
-      const blobs = current();
-      const data = allBytes();
-      const pointer = await blobs.put(data);
-      expect(pointer).toMatchObject({ size: 256, sha256: sha256(data) });
-      expect(plain(await blobs.get(pointer))).toEqual(plain(data));
-      const empty = await blobs.put(new Uint8Array(0));
-      expect((await blobs.get(empty)).byteLength).toBe(0);
-    });
-
-    it('a multi-MB chunked source is stored and read back intact', async () => {
-      const blobs = current();
-      const chunks = Array.from({ length: 48 }, () => new Uint8Array(randomBytes(64 * 1024)));
-      const expected = createHash('sha256');
-      for (const chunk of chunks) expected.update(chunk);
-      const pointer = await blobs.put(iterate(chunks));
-      expect(pointer).toMatchObject({ size: 48 * 64 * 1024, sha256: expected.digest('hex') });
-      const read = createHash('sha256');
-      let size = 0;
-      for await (const chunk of blobs.stream(pointer)) {
-        read.update(chunk);
-        size += chunk.byteLength;
-      }
-      expect([size, read.digest('hex')]).toEqual([pointer.size, pointer.sha256]);
-    });
-
-    it('a pointer with a wrong sha256 or size fails with BlobIntegrityError', async () => {
-      const blobs = current();
-      const pointer = await blobs.put(bytes([1, 2, 3, 4]));
-      const wrongHash = { ...pointer, sha256: sha256(bytes([4, 3, 2, 1])) };
-      for (const bad of [wrongHash, { ...pointer, size: 5 }, { ...pointer, size: 3 }]) {
-        await expect(blobs.get(bad)).rejects.toMatchObject({ code: ErrorCode.BlobIntegrity });
-      }
-      const drain = async () => {
-        for await (const chunk of blobs.stream(wrongHash)) expect(chunk.byteLength).toBeGreaterThan(0);
-      };
-      await expect(drain()).rejects.toMatchObject({ code: ErrorCode.BlobIntegrity });
-    });
-
-    it('a deleted blob cannot be read; deleting it again is not an error', async () => {
-      const blobs = current();
-      const pointer = await blobs.put(bytes([9]));
-      await blobs.delete(pointer);
-      await expect(blobs.get(pointer)).rejects.toThrow();
-      await blobs.delete(pointer);
-    });
-  });
-}

@@ -2,13 +2,8 @@
  * `@exactly-once/core/testing`: the conformance kit store implementations run against their real
  * servers. Imports vitest, so load it from test files only.
  */
-export {
-  type BlobStoreUnderTest,
-  type ConformanceOptions,
-  describeBlobStoreConformance,
-  describeStoreConformance,
-  type StoreUnderTest,
-} from './conformance.js';
+export { type BlobStoreUnderTest, describeBlobStoreConformance } from './blob-conformance.js';
+export { type ConformanceOptions, describeStoreConformance, type StoreUnderTest } from './conformance.js';
 export {
   describeFingerprintClaimConformance,
   type FingerprintClaimConformanceOptions,
