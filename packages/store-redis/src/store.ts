@@ -150,21 +150,29 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
     return reply === 1 ? 'ok' : 'lost';
   };
 
-  const completeArgs = (request: CompleteRequest): RedisArg[] => {
+  /** What complete-2.lua and completeMany-n.lua need of one request. */
+  const completeParts = (request: CompleteRequest) => {
     const keys = keysFor(prefix, request.key);
     const indexed = compactAfterMs !== undefined && request.retentionMs > compactAfterMs;
-    const args: RedisArg[] = [
-      keys.record,
-      keys.index,
-      String(request.fence),
-      ms(request.retentionMs),
-      String(graceMs),
-      request.traceId === undefined ? '' : packText(request.traceId),
-      packResult(request.result),
-      indexed ? keys.id : '',
-    ];
-    for (const message of request.outgoing) args.push(message.id, packMessage(message));
-    return args;
+    const messages: RedisArg[] = [];
+    for (const message of request.outgoing) messages.push(message.id, packMessage(message));
+    return {
+      keys: [keys.record, keys.index],
+      fence: String(request.fence),
+      retention: ms(request.retentionMs),
+      // trace id ('' = keep the stored one), result ('' = none), index member ('' = not indexed)
+      rest: [
+        request.traceId === undefined ? '' : packText(request.traceId),
+        packResult(request.result),
+        indexed ? keys.id : '',
+      ] as RedisArg[],
+      messages,
+    };
+  };
+
+  const completeArgs = (request: CompleteRequest): RedisArg[] => {
+    const p = completeParts(request);
+    return [...p.keys, p.fence, p.retention, String(graceMs), ...p.rest, ...p.messages];
   };
 
   return {
@@ -247,18 +255,9 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
           const keys: RedisArg[] = [];
           const args: RedisArg[] = [String(graceMs)];
           for (const request of group) {
-            const [record, index, ...rest] = completeArgs(request);
-            keys.push(record as RedisArg, index as RedisArg);
-            // completeArgs: fence, retention, grace, trace, result, id, messages...
-            const [fence, retention, , trace, result, id, ...messages] = rest;
-            args.push(
-              fence as RedisArg,
-              retention as RedisArg,
-              trace as RedisArg,
-              result as RedisArg,
-              id as RedisArg,
-            );
-            args.push(String(messages.length / 2), ...messages);
+            const p = completeParts(request);
+            keys.push(...p.keys);
+            args.push(p.fence, p.retention, ...p.rest, String(p.messages.length / 2), ...p.messages);
           }
           const call = [keys.length, ...keys, ...args];
           const replies = (
