@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Real servers on 127.0.0.1 for tests and the demo: Redis (standalone and a 3-master cluster),
-# RabbitMQ, Apache Kafka (KRaft), FerretDB (MongoDB wire protocol, SQLite) and Jaeger v2.
+# RabbitMQ, Apache Kafka (KRaft), FerretDB (MongoDB wire protocol, SQLite), mongo-java-server
+# (MongoDB wire protocol, H2) and Jaeger v2.
 #
 #   scripts/infra.sh up [service...]       install what is missing, start, wait until healthy
 #   scripts/infra.sh down [service...]     stop what this script started (by recorded PID)
@@ -8,22 +9,24 @@
 #   scripts/infra.sh logs <service>        tail a server's log
 #   scripts/infra.sh install [service...]  only install/build what is missing (nothing started)
 #
-# Services: redis redis-cluster rabbitmq kafka ferretdb jaeger (default: all).
+# Services: redis redis-cluster rabbitmq kafka ferretdb mongo-java jaeger (default: all).
 #
 # Everything lives under $EXACTLY_ONCE_INFRA_HOME (default ~/.cache/exactly-once-infra):
 #   bin/ built binaries, build/ Go build modules, kafka-<version>/ Maven-fetched jars,
+#   mongo-java-server-<version>/ Maven-fetched jars and the compiled launcher (scripts/mongo-java),
 #   data/<service>/ server data and generated configs, run/<name>.pid, logs/<service>.log.
 # Nothing is written into the repository. The first `up` on a fresh machine installs Redis,
-# RabbitMQ and the Spin model checker with apt, fetches Kafka from Maven Central and builds FerretDB and Jaeger from the Go
-# module proxy (minutes); later runs reuse all of it, and `up` is a no-op when all are healthy.
+# RabbitMQ and the Spin model checker with apt, fetches Kafka and mongo-java-server from Maven Central and builds FerretDB and
+# Jaeger from the Go module proxy (minutes); later runs reuse all of it, and `up` is a no-op when all are healthy.
 #
 # Versions can be overridden: EO_KAFKA_VERSION (4.x or 3.x), EO_FERRETDB_VERSION,
-# EO_JAEGER_VERSION; EO_HEALTH_TIMEOUT (seconds a server may take to become healthy).
+# EO_MONGO_JAVA_VERSION, EO_JAEGER_VERSION; EO_HEALTH_TIMEOUT (seconds a server may take to become healthy).
 set -euo pipefail
 
 KAFKA_VERSION="${EO_KAFKA_VERSION:-4.1.1}"
 FERRETDB_VERSION="${EO_FERRETDB_VERSION:-v1.24.2}"
 JAEGER_VERSION="${EO_JAEGER_VERSION:-v1.76.0}" # Go module version of Jaeger v2 (cmd/jaeger)
+MONGO_JAVA_VERSION="${EO_MONGO_JAVA_VERSION:-1.47.0}" # de.bwaldvogel:mongo-java-server
 HEALTH_TIMEOUT="${EO_HEALTH_TIMEOUT:-120}"
 
 LOG4J_VERSION=2.24.3  # Kafka 4.x logs through log4j2 ...
@@ -31,11 +34,13 @@ SLF4J_VERSION=2.0.17  # ... and needs the slf4j 2 API for log4j-slf4j2-impl
 RELOAD4J_VERSION=1.2.25 SLF4J1_VERSION=1.7.36 # Kafka 3.x: log4j 1 API via reload4j
 RABBIT_NODE="exactlyonce@localhost"
 CLUSTER_PORTS=(7001 7002 7003)
-ALL_SERVICES=(redis redis-cluster rabbitmq kafka ferretdb jaeger)
+ALL_SERVICES=(redis redis-cluster rabbitmq kafka ferretdb mongo-java jaeger)
+MONGO_JAVA_PORT=27018
 
 ROOT="${EXACTLY_ONCE_INFRA_HOME:-$HOME/.cache/exactly-once-infra}"
 BIN="$ROOT/bin" BUILD="$ROOT/build" DATA="$ROOT/data" RUN="$ROOT/run" LOGS="$ROOT/logs"
 KAFKA_HOME="$ROOT/kafka-$KAFKA_VERSION"
+MONGO_JAVA_HOME="$ROOT/mongo-java-server-$MONGO_JAVA_VERSION"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mkdir -p "$BIN" "$BUILD" "$DATA" "$RUN" "$LOGS"
 
@@ -149,6 +154,11 @@ install_apt() {
         have java || pkgs+=(openjdk-17-jre-headless)
         have mvn || pkgs+=(maven)
         ;;
+      mongo-java)
+        have java || pkgs+=(openjdk-17-jre-headless)
+        have javac || pkgs+=(openjdk-17-jdk-headless) # compiles the launcher, scripts/mongo-java
+        have mvn || pkgs+=(maven)
+        ;;
     esac
   done
   # The model checker of model/ (test/model/spin.test.ts), and a C compiler for its verifiers.
@@ -209,6 +219,39 @@ POM
   touch "$KAFKA_HOME/libs/.complete"
 }
 
+# mongo-java-server has no main class: the jars come from Maven Central (H2 backend, slf4j-simple
+# for its log), and scripts/mongo-java/Main.java is compiled next to them, again when it changes.
+install_mongo_java() {
+  local log="$LOGS/mongo-java-build.log" src="$REPO/scripts/mongo-java/Main.java"
+  if [[ ! -f "$MONGO_JAVA_HOME/libs/.complete" ]]; then
+    need java "mongo-java-server runs on Java 17+"
+    need mvn "Maven fetches the mongo-java-server jars from Maven Central"
+    say "mongo-java: fetching mongo-java-server $MONGO_JAVA_VERSION jars from Maven Central (first run only)"
+    mkdir -p "$MONGO_JAVA_HOME"
+    cat >"$MONGO_JAVA_HOME/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local</groupId><artifactId>mongo-java-server</artifactId><version>1</version><packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>de.bwaldvogel</groupId><artifactId>mongo-java-server-h2-backend</artifactId><version>$MONGO_JAVA_VERSION</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-simple</artifactId><version>$SLF4J_VERSION</version></dependency>
+  </dependencies>
+</project>
+POM
+    rm -rf "$MONGO_JAVA_HOME/libs"
+    (cd "$MONGO_JAVA_HOME" && mvn -q -B dependency:copy-dependencies -DoutputDirectory=libs -DincludeScope=runtime) \
+      >>"$log" 2>&1 9>&- || die "Maven could not fetch mongo-java-server (log: $log)"
+    touch "$MONGO_JAVA_HOME/libs/.complete"
+  fi
+  cmp -s "$src" "$MONGO_JAVA_HOME/classes/Main.java" && return 0
+  need javac "the mongo-java-server launcher is compiled with the JDK (openjdk-17-jdk-headless)"
+  say "mongo-java: compiling the launcher (scripts/mongo-java/Main.java)"
+  rm -rf "$MONGO_JAVA_HOME/classes"
+  javac -d "$MONGO_JAVA_HOME/classes" -cp "$MONGO_JAVA_HOME/libs/*" "$src" >>"$log" 2>&1 9>&- ||
+    die "javac failed on $src (log: $log)"
+  cp "$src" "$MONGO_JAVA_HOME/classes/Main.java"
+}
+
 install_ferretdb() {
   [[ -x "$BIN/ferretdb-$FERRETDB_VERSION" ]] && return 0
   need go "FerretDB is built from the Go module proxy"
@@ -245,6 +288,7 @@ install_service() {
   case $1 in
     kafka) install_kafka ;;
     ferretdb) install_ferretdb ;;
+    mongo-java) install_mongo_java ;;
     jaeger) install_jaeger ;;
   esac
 }
@@ -449,6 +493,27 @@ start_ferretdb() {
     --debug-addr=127.0.0.1:8088 --telemetry=disable --log-level=warn
 }
 
+# ---------------------------------------------------------------- mongo-java
+mongo_java_healthy() { node "$REPO/scripts/health/mongo-ping.mjs" "127.0.0.1:$MONGO_JAVA_PORT" >/dev/null; }
+mongo_java_version() {
+  local wire
+  wire=$(node "$REPO/scripts/health/mongo-ping.mjs" "127.0.0.1:$MONGO_JAVA_PORT" 2>/dev/null) || return 0
+  local pid home
+  pid=$(pid_of mongo-java) &&
+    home=$(ps -o args= -p "$pid" 2>/dev/null | sed -n 's|.*/mongo-java-server-\([^/ ]*\)/classes.*|\1|p')
+  echo "${home:-?} (MongoDB wire $wire, H2)"
+}
+start_mongo_java() {
+  should_start mongo-java mongo_java_healthy "$MONGO_JAVA_PORT" || return 0
+  mkdir -p "$DATA/mongo-java"
+  # Data in one H2 MVStore file, kept across restarts like FerretDB's SQLite files. Its log:
+  # warnings and up (at info it logs every connection).
+  spawn mongo-java "$LOGS/mongo-java.log" java -Xms64m -Xmx1g -Djava.awt.headless=true \
+    -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -Dorg.slf4j.simpleLogger.showDateTime=true \
+    -cp "$MONGO_JAVA_HOME/classes:$MONGO_JAVA_HOME/libs/*" Main 127.0.0.1 "$MONGO_JAVA_PORT" \
+    "$DATA/mongo-java/mongo.mv"
+}
+
 # ---------------------------------------------------------------- jaeger
 jaeger_healthy() { http_ok http://127.0.0.1:16686/api/services && port_open 4318 && port_open 4317; }
 jaeger_version() {
@@ -565,6 +630,10 @@ cmd_up() {
     install_ferretdb
     start_ferretdb
   fi
+  if wants mongo-java; then
+    install_mongo_java
+    start_mongo_java
+  fi
   if wants jaeger; then
     install_jaeger
     start_jaeger
@@ -573,6 +642,7 @@ cmd_up() {
   if wants redis; then wait_healthy redis "$LOGS/redis.log" redis_healthy; fi
   if wants redis-cluster; then finish_redis_cluster; fi
   if wants ferretdb; then wait_healthy ferretdb "$LOGS/ferretdb.log" ferretdb_healthy; fi
+  if wants mongo-java; then wait_healthy mongo-java "$LOGS/mongo-java.log" mongo_java_healthy; fi
   if wants jaeger; then wait_healthy jaeger "$LOGS/jaeger.log" jaeger_healthy; fi
   if wants rabbitmq; then finish_rabbitmq; fi
   if wants kafka; then wait_healthy kafka "$LOGS/kafka.log" kafka_healthy; fi
@@ -625,6 +695,7 @@ cmd_status() {
   row rabbitmq 5672,15672 rabbit_healthy rabbit_version
   row kafka 9092,9093 kafka_healthy kafka_version
   row ferretdb 27017 ferretdb_healthy ferretdb_version
+  row mongo-java "$MONGO_JAVA_PORT" mongo_java_healthy mongo_java_version
   row jaeger 4317,4318,16685,16686,13133 jaeger_healthy jaeger_version
   echo "home: $ROOT"
   return $bad

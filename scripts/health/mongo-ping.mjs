@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Health check for a MongoDB wire-protocol server (FerretDB here) that needs no npm packages:
+// Health check for a MongoDB wire-protocol server (FerretDB, mongo-java-server) that needs no npm packages:
 // sends OP_MSG `ping` and `buildInfo` to the admin database, exits 0 and prints the reported
 // server version when ping answers ok: 1, exits 1 otherwise.
 //

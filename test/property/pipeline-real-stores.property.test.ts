@@ -33,15 +33,12 @@ const redisPrefix = uniqueName('eo-prop');
 let redis: Redis;
 let mongo: MongoClient;
 let db: Db;
-let ferret1 = false;
 
 beforeAll(async () => {
   redis = new Redis(env.redisUrl, { maxRetriesPerRequest: 2 });
   mongo = new MongoClient(env.mongoUrl, { serverSelectionTimeoutMS: 5000 });
   await mongo.connect();
   db = mongo.db(uniqueName('eo_prop').slice(0, 40));
-  const info = await db.command({ buildInfo: 1 });
-  ferret1 = typeof info.ferretdbVersion === 'string' && info.ferretdbVersion.startsWith('v1.');
 });
 
 afterAll(async () => {
@@ -69,10 +66,8 @@ function mongoSut(): StoreUnderTest {
   return {
     store: createMongoStore({ db, collectionName: 'records' }),
     now: async () => ((await db.command({ hello: 1 })).localTime as Date).getTime(),
-    // FerretDB 1.x makes a filtered update read, check, write back with nothing held in between
-    // (its issue #3040): two copies of a key racing on an existing record can both win there.
-    // The same model otherwise; on MongoDB (or EO_MONGO_FORCE_RACE_TESTS=1) copies race too.
-    sameKeyRaces: !ferret1 || process.env.EO_MONGO_FORCE_RACE_TESTS === '1',
+    // Copies of a key race on existing records too: the store decides every race by an insert.
+    sameKeyRaces: true,
   };
 }
 

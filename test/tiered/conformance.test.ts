@@ -10,47 +10,34 @@ import { Redis } from 'ioredis';
 import { MongoClient } from 'mongodb';
 import { env, uniqueName } from '../support/env.js';
 
-// FerretDB 1.x does not apply a filtered update atomically (see the Mongo store's conformance
-// test): the tiered store's commit is fenced by the cold tier's lease, so the races on an existing
-// record are left out there, exactly as for the Mongo store itself.
-const probe = new MongoClient(env.mongoUrl, { serverSelectionTimeoutMS: 5000 });
-await probe.connect();
-const info = await probe.db('admin').command({ buildInfo: 1 });
-const ferret1 = typeof info.ferretdbVersion === 'string' && info.ferretdbVersion.startsWith('v1.');
-await probe.close();
-
 // hotRetentionMs is above the kit's retention, so records read from hot carry the full expiry;
 // the short hot retention (the long tail) is exercised in long-tail.test.ts.
-describeStoreConformance(
-  ferret1 ? 'tiered (hot redis, cold FerretDB 1.x)' : 'tiered (hot redis, cold mongo)',
-  async () => {
-    const redis = new Redis(env.redisUrl, { maxRetriesPerRequest: 2 });
-    const keyPrefix = uniqueName('eot-tiered');
-    const hot = createRedisStore({
-      client: redis,
-      keyPrefix,
-      inProgressTtlMs: 600_000,
-      expiredGraceMs: 60_000,
-    });
-    await hot.checkServer();
-    const mongo = new MongoClient(env.mongoUrl, { serverSelectionTimeoutMS: 5000, maxPoolSize: 64 });
-    await mongo.connect();
-    const db = mongo.db(uniqueName('eo_tiered').slice(0, 40));
-    const cold = createMongoStore({ db });
-    await cold.ensureIndexes();
-    const store = createTieredStore({ hot, cold, hotRetentionMs: 3_600_000 });
-    return {
-      store,
-      teardown: async () => {
-        await dropRedisPrefix(redis, keyPrefix);
-        await redis.quit();
-        await db.dropDatabase().catch(() => undefined);
-        await mongo.close();
-      },
-    };
-  },
-  { existingRecordRaces: !ferret1 || process.env.EO_MONGO_FORCE_RACE_TESTS === '1' },
-);
+describeStoreConformance('tiered (hot redis, cold mongo)', async () => {
+  const redis = new Redis(env.redisUrl, { maxRetriesPerRequest: 2 });
+  const keyPrefix = uniqueName('eot-tiered');
+  const hot = createRedisStore({
+    client: redis,
+    keyPrefix,
+    inProgressTtlMs: 600_000,
+    expiredGraceMs: 60_000,
+  });
+  await hot.checkServer();
+  const mongo = new MongoClient(env.mongoUrl, { serverSelectionTimeoutMS: 5000, maxPoolSize: 64 });
+  await mongo.connect();
+  const db = mongo.db(uniqueName('eo_tiered').slice(0, 40));
+  const cold = createMongoStore({ db });
+  await cold.ensureIndexes();
+  const store = createTieredStore({ hot, cold, hotRetentionMs: 3_600_000 });
+  return {
+    store,
+    teardown: async () => {
+      await dropRedisPrefix(redis, keyPrefix);
+      await redis.quit();
+      await db.dropDatabase().catch(() => undefined);
+      await mongo.close();
+    },
+  };
+});
 
 async function dropRedisPrefix(client: Redis, prefix: string): Promise<void> {
   let cursor = '0';

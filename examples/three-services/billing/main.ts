@@ -72,9 +72,9 @@ async function charge(order: OrderCreated, ctx: HandlerContext, signal: AbortSig
 const mongo = new MongoClient(servers.mongoUrl, { serverSelectionTimeoutMS: 5_000 });
 await mongo.connect();
 const store = createMongoStore({ db: mongo.db(names.mongoDb) });
-const { ttl } = await store.ensureIndexes();
-// FerretDB 1.x has no TTL indexes; the sweeper removes expired records instead.
-if (!ttl) store.startSweeper(60_000);
+await store.ensureIndexes();
+// Expired records are deleted by the sweeper (never by a TTL index: see the store's README).
+store.startSweeper(60_000);
 
 const kafka = new Kafka({
   clientId: instance,

@@ -5,7 +5,11 @@
  * field but cannot be compared against or added to in the same update. So the store estimates the
  * server clock instead: it reads `localTime` from `hello`, pins it to the monotonic instant at the
  * midpoint of the round trip, and counts forward from there on the monotonic clock
- * (`performance.now()`), measuring again periodically.
+ * (`performance.now()`), measuring again periodically. A server without `hello` (mongo-java-server
+ * 1.x; MongoDB before 4.4.2) answers CommandNotFound: the clock then asks the legacy `isMaster`,
+ * which reports the same `localTime` (mongo-java-server's does, from its own clock), and keeps
+ * asking that. A server whose reply has no `localTime` leaves this host's clock in charge, as if it
+ * were `clientClock()`.
  *
  * The host's wall clock takes no part in the estimate, so stepping it (by hand, by NTP, by a VM
  * restore) moves no deadline. It is only watched: when wall and monotonic time disagree by more
@@ -20,7 +24,7 @@
  * workers disagree for about a refresh period; and a step backwards is absorbed by "never goes
  * backwards", so store time stands still until the server catches up.
  */
-import type { Db } from 'mongodb';
+import type { Db, Document } from 'mongodb';
 
 export interface StoreClock {
   /** Store time, ms since epoch; never goes backwards within a process. Throws driver errors. */
@@ -51,6 +55,14 @@ interface Anchor {
 const MAX_DRIFT = 5e-4;
 /** Wall and monotonic elapsed times further apart than this mean a host clock step or suspend. */
 const JUMP_MS = 1000;
+/** MongoDB's error code for an unknown command (codeName CommandNotFound). */
+const COMMAND_NOT_FOUND = 59;
+
+const isCommandNotFound = (error: unknown): boolean => {
+  if (typeof error !== 'object' || error === null) return false;
+  const { code, codeName } = error as { code?: unknown; codeName?: unknown };
+  return code === COMMAND_NOT_FOUND || codeName === 'CommandNotFound';
+};
 
 const uncertainty = (anchor: Anchor, mono: number) => anchor.rtt / 2 + (mono - anchor.mono) * MAX_DRIFT;
 const jumped = (anchor: Anchor, mono: number) =>
@@ -62,10 +74,21 @@ export function serverClock(db: Db, options: ServerClockOptions = {}): StoreCloc
   let measuredAt = Number.NEGATIVE_INFINITY;
   let pending: Promise<void> | undefined;
   let last = 0;
+  // `hello` until the server says it has no such command; then `isMaster` from there on.
+  let command: 'hello' | 'isMaster' = 'hello';
 
   const measure = async (): Promise<void> => {
-    const sent = performance.now();
-    const reply = await db.command({ hello: 1 });
+    let sent = performance.now();
+    let reply: Document;
+    try {
+      reply = await db.command(command === 'hello' ? { hello: 1 } : { isMaster: 1 });
+    } catch (error) {
+      if (command !== 'hello' || !isCommandNotFound(error)) throw error;
+      command = 'isMaster';
+      // The refused `hello` is not part of the round trip that times the reading.
+      sent = performance.now();
+      reply = await db.command({ isMaster: 1 });
+    }
     const received = performance.now();
     measuredAt = received;
     const localTime: unknown = reply.localTime;

@@ -1,8 +1,9 @@
 /**
- * The stored document: one per key, `_id` = the store key verbatim. Field names are short (a
- * COMPLETED record is written millions of times) and fixed: nothing the caller supplies ever
- * becomes a field name, so keys, step names, message ids and header names may hold `.`, `$` or
- * NUL. Steps and headers are arrays for that reason.
+ * The stored documents (see store.ts for the protocol): a key's head (`_id` = the store key
+ * verbatim) names its chain; the chain's elements are the key's states, one document each. Field
+ * names are short (a COMPLETED record is written millions of times) and fixed: nothing the caller
+ * supplies ever becomes a field name, so keys, step names, message ids and header names may hold
+ * `.`, `$` or NUL. Steps and headers are arrays for that reason.
  */
 import {
   type BlobPointer,
@@ -19,8 +20,11 @@ import {
 } from '@exactly-once/core';
 import { Binary } from 'mongodb';
 
-/** `s`: record state, as a small int (4 bytes in BSON, against 6 for a one-letter string). */
-export const State = { InProgress: 1, Completed: 2, Failed: 3 } as const;
+/**
+ * `s`: an element's state, as a small int (4 bytes in BSON, against 6 for a one-letter string).
+ * `Sealed` ends a chain that the sweeper is deleting: nothing follows it.
+ */
+export const State = { InProgress: 1, Completed: 2, Failed: 3, Sealed: 4 } as const;
 export type State = (typeof State)[keyof typeof State];
 
 export interface ErrorDoc {
@@ -52,8 +56,28 @@ export interface BlobDoc {
   h: string;
 }
 
+/** A key's head: which chain holds its states. */
+export interface HeadDoc {
+  /** The store key, verbatim. */
+  _id: string;
+  /** Chain id: random per incarnation of the head, so a deleted chain's ids never come back. */
+  c: string;
+  /** Hint: a position at or before the chain's last element (it may lag; readers walk on). */
+  h?: number;
+}
+
+/**
+ * One state of a key: element `i` of chain `c`, `_id` = {@link elementId}. Written once by an
+ * insert that decides a race; afterwards only its own lease holder updates it (lease, steps), and
+ * the sweeper and `markPublished` touch terminal ones.
+ */
 export interface RecordDoc {
   _id: string;
+  /** The store key (for the sweeper and operator queries). */
+  k: string;
+  /** Chain id and position. */
+  c: string;
+  i: number;
   s: State;
   /** Fingerprint (32 bytes when it is lower-case sha256 hex, see {@link packFingerprint}). */
   f: string | Binary;
@@ -78,10 +102,18 @@ export interface RecordDoc {
   /** COMPLETED: outgoing messages (absent when none) and the ids confirmed so far. */
   ob?: OutgoingDoc[];
   pb?: string[];
-  /** COMPLETED/FAILED: completedAt or failedAt (store ms). */
+  /** COMPLETED/FAILED: completedAt or failedAt; SEALED: when sealed (store ms). */
   d?: number;
-  /** COMPLETED/FAILED: expiresAt, a BSON date so that a TTL index can use it. */
+  /** COMPLETED/FAILED/SEALED: when the sweeper may collect it (its retention's end). */
   e?: Date;
+}
+
+/**
+ * `_id` of element `position` of `chain`. The leading NUL and the random chain id keep these apart
+ * from heads, whose `_id` is a store key (a key equal to one would have to guess the chain id).
+ */
+export function elementId(chain: string, position: number): string {
+  return `\u0000${chain}:${position}`;
 }
 
 const SHA256_HEX = /^[0-9a-f]{64}$/;
@@ -192,14 +224,17 @@ export function decodeSteps(steps: readonly StepDoc[] | undefined): Record<strin
   return Object.fromEntries(byName);
 }
 
-/** Whether a COMPLETED/FAILED document is past its retention at store time `now`. */
+/** Whether a COMPLETED/FAILED element is past its retention at store time `now`. */
 export function isExpired(doc: RecordDoc, now: number): boolean {
-  return doc.s !== State.InProgress && (doc.e === undefined || doc.e.getTime() <= now);
+  return (
+    (doc.s === State.Completed || doc.s === State.Failed) && (doc.e === undefined || doc.e.getTime() <= now)
+  );
 }
 
+/** A lease, completed or failed element as the contract's record (never a sealed one). */
 export function decodeRecord(doc: RecordDoc): ProcessedRecord {
   const base = {
-    key: doc._id,
+    key: doc.k,
     fingerprint: unpackFingerprint(doc.f),
     fence: doc.n,
     attempt: doc.a,

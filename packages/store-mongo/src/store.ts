@@ -1,7 +1,11 @@
 /**
- * The MongoDB processed-store: one document per key, every transition one conditional write.
+ * The MongoDB processed-store. Every decision is a unique-`_id` insert and every other write
+ * addresses one document by `_id` alone, so it is safe on servers that do not apply filtered
+ * updates atomically (FerretDB 1.x) as well as on MongoDB. The protocol is described in the
+ * package README ("How it works").
  */
 import {
+  type AcquireKind,
   type BeginRequest,
   type BeginResult,
   type BlobStore,
@@ -18,13 +22,16 @@ import {
   StoreUnavailableError,
 } from '@exactly-once/core';
 import type { Collection, Db, Document, UpdateFilter, WriteConcernSettings } from 'mongodb';
+import { type Chain, chainOf, hasSuccessor, headNames, newChainId, readChain } from './chain.js';
 import { clientClock, type StoreClock, serverClock } from './clock.js';
 import {
   decodeRecord,
   decodeSteps,
+  elementId,
   encodeError,
   encodeOutgoing,
   encodeResult,
+  type HeadDoc,
   isExpired,
   packFingerprint,
   packTraceId,
@@ -33,7 +40,7 @@ import {
   toBinary,
 } from './codec.js';
 import { asStoreError, guarded, isDuplicateKey, isUnsupported } from './driver.js';
-import { sweepExpired, type SweepResult } from './sweep.js';
+import { dismantle, sweepExpired, type SweepResult } from './sweep.js';
 
 export interface MongoStoreOptions {
   /** Database holding the records collection (ignored for records when `collection` is given). */
@@ -58,10 +65,10 @@ export interface MongoStoreOptions {
   /** Blob store holding large results: the sweeper deletes the blobs of records it removes. */
   readonly blobs?: BlobStore;
   /**
-   * Delay of the TTL index past `expiresAt`, in seconds. Default 0 without `blobs`, 3600 with:
-   * the sweeper, which deletes blobs too, should reach a record before the TTL monitor does.
+   * How long a chain sealed by a sweeper stays untouched before another sweeper (or a `begin` of
+   * its key) finishes deleting it, should the first have died. Default 30 s.
    */
-  readonly ttlDelaySeconds?: number;
+  readonly sealTimeoutMs?: number;
   /** Expired records the sweeper reads per round. Default 500. */
   readonly sweepBatchSize?: number;
   /** Receives errors of the background sweeper (the next round runs anyway). Default: ignored. */
@@ -73,11 +80,6 @@ export interface MongoStoreOptions {
   readonly fingerprintCollection?: Collection<Document>;
 }
 
-export interface EnsureIndexesResult {
-  /** Whether the server accepted the TTL index; without it, run {@link MongoProcessedStore.startSweeper}. */
-  readonly ttl: boolean;
-}
-
 export interface MongoProcessedStore extends ProcessedStore {
   /** The payload guard's claim (see {@link ProcessedStore.claimFingerprint}). */
   claimFingerprint(
@@ -87,9 +89,9 @@ export interface MongoProcessedStore extends ProcessedStore {
     windowMs: number,
   ): Promise<FingerprintClaim | undefined>;
   readonly collection: Collection<RecordDoc>;
-  /** Creates the expiry index: TTL where the server supports it, a plain one otherwise. */
-  ensureIndexes(): Promise<EnsureIndexesResult>;
-  /** Deletes records past their retention (and, with `blobs`, their blobs). */
+  /** Creates the sweeper's and the stuck-work query's indexes. Idempotent; call once at startup. */
+  ensureIndexes(): Promise<void>;
+  /** Deletes records past their retention (and, with `blobs`, their blobs). Always needed: no TTL index. */
   sweepExpired(): Promise<SweepResult>;
   /** Runs {@link sweepExpired} every `intervalMs` until the returned function or `close` is called. */
   startSweeper(intervalMs: number): () => void;
@@ -102,17 +104,28 @@ export type { SweepResult } from './sweep.js';
 export const DEFAULT_COLLECTION = 'eo_records';
 /** The error a cleared record's tombstone carries (it reads as absent). */
 const CLEARED = { name: 'Cleared', code: 'CLEARED', message: 'cleared by an operator' };
-/** Rounds of begin's claim/read loop; only writers racing on the same key ever need a second one. */
-const MAX_BEGIN_ROUNDS = 8;
+/** Rounds of begin's insert/read loop; only writers racing on the same key ever need a second one. */
+const MAX_ROUNDS = 8;
+/** Leases this process holds, remembered so holder writes need not read the chain first. */
+const HELD_CAPACITY = 100_000;
+
+/** Where a lease (or the terminal element after it) lives, and what a terminal copies from it. */
+interface Place {
+  readonly chain: string;
+  readonly position: number;
+  readonly fingerprint: RecordDoc['f'];
+  readonly attempt: number;
+  readonly traceId?: RecordDoc['t'];
+}
 
 /**
  * Creates a processed-store on a MongoDB collection (MongoDB 4.4+, or a wire-compatible server).
  *
- * Each transition is a single write whose filter names the state, fence and lease it expects, so
- * the server decides every race. `begin` inserts (the unique `_id` picks one winner among racing
- * workers); on E11000 it reads the record and either answers from it (duplicate, failed,
- * mismatch, busy) or claims it with a conditional update on the fence and lease (or expiry) it
- * read; if that update matches nothing, another worker got there first and it reads again.
+ * A key's head (`_id` = key) names a chain of elements, each one state of the key. Element i + 1
+ * is inserted only by a worker that read element i as the last one, and `_id` uniqueness lets
+ * exactly one such insert win: that is every race (two begins, a takeover against a stale
+ * holder's complete, a clear against a begin). The lease holder alone updates its element
+ * (lease end, steps), then checks that no successor exists before answering `ok`.
  */
 export function createMongoStore(options: MongoStoreOptions): MongoProcessedStore {
   if (options.db === undefined && options.collection === undefined) {
@@ -120,9 +133,12 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
   }
   const collection = (options.collection ??
     options.db?.collection(options.collectionName ?? DEFAULT_COLLECTION)) as Collection<RecordDoc>;
+  const heads = collection as unknown as Collection<HeadDoc>;
+  const reader = { collection, heads };
   const writeConcern = options.writeConcern ?? { w: 'majority' };
   const write = { writeConcern };
   const clock = makeClock(options, collection);
+  const sealTimeoutMs = options.sealTimeoutMs ?? 30_000;
   let claimsCollection: Collection<ClaimDoc> | undefined;
   const claims = (): Collection<ClaimDoc> => {
     if (claimsCollection) return claimsCollection;
@@ -137,14 +153,114 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
   const sweepers = new Set<() => void>();
   let sweeping: Promise<unknown> = Promise.resolve();
 
-  const held = (key: string, fence: number) => ({ _id: key, s: State.InProgress, n: fence });
-  const fenced = async (operation: string, key: string, fence: number, update: UpdateFilter<RecordDoc>) => {
-    const result = await guarded(operation, () => collection.updateOne(held(key, fence), update, write));
-    return (result.matchedCount === 1 ? 'ok' : 'lost') satisfies FencedResult;
+  // ---- leases this process holds, and one writer at a time per element
+  const held = new Map<string, Place>();
+  const heldKey = (key: string, fence: number) => `${fence}\u0000${key}`;
+  const remember = (map: Map<string, Place>, key: string, fence: number, place: Place) => {
+    if (map.size >= HELD_CAPACITY) map.delete(map.keys().next().value as string);
+    map.set(heldKey(key, fence), place);
+  };
+  /** Terminal elements with outgoing messages this process wrote, for `markPublished`. */
+  const completed = new Map<string, Place>();
+  // A server that applies an update as read, modify, write back (FerretDB 1.x) could lose one of
+  // two concurrent updates of one document (an extension racing a step): queue them.
+  const queues = new Map<string, Promise<unknown>>();
+  const serially = <T>(id: string, fn: () => Promise<T>): Promise<T> => {
+    const previous = queues.get(id) ?? Promise.resolve();
+    const run = previous.then(fn, fn);
+    const settled = run.catch(() => undefined);
+    queues.set(id, settled);
+    void settled.then(() => {
+      if (queues.get(id) === settled) queues.delete(id);
+    });
+    return run;
   };
 
-  const fresh = (request: BeginRequest, now: number, fence: number): RecordDoc => ({
-    _id: request.key,
+  /** The lease `fence` holds on `key`, if it is the chain's last element (read when not held here). */
+  const placeOf = async (key: string, fence: number): Promise<Place | undefined> => {
+    const known = held.get(heldKey(key, fence));
+    if (known !== undefined) return known;
+    const chain = await readChain(reader, key);
+    if (chain === undefined || chain === 'gone' || chain.last === undefined) return undefined;
+    const last = chain.last;
+    if (last.s !== State.InProgress || last.n !== fence) return undefined;
+    return placeFor(chain.chain, chain.position, last);
+  };
+  const placeFor = (chain: string, position: number, doc: RecordDoc): Place => ({
+    chain,
+    position,
+    fingerprint: doc.f,
+    attempt: doc.a,
+    ...(doc.t === undefined ? {} : { traceId: doc.t }),
+  });
+
+  /**
+   * A holder's update of its own lease element, then the check that it still decides: `lost` if
+   * the element is gone (swept) or has a successor (taken over, completed, failed, cleared).
+   */
+  const holderWrite = async (
+    operation: string,
+    key: string,
+    fence: number,
+    update: UpdateFilter<RecordDoc>,
+  ): Promise<FencedResult> =>
+    guarded(operation, async () => {
+      const place = await placeOf(key, fence);
+      if (place === undefined) return 'lost';
+      const id = elementId(place.chain, place.position);
+      const { matchedCount } = await serially(id, () => collection.updateOne({ _id: id }, update, write));
+      if (matchedCount !== 1) return 'lost';
+      return (await hasSuccessor(reader, place.chain, place.position)) ? 'lost' : 'ok';
+    });
+
+  /**
+   * Appends the element after the holder's lease: COMPLETED or FAILED. The insert is the fence
+   * check: it fails when a takeover, a clear or an earlier terminal took that position.
+   */
+  const terminate = async (
+    operation: string,
+    key: string,
+    fence: number,
+    fields: (place: Place, now: number) => Partial<RecordDoc>,
+  ): Promise<{ result: FencedResult; place?: Place }> =>
+    guarded(operation, async () => {
+      const place = await placeOf(key, fence);
+      if (place === undefined) return { result: 'lost' };
+      const now = await clock.now();
+      const position = place.position + 1;
+      const doc: RecordDoc = {
+        _id: elementId(place.chain, position),
+        k: key,
+        c: place.chain,
+        i: position,
+        s: State.Completed,
+        f: place.fingerprint,
+        n: fence,
+        a: place.attempt,
+        ...(place.traceId === undefined ? {} : { t: place.traceId }),
+        ...fields(place, now),
+      };
+      try {
+        await collection.insertOne(doc, write);
+      } catch (error) {
+        if (isDuplicateKey(error)) return { result: 'lost' };
+        throw error;
+      }
+      held.delete(heldKey(key, fence));
+      return { result: 'ok', place: { ...place, position } };
+    });
+
+  const lease = (
+    request: BeginRequest,
+    chain: string,
+    position: number,
+    now: number,
+    fence: number,
+  ): RecordDoc => ({
+    _id: elementId(chain, position),
+    k: request.key,
+    c: chain,
+    i: position,
     s: State.InProgress,
     f: packFingerprint(request.fingerprint),
     n: fence,
@@ -154,102 +270,113 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     l: now + request.leaseMs,
     sa: now,
   });
-  const acquiredNew = (doc: RecordDoc): BeginResult => ({
-    status: 'acquired',
-    kind: 'new',
-    fence: doc.n,
-    attempt: 1,
-    leaseUntil: doc.l ?? 0,
-    steps: {},
-  });
-
-  /**
-   * Absent key: insert, fence = store time. The unique `_id` decides a race between workers: the
-   * losers get E11000 (undefined here) and go on to read the winner's record.
-   */
-  const insertNew = async (request: BeginRequest, now: number): Promise<BeginResult | undefined> => {
-    const doc = fresh(request, now, now);
-    try {
-      await collection.insertOne(doc, write);
-      return acquiredNew(doc);
-    } catch (error) {
-      if (isDuplicateKey(error)) return undefined;
-      throw error;
-    }
-  };
-
-  /** Expired record: replace it, continuing its fence, if nobody renewed or swept it meanwhile. */
-  const renew = async (request: BeginRequest, old: RecordDoc, now: number) => {
-    const doc = fresh(request, now, Math.max(old.n + 1, now));
-    const { _id, ...fields } = doc;
-    const unset: Record<string, ''> = { st: '', x: '', r: '', b: '', ob: '', pb: '', d: '', e: '' };
-    if (request.traceId === undefined) unset.t = '';
-    const result = await collection.updateOne(
-      { _id, n: old.n, e: { $lte: new Date(now) } },
-      { $set: fields, $unset: unset },
-      write,
-    );
-    return result.matchedCount === 1 ? acquiredNew(doc) : undefined;
-  };
-
-  /** Lease passed (or released): take it over, provided nobody changed the lease since we read it. */
-  const takeOver = async (request: BeginRequest, doc: RecordDoc, now: number) => {
-    const leaseUntil = now + request.leaseMs;
-    const update: UpdateFilter<RecordDoc> = {
-      $set: {
-        o: request.owner,
-        l: leaseUntil,
-        sa: now,
-        ...(request.traceId === undefined ? {} : { t: packTraceId(request.traceId) }),
-      },
-      $inc: { n: 1, a: 1 },
-      ...(request.traceId === undefined ? { $unset: { t: '' } } : {}),
-    };
-    const taken = await collection.findOneAndUpdate(
-      { _id: request.key, s: State.InProgress, n: doc.n, l: doc.l ?? 0 },
-      update,
-      { returnDocument: 'after', ...write },
-    );
-    if (taken === null) return undefined;
+  const acquired = (request: BeginRequest, doc: RecordDoc, kind: AcquireKind): BeginResult => {
+    remember(held, request.key, doc.n, placeFor(doc.c, doc.i, doc));
     return {
       status: 'acquired',
-      kind: (doc.l ?? 0) === 0 ? 'retry' : 'takeover',
-      fence: taken.n,
-      attempt: taken.a,
-      leaseUntil,
-      steps: decodeSteps(taken.st),
-    } satisfies BeginResult;
+      kind,
+      fence: doc.n,
+      attempt: doc.a,
+      leaseUntil: doc.l ?? 0,
+      steps: decodeSteps(doc.st),
+    };
+  };
+
+  /**
+   * Inserts the element after `chain.position`. `false`: another worker took the position first.
+   * On success, the head must still name the chain: if the sweeper deleted it between our read and
+   * our insert, the insert landed in a chain nobody reads any more; it is undone and not used.
+   */
+  const append = async (chain: Chain, doc: RecordDoc): Promise<boolean> => {
+    try {
+      await collection.insertOne(doc, write);
+    } catch (error) {
+      if (isDuplicateKey(error)) return false;
+      throw error;
+    }
+    if (!(await headNames(reader, chain.key, chain.chain))) {
+      await collection.deleteOne({ _id: doc._id }, write);
+      return false;
+    }
+    // Readers start at the hint; a lost or stale hint only costs them a longer walk.
+    await heads.updateOne({ _id: chain.key }, { $set: { h: doc.i } }, write);
+    return true;
+  };
+
+  /** A key's next state after a read chain; `undefined`: read again. */
+  const decide = async (
+    request: BeginRequest,
+    chain: Chain,
+    now: number,
+  ): Promise<BeginResult | undefined> => {
+    const last = chain.last;
+    const next = chain.position + 1;
+    if (last === undefined) {
+      // The head's writer has not inserted its first lease (or died first): race it for it.
+      const doc = lease(request, chain.chain, 1, now, now);
+      return (await append(chain, doc)) ? acquired(request, doc, 'new') : undefined;
+    }
+    if (last.s === State.Sealed) {
+      const age = now - (last.d ?? 0);
+      if (age < sealTimeoutMs) return { status: 'busy', retryAfterMs: Math.min(1000, sealTimeoutMs - age) };
+      // The sweeper that sealed the chain died before deleting it: finish its work.
+      await dismantleAfter(chain, now);
+      return undefined;
+    }
+    if (isExpired(last, now)) {
+      const doc = lease(request, chain.chain, next, now, Math.max(last.n + 1, now));
+      return (await append(chain, doc)) ? acquired(request, doc, 'new') : undefined;
+    }
+    const record = decodeRecord(last);
+    if (record.fingerprint !== request.fingerprint) return { status: 'mismatch', record };
+    if (record.state === 'COMPLETED') return { status: 'duplicate', record };
+    if (record.state === 'FAILED') return { status: 'failed', record };
+    if (record.leaseUntil > now) return { status: 'busy', record, retryAfterMs: record.leaseUntil - now };
+    const doc: RecordDoc = {
+      ...lease(request, chain.chain, next, now, last.n + 1),
+      a: last.a + 1,
+      ...(last.st === undefined ? {} : { st: last.st }),
+      ...(last.x === undefined ? {} : { x: last.x }),
+    };
+    if (!(await append(chain, doc))) return undefined;
+    return acquired(request, doc, (last.l ?? 0) === 0 ? 'retry' : 'takeover');
   };
 
   const begin = async (request: BeginRequest): Promise<BeginResult> => {
-    for (let round = 0; round < MAX_BEGIN_ROUNDS; round++) {
+    for (let round = 0; round < MAX_ROUNDS; round++) {
       const now = await clock.now();
-      const created = await insertNew(request, now);
-      if (created !== undefined) return created;
-
-      const doc = await collection.findOne({ _id: request.key });
-      if (doc === null) continue; // swept since the insert failed: insert again
-      if (isExpired(doc, now)) {
-        const renewed = await renew(request, doc, now);
-        if (renewed !== undefined) return renewed;
-        continue;
+      // A new key: its head and first lease in one ordered insert (the head's unique `_id`
+      // decides; on E11000 the lease is never inserted).
+      const chainId = newChainId();
+      const doc = lease(request, chainId, 1, now, now);
+      try {
+        await collection.insertMany([{ _id: request.key, c: chainId, h: 1 } as unknown as RecordDoc, doc], {
+          ordered: true,
+          ...write,
+        });
+        return acquired(request, doc, 'new');
+      } catch (error) {
+        if (!isDuplicateKey(error)) throw error;
       }
-      const record = decodeRecord(doc);
-      if (record.fingerprint !== request.fingerprint) return { status: 'mismatch', record };
-      if (record.state === 'COMPLETED') return { status: 'duplicate', record };
-      if (record.state === 'FAILED') return { status: 'failed', record };
-      if (record.leaseUntil > now) {
-        return { status: 'busy', record, retryAfterMs: record.leaseUntil - now };
-      }
-      const taken = await takeOver(request, doc, now);
-      if (taken !== undefined) return taken;
-      // Someone else took it over, extended or finished it in between: read again.
+      const chain = await readChain(reader, request.key);
+      if (chain === undefined || chain === 'gone') continue;
+      const decided = await decide(request, chain, now);
+      if (decided !== undefined) return decided;
     }
     throw new StoreUnavailableError({
       operation: 'begin',
-      message: `processed-store begin gave up after ${MAX_BEGIN_ROUNDS} contended rounds`,
+      message: `processed-store begin gave up after ${MAX_ROUNDS} contended rounds`,
     });
   };
+
+  /** Seals the chain after its last element (a sealed or expired one) and deletes it. */
+  const dismantleAfter = (chain: Chain, now: number) =>
+    dismantle(
+      { collection, heads, write, ...(blobs === undefined ? {} : { blobs }) },
+      chain,
+      now,
+      sealTimeoutMs,
+    );
 
   const store: MongoProcessedStore = {
     collection,
@@ -258,48 +385,58 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
 
     async extend(key: string, fence: number, leaseMs: number): Promise<FencedResult> {
       const now = await guarded('extend', () => clock.now());
-      return fenced('extend', key, fence, { $set: { l: now + leaseMs } });
+      return holderWrite('extend', key, fence, { $set: { l: now + leaseMs } });
     },
 
     async complete(request: CompleteRequest): Promise<FencedResult> {
-      const now = await guarded('complete', () => clock.now());
-      const result = encodeResult(request.result);
-      const completed: Partial<RecordDoc> = {
+      const { result, place } = await terminate('complete', request.key, request.fence, (_, now) => ({
         s: State.Completed,
-        d: now,
-        e: new Date(now + request.retentionMs),
-        ...result,
+        ...encodeResult(request.result),
         ...(request.outgoing.length === 0 ? {} : { ob: encodeOutgoing(request.outgoing) }),
         // Without a new trace id the record keeps the one of the run that held the lease.
         ...(request.traceId === undefined ? {} : { t: packTraceId(request.traceId) }),
-      };
-      const unset: Record<string, ''> = { o: '', l: '', sa: '', st: '', x: '', pb: '' };
-      for (const field of ['r', 'b', 'ob'] as const) if (!(field in completed)) unset[field] = '';
-      return fenced('complete', request.key, request.fence, { $set: completed, $unset: unset });
+        d: now,
+        e: new Date(now + request.retentionMs),
+      }));
+      if (place !== undefined && request.outgoing.length > 0) {
+        remember(completed, request.key, request.fence, place);
+      }
+      return result;
     },
 
     async release(key: string, fence: number, error: ErrorInfo): Promise<FencedResult> {
-      return fenced('release', key, fence, { $set: { l: 0, x: encodeError(error) } });
+      const result = await holderWrite('release', key, fence, { $set: { l: 0, x: encodeError(error) } });
+      held.delete(heldKey(key, fence));
+      return result;
     },
 
     async fail(key: string, fence: number, error: ErrorInfo, retentionMs: number): Promise<FencedResult> {
-      const now = await guarded('fail', () => clock.now());
-      return fenced('fail', key, fence, {
-        $set: { s: State.Failed, x: encodeError(error), d: now, e: new Date(now + retentionMs) },
-        $unset: { o: '', l: '', sa: '', st: '', r: '', b: '', ob: '', pb: '' },
-      });
+      const { result } = await terminate('fail', key, fence, (_, now) => ({
+        s: State.Failed,
+        x: encodeError(error),
+        d: now,
+        e: new Date(now + retentionMs),
+      }));
+      return result;
     },
 
     async markPublished(key: string, fence: number, ids: readonly string[]): Promise<void> {
       if (ids.length === 0) return;
       await guarded('markPublished', async () => {
-        const now = await clock.now();
+        let place = completed.get(heldKey(key, fence));
+        if (place === undefined) {
+          const chain = await readChain(reader, key);
+          if (chain === undefined || chain === 'gone' || chain.last === undefined) return;
+          // Only the key's current record: a straggler of an earlier incarnation flags nothing.
+          if (chain.last.s !== State.Completed || chain.last.n !== fence) return;
+          place = placeFor(chain.chain, chain.position, chain.last);
+        }
         // $addToSet rather than a flag inside each message: FerretDB 1.x has neither arrayFilters
         // nor the positional operator, and a set of confirmed ids needs no read-modify-write.
-        await collection.updateOne(
-          { _id: key, s: State.Completed, n: fence, e: { $gt: new Date(now) } },
-          { $addToSet: { pb: { $each: [...new Set(ids)] } } },
-          write,
+        // Concurrent calls may lose one another's ids there: those messages are sent again.
+        const id = elementId(place.chain, place.position);
+        await serially(id, () =>
+          collection.updateOne({ _id: id }, { $addToSet: { pb: { $each: [...new Set(ids)] } } }, write),
         );
       });
     },
@@ -307,44 +444,41 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     async saveStep(key: string, fence: number, name: string, result: Uint8Array): Promise<FencedResult> {
       const now = await guarded('saveStep', () => clock.now());
       // Appended, never keyed by name: a step name is data and may hold `.` or `$`.
-      return fenced('saveStep', key, fence, { $push: { st: { k: name, r: toBinary(result), at: now } } });
+      return holderWrite('saveStep', key, fence, {
+        $push: { st: { k: name, r: toBinary(result), at: now } },
+      });
     },
 
     async markStepStarted(key: string, fence: number, name: string): Promise<FencedResult> {
       const now = await guarded('markStepStarted', () => clock.now());
       // An entry without a result: the step reads as started until a saveStep entry follows it.
-      return fenced('markStepStarted', key, fence, { $push: { st: { k: name, at: now } } });
+      return holderWrite('markStepStarted', key, fence, { $push: { st: { k: name, at: now } } });
     },
 
     /**
-     * Operator query: IN_PROGRESS records whose current attempt began (`sa`) at least
-     * `olderThanMs` ago, on the `eo_in_progress` index ({ s, sa }); a prefix is a range on `_id`
-     * (the store key, compared verbatim, never as a pattern).
+     * Operator query: lease elements whose attempt began (`sa`) at least `olderThanMs` ago, on the
+     * `eo_in_progress` index ({ s, sa }), keeping those still last in their chain. It reads past
+     * the leases of finished records, which stay in their chains until swept.
      */
     async listInProgress(query: InProgressQuery): Promise<InProgressEntry[]> {
       return guarded('listInProgress', async () => {
         if (!(query.limit > 0)) return [];
         const cutoff = (await clock.now()) - query.olderThanMs;
-        const filter: Document = { s: State.InProgress, sa: { $lte: cutoff } };
-        const prefix = query.prefix;
-        if (prefix !== undefined && prefix !== '') {
-          const last = prefix.charCodeAt(prefix.length - 1);
-          filter._id =
-            last < 0xd7ff
-              ? { $gte: prefix, $lt: prefix.slice(0, -1) + String.fromCharCode(last + 1) }
-              : { $gte: prefix };
-        }
+        const prefix = query.prefix ?? '';
         const found: InProgressEntry[] = [];
-        for await (const doc of collection.find(filter).sort({ sa: 1 })) {
-          const record = doc as RecordDoc;
-          if (prefix !== undefined && !record._id.startsWith(prefix)) continue;
+        const cursor = collection.find({ s: State.InProgress, sa: { $lte: cutoff } }).sort({ sa: 1 });
+        for await (const doc of cursor) {
+          const key = doc.k ?? doc._id; // a previous-layout record is its own head
+          if (!key.startsWith(prefix)) continue;
+          const chain = doc.c ?? chainOf(doc as unknown as HeadDoc);
+          if (await hasSuccessor(reader, chain, doc.i ?? 0)) continue;
           found.push({
-            key: record._id,
-            owner: record.o ?? '',
-            attempt: record.a,
-            fence: record.n,
-            leaseUntil: record.l ?? 0,
-            startedAt: record.sa ?? 0,
+            key,
+            owner: doc.o ?? '',
+            attempt: doc.a,
+            fence: doc.n,
+            leaseUntil: doc.l ?? 0,
+            startedAt: doc.sa ?? 0,
           });
           if (found.length >= query.limit) break;
         }
@@ -354,38 +488,48 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
 
     async get(key: string): Promise<ProcessedRecord | undefined> {
       return guarded('get', async () => {
-        const now = await clock.now();
-        const doc = await collection.findOne({ _id: key });
-        return doc === null || isExpired(doc, now) ? undefined : decodeRecord(doc);
+        for (let round = 0; round < MAX_ROUNDS; round++) {
+          const now = await clock.now();
+          const chain = await readChain(reader, key);
+          if (chain === 'gone') continue;
+          const last = chain?.last;
+          if (last === undefined || last.s === State.Sealed || isExpired(last, now)) return undefined;
+          return decodeRecord(last);
+        }
+        return undefined;
       });
     },
 
     async clear(key: string): Promise<ClearResult> {
       return guarded('clear', async () => {
-        const now = await clock.now();
-        const doc = await collection.findOne({ _id: key });
-        if (doc === null) return 'absent';
-        if (doc.s === State.InProgress && (doc.l ?? 0) > now) return 'busy';
-        // Only the version read is cleared: a worker that began or extended since keeps it. The
-        // record becomes an expired FAILED tombstone rather than going away, so the next begin
-        // (which renews expired records) continues its fence, even within the same millisecond;
-        // the sweeper or TTL index removes it later.
-        const filter = {
-          _id: key,
-          s: doc.s,
-          n: doc.n,
-          ...(doc.s === State.InProgress ? { l: doc.l ?? 0 } : {}),
-        };
-        const { matchedCount } = await collection.updateOne(
-          filter,
-          {
-            $set: { s: State.Failed, e: new Date(now - 1), d: now, x: encodeError(CLEARED) },
-            $unset: { o: '', l: '', st: '', r: '', b: '', ob: '', pb: '', sa: '' },
-          },
-          write,
-        );
-        if (matchedCount === 1) return isExpired(doc, now) ? 'absent' : 'cleared';
-        return (await collection.findOne({ _id: key })) === null ? 'absent' : 'busy';
+        for (let round = 0; round < MAX_ROUNDS; round++) {
+          const now = await clock.now();
+          const chain = await readChain(reader, key);
+          if (chain === 'gone') continue;
+          if (chain === undefined) return 'absent';
+          const last = chain.last;
+          // A head without its first lease (its writer died in between), or a chain being swept.
+          if (last === undefined || last.s === State.Sealed) return 'absent';
+          if (last.s === State.InProgress && (last.l ?? 0) > now) return 'busy';
+          // The record becomes an expired FAILED tombstone rather than going away, so the next
+          // begin continues its fence (even within the same millisecond); the sweeper removes it.
+          const position = chain.position + 1;
+          const tombstone: RecordDoc = {
+            _id: elementId(chain.chain, position),
+            k: key,
+            c: chain.chain,
+            i: position,
+            s: State.Failed,
+            f: last.f,
+            n: last.n,
+            a: last.a,
+            x: encodeError(CLEARED),
+            d: now,
+            e: new Date(now - 1),
+          };
+          if (await append(chain, tombstone)) return isExpired(last, now) ? 'absent' : 'cleared';
+        }
+        return 'busy';
       });
     },
 
@@ -399,7 +543,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       return guarded('claimFingerprint', async () => {
         // Length-prefixed, so no (scope, fingerprint) pair can spell another's id.
         const _id = `${scope.length}:${scope}:${fingerprint}`;
-        for (let round = 0; round < MAX_BEGIN_ROUNDS; round++) {
+        for (let round = 0; round < MAX_ROUNDS; round++) {
           const now = await clock.now();
           const until = new Date(now + Math.max(1, windowMs));
           try {
@@ -422,12 +566,12 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         }
         throw new StoreUnavailableError({
           operation: 'claimFingerprint',
-          message: `claimFingerprint kept racing other writers after ${MAX_BEGIN_ROUNDS} rounds`,
+          message: `claimFingerprint kept racing other writers after ${MAX_ROUNDS} rounds`,
         });
       });
     },
 
-    async ensureIndexes(): Promise<EnsureIndexesResult> {
+    async ensureIndexes(): Promise<void> {
       try {
         // Lapsed fingerprint claims: TTL where supported, else the sweeper deletes them.
         await claims().createIndex({ e: 1 }, { name: 'eo_claim_ttl', expireAfterSeconds: 0 });
@@ -439,29 +583,24 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
           await guarded('ensureIndexes', () => claims().createIndex({ e: 1 }, { name: 'eo_claim_expiry' }));
         } else throw asStoreError('ensureIndexes', error);
       }
-      // Stuck-work queries (listInProgress): IN_PROGRESS records by the start of their attempt.
-      await guarded('ensureIndexes', () =>
-        collection.createIndex({ s: 1, sa: 1 }, { name: 'eo_in_progress' }),
-      );
-      const expireAfterSeconds = options.ttlDelaySeconds ?? (blobs === undefined ? 0 : 3600);
-      try {
-        await collection.createIndex({ e: 1 }, { name: 'eo_expiry_ttl', expireAfterSeconds });
-        return { ttl: true };
-      } catch (error) {
-        if (!isUnsupported(error)) throw asStoreError('ensureIndexes', error);
-      }
-      // No TTL (FerretDB 1.x answers NotImplemented): index `e` for the sweeper's query instead.
-      await guarded('ensureIndexes', () => collection.createIndex({ e: 1 }, { name: 'eo_expiry' }));
-      return { ttl: false };
+      await guarded('ensureIndexes', async () => {
+        // Stuck-work queries (listInProgress): lease elements by the start of their attempt.
+        await collection.createIndex({ s: 1, sa: 1 }, { name: 'eo_in_progress' });
+        // The sweeper's query. Never a TTL index: it would delete elements one by one, in any
+        // order, and a chain with a hole could take a second element at one position.
+        await collection.createIndex({ e: 1 }, { name: 'eo_expiry' });
+      });
     },
 
     sweepExpired(): Promise<SweepResult> {
       const run = sweepExpired({
         collection,
+        heads,
         clock,
         write,
         ...(blobs === undefined ? {} : { blobs }),
         batchSize: options.sweepBatchSize ?? 500,
+        sealTimeoutMs,
       });
       sweeping = run.catch(() => undefined);
       // Lapsed payload-guard claims go too (a server without TTL indexes keeps them otherwise).

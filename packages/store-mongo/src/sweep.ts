@@ -1,71 +1,164 @@
 /**
- * The expiry sweeper: deletes records past their retention where the server has no TTL index
- * (FerretDB 1.x), and deletes their blobs, which no TTL index would.
+ * The sweeper: deletes the chains of keys whose last record expired, and their blobs.
  *
- * Order matters for blobs: a blob must never disappear while a live record points at it, while an
- * orphaned blob is only wasted space. So each blob-carrying record is deleted on its own, with a
- * filter that still requires it to be the same incarnation (fence) and still expired, and its blob
- * is deleted only if that delete removed it.
+ * A chain cannot simply be deleted: a worker that read its last element may be about to insert
+ * the next one. So the sweeper first inserts a SEALED element after the expired last one; that
+ * insert races any such worker on the same `_id`, and only if it wins does the sweeper delete the
+ * head (after checking it still names the chain), then the elements in order. A worker whose insert
+ * lands in a chain deleted meanwhile finds the head gone or naming another chain, and undoes it
+ * (see `append` in store.ts). A blob is deleted only after the last element that names it.
  */
 import type { BlobPointer, BlobStore } from '@exactly-once/core';
-import type { Collection, WriteConcernSettings } from 'mongodb';
+import type { WriteConcernSettings } from 'mongodb';
+import { type Chain, type ChainReader, chainOf, readChain } from './chain.js';
 import type { StoreClock } from './clock.js';
-import type { RecordDoc } from './codec.js';
-import { guarded } from './driver.js';
+import { elementId, type HeadDoc, isExpired, type RecordDoc, State } from './codec.js';
+import { guarded, isDuplicateKey } from './driver.js';
 
 export interface SweepResult {
-  /** Records deleted. */
+  /** Documents deleted: heads and elements of swept chains, stray elements. */
   readonly deleted: number;
-  /** Blobs deleted (each after its record). */
+  /** Blobs deleted (each after the element naming it). */
   readonly blobsDeleted: number;
 }
 
-export interface SweepContext {
-  readonly collection: Collection<RecordDoc>;
-  readonly clock: StoreClock;
+export interface DismantleContext extends ChainReader {
   readonly write: { readonly writeConcern: WriteConcernSettings };
   readonly blobs?: BlobStore;
+}
+
+export interface SweepContext extends DismantleContext {
+  readonly clock: StoreClock;
   readonly batchSize: number;
+  readonly sealTimeoutMs: number;
+}
+
+const pointerOf = (doc: Pick<RecordDoc, 'b'>): BlobPointer | undefined =>
+  doc.b === undefined ? undefined : { uri: doc.b.u, size: doc.b.z, sha256: doc.b.h };
+
+/**
+ * Seals `chain` after its last element (expired, or a seal older than `sealTimeoutMs`) and deletes
+ * it. Returns the documents and blobs deleted; nothing when another worker appended first.
+ */
+export async function dismantle(
+  context: DismantleContext,
+  chain: Chain,
+  now: number,
+  sealTimeoutMs: number,
+): Promise<{ deleted: number; blobsDeleted: number }> {
+  const { collection, heads, write, blobs } = context;
+  const sealedAt = performance.now();
+  const seal = chain.position + 1;
+  try {
+    await collection.insertOne(
+      {
+        _id: elementId(chain.chain, seal),
+        k: chain.key,
+        c: chain.chain,
+        i: seal,
+        s: State.Sealed,
+        d: now,
+        e: new Date(now),
+      } as RecordDoc,
+      write,
+    );
+  } catch (error) {
+    if (isDuplicateKey(error)) return { deleted: 0, blobsDeleted: 0 };
+    throw error;
+  }
+  let deleted = 0;
+  const pointers: BlobPointer[] = [];
+  const head = (await heads.findOne({ _id: chain.key })) as (HeadDoc & Pick<RecordDoc, 'b'>) | null;
+  // Past half the timeout another sweeper may take this chain over and a new head may follow:
+  // leave the head to it rather than risk deleting that one.
+  if (head !== null && chainOf(head) === chain.chain && performance.now() - sealedAt < sealTimeoutMs / 2) {
+    deleted += (await heads.deleteOne({ _id: chain.key }, write)).deletedCount;
+    const pointer = pointerOf(head); // a previous-layout record's own blob
+    if (pointer !== undefined) pointers.push(pointer);
+  } else if (head !== null && chainOf(head) === chain.chain) {
+    return { deleted, blobsDeleted: 0 };
+  }
+  // In order, so a reader walking the chain meanwhile finds a gap at its start, never its middle.
+  for (let position = 1; position <= seal; position++) {
+    const id = elementId(chain.chain, position);
+    const doc = await collection.findOne({ _id: id }, { projection: { b: 1 } });
+    if (doc === null) continue;
+    deleted += (await collection.deleteOne({ _id: id }, write)).deletedCount;
+    const pointer = pointerOf(doc);
+    if (pointer !== undefined) pointers.push(pointer);
+  }
+  let blobsDeleted = 0;
+  for (const pointer of blobs === undefined ? [] : pointers) {
+    await blobs?.delete(pointer);
+    blobsDeleted += 1;
+  }
+  return { deleted, blobsDeleted };
 }
 
 export async function sweepExpired(context: SweepContext): Promise<SweepResult> {
-  const { collection, clock, write, blobs, batchSize } = context;
+  const { collection, clock, batchSize, sealTimeoutMs } = context;
   let deleted = 0;
   let blobsDeleted = 0;
+  const seen = new Set<string>();
   for (;;) {
     const now = await guarded('sweep', () => clock.now());
-    const cutoff = new Date(now);
-    // Only COMPLETED and FAILED records carry `e`.
+    // Elements carrying `e`: COMPLETED, FAILED (tombstones too), SEALED.
     const expired = await guarded('sweep', () =>
       collection
-        .find({ e: { $lte: cutoff } }, { projection: { _id: 1, n: 1, b: 1 }, limit: batchSize })
+        .find(
+          { e: { $lte: new Date(now) }, _id: { $nin: [...seen] } },
+          { projection: { _id: 1, k: 1, c: 1, i: 1, s: 1, b: 1 }, limit: batchSize },
+        )
         .toArray(),
     );
-    let progress = 0;
-
-    const withoutBlob = expired.filter((doc) => blobs === undefined || doc.b === undefined).map((d) => d._id);
-    if (withoutBlob.length > 0) {
-      const result = await guarded('sweep', () =>
-        collection.deleteMany({ _id: { $in: withoutBlob }, e: { $lte: cutoff } }, write),
-      );
-      progress += result.deletedCount;
-    }
-
+    if (expired.length === 0) break;
     for (const doc of expired) {
-      if (blobs === undefined || doc.b === undefined) continue;
-      const pointer: BlobPointer = { uri: doc.b.u, size: doc.b.z, sha256: doc.b.h };
-      const result = await guarded('sweep', () =>
-        collection.deleteOne({ _id: doc._id, n: doc.n, e: { $lte: cutoff } }, write),
-      );
-      if (result.deletedCount !== 1) continue;
-      progress += 1;
-      await blobs.delete(pointer);
-      blobsDeleted += 1;
+      seen.add(doc._id);
+      const swept = await guarded('sweep', () => sweepOne(context, doc, now, sealTimeoutMs));
+      deleted += swept.deleted;
+      blobsDeleted += swept.blobsDeleted;
     }
-
-    deleted += progress;
-    // A short batch was the last one; a batch that deleted nothing (all revived meanwhile) too.
-    if (expired.length < batchSize || progress === 0) break;
+    if (expired.length < batchSize) break;
   }
   return { deleted, blobsDeleted };
+}
+
+/** One expired element: the last of its chain (dismantle it), a stray, or an older record. */
+async function sweepOne(
+  context: SweepContext,
+  doc: RecordDoc,
+  now: number,
+  sealTimeoutMs: number,
+): Promise<{ deleted: number; blobsDeleted: number }> {
+  const { collection, write, blobs } = context;
+  const key = doc.k ?? doc._id; // a previous-layout record is its own head
+  const chainId = doc.c ?? chainOf(doc as unknown as HeadDoc);
+  const chain = await readChain(context, key);
+  if (chain === 'gone') return { deleted: 0, blobsDeleted: 0 };
+  if (chain === undefined || chain.chain !== chainId) {
+    // A stray: written into a chain deleted since (a stalled worker's late insert).
+    if (doc.k === undefined) return { deleted: 0, blobsDeleted: 0 };
+    const removed = (await collection.deleteOne({ _id: doc._id }, write)).deletedCount;
+    const pointer = pointerOf(doc);
+    if (removed === 1 && pointer !== undefined && blobs !== undefined) {
+      await blobs.delete(pointer);
+      return { deleted: removed, blobsDeleted: 1 };
+    }
+    return { deleted: removed, blobsDeleted: 0 };
+  }
+  const last = chain.last;
+  if (last === undefined) return { deleted: 0, blobsDeleted: 0 };
+  if (last.s === State.Sealed) {
+    // Sealed by a sweeper that died, or is still at work: take over only after the timeout.
+    if (now - (last.d ?? 0) < sealTimeoutMs) return { deleted: 0, blobsDeleted: 0 };
+    return dismantle(context, chain, now, sealTimeoutMs);
+  }
+  if (chain.position === (doc.i ?? 0) && isExpired(last, now))
+    return dismantle(context, chain, now, sealTimeoutMs);
+  if (chain.position > (doc.i ?? 0) && doc.s !== State.Sealed) {
+    // An older record of a key used again since: it stays (the chain must have no gaps) until the
+    // whole chain goes, but the sweeper need not look at it again.
+    await collection.updateOne({ _id: doc._id }, { $unset: { e: '' } }, write);
+  }
+  return { deleted: 0, blobsDeleted: 0 };
 }

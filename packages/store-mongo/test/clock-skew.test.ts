@@ -6,7 +6,7 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { serverClock } from '../src/clock.js';
 import { createMongoStore, type MongoProcessedStore } from '../src/index.js';
-import { openTestDatabase, type TestDatabase } from './helpers.js';
+import { MONGO_SERVERS, openTestDatabase, serverLocalTime, type TestDatabase } from './helpers.js';
 
 const HOUR = 3_600_000;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -40,9 +40,7 @@ function stepHostClock(ms: number): void {
 }
 
 /** The server's own clock, read directly. */
-async function serverNow(): Promise<number> {
-  return ((await test.db.command({ hello: 1 })).localTime as Date).getTime();
-}
+const serverNow = (db = test.db): Promise<number> => serverLocalTime(db);
 
 /** A fresh key, with both workers' clocks measured before anything is stepped. */
 async function freshKey(): Promise<string> {
@@ -110,14 +108,24 @@ describe('host clock stepped -1 h on the worker holding the lease', () => {
   });
 });
 
-describe('server clock estimate', () => {
+// The estimate alone, on each test server: mongo-java-server has no `hello`, so there the clock
+// measures with `isMaster`.
+describe.each(MONGO_SERVERS)('server clock estimate on $name', ({ url }) => {
+  let server: TestDatabase;
+  beforeAll(async () => {
+    server = await openTestDatabase('clock_estimate', url);
+  });
+  afterAll(async () => {
+    await server?.drop();
+  });
+
   it('a host step too small to be noticed as one (±900 ms) does not move the estimate', async () => {
-    const clock = serverClock(test.db);
+    const clock = serverClock(server.db);
     await clock.now();
     for (const step of [900, -900]) {
       stepHostClock(step);
       const estimate = await clock.now();
-      expect(Math.abs(estimate - (await serverNow()))).toBeLessThan(100);
+      expect(Math.abs(estimate - (await serverNow(server.db)))).toBeLessThan(100);
       vi.restoreAllMocks();
     }
   });
@@ -125,7 +133,7 @@ describe('server clock estimate', () => {
   it('keeps a quick measurement over a later one whose reply was delayed on the way back', async () => {
     let delayMs = 0;
     // The real server, with its reply held back: the midpoint then lies after the server read its clock.
-    const slowReply = new Proxy(test.db, {
+    const slowReply = new Proxy(server.db, {
       get: (target, property, receiver) =>
         property === 'command'
           ? async (...args: Parameters<typeof target.command>) => {
@@ -139,6 +147,26 @@ describe('server clock estimate', () => {
     await clock.now();
     delayMs = 400;
     await clock.now(); // measures again, 400 ms round trip
-    expect(Math.abs((await clock.now()) - (await serverNow()))).toBeLessThan(100);
+    expect(Math.abs((await clock.now()) - (await serverNow(server.db)))).toBeLessThan(100);
+  });
+
+  it('measures with hello, or with isMaster where the server has no hello, and asks only that once known', async () => {
+    const commands: string[] = [];
+    const recording = new Proxy(server.db, {
+      get: (target, property, receiver) =>
+        property === 'command'
+          ? (...args: Parameters<typeof target.command>) => {
+              commands.push(Object.keys(args[0])[0] ?? '');
+              return target.command(...args);
+            }
+          : Reflect.get(target, property, receiver),
+    });
+    const clock = serverClock(recording, { refreshMs: 0 });
+    await clock.now();
+    await clock.now();
+    expect(commands).toEqual(
+      server.server === 'mongo-java' ? ['hello', 'isMaster', 'isMaster'] : ['hello', 'hello'],
+    );
+    expect(Math.abs((await clock.now()) - (await serverNow(server.db)))).toBeLessThan(100);
   });
 });

@@ -1,19 +1,12 @@
 import { describeBlobStoreConformance, describeStoreConformance } from '@exactly-once/core/testing';
 import { createGridFsBlobStore, createMongoStore } from '../src/index.js';
-import { openTestDatabase } from './helpers.js';
+import { MONGO_SERVERS, openTestDatabase } from './helpers.js';
 
-// FerretDB 1.x applies a filtered update as read, check, write-back with nothing held in between
-// (its issue #3040), so two racers can both win: the races on an existing record cannot pass
-// there and are left out of its run. On MongoDB they run; EO_MONGO_FORCE_RACE_TESTS=1 runs them
-// on FerretDB too, to watch them fail.
-const probe = await openTestDatabase('probe');
-const ferret1 = probe.ferret1;
-await probe.drop();
-
-describeStoreConformance(
-  ferret1 ? 'mongo (FerretDB 1.x)' : 'mongo',
-  async () => {
-    const test = await openTestDatabase('conformance');
+// Every race included, on both servers: the store needs nothing but unique-`_id` inserts to be
+// atomic (FerretDB 1.x applies filtered updates non-atomically; mongo-java-server does not).
+for (const server of MONGO_SERVERS) {
+  describeStoreConformance(`mongo (${server.name})`, async () => {
+    const test = await openTestDatabase('conformance', server.url);
     const blobs = createGridFsBlobStore({ db: test.db });
     const store = createMongoStore({ db: test.db, blobs });
     await store.ensureIndexes();
@@ -25,9 +18,8 @@ describeStoreConformance(
         await test.drop();
       },
     };
-  },
-  { existingRecordRaces: !ferret1 || process.env.EO_MONGO_FORCE_RACE_TESTS === '1' },
-);
+  });
+}
 
 describeBlobStoreConformance('GridFS (FerretDB)', async () => {
   const test = await openTestDatabase('blob-conformance');

@@ -5,13 +5,14 @@
 import { connect, createServer, type Socket } from 'node:net';
 import { StoreUnavailableError } from '@exactly-once/core';
 import type { Collection } from 'mongodb';
-import { MongoClient } from 'mongodb';
+import { Binary, MongoClient } from 'mongodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { serverClock } from '../src/clock.js';
-import type { RecordDoc } from '../src/codec.js';
+import { readChain } from '../src/chain.js';
+import { elementId, type HeadDoc, type RecordDoc, State } from '../src/codec.js';
 import { createGridFsBlobStore, createMongoStore, type MongoProcessedStore } from '../src/index.js';
-import { sweepExpired } from '../src/sweep.js';
-import { MONGO_URL, openTestDatabase, type TestDatabase } from './helpers.js';
+import { dismantle } from '../src/sweep.js';
+import { MONGO_SERVERS, MONGO_URL, openTestDatabase, type TestDatabase } from './helpers.js';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const begin = (store: MongoProcessedStore, key: string, owner = 'w', leaseMs = 300) =>
@@ -26,204 +27,310 @@ let test: TestDatabase;
 let store: MongoProcessedStore;
 let raw: Collection<RecordDoc>;
 
-beforeAll(async () => {
-  test = await openTestDatabase('store');
-  store = createMongoStore({ db: test.db });
-  raw = store.collection;
-});
+/** Opens a fresh database on `url` for the describe blocks that follow (closing the last one). */
+const useServer = (url: string) =>
+  beforeAll(async () => {
+    await store?.close();
+    await test?.drop();
+    test = await openTestDatabase('store', url);
+    store = createMongoStore({ db: test.db });
+    raw = store.collection;
+  });
 afterAll(async () => {
   await store?.close();
   await test?.drop();
 });
 
-describe('races', () => {
-  it('50 concurrent begins on a fresh key, from two clients: exactly one acquires', async () => {
-    const second = new MongoClient(MONGO_URL);
-    const other = createMongoStore({ db: second.db(test.db.databaseName) });
-    try {
-      for (let k = 0; k < 5; k++) {
-        const key = `race:${k}`;
-        const results = await Promise.all(
-          // A lease long enough that no begin of the race can see it pass, however loaded the machine.
-          Array.from({ length: 50 }, (_, i) => begin(i % 2 === 0 ? store : other, key, `w${i}`, 60_000)),
-        );
-        const winners = results.filter((r) => r.status === 'acquired');
-        expect(winners).toHaveLength(1);
-        expect(results.filter((r) => r.status === 'busy')).toHaveLength(49);
+// The store's own behaviour on each server: FerretDB 1.x (no atomic filtered updates) and
+// mongo-java-server (atomic per document, no TTL, no `hello`).
+describe.each(MONGO_SERVERS)('$name', (server) => {
+  useServer(server.url);
+
+  describe('races', () => {
+    it('50 concurrent begins on a fresh key, from two clients: exactly one acquires', async () => {
+      const second = new MongoClient(server.url);
+      const other = createMongoStore({ db: second.db(test.db.databaseName) });
+      try {
+        for (let k = 0; k < 5; k++) {
+          const key = `race:${k}`;
+          const results = await Promise.all(
+            // A lease long enough that no begin of the race can see it pass, however loaded the machine.
+            Array.from({ length: 50 }, (_, i) => begin(i % 2 === 0 ? store : other, key, `w${i}`, 60_000)),
+          );
+          const winners = results.filter((r) => r.status === 'acquired');
+          expect(winners).toHaveLength(1);
+          expect(results.filter((r) => r.status === 'busy')).toHaveLength(49);
+        }
+      } finally {
+        await second.close();
       }
-    } finally {
-      await second.close();
-    }
+    });
+
+    // Races on an existing record are in the conformance kit (conformance.test.ts).
   });
 
-  // Races on an existing record are in the conformance kit (conformance.test.ts).
-});
+  /** The elements of `key`'s chain, in order, as stored. */
+  const elementsOf = async (collection: Collection<RecordDoc>, key: string) =>
+    (await collection.find({ k: key }).toArray()).sort((x, y) => x.i - y.i);
 
-describe('document layout', () => {
-  it('uses the key verbatim as _id, short field names, and drops lease fields on completion', async () => {
-    const key = 'layout:$gt.{"a":1}\u0000end';
-    const lease = await acquired(store, key);
-    expect(await store.saveStep(key, lease.fence, 'a.b$c', Uint8Array.of(1))).toBe('ok');
-    const inProgress = await raw.findOne({ _id: key });
-    expect(inProgress?._id).toBe(key);
-    expect(inProgress?.st?.[0]).toMatchObject({ k: 'a.b$c' });
+  describe('document layout', () => {
+    it('a head names the chain; each state is its own element with short field names', async () => {
+      const key = 'layout:$gt.{"a":1}\u0000end';
+      const lease = await acquired(store, key);
+      expect(await store.saveStep(key, lease.fence, 'a.b$c', Uint8Array.of(1))).toBe('ok');
+      const head = (await raw.findOne({ _id: key })) as unknown as HeadDoc;
+      expect(Object.keys(head).sort()).toEqual(['_id', 'c', 'h']);
+      const [first] = await elementsOf(raw, key);
+      expect(first?._id).toBe(elementId(head.c, 1));
+      expect(first?.st?.[0]).toMatchObject({ k: 'a.b$c' });
 
-    const body = Uint8Array.of(9);
-    const headers: Record<string, string> = Object.fromEntries([
-      ['x.y', '1'],
-      ['$set', '2'],
-      ['__proto__', '3'],
-      ['nul\u0000', '4'],
-    ]);
-    expect(
-      await store.complete({
+      const body = Uint8Array.of(9);
+      const headers: Record<string, string> = Object.fromEntries([
+        ['x.y', '1'],
+        ['$set', '2'],
+        ['__proto__', '3'],
+        ['nul\u0000', '4'],
+      ]);
+      expect(
+        await store.complete({
+          key,
+          fence: lease.fence,
+          result: { kind: 'inline', data: Uint8Array.of(1, 2) },
+          outgoing: [{ id: 'm.1', destination: 'q', body, headers }],
+          retentionMs: 60_000,
+        }),
+      ).toBe('ok');
+      const [, done, extra] = await elementsOf(raw, key);
+      expect(extra).toBeUndefined();
+      expect(done?._id).toBe(elementId(head.c, 2));
+      expect(Object.keys(done ?? {}).sort()).toEqual(
+        ['_id', 'k', 'c', 'i', 's', 'a', 'd', 'e', 'f', 'n', 'ob', 'r'].sort(),
+      );
+      expect(done?.e).toBeInstanceOf(Date);
+      const record = await store.get(key);
+      expect(record?.state === 'COMPLETED' && record.outgoing[0]?.headers).toEqual(headers);
+    });
+
+    it('hex fingerprints and trace ids are stored as bytes and read back as the exact strings', async () => {
+      const sha = 'ab'.repeat(32);
+      const trace = `${'0f'.repeat(16)}-${'e1'.repeat(8)}`;
+      const cases = [
+        [sha, trace, true],
+        [sha.toUpperCase(), trace.toUpperCase(), false],
+        [`${sha}0`, `${trace}-x`, false],
+        ['fp', 'not-a-trace', false],
+      ] as const;
+      for (const [i, [fingerprint, traceId, packed]] of cases.entries()) {
+        const key = `packing:${i}`;
+        const lease = await store.begin({ key, fingerprint, owner: 'w', leaseMs: 1000, traceId });
+        expect(lease.status).toBe('acquired');
+        const [doc] = await elementsOf(raw, key);
+        expect(typeof doc?.f === 'string' && typeof doc?.t === 'string').toBe(!packed);
+        expect(await store.get(key)).toMatchObject({ fingerprint, traceId });
+        const again = await store.begin({ key, fingerprint, owner: 'w2', leaseMs: 1000 });
+        expect(again.status).toBe('busy');
+      }
+    });
+
+    it('steps saved twice under one name read back as the last one', async () => {
+      const key = 'steps:twice';
+      const lease = await acquired(store, key);
+      await store.saveStep(key, lease.fence, 's', Uint8Array.of(1));
+      await store.saveStep(key, lease.fence, 's', Uint8Array.of(2));
+      const record = await store.get(key);
+      expect(record?.state === 'IN_PROGRESS' && Array.from(record.steps.s?.result ?? [])).toEqual([2]);
+    });
+
+    it('steps and extensions sent at once by the holder are all kept', async () => {
+      const key = 'steps:concurrent';
+      const lease = await acquired(store, key, 60_000);
+      const writes = Array.from({ length: 20 }, (_, i) =>
+        i % 4 === 0
+          ? store.extend(key, lease.fence, 60_000)
+          : store.saveStep(key, lease.fence, `s${i}`, Uint8Array.of(i)),
+      );
+      expect(new Set(await Promise.all(writes))).toEqual(new Set(['ok']));
+      const record = await store.get(key);
+      expect(record?.state === 'IN_PROGRESS' && Object.keys(record.steps)).toHaveLength(15);
+    });
+
+    it('keys differing only after a NUL, or only by a prefix, are different records', async () => {
+      const keys = ['nul', 'nul\u0000', 'nul\u0000\u0000', 'nul\u0000x', 'NUL', 'nul '];
+      const fences = new Map<string, number>();
+      for (const key of keys) fences.set(key, (await acquired(store, key)).fence);
+      await store.release('nul\u0000', fences.get('nul\u0000') ?? 0, { name: 'E', code: 'E', message: 'm' });
+      for (const key of keys) {
+        const record = await store.get(key);
+        expect(record?.key === key).toBe(true);
+        expect(record?.state === 'IN_PROGRESS' && record.leaseUntil === 0).toBe(key === 'nul\u0000');
+      }
+    });
+
+    it('reads a record of the previous layout (state in the head) and continues its chain', async () => {
+      const key = 'legacy:completed';
+      const now = Date.now();
+      await raw.insertOne({
+        _id: key,
+        s: State.Completed,
+        f: 'fp',
+        n: now,
+        a: 1,
+        d: now,
+        e: new Date(now + 60_000),
+        r: new Binary(Buffer.from([5])),
+      } as unknown as RecordDoc);
+      expect(await begin(store, key)).toMatchObject({ status: 'duplicate', record: { fence: now } });
+      expect(await store.clear(key)).toBe('cleared');
+      const renewed = await acquired(store, key);
+      expect(renewed.fence).toBeGreaterThan(now);
+      expect(await store.complete({ key, fence: renewed.fence, outgoing: [], retentionMs: 60_000 })).toBe(
+        'ok',
+      );
+      expect((await store.get(key))?.state).toBe('COMPLETED');
+    });
+  });
+
+  describe('expiry', () => {
+    it('ensureIndexes creates the sweeper’s and the stuck-work indexes, and is idempotent', async () => {
+      await store.ensureIndexes();
+      const names = (await raw.listIndexes().toArray()).map((index) => String(index.name));
+      expect(names).toEqual(expect.arrayContaining(['eo_expiry', 'eo_in_progress']));
+      await store.ensureIndexes();
+    });
+
+    it('the sweeper deletes expired chains and their blobs, never a live record or its blob', async () => {
+      const blobs = createGridFsBlobStore({ db: test.db, bucketName: 'sweep_blobs' });
+      const swept = createMongoStore({ db: test.db, collectionName: 'sweep_records', blobs });
+      const put = (byte: number) => blobs.put(Uint8Array.of(byte, byte, byte));
+      const finish = async (key: string, retentionMs: number, blob?: Awaited<ReturnType<typeof put>>) => {
+        const lease = await acquired(swept, key);
+        const result = blob === undefined ? undefined : ({ kind: 'blob', pointer: blob } as const);
+        expect(await swept.complete({ key, fence: lease.fence, outgoing: [], retentionMs, result })).toBe(
+          'ok',
+        );
+      };
+      const expiredBlob = await put(1);
+      const liveBlob = await put(2);
+      await finish('expired-with-blob', 50, expiredBlob);
+      await finish('expired-plain', 50);
+      await finish('live-with-blob', 600_000, liveBlob);
+      const failed = await acquired(swept, 'expired-failed');
+      await swept.fail('expired-failed', failed.fence, { name: 'E', code: 'E', message: 'm' }, 50);
+      await acquired(swept, 'in-progress', 10);
+      await sleep(150);
+
+      // Three chains of head + lease + terminal + the sweeper's seal.
+      expect(await swept.sweepExpired()).toEqual({ deleted: 12, blobsDeleted: 1 });
+      const left = await swept.collection.find({}).toArray();
+      expect(new Set(left.map((d) => d.k ?? d._id))).toEqual(new Set(['in-progress', 'live-with-blob']));
+      await expect(blobs.get(expiredBlob)).rejects.toMatchObject({ code: 'BLOB_INTEGRITY' });
+      expect(Array.from(await blobs.get(liveBlob))).toEqual([2, 2, 2]);
+      expect(await swept.sweepExpired()).toEqual({ deleted: 0, blobsDeleted: 0 });
+      expect((await begin(swept, 'expired-plain')).status).toBe('acquired');
+      await swept.close();
+    });
+
+    it('a record renewed between the sweeper’s read and its seal survives, and so does its blob', async () => {
+      const blobs = createGridFsBlobStore({ db: test.db, bucketName: 'renew_blobs' });
+      const swept = createMongoStore({ db: test.db, collectionName: 'renew_records', blobs });
+      const key = 'renewed';
+      const blob = await blobs.put(Uint8Array.of(7));
+      const lease = await acquired(swept, key);
+      await swept.complete({
         key,
         fence: lease.fence,
-        result: { kind: 'inline', data: Uint8Array.of(1, 2) },
-        outgoing: [{ id: 'm.1', destination: 'q', body, headers }],
-        retentionMs: 60_000,
-      }),
-    ).toBe('ok');
-    const doc = await raw.findOne({ _id: key });
-    expect(Object.keys(doc ?? {}).sort()).toEqual(['_id', 'a', 'd', 'e', 'f', 'n', 'ob', 'r', 's'].sort());
-    expect(doc?.e).toBeInstanceOf(Date);
-    const record = await store.get(key);
-    expect(record?.state === 'COMPLETED' && record.outgoing[0]?.headers).toEqual(headers);
-  });
+        outgoing: [],
+        retentionMs: 50,
+        result: { kind: 'blob', pointer: blob },
+      });
+      await sleep(120);
+      const stale = await readChain({ collection: swept.collection, heads: swept.collection as never }, key);
+      if (stale === undefined || stale === 'gone') throw new Error('no chain');
+      expect((await begin(swept, key)).status).toBe('acquired'); // renews the expired record
+      const context = {
+        collection: swept.collection,
+        heads: swept.collection as never,
+        write: { writeConcern: {} },
+        blobs,
+      };
+      expect(await dismantle(context, stale, Date.now(), 30_000)).toEqual({ deleted: 0, blobsDeleted: 0 });
+      expect((await swept.get(key))?.state).toBe('IN_PROGRESS');
+      expect(Array.from(await blobs.get(blob))).toEqual([7]);
+      await swept.close();
+    });
 
-  it('hex fingerprints and trace ids are stored as bytes and read back as the exact strings', async () => {
-    const sha = 'ab'.repeat(32);
-    const trace = `${'0f'.repeat(16)}-${'e1'.repeat(8)}`;
-    const cases = [
-      [sha, trace, true],
-      [sha.toUpperCase(), trace.toUpperCase(), false],
-      [`${sha}0`, `${trace}-x`, false],
-      ['fp', 'not-a-trace', false],
-    ] as const;
-    for (const [i, [fingerprint, traceId, packed]] of cases.entries()) {
-      const key = `packing:${i}`;
-      const lease = await store.begin({ key, fingerprint, owner: 'w', leaseMs: 1000, traceId });
-      expect(lease.status).toBe('acquired');
-      const doc = await raw.findOne({ _id: key });
-      expect(typeof doc?.f === 'string' && typeof doc?.t === 'string').toBe(!packed);
-      expect(await store.get(key)).toMatchObject({ fingerprint, traceId });
-      const again = await store.begin({ key, fingerprint, owner: 'w2', leaseMs: 1000 });
-      expect(again.status).toBe('busy');
-    }
-  });
-
-  it('steps saved twice under one name read back as the last one', async () => {
-    const key = 'steps:twice';
-    const lease = await acquired(store, key);
-    await store.saveStep(key, lease.fence, 's', Uint8Array.of(1));
-    await store.saveStep(key, lease.fence, 's', Uint8Array.of(2));
-    const record = await store.get(key);
-    expect(record?.state === 'IN_PROGRESS' && Array.from(record.steps.s?.result ?? [])).toEqual([2]);
-  });
-
-  it('keys differing only after a NUL, or only by a prefix, are different records', async () => {
-    const keys = ['nul', 'nul\u0000', 'nul\u0000\u0000', 'nul\u0000x', 'NUL', 'nul '];
-    const fences = new Map<string, number>();
-    for (const key of keys) fences.set(key, (await acquired(store, key)).fence);
-    await store.release('nul\u0000', fences.get('nul\u0000') ?? 0, { name: 'E', code: 'E', message: 'm' });
-    for (const key of keys) {
-      const record = await store.get(key);
-      expect(record?.key === key).toBe(true);
-      expect(record?.state === 'IN_PROGRESS' && record.leaseUntil === 0).toBe(key === 'nul\u0000');
-    }
-  });
-});
-
-describe('expiry', () => {
-  it('ensureIndexes tolerates a server without TTL indexes and still indexes the expiry field', async () => {
-    const result = await store.ensureIndexes();
-    expect(result.ttl).toBe(!test.ferret1);
-    const names = (await raw.listIndexes().toArray()).map((index) => String(index.name));
-    expect(names).toContain(result.ttl ? 'eo_expiry_ttl' : 'eo_expiry');
-    await store.ensureIndexes(); // idempotent
-  });
-
-  it('the sweeper deletes expired records and their blobs, never a live record or its blob', async () => {
-    const blobs = createGridFsBlobStore({ db: test.db, bucketName: 'sweep_blobs' });
-    const swept = createMongoStore({ db: test.db, collectionName: 'sweep_records', blobs });
-    const put = (byte: number) => blobs.put(Uint8Array.of(byte, byte, byte));
-    const finish = async (key: string, retentionMs: number, blob?: Awaited<ReturnType<typeof put>>) => {
+    it('a takeover that lands in a chain swept meanwhile is undone; the key starts a new chain', async () => {
+      const name = 'void_records';
+      const key = 'late';
+      const swept = createMongoStore({ db: test.db, collectionName: name });
       const lease = await acquired(swept, key);
-      const result = blob === undefined ? undefined : ({ kind: 'blob', pointer: blob } as const);
-      expect(await swept.complete({ key, fence: lease.fence, outgoing: [], retentionMs, result })).toBe('ok');
-    };
-    const expiredBlob = await put(1);
-    const liveBlob = await put(2);
-    await finish('expired-with-blob', 50, expiredBlob);
-    await finish('expired-plain', 50);
-    await finish('live-with-blob', 600_000, liveBlob);
-    const failed = await acquired(swept, 'expired-failed');
-    await swept.fail('expired-failed', failed.fence, { name: 'E', code: 'E', message: 'm' }, 50);
-    await acquired(swept, 'in-progress', 10);
-    await sleep(150);
-
-    expect(await swept.sweepExpired()).toEqual({ deleted: 3, blobsDeleted: 1 });
-    const left = await swept.collection.find({}).toArray();
-    expect(left.map((d) => d._id).sort()).toEqual(['in-progress', 'live-with-blob']);
-    await expect(blobs.get(expiredBlob)).rejects.toMatchObject({ code: 'BLOB_INTEGRITY' });
-    expect(Array.from(await blobs.get(liveBlob))).toEqual([2, 2, 2]);
-    expect(await swept.sweepExpired()).toEqual({ deleted: 0, blobsDeleted: 0 });
-    await swept.close();
-  });
-
-  it('a record renewed between the sweeper’s read and its delete survives, and so does its blob', async () => {
-    const blobs = createGridFsBlobStore({ db: test.db, bucketName: 'renew_blobs' });
-    const swept = createMongoStore({ db: test.db, collectionName: 'renew_records', blobs });
-    const key = 'renewed';
-    const blob = await blobs.put(Uint8Array.of(7));
-    const lease = await acquired(swept, key);
-    await swept.complete({
-      key,
-      fence: lease.fence,
-      outgoing: [],
-      retentionMs: 50,
-      result: { kind: 'blob', pointer: blob },
+      await swept.complete({ key, fence: lease.fence, outgoing: [], retentionMs: 50 });
+      await sleep(120);
+      // A worker reads the expired record, then stalls: the sweeper deletes the whole chain before
+      // the worker's insert of the next element arrives.
+      const target = test.db.collection<RecordDoc>(name);
+      let swept1 = false;
+      const slow = new Proxy(target, {
+        get(object, property, receiver) {
+          if (property !== 'insertOne') return Reflect.get(object, property, receiver);
+          return async (...args: Parameters<typeof object.insertOne>) => {
+            if (!swept1) {
+              swept1 = true;
+              expect((await swept.sweepExpired()).deleted).toBe(4);
+            }
+            return object.insertOne(...args);
+          };
+        },
+      });
+      const late = createMongoStore({ db: test.db, collection: slow as never });
+      const result = await late.begin({ key, fingerprint: 'fp', owner: 'late', leaseMs: 300 });
+      expect(result).toMatchObject({ status: 'acquired', kind: 'new' });
+      const head = (await target.findOne({ _id: key })) as unknown as HeadDoc;
+      const left = await target.find({}).toArray();
+      // Only the new head and its first lease: the insert into the deleted chain was undone.
+      expect(left.map((d) => d._id).sort()).toEqual([key, elementId(head.c, 1)].sort());
+      await swept.close();
     });
-    await sleep(120);
-    // The sweeper's read returns the expired record; a worker renews it before the delete runs.
-    const collection = new Proxy(swept.collection, {
-      get(target, property, receiver) {
-        if (property !== 'find') return Reflect.get(target, property, receiver);
-        return (...args: Parameters<typeof target.find>) => ({
-          toArray: async () => {
-            const docs = await target.find(...args).toArray();
-            expect((await begin(swept, key)).status).toBe('acquired');
-            return docs;
-          },
-        });
-      },
-    });
-    const clock = { now: async () => Date.now() };
-    const result = await sweepExpired({
-      collection,
-      clock,
-      write: { writeConcern: {} },
-      blobs,
-      batchSize: 10,
-    });
-    expect(result).toEqual({ deleted: 0, blobsDeleted: 0 });
-    expect((await swept.get(key))?.state).toBe('IN_PROGRESS');
-    expect(Array.from(await blobs.get(blob))).toEqual([7]);
-    await swept.close();
-  });
 
-  it('startSweeper runs in the background until stopped; close stops it', async () => {
-    const swept = createMongoStore({ db: test.db, collectionName: 'bg_records' });
-    const lease = await acquired(swept, 'bg');
-    await swept.complete({ key: 'bg', fence: lease.fence, outgoing: [], retentionMs: 20 });
-    swept.startSweeper(50);
-    for (let i = 0; i < 40 && (await swept.collection.countDocuments({})) > 0; i++) await sleep(50);
-    expect(await swept.collection.countDocuments({})).toBe(0);
-    await swept.close();
+    it('a sweeper that died after sealing is finished by the next sweep after the seal timeout', async () => {
+      const swept = createMongoStore({ db: test.db, collectionName: 'sealed_records', sealTimeoutMs: 100 });
+      const key = 'sealed';
+      const lease = await acquired(swept, key);
+      await swept.complete({ key, fence: lease.fence, outgoing: [], retentionMs: 20 });
+      await sleep(60);
+      const chain = await readChain({ collection: swept.collection, heads: swept.collection as never }, key);
+      if (chain === undefined || chain === 'gone') throw new Error('no chain');
+      // The seal alone, as a sweeper that died right after inserting it leaves it.
+      await swept.collection.insertOne({
+        _id: elementId(chain.chain, 3),
+        k: key,
+        c: chain.chain,
+        i: 3,
+        s: State.Sealed,
+        d: Date.now(),
+        e: new Date(),
+      } as RecordDoc);
+      expect((await begin(swept, key)).status).toBe('busy');
+      await sleep(150);
+      expect((await swept.sweepExpired()).deleted).toBe(5);
+      expect(await begin(swept, key)).toMatchObject({ status: 'acquired', kind: 'new' });
+      await swept.close();
+    });
+
+    it('startSweeper runs in the background until stopped; close stops it', async () => {
+      const swept = createMongoStore({ db: test.db, collectionName: 'bg_records' });
+      const lease = await acquired(swept, 'bg');
+      await swept.complete({ key: 'bg', fence: lease.fence, outgoing: [], retentionMs: 20 });
+      swept.startSweeper(50);
+      for (let i = 0; i < 40 && (await swept.collection.countDocuments({})) > 0; i++) await sleep(50);
+      expect(await swept.collection.countDocuments({})).toBe(0);
+      await swept.close();
+    });
   });
 });
 
 describe('outage', () => {
+  useServer(MONGO_URL);
   it('every operation against an unreachable server throws a retryable StoreUnavailableError', async () => {
     const port = await closedPort();
     const pointer = { uri: `gridfs:${'0'.repeat(24)}`, size: 1, sha256: '0'.repeat(64) };
@@ -302,6 +409,7 @@ describe('outage', () => {
 });
 
 describe('clock', () => {
+  useServer(MONGO_URL);
   it('the server clock follows hello.localTime, not this host', async () => {
     const skew = 3_600_000;
     const db = { command: async () => ({ localTime: new Date(Date.now() + skew) }) };
