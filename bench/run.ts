@@ -1,12 +1,19 @@
 /**
  * `npm run bench [-- options]`: consume throughput against the raw clients and AWS Powertools,
- * added latency, storage per key and outbox drain. Prints tables on stdout, progress on stderr,
- * and writes everything measured to bench/out/<timestamp>.json. See README.md for the method.
+ * added latency, storage per key and outbox drain (and, on request, the Mongo store as records
+ * accumulate). Prints tables on stdout, progress on stderr, and writes everything measured to
+ * bench/out/<timestamp>.json. See README.md for the method.
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DEFAULT_PREFETCH } from '@exactly-once/rabbitmq';
 import { Command, InvalidArgumentError } from 'commander';
+import {
+  ACCUMULATION_SERVERS,
+  type AccumulationResult,
+  type AccumulationServer,
+  runAccumulation,
+} from './lib/accumulation.js';
 import {
   CONSUME_VARIANTS,
   type ConsumeRound,
@@ -24,6 +31,7 @@ import { formatProfile, type ProfileSummary, summarizeProfileFile } from './lib/
 import { createProgress } from './lib/progress.js';
 import { type QueueType, RabbitDriver } from './lib/rabbitmq.js';
 import {
+  accumulationTable,
   consumeTable,
   HEADERS,
   latencyTable,
@@ -36,8 +44,10 @@ import {
 import { runStorage, type StorageResult } from './lib/storage.js';
 import { StoreKit } from './lib/stores.js';
 
-const SECTIONS = ['kafka', 'rabbitmq', 'latency', 'storage', 'outbox'] as const;
+const SECTIONS = ['kafka', 'rabbitmq', 'latency', 'storage', 'outbox', 'mongo-accumulation'] as const;
 type Section = (typeof SECTIONS)[number];
+/** Run only when `--only` names them: filling 100,000 records on FerretDB 1.x takes long. */
+const OPT_IN: readonly Section[] = ['mongo-accumulation'];
 
 const int = (value: string): number => {
   const n = Number(value);
@@ -57,9 +67,17 @@ const list =
 const program = new Command('bench')
   .description('exactly-once benchmarks: throughput, latency, storage, outbox drain')
   .option('--quick', 'tiny sizes, one round: checks the harness runs (CI); figures mean nothing')
-  .option('--only <sections>', `comma list of ${SECTIONS.join(',')}`, list(SECTIONS))
+  .option(
+    '--only <sections>',
+    `comma list of ${SECTIONS.join(',')} (default all but ${OPT_IN.join(',')})`,
+    list(SECTIONS),
+  )
   .option('--messages <n>', 'messages per consume run (default 50000; quick 60)', int)
-  .option('--mongo-messages <n>', 'messages per sdk-mongo run (default 500; quick 20)', int)
+  .option(
+    '--mongo-messages <n>',
+    'messages per sdk-mongo and sdk-mongo-java run (default 500; quick 20)',
+    int,
+  )
   .option('--rounds <n>', 'interleaved rounds of consume and latency runs (default 5; quick 1)', int)
   .option(
     '--variants <list>',
@@ -81,6 +99,21 @@ const program = new Command('bench')
   .option('--outbox <n>', 'outbox backlog size (default 100000; quick 200)', int)
   .option('--outbox-window <n>', 'max unconfirmed messages during the drain (default 256)', int)
   .option('--outbox-rounds <n>', 'interleaved outbox rounds (default 3; quick 1)', int)
+  .option(
+    '--accumulation <n1,n2,...>',
+    'mongo-accumulation: record counts at which to measure (default 10000,100000; quick 100,200)',
+    (value: string) => {
+      const sizes = value.split(',').map((v) => int(v.trim()));
+      if (sizes.some((n, i) => i > 0 && n <= (sizes[i - 1] as number)))
+        throw new InvalidArgumentError('expected increasing record counts');
+      return sizes;
+    },
+  )
+  .option(
+    '--accumulation-ops <n>',
+    'mongo-accumulation: timed operations per size and kind (default 2000; quick 50)',
+    int,
+  )
   .option('--redis-autopipelining', "experiment: ioredis enableAutoPipelining on the SDK stores' client")
   .option('--timeout <s>', 'give up on one measurement after this many seconds (default 1800)', int)
   .option('--profile', 'CPU-profile extra, unreported raw/sdk-memory/sdk-redis/powertools consume runs')
@@ -106,7 +139,7 @@ const pick = (value: unknown, full: number, small: number): number =>
   typeof value === 'number' ? value : quick ? small : full;
 const config = {
   quick,
-  sections: (o.only as Section[] | undefined) ?? [...SECTIONS],
+  sections: (o.only as Section[] | undefined) ?? SECTIONS.filter((s) => !OPT_IN.includes(s)),
   messages: pick(o.messages, 50_000, 60),
   mongoMessages: pick(o.mongoMessages, 500, 20),
   rounds: pick(o.rounds, 5, 1),
@@ -124,6 +157,8 @@ const config = {
   outbox: pick(o.outbox, 100_000, 200),
   outboxWindow: pick(o.outboxWindow, 256, 64),
   outboxRounds: pick(o.outboxRounds, 3, 1),
+  accumulation: (o.accumulation as number[] | undefined) ?? (quick ? [100, 200] : [10_000, 100_000]),
+  accumulationOps: pick(o.accumulationOps, 2000, 50),
   timeoutMs: pick(o.timeout, 1800, 300) * 1000,
   profile: o.profile === true,
   redisAutoPipelining: o.redisAutopipelining === true,
@@ -145,6 +180,7 @@ const profiles: ProfileSummary[] = [];
 let latency: LatencyResult | undefined;
 let storage: StorageResult | undefined;
 let outboxRounds: OutboxRound[] | undefined;
+let accumulation: AccumulationResult | undefined;
 
 progress.note(
   `bench ${quick ? '(quick) ' : ''}sections ${config.sections.join(',')}; ` +
@@ -229,6 +265,23 @@ try {
       progress,
     );
   });
+  await section('mongo-accumulation', async () => {
+    // The servers of the Mongo variants asked for: sdk-mongo is FerretDB, sdk-mongo-java mongo-java-server.
+    const servers = ACCUMULATION_SERVERS.filter((s: AccumulationServer) =>
+      config.variants.includes(s === 'ferretdb' ? 'sdk-mongo' : 'sdk-mongo-java'),
+    );
+    if (servers.length === 0) throw new Error('--variants names neither sdk-mongo nor sdk-mongo-java');
+    accumulation = await runAccumulation(
+      {
+        servers,
+        records: config.accumulation,
+        ops: config.accumulationOps,
+        concurrency: 32,
+        timeoutMs: config.timeoutMs,
+      },
+      progress,
+    );
+  });
 } finally {
   progress.close();
   await stores.close().catch(() => {});
@@ -285,6 +338,16 @@ if (outboxSummary) {
   );
   lines.push(outboxTable(outboxSummary), '');
 }
+if (accumulation) {
+  lines.push(
+    `${HEADERS.accumulation} (${accumulation.ops} timed operations per size and kind, ` +
+      `concurrency ${accumulation.concurrency}) ==`,
+    accumulationTable(accumulation.rows),
+    '  new-key: begin + complete of a key never seen; duplicate: begin of a COMPLETED key (random over the',
+    '  records written before); fill keys/s: writing up to that size. docs: heads + chain elements.',
+    '',
+  );
+}
 lines.push(`${HEADERS.targets} (reported, not asserted) ==`, targetsTable(targetRows), '');
 if (profiles.length > 0) {
   lines.push(`${HEADERS.profiles} (extra runs, not in the figures above; details in the JSON) ==`);
@@ -310,6 +373,7 @@ await writeFile(
         : undefined,
       storage,
       outbox: outboxRounds ? { summary: outboxSummary, rounds: outboxRounds } : undefined,
+      accumulation,
       targets: targetRows,
       profiles,
       failures,

@@ -12,7 +12,7 @@ import type { PowertoolsKit } from './powertools.js';
 import type { Progress } from './progress.js';
 import { CpuProfiler, type ProfileSummary } from './profile.js';
 import { Meter, median, rotate, within } from './stats.js';
-import { batchTotals, commandDelta, commandStats, type StoreKind, type StoreKit } from './stores.js';
+import { batchTotals, commandDelta, commandStats, isMongo, type StoreKind, type StoreKit } from './stores.js';
 import { handler, type Order } from './workload.js';
 
 export const CONSUME_VARIANTS = [
@@ -21,6 +21,7 @@ export const CONSUME_VARIANTS = [
   'sdk-redis',
   'sdk-redis-cluster',
   'sdk-mongo',
+  'sdk-mongo-java',
   'powertools',
 ] as const;
 export type ConsumeVariant = (typeof CONSUME_VARIANTS)[number];
@@ -136,6 +137,7 @@ const CODES: Record<ConsumeVariant, string> = {
   'sdk-redis': 'red',
   'sdk-redis-cluster': 'rcl',
   'sdk-mongo': 'mon',
+  'sdk-mongo-java': 'mjv',
   powertools: 'pow',
 };
 
@@ -217,7 +219,7 @@ export async function runOne(
   window?: { prepare(): Promise<void>; begin(): void; stop(): Promise<void> },
 ): Promise<ConsumeRound> {
   const kind = storeOf(variant);
-  const messages = kind === 'mongo' ? options.mongoMessages : options.messages;
+  const messages = isMongo(kind) ? options.mongoMessages : options.messages;
   const batch = `${driver.broker.slice(0, 2)}${round}${CODES[variant]}`;
   const source = await driver.prepare(batch, messages);
   const meter = new Meter(messages);

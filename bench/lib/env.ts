@@ -18,7 +18,10 @@ export const env = {
   amqpUrl: process.env.EO_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672',
   rabbitManagementUrl: process.env.EO_RABBIT_MANAGEMENT_URL ?? 'http://127.0.0.1:15672',
   kafkaBrokers: (process.env.EO_KAFKA_BROKERS ?? '127.0.0.1:9092').split(','),
+  /** FerretDB 1.x (SQLite) of `scripts/infra.sh`: the `sdk-mongo` variant. */
   mongoUrl: process.env.EO_MONGO_URL ?? 'mongodb://127.0.0.1:27017',
+  /** mongo-java-server (H2) of `scripts/infra.sh`: the `sdk-mongo-java` variant. */
+  mongoJavaUrl: process.env.EO_MONGO_JAVA_URL ?? 'mongodb://127.0.0.1:27018',
 } as const;
 
 export const repoRoot = fileURLToPath(new URL('../../', import.meta.url));

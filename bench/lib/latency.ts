@@ -14,7 +14,7 @@ import { CONSUME_VARIANTS, storeOf } from './consume.js';
 import type { PowertoolsKit } from './powertools.js';
 import type { Progress } from './progress.js';
 import { Durations, median, rotate } from './stats.js';
-import { pingRtt, type StoreKit } from './stores.js';
+import { isMongo, pingRtt, type StoreKit } from './stores.js';
 import { handler, message, type Order } from './workload.js';
 
 /** The consume variants, minus the broker. */
@@ -100,12 +100,12 @@ export async function runLatency(
         (ping.clusterP50Us === undefined ? '' : `, cluster ${ping.clusterP50Us.toFixed(1)} us`),
     );
     for (const variant of rotate(options.variants, round)) {
-      const n = variant === 'sdk-mongo' ? options.mongoMessages : options.messages;
+      const kind = storeOf(variant);
+      const n = isMongo(kind) ? options.mongoMessages : options.messages;
       const batch = `lat-${kits.stores.runId}-${round}-${variant}`;
       const durations = new Durations(n);
       let done = 0;
       const task = progress.track(`latency ${variant} r${round + 1}`, n, () => done);
-      const kind = storeOf(variant);
       const store = kind ? await kits.stores.make(kind) : undefined;
       const pt =
         variant === 'powertools' ? await kits.powertools.make(handler, kits.stores.redis) : undefined;

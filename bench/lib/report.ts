@@ -1,4 +1,5 @@
 /** Text tables and the targets check. Targets are reported next to the figures, never asserted. */
+import type { AccumulationRow } from './accumulation.js';
 import type { ConsumeSummary } from './consume.js';
 import type { LatencySummary, PingSummary } from './latency.js';
 import type { OutboxSummary } from './outbox.js';
@@ -11,6 +12,7 @@ export const HEADERS = {
   latency: '== Added latency per message, serial',
   storage: '== Storage per key',
   outbox: '== Outbox drain',
+  accumulation: '== Mongo store as records accumulate',
   profiles: '== CPU profiles',
   targets: '== Targets',
 } as const;
@@ -131,6 +133,33 @@ export function outboxTable(rows: readonly OutboxSummary[]): string {
       r.maxInFlight,
       r.storeCallsPerMsg,
       r.load,
+    ]),
+  );
+}
+
+export function accumulationTable(rows: readonly AccumulationRow[]): string {
+  return table(
+    [
+      ['server', 0],
+      ['records', 0],
+      ['docs', 0],
+      ['fill keys/s', 0],
+      ['new-key msgs/s', 0],
+      ['duplicate msgs/s', 0],
+      ['retries', 0],
+      ['load start', 2],
+      ['load end', 2],
+    ],
+    rows.map((r) => [
+      r.server,
+      r.records,
+      r.docs,
+      r.fillRate,
+      r.newKeyRate,
+      r.duplicateRate,
+      r.retries,
+      r.loadStart,
+      r.loadEnd,
     ]),
   );
 }

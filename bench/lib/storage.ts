@@ -42,8 +42,16 @@ function figure(figureName: string, bytes: number, source: string): StorageFigur
   return { figure: figureName, bytes, at30MGiB: (bytes * KEYS_30M) / GiB, source };
 }
 
-/** Runs a package bench with the same loader as this one; resolves with its stdout. */
-function runBench(args: string[], extraEnv: Record<string, string>, timeoutMs: number): Promise<string> {
+/**
+ * Runs a package bench with the same loader as this one; resolves with its stdout. `onStderr` sees
+ * each line of its stderr (progress) as it comes.
+ */
+export function runBench(
+  args: string[],
+  extraEnv: Record<string, string>,
+  timeoutMs: number,
+  onStderr?: (line: string) => void,
+): Promise<string> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['--import', 'tsx', '--conditions=@exactly-once/source', ...args], {
       cwd: repoRoot,
@@ -55,8 +63,13 @@ function runBench(args: string[], extraEnv: Record<string, string>, timeoutMs: n
     child.stdout.on('data', (d: Buffer) => {
       out += d.toString();
     });
+    let pending = '';
     child.stderr.on('data', (d: Buffer) => {
       err += d.toString();
+      if (!onStderr) return;
+      const lines = (pending + d.toString()).split('\n');
+      pending = lines.pop() ?? '';
+      for (const line of lines) if (line.trim() !== '') onStderr(line);
     });
     // SIGINT, not SIGKILL: the package benches delete their keys in a finally block.
     const timer = setTimeout(() => child.kill('SIGINT'), timeoutMs);

@@ -2,7 +2,7 @@
  * The processed-stores under test, each behind a wrapper that counts calls per operation, so
  * "store round trips per message" is measured rather than assumed. Everything a store writes is
  * scoped to the run (a Redis key prefix in the bench's own DB or on the cluster, a Mongo database
- * of the run) and removed by `cleanup`.
+ * of the run on each Mongo server) and removed by `cleanup`.
  */
 import { createMemoryStore, type ProcessedStore } from '@exactly-once/core';
 import { createMongoStore } from '@exactly-once/store-mongo';
@@ -11,9 +11,21 @@ import { Cluster, Redis } from 'ioredis';
 import { type Db, MongoClient } from 'mongodb';
 import { env, uniqueName } from './env.js';
 
-/** `redis-cluster`: store-redis on an ioredis `Cluster` (the 3-master cluster of infra.sh). */
-export type StoreKind = 'memory' | 'redis' | 'redis-cluster' | 'mongo';
-export const STORE_KINDS: readonly StoreKind[] = ['memory', 'redis', 'redis-cluster', 'mongo'];
+/**
+ * `redis-cluster`: store-redis on an ioredis `Cluster` (the 3-master cluster of infra.sh).
+ * `mongo`: store-mongo on FerretDB 1.x (EO_MONGO_URL); `mongo-java`: on mongo-java-server
+ * (EO_MONGO_JAVA_URL), each with a client and a database of its own.
+ */
+export type StoreKind = 'memory' | 'redis' | 'redis-cluster' | 'mongo' | 'mongo-java';
+export const STORE_KINDS: readonly StoreKind[] = ['memory', 'redis', 'redis-cluster', 'mongo', 'mongo-java'];
+type MongoKind = Extract<StoreKind, 'mongo' | 'mongo-java'>;
+
+/** The store-mongo kinds: they run with `--mongo-messages` messages. */
+export const isMongo = (kind: StoreKind | undefined): kind is MongoKind =>
+  kind === 'mongo' || kind === 'mongo-java';
+
+/** How often the Mongo stores sweep, as a deployment would (the store has no TTL index). */
+const MONGO_SWEEP_MS = 60_000;
 
 const SINGLE_OPERATIONS = [
   'begin',
@@ -192,8 +204,8 @@ export function commandDelta(
 export class StoreKit {
   readonly redis: Redis;
   private cluster: Cluster | undefined;
-  private mongo: MongoClient | undefined;
-  private db: Db | undefined;
+  /** One client and one database per Mongo server, opened on first use. */
+  private readonly mongo = new Map<MongoKind, { client: MongoClient; db: Db }>();
   readonly runId = uniqueName('eb').replace('-', '');
 
   /**
@@ -235,12 +247,15 @@ export class StoreKit {
     return masters;
   }
 
-  private async mongoDb(): Promise<Db> {
-    if (this.db) return this.db;
-    this.mongo = new MongoClient(env.mongoUrl, { serverSelectionTimeoutMS: 10_000 });
-    await this.mongo.connect();
-    this.db = this.mongo.db(`eo_bench_${this.runId}`);
-    return this.db;
+  private async mongoDb(kind: MongoKind): Promise<Db> {
+    const open = this.mongo.get(kind);
+    if (open) return open.db;
+    const url = kind === 'mongo' ? env.mongoUrl : env.mongoJavaUrl;
+    const client = new MongoClient(url, { serverSelectionTimeoutMS: 10_000 });
+    await client.connect();
+    const db = client.db(`eo_bench_${this.runId}`);
+    this.mongo.set(kind, { client, db });
+    return db;
   }
 
   /**
@@ -268,10 +283,11 @@ export class StoreKit {
         for (const node of nodes) await deleteByPrefix(node, `${keyPrefix}:`, kind === 'redis-cluster');
       };
     } else {
-      const db = await this.mongoDb();
+      const db = await this.mongoDb(kind);
       const collectionName = uniqueName('r').replace('-', '');
       const store = createMongoStore({ db, collectionName });
       await store.ensureIndexes();
+      store.startSweeper(MONGO_SWEEP_MS);
       inner = store;
       cleanup = async () => {
         await store.close();
@@ -294,8 +310,10 @@ export class StoreKit {
   }
 
   async close(): Promise<void> {
-    if (this.db) await this.db.dropDatabase().catch(() => {});
-    await this.mongo?.close();
+    for (const { client, db } of this.mongo.values()) {
+      await db.dropDatabase().catch(() => {});
+      await client.close();
+    }
     await this.cluster?.quit().catch(() => {});
     await this.redis.quit();
   }

@@ -13,6 +13,7 @@ export const env = {
   rabbitManagementUrl: process.env.EO_RABBIT_MANAGEMENT_URL ?? 'http://guest:guest@127.0.0.1:15672',
   kafkaBrokers: (process.env.EO_KAFKA_BROKERS ?? '127.0.0.1:9092').split(','),
   mongoUrl: process.env.EO_MONGO_URL ?? 'mongodb://127.0.0.1:27017',
+  mongoJavaUrl: process.env.EO_MONGO_JAVA_URL ?? 'mongodb://127.0.0.1:27018',
   otlpUrl: process.env.EO_OTLP_URL ?? 'http://127.0.0.1:4318',
   jaegerQueryUrl: process.env.EO_JAEGER_QUERY_URL ?? 'http://127.0.0.1:16686',
 } as const;

@@ -17,6 +17,25 @@ export function isDuplicateKey(error: unknown): boolean {
   return false;
 }
 
+/**
+ * The positions an unordered `insertMany` refused as duplicates, or `undefined` when it failed
+ * for any other reason too.
+ */
+export function duplicateIndexes(error: unknown): Set<number> | undefined {
+  if (!(error instanceof MongoServerError)) return undefined;
+  const raw = (error as { writeErrors?: unknown }).writeErrors;
+  // The driver gives one write error as an object, several as an array.
+  const list: unknown[] = Array.isArray(raw) ? raw : raw === undefined ? [] : [raw];
+  if (list.length === 0) return undefined;
+  const refused = new Set<number>();
+  for (const entry of list) {
+    const { code, index } = entry as { code?: unknown; index?: unknown };
+    if (code !== 11000 || typeof index !== 'number') return undefined;
+    refused.add(index);
+  }
+  return refused;
+}
+
 /** Server answered "not implemented" / "invalid option": the feature is absent, not the server down. */
 export function isUnsupported(error: unknown): boolean {
   if (!(error instanceof MongoServerError)) return false;

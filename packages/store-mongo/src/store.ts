@@ -17,6 +17,7 @@ import {
   type FingerprintClaim,
   type InProgressEntry,
   type InProgressQuery,
+  type MarkPublishedRequest,
   type ProcessedRecord,
   type ProcessedStore,
   StoreUnavailableError,
@@ -39,7 +40,7 @@ import {
   State,
   toBinary,
 } from './codec.js';
-import { asStoreError, guarded, isDuplicateKey, isUnsupported } from './driver.js';
+import { asStoreError, duplicateIndexes, guarded, isDuplicateKey, isUnsupported } from './driver.js';
 import { dismantle, sweepExpired, type SweepResult } from './sweep.js';
 
 export interface MongoStoreOptions {
@@ -213,6 +214,32 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       return (await hasSuccessor(reader, place.chain, place.position)) ? 'lost' : 'ok';
     });
 
+  /** The COMPLETED or FAILED element after the holder's lease at `place`. */
+  const terminalDoc = (key: string, fence: number, place: Place, fields: Partial<RecordDoc>): RecordDoc => {
+    const position = place.position + 1;
+    return {
+      _id: elementId(place.chain, position),
+      k: key,
+      c: place.chain,
+      i: position,
+      s: State.Completed,
+      f: place.fingerprint,
+      n: fence,
+      a: place.attempt,
+      ...(place.traceId === undefined ? {} : { t: place.traceId }),
+      ...fields,
+    };
+  };
+  const completedFields = (request: CompleteRequest, now: number): Partial<RecordDoc> => ({
+    s: State.Completed,
+    ...encodeResult(request.result),
+    ...(request.outgoing.length === 0 ? {} : { ob: encodeOutgoing(request.outgoing) }),
+    // Without a new trace id the record keeps the one of the run that held the lease.
+    ...(request.traceId === undefined ? {} : { t: packTraceId(request.traceId) }),
+    d: now,
+    e: new Date(now + request.retentionMs),
+  });
+
   /**
    * Appends the element after the holder's lease: COMPLETED or FAILED. The insert is the fence
    * check: it fails when a takeover, a clear or an earlier terminal took that position.
@@ -221,25 +248,12 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     operation: string,
     key: string,
     fence: number,
-    fields: (place: Place, now: number) => Partial<RecordDoc>,
+    fields: (now: number) => Partial<RecordDoc>,
   ): Promise<{ result: FencedResult; place?: Place }> =>
     guarded(operation, async () => {
       const place = await placeOf(key, fence);
       if (place === undefined) return { result: 'lost' };
-      const now = await clock.now();
-      const position = place.position + 1;
-      const doc: RecordDoc = {
-        _id: elementId(place.chain, position),
-        k: key,
-        c: place.chain,
-        i: position,
-        s: State.Completed,
-        f: place.fingerprint,
-        n: fence,
-        a: place.attempt,
-        ...(place.traceId === undefined ? {} : { t: place.traceId }),
-        ...fields(place, now),
-      };
+      const doc = terminalDoc(key, fence, place, fields(await clock.now()));
       try {
         await collection.insertOne(doc, write);
       } catch (error) {
@@ -247,7 +261,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         throw error;
       }
       held.delete(heldKey(key, fence));
-      return { result: 'ok', place: { ...place, position } };
+      return { result: 'ok', place: { ...place, position: doc.i } };
     });
 
   const lease = (
@@ -378,10 +392,144 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       sealTimeoutMs,
     );
 
+  /**
+   * Inserts `docs` in one round trip (unordered): the positions of those refused as duplicates, or
+   * `undefined` when the call failed otherwise (nothing can be said of which went in).
+   */
+  const insertEach = async (docs: RecordDoc[]): Promise<Set<number> | undefined> => {
+    if (docs.length === 0) return new Set();
+    try {
+      await collection.insertMany(docs, { ordered: false, ...write });
+      return new Set();
+    } catch (error) {
+      const refused = duplicateIndexes(error);
+      if (refused === undefined) throw error;
+      return refused;
+    }
+  };
+
+  /** Runs `requests` one key after another within a key, keys concurrently. */
+  const perKey = async <Q extends { readonly key: string }, A>(
+    requests: readonly Q[],
+    indexes: readonly number[],
+    answers: A[],
+    run: (request: Q) => Promise<A>,
+  ): Promise<void> => {
+    const byKey = new Map<string, number[]>();
+    for (const i of indexes) {
+      const key = (requests[i] as Q).key;
+      byKey.set(key, [...(byKey.get(key) ?? []), i]);
+    }
+    await Promise.all(
+      [...byKey.values()].map(async (list) => {
+        for (const i of list) answers[i] = await run(requests[i] as Q);
+      }),
+    );
+  };
+
+  /**
+   * New keys of a batch: all heads in one insert, then the won heads' first leases in another.
+   * A key whose head exists, a key repeated in the batch, and a key whose first lease a reader
+   * claimed in between go through `begin` one by one, in request order per key.
+   */
+  const beginMany = async (requests: readonly BeginRequest[]): Promise<BeginResult[]> => {
+    const answers: BeginResult[] = new Array(requests.length);
+    const firsts: number[] = [];
+    const seen = new Set<string>();
+    requests.forEach((request, i) => {
+      if (!seen.has(request.key)) firsts.push(i);
+      seen.add(request.key);
+    });
+    const now = await clock.now();
+    const chains = firsts.map(() => newChainId());
+    const heads = firsts.map((i, j) => ({ _id: (requests[i] as BeginRequest).key, c: chains[j], h: 1 }));
+    const refusedHeads = (await insertEach(heads as unknown as RecordDoc[])) ?? new Set<number>();
+    const won = firsts.map((_, j) => j).filter((j) => !refusedHeads.has(j));
+    const leases = won.map((j) =>
+      lease(requests[firsts[j] as number] as BeginRequest, chains[j] as string, 1, now, now),
+    );
+    const refusedLeases = (await insertEach(leases)) ?? new Set<number>();
+    won.forEach((j, w) => {
+      const i = firsts[j] as number;
+      if (!refusedLeases.has(w))
+        answers[i] = acquired(requests[i] as BeginRequest, leases[w] as RecordDoc, 'new');
+    });
+    const rest = requests.map((_, i) => i).filter((i) => answers[i] === undefined);
+    await perKey(requests, rest, answers, begin);
+    return answers;
+  };
+
   const store: MongoProcessedStore = {
     collection,
 
     begin: (request) => guarded('begin', () => begin(request)),
+
+    beginMany: (requests) => guarded('begin', () => beginMany(requests)),
+
+    async completeMany(requests: readonly CompleteRequest[]): Promise<FencedResult[]> {
+      const answers: FencedResult[] = new Array(requests.length);
+      const now = await guarded('complete', () => clock.now());
+      const places = await guarded('complete', () =>
+        Promise.all(requests.map((r) => placeOf(r.key, r.fence))),
+      );
+      const docs: RecordDoc[] = [];
+      const at: number[] = [];
+      requests.forEach((request, i) => {
+        const place = places[i];
+        if (place === undefined) answers[i] = 'lost';
+        else {
+          docs.push(terminalDoc(request.key, request.fence, place, completedFields(request, now)));
+          at.push(i);
+        }
+      });
+      let refused: Set<number> | undefined;
+      try {
+        refused = await insertEach(docs);
+      } catch {
+        // One record too large, or the server failed: each on its own, with its own answer or error.
+        refused = undefined;
+      }
+      if (refused === undefined) {
+        await perKey(requests, at, answers, (request) => store.complete(request));
+        return answers;
+      }
+      at.forEach((i, d) => {
+        const request = requests[i] as CompleteRequest;
+        if (refused.has(d)) {
+          answers[i] = 'lost';
+          return;
+        }
+        answers[i] = 'ok';
+        held.delete(heldKey(request.key, request.fence));
+        const place = places[i] as Place;
+        if (request.outgoing.length > 0) {
+          remember(completed, request.key, request.fence, { ...place, position: place.position + 1 });
+        }
+      });
+      return answers;
+    },
+
+    async markPublishedMany(requests: readonly MarkPublishedRequest[]): Promise<void> {
+      const known = requests.filter((r) => r.ids.length > 0 && completed.has(heldKey(r.key, r.fence)));
+      const unknown = requests.filter((r) => r.ids.length > 0 && !completed.has(heldKey(r.key, r.fence)));
+      await guarded('markPublished', async () => {
+        if (known.length > 0) {
+          await collection.bulkWrite(
+            known.map((r) => {
+              const place = completed.get(heldKey(r.key, r.fence)) as Place;
+              return {
+                updateOne: {
+                  filter: { _id: elementId(place.chain, place.position) },
+                  update: { $addToSet: { pb: { $each: [...new Set(r.ids)] } } },
+                },
+              };
+            }),
+            { ordered: false, ...write },
+          );
+        }
+      });
+      await Promise.all(unknown.map((r) => store.markPublished(r.key, r.fence, r.ids)));
+    },
 
     async extend(key: string, fence: number, leaseMs: number): Promise<FencedResult> {
       const now = await guarded('extend', () => clock.now());
@@ -389,15 +537,9 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     },
 
     async complete(request: CompleteRequest): Promise<FencedResult> {
-      const { result, place } = await terminate('complete', request.key, request.fence, (_, now) => ({
-        s: State.Completed,
-        ...encodeResult(request.result),
-        ...(request.outgoing.length === 0 ? {} : { ob: encodeOutgoing(request.outgoing) }),
-        // Without a new trace id the record keeps the one of the run that held the lease.
-        ...(request.traceId === undefined ? {} : { t: packTraceId(request.traceId) }),
-        d: now,
-        e: new Date(now + request.retentionMs),
-      }));
+      const { result, place } = await terminate('complete', request.key, request.fence, (now) =>
+        completedFields(request, now),
+      );
       if (place !== undefined && request.outgoing.length > 0) {
         remember(completed, request.key, request.fence, place);
       }
@@ -411,7 +553,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     },
 
     async fail(key: string, fence: number, error: ErrorInfo, retentionMs: number): Promise<FencedResult> {
-      const { result } = await terminate('fail', key, fence, (_, now) => ({
+      const { result } = await terminate('fail', key, fence, (now) => ({
         s: State.Failed,
         x: encodeError(error),
         d: now,

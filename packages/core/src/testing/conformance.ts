@@ -84,6 +84,8 @@ export function describeStoreConformance(
   // Long enough for a lease (or a short retention) to have passed on the store's clock too.
   const pastLease = leaseMs + Math.max(100, Math.ceil(leaseMs / 2));
   const shortRetentionMs = 200;
+  /** Lease of racers that must not see one another's lease pass, however slow the machine. */
+  const raceLeaseMs = 60_000;
   const pastRetention = shortRetentionMs + 200;
   const retentionMs = 600_000;
   const boom: ErrorInfo = { name: 'Error', code: 'ERROR', message: 'boom: retryable' };
@@ -179,8 +181,12 @@ export function describeStoreConformance(
           const key = freshKey();
           const first = await acquire(key);
           await sleep(pastLease);
+          // The racers' own leases are long: on a loaded machine a slow racer could otherwise see
+          // the winner's lease pass too, and take over from it, rightly.
           const results = await Promise.all(
-            Array.from({ length: concurrency }, (_, i) => store().begin(request(key, { owner: `w${i}` }))),
+            Array.from({ length: concurrency }, (_, i) =>
+              store().begin(request(key, { owner: `w${i}`, leaseMs: raceLeaseMs })),
+            ),
           );
           const winners = results.filter((r) => r.status === 'acquired');
           expect(winners).toHaveLength(1);
@@ -195,7 +201,9 @@ export function describeStoreConformance(
           await sleep(pastLease);
           const [completed, ...begins] = await Promise.all([
             completeWith(key, stale.fence),
-            ...Array.from({ length: 8 }, (_, i) => store().begin(request(key, { owner: `w${i}` }))),
+            ...Array.from({ length: 8 }, (_, i) =>
+              store().begin(request(key, { owner: `w${i}`, leaseMs: raceLeaseMs })),
+            ),
           ]);
           const takeovers = begins.filter((r) => r.status === 'acquired').length;
           expect(takeovers + (completed === 'ok' ? 1 : 0)).toBe(1);
