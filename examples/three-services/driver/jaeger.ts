@@ -55,20 +55,25 @@ export interface TraceExpectation {
 export interface TraceCheck {
   /** What is wrong with the order's trace; empty when it is complete. */
   problems: string[];
-  /** Anomalies that did not change any effect, worth printing. */
-  notes: string[];
+  /** Consumers whose processing of the order was acked more than once (not as a duplicate). */
+  completedTwice: Service[];
 }
+
+type Service = 'billing' | 'notification';
 
 /** Checks one order's trace: one trace, all three services, the expected duplicates. */
 export async function checkTrace(base: string, e: TraceExpectation, sinceMs: number): Promise<TraceCheck> {
   const tags = { 'exactly_once.request_id': e.requestId };
   const traces = await findTraces(base, 'billing', tags, sinceMs);
   if (traces.length !== 1) {
-    return { problems: [`${e.requestId}: billing spans in ${traces.length} traces, expected 1`], notes: [] };
+    return {
+      problems: [`${e.requestId}: billing spans in ${traces.length} traces, expected 1`],
+      completedTwice: [],
+    };
   }
   const trace = traces[0] as JaegerTrace;
   const problems: string[] = [];
-  const notes: string[] = [];
+  const completedTwice: Service[] = [];
   const where = `${e.requestId} (trace ${trace.traceID})`;
   const services = new Set(trace.spans.map((s) => serviceOf(trace, s)));
   for (const s of ['order', 'billing', 'notification']) {
@@ -82,18 +87,14 @@ export async function checkTrace(base: string, e: TraceExpectation, sinceMs: num
     trace.spans.filter((s) => serviceOf(trace, s) === service && tagOf(s, 'exactly_once.action') === 'ack');
   for (const service of ['billing', 'notification'] as const) {
     const runs = acked(service).filter((s) => tagOf(s, 'exactly_once.outcome') !== 'duplicate');
-    if (runs.length > 1 && service === 'billing') {
-      // Documented in packages/store-mongo/README.md: FerretDB 1.x has no atomic conditional
-      // update, so two copies waiting on a dead worker's lease can both take it over.
-      notes.push(`${where}: billing completed the key ${runs.length} times (FerretDB 1.x takeover race)`);
-    } else if (runs.length > 1) {
+    if (runs.length > 1) {
       problems.push(`${where}: ${service} completed the key ${runs.length} times`);
+      completedTwice.push(service);
     }
     const expected = service === 'billing' ? e.billingDuplicate : e.notificationDuplicate;
-    const copies = acked(service).length;
     const hasDuplicate = acked(service).some((s) => tagOf(s, 'exactly_once.outcome') === 'duplicate');
-    // The injected copy must be in the trace, settled; normally as a duplicate.
-    if (expected && !hasDuplicate && !(service === 'billing' && copies > 1)) {
+    // The injected copy must be in the trace, settled as a duplicate.
+    if (expected && !hasDuplicate) {
       problems.push(`${where}: no ${service} duplicate`);
     }
   }
@@ -112,7 +113,7 @@ export async function checkTrace(base: string, e: TraceExpectation, sinceMs: num
     );
     if (!linked) problems.push(`${where}: no replay links to it`);
   }
-  return { problems, notes };
+  return { problems, completedTwice };
 }
 
 export interface TraceReport {
@@ -121,7 +122,8 @@ export interface TraceReport {
   withCopies: number;
   replayed: number;
   problems: string[];
-  notes: string[];
+  /** Orders whose trace shows a consumer completing the key twice, per consumer. */
+  completedTwice: Record<Service, number>;
 }
 
 /** Checks every order's trace, asking again for the ones whose spans may still be on the way. */
@@ -132,7 +134,7 @@ export async function checkTraces(
 ): Promise<TraceReport> {
   let failing = expectations;
   let problems: string[] = [];
-  const notes: string[] = [];
+  const last = new Map<TraceExpectation, TraceCheck>();
   for (let round = 0; round < 10 && failing.length > 0; round++) {
     if (round > 0) await new Promise((r) => setTimeout(r, 2_000));
     const found = new Map<TraceExpectation, TraceCheck>();
@@ -141,10 +143,10 @@ export async function checkTraces(
         failing.slice(i, i + 8).map(async (e) => {
           const check = await checkTrace(base, e, sinceMs).catch((err) => ({
             problems: [String(err)],
-            notes: [],
+            completedTwice: [],
           }));
           found.set(e, check);
-          if (check.problems.length === 0) notes.push(...check.notes);
+          last.set(e, check);
         }),
       );
     }
@@ -157,7 +159,10 @@ export async function checkTraces(
     withCopies: expectations.filter((e) => e.billingDuplicate || e.notificationDuplicate).length,
     replayed: expectations.filter((e) => e.replayed).length,
     problems,
-    notes,
+    completedTwice: {
+      billing: [...last.values()].filter((c) => c.completedTwice.includes('billing')).length,
+      notification: [...last.values()].filter((c) => c.completedTwice.includes('notification')).length,
+    },
   };
 }
 

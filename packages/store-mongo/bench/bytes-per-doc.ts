@@ -96,14 +96,24 @@ try {
     indexSize += Number(stats.totalIndexSize);
   }
   const dbStats: Document = await db.command({ dbStats: 1 });
-  const sample = await (stores[0] as MongoProcessedStore).collection.find({}).limit(1000).toArray();
-  const bson = sample.reduce((sum, doc) => sum + BSON.calculateObjectSize(doc), 0) / sample.length;
+  // A record is its key's head and its chain's elements (a lease, then the COMPLETED element).
+  const records = stores[0] as MongoProcessedStore;
+  const sample = await records.collection
+    .find({ c: { $exists: true }, k: { $exists: false } })
+    .limit(200)
+    .toArray();
+  let sampleBytes = 0;
+  for (const head of sample) {
+    const chain = await records.collection.find({ k: head._id }).toArray();
+    sampleBytes += [head, ...chain].reduce((sum, doc) => sum + BSON.calculateObjectSize(doc), 0);
+  }
+  const bson = sampleBytes / sample.length;
 
-  const perDoc = (bytes: number) => bytes / count;
+  const perDoc = (bytes: number) => bytes / total;
   const at30M = (bytes: number) => `${((perDoc(bytes) * TARGET) / 1024 ** 3).toFixed(1)} GiB`;
   out(`server: ${ferret === undefined ? `MongoDB ${info.version}` : `FerretDB ${ferret}`} at ${url}`);
   out(
-    `records: ${count} COMPLETED in ${collections} collection(s), ${(count / seconds).toFixed(0)}/s, ${retries} retries`,
+    `records: ${total} COMPLETED (${count} documents) in ${collections} collection(s), ${(total / seconds).toFixed(0)}/s, ${retries} retries`,
   );
   out(`sample document: ${JSON.stringify(sample[0])}`);
   out();
