@@ -41,7 +41,10 @@ const DELAYS = [100];
 /** Every ExactlyOnceError subclass core exports, by class name. */
 const LIBRARY_ERRORS = new Set(
   Object.values(core)
-    .filter((v): v is typeof core.ExactlyOnceError => typeof v === 'function' && v.prototype instanceof core.ExactlyOnceError)
+    .filter(
+      (v): v is typeof core.ExactlyOnceError =>
+        typeof v === 'function' && v.prototype instanceof core.ExactlyOnceError,
+    )
     .map((c) => c.name),
 );
 const ERROR_CODES = new Set<string>(Object.values(core.ErrorCode));
@@ -77,7 +80,8 @@ async function dropPrefix(prefix: string): Promise<void> {
   } while (cursor !== '0');
 }
 
-const text = (v: unknown) => (Buffer.isBuffer(v) ? v.toString('utf8') : typeof v === 'string' ? v : undefined);
+const text = (v: unknown) =>
+  Buffer.isBuffer(v) ? v.toString('utf8') : typeof v === 'string' ? v : undefined;
 
 describe('rabbitmq: fuzzed deliveries', () => {
   it(`${COUNT} generated messages (seed ${SEED}): each processed once or dead-lettered with a library reason`, async () => {
@@ -102,12 +106,14 @@ describe('rabbitmq: fuzzed deliveries', () => {
       retryDelaysMs: DELAYS,
       retry: { maxAttempts: 3, initialDelayMs: 50, maxDelayMs: 100 },
       retentionCheck: 'off',
+      ...(process.env.EO_FUZZ_LOG ? { logger: console } : {}),
       validate: validateFuzzPayload,
       handler: (payload, ctx) => {
         const id = ctx.headers[FUZZ_ID] ?? '(no fuzz id)';
         handlerRuns.set(id, (handlerRuns.get(id) ?? 0) + 1);
         if (payload.action === 'permanent') throw new core.PermanentError('fuzz: permanent');
-        if (payload.action === 'non-retryable') throw Object.assign(new Error('fuzz: no'), { retryable: false });
+        if (payload.action === 'non-retryable')
+          throw Object.assign(new Error('fuzz: no'), { retryable: false });
         if (payload.action === 'retryable') throw new Error('fuzz: try again');
         effects.set(id, (effects.get(id) ?? 0) + 1);
         effectsByKey.set(ctx.key, (effectsByKey.get(ctx.key) ?? 0) + 1);
@@ -125,8 +131,7 @@ describe('rabbitmq: fuzzed deliveries', () => {
         message: () => `${cases.length} settled (${JSON.stringify(consumer.stats)})`,
       });
       const letters = await waitUntil(
-        async () =>
-          (await raw.count(dlq)) >= consumer.stats.deadLettered ? raw.drain(dlq) : undefined,
+        async () => ((await raw.count(dlq)) >= consumer.stats.deadLettered ? raw.drain(dlq) : undefined),
         { message: () => `${consumer.stats.deadLettered} dead letters in ${dlq}` },
       );
 
@@ -147,7 +152,8 @@ describe('rabbitmq: fuzzed deliveries', () => {
         if (got === undefined) problems.push(`${describeCase(c)}: neither processed nor dead-lettered`);
         else if (got !== c.expected) problems.push(`${describeCase(c)}: ${got}`);
       }
-      for (const [key, n] of effectsByKey) if (n !== 1) problems.push(`key ${JSON.stringify(key)}: ${n} effects`);
+      for (const [key, n] of effectsByKey)
+        if (n !== 1) problems.push(`key ${JSON.stringify(key)}: ${n} effects`);
       expect(problems.slice(0, 20), `${problems.length} problems`).toEqual([]);
 
       const processed = cases.filter((c) => c.expected === 'processed').length;
@@ -173,19 +179,49 @@ describe('rabbitmq: fuzzed deliveries', () => {
       expect(s.channels).toBe(1);
       expect(s.inFlight).toBe(0);
       expect(unhandled).toEqual([]);
+      // Nothing left unacked: after stop, an unacked delivery would be back in its queue.
+      await consumer.stop();
+      for (const q of queuesOf(queue, DELAYS)) {
+        if (q !== dlq && !q.endsWith('.out')) expect(await raw.count(q), q).toBe(0);
+      }
     } finally {
       await consumer.stop();
-      try {
-        // Nothing left unacked: after stop, anything unacked would be back in its queue.
-        for (const q of queuesOf(queue, DELAYS)) {
-          if (q === dlq || q.endsWith('.out')) continue;
-          expect(await raw.count(q), q).toBe(0);
-        }
-      } finally {
-        await raw.deleteQueues(queuesOf(queue, DELAYS));
-        await raw.close();
-        await dropPrefix(prefix);
-      }
+      await raw.deleteQueues(queuesOf(queue, DELAYS));
+      await raw.close();
+      await dropPrefix(prefix);
+    }
+  });
+});
+
+describe('rabbitmq: a header amqplib decodes but cannot encode again', () => {
+  // Found by the fuzz test (seed 1): amqplib decodes a double such as -1e20 to a plain number and,
+  // re-encoding the original headers for the dead-letter copy, picked int64 for it and threw; the
+  // consumer then retried the copy forever and the message was neither dead-lettered nor acked.
+  it('dead-letters a keyless message with a -1e20 double header', async () => {
+    const queue = uniqueName('rmq-fuzz-double');
+    const raw = await rawChannel();
+    const consumer = createConsumer({
+      connection: env.amqpUrl,
+      queue,
+      consumer: 'fuzz',
+      store: createRedisStore({ client: redis, keyPrefix: `t:${queue}` }),
+      retryDelaysMs: DELAYS,
+      retentionCheck: 'off',
+      logger: { debug() {}, info() {}, warn() {}, error() {} },
+      handler: () => {},
+    });
+    await consumer.start();
+    try {
+      await raw.publish(queue, {}, { 'x-note': { '!': 'double', value: -1e20 } });
+      await waitUntil(() => consumer.stats.deadLettered === 1, {
+        timeoutMs: 10_000,
+        message: () => `the dead letter (${JSON.stringify(consumer.stats)})`,
+      });
+    } finally {
+      await consumer.stop({ timeoutMs: 1_000 });
+      await raw.deleteQueues(queuesOf(queue, DELAYS));
+      await raw.close();
+      await dropPrefix(`t:${queue}`);
     }
   });
 });
@@ -224,9 +260,11 @@ function checkLetter(m: GetMessage, seen: (id: string, what: Expected) => void):
   const problems: string[] = [];
   if (!cls || !LIBRARY_ERRORS.has(cls)) problems.push(`${id}: dead-letter class ${JSON.stringify(cls)}`);
   if (!code || !ERROR_CODES.has(code)) problems.push(`${id}: dead-letter code ${JSON.stringify(code)}`);
-  else if (ERROR_CLASS_OF_CODE[code as core.ErrorCode] !== cls) problems.push(`${id}: ${cls} with code ${code}`);
+  else if (ERROR_CLASS_OF_CODE[code as core.ErrorCode] !== cls)
+    problems.push(`${id}: ${cls} with code ${code}`);
   if (!text(h['x-eo-error-message'])) problems.push(`${id}: no error message`);
-  if (text(h['x-eo-consumer']) !== 'fuzz') problems.push(`${id}: x-eo-consumer ${String(h['x-eo-consumer'])}`);
+  if (text(h['x-eo-consumer']) !== 'fuzz')
+    problems.push(`${id}: x-eo-consumer ${String(h['x-eo-consumer'])}`);
   seen(id, (code ?? '(none)') as Expected);
   return problems;
 }

@@ -48,7 +48,7 @@ export function toDelivery(
   groupId: string,
   trustBrokerIdHeader: boolean,
 ): Delivery {
-  const headers = message.headers ?? {};
+  const headers = cleanHeaders(message.headers);
   const attributes: Record<string, string | number | boolean> = {
     [KafkaAttributes.Offset]: Number(message.offset),
     [KafkaAttributes.Partition]: String(partition),
@@ -80,16 +80,34 @@ export function isTombstone(delivery: Delivery): boolean {
  */
 export function copyHeaders(headers: KafkaHeaders | undefined): ProducerHeaders {
   const out: ProducerHeaders = {};
-  if (!headers) return out;
   const one = (v: string | Uint8Array) => (typeof v === 'string' ? v : toBuffer(v));
-  for (const [name, value] of Object.entries(headers)) {
-    if (value === undefined) continue;
-    if (Array.isArray(value)) {
-      const all = (value as readonly (string | Uint8Array)[]).filter((v) => v !== undefined).map(one);
-      if (all.length > 0) out[name] = all;
-    } else {
-      out[name] = one(value as string | Uint8Array);
-    }
+  for (const [name, value] of Object.entries(cleanHeaders(headers))) {
+    out[name] = Array.isArray(value) ? value.map(one) : one(value as string | Uint8Array);
+  }
+  return out;
+}
+
+type HeaderValue = string | Uint8Array;
+
+/**
+ * The record's headers as strings and bytes only. kafkajs collects a header named like a member
+ * of `Object.prototype` (`toString`, `constructor`...) into `[<that member>, <value>]`: the member
+ * is not a header and is dropped, and the header keeps its value.
+ */
+export function cleanHeaders(headers: KafkaHeaders | undefined): Record<string, HeaderValue | HeaderValue[]> {
+  const out: Record<string, HeaderValue | HeaderValue[]> = {};
+  for (const [name, value] of Object.entries(headers ?? {})) {
+    const values = (Array.isArray(value) ? value : [value]).filter(
+      (v): v is HeaderValue => typeof v === 'string' || v instanceof Uint8Array,
+    );
+    if (values.length === 0) continue;
+    // defineProperty: a header named `__proto__` stays a header.
+    Object.defineProperty(out, name, {
+      value: values.length === 1 && !Array.isArray(value) ? values[0] : values,
+      enumerable: true,
+      writable: true,
+      configurable: true,
+    });
   }
   return out;
 }

@@ -63,11 +63,29 @@ export function toDelivery(msg: ConsumeMessage, queue: string): Delivery {
   };
 }
 
+/** Below this amqplib encodes an integer-valued number as a 64-bit integer, and fails. */
+const MIN_INT64 = -0x8000000000000000;
+
+/**
+ * A header value as amqplib can encode it again. amqplib decodes every AMQP number to a JS number
+ * and, encoding, guesses the type from the value: a whole number below -2^63 (an AMQP double such
+ * as -1e20) becomes a 64-bit integer and the publish throws, so the copy could never be sent. Such
+ * numbers go back as doubles; nested tables and arrays likewise.
+ */
+function reencodable(value: unknown): unknown {
+  if (typeof value === 'number') return value < MIN_INT64 ? { '!': 'double', value } : value;
+  if (Array.isArray(value)) return value.map(reencodable);
+  if (value === null || typeof value !== 'object' || Buffer.isBuffer(value) || value instanceof Date)
+    return value;
+  if ('!' in value) return value; // already typed
+  return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, reencodable(v)]));
+}
+
 /** Publish options that keep the original's identity and content description. */
 function copyOptions(props: MessageProperties, headers: Record<string, unknown>): Options.Publish {
   return {
     persistent: true,
-    headers,
+    headers: reencodable(headers) as Record<string, unknown>,
     ...(props.messageId ? { messageId: String(props.messageId) } : {}),
     ...(props.contentType ? { contentType: String(props.contentType) } : {}),
     ...(props.contentEncoding ? { contentEncoding: String(props.contentEncoding) } : {}),
