@@ -113,15 +113,18 @@ export async function sweepExpired(context: SweepContext): Promise<SweepResult> 
     );
     if (expired.length === 0) break;
     for (const doc of expired) {
-      seen.add(doc._id);
       const swept = await guarded('sweep', () => sweepOne(context, doc, now, sealTimeoutMs));
       deleted += swept.deleted;
       blobsDeleted += swept.blobsDeleted;
+      // Left as it was (its chain busy, or a young seal): not again in this sweep.
+      if (swept.kept) seen.add(doc._id);
     }
     if (expired.length < batchSize) break;
   }
   return { deleted, blobsDeleted };
 }
+
+const KEPT = { deleted: 0, blobsDeleted: 0, kept: true } as const;
 
 /** One expired element: the last of its chain (dismantle it), a stray, or an older record. */
 async function sweepOne(
@@ -129,36 +132,38 @@ async function sweepOne(
   doc: RecordDoc,
   now: number,
   sealTimeoutMs: number,
-): Promise<{ deleted: number; blobsDeleted: number }> {
+): Promise<{ deleted: number; blobsDeleted: number; kept: boolean }> {
   const { collection, write, blobs } = context;
   const key = doc.k ?? doc._id; // a previous-layout record is its own head
   const chainId = doc.c ?? chainOf(doc as unknown as HeadDoc);
   const chain = await readChain(context, key);
-  if (chain === 'gone') return { deleted: 0, blobsDeleted: 0 };
+  if (chain === 'gone') return KEPT;
   if (chain === undefined || chain.chain !== chainId) {
     // A stray: written into a chain deleted since (a stalled worker's late insert).
-    if (doc.k === undefined) return { deleted: 0, blobsDeleted: 0 };
+    if (doc.k === undefined) return KEPT;
     const removed = (await collection.deleteOne({ _id: doc._id }, write)).deletedCount;
     const pointer = pointerOf(doc);
     if (removed === 1 && pointer !== undefined && blobs !== undefined) {
       await blobs.delete(pointer);
-      return { deleted: removed, blobsDeleted: 1 };
+      return { deleted: removed, blobsDeleted: 1, kept: false };
     }
-    return { deleted: removed, blobsDeleted: 0 };
+    return { deleted: removed, blobsDeleted: 0, kept: false };
   }
   const last = chain.last;
-  if (last === undefined) return { deleted: 0, blobsDeleted: 0 };
+  if (last === undefined) return KEPT;
   if (last.s === State.Sealed) {
     // Sealed by a sweeper that died, or is still at work: take over only after the timeout.
-    if (now - (last.d ?? 0) < sealTimeoutMs) return { deleted: 0, blobsDeleted: 0 };
-    return dismantle(context, chain, now, sealTimeoutMs);
+    if (now - (last.d ?? 0) < sealTimeoutMs) return KEPT;
+    return { ...(await dismantle(context, chain, now, sealTimeoutMs)), kept: false };
   }
-  if (chain.position === (doc.i ?? 0) && isExpired(last, now))
-    return dismantle(context, chain, now, sealTimeoutMs);
+  if (chain.position === (doc.i ?? 0) && isExpired(last, now)) {
+    return { ...(await dismantle(context, chain, now, sealTimeoutMs)), kept: false };
+  }
   if (chain.position > (doc.i ?? 0) && doc.s !== State.Sealed) {
     // An older record of a key used again since: it stays (the chain must have no gaps) until the
     // whole chain goes, but the sweeper need not look at it again.
     await collection.updateOne({ _id: doc._id }, { $unset: { e: '' } }, write);
+    return { deleted: 0, blobsDeleted: 0, kept: false };
   }
-  return { deleted: 0, blobsDeleted: 0 };
+  return KEPT;
 }
