@@ -7,9 +7,11 @@
  * Config: JSON in EO_WORKER_CONFIG (see CrashWorkerConfig). The ledger it writes is described in
  * test/support/crash-ledger.ts.
  */
-import type { OutgoingMessage } from '@exactly-once/core';
+import type { OutgoingMessage, ProcessedStore } from '@exactly-once/core';
 import { createConsumer, createPublisher } from '@exactly-once/rabbitmq';
+import { createMongoStore } from '@exactly-once/store-mongo';
 import { createRedisStore } from '@exactly-once/store-redis';
+import { MongoClient } from 'mongodb';
 import { crashKit, type KillPoint as AnyKillPoint } from '../support/crash-ledger.js';
 import { env } from '../support/env.js';
 import { newRedis } from './helpers.js';
@@ -23,16 +25,23 @@ export interface CrashWorkerConfig {
   outQueue: string;
   ledger: string;
   storePrefix: string;
+  /** The processed-store: Redis (default), or MongoDB with its records in this database. */
+  mongoDb?: string;
   killPoint: KillPoint;
   killAt: number;
 }
 
 const config = JSON.parse(process.env.EO_WORKER_CONFIG ?? '{}') as CrashWorkerConfig;
 const redis = newRedis();
+const mongo = config.mongoDb === undefined ? undefined : await MongoClient.connect(env.mongoUrl);
+const store: ProcessedStore =
+  mongo === undefined
+    ? createRedisStore({ client: redis, keyPrefix: config.storePrefix })
+    : createMongoStore({ db: mongo.db(config.mongoDb) });
 const kit = crashKit({
   redis,
   ledger: config.ledger,
-  store: createRedisStore({ client: redis, keyPrefix: config.storePrefix }),
+  store,
   killPoint: config.killPoint,
   killAt: config.killAt,
 });
@@ -99,6 +108,7 @@ process.on('SIGTERM', () => {
     await consumer.stop({ timeoutMs: 5_000 });
     await rabbit.close();
     await redis.quit();
+    await mongo?.close();
     process.exit(0);
   })();
 });
