@@ -6,26 +6,28 @@ import { createProcessor, Headers, type Logger } from '@exactly-once/core';
 import { describeFingerprintClaimConformance } from '@exactly-once/core/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createMongoStore, type MongoProcessedStore } from '../src/index.js';
-import { openTestDatabase, type TestDatabase } from './helpers.js';
+import { MONGO_SERVERS, openTestDatabase, type TestDatabase } from './helpers.js';
 
-describeFingerprintClaimConformance('mongo', async () => {
-  const test = await openTestDatabase('fpclaim');
-  const store = createMongoStore({ db: test.db });
-  await store.ensureIndexes();
-  return {
-    store,
-    teardown: async () => {
-      await store.close();
-      await test.drop();
-    },
-  };
-});
+for (const server of MONGO_SERVERS) {
+  describeFingerprintClaimConformance(`mongo (${server.name})`, async () => {
+    const test = await openTestDatabase('fpclaim', server.url);
+    const store = createMongoStore({ db: test.db });
+    await store.ensureIndexes();
+    return {
+      store,
+      teardown: async () => {
+        await store.close();
+        await test.drop();
+      },
+    };
+  });
+}
 
-describe('mongo claimFingerprint', () => {
+describe.each(MONGO_SERVERS)('mongo claimFingerprint ($name)', (server) => {
   let test: TestDatabase;
   let store: MongoProcessedStore;
   beforeAll(async () => {
-    test = await openTestDatabase('fpguard');
+    test = await openTestDatabase('fpguard', server.url);
     store = createMongoStore({ db: test.db });
   });
   afterAll(async () => {

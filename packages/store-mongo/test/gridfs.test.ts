@@ -6,15 +6,13 @@ import { BlobIntegrityError } from '@exactly-once/core';
 import { Binary, type Document, ObjectId } from 'mongodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createGridFsBlobStore } from '../src/index.js';
-import { openTestDatabase, type TestDatabase } from './helpers.js';
+import { MONGO_SERVERS, openTestDatabase, type TestDatabase } from './helpers.js';
 
 let test: TestDatabase;
-beforeAll(async () => {
-  test = await openTestDatabase('gridfs');
-});
-afterAll(async () => {
+const closeLast = async () => {
   await test?.drop();
-});
+};
+afterAll(closeLast);
 
 const bucket = (name: string) => ({
   blobs: createGridFsBlobStore({ db: test.db, bucketName: name }),
@@ -30,104 +28,112 @@ async function drain(source: AsyncIterable<Uint8Array>): Promise<Uint8Array> {
   return Buffer.concat(parts);
 }
 
-describe('GridFS blob store', () => {
-  it('streams a multi-MB source in odd-sized chunks into GridFS while still reading it', async () => {
-    const { blobs, chunks } = bucket('stream');
-    const parts = Array.from({ length: 40 }, (_, i) => new Uint8Array(randomBytes(150_000 + i * 1_001)));
-    const whole = Buffer.concat(parts);
-    let chunksWhileReading = -1;
-    async function* source() {
-      for (const [i, part] of parts.entries()) {
-        if (i === parts.length - 1) chunksWhileReading = await chunks.countDocuments({});
-        yield part;
+// On each local server: FerretDB 1.x and mongo-java-server.
+describe.each(MONGO_SERVERS)('$name', (server) => {
+  beforeAll(async () => {
+    await closeLast();
+    test = await openTestDatabase('gridfs', server.url);
+  });
+
+  describe('GridFS blob store', () => {
+    it('streams a multi-MB source in odd-sized chunks into GridFS while still reading it', async () => {
+      const { blobs, chunks } = bucket('stream');
+      const parts = Array.from({ length: 40 }, (_, i) => new Uint8Array(randomBytes(150_000 + i * 1_001)));
+      const whole = Buffer.concat(parts);
+      let chunksWhileReading = -1;
+      async function* source() {
+        for (const [i, part] of parts.entries()) {
+          if (i === parts.length - 1) chunksWhileReading = await chunks.countDocuments({});
+          yield part;
+        }
       }
-    }
-    const pointer = await blobs.put(source());
-    expect(pointer).toMatchObject({ size: whole.byteLength, sha256: sha256(whole) });
-    // Chunks were written before the source ended: the blob was never held whole in memory.
-    expect(chunksWhileReading).toBeGreaterThan(10);
-    expect(await chunks.countDocuments({ files_id: idOf(pointer.uri) })).toBe(
-      Math.ceil(whole.byteLength / (255 * 1024)),
-    );
-    expect(sha256(await drain(blobs.stream(pointer)))).toBe(pointer.sha256);
-    expect(sha256(await blobs.get(pointer))).toBe(pointer.sha256);
-  });
+      const pointer = await blobs.put(source());
+      expect(pointer).toMatchObject({ size: whole.byteLength, sha256: sha256(whole) });
+      // Chunks were written before the source ended: the blob was never held whole in memory.
+      expect(chunksWhileReading).toBeGreaterThan(10);
+      expect(await chunks.countDocuments({ files_id: idOf(pointer.uri) })).toBe(
+        Math.ceil(whole.byteLength / (255 * 1024)),
+      );
+      expect(sha256(await drain(blobs.stream(pointer)))).toBe(pointer.sha256);
+      expect(sha256(await blobs.get(pointer))).toBe(pointer.sha256);
+    });
 
-  it('detects a chunk whose bytes were changed, a missing chunk and a missing file', async () => {
-    const { blobs, chunks, files } = bucket('corrupt');
-    const data = new Uint8Array(randomBytes(700_000));
-    const flipped = await blobs.put(data);
-    const truncated = await blobs.put(data);
-    const vanished = await blobs.put(data);
+    it('detects a chunk whose bytes were changed, a missing chunk and a missing file', async () => {
+      const { blobs, chunks, files } = bucket('corrupt');
+      const data = new Uint8Array(randomBytes(700_000));
+      const flipped = await blobs.put(data);
+      const truncated = await blobs.put(data);
+      const vanished = await blobs.put(data);
 
-    const chunk = await chunks.findOne({ files_id: idOf(flipped.uri), n: 1 });
-    if (chunk === null) throw new Error('chunk 1 not found');
-    const bytes = Buffer.from((chunk.data as Binary).value());
-    bytes[100] = (bytes[100] ?? 0) ^ 0xff;
-    await chunks.updateOne({ _id: chunk._id }, { $set: { data: new Binary(bytes) } });
-    await chunks.deleteOne({ files_id: idOf(truncated.uri), n: 1 });
-    await files.deleteOne({ _id: idOf(vanished.uri) });
+      const chunk = await chunks.findOne({ files_id: idOf(flipped.uri), n: 1 });
+      if (chunk === null) throw new Error('chunk 1 not found');
+      const bytes = Buffer.from((chunk.data as Binary).value());
+      bytes[100] = (bytes[100] ?? 0) ^ 0xff;
+      await chunks.updateOne({ _id: chunk._id }, { $set: { data: new Binary(bytes) } });
+      await chunks.deleteOne({ files_id: idOf(truncated.uri), n: 1 });
+      await files.deleteOne({ _id: idOf(vanished.uri) });
 
-    for (const [name, pointer] of [
-      ['flipped', flipped],
-      ['truncated', truncated],
-      ['vanished', vanished],
-    ] as const) {
-      await expect(blobs.get(pointer), name).rejects.toBeInstanceOf(BlobIntegrityError);
-      await expect(drain(blobs.stream(pointer)), name).rejects.toBeInstanceOf(BlobIntegrityError);
-    }
-  });
-
-  it('rejects pointers that are not its own before any I/O', async () => {
-    const { blobs } = bucket('pointers');
-    for (const uri of ['fs:0123', 'gridfs:xyz', `gridfs:${'a'.repeat(24)}/x`, '']) {
-      const pointer = { uri, size: 1, sha256: 'a'.repeat(64) };
-      expect(() => blobs.stream(pointer), uri).toThrow(BlobIntegrityError);
-      await expect(blobs.delete(pointer), uri).rejects.toBeInstanceOf(BlobIntegrityError);
-    }
-    const real = await blobs.put(Uint8Array.of(1));
-    expect(() => blobs.stream({ ...real, size: -1 })).toThrow(BlobIntegrityError);
-    expect(() => blobs.stream({ ...real, sha256: 'XYZ' })).toThrow(BlobIntegrityError);
-  });
-
-  it('a source that fails mid-way rejects put with its error and leaves no chunks or file behind', async () => {
-    const { blobs, chunks, files } = bucket('aborted');
-    async function* failing() {
-      for (let i = 0; i < 6; i++) yield new Uint8Array(200_000);
-      throw new Error('source broke');
-    }
-    await expect(blobs.put(failing())).rejects.toThrow('source broke');
-    expect(await chunks.countDocuments({})).toBe(0);
-    expect(await files.countDocuments({})).toBe(0);
-    const notBytes = (async function* () {
-      yield 'text' as unknown as Uint8Array;
-    })();
-    await expect(blobs.put(notBytes)).rejects.toBeInstanceOf(TypeError);
-  });
-
-  it('copies chunks on the way in: a source reusing its buffer stores what it yielded', async () => {
-    const { blobs } = bucket('reuse');
-    const buffer = new Uint8Array(100_000);
-    const expected = createHash('sha256');
-    async function* reusing() {
-      for (let i = 0; i < 30; i++) {
-        buffer.fill(i);
-        expected.update(buffer);
-        yield buffer;
+      for (const [name, pointer] of [
+        ['flipped', flipped],
+        ['truncated', truncated],
+        ['vanished', vanished],
+      ] as const) {
+        await expect(blobs.get(pointer), name).rejects.toBeInstanceOf(BlobIntegrityError);
+        await expect(drain(blobs.stream(pointer)), name).rejects.toBeInstanceOf(BlobIntegrityError);
       }
-    }
-    const pointer = await blobs.put(reusing());
-    expect(pointer.sha256).toBe(expected.digest('hex'));
-    expect(sha256(await blobs.get(pointer))).toBe(pointer.sha256);
-  });
+    });
 
-  it('delete removes the file and its chunks and tolerates a missing blob', async () => {
-    const { blobs, chunks, files } = bucket('delete');
-    const pointer = await blobs.put(new Uint8Array(600_000));
-    await blobs.delete(pointer);
-    expect(await files.countDocuments({})).toBe(0);
-    expect(await chunks.countDocuments({})).toBe(0);
-    await blobs.delete(pointer);
-    await expect(blobs.get(pointer)).rejects.toBeInstanceOf(BlobIntegrityError);
+    it('rejects pointers that are not its own before any I/O', async () => {
+      const { blobs } = bucket('pointers');
+      for (const uri of ['fs:0123', 'gridfs:xyz', `gridfs:${'a'.repeat(24)}/x`, '']) {
+        const pointer = { uri, size: 1, sha256: 'a'.repeat(64) };
+        expect(() => blobs.stream(pointer), uri).toThrow(BlobIntegrityError);
+        await expect(blobs.delete(pointer), uri).rejects.toBeInstanceOf(BlobIntegrityError);
+      }
+      const real = await blobs.put(Uint8Array.of(1));
+      expect(() => blobs.stream({ ...real, size: -1 })).toThrow(BlobIntegrityError);
+      expect(() => blobs.stream({ ...real, sha256: 'XYZ' })).toThrow(BlobIntegrityError);
+    });
+
+    it('a source that fails mid-way rejects put with its error and leaves no chunks or file behind', async () => {
+      const { blobs, chunks, files } = bucket('aborted');
+      async function* failing() {
+        for (let i = 0; i < 6; i++) yield new Uint8Array(200_000);
+        throw new Error('source broke');
+      }
+      await expect(blobs.put(failing())).rejects.toThrow('source broke');
+      expect(await chunks.countDocuments({})).toBe(0);
+      expect(await files.countDocuments({})).toBe(0);
+      const notBytes = (async function* () {
+        yield 'text' as unknown as Uint8Array;
+      })();
+      await expect(blobs.put(notBytes)).rejects.toBeInstanceOf(TypeError);
+    });
+
+    it('copies chunks on the way in: a source reusing its buffer stores what it yielded', async () => {
+      const { blobs } = bucket('reuse');
+      const buffer = new Uint8Array(100_000);
+      const expected = createHash('sha256');
+      async function* reusing() {
+        for (let i = 0; i < 30; i++) {
+          buffer.fill(i);
+          expected.update(buffer);
+          yield buffer;
+        }
+      }
+      const pointer = await blobs.put(reusing());
+      expect(pointer.sha256).toBe(expected.digest('hex'));
+      expect(sha256(await blobs.get(pointer))).toBe(pointer.sha256);
+    });
+
+    it('delete removes the file and its chunks and tolerates a missing blob', async () => {
+      const { blobs, chunks, files } = bucket('delete');
+      const pointer = await blobs.put(new Uint8Array(600_000));
+      await blobs.delete(pointer);
+      expect(await files.countDocuments({})).toBe(0);
+      expect(await chunks.countDocuments({})).toBe(0);
+      await blobs.delete(pointer);
+      await expect(blobs.get(pointer)).rejects.toBeInstanceOf(BlobIntegrityError);
+    });
   });
 });
