@@ -24,9 +24,9 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
-import { StoreUnavailableError } from '@exactly-once/core';
 import { type Document, MongoClient } from 'mongodb';
 import { createMongoStore, type MongoProcessedStore } from '../src/index.js';
+import { retried, retries } from './retried.js';
 
 const SERVERS = {
   ferretdb: process.env.EO_MONGO_URL ?? 'mongodb://127.0.0.1:27017',
@@ -79,19 +79,6 @@ process.once('SIGINT', () => {
   interrupted = true;
   note('interrupted: stopping the workers, then dropping the database');
 });
-
-let retries = 0;
-async function retried<T>(operation: () => Promise<T>): Promise<T> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await operation();
-    } catch (error) {
-      if (!(error instanceof StoreUnavailableError) || attempt >= 30) throw error;
-      retries++;
-      await new Promise((resolve) => setTimeout(resolve, Math.min(100 * attempt, 2000)));
-    }
-  }
-}
 
 /**
  * Runs `op(i)` for i in [0, count) on `concurrency` workers; seconds taken. Every worker settles
@@ -208,7 +195,7 @@ async function measure(name: ServerName): Promise<Row[]> {
         note(`${name}: ${keys.length} records (${fillRate.toFixed(0)}/s while filling)`);
         const records = keys.length;
         const docs = await store.collection.estimatedDocumentCount();
-        const retriesBefore = retries;
+        const retriesBefore = retries.count;
         const loadStart = load1();
         const newSeconds = await pool(ops, () => newKey(store, keys));
         const picks = sample(keys.slice(0, records), ops);
@@ -220,7 +207,7 @@ async function measure(name: ServerName): Promise<Row[]> {
           fillRate,
           newKeyRate: ops / newSeconds,
           duplicateRate: ops / dupSeconds,
-          retries: retries - retriesBefore,
+          retries: retries.count - retriesBefore,
           loadStart,
           loadEnd: load1(),
         };

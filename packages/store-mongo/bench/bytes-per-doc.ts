@@ -14,26 +14,14 @@
  * The database is dropped afterwards.
  */
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
-import { StoreUnavailableError } from '@exactly-once/core';
 import { BSON, type Document, MongoClient } from 'mongodb';
 import { createMongoStore, type MongoProcessedStore } from '../src/index.js';
+import { retried, retries } from './retried.js';
 
 const url = process.env.EO_MONGO_URL ?? 'mongodb://127.0.0.1:27017';
 const total = Number(process.env.EO_BENCH_DOCS ?? 100_000);
 const TARGET = 30_000_000;
 const out = (line = '') => process.stdout.write(`${line}\n`);
-let retries = 0;
-async function retried<T>(operation: () => Promise<T>): Promise<T> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await operation();
-    } catch (error) {
-      if (!(error instanceof StoreUnavailableError) || attempt >= 30) throw error;
-      retries++;
-      await new Promise((resolve) => setTimeout(resolve, Math.min(100 * attempt, 2000)));
-    }
-  }
-}
 
 const client = new MongoClient(url);
 await client.connect();
@@ -113,7 +101,7 @@ try {
   const at30M = (bytes: number) => `${((perDoc(bytes) * TARGET) / 1024 ** 3).toFixed(1)} GiB`;
   out(`server: ${ferret === undefined ? `MongoDB ${info.version}` : `FerretDB ${ferret}`} at ${url}`);
   out(
-    `records: ${total} COMPLETED (${count} documents) in ${collections} collection(s), ${(total / seconds).toFixed(0)}/s, ${retries} retries`,
+    `records: ${total} COMPLETED (${count} documents) in ${collections} collection(s), ${(total / seconds).toFixed(0)}/s, ${retries.count} retries`,
   );
   out(`sample document: ${JSON.stringify(sample[0])}`);
   out();
