@@ -5,7 +5,10 @@
  * for every replay, outgoing messages published after the record is durable.
  */
 import { randomUUID } from 'node:crypto';
+import { Readable } from 'node:stream';
 import { context } from '@opentelemetry/api';
+import type { ResultStream } from './blob/result-stream.js';
+import type { BlobPointer } from './blob/types.js';
 import { decodeResult, encodeValue } from './codec.js';
 import type { Handler } from './context.js';
 import { ConfigError, ErrorCode, type ErrorInfo, ExactlyOnceError } from './errors.js';
@@ -48,10 +51,24 @@ export interface ExecuteRequest<T> {
   requestId?: string;
 }
 
+/**
+ * The result as `execute` hands it back. A handler that returned a stream (`resultStream(...)`, a
+ * `Readable` or an async iterable of bytes) gets a `Readable` of the stored bytes, on the first call
+ * and on every replay alike (the handler's own stream was consumed into the blob store); it
+ * verifies size and sha256 as it goes and fails with `BlobIntegrityError` at the end if they
+ * differ. Any other result comes back decoded from its stored JSON.
+ */
+export type ExecutedResult<R> = R extends ResultStream | Readable | AsyncIterable<Uint8Array> ? Readable : R;
+
 export interface ExecuteResult<R> {
   /** `completed`: this call ran the handler; `duplicate`: the stored result of an earlier run. */
   readonly status: 'completed' | 'duplicate';
-  readonly result: R | undefined;
+  readonly result: ExecutedResult<R> | undefined;
+  /**
+   * Where a result stored by reference lives (streamed results, and results over
+   * `inlineResultBytes`): to serve or redirect to it without reading it through this process.
+   */
+  readonly pointer?: BlobPointer;
   readonly requestId: string;
 }
 
@@ -92,11 +109,14 @@ export function createIdempotentExecutor<T = unknown, R = unknown>(
   });
   const blobs = options.blobs;
 
-  const readResult = async (stored: StoredResult | undefined): Promise<R | undefined> => {
+  const readResult = async (stored: StoredResult | undefined): Promise<ExecutedResult<R> | undefined> => {
     if (!stored) return undefined;
-    if (stored.kind === 'inline') return decodeResult<R>(stored.data);
+    if (stored.kind === 'inline') return decodeResult<ExecutedResult<R>>(stored.data);
     if (!blobs) throw new ConfigError('the stored result is a blob but the executor has no blob store');
-    return decodeResult<R>(await blobs.get(stored.pointer));
+    // A streamed result is read as it is sent on, never held whole.
+    if (stored.raw)
+      return Readable.from(blobs.stream(stored.pointer), { objectMode: false }) as ExecutedResult<R>;
+    return decodeResult<ExecutedResult<R>>(await blobs.get(stored.pointer));
   };
 
   return {
@@ -123,6 +143,7 @@ export function createIdempotentExecutor<T = unknown, R = unknown>(
             return {
               status: d.outcome === 'duplicate' ? 'duplicate' : 'completed',
               result: await readResult(d.result),
+              ...(d.result?.kind === 'blob' ? { pointer: d.result.pointer } : {}),
               requestId,
             };
           case 'defer':

@@ -114,7 +114,7 @@ async function storeResultStream<T, R>(
       span.setAttribute(ATTR_EO_BLOB_SIZE, p.size);
       return p;
     });
-    return { kind: 'blob', pointer };
+    return { kind: 'blob', pointer, raw: true };
   } catch (error) {
     if (failed) throw new ResultSourceFailure(failed.error);
     throw error;

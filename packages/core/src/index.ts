@@ -19,7 +19,13 @@ export type {
   StepReconcileResult,
 } from './context.js';
 export * from './errors.js';
-export type { ExecuteRequest, ExecuteResult, ExecutorOptions, IdempotentExecutor } from './executor.js';
+export type {
+  ExecuteRequest,
+  ExecutedResult,
+  ExecuteResult,
+  ExecutorOptions,
+  IdempotentExecutor,
+} from './executor.js';
 export { createIdempotentExecutor, ExecutionFailedError, RequestInProgressError } from './executor.js';
 export type { HeaderValue, MessageHeaders } from './headers.js';
 export { Headers, readHeader, readIdentityHeader, textHeaders } from './headers.js';

@@ -3,14 +3,15 @@
  * pointer to duplicates; a failing stream is a handler failure, never a half-stored result.
  */
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, truncate } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createFsBlobStore } from '../src/blob/fs-blob-store.js';
-import { resultStream } from '../src/blob/result-stream.js';
-import { ErrorCode } from '../src/errors.js';
+import { type ResultStream, resultStream } from '../src/blob/result-stream.js';
+import { BlobIntegrityError, ErrorCode } from '../src/errors.js';
+import { createIdempotentExecutor } from '../src/executor.js';
 import { Headers } from '../src/headers.js';
 import { createProcessor } from '../src/processor.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
@@ -171,3 +172,97 @@ describe('streamed handler results', () => {
     expect(() => resultStream(new Uint8Array(1) as never)).toThrow(TypeError);
   });
 });
+
+describe('the idempotent executor with a streamed result', () => {
+  /** 4 MiB in 64 KiB chunks, generated: the handler never holds it whole. */
+  async function* generated(): AsyncGenerator<Uint8Array> {
+    for (let i = 0; i < 64; i++) yield Buffer.alloc(64 * 1024, i);
+  }
+  const expected = Buffer.concat(Array.from({ length: 64 }, (_, i) => Buffer.alloc(64 * 1024, i)));
+  const readAll = async (stream: AsyncIterable<Uint8Array>) => {
+    const chunks: Uint8Array[] = [];
+    for await (const chunk of stream) chunks.push(chunk);
+    return Buffer.concat(chunks);
+  };
+
+  it('returns a Readable of the stored bytes with its pointer, on the first call and on a replay', async () => {
+    // Prepare
+    const { blobs } = await blobStore();
+    const ex = createIdempotentExecutor<{ video: string }, ResultStream>({
+      consumer: 'encoder-api',
+      store: createMemoryStore(),
+      blobs,
+      retentionCheck: 'off',
+    });
+    let runs = 0;
+    const encode = () => {
+      runs++;
+      return resultStream(generated());
+    };
+    // Act
+    const first = await ex.execute({ key: 'v1', payload: { video: 'a' } }, encode);
+    const firstBytes = await readAll(first.result as Readable);
+    const replay = await ex.execute({ key: 'v1', payload: { video: 'a' } }, encode);
+    const replayBytes = await readAll(replay.result as Readable);
+    // Assess
+    expect(first.status).toBe('completed');
+    expect(replay.status).toBe('duplicate');
+    expect(first.result).toBeInstanceOf(Readable);
+    expect(first.pointer).toEqual({
+      uri: expect.any(String),
+      size: expected.byteLength,
+      sha256: sha256(expected),
+    });
+    expect(replay.pointer).toEqual(first.pointer);
+    expect(sha256(firstBytes)).toBe(sha256(expected));
+    expect(sha256(replayBytes)).toBe(sha256(expected));
+    expect(runs).toBe(1);
+  });
+
+  it('a JSON result over inlineResultBytes still comes back decoded, with its pointer', async () => {
+    const { blobs } = await blobStore();
+    const ex = createIdempotentExecutor<unknown, { rows: string[] }>({
+      consumer: 'report-api',
+      store: createMemoryStore(),
+      blobs,
+      inlineResultBytes: 16,
+      retentionCheck: 'off',
+    });
+    const report = { rows: ['a'.repeat(100), 'b'.repeat(100)] };
+    await ex.execute({ key: 'r1', payload: {} }, () => report);
+    const replay = await ex.execute({ key: 'r1', payload: {} }, () => ({ rows: [] }));
+    expect(replay).toMatchObject({
+      status: 'duplicate',
+      result: report,
+      pointer: { size: JSON.stringify(report).length },
+    });
+  });
+
+  it('a replay of a truncated blob fails with BlobIntegrityError at the end of the stream', async () => {
+    // Prepare
+    const { blobs, directory } = await blobStore();
+    const ex = createIdempotentExecutor<unknown, ResultStream>({
+      consumer: 'encoder-api',
+      store: createMemoryStore(),
+      blobs,
+      retentionCheck: 'off',
+    });
+    const first = await ex.execute({ key: 'v2', payload: {} }, () => resultStream(generated()));
+    await readAll(first.result as Readable);
+    const [file] = await blobPaths(directory);
+    await truncate(file as string, 1024);
+    // Act
+    const replay = await ex.execute({ key: 'v2', payload: {} }, () => resultStream(generated()));
+    // Assess
+    await expect(readAll(replay.result as Readable)).rejects.toBeInstanceOf(BlobIntegrityError);
+  });
+});
+
+async function blobPaths(directory: string): Promise<string[]> {
+  const paths: string[] = [];
+  for (const entry of await readdir(directory)) {
+    if (!/^[0-9a-f]{2}$/.test(entry)) continue;
+    for (const file of await readdir(join(directory, entry))) paths.push(join(directory, entry, file));
+  }
+  return paths;
+}

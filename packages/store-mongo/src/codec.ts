@@ -54,6 +54,8 @@ export interface BlobDoc {
   u: string;
   z: number;
   h: string;
+  /** A streamed result's raw bytes (absent: a JSON result). */
+  r?: true;
 }
 
 /** A key's head: which chain holds its states. */
@@ -167,14 +169,14 @@ export function encodeResult(result: StoredResult | undefined): { r?: Binary; b?
   if (result === undefined) return {};
   if (result.kind === 'inline') return { r: toBinary(result.data) };
   const { uri, size, sha256 } = result.pointer;
-  return { b: { u: uri, z: size, h: sha256 } };
+  return { b: { u: uri, z: size, h: sha256, ...(result.raw ? { r: true as const } : {}) } };
 }
 
 function decodeResult(doc: RecordDoc): StoredResult | undefined {
   if (doc.r !== undefined) return { kind: 'inline', data: fromBinary(doc.r) };
   if (doc.b !== undefined) {
     const pointer: BlobPointer = { uri: doc.b.u, size: doc.b.z, sha256: doc.b.h };
-    return { kind: 'blob', pointer };
+    return { kind: 'blob', pointer, ...(doc.b.r === true ? { raw: true } : {}) };
   }
   return undefined;
 }

@@ -70,13 +70,19 @@ export function packResult(result: StoredResult | undefined): Buffer | string {
   if (result === undefined) return '';
   if (result.kind === 'inline') return Buffer.concat([Buffer.from('i'), result.data]);
   const { uri, size, sha256 } = result.pointer;
-  return `b${JSON.stringify([uri, size, sha256])}`;
+  // A fourth element, 1, marks a streamed (raw bytes) result; records without it are JSON blobs.
+  return `b${JSON.stringify(result.raw ? [uri, size, sha256, 1] : [uri, size, sha256])}`;
 }
 
 function unpackResult(packed: Buffer): StoredResult {
   if (packed[0] === 0x69 /* i */) return { kind: 'inline', data: copy(packed.subarray(1)) };
-  const [uri, size, sha256] = JSON.parse(packed.subarray(1).toString('utf8')) as [string, number, string];
-  return { kind: 'blob', pointer: { uri, size, sha256 } };
+  const [uri, size, sha256, raw] = JSON.parse(packed.subarray(1).toString('utf8')) as [
+    string,
+    number,
+    string,
+    1?,
+  ];
+  return { kind: 'blob', pointer: { uri, size, sha256 }, ...(raw === 1 ? { raw: true } : {}) };
 }
 
 /** `[destination, routingKey|null, headers]` as JSON, a newline (JSON escapes its own), the body. */

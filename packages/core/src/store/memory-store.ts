@@ -301,7 +301,7 @@ function copyError(error: ErrorInfo): ErrorInfo {
 function copyResult(result: StoredResult): StoredResult {
   if (result.kind === 'inline') return { kind: 'inline', data: new Uint8Array(result.data) };
   const { uri, size, sha256 } = result.pointer;
-  return { kind: 'blob', pointer: { uri, size, sha256 } };
+  return { kind: 'blob', pointer: { uri, size, sha256 }, ...(result.raw ? { raw: true } : {}) };
 }
 
 function copyOutgoing(message: OutgoingRecord): OutgoingRecord {

@@ -23,7 +23,15 @@ export type RecordState = (typeof RecordState)[keyof typeof RecordState];
 /** A handler result as the record keeps it: inline bytes, or a pointer to a blob. */
 export type StoredResult =
   | { readonly kind: 'inline'; readonly data: Uint8Array }
-  | { readonly kind: 'blob'; readonly pointer: BlobPointer };
+  | {
+      readonly kind: 'blob';
+      readonly pointer: BlobPointer;
+      /**
+       * The handler returned a stream: the blob holds its bytes as they are. Absent: the blob is
+       * the JSON of a result too large to keep inline.
+       */
+      readonly raw?: true;
+    };
 
 /** A message the handler published, kept in the COMPLETED record until the broker confirmed it. */
 export interface OutgoingMessage {

@@ -291,6 +291,15 @@ export function describeStoreConformance(
       expect(record.result).toEqual({ kind: 'blob', pointer });
     });
 
+    it("a streamed result's blob pointer keeps its raw mark", async () => {
+      const key = freshKey();
+      const pointer: BlobPointer = { uri: 'conformance:blob/raw', size: 7, sha256: 'cd'.repeat(32) };
+      const acquired = await acquire(key);
+      await ok(completeWith(key, acquired.fence, { result: { kind: 'blob', pointer, raw: true } }));
+      const { record } = expectStatus(await store().begin(request(key)), 'duplicate');
+      expect(record.result).toEqual({ kind: 'blob', pointer, raw: true });
+    });
+
     it('markPublished flags only the given ids, is idempotent and ignores unknown ids', async () => {
       const key = freshKey();
       const acquired = await acquire(key);
