@@ -28,6 +28,14 @@ export type {
 } from './executor.js';
 export { createIdempotentExecutor, ExecutionFailedError, RequestInProgressError } from './executor.js';
 export type { HeaderValue, MessageHeaders } from './headers.js';
+export type {
+  OutboxEntry,
+  OutboxRelay,
+  OutboxRelayOptions,
+  OutboxRelayStats,
+  OutboxSource,
+} from './outbox/relay.js';
+export { createOutboxRelay } from './outbox/relay.js';
 export { Headers, readHeader, readIdentityHeader, textHeaders } from './headers.js';
 export type { StableKeyField } from './keys.js';
 export {

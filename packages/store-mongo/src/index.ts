@@ -6,3 +6,10 @@ export type { MongoProcessedStore, MongoStoreOptions, SweepResult } from './stor
 export type { RecordDoc } from './codec.js';
 export { createGridFsBlobStore, DEFAULT_BUCKET } from './gridfs-blob-store.js';
 export type { GridFsBlobStoreOptions } from './gridfs-blob-store.js';
+export { createMongoOutboxSource, OUTBOX_FIELD, outboxFields, PENDING_FIELD } from './outbox.js';
+export type {
+  MongoOutboxSource,
+  MongoOutboxSourceOptions,
+  OutboxFieldsOptions,
+  OutboxMessageInput,
+} from './outbox.js';

@@ -1,0 +1,323 @@
+/**
+ * The outbox relay: publishes messages a service wrote with its own state (an order document and
+ * its events in one write) once the broker confirms them, at the rate the broker takes.
+ *
+ * - **Bounded in flight.** A round is at most `window` messages (an entry bigger than the window
+ *   goes alone), published in one confirmed call; the next round starts after it is confirmed.
+ * - **Adaptive.** The window grows while rounds confirm within `targetRoundMs`, shrinks when they
+ *   take longer, halves on a failure; failures back off (`retry`) and are retried forever.
+ * - **In order per entry, never lost.** An entry's messages go out in one round, in order; after a
+ *   failure the next pass starts again from the oldest unconfirmed entry. A source is read in its
+ *   order (oldest first), so entries of one key keep their order if they were written in order.
+ * - **At least once.** Marking entries published happens after confirmation and off the publish
+ *   path (in the background, in chunks); a relay that dies before marking publishes those entries
+ *   again: the consumers' deduplication (their idempotency key) drops them.
+ */
+import { type Counter, metrics, type ObservableGauge } from '@opentelemetry/api';
+import { ConfigError } from '../errors.js';
+import type { Logger } from '../logger.js';
+import { silentLogger } from '../logger.js';
+import { resolveRetryPolicy, type RetryPolicyOptions, retryDelayMs } from '../retry.js';
+import type { OutgoingPublisher } from '../spi.js';
+import { sleep } from '../steps.js';
+import type { OutgoingMessage } from '../store/types.js';
+
+/** One unit of the source (e.g. a document) and the messages it holds, in publish order. */
+export interface OutboxEntry {
+  readonly id: string;
+  readonly messages: readonly OutgoingMessage[];
+}
+
+/** Where the relay reads pending entries and records them published. */
+export interface OutboxSource {
+  /**
+   * One pass over the pending entries, oldest first. Entries written during the pass may or may
+   * not appear; the next pass sees them.
+   */
+  scan(): AsyncIterable<OutboxEntry>;
+  /** Records entries as published (their messages were confirmed). Idempotent. */
+  markPublished(ids: readonly string[]): Promise<void>;
+  /** Entries not yet marked published (the lag gauge and alert subtract those confirmed but not yet marked). */
+  countPending(): Promise<number>;
+}
+
+export interface OutboxRelayOptions {
+  source: OutboxSource;
+  /** A confirmed publisher: `createProducer` (Kafka) or `createPublisher` (RabbitMQ). */
+  publisher: OutgoingPublisher;
+  /** Messages per round, the bound on unconfirmed messages. @defaultValue `{ initial: 256, min: 16, max: 2048 }` */
+  window?: { initial?: number; min?: number; max?: number };
+  /**
+   * A round confirmed within this grows the window (doubling after a failure, then by an eighth);
+   * a slower one shrinks it by a quarter. @defaultValue 250
+   */
+  targetRoundMs?: number;
+  /** Backoff after a failed round (retried forever; `maxAttempts` is ignored). @defaultValue `{ initialDelayMs: 200, maxDelayMs: 10000 }` */
+  retry?: Omit<RetryPolicyOptions, 'maxAttempts'>;
+  /** Wait before the next pass when a pass found nothing. @defaultValue 200 */
+  idleDelayMs?: number;
+  /** Entries marked per `markPublished` call. @defaultValue 500 */
+  markBatch?: number;
+  /** Publishing pauses while more confirmed entries than this wait to be marked. @defaultValue 200000 */
+  maxUnmarked?: number;
+  /** Counts pending entries every `everyMs` and calls `onAlert` once while the lag is above `threshold`. */
+  lagAlert?: {
+    threshold: number;
+    everyMs?: number;
+    onAlert(lag: number): void;
+    onRecover?(lag: number): void;
+  };
+  logger?: Logger;
+}
+
+export interface OutboxRelayStats {
+  /** Messages confirmed by the broker. */
+  readonly published: number;
+  readonly rounds: number;
+  readonly failures: number;
+  /** The current window, and the most messages ever unconfirmed at once. */
+  readonly window: number;
+  readonly maxInFlight: number;
+  readonly inFlight: number;
+  /** Confirmed entries not yet marked in the source. */
+  readonly unmarked: number;
+  /** Unpublished entries at the last count (undefined before the first). */
+  readonly lag: number | undefined;
+}
+
+export interface OutboxRelay {
+  /** Starts relaying (idempotent). */
+  start(): void;
+  /** Stops after the round in flight and the marking of what it confirmed. */
+  stop(): Promise<void>;
+  /** Resolves when a pass finds nothing left to publish and every confirmed entry is marked. */
+  drained(): Promise<void>;
+  stats(): OutboxRelayStats;
+}
+
+const DEFAULT_WINDOW = { initial: 256, min: 16, max: 2048 };
+
+export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
+  const window = { ...DEFAULT_WINDOW, ...options.window };
+  if (!(Number.isInteger(window.min) && window.min >= 1 && window.max >= window.min)) {
+    throw new ConfigError('window needs integers 1 <= min <= max');
+  }
+  const retry = resolveRetryPolicy({ initialDelayMs: 200, maxDelayMs: 10_000, ...options.retry }, 'retry');
+  const targetRoundMs = options.targetRoundMs ?? 250;
+  const idleDelayMs = options.idleDelayMs ?? 200;
+  const markBatch = options.markBatch ?? 500;
+  const maxUnmarked = options.maxUnmarked ?? 200_000;
+  const logger = options.logger ?? silentLogger;
+  const { source, publisher } = options;
+
+  const s = { published: 0, rounds: 0, failures: 0, maxInFlight: 0, inFlight: 0 };
+  let size = Math.min(window.max, Math.max(window.min, window.initial));
+  let lag: number | undefined;
+  // Confirmed ids waiting to be marked, and marked ids a scan opened before their marking may
+  // still return: both are skipped until the next pass starts.
+  const toMark: string[] = [];
+  const confirmed = new Set<string>();
+  let markedThisPass: string[] = [];
+
+  let controller: AbortController | undefined;
+  let loop: Promise<void> | undefined;
+  let passes = 0;
+  let drainWaiters: { afterPass: number; resolve: () => void }[] = [];
+  const instruments = relayInstruments(() => (lag === undefined ? undefined : Math.max(0, lag)));
+
+  // Slow start: after a failure (and at first) the window doubles per quick round until a round
+  // is slow; from then on it grows by an eighth. A broker back from an outage is up to speed in
+  // a few rounds, one that struggles is approached gently.
+  let slowStart = true;
+  const grow = (roundMs: number) => {
+    if (roundMs > targetRoundMs) {
+      slowStart = false;
+      size = Math.max(window.min, Math.floor(size * 0.75));
+    } else {
+      size = Math.min(window.max, slowStart ? size * 2 : size + Math.max(1, Math.ceil(size / 8)));
+    }
+  };
+
+  const publishRound = async (round: OutboxEntry[]) => {
+    const messages = round.flatMap((e) => e.messages);
+    s.inFlight = messages.length;
+    s.maxInFlight = Math.max(s.maxInFlight, messages.length);
+    const started = performance.now();
+    try {
+      await publisher.publish(messages);
+    } finally {
+      s.inFlight = 0;
+    }
+    grow(performance.now() - started);
+    s.rounds++;
+    s.published += messages.length;
+    instruments.published.add(messages.length);
+    for (const e of round) {
+      confirmed.add(e.id);
+      toMark.push(e.id);
+    }
+  };
+
+  /** One pass: rounds of at most `size` messages, each read while the previous one publishes. */
+  const pass = async (signal: AbortSignal): Promise<number> => {
+    for (const id of markedThisPass) confirmed.delete(id);
+    markedThisPass = [];
+    const entries = source.scan()[Symbol.asyncIterator]();
+    let carry: OutboxEntry | undefined;
+    let done = false;
+    const nextRound = async (): Promise<OutboxEntry[]> => {
+      const round: OutboxEntry[] = [];
+      let count = 0;
+      while (!done) {
+        const entry = carry ?? (await entries.next().then((r) => (r.done ? undefined : r.value)));
+        carry = undefined;
+        if (entry === undefined) {
+          done = true;
+          break;
+        }
+        if (confirmed.has(entry.id)) continue;
+        if (entry.messages.length === 0) {
+          confirmed.add(entry.id);
+          toMark.push(entry.id);
+          continue;
+        }
+        if (count > 0 && count + entry.messages.length > size) {
+          carry = entry;
+          break;
+        }
+        round.push(entry);
+        count += entry.messages.length;
+      }
+      return round;
+    };
+    let sent = 0;
+    try {
+      let round = await nextRound();
+      while (round.length > 0 && !signal.aborted) {
+        while (toMark.length > maxUnmarked && !signal.aborted) await sleep(50);
+        const reading = nextRound();
+        // An unhandled rejection of the read-ahead must not escape if the publish fails first.
+        reading.catch(() => {});
+        await publishRound(round);
+        sent += round.length;
+        round = await reading;
+      }
+    } finally {
+      await entries.return?.();
+    }
+    return sent;
+  };
+
+  const markLoop = async (signal: AbortSignal, finished: () => boolean) => {
+    let failures = 0;
+    while (!(finished() && toMark.length === 0)) {
+      if (toMark.length === 0) {
+        await sleep(20);
+        continue;
+      }
+      const ids = toMark.slice(0, markBatch);
+      try {
+        await source.markPublished(ids);
+        toMark.splice(0, ids.length);
+        markedThisPass.push(...ids);
+        failures = 0;
+      } catch (error) {
+        failures++;
+        logger.warn('outbox relay: marking entries published failed; retrying', { error: String(error) });
+        await sleep(retryDelayMs(retry, failures)).catch(() => {});
+        if (signal.aborted && failures > 3) return;
+      }
+    }
+  };
+
+  const lagLoop = async (signal: AbortSignal) => {
+    const alert = options.lagAlert;
+    let alerting = false;
+    while (!signal.aborted) {
+      try {
+        lag = Math.max(0, (await source.countPending()) - toMark.length);
+        if (alert && !alerting && lag > alert.threshold) {
+          alerting = true;
+          alert.onAlert(lag);
+        } else if (alert && alerting && lag <= alert.threshold) {
+          alerting = false;
+          alert.onRecover?.(lag);
+        }
+      } catch (error) {
+        logger.warn('outbox relay: counting pending entries failed', { error: String(error) });
+      }
+      await sleep(alert?.everyMs ?? 1_000, signal).catch(() => {});
+    }
+  };
+
+  const run = async (signal: AbortSignal) => {
+    let stopped = false;
+    const marking = markLoop(signal, () => stopped);
+    const counting = lagLoop(signal);
+    let failures = 0;
+    while (!signal.aborted) {
+      const number = ++passes;
+      try {
+        const sent = await pass(signal);
+        failures = 0;
+        if (sent === 0 && toMark.length === 0) {
+          for (const w of drainWaiters) if (w.afterPass < number) w.resolve();
+          drainWaiters = drainWaiters.filter((w) => w.afterPass >= number);
+        }
+        if (sent === 0) await sleep(idleDelayMs, signal).catch(() => {});
+      } catch (error) {
+        failures++;
+        s.failures++;
+        size = Math.max(window.min, Math.floor(size / 2));
+        slowStart = true;
+        const delay = retryDelayMs(retry, failures);
+        logger.warn('outbox relay: a round was not confirmed; backing off', {
+          error: String(error),
+          delayMs: delay,
+          window: size,
+        });
+        await sleep(delay, signal).catch(() => {});
+      }
+    }
+    stopped = true;
+    await Promise.all([marking, counting]);
+  };
+
+  return {
+    start() {
+      if (loop) return;
+      controller = new AbortController();
+      loop = run(controller.signal);
+    },
+    async stop() {
+      controller?.abort();
+      await loop;
+      loop = undefined;
+      instruments.detach();
+    },
+    drained() {
+      // Only a pass that starts after this call can say nothing written before it is left.
+      return new Promise((resolve) => drainWaiters.push({ afterPass: passes, resolve }));
+    },
+    stats: () => ({ ...s, window: size, unmarked: toMark.length, lag }),
+  };
+}
+
+function relayInstruments(lag: () => number | undefined): {
+  published: Counter;
+  detach(): void;
+} {
+  const meter = metrics.getMeter('@exactly-once/core', '0.1.0');
+  const published = meter.createCounter('exactly_once.outbox.published', {
+    description: 'Outbox messages confirmed by the broker',
+  });
+  const gauge: ObservableGauge = meter.createObservableGauge('exactly_once.outbox.lag', {
+    description: 'Outbox entries not yet published',
+  });
+  const observe = (result: { observe(value: number): void }) => {
+    const value = lag();
+    if (value !== undefined) result.observe(value);
+  };
+  gauge.addCallback(observe);
+  return { published, detach: () => gauge.removeCallback(observe) };
+}

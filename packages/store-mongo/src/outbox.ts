@@ -1,0 +1,169 @@
+/**
+ * A transactional outbox in your own documents: the events of a state change are written in the
+ * same document write as the state (one insert or update of one document is atomic on every
+ * MongoDB-wire server, transactions or not), and core's `createOutboxRelay` publishes them.
+ *
+ * A document with pending events carries `eo_outbox` (the messages, in publish order) and
+ * `eo_pending` (when they were written: the relay's reading order). The relay reads pending
+ * documents oldest first and, after the broker confirmed their messages, unsets `eo_pending`.
+ */
+import { Headers, type OutboxEntry, type OutboxSource } from '@exactly-once/core';
+import { encodeValue, injectContext } from '@exactly-once/core/spi';
+import { context } from '@opentelemetry/api';
+import type { Binary, Collection, Document } from 'mongodb';
+import { fromBinary, toBinary } from './codec.js';
+
+export const OUTBOX_FIELD = 'eo_outbox';
+export const PENDING_FIELD = 'eo_pending';
+
+/** An event to publish with the document. */
+export interface OutboxMessageInput {
+  /** Topic, queue or exchange. */
+  destination: string;
+  /** Kafka partition key or RabbitMQ routing key: give one key's events the same one to keep their order. */
+  key?: string;
+  /** JSON value, string or bytes. */
+  body: unknown;
+  /**
+   * The message's idempotency key (`x-idempotency-key`), what consumers deduplicate by. It must
+   * be the same if this event is ever written again. @defaultValue `<document id>/<position>`
+   */
+  id?: string;
+  headers?: Readonly<Record<string, string>>;
+}
+
+interface OutboxMessageDoc {
+  i: string;
+  d: string;
+  k?: string;
+  b: Binary;
+  h: string[];
+}
+
+export interface OutboxFieldsOptions {
+  /** `x-request-id` of the events. @defaultValue the document id */
+  requestId?: string;
+}
+
+/**
+ * The fields to write with the document, in the same `insertOne` (or `$set` of the same
+ * `updateOne`). The current trace context is propagated with the events.
+ *
+ * @example
+ * ```ts
+ * await orders.insertOne({ _id: order.id, ...order, ...outboxFields(order.id, [
+ *   { destination: 'order-events', key: order.id, body: { type: 'OrderCreated', order } },
+ * ]) });
+ * ```
+ */
+export function outboxFields(
+  documentId: string | number | { toString(): string },
+  messages: readonly OutboxMessageInput[],
+  options: OutboxFieldsOptions = {},
+): { [OUTBOX_FIELD]: OutboxMessageDoc[]; [PENDING_FIELD]: number } {
+  const docId = String(documentId);
+  const requestId = options.requestId ?? docId;
+  const trace = injectContext(context.active(), {});
+  return {
+    [OUTBOX_FIELD]: messages.map((m, position) => {
+      const { bytes, contentType } = encodeValue(m.body);
+      const id = m.id ?? `${docId}/${position}`;
+      const headers: Record<string, string> = {
+        'content-type': contentType,
+        ...m.headers,
+        ...trace,
+        [Headers.RequestId]: requestId,
+        [Headers.IdempotencyKey]: id,
+      };
+      return {
+        i: id,
+        d: m.destination,
+        ...(m.key === undefined ? {} : { k: m.key }),
+        b: toBinary(bytes),
+        h: Object.entries(headers).flat(),
+      };
+    }),
+    [PENDING_FIELD]: pendingStamp(),
+  };
+}
+
+// `eo_pending` is the write time in ms plus a per-process fraction: two writes of one document
+// in one millisecond still differ, so the relay's conditional `$unset` can tell them apart.
+let sequence = 0;
+function pendingStamp(): number {
+  sequence = (sequence + 1) % 1_000_000;
+  return Date.now() + sequence / 1_000_000;
+}
+
+export interface MongoOutboxSourceOptions {
+  /** The collection your documents (and their `eo_outbox`) live in. */
+  collection: Collection<Document>;
+  /** Documents per read from the server. @defaultValue 1000 */
+  batchSize?: number;
+}
+
+export interface MongoOutboxSource extends OutboxSource {
+  /** Creates the sparse index on `eo_pending` that makes reading pending documents cheap. */
+  ensureIndexes(): Promise<void>;
+}
+
+/** The relay's source over `collection`; see {@link outboxFields}. */
+export function createMongoOutboxSource(options: MongoOutboxSourceOptions): MongoOutboxSource {
+  const { collection } = options;
+  const batchSize = options.batchSize ?? 1000;
+  // Entry ids are strings; documents keep their own `_id` type (ObjectId, number, string). The
+  // `eo_pending` read with the entry makes its `$unset` conditional: a document rewritten with
+  // new events after the read (a new `eo_pending`) stays pending.
+  const read = new Map<string, { _id: unknown; pending: unknown }>();
+  const pending = { [PENDING_FIELD]: { $exists: true } };
+
+  return {
+    async ensureIndexes() {
+      await collection.createIndex(
+        { [PENDING_FIELD]: 1, _id: 1 },
+        { name: 'eo_outbox_pending', sparse: true },
+      );
+    },
+    async *scan() {
+      const cursor = collection
+        .find(pending, { projection: { [OUTBOX_FIELD]: 1, [PENDING_FIELD]: 1 } })
+        .sort({ [PENDING_FIELD]: 1, _id: 1 })
+        .batchSize(batchSize);
+      try {
+        for await (const doc of cursor) {
+          const id = `${typeof doc._id}:${String(doc._id)}`;
+          read.set(id, { _id: doc._id, pending: doc[PENDING_FIELD] });
+          yield { id, messages: decodeMessages(doc[OUTBOX_FIELD]) } satisfies OutboxEntry;
+        }
+      } finally {
+        await cursor.close();
+      }
+    },
+    async markPublished(entryIds) {
+      const ops = entryIds.flatMap((id) => {
+        const entry = read.get(id);
+        if (entry === undefined) return [];
+        const filter = { _id: entry._id, [PENDING_FIELD]: entry.pending };
+        return [{ updateOne: { filter, update: { $unset: { [PENDING_FIELD]: '' } } } }];
+      });
+      if (ops.length > 0) await collection.bulkWrite(ops as never, { ordered: false });
+      for (const id of entryIds) read.delete(id);
+    },
+    countPending: () => collection.countDocuments(pending),
+  };
+}
+
+function decodeMessages(value: unknown): OutboxEntry['messages'] {
+  if (!Array.isArray(value)) return [];
+  return (value as OutboxMessageDoc[]).map((m) => {
+    const headers: Record<string, string> = {};
+    for (let i = 0; i + 1 < m.h.length; i += 2) headers[m.h[i] as string] = m.h[i + 1] as string;
+    return {
+      id: m.i,
+      destination: m.d,
+      ...(m.k === undefined ? {} : { routingKey: m.k }),
+      body: fromBinary(m.b),
+      headers,
+    };
+  });
+}
