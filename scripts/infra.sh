@@ -1,32 +1,35 @@
 #!/usr/bin/env bash
 # Real servers on 127.0.0.1 for tests and the demo: Redis (standalone and a 3-master cluster),
 # RabbitMQ, Apache Kafka (KRaft), FerretDB (MongoDB wire protocol, SQLite), mongo-java-server
-# (MongoDB wire protocol, H2) and Jaeger v2.
+# (MongoDB wire protocol, H2), Jaeger v2 and Zipkin (trace UI).
 #
 #   scripts/infra.sh up [service...]       install what is missing, start, wait until healthy
 #   scripts/infra.sh down [service...]     stop what this script started (by recorded PID)
 #   scripts/infra.sh status                health, ports and version of each server
 #   scripts/infra.sh logs <service>        tail a server's log
 #   scripts/infra.sh install [service...]  only install/build what is missing (nothing started)
+#   scripts/infra.sh install chromium      headless Chromium (apt) for the trace UI test; never by default
 #
-# Services: redis redis-cluster rabbitmq kafka ferretdb mongo-java jaeger (default: all).
+# Services: redis redis-cluster rabbitmq kafka ferretdb mongo-java jaeger zipkin (default: all).
 #
 # Everything lives under $EXACTLY_ONCE_INFRA_HOME (default ~/.cache/exactly-once-infra):
 #   bin/ built binaries, build/ Go build modules, kafka-<version>/ Maven-fetched jars,
 #   mongo-java-server-<version>/ Maven-fetched jars and the compiled launcher (scripts/mongo-java),
+#   zipkin-<version>/ the Maven-fetched Zipkin server jar,
 #   data/<service>/ server data and generated configs, run/<name>.pid, logs/<service>.log.
 # Nothing is written into the repository. The first `up` on a fresh machine installs Redis,
-# RabbitMQ and the Spin model checker with apt, fetches Kafka and mongo-java-server from Maven Central and builds FerretDB and
+# RabbitMQ and the Spin model checker with apt, fetches Kafka, mongo-java-server and Zipkin from Maven Central and builds FerretDB and
 # Jaeger from the Go module proxy (minutes); later runs reuse all of it, and `up` is a no-op when all are healthy.
 #
 # Versions can be overridden: EO_KAFKA_VERSION (4.x or 3.x), EO_FERRETDB_VERSION,
-# EO_MONGO_JAVA_VERSION, EO_JAEGER_VERSION; EO_HEALTH_TIMEOUT (seconds a server may take to become healthy).
+# EO_MONGO_JAVA_VERSION, EO_JAEGER_VERSION, EO_ZIPKIN_VERSION; EO_HEALTH_TIMEOUT (seconds a server may take to become healthy).
 set -euo pipefail
 
 KAFKA_VERSION="${EO_KAFKA_VERSION:-4.1.1}"
 FERRETDB_VERSION="${EO_FERRETDB_VERSION:-v1.24.2}"
 JAEGER_VERSION="${EO_JAEGER_VERSION:-v1.76.0}" # Go module version of Jaeger v2 (cmd/jaeger)
 MONGO_JAVA_VERSION="${EO_MONGO_JAVA_VERSION:-1.47.0}" # de.bwaldvogel:mongo-java-server
+ZIPKIN_VERSION="${EO_ZIPKIN_VERSION:-3.5.1}" # io.zipkin:zipkin-server, the exec jar (server + Lens UI)
 HEALTH_TIMEOUT="${EO_HEALTH_TIMEOUT:-120}"
 
 LOG4J_VERSION=2.24.3  # Kafka 4.x logs through log4j2 ...
@@ -34,13 +37,18 @@ SLF4J_VERSION=2.0.17  # ... and needs the slf4j 2 API for log4j-slf4j2-impl
 RELOAD4J_VERSION=1.2.25 SLF4J1_VERSION=1.7.36 # Kafka 3.x: log4j 1 API via reload4j
 RABBIT_NODE="exactlyonce@localhost"
 CLUSTER_PORTS=(7001 7002 7003)
-ALL_SERVICES=(redis redis-cluster rabbitmq kafka ferretdb mongo-java jaeger)
+ALL_SERVICES=(redis redis-cluster rabbitmq kafka ferretdb mongo-java jaeger zipkin)
+# Not servers: only `install` takes them, and only when named (a test that needs one asks for it).
+TOOLS=(chromium)
 MONGO_JAVA_PORT=27018
+ZIPKIN_PORT=9411
+MAVEN_DEPENDENCY_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
 
 ROOT="${EXACTLY_ONCE_INFRA_HOME:-$HOME/.cache/exactly-once-infra}"
 BIN="$ROOT/bin" BUILD="$ROOT/build" DATA="$ROOT/data" RUN="$ROOT/run" LOGS="$ROOT/logs"
 KAFKA_HOME="$ROOT/kafka-$KAFKA_VERSION"
 MONGO_JAVA_HOME="$ROOT/mongo-java-server-$MONGO_JAVA_VERSION"
+ZIPKIN_JAR="$ROOT/zipkin-$ZIPKIN_VERSION/zipkin-server-$ZIPKIN_VERSION-exec.jar"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mkdir -p "$BIN" "$BUILD" "$DATA" "$RUN" "$LOGS"
 
@@ -159,13 +167,22 @@ install_apt() {
         have javac || pkgs+=(openjdk-17-jdk-headless) # compiles the launcher, scripts/mongo-java
         have mvn || pkgs+=(maven)
         ;;
+      zipkin)
+        have java || pkgs+=(openjdk-17-jre-headless)
+        have mvn || pkgs+=(maven)
+        ;;
+      # Headless Chromium renders Zipkin's trace page in test/demo/trace-ui.test.ts (about 300 MB
+      # installed, so only on `install chromium`, which that test runs when it is missing).
+      chromium) have chromium || pkgs+=(chromium) ;;
     esac
   done
   # The model checker of model/ (test/model/spin.test.ts), and a C compiler for its verifiers.
   pkgs+=(spin)
   have cc || pkgs+=(gcc)
+  # (`dpkg -s` also succeeds for a package that was removed but not purged.)
+  # shellcheck disable=SC2016 # dpkg-query's format, not shell
   for s in "${pkgs[@]}"; do
-    dpkg -s "$s" >/dev/null 2>&1 || missing+=("$s")
+    [[ $(dpkg-query -W -f='${Status}' "$s" 2>/dev/null) == 'install ok installed' ]] || missing+=("$s")
   done
   ((${#missing[@]} == 0)) && return 0
   ((EUID == 0)) || die "apt packages missing (${missing[*]}); run as root or install them"
@@ -252,6 +269,22 @@ POM
   cp "$src" "$MONGO_JAVA_HOME/classes/Main.java"
 }
 
+# One self-contained jar (Spring Boot: the server, its in-memory storage and the Lens UI).
+install_zipkin() {
+  [[ -f $ZIPKIN_JAR ]] && return 0
+  need java "Zipkin runs on Java 17+"
+  need mvn "Maven fetches the Zipkin server jar from Maven Central"
+  say "zipkin: fetching zipkin-server $ZIPKIN_VERSION from Maven Central (first run only)"
+  local log="$LOGS/zipkin-build.log" dir
+  dir=$(dirname "$ZIPKIN_JAR")
+  rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+  (cd "$dir.tmp" && mvn -q -B "$MAVEN_DEPENDENCY_PLUGIN:copy" \
+    -Dartifact="io.zipkin:zipkin-server:$ZIPKIN_VERSION:jar:exec" -DoutputDirectory=.) \
+    >>"$log" 2>&1 9>&- || die "Maven could not fetch zipkin-server (log: $log)"
+  [[ -f "$dir.tmp/$(basename "$ZIPKIN_JAR")" ]] || die "zipkin-server jar missing after the download (log: $log)"
+  rm -rf "$dir" && mv "$dir.tmp" "$dir"
+}
+
 install_ferretdb() {
   [[ -x "$BIN/ferretdb-$FERRETDB_VERSION" ]] && return 0
   need go "FerretDB is built from the Go module proxy"
@@ -290,6 +323,7 @@ install_service() {
     ferretdb) install_ferretdb ;;
     mongo-java) install_mongo_java ;;
     jaeger) install_jaeger ;;
+    zipkin) install_zipkin ;;
   esac
 }
 
@@ -578,6 +612,25 @@ YAML
   spawn jaeger "$LOGS/jaeger.log" "$BIN/jaeger-$JAEGER_VERSION" --config "$DATA/jaeger/config.yaml"
 }
 
+# ---------------------------------------------------------------- zipkin
+# Zipkin takes spans on POST /api/v2/spans (the demo's services export there besides Jaeger) and
+# serves its UI on /zipkin/ (a trace: /zipkin/traces/<trace id>), both on port 9411.
+zipkin_healthy() { [[ $(http_get "http://127.0.0.1:$ZIPKIN_PORT/health") == *'"UP"'* ]]; }
+zipkin_version() {
+  http_get "http://127.0.0.1:$ZIPKIN_PORT/info" 2>/dev/null |
+    sed -n 's/.*"version" *: *"\([^"]*\)".*/\1 (in-memory)/p'
+}
+start_zipkin() {
+  should_start zipkin zipkin_healthy "$ZIPKIN_PORT" || return 0
+  # In-memory storage (the oldest traces go past MEM_MAX_SPANS), no self-tracing, and on loopback
+  # only: a list entry given on the command line replaces the whole default entry, port included.
+  # C1 only and the serial GC: it starts in seconds and stays small on a busy machine.
+  spawn zipkin "$LOGS/zipkin.log" env STORAGE_TYPE=mem MEM_MAX_SPANS=100000 SELF_TRACING_ENABLED=false \
+    java -Xms64m -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true \
+    -jar "$ZIPKIN_JAR" '--armeria.ports[0].ip=127.0.0.1' "--armeria.ports[0].port=$ZIPKIN_PORT" \
+    '--armeria.ports[0].protocols=http'
+}
+
 # ---------------------------------------------------------------- commands
 SERVICES=()
 parse_services() {
@@ -607,11 +660,17 @@ take_lock() {
 }
 
 cmd_install() {
-  parse_services "$@"
+  local args=() tools=() s t
+  for s in "$@"; do
+    for t in "${TOOLS[@]}"; do [[ $s == "$t" ]] && tools+=("$s") && continue 2; done
+    args+=("$s")
+  done
+  # `install chromium` alone installs only that; no service name at all means every service.
+  if ((${#tools[@]} > 0 && ${#args[@]} == 0)); then SERVICES=(); else parse_services "${args[@]}"; fi
   take_lock
-  install_apt "${SERVICES[@]}"
+  install_apt "${SERVICES[@]}" "${tools[@]}"
   for s in "${SERVICES[@]}"; do install_service "$s"; done
-  say "installed: ${SERVICES[*]}"
+  say "installed: $(echo "${SERVICES[@]}" "${tools[@]}")"
 }
 
 cmd_up() {
@@ -638,12 +697,17 @@ cmd_up() {
     install_jaeger
     start_jaeger
   fi
+  if wants zipkin; then
+    install_zipkin
+    start_zipkin
+  fi
   # Then wait for each; they boot in parallel.
   if wants redis; then wait_healthy redis "$LOGS/redis.log" redis_healthy; fi
   if wants redis-cluster; then finish_redis_cluster; fi
   if wants ferretdb; then wait_healthy ferretdb "$LOGS/ferretdb.log" ferretdb_healthy; fi
   if wants mongo-java; then wait_healthy mongo-java "$LOGS/mongo-java.log" mongo_java_healthy; fi
   if wants jaeger; then wait_healthy jaeger "$LOGS/jaeger.log" jaeger_healthy; fi
+  if wants zipkin; then wait_healthy zipkin "$LOGS/zipkin.log" zipkin_healthy; fi
   if wants rabbitmq; then finish_rabbitmq; fi
   if wants kafka; then wait_healthy kafka "$LOGS/kafka.log" kafka_healthy; fi
   say "all healthy: ${SERVICES[*]} (total $(elapsed "$T0"); PIDs in $RUN)"
@@ -697,6 +761,7 @@ cmd_status() {
   row ferretdb 27017 ferretdb_healthy ferretdb_version
   row mongo-java "$MONGO_JAVA_PORT" mongo_java_healthy mongo_java_version
   row jaeger 4317,4318,16685,16686,13133 jaeger_healthy jaeger_version
+  row zipkin "$ZIPKIN_PORT" zipkin_healthy zipkin_version
   echo "home: $ROOT"
   return $bad
 }
@@ -717,7 +782,7 @@ case "${1:-}" in
   logs) shift && cmd_logs "$@" ;;
   install) shift && cmd_install "$@" ;;
   *)
-    echo "usage: $0 up|down|status|logs|install [service...]  (services: ${ALL_SERVICES[*]})" >&2
+    echo "usage: $0 up|down|status|logs|install [service...]  (services: ${ALL_SERVICES[*]}; install also: ${TOOLS[*]})" >&2
     exit 2
     ;;
 esac

@@ -304,7 +304,7 @@ export async function cleanup(admin: Admin, names: RunNames): Promise<void> {
 }
 
 /** Fails fast, naming the server that is missing, before anything is started. */
-export async function preflight(jaegerUrl: string): Promise<string[]> {
+export async function preflight(jaegerUrl: string, zipkinUrl: string): Promise<string[]> {
   const checks: [string, () => Promise<unknown>][] = [
     [
       'Redis',
@@ -337,6 +337,11 @@ export async function preflight(jaegerUrl: string): Promise<string[]> {
       async () =>
         (await fetch(`${jaegerUrl}/api/services`, { signal: AbortSignal.timeout(3_000) })).ok ||
         Promise.reject(),
+    ],
+    [
+      'Zipkin',
+      async () =>
+        (await fetch(`${zipkinUrl}/health`, { signal: AbortSignal.timeout(3_000) })).ok || Promise.reject(),
     ],
   ];
   const missing: string[] = [];

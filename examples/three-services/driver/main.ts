@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { Command, InvalidArgumentError } from 'commander';
 import { type ProviderState, startPaymentProvider } from '../billing/payment-provider.js';
 import { type SinkState, startEmailSink } from '../notification/email-sink.js';
-import { runNames, servers } from '../shared/config.js';
+import { runNames, servers, zipkinTraceUrl } from '../shared/config.js';
 import {
   bindOrderQueues,
   cleanup,
@@ -63,7 +63,7 @@ const postJson = (url: string, body: unknown) =>
 
 async function main(): Promise<number> {
   console.log(`three-services demo: run ${run}, ${total} orders, seed ${seed}${quick ? ', quick' : ''}`);
-  const missing = await preflight(servers.jaegerQueryUrl);
+  const missing = await preflight(servers.jaegerQueryUrl, servers.zipkinUrl);
   if (missing.length > 0) {
     console.error(`not reachable: ${missing.join(', ')}. Start the servers with: bash scripts/infra.sh up`);
     return 2;
@@ -326,6 +326,7 @@ async function printTraces(results: OrderResult[], report: TraceReport, since: n
     const why = sample.plan.killBilling ? ' (its billing worker was SIGKILLed)' : '';
     console.log(`\ntrace of ${sample.plan.key}${why}:`);
     for (const line of renderTree(t)) console.log(`  ${line}`);
+    console.log(`\nthe same trace in Zipkin's UI:\n  ${zipkinTraceUrl(t.traceID)}`);
   }
   console.log(
     `\nopen any order's trace by request id:\n  npm run -w @exactly-once-examples/three-services trace -- ${sample.plan.key}\n` +

@@ -1,11 +1,12 @@
 /**
  * `npm run -w @exactly-once-examples/three-services trace -- <request-id>`: prints an order's trace as
  * a span tree, found by request id through Jaeger's query API (the request id is the client's
- * Idempotency-Key, on every process span as `exactly_once.request_id`). Requests that were
- * answered from the store (retries, replays) are their own short traces; they are listed after it.
+ * Idempotency-Key, on every process span as `exactly_once.request_id`), then its Zipkin UI link.
+ * Requests that were answered from the store (retries, replays) are their own short traces; they
+ * are listed after it.
  */
 import { Command } from 'commander';
-import { servers } from '../shared/config.js';
+import { servers, zipkinTraceUrl } from '../shared/config.js';
 import { findTraces, type JaegerTrace, renderTree, serviceOf, tagOf } from './jaeger.js';
 
 const program = new Command()
@@ -52,4 +53,4 @@ if (others.length > 0) {
     );
   }
 }
-console.log(`\n${jaeger}/api/traces/${main.traceID}`);
+console.log(`\n${zipkinTraceUrl(main.traceID)}  (Zipkin's UI)\n${jaeger}/api/traces/${main.traceID}`);

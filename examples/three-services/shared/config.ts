@@ -11,7 +11,12 @@ export const servers = {
   mongoUrl: process.env.EO_MONGO_URL ?? 'mongodb://127.0.0.1:27017',
   otlpUrl: process.env.EO_OTLP_URL ?? 'http://127.0.0.1:4318',
   jaegerQueryUrl: process.env.EO_JAEGER_QUERY_URL ?? 'http://127.0.0.1:16686',
+  /** Zipkin: spans in on `/api/v2/spans`, the trace UI on `/zipkin/`. */
+  zipkinUrl: process.env.EO_ZIPKIN_URL ?? 'http://127.0.0.1:9411',
 } as const;
+
+/** Where a person looks at a trace: Zipkin's UI page of the trace. */
+export const zipkinTraceUrl = (traceId: string): string => `${servers.zipkinUrl}/zipkin/traces/${traceId}`;
 
 /**
  * Every broker and store name of one demo run. A run owns its names, so runs never see each

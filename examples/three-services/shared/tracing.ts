@@ -1,10 +1,12 @@
 /**
- * OpenTelemetry for one service process: OTLP/HTTP to Jaeger, W3C tracecontext + baggage, and a
+ * OpenTelemetry for one service process: OTLP/HTTP to Jaeger (whose query API the driver checks)
+ * and the same spans to Zipkin (whose UI shows a trace), W3C tracecontext + baggage, and a
  * span processor that counts the pipeline's outcome of every delivery (the `exactly_once.outcome`
  * attribute core sets on each process span), which the service serves on its stats endpoint.
  */
 import type { Context } from '@opentelemetry/api';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
+import { ZipkinExporter } from '@opentelemetry/exporter-zipkin';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { core, NodeSDK } from '@opentelemetry/sdk-node';
 import {
@@ -46,11 +48,15 @@ class OutcomeCounter implements SpanProcessor {
 /** Starts the SDK. Call first thing in `main`, before any span can be made. */
 export function startTracing(service: string, instance: string, run: string): Tracing {
   const counter = new OutcomeCounter();
-  // A short export delay: the demo SIGKILLs workers, and a crash loses what is still buffered.
-  const batch = new BatchSpanProcessor(new OTLPTraceExporter({ url: `${servers.otlpUrl}/v1/traces` }), {
-    scheduledDelayMillis: 100,
-    maxQueueSize: 8192,
-  });
+  // Jaeger v2 takes no Zipkin format and Zipkin no OTLP, so each gets its own exporter. A short
+  // export delay: the demo SIGKILLs workers, and a crash loses what is still buffered.
+  const exporters = [
+    new OTLPTraceExporter({ url: `${servers.otlpUrl}/v1/traces` }),
+    new ZipkinExporter({ url: `${servers.zipkinUrl}/api/v2/spans` }),
+  ];
+  const batches = exporters.map(
+    (exporter) => new BatchSpanProcessor(exporter, { scheduledDelayMillis: 100, maxQueueSize: 8192 }),
+  );
   const sdk = new NodeSDK({
     resource: resourceFromAttributes({
       [ATTR_SERVICE_NAME]: service,
@@ -59,7 +65,7 @@ export function startTracing(service: string, instance: string, run: string): Tr
       'demo.run': run,
     }),
     autoDetectResources: false,
-    spanProcessors: [batch, counter],
+    spanProcessors: [...batches, counter],
     textMapPropagator: new core.CompositePropagator({
       propagators: [new core.W3CTraceContextPropagator(), new core.W3CBaggagePropagator()],
     }),
@@ -68,7 +74,9 @@ export function startTracing(service: string, instance: string, run: string): Tr
   sdk.start();
   return {
     outcomes: counter.counts,
-    flush: () => batch.forceFlush(),
+    flush: async () => {
+      await Promise.all(batches.map((b) => b.forceFlush()));
+    },
     shutdown: () => sdk.shutdown(),
   };
 }
