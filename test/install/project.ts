@@ -14,7 +14,7 @@ export const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
 export const appSources = fileURLToPath(new URL('./app/', import.meta.url));
 
 /** The published packages, by directory under packages/. */
-export const PACKAGE_DIRS = ['core', 'store-redis', 'store-mongo', 'rabbitmq', 'kafka'] as const;
+export const PACKAGE_DIRS = ['core', 'store-redis', 'store-mongo', 'rabbitmq', 'kafka', 'cli'] as const;
 
 /**
  * Type packages a TypeScript user adds next to the peers: Node's, and amqplib's (amqplib ships no
@@ -179,6 +179,12 @@ export function requiredPeers(tarballs: Tarball[]): string[] {
   return [...peers].sort();
 }
 
+/**
+ * Optional peers the README code imports: kafkajs, one of the Kafka adapter's two clients (the
+ * other, @confluentinc/kafka-javascript, is a native build and not in the lockfile).
+ */
+export const README_OPTIONAL_PEERS = ['kafkajs'];
+
 export interface UserProject {
   dir: string;
   tarballs: Tarball[];
@@ -202,7 +208,8 @@ export async function createUserProject(): Promise<UserProject> {
     const tarballs = await pack(tarballDir);
     const dependencies: Record<string, string> = {};
     for (const t of tarballs) dependencies[t.name] = `file:${t.file}`;
-    for (const peer of requiredPeers(tarballs)) dependencies[peer] = await lockedVersion(peer);
+    for (const peer of [...requiredPeers(tarballs), ...README_OPTIONAL_PEERS])
+      dependencies[peer] = await lockedVersion(peer);
     const devDependencies: Record<string, string> = {};
     for (const name of USER_TYPE_PACKAGES) devDependencies[name] = await lockedVersion(name);
     await writeFile(

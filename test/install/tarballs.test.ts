@@ -5,7 +5,8 @@
  * published declarations included, and the ten-line consumers at the top of the RabbitMQ and
  * Kafka READMEs compiled and run against the real servers. The README code is copied as written;
  * only server addresses and names are filled in, and one message is sent and the consumer stopped
- * after it was processed (test/install/app/drive-*.ts).
+ * after it was processed (test/install/app/drive-*.ts). The CLI's `exactly-once` bin runs from the
+ * installed tarball.
  */
 import { copyFile, mkdir, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -21,6 +22,7 @@ import {
   exportsProgram,
   readmeExample,
   repoRoot,
+  README_OPTIONAL_PEERS,
   requiredPeers,
   resultOf,
   run,
@@ -62,8 +64,14 @@ describe('published tarballs, installed as a user installs them', () => {
 
   it('declare the peers the README code needs', () => {
     expect(requiredPeers(project.tarballs)).toEqual(
-      expect.arrayContaining(['@opentelemetry/api', 'amqplib', 'ioredis', 'kafkajs', 'mongodb']),
+      expect.arrayContaining(['@opentelemetry/api', 'amqplib', 'ioredis', 'mongodb']),
     );
+    // The Kafka adapter takes either client: both are optional peers.
+    const kafka = project.tarballs.find((t) => t.name === '@exactly-once/kafka')?.packageJson;
+    for (const peer of [...README_OPTIONAL_PEERS, '@confluentinc/kafka-javascript']) {
+      expect(kafka?.peerDependencies?.[peer], peer).toBeDefined();
+      expect(kafka?.peerDependenciesMeta?.[peer]?.optional, peer).toBe(true);
+    }
   });
 
   it('publint finds no error or warning in any tarball', async () => {
@@ -214,4 +222,25 @@ describe('published tarballs, installed as a user installs them', () => {
     expect(result.byOutcome.acquired).toBe(1);
     expect(result.commits).toBeGreaterThanOrEqual(1);
   }, 120_000);
+
+  it('runs the exactly-once CLI from the installed bin', async () => {
+    const exe = join(project.dir, 'node_modules', '.bin', 'exactly-once');
+    const help = await run(exe, ['--help'], { cwd: project.dir, timeoutMs: 30_000 });
+    expect(help.code, help.stderr).toBe(0);
+    expect(help.stdout).toMatch(/Usage: exactly-once/);
+    for (const command of ['inspect', 'stuck', 'dlq', 'trace', 'capacity'])
+      expect(help.stdout).toContain(command);
+    const r = await run(exe, ['capacity', '--keys-per-day', '1000000', '--retention', '30', '--json'], {
+      cwd: project.dir,
+      timeoutMs: 30_000,
+    });
+    log(`exactly-once capacity: ${r.ms} ms`);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({
+      records: { count: 1_000_000 },
+      markers: { count: 29_000_000 },
+    });
+    const usage = await run(exe, ['capacity'], { cwd: project.dir, timeoutMs: 30_000 });
+    expect(usage.code).toBe(2);
+  });
 });

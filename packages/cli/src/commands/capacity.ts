@@ -1,0 +1,141 @@
+/**
+ * `capacity`: Redis memory for a retention policy, split between full records (kept for the
+ * record window, answering duplicates with their result) and compaction markers (the rest of the
+ * retention, answering "already processed"). Defaults are `used_memory` figures measured with
+ * the Redis store on Redis 7.0 (store-redis README "Memory figures", bench/RESULTS.md "Storage").
+ */
+import { UsageError } from '../errors.js';
+import { formatBytes, formatCount, type Io, printJson, printLines, table } from '../output.js';
+
+/** A COMPLETED record (11-byte result, sha256 fingerprint, trace ref), no compaction: 288.8 B/key at 1M keys. */
+export const RECORD_BYTES = 289;
+/** The same record with compaction on (its entry in the compaction index): 359.6 B/key at 1M keys. */
+export const RECORD_WITH_INDEX_BYTES = 360;
+/** One compaction marker in its tag's bucket hash (fit to 114.6 B/key at 200K and 46.1 B at 1M). */
+export const MARKER_BYTES = 29;
+/** Fixed cost of one marker bucket (key, value object, dictionaries, listpack header). */
+export const MARKER_BUCKET_BYTES = 260;
+/** Marker buckets: one per 16-bit hash tag. */
+export const MARKER_BUCKETS = 65_536;
+/** Markers per bucket above which the bucket leaves the listpack encoding (default `hash-max-listpack-entries`). */
+export const LISTPACK_ENTRIES = 512;
+
+export interface CapacityInput {
+  readonly keysPerDay: number;
+  readonly retentionDays: number;
+  /** Days a record is kept whole before compaction. @defaultValue 1 */
+  readonly recordWindowDays?: number;
+  /** Overrides the per-record figure. */
+  readonly recordBytes?: number;
+  /** Overrides the per-marker figure (then no bucket overhead is added). */
+  readonly markerBytes?: number;
+}
+
+export interface CapacityEstimate {
+  readonly keysPerDay: number;
+  readonly retentionDays: number;
+  readonly recordWindowDays: number;
+  readonly compaction: boolean;
+  readonly records: { readonly count: number; readonly bytesPerRecord: number; readonly bytes: number };
+  readonly markers: {
+    readonly count: number;
+    /** Total marker bytes divided by the markers (bucket overhead included). */
+    readonly bytesPerMarker: number;
+    readonly bucketOverheadBytes: number;
+    readonly bytes: number;
+  };
+  readonly totalBytes: number;
+  /** The same retention with full records only (no compaction). */
+  readonly recordsOnlyBytes: number;
+  readonly warnings: string[];
+}
+
+export function estimateCapacity(input: CapacityInput): CapacityEstimate {
+  const { keysPerDay, retentionDays } = input;
+  if (!(keysPerDay >= 0) || !(retentionDays > 0)) {
+    throw new UsageError('--keys-per-day must be >= 0 and --retention > 0');
+  }
+  const window = Math.min(input.recordWindowDays ?? 1, retentionDays);
+  const compaction = window < retentionDays;
+  const recordCount = Math.ceil(keysPerDay * window);
+  const bytesPerRecord = input.recordBytes ?? (compaction ? RECORD_WITH_INDEX_BYTES : RECORD_BYTES);
+  const markerCount = compaction ? Math.ceil(keysPerDay * (retentionDays - window)) : 0;
+  const bucketOverheadBytes =
+    input.markerBytes === undefined && markerCount > 0 ? MARKER_BUCKETS * MARKER_BUCKET_BYTES : 0;
+  const markerBytes = markerCount * (input.markerBytes ?? MARKER_BYTES) + bucketOverheadBytes;
+  const recordBytes = recordCount * bytesPerRecord;
+  const warnings: string[] = [];
+  const perBucket = markerCount / MARKER_BUCKETS;
+  if (perBucket > LISTPACK_ENTRIES) {
+    warnings.push(
+      `about ${Math.ceil(perBucket)} markers per bucket: above hash-max-listpack-entries (${LISTPACK_ENTRIES}), ` +
+        `buckets turn into hashtables and cost far more; raise it to ${2 ** Math.ceil(Math.log2(perBucket))}`,
+    );
+  }
+  return {
+    keysPerDay,
+    retentionDays,
+    recordWindowDays: window,
+    compaction,
+    records: { count: recordCount, bytesPerRecord, bytes: recordBytes },
+    markers: {
+      count: markerCount,
+      bytesPerMarker: markerCount === 0 ? 0 : markerBytes / markerCount,
+      bucketOverheadBytes,
+      bytes: markerBytes,
+    },
+    totalBytes: recordBytes + markerBytes,
+    recordsOnlyBytes: Math.ceil(keysPerDay * retentionDays) * (input.recordBytes ?? RECORD_BYTES),
+    warnings,
+  };
+}
+
+const days = (d: number) => `${Number(d.toFixed(3))} day${d === 1 ? '' : 's'}`;
+
+export function renderCapacity(e: CapacityEstimate): string[] {
+  const perKey = (b: number) => (Number.isInteger(b) ? `${b} B` : `${b.toFixed(1)} B`);
+  const rows = [
+    ['', 'keys', 'per key', 'memory'],
+    ['records', formatCount(e.records.count), perKey(e.records.bytesPerRecord), formatBytes(e.records.bytes)],
+  ];
+  if (e.compaction) {
+    rows.push([
+      'markers',
+      formatCount(e.markers.count),
+      perKey(e.markers.bytesPerMarker),
+      formatBytes(e.markers.bytes),
+    ]);
+  }
+  rows.push(['total', formatCount(e.records.count + e.markers.count), '', formatBytes(e.totalBytes)]);
+  const head = e.compaction
+    ? `Redis memory for ${formatCount(e.keysPerDay)} keys/day kept ${days(e.retentionDays)}: full records for ` +
+      `${days(e.recordWindowDays)}, compaction markers for the other ${days(e.retentionDays - e.recordWindowDays)}`
+    : `Redis memory for ${formatCount(e.keysPerDay)} keys/day kept ${days(e.retentionDays)} as full records (no compaction)`;
+  const lines = ['', head, '', ...table(rows).map((l) => `  ${l}`), ''];
+  if (e.compaction) {
+    lines.push(
+      `without compaction (full records for ${days(e.retentionDays)}): ${formatBytes(e.recordsOnlyBytes)}`,
+    );
+    lines.push(
+      `store option: createRedisStore({ compactAfterMs: ${Math.round(e.recordWindowDays * 86_400_000)} })`,
+    );
+  }
+  const measured = e.records.bytesPerRecord === (e.compaction ? RECORD_WITH_INDEX_BYTES : RECORD_BYTES);
+  lines.push(
+    measured
+      ? `per key: used_memory measured on Redis 7.0 with an 11-byte result (${RECORD_BYTES} B a record, ` +
+          `${RECORD_WITH_INDEX_BYTES} B with its compaction index entry; a marker ${MARKER_BYTES} B plus ` +
+          `${MARKER_BUCKET_BYTES} B per bucket, ${formatCount(MARKER_BUCKETS)} buckets)`
+      : 'per key: as given',
+    'larger results, outgoing messages, steps and in-flight records cost more; leave maxmemory headroom for',
+    'fragmentation and replication buffers',
+  );
+  for (const w of e.warnings) lines.push(`warning: ${w}`);
+  return lines.slice(1);
+}
+
+export function capacity(io: Io, input: CapacityInput, options: { json?: boolean }): void {
+  const estimate = estimateCapacity(input);
+  if (options.json) printJson(io, estimate);
+  else printLines(io, renderCapacity(estimate));
+}

@@ -1,0 +1,202 @@
+/** What the dead-letter commands share across RabbitMQ and Kafka: the letter, its reason, replay. */
+import { Headers, type ProcessedStore, recordKeyFor } from '@exactly-once/core';
+import { formatBytes, table, truncate } from '../output.js';
+import { storeError } from '../stores.js';
+
+/** One dead letter, as read from a dead-letter queue or topic. */
+export interface DeadLetter {
+  /**
+   * How `dlq show` and `dlq replay` name it: `<partition>:<offset>` on Kafka; on RabbitMQ the
+   * message id, or `#<position>` (1 = the head of the queue) for a message without one.
+   */
+  readonly id: string;
+  /** The dedup key (`x-idempotency-key`), when the message had one. */
+  readonly key?: string;
+  readonly requestId?: string;
+  readonly reason: {
+    readonly errorClass?: string;
+    readonly errorCode?: string;
+    readonly errorMessage?: string;
+    readonly attempts?: string;
+    readonly consumer?: string;
+    readonly failedAt?: string;
+  };
+  /** Where a replay sends it (`--to` overrides). */
+  readonly origin: {
+    readonly destination?: string;
+    readonly exchange?: string;
+    readonly routingKey?: string;
+  };
+  /** Every header with a text form. */
+  readonly headers: Readonly<Record<string, string>>;
+  readonly body: Buffer;
+  /** Kafka only: the record key, partition and offset in the dead-letter topic. */
+  readonly kafka?: { readonly key: string | null; readonly partition: number; readonly offset: string };
+}
+
+export function reasonOf(headers: Readonly<Record<string, string>>): DeadLetter['reason'] {
+  const pick = (name: string) => headers[name];
+  return {
+    ...(pick(Headers.ErrorClass) ? { errorClass: pick(Headers.ErrorClass) } : {}),
+    ...(pick(Headers.ErrorCode) ? { errorCode: pick(Headers.ErrorCode) } : {}),
+    ...(pick(Headers.ErrorMessage) ? { errorMessage: pick(Headers.ErrorMessage) } : {}),
+    ...(pick(Headers.Attempts) ? { attempts: pick(Headers.Attempts) } : {}),
+    ...(pick(Headers.Consumer) ? { consumer: pick(Headers.Consumer) } : {}),
+    ...(pick(Headers.FailedAt) ? { failedAt: pick(Headers.FailedAt) } : {}),
+  };
+}
+
+/**
+ * Headers a replayed copy leaves out: the reason and origin headers the dead-lettering added
+ * (`x-eo-*`, the retry attempt included) and RabbitMQ's own `x-death` history. The key, the
+ * request id, `traceparent` and every application header stay.
+ */
+export function isReplayDropped(name: string): boolean {
+  const lower = name.toLowerCase();
+  return lower.startsWith('x-eo-') || lower === 'x-death';
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** The body as text (pretty JSON when it parses), or base64 when it is not UTF-8. */
+export function bodyText(body: Buffer): { encoding: 'utf8' | 'base64'; text: string } {
+  try {
+    const text = utf8.decode(body);
+    try {
+      return { encoding: 'utf8', text: JSON.stringify(JSON.parse(text), null, 2) };
+    } catch {
+      return { encoding: 'utf8', text };
+    }
+  } catch {
+    return { encoding: 'base64', text: body.toString('base64') };
+  }
+}
+
+/** A dead letter as `--json` prints it (the body as text or base64). */
+export function letterJson(letter: DeadLetter, withBody: boolean): Record<string, unknown> {
+  const body = bodyText(letter.body);
+  return {
+    id: letter.id,
+    ...(letter.key === undefined ? {} : { key: letter.key }),
+    ...(letter.requestId === undefined ? {} : { requestId: letter.requestId }),
+    reason: letter.reason,
+    origin: letter.origin,
+    ...(letter.kafka ? { kafka: letter.kafka } : {}),
+    bytes: letter.body.byteLength,
+    ...(withBody
+      ? {
+          headers: letter.headers,
+          body: body.encoding === 'utf8' ? letter.body.toString('utf8') : body.text,
+          bodyEncoding: body.encoding,
+        }
+      : {}),
+  };
+}
+
+export function renderList(source: string, letters: readonly DeadLetter[], total: number): string[] {
+  if (letters.length === 0) return [`${source}: no dead letters`];
+  const rows = [
+    ['id', 'failed at', 'consumer', 'code', 'error', 'key', 'message'],
+    ...letters.map((l) => [
+      truncate(l.id, 40),
+      l.reason.failedAt ?? '-',
+      l.reason.consumer ?? '-',
+      l.reason.errorCode ?? '-',
+      l.reason.errorClass ?? '-',
+      truncate(l.key ?? '-', 36),
+      truncate((l.reason.errorMessage ?? '').replace(/\s+/g, ' '), 80),
+    ]),
+  ];
+  const more = total > letters.length ? ` (first ${letters.length} shown; --limit for more)` : '';
+  return [`${source}: ${total} dead letter(s)${more}`, '', ...table(rows)];
+}
+
+export function renderLetter(source: string, letter: DeadLetter): string[] {
+  const r = letter.reason;
+  const rows: string[][] = [
+    ['source', source],
+    ['id', letter.id],
+    ['key', letter.key ?? '(none)'],
+    ['request id', letter.requestId ?? '(none)'],
+    ['error', `${r.errorClass ?? '?'} (${r.errorCode ?? '?'})`],
+    ['message', r.errorMessage ?? ''],
+    ['attempts', r.attempts ?? '-'],
+    ['consumer', r.consumer ?? '-'],
+    ['failed at', r.failedAt ?? '-'],
+    ['replays to', replayTarget(letter) ?? '(unknown: use --to)'],
+  ];
+  if (letter.kafka) rows.push(['kafka key', letter.kafka.key ?? '(null)']);
+  const body = bodyText(letter.body);
+  return [
+    ...table(rows),
+    'headers',
+    ...table(Object.entries(letter.headers).map(([k, v]) => [`  ${k}`, truncate(v, 200)])),
+    `body (${formatBytes(letter.body.byteLength)}${body.encoding === 'base64' ? ', not UTF-8: base64' : ''})`,
+    ...body.text.split('\n').map((l) => `  ${l}`),
+  ];
+}
+
+export function replayTarget(letter: DeadLetter): string | undefined {
+  const { exchange, routingKey, destination } = letter.origin;
+  if (exchange !== undefined && routingKey !== undefined) {
+    return exchange === '' ? routingKey : `exchange ${exchange}, routing key ${routingKey}`;
+  }
+  return destination;
+}
+
+/** What `--reset-key` did for one letter before its replay. */
+export type ResetOutcome =
+  | 'cleared' // the FAILED record was deleted: the replay runs the handler
+  | 'absent' // no record: the replay runs the handler anyway
+  | 'kept-completed' // COMPLETED: kept, the replay is answered as a duplicate (and republishes)
+  | 'busy' // a live lease holds the key: nothing deleted, the letter is not replayed
+  | 'no-key'; // no key or consumer header: nothing to clear
+
+/**
+ * Clears the letter's FAILED record (store's public `get` + `clear`), so its replay is processed
+ * instead of being dead-lettered again as PreviouslyFailedError. A COMPLETED record is never
+ * cleared: that would run the handler a second time.
+ */
+export async function resetKey(
+  store: ProcessedStore,
+  letter: DeadLetter,
+  namespace: string,
+): Promise<ResetOutcome> {
+  const consumer = letter.reason.consumer;
+  if (letter.key === undefined || consumer === undefined) return 'no-key';
+  const storeKey = recordKeyFor({ consumer, key: letter.key, namespace });
+  try {
+    const record = await store.get(storeKey);
+    if (!record) return 'absent';
+    if (record.state === 'COMPLETED') return 'kept-completed';
+    const result = await store.clear(storeKey);
+    return result === 'cleared' ? 'cleared' : result === 'absent' ? 'absent' : 'busy';
+  } catch (error) {
+    throw storeError(error);
+  }
+}
+
+/** One letter's replay, as reported. */
+export interface ReplayResult {
+  readonly id: string;
+  readonly key?: string;
+  readonly to?: string;
+  readonly replayed: boolean;
+  readonly reset?: ResetOutcome;
+  readonly error?: string;
+}
+
+export function renderReplay(source: string, results: readonly ReplayResult[], note: string): string[] {
+  const ok = results.filter((r) => r.replayed).length;
+  const rows = [
+    ['id', 'key', 'to', 'reset', 'result'],
+    ...results.map((r) => [
+      truncate(r.id, 40),
+      truncate(r.key ?? '-', 36),
+      r.to ?? '-',
+      r.reset ?? '-',
+      r.replayed ? 'replayed' : `NOT replayed: ${r.error ?? ''}`,
+    ]),
+  ];
+  return [`${source}: ${ok} of ${results.length} replayed${note}`, '', ...table(rows)];
+}

@@ -1,0 +1,338 @@
+/**
+ * Dead letters in a Kafka topic (the consumer's `deadLetter.topic`). Records are read by offset
+ * range with a throwaway consumer group (never committed, deleted afterwards) that seeks each
+ * partition to the start of its range. A replay produces each record again (same key, same value,
+ * the original headers without the dead-letter reason) to the topic it came from, with an
+ * idempotent producer and acks from all in-sync replicas, one record at a time. A dead-letter
+ * topic cannot be edited: the replayed records stay in it, and the command reports the offsets it
+ * replayed so they are not replayed twice by mistake (if they are, the store answers the second
+ * copy as a duplicate).
+ */
+import { randomUUID } from 'node:crypto';
+import { Headers } from '@exactly-once/core';
+import type { IHeaders, Kafka, KafkaMessage } from 'kafkajs';
+import { CliError, describeError, UsageError } from '../errors.js';
+import { type Io, progress } from '../output.js';
+import { importPeer } from '../stores.js';
+import { parseHostPorts } from '../parse.js';
+import {
+  type DeadLetter,
+  isReplayDropped,
+  type ReplayResult,
+  type ResetOutcome,
+  reasonOf,
+} from './dlq-common.js';
+
+type KafkaModule = typeof import('kafkajs');
+
+/** Offsets `[from, to)` of one partition. */
+export interface OffsetRange {
+  readonly partition: number;
+  readonly from: number;
+  readonly to: number;
+}
+
+export interface KafkaSource {
+  readonly description: string;
+  /** Records per partition between the low and high watermarks. */
+  watermarks(): Promise<{ partition: number; low: number; high: number }[]>;
+  read(ranges: readonly OffsetRange[], label?: string): Promise<DeadLetter[]>;
+  replay(
+    letters: readonly DeadLetter[],
+    options: { readonly to?: string; readonly reset?: (letter: DeadLetter) => Promise<ResetOutcome> },
+  ): Promise<ReplayResult[]>;
+  close(): Promise<void>;
+}
+
+const READ_TIMEOUT_MS = 60_000;
+
+export async function openKafka(io: Io, brokersText: string, topic: string): Promise<KafkaSource> {
+  const brokers = parseHostPorts('--kafka', brokersText).map(({ host, port }) =>
+    host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`,
+  );
+  const { Kafka: KafkaClass, logLevel } = await importPeer<KafkaModule>('kafkajs');
+  const kafka: Kafka = new KafkaClass({
+    clientId: 'exactly-once-cli',
+    brokers,
+    logLevel: logLevel.NOTHING,
+    connectionTimeout: 5_000,
+    retry: { retries: 3, initialRetryTime: 300, maxRetryTime: 3_000 },
+  });
+  const admin = kafka.admin();
+  try {
+    await admin.connect();
+  } catch (error) {
+    throw new CliError(`cannot connect to Kafka at ${brokers.join(',')}: ${describeError(error)}`);
+  }
+  const description = `Kafka topic ${topic}`;
+  let producer: ReturnType<Kafka['producer']> | undefined;
+
+  const watermarks = async () => {
+    try {
+      const offsets = await admin.fetchTopicOffsets(topic);
+      return offsets
+        .map((o) => ({ partition: o.partition, low: Number(o.low), high: Number(o.high) }))
+        .sort((a, b) => a.partition - b.partition);
+    } catch (error) {
+      const text = describeError(error);
+      throw new CliError(
+        `${description}: ${/does not host this topic|UNKNOWN_TOPIC/i.test(text) ? 'no such topic' : text}`,
+      );
+    }
+  };
+
+  return {
+    description,
+    watermarks,
+    async read(ranges, label = 'reading') {
+      const wanted = new Map<number, OffsetRange>();
+      for (const r of ranges) if (r.to > r.from) wanted.set(r.partition, r);
+      if (wanted.size === 0) return [];
+      const total = [...wanted.values()].reduce((n, r) => n + (r.to - r.from), 0);
+      const bar = progress(io, label, total);
+      const groupId = `exactly-once-cli-${randomUUID()}`;
+      const consumer = kafka.consumer({
+        groupId,
+        sessionTimeout: 10_000,
+        rebalanceTimeout: 10_000,
+        heartbeatInterval: 1_000,
+        maxWaitTimeInMs: 500,
+        allowAutoTopicCreation: false,
+      });
+      const found = new Map<string, DeadLetter>();
+      const done = new Set<number>();
+      try {
+        await consumer.connect();
+        await consumer.subscribe({ topic, fromBeginning: true });
+        await new Promise<void>((resolve, reject) => {
+          const timer = setTimeout(
+            () => reject(new CliError(`${description}: read timed out after ${READ_TIMEOUT_MS / 1000} s`)),
+            READ_TIMEOUT_MS,
+          );
+          const finish = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+          consumer
+            .run({
+              autoCommit: false,
+              eachBatch: async ({ batch }) => {
+                const range = wanted.get(batch.partition);
+                if (!range || done.has(batch.partition)) return;
+                for (const message of batch.messages) {
+                  const offset = Number(message.offset);
+                  if (offset < range.from || offset >= range.to) continue;
+                  const id = `${batch.partition}:${offset}`;
+                  if (!found.has(id)) {
+                    found.set(id, toLetter(batch.partition, message));
+                    bar.increment();
+                  }
+                }
+                const last = Number(batch.lastOffset());
+                if (last >= range.to - 1) done.add(batch.partition);
+                if (done.size === wanted.size) finish();
+              },
+            })
+            .then(() => {
+              for (const r of wanted.values()) {
+                consumer.seek({ topic, partition: r.partition, offset: String(r.from) });
+              }
+            })
+            .catch(reject);
+        });
+      } catch (error) {
+        throw error instanceof CliError ? error : new CliError(`${description}: ${describeError(error)}`);
+      } finally {
+        bar.stop();
+        await consumer.disconnect().catch(() => undefined);
+        await admin.deleteGroups([groupId]).catch(() => undefined);
+      }
+      return [...found.values()].sort((a, b) =>
+        a.kafka && b.kafka
+          ? a.kafka.partition - b.kafka.partition || Number(a.kafka.offset) - Number(b.kafka.offset)
+          : 0,
+      );
+    },
+    async replay(letters, options) {
+      if (!producer) {
+        producer = kafka.producer({
+          idempotent: true,
+          maxInFlightRequests: 1,
+          allowAutoTopicCreation: false,
+        });
+        try {
+          await producer.connect();
+        } catch (error) {
+          throw new CliError(`cannot connect a Kafka producer: ${describeError(error)}`);
+        }
+      }
+      const bar = progress(io, 'replaying', letters.length);
+      const results: ReplayResult[] = [];
+      try {
+        for (const letter of letters) {
+          const base = { id: letter.id, ...(letter.key === undefined ? {} : { key: letter.key }) };
+          const to = options.to ?? letter.origin.destination;
+          if (!to) {
+            results.push({
+              ...base,
+              replayed: false,
+              error: 'no x-eo-original-topic header: give --to <topic>',
+            });
+            continue;
+          }
+          let reset: ResetOutcome | undefined;
+          if (options.reset) {
+            reset = await options.reset(letter);
+            if (reset === 'busy') {
+              results.push({
+                ...base,
+                to,
+                reset,
+                replayed: false,
+                error: 'a live lease holds the key; try later',
+              });
+              continue;
+            }
+          }
+          try {
+            await producer.send({
+              topic: to,
+              acks: -1,
+              messages: [
+                {
+                  key: rawOf.get(letter)?.key ?? null,
+                  value: rawOf.get(letter)?.value ?? null,
+                  headers: replayHeaders(letter),
+                },
+              ],
+            });
+            results.push({ ...base, to, ...(reset ? { reset } : {}), replayed: true });
+          } catch (error) {
+            results.push({
+              ...base,
+              to,
+              ...(reset ? { reset } : {}),
+              replayed: false,
+              error: describeError(error),
+            });
+          }
+          bar.increment();
+        }
+      } finally {
+        bar.stop();
+      }
+      return results;
+    },
+    async close() {
+      await producer?.disconnect().catch(() => undefined);
+      await admin.disconnect().catch(() => undefined);
+    },
+  };
+}
+
+/** The raw record of each letter read, for its replay: key and value bytes, headers as they were. */
+const rawOf = new WeakMap<
+  DeadLetter,
+  { readonly key: Buffer | null; readonly value: Buffer | null; readonly headers: IHeaders }
+>();
+
+function replayHeaders(letter: DeadLetter): IHeaders {
+  const out: IHeaders = {};
+  for (const [name, value] of Object.entries(rawOf.get(letter)?.headers ?? {})) {
+    if (!isReplayDropped(name) && value !== undefined) out[name] = value;
+  }
+  return out;
+}
+
+function headerText(value: IHeaders[string]): string | undefined {
+  const last = Array.isArray(value) ? value[value.length - 1] : value;
+  if (last === undefined) return undefined;
+  return Buffer.isBuffer(last) ? last.toString('utf8') : String(last);
+}
+
+function toLetter(partition: number, message: KafkaMessage): DeadLetter {
+  const headers: Record<string, string> = {};
+  for (const [name, value] of Object.entries(message.headers ?? {})) {
+    const text = headerText(value);
+    if (text !== undefined) headers[name] = text;
+  }
+  const key = headers[Headers.IdempotencyKey];
+  const requestId = headers[Headers.RequestId];
+  const destination = headers['x-eo-original-topic'] ?? headers[Headers.OriginalDestination];
+  const raw = { key: message.key, value: message.value, headers: message.headers ?? {} };
+  const letter: DeadLetter = {
+    id: `${partition}:${message.offset}`,
+    ...(key === undefined ? {} : { key }),
+    ...(requestId === undefined ? {} : { requestId }),
+    reason: reasonOf(headers),
+    origin: destination === undefined ? {} : { destination },
+    headers,
+    body: message.value ?? Buffer.alloc(0),
+    kafka: {
+      key: message.key === null ? null : message.key.toString('utf8'),
+      partition,
+      offset: message.offset,
+    },
+  };
+  rawOf.set(letter, raw);
+  return letter;
+}
+
+/**
+ * `p:o` (one record), `p:o1-o2` (inclusive) or `p:o1-` (to the end) into ranges; `--all` is every
+ * record between the watermarks.
+ */
+export function parseKafkaIds(
+  ids: readonly string[],
+  marks: readonly { partition: number; low: number; high: number }[],
+): OffsetRange[] {
+  const ranges: OffsetRange[] = [];
+  for (const id of ids) {
+    const m = /^(\d+):(\d+)(?:(-)(\d+)?)?$/.exec(id.trim());
+    if (!m)
+      throw new UsageError(
+        `"${id}" is not <partition>:<offset>, <partition>:<from>-<to> or <partition>:<from>-`,
+      );
+    const partition = Number(m[1]);
+    const mark = marks.find((w) => w.partition === partition);
+    if (!mark) throw new CliError(`partition ${partition} does not exist`);
+    const from = Math.max(Number(m[2]), mark.low);
+    const to = Math.min(
+      m[3] ? (m[4] === undefined ? mark.high : Number(m[4]) + 1) : Number(m[2]) + 1,
+      mark.high,
+    );
+    if (to <= from)
+      throw new CliError(
+        `${id}: no record there (partition ${partition} holds offsets ${mark.low} to ${mark.high - 1})`,
+      );
+    ranges.push({ partition, from, to });
+  }
+  // One range per partition: the span of what was asked (the read filters nothing else out).
+  const merged = new Map<number, OffsetRange>();
+  for (const r of ranges) {
+    const prev = merged.get(r.partition);
+    merged.set(
+      r.partition,
+      prev ? { partition: r.partition, from: Math.min(prev.from, r.from), to: Math.max(prev.to, r.to) } : r,
+    );
+  }
+  return [...merged.values()];
+}
+
+/** Whether a letter's offset was asked for by one of `ids`. */
+export function kafkaIdMatcher(ids: readonly string[]): (letter: DeadLetter) => boolean {
+  const wanted = ids.map((id) => {
+    const m = /^(\d+):(\d+)(?:(-)(\d+)?)?$/.exec(id.trim()) as RegExpExecArray;
+    const from = Number(m[2]);
+    const to = m[3] ? (m[4] === undefined ? Number.POSITIVE_INFINITY : Number(m[4])) : from;
+    return { partition: Number(m[1]), from, to };
+  });
+  return (letter) =>
+    letter.kafka !== undefined &&
+    wanted.some(
+      (w) =>
+        w.partition === letter.kafka?.partition &&
+        Number(letter.kafka.offset) >= w.from &&
+        Number(letter.kafka.offset) <= w.to,
+    );
+}

@@ -1,0 +1,194 @@
+/** `inspect <consumer> <key>`: one record, read through the store's public `get`. */
+import { type ProcessedRecord, recordKeyFor } from '@exactly-once/core';
+import { CliError } from '../errors.js';
+import { formatBytes, formatSpan, formatTime, type Io, printJson, printLines, table } from '../output.js';
+import { openStore, type StoreOptions, storeError } from '../stores.js';
+
+export interface InspectOptions extends StoreOptions {
+  readonly namespace?: string;
+  readonly json?: boolean;
+}
+
+/** A record as `inspect --json` prints it: times in epoch ms, bytes counted, bodies left out. */
+export interface RecordView {
+  readonly storeKey: string;
+  readonly state: ProcessedRecord['state'];
+  readonly attempt: number;
+  readonly fence: number;
+  readonly fingerprint: string;
+  readonly traceId?: string;
+  /** Redis compaction marker: only "already processed" and its expiry are known. */
+  readonly compacted?: boolean;
+  readonly lease?: { readonly owner: string; readonly until: number; readonly live: boolean };
+  readonly result?:
+    | { readonly kind: 'inline'; readonly bytes: number }
+    | { readonly kind: 'blob'; readonly bytes: number; readonly uri: string; readonly sha256: string };
+  readonly outgoing?: readonly {
+    readonly id: string;
+    readonly destination: string;
+    readonly routingKey?: string;
+    readonly bytes: number;
+    readonly published: boolean;
+  }[];
+  readonly steps?: readonly {
+    readonly name: string;
+    readonly state: 'started' | 'done';
+    readonly at: number;
+    readonly bytes: number;
+  }[];
+  readonly error?: { readonly name: string; readonly code: string; readonly message: string };
+  readonly lastError?: { readonly name: string; readonly code: string; readonly message: string };
+  readonly completedAt?: number;
+  readonly failedAt?: number;
+  readonly expiresAt?: number;
+}
+
+export function recordView(record: ProcessedRecord, now = Date.now()): RecordView {
+  const base = {
+    storeKey: record.key,
+    state: record.state,
+    attempt: record.attempt,
+    fence: record.fence,
+    fingerprint: record.fingerprint,
+    ...(record.traceId ? { traceId: record.traceId } : {}),
+  };
+  switch (record.state) {
+    case 'IN_PROGRESS':
+      return {
+        ...base,
+        lease: { owner: record.owner, until: record.leaseUntil, live: record.leaseUntil > now },
+        steps: Object.entries(record.steps).map(([name, step]) => ({
+          name,
+          state: step.state,
+          at: step.at,
+          bytes: step.result.byteLength,
+        })),
+        ...(record.lastError ? { lastError: { ...record.lastError } } : {}),
+      };
+    case 'COMPLETED':
+      return {
+        ...base,
+        ...((record as { compacted?: boolean }).compacted ? { compacted: true } : {}),
+        ...(record.result === undefined
+          ? {}
+          : {
+              result:
+                record.result.kind === 'inline'
+                  ? { kind: 'inline' as const, bytes: record.result.data.byteLength }
+                  : {
+                      kind: 'blob' as const,
+                      bytes: record.result.pointer.size,
+                      uri: record.result.pointer.uri,
+                      sha256: record.result.pointer.sha256,
+                    },
+            }),
+        outgoing: record.outgoing.map((m) => ({
+          id: m.id,
+          destination: m.destination,
+          ...(m.routingKey === undefined ? {} : { routingKey: m.routingKey }),
+          bytes: m.body.byteLength,
+          published: m.published,
+        })),
+        completedAt: record.completedAt,
+        expiresAt: record.expiresAt,
+      };
+    case 'FAILED':
+      return {
+        ...base,
+        error: { ...record.error },
+        failedAt: record.failedAt,
+        expiresAt: record.expiresAt,
+      };
+  }
+}
+
+export function renderRecord(view: RecordView, now = Date.now()): string[] {
+  const rows: string[][] = [
+    ['record', view.storeKey],
+    ['state', view.compacted ? `${view.state} (compaction marker: no result or messages kept)` : view.state],
+    ['attempt', String(view.attempt)],
+    ['fence', String(view.fence)],
+  ];
+  if (view.traceId) rows.push(['trace', view.traceId]);
+  if (view.lease) {
+    const { owner, until, live } = view.lease;
+    const when =
+      until === 0
+        ? 'released (the next delivery retries at once)'
+        : live
+          ? `until ${formatTime(until)} (in ${formatSpan(until - now)})`
+          : `expired ${formatTime(until)} (${formatSpan(now - until)} ago: the next delivery takes over)`;
+    rows.push(['lease', `${owner || '-'}, ${when}`]);
+  }
+  if (view.lastError) rows.push(['last error', errorText(view.lastError)]);
+  if (view.error) rows.push(['error', errorText(view.error)]);
+  if (view.completedAt !== undefined && view.completedAt > 0)
+    rows.push(['completed', formatTime(view.completedAt)]);
+  if (view.failedAt !== undefined) rows.push(['failed', formatTime(view.failedAt)]);
+  if (view.expiresAt !== undefined) rows.push(['expires', formatTime(view.expiresAt)]);
+  if (view.state === 'COMPLETED') {
+    const r = view.result;
+    rows.push([
+      'result',
+      r === undefined
+        ? 'none'
+        : r.kind === 'inline'
+          ? `inline, ${formatBytes(r.bytes)}`
+          : `blob, ${formatBytes(r.bytes)} (${r.uri}, sha256 ${r.sha256.slice(0, 16)}…)`,
+    ]);
+    const outgoing = view.outgoing ?? [];
+    const unpublished = outgoing.filter((m) => !m.published).length;
+    rows.push([
+      'outgoing',
+      outgoing.length === 0
+        ? 'none'
+        : `${outgoing.length} message(s), ${unpublished === 0 ? 'all published' : `${unpublished} not confirmed yet`}`,
+    ]);
+  }
+  const lines = table(rows);
+  for (const m of view.outgoing ?? []) {
+    const to = m.routingKey === undefined ? m.destination : `${m.destination} (${m.routingKey})`;
+    lines.push(`  ${m.published ? 'published  ' : 'UNPUBLISHED'}  ${m.id} -> ${to}, ${formatBytes(m.bytes)}`);
+  }
+  if (view.steps) {
+    lines.push(`steps       ${view.steps.length === 0 ? 'none' : ''}`.trimEnd());
+    for (const s of view.steps) {
+      lines.push(
+        `  ${s.state === 'done' ? 'done   ' : 'STARTED'}  ${s.name}  ${formatTime(s.at)}` +
+          (s.state === 'done' ? `, ${formatBytes(s.bytes)}` : ' (in doubt: its effect may have happened)'),
+      );
+    }
+  }
+  return lines;
+}
+
+function errorText(e: { name: string; code: string; message: string }): string {
+  return `${e.name} (${e.code}): ${e.message}`;
+}
+
+export async function inspect(io: Io, consumer: string, key: string, options: InspectOptions): Promise<void> {
+  const storeKey = (() => {
+    try {
+      return recordKeyFor({ consumer, key, namespace: options.namespace ?? 'default' });
+    } catch (error) {
+      throw storeError(error);
+    }
+  })();
+  const opened = await openStore(options);
+  try {
+    const record = await opened.store.get(storeKey).catch((error: unknown) => {
+      throw storeError(error);
+    });
+    if (!record) {
+      throw new CliError(
+        `no record for key "${key}" of consumer "${consumer}" (namespace ${options.namespace ?? 'default'}) ` +
+          `in ${opened.description}: never processed, expired, or cleared`,
+      );
+    }
+    const view = recordView(record);
+    if (options.json) printJson(io, view);
+    else printLines(io, renderRecord(view));
+  } finally {
+    await opened.close();
+  }
+}

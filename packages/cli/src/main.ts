@@ -1,0 +1,192 @@
+/** The `exactly-once` command line: parses with commander and maps every failure to an exit code. */
+import { createRequire } from 'node:module';
+import { Command, CommanderError, Option } from 'commander';
+import { capacity } from './commands/capacity.js';
+import { dlqList, dlqReplay, dlqShow } from './commands/dlq.js';
+import { inspect } from './commands/inspect.js';
+import { stuck } from './commands/stuck.js';
+import { trace } from './commands/trace.js';
+import { CliError, describeError, UsageError } from './errors.js';
+import { type Io, processIo } from './output.js';
+import { parseDays, parseDuration, parseNumber } from './parse.js';
+import { storeOptions } from './stores.js';
+
+const { version } = createRequire(import.meta.url)('../package.json') as { version: string };
+
+const integer =
+  (option: string, min = 0) =>
+  (value: string) =>
+    parseNumber(option, value, { integer: true, min });
+
+function buildProgram(io: Io): Command {
+  const program = new Command()
+    .name('exactly-once')
+    .description(
+      'Operator tools for exactly-once: records, stuck work, dead letters, traces, storage sizing.',
+    )
+    .version(version)
+    .exitOverride()
+    .configureOutput({ writeOut: io.out, writeErr: io.err })
+    .showHelpAfterError('(add --help for usage)');
+
+  storeOptions(
+    program
+      .command('inspect')
+      .description("a record's state, attempts, fence, lease, result size, outgoing messages and steps")
+      .argument('<consumer>', 'the consumer name (store keys are namespace:consumer:key)')
+      .argument('<key>', 'the idempotency key (x-idempotency-key) as sent'),
+  )
+    .option('--namespace <name>', 'the consumer namespace', 'default')
+    .option('--json', 'print JSON')
+    .action(async (consumer: string, key: string, options) => {
+      await inspect(io, consumer, key, options);
+    });
+
+  storeOptions(
+    program
+      .command('stuck')
+      .description('records IN_PROGRESS for longer than a threshold (steps in doubt shown), oldest first'),
+  )
+    .requiredOption('--older-than <duration>', 'e.g. 30s, 5m, 2h, 1d', (v) =>
+      parseDuration('--older-than', v),
+    )
+    .option('--consumer <name>', 'one consumer only (default: every consumer in the store)')
+    .option('--namespace <name>', "the consumer's namespace (default: 'default' with --consumer, else all)")
+    .option('--limit <n>', 'at most this many records', integer('--limit', 1), 1000)
+    .option('--json', 'print JSON')
+    .action(async (options) => {
+      await stuck(io, { ...options, olderThanMs: options.olderThan });
+    });
+
+  const dlq = program
+    .command('dlq')
+    .description('dead letters of a RabbitMQ queue or a Kafka topic: list, show one, replay');
+  const broker = (c: Command) =>
+    c
+      .option('--amqp <url>', 'RabbitMQ: amqp://user:password@host:port[/vhost]')
+      .option('--kafka <brokers>', 'Kafka: host:port,host:port');
+  broker(dlq.command('list').description('dead letters with their reason headers, oldest first'))
+    .argument('<source>', 'the dead-letter queue or topic (e.g. orders.dlq)')
+    .option('--limit <n>', 'read at most this many', integer('--limit', 1), 100)
+    .option('--json', 'print JSON')
+    .action(async (source: string, options) => {
+      await dlqList(io, source, options);
+    });
+  broker(dlq.command('show').description('one dead letter: reason, headers and body'))
+    .argument('<source>', 'the dead-letter queue or topic')
+    .argument('<id>', 'as dlq list prints it: a message id or #position (RabbitMQ), partition:offset (Kafka)')
+    .option('--limit <n>', 'RabbitMQ: look through at most this many messages', integer('--limit', 1), 10_000)
+    .option('--json', 'print JSON')
+    .action(async (source: string, id: string, options) => {
+      await dlqShow(io, source, id, options);
+    });
+  storeOptions(
+    broker(
+      dlq
+        .command('replay')
+        .description('publish dead letters back to where they came from, with their original key')
+        .argument('<source>', 'the dead-letter queue or topic')
+        .argument(
+          '[ids...]',
+          'message ids or #positions (RabbitMQ); partition:offset, partition:from-to, partition:from- (Kafka)',
+        ),
+    ),
+  )
+    .option('--all', 'every dead letter (up to --limit)')
+    .option(
+      '--limit <n>',
+      'with --all: at most this many (per partition on Kafka)',
+      integer('--limit', 1),
+      1000,
+    )
+    .option('--to <destination>', 'replay to this queue or topic instead of the original one')
+    .option(
+      '--reset-key',
+      "first clear each letter's FAILED record, so the replay is processed (needs a store)",
+    )
+    .option('--namespace <name>', "the consumers' namespace, for --reset-key", 'default')
+    .option('--json', 'print JSON')
+    .action(async (source: string, ids: string[], options) => {
+      await dlqReplay(io, source, ids, options);
+    });
+
+  program
+    .command('trace')
+    .description("the span tree of a request's traces, from Jaeger's query API")
+    .argument('<request-id>', 'the x-request-id (span attribute exactly_once.request_id)')
+    .addOption(
+      new Option('--jaeger <url>', 'Jaeger query API')
+        .env('EO_JAEGER_QUERY_URL')
+        .default('http://127.0.0.1:16686'),
+    )
+    .option('--service <name...>', 'services to search (default: every service Jaeger knows)')
+    .option('--hours <n>', 'how far back to look', (v) => parseNumber('--hours', v, { min: 0 }), 24)
+    .option('--json', 'print JSON')
+    .action(async (requestId: string, options) => {
+      await trace(io, requestId, options);
+    });
+
+  program
+    .command('capacity')
+    .description('Redis memory for a retention: full records for a window, compaction markers for the rest')
+    .requiredOption('--keys-per-day <n>', 'new idempotency keys per day', (v) =>
+      parseNumber('--keys-per-day', v),
+    )
+    .requiredOption('--retention <days>', 'how long keys answer duplicates (days, or 12h, 90d)', (v) =>
+      parseDays('--retention', v),
+    )
+    .option('--record-window <days>', 'how long records stay whole before compaction (compactAfterMs)', (v) =>
+      parseDays('--record-window', v),
+    )
+    .option(
+      '--record-bytes <n>',
+      'bytes per record (default: measured, 360 with compaction, 289 without)',
+      (v) => parseNumber('--record-bytes', v, { min: 1 }),
+    )
+    .option('--marker-bytes <n>', 'bytes per marker, flat (default: measured, 29 + bucket overhead)', (v) =>
+      parseNumber('--marker-bytes', v, { min: 1 }),
+    )
+    .option('--json', 'print JSON')
+    .action((options) => {
+      capacity(
+        io,
+        {
+          keysPerDay: options.keysPerDay,
+          retentionDays: options.retention,
+          ...(options.recordWindow === undefined ? {} : { recordWindowDays: options.recordWindow }),
+          ...(options.recordBytes === undefined ? {} : { recordBytes: options.recordBytes }),
+          ...(options.markerBytes === undefined ? {} : { markerBytes: options.markerBytes }),
+        },
+        options,
+      );
+    });
+
+  return program;
+}
+
+/**
+ * Runs the CLI on `argv` (as `process.argv`: node, script, arguments) and resolves with the exit
+ * code: 0 done, 1 failed (unreachable server, bad URL, unknown record, replay not done), 2 usage.
+ */
+export async function main(argv: readonly string[], io: Io = processIo): Promise<number> {
+  const program = buildProgram(io);
+  try {
+    await program.parseAsync([...argv]);
+    return 0;
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      // commander printed its message (and help) already.
+      return error.code === 'commander.helpDisplayed' || error.code === 'commander.version' ? 0 : 2;
+    }
+    if (error instanceof UsageError) {
+      io.err(`exactly-once: ${error.message} (add --help for usage)\n`);
+      return error.exitCode;
+    }
+    if (error instanceof CliError) {
+      io.err(`exactly-once: ${error.message}\n`);
+      return error.exitCode;
+    }
+    io.err(`exactly-once: unexpected error: ${describeError(error)}\n${(error as Error)?.stack ?? ''}\n`);
+    return 1;
+  }
+}

@@ -1,0 +1,112 @@
+/**
+ * What the commands print: human text on stdout, or one JSON document with `--json`; progress
+ * bars on stderr only when stderr is a terminal, so pipes and files get clean output.
+ */
+import cliProgress from 'cli-progress';
+
+export interface Io {
+  /** Writes one chunk of text to stdout (the command adds newlines). */
+  readonly out: (text: string) => void;
+  /** Writes to stderr: warnings and progress. */
+  readonly err: (text: string) => void;
+  /** Whether stderr is a terminal (progress bars are drawn only then). */
+  readonly interactive: boolean;
+}
+
+export const processIo: Io = {
+  out: (text) => process.stdout.write(text),
+  err: (text) => process.stderr.write(text),
+  get interactive() {
+    return process.stderr.isTTY === true;
+  },
+};
+
+export function printJson(io: Io, value: unknown): void {
+  io.out(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+export function printLines(io: Io, lines: readonly string[]): void {
+  io.out(lines.length === 0 ? '' : `${lines.join('\n')}\n`);
+}
+
+/** A progress bar on stderr, or nothing at all when stderr is not a terminal. */
+export interface Progress {
+  setTotal(total: number): void;
+  increment(by?: number): void;
+  stop(): void;
+}
+
+export function progress(io: Io, label: string, total: number): Progress {
+  if (!io.interactive) return { setTotal() {}, increment() {}, stop() {} };
+  const bar = new cliProgress.SingleBar(
+    {
+      stream: process.stderr,
+      format: `${label} [{bar}] {value}/{total}`,
+      hideCursor: true,
+      clearOnComplete: true,
+      stopOnComplete: false,
+    },
+    cliProgress.Presets.shades_classic,
+  );
+  bar.start(total, 0);
+  return {
+    setTotal: (t) => bar.setTotal(t),
+    increment: (by = 1) => bar.increment(by),
+    stop: () => bar.stop(),
+  };
+}
+
+const BYTE_UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+
+/** `512 B`, `1.5 KiB`, `3.27 GiB`. */
+export function formatBytes(bytes: number): string {
+  let value = bytes;
+  let unit = 0;
+  while (Math.abs(value) >= 1024 && unit < BYTE_UNITS.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  if (unit === 0) return `${Math.round(value)} B`;
+  return `${value >= 100 ? value.toFixed(0) : value >= 10 ? value.toFixed(1) : value.toFixed(2)} ${BYTE_UNITS[unit]}`;
+}
+
+/** `1,234,567`. */
+export function formatCount(n: number): string {
+  return Math.round(n).toLocaleString('en-US');
+}
+
+/** `45 s`, `12 min`, `3.5 h`, `2.1 d`. */
+export function formatSpan(ms: number): string {
+  const abs = Math.abs(ms);
+  if (abs < 1_000) return `${Math.round(ms)} ms`;
+  if (abs < 120_000) return `${Math.round(ms / 1_000)} s`;
+  if (abs < 7_200_000) return `${Math.round(ms / 60_000)} min`;
+  if (abs < 172_800_000) return `${(ms / 3_600_000).toFixed(1)} h`;
+  return `${(ms / 86_400_000).toFixed(1)} d`;
+}
+
+/** An epoch-ms time as ISO text, or `-` when unset (0). */
+export function formatTime(ms: number | undefined): string {
+  return ms === undefined || ms <= 0 ? '-' : new Date(ms).toISOString();
+}
+
+/** Columns padded to their widest cell (the last column is not padded). */
+export function table(rows: readonly (readonly string[])[]): string[] {
+  const widths: number[] = [];
+  for (const row of rows) {
+    row.forEach((cell, i) => {
+      widths[i] = Math.max(widths[i] ?? 0, cell.length);
+    });
+  }
+  return rows.map((row) =>
+    row
+      .map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i] ?? 0)))
+      .join('  ')
+      .trimEnd(),
+  );
+}
+
+/** Text cut to `max` characters with an ellipsis. */
+export function truncate(text: string, max: number): string {
+  return text.length <= max ? text : `${text.slice(0, Math.max(0, max - 1))}…`;
+}

@@ -1,0 +1,69 @@
+/** Parsers for option values; each throws a {@link UsageError} naming the option. */
+import { CliError, UsageError } from './errors.js';
+
+const UNITS: Record<string, number> = {
+  ms: 1,
+  s: 1_000,
+  m: 60_000,
+  h: 3_600_000,
+  d: 86_400_000,
+};
+
+/** `500ms`, `30s`, `5m`, `2h`, `7d` (also fractions: `1.5h`) in milliseconds. */
+export function parseDuration(option: string, text: string): number {
+  const match = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$/.exec(text.trim());
+  if (!match) throw new UsageError(`${option} must be a duration such as 30s, 5m, 2h or 7d (got "${text}")`);
+  return Math.round(Number(match[1]) * (UNITS[match[2] as string] as number));
+}
+
+/** A number of days: `30`, `0.5`, or a duration (`12h`, `90d`). */
+export function parseDays(option: string, text: string): number {
+  const trimmed = text.trim();
+  if (/^\d+(?:\.\d+)?$/.test(trimmed)) return Number(trimmed);
+  return parseDuration(option, trimmed) / 86_400_000;
+}
+
+/** A non-negative number; `1e6`, `1_000_000` and `1,000,000` are accepted. */
+export function parseNumber(option: string, text: string, { integer = false, min = 0 } = {}): number {
+  const value = Number(text.trim().replace(/[_,]/g, ''));
+  if (!Number.isFinite(value) || value < min || (integer && !Number.isInteger(value))) {
+    throw new UsageError(
+      `${option} must be ${integer ? 'an integer' : 'a number'} >= ${min} (got "${text}")`,
+    );
+  }
+  return value;
+}
+
+/** A URL with one of `protocols` (e.g. `['redis:', 'rediss:']`); a malformed one fails the run. */
+export function parseUrl(option: string, text: string, protocols: readonly string[]): URL {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new CliError(
+      `${option}: "${text}" is not a URL (expected ${protocols.map((p) => `${p}//host:port`).join(' or ')})`,
+    );
+  }
+  if (!protocols.includes(url.protocol)) {
+    throw new CliError(`${option}: "${text}" must start with ${protocols.map((p) => `${p}//`).join(' or ')}`);
+  }
+  return url;
+}
+
+/** `host:port,host:port` (a port is required). */
+export function parseHostPorts(option: string, text: string): { host: string; port: number }[] {
+  const list = text
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  if (list.length === 0) throw new CliError(`${option}: no host:port given`);
+  return list.map((entry) => {
+    const stripped = entry.replace(/^[a-z]+:\/\//, '');
+    const match = /^(\[[^\]]+\]|[^:/]+):(\d{1,5})\/?$/.exec(stripped);
+    const port = Number(match?.[2]);
+    if (!match || !(port > 0 && port < 65536)) {
+      throw new CliError(`${option}: "${entry}" is not host:port`);
+    }
+    return { host: (match[1] as string).replace(/^\[|\]$/g, ''), port };
+  });
+}

@@ -1,0 +1,176 @@
+/**
+ * Opens the processed-store a command reads, from `--redis`, `--redis-cluster` or `--mongo`. The
+ * clients are created here and closed by `close()`; they fail fast (no reconnect loop) so an
+ * unreachable server is an error, not a hang. Only the stores' public API is used.
+ */
+import { ConfigError, type ProcessedStore, StoreUnavailableError } from '@exactly-once/core';
+import type { Command } from 'commander';
+import { CliError, describeError, UsageError } from './errors.js';
+import { parseHostPorts, parseUrl } from './parse.js';
+
+export interface StoreOptions {
+  readonly redis?: string;
+  readonly redisCluster?: string;
+  readonly redisPrefix?: string;
+  readonly mongo?: string;
+  readonly mongoDb?: string;
+  readonly mongoCollection?: string;
+}
+
+export interface OpenStore {
+  readonly store: ProcessedStore;
+  /** `redis`, `redis-cluster` or `mongo`, and where. */
+  readonly description: string;
+  close(): Promise<void>;
+}
+
+/** Adds the store options to a command. */
+export function storeOptions(command: Command): Command {
+  return command
+    .option('--redis <url>', 'Redis store: redis://[user:password@]host:port[/db]')
+    .option('--redis-cluster <nodes>', 'Redis Cluster store: host:port,host:port,...')
+    .option('--redis-prefix <prefix>', "the store's keyPrefix", 'eo')
+    .option('--mongo <url>', 'MongoDB store: mongodb://host:port[/db]')
+    .option('--mongo-db <name>', 'database of the records collection (default: the one in the URL)')
+    .option('--mongo-collection <name>', "the store's collectionName", 'eo_records');
+}
+
+export function hasStore(options: StoreOptions): boolean {
+  return Boolean(options.redis || options.redisCluster || options.mongo);
+}
+
+const CONNECT_TIMEOUT_MS = 5_000;
+
+export async function openStore(options: StoreOptions): Promise<OpenStore> {
+  const chosen = [options.redis, options.redisCluster, options.mongo].filter(Boolean).length;
+  if (chosen === 0)
+    throw new UsageError('give a store: --redis <url>, --redis-cluster <nodes> or --mongo <url>');
+  if (chosen > 1) throw new UsageError('give one store only: --redis, --redis-cluster or --mongo');
+  try {
+    if (options.redis) return await openRedis(options.redis, options.redisPrefix);
+    if (options.redisCluster) return await openRedisCluster(options.redisCluster, options.redisPrefix);
+    return await openMongo(options.mongo as string, options.mongoDb, options.mongoCollection);
+  } catch (error) {
+    throw storeError(error);
+  }
+}
+
+/** Maps a store's failure to a readable CLI error; a ConfigError is a usage error. */
+export function storeError(error: unknown): Error {
+  if (error instanceof CliError) return error;
+  if (error instanceof ConfigError) return new UsageError(error.message);
+  if (error instanceof StoreUnavailableError) {
+    return new CliError(`store unavailable: ${describeError(error.cause ?? error)}`, { cause: error });
+  }
+  return new CliError(describeError(error), { cause: error });
+}
+
+async function openRedis(text: string, prefix: string | undefined): Promise<OpenStore> {
+  const url = parseUrl('--redis', text, ['redis:', 'rediss:']);
+  const { Redis } = await importPeer<typeof import('ioredis')>('ioredis');
+  const { createRedisStore } = await import('@exactly-once/store-redis');
+  const client = new Redis(url.toString(), {
+    lazyConnect: true,
+    connectTimeout: CONNECT_TIMEOUT_MS,
+    maxRetriesPerRequest: 1,
+    retryStrategy: () => null,
+  });
+  let lastError: unknown;
+  client.on('error', (error: unknown) => {
+    lastError = error;
+  });
+  try {
+    await client.connect();
+  } catch (error) {
+    client.disconnect();
+    throw new CliError(`cannot connect to Redis at ${redacted(url)}: ${describeError(lastError ?? error)}`);
+  }
+  // A read-only operator tool: the eviction policy is the workers' concern (they check it).
+  const store = createRedisStore({ client, keyPrefix: prefix ?? 'eo', checkEvictionPolicy: false });
+  return {
+    store,
+    description: `redis ${redacted(url)} (prefix ${prefix ?? 'eo'})`,
+    close: async () => {
+      await client.quit().catch(() => client.disconnect());
+    },
+  };
+}
+
+async function openRedisCluster(text: string, prefix: string | undefined): Promise<OpenStore> {
+  const nodes = parseHostPorts('--redis-cluster', text);
+  const { Cluster } = await importPeer<typeof import('ioredis')>('ioredis');
+  const { createRedisStore } = await import('@exactly-once/store-redis');
+  const client = new Cluster(nodes, {
+    lazyConnect: true,
+    clusterRetryStrategy: () => null,
+    redisOptions: { connectTimeout: CONNECT_TIMEOUT_MS, maxRetriesPerRequest: 1 },
+  });
+  let lastError: unknown;
+  client.on('error', (error: unknown) => {
+    lastError = error;
+  });
+  try {
+    await client.connect();
+  } catch (error) {
+    client.disconnect();
+    throw new CliError(`cannot connect to Redis Cluster at ${text}: ${describeError(lastError ?? error)}`);
+  }
+  const store = createRedisStore({ client, keyPrefix: prefix ?? 'eo', checkEvictionPolicy: false });
+  return {
+    store,
+    description: `redis-cluster ${text} (prefix ${prefix ?? 'eo'})`,
+    close: async () => {
+      await client.quit().catch(() => client.disconnect());
+    },
+  };
+}
+
+async function openMongo(
+  text: string,
+  dbName: string | undefined,
+  collectionName: string | undefined,
+): Promise<OpenStore> {
+  const url = parseUrl('--mongo', text, ['mongodb:', 'mongodb+srv:']);
+  const { MongoClient } = await importPeer<typeof import('mongodb')>('mongodb');
+  const { createMongoStore } = await import('@exactly-once/store-mongo');
+  let client: InstanceType<typeof MongoClient>;
+  try {
+    client = new MongoClient(text, {
+      serverSelectionTimeoutMS: CONNECT_TIMEOUT_MS,
+      connectTimeoutMS: CONNECT_TIMEOUT_MS,
+    });
+    await client.connect();
+  } catch (error) {
+    throw new CliError(`cannot connect to MongoDB at ${redacted(url)}: ${describeError(error)}`);
+  }
+  const db = client.db(dbName);
+  const store = createMongoStore({ db, collectionName: collectionName ?? 'eo_records' });
+  return {
+    store,
+    description: `mongo ${redacted(url)} (${db.databaseName}.${collectionName ?? 'eo_records'})`,
+    close: async () => {
+      await store.close().catch(() => undefined);
+      await client.close().catch(() => undefined);
+    },
+  };
+}
+
+/** A URL without its password, for messages. */
+export function redacted(url: URL): string {
+  if (!url.password) return url.toString();
+  const copy = new URL(url.toString());
+  copy.password = '***';
+  return copy.toString();
+}
+
+/** Imports a peer dependency, with an install hint when it is missing. */
+export async function importPeer<T>(name: string): Promise<T> {
+  try {
+    return (await import(name)) as T;
+  } catch (error) {
+    if ((error as { code?: string }).code === 'ERR_MODULE_NOT_FOUND') {
+      throw new CliError(`this command needs the "${name}" package: npm install ${name}`);
+    }
+    throw error;
+  }
+}

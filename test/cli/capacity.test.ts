@@ -1,0 +1,113 @@
+/**
+ * `exactly-once capacity`: the storage sizing arithmetic, with the measured defaults and with
+ * figures given on the command line, as JSON and as text; usage errors exit 2.
+ */
+import { describe, expect, it } from 'vitest';
+import { cli, cliJson, cliText } from './helpers.js';
+
+interface Estimate {
+  compaction: boolean;
+  recordWindowDays: number;
+  records: { count: number; bytesPerRecord: number; bytes: number };
+  markers: { count: number; bytesPerMarker: number; bucketOverheadBytes: number; bytes: number };
+  totalBytes: number;
+  recordsOnlyBytes: number;
+  warnings: string[];
+}
+
+describe('capacity', () => {
+  it('records for the window, markers for the rest of the retention, with the measured figures', async () => {
+    const e = await cliJson<Estimate>(['capacity', '--keys-per-day', '1000000', '--retention', '30']);
+    expect(e.compaction).toBe(true);
+    expect(e.recordWindowDays).toBe(1);
+    expect(e.records).toEqual({ count: 1_000_000, bytesPerRecord: 360, bytes: 360_000_000 });
+    // 29 B a marker plus 260 B for each of the 65,536 buckets.
+    expect(e.markers.count).toBe(29_000_000);
+    expect(e.markers.bucketOverheadBytes).toBe(65_536 * 260);
+    expect(e.markers.bytes).toBe(29_000_000 * 29 + 65_536 * 260);
+    expect(e.totalBytes).toBe(e.records.bytes + e.markers.bytes);
+    expect(e.recordsOnlyBytes).toBe(30_000_000 * 289);
+    expect(e.warnings).toEqual([]);
+    // At 1M markers the model gives the measured 46 B per marker.
+    const m = await cliJson<Estimate>([
+      'capacity',
+      '--keys-per-day',
+      '1e6',
+      '--retention',
+      '2',
+      '--record-window',
+      '1',
+    ]);
+    expect(m.markers.bytesPerMarker).toBeCloseTo(46.04, 1);
+
+    const text = await cliText(['capacity', '--keys-per-day', '1,000,000', '--retention', '30d']);
+    expect(text).toContain('full records for 1 day, compaction markers for the other 29 days');
+    expect(text).toMatch(/records\s+1,000,000\s+360 B\s+343 MiB/);
+    expect(text).toMatch(/markers\s+29,000,000\s+29\.6 B\s+818 MiB/);
+    expect(text).toMatch(/total\s+30,000,000\s+1\.13 GiB/);
+    expect(text).toContain('without compaction (full records for 30 days): 8.07 GiB');
+    expect(text).toContain('compactAfterMs: 86400000');
+  });
+
+  it('figures from the command line; a window covering the retention means records only', async () => {
+    const e = await cliJson<Estimate>([
+      'capacity',
+      '--keys-per-day',
+      '500000',
+      '--retention',
+      '14',
+      '--record-window',
+      '12h',
+      '--record-bytes',
+      '400',
+      '--marker-bytes',
+      '24',
+    ]);
+    expect(e.recordWindowDays).toBe(0.5);
+    expect(e.records).toEqual({ count: 250_000, bytesPerRecord: 400, bytes: 100_000_000 });
+    expect(e.markers).toEqual({
+      count: 6_750_000,
+      bytesPerMarker: 24,
+      bucketOverheadBytes: 0,
+      bytes: 162_000_000,
+    });
+    expect(e.totalBytes).toBe(262_000_000);
+
+    const all = await cliJson<Estimate>([
+      'capacity',
+      '--keys-per-day',
+      '1000',
+      '--retention',
+      '7',
+      '--record-window',
+      '30',
+    ]);
+    expect(all.compaction).toBe(false);
+    expect(all.records).toEqual({ count: 7000, bytesPerRecord: 289, bytes: 7000 * 289 });
+    expect(all.markers.bytes).toBe(0);
+    expect(
+      await cliText(['capacity', '--keys-per-day', '1000', '--retention', '7', '--record-window', '30']),
+    ).toContain('as full records (no compaction)');
+
+    // 30M keys a day for 90 days overflows the listpack encoding of the marker buckets.
+    const big = await cliJson<Estimate>(['capacity', '--keys-per-day', '30e6', '--retention', '90']);
+    expect(big.warnings[0]).toMatch(/hash-max-listpack-entries/);
+  });
+
+  it('usage errors exit 2', async () => {
+    const missing = await cli(['capacity', '--keys-per-day', '10']);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/required option '--retention <days>'/);
+    const bad = await cli(['capacity', '--keys-per-day', 'lots', '--retention', '7']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/--keys-per-day must be a number/);
+    const zero = await cli(['capacity', '--keys-per-day', '10', '--retention', '0']);
+    expect(zero.code).toBe(2);
+    const unknown = await cli(['capacity', '--keys-per-day', '10', '--retention', '7', '--bogus']);
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toMatch(/unknown option '--bogus'/);
+    const help = await cli(['capacity', '--help']);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain('--keys-per-day <n>');
+  });
+});

@@ -1,0 +1,176 @@
+/**
+ * `exactly-once dlq list|show|replay` on Kafka, with records dead-lettered by a real consumer
+ * whose handler throws a PermanentError: reason headers, a replay by offset that is dead-lettered
+ * again as PreviouslyFailedError, and `--reset-key` making the replay processed.
+ */
+import { PermanentError, recordKeyFor } from '@exactly-once/core';
+import {
+  createConsumer,
+  createProducer,
+  type ExactlyOnceProducer,
+  type KafkaConsumer,
+} from '@exactly-once/kafka';
+import { createRedisStore } from '@exactly-once/store-redis';
+import type { Admin, Kafka } from 'kafkajs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createTopics, fastGroup, newKafka, newRedis, quietLogger, topicSize } from '../kafka/helpers.js';
+import { env, uniqueName } from '../support/env.js';
+import { waitUntil } from '../support/wait.js';
+import { cli, cliJson, cliText } from './helpers.js';
+
+interface Letter {
+  id: string;
+  key?: string;
+  reason: { errorClass?: string; errorCode?: string; errorMessage?: string; consumer?: string };
+  origin: { destination?: string };
+  kafka: { key: string | null; partition: number; offset: string };
+}
+
+const redis = newRedis();
+const topic = uniqueName('cli-orders');
+const dlq = `${topic}.dlq`;
+const groupId = uniqueName('cli-billing');
+const keyPrefix = uniqueName('eot-cli');
+const store = createRedisStore({ client: redis, keyPrefix });
+const failing = new Set(['a']);
+const handled: string[] = [];
+let kafka: Kafka;
+let admin: Admin;
+let consumer: KafkaConsumer;
+let producer: ExactlyOnceProducer;
+const brokers = ['--kafka', env.kafkaBrokers.join(',')];
+
+beforeAll(async () => {
+  kafka = newKafka('cli-dlq-test');
+  admin = kafka.admin();
+  await admin.connect();
+  await createTopics(admin, [topic, dlq], 1);
+  consumer = createConsumer<{ id: string }>({
+    kafka,
+    groupId,
+    topics: [topic],
+    deadLetter: { topic: dlq },
+    store,
+    fromBeginning: true,
+    consumerConfig: fastGroup,
+    logger: quietLogger,
+    retentionCheck: 'off',
+    handler: (p, ctx) => {
+      handled.push(`${p.id}:${ctx.key}`);
+      if (failing.has(p.id)) throw new PermanentError(`card declined for ${p.id}`);
+      return { ok: p.id };
+    },
+  });
+  await consumer.start();
+  producer = createProducer({ kafka });
+  for (const id of ['a', 'b'])
+    await producer.send(topic, { id }, { key: `order-${id}`, idempotencyKey: `key-${id}` });
+  await waitUntil(async () => (await topicSize(admin, dlq)) === 1 && handled.length === 2, {
+    message: 'one dead letter',
+    timeoutMs: 90_000,
+  });
+}, 180_000);
+
+afterAll(async () => {
+  await consumer?.stop();
+  await producer?.disconnect();
+  await admin?.deleteTopics({ topics: [topic, dlq] }).catch(() => undefined);
+  await admin?.disconnect();
+  let cursor = '0';
+  do {
+    const [next, keys] = await redis.scan(cursor, 'MATCH', `${keyPrefix}:*`, 'COUNT', 1000);
+    cursor = next;
+    if (keys.length > 0) await redis.unlink(...keys);
+  } while (cursor !== '0');
+  await redis.quit();
+});
+
+describe('dlq on Kafka', () => {
+  it('list and show: the dead-lettered record with its reason headers, key and value', async () => {
+    const out = await cliJson<{ total: number; letters: Letter[] }>(['dlq', 'list', dlq, ...brokers]);
+    expect(out.total).toBe(1);
+    expect(out.letters).toHaveLength(1);
+    expect(out.letters[0]).toMatchObject({
+      id: '0:0',
+      key: 'key-a',
+      reason: {
+        errorClass: 'PermanentError',
+        errorCode: 'PERMANENT',
+        errorMessage: 'card declined for a',
+        consumer: groupId,
+      },
+      origin: { destination: topic },
+      kafka: { key: 'order-a', partition: 0, offset: '0' },
+    });
+    const text = await cliText(['dlq', 'list', dlq, ...brokers]);
+    expect(text).toContain(`Kafka topic ${dlq}: 1 dead letter(s)`);
+    expect(text).toMatch(/0:0\s+\S+\s+\S+\s+PERMANENT\s+PermanentError\s+key-a\s+card declined for a/);
+    const shown = await cliJson<Letter & { body: string; headers: Record<string, string> }>([
+      'dlq',
+      'show',
+      dlq,
+      '0:0',
+      ...brokers,
+    ]);
+    expect(JSON.parse(shown.body)).toEqual({ id: 'a' });
+    expect(shown.headers['x-eo-original-topic']).toBe(topic);
+    const shownText = await cliText(['dlq', 'show', dlq, '0:0', ...brokers]);
+    expect(shownText).toMatch(/kafka key\s+order-a/);
+    const missing = await cli(['dlq', 'show', dlq, '0:7', ...brokers]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/no record there/);
+  });
+
+  it('replay by offset without --reset-key: dead-lettered again as PREVIOUSLY_FAILED', async () => {
+    const out = await cliJson<{ results: unknown[] }>(['dlq', 'replay', dlq, '0:0', ...brokers]);
+    expect(out.results).toEqual([{ id: '0:0', key: 'key-a', to: topic, replayed: true }]);
+    await waitUntil(async () => (await topicSize(admin, dlq)) === 2, { message: 'second dead letter' });
+    const again = await cliJson<Letter>(['dlq', 'show', dlq, '0:1', ...brokers]);
+    expect(again).toMatchObject({
+      key: 'key-a',
+      reason: { errorCode: 'PREVIOUSLY_FAILED', errorClass: 'PreviouslyFailedError' },
+      kafka: { key: 'order-a' },
+    });
+    expect(handled.filter((h) => h.startsWith('a:'))).toHaveLength(1);
+  });
+
+  it('replay --reset-key: clears the FAILED record and the replay is processed', async () => {
+    failing.delete('a');
+    const out = await cliJson<{ results: unknown[] }>([
+      'dlq',
+      'replay',
+      dlq,
+      '0:0',
+      '--reset-key',
+      '--redis',
+      env.redisUrl,
+      '--redis-prefix',
+      keyPrefix,
+      ...brokers,
+    ]);
+    expect(out.results).toEqual([{ id: '0:0', key: 'key-a', to: topic, reset: 'cleared', replayed: true }]);
+    await waitUntil(
+      async () => (await store.get(recordKeyFor({ consumer: groupId, key: 'key-a' })))?.state === 'COMPLETED',
+      { message: 'key-a completed', timeoutMs: 60_000 },
+    );
+    expect(handled.filter((h) => h.startsWith('a:'))).toEqual(['a:key-a', 'a:key-a']);
+    expect(await topicSize(admin, dlq)).toBe(2);
+    // The topic holds what was replayed; the source topic got the copies with the original Kafka key.
+    const text = await cliText(['dlq', 'list', dlq, ...brokers]);
+    expect(text).toContain(`Kafka topic ${dlq}: 2 dead letter(s)`);
+  });
+
+  it('usage and connection errors', async () => {
+    const badId = await cli(['dlq', 'replay', dlq, 'zero', ...brokers]);
+    expect(badId.code).toBe(2);
+    expect(badId.stderr).toMatch(/is not <partition>:<offset>/);
+    const both = await cli(['dlq', 'list', dlq, ...brokers, '--amqp', env.amqpUrl]);
+    expect(both.code).toBe(2);
+    const noTopic = await cli(['dlq', 'list', uniqueName('absent'), ...brokers]);
+    expect(noTopic.code).toBe(1);
+    expect(noTopic.stderr).toMatch(/no such topic|This server does not host/);
+    const badBrokers = await cli(['dlq', 'list', dlq, '--kafka', 'localhost']);
+    expect(badBrokers.code).toBe(1);
+    expect(badBrokers.stderr).toMatch(/"localhost" is not host:port/);
+  });
+});

@@ -1,0 +1,200 @@
+/**
+ * `exactly-once dlq list|show|replay` on RabbitMQ, with letters dead-lettered by a real consumer
+ * whose handler throws a PermanentError: the reason headers, a replay that is dead-lettered again
+ * as PreviouslyFailedError (its record is FAILED), and `--reset-key` making the replay processed.
+ */
+import { PermanentError, recordKeyFor } from '@exactly-once/core';
+import {
+  createConsumer,
+  createPublisher,
+  type RabbitConsumer,
+  type RabbitPublisher,
+} from '@exactly-once/rabbitmq';
+import { createRedisStore } from '@exactly-once/store-redis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { newRedis, queuesOf, rawChannel } from '../rabbitmq/helpers.js';
+import { env, uniqueName } from '../support/env.js';
+import { waitUntil } from '../support/wait.js';
+import { cli, cliJson, cliText } from './helpers.js';
+
+interface Letter {
+  id: string;
+  key?: string;
+  reason: {
+    errorClass?: string;
+    errorCode?: string;
+    errorMessage?: string;
+    consumer?: string;
+    attempts?: string;
+  };
+  origin: { exchange?: string; routingKey?: string; destination?: string };
+}
+
+const redis = newRedis();
+const delays = [50];
+const queue = uniqueName('cli-orders');
+const dlq = `${queue}.dlq`;
+const consumerName = uniqueName('cli-billing');
+const keyPrefix = uniqueName('eot-cli');
+const store = createRedisStore({ client: redis, keyPrefix });
+const failing = new Set(['a', 'b']);
+const handled: string[] = [];
+let consumer: RabbitConsumer;
+let publisher: RabbitPublisher;
+let raw: Awaited<ReturnType<typeof rawChannel>>;
+const amqp = ['--amqp', env.amqpUrl];
+
+beforeAll(async () => {
+  raw = await rawChannel();
+  consumer = createConsumer<{ id: string }>({
+    connection: env.amqpUrl,
+    queue,
+    consumer: consumerName,
+    store,
+    retryDelaysMs: delays,
+    retentionCheck: 'off',
+    handler: (p, ctx) => {
+      handled.push(`${p.id}:${ctx.key}`);
+      if (failing.has(p.id)) throw new PermanentError(`card declined for ${p.id}`);
+      return { ok: p.id };
+    },
+  });
+  await consumer.start();
+  publisher = createPublisher({ connection: env.amqpUrl });
+  for (const id of ['a', 'b', 'c']) await publisher.send(queue, { id }, { idempotencyKey: `key-${id}` });
+  await waitUntil(async () => (await raw.count(dlq)) === 2 && handled.length === 3, {
+    message: 'two dead letters',
+  });
+});
+
+afterAll(async () => {
+  await consumer?.stop();
+  await publisher?.close();
+  await raw?.deleteQueues([...queuesOf(queue, delays)]);
+  await raw?.close();
+  let cursor = '0';
+  do {
+    const [next, keys] = await redis.scan(cursor, 'MATCH', `${keyPrefix}:*`, 'COUNT', 1000);
+    cursor = next;
+    if (keys.length > 0) await redis.unlink(...keys);
+  } while (cursor !== '0');
+  await redis.quit();
+});
+
+describe('dlq on RabbitMQ', () => {
+  it('list: the dead letters with their reason headers, and leaves them in the queue', async () => {
+    const out = await cliJson<{ total: number; letters: Letter[] }>(['dlq', 'list', dlq, ...amqp]);
+    expect(out.total).toBe(2);
+    expect(out.letters.map((l) => l.id).sort()).toEqual(['key-a', 'key-b']);
+    const a = out.letters.find((l) => l.id === 'key-a');
+    expect(a).toMatchObject({
+      key: 'key-a',
+      reason: {
+        errorClass: 'PermanentError',
+        errorCode: 'PERMANENT',
+        errorMessage: 'card declined for a',
+        consumer: consumerName,
+        attempts: '1',
+      },
+      origin: { exchange: '', routingKey: queue, destination: queue },
+    });
+    expect(await raw.count(dlq)).toBe(2);
+    const text = await cliText(['dlq', 'list', dlq, ...amqp]);
+    expect(text).toContain(`RabbitMQ queue ${dlq}: 2 dead letter(s)`);
+    expect(text).toMatch(/key-a\s+\S+\s+\S+\s+PERMANENT\s+PermanentError\s+key-a\s+card declined for a/);
+  });
+
+  it('show: one letter with its headers and body', async () => {
+    const out = await cliJson<Letter & { headers: Record<string, string>; body: string }>([
+      'dlq',
+      'show',
+      dlq,
+      'key-b',
+      ...amqp,
+    ]);
+    expect(out).toMatchObject({ id: 'key-b', key: 'key-b', reason: { errorCode: 'PERMANENT' } });
+    expect(JSON.parse(out.body)).toEqual({ id: 'b' });
+    expect(out.headers['x-idempotency-key']).toBe('key-b');
+    expect(out.headers['x-eo-original-destination']).toBe(queue);
+    const text = await cliText(['dlq', 'show', dlq, 'key-b', ...amqp]);
+    expect(text).toMatch(/error\s+PermanentError \(PERMANENT\)/);
+    expect(text).toMatch(new RegExp(`replays to\\s+${queue}`));
+    expect(text).toContain('"id": "b"');
+    const missing = await cli(['dlq', 'show', dlq, 'key-zzz', ...amqp]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/no dead letter "key-zzz"/);
+  });
+
+  it('replay without --reset-key: the FAILED record dead-letters it again (PREVIOUSLY_FAILED)', async () => {
+    const out = await cliJson<{ results: { id: string; replayed: boolean; to: string }[] }>([
+      'dlq',
+      'replay',
+      dlq,
+      'key-a',
+      ...amqp,
+    ]);
+    expect(out.results).toEqual([{ id: 'key-a', key: 'key-a', to: queue, replayed: true }]);
+    const back = await waitUntil(
+      async () => {
+        const list = await cliJson<{ letters: Letter[] }>(['dlq', 'list', dlq, ...amqp]);
+        return list.letters.find((l) => l.id === 'key-a' && l.reason.errorCode === 'PREVIOUSLY_FAILED');
+      },
+      { message: 'key-a dead-lettered again', timeoutMs: 60_000 },
+    );
+    expect(back.reason.errorClass).toBe('PreviouslyFailedError');
+    expect(await raw.count(dlq)).toBe(2);
+    expect(handled.filter((h) => h.startsWith('a:'))).toHaveLength(1);
+  });
+
+  it('replay --reset-key: clears the FAILED record, and the replay is processed', async () => {
+    failing.delete('a');
+    const out = await cliJson<{ results: { id: string; replayed: boolean; reset: string }[] }>([
+      'dlq',
+      'replay',
+      dlq,
+      'key-a',
+      '--reset-key',
+      '--redis',
+      env.redisUrl,
+      '--redis-prefix',
+      keyPrefix,
+      ...amqp,
+    ]);
+    expect(out.results).toEqual([{ id: 'key-a', key: 'key-a', to: queue, reset: 'cleared', replayed: true }]);
+    await waitUntil(
+      async () =>
+        (await store.get(recordKeyFor({ consumer: consumerName, key: 'key-a' })))?.state === 'COMPLETED',
+      {
+        message: 'key-a completed',
+      },
+    );
+    expect(handled.filter((h) => h.startsWith('a:'))).toEqual(['a:key-a', 'a:key-a']);
+    expect(await raw.count(dlq)).toBe(1);
+    const left = await cliJson<{ letters: Letter[] }>(['dlq', 'list', dlq, ...amqp]);
+    expect(left.letters.map((l) => l.id)).toEqual(['key-b']);
+  });
+
+  it('usage and connection errors', async () => {
+    const noIds = await cli(['dlq', 'replay', dlq, ...amqp]);
+    expect(noIds.code).toBe(2);
+    expect(noIds.stderr).toMatch(/give the ids to replay .* or --all/);
+    const noStore = await cli(['dlq', 'replay', dlq, 'key-b', '--reset-key', ...amqp]);
+    expect(noStore.code).toBe(2);
+    expect(noStore.stderr).toMatch(/--reset-key needs the store/);
+    const noBroker = await cli(['dlq', 'list', dlq]);
+    expect(noBroker.code).toBe(2);
+    const unknown = await cli(['dlq', 'replay', dlq, 'key-zzz', ...amqp]);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toMatch(/no dead letter key-zzz to replay/);
+    const noQueue = await cli(['dlq', 'list', uniqueName('absent'), ...amqp]);
+    expect(noQueue.code).toBe(1);
+    expect(noQueue.stderr).toMatch(/no such queue/);
+    const badUrl = await cli(['dlq', 'list', dlq, '--amqp', 'http://127.0.0.1:5672']);
+    expect(badUrl.code).toBe(1);
+    expect(badUrl.stderr).toMatch(/--amqp: .* must start with amqp:\/\//);
+    const down = await cli(['dlq', 'list', dlq, '--amqp', 'amqp://guest:guest@127.0.0.1:1']);
+    expect(down.code).toBe(1);
+    expect(down.stderr).toMatch(/cannot connect to RabbitMQ at amqp:\/\/guest:\*\*\*@127\.0\.0\.1:1/);
+    expect(await raw.count(dlq)).toBe(1);
+  });
+});

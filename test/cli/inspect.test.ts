@@ -1,0 +1,157 @@
+/**
+ * `exactly-once inspect` against the real stores: a COMPLETED record (inline result, blob result,
+ * outgoing messages published or not), an IN_PROGRESS one (lease, steps done and in doubt) and a
+ * FAILED one, as JSON and as text; unknown keys, bad URLs and usage errors by exit code.
+ */
+import { PermanentError, recordKeyFor, toErrorInfo } from '@exactly-once/core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { env, uniqueName } from '../support/env.js';
+import { cli, cliJson, cliText } from './helpers.js';
+import { type TestStore, testStores } from './stores.js';
+
+const utf8 = (s: string) => new TextEncoder().encode(s);
+
+describe.each(testStores)('inspect: %s', (_name, open) => {
+  let t: TestStore;
+  const consumer = uniqueName('billing');
+  const key = (k: string) => recordKeyFor({ consumer, key: k });
+
+  beforeAll(async () => {
+    t = await open();
+    const { store } = t;
+    // COMPLETED: inline result, two outgoing messages, one confirmed.
+    const done = await store.begin({ key: key('done'), fingerprint: 'fp', owner: 'w1', leaseMs: 60_000 });
+    if (done.status !== 'acquired') throw new Error(done.status);
+    await store.complete({
+      key: key('done'),
+      fence: done.fence,
+      result: { kind: 'inline', data: utf8('{"chargeId":"ch_1"}') },
+      outgoing: [
+        { id: 'm-1', destination: 'payment-captured', body: utf8('{"a":1}'), headers: {} },
+        { id: 'm-2', destination: 'events', routingKey: 'order.paid', body: utf8('{"b":22}'), headers: {} },
+      ],
+      retentionMs: 600_000,
+    });
+    await store.markPublished(key('done'), done.fence, ['m-1']);
+    // COMPLETED with a blob pointer.
+    const blob = await store.begin({ key: key('blob'), fingerprint: 'fp', owner: 'w1', leaseMs: 60_000 });
+    if (blob.status !== 'acquired') throw new Error(blob.status);
+    await store.complete({
+      key: key('blob'),
+      fence: blob.fence,
+      result: { kind: 'blob', pointer: { uri: 'fs:abc', size: 3_145_728, sha256: 'a'.repeat(64) } },
+      outgoing: [],
+      retentionMs: 600_000,
+    });
+    // IN_PROGRESS with a step done and one in doubt.
+    const running = await store.begin({
+      key: key('running'),
+      fingerprint: 'fp',
+      owner: 'worker-7',
+      leaseMs: 120_000,
+    });
+    if (running.status !== 'acquired') throw new Error(running.status);
+    await store.saveStep(key('running'), running.fence, 'reserve', utf8('{"ok":true}'));
+    await store.markStepStarted?.(key('running'), running.fence, 'charge');
+    // FAILED.
+    const failed = await store.begin({ key: key('failed'), fingerprint: 'fp', owner: 'w1', leaseMs: 60_000 });
+    if (failed.status !== 'acquired') throw new Error(failed.status);
+    await store.fail(key('failed'), failed.fence, toErrorInfo(new PermanentError('card declined')), 600_000);
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  it('a COMPLETED record: result size, outgoing messages and whether each is published', async () => {
+    const view = await cliJson(['inspect', consumer, 'done', ...t.flags]);
+    expect(view).toMatchObject({
+      storeKey: key('done'),
+      state: 'COMPLETED',
+      attempt: 1,
+      fingerprint: 'fp',
+      result: { kind: 'inline', bytes: 19 },
+      outgoing: [
+        { id: 'm-1', destination: 'payment-captured', bytes: 7, published: true },
+        { id: 'm-2', destination: 'events', routingKey: 'order.paid', bytes: 8, published: false },
+      ],
+    });
+    expect(view.fence).toEqual(expect.any(Number));
+    expect(view.expiresAt as number).toBeGreaterThan(Date.now());
+    const text = await cliText(['inspect', consumer, 'done', ...t.flags]);
+    expect(text).toMatch(/state\s+COMPLETED/);
+    expect(text).toMatch(/result\s+inline, 19 B/);
+    expect(text).toMatch(/outgoing\s+2 message\(s\), 1 not confirmed yet/);
+    expect(text).toMatch(/published\s+m-1 -> payment-captured, 7 B/);
+    expect(text).toMatch(/UNPUBLISHED\s+m-2 -> events \(order\.paid\), 8 B/);
+  });
+
+  it('a COMPLETED record with a blob result: the pointer and its size', async () => {
+    const view = await cliJson(['inspect', consumer, 'blob', ...t.flags]);
+    expect(view.result).toEqual({ kind: 'blob', bytes: 3_145_728, uri: 'fs:abc', sha256: 'a'.repeat(64) });
+    expect(await cliText(['inspect', consumer, 'blob', ...t.flags])).toMatch(
+      /result\s+blob, 3\.00 MiB \(fs:abc/,
+    );
+  });
+
+  it('an IN_PROGRESS record: lease holder and expiry, steps done and in doubt', async () => {
+    const view = await cliJson(['inspect', consumer, 'running', ...t.flags]);
+    expect(view).toMatchObject({
+      state: 'IN_PROGRESS',
+      attempt: 1,
+      lease: { owner: 'worker-7', live: true },
+    });
+    const lease = view.lease as { until: number };
+    expect(lease.until).toBeGreaterThan(Date.now() + 60_000);
+    const steps = view.steps as { name: string; state: string; bytes: number }[];
+    expect(steps.map((s) => [s.name, s.state]).sort()).toEqual([
+      ['charge', 'started'],
+      ['reserve', 'done'],
+    ]);
+    expect(steps.find((s) => s.name === 'reserve')?.bytes).toBe(11);
+    const text = await cliText(['inspect', consumer, 'running', ...t.flags]);
+    expect(text).toMatch(/lease\s+worker-7, until \S+ \(in \d+ s\)/);
+    expect(text).toMatch(/STARTED\s+charge .*in doubt/);
+    expect(text).toMatch(/done\s+reserve .*, 11 B/);
+  });
+
+  it('a FAILED record: the error', async () => {
+    const view = await cliJson(['inspect', consumer, 'failed', ...t.flags]);
+    expect(view).toMatchObject({
+      state: 'FAILED',
+      error: { name: 'PermanentError', code: 'PERMANENT', message: 'card declined' },
+    });
+    expect(await cliText(['inspect', consumer, 'failed', ...t.flags])).toMatch(
+      /error\s+PermanentError \(PERMANENT\): card declined/,
+    );
+  });
+
+  it('an unknown key exits 1 with a clear message', async () => {
+    const r = await cli(['inspect', consumer, 'never-seen', ...t.flags]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/no record for key "never-seen" of consumer "[^"]+"/);
+    expect(r.stdout).toBe('');
+  });
+});
+
+describe('inspect: errors', () => {
+  it('a bad or unreachable URL exits 1; usage errors exit 2', async () => {
+    const bad = await cli(['inspect', 'billing', 'k', '--redis', 'not a url']);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/--redis: "not a url" is not a URL/);
+    const wrongScheme = await cli(['inspect', 'billing', 'k', '--mongo', env.redisUrl]);
+    expect(wrongScheme.code).toBe(1);
+    expect(wrongScheme.stderr).toMatch(/--mongo: .* must start with mongodb:\/\//);
+    const down = await cli(['inspect', 'billing', 'k', '--redis', 'redis://127.0.0.1:1']);
+    expect(down.code).toBe(1);
+    expect(down.stderr).toMatch(/cannot connect to Redis at redis:\/\/127\.0\.0\.1:1.*ECONNREFUSED/);
+    const noStore = await cli(['inspect', 'billing', 'k']);
+    expect(noStore.code).toBe(2);
+    expect(noStore.stderr).toMatch(/give a store/);
+    const badConsumer = await cli(['inspect', 'no spaces!', 'k', '--redis', env.redisUrl]);
+    expect(badConsumer.code).toBe(2);
+    expect(badConsumer.stderr).toMatch(/consumer must match/);
+    const missingArg = await cli(['inspect', 'billing']);
+    expect(missingArg.code).toBe(2);
+    expect(missingArg.stderr).toMatch(/missing required argument 'key'/);
+  });
+});

@@ -1,0 +1,144 @@
+/**
+ * `exactly-once stuck` against the real stores: records IN_PROGRESS longer than the threshold,
+ * per consumer and across consumers, with their steps in doubt; finished and fresh ones left out.
+ */
+import { recordKeyFor } from '@exactly-once/core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { uniqueName } from '../support/env.js';
+import { cli, cliJson, cliText } from './helpers.js';
+import { type TestStore, testStores } from './stores.js';
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+/** Between the records begun first and the one begun last; a CLI run starts well within half of it. */
+const GAP_MS = 8_000;
+
+interface StuckJson {
+  count: number;
+  records: {
+    key: string;
+    owner: string;
+    attempt: number;
+    startedAt: number;
+    stepsStarted: string[];
+    stepsDone: string[];
+  }[];
+}
+
+describe.each(testStores)('stuck: %s', (_name, open) => {
+  let t: TestStore;
+  const namespace = uniqueName('ns').slice(0, 40);
+  const billing = uniqueName('billing');
+  const orders = uniqueName('orders');
+  const key = (consumer: string, k: string) => recordKeyFor({ namespace, consumer, key: k });
+  let freshAt = 0;
+  /** A threshold between the ages of the fresh record and of the older ones, as of now. */
+  const between = () => `${Date.now() - freshAt + GAP_MS / 2}ms`;
+
+  beforeAll(async () => {
+    t = await open();
+    const { store } = t;
+    const begin = async (consumer: string, k: string, owner: string) => {
+      const r = await store.begin({ key: key(consumer, k), fingerprint: 'fp', owner, leaseMs: 120_000 });
+      if (r.status !== 'acquired') throw new Error(r.status);
+      return r.fence;
+    };
+    const oldFence = await begin(billing, 'old', 'worker-1');
+    await store.markStepStarted?.(key(billing, 'old'), oldFence, 'charge');
+    await store.saveStep(key(billing, 'old'), oldFence, 'reserve', new TextEncoder().encode('1'));
+    await begin(orders, 'other', 'worker-2');
+    const doneFence = await begin(billing, 'done', 'worker-3');
+    await store.complete({ key: key(billing, 'done'), fence: doneFence, outgoing: [], retentionMs: 60_000 });
+    await sleep(GAP_MS);
+    freshAt = Date.now();
+    await begin(billing, 'fresh', 'worker-4');
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  it('one consumer: only its records older than the threshold, with steps in doubt', {
+    timeout: 240_000,
+  }, async () => {
+    const out = await cliJson<StuckJson>([
+      'stuck',
+      '--older-than',
+      between(),
+      '--consumer',
+      billing,
+      '--namespace',
+      namespace,
+      ...t.flags,
+    ]);
+    expect(out.count).toBe(1);
+    expect(out.records[0]).toMatchObject({
+      key: key(billing, 'old'),
+      owner: 'worker-1',
+      attempt: 1,
+      stepsStarted: ['charge'],
+      stepsDone: ['reserve'],
+    });
+    const text = await cliText([
+      'stuck',
+      '--older-than',
+      between(),
+      '--consumer',
+      billing,
+      '--namespace',
+      namespace,
+      ...t.flags,
+    ]);
+    expect(text).toContain(
+      `1 record(s) of consumer ${billing} (namespace ${namespace}) in progress for more than`,
+    );
+    expect(text).toMatch(
+      new RegExp(`\\d+ s\\s+\\S+\\s+1\\s+worker-1\\s+live, \\d+ s left\\s+charge\\s+${key(billing, 'old')}`),
+    );
+  });
+
+  it('every consumer of a namespace, oldest first; a longer threshold finds nothing', {
+    timeout: 240_000,
+  }, async () => {
+    const all = await cliJson<StuckJson>([
+      'stuck',
+      '--older-than',
+      between(),
+      '--namespace',
+      namespace,
+      ...t.flags,
+    ]);
+    expect(all.records.map((r) => r.key).sort()).toEqual([key(billing, 'old'), key(orders, 'other')].sort());
+    const everything = await cliJson<StuckJson>([
+      'stuck',
+      '--older-than',
+      '0s',
+      '--namespace',
+      namespace,
+      ...t.flags,
+    ]);
+    expect(everything.records.map((r) => r.key)).toContain(key(billing, 'fresh'));
+    expect(everything.records.at(-1)?.key).toBe(key(billing, 'fresh'));
+    const none = await cli([
+      'stuck',
+      '--older-than',
+      '1h',
+      '--consumer',
+      billing,
+      '--namespace',
+      namespace,
+      ...t.flags,
+    ]);
+    expect(none.code).toBe(0);
+    expect(none.stdout).toMatch(/no record of consumer .* in progress for more than 60 min/);
+  });
+});
+
+describe('stuck: usage', () => {
+  it('needs --older-than as a duration (exit 2)', async () => {
+    const missing = await cli(['stuck', '--redis', 'redis://127.0.0.1:6379']);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/required option '--older-than <duration>' not specified/);
+    const bad = await cli(['stuck', '--older-than', 'five', '--redis', 'redis://127.0.0.1:6379']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/--older-than must be a duration such as 30s, 5m/);
+  });
+});
