@@ -48,7 +48,7 @@ export async function handleFailure<T, R>(
     const r = await o.store.release(storeKey, fence, info);
     if (r === 'lost') return leaseLost(storeKey, fence);
   } catch (storeError) {
-    return storeDown(o, storeError);
+    return storeDown(o, storeError, storeKey);
   }
   return {
     action: 'retry',
@@ -71,7 +71,7 @@ export async function failAndDeadLetter<T, R>(
     const r = await o.store.fail(storeKey, fence, toErrorInfo(error), o.retentionMs);
     if (r === 'lost') return leaseLost(storeKey, fence);
   } catch (storeError) {
-    return storeDown(o, storeError);
+    return storeDown(o, storeError, storeKey);
   }
   return deadLetter(o, delivery, 'failed', error, attempts);
 }
@@ -144,7 +144,15 @@ export function leaseLost(key: string, fence: number): Disposition {
   };
 }
 
-export function storeDown<T, R>(o: ResolvedProcessorOptions<T, R>, error: unknown): Disposition {
-  o.logger.warn('processed-store unavailable; message not acked', { error: toErrorInfo(error) });
+export function storeDown<T, R>(
+  o: ResolvedProcessorOptions<T, R>,
+  error: unknown,
+  key?: string,
+): Disposition {
+  // With the key, the logger leaves it out (and out of the error text) unless recordKeys is set.
+  o.logger.warn('processed-store unavailable; message not acked', {
+    ...(key === undefined ? {} : { key }),
+    error: toErrorInfo(error),
+  });
   return { action: 'defer', outcome: 'store-unavailable', delayMs: 1000, error: toErrorInfo(error) };
 }

@@ -1,4 +1,6 @@
 /** The logger is injected; the library never writes to the console itself. */
+import { createScrubber, type Scrub } from './redact.js';
+
 export type LogMeta = Readonly<Record<string, unknown>>;
 
 export interface Logger {
@@ -17,3 +19,47 @@ export const silentLogger: Logger = Object.freeze({
   warn: (message: string) => process.emitWarning(message, 'ExactlyOnceWarning'),
   error: (message: string) => process.emitWarning(message, 'ExactlyOnceError'),
 });
+
+/** Meta fields that hold idempotency keys or store keys. */
+const KEY_FIELDS = ['key', 'storeKey', 'firstKey'] as const;
+
+/**
+ * A logger that drops key fields (`key`, `storeKey`, `firstKey`) from the metadata and replaces
+ * the keys they held wherever the message or another field (an error's message) quotes them. The
+ * pipeline wraps its logger in this unless `recordKeys` is set.
+ */
+export function keyRedactingLogger(logger: Logger): Logger {
+  const redacted = (level: keyof Logger) => (message: string, meta?: LogMeta) => {
+    if (meta === undefined || !KEY_FIELDS.some((field) => typeof meta[field] === 'string')) {
+      logger[level](message, meta);
+      return;
+    }
+    const scrubber = createScrubber();
+    const rest: Record<string, unknown> = {};
+    for (const [field, value] of Object.entries(meta)) {
+      if ((KEY_FIELDS as readonly string[]).includes(field) && typeof value === 'string') scrubber.add(value);
+      else rest[field] = value;
+    }
+    const scrubbed: Record<string, unknown> = {};
+    for (const [field, value] of Object.entries(rest)) scrubbed[field] = scrubValue(value, scrubber.scrub);
+    logger[level](scrubber.scrub(message), scrubbed);
+  };
+  return Object.freeze({
+    debug: redacted('debug'),
+    info: redacted('info'),
+    warn: redacted('warn'),
+    error: redacted('error'),
+  });
+}
+
+/** Strings, and the string fields of plain objects (an ErrorInfo), through `scrub`. */
+function scrubValue(value: unknown, scrub: Scrub): unknown {
+  if (typeof value === 'string') return scrub(value);
+  if (value === null || typeof value !== 'object' || Object.getPrototypeOf(value) !== Object.prototype) {
+    return value;
+  }
+  const out: Record<string, unknown> = {};
+  for (const [field, inner] of Object.entries(value))
+    out[field] = typeof inner === 'string' ? scrub(inner) : inner;
+  return out;
+}

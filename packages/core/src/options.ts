@@ -9,7 +9,7 @@ import { ConfigError } from './errors.js';
 import { validateName } from './keys.js';
 import type { Logger } from './logger.js';
 import { type PayloadGuardOptions, type ResolvedPayloadGuard, resolvePayloadGuard } from './payload-guard.js';
-import { silentLogger } from './logger.js';
+import { keyRedactingLogger, silentLogger } from './logger.js';
 import {
   type RetryPolicy,
   type RetryPolicyOptions,
@@ -84,6 +84,17 @@ export interface ProcessorOptions<T = unknown, R = unknown> {
   /** @defaultValue 'auto' */
   spanKind?: SpanKindMode;
   /**
+   * Put idempotency keys into telemetry: the `exactly_once.key` span attribute, the message id
+   * and Kafka message key attributes, a payload guard's first key, and the `key` field of log
+   * lines. Off by default: keys are customer data (order ids, emails), so spans and logs leave
+   * them out, and error messages that quote a key or a payload fragment have it replaced by
+   * `[redacted]` in span statuses, exception events and log lines (records and dead-letter headers
+   * keep the full message). Payload bytes and results are never recorded either way. The request
+   * id (`exactly_once.request_id`) is always recorded: it is the id a trace is found by.
+   * @defaultValue false
+   */
+  recordKeys?: boolean;
+  /**
    * Flags or dead-letters a message whose payload fingerprint another key carried within
    * `windowMs` (a client making a new key per retry). Needs a store with `claimFingerprint`;
    * costs one store round trip per message. Off by default. See payload-guard.ts.
@@ -120,6 +131,7 @@ export interface ResolvedProcessorOptions<T, R> {
   readonly retry: RetryPolicy;
   readonly redeliveryHorizonMs: number;
   readonly spanKind: SpanKindMode;
+  readonly recordKeys: boolean;
   readonly payloadGuard: ResolvedPayloadGuard | undefined;
   readonly ownerId: string;
   readonly logger: Logger;
@@ -138,6 +150,7 @@ export const PROCESSOR_DEFAULTS = Object.freeze({
   redeliveryHorizonMs: DAY,
   retentionCheck: 'error' as const,
   spanKind: 'auto' as const,
+  recordKeys: false,
   missingKey: 'reject' as const,
 });
 
@@ -176,7 +189,9 @@ export function resolveProcessorOptions<T, R>(o: ProcessorOptions<T, R>): Resolv
   if (typeof missingKey !== 'function' && !['reject', 'broker-id', 'payload-hash'].includes(missingKey)) {
     throw new ConfigError(`missingKey must be 'reject', 'broker-id', 'payload-hash' or a function`);
   }
-  const logger = o.logger ?? silentLogger;
+  const recordKeys = o.recordKeys ?? PROCESSOR_DEFAULTS.recordKeys;
+  if (typeof recordKeys !== 'boolean') throw new ConfigError('recordKeys must be a boolean');
+  const logger = recordKeys ? (o.logger ?? silentLogger) : keyRedactingLogger(o.logger ?? silentLogger);
   const resolved: ResolvedProcessorOptions<T, R> = Object.freeze({
     consumer,
     namespace,
@@ -197,6 +212,7 @@ export function resolveProcessorOptions<T, R>(o: ProcessorOptions<T, R>): Resolv
     retry,
     redeliveryHorizonMs,
     spanKind: o.spanKind ?? PROCESSOR_DEFAULTS.spanKind,
+    recordKeys,
     payloadGuard: resolvePayloadGuard(o.payloadGuard, o.store),
     ownerId: o.ownerId ?? `${hostname()}/${process.pid}/${randomUUID().slice(0, 8)}`,
     logger,

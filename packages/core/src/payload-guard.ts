@@ -67,6 +67,8 @@ export async function guardPayload(args: {
   fingerprint: string;
   span: Span;
   logger: Logger;
+  /** Whether the first key may become a span attribute (see `recordKeys`). */
+  recordKeys?: boolean;
 }): Promise<DuplicatePayloadError | undefined> {
   const { guard, store, key, fingerprint } = args;
   const claim = store.claimFingerprint as NonNullable<ProcessedStore['claimFingerprint']>;
@@ -76,7 +78,7 @@ export async function guardPayload(args: {
   instrumentsFor().payloadReuse.add(1, { consumer: args.consumer, action: guard.action });
   if (args.span.isRecording()) {
     args.span.setAttribute(ATTR_EO_PAYLOAD_REUSE, true);
-    args.span.setAttribute(ATTR_EO_PAYLOAD_REUSE_FIRST_KEY, held.firstKey);
+    if (args.recordKeys) args.span.setAttribute(ATTR_EO_PAYLOAD_REUSE_FIRST_KEY, held.firstKey);
   }
   args.logger.warn('same payload under a new idempotency key within the payload guard window', {
     consumer: args.consumer,

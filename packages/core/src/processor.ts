@@ -57,7 +57,9 @@ import {
   ATTR_MESSAGING_OPERATION_TYPE,
   ATTR_MESSAGING_SYSTEM,
   BAGGAGE_REQUEST_ID,
+  KEY_ATTRIBUTES,
 } from './semconv.js';
+import { createScrubber, noScrub, type Scrub, type Scrubber } from './redact.js';
 import type { HeldLease, OrderedGroup, Shared, Turn } from './shared.js';
 import type { Delivery, Disposition, Outcome } from './spi.js';
 import { coalescing } from './store/coalesce.js';
@@ -72,6 +74,8 @@ import {
   tracingEnabled,
   untraced,
   withContext,
+  scrubOf,
+  withScrub,
 } from './tracing.js';
 
 export interface Processor {
@@ -157,7 +161,8 @@ async function processDelivery<T, R>(
 ): Promise<Disposition> {
   const started = performance.now();
   // Without a tracer provider nothing records: no span, attributes or context switches at all.
-  const { span, ctx } = tracingEnabled()
+  const traced = tracingEnabled();
+  const { span, ctx: spanCtx } = traced
     ? startProcessSpan(o.spanKind, delivery.destination, delivery.headers, {
         [ATTR_MESSAGING_SYSTEM]: delivery.system,
         [ATTR_MESSAGING_DESTINATION_NAME]: delivery.destination,
@@ -165,16 +170,24 @@ async function processDelivery<T, R>(
         [ATTR_MESSAGING_OPERATION_NAME]: 'process',
         [ATTR_MESSAGING_BODY_SIZE]: delivery.body.byteLength,
         [ATTR_EO_CONSUMER]: o.consumer,
-        ...delivery.attributes,
+        ...(o.recordKeys ? delivery.attributes : withoutKeys(delivery.attributes)),
       })
     : untraced();
+  // Keys (known once the delivery is read) and quoted payload fragments leave error texts
+  // before they reach spans; the run's child spans find the scrub on their context.
+  const scrubber: Scrubber | undefined = o.recordKeys ? undefined : createScrubber(delivery.body);
+  const scrub: Scrub = scrubber?.scrub ?? noScrub;
+  const ctx = scrubber && traced ? withScrub(spanCtx, scrub) : spanCtx;
   let disposition: Disposition;
   try {
-    disposition = await withContext(ctx, () => run(o, delivery, span, ctx, shared, turn));
+    disposition = await withContext(ctx, () => run(o, delivery, span, ctx, shared, turn, scrubber));
   } catch (error) {
     // Only a bug gets here; never ack what we do not understand.
-    recordError(span, error);
-    o.logger.error('unexpected pipeline error; message will be redelivered', { error: toErrorInfo(error) });
+    recordError(span, error, scrub);
+    const info = toErrorInfo(error);
+    o.logger.error('unexpected pipeline error; message will be redelivered', {
+      error: { ...info, message: scrub(info.message) },
+    });
     disposition = { action: 'defer', outcome: 'store-unavailable', delayMs: 1000, error: toErrorInfo(error) };
   } finally {
     // Every path says whether the next delivery may run; the first word counts, so this is a
@@ -189,10 +202,17 @@ async function processDelivery<T, R>(
     span.setAttribute(ATTR_EO_ACTION, disposition.action);
     if (disposition.action === 'dead-letter' || disposition.action === 'retry') {
       const error = disposition.action === 'retry' ? disposition.error : disposition.reason.error;
-      span.setStatus({ code: SpanStatusCode.ERROR, message: `${error.name}: ${error.message}` });
+      span.setStatus({ code: SpanStatusCode.ERROR, message: scrub(`${error.name}: ${error.message}`) });
     }
   }
   span.end();
+  // A deferral's error only goes to logs and metrics (no copy carries it): keep keys out of it.
+  if (scrubber && disposition.action === 'defer' && disposition.error) {
+    disposition = {
+      ...disposition,
+      error: { ...disposition.error, message: scrub(disposition.error.message) },
+    };
+  }
   const attrs = { consumer: o.consumer, outcome: disposition.outcome, action: disposition.action };
   const m = instrumentsFor();
   m.deliveries.add(1, attrs);
@@ -207,6 +227,7 @@ async function run<T, R>(
   ctx: Context,
   shared: Shared,
   turn: Turn | undefined,
+  scrubber: Scrubber | undefined,
 ): Promise<Disposition> {
   // A delivery needing no handler run lets the next one go as soon as the one before it did.
   const passOn = async () => turn?.go(await turn.previous);
@@ -223,9 +244,12 @@ async function run<T, R>(
     return deadLetter(o, delivery, 'invalid', reason, 0);
   }
   const { storeKey, requestId } = prepared;
+  scrubber?.add(prepared.key, storeKey);
   let runCtx = ctx;
   if (span.isRecording()) {
-    span.setAttribute(ATTR_EO_KEY, prepared.key);
+    if (o.recordKeys) span.setAttribute(ATTR_EO_KEY, prepared.key);
+    // The request id is kept: it is the id a trace is found by, and it travels in headers and
+    // baggage to every service anyway (a first hop's is its key; see README, Tracing).
     span.setAttribute(ATTR_EO_REQUEST_ID, requestId);
     // Downstream spans and messages find the request by its id through baggage.
     const bag = (propagation.getBaggage(ctx) ?? propagation.createBaggage()).setEntry(BAGGAGE_REQUEST_ID, {
@@ -247,9 +271,10 @@ async function run<T, R>(
         fingerprint: prepared.fingerprint,
         span,
         logger: o.logger,
+        recordKeys: o.recordKeys,
       });
     } catch (error) {
-      return storeDown(o, error);
+      return storeDown(o, error, storeKey);
     }
     if (reuse) {
       await passOn();
@@ -272,7 +297,7 @@ async function run<T, R>(
         }),
       ));
   } catch (error) {
-    return storeDown(o, error);
+    return storeDown(o, error, storeKey);
   }
   if (begun.status === 'acquired' && turn && !(await mayRun(turn))) {
     if (turn.group.released) {
@@ -300,7 +325,7 @@ async function run<T, R>(
       }
     } catch (error) {
       turn.go(false);
-      return storeDown(o, error);
+      return storeDown(o, error, storeKey);
     }
   }
   if (begun.status !== 'acquired' && begun.status !== 'busy') await passOn();
@@ -435,7 +460,7 @@ async function runAcquired<T, R>(
   }
   if (!ran.ok) {
     await keeper.stop();
-    recordError(span, ran.error);
+    recordError(span, ran.error, scrubOf(runCtx));
     return handleFailure(o, delivery, storeKey, fence, attempt, outcome, ran.error, state);
   }
 
@@ -447,7 +472,7 @@ async function runAcquired<T, R>(
     await keeper.stop();
     if (error instanceof ResultSourceFailure) {
       // The handler's result stream failed (or cannot be stored): a failure of the handler.
-      recordError(span, error.cause);
+      recordError(span, error.cause, scrubOf(runCtx));
       return handleFailure(o, delivery, storeKey, fence, attempt, outcome, error.cause, state);
     }
     await release(o, storeKey, fence, error);
@@ -482,11 +507,21 @@ async function runAcquired<T, R>(
       return failAndDeadLetter(o, delivery, storeKey, fence, error, attempt);
     }
     // Unknown whether the write landed: keep the blobs, redeliver; the next run resolves it.
-    return storeDown(o, error);
+    return storeDown(o, error, storeKey);
   }
   if (completed === 'lost') {
     await discardBlobs(o, run);
     return leaseLost(storeKey, fence);
   }
   return publishThenAck(o, runCtx, delivery, storeKey, fence, state.outgoing, outcome, stored, shared);
+}
+
+/** Delivery attributes without the ones that carry keys (message id, Kafka message key). */
+function withoutKeys(attributes: Delivery['attributes']): Delivery['attributes'] {
+  if (attributes === undefined) return undefined;
+  const kept: Record<string, unknown> = {};
+  for (const [name, value] of Object.entries(attributes)) {
+    if (!KEY_ATTRIBUTES.includes(name)) kept[name] = value;
+  }
+  return kept as Delivery['attributes'];
 }

@@ -21,6 +21,18 @@ export const ATTR_EO_BLOB_SIZE = 'exactly_once.blob.size';
 export const ATTR_EO_PAYLOAD_REUSE = 'exactly_once.payload_reuse';
 export const ATTR_EO_PAYLOAD_REUSE_FIRST_KEY = 'exactly_once.payload_reuse.first_key';
 
+/**
+ * Attributes whose values are idempotency keys or business keys: the message id (publishers set
+ * it to the key), a Kafka message key, the key itself and a payload guard's first key. They are
+ * recorded only with `recordKeys: true`; adapters' delivery attributes are filtered by this list.
+ */
+export const KEY_ATTRIBUTES: readonly string[] = Object.freeze([
+  ATTR_MESSAGING_MESSAGE_ID,
+  'messaging.kafka.message.key',
+  ATTR_EO_KEY,
+  ATTR_EO_PAYLOAD_REUSE_FIRST_KEY,
+]);
+
 /** Baggage entry carrying the request id, so downstream spans can be found by it. */
 export const BAGGAGE_REQUEST_ID = 'exactly_once.request_id';
 

@@ -1,11 +1,13 @@
 /**
  * Tracing and metrics through `@opentelemetry/api` only: a no-op until the application installs
- * an SDK. Payloads and secrets never become attributes.
+ * an SDK. Payloads and secrets never become attributes; idempotency keys only with `recordKeys`
+ * (see redact.ts).
  */
 import {
   type Attributes,
   type Context,
   context,
+  createContextKey,
   INVALID_SPAN_CONTEXT,
   type Link,
   metrics,
@@ -19,6 +21,7 @@ import {
   trace,
 } from '@opentelemetry/api';
 import { type MessageHeaders, readHeader } from './headers.js';
+import { noScrub, type Scrub } from './redact.js';
 
 const SCOPE = '@exactly-once/core';
 const VERSION = '0.1.0';
@@ -118,6 +121,21 @@ export function startProcessSpan(
   return { span, ctx: trace.setSpan(parent, span) };
 }
 
+const SCRUB = createContextKey('exactly-once scrub');
+
+/**
+ * A context whose spans (the run's child spans: store calls, steps, blob writes, sends) record
+ * error messages through `scrub`, so a message quoting the key does not carry it into telemetry.
+ */
+export function withScrub(ctx: Context, scrub: Scrub): Context {
+  return ctx.setValue(SCRUB, scrub);
+}
+
+/** The scrub set on `ctx` by {@link withScrub}, or none. */
+export function scrubOf(ctx: Context): Scrub {
+  return (ctx.getValue(SCRUB) as Scrub | undefined) ?? noScrub;
+}
+
 /** Runs `fn` in a child span, recording an exception and error status if it throws. */
 export async function inSpan<T>(
   name: string,
@@ -132,18 +150,33 @@ export async function inSpan<T>(
   try {
     return await context.with(trace.setSpan(parent, span), () => fn(span));
   } catch (error) {
-    recordError(span, error);
+    recordError(span, error, scrubOf(parent));
     throw error;
   } finally {
     span.end();
   }
 }
 
-export function recordError(span: Span, error: unknown): void {
-  if (error instanceof Error) span.recordException(error);
+/**
+ * Records `error` as an `exception` event (type, message, stack trace, as `span.recordException`
+ * writes them) and the span's error status, every text through `scrub`.
+ */
+export function recordError(span: Span, error: unknown, scrub: Scrub = noScrub): void {
+  if (!span.isRecording()) return;
+  if (error instanceof Error) {
+    const attributes: Attributes = {
+      'exception.type':
+        (error as { code?: unknown }).code === undefined
+          ? error.name
+          : String((error as { code?: unknown }).code),
+      'exception.message': scrub(error.message),
+    };
+    if (error.stack !== undefined) attributes['exception.stacktrace'] = scrub(error.stack);
+    span.addEvent('exception', attributes);
+  }
   span.setStatus({
     code: SpanStatusCode.ERROR,
-    message: error instanceof Error ? error.message : String(error),
+    message: scrub(error instanceof Error ? error.message : String(error)),
   });
 }
 

@@ -40,6 +40,8 @@ describe('payloadGuard', () => {
       store: createMemoryStore(),
       ...fast,
       logger,
+      // Keys in log lines only with recordKeys (see the redaction tests in tracing.test.ts).
+      recordKeys: true,
       payloadGuard: { windowMs: 60_000, action: 'flag' },
       handler: () => {
         runs++;

@@ -54,7 +54,6 @@ describe('tracing', () => {
     expect(span?.attributes).toMatchObject({
       'messaging.system': 'test',
       'messaging.destination.name': 'orders',
-      'exactly_once.key': 't1',
       'exactly_once.request_id': 'req-t1',
       'exactly_once.outcome': 'acquired',
       'exactly_once.attempt': 1,
@@ -62,6 +61,60 @@ describe('tracing', () => {
     });
     const names = exporter.getFinishedSpans().map((s) => s.name);
     expect(names).toEqual(expect.arrayContaining(['exactly-once begin', 'exactly-once complete']));
+  });
+
+  it('records the key (and key-bearing message attributes) only with recordKeys', async () => {
+    const attributes = { 'messaging.message.id': 'k-1', 'messaging.kafka.message.key': 'order-9' };
+    for (const recordKeys of [false, true]) {
+      exporter.reset();
+      const p = createProcessor({
+        consumer: 'c',
+        store: createMemoryStore(),
+        retentionCheck: 'off',
+        recordKeys,
+        handler: () => 1,
+      });
+      await p.process({ ...delivery({}, headers('k-1')), attributes });
+      const span = exporter.getFinishedSpans().find((s) => s.name === 'process orders');
+      expect(span?.attributes['exactly_once.request_id']).toBe('req-k-1');
+      for (const name of ['exactly_once.key', 'messaging.message.id', 'messaging.kafka.message.key']) {
+        expect(span?.attributes[name] !== undefined, name).toBe(recordKeys);
+      }
+    }
+  });
+
+  it('keeps the key and quoted payload out of error statuses and exception events unless recordKeys', async () => {
+    const key = 'secret-key-0042';
+    const store = createMemoryStore();
+    const run = async (recordKeys: boolean, body: unknown, fail: boolean) => {
+      exporter.reset();
+      const p = createProcessor({
+        consumer: 'c',
+        store,
+        retentionCheck: 'off',
+        recordKeys,
+        retry: { maxAttempts: 1 },
+        handler: (_: unknown, ctx: HandlerContext) => {
+          if (fail) throw new Error(`charge for ${ctx.key} declined`);
+          return 1;
+        },
+      });
+      // The request id is recorded always; here it is not the key.
+      await p.process(delivery(body, { ...headers(key), [Headers.RequestId]: 'req-1' }));
+      return JSON.stringify(
+        exporter
+          .getFinishedSpans()
+          .map((s) => ({ status: s.status, events: s.events, attributes: s.attributes })),
+      );
+    };
+    const handlerFailure = await run(false, { n: 1 }, true);
+    expect(handlerFailure).toContain('declined');
+    expect(handlerFailure).not.toContain(key);
+    expect(await run(true, { n: 2 }, true)).toContain(key);
+    // JSON.parse quotes the text it could not read.
+    const malformed = await run(false, 'not json: alice@example.com', false);
+    expect(malformed).toContain('MalformedMessageError');
+    expect(malformed).not.toContain('alice@example.com');
   });
 
   it('links a duplicate to the span that completed the record, in the same trace', async () => {

@@ -30,6 +30,11 @@ export interface PublisherOptions {
    * letting the broker drop it. @defaultValue true
    */
   mandatory?: boolean;
+  /**
+   * Record the idempotency key on `send` spans (`exactly_once.key`). Keys are customer data; the
+   * request id is always recorded. @defaultValue false
+   */
+  recordKeys?: boolean;
   logger?: Logger;
 }
 
@@ -203,7 +208,7 @@ export function createPublisher(options: PublisherOptions): RabbitPublisher {
             ? {}
             : { 'messaging.rabbitmq.destination.routing_key': opts.routingKey }),
           'exactly_once.request_id': requestId,
-          'exactly_once.key': idempotencyKey,
+          ...(options.recordKeys ? { 'exactly_once.key': idempotencyKey } : {}),
         },
       });
       const traceHeaders: Record<string, string> = {};

@@ -16,19 +16,23 @@ export interface ServerCheckOptions {
   readonly enforce: boolean;
 }
 
-/** Checks `maxmemory-policy` on the server, or on every master of a cluster. */
+/**
+ * Checks `maxmemory-policy` on the server, or on every master of a cluster. A server that refuses
+ * `CONFIG GET` (an ACL user without `+config|get`, which the store does not need otherwise, or a
+ * managed service that renames CONFIG) cannot be checked: that is logged once per check, as a
+ * warning with `code: 'CONFIG_GET_REFUSED'`, and the store works on.
+ */
 export async function checkServer(options: ServerCheckOptions): Promise<void> {
   const { client, logger, enforce } = options;
+  const refused: string[] = [];
   for (const node of await targets(client)) {
     let reply: unknown;
     try {
       reply = await node.call('CONFIG', 'GET', 'maxmemory-policy');
     } catch (cause) {
-      // Managed services rename or forbid CONFIG: a server reply, not an outage.
+      // A server reply (NOPERM, unknown command), not an outage.
       if (cause instanceof Error && cause.name === 'ReplyError') {
-        logger.warn('cannot read maxmemory-policy (CONFIG GET refused); make sure it is "noeviction"', {
-          error: cause.message,
-        });
+        refused.push(cause.message);
         continue;
       }
       throw unavailable('checkServer', cause);
@@ -44,6 +48,14 @@ export async function checkServer(options: ServerCheckOptions): Promise<void> {
       if (enforce) throw new ConfigError(message);
       logger.warn(message);
     }
+  }
+  if (refused.length > 0) {
+    const denied = refused.some((m) => m.startsWith('NOPERM'));
+    logger.warn(
+      `cannot read maxmemory-policy: CONFIG GET was refused${denied ? ' (the ACL user lacks +config|get)' : ''}; ` +
+        'make sure the policy is "noeviction" (or pass checkEvictionPolicy: false to skip this check)',
+      { code: 'CONFIG_GET_REFUSED', error: refused[0] },
+    );
   }
 }
 

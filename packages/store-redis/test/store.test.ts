@@ -88,7 +88,7 @@ describe('eviction policy check', () => {
       logger,
     });
     await managed.checkServer();
-    expect(logger.warnings.at(-1)).toMatch(/CONFIG GET refused/);
+    expect(logger.warnings.at(-1)).toMatch(/CONFIG GET was refused/);
   });
 });
 

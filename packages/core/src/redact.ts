@@ -1,0 +1,73 @@
+/**
+ * Keeping idempotency keys and payloads out of telemetry. Keys are customer data (order ids,
+ * emails): unless `recordKeys` is set, spans and log lines never carry them, and error messages
+ * that quote a key (or, like `JSON.parse`, quote the payload) have it replaced by
+ * {@link REDACTED} before they reach a span status, an exception event or a log line. Records and
+ * dead-letter headers keep the full messages: they are data, not telemetry.
+ */
+
+/** What replaces a key or a payload fragment in telemetry. */
+export const REDACTED = '[redacted]';
+
+/** Turns a text that may quote a key or a payload into one that does not. */
+export type Scrub = (text: string) => string;
+
+export const noScrub: Scrub = (text) => text;
+
+/** Below this length a key is replaced only where a message quotes it (`"42"`), not inside words. */
+const MIN_BARE_LENGTH = 6;
+/** Quoted fragments of the payload shorter than this are left alone (`"id"`, `"a"`). */
+const MIN_FRAGMENT_LENGTH = 4;
+// Error messages shorten long keys to 77 characters and `...` (errors.ts `truncate`).
+const TRUNCATED_AT = 77;
+
+/**
+ * A scrub that replaces every given secret (keys, store keys) and, with `payload`, every quoted
+ * fragment of the payload's text, in any text it is given. Secrets may be added later with
+ * {@link Scrubber.add} (the key is known only once the delivery was read).
+ */
+export interface Scrubber {
+  readonly scrub: Scrub;
+  add(...secrets: (string | undefined)[]): void;
+}
+
+export function createScrubber(payload?: Uint8Array): Scrubber {
+  const secrets = new Set<string>();
+  let payloadText: string | undefined;
+  const text = () => {
+    if (payloadText === undefined && payload !== undefined && payload.byteLength > 0) {
+      payloadText = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString('utf8');
+    }
+    return payloadText;
+  };
+  const scrub: Scrub = (input) => {
+    if (typeof input !== 'string' || input.length === 0) return input;
+    let out = input;
+    // Longest first, so a store key (`ns:consumer:key`) goes whole before its key part.
+    for (const secret of [...secrets].sort((a, b) => b.length - a.length)) {
+      out =
+        secret.length >= MIN_BARE_LENGTH
+          ? out.split(secret).join(REDACTED)
+          : out.split(`"${secret}"`).join(`"${REDACTED}"`);
+    }
+    const body = payload === undefined ? undefined : text();
+    if (body !== undefined) {
+      // `JSON.parse` and most decoders quote the input they choke on, shortened with `...`.
+      out = out.replace(/"((?:[^"\\]|\\.)*)"/g, (quoted, inner: string) => {
+        const fragment = inner.replace(/^\.\.\./, '').replace(/\.\.\.$/, '');
+        return fragment.length >= MIN_FRAGMENT_LENGTH && body.includes(fragment) ? `"${REDACTED}"` : quoted;
+      });
+    }
+    return out;
+  };
+  return {
+    scrub,
+    add(...values) {
+      for (const value of values) {
+        if (typeof value !== 'string' || value.length === 0) continue;
+        secrets.add(value);
+        if (value.length > TRUNCATED_AT + 3) secrets.add(`${value.slice(0, TRUNCATED_AT)}...`);
+      }
+    },
+  };
+}
