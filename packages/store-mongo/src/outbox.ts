@@ -98,8 +98,13 @@ function pendingStamp(): number {
 export interface MongoOutboxSourceOptions {
   /** The collection your documents (and their `eo_outbox`) live in. */
   collection: Collection<Document>;
-  /** Documents per read from the server. @defaultValue 1000 */
-  batchSize?: number;
+  /**
+   * Documents per read. Each read is one complete query (no cursor stays open while the relay
+   * publishes and marks: FerretDB 1.x stalls every writer while a cursor is open). A read on a
+   * server without the index scans the collection, so fewer, larger pages are faster there.
+   * @defaultValue 10000
+   */
+  pageSize?: number;
 }
 
 export interface MongoOutboxSource extends OutboxSource {
@@ -110,7 +115,7 @@ export interface MongoOutboxSource extends OutboxSource {
 /** The relay's source over `collection`; see {@link outboxFields}. */
 export function createMongoOutboxSource(options: MongoOutboxSourceOptions): MongoOutboxSource {
   const { collection } = options;
-  const batchSize = options.batchSize ?? 1000;
+  const pageSize = options.pageSize ?? 10_000;
   // Entry ids are strings; documents keep their own `_id` type (ObjectId, number, string). The
   // `eo_pending` read with the entry makes its `$unset` conditional: a document rewritten with
   // new events after the read (a new `eo_pending`) stays pending.
@@ -125,18 +130,34 @@ export function createMongoOutboxSource(options: MongoOutboxSourceOptions): Mong
       );
     },
     async *scan() {
-      const cursor = collection
-        .find(pending, { projection: { [OUTBOX_FIELD]: 1, [PENDING_FIELD]: 1 } })
-        .sort({ [PENDING_FIELD]: 1, _id: 1 })
-        .batchSize(batchSize);
-      try {
-        for await (const doc of cursor) {
+      // Pages in (eo_pending, _id) order: the next page starts at the last page's eo_pending and
+      // skips the documents already read at exactly that value.
+      let after: number | undefined;
+      let readAtAfter = 0;
+      for (;;) {
+        const filter = after === undefined ? pending : { [PENDING_FIELD]: { $gte: after } };
+        const page = await collection
+          .find(filter, {
+            projection: { [OUTBOX_FIELD]: 1, [PENDING_FIELD]: 1 },
+            sort: { [PENDING_FIELD]: 1, _id: 1 },
+            skip: readAtAfter,
+            limit: pageSize,
+            batchSize: pageSize,
+            singleBatch: true,
+          })
+          .toArray();
+        for (const doc of page) {
           const id = `${typeof doc._id}:${String(doc._id)}`;
-          read.set(id, { _id: doc._id, pending: doc[PENDING_FIELD] });
+          const stamp = doc[PENDING_FIELD] as number;
+          read.set(id, { _id: doc._id, pending: stamp });
+          if (stamp === after) readAtAfter++;
+          else {
+            after = stamp;
+            readAtAfter = 1;
+          }
           yield { id, messages: decodeMessages(doc[OUTBOX_FIELD]) } satisfies OutboxEntry;
         }
-      } finally {
-        await cursor.close();
+        if (page.length < pageSize) return;
       }
     },
     async markPublished(entryIds) {

@@ -1,0 +1,129 @@
+/**
+ * The document outbox on both local MongoDB-wire servers, published to the real Kafka by the
+ * relay: every event once and in order per document; a document rewritten with a new event after
+ * the relay read it stays pending and its new event is published too.
+ */
+import { createOutboxRelay } from '@exactly-once/core';
+import { createProducer } from '@exactly-once/kafka';
+import { createMongoOutboxSource, outboxFields, PENDING_FIELD } from '@exactly-once/store-mongo';
+import { Kafka, logLevel } from 'kafkajs';
+import { type Collection, type Document, MongoClient } from 'mongodb';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { env, uniqueName } from '../support/env.js';
+
+const servers = [
+  ['FerretDB', env.mongoUrl],
+  ['mongo-java-server', env.mongoJavaUrl],
+] as const;
+const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+const kafka = new Kafka({
+  clientId: 'outbox-relay-test',
+  brokers: [...env.kafkaBrokers],
+  logLevel: logLevel.NOTHING,
+});
+
+async function newTopic(): Promise<string> {
+  const topic = uniqueName('outbox');
+  const admin = kafka.admin();
+  await admin.connect();
+  await admin.createTopics({ topics: [{ topic, numPartitions: 2 }], waitForLeaders: true });
+  await admin.disconnect();
+  return topic;
+}
+
+/** Every record of the topic as `<idempotency key>`, per partition in offset order. */
+async function readAll(topic: string, expected: number): Promise<string[]> {
+  const keys: string[] = [];
+  const consumer = kafka.consumer({ groupId: uniqueName('outbox-read') });
+  await consumer.connect();
+  await consumer.subscribe({ topic, fromBeginning: true });
+  await new Promise<void>((resolve, reject) => {
+    consumer
+      .run({
+        eachMessage: async ({ message }) => {
+          keys.push(String(message.headers?.['x-idempotency-key']));
+          if (keys.length >= expected) resolve();
+        },
+      })
+      .catch(reject);
+  });
+  await consumer.disconnect();
+  return keys;
+}
+
+describe.each(servers)('document outbox on %s, relayed to Kafka', (_name, url) => {
+  let mongo: MongoClient;
+  let orders: Collection<Document>;
+  beforeAll(async () => {
+    mongo = new MongoClient(url);
+    await mongo.connect();
+    orders = mongo.db('outbox_test').collection(uniqueName('orders'));
+  });
+  afterAll(async () => {
+    await orders.drop().catch(() => {});
+    await mongo.close();
+  });
+
+  it("publishes each document's events once, in order, and marks the documents", async () => {
+    // Prepare
+    const topic = await newTopic();
+    const docs = Array.from({ length: 150 }, (_, i) => ({
+      _id: `o-${i}` as never,
+      amount: i,
+      ...outboxFields(`o-${i}`, [
+        { destination: topic, key: `o-${i}`, body: { type: 'Created', n: i } },
+        { destination: topic, key: `o-${i}`, body: { type: 'Priced', n: i } },
+      ]),
+    }));
+    await orders.insertMany(docs);
+    const source = createMongoOutboxSource({ collection: orders, pageSize: 40 });
+    await source.ensureIndexes();
+    const producer = createProducer({ kafka });
+    const relay = createOutboxRelay({
+      source,
+      publisher: producer,
+      window: { initial: 16, max: 64 },
+      logger: quiet,
+    });
+    // Act
+    relay.start();
+    await relay.drained();
+    await relay.stop();
+    await producer.disconnect();
+    // Assess
+    const keys = await readAll(topic, 300);
+    expect(keys).toHaveLength(300);
+    expect(new Set(keys).size).toBe(300);
+    for (let i = 0; i < 150; i++) expect(keys.indexOf(`o-${i}/0`)).toBeLessThan(keys.indexOf(`o-${i}/1`));
+    expect(relay.stats().maxInFlight).toBeLessThanOrEqual(64);
+    expect(await orders.countDocuments({ [PENDING_FIELD]: { $exists: true } })).toBe(0);
+  });
+
+  it('a document rewritten with a new event after the relay read it stays pending, and the new event goes out', async () => {
+    // Prepare: the relay reads o-x, then the service adds an event before the relay marks it.
+    const topic = await newTopic();
+    await orders.insertOne({
+      _id: 'x-1' as never,
+      ...outboxFields('x-1', [{ destination: topic, key: 'x-1', body: { type: 'Created' } }]),
+    });
+    const source = createMongoOutboxSource({ collection: orders });
+    const entries = [];
+    for await (const entry of source.scan()) entries.push(entry);
+    const rewrite = outboxFields('x-1', [
+      { destination: topic, key: 'x-1', body: { type: 'Created' } },
+      { destination: topic, key: 'x-1', body: { type: 'Cancelled' } },
+    ]);
+    await orders.updateOne({ _id: 'x-1' as never }, { $set: rewrite });
+    // Act
+    await source.markPublished(entries.map((e) => e.id));
+    // Assess
+    expect(await orders.countDocuments({ _id: 'x-1' as never, [PENDING_FIELD]: { $exists: true } })).toBe(1);
+    const producer = createProducer({ kafka });
+    const relay = createOutboxRelay({ source, publisher: producer, logger: quiet });
+    relay.start();
+    await relay.drained();
+    await relay.stop();
+    await producer.disconnect();
+    expect(await readAll(topic, 2)).toEqual(['x-1/0', 'x-1/1']);
+  });
+});
