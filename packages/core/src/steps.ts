@@ -41,7 +41,10 @@ export interface StepOptions<S = unknown> {
    * and an in-doubt step simply runs `fn` again (make it idempotent with `ctx.keyFor(name)`).
    * An error thrown by `reconcile` reaches the handler, and `fn` does not run.
    */
-  reconcile?: (info: StepReconcileInfo) => Promise<StepReconcileResult<S>> | StepReconcileResult<S>;
+  // NoInfer: the step's type comes from `fn`; reconcile's `{ done: false }` must not widen it.
+  reconcile?: (
+    info: StepReconcileInfo,
+  ) => Promise<StepReconcileResult<NoInfer<S>>> | StepReconcileResult<NoInfer<S>>;
   /**
    * When `fn` still fails after its retries (or fails with a non-retryable error): `fail` passes
    * the error to the handler; `continue` resolves the step with `fallback`, journaled, so later

@@ -86,8 +86,16 @@ export function watchStuck(store: ProcessedStore, options: WatchStuckOptions): S
     count = (await findStuck(store, options)).length;
     return count;
   };
+  // A query slower than the interval (a scan of a large keyspace) must not pile up behind itself.
+  let running = false;
   const tick = () => {
-    refresh().catch((error: unknown) => options.onError?.(error));
+    if (running) return;
+    running = true;
+    refresh()
+      .catch((error: unknown) => options.onError?.(error))
+      .finally(() => {
+        running = false;
+      });
   };
   const timer = setInterval(tick, intervalMs);
   timer.unref?.();
