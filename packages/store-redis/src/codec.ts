@@ -74,7 +74,7 @@ export function packResult(result: StoredResult | undefined): Buffer | string {
   return `b${JSON.stringify(result.raw ? [uri, size, sha256, 1] : [uri, size, sha256])}`;
 }
 
-function unpackResult(packed: Buffer): StoredResult {
+export function unpackResult(packed: Buffer): StoredResult {
   if (packed[0] === 0x69 /* i */) return { kind: 'inline', data: copy(packed.subarray(1)) };
   const [uri, size, sha256, raw] = JSON.parse(packed.subarray(1).toString('utf8')) as [
     string,

@@ -5,6 +5,7 @@
 export { createRedisStore } from './store.js';
 export type { CompactedRecord, RedisProcessedStore, RedisStoreOptions } from './store.js';
 export type { RedisArg, RedisClient } from './client.js';
+export type { BlobCollectionOptions, BlobCollectionStats } from './blob-collection.js';
 export type { CompactionOptions, CompactionStats } from './compaction.js';
 export { LAYOUT_VERSION } from './generated/scripts.js';
 export { redisKeyFor } from './layout.js';

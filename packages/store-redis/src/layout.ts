@@ -10,6 +10,8 @@
  * - record:  `<prefix>:{<tag>}:<id>`
  * - bucket:  `<prefix>:{<tag>}m` — compaction markers of the tag's keys (hash: id -> marker)
  * - index:   `<prefix>:{<tag>}i` — completions awaiting compaction (sorted set: id -> completedAt)
+ * - blobs:   `<prefix>:{<tag>}b` — blob results of the tag's records (sorted set: packed pointer ->
+ *            the record's physical end), for `collectBlobs`
  *
  * All keys of a record share the `{<tag>}` hash tag, so every script runs on one cluster slot.
  * Two distinct keys share a record only if 144 bits of their sha256 agree: about n²/2^145 for n
@@ -23,6 +25,7 @@ export interface RecordKeys {
   readonly record: Buffer;
   readonly bucket: Buffer;
   readonly index: Buffer;
+  readonly blobs: Buffer;
   /** The record's 16-byte id: its name suffix, index member and marker field. */
   readonly id: Buffer;
 }
@@ -38,6 +41,10 @@ export function bucketKey(prefix: string, tag: number): Buffer {
 
 export function indexKey(prefix: string, tag: number): Buffer {
   return Buffer.from(`${tagPrefix(prefix, tag)}i`);
+}
+
+export function blobIndexKey(prefix: string, tag: number): Buffer {
+  return Buffer.from(`${tagPrefix(prefix, tag)}b`);
 }
 
 export function recordKey(prefix: string, tag: number, id: Buffer): Buffer {
@@ -67,6 +74,7 @@ function computeKeys(prefix: string, key: string): RecordKeys {
     record: recordKey(prefix, tag, id),
     bucket: bucketKey(prefix, tag),
     index: indexKey(prefix, tag),
+    blobs: blobIndexKey(prefix, tag),
     id,
   };
 }

@@ -5,6 +5,7 @@
 import {
   type BeginRequest,
   type BeginResult,
+  type BlobStore,
   type ClearResult,
   type CompleteRequest,
   ConfigError,
@@ -41,6 +42,7 @@ import {
   packResult,
   packText,
 } from './codec.js';
+import { type BlobCollectionOptions, type BlobCollectionStats, collectBlobPass } from './blob-collection.js';
 import { type CompactionOptions, type CompactionStats, compactPass } from './compaction.js';
 import { scripts } from './generated/scripts.js';
 import { listInProgress } from './in-progress.js';
@@ -95,6 +97,11 @@ export interface RedisProcessedStore extends ProcessedStore {
   checkServer(): Promise<void>;
   /** One compaction pass over this store's index; needs `compactAfterMs`. */
   compactCompleted(options?: CompactionOptions): Promise<CompactionStats>;
+  /**
+   * One pass deleting from `blobs` the blob results of records past their physical end (expiry +
+   * `expiredGraceMs`); run it periodically with the consumer's blob store (see the README).
+   */
+  collectBlobs(blobs: BlobStore, options?: BlobCollectionOptions): Promise<BlobCollectionStats>;
   close(): Promise<void>;
 }
 
@@ -150,14 +157,14 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
     return reply === 1 ? 'ok' : 'lost';
   };
 
-  /** What complete-2.lua and completeMany-n.lua need of one request. */
+  /** What complete-3.lua and completeMany-n.lua need of one request. */
   const completeParts = (request: CompleteRequest) => {
     const keys = keysFor(prefix, request.key);
     const indexed = compactAfterMs !== undefined && request.retentionMs > compactAfterMs;
     const messages: RedisArg[] = [];
     for (const message of request.outgoing) messages.push(message.id, packMessage(message));
     return {
-      keys: [keys.record, keys.index],
+      keys: [keys.record, keys.index, keys.blobs],
       fence: String(request.fence),
       retention: ms(request.retentionMs),
       // trace id ('' = keep the stored one), result ('' = none), index member ('' = not indexed)
@@ -378,6 +385,11 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       }
       await ready();
       return compactPass({ client, prefix, compactAfterMs, graceMs }, compaction);
+    },
+
+    async collectBlobs(blobs: BlobStore, collection?: BlobCollectionOptions): Promise<BlobCollectionStats> {
+      await ready();
+      return collectBlobPass({ client, prefix, blobs }, collection);
     },
 
     async close(): Promise<void> {

@@ -361,14 +361,15 @@ return { compacted, dropped, deferred }
 `,
   },
   complete: {
-    command: 'eoComplete_v1_5051970b',
-    numberOfKeys: 2,
-    sha1: '5051970b3a0d1a7472dfe14cb12a0acc9d56420b',
+    command: 'eoComplete_v1_46b6fc7b',
+    numberOfKeys: 3,
+    sha1: '46b6fc7b38bb32a3077e0ad348ec2d776304cc82',
     lua: `--[[
 complete: IN_PROGRESS(fence) -> COMPLETED with result and outgoing messages, in one write.
 
 KEYS[1]  record hash
 KEYS[2]  completion index of the key's hash tag (sorted set member -> completedAt)
+KEYS[3]  blob index of the key's hash tag (sorted set: packed blob pointer -> the record's physical end)
 ARGV[1]  fence
 ARGV[2]  retention (ms): the record answers duplicates until server now + retention
 ARGV[3]  grace (ms) the record is physically kept past its expiry, to continue its fence
@@ -391,7 +392,9 @@ local function int(n) return string.format('%d', n) end
 -- completeOne: IN_PROGRESS(fence) -> COMPLETED of one key (see complete-2.lua). Its outgoing
 -- messages are ARGV[first], ARGV[first + 1], ... : \`count\` pairs of id, message.
 -- Returns 1 (ok) or 0 (lost).
-local function completeOne(rec, index, fence, retention, grace, trace, result, id, first, count, now)
+-- A blob result's pointer goes into \`blobs\` (the tag's blob index: member = packed pointer, score
+-- = the record's physical end), so collectBlobs can delete the blob once no record names it.
+local function completeOne(rec, index, blobs, fence, retention, grace, trace, result, id, first, count, now)
   local h = rcall('HMGET', rec, 's', 'n', 'f', 'a', 't')
   if h[1] ~= 'I' or h[2] ~= fence then return 0 end
   local expiresAt = now + retention
@@ -427,6 +430,8 @@ local function completeOne(rec, index, fence, retention, grace, trace, result, i
   if #fields > 0 then rcall('HSET', rec, unpack(fields)) end
   rcall('PEXPIREAT', rec, physicalEnd)
 
+  if string.sub(result, 1, 1) == 'b' then rcall('ZADD', blobs, 'GT', physicalEnd, result) end
+
   if id ~= '' then
     rcall('ZADD', index, int(now), id)
     -- The index lives as long as its newest record; compaction prunes it meanwhile.
@@ -436,20 +441,21 @@ local function completeOne(rec, index, fence, retention, grace, trace, result, i
   return 1
 end
 
-return completeOne(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5],
+return completeOne(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5],
   ARGV[6], 7, (#ARGV - 6) / 2, now)
 `,
   },
   completeMany: {
-    command: 'eoCompleteMany_v1_8f0c33fa',
+    command: 'eoCompleteMany_v1_78d3ddcf',
     numberOfKeys: undefined,
-    sha1: '8f0c33fad19adacbff7ff4ab2987842ac5274e8a',
+    sha1: '78d3ddcf84986f461041932ecd200be82407b234',
     lua: `--[[
 completeMany: complete several keys in one call, in order, each exactly as complete-2.lua would.
-Called with numkeys = 2 * number of keys.
+Called with numkeys = 3 * number of keys.
 
-KEYS[1], KEYS[3] ...  record hash of key 1, 2, ... (KEYS[2i-1] for key i)
-KEYS[2], KEYS[4] ...  completion index of each key's hash tag (KEYS[2i])
+KEYS[1], KEYS[4] ...  record hash of key 1, 2, ... (KEYS[3i-2] for key i)
+KEYS[2], KEYS[5] ...  completion index of each key's hash tag (KEYS[3i-1])
+KEYS[3], KEYS[6] ...  blob index of each key's hash tag (KEYS[3i])
 ARGV[1]  grace (ms) a record is physically kept past its expiry
 then per key, in order: fence, retention (ms), trace id (encoded; '' = keep the stored one),
 result (encoded; '' = none), record id for the index ('' = not indexed), outgoing message count
@@ -464,7 +470,9 @@ local function int(n) return string.format('%d', n) end
 -- completeOne: IN_PROGRESS(fence) -> COMPLETED of one key (see complete-2.lua). Its outgoing
 -- messages are ARGV[first], ARGV[first + 1], ... : \`count\` pairs of id, message.
 -- Returns 1 (ok) or 0 (lost).
-local function completeOne(rec, index, fence, retention, grace, trace, result, id, first, count, now)
+-- A blob result's pointer goes into \`blobs\` (the tag's blob index: member = packed pointer, score
+-- = the record's physical end), so collectBlobs can delete the blob once no record names it.
+local function completeOne(rec, index, blobs, fence, retention, grace, trace, result, id, first, count, now)
   local h = rcall('HMGET', rec, 's', 'n', 'f', 'a', 't')
   if h[1] ~= 'I' or h[2] ~= fence then return 0 end
   local expiresAt = now + retention
@@ -500,6 +508,8 @@ local function completeOne(rec, index, fence, retention, grace, trace, result, i
   if #fields > 0 then rcall('HSET', rec, unpack(fields)) end
   rcall('PEXPIREAT', rec, physicalEnd)
 
+  if string.sub(result, 1, 1) == 'b' then rcall('ZADD', blobs, 'GT', physicalEnd, result) end
+
   if id ~= '' then
     rcall('ZADD', index, int(now), id)
     -- The index lives as long as its newest record; compaction prunes it meanwhile.
@@ -512,9 +522,9 @@ end
 local grace = tonumber(ARGV[1])
 local out = {}
 local a = 2
-for i = 1, #KEYS / 2 do
+for i = 1, #KEYS / 3 do
   local count = tonumber(ARGV[a + 5])
-  out[i] = completeOne(KEYS[2 * i - 1], KEYS[2 * i], ARGV[a], tonumber(ARGV[a + 1]), grace, ARGV[a + 2],
+  out[i] = completeOne(KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i], ARGV[a], tonumber(ARGV[a + 1]), grace, ARGV[a + 2],
     ARGV[a + 3], ARGV[a + 4], a + 6, count, now)
   a = a + 6 + 2 * count
 end

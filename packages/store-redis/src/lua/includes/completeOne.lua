@@ -1,7 +1,9 @@
 -- completeOne: IN_PROGRESS(fence) -> COMPLETED of one key (see complete-2.lua). Its outgoing
 -- messages are ARGV[first], ARGV[first + 1], ... : `count` pairs of id, message.
 -- Returns 1 (ok) or 0 (lost).
-local function completeOne(rec, index, fence, retention, grace, trace, result, id, first, count, now)
+-- A blob result's pointer goes into `blobs` (the tag's blob index: member = packed pointer, score
+-- = the record's physical end), so collectBlobs can delete the blob once no record names it.
+local function completeOne(rec, index, blobs, fence, retention, grace, trace, result, id, first, count, now)
   local h = rcall('HMGET', rec, 's', 'n', 'f', 'a', 't')
   if h[1] ~= 'I' or h[2] ~= fence then return 0 end
   local expiresAt = now + retention
@@ -36,6 +38,8 @@ local function completeOne(rec, index, fence, retention, grace, trace, result, i
   end
   if #fields > 0 then rcall('HSET', rec, unpack(fields)) end
   rcall('PEXPIREAT', rec, physicalEnd)
+
+  if string.sub(result, 1, 1) == 'b' then rcall('ZADD', blobs, 'GT', physicalEnd, result) end
 
   if id ~= '' then
     rcall('ZADD', index, int(now), id)

@@ -3,6 +3,7 @@ complete: IN_PROGRESS(fence) -> COMPLETED with result and outgoing messages, in 
 
 KEYS[1]  record hash
 KEYS[2]  completion index of the key's hash tag (sorted set member -> completedAt)
+KEYS[3]  blob index of the key's hash tag (sorted set: packed blob pointer -> the record's physical end)
 ARGV[1]  fence
 ARGV[2]  retention (ms): the record answers duplicates until server now + retention
 ARGV[3]  grace (ms) the record is physically kept past its expiry, to continue its fence
@@ -24,5 +25,5 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function int(n) return string.format('%d', n) end
 --- @include "includes/completeOne"
 
-return completeOne(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5],
+return completeOne(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5],
   ARGV[6], 7, (#ARGV - 6) / 2, now)

@@ -1,0 +1,91 @@
+/**
+ * Blob results are collected once their records are past their physical end, on standalone Redis
+ * and on the Cluster, with the filesystem blob store: the store goes back to its starting size, and
+ * a blob a live record (or nothing the store indexes, e.g. a journaled step's) names is kept.
+ */
+import { randomUUID } from 'node:crypto';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { type BlobStore, createFsBlobStore } from '@exactly-once/core';
+import type { Cluster, Redis } from 'ioredis';
+import { afterAll, describe, expect, it } from 'vitest';
+import { createRedisStore } from '../src/index.js';
+import { cluster, dropPrefix, standalone, testPrefix } from './helpers.js';
+
+const directories: string[] = [];
+afterAll(async () => {
+  await Promise.all(directories.map((d) => rm(d, { recursive: true, force: true })));
+});
+
+async function blobFiles(directory: string): Promise<number> {
+  let count = 0;
+  for (const entry of await readdir(directory)) {
+    if (/^[0-9a-f]{2}$/.test(entry)) count += (await readdir(join(directory, entry))).length;
+  }
+  return count;
+}
+
+async function completeWithBlob(
+  store: ReturnType<typeof createRedisStore>,
+  blobs: BlobStore,
+  key: string,
+  retentionMs: number,
+) {
+  const begun = await store.begin({ key, fingerprint: 'fp', owner: 'w', leaseMs: 30_000 });
+  if (begun.status !== 'acquired') throw new Error(`expected acquired, got ${begun.status}`);
+  const pointer = await blobs.put(Buffer.from(`result of ${key}`));
+  expect(
+    await store.complete({
+      key,
+      fence: begun.fence,
+      result: { kind: 'blob', pointer },
+      outgoing: [],
+      retentionMs,
+    }),
+  ).toBe('ok');
+  return pointer;
+}
+
+describe.each([
+  ['standalone', standalone],
+  ['cluster', cluster],
+] as const)('blob collection on Redis %s', (_name, connect: () => Redis | Cluster) => {
+  it('1,000 blob results whose records expired are deleted; the blob store is back at its starting size', async () => {
+    // Prepare
+    const client = connect();
+    const prefix = testPrefix('blobs');
+    const directory = await mkdtemp(join(tmpdir(), 'eo-redis-blobs-'));
+    directories.push(directory);
+    const blobs = createFsBlobStore({ directory });
+    const store = createRedisStore({ client, prefix, expiredGraceMs: 0, checkEvictionPolicy: false });
+    const unreferenced = await blobs.put(
+      Buffer.from('a step journaled this pointer; no record result names it'),
+    );
+    const start = await blobFiles(directory);
+    const live = await completeWithBlob(store, blobs, `live-${randomUUID()}`, 3_600_000);
+    const keys = Array.from({ length: 1_000 }, (_, i) => `k-${i}-${randomUUID()}`);
+    for (let i = 0; i < keys.length; i += 50) {
+      await Promise.all(keys.slice(i, i + 50).map((key) => completeWithBlob(store, blobs, key, 200)));
+    }
+    expect(await blobFiles(directory)).toBe(start + 1_001);
+    try {
+      // Act: before expiry nothing goes; after it every expired record's blob does.
+      const early = await store.collectBlobs(blobs);
+      await new Promise((r) => setTimeout(r, 400));
+      const late = await store.collectBlobs(blobs);
+      const again = await store.collectBlobs(blobs);
+      // Assess
+      expect(early.deleted).toBeLessThan(1_000);
+      expect(early.deleted + late.deleted).toBe(1_000);
+      expect(again.deleted).toBe(0);
+      expect(await blobFiles(directory)).toBe(start + 1);
+      expect((await blobs.get(live)).byteLength).toBeGreaterThan(0);
+      expect((await blobs.get(unreferenced)).byteLength).toBeGreaterThan(0);
+    } finally {
+      await dropPrefix(client, prefix);
+      await store.close();
+      client.disconnect();
+    }
+  }, 120_000);
+});
