@@ -19,13 +19,15 @@ import {
   type ConsumeRound,
   type ConsumeVariant,
   type Driver,
+  isConfluent,
   runConsume,
   summarizeConsume,
 } from './lib/consume.js';
-import { benchDir, machineInfo, sampleLoad } from './lib/env.js';
+import { benchDir, env, machineInfo, sampleLoad } from './lib/env.js';
 import { KafkaDriver } from './lib/kafka.js';
 import { type LatencyResult, runLatency, summarizeLatency, summarizePings } from './lib/latency.js';
 import { OUTBOX_VARIANTS, type OutboxRound, runOutbox, summarizeOutbox } from './lib/outbox.js';
+import { type RelayRound, relayTable, runOutboxRelay, summarizeRelay } from './lib/outbox-relay.js';
 import { PowertoolsKit } from './lib/powertools.js';
 import { formatProfile, type ProfileSummary, summarizeProfileFile } from './lib/profile.js';
 import { createProgress } from './lib/progress.js';
@@ -44,10 +46,18 @@ import {
 import { runStorage, type StorageResult } from './lib/storage.js';
 import { StoreKit } from './lib/stores.js';
 
-const SECTIONS = ['kafka', 'rabbitmq', 'latency', 'storage', 'outbox', 'mongo-accumulation'] as const;
+const SECTIONS = [
+  'kafka',
+  'rabbitmq',
+  'latency',
+  'storage',
+  'outbox',
+  'outbox-relay',
+  'mongo-accumulation',
+] as const;
 type Section = (typeof SECTIONS)[number];
 /** Run only when `--only` names them: filling 100,000 records on FerretDB 1.x takes long. */
-const OPT_IN: readonly Section[] = ['mongo-accumulation'];
+const OPT_IN: readonly Section[] = ['mongo-accumulation', 'outbox-relay'];
 
 const int = (value: string): number => {
   const n = Number(value);
@@ -99,6 +109,11 @@ const program = new Command('bench')
   .option('--outbox <n>', 'outbox backlog size (default 100000; quick 200)', int)
   .option('--outbox-window <n>', 'max unconfirmed messages during the drain (default 256)', int)
   .option('--outbox-rounds <n>', 'interleaved outbox rounds (default 3; quick 1)', int)
+  .option(
+    '--outbox-relay-window <n>',
+    'outbox-relay: the relay window and raw batch size (default 2048)',
+    int,
+  )
   .option(
     '--accumulation <n1,n2,...>',
     'mongo-accumulation: record counts at which to measure (default 10000,100000; quick 100,200)',
@@ -157,6 +172,7 @@ const config = {
   outbox: pick(o.outbox, 100_000, 200),
   outboxWindow: pick(o.outboxWindow, 256, 64),
   outboxRounds: pick(o.outboxRounds, 3, 1),
+  outboxRelayWindow: pick(o.outboxRelayWindow, 2048, 64),
   accumulation: (o.accumulation as number[] | undefined) ?? (quick ? [100, 200] : [10_000, 100_000]),
   accumulationOps: pick(o.accumulationOps, 2000, 50),
   timeoutMs: pick(o.timeout, 1800, 300) * 1000,
@@ -181,6 +197,7 @@ let latency: LatencyResult | undefined;
 let storage: StorageResult | undefined;
 let outboxRounds: OutboxRound[] | undefined;
 let accumulation: AccumulationResult | undefined;
+let relayRounds: RelayRound[] | undefined;
 
 progress.note(
   `bench ${quick ? '(quick) ' : ''}sections ${config.sections.join(',')}; ` +
@@ -233,7 +250,8 @@ try {
         rounds: config.rounds,
         messages: config.latencyMessages,
         mongoMessages: Math.min(config.latencyMessages, config.mongoMessages),
-        variants: config.variants,
+        // No broker here: a Kafka client variant would only repeat raw and sdk-redis.
+        variants: config.variants.filter((v) => !isConfluent(v)),
         pings: config.pings,
       },
       kits,
@@ -262,6 +280,17 @@ try {
         variants: OUTBOX_VARIANTS,
       },
       stores,
+      progress,
+    );
+  });
+  await section('outbox-relay', async () => {
+    relayRounds = await runOutboxRelay(
+      {
+        rounds: config.outboxRounds,
+        orders: Math.ceil(config.outbox / 2),
+        window: config.outboxRelayWindow,
+        mongoUrl: env.mongoJavaUrl,
+      },
       progress,
     );
   });
@@ -338,6 +367,17 @@ if (outboxSummary) {
   );
   lines.push(outboxTable(outboxSummary), '');
 }
+if (relayRounds) {
+  lines.push(
+    `${HEADERS.outboxRelay} (${Math.ceil(config.outbox / 2)} order documents with 2 events each on mongo-java-server, ` +
+      `Kafka, medians of ${config.outboxRounds} rounds) ==`,
+    relayTable(summarizeRelay(relayRounds)),
+    '  relay-drain: createOutboxRelay over createMongoOutboxSource from the first read to the last message confirmed;',
+    '  raw-publish: the same producer publishing as many messages in window-sized confirmed batches.',
+    '  marked s after: until every document was marked published (background, not in msgs/s).',
+    '',
+  );
+}
 if (accumulation) {
   lines.push(
     `${HEADERS.accumulation} (${accumulation.ops} timed operations per size and kind, ` +
@@ -374,6 +414,7 @@ await writeFile(
       storage,
       outbox: outboxRounds ? { summary: outboxSummary, rounds: outboxRounds } : undefined,
       accumulation,
+      outboxRelay: relayRounds ? { summary: summarizeRelay(relayRounds), rounds: relayRounds } : undefined,
       targets: targetRows,
       profiles,
       failures,

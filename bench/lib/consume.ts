@@ -23,8 +23,21 @@ export const CONSUME_VARIANTS = [
   'sdk-mongo',
   'sdk-mongo-java',
   'powertools',
+  'raw-confluent',
+  'sdk-redis-confluent',
 ] as const;
 export type ConsumeVariant = (typeof CONSUME_VARIANTS)[number];
+/** The Kafka client a consume variant runs on. */
+export type KafkaClient = 'kafkajs' | 'confluent';
+
+/**
+ * Kafka only: `raw` and `sdk-redis` on `@confluentinc/kafka-javascript` (librdkafka, built into
+ * clients/confluent by scripts/confluent-client.sh) instead of kafkajs.
+ */
+export const isConfluent = (variant: string): boolean => variant.endsWith('-confluent');
+/** The raw run a variant's ratios pair with: its own client's (raw-confluent: kafkajs' raw). */
+const rawOf = (variant: ConsumeVariant): ConsumeVariant =>
+  variant === 'sdk-redis-confluent' ? 'raw-confluent' : 'raw';
 export type Broker = 'kafka' | 'rabbitmq';
 
 /** What a raw consumer runs per message: the handler, or the handler wrapped by Powertools. */
@@ -36,10 +49,18 @@ export interface Running {
 
 /** One pre-loaded topic or queue. */
 export interface Source {
-  /** A plain client consumer: decode, `handle`, ack/commit. `onError` counts failed handles. */
-  startRaw(meter: Meter, handle: Handle, onError: () => void): Promise<Running>;
+  /**
+   * A plain client consumer: decode, `handle`, ack/commit. `onError` counts failed handles.
+   * `client`: Kafka's client (RabbitMQ has one).
+   */
+  startRaw(meter: Meter, handle: Handle, onError: () => void, client: KafkaClient): Promise<Running>;
   /** The SDK's consumer on `store`, with the same handler; counts pipeline outcomes. */
-  startSdk(meter: Meter, store: ProcessedStore, outcomes: Record<string, number>): Promise<Running>;
+  startSdk(
+    meter: Meter,
+    store: ProcessedStore,
+    outcomes: Record<string, number>,
+    client: KafkaClient,
+  ): Promise<Running>;
   remove(): Promise<void>;
 }
 
@@ -128,7 +149,7 @@ export function instrument(processor: Processor, meter: Meter, outcomes: Record<
 }
 
 export const storeOf = (variant: string): StoreKind | undefined =>
-  variant.startsWith('sdk-') ? (variant.slice(4) as StoreKind) : undefined;
+  variant.startsWith('sdk-') ? (variant.slice(4).replace(/-confluent$/, '') as StoreKind) : undefined;
 
 /** Short names in topic, queue and message key names. */
 const CODES: Record<ConsumeVariant, string> = {
@@ -139,6 +160,8 @@ const CODES: Record<ConsumeVariant, string> = {
   'sdk-mongo': 'mon',
   'sdk-mongo-java': 'mjv',
   powertools: 'pow',
+  'raw-confluent': 'rcf',
+  'sdk-redis-confluent': 'scf',
 };
 
 const SDK_REDIS_COMMANDS = ['evalsha', 'eval'];
@@ -169,8 +192,10 @@ export async function runConsume(
   progress: Progress,
 ): Promise<{ rounds: ConsumeRound[]; profiles: ProfileSummary[] }> {
   const results: ConsumeRound[] = [];
+  const variants =
+    driver.broker === 'kafka' ? options.variants : options.variants.filter((v) => !isConfluent(v));
   for (let round = 0; round < options.rounds; round++) {
-    for (const variant of rotate(options.variants, round)) {
+    for (const variant of rotate(variants, round)) {
       const result = await retried(`${driver.broker} ${variant}`, progress, () =>
         runOne(driver, variant, round, options, kits, progress),
       );
@@ -185,7 +210,7 @@ export async function runConsume(
   const prefix = options.profilePrefix;
   if (!prefix) return { rounds: results, profiles };
   // Profiled apart: the inspector slows the process it samples, so these runs are not reported.
-  for (const variant of PROFILED.filter((v) => options.variants.includes(v))) {
+  for (const variant of PROFILED.filter((v) => variants.includes(v))) {
     progress.note(`${driver.broker}: profiling one more ${variant} run`);
     const profiler = new CpuProfiler();
     const file = `${prefix}-${driver.broker}-${variant}.cpuprofile`;
@@ -219,6 +244,7 @@ export async function runOne(
   window?: { prepare(): Promise<void>; begin(): void; stop(): Promise<void> },
 ): Promise<ConsumeRound> {
   const kind = storeOf(variant);
+  const client: KafkaClient = isConfluent(variant) ? 'confluent' : 'kafkajs';
   const messages = isMongo(kind) ? options.mongoMessages : options.messages;
   const batch = `${driver.broker.slice(0, 2)}${round}${CODES[variant]}`;
   const source = await driver.prepare(batch, messages);
@@ -243,10 +269,10 @@ export async function runOne(
     const loadBefore = sampleLoad().load1;
     await window?.prepare();
     if (store) {
-      running = await source.startSdk(meter, store.store, outcomes);
+      running = await source.startSdk(meter, store.store, outcomes, client);
     } else {
       const handle: Handle = pt ? (payload, key) => pt.handle({ key, payload }) : handler;
-      running = await source.startRaw(meter, handle, () => errors++);
+      running = await source.startRaw(meter, handle, () => errors++, client);
     }
     await within(meter.finished, options.timeoutMs, `${driver.broker} ${variant} consuming ${messages}`);
     const after = usesRedis ? await commandStats(statsClients) : undefined;
@@ -337,12 +363,12 @@ export function summarizeConsume(rounds: readonly ConsumeRound[]): ConsumeSummar
         rounds: rs.length,
         messages: rs[0]?.messages ?? 0,
         rate: median(rs.map((r) => r.rate)),
-        vsRaw: paired('raw', (r, o) => r.rate / o.rate),
+        vsRaw: paired(rawOf(variant), (r, o) => r.rate / o.rate),
         vsPowertools: paired('powertools', (r, o) => r.rate / o.rate),
         p50Ms: median(rs.map((r) => r.p50Ms)),
         p99Ms: median(rs.map((r) => r.p99Ms)),
-        addedP50Ms: paired('raw', (r, o) => r.p50Ms - o.p50Ms),
-        addedP99Ms: paired('raw', (r, o) => r.p99Ms - o.p99Ms),
+        addedP50Ms: paired(rawOf(variant), (r, o) => r.p50Ms - o.p50Ms),
+        addedP99Ms: paired(rawOf(variant), (r, o) => r.p99Ms - o.p99Ms),
         storeCallsPerMsg: median(rs.map((r) => r.storeCallsPerMsg ?? Number.NaN)),
         keysPerBatch: median(rs.map((r) => r.keysPerBatch ?? Number.NaN)),
         serverCmdsPerMsg: median(rs.map((r) => r.serverCmdsPerMsg ?? Number.NaN)),

@@ -1,15 +1,19 @@
 /**
- * Kafka (kafkajs) driver. Raw and SDK consumers are configured alike: same partitions, same
- * `partitionsConsumedConcurrently`, same fetch wait, manual offset resolution and explicit commits
- * every 100 settled records and at the end of each batch (the SDK's own commit cadence), so the
- * difference between them is the SDK's work per record.
+ * Kafka driver, on kafkajs or (the `-confluent` variants) `@confluentinc/kafka-javascript`. Raw
+ * and SDK consumers are configured alike: same partitions, same `partitionsConsumedConcurrently`,
+ * same fetch wait, manual offset resolution and explicit commits every 100 settled records and
+ * at the end of each batch (the SDK's own commit cadence), so the difference between them is the
+ * SDK's work per record. Topics are created and loaded with kafkajs for every variant.
  */
-import { createConsumer } from '@exactly-once/kafka';
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { join } from 'node:path';
+import { createConsumer, type KafkaLike } from '@exactly-once/kafka';
 import type { ProcessedStore } from '@exactly-once/core';
-import { type Admin, Kafka, logLevel } from 'kafkajs';
-import type { Driver, Handle, Running, Source } from './consume.js';
+import { type Admin, type EachBatchPayload, Kafka, logLevel } from 'kafkajs';
+import type { Driver, Handle, KafkaClient, Running, Source } from './consume.js';
 import { instrument } from './consume.js';
-import { env, uniqueName } from './env.js';
+import { env, repoRoot, uniqueName } from './env.js';
 import type { Meter } from './stats.js';
 import { handler, message, type Order } from './workload.js';
 
@@ -19,9 +23,42 @@ const CONSUMER_CONFIG = { maxWaitTimeInMs: 1000 } as const;
 /** Records retained for an hour: anything a failed cleanup leaves behind expires by itself. */
 const RETENTION = { retentionMs: 3_600_000, retentionCheck: 'off' } as const;
 
+/** What the raw confluent variant uses of `@confluentinc/kafka-javascript`'s KafkaJS API. */
+interface ConfluentConsumer {
+  connect(): Promise<void>;
+  disconnect(): Promise<void>;
+  subscribe(s: { topics: string[] }): Promise<void>;
+  run(config: {
+    eachBatchAutoResolve: boolean;
+    partitionsConsumedConcurrently: number;
+    eachBatch: (payload: EachBatchPayload) => Promise<void>;
+  }): Promise<void>;
+  commitOffsets(offsets: { topic: string; partition: number; offset: string }[]): Promise<void>;
+}
+interface ConfluentKafka extends KafkaLike {
+  consumer(config: object): ConfluentConsumer & ReturnType<KafkaLike['consumer']>;
+}
+
+/** `@confluentinc/kafka-javascript`, from clients/confluent (not a workspace: a native build). */
+function confluentKafka(): ConfluentKafka {
+  const pkg = join(repoRoot, 'clients/confluent/package.json');
+  const hint = 'run `bash scripts/confluent-client.sh` to build clients/confluent';
+  if (!existsSync(pkg)) throw new Error(`the -confluent variants need clients/confluent: ${hint}`);
+  let KafkaJS: { Kafka: new (config: object) => ConfluentKafka; logLevel: { NOTHING: number } };
+  try {
+    ({ KafkaJS } = createRequire(pkg)('@confluentinc/kafka-javascript'));
+  } catch (error) {
+    throw new Error(`@confluentinc/kafka-javascript is not built: ${hint}`, { cause: error });
+  }
+  return new KafkaJS.Kafka({
+    kafkaJS: { clientId: 'eo-bench', brokers: [...env.kafkaBrokers], logLevel: KafkaJS.logLevel.NOTHING },
+  });
+}
+
 export class KafkaDriver implements Driver {
   readonly broker = 'kafka' as const;
   private readonly kafka: Kafka;
+  private confluent: ConfluentKafka | undefined;
 
   constructor(private readonly partitions: number) {
     this.kafka = new Kafka({
@@ -56,7 +93,13 @@ export class KafkaDriver implements Driver {
     } finally {
       await producer.disconnect();
     }
-    return new KafkaSource(this.kafka, admin, topic, this.partitions);
+    return new KafkaSource(
+      this.kafka,
+      () => (this.confluent ??= confluentKafka()),
+      admin,
+      topic,
+      this.partitions,
+    );
   }
 
   async close(): Promise<void> {}
@@ -82,12 +125,14 @@ class KafkaSource implements Source {
 
   constructor(
     private readonly kafka: Kafka,
+    private readonly confluent: () => ConfluentKafka,
     private readonly admin: Admin,
     private readonly topic: string,
     private readonly partitions: number,
   ) {}
 
-  async startRaw(meter: Meter, handle: Handle, onError: () => void): Promise<Running> {
+  async startRaw(meter: Meter, handle: Handle, onError: () => void, client: KafkaClient): Promise<Running> {
+    if (client === 'confluent') return this.startRawConfluent(meter, handle, onError);
     const groupId = uniqueName('eo-bench-raw');
     this.groups.push(groupId);
     const consumer = this.kafka.consumer({ groupId, ...CONSUMER_CONFIG });
@@ -97,48 +142,54 @@ class KafkaSource implements Source {
       autoCommit: false,
       eachBatchAutoResolve: false,
       partitionsConsumedConcurrently: this.partitions,
-      eachBatch: async ({ batch, resolveOffset, commitOffsetsIfNecessary, isRunning, isStale }) => {
-        const commit = (offset: string) =>
-          commitOffsetsIfNecessary({
+      eachBatch: (payload) =>
+        rawBatch(payload, meter, handle, onError, (offset) =>
+          payload.commitOffsetsIfNecessary({
             topics: [
-              {
-                topic: batch.topic,
-                partitions: [{ partition: batch.partition, offset: (BigInt(offset) + 1n).toString() }],
-              },
+              { topic: payload.batch.topic, partitions: [{ partition: payload.batch.partition, offset }] },
             ],
-          });
-        let last: string | undefined;
-        let since = 0;
-        for (const m of batch.messages) {
-          if (!isRunning() || isStale()) break;
-          const startedAt = meter.start();
-          const payload = JSON.parse((m.value as Buffer).toString()) as Order;
-          const key = String(m.headers?.['x-idempotency-key']);
-          try {
-            await handle(payload, key);
-          } catch {
-            onError();
-            break; // the record is fetched again, as a real consumer would retry it
-          }
-          resolveOffset(m.offset);
-          last = m.offset;
-          meter.settle(startedAt);
-          if (++since >= COMMIT_EVERY) {
-            await commit(m.offset);
-            since = 0;
-          }
-        }
-        if (last !== undefined && since > 0) await commit(last);
-      },
+          }),
+        ),
     });
     return { stop: () => consumer.disconnect() };
   }
 
-  async startSdk(meter: Meter, store: ProcessedStore, outcomes: Record<string, number>): Promise<Running> {
+  /**
+   * The same consumer on librdkafka's KafkaJS API: no auto-commit and the start position are
+   * consumer options there, and explicit offsets are committed through the consumer (the
+   * payload's commit takes no offsets).
+   */
+  private async startRawConfluent(meter: Meter, handle: Handle, onError: () => void): Promise<Running> {
+    const groupId = uniqueName('eo-bench-raw');
+    this.groups.push(groupId);
+    const consumer = this.confluent().consumer({
+      kafkaJS: { groupId, ...CONSUMER_CONFIG, fromBeginning: true, autoCommit: false },
+    });
+    await consumer.connect();
+    await consumer.subscribe({ topics: [this.topic] });
+    await consumer.run({
+      eachBatchAutoResolve: false,
+      partitionsConsumedConcurrently: this.partitions,
+      eachBatch: (payload) =>
+        rawBatch(payload, meter, handle, onError, (offset) =>
+          consumer.commitOffsets([
+            { topic: payload.batch.topic, partition: payload.batch.partition, offset },
+          ]),
+        ),
+    });
+    return { stop: () => consumer.disconnect() };
+  }
+
+  async startSdk(
+    meter: Meter,
+    store: ProcessedStore,
+    outcomes: Record<string, number>,
+    client: KafkaClient,
+  ): Promise<Running> {
     const groupId = uniqueName('eo-bench-sdk');
     this.groups.push(groupId);
     const consumer = createConsumer<Order>({
-      kafka: this.kafka,
+      kafka: client === 'confluent' ? this.confluent() : this.kafka,
       groupId,
       topics: [this.topic],
       deadLetter: { topic: `${this.topic}.dlq` },
@@ -165,4 +216,41 @@ class KafkaSource implements Source {
       await this.admin.disconnect();
     }
   }
+}
+
+/**
+ * The raw consumers' batch, on either client: decode, handle, resolve, commit `offset + 1` every
+ * COMMIT_EVERY records and at the end.
+ */
+async function rawBatch(
+  payload: Pick<EachBatchPayload, 'batch' | 'resolveOffset' | 'isRunning' | 'isStale'>,
+  meter: Meter,
+  handle: Handle,
+  onError: () => void,
+  commitNext: (offset: string) => Promise<void>,
+): Promise<void> {
+  const { batch, resolveOffset, isRunning, isStale } = payload;
+  const commit = (offset: string) => commitNext((BigInt(offset) + 1n).toString());
+  let last: string | undefined;
+  let since = 0;
+  for (const m of batch.messages) {
+    if (!isRunning() || isStale()) break;
+    const startedAt = meter.start();
+    const order = JSON.parse((m.value as Buffer).toString()) as Order;
+    const key = String(m.headers?.['x-idempotency-key']);
+    try {
+      await handle(order, key);
+    } catch {
+      onError();
+      break; // the record is fetched again, as a real consumer would retry it
+    }
+    resolveOffset(m.offset);
+    last = m.offset;
+    meter.settle(startedAt);
+    if (++since >= COMMIT_EVERY) {
+      await commit(m.offset);
+      since = 0;
+    }
+  }
+  if (last !== undefined && since > 0) await commit(last);
 }

@@ -12,6 +12,7 @@ export const HEADERS = {
   latency: '== Added latency per message, serial',
   storage: '== Storage per key',
   outbox: '== Outbox drain',
+  outboxRelay: '== Document outbox relay drain to Kafka',
   accumulation: '== Mongo store as records accumulate',
   profiles: '== CPU profiles',
   targets: '== Targets',

@@ -9,9 +9,10 @@
  */
 import { createConsumer, createProducer, type KafkaLike } from '@exactly-once/kafka';
 import { createRedisStore } from '@exactly-once/store-redis';
+import type { Kafka } from 'kafkajs';
 import { crashKit, type KillPoint } from '../support/crash-ledger.js';
 import type { WorkerConfig } from './helpers.js';
-import { fastGroup, newKafka, newRedis } from './helpers.js';
+import { clientKafka, fastGroup, newRedis } from './helpers.js';
 
 /** WorkerConfig, with every kill point of the ledger (helpers.ts lists the points of other tests). */
 export type CrashWorkerConfig = Omit<WorkerConfig, 'killPoint'> & { killPoint?: KillPoint };
@@ -26,12 +27,19 @@ const kit = crashKit({
   killAt: config.killAt,
 });
 
-const realKafka = newKafka(`worker-${process.pid}`);
+// kafkajs' types serve both clients: librdkafka's KafkaJS API has the same shape.
+const realKafka = clientKafka(config.client ?? 'kafkajs', `worker-${process.pid}`) as unknown as Kafka;
 // The client wrapper is where a kill lands between resolving offsets and committing them.
 const kafka: KafkaLike = {
   producer: (c) => realKafka.producer(c),
   consumer(c) {
     const consumer = realKafka.consumer(c as Parameters<typeof realKafka.consumer>[0]);
+    // On librdkafka the adapter commits its offsets through the consumer, not the payload.
+    const commitOffsets = consumer.commitOffsets.bind(consumer);
+    consumer.commitOffsets = async (offsets) => {
+      await kit.hit('before-commit');
+      return commitOffsets(offsets);
+    };
     const run = consumer.run.bind(consumer);
     consumer.run = (cfg) =>
       run({

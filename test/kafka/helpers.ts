@@ -1,6 +1,9 @@
 /** Shared plumbing of the Kafka adapter tests: clients, topics, offsets, ledgers, output checks. */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import type { KafkaConsumer, KafkaLike } from '@exactly-once/kafka';
 import { Redis } from 'ioredis';
 import { type Admin, Kafka, logLevel } from 'kafkajs';
 import { env, uniqueName } from '../support/env.js';
@@ -15,6 +18,88 @@ export function newKafka(clientId: string): Kafka {
     logLevel: logLevel.NOTHING,
     retry: { retries: 12, initialRetryTime: 200, maxRetryTime: 5_000 },
   });
+}
+
+const KAFKA_CLIENTS = ['kafkajs', 'confluent'] as const;
+export type KafkaClientName = (typeof KAFKA_CLIENTS)[number];
+
+/**
+ * The clients the adapter's tests run on: both, or those `EO_KAFKA_CLIENTS` lists
+ * (scripts/other-nodes.sh: kafkajs, the native build being for the main Node only). Topic setup,
+ * input records and output checks always use kafkajs (the test's tooling, not its subject).
+ */
+export const CLIENTS: readonly KafkaClientName[] = (() => {
+  const listed = process.env.EO_KAFKA_CLIENTS?.split(',').map((c) => c.trim());
+  if (!listed) return KAFKA_CLIENTS;
+  const unknown = listed.filter((c) => !(KAFKA_CLIENTS as readonly string[]).includes(c));
+  if (unknown.length > 0 || listed.length === 0) {
+    throw new Error(`EO_KAFKA_CLIENTS: unknown ${unknown.join(', ')} (one of ${KAFKA_CLIENTS.join(', ')})`);
+  }
+  return listed as KafkaClientName[];
+})();
+
+const confluentPackage = fileURLToPath(new URL('../../clients/confluent/package.json', import.meta.url));
+
+/** The part of `@confluentinc/kafka-javascript` the tests use. */
+interface ConfluentModule {
+  KafkaJS: { Kafka: new (config: object) => KafkaLike; logLevel: { NOTHING: number } };
+}
+
+/**
+ * `@confluentinc/kafka-javascript`, from clients/confluent: a native build, kept out of the
+ * workspaces and made by scripts/confluent-client.sh (.ci/run runs it). Not built: an error
+ * saying so, never a skipped test.
+ */
+export function confluentClient(): ConfluentModule {
+  const hint = 'run `bash scripts/confluent-client.sh` (builds it from source into clients/confluent)';
+  if (!existsSync(confluentPackage)) throw new Error(`clients/confluent is missing: ${hint}`);
+  try {
+    return createRequire(confluentPackage)('@confluentinc/kafka-javascript') as ConfluentModule;
+  } catch (error) {
+    throw new Error(`@confluentinc/kafka-javascript is not built or does not load: ${hint}`, {
+      cause: error,
+    });
+  }
+}
+
+/** The `Kafka` instance the adapter under test gets: kafkajs', or librdkafka's KafkaJS API. */
+export function clientKafka(client: KafkaClientName, clientId: string): KafkaLike {
+  if (client === 'kafkajs') return newKafka(clientId);
+  const { KafkaJS } = confluentClient();
+  return new KafkaJS.Kafka({
+    kafkaJS: { clientId, brokers: env.kafkaBrokers, logLevel: KafkaJS.logLevel.NOTHING },
+  });
+}
+
+/**
+ * Counts the group joins (assignments received) of a consumer: kafkajs' GROUP_JOIN event, or on
+ * librdkafka (no `on`/`events`) its assign rebalance callback. Pass `consumerConfig` to
+ * createConsumer, then `attach` the consumer.
+ */
+export function joinCounter(client: KafkaClientName, onJoin: () => void = () => {}) {
+  let joins = 0;
+  const joined = () => {
+    joins++;
+    onJoin();
+  };
+  return {
+    get joins() {
+      return joins;
+    },
+    consumerConfig:
+      client === 'confluent'
+        ? {
+            // ERR__ASSIGN_PARTITIONS
+            rebalance_cb: (event: { code?: number }) => {
+              if (event?.code === -175) joined();
+            },
+          }
+        : {},
+    attach(consumer: KafkaConsumer) {
+      if (client === 'kafkajs')
+        consumer.consumer.on?.(consumer.consumer.events?.GROUP_JOIN as string, joined);
+    },
+  };
 }
 
 /** Consumer settings that keep group joins quick: dead members expire after 6 s. */
@@ -154,6 +239,8 @@ export interface WorkerConfig {
   /** Kill at the n-th event of the kill point. */
   killAt?: number;
   handlerDelayMs?: number;
+  /** The client the worker's adapter runs on. @defaultValue 'kafkajs' */
+  client?: KafkaClientName;
 }
 
 /** Spawns the crash worker as a real process (SIGKILL is the real thing). */

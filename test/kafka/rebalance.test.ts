@@ -1,6 +1,6 @@
 /**
- * Rebalances under load: group members are started, added and SIGKILLed while records flow and
- * more are produced. Every key must have exactly one effect and one completion.
+ * Rebalances under load, on each client: group members are started, added and SIGKILLed while
+ * records flow and more are produced. Every key must have exactly one effect and one completion.
  */
 import { scopeKey } from '@exactly-once/core';
 import { createRedisStore } from '@exactly-once/store-redis';
@@ -9,6 +9,7 @@ import type { Redis } from 'ioredis';
 import type { Admin, Kafka } from 'kafkajs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
+  CLIENTS,
   createTopics,
   distinctKeys,
   exited,
@@ -45,7 +46,7 @@ afterAll(async () => {
   await redis?.quit();
 });
 
-describe('rebalance under load', () => {
+describe.each(CLIENTS)('rebalance under load on %s', (client) => {
   it('adds and SIGKILLs members mid-stream; one effect per key', async () => {
     const topic = uniqueName('rebalance');
     const config: WorkerConfig = {
@@ -58,6 +59,7 @@ describe('rebalance under load', () => {
       killPoint: 'none',
       // Slow enough that membership changes land while records are in flight.
       handlerDelayMs: 15,
+      client,
     };
     await createTopics(admin, [topic, config.outTopic, config.dlqTopic], PARTITIONS);
     const ids = Array.from({ length: MESSAGES }, (_, i) => `rb-${i}`);
@@ -136,8 +138,8 @@ describe('rebalance under load', () => {
       'outgoing records': out.length,
       'outgoing distinct': distinctKeys(out),
     };
-    table('Kafka rebalance under load: membership timeline', events);
-    table('Kafka rebalance under load: counts', [row]);
+    table(`Kafka rebalance under load (${client}): membership timeline`, events);
+    table(`Kafka rebalance under load (${client}): counts`, [row]);
     expect(row['duplicate effects']).toBe(0);
     expect(row['double completions']).toBe(0);
     expect(row.effects).toBe(MESSAGES);

@@ -112,7 +112,8 @@ class BatchRun {
 
   async run(): Promise<void> {
     // kafkajs heartbeats only between batches; a long handler or a wait would otherwise let the
-    // session time out and cause a rebalance. Its own throttle keeps these calls cheap.
+    // session time out and cause a rebalance. Its own throttle keeps these calls cheap. (On
+    // librdkafka, which heartbeats by itself, the timer only notices a revocation: isStale.)
     const timer = setInterval(() => this.heartbeat(), this.env.heartbeatIntervalMs);
     const messages = this.payload.batch.messages;
     // Retry-topic records wait for their due time one by one; the others run in ordered groups.

@@ -1,8 +1,10 @@
 /**
- * The slice of a KafkaJS-shaped client the adapter uses, typed structurally. kafkajs 2.x fits it
- * as is; keeping the contract this small is what lets another client with the KafkaJS API shape
- * (e.g. `@confluentinc/kafka-javascript`'s KafkaJS layer) be plugged in later without touching
- * the pipeline code, and keeps kafkajs out of this package's public type declarations.
+ * The slice of a KafkaJS-shaped client the adapter uses, typed structurally, and the one place
+ * that knows the two clients it runs on: kafkajs 2.x, and the KafkaJS-compatible API of
+ * `@confluentinc/kafka-javascript` (librdkafka). The consumer and producer code only ever see
+ * the kafkajs contract below; {@link consumerClient} and {@link producerClient} bridge the
+ * differences (config layout, commits, heartbeats, revocations, per-send options). Neither
+ * client's types appear in this package's public declarations.
  */
 
 /** A header value as kafkajs hands it over (Buffers) or accepts it (strings too). */
@@ -94,23 +96,357 @@ export interface ProducerConfigLike {
   [option: string]: unknown;
 }
 
-/** A `Kafka` client instance (`new Kafka({ brokers })`). */
-export interface KafkaLike {
-  consumer(config: ConsumerConfigLike): ConsumerLike;
-  producer(config?: ProducerConfigLike): ProducerLike;
+/**
+ * `@confluentinc/kafka-javascript`'s config layout: kafkajs' options in a `kafkaJS` block,
+ * librdkafka properties beside it.
+ */
+export interface KafkaJSBlockConfigLike {
+  kafkaJS?: object;
 }
 
 /**
+ * A `Kafka` client instance: kafkajs' `new Kafka({ brokers })`, or
+ * `@confluentinc/kafka-javascript`'s `new KafkaJS.Kafka({ kafkaJS: { brokers } })`. The config
+ * each takes is its own type (kafkajs' `ConsumerConfig`, or librdkafka properties with a
+ * `kafkaJS` block): no one TypeScript type fits both, so the parameter is left open; the adapter
+ * builds a {@link ConsumerConfigLike} or {@link KafkaJSBlockConfigLike} for the client it found.
+ */
+export interface KafkaLike {
+  // biome-ignore lint/suspicious/noExplicitAny: each client's own config type (see above)
+  consumer(config: any): ConsumerLike;
+  // biome-ignore lint/suspicious/noExplicitAny: each client's own config type (see above)
+  producer(config?: any): ProducerLike;
+}
+
+/** The kafkajs errors (`type`) and Kafka protocol error codes (`code`) of a lost membership. */
+const REBALANCE_TYPES = new Set([
+  'REBALANCE_IN_PROGRESS',
+  'ILLEGAL_GENERATION',
+  'UNKNOWN_MEMBER_ID',
+  'NOT_COORDINATOR_FOR_GROUP',
+  'FENCED_INSTANCE_ID',
+]);
+/** NOT_COORDINATOR 16, ILLEGAL_GENERATION 22, UNKNOWN_MEMBER_ID 25, REBALANCE_IN_PROGRESS 27, FENCED_INSTANCE_ID 82. */
+const REBALANCE_CODES = new Set([16, 22, 25, 27, 82]);
+
+/**
  * Errors after which this member no longer owns its assignment until it rejoins the group.
- * kafkajs tags broker errors with `type`.
+ * kafkajs tags broker errors with `type`; `@confluentinc/kafka-javascript` with the protocol
+ * error `code` (its `type` is librdkafka's `ERR_...` name, ambiguous for code 16).
  */
 export function isRebalanceError(error: unknown): boolean {
-  const type = (error as { type?: unknown } | null)?.type;
+  const e = error as { type?: unknown; code?: unknown } | null;
   return (
-    type === 'REBALANCE_IN_PROGRESS' ||
-    type === 'ILLEGAL_GENERATION' ||
-    type === 'UNKNOWN_MEMBER_ID' ||
-    type === 'NOT_COORDINATOR_FOR_GROUP' ||
-    type === 'FENCED_INSTANCE_ID'
+    (typeof e?.type === 'string' && REBALANCE_TYPES.has(e.type)) ||
+    (typeof e?.code === 'number' && REBALANCE_CODES.has(e.code))
   );
+}
+
+/** The client a `Kafka` instance comes from. */
+export type KafkaClientKind = 'kafkajs' | 'confluent';
+
+/**
+ * kafkajs' own option names. `@confluentinc/kafka-javascript` takes them only inside a `kafkaJS`
+ * block (it throws on the client-specific ones at the top level, which is how it is told apart);
+ * every other key is a librdkafka property (`'linger.ms'`, `rebalance_cb`...) and stays at the
+ * top. kafkajs is no longer developed, so these lists are complete.
+ */
+const KAFKAJS_COMMON_KEYS = [
+  'brokers',
+  'clientId',
+  'sasl',
+  'ssl',
+  'requestTimeout',
+  'enforceRequestTimeout',
+  'connectionTimeout',
+  'authenticationTimeout',
+  'retry',
+  'socketFactory',
+  'reauthenticationThreshold',
+  'logLevel',
+  'logger',
+];
+const KAFKAJS_CONSUMER_KEYS = new Set([
+  ...KAFKAJS_COMMON_KEYS,
+  'groupId',
+  'partitionAssigners',
+  'partitionAssignors',
+  'sessionTimeout',
+  'rebalanceTimeout',
+  'heartbeatInterval',
+  'metadataMaxAge',
+  'allowAutoTopicCreation',
+  'maxBytesPerPartition',
+  'minBytes',
+  'maxBytes',
+  'maxWaitTimeInMs',
+  'readUncommitted',
+  'maxInFlightRequests',
+  'rackId',
+  'fromBeginning',
+  'autoCommit',
+  'autoCommitInterval',
+  'autoCommitThreshold',
+]);
+const KAFKAJS_PRODUCER_KEYS = new Set([
+  ...KAFKAJS_COMMON_KEYS,
+  'createPartitioner',
+  'metadataMaxAge',
+  'allowAutoTopicCreation',
+  'transactionTimeout',
+  'idempotent',
+  'maxInFlightRequests',
+  'transactionalId',
+  'compression',
+  'acks',
+  'timeout',
+]);
+
+/**
+ * `@confluentinc/kafka-javascript`'s layout of the same options: kafkajs' keys (and a `kafkaJS`
+ * block given as is) in `kafkaJS`, with `own` winning; librdkafka properties at the top.
+ */
+function confluentConfig(
+  config: Record<string, unknown>,
+  kafkajsKeys: ReadonlySet<string>,
+  own: Record<string, unknown>,
+): Record<string, unknown> {
+  const { kafkaJS, ...rest } = config;
+  const block: Record<string, unknown> = { ...(kafkaJS as Record<string, unknown> | undefined) };
+  const top: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(rest)) {
+    if (kafkajsKeys.has(key)) block[key] = value;
+    else top[key] = value;
+  }
+  return { ...top, kafkaJS: { ...block, ...own } };
+}
+
+/** A client object only `@confluentinc/kafka-javascript` makes (`dependentAdmin` is its own API). */
+function looksConfluent(client: unknown): boolean {
+  return typeof (client as { dependentAdmin?: unknown } | null)?.dependentAdmin === 'function';
+}
+
+/**
+ * Creates a consumer or producer with the layout its client wants: kafkajs' first, and when the
+ * client refuses kafkajs' keys at the top level (`@confluentinc/kafka-javascript` throws "must be
+ * moved to the kafkaJS block"), its own. Creating either does not connect anything.
+ */
+function create<T>(
+  make: (config: Record<string, unknown>) => T,
+  kafkajs: Record<string, unknown>,
+  confluent: () => Record<string, unknown>,
+): { client: T; kind: KafkaClientKind } {
+  let client: T;
+  try {
+    client = make(kafkajs);
+  } catch (error) {
+    try {
+      return { client: make(confluent()), kind: 'confluent' };
+    } catch {
+      throw error;
+    }
+  }
+  // A client that took kafkajs' layout but is the librdkafka one would run misconfigured.
+  if (looksConfluent(client)) return { client: make(confluent()), kind: 'confluent' };
+  return { client, kind: 'kafkajs' };
+}
+
+/** The consumer as the batch code drives it, whichever client is underneath. */
+export interface ConsumerClient {
+  readonly kind: KafkaClientKind;
+  /** The client's own consumer object. */
+  readonly consumer: ConsumerLike;
+  subscribe(topics: string[]): Promise<void>;
+  /** Runs `eachBatch` with offsets resolved and committed only by the caller. */
+  run(
+    partitionsConsumedConcurrently: number,
+    eachBatch: (payload: EachBatchPayloadLike) => Promise<void>,
+  ): Promise<void>;
+  /** Reports client crashes (kafkajs' CRASH event; librdkafka restarts by itself and has none). */
+  onCrash(listener: (error: unknown) => void): void;
+}
+
+/** The parts of `@confluentinc/kafka-javascript`'s consumer used beyond the kafkajs contract. */
+interface ConfluentConsumer extends ConsumerLike {
+  commitOffsets(offsets: { topic: string; partition: number; offset: string }[]): Promise<void>;
+}
+
+interface RebalanceEvent {
+  code?: unknown;
+}
+type RebalanceCallback = (
+  error: RebalanceEvent,
+  assignment: { topic: string; partition: number }[],
+  ...rest: unknown[]
+) => unknown;
+
+/** librdkafka's rebalance event code for a revocation (ERR__REVOKE_PARTITIONS). */
+const REVOKE_PARTITIONS = -174;
+
+/**
+ * Creates the group member. On `@confluentinc/kafka-javascript`:
+ * - `fromBeginning` and `autoCommit: false` are consumer options (kafkajs: subscribe and run);
+ * - `heartbeat()` is a no-op: librdkafka heartbeats from its own thread (its KafkaJS layer marks
+ *   a batch stale once twice `rebalanceTimeout` passed without a fetch);
+ * - a commit with explicit offsets goes through `consumer.commitOffsets` (the payload's commits
+ *   every stored offset, ignoring its argument);
+ * - a revocation reaches the batches of the revoked partitions as `isStale()` (from the
+ *   `rebalance_cb`, chained to yours), so they stop taking records as on kafkajs;
+ * - a rebalance error thrown by a batch is not rethrown: librdkafka rejoins by itself, and the
+ *   client logs every error a batch throws.
+ */
+export function consumerClient(
+  kafka: KafkaLike,
+  config: ConsumerConfigLike,
+  options: { fromBeginning: boolean },
+): ConsumerClient {
+  // Batches running now, by partition, each with the flag its isStale() reads.
+  const running = new Map<string, Set<{ revoked: boolean }>>();
+  const tp = (topic: string, partition: number) => `${partition}:${topic}`;
+  const userRebalance = config.rebalance_cb;
+  const rebalance: RebalanceCallback = (event, assignment, ...rest) => {
+    if (event?.code === REVOKE_PARTITIONS) {
+      for (const { topic, partition } of assignment) {
+        for (const batch of running.get(tp(topic, partition)) ?? []) batch.revoked = true;
+      }
+    }
+    return typeof userRebalance === 'function' ? userRebalance(event, assignment, ...rest) : undefined;
+  };
+  const { client: consumer, kind } = create(
+    (c) => kafka.consumer(c),
+    // A paused partition is fetched again only when the current long poll returns; a shorter
+    // poll than kafkajs' 5 s default keeps resumed partitions (retry waits) responsive.
+    { maxWaitTimeInMs: 1000, ...config },
+    () =>
+      confluentConfig({ ...config, rebalance_cb: rebalance }, KAFKAJS_CONSUMER_KEYS, {
+        groupId: config.groupId,
+        fromBeginning: options.fromBeginning,
+        autoCommit: false,
+      }),
+  );
+
+  if (kind === 'kafkajs') {
+    return {
+      kind,
+      consumer,
+      subscribe: (topics) => consumer.subscribe({ topics, fromBeginning: options.fromBeginning }),
+      run: (partitionsConsumedConcurrently, eachBatch) =>
+        consumer.run({
+          autoCommit: false,
+          eachBatchAutoResolve: false,
+          partitionsConsumedConcurrently,
+          eachBatch,
+        }),
+      onCrash(listener) {
+        consumer.on?.(
+          consumer.events?.CRASH ?? 'consumer.crash',
+          (event: { payload?: { error?: unknown } }) => listener(event?.payload?.error),
+        );
+      },
+    };
+  }
+
+  const confluent = consumer as ConfluentConsumer;
+  return {
+    kind,
+    consumer,
+    subscribe: (topics) => consumer.subscribe({ topics }),
+    run: (partitionsConsumedConcurrently, eachBatch) =>
+      consumer.run({
+        eachBatchAutoResolve: false,
+        partitionsConsumedConcurrently,
+        async eachBatch(payload) {
+          const key = tp(payload.batch.topic, payload.batch.partition);
+          const state = { revoked: false };
+          const batches = running.get(key) ?? new Set();
+          running.set(key, batches.add(state));
+          try {
+            await eachBatch({
+              batch: payload.batch,
+              resolveOffset: (offset) => payload.resolveOffset(offset),
+              heartbeat: async () => {},
+              pause() {
+                const resume = payload.pause() as (() => void) | undefined;
+                return () => {
+                  // Throws once the consumer is disconnected; nothing is left to resume then.
+                  try {
+                    resume?.();
+                  } catch {}
+                };
+              },
+              commitOffsetsIfNecessary: (offsets) =>
+                offsets
+                  ? confluent.commitOffsets(
+                      offsets.topics.flatMap(({ topic, partitions }) =>
+                        partitions.map(({ partition, offset }) => ({ topic, partition, offset })),
+                      ),
+                    )
+                  : payload.commitOffsetsIfNecessary(),
+              isRunning: () => payload.isRunning(),
+              isStale: () => state.revoked || payload.isStale(),
+            });
+          } catch (error) {
+            if (!isRebalanceError(error)) throw error;
+          } finally {
+            batches.delete(state);
+            if (batches.size === 0) running.delete(key);
+          }
+        },
+      }),
+    onCrash() {},
+  };
+}
+
+/** The producer as the adapter drives it, whichever client is underneath. */
+export interface ProducerClient {
+  readonly kind: KafkaClientKind;
+  /** The client's own producer object. */
+  readonly producer: ProducerLike;
+  /** Produces, acks -1; resolves when every record is acknowledged. */
+  send(topicMessages: { topic: string; messages: ProducerRecordMessageLike[] }[]): Promise<unknown>;
+  /**
+   * True when the client batches concurrent sends into shared requests by itself (librdkafka,
+   * `linger.ms`); kafkajs sends one request per call.
+   */
+  readonly batchesSends: boolean;
+}
+
+/**
+ * Creates an idempotent producer, acks -1. kafkajs: `maxInFlightRequests: 1` keeps the
+ * partition order across retries, `acks` and `timeout` go with each send.
+ * `@confluentinc/kafka-javascript`: `acks` and `timeout` are producer options (it refuses them
+ * per send); librdkafka's idempotent producer keeps the order with up to 5 requests in flight,
+ * so its default stays; each send gets copies of the records, since the client rewrites the
+ * records it is given (headers, partition) and a retried send must find them as they were.
+ */
+export function producerClient(
+  kafka: KafkaLike,
+  config: ProducerConfigLike,
+  timeoutMs: number,
+): ProducerClient {
+  const { client: producer, kind } = create(
+    (c) => kafka.producer(c),
+    { ...config, idempotent: true, maxInFlightRequests: 1 },
+    () => confluentConfig(config, KAFKAJS_PRODUCER_KEYS, { idempotent: true, acks: -1, timeout: timeoutMs }),
+  );
+  if (kind === 'kafkajs') {
+    return {
+      kind,
+      producer,
+      batchesSends: false,
+      send: (topicMessages) => producer.sendBatch({ topicMessages, acks: -1, timeout: timeoutMs }),
+    };
+  }
+  return {
+    kind,
+    producer,
+    batchesSends: true,
+    send: (topicMessages) =>
+      producer.sendBatch({
+        topicMessages: topicMessages.map(({ topic, messages }) => ({
+          topic,
+          messages: messages.map((m) => ({ ...m })),
+        })),
+      }),
+  };
 }

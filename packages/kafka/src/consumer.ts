@@ -1,4 +1,7 @@
-/** `createConsumer`: a kafkajs consumer group member that runs every record through core's pipeline. */
+/**
+ * `createConsumer`: a Kafka consumer group member (kafkajs or `@confluentinc/kafka-javascript`)
+ * that runs every record through core's pipeline.
+ */
 import {
   ClosedError,
   ConfigError,
@@ -11,13 +14,17 @@ import {
 } from '@exactly-once/core';
 import { createProcessor, type Delivery, decodeJson, type Processor } from '@exactly-once/core/spi';
 import { type BatchEnv, runBatch } from './batch.js';
-import type { ConsumerConfigLike, ConsumerLike, KafkaLike } from './client.js';
+import { type ConsumerConfigLike, type ConsumerLike, consumerClient, type KafkaLike } from './client.js';
 import { isTombstone } from './delivery.js';
 import { createProducer, type ExactlyOnceProducer } from './producer.js';
 import { type ConsumerStats, emptyStats } from './stats.js';
 
 export interface KafkaConsumerOptions<T = unknown, R = unknown>
   extends Omit<ProcessorOptions<T, R>, 'consumer' | 'publisher'> {
+  /**
+   * The client: a kafkajs `Kafka`, or the `Kafka` of `@confluentinc/kafka-javascript`'s
+   * KafkaJS API (`require('@confluentinc/kafka-javascript').KafkaJS`); which one is detected.
+   */
   kafka: KafkaLike;
   groupId: string;
   topics: readonly string[];
@@ -58,10 +65,13 @@ export interface KafkaConsumerOptions<T = unknown, R = unknown>
   /** Where a group with no committed offset starts. @defaultValue false (latest) */
   fromBeginning?: boolean;
   /**
-   * Passed to `kafka.consumer()`. Tune `sessionTimeout` (default 30000), `rebalanceTimeout`
-   * (60000) and `heartbeatInterval` (3000) here; the adapter heartbeats during long work itself.
+   * Passed to `kafka.consumer()`, in kafkajs' layout on either client. Tune `sessionTimeout`
+   * (default 30000), `rebalanceTimeout` (kafkajs 60000, librdkafka 300000) and
+   * `heartbeatInterval` (3000) here. kafkajs: the adapter heartbeats during long work itself;
    * `maxWaitTimeInMs` defaults to 1000 here (kafkajs: 5000) so a resumed partition is fetched
-   * soon.
+   * soon. `@confluentinc/kafka-javascript`: kafkajs' option names go into its `kafkaJS` block
+   * for you, any other key (a librdkafka property such as `'js.consumer.max.batch.size'`, or
+   * `rebalance_cb`) stays at the top, and a `kafkaJS` block you pass is merged.
    */
   consumerConfig?: Omit<ConsumerConfigLike, 'groupId'>;
   /** Commit after this many settled records of a partition, or at the batch end. @defaultValue 100 */
@@ -104,7 +114,11 @@ export interface KafkaConsumer {
    * call twice.
    */
   stop(options?: StopOptions): Promise<void>;
-  /** The underlying client consumer, e.g. for `on(consumer.events.GROUP_JOIN, ...)`. */
+  /**
+   * The underlying client consumer, e.g. for kafkajs' `on(consumer.events.GROUP_JOIN, ...)`
+   * (`@confluentinc/kafka-javascript` has no `on`/`events`: pass a `rebalance_cb` in
+   * `consumerConfig` instead).
+   */
   readonly consumer: ConsumerLike;
   readonly processor: Processor;
   /** The producer of dead-letter and retry copies (the one passed in, or the one created). */
@@ -149,7 +163,8 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
     revokeGraceMs = 5000,
     ...rest
   } = options;
-  if (!kafka) throw new ConfigError('kafka (a kafkajs Kafka instance) is required');
+  if (!kafka)
+    throw new ConfigError('kafka (a kafkajs or @confluentinc/kafka-javascript Kafka instance) is required');
   if (typeof groupId !== 'string' || groupId.length === 0) throw new ConfigError('groupId is required');
   if (!Array.isArray(topics) || topics.length === 0)
     throw new ConfigError('topics must list at least one topic');
@@ -191,9 +206,8 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
   });
 
   const heartbeatIntervalMs = Math.max(100, Math.floor(Number(consumerConfig.heartbeatInterval ?? 3000) / 3));
-  // A paused partition is fetched again only when the current long poll returns; a shorter
-  // poll than kafkajs' 5 s default keeps resumed partitions (retry waits) responsive.
-  const consumer = kafka.consumer({ maxWaitTimeInMs: 1000, ...consumerConfig, groupId });
+  const client = consumerClient(kafka, { ...consumerConfig, groupId }, { fromBeginning });
+  const consumer = client.consumer;
   const stats = emptyStats();
   const stopController = new AbortController();
   const resumeTimers = new Set<NodeJS.Timeout>();
@@ -230,10 +244,10 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
     },
   };
 
-  consumer.on?.(consumer.events?.CRASH ?? 'consumer.crash', (event: { payload?: { error?: unknown } }) => {
+  client.onCrash((error) => {
     logger.warn('kafka consumer crashed (kafkajs restarts it when the error is retriable)', {
       groupId,
-      error: toErrorInfo(event?.payload?.error),
+      error: toErrorInfo(error),
     });
   });
 
@@ -247,14 +261,12 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
       state = 'running';
       await producer.connect();
       await consumer.connect();
-      await consumer.subscribe({ topics: retryTopic ? [...topics, retryTopic] : [...topics], fromBeginning });
-      await consumer.run({
-        autoCommit: false,
-        // Offsets are resolved one by one as records settle; never past an unsettled one.
-        eachBatchAutoResolve: false,
-        partitionsConsumedConcurrently: Math.max(1, Math.floor(partitionsConsumedConcurrently)),
-        eachBatch: (payload) => runBatch(env, payload),
-      });
+      await client.subscribe(retryTopic ? [...topics, retryTopic] : [...topics]);
+      // Offsets are resolved one by one as records settle (never past an unsettled one) and
+      // committed by the batch: no auto-commit, no auto-resolve.
+      await client.run(Math.max(1, Math.floor(partitionsConsumedConcurrently)), (payload) =>
+        runBatch(env, payload),
+      );
     },
     stop({ timeoutMs = revokeGraceMs }: StopOptions = {}) {
       stopping ??= (async () => {

@@ -1,5 +1,6 @@
 /**
- * `@exactly-once/kafka`: effectively-once Kafka consumers (kafkajs) on top of
+ * `@exactly-once/kafka`: effectively-once Kafka consumers (kafkajs or
+ * `@confluentinc/kafka-javascript`) on top of
  * `@exactly-once/core`, and an idempotent producer that sets the SDK's headers.
  */
 
@@ -11,6 +12,7 @@ export type {
   KafkaBatchLike,
   KafkaHeaders,
   KafkaHeaderValue,
+  KafkaJSBlockConfigLike,
   KafkaLike,
   KafkaMessageLike,
   OffsetsByTopicPartitionLike,

@@ -7,18 +7,34 @@ import { ClosedError, Headers, type OutgoingMessage, PublishError } from '@exact
 import type { OutgoingPublisher } from '@exactly-once/core/spi';
 import { encodeValue, injectContext, recordError, tracer } from '@exactly-once/core/spi';
 import { context, SpanKind, trace } from '@opentelemetry/api';
-import type { KafkaLike, ProducerConfigLike, ProducerLike, ProducerRecordMessageLike } from './client.js';
+import {
+  type KafkaLike,
+  type ProducerConfigLike,
+  type ProducerLike,
+  type ProducerRecordMessageLike,
+  producerClient,
+} from './client.js';
 
 export interface ProducerOptions {
+  /** A kafkajs `Kafka`, or the `Kafka` of `@confluentinc/kafka-javascript`'s KafkaJS API. */
   kafka: KafkaLike;
   /**
-   * Extra producer options. The adapter always sets `idempotent: true` and
-   * `maxInFlightRequests: 1`: idempotence is what keeps a retried send from writing twice, and
-   * one request in flight keeps per-partition order across retries.
+   * Extra producer options, in kafkajs' layout on either client (on
+   * `@confluentinc/kafka-javascript` kafkajs' names go into its `kafkaJS` block, librdkafka
+   * properties such as `'linger.ms'` stay at the top). The adapter always sets
+   * `idempotent: true` and acks -1: idempotence is what keeps a retried send from writing
+   * twice. kafkajs also gets `maxInFlightRequests: 1`, which keeps per-partition order across
+   * retries (librdkafka's idempotent producer keeps it with up to 5).
    */
   producerConfig?: Omit<ProducerConfigLike, 'idempotent' | 'maxInFlightRequests'>;
   /** Broker-side timeout of one produce request. @defaultValue 30000 */
   timeoutMs?: number;
+  /**
+   * Record the idempotency key and the Kafka message key on `send` spans (`exactly_once.key`,
+   * `messaging.kafka.message.key`). Keys are customer data; the request id is always recorded.
+   * @defaultValue false
+   */
+  recordKeys?: boolean;
 }
 
 export interface SendOptions {
@@ -72,11 +88,8 @@ export interface ExactlyOnceProducer extends OutgoingPublisher {
  */
 export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
   const timeout = options.timeoutMs ?? 30_000;
-  const producer: ProducerLike = options.kafka.producer({
-    ...options.producerConfig,
-    idempotent: true,
-    maxInFlightRequests: 1,
-  });
+  const client = producerClient(options.kafka, { ...options.producerConfig }, timeout);
+  const producer: ProducerLike = client.producer;
   let connecting: Promise<void> | undefined;
   // Set by disconnect(): a send after it (a late run of a stopped consumer, say) must not
   // connect the client again and leave it connected with nobody to disconnect it.
@@ -95,12 +108,13 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
 
   const direct = async (topicMessages: TopicMessages[]) => {
     await connect();
-    await producer.sendBatch({ topicMessages, acks: -1, timeout });
+    await client.send(topicMessages);
   };
 
   // With one request in flight, concurrent sends (one per busy partition) would queue behind each
   // other, a broker round trip each. Sends that arrive while a request is in flight go out
-  // together in the next one, in arrival order, so per-partition order is kept.
+  // together in the next one, in arrival order, so per-partition order is kept. librdkafka
+  // batches concurrent sends itself: they go to it directly.
   const queue: { topicMessages: TopicMessages[]; resolve: () => void; reject: (e: unknown) => void }[] = [];
   let flushing = false;
   const flush = async () => {
@@ -128,7 +142,7 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
   const sendBatch = (topicMessages: TopicMessages[]): Promise<void> => {
     // An instrumentation makes its spans from the caller's context at the client call; a shared
     // request would put every coalesced message under one caller's trace.
-    if (instrumented(producer)) return direct(topicMessages);
+    if (client.batchesSends || instrumented(producer)) return direct(topicMessages);
     return new Promise<void>((resolve, reject) => {
       queue.push({ topicMessages, resolve, reject });
       if (!flushing) void flush();
@@ -177,8 +191,10 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
           'messaging.operation.type': 'send',
           'messaging.operation.name': 'send',
           'exactly_once.request_id': requestId,
-          'exactly_once.key': idempotencyKey,
-          ...(sendOptions.key === undefined ? {} : { 'messaging.kafka.message.key': sendOptions.key }),
+          ...(options.recordKeys ? { 'exactly_once.key': idempotencyKey } : {}),
+          ...(sendOptions.key === undefined || !options.recordKeys
+            ? {}
+            : { 'messaging.kafka.message.key': sendOptions.key }),
         },
       });
       const ctx = trace.setSpan(context.active(), span);
