@@ -124,6 +124,13 @@ export interface CrashKit {
   publishHeaders(ctx: HandlerContext): Record<string, string>;
   /** The after-publish point, for a publisher wrapper: call after the publish was confirmed. */
   published(messages: readonly { readonly headers: Readonly<Record<string, string>> }[]): Promise<void>;
+  /**
+   * Re-arms the kill at run time: die at the `at`-th event of `point` from now (`none` disarms).
+   * The soak (test/soak) picks a point per kill; the crash matrices fix it in the options.
+   */
+  arm(point: KillPoint, at: number): void;
+  /** The point armed now. */
+  readonly armed: KillPoint;
 }
 
 export function crashKit(options: {
@@ -137,12 +144,13 @@ export function crashKit(options: {
 }): CrashKit {
   const { redis, store: base } = options;
   const keys = ledgerKeys(options.ledger);
-  const killPoint = options.killPoint ?? 'none';
+  let killPoint = options.killPoint ?? 'none';
+  let killAt = options.killAt;
   const namespace = options.namespace ?? 'default';
   let events = 0;
 
   /** Counts an event of `point`: true at the configured n-th one, when the process must die. */
-  const fires = (point: KillPoint) => point === killPoint && ++events === options.killAt;
+  const fires = (point: KillPoint) => point === killPoint && ++events === killAt;
   const kill = async (entry: KillEntry): Promise<never> => {
     await redis.rpush(keys.kills, JSON.stringify(entry));
     console.log(`killing at ${entry.point} #${events}`);
@@ -273,6 +281,14 @@ export function crashKit(options: {
     publishHeaders: (ctx) => ({ [SUBJECT_HEADER]: storeKeyOf(ctx) }),
     async published(messages) {
       await hit('after-publish', messages[0]?.headers[SUBJECT_HEADER]);
+    },
+    arm(point, at) {
+      killPoint = point;
+      killAt = at;
+      events = 0;
+    },
+    get armed() {
+      return killPoint;
     },
   };
 }

@@ -1,0 +1,33 @@
+/** What the soak harness (soak.ts) and its workers (worker.ts) share. */
+import type { KillPoint } from '../support/crash-ledger.js';
+import type { StoreAddress } from './servers.js';
+
+export interface SoakWorkerConfig {
+  readonly transport: 'rabbitmq' | 'kafka';
+  readonly store: StoreAddress;
+  /** Redis key prefix (redis, redis-cluster) or database name (mongo). */
+  readonly storeName: string;
+  /** Key prefix of the ledger on the shared Redis (env.redisUrl). */
+  readonly ledger: string;
+  /** RabbitMQ queue or Kafka topic. */
+  readonly source: string;
+  readonly out: string;
+  /** Kafka only. */
+  readonly groupId?: string;
+  readonly dlqTopic?: string;
+  readonly leaseMs: number;
+}
+
+export type WorkerCommand =
+  | { readonly type: 'arm'; readonly point: KillPoint; readonly at: number }
+  | { readonly type: 'disarm' }
+  | { readonly type: 'pause' };
+
+export const CONSUMER = 'soak';
+
+export interface StopEntry {
+  readonly key: string;
+  readonly attempt: number;
+  readonly fence: number;
+  readonly pid: number;
+}

@@ -1,0 +1,274 @@
+/**
+ * A soak worker: one real consumer process (RabbitMQ or Kafka) with a real processed-store (Redis,
+ * Redis Cluster or MongoDB on FerretDB), wrapped in the crash ledger's hooks
+ * (test/support/crash-ledger.ts). Unlike the crash-matrix workers it is not told where to die when
+ * it starts: the harness (soak.ts) arms it over IPC, one kill or one pause at a time.
+ *
+ * IPC from the harness:
+ *   { type: 'arm', point, at }  die (SIGKILL, logged in the ledger first) at the at-th event of point
+ *   { type: 'disarm' }
+ *   { type: 'pause' }           at the next handler run, after its effect: log the run in
+ *                               `<ledger>:stops` and SIGSTOP itself; the harness SIGCONTs it once
+ *                               another worker took the key over
+ * IPC to the harness: { type: 'ready' } once the consumer started.
+ *
+ * Besides the crash ledger's keys it writes `<ledger>:fenced` (store key -> completes the store
+ * refused as stale: the lease had passed to another worker).
+ */
+import { Cluster, Redis } from 'ioredis';
+import { type KafkaLike, createConsumer as createKafkaConsumer, createProducer } from '@exactly-once/kafka';
+import {
+  type CompleteRequest,
+  type FencedResult,
+  type HandlerContext,
+  type OutgoingMessage,
+  type ProcessedStore,
+  scopeKey,
+} from '@exactly-once/core';
+import { createConsumer as createRabbitConsumer, createPublisher } from '@exactly-once/rabbitmq';
+import { createMongoStore } from '@exactly-once/store-mongo';
+import { createRedisStore } from '@exactly-once/store-redis';
+import { type Consumer, Kafka, logLevel } from 'kafkajs';
+import { MongoClient } from 'mongodb';
+import { crashKit } from '../support/crash-ledger.js';
+import { env } from '../support/env.js';
+import { CONSUMER, type SoakWorkerConfig, type StopEntry, type WorkerCommand } from './protocol.js';
+
+const config = JSON.parse(process.env.EO_SOAK_WORKER ?? '{}') as SoakWorkerConfig;
+const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+const logger = process.env.EO_SOAK_VERBOSE
+  ? {
+      ...quiet,
+      warn: (m: string, meta?: unknown) => console.error(`warn ${m} ${JSON.stringify(meta)}`),
+      error: (m: string, meta?: unknown) => console.error(`error ${m} ${JSON.stringify(meta)}`),
+    }
+  : quiet;
+
+const ledgerRedis = new Redis(env.redisUrl, { maxRetriesPerRequest: 5 });
+
+let closeStore: () => Promise<void> = async () => {};
+function openStore(): ProcessedStore {
+  const { kind, url } = config.store;
+  if (kind === 'mongo') {
+    const client = new MongoClient(url, { serverSelectionTimeoutMS: 5_000 });
+    closeStore = () => client.close();
+    return createMongoStore({ db: client.db(config.storeName) });
+  }
+  const client =
+    kind === 'redis'
+      ? new Redis(url, { maxRetriesPerRequest: 2 })
+      : new Cluster(
+          url.split(',').map((hp) => ({ host: hp.split(':')[0]!, port: Number(hp.split(':')[1]) })),
+          { redisOptions: { maxRetriesPerRequest: 2 } },
+        );
+  client.on('error', () => {}); // down during the store restart: the store reports it
+  closeStore = async () => {
+    await client.quit().catch(() => {});
+  };
+  return createRedisStore({ client, keyPrefix: config.storeName });
+}
+
+const kit = crashKit({ redis: ledgerRedis, ledger: config.ledger, store: openStore() });
+const fencedKey = `${config.ledger}:fenced`;
+const stopsKey = `${config.ledger}:stops`;
+
+/** kit.store, plus a count of the completes the store refused (a stale fence). */
+const store: ProcessedStore = Object.create(kit.store) as ProcessedStore;
+const countRefused = async (requests: readonly CompleteRequest[], results: readonly FencedResult[]) => {
+  const refused = requests.filter((_, i) => results[i] !== 'ok');
+  if (refused.length === 0) return;
+  const tx = ledgerRedis.multi();
+  for (const r of refused) tx.hincrby(fencedKey, r.key, 1);
+  await tx.exec();
+};
+store.complete = async (request) => {
+  const r = await kit.store.complete(request);
+  await countRefused([request], [r]);
+  return r;
+};
+if (kit.store.completeMany) {
+  const completeMany = kit.store.completeMany.bind(kit.store);
+  store.completeMany = async (requests) => {
+    const results = await completeMany(requests);
+    await countRefused(requests, results);
+    return results;
+  };
+}
+
+let pauseArmed = false;
+/** mid-batch needs completes that go out together: pair handlers up while it is armed (see the crash worker). */
+let waiting: (() => void) | undefined;
+function pairUp(): Promise<void> {
+  const other = waiting;
+  if (other) {
+    waiting = undefined;
+    other();
+    return Promise.resolve();
+  }
+  return new Promise((resolve) => {
+    const release = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      if (waiting === release) waiting = undefined;
+      resolve();
+    }, 100);
+    waiting = release;
+  });
+}
+
+async function handle(id: string, ctx: HandlerContext): Promise<{ ok: true }> {
+  if (process.env.EO_SOAK_VERBOSE) console.log(`handling ${ctx.key} attempt ${ctx.attempt}`);
+  await kit.started(ctx);
+  await kit.effect(ctx);
+  if (pauseArmed) {
+    pauseArmed = false;
+    const entry: StopEntry = {
+      key: scopeKey('default', ctx.consumer, ctx.key),
+      attempt: ctx.attempt,
+      fence: ctx.fence,
+      pid: process.pid,
+    };
+    await ledgerRedis.rpush(stopsKey, JSON.stringify(entry));
+    process.kill(process.pid, 'SIGSTOP');
+    // Continued by the harness long after the lease ended: the store must refuse what follows.
+  }
+  if (kit.armed === 'mid-batch') await pairUp();
+  // Kafka: the routing key is the record key; RabbitMQ: no routing key, `out` is a queue.
+  ctx.publish(
+    config.out,
+    { id },
+    {
+      ...(config.transport === 'kafka' ? { routingKey: id } : {}),
+      headers: kit.publishHeaders(ctx),
+    },
+  );
+  return { ok: true };
+}
+
+process.on('message', (m: WorkerCommand) => {
+  if (process.env.EO_SOAK_VERBOSE) console.log(`command ${JSON.stringify(m)}`);
+  if (m.type === 'arm') kit.arm(m.point, m.at);
+  else if (m.type === 'disarm') {
+    kit.arm('none', 0);
+    pauseArmed = false;
+  } else if (m.type === 'pause') pauseArmed = true;
+});
+
+let stop: () => Promise<void>;
+if (config.transport === 'rabbitmq') {
+  const rabbit = createPublisher({ connection: env.amqpUrl });
+  const publisher = {
+    async publish(messages: readonly OutgoingMessage[]) {
+      await rabbit.publish(messages);
+      await kit.published(messages);
+    },
+  };
+  const consumer = createRabbitConsumer<{ id: string }>({
+    connection: env.amqpUrl,
+    queue: config.source,
+    consumer: CONSUMER,
+    store,
+    publisher,
+    prefetch: 8,
+    leaseMs: config.leaseMs,
+    retentionCheck: 'off',
+    retryDelaysMs: [100, 500],
+    retry: { maxAttempts: 50, initialDelayMs: 100, maxDelayMs: 500 },
+    logger,
+    handler: (order, ctx) => handle(order.id, ctx),
+  });
+  await consumer.start();
+  stop = async () => {
+    await consumer.stop({ timeoutMs: 5_000 });
+    await rabbit.close();
+  };
+} else {
+  const realKafka = new Kafka({
+    clientId: `soak-${process.pid}`,
+    brokers: env.kafkaBrokers,
+    logLevel: logLevel.NOTHING,
+    retry: { retries: 30, initialRetryTime: 300, maxRetryTime: 5_000 },
+  });
+  const clients: Consumer[] = [];
+  // The client wrapper is where a kill lands between resolving offsets and committing them.
+  const kafka: KafkaLike = {
+    producer: (c) => realKafka.producer(c as Parameters<typeof realKafka.producer>[0]),
+    consumer(c) {
+      const consumer = realKafka.consumer(c as Parameters<typeof realKafka.consumer>[0]);
+      clients.push(consumer);
+      // A crash kafkajs does not restart (a non-retriable error) leaves a worker that consumes
+      // nothing: exit, the harness starts a new one.
+      consumer.on(consumer.events.CRASH, (e) => {
+        if (!e.payload.restart) {
+          console.error(`kafka consumer crashed for good: ${String(e.payload.error)}`);
+          process.exit(3);
+        }
+      });
+      const run = consumer.run.bind(consumer);
+      consumer.run = (cfg) =>
+        run({
+          ...cfg,
+          eachBatch: cfg?.eachBatch
+            ? (payload) =>
+                cfg.eachBatch!({
+                  ...payload,
+                  commitOffsetsIfNecessary: async (offsets) => {
+                    await kit.hit('before-commit');
+                    return payload.commitOffsetsIfNecessary(offsets);
+                  },
+                })
+            : undefined,
+        });
+      return consumer as unknown as ReturnType<KafkaLike['consumer']>;
+    },
+  };
+  const producer = createProducer({ kafka });
+  const publisher = {
+    ...producer,
+    async publish(messages: Parameters<typeof producer.publish>[0]) {
+      await producer.publish(messages);
+      await kit.published(messages);
+    },
+  };
+  const consumer = createKafkaConsumer<{ id: string }>({
+    kafka,
+    groupId: config.groupId!,
+    consumer: CONSUMER,
+    topics: [config.source],
+    deadLetter: { topic: config.dlqTopic! },
+    producer: publisher,
+    store,
+    fromBeginning: true,
+    consumerConfig: {
+      sessionTimeout: 6_000,
+      rebalanceTimeout: 10_000,
+      heartbeatInterval: 500,
+      retry: { retries: 30, initialRetryTime: 300, maxRetryTime: 5_000 },
+    },
+    leaseMs: config.leaseMs,
+    retentionCheck: 'off',
+    retry: { maxAttempts: 50, initialDelayMs: 100, maxDelayMs: 1_000 },
+    logger,
+    handler: (order, ctx) => handle(order.id, ctx),
+  });
+  await consumer.start();
+  stop = async () => {
+    await consumer.stop();
+    await producer.disconnect();
+  };
+}
+
+let stopping = false;
+process.on('SIGTERM', () => {
+  if (stopping) return;
+  stopping = true;
+  void (async () => {
+    await stop().catch(() => {});
+    await closeStore().catch(() => {});
+    await ledgerRedis.quit().catch(() => {});
+    process.exit(0);
+  })();
+});
+process.send?.({ type: 'ready' });
