@@ -121,6 +121,14 @@ export function createMongoOutboxSource(options: MongoOutboxSourceOptions): Mong
   // new events after the read (a new `eo_pending`) stays pending.
   const read = new Map<string, { _id: unknown; pending: unknown }>();
   const pending = { [PENDING_FIELD]: { $exists: true } };
+  // One server call at a time per source: FerretDB 1.x (SQLite) was seen to stall every client
+  // when a page read and the marking writes of the same relay overlapped.
+  let queue: Promise<unknown> = Promise.resolve();
+  const serial = <T>(call: () => Promise<T>): Promise<T> => {
+    const result = queue.then(call, call);
+    queue = result.catch(() => {});
+    return result;
+  };
 
   return {
     async ensureIndexes() {
@@ -131,33 +139,44 @@ export function createMongoOutboxSource(options: MongoOutboxSourceOptions): Mong
     },
     async *scan() {
       // Pages in (eo_pending, _id) order: the next page starts at the last page's eo_pending and
-      // skips the documents already read at exactly that value.
-      let after: number | undefined;
-      let readAtAfter = 0;
+      // skips the documents already read at exactly that value. The next page is read while the
+      // relay publishes this one.
+      const at = { after: undefined as number | undefined, readAtAfter: 0 };
+      const fetch = (after: number | undefined, skip: number) =>
+        serial(() =>
+          collection
+            .find(after === undefined ? pending : { [PENDING_FIELD]: { $gte: after } }, {
+              projection: { [OUTBOX_FIELD]: 1, [PENDING_FIELD]: 1 },
+              sort: { [PENDING_FIELD]: 1, _id: 1 },
+              skip,
+              limit: pageSize,
+              batchSize: pageSize,
+              singleBatch: true,
+            })
+            .toArray(),
+        );
+      let next = fetch(at.after, at.readAtAfter);
       for (;;) {
-        const filter = after === undefined ? pending : { [PENDING_FIELD]: { $gte: after } };
-        const page = await collection
-          .find(filter, {
-            projection: { [OUTBOX_FIELD]: 1, [PENDING_FIELD]: 1 },
-            sort: { [PENDING_FIELD]: 1, _id: 1 },
-            skip: readAtAfter,
-            limit: pageSize,
-            batchSize: pageSize,
-            singleBatch: true,
-          })
-          .toArray();
-        for (const doc of page) {
+        const page = await next;
+        const entries = page.map((doc): OutboxEntry => {
           const id = `${typeof doc._id}:${String(doc._id)}`;
           const stamp = doc[PENDING_FIELD] as number;
           read.set(id, { _id: doc._id, pending: stamp });
-          if (stamp === after) readAtAfter++;
+          if (stamp === at.after) at.readAtAfter++;
           else {
-            after = stamp;
-            readAtAfter = 1;
+            at.after = stamp;
+            at.readAtAfter = 1;
           }
-          yield { id, messages: decodeMessages(doc[OUTBOX_FIELD]) } satisfies OutboxEntry;
+          return { id, messages: decodeMessages(doc[OUTBOX_FIELD]) };
+        });
+        const more = page.length === pageSize;
+        if (more) {
+          next = fetch(at.after, at.readAtAfter);
+          // Not awaited if the relay stops reading first.
+          next.catch(() => {});
         }
-        if (page.length < pageSize) return;
+        yield* entries;
+        if (!more) return;
       }
     },
     async markPublished(entryIds) {
@@ -167,10 +186,10 @@ export function createMongoOutboxSource(options: MongoOutboxSourceOptions): Mong
         const filter = { _id: entry._id, [PENDING_FIELD]: entry.pending };
         return [{ updateOne: { filter, update: { $unset: { [PENDING_FIELD]: '' } } } }];
       });
-      if (ops.length > 0) await collection.bulkWrite(ops as never, { ordered: false });
+      if (ops.length > 0) await serial(() => collection.bulkWrite(ops as never, { ordered: false }));
       for (const id of entryIds) read.delete(id);
     },
-    countPending: () => collection.countDocuments(pending),
+    countPending: () => serial(() => collection.countDocuments(pending)),
   };
 }
 

@@ -58,7 +58,12 @@ describe.each([
     const directory = await mkdtemp(join(tmpdir(), 'eo-redis-blobs-'));
     directories.push(directory);
     const blobs = createFsBlobStore({ directory });
-    const store = createRedisStore({ client, keyPrefix: prefix, expiredGraceMs: 0, checkEvictionPolicy: false });
+    const store = createRedisStore({
+      client,
+      keyPrefix: prefix,
+      expiredGraceMs: 0,
+      checkEvictionPolicy: false,
+    });
     const unreferenced = await blobs.put(
       Buffer.from('a step journaled this pointer; no record result names it'),
     );
