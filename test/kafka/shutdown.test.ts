@@ -114,6 +114,8 @@ describe('kafka consumer shutdown', () => {
       revokeGraceMs: 200,
       leaseMs: 3_000,
       logger,
+      // The assertions below find the late run's log line by its key.
+      recordKeys: true,
       handler: async (p, ctx) => {
         runs++;
         started = true;
@@ -224,6 +226,7 @@ describe('kafka consumer shutdown', () => {
       fromBeginning: true,
       consumerConfig: fastGroup,
       logger,
+      recordKeys: true,
       handler: async (p, ctx) => {
         started = true;
         await released;

@@ -57,6 +57,8 @@ describe.each(MONGO_SERVERS)('mongo claimFingerprint ($name)', (server) => {
       retentionCheck: 'off',
       logger: { ...quiet, warn: (_m, meta) => warnings.push(meta) },
       payloadGuard: { windowMs: 60_000, action: 'flag' },
+      // The warning names both keys only when keys may be logged.
+      recordKeys: true,
       handler: () => 'charged',
     });
     const body = new TextEncoder().encode(JSON.stringify({ user: 2, amount: 5 }));
