@@ -15,6 +15,8 @@ import { fromBinary, toBinary } from './codec.js';
 
 export const OUTBOX_FIELD = 'eo_outbox';
 export const PENDING_FIELD = 'eo_pending';
+/** Updates per bulk write when marking documents published. */
+const MARK_BULK = 100;
 
 /** An event to publish with the document. */
 export interface OutboxMessageInput {
@@ -186,7 +188,11 @@ export function createMongoOutboxSource(options: MongoOutboxSourceOptions): Mong
         const filter = { _id: entry._id, [PENDING_FIELD]: entry.pending };
         return [{ updateOne: { filter, update: { $unset: { [PENDING_FIELD]: '' } } } }];
       });
-      if (ops.length > 0) await serial(() => collection.bulkWrite(ops as never, { ordered: false }));
+      // In small bulks, each taking its turn: a page read waits for one bulk, not for all of them.
+      for (let i = 0; i < ops.length; i += MARK_BULK) {
+        const bulk = ops.slice(i, i + MARK_BULK);
+        await serial(() => collection.bulkWrite(bulk as never, { ordered: false }));
+      }
       for (const id of entryIds) read.delete(id);
     },
     countPending: () => serial(() => collection.countDocuments(pending)),

@@ -60,7 +60,10 @@ export interface OutboxRelayOptions {
   markBatch?: number;
   /** Publishing pauses while more confirmed entries than this wait to be marked. @defaultValue 200000 */
   maxUnmarked?: number;
-  /** Counts pending entries every `everyMs` and calls `onAlert` once while the lag is above `threshold`. */
+  /**
+   * Counts pending entries every `everyMs` (default 5000: a count may scan the collection) and
+   * calls `onAlert` once while the lag is above `threshold`.
+   */
   lagAlert?: {
     threshold: number;
     everyMs?: number;
@@ -246,7 +249,7 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
       } catch (error) {
         logger.warn('outbox relay: counting pending entries failed', { error: String(error) });
       }
-      await sleep(alert?.everyMs ?? 1_000, signal).catch(() => {});
+      await sleep(alert?.everyMs ?? 5_000, signal).catch(() => {});
     }
   };
 
