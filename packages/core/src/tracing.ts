@@ -193,7 +193,8 @@ export function linkToRef(ref: string | undefined): Link[] {
   return [{ context: { traceId: m[1] as string, spanId: m[2] as string, traceFlags: 1, isRemote: true } }];
 }
 
-const meter = () => metrics.getMeter(SCOPE, VERSION);
+/** The library's meter (one scope and version for every instrument it makes). */
+export const meter = () => metrics.getMeter(SCOPE, VERSION);
 // The metrics API has no proxy provider: instruments made before the application registers its
 // SDK would stay no-ops, so they are re-made when the global provider changes.
 let instruments: { provider: unknown; value: ReturnType<typeof createInstruments> } | undefined;

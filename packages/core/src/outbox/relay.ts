@@ -13,13 +13,14 @@
  *   path (in the background, in chunks); a relay that dies before marking publishes those entries
  *   again: the consumers' deduplication (their idempotency key) drops them.
  */
-import { type Counter, metrics, type ObservableGauge } from '@opentelemetry/api';
+import type { Counter, ObservableGauge } from '@opentelemetry/api';
 import { ConfigError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { silentLogger } from '../logger.js';
 import { resolveRetryPolicy, type RetryPolicyOptions, retryDelayMs } from '../retry.js';
 import type { OutgoingPublisher } from '../spi.js';
 import { sleep } from '../steps.js';
+import { meter } from '../tracing.js';
 import type { OutgoingMessage } from '../store/types.js';
 
 /** One unit of the source (e.g. a document) and the messages it holds, in publish order. */
@@ -310,11 +311,10 @@ function relayInstruments(lag: () => number | undefined): {
   published: Counter;
   detach(): void;
 } {
-  const meter = metrics.getMeter('@exactly-once/core', '0.1.0');
-  const published = meter.createCounter('exactly_once.outbox.published', {
+  const published = meter().createCounter('exactly_once.outbox.published', {
     description: 'Outbox messages confirmed by the broker',
   });
-  const gauge: ObservableGauge = meter.createObservableGauge('exactly_once.outbox.lag', {
+  const gauge: ObservableGauge = meter().createObservableGauge('exactly_once.outbox.lag', {
     description: 'Outbox entries not yet published',
   });
   const observe = (result: { observe(value: number): void }) => {

@@ -5,9 +5,10 @@
  * polls it. Both need a store with the optional `listInProgress` operation.
  */
 
-import { type Attributes, metrics, type ObservableGauge, type ObservableResult } from '@opentelemetry/api';
+import type { Attributes, ObservableGauge, ObservableResult } from '@opentelemetry/api';
 import { ConfigError } from '../errors.js';
 import { scopeKey, validateName } from '../keys.js';
+import { meter } from '../tracing.js';
 import type { InProgressEntry, ProcessedStore } from './types.js';
 
 export interface StuckQuery {
@@ -73,11 +74,9 @@ export function watchStuck(store: ProcessedStore, options: WatchStuckOptions): S
     'exactly_once.namespace': validateName('namespace', options.namespace ?? 'default'),
   };
   let count: number | undefined;
-  const gauge: ObservableGauge = metrics
-    .getMeter('@exactly-once/core', '0.1.0')
-    .createObservableGauge('exactly_once.in_progress.stuck', {
-      description: 'IN_PROGRESS records whose current attempt started longer ago than the threshold',
-    });
+  const gauge: ObservableGauge = meter().createObservableGauge('exactly_once.in_progress.stuck', {
+    description: 'IN_PROGRESS records whose current attempt started longer ago than the threshold',
+  });
   const observe = (result: ObservableResult) => {
     if (count !== undefined) result.observe(count, attributes);
   };
