@@ -260,15 +260,21 @@ describe.each(CLIENTS)('kafka consumer on %s', (client) => {
       handler: async (p: { id: string }) => {
         runs.set(p.id, (runs.get(p.id) ?? 0) + 1);
         if (p.id === 'slow') {
-          // Runs until the second member has joined and the rebalance is over.
+          // Runs until the second member has joined and A has given this run up. Waiting for
+          // the give-up itself, not a fixed time: on librdkafka the member can leave the group
+          // (max poll interval) a moment before its batch is marked stale, and under load that
+          // moment can outlast any fixed wait.
           await waitUntil(() => bJoins.joins > 0, { timeoutMs: 40_000 });
-          const until = Date.now() + 1_500;
+          await waitUntil(() => a !== undefined && a.stats.abandoned > 0, { timeoutMs: 30_000 });
+          const until = Date.now() + 500;
           await waitUntil(() => Date.now() >= until);
           slowDone = true;
         }
       },
     };
-    const a = await start<{ id: string }>(common);
+    // Assigned below; the slow handler reads A's counters.
+    let a: KafkaConsumer | undefined;
+    a = await start<{ id: string }>(common);
     // The slow record comes once A consumes both partitions. librdkafka delivers the revocation
     // when the client fetches again, which its KafkaJS layer does between batches: here when
     // twice `rebalanceTimeout` passed without a fetch and the slow batch is marked stale.
