@@ -64,6 +64,15 @@ export interface ProcessorOptions<T = unknown, R = unknown> {
    */
   maxRunMs?: number;
   /**
+   * Longest the pipeline waits for one store call (a batch call counts as one). A call not
+   * answered by then fails like an outage (`StoreUnavailableError`): the message is not acked and
+   * is tried again, instead of waiting for ever on a server that stalled or a reply that was lost.
+   * Its write may still land later; fences and the duplicate check account for that (see
+   * store/deadline.ts). `Infinity` turns the deadline off. @defaultValue leaseMs (a call that
+   * outlasts the lease has lost it anyway)
+   */
+  storeTimeoutMs?: number;
+  /**
    * Unconfirmed publishes of a completed message's outgoing messages in a row before the message
    * is dead-lettered with a `PublishError` reason (metric `exactly_once.publish.escalations`). Until
    * then it is redelivered with a growing delay (0.5 s doubling to 30 s). @defaultValue 20
@@ -125,6 +134,7 @@ export interface ResolvedProcessorOptions<T, R> {
   readonly leaseMs: number;
   readonly heartbeatMs: number;
   readonly maxRunMs: number;
+  readonly storeTimeoutMs: number;
   readonly maxPublishDeferrals: number;
   readonly retentionMs: number;
   readonly inlineResultBytes: number;
@@ -172,6 +182,8 @@ export function resolveProcessorOptions<T, R>(o: ProcessorOptions<T, R>): Resolv
   }
   const maxRunMs = o.maxRunMs ?? PROCESSOR_DEFAULTS.maxRunMs;
   positive('maxRunMs', maxRunMs);
+  const storeTimeoutMs = o.storeTimeoutMs ?? leaseMs;
+  if (storeTimeoutMs !== Number.POSITIVE_INFINITY) positive('storeTimeoutMs', storeTimeoutMs);
   const maxPublishDeferrals = o.maxPublishDeferrals ?? PROCESSOR_DEFAULTS.maxPublishDeferrals;
   if (!Number.isInteger(maxPublishDeferrals) || maxPublishDeferrals < 0) {
     throw new ConfigError(`maxPublishDeferrals must be an integer >= 0 (got ${maxPublishDeferrals})`);
@@ -206,6 +218,7 @@ export function resolveProcessorOptions<T, R>(o: ProcessorOptions<T, R>): Resolv
     leaseMs,
     heartbeatMs,
     maxRunMs,
+    storeTimeoutMs,
     maxPublishDeferrals,
     retentionMs,
     inlineResultBytes,

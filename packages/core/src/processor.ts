@@ -63,6 +63,7 @@ import { createScrubber, noScrub, type Scrub, type Scrubber } from './redact.js'
 import type { HeldLease, OrderedGroup, Shared, Turn } from './shared.js';
 import type { Delivery, Disposition, Outcome } from './spi.js';
 import { coalescing } from './store/coalesce.js';
+import { withDeadline } from './store/deadline.js';
 import type { BeginResult, StoredResult } from './store/types.js';
 import {
   inSpan,
@@ -118,8 +119,11 @@ export interface OrderedRun {
  */
 export function createProcessor<T = unknown, R = unknown>(options: ProcessorOptions<T, R>): Processor {
   const resolved = resolveProcessorOptions(options);
-  // Concurrent runs share store round trips (see store/coalesce.ts).
-  const o: ResolvedProcessorOptions<T, R> = Object.freeze({ ...resolved, store: coalescing(resolved.store) });
+  // Concurrent runs share store round trips (see store/coalesce.ts); each call has a deadline.
+  const o: ResolvedProcessorOptions<T, R> = Object.freeze({
+    ...resolved,
+    store: coalescing(withDeadline(resolved.store, resolved.storeTimeoutMs)),
+  });
   const shared: Shared = {
     publishing: new Map(),
     publishFailures: new Map(),

@@ -1,0 +1,64 @@
+/**
+ * A deadline on every store call. A call whose answer never comes (a server that stalls with the
+ * connection open, a reply lost on a connection nothing times out) would otherwise hold its
+ * message for ever: on Kafka the whole partition behind it, and the lease keeper would go on
+ * extending the lease of a run that can never finish. Past the deadline the call rejects with a
+ * `StoreUnavailableError` like any outage, and the pipeline does what it does for one: the
+ * message is not acked and is tried again later.
+ *
+ * The call itself is not cancelled (the clients have no way to), so a write may still land after
+ * its deadline. That is the outcome any store outage leaves unknown, and the protocol already
+ * answers it: fences refuse a late write of a superseded attempt, and a complete that landed
+ * answers the message's next delivery as a duplicate.
+ */
+import { StoreUnavailableError } from '../errors.js';
+import type { ProcessedStore } from './types.js';
+
+/** The store's calls that go to the server (all but `close` and the `effectiveRetentionMs` hint). */
+const CALLS = [
+  'begin',
+  'beginMany',
+  'extend',
+  'complete',
+  'completeMany',
+  'release',
+  'fail',
+  'markPublished',
+  'markPublishedMany',
+  'saveStep',
+  'markStepStarted',
+  'get',
+  'clear',
+  'listInProgress',
+  'claimFingerprint',
+] as const satisfies readonly (keyof ProcessedStore)[];
+
+type Call = (...args: unknown[]) => Promise<unknown>;
+
+/** `store` with every server call bounded by `timeoutMs`; the store itself when it is Infinity. */
+export function withDeadline(store: ProcessedStore, timeoutMs: number): ProcessedStore {
+  if (timeoutMs === Number.POSITIVE_INFINITY) return store;
+  const wrapped = Object.create(store) as Record<string, Call>;
+  for (const name of CALLS) {
+    const call = (store as unknown as Record<string, Call | undefined>)[name];
+    if (typeof call !== 'function') continue;
+    wrapped[name] = (...args) => {
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          reject(
+            new StoreUnavailableError({
+              operation: name,
+              message: `processed-store ${name} did not answer within ${timeoutMs} ms (storeTimeoutMs)`,
+            }),
+          );
+        }, timeoutMs);
+      });
+      const answer = call.apply(store, args);
+      // A late rejection of the abandoned call is nobody's to handle.
+      answer.catch(() => {});
+      return Promise.race([answer, late]).finally(() => clearTimeout(timer));
+    };
+  }
+  return wrapped as unknown as ProcessedStore;
+}

@@ -1,0 +1,94 @@
+import { describe, expect, it } from 'vitest';
+import { Headers } from '../src/headers.js';
+import { createProcessor } from '../src/processor.js';
+import { createMemoryStore } from '../src/store/memory-store.js';
+import type { CompleteRequest, FencedResult, ProcessedStore } from '../src/store/types.js';
+import { delivery } from './helpers.js';
+
+const key = (k: string) => ({ [Headers.IdempotencyKey]: k, [Headers.RequestId]: `req-${k}` });
+const fast = { leaseMs: 300, retentionCheck: 'off' as const, retry: { maxAttempts: 3, initialDelayMs: 10 } };
+const never = new Promise<never>(() => {});
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Settles within `ms`, or reports that it is still pending. */
+const within = <T>(p: Promise<T>, ms: number) =>
+  Promise.race([p, sleep(ms).then(() => 'still pending' as const)]);
+
+describe('store deadline (storeTimeoutMs)', () => {
+  it('a begin that never answers fails as an outage; the next delivery runs the handler once', async () => {
+    const memory = createMemoryStore();
+    let hang = true;
+    const store: ProcessedStore = Object.create(memory);
+    store.beginMany = (requests) => (hang ? never : memory.beginMany!(requests));
+    let runs = 0;
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      storeTimeoutMs: 100,
+      handler: () => {
+        runs++;
+      },
+    });
+    expect(await within(p.process(delivery({}, key('k1'))), 2_000)).toMatchObject({
+      action: 'defer',
+      outcome: 'store-unavailable',
+      error: { message: expect.stringContaining('did not answer within 100 ms') },
+    });
+    hang = false;
+    expect(await p.process(delivery({}, key('k1')))).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    expect(runs).toBe(1);
+  });
+
+  it('a complete that lands after its deadline is not acked then, and answers the redelivery as a duplicate', async () => {
+    const memory = createMemoryStore();
+    let landed: Promise<FencedResult[]> | undefined;
+    const store: ProcessedStore = Object.create(memory);
+    store.completeMany = (requests: readonly CompleteRequest[]) => {
+      if (landed) return memory.completeMany!(requests);
+      // The reply comes long after the deadline, but the write is applied.
+      landed = sleep(300).then(() => memory.completeMany!(requests));
+      return landed;
+    };
+    let runs = 0;
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      leaseMs: 5_000,
+      storeTimeoutMs: 100,
+      handler: () => {
+        runs++;
+        return { ok: true };
+      },
+    });
+    expect(await p.process(delivery({}, key('k2')))).toMatchObject({
+      action: 'defer',
+      outcome: 'store-unavailable',
+    });
+    expect(await landed).toEqual(['ok']);
+    expect(await p.process(delivery({}, key('k2')))).toMatchObject({ action: 'ack', outcome: 'duplicate' });
+    expect(runs).toBe(1);
+    expect((await memory.get('default:c:k2'))?.state).toBe('COMPLETED');
+  });
+
+  it('without a deadline the message waits as long as the call does (what the deadline prevents)', async () => {
+    const memory = createMemoryStore();
+    const store: ProcessedStore = Object.create(memory);
+    store.beginMany = () => never;
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      storeTimeoutMs: Number.POSITIVE_INFINITY,
+      handler: () => {},
+    });
+    expect(await within(p.process(delivery({}, key('k3'))), 500)).toBe('still pending');
+  });
+
+  it('rejects a deadline that is not a positive number', () => {
+    expect(() =>
+      createProcessor({ consumer: 'c', store: createMemoryStore(), handler: () => {}, storeTimeoutMs: 0 }),
+    ).toThrow(/storeTimeoutMs must be a positive number/);
+  });
+});
