@@ -532,6 +532,34 @@ export async function runSoak(combination: Combination, options: SoakOptions): P
       transport === 'rabbitmq'
         ? (await (await rabbit()).count(source)) === 0
         : fullyCommitted(admin!, groupId, source);
+    /** Keys not COMPLETED with their records, and (Kafka) the partitions not fully committed. */
+    const leftovers = async () => {
+      await readAll();
+      const open = [...finalRecords.entries()].filter(([, r]) => r?.state !== 'COMPLETED');
+      const now = Date.now();
+      const lines = open
+        .slice(0, 20)
+        .map(([k, r]) =>
+          r === undefined
+            ? `  ${k}: no record`
+            : `  ${k}: ${r.state} attempt ${r.attempt} fence ${r.fence}` +
+              (r.state === 'IN_PROGRESS' ? ` lease ${r.leaseUntil - now} ms from now, owner ${r.owner}` : ''),
+        );
+      if (transport === 'kafka') {
+        const ends = await admin!.fetchTopicOffsets(source);
+        const [t] = await admin!.fetchOffsets({ groupId, topics: [source] });
+        const done = new Map((t?.partitions ?? []).map((p) => [p.partition, Number(p.offset)]));
+        const behind = ends
+          .filter((p) => (done.get(p.partition) ?? -1) < Number(p.high) && p.high !== p.low)
+          .map((p) => `${p.partition}: committed ${done.get(p.partition) ?? 'none'} of ${p.high}`);
+        const group = await admin!.describeGroups([groupId]);
+        lines.push(
+          `  partitions behind: ${behind.join(', ') || 'none'}; group ${group.groups[0]?.state}, ` +
+            `${group.groups[0]?.members.length} members; live workers ${workers.size}`,
+        );
+      }
+      return `${open.length} keys not COMPLETED:\n${lines.join('\n')}`;
+    };
     let state = '';
     let polls = 0;
     // Reading every record is slow on FerretDB (a few queries per key): not more often than
@@ -551,7 +579,11 @@ export async function runSoak(combination: Combination, options: SoakOptions): P
         return done;
       },
       { timeoutMs: 600_000 + N * 100, intervalMs: 1_000, message: () => `${name}: the end (${state})` },
-    );
+    ).catch(async (error: unknown) => {
+      // What is left and where: the next person needs this to tell a stuck partition from a
+      // stuck record.
+      throw new Error(`${(error as Error).message}\n${await leftovers().catch((e) => `(no details: ${e})`)}`);
+    });
     ending = true;
     const stopAll = async () => {
       const all = [...workers];
