@@ -122,12 +122,13 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       ] as const;
       for (const [i, [fingerprint, traceId, packed]] of cases.entries()) {
         const key = `packing:${i}`;
-        const lease = await store.begin({ key, fingerprint, owner: 'w', leaseMs: 1000, traceId });
+        // A lease no slow server outlasts: the second begin below must find it held.
+        const lease = await store.begin({ key, fingerprint, owner: 'w', leaseMs: 60_000, traceId });
         expect(lease.status).toBe('acquired');
         const [doc] = await elementsOf(raw, key);
         expect(typeof doc?.f === 'string' && typeof doc?.t === 'string').toBe(!packed);
         expect(await store.get(key)).toMatchObject({ fingerprint, traceId });
-        const again = await store.begin({ key, fingerprint, owner: 'w2', leaseMs: 1000 });
+        const again = await store.begin({ key, fingerprint, owner: 'w2', leaseMs: 60_000 });
         expect(again.status).toBe('busy');
       }
     });
