@@ -14,7 +14,7 @@ export default defineConfig({
     // Most files wait on servers, leases and child processes rather than compute: more files at
     // once than the default (CPUs - 1, one file at a time on a 2-CPU machine). EO_TEST_WORKERS
     // overrides it; the destructive files always run one at a time (--no-file-parallelism).
-    maxWorkers: Number(process.env.EO_TEST_WORKERS ?? 3),
+    maxWorkers: Number(process.env.EO_TEST_WORKERS ?? 2),
     testTimeout: 60_000,
     hookTimeout: 120_000,
     reporters: ['default'],

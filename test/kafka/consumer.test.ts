@@ -260,14 +260,12 @@ describe.each(CLIENTS)('kafka consumer on %s', (client) => {
       handler: async (p: { id: string }) => {
         runs.set(p.id, (runs.get(p.id) ?? 0) + 1);
         if (p.id === 'slow') {
-          // Runs until the second member has joined and A has given this run up. Waiting for
-          // the give-up itself, not a fixed time: on librdkafka the member can leave the group
-          // (max poll interval) a moment before its batch is marked stale, and under load that
-          // moment can outlast any fixed wait.
+          // Runs until the second member has joined and A has given this run up (or 5 s more:
+          // see the assertion on `abandoned` below).
           await waitUntil(() => bJoins.joins > 0, { timeoutMs: 40_000 });
-          await waitUntil(() => a !== undefined && a.stats.abandoned > 0, { timeoutMs: 30_000 });
-          const until = Date.now() + 500;
-          await waitUntil(() => Date.now() >= until);
+          const until = Date.now() + 5_000;
+          await waitUntil(() => (a !== undefined && a.stats.abandoned > 0) || Date.now() >= until);
+          await new Promise((resolve) => setTimeout(resolve, 500));
           slowDone = true;
         }
       },
@@ -290,13 +288,21 @@ describe.each(CLIENTS)('kafka consumer on %s', (client) => {
     running.push(b);
     bJoins.attach(b);
     await b.start();
-    await waitUntil(() => fullyCommitted(admin, groupId, topic), { timeoutMs: 60_000, message: 'committed' });
+    await waitUntil(() => fullyCommitted(admin, groupId, topic), {
+      timeoutMs: 100_000,
+      message: 'committed',
+    });
     expect(slowDone).toBe(true);
-    expect(a.stats.abandoned).toBeGreaterThanOrEqual(1);
+    // kafkajs tells the batch at once (its heartbeat fails with a rebalance error). librdkafka
+    // marks a batch stale only when twice `rebalanceTimeout` passed without a fetch, the moment it
+    // also expels the member for exceeding its poll interval: when the expulsion wins, A's run is
+    // never given up, it completes under its still valid lease, and B answers the record as a
+    // duplicate. Either way: one run, committed once.
+    if (client === 'kafkajs') expect(a.stats.abandoned).toBeGreaterThanOrEqual(1);
     // The slow record ran once: the next owner found it busy, waited, and acked the duplicate.
     expect(runs.get('slow')).toBe(1);
     expect(a.stats.deferred + b.stats.deferred).toBeGreaterThanOrEqual(1);
-  }, 90_000);
+  }, 150_000);
 
   it('stop() mid-batch lets the current run finish and commits exactly what was settled', async () => {
     const { topic, dlq, groupId } = await setup(3);
