@@ -92,3 +92,29 @@ describe('store deadline (storeTimeoutMs)', () => {
     ).toThrow(/storeTimeoutMs must be a positive number/);
   });
 });
+
+describe('store deadline on a class store', () => {
+  it('runs every call on the store itself (private fields work)', async () => {
+    const { withDeadline } = await import('../src/store/deadline.js');
+    class Store {
+      readonly #memory = createMemoryStore();
+      #closed = false;
+      begin(request: Parameters<ProcessedStore['begin']>[0]) {
+        return this.#memory.begin(request);
+      }
+      async close() {
+        this.#closed = true;
+      }
+      get closed() {
+        return this.#closed;
+      }
+    }
+    const inner = new Store();
+    const store = withDeadline(inner as unknown as ProcessedStore, 1_000);
+    expect(await store.begin({ key: 'k', fingerprint: 'f', owner: 'o', leaseMs: 1_000 })).toMatchObject({
+      status: 'acquired',
+    });
+    await store.close?.();
+    expect(inner.closed).toBe(true);
+  });
+});

@@ -60,5 +60,10 @@ export function withDeadline(store: ProcessedStore, timeoutMs: number): Processe
       return Promise.race([answer, late]).finally(() => clearTimeout(timer));
     };
   }
+  // The rest runs on the store itself too (a class store's private fields need its own `this`).
+  for (const name of ['close', 'effectiveRetentionMs'] as const) {
+    const method = store[name];
+    if (typeof method === 'function') (wrapped as Record<string, unknown>)[name] = method.bind(store);
+  }
   return wrapped as unknown as ProcessedStore;
 }
