@@ -29,7 +29,14 @@ import { MongoClient } from 'mongodb';
 import { dropLedger, type KillPoint, ledgerKeys, tallyLedger } from '../support/crash-ledger.js';
 import { env, uniqueName } from '../support/env.js';
 import { waitUntil } from '../support/wait.js';
-import { createTopics, distinctKeys, fullyCommitted, readTopic, topicSize } from '../kafka/helpers.js';
+import {
+  committed,
+  createTopics,
+  distinctKeys,
+  fullyCommitted,
+  readTopic,
+  topicSize,
+} from '../kafka/helpers.js';
 import { rawChannel } from '../rabbitmq/helpers.js';
 import type { SoakServers, StoreKind } from './servers.js';
 import { CONSUMER, type SoakWorkerConfig, type StopEntry, type WorkerCommand } from './protocol.js';
@@ -547,8 +554,7 @@ export async function runSoak(combination: Combination, options: SoakOptions): P
         );
       if (transport === 'kafka') {
         const ends = await admin!.fetchTopicOffsets(source);
-        const [t] = await admin!.fetchOffsets({ groupId, topics: [source] });
-        const done = new Map((t?.partitions ?? []).map((p) => [p.partition, Number(p.offset)]));
+        const done = await committed(admin!, groupId, source);
         const behind = ends
           .filter((p) => (done.get(p.partition) ?? -1) < Number(p.high) && p.high !== p.low)
           .map((p) => `${p.partition}: committed ${done.get(p.partition) ?? 'none'} of ${p.high}`);
@@ -710,8 +716,7 @@ export async function runSoak(combination: Combination, options: SoakOptions): P
 /** Records of `topic` past the group's committed offsets. */
 async function uncommitted(admin: Admin, groupId: string, topic: string): Promise<number> {
   const ends = await admin.fetchTopicOffsets(topic);
-  const [t] = await admin.fetchOffsets({ groupId, topics: [topic] });
-  const done = new Map((t?.partitions ?? []).map((p) => [p.partition, Number(p.offset)]));
+  const done = await committed(admin, groupId, topic);
   return ends.reduce((n, p) => n + Number(p.high) - Math.max(Number(p.low), done.get(p.partition) ?? -1), 0);
 }
 
