@@ -19,6 +19,13 @@ import { newRedis, rawChannel } from './helpers.js';
 
 const MESSAGES = Number(process.env.EO_CRASH_MESSAGES ?? 400);
 const KILLS = 3;
+/**
+ * How long a point may make no progress (no record completed, nothing delivered) before it fails.
+ * Not a bound on the whole point: on FerretDB, next to another test file, a point can take
+ * minutes and still be correct; a stalled pipeline shows as no progress. Longer than the store
+ * deadline (60 s), which a hung store call waits out before it is tried again.
+ */
+const STALL_MS = 90_000;
 // 'none' is the baseline: the same run without a kill.
 const POINTS = (process.env.EO_CRASH_POINTS?.split(',') ?? [
   'none',
@@ -119,14 +126,22 @@ async function runPoint(point: KillPoint) {
     const killAt = Math.max(1, Math.round(point === 'mid-batch' ? at / 4 : at));
     const worker = startWorker({ ...base, killPoint: point, killAt });
     let settled = false;
+    let done = 0;
     const outcome = await Promise.race([
       worker.exited,
       // A worker that finishes the queue without reaching its kill would wait for ever.
       waitUntil(
-        async () =>
-          settled ||
-          ((await raw.count(queue)) === 0 && (await countCompleted(base.storePrefix)) === MESSAGES),
-        { timeoutMs: 120_000, intervalMs: 250, message: `${point}: kill #${k + 1} or the end of the queue` },
+        async () => {
+          if (settled) return true;
+          done = await countCompleted(base.storePrefix);
+          return (await raw.count(queue)) === 0 && done === MESSAGES;
+        },
+        {
+          timeoutMs: STALL_MS,
+          intervalMs: 250,
+          progress: () => done,
+          message: () => `${point}: kill #${k + 1} or the end of the queue (completed ${done})`,
+        },
       ).then(() => 'finished' as const),
     ]);
     settled = true;
@@ -155,8 +170,9 @@ async function runPoint(point: KillPoint) {
       return completed === MESSAGES && outIds.size === MESSAGES && pending === 0;
     },
     {
-      timeoutMs: 120_000,
+      timeoutMs: STALL_MS,
       intervalMs: 250,
+      progress: () => state,
       message: () => `${point}: all completed and delivered (${state})`,
     },
   );
