@@ -45,6 +45,13 @@ const combinations: Combination[] = values.only
 
 const log = (line: string) => console.log(line);
 const servers = await startSoakServers(combinations.map((c) => c.store));
+// Interrupted (Ctrl-C, kill): stop the soak's servers; the workers exit when this process does
+// (their IPC channel closes).
+for (const signal of ['SIGINT', 'SIGTERM'] as const)
+  process.once(signal, () => {
+    log(`\n${signal}: stopping the soak's servers`);
+    void servers.stop().finally(() => process.exit(130));
+  });
 const rows: SoakRow[] = [];
 const t0 = Date.now();
 let failed = false;

@@ -271,4 +271,7 @@ process.on('SIGTERM', () => {
     process.exit(0);
   })();
 });
+// The harness is gone (killed, or ended without stopping its workers): nothing will stop this
+// worker or count its effects any more.
+process.on('disconnect', () => process.exit(0));
 process.send?.({ type: 'ready' });
