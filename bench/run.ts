@@ -2,7 +2,8 @@
  * `npm run bench [-- options]`: consume throughput against the raw clients and AWS Powertools,
  * added latency, storage per key and outbox drain (and, on request, the Mongo store as records
  * accumulate). Prints tables on stdout, progress on stderr, and writes everything measured to
- * bench/out/<timestamp>.json. See README.md for the method.
+ * bench/out/<timestamp>.json. See README.md for the method. `npm run bench` builds the packages
+ * first, and this runs on their dist/ JavaScript: the code an application installs.
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
