@@ -15,6 +15,7 @@ import type {
   MarkPublishedRequest,
   ProcessedStore,
 } from './types.js';
+import { delegate } from './delegate.js';
 
 /** Most requests in one batch call; a larger turn is sent as several calls. */
 export const MAX_BATCH = 256;
@@ -60,7 +61,7 @@ function batcher<Q, A>(send: (requests: Q[]) => Promise<A[]>): (request: Q) => P
 export function coalescing(store: ProcessedStore): ProcessedStore {
   const { beginMany, completeMany, markPublishedMany } = store;
   if (!beginMany && !completeMany && !markPublishedMany) return store;
-  const wrapped: ProcessedStore = Object.create(store) as ProcessedStore;
+  const wrapped = delegate(store);
   if (beginMany) {
     const begin = batcher<BeginRequest, BeginResult>((r) => beginMany.call(store, r));
     wrapped.begin = begin;

@@ -12,34 +12,16 @@
  * answers the message's next delivery as a duplicate.
  */
 import { StoreUnavailableError } from '../errors.js';
+import { delegate, SERVER_CALLS } from './delegate.js';
 import type { ProcessedStore } from './types.js';
-
-/** The store's calls that go to the server (all but `close` and the `effectiveRetentionMs` hint). */
-const CALLS = [
-  'begin',
-  'beginMany',
-  'extend',
-  'complete',
-  'completeMany',
-  'release',
-  'fail',
-  'markPublished',
-  'markPublishedMany',
-  'saveStep',
-  'markStepStarted',
-  'get',
-  'clear',
-  'listInProgress',
-  'claimFingerprint',
-] as const satisfies readonly (keyof ProcessedStore)[];
 
 type Call = (...args: unknown[]) => Promise<unknown>;
 
 /** `store` with every server call bounded by `timeoutMs`; the store itself when it is Infinity. */
 export function withDeadline(store: ProcessedStore, timeoutMs: number): ProcessedStore {
   if (timeoutMs === Number.POSITIVE_INFINITY) return store;
-  const wrapped = Object.create(store) as Record<string, Call>;
-  for (const name of CALLS) {
+  const wrapped = delegate(store) as unknown as Record<string, Call>;
+  for (const name of SERVER_CALLS) {
     const call = (store as unknown as Record<string, Call | undefined>)[name];
     if (typeof call !== 'function') continue;
     wrapped[name] = (...args) => {
@@ -59,11 +41,6 @@ export function withDeadline(store: ProcessedStore, timeoutMs: number): Processe
       answer.catch(() => {});
       return Promise.race([answer, late]).finally(() => clearTimeout(timer));
     };
-  }
-  // The rest runs on the store itself too (a class store's private fields need its own `this`).
-  for (const name of ['close', 'effectiveRetentionMs'] as const) {
-    const method = store[name];
-    if (typeof method === 'function') (wrapped as Record<string, unknown>)[name] = method.bind(store);
   }
   return wrapped as unknown as ProcessedStore;
 }
