@@ -50,7 +50,7 @@ const servers = await startSoakServers(combinations.map((c) => c.store));
 for (const signal of ['SIGINT', 'SIGTERM'] as const)
   process.once(signal, () => {
     log(`\n${signal}: stopping the soak's servers`);
-    void servers.stop().finally(() => process.exit(130));
+    void servers.stop().finally(() => process.exit(signal === 'SIGINT' ? 130 : 143));
   });
 const rows: SoakRow[] = [];
 const t0 = Date.now();
