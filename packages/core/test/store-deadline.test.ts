@@ -93,23 +93,34 @@ describe('store deadline (storeTimeoutMs)', () => {
   });
 });
 
+/** A store written as a class with private fields: they fail on any `this` but its own. */
+class ClassStore {
+  readonly #memory = createMemoryStore();
+  #closed = false;
+  begin(request: Parameters<ProcessedStore['begin']>[0]) {
+    return this.#memory.begin(request);
+  }
+  beginMany(requests: readonly Parameters<ProcessedStore['begin']>[0][]) {
+    return Promise.all(requests.map((r) => this.#memory.begin(r)));
+  }
+  extend(k: string, fence: number, leaseMs: number) {
+    return this.#memory.extend(k, fence, leaseMs);
+  }
+  get(k: string) {
+    return this.#memory.get(k);
+  }
+  async close() {
+    this.#closed = true;
+  }
+  get closed() {
+    return this.#closed;
+  }
+}
+
 describe('store deadline on a class store', () => {
   it('runs every call on the store itself (private fields work)', async () => {
     const { withDeadline } = await import('../src/store/deadline.js');
-    class Store {
-      readonly #memory = createMemoryStore();
-      #closed = false;
-      begin(request: Parameters<ProcessedStore['begin']>[0]) {
-        return this.#memory.begin(request);
-      }
-      async close() {
-        this.#closed = true;
-      }
-      get closed() {
-        return this.#closed;
-      }
-    }
-    const inner = new Store();
+    const inner = new ClassStore();
     const store = withDeadline(inner as unknown as ProcessedStore, 1_000);
     expect(await store.begin({ key: 'k', fingerprint: 'f', owner: 'o', leaseMs: 1_000 })).toMatchObject({
       status: 'acquired',
@@ -123,29 +134,7 @@ describe('coalescing on a class store with the deadline off', () => {
   it('runs the calls it does not batch on the store itself (private fields work)', async () => {
     const { coalescing } = await import('../src/store/coalesce.js');
     const { withDeadline } = await import('../src/store/deadline.js');
-    class Store {
-      readonly #memory = createMemoryStore();
-      #closed = false;
-      begin(request: Parameters<ProcessedStore['begin']>[0]) {
-        return this.#memory.begin(request);
-      }
-      beginMany(requests: readonly Parameters<ProcessedStore['begin']>[0][]) {
-        return Promise.all(requests.map((r) => this.#memory.begin(r)));
-      }
-      extend(k: string, fence: number, leaseMs: number) {
-        return this.#memory.extend(k, fence, leaseMs);
-      }
-      get(k: string) {
-        return this.#memory.get(k);
-      }
-      async close() {
-        this.#closed = true;
-      }
-      get closed() {
-        return this.#closed;
-      }
-    }
-    const inner = new Store();
+    const inner = new ClassStore();
     const store = coalescing(withDeadline(inner as unknown as ProcessedStore, Number.POSITIVE_INFINITY));
     const begun = await store.begin({ key: 'k', fingerprint: 'f', owner: 'o', leaseMs: 1_000 });
     if (begun.status !== 'acquired') throw new Error(`begin: ${begun.status}`);
