@@ -32,7 +32,9 @@ async function setup(handler: (payload: { id: string }, ctx: HandlerContext) => 
     namespace: queue.replace(/[^A-Za-z0-9._-]/g, ''),
     store: createRedisStore({ client: redis, keyPrefix: `t:${queue}` }),
     retryDelaysMs: delays,
-    retry: { maxAttempts: 3, initialDelayMs: 50, maxDelayMs: 200 },
+    // No jitter: attempt 1 waits 50 ms, attempt 2 100 ms, so the two retries take the two tiers
+    // (equal jitter draws attempt 2 from [50, 100], and 50 lands in the 50 ms tier).
+    retry: { maxAttempts: 3, initialDelayMs: 50, maxDelayMs: 200, jitter: 'none' },
     retentionCheck: 'off',
     leaseMs: 2_000,
     handler: async (payload, ctx) => {
