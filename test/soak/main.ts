@@ -9,8 +9,10 @@
  * Exits 1 when a combination had a duplicate effect, a lost message, a double completion or a
  * ledger line the crash model does not explain.
  */
-import { parseArgs } from 'node:util';
+
 import { loadavg } from 'node:os';
+import { parseArgs } from 'node:util';
+import { type StoreKind, startSoakServers } from './servers.js';
 import {
   ALL_COMBINATIONS,
   type Combination,
@@ -20,7 +22,6 @@ import {
   soakDetails,
   soakTable,
 } from './soak.js';
-import { startSoakServers, type StoreKind } from './servers.js';
 
 const { values } = parseArgs({
   options: {

@@ -21,7 +21,19 @@ export interface SoakWorkerConfig {
 export type WorkerCommand =
   | { readonly type: 'arm'; readonly point: KillPoint; readonly at: number }
   | { readonly type: 'disarm' }
-  | { readonly type: 'pause' };
+  | { readonly type: 'pause' }
+  /** Reply with a {@link WorkerState}: the harness prints it when a run stalls. */
+  | { readonly type: 'dump' };
+
+/** What a worker reports when asked (dump): enough to tell a hung batch from a paused partition. */
+export interface WorkerState {
+  readonly type: 'state';
+  readonly stats: unknown;
+  /** Kafka: the partitions each client has assigned and paused. */
+  readonly kafka?: readonly { assigned: unknown; paused: unknown }[];
+  /** The last lines the worker logged about its work (EO_SOAK_VERBOSE adds every handler run). */
+  readonly recent: readonly string[];
+}
 
 export const CONSUMER = 'soak';
 

@@ -10,8 +10,8 @@ import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ALL_COMBINATIONS, combinationName, runSoak, type SoakRow, soakDetails, soakTable } from './soak.js';
 import { type SoakServers, startSoakServers } from './servers.js';
+import { ALL_COMBINATIONS, combinationName, runSoak, type SoakRow, soakDetails, soakTable } from './soak.js';
 
 const MESSAGES = Number(process.env.EO_SOAK_MESSAGES ?? 1_000);
 const KILLS = Number(process.env.EO_SOAK_KILLS ?? 6);

@@ -24,11 +24,8 @@ import { type ProcessedRecord, type ProcessedStore, scopeKey } from '@exactly-on
 import { createMongoStore } from '@exactly-once/store-mongo';
 import { createRedisStore } from '@exactly-once/store-redis';
 import { Cluster, Redis } from 'ioredis';
-import { type Admin, type Kafka, logLevel, Kafka as KafkaClient } from 'kafkajs';
+import { type Admin, type Kafka, Kafka as KafkaClient, logLevel } from 'kafkajs';
 import { MongoClient } from 'mongodb';
-import { dropLedger, type KillPoint, ledgerKeys, tallyLedger } from '../support/crash-ledger.js';
-import { env, uniqueName } from '../support/env.js';
-import { waitUntil } from '../support/wait.js';
 import {
   committed,
   createTopics,
@@ -38,8 +35,17 @@ import {
   topicSize,
 } from '../kafka/helpers.js';
 import { rawChannel } from '../rabbitmq/helpers.js';
+import { dropLedger, type KillPoint, ledgerKeys, tallyLedger } from '../support/crash-ledger.js';
+import { env, uniqueName } from '../support/env.js';
+import { waitUntil } from '../support/wait.js';
+import {
+  CONSUMER,
+  type SoakWorkerConfig,
+  type StopEntry,
+  type WorkerCommand,
+  type WorkerState,
+} from './protocol.js';
 import type { SoakServers, StoreKind } from './servers.js';
-import { CONSUMER, type SoakWorkerConfig, type StopEntry, type WorkerCommand } from './protocol.js';
 
 export type Transport = 'rabbitmq' | 'kafka';
 export interface Combination {
@@ -585,7 +591,34 @@ export async function runSoak(combination: Combination, options: SoakOptions): P
             `${group.groups[0]?.members.length} members; live workers ${workers.size}`,
         );
       }
-      return `${open.length} keys not COMPLETED:\n${lines.join('\n')}`;
+      return `${open.length} keys not COMPLETED:\n${lines.join('\n')}\n${await workerStates()}`;
+    };
+    /** Each live worker's own account (stats, partitions, last events), asked over IPC. */
+    const workerStates = async () => {
+      const states = await Promise.all(
+        [...workers].map(
+          (w) =>
+            new Promise<string>((resolve) => {
+              const answer = (m: WorkerState) => {
+                if (m?.type !== 'state') return;
+                clearTimeout(timer);
+                w.child.off('message', answer);
+                resolve(
+                  `worker ${w.pid}: stats ${JSON.stringify(m.stats)}\n` +
+                    (m.kafka ? `  kafka ${JSON.stringify(m.kafka)}\n` : '') +
+                    `  ${m.recent.join('\n  ')}`,
+                );
+              };
+              const timer = setTimeout(() => {
+                w.child.off('message', answer);
+                resolve(`worker ${w.pid}: no answer (stopped?)`);
+              }, 3_000);
+              w.child.on('message', answer);
+              w.child.send({ type: 'dump' } satisfies WorkerCommand, () => {});
+            }),
+        ),
+      );
+      return states.join('\n');
     };
     let state = '';
     let polls = 0;
@@ -605,7 +638,14 @@ export async function runSoak(combination: Combination, options: SoakOptions): P
         nextRead = Date.now() + 2 * (Date.now() - t);
         return all;
       },
-      { timeoutMs: 600_000 + N * 100, intervalMs: 1_000, message: () => `${name}: the end (${state})` },
+      {
+        // A slow run (FerretDB at 10,000 keys, a loaded CI machine) is waited for; a stalled one
+        // fails after 5 minutes without a new completion, with every worker's account.
+        timeoutMs: 300_000,
+        progress: () => state,
+        intervalMs: 1_000,
+        message: () => `${name}: the end (${state})`,
+      },
     ).catch(async (error: unknown) => {
       // What is left and where: the next person needs this to tell a stuck partition from a
       // stuck record.

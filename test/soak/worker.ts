@@ -15,8 +15,7 @@
  * Besides the crash ledger's keys it writes `<ledger>:fenced` (store key -> completes the store
  * refused as stale: the lease had passed to another worker).
  */
-import { Cluster, Redis } from 'ioredis';
-import { type KafkaLike, createConsumer as createKafkaConsumer, createProducer } from '@exactly-once/kafka';
+
 import {
   type CompleteRequest,
   type FencedResult,
@@ -25,24 +24,37 @@ import {
   type ProcessedStore,
   scopeKey,
 } from '@exactly-once/core';
-import { createConsumer as createRabbitConsumer, createPublisher } from '@exactly-once/rabbitmq';
+import { createConsumer as createKafkaConsumer, createProducer, type KafkaLike } from '@exactly-once/kafka';
+import { createPublisher, createConsumer as createRabbitConsumer } from '@exactly-once/rabbitmq';
 import { createMongoStore } from '@exactly-once/store-mongo';
 import { createRedisStore } from '@exactly-once/store-redis';
+import { Cluster, Redis } from 'ioredis';
 import { type Consumer, Kafka, logLevel } from 'kafkajs';
 import { MongoClient } from 'mongodb';
 import { crashKit } from '../support/crash-ledger.js';
 import { env } from '../support/env.js';
-import { CONSUMER, type SoakWorkerConfig, type StopEntry, type WorkerCommand } from './protocol.js';
+import {
+  CONSUMER,
+  type SoakWorkerConfig,
+  type StopEntry,
+  type WorkerCommand,
+  type WorkerState,
+} from './protocol.js';
 
 const config = JSON.parse(process.env.EO_SOAK_WORKER ?? '{}') as SoakWorkerConfig;
 const quiet = { debug() {}, info() {}, warn() {}, error() {} };
-const logger = process.env.EO_SOAK_VERBOSE
-  ? {
-      ...quiet,
-      warn: (m: string, meta?: unknown) => console.error(`warn ${m} ${JSON.stringify(meta)}`),
-      error: (m: string, meta?: unknown) => console.error(`error ${m} ${JSON.stringify(meta)}`),
-    }
-  : quiet;
+/** The worker's last events, sent to the harness on `dump` (see WorkerState). */
+const recent: string[] = [];
+function note(line: string): void {
+  recent.push(`${new Date().toISOString().slice(11, 23)} ${line}`);
+  if (recent.length > 40) recent.shift();
+  if (process.env.EO_SOAK_VERBOSE) console.error(line);
+}
+const logger = {
+  ...quiet,
+  warn: (m: string, meta?: unknown) => note(`warn ${m} ${JSON.stringify(meta)}`),
+  error: (m: string, meta?: unknown) => note(`error ${m} ${JSON.stringify(meta)}`),
+};
 
 const ledgerRedis = new Redis(env.redisUrl, { maxRetriesPerRequest: 5 });
 
@@ -119,7 +131,7 @@ function pairUp(): Promise<void> {
 }
 
 async function handle(id: string, ctx: HandlerContext): Promise<{ ok: true }> {
-  if (process.env.EO_SOAK_VERBOSE) console.log(`handling ${ctx.key} attempt ${ctx.attempt}`);
+  note(`handling ${ctx.key} attempt ${ctx.attempt}`);
   await kit.started(ctx);
   await kit.effect(ctx);
   if (pauseArmed) {
@@ -148,8 +160,9 @@ async function handle(id: string, ctx: HandlerContext): Promise<{ ok: true }> {
 }
 
 process.on('message', (m: WorkerCommand) => {
-  if (process.env.EO_SOAK_VERBOSE) console.log(`command ${JSON.stringify(m)}`);
-  if (m.type === 'arm') kit.arm(m.point, m.at);
+  if (m.type !== 'dump') note(`command ${JSON.stringify(m)}`);
+  if (m.type === 'dump') process.send?.(dump());
+  else if (m.type === 'arm') kit.arm(m.point, m.at);
   else if (m.type === 'disarm') {
     kit.arm('none', 0);
     pauseArmed = false;
@@ -157,6 +170,7 @@ process.on('message', (m: WorkerCommand) => {
 });
 
 let stop: () => Promise<void>;
+let dump: () => WorkerState = () => ({ type: 'state', stats: undefined, recent });
 if (config.transport === 'rabbitmq') {
   const rabbit = createPublisher({ connection: env.amqpUrl });
   const publisher = {
@@ -180,6 +194,7 @@ if (config.transport === 'rabbitmq') {
     handler: (order, ctx) => handle(order.id, ctx),
   });
   await consumer.start();
+  dump = () => ({ type: 'state', stats: consumer.stats, recent });
   stop = async () => {
     await consumer.stop({ timeoutMs: 5_000 });
     await rabbit.close();
@@ -191,13 +206,18 @@ if (config.transport === 'rabbitmq') {
     logLevel: logLevel.NOTHING,
     retry: { retries: 30, initialRetryTime: 300, maxRetryTime: 5_000 },
   });
-  const clients: Consumer[] = [];
+  const clients: { consumer: Consumer; assigned: unknown }[] = [];
   // The client wrapper is where a kill lands between resolving offsets and committing them.
   const kafka: KafkaLike = {
     producer: (c) => realKafka.producer(c as Parameters<typeof realKafka.producer>[0]),
     consumer(c) {
       const consumer = realKafka.consumer(c as Parameters<typeof realKafka.consumer>[0]);
-      clients.push(consumer);
+      const client = { consumer, assigned: undefined as unknown };
+      clients.push(client);
+      consumer.on(consumer.events.GROUP_JOIN, (e) => {
+        client.assigned = e.payload.memberAssignment;
+        note(`joined: ${JSON.stringify(e.payload.memberAssignment)}`);
+      });
       // A crash kafkajs does not restart (a non-retriable error) leaves a worker that consumes
       // nothing: exit, the harness starts a new one.
       consumer.on(consumer.events.CRASH, (e) => {
@@ -254,6 +274,12 @@ if (config.transport === 'rabbitmq') {
     handler: (order, ctx) => handle(order.id, ctx),
   });
   await consumer.start();
+  dump = () => ({
+    type: 'state',
+    stats: consumer.stats,
+    kafka: clients.map((c) => ({ assigned: c.assigned, paused: c.consumer.paused() })),
+    recent,
+  });
   stop = async () => {
     await consumer.stop();
     await producer.disconnect();
