@@ -31,6 +31,8 @@ export interface WorkerState {
   readonly stats: unknown;
   /** Kafka: the partitions each client has assigned and paused. */
   readonly kafka?: readonly { assigned: unknown; paused: unknown }[];
+  /** MongoDB: the driver's view of each server (type, last error). */
+  readonly store?: unknown;
   /** The last lines the worker logged about its work (EO_SOAK_VERBOSE adds every handler run). */
   readonly recent: readonly string[];
 }

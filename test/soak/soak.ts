@@ -606,6 +606,7 @@ export async function runSoak(combination: Combination, options: SoakOptions): P
                 resolve(
                   `worker ${w.pid}: stats ${JSON.stringify(m.stats)}\n` +
                     (m.kafka ? `  kafka ${JSON.stringify(m.kafka)}\n` : '') +
+                    (m.store ? `  store ${JSON.stringify(m.store)}\n` : '') +
                     `  ${m.recent.join('\n  ')}`,
                 );
               };

@@ -22,6 +22,7 @@ import {
   type HandlerContext,
   type OutgoingMessage,
   type ProcessedStore,
+  type Processor,
   scopeKey,
 } from '@exactly-once/core';
 import { createConsumer as createKafkaConsumer, createProducer, type KafkaLike } from '@exactly-once/kafka';
@@ -45,11 +46,22 @@ const config = JSON.parse(process.env.EO_SOAK_WORKER ?? '{}') as SoakWorkerConfi
 const quiet = { debug() {}, info() {}, warn() {}, error() {} };
 /** The worker's last events, sent to the harness on `dump` (see WorkerState). */
 const recent: string[] = [];
+let last = { line: '', count: 0 };
 function note(line: string): void {
-  recent.push(`${new Date().toISOString().slice(11, 23)} ${line}`);
-  if (recent.length > 40) recent.shift();
   if (process.env.EO_SOAK_VERBOSE) console.error(line);
+  const at = new Date().toISOString().slice(11, 23);
+  // A store outage repeats one warning per message: one line, counted.
+  if (line === last.line && recent.length > 0) {
+    last.count++;
+    recent[recent.length - 1] = `${at} ${line} (x${last.count}, the last at this time)`;
+    return;
+  }
+  last = { line, count: 1 };
+  recent.push(`${at} ${line}`);
+  if (recent.length > 40) recent.shift();
 }
+/** Store client facts for the dump (MongoDB: the driver's view of the server). */
+let storeState: () => unknown = () => undefined;
 const logger = {
   ...quiet,
   warn: (m: string, meta?: unknown) => note(`warn ${m} ${JSON.stringify(meta)}`),
@@ -63,6 +75,52 @@ function openStore(): ProcessedStore {
   const { kind, url } = config.store;
   if (kind === 'mongo') {
     const client = new MongoClient(url, { serverSelectionTimeoutMS: 5_000 });
+    // The driver's own account of the server, for a stall (see WorkerState).
+    for (const event of ['serverDescriptionChanged', 'connectionPoolCleared', 'connectionPoolReady'] as const)
+      client.on(event, (e: { newDescription?: { type: string; error?: { message?: string } } }) =>
+        note(
+          `mongo ${event}${e.newDescription ? ` ${e.newDescription.type} ${e.newDescription.error?.message ?? ''}` : ''}`,
+        ),
+      );
+    client.on('serverHeartbeatFailed', (e) => note(`mongo heartbeat failed: ${e.failure.message}`));
+    storeState = () => {
+      const topology = (
+        client as unknown as { topology?: { description?: { servers: Map<string, unknown> } } }
+      ).topology;
+      const servers = (topology as { s?: { servers?: Map<string, unknown> } } | undefined)?.s?.servers;
+      return [...(topology?.description?.servers.values() ?? [])].map((d) => {
+        const { address, type, error, topologyVersion } = d as {
+          address: string;
+          type: string;
+          error?: { message?: string };
+          topologyVersion?: unknown;
+        };
+        // The server monitor's own state: a monitor that never checks again leaves the server
+        // Unknown for ever.
+        const monitor = (
+          servers?.get(address) as
+            | {
+                monitor?: {
+                  s?: { state?: string };
+                  monitorId?: unknown;
+                  connection?: { closed?: boolean } | null;
+                };
+              }
+            | undefined
+        )?.monitor;
+        return {
+          address,
+          type,
+          error: error?.message,
+          topologyVersion: topologyVersion !== undefined,
+          monitor: monitor && {
+            state: monitor.s?.state,
+            interval: monitor.monitorId,
+            connection: monitor.connection === null ? 'none' : monitor.connection?.closed ? 'closed' : 'open',
+          },
+        };
+      });
+    };
     closeStore = () => client.close();
     return createMongoStore({ db: client.db(config.storeName) });
   }
@@ -194,7 +252,8 @@ if (config.transport === 'rabbitmq') {
     handler: (order, ctx) => handle(order.id, ctx),
   });
   await consumer.start();
-  dump = () => ({ type: 'state', stats: consumer.stats, recent });
+  probeLiveness(consumer.processor);
+  dump = () => ({ type: 'state', stats: consumer.stats, store: storeState(), recent });
   stop = async () => {
     await consumer.stop({ timeoutMs: 5_000 });
     await rabbit.close();
@@ -274,16 +333,35 @@ if (config.transport === 'rabbitmq') {
     handler: (order, ctx) => handle(order.id, ctx),
   });
   await consumer.start();
+  probeLiveness(consumer.processor);
   dump = () => ({
     type: 'state',
     stats: consumer.stats,
     kafka: clients.map((c) => ({ assigned: c.assigned, paused: c.consumer.paused() })),
+    store: storeState(),
     recent,
   });
   stop = async () => {
     await consumer.stop();
     await producer.disconnect();
   };
+}
+
+/**
+ * The liveness probe a production worker would have (core README, "Liveness"): a store client
+ * that has not answered for a minute is broken in this process (the MongoDB driver's monitor can
+ * hang for good when the server dies mid-check), while it holds messages or partitions other
+ * workers could process. Exit; the harness starts a new worker, with a new client.
+ */
+const STORE_PATIENCE_MS = 60_000;
+function probeLiveness(processor: Pick<Processor, 'storeHealth'>): void {
+  setInterval(() => {
+    const since = processor.storeHealth().unavailableSince;
+    if (since === undefined || Date.now() - since < STORE_PATIENCE_MS) return;
+    console.error(`liveness: the store has not answered for ${Date.now() - since} ms; exiting for a restart`);
+    console.error(recent.slice(-5).join('\n'));
+    process.exit(4);
+  }, 5_000).unref();
 }
 
 let stopping = false;

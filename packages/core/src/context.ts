@@ -1,5 +1,6 @@
 /** The handler's view of one run: keys, lease, journaled steps and buffered outgoing messages. */
 export type { StepEvent, StepOptions, StepReconcileInfo, StepReconcileResult } from './steps.js';
+
 import { type Context, propagation, type Span, SpanKind, trace } from '@opentelemetry/api';
 import type { BlobPointer, BlobSource, BlobStore } from './blob/types.js';
 import { encodeValue } from './codec.js';

@@ -1,13 +1,14 @@
 /** Running the handler under its lease, and storing its result (inline, or as a blob first). */
-import type { Context } from '@opentelemetry/api';
+
 import type { Readable } from 'node:stream';
+import type { Context } from '@opentelemetry/api';
 import { streamOf } from './blob/result-stream.js';
 import { encodeResult } from './codec.js';
-import { ConfigError } from './errors.js';
 import type { Handler, HandlerContext } from './context.js';
+import { ConfigError } from './errors.js';
 import type { ResolvedProcessorOptions } from './options.js';
-import type { StoredResult } from './store/types.js';
 import { ATTR_EO_BLOB_SIZE } from './semconv.js';
+import type { StoredResult } from './store/types.js';
 import { inSpan, instrumentsFor, withContext } from './tracing.js';
 
 export type HandlerRun<R> = { ok: true; value: R | undefined } | { ok: false; error: unknown };

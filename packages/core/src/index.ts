@@ -20,22 +20,14 @@ export type {
 } from './context.js';
 export * from './errors.js';
 export type {
-  ExecuteRequest,
   ExecutedResult,
+  ExecuteRequest,
   ExecuteResult,
   ExecutorOptions,
   IdempotentExecutor,
 } from './executor.js';
 export { createIdempotentExecutor, ExecutionFailedError, RequestInProgressError } from './executor.js';
 export type { HeaderValue, MessageHeaders } from './headers.js';
-export type {
-  OutboxEntry,
-  OutboxRelay,
-  OutboxRelayOptions,
-  OutboxRelayStats,
-  OutboxSource,
-} from './outbox/relay.js';
-export { createOutboxRelay } from './outbox/relay.js';
 export { Headers, readHeader, readIdentityHeader, textHeaders } from './headers.js';
 export type { StableKeyField } from './keys.js';
 export {
@@ -54,9 +46,17 @@ export type { Logger, LogMeta } from './logger.js';
 export { silentLogger } from './logger.js';
 export type { MissingKeyPolicy, ProcessorOptions, ResolvedProcessorOptions } from './options.js';
 export { checkRetentionHorizon, PROCESSOR_DEFAULTS, resolveProcessorOptions } from './options.js';
+export type {
+  OutboxEntry,
+  OutboxRelay,
+  OutboxRelayOptions,
+  OutboxRelayStats,
+  OutboxSource,
+} from './outbox/relay.js';
+export { createOutboxRelay } from './outbox/relay.js';
+export type { PayloadGuardOptions } from './payload-guard.js';
 export type { Processor } from './processor.js';
 export { createProcessor } from './processor.js';
-export type { PayloadGuardOptions } from './payload-guard.js';
 export type { RetryPolicy, RetryPolicyOptions } from './retry.js';
 export {
   backoffMs,
@@ -69,6 +69,7 @@ export * as semconv from './semconv.js';
 export type { DeadLetterReason, Delivery, Disposition, Outcome, OutgoingPublisher } from './spi.js';
 export type { FaultOptions, StoreOperation } from './store/faulty-store.js';
 export { withFaults } from './store/faulty-store.js';
+export type { StoreHealth } from './store/health.js';
 export type { MemoryStore, MemoryStoreOptions } from './store/memory-store.js';
 export { createMemoryStore } from './store/memory-store.js';
 export type { StuckQuery, StuckWatch, WatchStuckOptions } from './store/stuck.js';
@@ -80,11 +81,11 @@ export type {
   BeginRequest,
   BeginResult,
   ClearResult,
-  FingerprintClaim,
   CompletedRecord,
   CompleteRequest,
   FailedRecord,
   FencedResult,
+  FingerprintClaim,
   InProgressEntry,
   InProgressQuery,
   InProgressRecord,

@@ -4,12 +4,11 @@ import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { BlobStore } from './blob/types.js';
 import type { Handler } from './context.js';
-import type { StepEvent } from './steps.js';
 import { ConfigError } from './errors.js';
 import { validateName } from './keys.js';
 import type { Logger } from './logger.js';
-import { type PayloadGuardOptions, type ResolvedPayloadGuard, resolvePayloadGuard } from './payload-guard.js';
 import { keyRedactingLogger, silentLogger } from './logger.js';
+import { type PayloadGuardOptions, type ResolvedPayloadGuard, resolvePayloadGuard } from './payload-guard.js';
 import {
   type RetryPolicy,
   type RetryPolicyOptions,
@@ -17,6 +16,7 @@ import {
   worstCaseRetrySpanMs,
 } from './retry.js';
 import type { Delivery, OutgoingPublisher } from './spi.js';
+import type { StepEvent } from './steps.js';
 import type { ProcessedStore } from './store/types.js';
 import type { SpanKindMode } from './tracing.js';
 

@@ -12,10 +12,10 @@
  */
 import type { Span } from '@opentelemetry/api';
 import { ConfigError, DuplicatePayloadError } from './errors.js';
+import type { Logger } from './logger.js';
 import { ATTR_EO_PAYLOAD_REUSE, ATTR_EO_PAYLOAD_REUSE_FIRST_KEY } from './semconv.js';
 import type { ProcessedStore } from './store/types.js';
 import { instrumentsFor } from './tracing.js';
-import type { Logger } from './logger.js';
 
 export interface PayloadGuardOptions {
   /** How long (store time) a fingerprint stays claimed by the first key that carried it. */

@@ -43,6 +43,7 @@ import { mayRun, NOT_RUN, releaseKept, reuseHeld } from './ordered.js';
 import { guardPayload } from './payload-guard.js';
 import { type Prepared, prepare } from './prepare.js';
 import { describe, finishCompleted, publishThenAck } from './publish.js';
+import { createScrubber, noScrub, type Scrub, type Scrubber } from './redact.js';
 import {
   ATTR_EO_ACTION,
   ATTR_EO_ATTEMPT,
@@ -59,23 +60,23 @@ import {
   BAGGAGE_REQUEST_ID,
   KEY_ATTRIBUTES,
 } from './semconv.js';
-import { createScrubber, noScrub, type Scrub, type Scrubber } from './redact.js';
 import type { HeldLease, OrderedGroup, Shared, Turn } from './shared.js';
 import type { Delivery, Disposition, Outcome } from './spi.js';
 import { coalescing } from './store/coalesce.js';
 import { withDeadline } from './store/deadline.js';
+import { type StoreHealth, withHealth } from './store/health.js';
 import type { BeginResult, StoredResult } from './store/types.js';
 import {
   inSpan,
   instrumentsFor,
   linkToRef,
   recordError,
+  scrubOf,
   spanRef,
   startProcessSpan,
   tracingEnabled,
   untraced,
   withContext,
-  scrubOf,
   withScrub,
 } from './tracing.js';
 
@@ -92,6 +93,11 @@ export interface Processor {
    * call with them (see {@link OrderedRun.release}).
    */
   processInOrder(deliveries: readonly Delivery[]): OrderedRun;
+  /**
+   * How the processed-store has been answering this process: feed `unavailableSince` to a
+   * liveness probe (see the README's "Liveness").
+   */
+  storeHealth(): StoreHealth;
   readonly options: ResolvedProcessorOptions<unknown, unknown>;
 }
 
@@ -119,10 +125,12 @@ export interface OrderedRun {
  */
 export function createProcessor<T = unknown, R = unknown>(options: ProcessorOptions<T, R>): Processor {
   const resolved = resolveProcessorOptions(options);
-  // Concurrent runs share store round trips (see store/coalesce.ts); each call has a deadline.
+  // Concurrent runs share store round trips (see store/coalesce.ts); each call has a deadline,
+  // and a missed deadline counts as an outage for storeHealth.
+  const watched = withHealth(withDeadline(resolved.store, resolved.storeTimeoutMs));
   const o: ResolvedProcessorOptions<T, R> = Object.freeze({
     ...resolved,
-    store: coalescing(withDeadline(resolved.store, resolved.storeTimeoutMs)),
+    store: coalescing(watched.store),
   });
   const shared: Shared = {
     publishing: new Map(),
@@ -137,6 +145,7 @@ export function createProcessor<T = unknown, R = unknown>(options: ProcessorOpti
   };
   return {
     options: o as ResolvedProcessorOptions<unknown, unknown>,
+    storeHealth: watched.health,
     process: (delivery) => processDelivery(o, delivery, shared, undefined),
     processInOrder(deliveries) {
       const group: OrderedGroup = { kept: [], released: false, stopped: false, ended: [] };

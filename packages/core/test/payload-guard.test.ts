@@ -7,7 +7,7 @@ import { describeFingerprintClaimConformance } from '@exactly-once/core/testing'
 import { describe, expect, it } from 'vitest';
 import { DuplicatePayloadError, ErrorCode } from '../src/errors.js';
 import { Headers } from '../src/headers.js';
-import type { LogMeta, Logger } from '../src/logger.js';
+import type { Logger, LogMeta } from '../src/logger.js';
 import { createProcessor } from '../src/processor.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 import type { ProcessedStore } from '../src/store/types.js';

@@ -1,3 +1,6 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { createFsBlobStore } from '../src/blob/fs-blob-store.js';
 import type { HandlerContext } from '../src/context.js';
@@ -7,9 +10,6 @@ import { createProcessor } from '../src/processor.js';
 import { withFaults } from '../src/store/faulty-store.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 import { deferred, delivery, recordingPublisher } from './helpers.js';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 
 const key = (k: string) => ({ [Headers.IdempotencyKey]: k, [Headers.RequestId]: `req-${k}` });
 const fast = { leaseMs: 300, retentionCheck: 'off' as const, retry: { maxAttempts: 3, initialDelayMs: 10 } };

@@ -17,11 +17,11 @@ import type { Counter, ObservableGauge } from '@opentelemetry/api';
 import { ConfigError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { silentLogger } from '../logger.js';
-import { resolveRetryPolicy, type RetryPolicyOptions, retryDelayMs } from '../retry.js';
+import { type RetryPolicyOptions, resolveRetryPolicy, retryDelayMs } from '../retry.js';
 import type { OutgoingPublisher } from '../spi.js';
 import { sleep } from '../steps.js';
-import { meter } from '../tracing.js';
 import type { OutgoingMessage } from '../store/types.js';
+import { meter } from '../tracing.js';
 
 /** One unit of the source (e.g. a document) and the messages it holds, in publish order. */
 export interface OutboxEntry {

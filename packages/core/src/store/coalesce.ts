@@ -7,6 +7,8 @@
  * Flushes never wait for each other: a batch collected while the previous one is in flight is
  * sent at once, so with a small prefetch window the store round trips of batches overlap.
  */
+
+import { delegate } from './delegate.js';
 import type {
   BeginRequest,
   BeginResult,
@@ -15,7 +17,6 @@ import type {
   MarkPublishedRequest,
   ProcessedStore,
 } from './types.js';
-import { delegate } from './delegate.js';
 
 /** Most requests in one batch call; a larger turn is sent as several calls. */
 export const MAX_BATCH = 256;
