@@ -709,7 +709,7 @@ export async function runSoak(combination: Combination, options: SoakOptions): P
       else if (m) liveLines.push(p);
       else problems.push(p);
     }
-    // The stopped run: taken over, completed by another attempt, completed once.
+    // The stopped run: taken over, completed by another attempt, completed at most once.
     if (stopEntry) {
       const r = finalRecords.get(stopEntry.key);
       const done = Number(await ledgerRedis.hget(ledgerKeys(ledger).completions, stopEntry.key));
@@ -717,7 +717,10 @@ export async function runSoak(combination: Combination, options: SoakOptions): P
         problems.push(
           `stopped run ${stopEntry.key}#${stopEntry.attempt}: record ${r?.state} attempt ${r?.attempt}`,
         );
-      if (done !== 1) problems.push(`stopped run ${stopEntry.key}: completed ${done}x`);
+      // No completion in the ledger is possible: the completing worker's reply was cut (a store
+      // restart, a broken client) after the write landed, and later copies were duplicates.
+      // The record above says COMPLETED by a later attempt; more than one completion is a fault.
+      if (done > 1) problems.push(`stopped run ${stopEntry.key}: completed ${done}x`);
     }
     if (killsMissed > 0) say(`${killsMissed} kill(s) found no worker to fire in`);
     const byPoint = new Map<string, number>();
