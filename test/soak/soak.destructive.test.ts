@@ -15,13 +15,6 @@ import { ALL_COMBINATIONS, combinationName, runSoak, type SoakRow, soakDetails, 
 
 const MESSAGES = Number(process.env.EO_SOAK_MESSAGES ?? 1_000);
 const KILLS = Number(process.env.EO_SOAK_KILLS ?? 6);
-/**
- * Kafka x MongoDB (FerretDB) stalls now and then in CI, also since store calls have a deadline:
- * two partitions of one member stop (their keys never begun), the group stays Stable with all 8
- * members, 41-60 of 1,000 keys never complete within 700 s. Until that is understood it runs in
- * `npm run soak` only (EO_SOAK_ALL=1 runs it here too).
- */
-const CI_EXCLUDED = process.env.EO_SOAK_ALL ? new Set<string>() : new Set(['kafka x mongo']);
 /** The combination of each transport whose run restarts the broker. */
 const BROKER_RESTART = new Set(['rabbitmq x mongo', 'kafka x redis']);
 
@@ -42,7 +35,7 @@ afterAll(async () => {
 }, 360_000);
 
 describe('soak (destructive): SIGKILLs, a SIGSTOP, broker and store restarts, 8 racing workers', () => {
-  for (const combination of ALL_COMBINATIONS.filter((c) => !CI_EXCLUDED.has(combinationName(c)))) {
+  for (const combination of ALL_COMBINATIONS) {
     const name = combinationName(combination);
     it(`${name}: no duplicate effect, nothing lost, no double completion`, async () => {
       const row = await runSoak(combination, {
