@@ -112,7 +112,7 @@ function openStore(): ProcessedStore {
           address,
           type,
           error: error?.message,
-          topologyVersion: topologyVersion !== undefined,
+          streaming: topologyVersion != null,
           monitor: monitor && {
             state: monitor.s?.state,
             interval: monitor.monitorId,
