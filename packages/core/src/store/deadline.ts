@@ -12,35 +12,27 @@
  * answers the message's next delivery as a duplicate.
  */
 import { StoreUnavailableError } from '../errors.js';
-import { delegate, SERVER_CALLS } from './delegate.js';
+import { wrapServerCalls } from './delegate.js';
 import type { ProcessedStore } from './types.js';
-
-type Call = (...args: unknown[]) => Promise<unknown>;
 
 /** `store` with every server call bounded by `timeoutMs`; the store itself when it is Infinity. */
 export function withDeadline(store: ProcessedStore, timeoutMs: number): ProcessedStore {
   if (timeoutMs === Number.POSITIVE_INFINITY) return store;
-  const wrapped = delegate(store) as unknown as Record<string, Call>;
-  for (const name of SERVER_CALLS) {
-    const call = (store as unknown as Record<string, Call | undefined>)[name];
-    if (typeof call !== 'function') continue;
-    wrapped[name] = (...args) => {
-      let timer: NodeJS.Timeout | undefined;
-      const late = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => {
-          reject(
-            new StoreUnavailableError({
-              operation: name,
-              message: `processed-store ${name} did not answer within ${timeoutMs} ms (storeTimeoutMs)`,
-            }),
-          );
-        }, timeoutMs);
-      });
-      const answer = call.apply(store, args);
-      // A late rejection of the abandoned call is nobody's to handle.
-      answer.catch(() => {});
-      return Promise.race([answer, late]).finally(() => clearTimeout(timer));
-    };
-  }
-  return wrapped as unknown as ProcessedStore;
+  return wrapServerCalls(store, (name, call) => (...args) => {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        reject(
+          new StoreUnavailableError({
+            operation: name,
+            message: `processed-store ${name} did not answer within ${timeoutMs} ms (storeTimeoutMs)`,
+          }),
+        );
+      }, timeoutMs);
+    });
+    const answer = call(...args);
+    // A late rejection of the abandoned call is nobody's to handle.
+    answer.catch(() => {});
+    return Promise.race([answer, late]).finally(() => clearTimeout(timer));
+  });
 }

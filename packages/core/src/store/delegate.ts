@@ -39,3 +39,21 @@ export function delegate(store: ProcessedStore): ProcessedStore {
   }
   return wrapper as unknown as ProcessedStore;
 }
+
+type Call = (...args: unknown[]) => Promise<unknown>;
+
+/**
+ * `delegate(store)` with each server call the store has replaced by `wrap(name, call)`, where
+ * `call` runs the store's own method with the store as `this`.
+ */
+export function wrapServerCalls(
+  store: ProcessedStore,
+  wrap: (name: (typeof SERVER_CALLS)[number], call: Call) => Call,
+): ProcessedStore {
+  const wrapped = delegate(store) as unknown as Record<string, Call>;
+  for (const name of SERVER_CALLS) {
+    const method = (store as unknown as Record<string, Call | undefined>)[name];
+    if (typeof method === 'function') wrapped[name] = wrap(name, (...args) => method.apply(store, args));
+  }
+  return wrapped as unknown as ProcessedStore;
+}

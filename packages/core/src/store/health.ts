@@ -10,7 +10,7 @@
  * client) ends it. `unavailableSince` is what a liveness probe compares with its patience.
  */
 import { StoreUnavailableError } from '../errors.js';
-import { delegate, SERVER_CALLS } from './delegate.js';
+import { wrapServerCalls } from './delegate.js';
 import type { ProcessedStore } from './types.js';
 
 export interface StoreHealth {
@@ -24,8 +24,6 @@ export interface StoreHealth {
   readonly unavailableSince: number | undefined;
 }
 
-type Call = (...args: unknown[]) => Promise<unknown>;
-
 /** `store` with its answers and outages recorded; `health()` reads the record. */
 export function withHealth(store: ProcessedStore): { store: ProcessedStore; health(): StoreHealth } {
   let lastAnswerAt: number | undefined;
@@ -37,18 +35,13 @@ export function withHealth(store: ProcessedStore): { store: ProcessedStore; heal
   const failed = (error: unknown) => {
     if (error instanceof StoreUnavailableError) unavailableSince ??= Date.now();
   };
-  const wrapped = delegate(store) as unknown as Record<string, Call>;
-  for (const name of SERVER_CALLS) {
-    const call = (store as unknown as Record<string, Call | undefined>)[name];
-    if (typeof call !== 'function') continue;
-    wrapped[name] = (...args) => {
-      const answer = call.apply(store, args);
-      answer.then(answered, failed);
-      return answer;
-    };
-  }
+  const wrapped = wrapServerCalls(store, (_name, call) => (...args) => {
+    const answer = call(...args);
+    answer.then(answered, failed);
+    return answer;
+  });
   return {
-    store: wrapped as unknown as ProcessedStore,
+    store: wrapped,
     health: () => ({ lastAnswerAt, unavailableSince }),
   };
 }
