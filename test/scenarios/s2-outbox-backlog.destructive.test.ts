@@ -15,8 +15,8 @@ const infra = (...args: string[]) =>
 
 describe('S2: outbox backlog after a Kafka outage', () => {
   it(`${ORDERS} orders placed while Kafka is down: alert, bounded drain, none lost or reordered`, async () => {
-    const lines: string[] = [];
     let kafkaDown = false;
+    const t0 = performance.now();
     try {
       const result = await runBacklogScenario({
         mongoUrl: env.mongoJavaUrl,
@@ -32,11 +32,10 @@ describe('S2: outbox backlog after a Kafka outage', () => {
           infra('up', 'kafka');
           kafkaDown = false;
         },
-        log: (line) => lines.push(line),
+        // Printed as they come, so a run that hangs still shows the phase it reached.
+        log: (line) => console.log(`[s2 ${((performance.now() - t0) / 1000).toFixed(1)}s] ${line}`),
       });
-      console.log(
-        [...lines, JSON.stringify({ ...result, topic: undefined }), JSON.stringify(result.topic)].join('\n'),
-      );
+      console.log([JSON.stringify({ ...result, topic: undefined }), JSON.stringify(result.topic)].join('\n'));
       expect(result.alerts.length).toBeGreaterThan(0);
       expect(result.alerts[0]).toBeGreaterThan(Math.floor(ORDERS / 4));
       expect(result.recovered).toBe(true);

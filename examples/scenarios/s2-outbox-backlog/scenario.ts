@@ -24,6 +24,8 @@ export interface BacklogOptions {
   stopKafka(): Promise<void>;
   startKafka(): Promise<void>;
   log?(line: string): void;
+  /** A wait fails after this long without progress. @defaultValue 120000 */
+  stallMs?: number;
 }
 
 export interface BacklogResult {
@@ -77,8 +79,26 @@ export async function runBacklogScenario(o: BacklogOptions): Promise<BacklogResu
   const list = makeOrders(o.orders, `o-${run}`);
   const toTopic = (docs: typeof list) => placeOrders(orders, docs, runTopic);
   const warm = list.slice(0, o.warmup ?? 100);
+  // Every wait below fails, with the relay's counters, once nothing moved for `stallMs`: a hung
+  // phase then says which it was instead of running into the caller's timeout.
+  const stallMs = o.stallMs ?? 120_000;
+  const relayState = () => JSON.stringify(relayed.relay.stats());
+  const until = (
+    what: string,
+    done: () => boolean,
+    progress: () => unknown = () => relayed.relay.stats().published,
+  ) => waitUntil(what, done, progress, stallMs, relayState);
+  const drained = async (what: string) => {
+    let done = false;
+    const marked = relayed.relay.drained().then(() => {
+      done = true;
+    });
+    await until(`${what} relayed and marked`, () => done, relayState);
+    await marked;
+  };
+
   await toTopic(warm);
-  await relayed.relay.drained();
+  await drained('warm-up');
   log(`${warm.length} orders relayed with Kafka up; stopping Kafka`);
 
   await o.stopKafka();
@@ -87,7 +107,11 @@ export async function runBacklogScenario(o: BacklogOptions): Promise<BacklogResu
   log(
     `${list.length - warm.length} orders placed while Kafka was down (${((performance.now() - started) / 1000).toFixed(1)} s)`,
   );
-  while (alerts.length === 0) await new Promise((r) => setTimeout(r, 100));
+  await until(
+    'the lag alert',
+    () => alerts.length > 0,
+    () => alerts.length,
+  );
   await o.startKafka();
   log('Kafka is back; draining');
 
@@ -95,23 +119,26 @@ export async function runBacklogScenario(o: BacklogOptions): Promise<BacklogResu
   // backlog confirmed (marking the documents published continues in the background).
   const backlog = (list.length - warm.length) * 2;
   const before = relayed.relay.stats().published;
-  while (relayed.relay.stats().published === before) await new Promise((r) => setTimeout(r, 5));
+  await until('the first round after the outage', () => relayed.relay.stats().published > before, relayState);
   const drainStart = performance.now();
-  while (relayed.relay.stats().published - before < backlog) await new Promise((r) => setTimeout(r, 5));
+  await until('the backlog', () => relayed.relay.stats().published - before >= backlog);
   const drainSeconds = (performance.now() - drainStart) / 1000;
-  const drained = relayed.relay.stats().published - before;
-  await relayed.relay.drained();
+  const sent = relayed.relay.stats().published - before;
+  await drained('the backlog');
   const stats = relayed.relay.stats();
   const waited = performance.now();
   while (!recovered && performance.now() - waited < 10_000) await new Promise((r) => setTimeout(r, 100));
   await relayed.stop();
-  log(`drained ${drained} messages in ${drainSeconds.toFixed(1)} s; max in flight ${stats.maxInFlight}`);
+  log(`drained ${sent} messages in ${drainSeconds.toFixed(1)} s; max in flight ${stats.maxInFlight}`);
 
-  const rawRate = await rawConfirmedRate(kafka, `${runTopic}-raw`, drained, o.windowMax);
+  log('publishing the same number raw');
+  const rawRate = await rawConfirmedRate(kafka, `${runTopic}-raw`, sent, o.windowMax);
+  log('reading the topic back');
   const check = await checkTopic(
     kafka,
     runTopic,
     list.map((x) => x.id),
+    stallMs,
   );
   await orders.drop().catch(() => {});
   await mongo.close();
@@ -122,11 +149,31 @@ export async function runBacklogScenario(o: BacklogOptions): Promise<BacklogResu
     maxInFlight: stats.maxInFlight,
     windowMax: o.windowMax,
     drainSeconds,
-    drainRate: drained / drainSeconds,
+    drainRate: sent / drainSeconds,
     rawRate,
     failedRounds: stats.failures,
     topic: check,
   };
+}
+
+/** Polls `done` every 5 ms; throws once `progress()` has not changed for `stallMs`. */
+async function waitUntil(
+  what: string,
+  done: () => boolean,
+  progress: () => unknown,
+  stallMs: number,
+  state: () => string,
+): Promise<void> {
+  let last = JSON.stringify(progress());
+  let movedAt = performance.now();
+  while (!done()) {
+    await new Promise((r) => setTimeout(r, 5));
+    const now = JSON.stringify(progress());
+    if (now !== last) [last, movedAt] = [now, performance.now()];
+    else if (performance.now() - movedAt > stallMs) {
+      throw new Error(`waiting for ${what}: no progress for ${stallMs / 1000} s; relay ${state()}`);
+    }
+  }
 }
 
 /** Messages per second of the same producer publishing `count` similar messages, `batch` per confirmed call. */

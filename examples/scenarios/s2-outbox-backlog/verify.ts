@@ -16,6 +16,7 @@ export async function checkTopic(
   kafka: Kafka,
   topic: string,
   orderIds: readonly string[],
+  stallMs = 120_000,
 ): Promise<TopicCheck> {
   const admin = kafka.admin();
   await admin.connect();
@@ -28,8 +29,20 @@ export async function checkTopic(
   const consumer = kafka.consumer({ groupId: `verify-${topic}-${Date.now()}` });
   await consumer.connect();
   await consumer.subscribe({ topic, fromBeginning: true });
+  let stall: NodeJS.Timeout | undefined;
   await new Promise<void>((resolve, reject) => {
     if (total === 0) return resolve();
+    // Fails, saying how far it got, when no record arrives for `stallMs`.
+    const watch = (at: number) => {
+      stall = setTimeout(() => {
+        if (records === at)
+          reject(
+            new Error(`reading ${topic} back: ${records} of ${total} records, none for ${stallMs / 1000} s`),
+          );
+        else watch(records);
+      }, stallMs);
+    };
+    watch(0);
     consumer
       .run({
         eachMessage: async ({ message }) => {
@@ -47,7 +60,7 @@ export async function checkTopic(
         },
       })
       .catch(reject);
-  });
+  }).finally(() => clearTimeout(stall));
   await consumer.disconnect();
   let missing = 0;
   let outOfOrder = 0;
