@@ -191,6 +191,86 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
     });
   });
 
+  describe('getMany', () => {
+    it('answers for each key what get answers, in the order asked, in a few queries', async () => {
+      const k = (name: string) => `many:${name}`;
+      const completed = await acquired(store, k('completed'));
+      await store.complete({
+        key: k('completed'),
+        fence: completed.fence,
+        outgoing: [],
+        retentionMs: 60_000,
+      });
+      await acquired(store, k('in-progress'), 60_000);
+      const failed = await acquired(store, k('failed'));
+      await store.fail(k('failed'), failed.fence, { name: 'E', code: 'E', message: 'no' }, 60_000);
+      const released = await acquired(store, k('released'));
+      await store.release(k('released'), released.fence, { name: 'E', code: 'E', message: 'again' });
+      // A long chain: five takeovers after lapsed leases, then completed.
+      let fence = (await acquired(store, k('long'), 1)).fence;
+      for (let i = 0; i < 5; i++) {
+        await sleep(5);
+        fence = (await acquired(store, k('long'), 1)).fence;
+      }
+      await sleep(5);
+      fence = (await acquired(store, k('long'))).fence;
+      await store.complete({ key: k('long'), fence, outgoing: [], retentionMs: 60_000 });
+      const expired = await acquired(store, k('expired'));
+      await store.complete({ key: k('expired'), fence: expired.fence, outgoing: [], retentionMs: 1 });
+      await sleep(10);
+      const legacyAt = Date.now();
+      await raw.insertOne({
+        _id: k('legacy'),
+        s: State.Completed,
+        f: 'fp',
+        n: legacyAt,
+        a: 1,
+        d: legacyAt,
+        e: new Date(legacyAt + 60_000),
+      } as unknown as RecordDoc);
+      const many = Array.from({ length: 30 }, (_, i) => k(`bulk-${i}`));
+      for (const key of many) {
+        const r = await acquired(store, key);
+        await store.complete({ key, fence: r.fence, outgoing: [], retentionMs: 60_000 });
+      }
+      const keys = [
+        ...['completed', 'in-progress', 'failed', 'released', 'long', 'expired', 'legacy', 'absent'].map(k),
+        k('completed'),
+        ...many,
+      ];
+
+      // A second client that reports its commands, to count the finds.
+      const watched = new MongoClient(server.url, { monitorCommands: true });
+      const finds: string[] = [];
+      watched.on('commandStarted', (e) => {
+        if (e.commandName === 'find') finds.push(e.commandName);
+      });
+      let answers: Awaited<ReturnType<MongoProcessedStore['getMany']>>;
+      try {
+        answers = await createMongoStore({ db: watched.db(test.db.databaseName) }).getMany(keys);
+      } finally {
+        await watched.close();
+      }
+      const one = await Promise.all(keys.map((key) => store.get(key)));
+      expect(answers).toEqual(one);
+      expect(answers.map((r) => r?.state)).toEqual([
+        'COMPLETED',
+        'IN_PROGRESS',
+        'FAILED',
+        'IN_PROGRESS',
+        'COMPLETED',
+        undefined,
+        'COMPLETED',
+        undefined,
+        'COMPLETED',
+        ...many.map(() => 'COMPLETED'),
+      ]);
+      expect(answers[4]?.attempt).toBe(7);
+      // The heads, then one find per step of the longest walk (attempt 7: the hint may be stale).
+      expect(finds.length).toBeLessThanOrEqual(6);
+    });
+  });
+
   describe('expiry', () => {
     it('ensureIndexes creates the sweeper’s and the stuck-work indexes, and is idempotent', async () => {
       await store.ensureIndexes();
