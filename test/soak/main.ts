@@ -77,8 +77,12 @@ try {
     log(soakDetails(row));
     if (row.duplicateEffects || row.lost || row.doubleCompletions || row.problems.length) failed = true;
   }
+} catch (error) {
+  failed = true;
+  throw error;
 } finally {
-  await servers.stop();
+  const kept = await servers.stop({ keepLogs: failed });
+  if (kept) log(`the soak servers' logs: ${kept}`);
 }
 log(`\nSoak, ${((Date.now() - t0) / 60_000).toFixed(1)} min in all (load ${load()}):\n`);
 log(soakTable(rows));

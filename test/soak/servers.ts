@@ -13,7 +13,7 @@
  * synchronous SIGKILL when the process exits without calling it.
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, openSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -49,7 +49,8 @@ export interface SoakServers {
   /** Crashes the store's process(es) (SIGKILL) and starts them again on the same data. */
   restart(kind: StoreKind): Promise<{ downMs: number }>;
   /** Stops everything started here (SIGTERM, then SIGKILL) and removes the data directory. */
-  stop(): Promise<void>;
+  /** Stops every server and deletes their data; `keepLogs` first copies their logs (the path is returned). */
+  stop(options?: { keepLogs?: boolean }): Promise<string | undefined>;
 }
 
 /** The FerretDB binary scripts/infra.sh builds (same cache and version variables). */
@@ -159,9 +160,17 @@ export async function startSoakServers(
   const managed = new Map<StoreKind, Managed[]>();
   const logOf = (name: string) => join(dir, `${name}.log`);
 
-  const stop = async () => {
+  const stop = async ({ keepLogs = false } = {}) => {
     await Promise.all([...managed.values()].flat().map((m) => terminate(m, 'SIGTERM')));
+    // The servers' own logs of a failed run (a FerretDB that stopped answering...) outlive it.
+    let kept: string | undefined;
+    const logs = readdirSync(dir).filter((f) => f.endsWith('.log'));
+    if (keepLogs && logs.length > 0) {
+      kept = mkdtempSync(join(tmpdir(), 'eo-soak-logs-'));
+      for (const f of logs) copyFileSync(join(dir, f), join(kept, f));
+    }
     rmSync(dir, { recursive: true, force: true });
+    return kept;
   };
 
   const waitUp = async (kind: StoreKind) => {
