@@ -53,7 +53,12 @@ export async function runBacklogScenario(o: BacklogOptions): Promise<BacklogResu
   await admin.connect();
   // A fresh topic per run keeps the read-back exact.
   const runTopic = `${topic}-${run}`;
-  await admin.createTopics({ topics: [{ topic: runTopic, numPartitions: 4 }], waitForLeaders: true });
+  // The raw comparison's topic too, now: created right after Kafka's restart, its metadata may not
+  // have reached the broker yet (kafkajs then fails with "does not host this topic-partition").
+  await admin.createTopics({
+    topics: [runTopic, `${runTopic}-raw`].map((topic) => ({ topic, numPartitions: 4 })),
+    waitForLeaders: true,
+  });
   await admin.disconnect();
 
   const alerts: number[] = [];
@@ -176,12 +181,11 @@ async function waitUntil(
   }
 }
 
-/** Messages per second of the same producer publishing `count` similar messages, `batch` per confirmed call. */
+/**
+ * Messages per second of the same producer publishing `count` similar messages to `topic` (created
+ * already), `batch` per confirmed call.
+ */
 async function rawConfirmedRate(kafka: Kafka, topic: string, count: number, batch: number): Promise<number> {
-  const admin = kafka.admin();
-  await admin.connect();
-  await admin.createTopics({ topics: [{ topic, numPartitions: 4 }], waitForLeaders: true });
-  await admin.disconnect();
   const producer = createProducer({ kafka });
   await producer.connect();
   const body = Buffer.from(
