@@ -48,8 +48,10 @@ export interface SoakServers {
   address(kind: StoreKind): StoreAddress;
   /** Crashes the store's process(es) (SIGKILL) and starts them again on the same data. */
   restart(kind: StoreKind): Promise<{ downMs: number }>;
-  /** Stops everything started here (SIGTERM, then SIGKILL) and removes the data directory. */
-  /** Stops every server and deletes their data; `keepLogs` first copies their logs (the path is returned). */
+  /**
+   * Stops everything started here (SIGTERM, then SIGKILL) and removes the data directory;
+   * `keepLogs` first copies the servers' logs out and returns where.
+   */
   stop(options?: { keepLogs?: boolean }): Promise<string | undefined>;
 }
 
