@@ -55,7 +55,7 @@ describe('redis store under an ACL user', () => {
       await expect(client.flushall()).rejects.toThrow(/NOPERM/);
       await expect(client.call('CONFIG', 'GET', 'maxmemory-policy')).rejects.toThrow(/NOPERM/);
       await expect(client.call('KEYS', '*')).rejects.toThrow(/NOPERM/);
-      await expect(client.get(`${acl().prefix}:x`)).rejects.toThrow(/NOPERM/);
+      await expect(client.call('LPUSH', `${acl().prefix}:x`, '1')).rejects.toThrow(/NOPERM/);
       // A granted command on a key outside the prefix, directly or from a script.
       await expect(client.set(uniqueName('eot-outside'), '1')).rejects.toThrow(/NOPERM/);
       await expect(

@@ -22,9 +22,11 @@ export const STORE_COMMANDS: readonly string[] = [
   'evalsha',
   'time',
   'del',
+  'get',
+  'set',
+  'pexpiretime',
   'hset',
   'hget',
-  'hmget',
   'hgetall',
   'hdel',
   'hexists',
@@ -34,8 +36,6 @@ export const STORE_COMMANDS: readonly string[] = [
   'zrange',
   'zrem',
   'zscore',
-  // the payload guard's claim (SET NX GET PX)
-  'set',
   // a Cluster client: the slot map, the ready check, and the server check's first contact
   'cluster|slots',
   'cluster|info',
@@ -43,7 +43,7 @@ export const STORE_COMMANDS: readonly string[] = [
 ];
 
 /** Only for `listInProgress` (an operator query that SCANs). */
-export const LIST_IN_PROGRESS_COMMANDS: readonly string[] = ['scan'];
+export const LIST_IN_PROGRESS_COMMANDS: readonly string[] = ['scan', 'hmget'];
 
 export interface RedisAclUser {
   readonly username: string;

@@ -1,13 +1,18 @@
 /**
- * The record encoding: one Redis hash per record, with one-letter field names so that a small
- * record stays in Redis's compact listpack encoding. Values are binary-safe strings.
+ * The record encoding (the same as src/lua/includes/record.lua): one Redis string per record,
+ * fixed-width big-endian numbers, length-prefixed (4 bytes) strings:
  *
- *   s state (I|C|F)   f fingerprint   n fence   a attempt   t trace id   w owner
- *   l leaseUntil      e error / lastError       c completedAt / failedAt   x expiresAt
- *   r result          m outgoing count; d<i> id, o<i> message, p<i> present once published
- *   S<name>           step: done '<at>:' + result bytes; started (in doubt) '<at>' alone
+ *   state 1 byte (I|C|F), fence 6, attempt 4, t1 6, t2 6, flags 1, fingerprint, trace id
+ *   IN_PROGRESS then: owner, the store key itself;  COMPLETED then: result
  *
- * Lua only compares fingerprints, fences and times; everything else is packed and unpacked here.
+ * t1/t2: IN_PROGRESS leaseUntil (0 = released) / its attempt's start; COMPLETED and FAILED
+ * completedAt or failedAt / expiresAt. Flags 1: an extras hash (the record's name + `x`) holds
+ * what the hot path never writes, with one-letter fields:
+ *
+ *   e error / lastError   m outgoing count; d<i> id, o<i> message, p<i> present once published
+ *   S<name>               step: done '<at>:' + result bytes; started (in doubt) '<at>' alone
+ *
+ * Lua only compares fingerprints, fences and times; values are packed and unpacked here.
  */
 import { createHash } from 'node:crypto';
 import {
@@ -117,14 +122,42 @@ function int(value: Buffer | undefined): number {
   return value === undefined ? 0 : Number(value.toString('latin1'));
 }
 
-/** Decodes a flat HGETALL reply; `undefined` for an empty (absent) hash. */
-export function decodeRecord(key: string, flat: readonly Buffer[]): ProcessedRecord | undefined {
-  if (flat.length === 0) return undefined;
+/** The fixed-width head of a packed record (see the module comment). */
+const HEAD_BYTES = 1 + 6 + 4 + 6 + 6 + 1;
+
+/** Reads the length-prefixed strings of a packed record from `at` on. */
+function strings(packed: Buffer, at: number, count: number): Buffer[] {
+  const out: Buffer[] = [];
+  let pos = at;
+  for (let i = 0; i < count; i++) {
+    const length = packed.readUInt32BE(pos);
+    out.push(packed.subarray(pos + 4, pos + 4 + length));
+    pos += 4 + length;
+  }
+  return out;
+}
+
+/**
+ * Decodes a record: the packed string and its extras hash (a flat HGETALL reply, empty when the
+ * record has none); `undefined` when there is no record.
+ */
+export function decodeRecord(
+  key: string,
+  packed: Buffer | null | undefined,
+  extrasFlat: readonly Buffer[] = [],
+): ProcessedRecord | undefined {
+  if (!packed || packed.length < HEAD_BYTES) return undefined;
+  const state = String.fromCharCode(packed[0] as number);
+  const fence = packed.readUIntBE(1, 6);
+  const attempt = packed.readUInt32BE(7);
+  const t1 = packed.readUIntBE(11, 6);
+  const t2 = packed.readUIntBE(17, 6);
+  const [fp, trace, third] = strings(packed, HEAD_BYTES, state === 'I' ? 4 : state === 'C' ? 3 : 2);
   const fields = new Map<string, Buffer>();
   const steps: [string, StepRecord][] = [];
-  for (let i = 0; i + 1 < flat.length; i += 2) {
-    const name = flat[i] as Buffer;
-    const value = flat[i + 1] as Buffer;
+  for (let i = 0; i + 1 < extrasFlat.length; i += 2) {
+    const name = extrasFlat[i] as Buffer;
+    const value = extrasFlat[i + 1] as Buffer;
     if (name[0] === 0x53 /* S */) {
       const cut = value.indexOf(0x3a /* : */);
       steps.push([
@@ -141,22 +174,20 @@ export function decodeRecord(key: string, flat: readonly Buffer[]): ProcessedRec
       fields.set(name.toString('latin1'), value);
     }
   }
-  const trace = fields.get('t');
   const base = {
     key,
-    fingerprint: unpackText(fields.get('f') ?? Buffer.of(0)),
-    fence: int(fields.get('n')),
-    attempt: int(fields.get('a')),
-    ...(trace === undefined ? {} : { traceId: unpackText(trace) }),
+    fingerprint: unpackText(fp ?? Buffer.of(0)),
+    fence,
+    attempt,
+    ...(trace === undefined || trace.length === 0 ? {} : { traceId: unpackText(trace) }),
   };
-  const state = fields.get('s')?.toString('latin1');
   const error = fields.get('e');
   if (state === 'I') {
     return {
       ...base,
       state: RecordState.InProgress,
-      owner: (fields.get('w') ?? Buffer.alloc(0)).toString('utf8'),
-      leaseUntil: int(fields.get('l')),
+      owner: (third ?? Buffer.alloc(0)).toString('utf8'),
+      leaseUntil: t1,
       ...(error === undefined ? {} : { lastError: unpackError(error) }),
       // fromEntries defines own properties, so a step named `__proto__` stays an ordinary entry.
       steps: Object.fromEntries(steps),
@@ -167,11 +198,10 @@ export function decodeRecord(key: string, flat: readonly Buffer[]): ProcessedRec
       ...base,
       state: RecordState.Failed,
       error: unpackError(error ?? Buffer.from('["Error","ERROR",""]')),
-      failedAt: int(fields.get('c')),
-      expiresAt: int(fields.get('x')),
+      failedAt: t1,
+      expiresAt: t2,
     };
   }
-  const result = fields.get('r');
   const outgoing: OutgoingRecord[] = [];
   for (let i = 1; i <= int(fields.get('m')); i++) {
     const id = (fields.get(`d${i}`) ?? Buffer.alloc(0)).toString('utf8');
@@ -182,11 +212,18 @@ export function decodeRecord(key: string, flat: readonly Buffer[]): ProcessedRec
   return {
     ...base,
     state: RecordState.Completed,
-    ...(result === undefined ? {} : { result: unpackResult(result) }),
+    ...(third === undefined || third.length === 0 ? {} : { result: unpackResult(third) }),
     outgoing,
-    completedAt: int(fields.get('c')),
-    expiresAt: int(fields.get('x')),
+    completedAt: t1,
+    expiresAt: t2,
   };
+}
+
+/** The store key and attempt start of a packed IN_PROGRESS record, for listInProgress. */
+export function inProgressName(packed: Buffer): { key: string; startedAt: number } | undefined {
+  if (packed.length < HEAD_BYTES || packed[0] !== 0x49 /* I */) return undefined;
+  const [, , , name] = strings(packed, HEAD_BYTES, 4);
+  return { key: (name ?? Buffer.alloc(0)).toString('utf8'), startedAt: packed.readUIntBE(17, 6) };
 }
 
 /** True when a COMPLETED or FAILED record's retention has passed on the server clock. */

@@ -2,18 +2,20 @@
  * `listInProgress` for the Redis store: an operator query (alerts, CLI), not a pipeline operation.
  *
  * Records are named by digests (see layout.ts), so a record cannot be found by its key. While a
- * record is IN_PROGRESS its hash also holds the store key itself (`k`) and the store time its
- * current attempt began (`b`), written by begin; complete and fail rewrite the hash without them,
- * so the key costs memory only while the work is in flight. The query SCANs (on every master of
- * a Cluster) for hashes named `<keyPrefix>:{<tag>}:<id>` and reads those fields: it walks the
- * store's whole keyspace, so run it every minute or so, not per message. Records begun before
- * the fields existed have no `k` and are left out.
+ * record is IN_PROGRESS it also holds the store key itself and the store time its current
+ * attempt began, written by begin; complete and fail write records without them, so the key
+ * costs memory only while the work is in flight. The query SCANs (on every master of a Cluster)
+ * for records named `<keyPrefix>:{<tag>}:<id>` and reads them: it walks the store's whole
+ * keyspace, so run it every minute or so, not per message. A record of the previous layout (a
+ * hash) is read too.
  */
 import { type InProgressEntry, type InProgressQuery, StoreUnavailableError } from '@exactly-once/core';
 import type { RedisClient } from './client.js';
+import { decodeRecord, inProgressName } from './codec.js';
 
 interface ScanningNode {
   scanBuffer(cursor: string, ...args: (string | number)[]): Promise<[Buffer, Buffer[]]>;
+  getBuffer(key: Buffer): Promise<Buffer | null>;
   hmgetBuffer(key: Buffer, ...fields: string[]): Promise<(Buffer | null)[]>;
   call(command: string, ...args: (string | number)[]): Promise<unknown>;
 }
@@ -43,24 +45,15 @@ export async function listInProgress(
       const cutoff = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000) - query.olderThanMs;
       let cursor = '0';
       do {
-        const [next, names] = await node.scanBuffer(cursor, 'MATCH', pattern, 'COUNT', 1000, 'TYPE', 'hash');
+        const [next, names] = await node.scanBuffer(cursor, 'MATCH', pattern, 'COUNT', 1000);
         cursor = next.toString();
         for (const name of names) {
           if (name.length !== recordLength || name[recordLength - 17] !== 0x3a /* : */) continue;
-          const [s, k, b, w, a, n, l] = await node.hmgetBuffer(name, 's', 'k', 'b', 'w', 'a', 'n', 'l');
-          if (s?.toString('latin1') !== 'I' || !k || !b) continue;
-          const key = k.toString('utf8');
-          if (query.prefix !== undefined && !key.startsWith(query.prefix)) continue;
-          const startedAt = Number(b.toString('latin1'));
-          if (startedAt > cutoff) continue;
-          found.push({
-            key,
-            owner: (w ?? Buffer.alloc(0)).toString('utf8'),
-            attempt: Number(a?.toString('latin1') ?? 0),
-            fence: Number(n?.toString('latin1') ?? 0),
-            leaseUntil: Number(l?.toString('latin1') ?? 0),
-            startedAt,
-          });
+          const entry = await readEntry(node, name);
+          if (entry === undefined) continue;
+          if (query.prefix !== undefined && !entry.key.startsWith(query.prefix)) continue;
+          if (entry.startedAt > cutoff) continue;
+          found.push(entry);
           if (found.length >= query.limit) return found;
         }
       } while (cursor !== '0');
@@ -71,4 +64,40 @@ export async function listInProgress(
       ? cause
       : new StoreUnavailableError({ operation: 'listInProgress', cause });
   }
+}
+
+/** The IN_PROGRESS entry stored at `name`, or undefined (another state, gone, or no key kept). */
+async function readEntry(node: ScanningNode, name: Buffer): Promise<InProgressEntry | undefined> {
+  let packed: Buffer | null;
+  try {
+    packed = await node.getBuffer(name);
+  } catch (error) {
+    if (!String((error as Error).message).includes('WRONGTYPE')) throw error;
+    return readLegacyEntry(node, name);
+  }
+  const named = packed ? inProgressName(packed) : undefined;
+  const record = named ? decodeRecord(named.key, packed) : undefined;
+  if (!named || named.key.length === 0 || record?.state !== 'IN_PROGRESS') return undefined;
+  return {
+    key: named.key,
+    owner: record.owner,
+    attempt: record.attempt,
+    fence: record.fence,
+    leaseUntil: record.leaseUntil,
+    startedAt: named.startedAt,
+  };
+}
+
+/** A record of the previous layout: a hash with one-letter fields. */
+async function readLegacyEntry(node: ScanningNode, name: Buffer): Promise<InProgressEntry | undefined> {
+  const [s, k, b, w, a, n, l] = await node.hmgetBuffer(name, 's', 'k', 'b', 'w', 'a', 'n', 'l');
+  if (s?.toString('latin1') !== 'I' || !k || !b) return undefined;
+  return {
+    key: k.toString('utf8'),
+    owner: (w ?? Buffer.alloc(0)).toString('utf8'),
+    attempt: Number(a?.toString('latin1') ?? 0),
+    fence: Number(n?.toString('latin1') ?? 0),
+    leaseUntil: Number(l?.toString('latin1') ?? 0),
+    startedAt: Number(b.toString('latin1')),
+  };
 }

@@ -344,12 +344,12 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
     async get(key: string): Promise<ProcessedRecord | undefined> {
       await ready();
       const keys = keysFor(prefix, key);
-      const [now, flat, marker] = (await runScript(client, 'get', 'get', [
+      const [now, stored, marker] = (await runScript(client, 'get', 'get', [
         keys.record,
         keys.bucket,
         keys.id,
-      ])) as [number, Buffer[], Buffer | null];
-      const record = decodeRecord(key, flat);
+      ])) as [number, StoredRecord | null, Buffer | null];
+      const record = stored ? decodeRecord(key, stored[0], stored[1]) : undefined;
       if (record !== undefined) return isExpired(record, Number(now)) ? undefined : record;
       if (marker !== null && markerExpiry(marker) > Number(now)) return decodeMarker(key, marker);
       return undefined;
@@ -455,8 +455,11 @@ async function withWait(
   return written?.[1];
 }
 
-/** A begin reply's payload: numbers (new, batch busy), a record hash, or a compaction marker. */
-type BeginPayload = number[] | Buffer[] | Buffer;
+/** A record as the scripts answer it: the packed record and its extras hash (flat). */
+type StoredRecord = [Buffer, Buffer[]];
+
+/** A begin reply's payload: numbers (new, batch busy), a stored record, or a compaction marker. */
+type BeginPayload = number[] | StoredRecord | Buffer;
 
 /** Turns a begin script's code and payload into the contract's answer. */
 function decodeBegin(
@@ -486,7 +489,8 @@ function decodeBegin(
     const leaseUntil = Number((payload as number[])[0]);
     return { status: 'busy', retryAfterMs: Math.min(leaseMs, Math.max(1, leaseUntil - Number(now))) };
   }
-  const record = decodeRecord(request.key, payload as Buffer[]);
+  const [packed, extras] = payload as StoredRecord;
+  const record = decodeRecord(request.key, packed, extras);
   if (record === undefined) throw malformed('begin', status);
   switch (status) {
     case 'R':

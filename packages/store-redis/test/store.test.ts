@@ -8,11 +8,18 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type RedisClient, createRedisStore } from '../src/index.js';
 import { scripts } from '../src/generated/scripts.js';
+import { packMessage, packText } from '../src/codec.js';
 import { keysFor } from '../src/layout.js';
 import { parsePolicy } from '../src/server-check.js';
 import { cluster, dropPrefix, standalone, testPrefix } from './helpers.js';
 
 const leaseMs = 30_000;
+
+/** The server's clock in ms. */
+async function serverNow(client: Redis): Promise<{ time: number }> {
+  const [seconds, micros] = await client.time();
+  return { time: Number(seconds) * 1000 + Math.floor(Number(micros) / 1000) };
+}
 
 /** Redis's own hash-tag rule: the text between the first `{` and the next `}`, if non-empty. */
 function hashTag(key: Buffer): string {
@@ -164,7 +171,7 @@ describe('layout and encoding (standalone)', () => {
     }
   });
 
-  it('a small COMPLETED record is one compact listpack hash with a TTL of retention + grace', async () => {
+  it('a small COMPLETED record is one string, no extras hash, with a TTL of retention + grace', async () => {
     const store = createRedisStore({ client, keyPrefix, expiredGraceMs: 60_000 });
     const key = `orders:billing:${randomUUID()}`;
     const begun = await store.begin({ key, fingerprint: 'a'.repeat(64), owner: 'w-1', leaseMs });
@@ -177,10 +184,106 @@ describe('layout and encoding (standalone)', () => {
     expect(
       await store.complete({ key, fence: begun.fence, result, outgoing: [], retentionMs: 86_400_000 }),
     ).toBe('ok');
-    expect(await client.object('ENCODING', record)).toBe('listpack');
+    expect(await client.type(record)).toBe('string');
+    expect(await client.exists(Buffer.concat([record, Buffer.from('x')]))).toBe(0);
     expect(Math.abs((await client.pttl(record)) - (86_400_000 + 60_000))).toBeLessThan(5000);
     const bytes = Number(await client.memory('USAGE', record));
-    expect(bytes).toBeLessThan(250);
+    expect(bytes).toBeLessThan(200);
+  });
+
+  it('records of the previous layout (one hash each) are answered as before and converted on first touch', async () => {
+    const store = createRedisStore({ client, keyPrefix });
+    const { time } = await serverNow(client);
+    const fingerprint = 'c'.repeat(64);
+    const fp = packText(fingerprint);
+    // A COMPLETED record with a result, a trace id and one unpublished outgoing message, written
+    // field by field as the previous layout's scripts wrote it.
+    const done = `legacy:done:${randomUUID()}`;
+    const doneRecord = keysFor(keyPrefix, done).record;
+    const message = { id: 'msg-1', destination: 'orders', headers: { a: 'b' }, body: Buffer.from('hi') };
+    await client.hset(doneRecord, {
+      s: 'C',
+      f: fp,
+      n: '123',
+      a: '2',
+      c: String(time - 1000),
+      x: String(time + 86_400_000),
+      t: packText(`${'1'.repeat(32)}-${'2'.repeat(16)}`),
+      r: Buffer.from('i{"ok":1}'),
+      m: '1',
+      d1: message.id,
+      o1: packMessage(message),
+    });
+    await client.pexpireat(doneRecord, time + 86_400_000 + 60_000);
+    // An IN_PROGRESS record whose holder lapsed, with a journaled step.
+    const held = `legacy:held:${randomUUID()}`;
+    const heldRecord = keysFor(keyPrefix, held).record;
+    await client.hset(heldRecord, {
+      s: 'I',
+      f: fp,
+      n: '50',
+      a: '1',
+      w: 'old-worker',
+      l: String(time - 1000),
+      k: held,
+      b: String(time - 5000),
+      Scharge: Buffer.from(`${time - 3000}:receipt-7`),
+    });
+    await client.pexpireat(heldRecord, time + 86_400_000);
+
+    // listInProgress reads the old layout as it stands.
+    const listed = await store.listInProgress({ olderThanMs: 0, limit: 100, prefix: 'legacy:' });
+    expect(listed).toEqual([
+      {
+        key: held,
+        owner: 'old-worker',
+        attempt: 1,
+        fence: 50,
+        leaseUntil: time - 1000,
+        startedAt: time - 5000,
+      },
+    ]);
+
+    const record = await store.get(done);
+    expect(record).toMatchObject({
+      state: 'COMPLETED',
+      fingerprint,
+      fence: 123,
+      attempt: 2,
+      traceId: `${'1'.repeat(32)}-${'2'.repeat(16)}`,
+      result: { kind: 'inline', data: new Uint8Array(Buffer.from('{"ok":1}')) },
+      outgoing: [{ id: 'msg-1', destination: 'orders', headers: { a: 'b' }, published: false }],
+      completedAt: time - 1000,
+      expiresAt: time + 86_400_000,
+    });
+    // Converted by that read: a string now, its message in the extras hash, the expiry kept.
+    expect(await client.type(doneRecord)).toBe('string');
+    expect(Math.abs((await client.pexpiretime(doneRecord)) - (time + 86_400_000 + 60_000))).toBeLessThan(2);
+    expect(await store.begin({ key: done, fingerprint, owner: 'w', leaseMs })).toMatchObject({
+      status: 'duplicate',
+    });
+    expect(await store.begin({ key: done, fingerprint: 'd'.repeat(64), owner: 'w', leaseMs })).toMatchObject({
+      status: 'mismatch',
+    });
+    await store.markPublished(done, 123, ['msg-1']);
+    expect((await store.get(done))?.state === 'COMPLETED' && (await store.get(done))).toMatchObject({
+      outgoing: [{ id: 'msg-1', published: true }],
+    });
+
+    // The lapsed holder is taken over: fence and attempt go on, the step is still journaled.
+    const taken = await store.begin({ key: held, fingerprint, owner: 'new-worker', leaseMs });
+    expect(taken).toMatchObject({
+      status: 'acquired',
+      kind: 'takeover',
+      fence: 51,
+      attempt: 2,
+      steps: { charge: { state: 'done', at: time - 3000 } },
+    });
+    if (taken.status !== 'acquired') throw new Error(taken.status);
+    expect(Buffer.from(taken.steps.charge?.result ?? []).toString()).toBe('receipt-7');
+    expect(await client.type(heldRecord)).toBe('string');
+    expect(await store.complete({ key: held, fence: 51, outgoing: [], retentionMs: 60_000 })).toBe('ok');
+    expect(await store.get(held)).toMatchObject({ state: 'COMPLETED', fence: 51, attempt: 2 });
   });
 
   it('waitReplicas: enough acknowledgements pass; too few throw, leaving the record completed', async () => {

@@ -13,13 +13,13 @@ export const LAYOUT_VERSION = 1;
 
 export const scripts = {
   begin: {
-    command: 'eoBegin_v1_80c4c73e',
+    command: 'eoBegin_v1_22d14502',
     numberOfKeys: 2,
-    sha1: '80c4c73e0e8ac644774787aa4db33ab7de175153',
+    sha1: '22d14502c8a93c4c3114ec076e3bcd5eeb5d918f',
     lua: `--[[
 begin: claim the record of one key for an attempt, or say why not.
 
-KEYS[1]  record hash of the key
+KEYS[1]  record of the key
 KEYS[2]  compaction-marker bucket of the key's hash tag
 ARGV[1]  fingerprint (encoded)
 ARGV[2]  owner
@@ -34,59 +34,183 @@ A new record's fence is max(server now in ms, previous fence + 1); takeover and 
 
 Returns { code, server now (ms), payload }:
   'N'  acquired, kind new       payload = { fence, leaseUntil }
-  'R'  acquired, kind retry     payload = record hash after the write
-  'T'  acquired, kind takeover  payload = record hash after the write
-  'B'  busy                     payload = stored record hash
-  'D'  duplicate                payload = stored record hash
-  'F'  failed                   payload = stored record hash
-  'M'  mismatch                 payload = stored record hash
+  'R'  acquired, kind retry     payload = the record after the write
+  'T'  acquired, kind takeover  payload = the record after the write
+  'B'  busy                     payload = the stored record
+  'D'  duplicate                payload = the stored record
+  'F'  failed                   payload = the stored record
+  'M'  mismatch                 payload = the stored record
   'K'  duplicate of a compacted record   payload = marker value
   'X'  mismatch with a compacted record  payload = marker value
+A record payload is { packed record (includes/record.lua), its extras hash (flat; empty if none) }.
 ]]
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- The record: one Redis string (see codec.ts for the same layout in TypeScript). All integers
+-- big-endian; strings length-prefixed (4 bytes).
+--
+--   state 1 byte 'I' | 'C' | 'F', fence 6, attempt 4, t1 6, t2 6, flags 1, fingerprint, trace id
+--   IN_PROGRESS then: owner, the store key itself (for listInProgress)
+--   COMPLETED then:   result
+--
+-- t1/t2: IN_PROGRESS leaseUntil (0 = released) / the attempt's start; COMPLETED and FAILED
+-- completedAt or failedAt / expiresAt. flags 1: the record has an extras hash, named the record's
+-- name + 'x' (same hash tag, so the same cluster slot), expiring with it, holding what the hot
+-- path never writes: journaled steps 'S<name>', the error 'e', outgoing messages ('m' count,
+-- 'd<i>' id, 'o<i>' message, 'p<i>' once published).
+--
+-- Records of the previous layout (one hash with one-letter fields) are converted when first
+-- touched: loadRecord answers them like any other, in the new layout from then on.
+local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+
 local function int(n) return string.format('%d', n) end
+
+local function packRecord(r)
+  local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
+  if r.s == 'I' then return head .. struct.pack('>I4c0I4c0', #r.w, r.w, #r.k, r.k) end
+  if r.s == 'C' then return head .. struct.pack('>I4c0', #r.r, r.r) end
+  return head
+end
+
+local function unpackRecord(v)
+  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if s == 'I' then
+    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+  elseif s == 'C' then
+    r.r = struct.unpack('>I4c0', v, pos)
+  end
+  return r
+end
+
+-- HSET in chunks: unpack() of thousands of values would overflow Lua's C stack.
+local function hsetAll(key, fields)
+  for i = 1, #fields, 400 do
+    rcall('HSET', key, unpack(fields, i, math.min(i + 399, #fields)))
+  end
+end
+
+local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true, k = true, b = true, c = true,
+  x = true, t = true, r = true }
+
+-- A record of the previous layout: rewritten in this one, with the same expiry.
+local function convertLegacy(rec)
+  local all = rcall('HGETALL', rec)
+  local h, extras = {}, {}
+  for i = 1, #all, 2 do
+    if LEGACY_CORE[all[i]] then
+      h[all[i]] = all[i + 1]
+    else
+      extras[#extras + 1] = all[i]
+      extras[#extras + 1] = all[i + 1]
+    end
+  end
+  local at = rcall('PEXPIRETIME', rec)
+  rcall('DEL', rec)
+  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+    flags = 0 }
+  if r.s == 'I' then
+    r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
+  else
+    r.t1, r.t2, r.r = tonumber(h.c) or 0, tonumber(h.x) or 0, h.r or ''
+  end
+  if #extras > 0 then
+    r.flags = 1
+    hsetAll(rec .. 'x', extras)
+    if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+  end
+  if at > 0 then
+    rcall('SET', rec, packRecord(r), 'PXAT', at)
+  else
+    rcall('SET', rec, packRecord(r))
+  end
+  return r
+end
+
+-- The record stored at \`rec\`, or nil.
+local function loadRecord(rec)
+  local v = redis.pcall('GET', rec)
+  if type(v) == 'table' then
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    error(v.err)
+  end
+  if not v then return nil end
+  return unpackRecord(v)
+end
+
+-- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
+local function saveRecord(rec, r, at)
+  rcall('SET', rec, packRecord(r), 'PXAT', int(at))
+  if r.flags == 1 then rcall('PEXPIREAT', rec .. 'x', int(at)) end
+end
+
+-- Drops the extras hash (steps, error, messages) of a record about to be replaced.
+local function dropExtras(rec, r)
+  if r.flags == 1 then
+    rcall('DEL', rec .. 'x')
+    r.flags = 0
+  end
+end
+
+-- The extras hash of \`r\`, flagged on the record (same expiry) when it had none.
+local function extrasOf(rec, r)
+  local ext = rec .. 'x'
+  if r.flags ~= 1 then
+    r.flags = 1
+    rcall('SET', rec, packRecord(r), 'KEEPTTL')
+  end
+  return ext
+end
+
+-- Gives the extras hash the record's expiry (after a write that may have created it).
+local function expireExtrasWithRecord(rec)
+  local at = rcall('PEXPIRETIME', rec)
+  if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+end
+
+-- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
+local function recordReply(rec, r)
+  local extras = {}
+  if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
+  return { packRecord(r), extras }
+end
 -- beginOne: the begin transition of one key (see begin-2.lua for the codes). \`full\` asks for the
--- whole record hash with a busy answer; batches answer busy with the lease end only.
--- Returns code, payload: 'N' { fence, leaseUntil }; 'R'/'T' the record hash after the write;
--- 'B' the record hash, or { leaseUntil } when not \`full\`; 'D'/'F'/'M' the record hash;
+-- whole record with a busy answer; batches answer busy with the lease end only.
+-- Returns code, payload: 'N' { fence, leaseUntil }; 'R'/'T' the record after the write;
+-- 'B' the record, or { leaseUntil } when not \`full\`; 'D'/'F'/'M' the record ({ packed, extras });
 -- 'K'/'X' the compaction marker.
--- \`name\` is the store key itself: kept in 'k' with the attempt's start time 'b' while the record is
--- IN_PROGRESS (complete and fail rewrite the hash without them), for listInProgress.
+-- \`name\` is the store key itself: kept with the attempt's start time while the record is
+-- IN_PROGRESS (complete and fail write records without them), for listInProgress.
 local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, now, full, name)
-  local h = rcall('HMGET', rec, 's', 'f', 'n', 'a', 'l', 'x')
-  local state = h[1]
+  local r = loadRecord(rec)
   -- COMPLETED and FAILED records are logically gone at their expiry, though still stored for a grace.
-  local live = state == 'I' or (state and tonumber(h[6]) > now)
+  local live = r and (r.s == 'I' or r.t2 > now)
 
   if live then
     -- A different payload under the same key is reported whatever the state.
-    if h[2] ~= fp then return 'M', rcall('HGETALL', rec) end
-    if state == 'C' then return 'D', rcall('HGETALL', rec) end
-    if state == 'F' then return 'F', rcall('HGETALL', rec) end
-    local leaseUntil = tonumber(h[5])
-    if leaseUntil > now then
-      if full then return 'B', rcall('HGETALL', rec) end
-      return 'B', { leaseUntil }
+    if r.f ~= fp then return 'M', recordReply(rec, r) end
+    if r.s == 'C' then return 'D', recordReply(rec, r) end
+    if r.s == 'F' then return 'F', recordReply(rec, r) end
+    if r.t1 > now then
+      if full then return 'B', recordReply(rec, r) end
+      return 'B', { r.t1 }
     end
     -- leaseUntil 0 means released after a retryable error; any other past value, a lapsed holder.
+    -- Steps and the last error (extras) stay: the attempt continues where the last one stopped.
     local code = 'T'
-    if leaseUntil == 0 then code = 'R' end
-    leaseUntil = now + lease
-    rcall('HSET', rec, 'n', int(tonumber(h[3]) + 1), 'a', int(tonumber(h[4]) + 1), 'w', owner,
-      'l', int(leaseUntil), 'k', name, 'b', int(now))
-    if trace == '' then rcall('HDEL', rec, 't') else rcall('HSET', rec, 't', trace) end
-    rcall('PEXPIREAT', rec, int(leaseUntil + ttl))
-    return code, rcall('HGETALL', rec)
+    if r.t1 == 0 then code = 'R' end
+    r.n, r.a, r.w, r.t1, r.t2, r.t, r.k = r.n + 1, r.a + 1, owner, now + lease, now, trace, name
+    saveRecord(rec, r, r.t1 + ttl)
+    return code, recordReply(rec, r)
   end
 
   -- Fences of new records start at the server clock, so they do not repeat even after the old
   -- record is gone; an expired record still stored also guards against a clock stepping back.
   local fence = now
-  if state then
-    fence = math.max(now, tonumber(h[3]) + 1)
-    rcall('DEL', rec)
+  if r then
+    fence = math.max(now, r.n + 1)
+    dropExtras(rec, r)
   else
     -- No record: a compacted one may still answer "already processed".
     local marker = rcall('HGET', bucket, id)
@@ -100,14 +224,8 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, n
   end
 
   local leaseUntil = now + lease
-  if trace ~= '' then
-    rcall('HSET', rec, 's', 'I', 'f', fp, 'n', int(fence), 'a', '1', 'w', owner, 'l', int(leaseUntil), 't', trace,
-      'k', name, 'b', int(now))
-  else
-    rcall('HSET', rec, 's', 'I', 'f', fp, 'n', int(fence), 'a', '1', 'w', owner, 'l', int(leaseUntil),
-      'k', name, 'b', int(now))
-  end
-  rcall('PEXPIREAT', rec, int(leaseUntil + ttl))
+  rcall('SET', rec, struct.pack(HEAD, 'I', fence, 1, leaseUntil, now, 0, #fp, fp, #trace, trace) ..
+    struct.pack('>I4c0I4c0', #owner, owner, #name, name), 'PXAT', int(leaseUntil + ttl))
   return 'N', { fence, leaseUntil }
 end
 
@@ -117,14 +235,14 @@ return { code, now, payload }
 `,
   },
   beginMany: {
-    command: 'eoBeginMany_v1_6b20f417',
+    command: 'eoBeginMany_v1_e3c61cc0',
     numberOfKeys: undefined,
-    sha1: '6b20f4174f5fb6d0ed510515a14b5b8085f1755a',
+    sha1: 'e3c61cc00afe1dca1eedd87a31c68243aa529914',
     lua: `--[[
 beginMany: begin several keys in one call, in order, each exactly as begin-2.lua would (the same
 key twice: the second sees the first's lease). Called with numkeys = 2 * number of keys.
 
-KEYS[1], KEYS[3] ...  record hash of key 1, 2, ... (KEYS[2i-1] for key i)
+KEYS[1], KEYS[3] ...  record of key 1, 2, ... (KEYS[2i-1] for key i)
 KEYS[2], KEYS[4] ...  compaction-marker bucket of each key's hash tag (KEYS[2i])
 ARGV[1]  owner
 ARGV[2]  lease (ms)
@@ -140,47 +258,170 @@ payloads of begin-2.lua, except busy: payload = { leaseUntil } (no record read).
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- The record: one Redis string (see codec.ts for the same layout in TypeScript). All integers
+-- big-endian; strings length-prefixed (4 bytes).
+--
+--   state 1 byte 'I' | 'C' | 'F', fence 6, attempt 4, t1 6, t2 6, flags 1, fingerprint, trace id
+--   IN_PROGRESS then: owner, the store key itself (for listInProgress)
+--   COMPLETED then:   result
+--
+-- t1/t2: IN_PROGRESS leaseUntil (0 = released) / the attempt's start; COMPLETED and FAILED
+-- completedAt or failedAt / expiresAt. flags 1: the record has an extras hash, named the record's
+-- name + 'x' (same hash tag, so the same cluster slot), expiring with it, holding what the hot
+-- path never writes: journaled steps 'S<name>', the error 'e', outgoing messages ('m' count,
+-- 'd<i>' id, 'o<i>' message, 'p<i>' once published).
+--
+-- Records of the previous layout (one hash with one-letter fields) are converted when first
+-- touched: loadRecord answers them like any other, in the new layout from then on.
+local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+
 local function int(n) return string.format('%d', n) end
+
+local function packRecord(r)
+  local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
+  if r.s == 'I' then return head .. struct.pack('>I4c0I4c0', #r.w, r.w, #r.k, r.k) end
+  if r.s == 'C' then return head .. struct.pack('>I4c0', #r.r, r.r) end
+  return head
+end
+
+local function unpackRecord(v)
+  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if s == 'I' then
+    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+  elseif s == 'C' then
+    r.r = struct.unpack('>I4c0', v, pos)
+  end
+  return r
+end
+
+-- HSET in chunks: unpack() of thousands of values would overflow Lua's C stack.
+local function hsetAll(key, fields)
+  for i = 1, #fields, 400 do
+    rcall('HSET', key, unpack(fields, i, math.min(i + 399, #fields)))
+  end
+end
+
+local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true, k = true, b = true, c = true,
+  x = true, t = true, r = true }
+
+-- A record of the previous layout: rewritten in this one, with the same expiry.
+local function convertLegacy(rec)
+  local all = rcall('HGETALL', rec)
+  local h, extras = {}, {}
+  for i = 1, #all, 2 do
+    if LEGACY_CORE[all[i]] then
+      h[all[i]] = all[i + 1]
+    else
+      extras[#extras + 1] = all[i]
+      extras[#extras + 1] = all[i + 1]
+    end
+  end
+  local at = rcall('PEXPIRETIME', rec)
+  rcall('DEL', rec)
+  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+    flags = 0 }
+  if r.s == 'I' then
+    r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
+  else
+    r.t1, r.t2, r.r = tonumber(h.c) or 0, tonumber(h.x) or 0, h.r or ''
+  end
+  if #extras > 0 then
+    r.flags = 1
+    hsetAll(rec .. 'x', extras)
+    if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+  end
+  if at > 0 then
+    rcall('SET', rec, packRecord(r), 'PXAT', at)
+  else
+    rcall('SET', rec, packRecord(r))
+  end
+  return r
+end
+
+-- The record stored at \`rec\`, or nil.
+local function loadRecord(rec)
+  local v = redis.pcall('GET', rec)
+  if type(v) == 'table' then
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    error(v.err)
+  end
+  if not v then return nil end
+  return unpackRecord(v)
+end
+
+-- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
+local function saveRecord(rec, r, at)
+  rcall('SET', rec, packRecord(r), 'PXAT', int(at))
+  if r.flags == 1 then rcall('PEXPIREAT', rec .. 'x', int(at)) end
+end
+
+-- Drops the extras hash (steps, error, messages) of a record about to be replaced.
+local function dropExtras(rec, r)
+  if r.flags == 1 then
+    rcall('DEL', rec .. 'x')
+    r.flags = 0
+  end
+end
+
+-- The extras hash of \`r\`, flagged on the record (same expiry) when it had none.
+local function extrasOf(rec, r)
+  local ext = rec .. 'x'
+  if r.flags ~= 1 then
+    r.flags = 1
+    rcall('SET', rec, packRecord(r), 'KEEPTTL')
+  end
+  return ext
+end
+
+-- Gives the extras hash the record's expiry (after a write that may have created it).
+local function expireExtrasWithRecord(rec)
+  local at = rcall('PEXPIRETIME', rec)
+  if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+end
+
+-- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
+local function recordReply(rec, r)
+  local extras = {}
+  if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
+  return { packRecord(r), extras }
+end
 -- beginOne: the begin transition of one key (see begin-2.lua for the codes). \`full\` asks for the
--- whole record hash with a busy answer; batches answer busy with the lease end only.
--- Returns code, payload: 'N' { fence, leaseUntil }; 'R'/'T' the record hash after the write;
--- 'B' the record hash, or { leaseUntil } when not \`full\`; 'D'/'F'/'M' the record hash;
+-- whole record with a busy answer; batches answer busy with the lease end only.
+-- Returns code, payload: 'N' { fence, leaseUntil }; 'R'/'T' the record after the write;
+-- 'B' the record, or { leaseUntil } when not \`full\`; 'D'/'F'/'M' the record ({ packed, extras });
 -- 'K'/'X' the compaction marker.
--- \`name\` is the store key itself: kept in 'k' with the attempt's start time 'b' while the record is
--- IN_PROGRESS (complete and fail rewrite the hash without them), for listInProgress.
+-- \`name\` is the store key itself: kept with the attempt's start time while the record is
+-- IN_PROGRESS (complete and fail write records without them), for listInProgress.
 local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, now, full, name)
-  local h = rcall('HMGET', rec, 's', 'f', 'n', 'a', 'l', 'x')
-  local state = h[1]
+  local r = loadRecord(rec)
   -- COMPLETED and FAILED records are logically gone at their expiry, though still stored for a grace.
-  local live = state == 'I' or (state and tonumber(h[6]) > now)
+  local live = r and (r.s == 'I' or r.t2 > now)
 
   if live then
     -- A different payload under the same key is reported whatever the state.
-    if h[2] ~= fp then return 'M', rcall('HGETALL', rec) end
-    if state == 'C' then return 'D', rcall('HGETALL', rec) end
-    if state == 'F' then return 'F', rcall('HGETALL', rec) end
-    local leaseUntil = tonumber(h[5])
-    if leaseUntil > now then
-      if full then return 'B', rcall('HGETALL', rec) end
-      return 'B', { leaseUntil }
+    if r.f ~= fp then return 'M', recordReply(rec, r) end
+    if r.s == 'C' then return 'D', recordReply(rec, r) end
+    if r.s == 'F' then return 'F', recordReply(rec, r) end
+    if r.t1 > now then
+      if full then return 'B', recordReply(rec, r) end
+      return 'B', { r.t1 }
     end
     -- leaseUntil 0 means released after a retryable error; any other past value, a lapsed holder.
+    -- Steps and the last error (extras) stay: the attempt continues where the last one stopped.
     local code = 'T'
-    if leaseUntil == 0 then code = 'R' end
-    leaseUntil = now + lease
-    rcall('HSET', rec, 'n', int(tonumber(h[3]) + 1), 'a', int(tonumber(h[4]) + 1), 'w', owner,
-      'l', int(leaseUntil), 'k', name, 'b', int(now))
-    if trace == '' then rcall('HDEL', rec, 't') else rcall('HSET', rec, 't', trace) end
-    rcall('PEXPIREAT', rec, int(leaseUntil + ttl))
-    return code, rcall('HGETALL', rec)
+    if r.t1 == 0 then code = 'R' end
+    r.n, r.a, r.w, r.t1, r.t2, r.t, r.k = r.n + 1, r.a + 1, owner, now + lease, now, trace, name
+    saveRecord(rec, r, r.t1 + ttl)
+    return code, recordReply(rec, r)
   end
 
   -- Fences of new records start at the server clock, so they do not repeat even after the old
   -- record is gone; an expired record still stored also guards against a clock stepping back.
   local fence = now
-  if state then
-    fence = math.max(now, tonumber(h[3]) + 1)
-    rcall('DEL', rec)
+  if r then
+    fence = math.max(now, r.n + 1)
+    dropExtras(rec, r)
   else
     -- No record: a compacted one may still answer "already processed".
     local marker = rcall('HGET', bucket, id)
@@ -194,14 +435,8 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, n
   end
 
   local leaseUntil = now + lease
-  if trace ~= '' then
-    rcall('HSET', rec, 's', 'I', 'f', fp, 'n', int(fence), 'a', '1', 'w', owner, 'l', int(leaseUntil), 't', trace,
-      'k', name, 'b', int(now))
-  else
-    rcall('HSET', rec, 's', 'I', 'f', fp, 'n', int(fence), 'a', '1', 'w', owner, 'l', int(leaseUntil),
-      'k', name, 'b', int(now))
-  end
-  rcall('PEXPIREAT', rec, int(leaseUntil + ttl))
+  rcall('SET', rec, struct.pack(HEAD, 'I', fence, 1, leaseUntil, now, 0, #fp, fp, #trace, trace) ..
+    struct.pack('>I4c0I4c0', #owner, owner, #name, name), 'PXAT', int(leaseUntil + ttl))
   return 'N', { fence, leaseUntil }
 end
 
@@ -219,15 +454,15 @@ return out
 `,
   },
   clear: {
-    command: 'eoClear_v1_4c34870a',
+    command: 'eoClear_v1_3348de2b',
     numberOfKeys: 3,
-    sha1: '4c34870ace60f7574640bb9ff454dfb8478118f2',
+    sha1: '3348de2b183e2330ebdd8d1ab01292338d51a0af',
     lua: `--[[
 clear: forget a key's record (or its compaction marker), so the next message with the key runs
 anew: an operator's step before replaying a dead letter whose record is FAILED, or re-running
 a COMPLETED one on purpose. A record held under a live lease is left alone.
 
-KEYS[1]  record hash
+KEYS[1]  record
 KEYS[2]  compaction-marker bucket of the key's hash tag
 KEYS[3]  completion index of the key's hash tag
 ARGV[1]  record id (16 bytes): the key's field in the marker bucket and index member
@@ -245,17 +480,144 @@ Returns:
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- The record: one Redis string (see codec.ts for the same layout in TypeScript). All integers
+-- big-endian; strings length-prefixed (4 bytes).
+--
+--   state 1 byte 'I' | 'C' | 'F', fence 6, attempt 4, t1 6, t2 6, flags 1, fingerprint, trace id
+--   IN_PROGRESS then: owner, the store key itself (for listInProgress)
+--   COMPLETED then:   result
+--
+-- t1/t2: IN_PROGRESS leaseUntil (0 = released) / the attempt's start; COMPLETED and FAILED
+-- completedAt or failedAt / expiresAt. flags 1: the record has an extras hash, named the record's
+-- name + 'x' (same hash tag, so the same cluster slot), expiring with it, holding what the hot
+-- path never writes: journaled steps 'S<name>', the error 'e', outgoing messages ('m' count,
+-- 'd<i>' id, 'o<i>' message, 'p<i>' once published).
+--
+-- Records of the previous layout (one hash with one-letter fields) are converted when first
+-- touched: loadRecord answers them like any other, in the new layout from then on.
+local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+
+local function int(n) return string.format('%d', n) end
+
+local function packRecord(r)
+  local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
+  if r.s == 'I' then return head .. struct.pack('>I4c0I4c0', #r.w, r.w, #r.k, r.k) end
+  if r.s == 'C' then return head .. struct.pack('>I4c0', #r.r, r.r) end
+  return head
+end
+
+local function unpackRecord(v)
+  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if s == 'I' then
+    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+  elseif s == 'C' then
+    r.r = struct.unpack('>I4c0', v, pos)
+  end
+  return r
+end
+
+-- HSET in chunks: unpack() of thousands of values would overflow Lua's C stack.
+local function hsetAll(key, fields)
+  for i = 1, #fields, 400 do
+    rcall('HSET', key, unpack(fields, i, math.min(i + 399, #fields)))
+  end
+end
+
+local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true, k = true, b = true, c = true,
+  x = true, t = true, r = true }
+
+-- A record of the previous layout: rewritten in this one, with the same expiry.
+local function convertLegacy(rec)
+  local all = rcall('HGETALL', rec)
+  local h, extras = {}, {}
+  for i = 1, #all, 2 do
+    if LEGACY_CORE[all[i]] then
+      h[all[i]] = all[i + 1]
+    else
+      extras[#extras + 1] = all[i]
+      extras[#extras + 1] = all[i + 1]
+    end
+  end
+  local at = rcall('PEXPIRETIME', rec)
+  rcall('DEL', rec)
+  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+    flags = 0 }
+  if r.s == 'I' then
+    r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
+  else
+    r.t1, r.t2, r.r = tonumber(h.c) or 0, tonumber(h.x) or 0, h.r or ''
+  end
+  if #extras > 0 then
+    r.flags = 1
+    hsetAll(rec .. 'x', extras)
+    if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+  end
+  if at > 0 then
+    rcall('SET', rec, packRecord(r), 'PXAT', at)
+  else
+    rcall('SET', rec, packRecord(r))
+  end
+  return r
+end
+
+-- The record stored at \`rec\`, or nil.
+local function loadRecord(rec)
+  local v = redis.pcall('GET', rec)
+  if type(v) == 'table' then
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    error(v.err)
+  end
+  if not v then return nil end
+  return unpackRecord(v)
+end
+
+-- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
+local function saveRecord(rec, r, at)
+  rcall('SET', rec, packRecord(r), 'PXAT', int(at))
+  if r.flags == 1 then rcall('PEXPIREAT', rec .. 'x', int(at)) end
+end
+
+-- Drops the extras hash (steps, error, messages) of a record about to be replaced.
+local function dropExtras(rec, r)
+  if r.flags == 1 then
+    rcall('DEL', rec .. 'x')
+    r.flags = 0
+  end
+end
+
+-- The extras hash of \`r\`, flagged on the record (same expiry) when it had none.
+local function extrasOf(rec, r)
+  local ext = rec .. 'x'
+  if r.flags ~= 1 then
+    r.flags = 1
+    rcall('SET', rec, packRecord(r), 'KEEPTTL')
+  end
+  return ext
+end
+
+-- Gives the extras hash the record's expiry (after a write that may have created it).
+local function expireExtrasWithRecord(rec)
+  local at = rcall('PEXPIRETIME', rec)
+  if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+end
+
+-- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
+local function recordReply(rec, r)
+  local extras = {}
+  if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
+  return { packRecord(r), extras }
+end
 local rec, bucket, index = KEYS[1], KEYS[2], KEYS[3]
 
-local h = rcall('HMGET', rec, 's', 'l', 'n', 'x')
-if h[1] == 'I' and tonumber(h[2]) > now then return -1 end
-local live = h[1] == 'I' or (h[1] and tonumber(h[4]) > now)
+local r = loadRecord(rec)
+if r and r.s == 'I' and r.t1 > now then return -1 end
+local live = r and (r.s == 'I' or r.t2 > now)
 local removed = rcall('HDEL', bucket, ARGV[1])
 rcall('ZREM', index, ARGV[1])
-if h[1] then
-  rcall('DEL', rec)
-  rcall('HSET', rec, 's', 'F', 'n', h[3], 'x', '0', 'f', '')
-  rcall('PEXPIREAT', rec, string.format('%d', now + tonumber(ARGV[2])))
+if r then
+  dropExtras(rec, r)
+  saveRecord(rec, { s = 'F', n = r.n, a = 0, t1 = 0, t2 = 0, flags = 0, f = '', t = '' }, now + tonumber(ARGV[2]))
 end
 if live or removed > 0 then return 1 end
 return 0
@@ -278,16 +640,16 @@ return rcall('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 `,
   },
   compactCompleted: {
-    command: 'eoCompactCompleted_v1_a824864a',
+    command: 'eoCompactCompleted_v1_719bbbf8',
     numberOfKeys: undefined,
-    sha1: 'a824864a5168ab3c639108c9a544487647389c8b',
+    sha1: '719bbbf8ad0a7b2a0a54bb227bb2f817ef55db4e',
     lua: `--[[
 compactCompleted: replace old COMPLETED records of one hash tag by compact markers.
 Called with a variable number of keys (numkeys = 2 + number of candidates).
 
 KEYS[1]  completion index of the tag (sorted set: record id -> completedAt)
 KEYS[2]  compaction-marker bucket of the tag (hash: record id -> marker value)
-KEYS[3] ...  record hashes of the candidates, in the order of their ids in ARGV
+KEYS[3] ...  records of the candidates, in the order of their ids in ARGV
 ARGV[1]  hot window (ms): only records completed at least this long ago are compacted
 ARGV[2]  grace (ms) the bucket is physically kept past its newest marker's expiry
 ARGV[3] ...  per candidate: record id (16 bytes), the index member and marker field
@@ -306,7 +668,134 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local index, bucket = KEYS[1], KEYS[2]
 local cutoff = now - tonumber(ARGV[1])
 local grace = tonumber(ARGV[2])
+-- The record: one Redis string (see codec.ts for the same layout in TypeScript). All integers
+-- big-endian; strings length-prefixed (4 bytes).
+--
+--   state 1 byte 'I' | 'C' | 'F', fence 6, attempt 4, t1 6, t2 6, flags 1, fingerprint, trace id
+--   IN_PROGRESS then: owner, the store key itself (for listInProgress)
+--   COMPLETED then:   result
+--
+-- t1/t2: IN_PROGRESS leaseUntil (0 = released) / the attempt's start; COMPLETED and FAILED
+-- completedAt or failedAt / expiresAt. flags 1: the record has an extras hash, named the record's
+-- name + 'x' (same hash tag, so the same cluster slot), expiring with it, holding what the hot
+-- path never writes: journaled steps 'S<name>', the error 'e', outgoing messages ('m' count,
+-- 'd<i>' id, 'o<i>' message, 'p<i>' once published).
+--
+-- Records of the previous layout (one hash with one-letter fields) are converted when first
+-- touched: loadRecord answers them like any other, in the new layout from then on.
+local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+
 local function int(n) return string.format('%d', n) end
+
+local function packRecord(r)
+  local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
+  if r.s == 'I' then return head .. struct.pack('>I4c0I4c0', #r.w, r.w, #r.k, r.k) end
+  if r.s == 'C' then return head .. struct.pack('>I4c0', #r.r, r.r) end
+  return head
+end
+
+local function unpackRecord(v)
+  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if s == 'I' then
+    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+  elseif s == 'C' then
+    r.r = struct.unpack('>I4c0', v, pos)
+  end
+  return r
+end
+
+-- HSET in chunks: unpack() of thousands of values would overflow Lua's C stack.
+local function hsetAll(key, fields)
+  for i = 1, #fields, 400 do
+    rcall('HSET', key, unpack(fields, i, math.min(i + 399, #fields)))
+  end
+end
+
+local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true, k = true, b = true, c = true,
+  x = true, t = true, r = true }
+
+-- A record of the previous layout: rewritten in this one, with the same expiry.
+local function convertLegacy(rec)
+  local all = rcall('HGETALL', rec)
+  local h, extras = {}, {}
+  for i = 1, #all, 2 do
+    if LEGACY_CORE[all[i]] then
+      h[all[i]] = all[i + 1]
+    else
+      extras[#extras + 1] = all[i]
+      extras[#extras + 1] = all[i + 1]
+    end
+  end
+  local at = rcall('PEXPIRETIME', rec)
+  rcall('DEL', rec)
+  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+    flags = 0 }
+  if r.s == 'I' then
+    r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
+  else
+    r.t1, r.t2, r.r = tonumber(h.c) or 0, tonumber(h.x) or 0, h.r or ''
+  end
+  if #extras > 0 then
+    r.flags = 1
+    hsetAll(rec .. 'x', extras)
+    if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+  end
+  if at > 0 then
+    rcall('SET', rec, packRecord(r), 'PXAT', at)
+  else
+    rcall('SET', rec, packRecord(r))
+  end
+  return r
+end
+
+-- The record stored at \`rec\`, or nil.
+local function loadRecord(rec)
+  local v = redis.pcall('GET', rec)
+  if type(v) == 'table' then
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    error(v.err)
+  end
+  if not v then return nil end
+  return unpackRecord(v)
+end
+
+-- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
+local function saveRecord(rec, r, at)
+  rcall('SET', rec, packRecord(r), 'PXAT', int(at))
+  if r.flags == 1 then rcall('PEXPIREAT', rec .. 'x', int(at)) end
+end
+
+-- Drops the extras hash (steps, error, messages) of a record about to be replaced.
+local function dropExtras(rec, r)
+  if r.flags == 1 then
+    rcall('DEL', rec .. 'x')
+    r.flags = 0
+  end
+end
+
+-- The extras hash of \`r\`, flagged on the record (same expiry) when it had none.
+local function extrasOf(rec, r)
+  local ext = rec .. 'x'
+  if r.flags ~= 1 then
+    r.flags = 1
+    rcall('SET', rec, packRecord(r), 'KEEPTTL')
+  end
+  return ext
+end
+
+-- Gives the extras hash the record's expiry (after a write that may have created it).
+local function expireExtrasWithRecord(rec)
+  local at = rcall('PEXPIRETIME', rec)
+  if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+end
+
+-- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
+local function recordReply(rec, r)
+  local extras = {}
+  if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
+  return { packRecord(r), extras }
+end
 
 local function fingerprintHash(encoded)
   local hex = redis.sha1hex(encoded)
@@ -315,9 +804,11 @@ local function fingerprintHash(encoded)
   return table.concat(out)
 end
 
-local function allPublished(rec, count)
-  for i = 1, count do
-    if rcall('HEXISTS', rec, 'p' .. i) == 0 then return false end
+local function allPublished(rec, r)
+  if r.flags ~= 1 then return true end
+  local ext = rec .. 'x'
+  for i = 1, tonumber(rcall('HGET', ext, 'm')) or 0 do
+    if rcall('HEXISTS', ext, 'p' .. i) == 0 then return false end
   end
   return true
 end
@@ -327,16 +818,17 @@ for i = 1, #ARGV - 2 do
   local rec, member = KEYS[2 + i], ARGV[2 + i]
   local score = rcall('ZSCORE', index, member)
   if score and tonumber(score) <= cutoff then
-    local h = rcall('HMGET', rec, 's', 'x', 'f', 'm')
-    local expiresAt = tonumber(h[2])
-    if h[1] ~= 'C' or expiresAt <= now then
+    local r = loadRecord(rec)
+    if not r or r.s ~= 'C' or r.t2 <= now then
       rcall('ZREM', index, member)
       dropped = dropped + 1
-    elseif not allPublished(rec, tonumber(h[4]) or 0) then
+    elseif not allPublished(rec, r) then
       rcall('ZADD', index, int(now), member)
       deferred = deferred + 1
     else
-      rcall('HSET', bucket, member, struct.pack('>I6', expiresAt) .. fingerprintHash(h[3]))
+      local expiresAt = r.t2
+      rcall('HSET', bucket, member, struct.pack('>I6', expiresAt) .. fingerprintHash(r.f))
+      dropExtras(rec, r)
       rcall('DEL', rec)
       rcall('ZREM', index, member)
       compacted = compacted + 1
@@ -361,13 +853,13 @@ return { compacted, dropped, deferred }
 `,
   },
   complete: {
-    command: 'eoComplete_v1_46b6fc7b',
+    command: 'eoComplete_v1_a4b1adb2',
     numberOfKeys: 3,
-    sha1: '46b6fc7b38bb32a3077e0ad348ec2d776304cc82',
+    sha1: 'a4b1adb28d1c725a1f287d7a6cda2eb4d2ff86e9',
     lua: `--[[
 complete: IN_PROGRESS(fence) -> COMPLETED with result and outgoing messages, in one write.
 
-KEYS[1]  record hash
+KEYS[1]  record
 KEYS[2]  completion index of the key's hash tag (sorted set member -> completedAt)
 KEYS[3]  blob index of the key's hash tag (sorted set: packed blob pointer -> the record's physical end)
 ARGV[1]  fence
@@ -378,8 +870,8 @@ ARGV[5]  result (encoded; '' = none)
 ARGV[6]  record id, the index member ('' = not indexed for compaction)
 ARGV[7], ARGV[8] ...  per outgoing message: id, message (encoded)
 
-The new record replaces the old hash whole, which drops the journaled steps. Messages are
-stored as 'd<i>' = id, 'o<i>' = message, and 'p<i>' once published; 'm' = their count.
+The new record replaces the old whole, which drops the journaled steps. Messages are stored in
+its extras hash as 'd<i>' = id, 'o<i>' = message, and 'p<i>' once published; 'm' = their count.
 
 Returns:
   1  ok
@@ -388,55 +880,173 @@ Returns:
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- The record: one Redis string (see codec.ts for the same layout in TypeScript). All integers
+-- big-endian; strings length-prefixed (4 bytes).
+--
+--   state 1 byte 'I' | 'C' | 'F', fence 6, attempt 4, t1 6, t2 6, flags 1, fingerprint, trace id
+--   IN_PROGRESS then: owner, the store key itself (for listInProgress)
+--   COMPLETED then:   result
+--
+-- t1/t2: IN_PROGRESS leaseUntil (0 = released) / the attempt's start; COMPLETED and FAILED
+-- completedAt or failedAt / expiresAt. flags 1: the record has an extras hash, named the record's
+-- name + 'x' (same hash tag, so the same cluster slot), expiring with it, holding what the hot
+-- path never writes: journaled steps 'S<name>', the error 'e', outgoing messages ('m' count,
+-- 'd<i>' id, 'o<i>' message, 'p<i>' once published).
+--
+-- Records of the previous layout (one hash with one-letter fields) are converted when first
+-- touched: loadRecord answers them like any other, in the new layout from then on.
+local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+
 local function int(n) return string.format('%d', n) end
--- completeOne: IN_PROGRESS(fence) -> COMPLETED of one key (see complete-2.lua). Its outgoing
+
+local function packRecord(r)
+  local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
+  if r.s == 'I' then return head .. struct.pack('>I4c0I4c0', #r.w, r.w, #r.k, r.k) end
+  if r.s == 'C' then return head .. struct.pack('>I4c0', #r.r, r.r) end
+  return head
+end
+
+local function unpackRecord(v)
+  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if s == 'I' then
+    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+  elseif s == 'C' then
+    r.r = struct.unpack('>I4c0', v, pos)
+  end
+  return r
+end
+
+-- HSET in chunks: unpack() of thousands of values would overflow Lua's C stack.
+local function hsetAll(key, fields)
+  for i = 1, #fields, 400 do
+    rcall('HSET', key, unpack(fields, i, math.min(i + 399, #fields)))
+  end
+end
+
+local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true, k = true, b = true, c = true,
+  x = true, t = true, r = true }
+
+-- A record of the previous layout: rewritten in this one, with the same expiry.
+local function convertLegacy(rec)
+  local all = rcall('HGETALL', rec)
+  local h, extras = {}, {}
+  for i = 1, #all, 2 do
+    if LEGACY_CORE[all[i]] then
+      h[all[i]] = all[i + 1]
+    else
+      extras[#extras + 1] = all[i]
+      extras[#extras + 1] = all[i + 1]
+    end
+  end
+  local at = rcall('PEXPIRETIME', rec)
+  rcall('DEL', rec)
+  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+    flags = 0 }
+  if r.s == 'I' then
+    r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
+  else
+    r.t1, r.t2, r.r = tonumber(h.c) or 0, tonumber(h.x) or 0, h.r or ''
+  end
+  if #extras > 0 then
+    r.flags = 1
+    hsetAll(rec .. 'x', extras)
+    if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+  end
+  if at > 0 then
+    rcall('SET', rec, packRecord(r), 'PXAT', at)
+  else
+    rcall('SET', rec, packRecord(r))
+  end
+  return r
+end
+
+-- The record stored at \`rec\`, or nil.
+local function loadRecord(rec)
+  local v = redis.pcall('GET', rec)
+  if type(v) == 'table' then
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    error(v.err)
+  end
+  if not v then return nil end
+  return unpackRecord(v)
+end
+
+-- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
+local function saveRecord(rec, r, at)
+  rcall('SET', rec, packRecord(r), 'PXAT', int(at))
+  if r.flags == 1 then rcall('PEXPIREAT', rec .. 'x', int(at)) end
+end
+
+-- Drops the extras hash (steps, error, messages) of a record about to be replaced.
+local function dropExtras(rec, r)
+  if r.flags == 1 then
+    rcall('DEL', rec .. 'x')
+    r.flags = 0
+  end
+end
+
+-- The extras hash of \`r\`, flagged on the record (same expiry) when it had none.
+local function extrasOf(rec, r)
+  local ext = rec .. 'x'
+  if r.flags ~= 1 then
+    r.flags = 1
+    rcall('SET', rec, packRecord(r), 'KEEPTTL')
+  end
+  return ext
+end
+
+-- Gives the extras hash the record's expiry (after a write that may have created it).
+local function expireExtrasWithRecord(rec)
+  local at = rcall('PEXPIRETIME', rec)
+  if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+end
+
+-- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
+local function recordReply(rec, r)
+  local extras = {}
+  if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
+  return { packRecord(r), extras }
+end
+-- completeOne: IN_PROGRESS(fence) -> COMPLETED of one key (see complete-3.lua). Its outgoing
 -- messages are ARGV[first], ARGV[first + 1], ... : \`count\` pairs of id, message.
 -- Returns 1 (ok) or 0 (lost).
 -- A blob result's pointer goes into \`blobs\` (the tag's blob index: member = packed pointer, score
 -- = the record's physical end), so collectBlobs can delete the blob once no record names it.
 local function completeOne(rec, index, blobs, fence, retention, grace, trace, result, id, first, count, now)
-  local h = rcall('HMGET', rec, 's', 'n', 'f', 'a', 't')
-  if h[1] ~= 'I' or h[2] ~= fence then return 0 end
+  local r = loadRecord(rec)
+  if not r or r.s ~= 'I' or r.n ~= tonumber(fence) then return 0 end
   local expiresAt = now + retention
-  local physicalEnd = int(expiresAt + grace)
-  if trace == '' then trace = h[5] end
+  local physicalEnd = expiresAt + grace
+  if trace == '' then trace = r.t end
 
-  local fields = { 's', 'C', 'f', h[3], 'n', h[2], 'a', h[4], 'c', int(now), 'x', int(expiresAt) }
-  if trace then
-    fields[#fields + 1] = 't'
-    fields[#fields + 1] = trace
-  end
-  if result ~= '' then
-    fields[#fields + 1] = 'r'
-    fields[#fields + 1] = result
-  end
+  -- The new record replaces the old whole, which drops the lease, the journaled steps and the
+  -- last error.
+  dropExtras(rec, r)
+  local flags = 0
   if count > 0 then
-    fields[#fields + 1] = 'm'
-    fields[#fields + 1] = int(count)
-  end
-  -- The new record replaces the old hash whole, which drops the lease and the journaled steps.
-  rcall('DEL', rec)
-  for i = 1, count do
-    fields[#fields + 1] = 'd' .. i
-    fields[#fields + 1] = ARGV[first + 2 * i - 2]
-    fields[#fields + 1] = 'o' .. i
-    fields[#fields + 1] = ARGV[first + 2 * i - 1]
-    -- In chunks: unpack() of thousands of values would overflow Lua's C stack.
-    if #fields >= 400 then
-      rcall('HSET', rec, unpack(fields))
-      fields = {}
+    flags = 1
+    local ext = rec .. 'x'
+    local fields = { 'm', int(count) }
+    for i = 1, count do
+      fields[#fields + 1] = 'd' .. i
+      fields[#fields + 1] = ARGV[first + 2 * i - 2]
+      fields[#fields + 1] = 'o' .. i
+      fields[#fields + 1] = ARGV[first + 2 * i - 1]
     end
+    hsetAll(ext, fields)
+    rcall('PEXPIREAT', ext, int(physicalEnd))
   end
-  if #fields > 0 then rcall('HSET', rec, unpack(fields)) end
-  rcall('PEXPIREAT', rec, physicalEnd)
+  rcall('SET', rec, struct.pack(HEAD, 'C', r.n, r.a, now, expiresAt, flags, #r.f, r.f, #trace, trace) ..
+    struct.pack('>I4c0', #result, result), 'PXAT', int(physicalEnd))
 
-  if string.sub(result, 1, 1) == 'b' then rcall('ZADD', blobs, 'GT', physicalEnd, result) end
+  if string.sub(result, 1, 1) == 'b' then rcall('ZADD', blobs, 'GT', int(physicalEnd), result) end
 
   if id ~= '' then
     rcall('ZADD', index, int(now), id)
     -- The index lives as long as its newest record; compaction prunes it meanwhile.
     local ttl = rcall('PTTL', index)
-    if ttl < 0 or now + ttl < tonumber(physicalEnd) then rcall('PEXPIREAT', index, physicalEnd) end
+    if ttl < 0 or now + ttl < physicalEnd then rcall('PEXPIREAT', index, int(physicalEnd)) end
   end
   return 1
 end
@@ -446,14 +1056,14 @@ return completeOne(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]), tonumb
 `,
   },
   completeMany: {
-    command: 'eoCompleteMany_v1_78d3ddcf',
+    command: 'eoCompleteMany_v1_daf71450',
     numberOfKeys: undefined,
-    sha1: '78d3ddcf84986f461041932ecd200be82407b234',
+    sha1: 'daf71450bd4b11e834ece84a41b7779f1fdea749',
     lua: `--[[
 completeMany: complete several keys in one call, in order, each exactly as complete-2.lua would.
 Called with numkeys = 3 * number of keys.
 
-KEYS[1], KEYS[4] ...  record hash of key 1, 2, ... (KEYS[3i-2] for key i)
+KEYS[1], KEYS[4] ...  record of key 1, 2, ... (KEYS[3i-2] for key i)
 KEYS[2], KEYS[5] ...  completion index of each key's hash tag (KEYS[3i-1])
 KEYS[3], KEYS[6] ...  blob index of each key's hash tag (KEYS[3i])
 ARGV[1]  grace (ms) a record is physically kept past its expiry
@@ -466,55 +1076,173 @@ Returns { r1, r2, ... }: per key 1 (ok) or 0 (lost: not IN_PROGRESS under this f
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- The record: one Redis string (see codec.ts for the same layout in TypeScript). All integers
+-- big-endian; strings length-prefixed (4 bytes).
+--
+--   state 1 byte 'I' | 'C' | 'F', fence 6, attempt 4, t1 6, t2 6, flags 1, fingerprint, trace id
+--   IN_PROGRESS then: owner, the store key itself (for listInProgress)
+--   COMPLETED then:   result
+--
+-- t1/t2: IN_PROGRESS leaseUntil (0 = released) / the attempt's start; COMPLETED and FAILED
+-- completedAt or failedAt / expiresAt. flags 1: the record has an extras hash, named the record's
+-- name + 'x' (same hash tag, so the same cluster slot), expiring with it, holding what the hot
+-- path never writes: journaled steps 'S<name>', the error 'e', outgoing messages ('m' count,
+-- 'd<i>' id, 'o<i>' message, 'p<i>' once published).
+--
+-- Records of the previous layout (one hash with one-letter fields) are converted when first
+-- touched: loadRecord answers them like any other, in the new layout from then on.
+local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+
 local function int(n) return string.format('%d', n) end
--- completeOne: IN_PROGRESS(fence) -> COMPLETED of one key (see complete-2.lua). Its outgoing
+
+local function packRecord(r)
+  local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
+  if r.s == 'I' then return head .. struct.pack('>I4c0I4c0', #r.w, r.w, #r.k, r.k) end
+  if r.s == 'C' then return head .. struct.pack('>I4c0', #r.r, r.r) end
+  return head
+end
+
+local function unpackRecord(v)
+  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if s == 'I' then
+    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+  elseif s == 'C' then
+    r.r = struct.unpack('>I4c0', v, pos)
+  end
+  return r
+end
+
+-- HSET in chunks: unpack() of thousands of values would overflow Lua's C stack.
+local function hsetAll(key, fields)
+  for i = 1, #fields, 400 do
+    rcall('HSET', key, unpack(fields, i, math.min(i + 399, #fields)))
+  end
+end
+
+local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true, k = true, b = true, c = true,
+  x = true, t = true, r = true }
+
+-- A record of the previous layout: rewritten in this one, with the same expiry.
+local function convertLegacy(rec)
+  local all = rcall('HGETALL', rec)
+  local h, extras = {}, {}
+  for i = 1, #all, 2 do
+    if LEGACY_CORE[all[i]] then
+      h[all[i]] = all[i + 1]
+    else
+      extras[#extras + 1] = all[i]
+      extras[#extras + 1] = all[i + 1]
+    end
+  end
+  local at = rcall('PEXPIRETIME', rec)
+  rcall('DEL', rec)
+  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+    flags = 0 }
+  if r.s == 'I' then
+    r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
+  else
+    r.t1, r.t2, r.r = tonumber(h.c) or 0, tonumber(h.x) or 0, h.r or ''
+  end
+  if #extras > 0 then
+    r.flags = 1
+    hsetAll(rec .. 'x', extras)
+    if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+  end
+  if at > 0 then
+    rcall('SET', rec, packRecord(r), 'PXAT', at)
+  else
+    rcall('SET', rec, packRecord(r))
+  end
+  return r
+end
+
+-- The record stored at \`rec\`, or nil.
+local function loadRecord(rec)
+  local v = redis.pcall('GET', rec)
+  if type(v) == 'table' then
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    error(v.err)
+  end
+  if not v then return nil end
+  return unpackRecord(v)
+end
+
+-- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
+local function saveRecord(rec, r, at)
+  rcall('SET', rec, packRecord(r), 'PXAT', int(at))
+  if r.flags == 1 then rcall('PEXPIREAT', rec .. 'x', int(at)) end
+end
+
+-- Drops the extras hash (steps, error, messages) of a record about to be replaced.
+local function dropExtras(rec, r)
+  if r.flags == 1 then
+    rcall('DEL', rec .. 'x')
+    r.flags = 0
+  end
+end
+
+-- The extras hash of \`r\`, flagged on the record (same expiry) when it had none.
+local function extrasOf(rec, r)
+  local ext = rec .. 'x'
+  if r.flags ~= 1 then
+    r.flags = 1
+    rcall('SET', rec, packRecord(r), 'KEEPTTL')
+  end
+  return ext
+end
+
+-- Gives the extras hash the record's expiry (after a write that may have created it).
+local function expireExtrasWithRecord(rec)
+  local at = rcall('PEXPIRETIME', rec)
+  if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+end
+
+-- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
+local function recordReply(rec, r)
+  local extras = {}
+  if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
+  return { packRecord(r), extras }
+end
+-- completeOne: IN_PROGRESS(fence) -> COMPLETED of one key (see complete-3.lua). Its outgoing
 -- messages are ARGV[first], ARGV[first + 1], ... : \`count\` pairs of id, message.
 -- Returns 1 (ok) or 0 (lost).
 -- A blob result's pointer goes into \`blobs\` (the tag's blob index: member = packed pointer, score
 -- = the record's physical end), so collectBlobs can delete the blob once no record names it.
 local function completeOne(rec, index, blobs, fence, retention, grace, trace, result, id, first, count, now)
-  local h = rcall('HMGET', rec, 's', 'n', 'f', 'a', 't')
-  if h[1] ~= 'I' or h[2] ~= fence then return 0 end
+  local r = loadRecord(rec)
+  if not r or r.s ~= 'I' or r.n ~= tonumber(fence) then return 0 end
   local expiresAt = now + retention
-  local physicalEnd = int(expiresAt + grace)
-  if trace == '' then trace = h[5] end
+  local physicalEnd = expiresAt + grace
+  if trace == '' then trace = r.t end
 
-  local fields = { 's', 'C', 'f', h[3], 'n', h[2], 'a', h[4], 'c', int(now), 'x', int(expiresAt) }
-  if trace then
-    fields[#fields + 1] = 't'
-    fields[#fields + 1] = trace
-  end
-  if result ~= '' then
-    fields[#fields + 1] = 'r'
-    fields[#fields + 1] = result
-  end
+  -- The new record replaces the old whole, which drops the lease, the journaled steps and the
+  -- last error.
+  dropExtras(rec, r)
+  local flags = 0
   if count > 0 then
-    fields[#fields + 1] = 'm'
-    fields[#fields + 1] = int(count)
-  end
-  -- The new record replaces the old hash whole, which drops the lease and the journaled steps.
-  rcall('DEL', rec)
-  for i = 1, count do
-    fields[#fields + 1] = 'd' .. i
-    fields[#fields + 1] = ARGV[first + 2 * i - 2]
-    fields[#fields + 1] = 'o' .. i
-    fields[#fields + 1] = ARGV[first + 2 * i - 1]
-    -- In chunks: unpack() of thousands of values would overflow Lua's C stack.
-    if #fields >= 400 then
-      rcall('HSET', rec, unpack(fields))
-      fields = {}
+    flags = 1
+    local ext = rec .. 'x'
+    local fields = { 'm', int(count) }
+    for i = 1, count do
+      fields[#fields + 1] = 'd' .. i
+      fields[#fields + 1] = ARGV[first + 2 * i - 2]
+      fields[#fields + 1] = 'o' .. i
+      fields[#fields + 1] = ARGV[first + 2 * i - 1]
     end
+    hsetAll(ext, fields)
+    rcall('PEXPIREAT', ext, int(physicalEnd))
   end
-  if #fields > 0 then rcall('HSET', rec, unpack(fields)) end
-  rcall('PEXPIREAT', rec, physicalEnd)
+  rcall('SET', rec, struct.pack(HEAD, 'C', r.n, r.a, now, expiresAt, flags, #r.f, r.f, #trace, trace) ..
+    struct.pack('>I4c0', #result, result), 'PXAT', int(physicalEnd))
 
-  if string.sub(result, 1, 1) == 'b' then rcall('ZADD', blobs, 'GT', physicalEnd, result) end
+  if string.sub(result, 1, 1) == 'b' then rcall('ZADD', blobs, 'GT', int(physicalEnd), result) end
 
   if id ~= '' then
     rcall('ZADD', index, int(now), id)
     -- The index lives as long as its newest record; compaction prunes it meanwhile.
     local ttl = rcall('PTTL', index)
-    if ttl < 0 or now + ttl < tonumber(physicalEnd) then rcall('PEXPIREAT', index, physicalEnd) end
+    if ttl < 0 or now + ttl < physicalEnd then rcall('PEXPIREAT', index, int(physicalEnd)) end
   end
   return 1
 end
@@ -532,13 +1260,13 @@ return out
 `,
   },
   extend: {
-    command: 'eoExtend_v1_ac5a78aa',
+    command: 'eoExtend_v1_484b51b3',
     numberOfKeys: 1,
-    sha1: 'ac5a78aa1314ae79012175a1c77a4e941b1140dc',
+    sha1: '484b51b384b0f886cded727459ef3defa73ef376',
     lua: `--[[
 extend: push the lease of the holding fence out to server now + lease.
 
-KEYS[1]  record hash
+KEYS[1]  record
 ARGV[1]  fence
 ARGV[2]  lease (ms)
 ARGV[3]  safety TTL of an IN_PROGRESS record past its lease end (ms)
@@ -550,31 +1278,158 @@ Returns:
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- The record: one Redis string (see codec.ts for the same layout in TypeScript). All integers
+-- big-endian; strings length-prefixed (4 bytes).
+--
+--   state 1 byte 'I' | 'C' | 'F', fence 6, attempt 4, t1 6, t2 6, flags 1, fingerprint, trace id
+--   IN_PROGRESS then: owner, the store key itself (for listInProgress)
+--   COMPLETED then:   result
+--
+-- t1/t2: IN_PROGRESS leaseUntil (0 = released) / the attempt's start; COMPLETED and FAILED
+-- completedAt or failedAt / expiresAt. flags 1: the record has an extras hash, named the record's
+-- name + 'x' (same hash tag, so the same cluster slot), expiring with it, holding what the hot
+-- path never writes: journaled steps 'S<name>', the error 'e', outgoing messages ('m' count,
+-- 'd<i>' id, 'o<i>' message, 'p<i>' once published).
+--
+-- Records of the previous layout (one hash with one-letter fields) are converted when first
+-- touched: loadRecord answers them like any other, in the new layout from then on.
+local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+
+local function int(n) return string.format('%d', n) end
+
+local function packRecord(r)
+  local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
+  if r.s == 'I' then return head .. struct.pack('>I4c0I4c0', #r.w, r.w, #r.k, r.k) end
+  if r.s == 'C' then return head .. struct.pack('>I4c0', #r.r, r.r) end
+  return head
+end
+
+local function unpackRecord(v)
+  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if s == 'I' then
+    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+  elseif s == 'C' then
+    r.r = struct.unpack('>I4c0', v, pos)
+  end
+  return r
+end
+
+-- HSET in chunks: unpack() of thousands of values would overflow Lua's C stack.
+local function hsetAll(key, fields)
+  for i = 1, #fields, 400 do
+    rcall('HSET', key, unpack(fields, i, math.min(i + 399, #fields)))
+  end
+end
+
+local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true, k = true, b = true, c = true,
+  x = true, t = true, r = true }
+
+-- A record of the previous layout: rewritten in this one, with the same expiry.
+local function convertLegacy(rec)
+  local all = rcall('HGETALL', rec)
+  local h, extras = {}, {}
+  for i = 1, #all, 2 do
+    if LEGACY_CORE[all[i]] then
+      h[all[i]] = all[i + 1]
+    else
+      extras[#extras + 1] = all[i]
+      extras[#extras + 1] = all[i + 1]
+    end
+  end
+  local at = rcall('PEXPIRETIME', rec)
+  rcall('DEL', rec)
+  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+    flags = 0 }
+  if r.s == 'I' then
+    r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
+  else
+    r.t1, r.t2, r.r = tonumber(h.c) or 0, tonumber(h.x) or 0, h.r or ''
+  end
+  if #extras > 0 then
+    r.flags = 1
+    hsetAll(rec .. 'x', extras)
+    if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+  end
+  if at > 0 then
+    rcall('SET', rec, packRecord(r), 'PXAT', at)
+  else
+    rcall('SET', rec, packRecord(r))
+  end
+  return r
+end
+
+-- The record stored at \`rec\`, or nil.
+local function loadRecord(rec)
+  local v = redis.pcall('GET', rec)
+  if type(v) == 'table' then
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    error(v.err)
+  end
+  if not v then return nil end
+  return unpackRecord(v)
+end
+
+-- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
+local function saveRecord(rec, r, at)
+  rcall('SET', rec, packRecord(r), 'PXAT', int(at))
+  if r.flags == 1 then rcall('PEXPIREAT', rec .. 'x', int(at)) end
+end
+
+-- Drops the extras hash (steps, error, messages) of a record about to be replaced.
+local function dropExtras(rec, r)
+  if r.flags == 1 then
+    rcall('DEL', rec .. 'x')
+    r.flags = 0
+  end
+end
+
+-- The extras hash of \`r\`, flagged on the record (same expiry) when it had none.
+local function extrasOf(rec, r)
+  local ext = rec .. 'x'
+  if r.flags ~= 1 then
+    r.flags = 1
+    rcall('SET', rec, packRecord(r), 'KEEPTTL')
+  end
+  return ext
+end
+
+-- Gives the extras hash the record's expiry (after a write that may have created it).
+local function expireExtrasWithRecord(rec)
+  local at = rcall('PEXPIRETIME', rec)
+  if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+end
+
+-- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
+local function recordReply(rec, r)
+  local extras = {}
+  if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
+  return { packRecord(r), extras }
+end
 local rec = KEYS[1]
 
-local h = rcall('HMGET', rec, 's', 'n')
--- Fences are written as canonical decimal strings, so comparing text compares numbers.
-if h[1] ~= 'I' or h[2] ~= ARGV[1] then return 0 end
-local leaseUntil = now + tonumber(ARGV[2])
-rcall('HSET', rec, 'l', string.format('%d', leaseUntil))
-rcall('PEXPIREAT', rec, string.format('%d', leaseUntil + tonumber(ARGV[3])))
+local r = loadRecord(rec)
+if not r or r.s ~= 'I' or r.n ~= tonumber(ARGV[1]) then return 0 end
+r.t1 = now + tonumber(ARGV[2])
+saveRecord(rec, r, r.t1 + tonumber(ARGV[3]))
 return 1
 `,
   },
   fail: {
-    command: 'eoFail_v1_ccbeba29',
+    command: 'eoFail_v1_b2997aed',
     numberOfKeys: 1,
-    sha1: 'ccbeba29da0d301adf9fcd7d34d84460f4fa8d4b',
+    sha1: 'b2997aed13e9a3632b80850cfbbd8c7d2131f423',
     lua: `--[[
 fail: IN_PROGRESS(fence) -> FAILED, kept for the retention.
 
-KEYS[1]  record hash
+KEYS[1]  record
 ARGV[1]  fence
 ARGV[2]  error (encoded)
 ARGV[3]  retention (ms)
 ARGV[4]  grace (ms) the record is physically kept past its expiry, to continue its fence
 
-The new record replaces the old hash whole, which drops the journaled steps.
+The new record replaces the old whole, which drops the journaled steps; the error goes to its
+extras hash ('e').
 
 Returns:
   1  ok
@@ -583,53 +1438,306 @@ Returns:
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rec = KEYS[1]
+-- The record: one Redis string (see codec.ts for the same layout in TypeScript). All integers
+-- big-endian; strings length-prefixed (4 bytes).
+--
+--   state 1 byte 'I' | 'C' | 'F', fence 6, attempt 4, t1 6, t2 6, flags 1, fingerprint, trace id
+--   IN_PROGRESS then: owner, the store key itself (for listInProgress)
+--   COMPLETED then:   result
+--
+-- t1/t2: IN_PROGRESS leaseUntil (0 = released) / the attempt's start; COMPLETED and FAILED
+-- completedAt or failedAt / expiresAt. flags 1: the record has an extras hash, named the record's
+-- name + 'x' (same hash tag, so the same cluster slot), expiring with it, holding what the hot
+-- path never writes: journaled steps 'S<name>', the error 'e', outgoing messages ('m' count,
+-- 'd<i>' id, 'o<i>' message, 'p<i>' once published).
+--
+-- Records of the previous layout (one hash with one-letter fields) are converted when first
+-- touched: loadRecord answers them like any other, in the new layout from then on.
+local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+
 local function int(n) return string.format('%d', n) end
 
-local h = rcall('HMGET', rec, 's', 'n', 'f', 'a', 't')
-if h[1] ~= 'I' or h[2] ~= ARGV[1] then return 0 end
+local function packRecord(r)
+  local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
+  if r.s == 'I' then return head .. struct.pack('>I4c0I4c0', #r.w, r.w, #r.k, r.k) end
+  if r.s == 'C' then return head .. struct.pack('>I4c0', #r.r, r.r) end
+  return head
+end
+
+local function unpackRecord(v)
+  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if s == 'I' then
+    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+  elseif s == 'C' then
+    r.r = struct.unpack('>I4c0', v, pos)
+  end
+  return r
+end
+
+-- HSET in chunks: unpack() of thousands of values would overflow Lua's C stack.
+local function hsetAll(key, fields)
+  for i = 1, #fields, 400 do
+    rcall('HSET', key, unpack(fields, i, math.min(i + 399, #fields)))
+  end
+end
+
+local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true, k = true, b = true, c = true,
+  x = true, t = true, r = true }
+
+-- A record of the previous layout: rewritten in this one, with the same expiry.
+local function convertLegacy(rec)
+  local all = rcall('HGETALL', rec)
+  local h, extras = {}, {}
+  for i = 1, #all, 2 do
+    if LEGACY_CORE[all[i]] then
+      h[all[i]] = all[i + 1]
+    else
+      extras[#extras + 1] = all[i]
+      extras[#extras + 1] = all[i + 1]
+    end
+  end
+  local at = rcall('PEXPIRETIME', rec)
+  rcall('DEL', rec)
+  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+    flags = 0 }
+  if r.s == 'I' then
+    r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
+  else
+    r.t1, r.t2, r.r = tonumber(h.c) or 0, tonumber(h.x) or 0, h.r or ''
+  end
+  if #extras > 0 then
+    r.flags = 1
+    hsetAll(rec .. 'x', extras)
+    if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+  end
+  if at > 0 then
+    rcall('SET', rec, packRecord(r), 'PXAT', at)
+  else
+    rcall('SET', rec, packRecord(r))
+  end
+  return r
+end
+
+-- The record stored at \`rec\`, or nil.
+local function loadRecord(rec)
+  local v = redis.pcall('GET', rec)
+  if type(v) == 'table' then
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    error(v.err)
+  end
+  if not v then return nil end
+  return unpackRecord(v)
+end
+
+-- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
+local function saveRecord(rec, r, at)
+  rcall('SET', rec, packRecord(r), 'PXAT', int(at))
+  if r.flags == 1 then rcall('PEXPIREAT', rec .. 'x', int(at)) end
+end
+
+-- Drops the extras hash (steps, error, messages) of a record about to be replaced.
+local function dropExtras(rec, r)
+  if r.flags == 1 then
+    rcall('DEL', rec .. 'x')
+    r.flags = 0
+  end
+end
+
+-- The extras hash of \`r\`, flagged on the record (same expiry) when it had none.
+local function extrasOf(rec, r)
+  local ext = rec .. 'x'
+  if r.flags ~= 1 then
+    r.flags = 1
+    rcall('SET', rec, packRecord(r), 'KEEPTTL')
+  end
+  return ext
+end
+
+-- Gives the extras hash the record's expiry (after a write that may have created it).
+local function expireExtrasWithRecord(rec)
+  local at = rcall('PEXPIRETIME', rec)
+  if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+end
+
+-- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
+local function recordReply(rec, r)
+  local extras = {}
+  if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
+  return { packRecord(r), extras }
+end
+local rec = KEYS[1]
+
+local r = loadRecord(rec)
+if not r or r.s ~= 'I' or r.n ~= tonumber(ARGV[1]) then return 0 end
 local expiresAt = now + tonumber(ARGV[3])
-rcall('DEL', rec)
-rcall('HSET', rec, 's', 'F', 'f', h[3], 'n', h[2], 'a', h[4], 'e', ARGV[2], 'c', int(now),
-  'x', int(expiresAt))
-if h[5] then rcall('HSET', rec, 't', h[5]) end
-rcall('PEXPIREAT', rec, int(expiresAt + tonumber(ARGV[4])))
+dropExtras(rec, r)
+rcall('HSET', rec .. 'x', 'e', ARGV[2])
+saveRecord(rec, { s = 'F', n = r.n, a = r.a, t1 = now, t2 = expiresAt, flags = 1, f = r.f, t = r.t },
+  expiresAt + tonumber(ARGV[4]))
 return 1
 `,
   },
   get: {
-    command: 'eoGet_v1_047cd5b3',
+    command: 'eoGet_v1_cc296436',
     numberOfKeys: 2,
-    sha1: '047cd5b3068327975a44367dd5759a025ed95d41',
+    sha1: 'cc296436a8b3872f3eeceec074f12c5ba3c476b0',
     lua: `--[[
 get: read a record, or the compaction marker standing in for it, with the server clock.
 
-KEYS[1]  record hash
+KEYS[1]  record
 KEYS[2]  compaction-marker bucket of the key's hash tag
 ARGV[1]  record id (16 bytes): the key's field in the marker bucket
 
-Returns { server now (ms), record hash (HGETALL; empty when absent), marker value or nil }.
+Returns { server now (ms), record ({ packed, extras }; nil when absent), marker value or nil }.
 The marker is read only when the record is absent. Expiry is judged by the caller against
 the returned server time.
 ]]
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- The record: one Redis string (see codec.ts for the same layout in TypeScript). All integers
+-- big-endian; strings length-prefixed (4 bytes).
+--
+--   state 1 byte 'I' | 'C' | 'F', fence 6, attempt 4, t1 6, t2 6, flags 1, fingerprint, trace id
+--   IN_PROGRESS then: owner, the store key itself (for listInProgress)
+--   COMPLETED then:   result
+--
+-- t1/t2: IN_PROGRESS leaseUntil (0 = released) / the attempt's start; COMPLETED and FAILED
+-- completedAt or failedAt / expiresAt. flags 1: the record has an extras hash, named the record's
+-- name + 'x' (same hash tag, so the same cluster slot), expiring with it, holding what the hot
+-- path never writes: journaled steps 'S<name>', the error 'e', outgoing messages ('m' count,
+-- 'd<i>' id, 'o<i>' message, 'p<i>' once published).
+--
+-- Records of the previous layout (one hash with one-letter fields) are converted when first
+-- touched: loadRecord answers them like any other, in the new layout from then on.
+local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 
-local record = rcall('HGETALL', KEYS[1])
-local marker = false
-if #record == 0 then marker = rcall('HGET', KEYS[2], ARGV[1]) end
-return { now, record, marker }
+local function int(n) return string.format('%d', n) end
+
+local function packRecord(r)
+  local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
+  if r.s == 'I' then return head .. struct.pack('>I4c0I4c0', #r.w, r.w, #r.k, r.k) end
+  if r.s == 'C' then return head .. struct.pack('>I4c0', #r.r, r.r) end
+  return head
+end
+
+local function unpackRecord(v)
+  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if s == 'I' then
+    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+  elseif s == 'C' then
+    r.r = struct.unpack('>I4c0', v, pos)
+  end
+  return r
+end
+
+-- HSET in chunks: unpack() of thousands of values would overflow Lua's C stack.
+local function hsetAll(key, fields)
+  for i = 1, #fields, 400 do
+    rcall('HSET', key, unpack(fields, i, math.min(i + 399, #fields)))
+  end
+end
+
+local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true, k = true, b = true, c = true,
+  x = true, t = true, r = true }
+
+-- A record of the previous layout: rewritten in this one, with the same expiry.
+local function convertLegacy(rec)
+  local all = rcall('HGETALL', rec)
+  local h, extras = {}, {}
+  for i = 1, #all, 2 do
+    if LEGACY_CORE[all[i]] then
+      h[all[i]] = all[i + 1]
+    else
+      extras[#extras + 1] = all[i]
+      extras[#extras + 1] = all[i + 1]
+    end
+  end
+  local at = rcall('PEXPIRETIME', rec)
+  rcall('DEL', rec)
+  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+    flags = 0 }
+  if r.s == 'I' then
+    r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
+  else
+    r.t1, r.t2, r.r = tonumber(h.c) or 0, tonumber(h.x) or 0, h.r or ''
+  end
+  if #extras > 0 then
+    r.flags = 1
+    hsetAll(rec .. 'x', extras)
+    if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+  end
+  if at > 0 then
+    rcall('SET', rec, packRecord(r), 'PXAT', at)
+  else
+    rcall('SET', rec, packRecord(r))
+  end
+  return r
+end
+
+-- The record stored at \`rec\`, or nil.
+local function loadRecord(rec)
+  local v = redis.pcall('GET', rec)
+  if type(v) == 'table' then
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    error(v.err)
+  end
+  if not v then return nil end
+  return unpackRecord(v)
+end
+
+-- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
+local function saveRecord(rec, r, at)
+  rcall('SET', rec, packRecord(r), 'PXAT', int(at))
+  if r.flags == 1 then rcall('PEXPIREAT', rec .. 'x', int(at)) end
+end
+
+-- Drops the extras hash (steps, error, messages) of a record about to be replaced.
+local function dropExtras(rec, r)
+  if r.flags == 1 then
+    rcall('DEL', rec .. 'x')
+    r.flags = 0
+  end
+end
+
+-- The extras hash of \`r\`, flagged on the record (same expiry) when it had none.
+local function extrasOf(rec, r)
+  local ext = rec .. 'x'
+  if r.flags ~= 1 then
+    r.flags = 1
+    rcall('SET', rec, packRecord(r), 'KEEPTTL')
+  end
+  return ext
+end
+
+-- Gives the extras hash the record's expiry (after a write that may have created it).
+local function expireExtrasWithRecord(rec)
+  local at = rcall('PEXPIRETIME', rec)
+  if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+end
+
+-- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
+local function recordReply(rec, r)
+  local extras = {}
+  if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
+  return { packRecord(r), extras }
+end
+
+local r = loadRecord(KEYS[1])
+if r then return { now, recordReply(KEYS[1], r), false } end
+return { now, false, rcall('HGET', KEYS[2], ARGV[1]) }
 `,
   },
   markPublished: {
-    command: 'eoMarkPublished_v1_d701a2e4',
+    command: 'eoMarkPublished_v1_88aa4b2b',
     numberOfKeys: 1,
-    sha1: 'd701a2e45da115ea61f1b50363abc64634a76d49',
+    sha1: '88aa4b2bb9ad588ed756000b5e3a3d984b140001',
     lua: `--[[
 markPublished: flag outgoing messages of a live COMPLETED record as confirmed.
 
-KEYS[1]  record hash
+KEYS[1]  record
 ARGV[1]  fence the record was completed under: a straggler from an earlier incarnation of the
          key flags nothing
 ARGV[2] ...  message ids; unknown ids are ignored
@@ -640,32 +1748,162 @@ COMPLETED or completed under another fence).
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rec = KEYS[1]
+-- The record: one Redis string (see codec.ts for the same layout in TypeScript). All integers
+-- big-endian; strings length-prefixed (4 bytes).
+--
+--   state 1 byte 'I' | 'C' | 'F', fence 6, attempt 4, t1 6, t2 6, flags 1, fingerprint, trace id
+--   IN_PROGRESS then: owner, the store key itself (for listInProgress)
+--   COMPLETED then:   result
+--
+-- t1/t2: IN_PROGRESS leaseUntil (0 = released) / the attempt's start; COMPLETED and FAILED
+-- completedAt or failedAt / expiresAt. flags 1: the record has an extras hash, named the record's
+-- name + 'x' (same hash tag, so the same cluster slot), expiring with it, holding what the hot
+-- path never writes: journaled steps 'S<name>', the error 'e', outgoing messages ('m' count,
+-- 'd<i>' id, 'o<i>' message, 'p<i>' once published).
+--
+-- Records of the previous layout (one hash with one-letter fields) are converted when first
+-- touched: loadRecord answers them like any other, in the new layout from then on.
+local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 
-local h = rcall('HMGET', rec, 's', 'x', 'm', 'n')
-if h[1] ~= 'C' or tonumber(h[2]) <= now or h[4] ~= ARGV[1] then return 0 end
-local count = tonumber(h[3]) or 0
-if count == 0 or #ARGV < 2 then return 0 end
-local wanted = {}
-for i = 2, #ARGV do wanted[ARGV[i]] = true end
-local flagged = 0
-for i = 1, count do
-  if wanted[rcall('HGET', rec, 'd' .. i)] then
-    flagged = flagged + rcall('HSET', rec, 'p' .. i, '1')
+local function int(n) return string.format('%d', n) end
+
+local function packRecord(r)
+  local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
+  if r.s == 'I' then return head .. struct.pack('>I4c0I4c0', #r.w, r.w, #r.k, r.k) end
+  if r.s == 'C' then return head .. struct.pack('>I4c0', #r.r, r.r) end
+  return head
+end
+
+local function unpackRecord(v)
+  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if s == 'I' then
+    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+  elseif s == 'C' then
+    r.r = struct.unpack('>I4c0', v, pos)
+  end
+  return r
+end
+
+-- HSET in chunks: unpack() of thousands of values would overflow Lua's C stack.
+local function hsetAll(key, fields)
+  for i = 1, #fields, 400 do
+    rcall('HSET', key, unpack(fields, i, math.min(i + 399, #fields)))
   end
 end
-return flagged
+
+local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true, k = true, b = true, c = true,
+  x = true, t = true, r = true }
+
+-- A record of the previous layout: rewritten in this one, with the same expiry.
+local function convertLegacy(rec)
+  local all = rcall('HGETALL', rec)
+  local h, extras = {}, {}
+  for i = 1, #all, 2 do
+    if LEGACY_CORE[all[i]] then
+      h[all[i]] = all[i + 1]
+    else
+      extras[#extras + 1] = all[i]
+      extras[#extras + 1] = all[i + 1]
+    end
+  end
+  local at = rcall('PEXPIRETIME', rec)
+  rcall('DEL', rec)
+  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+    flags = 0 }
+  if r.s == 'I' then
+    r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
+  else
+    r.t1, r.t2, r.r = tonumber(h.c) or 0, tonumber(h.x) or 0, h.r or ''
+  end
+  if #extras > 0 then
+    r.flags = 1
+    hsetAll(rec .. 'x', extras)
+    if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+  end
+  if at > 0 then
+    rcall('SET', rec, packRecord(r), 'PXAT', at)
+  else
+    rcall('SET', rec, packRecord(r))
+  end
+  return r
+end
+
+-- The record stored at \`rec\`, or nil.
+local function loadRecord(rec)
+  local v = redis.pcall('GET', rec)
+  if type(v) == 'table' then
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    error(v.err)
+  end
+  if not v then return nil end
+  return unpackRecord(v)
+end
+
+-- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
+local function saveRecord(rec, r, at)
+  rcall('SET', rec, packRecord(r), 'PXAT', int(at))
+  if r.flags == 1 then rcall('PEXPIREAT', rec .. 'x', int(at)) end
+end
+
+-- Drops the extras hash (steps, error, messages) of a record about to be replaced.
+local function dropExtras(rec, r)
+  if r.flags == 1 then
+    rcall('DEL', rec .. 'x')
+    r.flags = 0
+  end
+end
+
+-- The extras hash of \`r\`, flagged on the record (same expiry) when it had none.
+local function extrasOf(rec, r)
+  local ext = rec .. 'x'
+  if r.flags ~= 1 then
+    r.flags = 1
+    rcall('SET', rec, packRecord(r), 'KEEPTTL')
+  end
+  return ext
+end
+
+-- Gives the extras hash the record's expiry (after a write that may have created it).
+local function expireExtrasWithRecord(rec)
+  local at = rcall('PEXPIRETIME', rec)
+  if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+end
+
+-- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
+local function recordReply(rec, r)
+  local extras = {}
+  if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
+  return { packRecord(r), extras }
+end
+-- markPublishedOne: flags the messages of a live COMPLETED record, completed under \`fence\`, whose
+-- ids are keys of \`wanted\` as published. Returns how many were newly flagged.
+local function markPublishedOne(rec, fence, wanted, now)
+  local r = loadRecord(rec)
+  if not r or r.s ~= 'C' or r.t2 <= now or r.n ~= tonumber(fence) or r.flags ~= 1 then return 0 end
+  local ext = rec .. 'x'
+  local flagged = 0
+  for i = 1, tonumber(rcall('HGET', ext, 'm')) or 0 do
+    if wanted[rcall('HGET', ext, 'd' .. i)] then flagged = flagged + rcall('HSET', ext, 'p' .. i, '1') end
+  end
+  return flagged
+end
+
+if #ARGV < 2 then return 0 end
+local wanted = {}
+for i = 2, #ARGV do wanted[ARGV[i]] = true end
+return markPublishedOne(KEYS[1], ARGV[1], wanted, now)
 `,
   },
   markPublishedMany: {
-    command: 'eoMarkPublishedMany_v1_957045d8',
+    command: 'eoMarkPublishedMany_v1_fd6a45ff',
     numberOfKeys: undefined,
-    sha1: '957045d814965b73318d6f7d9ac972d4348ff82b',
+    sha1: 'fd6a45ff1dbbf92620091b32e95309031d9ae3ae',
     lua: `--[[
 markPublishedMany: markPublished-1.lua for several records in one call.
 Called with numkeys = number of records.
 
-KEYS[1] ...  record hash of each record, in order
+KEYS[1] ...  each record, in order
 ARGV: per record, in order: fence it was completed under, id count n, then n message ids
 
 Returns the number of messages newly flagged in all.
@@ -673,19 +1911,155 @@ Returns the number of messages newly flagged in all.
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- The record: one Redis string (see codec.ts for the same layout in TypeScript). All integers
+-- big-endian; strings length-prefixed (4 bytes).
+--
+--   state 1 byte 'I' | 'C' | 'F', fence 6, attempt 4, t1 6, t2 6, flags 1, fingerprint, trace id
+--   IN_PROGRESS then: owner, the store key itself (for listInProgress)
+--   COMPLETED then:   result
+--
+-- t1/t2: IN_PROGRESS leaseUntil (0 = released) / the attempt's start; COMPLETED and FAILED
+-- completedAt or failedAt / expiresAt. flags 1: the record has an extras hash, named the record's
+-- name + 'x' (same hash tag, so the same cluster slot), expiring with it, holding what the hot
+-- path never writes: journaled steps 'S<name>', the error 'e', outgoing messages ('m' count,
+-- 'd<i>' id, 'o<i>' message, 'p<i>' once published).
+--
+-- Records of the previous layout (one hash with one-letter fields) are converted when first
+-- touched: loadRecord answers them like any other, in the new layout from then on.
+local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+
+local function int(n) return string.format('%d', n) end
+
+local function packRecord(r)
+  local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
+  if r.s == 'I' then return head .. struct.pack('>I4c0I4c0', #r.w, r.w, #r.k, r.k) end
+  if r.s == 'C' then return head .. struct.pack('>I4c0', #r.r, r.r) end
+  return head
+end
+
+local function unpackRecord(v)
+  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if s == 'I' then
+    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+  elseif s == 'C' then
+    r.r = struct.unpack('>I4c0', v, pos)
+  end
+  return r
+end
+
+-- HSET in chunks: unpack() of thousands of values would overflow Lua's C stack.
+local function hsetAll(key, fields)
+  for i = 1, #fields, 400 do
+    rcall('HSET', key, unpack(fields, i, math.min(i + 399, #fields)))
+  end
+end
+
+local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true, k = true, b = true, c = true,
+  x = true, t = true, r = true }
+
+-- A record of the previous layout: rewritten in this one, with the same expiry.
+local function convertLegacy(rec)
+  local all = rcall('HGETALL', rec)
+  local h, extras = {}, {}
+  for i = 1, #all, 2 do
+    if LEGACY_CORE[all[i]] then
+      h[all[i]] = all[i + 1]
+    else
+      extras[#extras + 1] = all[i]
+      extras[#extras + 1] = all[i + 1]
+    end
+  end
+  local at = rcall('PEXPIRETIME', rec)
+  rcall('DEL', rec)
+  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+    flags = 0 }
+  if r.s == 'I' then
+    r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
+  else
+    r.t1, r.t2, r.r = tonumber(h.c) or 0, tonumber(h.x) or 0, h.r or ''
+  end
+  if #extras > 0 then
+    r.flags = 1
+    hsetAll(rec .. 'x', extras)
+    if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+  end
+  if at > 0 then
+    rcall('SET', rec, packRecord(r), 'PXAT', at)
+  else
+    rcall('SET', rec, packRecord(r))
+  end
+  return r
+end
+
+-- The record stored at \`rec\`, or nil.
+local function loadRecord(rec)
+  local v = redis.pcall('GET', rec)
+  if type(v) == 'table' then
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    error(v.err)
+  end
+  if not v then return nil end
+  return unpackRecord(v)
+end
+
+-- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
+local function saveRecord(rec, r, at)
+  rcall('SET', rec, packRecord(r), 'PXAT', int(at))
+  if r.flags == 1 then rcall('PEXPIREAT', rec .. 'x', int(at)) end
+end
+
+-- Drops the extras hash (steps, error, messages) of a record about to be replaced.
+local function dropExtras(rec, r)
+  if r.flags == 1 then
+    rcall('DEL', rec .. 'x')
+    r.flags = 0
+  end
+end
+
+-- The extras hash of \`r\`, flagged on the record (same expiry) when it had none.
+local function extrasOf(rec, r)
+  local ext = rec .. 'x'
+  if r.flags ~= 1 then
+    r.flags = 1
+    rcall('SET', rec, packRecord(r), 'KEEPTTL')
+  end
+  return ext
+end
+
+-- Gives the extras hash the record's expiry (after a write that may have created it).
+local function expireExtrasWithRecord(rec)
+  local at = rcall('PEXPIRETIME', rec)
+  if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+end
+
+-- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
+local function recordReply(rec, r)
+  local extras = {}
+  if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
+  return { packRecord(r), extras }
+end
+-- markPublishedOne: flags the messages of a live COMPLETED record, completed under \`fence\`, whose
+-- ids are keys of \`wanted\` as published. Returns how many were newly flagged.
+local function markPublishedOne(rec, fence, wanted, now)
+  local r = loadRecord(rec)
+  if not r or r.s ~= 'C' or r.t2 <= now or r.n ~= tonumber(fence) or r.flags ~= 1 then return 0 end
+  local ext = rec .. 'x'
+  local flagged = 0
+  for i = 1, tonumber(rcall('HGET', ext, 'm')) or 0 do
+    if wanted[rcall('HGET', ext, 'd' .. i)] then flagged = flagged + rcall('HSET', ext, 'p' .. i, '1') end
+  end
+  return flagged
+end
 
 local flagged = 0
 local a = 1
 for k = 1, #KEYS do
-  local rec, fence, n = KEYS[k], ARGV[a], tonumber(ARGV[a + 1])
-  local h = rcall('HMGET', rec, 's', 'x', 'm', 'n')
-  local count = tonumber(h[3]) or 0
-  if h[1] == 'C' and tonumber(h[2]) > now and h[4] == fence and count > 0 and n > 0 then
+  local n = tonumber(ARGV[a + 1])
+  if n > 0 then
     local wanted = {}
     for i = 1, n do wanted[ARGV[a + 1 + i]] = true end
-    for i = 1, count do
-      if wanted[rcall('HGET', rec, 'd' .. i)] then flagged = flagged + rcall('HSET', rec, 'p' .. i, '1') end
-    end
+    flagged = flagged + markPublishedOne(KEYS[k], ARGV[a], wanted, now)
   end
   a = a + 2 + n
 end
@@ -693,14 +2067,14 @@ return flagged
 `,
   },
   markStepStarted: {
-    command: 'eoMarkStepStarted_v1_f60928ea',
+    command: 'eoMarkStepStarted_v1_66744636',
     numberOfKeys: 1,
-    sha1: 'f60928ea2493f1f5fb7356ee94dec50a4406b771',
+    sha1: '667446366f5bda4761b94ba24256f0a7bc243cd0',
     lua: `--[[
 markStepStarted: journal that a step is about to run, under the IN_PROGRESS record held by the
 fence, so a later attempt knows the step is in doubt (see ctx.step's reconcile).
 
-KEYS[1]  record hash
+KEYS[1]  record
 ARGV[1]  fence
 ARGV[2]  step name
 
@@ -714,22 +2088,151 @@ Returns:
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- The record: one Redis string (see codec.ts for the same layout in TypeScript). All integers
+-- big-endian; strings length-prefixed (4 bytes).
+--
+--   state 1 byte 'I' | 'C' | 'F', fence 6, attempt 4, t1 6, t2 6, flags 1, fingerprint, trace id
+--   IN_PROGRESS then: owner, the store key itself (for listInProgress)
+--   COMPLETED then:   result
+--
+-- t1/t2: IN_PROGRESS leaseUntil (0 = released) / the attempt's start; COMPLETED and FAILED
+-- completedAt or failedAt / expiresAt. flags 1: the record has an extras hash, named the record's
+-- name + 'x' (same hash tag, so the same cluster slot), expiring with it, holding what the hot
+-- path never writes: journaled steps 'S<name>', the error 'e', outgoing messages ('m' count,
+-- 'd<i>' id, 'o<i>' message, 'p<i>' once published).
+--
+-- Records of the previous layout (one hash with one-letter fields) are converted when first
+-- touched: loadRecord answers them like any other, in the new layout from then on.
+local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+
+local function int(n) return string.format('%d', n) end
+
+local function packRecord(r)
+  local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
+  if r.s == 'I' then return head .. struct.pack('>I4c0I4c0', #r.w, r.w, #r.k, r.k) end
+  if r.s == 'C' then return head .. struct.pack('>I4c0', #r.r, r.r) end
+  return head
+end
+
+local function unpackRecord(v)
+  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if s == 'I' then
+    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+  elseif s == 'C' then
+    r.r = struct.unpack('>I4c0', v, pos)
+  end
+  return r
+end
+
+-- HSET in chunks: unpack() of thousands of values would overflow Lua's C stack.
+local function hsetAll(key, fields)
+  for i = 1, #fields, 400 do
+    rcall('HSET', key, unpack(fields, i, math.min(i + 399, #fields)))
+  end
+end
+
+local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true, k = true, b = true, c = true,
+  x = true, t = true, r = true }
+
+-- A record of the previous layout: rewritten in this one, with the same expiry.
+local function convertLegacy(rec)
+  local all = rcall('HGETALL', rec)
+  local h, extras = {}, {}
+  for i = 1, #all, 2 do
+    if LEGACY_CORE[all[i]] then
+      h[all[i]] = all[i + 1]
+    else
+      extras[#extras + 1] = all[i]
+      extras[#extras + 1] = all[i + 1]
+    end
+  end
+  local at = rcall('PEXPIRETIME', rec)
+  rcall('DEL', rec)
+  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+    flags = 0 }
+  if r.s == 'I' then
+    r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
+  else
+    r.t1, r.t2, r.r = tonumber(h.c) or 0, tonumber(h.x) or 0, h.r or ''
+  end
+  if #extras > 0 then
+    r.flags = 1
+    hsetAll(rec .. 'x', extras)
+    if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+  end
+  if at > 0 then
+    rcall('SET', rec, packRecord(r), 'PXAT', at)
+  else
+    rcall('SET', rec, packRecord(r))
+  end
+  return r
+end
+
+-- The record stored at \`rec\`, or nil.
+local function loadRecord(rec)
+  local v = redis.pcall('GET', rec)
+  if type(v) == 'table' then
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    error(v.err)
+  end
+  if not v then return nil end
+  return unpackRecord(v)
+end
+
+-- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
+local function saveRecord(rec, r, at)
+  rcall('SET', rec, packRecord(r), 'PXAT', int(at))
+  if r.flags == 1 then rcall('PEXPIREAT', rec .. 'x', int(at)) end
+end
+
+-- Drops the extras hash (steps, error, messages) of a record about to be replaced.
+local function dropExtras(rec, r)
+  if r.flags == 1 then
+    rcall('DEL', rec .. 'x')
+    r.flags = 0
+  end
+end
+
+-- The extras hash of \`r\`, flagged on the record (same expiry) when it had none.
+local function extrasOf(rec, r)
+  local ext = rec .. 'x'
+  if r.flags ~= 1 then
+    r.flags = 1
+    rcall('SET', rec, packRecord(r), 'KEEPTTL')
+  end
+  return ext
+end
+
+-- Gives the extras hash the record's expiry (after a write that may have created it).
+local function expireExtrasWithRecord(rec)
+  local at = rcall('PEXPIRETIME', rec)
+  if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+end
+
+-- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
+local function recordReply(rec, r)
+  local extras = {}
+  if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
+  return { packRecord(r), extras }
+end
 local rec = KEYS[1]
 
-local h = rcall('HMGET', rec, 's', 'n')
-if h[1] ~= 'I' or h[2] ~= ARGV[1] then return 0 end
-rcall('HSET', rec, 'S' .. ARGV[2], string.format('%d', now))
+local r = loadRecord(rec)
+if not r or r.s ~= 'I' or r.n ~= tonumber(ARGV[1]) then return 0 end
+rcall('HSET', extrasOf(rec, r), 'S' .. ARGV[2], int(now))
+expireExtrasWithRecord(rec)
 return 1
 `,
   },
   release: {
-    command: 'eoRelease_v1_6369425b',
+    command: 'eoRelease_v1_cfef6165',
     numberOfKeys: 1,
-    sha1: '6369425b852947100537e1b69e02f7342aaa8fd2',
+    sha1: 'cfef616511758643df3bad0a090242e57c04e834',
     lua: `--[[
 release: give the lease up after a retryable error; the next begin acquires at once (retry).
 
-KEYS[1]  record hash
+KEYS[1]  record
 ARGV[1]  fence
 ARGV[2]  error (encoded)
 ARGV[3]  safety TTL of an IN_PROGRESS record past its lease end (ms)
@@ -741,24 +2244,153 @@ Returns:
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- The record: one Redis string (see codec.ts for the same layout in TypeScript). All integers
+-- big-endian; strings length-prefixed (4 bytes).
+--
+--   state 1 byte 'I' | 'C' | 'F', fence 6, attempt 4, t1 6, t2 6, flags 1, fingerprint, trace id
+--   IN_PROGRESS then: owner, the store key itself (for listInProgress)
+--   COMPLETED then:   result
+--
+-- t1/t2: IN_PROGRESS leaseUntil (0 = released) / the attempt's start; COMPLETED and FAILED
+-- completedAt or failedAt / expiresAt. flags 1: the record has an extras hash, named the record's
+-- name + 'x' (same hash tag, so the same cluster slot), expiring with it, holding what the hot
+-- path never writes: journaled steps 'S<name>', the error 'e', outgoing messages ('m' count,
+-- 'd<i>' id, 'o<i>' message, 'p<i>' once published).
+--
+-- Records of the previous layout (one hash with one-letter fields) are converted when first
+-- touched: loadRecord answers them like any other, in the new layout from then on.
+local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+
+local function int(n) return string.format('%d', n) end
+
+local function packRecord(r)
+  local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
+  if r.s == 'I' then return head .. struct.pack('>I4c0I4c0', #r.w, r.w, #r.k, r.k) end
+  if r.s == 'C' then return head .. struct.pack('>I4c0', #r.r, r.r) end
+  return head
+end
+
+local function unpackRecord(v)
+  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if s == 'I' then
+    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+  elseif s == 'C' then
+    r.r = struct.unpack('>I4c0', v, pos)
+  end
+  return r
+end
+
+-- HSET in chunks: unpack() of thousands of values would overflow Lua's C stack.
+local function hsetAll(key, fields)
+  for i = 1, #fields, 400 do
+    rcall('HSET', key, unpack(fields, i, math.min(i + 399, #fields)))
+  end
+end
+
+local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true, k = true, b = true, c = true,
+  x = true, t = true, r = true }
+
+-- A record of the previous layout: rewritten in this one, with the same expiry.
+local function convertLegacy(rec)
+  local all = rcall('HGETALL', rec)
+  local h, extras = {}, {}
+  for i = 1, #all, 2 do
+    if LEGACY_CORE[all[i]] then
+      h[all[i]] = all[i + 1]
+    else
+      extras[#extras + 1] = all[i]
+      extras[#extras + 1] = all[i + 1]
+    end
+  end
+  local at = rcall('PEXPIRETIME', rec)
+  rcall('DEL', rec)
+  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+    flags = 0 }
+  if r.s == 'I' then
+    r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
+  else
+    r.t1, r.t2, r.r = tonumber(h.c) or 0, tonumber(h.x) or 0, h.r or ''
+  end
+  if #extras > 0 then
+    r.flags = 1
+    hsetAll(rec .. 'x', extras)
+    if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+  end
+  if at > 0 then
+    rcall('SET', rec, packRecord(r), 'PXAT', at)
+  else
+    rcall('SET', rec, packRecord(r))
+  end
+  return r
+end
+
+-- The record stored at \`rec\`, or nil.
+local function loadRecord(rec)
+  local v = redis.pcall('GET', rec)
+  if type(v) == 'table' then
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    error(v.err)
+  end
+  if not v then return nil end
+  return unpackRecord(v)
+end
+
+-- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
+local function saveRecord(rec, r, at)
+  rcall('SET', rec, packRecord(r), 'PXAT', int(at))
+  if r.flags == 1 then rcall('PEXPIREAT', rec .. 'x', int(at)) end
+end
+
+-- Drops the extras hash (steps, error, messages) of a record about to be replaced.
+local function dropExtras(rec, r)
+  if r.flags == 1 then
+    rcall('DEL', rec .. 'x')
+    r.flags = 0
+  end
+end
+
+-- The extras hash of \`r\`, flagged on the record (same expiry) when it had none.
+local function extrasOf(rec, r)
+  local ext = rec .. 'x'
+  if r.flags ~= 1 then
+    r.flags = 1
+    rcall('SET', rec, packRecord(r), 'KEEPTTL')
+  end
+  return ext
+end
+
+-- Gives the extras hash the record's expiry (after a write that may have created it).
+local function expireExtrasWithRecord(rec)
+  local at = rcall('PEXPIRETIME', rec)
+  if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+end
+
+-- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
+local function recordReply(rec, r)
+  local extras = {}
+  if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
+  return { packRecord(r), extras }
+end
 local rec = KEYS[1]
 
-local h = rcall('HMGET', rec, 's', 'n')
-if h[1] ~= 'I' or h[2] ~= ARGV[1] then return 0 end
+local r = loadRecord(rec)
+if not r or r.s ~= 'I' or r.n ~= tonumber(ARGV[1]) then return 0 end
 -- Steps and attempt stay: the retry continues where this attempt stopped.
-rcall('HSET', rec, 'l', '0', 'e', ARGV[2])
-rcall('PEXPIREAT', rec, string.format('%d', now + tonumber(ARGV[3])))
+rcall('HSET', rec .. 'x', 'e', ARGV[2])
+r.t1, r.flags = 0, 1
+saveRecord(rec, r, now + tonumber(ARGV[3]))
 return 1
 `,
   },
   saveStep: {
-    command: 'eoSaveStep_v1_737206e4',
+    command: 'eoSaveStep_v1_35040f85',
     numberOfKeys: 1,
-    sha1: '737206e4d6267c25291cdb41d71db5cad0ad6782',
+    sha1: '35040f85c8abeeec63564fecdf0d688323d0c37b',
     lua: `--[[
 saveStep: journal a step's result under the IN_PROGRESS record held by the fence.
 
-KEYS[1]  record hash
+KEYS[1]  record
 ARGV[1]  fence
 ARGV[2]  step name
 ARGV[3]  step result (bytes)
@@ -772,11 +2404,140 @@ Returns:
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- The record: one Redis string (see codec.ts for the same layout in TypeScript). All integers
+-- big-endian; strings length-prefixed (4 bytes).
+--
+--   state 1 byte 'I' | 'C' | 'F', fence 6, attempt 4, t1 6, t2 6, flags 1, fingerprint, trace id
+--   IN_PROGRESS then: owner, the store key itself (for listInProgress)
+--   COMPLETED then:   result
+--
+-- t1/t2: IN_PROGRESS leaseUntil (0 = released) / the attempt's start; COMPLETED and FAILED
+-- completedAt or failedAt / expiresAt. flags 1: the record has an extras hash, named the record's
+-- name + 'x' (same hash tag, so the same cluster slot), expiring with it, holding what the hot
+-- path never writes: journaled steps 'S<name>', the error 'e', outgoing messages ('m' count,
+-- 'd<i>' id, 'o<i>' message, 'p<i>' once published).
+--
+-- Records of the previous layout (one hash with one-letter fields) are converted when first
+-- touched: loadRecord answers them like any other, in the new layout from then on.
+local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+
+local function int(n) return string.format('%d', n) end
+
+local function packRecord(r)
+  local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
+  if r.s == 'I' then return head .. struct.pack('>I4c0I4c0', #r.w, r.w, #r.k, r.k) end
+  if r.s == 'C' then return head .. struct.pack('>I4c0', #r.r, r.r) end
+  return head
+end
+
+local function unpackRecord(v)
+  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if s == 'I' then
+    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+  elseif s == 'C' then
+    r.r = struct.unpack('>I4c0', v, pos)
+  end
+  return r
+end
+
+-- HSET in chunks: unpack() of thousands of values would overflow Lua's C stack.
+local function hsetAll(key, fields)
+  for i = 1, #fields, 400 do
+    rcall('HSET', key, unpack(fields, i, math.min(i + 399, #fields)))
+  end
+end
+
+local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true, k = true, b = true, c = true,
+  x = true, t = true, r = true }
+
+-- A record of the previous layout: rewritten in this one, with the same expiry.
+local function convertLegacy(rec)
+  local all = rcall('HGETALL', rec)
+  local h, extras = {}, {}
+  for i = 1, #all, 2 do
+    if LEGACY_CORE[all[i]] then
+      h[all[i]] = all[i + 1]
+    else
+      extras[#extras + 1] = all[i]
+      extras[#extras + 1] = all[i + 1]
+    end
+  end
+  local at = rcall('PEXPIRETIME', rec)
+  rcall('DEL', rec)
+  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+    flags = 0 }
+  if r.s == 'I' then
+    r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
+  else
+    r.t1, r.t2, r.r = tonumber(h.c) or 0, tonumber(h.x) or 0, h.r or ''
+  end
+  if #extras > 0 then
+    r.flags = 1
+    hsetAll(rec .. 'x', extras)
+    if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+  end
+  if at > 0 then
+    rcall('SET', rec, packRecord(r), 'PXAT', at)
+  else
+    rcall('SET', rec, packRecord(r))
+  end
+  return r
+end
+
+-- The record stored at \`rec\`, or nil.
+local function loadRecord(rec)
+  local v = redis.pcall('GET', rec)
+  if type(v) == 'table' then
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    error(v.err)
+  end
+  if not v then return nil end
+  return unpackRecord(v)
+end
+
+-- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
+local function saveRecord(rec, r, at)
+  rcall('SET', rec, packRecord(r), 'PXAT', int(at))
+  if r.flags == 1 then rcall('PEXPIREAT', rec .. 'x', int(at)) end
+end
+
+-- Drops the extras hash (steps, error, messages) of a record about to be replaced.
+local function dropExtras(rec, r)
+  if r.flags == 1 then
+    rcall('DEL', rec .. 'x')
+    r.flags = 0
+  end
+end
+
+-- The extras hash of \`r\`, flagged on the record (same expiry) when it had none.
+local function extrasOf(rec, r)
+  local ext = rec .. 'x'
+  if r.flags ~= 1 then
+    r.flags = 1
+    rcall('SET', rec, packRecord(r), 'KEEPTTL')
+  end
+  return ext
+end
+
+-- Gives the extras hash the record's expiry (after a write that may have created it).
+local function expireExtrasWithRecord(rec)
+  local at = rcall('PEXPIRETIME', rec)
+  if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+end
+
+-- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
+local function recordReply(rec, r)
+  local extras = {}
+  if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
+  return { packRecord(r), extras }
+end
 local rec = KEYS[1]
 
-local h = rcall('HMGET', rec, 's', 'n')
-if h[1] ~= 'I' or h[2] ~= ARGV[1] then return 0 end
-rcall('HSET', rec, 'S' .. ARGV[2], string.format('%d', now) .. ':' .. ARGV[3])
+local r = loadRecord(rec)
+if not r or r.s ~= 'I' or r.n ~= tonumber(ARGV[1]) then return 0 end
+rcall('HSET', extrasOf(rec, r), 'S' .. ARGV[2], int(now) .. ':' .. ARGV[3])
+expireExtrasWithRecord(rec)
 return 1
 `,
   },

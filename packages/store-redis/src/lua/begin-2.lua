@@ -1,7 +1,7 @@
 --[[
 begin: claim the record of one key for an attempt, or say why not.
 
-KEYS[1]  record hash of the key
+KEYS[1]  record of the key
 KEYS[2]  compaction-marker bucket of the key's hash tag
 ARGV[1]  fingerprint (encoded)
 ARGV[2]  owner
@@ -16,19 +16,20 @@ A new record's fence is max(server now in ms, previous fence + 1); takeover and 
 
 Returns { code, server now (ms), payload }:
   'N'  acquired, kind new       payload = { fence, leaseUntil }
-  'R'  acquired, kind retry     payload = record hash after the write
-  'T'  acquired, kind takeover  payload = record hash after the write
-  'B'  busy                     payload = stored record hash
-  'D'  duplicate                payload = stored record hash
-  'F'  failed                   payload = stored record hash
-  'M'  mismatch                 payload = stored record hash
+  'R'  acquired, kind retry     payload = the record after the write
+  'T'  acquired, kind takeover  payload = the record after the write
+  'B'  busy                     payload = the stored record
+  'D'  duplicate                payload = the stored record
+  'F'  failed                   payload = the stored record
+  'M'  mismatch                 payload = the stored record
   'K'  duplicate of a compacted record   payload = marker value
   'X'  mismatch with a compacted record  payload = marker value
+A record payload is { packed record (includes/record.lua), its extras hash (flat; empty if none) }.
 ]]
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function int(n) return string.format('%d', n) end
+--- @include "includes/record"
 --- @include "includes/beginOne"
 
 local code, payload = beginOne(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4],

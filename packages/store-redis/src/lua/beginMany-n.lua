@@ -2,7 +2,7 @@
 beginMany: begin several keys in one call, in order, each exactly as begin-2.lua would (the same
 key twice: the second sees the first's lease). Called with numkeys = 2 * number of keys.
 
-KEYS[1], KEYS[3] ...  record hash of key 1, 2, ... (KEYS[2i-1] for key i)
+KEYS[1], KEYS[3] ...  record of key 1, 2, ... (KEYS[2i-1] for key i)
 KEYS[2], KEYS[4] ...  compaction-marker bucket of each key's hash tag (KEYS[2i])
 ARGV[1]  owner
 ARGV[2]  lease (ms)
@@ -18,7 +18,7 @@ payloads of begin-2.lua, except busy: payload = { leaseUntil } (no record read).
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function int(n) return string.format('%d', n) end
+--- @include "includes/record"
 --- @include "includes/beginOne"
 
 local owner, lease, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])

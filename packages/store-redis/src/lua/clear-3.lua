@@ -3,7 +3,7 @@ clear: forget a key's record (or its compaction marker), so the next message wit
 anew: an operator's step before replaying a dead letter whose record is FAILED, or re-running
 a COMPLETED one on purpose. A record held under a live lease is left alone.
 
-KEYS[1]  record hash
+KEYS[1]  record
 KEYS[2]  compaction-marker bucket of the key's hash tag
 KEYS[3]  completion index of the key's hash tag
 ARGV[1]  record id (16 bytes): the key's field in the marker bucket and index member
@@ -21,17 +21,17 @@ Returns:
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+--- @include "includes/record"
 local rec, bucket, index = KEYS[1], KEYS[2], KEYS[3]
 
-local h = rcall('HMGET', rec, 's', 'l', 'n', 'x')
-if h[1] == 'I' and tonumber(h[2]) > now then return -1 end
-local live = h[1] == 'I' or (h[1] and tonumber(h[4]) > now)
+local r = loadRecord(rec)
+if r and r.s == 'I' and r.t1 > now then return -1 end
+local live = r and (r.s == 'I' or r.t2 > now)
 local removed = rcall('HDEL', bucket, ARGV[1])
 rcall('ZREM', index, ARGV[1])
-if h[1] then
-  rcall('DEL', rec)
-  rcall('HSET', rec, 's', 'F', 'n', h[3], 'x', '0', 'f', '')
-  rcall('PEXPIREAT', rec, string.format('%d', now + tonumber(ARGV[2])))
+if r then
+  dropExtras(rec, r)
+  saveRecord(rec, { s = 'F', n = r.n, a = 0, t1 = 0, t2 = 0, flags = 0, f = '', t = '' }, now + tonumber(ARGV[2]))
 end
 if live or removed > 0 then return 1 end
 return 0

@@ -4,7 +4,7 @@ Called with a variable number of keys (numkeys = 2 + number of candidates).
 
 KEYS[1]  completion index of the tag (sorted set: record id -> completedAt)
 KEYS[2]  compaction-marker bucket of the tag (hash: record id -> marker value)
-KEYS[3] ...  record hashes of the candidates, in the order of their ids in ARGV
+KEYS[3] ...  records of the candidates, in the order of their ids in ARGV
 ARGV[1]  hot window (ms): only records completed at least this long ago are compacted
 ARGV[2]  grace (ms) the bucket is physically kept past its newest marker's expiry
 ARGV[3] ...  per candidate: record id (16 bytes), the index member and marker field
@@ -23,7 +23,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local index, bucket = KEYS[1], KEYS[2]
 local cutoff = now - tonumber(ARGV[1])
 local grace = tonumber(ARGV[2])
-local function int(n) return string.format('%d', n) end
+--- @include "includes/record"
 
 local function fingerprintHash(encoded)
   local hex = redis.sha1hex(encoded)
@@ -32,9 +32,11 @@ local function fingerprintHash(encoded)
   return table.concat(out)
 end
 
-local function allPublished(rec, count)
-  for i = 1, count do
-    if rcall('HEXISTS', rec, 'p' .. i) == 0 then return false end
+local function allPublished(rec, r)
+  if r.flags ~= 1 then return true end
+  local ext = rec .. 'x'
+  for i = 1, tonumber(rcall('HGET', ext, 'm')) or 0 do
+    if rcall('HEXISTS', ext, 'p' .. i) == 0 then return false end
   end
   return true
 end
@@ -44,16 +46,17 @@ for i = 1, #ARGV - 2 do
   local rec, member = KEYS[2 + i], ARGV[2 + i]
   local score = rcall('ZSCORE', index, member)
   if score and tonumber(score) <= cutoff then
-    local h = rcall('HMGET', rec, 's', 'x', 'f', 'm')
-    local expiresAt = tonumber(h[2])
-    if h[1] ~= 'C' or expiresAt <= now then
+    local r = loadRecord(rec)
+    if not r or r.s ~= 'C' or r.t2 <= now then
       rcall('ZREM', index, member)
       dropped = dropped + 1
-    elseif not allPublished(rec, tonumber(h[4]) or 0) then
+    elseif not allPublished(rec, r) then
       rcall('ZADD', index, int(now), member)
       deferred = deferred + 1
     else
-      rcall('HSET', bucket, member, struct.pack('>I6', expiresAt) .. fingerprintHash(h[3]))
+      local expiresAt = r.t2
+      rcall('HSET', bucket, member, struct.pack('>I6', expiresAt) .. fingerprintHash(r.f))
+      dropExtras(rec, r)
       rcall('DEL', rec)
       rcall('ZREM', index, member)
       compacted = compacted + 1

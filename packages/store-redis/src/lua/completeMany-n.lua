@@ -2,7 +2,7 @@
 completeMany: complete several keys in one call, in order, each exactly as complete-2.lua would.
 Called with numkeys = 3 * number of keys.
 
-KEYS[1], KEYS[4] ...  record hash of key 1, 2, ... (KEYS[3i-2] for key i)
+KEYS[1], KEYS[4] ...  record of key 1, 2, ... (KEYS[3i-2] for key i)
 KEYS[2], KEYS[5] ...  completion index of each key's hash tag (KEYS[3i-1])
 KEYS[3], KEYS[6] ...  blob index of each key's hash tag (KEYS[3i])
 ARGV[1]  grace (ms) a record is physically kept past its expiry
@@ -15,7 +15,7 @@ Returns { r1, r2, ... }: per key 1 (ok) or 0 (lost: not IN_PROGRESS under this f
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function int(n) return string.format('%d', n) end
+--- @include "includes/record"
 --- @include "includes/completeOne"
 
 local grace = tonumber(ARGV[1])

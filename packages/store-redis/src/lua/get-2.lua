@@ -1,19 +1,19 @@
 --[[
 get: read a record, or the compaction marker standing in for it, with the server clock.
 
-KEYS[1]  record hash
+KEYS[1]  record
 KEYS[2]  compaction-marker bucket of the key's hash tag
 ARGV[1]  record id (16 bytes): the key's field in the marker bucket
 
-Returns { server now (ms), record hash (HGETALL; empty when absent), marker value or nil }.
+Returns { server now (ms), record ({ packed, extras }; nil when absent), marker value or nil }.
 The marker is read only when the record is absent. Expiry is judged by the caller against
 the returned server time.
 ]]
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+--- @include "includes/record"
 
-local record = rcall('HGETALL', KEYS[1])
-local marker = false
-if #record == 0 then marker = rcall('HGET', KEYS[2], ARGV[1]) end
-return { now, record, marker }
+local r = loadRecord(KEYS[1])
+if r then return { now, recordReply(KEYS[1], r), false } end
+return { now, false, rcall('HGET', KEYS[2], ARGV[1]) }

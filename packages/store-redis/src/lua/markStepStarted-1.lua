@@ -2,7 +2,7 @@
 markStepStarted: journal that a step is about to run, under the IN_PROGRESS record held by the
 fence, so a later attempt knows the step is in doubt (see ctx.step's reconcile).
 
-KEYS[1]  record hash
+KEYS[1]  record
 ARGV[1]  fence
 ARGV[2]  step name
 
@@ -16,9 +16,11 @@ Returns:
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+--- @include "includes/record"
 local rec = KEYS[1]
 
-local h = rcall('HMGET', rec, 's', 'n')
-if h[1] ~= 'I' or h[2] ~= ARGV[1] then return 0 end
-rcall('HSET', rec, 'S' .. ARGV[2], string.format('%d', now))
+local r = loadRecord(rec)
+if not r or r.s ~= 'I' or r.n ~= tonumber(ARGV[1]) then return 0 end
+rcall('HSET', extrasOf(rec, r), 'S' .. ARGV[2], int(now))
+expireExtrasWithRecord(rec)
 return 1

@@ -1,7 +1,7 @@
 --[[
 release: give the lease up after a retryable error; the next begin acquires at once (retry).
 
-KEYS[1]  record hash
+KEYS[1]  record
 ARGV[1]  fence
 ARGV[2]  error (encoded)
 ARGV[3]  safety TTL of an IN_PROGRESS record past its lease end (ms)
@@ -13,11 +13,13 @@ Returns:
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+--- @include "includes/record"
 local rec = KEYS[1]
 
-local h = rcall('HMGET', rec, 's', 'n')
-if h[1] ~= 'I' or h[2] ~= ARGV[1] then return 0 end
+local r = loadRecord(rec)
+if not r or r.s ~= 'I' or r.n ~= tonumber(ARGV[1]) then return 0 end
 -- Steps and attempt stay: the retry continues where this attempt stopped.
-rcall('HSET', rec, 'l', '0', 'e', ARGV[2])
-rcall('PEXPIREAT', rec, string.format('%d', now + tonumber(ARGV[3])))
+rcall('HSET', rec .. 'x', 'e', ARGV[2])
+r.t1, r.flags = 0, 1
+saveRecord(rec, r, now + tonumber(ARGV[3]))
 return 1

@@ -1,0 +1,128 @@
+-- The record: one Redis string (see codec.ts for the same layout in TypeScript). All integers
+-- big-endian; strings length-prefixed (4 bytes).
+--
+--   state 1 byte 'I' | 'C' | 'F', fence 6, attempt 4, t1 6, t2 6, flags 1, fingerprint, trace id
+--   IN_PROGRESS then: owner, the store key itself (for listInProgress)
+--   COMPLETED then:   result
+--
+-- t1/t2: IN_PROGRESS leaseUntil (0 = released) / the attempt's start; COMPLETED and FAILED
+-- completedAt or failedAt / expiresAt. flags 1: the record has an extras hash, named the record's
+-- name + 'x' (same hash tag, so the same cluster slot), expiring with it, holding what the hot
+-- path never writes: journaled steps 'S<name>', the error 'e', outgoing messages ('m' count,
+-- 'd<i>' id, 'o<i>' message, 'p<i>' once published).
+--
+-- Records of the previous layout (one hash with one-letter fields) are converted when first
+-- touched: loadRecord answers them like any other, in the new layout from then on.
+local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+
+local function int(n) return string.format('%d', n) end
+
+local function packRecord(r)
+  local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
+  if r.s == 'I' then return head .. struct.pack('>I4c0I4c0', #r.w, r.w, #r.k, r.k) end
+  if r.s == 'C' then return head .. struct.pack('>I4c0', #r.r, r.r) end
+  return head
+end
+
+local function unpackRecord(v)
+  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if s == 'I' then
+    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+  elseif s == 'C' then
+    r.r = struct.unpack('>I4c0', v, pos)
+  end
+  return r
+end
+
+-- HSET in chunks: unpack() of thousands of values would overflow Lua's C stack.
+local function hsetAll(key, fields)
+  for i = 1, #fields, 400 do
+    rcall('HSET', key, unpack(fields, i, math.min(i + 399, #fields)))
+  end
+end
+
+local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true, k = true, b = true, c = true,
+  x = true, t = true, r = true }
+
+-- A record of the previous layout: rewritten in this one, with the same expiry.
+local function convertLegacy(rec)
+  local all = rcall('HGETALL', rec)
+  local h, extras = {}, {}
+  for i = 1, #all, 2 do
+    if LEGACY_CORE[all[i]] then
+      h[all[i]] = all[i + 1]
+    else
+      extras[#extras + 1] = all[i]
+      extras[#extras + 1] = all[i + 1]
+    end
+  end
+  local at = rcall('PEXPIRETIME', rec)
+  rcall('DEL', rec)
+  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+    flags = 0 }
+  if r.s == 'I' then
+    r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
+  else
+    r.t1, r.t2, r.r = tonumber(h.c) or 0, tonumber(h.x) or 0, h.r or ''
+  end
+  if #extras > 0 then
+    r.flags = 1
+    hsetAll(rec .. 'x', extras)
+    if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+  end
+  if at > 0 then
+    rcall('SET', rec, packRecord(r), 'PXAT', at)
+  else
+    rcall('SET', rec, packRecord(r))
+  end
+  return r
+end
+
+-- The record stored at `rec`, or nil.
+local function loadRecord(rec)
+  local v = redis.pcall('GET', rec)
+  if type(v) == 'table' then
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    error(v.err)
+  end
+  if not v then return nil end
+  return unpackRecord(v)
+end
+
+-- Writes `r` whole, expiring at `at` (ms), its extras hash with it.
+local function saveRecord(rec, r, at)
+  rcall('SET', rec, packRecord(r), 'PXAT', int(at))
+  if r.flags == 1 then rcall('PEXPIREAT', rec .. 'x', int(at)) end
+end
+
+-- Drops the extras hash (steps, error, messages) of a record about to be replaced.
+local function dropExtras(rec, r)
+  if r.flags == 1 then
+    rcall('DEL', rec .. 'x')
+    r.flags = 0
+  end
+end
+
+-- The extras hash of `r`, flagged on the record (same expiry) when it had none.
+local function extrasOf(rec, r)
+  local ext = rec .. 'x'
+  if r.flags ~= 1 then
+    r.flags = 1
+    rcall('SET', rec, packRecord(r), 'KEEPTTL')
+  end
+  return ext
+end
+
+-- Gives the extras hash the record's expiry (after a write that may have created it).
+local function expireExtrasWithRecord(rec)
+  local at = rcall('PEXPIRETIME', rec)
+  if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
+end
+
+-- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
+local function recordReply(rec, r)
+  local extras = {}
+  if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
+  return { packRecord(r), extras }
+end
