@@ -157,29 +157,41 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
     return reply === 1 ? 'ok' : 'lost';
   };
 
-  /** What complete-3.lua and completeMany-n.lua need of one request. */
-  const completeParts = (request: CompleteRequest) => {
-    const keys = keysFor(prefix, request.key);
+  /** One key's part of completeMany's packed argument (see completeMany-n.lua). */
+  const packCompletion = (request: CompleteRequest): Buffer => {
     const indexed = compactAfterMs !== undefined && request.retentionMs > compactAfterMs;
-    const messages: RedisArg[] = [];
-    for (const message of request.outgoing) messages.push(message.id, packMessage(message));
-    return {
-      keys: [keys.record, keys.index, keys.blobs],
-      fence: String(request.fence),
-      retention: ms(request.retentionMs),
-      // trace id ('' = keep the stored one), result ('' = none), index member ('' = not indexed)
-      rest: [
-        request.traceId === undefined ? '' : packText(request.traceId),
-        packResult(request.result),
-        indexed ? keys.id : '',
-      ] as RedisArg[],
-      messages,
-    };
+    const head = Buffer.allocUnsafe(17);
+    head.writeUIntBE(request.fence, 0, 6);
+    head.writeUIntBE(Number(ms(request.retentionMs)), 6, 6);
+    head.writeUInt8(indexed ? 1 : 0, 12);
+    head.writeUInt32BE(request.outgoing.length, 13);
+    const strings: (Buffer | string)[] = [
+      request.traceId === undefined ? EMPTY : packText(request.traceId),
+      packResult(request.result),
+    ];
+    for (const message of request.outgoing) strings.push(message.id, packMessage(message));
+    return Buffer.concat([head, lengthPrefixed(strings)]);
   };
 
-  const completeArgs = (request: CompleteRequest): RedisArg[] => {
-    const p = completeParts(request);
-    return [...p.keys, p.fence, p.retention, String(graceMs), ...p.rest, ...p.messages];
+  /** Completes `requests` in one call per cluster slot (one call on a standalone server). */
+  const completeMany = async (requests: readonly CompleteRequest[]): Promise<FencedResult[]> => {
+    if (requests.length === 0) return [];
+    await ready();
+    return inGroups(
+      requests,
+      (r) => slotOf(r.key),
+      async (group) => {
+        const records = group.map((r) => keysFor(prefix, r.key).record);
+        const call: RedisArg[] = [records.length, ...records, String(graceMs)];
+        call.push(Buffer.concat(group.map(packCompletion)));
+        const replies = (
+          wait === undefined
+            ? await runScript(client, 'completeMany', 'complete', call)
+            : await withWait(client, call, wait)
+        ) as number[];
+        return replies.map((r): FencedResult => (r === 1 ? 'ok' : 'lost'));
+      },
+    );
   };
 
   return {
@@ -211,21 +223,29 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
         (r) => `${r.owner}\n${r.leaseMs}${slotOf(r.key)}`,
         async (group) => {
           const first = group[0] as BeginRequest;
-          const keys: RedisArg[] = [];
-          const args: RedisArg[] = [first.owner, ms(first.leaseMs), String(ttlMs)];
+          const records: Buffer[] = [];
+          const perKey: Buffer[] = [];
           for (const request of group) {
-            const k = keysFor(prefix, request.key);
             const fingerprint = packText(request.fingerprint);
-            keys.push(k.record, k.bucket);
-            args.push(
-              fingerprint,
-              request.traceId === undefined ? '' : packText(request.traceId),
-              k.id,
-              fingerprintHash(fingerprint),
+            records.push(keysFor(prefix, request.key).record);
+            perKey.push(
+              lengthPrefixed([
+                fingerprint,
+                request.traceId === undefined ? EMPTY : packText(request.traceId),
+                fingerprintHash(fingerprint),
+                request.key,
+              ]),
             );
           }
-          for (const request of group) args.push(request.key);
-          const reply = (await runScript(client, 'beginMany', 'begin', [keys.length, ...keys, ...args])) as [
+          const args: RedisArg[] = [
+            records.length,
+            ...records,
+            first.owner,
+            ms(first.leaseMs),
+            String(ttlMs),
+          ];
+          args.push(Buffer.concat(perKey));
+          const reply = (await runScript(client, 'beginMany', 'begin', args)) as [
             number,
             ...(Buffer | BeginPayload)[],
           ];
@@ -247,35 +267,11 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
     },
 
     async complete(request: CompleteRequest): Promise<FencedResult> {
-      if (wait === undefined) return fenced('complete', completeArgs(request));
-      await ready();
-      return completeAndWait(client, completeArgs(request), wait);
+      const [answer] = await completeMany([request]);
+      return answer as FencedResult;
     },
 
-    async completeMany(requests: readonly CompleteRequest[]): Promise<FencedResult[]> {
-      if (requests.length === 0) return [];
-      await ready();
-      return inGroups(
-        requests,
-        (r) => slotOf(r.key),
-        async (group) => {
-          const keys: RedisArg[] = [];
-          const args: RedisArg[] = [String(graceMs)];
-          for (const request of group) {
-            const p = completeParts(request);
-            keys.push(...p.keys);
-            args.push(p.fence, p.retention, ...p.rest, String(p.messages.length / 2), ...p.messages);
-          }
-          const call = [keys.length, ...keys, ...args];
-          const replies = (
-            wait === undefined
-              ? await runScript(client, 'completeMany', 'complete', call)
-              : await withWait(client, 'completeMany', call, wait)
-          ) as number[];
-          return replies.map((r): FencedResult => (r === 1 ? 'ok' : 'lost'));
-        },
-      );
-    },
+    completeMany,
 
     async markPublishedMany(requests: readonly MarkPublishedRequest[]): Promise<void> {
       const wanted = requests.filter((r) => r.ids.length > 0);
@@ -408,31 +404,19 @@ type PipelineLike = Record<string, (...args: RedisArg[]) => unknown> & {
 };
 
 /**
- * The script and WAIT go in one pipeline: in a cluster, ioredis sends a pipeline to the node of
- * its keyed commands, so WAIT runs on the connection that made the write.
- */
-async function completeAndWait(
-  client: RedisClient,
-  args: RedisArg[],
-  wait: { replicas: number; timeoutMs: number },
-): Promise<FencedResult> {
-  return (await withWait(client, 'complete', args, wait)) === 1 ? 'ok' : 'lost';
-}
-
-/**
- * Runs a completion script and `WAIT` in one pipeline; throws (not acked) when fewer replicas
- * than asked acknowledged it. Returns the script's reply.
+ * Runs completeMany and `WAIT` in one pipeline; throws (not acked) when fewer replicas than asked
+ * acknowledged it. Returns the script's reply. In a cluster, ioredis sends a pipeline to the node
+ * of its keyed commands, so WAIT runs on the connection that made the write.
  */
 async function withWait(
   client: RedisClient,
-  script: 'complete' | 'completeMany',
   args: RedisArg[],
   wait: { replicas: number; timeoutMs: number },
 ): Promise<unknown> {
   let results: [Error | null, unknown][] | null;
   try {
     const pipeline = client.pipeline() as PipelineLike;
-    pipeline[`${scripts[script].command}Buffer`]?.(...args);
+    pipeline[`${scripts.completeMany.command}Buffer`]?.(...args);
     pipeline.call?.('WAIT', wait.replicas, wait.timeoutMs);
     results = await pipeline.exec();
   } catch (cause) {
@@ -455,11 +439,27 @@ async function withWait(
   return written?.[1];
 }
 
+const EMPTY = Buffer.alloc(0);
+
+/** Strings back to back, each after its byte length (4 bytes, big-endian): Lua's `>I4c0`. */
+function lengthPrefixed(parts: readonly (Buffer | string)[]): Buffer {
+  let size = 0;
+  for (const part of parts) size += 4 + (typeof part === 'string' ? Buffer.byteLength(part) : part.length);
+  const out = Buffer.allocUnsafe(size);
+  let at = 0;
+  for (const part of parts) {
+    const length = typeof part === 'string' ? out.write(part, at + 4, 'utf8') : part.copy(out, at + 4);
+    out.writeUInt32BE(length, at);
+    at += 4 + length;
+  }
+  return out;
+}
+
 /** A record as the scripts answer it: the packed record and its extras hash (flat). */
 type StoredRecord = [Buffer, Buffer[]];
 
-/** A begin reply's payload: numbers (new, batch busy), a stored record, or a compaction marker. */
-type BeginPayload = number[] | StoredRecord | Buffer;
+/** A begin reply's payload: a fence (new), { leaseUntil } (batch busy), a stored record, or a marker. */
+type BeginPayload = number | number[] | StoredRecord | Buffer;
 
 /** Turns a begin script's code and payload into the contract's answer. */
 function decodeBegin(
@@ -471,13 +471,13 @@ function decodeBegin(
 ): BeginResult {
   const status = code.toString('latin1');
   if (status === 'N') {
-    const [fence, leaseUntil] = payload as number[];
     return {
       status: 'acquired',
       kind: 'new',
-      fence: Number(fence),
+      fence: Number(payload),
       attempt: 1,
-      leaseUntil: Number(leaseUntil),
+      // The script's lease end: its clock plus the lease as it was sent.
+      leaseUntil: Number(now) + Number(ms(leaseMs)),
       steps: {},
     };
   }

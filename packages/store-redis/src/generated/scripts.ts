@@ -13,9 +13,9 @@ export const LAYOUT_VERSION = 1;
 
 export const scripts = {
   begin: {
-    command: 'eoBegin_v1_22d14502',
+    command: 'eoBegin_v1_33752835',
     numberOfKeys: 2,
-    sha1: '22d14502c8a93c4c3114ec076e3bcd5eeb5d918f',
+    sha1: '33752835947834cbc762436cd16eedf08e377e27',
     lua: `--[[
 begin: claim the record of one key for an attempt, or say why not.
 
@@ -33,7 +33,7 @@ ARGV[8]  the store key itself (kept while IN_PROGRESS, for listInProgress)
 A new record's fence is max(server now in ms, previous fence + 1); takeover and retry add 1.
 
 Returns { code, server now (ms), payload }:
-  'N'  acquired, kind new       payload = { fence, leaseUntil }
+  'N'  acquired, kind new       payload = fence (the lease ends at server now + lease)
   'R'  acquired, kind retry     payload = the record after the write
   'T'  acquired, kind takeover  payload = the record after the write
   'B'  busy                     payload = the stored record
@@ -73,9 +73,12 @@ local function packRecord(r)
   return head
 end
 
-local function unpackRecord(v)
+-- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
+-- record whole and answers no record needs none of them).
+local function unpackRecord(v, headOnly)
   local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if headOnly then return r end
   if s == 'I' then
     r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
   elseif s == 'C' then
@@ -128,15 +131,15 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil.
-local function loadRecord(rec)
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
     if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
     error(v.err)
   end
   if not v then return nil end
-  return unpackRecord(v)
+  return unpackRecord(v, headOnly)
 end
 
 -- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
@@ -177,7 +180,7 @@ local function recordReply(rec, r)
 end
 -- beginOne: the begin transition of one key (see begin-2.lua for the codes). \`full\` asks for the
 -- whole record with a busy answer; batches answer busy with the lease end only.
--- Returns code, payload: 'N' { fence, leaseUntil }; 'R'/'T' the record after the write;
+-- Returns code, payload: 'N' the fence (its lease ends at now + lease); 'R'/'T' the record after the write;
 -- 'B' the record, or { leaseUntil } when not \`full\`; 'D'/'F'/'M' the record ({ packed, extras });
 -- 'K'/'X' the compaction marker.
 -- \`name\` is the store key itself: kept with the attempt's start time while the record is
@@ -226,7 +229,7 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, n
   local leaseUntil = now + lease
   rcall('SET', rec, struct.pack(HEAD, 'I', fence, 1, leaseUntil, now, 0, #fp, fp, #trace, trace) ..
     struct.pack('>I4c0I4c0', #owner, owner, #name, name), 'PXAT', int(leaseUntil + ttl))
-  return 'N', { fence, leaseUntil }
+  return 'N', fence
 end
 
 local code, payload = beginOne(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4],
@@ -235,22 +238,24 @@ return { code, now, payload }
 `,
   },
   beginMany: {
-    command: 'eoBeginMany_v1_e3c61cc0',
+    command: 'eoBeginMany_v1_c1b30856',
     numberOfKeys: undefined,
-    sha1: 'e3c61cc00afe1dca1eedd87a31c68243aa529914',
+    sha1: 'c1b30856fbf622a43030f192c57dd4fe84ea582b',
     lua: `--[[
 beginMany: begin several keys in one call, in order, each exactly as begin-2.lua would (the same
-key twice: the second sees the first's lease). Called with numkeys = 2 * number of keys.
+key twice: the second sees the first's lease). Called with numkeys = number of keys.
 
-KEYS[1], KEYS[3] ...  record of key 1, 2, ... (KEYS[2i-1] for key i)
-KEYS[2], KEYS[4] ...  compaction-marker bucket of each key's hash tag (KEYS[2i])
+KEYS[1] ...  record of each key, in order. Its tag's compaction-marker bucket and its id are
+             derived from the record's name (see layout.ts): same hash tag, same cluster slot.
 ARGV[1]  owner
 ARGV[2]  lease (ms)
 ARGV[3]  safety TTL of an IN_PROGRESS record past its lease end (ms)
-ARGV[4i], ARGV[4i+1], ARGV[4i+2], ARGV[4i+3]  per key i: fingerprint (encoded), trace id
-         (encoded; '' = none), record id (16 bytes), marker fingerprint hash (8 bytes)
-ARGV[3+4n+i]  per key i (n keys, after all of the above): the store key itself (kept while
-         IN_PROGRESS, for listInProgress)
+ARGV[4]  per key, in order, four length-prefixed strings (4-byte big-endian length, then the
+         bytes): fingerprint (encoded), trace id (encoded; '' = none), marker fingerprint hash
+         (8 bytes), the store key itself (kept while IN_PROGRESS, for listInProgress)
+
+One packed argument instead of four per key: most of the cost of a call on the client is
+building its arguments.
 
 Returns { server now (ms), code 1, payload 1, code 2, payload 2, ... } with the codes and
 payloads of begin-2.lua, except busy: payload = { leaseUntil } (no record read).
@@ -284,9 +289,12 @@ local function packRecord(r)
   return head
 end
 
-local function unpackRecord(v)
+-- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
+-- record whole and answers no record needs none of them).
+local function unpackRecord(v, headOnly)
   local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if headOnly then return r end
   if s == 'I' then
     r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
   elseif s == 'C' then
@@ -339,15 +347,15 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil.
-local function loadRecord(rec)
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
     if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
     error(v.err)
   end
   if not v then return nil end
-  return unpackRecord(v)
+  return unpackRecord(v, headOnly)
 end
 
 -- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
@@ -388,7 +396,7 @@ local function recordReply(rec, r)
 end
 -- beginOne: the begin transition of one key (see begin-2.lua for the codes). \`full\` asks for the
 -- whole record with a busy answer; batches answer busy with the lease end only.
--- Returns code, payload: 'N' { fence, leaseUntil }; 'R'/'T' the record after the write;
+-- Returns code, payload: 'N' the fence (its lease ends at now + lease); 'R'/'T' the record after the write;
 -- 'B' the record, or { leaseUntil } when not \`full\`; 'D'/'F'/'M' the record ({ packed, extras });
 -- 'K'/'X' the compaction marker.
 -- \`name\` is the store key itself: kept with the attempt's start time while the record is
@@ -437,16 +445,19 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, n
   local leaseUntil = now + lease
   rcall('SET', rec, struct.pack(HEAD, 'I', fence, 1, leaseUntil, now, 0, #fp, fp, #trace, trace) ..
     struct.pack('>I4c0I4c0', #owner, owner, #name, name), 'PXAT', int(leaseUntil + ttl))
-  return 'N', { fence, leaseUntil }
+  return 'N', fence
 end
 
-local owner, lease, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local owner, lease, ttl, packed = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local out = { now }
-local n = #KEYS / 2
-for i = 1, n do
-  local a = 4 * i
-  local code, payload = beginOne(KEYS[2 * i - 1], KEYS[2 * i], ARGV[a], owner, lease, ARGV[a + 1], ttl,
-    ARGV[a + 2], ARGV[a + 3], now, false, ARGV[3 + 4 * n + i])
+local pos = 1
+for i = 1, #KEYS do
+  local rec = KEYS[i]
+  local fp, trace, fphash, name
+  fp, trace, fphash, name, pos = struct.unpack('>I4c0I4c0I4c0I4c0', packed, pos)
+  -- rec = <prefix>:{<tag>}:<16-byte id>; the bucket is <prefix>:{<tag>}m.
+  local code, payload = beginOne(rec, string.sub(rec, 1, -18) .. 'm', fp, owner, lease, trace, ttl,
+    string.sub(rec, -16), fphash, now, false, name)
   out[#out + 1] = code
   out[#out + 1] = payload
 end
@@ -454,9 +465,9 @@ return out
 `,
   },
   clear: {
-    command: 'eoClear_v1_3348de2b',
+    command: 'eoClear_v1_3f03a88e',
     numberOfKeys: 3,
-    sha1: '3348de2b183e2330ebdd8d1ab01292338d51a0af',
+    sha1: '3f03a88e8c0fbbfc8f937227959d1ebbaff26c6b',
     lua: `--[[
 clear: forget a key's record (or its compaction marker), so the next message with the key runs
 anew: an operator's step before replaying a dead letter whose record is FAILED, or re-running
@@ -506,9 +517,12 @@ local function packRecord(r)
   return head
 end
 
-local function unpackRecord(v)
+-- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
+-- record whole and answers no record needs none of them).
+local function unpackRecord(v, headOnly)
   local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if headOnly then return r end
   if s == 'I' then
     r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
   elseif s == 'C' then
@@ -561,15 +575,15 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil.
-local function loadRecord(rec)
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
     if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
     error(v.err)
   end
   if not v then return nil end
-  return unpackRecord(v)
+  return unpackRecord(v, headOnly)
 end
 
 -- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
@@ -640,9 +654,9 @@ return rcall('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 `,
   },
   compactCompleted: {
-    command: 'eoCompactCompleted_v1_719bbbf8',
+    command: 'eoCompactCompleted_v1_54204f52',
     numberOfKeys: undefined,
-    sha1: '719bbbf8ad0a7b2a0a54bb227bb2f817ef55db4e',
+    sha1: '54204f526e5029e96098dd84ee43607017dc0c38',
     lua: `--[[
 compactCompleted: replace old COMPLETED records of one hash tag by compact markers.
 Called with a variable number of keys (numkeys = 2 + number of candidates).
@@ -694,9 +708,12 @@ local function packRecord(r)
   return head
 end
 
-local function unpackRecord(v)
+-- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
+-- record whole and answers no record needs none of them).
+local function unpackRecord(v, headOnly)
   local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if headOnly then return r end
   if s == 'I' then
     r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
   elseif s == 'C' then
@@ -749,15 +766,15 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil.
-local function loadRecord(rec)
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
     if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
     error(v.err)
   end
   if not v then return nil end
-  return unpackRecord(v)
+  return unpackRecord(v, headOnly)
 end
 
 -- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
@@ -852,224 +869,25 @@ end
 return { compacted, dropped, deferred }
 `,
   },
-  complete: {
-    command: 'eoComplete_v1_a4b1adb2',
-    numberOfKeys: 3,
-    sha1: 'a4b1adb28d1c725a1f287d7a6cda2eb4d2ff86e9',
-    lua: `--[[
-complete: IN_PROGRESS(fence) -> COMPLETED with result and outgoing messages, in one write.
-
-KEYS[1]  record
-KEYS[2]  completion index of the key's hash tag (sorted set member -> completedAt)
-KEYS[3]  blob index of the key's hash tag (sorted set: packed blob pointer -> the record's physical end)
-ARGV[1]  fence
-ARGV[2]  retention (ms): the record answers duplicates until server now + retention
-ARGV[3]  grace (ms) the record is physically kept past its expiry, to continue its fence
-ARGV[4]  trace id (encoded; '' = keep the stored one)
-ARGV[5]  result (encoded; '' = none)
-ARGV[6]  record id, the index member ('' = not indexed for compaction)
-ARGV[7], ARGV[8] ...  per outgoing message: id, message (encoded)
-
-The new record replaces the old whole, which drops the journaled steps. Messages are stored in
-its extras hash as 'd<i>' = id, 'o<i>' = message, and 'p<i>' once published; 'm' = their count.
-
-Returns:
-  1  ok
-  0  lost: the record is not IN_PROGRESS under this fence
-]]
-local rcall = redis.call
-local t = rcall('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
--- The record: one Redis string (see codec.ts for the same layout in TypeScript). All integers
--- big-endian; strings length-prefixed (4 bytes).
---
---   state 1 byte 'I' | 'C' | 'F', fence 6, attempt 4, t1 6, t2 6, flags 1, fingerprint, trace id
---   IN_PROGRESS then: owner, the store key itself (for listInProgress)
---   COMPLETED then:   result
---
--- t1/t2: IN_PROGRESS leaseUntil (0 = released) / the attempt's start; COMPLETED and FAILED
--- completedAt or failedAt / expiresAt. flags 1: the record has an extras hash, named the record's
--- name + 'x' (same hash tag, so the same cluster slot), expiring with it, holding what the hot
--- path never writes: journaled steps 'S<name>', the error 'e', outgoing messages ('m' count,
--- 'd<i>' id, 'o<i>' message, 'p<i>' once published).
---
--- Records of the previous layout (one hash with one-letter fields) are converted when first
--- touched: loadRecord answers them like any other, in the new layout from then on.
-local HEAD = '>c1I6I4I6I6BI4c0I4c0'
-
-local function int(n) return string.format('%d', n) end
-
-local function packRecord(r)
-  local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
-  if r.s == 'I' then return head .. struct.pack('>I4c0I4c0', #r.w, r.w, #r.k, r.k) end
-  if r.s == 'C' then return head .. struct.pack('>I4c0', #r.r, r.r) end
-  return head
-end
-
-local function unpackRecord(v)
-  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
-  local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
-  if s == 'I' then
-    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
-  elseif s == 'C' then
-    r.r = struct.unpack('>I4c0', v, pos)
-  end
-  return r
-end
-
--- HSET in chunks: unpack() of thousands of values would overflow Lua's C stack.
-local function hsetAll(key, fields)
-  for i = 1, #fields, 400 do
-    rcall('HSET', key, unpack(fields, i, math.min(i + 399, #fields)))
-  end
-end
-
-local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true, k = true, b = true, c = true,
-  x = true, t = true, r = true }
-
--- A record of the previous layout: rewritten in this one, with the same expiry.
-local function convertLegacy(rec)
-  local all = rcall('HGETALL', rec)
-  local h, extras = {}, {}
-  for i = 1, #all, 2 do
-    if LEGACY_CORE[all[i]] then
-      h[all[i]] = all[i + 1]
-    else
-      extras[#extras + 1] = all[i]
-      extras[#extras + 1] = all[i + 1]
-    end
-  end
-  local at = rcall('PEXPIRETIME', rec)
-  rcall('DEL', rec)
-  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
-    flags = 0 }
-  if r.s == 'I' then
-    r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
-  else
-    r.t1, r.t2, r.r = tonumber(h.c) or 0, tonumber(h.x) or 0, h.r or ''
-  end
-  if #extras > 0 then
-    r.flags = 1
-    hsetAll(rec .. 'x', extras)
-    if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
-  end
-  if at > 0 then
-    rcall('SET', rec, packRecord(r), 'PXAT', at)
-  else
-    rcall('SET', rec, packRecord(r))
-  end
-  return r
-end
-
--- The record stored at \`rec\`, or nil.
-local function loadRecord(rec)
-  local v = redis.pcall('GET', rec)
-  if type(v) == 'table' then
-    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
-    error(v.err)
-  end
-  if not v then return nil end
-  return unpackRecord(v)
-end
-
--- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
-local function saveRecord(rec, r, at)
-  rcall('SET', rec, packRecord(r), 'PXAT', int(at))
-  if r.flags == 1 then rcall('PEXPIREAT', rec .. 'x', int(at)) end
-end
-
--- Drops the extras hash (steps, error, messages) of a record about to be replaced.
-local function dropExtras(rec, r)
-  if r.flags == 1 then
-    rcall('DEL', rec .. 'x')
-    r.flags = 0
-  end
-end
-
--- The extras hash of \`r\`, flagged on the record (same expiry) when it had none.
-local function extrasOf(rec, r)
-  local ext = rec .. 'x'
-  if r.flags ~= 1 then
-    r.flags = 1
-    rcall('SET', rec, packRecord(r), 'KEEPTTL')
-  end
-  return ext
-end
-
--- Gives the extras hash the record's expiry (after a write that may have created it).
-local function expireExtrasWithRecord(rec)
-  local at = rcall('PEXPIRETIME', rec)
-  if at > 0 then rcall('PEXPIREAT', rec .. 'x', at) end
-end
-
--- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
-local function recordReply(rec, r)
-  local extras = {}
-  if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
-  return { packRecord(r), extras }
-end
--- completeOne: IN_PROGRESS(fence) -> COMPLETED of one key (see complete-3.lua). Its outgoing
--- messages are ARGV[first], ARGV[first + 1], ... : \`count\` pairs of id, message.
--- Returns 1 (ok) or 0 (lost).
--- A blob result's pointer goes into \`blobs\` (the tag's blob index: member = packed pointer, score
--- = the record's physical end), so collectBlobs can delete the blob once no record names it.
-local function completeOne(rec, index, blobs, fence, retention, grace, trace, result, id, first, count, now)
-  local r = loadRecord(rec)
-  if not r or r.s ~= 'I' or r.n ~= tonumber(fence) then return 0 end
-  local expiresAt = now + retention
-  local physicalEnd = expiresAt + grace
-  if trace == '' then trace = r.t end
-
-  -- The new record replaces the old whole, which drops the lease, the journaled steps and the
-  -- last error.
-  dropExtras(rec, r)
-  local flags = 0
-  if count > 0 then
-    flags = 1
-    local ext = rec .. 'x'
-    local fields = { 'm', int(count) }
-    for i = 1, count do
-      fields[#fields + 1] = 'd' .. i
-      fields[#fields + 1] = ARGV[first + 2 * i - 2]
-      fields[#fields + 1] = 'o' .. i
-      fields[#fields + 1] = ARGV[first + 2 * i - 1]
-    end
-    hsetAll(ext, fields)
-    rcall('PEXPIREAT', ext, int(physicalEnd))
-  end
-  rcall('SET', rec, struct.pack(HEAD, 'C', r.n, r.a, now, expiresAt, flags, #r.f, r.f, #trace, trace) ..
-    struct.pack('>I4c0', #result, result), 'PXAT', int(physicalEnd))
-
-  if string.sub(result, 1, 1) == 'b' then rcall('ZADD', blobs, 'GT', int(physicalEnd), result) end
-
-  if id ~= '' then
-    rcall('ZADD', index, int(now), id)
-    -- The index lives as long as its newest record; compaction prunes it meanwhile.
-    local ttl = rcall('PTTL', index)
-    if ttl < 0 or now + ttl < physicalEnd then rcall('PEXPIREAT', index, int(physicalEnd)) end
-  end
-  return 1
-end
-
-return completeOne(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5],
-  ARGV[6], 7, (#ARGV - 6) / 2, now)
-`,
-  },
   completeMany: {
-    command: 'eoCompleteMany_v1_daf71450',
+    command: 'eoCompleteMany_v1_29d4b581',
     numberOfKeys: undefined,
-    sha1: 'daf71450bd4b11e834ece84a41b7779f1fdea749',
+    sha1: '29d4b581dac7bcafa398d133a0760f8877f5d67e',
     lua: `--[[
-completeMany: complete several keys in one call, in order, each exactly as complete-2.lua would.
-Called with numkeys = 3 * number of keys.
+completeMany: IN_PROGRESS(fence) -> COMPLETED with result and outgoing messages, in one write
+per key; several keys in one call, in order (complete is a call with one key). Called with
+numkeys = number of keys. The record answers duplicates until server now + retention and is
+physically kept a grace longer, to continue its fence. It replaces the old record whole, which
+drops the lease, the journaled steps and the last error; messages go to its extras hash as
+'d<i>' = id, 'o<i>' = message, and 'p<i>' once published; 'm' = their count.
 
-KEYS[1], KEYS[4] ...  record of key 1, 2, ... (KEYS[3i-2] for key i)
-KEYS[2], KEYS[5] ...  completion index of each key's hash tag (KEYS[3i-1])
-KEYS[3], KEYS[6] ...  blob index of each key's hash tag (KEYS[3i])
+KEYS[1] ...  record of each key, in order. Its tag's completion index and blob index are
+             derived from the record's name (see layout.ts): same hash tag, same cluster slot.
 ARGV[1]  grace (ms) a record is physically kept past its expiry
-then per key, in order: fence, retention (ms), trace id (encoded; '' = keep the stored one),
-result (encoded; '' = none), record id for the index ('' = not indexed), outgoing message count
-n, then n pairs of message id, message (encoded)
+ARGV[2]  per key, in order: fence (6 bytes), retention in ms (6 bytes), indexed for compaction
+         (1 byte, 1 = yes), message count n (4 bytes), then length-prefixed strings (4-byte
+         length, then the bytes): trace id (encoded; '' = keep the stored one), result (encoded;
+         '' = none), and n pairs of message id, message (encoded). Numbers big-endian.
 
 Returns { r1, r2, ... }: per key 1 (ok) or 0 (lost: not IN_PROGRESS under this fence).
 ]]
@@ -1102,9 +920,12 @@ local function packRecord(r)
   return head
 end
 
-local function unpackRecord(v)
+-- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
+-- record whole and answers no record needs none of them).
+local function unpackRecord(v, headOnly)
   local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if headOnly then return r end
   if s == 'I' then
     r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
   elseif s == 'C' then
@@ -1157,15 +978,15 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil.
-local function loadRecord(rec)
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
     if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
     error(v.err)
   end
   if not v then return nil end
-  return unpackRecord(v)
+  return unpackRecord(v, headOnly)
 end
 
 -- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
@@ -1204,14 +1025,16 @@ local function recordReply(rec, r)
   if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
   return { packRecord(r), extras }
 end
--- completeOne: IN_PROGRESS(fence) -> COMPLETED of one key (see complete-3.lua). Its outgoing
--- messages are ARGV[first], ARGV[first + 1], ... : \`count\` pairs of id, message.
+-- completeOne: IN_PROGRESS(fence) -> COMPLETED of one key (see completeMany-n.lua). \`messages\` holds
+-- its outgoing messages as id, message, id, message, ...; \`fence\` is a number.
 -- Returns 1 (ok) or 0 (lost).
--- A blob result's pointer goes into \`blobs\` (the tag's blob index: member = packed pointer, score
--- = the record's physical end), so collectBlobs can delete the blob once no record names it.
-local function completeOne(rec, index, blobs, fence, retention, grace, trace, result, id, first, count, now)
-  local r = loadRecord(rec)
-  if not r or r.s ~= 'I' or r.n ~= tonumber(fence) then return 0 end
+-- \`tag\` is the record's name without its id (\`<prefix>:{<tag>}\`): the tag's completion index is
+-- tag .. 'i', its blob index tag .. 'b'.
+-- A blob result's pointer goes into the blob index (member = packed pointer, score = the record's
+-- physical end), so collectBlobs can delete the blob once no record names it.
+local function completeOne(rec, tag, fence, retention, grace, trace, result, id, messages, now)
+  local r = loadRecord(rec, true)
+  if not r or r.s ~= 'I' or r.n ~= fence then return 0 end
   local expiresAt = now + retention
   local physicalEnd = expiresAt + grace
   if trace == '' then trace = r.t end
@@ -1220,15 +1043,16 @@ local function completeOne(rec, index, blobs, fence, retention, grace, trace, re
   -- last error.
   dropExtras(rec, r)
   local flags = 0
+  local count = #messages / 2
   if count > 0 then
     flags = 1
     local ext = rec .. 'x'
     local fields = { 'm', int(count) }
     for i = 1, count do
       fields[#fields + 1] = 'd' .. i
-      fields[#fields + 1] = ARGV[first + 2 * i - 2]
+      fields[#fields + 1] = messages[2 * i - 1]
       fields[#fields + 1] = 'o' .. i
-      fields[#fields + 1] = ARGV[first + 2 * i - 1]
+      fields[#fields + 1] = messages[2 * i]
     end
     hsetAll(ext, fields)
     rcall('PEXPIREAT', ext, int(physicalEnd))
@@ -1236,9 +1060,10 @@ local function completeOne(rec, index, blobs, fence, retention, grace, trace, re
   rcall('SET', rec, struct.pack(HEAD, 'C', r.n, r.a, now, expiresAt, flags, #r.f, r.f, #trace, trace) ..
     struct.pack('>I4c0', #result, result), 'PXAT', int(physicalEnd))
 
-  if string.sub(result, 1, 1) == 'b' then rcall('ZADD', blobs, 'GT', int(physicalEnd), result) end
+  if string.sub(result, 1, 1) == 'b' then rcall('ZADD', tag .. 'b', 'GT', int(physicalEnd), result) end
 
   if id ~= '' then
+    local index = tag .. 'i'
     rcall('ZADD', index, int(now), id)
     -- The index lives as long as its newest record; compaction prunes it meanwhile.
     local ttl = rcall('PTTL', index)
@@ -1247,22 +1072,29 @@ local function completeOne(rec, index, blobs, fence, retention, grace, trace, re
   return 1
 end
 
-local grace = tonumber(ARGV[1])
+local grace, packed = tonumber(ARGV[1]), ARGV[2]
 local out = {}
-local a = 2
-for i = 1, #KEYS / 3 do
-  local count = tonumber(ARGV[a + 5])
-  out[i] = completeOne(KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i], ARGV[a], tonumber(ARGV[a + 1]), grace, ARGV[a + 2],
-    ARGV[a + 3], ARGV[a + 4], a + 6, count, now)
-  a = a + 6 + 2 * count
+local pos = 1
+for i = 1, #KEYS do
+  local rec = KEYS[i]
+  local fence, retention, indexed, count, trace, result
+  fence, retention, indexed, count, trace, result, pos = struct.unpack('>I6I6BI4I4c0I4c0', packed, pos)
+  local messages = {}
+  for j = 1, 2 * count do
+    messages[j], pos = struct.unpack('>I4c0', packed, pos)
+  end
+  local id = ''
+  if indexed == 1 then id = string.sub(rec, -16) end
+  -- rec = <prefix>:{<tag>}:<16-byte id>
+  out[i] = completeOne(rec, string.sub(rec, 1, -18), fence, retention, grace, trace, result, id, messages, now)
 end
 return out
 `,
   },
   extend: {
-    command: 'eoExtend_v1_484b51b3',
+    command: 'eoExtend_v1_7308da87',
     numberOfKeys: 1,
-    sha1: '484b51b384b0f886cded727459ef3defa73ef376',
+    sha1: '7308da87a38f4e8f3507d4bcfd3c14f71b1594ac',
     lua: `--[[
 extend: push the lease of the holding fence out to server now + lease.
 
@@ -1304,9 +1136,12 @@ local function packRecord(r)
   return head
 end
 
-local function unpackRecord(v)
+-- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
+-- record whole and answers no record needs none of them).
+local function unpackRecord(v, headOnly)
   local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if headOnly then return r end
   if s == 'I' then
     r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
   elseif s == 'C' then
@@ -1359,15 +1194,15 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil.
-local function loadRecord(rec)
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
     if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
     error(v.err)
   end
   if not v then return nil end
-  return unpackRecord(v)
+  return unpackRecord(v, headOnly)
 end
 
 -- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
@@ -1416,9 +1251,9 @@ return 1
 `,
   },
   fail: {
-    command: 'eoFail_v1_b2997aed',
+    command: 'eoFail_v1_b803937c',
     numberOfKeys: 1,
-    sha1: 'b2997aed13e9a3632b80850cfbbd8c7d2131f423',
+    sha1: 'b803937cb53521c88f1066fa95b072ea8e677524',
     lua: `--[[
 fail: IN_PROGRESS(fence) -> FAILED, kept for the retention.
 
@@ -1464,9 +1299,12 @@ local function packRecord(r)
   return head
 end
 
-local function unpackRecord(v)
+-- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
+-- record whole and answers no record needs none of them).
+local function unpackRecord(v, headOnly)
   local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if headOnly then return r end
   if s == 'I' then
     r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
   elseif s == 'C' then
@@ -1519,15 +1357,15 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil.
-local function loadRecord(rec)
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
     if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
     error(v.err)
   end
   if not v then return nil end
-  return unpackRecord(v)
+  return unpackRecord(v, headOnly)
 end
 
 -- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
@@ -1579,9 +1417,9 @@ return 1
 `,
   },
   get: {
-    command: 'eoGet_v1_cc296436',
+    command: 'eoGet_v1_cb2db9b1',
     numberOfKeys: 2,
-    sha1: 'cc296436a8b3872f3eeceec074f12c5ba3c476b0',
+    sha1: 'cb2db9b14af0de44cbc8dc047f202b7660a45b38',
     lua: `--[[
 get: read a record, or the compaction marker standing in for it, with the server clock.
 
@@ -1622,9 +1460,12 @@ local function packRecord(r)
   return head
 end
 
-local function unpackRecord(v)
+-- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
+-- record whole and answers no record needs none of them).
+local function unpackRecord(v, headOnly)
   local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if headOnly then return r end
   if s == 'I' then
     r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
   elseif s == 'C' then
@@ -1677,15 +1518,15 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil.
-local function loadRecord(rec)
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
     if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
     error(v.err)
   end
   if not v then return nil end
-  return unpackRecord(v)
+  return unpackRecord(v, headOnly)
 end
 
 -- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
@@ -1731,9 +1572,9 @@ return { now, false, rcall('HGET', KEYS[2], ARGV[1]) }
 `,
   },
   markPublished: {
-    command: 'eoMarkPublished_v1_88aa4b2b',
+    command: 'eoMarkPublished_v1_d1f85f8b',
     numberOfKeys: 1,
-    sha1: '88aa4b2bb9ad588ed756000b5e3a3d984b140001',
+    sha1: 'd1f85f8b31444e90b7c3134205c65097b74f3949',
     lua: `--[[
 markPublished: flag outgoing messages of a live COMPLETED record as confirmed.
 
@@ -1774,9 +1615,12 @@ local function packRecord(r)
   return head
 end
 
-local function unpackRecord(v)
+-- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
+-- record whole and answers no record needs none of them).
+local function unpackRecord(v, headOnly)
   local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if headOnly then return r end
   if s == 'I' then
     r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
   elseif s == 'C' then
@@ -1829,15 +1673,15 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil.
-local function loadRecord(rec)
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
     if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
     error(v.err)
   end
   if not v then return nil end
-  return unpackRecord(v)
+  return unpackRecord(v, headOnly)
 end
 
 -- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
@@ -1896,9 +1740,9 @@ return markPublishedOne(KEYS[1], ARGV[1], wanted, now)
 `,
   },
   markPublishedMany: {
-    command: 'eoMarkPublishedMany_v1_fd6a45ff',
+    command: 'eoMarkPublishedMany_v1_af13a88e',
     numberOfKeys: undefined,
-    sha1: 'fd6a45ff1dbbf92620091b32e95309031d9ae3ae',
+    sha1: 'af13a88e7564e34ee5c0d6060abc18d60bc21f05',
     lua: `--[[
 markPublishedMany: markPublished-1.lua for several records in one call.
 Called with numkeys = number of records.
@@ -1937,9 +1781,12 @@ local function packRecord(r)
   return head
 end
 
-local function unpackRecord(v)
+-- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
+-- record whole and answers no record needs none of them).
+local function unpackRecord(v, headOnly)
   local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if headOnly then return r end
   if s == 'I' then
     r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
   elseif s == 'C' then
@@ -1992,15 +1839,15 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil.
-local function loadRecord(rec)
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
     if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
     error(v.err)
   end
   if not v then return nil end
-  return unpackRecord(v)
+  return unpackRecord(v, headOnly)
 end
 
 -- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
@@ -2067,9 +1914,9 @@ return flagged
 `,
   },
   markStepStarted: {
-    command: 'eoMarkStepStarted_v1_66744636',
+    command: 'eoMarkStepStarted_v1_a9795583',
     numberOfKeys: 1,
-    sha1: '667446366f5bda4761b94ba24256f0a7bc243cd0',
+    sha1: 'a979558355197a2a7412995bcc5cef1d07131b90',
     lua: `--[[
 markStepStarted: journal that a step is about to run, under the IN_PROGRESS record held by the
 fence, so a later attempt knows the step is in doubt (see ctx.step's reconcile).
@@ -2114,9 +1961,12 @@ local function packRecord(r)
   return head
 end
 
-local function unpackRecord(v)
+-- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
+-- record whole and answers no record needs none of them).
+local function unpackRecord(v, headOnly)
   local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if headOnly then return r end
   if s == 'I' then
     r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
   elseif s == 'C' then
@@ -2169,15 +2019,15 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil.
-local function loadRecord(rec)
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
     if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
     error(v.err)
   end
   if not v then return nil end
-  return unpackRecord(v)
+  return unpackRecord(v, headOnly)
 end
 
 -- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
@@ -2226,9 +2076,9 @@ return 1
 `,
   },
   release: {
-    command: 'eoRelease_v1_cfef6165',
+    command: 'eoRelease_v1_5d55e0e6',
     numberOfKeys: 1,
-    sha1: 'cfef616511758643df3bad0a090242e57c04e834',
+    sha1: '5d55e0e6d98ab9ae18d4adc631ee363db5b58549',
     lua: `--[[
 release: give the lease up after a retryable error; the next begin acquires at once (retry).
 
@@ -2270,9 +2120,12 @@ local function packRecord(r)
   return head
 end
 
-local function unpackRecord(v)
+-- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
+-- record whole and answers no record needs none of them).
+local function unpackRecord(v, headOnly)
   local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if headOnly then return r end
   if s == 'I' then
     r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
   elseif s == 'C' then
@@ -2325,15 +2178,15 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil.
-local function loadRecord(rec)
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
     if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
     error(v.err)
   end
   if not v then return nil end
-  return unpackRecord(v)
+  return unpackRecord(v, headOnly)
 end
 
 -- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.
@@ -2384,9 +2237,9 @@ return 1
 `,
   },
   saveStep: {
-    command: 'eoSaveStep_v1_35040f85',
+    command: 'eoSaveStep_v1_53b360ed',
     numberOfKeys: 1,
-    sha1: '35040f85c8abeeec63564fecdf0d688323d0c37b',
+    sha1: '53b360ed98628fcad0bf72a118a3cd4743533b35',
     lua: `--[[
 saveStep: journal a step's result under the IN_PROGRESS record held by the fence.
 
@@ -2430,9 +2283,12 @@ local function packRecord(r)
   return head
 end
 
-local function unpackRecord(v)
+-- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
+-- record whole and answers no record needs none of them).
+local function unpackRecord(v, headOnly)
   local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if headOnly then return r end
   if s == 'I' then
     r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
   elseif s == 'C' then
@@ -2485,15 +2341,15 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil.
-local function loadRecord(rec)
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
     if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
     error(v.err)
   end
   if not v then return nil end
-  return unpackRecord(v)
+  return unpackRecord(v, headOnly)
 end
 
 -- Writes \`r\` whole, expiring at \`at\` (ms), its extras hash with it.

@@ -15,7 +15,7 @@ ARGV[8]  the store key itself (kept while IN_PROGRESS, for listInProgress)
 A new record's fence is max(server now in ms, previous fence + 1); takeover and retry add 1.
 
 Returns { code, server now (ms), payload }:
-  'N'  acquired, kind new       payload = { fence, leaseUntil }
+  'N'  acquired, kind new       payload = fence (the lease ends at server now + lease)
   'R'  acquired, kind retry     payload = the record after the write
   'T'  acquired, kind takeover  payload = the record after the write
   'B'  busy                     payload = the stored record

@@ -1,6 +1,6 @@
 -- beginOne: the begin transition of one key (see begin-2.lua for the codes). `full` asks for the
 -- whole record with a busy answer; batches answer busy with the lease end only.
--- Returns code, payload: 'N' { fence, leaseUntil }; 'R'/'T' the record after the write;
+-- Returns code, payload: 'N' the fence (its lease ends at now + lease); 'R'/'T' the record after the write;
 -- 'B' the record, or { leaseUntil } when not `full`; 'D'/'F'/'M' the record ({ packed, extras });
 -- 'K'/'X' the compaction marker.
 -- `name` is the store key itself: kept with the attempt's start time while the record is
@@ -49,5 +49,5 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, n
   local leaseUntil = now + lease
   rcall('SET', rec, struct.pack(HEAD, 'I', fence, 1, leaseUntil, now, 0, #fp, fp, #trace, trace) ..
     struct.pack('>I4c0I4c0', #owner, owner, #name, name), 'PXAT', int(leaseUntil + ttl))
-  return 'N', { fence, leaseUntil }
+  return 'N', fence
 end

@@ -1,11 +1,13 @@
--- completeOne: IN_PROGRESS(fence) -> COMPLETED of one key (see complete-3.lua). Its outgoing
--- messages are ARGV[first], ARGV[first + 1], ... : `count` pairs of id, message.
+-- completeOne: IN_PROGRESS(fence) -> COMPLETED of one key (see completeMany-n.lua). `messages` holds
+-- its outgoing messages as id, message, id, message, ...; `fence` is a number.
 -- Returns 1 (ok) or 0 (lost).
--- A blob result's pointer goes into `blobs` (the tag's blob index: member = packed pointer, score
--- = the record's physical end), so collectBlobs can delete the blob once no record names it.
-local function completeOne(rec, index, blobs, fence, retention, grace, trace, result, id, first, count, now)
-  local r = loadRecord(rec)
-  if not r or r.s ~= 'I' or r.n ~= tonumber(fence) then return 0 end
+-- `tag` is the record's name without its id (`<prefix>:{<tag>}`): the tag's completion index is
+-- tag .. 'i', its blob index tag .. 'b'.
+-- A blob result's pointer goes into the blob index (member = packed pointer, score = the record's
+-- physical end), so collectBlobs can delete the blob once no record names it.
+local function completeOne(rec, tag, fence, retention, grace, trace, result, id, messages, now)
+  local r = loadRecord(rec, true)
+  if not r or r.s ~= 'I' or r.n ~= fence then return 0 end
   local expiresAt = now + retention
   local physicalEnd = expiresAt + grace
   if trace == '' then trace = r.t end
@@ -14,15 +16,16 @@ local function completeOne(rec, index, blobs, fence, retention, grace, trace, re
   -- last error.
   dropExtras(rec, r)
   local flags = 0
+  local count = #messages / 2
   if count > 0 then
     flags = 1
     local ext = rec .. 'x'
     local fields = { 'm', int(count) }
     for i = 1, count do
       fields[#fields + 1] = 'd' .. i
-      fields[#fields + 1] = ARGV[first + 2 * i - 2]
+      fields[#fields + 1] = messages[2 * i - 1]
       fields[#fields + 1] = 'o' .. i
-      fields[#fields + 1] = ARGV[first + 2 * i - 1]
+      fields[#fields + 1] = messages[2 * i]
     end
     hsetAll(ext, fields)
     rcall('PEXPIREAT', ext, int(physicalEnd))
@@ -30,9 +33,10 @@ local function completeOne(rec, index, blobs, fence, retention, grace, trace, re
   rcall('SET', rec, struct.pack(HEAD, 'C', r.n, r.a, now, expiresAt, flags, #r.f, r.f, #trace, trace) ..
     struct.pack('>I4c0', #result, result), 'PXAT', int(physicalEnd))
 
-  if string.sub(result, 1, 1) == 'b' then rcall('ZADD', blobs, 'GT', int(physicalEnd), result) end
+  if string.sub(result, 1, 1) == 'b' then rcall('ZADD', tag .. 'b', 'GT', int(physicalEnd), result) end
 
   if id ~= '' then
+    local index = tag .. 'i'
     rcall('ZADD', index, int(now), id)
     -- The index lives as long as its newest record; compaction prunes it meanwhile.
     local ttl = rcall('PTTL', index)

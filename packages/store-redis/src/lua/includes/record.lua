@@ -24,9 +24,12 @@ local function packRecord(r)
   return head
 end
 
-local function unpackRecord(v)
+-- `headOnly`: without the owner, the store key and the result (a caller that replaces the
+-- record whole and answers no record needs none of them).
+local function unpackRecord(v, headOnly)
   local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
+  if headOnly then return r end
   if s == 'I' then
     r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
   elseif s == 'C' then
@@ -79,15 +82,15 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at `rec`, or nil.
-local function loadRecord(rec)
+-- The record stored at `rec`, or nil (see unpackRecord for `headOnly`).
+local function loadRecord(rec, headOnly)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
     if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
     error(v.err)
   end
   if not v then return nil end
-  return unpackRecord(v)
+  return unpackRecord(v, headOnly)
 end
 
 -- Writes `r` whole, expiring at `at` (ms), its extras hash with it.
