@@ -7,7 +7,7 @@
 #                    exhaustive (no bitstate); also fails if a Worker branch became unreachable
 #   safety-2keys     NK=2, FAULTS=0: two keys sharing the three workers, exhaustive
 #   liveness         NK=1, FAULTS=2: LTL eventually_settled under weak fairness (pan -a -f)
-#   mutant           complete-2.lua without its fence check: Spin must find a counterexample,
+#   mutant           completeOne.lua without its fence check: Spin must find a counterexample,
 #                    printed as a trimmed `spin -t -p` trail
 #   liveness-mutant  a dead holder's lease never runs out: the LTL property must fail
 #
@@ -127,7 +127,7 @@ check_liveness() {
 }
 
 check_mutant() {
-  say "== mutant: complete-2.lua without its fence check (MUTANT_COMPLETE_NO_FENCE), FAULTS=$FAULTS"
+  say "== mutant: completeOne.lua without its fence check (MUTANT_COMPLETE_NO_FENCE), FAULTS=$FAULTS"
   # Breadth-first: the shortest counterexample.
   build -DNK=1 -DFAULTS="$FAULTS" -DMUTANT_COMPLETE_NO_FENCE -- -DSAFETY -DBFS
   ./pan >pan.out 2>&1 || true

@@ -32,7 +32,7 @@
  *   NK=1|2      keys: key 0 is sent twice (the producer retried), key 1 once. Default 1.
  *   FAULTS=n    fault budget of a run: crashes + stalls + revocations. Default 3.
  *   LIVENESS    add the LTL property, and let a fair Faults process stop injecting.
- *   MUTANT_COMPLETE_NO_FENCE  complete-2.lua without its fence check: Spin must find (3) broken.
+ *   MUTANT_COMPLETE_NO_FENCE  completeOne.lua without its fence check: Spin must find (3) broken.
  *   MUTANT_NO_LEASE_EXPIRY    the lease of a dead holder never runs out: (4) must fail.
  */
 
@@ -185,7 +185,7 @@ inline saveStep_1_lua() {
   }
 }
 
-/* complete-2.lua + includes/completeOne.lua: IN_PROGRESS(fence) -> COMPLETED with the outgoing
+/* completeMany-n.lua + includes/completeOne.lua: IN_PROGRESS(fence) -> COMPLETED with the outgoing
  * message (unpublished) in the same write; the new hash has no lease and no steps */
 inline complete_2_lua() {
   d_step {

@@ -78,7 +78,7 @@ it(
 );
 
 it(
-  'catches complete-2.lua without its fence check, and prints the counterexample',
+  'catches completeOne.lua without its fence check, and prints the counterexample',
   async () => {
     const run = await check('mutant');
     console.log(run.out.trim());

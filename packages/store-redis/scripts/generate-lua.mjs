@@ -16,7 +16,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 /** Bump when the stored record layout changes incompatibly. */
-const LAYOUT_VERSION = 1;
+const LAYOUT_VERSION = 2;
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const luaDir = join(root, 'src', 'lua');

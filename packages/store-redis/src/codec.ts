@@ -14,7 +14,6 @@
  *
  * Lua only compares fingerprints, fences and times; values are packed and unpacked here.
  */
-import { createHash } from 'node:crypto';
 import {
   type CompletedRecord,
   type ErrorInfo,
@@ -55,11 +54,6 @@ export function unpackText(packed: Buffer): string {
     default:
       return body.toString('utf8');
   }
-}
-
-/** First 8 bytes of sha1(packed fingerprint): what a compaction marker keeps of the fingerprint. */
-export function fingerprintHash(packedFingerprint: Buffer): Buffer {
-  return createHash('sha1').update(packedFingerprint).digest().subarray(0, 8);
 }
 
 export function packError(error: ErrorInfo): string {

@@ -34,7 +34,6 @@ import {
   type CompactedRecord,
   decodeMarker,
   decodeRecord,
-  fingerprintHash,
   isExpired,
   markerExpiry,
   packError,
@@ -208,7 +207,6 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
         request.traceId === undefined ? '' : packText(request.traceId),
         String(ttlMs),
         keys.id,
-        fingerprintHash(fingerprint),
         request.key,
       ])) as [Buffer, number, BeginPayload];
       return decodeBegin(request, code, now, payload, request.leaseMs);
@@ -226,13 +224,11 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
           const records: Buffer[] = [];
           const perKey: Buffer[] = [];
           for (const request of group) {
-            const fingerprint = packText(request.fingerprint);
             records.push(keysFor(prefix, request.key).record);
             perKey.push(
               lengthPrefixed([
-                fingerprint,
+                packText(request.fingerprint),
                 request.traceId === undefined ? EMPTY : packText(request.traceId),
-                fingerprintHash(fingerprint),
                 request.key,
               ]),
             );

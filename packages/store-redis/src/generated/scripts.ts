@@ -9,13 +9,13 @@ export interface LuaScript {
   readonly lua: string;
 }
 
-export const LAYOUT_VERSION = 1;
+export const LAYOUT_VERSION = 2;
 
 export const scripts = {
   begin: {
-    command: 'eoBegin_v1_33752835',
+    command: 'eoBegin_v2_8fe345fd',
     numberOfKeys: 2,
-    sha1: '33752835947834cbc762436cd16eedf08e377e27',
+    sha1: '8fe345fda42a59c0ad3bd50bf741c4d21b4dc570',
     lua: `--[[
 begin: claim the record of one key for an attempt, or say why not.
 
@@ -27,8 +27,7 @@ ARGV[3]  lease (ms)
 ARGV[4]  trace id (encoded; '' = none)
 ARGV[5]  safety TTL of an IN_PROGRESS record past its lease end (ms)
 ARGV[6]  record id (16 bytes): the key's field in the marker bucket
-ARGV[7]  marker fingerprint hash (8 bytes)
-ARGV[8]  the store key itself (kept while IN_PROGRESS, for listInProgress)
+ARGV[7]  the store key itself (kept while IN_PROGRESS, for listInProgress)
 
 A new record's fence is max(server now in ms, previous fence + 1); takeover and retry add 1.
 
@@ -66,6 +65,14 @@ local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 
 local function int(n) return string.format('%d', n) end
 
+-- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
+local function markerFingerprint(encoded)
+  local hex = redis.sha1hex(encoded)
+  local out = {}
+  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
+  return table.concat(out)
+end
+
 local function packRecord(r)
   local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
   if r.s == 'I' then return head .. struct.pack('>I4c0I4c0', #r.w, r.w, #r.k, r.k) end
@@ -185,7 +192,7 @@ end
 -- 'K'/'X' the compaction marker.
 -- \`name\` is the store key itself: kept with the attempt's start time while the record is
 -- IN_PROGRESS (complete and fail write records without them), for listInProgress.
-local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, now, full, name)
+local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, now, full, name)
   local r = loadRecord(rec)
   -- COMPLETED and FAILED records are logically gone at their expiry, though still stored for a grace.
   local live = r and (r.s == 'I' or r.t2 > now)
@@ -219,7 +226,7 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, n
     local marker = rcall('HGET', bucket, id)
     if marker then
       if struct.unpack('>I6', marker) > now then
-        if string.sub(marker, 7) ~= fphash then return 'X', marker end
+        if string.sub(marker, 7) ~= markerFingerprint(fp) then return 'X', marker end
         return 'K', marker
       end
       rcall('HDEL', bucket, id)
@@ -233,14 +240,14 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, n
 end
 
 local code, payload = beginOne(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4],
-  tonumber(ARGV[5]), ARGV[6], ARGV[7], now, true, ARGV[8])
+  tonumber(ARGV[5]), ARGV[6], now, true, ARGV[7])
 return { code, now, payload }
 `,
   },
   beginMany: {
-    command: 'eoBeginMany_v1_c1b30856',
+    command: 'eoBeginMany_v2_bebe1fd7',
     numberOfKeys: undefined,
-    sha1: 'c1b30856fbf622a43030f192c57dd4fe84ea582b',
+    sha1: 'bebe1fd74ea964543565d58a156645fe2fe7ee1e',
     lua: `--[[
 beginMany: begin several keys in one call, in order, each exactly as begin-2.lua would (the same
 key twice: the second sees the first's lease). Called with numkeys = number of keys.
@@ -250,11 +257,11 @@ KEYS[1] ...  record of each key, in order. Its tag's compaction-marker bucket an
 ARGV[1]  owner
 ARGV[2]  lease (ms)
 ARGV[3]  safety TTL of an IN_PROGRESS record past its lease end (ms)
-ARGV[4]  per key, in order, four length-prefixed strings (4-byte big-endian length, then the
-         bytes): fingerprint (encoded), trace id (encoded; '' = none), marker fingerprint hash
-         (8 bytes), the store key itself (kept while IN_PROGRESS, for listInProgress)
+ARGV[4]  per key, in order, three length-prefixed strings (4-byte big-endian length, then the
+         bytes): fingerprint (encoded), trace id (encoded; '' = none), the store key itself (kept
+         while IN_PROGRESS, for listInProgress)
 
-One packed argument instead of four per key: most of the cost of a call on the client is
+One packed argument instead of three per key: most of the cost of a call on the client is
 building its arguments.
 
 Returns { server now (ms), code 1, payload 1, code 2, payload 2, ... } with the codes and
@@ -282,6 +289,14 @@ local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 
 local function int(n) return string.format('%d', n) end
 
+-- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
+local function markerFingerprint(encoded)
+  local hex = redis.sha1hex(encoded)
+  local out = {}
+  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
+  return table.concat(out)
+end
+
 local function packRecord(r)
   local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
   if r.s == 'I' then return head .. struct.pack('>I4c0I4c0', #r.w, r.w, #r.k, r.k) end
@@ -401,7 +416,7 @@ end
 -- 'K'/'X' the compaction marker.
 -- \`name\` is the store key itself: kept with the attempt's start time while the record is
 -- IN_PROGRESS (complete and fail write records without them), for listInProgress.
-local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, now, full, name)
+local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, now, full, name)
   local r = loadRecord(rec)
   -- COMPLETED and FAILED records are logically gone at their expiry, though still stored for a grace.
   local live = r and (r.s == 'I' or r.t2 > now)
@@ -435,7 +450,7 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, n
     local marker = rcall('HGET', bucket, id)
     if marker then
       if struct.unpack('>I6', marker) > now then
-        if string.sub(marker, 7) ~= fphash then return 'X', marker end
+        if string.sub(marker, 7) ~= markerFingerprint(fp) then return 'X', marker end
         return 'K', marker
       end
       rcall('HDEL', bucket, id)
@@ -453,11 +468,11 @@ local out = { now }
 local pos = 1
 for i = 1, #KEYS do
   local rec = KEYS[i]
-  local fp, trace, fphash, name
-  fp, trace, fphash, name, pos = struct.unpack('>I4c0I4c0I4c0I4c0', packed, pos)
+  local fp, trace, name
+  fp, trace, name, pos = struct.unpack('>I4c0I4c0I4c0', packed, pos)
   -- rec = <prefix>:{<tag>}:<16-byte id>; the bucket is <prefix>:{<tag>}m.
   local code, payload = beginOne(rec, string.sub(rec, 1, -18) .. 'm', fp, owner, lease, trace, ttl,
-    string.sub(rec, -16), fphash, now, false, name)
+    string.sub(rec, -16), now, false, name)
   out[#out + 1] = code
   out[#out + 1] = payload
 end
@@ -465,9 +480,9 @@ return out
 `,
   },
   clear: {
-    command: 'eoClear_v1_3f03a88e',
+    command: 'eoClear_v2_d60bd80f',
     numberOfKeys: 3,
-    sha1: '3f03a88e8c0fbbfc8f937227959d1ebbaff26c6b',
+    sha1: 'd60bd80ff8f4f747aaaf635f8e23add2d3227b20',
     lua: `--[[
 clear: forget a key's record (or its compaction marker), so the next message with the key runs
 anew: an operator's step before replaying a dead letter whose record is FAILED, or re-running
@@ -509,6 +524,14 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
+local function markerFingerprint(encoded)
+  local hex = redis.sha1hex(encoded)
+  local out = {}
+  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
+  return table.concat(out)
+end
 
 local function packRecord(r)
   local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
@@ -638,7 +661,7 @@ return 0
 `,
   },
   compactCandidates: {
-    command: 'eoCompactCandidates_v1_6dcaf1a3',
+    command: 'eoCompactCandidates_v2_6dcaf1a3',
     numberOfKeys: 1,
     sha1: '6dcaf1a3c9f0fda094eb98db80b551451c36c9a1',
     lua: `--[[
@@ -654,9 +677,9 @@ return rcall('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 `,
   },
   compactCompleted: {
-    command: 'eoCompactCompleted_v1_54204f52',
+    command: 'eoCompactCompleted_v2_ff8e0ca9',
     numberOfKeys: undefined,
-    sha1: '54204f526e5029e96098dd84ee43607017dc0c38',
+    sha1: 'ff8e0ca9a638fb13b60f71dbfcbbde26b2ce4c4b',
     lua: `--[[
 compactCompleted: replace old COMPLETED records of one hash tag by compact markers.
 Called with a variable number of keys (numkeys = 2 + number of candidates).
@@ -668,8 +691,8 @@ ARGV[1]  hot window (ms): only records completed at least this long ago are comp
 ARGV[2]  grace (ms) the bucket is physically kept past its newest marker's expiry
 ARGV[3] ...  per candidate: record id (16 bytes), the index member and marker field
 
-A marker value is expiresAt (6 bytes, big-endian ms) .. the first 8 bytes of the sha1 of the
-stored (encoded) fingerprint, so a compacted key still tells a duplicate from a mismatch.
+A marker value is expiresAt (6 bytes, big-endian ms) .. markerFingerprint of the stored
+(encoded) fingerprint (includes/record.lua), so a compacted key still tells a duplicate from a mismatch.
 Records with unpublished outgoing messages are kept (their score is bumped to now): a marker
 cannot republish them. Index entries whose record expired or changed state are dropped.
 Once a day per bucket, expired markers are swept (field 'p' holds the next sweep time).
@@ -700,6 +723,14 @@ local grace = tonumber(ARGV[2])
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
+local function markerFingerprint(encoded)
+  local hex = redis.sha1hex(encoded)
+  local out = {}
+  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
+  return table.concat(out)
+end
 
 local function packRecord(r)
   local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
@@ -814,13 +845,6 @@ local function recordReply(rec, r)
   return { packRecord(r), extras }
 end
 
-local function fingerprintHash(encoded)
-  local hex = redis.sha1hex(encoded)
-  local out = {}
-  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
-  return table.concat(out)
-end
-
 local function allPublished(rec, r)
   if r.flags ~= 1 then return true end
   local ext = rec .. 'x'
@@ -844,7 +868,7 @@ for i = 1, #ARGV - 2 do
       deferred = deferred + 1
     else
       local expiresAt = r.t2
-      rcall('HSET', bucket, member, struct.pack('>I6', expiresAt) .. fingerprintHash(r.f))
+      rcall('HSET', bucket, member, struct.pack('>I6', expiresAt) .. markerFingerprint(r.f))
       dropExtras(rec, r)
       rcall('DEL', rec)
       rcall('ZREM', index, member)
@@ -870,9 +894,9 @@ return { compacted, dropped, deferred }
 `,
   },
   completeMany: {
-    command: 'eoCompleteMany_v1_29d4b581',
+    command: 'eoCompleteMany_v2_ca18bdd2',
     numberOfKeys: undefined,
-    sha1: '29d4b581dac7bcafa398d133a0760f8877f5d67e',
+    sha1: 'ca18bdd281f23f413ae83c000d1204a1ba66f966',
     lua: `--[[
 completeMany: IN_PROGRESS(fence) -> COMPLETED with result and outgoing messages, in one write
 per key; several keys in one call, in order (complete is a call with one key). Called with
@@ -912,6 +936,14 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
+local function markerFingerprint(encoded)
+  local hex = redis.sha1hex(encoded)
+  local out = {}
+  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
+  return table.concat(out)
+end
 
 local function packRecord(r)
   local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
@@ -1092,9 +1124,9 @@ return out
 `,
   },
   extend: {
-    command: 'eoExtend_v1_7308da87',
+    command: 'eoExtend_v2_28ce79aa',
     numberOfKeys: 1,
-    sha1: '7308da87a38f4e8f3507d4bcfd3c14f71b1594ac',
+    sha1: '28ce79aa1348d3afff3a99afcd56c854b2f8e248',
     lua: `--[[
 extend: push the lease of the holding fence out to server now + lease.
 
@@ -1128,6 +1160,14 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
+local function markerFingerprint(encoded)
+  local hex = redis.sha1hex(encoded)
+  local out = {}
+  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
+  return table.concat(out)
+end
 
 local function packRecord(r)
   local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
@@ -1251,9 +1291,9 @@ return 1
 `,
   },
   fail: {
-    command: 'eoFail_v1_b803937c',
+    command: 'eoFail_v2_b3859f17',
     numberOfKeys: 1,
-    sha1: 'b803937cb53521c88f1066fa95b072ea8e677524',
+    sha1: 'b3859f175f5a3b20fbd818712a0091e77a5c0062',
     lua: `--[[
 fail: IN_PROGRESS(fence) -> FAILED, kept for the retention.
 
@@ -1291,6 +1331,14 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
+local function markerFingerprint(encoded)
+  local hex = redis.sha1hex(encoded)
+  local out = {}
+  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
+  return table.concat(out)
+end
 
 local function packRecord(r)
   local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
@@ -1417,9 +1465,9 @@ return 1
 `,
   },
   get: {
-    command: 'eoGet_v1_cb2db9b1',
+    command: 'eoGet_v2_0e9ccf89',
     numberOfKeys: 2,
-    sha1: 'cb2db9b14af0de44cbc8dc047f202b7660a45b38',
+    sha1: '0e9ccf89168628201d252a368402de2b0483e40a',
     lua: `--[[
 get: read a record, or the compaction marker standing in for it, with the server clock.
 
@@ -1452,6 +1500,14 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
+local function markerFingerprint(encoded)
+  local hex = redis.sha1hex(encoded)
+  local out = {}
+  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
+  return table.concat(out)
+end
 
 local function packRecord(r)
   local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
@@ -1572,9 +1628,9 @@ return { now, false, rcall('HGET', KEYS[2], ARGV[1]) }
 `,
   },
   markPublished: {
-    command: 'eoMarkPublished_v1_d1f85f8b',
+    command: 'eoMarkPublished_v2_a09eb838',
     numberOfKeys: 1,
-    sha1: 'd1f85f8b31444e90b7c3134205c65097b74f3949',
+    sha1: 'a09eb83814b7f97e084dfae4d1ee2ab6ee538e8f',
     lua: `--[[
 markPublished: flag outgoing messages of a live COMPLETED record as confirmed.
 
@@ -1607,6 +1663,14 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
+local function markerFingerprint(encoded)
+  local hex = redis.sha1hex(encoded)
+  local out = {}
+  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
+  return table.concat(out)
+end
 
 local function packRecord(r)
   local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
@@ -1740,9 +1804,9 @@ return markPublishedOne(KEYS[1], ARGV[1], wanted, now)
 `,
   },
   markPublishedMany: {
-    command: 'eoMarkPublishedMany_v1_af13a88e',
+    command: 'eoMarkPublishedMany_v2_61623b3c',
     numberOfKeys: undefined,
-    sha1: 'af13a88e7564e34ee5c0d6060abc18d60bc21f05',
+    sha1: '61623b3c9deb6f5da452b1465f618b4d33581117',
     lua: `--[[
 markPublishedMany: markPublished-1.lua for several records in one call.
 Called with numkeys = number of records.
@@ -1773,6 +1837,14 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
+local function markerFingerprint(encoded)
+  local hex = redis.sha1hex(encoded)
+  local out = {}
+  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
+  return table.concat(out)
+end
 
 local function packRecord(r)
   local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
@@ -1914,9 +1986,9 @@ return flagged
 `,
   },
   markStepStarted: {
-    command: 'eoMarkStepStarted_v1_a9795583',
+    command: 'eoMarkStepStarted_v2_a68f0244',
     numberOfKeys: 1,
-    sha1: 'a979558355197a2a7412995bcc5cef1d07131b90',
+    sha1: 'a68f02442df7d75f78dbf6ab34f3f1eacc8c61c9',
     lua: `--[[
 markStepStarted: journal that a step is about to run, under the IN_PROGRESS record held by the
 fence, so a later attempt knows the step is in doubt (see ctx.step's reconcile).
@@ -1953,6 +2025,14 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
+local function markerFingerprint(encoded)
+  local hex = redis.sha1hex(encoded)
+  local out = {}
+  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
+  return table.concat(out)
+end
 
 local function packRecord(r)
   local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
@@ -2076,9 +2156,9 @@ return 1
 `,
   },
   release: {
-    command: 'eoRelease_v1_5d55e0e6',
+    command: 'eoRelease_v2_2ef61be3',
     numberOfKeys: 1,
-    sha1: '5d55e0e6d98ab9ae18d4adc631ee363db5b58549',
+    sha1: '2ef61be30d167b54f4c7ac4cb710ac1abcab7b2a',
     lua: `--[[
 release: give the lease up after a retryable error; the next begin acquires at once (retry).
 
@@ -2112,6 +2192,14 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
+local function markerFingerprint(encoded)
+  local hex = redis.sha1hex(encoded)
+  local out = {}
+  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
+  return table.concat(out)
+end
 
 local function packRecord(r)
   local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
@@ -2237,9 +2325,9 @@ return 1
 `,
   },
   saveStep: {
-    command: 'eoSaveStep_v1_53b360ed',
+    command: 'eoSaveStep_v2_7c529a96',
     numberOfKeys: 1,
-    sha1: '53b360ed98628fcad0bf72a118a3cd4743533b35',
+    sha1: '7c529a968f33330c593c3068b2b20d03e752573c',
     lua: `--[[
 saveStep: journal a step's result under the IN_PROGRESS record held by the fence.
 
@@ -2275,6 +2363,14 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
+local function markerFingerprint(encoded)
+  local hex = redis.sha1hex(encoded)
+  local out = {}
+  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
+  return table.concat(out)
+end
 
 local function packRecord(r)
   local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)

@@ -9,8 +9,7 @@ ARGV[3]  lease (ms)
 ARGV[4]  trace id (encoded; '' = none)
 ARGV[5]  safety TTL of an IN_PROGRESS record past its lease end (ms)
 ARGV[6]  record id (16 bytes): the key's field in the marker bucket
-ARGV[7]  marker fingerprint hash (8 bytes)
-ARGV[8]  the store key itself (kept while IN_PROGRESS, for listInProgress)
+ARGV[7]  the store key itself (kept while IN_PROGRESS, for listInProgress)
 
 A new record's fence is max(server now in ms, previous fence + 1); takeover and retry add 1.
 
@@ -33,5 +32,5 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 --- @include "includes/beginOne"
 
 local code, payload = beginOne(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4],
-  tonumber(ARGV[5]), ARGV[6], ARGV[7], now, true, ARGV[8])
+  tonumber(ARGV[5]), ARGV[6], now, true, ARGV[7])
 return { code, now, payload }

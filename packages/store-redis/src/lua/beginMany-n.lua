@@ -7,11 +7,11 @@ KEYS[1] ...  record of each key, in order. Its tag's compaction-marker bucket an
 ARGV[1]  owner
 ARGV[2]  lease (ms)
 ARGV[3]  safety TTL of an IN_PROGRESS record past its lease end (ms)
-ARGV[4]  per key, in order, four length-prefixed strings (4-byte big-endian length, then the
-         bytes): fingerprint (encoded), trace id (encoded; '' = none), marker fingerprint hash
-         (8 bytes), the store key itself (kept while IN_PROGRESS, for listInProgress)
+ARGV[4]  per key, in order, three length-prefixed strings (4-byte big-endian length, then the
+         bytes): fingerprint (encoded), trace id (encoded; '' = none), the store key itself (kept
+         while IN_PROGRESS, for listInProgress)
 
-One packed argument instead of four per key: most of the cost of a call on the client is
+One packed argument instead of three per key: most of the cost of a call on the client is
 building its arguments.
 
 Returns { server now (ms), code 1, payload 1, code 2, payload 2, ... } with the codes and
@@ -28,11 +28,11 @@ local out = { now }
 local pos = 1
 for i = 1, #KEYS do
   local rec = KEYS[i]
-  local fp, trace, fphash, name
-  fp, trace, fphash, name, pos = struct.unpack('>I4c0I4c0I4c0I4c0', packed, pos)
+  local fp, trace, name
+  fp, trace, name, pos = struct.unpack('>I4c0I4c0I4c0', packed, pos)
   -- rec = <prefix>:{<tag>}:<16-byte id>; the bucket is <prefix>:{<tag>}m.
   local code, payload = beginOne(rec, string.sub(rec, 1, -18) .. 'm', fp, owner, lease, trace, ttl,
-    string.sub(rec, -16), fphash, now, false, name)
+    string.sub(rec, -16), now, false, name)
   out[#out + 1] = code
   out[#out + 1] = payload
 end

@@ -9,8 +9,8 @@ ARGV[1]  hot window (ms): only records completed at least this long ago are comp
 ARGV[2]  grace (ms) the bucket is physically kept past its newest marker's expiry
 ARGV[3] ...  per candidate: record id (16 bytes), the index member and marker field
 
-A marker value is expiresAt (6 bytes, big-endian ms) .. the first 8 bytes of the sha1 of the
-stored (encoded) fingerprint, so a compacted key still tells a duplicate from a mismatch.
+A marker value is expiresAt (6 bytes, big-endian ms) .. markerFingerprint of the stored
+(encoded) fingerprint (includes/record.lua), so a compacted key still tells a duplicate from a mismatch.
 Records with unpublished outgoing messages are kept (their score is bumped to now): a marker
 cannot republish them. Index entries whose record expired or changed state are dropped.
 Once a day per bucket, expired markers are swept (field 'p' holds the next sweep time).
@@ -24,13 +24,6 @@ local index, bucket = KEYS[1], KEYS[2]
 local cutoff = now - tonumber(ARGV[1])
 local grace = tonumber(ARGV[2])
 --- @include "includes/record"
-
-local function fingerprintHash(encoded)
-  local hex = redis.sha1hex(encoded)
-  local out = {}
-  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
-  return table.concat(out)
-end
 
 local function allPublished(rec, r)
   if r.flags ~= 1 then return true end
@@ -55,7 +48,7 @@ for i = 1, #ARGV - 2 do
       deferred = deferred + 1
     else
       local expiresAt = r.t2
-      rcall('HSET', bucket, member, struct.pack('>I6', expiresAt) .. fingerprintHash(r.f))
+      rcall('HSET', bucket, member, struct.pack('>I6', expiresAt) .. markerFingerprint(r.f))
       dropExtras(rec, r)
       rcall('DEL', rec)
       rcall('ZREM', index, member)

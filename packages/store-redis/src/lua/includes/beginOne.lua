@@ -5,7 +5,7 @@
 -- 'K'/'X' the compaction marker.
 -- `name` is the store key itself: kept with the attempt's start time while the record is
 -- IN_PROGRESS (complete and fail write records without them), for listInProgress.
-local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, now, full, name)
+local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, now, full, name)
   local r = loadRecord(rec)
   -- COMPLETED and FAILED records are logically gone at their expiry, though still stored for a grace.
   local live = r and (r.s == 'I' or r.t2 > now)
@@ -39,7 +39,7 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, fphash, n
     local marker = rcall('HGET', bucket, id)
     if marker then
       if struct.unpack('>I6', marker) > now then
-        if string.sub(marker, 7) ~= fphash then return 'X', marker end
+        if string.sub(marker, 7) ~= markerFingerprint(fp) then return 'X', marker end
         return 'K', marker
       end
       rcall('HDEL', bucket, id)
