@@ -130,7 +130,7 @@ describe('mutation check: a Redis complete script without its fence check', () =
     const define = c.defineCommand.bind(c);
     const mutated: string[] = [];
     c.defineCommand = (name, definition) => {
-      if (/^--\[\[\s*complete\w*:/.test(definition.lua)) {
+      if (/^(?:#!lua[^\n]*\n)?--\[\[\s*complete\w*:/.test(definition.lua)) {
         mutated.push(name);
         define(name, { ...definition, lua: withoutFenceCheck(definition.lua) });
       } else {

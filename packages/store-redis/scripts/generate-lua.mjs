@@ -32,8 +32,10 @@ export function render() {
     if (!match) throw new Error(`${file}: expected <verbNoun>-<numKeys|n>.lua`);
     const [, verb, keys] = match;
     const lua = withIncludes(readFileSync(join(luaDir, file), 'utf8'), file);
-    if (!lua.startsWith('--[[') || !/\n\]\]\n/.test(lua)) throw new Error(`${file}: missing header block`);
-    const header = lua.slice(0, lua.indexOf('\n]]\n'));
+    // A script may start with a shebang line (Redis 7 script flags) before its header.
+    const body = lua.startsWith('#!lua') ? lua.slice(lua.indexOf('\n') + 1) : lua;
+    if (!body.startsWith('--[[') || !/\n\]\]\n/.test(body)) throw new Error(`${file}: missing header block`);
+    const header = body.slice(0, body.indexOf('\n]]\n'));
     for (const part of ['KEYS[1]', 'Returns']) {
       if (!header.includes(part)) throw new Error(`${file}: header does not document ${part}`);
     }

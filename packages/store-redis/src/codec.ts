@@ -38,7 +38,12 @@ const TRACE_REF = /^([0-9a-f]{32})-([0-9a-f]{16})$/;
  * take half the space. A leading byte says which form follows, so any other string round-trips.
  */
 export function packText(text: string): Buffer {
-  if (HEX_BYTES.test(text)) return Buffer.concat([Buffer.of(1), Buffer.from(text, 'hex')]);
+  if (HEX_BYTES.test(text)) {
+    const packed = Buffer.allocUnsafe(1 + text.length / 2);
+    packed[0] = 1;
+    packed.write(text, 1, 'hex');
+    return packed;
+  }
   const trace = TRACE_REF.exec(text);
   if (trace) return Buffer.concat([Buffer.of(2), Buffer.from(`${trace[1]}${trace[2]}`, 'hex')]);
   return Buffer.concat([Buffer.of(0), Buffer.from(text, 'utf8')]);

@@ -2,12 +2,15 @@
  * Where a record lives. A record is named after a digest of its store key, never after the key
  * itself: any key (`*`, `{`, NUL, 10 KiB...) becomes a fixed-size name that no pattern, hash-tag
  * rule or length limit can trip over, and long keys cost no memory. The caller always knows the
- * key it asks about, so records do not store it.
+ * key it asks about, so COMPLETED and FAILED records do not store it (IN_PROGRESS ones keep it
+ * for listInProgress).
  *
  * With d = sha256(key):
  * - tag:     hex of d[0..2] — 65,536 tags spread evenly over the 16,384 cluster slots.
  * - id:      d[2..18], 16 bytes; tag + id are 144 bits of the digest.
- * - record:  `<prefix>:{<tag>}:<id>`
+ * - record:  `<prefix>:{<tag>}:<id>` (a string, see codec.ts)
+ * - extras:  `<prefix>:{<tag>}:<id>x` — the record's steps, error and outgoing messages (a hash,
+ *            only when it has any; named by the scripts, never here)
  * - bucket:  `<prefix>:{<tag>}m` — compaction markers of the tag's keys (hash: id -> marker)
  * - index:   `<prefix>:{<tag>}i` — completions awaiting compaction (sorted set: id -> completedAt)
  * - blobs:   `<prefix>:{<tag>}b` — blob results of the tag's records (sorted set: packed pointer ->
@@ -23,11 +26,32 @@ export const TAG_COUNT = 65_536;
 
 export interface RecordKeys {
   readonly record: Buffer;
+  /** The tag (0..65535): the `{<tag hex>}` of every key of the record. */
+  readonly tag: number;
+  /** The record's 16-byte id: its name suffix, index member and marker field. */
+  readonly id: Buffer;
   readonly bucket: Buffer;
   readonly index: Buffer;
   readonly blobs: Buffer;
-  /** The record's 16-byte id: its name suffix, index member and marker field. */
-  readonly id: Buffer;
+}
+
+/** The record's name and id up front; the tag's other keys only when asked (the hot path never does). */
+class Keys implements RecordKeys {
+  constructor(
+    private readonly prefix: string,
+    readonly tag: number,
+    readonly id: Buffer,
+    readonly record: Buffer,
+  ) {}
+  get bucket(): Buffer {
+    return bucketKey(this.prefix, this.tag);
+  }
+  get index(): Buffer {
+    return indexKey(this.prefix, this.tag);
+  }
+  get blobs(): Buffer {
+    return blobIndexKey(this.prefix, this.tag);
+  }
 }
 
 /** `<prefix>:{<tag hex>}`, the part every key of a tag starts with. */
@@ -70,13 +94,7 @@ function computeKeys(prefix: string, key: string): RecordKeys {
   const digest = createHash('sha256').update(key).digest();
   const tag = digest.readUInt16BE(0);
   const id = digest.subarray(2, 18);
-  return {
-    record: recordKey(prefix, tag, id),
-    bucket: bucketKey(prefix, tag),
-    index: indexKey(prefix, tag),
-    blobs: blobIndexKey(prefix, tag),
-    id,
-  };
+  return new Keys(prefix, tag, id, recordKey(prefix, tag, id));
 }
 
 /**

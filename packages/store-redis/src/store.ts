@@ -22,6 +22,7 @@ import {
   silentLogger,
   StoreUnavailableError,
 } from '@exactly-once/core';
+import calculateSlot from 'cluster-key-slot';
 import {
   type RedisArg,
   type RedisClient,
@@ -127,9 +128,9 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
   const logger = options.logger ?? silentLogger;
   const enforce = options.checkEvictionPolicy ?? true;
   registerScripts(client);
-  // A script may only touch keys of one cluster slot: on a Cluster, batches go per hash tag.
+  // On a Cluster a batch script runs on one node: batches go per node (see nodeOfTag).
   const cluster = (client as { isCluster?: boolean }).isCluster === true;
-  const slotOf = (key: string): string => (cluster ? keysFor(prefix, key).bucket.toString('latin1') : '');
+  const nodeOf = (key: string): string => (cluster ? nodeOfTag(client, keysFor(prefix, key).tag) : '');
 
   const check = () => checkServer({ client, logger, enforce });
   // The policy is checked once before the first operation; an outage during the check is
@@ -157,7 +158,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
   };
 
   /** One key's part of completeMany's packed argument (see completeMany-n.lua). */
-  const packCompletion = (request: CompleteRequest): Buffer => {
+  const packCompletion = (record: Buffer, request: CompleteRequest): Buffer => {
     const indexed = compactAfterMs !== undefined && request.retentionMs > compactAfterMs;
     const head = Buffer.allocUnsafe(17);
     head.writeUIntBE(request.fence, 0, 6);
@@ -169,7 +170,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       packResult(request.result),
     ];
     for (const message of request.outgoing) strings.push(message.id, packMessage(message));
-    return Buffer.concat([head, lengthPrefixed(strings)]);
+    return Buffer.concat([lengthPrefixed([record]), head, lengthPrefixed(strings)]);
   };
 
   /** Completes `requests` in one call per cluster slot (one call on a standalone server). */
@@ -178,11 +179,11 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
     await ready();
     return inGroups(
       requests,
-      (r) => slotOf(r.key),
+      (r) => nodeOf(r.key),
       async (group) => {
         const records = group.map((r) => keysFor(prefix, r.key).record);
-        const call: RedisArg[] = [records.length, ...records, String(graceMs)];
-        call.push(Buffer.concat(group.map(packCompletion)));
+        const call: RedisArg[] = [1, records[0] as Buffer, String(graceMs)];
+        call.push(Buffer.concat(group.map((r, i) => packCompletion(records[i] as Buffer, r))));
         const replies = (
           wait === undefined
             ? await runScript(client, 'completeMany', 'complete', call)
@@ -215,32 +216,29 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
     async beginMany(requests: readonly BeginRequest[]): Promise<BeginResult[]> {
       if (requests.length === 0) return [];
       await ready();
-      // One call per owner and lease (in practice one per batch); per hash tag on a Cluster.
+      // One call (per node on a Cluster): keys in request order, so a key asked twice sees itself.
       return inGroups(
         requests,
-        (r) => `${r.owner}\n${r.leaseMs}${slotOf(r.key)}`,
+        (r) => nodeOf(r.key),
         async (group) => {
           const first = group[0] as BeginRequest;
-          const records: Buffer[] = [];
           const perKey: Buffer[] = [];
           for (const request of group) {
-            records.push(keysFor(prefix, request.key).record);
+            const lease = Buffer.allocUnsafe(6);
+            lease.writeUIntBE(Number(ms(request.leaseMs)), 0, 6);
             perKey.push(
               lengthPrefixed([
+                keysFor(prefix, request.key).record,
                 packText(request.fingerprint),
                 request.traceId === undefined ? EMPTY : packText(request.traceId),
                 request.key,
+                request.owner,
               ]),
+              lease,
             );
           }
-          const args: RedisArg[] = [
-            records.length,
-            ...records,
-            first.owner,
-            ms(first.leaseMs),
-            String(ttlMs),
-          ];
-          args.push(Buffer.concat(perKey));
+          const route = keysFor(prefix, first.key).record;
+          const args = [1, route, String(ttlMs), Buffer.concat(perKey)];
           const reply = (await runScript(client, 'beginMany', 'begin', args)) as [
             number,
             ...(Buffer | BeginPayload)[],
@@ -275,11 +273,20 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       await ready();
       await inGroups(
         wanted,
-        (r) => slotOf(r.key),
+        (r) => nodeOf(r.key),
         async (group) => {
-          const keys = group.map((r) => keysFor(prefix, r.key).record);
-          const args = group.flatMap((r) => [String(r.fence), String(r.ids.length), ...r.ids]);
-          await runScript(client, 'markPublishedMany', 'markPublished', [keys.length, ...keys, ...args]);
+          const records = group.map((r) => keysFor(prefix, r.key).record);
+          const packed = group.map((r, i) => {
+            const count = Buffer.allocUnsafe(4);
+            count.writeUInt32BE(r.ids.length);
+            return Buffer.concat([
+              lengthPrefixed([records[i] as Buffer, String(r.fence)]),
+              count,
+              lengthPrefixed(r.ids),
+            ]);
+          });
+          const args = [1, records[0] as Buffer, Buffer.concat(packed)];
+          await runScript(client, 'markPublishedMany', 'markPublished', args);
           return group.map(() => undefined);
         },
       );
@@ -436,6 +443,25 @@ async function withWait(
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/** The cluster slot of each tag (its keys' hash tag is the tag's 4 hex digits), computed once. */
+const tagSlots = new Int16Array(65_536).fill(-1);
+
+/**
+ * The master node serving `tag`'s slot, as ioredis's slot map names it (`host:port`); the slot
+ * itself while the map is not loaded. Keys grouped by it share one script call: the batch
+ * scripts reach keys of several slots on their node (allow-cross-slot-keys).
+ */
+function nodeOfTag(client: RedisClient, tag: number): string {
+  let slot = tagSlots[tag] as number;
+  if (slot < 0) {
+    slot = calculateSlot(tag.toString(16).padStart(4, '0'));
+    tagSlots[tag] = slot;
+  }
+  return (
+    (client as { slots?: readonly (readonly string[] | undefined)[] }).slots?.[slot]?.[0] ?? `slot ${slot}`
+  );
+}
 
 /** Strings back to back, each after its byte length (4 bytes, big-endian): Lua's `>I4c0`. */
 function lengthPrefixed(parts: readonly (Buffer | string)[]): Buffer {

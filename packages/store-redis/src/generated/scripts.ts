@@ -245,24 +245,28 @@ return { code, now, payload }
 `,
   },
   beginMany: {
-    command: 'eoBeginMany_v2_bebe1fd7',
+    command: 'eoBeginMany_v2_dab5ad23',
     numberOfKeys: undefined,
-    sha1: 'bebe1fd74ea964543565d58a156645fe2fe7ee1e',
-    lua: `--[[
+    sha1: 'dab5ad23a5b1b32e81d806af3e1ec7fb918a7c40',
+    lua: `#!lua flags=allow-cross-slot-keys
+--[[
 beginMany: begin several keys in one call, in order, each exactly as begin-2.lua would (the same
-key twice: the second sees the first's lease). Called with numkeys = number of keys.
+key twice: the second sees the first's lease). Called with numkeys = 1.
 
-KEYS[1] ...  record of each key, in order. Its tag's compaction-marker bucket and its id are
-             derived from the record's name (see layout.ts): same hash tag, same cluster slot.
-ARGV[1]  owner
-ARGV[2]  lease (ms)
-ARGV[3]  safety TTL of an IN_PROGRESS record past its lease end (ms)
-ARGV[4]  per key, in order, three length-prefixed strings (4-byte big-endian length, then the
-         bytes): fingerprint (encoded), trace id (encoded; '' = none), the store key itself (kept
-         while IN_PROGRESS, for listInProgress)
+KEYS[1]  the first key's record: it routes the call (on a Cluster, to the node of its slot)
+ARGV[1]  safety TTL of an IN_PROGRESS record past its lease end (ms)
+ARGV[2]  per key, in order, five length-prefixed strings (4-byte big-endian length, then the
+         bytes): its record's name, fingerprint (encoded), trace id (encoded; '' = none), the store
+         key itself (kept while IN_PROGRESS, for listInProgress), owner; then its lease in ms (6
+         bytes, big-endian)
 
-One packed argument instead of three per key: most of the cost of a call on the client is
-building its arguments.
+A key's marker bucket and id are derived from its record's name (see layout.ts). One packed
+argument instead of several per key: most of a call's cost on the client is building its
+arguments, and one call per batch (per node on a Cluster, hence allow-cross-slot-keys) is most of
+the saving on the server. On a Cluster a record on another node stops the script with an error
+at that key (after a resharding, until the client's slot map catches up); the keys before it are
+begun, but their answers are lost with the error, like a lost reply: the retry finds its own
+lease and waits it out.
 
 Returns { server now (ms), code 1, payload 1, code 2, payload 2, ... } with the codes and
 payloads of begin-2.lua, except busy: payload = { leaseUntil } (no record read).
@@ -463,13 +467,12 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, now, full
   return 'N', fence
 end
 
-local owner, lease, ttl, packed = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local ttl, packed = tonumber(ARGV[1]), ARGV[2]
 local out = { now }
-local pos = 1
-for i = 1, #KEYS do
-  local rec = KEYS[i]
-  local fp, trace, name
-  fp, trace, name, pos = struct.unpack('>I4c0I4c0I4c0', packed, pos)
+local pos, size = 1, #packed
+while pos <= size do
+  local rec, fp, trace, name, owner, lease
+  rec, fp, trace, name, owner, lease, pos = struct.unpack('>I4c0I4c0I4c0I4c0I4c0I6', packed, pos)
   -- rec = <prefix>:{<tag>}:<16-byte id>; the bucket is <prefix>:{<tag>}m.
   local code, payload = beginOne(rec, string.sub(rec, 1, -18) .. 'm', fp, owner, lease, trace, ttl,
     string.sub(rec, -16), now, false, name)
@@ -894,24 +897,28 @@ return { compacted, dropped, deferred }
 `,
   },
   completeMany: {
-    command: 'eoCompleteMany_v2_ca18bdd2',
+    command: 'eoCompleteMany_v2_2e7c5831',
     numberOfKeys: undefined,
-    sha1: 'ca18bdd281f23f413ae83c000d1204a1ba66f966',
-    lua: `--[[
+    sha1: '2e7c58310a015fd8d9faa015442d3b01a2b91349',
+    lua: `#!lua flags=allow-cross-slot-keys
+--[[
 completeMany: IN_PROGRESS(fence) -> COMPLETED with result and outgoing messages, in one write
 per key; several keys in one call, in order (complete is a call with one key). Called with
-numkeys = number of keys. The record answers duplicates until server now + retention and is
-physically kept a grace longer, to continue its fence. It replaces the old record whole, which
-drops the lease, the journaled steps and the last error; messages go to its extras hash as
-'d<i>' = id, 'o<i>' = message, and 'p<i>' once published; 'm' = their count.
+numkeys = 1. The record answers duplicates until server now + retention and is physically kept
+a grace longer, to continue its fence. It replaces the old record whole, which drops the lease,
+the journaled steps and the last error; messages go to its extras hash as 'd<i>' = id,
+'o<i>' = message, and 'p<i>' once published; 'm' = their count.
 
-KEYS[1] ...  record of each key, in order. Its tag's completion index and blob index are
-             derived from the record's name (see layout.ts): same hash tag, same cluster slot.
+KEYS[1]  the first key's record: it routes the call (see beginMany-n.lua, also for a record on
+         another node of a Cluster: the keys before it are completed, their answers lost with the
+         error; unacked, their messages come back as duplicates)
 ARGV[1]  grace (ms) a record is physically kept past its expiry
-ARGV[2]  per key, in order: fence (6 bytes), retention in ms (6 bytes), indexed for compaction
-         (1 byte, 1 = yes), message count n (4 bytes), then length-prefixed strings (4-byte
-         length, then the bytes): trace id (encoded; '' = keep the stored one), result (encoded;
-         '' = none), and n pairs of message id, message (encoded). Numbers big-endian.
+ARGV[2]  per key, in order: its record's name (length-prefixed: 4-byte length, then the bytes),
+         fence (6 bytes), retention in ms (6 bytes), indexed for compaction (1 byte, 1 = yes),
+         message count n (4 bytes), then length-prefixed: trace id (encoded; '' = keep the stored
+         one), result (encoded; '' = none), and n pairs of message id, message (encoded).
+         Numbers big-endian. A key's completion and blob indexes are derived from its record's
+         name (see layout.ts).
 
 Returns { r1, r2, ... }: per key 1 (ok) or 0 (lost: not IN_PROGRESS under this fence).
 ]]
@@ -1106,11 +1113,10 @@ end
 
 local grace, packed = tonumber(ARGV[1]), ARGV[2]
 local out = {}
-local pos = 1
-for i = 1, #KEYS do
-  local rec = KEYS[i]
-  local fence, retention, indexed, count, trace, result
-  fence, retention, indexed, count, trace, result, pos = struct.unpack('>I6I6BI4I4c0I4c0', packed, pos)
+local pos, size = 1, #packed
+while pos <= size do
+  local rec, fence, retention, indexed, count, trace, result
+  rec, fence, retention, indexed, count, trace, result, pos = struct.unpack('>I4c0I6I6BI4I4c0I4c0', packed, pos)
   local messages = {}
   for j = 1, 2 * count do
     messages[j], pos = struct.unpack('>I4c0', packed, pos)
@@ -1118,7 +1124,8 @@ for i = 1, #KEYS do
   local id = ''
   if indexed == 1 then id = string.sub(rec, -16) end
   -- rec = <prefix>:{<tag>}:<16-byte id>
-  out[i] = completeOne(rec, string.sub(rec, 1, -18), fence, retention, grace, trace, result, id, messages, now)
+  out[#out + 1] = completeOne(rec, string.sub(rec, 1, -18), fence, retention, grace, trace, result, id, messages,
+    now)
 end
 return out
 `,
@@ -1804,15 +1811,17 @@ return markPublishedOne(KEYS[1], ARGV[1], wanted, now)
 `,
   },
   markPublishedMany: {
-    command: 'eoMarkPublishedMany_v2_61623b3c',
+    command: 'eoMarkPublishedMany_v2_2bbbdb82',
     numberOfKeys: undefined,
-    sha1: '61623b3c9deb6f5da452b1465f618b4d33581117',
-    lua: `--[[
-markPublishedMany: markPublished-1.lua for several records in one call.
-Called with numkeys = number of records.
+    sha1: '2bbbdb8246486a6422ca4a02eb3e212342ef2f57',
+    lua: `#!lua flags=allow-cross-slot-keys
+--[[
+markPublishedMany: markPublished-1.lua for several records in one call. Called with numkeys = 1.
 
-KEYS[1] ...  each record, in order
-ARGV: per record, in order: fence it was completed under, id count n, then n message ids
+KEYS[1]  the first record: it routes the call (see beginMany-n.lua)
+ARGV[1]  per record, in order: its name and fence it was completed under as length-prefixed
+         strings (4-byte big-endian length, then the bytes), id count n (4 bytes), then n
+         length-prefixed message ids
 
 Returns the number of messages newly flagged in all.
 ]]
@@ -1971,16 +1980,19 @@ local function markPublishedOne(rec, fence, wanted, now)
   return flagged
 end
 
+local packed = ARGV[1]
 local flagged = 0
-local a = 1
-for k = 1, #KEYS do
-  local n = tonumber(ARGV[a + 1])
-  if n > 0 then
-    local wanted = {}
-    for i = 1, n do wanted[ARGV[a + 1 + i]] = true end
-    flagged = flagged + markPublishedOne(KEYS[k], ARGV[a], wanted, now)
+local pos, size = 1, #packed
+while pos <= size do
+  local rec, fence, n
+  rec, fence, n, pos = struct.unpack('>I4c0I4c0I4', packed, pos)
+  local wanted = {}
+  for i = 1, n do
+    local id
+    id, pos = struct.unpack('>I4c0', packed, pos)
+    wanted[id] = true
   end
-  a = a + 2 + n
+  if n > 0 then flagged = flagged + markPublishedOne(rec, fence, wanted, now) end
 end
 return flagged
 `,

@@ -1,9 +1,11 @@
+#!lua flags=allow-cross-slot-keys
 --[[
-markPublishedMany: markPublished-1.lua for several records in one call.
-Called with numkeys = number of records.
+markPublishedMany: markPublished-1.lua for several records in one call. Called with numkeys = 1.
 
-KEYS[1] ...  each record, in order
-ARGV: per record, in order: fence it was completed under, id count n, then n message ids
+KEYS[1]  the first record: it routes the call (see beginMany-n.lua)
+ARGV[1]  per record, in order: its name and fence it was completed under as length-prefixed
+         strings (4-byte big-endian length, then the bytes), id count n (4 bytes), then n
+         length-prefixed message ids
 
 Returns the number of messages newly flagged in all.
 ]]
@@ -13,15 +15,18 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 --- @include "includes/record"
 --- @include "includes/markPublishedOne"
 
+local packed = ARGV[1]
 local flagged = 0
-local a = 1
-for k = 1, #KEYS do
-  local n = tonumber(ARGV[a + 1])
-  if n > 0 then
-    local wanted = {}
-    for i = 1, n do wanted[ARGV[a + 1 + i]] = true end
-    flagged = flagged + markPublishedOne(KEYS[k], ARGV[a], wanted, now)
+local pos, size = 1, #packed
+while pos <= size do
+  local rec, fence, n
+  rec, fence, n, pos = struct.unpack('>I4c0I4c0I4', packed, pos)
+  local wanted = {}
+  for i = 1, n do
+    local id
+    id, pos = struct.unpack('>I4c0', packed, pos)
+    wanted[id] = true
   end
-  a = a + 2 + n
+  if n > 0 then flagged = flagged + markPublishedOne(rec, fence, wanted, now) end
 end
 return flagged
