@@ -48,6 +48,7 @@ export async function checkServer(options: ServerCheckOptions): Promise<void> {
       if (enforce) throw new ConfigError(message);
       logger.warn(message);
     }
+    await checkVersion(node);
   }
   if (refused.length > 0) {
     const denied = refused.some((m) => m.startsWith('NOPERM'));
@@ -55,6 +56,28 @@ export async function checkServer(options: ServerCheckOptions): Promise<void> {
       `cannot read maxmemory-policy: CONFIG GET was refused${denied ? ' (the ACL user lacks +config|get)' : ''}; ` +
         'make sure the policy is "noeviction" (or pass checkEvictionPolicy: false to skip this check)',
       { code: 'CONFIG_GET_REFUSED', error: refused[0] },
+    );
+  }
+}
+
+/**
+ * Refuses Redis before 7.0, whose Lua cannot load the batch scripts (script flags). A server that
+ * refuses `INFO` (an ACL user without `+info`) is not checked: the scripts then fail to load with
+ * Redis's own compile error.
+ */
+async function checkVersion(node: RedisClient): Promise<void> {
+  let info: unknown;
+  try {
+    info = await node.call('INFO', 'server');
+  } catch (cause) {
+    if (cause instanceof Error && cause.name === 'ReplyError') return;
+    throw unavailable('checkServer', cause);
+  }
+  const version = /redis_version:(\d+)\.(\d+)/.exec(String(info));
+  if (version && Number(version[1]) < 7) {
+    throw new ConfigError(
+      `Redis ${version[1]}.${version[2]} is too old: the Redis store needs Redis 7.0 or newer (its batch ` +
+        'scripts use script flags)',
     );
   }
 }

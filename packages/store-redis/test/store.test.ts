@@ -81,6 +81,17 @@ describe('eviction policy check', () => {
     }
   });
 
+  it('refuses Redis before 7.0 (the batch scripts use script flags), on checkServer and on first use', async () => {
+    const old = {
+      ...fakeClient(['maxmemory-policy', 'noeviction']),
+      call: async (command: string) =>
+        command === 'INFO' ? '# Server\r\nredis_version:6.2.14\r\n' : ['maxmemory-policy', 'noeviction'],
+    } as RedisClient;
+    const store = createRedisStore({ client: old });
+    await expect(store.checkServer()).rejects.toThrow(/Redis 6\.2 is too old/);
+    await expect(store.get('k')).rejects.toMatchObject({ code: ErrorCode.Config });
+  });
+
   it('only warns when the check is opted out of, or when CONFIG is refused', async () => {
     const logger = recordingLogger();
     const optedOut = createRedisStore({
