@@ -243,7 +243,7 @@ describe('layout and encoding (standalone)', () => {
     await client.pexpireat(heldRecord, time + 86_400_000);
 
     // listInProgress reads the old layout as it stands.
-    const listed = await store.listInProgress({ olderThanMs: 0, limit: 100, prefix: 'legacy:' });
+    const listed = await store.listInProgress?.({ olderThanMs: 0, limit: 100, prefix: 'legacy:' });
     expect(listed).toEqual([
       {
         key: held,
