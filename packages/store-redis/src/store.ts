@@ -131,6 +131,21 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
   // On a Cluster a batch script runs on one node: batches go per node (see nodeOfTag).
   const cluster = (client as { isCluster?: boolean }).isCluster === true;
   const nodeOf = (key: string): string => (cluster ? nodeOfTag(client, keysFor(prefix, key).tag) : '');
+  /**
+   * Runs a batch call. After a resharding, a batch grouped by a stale slot map names a key its
+   * node no longer serves: Redis answers "non local key" (not MOVED, so ioredis would not notice)
+   * and the call fails whole; refreshing the map lets the redelivery be grouped right.
+   */
+  const batch = async <A>(call: () => Promise<A>): Promise<A> => {
+    try {
+      return await call();
+    } catch (error) {
+      if (cluster && error instanceof Error && error.message.includes('non local key')) {
+        (client as { refreshSlotsCache?: () => void }).refreshSlotsCache?.();
+      }
+      throw error;
+    }
+  };
 
   const check = () => checkServer({ client, logger, enforce });
   // The policy is checked once before the first operation; an outage during the check is
@@ -186,8 +201,8 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
         call.push(Buffer.concat(group.map((r, i) => packCompletion(records[i] as Buffer, r))));
         const replies = (
           wait === undefined
-            ? await runScript(client, 'completeMany', 'complete', call)
-            : await withWait(client, call, wait)
+            ? await batch(() => runScript(client, 'completeMany', 'complete', call))
+            : await batch(() => withWait(client, call, wait))
         ) as number[];
         return replies.map((r): FencedResult => (r === 1 ? 'ok' : 'lost'));
       },
@@ -239,7 +254,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
           }
           const route = keysFor(prefix, first.key).record;
           const args = [1, route, String(ttlMs), Buffer.concat(perKey)];
-          const reply = (await runScript(client, 'beginMany', 'begin', args)) as [
+          const reply = (await batch(() => runScript(client, 'beginMany', 'begin', args))) as [
             number,
             ...(Buffer | BeginPayload)[],
           ];
@@ -286,7 +301,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
             ]);
           });
           const args = [1, records[0] as Buffer, Buffer.concat(packed)];
-          await runScript(client, 'markPublishedMany', 'markPublished', args);
+          await batch(() => runScript(client, 'markPublishedMany', 'markPublished', args));
           return group.map(() => undefined);
         },
       );

@@ -8,10 +8,11 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type RedisClient, createRedisStore } from '../src/index.js';
 import { scripts } from '../src/generated/scripts.js';
+import calculateSlot from 'cluster-key-slot';
 import { packMessage, packText } from '../src/codec.js';
 import { keysFor } from '../src/layout.js';
 import { parsePolicy } from '../src/server-check.js';
-import { cluster, dropPrefix, standalone, testPrefix } from './helpers.js';
+import { cluster, dropPrefix, sleep, standalone, testPrefix } from './helpers.js';
 
 const leaseMs = 30_000;
 
@@ -331,6 +332,56 @@ describe('cluster routing', () => {
           'ok',
         );
       }
+    } finally {
+      await dropPrefix(client, keyPrefix);
+      await client.quit();
+    }
+  });
+});
+
+describe('cluster batches', () => {
+  const slotOf = (keyPrefix: string, key: string) =>
+    calculateSlot(keysFor(keyPrefix, key).tag.toString(16).padStart(4, '0'));
+
+  it('one call per node; a stale slot map fails a batch whole, the map is refreshed, the retry passes', async () => {
+    const client = cluster();
+    const keyPrefix = testPrefix('nodes');
+    try {
+      const store = createRedisStore({ client, keyPrefix });
+      await store.checkServer();
+      const slots = (client as unknown as { slots: string[][] }).slots;
+      const nodeOf = (key: string) => slots[slotOf(keyPrefix, key)]?.[0];
+      const commands = client as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
+      const method = `${scripts.beginMany.command}Buffer`;
+      const original = commands[method]!.bind(client);
+      let calls = 0;
+      commands[method] = (...args) => {
+        calls++;
+        return original(...args);
+      };
+      const request = (key: string) => ({ key, fingerprint: 'f', owner: 'w', leaseMs });
+
+      const keys = Array.from({ length: 30 }, () => randomUUID());
+      const answers = await store.beginMany!(keys.map(request));
+      expect(answers.map((a) => a.status)).toEqual(keys.map(() => 'acquired'));
+      expect(calls).toBe(new Set(keys.map(nodeOf)).size);
+
+      // Two new keys on different nodes; the client is made to believe both are on the first's.
+      const first = randomUUID();
+      let second = randomUUID();
+      while (nodeOf(second) === nodeOf(first)) second = randomUUID();
+      const secondSlot = slotOf(keyPrefix, second);
+      const truth = slots[secondSlot];
+      slots[secondSlot] = slots[slotOf(keyPrefix, first)] as string[];
+      await expect(store.beginMany!([request(first), request(second)])).rejects.toThrow(/non local key/);
+      for (let i = 0; i < 100 && slots[secondSlot]?.[0] !== truth?.[0]; i++) await sleep(50);
+      expect(slots[secondSlot]?.[0], 'the slot map was refreshed').toBe(truth?.[0]);
+      // The first key was begun before the script stopped (its answer lost with the error, like a
+      // lost reply): its retry finds that lease. The second was never touched.
+      expect((await store.beginMany!([request(first), request(second)])).map((a) => a.status)).toEqual([
+        'busy',
+        'acquired',
+      ]);
     } finally {
       await dropPrefix(client, keyPrefix);
       await client.quit();
