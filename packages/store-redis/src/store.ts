@@ -188,7 +188,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
     return Buffer.concat([lengthPrefixed([record]), head, lengthPrefixed(strings)]);
   };
 
-  /** Completes `requests` in one call per cluster slot (one call on a standalone server). */
+  /** Completes `requests` in one call per node on a Cluster (one call on a standalone server). */
   const completeMany = async (requests: readonly CompleteRequest[]): Promise<FencedResult[]> => {
     if (requests.length === 0) return [];
     await ready();
