@@ -9,6 +9,8 @@
 #   scripts/infra.sh logs <service>        tail a server's log
 #   scripts/infra.sh install [service...]  only install/build what is missing (nothing started)
 #   scripts/infra.sh install chromium      headless Chromium (apt) for the trace UI test; never by default
+#   scripts/infra.sh prune                 start Kafka's data afresh once it holds more than
+#                                          EO_KAFKA_MAX_PARTITIONS (default 3000) partitions
 #
 # Services: redis redis-cluster rabbitmq kafka ferretdb mongo-java jaeger zipkin (default: all).
 #
@@ -741,6 +743,24 @@ cmd_down() {
   fi
 }
 
+# Every test run creates topics under unique names and none deletes them; past a few thousand
+# partitions a Kafka restart spends minutes loading them (and its group coordinator answers
+# "loading" meanwhile). `npm test` prunes before `up`: Kafka is stopped if this script runs it,
+# its data deleted (the next `up` formats it anew), never in the middle of a run.
+cmd_prune() {
+  take_lock
+  local dir="$DATA/kafka/logs" max="${EO_KAFKA_MAX_PARTITIONS:-3000}" count
+  [[ -d $dir ]] || return 0
+  count=$(find "$dir" -mindepth 1 -maxdepth 1 -type d | wc -l)
+  if ((count <= max)); then
+    say "kafka: $count partitions, no prune needed (max $max)"
+    return 0
+  fi
+  say "kafka: $count partitions (max $max): stopping it and deleting its data"
+  if pid_alive kafka; then stop_service kafka; fi
+  rm -rf "$dir"
+}
+
 cmd_status() {
   local bad=0
   printf '%-14s %-9s %-28s %s\n' SERVICE STATE PORTS VERSION
@@ -781,8 +801,9 @@ case "${1:-}" in
   status) cmd_status ;;
   logs) shift && cmd_logs "$@" ;;
   install) shift && cmd_install "$@" ;;
+  prune) cmd_prune ;;
   *)
-    echo "usage: $0 up|down|status|logs|install [service...]  (services: ${ALL_SERVICES[*]}; install also: ${TOOLS[*]})" >&2
+    echo "usage: $0 up|down|status|logs|install|prune [service...]  (services: ${ALL_SERVICES[*]}; install also: ${TOOLS[*]})" >&2
     exit 2
     ;;
 esac
