@@ -17,6 +17,7 @@
 import {
   type CompletedRecord,
   type ErrorInfo,
+  type InProgressEntry,
   type OutgoingMessage,
   type OutgoingRecord,
   type ProcessedRecord,
@@ -218,11 +219,18 @@ export function decodeRecord(
   };
 }
 
-/** The store key and attempt start of a packed IN_PROGRESS record, for listInProgress. */
-export function inProgressName(packed: Buffer): { key: string; startedAt: number } | undefined {
+/** A packed IN_PROGRESS record as listInProgress reports it (its store key included); else undefined. */
+export function inProgressEntry(packed: Buffer): InProgressEntry | undefined {
   if (packed.length < HEAD_BYTES || packed[0] !== 0x49 /* I */) return undefined;
-  const [, , , name] = strings(packed, HEAD_BYTES, 4);
-  return { key: (name ?? Buffer.alloc(0)).toString('utf8'), startedAt: packed.readUIntBE(17, 6) };
+  const [, , owner, name] = strings(packed, HEAD_BYTES, 4);
+  return {
+    key: (name ?? Buffer.alloc(0)).toString('utf8'),
+    owner: (owner ?? Buffer.alloc(0)).toString('utf8'),
+    attempt: packed.readUInt32BE(7),
+    fence: packed.readUIntBE(1, 6),
+    leaseUntil: packed.readUIntBE(11, 6),
+    startedAt: packed.readUIntBE(17, 6),
+  };
 }
 
 /** True when a COMPLETED or FAILED record's retention has passed on the server clock. */

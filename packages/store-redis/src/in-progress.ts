@@ -11,7 +11,7 @@
  */
 import { type InProgressEntry, type InProgressQuery, StoreUnavailableError } from '@exactly-once/core';
 import type { RedisClient } from './client.js';
-import { decodeRecord, inProgressName } from './codec.js';
+import { inProgressEntry } from './codec.js';
 
 interface ScanningNode {
   scanBuffer(cursor: string, ...args: (string | number)[]): Promise<[Buffer, Buffer[]]>;
@@ -75,17 +75,9 @@ async function readEntry(node: ScanningNode, name: Buffer): Promise<InProgressEn
     if (!String((error as Error).message).includes('WRONGTYPE')) throw error;
     return readLegacyEntry(node, name);
   }
-  const named = packed ? inProgressName(packed) : undefined;
-  const record = named ? decodeRecord(named.key, packed) : undefined;
-  if (!named || named.key.length === 0 || record?.state !== 'IN_PROGRESS') return undefined;
-  return {
-    key: named.key,
-    owner: record.owner,
-    attempt: record.attempt,
-    fence: record.fence,
-    leaseUntil: record.leaseUntil,
-    startedAt: named.startedAt,
-  };
+  const entry = packed ? inProgressEntry(packed) : undefined;
+  // Records begun before the key was kept have none: they cannot be reported.
+  return entry && entry.key.length > 0 ? entry : undefined;
 }
 
 /** A record of the previous layout: a hash with one-letter fields. */

@@ -13,9 +13,9 @@ export const LAYOUT_VERSION = 2;
 
 export const scripts = {
   begin: {
-    command: 'eoBegin_v2_8fe345fd',
+    command: 'eoBegin_v2_62ce6b85',
     numberOfKeys: 2,
-    sha1: '8fe345fda42a59c0ad3bd50bf741c4d21b4dc570',
+    sha1: '62ce6b855672dd2bbcc751b6df108b5b79631427',
     lua: `--[[
 begin: claim the record of one key for an attempt, or say why not.
 
@@ -234,8 +234,8 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, now, full
   end
 
   local leaseUntil = now + lease
-  rcall('SET', rec, struct.pack(HEAD, 'I', fence, 1, leaseUntil, now, 0, #fp, fp, #trace, trace) ..
-    struct.pack('>I4c0I4c0', #owner, owner, #name, name), 'PXAT', int(leaseUntil + ttl))
+  saveRecord(rec, { s = 'I', n = fence, a = 1, t1 = leaseUntil, t2 = now, flags = 0, f = fp, t = trace, w = owner, k = name },
+    leaseUntil + ttl)
   return 'N', fence
 end
 
@@ -245,9 +245,9 @@ return { code, now, payload }
 `,
   },
   beginMany: {
-    command: 'eoBeginMany_v2_dab5ad23',
+    command: 'eoBeginMany_v2_404198f4',
     numberOfKeys: undefined,
-    sha1: 'dab5ad23a5b1b32e81d806af3e1ec7fb918a7c40',
+    sha1: '404198f4c734d56a49076f7787ea2316ba33954c',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 beginMany: begin several keys in one call, in order, each exactly as begin-2.lua would (the same
@@ -462,8 +462,8 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, now, full
   end
 
   local leaseUntil = now + lease
-  rcall('SET', rec, struct.pack(HEAD, 'I', fence, 1, leaseUntil, now, 0, #fp, fp, #trace, trace) ..
-    struct.pack('>I4c0I4c0', #owner, owner, #name, name), 'PXAT', int(leaseUntil + ttl))
+  saveRecord(rec, { s = 'I', n = fence, a = 1, t1 = leaseUntil, t2 = now, flags = 0, f = fp, t = trace, w = owner, k = name },
+    leaseUntil + ttl)
   return 'N', fence
 end
 
@@ -897,9 +897,9 @@ return { compacted, dropped, deferred }
 `,
   },
   completeMany: {
-    command: 'eoCompleteMany_v2_2e7c5831',
+    command: 'eoCompleteMany_v2_fd5c6d10',
     numberOfKeys: undefined,
-    sha1: '2e7c58310a015fd8d9faa015442d3b01a2b91349',
+    sha1: 'fd5c6d10b75b21b7ef601aad8f4f520cd6e642cb',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 completeMany: IN_PROGRESS(fence) -> COMPLETED with result and outgoing messages, in one write
@@ -1085,7 +1085,6 @@ local function completeOne(rec, tag, fence, retention, grace, trace, result, id,
   local count = #messages / 2
   if count > 0 then
     flags = 1
-    local ext = rec .. 'x'
     local fields = { 'm', int(count) }
     for i = 1, count do
       fields[#fields + 1] = 'd' .. i
@@ -1093,11 +1092,10 @@ local function completeOne(rec, tag, fence, retention, grace, trace, result, id,
       fields[#fields + 1] = 'o' .. i
       fields[#fields + 1] = messages[2 * i]
     end
-    hsetAll(ext, fields)
-    rcall('PEXPIREAT', ext, int(physicalEnd))
+    hsetAll(rec .. 'x', fields)
   end
-  rcall('SET', rec, struct.pack(HEAD, 'C', r.n, r.a, now, expiresAt, flags, #r.f, r.f, #trace, trace) ..
-    struct.pack('>I4c0', #result, result), 'PXAT', int(physicalEnd))
+  saveRecord(rec, { s = 'C', n = r.n, a = r.a, t1 = now, t2 = expiresAt, flags = flags, f = r.f, t = trace, r = result },
+    physicalEnd)
 
   if string.sub(result, 1, 1) == 'b' then rcall('ZADD', tag .. 'b', 'GT', int(physicalEnd), result) end
 

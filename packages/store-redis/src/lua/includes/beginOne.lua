@@ -47,7 +47,7 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, now, full
   end
 
   local leaseUntil = now + lease
-  rcall('SET', rec, struct.pack(HEAD, 'I', fence, 1, leaseUntil, now, 0, #fp, fp, #trace, trace) ..
-    struct.pack('>I4c0I4c0', #owner, owner, #name, name), 'PXAT', int(leaseUntil + ttl))
+  saveRecord(rec, { s = 'I', n = fence, a = 1, t1 = leaseUntil, t2 = now, flags = 0, f = fp, t = trace, w = owner, k = name },
+    leaseUntil + ttl)
   return 'N', fence
 end

@@ -19,7 +19,6 @@ local function completeOne(rec, tag, fence, retention, grace, trace, result, id,
   local count = #messages / 2
   if count > 0 then
     flags = 1
-    local ext = rec .. 'x'
     local fields = { 'm', int(count) }
     for i = 1, count do
       fields[#fields + 1] = 'd' .. i
@@ -27,11 +26,10 @@ local function completeOne(rec, tag, fence, retention, grace, trace, result, id,
       fields[#fields + 1] = 'o' .. i
       fields[#fields + 1] = messages[2 * i]
     end
-    hsetAll(ext, fields)
-    rcall('PEXPIREAT', ext, int(physicalEnd))
+    hsetAll(rec .. 'x', fields)
   end
-  rcall('SET', rec, struct.pack(HEAD, 'C', r.n, r.a, now, expiresAt, flags, #r.f, r.f, #trace, trace) ..
-    struct.pack('>I4c0', #result, result), 'PXAT', int(physicalEnd))
+  saveRecord(rec, { s = 'C', n = r.n, a = r.a, t1 = now, t2 = expiresAt, flags = flags, f = r.f, t = trace, r = result },
+    physicalEnd)
 
   if string.sub(result, 1, 1) == 'b' then rcall('ZADD', tag .. 'b', 'GT', int(physicalEnd), result) end
 
