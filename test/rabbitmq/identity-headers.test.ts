@@ -54,7 +54,11 @@ describe('rabbitmq: ambiguous identity headers', () => {
           (await raw.count(`${queue}.dlq`)) === invalid.length ? raw.drain(`${queue}.dlq`) : undefined,
         { message: () => `${invalid.length} dead letters (${JSON.stringify(consumer.stats)})` },
       );
-      await waitUntil(() => runs.length === 1, { message: 'the valid message processed' });
+      // The outcome is counted once the record is stored complete, a while after the handler
+      // returns: wait for the count, not for the handler's run.
+      await waitUntil(() => consumer.stats.byOutcome.acquired === 1, {
+        message: 'the valid message processed',
+      });
       expect(runs).toEqual(['good-1']);
       const byId = new Map(dlq.map((m) => [String(m.properties.messageId), m]));
       for (const [i, [what, headers]] of invalid.entries()) {
