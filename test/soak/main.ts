@@ -4,7 +4,8 @@
  * at its end. Prints each combination's details as it ends, then the table of all.
  *
  *   npm run soak -- [--messages N] [--kills N] [--workers N] [--only rabbitmq:redis,kafka:mongo]
- *                   [--no-broker-restart] [--no-store-restart] [--no-pause]
+ *                   [--mongo-server ferretdb|mongo-java] [--no-broker-restart] [--no-store-restart]
+ *                   [--no-pause]
  *
  * Exits 1 when a combination had a duplicate effect, a lost message, a double completion or a
  * ledger line the crash model does not explain.
@@ -12,7 +13,7 @@
 
 import { loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
-import { type StoreKind, startSoakServers } from './servers.js';
+import { DEFAULT_PORTS, type StoreKind, startSoakServers } from './servers.js';
 import {
   ALL_COMBINATIONS,
   type Combination,
@@ -29,6 +30,7 @@ const { values } = parseArgs({
     kills: { type: 'string', default: '20' },
     workers: { type: 'string', default: '8' },
     only: { type: 'string' },
+    'mongo-server': { type: 'string', default: 'ferretdb' },
     'no-broker-restart': { type: 'boolean', default: false },
     'no-store-restart': { type: 'boolean', default: false },
     'no-pause': { type: 'boolean', default: false },
@@ -45,7 +47,14 @@ const combinations: Combination[] = values.only
   : [...ALL_COMBINATIONS];
 
 const log = (line: string) => console.log(line);
-const servers = await startSoakServers(combinations.map((c) => c.store));
+const mongoServer = values['mongo-server'];
+if (mongoServer !== 'ferretdb' && mongoServer !== 'mongo-java')
+  throw new Error(`--mongo-server must be ferretdb or mongo-java (got ${mongoServer})`);
+const servers = await startSoakServers(
+  combinations.map((c) => c.store),
+  DEFAULT_PORTS,
+  mongoServer,
+);
 // Interrupted (Ctrl-C, kill): stop the soak's servers; the workers exit when this process does
 // (their IPC channel closes).
 for (const signal of ['SIGINT', 'SIGTERM'] as const)
@@ -53,6 +62,7 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const)
     log(`\n${signal}: stopping the soak's servers`);
     void servers.stop().finally(() => process.exit(signal === 'SIGINT' ? 130 : 143));
   });
+if (combinations.some((c) => c.store === 'mongo')) log(`MongoDB store on ${mongoServer}`);
 const rows: SoakRow[] = [];
 const t0 = Date.now();
 let failed = false;

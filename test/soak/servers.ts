@@ -1,13 +1,19 @@
 /**
  * The soak's own processed-store servers, so that it can crash and restart them without touching
  * the shared ones of scripts/infra.sh: a standalone Redis, a three-master Redis Cluster and a
- * FerretDB, each on spare ports with its data in a temporary directory.
+ * MongoDB-compatible server (FerretDB, or mongo-java-server), each on spare ports with its data in
+ * a temporary directory.
  *
  * Durability is what a store restart must preserve, since a store that loses acknowledged writes
  * breaks the guarantee (packages/core/README.md): Redis runs with `appendonly yes` and
  * `appendfsync always` (every write is fsynced before its reply), FerretDB's SQLite with
- * `synchronous(full)` in WAL mode. A restart is then a crash, not a clean shutdown: SIGKILL, and
- * the same command again on the same data directory.
+ * `synchronous(full)` in WAL mode, mongo-java-server's H2 file committed before every reply
+ * (`--commit-each-command`, scripts/mongo-java/Main.java). A restart is then a crash, not a clean
+ * shutdown: SIGKILL, and the same command again on the same data directory.
+ *
+ * FerretDB 1.x on SQLite finds a document by `_id` by scanning its table (tens of ms at 10,000
+ * records, growing with them); mongo-java-server keeps an index. The 10,000-message Kafka runs
+ * need the second.
  *
  * Every process started here is stopped by its PID in {@link SoakServers.stop}, and by a
  * synchronous SIGKILL when the process exits without calling it.
@@ -24,16 +30,21 @@ const run = promisify(execFile);
 
 export type StoreKind = 'redis' | 'redis-cluster' | 'mongo';
 
+/** Which server plays MongoDB. */
+export type MongoServerKind = 'ferretdb' | 'mongo-java';
+
 export interface SoakServerPorts {
   readonly redis: number;
   readonly cluster: readonly number[];
   readonly ferretdb: number;
+  readonly mongoJava: number;
 }
 
 export const DEFAULT_PORTS: SoakServerPorts = {
   redis: Number(process.env.EO_SOAK_REDIS_PORT ?? 6395),
   cluster: (process.env.EO_SOAK_CLUSTER_PORTS ?? '7101,7102,7103').split(',').map(Number),
   ferretdb: Number(process.env.EO_SOAK_FERRETDB_PORT ?? 27019),
+  mongoJava: Number(process.env.EO_SOAK_MONGO_JAVA_PORT ?? 27039),
 };
 
 /** Where a worker finds a store. */
@@ -55,10 +66,34 @@ export interface SoakServers {
   stop(options?: { keepLogs?: boolean }): Promise<string | undefined>;
 }
 
+const infraHome = () =>
+  process.env.EXACTLY_ONCE_INFRA_HOME ?? join(homedir(), '.cache', 'exactly-once-infra');
+
 /** The FerretDB binary scripts/infra.sh builds (same cache and version variables). */
 export function ferretdbBinary(): string {
-  const root = process.env.EXACTLY_ONCE_INFRA_HOME ?? join(homedir(), '.cache', 'exactly-once-infra');
-  return join(root, 'bin', `ferretdb-${process.env.EO_FERRETDB_VERSION ?? 'v1.24.2'}`);
+  return join(infraHome(), 'bin', `ferretdb-${process.env.EO_FERRETDB_VERSION ?? 'v1.24.2'}`);
+}
+
+/** mongo-java-server's jars and compiled launcher, as scripts/infra.sh installs them. */
+export function mongoJavaHome(): string {
+  return join(infraHome(), `mongo-java-server-${process.env.EO_MONGO_JAVA_VERSION ?? '1.47.0'}`);
+}
+
+/** The command line of a mongo-java-server whose H2 file survives a SIGKILL with every acknowledged write. */
+export function mongoJavaArgs(home: string, port: number, file: string): string[] {
+  return [
+    '-Xms64m',
+    '-Xmx1g',
+    '-Djava.awt.headless=true',
+    '-Dorg.slf4j.simpleLogger.defaultLogLevel=warn',
+    '-cp',
+    `${join(home, 'classes')}:${join(home, 'libs', '*')}`,
+    'Main',
+    '127.0.0.1',
+    String(port),
+    file,
+    '--commit-each-command',
+  ];
 }
 
 interface Managed {
@@ -156,11 +191,13 @@ const redisArgs = (port: number, dir: string, cluster: boolean): string[] => [
 export async function startSoakServers(
   kinds: readonly StoreKind[],
   ports: SoakServerPorts = DEFAULT_PORTS,
+  mongoServer: MongoServerKind = 'ferretdb',
 ): Promise<SoakServers> {
   installExitHook();
   const dir = mkdtempSync(join(tmpdir(), 'eo-soak-'));
   const managed = new Map<StoreKind, Managed[]>();
   const logOf = (name: string) => join(dir, `${name}.log`);
+  const mongoUrl = `mongodb://127.0.0.1:${mongoServer === 'ferretdb' ? ports.ferretdb : ports.mongoJava}`;
 
   const stop = async ({ keepLogs = false } = {}) => {
     await Promise.all([...managed.values()].flat().map((m) => terminate(m, 'SIGTERM')));
@@ -186,10 +223,10 @@ export async function startSoakServers(
         message: 'soak redis cluster nodes',
       });
     } else {
-      await waitUntil(() => mongoPing(`mongodb://127.0.0.1:${ports.ferretdb}`), {
+      await waitUntil(() => mongoPing(mongoUrl), {
         timeoutMs,
         intervalMs: 200,
-        message: 'soak ferretdb',
+        message: `soak ${mongoServer}`,
       });
     }
   };
@@ -231,6 +268,22 @@ export async function startSoakServers(
             };
           }),
         );
+      } else if (mongoServer === 'mongo-java') {
+        const home = mongoJavaHome();
+        if (!existsSync(join(home, 'classes', 'Main.class')))
+          throw new Error(
+            `${home} is missing its launcher: run \`bash scripts/infra.sh install mongo-java\``,
+          );
+        const d = join(dir, 'mongo-java');
+        mkdirSync(d);
+        managed.set(kind, [
+          {
+            name: 'mongo-java',
+            command: 'java',
+            args: mongoJavaArgs(home, ports.mongoJava, join(d, 'mongo.mv')),
+            log: logOf('mongo-java'),
+          },
+        ]);
       } else {
         const bin = ferretdbBinary();
         if (!existsSync(bin))
@@ -285,7 +338,7 @@ export async function startSoakServers(
       if (kind === 'redis') return { kind, url: `redis://127.0.0.1:${ports.redis}` };
       if (kind === 'redis-cluster')
         return { kind, url: ports.cluster.map((p) => `127.0.0.1:${p}`).join(',') };
-      return { kind, url: `mongodb://127.0.0.1:${ports.ferretdb}` };
+      return { kind, url: mongoUrl };
     },
     async restart(kind) {
       const ms = managed.get(kind);
