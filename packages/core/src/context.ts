@@ -5,7 +5,7 @@ import { type Context, propagation, type Span, SpanKind, trace } from '@opentele
 import type { BlobPointer, BlobSource, BlobStore } from './blob/types.js';
 import { encodeValue } from './codec.js';
 import { ClosedError, ConfigError } from './errors.js';
-import { Headers } from './headers.js';
+import { Headers, type MessageHeaders, textHeaders } from './headers.js';
 import { deriveChildKey } from './keys.js';
 import type { Logger } from './logger.js';
 import { ATTR_EO_STEP, ATTR_MESSAGING_DESTINATION_NAME, BAGGAGE_REQUEST_ID } from './semconv.js';
@@ -85,7 +85,7 @@ export interface RunState {
   close(): void;
 }
 
-export function createRunContext(args: {
+export interface RunArgs {
   key: string;
   storeKey: string;
   requestId: string;
@@ -94,7 +94,8 @@ export function createRunContext(args: {
   kind: AcquireKind;
   namespace: string;
   consumer: string;
-  headers: Readonly<Record<string, string>>;
+  /** The delivery's headers; their text form is made on first read of `ctx.headers`. */
+  headers: MessageHeaders;
   /** The run's abort signal, made on first use (most handlers never read it). */
   signal: () => AbortSignal;
   span: Span;
@@ -106,129 +107,219 @@ export function createRunContext(args: {
   /** The processor's `onStepEvent` hook. */
   onStepEvent?: ((event: StepEvent) => void) | undefined;
   logger?: Logger;
-}): RunState {
-  const outgoing: OutgoingMessage[] = [];
-  const blobs: BlobPointer[] = [];
-  const stepNames = new Set<string>();
-  const publishNames = new Set<string>();
+}
+
+export function createRunContext(args: RunArgs): RunState {
+  return new Run(args);
+}
+
+/**
+ * One run's state. Most runs publish nothing, run no step and store no blob: everything those
+ * need (name sets, the step journal, the methods' closures) is made on first use, so a plain run
+ * allocates a few objects, not dozens.
+ */
+class Run implements RunState {
+  readonly ctx: HandlerContext;
+  readonly outgoing: OutgoingMessage[] = [];
+  readonly blobs: BlobPointer[] = [];
+  closed = false;
+  private stepNames: Set<string> | undefined;
+  private publishNames: Set<string> | undefined;
   // Encoded step results that may be journaled: replayed ones, and this run's unless `lost`.
-  const journal: Buffer[] = Object.values(args.steps).map((s) => Buffer.from(s.result));
-  let closed = false;
-  const open = (what: string) => {
-    if (closed) {
+  private journalEntries: Buffer[] | undefined;
+  private stepArgs: StepRunArgs | undefined;
+
+  constructor(readonly args: RunArgs) {
+    this.ctx = new RunHandlerContext(this);
+  }
+
+  open(what: string): void {
+    if (this.closed) {
       throw new ClosedError(
         'run context',
         `${what} called after the handler returned: the run is over and nothing it does is recorded`,
       );
     }
-  };
-  const keyFor = (name: string) => {
+  }
+
+  keyFor(name: string): string {
     if (typeof name !== 'string' || name.length === 0)
       throw new ConfigError('keyFor(name) needs a non-empty name');
-    return deriveChildKey(args.namespace, args.consumer, name, args.key);
-  };
+    return deriveChildKey(this.args.namespace, this.args.consumer, name, this.args.key);
+  }
 
-  const stepArgs: StepRunArgs = {
-    storeKey: args.storeKey,
-    messageKey: args.key,
-    consumer: args.consumer,
-    attempt: args.attempt,
-    fence: args.fence,
-    store: args.store,
-    signal: args.signal,
-    keyFor,
-    onStepEvent: args.onStepEvent,
-    logger: args.logger,
-    open: () => open('ctx.step'),
-    journal(encoded) {
-      const entry = Buffer.from(encoded);
-      journal.push(entry);
-      return () => {
-        const at = journal.indexOf(entry);
-        if (at >= 0) journal.splice(at, 1);
-      };
-    },
-  };
+  private journal(): Buffer[] {
+    this.journalEntries ??= Object.values(this.args.steps).map((s) => Buffer.from(s.result));
+    return this.journalEntries;
+  }
 
-  const ctx: HandlerContext = {
-    key: args.key,
-    requestId: args.requestId,
-    attempt: args.attempt,
-    fence: args.fence,
-    acquiredAs: args.kind,
-    consumer: args.consumer,
-    headers: args.headers,
-    get signal() {
-      return args.signal();
-    },
-    span: args.span,
-    keyFor,
-    publish(destination, message, options = {}) {
-      open('ctx.publish');
-      if (!args.canPublish) {
-        throw new ConfigError('ctx.publish needs a publisher: pass `publisher` to the consumer options');
-      }
-      const name = options.name ?? `#${outgoing.length}`;
-      if (publishNames.has(name)) throw new ConfigError(`publish name "${name}" used twice in one run`);
-      publishNames.add(name);
-      const childKey = keyFor(`publish:${name}`);
-      const { bytes, contentType } = encodeValue(message);
-      // A `create` span per message gives each one its own creation context (messaging
-      // conventions); the later `send` links to it.
-      const create = tracer().startSpan(
-        `create ${destination}`,
-        { kind: SpanKind.PRODUCER, attributes: { [ATTR_MESSAGING_DESTINATION_NAME]: destination } },
-        args.otelContext,
-      );
-      const bag = (propagation.getBaggage(args.otelContext) ?? propagation.createBaggage()).setEntry(
-        BAGGAGE_REQUEST_ID,
-        { value: args.requestId },
-      );
-      const carrier: Record<string, string> = {};
-      injectContext(propagation.setBaggage(trace.setSpan(args.otelContext, create), bag), carrier);
-      create.end();
-      outgoing.push({
-        id: childKey,
-        destination,
-        ...(options.routingKey === undefined ? {} : { routingKey: options.routingKey }),
-        body: bytes,
-        headers: {
-          'content-type': contentType,
-          ...options.headers,
-          ...carrier,
-          [Headers.RequestId]: args.requestId,
-          [Headers.IdempotencyKey]: childKey,
-        },
-      });
-    },
-    async step(name, fn, options = {}) {
-      open('ctx.step');
-      if (stepNames.has(name)) throw new ConfigError(`step name "${name}" used twice in one run`);
-      stepNames.add(name);
-      const journaled = Object.hasOwn(args.steps, name) ? args.steps[name] : undefined;
-      return inSpan(`step ${name}`, args.otelContext, { [ATTR_EO_STEP]: name }, (span) =>
-        runStep(stepArgs, name, fn, options, journaled, span),
-      );
-    },
-    async storeBlob(source) {
-      open('ctx.storeBlob');
-      if (!args.blobStore)
-        throw new ConfigError('ctx.storeBlob needs a blob store: pass `blobs` to the options');
-      const pointer = await args.blobStore.put(source);
-      blobs.push(pointer);
-      return pointer;
-    },
-  };
-  return {
-    ctx,
-    outgoing,
-    blobs,
-    // A pointer is found by its uri in the step's JSON, wherever the handler put it.
-    isJournaled: (pointer) => journal.some((bytes) => bytes.includes(pointer.uri)),
-    close() {
-      closed = true;
-    },
-  };
+  // A pointer is found by its uri in the step's JSON, wherever the handler put it.
+  isJournaled(pointer: BlobPointer): boolean {
+    return this.journal().some((bytes) => bytes.includes(pointer.uri));
+  }
+
+  close(): void {
+    this.closed = true;
+  }
+
+  publish(destination: string, message: unknown, options: PublishOptions = {}): void {
+    const args = this.args;
+    this.open('ctx.publish');
+    if (!args.canPublish) {
+      throw new ConfigError('ctx.publish needs a publisher: pass `publisher` to the consumer options');
+    }
+    const name = options.name ?? `#${this.outgoing.length}`;
+    this.publishNames ??= new Set();
+    if (this.publishNames.has(name)) throw new ConfigError(`publish name "${name}" used twice in one run`);
+    this.publishNames.add(name);
+    const childKey = this.keyFor(`publish:${name}`);
+    const { bytes, contentType } = encodeValue(message);
+    // A `create` span per message gives each one its own creation context (messaging
+    // conventions); the later `send` links to it.
+    const create = tracer().startSpan(
+      `create ${destination}`,
+      { kind: SpanKind.PRODUCER, attributes: { [ATTR_MESSAGING_DESTINATION_NAME]: destination } },
+      args.otelContext,
+    );
+    const bag = (propagation.getBaggage(args.otelContext) ?? propagation.createBaggage()).setEntry(
+      BAGGAGE_REQUEST_ID,
+      { value: args.requestId },
+    );
+    const carrier: Record<string, string> = {};
+    injectContext(propagation.setBaggage(trace.setSpan(args.otelContext, create), bag), carrier);
+    create.end();
+    this.outgoing.push({
+      id: childKey,
+      destination,
+      ...(options.routingKey === undefined ? {} : { routingKey: options.routingKey }),
+      body: bytes,
+      headers: {
+        'content-type': contentType,
+        ...options.headers,
+        ...carrier,
+        [Headers.RequestId]: args.requestId,
+        [Headers.IdempotencyKey]: childKey,
+      },
+    });
+  }
+
+  async step<S>(
+    name: string,
+    fn: (signal: AbortSignal) => Promise<S> | S,
+    options: StepOptions<S> = {},
+  ): Promise<S> {
+    const args = this.args;
+    this.open('ctx.step');
+    this.stepNames ??= new Set();
+    if (this.stepNames.has(name)) throw new ConfigError(`step name "${name}" used twice in one run`);
+    this.stepNames.add(name);
+    const journaled = Object.hasOwn(args.steps, name) ? args.steps[name] : undefined;
+    const stepArgs = this.stepRunArgs();
+    return inSpan(`step ${name}`, args.otelContext, { [ATTR_EO_STEP]: name }, (span) =>
+      runStep(stepArgs, name, fn, options, journaled, span),
+    );
+  }
+
+  private stepRunArgs(): StepRunArgs {
+    const args = this.args;
+    this.stepArgs ??= {
+      storeKey: args.storeKey,
+      messageKey: args.key,
+      consumer: args.consumer,
+      attempt: args.attempt,
+      fence: args.fence,
+      store: args.store,
+      signal: args.signal,
+      keyFor: (name) => this.keyFor(name),
+      onStepEvent: args.onStepEvent,
+      logger: args.logger,
+      open: () => this.open('ctx.step'),
+      journal: (encoded) => {
+        const journal = this.journal();
+        const entry = Buffer.from(encoded);
+        journal.push(entry);
+        return () => {
+          const at = journal.indexOf(entry);
+          if (at >= 0) journal.splice(at, 1);
+        };
+      },
+    };
+    return this.stepArgs;
+  }
+
+  async storeBlob(source: BlobSource): Promise<BlobPointer> {
+    this.open('ctx.storeBlob');
+    if (!this.args.blobStore)
+      throw new ConfigError('ctx.storeBlob needs a blob store: pass `blobs` to the options');
+    const pointer = await this.args.blobStore.put(source);
+    this.blobs.push(pointer);
+    return pointer;
+  }
+}
+
+/**
+ * The handler's `ctx`. Its methods are made on first read and bound to the run, so a handler may
+ * pass them around or destructure them (`const { step } = ctx`) like plain functions.
+ */
+class RunHandlerContext implements HandlerContext {
+  readonly key: string;
+  readonly requestId: string;
+  readonly attempt: number;
+  readonly fence: number;
+  readonly acquiredAs: AcquireKind;
+  readonly consumer: string;
+  readonly span: Span;
+  #run: Run;
+  #headers: Readonly<Record<string, string>> | undefined;
+  #keyFor: HandlerContext['keyFor'] | undefined;
+  #publish: HandlerContext['publish'] | undefined;
+  #step: HandlerContext['step'] | undefined;
+  #storeBlob: HandlerContext['storeBlob'] | undefined;
+
+  constructor(run: Run) {
+    const args = run.args;
+    this.#run = run;
+    this.key = args.key;
+    this.requestId = args.requestId;
+    this.attempt = args.attempt;
+    this.fence = args.fence;
+    this.acquiredAs = args.kind;
+    this.consumer = args.consumer;
+    this.span = args.span;
+  }
+
+  get headers(): Readonly<Record<string, string>> {
+    this.#headers ??= textHeaders(this.#run.args.headers);
+    return this.#headers;
+  }
+
+  get signal(): AbortSignal {
+    return this.#run.args.signal();
+  }
+
+  get keyFor(): HandlerContext['keyFor'] {
+    const run = this.#run;
+    this.#keyFor ??= (name) => run.keyFor(name);
+    return this.#keyFor;
+  }
+
+  get publish(): HandlerContext['publish'] {
+    const run = this.#run;
+    this.#publish ??= (destination, message, options) => run.publish(destination, message, options);
+    return this.#publish;
+  }
+
+  get step(): HandlerContext['step'] {
+    const run = this.#run;
+    this.#step ??= (name, fn, options) => run.step(name, fn, options);
+    return this.#step;
+  }
+
+  get storeBlob(): HandlerContext['storeBlob'] {
+    const run = this.#run;
+    this.#storeBlob ??= (source) => run.storeBlob(source);
+    return this.#storeBlob;
+  }
 }
 
 export { sleep } from './steps.js';

@@ -94,14 +94,21 @@ export function textHeaders(headers: MessageHeaders | undefined): Record<string,
 export function readIdentityHeader(headers: MessageHeaders | undefined, name: string): string | undefined {
   if (!headers) return undefined;
   const lower = name.toLowerCase();
-  const names = Object.keys(headers).filter((k) => k.toLowerCase() === lower);
-  if (names.length > 1) {
+  let found: string | undefined;
+  let all: string[] | undefined;
+  for (const k of Object.keys(headers)) {
+    // Names are ASCII: a key of another length cannot be the same name in another case.
+    if (k.length !== lower.length || (k !== lower && k.toLowerCase() !== lower)) continue;
+    if (found === undefined) found = k;
+    else (all ??= [found]).push(k);
+  }
+  if (all !== undefined) {
     throw new InvalidKeyError(
-      `header ${name} is present ${names.length} times (${names.join(', ')})`,
+      `header ${name} is present ${all.length} times (${all.join(', ')})`,
       'multiple',
     );
   }
-  const value = names[0] === undefined ? undefined : headers[names[0]];
+  const value = found === undefined ? undefined : headers[found];
   if (value === undefined || value === null) return undefined;
   if (typeof value === 'string') return value;
   if (Array.isArray(value)) {

@@ -38,127 +38,129 @@ export interface HoldOptions {
   readonly onTimeout: () => void;
 }
 
-interface Held {
-  readonly key: string;
-  readonly fence: number;
+/** One held lease; it is also the run's {@link LeaseKeeper} (one object per run, not three). */
+class Held implements LeaseKeeper {
   readonly startedAt: number;
-  readonly maxRunMs: number;
-  readonly onTimeout: () => void;
   /** Local deadline on the monotonic clock: the store's is a little later, never earlier. */
   deadline: number;
   nextAt: number;
-  lost: boolean;
-  done: boolean;
-  abortReason: Error | undefined;
-  controller: AbortController | undefined;
-  inflight: Promise<void> | undefined;
+  lost = false;
+  done = false;
+  abortReason: Error | undefined = undefined;
+  controller: AbortController | undefined = undefined;
+  inflight: Promise<void> | undefined = undefined;
+
+  constructor(
+    readonly board: Board,
+    readonly key: string,
+    readonly fence: number,
+    readonly maxRunMs: number,
+    readonly onTimeout: () => void,
+  ) {
+    this.startedAt = performance.now();
+    this.deadline = this.startedAt + board.opts.leaseMs;
+    this.nextAt = this.startedAt + board.opts.intervalMs;
+  }
+
+  get signal(): AbortSignal {
+    // Most handlers never look at it: no AbortController per message unless asked for.
+    if (this.controller === undefined) {
+      this.controller = new AbortController();
+      if (this.abortReason) this.controller.abort(this.abortReason);
+    }
+    return this.controller.signal;
+  }
+
+  async stop(): Promise<void> {
+    this.board.release(this);
+    await this.inflight;
+  }
+
+  abort(reason: Error): void {
+    this.board.release(this);
+    this.fire(reason);
+  }
+
+  fire(reason: Error): void {
+    this.abortReason ??= reason;
+    this.controller?.abort(this.abortReason);
+  }
 }
 
 export interface LeaseBoard {
   hold(options: HoldOptions): LeaseKeeper;
 }
 
-export function createLeaseBoard(opts: LeaseBoardOptions): LeaseBoard {
-  const held = new Set<Held>();
+/** Every lease of one processor, extended from one timer. */
+class Board implements LeaseBoard {
+  private readonly held = new Set<Held>();
   // Often enough to extend each lease on time and to notice a failing store before its deadline.
-  const tickMs = Math.max(1, Math.min(opts.intervalMs, 1000) / 2);
-  let timer: NodeJS.Timeout | undefined;
+  private readonly tickMs: number;
+  private timer: NodeJS.Timeout | undefined;
 
-  const abort = (h: Held, reason: Error) => {
-    h.abortReason ??= reason;
-    h.controller?.abort(h.abortReason);
-  };
+  constructor(readonly opts: LeaseBoardOptions) {
+    this.tickMs = Math.max(1, Math.min(opts.intervalMs, 1000) / 2);
+  }
 
-  const extend = async (h: Held) => {
-    const askedAt = performance.now();
-    try {
-      const r = await opts.store.extend(h.key, h.fence, opts.leaseMs);
-      if (h.done) return;
-      if (r === 'lost') {
-        h.lost = true;
-        h.done = true;
-        abort(h, new LeaseLostError({ key: h.key, fence: h.fence }));
-        return;
-      }
-      h.deadline = askedAt + opts.leaseMs;
-      h.nextAt = askedAt + opts.intervalMs;
-    } catch (error) {
-      opts.onError?.(h.key, error);
-      if (performance.now() >= h.deadline)
-        abort(h, new LeaseLostError({ key: h.key, fence: h.fence, cause: error }));
-      // Try again soon, never later than the deadline.
-      h.nextAt = performance.now() + Math.min(opts.intervalMs, 50);
+  hold({ key, fence, maxRunMs, onTimeout }: HoldOptions): LeaseKeeper {
+    const h = new Held(this, key, fence, maxRunMs, onTimeout);
+    this.held.add(h);
+    if (this.timer === undefined) {
+      this.timer = setInterval(() => this.tick(), this.tickMs);
+      this.timer.unref?.();
     }
-  };
+    return h;
+  }
 
-  const tick = () => {
+  release(h: Held): void {
+    h.done = true;
+    this.held.delete(h);
+    if (this.held.size === 0 && this.timer !== undefined) {
+      clearInterval(this.timer);
+      this.timer = undefined;
+    }
+  }
+
+  private tick(): void {
     const now = performance.now();
-    for (const h of held) {
+    for (const h of this.held) {
       if (h.done) continue;
       if (now - h.startedAt >= h.maxRunMs) {
         h.onTimeout();
         continue;
       }
       if (h.inflight === undefined && now >= h.nextAt) {
-        h.inflight = extend(h).finally(() => {
+        h.inflight = this.extend(h).finally(() => {
           h.inflight = undefined;
         });
       }
     }
-  };
+  }
 
-  const release = (h: Held) => {
-    h.done = true;
-    held.delete(h);
-    if (held.size === 0 && timer !== undefined) {
-      clearInterval(timer);
-      timer = undefined;
-    }
-  };
-
-  return {
-    hold({ key, fence, maxRunMs, onTimeout }) {
-      const now = performance.now();
-      const h: Held = {
-        key,
-        fence,
-        startedAt: now,
-        maxRunMs,
-        onTimeout,
-        deadline: now + opts.leaseMs,
-        nextAt: now + opts.intervalMs,
-        lost: false,
-        done: false,
-        abortReason: undefined,
-        controller: undefined,
-        inflight: undefined,
-      };
-      held.add(h);
-      if (timer === undefined) {
-        timer = setInterval(tick, tickMs);
-        timer.unref?.();
+  private async extend(h: Held): Promise<void> {
+    const { store, leaseMs, intervalMs, onError } = this.opts;
+    const askedAt = performance.now();
+    try {
+      const r = await store.extend(h.key, h.fence, leaseMs);
+      if (h.done) return;
+      if (r === 'lost') {
+        h.lost = true;
+        h.done = true;
+        h.fire(new LeaseLostError({ key: h.key, fence: h.fence }));
+        return;
       }
-      return {
-        get signal() {
-          // Most handlers never look at it: no AbortController per message unless asked for.
-          if (h.controller === undefined) {
-            h.controller = new AbortController();
-            if (h.abortReason) h.controller.abort(h.abortReason);
-          }
-          return h.controller.signal;
-        },
-        get lost() {
-          return h.lost;
-        },
-        async stop() {
-          release(h);
-          await h.inflight;
-        },
-        abort(reason) {
-          release(h);
-          abort(h, reason);
-        },
-      };
-    },
-  };
+      h.deadline = askedAt + leaseMs;
+      h.nextAt = askedAt + intervalMs;
+    } catch (error) {
+      onError?.(h.key, error);
+      if (performance.now() >= h.deadline)
+        h.fire(new LeaseLostError({ key: h.key, fence: h.fence, cause: error }));
+      // Try again soon, never later than the deadline.
+      h.nextAt = performance.now() + Math.min(intervalMs, 50);
+    }
+  }
+}
+
+export function createLeaseBoard(opts: LeaseBoardOptions): LeaseBoard {
+  return new Board(opts);
 }

@@ -60,7 +60,7 @@ import {
   BAGGAGE_REQUEST_ID,
   KEY_ATTRIBUTES,
 } from './semconv.js';
-import type { HeldLease, OrderedGroup, Shared, Turn } from './shared.js';
+import { type HeldLease, type OrderedGroup, RunUnderWay, type Shared, type Turn } from './shared.js';
 import type { Delivery, Disposition, Outcome } from './spi.js';
 import { coalescing } from './store/coalesce.js';
 import { withDeadline } from './store/deadline.js';
@@ -193,7 +193,9 @@ async function processDelivery<T, R>(
   const ctx = scrubber && traced ? withScrub(spanCtx, scrub) : spanCtx;
   let disposition: Disposition;
   try {
-    disposition = await withContext(ctx, () => run(o, delivery, span, ctx, shared, turn, scrubber));
+    disposition = await (traced
+      ? withContext(ctx, () => run(o, delivery, span, ctx, shared, turn, scrubber))
+      : run(o, delivery, span, ctx, shared, turn, scrubber));
   } catch (error) {
     // Only a bug gets here; never ack what we do not understand.
     recordError(span, error, scrub);
@@ -243,7 +245,7 @@ async function run<T, R>(
   scrubber: Scrubber | undefined,
 ): Promise<Disposition> {
   // A delivery needing no handler run lets the next one go as soon as the one before it did.
-  const passOn = async () => turn?.go(await turn.previous);
+  const passOn = turn ? async () => turn.go(await turn.previous) : noTurn;
   let prepared: Prepared<T>;
   try {
     prepared = prepare(o, delivery);
@@ -299,7 +301,7 @@ async function run<T, R>(
   const asked = performance.now();
   try {
     begun =
-      (await reuseHeld(o, shared, storeKey, prepared.fingerprint)) ??
+      (shared.held.size > 0 ? await reuseHeld(o, shared, storeKey, prepared.fingerprint) : undefined) ??
       (await inSpan('exactly-once begin', runCtx, {}, () =>
         o.store.begin({
           key: storeKey,
@@ -380,16 +382,13 @@ async function run<T, R>(
   }
   // Copies of this key that arrive while this run completes and publishes wait for it instead
   // of publishing the same outgoing messages again (see finishCompleted).
-  let finished!: () => void;
-  const marker = new Promise<void>((resolve) => {
-    finished = resolve;
-  });
+  const marker = new RunUnderWay();
   shared.publishing.set(storeKey, marker);
   try {
     return await runAcquired(o, delivery, span, runCtx, prepared, begun, shared, turn);
   } finally {
     if (shared.publishing.get(storeKey) === marker) shared.publishing.delete(storeKey);
-    finished();
+    marker.end();
   }
 }
 
@@ -444,7 +443,7 @@ async function runAcquired<T, R>(
     kind: begun.kind,
     namespace: o.namespace,
     consumer: o.consumer,
-    headers: textHeaders(delivery.headers),
+    headers: delivery.headers,
     signal: () => keeper.signal,
     span,
     otelContext: runCtx,
@@ -528,6 +527,8 @@ async function runAcquired<T, R>(
   }
   return publishThenAck(o, runCtx, delivery, storeKey, fence, state.outgoing, outcome, stored, shared);
 }
+
+const noTurn = async () => {};
 
 /** Delivery attributes without the ones that carry keys (message id, Kafka message key). */
 function withoutKeys(attributes: Delivery['attributes']): Delivery['attributes'] {

@@ -26,7 +26,7 @@ export async function finishCompleted<T, R>(
   if (pending.length > 0 && underWay) {
     // A concurrent copy in this process is publishing the same messages right now: wait for it
     // rather than send them twice, then publish only what it did not confirm.
-    await underWay.catch(() => {});
+    await underWay.wait();
     const fresh = await o.store.get(storeKey).catch(() => undefined);
     if (fresh?.state === 'COMPLETED') pending = fresh.outgoing.filter((m) => !m.published);
   }

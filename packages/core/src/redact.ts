@@ -32,25 +32,52 @@ export interface Scrubber {
 }
 
 export function createScrubber(payload?: Uint8Array): Scrubber {
-  const secrets = new Set<string>();
-  let payloadText: string | undefined;
-  const text = () => {
-    if (payloadText === undefined && payload !== undefined && payload.byteLength > 0) {
-      payloadText = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString('utf8');
+  return new SecretScrubber(payload);
+}
+
+/**
+ * Made for every delivery but used only when something is reported: the payload's text and the
+ * scrub function are made on first use.
+ */
+class SecretScrubber implements Scrubber {
+  private readonly secrets: string[] = [];
+  private payloadText: string | undefined;
+  private bound: Scrub | undefined;
+
+  constructor(private readonly payload: Uint8Array | undefined) {}
+
+  get scrub(): Scrub {
+    this.bound ??= (input) => this.apply(input);
+    return this.bound;
+  }
+
+  add(...values: (string | undefined)[]): void {
+    for (const value of values) {
+      if (typeof value !== 'string' || value.length === 0) continue;
+      this.secrets.push(value);
+      if (value.length > TRUNCATED_AT + 3) this.secrets.push(`${value.slice(0, TRUNCATED_AT)}...`);
     }
-    return payloadText;
-  };
-  const scrub: Scrub = (input) => {
+  }
+
+  private text(): string | undefined {
+    const payload = this.payload;
+    if (this.payloadText === undefined && payload !== undefined && payload.byteLength > 0) {
+      this.payloadText = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString('utf8');
+    }
+    return this.payloadText;
+  }
+
+  private apply(input: string): string {
     if (typeof input !== 'string' || input.length === 0) return input;
     let out = input;
     // Longest first, so a store key (`ns:consumer:key`) goes whole before its key part.
-    for (const secret of [...secrets].sort((a, b) => b.length - a.length)) {
+    for (const secret of [...new Set(this.secrets)].sort((a, b) => b.length - a.length)) {
       out =
         secret.length >= MIN_BARE_LENGTH
           ? out.split(secret).join(REDACTED)
           : out.split(`"${secret}"`).join(`"${REDACTED}"`);
     }
-    const body = payload === undefined ? undefined : text();
+    const body = this.text();
     if (body !== undefined) {
       // `JSON.parse` and most decoders quote the input they choke on, shortened with `...`.
       out = out.replace(/"((?:[^"\\]|\\.)*)"/g, (quoted, inner: string) => {
@@ -59,15 +86,5 @@ export function createScrubber(payload?: Uint8Array): Scrubber {
       });
     }
     return out;
-  };
-  return {
-    scrub,
-    add(...values) {
-      for (const value of values) {
-        if (typeof value !== 'string' || value.length === 0) continue;
-        secrets.add(value);
-        if (value.length > TRUNCATED_AT + 3) secrets.add(`${value.slice(0, TRUNCATED_AT)}...`);
-      }
-    },
-  };
+  }
 }

@@ -48,10 +48,34 @@ export interface OrderedGroup {
  */
 export const ORDERED_WINDOW = 32;
 
+/**
+ * Marks a run under way; others may wait for its end. The promise is made only for a waiter, as
+ * almost no run has one.
+ */
+export class RunUnderWay {
+  private ended = false;
+  private promise: Promise<void> | undefined;
+  private resolve: (() => void) | undefined;
+
+  /** Resolves once {@link end} was called (at once if it was). */
+  wait(): Promise<void> {
+    if (this.ended) return Promise.resolve();
+    this.promise ??= new Promise<void>((resolve) => {
+      this.resolve = resolve;
+    });
+    return this.promise;
+  }
+
+  end(): void {
+    this.ended = true;
+    this.resolve?.();
+  }
+}
+
 /** What the runs of one processor share. */
 export interface Shared {
-  /** Publishes under way, by store key (see finishCompleted). */
-  readonly publishing: Map<string, Promise<unknown>>;
+  /** Runs that may publish, by store key (see finishCompleted). */
+  readonly publishing: Map<string, RunUnderWay>;
   /** Consecutive unconfirmed publishes, by store key (see publishThenAck). */
   readonly publishFailures: Map<string, number>;
   /** The heartbeat of every running handler's lease. */

@@ -137,7 +137,7 @@ export function scrubOf(ctx: Context): Scrub {
 }
 
 /** Runs `fn` in a child span, recording an exception and error status if it throws. */
-export async function inSpan<T>(
+export function inSpan<T>(
   name: string,
   parent: Context,
   attributes: Attributes,
@@ -146,6 +146,16 @@ export async function inSpan<T>(
 ): Promise<T> {
   // A child of a span that does not record would not record either.
   if (!trace.getSpan(parent)?.isRecording()) return fn(NOT_RECORDING);
+  return inRecordingSpan(name, parent, attributes, fn, kind);
+}
+
+async function inRecordingSpan<T>(
+  name: string,
+  parent: Context,
+  attributes: Attributes,
+  fn: (span: Span) => Promise<T>,
+  kind: SpanKind,
+): Promise<T> {
   const span = tracer().startSpan(name, { kind, attributes }, parent);
   try {
     return await context.with(trace.setSpan(parent, span), () => fn(span));
@@ -183,6 +193,8 @@ export function recordError(span: Span, error: unknown, scrub: Scrub = noScrub):
 /** `<trace id>-<span id>` of a span, as records keep it (see `ProcessedRecord.traceId`). */
 export function spanRef(span: Span): string | undefined {
   const sc = span.spanContext();
+  // The untraced run's context is the API's invalid one: skip the validity regexes.
+  if (sc === INVALID_SPAN_CONTEXT) return undefined;
   return trace.isSpanContextValid(sc) ? `${sc.traceId}-${sc.spanId}` : undefined;
 }
 

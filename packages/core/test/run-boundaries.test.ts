@@ -231,6 +231,34 @@ describe('a context used after its run', () => {
   });
 });
 
+describe('the context handed to a handler', () => {
+  it('works through methods taken off it (destructured), and shows text headers', async () => {
+    const publisher = recordingPublisher();
+    const seen: { headers?: Readonly<Record<string, string>>; keys?: string[]; step?: number } = {};
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      publisher,
+      ...fast,
+      handler: async (_: unknown, ctx: HandlerContext) => {
+        const { keyFor, publish, step, headers, key: messageKey } = ctx;
+        seen.headers = headers;
+        seen.keys = [messageKey, keyFor('charge'), ctx.keyFor('charge')];
+        seen.step = await step('count', () => 41 + 1);
+        publish('emails', { to: 'a@example.com' }, { name: 'receipt' });
+      },
+    });
+    const headers = { ...key('detached'), 'x-note': new TextEncoder().encode('bytes as text') };
+    expect(await p.process(delivery({}, headers))).toMatchObject({ action: 'ack' });
+    expect(seen.headers).toEqual({ [Headers.IdempotencyKey]: 'detached', 'x-note': 'bytes as text' });
+    expect(seen.keys?.[0]).toBe('detached');
+    expect(seen.keys?.[1]).toMatch(/^eo2-/);
+    expect(seen.keys?.[2]).toBe(seen.keys?.[1]);
+    expect(seen.step).toBe(42);
+    expect(publisher.sent.map((m) => m.destination)).toEqual(['emails']);
+  });
+});
+
 describe('bounded runs and deferrals', () => {
   it('a hung handler is given up after maxRunMs: signal aborted, key released, retry scheduled', async () => {
     const store = createMemoryStore();
