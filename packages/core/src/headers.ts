@@ -100,7 +100,10 @@ export function readIdentityHeader(headers: MessageHeaders | undefined, name: st
     // Names are ASCII: a key of another length cannot be the same name in another case.
     if (k.length !== lower.length || (k !== lower && k.toLowerCase() !== lower)) continue;
     if (found === undefined) found = k;
-    else (all ??= [found]).push(k);
+    else {
+      all ??= [found];
+      all.push(k);
+    }
   }
   if (all !== undefined) {
     throw new InvalidKeyError(
