@@ -36,7 +36,6 @@ import {
   storeDown,
 } from './failure.js';
 import { handlerRun, ResultSourceFailure, runHandler, storeResult } from './handler-run.js';
-import { textHeaders } from './headers.js';
 import { createLeaseBoard } from './lease-keeper.js';
 import { type ProcessorOptions, type ResolvedProcessorOptions, resolveProcessorOptions } from './options.js';
 import { mayRun, NOT_RUN, releaseKept, reuseHeld } from './ordered.js';
