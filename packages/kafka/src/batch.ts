@@ -7,11 +7,11 @@
 
 import { type Logger, toErrorInfo } from '@exactly-once/core';
 import {
+  settle as ackLast,
   type Delivery,
   type Disposition,
   type OrderedRun,
   type Processor,
-  settle as ackLast,
 } from '@exactly-once/core/spi';
 import { type EachBatchPayloadLike, isRebalanceError, type KafkaMessageLike } from './client.js';
 import { deadLetterRecord, retryAtOf, retryRecord, toDelivery } from './delivery.js';
@@ -67,9 +67,11 @@ export async function runBatch(env: BatchEnv, payload: EachBatchPayloadLike): Pr
 class BatchRun {
   private readonly topic: string;
   private readonly partition: number;
-  /** Resolves when this batch must stop taking on work: revoked, stale, or the consumer stops. */
-  private readonly interrupted: Promise<void>;
-  private interrupt!: () => void;
+  /**
+   * Called when this batch must stop taking on work (revoked, stale, or the consumer stops), by
+   * whatever waits at that moment (see {@link unlessInterrupted}).
+   */
+  private readonly onInterrupt = new Set<() => void>();
   private stopped = false;
   private rebalanceError: unknown;
   /** Ordered groups started by this batch (see Processor.processInOrder). */
@@ -85,20 +87,45 @@ class BatchRun {
   ) {
     this.topic = payload.batch.topic;
     this.partition = payload.batch.partition;
-    this.interrupted = new Promise<void>((resolve) => {
-      this.interrupt = () => {
-        this.stopped = true;
-        // Handlers of records not under way yet must not start once the batch is given up.
-        void this.releaseRuns();
-        resolve();
-      };
-    });
     if (env.stopSignal.aborted) this.interrupt();
     else env.stopSignal.addEventListener('abort', this.onStop, { once: true });
   }
 
   // Removed when the batch ends: the stop signal lives as long as the consumer, batches do not.
   private readonly onStop = () => this.interrupt();
+
+  private interrupt(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    // Handlers of records not under way yet must not start once the batch is given up.
+    void this.releaseRuns();
+    for (const cut of this.onInterrupt) cut();
+    this.onInterrupt.clear();
+  }
+
+  /**
+   * What `pending` answers, or undefined once the batch is interrupted first. Not a race with a
+   * promise of the interrupt: every race would leave a reaction on that batch-long promise, and
+   * with it each record's run, until the batch ends (a batch is thousands of records).
+   */
+  private unlessInterrupted<T>(pending: Promise<T>): Promise<T | undefined> {
+    // Interrupted already: an answer that is already there still wins, as in a race.
+    if (this.stopped) return Promise.race([pending, Promise.resolve(undefined)]);
+    return new Promise<T | undefined>((resolve, reject) => {
+      const cut = () => resolve(undefined);
+      this.onInterrupt.add(cut);
+      pending.then(
+        (value) => {
+          this.onInterrupt.delete(cut);
+          resolve(value);
+        },
+        (error: unknown) => {
+          this.onInterrupt.delete(cut);
+          reject(error);
+        },
+      );
+    });
+  }
 
   /** Ends the batch's ordered groups: no handler of theirs starts any more; kept leases go back. */
   private releaseRuns(): Promise<unknown> {
@@ -118,22 +145,26 @@ class BatchRun {
     const messages = this.payload.batch.messages;
     // Retry-topic records wait for their due time one by one; the others run in ordered groups.
     const grouped = this.topic !== this.env.retryTopic;
-    let group: { from: number; dispositions: Promise<Disposition>[] } | undefined;
+    let group: { from: number; run: OrderedRun } | undefined;
     try {
       for (let i = 0; i < messages.length; ) {
         const message = messages[i] as KafkaMessageLike;
         let started: Promise<Disposition> | undefined;
         if (grouped) {
-          if (group === undefined || i - group.from >= group.dispositions.length) {
+          if (group === undefined || i - group.from >= group.run.dispositions.length) {
             if (!this.live()) break;
+            // Every record of the group before settled, so it keeps no lease: let it go rather
+            // than hold its runs (and their results) until the batch ends.
+            const done = group === undefined ? -1 : this.runs.indexOf(group.run);
+            if (done >= 0) this.runs.splice(done, 1);
             const run = this.env.processor.processInOrder(
               messages.slice(i, i + CHUNK).map((m) => this.deliveryOf(m)),
             );
             this.runs.push(run);
-            group = { from: i, dispositions: run.dispositions };
+            group = { from: i, run };
           }
           // Already started: an interrupt gives it the grace period like any run under way.
-          started = group.dispositions[i - group.from];
+          started = group.run.dispositions[i - group.from];
         } else if (!this.live()) break;
         const step = await this.handle(message, started);
         if (step === 'rebatch') {
@@ -304,7 +335,7 @@ class BatchRun {
    * unresolved for whoever owns the partition next.
    */
   private async awaitOrAbandon(pending: Promise<Disposition>): Promise<Disposition | undefined> {
-    const first = await Promise.race([pending, this.interrupted.then(() => undefined)]);
+    const first = await this.unlessInterrupted(pending);
     if (first !== undefined) return first;
     let timer: NodeJS.Timeout | undefined;
     const late = await Promise.race([
@@ -332,12 +363,11 @@ class BatchRun {
       return 'paused';
     }
     let timer: NodeJS.Timeout | undefined;
-    const slept = await Promise.race([
+    const slept = await this.unlessInterrupted(
       new Promise<boolean>((resolve) => {
         timer = setTimeout(resolve, ms, true);
       }),
-      this.interrupted.then(() => false),
-    ]);
+    );
     clearTimeout(timer);
     return slept ? 'settled' : 'abandoned';
   }

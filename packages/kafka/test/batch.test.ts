@@ -1,5 +1,7 @@
 /** The batch runner against a scripted client and processor: what gets resolved and committed when. */
 import type { Delivery, Disposition, Processor } from '@exactly-once/core/spi';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
 import { type BatchEnv, runBatch } from '../src/batch.js';
 import type {
@@ -207,4 +209,40 @@ describe('batch runner', () => {
     expect(resolved).toEqual(['0']);
     expect(commits).toEqual(['1']);
   });
+
+  it('lets go of settled records while a long batch goes on (nothing of theirs is held until it ends)', async () => {
+    // The collector, to see what is still held; exposed at run time, for this check only.
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const count = 3_000;
+    const { p } = payload(count);
+    let release!: (d: Disposition) => void;
+    const last = new Promise<Disposition>((r) => {
+      release = r;
+    });
+    const answers: WeakRef<Disposition>[] = [];
+    const { e } = env((d) => {
+      if (offsetOf(d) === count - 1) return last;
+      // A fresh answer per record: its liveness is what is checked.
+      const answer: Disposition = { action: 'ack', outcome: 'acquired' };
+      answers.push(new WeakRef(answer));
+      return answer;
+    });
+    const batch = runBatch(e, p);
+    await waitUntilSettled(() => e.stats.acked === count - 1);
+    gc();
+    await new Promise((r) => setTimeout(r, 0));
+    gc();
+    // Every record but the last is settled: at most the current group's answers may be held.
+    const held = answers.filter((a) => a.deref() !== undefined).length;
+    expect(held).toBeLessThanOrEqual(64);
+    release(ack);
+    await batch;
+    expect(e.stats.acked).toBe(count);
+  });
 });
+
+async function waitUntilSettled(done: () => boolean): Promise<void> {
+  for (let i = 0; i < 1_000 && !done(); i++) await new Promise((r) => setTimeout(r, 5));
+  expect(done()).toBe(true);
+}

@@ -20,7 +20,7 @@
  * Two distinct keys share a record only if 144 bits of their sha256 agree: about n²/2^145 for n
  * keys, 2e-29 at 30 million.
  */
-import { createHash } from 'node:crypto';
+import * as crypto from 'node:crypto';
 
 export const TAG_COUNT = 65_536;
 
@@ -75,23 +75,32 @@ export function recordKey(prefix: string, tag: number, id: Buffer): Buffer {
   return Buffer.concat([Buffer.from(`${tagPrefix(prefix, tag)}:`), id]);
 }
 
-// A key is begun and then completed moments later: remember the last few thousand layouts rather
-// than hash each key twice.
-const recent = new Map<string, RecordKeys>();
+// A key is begun and then completed moments later: remember the last few thousand layouts of each
+// prefix rather than hash each key twice (a map per prefix: no joined string to build and hash).
+const recent = new Map<string, Map<string, RecordKeys>>();
 const RECENT_MAX = 4096;
 
 export function keysFor(prefix: string, key: string): RecordKeys {
-  const cacheKey = `${prefix}\u0000${key}`;
-  const cached = recent.get(cacheKey);
+  let ofPrefix = recent.get(prefix);
+  if (ofPrefix === undefined) {
+    ofPrefix = new Map();
+    recent.set(prefix, ofPrefix);
+  }
+  const cached = ofPrefix.get(key);
   if (cached !== undefined) return cached;
   const keys = computeKeys(prefix, key);
-  if (recent.size >= RECENT_MAX) recent.clear();
-  recent.set(cacheKey, keys);
+  if (ofPrefix.size >= RECENT_MAX) ofPrefix.clear();
+  ofPrefix.set(key, keys);
   return keys;
 }
 
+// One-shot hashing (Node >= 20.12) skips the Hash object, half the cost of a key's layout.
+const oneShot = (crypto as { hash?: (algorithm: string, data: string, encoding: 'buffer') => Buffer }).hash;
+
 function computeKeys(prefix: string, key: string): RecordKeys {
-  const digest = createHash('sha256').update(key).digest();
+  const digest = oneShot
+    ? oneShot('sha256', key, 'buffer')
+    : crypto.createHash('sha256').update(key).digest();
   const tag = digest.readUInt16BE(0);
   const id = digest.subarray(2, 18);
   return new Keys(prefix, tag, id, recordKey(prefix, tag, id));
@@ -116,6 +125,6 @@ export function fingerprintClaimKey(prefix: string, scope: string, fingerprint: 
   const tag =
     fingerprint.length <= 64 && !/[{}]/.test(fingerprint)
       ? `f${fingerprint}`
-      : `h${createHash('sha256').update(fingerprint).digest('hex')}`;
+      : `h${crypto.createHash('sha256').update(fingerprint).digest('hex')}`;
   return Buffer.from(`${prefix}:{${tag}}p:${scope}`);
 }
