@@ -236,7 +236,12 @@ class BatchRun {
    */
   private async settle(message: KafkaMessageLike, first: Promise<Disposition> | undefined): Promise<Step> {
     const { env, topic } = this;
-    const delivery = this.deliveryOf(message);
+    // A grouped record's run already has its delivery: map it again only to run it here or copy it.
+    let mapped: Delivery | undefined;
+    const delivery = () => {
+      mapped ??= this.deliveryOf(message);
+      return mapped;
+    };
     if (topic === env.retryTopic) {
       const due = retryAtOf(message);
       const wait = due === undefined ? 0 : due - Date.now();
@@ -246,7 +251,7 @@ class BatchRun {
       }
     }
     for (let started = first; ; started = undefined) {
-      const pending = started ?? env.processor.process(delivery);
+      const pending = started ?? env.processor.process(delivery());
       const d = await this.awaitOrAbandon(pending);
       if (d === undefined) {
         // Given up; the run goes on unowned (its writes are fenced) and is still in flight.
@@ -267,13 +272,13 @@ class BatchRun {
           env.stats.acked++;
           return this.resolve(message);
         case 'dead-letter': {
-          if (!(await this.settleWithCopy(d, message, delivery))) return 'abandoned';
+          if (!(await this.settleWithCopy(d, message, delivery()))) return 'abandoned';
           env.stats.deadLettered++;
           return 'settled';
         }
         case 'retry': {
           if (env.retryTopic !== undefined) {
-            if (!(await this.settleWithCopy(d, message, delivery))) return 'abandoned';
+            if (!(await this.settleWithCopy(d, message, delivery()))) return 'abandoned';
             env.stats.retried++;
             return 'settled';
           }

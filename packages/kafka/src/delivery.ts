@@ -97,6 +97,10 @@ type HeaderValue = string | Uint8Array;
 export function cleanHeaders(headers: KafkaHeaders | undefined): Record<string, HeaderValue | HeaderValue[]> {
   const out: Record<string, HeaderValue | HeaderValue[]> = {};
   for (const [name, value] of Object.entries(headers ?? {})) {
+    if ((typeof value === 'string' || value instanceof Uint8Array) && name !== '__proto__') {
+      out[name] = value; // the common case: one value, a plain name
+      continue;
+    }
     const values = (Array.isArray(value) ? value : [value]).filter(
       (v): v is HeaderValue => typeof v === 'string' || v instanceof Uint8Array,
     );
