@@ -1,7 +1,7 @@
 /** The batch runner against a scripted client and processor: what gets resolved and committed when. */
-import type { Delivery, Disposition, Processor } from '@exactly-once/core/spi';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
+import type { Delivery, Disposition, Processor } from '@exactly-once/core/spi';
 import { describe, expect, it } from 'vitest';
 import { type BatchEnv, runBatch } from '../src/batch.js';
 import type {
