@@ -20,13 +20,13 @@ describe('capacity', () => {
     const e = await cliJson<Estimate>(['capacity', '--keys-per-day', '1000000', '--retention', '30']);
     expect(e.compaction).toBe(true);
     expect(e.recordWindowDays).toBe(1);
-    expect(e.records).toEqual({ count: 1_000_000, bytesPerRecord: 360, bytes: 360_000_000 });
+    expect(e.records).toEqual({ count: 1_000_000, bytesPerRecord: 312, bytes: 312_000_000 });
     // 29 B a marker plus 260 B for each of the 65,536 buckets.
     expect(e.markers.count).toBe(29_000_000);
     expect(e.markers.bucketOverheadBytes).toBe(65_536 * 260);
     expect(e.markers.bytes).toBe(29_000_000 * 29 + 65_536 * 260);
     expect(e.totalBytes).toBe(e.records.bytes + e.markers.bytes);
-    expect(e.recordsOnlyBytes).toBe(30_000_000 * 289);
+    expect(e.recordsOnlyBytes).toBe(30_000_000 * 241);
     expect(e.warnings).toEqual([]);
     // At 1M markers the model gives the measured 46 B per marker.
     const m = await cliJson<Estimate>([
@@ -42,10 +42,10 @@ describe('capacity', () => {
 
     const text = await cliText(['capacity', '--keys-per-day', '1,000,000', '--retention', '30d']);
     expect(text).toContain('full records for 1 day, compaction markers for the other 29 days');
-    expect(text).toMatch(/records\s+1,000,000\s+360 B\s+343 MiB/);
+    expect(text).toMatch(/records\s+1,000,000\s+312 B\s+298 MiB/);
     expect(text).toMatch(/markers\s+29,000,000\s+29\.6 B\s+818 MiB/);
-    expect(text).toMatch(/total\s+30,000,000\s+1\.13 GiB/);
-    expect(text).toContain('without compaction (full records for 30 days): 8.07 GiB');
+    expect(text).toMatch(/total\s+30,000,000\s+1\.09 GiB/);
+    expect(text).toContain('without compaction (full records for 30 days): 6.73 GiB');
     expect(text).toContain('compactAfterMs: 86400000');
   });
 
@@ -83,7 +83,7 @@ describe('capacity', () => {
       '30',
     ]);
     expect(all.compaction).toBe(false);
-    expect(all.records).toEqual({ count: 7000, bytesPerRecord: 289, bytes: 7000 * 289 });
+    expect(all.records).toEqual({ count: 7000, bytesPerRecord: 241, bytes: 7000 * 241 });
     expect(all.markers.bytes).toBe(0);
     expect(
       await cliText(['capacity', '--keys-per-day', '1000', '--retention', '7', '--record-window', '30']),

@@ -140,7 +140,7 @@ function buildProgram(io: Io): Command {
     )
     .option(
       '--record-bytes <n>',
-      'bytes per record (default: measured, 360 with compaction, 289 without)',
+      'bytes per record (default: measured, 312 with compaction, 241 without)',
       (v) => parseNumber('--record-bytes', v, { min: 1 }),
     )
     .option('--marker-bytes <n>', 'bytes per marker, flat (default: measured, 29 + bucket overhead)', (v) =>
