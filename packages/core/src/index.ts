@@ -38,6 +38,7 @@ export {
   normalizeKey,
   recordKeyFor,
   scopeKey,
+  sha256,
   sha256Hex,
   stableKey,
   validateName,

@@ -164,11 +164,21 @@ export function stableKey(purpose: string, fields: Readonly<Record<string, Stabl
   return `${purpose}-${crypto.createHash('sha256').update(canonicalJson(fields)).digest('base64url').slice(0, 32)}`;
 }
 
-// One-shot hashing (Node >= 20.12) skips the Hash object: a third of the cost for a payload.
+// One-shot hashing (Node >= 20.12) skips the Hash object: a third of the cost for a short input.
 const oneShot = (
-  crypto as { hash?: (algorithm: string, data: string | Uint8Array, encoding: 'hex') => string }
+  crypto as {
+    hash?: {
+      (algorithm: string, data: string | Uint8Array, encoding: 'hex'): string;
+      (algorithm: string, data: string | Uint8Array, encoding: 'buffer'): Buffer;
+    };
+  }
 ).hash;
 
 export function sha256Hex(data: string | Uint8Array): string {
   return oneShot ? oneShot('sha256', data, 'hex') : crypto.createHash('sha256').update(data).digest('hex');
+}
+
+/** sha256 of `data` as bytes (for stores that derive names from a key's hash). */
+export function sha256(data: string | Uint8Array): Buffer {
+  return oneShot ? oneShot('sha256', data, 'buffer') : crypto.createHash('sha256').update(data).digest();
 }

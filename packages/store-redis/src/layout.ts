@@ -20,7 +20,7 @@
  * Two distinct keys share a record only if 144 bits of their sha256 agree: about n²/2^145 for n
  * keys, 2e-29 at 30 million.
  */
-import * as crypto from 'node:crypto';
+import { sha256, sha256Hex } from '@exactly-once/core';
 
 export const TAG_COUNT = 65_536;
 
@@ -94,13 +94,8 @@ export function keysFor(prefix: string, key: string): RecordKeys {
   return keys;
 }
 
-// One-shot hashing (Node >= 20.12) skips the Hash object, half the cost of a key's layout.
-const oneShot = (crypto as { hash?: (algorithm: string, data: string, encoding: 'buffer') => Buffer }).hash;
-
 function computeKeys(prefix: string, key: string): RecordKeys {
-  const digest = oneShot
-    ? oneShot('sha256', key, 'buffer')
-    : crypto.createHash('sha256').update(key).digest();
+  const digest = sha256(key);
   const tag = digest.readUInt16BE(0);
   const id = digest.subarray(2, 18);
   return new Keys(prefix, tag, id, recordKey(prefix, tag, id));
@@ -123,8 +118,6 @@ export function redisKeyFor(prefix: string, key: string): Buffer {
  */
 export function fingerprintClaimKey(prefix: string, scope: string, fingerprint: string): Buffer {
   const tag =
-    fingerprint.length <= 64 && !/[{}]/.test(fingerprint)
-      ? `f${fingerprint}`
-      : `h${crypto.createHash('sha256').update(fingerprint).digest('hex')}`;
+    fingerprint.length <= 64 && !/[{}]/.test(fingerprint) ? `f${fingerprint}` : `h${sha256Hex(fingerprint)}`;
   return Buffer.from(`${prefix}:{${tag}}p:${scope}`);
 }

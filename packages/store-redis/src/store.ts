@@ -199,11 +199,11 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
         const records = group.map((r) => keysFor(prefix, r.key).record);
         const call: RedisArg[] = [1, records[0] as Buffer, String(graceMs)];
         call.push(Buffer.concat(group.map((r, i) => packCompletion(records[i] as Buffer, r))));
-        const replies = (
+        const replies = (await batch(() =>
           wait === undefined
-            ? await batch(() => runScript(client, 'completeMany', 'complete', call))
-            : await batch(() => withWait(client, call, wait))
-        ) as number[];
+            ? runScript(client, 'completeMany', 'complete', call)
+            : withWait(client, call, wait),
+        )) as number[];
         return replies.map((r): FencedResult => (r === 1 ? 'ok' : 'lost'));
       },
     );
