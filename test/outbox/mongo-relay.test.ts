@@ -99,6 +99,50 @@ describe.each(servers)('document outbox on %s, relayed to Kafka', (_name, url) =
     expect(await orders.countDocuments({ [PENDING_FIELD]: { $exists: true } })).toBe(0);
   });
 
+  it('a pass reads every pending document even when documents it already passed are marked meanwhile', async () => {
+    // Prepare: six pending documents, read two per page. The first pass confirms them all; the
+    // relay marks them while its next pass reads, here the last document of the second page
+    // just before the third page is read.
+    const topic = 'unused';
+    const ids = ['p-0', 'p-1', 'p-2', 'p-3', 'p-4', 'p-5'];
+    for (const id of ids) {
+      await orders.insertOne({
+        _id: id as never,
+        ...outboxFields(id, [{ destination: topic, body: { id } }]),
+      });
+    }
+    const source = createMongoOutboxSource({ collection: orders, pageSize: 2 });
+    const first: string[] = [];
+    for await (const entry of source.scan()) first.push(entry.id);
+    // Act
+    const second: string[] = [];
+    for await (const entry of source.scan()) {
+      second.push(entry.id);
+      if (second.length === 2) await source.markPublished([first[3] as string]);
+    }
+    // Assess: every document still pending when the pass read its page is in the pass.
+    expect(first).toHaveLength(6);
+    expect(second).toEqual(first);
+    await source.markPublished(first);
+  });
+
+  it('documents written with one eo_pending value (two writers in one millisecond) are each read once', async () => {
+    // Prepare: five documents with the same stamp, more than a page.
+    const ids = ['s-0', 's-1', 's-2', 's-3', 's-4'];
+    const stamp = Date.now();
+    for (const id of ids) {
+      const fields = outboxFields(id, [{ destination: 'unused', body: { id } }]);
+      await orders.insertOne({ _id: id as never, ...fields, [PENDING_FIELD]: stamp });
+    }
+    const source = createMongoOutboxSource({ collection: orders, pageSize: 2 });
+    // Act
+    const read: string[] = [];
+    for await (const entry of source.scan()) if (entry.id.startsWith('string:s-')) read.push(entry.id);
+    // Assess
+    expect(read).toEqual(ids.map((id) => `string:${id}`));
+    await source.markPublished(read);
+  });
+
   it('a document rewritten with a new event after the relay read it stays pending, and the new event goes out', async () => {
     // Prepare: the relay reads o-x, then the service adds an event before the relay marks it.
     const topic = await newTopic();

@@ -140,40 +140,47 @@ export function createMongoOutboxSource(options: MongoOutboxSourceOptions): Mong
       );
     },
     async *scan() {
-      // Pages in (eo_pending, _id) order: the next page starts at the last page's eo_pending and
-      // skips the documents already read at exactly that value. The next page is read while the
+      // Pages in (eo_pending, _id) order: the next page starts at the last page's eo_pending,
+      // and the documents already read at exactly that value are dropped by id. Not skipped by
+      // count: the relay marks documents while it reads, and a marked one no longer matches, so
+      // a count would skip as many unread documents instead. The next page is read while the
       // relay publishes this one.
-      const at = { after: undefined as number | undefined, readAtAfter: 0 };
-      const fetch = (after: number | undefined, skip: number) =>
+      let after: number | undefined;
+      let readAtAfter = new Set<string>();
+      // A page's limit counts the documents read at `after` that it may return again.
+      const fetch = (from: number | undefined, limit: number) =>
         serial(() =>
           collection
-            .find(after === undefined ? pending : { [PENDING_FIELD]: { $gte: after } }, {
+            .find(from === undefined ? pending : { [PENDING_FIELD]: { $gte: from } }, {
               projection: { [OUTBOX_FIELD]: 1, [PENDING_FIELD]: 1 },
               sort: { [PENDING_FIELD]: 1, _id: 1 },
-              skip,
-              limit: pageSize,
-              batchSize: pageSize,
+              limit,
+              batchSize: limit,
               singleBatch: true,
             })
             .toArray(),
         );
-      let next = fetch(at.after, at.readAtAfter);
+      let limit = pageSize;
+      let next = fetch(after, limit);
       for (;;) {
         const page = await next;
-        const entries = page.map((doc): OutboxEntry => {
+        const entries: OutboxEntry[] = [];
+        for (const doc of page) {
           const id = `${typeof doc._id}:${String(doc._id)}`;
           const stamp = doc[PENDING_FIELD] as number;
+          if (stamp === after && readAtAfter.has(id)) continue;
           read.set(id, { _id: doc._id, pending: stamp });
-          if (stamp === at.after) at.readAtAfter++;
-          else {
-            at.after = stamp;
-            at.readAtAfter = 1;
+          if (stamp !== after) {
+            after = stamp;
+            readAtAfter = new Set();
           }
-          return { id, messages: decodeMessages(doc[OUTBOX_FIELD]) };
-        });
-        const more = page.length === pageSize;
+          readAtAfter.add(id);
+          entries.push({ id, messages: decodeMessages(doc[OUTBOX_FIELD]) });
+        }
+        const more = page.length === limit;
         if (more) {
-          next = fetch(at.after, at.readAtAfter);
+          limit = pageSize + readAtAfter.size;
+          next = fetch(after, limit);
           // Not awaited if the relay stops reading first.
           next.catch(() => {});
         }
