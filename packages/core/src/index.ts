@@ -3,7 +3,7 @@
  * the key, header, retry and tracing helpers. Imports no broker and no database client.
  */
 
-export type { FsBlobStoreOptions } from './blob/fs-blob-store.js';
+export type { FsBlobStore, FsBlobStoreOptions } from './blob/fs-blob-store.js';
 export { createFsBlobStore } from './blob/fs-blob-store.js';
 export type { ResultStream } from './blob/result-stream.js';
 export { resultStream } from './blob/result-stream.js';

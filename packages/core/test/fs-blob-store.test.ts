@@ -1,12 +1,13 @@
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, truncate, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describeBlobStoreConformance } from '@exactly-once/core/testing';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createFsBlobStore } from '../src/blob/fs-blob-store.js';
 import type { BlobPointer } from '../src/blob/types.js';
-import { BlobIntegrityError } from '../src/errors.js';
+import { BlobIntegrityError, ConfigError } from '../src/errors.js';
 
 const directories: string[] = [];
 
@@ -133,6 +134,49 @@ describe('fs blob store', () => {
     expect(files).toBe(8);
   });
 
+  it('removes the temporary file of a put whose process was killed, once it is abandonedAfterMs old', async () => {
+    // Prepare: a worker streams a result into the store and is SIGKILLed halfway.
+    const directory = await freshDirectory();
+    const worker = spawn(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        '--conditions=@exactly-once/source',
+        '--input-type=module',
+        '-e',
+        KILLED_PUT,
+        directory,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    await new Promise<void>((resolve, reject) => {
+      worker.stdout.on('data', (data: Buffer) => data.includes('halfway') && resolve());
+      worker.once('exit', (code) => reject(new Error(`worker exited (${code}) before writing`)));
+    });
+    worker.kill('SIGKILL');
+    await new Promise((resolve) => worker.once('exit', resolve));
+    const temporaries = async () => (await readdir(directory)).filter((e) => e.startsWith('.tmp-'));
+    expect(await temporaries()).toHaveLength(1);
+    // Act: a fresh file stays; once untouched for abandonedAfterMs, the next process's put removes it.
+    const blobs = createFsBlobStore({ directory, abandonedAfterMs: 60_000 });
+    expect(await blobs.removeAbandoned()).toBe(0);
+    const [left] = await temporaries();
+    const anHourAgo = new Date(Date.now() - 3_600_000);
+    await utimes(join(directory, left as string), anHourAgo, anHourAgo);
+    const restarted = createFsBlobStore({ directory, abandonedAfterMs: 60_000 });
+    await restarted.put(new Uint8Array([1]));
+    // Assess: the sweep runs beside the put.
+    await expect.poll(temporaries).toEqual([]);
+    expect(await restarted.removeAbandoned()).toBe(0);
+  });
+
+  it('refuses an abandonedAfterMs that is not a positive number', () => {
+    for (const abandonedAfterMs of [0, -1, Number.NaN, Number.POSITIVE_INFINITY]) {
+      expect(() => createFsBlobStore({ directory: 'unused', abandonedAfterMs })).toThrow(ConfigError);
+    }
+  });
+
   it('creates its directory on first put', async () => {
     const directory = join(await freshDirectory(), 'nested', 'blobs');
     const blobs = createFsBlobStore({ directory });
@@ -141,3 +185,15 @@ describe('fs blob store', () => {
     expect((await blobs.get(pointer)).byteLength).toBe(0);
   });
 });
+
+/** A worker that streams a result into the store and reports once the first chunk is written. */
+const KILLED_PUT = `
+import { createFsBlobStore } from '@exactly-once/core';
+async function* source() {
+  yield new Uint8Array(64 * 1024);
+  // Asked for the next chunk: the first one is written.
+  process.stdout.write('halfway\\n');
+  await new Promise(() => setInterval(() => {}, 1000));
+}
+await createFsBlobStore({ directory: process.argv[1] }).put(source());
+`;

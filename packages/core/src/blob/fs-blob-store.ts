@@ -3,14 +3,26 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { type FileHandle, mkdir, open, rename, unlink } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { BlobIntegrityError } from '../errors.js';
+import { BlobIntegrityError, ConfigError } from '../errors.js';
 import type { BlobPointer, BlobSource, BlobStore } from './types.js';
 
 export interface FsBlobStoreOptions {
   /** Root directory of the store; created on first `put`. Every worker sharing blobs uses the same one. */
   readonly directory: string;
+  /**
+   * A temporary file untouched this long belongs to a put whose process died (SIGKILL, power
+   * loss): puts remove such files, looking at most once per this period. Keep it above the
+   * longest pause between two chunks of a streamed result (a put whose file was removed fails
+   * and its run is retried). @defaultValue 3_600_000 (1 h)
+   */
+  readonly abandonedAfterMs?: number;
+}
+
+export interface FsBlobStore extends BlobStore {
+  /** Removes the temporary files of dead puts now (see `abandonedAfterMs`); resolves to how many. */
+  removeAbandoned(): Promise<number>;
 }
 
 const URI_PATTERN = /^fs:([0-9a-f]{32})$/;
@@ -28,11 +40,46 @@ const TEMP_PREFIX = '.tmp-';
  * sha256 against the pointer. Only pointers of the exact form `fs:<32 hex>` are accepted, so a
  * pointer read from a record can never name a path outside the store.
  */
-export function createFsBlobStore(options: FsBlobStoreOptions): BlobStore {
+export function createFsBlobStore(options: FsBlobStoreOptions): FsBlobStore {
   const root = options.directory;
+  const abandonedAfterMs = options.abandonedAfterMs ?? 3_600_000;
+  if (!(abandonedAfterMs > 0 && Number.isFinite(abandonedAfterMs))) {
+    throw new ConfigError('abandonedAfterMs must be a positive number of milliseconds');
+  }
+
+  const removeAbandoned = async (): Promise<number> => {
+    let names: string[];
+    try {
+      names = await readdir(root);
+    } catch (error) {
+      if (codeOf(error) === 'ENOENT') return 0;
+      throw error;
+    }
+    const cutoff = Date.now() - abandonedAfterMs;
+    let removed = 0;
+    for (const name of names) {
+      if (!name.startsWith(TEMP_PREFIX)) continue;
+      const path = join(root, name);
+      try {
+        if ((await stat(path)).mtimeMs >= cutoff) continue;
+        await unlink(path);
+        removed++;
+      } catch (error) {
+        // Renamed or removed meanwhile by its own put, or by another process's sweep.
+        if (codeOf(error) !== 'ENOENT') throw error;
+      }
+    }
+    return removed;
+  };
+  let nextSweepAt = 0;
 
   const put = async (source: BlobSource): Promise<BlobPointer> => {
     await mkdir(root, { recursive: true });
+    if (Date.now() >= nextSweepAt) {
+      nextSweepAt = Date.now() + abandonedAfterMs;
+      // In the background: a put never waits for, or fails with, the sweep.
+      removeAbandoned().catch(() => undefined);
+    }
     const id = randomBytes(16).toString('hex');
     const temp = join(root, `${TEMP_PREFIX}${randomBytes(16).toString('hex')}`);
     const hash = createHash('sha256');
@@ -74,6 +121,7 @@ export function createFsBlobStore(options: FsBlobStoreOptions): BlobStore {
   return {
     put,
     stream,
+    removeAbandoned,
 
     async get(pointer: BlobPointer): Promise<Uint8Array> {
       const chunks: Uint8Array[] = [];
