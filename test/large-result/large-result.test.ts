@@ -13,8 +13,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import {
-  type BlobPointer,
   BlobIntegrityError,
+  type BlobPointer,
+  type BlobStore,
   createFsBlobStore,
   createMemoryStore,
   createProcessor,
@@ -109,7 +110,7 @@ describe('truncated and altered blobs fail with BlobIntegrityError when read', (
     return hash.digest('hex');
   };
   /** A streamed result stored through the pipeline; answers its pointer. */
-  const storeThroughPipeline = async (blobs: ReturnType<typeof createFsBlobStore>, size: number) => {
+  const storeThroughPipeline = async (blobs: BlobStore, size: number) => {
     const p = createProcessor({
       consumer: 'reports',
       store: createMemoryStore(),
@@ -127,11 +128,7 @@ describe('truncated and altered blobs fail with BlobIntegrityError when read', (
     expect(await drain(blobs.stream(d.result.pointer))).toBe(d.result.pointer.sha256);
     return d.result.pointer;
   };
-  const expectCorrupt = async (
-    blobs: ReturnType<typeof createFsBlobStore>,
-    pointer: BlobPointer,
-    label: string,
-  ) => {
+  const expectCorrupt = async (blobs: BlobStore, pointer: BlobPointer, label: string) => {
     await expect(drain(blobs.stream(pointer)), label).rejects.toBeInstanceOf(BlobIntegrityError);
     await expect(blobs.get(pointer), label).rejects.toBeInstanceOf(BlobIntegrityError);
   };
