@@ -13,9 +13,9 @@ export const LAYOUT_VERSION = 2;
 
 export const scripts = {
   begin: {
-    command: 'eoBegin_v2_62ce6b85',
+    command: 'eoBegin_v2_f4b86ad6',
     numberOfKeys: 2,
-    sha1: '62ce6b855672dd2bbcc751b6df108b5b79631427',
+    sha1: 'f4b86ad6c488363fb3c12401fe3bc51005a76f7b',
     lua: `--[[
 begin: claim the record of one key for an attempt, or say why not.
 
@@ -62,8 +62,19 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- Records of the previous layout (one hash with one-letter fields) are converted when first
 -- touched: loadRecord answers them like any other, in the new layout from then on.
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+-- Whole records of the hot path, packed in one call without a table: an IN_PROGRESS record
+-- (HEAD, owner, store key) and a COMPLETED one (HEAD, result).
+local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
+local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
+local lastAt, lastAtText
+local function intAt(at)
+  if at ~= lastAt then lastAt, lastAtText = at, int(at) end
+  return lastAtText
+end
 
 -- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
 local function markerFingerprint(encoded)
@@ -138,13 +149,20 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
-local function loadRecord(rec, headOnly)
+-- The packed record stored at \`rec\`, or nil; a record of the previous layout is converted first.
+local function loadPacked(rec)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
-    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return packRecord(convertLegacy(rec)) end
     error(v.err)
   end
+  if not v then return nil end
+  return v
+end
+
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
+  local v = loadPacked(rec)
   if not v then return nil end
   return unpackRecord(v, headOnly)
 end
@@ -180,10 +198,11 @@ local function expireExtrasWithRecord(rec)
 end
 
 -- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
-local function recordReply(rec, r)
+-- \`packed\`: the record as stored, when \`r\` is unchanged (no need to pack it again).
+local function recordReply(rec, r, packed)
   local extras = {}
   if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
-  return { packRecord(r), extras }
+  return { packed or packRecord(r), extras }
 end
 -- beginOne: the begin transition of one key (see begin-2.lua for the codes). \`full\` asks for the
 -- whole record with a busy answer; batches answer busy with the lease end only.
@@ -193,32 +212,30 @@ end
 -- \`name\` is the store key itself: kept with the attempt's start time while the record is
 -- IN_PROGRESS (complete and fail write records without them), for listInProgress.
 local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, now, full, name)
-  local r = loadRecord(rec)
-  -- COMPLETED and FAILED records are logically gone at their expiry, though still stored for a grace.
-  local live = r and (r.s == 'I' or r.t2 > now)
-
-  if live then
-    -- A different payload under the same key is reported whatever the state.
-    if r.f ~= fp then return 'M', recordReply(rec, r) end
-    if r.s == 'C' then return 'D', recordReply(rec, r) end
-    if r.s == 'F' then return 'F', recordReply(rec, r) end
-    if r.t1 > now then
-      if full then return 'B', recordReply(rec, r) end
-      return 'B', { r.t1 }
-    end
-    -- leaseUntil 0 means released after a retryable error; any other past value, a lapsed holder.
-    -- Steps and the last error (extras) stay: the attempt continues where the last one stopped.
-    local code = 'T'
-    if r.t1 == 0 then code = 'R' end
-    r.n, r.a, r.w, r.t1, r.t2, r.t, r.k = r.n + 1, r.a + 1, owner, now + lease, now, trace, name
-    saveRecord(rec, r, r.t1 + ttl)
-    return code, recordReply(rec, r)
-  end
-
+  local packed = loadPacked(rec)
   -- Fences of new records start at the server clock, so they do not repeat even after the old
   -- record is gone; an expired record still stored also guards against a clock stepping back.
   local fence = now
-  if r then
+  if packed then
+    local r = unpackRecord(packed, true)
+    -- COMPLETED and FAILED records are logically gone at their expiry, though still stored for a grace.
+    if r.s == 'I' or r.t2 > now then
+      -- A different payload under the same key is reported whatever the state.
+      if r.f ~= fp then return 'M', recordReply(rec, r, packed) end
+      if r.s == 'C' then return 'D', recordReply(rec, r, packed) end
+      if r.s == 'F' then return 'F', recordReply(rec, r, packed) end
+      if r.t1 > now then
+        if full then return 'B', recordReply(rec, r, packed) end
+        return 'B', { r.t1 }
+      end
+      -- leaseUntil 0 means released after a retryable error; any other past value, a lapsed holder.
+      -- Steps and the last error (extras) stay: the attempt continues where the last one stopped.
+      local code = 'T'
+      if r.t1 == 0 then code = 'R' end
+      r.n, r.a, r.w, r.t1, r.t2, r.t, r.k = r.n + 1, r.a + 1, owner, now + lease, now, trace, name
+      saveRecord(rec, r, r.t1 + ttl)
+      return code, recordReply(rec, r)
+    end
     fence = math.max(now, r.n + 1)
     dropExtras(rec, r)
   else
@@ -233,9 +250,10 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, now, full
     end
   end
 
+  -- The new record, packed directly: the path of every new key.
   local leaseUntil = now + lease
-  saveRecord(rec, { s = 'I', n = fence, a = 1, t1 = leaseUntil, t2 = now, flags = 0, f = fp, t = trace, w = owner, k = name },
-    leaseUntil + ttl)
+  rcall('SET', rec, struct.pack(IN_PROGRESS_RECORD, 'I', fence, 1, leaseUntil, now, 0, #fp, fp, #trace, trace,
+    #owner, owner, #name, name), 'PXAT', intAt(leaseUntil + ttl))
   return 'N', fence
 end
 
@@ -245,9 +263,9 @@ return { code, now, payload }
 `,
   },
   beginMany: {
-    command: 'eoBeginMany_v2_404198f4',
+    command: 'eoBeginMany_v2_22145d6e',
     numberOfKeys: undefined,
-    sha1: '404198f4c734d56a49076f7787ea2316ba33954c',
+    sha1: '22145d6e95cf5f0c6a2cedd185ba1fa5d122033a',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 beginMany: begin several keys in one call, in order, each exactly as begin-2.lua would (the same
@@ -290,8 +308,19 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- Records of the previous layout (one hash with one-letter fields) are converted when first
 -- touched: loadRecord answers them like any other, in the new layout from then on.
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+-- Whole records of the hot path, packed in one call without a table: an IN_PROGRESS record
+-- (HEAD, owner, store key) and a COMPLETED one (HEAD, result).
+local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
+local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
+local lastAt, lastAtText
+local function intAt(at)
+  if at ~= lastAt then lastAt, lastAtText = at, int(at) end
+  return lastAtText
+end
 
 -- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
 local function markerFingerprint(encoded)
@@ -366,13 +395,20 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
-local function loadRecord(rec, headOnly)
+-- The packed record stored at \`rec\`, or nil; a record of the previous layout is converted first.
+local function loadPacked(rec)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
-    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return packRecord(convertLegacy(rec)) end
     error(v.err)
   end
+  if not v then return nil end
+  return v
+end
+
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
+  local v = loadPacked(rec)
   if not v then return nil end
   return unpackRecord(v, headOnly)
 end
@@ -408,10 +444,11 @@ local function expireExtrasWithRecord(rec)
 end
 
 -- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
-local function recordReply(rec, r)
+-- \`packed\`: the record as stored, when \`r\` is unchanged (no need to pack it again).
+local function recordReply(rec, r, packed)
   local extras = {}
   if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
-  return { packRecord(r), extras }
+  return { packed or packRecord(r), extras }
 end
 -- beginOne: the begin transition of one key (see begin-2.lua for the codes). \`full\` asks for the
 -- whole record with a busy answer; batches answer busy with the lease end only.
@@ -421,32 +458,30 @@ end
 -- \`name\` is the store key itself: kept with the attempt's start time while the record is
 -- IN_PROGRESS (complete and fail write records without them), for listInProgress.
 local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, now, full, name)
-  local r = loadRecord(rec)
-  -- COMPLETED and FAILED records are logically gone at their expiry, though still stored for a grace.
-  local live = r and (r.s == 'I' or r.t2 > now)
-
-  if live then
-    -- A different payload under the same key is reported whatever the state.
-    if r.f ~= fp then return 'M', recordReply(rec, r) end
-    if r.s == 'C' then return 'D', recordReply(rec, r) end
-    if r.s == 'F' then return 'F', recordReply(rec, r) end
-    if r.t1 > now then
-      if full then return 'B', recordReply(rec, r) end
-      return 'B', { r.t1 }
-    end
-    -- leaseUntil 0 means released after a retryable error; any other past value, a lapsed holder.
-    -- Steps and the last error (extras) stay: the attempt continues where the last one stopped.
-    local code = 'T'
-    if r.t1 == 0 then code = 'R' end
-    r.n, r.a, r.w, r.t1, r.t2, r.t, r.k = r.n + 1, r.a + 1, owner, now + lease, now, trace, name
-    saveRecord(rec, r, r.t1 + ttl)
-    return code, recordReply(rec, r)
-  end
-
+  local packed = loadPacked(rec)
   -- Fences of new records start at the server clock, so they do not repeat even after the old
   -- record is gone; an expired record still stored also guards against a clock stepping back.
   local fence = now
-  if r then
+  if packed then
+    local r = unpackRecord(packed, true)
+    -- COMPLETED and FAILED records are logically gone at their expiry, though still stored for a grace.
+    if r.s == 'I' or r.t2 > now then
+      -- A different payload under the same key is reported whatever the state.
+      if r.f ~= fp then return 'M', recordReply(rec, r, packed) end
+      if r.s == 'C' then return 'D', recordReply(rec, r, packed) end
+      if r.s == 'F' then return 'F', recordReply(rec, r, packed) end
+      if r.t1 > now then
+        if full then return 'B', recordReply(rec, r, packed) end
+        return 'B', { r.t1 }
+      end
+      -- leaseUntil 0 means released after a retryable error; any other past value, a lapsed holder.
+      -- Steps and the last error (extras) stay: the attempt continues where the last one stopped.
+      local code = 'T'
+      if r.t1 == 0 then code = 'R' end
+      r.n, r.a, r.w, r.t1, r.t2, r.t, r.k = r.n + 1, r.a + 1, owner, now + lease, now, trace, name
+      saveRecord(rec, r, r.t1 + ttl)
+      return code, recordReply(rec, r)
+    end
     fence = math.max(now, r.n + 1)
     dropExtras(rec, r)
   else
@@ -461,9 +496,10 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, now, full
     end
   end
 
+  -- The new record, packed directly: the path of every new key.
   local leaseUntil = now + lease
-  saveRecord(rec, { s = 'I', n = fence, a = 1, t1 = leaseUntil, t2 = now, flags = 0, f = fp, t = trace, w = owner, k = name },
-    leaseUntil + ttl)
+  rcall('SET', rec, struct.pack(IN_PROGRESS_RECORD, 'I', fence, 1, leaseUntil, now, 0, #fp, fp, #trace, trace,
+    #owner, owner, #name, name), 'PXAT', intAt(leaseUntil + ttl))
   return 'N', fence
 end
 
@@ -483,9 +519,9 @@ return out
 `,
   },
   clear: {
-    command: 'eoClear_v2_d60bd80f',
+    command: 'eoClear_v2_49a2db0c',
     numberOfKeys: 3,
-    sha1: 'd60bd80ff8f4f747aaaf635f8e23add2d3227b20',
+    sha1: '49a2db0cda8a2fa5520730d154044cb89c722aaa',
     lua: `--[[
 clear: forget a key's record (or its compaction marker), so the next message with the key runs
 anew: an operator's step before replaying a dead letter whose record is FAILED, or re-running
@@ -525,8 +561,19 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- Records of the previous layout (one hash with one-letter fields) are converted when first
 -- touched: loadRecord answers them like any other, in the new layout from then on.
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+-- Whole records of the hot path, packed in one call without a table: an IN_PROGRESS record
+-- (HEAD, owner, store key) and a COMPLETED one (HEAD, result).
+local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
+local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
+local lastAt, lastAtText
+local function intAt(at)
+  if at ~= lastAt then lastAt, lastAtText = at, int(at) end
+  return lastAtText
+end
 
 -- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
 local function markerFingerprint(encoded)
@@ -601,13 +648,20 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
-local function loadRecord(rec, headOnly)
+-- The packed record stored at \`rec\`, or nil; a record of the previous layout is converted first.
+local function loadPacked(rec)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
-    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return packRecord(convertLegacy(rec)) end
     error(v.err)
   end
+  if not v then return nil end
+  return v
+end
+
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
+  local v = loadPacked(rec)
   if not v then return nil end
   return unpackRecord(v, headOnly)
 end
@@ -643,10 +697,11 @@ local function expireExtrasWithRecord(rec)
 end
 
 -- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
-local function recordReply(rec, r)
+-- \`packed\`: the record as stored, when \`r\` is unchanged (no need to pack it again).
+local function recordReply(rec, r, packed)
   local extras = {}
   if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
-  return { packRecord(r), extras }
+  return { packed or packRecord(r), extras }
 end
 local rec, bucket, index = KEYS[1], KEYS[2], KEYS[3]
 
@@ -680,9 +735,9 @@ return rcall('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 `,
   },
   compactCompleted: {
-    command: 'eoCompactCompleted_v2_ff8e0ca9',
+    command: 'eoCompactCompleted_v2_be1138dc',
     numberOfKeys: undefined,
-    sha1: 'ff8e0ca9a638fb13b60f71dbfcbbde26b2ce4c4b',
+    sha1: 'be1138dc2d517a64d16d008a7f75131306976958',
     lua: `--[[
 compactCompleted: replace old COMPLETED records of one hash tag by compact markers.
 Called with a variable number of keys (numkeys = 2 + number of candidates).
@@ -724,8 +779,19 @@ local grace = tonumber(ARGV[2])
 -- Records of the previous layout (one hash with one-letter fields) are converted when first
 -- touched: loadRecord answers them like any other, in the new layout from then on.
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+-- Whole records of the hot path, packed in one call without a table: an IN_PROGRESS record
+-- (HEAD, owner, store key) and a COMPLETED one (HEAD, result).
+local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
+local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
+local lastAt, lastAtText
+local function intAt(at)
+  if at ~= lastAt then lastAt, lastAtText = at, int(at) end
+  return lastAtText
+end
 
 -- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
 local function markerFingerprint(encoded)
@@ -800,13 +866,20 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
-local function loadRecord(rec, headOnly)
+-- The packed record stored at \`rec\`, or nil; a record of the previous layout is converted first.
+local function loadPacked(rec)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
-    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return packRecord(convertLegacy(rec)) end
     error(v.err)
   end
+  if not v then return nil end
+  return v
+end
+
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
+  local v = loadPacked(rec)
   if not v then return nil end
   return unpackRecord(v, headOnly)
 end
@@ -842,10 +915,11 @@ local function expireExtrasWithRecord(rec)
 end
 
 -- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
-local function recordReply(rec, r)
+-- \`packed\`: the record as stored, when \`r\` is unchanged (no need to pack it again).
+local function recordReply(rec, r, packed)
   local extras = {}
   if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
-  return { packRecord(r), extras }
+  return { packed or packRecord(r), extras }
 end
 
 local function allPublished(rec, r)
@@ -897,9 +971,9 @@ return { compacted, dropped, deferred }
 `,
   },
   completeMany: {
-    command: 'eoCompleteMany_v2_fd5c6d10',
+    command: 'eoCompleteMany_v2_6cf3c529',
     numberOfKeys: undefined,
-    sha1: 'fd5c6d10b75b21b7ef601aad8f4f520cd6e642cb',
+    sha1: '6cf3c5296055208555610933bfa6fa79e7d9dff7',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 completeMany: IN_PROGRESS(fence) -> COMPLETED with result and outgoing messages, in one write
@@ -941,8 +1015,19 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- Records of the previous layout (one hash with one-letter fields) are converted when first
 -- touched: loadRecord answers them like any other, in the new layout from then on.
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+-- Whole records of the hot path, packed in one call without a table: an IN_PROGRESS record
+-- (HEAD, owner, store key) and a COMPLETED one (HEAD, result).
+local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
+local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
+local lastAt, lastAtText
+local function intAt(at)
+  if at ~= lastAt then lastAt, lastAtText = at, int(at) end
+  return lastAtText
+end
 
 -- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
 local function markerFingerprint(encoded)
@@ -1017,13 +1102,20 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
-local function loadRecord(rec, headOnly)
+-- The packed record stored at \`rec\`, or nil; a record of the previous layout is converted first.
+local function loadPacked(rec)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
-    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return packRecord(convertLegacy(rec)) end
     error(v.err)
   end
+  if not v then return nil end
+  return v
+end
+
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
+  local v = loadPacked(rec)
   if not v then return nil end
   return unpackRecord(v, headOnly)
 end
@@ -1059,10 +1151,11 @@ local function expireExtrasWithRecord(rec)
 end
 
 -- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
-local function recordReply(rec, r)
+-- \`packed\`: the record as stored, when \`r\` is unchanged (no need to pack it again).
+local function recordReply(rec, r, packed)
   local extras = {}
   if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
-  return { packRecord(r), extras }
+  return { packed or packRecord(r), extras }
 end
 -- completeOne: IN_PROGRESS(fence) -> COMPLETED of one key (see completeMany-n.lua). \`messages\` holds
 -- its outgoing messages as id, message, id, message, ...; \`fence\` is a number.
@@ -1072,16 +1165,21 @@ end
 -- A blob result's pointer goes into the blob index (member = packed pointer, score = the record's
 -- physical end), so collectBlobs can delete the blob once no record names it.
 local function completeOne(rec, tag, fence, retention, grace, trace, result, id, messages, now)
-  local r = loadRecord(rec, true)
-  if not r or r.s ~= 'I' or r.n ~= fence then return 0 end
+  local packed = loadPacked(rec)
+  if not packed then return 0 end
+  -- The head as locals, not a record table: this runs for every message.
+  local s, n, a, _, _, flags, f, t = struct.unpack(HEAD, packed)
+  if s ~= 'I' or n ~= fence then return 0 end
   local expiresAt = now + retention
   local physicalEnd = expiresAt + grace
-  if trace == '' then trace = r.t end
+  if trace == '' then trace = t end
 
   -- The new record replaces the old whole, which drops the lease, the journaled steps and the
   -- last error.
-  dropExtras(rec, r)
-  local flags = 0
+  if flags == 1 then
+    rcall('DEL', rec .. 'x')
+    flags = 0
+  end
   local count = #messages / 2
   if count > 0 then
     flags = 1
@@ -1094,10 +1192,12 @@ local function completeOne(rec, tag, fence, retention, grace, trace, result, id,
     end
     hsetAll(rec .. 'x', fields)
   end
-  saveRecord(rec, { s = 'C', n = r.n, a = r.a, t1 = now, t2 = expiresAt, flags = flags, f = r.f, t = trace, r = result },
-    physicalEnd)
+  local at = intAt(physicalEnd)
+  rcall('SET', rec, struct.pack(COMPLETED_RECORD, 'C', n, a, now, expiresAt, flags, #f, f, #trace, trace, #result,
+    result), 'PXAT', at)
+  if flags == 1 then rcall('PEXPIREAT', rec .. 'x', at) end
 
-  if string.sub(result, 1, 1) == 'b' then rcall('ZADD', tag .. 'b', 'GT', int(physicalEnd), result) end
+  if string.sub(result, 1, 1) == 'b' then rcall('ZADD', tag .. 'b', 'GT', at, result) end
 
   if id ~= '' then
     local index = tag .. 'i'
@@ -1129,9 +1229,9 @@ return out
 `,
   },
   extend: {
-    command: 'eoExtend_v2_28ce79aa',
+    command: 'eoExtend_v2_560bca72',
     numberOfKeys: 1,
-    sha1: '28ce79aa1348d3afff3a99afcd56c854b2f8e248',
+    sha1: '560bca7241d2a4a62cdd036dcfab5be5fd2d84ca',
     lua: `--[[
 extend: push the lease of the holding fence out to server now + lease.
 
@@ -1163,8 +1263,19 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- Records of the previous layout (one hash with one-letter fields) are converted when first
 -- touched: loadRecord answers them like any other, in the new layout from then on.
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+-- Whole records of the hot path, packed in one call without a table: an IN_PROGRESS record
+-- (HEAD, owner, store key) and a COMPLETED one (HEAD, result).
+local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
+local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
+local lastAt, lastAtText
+local function intAt(at)
+  if at ~= lastAt then lastAt, lastAtText = at, int(at) end
+  return lastAtText
+end
 
 -- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
 local function markerFingerprint(encoded)
@@ -1239,13 +1350,20 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
-local function loadRecord(rec, headOnly)
+-- The packed record stored at \`rec\`, or nil; a record of the previous layout is converted first.
+local function loadPacked(rec)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
-    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return packRecord(convertLegacy(rec)) end
     error(v.err)
   end
+  if not v then return nil end
+  return v
+end
+
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
+  local v = loadPacked(rec)
   if not v then return nil end
   return unpackRecord(v, headOnly)
 end
@@ -1281,10 +1399,11 @@ local function expireExtrasWithRecord(rec)
 end
 
 -- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
-local function recordReply(rec, r)
+-- \`packed\`: the record as stored, when \`r\` is unchanged (no need to pack it again).
+local function recordReply(rec, r, packed)
   local extras = {}
   if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
-  return { packRecord(r), extras }
+  return { packed or packRecord(r), extras }
 end
 local rec = KEYS[1]
 
@@ -1296,9 +1415,9 @@ return 1
 `,
   },
   fail: {
-    command: 'eoFail_v2_b3859f17',
+    command: 'eoFail_v2_cf4ab175',
     numberOfKeys: 1,
-    sha1: 'b3859f175f5a3b20fbd818712a0091e77a5c0062',
+    sha1: 'cf4ab175a1fd32a4d672e078ace5dfe397fba840',
     lua: `--[[
 fail: IN_PROGRESS(fence) -> FAILED, kept for the retention.
 
@@ -1334,8 +1453,19 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- Records of the previous layout (one hash with one-letter fields) are converted when first
 -- touched: loadRecord answers them like any other, in the new layout from then on.
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+-- Whole records of the hot path, packed in one call without a table: an IN_PROGRESS record
+-- (HEAD, owner, store key) and a COMPLETED one (HEAD, result).
+local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
+local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
+local lastAt, lastAtText
+local function intAt(at)
+  if at ~= lastAt then lastAt, lastAtText = at, int(at) end
+  return lastAtText
+end
 
 -- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
 local function markerFingerprint(encoded)
@@ -1410,13 +1540,20 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
-local function loadRecord(rec, headOnly)
+-- The packed record stored at \`rec\`, or nil; a record of the previous layout is converted first.
+local function loadPacked(rec)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
-    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return packRecord(convertLegacy(rec)) end
     error(v.err)
   end
+  if not v then return nil end
+  return v
+end
+
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
+  local v = loadPacked(rec)
   if not v then return nil end
   return unpackRecord(v, headOnly)
 end
@@ -1452,10 +1589,11 @@ local function expireExtrasWithRecord(rec)
 end
 
 -- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
-local function recordReply(rec, r)
+-- \`packed\`: the record as stored, when \`r\` is unchanged (no need to pack it again).
+local function recordReply(rec, r, packed)
   local extras = {}
   if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
-  return { packRecord(r), extras }
+  return { packed or packRecord(r), extras }
 end
 local rec = KEYS[1]
 
@@ -1470,9 +1608,9 @@ return 1
 `,
   },
   get: {
-    command: 'eoGet_v2_0e9ccf89',
+    command: 'eoGet_v2_243d0009',
     numberOfKeys: 2,
-    sha1: '0e9ccf89168628201d252a368402de2b0483e40a',
+    sha1: '243d0009786f8cd783855430aaaef4b163bc1a8f',
     lua: `--[[
 get: read a record, or the compaction marker standing in for it, with the server clock.
 
@@ -1503,8 +1641,19 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- Records of the previous layout (one hash with one-letter fields) are converted when first
 -- touched: loadRecord answers them like any other, in the new layout from then on.
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+-- Whole records of the hot path, packed in one call without a table: an IN_PROGRESS record
+-- (HEAD, owner, store key) and a COMPLETED one (HEAD, result).
+local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
+local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
+local lastAt, lastAtText
+local function intAt(at)
+  if at ~= lastAt then lastAt, lastAtText = at, int(at) end
+  return lastAtText
+end
 
 -- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
 local function markerFingerprint(encoded)
@@ -1579,13 +1728,20 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
-local function loadRecord(rec, headOnly)
+-- The packed record stored at \`rec\`, or nil; a record of the previous layout is converted first.
+local function loadPacked(rec)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
-    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return packRecord(convertLegacy(rec)) end
     error(v.err)
   end
+  if not v then return nil end
+  return v
+end
+
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
+  local v = loadPacked(rec)
   if not v then return nil end
   return unpackRecord(v, headOnly)
 end
@@ -1621,10 +1777,11 @@ local function expireExtrasWithRecord(rec)
 end
 
 -- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
-local function recordReply(rec, r)
+-- \`packed\`: the record as stored, when \`r\` is unchanged (no need to pack it again).
+local function recordReply(rec, r, packed)
   local extras = {}
   if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
-  return { packRecord(r), extras }
+  return { packed or packRecord(r), extras }
 end
 
 local r = loadRecord(KEYS[1])
@@ -1633,9 +1790,9 @@ return { now, false, rcall('HGET', KEYS[2], ARGV[1]) }
 `,
   },
   markPublished: {
-    command: 'eoMarkPublished_v2_a09eb838',
+    command: 'eoMarkPublished_v2_35623d73',
     numberOfKeys: 1,
-    sha1: 'a09eb83814b7f97e084dfae4d1ee2ab6ee538e8f',
+    sha1: '35623d73be1ef387e3b6c9701c3c0fcfb65973c1',
     lua: `--[[
 markPublished: flag outgoing messages of a live COMPLETED record as confirmed.
 
@@ -1666,8 +1823,19 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- Records of the previous layout (one hash with one-letter fields) are converted when first
 -- touched: loadRecord answers them like any other, in the new layout from then on.
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+-- Whole records of the hot path, packed in one call without a table: an IN_PROGRESS record
+-- (HEAD, owner, store key) and a COMPLETED one (HEAD, result).
+local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
+local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
+local lastAt, lastAtText
+local function intAt(at)
+  if at ~= lastAt then lastAt, lastAtText = at, int(at) end
+  return lastAtText
+end
 
 -- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
 local function markerFingerprint(encoded)
@@ -1742,13 +1910,20 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
-local function loadRecord(rec, headOnly)
+-- The packed record stored at \`rec\`, or nil; a record of the previous layout is converted first.
+local function loadPacked(rec)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
-    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return packRecord(convertLegacy(rec)) end
     error(v.err)
   end
+  if not v then return nil end
+  return v
+end
+
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
+  local v = loadPacked(rec)
   if not v then return nil end
   return unpackRecord(v, headOnly)
 end
@@ -1784,10 +1959,11 @@ local function expireExtrasWithRecord(rec)
 end
 
 -- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
-local function recordReply(rec, r)
+-- \`packed\`: the record as stored, when \`r\` is unchanged (no need to pack it again).
+local function recordReply(rec, r, packed)
   local extras = {}
   if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
-  return { packRecord(r), extras }
+  return { packed or packRecord(r), extras }
 end
 -- markPublishedOne: flags the messages of a live COMPLETED record, completed under \`fence\`, whose
 -- ids are keys of \`wanted\` as published. Returns how many were newly flagged.
@@ -1809,9 +1985,9 @@ return markPublishedOne(KEYS[1], ARGV[1], wanted, now)
 `,
   },
   markPublishedMany: {
-    command: 'eoMarkPublishedMany_v2_2bbbdb82',
+    command: 'eoMarkPublishedMany_v2_3ca54735',
     numberOfKeys: undefined,
-    sha1: '2bbbdb8246486a6422ca4a02eb3e212342ef2f57',
+    sha1: '3ca54735c2f56040850a972940ed601d33d34272',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 markPublishedMany: markPublished-1.lua for several records in one call. Called with numkeys = 1.
@@ -1842,8 +2018,19 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- Records of the previous layout (one hash with one-letter fields) are converted when first
 -- touched: loadRecord answers them like any other, in the new layout from then on.
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+-- Whole records of the hot path, packed in one call without a table: an IN_PROGRESS record
+-- (HEAD, owner, store key) and a COMPLETED one (HEAD, result).
+local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
+local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
+local lastAt, lastAtText
+local function intAt(at)
+  if at ~= lastAt then lastAt, lastAtText = at, int(at) end
+  return lastAtText
+end
 
 -- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
 local function markerFingerprint(encoded)
@@ -1918,13 +2105,20 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
-local function loadRecord(rec, headOnly)
+-- The packed record stored at \`rec\`, or nil; a record of the previous layout is converted first.
+local function loadPacked(rec)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
-    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return packRecord(convertLegacy(rec)) end
     error(v.err)
   end
+  if not v then return nil end
+  return v
+end
+
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
+  local v = loadPacked(rec)
   if not v then return nil end
   return unpackRecord(v, headOnly)
 end
@@ -1960,10 +2154,11 @@ local function expireExtrasWithRecord(rec)
 end
 
 -- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
-local function recordReply(rec, r)
+-- \`packed\`: the record as stored, when \`r\` is unchanged (no need to pack it again).
+local function recordReply(rec, r, packed)
   local extras = {}
   if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
-  return { packRecord(r), extras }
+  return { packed or packRecord(r), extras }
 end
 -- markPublishedOne: flags the messages of a live COMPLETED record, completed under \`fence\`, whose
 -- ids are keys of \`wanted\` as published. Returns how many were newly flagged.
@@ -1996,9 +2191,9 @@ return flagged
 `,
   },
   markStepStarted: {
-    command: 'eoMarkStepStarted_v2_a68f0244',
+    command: 'eoMarkStepStarted_v2_3b57199f',
     numberOfKeys: 1,
-    sha1: 'a68f02442df7d75f78dbf6ab34f3f1eacc8c61c9',
+    sha1: '3b57199f02f8a562d5508d36f57e8502f0e5f58d',
     lua: `--[[
 markStepStarted: journal that a step is about to run, under the IN_PROGRESS record held by the
 fence, so a later attempt knows the step is in doubt (see ctx.step's reconcile).
@@ -2033,8 +2228,19 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- Records of the previous layout (one hash with one-letter fields) are converted when first
 -- touched: loadRecord answers them like any other, in the new layout from then on.
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+-- Whole records of the hot path, packed in one call without a table: an IN_PROGRESS record
+-- (HEAD, owner, store key) and a COMPLETED one (HEAD, result).
+local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
+local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
+local lastAt, lastAtText
+local function intAt(at)
+  if at ~= lastAt then lastAt, lastAtText = at, int(at) end
+  return lastAtText
+end
 
 -- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
 local function markerFingerprint(encoded)
@@ -2109,13 +2315,20 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
-local function loadRecord(rec, headOnly)
+-- The packed record stored at \`rec\`, or nil; a record of the previous layout is converted first.
+local function loadPacked(rec)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
-    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return packRecord(convertLegacy(rec)) end
     error(v.err)
   end
+  if not v then return nil end
+  return v
+end
+
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
+  local v = loadPacked(rec)
   if not v then return nil end
   return unpackRecord(v, headOnly)
 end
@@ -2151,10 +2364,11 @@ local function expireExtrasWithRecord(rec)
 end
 
 -- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
-local function recordReply(rec, r)
+-- \`packed\`: the record as stored, when \`r\` is unchanged (no need to pack it again).
+local function recordReply(rec, r, packed)
   local extras = {}
   if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
-  return { packRecord(r), extras }
+  return { packed or packRecord(r), extras }
 end
 local rec = KEYS[1]
 
@@ -2166,9 +2380,9 @@ return 1
 `,
   },
   release: {
-    command: 'eoRelease_v2_2ef61be3',
+    command: 'eoRelease_v2_6d1badcc',
     numberOfKeys: 1,
-    sha1: '2ef61be30d167b54f4c7ac4cb710ac1abcab7b2a',
+    sha1: '6d1badcc360b6f944cf765c53b452f511da4da53',
     lua: `--[[
 release: give the lease up after a retryable error; the next begin acquires at once (retry).
 
@@ -2200,8 +2414,19 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- Records of the previous layout (one hash with one-letter fields) are converted when first
 -- touched: loadRecord answers them like any other, in the new layout from then on.
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+-- Whole records of the hot path, packed in one call without a table: an IN_PROGRESS record
+-- (HEAD, owner, store key) and a COMPLETED one (HEAD, result).
+local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
+local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
+local lastAt, lastAtText
+local function intAt(at)
+  if at ~= lastAt then lastAt, lastAtText = at, int(at) end
+  return lastAtText
+end
 
 -- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
 local function markerFingerprint(encoded)
@@ -2276,13 +2501,20 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
-local function loadRecord(rec, headOnly)
+-- The packed record stored at \`rec\`, or nil; a record of the previous layout is converted first.
+local function loadPacked(rec)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
-    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return packRecord(convertLegacy(rec)) end
     error(v.err)
   end
+  if not v then return nil end
+  return v
+end
+
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
+  local v = loadPacked(rec)
   if not v then return nil end
   return unpackRecord(v, headOnly)
 end
@@ -2318,10 +2550,11 @@ local function expireExtrasWithRecord(rec)
 end
 
 -- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
-local function recordReply(rec, r)
+-- \`packed\`: the record as stored, when \`r\` is unchanged (no need to pack it again).
+local function recordReply(rec, r, packed)
   local extras = {}
   if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
-  return { packRecord(r), extras }
+  return { packed or packRecord(r), extras }
 end
 local rec = KEYS[1]
 
@@ -2335,9 +2568,9 @@ return 1
 `,
   },
   saveStep: {
-    command: 'eoSaveStep_v2_7c529a96',
+    command: 'eoSaveStep_v2_e0f94ea1',
     numberOfKeys: 1,
-    sha1: '7c529a968f33330c593c3068b2b20d03e752573c',
+    sha1: 'e0f94ea17014d9ff6d168ec9d6132c2f4979057a',
     lua: `--[[
 saveStep: journal a step's result under the IN_PROGRESS record held by the fence.
 
@@ -2371,8 +2604,19 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- Records of the previous layout (one hash with one-letter fields) are converted when first
 -- touched: loadRecord answers them like any other, in the new layout from then on.
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+-- Whole records of the hot path, packed in one call without a table: an IN_PROGRESS record
+-- (HEAD, owner, store key) and a COMPLETED one (HEAD, result).
+local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
+local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
+local lastAt, lastAtText
+local function intAt(at)
+  if at ~= lastAt then lastAt, lastAtText = at, int(at) end
+  return lastAtText
+end
 
 -- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
 local function markerFingerprint(encoded)
@@ -2447,13 +2691,20 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
-local function loadRecord(rec, headOnly)
+-- The packed record stored at \`rec\`, or nil; a record of the previous layout is converted first.
+local function loadPacked(rec)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
-    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return packRecord(convertLegacy(rec)) end
     error(v.err)
   end
+  if not v then return nil end
+  return v
+end
+
+-- The record stored at \`rec\`, or nil (see unpackRecord for \`headOnly\`).
+local function loadRecord(rec, headOnly)
+  local v = loadPacked(rec)
   if not v then return nil end
   return unpackRecord(v, headOnly)
 end
@@ -2489,10 +2740,11 @@ local function expireExtrasWithRecord(rec)
 end
 
 -- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
-local function recordReply(rec, r)
+-- \`packed\`: the record as stored, when \`r\` is unchanged (no need to pack it again).
+local function recordReply(rec, r, packed)
   local extras = {}
   if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
-  return { packRecord(r), extras }
+  return { packed or packRecord(r), extras }
 end
 local rec = KEYS[1]
 

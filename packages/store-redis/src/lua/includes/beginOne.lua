@@ -6,32 +6,30 @@
 -- `name` is the store key itself: kept with the attempt's start time while the record is
 -- IN_PROGRESS (complete and fail write records without them), for listInProgress.
 local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, now, full, name)
-  local r = loadRecord(rec)
-  -- COMPLETED and FAILED records are logically gone at their expiry, though still stored for a grace.
-  local live = r and (r.s == 'I' or r.t2 > now)
-
-  if live then
-    -- A different payload under the same key is reported whatever the state.
-    if r.f ~= fp then return 'M', recordReply(rec, r) end
-    if r.s == 'C' then return 'D', recordReply(rec, r) end
-    if r.s == 'F' then return 'F', recordReply(rec, r) end
-    if r.t1 > now then
-      if full then return 'B', recordReply(rec, r) end
-      return 'B', { r.t1 }
-    end
-    -- leaseUntil 0 means released after a retryable error; any other past value, a lapsed holder.
-    -- Steps and the last error (extras) stay: the attempt continues where the last one stopped.
-    local code = 'T'
-    if r.t1 == 0 then code = 'R' end
-    r.n, r.a, r.w, r.t1, r.t2, r.t, r.k = r.n + 1, r.a + 1, owner, now + lease, now, trace, name
-    saveRecord(rec, r, r.t1 + ttl)
-    return code, recordReply(rec, r)
-  end
-
+  local packed = loadPacked(rec)
   -- Fences of new records start at the server clock, so they do not repeat even after the old
   -- record is gone; an expired record still stored also guards against a clock stepping back.
   local fence = now
-  if r then
+  if packed then
+    local r = unpackRecord(packed, true)
+    -- COMPLETED and FAILED records are logically gone at their expiry, though still stored for a grace.
+    if r.s == 'I' or r.t2 > now then
+      -- A different payload under the same key is reported whatever the state.
+      if r.f ~= fp then return 'M', recordReply(rec, r, packed) end
+      if r.s == 'C' then return 'D', recordReply(rec, r, packed) end
+      if r.s == 'F' then return 'F', recordReply(rec, r, packed) end
+      if r.t1 > now then
+        if full then return 'B', recordReply(rec, r, packed) end
+        return 'B', { r.t1 }
+      end
+      -- leaseUntil 0 means released after a retryable error; any other past value, a lapsed holder.
+      -- Steps and the last error (extras) stay: the attempt continues where the last one stopped.
+      local code = 'T'
+      if r.t1 == 0 then code = 'R' end
+      r.n, r.a, r.w, r.t1, r.t2, r.t, r.k = r.n + 1, r.a + 1, owner, now + lease, now, trace, name
+      saveRecord(rec, r, r.t1 + ttl)
+      return code, recordReply(rec, r)
+    end
     fence = math.max(now, r.n + 1)
     dropExtras(rec, r)
   else
@@ -46,8 +44,9 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, now, full
     end
   end
 
+  -- The new record, packed directly: the path of every new key.
   local leaseUntil = now + lease
-  saveRecord(rec, { s = 'I', n = fence, a = 1, t1 = leaseUntil, t2 = now, flags = 0, f = fp, t = trace, w = owner, k = name },
-    leaseUntil + ttl)
+  rcall('SET', rec, struct.pack(IN_PROGRESS_RECORD, 'I', fence, 1, leaseUntil, now, 0, #fp, fp, #trace, trace,
+    #owner, owner, #name, name), 'PXAT', intAt(leaseUntil + ttl))
   return 'N', fence
 end

@@ -6,16 +6,21 @@
 -- A blob result's pointer goes into the blob index (member = packed pointer, score = the record's
 -- physical end), so collectBlobs can delete the blob once no record names it.
 local function completeOne(rec, tag, fence, retention, grace, trace, result, id, messages, now)
-  local r = loadRecord(rec, true)
-  if not r or r.s ~= 'I' or r.n ~= fence then return 0 end
+  local packed = loadPacked(rec)
+  if not packed then return 0 end
+  -- The head as locals, not a record table: this runs for every message.
+  local s, n, a, _, _, flags, f, t = struct.unpack(HEAD, packed)
+  if s ~= 'I' or n ~= fence then return 0 end
   local expiresAt = now + retention
   local physicalEnd = expiresAt + grace
-  if trace == '' then trace = r.t end
+  if trace == '' then trace = t end
 
   -- The new record replaces the old whole, which drops the lease, the journaled steps and the
   -- last error.
-  dropExtras(rec, r)
-  local flags = 0
+  if flags == 1 then
+    rcall('DEL', rec .. 'x')
+    flags = 0
+  end
   local count = #messages / 2
   if count > 0 then
     flags = 1
@@ -28,10 +33,12 @@ local function completeOne(rec, tag, fence, retention, grace, trace, result, id,
     end
     hsetAll(rec .. 'x', fields)
   end
-  saveRecord(rec, { s = 'C', n = r.n, a = r.a, t1 = now, t2 = expiresAt, flags = flags, f = r.f, t = trace, r = result },
-    physicalEnd)
+  local at = intAt(physicalEnd)
+  rcall('SET', rec, struct.pack(COMPLETED_RECORD, 'C', n, a, now, expiresAt, flags, #f, f, #trace, trace, #result,
+    result), 'PXAT', at)
+  if flags == 1 then rcall('PEXPIREAT', rec .. 'x', at) end
 
-  if string.sub(result, 1, 1) == 'b' then rcall('ZADD', tag .. 'b', 'GT', int(physicalEnd), result) end
+  if string.sub(result, 1, 1) == 'b' then rcall('ZADD', tag .. 'b', 'GT', at, result) end
 
   if id ~= '' then
     local index = tag .. 'i'

@@ -14,8 +14,19 @@
 -- Records of the previous layout (one hash with one-letter fields) are converted when first
 -- touched: loadRecord answers them like any other, in the new layout from then on.
 local HEAD = '>c1I6I4I6I6BI4c0I4c0'
+-- Whole records of the hot path, packed in one call without a table: an IN_PROGRESS record
+-- (HEAD, owner, store key) and a COMPLETED one (HEAD, result).
+local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
+local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
+local lastAt, lastAtText
+local function intAt(at)
+  if at ~= lastAt then lastAt, lastAtText = at, int(at) end
+  return lastAtText
+end
 
 -- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
 local function markerFingerprint(encoded)
@@ -90,13 +101,20 @@ local function convertLegacy(rec)
   return r
 end
 
--- The record stored at `rec`, or nil (see unpackRecord for `headOnly`).
-local function loadRecord(rec, headOnly)
+-- The packed record stored at `rec`, or nil; a record of the previous layout is converted first.
+local function loadPacked(rec)
   local v = redis.pcall('GET', rec)
   if type(v) == 'table' then
-    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return convertLegacy(rec) end
+    if v.err and string.find(v.err, 'WRONGTYPE', 1, true) then return packRecord(convertLegacy(rec)) end
     error(v.err)
   end
+  if not v then return nil end
+  return v
+end
+
+-- The record stored at `rec`, or nil (see unpackRecord for `headOnly`).
+local function loadRecord(rec, headOnly)
+  local v = loadPacked(rec)
   if not v then return nil end
   return unpackRecord(v, headOnly)
 end
@@ -132,8 +150,9 @@ local function expireExtrasWithRecord(rec)
 end
 
 -- What a script answers for a stored record: { packed record, extras hash (flat; empty if none) }.
-local function recordReply(rec, r)
+-- `packed`: the record as stored, when `r` is unchanged (no need to pack it again).
+local function recordReply(rec, r, packed)
   local extras = {}
   if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
-  return { packRecord(r), extras }
+  return { packed or packRecord(r), extras }
 end

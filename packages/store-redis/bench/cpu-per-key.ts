@@ -1,0 +1,117 @@
+/**
+ * Redis server CPU per processed key, measured on a real server through the real batch scripts.
+ *
+ *   npx tsx --conditions=@exactly-once/source packages/store-redis/bench/cpu-per-key.ts [N] [--batch B] [--compact]
+ *
+ * Begins and completes N new keys (default 100,000) in batches of B (default 32, about what a
+ * consumer under load hands the store), one batch in flight, with an 11-byte inline result and no
+ * outgoing messages, under a fresh prefix in DB 15 of EO_REDIS_URL (default
+ * redis://127.0.0.1:6379): each batch is begun, then completed, as the pipeline does; then all
+ * are begun again (duplicates). Per phase it prints the server's script CPU per key and per call
+ * (INFO commandstats), this process's CPU per key (the client side: packing, ioredis, decoding)
+ * and keys per second with one batch in flight. With --compact the store indexes completions.
+ * Deletes only its own keys. Run it on an otherwise idle server: commandstats are server-wide.
+ */
+import { randomBytes, randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { createRedisStore } from '../src/index.js';
+
+const args = process.argv.slice(2);
+const option = (name: string): string | undefined => {
+  const at = args.indexOf(name);
+  return at >= 0 ? args[at + 1] : undefined;
+};
+const n = Number(args.find((a) => /^\d+$/.test(a)) ?? 100_000);
+const batch = Number(option('--batch') ?? 32);
+const url = process.env.EO_REDIS_URL ?? 'redis://127.0.0.1:6379';
+const client = new Redis(url, { db: 15, maxRetriesPerRequest: 1 });
+const keyPrefix = `c${randomBytes(1).toString('hex')}`;
+const store = createRedisStore({
+  client,
+  keyPrefix,
+  ...(args.includes('--compact') ? { compactAfterMs: 3_600_000 } : {}),
+});
+const result = { kind: 'inline' as const, data: new TextEncoder().encode('{"ok":true}') };
+const fingerprint = randomBytes(32).toString('hex');
+
+/** Server microseconds and calls spent in script commands so far. */
+async function scriptUsec(): Promise<{ usec: number; calls: number }> {
+  const info = await client.info('commandstats');
+  let usec = 0;
+  let calls = 0;
+  for (const m of info.matchAll(
+    /cmdstat_(?:evalsha|eval|evalsha_ro|eval_ro|fcall):calls=(\d+),usec=(\d+)/g,
+  )) {
+    calls += Number(m[1]);
+    usec += Number(m[2]);
+  }
+  return { usec, calls };
+}
+
+/** Runs `work` over the N keys and prints server and client CPU per key. */
+async function phase(name: string, work: () => Promise<void>): Promise<void> {
+  const before = await scriptUsec();
+  const cpu = process.cpuUsage();
+  const started = performance.now();
+  await work();
+  const ms = performance.now() - started;
+  const { user, system } = process.cpuUsage(cpu);
+  const after = await scriptUsec();
+  const usec = after.usec - before.usec;
+  const cell = (value: number, width: number) => value.toFixed(1).padStart(width);
+  console.log(
+    `${name.padEnd(24)} ${cell(usec / n, 10)} ${cell(usec / (after.calls - before.calls), 11)} ` +
+      `${cell((user + system) / n, 11)} ${cell((n / ms) * 1000, 8)}`,
+  );
+}
+
+async function cleanup(): Promise<void> {
+  let cursor = '0';
+  do {
+    const [next, keys] = await client.scanBuffer(cursor, 'MATCH', `${keyPrefix}:*`, 'COUNT', 5000);
+    cursor = next.toString();
+    if (keys.length > 0) await client.unlink(...keys);
+  } while (cursor !== '0');
+}
+
+try {
+  await store.checkServer();
+  const { beginMany, completeMany } = store;
+  if (!beginMany || !completeMany) throw new Error('the store has no batch operations');
+  console.log(`${'phase'.padEnd(24)}  srv us/key  srv us/call  node us/key   keys/s`);
+  const keys = Array.from({ length: n }, () => `orders:billing:${randomUUID()}`);
+  const begins = (from: number) =>
+    keys.slice(from, from + batch).map((key) => ({ key, fingerprint, owner: 'bench', leaseMs: 60_000 }));
+  console.log(`N=${n} keys, batches of ${batch}, prefix ${keyPrefix}, ${url}`);
+  // Each batch begun, then completed, as the pipeline does (the key layout cache is warm for the
+  // complete, as there).
+  await phase('begin + complete (new)', async () => {
+    for (let i = 0; i < n; i += batch) {
+      const fences: number[] = [];
+      for (const begun of await beginMany.call(store, begins(i))) {
+        if (begun.status !== 'acquired') throw new Error(`begin: ${begun.status}`);
+        fences.push(begun.fence);
+      }
+      const requests = keys
+        .slice(i, i + batch)
+        .map((key, j) => ({
+          key,
+          fence: fences[j] as number,
+          result,
+          outgoing: [],
+          retentionMs: 86_400_000,
+        }));
+      for (const done of await completeMany.call(store, requests)) if (done !== 'ok') throw new Error(done);
+    }
+  });
+  await phase('begin (duplicate)', async () => {
+    for (let i = 0; i < n; i += batch) {
+      for (const begun of await beginMany.call(store, begins(i))) {
+        if (begun.status !== 'duplicate') throw new Error(`duplicate: ${begun.status}`);
+      }
+    }
+  });
+} finally {
+  await cleanup();
+  client.disconnect();
+}
