@@ -92,15 +92,13 @@ try {
         if (begun.status !== 'acquired') throw new Error(`begin: ${begun.status}`);
         fences.push(begun.fence);
       }
-      const requests = keys
-        .slice(i, i + batch)
-        .map((key, j) => ({
-          key,
-          fence: fences[j] as number,
-          result,
-          outgoing: [],
-          retentionMs: 86_400_000,
-        }));
+      const requests = keys.slice(i, i + batch).map((key, j) => ({
+        key,
+        fence: fences[j] as number,
+        result,
+        outgoing: [],
+        retentionMs: 86_400_000,
+      }));
       for (const done of await completeMany.call(store, requests)) if (done !== 'ok') throw new Error(done);
     }
   });
