@@ -5,10 +5,11 @@
 import { createHash } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
 import {
+  BlobIntegrityError,
   type BlobPointer,
   type BlobSource,
   type BlobStore,
-  BlobIntegrityError,
+  ConfigError,
   StoreUnavailableError,
 } from '@exactly-once/core';
 import {
@@ -30,9 +31,27 @@ export interface GridFsBlobStoreOptions {
   readonly chunkSizeBytes?: number;
   /** Write concern of chunks and files documents. Default `{ w: 'majority' }`. */
   readonly writeConcern?: WriteConcernSettings;
+  /**
+   * Chunks without a files document whose last chunk is older than this belong to a put whose
+   * process died (SIGKILL, power loss): puts remove them, looking at most once per this period.
+   * Keep it above the longest pause between two chunks of a streamed result (a put whose chunks
+   * were removed stores a blob that fails its reads, and the duplicate that reads it is
+   * dead-lettered). @defaultValue 3_600_000 (1 h)
+   */
+  readonly abandonedAfterMs?: number;
+}
+
+export interface GridFsBlobStore extends BlobStore {
+  /**
+   * Removes the chunks of dead puts now (see `abandonedAfterMs`); resolves to how many uploads.
+   * Each process looks at an upload once it is old enough, and not again.
+   */
+  removeAbandoned(): Promise<number>;
 }
 
 export const DEFAULT_BUCKET = 'eo_blobs';
+/** Uploads looked at per query when removing abandoned ones. */
+const ABANDONED_PAGE = 500;
 const URI_PATTERN = /^gridfs:([0-9a-f]{24})$/;
 const SHA256_PATTERN = /^[0-9a-f]{64}$/;
 
@@ -45,8 +64,12 @@ const SHA256_PATTERN = /^[0-9a-f]{64}$/;
  * against the pointer and fail with {@link BlobIntegrityError} on any difference, a missing file
  * or a missing or mis-sized chunk. Driver failures surface as StoreUnavailableError (retryable).
  */
-export function createGridFsBlobStore(options: GridFsBlobStoreOptions): BlobStore {
+export function createGridFsBlobStore(options: GridFsBlobStoreOptions): GridFsBlobStore {
   const bucketName = options.bucketName ?? DEFAULT_BUCKET;
+  const abandonedAfterMs = options.abandonedAfterMs ?? 3_600_000;
+  if (!(abandonedAfterMs > 0 && Number.isFinite(abandonedAfterMs))) {
+    throw new ConfigError('abandonedAfterMs must be a positive number of milliseconds');
+  }
   const writeConcern = options.writeConcern ?? { w: 'majority' };
   const bucket = new GridFSBucket(options.db, {
     bucketName,
@@ -63,8 +86,63 @@ export function createGridFsBlobStore(options: GridFsBlobStoreOptions): BlobStor
     return verified(files, chunks, id, pointer);
   };
 
+  // Upload ids are ObjectIds made when the upload opens, so they order uploads by start time.
+  // Every upload up to `settledUpTo` was found complete or removed by this process.
+  let settledUpTo: ObjectId | undefined;
+  const removeAbandoned = async (): Promise<number> => {
+    const cutoffMs = Date.now() - abandonedAfterMs;
+    const cutoff = ObjectId.createFromTime(Math.floor(cutoffMs / 1000));
+    let removed = 0;
+    let after = settledUpTo;
+    // Once an upload may still be streaming, the next pass starts again before it.
+    let open = false;
+    try {
+      for (;;) {
+        const range = after === undefined ? { $lt: cutoff } : { $gt: after, $lt: cutoff };
+        const page = await chunks
+          .find(
+            { files_id: range, n: 0 },
+            { projection: { files_id: 1 }, sort: { files_id: 1 }, limit: ABANDONED_PAGE },
+          )
+          .toArray();
+        if (page.length === 0) break;
+        const ids = page.map((doc) => doc.files_id as ObjectId);
+        const complete = new Set(
+          (await files.find({ _id: { $in: ids } }, { projection: { _id: 1 } }).toArray()).map((doc) =>
+            String(doc._id),
+          ),
+        );
+        for (const id of ids) {
+          if (!complete.has(String(id))) {
+            // No files document: a dead put, or one still streaming. Chunk ids are made as each
+            // chunk is written, so the last one says when the upload last moved.
+            const last = await chunks.findOne({ files_id: id }, { sort: { n: -1 }, projection: { _id: 1 } });
+            if (last !== null && (last._id as ObjectId).getTimestamp().getTime() >= cutoffMs) {
+              open = true;
+            } else {
+              await chunks.deleteMany({ files_id: id }, { writeConcern });
+              removed++;
+            }
+          }
+          if (!open) settledUpTo = id;
+        }
+        after = ids[ids.length - 1];
+        if (page.length < ABANDONED_PAGE) break;
+      }
+    } catch (error) {
+      throw new StoreUnavailableError({ operation: 'blob.removeAbandoned', cause: error });
+    }
+    return removed;
+  };
+  let nextSweepAt = 0;
+
   return {
     async put(source: BlobSource): Promise<BlobPointer> {
+      if (Date.now() >= nextSweepAt) {
+        nextSweepAt = Date.now() + abandonedAfterMs;
+        // In the background: a put never waits for, or fails with, the sweep.
+        removeAbandoned().catch(() => undefined);
+      }
       const upload = bucket.openUploadStream('eo-blob');
       const hash = createHash('sha256');
       let size = 0;
@@ -91,6 +169,7 @@ export function createGridFsBlobStore(options: GridFsBlobStoreOptions): BlobStor
     },
 
     stream,
+    removeAbandoned,
 
     async get(pointer: BlobPointer): Promise<Uint8Array> {
       const parts: Uint8Array[] = [];

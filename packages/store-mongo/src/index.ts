@@ -5,7 +5,7 @@ export { createMongoStore, DEFAULT_COLLECTION } from './store.js';
 export type { MongoProcessedStore, MongoStoreOptions, SweepResult } from './store.js';
 export type { RecordDoc } from './codec.js';
 export { createGridFsBlobStore, DEFAULT_BUCKET } from './gridfs-blob-store.js';
-export type { GridFsBlobStoreOptions } from './gridfs-blob-store.js';
+export type { GridFsBlobStore, GridFsBlobStoreOptions } from './gridfs-blob-store.js';
 export { createMongoOutboxSource, OUTBOX_FIELD, outboxFields, PENDING_FIELD } from './outbox.js';
 export type {
   MongoOutboxSource,

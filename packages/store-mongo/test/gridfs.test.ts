@@ -1,10 +1,11 @@
 /**
  * The GridFS blob store against the real test server: streaming, integrity checks, cleanup.
  */
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { BlobIntegrityError } from '@exactly-once/core';
+import { BlobIntegrityError, ConfigError } from '@exactly-once/core';
 import { Binary, type Document, ObjectId } from 'mongodb';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createGridFsBlobStore } from '../src/index.js';
 import { MONGO_SERVERS, openTestDatabase, type TestDatabase } from './helpers.js';
 
@@ -126,6 +127,74 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       expect(sha256(await blobs.get(pointer))).toBe(pointer.sha256);
     });
 
+    it('removes the chunks of a put whose process was killed, once its last chunk is abandonedAfterMs old', async () => {
+      // Prepare: a complete blob, then a worker streaming into the same bucket is SIGKILLed after
+      // writing some chunks.
+      const { blobs, chunks } = bucket('killed');
+      const kept = await blobs.put(new Uint8Array(3000).fill(7));
+      const worker = spawn(
+        process.execPath,
+        [
+          '--import',
+          'tsx',
+          '--conditions=@exactly-once/source',
+          '--input-type=module',
+          '-e',
+          KILLED_PUT,
+          server.url,
+          test.db.databaseName,
+        ],
+        { stdio: ['ignore', 'inherit', 'inherit'] },
+      );
+      const orphanIds = async () =>
+        (await chunks.distinct('files_id')).filter((id) => String(id) !== kept.uri.slice('gridfs:'.length));
+      try {
+        await vi.waitFor(async () => expect((await orphanIds()).length).toBe(1), {
+          timeout: 20_000,
+          interval: 100,
+        });
+        const [upload] = await orphanIds();
+        await vi.waitFor(
+          async () => expect(await chunks.countDocuments({ files_id: upload })).toBeGreaterThan(2),
+          {
+            timeout: 20_000,
+            interval: 100,
+          },
+        );
+      } finally {
+        worker.kill('SIGKILL');
+      }
+      await new Promise((resolve) => worker.once('exit', resolve));
+      const [upload] = await orphanIds();
+      // Act: while its last chunk is fresh the upload may still be streaming, so it stays; once it
+      // is abandonedAfterMs old (ObjectId times have a one-second grain), a put removes it.
+      expect(
+        await createGridFsBlobStore({
+          db: test.db,
+          bucketName: 'killed',
+          abandonedAfterMs: 60_000,
+        }).removeAbandoned(),
+      ).toBe(0);
+      expect(await chunks.countDocuments({ files_id: upload })).toBeGreaterThan(2);
+      await new Promise((resolve) => setTimeout(resolve, 2_500));
+      const restarted = createGridFsBlobStore({ db: test.db, bucketName: 'killed', abandonedAfterMs: 1_000 });
+      const fresh = await restarted.put(new Uint8Array(10));
+      // Assess: the sweep runs beside the put; complete blobs stay readable.
+      await vi.waitFor(async () => expect(await chunks.countDocuments({ files_id: upload })).toBe(0), {
+        timeout: 10_000,
+        interval: 100,
+      });
+      expect(await restarted.removeAbandoned()).toBe(0);
+      expect((await blobs.get(kept)).byteLength).toBe(3000);
+      expect((await blobs.get(fresh)).byteLength).toBe(10);
+    });
+
+    it('refuses an abandonedAfterMs that is not a positive number', () => {
+      for (const abandonedAfterMs of [0, -1, Number.NaN, Number.POSITIVE_INFINITY]) {
+        expect(() => createGridFsBlobStore({ db: test.db, abandonedAfterMs })).toThrow(ConfigError);
+      }
+    });
+
     it('delete removes the file and its chunks and tolerates a missing blob', async () => {
       const { blobs, chunks, files } = bucket('delete');
       const pointer = await blobs.put(new Uint8Array(600_000));
@@ -137,3 +206,17 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
     });
   });
 });
+
+/** A worker that streams a blob into bucket `killed` in 1 KiB chunks and never finishes it. */
+const KILLED_PUT = `
+import { MongoClient } from 'mongodb';
+import { createGridFsBlobStore } from '@exactly-once/store-mongo';
+const [url, database] = process.argv.slice(1);
+const client = await MongoClient.connect(url);
+const blobs = createGridFsBlobStore({ db: client.db(database), bucketName: 'killed', chunkSizeBytes: 1024 });
+async function* source() {
+  for (let i = 0; i < 8; i++) yield new Uint8Array(1024).fill(i);
+  await new Promise(() => setInterval(() => {}, 1000));
+}
+await blobs.put(source());
+`;
