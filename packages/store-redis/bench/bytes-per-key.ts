@@ -13,6 +13,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { createRedisStore } from '../src/index.js';
+import { deletePrefix } from './own-keys.js';
 
 const n = Number(process.argv[2] ?? process.env.EO_BENCH_N ?? 1_000_000);
 const plain = process.argv.includes('--plain');
@@ -37,15 +38,6 @@ async function writeOne(i: number): Promise<void> {
   if (begun.status !== 'acquired') throw new Error(`key ${i}: ${begun.status}`);
   const done = await store.complete({ key, fence: begun.fence, result, outgoing: [], retentionMs, traceId });
   if (done !== 'ok') throw new Error(`key ${i}: complete ${done}`);
-}
-
-async function cleanup(): Promise<void> {
-  let cursor = '0';
-  do {
-    const [next, keys] = await client.scanBuffer(cursor, 'MATCH', `${keyPrefix}:*`, 'COUNT', 5000);
-    cursor = next.toString();
-    if (keys.length > 0) await client.unlink(...keys);
-  } while (cursor !== '0');
 }
 
 try {
@@ -81,6 +73,6 @@ try {
     console.log(`markers: ${((withMarkers - base) / n).toFixed(1)} bytes/key`);
   }
 } finally {
-  await cleanup();
+  await deletePrefix(client, keyPrefix);
   await client.quit();
 }

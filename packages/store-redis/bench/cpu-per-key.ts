@@ -15,6 +15,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { createRedisStore } from '../src/index.js';
+import { deletePrefix } from './own-keys.js';
 
 const args = process.argv.slice(2);
 const option = (name: string): string | undefined => {
@@ -65,15 +66,6 @@ async function phase(name: string, work: () => Promise<void>): Promise<void> {
   );
 }
 
-async function cleanup(): Promise<void> {
-  let cursor = '0';
-  do {
-    const [next, keys] = await client.scanBuffer(cursor, 'MATCH', `${keyPrefix}:*`, 'COUNT', 5000);
-    cursor = next.toString();
-    if (keys.length > 0) await client.unlink(...keys);
-  } while (cursor !== '0');
-}
-
 try {
   await store.checkServer();
   const { beginMany, completeMany } = store;
@@ -110,6 +102,6 @@ try {
     }
   });
 } finally {
-  await cleanup();
+  await deletePrefix(client, keyPrefix);
   client.disconnect();
 }
