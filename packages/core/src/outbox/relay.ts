@@ -33,7 +33,9 @@ export interface OutboxEntry {
 export interface OutboxSource {
   /**
    * One pass over the pending entries, oldest first. Entries written during the pass may or may
-   * not appear; the next pass sees them.
+   * not appear; the next pass sees them. Every entry pending when the pass starts and not marked
+   * published meanwhile must appear: the relay marks entries while a pass reads, so page by a
+   * key (the last entry read), never by an offset, which marked entries would shift.
    */
   scan(): AsyncIterable<OutboxEntry>;
   /** Records entries as published (their messages were confirmed). Idempotent. */
