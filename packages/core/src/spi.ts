@@ -159,6 +159,7 @@ export function deadLetterHeaders(reason: DeadLetterReason): Record<string, stri
   };
 }
 
+export { abandonedAfterMsOf, sweepFromPuts } from './blob/abandoned.js';
 export { decodeJson, encodeValue } from './codec.js';
 export { sleep } from './context.js';
 export type { OrderedRun, Processor } from './processor.js';

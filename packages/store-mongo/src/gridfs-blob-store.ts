@@ -9,9 +9,9 @@ import {
   type BlobPointer,
   type BlobSource,
   type BlobStore,
-  ConfigError,
   StoreUnavailableError,
 } from '@exactly-once/core';
+import { abandonedAfterMsOf, sweepFromPuts } from '@exactly-once/core/spi';
 import {
   Binary,
   type Collection,
@@ -66,10 +66,7 @@ const SHA256_PATTERN = /^[0-9a-f]{64}$/;
  */
 export function createGridFsBlobStore(options: GridFsBlobStoreOptions): GridFsBlobStore {
   const bucketName = options.bucketName ?? DEFAULT_BUCKET;
-  const abandonedAfterMs = options.abandonedAfterMs ?? 3_600_000;
-  if (!(abandonedAfterMs > 0 && Number.isFinite(abandonedAfterMs))) {
-    throw new ConfigError('abandonedAfterMs must be a positive number of milliseconds');
-  }
+  const abandonedAfterMs = abandonedAfterMsOf(options.abandonedAfterMs);
   const writeConcern = options.writeConcern ?? { w: 'majority' };
   const bucket = new GridFSBucket(options.db, {
     bucketName,
@@ -134,15 +131,11 @@ export function createGridFsBlobStore(options: GridFsBlobStoreOptions): GridFsBl
     }
     return removed;
   };
-  let nextSweepAt = 0;
+  const sweep = sweepFromPuts(abandonedAfterMs, removeAbandoned);
 
   return {
     async put(source: BlobSource): Promise<BlobPointer> {
-      if (Date.now() >= nextSweepAt) {
-        nextSweepAt = Date.now() + abandonedAfterMs;
-        // In the background: a put never waits for, or fails with, the sweep.
-        removeAbandoned().catch(() => undefined);
-      }
+      sweep();
       const upload = bucket.openUploadStream('eo-blob');
       const hash = createHash('sha256');
       let size = 0;

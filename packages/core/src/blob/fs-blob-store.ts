@@ -5,7 +5,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { type FileHandle, mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { BlobIntegrityError, ConfigError } from '../errors.js';
+import { BlobIntegrityError } from '../errors.js';
+import { abandonedAfterMsOf, sweepFromPuts } from './abandoned.js';
 import type { BlobPointer, BlobSource, BlobStore } from './types.js';
 
 export interface FsBlobStoreOptions {
@@ -42,10 +43,7 @@ const TEMP_PREFIX = '.tmp-';
  */
 export function createFsBlobStore(options: FsBlobStoreOptions): FsBlobStore {
   const root = options.directory;
-  const abandonedAfterMs = options.abandonedAfterMs ?? 3_600_000;
-  if (!(abandonedAfterMs > 0 && Number.isFinite(abandonedAfterMs))) {
-    throw new ConfigError('abandonedAfterMs must be a positive number of milliseconds');
-  }
+  const abandonedAfterMs = abandonedAfterMsOf(options.abandonedAfterMs);
 
   const removeAbandoned = async (): Promise<number> => {
     let names: string[];
@@ -71,15 +69,11 @@ export function createFsBlobStore(options: FsBlobStoreOptions): FsBlobStore {
     }
     return removed;
   };
-  let nextSweepAt = 0;
+  const sweep = sweepFromPuts(abandonedAfterMs, removeAbandoned);
 
   const put = async (source: BlobSource): Promise<BlobPointer> => {
     await mkdir(root, { recursive: true });
-    if (Date.now() >= nextSweepAt) {
-      nextSweepAt = Date.now() + abandonedAfterMs;
-      // In the background: a put never waits for, or fails with, the sweep.
-      removeAbandoned().catch(() => undefined);
-    }
+    sweep();
     const id = randomBytes(16).toString('hex');
     const temp = join(root, `${TEMP_PREFIX}${randomBytes(16).toString('hex')}`);
     const hash = createHash('sha256');
