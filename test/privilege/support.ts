@@ -24,6 +24,8 @@ export const STORE_COMMANDS: readonly string[] = [
   'del',
   'get',
   'set',
+  'strlen',
+  'getrange',
   'pexpiretime',
   'hset',
   'hget',

@@ -239,7 +239,7 @@ export function isExpired(record: ProcessedRecord, now: number): boolean {
 }
 
 /**
- * A record standing in for a compacted one. The stored fingerprint is known only by an 8-byte
+ * A record standing in for a compacted one. The stored fingerprint is known only by a 4-byte
  * hash, so it is reported as `compacted:<hex>` unless the caller's own fingerprint matched it.
  */
 export function decodeMarker(key: string, marker: Buffer, matchedFingerprint?: string): CompactedRecord {

@@ -1,11 +1,11 @@
 /**
- * Compaction: COMPLETED records older than the hot window become 14-byte markers in their tag's
- * bucket, which still answer "already processed" exactly (no false negatives) until the record's
+ * Compaction: COMPLETED records older than the hot window become 18-byte markers in their cluster
+ * slot's bucket, which still answer "already processed" exactly (no false negatives) until the record's
  * expiry. Only records indexed at completion (stores created with `compactAfterMs`) are visited:
  * a pass reads each tag's index from the oldest completion on, and never scans the keyspace.
  */
 import { type RedisClient, runScript } from './client.js';
-import { bucketKey, indexKey, recordKey, TAG_COUNT } from './layout.js';
+import { indexKey, markerBucketKey, recordKey, TAG_COUNT } from './layout.js';
 
 export interface CompactionOptions {
   /** Index entries examined per script call. Default 100. */
@@ -67,7 +67,11 @@ async function compactTag(
       String(batchSize),
     ])) as Buffer[];
     if (ids.length === 0) return;
-    const keys: Buffer[] = [index, bucketKey(prefix, tag), ...ids.map((id) => recordKey(prefix, tag, id))];
+    const keys: Buffer[] = [
+      index,
+      markerBucketKey(prefix, tag),
+      ...ids.map((id) => recordKey(prefix, tag, id)),
+    ];
     const args: (string | Buffer)[] = [String(context.compactAfterMs), String(context.graceMs), ...ids];
     const [compacted, dropped, deferred] = (await runScript(client, 'compactCompleted', 'compactCompleted', [
       keys.length,

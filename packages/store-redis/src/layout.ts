@@ -11,7 +11,12 @@
  * - record:  `<prefix>:{<tag>}:<id>` (a string, see codec.ts)
  * - extras:  `<prefix>:{<tag>}:<id>x` — the record's steps, error and outgoing messages (a hash,
  *            only when it has any; named by the scripts, never here)
- * - bucket:  `<prefix>:{<tag>}m` — compaction markers of the tag's keys (hash: id -> marker)
+ * - markers: `<prefix>:{<rep>}n` — compaction markers of the keys of one cluster slot: every tag
+ *            whose slot is the same shares one bucket, named after the first such tag (`rep`), so
+ *            ~16,384 buckets share the markers instead of 65,536 (a string of fixed-width sorted
+ *            entries, see lua/includes/markers.lua)
+ * - legacy:  `<prefix>:{<tag>}m` — the previous layout's marker bucket (hash: id -> marker), read
+ *            until it expires and never written
  * - index:   `<prefix>:{<tag>}i` — completions awaiting compaction (sorted set: id -> completedAt)
  * - blobs:   `<prefix>:{<tag>}b` — blob results of the tag's records (sorted set: packed pointer ->
  *            the record's physical end), for `collectBlobs`
@@ -21,6 +26,7 @@
  * keys, 2e-29 at 30 million.
  */
 import { sha256, sha256Hex } from '@exactly-once/core';
+import calculateSlot from 'cluster-key-slot';
 
 export const TAG_COUNT = 65_536;
 
@@ -28,9 +34,10 @@ export interface RecordKeys {
   readonly record: Buffer;
   /** The tag (0..65535): the `{<tag hex>}` of every key of the record. */
   readonly tag: number;
-  /** The record's 16-byte id: its name suffix, index member and marker field. */
+  /** The record's 16-byte id: its name suffix and index member; its first 10 bytes, its marker's. */
   readonly id: Buffer;
-  readonly bucket: Buffer;
+  readonly markers: Buffer;
+  readonly legacyMarkers: Buffer;
   readonly index: Buffer;
   readonly blobs: Buffer;
 }
@@ -43,8 +50,13 @@ class Keys implements RecordKeys {
     readonly id: Buffer,
     readonly record: Buffer,
   ) {}
-  get bucket(): Buffer {
-    return bucketKey(this.prefix, this.tag);
+  private markersKey: Buffer | undefined;
+  get markers(): Buffer {
+    this.markersKey ??= markerBucketKey(this.prefix, this.tag);
+    return this.markersKey;
+  }
+  get legacyMarkers(): Buffer {
+    return legacyMarkerBucketKey(this.prefix, this.tag);
   }
   get index(): Buffer {
     return indexKey(this.prefix, this.tag);
@@ -59,7 +71,33 @@ export function tagPrefix(prefix: string, tag: number): string {
   return `${prefix}:{${tag.toString(16).padStart(4, '0')}}`;
 }
 
-export function bucketKey(prefix: string, tag: number): Buffer {
+/** Per tag, the first tag of its cluster slot (see markerBucketKey); made on first use. */
+let slotFirstTag: Uint16Array | undefined;
+
+function firstTagOfSlot(tag: number): number {
+  if (slotFirstTag === undefined) {
+    const first = new Int32Array(16_384).fill(-1);
+    const slots = new Uint16Array(TAG_COUNT);
+    for (let t = 0; t < TAG_COUNT; t++) {
+      const slot = calculateSlot(t.toString(16).padStart(4, '0'));
+      slots[t] = slot;
+      if ((first[slot] as number) < 0) first[slot] = t;
+    }
+    slotFirstTag = slots.map((slot) => first[slot] as number);
+  }
+  return slotFirstTag[tag] as number;
+}
+
+/**
+ * The marker bucket of `tag`'s keys: `<prefix>:{<rep>}n`, where rep is the first tag hashing to
+ * the same cluster slot, so it is on the slot of each record it stands in for (a script touches one
+ * slot) while ~4 tags share it.
+ */
+export function markerBucketKey(prefix: string, tag: number): Buffer {
+  return Buffer.from(`${tagPrefix(prefix, firstTagOfSlot(tag))}n`);
+}
+
+export function legacyMarkerBucketKey(prefix: string, tag: number): Buffer {
   return Buffer.from(`${tagPrefix(prefix, tag)}m`);
 }
 

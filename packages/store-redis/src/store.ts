@@ -15,14 +15,15 @@ import {
   type InProgressEntry,
   type InProgressQuery,
   type InProgressRecord,
-  type MarkPublishedRequest,
   type Logger,
+  type MarkPublishedRequest,
   type ProcessedRecord,
   type ProcessedStore,
-  silentLogger,
   StoreUnavailableError,
+  silentLogger,
 } from '@exactly-once/core';
 import calculateSlot from 'cluster-key-slot';
+import { type BlobCollectionOptions, type BlobCollectionStats, collectBlobPass } from './blob-collection.js';
 import {
   type RedisArg,
   type RedisClient,
@@ -42,7 +43,6 @@ import {
   packResult,
   packText,
 } from './codec.js';
-import { type BlobCollectionOptions, type BlobCollectionStats, collectBlobPass } from './blob-collection.js';
 import { type CompactionOptions, type CompactionStats, compactPass } from './compaction.js';
 import { scripts } from './generated/scripts.js';
 import { listInProgress } from './in-progress.js';
@@ -216,7 +216,8 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       const fingerprint = packText(request.fingerprint);
       const [code, now, payload] = (await runScript(client, 'begin', 'begin', [
         keys.record,
-        keys.bucket,
+        keys.markers,
+        keys.legacyMarkers,
         fingerprint,
         request.owner,
         ms(request.leaseMs),
@@ -241,13 +242,15 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
           for (const request of group) {
             const lease = Buffer.allocUnsafe(6);
             lease.writeUIntBE(Number(ms(request.leaseMs)), 0, 6);
+            const keys = keysFor(prefix, request.key);
             perKey.push(
               lengthPrefixed([
-                keysFor(prefix, request.key).record,
+                keys.record,
                 packText(request.fingerprint),
                 request.traceId === undefined ? EMPTY : packText(request.traceId),
                 request.key,
                 request.owner,
+                keys.markers,
               ]),
               lease,
             );
@@ -337,7 +340,8 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       const code = Number(
         await runScript(client, 'clear', 'clear', [
           keys.record,
-          keys.bucket,
+          keys.markers,
+          keys.legacyMarkers,
           keys.index,
           keys.id,
           String(graceMs),
@@ -360,7 +364,8 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       const keys = keysFor(prefix, key);
       const [now, stored, marker] = (await runScript(client, 'get', 'get', [
         keys.record,
-        keys.bucket,
+        keys.markers,
+        keys.legacyMarkers,
         keys.id,
       ])) as [number, StoredRecord | null, Buffer | null];
       const record = stored ? decodeRecord(key, stored[0], stored[1]) : undefined;

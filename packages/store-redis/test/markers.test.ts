@@ -3,9 +3,10 @@
  * exactly like its full record did, never for a key that was not processed, and only until the
  * record's own expiry.
  */
-import { randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import type { Cluster, Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { packText } from '../src/codec.js';
 import { createRedisStore, type RedisProcessedStore } from '../src/index.js';
 import { keysFor } from '../src/layout.js';
 import { cluster, dropPrefix, sleep, standalone, testPrefix } from './helpers.js';
@@ -13,6 +14,22 @@ import { cluster, dropPrefix, sleep, standalone, testPrefix } from './helpers.js
 const owner = 'worker-a';
 const leaseMs = 30_000;
 const retentionMs = 600_000;
+
+// The bucket layout of lua/includes/markers.lua, written directly to stand up buckets of any size:
+// a 4-byte header (next sweep, s), then entries sorted by id: id (10 bytes) | expiresAt (s) | fingerprint hash.
+const fingerprintHash = (fingerprint: string) =>
+  createHash('sha1').update(packText(fingerprint)).digest().subarray(0, 4);
+const u32 = (n: number) => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n);
+  return b;
+};
+const entry = (id: Buffer, expiresAtS: number, fingerprint: string) =>
+  Buffer.concat([id.subarray(0, 10), u32(expiresAtS), fingerprintHash(fingerprint)]);
+const bucketOf = (nextSweepS: number, entries: Buffer[]) =>
+  Buffer.concat([u32(nextSweepS), ...[...entries].sort(Buffer.compare)]);
+const randomEntries = (n: number, expiresAtS: number) =>
+  Array.from({ length: n }, () => entry(randomBytes(10), expiresAtS, 'someone else'));
 const HOSTILE = [
   '*',
   '{',
@@ -77,15 +94,15 @@ for (const [name, connect] of [
         const mismatch = await store.begin({ key, fingerprint: 'another payload', owner, leaseMs });
         expect(mismatch.status).toBe('mismatch');
         expect(mismatch.status === 'mismatch' && mismatch.record.fingerprint).toMatch(
-          /^compacted:[0-9a-f]{16}$/,
+          /^compacted:[0-9a-f]{8}$/,
         );
       }
-      // The marker keeps the record's exact expiry.
+      // The marker keeps the record's expiry, rounded up to the second.
       const marker = await store.get(done[0] ?? '');
       expect(marker).toMatchObject({
         state: 'COMPLETED',
         compacted: true,
-        expiresAt: before?.state === 'COMPLETED' ? before.expiresAt : -1,
+        expiresAt: before?.state === 'COMPLETED' ? Math.ceil(before.expiresAt / 1000) * 1000 : -1,
       });
       // Keys never processed (including near-misses of processed ones) are not answered by markers.
       for (const key of [
@@ -140,6 +157,104 @@ for (const [name, connect] of [
       await hot.compactCompleted({ concurrency: 64 });
       const record = await hot.get(key);
       expect(record?.state === 'COMPLETED' && 'compacted' in record).toBe(false);
+    });
+
+    it('a bucket of any size answers exactly the keys it holds (lookups read a window of it)', async () => {
+      const run = randomUUID();
+      const inAnHour = Math.floor(Date.now() / 1000) + 3600;
+      // Sizes around the window (49 entries) and far above it (a 30M-key store holds ~1,830 a
+      // bucket), where the first window often misses: 30 keys, so both ways of missing occur.
+      const sizes = [0, 1, 2, 48, 49, 50, 51, 200, 20_000, ...Array.from({ length: 30 }, () => 5000)];
+      const keys = sizes.flatMap((n, i) =>
+        [`${run}:${i}:${n}:held`, `${run}:${i}:${n}:absent`].map((key) => ({ key, n })),
+      );
+      const buckets = new Map<string, Buffer[]>();
+      for (const { key, n } of keys) {
+        const { markers, id } = keysFor(keyPrefix, key);
+        const entries = buckets.get(markers.toString('latin1')) ?? [];
+        entries.push(...randomEntries(n, inAnHour));
+        if (key.endsWith(':held')) entries.push(entry(id, inAnHour, 'fp'));
+        buckets.set(markers.toString('latin1'), entries);
+      }
+      for (const [name, entries] of buckets)
+        await client.set(Buffer.from(name, 'latin1'), bucketOf(0, entries));
+      for (const { key } of keys) {
+        const held = key.endsWith(':held');
+        expect((await store.get(key))?.state).toBe(held ? 'COMPLETED' : undefined);
+        const begun = await store.begin({ key, fingerprint: 'fp', owner, leaseMs });
+        expect(begun.status).toBe(held ? 'duplicate' : 'acquired');
+        if (held)
+          expect((await store.begin({ key, fingerprint: 'other', owner, leaseMs })).status).toBe('mismatch');
+      }
+      const many = keysFor(keyPrefix, `${run}:8:20000:held`);
+      const beginMany = await store.beginMany(
+        keys.map(({ key }) => ({ key, fingerprint: 'fp', owner, leaseMs })),
+      );
+      expect(beginMany.map((b) => b.status)).toEqual(
+        keys.map(({ key }) => (key.endsWith(':held') ? 'duplicate' : 'busy')),
+      );
+      expect(await store.clear(`${run}:8:20000:held`)).toBe('cleared');
+      expect(await store.get(`${run}:8:20000:held`)).toBeUndefined();
+      expect((await client.strlen(many.markers)) % 18).toBe(4);
+    });
+
+    it('compaction merges into a bucket in order, replacing a key’s old entry, and sweeps expired entries once due', async () => {
+      const run = randomUUID();
+      const key = `${run}:merged`;
+      const { markers, id } = keysFor(keyPrefix, key);
+      const nowS = Math.floor(Date.now() / 1000);
+      const live = randomEntries(3000, nowS + 3600);
+      // An expired entry of the key itself (from an earlier retention) is replaced, not kept twice.
+      const expired = [...randomEntries(500, nowS - 10), entry(id, nowS - 10, 'old')];
+      await client.set(markers, bucketOf(0, [...live, ...expired]));
+      await process(key, 'fp');
+      await store.compactCompleted({ concurrency: 64 });
+      const bucket = (await client.getBuffer(markers)) as Buffer;
+      const nextSweep = bucket.readUInt32BE(0);
+      expect(nextSweep).toBeGreaterThanOrEqual(nowS + 86_400);
+      const entries = Array.from({ length: (bucket.length - 4) / 18 }, (_, i) =>
+        bucket.subarray(4 + i * 18, 22 + i * 18),
+      );
+      expect(entries.length).toBe(3001);
+      for (let i = 1; i < entries.length; i++) {
+        expect(Buffer.compare(entries[i - 1] as Buffer, entries[i] as Buffer)).toBe(-1);
+      }
+      expect(entries.every((e) => e.readUInt32BE(10) > nowS)).toBe(true);
+      expect(await store.begin({ key, fingerprint: 'fp', owner, leaseMs })).toMatchObject({
+        status: 'duplicate',
+      });
+      // Not due again for a day: expired entries written now stay until then.
+      const withExpired = Buffer.concat([
+        bucket.subarray(0, 4),
+        ...[...entries, ...randomEntries(10, nowS - 10)].sort(Buffer.compare),
+      ]);
+      await client.set(markers, withExpired);
+      await process(`${run}:second`, 'fp');
+      await store.compactCompleted({ concurrency: 64 });
+      expect(((await client.strlen(markers)) - 4) / 18).toBeGreaterThanOrEqual(entries.length + 10);
+    });
+
+    it('markers of the previous layout (a hash per tag) are still read, and clear removes them', async () => {
+      const key = `${randomUUID()}:legacy`;
+      const { legacyMarkers, id } = keysFor(keyPrefix, key);
+      const expiresAt = Date.now() + 3_600_000;
+      const at = Buffer.alloc(6);
+      at.writeUIntBE(expiresAt, 0, 6);
+      const hash = createHash('sha1').update(packText('fp')).digest().subarray(0, 8);
+      await client.hset(legacyMarkers, id, Buffer.concat([at, hash]));
+      expect(await store.get(key)).toMatchObject({ state: 'COMPLETED', compacted: true, expiresAt });
+      expect(await store.begin({ key, fingerprint: 'fp', owner, leaseMs })).toMatchObject({
+        status: 'duplicate',
+        record: { compacted: true, fingerprint: 'fp' },
+      });
+      expect(await store.beginMany([{ key, fingerprint: 'other', owner, leaseMs }])).toMatchObject([
+        { status: 'mismatch', record: { fingerprint: `compacted:${hash.subarray(0, 4).toString('hex')}` } },
+      ]);
+      expect(await store.clear(key)).toBe('cleared');
+      expect(await client.hexists(legacyMarkers, id)).toBe(0);
+      expect(await store.begin({ key, fingerprint: 'fp', owner, leaseMs })).toMatchObject({
+        status: 'acquired',
+      });
     });
   });
 }

@@ -160,12 +160,13 @@ describe('layout and encoding (standalone)', () => {
     await client.quit();
   });
 
-  it('all keys of a record share one hash tag; user braces and length change nothing', () => {
+  it('all keys of a record share one hash tag (its marker bucket, one cluster slot); user braces and length change nothing', () => {
     for (const key of ['plain', '{user-tag}', 'a{b}c', '}{', '{}', '\u0000{x}', 'x'.repeat(10_240)]) {
       const keys = keysFor(keyPrefix, key);
       const tag = hashTag(keys.record);
       expect(tag).toMatch(/^[0-9a-f]{4}$/);
-      expect([hashTag(keys.bucket), hashTag(keys.index)]).toEqual([tag, tag]);
+      expect([hashTag(keys.legacyMarkers), hashTag(keys.index)]).toEqual([tag, tag]);
+      expect(calculateSlot(keys.markers)).toBe(calculateSlot(keys.record));
       // A fixed-size name whatever the key: prefix, tag, ':' and a 16-byte id.
       expect(keys.record.length).toBe(keyPrefix.length + 8 + 16);
       expect(keys.record.subarray(-16)).toEqual(keys.id);

@@ -13,20 +13,21 @@ export const LAYOUT_VERSION = 2;
 
 export const scripts = {
   begin: {
-    command: 'eoBegin_v2_f4b86ad6',
-    numberOfKeys: 2,
-    sha1: 'f4b86ad6c488363fb3c12401fe3bc51005a76f7b',
+    command: 'eoBegin_v2_a464fac0',
+    numberOfKeys: 3,
+    sha1: 'a464fac07de0aa4d831db6ce2692a402838675a1',
     lua: `--[[
 begin: claim the record of one key for an attempt, or say why not.
 
 KEYS[1]  record of the key
-KEYS[2]  compaction-marker bucket of the key's hash tag
+KEYS[2]  compaction-marker bucket of the key's cluster slot (includes/markers.lua)
+KEYS[3]  compaction-marker bucket of the key's hash tag, previous layout (read until it expires)
 ARGV[1]  fingerprint (encoded)
 ARGV[2]  owner
 ARGV[3]  lease (ms)
 ARGV[4]  trace id (encoded; '' = none)
 ARGV[5]  safety TTL of an IN_PROGRESS record past its lease end (ms)
-ARGV[6]  record id (16 bytes): the key's field in the marker bucket
+ARGV[6]  record id (16 bytes)
 ARGV[7]  the store key itself (kept while IN_PROGRESS, for listInProgress)
 
 A new record's fence is max(server now in ms, previous fence + 1); takeover and retry add 1.
@@ -39,8 +40,8 @@ Returns { code, server now (ms), payload }:
   'D'  duplicate                payload = the stored record
   'F'  failed                   payload = the stored record
   'M'  mismatch                 payload = the stored record
-  'K'  duplicate of a compacted record   payload = marker value
-  'X'  mismatch with a compacted record  payload = marker value
+  'K'  duplicate of a compacted record   payload = marker (includes/markers.lua, markerOf)
+  'X'  mismatch with a compacted record  payload = marker
 A record payload is { packed record (includes/record.lua), its extras hash (flat; empty if none) }.
 ]]
 local rcall = redis.call
@@ -74,14 +75,6 @@ local lastAt, lastAtText
 local function intAt(at)
   if at ~= lastAt then lastAt, lastAtText = at, int(at) end
   return lastAtText
-end
-
--- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
-local function markerFingerprint(encoded)
-  local hex = redis.sha1hex(encoded)
-  local out = {}
-  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
-  return table.concat(out)
 end
 
 local function packRecord(r)
@@ -204,6 +197,144 @@ local function recordReply(rec, r, packed)
   if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
   return { packed or packRecord(r), extras }
 end
+-- Compaction markers (see layout.ts): one string per cluster slot, shared by the tags of that slot.
+-- A 4-byte header (the next sweep of expired entries, in seconds) and then fixed-width entries
+-- sorted by id:
+--
+--   id 10 bytes (the first 10 of the record's 16-byte id) | expiresAt 4 (seconds, rounded up) |
+--   fingerprint hash 4 (markerFingerprint)
+--
+-- 18 bytes a marker, with no per-entry structure: the only overhead is the bucket's key, shared
+-- by ~n/16,384 markers. Markers of the previous layout (a hash per tag, \`<prefix>:{<tag>}m\`:
+-- 16-byte id -> 6-byte expiresAt in ms .. 8-byte fingerprint hash) are still read until they
+-- expire; nothing writes them any more.
+local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 24
+
+-- What a marker keeps of a fingerprint (encoded): the first 4 bytes of its sha1.
+local function markerFingerprint(encoded)
+  return struct.pack('>I4', tonumber(string.sub(redis.sha1hex(encoded), 1, 8), 16))
+end
+
+-- -1, 0 or 1: the id (a, b, c: its 4, 4 and 2 bytes) against the entry at \`pos\` of \`s\`. Numbers,
+-- not strings: Lua compares strings with strcoll, which depends on the server's locale.
+local function markerCompare(s, pos, a, b, c)
+  local ea, eb, ec = struct.unpack('>I4I4I2', s, pos)
+  if a ~= ea then return a < ea and -1 or 1 end
+  if b ~= eb then return b < eb and -1 or 1 end
+  if c ~= ec then return c < ec and -1 or 1 end
+  return 0
+end
+
+-- Binary search of the \`n\` entries of \`s\` starting at \`base\`: the index (0-based) of the id and
+-- true, or the index it would be inserted at and false.
+local function markerSearch(s, base, n, a, b, c)
+  local lo, hi = 0, n
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    local r = markerCompare(s, base + mid * MARKER_WIDTH, a, b, c)
+    if r == 0 then return mid, true end
+    if r < 0 then hi = mid else lo = mid + 1 end
+  end
+  return lo, false
+end
+
+-- The entry of \`id\` (10 bytes) in \`bucket\` without its id (expiresAt, fingerprint hash), or nil.
+-- Ids are uniform (sha256), so the entry's place is estimated from its first 4 bytes and only a
+-- window around it is read: one GETRANGE of <= 49 entries, a second when the estimate missed,
+-- whatever the bucket's size (a 30 KB bucket read whole would cost ~35 us).
+local function findMarker(bucket, id)
+  local len = rcall('STRLEN', bucket)
+  if len <= MARKER_HEAD then return nil end
+  local a, b, c = struct.unpack('>I4I4I2', id)
+  local lo, hi = 0, (len - MARKER_HEAD) / MARKER_WIDTH
+  local klo, khi = 0, 4294967296
+  while lo < hi do
+    local est = lo
+    if khi > klo then est = lo + math.floor((a - klo) / (khi - klo) * (hi - lo)) end
+    local to = math.min(hi, math.max(lo, est - MARKER_WINDOW) + 2 * MARKER_WINDOW + 1)
+    local from = math.max(lo, to - 2 * MARKER_WINDOW - 1)
+    local s = rcall('GETRANGE', bucket, MARKER_HEAD + from * MARKER_WIDTH, MARKER_HEAD + to * MARKER_WIDTH - 1)
+    local last = 1 + (to - from - 1) * MARKER_WIDTH
+    if markerCompare(s, 1, a, b, c) < 0 then
+      hi, khi = from, struct.unpack('>I4', s, 1)
+    elseif markerCompare(s, last, a, b, c) > 0 then
+      lo, klo = to, struct.unpack('>I4', s, last)
+    else
+      local i, found = markerSearch(s, 1, to - from, a, b, c)
+      if not found then return nil end
+      return string.sub(s, i * MARKER_WIDTH + 11, (i + 1) * MARKER_WIDTH)
+    end
+  end
+  return nil
+end
+
+-- The marker standing in for the record with 16-byte id \`id\`, as scripts answer it (expiresAt
+-- in ms, 6 bytes, then the 4-byte fingerprint hash), expired or not; nil when there is none.
+-- \`legacy\`: the record's tag bucket of the previous layout.
+local function markerOf(bucket, legacy, id)
+  local e = findMarker(bucket, string.sub(id, 1, 10))
+  if e then return struct.pack('>I6', struct.unpack('>I4', e) * 1000) .. string.sub(e, 5) end
+  local old = rcall('HGET', legacy, id)
+  if old then return string.sub(old, 1, 10) end
+  return nil
+end
+
+-- \`body\` (entries only) without the entries expired at \`nowS\`.
+local function sweepMarkers(body, nowS)
+  local kept, run = {}, nil
+  for i = 0, #body / MARKER_WIDTH - 1 do
+    if struct.unpack('>I4', body, i * MARKER_WIDTH + 11) > nowS then
+      run = run or i
+    elseif run then
+      kept[#kept + 1] = string.sub(body, run * MARKER_WIDTH + 1, i * MARKER_WIDTH)
+      run = nil
+    end
+  end
+  if run then kept[#kept + 1] = string.sub(body, run * MARKER_WIDTH + 1) end
+  return table.concat(kept)
+end
+
+local function entryLess(x, y)
+  local a, b, c = struct.unpack('>I4I4I2', x)
+  return markerCompare(y, 1, a, b, c) < 0
+end
+
+-- Adds \`entries\` (18 bytes each, any order) to \`bucket\`, replacing entries of the same id; at
+-- most once a day a write also drops the bucket's expired entries. The bucket is kept until
+-- \`keepUntil\` (ms) at least.
+local function addMarkers(bucket, entries, now, keepUntil)
+  local v = rcall('GET', bucket)
+  local nextSweep, body = 0, ''
+  if v then nextSweep, body = struct.unpack('>I4', v), string.sub(v, MARKER_HEAD + 1) end
+  local nowS = math.floor(now / 1000)
+  if nowS >= nextSweep then body, nextSweep = sweepMarkers(body, nowS), nowS + 86400 end
+  table.sort(entries, entryLess)
+  local n, parts, copied, lastId = #body / MARKER_WIDTH, { struct.pack('>I4', nextSweep) }, 0, nil
+  for _, e in ipairs(entries) do
+    local id = string.sub(e, 1, 10)
+    if id ~= lastId then
+      local i, found = markerSearch(body, 1, n, struct.unpack('>I4I4I2', e))
+      if i > copied then parts[#parts + 1] = string.sub(body, copied * MARKER_WIDTH + 1, i * MARKER_WIDTH) end
+      parts[#parts + 1] = e
+      copied = math.max(copied, found and i + 1 or i)
+      lastId = id
+    end
+  end
+  if copied < n then parts[#parts + 1] = string.sub(body, copied * MARKER_WIDTH + 1) end
+  local at = math.max(rcall('PEXPIRETIME', bucket), keepUntil)
+  rcall('SET', bucket, table.concat(parts), 'PXAT', string.format('%d', at))
+end
+
+-- Removes the entry of \`id\` (10 bytes) from \`bucket\`; 1 if there was one, else 0.
+local function removeMarker(bucket, id)
+  local v = rcall('GET', bucket)
+  if not v or #v <= MARKER_HEAD then return 0 end
+  local i, found = markerSearch(v, MARKER_HEAD + 1, (#v - MARKER_HEAD) / MARKER_WIDTH, struct.unpack('>I4I4I2', id))
+  if not found then return 0 end
+  local at = MARKER_HEAD + i * MARKER_WIDTH
+  rcall('SET', bucket, string.sub(v, 1, at) .. string.sub(v, at + MARKER_WIDTH + 1), 'KEEPTTL')
+  return 1
+end
 -- beginOne: the begin transition of one key (see begin-2.lua for the codes). \`full\` asks for the
 -- whole record with a busy answer; batches answer busy with the lease end only.
 -- Returns code, payload: 'N' the fence (its lease ends at now + lease); 'R'/'T' the record after the write;
@@ -211,7 +342,8 @@ end
 -- 'K'/'X' the compaction marker.
 -- \`name\` is the store key itself: kept with the attempt's start time while the record is
 -- IN_PROGRESS (complete and fail write records without them), for listInProgress.
-local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, now, full, name)
+-- \`bucket\`/\`legacy\`: where a compacted record's marker is (see markerOf), \`id\` its 16-byte id.
+local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, now, full, name)
   local packed = loadPacked(rec)
   -- Fences of new records start at the server clock, so they do not repeat even after the old
   -- record is gone; an expired record still stored also guards against a clock stepping back.
@@ -240,13 +372,11 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, now, full
     dropExtras(rec, r)
   else
     -- No record: a compacted one may still answer "already processed".
-    local marker = rcall('HGET', bucket, id)
-    if marker then
-      if struct.unpack('>I6', marker) > now then
-        if string.sub(marker, 7) ~= markerFingerprint(fp) then return 'X', marker end
-        return 'K', marker
-      end
-      rcall('HDEL', bucket, id)
+    -- An expired marker is left for the bucket's sweep; a new marker replaces it.
+    local marker = markerOf(bucket, legacy, id)
+    if marker and struct.unpack('>I6', marker) > now then
+      if string.sub(marker, 7) ~= markerFingerprint(fp) then return 'X', marker end
+      return 'K', marker
     end
   end
 
@@ -257,15 +387,15 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, now, full
   return 'N', fence
 end
 
-local code, payload = beginOne(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4],
+local code, payload = beginOne(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4],
   tonumber(ARGV[5]), ARGV[6], now, true, ARGV[7])
 return { code, now, payload }
 `,
   },
   beginMany: {
-    command: 'eoBeginMany_v2_22145d6e',
+    command: 'eoBeginMany_v2_b86bce91',
     numberOfKeys: undefined,
-    sha1: '22145d6e95cf5f0c6a2cedd185ba1fa5d122033a',
+    sha1: 'b86bce91c1aca2b55fd05a81421f70c42821d4e3',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 beginMany: begin several keys in one call, in order, each exactly as begin-2.lua would (the same
@@ -273,12 +403,13 @@ key twice: the second sees the first's lease). Called with numkeys = 1.
 
 KEYS[1]  the first key's record: it routes the call (on a Cluster, to the node of its slot)
 ARGV[1]  safety TTL of an IN_PROGRESS record past its lease end (ms)
-ARGV[2]  per key, in order, five length-prefixed strings (4-byte big-endian length, then the
+ARGV[2]  per key, in order, six length-prefixed strings (4-byte big-endian length, then the
          bytes): its record's name, fingerprint (encoded), trace id (encoded; '' = none), the store
-         key itself (kept while IN_PROGRESS, for listInProgress), owner; then its lease in ms (6
-         bytes, big-endian)
+         key itself (kept while IN_PROGRESS, for listInProgress), owner, the marker bucket of its
+         cluster slot; then its lease in ms (6 bytes, big-endian)
 
-A key's marker bucket and id are derived from its record's name (see layout.ts). One packed
+A key's id and its previous layout's marker bucket are derived from its record's name (see
+layout.ts). One packed
 argument instead of several per key: most of a call's cost on the client is building its
 arguments, and one call per batch (per node on a Cluster, hence allow-cross-slot-keys) is most of
 the saving on the server. On a Cluster a record on another node stops the script with an error
@@ -322,14 +453,6 @@ local function intAt(at)
   return lastAtText
 end
 
--- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
-local function markerFingerprint(encoded)
-  local hex = redis.sha1hex(encoded)
-  local out = {}
-  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
-  return table.concat(out)
-end
-
 local function packRecord(r)
   local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
   if r.s == 'I' then return head .. struct.pack('>I4c0I4c0', #r.w, r.w, #r.k, r.k) end
@@ -450,6 +573,144 @@ local function recordReply(rec, r, packed)
   if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
   return { packed or packRecord(r), extras }
 end
+-- Compaction markers (see layout.ts): one string per cluster slot, shared by the tags of that slot.
+-- A 4-byte header (the next sweep of expired entries, in seconds) and then fixed-width entries
+-- sorted by id:
+--
+--   id 10 bytes (the first 10 of the record's 16-byte id) | expiresAt 4 (seconds, rounded up) |
+--   fingerprint hash 4 (markerFingerprint)
+--
+-- 18 bytes a marker, with no per-entry structure: the only overhead is the bucket's key, shared
+-- by ~n/16,384 markers. Markers of the previous layout (a hash per tag, \`<prefix>:{<tag>}m\`:
+-- 16-byte id -> 6-byte expiresAt in ms .. 8-byte fingerprint hash) are still read until they
+-- expire; nothing writes them any more.
+local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 24
+
+-- What a marker keeps of a fingerprint (encoded): the first 4 bytes of its sha1.
+local function markerFingerprint(encoded)
+  return struct.pack('>I4', tonumber(string.sub(redis.sha1hex(encoded), 1, 8), 16))
+end
+
+-- -1, 0 or 1: the id (a, b, c: its 4, 4 and 2 bytes) against the entry at \`pos\` of \`s\`. Numbers,
+-- not strings: Lua compares strings with strcoll, which depends on the server's locale.
+local function markerCompare(s, pos, a, b, c)
+  local ea, eb, ec = struct.unpack('>I4I4I2', s, pos)
+  if a ~= ea then return a < ea and -1 or 1 end
+  if b ~= eb then return b < eb and -1 or 1 end
+  if c ~= ec then return c < ec and -1 or 1 end
+  return 0
+end
+
+-- Binary search of the \`n\` entries of \`s\` starting at \`base\`: the index (0-based) of the id and
+-- true, or the index it would be inserted at and false.
+local function markerSearch(s, base, n, a, b, c)
+  local lo, hi = 0, n
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    local r = markerCompare(s, base + mid * MARKER_WIDTH, a, b, c)
+    if r == 0 then return mid, true end
+    if r < 0 then hi = mid else lo = mid + 1 end
+  end
+  return lo, false
+end
+
+-- The entry of \`id\` (10 bytes) in \`bucket\` without its id (expiresAt, fingerprint hash), or nil.
+-- Ids are uniform (sha256), so the entry's place is estimated from its first 4 bytes and only a
+-- window around it is read: one GETRANGE of <= 49 entries, a second when the estimate missed,
+-- whatever the bucket's size (a 30 KB bucket read whole would cost ~35 us).
+local function findMarker(bucket, id)
+  local len = rcall('STRLEN', bucket)
+  if len <= MARKER_HEAD then return nil end
+  local a, b, c = struct.unpack('>I4I4I2', id)
+  local lo, hi = 0, (len - MARKER_HEAD) / MARKER_WIDTH
+  local klo, khi = 0, 4294967296
+  while lo < hi do
+    local est = lo
+    if khi > klo then est = lo + math.floor((a - klo) / (khi - klo) * (hi - lo)) end
+    local to = math.min(hi, math.max(lo, est - MARKER_WINDOW) + 2 * MARKER_WINDOW + 1)
+    local from = math.max(lo, to - 2 * MARKER_WINDOW - 1)
+    local s = rcall('GETRANGE', bucket, MARKER_HEAD + from * MARKER_WIDTH, MARKER_HEAD + to * MARKER_WIDTH - 1)
+    local last = 1 + (to - from - 1) * MARKER_WIDTH
+    if markerCompare(s, 1, a, b, c) < 0 then
+      hi, khi = from, struct.unpack('>I4', s, 1)
+    elseif markerCompare(s, last, a, b, c) > 0 then
+      lo, klo = to, struct.unpack('>I4', s, last)
+    else
+      local i, found = markerSearch(s, 1, to - from, a, b, c)
+      if not found then return nil end
+      return string.sub(s, i * MARKER_WIDTH + 11, (i + 1) * MARKER_WIDTH)
+    end
+  end
+  return nil
+end
+
+-- The marker standing in for the record with 16-byte id \`id\`, as scripts answer it (expiresAt
+-- in ms, 6 bytes, then the 4-byte fingerprint hash), expired or not; nil when there is none.
+-- \`legacy\`: the record's tag bucket of the previous layout.
+local function markerOf(bucket, legacy, id)
+  local e = findMarker(bucket, string.sub(id, 1, 10))
+  if e then return struct.pack('>I6', struct.unpack('>I4', e) * 1000) .. string.sub(e, 5) end
+  local old = rcall('HGET', legacy, id)
+  if old then return string.sub(old, 1, 10) end
+  return nil
+end
+
+-- \`body\` (entries only) without the entries expired at \`nowS\`.
+local function sweepMarkers(body, nowS)
+  local kept, run = {}, nil
+  for i = 0, #body / MARKER_WIDTH - 1 do
+    if struct.unpack('>I4', body, i * MARKER_WIDTH + 11) > nowS then
+      run = run or i
+    elseif run then
+      kept[#kept + 1] = string.sub(body, run * MARKER_WIDTH + 1, i * MARKER_WIDTH)
+      run = nil
+    end
+  end
+  if run then kept[#kept + 1] = string.sub(body, run * MARKER_WIDTH + 1) end
+  return table.concat(kept)
+end
+
+local function entryLess(x, y)
+  local a, b, c = struct.unpack('>I4I4I2', x)
+  return markerCompare(y, 1, a, b, c) < 0
+end
+
+-- Adds \`entries\` (18 bytes each, any order) to \`bucket\`, replacing entries of the same id; at
+-- most once a day a write also drops the bucket's expired entries. The bucket is kept until
+-- \`keepUntil\` (ms) at least.
+local function addMarkers(bucket, entries, now, keepUntil)
+  local v = rcall('GET', bucket)
+  local nextSweep, body = 0, ''
+  if v then nextSweep, body = struct.unpack('>I4', v), string.sub(v, MARKER_HEAD + 1) end
+  local nowS = math.floor(now / 1000)
+  if nowS >= nextSweep then body, nextSweep = sweepMarkers(body, nowS), nowS + 86400 end
+  table.sort(entries, entryLess)
+  local n, parts, copied, lastId = #body / MARKER_WIDTH, { struct.pack('>I4', nextSweep) }, 0, nil
+  for _, e in ipairs(entries) do
+    local id = string.sub(e, 1, 10)
+    if id ~= lastId then
+      local i, found = markerSearch(body, 1, n, struct.unpack('>I4I4I2', e))
+      if i > copied then parts[#parts + 1] = string.sub(body, copied * MARKER_WIDTH + 1, i * MARKER_WIDTH) end
+      parts[#parts + 1] = e
+      copied = math.max(copied, found and i + 1 or i)
+      lastId = id
+    end
+  end
+  if copied < n then parts[#parts + 1] = string.sub(body, copied * MARKER_WIDTH + 1) end
+  local at = math.max(rcall('PEXPIRETIME', bucket), keepUntil)
+  rcall('SET', bucket, table.concat(parts), 'PXAT', string.format('%d', at))
+end
+
+-- Removes the entry of \`id\` (10 bytes) from \`bucket\`; 1 if there was one, else 0.
+local function removeMarker(bucket, id)
+  local v = rcall('GET', bucket)
+  if not v or #v <= MARKER_HEAD then return 0 end
+  local i, found = markerSearch(v, MARKER_HEAD + 1, (#v - MARKER_HEAD) / MARKER_WIDTH, struct.unpack('>I4I4I2', id))
+  if not found then return 0 end
+  local at = MARKER_HEAD + i * MARKER_WIDTH
+  rcall('SET', bucket, string.sub(v, 1, at) .. string.sub(v, at + MARKER_WIDTH + 1), 'KEEPTTL')
+  return 1
+end
 -- beginOne: the begin transition of one key (see begin-2.lua for the codes). \`full\` asks for the
 -- whole record with a busy answer; batches answer busy with the lease end only.
 -- Returns code, payload: 'N' the fence (its lease ends at now + lease); 'R'/'T' the record after the write;
@@ -457,7 +718,8 @@ end
 -- 'K'/'X' the compaction marker.
 -- \`name\` is the store key itself: kept with the attempt's start time while the record is
 -- IN_PROGRESS (complete and fail write records without them), for listInProgress.
-local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, now, full, name)
+-- \`bucket\`/\`legacy\`: where a compacted record's marker is (see markerOf), \`id\` its 16-byte id.
+local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, now, full, name)
   local packed = loadPacked(rec)
   -- Fences of new records start at the server clock, so they do not repeat even after the old
   -- record is gone; an expired record still stored also guards against a clock stepping back.
@@ -486,13 +748,11 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, now, full
     dropExtras(rec, r)
   else
     -- No record: a compacted one may still answer "already processed".
-    local marker = rcall('HGET', bucket, id)
-    if marker then
-      if struct.unpack('>I6', marker) > now then
-        if string.sub(marker, 7) ~= markerFingerprint(fp) then return 'X', marker end
-        return 'K', marker
-      end
-      rcall('HDEL', bucket, id)
+    -- An expired marker is left for the bucket's sweep; a new marker replaces it.
+    local marker = markerOf(bucket, legacy, id)
+    if marker and struct.unpack('>I6', marker) > now then
+      if string.sub(marker, 7) ~= markerFingerprint(fp) then return 'X', marker end
+      return 'K', marker
     end
   end
 
@@ -507,10 +767,10 @@ local ttl, packed = tonumber(ARGV[1]), ARGV[2]
 local out = { now }
 local pos, size = 1, #packed
 while pos <= size do
-  local rec, fp, trace, name, owner, lease
-  rec, fp, trace, name, owner, lease, pos = struct.unpack('>I4c0I4c0I4c0I4c0I4c0I6', packed, pos)
-  -- rec = <prefix>:{<tag>}:<16-byte id>; the bucket is <prefix>:{<tag>}m.
-  local code, payload = beginOne(rec, string.sub(rec, 1, -18) .. 'm', fp, owner, lease, trace, ttl,
+  local rec, fp, trace, name, owner, bucket, lease
+  rec, fp, trace, name, owner, bucket, lease, pos = struct.unpack('>I4c0I4c0I4c0I4c0I4c0I4c0I6', packed, pos)
+  -- rec = <prefix>:{<tag>}:<16-byte id>; the previous layout's bucket is <prefix>:{<tag>}m.
+  local code, payload = beginOne(rec, bucket, string.sub(rec, 1, -18) .. 'm', fp, owner, lease, trace, ttl,
     string.sub(rec, -16), now, false, name)
   out[#out + 1] = code
   out[#out + 1] = payload
@@ -519,18 +779,19 @@ return out
 `,
   },
   clear: {
-    command: 'eoClear_v2_49a2db0c',
-    numberOfKeys: 3,
-    sha1: '49a2db0cda8a2fa5520730d154044cb89c722aaa',
+    command: 'eoClear_v2_d70b6431',
+    numberOfKeys: 4,
+    sha1: 'd70b6431282c02856df11b6302a8042ffe1e6a9b',
     lua: `--[[
 clear: forget a key's record (or its compaction marker), so the next message with the key runs
 anew: an operator's step before replaying a dead letter whose record is FAILED, or re-running
 a COMPLETED one on purpose. A record held under a live lease is left alone.
 
 KEYS[1]  record
-KEYS[2]  compaction-marker bucket of the key's hash tag
-KEYS[3]  completion index of the key's hash tag
-ARGV[1]  record id (16 bytes): the key's field in the marker bucket and index member
+KEYS[2]  compaction-marker bucket of the key's cluster slot (includes/markers.lua)
+KEYS[3]  compaction-marker bucket of the key's hash tag, previous layout
+KEYS[4]  completion index of the key's hash tag
+ARGV[1]  record id (16 bytes): the index member (and the previous layout's marker field)
 ARGV[2]  grace (ms) the cleared record is kept as an expired tombstone
 
 The record is not deleted but replaced by an expired tombstone holding only its fence, kept for
@@ -575,14 +836,6 @@ local function intAt(at)
   return lastAtText
 end
 
--- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
-local function markerFingerprint(encoded)
-  local hex = redis.sha1hex(encoded)
-  local out = {}
-  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
-  return table.concat(out)
-end
-
 local function packRecord(r)
   local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
   if r.s == 'I' then return head .. struct.pack('>I4c0I4c0', #r.w, r.w, #r.k, r.k) end
@@ -703,12 +956,150 @@ local function recordReply(rec, r, packed)
   if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
   return { packed or packRecord(r), extras }
 end
-local rec, bucket, index = KEYS[1], KEYS[2], KEYS[3]
+-- Compaction markers (see layout.ts): one string per cluster slot, shared by the tags of that slot.
+-- A 4-byte header (the next sweep of expired entries, in seconds) and then fixed-width entries
+-- sorted by id:
+--
+--   id 10 bytes (the first 10 of the record's 16-byte id) | expiresAt 4 (seconds, rounded up) |
+--   fingerprint hash 4 (markerFingerprint)
+--
+-- 18 bytes a marker, with no per-entry structure: the only overhead is the bucket's key, shared
+-- by ~n/16,384 markers. Markers of the previous layout (a hash per tag, \`<prefix>:{<tag>}m\`:
+-- 16-byte id -> 6-byte expiresAt in ms .. 8-byte fingerprint hash) are still read until they
+-- expire; nothing writes them any more.
+local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 24
+
+-- What a marker keeps of a fingerprint (encoded): the first 4 bytes of its sha1.
+local function markerFingerprint(encoded)
+  return struct.pack('>I4', tonumber(string.sub(redis.sha1hex(encoded), 1, 8), 16))
+end
+
+-- -1, 0 or 1: the id (a, b, c: its 4, 4 and 2 bytes) against the entry at \`pos\` of \`s\`. Numbers,
+-- not strings: Lua compares strings with strcoll, which depends on the server's locale.
+local function markerCompare(s, pos, a, b, c)
+  local ea, eb, ec = struct.unpack('>I4I4I2', s, pos)
+  if a ~= ea then return a < ea and -1 or 1 end
+  if b ~= eb then return b < eb and -1 or 1 end
+  if c ~= ec then return c < ec and -1 or 1 end
+  return 0
+end
+
+-- Binary search of the \`n\` entries of \`s\` starting at \`base\`: the index (0-based) of the id and
+-- true, or the index it would be inserted at and false.
+local function markerSearch(s, base, n, a, b, c)
+  local lo, hi = 0, n
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    local r = markerCompare(s, base + mid * MARKER_WIDTH, a, b, c)
+    if r == 0 then return mid, true end
+    if r < 0 then hi = mid else lo = mid + 1 end
+  end
+  return lo, false
+end
+
+-- The entry of \`id\` (10 bytes) in \`bucket\` without its id (expiresAt, fingerprint hash), or nil.
+-- Ids are uniform (sha256), so the entry's place is estimated from its first 4 bytes and only a
+-- window around it is read: one GETRANGE of <= 49 entries, a second when the estimate missed,
+-- whatever the bucket's size (a 30 KB bucket read whole would cost ~35 us).
+local function findMarker(bucket, id)
+  local len = rcall('STRLEN', bucket)
+  if len <= MARKER_HEAD then return nil end
+  local a, b, c = struct.unpack('>I4I4I2', id)
+  local lo, hi = 0, (len - MARKER_HEAD) / MARKER_WIDTH
+  local klo, khi = 0, 4294967296
+  while lo < hi do
+    local est = lo
+    if khi > klo then est = lo + math.floor((a - klo) / (khi - klo) * (hi - lo)) end
+    local to = math.min(hi, math.max(lo, est - MARKER_WINDOW) + 2 * MARKER_WINDOW + 1)
+    local from = math.max(lo, to - 2 * MARKER_WINDOW - 1)
+    local s = rcall('GETRANGE', bucket, MARKER_HEAD + from * MARKER_WIDTH, MARKER_HEAD + to * MARKER_WIDTH - 1)
+    local last = 1 + (to - from - 1) * MARKER_WIDTH
+    if markerCompare(s, 1, a, b, c) < 0 then
+      hi, khi = from, struct.unpack('>I4', s, 1)
+    elseif markerCompare(s, last, a, b, c) > 0 then
+      lo, klo = to, struct.unpack('>I4', s, last)
+    else
+      local i, found = markerSearch(s, 1, to - from, a, b, c)
+      if not found then return nil end
+      return string.sub(s, i * MARKER_WIDTH + 11, (i + 1) * MARKER_WIDTH)
+    end
+  end
+  return nil
+end
+
+-- The marker standing in for the record with 16-byte id \`id\`, as scripts answer it (expiresAt
+-- in ms, 6 bytes, then the 4-byte fingerprint hash), expired or not; nil when there is none.
+-- \`legacy\`: the record's tag bucket of the previous layout.
+local function markerOf(bucket, legacy, id)
+  local e = findMarker(bucket, string.sub(id, 1, 10))
+  if e then return struct.pack('>I6', struct.unpack('>I4', e) * 1000) .. string.sub(e, 5) end
+  local old = rcall('HGET', legacy, id)
+  if old then return string.sub(old, 1, 10) end
+  return nil
+end
+
+-- \`body\` (entries only) without the entries expired at \`nowS\`.
+local function sweepMarkers(body, nowS)
+  local kept, run = {}, nil
+  for i = 0, #body / MARKER_WIDTH - 1 do
+    if struct.unpack('>I4', body, i * MARKER_WIDTH + 11) > nowS then
+      run = run or i
+    elseif run then
+      kept[#kept + 1] = string.sub(body, run * MARKER_WIDTH + 1, i * MARKER_WIDTH)
+      run = nil
+    end
+  end
+  if run then kept[#kept + 1] = string.sub(body, run * MARKER_WIDTH + 1) end
+  return table.concat(kept)
+end
+
+local function entryLess(x, y)
+  local a, b, c = struct.unpack('>I4I4I2', x)
+  return markerCompare(y, 1, a, b, c) < 0
+end
+
+-- Adds \`entries\` (18 bytes each, any order) to \`bucket\`, replacing entries of the same id; at
+-- most once a day a write also drops the bucket's expired entries. The bucket is kept until
+-- \`keepUntil\` (ms) at least.
+local function addMarkers(bucket, entries, now, keepUntil)
+  local v = rcall('GET', bucket)
+  local nextSweep, body = 0, ''
+  if v then nextSweep, body = struct.unpack('>I4', v), string.sub(v, MARKER_HEAD + 1) end
+  local nowS = math.floor(now / 1000)
+  if nowS >= nextSweep then body, nextSweep = sweepMarkers(body, nowS), nowS + 86400 end
+  table.sort(entries, entryLess)
+  local n, parts, copied, lastId = #body / MARKER_WIDTH, { struct.pack('>I4', nextSweep) }, 0, nil
+  for _, e in ipairs(entries) do
+    local id = string.sub(e, 1, 10)
+    if id ~= lastId then
+      local i, found = markerSearch(body, 1, n, struct.unpack('>I4I4I2', e))
+      if i > copied then parts[#parts + 1] = string.sub(body, copied * MARKER_WIDTH + 1, i * MARKER_WIDTH) end
+      parts[#parts + 1] = e
+      copied = math.max(copied, found and i + 1 or i)
+      lastId = id
+    end
+  end
+  if copied < n then parts[#parts + 1] = string.sub(body, copied * MARKER_WIDTH + 1) end
+  local at = math.max(rcall('PEXPIRETIME', bucket), keepUntil)
+  rcall('SET', bucket, table.concat(parts), 'PXAT', string.format('%d', at))
+end
+
+-- Removes the entry of \`id\` (10 bytes) from \`bucket\`; 1 if there was one, else 0.
+local function removeMarker(bucket, id)
+  local v = rcall('GET', bucket)
+  if not v or #v <= MARKER_HEAD then return 0 end
+  local i, found = markerSearch(v, MARKER_HEAD + 1, (#v - MARKER_HEAD) / MARKER_WIDTH, struct.unpack('>I4I4I2', id))
+  if not found then return 0 end
+  local at = MARKER_HEAD + i * MARKER_WIDTH
+  rcall('SET', bucket, string.sub(v, 1, at) .. string.sub(v, at + MARKER_WIDTH + 1), 'KEEPTTL')
+  return 1
+end
+local rec, bucket, legacy, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
 local r = loadRecord(rec)
 if r and r.s == 'I' and r.t1 > now then return -1 end
 local live = r and (r.s == 'I' or r.t2 > now)
-local removed = rcall('HDEL', bucket, ARGV[1])
+local removed = removeMarker(bucket, string.sub(ARGV[1], 1, 10)) + rcall('HDEL', legacy, ARGV[1])
 rcall('ZREM', index, ARGV[1])
 if r then
   dropExtras(rec, r)
@@ -735,25 +1126,25 @@ return rcall('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 `,
   },
   compactCompleted: {
-    command: 'eoCompactCompleted_v2_be1138dc',
+    command: 'eoCompactCompleted_v2_8d82004b',
     numberOfKeys: undefined,
-    sha1: 'be1138dc2d517a64d16d008a7f75131306976958',
+    sha1: '8d82004bc5d3a8c117fce1927c083cd98b13706d',
     lua: `--[[
 compactCompleted: replace old COMPLETED records of one hash tag by compact markers.
 Called with a variable number of keys (numkeys = 2 + number of candidates).
 
 KEYS[1]  completion index of the tag (sorted set: record id -> completedAt)
-KEYS[2]  compaction-marker bucket of the tag (hash: record id -> marker value)
+KEYS[2]  compaction-marker bucket of the tag's cluster slot (includes/markers.lua)
 KEYS[3] ...  records of the candidates, in the order of their ids in ARGV
 ARGV[1]  hot window (ms): only records completed at least this long ago are compacted
 ARGV[2]  grace (ms) the bucket is physically kept past its newest marker's expiry
 ARGV[3] ...  per candidate: record id (16 bytes), the index member and marker field
 
-A marker value is expiresAt (6 bytes, big-endian ms) .. markerFingerprint of the stored
-(encoded) fingerprint (includes/record.lua), so a compacted key still tells a duplicate from a mismatch.
-Records with unpublished outgoing messages are kept (their score is bumped to now): a marker
-cannot republish them. Index entries whose record expired or changed state are dropped.
-Once a day per bucket, expired markers are swept (field 'p' holds the next sweep time).
+A marker keeps the record's expiry and a hash of its fingerprint (markerFingerprint), so a
+compacted key still tells a duplicate from a mismatch. Records with unpublished outgoing messages
+are kept (their score is bumped to now): a marker cannot republish them. Index entries whose record
+expired or changed state are dropped. The markers are written before any record is deleted, so
+even a script stopped halfway by an error never loses a record without its marker.
 
 Returns { compacted, dropped, deferred }.
 ]]
@@ -793,14 +1184,6 @@ local function intAt(at)
   return lastAtText
 end
 
--- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
-local function markerFingerprint(encoded)
-  local hex = redis.sha1hex(encoded)
-  local out = {}
-  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
-  return table.concat(out)
-end
-
 local function packRecord(r)
   local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
   if r.s == 'I' then return head .. struct.pack('>I4c0I4c0', #r.w, r.w, #r.k, r.k) end
@@ -921,6 +1304,144 @@ local function recordReply(rec, r, packed)
   if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
   return { packed or packRecord(r), extras }
 end
+-- Compaction markers (see layout.ts): one string per cluster slot, shared by the tags of that slot.
+-- A 4-byte header (the next sweep of expired entries, in seconds) and then fixed-width entries
+-- sorted by id:
+--
+--   id 10 bytes (the first 10 of the record's 16-byte id) | expiresAt 4 (seconds, rounded up) |
+--   fingerprint hash 4 (markerFingerprint)
+--
+-- 18 bytes a marker, with no per-entry structure: the only overhead is the bucket's key, shared
+-- by ~n/16,384 markers. Markers of the previous layout (a hash per tag, \`<prefix>:{<tag>}m\`:
+-- 16-byte id -> 6-byte expiresAt in ms .. 8-byte fingerprint hash) are still read until they
+-- expire; nothing writes them any more.
+local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 24
+
+-- What a marker keeps of a fingerprint (encoded): the first 4 bytes of its sha1.
+local function markerFingerprint(encoded)
+  return struct.pack('>I4', tonumber(string.sub(redis.sha1hex(encoded), 1, 8), 16))
+end
+
+-- -1, 0 or 1: the id (a, b, c: its 4, 4 and 2 bytes) against the entry at \`pos\` of \`s\`. Numbers,
+-- not strings: Lua compares strings with strcoll, which depends on the server's locale.
+local function markerCompare(s, pos, a, b, c)
+  local ea, eb, ec = struct.unpack('>I4I4I2', s, pos)
+  if a ~= ea then return a < ea and -1 or 1 end
+  if b ~= eb then return b < eb and -1 or 1 end
+  if c ~= ec then return c < ec and -1 or 1 end
+  return 0
+end
+
+-- Binary search of the \`n\` entries of \`s\` starting at \`base\`: the index (0-based) of the id and
+-- true, or the index it would be inserted at and false.
+local function markerSearch(s, base, n, a, b, c)
+  local lo, hi = 0, n
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    local r = markerCompare(s, base + mid * MARKER_WIDTH, a, b, c)
+    if r == 0 then return mid, true end
+    if r < 0 then hi = mid else lo = mid + 1 end
+  end
+  return lo, false
+end
+
+-- The entry of \`id\` (10 bytes) in \`bucket\` without its id (expiresAt, fingerprint hash), or nil.
+-- Ids are uniform (sha256), so the entry's place is estimated from its first 4 bytes and only a
+-- window around it is read: one GETRANGE of <= 49 entries, a second when the estimate missed,
+-- whatever the bucket's size (a 30 KB bucket read whole would cost ~35 us).
+local function findMarker(bucket, id)
+  local len = rcall('STRLEN', bucket)
+  if len <= MARKER_HEAD then return nil end
+  local a, b, c = struct.unpack('>I4I4I2', id)
+  local lo, hi = 0, (len - MARKER_HEAD) / MARKER_WIDTH
+  local klo, khi = 0, 4294967296
+  while lo < hi do
+    local est = lo
+    if khi > klo then est = lo + math.floor((a - klo) / (khi - klo) * (hi - lo)) end
+    local to = math.min(hi, math.max(lo, est - MARKER_WINDOW) + 2 * MARKER_WINDOW + 1)
+    local from = math.max(lo, to - 2 * MARKER_WINDOW - 1)
+    local s = rcall('GETRANGE', bucket, MARKER_HEAD + from * MARKER_WIDTH, MARKER_HEAD + to * MARKER_WIDTH - 1)
+    local last = 1 + (to - from - 1) * MARKER_WIDTH
+    if markerCompare(s, 1, a, b, c) < 0 then
+      hi, khi = from, struct.unpack('>I4', s, 1)
+    elseif markerCompare(s, last, a, b, c) > 0 then
+      lo, klo = to, struct.unpack('>I4', s, last)
+    else
+      local i, found = markerSearch(s, 1, to - from, a, b, c)
+      if not found then return nil end
+      return string.sub(s, i * MARKER_WIDTH + 11, (i + 1) * MARKER_WIDTH)
+    end
+  end
+  return nil
+end
+
+-- The marker standing in for the record with 16-byte id \`id\`, as scripts answer it (expiresAt
+-- in ms, 6 bytes, then the 4-byte fingerprint hash), expired or not; nil when there is none.
+-- \`legacy\`: the record's tag bucket of the previous layout.
+local function markerOf(bucket, legacy, id)
+  local e = findMarker(bucket, string.sub(id, 1, 10))
+  if e then return struct.pack('>I6', struct.unpack('>I4', e) * 1000) .. string.sub(e, 5) end
+  local old = rcall('HGET', legacy, id)
+  if old then return string.sub(old, 1, 10) end
+  return nil
+end
+
+-- \`body\` (entries only) without the entries expired at \`nowS\`.
+local function sweepMarkers(body, nowS)
+  local kept, run = {}, nil
+  for i = 0, #body / MARKER_WIDTH - 1 do
+    if struct.unpack('>I4', body, i * MARKER_WIDTH + 11) > nowS then
+      run = run or i
+    elseif run then
+      kept[#kept + 1] = string.sub(body, run * MARKER_WIDTH + 1, i * MARKER_WIDTH)
+      run = nil
+    end
+  end
+  if run then kept[#kept + 1] = string.sub(body, run * MARKER_WIDTH + 1) end
+  return table.concat(kept)
+end
+
+local function entryLess(x, y)
+  local a, b, c = struct.unpack('>I4I4I2', x)
+  return markerCompare(y, 1, a, b, c) < 0
+end
+
+-- Adds \`entries\` (18 bytes each, any order) to \`bucket\`, replacing entries of the same id; at
+-- most once a day a write also drops the bucket's expired entries. The bucket is kept until
+-- \`keepUntil\` (ms) at least.
+local function addMarkers(bucket, entries, now, keepUntil)
+  local v = rcall('GET', bucket)
+  local nextSweep, body = 0, ''
+  if v then nextSweep, body = struct.unpack('>I4', v), string.sub(v, MARKER_HEAD + 1) end
+  local nowS = math.floor(now / 1000)
+  if nowS >= nextSweep then body, nextSweep = sweepMarkers(body, nowS), nowS + 86400 end
+  table.sort(entries, entryLess)
+  local n, parts, copied, lastId = #body / MARKER_WIDTH, { struct.pack('>I4', nextSweep) }, 0, nil
+  for _, e in ipairs(entries) do
+    local id = string.sub(e, 1, 10)
+    if id ~= lastId then
+      local i, found = markerSearch(body, 1, n, struct.unpack('>I4I4I2', e))
+      if i > copied then parts[#parts + 1] = string.sub(body, copied * MARKER_WIDTH + 1, i * MARKER_WIDTH) end
+      parts[#parts + 1] = e
+      copied = math.max(copied, found and i + 1 or i)
+      lastId = id
+    end
+  end
+  if copied < n then parts[#parts + 1] = string.sub(body, copied * MARKER_WIDTH + 1) end
+  local at = math.max(rcall('PEXPIRETIME', bucket), keepUntil)
+  rcall('SET', bucket, table.concat(parts), 'PXAT', string.format('%d', at))
+end
+
+-- Removes the entry of \`id\` (10 bytes) from \`bucket\`; 1 if there was one, else 0.
+local function removeMarker(bucket, id)
+  local v = rcall('GET', bucket)
+  if not v or #v <= MARKER_HEAD then return 0 end
+  local i, found = markerSearch(v, MARKER_HEAD + 1, (#v - MARKER_HEAD) / MARKER_WIDTH, struct.unpack('>I4I4I2', id))
+  if not found then return 0 end
+  local at = MARKER_HEAD + i * MARKER_WIDTH
+  rcall('SET', bucket, string.sub(v, 1, at) .. string.sub(v, at + MARKER_WIDTH + 1), 'KEEPTTL')
+  return 1
+end
 
 local function allPublished(rec, r)
   if r.flags ~= 1 then return true end
@@ -931,7 +1452,7 @@ local function allPublished(rec, r)
   return true
 end
 
-local compacted, dropped, deferred, newest = 0, 0, 0, 0
+local dropped, deferred, newest, markers, done = 0, 0, 0, {}, {}
 for i = 1, #ARGV - 2 do
   local rec, member = KEYS[2 + i], ARGV[2 + i]
   local score = rcall('ZSCORE', index, member)
@@ -945,35 +1466,28 @@ for i = 1, #ARGV - 2 do
       deferred = deferred + 1
     else
       local expiresAt = r.t2
-      rcall('HSET', bucket, member, struct.pack('>I6', expiresAt) .. markerFingerprint(r.f))
-      dropExtras(rec, r)
-      rcall('DEL', rec)
-      rcall('ZREM', index, member)
-      compacted = compacted + 1
+      -- Expiry in whole seconds, rounded up: a marker never ends before its record would have.
+      markers[#markers + 1] = string.sub(member, 1, 10) .. struct.pack('>I4', math.ceil(expiresAt / 1000))
+        .. markerFingerprint(r.f)
+      done[#done + 1] = { rec, member, r }
       if expiresAt > newest then newest = expiresAt end
     end
   end
 end
 
-if compacted > 0 then
-  local ttl = rcall('PTTL', bucket)
-  if ttl < 0 or now + ttl < newest + grace then rcall('PEXPIREAT', bucket, int(newest + grace)) end
-  local nextSweep = tonumber(rcall('HGET', bucket, 'p')) or 0
-  if now >= nextSweep then
-    local all = rcall('HGETALL', bucket)
-    for j = 1, #all, 2 do
-      if all[j] ~= 'p' and struct.unpack('>I6', all[j + 1]) <= now then rcall('HDEL', bucket, all[j]) end
-    end
-    rcall('HSET', bucket, 'p', int(now + 86400000))
-  end
+if #done > 0 then addMarkers(bucket, markers, now, newest + grace) end
+for _, d in ipairs(done) do
+  dropExtras(d[1], d[3])
+  rcall('DEL', d[1])
+  rcall('ZREM', index, d[2])
 end
-return { compacted, dropped, deferred }
+return { #done, dropped, deferred }
 `,
   },
   completeMany: {
-    command: 'eoCompleteMany_v2_6cf3c529',
+    command: 'eoCompleteMany_v2_136fa68d',
     numberOfKeys: undefined,
-    sha1: '6cf3c5296055208555610933bfa6fa79e7d9dff7',
+    sha1: '136fa68d5572b8e6036ed3e7f5f6a41497b464e5',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 completeMany: IN_PROGRESS(fence) -> COMPLETED with result and outgoing messages, in one write
@@ -1027,14 +1541,6 @@ local lastAt, lastAtText
 local function intAt(at)
   if at ~= lastAt then lastAt, lastAtText = at, int(at) end
   return lastAtText
-end
-
--- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
-local function markerFingerprint(encoded)
-  local hex = redis.sha1hex(encoded)
-  local out = {}
-  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
-  return table.concat(out)
 end
 
 local function packRecord(r)
@@ -1229,9 +1735,9 @@ return out
 `,
   },
   extend: {
-    command: 'eoExtend_v2_560bca72',
+    command: 'eoExtend_v2_b5f0de25',
     numberOfKeys: 1,
-    sha1: '560bca7241d2a4a62cdd036dcfab5be5fd2d84ca',
+    sha1: 'b5f0de2585ad242823427e4f180a19036c6821d0',
     lua: `--[[
 extend: push the lease of the holding fence out to server now + lease.
 
@@ -1275,14 +1781,6 @@ local lastAt, lastAtText
 local function intAt(at)
   if at ~= lastAt then lastAt, lastAtText = at, int(at) end
   return lastAtText
-end
-
--- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
-local function markerFingerprint(encoded)
-  local hex = redis.sha1hex(encoded)
-  local out = {}
-  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
-  return table.concat(out)
 end
 
 local function packRecord(r)
@@ -1415,9 +1913,9 @@ return 1
 `,
   },
   fail: {
-    command: 'eoFail_v2_cf4ab175',
+    command: 'eoFail_v2_83962b5d',
     numberOfKeys: 1,
-    sha1: 'cf4ab175a1fd32a4d672e078ace5dfe397fba840',
+    sha1: '83962b5db0f3f0bc1ae1dd3b06d9af003b821d05',
     lua: `--[[
 fail: IN_PROGRESS(fence) -> FAILED, kept for the retention.
 
@@ -1465,14 +1963,6 @@ local lastAt, lastAtText
 local function intAt(at)
   if at ~= lastAt then lastAt, lastAtText = at, int(at) end
   return lastAtText
-end
-
--- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
-local function markerFingerprint(encoded)
-  local hex = redis.sha1hex(encoded)
-  local out = {}
-  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
-  return table.concat(out)
 end
 
 local function packRecord(r)
@@ -1608,17 +2098,18 @@ return 1
 `,
   },
   get: {
-    command: 'eoGet_v2_243d0009',
-    numberOfKeys: 2,
-    sha1: '243d0009786f8cd783855430aaaef4b163bc1a8f',
+    command: 'eoGet_v2_4aa0dbb5',
+    numberOfKeys: 3,
+    sha1: '4aa0dbb545dc0f2618d615e9aee361516ecd787e',
     lua: `--[[
 get: read a record, or the compaction marker standing in for it, with the server clock.
 
 KEYS[1]  record
-KEYS[2]  compaction-marker bucket of the key's hash tag
-ARGV[1]  record id (16 bytes): the key's field in the marker bucket
+KEYS[2]  compaction-marker bucket of the key's cluster slot (includes/markers.lua)
+KEYS[3]  compaction-marker bucket of the key's hash tag, previous layout (read until it expires)
+ARGV[1]  record id (16 bytes)
 
-Returns { server now (ms), record ({ packed, extras }; nil when absent), marker value or nil }.
+Returns { server now (ms), record ({ packed, extras }; nil when absent), marker (markerOf) or nil }.
 The marker is read only when the record is absent. Expiry is judged by the caller against
 the returned server time.
 ]]
@@ -1653,14 +2144,6 @@ local lastAt, lastAtText
 local function intAt(at)
   if at ~= lastAt then lastAt, lastAtText = at, int(at) end
   return lastAtText
-end
-
--- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
-local function markerFingerprint(encoded)
-  local hex = redis.sha1hex(encoded)
-  local out = {}
-  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
-  return table.concat(out)
 end
 
 local function packRecord(r)
@@ -1783,16 +2266,154 @@ local function recordReply(rec, r, packed)
   if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
   return { packed or packRecord(r), extras }
 end
+-- Compaction markers (see layout.ts): one string per cluster slot, shared by the tags of that slot.
+-- A 4-byte header (the next sweep of expired entries, in seconds) and then fixed-width entries
+-- sorted by id:
+--
+--   id 10 bytes (the first 10 of the record's 16-byte id) | expiresAt 4 (seconds, rounded up) |
+--   fingerprint hash 4 (markerFingerprint)
+--
+-- 18 bytes a marker, with no per-entry structure: the only overhead is the bucket's key, shared
+-- by ~n/16,384 markers. Markers of the previous layout (a hash per tag, \`<prefix>:{<tag>}m\`:
+-- 16-byte id -> 6-byte expiresAt in ms .. 8-byte fingerprint hash) are still read until they
+-- expire; nothing writes them any more.
+local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 24
+
+-- What a marker keeps of a fingerprint (encoded): the first 4 bytes of its sha1.
+local function markerFingerprint(encoded)
+  return struct.pack('>I4', tonumber(string.sub(redis.sha1hex(encoded), 1, 8), 16))
+end
+
+-- -1, 0 or 1: the id (a, b, c: its 4, 4 and 2 bytes) against the entry at \`pos\` of \`s\`. Numbers,
+-- not strings: Lua compares strings with strcoll, which depends on the server's locale.
+local function markerCompare(s, pos, a, b, c)
+  local ea, eb, ec = struct.unpack('>I4I4I2', s, pos)
+  if a ~= ea then return a < ea and -1 or 1 end
+  if b ~= eb then return b < eb and -1 or 1 end
+  if c ~= ec then return c < ec and -1 or 1 end
+  return 0
+end
+
+-- Binary search of the \`n\` entries of \`s\` starting at \`base\`: the index (0-based) of the id and
+-- true, or the index it would be inserted at and false.
+local function markerSearch(s, base, n, a, b, c)
+  local lo, hi = 0, n
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    local r = markerCompare(s, base + mid * MARKER_WIDTH, a, b, c)
+    if r == 0 then return mid, true end
+    if r < 0 then hi = mid else lo = mid + 1 end
+  end
+  return lo, false
+end
+
+-- The entry of \`id\` (10 bytes) in \`bucket\` without its id (expiresAt, fingerprint hash), or nil.
+-- Ids are uniform (sha256), so the entry's place is estimated from its first 4 bytes and only a
+-- window around it is read: one GETRANGE of <= 49 entries, a second when the estimate missed,
+-- whatever the bucket's size (a 30 KB bucket read whole would cost ~35 us).
+local function findMarker(bucket, id)
+  local len = rcall('STRLEN', bucket)
+  if len <= MARKER_HEAD then return nil end
+  local a, b, c = struct.unpack('>I4I4I2', id)
+  local lo, hi = 0, (len - MARKER_HEAD) / MARKER_WIDTH
+  local klo, khi = 0, 4294967296
+  while lo < hi do
+    local est = lo
+    if khi > klo then est = lo + math.floor((a - klo) / (khi - klo) * (hi - lo)) end
+    local to = math.min(hi, math.max(lo, est - MARKER_WINDOW) + 2 * MARKER_WINDOW + 1)
+    local from = math.max(lo, to - 2 * MARKER_WINDOW - 1)
+    local s = rcall('GETRANGE', bucket, MARKER_HEAD + from * MARKER_WIDTH, MARKER_HEAD + to * MARKER_WIDTH - 1)
+    local last = 1 + (to - from - 1) * MARKER_WIDTH
+    if markerCompare(s, 1, a, b, c) < 0 then
+      hi, khi = from, struct.unpack('>I4', s, 1)
+    elseif markerCompare(s, last, a, b, c) > 0 then
+      lo, klo = to, struct.unpack('>I4', s, last)
+    else
+      local i, found = markerSearch(s, 1, to - from, a, b, c)
+      if not found then return nil end
+      return string.sub(s, i * MARKER_WIDTH + 11, (i + 1) * MARKER_WIDTH)
+    end
+  end
+  return nil
+end
+
+-- The marker standing in for the record with 16-byte id \`id\`, as scripts answer it (expiresAt
+-- in ms, 6 bytes, then the 4-byte fingerprint hash), expired or not; nil when there is none.
+-- \`legacy\`: the record's tag bucket of the previous layout.
+local function markerOf(bucket, legacy, id)
+  local e = findMarker(bucket, string.sub(id, 1, 10))
+  if e then return struct.pack('>I6', struct.unpack('>I4', e) * 1000) .. string.sub(e, 5) end
+  local old = rcall('HGET', legacy, id)
+  if old then return string.sub(old, 1, 10) end
+  return nil
+end
+
+-- \`body\` (entries only) without the entries expired at \`nowS\`.
+local function sweepMarkers(body, nowS)
+  local kept, run = {}, nil
+  for i = 0, #body / MARKER_WIDTH - 1 do
+    if struct.unpack('>I4', body, i * MARKER_WIDTH + 11) > nowS then
+      run = run or i
+    elseif run then
+      kept[#kept + 1] = string.sub(body, run * MARKER_WIDTH + 1, i * MARKER_WIDTH)
+      run = nil
+    end
+  end
+  if run then kept[#kept + 1] = string.sub(body, run * MARKER_WIDTH + 1) end
+  return table.concat(kept)
+end
+
+local function entryLess(x, y)
+  local a, b, c = struct.unpack('>I4I4I2', x)
+  return markerCompare(y, 1, a, b, c) < 0
+end
+
+-- Adds \`entries\` (18 bytes each, any order) to \`bucket\`, replacing entries of the same id; at
+-- most once a day a write also drops the bucket's expired entries. The bucket is kept until
+-- \`keepUntil\` (ms) at least.
+local function addMarkers(bucket, entries, now, keepUntil)
+  local v = rcall('GET', bucket)
+  local nextSweep, body = 0, ''
+  if v then nextSweep, body = struct.unpack('>I4', v), string.sub(v, MARKER_HEAD + 1) end
+  local nowS = math.floor(now / 1000)
+  if nowS >= nextSweep then body, nextSweep = sweepMarkers(body, nowS), nowS + 86400 end
+  table.sort(entries, entryLess)
+  local n, parts, copied, lastId = #body / MARKER_WIDTH, { struct.pack('>I4', nextSweep) }, 0, nil
+  for _, e in ipairs(entries) do
+    local id = string.sub(e, 1, 10)
+    if id ~= lastId then
+      local i, found = markerSearch(body, 1, n, struct.unpack('>I4I4I2', e))
+      if i > copied then parts[#parts + 1] = string.sub(body, copied * MARKER_WIDTH + 1, i * MARKER_WIDTH) end
+      parts[#parts + 1] = e
+      copied = math.max(copied, found and i + 1 or i)
+      lastId = id
+    end
+  end
+  if copied < n then parts[#parts + 1] = string.sub(body, copied * MARKER_WIDTH + 1) end
+  local at = math.max(rcall('PEXPIRETIME', bucket), keepUntil)
+  rcall('SET', bucket, table.concat(parts), 'PXAT', string.format('%d', at))
+end
+
+-- Removes the entry of \`id\` (10 bytes) from \`bucket\`; 1 if there was one, else 0.
+local function removeMarker(bucket, id)
+  local v = rcall('GET', bucket)
+  if not v or #v <= MARKER_HEAD then return 0 end
+  local i, found = markerSearch(v, MARKER_HEAD + 1, (#v - MARKER_HEAD) / MARKER_WIDTH, struct.unpack('>I4I4I2', id))
+  if not found then return 0 end
+  local at = MARKER_HEAD + i * MARKER_WIDTH
+  rcall('SET', bucket, string.sub(v, 1, at) .. string.sub(v, at + MARKER_WIDTH + 1), 'KEEPTTL')
+  return 1
+end
 
 local r = loadRecord(KEYS[1])
 if r then return { now, recordReply(KEYS[1], r), false } end
-return { now, false, rcall('HGET', KEYS[2], ARGV[1]) }
+return { now, false, markerOf(KEYS[2], KEYS[3], ARGV[1]) or false }
 `,
   },
   markPublished: {
-    command: 'eoMarkPublished_v2_35623d73',
+    command: 'eoMarkPublished_v2_9d4cae32',
     numberOfKeys: 1,
-    sha1: '35623d73be1ef387e3b6c9701c3c0fcfb65973c1',
+    sha1: '9d4cae327bdf3d5d5d220844c6bb49e912c9787c',
     lua: `--[[
 markPublished: flag outgoing messages of a live COMPLETED record as confirmed.
 
@@ -1835,14 +2456,6 @@ local lastAt, lastAtText
 local function intAt(at)
   if at ~= lastAt then lastAt, lastAtText = at, int(at) end
   return lastAtText
-end
-
--- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
-local function markerFingerprint(encoded)
-  local hex = redis.sha1hex(encoded)
-  local out = {}
-  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
-  return table.concat(out)
 end
 
 local function packRecord(r)
@@ -1985,9 +2598,9 @@ return markPublishedOne(KEYS[1], ARGV[1], wanted, now)
 `,
   },
   markPublishedMany: {
-    command: 'eoMarkPublishedMany_v2_3ca54735',
+    command: 'eoMarkPublishedMany_v2_76f298d6',
     numberOfKeys: undefined,
-    sha1: '3ca54735c2f56040850a972940ed601d33d34272',
+    sha1: '76f298d6f4f804013ead689374646e4e422f0bae',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 markPublishedMany: markPublished-1.lua for several records in one call. Called with numkeys = 1.
@@ -2030,14 +2643,6 @@ local lastAt, lastAtText
 local function intAt(at)
   if at ~= lastAt then lastAt, lastAtText = at, int(at) end
   return lastAtText
-end
-
--- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
-local function markerFingerprint(encoded)
-  local hex = redis.sha1hex(encoded)
-  local out = {}
-  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
-  return table.concat(out)
 end
 
 local function packRecord(r)
@@ -2191,9 +2796,9 @@ return flagged
 `,
   },
   markStepStarted: {
-    command: 'eoMarkStepStarted_v2_3b57199f',
+    command: 'eoMarkStepStarted_v2_48592974',
     numberOfKeys: 1,
-    sha1: '3b57199f02f8a562d5508d36f57e8502f0e5f58d',
+    sha1: '48592974a6d312d3e8475b02ace69114ca5f9eeb',
     lua: `--[[
 markStepStarted: journal that a step is about to run, under the IN_PROGRESS record held by the
 fence, so a later attempt knows the step is in doubt (see ctx.step's reconcile).
@@ -2240,14 +2845,6 @@ local lastAt, lastAtText
 local function intAt(at)
   if at ~= lastAt then lastAt, lastAtText = at, int(at) end
   return lastAtText
-end
-
--- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
-local function markerFingerprint(encoded)
-  local hex = redis.sha1hex(encoded)
-  local out = {}
-  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
-  return table.concat(out)
 end
 
 local function packRecord(r)
@@ -2380,9 +2977,9 @@ return 1
 `,
   },
   release: {
-    command: 'eoRelease_v2_6d1badcc',
+    command: 'eoRelease_v2_607aca62',
     numberOfKeys: 1,
-    sha1: '6d1badcc360b6f944cf765c53b452f511da4da53',
+    sha1: '607aca62ed3356e09986c1102226abfe2e68acc2',
     lua: `--[[
 release: give the lease up after a retryable error; the next begin acquires at once (retry).
 
@@ -2426,14 +3023,6 @@ local lastAt, lastAtText
 local function intAt(at)
   if at ~= lastAt then lastAt, lastAtText = at, int(at) end
   return lastAtText
-end
-
--- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
-local function markerFingerprint(encoded)
-  local hex = redis.sha1hex(encoded)
-  local out = {}
-  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
-  return table.concat(out)
 end
 
 local function packRecord(r)
@@ -2568,9 +3157,9 @@ return 1
 `,
   },
   saveStep: {
-    command: 'eoSaveStep_v2_e0f94ea1',
+    command: 'eoSaveStep_v2_50d43fe5',
     numberOfKeys: 1,
-    sha1: 'e0f94ea17014d9ff6d168ec9d6132c2f4979057a',
+    sha1: '50d43fe586865fc8dc407471084a05b18dadb731',
     lua: `--[[
 saveStep: journal a step's result under the IN_PROGRESS record held by the fence.
 
@@ -2616,14 +3205,6 @@ local lastAt, lastAtText
 local function intAt(at)
   if at ~= lastAt then lastAt, lastAtText = at, int(at) end
   return lastAtText
-end
-
--- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
-local function markerFingerprint(encoded)
-  local hex = redis.sha1hex(encoded)
-  local out = {}
-  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
-  return table.concat(out)
 end
 
 local function packRecord(r)

@@ -5,12 +5,13 @@ key twice: the second sees the first's lease). Called with numkeys = 1.
 
 KEYS[1]  the first key's record: it routes the call (on a Cluster, to the node of its slot)
 ARGV[1]  safety TTL of an IN_PROGRESS record past its lease end (ms)
-ARGV[2]  per key, in order, five length-prefixed strings (4-byte big-endian length, then the
+ARGV[2]  per key, in order, six length-prefixed strings (4-byte big-endian length, then the
          bytes): its record's name, fingerprint (encoded), trace id (encoded; '' = none), the store
-         key itself (kept while IN_PROGRESS, for listInProgress), owner; then its lease in ms (6
-         bytes, big-endian)
+         key itself (kept while IN_PROGRESS, for listInProgress), owner, the marker bucket of its
+         cluster slot; then its lease in ms (6 bytes, big-endian)
 
-A key's marker bucket and id are derived from its record's name (see layout.ts). One packed
+A key's id and its previous layout's marker bucket are derived from its record's name (see
+layout.ts). One packed
 argument instead of several per key: most of a call's cost on the client is building its
 arguments, and one call per batch (per node on a Cluster, hence allow-cross-slot-keys) is most of
 the saving on the server. On a Cluster a record on another node stops the script with an error
@@ -25,16 +26,17 @@ local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 --- @include "includes/record"
+--- @include "includes/markers"
 --- @include "includes/beginOne"
 
 local ttl, packed = tonumber(ARGV[1]), ARGV[2]
 local out = { now }
 local pos, size = 1, #packed
 while pos <= size do
-  local rec, fp, trace, name, owner, lease
-  rec, fp, trace, name, owner, lease, pos = struct.unpack('>I4c0I4c0I4c0I4c0I4c0I6', packed, pos)
-  -- rec = <prefix>:{<tag>}:<16-byte id>; the bucket is <prefix>:{<tag>}m.
-  local code, payload = beginOne(rec, string.sub(rec, 1, -18) .. 'm', fp, owner, lease, trace, ttl,
+  local rec, fp, trace, name, owner, bucket, lease
+  rec, fp, trace, name, owner, bucket, lease, pos = struct.unpack('>I4c0I4c0I4c0I4c0I4c0I4c0I6', packed, pos)
+  -- rec = <prefix>:{<tag>}:<16-byte id>; the previous layout's bucket is <prefix>:{<tag>}m.
+  local code, payload = beginOne(rec, bucket, string.sub(rec, 1, -18) .. 'm', fp, owner, lease, trace, ttl,
     string.sub(rec, -16), now, false, name)
   out[#out + 1] = code
   out[#out + 1] = payload

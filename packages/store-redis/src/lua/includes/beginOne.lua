@@ -5,7 +5,8 @@
 -- 'K'/'X' the compaction marker.
 -- `name` is the store key itself: kept with the attempt's start time while the record is
 -- IN_PROGRESS (complete and fail write records without them), for listInProgress.
-local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, now, full, name)
+-- `bucket`/`legacy`: where a compacted record's marker is (see markerOf), `id` its 16-byte id.
+local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, now, full, name)
   local packed = loadPacked(rec)
   -- Fences of new records start at the server clock, so they do not repeat even after the old
   -- record is gone; an expired record still stored also guards against a clock stepping back.
@@ -34,13 +35,11 @@ local function beginOne(rec, bucket, fp, owner, lease, trace, ttl, id, now, full
     dropExtras(rec, r)
   else
     -- No record: a compacted one may still answer "already processed".
-    local marker = rcall('HGET', bucket, id)
-    if marker then
-      if struct.unpack('>I6', marker) > now then
-        if string.sub(marker, 7) ~= markerFingerprint(fp) then return 'X', marker end
-        return 'K', marker
-      end
-      rcall('HDEL', bucket, id)
+    -- An expired marker is left for the bucket's sweep; a new marker replaces it.
+    local marker = markerOf(bucket, legacy, id)
+    if marker and struct.unpack('>I6', marker) > now then
+      if string.sub(marker, 7) ~= markerFingerprint(fp) then return 'X', marker end
+      return 'K', marker
     end
   end
 

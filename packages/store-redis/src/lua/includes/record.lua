@@ -28,14 +28,6 @@ local function intAt(at)
   return lastAtText
 end
 
--- What a compaction marker keeps of a fingerprint (encoded): the first 8 bytes of its sha1.
-local function markerFingerprint(encoded)
-  local hex = redis.sha1hex(encoded)
-  local out = {}
-  for i = 1, 16, 2 do out[#out + 1] = string.char(tonumber(string.sub(hex, i, i + 1), 16)) end
-  return table.concat(out)
-end
-
 local function packRecord(r)
   local head = struct.pack(HEAD, r.s, r.n, r.a, r.t1, r.t2, r.flags, #r.f, r.f, #r.t, r.t)
   if r.s == 'I' then return head .. struct.pack('>I4c0I4c0', #r.w, r.w, #r.k, r.k) end

@@ -4,9 +4,10 @@ anew: an operator's step before replaying a dead letter whose record is FAILED, 
 a COMPLETED one on purpose. A record held under a live lease is left alone.
 
 KEYS[1]  record
-KEYS[2]  compaction-marker bucket of the key's hash tag
-KEYS[3]  completion index of the key's hash tag
-ARGV[1]  record id (16 bytes): the key's field in the marker bucket and index member
+KEYS[2]  compaction-marker bucket of the key's cluster slot (includes/markers.lua)
+KEYS[3]  compaction-marker bucket of the key's hash tag, previous layout
+KEYS[4]  completion index of the key's hash tag
+ARGV[1]  record id (16 bytes): the index member (and the previous layout's marker field)
 ARGV[2]  grace (ms) the cleared record is kept as an expired tombstone
 
 The record is not deleted but replaced by an expired tombstone holding only its fence, kept for
@@ -22,12 +23,13 @@ local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 --- @include "includes/record"
-local rec, bucket, index = KEYS[1], KEYS[2], KEYS[3]
+--- @include "includes/markers"
+local rec, bucket, legacy, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
 local r = loadRecord(rec)
 if r and r.s == 'I' and r.t1 > now then return -1 end
 local live = r and (r.s == 'I' or r.t2 > now)
-local removed = rcall('HDEL', bucket, ARGV[1])
+local removed = removeMarker(bucket, string.sub(ARGV[1], 1, 10)) + rcall('HDEL', legacy, ARGV[1])
 rcall('ZREM', index, ARGV[1])
 if r then
   dropExtras(rec, r)

@@ -1,0 +1,138 @@
+-- Compaction markers (see layout.ts): one string per cluster slot, shared by the tags of that slot.
+-- A 4-byte header (the next sweep of expired entries, in seconds) and then fixed-width entries
+-- sorted by id:
+--
+--   id 10 bytes (the first 10 of the record's 16-byte id) | expiresAt 4 (seconds, rounded up) |
+--   fingerprint hash 4 (markerFingerprint)
+--
+-- 18 bytes a marker, with no per-entry structure: the only overhead is the bucket's key, shared
+-- by ~n/16,384 markers. Markers of the previous layout (a hash per tag, `<prefix>:{<tag>}m`:
+-- 16-byte id -> 6-byte expiresAt in ms .. 8-byte fingerprint hash) are still read until they
+-- expire; nothing writes them any more.
+local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 24
+
+-- What a marker keeps of a fingerprint (encoded): the first 4 bytes of its sha1.
+local function markerFingerprint(encoded)
+  return struct.pack('>I4', tonumber(string.sub(redis.sha1hex(encoded), 1, 8), 16))
+end
+
+-- -1, 0 or 1: the id (a, b, c: its 4, 4 and 2 bytes) against the entry at `pos` of `s`. Numbers,
+-- not strings: Lua compares strings with strcoll, which depends on the server's locale.
+local function markerCompare(s, pos, a, b, c)
+  local ea, eb, ec = struct.unpack('>I4I4I2', s, pos)
+  if a ~= ea then return a < ea and -1 or 1 end
+  if b ~= eb then return b < eb and -1 or 1 end
+  if c ~= ec then return c < ec and -1 or 1 end
+  return 0
+end
+
+-- Binary search of the `n` entries of `s` starting at `base`: the index (0-based) of the id and
+-- true, or the index it would be inserted at and false.
+local function markerSearch(s, base, n, a, b, c)
+  local lo, hi = 0, n
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    local r = markerCompare(s, base + mid * MARKER_WIDTH, a, b, c)
+    if r == 0 then return mid, true end
+    if r < 0 then hi = mid else lo = mid + 1 end
+  end
+  return lo, false
+end
+
+-- The entry of `id` (10 bytes) in `bucket` without its id (expiresAt, fingerprint hash), or nil.
+-- Ids are uniform (sha256), so the entry's place is estimated from its first 4 bytes and only a
+-- window around it is read: one GETRANGE of <= 49 entries, a second when the estimate missed,
+-- whatever the bucket's size (a 30 KB bucket read whole would cost ~35 us).
+local function findMarker(bucket, id)
+  local len = rcall('STRLEN', bucket)
+  if len <= MARKER_HEAD then return nil end
+  local a, b, c = struct.unpack('>I4I4I2', id)
+  local lo, hi = 0, (len - MARKER_HEAD) / MARKER_WIDTH
+  local klo, khi = 0, 4294967296
+  while lo < hi do
+    local est = lo
+    if khi > klo then est = lo + math.floor((a - klo) / (khi - klo) * (hi - lo)) end
+    local to = math.min(hi, math.max(lo, est - MARKER_WINDOW) + 2 * MARKER_WINDOW + 1)
+    local from = math.max(lo, to - 2 * MARKER_WINDOW - 1)
+    local s = rcall('GETRANGE', bucket, MARKER_HEAD + from * MARKER_WIDTH, MARKER_HEAD + to * MARKER_WIDTH - 1)
+    local last = 1 + (to - from - 1) * MARKER_WIDTH
+    if markerCompare(s, 1, a, b, c) < 0 then
+      hi, khi = from, struct.unpack('>I4', s, 1)
+    elseif markerCompare(s, last, a, b, c) > 0 then
+      lo, klo = to, struct.unpack('>I4', s, last)
+    else
+      local i, found = markerSearch(s, 1, to - from, a, b, c)
+      if not found then return nil end
+      return string.sub(s, i * MARKER_WIDTH + 11, (i + 1) * MARKER_WIDTH)
+    end
+  end
+  return nil
+end
+
+-- The marker standing in for the record with 16-byte id `id`, as scripts answer it (expiresAt
+-- in ms, 6 bytes, then the 4-byte fingerprint hash), expired or not; nil when there is none.
+-- `legacy`: the record's tag bucket of the previous layout.
+local function markerOf(bucket, legacy, id)
+  local e = findMarker(bucket, string.sub(id, 1, 10))
+  if e then return struct.pack('>I6', struct.unpack('>I4', e) * 1000) .. string.sub(e, 5) end
+  local old = rcall('HGET', legacy, id)
+  if old then return string.sub(old, 1, 10) end
+  return nil
+end
+
+-- `body` (entries only) without the entries expired at `nowS`.
+local function sweepMarkers(body, nowS)
+  local kept, run = {}, nil
+  for i = 0, #body / MARKER_WIDTH - 1 do
+    if struct.unpack('>I4', body, i * MARKER_WIDTH + 11) > nowS then
+      run = run or i
+    elseif run then
+      kept[#kept + 1] = string.sub(body, run * MARKER_WIDTH + 1, i * MARKER_WIDTH)
+      run = nil
+    end
+  end
+  if run then kept[#kept + 1] = string.sub(body, run * MARKER_WIDTH + 1) end
+  return table.concat(kept)
+end
+
+local function entryLess(x, y)
+  local a, b, c = struct.unpack('>I4I4I2', x)
+  return markerCompare(y, 1, a, b, c) < 0
+end
+
+-- Adds `entries` (18 bytes each, any order) to `bucket`, replacing entries of the same id; at
+-- most once a day a write also drops the bucket's expired entries. The bucket is kept until
+-- `keepUntil` (ms) at least.
+local function addMarkers(bucket, entries, now, keepUntil)
+  local v = rcall('GET', bucket)
+  local nextSweep, body = 0, ''
+  if v then nextSweep, body = struct.unpack('>I4', v), string.sub(v, MARKER_HEAD + 1) end
+  local nowS = math.floor(now / 1000)
+  if nowS >= nextSweep then body, nextSweep = sweepMarkers(body, nowS), nowS + 86400 end
+  table.sort(entries, entryLess)
+  local n, parts, copied, lastId = #body / MARKER_WIDTH, { struct.pack('>I4', nextSweep) }, 0, nil
+  for _, e in ipairs(entries) do
+    local id = string.sub(e, 1, 10)
+    if id ~= lastId then
+      local i, found = markerSearch(body, 1, n, struct.unpack('>I4I4I2', e))
+      if i > copied then parts[#parts + 1] = string.sub(body, copied * MARKER_WIDTH + 1, i * MARKER_WIDTH) end
+      parts[#parts + 1] = e
+      copied = math.max(copied, found and i + 1 or i)
+      lastId = id
+    end
+  end
+  if copied < n then parts[#parts + 1] = string.sub(body, copied * MARKER_WIDTH + 1) end
+  local at = math.max(rcall('PEXPIRETIME', bucket), keepUntil)
+  rcall('SET', bucket, table.concat(parts), 'PXAT', string.format('%d', at))
+end
+
+-- Removes the entry of `id` (10 bytes) from `bucket`; 1 if there was one, else 0.
+local function removeMarker(bucket, id)
+  local v = rcall('GET', bucket)
+  if not v or #v <= MARKER_HEAD then return 0 end
+  local i, found = markerSearch(v, MARKER_HEAD + 1, (#v - MARKER_HEAD) / MARKER_WIDTH, struct.unpack('>I4I4I2', id))
+  if not found then return 0 end
+  local at = MARKER_HEAD + i * MARKER_WIDTH
+  rcall('SET', bucket, string.sub(v, 1, at) .. string.sub(v, at + MARKER_WIDTH + 1), 'KEEPTTL')
+  return 1
+end
