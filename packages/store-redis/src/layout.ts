@@ -71,21 +71,35 @@ export function tagPrefix(prefix: string, tag: number): string {
   return `${prefix}:{${tag.toString(16).padStart(4, '0')}}`;
 }
 
-/** Per tag, the first tag of its cluster slot (see markerBucketKey); made on first use. */
+/** The tags of each cluster slot that has any, in order; made on first use. */
+let slotGroups: number[][] | undefined;
+/** Per tag, the first tag of its cluster slot (see markerBucketKey). */
 let slotFirstTag: Uint16Array | undefined;
 
-function firstTagOfSlot(tag: number): number {
-  if (slotFirstTag === undefined) {
-    const first = new Int32Array(16_384).fill(-1);
+/**
+ * The tags grouped by cluster slot (about 4 a slot; every slot has at least one): the unit of a
+ * compaction call, since the tags of a slot share one marker bucket.
+ */
+export function tagsBySlot(): readonly (readonly number[])[] {
+  if (slotGroups === undefined) {
+    const bySlot = new Map<number, number[]>();
     const slots = new Uint16Array(TAG_COUNT);
     for (let t = 0; t < TAG_COUNT; t++) {
       const slot = calculateSlot(t.toString(16).padStart(4, '0'));
       slots[t] = slot;
-      if ((first[slot] as number) < 0) first[slot] = t;
+      const tags = bySlot.get(slot);
+      if (tags === undefined) bySlot.set(slot, [t]);
+      else tags.push(t);
     }
-    slotFirstTag = slots.map((slot) => first[slot] as number);
+    slotGroups = [...bySlot.values()];
+    slotFirstTag = slots.map((slot) => (bySlot.get(slot) as number[])[0] as number);
   }
-  return slotFirstTag[tag] as number;
+  return slotGroups;
+}
+
+function firstTagOfSlot(tag: number): number {
+  if (slotFirstTag === undefined) tagsBySlot();
+  return (slotFirstTag as Uint16Array)[tag] as number;
 }
 
 /**

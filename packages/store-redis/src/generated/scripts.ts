@@ -1110,35 +1110,40 @@ return 0
 `,
   },
   compactCandidates: {
-    command: 'eoCompactCandidates_v2_6dcaf1a3',
-    numberOfKeys: 1,
-    sha1: '6dcaf1a3c9f0fda094eb98db80b551451c36c9a1',
+    command: 'eoCompactCandidates_v2_fb398497',
+    numberOfKeys: undefined,
+    sha1: 'fb398497f32edca54800d1945f57312c4ceef6a5',
     lua: `--[[
-compactCandidates: the oldest entries of one tag's completion index, as binary-safe ids.
+compactCandidates: the oldest entries of the completion indexes of one cluster slot's tags, as
+binary-safe ids. Called with numkeys = the number of indexes.
 
-KEYS[1]  completion index of the tag (sorted set: record id -> completedAt)
-ARGV[1]  how many entries to return
+KEYS[1] ...  completion indexes of the tags (sorted sets: record id -> completedAt), one slot
+ARGV[1]  how many entries to return per index
 
-Returns a list of record ids (16 bytes each), oldest completion first; empty when none.
+Returns one list per index, in KEYS order: record ids (16 bytes each), oldest completion first.
 ]]
 local rcall = redis.call
-return rcall('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+local out, count = {}, tonumber(ARGV[1]) - 1
+for i = 1, #KEYS do out[i] = rcall('ZRANGE', KEYS[i], 0, count) end
+return out
 `,
   },
   compactCompleted: {
-    command: 'eoCompactCompleted_v2_8d82004b',
+    command: 'eoCompactCompleted_v2_776cb5fd',
     numberOfKeys: undefined,
-    sha1: '8d82004bc5d3a8c117fce1927c083cd98b13706d',
+    sha1: '776cb5fdc16fe5bfc7ba861a781ee0d0a2e36c21',
     lua: `--[[
-compactCompleted: replace old COMPLETED records of one hash tag by compact markers.
-Called with a variable number of keys (numkeys = 2 + number of candidates).
+compactCompleted: replace old COMPLETED records of one cluster slot by compact markers.
+Called with a variable number of keys (numkeys = 1 + number of candidates).
 
-KEYS[1]  completion index of the tag (sorted set: record id -> completedAt)
-KEYS[2]  compaction-marker bucket of the tag's cluster slot (includes/markers.lua)
-KEYS[3] ...  records of the candidates, in the order of their ids in ARGV
+KEYS[1]  compaction-marker bucket of the slot (includes/markers.lua)
+KEYS[2] ...  records of the candidates (of any of the slot's tags), in the order of their ids in ARGV
 ARGV[1]  hot window (ms): only records completed at least this long ago are compacted
 ARGV[2]  grace (ms) the bucket is physically kept past its newest marker's expiry
-ARGV[3] ...  per candidate: record id (16 bytes), the index member and marker field
+ARGV[3] ...  per candidate: record id (16 bytes), its member in its tag's completion index
+
+A record's completion index is derived from its name: <prefix>:{<tag>}:<id> -> <prefix>:{<tag>}i.
+One call per slot, not per tag: each call rewrites the slot's bucket whole.
 
 A marker keeps the record's expiry and a hash of its fingerprint (markerFingerprint), so a
 compacted key still tells a duplicate from a mismatch. Records with unpublished outgoing messages
@@ -1151,7 +1156,7 @@ Returns { compacted, dropped, deferred }.
 local rcall = redis.call
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local index, bucket = KEYS[1], KEYS[2]
+local bucket = KEYS[1]
 local cutoff = now - tonumber(ARGV[1])
 local grace = tonumber(ARGV[2])
 -- The record: one Redis string (see codec.ts for the same layout in TypeScript). All integers
@@ -1454,7 +1459,8 @@ end
 
 local dropped, deferred, newest, markers, done = 0, 0, 0, {}, {}
 for i = 1, #ARGV - 2 do
-  local rec, member = KEYS[2 + i], ARGV[2 + i]
+  local rec, member = KEYS[1 + i], ARGV[2 + i]
+  local index = string.sub(rec, 1, -18) .. 'i'
   local score = rcall('ZSCORE', index, member)
   if score and tonumber(score) <= cutoff then
     local r = loadRecord(rec)
@@ -1469,7 +1475,7 @@ for i = 1, #ARGV - 2 do
       -- Expiry in whole seconds, rounded up: a marker never ends before its record would have.
       markers[#markers + 1] = string.sub(member, 1, 10) .. struct.pack('>I4', math.ceil(expiresAt / 1000))
         .. markerFingerprint(r.f)
-      done[#done + 1] = { rec, member, r }
+      done[#done + 1] = { rec, member, r, index }
       if expiresAt > newest then newest = expiresAt end
     end
   end
@@ -1479,7 +1485,7 @@ if #done > 0 then addMarkers(bucket, markers, now, newest + grace) end
 for _, d in ipairs(done) do
   dropExtras(d[1], d[3])
   rcall('DEL', d[1])
-  rcall('ZREM', index, d[2])
+  rcall('ZREM', d[4], d[2])
 end
 return { #done, dropped, deferred }
 `,
