@@ -1,7 +1,7 @@
 /**
  * Redis server CPU per processed key, measured on a real server through the real batch scripts.
  *
- *   npx tsx --conditions=@exactly-once/source packages/store-redis/bench/cpu-per-key.ts [N] [--batch B] [--compact]
+ *   npx tsx --conditions=@exactly-once/source packages/store-redis/bench/cpu-per-key.ts [N] [--batch B] [--compact] [--markers M]
  *
  * Begins and completes N new keys (default 100,000) in batches of B (default 32, about what a
  * consumer under load hands the store), one batch in flight, with an 11-byte inline result and no
@@ -10,11 +10,15 @@
  * are begun again (duplicates). Per phase it prints the server's script CPU per key and per call
  * (INFO commandstats), this process's CPU per key (the client side: packing, ioredis, decoding)
  * and keys per second with one batch in flight. With --compact the store indexes completions.
+ * With --markers M, every marker bucket first holds what M compacted keys would leave there (random
+ * ids, written directly in the bucket layout), so each new key's begin looks through buckets of a
+ * store of that size; then (with --compact) the N keys are compacted and begun once more.
  * Deletes only its own keys. Run it on an otherwise idle server: commandstats are server-wide.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { createRedisStore } from '../src/index.js';
+import { markerBucketKey, TAG_COUNT, tagsBySlot } from '../src/layout.js';
 import { deletePrefix } from './own-keys.js';
 
 const args = process.argv.slice(2);
@@ -22,7 +26,10 @@ const option = (name: string): string | undefined => {
   const at = args.indexOf(name);
   return at >= 0 ? args[at + 1] : undefined;
 };
-const n = Number(args.find((a) => /^\d+$/.test(a)) ?? 100_000);
+const n = Number(
+  args.find((a, i) => /^\d+$/.test(a) && args[i - 1] !== '--batch' && args[i - 1] !== '--markers') ?? 100_000,
+);
+const markers = Number(option('--markers') ?? 0);
 const batch = Number(option('--batch') ?? 32);
 const url = process.env.EO_REDIS_URL ?? 'redis://127.0.0.1:6379';
 const client = new Redis(url, { db: 15, maxRetriesPerRequest: 1 });
@@ -66,8 +73,33 @@ async function phase(name: string, work: () => Promise<void>): Promise<void> {
   );
 }
 
+/** Fills each slot's bucket with its share of `count` markers (sorted 18-byte entries, 4-byte header). */
+async function fillBuckets(count: number): Promise<void> {
+  const expiresAt = Buffer.alloc(4);
+  expiresAt.writeUInt32BE(Math.floor(Date.now() / 1000) + 86_400);
+  let pipeline = client.pipeline();
+  let queued = 0;
+  for (const tags of tagsBySlot()) {
+    const entries = Array.from({ length: Math.round((count * tags.length) / TAG_COUNT) }, () =>
+      Buffer.concat([randomBytes(10), expiresAt, randomBytes(4)]),
+    ).sort(Buffer.compare);
+    pipeline.set(markerBucketKey(keyPrefix, tags[0] as number), Buffer.concat([Buffer.alloc(4), ...entries]));
+    if (++queued % 500 === 0) {
+      await pipeline.exec();
+      pipeline = client.pipeline();
+    }
+  }
+  await pipeline.exec();
+}
+
 try {
   await store.checkServer();
+  if (markers > 0) {
+    await fillBuckets(markers);
+    console.log(
+      `marker buckets hold ${markers} markers (~${Math.round(markers / tagsBySlot().length)} a bucket)`,
+    );
+  }
   const { beginMany, completeMany } = store;
   if (!beginMany || !completeMany) throw new Error('the store has no batch operations');
   console.log(`${'phase'.padEnd(24)}  srv us/key  srv us/call  node us/key   keys/s`);
@@ -101,6 +133,18 @@ try {
       }
     }
   });
+  if (markers > 0 && args.includes('--compact')) {
+    const compacting = createRedisStore({ client, keyPrefix, compactAfterMs: 0 });
+    const stats = await compacting.compactCompleted({ concurrency: 64 });
+    console.log(`compacted ${stats.compacted}`);
+    await phase('begin (compacted dup.)', async () => {
+      for (let i = 0; i < n; i += batch) {
+        for (const begun of await beginMany.call(store, begins(i))) {
+          if (begun.status !== 'duplicate') throw new Error(`compacted duplicate: ${begun.status}`);
+        }
+      }
+    });
+  }
 } finally {
   await deletePrefix(client, keyPrefix);
   client.disconnect();

@@ -13,9 +13,9 @@ export const LAYOUT_VERSION = 2;
 
 export const scripts = {
   begin: {
-    command: 'eoBegin_v2_a464fac0',
+    command: 'eoBegin_v2_369c4115',
     numberOfKeys: 3,
-    sha1: 'a464fac07de0aa4d831db6ce2692a402838675a1',
+    sha1: '369c4115df16556950e27563f2bddf9af7593e20',
     lua: `--[[
 begin: claim the record of one key for an attempt, or say why not.
 
@@ -208,7 +208,7 @@ end
 -- by ~n/16,384 markers. Markers of the previous layout (a hash per tag, \`<prefix>:{<tag>}m\`:
 -- 16-byte id -> 6-byte expiresAt in ms .. 8-byte fingerprint hash) are still read until they
 -- expire; nothing writes them any more.
-local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 24
+local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 16
 
 -- What a marker keeps of a fingerprint (encoded): the first 4 bytes of its sha1.
 local function markerFingerprint(encoded)
@@ -240,8 +240,9 @@ end
 
 -- The entry of \`id\` (10 bytes) in \`bucket\` without its id (expiresAt, fingerprint hash), or nil.
 -- Ids are uniform (sha256), so the entry's place is estimated from its first 4 bytes and only a
--- window around it is read: one GETRANGE of <= 49 entries, a second when the estimate missed,
--- whatever the bucket's size (a 30 KB bucket read whole would cost ~35 us).
+-- window around it is read (GETRANGE of 2 * MARKER_WINDOW + 1 entries); when the id is outside
+-- it, the window's edge narrows the estimate for the next read. Reading a 30 KB bucket whole
+-- would cost ~35 us; this costs one read, two for big buckets (see the README's CPU figures).
 local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
   if len <= MARKER_HEAD then return nil end
@@ -255,14 +256,16 @@ local function findMarker(bucket, id)
     local from = math.max(lo, to - 2 * MARKER_WINDOW - 1)
     local s = rcall('GETRANGE', bucket, MARKER_HEAD + from * MARKER_WIDTH, MARKER_HEAD + to * MARKER_WIDTH - 1)
     local last = 1 + (to - from - 1) * MARKER_WIDTH
-    if markerCompare(s, 1, a, b, c) < 0 then
+    if from > lo and markerCompare(s, 1, a, b, c) < 0 then
       hi, khi = from, struct.unpack('>I4', s, 1)
-    elseif markerCompare(s, last, a, b, c) > 0 then
+    elseif to < hi and markerCompare(s, last, a, b, c) > 0 then
       lo, klo = to, struct.unpack('>I4', s, last)
     else
-      local i, found = markerSearch(s, 1, to - from, a, b, c)
-      if not found then return nil end
-      return string.sub(s, i * MARKER_WIDTH + 11, (i + 1) * MARKER_WIDTH)
+      -- Here if anywhere: a plain search (C), kept only where it starts an entry.
+      local at = string.find(s, id, 1, true)
+      while at and (at - 1) % MARKER_WIDTH ~= 0 do at = string.find(s, id, at + 1, true) end
+      if not at then return nil end
+      return string.sub(s, at + 10, at + MARKER_WIDTH - 1)
     end
   end
   return nil
@@ -393,9 +396,9 @@ return { code, now, payload }
 `,
   },
   beginMany: {
-    command: 'eoBeginMany_v2_b86bce91',
+    command: 'eoBeginMany_v2_c011d90b',
     numberOfKeys: undefined,
-    sha1: 'b86bce91c1aca2b55fd05a81421f70c42821d4e3',
+    sha1: 'c011d90b3491a278ac653bf827edbda1e4c8b76b',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 beginMany: begin several keys in one call, in order, each exactly as begin-2.lua would (the same
@@ -584,7 +587,7 @@ end
 -- by ~n/16,384 markers. Markers of the previous layout (a hash per tag, \`<prefix>:{<tag>}m\`:
 -- 16-byte id -> 6-byte expiresAt in ms .. 8-byte fingerprint hash) are still read until they
 -- expire; nothing writes them any more.
-local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 24
+local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 16
 
 -- What a marker keeps of a fingerprint (encoded): the first 4 bytes of its sha1.
 local function markerFingerprint(encoded)
@@ -616,8 +619,9 @@ end
 
 -- The entry of \`id\` (10 bytes) in \`bucket\` without its id (expiresAt, fingerprint hash), or nil.
 -- Ids are uniform (sha256), so the entry's place is estimated from its first 4 bytes and only a
--- window around it is read: one GETRANGE of <= 49 entries, a second when the estimate missed,
--- whatever the bucket's size (a 30 KB bucket read whole would cost ~35 us).
+-- window around it is read (GETRANGE of 2 * MARKER_WINDOW + 1 entries); when the id is outside
+-- it, the window's edge narrows the estimate for the next read. Reading a 30 KB bucket whole
+-- would cost ~35 us; this costs one read, two for big buckets (see the README's CPU figures).
 local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
   if len <= MARKER_HEAD then return nil end
@@ -631,14 +635,16 @@ local function findMarker(bucket, id)
     local from = math.max(lo, to - 2 * MARKER_WINDOW - 1)
     local s = rcall('GETRANGE', bucket, MARKER_HEAD + from * MARKER_WIDTH, MARKER_HEAD + to * MARKER_WIDTH - 1)
     local last = 1 + (to - from - 1) * MARKER_WIDTH
-    if markerCompare(s, 1, a, b, c) < 0 then
+    if from > lo and markerCompare(s, 1, a, b, c) < 0 then
       hi, khi = from, struct.unpack('>I4', s, 1)
-    elseif markerCompare(s, last, a, b, c) > 0 then
+    elseif to < hi and markerCompare(s, last, a, b, c) > 0 then
       lo, klo = to, struct.unpack('>I4', s, last)
     else
-      local i, found = markerSearch(s, 1, to - from, a, b, c)
-      if not found then return nil end
-      return string.sub(s, i * MARKER_WIDTH + 11, (i + 1) * MARKER_WIDTH)
+      -- Here if anywhere: a plain search (C), kept only where it starts an entry.
+      local at = string.find(s, id, 1, true)
+      while at and (at - 1) % MARKER_WIDTH ~= 0 do at = string.find(s, id, at + 1, true) end
+      if not at then return nil end
+      return string.sub(s, at + 10, at + MARKER_WIDTH - 1)
     end
   end
   return nil
@@ -779,9 +785,9 @@ return out
 `,
   },
   clear: {
-    command: 'eoClear_v2_d70b6431',
+    command: 'eoClear_v2_ba6e9ec6',
     numberOfKeys: 4,
-    sha1: 'd70b6431282c02856df11b6302a8042ffe1e6a9b',
+    sha1: 'ba6e9ec659317a6ef8df72e85b80ec52d8bf33b6',
     lua: `--[[
 clear: forget a key's record (or its compaction marker), so the next message with the key runs
 anew: an operator's step before replaying a dead letter whose record is FAILED, or re-running
@@ -967,7 +973,7 @@ end
 -- by ~n/16,384 markers. Markers of the previous layout (a hash per tag, \`<prefix>:{<tag>}m\`:
 -- 16-byte id -> 6-byte expiresAt in ms .. 8-byte fingerprint hash) are still read until they
 -- expire; nothing writes them any more.
-local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 24
+local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 16
 
 -- What a marker keeps of a fingerprint (encoded): the first 4 bytes of its sha1.
 local function markerFingerprint(encoded)
@@ -999,8 +1005,9 @@ end
 
 -- The entry of \`id\` (10 bytes) in \`bucket\` without its id (expiresAt, fingerprint hash), or nil.
 -- Ids are uniform (sha256), so the entry's place is estimated from its first 4 bytes and only a
--- window around it is read: one GETRANGE of <= 49 entries, a second when the estimate missed,
--- whatever the bucket's size (a 30 KB bucket read whole would cost ~35 us).
+-- window around it is read (GETRANGE of 2 * MARKER_WINDOW + 1 entries); when the id is outside
+-- it, the window's edge narrows the estimate for the next read. Reading a 30 KB bucket whole
+-- would cost ~35 us; this costs one read, two for big buckets (see the README's CPU figures).
 local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
   if len <= MARKER_HEAD then return nil end
@@ -1014,14 +1021,16 @@ local function findMarker(bucket, id)
     local from = math.max(lo, to - 2 * MARKER_WINDOW - 1)
     local s = rcall('GETRANGE', bucket, MARKER_HEAD + from * MARKER_WIDTH, MARKER_HEAD + to * MARKER_WIDTH - 1)
     local last = 1 + (to - from - 1) * MARKER_WIDTH
-    if markerCompare(s, 1, a, b, c) < 0 then
+    if from > lo and markerCompare(s, 1, a, b, c) < 0 then
       hi, khi = from, struct.unpack('>I4', s, 1)
-    elseif markerCompare(s, last, a, b, c) > 0 then
+    elseif to < hi and markerCompare(s, last, a, b, c) > 0 then
       lo, klo = to, struct.unpack('>I4', s, last)
     else
-      local i, found = markerSearch(s, 1, to - from, a, b, c)
-      if not found then return nil end
-      return string.sub(s, i * MARKER_WIDTH + 11, (i + 1) * MARKER_WIDTH)
+      -- Here if anywhere: a plain search (C), kept only where it starts an entry.
+      local at = string.find(s, id, 1, true)
+      while at and (at - 1) % MARKER_WIDTH ~= 0 do at = string.find(s, id, at + 1, true) end
+      if not at then return nil end
+      return string.sub(s, at + 10, at + MARKER_WIDTH - 1)
     end
   end
   return nil
@@ -1129,9 +1138,9 @@ return out
 `,
   },
   compactCompleted: {
-    command: 'eoCompactCompleted_v2_776cb5fd',
+    command: 'eoCompactCompleted_v2_37265229',
     numberOfKeys: undefined,
-    sha1: '776cb5fdc16fe5bfc7ba861a781ee0d0a2e36c21',
+    sha1: '37265229646fb29e040d7f7fc491673c76c0def8',
     lua: `--[[
 compactCompleted: replace old COMPLETED records of one cluster slot by compact markers.
 Called with a variable number of keys (numkeys = 1 + number of candidates).
@@ -1320,7 +1329,7 @@ end
 -- by ~n/16,384 markers. Markers of the previous layout (a hash per tag, \`<prefix>:{<tag>}m\`:
 -- 16-byte id -> 6-byte expiresAt in ms .. 8-byte fingerprint hash) are still read until they
 -- expire; nothing writes them any more.
-local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 24
+local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 16
 
 -- What a marker keeps of a fingerprint (encoded): the first 4 bytes of its sha1.
 local function markerFingerprint(encoded)
@@ -1352,8 +1361,9 @@ end
 
 -- The entry of \`id\` (10 bytes) in \`bucket\` without its id (expiresAt, fingerprint hash), or nil.
 -- Ids are uniform (sha256), so the entry's place is estimated from its first 4 bytes and only a
--- window around it is read: one GETRANGE of <= 49 entries, a second when the estimate missed,
--- whatever the bucket's size (a 30 KB bucket read whole would cost ~35 us).
+-- window around it is read (GETRANGE of 2 * MARKER_WINDOW + 1 entries); when the id is outside
+-- it, the window's edge narrows the estimate for the next read. Reading a 30 KB bucket whole
+-- would cost ~35 us; this costs one read, two for big buckets (see the README's CPU figures).
 local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
   if len <= MARKER_HEAD then return nil end
@@ -1367,14 +1377,16 @@ local function findMarker(bucket, id)
     local from = math.max(lo, to - 2 * MARKER_WINDOW - 1)
     local s = rcall('GETRANGE', bucket, MARKER_HEAD + from * MARKER_WIDTH, MARKER_HEAD + to * MARKER_WIDTH - 1)
     local last = 1 + (to - from - 1) * MARKER_WIDTH
-    if markerCompare(s, 1, a, b, c) < 0 then
+    if from > lo and markerCompare(s, 1, a, b, c) < 0 then
       hi, khi = from, struct.unpack('>I4', s, 1)
-    elseif markerCompare(s, last, a, b, c) > 0 then
+    elseif to < hi and markerCompare(s, last, a, b, c) > 0 then
       lo, klo = to, struct.unpack('>I4', s, last)
     else
-      local i, found = markerSearch(s, 1, to - from, a, b, c)
-      if not found then return nil end
-      return string.sub(s, i * MARKER_WIDTH + 11, (i + 1) * MARKER_WIDTH)
+      -- Here if anywhere: a plain search (C), kept only where it starts an entry.
+      local at = string.find(s, id, 1, true)
+      while at and (at - 1) % MARKER_WIDTH ~= 0 do at = string.find(s, id, at + 1, true) end
+      if not at then return nil end
+      return string.sub(s, at + 10, at + MARKER_WIDTH - 1)
     end
   end
   return nil
@@ -2104,9 +2116,9 @@ return 1
 `,
   },
   get: {
-    command: 'eoGet_v2_4aa0dbb5',
+    command: 'eoGet_v2_e21c16c3',
     numberOfKeys: 3,
-    sha1: '4aa0dbb545dc0f2618d615e9aee361516ecd787e',
+    sha1: 'e21c16c308503497a4cde361c3faa5acd2dc2f38',
     lua: `--[[
 get: read a record, or the compaction marker standing in for it, with the server clock.
 
@@ -2283,7 +2295,7 @@ end
 -- by ~n/16,384 markers. Markers of the previous layout (a hash per tag, \`<prefix>:{<tag>}m\`:
 -- 16-byte id -> 6-byte expiresAt in ms .. 8-byte fingerprint hash) are still read until they
 -- expire; nothing writes them any more.
-local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 24
+local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 16
 
 -- What a marker keeps of a fingerprint (encoded): the first 4 bytes of its sha1.
 local function markerFingerprint(encoded)
@@ -2315,8 +2327,9 @@ end
 
 -- The entry of \`id\` (10 bytes) in \`bucket\` without its id (expiresAt, fingerprint hash), or nil.
 -- Ids are uniform (sha256), so the entry's place is estimated from its first 4 bytes and only a
--- window around it is read: one GETRANGE of <= 49 entries, a second when the estimate missed,
--- whatever the bucket's size (a 30 KB bucket read whole would cost ~35 us).
+-- window around it is read (GETRANGE of 2 * MARKER_WINDOW + 1 entries); when the id is outside
+-- it, the window's edge narrows the estimate for the next read. Reading a 30 KB bucket whole
+-- would cost ~35 us; this costs one read, two for big buckets (see the README's CPU figures).
 local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
   if len <= MARKER_HEAD then return nil end
@@ -2330,14 +2343,16 @@ local function findMarker(bucket, id)
     local from = math.max(lo, to - 2 * MARKER_WINDOW - 1)
     local s = rcall('GETRANGE', bucket, MARKER_HEAD + from * MARKER_WIDTH, MARKER_HEAD + to * MARKER_WIDTH - 1)
     local last = 1 + (to - from - 1) * MARKER_WIDTH
-    if markerCompare(s, 1, a, b, c) < 0 then
+    if from > lo and markerCompare(s, 1, a, b, c) < 0 then
       hi, khi = from, struct.unpack('>I4', s, 1)
-    elseif markerCompare(s, last, a, b, c) > 0 then
+    elseif to < hi and markerCompare(s, last, a, b, c) > 0 then
       lo, klo = to, struct.unpack('>I4', s, last)
     else
-      local i, found = markerSearch(s, 1, to - from, a, b, c)
-      if not found then return nil end
-      return string.sub(s, i * MARKER_WIDTH + 11, (i + 1) * MARKER_WIDTH)
+      -- Here if anywhere: a plain search (C), kept only where it starts an entry.
+      local at = string.find(s, id, 1, true)
+      while at and (at - 1) % MARKER_WIDTH ~= 0 do at = string.find(s, id, at + 1, true) end
+      if not at then return nil end
+      return string.sub(s, at + 10, at + MARKER_WIDTH - 1)
     end
   end
   return nil
