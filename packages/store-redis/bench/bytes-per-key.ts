@@ -1,13 +1,15 @@
 /**
  * Memory per processed key, measured on a real server through the real scripts.
  *
- *   npx tsx --conditions=@exactly-once/source packages/store-redis/bench/bytes-per-key.ts [N] [--plain]
+ *   npx tsx --conditions=@exactly-once/source packages/store-redis/bench/bytes-per-key.ts [N] [--plain] [--chunk C]
  *
  * Writes N COMPLETED records (scoped key `orders:billing:<uuid>`, sha256 fingerprint, trace ref,
  * an 11-byte inline result, no outgoing messages) under a fresh prefix in DB 15 of EO_REDIS_URL
  * (default redis://127.0.0.1:6379), reads INFO used_memory before and after, then compacts them
  * into markers and measures again; with --plain, the store has no compactAfterMs (no index, no
- * markers). Deletes only its own keys at the end. Run it on an otherwise
+ * markers). With --chunk C, records are written and compacted C at a time, so N markers (30M) can
+ * be measured without holding N full records; the record figures are then the first chunk's.
+ * Deletes only its own keys at the end. Run it on an otherwise
  * idle server: used_memory is server-wide.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
@@ -15,8 +17,14 @@ import { Redis } from 'ioredis';
 import { createRedisStore } from '../src/index.js';
 import { deletePrefix } from './own-keys.js';
 
-const n = Number(process.argv[2] ?? process.env.EO_BENCH_N ?? 1_000_000);
+const n = Number(
+  process.argv.find((a, i) => /^\d+$/.test(a) && process.argv[i - 1] !== '--chunk') ??
+    process.env.EO_BENCH_N ??
+    1_000_000,
+);
 const plain = process.argv.includes('--plain');
+const chunkAt = process.argv.indexOf('--chunk');
+const chunk = chunkAt > 0 ? Number(process.argv[chunkAt + 1]) : n;
 const url = process.env.EO_REDIS_URL ?? 'redis://127.0.0.1:6379';
 const client = new Redis(url, { db: 15, maxRetriesPerRequest: 1 });
 // As short as the default `eo`, so the figures hold for it; random, so runs never collide.
@@ -45,13 +53,19 @@ try {
   const base = await usedMemory();
   const started = performance.now();
   const window = 2000;
-  for (let i = 0; i < n; i += window) {
-    await Promise.all(Array.from({ length: Math.min(window, n - i) }, (_, j) => writeOne(i + j)));
-  }
+  const writeChunk = async (from: number, count: number) => {
+    for (let i = from; i < from + count; i += window) {
+      await Promise.all(
+        Array.from({ length: Math.min(window, from + count - i) }, (_, j) => writeOne(i + j)),
+      );
+    }
+  };
+  await writeChunk(0, Math.min(chunk, n));
   const writeSeconds = (performance.now() - started) / 1000;
+  const written = Math.min(chunk, n);
   const withRecords = await usedMemory();
-  const perRecord = (withRecords - base) / n;
-  console.log(`N=${n} keys, written in ${writeSeconds.toFixed(1)} s (begin + complete each)`);
+  const perRecord = (withRecords - base) / written;
+  console.log(`N=${written} keys, written in ${writeSeconds.toFixed(1)} s (begin + complete each)`);
   if (plain) {
     console.log(`COMPLETED records (no compaction index): ${perRecord.toFixed(1)} bytes/key`);
   } else {
@@ -63,13 +77,20 @@ try {
     }
     console.log(`COMPLETED records + compaction index: ${perRecord.toFixed(1)} bytes/key`);
     console.log(
-      `  of which index (sampled 16 of 65,536 tags): ~${((indexBytes * 4096) / n).toFixed(1)} bytes/key`,
+      `  of which index (sampled 16 of 65,536 tags): ~${((indexBytes * 4096) / written).toFixed(1)} bytes/key`,
     );
-    const compactStart = performance.now();
-    const stats = await store.compactCompleted({ batchSize: 200, concurrency: 64 });
-    const compactSeconds = (performance.now() - compactStart) / 1000;
+    let compactSeconds = 0;
+    let compacted = 0;
+    for (let from = written; ; from += chunk) {
+      const compactStart = performance.now();
+      compacted += (await store.compactCompleted({ batchSize: 200, concurrency: 64 })).compacted;
+      compactSeconds += (performance.now() - compactStart) / 1000;
+      if (from >= n) break;
+      await writeChunk(from, Math.min(chunk, n - from));
+      if (chunk < n) console.log(`  ${Math.min(from + chunk, n)} written, ${compacted} compacted`);
+    }
     const withMarkers = await usedMemory();
-    console.log(`compacted ${stats.compacted} in ${compactSeconds.toFixed(1)} s`);
+    console.log(`compacted ${compacted} in ${compactSeconds.toFixed(1)} s`);
     console.log(`markers: ${((withMarkers - base) / n).toFixed(1)} bytes/key`);
   }
 } finally {

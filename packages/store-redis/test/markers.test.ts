@@ -187,7 +187,7 @@ for (const [name, connect] of [
           expect((await store.begin({ key, fingerprint: 'other', owner, leaseMs })).status).toBe('mismatch');
       }
       const many = keysFor(keyPrefix, `${run}:8:20000:held`);
-      const beginMany = await store.beginMany(
+      const beginMany = await store.beginMany!(
         keys.map(({ key }) => ({ key, fingerprint: 'fp', owner, leaseMs })),
       );
       expect(beginMany.map((b) => b.status)).toEqual(
@@ -247,7 +247,7 @@ for (const [name, connect] of [
         status: 'duplicate',
         record: { compacted: true, fingerprint: 'fp' },
       });
-      expect(await store.beginMany([{ key, fingerprint: 'other', owner, leaseMs }])).toMatchObject([
+      expect(await store.beginMany!([{ key, fingerprint: 'other', owner, leaseMs }])).toMatchObject([
         { status: 'mismatch', record: { fingerprint: `compacted:${hash.subarray(0, 4).toString('hex')}` } },
       ]);
       expect(await store.clear(key)).toBe('cleared');
