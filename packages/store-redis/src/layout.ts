@@ -6,14 +6,14 @@
  * for listInProgress).
  *
  * With d = sha256(key):
- * - tag:     hex of d[0..2] — 65,536 tags spread evenly over the 16,384 cluster slots.
+ * - tag:     hex of d[0..2] — 65,536 tags, which hash to 13,152 of the 16,384 cluster slots.
  * - id:      d[2..18], 16 bytes; tag + id are 144 bits of the digest.
  * - record:  `<prefix>:{<tag>}:<id>` (a string, see codec.ts)
  * - extras:  `<prefix>:{<tag>}:<id>x` — the record's steps, error and outgoing messages (a hash,
  *            only when it has any; named by the scripts, never here)
  * - markers: `<prefix>:{<rep>}n` — compaction markers of the keys of one cluster slot: every tag
  *            whose slot is the same shares one bucket, named after the first such tag (`rep`), so
- *            ~16,384 buckets share the markers instead of 65,536 (a string of fixed-width sorted
+ *            13,152 buckets share the markers instead of 65,536 (a string of fixed-width sorted
  *            entries, see lua/includes/markers.lua)
  * - legacy:  `<prefix>:{<tag>}m` — the previous layout's marker bucket (hash: id -> marker), read
  *            until it expires and never written
@@ -21,7 +21,8 @@
  * - blobs:   `<prefix>:{<tag>}b` — blob results of the tag's records (sorted set: packed pointer ->
  *            the record's physical end), for `collectBlobs`
  *
- * All keys of a record share the `{<tag>}` hash tag, so every script runs on one cluster slot.
+ * All keys of a record share the `{<tag>}` hash tag, and its marker bucket the tag's slot, so every
+ * script on one key runs on one cluster slot.
  * Two distinct keys share a record only if 144 bits of their sha256 agree: about n²/2^145 for n
  * keys, 2e-29 at 30 million.
  */

@@ -11,14 +11,14 @@ import { formatBytes, formatCount, type Io, printJson, printLines, table } from 
 export const RECORD_BYTES = 241;
 /** The same record with compaction on (its entry in the compaction index): 311.6 B/key at 1M keys. */
 export const RECORD_WITH_INDEX_BYTES = 312;
-/** One compaction marker in its tag's bucket hash (fit to 114.6 B/key at 200K and 46.1 B at 1M). */
-export const MARKER_BYTES = 29;
-/** Fixed cost of one marker bucket (key, value object, dictionaries, listpack header). */
-export const MARKER_BUCKET_BYTES = 260;
-/** Marker buckets: one per 16-bit hash tag. */
-export const MARKER_BUCKETS = 65_536;
-/** Markers per bucket above which the bucket leaves the listpack encoding (default `hash-max-listpack-entries`). */
-export const LISTPACK_ENTRIES = 512;
+/** One compaction marker: an 18-byte entry in its slot's bucket, with allocator rounding (fit to 100K, 1M and 30M markers). */
+export const MARKER_BYTES = 20;
+/** Fixed cost of one marker bucket (key, value object, dictionary and expiry entries, header). */
+export const MARKER_BUCKET_BYTES = 137;
+/** Marker buckets: one per cluster slot that the 65,536 hash tags hash to. */
+export const MARKER_BUCKETS = 13_152;
+/** Bucket size above which the warning says what each compaction call rewrites (a bucket is rewritten whole). */
+export const LARGE_BUCKET_BYTES = 64 * 1024;
 
 export interface CapacityInput {
   readonly keysPerDay: number;
@@ -65,11 +65,11 @@ export function estimateCapacity(input: CapacityInput): CapacityEstimate {
   const markerBytes = markerCount * (input.markerBytes ?? MARKER_BYTES) + bucketOverheadBytes;
   const recordBytes = recordCount * bytesPerRecord;
   const warnings: string[] = [];
-  const perBucket = markerCount / MARKER_BUCKETS;
-  if (perBucket > LISTPACK_ENTRIES) {
+  const bucketBytes = (markerCount / MARKER_BUCKETS) * 18;
+  if (bucketBytes > LARGE_BUCKET_BYTES) {
     warnings.push(
-      `about ${Math.ceil(perBucket)} markers per bucket: above hash-max-listpack-entries (${LISTPACK_ENTRIES}), ` +
-        `buckets turn into hashtables and cost far more; raise it to ${2 ** Math.ceil(Math.log2(perBucket))}`,
+      `about ${formatBytes(bucketBytes)} of markers per bucket: each compaction call rewrites its slot's bucket ` +
+        'whole (and sends it to replicas and the AOF), so run compaction passes rarely (daily)',
     );
   }
   return {

@@ -13,9 +13,9 @@ export const LAYOUT_VERSION = 2;
 
 export const scripts = {
   begin: {
-    command: 'eoBegin_v2_369c4115',
+    command: 'eoBegin_v2_42903b02',
     numberOfKeys: 3,
-    sha1: '369c4115df16556950e27563f2bddf9af7593e20',
+    sha1: '42903b02ab42650b8e8d2f1e2b192a6976080242',
     lua: `--[[
 begin: claim the record of one key for an attempt, or say why not.
 
@@ -247,7 +247,7 @@ local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
   if len <= MARKER_HEAD then return nil end
   local a, b, c = struct.unpack('>I4I4I2', id)
-  local lo, hi = 0, (len - MARKER_HEAD) / MARKER_WIDTH
+  local lo, hi = 0, math.floor((len - MARKER_HEAD) / MARKER_WIDTH)
   local klo, khi = 0, 4294967296
   while lo < hi do
     local est = lo
@@ -312,7 +312,7 @@ local function addMarkers(bucket, entries, now, keepUntil)
   local nowS = math.floor(now / 1000)
   if nowS >= nextSweep then body, nextSweep = sweepMarkers(body, nowS), nowS + 86400 end
   table.sort(entries, entryLess)
-  local n, parts, copied, lastId = #body / MARKER_WIDTH, { struct.pack('>I4', nextSweep) }, 0, nil
+  local n, parts, copied, lastId = math.floor(#body / MARKER_WIDTH), { struct.pack('>I4', nextSweep) }, 0, nil
   for _, e in ipairs(entries) do
     local id = string.sub(e, 1, 10)
     if id ~= lastId then
@@ -332,7 +332,7 @@ end
 local function removeMarker(bucket, id)
   local v = rcall('GET', bucket)
   if not v or #v <= MARKER_HEAD then return 0 end
-  local i, found = markerSearch(v, MARKER_HEAD + 1, (#v - MARKER_HEAD) / MARKER_WIDTH, struct.unpack('>I4I4I2', id))
+  local i, found = markerSearch(v, MARKER_HEAD + 1, math.floor((#v - MARKER_HEAD) / MARKER_WIDTH), struct.unpack('>I4I4I2', id))
   if not found then return 0 end
   local at = MARKER_HEAD + i * MARKER_WIDTH
   rcall('SET', bucket, string.sub(v, 1, at) .. string.sub(v, at + MARKER_WIDTH + 1), 'KEEPTTL')
@@ -396,9 +396,9 @@ return { code, now, payload }
 `,
   },
   beginMany: {
-    command: 'eoBeginMany_v2_c011d90b',
+    command: 'eoBeginMany_v2_a925988d',
     numberOfKeys: undefined,
-    sha1: 'c011d90b3491a278ac653bf827edbda1e4c8b76b',
+    sha1: 'a925988d625dd15c3f8f4c3d0996074b9896fcdd',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 beginMany: begin several keys in one call, in order, each exactly as begin-2.lua would (the same
@@ -626,7 +626,7 @@ local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
   if len <= MARKER_HEAD then return nil end
   local a, b, c = struct.unpack('>I4I4I2', id)
-  local lo, hi = 0, (len - MARKER_HEAD) / MARKER_WIDTH
+  local lo, hi = 0, math.floor((len - MARKER_HEAD) / MARKER_WIDTH)
   local klo, khi = 0, 4294967296
   while lo < hi do
     local est = lo
@@ -691,7 +691,7 @@ local function addMarkers(bucket, entries, now, keepUntil)
   local nowS = math.floor(now / 1000)
   if nowS >= nextSweep then body, nextSweep = sweepMarkers(body, nowS), nowS + 86400 end
   table.sort(entries, entryLess)
-  local n, parts, copied, lastId = #body / MARKER_WIDTH, { struct.pack('>I4', nextSweep) }, 0, nil
+  local n, parts, copied, lastId = math.floor(#body / MARKER_WIDTH), { struct.pack('>I4', nextSweep) }, 0, nil
   for _, e in ipairs(entries) do
     local id = string.sub(e, 1, 10)
     if id ~= lastId then
@@ -711,7 +711,7 @@ end
 local function removeMarker(bucket, id)
   local v = rcall('GET', bucket)
   if not v or #v <= MARKER_HEAD then return 0 end
-  local i, found = markerSearch(v, MARKER_HEAD + 1, (#v - MARKER_HEAD) / MARKER_WIDTH, struct.unpack('>I4I4I2', id))
+  local i, found = markerSearch(v, MARKER_HEAD + 1, math.floor((#v - MARKER_HEAD) / MARKER_WIDTH), struct.unpack('>I4I4I2', id))
   if not found then return 0 end
   local at = MARKER_HEAD + i * MARKER_WIDTH
   rcall('SET', bucket, string.sub(v, 1, at) .. string.sub(v, at + MARKER_WIDTH + 1), 'KEEPTTL')
@@ -785,9 +785,9 @@ return out
 `,
   },
   clear: {
-    command: 'eoClear_v2_ba6e9ec6',
+    command: 'eoClear_v2_463061ad',
     numberOfKeys: 4,
-    sha1: 'ba6e9ec659317a6ef8df72e85b80ec52d8bf33b6',
+    sha1: '463061ad2e1b5ce6620d035caf8986a1e96212f2',
     lua: `--[[
 clear: forget a key's record (or its compaction marker), so the next message with the key runs
 anew: an operator's step before replaying a dead letter whose record is FAILED, or re-running
@@ -1012,7 +1012,7 @@ local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
   if len <= MARKER_HEAD then return nil end
   local a, b, c = struct.unpack('>I4I4I2', id)
-  local lo, hi = 0, (len - MARKER_HEAD) / MARKER_WIDTH
+  local lo, hi = 0, math.floor((len - MARKER_HEAD) / MARKER_WIDTH)
   local klo, khi = 0, 4294967296
   while lo < hi do
     local est = lo
@@ -1077,7 +1077,7 @@ local function addMarkers(bucket, entries, now, keepUntil)
   local nowS = math.floor(now / 1000)
   if nowS >= nextSweep then body, nextSweep = sweepMarkers(body, nowS), nowS + 86400 end
   table.sort(entries, entryLess)
-  local n, parts, copied, lastId = #body / MARKER_WIDTH, { struct.pack('>I4', nextSweep) }, 0, nil
+  local n, parts, copied, lastId = math.floor(#body / MARKER_WIDTH), { struct.pack('>I4', nextSweep) }, 0, nil
   for _, e in ipairs(entries) do
     local id = string.sub(e, 1, 10)
     if id ~= lastId then
@@ -1097,7 +1097,7 @@ end
 local function removeMarker(bucket, id)
   local v = rcall('GET', bucket)
   if not v or #v <= MARKER_HEAD then return 0 end
-  local i, found = markerSearch(v, MARKER_HEAD + 1, (#v - MARKER_HEAD) / MARKER_WIDTH, struct.unpack('>I4I4I2', id))
+  local i, found = markerSearch(v, MARKER_HEAD + 1, math.floor((#v - MARKER_HEAD) / MARKER_WIDTH), struct.unpack('>I4I4I2', id))
   if not found then return 0 end
   local at = MARKER_HEAD + i * MARKER_WIDTH
   rcall('SET', bucket, string.sub(v, 1, at) .. string.sub(v, at + MARKER_WIDTH + 1), 'KEEPTTL')
@@ -1138,9 +1138,9 @@ return out
 `,
   },
   compactCompleted: {
-    command: 'eoCompactCompleted_v2_37265229',
+    command: 'eoCompactCompleted_v2_23c2fcf2',
     numberOfKeys: undefined,
-    sha1: '37265229646fb29e040d7f7fc491673c76c0def8',
+    sha1: '23c2fcf20abe74161273708ab955d95132f9c829',
     lua: `--[[
 compactCompleted: replace old COMPLETED records of one cluster slot by compact markers.
 Called with a variable number of keys (numkeys = 1 + number of candidates).
@@ -1368,7 +1368,7 @@ local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
   if len <= MARKER_HEAD then return nil end
   local a, b, c = struct.unpack('>I4I4I2', id)
-  local lo, hi = 0, (len - MARKER_HEAD) / MARKER_WIDTH
+  local lo, hi = 0, math.floor((len - MARKER_HEAD) / MARKER_WIDTH)
   local klo, khi = 0, 4294967296
   while lo < hi do
     local est = lo
@@ -1433,7 +1433,7 @@ local function addMarkers(bucket, entries, now, keepUntil)
   local nowS = math.floor(now / 1000)
   if nowS >= nextSweep then body, nextSweep = sweepMarkers(body, nowS), nowS + 86400 end
   table.sort(entries, entryLess)
-  local n, parts, copied, lastId = #body / MARKER_WIDTH, { struct.pack('>I4', nextSweep) }, 0, nil
+  local n, parts, copied, lastId = math.floor(#body / MARKER_WIDTH), { struct.pack('>I4', nextSweep) }, 0, nil
   for _, e in ipairs(entries) do
     local id = string.sub(e, 1, 10)
     if id ~= lastId then
@@ -1453,7 +1453,7 @@ end
 local function removeMarker(bucket, id)
   local v = rcall('GET', bucket)
   if not v or #v <= MARKER_HEAD then return 0 end
-  local i, found = markerSearch(v, MARKER_HEAD + 1, (#v - MARKER_HEAD) / MARKER_WIDTH, struct.unpack('>I4I4I2', id))
+  local i, found = markerSearch(v, MARKER_HEAD + 1, math.floor((#v - MARKER_HEAD) / MARKER_WIDTH), struct.unpack('>I4I4I2', id))
   if not found then return 0 end
   local at = MARKER_HEAD + i * MARKER_WIDTH
   rcall('SET', bucket, string.sub(v, 1, at) .. string.sub(v, at + MARKER_WIDTH + 1), 'KEEPTTL')
@@ -2116,9 +2116,9 @@ return 1
 `,
   },
   get: {
-    command: 'eoGet_v2_e21c16c3',
+    command: 'eoGet_v2_4621263f',
     numberOfKeys: 3,
-    sha1: 'e21c16c308503497a4cde361c3faa5acd2dc2f38',
+    sha1: '4621263f4b369fd89e9574e8ee5d8d7324994770',
     lua: `--[[
 get: read a record, or the compaction marker standing in for it, with the server clock.
 
@@ -2334,7 +2334,7 @@ local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
   if len <= MARKER_HEAD then return nil end
   local a, b, c = struct.unpack('>I4I4I2', id)
-  local lo, hi = 0, (len - MARKER_HEAD) / MARKER_WIDTH
+  local lo, hi = 0, math.floor((len - MARKER_HEAD) / MARKER_WIDTH)
   local klo, khi = 0, 4294967296
   while lo < hi do
     local est = lo
@@ -2399,7 +2399,7 @@ local function addMarkers(bucket, entries, now, keepUntil)
   local nowS = math.floor(now / 1000)
   if nowS >= nextSweep then body, nextSweep = sweepMarkers(body, nowS), nowS + 86400 end
   table.sort(entries, entryLess)
-  local n, parts, copied, lastId = #body / MARKER_WIDTH, { struct.pack('>I4', nextSweep) }, 0, nil
+  local n, parts, copied, lastId = math.floor(#body / MARKER_WIDTH), { struct.pack('>I4', nextSweep) }, 0, nil
   for _, e in ipairs(entries) do
     local id = string.sub(e, 1, 10)
     if id ~= lastId then
@@ -2419,7 +2419,7 @@ end
 local function removeMarker(bucket, id)
   local v = rcall('GET', bucket)
   if not v or #v <= MARKER_HEAD then return 0 end
-  local i, found = markerSearch(v, MARKER_HEAD + 1, (#v - MARKER_HEAD) / MARKER_WIDTH, struct.unpack('>I4I4I2', id))
+  local i, found = markerSearch(v, MARKER_HEAD + 1, math.floor((#v - MARKER_HEAD) / MARKER_WIDTH), struct.unpack('>I4I4I2', id))
   if not found then return 0 end
   local at = MARKER_HEAD + i * MARKER_WIDTH
   rcall('SET', bucket, string.sub(v, 1, at) .. string.sub(v, at + MARKER_WIDTH + 1), 'KEEPTTL')

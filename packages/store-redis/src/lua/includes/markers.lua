@@ -48,7 +48,7 @@ local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
   if len <= MARKER_HEAD then return nil end
   local a, b, c = struct.unpack('>I4I4I2', id)
-  local lo, hi = 0, (len - MARKER_HEAD) / MARKER_WIDTH
+  local lo, hi = 0, math.floor((len - MARKER_HEAD) / MARKER_WIDTH)
   local klo, khi = 0, 4294967296
   while lo < hi do
     local est = lo
@@ -113,7 +113,7 @@ local function addMarkers(bucket, entries, now, keepUntil)
   local nowS = math.floor(now / 1000)
   if nowS >= nextSweep then body, nextSweep = sweepMarkers(body, nowS), nowS + 86400 end
   table.sort(entries, entryLess)
-  local n, parts, copied, lastId = #body / MARKER_WIDTH, { struct.pack('>I4', nextSweep) }, 0, nil
+  local n, parts, copied, lastId = math.floor(#body / MARKER_WIDTH), { struct.pack('>I4', nextSweep) }, 0, nil
   for _, e in ipairs(entries) do
     local id = string.sub(e, 1, 10)
     if id ~= lastId then
@@ -133,7 +133,7 @@ end
 local function removeMarker(bucket, id)
   local v = rcall('GET', bucket)
   if not v or #v <= MARKER_HEAD then return 0 end
-  local i, found = markerSearch(v, MARKER_HEAD + 1, (#v - MARKER_HEAD) / MARKER_WIDTH, struct.unpack('>I4I4I2', id))
+  local i, found = markerSearch(v, MARKER_HEAD + 1, math.floor((#v - MARKER_HEAD) / MARKER_WIDTH), struct.unpack('>I4I4I2', id))
   if not found then return 0 end
   local at = MARKER_HEAD + i * MARKER_WIDTH
   rcall('SET', bucket, string.sub(v, 1, at) .. string.sub(v, at + MARKER_WIDTH + 1), 'KEEPTTL')
