@@ -3,15 +3,14 @@
  * process span (with a journaled step under it) exported over OTLP to Jaeger, read back through
  * Jaeger's query API and printed as a span tree.
  */
-
-import { createConsumer, createPublisher } from '@exactly-once/rabbitmq';
-import { createRedisStore } from '@exactly-once/store-redis';
 import { context, propagation, trace } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { CompositePropagator, W3CBaggagePropagator, W3CTraceContextPropagator } from '@opentelemetry/core';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { BasicTracerProvider, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
+import { createConsumer, createPublisher } from '@exactly-once/rabbitmq';
+import { createRedisStore } from '@exactly-once/store-redis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { newRedis, queuesOf, rawChannel } from '../rabbitmq/helpers.js';
 import { env, uniqueName } from '../support/env.js';

@@ -8,7 +8,7 @@ import { type RedisClient, runScript } from './client.js';
 import { indexKey, markerBucketKey, recordKey, tagsBySlot } from './layout.js';
 
 export interface CompactionOptions {
-  /** Index entries examined per tag and script call (a call covers the ~4 tags of a cluster slot). Default 100. */
+  /** Index entries examined per tag and script call (a call covers the ~5 tags of a cluster slot). Default 100. */
   readonly batchSize?: number;
   /**
    * Cluster slots worked on in parallel. A pass visits the 13,152 slots that the 65,536 tags hash
