@@ -15,15 +15,14 @@ import {
   type InProgressEntry,
   type InProgressQuery,
   type InProgressRecord,
-  type Logger,
   type MarkPublishedRequest,
+  type Logger,
   type ProcessedRecord,
   type ProcessedStore,
-  StoreUnavailableError,
   silentLogger,
+  StoreUnavailableError,
 } from '@exactly-once/core';
 import calculateSlot from 'cluster-key-slot';
-import { type BlobCollectionOptions, type BlobCollectionStats, collectBlobPass } from './blob-collection.js';
 import {
   type RedisArg,
   type RedisClient,
@@ -43,6 +42,7 @@ import {
   packResult,
   packText,
 } from './codec.js';
+import { type BlobCollectionOptions, type BlobCollectionStats, collectBlobPass } from './blob-collection.js';
 import { type CompactionOptions, type CompactionStats, compactPass } from './compaction.js';
 import { scripts } from './generated/scripts.js';
 import { listInProgress } from './in-progress.js';

@@ -4,12 +4,12 @@
  */
 import { randomUUID } from 'node:crypto';
 import { ConfigError, ErrorCode, type Logger, StoreUnavailableError } from '@exactly-once/core';
-import calculateSlot from 'cluster-key-slot';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { packMessage, packText } from '../src/codec.js';
+import { type RedisClient, createRedisStore } from '../src/index.js';
 import { scripts } from '../src/generated/scripts.js';
-import { createRedisStore, type RedisClient } from '../src/index.js';
+import calculateSlot from 'cluster-key-slot';
+import { packMessage, packText } from '../src/codec.js';
 import { keysFor } from '../src/layout.js';
 import { parsePolicy } from '../src/server-check.js';
 import { cluster, dropPrefix, sleep, standalone, testPrefix } from './helpers.js';

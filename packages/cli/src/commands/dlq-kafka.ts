@@ -13,8 +13,8 @@ import { Headers } from '@exactly-once/core';
 import type { IHeaders, Kafka, KafkaMessage } from 'kafkajs';
 import { CliError, describeError, UsageError } from '../errors.js';
 import { type Io, progress } from '../output.js';
-import { parseHostPorts } from '../parse.js';
 import { importPeer } from '../stores.js';
+import { parseHostPorts } from '../parse.js';
 import {
   type DeadLetter,
   isReplayDropped,

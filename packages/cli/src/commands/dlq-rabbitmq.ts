@@ -13,8 +13,8 @@ import { Headers } from '@exactly-once/core';
 import type { Channel, ConfirmChannel, GetMessage, Options } from 'amqplib';
 import { CliError, describeError, UsageError } from '../errors.js';
 import { type Io, progress } from '../output.js';
-import { parseUrl } from '../parse.js';
 import { importPeer, redacted } from '../stores.js';
+import { parseUrl } from '../parse.js';
 import {
   type DeadLetter,
   isReplayDropped,

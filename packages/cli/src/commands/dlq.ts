@@ -5,10 +5,10 @@ import { hasStore, type OpenStore, openStore, type StoreOptions } from '../store
 import {
   type DeadLetter,
   letterJson,
-  type ReplayResult,
   renderLetter,
   renderList,
   renderReplay,
+  type ReplayResult,
   resetKey,
 } from './dlq-common.js';
 import { kafkaIdMatcher, openKafka, parseKafkaIds } from './dlq-kafka.js';
