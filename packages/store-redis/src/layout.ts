@@ -51,10 +51,8 @@ class Keys implements RecordKeys {
     readonly id: Buffer,
     readonly record: Buffer,
   ) {}
-  private markersKey: Buffer | undefined;
   get markers(): Buffer {
-    this.markersKey ??= markerBucketKey(this.prefix, this.tag);
-    return this.markersKey;
+    return markerBucketKey(this.prefix, this.tag);
   }
   get legacyMarkers(): Buffer {
     return legacyMarkerBucketKey(this.prefix, this.tag);
@@ -103,13 +101,24 @@ function firstTagOfSlot(tag: number): number {
   return (slotFirstTag as Uint16Array)[tag] as number;
 }
 
+/** Per prefix, the marker bucket names made so far, by the first tag of their slot. */
+const bucketNames = new Map<string, Buffer[]>();
+
 /**
  * The marker bucket of `tag`'s keys: `<prefix>:{<rep>}n`, where rep is the first tag hashing to
  * the same cluster slot, so it is on the slot of each record it stands in for (a script touches one
  * slot) while ~5 tags share it.
  */
 export function markerBucketKey(prefix: string, tag: number): Buffer {
-  return Buffer.from(`${tagPrefix(prefix, firstTagOfSlot(tag))}n`);
+  const rep = firstTagOfSlot(tag);
+  let names = bucketNames.get(prefix);
+  if (names === undefined) {
+    names = [];
+    bucketNames.set(prefix, names);
+  }
+  // Every begin of a new key names its bucket: made once per bucket, not once per key.
+  names[rep] ??= Buffer.from(`${tagPrefix(prefix, rep)}n`);
+  return names[rep];
 }
 
 export function legacyMarkerBucketKey(prefix: string, tag: number): Buffer {

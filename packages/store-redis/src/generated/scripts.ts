@@ -13,9 +13,9 @@ export const LAYOUT_VERSION = 2;
 
 export const scripts = {
   begin: {
-    command: 'eoBegin_v2_42903b02',
+    command: 'eoBegin_v2_19326c17',
     numberOfKeys: 3,
-    sha1: '42903b02ab42650b8e8d2f1e2b192a6976080242',
+    sha1: '19326c17216e5f0aa63a45d91b25ff1a5fdca25a',
     lua: `--[[
 begin: claim the record of one key for an attempt, or say why not.
 
@@ -205,7 +205,7 @@ end
 --   fingerprint hash 4 (markerFingerprint)
 --
 -- 18 bytes a marker, with no per-entry structure: the only overhead is the bucket's key, shared
--- by ~n/16,384 markers. Markers of the previous layout (a hash per tag, \`<prefix>:{<tag>}m\`:
+-- by ~n/13,152 markers. Markers of the previous layout (a hash per tag, \`<prefix>:{<tag>}m\`:
 -- 16-byte id -> 6-byte expiresAt in ms .. 8-byte fingerprint hash) are still read until they
 -- expire; nothing writes them any more.
 local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 16
@@ -213,6 +213,17 @@ local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 16
 -- What a marker keeps of a fingerprint (encoded): the first 4 bytes of its sha1.
 local function markerFingerprint(encoded)
   return struct.pack('>I4', tonumber(string.sub(redis.sha1hex(encoded), 1, 8), 16))
+end
+
+-- The entry of a COMPLETED record: its 16-byte id, expiry (ms) and fingerprint (encoded). The
+-- expiry is kept in whole seconds, rounded up: a marker never ends before its record would have.
+local function markerEntry(id, expiresAt, fingerprint)
+  return string.sub(id, 1, 10) .. struct.pack('>I4', math.ceil(expiresAt / 1000)) .. markerFingerprint(fingerprint)
+end
+
+-- How many entries a bucket string (with its header) of \`bytes\` bytes holds.
+local function markerCount(bytes)
+  return math.floor((bytes - MARKER_HEAD) / MARKER_WIDTH)
 end
 
 -- -1, 0 or 1: the id (a, b, c: its 4, 4 and 2 bytes) against the entry at \`pos\` of \`s\`. Numbers,
@@ -247,7 +258,7 @@ local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
   if len <= MARKER_HEAD then return nil end
   local a, b, c = struct.unpack('>I4I4I2', id)
-  local lo, hi = 0, math.floor((len - MARKER_HEAD) / MARKER_WIDTH)
+  local lo, hi = 0, markerCount(len)
   local klo, khi = 0, 4294967296
   while lo < hi do
     local est = lo
@@ -285,7 +296,7 @@ end
 -- \`body\` (entries only) without the entries expired at \`nowS\`.
 local function sweepMarkers(body, nowS)
   local kept, run = {}, nil
-  for i = 0, #body / MARKER_WIDTH - 1 do
+  for i = 0, markerCount(MARKER_HEAD + #body) - 1 do
     if struct.unpack('>I4', body, i * MARKER_WIDTH + 11) > nowS then
       run = run or i
     elseif run then
@@ -312,7 +323,7 @@ local function addMarkers(bucket, entries, now, keepUntil)
   local nowS = math.floor(now / 1000)
   if nowS >= nextSweep then body, nextSweep = sweepMarkers(body, nowS), nowS + 86400 end
   table.sort(entries, entryLess)
-  local n, parts, copied, lastId = math.floor(#body / MARKER_WIDTH), { struct.pack('>I4', nextSweep) }, 0, nil
+  local n, parts, copied, lastId = markerCount(MARKER_HEAD + #body), { struct.pack('>I4', nextSweep) }, 0, nil
   for _, e in ipairs(entries) do
     local id = string.sub(e, 1, 10)
     if id ~= lastId then
@@ -332,7 +343,7 @@ end
 local function removeMarker(bucket, id)
   local v = rcall('GET', bucket)
   if not v or #v <= MARKER_HEAD then return 0 end
-  local i, found = markerSearch(v, MARKER_HEAD + 1, math.floor((#v - MARKER_HEAD) / MARKER_WIDTH), struct.unpack('>I4I4I2', id))
+  local i, found = markerSearch(v, MARKER_HEAD + 1, markerCount(#v), struct.unpack('>I4I4I2', id))
   if not found then return 0 end
   local at = MARKER_HEAD + i * MARKER_WIDTH
   rcall('SET', bucket, string.sub(v, 1, at) .. string.sub(v, at + MARKER_WIDTH + 1), 'KEEPTTL')
@@ -396,9 +407,9 @@ return { code, now, payload }
 `,
   },
   beginMany: {
-    command: 'eoBeginMany_v2_a925988d',
+    command: 'eoBeginMany_v2_c4569d97',
     numberOfKeys: undefined,
-    sha1: 'a925988d625dd15c3f8f4c3d0996074b9896fcdd',
+    sha1: 'c4569d97c9f7868bbdb05deead7091224094a64a',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 beginMany: begin several keys in one call, in order, each exactly as begin-2.lua would (the same
@@ -584,7 +595,7 @@ end
 --   fingerprint hash 4 (markerFingerprint)
 --
 -- 18 bytes a marker, with no per-entry structure: the only overhead is the bucket's key, shared
--- by ~n/16,384 markers. Markers of the previous layout (a hash per tag, \`<prefix>:{<tag>}m\`:
+-- by ~n/13,152 markers. Markers of the previous layout (a hash per tag, \`<prefix>:{<tag>}m\`:
 -- 16-byte id -> 6-byte expiresAt in ms .. 8-byte fingerprint hash) are still read until they
 -- expire; nothing writes them any more.
 local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 16
@@ -592,6 +603,17 @@ local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 16
 -- What a marker keeps of a fingerprint (encoded): the first 4 bytes of its sha1.
 local function markerFingerprint(encoded)
   return struct.pack('>I4', tonumber(string.sub(redis.sha1hex(encoded), 1, 8), 16))
+end
+
+-- The entry of a COMPLETED record: its 16-byte id, expiry (ms) and fingerprint (encoded). The
+-- expiry is kept in whole seconds, rounded up: a marker never ends before its record would have.
+local function markerEntry(id, expiresAt, fingerprint)
+  return string.sub(id, 1, 10) .. struct.pack('>I4', math.ceil(expiresAt / 1000)) .. markerFingerprint(fingerprint)
+end
+
+-- How many entries a bucket string (with its header) of \`bytes\` bytes holds.
+local function markerCount(bytes)
+  return math.floor((bytes - MARKER_HEAD) / MARKER_WIDTH)
 end
 
 -- -1, 0 or 1: the id (a, b, c: its 4, 4 and 2 bytes) against the entry at \`pos\` of \`s\`. Numbers,
@@ -626,7 +648,7 @@ local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
   if len <= MARKER_HEAD then return nil end
   local a, b, c = struct.unpack('>I4I4I2', id)
-  local lo, hi = 0, math.floor((len - MARKER_HEAD) / MARKER_WIDTH)
+  local lo, hi = 0, markerCount(len)
   local klo, khi = 0, 4294967296
   while lo < hi do
     local est = lo
@@ -664,7 +686,7 @@ end
 -- \`body\` (entries only) without the entries expired at \`nowS\`.
 local function sweepMarkers(body, nowS)
   local kept, run = {}, nil
-  for i = 0, #body / MARKER_WIDTH - 1 do
+  for i = 0, markerCount(MARKER_HEAD + #body) - 1 do
     if struct.unpack('>I4', body, i * MARKER_WIDTH + 11) > nowS then
       run = run or i
     elseif run then
@@ -691,7 +713,7 @@ local function addMarkers(bucket, entries, now, keepUntil)
   local nowS = math.floor(now / 1000)
   if nowS >= nextSweep then body, nextSweep = sweepMarkers(body, nowS), nowS + 86400 end
   table.sort(entries, entryLess)
-  local n, parts, copied, lastId = math.floor(#body / MARKER_WIDTH), { struct.pack('>I4', nextSweep) }, 0, nil
+  local n, parts, copied, lastId = markerCount(MARKER_HEAD + #body), { struct.pack('>I4', nextSweep) }, 0, nil
   for _, e in ipairs(entries) do
     local id = string.sub(e, 1, 10)
     if id ~= lastId then
@@ -711,7 +733,7 @@ end
 local function removeMarker(bucket, id)
   local v = rcall('GET', bucket)
   if not v or #v <= MARKER_HEAD then return 0 end
-  local i, found = markerSearch(v, MARKER_HEAD + 1, math.floor((#v - MARKER_HEAD) / MARKER_WIDTH), struct.unpack('>I4I4I2', id))
+  local i, found = markerSearch(v, MARKER_HEAD + 1, markerCount(#v), struct.unpack('>I4I4I2', id))
   if not found then return 0 end
   local at = MARKER_HEAD + i * MARKER_WIDTH
   rcall('SET', bucket, string.sub(v, 1, at) .. string.sub(v, at + MARKER_WIDTH + 1), 'KEEPTTL')
@@ -785,9 +807,9 @@ return out
 `,
   },
   clear: {
-    command: 'eoClear_v2_463061ad',
+    command: 'eoClear_v2_b806ae78',
     numberOfKeys: 4,
-    sha1: '463061ad2e1b5ce6620d035caf8986a1e96212f2',
+    sha1: 'b806ae78234b4ad0d368053eacdf244864597c35',
     lua: `--[[
 clear: forget a key's record (or its compaction marker), so the next message with the key runs
 anew: an operator's step before replaying a dead letter whose record is FAILED, or re-running
@@ -970,7 +992,7 @@ end
 --   fingerprint hash 4 (markerFingerprint)
 --
 -- 18 bytes a marker, with no per-entry structure: the only overhead is the bucket's key, shared
--- by ~n/16,384 markers. Markers of the previous layout (a hash per tag, \`<prefix>:{<tag>}m\`:
+-- by ~n/13,152 markers. Markers of the previous layout (a hash per tag, \`<prefix>:{<tag>}m\`:
 -- 16-byte id -> 6-byte expiresAt in ms .. 8-byte fingerprint hash) are still read until they
 -- expire; nothing writes them any more.
 local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 16
@@ -978,6 +1000,17 @@ local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 16
 -- What a marker keeps of a fingerprint (encoded): the first 4 bytes of its sha1.
 local function markerFingerprint(encoded)
   return struct.pack('>I4', tonumber(string.sub(redis.sha1hex(encoded), 1, 8), 16))
+end
+
+-- The entry of a COMPLETED record: its 16-byte id, expiry (ms) and fingerprint (encoded). The
+-- expiry is kept in whole seconds, rounded up: a marker never ends before its record would have.
+local function markerEntry(id, expiresAt, fingerprint)
+  return string.sub(id, 1, 10) .. struct.pack('>I4', math.ceil(expiresAt / 1000)) .. markerFingerprint(fingerprint)
+end
+
+-- How many entries a bucket string (with its header) of \`bytes\` bytes holds.
+local function markerCount(bytes)
+  return math.floor((bytes - MARKER_HEAD) / MARKER_WIDTH)
 end
 
 -- -1, 0 or 1: the id (a, b, c: its 4, 4 and 2 bytes) against the entry at \`pos\` of \`s\`. Numbers,
@@ -1012,7 +1045,7 @@ local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
   if len <= MARKER_HEAD then return nil end
   local a, b, c = struct.unpack('>I4I4I2', id)
-  local lo, hi = 0, math.floor((len - MARKER_HEAD) / MARKER_WIDTH)
+  local lo, hi = 0, markerCount(len)
   local klo, khi = 0, 4294967296
   while lo < hi do
     local est = lo
@@ -1050,7 +1083,7 @@ end
 -- \`body\` (entries only) without the entries expired at \`nowS\`.
 local function sweepMarkers(body, nowS)
   local kept, run = {}, nil
-  for i = 0, #body / MARKER_WIDTH - 1 do
+  for i = 0, markerCount(MARKER_HEAD + #body) - 1 do
     if struct.unpack('>I4', body, i * MARKER_WIDTH + 11) > nowS then
       run = run or i
     elseif run then
@@ -1077,7 +1110,7 @@ local function addMarkers(bucket, entries, now, keepUntil)
   local nowS = math.floor(now / 1000)
   if nowS >= nextSweep then body, nextSweep = sweepMarkers(body, nowS), nowS + 86400 end
   table.sort(entries, entryLess)
-  local n, parts, copied, lastId = math.floor(#body / MARKER_WIDTH), { struct.pack('>I4', nextSweep) }, 0, nil
+  local n, parts, copied, lastId = markerCount(MARKER_HEAD + #body), { struct.pack('>I4', nextSweep) }, 0, nil
   for _, e in ipairs(entries) do
     local id = string.sub(e, 1, 10)
     if id ~= lastId then
@@ -1097,7 +1130,7 @@ end
 local function removeMarker(bucket, id)
   local v = rcall('GET', bucket)
   if not v or #v <= MARKER_HEAD then return 0 end
-  local i, found = markerSearch(v, MARKER_HEAD + 1, math.floor((#v - MARKER_HEAD) / MARKER_WIDTH), struct.unpack('>I4I4I2', id))
+  local i, found = markerSearch(v, MARKER_HEAD + 1, markerCount(#v), struct.unpack('>I4I4I2', id))
   if not found then return 0 end
   local at = MARKER_HEAD + i * MARKER_WIDTH
   rcall('SET', bucket, string.sub(v, 1, at) .. string.sub(v, at + MARKER_WIDTH + 1), 'KEEPTTL')
@@ -1138,9 +1171,9 @@ return out
 `,
   },
   compactCompleted: {
-    command: 'eoCompactCompleted_v2_23c2fcf2',
+    command: 'eoCompactCompleted_v2_7af4702b',
     numberOfKeys: undefined,
-    sha1: '23c2fcf20abe74161273708ab955d95132f9c829',
+    sha1: '7af4702b6d15bf4019d625daf09c144a80936201',
     lua: `--[[
 compactCompleted: replace old COMPLETED records of one cluster slot by compact markers.
 Called with a variable number of keys (numkeys = 1 + number of candidates).
@@ -1326,7 +1359,7 @@ end
 --   fingerprint hash 4 (markerFingerprint)
 --
 -- 18 bytes a marker, with no per-entry structure: the only overhead is the bucket's key, shared
--- by ~n/16,384 markers. Markers of the previous layout (a hash per tag, \`<prefix>:{<tag>}m\`:
+-- by ~n/13,152 markers. Markers of the previous layout (a hash per tag, \`<prefix>:{<tag>}m\`:
 -- 16-byte id -> 6-byte expiresAt in ms .. 8-byte fingerprint hash) are still read until they
 -- expire; nothing writes them any more.
 local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 16
@@ -1334,6 +1367,17 @@ local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 16
 -- What a marker keeps of a fingerprint (encoded): the first 4 bytes of its sha1.
 local function markerFingerprint(encoded)
   return struct.pack('>I4', tonumber(string.sub(redis.sha1hex(encoded), 1, 8), 16))
+end
+
+-- The entry of a COMPLETED record: its 16-byte id, expiry (ms) and fingerprint (encoded). The
+-- expiry is kept in whole seconds, rounded up: a marker never ends before its record would have.
+local function markerEntry(id, expiresAt, fingerprint)
+  return string.sub(id, 1, 10) .. struct.pack('>I4', math.ceil(expiresAt / 1000)) .. markerFingerprint(fingerprint)
+end
+
+-- How many entries a bucket string (with its header) of \`bytes\` bytes holds.
+local function markerCount(bytes)
+  return math.floor((bytes - MARKER_HEAD) / MARKER_WIDTH)
 end
 
 -- -1, 0 or 1: the id (a, b, c: its 4, 4 and 2 bytes) against the entry at \`pos\` of \`s\`. Numbers,
@@ -1368,7 +1412,7 @@ local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
   if len <= MARKER_HEAD then return nil end
   local a, b, c = struct.unpack('>I4I4I2', id)
-  local lo, hi = 0, math.floor((len - MARKER_HEAD) / MARKER_WIDTH)
+  local lo, hi = 0, markerCount(len)
   local klo, khi = 0, 4294967296
   while lo < hi do
     local est = lo
@@ -1406,7 +1450,7 @@ end
 -- \`body\` (entries only) without the entries expired at \`nowS\`.
 local function sweepMarkers(body, nowS)
   local kept, run = {}, nil
-  for i = 0, #body / MARKER_WIDTH - 1 do
+  for i = 0, markerCount(MARKER_HEAD + #body) - 1 do
     if struct.unpack('>I4', body, i * MARKER_WIDTH + 11) > nowS then
       run = run or i
     elseif run then
@@ -1433,7 +1477,7 @@ local function addMarkers(bucket, entries, now, keepUntil)
   local nowS = math.floor(now / 1000)
   if nowS >= nextSweep then body, nextSweep = sweepMarkers(body, nowS), nowS + 86400 end
   table.sort(entries, entryLess)
-  local n, parts, copied, lastId = math.floor(#body / MARKER_WIDTH), { struct.pack('>I4', nextSweep) }, 0, nil
+  local n, parts, copied, lastId = markerCount(MARKER_HEAD + #body), { struct.pack('>I4', nextSweep) }, 0, nil
   for _, e in ipairs(entries) do
     local id = string.sub(e, 1, 10)
     if id ~= lastId then
@@ -1453,7 +1497,7 @@ end
 local function removeMarker(bucket, id)
   local v = rcall('GET', bucket)
   if not v or #v <= MARKER_HEAD then return 0 end
-  local i, found = markerSearch(v, MARKER_HEAD + 1, math.floor((#v - MARKER_HEAD) / MARKER_WIDTH), struct.unpack('>I4I4I2', id))
+  local i, found = markerSearch(v, MARKER_HEAD + 1, markerCount(#v), struct.unpack('>I4I4I2', id))
   if not found then return 0 end
   local at = MARKER_HEAD + i * MARKER_WIDTH
   rcall('SET', bucket, string.sub(v, 1, at) .. string.sub(v, at + MARKER_WIDTH + 1), 'KEEPTTL')
@@ -1484,9 +1528,7 @@ for i = 1, #ARGV - 2 do
       deferred = deferred + 1
     else
       local expiresAt = r.t2
-      -- Expiry in whole seconds, rounded up: a marker never ends before its record would have.
-      markers[#markers + 1] = string.sub(member, 1, 10) .. struct.pack('>I4', math.ceil(expiresAt / 1000))
-        .. markerFingerprint(r.f)
+      markers[#markers + 1] = markerEntry(member, expiresAt, r.f)
       done[#done + 1] = { rec, member, r, index }
       if expiresAt > newest then newest = expiresAt end
     end
@@ -2116,9 +2158,9 @@ return 1
 `,
   },
   get: {
-    command: 'eoGet_v2_4621263f',
+    command: 'eoGet_v2_67f75638',
     numberOfKeys: 3,
-    sha1: '4621263f4b369fd89e9574e8ee5d8d7324994770',
+    sha1: '67f75638996694109cdea6b137a94d6a8f4956c9',
     lua: `--[[
 get: read a record, or the compaction marker standing in for it, with the server clock.
 
@@ -2292,7 +2334,7 @@ end
 --   fingerprint hash 4 (markerFingerprint)
 --
 -- 18 bytes a marker, with no per-entry structure: the only overhead is the bucket's key, shared
--- by ~n/16,384 markers. Markers of the previous layout (a hash per tag, \`<prefix>:{<tag>}m\`:
+-- by ~n/13,152 markers. Markers of the previous layout (a hash per tag, \`<prefix>:{<tag>}m\`:
 -- 16-byte id -> 6-byte expiresAt in ms .. 8-byte fingerprint hash) are still read until they
 -- expire; nothing writes them any more.
 local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 16
@@ -2300,6 +2342,17 @@ local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 16
 -- What a marker keeps of a fingerprint (encoded): the first 4 bytes of its sha1.
 local function markerFingerprint(encoded)
   return struct.pack('>I4', tonumber(string.sub(redis.sha1hex(encoded), 1, 8), 16))
+end
+
+-- The entry of a COMPLETED record: its 16-byte id, expiry (ms) and fingerprint (encoded). The
+-- expiry is kept in whole seconds, rounded up: a marker never ends before its record would have.
+local function markerEntry(id, expiresAt, fingerprint)
+  return string.sub(id, 1, 10) .. struct.pack('>I4', math.ceil(expiresAt / 1000)) .. markerFingerprint(fingerprint)
+end
+
+-- How many entries a bucket string (with its header) of \`bytes\` bytes holds.
+local function markerCount(bytes)
+  return math.floor((bytes - MARKER_HEAD) / MARKER_WIDTH)
 end
 
 -- -1, 0 or 1: the id (a, b, c: its 4, 4 and 2 bytes) against the entry at \`pos\` of \`s\`. Numbers,
@@ -2334,7 +2387,7 @@ local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
   if len <= MARKER_HEAD then return nil end
   local a, b, c = struct.unpack('>I4I4I2', id)
-  local lo, hi = 0, math.floor((len - MARKER_HEAD) / MARKER_WIDTH)
+  local lo, hi = 0, markerCount(len)
   local klo, khi = 0, 4294967296
   while lo < hi do
     local est = lo
@@ -2372,7 +2425,7 @@ end
 -- \`body\` (entries only) without the entries expired at \`nowS\`.
 local function sweepMarkers(body, nowS)
   local kept, run = {}, nil
-  for i = 0, #body / MARKER_WIDTH - 1 do
+  for i = 0, markerCount(MARKER_HEAD + #body) - 1 do
     if struct.unpack('>I4', body, i * MARKER_WIDTH + 11) > nowS then
       run = run or i
     elseif run then
@@ -2399,7 +2452,7 @@ local function addMarkers(bucket, entries, now, keepUntil)
   local nowS = math.floor(now / 1000)
   if nowS >= nextSweep then body, nextSweep = sweepMarkers(body, nowS), nowS + 86400 end
   table.sort(entries, entryLess)
-  local n, parts, copied, lastId = math.floor(#body / MARKER_WIDTH), { struct.pack('>I4', nextSweep) }, 0, nil
+  local n, parts, copied, lastId = markerCount(MARKER_HEAD + #body), { struct.pack('>I4', nextSweep) }, 0, nil
   for _, e in ipairs(entries) do
     local id = string.sub(e, 1, 10)
     if id ~= lastId then
@@ -2419,7 +2472,7 @@ end
 local function removeMarker(bucket, id)
   local v = rcall('GET', bucket)
   if not v or #v <= MARKER_HEAD then return 0 end
-  local i, found = markerSearch(v, MARKER_HEAD + 1, math.floor((#v - MARKER_HEAD) / MARKER_WIDTH), struct.unpack('>I4I4I2', id))
+  local i, found = markerSearch(v, MARKER_HEAD + 1, markerCount(#v), struct.unpack('>I4I4I2', id))
   if not found then return 0 end
   local at = MARKER_HEAD + i * MARKER_WIDTH
   rcall('SET', bucket, string.sub(v, 1, at) .. string.sub(v, at + MARKER_WIDTH + 1), 'KEEPTTL')

@@ -52,9 +52,7 @@ for i = 1, #ARGV - 2 do
       deferred = deferred + 1
     else
       local expiresAt = r.t2
-      -- Expiry in whole seconds, rounded up: a marker never ends before its record would have.
-      markers[#markers + 1] = string.sub(member, 1, 10) .. struct.pack('>I4', math.ceil(expiresAt / 1000))
-        .. markerFingerprint(r.f)
+      markers[#markers + 1] = markerEntry(member, expiresAt, r.f)
       done[#done + 1] = { rec, member, r, index }
       if expiresAt > newest then newest = expiresAt end
     end

@@ -6,7 +6,7 @@
 --   fingerprint hash 4 (markerFingerprint)
 --
 -- 18 bytes a marker, with no per-entry structure: the only overhead is the bucket's key, shared
--- by ~n/16,384 markers. Markers of the previous layout (a hash per tag, `<prefix>:{<tag>}m`:
+-- by ~n/13,152 markers. Markers of the previous layout (a hash per tag, `<prefix>:{<tag>}m`:
 -- 16-byte id -> 6-byte expiresAt in ms .. 8-byte fingerprint hash) are still read until they
 -- expire; nothing writes them any more.
 local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 16
@@ -14,6 +14,17 @@ local MARKER_HEAD, MARKER_WIDTH, MARKER_WINDOW = 4, 18, 16
 -- What a marker keeps of a fingerprint (encoded): the first 4 bytes of its sha1.
 local function markerFingerprint(encoded)
   return struct.pack('>I4', tonumber(string.sub(redis.sha1hex(encoded), 1, 8), 16))
+end
+
+-- The entry of a COMPLETED record: its 16-byte id, expiry (ms) and fingerprint (encoded). The
+-- expiry is kept in whole seconds, rounded up: a marker never ends before its record would have.
+local function markerEntry(id, expiresAt, fingerprint)
+  return string.sub(id, 1, 10) .. struct.pack('>I4', math.ceil(expiresAt / 1000)) .. markerFingerprint(fingerprint)
+end
+
+-- How many entries a bucket string (with its header) of `bytes` bytes holds.
+local function markerCount(bytes)
+  return math.floor((bytes - MARKER_HEAD) / MARKER_WIDTH)
 end
 
 -- -1, 0 or 1: the id (a, b, c: its 4, 4 and 2 bytes) against the entry at `pos` of `s`. Numbers,
@@ -48,7 +59,7 @@ local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
   if len <= MARKER_HEAD then return nil end
   local a, b, c = struct.unpack('>I4I4I2', id)
-  local lo, hi = 0, math.floor((len - MARKER_HEAD) / MARKER_WIDTH)
+  local lo, hi = 0, markerCount(len)
   local klo, khi = 0, 4294967296
   while lo < hi do
     local est = lo
@@ -86,7 +97,7 @@ end
 -- `body` (entries only) without the entries expired at `nowS`.
 local function sweepMarkers(body, nowS)
   local kept, run = {}, nil
-  for i = 0, #body / MARKER_WIDTH - 1 do
+  for i = 0, markerCount(MARKER_HEAD + #body) - 1 do
     if struct.unpack('>I4', body, i * MARKER_WIDTH + 11) > nowS then
       run = run or i
     elseif run then
@@ -113,7 +124,7 @@ local function addMarkers(bucket, entries, now, keepUntil)
   local nowS = math.floor(now / 1000)
   if nowS >= nextSweep then body, nextSweep = sweepMarkers(body, nowS), nowS + 86400 end
   table.sort(entries, entryLess)
-  local n, parts, copied, lastId = math.floor(#body / MARKER_WIDTH), { struct.pack('>I4', nextSweep) }, 0, nil
+  local n, parts, copied, lastId = markerCount(MARKER_HEAD + #body), { struct.pack('>I4', nextSweep) }, 0, nil
   for _, e in ipairs(entries) do
     local id = string.sub(e, 1, 10)
     if id ~= lastId then
@@ -133,7 +144,7 @@ end
 local function removeMarker(bucket, id)
   local v = rcall('GET', bucket)
   if not v or #v <= MARKER_HEAD then return 0 end
-  local i, found = markerSearch(v, MARKER_HEAD + 1, math.floor((#v - MARKER_HEAD) / MARKER_WIDTH), struct.unpack('>I4I4I2', id))
+  local i, found = markerSearch(v, MARKER_HEAD + 1, markerCount(#v), struct.unpack('>I4I4I2', id))
   if not found then return 0 end
   local at = MARKER_HEAD + i * MARKER_WIDTH
   rcall('SET', bucket, string.sub(v, 1, at) .. string.sub(v, at + MARKER_WIDTH + 1), 'KEEPTTL')
