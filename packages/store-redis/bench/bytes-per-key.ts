@@ -13,18 +13,18 @@
  * idle server: used_memory is server-wide.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
+import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
 import { createRedisStore } from '../src/index.js';
 import { deletePrefix } from './own-keys.js';
 
-const n = Number(
-  process.argv.find((a, i) => /^\d+$/.test(a) && process.argv[i - 1] !== '--chunk') ??
-    process.env.EO_BENCH_N ??
-    1_000_000,
-);
-const plain = process.argv.includes('--plain');
-const chunkAt = process.argv.indexOf('--chunk');
-const chunk = chunkAt > 0 ? Number(process.argv[chunkAt + 1]) : n;
+const { values, positionals } = parseArgs({
+  allowPositionals: true,
+  options: { plain: { type: 'boolean', default: false }, chunk: { type: 'string' } },
+});
+const n = Number(positionals[0] ?? process.env.EO_BENCH_N ?? 1_000_000);
+const plain = values.plain;
+const chunk = values.chunk === undefined ? n : Number(values.chunk);
 const url = process.env.EO_REDIS_URL ?? 'redis://127.0.0.1:6379';
 const client = new Redis(url, { db: 15, maxRetriesPerRequest: 1 });
 // As short as the default `eo`, so the figures hold for it; random, so runs never collide.

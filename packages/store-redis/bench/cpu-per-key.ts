@@ -16,28 +16,30 @@
  * Deletes only its own keys. Run it on an otherwise idle server: commandstats are server-wide.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
+import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
 import { createRedisStore } from '../src/index.js';
 import { markerBucketKey, TAG_COUNT, tagsBySlot } from '../src/layout.js';
 import { deletePrefix } from './own-keys.js';
 
-const args = process.argv.slice(2);
-const option = (name: string): string | undefined => {
-  const at = args.indexOf(name);
-  return at >= 0 ? args[at + 1] : undefined;
-};
-const n = Number(
-  args.find((a, i) => /^\d+$/.test(a) && args[i - 1] !== '--batch' && args[i - 1] !== '--markers') ?? 100_000,
-);
-const markers = Number(option('--markers') ?? 0);
-const batch = Number(option('--batch') ?? 32);
+const { values, positionals } = parseArgs({
+  allowPositionals: true,
+  options: {
+    batch: { type: 'string', default: '32' },
+    compact: { type: 'boolean', default: false },
+    markers: { type: 'string', default: '0' },
+  },
+});
+const n = Number(positionals[0] ?? 100_000);
+const markers = Number(values.markers);
+const batch = Number(values.batch);
 const url = process.env.EO_REDIS_URL ?? 'redis://127.0.0.1:6379';
 const client = new Redis(url, { db: 15, maxRetriesPerRequest: 1 });
 const keyPrefix = `c${randomBytes(1).toString('hex')}`;
 const store = createRedisStore({
   client,
   keyPrefix,
-  ...(args.includes('--compact') ? { compactAfterMs: 3_600_000 } : {}),
+  ...(values.compact ? { compactAfterMs: 3_600_000 } : {}),
 });
 const result = { kind: 'inline' as const, data: new TextEncoder().encode('{"ok":true}') };
 const fingerprint = randomBytes(32).toString('hex');
@@ -133,7 +135,7 @@ try {
       }
     }
   });
-  if (markers > 0 && args.includes('--compact')) {
+  if (markers > 0 && values.compact) {
     const compacting = createRedisStore({ client, keyPrefix, compactAfterMs: 0 });
     const stats = await compacting.compactCompleted({ concurrency: 64 });
     console.log(`compacted ${stats.compacted}`);

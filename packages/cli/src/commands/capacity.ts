@@ -18,6 +18,8 @@ export const RECORD_WITH_INDEX_BYTES = 312;
 export const MARKER_BYTES = 21;
 /** Fixed cost of one marker bucket (key, value object, dictionary and expiry entries, header). */
 export const MARKER_BUCKET_BYTES = 134;
+/** A marker's entry in its bucket (id, expiry, fingerprint hash), before allocator rounding. */
+export const MARKER_ENTRY_BYTES = 18;
 /** Marker buckets: one per cluster slot that the 65,536 hash tags hash to. */
 export const MARKER_BUCKETS = 13_152;
 /** Bucket size above which the warning says what each compaction call rewrites (a bucket is rewritten whole). */
@@ -68,7 +70,7 @@ export function estimateCapacity(input: CapacityInput): CapacityEstimate {
   const markerBytes = markerCount * (input.markerBytes ?? MARKER_BYTES) + bucketOverheadBytes;
   const recordBytes = recordCount * bytesPerRecord;
   const warnings: string[] = [];
-  const bucketBytes = (markerCount / MARKER_BUCKETS) * 18;
+  const bucketBytes = (markerCount / MARKER_BUCKETS) * MARKER_ENTRY_BYTES;
   if (bucketBytes > LARGE_BUCKET_BYTES) {
     warnings.push(
       `about ${formatBytes(bucketBytes)} of markers per bucket: each compaction call rewrites its slot's bucket ` +
