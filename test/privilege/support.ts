@@ -26,6 +26,7 @@ export const STORE_COMMANDS: readonly string[] = [
   'set',
   'strlen',
   'getrange',
+  'exists',
   'pexpiretime',
   'hset',
   'hget',

@@ -13,9 +13,9 @@ export const LAYOUT_VERSION = 2;
 
 export const scripts = {
   begin: {
-    command: 'eoBegin_v2_19326c17',
+    command: 'eoBegin_v2_9c2cfd05',
     numberOfKeys: 3,
-    sha1: '19326c17216e5f0aa63a45d91b25ff1a5fdca25a',
+    sha1: '9c2cfd053b9701773b7a79d2d88bf1f5bf0bfb5c',
     lua: `--[[
 begin: claim the record of one key for an attempt, or say why not.
 
@@ -249,14 +249,15 @@ local function markerSearch(s, base, n, a, b, c)
   return lo, false
 end
 
--- The entry of \`id\` (10 bytes) in \`bucket\` without its id (expiresAt, fingerprint hash), or nil.
+-- The entry of \`id\` (10 bytes) in \`bucket\` without its id (expiresAt, fingerprint hash), or nil;
+-- then whether the bucket exists.
 -- Ids are uniform (sha256), so the entry's place is estimated from its first 4 bytes and only a
 -- window around it is read (GETRANGE of 2 * MARKER_WINDOW + 1 entries); when the id is outside
 -- it, the window's edge narrows the estimate for the next read. Reading a 30 KB bucket whole
 -- would cost ~35 us; this costs one read, two for big buckets (see the README's CPU figures).
 local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
-  if len <= MARKER_HEAD then return nil end
+  if len <= MARKER_HEAD then return nil, len > 0 end
   local a, b, c = struct.unpack('>I4I4I2', id)
   local lo, hi = 0, markerCount(len)
   local klo, khi = 0, 4294967296
@@ -275,21 +276,26 @@ local function findMarker(bucket, id)
       -- Here if anywhere: a plain search (C), kept only where it starts an entry.
       local at = string.find(s, id, 1, true)
       while at and (at - 1) % MARKER_WIDTH ~= 0 do at = string.find(s, id, at + 1, true) end
-      if not at then return nil end
-      return string.sub(s, at + 10, at + MARKER_WIDTH - 1)
+      if not at then return nil, true end
+      return string.sub(s, at + 10, at + MARKER_WIDTH - 1), true
     end
   end
-  return nil
+  return nil, true
 end
 
 -- The marker standing in for the record with 16-byte id \`id\`, as scripts answer it (expiresAt
 -- in ms, 6 bytes, then the 4-byte fingerprint hash), expired or not; nil when there is none.
 -- \`legacy\`: the record's tag bucket of the previous layout.
 local function markerOf(bucket, legacy, id)
-  local e = findMarker(bucket, string.sub(id, 1, 10))
+  -- One call answers "none" while neither bucket exists (a slot never compacted: most stores).
+  local present = rcall('EXISTS', bucket, legacy)
+  if present == 0 then return nil end
+  local e, exists = findMarker(bucket, string.sub(id, 1, 10))
   if e then return struct.pack('>I6', struct.unpack('>I4', e) * 1000) .. string.sub(e, 5) end
-  local old = rcall('HGET', legacy, id)
-  if old then return string.sub(old, 1, 10) end
+  if present > (exists and 1 or 0) then
+    local old = rcall('HGET', legacy, id)
+    if old then return string.sub(old, 1, 10) end
+  end
   return nil
 end
 
@@ -357,47 +363,65 @@ end
 -- \`name\` is the store key itself: kept with the attempt's start time while the record is
 -- IN_PROGRESS (complete and fail write records without them), for listInProgress.
 -- \`bucket\`/\`legacy\`: where a compacted record's marker is (see markerOf), \`id\` its 16-byte id.
+-- A new IN_PROGRESS record: attempt 1, its lease from now.
+local function newRecord(fence, leaseUntil, now, fp, trace, owner, name)
+  return struct.pack(IN_PROGRESS_RECORD, 'I', fence, 1, leaseUntil, now, 0, #fp, fp, #trace, trace, #owner, owner,
+    #name, name)
+end
+
 local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, now, full, name)
-  local packed = loadPacked(rec)
+  -- The path of every new key first: the new record is written only if there is none (NX), and
+  -- the same call answers the stored one otherwise (GET), so a new key costs one call here.
   -- Fences of new records start at the server clock, so they do not repeat even after the old
   -- record is gone; an expired record still stored also guards against a clock stepping back.
-  local fence = now
-  if packed then
-    local r = unpackRecord(packed, true)
-    -- COMPLETED and FAILED records are logically gone at their expiry, though still stored for a grace.
-    if r.s == 'I' or r.t2 > now then
-      -- A different payload under the same key is reported whatever the state.
-      if r.f ~= fp then return 'M', recordReply(rec, r, packed) end
-      if r.s == 'C' then return 'D', recordReply(rec, r, packed) end
-      if r.s == 'F' then return 'F', recordReply(rec, r, packed) end
-      if r.t1 > now then
-        if full then return 'B', recordReply(rec, r, packed) end
-        return 'B', { r.t1 }
-      end
-      -- leaseUntil 0 means released after a retryable error; any other past value, a lapsed holder.
-      -- Steps and the last error (extras) stay: the attempt continues where the last one stopped.
-      local code = 'T'
-      if r.t1 == 0 then code = 'R' end
-      r.n, r.a, r.w, r.t1, r.t2, r.t, r.k = r.n + 1, r.a + 1, owner, now + lease, now, trace, name
-      saveRecord(rec, r, r.t1 + ttl)
-      return code, recordReply(rec, r)
+  local leaseUntil = now + lease
+  local packed = redis.pcall('SET', rec, newRecord(now, leaseUntil, now, fp, trace, owner, name), 'NX', 'GET', 'PXAT',
+    intAt(leaseUntil + ttl))
+  if type(packed) == 'table' then
+    -- A record of the previous layout (a hash): nothing was written.
+    if packed.err and string.find(packed.err, 'WRONGTYPE', 1, true) then
+      packed = packRecord(convertLegacy(rec))
+    else
+      error(packed.err)
     end
-    fence = math.max(now, r.n + 1)
-    dropExtras(rec, r)
-  else
-    -- No record: a compacted one may still answer "already processed".
-    -- An expired marker is left for the bucket's sweep; a new marker replaces it.
+  end
+  if not packed then
+    -- No record was stored: a compacted one may still answer "already processed", in which case
+    -- the record just written goes again. An expired marker is left for the bucket's sweep; a new
+    -- marker replaces it.
     local marker = markerOf(bucket, legacy, id)
     if marker and struct.unpack('>I6', marker) > now then
+      rcall('DEL', rec)
       if string.sub(marker, 7) ~= markerFingerprint(fp) then return 'X', marker end
       return 'K', marker
     end
+    return 'N', now
   end
 
-  -- The new record, packed directly: the path of every new key.
-  local leaseUntil = now + lease
-  rcall('SET', rec, struct.pack(IN_PROGRESS_RECORD, 'I', fence, 1, leaseUntil, now, 0, #fp, fp, #trace, trace,
-    #owner, owner, #name, name), 'PXAT', intAt(leaseUntil + ttl))
+  local r = unpackRecord(packed, true)
+  -- COMPLETED and FAILED records are logically gone at their expiry, though still stored for a grace.
+  if r.s == 'I' or r.t2 > now then
+    -- A different payload under the same key is reported whatever the state.
+    if r.f ~= fp then return 'M', recordReply(rec, r, packed) end
+    if r.s == 'C' then return 'D', recordReply(rec, r, packed) end
+    if r.s == 'F' then return 'F', recordReply(rec, r, packed) end
+    if r.t1 > now then
+      if full then return 'B', recordReply(rec, r, packed) end
+      return 'B', { r.t1 }
+    end
+    -- leaseUntil 0 means released after a retryable error; any other past value, a lapsed holder.
+    -- Steps and the last error (extras) stay: the attempt continues where the last one stopped.
+    local code = 'T'
+    if r.t1 == 0 then code = 'R' end
+    r.n, r.a, r.w, r.t1, r.t2, r.t, r.k = r.n + 1, r.a + 1, owner, now + lease, now, trace, name
+    saveRecord(rec, r, r.t1 + ttl)
+    return code, recordReply(rec, r)
+  end
+
+  -- An expired record, still stored for its fence: a new record replaces it.
+  local fence = math.max(now, r.n + 1)
+  dropExtras(rec, r)
+  rcall('SET', rec, newRecord(fence, leaseUntil, now, fp, trace, owner, name), 'PXAT', intAt(leaseUntil + ttl))
   return 'N', fence
 end
 
@@ -407,9 +431,9 @@ return { code, now, payload }
 `,
   },
   beginMany: {
-    command: 'eoBeginMany_v2_c4569d97',
+    command: 'eoBeginMany_v2_0327f220',
     numberOfKeys: undefined,
-    sha1: 'c4569d97c9f7868bbdb05deead7091224094a64a',
+    sha1: '0327f220634da9f4ebcebc53aaab878fdb087a70',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 beginMany: begin several keys in one call, in order, each exactly as begin-2.lua would (the same
@@ -639,14 +663,15 @@ local function markerSearch(s, base, n, a, b, c)
   return lo, false
 end
 
--- The entry of \`id\` (10 bytes) in \`bucket\` without its id (expiresAt, fingerprint hash), or nil.
+-- The entry of \`id\` (10 bytes) in \`bucket\` without its id (expiresAt, fingerprint hash), or nil;
+-- then whether the bucket exists.
 -- Ids are uniform (sha256), so the entry's place is estimated from its first 4 bytes and only a
 -- window around it is read (GETRANGE of 2 * MARKER_WINDOW + 1 entries); when the id is outside
 -- it, the window's edge narrows the estimate for the next read. Reading a 30 KB bucket whole
 -- would cost ~35 us; this costs one read, two for big buckets (see the README's CPU figures).
 local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
-  if len <= MARKER_HEAD then return nil end
+  if len <= MARKER_HEAD then return nil, len > 0 end
   local a, b, c = struct.unpack('>I4I4I2', id)
   local lo, hi = 0, markerCount(len)
   local klo, khi = 0, 4294967296
@@ -665,21 +690,26 @@ local function findMarker(bucket, id)
       -- Here if anywhere: a plain search (C), kept only where it starts an entry.
       local at = string.find(s, id, 1, true)
       while at and (at - 1) % MARKER_WIDTH ~= 0 do at = string.find(s, id, at + 1, true) end
-      if not at then return nil end
-      return string.sub(s, at + 10, at + MARKER_WIDTH - 1)
+      if not at then return nil, true end
+      return string.sub(s, at + 10, at + MARKER_WIDTH - 1), true
     end
   end
-  return nil
+  return nil, true
 end
 
 -- The marker standing in for the record with 16-byte id \`id\`, as scripts answer it (expiresAt
 -- in ms, 6 bytes, then the 4-byte fingerprint hash), expired or not; nil when there is none.
 -- \`legacy\`: the record's tag bucket of the previous layout.
 local function markerOf(bucket, legacy, id)
-  local e = findMarker(bucket, string.sub(id, 1, 10))
+  -- One call answers "none" while neither bucket exists (a slot never compacted: most stores).
+  local present = rcall('EXISTS', bucket, legacy)
+  if present == 0 then return nil end
+  local e, exists = findMarker(bucket, string.sub(id, 1, 10))
   if e then return struct.pack('>I6', struct.unpack('>I4', e) * 1000) .. string.sub(e, 5) end
-  local old = rcall('HGET', legacy, id)
-  if old then return string.sub(old, 1, 10) end
+  if present > (exists and 1 or 0) then
+    local old = rcall('HGET', legacy, id)
+    if old then return string.sub(old, 1, 10) end
+  end
   return nil
 end
 
@@ -747,47 +777,65 @@ end
 -- \`name\` is the store key itself: kept with the attempt's start time while the record is
 -- IN_PROGRESS (complete and fail write records without them), for listInProgress.
 -- \`bucket\`/\`legacy\`: where a compacted record's marker is (see markerOf), \`id\` its 16-byte id.
+-- A new IN_PROGRESS record: attempt 1, its lease from now.
+local function newRecord(fence, leaseUntil, now, fp, trace, owner, name)
+  return struct.pack(IN_PROGRESS_RECORD, 'I', fence, 1, leaseUntil, now, 0, #fp, fp, #trace, trace, #owner, owner,
+    #name, name)
+end
+
 local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, now, full, name)
-  local packed = loadPacked(rec)
+  -- The path of every new key first: the new record is written only if there is none (NX), and
+  -- the same call answers the stored one otherwise (GET), so a new key costs one call here.
   -- Fences of new records start at the server clock, so they do not repeat even after the old
   -- record is gone; an expired record still stored also guards against a clock stepping back.
-  local fence = now
-  if packed then
-    local r = unpackRecord(packed, true)
-    -- COMPLETED and FAILED records are logically gone at their expiry, though still stored for a grace.
-    if r.s == 'I' or r.t2 > now then
-      -- A different payload under the same key is reported whatever the state.
-      if r.f ~= fp then return 'M', recordReply(rec, r, packed) end
-      if r.s == 'C' then return 'D', recordReply(rec, r, packed) end
-      if r.s == 'F' then return 'F', recordReply(rec, r, packed) end
-      if r.t1 > now then
-        if full then return 'B', recordReply(rec, r, packed) end
-        return 'B', { r.t1 }
-      end
-      -- leaseUntil 0 means released after a retryable error; any other past value, a lapsed holder.
-      -- Steps and the last error (extras) stay: the attempt continues where the last one stopped.
-      local code = 'T'
-      if r.t1 == 0 then code = 'R' end
-      r.n, r.a, r.w, r.t1, r.t2, r.t, r.k = r.n + 1, r.a + 1, owner, now + lease, now, trace, name
-      saveRecord(rec, r, r.t1 + ttl)
-      return code, recordReply(rec, r)
+  local leaseUntil = now + lease
+  local packed = redis.pcall('SET', rec, newRecord(now, leaseUntil, now, fp, trace, owner, name), 'NX', 'GET', 'PXAT',
+    intAt(leaseUntil + ttl))
+  if type(packed) == 'table' then
+    -- A record of the previous layout (a hash): nothing was written.
+    if packed.err and string.find(packed.err, 'WRONGTYPE', 1, true) then
+      packed = packRecord(convertLegacy(rec))
+    else
+      error(packed.err)
     end
-    fence = math.max(now, r.n + 1)
-    dropExtras(rec, r)
-  else
-    -- No record: a compacted one may still answer "already processed".
-    -- An expired marker is left for the bucket's sweep; a new marker replaces it.
+  end
+  if not packed then
+    -- No record was stored: a compacted one may still answer "already processed", in which case
+    -- the record just written goes again. An expired marker is left for the bucket's sweep; a new
+    -- marker replaces it.
     local marker = markerOf(bucket, legacy, id)
     if marker and struct.unpack('>I6', marker) > now then
+      rcall('DEL', rec)
       if string.sub(marker, 7) ~= markerFingerprint(fp) then return 'X', marker end
       return 'K', marker
     end
+    return 'N', now
   end
 
-  -- The new record, packed directly: the path of every new key.
-  local leaseUntil = now + lease
-  rcall('SET', rec, struct.pack(IN_PROGRESS_RECORD, 'I', fence, 1, leaseUntil, now, 0, #fp, fp, #trace, trace,
-    #owner, owner, #name, name), 'PXAT', intAt(leaseUntil + ttl))
+  local r = unpackRecord(packed, true)
+  -- COMPLETED and FAILED records are logically gone at their expiry, though still stored for a grace.
+  if r.s == 'I' or r.t2 > now then
+    -- A different payload under the same key is reported whatever the state.
+    if r.f ~= fp then return 'M', recordReply(rec, r, packed) end
+    if r.s == 'C' then return 'D', recordReply(rec, r, packed) end
+    if r.s == 'F' then return 'F', recordReply(rec, r, packed) end
+    if r.t1 > now then
+      if full then return 'B', recordReply(rec, r, packed) end
+      return 'B', { r.t1 }
+    end
+    -- leaseUntil 0 means released after a retryable error; any other past value, a lapsed holder.
+    -- Steps and the last error (extras) stay: the attempt continues where the last one stopped.
+    local code = 'T'
+    if r.t1 == 0 then code = 'R' end
+    r.n, r.a, r.w, r.t1, r.t2, r.t, r.k = r.n + 1, r.a + 1, owner, now + lease, now, trace, name
+    saveRecord(rec, r, r.t1 + ttl)
+    return code, recordReply(rec, r)
+  end
+
+  -- An expired record, still stored for its fence: a new record replaces it.
+  local fence = math.max(now, r.n + 1)
+  dropExtras(rec, r)
+  rcall('SET', rec, newRecord(fence, leaseUntil, now, fp, trace, owner, name), 'PXAT', intAt(leaseUntil + ttl))
   return 'N', fence
 end
 
@@ -807,9 +855,9 @@ return out
 `,
   },
   clear: {
-    command: 'eoClear_v2_b806ae78',
+    command: 'eoClear_v2_182a669d',
     numberOfKeys: 4,
-    sha1: 'b806ae78234b4ad0d368053eacdf244864597c35',
+    sha1: '182a669dca92b0849712bdf26fc0c8a83205e91d',
     lua: `--[[
 clear: forget a key's record (or its compaction marker), so the next message with the key runs
 anew: an operator's step before replaying a dead letter whose record is FAILED, or re-running
@@ -1036,14 +1084,15 @@ local function markerSearch(s, base, n, a, b, c)
   return lo, false
 end
 
--- The entry of \`id\` (10 bytes) in \`bucket\` without its id (expiresAt, fingerprint hash), or nil.
+-- The entry of \`id\` (10 bytes) in \`bucket\` without its id (expiresAt, fingerprint hash), or nil;
+-- then whether the bucket exists.
 -- Ids are uniform (sha256), so the entry's place is estimated from its first 4 bytes and only a
 -- window around it is read (GETRANGE of 2 * MARKER_WINDOW + 1 entries); when the id is outside
 -- it, the window's edge narrows the estimate for the next read. Reading a 30 KB bucket whole
 -- would cost ~35 us; this costs one read, two for big buckets (see the README's CPU figures).
 local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
-  if len <= MARKER_HEAD then return nil end
+  if len <= MARKER_HEAD then return nil, len > 0 end
   local a, b, c = struct.unpack('>I4I4I2', id)
   local lo, hi = 0, markerCount(len)
   local klo, khi = 0, 4294967296
@@ -1062,21 +1111,26 @@ local function findMarker(bucket, id)
       -- Here if anywhere: a plain search (C), kept only where it starts an entry.
       local at = string.find(s, id, 1, true)
       while at and (at - 1) % MARKER_WIDTH ~= 0 do at = string.find(s, id, at + 1, true) end
-      if not at then return nil end
-      return string.sub(s, at + 10, at + MARKER_WIDTH - 1)
+      if not at then return nil, true end
+      return string.sub(s, at + 10, at + MARKER_WIDTH - 1), true
     end
   end
-  return nil
+  return nil, true
 end
 
 -- The marker standing in for the record with 16-byte id \`id\`, as scripts answer it (expiresAt
 -- in ms, 6 bytes, then the 4-byte fingerprint hash), expired or not; nil when there is none.
 -- \`legacy\`: the record's tag bucket of the previous layout.
 local function markerOf(bucket, legacy, id)
-  local e = findMarker(bucket, string.sub(id, 1, 10))
+  -- One call answers "none" while neither bucket exists (a slot never compacted: most stores).
+  local present = rcall('EXISTS', bucket, legacy)
+  if present == 0 then return nil end
+  local e, exists = findMarker(bucket, string.sub(id, 1, 10))
   if e then return struct.pack('>I6', struct.unpack('>I4', e) * 1000) .. string.sub(e, 5) end
-  local old = rcall('HGET', legacy, id)
-  if old then return string.sub(old, 1, 10) end
+  if present > (exists and 1 or 0) then
+    local old = rcall('HGET', legacy, id)
+    if old then return string.sub(old, 1, 10) end
+  end
   return nil
 end
 
@@ -1171,9 +1225,9 @@ return out
 `,
   },
   compactCompleted: {
-    command: 'eoCompactCompleted_v2_7af4702b',
+    command: 'eoCompactCompleted_v2_e6f2e89b',
     numberOfKeys: undefined,
-    sha1: '7af4702b6d15bf4019d625daf09c144a80936201',
+    sha1: 'e6f2e89b9417c63254cdf448e61f180ffe5a74e2',
     lua: `--[[
 compactCompleted: replace old COMPLETED records of one cluster slot by compact markers.
 Called with a variable number of keys (numkeys = 1 + number of candidates).
@@ -1403,14 +1457,15 @@ local function markerSearch(s, base, n, a, b, c)
   return lo, false
 end
 
--- The entry of \`id\` (10 bytes) in \`bucket\` without its id (expiresAt, fingerprint hash), or nil.
+-- The entry of \`id\` (10 bytes) in \`bucket\` without its id (expiresAt, fingerprint hash), or nil;
+-- then whether the bucket exists.
 -- Ids are uniform (sha256), so the entry's place is estimated from its first 4 bytes and only a
 -- window around it is read (GETRANGE of 2 * MARKER_WINDOW + 1 entries); when the id is outside
 -- it, the window's edge narrows the estimate for the next read. Reading a 30 KB bucket whole
 -- would cost ~35 us; this costs one read, two for big buckets (see the README's CPU figures).
 local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
-  if len <= MARKER_HEAD then return nil end
+  if len <= MARKER_HEAD then return nil, len > 0 end
   local a, b, c = struct.unpack('>I4I4I2', id)
   local lo, hi = 0, markerCount(len)
   local klo, khi = 0, 4294967296
@@ -1429,21 +1484,26 @@ local function findMarker(bucket, id)
       -- Here if anywhere: a plain search (C), kept only where it starts an entry.
       local at = string.find(s, id, 1, true)
       while at and (at - 1) % MARKER_WIDTH ~= 0 do at = string.find(s, id, at + 1, true) end
-      if not at then return nil end
-      return string.sub(s, at + 10, at + MARKER_WIDTH - 1)
+      if not at then return nil, true end
+      return string.sub(s, at + 10, at + MARKER_WIDTH - 1), true
     end
   end
-  return nil
+  return nil, true
 end
 
 -- The marker standing in for the record with 16-byte id \`id\`, as scripts answer it (expiresAt
 -- in ms, 6 bytes, then the 4-byte fingerprint hash), expired or not; nil when there is none.
 -- \`legacy\`: the record's tag bucket of the previous layout.
 local function markerOf(bucket, legacy, id)
-  local e = findMarker(bucket, string.sub(id, 1, 10))
+  -- One call answers "none" while neither bucket exists (a slot never compacted: most stores).
+  local present = rcall('EXISTS', bucket, legacy)
+  if present == 0 then return nil end
+  local e, exists = findMarker(bucket, string.sub(id, 1, 10))
   if e then return struct.pack('>I6', struct.unpack('>I4', e) * 1000) .. string.sub(e, 5) end
-  local old = rcall('HGET', legacy, id)
-  if old then return string.sub(old, 1, 10) end
+  if present > (exists and 1 or 0) then
+    local old = rcall('HGET', legacy, id)
+    if old then return string.sub(old, 1, 10) end
+  end
   return nil
 end
 
@@ -2158,9 +2218,9 @@ return 1
 `,
   },
   get: {
-    command: 'eoGet_v2_67f75638',
+    command: 'eoGet_v2_b9d2651d',
     numberOfKeys: 3,
-    sha1: '67f75638996694109cdea6b137a94d6a8f4956c9',
+    sha1: 'b9d2651d509f26c2394e6a03db56682c0e966117',
     lua: `--[[
 get: read a record, or the compaction marker standing in for it, with the server clock.
 
@@ -2378,14 +2438,15 @@ local function markerSearch(s, base, n, a, b, c)
   return lo, false
 end
 
--- The entry of \`id\` (10 bytes) in \`bucket\` without its id (expiresAt, fingerprint hash), or nil.
+-- The entry of \`id\` (10 bytes) in \`bucket\` without its id (expiresAt, fingerprint hash), or nil;
+-- then whether the bucket exists.
 -- Ids are uniform (sha256), so the entry's place is estimated from its first 4 bytes and only a
 -- window around it is read (GETRANGE of 2 * MARKER_WINDOW + 1 entries); when the id is outside
 -- it, the window's edge narrows the estimate for the next read. Reading a 30 KB bucket whole
 -- would cost ~35 us; this costs one read, two for big buckets (see the README's CPU figures).
 local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
-  if len <= MARKER_HEAD then return nil end
+  if len <= MARKER_HEAD then return nil, len > 0 end
   local a, b, c = struct.unpack('>I4I4I2', id)
   local lo, hi = 0, markerCount(len)
   local klo, khi = 0, 4294967296
@@ -2404,21 +2465,26 @@ local function findMarker(bucket, id)
       -- Here if anywhere: a plain search (C), kept only where it starts an entry.
       local at = string.find(s, id, 1, true)
       while at and (at - 1) % MARKER_WIDTH ~= 0 do at = string.find(s, id, at + 1, true) end
-      if not at then return nil end
-      return string.sub(s, at + 10, at + MARKER_WIDTH - 1)
+      if not at then return nil, true end
+      return string.sub(s, at + 10, at + MARKER_WIDTH - 1), true
     end
   end
-  return nil
+  return nil, true
 end
 
 -- The marker standing in for the record with 16-byte id \`id\`, as scripts answer it (expiresAt
 -- in ms, 6 bytes, then the 4-byte fingerprint hash), expired or not; nil when there is none.
 -- \`legacy\`: the record's tag bucket of the previous layout.
 local function markerOf(bucket, legacy, id)
-  local e = findMarker(bucket, string.sub(id, 1, 10))
+  -- One call answers "none" while neither bucket exists (a slot never compacted: most stores).
+  local present = rcall('EXISTS', bucket, legacy)
+  if present == 0 then return nil end
+  local e, exists = findMarker(bucket, string.sub(id, 1, 10))
   if e then return struct.pack('>I6', struct.unpack('>I4', e) * 1000) .. string.sub(e, 5) end
-  local old = rcall('HGET', legacy, id)
-  if old then return string.sub(old, 1, 10) end
+  if present > (exists and 1 or 0) then
+    local old = rcall('HGET', legacy, id)
+    if old then return string.sub(old, 1, 10) end
+  end
   return nil
 end
 

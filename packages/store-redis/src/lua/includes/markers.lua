@@ -50,14 +50,15 @@ local function markerSearch(s, base, n, a, b, c)
   return lo, false
 end
 
--- The entry of `id` (10 bytes) in `bucket` without its id (expiresAt, fingerprint hash), or nil.
+-- The entry of `id` (10 bytes) in `bucket` without its id (expiresAt, fingerprint hash), or nil;
+-- then whether the bucket exists.
 -- Ids are uniform (sha256), so the entry's place is estimated from its first 4 bytes and only a
 -- window around it is read (GETRANGE of 2 * MARKER_WINDOW + 1 entries); when the id is outside
 -- it, the window's edge narrows the estimate for the next read. Reading a 30 KB bucket whole
 -- would cost ~35 us; this costs one read, two for big buckets (see the README's CPU figures).
 local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
-  if len <= MARKER_HEAD then return nil end
+  if len <= MARKER_HEAD then return nil, len > 0 end
   local a, b, c = struct.unpack('>I4I4I2', id)
   local lo, hi = 0, markerCount(len)
   local klo, khi = 0, 4294967296
@@ -76,21 +77,26 @@ local function findMarker(bucket, id)
       -- Here if anywhere: a plain search (C), kept only where it starts an entry.
       local at = string.find(s, id, 1, true)
       while at and (at - 1) % MARKER_WIDTH ~= 0 do at = string.find(s, id, at + 1, true) end
-      if not at then return nil end
-      return string.sub(s, at + 10, at + MARKER_WIDTH - 1)
+      if not at then return nil, true end
+      return string.sub(s, at + 10, at + MARKER_WIDTH - 1), true
     end
   end
-  return nil
+  return nil, true
 end
 
 -- The marker standing in for the record with 16-byte id `id`, as scripts answer it (expiresAt
 -- in ms, 6 bytes, then the 4-byte fingerprint hash), expired or not; nil when there is none.
 -- `legacy`: the record's tag bucket of the previous layout.
 local function markerOf(bucket, legacy, id)
-  local e = findMarker(bucket, string.sub(id, 1, 10))
+  -- One call answers "none" while neither bucket exists (a slot never compacted: most stores).
+  local present = rcall('EXISTS', bucket, legacy)
+  if present == 0 then return nil end
+  local e, exists = findMarker(bucket, string.sub(id, 1, 10))
   if e then return struct.pack('>I6', struct.unpack('>I4', e) * 1000) .. string.sub(e, 5) end
-  local old = rcall('HGET', legacy, id)
-  if old then return string.sub(old, 1, 10) end
+  if present > (exists and 1 or 0) then
+    local old = rcall('HGET', legacy, id)
+    if old then return string.sub(old, 1, 10) end
+  end
   return nil
 end
 
