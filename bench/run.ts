@@ -36,6 +36,7 @@ import { type QueueType, RabbitDriver } from './lib/rabbitmq.js';
 import {
   accumulationTable,
   consumeTable,
+  cpuTable,
   HEADERS,
   latencyTable,
   outboxTable,
@@ -345,6 +346,12 @@ if (config.sections.includes('kafka') || config.sections.includes('rabbitmq')) {
     '  call counting as one (Powertools: Redis commands); keys/batch: keys per batch call. * srv cmds/msg,',
     "  srv us/msg: INFO commandstats deltas (calls, server CPU) of the variant's commands per message, summed",
     '  over the 3 masters for sdk-redis-cluster; server-wide, so other clients add to them.',
+    '',
+    `${HEADERS.cpu} (medians of the same runs, us per message; ${machine.nproc} CPUs shared by all) ==`,
+    cpuTable(consumeSummary),
+    '  consumer: this process (client, SDK, bench meter); broker: the RabbitMQ or Kafka server process;',
+    "  redis: the Redis server(s) the variant's commands go to (utime + stime from /proc, whole process,",
+    '  10 ms resolution). CPU-bound x raw: raw total / variant total, the ratio if CPU were the only limit.',
     '',
   );
 }

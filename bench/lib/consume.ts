@@ -9,6 +9,14 @@ import type { ProcessedStore } from '@exactly-once/core';
 import type { Delivery, Disposition, Processor } from '@exactly-once/core/spi';
 import { sampleLoad } from './env.js';
 import type { PowertoolsKit } from './powertools.js';
+import {
+  type CpuPerMessage,
+  type CpuSnapshot,
+  perMessage,
+  redisServerPids,
+  resolveGroups,
+  snapshot,
+} from './process-cpu.js';
 import type { Progress } from './progress.js';
 import { CpuProfiler, type ProfileSummary } from './profile.js';
 import { Meter, median, rotate, within } from './stats.js';
@@ -97,6 +105,8 @@ export interface ConsumeRound {
   serverCmdsPerMsg?: number;
   /** Redis CPU (µs) in those commands per message, from the same delta (server-wide). */
   serverUsPerMsg?: number;
+  /** CPU per message of this process, the broker and the Redis server(s), in µs (see process-cpu.ts). */
+  cpu?: CpuPerMessage;
   outcomes: Record<string, number>;
   errors: number;
   loadBefore: number;
@@ -256,14 +266,17 @@ export async function runOne(
   const usesRedis = kind === 'redis' || kind === 'redis-cluster' || pt !== undefined;
   // The connections of the server(s) the variant's commands go to: the masters of a cluster.
   const statsClients = usesRedis ? await kits.stores.statsClients(kind ?? 'redis') : [];
+  const cpuGroups = resolveGroups(driver.broker, await redisServerPids(statsClients));
   const task = progress.track(`${driver.broker} ${variant} r${round + 1}`, messages, () => meter.settled);
   let running: Running | undefined;
   try {
     // Server command counters from the first delivery on. INFO goes out on the stores' own
     // connection ahead of that delivery's first command, so none of them is missed.
     let before: ReturnType<typeof commandStats> | undefined;
+    let cpuBefore: CpuSnapshot | undefined;
     meter.onFirst = () => {
       window?.begin();
+      cpuBefore = snapshot(cpuGroups);
       if (usesRedis) before = commandStats(statsClients);
     };
     const loadBefore = sampleLoad().load1;
@@ -275,6 +288,7 @@ export async function runOne(
       running = await source.startRaw(meter, handle, () => errors++, client);
     }
     await within(meter.finished, options.timeoutMs, `${driver.broker} ${variant} consuming ${messages}`);
+    const cpuAfter = snapshot(cpuGroups);
     const after = usesRedis ? await commandStats(statsClients) : undefined;
     await window?.stop();
     const loadAfter = sampleLoad().load1;
@@ -294,6 +308,7 @@ export async function runOne(
       loadBefore,
       loadAfter,
     };
+    if (cpuBefore) result.cpu = perMessage(cpuBefore, cpuAfter, messages);
     if (store) {
       result.storeCalls = { ...store.calls };
       result.storeCallsPerMsg = store.total() / messages;
@@ -336,6 +351,10 @@ export interface ConsumeSummary {
   keysPerBatch: number;
   serverCmdsPerMsg: number;
   serverUsPerMsg: number;
+  /** Medians of the rounds' CPU per message (µs): this process, the broker, Redis (NaN: not measured). */
+  consumerCpuUs: number;
+  brokerCpuUs: number;
+  redisCpuUs: number;
   load: number;
 }
 
@@ -373,6 +392,9 @@ export function summarizeConsume(rounds: readonly ConsumeRound[]): ConsumeSummar
         keysPerBatch: median(rs.map((r) => r.keysPerBatch ?? Number.NaN)),
         serverCmdsPerMsg: median(rs.map((r) => r.serverCmdsPerMsg ?? Number.NaN)),
         serverUsPerMsg: median(rs.map((r) => r.serverUsPerMsg ?? Number.NaN)),
+        consumerCpuUs: median(rs.map((r) => r.cpu?.consumerUs ?? Number.NaN)),
+        brokerCpuUs: median(rs.map((r) => r.cpu?.brokerUs ?? Number.NaN)),
+        redisCpuUs: median(rs.map((r) => r.cpu?.redisUs ?? Number.NaN)),
         load: median(rs.map((r) => (r.loadBefore + r.loadAfter) / 2)),
       });
     }

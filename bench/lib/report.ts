@@ -14,6 +14,7 @@ export const HEADERS = {
   outbox: '== Outbox drain',
   outboxRelay: '== Document outbox relay drain to Kafka',
   accumulation: '== Mongo store as records accumulate',
+  cpu: '== CPU per message by process',
   profiles: '== CPU profiles',
   targets: '== Targets',
 } as const;
@@ -77,6 +78,52 @@ export function consumeTable(rows: readonly ConsumeSummary[]): string {
       r.serverUsPerMsg,
       r.load,
     ]),
+    2,
+  );
+}
+
+/**
+ * Where each variant's CPU goes, from the same runs as the throughput table. `CPU-bound x raw`:
+ * raw's total over the variant's, the ratio the variant would reach if every process shared the
+ * CPUs and nothing else limited either run.
+ */
+export function cpuTable(rows: readonly ConsumeSummary[]): string {
+  const totalOf = (r: ConsumeSummary) =>
+    r.consumerCpuUs +
+    (Number.isFinite(r.brokerCpuUs) ? r.brokerCpuUs : 0) +
+    (Number.isFinite(r.redisCpuUs) ? r.redisCpuUs : 0);
+  const raw = (broker: string, variant: string) =>
+    rows.find(
+      (r) => r.broker === broker && r.variant === (variant.endsWith('-confluent') ? 'raw-confluent' : 'raw'),
+    );
+  return table(
+    [
+      ['broker', 0],
+      ['variant', 0],
+      ['consumer us', 1],
+      ['broker us', 1],
+      ['redis us', 1],
+      ['total us', 1],
+      ['+total us', 1],
+      ['CPU-bound x raw', 2],
+      ['x raw', 2],
+    ],
+    rows.map((r) => {
+      const ref = raw(r.broker, r.variant);
+      const total = totalOf(r);
+      const refTotal = ref ? totalOf(ref) : Number.NaN;
+      return [
+        r.broker,
+        r.variant,
+        r.consumerCpuUs,
+        r.brokerCpuUs,
+        r.redisCpuUs,
+        total,
+        ref === r ? '' : total - refTotal,
+        refTotal / total,
+        r.vsRaw,
+      ];
+    }),
     2,
   );
 }
