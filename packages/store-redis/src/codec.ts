@@ -39,15 +39,29 @@ const TRACE_REF = /^([0-9a-f]{32})-([0-9a-f]{16})$/;
  * take half the space. A leading byte says which form follows, so any other string round-trips.
  */
 export function packText(text: string): Buffer {
+  const out = Buffer.allocUnsafe(packedTextBound(text));
+  return out.subarray(0, writePackedText(out, 0, text));
+}
+
+/** At least the bytes {@link writePackedText} writes for `text`, found without reading it. */
+export function packedTextBound(text: string): number {
+  return 1 + 3 * text.length;
+}
+
+/** {@link packText} written into `out` at `at` (room for {@link packedTextBound}); returns its length. */
+export function writePackedText(out: Buffer, at: number, text: string): number {
   if (HEX_BYTES.test(text)) {
-    const packed = Buffer.allocUnsafe(1 + text.length / 2);
-    packed[0] = 1;
-    packed.write(text, 1, 'hex');
-    return packed;
+    out[at] = 1;
+    return 1 + out.write(text, at + 1, 'hex');
   }
   const trace = TRACE_REF.exec(text);
-  if (trace) return Buffer.concat([Buffer.of(2), Buffer.from(`${trace[1]}${trace[2]}`, 'hex')]);
-  return Buffer.concat([Buffer.of(0), Buffer.from(text, 'utf8')]);
+  if (trace) {
+    out[at] = 2;
+    const id = out.write(trace[1] as string, at + 1, 'hex');
+    return 1 + id + out.write(trace[2] as string, at + 1 + id, 'hex');
+  }
+  out[at] = 0;
+  return 1 + out.write(text, at + 1, 'utf8');
 }
 
 export function unpackText(packed: Buffer): string {
@@ -71,16 +85,19 @@ function unpackError(packed: Buffer): ErrorInfo {
   return { name, code, message };
 }
 
+/** The first byte of a packed inline result (`i`); a blob pointer's is `b`. */
+export const INLINE_RESULT = 0x69;
+
 export function packResult(result: StoredResult | undefined): Buffer | string {
   if (result === undefined) return '';
-  if (result.kind === 'inline') return Buffer.concat([Buffer.from('i'), result.data]);
+  if (result.kind === 'inline') return Buffer.concat([Buffer.of(INLINE_RESULT), result.data]);
   const { uri, size, sha256 } = result.pointer;
   // A fourth element, 1, marks a streamed (raw bytes) result; records without it are JSON blobs.
   return `b${JSON.stringify(result.raw ? [uri, size, sha256, 1] : [uri, size, sha256])}`;
 }
 
 export function unpackResult(packed: Buffer): StoredResult {
-  if (packed[0] === 0x69 /* i */) return { kind: 'inline', data: copy(packed.subarray(1)) };
+  if (packed[0] === INLINE_RESULT) return { kind: 'inline', data: copy(packed.subarray(1)) };
   const [uri, size, sha256, raw] = JSON.parse(packed.subarray(1).toString('utf8')) as [
     string,
     number,

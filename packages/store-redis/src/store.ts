@@ -39,6 +39,7 @@ import {
   markerExpiry,
   packError,
   packMessage,
+  INLINE_RESULT,
   packResult,
   packText,
 } from './codec.js';
@@ -47,6 +48,7 @@ import { type CompactionOptions, type CompactionStats, compactPass } from './com
 import { scripts } from './generated/scripts.js';
 import { listInProgress } from './in-progress.js';
 import { fingerprintClaimKey, keysFor } from './layout.js';
+import { ArgumentWriter } from './packing.js';
 import { checkServer } from './server-check.js';
 
 export interface RedisStoreOptions {
@@ -173,19 +175,20 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
   };
 
   /** One key's part of completeMany's packed argument (see completeMany-n.lua). */
-  const packCompletion = (record: Buffer, request: CompleteRequest): Buffer => {
+  const packCompletion = (out: ArgumentWriter, record: Buffer, request: CompleteRequest): void => {
     const indexed = compactAfterMs !== undefined && request.retentionMs > compactAfterMs;
-    const head = Buffer.allocUnsafe(17);
-    head.writeUIntBE(request.fence, 0, 6);
-    head.writeUIntBE(Number(ms(request.retentionMs)), 6, 6);
-    head.writeUInt8(indexed ? 1 : 0, 12);
-    head.writeUInt32BE(request.outgoing.length, 13);
-    const strings: (Buffer | string)[] = [
-      request.traceId === undefined ? EMPTY : packText(request.traceId),
-      packResult(request.result),
-    ];
-    for (const message of request.outgoing) strings.push(message.id, packMessage(message));
-    return Buffer.concat([lengthPrefixed([record]), head, lengthPrefixed(strings)]);
+    out
+      .string(record)
+      .uint(request.fence, 6)
+      .uint(Number(ms(request.retentionMs)), 6)
+      .uint(indexed ? 1 : 0, 1)
+      .uint(request.outgoing.length, 4);
+    if (request.traceId === undefined) out.string('');
+    else out.packedText(request.traceId);
+    const result = request.result;
+    if (result?.kind === 'inline') out.tagged(INLINE_RESULT, result.data);
+    else out.string(packResult(result));
+    for (const message of request.outgoing) out.string(message.id).string(packMessage(message));
   };
 
   /** Completes `requests` in one call per node on a Cluster (one call on a standalone server). */
@@ -196,9 +199,14 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       requests,
       (r) => nodeOf(r.key),
       async (group) => {
-        const records = group.map((r) => keysFor(prefix, r.key).record);
-        const call: RedisArg[] = [1, records[0] as Buffer, String(graceMs)];
-        call.push(Buffer.concat(group.map((r, i) => packCompletion(records[i] as Buffer, r))));
+        const packed = new ArgumentWriter(group.length * 160);
+        let route: Buffer | undefined;
+        for (const request of group) {
+          const record = keysFor(prefix, request.key).record;
+          route ??= record;
+          packCompletion(packed, record, request);
+        }
+        const call: RedisArg[] = [1, route as Buffer, String(graceMs), packed.finish()];
         const replies = (await batch(() =>
           wait === undefined
             ? runScript(client, 'completeMany', 'complete', call)
@@ -237,26 +245,21 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
         requests,
         (r) => nodeOf(r.key),
         async (group) => {
-          const first = group[0] as BeginRequest;
-          const perKey: Buffer[] = [];
+          const packed = new ArgumentWriter(group.length * 256);
+          let route: Buffer | undefined;
           for (const request of group) {
-            const lease = Buffer.allocUnsafe(6);
-            lease.writeUIntBE(Number(ms(request.leaseMs)), 0, 6);
             const keys = keysFor(prefix, request.key);
-            perKey.push(
-              lengthPrefixed([
-                keys.record,
-                packText(request.fingerprint),
-                request.traceId === undefined ? EMPTY : packText(request.traceId),
-                request.key,
-                request.owner,
-                keys.markers,
-              ]),
-              lease,
-            );
+            route ??= keys.record;
+            packed.string(keys.record).packedText(request.fingerprint);
+            if (request.traceId === undefined) packed.string('');
+            else packed.packedText(request.traceId);
+            packed
+              .string(request.key)
+              .string(request.owner)
+              .string(keys.markers)
+              .uint(Number(ms(request.leaseMs)), 6);
           }
-          const route = keysFor(prefix, first.key).record;
-          const args = [1, route, String(ttlMs), Buffer.concat(perKey)];
+          const args = [1, route as Buffer, String(ttlMs), packed.finish()];
           const reply = (await batch(() => runScript(client, 'beginMany', 'begin', args))) as [
             number,
             ...(Buffer | BeginPayload)[],
@@ -294,16 +297,15 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
         (r) => nodeOf(r.key),
         async (group) => {
           const records = group.map((r) => keysFor(prefix, r.key).record);
-          const packed = group.map((r, i) => {
-            const count = Buffer.allocUnsafe(4);
-            count.writeUInt32BE(r.ids.length);
-            return Buffer.concat([
-              lengthPrefixed([records[i] as Buffer, String(r.fence)]),
-              count,
-              lengthPrefixed(r.ids),
-            ]);
+          const packed = new ArgumentWriter(group.length * 128);
+          group.forEach((r, i) => {
+            packed
+              .string(records[i] as Buffer)
+              .string(String(r.fence))
+              .uint(r.ids.length, 4);
+            for (const id of r.ids) packed.string(id);
           });
-          const args = [1, records[0] as Buffer, Buffer.concat(packed)];
+          const args = [1, records[0] as Buffer, packed.finish()];
           await batch(() => runScript(client, 'markPublishedMany', 'markPublished', args));
           return group.map(() => undefined);
         },
@@ -462,8 +464,6 @@ async function withWait(
   return written?.[1];
 }
 
-const EMPTY = Buffer.alloc(0);
-
 /** The cluster slot of each tag (its keys' hash tag is the tag's 4 hex digits), computed once. */
 const tagSlots = new Int16Array(65_536).fill(-1);
 
@@ -481,20 +481,6 @@ function nodeOfTag(client: RedisClient, tag: number): string {
   return (
     (client as { slots?: readonly (readonly string[] | undefined)[] }).slots?.[slot]?.[0] ?? `slot ${slot}`
   );
-}
-
-/** Strings back to back, each after its byte length (4 bytes, big-endian): Lua's `>I4c0`. */
-function lengthPrefixed(parts: readonly (Buffer | string)[]): Buffer {
-  let size = 0;
-  for (const part of parts) size += 4 + (typeof part === 'string' ? Buffer.byteLength(part) : part.length);
-  const out = Buffer.allocUnsafe(size);
-  let at = 0;
-  for (const part of parts) {
-    const length = typeof part === 'string' ? out.write(part, at + 4, 'utf8') : part.copy(out, at + 4);
-    out.writeUInt32BE(length, at);
-    at += 4 + length;
-  }
-  return out;
 }
 
 /** A record as the scripts answer it: the packed record and its extras hash (flat). */
