@@ -35,11 +35,11 @@ import {
   type CompactedRecord,
   decodeMarker,
   decodeRecord,
+  INLINE_RESULT,
   isExpired,
   markerExpiry,
   packError,
   packMessage,
-  INLINE_RESULT,
   packResult,
   packText,
 } from './codec.js';
