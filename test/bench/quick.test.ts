@@ -31,6 +31,7 @@ it('runs every section of the bench in quick mode and prints the tables', async 
   expect(code, `exit ${code}\n${stdout.slice(-4000)}\n${stderr.slice(-4000)}`).toBe(0);
   for (const header of [
     '== Consume throughput',
+    '== CPU per message by process',
     '== Added latency per message, serial',
     '== Storage per key',
     '== Outbox drain',
@@ -39,4 +40,8 @@ it('runs every section of the bench in quick mode and prints the tables', async 
     expect(stdout).toContain(header);
   }
   expect(stdout).toMatch(/broker\s+variant\s+msgs\s+msgs\/s\s+x raw/);
+  // The consumer's own CPU is always measured; the servers' when scripts/infra.sh started them.
+  const cpu = stdout.slice(stdout.indexOf('== CPU per message by process'));
+  expect(cpu).toMatch(/broker\s+variant\s+consumer us\s+broker us\s+redis us/);
+  expect(cpu).toMatch(/rabbitmq\s+raw\s+\d+\.\d\s+\d+\.\d/);
 }, 600_000);
