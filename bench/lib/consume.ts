@@ -44,7 +44,7 @@ export type KafkaClient = 'kafkajs' | 'confluent';
  */
 export const isConfluent = (variant: string): boolean => variant.endsWith('-confluent');
 /** The raw run a variant's ratios pair with: its own client's (raw-confluent: kafkajs' raw). */
-const rawOf = (variant: ConsumeVariant): ConsumeVariant =>
+export const rawOf = (variant: ConsumeVariant): ConsumeVariant =>
   variant === 'sdk-redis-confluent' ? 'raw-confluent' : 'raw';
 export type Broker = 'kafka' | 'rabbitmq';
 

@@ -1,6 +1,6 @@
 /** Text tables and the targets check. Targets are reported next to the figures, never asserted. */
 import type { AccumulationRow } from './accumulation.js';
-import type { ConsumeSummary } from './consume.js';
+import { type ConsumeSummary, type ConsumeVariant, rawOf } from './consume.js';
 import type { LatencySummary, PingSummary } from './latency.js';
 import type { OutboxSummary } from './outbox.js';
 import type { ProfileSummary } from './profile.js';
@@ -92,10 +92,9 @@ export function cpuTable(rows: readonly ConsumeSummary[]): string {
     r.consumerCpuUs +
     (Number.isFinite(r.brokerCpuUs) ? r.brokerCpuUs : 0) +
     (Number.isFinite(r.redisCpuUs) ? r.redisCpuUs : 0);
-  const raw = (broker: string, variant: string) =>
-    rows.find(
-      (r) => r.broker === broker && r.variant === (variant.endsWith('-confluent') ? 'raw-confluent' : 'raw'),
-    );
+  // Paired as the throughput table pairs them (rawOf), so `x raw` and this column agree.
+  const raw = (broker: string, variant: ConsumeVariant) =>
+    rows.find((r) => r.broker === broker && r.variant === rawOf(variant));
   return table(
     [
       ['broker', 0],

@@ -88,9 +88,8 @@ function unpackError(packed: Buffer): ErrorInfo {
 /** The first byte of a packed inline result (`i`); a blob pointer's is `b`. */
 export const INLINE_RESULT = 0x69;
 
-export function packResult(result: StoredResult | undefined): Buffer | string {
-  if (result === undefined) return '';
-  if (result.kind === 'inline') return Buffer.concat([Buffer.of(INLINE_RESULT), result.data]);
+/** A blob result's packed form: `b` and its pointer (an inline one is `i` and its data, written in place). */
+export function packBlobResult(result: Extract<StoredResult, { kind: 'blob' }>): string {
   const { uri, size, sha256 } = result.pointer;
   // A fourth element, 1, marks a streamed (raw bytes) result; records without it are JSON blobs.
   return `b${JSON.stringify(result.raw ? [uri, size, sha256, 1] : [uri, size, sha256])}`;

@@ -39,8 +39,8 @@ import {
   isExpired,
   markerExpiry,
   packError,
+  packBlobResult,
   packMessage,
-  packResult,
   packText,
 } from './codec.js';
 import { type BlobCollectionOptions, type BlobCollectionStats, collectBlobPass } from './blob-collection.js';
@@ -186,8 +186,9 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
     if (request.traceId === undefined) out.string('');
     else out.packedText(request.traceId);
     const result = request.result;
-    if (result?.kind === 'inline') out.tagged(INLINE_RESULT, result.data);
-    else out.string(packResult(result));
+    if (result === undefined) out.string('');
+    else if (result.kind === 'inline') out.tagged(INLINE_RESULT, result.data);
+    else out.string(packBlobResult(result));
     for (const message of request.outgoing) out.string(message.id).string(packMessage(message));
   };
 
