@@ -1,8 +1,18 @@
 /** The SDK producer: first-service headers on `send`, and core's confirmed publisher contract. */
 import { createProducer } from '@exactly-once/kafka';
-import type { Admin, Kafka } from 'kafkajs';
+import { type Admin, Kafka, logLevel } from 'kafkajs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTopics, newKafka, readTopic, uniqueName } from './helpers.js';
+import { lossyKafkaSockets } from '../support/lossy-kafka-sockets.js';
+import {
+  CLIENTS,
+  clientKafka,
+  createTopics,
+  env,
+  newKafka,
+  readTopic,
+  topicSize,
+  uniqueName,
+} from './helpers.js';
 
 let kafka: Kafka;
 let admin: Admin;
@@ -66,6 +76,81 @@ describe('kafka producer', () => {
       const [b] = await readTopic(kafka, t2, (r) => r.length >= 1);
       expect(a).toMatchObject({ key: 'r1', value: '{"a":1}', headers: { h: '1' } });
       expect(b).toMatchObject({ key: null, value: '{"b":2}', headers: { h: '2' } });
+    } finally {
+      await producer.disconnect();
+    }
+  });
+
+  it.each(CLIENTS)(
+    '%s: a request that failed for one topic and was appended for another leaves the producer writing every later send',
+    async (client) => {
+      // The broker appends per partition: `ok` takes its record, `small` refuses one over its size
+      // limit (MESSAGE_TOO_LARGE, not retried). A producer that then numbered `ok`'s next batch as
+      // if the first had not been appended would see it refused for ever (out of order) or, with
+      // the same record count, taken for a retry and dropped unwritten.
+      const ok = uniqueName('partial-ok');
+      const small = uniqueName('partial-small');
+      await createTopics(admin, [ok], 1);
+      await admin.createTopics({
+        topics: [
+          { topic: small, numPartitions: 1, configEntries: [{ name: 'max.message.bytes', value: '1000' }] },
+        ],
+      });
+      await createTopics(admin, [small], 1);
+      const producer = createProducer({ kafka: clientKafka(client, 'producer-partial') });
+      const message = (destination: string, body: string) => ({
+        id: body,
+        destination,
+        routingKey: 'k',
+        body: Buffer.from(body),
+        headers: {},
+      });
+      try {
+        await expect(
+          producer.publish([message(ok, 'first'), message(small, 'x'.repeat(2_000))]),
+        ).rejects.toThrow(/larger than the max message size|too large/i);
+        await producer.publish([message(ok, 'second')]);
+        await producer.publish([message(ok, 'third'), message(ok, 'fourth')]);
+        const records = await readTopic(kafka, ok, (r) => r.some((x) => x.value === 'fourth'), 30_000);
+        // `first` was appended before the request failed; the later ones each once.
+        expect(records.map((r) => r.value)).toEqual(['first', 'second', 'third', 'fourth']);
+      } finally {
+        await producer.disconnect();
+      }
+    },
+  );
+
+  it('records without a key keep their partition when kafkajs sends a request again', async () => {
+    // The broker appends the first request and its answer is lost: kafkajs times out and sends it
+    // again. kafkajs' default partitioner sends a keyless record to the next partition each time
+    // it is asked: the second request's batches would be new to some partitions (written twice)
+    // and match an appended batch in others (taken for a retry).
+    const topic = uniqueName('keyless');
+    await createTopics(admin, [topic], 3);
+    const sockets = lossyKafkaSockets();
+    const lossy = new Kafka({
+      clientId: 'producer-lossy',
+      brokers: env.kafkaBrokers,
+      logLevel: logLevel.NOTHING,
+      requestTimeout: 1_500,
+      socketFactory: sockets.socketFactory,
+    });
+    const producer = createProducer({ kafka: lossy, timeoutMs: 500 });
+    const message = (body: string) => ({
+      id: body,
+      destination: topic,
+      body: Buffer.from(body),
+      headers: {},
+    });
+    try {
+      await producer.publish([message('warm-up')]);
+      sockets.loseNextProduceAnswer();
+      await producer.publish([message('a'), message('b')]);
+      expect(sockets.lost).toBe(1);
+      // Every record the broker appended counts, read or not yet.
+      expect(await topicSize(admin, topic)).toBe(3);
+      const records = await readTopic(kafka, topic, (r) => r.length >= 3, 30_000);
+      expect(records.map((r) => r.value).sort()).toEqual(['a', 'b', 'warm-up']);
     } finally {
       await producer.disconnect();
     }

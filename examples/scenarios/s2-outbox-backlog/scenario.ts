@@ -79,7 +79,14 @@ export async function runBacklogScenario(o: BacklogOptions): Promise<BacklogResu
         log(`outbox lag back to ${lag}`);
       },
     },
-    logger: { debug() {}, info() {}, warn() {}, error: (m) => log(`relay: ${m}`) },
+    // A warning per failed round while Kafka is down would flood the log: the first of each
+    // kind of failure is printed, then every 20th of them.
+    logger: {
+      debug() {},
+      info() {},
+      warn: warnSome(log),
+      error: (m, f) => log(`relay: ${m} ${JSON.stringify(f ?? {})}`),
+    },
   });
   const list = makeOrders(o.orders, `o-${run}`);
   const toTopic = (docs: typeof list) => placeOrders(orders, docs, runTopic);
@@ -88,6 +95,11 @@ export async function runBacklogScenario(o: BacklogOptions): Promise<BacklogResu
   // phase then says which it was instead of running into the caller's timeout.
   const stallMs = o.stallMs ?? 120_000;
   const relayState = () => JSON.stringify(relayed.relay.stats());
+  // Progress is messages confirmed or marked: failed rounds retried forever are not progress.
+  const moved = () => {
+    const { published, unmarked } = relayed.relay.stats();
+    return [published, unmarked];
+  };
   const until = (
     what: string,
     done: () => boolean,
@@ -98,7 +110,7 @@ export async function runBacklogScenario(o: BacklogOptions): Promise<BacklogResu
     const marked = relayed.relay.drained().then(() => {
       done = true;
     });
-    await until(`${what} relayed and marked`, () => done, relayState);
+    await until(`${what} relayed and marked`, () => done, moved);
     await marked;
   };
 
@@ -124,7 +136,7 @@ export async function runBacklogScenario(o: BacklogOptions): Promise<BacklogResu
   // backlog confirmed (marking the documents published continues in the background).
   const backlog = (list.length - warm.length) * 2;
   const before = relayed.relay.stats().published;
-  await until('the first round after the outage', () => relayed.relay.stats().published > before, relayState);
+  await until('the first round after the outage', () => relayed.relay.stats().published > before);
   const drainStart = performance.now();
   await until('the backlog', () => relayed.relay.stats().published - before >= backlog);
   const drainSeconds = (performance.now() - drainStart) / 1000;
@@ -208,4 +220,14 @@ async function rawConfirmedRate(kafka: Kafka, topic: string, count: number, batc
   const rate = count / ((performance.now() - started) / 1000);
   await producer.disconnect();
   return rate;
+}
+
+/** A logger's `warn` printing the first warning of each message and every 20th after it. */
+function warnSome(log: (line: string) => void): (message: string, meta?: object) => void {
+  const seen = new Map<string, number>();
+  return (message, meta) => {
+    const n = (seen.get(message) ?? 0) + 1;
+    seen.set(message, n);
+    if (n === 1 || n % 20 === 0) log(`relay (${n}x): ${message} ${JSON.stringify(meta ?? {})}`);
+  };
 }

@@ -7,6 +7,8 @@
  * client's types appear in this package's public declarations.
  */
 
+import { createRequire } from 'node:module';
+
 /** A header value as kafkajs hands it over (Buffers) or accepts it (strings too). */
 export type KafkaHeaderValue = Uint8Array | string | readonly (Uint8Array | string)[] | undefined;
 export type KafkaHeaders = Record<string, KafkaHeaderValue>;
@@ -426,7 +428,12 @@ export function producerClient(
 ): ProducerClient {
   const { client: producer, kind } = create(
     (c) => kafka.producer(c),
-    { ...config, idempotent: true, maxInFlightRequests: 1 },
+    {
+      ...config,
+      idempotent: true,
+      maxInFlightRequests: 1,
+      createPartitioner: stablePartitioner(config.createPartitioner as PartitionerFactory | undefined),
+    },
     () => confluentConfig(config, KAFKAJS_PRODUCER_KEYS, { idempotent: true, acks: -1, timeout: timeoutMs }),
   );
   if (kind === 'kafkajs') {
@@ -448,5 +455,41 @@ export function producerClient(
           messages: messages.map((m) => ({ ...m })),
         })),
       }),
+  };
+}
+
+/** kafkajs' partitioner contract (`createPartitioner`). */
+type PartitionerFactory = () => (args: {
+  topic: string;
+  partitionMetadata: readonly { partitionId: number; leader: number }[];
+  message: object;
+}) => number;
+
+/**
+ * kafkajs asks the partitioner again on every retry of a request, and its default sends a record
+ * without a key to the next partition in turn. A retry could then put in a partition whose batch
+ * the broker had appended a batch of other records with the same count: the broker takes it for
+ * the retry it deduplicates and drops it. Here each record keeps the partition first chosen for
+ * it (kafkajs passes the same record objects to every retry). Without a partitioner of the
+ * caller's, kafkajs' default (loaded only when kafkajs creates the producer).
+ */
+function stablePartitioner(create: PartitionerFactory | undefined): PartitionerFactory {
+  return () => {
+    const pick = (
+      create ??
+      (
+        createRequire(import.meta.url)('kafkajs') as {
+          Partitioners: { DefaultPartitioner: PartitionerFactory };
+        }
+      ).Partitioners.DefaultPartitioner
+    )();
+    const chosen = new WeakMap<object, number>();
+    return (args) => {
+      const known = chosen.get(args.message);
+      if (known !== undefined && known < args.partitionMetadata.length) return known;
+      const partition = pick(args);
+      chosen.set(args.message, partition);
+      return partition;
+    };
   };
 }

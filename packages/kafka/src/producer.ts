@@ -10,6 +10,7 @@ import { context, SpanKind, trace } from '@opentelemetry/api';
 import {
   type KafkaLike,
   type ProducerConfigLike,
+  type ProducerClient,
   type ProducerLike,
   type ProducerRecordMessageLike,
   producerClient,
@@ -88,27 +89,62 @@ export interface ExactlyOnceProducer extends OutgoingPublisher {
  */
 export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
   const timeout = options.timeoutMs ?? 30_000;
-  const client = producerClient(options.kafka, { ...options.producerConfig }, timeout);
-  const producer: ProducerLike = client.producer;
-  let connecting: Promise<void> | undefined;
   // Set by disconnect(): a send after it (a late run of a stopped consumer, say) must not
   // connect the client again and leave it connected with nobody to disconnect it.
   let closed = false;
   let disconnecting: Promise<void> | undefined;
   const closedError = () => new ClosedError('producer', 'the producer is disconnected; create a new one');
-  const connect = () => {
+  const open = (): Session => ({
+    client: producerClient(options.kafka, { ...options.producerConfig }, timeout),
+    sending: 0,
+  });
+  let session = open();
+  // Replaced sessions until they disconnected; disconnect() waits for them.
+  const retiring = new Set<Promise<void>>();
+  const connectSession = (s: Session) => {
     if (closed) return Promise.reject(closedError());
-    connecting ??= producer.connect().catch((error: unknown) => {
+    s.connecting ??= s.client.producer.connect().catch((error: unknown) => {
       // A failed connect must not stick: the next send tries again.
-      connecting = undefined;
+      s.connecting = undefined;
       throw error;
     });
-    return connecting;
+    return s.connecting;
   };
+  const connect = () => connectSession(session);
 
   const direct = async (topicMessages: TopicMessages[]) => {
-    await connect();
-    await client.send(topicMessages);
+    const s = session;
+    await connectSession(s);
+    s.sending++;
+    try {
+      await s.client.send(topicMessages);
+    } catch (error) {
+      // kafkajs numbers each partition's batches for the broker's deduplication and, when a
+      // request fails, takes back the numbers of every partition in it, also of those the
+      // broker had appended. The next batch to such a partition would reuse a number: refused
+      // for ever (OUT_OF_ORDER_SEQUENCE_NUMBER) or, with the same record count, taken for a
+      // retry and dropped unwritten. A new client gets a new producer id, numbered from 0;
+      // what had been appended may be appended again, which consumers deduplicate.
+      // librdkafka keeps its numbers right by itself.
+      if (s.client.kind === 'kafkajs' && s === session && !closed) {
+        let retired = () => {};
+        const done = new Promise<void>((resolve) => {
+          retired = resolve;
+        });
+        s.retire = retired;
+        retiring.add(done);
+        void done.then(() => retiring.delete(done));
+        session = open();
+      }
+      throw error;
+    } finally {
+      s.sending--;
+      if (s.retire && s.sending === 0)
+        void s.client.producer
+          .disconnect()
+          .catch(() => {})
+          .then(s.retire);
+    }
   };
 
   // With one request in flight, concurrent sends (one per busy partition) would queue behind each
@@ -142,7 +178,7 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
   const sendBatch = (topicMessages: TopicMessages[]): Promise<void> => {
     // An instrumentation makes its spans from the caller's context at the client call; a shared
     // request would put every coalesced message under one caller's trace.
-    if (client.batchesSends || instrumented(producer)) return direct(topicMessages);
+    if (session.client.batchesSends || instrumented(session.client.producer)) return direct(topicMessages);
     return new Promise<void>((resolve, reject) => {
       queue.push({ topicMessages, resolve, reject });
       if (!flushing) void flush();
@@ -154,12 +190,13 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
     disconnect() {
       closed = true;
       disconnecting ??= (async () => {
-        const pending = connecting;
-        connecting = undefined;
+        const pending = session.connecting;
+        session.connecting = undefined;
         if (pending) {
           await pending.catch(() => {});
-          await producer.disconnect();
+          await session.client.producer.disconnect();
         }
+        await Promise.all(retiring);
       })();
       return disconnecting;
     },
@@ -177,7 +214,7 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
       const record = (headers: Record<string, string>) => [
         { topic, messages: [{ key: sendOptions.key ?? null, value: Buffer.from(bytes), headers }] },
       ];
-      if (instrumented(producer)) {
+      if (instrumented(session.client.producer)) {
         // @opentelemetry/instrumentation-kafkajs already makes a `send <topic>` PRODUCER span
         // and injects its context into the headers; a second span would double every send.
         await sendBatch(record({ ...base, ...own }));
@@ -237,6 +274,16 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
 }
 
 type TopicMessages = { topic: string; messages: ProducerRecordMessageLike[] };
+
+/** One client and its connection; replaced after a failed kafkajs send. */
+interface Session {
+  readonly client: ProducerClient;
+  connecting?: Promise<void>;
+  /** Sends under way on this client. */
+  sending: number;
+  /** Set when a newer session took over: this one disconnects once its last send settled, then calls it. */
+  retire?: () => void;
+}
 
 /** Upper bound of sends merged into one produce request. */
 const MAX_COALESCED_SENDS = 64;
