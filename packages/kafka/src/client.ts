@@ -467,11 +467,12 @@ type PartitionerFactory = () => (args: {
 
 /**
  * kafkajs asks the partitioner again on every retry of a request, and its default sends a record
- * without a key to the next partition in turn. A retry could then put in a partition whose batch
- * the broker had appended a batch of other records with the same count: the broker takes it for
- * the retry it deduplicates and drops it. Here each record keeps the partition first chosen for
- * it (kafkajs passes the same record objects to every retry). Without a partitioner of the
- * caller's, kafkajs' default (loaded only when kafkajs creates the producer).
+ * without a key to the next partition in turn. A retry could then send a partition whose batch the
+ * broker had appended other records in a batch of the same count, which the broker takes for a
+ * retry of the appended one and drops, and records appended in one partition to another, which
+ * writes them a second time. Here each record keeps the partition first chosen for it (kafkajs
+ * passes the same record objects to every retry). Without a partitioner of the caller's, kafkajs'
+ * default (loaded only when kafkajs creates the producer).
  */
 function stablePartitioner(create: PartitionerFactory | undefined): PartitionerFactory {
   return () => {
