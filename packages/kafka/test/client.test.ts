@@ -186,13 +186,44 @@ describe('client bridge', () => {
     const producer = vi.fn(() => ({ connect: async () => {}, disconnect: async () => {}, sendBatch }));
     const client = producerClient({ consumer: vi.fn(), producer } as unknown as KafkaLike, {}, 5000);
     expect(client).toMatchObject({ kind: 'kafkajs', batchesSends: false });
-    expect(producer).toHaveBeenCalledWith({ idempotent: true, maxInFlightRequests: 1 });
+    expect(producer).toHaveBeenCalledWith({
+      idempotent: true,
+      maxInFlightRequests: 1,
+      createPartitioner: expect.any(Function),
+    });
     await client.send([{ topic: 't', messages: [] }]);
     expect(sendBatch).toHaveBeenCalledWith({
       topicMessages: [{ topic: 't', messages: [] }],
       acks: -1,
       timeout: 5000,
     });
+  });
+
+  it('kafkajs producer: a record keeps the partition first chosen for it when asked again (a retry)', () => {
+    const producer = vi.fn((_config: { createPartitioner: () => (args: object) => number }) => ({
+      connect: async () => {},
+      disconnect: async () => {},
+      sendBatch: async () => {},
+    }));
+    // A partitioner of the caller's that answers the next partition each time (kafkajs' default
+    // does so for records without a key).
+    let next = 0;
+    const roundRobin = () => () => next++ % 3;
+    producerClient(
+      { consumer: vi.fn(), producer } as unknown as KafkaLike,
+      { createPartitioner: roundRobin },
+      5000,
+    );
+    const partition = producer.mock.calls[0]?.[0].createPartitioner();
+    if (!partition) throw new Error('no partitioner');
+    const partitionMetadata = [0, 1, 2].map((partitionId) => ({ partitionId, leader: 1 }));
+    const a = { value: 'a' };
+    const b = { value: 'b' };
+    const first = [a, b].map((message) => partition({ topic: 't', partitionMetadata, message }));
+    expect(first).toEqual([0, 1]);
+    // The retry asks again for the same record objects: same answers, the caller's not asked.
+    expect([a, b].map((message) => partition({ topic: 't', partitionMetadata, message }))).toEqual(first);
+    expect(partition({ topic: 't', partitionMetadata, message: { value: 'c' } })).toBe(2);
   });
 
   it('recognises rebalance errors of both clients', () => {
