@@ -96,11 +96,11 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
   const closedError = () => new ClosedError('producer', 'the producer is disconnected; create a new one');
   const open = (): Session => ({
     client: producerClient(options.kafka, { ...options.producerConfig }, timeout),
-    sending: 0,
+    sending: new Set(),
   });
   let session = open();
-  // Replaced sessions until they disconnected; disconnect() waits for them.
-  const retiring = new Set<Promise<void>>();
+  // Replaced clients' disconnects, each once its sends settled; disconnect() waits for them.
+  let retired: Promise<unknown> = Promise.resolve();
   const connectSession = (s: Session) => {
     if (closed) return Promise.reject(closedError());
     s.connecting ??= s.client.producer.connect().catch((error: unknown) => {
@@ -115,9 +115,12 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
   const direct = async (topicMessages: TopicMessages[]) => {
     const s = session;
     await connectSession(s);
-    s.sending++;
+    const sending = s.client.send(topicMessages);
+    s.sending.add(sending);
+    const settled = () => s.sending.delete(sending);
+    sending.then(settled, settled);
     try {
-      await s.client.send(topicMessages);
+      await sending;
     } catch (error) {
       // kafkajs numbers each partition's batches for the broker's deduplication and, when a
       // request fails, takes back the numbers of every partition in it, also of those the
@@ -127,23 +130,11 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
       // what had been appended may be appended again, which consumers deduplicate.
       // librdkafka keeps its numbers right by itself.
       if (s.client.kind === 'kafkajs' && s === session && !closed) {
-        let retired = () => {};
-        const done = new Promise<void>((resolve) => {
-          retired = resolve;
-        });
-        s.retire = retired;
-        retiring.add(done);
-        void done.then(() => retiring.delete(done));
         session = open();
+        const old = Promise.allSettled([...s.sending]).then(() => s.client.producer.disconnect());
+        retired = Promise.all([retired, old.catch(() => {})]);
       }
       throw error;
-    } finally {
-      s.sending--;
-      if (s.retire && s.sending === 0)
-        void s.client.producer
-          .disconnect()
-          .catch(() => {})
-          .then(s.retire);
     }
   };
 
@@ -196,7 +187,7 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
           await pending.catch(() => {});
           await session.client.producer.disconnect();
         }
-        await Promise.all(retiring);
+        await retired;
       })();
       return disconnecting;
     },
@@ -279,10 +270,8 @@ type TopicMessages = { topic: string; messages: ProducerRecordMessageLike[] };
 interface Session {
   readonly client: ProducerClient;
   connecting?: Promise<void>;
-  /** Sends under way on this client. */
-  sending: number;
-  /** Set when a newer session took over: this one disconnects once its last send settled, then calls it. */
-  retire?: () => void;
+  /** Sends under way on this client (a replaced one disconnects once they settled). */
+  readonly sending: Set<Promise<unknown>>;
 }
 
 /** Upper bound of sends merged into one produce request. */
