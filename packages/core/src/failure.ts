@@ -149,8 +149,10 @@ export function storeDown<T, R>(
   error: unknown,
   key?: string,
 ): Disposition {
-  // With the key, the logger leaves it out (and out of the error text) unless recordKeys is set.
-  o.logger.warn('processed-store unavailable; message not acked', {
+  // The outage itself is logged where store calls are watched (store/health.ts), once for all the
+  // messages it holds. With the key, the logger leaves it out (and out of the error text) unless
+  // recordKeys is set.
+  o.logger.debug('processed-store unavailable; message not acked', {
     ...(key === undefined ? {} : { key }),
     error: toErrorInfo(error),
   });

@@ -126,7 +126,7 @@ export function createProcessor<T = unknown, R = unknown>(options: ProcessorOpti
   const resolved = resolveProcessorOptions(options);
   // Concurrent runs share store round trips (see store/coalesce.ts); each call has a deadline,
   // and a missed deadline counts as an outage for storeHealth.
-  const watched = withHealth(withDeadline(resolved.store, resolved.storeTimeoutMs));
+  const watched = withHealth(withDeadline(resolved.store, resolved.storeTimeoutMs), resolved.logger);
   const o: ResolvedProcessorOptions<T, R> = Object.freeze({
     ...resolved,
     store: coalescing(watched.store),

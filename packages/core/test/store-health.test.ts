@@ -1,7 +1,9 @@
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { Headers } from '../src/headers.js';
+import type { Logger, LogMeta } from '../src/logger.js';
 import { createProcessor } from '../src/processor.js';
 import { withFaults } from '../src/store/faulty-store.js';
+import { OUTAGE_REMINDER_MS } from '../src/store/health.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 import type { ProcessedStore } from '../src/store/types.js';
 import { delivery } from './helpers.js';
@@ -55,5 +57,62 @@ describe('storeHealth (for a liveness probe)', () => {
     await p.process(delivery({}, key('k1')));
     expect(await p.process(delivery({}, key('k1')))).toMatchObject({ outcome: 'duplicate' });
     expect(p.storeHealth().unavailableSince).toBeUndefined();
+  });
+});
+
+describe('an outage in the log', () => {
+  afterEach(() => vi.restoreAllMocks());
+
+  const recordingLogger = () => {
+    const lines: { level: string; message: string; meta?: LogMeta }[] = [];
+    const at =
+      (level: string) =>
+      (message: string, meta?: LogMeta): void => {
+        lines.push({ level, message, ...(meta ? { meta } : {}) });
+      };
+    const logger: Logger = { debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') };
+    const said = (level: string) => lines.filter((l) => l.level === level).map((l) => l.message);
+    return { logger, said };
+  };
+
+  it('is one warning when it starts, a reminder while it lasts, one line when it ends: not a warning per message', async () => {
+    let down = false;
+    let now = Date.now();
+    vi.spyOn(Date, 'now').mockImplementation(() => now);
+    const { logger, said } = recordingLogger();
+    const p = createProcessor({
+      consumer: 'c',
+      store: withFaults(createMemoryStore(), { failWhen: () => down }),
+      ...fast,
+      logger,
+      handler: () => {},
+    });
+    down = true;
+    // Two rounds of 50 messages kept through the outage, as a prefetch window tried again.
+    for (let round = 0; round < 2; round++) {
+      const all = await Promise.all(
+        Array.from({ length: 50 }, (_, i) => p.process(delivery({}, key(`k${i}`)))),
+      );
+      expect(all.every((d) => d.outcome === 'store-unavailable')).toBe(true);
+      now += 1000;
+    }
+    expect(said('warn')).toEqual(['processed-store unavailable; messages are kept unacked and tried again']);
+    // Each message still says why it was kept, at debug level.
+    expect(said('debug').filter((m) => m.startsWith('processed-store unavailable')).length).toBe(100);
+
+    now += OUTAGE_REMINDER_MS;
+    await p.process(delivery({}, key('k0')));
+    await p.process(delivery({}, key('k1')));
+    expect(said('warn')).toEqual([
+      'processed-store unavailable; messages are kept unacked and tried again',
+      'processed-store still unavailable',
+    ]);
+
+    down = false;
+    now += 1000;
+    expect(await p.process(delivery({}, key('k0')))).toMatchObject({ action: 'ack' });
+    await p.process(delivery({}, key('k1')));
+    expect(said('info')).toEqual(['processed-store answering again']);
+    expect(said('warn')).toHaveLength(2);
   });
 });

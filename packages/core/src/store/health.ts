@@ -9,7 +9,8 @@
  * cannot take over what this one holds. Only the process can tell, and only a restart (a new
  * client) ends it. `unavailableSince` is what a liveness probe compares with its patience.
  */
-import { StoreUnavailableError } from '../errors.js';
+import { StoreUnavailableError, toErrorInfo } from '../errors.js';
+import type { Logger } from '../logger.js';
 import { wrapServerCalls } from './delegate.js';
 import type { ProcessedStore } from './types.js';
 
@@ -24,16 +25,51 @@ export interface StoreHealth {
   readonly unavailableSince: number | undefined;
 }
 
-/** `store` with its answers and outages recorded; `health()` reads the record. */
-export function withHealth(store: ProcessedStore): { store: ProcessedStore; health(): StoreHealth } {
+/** While an outage lasts, it is logged again this often (with the calls failed meanwhile). */
+export const OUTAGE_REMINDER_MS = 30_000;
+
+/**
+ * `store` with its answers and outages recorded; `health()` reads the record. An outage is logged
+ * here, once when it starts, every {@link OUTAGE_REMINDER_MS} while it lasts and once when the
+ * store answers again, rather than once per message kept: with 100 messages in flight that would
+ * be 100 warnings a second, each a process warning under the default logger.
+ */
+export function withHealth(
+  store: ProcessedStore,
+  logger: Logger,
+): { store: ProcessedStore; health(): StoreHealth } {
   let lastAnswerAt: number | undefined;
   let unavailableSince: number | undefined;
+  let failedCalls = 0;
+  let loggedAt = 0;
   const answered = () => {
     lastAnswerAt = Date.now();
-    unavailableSince = undefined;
+    if (unavailableSince !== undefined) {
+      logger.info('processed-store answering again', {
+        unavailableForMs: lastAnswerAt - unavailableSince,
+        failedCalls,
+      });
+      unavailableSince = undefined;
+      failedCalls = 0;
+    }
   };
   const failed = (error: unknown) => {
-    if (error instanceof StoreUnavailableError) unavailableSince ??= Date.now();
+    if (!(error instanceof StoreUnavailableError)) return;
+    const now = Date.now();
+    failedCalls++;
+    if (unavailableSince === undefined) {
+      unavailableSince = loggedAt = now;
+      logger.warn('processed-store unavailable; messages are kept unacked and tried again', {
+        error: toErrorInfo(error),
+      });
+    } else if (now - loggedAt >= OUTAGE_REMINDER_MS) {
+      loggedAt = now;
+      logger.warn('processed-store still unavailable', {
+        unavailableForMs: now - unavailableSince,
+        failedCalls,
+        error: toErrorInfo(error),
+      });
+    }
   };
   const wrapped = wrapServerCalls(store, (_name, call) => (...args) => {
     const answer = call(...args);
