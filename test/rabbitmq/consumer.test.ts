@@ -72,6 +72,10 @@ describe('rabbitmq consumer', () => {
     expect([...effects.values()].every((n) => n === 1)).toBe(true);
     expect(effects.size).toBe(30);
     expect(consumer.stats.byOutcome.duplicate).toBe(60);
+    // A copy delivered while this consumer runs its original waits for that run: not answered
+    // busy and tried again after a tenth of the lease.
+    expect(consumer.stats.byOutcome.busy).toBeUndefined();
+    expect(consumer.stats.deferred).toBe(0);
     const out = await waitUntil(async () => {
       const n = await raw.count(`${queue}.out`);
       return n === 30 ? raw.drain(`${queue}.out`) : undefined;

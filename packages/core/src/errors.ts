@@ -231,8 +231,7 @@ export class RunTimeoutError extends ExactlyOnceError {
 export class HandlerFailedError extends ExactlyOnceError {
   override name = 'HandlerFailedError';
   constructor(cause: unknown) {
-    const info = cause instanceof Error ? `${cause.name}: ${cause.message}` : String(cause);
-    super(ErrorCode.HandlerFailed, `handler failed permanently: ${info}`, false, { cause });
+    super(ErrorCode.HandlerFailed, `handler failed permanently: ${describeThrown(cause)}`, false, { cause });
   }
 }
 
@@ -290,12 +289,32 @@ export function toErrorInfo(error: unknown): ErrorInfo {
   if (error instanceof ExactlyOnceError)
     return { name: error.name, code: error.code, message: error.message };
   if (error instanceof Error) return { name: error.name, code: 'ERROR', message: error.message };
-  return { name: 'NonError', code: 'ERROR', message: String(error) };
+  return { name: 'NonError', code: 'ERROR', message: describeThrown(error) };
+}
+
+/**
+ * Words for any thrown value: an Error's name and message; for anything else thrown (a string, a
+ * plain `{ message }` object, `undefined`) what it holds, never `[object Object]`.
+ */
+export function describeThrown(value: unknown): string {
+  if (value instanceof Error) return `${value.name}: ${value.message}`;
+  if (typeof value === 'object' && value !== null) {
+    const { name, message } = value as { name?: unknown; message?: unknown };
+    if (typeof message === 'string') return typeof name === 'string' ? `${name}: ${message}` : message;
+    try {
+      const json = JSON.stringify(value);
+      if (json !== undefined) return json.length > 200 ? `${json.slice(0, 197)}...` : json;
+    } catch {
+      // circular or a throwing toJSON: fall back to the tag
+    }
+  }
+  return String(value);
 }
 
 function describeCause(cause: unknown): string {
   if (cause instanceof Error) return cause.message;
-  return cause === undefined ? 'unknown cause' : String(cause);
+  if (typeof cause === 'string') return cause;
+  return cause === undefined ? 'unknown cause' : describeThrown(cause);
 }
 
 function truncate(s: string): string {

@@ -14,7 +14,7 @@ import type { Handler } from './context.js';
 import { ConfigError, ErrorCode, type ErrorInfo, ExactlyOnceError } from './errors.js';
 import { Headers } from './headers.js';
 import type { ProcessorOptions } from './options.js';
-import { createProcessor } from './processor.js';
+import { buildProcessor } from './processor.js';
 import type { StoredResult } from './store/types.js';
 import { injectContext } from './tracing.js';
 
@@ -95,18 +95,21 @@ export function createIdempotentExecutor<T = unknown, R = unknown>(
   // One processor per executor; the handler of the current call travels with the payload.
   type Envelope = { payload: T; handler: Handler<T, R> };
   const envelopes = new Map<string, Envelope>();
-  const processor = createProcessor<T, R>({
-    ...options,
-    spanKind: options.spanKind ?? 'internal',
-    decode: (_body, delivery) => {
-      const id = delivery.brokerId as string;
-      return (envelopes.get(id) as Envelope).payload;
+  const processor = buildProcessor<T, R>(
+    {
+      ...options,
+      spanKind: options.spanKind ?? 'internal',
+      decode: (_body, delivery) => {
+        const id = delivery.brokerId as string;
+        return (envelopes.get(id) as Envelope).payload;
+      },
+      handler: (payload, ctx) => {
+        const id = ctx.headers['x-eo-call'] as string;
+        return (envelopes.get(id) as Envelope).handler(payload, ctx);
+      },
     },
-    handler: (payload, ctx) => {
-      const id = ctx.headers['x-eo-call'] as string;
-      return (envelopes.get(id) as Envelope).handler(payload, ctx);
-    },
-  });
+    { waitForOwnRuns: false },
+  );
   const blobs = options.blobs;
 
   const readResult = async (stored: StoredResult | undefined): Promise<ExecutedResult<R> | undefined> => {

@@ -116,7 +116,7 @@ export function readIdentityHeader(headers: MessageHeaders | undefined, name: st
   if (typeof value === 'string') return value;
   if (Array.isArray(value)) {
     throw new InvalidKeyError(
-      `header ${name} has ${value.length} values; exactly one is required`,
+      `header ${name} is a list of ${value.length} value${value.length === 1 ? '' : 's'}; it must be one string`,
       'multiple',
     );
   }

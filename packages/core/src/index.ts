@@ -95,6 +95,7 @@ export type {
   OutgoingRecord,
   ProcessedRecord,
   ProcessedStore,
+  ReleaseOptions,
   StepRecord,
   StepState,
   StoredResult,

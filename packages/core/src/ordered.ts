@@ -24,7 +24,9 @@ export async function releaseKept<T, R>(
   group.released = true;
   const left = group.kept.splice(0).filter((h) => shared.held.get(h.key) === h);
   for (const h of left) shared.held.delete(h.key);
-  await Promise.all(left.map((h) => o.store.release(h.key, h.begun.fence, NOT_RUN).catch(() => undefined)));
+  await Promise.all(
+    left.map((h) => o.store.release(h.key, h.begun.fence, NOT_RUN, { notRun: true }).catch(() => undefined)),
+  );
 }
 
 /**

@@ -16,6 +16,7 @@ import { type Context, propagation, type Span, SpanStatusCode } from '@opentelem
 import { createRunContext } from './context.js';
 import {
   AttemptsExhaustedError,
+  describeThrown,
   ExactlyOnceError,
   IdempotencyKeyReuseError,
   isRetryable,
@@ -41,7 +42,7 @@ import { type ProcessorOptions, type ResolvedProcessorOptions, resolveProcessorO
 import { mayRun, NOT_RUN, releaseKept, reuseHeld } from './ordered.js';
 import { guardPayload } from './payload-guard.js';
 import { type Prepared, prepare } from './prepare.js';
-import { describe, finishCompleted, publishThenAck } from './publish.js';
+import { finishCompleted, publishThenAck } from './publish.js';
 import { createScrubber, noScrub, type Scrub, type Scrubber } from './redact.js';
 import {
   ATTR_EO_ACTION,
@@ -123,6 +124,18 @@ export interface OrderedRun {
  * ```
  */
 export function createProcessor<T = unknown, R = unknown>(options: ProcessorOptions<T, R>): Processor {
+  return buildProcessor(options, { waitForOwnRuns: true });
+}
+
+/**
+ * {@link createProcessor} with the choice the idempotent executor makes differently: a request
+ * whose key this process is running is answered busy at once (a client gets "in progress"), where
+ * a delivery waits for that run and is then a duplicate.
+ */
+export function buildProcessor<T, R>(
+  options: ProcessorOptions<T, R>,
+  choices: { readonly waitForOwnRuns: boolean },
+): Processor {
   const resolved = resolveProcessorOptions(options);
   // Concurrent runs share store round trips (see store/coalesce.ts); each call has a deadline,
   // and a missed deadline counts as an outage for storeHealth.
@@ -132,6 +145,7 @@ export function createProcessor<T = unknown, R = unknown>(options: ProcessorOpti
     store: coalescing(watched.store),
   });
   const shared: Shared = {
+    waitForOwnRuns: choices.waitForOwnRuns,
     publishing: new Map(),
     publishFailures: new Map(),
     held: new Map(),
@@ -147,7 +161,13 @@ export function createProcessor<T = unknown, R = unknown>(options: ProcessorOpti
     storeHealth: watched.health,
     process: (delivery) => processDelivery(o, delivery, shared, undefined),
     processInOrder(deliveries) {
-      const group: OrderedGroup = { kept: [], released: false, stopped: false, ended: [] };
+      const group: OrderedGroup = {
+        kept: [],
+        released: false,
+        stopped: false,
+        ended: [],
+        acquired: new Map(),
+      };
       let previous = Promise.resolve(true);
       const dispositions = deliveries.map((delivery, index) => {
         let go!: (proceed: boolean) => void;
@@ -253,7 +273,7 @@ async function run<T, R>(
     const reason =
       error instanceof ExactlyOnceError
         ? error
-        : new MalformedMessageError(`message could not be read: ${describe(error)}`, { cause: error });
+        : new MalformedMessageError(`message could not be read: ${describeThrown(error)}`, { cause: error });
     await passOn();
     return deadLetter(o, delivery, 'invalid', reason, 0);
   }
@@ -296,27 +316,41 @@ async function run<T, R>(
     }
   }
 
+  const beginOnce = async (): Promise<BeginResult> =>
+    (shared.held.size > 0 ? await reuseHeld(o, shared, storeKey, prepared.fingerprint) : undefined) ??
+    (await inSpan('exactly-once begin', runCtx, {}, () =>
+      o.store.begin({
+        key: storeKey,
+        fingerprint: prepared.fingerprint,
+        owner: o.ownerId,
+        leaseMs: o.leaseMs,
+        ...(spanRef(span) ? { traceId: spanRef(span) as string } : {}),
+      }),
+    ));
   let begun: BeginResult;
-  const asked = performance.now();
+  let asked = performance.now();
   try {
-    begun =
-      (shared.held.size > 0 ? await reuseHeld(o, shared, storeKey, prepared.fingerprint) : undefined) ??
-      (await inSpan('exactly-once begin', runCtx, {}, () =>
-        o.store.begin({
-          key: storeKey,
-          fingerprint: prepared.fingerprint,
-          owner: o.ownerId,
-          leaseMs: o.leaseMs,
-          ...(spanRef(span) ? { traceId: spanRef(span) as string } : {}),
-        }),
-      ));
+    begun = await beginOnce();
+    // Busy because this process runs the key itself (the same message twice in a row, as a
+    // retried send makes, or twice in one prefetch window): wait for that run rather than poll
+    // the store, then ask again; the answer is then a duplicate. Each run is waited for once.
+    let waited: Promise<void> | undefined;
+    for (let tries = 0; begun.status === 'busy' && tries < 3; tries++) {
+      const local = localRunOf(shared, storeKey, turn);
+      if (local === undefined || local === waited) break;
+      waited = local;
+      await local;
+      asked = performance.now();
+      begun = await beginOnce();
+    }
   } catch (error) {
     return storeDown(o, error, storeKey);
   }
+  if (begun.status === 'acquired' && turn) turn.group.acquired.set(storeKey, turn.index);
   if (begun.status === 'acquired' && turn && !(await mayRun(turn))) {
     if (turn.group.released) {
       // The group was given up while this begin was on its way.
-      await o.store.release(storeKey, begun.fence, NOT_RUN).catch(() => undefined);
+      await o.store.release(storeKey, begun.fence, NOT_RUN, { notRun: true }).catch(() => undefined);
       return { action: 'defer', outcome: 'not-run', delayMs: 0 };
     }
     // An earlier delivery of the group will be tried again: this one waits its turn, lease kept.
@@ -391,6 +425,18 @@ async function run<T, R>(
   }
 }
 
+/**
+ * The end of this processor's own run of `storeKey`, if one is under way that a busy delivery may
+ * wait for without a cycle: a run past its turn (it waits for no other delivery), or in an ordered
+ * group an earlier delivery of the same group (deliveries of a group wait only for earlier ones).
+ */
+function localRunOf(shared: Shared, storeKey: string, turn: Turn | undefined): Promise<void> | undefined {
+  if (!shared.waitForOwnRuns) return undefined;
+  const index = turn?.group.acquired.get(storeKey);
+  if (turn !== undefined && index !== undefined && index < turn.index) return turn.group.ended[index];
+  return shared.publishing.get(storeKey)?.wait();
+}
+
 async function runAcquired<T, R>(
   o: ResolvedProcessorOptions<T, R>,
   delivery: Delivery,
@@ -417,7 +463,10 @@ async function runAcquired<T, R>(
       delivery,
       storeKey,
       fence,
-      new AttemptsExhaustedError({ attempts: attempt - 1 }),
+      new AttemptsExhaustedError({
+        attempts: attempt - 1,
+        cause: 'none of them finished (each time its worker died, or stalled past its lease)',
+      }),
       attempt - 1,
     );
   }

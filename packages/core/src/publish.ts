@@ -4,7 +4,7 @@
  * defers the message, and escalates to a dead letter after `maxPublishDeferrals` in a row.
  */
 import { type Context, SpanKind } from '@opentelemetry/api';
-import { ExactlyOnceError, PublishError, toErrorInfo } from './errors.js';
+import { describeThrown, ExactlyOnceError, PublishError, toErrorInfo } from './errors.js';
 import { deadLetter } from './failure.js';
 import type { ResolvedProcessorOptions } from './options.js';
 import { ATTR_MESSAGING_OPERATION_TYPE } from './semconv.js';
@@ -113,7 +113,7 @@ function publishFailed<T, R>(
     });
     instrumentsFor().publishEscalations.add(1, { consumer: o.consumer });
     const reason = new PublishError(
-      `outgoing messages not confirmed after ${failures} attempts: ${describe(error)}`,
+      `outgoing messages not confirmed after ${failures} attempts: ${describeThrown(error)}`,
       { cause: error },
     );
     return deadLetter(o, delivery, 'publish-failed', reason, failures);
@@ -129,11 +129,7 @@ function publishFailed<T, R>(
   });
   const delayMs = Math.min(30_000, 500 * 2 ** (failures - 1));
   const info = toErrorInfo(
-    error instanceof ExactlyOnceError ? error : new PublishError(describe(error), { cause: error }),
+    error instanceof ExactlyOnceError ? error : new PublishError(describeThrown(error), { cause: error }),
   );
   return { action: 'defer', outcome: 'publish-failed', delayMs, error: info };
-}
-
-export function describe(error: unknown): string {
-  return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
 }

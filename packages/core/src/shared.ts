@@ -40,6 +40,8 @@ export interface OrderedGroup {
   stopped: boolean;
   /** Per delivery, resolved when its run has ended (its completion written or given up). */
   readonly ended: Promise<void>[];
+  /** The delivery of the group that acquired each key, by store key. */
+  readonly acquired: Map<string, number>;
 }
 
 /**
@@ -74,6 +76,11 @@ export class RunUnderWay {
 
 /** What the runs of one processor share. */
 export interface Shared {
+  /**
+   * A delivery whose key this processor is running waits for that run (then is a duplicate); off
+   * for the idempotent executor, whose concurrent request is answered "in progress" at once.
+   */
+  readonly waitForOwnRuns: boolean;
   /** Runs that may publish, by store key (see finishCompleted). */
   readonly publishing: Map<string, RunUnderWay>;
   /** Consecutive unconfirmed publishes, by store key (see publishThenAck). */

@@ -111,7 +111,8 @@ describe('processInOrder: ordered groups with shared round trips', () => {
     const other = createProcessor({ consumer: 'c', store, ...fast, handler: () => 'other' });
     const d = await other.process(records('r', 2)[1] as never);
     expect(d).toMatchObject({ action: 'ack', outcome: 'acquired' });
-    expect(await store.get('default:c:r-1')).toMatchObject({ state: 'COMPLETED', attempt: 2 });
+    // Its first run: the lease given back unrun was no attempt.
+    expect(await store.get('default:c:r-1')).toMatchObject({ state: 'COMPLETED', attempt: 1 });
   });
 
   it('a permanent failure or a duplicate in the middle lets the later records run', async () => {
@@ -137,5 +138,82 @@ describe('processInOrder: ordered groups with shared round trips', () => {
       'ack:acquired',
     ]);
     expect(ran).toEqual([0, 1, 3]);
+  });
+});
+
+describe('the same message twice in a row (a retried send)', () => {
+  const twice = (keys: string[]) =>
+    keys.flatMap((k) => [0, 1].map(() => delivery({ k }, { [Headers.IdempotencyKey]: k })));
+
+  it('in an ordered group: the copy waits for the run before it and is a duplicate, not busy', async () => {
+    const ran: string[] = [];
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      ...fast,
+      handler: (m: { k: string }) => {
+        ran.push(m.k);
+      },
+    });
+    const ds = await Promise.all(p.processInOrder(twice(['a', 'b', 'c'])).dispositions);
+    expect(ds.map((d) => `${d.action}:${d.outcome}`)).toEqual([
+      'ack:acquired',
+      'ack:duplicate',
+      'ack:acquired',
+      'ack:duplicate',
+      'ack:acquired',
+      'ack:duplicate',
+    ]);
+    expect(ran).toEqual(['a', 'b', 'c']);
+  });
+
+  it('delivered together (a prefetch window): the copy waits for the run in this process', async () => {
+    const ran: string[] = [];
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      ...fast,
+      handler: async (m: { k: string }) => {
+        await new Promise((r) => setTimeout(r, 20));
+        ran.push(m.k);
+      },
+    });
+    const ds = await Promise.all(twice(['a', 'b']).map((d) => p.process(d)));
+    expect(ds.map((d) => `${d.action}:${d.outcome}`).sort()).toEqual([
+      'ack:acquired',
+      'ack:acquired',
+      'ack:duplicate',
+      'ack:duplicate',
+    ]);
+    expect(ran.sort()).toEqual(['a', 'b']);
+  });
+});
+
+describe('leases given back unrun', () => {
+  it('do not count as attempts: a record behind one retried many times still gets all its attempts', async () => {
+    let failing = true;
+    const ran: { i: number; attempt: number }[] = [];
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      ...fast,
+      handler: (m: { i: number }, ctx: HandlerContext) => {
+        ran.push({ i: m.i, attempt: ctx.attempt });
+        if (m.i === 0 && failing) throw new Error('transient');
+      },
+    });
+    const group = records('g', 2);
+    // The Kafka adapter pauses the partition for each long retry wait: the group is released and
+    // the record behind the failing one gives its lease back, unrun, each time.
+    for (let round = 0; round < 2; round++) {
+      const run = p.processInOrder(group);
+      const ds = await Promise.all(run.dispositions);
+      expect(ds.map((d) => `${d.action}:${d.outcome}`)).toEqual(['retry:acquired', 'defer:not-run']);
+      await run.release();
+    }
+    failing = false;
+    const last = await Promise.all(p.processInOrder(group).dispositions);
+    expect(last.map((d) => d.action)).toEqual(['ack', 'ack']);
+    expect(ran.filter((r) => r.i === 1)).toEqual([{ i: 1, attempt: 1 }]);
   });
 });

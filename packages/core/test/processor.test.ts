@@ -99,7 +99,30 @@ describe('processor: completed and duplicate', () => {
     expect(publisher.sent).toHaveLength(1);
   });
 
-  it('defers a concurrent delivery of the same key (busy) instead of running it twice', async () => {
+  it('defers a delivery of a key another worker is running (busy) instead of running it twice', async () => {
+    const gate = deferred();
+    let runs = 0;
+    const store = createMemoryStore();
+    const worker = () =>
+      createProcessor({
+        consumer: 'c',
+        store,
+        ...fast,
+        handler: async () => {
+          runs++;
+          await gate.promise;
+        },
+      });
+    const first = worker().process(delivery({}, key('k4')));
+    await new Promise((r) => setTimeout(r, 20));
+    const second = await worker().process(delivery({}, key('k4')));
+    gate.resolve();
+    expect(second).toMatchObject({ action: 'defer', outcome: 'busy' });
+    expect(await first).toMatchObject({ action: 'ack' });
+    expect(runs).toBe(1);
+  });
+
+  it('a delivery of a key this worker is running waits for that run and is a duplicate', async () => {
     const gate = deferred();
     let runs = 0;
     const p = createProcessor({
@@ -111,12 +134,13 @@ describe('processor: completed and duplicate', () => {
         await gate.promise;
       },
     });
-    const first = p.process(delivery({}, key('k4')));
+    const first = p.process(delivery({}, key('k5')));
     await new Promise((r) => setTimeout(r, 20));
-    const second = await p.process(delivery({}, key('k4')));
+    const second = p.process(delivery({}, key('k5')));
+    await new Promise((r) => setTimeout(r, 20));
     gate.resolve();
-    expect(second).toMatchObject({ action: 'defer', outcome: 'busy' });
-    expect(await first).toMatchObject({ action: 'ack' });
+    expect(await first).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    expect(await second).toMatchObject({ action: 'ack', outcome: 'duplicate' });
     expect(runs).toBe(1);
   });
 

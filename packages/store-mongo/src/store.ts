@@ -20,6 +20,7 @@ import {
   type MarkPublishedRequest,
   type ProcessedRecord,
   type ProcessedStore,
+  type ReleaseOptions,
   StoreUnavailableError,
 } from '@exactly-once/core';
 import type { Collection, Db, Document, UpdateFilter, WriteConcernSettings } from 'mongodb';
@@ -554,8 +555,17 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       return result;
     },
 
-    async release(key: string, fence: number, error: ErrorInfo): Promise<FencedResult> {
-      const result = await holderWrite('release', key, fence, { $set: { l: 0, x: encodeError(error) } });
+    async release(
+      key: string,
+      fence: number,
+      error: ErrorInfo,
+      options?: ReleaseOptions,
+    ): Promise<FencedResult> {
+      // Not run: the next begin's element counts the attempt again, and the last error stays.
+      const update: UpdateFilter<RecordDoc> = options?.notRun
+        ? { $set: { l: 0 }, $inc: { a: -1 } }
+        : { $set: { l: 0, x: encodeError(error) } };
+      const result = await holderWrite('release', key, fence, update);
       held.delete(heldKey(key, fence));
       return result;
     },

@@ -19,6 +19,7 @@ import {
   type Logger,
   type ProcessedRecord,
   type ProcessedStore,
+  type ReleaseOptions,
   silentLogger,
   StoreUnavailableError,
 } from '@exactly-once/core';
@@ -313,8 +314,15 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       );
     },
 
-    release(key: string, fence: number, error: ErrorInfo): Promise<FencedResult> {
-      return fenced('release', [keysFor(prefix, key).record, String(fence), packError(error), String(ttlMs)]);
+    release(key: string, fence: number, error: ErrorInfo, options?: ReleaseOptions): Promise<FencedResult> {
+      const notRun = options?.notRun === true;
+      return fenced('release', [
+        keysFor(prefix, key).record,
+        String(fence),
+        notRun ? '' : packError(error),
+        String(ttlMs),
+        notRun ? '1' : '0',
+      ]);
     },
 
     fail(key: string, fence: number, error: ErrorInfo, retentionMs: number): Promise<FencedResult> {

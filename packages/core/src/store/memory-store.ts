@@ -20,6 +20,7 @@ import {
   type ProcessedRecord,
   type ProcessedStore,
   RecordState,
+  type ReleaseOptions,
   type StepRecord,
   type StoredResult,
 } from './types.js';
@@ -168,10 +169,20 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
       return 'ok';
     },
 
-    async release(key: string, fence: number, error: ErrorInfo): Promise<FencedResult> {
+    async release(
+      key: string,
+      fence: number,
+      error: ErrorInfo,
+      options?: ReleaseOptions,
+    ): Promise<FencedResult> {
       const record = held(key, fence);
       if (record === undefined) return 'lost';
-      records.set(key, { ...record, leaseUntil: 0, lastError: copyError(error) });
+      records.set(
+        key,
+        options?.notRun
+          ? { ...record, leaseUntil: 0, attempt: record.attempt - 1 }
+          : { ...record, leaseUntil: 0, lastError: copyError(error) },
+      );
       return 'ok';
     },
 

@@ -174,11 +174,11 @@ export function createTieredStore(options: TieredStoreOptions): TieredStore {
       return 'ok';
     },
 
-    async release(key, fence, error): Promise<FencedResult> {
-      const released = await hot.release(key, fence, error);
+    async release(key, fence, error, options): Promise<FencedResult> {
+      const released = await hot.release(key, fence, error, options);
       if (released !== 'ok') return released;
       const claim = await coldClaim(key, fence);
-      if (claim) await cold.release(key, claim.fence, error);
+      if (claim) await cold.release(key, claim.fence, error, options);
       return 'ok';
     },
 

@@ -167,6 +167,12 @@ export type FencedResult = 'ok' | 'lost';
  */
 export type ClearResult = 'cleared' | 'absent' | 'busy';
 
+/** How a lease is given back (see {@link ProcessedStore.release}). */
+export interface ReleaseOptions {
+  /** The handler never started under this lease: no attempt is counted, the last error stays. */
+  readonly notRun?: boolean;
+}
+
 /**
  * The processed-store contract. Implementations: the in-memory store in core (tests only),
  * `@exactly-once/store-redis`, `@exactly-once/store-mongo`. Every implementation runs the
@@ -186,8 +192,13 @@ export interface ProcessedStore {
   extend(key: string, fence: number, leaseMs: number): Promise<FencedResult>;
   /** IN_PROGRESS(fence) -> COMPLETED with result and outgoing messages, in one write. */
   complete(request: CompleteRequest): Promise<FencedResult>;
-  /** Give the lease up after a retryable error: the next `begin` acquires at once (kind `retry`). */
-  release(key: string, fence: number, error: ErrorInfo): Promise<FencedResult>;
+  /**
+   * Give the lease up after a retryable error: the next `begin` acquires at once (kind `retry`)
+   * as the next attempt, and the record keeps `error` as its `lastError`. With `notRun` (the
+   * handler never started under this lease: an ordered delivery given back before its turn) the
+   * attempt does not count and the last error stays as it was; `error` is not stored.
+   */
+  release(key: string, fence: number, error: ErrorInfo, options?: ReleaseOptions): Promise<FencedResult>;
   /** IN_PROGRESS(fence) -> FAILED, kept for `retentionMs`. */
   fail(key: string, fence: number, error: ErrorInfo, retentionMs: number): Promise<FencedResult>;
   /**

@@ -366,6 +366,22 @@ export function describeStoreConformance(
       expect(second).toMatchObject({ kind: 'retry', fence: first.fence + 1, attempt: 2 });
     });
 
+    it('release notRun gives the lease back without counting the attempt or replacing the last error', async () => {
+      const key = freshKey();
+      const first = await acquire(key);
+      await ok(store().release(key, first.fence, boom));
+      const second = await acquire(key);
+      expect(second).toMatchObject({ kind: 'retry', attempt: 2 });
+      // The second lease is given back before its handler started (an ordered delivery's turn).
+      await ok(store().release(key, second.fence, fatal, { notRun: true }));
+      const released = inState(await store().get(key), 'IN_PROGRESS');
+      expect(released.leaseUntil).toBe(0);
+      expect(released.lastError).toEqual(boom);
+      const third = await acquire(key, { owner: 'worker-b' });
+      expect(third).toMatchObject({ kind: 'retry', fence: second.fence + 1, attempt: 2 });
+      await lost(store().release(key, second.fence, fatal, { notRun: true }));
+    });
+
     it('fail makes the record FAILED; begin then answers failed with the error', async () => {
       const key = freshKey();
       const acquired = await acquire(key);

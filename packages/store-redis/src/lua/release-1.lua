@@ -5,6 +5,8 @@ KEYS[1]  record
 ARGV[1]  fence
 ARGV[2]  error (encoded)
 ARGV[3]  safety TTL of an IN_PROGRESS record past its lease end (ms)
+ARGV[4]  '1': the handler never ran under this lease (given back before its turn): the attempt
+         is not counted (the next begin adds it again) and the last error stays; ARGV[2] unused
 
 Returns:
   1  ok
@@ -18,8 +20,13 @@ local rec = KEYS[1]
 
 local r = loadRecord(rec)
 if not r or r.s ~= 'I' or r.n ~= tonumber(ARGV[1]) then return 0 end
--- Steps and attempt stay: the retry continues where this attempt stopped.
-rcall('HSET', rec .. 'x', 'e', ARGV[2])
-r.t1, r.flags = 0, 1
+-- Steps stay: the retry continues where this attempt stopped.
+if ARGV[4] == '1' then
+  r.a = r.a - 1
+else
+  rcall('HSET', rec .. 'x', 'e', ARGV[2])
+  r.flags = 1
+end
+r.t1 = 0
 saveRecord(rec, r, now + tonumber(ARGV[3]))
 return 1
