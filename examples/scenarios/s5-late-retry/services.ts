@@ -23,7 +23,7 @@ export const COLD_RETENTION_MS = 60_000;
 
 /**
  * The processing options of B and C, on the same scale. With them a message can come back at most
- * 3 × maxRunMs + retries + redeliveryHorizonMs ≈ 45 s after it first arrived: more than the hot
+ * 3 × (maxRunMs + leaseMs) + retries + redeliveryHorizonMs ≈ 50 s after it first arrived: more than the hot
  * tier keeps (2 s), less than the cold tier (60 s). The consumer checks this at start.
  */
 export const TIMING = {

@@ -26,6 +26,7 @@ export async function handleFailure<T, R>(
   outcome: Outcome,
   error: unknown,
   blobs: RunBlobs,
+  stillRunning?: Promise<void>,
 ): Promise<Disposition> {
   await discardBlobs(o, blobs);
   if (error instanceof LeaseLostError) return leaseLost(storeKey, fence);
@@ -44,11 +45,19 @@ export async function handleFailure<T, R>(
     );
   }
   const info = toErrorInfo(error);
-  try {
-    const r = await o.store.release(storeKey, fence, info);
-    if (r === 'lost') return leaseLost(storeKey, fence);
-  } catch (storeError) {
-    return storeDown(o, storeError, storeKey);
+  if (stillRunning !== undefined) {
+    // A run given up at maxRunMs goes on (nothing stops a JavaScript function): its key stays held,
+    // no longer heartbeated, until the handler returns, so the retry starts after whatever the
+    // handler was still doing, not beside it. A handler that never returns lets its lease run out,
+    // as a crashed worker would.
+    void stillRunning.then(() => o.store.release(storeKey, fence, info)).catch(() => undefined);
+  } else {
+    try {
+      const r = await o.store.release(storeKey, fence, info);
+      if (r === 'lost') return leaseLost(storeKey, fence);
+    } catch (storeError) {
+      return storeDown(o, storeError, storeKey);
+    }
   }
   return {
     action: 'retry',

@@ -13,13 +13,20 @@ import { inSpan, instrumentsFor, withContext } from './tracing.js';
 
 export type HandlerRun<R> = { ok: true; value: R | undefined } | { ok: false; error: unknown };
 
-/** One run's outcome, settled by the handler or, past `maxRunMs`, by the lease board. */
+/**
+ * One run's outcome, settled by the handler or, past `maxRunMs`, by the lease board; `ended`
+ * resolves once the handler itself has returned or thrown (later, for a run given up).
+ */
 export function handlerRun<R>() {
   let settle!: (outcome: HandlerRun<R>) => void;
   const outcome = new Promise<HandlerRun<R>>((resolve) => {
     settle = resolve;
   });
-  return { outcome, settle };
+  let returned!: () => void;
+  const ended = new Promise<void>((resolve) => {
+    returned = resolve;
+  });
+  return { outcome, settle, ended, returned };
 }
 
 /**
@@ -38,11 +45,18 @@ export async function runHandler<T, R>(
   try {
     const value = withContext(runCtx, () => (o.handler as Handler<T, R>)(payload, ctx));
     Promise.resolve(value).then(
-      (v) => run.settle({ ok: true, value: v }),
-      (error: unknown) => run.settle({ ok: false, error }),
+      (v) => {
+        run.settle({ ok: true, value: v });
+        run.returned();
+      },
+      (error: unknown) => {
+        run.settle({ ok: false, error });
+        run.returned();
+      },
     );
   } catch (error) {
     run.settle({ ok: false, error });
+    run.returned();
   }
   const outcome = await run.outcome;
   instrumentsFor().handlerDuration.record((performance.now() - started) / 1000, { consumer: o.consumer });

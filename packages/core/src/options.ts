@@ -256,13 +256,14 @@ export function checkRetentionHorizon(
   if (mode === 'off') return;
   // A store may keep records longer than asked (a tiered store: its cold tier's retention).
   const retentionMs = o.store?.effectiveRetentionMs?.(o.retentionMs) ?? o.retentionMs;
-  // Each attempt holds the key for at most its run bound (or a lease, when a worker died).
-  const perAttempt = Math.max(o.leaseMs, o.maxRunMs ?? 0);
+  // Each attempt holds the key for at most its run bound and then its last lease (a run given up
+  // at maxRunMs keeps the key until its handler returns or that lease ends; a dead worker's lease).
+  const perAttempt = (o.maxRunMs ?? 0) + o.leaseMs;
   const needed = worstCaseRetrySpanMs(o.retry) + o.retry.maxAttempts * perAttempt + o.redeliveryHorizonMs;
   if (retentionMs >= needed) return;
   const message =
     `consumer "${o.consumer}": retentionMs (${retentionMs} ms) is shorter than the longest a message can ` +
-    `come back (${needed} ms = retry schedule + ${o.retry.maxAttempts} × max(leaseMs, maxRunMs) + redeliveryHorizonMs). ` +
+    `come back (${needed} ms = retry schedule + ${o.retry.maxAttempts} × (maxRunMs + leaseMs) + redeliveryHorizonMs). ` +
     'A late copy would find no record and be processed again. Raise retentionMs, or lower the horizon, ' +
     "or set retentionCheck: 'warn'.";
   if (mode === 'error') throw new ConfigError(message);

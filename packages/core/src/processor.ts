@@ -521,7 +521,9 @@ async function runAcquired<T, R>(
   if (!ran.ok) {
     await keeper.stop();
     recordError(span, ran.error, scrubOf(runCtx));
-    return handleFailure(o, delivery, storeKey, fence, attempt, outcome, ran.error, state);
+    // Given up at maxRunMs, the handler is still running: see handleFailure.
+    const stillRunning = ran.error instanceof RunTimeoutError ? handled.ended : undefined;
+    return handleFailure(o, delivery, storeKey, fence, attempt, outcome, ran.error, state, stillRunning);
   }
 
   // The heartbeat goes on while a large result uploads: a slow upload must not lose the lease.

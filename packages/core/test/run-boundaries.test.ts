@@ -260,7 +260,7 @@ describe('the context handed to a handler', () => {
 });
 
 describe('bounded runs and deferrals', () => {
-  it('a hung handler is given up after maxRunMs: signal aborted, key released, retry scheduled', async () => {
+  it('a hung handler is given up after maxRunMs: signal aborted, retry scheduled, key held until its lease runs out', async () => {
     const store = createMemoryStore();
     let aborted = false;
     const p = createProcessor({
@@ -279,7 +279,62 @@ describe('bounded runs and deferrals', () => {
     const d = await p.process(delivery({}, key('hung')));
     expect(d).toMatchObject({ action: 'retry', error: { name: 'RunTimeoutError', code: 'RUN_TIMEOUT' } });
     expect(aborted).toBe(true);
-    expect(await store.get('default:c:hung')).toMatchObject({ state: 'IN_PROGRESS', leaseUntil: 0 });
+    // Not released while the handler still runs; no longer heartbeated either, so its lease ends.
+    const held = await store.get('default:c:hung');
+    expect(held).toMatchObject({ state: 'IN_PROGRESS', attempt: 1 });
+    expect(held?.state === 'IN_PROGRESS' && held.leaseUntil).toBeGreaterThan(0);
+    expect(await p.process(delivery({}, key('hung')))).toMatchObject({ action: 'defer', outcome: 'busy' });
+    await new Promise((r) => setTimeout(r, 400));
+    // The lease ran out: the next delivery takes the key over, as after a crash.
+    const next = p.process(delivery({}, key('hung')));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(await store.get('default:c:hung')).toMatchObject({ state: 'IN_PROGRESS', attempt: 2 });
+    void next;
+  });
+
+  it('the retry of a run given up at maxRunMs starts after its handler returned, not beside it', async () => {
+    const store = createMemoryStore();
+    const ledger: string[] = []; // the provider: it does not deduplicate
+    const firstCallMayLand = deferred();
+    let runs = 0;
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      heartbeatMs: 50,
+      maxRunMs: 100,
+      handler: async (_: unknown, ctx: HandlerContext) => {
+        const run = ++runs;
+        return ctx.step(
+          'charge',
+          async () => {
+            if (run === 1) await firstCallMayLand.promise; // a provider call that outlives maxRunMs
+            ledger.push(ctx.keyFor('charge'));
+            return 'charged';
+          },
+          {
+            reconcile: async ({ key }) =>
+              ledger.includes(key) ? { done: true, value: 'charged' } : { done: false },
+          },
+        );
+      },
+    });
+    expect(await p.process(delivery({}, key('slow')))).toMatchObject({
+      action: 'retry',
+      outcome: 'acquired',
+    });
+    // The retry comes back while the first call is still on its way: the key is still held.
+    expect(await p.process(delivery({}, key('slow')))).toMatchObject({ action: 'defer', outcome: 'busy' });
+    firstCallMayLand.resolve();
+    let last = await p.process(delivery({}, key('slow')));
+    for (let i = 0; i < 20 && last.action !== 'ack'; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      last = await p.process(delivery({}, key('slow')));
+    }
+    expect(last).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    // The retry asked the provider (reconcile) after the first call had landed: one charge.
+    expect(ledger).toHaveLength(1);
+    expect(runs).toBe(2);
   });
 
   it('after maxPublishDeferrals unconfirmed publishes the message is dead-lettered with the reason', async () => {
