@@ -3117,9 +3117,9 @@ return 1
 `,
   },
   release: {
-    command: 'eoRelease_v2_8db801d2',
+    command: 'eoRelease_v2_84b25135',
     numberOfKeys: 1,
-    sha1: '8db801d21e7972ddaa7a3a821854108eca14ac17',
+    sha1: '84b25135bd29d9c5a274c1937ab1149d0c078a25',
     lua: `--[[
 release: give the lease up after a retryable error; the next begin acquires at once (retry).
 
@@ -3293,7 +3293,7 @@ local r = loadRecord(rec)
 if not r or r.s ~= 'I' or r.n ~= tonumber(ARGV[1]) then return 0 end
 -- Steps stay: the retry continues where this attempt stopped.
 if ARGV[4] == '1' then
-  r.a = r.a - 1
+  r.a = math.max(r.a - 1, 0)
 else
   rcall('HSET', rec .. 'x', 'e', ARGV[2])
   r.flags = 1

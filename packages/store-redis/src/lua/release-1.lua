@@ -22,7 +22,7 @@ local r = loadRecord(rec)
 if not r or r.s ~= 'I' or r.n ~= tonumber(ARGV[1]) then return 0 end
 -- Steps stay: the retry continues where this attempt stopped.
 if ARGV[4] == '1' then
-  r.a = r.a - 1
+  r.a = math.max(r.a - 1, 0)
 else
   rcall('HSET', rec .. 'x', 'e', ARGV[2])
   r.flags = 1
