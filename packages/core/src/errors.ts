@@ -313,7 +313,6 @@ export function describeThrown(value: unknown): string {
 
 function describeCause(cause: unknown): string {
   if (cause instanceof Error) return cause.message;
-  if (typeof cause === 'string') return cause;
   return cause === undefined ? 'unknown cause' : describeThrown(cause);
 }
 

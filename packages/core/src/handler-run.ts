@@ -15,18 +15,15 @@ export type HandlerRun<R> = { ok: true; value: R | undefined } | { ok: false; er
 
 /**
  * One run's outcome, settled by the handler or, past `maxRunMs`, by the lease board; `ended`
- * resolves once the handler itself has returned or thrown (later, for a run given up).
+ * (set by {@link runHandler}) resolves once the handler itself has returned or thrown, later than
+ * `outcome` for a run given up.
  */
 export function handlerRun<R>() {
   let settle!: (outcome: HandlerRun<R>) => void;
   const outcome = new Promise<HandlerRun<R>>((resolve) => {
     settle = resolve;
   });
-  let returned!: () => void;
-  const ended = new Promise<void>((resolve) => {
-    returned = resolve;
-  });
-  return { outcome, settle, ended, returned };
+  return { outcome, settle, ended: Promise.resolve() };
 }
 
 /**
@@ -44,19 +41,12 @@ export async function runHandler<T, R>(
   const started = performance.now();
   try {
     const value = withContext(runCtx, () => (o.handler as Handler<T, R>)(payload, ctx));
-    Promise.resolve(value).then(
-      (v) => {
-        run.settle({ ok: true, value: v });
-        run.returned();
-      },
-      (error: unknown) => {
-        run.settle({ ok: false, error });
-        run.returned();
-      },
+    run.ended = Promise.resolve(value).then(
+      (v) => run.settle({ ok: true, value: v }),
+      (error: unknown) => run.settle({ ok: false, error }),
     );
   } catch (error) {
     run.settle({ ok: false, error });
-    run.returned();
   }
   const outcome = await run.outcome;
   instrumentsFor().handlerDuration.record((performance.now() - started) / 1000, { consumer: o.consumer });

@@ -20,6 +20,7 @@ import {
   type TextMapSetter,
   trace,
 } from '@opentelemetry/api';
+import { describeThrown } from './errors.js';
 import { type MessageHeaders, readHeader } from './headers.js';
 import { noScrub, type Scrub } from './redact.js';
 
@@ -186,7 +187,7 @@ export function recordError(span: Span, error: unknown, scrub: Scrub = noScrub):
   }
   span.setStatus({
     code: SpanStatusCode.ERROR,
-    message: scrub(error instanceof Error ? error.message : String(error)),
+    message: scrub(error instanceof Error ? error.message : describeThrown(error)),
   });
 }
 
