@@ -37,7 +37,7 @@ const dlq = `${queue}.dlq`;
 const consumerName = uniqueName('cli-billing');
 const keyPrefix = uniqueName('eot-cli');
 const store = createRedisStore({ client: redis, keyPrefix });
-const failing = new Set(['a', 'b']);
+const failing = new Set(['a', 'b', 'd', 'x']);
 const handled: string[] = [];
 let consumer: RabbitConsumer;
 let publisher: RabbitPublisher;
@@ -196,5 +196,54 @@ describe('dlq on RabbitMQ', () => {
     expect(down.code).toBe(1);
     expect(down.stderr).toMatch(/cannot connect to RabbitMQ at amqp:\/\/guest:\*\*\*@127\.0\.0\.1:1/);
     expect(await raw.count(dlq)).toBe(1);
+  });
+
+  it('a letter without a message id keeps its id from one command to the next', async () => {
+    // The default dead-letter queue is a quorum queue, which hands listed letters back in another
+    // order: an id by position named another letter in the next command.
+    for (const n of [1, 2, 3]) await raw.publish(queue, { id: 'x', n }, { 'x-idempotency-key': `raw-${n}` });
+    await waitUntil(async () => (await raw.count(dlq)) === 4, { message: 'three more dead letters' });
+    const first = await cliJson<{ letters: Letter[] }>(['dlq', 'list', dlq, ...amqp]);
+    const second = await cliJson<{ letters: Letter[] }>(['dlq', 'list', dlq, ...amqp]);
+    const raws = first.letters.filter((l) => l.key?.startsWith('raw-'));
+    expect(raws.map((l) => l.id)).toEqual(raws.map(() => expect.stringMatching(/^#[0-9a-f]{12}$/)));
+    expect(new Set(raws.map((l) => l.id)).size).toBe(3);
+    const keyById = (letters: Letter[]) => Object.fromEntries(letters.map((l) => [l.id, l.key]));
+    expect(keyById(second.letters)).toEqual(keyById(first.letters));
+    for (const letter of raws) {
+      const shown = await cliJson<Letter>(['dlq', 'show', dlq, letter.id, ...amqp]);
+      expect(shown.key).toBe(letter.key);
+    }
+  });
+
+  it('replay --reset-key resets a key once: the copies of a failed message run its handler once', async () => {
+    const before = await raw.count(dlq);
+    // The message and two copies (a retried send): one PERMANENT letter, two PREVIOUSLY_FAILED.
+    for (let i = 0; i < 3; i++) await publisher.send(queue, { id: 'd' }, { idempotencyKey: 'key-d' });
+    await waitUntil(async () => (await raw.count(dlq)) === before + 3, { message: 'three letters of key-d' });
+    expect(handled.filter((h) => h.startsWith('d:'))).toHaveLength(1);
+    const out = await cliJson<{ results: { id: string; replayed: boolean; reset: string }[] }>([
+      'dlq',
+      'replay',
+      dlq,
+      'key-d',
+      '--reset-key',
+      '--redis',
+      env.redisUrl,
+      '--redis-prefix',
+      keyPrefix,
+      ...amqp,
+    ]);
+    expect(out.results.map((r) => [r.reset, r.replayed])).toEqual([
+      ['cleared', true],
+      ['reset-earlier', true],
+      ['reset-earlier', true],
+    ]);
+    // All three come back (the handler still fails), and it ran once for the replay, not three times.
+    await waitUntil(async () => (await raw.count(dlq)) === before + 3, {
+      message: 'key-d dead-lettered again',
+    });
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(handled.filter((h) => h.startsWith('d:'))).toHaveLength(2);
   });
 });

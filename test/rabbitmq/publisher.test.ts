@@ -2,7 +2,7 @@
  * The publisher's life cycle against the real broker: after `close()` every call is refused at
  * once with a ClosedError, instead of looking for a channel until `publishTimeoutMs` runs out.
  */
-import { ClosedError, ErrorCode } from '@exactly-once/core';
+import { ClosedError, ErrorCode, PublishError } from '@exactly-once/core';
 import { createPublisher } from '@exactly-once/rabbitmq';
 import amqp from 'amqp-connection-manager';
 import { describe, expect, it } from 'vitest';
@@ -89,5 +89,25 @@ describe('rabbitmq publisher after close()', () => {
     await closing;
     expectClosed(error);
     expect(turns).toBeLessThanOrEqual(3);
+  });
+});
+
+describe('rabbitmq publisher without a broker', () => {
+  it('a publish that found no channel says it waited the whole publishTimeoutMs', async () => {
+    // Nothing listens on port 1. The wait for a channel is retried with what is left of the
+    // deadline: the message once named only the last, 1 ms, wait.
+    const publisher = createPublisher({ connection: 'amqp://127.0.0.1:1', publishTimeoutMs: 1_500 });
+    try {
+      const error = await publisher.publish([outgoing('some-queue')]).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(error).toBeInstanceOf(PublishError);
+      expect((error as Error).message).toMatch(
+        /^publish to some-queue was not confirmed within publishTimeoutMs \(1500 ms\): no channel to the broker opened in that time$/,
+      );
+    } finally {
+      await publisher.close();
+    }
   });
 });

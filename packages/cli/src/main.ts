@@ -74,7 +74,7 @@ function buildProgram(io: Io): Command {
     });
   broker(dlq.command('show').description('one dead letter: reason, headers and body'))
     .argument('<source>', 'the dead-letter queue or topic')
-    .argument('<id>', 'as dlq list prints it: a message id or #position (RabbitMQ), partition:offset (Kafka)')
+    .argument('<id>', 'as dlq list prints it: a message id or #digest (RabbitMQ), partition:offset (Kafka)')
     .option('--limit <n>', 'RabbitMQ: look through at most this many messages', integer('--limit', 1), 10_000)
     .option('--json', 'print JSON')
     .action(async (source: string, id: string, options) => {
@@ -88,7 +88,7 @@ function buildProgram(io: Io): Command {
         .argument('<source>', 'the dead-letter queue or topic')
         .argument(
           '[ids...]',
-          'message ids or #positions (RabbitMQ); partition:offset, partition:from-to, partition:from- (Kafka)',
+          'message ids or #digest ids (RabbitMQ); partition:offset, partition:from-to, partition:from- (Kafka)',
         ),
     ),
   )

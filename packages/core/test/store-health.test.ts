@@ -43,13 +43,21 @@ describe('storeHealth (for a liveness probe)', () => {
     expect(p.storeHealth().lastAnswerAt).toBeGreaterThanOrEqual(since!);
   });
 
-  it('a call past storeTimeoutMs counts as the store not answering', async () => {
+  it('a call past storeTimeoutMs counts as the store not answering, since the call was made', async () => {
+    let now = 1_000_000;
+    vi.spyOn(Date, 'now').mockImplementation(() => now);
     const memory = createMemoryStore();
     const store: ProcessedStore = Object.create(memory);
-    store.beginMany = () => never;
+    store.beginMany = () => {
+      // The clock moves on while the call hangs: the outage began when it was made, not when
+      // storeTimeoutMs gave up on it (was: the give-up, a minute late with the default).
+      now += 60_000;
+      return never;
+    };
     const p = createProcessor({ consumer: 'c', store, ...fast, storeTimeoutMs: 50, handler: () => {} });
     expect(await p.process(delivery({}, key('k1')))).toMatchObject({ outcome: 'store-unavailable' });
-    expect(p.storeHealth().unavailableSince).toBeGreaterThan(0);
+    expect(p.storeHealth().unavailableSince).toBe(1_000_000);
+    vi.restoreAllMocks();
   });
 
   it('an answer that refuses (a stale fence, a duplicate) is an answer', async () => {

@@ -154,6 +154,13 @@ export function createPublisher(options: PublisherOptions): RabbitPublisher {
           continue;
         }
         if (error instanceof PublishError) throw error;
+        if (error instanceof ChannelClosedError) {
+          // The wait for a channel was cut to what was left of the deadline: say the whole wait.
+          throw new PublishError(
+            `publish to ${m.destination} was not confirmed within publishTimeoutMs (${timeoutMs} ms): no channel to the broker opened in that time`,
+            { cause: error },
+          );
+        }
         throw new PublishError(`publish to ${m.destination} was not confirmed: ${(error as Error).message}`, {
           cause: error,
         });

@@ -1,5 +1,5 @@
 /** What the dead-letter commands share across RabbitMQ and Kafka: the letter, its reason, replay. */
-import { Headers, type ProcessedStore, recordKeyFor } from '@exactly-once/core';
+import { ErrorCode, Headers, type ProcessedStore, recordKeyFor } from '@exactly-once/core';
 import { formatBytes, table, truncate } from '../output.js';
 import { storeError } from '../stores.js';
 
@@ -7,7 +7,8 @@ import { storeError } from '../stores.js';
 export interface DeadLetter {
   /**
    * How `dlq show` and `dlq replay` name it: `<partition>:<offset>` on Kafka; on RabbitMQ the
-   * message id, or `#<position>` (1 = the head of the queue) for a message without one.
+   * message id, or `#` and a digest of its headers and body for a message without one (copies of
+   * one message share it).
    */
   readonly id: string;
   /** The dedup key (`x-idempotency-key`), when the message had one. */
@@ -150,7 +151,11 @@ export type ResetOutcome =
   | 'absent' // no record: the replay runs the handler anyway
   | 'kept-completed' // COMPLETED: kept, the replay is answered as a duplicate (and republishes)
   | 'busy' // a live lease holds the key: nothing deleted, the letter is not replayed
-  | 'no-key'; // no key or consumer header: nothing to clear
+  | 'reset-earlier' // an earlier letter of this replay reset the same key: not cleared again
+  | 'no-key'; // no usable key or no consumer header: nothing to clear
+
+/** Letters whose key header was missing or unusable: no record was ever written under it. */
+const KEYLESS_CODES: ReadonlySet<string> = new Set([ErrorCode.KeyMissing, ErrorCode.InvalidKey]);
 
 /**
  * Clears the letter's FAILED record (store's public `get` + `clear`), so its replay is processed
@@ -163,7 +168,8 @@ export async function resetKey(
   namespace: string,
 ): Promise<ResetOutcome> {
   const consumer = letter.reason.consumer;
-  if (letter.key === undefined || consumer === undefined) return 'no-key';
+  if (letter.key === undefined || consumer === undefined || KEYLESS_CODES.has(letter.reason.errorCode ?? ''))
+    return 'no-key';
   const storeKey = recordKeyFor({ consumer, key: letter.key, namespace });
   try {
     const record = await store.get(storeKey);
@@ -174,6 +180,28 @@ export async function resetKey(
   } catch (error) {
     throw storeError(error);
   }
+}
+
+/**
+ * `resetKey` once per key in one replay. The copies of a failed message are dead-lettered too
+ * (`PREVIOUSLY_FAILED`), one letter each: clearing the record again for each of them, while the
+ * consumer processes the first replayed copy, would run the handler once per copy.
+ */
+export function resetEachKeyOnce(
+  store: ProcessedStore,
+  namespace: string,
+): (letter: DeadLetter) => Promise<ResetOutcome> {
+  const done = new Set<string>();
+  return async (letter) => {
+    const consumer = letter.reason.consumer;
+    if (letter.key === undefined || consumer === undefined) return resetKey(store, letter, namespace);
+    const storeKey = recordKeyFor({ consumer, key: letter.key, namespace });
+    if (done.has(storeKey)) return 'reset-earlier';
+    const outcome = await resetKey(store, letter, namespace);
+    // A busy key was not reset (a later letter of it may try again); a keyless letter has no record.
+    if (outcome !== 'busy' && outcome !== 'no-key') done.add(storeKey);
+    return outcome;
+  };
 }
 
 /** One letter's replay, as reported. */

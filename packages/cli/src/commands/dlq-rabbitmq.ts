@@ -1,7 +1,8 @@
 /**
  * Dead letters in a RabbitMQ queue (the consumer's `deadLetter.queue`, `<queue>.dlq` by default),
  * read with `basic.get` on a channel of our own: a listing holds the messages unacked and closing
- * the channel hands them all back (the broker requeues them; they come back marked redelivered).
+ * the channel hands them all back (the broker requeues them; they come back marked redelivered,
+ * and a quorum queue puts them back in another order).
  *
  * A replay publishes a copy on a confirm channel (persistent, `mandatory`) to the exchange and
  * routing key the message was first delivered with, and acks the dead letter only after the
@@ -9,6 +10,7 @@
  * leaves the letter in the queue and the copy delivered: two copies, never none; the store
  * answers the second one as a duplicate.
  */
+import { createHash } from 'node:crypto';
 import { Headers } from '@exactly-once/core';
 import type { Channel, ConfirmChannel, GetMessage, Options } from 'amqplib';
 import { CliError, describeError, UsageError } from '../errors.js';
@@ -98,7 +100,7 @@ export async function openRabbit(io: Io, urlText: string, queue: string): Promis
       while (got.length < total) {
         const message = await ch.get(queue, { noAck: false });
         if (message === false) break;
-        got.push({ message, letter: toLetter(message, got.length + 1) });
+        got.push({ message, letter: toLetter(message) });
         bar.increment();
       }
     } finally {
@@ -221,7 +223,23 @@ function headerText(value: unknown): string | undefined {
   }
 }
 
-function toLetter(message: GetMessage, position: number): DeadLetter {
+/** Headers the broker changes each time a letter is handed back, left out of a letter's digest. */
+const REDELIVERY_HEADERS = new Set(['x-delivery-count', 'x-death']);
+
+/**
+ * The id of a letter without a message id: `#` and 12 hex digits of a digest of its body and
+ * headers. Not its position: a quorum queue hands listed letters back in another order, so a
+ * position would name another letter in the next command.
+ */
+function digestId(message: GetMessage, headers: Readonly<Record<string, string>>): string {
+  const hash = createHash('sha256');
+  for (const name of Object.keys(headers).sort()) {
+    if (!REDELIVERY_HEADERS.has(name.toLowerCase())) hash.update(`${name}\0${headers[name]}\0`);
+  }
+  return `#${hash.update(message.content).digest('hex').slice(0, 12)}`;
+}
+
+function toLetter(message: GetMessage): DeadLetter {
   const raw = (message.properties.headers ?? {}) as Record<string, unknown>;
   const headers: Record<string, string> = {};
   for (const [name, value] of Object.entries(raw)) {
@@ -239,7 +257,9 @@ function toLetter(message: GetMessage, position: number): DeadLetter {
   const destination = headers[Headers.OriginalDestination];
   return {
     id:
-      messageId === undefined || messageId === null || messageId === '' ? `#${position}` : String(messageId),
+      messageId === undefined || messageId === null || messageId === ''
+        ? digestId(message, headers)
+        : String(messageId),
     ...(key === undefined ? {} : { key }),
     ...(requestId === undefined ? {} : { requestId }),
     reason: reasonOf(headers),

@@ -9,7 +9,7 @@ import {
   renderList,
   renderReplay,
   type ReplayResult,
-  resetKey,
+  resetEachKeyOnce,
 } from './dlq-common.js';
 import { kafkaIdMatcher, openKafka, parseKafkaIds } from './dlq-kafka.js';
 import { openRabbit, rabbitSelection } from './dlq-rabbitmq.js';
@@ -132,9 +132,7 @@ export async function dlqReplay(
   try {
     if (options.resetKey) store = await openStore(options);
     const namespace = options.namespace ?? 'default';
-    const reset = store
-      ? (letter: DeadLetter) => resetKey((store as OpenStore).store, letter, namespace)
-      : undefined;
+    const reset = store ? resetEachKeyOnce(store.store, namespace) : undefined;
     const replayOptions = { ...(options.to ? { to: options.to } : {}), ...(reset ? { reset } : {}) };
     if (kind === 'rabbitmq') {
       const rabbit = await openRabbit(io, options.amqp as string, source);

@@ -18,9 +18,10 @@ export interface StoreHealth {
   /** When (epoch ms) a store call last got an answer (any answer: a refused fence is one too). */
   readonly lastAnswerAt: number | undefined;
   /**
-   * When (epoch ms) the store stopped answering: the first call that failed as unavailable
-   * (`StoreUnavailableError`, a missed `storeTimeoutMs` included) since the last answer.
-   * `undefined` while the store answers.
+   * When (epoch ms) the store stopped answering: when the first call that failed as unavailable
+   * (`StoreUnavailableError`, a missed `storeTimeoutMs` included) since the last answer was made,
+   * or the last answer if that came later. Not when it failed: a call that hangs until
+   * `storeTimeoutMs` fails a minute into the outage. `undefined` while the store answers.
    */
   readonly unavailableSince: number | undefined;
 }
@@ -53,13 +54,15 @@ export function withHealth(
       failedCalls = 0;
     }
   };
-  const failed = (error: unknown) => {
+  const failed = (error: unknown, calledAt: number) => {
     if (!(error instanceof StoreUnavailableError)) return;
     const now = Date.now();
     failedCalls++;
     if (unavailableSince === undefined) {
-      unavailableSince = loggedAt = now;
+      unavailableSince = Math.max(calledAt, lastAnswerAt ?? calledAt);
+      loggedAt = now;
       logger.warn('processed-store unavailable; messages are kept unacked and tried again', {
+        unavailableForMs: now - unavailableSince,
         error: toErrorInfo(error),
       });
     } else if (now - loggedAt >= OUTAGE_REMINDER_MS) {
@@ -72,8 +75,9 @@ export function withHealth(
     }
   };
   const wrapped = wrapServerCalls(store, (_name, call) => (...args) => {
+    const calledAt = Date.now();
     const answer = call(...args);
-    answer.then(answered, failed);
+    answer.then(answered, (error: unknown) => failed(error, calledAt));
     return answer;
   });
   return {
