@@ -249,4 +249,62 @@ describe('kafka consumer shutdown', () => {
     await shared.send(out, { mine: true });
     expect(await topicSize(admin, out)).toBe(1);
   });
+  it('stop() gives back the leases of records begun but not run before it resolves, even behind a run it gave up on', async () => {
+    const topic = uniqueName('shutdown-giveback');
+    const dlq = `${topic}.dlq`;
+    await createTopics(admin, [topic, dlq], 1);
+    const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+    await producer.connect();
+    const ids = ['g-0', 'g-1', 'g-2', 'g-3'];
+    await producer.send({
+      topic,
+      acks: -1,
+      messages: ids.map((id) => ({
+        key: 'k',
+        value: JSON.stringify({ id }),
+        headers: { 'x-idempotency-key': id },
+      })),
+    });
+    await producer.disconnect();
+    const groupId = uniqueName('shutdown-giveback-group');
+    const store = createRedisStore({ client: redis, keyPrefix: uniqueName('eo') });
+    const keyOf = (id: string) => scopeKey('default', groupId, id);
+    let started = false;
+    let release!: () => void;
+    const released = new Promise<void>((r) => {
+      release = r;
+    });
+    const a = createConsumer<{ id: string }>({
+      kafka,
+      groupId,
+      topics: [topic],
+      deadLetter: { topic: dlq },
+      store,
+      fromBeginning: true,
+      consumerConfig: fastGroup,
+      leaseMs: 30_000,
+      handler: async (p) => {
+        if (p.id !== 'g-0') return;
+        started = true;
+        await released; // still running when stop() gives up on it
+      },
+    });
+    cleanups.push(async () => {
+      release();
+      await a.stop();
+    });
+    await a.start();
+    await waitUntil(async () => started && (await store.get(keyOf('g-3')))?.state === 'IN_PROGRESS', {
+      message: 'g-0 running, the records behind it begun',
+    });
+    await a.stop({ timeoutMs: 200 });
+    // Before: they waited for g-0's run to end before giving their leases back, so the next owner
+    // (or a store closed right after stop()) found them held for the whole 30 s lease.
+    for (const id of ['g-1', 'g-2', 'g-3']) {
+      const record = await store.get(keyOf(id));
+      expect(record?.state).toBe('IN_PROGRESS');
+      expect(record?.state === 'IN_PROGRESS' && record.leaseUntil <= Date.now()).toBe(true);
+    }
+    release();
+  }, 90_000);
 });

@@ -32,6 +32,11 @@ export interface LeaseBoardOptions {
 
 export interface HoldOptions {
   readonly key: string;
+  /**
+   * When (monotonic clock) the lease was set in the store, or a little earlier: a lease begun
+   * before the handler starts (an ordered delivery waits its turn) has less than `leaseMs` left.
+   */
+  readonly leaseSince: number;
   readonly fence: number;
   /** Called once the run has been held this long; the run is given up (see {@link LeaseKeeper.abort}). */
   readonly maxRunMs: number;
@@ -54,12 +59,13 @@ class Held implements LeaseKeeper {
     readonly board: Board,
     readonly key: string,
     readonly fence: number,
+    leaseSince: number,
     readonly maxRunMs: number,
     readonly onTimeout: () => void,
   ) {
     this.startedAt = performance.now();
-    this.deadline = this.startedAt + board.opts.leaseMs;
-    this.nextAt = this.startedAt + board.opts.intervalMs;
+    this.deadline = leaseSince + board.opts.leaseMs;
+    this.nextAt = leaseSince + board.opts.intervalMs;
   }
 
   get signal(): AbortSignal {
@@ -102,8 +108,8 @@ class Board implements LeaseBoard {
     this.tickMs = Math.max(1, Math.min(opts.intervalMs, 1000) / 2);
   }
 
-  hold({ key, fence, maxRunMs, onTimeout }: HoldOptions): LeaseKeeper {
-    const h = new Held(this, key, fence, maxRunMs, onTimeout);
+  hold({ key, fence, leaseSince, maxRunMs, onTimeout }: HoldOptions): LeaseKeeper {
+    const h = new Held(this, key, fence, leaseSince, maxRunMs, onTimeout);
     this.held.add(h);
     if (this.timer === undefined) {
       this.timer = setInterval(() => this.tick(), this.tickMs);

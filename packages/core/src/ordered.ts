@@ -3,7 +3,7 @@
  * deliveries that waited their turn.
  */
 import type { ResolvedProcessorOptions } from './options.js';
-import { ORDERED_WINDOW, type OrderedGroup, type Shared, type Turn } from './shared.js';
+import { giveBackUnrun, ORDERED_WINDOW, type OrderedGroup, type Shared, type Turn } from './shared.js';
 import type { BeginResult } from './store/types.js';
 
 export const NOT_RUN = {
@@ -22,10 +22,13 @@ export async function releaseKept<T, R>(
   group: OrderedGroup,
 ) {
   group.released = true;
+  group.markReleased();
   const left = group.kept.splice(0).filter((h) => shared.held.get(h.key) === h);
   for (const h of left) shared.held.delete(h.key);
   await Promise.all(
-    left.map((h) => o.store.release(h.key, h.begun.fence, NOT_RUN, { notRun: true }).catch(() => undefined)),
+    left.map((h) =>
+      giveBackUnrun(shared, () => o.store.release(h.key, h.begun.fence, NOT_RUN, { notRun: true })),
+    ),
   );
 }
 
@@ -34,28 +37,34 @@ export async function releaseKept<T, R>(
  * is neither released nor stopped, and at most ORDERED_WINDOW handlers run ahead of their writes.
  */
 export async function mayRun(turn: Turn): Promise<boolean> {
-  if (!(await turn.previous)) return false;
   const group = turn.group;
-  if (turn.index >= ORDERED_WINDOW) await group.ended[turn.index - ORDERED_WINDOW];
+  // A released group's deliveries stop waiting at once and give their leases back, rather than
+  // when the run ahead of them ends (a run that outlives stop() may never end soon).
+  if (!(await Promise.race([turn.previous, group.whenReleased]))) return false;
+  if (turn.index >= ORDERED_WINDOW)
+    await Promise.race([group.ended[turn.index - ORDERED_WINDOW], group.whenReleased]);
   return !group.released && !group.stopped;
 }
 
 /**
  * The lease this processor kept for an ordered delivery it did not run, if it still has one for
- * this payload: extended first when half of it has passed. Undefined: begin as usual.
+ * this payload: extended first when half of it has passed. `since`: when (monotonic clock) the
+ * lease was last set in the store, or a little earlier, never later. Undefined: begin as usual.
  */
-
 export async function reuseHeld<T, R>(
   o: ResolvedProcessorOptions<T, R>,
   shared: Shared,
   storeKey: string,
   fingerprint: string,
-): Promise<BeginResult | undefined> {
+): Promise<{ begun: Extract<BeginResult, { status: 'acquired' }>; since: number } | undefined> {
   const held = shared.held.get(storeKey);
   if (held === undefined) return undefined;
   shared.held.delete(storeKey);
   if (held.fingerprint !== fingerprint) return undefined;
-  if (held.deadline - performance.now() > o.leaseMs / 2) return held.begun;
+  if (held.deadline - performance.now() > o.leaseMs / 2) {
+    return { begun: held.begun, since: held.deadline - o.leaseMs };
+  }
+  const since = performance.now();
   if ((await o.store.extend(storeKey, held.begun.fence, o.leaseMs)) === 'lost') return undefined;
-  return held.begun;
+  return { begun: held.begun, since };
 }

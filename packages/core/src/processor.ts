@@ -60,7 +60,14 @@ import {
   BAGGAGE_REQUEST_ID,
   KEY_ATTRIBUTES,
 } from './semconv.js';
-import { type HeldLease, type OrderedGroup, RunUnderWay, type Shared, type Turn } from './shared.js';
+import {
+  giveBackUnrun,
+  type HeldLease,
+  type OrderedGroup,
+  RunUnderWay,
+  type Shared,
+  type Turn,
+} from './shared.js';
 import type { Delivery, Disposition, Outcome } from './spi.js';
 import { coalescing } from './store/coalesce.js';
 import { withDeadline } from './store/deadline.js';
@@ -98,6 +105,13 @@ export interface Processor {
    * liveness probe (see the README's "Liveness").
    */
   storeHealth(): StoreHealth;
+  /**
+   * Settles once every lease this processor is giving back unrun (a released ordered group) has
+   * been released, or failed to be. An adapter's `stop()` waits for it, so a store client closed
+   * right after `stop()` does not cut those releases off (whoever fetches the records next would
+   * find them busy until the leases ran out).
+   */
+  givenBack(): Promise<void>;
   readonly options: ResolvedProcessorOptions<unknown, unknown>;
 }
 
@@ -149,6 +163,7 @@ export function buildProcessor<T, R>(
     publishing: new Map(),
     publishFailures: new Map(),
     held: new Map(),
+    givingBack: new Set(),
     leases: createLeaseBoard({
       store: o.store,
       leaseMs: o.leaseMs,
@@ -159,11 +174,22 @@ export function buildProcessor<T, R>(
   return {
     options: o as ResolvedProcessorOptions<unknown, unknown>,
     storeHealth: watched.health,
+    givenBack: async () => {
+      // A turn first: deliveries of a group released just now register their give-backs then.
+      await new Promise((resolve) => setImmediate(resolve));
+      while (shared.givingBack.size > 0) await Promise.all(shared.givingBack);
+    },
     process: (delivery) => processDelivery(o, delivery, shared, undefined),
     processInOrder(deliveries) {
+      let markReleased!: () => void;
+      const whenReleased = new Promise<false>((resolve) => {
+        markReleased = () => resolve(false);
+      });
       const group: OrderedGroup = {
         kept: [],
         released: false,
+        whenReleased,
+        markReleased,
         stopped: false,
         ended: [],
         acquired: new Map(),
@@ -316,9 +342,19 @@ async function run<T, R>(
     }
   }
 
-  const beginOnce = async (): Promise<BeginResult> =>
-    (shared.held.size > 0 ? await reuseHeld(o, shared, storeKey, prepared.fingerprint) : undefined) ??
-    (await inSpan('exactly-once begin', runCtx, {}, () =>
+  // When (monotonic clock) the lease in hand was set in the store, or a little earlier: a lease
+  // kept while earlier deliveries were retried is dated from its begin or last extension, never
+  // from when it was kept or reused (that let a handler start under a lease already passed).
+  let leaseSince = performance.now();
+  const beginOnce = async (): Promise<BeginResult> => {
+    const reused =
+      shared.held.size > 0 ? await reuseHeld(o, shared, storeKey, prepared.fingerprint) : undefined;
+    if (reused !== undefined) {
+      leaseSince = reused.since;
+      return reused.begun;
+    }
+    leaseSince = performance.now();
+    return inSpan('exactly-once begin', runCtx, {}, () =>
       o.store.begin({
         key: storeKey,
         fingerprint: prepared.fingerprint,
@@ -326,9 +362,9 @@ async function run<T, R>(
         leaseMs: o.leaseMs,
         ...(spanRef(span) ? { traceId: spanRef(span) as string } : {}),
       }),
-    ));
+    );
+  };
   let begun: BeginResult;
-  let asked = performance.now();
   try {
     begun = await beginOnce();
     // Busy because this process runs the key itself (the same message twice in a row, as a
@@ -340,7 +376,6 @@ async function run<T, R>(
       if (local === undefined || local === waited) break;
       waited = local;
       await local;
-      asked = performance.now();
       begun = await beginOnce();
     }
   } catch (error) {
@@ -350,7 +385,7 @@ async function run<T, R>(
   if (begun.status === 'acquired' && turn && !(await mayRun(turn))) {
     if (turn.group.released) {
       // The group was given up while this begin was on its way.
-      await o.store.release(storeKey, begun.fence, NOT_RUN, { notRun: true }).catch(() => undefined);
+      await giveBackUnrun(shared, () => o.store.release(storeKey, begun.fence, NOT_RUN, { notRun: true }));
       return { action: 'defer', outcome: 'not-run', delayMs: 0 };
     }
     // An earlier delivery of the group will be tried again: this one waits its turn, lease kept.
@@ -358,19 +393,21 @@ async function run<T, R>(
       key: storeKey,
       begun,
       fingerprint: prepared.fingerprint,
-      deadline: performance.now() + o.leaseMs,
+      deadline: leaseSince + o.leaseMs,
     };
     shared.held.set(storeKey, held);
     turn.group.kept.push(held);
     return { action: 'defer', outcome: 'not-run', delayMs: 0 };
   }
-  if (begun.status === 'acquired' && turn && performance.now() - asked > o.leaseMs / 2) {
+  if (begun.status === 'acquired' && turn && performance.now() - leaseSince > o.leaseMs / 2) {
     // A long wait for its turn used up half the lease: renew it before the handler starts.
     try {
+      const extendedAt = performance.now();
       if ((await o.store.extend(storeKey, begun.fence, o.leaseMs)) === 'lost') {
         turn.go(false);
         return leaseLost(storeKey, begun.fence);
       }
+      leaseSince = extendedAt;
     } catch (error) {
       turn.go(false);
       return storeDown(o, error, storeKey);
@@ -418,7 +455,7 @@ async function run<T, R>(
   const marker = new RunUnderWay();
   shared.publishing.set(storeKey, marker);
   try {
-    return await runAcquired(o, delivery, span, runCtx, prepared, begun, shared, turn);
+    return await runAcquired(o, delivery, span, runCtx, prepared, begun, leaseSince, shared, turn);
   } finally {
     if (shared.publishing.get(storeKey) === marker) shared.publishing.delete(storeKey);
     marker.end();
@@ -444,6 +481,7 @@ async function runAcquired<T, R>(
   runCtx: Context,
   prepared: Prepared<T>,
   begun: Extract<BeginResult, { status: 'acquired' }>,
+  leaseSince: number,
   shared: Shared,
   turn: Turn | undefined,
 ): Promise<Disposition> {
@@ -475,6 +513,7 @@ async function runAcquired<T, R>(
   const keeper = shared.leases.hold({
     key: storeKey,
     fence,
+    leaseSince,
     maxRunMs: o.maxRunMs,
     onTimeout: () => {
       const error = new RunTimeoutError({ maxRunMs: o.maxRunMs });

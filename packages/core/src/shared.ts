@@ -33,6 +33,9 @@ export interface OrderedGroup {
   readonly kept: HeldLease[];
   /** Set by `release`: no handler of the group starts any more. */
   released: boolean;
+  /** Resolves (false) when the group is released: deliveries waiting for their turn stop waiting. */
+  readonly whenReleased: Promise<false>;
+  readonly markReleased: () => void;
   /**
    * Set when a run of the group could not finish its store writes (store down, lease lost): no
    * later handler starts until the group is run again, so an outage stops the handlers too.
@@ -89,6 +92,22 @@ export interface Shared {
   readonly leases: LeaseBoard;
   /** Leases of ordered deliveries that were not run yet, by store key. */
   readonly held: Map<string, HeldLease>;
+  /** Releases of leases given back unrun, under way (see `Processor.givenBack`). */
+  readonly givingBack: Set<Promise<unknown>>;
+}
+
+/**
+ * Gives back a lease whose handler never started: the attempt is not counted, and the release is
+ * tracked until it settles so a stopping adapter can wait for it before the store is closed.
+ */
+export function giveBackUnrun(shared: Shared, release: () => Promise<unknown>): Promise<void> {
+  const pending = release().then(
+    () => undefined,
+    () => undefined,
+  );
+  shared.givingBack.add(pending);
+  void pending.then(() => shared.givingBack.delete(pending));
+  return pending;
 }
 
 /** Keys whose publish failures are remembered at once; the oldest is forgotten first. */

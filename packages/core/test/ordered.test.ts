@@ -141,6 +141,41 @@ describe('processInOrder: ordered groups with shared round trips', () => {
   });
 });
 
+describe('a lease kept while an earlier record is retried', () => {
+  it('is dated from its begin: a handler never starts under a lease already passed in the store', async () => {
+    // 1 is begun with 0 and kept while 0 fails after 1.4 s; the next call reuses the lease and
+    // runs 1 after 0 again (0.85 s). The lease, 2 s from its begin, had passed by then: it was
+    // dated from when it was kept, so it was neither extended on reuse nor before the handler.
+    const store = createMemoryStore();
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    let firstRun = true;
+    const leftAtStart: number[] = [];
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      handler: async (m: { i: number }) => {
+        if (m.i === 0) {
+          const failing = firstRun;
+          firstRun = false;
+          await sleep(failing ? 1400 : 850);
+          if (failing) throw new Error('transient');
+          return;
+        }
+        const record = await store.get('default:c:kept-1');
+        leftAtStart.push(record?.state === 'IN_PROGRESS' ? record.leaseUntil - Date.now() : Number.NaN);
+      },
+    });
+    const group = records('kept', 2);
+    const first = await Promise.all(p.processInOrder(group).dispositions);
+    expect(first.map((d) => `${d.action}:${d.outcome}`)).toEqual(['retry:acquired', 'defer:not-run']);
+    const second = await Promise.all(p.processInOrder(group).dispositions);
+    expect(second.map((d) => d.action)).toEqual(['ack', 'ack']);
+    expect(leftAtStart).toHaveLength(1);
+    expect(leftAtStart[0]).toBeGreaterThan(0);
+  });
+});
+
 describe('the same message twice in a row (a retried send)', () => {
   const twice = (keys: string[]) =>
     keys.flatMap((k) => [0, 1].map(() => delivery({ k }, { [Headers.IdempotencyKey]: k })));

@@ -129,6 +129,8 @@ export interface KafkaConsumer {
 
 /** setTimeout fires at once for delays over 2^31 - 1 ms; longer waits are waits without end. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
+/** How long stop() waits for unrun leases to go back even when its own deadline has passed. */
+const GIVE_BACK_MIN_WAIT_MS = 2_000;
 
 /**
  * Creates an exactly-once consumer: ordered per partition, offsets committed only past settled
@@ -283,6 +285,9 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
         } finally {
           // Runs given up earlier (a revocation) get what is left of the same deadline.
           await waitAtMost([...orphans], remaining());
+          // Leases of records begun but not run go back before stop() resolves: a store closed
+          // right after it would cut them off, and the next owner would wait out each lease.
+          await waitAtMost([processor.givenBack()], Math.max(remaining(), GIVE_BACK_MIN_WAIT_MS));
           finished = true;
           if (!givenProducer) await producer.disconnect().catch(() => {});
           state = 'stopped';
