@@ -3,7 +3,14 @@
  * deliveries that waited their turn.
  */
 import type { ResolvedProcessorOptions } from './options.js';
-import { giveBackUnrun, ORDERED_WINDOW, type OrderedGroup, type Shared, type Turn } from './shared.js';
+import {
+  giveBackUnrun,
+  ORDERED_WINDOW,
+  type OrderedGroup,
+  type Shared,
+  type Turn,
+  trackGiveBack,
+} from './shared.js';
 import type { BeginResult } from './store/types.js';
 
 export const NOT_RUN = {
@@ -23,6 +30,8 @@ export async function releaseKept<T, R>(
 ) {
   group.released = true;
   group.markReleased();
+  // Deliveries whose begin is still on its way give their leases back when it answers.
+  for (const pending of group.beforeRun) void trackGiveBack(shared, pending);
   const left = group.kept.splice(0).filter((h) => shared.held.get(h.key) === h);
   for (const h of left) shared.held.delete(h.key);
   await Promise.all(

@@ -193,6 +193,7 @@ export function buildProcessor<T, R>(
         stopped: false,
         ended: [],
         acquired: new Map(),
+        beforeRun: [],
       };
       let previous = Promise.resolve(true);
       const dispositions = deliveries.map((delivery, index) => {
@@ -200,9 +201,16 @@ export function buildProcessor<T, R>(
         const next = new Promise<boolean>((resolve) => {
           go = resolve;
         });
-        const turn: Turn = { previous, go, group, index };
+        let running!: () => void;
+        group.beforeRun.push(
+          new Promise<void>((resolve) => {
+            running = resolve;
+          }),
+        );
+        const turn: Turn = { previous, go, group, index, running };
         previous = next;
         const disposition = processDelivery(o, delivery, shared, turn);
+        void disposition.then(running);
         group.ended.push(disposition.then(() => undefined));
         return disposition;
       });
@@ -452,6 +460,7 @@ async function run<T, R>(
   }
   // Copies of this key that arrive while this run completes and publishes wait for it instead
   // of publishing the same outgoing messages again (see finishCompleted).
+  turn?.running();
   const marker = new RunUnderWay();
   shared.publishing.set(storeKey, marker);
   try {

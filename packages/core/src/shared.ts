@@ -25,6 +25,8 @@ export interface Turn {
   readonly group: OrderedGroup;
   /** Position in the group. */
   readonly index: number;
+  /** Called as its handler starts: from then on the run, not the group, settles its lease. */
+  readonly running: () => void;
 }
 
 /** The deliveries of one `processInOrder` call. */
@@ -45,6 +47,11 @@ export interface OrderedGroup {
   readonly ended: Promise<void>[];
   /** The delivery of the group that acquired each key, by store key. */
   readonly acquired: Map<string, number>;
+  /**
+   * Per delivery, resolved when its handler starts or it ends without one: until then a
+   * released group may still give its lease back (a begin in flight when it was released).
+   */
+  readonly beforeRun: Promise<void>[];
 }
 
 /**
@@ -101,10 +108,17 @@ export interface Shared {
  * tracked until it settles so a stopping adapter can wait for it before the store is closed.
  */
 export function giveBackUnrun(shared: Shared, release: () => Promise<unknown>): Promise<void> {
-  const pending = release().then(
-    () => undefined,
-    () => undefined,
+  return trackGiveBack(
+    shared,
+    release().then(
+      () => undefined,
+      () => undefined,
+    ),
   );
+}
+
+/** Counts `pending` (which never rejects) among the give-backs under way until it settles. */
+export function trackGiveBack(shared: Shared, pending: Promise<void>): Promise<void> {
   shared.givingBack.add(pending);
   void pending.then(() => shared.givingBack.delete(pending));
   return pending;

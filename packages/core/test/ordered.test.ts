@@ -176,6 +176,49 @@ describe('a lease kept while an earlier record is retried', () => {
   });
 });
 
+describe('a released group', () => {
+  it('gives back the leases whose begin was still on its way, and givenBack() waits for them', async () => {
+    const inner = createMemoryStore();
+    let openGate!: () => void;
+    const gate = new Promise<void>((resolve) => {
+      openGate = resolve;
+    });
+    const store: ProcessedStore = {
+      ...inner,
+      beginMany: async (requests) => {
+        await gate;
+        return inner.beginMany?.(requests) ?? [];
+      },
+    };
+    const ran: number[] = [];
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      handler: (m: { i: number }) => ran.push(m.i),
+    });
+    const run = p.processInOrder(records('flight', 2));
+    await new Promise((r) => setImmediate(r));
+    await run.release(); // a stop or revocation while the group's begin is on its way
+    let given = false;
+    const givenBack = p.givenBack().then(() => {
+      given = true;
+    });
+    await new Promise((r) => setTimeout(r, 20));
+    // Before: nothing was counted yet, so it settled at once and a store closed then cut the
+    // releases off (the next owner found both keys held for a whole lease).
+    expect(given).toBe(false);
+    openGate();
+    await givenBack;
+    expect(ran).toEqual([]);
+    for (const i of [0, 1]) {
+      const record = await inner.get(`default:c:flight-${i}`);
+      expect(record?.state === 'IN_PROGRESS' && record.leaseUntil <= Date.now()).toBe(true);
+    }
+    expect((await Promise.all(run.dispositions)).map((d) => d.outcome)).toEqual(['not-run', 'not-run']);
+  });
+});
+
 describe('the same message twice in a row (a retried send)', () => {
   const twice = (keys: string[]) =>
     keys.flatMap((k) => [0, 1].map(() => delivery({ k }, { [Headers.IdempotencyKey]: k })));

@@ -264,8 +264,11 @@ export interface ConsumerClient {
     partitionsConsumedConcurrently: number,
     eachBatch: (payload: EachBatchPayloadLike) => Promise<void>,
   ): Promise<void>;
-  /** Reports client crashes (kafkajs' CRASH event; librdkafka restarts by itself and has none). */
-  onCrash(listener: (error: unknown) => void): void;
+  /**
+   * Reports client crashes (kafkajs' CRASH event; librdkafka restarts by itself and has none),
+   * with whether kafkajs restarts the consumer (its event says; undefined when it does not).
+   */
+  onCrash(listener: (error: unknown, restart: boolean | undefined) => void): void;
 }
 
 /** The parts of `@confluentinc/kafka-javascript`'s consumer used beyond the kafkajs contract. */
@@ -342,7 +345,11 @@ export function consumerClient(
       onCrash(listener) {
         consumer.on?.(
           consumer.events?.CRASH ?? 'consumer.crash',
-          (event: { payload?: { error?: unknown } }) => listener(event?.payload?.error),
+          (event: { payload?: { error?: unknown; restart?: unknown } }) =>
+            listener(
+              event?.payload?.error,
+              typeof event?.payload?.restart === 'boolean' ? event.payload.restart : undefined,
+            ),
         );
       },
     };

@@ -246,11 +246,17 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
     },
   };
 
-  client.onCrash((error) => {
-    logger.warn('kafka consumer crashed (kafkajs restarts it when the error is retriable)', {
-      groupId,
-      error: toErrorInfo(error),
-    });
+  client.onCrash((error, restart) => {
+    const meta = { groupId, error: toErrorInfo(error) };
+    if (restart === false) {
+      // kafkajs gave up: the process lives on but consumes nothing more until it is restarted.
+      logger.error(
+        'kafka consumer crashed and kafkajs will not restart it: nothing more is consumed; restart the process',
+        meta,
+      );
+    } else {
+      logger.warn('kafka consumer crashed; kafkajs restarts it', meta);
+    }
   });
 
   return {

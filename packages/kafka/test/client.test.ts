@@ -91,6 +91,32 @@ describe('client bridge', () => {
     });
   });
 
+  it("passes on kafkajs' crash event with whether kafkajs restarts the consumer", () => {
+    const listeners: ((event: unknown) => void)[] = [];
+    const consumer = {
+      ...fakeConsumer(),
+      events: { CRASH: 'consumer.crash' },
+      on: (name: string, fn: (event: unknown) => void) => {
+        if (name === 'consumer.crash') listeners.push(fn);
+      },
+    };
+    const kafka = { consumer: () => consumer, producer: vi.fn() } as unknown as KafkaLike;
+    const client = consumerClient(kafka, { groupId: 'g' }, { fromBeginning: false });
+    const crashes: [unknown, boolean | undefined][] = [];
+    client.onCrash((error, restart) => crashes.push([error, restart]));
+    const error = new Error('boom');
+    for (const fn of listeners) {
+      fn({ payload: { error, groupId: 'g', restart: true } });
+      fn({ payload: { error, groupId: 'g', restart: false } });
+      fn({ payload: { error } });
+    }
+    expect(crashes).toEqual([
+      [error, true],
+      [error, false],
+      [error, undefined],
+    ]);
+  });
+
   it('detects @confluentinc/kafka-javascript and moves kafkajs options into its kafkaJS block', async () => {
     const { kafka, consumers } = confluentStandIn();
     const client = consumerClient(
