@@ -31,7 +31,14 @@ export async function releaseKept<T, R>(
   group.released = true;
   group.markReleased();
   // Deliveries whose begin is still on its way give their leases back when it answers.
-  for (const pending of group.beforeRun) void trackGiveBack(shared, pending);
+  if (group.notRunning > 0) {
+    void trackGiveBack(
+      shared,
+      new Promise<void>((resolve) => {
+        group.allRunning = resolve;
+      }),
+    );
+  }
   const left = group.kept.splice(0).filter((h) => shared.held.get(h.key) === h);
   for (const h of left) shared.held.delete(h.key);
   await Promise.all(

@@ -193,7 +193,8 @@ export function buildProcessor<T, R>(
         stopped: false,
         ended: [],
         acquired: new Map(),
-        beforeRun: [],
+        notRunning: deliveries.length,
+        allRunning: undefined,
       };
       let previous = Promise.resolve(true);
       const dispositions = deliveries.map((delivery, index) => {
@@ -201,17 +202,16 @@ export function buildProcessor<T, R>(
         const next = new Promise<boolean>((resolve) => {
           go = resolve;
         });
-        let running!: () => void;
-        group.beforeRun.push(
-          new Promise<void>((resolve) => {
-            running = resolve;
-          }),
-        );
+        let counted = false;
+        const running = () => {
+          if (counted) return;
+          counted = true;
+          if (--group.notRunning === 0) group.allRunning?.();
+        };
         const turn: Turn = { previous, go, group, index, running };
         previous = next;
         const disposition = processDelivery(o, delivery, shared, turn);
-        void disposition.then(running);
-        group.ended.push(disposition.then(() => undefined));
+        group.ended.push(disposition.then(running));
         return disposition;
       });
       return { dispositions, release: () => releaseKept(o, shared, group) };

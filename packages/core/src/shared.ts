@@ -48,10 +48,12 @@ export interface OrderedGroup {
   /** The delivery of the group that acquired each key, by store key. */
   readonly acquired: Map<string, number>;
   /**
-   * Per delivery, resolved when its handler starts or it ends without one: until then a
-   * released group may still give its lease back (a begin in flight when it was released).
+   * Deliveries whose handler has not started and that have not ended: a released group may still
+   * give their leases back (a begin in flight when it was released).
    */
-  readonly beforeRun: Promise<void>[];
+  notRunning: number;
+  /** Set by `release` while some are not running: called when the last of them runs or ends. */
+  allRunning: (() => void) | undefined;
 }
 
 /**

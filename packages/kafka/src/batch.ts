@@ -8,6 +8,7 @@
 import { type Logger, toErrorInfo } from '@exactly-once/core';
 import {
   settle as ackLast,
+  type DeadLetterDisposition,
   type Delivery,
   type Disposition,
   type OrderedRun,
@@ -42,7 +43,26 @@ export interface BatchEnv {
   scheduleResume(ms: number, resume: () => void): void;
   /** Tracks runs still going after their batch gave up on them, so `stop` can wait for them. */
   track(run: Promise<unknown>): void;
+  /** Copies the broker refused, by `<topic>:<partition>:<offset>`, while their partition is paused. */
+  readonly copiesOnHold: Map<string, CopyOnHold>;
 }
+
+/**
+ * A retry or dead-letter copy the broker did not acknowledge, kept while its partition is paused
+ * (see {@link BatchRun.produce}); the record is fetched again on resume and its copy tried again.
+ */
+export interface CopyOnHold {
+  /** Sends tried so far: the backoff goes on growing across pauses. */
+  readonly attempts: number;
+  /**
+   * The dead-letter disposition first decided. The record's next run answers `PREVIOUSLY_FAILED`
+   * (its record is FAILED now): the copy still carries the first reason.
+   */
+  readonly deadLetter?: DeadLetterDisposition;
+}
+
+/** The longest pause between two sends of a refused copy. */
+const MAX_COPY_BACKOFF_MS = 30_000;
 
 /**
  * `rebatch`: the record was not run because the one before it was tried again in place; run the
@@ -270,15 +290,18 @@ class BatchRun {
       switch (d.action) {
         case 'ack':
           env.stats.acked++;
+          if (env.copiesOnHold.size > 0) env.copiesOnHold.delete(this.copyId(message));
           return this.resolve(message);
         case 'dead-letter': {
-          if (!(await this.settleWithCopy(d, message, delivery()))) return 'abandoned';
+          const step = await this.settleWithCopy(d, message, delivery());
+          if (step !== 'settled') return step;
           env.stats.deadLettered++;
           return 'settled';
         }
         case 'retry': {
           if (env.retryTopic !== undefined) {
-            if (!(await this.settleWithCopy(d, message, delivery()))) return 'abandoned';
+            const step = await this.settleWithCopy(d, message, delivery());
+            if (step !== 'settled') return step;
             env.stats.retried++;
             return 'settled';
           }
@@ -298,31 +321,41 @@ class BatchRun {
     }
   }
 
+  private copyId(message: KafkaMessageLike): string {
+    return `${this.topic}:${this.partition}:${message.offset}`;
+  }
+
   /**
-   * Produces the retry or dead-letter copy (acks -1, retried until acknowledged), then resolves
-   * the original's offset: core's ack-last order. False when the batch was interrupted first.
+   * Produces the retry or dead-letter copy (acks -1), then resolves the original's offset: core's
+   * ack-last order. `paused` when the broker kept refusing it (the partition waits, the copy is
+   * on hold), `abandoned` when the batch was interrupted first.
    */
   private async settleWithCopy(
     d: Extract<Disposition, { action: 'retry' | 'dead-letter' }>,
     message: KafkaMessageLike,
     delivery: Delivery,
-  ): Promise<boolean> {
+  ): Promise<Step> {
     const { env, topic, partition } = this;
+    const id = this.copyId(message);
+    const held = env.copiesOnHold.get(id);
+    const settling = d.action === 'dead-letter' && held?.deadLetter !== undefined ? held.deadLetter : d;
+    let sent = 'settled' as Step;
     const copy = async (to: string, record: Parameters<ExactlyOnceProducer['sendRecords']>[1][number]) => {
-      if (!(await this.produce(to, record, d.action)))
-        throw new Error('interrupted before the copy was acknowledged');
+      sent = await this.produce(to, record, settling, id);
+      if (sent !== 'settled') throw new Error('the copy was not acknowledged');
     };
     try {
-      await ackLast(d, {
+      await ackLast(settling, {
         retryCopy: (r) =>
           copy(env.retryTopic as string, retryRecord(topic, partition, message, delivery, r, Date.now())),
         deadLetterCopy: (dl) =>
           copy(env.deadLetterTopic, deadLetterRecord(topic, partition, message, dl.reason)),
         ack: () => this.resolve(message),
       });
-      return true;
+      if (held !== undefined) env.copiesOnHold.delete(id);
+      return 'settled';
     } catch {
-      return false;
+      return sent === 'paused' ? 'paused' : 'abandoned';
     }
   }
 
@@ -377,24 +410,38 @@ class BatchRun {
     return slept ? 'settled' : 'abandoned';
   }
 
-  /** Produces a copy, retrying until the broker acknowledges it or the batch is interrupted. */
+  /**
+   * Produces a copy, sending it again with a growing backoff until the broker acknowledges it.
+   * Backoffs up to `maxInPlaceWaitMs` are waited in place; a longer one puts the copy on hold and
+   * pauses the partition (`paused`): kafkajs fetches again only once every batch of a fetch
+   * returned, so retrying in place for good (a dead-letter topic too small for the copy, or
+   * missing) held up every partition of the consumer, not only this one.
+   */
   private async produce(
     topic: string,
     record: Parameters<ExactlyOnceProducer['sendRecords']>[1][number],
-    what: string,
-  ): Promise<boolean> {
-    for (let attempt = 1; ; attempt++) {
+    settling: Extract<Disposition, { action: 'retry' | 'dead-letter' }>,
+    id: string,
+  ): Promise<Step> {
+    for (let attempt = (this.env.copiesOnHold.get(id)?.attempts ?? 0) + 1; ; attempt++) {
       try {
         await this.env.producer.sendRecords(topic, [record]);
-        return true;
+        return 'settled';
       } catch (error) {
-        this.env.logger.warn(`${what} copy not acknowledged; retrying`, {
+        this.env.logger.warn(`${settling.action} copy not acknowledged; retrying`, {
           topic,
           attempt,
           error: toErrorInfo(error),
         });
-        const step = await this.wait(Math.min(this.env.maxInPlaceWaitMs, 100 * 2 ** Math.min(attempt, 6)));
-        if (step !== 'settled') return false;
+        const backoff = Math.min(MAX_COPY_BACKOFF_MS, 100 * 2 ** Math.min(attempt, 9));
+        if (backoff > this.env.maxInPlaceWaitMs) {
+          this.env.copiesOnHold.set(id, {
+            attempts: attempt,
+            ...(settling.action === 'dead-letter' ? { deadLetter: settling } : {}),
+          });
+        }
+        const step = await this.wait(backoff);
+        if (step !== 'settled') return step;
       }
     }
   }

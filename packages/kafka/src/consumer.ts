@@ -231,6 +231,7 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
     commitIntervalMs,
     heartbeatIntervalMs,
     maxInPlaceWaitMs,
+    copiesOnHold: new Map(),
     graceMs: () => (stopController.signal.aborted ? remaining() : revokeGraceMs),
     stopSignal: stopController.signal,
     scheduleResume(ms, resume) {

@@ -111,6 +111,7 @@ function env(
     stopSignal: controller.signal,
     scheduleResume: (ms) => resumes.push(ms),
     track: () => {},
+    copiesOnHold: new Map(),
     ...over,
   };
   return { e, calls, sent, resumes, stop: () => controller.abort() };
@@ -148,7 +149,8 @@ describe('batch runner', () => {
         sent.push(...records);
       },
     } as unknown as ExactlyOnceProducer;
-    const { e } = env(() => deadLetter, { producer });
+    // Backoffs of 200 and 400 ms: in place under a maxInPlaceWaitMs of 1 s.
+    const { e } = env(() => deadLetter, { producer, maxInPlaceWaitMs: 1000 });
     await runBatch(e, p);
     expect(resolved).toEqual(['0']);
     expect(sent).toHaveLength(1);
@@ -159,6 +161,48 @@ describe('batch runner', () => {
       'x-eo-original-offset': '0',
     });
     expect(String(sent[0]?.headers?.['x-idempotency-key'])).toBe('id-0');
+  });
+
+  it('a copy refused past maxInPlaceWaitMs is put on hold and its partition paused; the next fetch sends it with the first reason', async () => {
+    // Retried in place for good, it held up every partition of the consumer (kafkajs fetches
+    // again only once every batch of a fetch returned).
+    let refusing = true;
+    const sent: ProducerRecordMessageLike[] = [];
+    const producer = {
+      sendRecords: async (_topic: string, records: ProducerRecordMessageLike[]) => {
+        if (refusing) throw new Error('MESSAGE_TOO_LARGE');
+        sent.push(...records);
+      },
+    } as unknown as ExactlyOnceProducer;
+    const previouslyFailed: Disposition = {
+      ...deadLetter,
+      reason: {
+        ...(deadLetter as { reason: object }).reason,
+        error: { name: 'PreviouslyFailedError', code: 'PREVIOUSLY_FAILED', message: 'failed before' },
+      },
+    } as Disposition;
+    const first = payload(2);
+    const made = env((_d, call) => (call === 1 ? deadLetter : previouslyFailed), {
+      producer,
+      maxInPlaceWaitMs: 250,
+    });
+    await runBatch(made.e, first.p);
+    expect(first.resolved).toEqual([]);
+    expect(first.paused()).toBe(1);
+    expect(made.resumes).toEqual([400]); // 200 ms in place, then paused
+    expect([...made.e.copiesOnHold.values()]).toEqual([{ attempts: 2, deadLetter }]);
+
+    // Fetched again after the resume: the record now answers PREVIOUSLY_FAILED (its record is
+    // FAILED), the copy keeps the first reason and the backoff goes on from the third send.
+    const second = payload(2);
+    await runBatch(made.e, second.p);
+    expect(made.resumes).toEqual([400, 800]);
+    refusing = false;
+    const third = payload(2);
+    await runBatch(made.e, third.p);
+    expect(third.resolved).toEqual(['0', '1']);
+    expect(sent[0]?.headers).toMatchObject({ 'x-eo-error-code': 'MALFORMED_MESSAGE' });
+    expect(made.e.copiesOnHold.size).toBe(0);
   });
 
   it('on stop, gives a hanging run the grace period, then leaves it unresolved', async () => {
