@@ -116,7 +116,10 @@ describe('rabbitmq resilience', () => {
     const dropped = new Promise<void>((resolve) => {
       reopen = resolve;
     });
-    const consumer = consumerOn(queue, effects, { connection, prefetch: 4 }, 5, () =>
+    const said: string[] = [];
+    const note = (level: string) => (message: string) => said.push(`${level} ${message}`);
+    const logger = { debug() {}, info: note('info'), warn: note('warn'), error: note('error') };
+    const consumer = consumerOn(queue, effects, { connection, prefetch: 4, logger }, 5, () =>
       effects.size > 20 ? dropped : Promise.resolve(),
     );
     await consumer.start();
@@ -157,6 +160,12 @@ describe('rabbitmq resilience', () => {
       // One reconnect, one new channel: a stale delivery tag acked on it would have made the
       // broker close it (unknown tag) or acked some other message (then one would be missing).
       expect(consumer.stats.channels).toBe(2);
+      // The drop and the recovery are each said once (before: nothing at all).
+      const connectionLines = said.filter((l) => /connect/.test(l));
+      expect(connectionLines).toEqual([
+        expect.stringMatching(/^warn .*connection to the broker lost; reconnecting$/),
+        expect.stringMatching(/^info .*connected to the broker again$/),
+      ]);
     } finally {
       await consumer.stop();
       await connection.close();

@@ -32,6 +32,11 @@ export interface ChannelKeeperOptions {
   logger: Logger;
   /** For log messages. */
   name: string;
+  /**
+   * Log the connection's loss and return (once each). Off where another keeper on the same
+   * connection says it already (the consumer's own publisher), so a drop is one line, not two.
+   */
+  reportConnection: boolean;
 }
 
 export interface ChannelKeeper {
@@ -162,8 +167,23 @@ export function keepChannel(options: ChannelKeeperOptions): ChannelKeeper {
     }
   };
 
-  const onConnect = () => void open();
+  // A lost connection is said once, and once when it is back: the manager tries again every
+  // `reconnectTimeInSeconds` meanwhile, and a line per attempt would flood the log.
+  let lost = false;
+  const onDisconnect = (event: { err?: unknown } | undefined) => {
+    if (closed || lost || !options.reportConnection) return;
+    lost = true;
+    logger.warn(`${name}: connection to the broker lost; reconnecting`, { error: toErrorInfo(event?.err) });
+  };
+  const onConnect = () => {
+    if (lost && !closed) {
+      lost = false;
+      logger.info(`${name}: connected to the broker again`);
+    }
+    void open();
+  };
   manager.on('connect', onConnect);
+  manager.on('disconnect', onDisconnect);
   void open();
 
   return {
@@ -199,6 +219,7 @@ export function keepChannel(options: ChannelKeeperOptions): ChannelKeeper {
       if (closed) return;
       closed = true;
       manager.off('connect', onConnect);
+      manager.off('disconnect', onDisconnect);
       if (timer) clearTimeout(timer);
       wake();
       if (!firstSettled) {

@@ -355,7 +355,13 @@ export function createConsumer<T = unknown, R = unknown>(
       manager = resolveConnection(connection);
       // One connection for consuming and publishing; settling needs no second socket.
       if (!givenPublisher) ownPublisher = createPublisher({ connection: manager.manager, logger });
-      keeper = keepChannel({ manager: manager.manager, setup, logger, name: `consumer of ${queue}` });
+      keeper = keepChannel({
+        manager: manager.manager,
+        setup,
+        logger,
+        name: `consumer of ${queue}`,
+        reportConnection: true,
+      });
       try {
         await keeper.firstSetup;
       } catch (error) {

@@ -103,6 +103,8 @@ export function createPublisher(options: PublisherOptions): RabbitPublisher {
     manager,
     logger,
     name: 'publisher',
+    // A consumer's own publisher shares its connection, whose drops the consumer reports.
+    reportConnection: owned,
     setup: async (kept) => {
       instrumented = wrapped(kept.channel.publish);
     },
