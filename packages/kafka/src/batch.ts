@@ -5,7 +5,7 @@
  * work, it only repeats some, and repeats resolve as duplicates in the processed-store.
  */
 
-import { type Logger, toErrorInfo } from '@exactly-once/core';
+import { backoffMs, type Logger, resolveRetryPolicy, toErrorInfo } from '@exactly-once/core';
 import {
   settle as ackLast,
   type DeadLetterDisposition,
@@ -61,8 +61,11 @@ export interface CopyOnHold {
   readonly deadLetter?: DeadLetterDisposition;
 }
 
-/** The longest pause between two sends of a refused copy. */
-const MAX_COPY_BACKOFF_MS = 30_000;
+/** Between two sends of a refused copy: 0.2 s, doubling, at most 30 s (core's backoff rule). */
+const COPY_BACKOFF = resolveRetryPolicy(
+  { initialDelayMs: 200, multiplier: 2, maxDelayMs: 30_000, jitter: 'none' },
+  'copy backoff',
+);
 
 /**
  * `rebatch`: the record was not run because the one before it was tried again in place; run the
@@ -433,7 +436,7 @@ class BatchRun {
           attempt,
           error: toErrorInfo(error),
         });
-        const backoff = Math.min(MAX_COPY_BACKOFF_MS, 100 * 2 ** Math.min(attempt, 9));
+        const backoff = backoffMs(COPY_BACKOFF, attempt);
         if (backoff > this.env.maxInPlaceWaitMs) {
           this.env.copiesOnHold.set(id, {
             attempts: attempt,
