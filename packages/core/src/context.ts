@@ -321,5 +321,3 @@ class RunHandlerContext implements HandlerContext {
     return this.#storeBlob;
   }
 }
-
-export { sleep } from './steps.js';

@@ -12,6 +12,10 @@ import { MAX_TRACKED_PUBLISH_FAILURES, type Shared } from './shared.js';
 import type { Delivery, Disposition, Outcome } from './spi.js';
 import type { CompletedRecord, OutgoingMessage, StoredResult } from './store/types.js';
 import { inSpan, instrumentsFor } from './tracing.js';
+import { doublingBackoff } from './wait.js';
+
+/** Before a message whose outgoing publish failed comes back: 0.5 s, doubling to 30 s. */
+const publishBackoff = doublingBackoff(500, 30_000);
 
 export async function finishCompleted<T, R>(
   o: ResolvedProcessorOptions<T, R>,
@@ -127,7 +131,7 @@ function publishFailed<T, R>(
     key: storeKey,
     attempt: failures,
   });
-  const delayMs = Math.min(30_000, 500 * 2 ** (failures - 1));
+  const delayMs = publishBackoff(failures);
   const info = toErrorInfo(
     error instanceof ExactlyOnceError ? error : new PublishError(describeThrown(error), { cause: error }),
   );

@@ -161,7 +161,6 @@ export function deadLetterHeaders(reason: DeadLetterReason): Record<string, stri
 
 export { abandonedAfterMsOf, sweepFromPuts } from './blob/abandoned.js';
 export { decodeJson, encodeValue } from './codec.js';
-export { sleep } from './context.js';
 export type { OrderedRun, Processor } from './processor.js';
 export { createProcessor } from './processor.js';
 export type {
@@ -172,3 +171,4 @@ export type {
 } from './settle.js';
 export { settle } from './settle.js';
 export { extractContext, injectContext, inSpan, recordError, tracer } from './tracing.js';
+export { doublingBackoff, MAX_TIMER_MS, pause, settledWithin, sleep, timerMs } from './wait.js';

@@ -10,6 +10,7 @@ import { type RetryPolicyOptions, resolveRetryPolicy, retryDelayMs } from './ret
 import { ATTR_EO_STEP_REPLAYED } from './semconv.js';
 import type { ProcessedStore, StepRecord } from './store/types.js';
 import { instrumentsFor } from './tracing.js';
+import { sleep } from './wait.js';
 
 /** What `reconcile` is told about a step an earlier attempt started and never finished. */
 export interface StepReconcileInfo {
@@ -224,19 +225,4 @@ function emit(args: StepRunArgs, event: Omit<StepEvent, 'consumer' | 'key' | 'at
   } catch (error) {
     warn(error);
   }
-}
-
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason);
-    const t = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    const onAbort = () => {
-      clearTimeout(t);
-      reject(signal?.reason);
-    };
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
 }

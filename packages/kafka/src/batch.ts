@@ -5,12 +5,13 @@
  * work, it only repeats some, and repeats resolve as duplicates in the processed-store.
  */
 
-import { backoffMs, type Logger, resolveRetryPolicy, toErrorInfo } from '@exactly-once/core';
+import { type Logger, toErrorInfo } from '@exactly-once/core';
 import {
   settle as ackLast,
   type DeadLetterDisposition,
   type Delivery,
   type Disposition,
+  doublingBackoff,
   type OrderedRun,
   type Processor,
 } from '@exactly-once/core/spi';
@@ -62,10 +63,7 @@ export interface CopyOnHold {
 }
 
 /** Between two sends of a refused copy: 0.2 s, doubling, at most 30 s (core's backoff rule). */
-const COPY_BACKOFF = resolveRetryPolicy(
-  { initialDelayMs: 200, multiplier: 2, maxDelayMs: 30_000, jitter: 'none' },
-  'copy backoff',
-);
+const copyBackoff = doublingBackoff(200, 30_000);
 
 /**
  * `rebatch`: the record was not run because the one before it was tried again in place; run the
@@ -436,7 +434,7 @@ class BatchRun {
           attempt,
           error: toErrorInfo(error),
         });
-        const backoff = backoffMs(COPY_BACKOFF, attempt);
+        const backoff = copyBackoff(attempt);
         if (backoff > this.env.maxInPlaceWaitMs) {
           this.env.copiesOnHold.set(id, {
             attempts: attempt,

@@ -12,7 +12,14 @@ import {
   toErrorInfo,
   validateName,
 } from '@exactly-once/core';
-import { createProcessor, type Delivery, decodeJson, type Processor } from '@exactly-once/core/spi';
+import {
+  createProcessor,
+  type Delivery,
+  decodeJson,
+  type Processor,
+  settledWithin,
+  timerMs,
+} from '@exactly-once/core/spi';
 import { type BatchEnv, runBatch } from './batch.js';
 import { type ConsumerConfigLike, type ConsumerLike, consumerClient, type KafkaLike } from './client.js';
 import { isTombstone } from './delivery.js';
@@ -127,8 +134,6 @@ export interface KafkaConsumer {
   readonly stats: Readonly<ConsumerStats>;
 }
 
-/** setTimeout fires at once for delays over 2^31 - 1 ms; longer waits are waits without end. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 /** How long stop() waits for unrun leases to go back even when its own deadline has passed. */
 const GIVE_BACK_MIN_WAIT_MS = 2_000;
 
@@ -281,7 +286,7 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
       stopping ??= (async () => {
         const wasNew = state === 'new';
         state = 'stopping';
-        stopDeadline = performance.now() + (timeoutMs >= 0 ? Math.min(timeoutMs, MAX_TIMER_MS) : 0);
+        stopDeadline = performance.now() + timerMs(timeoutMs);
         // Batches see the abort, let their current run finish (until the deadline), commit and
         // return; disconnect waits for them and then leaves the group.
         stopController.abort();
@@ -291,10 +296,10 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
           if (!wasNew) await consumer.disconnect();
         } finally {
           // Runs given up earlier (a revocation) get what is left of the same deadline.
-          await waitAtMost([...orphans], remaining());
+          await settledWithin(orphans, remaining());
           // Leases of records begun but not run go back before stop() resolves: a store closed
           // right after it would cut them off, and the next owner would wait out each lease.
-          await waitAtMost([processor.givenBack()], Math.max(remaining(), GIVE_BACK_MIN_WAIT_MS));
+          await settledWithin([processor.givenBack()], Math.max(remaining(), GIVE_BACK_MIN_WAIT_MS));
           finished = true;
           if (!givenProducer) await producer.disconnect().catch(() => {});
           state = 'stopped';
@@ -350,16 +355,4 @@ function defaultName(source: string, value: string): string {
         '([A-Za-z0-9._-]{1,100}); set consumer explicitly',
     );
   }
-}
-
-async function waitAtMost(runs: Promise<unknown>[], ms: number): Promise<void> {
-  if (runs.length === 0) return;
-  let timer: NodeJS.Timeout | undefined;
-  await Promise.race([
-    Promise.allSettled(runs),
-    new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, ms);
-    }),
-  ]);
-  clearTimeout(timer);
 }

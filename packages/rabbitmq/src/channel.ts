@@ -11,6 +11,7 @@
  * settled on another one.
  */
 import { type Logger, toErrorInfo } from '@exactly-once/core';
+import { doublingBackoff } from '@exactly-once/core/spi';
 import type { AmqpConnectionManager } from 'amqp-connection-manager';
 import type { ConfirmChannel, Options } from 'amqplib';
 
@@ -74,6 +75,8 @@ interface MutableKept {
 const REFUSALS = new Set([403, 404, 406]);
 const codeOf = (error: unknown) => (error as { code?: unknown } | undefined)?.code;
 const noop = () => {};
+/** Before opening a channel again: 0.1 s, doubling with each failed setup in a row, at most 5 s. */
+const reopenBackoff = doublingBackoff(100, 5_000);
 
 /** Opens a confirm channel now (if connected) and after every close, until `close()`. */
 export function keepChannel(options: ChannelKeeperOptions): ChannelKeeper {
@@ -102,7 +105,7 @@ export function keepChannel(options: ChannelKeeperOptions): ChannelKeeper {
   const scheduleOpen = () => {
     if (closed || timer) return;
     // Back off on repeated failures so a refused setup does not spin; a plain reconnect is fast.
-    const delay = Math.min(100 * 2 ** failures, 5_000);
+    const delay = reopenBackoff(failures + 1);
     timer = setTimeout(() => {
       timer = undefined;
       void open();

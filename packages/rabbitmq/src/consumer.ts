@@ -11,7 +11,15 @@ import {
   toErrorInfo,
   validateName,
 } from '@exactly-once/core';
-import { createProcessor, type Disposition, type Processor, settle as ackLast } from '@exactly-once/core/spi';
+import {
+  settle as ackLast,
+  createProcessor,
+  type Disposition,
+  doublingBackoff,
+  type Processor,
+  pause,
+  settledWithin,
+} from '@exactly-once/core/spi';
 import type { ConsumeMessage } from 'amqplib';
 import { createSettler, type Settler } from './acks.js';
 import { type ChannelKeeper, type KeptChannel, keepChannel, publishConfirmed } from './channel.js';
@@ -217,7 +225,7 @@ export function createConsumer<T = unknown, R = unknown>(
     logger.warn('consumer cancelled by the broker (queue deleted?); re-subscribing', { queue });
     void (async () => {
       for (let failures = 0; kept.open && !stopping.signal.aborted; failures++) {
-        if (!(await pause(backoff(failures), stopping.signal))) return;
+        if (!(await pause(backoff(failures + 1), stopping.signal))) return;
         try {
           if (topologyMode === 'declare') await declareTopology(kept.channel, topologyOptions);
           await subscribe(kept);
@@ -305,7 +313,7 @@ export function createConsumer<T = unknown, R = unknown>(
         // (its slot stays taken) and try again until it works, the channel closes, or we stop.
         stats.settleFailures++;
         logger.error(`could not ${d.action} the message; trying again`, { queue, error: toErrorInfo(error) });
-        if (!(await pause(backoff(failures), stopping.signal))) {
+        if (!(await pause(backoff(failures + 1), stopping.signal))) {
           stats.abandoned++; // stopping: left unacked, the broker redelivers it
           return;
         }
@@ -324,12 +332,7 @@ export function createConsumer<T = unknown, R = unknown>(
       for (const [kept, tag] of consumerTags) {
         if (kept.open) await kept.channel.cancel(tag).catch(() => {});
       }
-      const drained = Promise.allSettled([...inFlight]);
-      let timer: NodeJS.Timeout | undefined;
-      // setTimeout fires at once for delays over 2^31 - 1 ms.
-      const ms = timeoutMs >= 0 ? Math.min(timeoutMs, 2 ** 31 - 1) : 0;
-      await Promise.race([drained, new Promise((r) => (timer = setTimeout(r, ms)))]);
-      clearTimeout(timer);
+      await settledWithin(inFlight, timeoutMs);
       finished = true;
       if (inFlight.size > 0) {
         logger.warn('stopping with deliveries in flight; the broker will redeliver them', {
@@ -374,7 +377,8 @@ export function createConsumer<T = unknown, R = unknown>(
   };
 }
 
-const backoff = (failures: number) => Math.min(200 * 2 ** failures, 30_000);
+/** The wait before setting the channel up again, or re-sending a copy the broker refused. */
+const backoff = doublingBackoff(200, 30_000);
 
 /** The queue as the consumer name, or a ConfigError saying how to set one. */
 function defaultName(queue: string): string {
@@ -386,20 +390,4 @@ function defaultName(queue: string): string {
         '([A-Za-z0-9._-]{1,100}); set consumer explicitly',
     );
   }
-}
-
-/** Waits `ms`; false if `signal` aborted first. */
-function pause(ms: number, signal: AbortSignal): Promise<boolean> {
-  if (signal.aborted) return Promise.resolve(false);
-  return new Promise((resolve) => {
-    const t = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort);
-      resolve(true);
-    }, ms);
-    const onAbort = () => {
-      clearTimeout(t);
-      resolve(false);
-    };
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
 }

@@ -19,9 +19,9 @@ import type { Logger } from '../logger.js';
 import { silentLogger } from '../logger.js';
 import { type RetryPolicyOptions, resolveRetryPolicy, retryDelayMs } from '../retry.js';
 import type { OutgoingPublisher } from '../spi.js';
-import { sleep } from '../steps.js';
 import type { OutgoingMessage } from '../store/types.js';
 import { meter } from '../tracing.js';
+import { pause } from '../wait.js';
 
 /** One unit of the source (e.g. a document) and the messages it holds, in publish order. */
 export interface OutboxEntry {
@@ -200,7 +200,7 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
     try {
       let round = await nextRound();
       while (round.length > 0 && !signal.aborted) {
-        while (toMark.length > maxUnmarked && !signal.aborted) await sleep(50);
+        while (toMark.length > maxUnmarked && !signal.aborted) await pause(50, signal);
         const reading = nextRound();
         // An unhandled rejection of the read-ahead must not escape if the publish fails first.
         reading.catch(() => {});
@@ -218,7 +218,7 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
     let failures = 0;
     while (!(finished() && toMark.length === 0)) {
       if (toMark.length === 0) {
-        await sleep(20);
+        await pause(20);
         continue;
       }
       const ids = toMark.slice(0, markBatch);
@@ -230,7 +230,7 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
       } catch (error) {
         failures++;
         logger.warn('outbox relay: marking entries published failed; retrying', { error: String(error) });
-        await sleep(retryDelayMs(retry, failures)).catch(() => {});
+        await pause(retryDelayMs(retry, failures));
         if (signal.aborted && failures > 3) return;
       }
     }
@@ -252,7 +252,7 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
       } catch (error) {
         logger.warn('outbox relay: counting pending entries failed', { error: String(error) });
       }
-      await sleep(alert?.everyMs ?? 5_000, signal).catch(() => {});
+      await pause(alert?.everyMs ?? 5_000, signal);
     }
   };
 
@@ -270,7 +270,7 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
           for (const w of drainWaiters) if (w.afterPass < number) w.resolve();
           drainWaiters = drainWaiters.filter((w) => w.afterPass >= number);
         }
-        if (sent === 0) await sleep(idleDelayMs, signal).catch(() => {});
+        if (sent === 0) await pause(idleDelayMs, signal);
       } catch (error) {
         failures++;
         s.failures++;
@@ -282,7 +282,7 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
           delayMs: delay,
           window: size,
         });
-        await sleep(delay, signal).catch(() => {});
+        await pause(delay, signal);
       }
     }
     stopped = true;

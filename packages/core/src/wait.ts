@@ -1,0 +1,67 @@
+/**
+ * Waiting: timers that end early on a signal or give up at a deadline, and the exponential
+ * backoffs without jitter that reconnects and re-sends use. Every adapter waits through these.
+ */
+import { backoffMs, resolveRetryPolicy } from './retry.js';
+
+/** setTimeout fires at once for a delay over 2^31 - 1 ms: a longer wait must be clamped to it. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** `ms` as a setTimeout delay: negative is 0, past the timer limit the limit (~24.8 days). */
+export function timerMs(ms: number): number {
+  return ms >= 0 ? Math.min(ms, MAX_TIMER_MS) : 0;
+}
+
+/** Waits `ms`; rejects with the signal's reason if it aborts first. */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  if (signal?.aborted) return Promise.reject(signal.reason);
+  return pause(ms, signal).then((slept) => {
+    if (!slept) throw signal?.reason;
+  });
+}
+
+/** Waits `ms`; resolves true, or false (never rejects) as soon as `signal` aborts. */
+export function pause(ms: number, signal?: AbortSignal): Promise<boolean> {
+  if (signal?.aborted) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    const t = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve(true);
+    }, timerMs(ms));
+    const onAbort = () => {
+      clearTimeout(t);
+      resolve(false);
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/**
+ * Waits until every promise has settled or `ms` passed, whichever comes first; never rejects.
+ * True when they all settled in time.
+ */
+export async function settledWithin(promises: Iterable<Promise<unknown>>, ms: number): Promise<boolean> {
+  const all = [...promises];
+  if (all.length === 0) return true;
+  let timer: NodeJS.Timeout | undefined;
+  const settled = await Promise.race([
+    Promise.allSettled(all).then(() => true),
+    new Promise<boolean>((resolve) => {
+      timer = setTimeout(resolve, timerMs(ms), false);
+    }),
+  ]);
+  clearTimeout(timer);
+  return settled;
+}
+
+/**
+ * An exponential backoff without jitter (a reconnect, a re-sent copy: one waiter, no herd to
+ * spread): the n-th wait in a row (n >= 1) is `initialMs` doubled n - 1 times, at most `maxMs`.
+ */
+export function doublingBackoff(initialMs: number, maxMs: number): (n: number) => number {
+  const policy = resolveRetryPolicy(
+    { initialDelayMs: initialMs, multiplier: 2, maxDelayMs: maxMs, jitter: 'none' },
+    'backoff',
+  );
+  return (n) => backoffMs(policy, n);
+}
