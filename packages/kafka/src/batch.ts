@@ -94,6 +94,12 @@ class BatchRun {
    */
   private readonly onInterrupt = new Set<() => void>();
   private stopped = false;
+  /**
+   * While the batch waits for a record's run: when it began waiting, and how to stop waiting and
+   * detach the run (see {@link detach}). The heartbeat tick calls it past `maxInPlaceWaitMs`.
+   */
+  private waitingSince = 0;
+  private detachWaiting: (() => void) | undefined;
   private rebalanceError: unknown;
   /** Ordered groups started by this batch (see Processor.processInOrder). */
   private readonly runs: OrderedRun[] = [];
@@ -146,6 +152,72 @@ class BatchRun {
         },
       );
     });
+  }
+
+  /** {@link unlessInterrupted}, or `detached` once the heartbeat tick detaches the wait. */
+  private detachable(pending: Promise<Disposition>): Promise<Disposition | 'detached' | undefined> {
+    if (this.stopped) return this.unlessInterrupted(pending);
+    return new Promise((resolve, reject) => {
+      const cut = () => {
+        if (this.detachWaiting === detach) this.detachWaiting = undefined;
+        resolve(undefined);
+      };
+      const detach = () => {
+        this.onInterrupt.delete(cut);
+        this.detachWaiting = undefined;
+        resolve('detached');
+      };
+      const done = () => {
+        this.onInterrupt.delete(cut);
+        if (this.detachWaiting === detach) this.detachWaiting = undefined;
+      };
+      this.onInterrupt.add(cut);
+      this.waitingSince = performance.now();
+      this.detachWaiting = detach;
+      pending.then(
+        (value) => {
+          done();
+          resolve(value);
+        },
+        (error: unknown) => {
+          done();
+          reject(error);
+        },
+      );
+    });
+  }
+
+  /**
+   * A run still going past `maxInPlaceWaitMs` (a long handler): the partition is paused and the
+   * batch ends, because kafkajs fetches again only once every batch of a fetch has returned, so
+   * waiting in place would hold up every partition of the consumer. The run goes on; once it
+   * settles the partition resumes (after its delay, for a retry or defer) and the record, still
+   * unresolved, is fetched again: the store answers it (a duplicate of the completed key, or
+   * PREVIOUSLY_FAILED, whose copy then carries the first reason) and it is settled in order.
+   */
+  private detach(message: KafkaMessageLike, pending: Promise<Disposition>): Step {
+    const { env } = this;
+    const resume = this.payload.pause();
+    env.stats.paused++;
+    env.stats.detached++;
+    env.stats.inFlight++;
+    env.track(pending);
+    const id = this.copyId(message);
+    void pending
+      .then(
+        (d) => {
+          countOutcome(env.stats, d.outcome);
+          if (d.action === 'dead-letter') {
+            env.copiesOnHold.set(id, { attempts: env.copiesOnHold.get(id)?.attempts ?? 0, deadLetter: d });
+          }
+          env.scheduleResume(d.action === 'retry' || d.action === 'defer' ? d.delayMs : 0, resume);
+        },
+        () => env.scheduleResume(0, resume),
+      )
+      .finally(() => {
+        env.stats.inFlight--;
+      });
+    return 'paused';
   }
 
   /** Ends the batch's ordered groups: no handler of theirs starts any more; kept leases go back. */
@@ -216,6 +288,11 @@ class BatchRun {
 
   private heartbeat(): void {
     if (!this.live()) return;
+    // One check per tick rather than a timer per record: a run is detached within a tick after
+    // it passed maxInPlaceWaitMs.
+    if (this.detachWaiting && performance.now() - this.waitingSince > this.env.maxInPlaceWaitMs) {
+      this.detachWaiting();
+    }
     this.payload.heartbeat().catch((error: unknown) => {
       if (isRebalanceError(error)) {
         this.rebalanceError ??= error;
@@ -274,6 +351,7 @@ class BatchRun {
     for (let started = first; ; started = undefined) {
       const pending = started ?? env.processor.process(delivery());
       const d = await this.awaitOrAbandon(pending);
+      if (d === 'detached') return this.detach(message, pending);
       if (d === undefined) {
         // Given up; the run goes on unowned (its writes are fenced) and is still in flight.
         env.track(pending);
@@ -368,13 +446,14 @@ class BatchRun {
   }
 
   /**
-   * Waits for a run. On an interrupt it still gives the run `revokeGraceMs` (when stopping: the
+   * Waits for a run. Past `maxInPlaceWaitMs` the heartbeat tick detaches it (`detached`, see
+   * {@link detach}). On an interrupt it still gives the run `revokeGraceMs` (when stopping: the
    * rest of stop's timeout) to finish, so a short handler's work is committed rather than
    * repeated; after that the run goes on unowned (its writes are fenced) and the record stays
    * unresolved for whoever owns the partition next.
    */
-  private async awaitOrAbandon(pending: Promise<Disposition>): Promise<Disposition | undefined> {
-    const first = await this.unlessInterrupted(pending);
+  private async awaitOrAbandon(pending: Promise<Disposition>): Promise<Disposition | 'detached' | undefined> {
+    const first = await this.detachable(pending);
     if (first !== undefined) return first;
     let timer: NodeJS.Timeout | undefined;
     const late = await Promise.race([

@@ -8,6 +8,11 @@ export { countOutcome } from '@exactly-once/core/spi';
 export interface ConsumerStats extends BaseConsumerStats {
   /** Times a partition was paused for a wait longer than `maxInPlaceWaitMs`. */
   paused: number;
+  /**
+   * Runs still going past `maxInPlaceWaitMs`: their partition was paused until they ended, and
+   * their record fetched again (answered from the store: counted again, as a duplicate).
+   */
+  detached: number;
   /** Offset commits that succeeded. */
   commits: number;
 }
@@ -23,6 +28,7 @@ export function emptyStats(): ConsumerStats {
     inFlight: 0,
     byOutcome: {},
     paused: 0,
+    detached: 0,
     commits: 0,
   };
 }

@@ -14,11 +14,12 @@ import { emptyStats } from '../src/stats.js';
 
 const ack: Disposition = { action: 'ack', outcome: 'acquired' };
 const defer = (delayMs: number): Disposition => ({ action: 'defer', outcome: 'busy', delayMs });
+const deadLetterError = { name: 'MalformedMessageError', code: 'MALFORMED_MESSAGE', message: 'bad' };
 const deadLetter: Disposition = {
   action: 'dead-letter',
   outcome: 'invalid',
   reason: {
-    error: { name: 'MalformedMessageError', code: 'MALFORMED_MESSAGE', message: 'bad' },
+    error: deadLetterError,
     attempts: 0,
     consumer: 'c',
     originalDestination: 't',
@@ -205,6 +206,54 @@ describe('batch runner', () => {
     expect(made.e.copiesOnHold.size).toBe(0);
   });
 
+  it('detaches a run still going past maxInPlaceWaitMs: the partition pauses and the batch returns', async () => {
+    // Waited for in place, a long handler held up every partition of the consumer.
+    const { p, resolved, commits, paused } = payload(3);
+    let finish: (d: Disposition) => void = () => {};
+    const tracked: Promise<unknown>[] = [];
+    const made = env((d) => (offsetOf(d) === 1 ? new Promise<Disposition>((r) => (finish = r)) : ack), {
+      track: (r) => tracked.push(r),
+    });
+    await runBatch(made.e, p);
+    expect(resolved).toEqual(['0']);
+    expect(commits).toEqual(['1']);
+    expect(paused()).toBe(1);
+    expect(made.e.stats).toMatchObject({ detached: 1, inFlight: 1, abandoned: 0 });
+    expect(tracked).toHaveLength(1);
+    expect(made.resumes).toEqual([]); // not before the run ends
+    finish({ action: 'retry', outcome: 'retryable-error', delayMs: 700, error: deadLetterError });
+    await tracked[0];
+    await Promise.resolve();
+    expect(made.resumes).toEqual([700]);
+    expect(made.e.stats.inFlight).toBe(0);
+  });
+
+  it('a detached run that dead-letters holds its disposition: the record fetched again keeps the first reason', async () => {
+    const previouslyFailed = {
+      ...deadLetter,
+      reason: {
+        ...(deadLetter as { reason: object }).reason,
+        error: { ...deadLetterError, code: 'PREVIOUSLY_FAILED' },
+      },
+    } as Disposition;
+    let finish: (d: Disposition) => void = () => {};
+    const tracked: Promise<unknown>[] = [];
+    const made = env(
+      (_d, call) => (call === 1 ? new Promise<Disposition>((r) => (finish = r)) : previouslyFailed),
+      { track: (r) => tracked.push(r) },
+    );
+    await runBatch(made.e, payload(1).p);
+    finish(deadLetter);
+    await tracked[0];
+    await Promise.resolve();
+    expect(made.resumes).toEqual([0]);
+    const again = payload(1);
+    await runBatch(made.e, again.p);
+    expect(again.resolved).toEqual(['0']);
+    expect(made.sent[0]?.record.headers).toMatchObject({ 'x-eo-error-code': 'MALFORMED_MESSAGE' });
+    expect(made.e.copiesOnHold.size).toBe(0);
+  });
+
   it('on stop, gives a hanging run the grace period, then leaves it unresolved', async () => {
     const { p, resolved, commits } = payload(3);
     let stop = () => {};
@@ -265,13 +314,16 @@ describe('batch runner', () => {
       release = r;
     });
     const answers: WeakRef<Disposition>[] = [];
-    const { e } = env((d) => {
-      if (offsetOf(d) === count - 1) return last;
-      // A fresh answer per record: its liveness is what is checked.
-      const answer: Disposition = { action: 'ack', outcome: 'acquired' };
-      answers.push(new WeakRef(answer));
-      return answer;
-    });
+    const { e } = env(
+      (d) => {
+        if (offsetOf(d) === count - 1) return last;
+        // A fresh answer per record: its liveness is what is checked.
+        const answer: Disposition = { action: 'ack', outcome: 'acquired' };
+        answers.push(new WeakRef(answer));
+        return answer;
+      },
+      { maxInPlaceWaitMs: 60_000 },
+    ); // the last run is waited for in place, not detached
     const batch = runBatch(e, p);
     await waitUntilSettled(() => e.stats.acked === count - 1);
     gc();
