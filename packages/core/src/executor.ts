@@ -69,6 +69,13 @@ export interface ExecuteResult<R> {
    * `inlineResultBytes`): to serve or redirect to it without reading it through this process.
    */
   readonly pointer?: BlobPointer;
+  /**
+   * A duplicate answered by a compacted record (the store's compaction, see store-redis): the key
+   * was processed, but its result is no longer kept, so `result` and `pointer` are absent. Answer
+   * such a request without the original response (e.g. 409 or a "done" body), or do not compact
+   * the keys of requests whose response must be replayed.
+   */
+  readonly compacted?: true;
   readonly requestId: string;
 }
 
@@ -147,6 +154,7 @@ export function createIdempotentExecutor<T = unknown, R = unknown>(
               status: d.outcome === 'duplicate' ? 'duplicate' : 'completed',
               result: await readResult(d.result),
               ...(d.result?.kind === 'blob' ? { pointer: d.result.pointer } : {}),
+              ...(d.compacted ? { compacted: true } : {}),
               requestId,
             };
           case 'defer':

@@ -15,6 +15,7 @@ import {
 } from './errors.js';
 import type { ResolvedProcessorOptions } from './options.js';
 import { retryDelayMs } from './retry.js';
+import { settledWithin } from './wait.js';
 import type { Delivery, Disposition, Outcome } from './spi.js';
 
 export async function handleFailure<T, R>(
@@ -35,6 +36,10 @@ export async function handleFailure<T, R>(
     return failAndDeadLetter(o, delivery, storeKey, fence, reason, attempt);
   }
   if (attempt >= o.retry.maxAttempts) {
+    // A run given up at maxRunMs on its last attempt may still be running: the key is marked
+    // FAILED (and the next message of an ordered group runs) once its handler returned, or after
+    // a lease at most, when the key could be taken over anyway (a stalled worker, as after a crash).
+    if (stillRunning !== undefined) await settledWithin([stillRunning], o.leaseMs);
     return failAndDeadLetter(
       o,
       delivery,

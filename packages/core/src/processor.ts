@@ -88,8 +88,11 @@ import {
 } from './tracing.js';
 
 export interface Processor {
-  /** Runs the pipeline for one delivery and says how to settle it. Never throws. */
-  process(delivery: Delivery): Promise<Disposition>;
+  /**
+   * Runs the pipeline for one delivery and says how to settle it. Never throws. `onRunning` is
+   * called as its handler starts (never for a duplicate, a busy key or an invalid message).
+   */
+  process(delivery: Delivery, onRunning?: () => void): Promise<Disposition>;
   /**
    * Runs deliveries whose effects must happen in order (the records of a Kafka partition) with
    * their store round trips shared: every delivery begins at once (one batch call), but each
@@ -99,7 +102,7 @@ export interface Processor {
    * `{ action: 'defer', outcome: 'not-run', delayMs: 0 }` and keep their leases for the next
    * call with them (see {@link OrderedRun.release}).
    */
-  processInOrder(deliveries: readonly Delivery[]): OrderedRun;
+  processInOrder(deliveries: readonly Delivery[], onRunning?: (index: number) => void): OrderedRun;
   /**
    * How the processed-store has been answering this process: feed `unavailableSince` to a
    * liveness probe (see the README's "Liveness").
@@ -179,8 +182,8 @@ export function buildProcessor<T, R>(
       await new Promise((resolve) => setImmediate(resolve));
       while (shared.givingBack.size > 0) await Promise.all(shared.givingBack);
     },
-    process: (delivery) => processDelivery(o, delivery, shared, undefined),
-    processInOrder(deliveries) {
+    process: (delivery, onRunning) => processDelivery(o, delivery, shared, undefined, onRunning),
+    processInOrder(deliveries, onRunning) {
       let markReleased!: () => void;
       const whenReleased = new Promise<false>((resolve) => {
         markReleased = () => resolve(false);
@@ -210,7 +213,7 @@ export function buildProcessor<T, R>(
         };
         const turn: Turn = { previous, go, group, index, running };
         previous = next;
-        const disposition = processDelivery(o, delivery, shared, turn);
+        const disposition = processDelivery(o, delivery, shared, turn, onRunning && (() => onRunning(index)));
         group.ended.push(disposition.then(running));
         return disposition;
       });
@@ -224,6 +227,7 @@ async function processDelivery<T, R>(
   delivery: Delivery,
   shared: Shared,
   turn: Turn | undefined,
+  onRunning: (() => void) | undefined,
 ): Promise<Disposition> {
   const started = performance.now();
   // Without a tracer provider nothing records: no span, attributes or context switches at all.
@@ -247,8 +251,8 @@ async function processDelivery<T, R>(
   let disposition: Disposition;
   try {
     disposition = await (traced
-      ? withContext(ctx, () => run(o, delivery, span, ctx, shared, turn, scrubber))
-      : run(o, delivery, span, ctx, shared, turn, scrubber));
+      ? withContext(ctx, () => run(o, delivery, span, ctx, shared, turn, onRunning, scrubber))
+      : run(o, delivery, span, ctx, shared, turn, onRunning, scrubber));
   } catch (error) {
     // Only a bug gets here; never ack what we do not understand.
     recordError(span, error, scrub);
@@ -295,6 +299,7 @@ async function run<T, R>(
   ctx: Context,
   shared: Shared,
   turn: Turn | undefined,
+  onRunning: (() => void) | undefined,
   scrubber: Scrubber | undefined,
 ): Promise<Disposition> {
   // A delivery needing no handler run lets the next one go as soon as the one before it did.
@@ -461,6 +466,7 @@ async function run<T, R>(
   // Copies of this key that arrive while this run completes and publishes wait for it instead
   // of publishing the same outgoing messages again (see finishCompleted).
   turn?.running();
+  onRunning?.();
   const marker = new RunUnderWay();
   shared.publishing.set(storeKey, marker);
   try {
@@ -553,13 +559,15 @@ async function runAcquired<T, R>(
 
   const ran = await runHandler(o, prepared.payload, state.ctx, runCtx, handled);
   state.close();
-  // The next delivery of an ordered group may run unless this one will be tried again.
-  turn?.go(
+  // The next delivery of an ordered group may run unless this one will be tried again; after a
+  // handler given up at maxRunMs (still running), only once it has ended (see handleFailure).
+  const proceed =
     !keeper.lost &&
-      (ran.ok ||
-        (!(ran.error instanceof LeaseLostError) &&
-          (!isRetryable(ran.error) || attempt >= o.retry.maxAttempts))),
-  );
+    (ran.ok ||
+      (!(ran.error instanceof LeaseLostError) &&
+        (!isRetryable(ran.error) || attempt >= o.retry.maxAttempts)));
+  const givenUp = !ran.ok && ran.error instanceof RunTimeoutError;
+  if (!givenUp) turn?.go(proceed);
   if (keeper.lost) {
     // A newer fence owns the key; whatever this run did must not be recorded or acked.
     await keeper.stop();
@@ -570,8 +578,20 @@ async function runAcquired<T, R>(
     await keeper.stop();
     recordError(span, ran.error, scrubOf(runCtx));
     // Given up at maxRunMs, the handler is still running: see handleFailure.
-    const stillRunning = ran.error instanceof RunTimeoutError ? handled.ended : undefined;
-    return handleFailure(o, delivery, storeKey, fence, attempt, outcome, ran.error, state, stillRunning);
+    const stillRunning = givenUp ? handled.ended : undefined;
+    const d = await handleFailure(
+      o,
+      delivery,
+      storeKey,
+      fence,
+      attempt,
+      outcome,
+      ran.error,
+      state,
+      stillRunning,
+    );
+    if (givenUp) turn?.go(proceed && d.action === 'dead-letter');
+    return d;
   }
 
   // The heartbeat goes on while a large result uploads: a slow upload must not lose the lease.

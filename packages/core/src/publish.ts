@@ -34,7 +34,7 @@ export async function finishCompleted<T, R>(
     const fresh = await o.store.get(storeKey).catch(() => undefined);
     if (fresh?.state === 'COMPLETED') pending = fresh.outgoing.filter((m) => !m.published);
   }
-  return publishThenAck(
+  const d = await publishThenAck(
     o,
     ctx,
     delivery,
@@ -45,6 +45,7 @@ export async function finishCompleted<T, R>(
     record.result,
     shared,
   );
+  return record.compacted === true && d.action === 'ack' ? { ...d, compacted: true } : d;
 }
 
 export async function publishThenAck<T, R>(

@@ -59,8 +59,16 @@ export interface DeadLetterReason {
  * partition that delivered it.
  */
 export type Disposition =
-  /** The record is COMPLETED (now or before) and outgoing messages are confirmed: ack/commit. */
-  | { readonly action: 'ack'; readonly outcome: Outcome; readonly result?: StoredResult }
+  /**
+   * The record is COMPLETED (now or before) and outgoing messages are confirmed: ack/commit.
+   * `compacted`: a duplicate answered by a compacted record, whose result is no longer kept.
+   */
+  | {
+      readonly action: 'ack';
+      readonly outcome: Outcome;
+      readonly result?: StoredResult;
+      readonly compacted?: true;
+    }
   /**
    * A retryable failure; the lease was released. Schedule a copy of the message for `delayMs`
    * later durably (broker-confirmed), with header `x-eo-attempt` = `nextAttempt`, and only then

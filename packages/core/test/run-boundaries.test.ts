@@ -337,6 +337,38 @@ describe('bounded runs and deferrals', () => {
     expect(runs).toBe(2);
   });
 
+  it('on its last attempt, a run given up at maxRunMs is FAILED and lets the next of its group run only once its handler returned', async () => {
+    // Before: FAILED at once and the next handler started beside the one still running, so two
+    // handlers of one partition overlapped and the key was free while its effect went on.
+    const store = createMemoryStore();
+    const events: string[] = [];
+    const firstMayReturn = deferred();
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      leaseMs: 5_000,
+      heartbeatMs: 50,
+      maxRunMs: 100,
+      retry: { maxAttempts: 1 },
+      handler: async (m: { i: number }) => {
+        events.push(`start:${m.i}`);
+        if (m.i === 0) await firstMayReturn.promise;
+        events.push(`end:${m.i}`);
+      },
+    });
+    const run = p.processInOrder([delivery({ i: 0 }, key('first')), delivery({ i: 1 }, key('second'))]);
+    await new Promise((r) => setTimeout(r, 400)); // well past maxRunMs
+    expect(events).toEqual(['start:0']);
+    expect((await store.get('default:c:first'))?.state).toBe('IN_PROGRESS');
+    firstMayReturn.resolve();
+    const [first, second] = await Promise.all(run.dispositions);
+    expect(first).toMatchObject({ action: 'dead-letter', reason: { error: { code: 'ATTEMPTS_EXHAUSTED' } } });
+    expect(second).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    expect(events).toEqual(['start:0', 'end:0', 'start:1', 'end:1']);
+    expect((await store.get('default:c:first'))?.state).toBe('FAILED');
+  });
+
   it('after maxPublishDeferrals unconfirmed publishes the message is dead-lettered with the reason', async () => {
     const publisher = recordingPublisher();
     publisher.failing = true;

@@ -94,11 +94,14 @@ class BatchRun {
    */
   private readonly onInterrupt = new Set<() => void>();
   private stopped = false;
+  /** Per record of the batch, when (monotonic ms) its handler last started; 0: not yet. */
+  private readonly handlerStartedAt: Float64Array;
   /**
-   * While the batch waits for a record's run: when it began waiting, and how to stop waiting and
-   * detach the run (see {@link detach}). The heartbeat tick calls it past `maxInPlaceWaitMs`.
+   * While the batch waits for a record's run: the record, and how to stop waiting and detach the
+   * run (see {@link detach}). The heartbeat tick calls it once the handler has run past
+   * `maxInPlaceWaitMs`.
    */
-  private waitingSince = 0;
+  private waitingIndex = 0;
   private detachWaiting: (() => void) | undefined;
   private rebalanceError: unknown;
   /** Ordered groups started by this batch (see Processor.processInOrder). */
@@ -114,6 +117,7 @@ class BatchRun {
   ) {
     this.topic = payload.batch.topic;
     this.partition = payload.batch.partition;
+    this.handlerStartedAt = new Float64Array(payload.batch.messages.length);
     if (env.stopSignal.aborted) this.interrupt();
     else env.stopSignal.addEventListener('abort', this.onStop, { once: true });
   }
@@ -155,7 +159,10 @@ class BatchRun {
   }
 
   /** {@link unlessInterrupted}, or `detached` once the heartbeat tick detaches the wait. */
-  private detachable(pending: Promise<Disposition>): Promise<Disposition | 'detached' | undefined> {
+  private detachable(
+    pending: Promise<Disposition>,
+    index: number,
+  ): Promise<Disposition | 'detached' | undefined> {
     if (this.stopped) return this.unlessInterrupted(pending);
     return new Promise((resolve, reject) => {
       const cut = () => {
@@ -172,7 +179,7 @@ class BatchRun {
         if (this.detachWaiting === detach) this.detachWaiting = undefined;
       };
       this.onInterrupt.add(cut);
-      this.waitingSince = performance.now();
+      this.waitingIndex = index;
       this.detachWaiting = detach;
       pending.then(
         (value) => {
@@ -208,8 +215,13 @@ class BatchRun {
         (d) => {
           countOutcome(env.stats, d.outcome);
           if (d.action === 'dead-letter') {
-            env.copiesOnHold.set(id, { attempts: env.copiesOnHold.get(id)?.attempts ?? 0, deadLetter: d });
+            // A run of it detached before may have decided first (a fetch that came back while
+            // this one still ran): that reason stays.
+            const held = env.copiesOnHold.get(id);
+            env.copiesOnHold.set(id, { attempts: held?.attempts ?? 0, deadLetter: held?.deadLetter ?? d });
           }
+          if (d.action === 'retry') env.stats.retried++;
+          if (d.action === 'defer') env.stats.deferred++;
           env.scheduleResume(d.action === 'retry' || d.action === 'defer' ? d.delayMs : 0, resume);
         },
         () => env.scheduleResume(0, resume),
@@ -239,8 +251,9 @@ class BatchRun {
     // Retry-topic records wait for their due time one by one; the others run in ordered groups.
     const grouped = this.topic !== this.env.retryTopic;
     let group: { from: number; run: OrderedRun } | undefined;
+    let i = 0;
     try {
-      for (let i = 0; i < messages.length; ) {
+      while (i < messages.length) {
         const message = messages[i] as KafkaMessageLike;
         let started: Promise<Disposition> | undefined;
         if (grouped) {
@@ -250,8 +263,10 @@ class BatchRun {
             // than hold its runs (and their results) until the batch ends.
             const done = group === undefined ? -1 : this.runs.indexOf(group.run);
             if (done >= 0) this.runs.splice(done, 1);
+            const from = i;
             const run = this.env.processor.processInOrder(
               messages.slice(i, i + CHUNK).map((m) => this.deliveryOf(m)),
+              (index) => this.handlerStarted(from + index),
             );
             this.runs.push(run);
             group = { from: i, run };
@@ -259,7 +274,7 @@ class BatchRun {
           // Already started: an interrupt gives it the grace period like any run under way.
           started = group.run.dispositions[i - group.from];
         } else if (!this.live()) break;
-        const step = await this.handle(message, started);
+        const step = await this.handle(message, i, started);
         if (step === 'rebatch') {
           if (!this.live()) break;
           group = undefined;
@@ -278,7 +293,9 @@ class BatchRun {
       clearInterval(timer);
       // Records begun but never run (the batch paused or was given up): give their leases back,
       // so whoever fetches them next does not find them busy for a whole lease.
-      await this.releaseRuns();
+      const releasing = this.releaseRuns();
+      if (group !== undefined) this.trackRest(group, i);
+      await releasing;
       this.env.stopSignal.removeEventListener('abort', this.onStop);
       await this.commit();
     }
@@ -289,8 +306,10 @@ class BatchRun {
   private heartbeat(): void {
     if (!this.live()) return;
     // One check per tick rather than a timer per record: a run is detached within a tick after
-    // it passed maxInPlaceWaitMs.
-    if (this.detachWaiting && performance.now() - this.waitingSince > this.env.maxInPlaceWaitMs) {
+    // its handler passed maxInPlaceWaitMs. Not before the handler started: a slow begin detached
+    // would release its group and give its own lease back, again at every fetch.
+    const since = this.handlerStartedAt[this.waitingIndex] ?? 0;
+    if (this.detachWaiting && since > 0 && performance.now() - since > this.env.maxInPlaceWaitMs) {
       this.detachWaiting();
     }
     this.payload.heartbeat().catch((error: unknown) => {
@@ -303,13 +322,42 @@ class BatchRun {
     });
   }
 
+  private handlerStarted(index: number): void {
+    this.handlerStartedAt[index] = performance.now();
+  }
+
+  /**
+   * The runs of `group` after record `i` when the batch ends: handlers that started ahead of it
+   * (up to the group's window) go on, so `stop` waits for them too and `inFlight` counts them.
+   */
+  private trackRest(group: { from: number; run: OrderedRun }, i: number): void {
+    const { env } = this;
+    const { dispositions } = group.run;
+    for (let j = i + 1 - group.from; j < dispositions.length; j++) {
+      const pending = dispositions[j] as Promise<Disposition>;
+      env.track(pending);
+      if ((this.handlerStartedAt[group.from + j] ?? 0) === 0) continue;
+      env.stats.inFlight++;
+      void pending
+        .then((late) => countOutcome(env.stats, late.outcome))
+        .catch(() => {})
+        .finally(() => {
+          env.stats.inFlight--;
+        });
+    }
+  }
+
   /** {@link settle} with the counters every consumer keeps. */
-  private async handle(message: KafkaMessageLike, first: Promise<Disposition> | undefined): Promise<Step> {
+  private async handle(
+    message: KafkaMessageLike,
+    index: number,
+    first: Promise<Disposition> | undefined,
+  ): Promise<Step> {
     const { stats } = this.env;
     stats.received++;
     stats.inFlight++;
     try {
-      const step = await this.settle(message, first);
+      const step = await this.settle(message, index, first);
       if (step === 'abandoned') stats.abandoned++;
       if (step === 'rebatch') stats.received--; // counted again when it is run
       return step;
@@ -332,7 +380,11 @@ class BatchRun {
    * Processes one record until it is settled, or the batch pauses or gives it up. `first` is the
    * record's run already started in an ordered group; later runs of it start here.
    */
-  private async settle(message: KafkaMessageLike, first: Promise<Disposition> | undefined): Promise<Step> {
+  private async settle(
+    message: KafkaMessageLike,
+    index: number,
+    first: Promise<Disposition> | undefined,
+  ): Promise<Step> {
     const { env, topic } = this;
     // A grouped record's run already has its delivery: map it again only to run it here or copy it.
     let mapped: Delivery | undefined;
@@ -349,8 +401,9 @@ class BatchRun {
       }
     }
     for (let started = first; ; started = undefined) {
-      const pending = started ?? env.processor.process(delivery());
-      const d = await this.awaitOrAbandon(pending);
+      if (started === undefined) this.handlerStartedAt[index] = 0;
+      const pending = started ?? env.processor.process(delivery(), () => this.handlerStarted(index));
+      const d = await this.awaitOrAbandon(pending, index);
       if (d === 'detached') return this.detach(message, pending);
       if (d === undefined) {
         // Given up; the run goes on unowned (its writes are fenced) and is still in flight.
@@ -390,6 +443,17 @@ class BatchRun {
           break;
         }
         case 'defer': {
+          // Its dead letter was decided before (a copy refused, or a detached run escalating an
+          // unconfirmed publish): the record is still unpublished, so that decision stands
+          // rather than another round of deferrals.
+          const held =
+            d.outcome === 'publish-failed' ? env.copiesOnHold.get(this.copyId(message)) : undefined;
+          if (held?.deadLetter !== undefined) {
+            const step = await this.settleWithCopy(held.deadLetter, message, delivery());
+            if (step !== 'settled') return step;
+            env.stats.deadLettered++;
+            return 'settled';
+          }
           env.stats.deferred++;
           this.logDefer(d, message);
           const step = await this.wait(d.delayMs);
@@ -452,8 +516,11 @@ class BatchRun {
    * repeated; after that the run goes on unowned (its writes are fenced) and the record stays
    * unresolved for whoever owns the partition next.
    */
-  private async awaitOrAbandon(pending: Promise<Disposition>): Promise<Disposition | 'detached' | undefined> {
-    const first = await this.detachable(pending);
+  private async awaitOrAbandon(
+    pending: Promise<Disposition>,
+    index: number,
+  ): Promise<Disposition | 'detached' | undefined> {
+    const first = await this.detachable(pending, index);
     if (first !== undefined) return first;
     let timer: NodeJS.Timeout | undefined;
     const late = await Promise.race([

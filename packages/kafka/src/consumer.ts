@@ -240,10 +240,13 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
     graceMs: () => (stopController.signal.aborted ? remaining() : revokeGraceMs),
     stopSignal: stopController.signal,
     scheduleResume(ms, resume) {
+      // A detached run can end after stop(): nothing to resume, and no timer to keep the process up.
+      if (stopController.signal.aborted) return;
       const timer = setTimeout(() => {
         resumeTimers.delete(timer);
         if (!stopController.signal.aborted) resume();
-      }, ms);
+      }, timerMs(ms));
+      timer.unref();
       resumeTimers.add(timer);
     },
     track(run) {

@@ -65,8 +65,10 @@ function env(
   const calls: Delivery[] = [];
   const sent: { topic: string; record: ProducerRecordMessageLike }[] = [];
   const resumes: number[] = [];
-  const process = async (d: Delivery) => {
+  // Every scripted run counts as a handler run (`onRunning`): the batch may detach it.
+  const process = async (d: Delivery, onRunning?: () => void) => {
     calls.push(d);
+    onRunning?.();
     return script(d, calls.length);
   };
   const notRun: Disposition = { action: 'defer', outcome: 'not-run', delayMs: 0 };
@@ -74,11 +76,11 @@ function env(
     process,
     // Like core's: each record runs once the one before it settled; after one that did not, the
     // later ones answer not-run.
-    processInOrder: (deliveries: readonly Delivery[]) => {
+    processInOrder: (deliveries: readonly Delivery[], onRunning?: (index: number) => void) => {
       let previous = Promise.resolve(true);
       let released = false;
-      const dispositions = deliveries.map((d) => {
-        const run = previous.then((go) => (go && !released ? process(d) : notRun));
+      const dispositions = deliveries.map((d, index) => {
+        const run = previous.then((go) => (go && !released ? process(d, () => onRunning?.(index)) : notRun));
         previous = run.then((r) => r.action === 'ack' || r.action === 'dead-letter');
         return run;
       });
@@ -219,9 +221,9 @@ describe('batch runner', () => {
     expect(commits).toEqual(['1']);
     expect(paused()).toBe(1);
     expect(made.e.stats).toMatchObject({ detached: 1, inFlight: 1, abandoned: 0 });
-    expect(tracked).toHaveLength(1);
+    expect(tracked).toHaveLength(2); // its run, and the next record's (released, not run)
     expect(made.resumes).toEqual([]); // not before the run ends
-    finish({ action: 'retry', outcome: 'retryable-error', delayMs: 700, error: deadLetterError });
+    finish({ action: 'retry', outcome: 'acquired', delayMs: 700, nextAttempt: 2, error: deadLetterError });
     await tracked[0];
     await Promise.resolve();
     expect(made.resumes).toEqual([700]);
@@ -254,6 +256,72 @@ describe('batch runner', () => {
     expect(made.e.copiesOnHold.size).toBe(0);
   });
 
+  it('never detaches a run whose handler has not started (a slow begin): it is waited for in place', async () => {
+    // Detached, its group was released and the begin answered by giving its own lease back:
+    // with a store slower than maxInPlaceWaitMs, the partition made no progress at all.
+    const { p, resolved, paused } = payload(2);
+    const slowBegin = () => new Promise<Disposition>((r) => setTimeout(() => r(ack), 150));
+    const processor = {
+      processInOrder: (deliveries: readonly Delivery[]) => ({
+        dispositions: deliveries.map(slowBegin),
+        release: async () => {},
+      }),
+    } as unknown as Processor;
+    const { e } = env(() => ack, { processor });
+    await runBatch(e, p);
+    expect(resolved).toEqual(['0', '1']);
+    expect(paused()).toBe(0);
+    expect(e.stats.detached).toBe(0);
+  });
+
+  it('a held publish-failed dead letter settles the record fetched again while its publish still fails', async () => {
+    // Before: each fetch deferred it again, for as many deferrals as before the first escalation.
+    const publishFailed: Disposition = { ...deadLetter, outcome: 'publish-failed' } as Disposition;
+    const deferred: Disposition = { action: 'defer', outcome: 'publish-failed', delayMs: 500 };
+    let finish: (d: Disposition) => void = () => {};
+    const tracked: Promise<unknown>[] = [];
+    const made = env((_d, call) => (call === 1 ? new Promise<Disposition>((r) => (finish = r)) : deferred), {
+      track: (r) => tracked.push(r),
+    });
+    await runBatch(made.e, payload(1).p);
+    finish(publishFailed);
+    await tracked[0];
+    const again = payload(1);
+    await runBatch(made.e, again.p);
+    expect(again.resolved).toEqual(['0']);
+    expect(made.sent).toHaveLength(1);
+    expect(made.e.stats.deadLettered).toBe(1);
+    expect(made.e.copiesOnHold.size).toBe(0);
+  });
+
+  it('when it ends early, a batch tracks the handlers already running ahead of its last record', async () => {
+    // Before: only the detached run was tracked, so stop() could resolve (and the app close its
+    // store) under a handler of the next record, whose completion then never landed.
+    const { p } = payload(3);
+    const finish: ((d: Disposition) => void)[] = [];
+    const processor = {
+      processInOrder: (deliveries: readonly Delivery[], onRunning: (index: number) => void) => {
+        const dispositions = deliveries.map((_d, index) =>
+          index < 2 ? new Promise<Disposition>((r) => finish.push(r)) : Promise.resolve(defer(0)),
+        );
+        // Record 0 awaits its completion write while record 1's handler already runs.
+        onRunning(0);
+        onRunning(1);
+        return { dispositions, release: async () => {} };
+      },
+    } as unknown as Processor;
+    const tracked: Promise<unknown>[] = [];
+    const { e } = env(() => ack, { processor, track: (r) => tracked.push(r) });
+    await runBatch(e, p);
+    expect(e.stats.detached).toBe(1);
+    expect(tracked).toHaveLength(3); // record 0 (detached), 1 (running) and 2 (not run)
+    expect(e.stats.inFlight).toBe(2);
+    for (const f of finish) f(ack);
+    await Promise.all(tracked);
+    await Promise.resolve();
+    expect(e.stats.inFlight).toBe(0);
+  });
+
   it('on stop, gives a hanging run the grace period, then leaves it unresolved', async () => {
     const { p, resolved, commits } = payload(3);
     let stop = () => {};
@@ -274,7 +342,7 @@ describe('batch runner', () => {
     expect(resolved).toEqual(['0']);
     expect(commits).toEqual(['1']);
     expect(made.e.stats.abandoned).toBe(1);
-    expect(tracked).toHaveLength(1);
+    expect(tracked).toHaveLength(2); // its run, and the next record's (released, not run)
   });
 
   it('rethrows a rebalance reported by a heartbeat so the client rejoins at once', async () => {

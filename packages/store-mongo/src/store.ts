@@ -73,6 +73,12 @@ export interface MongoStoreOptions {
   readonly sealTimeoutMs?: number;
   /** Expired records the sweeper reads per round. Default 500. */
   readonly sweepBatchSize?: number;
+  /**
+   * How long past its expiry the sweeper leaves a record (it already reads as absent) and the blob
+   * it names: a duplicate answered just before the expiry may still be reading that blob. Default
+   * 60 s.
+   */
+  readonly expiredGraceMs?: number;
   /** Receives errors of the background sweeper (the next round runs anyway). Default: ignored. */
   readonly onSweepError?: (error: unknown) => void;
   /**
@@ -774,6 +780,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         ...(blobs === undefined ? {} : { blobs }),
         batchSize: options.sweepBatchSize ?? 500,
         sealTimeoutMs,
+        graceMs: options.expiredGraceMs ?? 60_000,
       });
       sweeping = run.catch(() => undefined);
       // Lapsed payload-guard claims go too (a server without TTL indexes keeps them otherwise).

@@ -31,6 +31,8 @@ export interface SweepContext extends DismantleContext {
   readonly clock: StoreClock;
   readonly batchSize: number;
   readonly sealTimeoutMs: number;
+  /** How long past their expiry records (and their blobs) are left: see `expiredGraceMs`. */
+  readonly graceMs: number;
 }
 
 const pointerOf = (doc: Pick<RecordDoc, 'b'>): BlobPointer | undefined =>
@@ -96,7 +98,7 @@ export async function dismantle(
 }
 
 export async function sweepExpired(context: SweepContext): Promise<SweepResult> {
-  const { collection, clock, batchSize, sealTimeoutMs } = context;
+  const { collection, clock, batchSize, sealTimeoutMs, graceMs } = context;
   let deleted = 0;
   let blobsDeleted = 0;
   const seen = new Set<string>();
@@ -106,7 +108,7 @@ export async function sweepExpired(context: SweepContext): Promise<SweepResult> 
     const expired = await guarded('sweep', () =>
       collection
         .find(
-          { e: { $lte: new Date(now) }, _id: { $nin: [...seen] } },
+          { e: { $lte: new Date(now - graceMs) }, _id: { $nin: [...seen] } },
           { projection: { _id: 1, k: 1, c: 1, i: 1, s: 1, b: 1 }, limit: batchSize },
         )
         .toArray(),

@@ -7,8 +7,8 @@ import { StoreUnavailableError } from '@exactly-once/core';
 import type { Collection } from 'mongodb';
 import { Binary, MongoClient } from 'mongodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { serverClock } from '../src/clock.js';
 import { readChain } from '../src/chain.js';
+import { serverClock } from '../src/clock.js';
 import { elementId, type HeadDoc, type RecordDoc, State } from '../src/codec.js';
 import { createGridFsBlobStore, createMongoStore, type MongoProcessedStore } from '../src/index.js';
 import { dismantle } from '../src/sweep.js';
@@ -279,9 +279,40 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       await store.ensureIndexes();
     });
 
+    it('leaves an expired record and its blob for expiredGraceMs: a duplicate answered just before can still read it', async () => {
+      // Before: swept at its expiry, the blob went while a duplicate answered a moment earlier
+      // was still streaming it (BlobIntegrityError half-way).
+      const blobs = createGridFsBlobStore({ db: test.db, bucketName: 'grace_blobs' });
+      const swept = createMongoStore({
+        db: test.db,
+        collectionName: 'grace_records',
+        blobs,
+        expiredGraceMs: 600,
+      });
+      const blob = await blobs.put(Uint8Array.of(7, 7, 7));
+      const lease = await acquired(swept, 'graced');
+      const result = { kind: 'blob', pointer: blob } as const;
+      expect(
+        await swept.complete({ key: 'graced', fence: lease.fence, outgoing: [], retentionMs: 50, result }),
+      ).toBe('ok');
+      await sleep(150);
+      expect(await swept.get('graced')).toBeUndefined(); // expired: it reads as absent
+      expect(await swept.sweepExpired()).toEqual({ deleted: 0, blobsDeleted: 0 });
+      expect(Array.from(await blobs.get(blob))).toEqual([7, 7, 7]);
+      await sleep(600);
+      expect(await swept.sweepExpired()).toEqual({ deleted: 4, blobsDeleted: 1 });
+      await expect(blobs.get(blob)).rejects.toMatchObject({ code: 'BLOB_INTEGRITY' });
+      await swept.close();
+    });
+
     it('the sweeper deletes expired chains and their blobs, never a live record or its blob', async () => {
       const blobs = createGridFsBlobStore({ db: test.db, bucketName: 'sweep_blobs' });
-      const swept = createMongoStore({ db: test.db, collectionName: 'sweep_records', blobs });
+      const swept = createMongoStore({
+        db: test.db,
+        collectionName: 'sweep_records',
+        blobs,
+        expiredGraceMs: 0,
+      });
       const put = (byte: number) => blobs.put(Uint8Array.of(byte, byte, byte));
       const finish = async (key: string, retentionMs: number, blob?: Awaited<ReturnType<typeof put>>) => {
         const lease = await acquired(swept, key);
@@ -313,7 +344,12 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
 
     it('a record renewed between the sweeper’s read and its seal survives, and so does its blob', async () => {
       const blobs = createGridFsBlobStore({ db: test.db, bucketName: 'renew_blobs' });
-      const swept = createMongoStore({ db: test.db, collectionName: 'renew_records', blobs });
+      const swept = createMongoStore({
+        db: test.db,
+        collectionName: 'renew_records',
+        blobs,
+        expiredGraceMs: 0,
+      });
       const key = 'renewed';
       const blob = await blobs.put(Uint8Array.of(7));
       const lease = await acquired(swept, key);
@@ -343,7 +379,7 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
     it('a takeover that lands in a chain swept meanwhile is undone; the key starts a new chain', async () => {
       const name = 'void_records';
       const key = 'late';
-      const swept = createMongoStore({ db: test.db, collectionName: name });
+      const swept = createMongoStore({ db: test.db, collectionName: name, expiredGraceMs: 0 });
       const lease = await acquired(swept, key);
       await swept.complete({ key, fence: lease.fence, outgoing: [], retentionMs: 50 });
       await sleep(120);
@@ -374,7 +410,12 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
     });
 
     it('a sweeper that died after sealing is finished by the next sweep after the seal timeout', async () => {
-      const swept = createMongoStore({ db: test.db, collectionName: 'sealed_records', sealTimeoutMs: 100 });
+      const swept = createMongoStore({
+        db: test.db,
+        collectionName: 'sealed_records',
+        sealTimeoutMs: 100,
+        expiredGraceMs: 0,
+      });
       const key = 'sealed';
       const lease = await acquired(swept, key);
       await swept.complete({ key, fence: lease.fence, outgoing: [], retentionMs: 20 });
@@ -399,7 +440,7 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
     });
 
     it('startSweeper runs in the background until stopped; close stops it', async () => {
-      const swept = createMongoStore({ db: test.db, collectionName: 'bg_records' });
+      const swept = createMongoStore({ db: test.db, collectionName: 'bg_records', expiredGraceMs: 0 });
       const lease = await acquired(swept, 'bg');
       await swept.complete({ key: 'bg', fence: lease.fence, outgoing: [], retentionMs: 20 });
       swept.startSweeper(50);

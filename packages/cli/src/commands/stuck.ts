@@ -97,7 +97,8 @@ export async function stuck(io: Io, options: StuckOptions): Promise<void> {
         ? `namespace ${options.namespace}`
         : 'all consumers';
     if (views.length === 0) {
-      printLines(io, [`no record of ${scope} in progress for more than ${formatSpan(options.olderThanMs)}`]);
+      const whose = options.consumer || options.namespace ? ` of ${scope}` : '';
+      printLines(io, [`no record${whose} in progress for more than ${formatSpan(options.olderThanMs)}`]);
       return;
     }
     const now = Date.now();

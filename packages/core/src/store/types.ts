@@ -100,6 +100,11 @@ export interface CompletedRecord extends RecordBase {
   readonly outgoing: readonly OutgoingRecord[];
   readonly completedAt: number;
   readonly expiresAt: number;
+  /**
+   * Answered by a long-term marker (a store's compaction): it still says "already processed", but
+   * its result and outgoing messages are no longer kept.
+   */
+  readonly compacted?: boolean;
 }
 
 export interface FailedRecord extends RecordBase {
