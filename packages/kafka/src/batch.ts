@@ -207,29 +207,41 @@ class BatchRun {
     const resume = this.payload.pause();
     env.stats.paused++;
     env.stats.detached++;
-    env.stats.inFlight++;
-    env.track(pending);
     const id = this.copyId(message);
+    this.goOnWithout(pending, (d) => {
+      if (d?.action === 'dead-letter') {
+        // A run of it detached before may have decided first (a fetch that came back while
+        // this one still ran): that reason stays.
+        const held = env.copiesOnHold.get(id);
+        env.copiesOnHold.set(id, { attempts: held?.attempts ?? 0, deadLetter: held?.deadLetter ?? d });
+      }
+      if (d?.action === 'retry') env.stats.retried++;
+      if (d?.action === 'defer') env.stats.deferred++;
+      env.scheduleResume(d?.action === 'retry' || d?.action === 'defer' ? d.delayMs : 0, resume);
+    });
+    return 'paused';
+  }
+
+  /**
+   * A run the batch no longer waits for (detached, given up, or started ahead of where the batch
+   * ended): `stop` waits for it, `inFlight` counts it and its outcome is counted when it ends;
+   * `ended` gets its disposition (undefined if it threw).
+   */
+  private goOnWithout(pending: Promise<Disposition>, ended?: (d: Disposition | undefined) => void): void {
+    const { env } = this;
+    env.track(pending);
+    env.stats.inFlight++;
     void pending
       .then(
         (d) => {
           countOutcome(env.stats, d.outcome);
-          if (d.action === 'dead-letter') {
-            // A run of it detached before may have decided first (a fetch that came back while
-            // this one still ran): that reason stays.
-            const held = env.copiesOnHold.get(id);
-            env.copiesOnHold.set(id, { attempts: held?.attempts ?? 0, deadLetter: held?.deadLetter ?? d });
-          }
-          if (d.action === 'retry') env.stats.retried++;
-          if (d.action === 'defer') env.stats.deferred++;
-          env.scheduleResume(d.action === 'retry' || d.action === 'defer' ? d.delayMs : 0, resume);
+          ended?.(d);
         },
-        () => env.scheduleResume(0, resume),
+        () => ended?.(undefined),
       )
       .finally(() => {
         env.stats.inFlight--;
       });
-    return 'paused';
   }
 
   /** Ends the batch's ordered groups: no handler of theirs starts any more; kept leases go back. */
@@ -335,15 +347,9 @@ class BatchRun {
     const { dispositions } = group.run;
     for (let j = i + 1 - group.from; j < dispositions.length; j++) {
       const pending = dispositions[j] as Promise<Disposition>;
-      env.track(pending);
-      if ((this.handlerStartedAt[group.from + j] ?? 0) === 0) continue;
-      env.stats.inFlight++;
-      void pending
-        .then((late) => countOutcome(env.stats, late.outcome))
-        .catch(() => {})
-        .finally(() => {
-          env.stats.inFlight--;
-        });
+      if ((this.handlerStartedAt[group.from + j] ?? 0) > 0) this.goOnWithout(pending);
+      // Not started: given back as not run, which stop() also waits for (processor.givenBack).
+      else env.track(pending);
     }
   }
 
@@ -407,14 +413,7 @@ class BatchRun {
       if (d === 'detached') return this.detach(message, pending);
       if (d === undefined) {
         // Given up; the run goes on unowned (its writes are fenced) and is still in flight.
-        env.track(pending);
-        env.stats.inFlight++;
-        void pending
-          .then((late) => countOutcome(env.stats, late.outcome))
-          .catch(() => {})
-          .finally(() => {
-            env.stats.inFlight--;
-          });
+        this.goOnWithout(pending);
         return 'abandoned';
       }
       if (d.outcome === 'not-run') return 'rebatch';
