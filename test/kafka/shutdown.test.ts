@@ -18,6 +18,7 @@ import {
   fullyCommitted,
   newKafka,
   newRedis,
+  quietLogger,
   topicSize,
   uniqueName,
   waitUntil,
@@ -163,6 +164,53 @@ describe('kafka consumer shutdown', () => {
     expect(b.stats.byOutcome.duplicate).toBe(1);
     await waitUntil(async () => (await topicSize(admin, out)) === 1, { message: 'the output published' });
   }, 90_000);
+
+  it('idle() after stop() waits for a run stop() gave up on, so the store can be closed: the next owner acks it as a duplicate', async () => {
+    // Closing the store right after stop() cut that run's completion off: the next owner took
+    // the key over after the lease and ran the handler a second time.
+    const { topic, dlq, groupId, prefix } = await setup();
+    let runs = 0;
+    let release!: () => void;
+    const released = new Promise<void>((r) => {
+      release = r;
+    });
+    const options = {
+      kafka,
+      groupId,
+      topics: [topic],
+      deadLetter: { topic: dlq },
+      fromBeginning: true,
+      consumerConfig: fastGroup,
+      leaseMs: 5_000,
+      logger: quietLogger,
+    };
+    const ownClient = newRedis();
+    const a = createConsumer<{ id: string }>({
+      ...options,
+      store: createRedisStore({ client: ownClient, keyPrefix: prefix }),
+      handler: async () => {
+        runs++;
+        await released;
+      },
+    });
+    cleanups.push(() => a.stop());
+    await a.start();
+    await waitUntil(() => runs === 1, { message: 'the handler started' });
+    await a.stop({ timeoutMs: 200 });
+    expect(await a.idle(50)).toBe(false); // still running
+    release();
+    expect(await a.idle()).toBe(true);
+    await ownClient.quit(); // the store goes once nothing of the consumer runs any more
+
+    const store = createRedisStore({ client: redis, keyPrefix: prefix });
+    expect((await store.get(scopeKey('default', groupId, 'late-1')))?.state).toBe('COMPLETED');
+    const b = createConsumer<{ id: string }>({ ...options, store, handler: () => void runs++ });
+    cleanups.push(() => b.stop());
+    await b.start();
+    await waitUntil(() => fullyCommitted(admin, groupId, topic), { message: 'committed by the next owner' });
+    expect(b.stats.byOutcome.duplicate).toBe(1);
+    expect(runs).toBe(1);
+  });
 
   it('after stop() the default producer refuses every call with ClosedError and never reconnects', async () => {
     const { topic, dlq, groupId, prefix } = await setup();

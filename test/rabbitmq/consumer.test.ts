@@ -5,7 +5,12 @@ import {
   PermanentError,
   scopeKey,
 } from '@exactly-once/core';
-import { createConsumer, createPublisher, type RabbitConsumer } from '@exactly-once/rabbitmq';
+import {
+  createConsumer,
+  createPublisher,
+  DEFAULT_RETRY_DELAYS_MS,
+  type RabbitConsumer,
+} from '@exactly-once/rabbitmq';
 import { createRedisStore } from '@exactly-once/store-redis';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { env, uniqueName } from '../support/env.js';
@@ -250,5 +255,55 @@ describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
     expect(consumer.stats.abandoned).toBe(1);
     expect(consumer.stats.acked).toBe(0);
     expect(consumer.stats.byOutcome['publish-failed']).toBe(1); // refused: the consumer is closed
+  });
+
+  it('idle() after stop() waits for a run stop() gave up on, so the store can be closed: the next consumer acks it as a duplicate', async () => {
+    // Closing the store right after stop() cut that run's completion off: the next consumer took
+    // the key over after the lease and ran the handler a second time.
+    const queue = uniqueName('rmq-idle');
+    const raw = await rawChannel();
+    const keyPrefix = `t:${queue}`;
+    let runs = 0;
+    let release!: () => void;
+    const released = new Promise<void>((r) => {
+      release = r;
+    });
+    const options = {
+      connection: env.amqpUrl,
+      queue,
+      consumer: 'rmq-idle',
+      retentionCheck: 'off' as const,
+      leaseMs: 5_000,
+    };
+    const ownClient = newRedis();
+    const first = createConsumer<{ id: string }>({
+      ...options,
+      store: createRedisStore({ client: ownClient, keyPrefix }),
+      handler: async () => {
+        runs++;
+        await released;
+      },
+    });
+    await first.start();
+    await raw.publish(queue, { id: 'slow' }, { 'x-idempotency-key': 'slow-1' });
+    await waitUntil(() => runs === 1, { message: 'the handler started' });
+    await first.stop({ timeoutMs: 50 });
+    expect(await first.idle(50)).toBe(false); // still running
+    release();
+    expect(await first.idle()).toBe(true);
+    await ownClient.quit(); // the store goes once nothing of the consumer runs any more
+
+    const store = createRedisStore({ client: redis, keyPrefix });
+    expect((await store.get(scopeKey('default', 'rmq-idle', 'slow-1')))?.state).toBe('COMPLETED');
+    const second = createConsumer<{ id: string }>({ ...options, store, handler: () => void runs++ });
+    cleanups.push(async () => {
+      await second.stop();
+      await raw.deleteQueues(queuesOf(queue, [...DEFAULT_RETRY_DELAYS_MS]));
+      await raw.close();
+    });
+    await second.start();
+    await waitUntil(() => second.stats.acked === 1, { message: 'the redelivery acked' });
+    expect(second.stats.byOutcome.duplicate).toBe(1);
+    expect(runs).toBe(1);
   });
 });

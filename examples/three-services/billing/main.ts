@@ -125,6 +125,8 @@ logger.info(`consuming ${names.billingQueue}`);
 
 onShutdown(logger, async () => {
   await consumer.stop({ timeoutMs: 5_000 });
+  // A run stop() gave up on still needs the store to record its completion.
+  await consumer.idle(30_000);
   await producer.disconnect();
   await store.close();
   await mongo.close();

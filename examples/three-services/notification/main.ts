@@ -113,6 +113,8 @@ logger.info(`consuming ${names.paymentsTopic}`);
 
 onShutdown(logger, async () => {
   await consumer.stop();
+  // A run stop() gave up on still needs the store to record its completion.
+  await consumer.idle(30_000);
   await store.close();
   await stats.close();
   await tracing.shutdown();

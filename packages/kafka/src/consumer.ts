@@ -122,6 +122,14 @@ export interface KafkaConsumer {
    */
   stop(options?: StopOptions): Promise<void>;
   /**
+   * Resolves true once no run of this consumer is still going (a run given up by `stop()` or,
+   * on Kafka, detached or given up on a revocation, with its store writes), false after
+   * `timeoutMs` (default: no limit). Call it after `stop()` and before closing the store client:
+   * a run still going when the store closes cannot record its completion, so the next owner
+   * takes its key over after the lease and runs the handler again, as after a crash.
+   */
+  idle(timeoutMs?: number): Promise<boolean>;
+  /**
    * The underlying client consumer, e.g. for kafkajs' `on(consumer.events.GROUP_JOIN, ...)`
    * (`@confluentinc/kafka-javascript` has no `on`/`events`: pass a `rebalance_cb` in
    * `consumerConfig` instead).
@@ -285,6 +293,7 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
         runBatch(env, payload),
       );
     },
+    idle: (timeoutMs = Number.POSITIVE_INFINITY) => settledWithin(orphans, timeoutMs),
     stop({ timeoutMs = revokeGraceMs }: StopOptions = {}) {
       stopping ??= (async () => {
         const wasNew = state === 'new';

@@ -99,6 +99,14 @@ export interface RabbitConsumer {
    * nothing (a `ClosedError`, whichever the publisher) and acks nothing. Safe to call twice.
    */
   stop(options?: StopOptions): Promise<void>;
+  /**
+   * Resolves true once no run of this consumer is still going (a run `stop()` gave up on, with its
+   * store writes), false after `timeoutMs` (default: no limit). Call it after `stop()` and before
+   * closing the store client: a run still going when the store closes cannot record its
+   * completion, so the next consumer takes its key over after the lease and runs the handler
+   * again, as after a crash.
+   */
+  idle(timeoutMs?: number): Promise<boolean>;
   readonly processor: Processor;
   readonly topology: Topology;
   readonly stats: Readonly<ConsumerStats>;
@@ -353,6 +361,7 @@ export function createConsumer<T = unknown, R = unknown>(
     topology,
     stats,
     stop,
+    idle: (timeoutMs = Number.POSITIVE_INFINITY) => settledWithin(inFlight, timeoutMs),
     async start() {
       if (keeper || stopped) throw new ConfigError('a consumer can be started once');
       manager = resolveConnection(connection);
