@@ -46,6 +46,8 @@ export interface BatchEnv {
   track(run: Promise<unknown>): void;
   /** Copies the broker refused, by `<topic>:<partition>:<offset>`, while their partition is paused. */
   readonly copiesOnHold: Map<string, CopyOnHold>;
+  /** Group sizes of partitions whose last run was detached, by `<topic>:<partition>` (see CHUNK). */
+  readonly groupSizes: Map<string, number>;
 }
 
 /**
@@ -78,6 +80,11 @@ type Step = 'settled' | 'paused' | 'abandoned' | 'rebatch';
  * which waits for the lease and counts as an attempt.
  */
 const CHUNK = 32;
+/*
+ * A detached run gives back the leases of the records begun after it (up to CHUNK - 1): where
+ * every handler runs long, that would be CHUNK begins and releases per record. So after a detach
+ * a partition's groups start at one record and double with each group run to its end.
+ */
 
 /** Runs one batch. Throws only a rebalance error, so kafkajs rejoins the group at once. */
 export async function runBatch(env: BatchEnv, payload: EachBatchPayloadLike): Promise<void> {
@@ -88,6 +95,8 @@ export async function runBatch(env: BatchEnv, payload: EachBatchPayloadLike): Pr
 class BatchRun {
   private readonly topic: string;
   private readonly partition: number;
+  /** `<topic>:<partition>`. */
+  private readonly partitionId: string;
   /**
    * Called when this batch must stop taking on work (revoked, stale, or the consumer stops), by
    * whatever waits at that moment (see {@link unlessInterrupted}).
@@ -117,6 +126,7 @@ class BatchRun {
   ) {
     this.topic = payload.batch.topic;
     this.partition = payload.batch.partition;
+    this.partitionId = `${this.topic}:${this.partition}`;
     this.handlerStartedAt = new Float64Array(payload.batch.messages.length);
     if (env.stopSignal.aborted) this.interrupt();
     else env.stopSignal.addEventListener('abort', this.onStop, { once: true });
@@ -207,6 +217,7 @@ class BatchRun {
     const resume = this.payload.pause();
     env.stats.paused++;
     env.stats.detached++;
+    env.groupSizes.set(this.partitionId, 1);
     const id = this.copyId(message);
     this.goOnWithout(pending, (d) => {
       if (d?.action === 'dead-letter') {
@@ -277,7 +288,7 @@ class BatchRun {
             if (done >= 0) this.runs.splice(done, 1);
             const from = i;
             const run = this.env.processor.processInOrder(
-              messages.slice(i, i + CHUNK).map((m) => this.deliveryOf(m)),
+              messages.slice(i, i + this.groupSize(group !== undefined)).map((m) => this.deliveryOf(m)),
               (index) => this.handlerStarted(from + index),
             );
             this.runs.push(run);
@@ -332,6 +343,18 @@ class BatchRun {
         this.env.logger.debug('kafka heartbeat failed', { error: toErrorInfo(error) });
       }
     });
+  }
+
+  /** The size of the partition's next group; `grow` when the group before ran to its end. */
+  private groupSize(grow: boolean): number {
+    const { groupSizes } = this.env;
+    let size = groupSizes.get(this.partitionId) ?? CHUNK;
+    if (grow && size < CHUNK) {
+      size = Math.min(CHUNK, size * 2);
+      if (size === CHUNK) groupSizes.delete(this.partitionId);
+      else groupSizes.set(this.partitionId, size);
+    }
+    return size;
   }
 
   private handlerStarted(index: number): void {
@@ -464,7 +487,7 @@ class BatchRun {
   }
 
   private copyId(message: KafkaMessageLike): string {
-    return `${this.topic}:${this.partition}:${message.offset}`;
+    return `${this.partitionId}:${message.offset}`;
   }
 
   /**

@@ -245,6 +245,7 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
     heartbeatIntervalMs,
     maxInPlaceWaitMs,
     copiesOnHold: new Map(),
+    groupSizes: new Map(),
     graceMs: () => (stopController.signal.aborted ? remaining() : revokeGraceMs),
     stopSignal: stopController.signal,
     scheduleResume(ms, resume) {

@@ -115,6 +115,7 @@ function env(
     scheduleResume: (ms) => resumes.push(ms),
     track: () => {},
     copiesOnHold: new Map(),
+    groupSizes: new Map(),
     ...over,
   };
   return { e, calls, sent, resumes, stop: () => controller.abort() };
@@ -320,6 +321,35 @@ describe('batch runner', () => {
     await Promise.all(tracked);
     await Promise.resolve();
     expect(e.stats.inFlight).toBe(0);
+  });
+
+  it('after a detach, the partition begins groups of one record, doubling as groups run to their end', async () => {
+    // A detach gives back the leases begun after the run: with every handler long, full groups
+    // cost 32 begins and 31 releases per record.
+    let finish: (d: Disposition) => void = () => {};
+    const tracked: Promise<unknown>[] = [];
+    const made = env((_d, call) => (call === 1 ? new Promise<Disposition>((r) => (finish = r)) : ack), {
+      track: (r) => tracked.push(r),
+    });
+    const sizes: number[] = [];
+    const inner = made.e.processor.processInOrder.bind(made.e.processor);
+    const processor = {
+      ...made.e.processor,
+      processInOrder: (deliveries: readonly Delivery[], onRunning?: (index: number) => void) => {
+        sizes.push(deliveries.length);
+        return inner(deliveries, onRunning);
+      },
+    } as Processor;
+    const e = { ...made.e, processor };
+    await runBatch(e, payload(40).p);
+    expect(sizes).toEqual([32]);
+    finish(ack);
+    await tracked[0];
+    const again = payload(40);
+    await runBatch(e, again.p);
+    expect(again.resolved).toHaveLength(40);
+    expect(sizes).toEqual([32, 1, 2, 4, 8, 16, 9]);
+    expect(e.groupSizes.size).toBe(0); // back to full groups
   });
 
   it('on stop, gives a hanging run the grace period, then leaves it unresolved', async () => {
