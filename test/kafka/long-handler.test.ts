@@ -68,26 +68,32 @@ function gatedHandler(onSlow: () => void) {
   return { events, handler, open: () => open() };
 }
 
+/** A started consumer of `topic` on a fresh group and key prefix, dead letters to `dlq`. */
+async function startConsumer(topic: string, dlq: string, handler: (p: { id: string }) => Promise<void>) {
+  const groupId = uniqueName('long-handler-group');
+  const store = createRedisStore({ client: redis, keyPrefix: uniqueName('eo') });
+  const consumer = createConsumer<{ id: string }>({
+    kafka,
+    groupId,
+    topics: [topic],
+    deadLetter: { topic: dlq },
+    store,
+    fromBeginning: true,
+    consumerConfig: fastGroup,
+    logger: quietLogger,
+    handler,
+  });
+  consumers.push(consumer);
+  await consumer.start();
+  return { consumer, groupId, store };
+}
+
 describe('a long handler', () => {
   it('does not hold up the other partitions; its own partition stays in order and it runs once', async () => {
     const topic = uniqueName('long-handler');
     await createTopics(admin, [topic], 2);
-    const groupId = uniqueName('long-handler-group');
-    const store = createRedisStore({ client: redis, keyPrefix: uniqueName('eo') });
     const { events, handler, open } = gatedHandler(() => {});
-    const consumer = createConsumer<{ id: string }>({
-      kafka,
-      groupId,
-      topics: [topic],
-      deadLetter: { topic: `${topic}.dlq` },
-      store,
-      fromBeginning: true,
-      consumerConfig: fastGroup,
-      logger: quietLogger,
-      handler,
-    });
-    consumers.push(consumer);
-    await consumer.start();
+    const { consumer, groupId, store } = await startConsumer(topic, `${topic}.dlq`, handler);
 
     await send(topic, 0, 'slow');
     await waitUntil(() => events.includes('start:slow'), { message: 'the slow handler started' });
@@ -116,24 +122,10 @@ describe('a long handler', () => {
     const topic = uniqueName('long-handler-dl');
     const dlq = `${topic}.dlq`;
     await createTopics(admin, [topic, dlq], 1);
-    const groupId = uniqueName('long-handler-dl-group');
-    const store = createRedisStore({ client: redis, keyPrefix: uniqueName('eo') });
     const { events, handler, open } = gatedHandler(() => {
       throw new PermanentError('card declined');
     });
-    const consumer = createConsumer<{ id: string }>({
-      kafka,
-      groupId,
-      topics: [topic],
-      deadLetter: { topic: dlq },
-      store,
-      fromBeginning: true,
-      consumerConfig: fastGroup,
-      logger: quietLogger,
-      handler,
-    });
-    consumers.push(consumer);
-    await consumer.start();
+    const { consumer, groupId } = await startConsumer(topic, dlq, handler);
     await send(topic, 0, 'slow');
     await waitUntil(() => consumer.stats.detached >= 1, { message: 'the slow run detached' });
     open();
