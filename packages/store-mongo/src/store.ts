@@ -42,7 +42,7 @@ import {
   toBinary,
 } from './codec.js';
 import { asStoreError, duplicateIndexes, guarded, isDuplicateKey, isUnsupported } from './driver.js';
-import { dismantle, sweepExpired, type SweepResult } from './sweep.js';
+import { dismantle, type SweepResult, sweepExpired } from './sweep.js';
 
 export interface MongoStoreOptions {
   /** Database holding the records collection (ignored for records when `collection` is given). */
@@ -132,6 +132,8 @@ interface Place {
   readonly fingerprint: RecordDoc['f'];
   readonly attempt: number;
   readonly traceId?: RecordDoc['t'];
+  /** The lease's end in store time as last written by this process (0: released or unknown). */
+  readonly leaseUntil: number;
 }
 
 /**
@@ -154,7 +156,10 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
   const writeConcern = options.writeConcern ?? { w: 'majority' };
   const write = { writeConcern };
   const clock = makeClock(options, collection);
-  const sealTimeoutMs = options.sealTimeoutMs ?? 30_000;
+  // A NaN seal timeout would let every begin take every seal over at once.
+  const sealTimeoutMs = duration('sealTimeoutMs', options.sealTimeoutMs, 30_000, 1);
+  const expiredGraceMs = duration('expiredGraceMs', options.expiredGraceMs, 60_000, 0);
+  const sweepBatchSize = duration('sweepBatchSize', options.sweepBatchSize, 500, 1);
   let claimsCollection: Collection<ClaimDoc> | undefined;
   const claims = (): Collection<ClaimDoc> => {
     if (claimsCollection) return claimsCollection;
@@ -208,6 +213,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     fingerprint: doc.f,
     attempt: doc.a,
     ...(doc.t === undefined ? {} : { traceId: doc.t }),
+    leaseUntil: doc.l ?? 0,
   });
 
   /**
@@ -272,12 +278,39 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       try {
         await collection.insertOne(doc, write);
       } catch (error) {
-        if (isDuplicateKey(error)) return { result: 'lost' };
-        throw error;
+        if (!isDuplicateKey(error)) throw error;
+        // Our own insert, applied by an earlier call whose answer was lost (a batch retried one
+        // by one after a network error): it stands.
+        if (!(await isOwnTerminal(doc))) return { result: 'lost' };
       }
+      if (!(await stillLive(key, place, [doc._id]))) return { result: 'lost' };
       held.delete(heldKey(key, fence));
       return { result: 'ok', place: { ...place, position: doc.i } };
     });
+
+  /**
+   * Whether the element at `doc`'s position is the same terminal by the same holder: only the
+   * holder of fence `n` writes a COMPLETED element with it; a FAILED one with it is also what
+   * `clear` writes, told apart by its error code.
+   */
+  const isOwnTerminal = async (doc: RecordDoc): Promise<boolean> => {
+    const there = await collection.findOne({ _id: doc._id }, { projection: { s: 1, n: 1, x: 1 } });
+    if (there === null || there.s !== doc.s || there.n !== doc.n) return false;
+    return doc.s !== State.Failed || there.x?.c === doc.x?.c;
+  };
+
+  /**
+   * After a terminal insert: whether the chain it went into is still the key's. A lease this
+   * process saw live when it was last written cannot have been superseded, expired and swept;
+   * past its end it may have been (a stalled holder), and an insert into a deleted chain lands
+   * at a free position and must not count. Such inserts are taken back.
+   */
+  const stillLive = async (key: string, place: Place, ids: readonly string[]): Promise<boolean> => {
+    if ((await clock.now()) < place.leaseUntil) return true;
+    if (await headNames(reader, key, place.chain)) return true;
+    await collection.deleteMany({ _id: { $in: [...ids] } }, write);
+    return false;
+  };
 
   const lease = (
     request: BeginRequest,
@@ -349,7 +382,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       const age = now - (last.d ?? 0);
       if (age < sealTimeoutMs) return { status: 'busy', retryAfterMs: Math.min(1000, sealTimeoutMs - age) };
       // The sweeper that sealed the chain died before deleting it: finish its work.
-      await dismantleAfter(chain, now);
+      await dismantleAfter(chain);
       return undefined;
     }
     if (isExpired(last, now)) {
@@ -399,11 +432,10 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
   };
 
   /** Seals the chain after its last element (a sealed or expired one) and deletes it. */
-  const dismantleAfter = (chain: Chain, now: number) =>
+  const dismantleAfter = (chain: Chain) =>
     dismantle(
-      { collection, heads, write, ...(blobs === undefined ? {} : { blobs }) },
+      { collection, heads, write, clock, ...(blobs === undefined ? {} : { blobs }) },
       chain,
-      now,
       sealTimeoutMs,
     );
 
@@ -508,9 +540,20 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         await perKey(requests, at, answers, (request) => store.complete(request));
         return answers;
       }
+      const live = await guarded('complete', () =>
+        Promise.all(
+          at.map((i, d) =>
+            refused.has(d)
+              ? false
+              : stillLive((requests[i] as CompleteRequest).key, places[i] as Place, [
+                  (docs[d] as RecordDoc)._id,
+                ]),
+          ),
+        ),
+      );
       at.forEach((i, d) => {
         const request = requests[i] as CompleteRequest;
-        if (refused.has(d)) {
+        if (!live[d]) {
           answers[i] = 'lost';
           return;
         }
@@ -548,7 +591,11 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
 
     async extend(key: string, fence: number, leaseMs: number): Promise<FencedResult> {
       const now = await guarded('extend', () => clock.now());
-      return holderWrite('extend', key, fence, { $set: { l: now + leaseMs } });
+      const answer = await holderWrite('extend', key, fence, { $set: { l: now + leaseMs } });
+      const known = held.get(heldKey(key, fence));
+      if (answer === 'ok' && known !== undefined)
+        remember(held, key, fence, { ...known, leaseUntil: now + leaseMs });
+      return answer;
     },
 
     async complete(request: CompleteRequest): Promise<FencedResult> {
@@ -638,6 +685,13 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
           if (!key.startsWith(prefix)) continue;
           const chain = doc.c ?? chainOf(doc as unknown as HeadDoc);
           if (await hasSuccessor(reader, chain, doc.i ?? 0)) continue;
+          if (doc.c !== undefined && !(await headNames(reader, key, doc.c))) {
+            // A stray: a lease inserted into a chain deleted meanwhile, whose writer died before
+            // taking it back. Nothing reads it as the key's state, and it has no expiry for the
+            // sweeper to find: it goes here.
+            await collection.deleteOne({ _id: doc._id, s: State.InProgress }, write);
+            continue;
+          }
           found.push({
             key,
             owner: doc.o ?? '',
@@ -778,9 +832,9 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         clock,
         write,
         ...(blobs === undefined ? {} : { blobs }),
-        batchSize: options.sweepBatchSize ?? 500,
+        batchSize: sweepBatchSize,
         sealTimeoutMs,
-        graceMs: options.expiredGraceMs ?? 60_000,
+        graceMs: expiredGraceMs,
       });
       sweeping = run.catch(() => undefined);
       // Lapsed payload-guard claims go too (a server without TTL indexes keeps them otherwise).
@@ -846,4 +900,11 @@ function readable(chain: Chain | undefined, now: number): ProcessedRecord | unde
   const last = chain?.last;
   if (last === undefined || last.s === State.Sealed || isExpired(last, now)) return undefined;
   return decodeRecord(last);
+}
+
+/** A whole number option of at least `min`, or its default; anything else is a ConfigError. */
+function duration(name: string, value: number | undefined, fallback: number, min: number): number {
+  if (value === undefined) return fallback;
+  if (!Number.isFinite(value) || value < min) throw new ConfigError(`${name} must be a number >= ${min}`);
+  return Math.ceil(value);
 }

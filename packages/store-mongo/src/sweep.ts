@@ -25,10 +25,10 @@ export interface SweepResult {
 export interface DismantleContext extends ChainReader {
   readonly write: { readonly writeConcern: WriteConcernSettings };
   readonly blobs?: BlobStore;
+  readonly clock: StoreClock;
 }
 
 export interface SweepContext extends DismantleContext {
-  readonly clock: StoreClock;
   readonly batchSize: number;
   readonly sealTimeoutMs: number;
   /** How long past their expiry records (and their blobs) are left: see `expiredGraceMs`. */
@@ -45,11 +45,13 @@ const pointerOf = (doc: Pick<RecordDoc, 'b'>): BlobPointer | undefined =>
 export async function dismantle(
   context: DismantleContext,
   chain: Chain,
-  now: number,
   sealTimeoutMs: number,
 ): Promise<{ deleted: number; blobsDeleted: number }> {
-  const { collection, heads, write, blobs } = context;
-  const sealedAt = performance.now();
+  const { collection, heads, write, blobs, clock } = context;
+  // The seal says when it was set, and another sweeper or a begin takes the chain over once that
+  // is sealTimeoutMs ago: read the time now, not when the sweep began (a long sweep's stale time
+  // made a seal look abandoned at once, and a begin rebuilt the key while this head delete ran).
+  const now = await clock.now();
   const seal = chain.position + 1;
   try {
     await collection.insertOne(
@@ -72,9 +74,11 @@ export async function dismantle(
   const pointers: BlobPointer[] = [];
   const head = (await heads.findOne({ _id: chain.key })) as (HeadDoc & Pick<RecordDoc, 'b'>) | null;
   // Past half the timeout another sweeper may take this chain over and a new head may follow:
-  // leave the head to it rather than risk deleting that one.
-  if (head !== null && chainOf(head) === chain.chain && performance.now() - sealedAt < sealTimeoutMs / 2) {
-    deleted += (await heads.deleteOne({ _id: chain.key }, write)).deletedCount;
+  // leave the head to it rather than risk deleting that one. The delete names the chain too (a
+  // previous-layout record, its own head, has none), so a head made meanwhile is not the one deleted.
+  if (head !== null && chainOf(head) === chain.chain && (await clock.now()) - now < sealTimeoutMs / 2) {
+    const named = head.c === undefined ? { c: { $exists: false } } : { c: chain.chain };
+    deleted += (await heads.deleteOne({ _id: chain.key, ...named } as never, write)).deletedCount;
     const pointer = pointerOf(head); // a previous-layout record's own blob
     if (pointer !== undefined) pointers.push(pointer);
   } else if (head !== null && chainOf(head) === chain.chain) {
@@ -156,10 +160,10 @@ async function sweepOne(
   if (last.s === State.Sealed) {
     // Sealed by a sweeper that died, or is still at work: take over only after the timeout.
     if (now - (last.d ?? 0) < sealTimeoutMs) return KEPT;
-    return { ...(await dismantle(context, chain, now, sealTimeoutMs)), kept: false };
+    return { ...(await dismantle(context, chain, sealTimeoutMs)), kept: false };
   }
   if (chain.position === (doc.i ?? 0) && isExpired(last, now)) {
-    return { ...(await dismantle(context, chain, now, sealTimeoutMs)), kept: false };
+    return { ...(await dismantle(context, chain, sealTimeoutMs)), kept: false };
   }
   if (chain.position > (doc.i ?? 0) && doc.s !== State.Sealed) {
     // An older record of a key used again since: it stays (the chain must have no gaps) until the

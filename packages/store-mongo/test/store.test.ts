@@ -5,10 +5,10 @@
 import { connect, createServer, type Socket } from 'node:net';
 import { StoreUnavailableError } from '@exactly-once/core';
 import type { Collection } from 'mongodb';
-import { Binary, MongoClient } from 'mongodb';
+import { Binary, MongoClient, MongoNetworkError } from 'mongodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readChain } from '../src/chain.js';
-import { serverClock } from '../src/clock.js';
+import { clientClock, serverClock } from '../src/clock.js';
 import { elementId, type HeadDoc, type RecordDoc, State } from '../src/codec.js';
 import { createGridFsBlobStore, createMongoStore, type MongoProcessedStore } from '../src/index.js';
 import { dismantle } from '../src/sweep.js';
@@ -279,6 +279,60 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       await store.ensureIndexes();
     });
 
+    it('a stale holder whose chain was cleared and swept meanwhile is told lost, and leaves nothing behind', async () => {
+      // Before: its complete went into the deleted chain at a free position and answered ok.
+      const swept = createMongoStore({ db: test.db, collectionName: 'stale_holder', expiredGraceMs: 0 });
+      const stale = await acquired(swept, 'k', 100);
+      await sleep(150); // the holder stalls past its lease
+      expect(await swept.clear('k')).toBeTruthy();
+      await sleep(5);
+      await swept.sweepExpired();
+      const next = await acquired(swept, 'k', 10_000);
+      expect(await swept.complete({ key: 'k', fence: stale.fence, outgoing: [], retentionMs: 60_000 })).toBe(
+        'lost',
+      );
+      expect((await swept.get('k'))?.fence).toBe(next.fence);
+      expect(await swept.collection.countDocuments({ s: State.Completed })).toBe(0);
+      await swept.close();
+    });
+
+    it('a batch completion whose reply was lost after the server applied it answers ok, not lost', async () => {
+      // Before: retried key by key, each insert met its own element and answered lost, and core
+      // then deleted the blobs the COMPLETED records name.
+      let failNext = true;
+      const target = test.db.collection<RecordDoc>('lost_reply');
+      const collection = new Proxy(target, {
+        get(t, prop) {
+          const value = Reflect.get(t, prop, t);
+          if (prop !== 'insertMany' || typeof value !== 'function') {
+            return typeof value === 'function' ? value.bind(t) : value;
+          }
+          return async (...args: unknown[]) => {
+            const applied = await value.apply(t, args);
+            const docs = args[0] as RecordDoc[];
+            if (failNext && docs[0]?.s === State.Completed) {
+              failNext = false;
+              throw new MongoNetworkError('connection reset after the server applied the insert');
+            }
+            return applied;
+          };
+        },
+      });
+      const lossy = createMongoStore({ db: test.db, collection: collection as never });
+      const leases = await (lossy.beginMany as NonNullable<typeof lossy.beginMany>)([
+        { key: 'a', fingerprint: 'fp', owner: 'w', leaseMs: 10_000 },
+        { key: 'b', fingerprint: 'fp', owner: 'w', leaseMs: 10_000 },
+      ]);
+      const fences = leases.map((l) => (l.status === 'acquired' ? l.fence : -1));
+      const answers = await lossy.completeMany?.(
+        ['a', 'b'].map((key, i) => ({ key, fence: fences[i] as number, outgoing: [], retentionMs: 60_000 })),
+      );
+      expect(answers).toEqual(['ok', 'ok']);
+      expect(failNext).toBe(false);
+      expect((await lossy.get('a'))?.state).toBe('COMPLETED');
+      await lossy.close();
+    });
+
     it('leaves an expired record and its blob for expiredGraceMs: a duplicate answered just before can still read it', async () => {
       // Before: swept at its expiry, the blob went while a duplicate answered a moment earlier
       // was still streaming it (BlobIntegrityError half-way).
@@ -369,8 +423,9 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
         heads: swept.collection as never,
         write: { writeConcern: {} },
         blobs,
+        clock: clientClock(),
       };
-      expect(await dismantle(context, stale, Date.now(), 30_000)).toEqual({ deleted: 0, blobsDeleted: 0 });
+      expect(await dismantle(context, stale, 30_000)).toEqual({ deleted: 0, blobsDeleted: 0 });
       expect((await swept.get(key))?.state).toBe('IN_PROGRESS');
       expect(Array.from(await blobs.get(blob))).toEqual([7]);
       await swept.close();
