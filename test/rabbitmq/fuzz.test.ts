@@ -12,12 +12,13 @@
  *
  * Seed: EO_FUZZ_SEED (default fixed, printed in the test name).
  */
-import { propagation, trace } from '@opentelemetry/api';
-import { CompositePropagator, W3CBaggagePropagator, W3CTraceContextPropagator } from '@opentelemetry/core';
-import { BasicTracerProvider } from '@opentelemetry/sdk-trace-base';
+
 import * as core from '@exactly-once/core';
 import { createConsumer, type RabbitConsumer } from '@exactly-once/rabbitmq';
 import { createRedisStore } from '@exactly-once/store-redis';
+import { propagation, trace } from '@opentelemetry/api';
+import { CompositePropagator, W3CBaggagePropagator, W3CTraceContextPropagator } from '@opentelemetry/core';
+import { BasicTracerProvider } from '@opentelemetry/sdk-trace-base';
 import type { GetMessage } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { env, uniqueName } from '../support/env.js';
@@ -217,6 +218,41 @@ describe('rabbitmq: a header amqplib decodes but cannot encode again', () => {
         timeoutMs: 10_000,
         message: () => `the dead letter (${JSON.stringify(consumer.stats)})`,
       });
+    } finally {
+      await consumer.stop({ timeoutMs: 1_000 });
+      await raw.deleteQueues(queuesOf(queue, DELAYS));
+      await raw.close();
+      await dropPrefix(`t:${queue}`);
+    }
+  });
+});
+
+describe('rabbitmq: a nested header table with a field named "!"', () => {
+  // Found by a review: the copy passed such a table on as if it were one of amqplib's typed
+  // values, its encoding threw, and the consumer retried the copy for ever (the message held a
+  // prefetch slot, and each failed publish shifted the channel's confirms by one).
+  it('dead-letters the message, the header kept as it came', async () => {
+    const queue = uniqueName('rmq-fuzz-bang');
+    const raw = await rawChannel();
+    const consumer = createConsumer({
+      connection: env.amqpUrl,
+      queue,
+      consumer: 'fuzz',
+      store: createRedisStore({ client: redis, keyPrefix: `t:${queue}` }),
+      retryDelaysMs: DELAYS,
+      retentionCheck: 'off',
+      logger: { debug() {}, info() {}, warn() {}, error() {} },
+      handler: () => {},
+    });
+    await consumer.start();
+    try {
+      await raw.publish(queue, {}, { 'x-nested': { '!': 'object', value: { '!': 'boom', a: 1 } } });
+      await waitUntil(() => consumer.stats.deadLettered === 1, {
+        timeoutMs: 10_000,
+        message: () => `the dead letter (${JSON.stringify(consumer.stats)})`,
+      });
+      const [letter] = await raw.drain(`${queue}.dlq`);
+      expect(letter?.properties.headers?.['x-nested']).toEqual({ '!': 'boom', a: 1 });
     } finally {
       await consumer.stop({ timeoutMs: 1_000 });
       await raw.deleteQueues(queuesOf(queue, DELAYS));

@@ -7,6 +7,7 @@ import { createPublisher } from '@exactly-once/rabbitmq';
 import amqp from 'amqp-connection-manager';
 import { describe, expect, it } from 'vitest';
 import { env } from '../support/env.js';
+import { rawChannel } from './helpers.js';
 
 /**
  * Settles `p`, counting the event-loop turns (setImmediate callbacks) that ran meanwhile. A call
@@ -41,6 +42,42 @@ function expectClosed(error: unknown) {
   expect(error).toBeInstanceOf(ClosedError);
   expect(error).toMatchObject({ code: ErrorCode.Closed, retryable: false });
 }
+
+describe('rabbitmq publisher and what AMQP cannot encode', () => {
+  // Found by a review: amqplib takes a message's place in the confirm order before encoding it;
+  // an encoding error left that place empty, every later confirm on the channel answered the
+  // publish before it, and the publisher retried the message at once, without yielding, until
+  // publishTimeoutMs (the event loop frozen: no heartbeats, no lease extensions).
+  it('sends a message whose key is over 255 bytes; refuses one it cannot encode at once; later publishes still confirm', async () => {
+    const queue = `rmq-encode-${Date.now()}`;
+    const raw = await rawChannel();
+    await raw.ch.assertQueue(queue, { durable: true });
+    const publisher = createPublisher({ connection: env.amqpUrl, publishTimeoutMs: 5_000 });
+    try {
+      await publisher.ready();
+      await publisher.send(queue, { n: 1 }, { idempotencyKey: 'k'.repeat(300) });
+      const unencodable = {
+        ...outgoing(queue),
+        headers: { 'x-idempotency-key': 'k-2', ['h'.repeat(300)]: 'x' },
+      };
+      const { error, turns } = await settleCountingTurns(publisher.publish([unencodable]));
+      expect(error).toBeInstanceOf(PublishError);
+      expect(String((error as Error).message)).toMatch(/cannot be encoded/);
+      expect(turns).toBeLessThanOrEqual(20);
+      await publisher.send(queue, { n: 3 }, { idempotencyKey: 'k-3' });
+      const got = await raw.drain(queue);
+      expect(got.map((m) => String(m.properties.headers?.['x-idempotency-key']).slice(0, 3))).toEqual([
+        'kkk',
+        'k-3',
+      ]);
+      expect(String(got[0]?.properties.messageId)).toMatch(/^sha256:[0-9a-f]{64}$/);
+    } finally {
+      await publisher.close();
+      await raw.deleteQueues([queue]);
+      await raw.close();
+    }
+  });
+});
 
 describe('rabbitmq publisher after close()', () => {
   it('send, publish and ready reject at once with ClosedError (its own connection)', async () => {

@@ -24,6 +24,11 @@ export interface KeptChannel {
   readonly open: boolean;
   /** The broker's reason, when the broker closed the channel. */
   readonly closeError?: Error;
+  /**
+   * Gives the channel up at once (`open` false, no longer handed out) and closes it; the keeper
+   * opens the next. For a channel whose confirms can no longer be trusted.
+   */
+  discard(): void;
 }
 
 export interface ChannelKeeperOptions {
@@ -67,6 +72,7 @@ export class NotConfirmedError extends Error {
 
 interface MutableKept {
   channel: ConfirmChannel;
+  discard(): void;
   generation: number;
   open: boolean;
   closeError?: Error;
@@ -120,7 +126,16 @@ export function keepChannel(options: ChannelKeeperOptions): ChannelKeeper {
     let kept: MutableKept | undefined;
     try {
       const channel = await connection.createConfirmChannel();
-      const k: MutableKept = { channel, generation: ++generation, open: true };
+      const k: MutableKept = {
+        channel,
+        generation: ++generation,
+        open: true,
+        discard() {
+          k.open = false;
+          if (current === k) current = undefined;
+          channel.close().catch(noop); // its 'close' schedules the next channel
+        },
+      };
       kept = k;
       // The broker closing a channel is an 'error' event; without a listener it would throw.
       channel.on('error', (error: Error) => {
@@ -309,9 +324,18 @@ export function publishConfirmed(
         } else resolve();
       });
     } catch (error) {
-      // amqplib throws synchronously on a closing or closed channel.
       forget();
-      reject(new ChannelClosedError((error as Error).message));
+      // amqplib throws synchronously on a closing or closed channel ...
+      if (!kept.open || (error as Error).name === 'IllegalOperationError') {
+        reject(new ChannelClosedError((error as Error).message));
+        return;
+      }
+      // ... and when it cannot encode the message (a property over 255 bytes, a header it cannot
+      // type), after it has taken the message's place in the confirm order: every later confirm on
+      // this channel would answer the publish before it. Close the channel (its pending publishes
+      // fail as closed and are sent again on the next); this message can never be sent as it is.
+      kept.discard();
+      reject(new NotConfirmedError(`the message cannot be encoded: ${(error as Error).message}`));
     }
   });
 }

@@ -77,15 +77,27 @@ function reencodable(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(reencodable);
   if (value === null || typeof value !== 'object' || Buffer.isBuffer(value) || value instanceof Date)
     return value;
-  if ('!' in value) return value; // already typed
-  return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, reencodable(v)]));
+  if (isTyped(value)) return value;
+  // A nested table, stated as one: a table a client sent with a field named `!` would otherwise
+  // read to amqplib as a type marker and fail to encode, and its copy could never be sent.
+  return { '!': 'object', value: tableOf(value as Record<string, unknown>) };
+}
+
+/** Typed values as amqplib decodes them: `{ '!': 'decimal' | 'timestamp', value }`. */
+function isTyped(value: object): boolean {
+  const typed = value as { '!'?: unknown };
+  return (typed['!'] === 'decimal' || typed['!'] === 'timestamp') && Object.keys(value).length === 2;
+}
+
+function tableOf(table: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(table).map(([k, v]) => [k, reencodable(v)]));
 }
 
 /** Publish options that keep the original's identity and content description. */
 function copyOptions(props: MessageProperties, headers: Record<string, unknown>): Options.Publish {
   return {
     persistent: true,
-    headers: reencodable(headers) as Record<string, unknown>,
+    headers: tableOf(headers),
     ...(props.messageId ? { messageId: String(props.messageId) } : {}),
     ...(props.contentType ? { contentType: String(props.contentType) } : {}),
     ...(props.contentEncoding ? { contentEncoding: String(props.contentEncoding) } : {}),

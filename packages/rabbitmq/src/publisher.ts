@@ -11,6 +11,7 @@ import {
   type Logger,
   type OutgoingMessage,
   PublishError,
+  sha256Hex,
   silentLogger,
 } from '@exactly-once/core';
 import { encodeValue, type OutgoingPublisher, tracer } from '@exactly-once/core/spi';
@@ -136,7 +137,7 @@ export function createPublisher(options: PublisherOptions): RabbitPublisher {
     const publishOptions = {
       persistent: true,
       mandatory,
-      messageId: m.id,
+      messageId: amqpMessageId(m.id),
       ...(m.headers['content-type'] ? { contentType: m.headers['content-type'] } : {}),
       headers: { ...m.headers },
     };
@@ -153,6 +154,9 @@ export function createPublisher(options: PublisherOptions): RabbitPublisher {
         // Sending it again (same message id and key) is safe; the consumer deduplicates.
         if (error instanceof ChannelClosedError && Date.now() < deadline) {
           exchanges.clear();
+          // A turn for I/O first: the channel's close event, which hands out the next one, must
+          // run before this looks for a channel again (otherwise it spins on the closing one).
+          await new Promise<void>((resolve) => setImmediate(resolve));
           continue;
         }
         if (error instanceof PublishError) throw error;
@@ -268,4 +272,12 @@ function withDeadline<T>(p: Promise<T>, deadline: number): Promise<T> {
     );
   });
   return Promise.race([p, late]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * The AMQP `message-id` of an outgoing message: its id, or, over the protocol's 255 bytes, a
+ * digest of it (the id itself travels whole in `x-idempotency-key`).
+ */
+function amqpMessageId(id: string): string {
+  return Buffer.byteLength(id) <= 255 ? id : `sha256:${sha256Hex(id)}`;
 }
