@@ -15,8 +15,8 @@ import {
 } from './errors.js';
 import type { ResolvedProcessorOptions } from './options.js';
 import { retryDelayMs } from './retry.js';
-import { settledWithin } from './wait.js';
 import type { Delivery, Disposition, Outcome } from './spi.js';
+import { settledWithin } from './wait.js';
 
 export async function handleFailure<T, R>(
   o: ResolvedProcessorOptions<T, R>,

@@ -46,7 +46,12 @@ export {
 export type { Logger, LogMeta } from './logger.js';
 export { silentLogger } from './logger.js';
 export type { MissingKeyPolicy, ProcessorOptions, ResolvedProcessorOptions } from './options.js';
-export { checkRetentionHorizon, PROCESSOR_DEFAULTS, resolveProcessorOptions } from './options.js';
+export {
+  checkRetentionHorizon,
+  MAX_DURATION_MS,
+  PROCESSOR_DEFAULTS,
+  resolveProcessorOptions,
+} from './options.js';
 export type {
   OutboxEntry,
   OutboxRelay,

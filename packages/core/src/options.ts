@@ -270,8 +270,15 @@ export function checkRetentionHorizon(
   o.logger.warn(message, { consumer: o.consumer });
 }
 
+/**
+ * The longest duration any option may give: 50 years. Stores keep deadlines in fixed-width
+ * fields (Redis: 48-bit ms, markers 32-bit s, which end in 2106); a longer one would wrap and
+ * read as already passed, and a processed message would run again.
+ */
+export const MAX_DURATION_MS = 50 * 365 * 86_400_000;
+
 function positive(name: string, v: number): void {
-  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
-    throw new ConfigError(`${name} must be a positive number of milliseconds (got ${v})`);
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0 || v > MAX_DURATION_MS) {
+    throw new ConfigError(`${name} must be a positive number of milliseconds up to 50 years (got ${v})`);
   }
 }

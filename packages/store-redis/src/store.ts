@@ -15,15 +15,17 @@ import {
   type InProgressEntry,
   type InProgressQuery,
   type InProgressRecord,
-  type MarkPublishedRequest,
   type Logger,
+  MAX_DURATION_MS,
+  type MarkPublishedRequest,
   type ProcessedRecord,
   type ProcessedStore,
   type ReleaseOptions,
-  silentLogger,
   StoreUnavailableError,
+  silentLogger,
 } from '@exactly-once/core';
 import calculateSlot from 'cluster-key-slot';
+import { type BlobCollectionOptions, type BlobCollectionStats, collectBlobPass } from './blob-collection.js';
 import {
   type RedisArg,
   type RedisClient,
@@ -39,12 +41,11 @@ import {
   INLINE_RESULT,
   isExpired,
   markerExpiry,
-  packError,
   packBlobResult,
+  packError,
   packMessage,
   packText,
 } from './codec.js';
-import { type BlobCollectionOptions, type BlobCollectionStats, collectBlobPass } from './blob-collection.js';
 import { type CompactionOptions, type CompactionStats, compactPass } from './compaction.js';
 import { scripts } from './generated/scripts.js';
 import { listInProgress } from './in-progress.js';
@@ -114,6 +115,15 @@ const DAY_MS = 86_400_000;
 
 export function createRedisStore(options: RedisStoreOptions): RedisProcessedStore {
   const client = options.client;
+  // ioredis prefixes the keys a script is given but not the names packed into its arguments:
+  // the batch scripts and the single-key ones would then work on two different Redis keys for
+  // one store key, and two workers could both hold it.
+  const own = (client as { options?: { keyPrefix?: string; redisOptions?: { keyPrefix?: string } } }).options;
+  if (own?.keyPrefix || own?.redisOptions?.keyPrefix) {
+    throw new ConfigError(
+      "the ioredis client has its own keyPrefix: the store's keys must not be prefixed by the client; use the store's keyPrefix option instead",
+    );
+  }
   const prefix = options.keyPrefix ?? 'eo';
   if (prefix.length === 0 || /[{}]/.test(prefix)) {
     throw new ConfigError(
@@ -279,7 +289,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
         },
       );
     },
-    extend(key: string, fence: number, leaseMs: number): Promise<FencedResult> {
+    async extend(key: string, fence: number, leaseMs: number): Promise<FencedResult> {
       return fenced('extend', [keysFor(prefix, key).record, String(fence), ms(leaseMs), String(ttlMs)]);
     },
 
@@ -325,7 +335,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       ]);
     },
 
-    fail(key: string, fence: number, error: ErrorInfo, retentionMs: number): Promise<FencedResult> {
+    async fail(key: string, fence: number, error: ErrorInfo, retentionMs: number): Promise<FencedResult> {
       const record = keysFor(prefix, key).record;
       return fenced('fail', [record, String(fence), packError(error), ms(retentionMs), String(graceMs)]);
     },
@@ -592,9 +602,15 @@ function duration(name: string, value: number | undefined, fallback: number): nu
   return Math.ceil(value);
 }
 
-/** Durations reach Lua as integer strings; a NaN or negative one would corrupt deadlines. */
+/**
+ * Durations reach Lua as integers; a NaN, negative or huge one would corrupt deadlines (the
+ * scripts keep times in 48-bit ms, markers in 32-bit seconds: a longer one wraps and reads as
+ * passed, and a processed key would run again).
+ */
 function ms(value: number): string {
-  if (!Number.isFinite(value)) throw new RangeError(`duration must be finite (got ${value})`);
+  if (!Number.isFinite(value) || value > MAX_DURATION_MS) {
+    throw new ConfigError(`a lease or retention must be a number of ms up to 50 years (got ${value})`);
+  }
   return String(Math.max(0, Math.ceil(value)));
 }
 

@@ -72,6 +72,34 @@ for (const [name, connect] of [
       if (published) await store.markPublished(key, begun.fence, [outgoing[0]?.id ?? '']);
     };
 
+    it('an index entry left by an earlier record of the key never compacts the next one inside its window', async () => {
+      // Found by a review: the entry of a record deferred by a pass (outgoing unconfirmed) outlived
+      // it; the key's next record, completed with a retention under the window (not indexed), was
+      // compacted by the next pass at once and lost its result for its duplicates.
+      const window = createRedisStore({ client, keyPrefix: `${keyPrefix}w`, compactAfterMs: 1_500 });
+      const key = `${randomUUID()}:again`;
+      const begin = () => window.begin({ key, fingerprint: 'fp', owner, leaseMs });
+      const first = await begin();
+      if (first.status !== 'acquired') throw new Error('not acquired');
+      const outgoing = [{ id: 'm1', destination: 'q', body: Uint8Array.of(1), headers: {} }];
+      const completedAt = Date.now();
+      await window.complete({ key, fence: first.fence, outgoing, retentionMs: 3_500 });
+      await sleep(1_600);
+      expect((await window.compactCompleted()).deferred).toBe(1); // unpublished: kept, entry rescored
+      await sleep(completedAt + 3_600 - Date.now()); // the record expired; its entry is still indexed
+      const second = await begin();
+      if (second.status !== 'acquired') throw new Error(`not acquired: ${second.status}`);
+      const result = { kind: 'inline' as const, data: Uint8Array.of(42) };
+      await window.complete({ key, fence: second.fence, outgoing: [], result, retentionMs: 1_500 });
+      await sleep(20);
+      await window.compactCompleted();
+      const duplicate = await begin();
+      expect(duplicate.status).toBe('duplicate');
+      expect(duplicate.status === 'duplicate' && duplicate.record.compacted).toBeFalsy();
+      expect(duplicate.status === 'duplicate' && duplicate.record.result).toEqual(result);
+      await dropPrefix(client, `${keyPrefix}w`);
+    });
+
     it('compacted keys answer duplicate or mismatch exactly; other keys stay new', async () => {
       const run = randomUUID();
       const done = [

@@ -4,12 +4,12 @@
  */
 import { randomUUID } from 'node:crypto';
 import { ConfigError, ErrorCode, type Logger, StoreUnavailableError } from '@exactly-once/core';
+import calculateSlot from 'cluster-key-slot';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type RedisClient, createRedisStore } from '../src/index.js';
-import { scripts } from '../src/generated/scripts.js';
-import calculateSlot from 'cluster-key-slot';
 import { packMessage, packText } from '../src/codec.js';
+import { scripts } from '../src/generated/scripts.js';
+import { createRedisStore, type RedisClient } from '../src/index.js';
 import { keysFor } from '../src/layout.js';
 import { parsePolicy } from '../src/server-check.js';
 import { cluster, dropPrefix, sleep, standalone, testPrefix } from './helpers.js';
@@ -397,6 +397,43 @@ describe('options', () => {
     expect(() => createRedisStore({ client, keyPrefix: '' })).toThrow(ConfigError);
     expect(() => createRedisStore({ client, inProgressTtlMs: -1 })).toThrow(ConfigError);
     expect(() => createRedisStore({ client, compactAfterMs: Number.NaN })).toThrow(ConfigError);
+  });
+
+  it('refuses an ioredis client with its own keyPrefix, on a Redis and on a Cluster', () => {
+    // Found by a review: ioredis prefixes a script's keys but not the names packed into its
+    // arguments, so the batch scripts and the single-key ones used two Redis keys for one store
+    // key, and two workers could both hold it.
+    const prefixed = standalone();
+    prefixed.options.keyPrefix = 'app:';
+    expect(() => createRedisStore({ client: prefixed })).toThrow(/keyPrefix/);
+    prefixed.disconnect();
+    const clustered = cluster();
+    clustered.options.redisOptions = { ...clustered.options.redisOptions, keyPrefix: 'app:' };
+    expect(() => createRedisStore({ client: clustered })).toThrow(/keyPrefix/);
+    clustered.disconnect();
+  });
+
+  it('refuses a lease or retention over 50 years with a ConfigError before writing anything', async () => {
+    // Found by a review: times are kept in 48-bit ms and markers in 32-bit seconds; a longer
+    // retention wrapped, read as already expired, and the next copy of the key ran again.
+    const client = standalone();
+    const keyPrefix = testPrefix('huge');
+    const store = createRedisStore({ client, keyPrefix });
+    const century = 100 * 365 * 86_400_000;
+    await expect(
+      store.begin({ key: 'k', fingerprint: 'f', owner: 'w', leaseMs: century }),
+    ).rejects.toBeInstanceOf(ConfigError);
+    const lease = await store.begin({ key: 'k', fingerprint: 'f', owner: 'w', leaseMs: 10_000 });
+    if (lease.status !== 'acquired') throw new Error('not acquired');
+    await expect(
+      store.complete({ key: 'k', fence: lease.fence, outgoing: [], retentionMs: century }),
+    ).rejects.toBeInstanceOf(ConfigError);
+    await expect(
+      store.fail('k', lease.fence, { name: 'E', code: 'E', message: 'm' }, Number.MAX_SAFE_INTEGER),
+    ).rejects.toBeInstanceOf(ConfigError);
+    expect((await store.get('k'))?.state).toBe('IN_PROGRESS');
+    await dropPrefix(client, keyPrefix);
+    client.disconnect();
   });
 
   it('compactCompleted needs compactAfterMs', async () => {

@@ -1225,9 +1225,9 @@ return out
 `,
   },
   compactCompleted: {
-    command: 'eoCompactCompleted_v2_e6f2e89b',
+    command: 'eoCompactCompleted_v2_ccfb1ae0',
     numberOfKeys: undefined,
-    sha1: 'e6f2e89b9417c63254cdf448e61f180ffe5a74e2',
+    sha1: 'ccfb1ae0e03e9c8bf4548e6243b8ace8e8d79df0',
     lua: `--[[
 compactCompleted: replace old COMPLETED records of one cluster slot by compact markers.
 Called with a variable number of keys (numkeys = 1 + number of candidates).
@@ -1580,7 +1580,9 @@ for i = 1, #ARGV - 2 do
   local score = rcall('ZSCORE', index, member)
   if score and tonumber(score) <= cutoff then
     local r = loadRecord(rec)
-    if not r or r.s ~= 'C' or r.t2 <= now then
+    -- completedAt past the window too: an entry left by an earlier record of the key (expired,
+    -- then begun anew) must not compact the new one before its own window.
+    if not r or r.s ~= 'C' or r.t2 <= now or r.t1 > cutoff then
       rcall('ZREM', index, member)
       dropped = dropped + 1
     elseif not allPublished(rec, r) then

@@ -44,7 +44,9 @@ for i = 1, #ARGV - 2 do
   local score = rcall('ZSCORE', index, member)
   if score and tonumber(score) <= cutoff then
     local r = loadRecord(rec)
-    if not r or r.s ~= 'C' or r.t2 <= now then
+    -- completedAt past the window too: an entry left by an earlier record of the key (expired,
+    -- then begun anew) must not compact the new one before its own window.
+    if not r or r.s ~= 'C' or r.t2 <= now or r.t1 > cutoff then
       rcall('ZREM', index, member)
       dropped = dropped + 1
     elseif not allPublished(rec, r) then
