@@ -15,6 +15,32 @@ const within = <T>(p: Promise<T>, ms: number) =>
   Promise.race([p, sleep(ms).then(() => 'still pending' as const)]);
 
 describe('store deadline (storeTimeoutMs)', () => {
+  it('a store that throws instead of rejecting fails the call like an outage, with no stray rejection', async () => {
+    // Found by a review: the deadline's timer rejected unhandled after storeTimeoutMs (a crash on
+    // Node 20), and the batcher's throw escaped its setImmediate, its calls never settling.
+    const memory = createMemoryStore();
+    let throwing = true;
+    const store: ProcessedStore = Object.create(memory);
+    store.beginMany = (requests) => {
+      if (throwing) throw new Error('a custom store throwing synchronously');
+      return memory.beginMany!(requests);
+    };
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const p = createProcessor({ consumer: 'c', store, ...fast, storeTimeoutMs: 100, handler: () => {} });
+      const first = await within(p.process(delivery({}, key('sync-throw'))), 2_000);
+      expect(first).toMatchObject({ action: 'defer', outcome: 'store-unavailable' });
+      await sleep(200); // past storeTimeoutMs
+      expect(unhandled).toEqual([]);
+      throwing = false;
+      expect(await p.process(delivery({}, key('sync-throw')))).toMatchObject({ action: 'ack' });
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+
   it('a begin that never answers fails as an outage; the next delivery runs the handler once', async () => {
     const memory = createMemoryStore();
     let hang = true;

@@ -222,6 +222,12 @@ export function createConsumer<T = unknown, R = unknown>(
       const run = handle(kept, msg).finally(() => inFlight.delete(run));
       inFlight.add(run);
     });
+    if (stopping.signal.aborted) {
+      // stop() ran while this subscription was on its way and found no tag to cancel: without
+      // this, every delivery would be handed back and redelivered to it until the channel closed.
+      await kept.channel.cancel(consumerTag).catch(() => {});
+      return;
+    }
     consumerTags.set(kept, consumerTag);
   };
 

@@ -38,14 +38,17 @@ function batcher<Q, A>(send: (requests: Q[]) => Promise<A[]>): (request: Q) => P
     queue = [];
     for (let i = 0; i < taken.length; i += MAX_BATCH) {
       const part = taken.slice(i, i + MAX_BATCH);
-      send(part.map((p) => p.request)).then(
-        (answers) => {
-          for (const [j, p] of part.entries()) p.resolve(answers[j] as A);
-        },
-        (error: unknown) => {
-          for (const p of part) p.reject(error);
-        },
-      );
+      // Through a promise: a store that throws instead of rejecting fails its part, not the process.
+      Promise.resolve(part.map((p) => p.request))
+        .then(send)
+        .then(
+          (answers) => {
+            for (const [j, p] of part.entries()) p.resolve(answers[j] as A);
+          },
+          (error: unknown) => {
+            for (const p of part) p.reject(error);
+          },
+        );
     }
   };
   return (request) =>

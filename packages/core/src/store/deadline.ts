@@ -30,7 +30,8 @@ export function withDeadline(store: ProcessedStore, timeoutMs: number): Processe
         );
       }, timeoutMs);
     });
-    const answer = call(...args);
+    // A store that throws instead of rejecting must not leave `late` to reject unhandled.
+    const answer = Promise.resolve().then(() => call(...args));
     // A late rejection of the abandoned call is nobody's to handle.
     answer.catch(() => {});
     return Promise.race([answer, late]).finally(() => clearTimeout(timer));
