@@ -14,6 +14,7 @@ import {
   doublingBackoff,
   type OrderedRun,
   type Processor,
+  settledWithin,
 } from '@exactly-once/core/spi';
 import { type EachBatchPayloadLike, isRebalanceError, type KafkaMessageLike } from './client.js';
 import { deadLetterRecord, retryAtOf, retryRecord, toDelivery } from './delivery.js';
@@ -145,59 +146,42 @@ class BatchRun {
   }
 
   /**
-   * What `pending` answers, or undefined once the batch is interrupted first. Not a race with a
-   * promise of the interrupt: every race would leave a reaction on that batch-long promise, and
-   * with it each record's run, until the batch ends (a batch is thousands of records).
+   * What `pending` answers, or undefined once the batch is interrupted first; with `detachAt`,
+   * also `detached` once the heartbeat tick detaches the wait for that record's run (see
+   * {@link detach}). Not a race with a promise of the interrupt: every race would leave a reaction
+   * on that batch-long promise, and with it each record's run, until the batch ends (a batch is
+   * thousands of records).
    */
-  private unlessInterrupted<T>(pending: Promise<T>): Promise<T | undefined> {
+  private unlessInterrupted<T>(pending: Promise<T>): Promise<T | undefined>;
+  private unlessInterrupted<T>(pending: Promise<T>, detachAt: number): Promise<T | 'detached' | undefined>;
+  private unlessInterrupted<T>(pending: Promise<T>, detachAt?: number): Promise<T | 'detached' | undefined> {
     // Interrupted already: an answer that is already there still wins, as in a race.
     if (this.stopped) return Promise.race([pending, Promise.resolve(undefined)]);
-    return new Promise<T | undefined>((resolve, reject) => {
-      const cut = () => resolve(undefined);
-      this.onInterrupt.add(cut);
-      pending.then(
-        (value) => {
-          this.onInterrupt.delete(cut);
-          resolve(value);
-        },
-        (error: unknown) => {
-          this.onInterrupt.delete(cut);
-          reject(error);
-        },
-      );
-    });
-  }
-
-  /** {@link unlessInterrupted}, or `detached` once the heartbeat tick detaches the wait. */
-  private detachable(
-    pending: Promise<Disposition>,
-    index: number,
-  ): Promise<Disposition | 'detached' | undefined> {
-    if (this.stopped) return this.unlessInterrupted(pending);
-    return new Promise((resolve, reject) => {
-      const cut = () => {
+    return new Promise<T | 'detached' | undefined>((resolve, reject) => {
+      const end = () => {
+        this.onInterrupt.delete(cut);
         if (this.detachWaiting === detach) this.detachWaiting = undefined;
+      };
+      const cut = () => {
+        end();
         resolve(undefined);
       };
       const detach = () => {
-        this.onInterrupt.delete(cut);
-        this.detachWaiting = undefined;
+        end();
         resolve('detached');
       };
-      const done = () => {
-        this.onInterrupt.delete(cut);
-        if (this.detachWaiting === detach) this.detachWaiting = undefined;
-      };
       this.onInterrupt.add(cut);
-      this.waitingIndex = index;
-      this.detachWaiting = detach;
+      if (detachAt !== undefined) {
+        this.waitingIndex = detachAt;
+        this.detachWaiting = detach;
+      }
       pending.then(
         (value) => {
-          done();
+          end();
           resolve(value);
         },
         (error: unknown) => {
-          done();
+          end();
           reject(error);
         },
       );
@@ -542,16 +526,10 @@ class BatchRun {
     pending: Promise<Disposition>,
     index: number,
   ): Promise<Disposition | 'detached' | undefined> {
-    const first = await this.detachable(pending, index);
+    const first = await this.unlessInterrupted(pending, index);
     if (first !== undefined) return first;
-    let timer: NodeJS.Timeout | undefined;
-    const late = await Promise.race([
-      pending,
-      new Promise<undefined>((resolve) => {
-        timer = setTimeout(resolve, this.env.graceMs(), undefined);
-      }),
-    ]);
-    clearTimeout(timer);
+    if (!(await settledWithin([pending], this.env.graceMs()))) return undefined;
+    const late = await pending;
     // Only a settle that needs no more broker round trips than a commit is taken this late.
     return late?.action === 'ack' || late?.action === 'dead-letter' ? late : undefined;
   }
