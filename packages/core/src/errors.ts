@@ -112,6 +112,33 @@ export class StoreUnavailableError extends ExactlyOnceError {
   }
 }
 
+/**
+ * A batch call (`beginMany`, `completeMany`, `markPublishedMany`) that reached the servers of some
+ * of its requests and not the others (one Redis Cluster node down): `answers[i]` is the answer of
+ * each request not in `errors`, `errors` the error of each other one, by index. Core settles the
+ * answered requests and fails only the others, so one node's outage does not strand the leases
+ * the rest of the batch was granted.
+ */
+export class PartialBatchError extends StoreUnavailableError {
+  override name = 'PartialBatchError';
+  readonly answers: readonly unknown[];
+  readonly errors: ReadonlyMap<number, unknown>;
+  constructor(opts: {
+    operation: string;
+    answers: readonly unknown[];
+    errors: ReadonlyMap<number, unknown>;
+  }) {
+    const [first] = opts.errors.values();
+    super({
+      operation: opts.operation,
+      cause: first,
+      message: `processed-store ${opts.operation} failed for ${opts.errors.size} of ${opts.answers.length} requests: ${describeCause(first)}`,
+    });
+    this.answers = opts.answers;
+    this.errors = opts.errors;
+  }
+}
+
 /** Invalid options; thrown at construction, never while processing. */
 export class ConfigError extends ExactlyOnceError {
   override name = 'ConfigError';

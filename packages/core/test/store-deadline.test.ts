@@ -170,3 +170,29 @@ describe('coalescing on a class store with the deadline off', () => {
     expect(inner.closed).toBe(true);
   });
 });
+
+describe('coalescing a batch some servers answered', () => {
+  it('settles the answered requests and fails only the others (PartialBatchError)', async () => {
+    const { coalescing } = await import('../src/store/coalesce.js');
+    const { PartialBatchError, StoreUnavailableError } = await import('../src/errors.js');
+    const memory = createMemoryStore();
+    const store: ProcessedStore = Object.create(memory);
+    // Keys named `down:*` live on a server that does not answer; the others are begun.
+    store.beginMany = async (requests) => {
+      const answers: unknown[] = [];
+      const errors = new Map<number, unknown>();
+      for (const [i, r] of requests.entries()) {
+        if (r.key.startsWith('down:'))
+          errors.set(i, new StoreUnavailableError({ operation: 'begin', message: 'node down' }));
+        else answers[i] = await memory.begin(r);
+      }
+      throw new PartialBatchError({ operation: 'begin', answers, errors });
+    };
+    const batched = coalescing(store);
+    const request = (k: string) => ({ key: k, fingerprint: 'f', owner: 'o', leaseMs: 1_000 });
+    const settled = await Promise.allSettled(['a', 'down:b', 'c'].map((k) => batched.begin(request(k))));
+    expect(settled.map((s) => s.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+    expect((settled[0] as PromiseFulfilledResult<{ status: string }>).value.status).toBe('acquired');
+    expect((settled[1] as PromiseRejectedResult).reason).toMatchObject({ message: 'node down' });
+  });
+});

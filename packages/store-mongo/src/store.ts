@@ -18,6 +18,7 @@ import {
   type InProgressEntry,
   type InProgressQuery,
   type MarkPublishedRequest,
+  PartialBatchError,
   type ProcessedRecord,
   type ProcessedStore,
   type ReleaseOptions,
@@ -455,8 +456,14 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     }
   };
 
-  /** Runs `requests` one key after another within a key, keys concurrently. */
+  /**
+   * Runs `requests` one key after another within a key, keys concurrently. A request that fails
+   * fails the key's later ones (their order matters) and not the other keys': then the call
+   * rejects with a `PartialBatchError` carrying the answers it has (or with the error alone when
+   * nothing was answered), so one record too large or one failed call does not fail the batch.
+   */
   const perKey = async <Q extends { readonly key: string }, A>(
+    operation: string,
     requests: readonly Q[],
     indexes: readonly number[],
     answers: A[],
@@ -467,11 +474,22 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       const key = (requests[i] as Q).key;
       byKey.set(key, [...(byKey.get(key) ?? []), i]);
     }
+    const errors = new Map<number, unknown>();
     await Promise.all(
       [...byKey.values()].map(async (list) => {
-        for (const i of list) answers[i] = await run(requests[i] as Q);
+        for (const [n, i] of list.entries()) {
+          try {
+            answers[i] = await run(requests[i] as Q);
+          } catch (error) {
+            for (const j of list.slice(n)) errors.set(j, asStoreError(operation, error));
+            return;
+          }
+        }
       }),
     );
+    if (errors.size === 0) return;
+    if (errors.size === requests.length) throw errors.values().next().value;
+    throw new PartialBatchError({ operation, answers, errors });
   };
 
   /**
@@ -502,7 +520,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         answers[i] = acquired(requests[i] as BeginRequest, leases[w] as RecordDoc, 'new');
     });
     const rest = requests.map((_, i) => i).filter((i) => answers[i] === undefined);
-    await perKey(requests, rest, answers, begin);
+    await perKey('begin', requests, rest, answers, begin);
     return answers;
   };
 
@@ -537,7 +555,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         refused = undefined;
       }
       if (refused === undefined) {
-        await perKey(requests, at, answers, (request) => store.complete(request));
+        await perKey('complete', requests, at, answers, (request) => store.complete(request));
         return answers;
       }
       const live = await guarded('complete', () =>

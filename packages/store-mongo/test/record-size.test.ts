@@ -2,7 +2,7 @@
  * A record the store cannot hold is a permanent error, not an outage: retrying the same write
  * would be refused again, and the record must stay as it was so the pipeline can `fail` it.
  */
-import { RecordTooLargeError, StoreUnavailableError } from '@exactly-once/core';
+import { PartialBatchError, RecordTooLargeError, StoreUnavailableError } from '@exactly-once/core';
 import { MongoInvalidArgumentError, MongoNetworkError, MongoServerError } from 'mongodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { asStoreError } from '../src/driver.js';
@@ -68,6 +68,35 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
         expect(await store.get(key)).toMatchObject({ state: 'FAILED', fence: lease.fence });
       },
     );
+  });
+
+  it('completeMany with one record too large: the others complete, only that one is RecordTooLargeError', async () => {
+    // Before: the batch rejected whole with RecordTooLargeError, so core took every record of it
+    // for too large although the others had been written.
+    const keys = ['many:a', 'many:big', 'many:c'];
+    const leases = await store.beginMany!(
+      keys.map((key) => ({ key, fingerprint: 'fp', owner: 'w', leaseMs: 30_000 })),
+    );
+    const fences = leases.map((l) => (l.status === 'acquired' ? l.fence : Number.NaN));
+    const failure = await store.completeMany!(
+      keys.map((key, i) => ({
+        key,
+        fence: fences[i] as number,
+        retentionMs: 60_000,
+        outgoing: [],
+        result: { kind: 'inline', data: new Uint8Array(key === 'many:big' ? 17 * MiB : 4) } as const,
+      })),
+    ).then(
+      () => new Error('completeMany succeeded'),
+      (e: unknown) => e,
+    );
+    expect(failure).toBeInstanceOf(PartialBatchError);
+    const partial = failure as PartialBatchError;
+    expect([...partial.errors.keys()]).toEqual([1]);
+    expect(partial.errors.get(1)).toBeInstanceOf(RecordTooLargeError);
+    expect([partial.answers[0], partial.answers[2]]).toEqual(['ok', 'ok']);
+    expect(await store.get('many:a')).toMatchObject({ state: 'COMPLETED' });
+    expect(await store.get('many:big')).toMatchObject({ state: 'IN_PROGRESS' });
   });
 
   describe('error mapping', () => {

@@ -18,6 +18,7 @@ import {
   type Logger,
   MAX_DURATION_MS,
   type MarkPublishedRequest,
+  PartialBatchError,
   type ProcessedRecord,
   type ProcessedStore,
   type ReleaseOptions,
@@ -208,6 +209,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
     if (requests.length === 0) return [];
     await ready();
     return inGroups(
+      'complete',
       requests,
       (r) => nodeOf(r.key),
       async (group) => {
@@ -254,6 +256,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       await ready();
       // One call (per node on a Cluster): keys in request order, so a key asked twice sees itself.
       return inGroups(
+        'begin',
         requests,
         (r) => nodeOf(r.key),
         async (group) => {
@@ -305,6 +308,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       if (wanted.length === 0) return;
       await ready();
       await inGroups(
+        'markPublished',
         wanted,
         (r) => nodeOf(r.key),
         async (group) => {
@@ -573,6 +577,7 @@ function decodeBegin(
  * the items' order. Within a group, items keep their order.
  */
 async function inGroups<T, A>(
+  operation: string,
   items: readonly T[],
   group: (item: T) => string,
   run: (items: T[]) => Promise<A[]>,
@@ -585,15 +590,24 @@ async function inGroups<T, A>(
     else groups.set(k, [i]);
   });
   const answers = new Array<A>(items.length);
+  const errors = new Map<number, unknown>();
   await Promise.all(
     [...groups.values()].map(async (indexes) => {
-      const replies = await run(indexes.map((i) => items[i] as T));
-      indexes.forEach((i, j) => {
-        answers[i] = replies[j] as A;
-      });
+      try {
+        const replies = await run(indexes.map((i) => items[i] as T));
+        indexes.forEach((i, j) => {
+          answers[i] = replies[j] as A;
+        });
+      } catch (error) {
+        for (const i of indexes) errors.set(i, error);
+      }
     }),
   );
-  return answers;
+  if (errors.size === 0) return answers;
+  // Every node failed: one error, as a single call would. Some answered (a Cluster node down):
+  // their answers go back with the others' errors, so their leases and writes are not lost.
+  if (errors.size === items.length) throw errors.get(0);
+  throw new PartialBatchError({ operation, answers, errors });
 }
 
 function duration(name: string, value: number | undefined, fallback: number): number {

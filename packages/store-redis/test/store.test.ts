@@ -3,7 +3,15 @@
  * size, TTLs and WAIT.
  */
 import { randomUUID } from 'node:crypto';
-import { ConfigError, ErrorCode, type Logger, StoreUnavailableError } from '@exactly-once/core';
+import {
+  ConfigError,
+  createIdempotentExecutor,
+  ErrorCode,
+  type Logger,
+  PartialBatchError,
+  recordKeyFor,
+  StoreUnavailableError,
+} from '@exactly-once/core';
 import calculateSlot from 'cluster-key-slot';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -383,6 +391,81 @@ describe('cluster batches', () => {
         'busy',
         'acquired',
       ]);
+    } finally {
+      await dropPrefix(client, keyPrefix);
+      await client.quit();
+    }
+  });
+});
+
+describe('a batch one Cluster node fails', () => {
+  it("answers the keys the other nodes served and fails only that node's; through core, their runs complete", async () => {
+    // Before: the batch failed whole, the other nodes' keys kept the leases they were granted,
+    // and every retry of them answered busy until leaseMs passed.
+    const client = cluster();
+    const keyPrefix = testPrefix('partial');
+    try {
+      const store = createRedisStore({ client, keyPrefix });
+      await store.checkServer();
+      const slots = (client as unknown as { slots: string[][] }).slots;
+      const nodeOf = (key: string) =>
+        slots[calculateSlot(keysFor(keyPrefix, key).tag.toString(16).padStart(4, '0'))]?.[0];
+      const keys = Array.from({ length: 30 }, () => randomUUID());
+      // A real server error on one node: the record of one key is a list, so that node's script
+      // fails with WRONGTYPE (what an older SDK's record would cause) and the others run.
+      const poisoned = keys[0] as string;
+      await client.rpush(keysFor(keyPrefix, poisoned).record, 'not a record');
+      const failing = keys.filter((k) => nodeOf(k) === nodeOf(poisoned));
+      expect(failing.length).toBeLessThan(keys.length);
+
+      const request = (key: string) => ({ key, fingerprint: 'f', owner: 'w', leaseMs });
+      const error = await store.beginMany!(keys.map(request)).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(error).toBeInstanceOf(PartialBatchError);
+      const partial = error as PartialBatchError;
+      expect(partial).toBeInstanceOf(StoreUnavailableError);
+      expect([...partial.errors.keys()].map((i) => keys[i])).toEqual(failing);
+      keys.forEach((key, i) => {
+        if (!failing.includes(key))
+          expect((partial.answers[i] as { status: string }).status).toBe('acquired');
+      });
+
+      // Through core (its calls of one turn share a batch): the other nodes' keys run and
+      // complete; the failing node's fail as an outage.
+      const executor = createIdempotentExecutor<number, string>({
+        consumer: 'partial',
+        store,
+        retentionCheck: 'off',
+      });
+      const fresh = Array.from({ length: 30 }, () => randomUUID());
+      const poisonedRun = fresh[0] as string;
+      await client.rpush(
+        keysFor(keyPrefix, recordKeyFor({ consumer: 'partial', key: poisonedRun })).record,
+        'x',
+      );
+      const ran: string[] = [];
+      const settled = await Promise.allSettled(
+        fresh.map((key) =>
+          executor.execute({ key, payload: 1 }, () => {
+            ran.push(key);
+            return 'done';
+          }),
+        ),
+      );
+      const failed = fresh.filter((_, i) => settled[i]?.status === 'rejected');
+      expect(failed).toContain(poisonedRun);
+      expect(failed.length).toBeLessThan(fresh.length);
+      expect(ran.sort()).toEqual(fresh.filter((k) => !failed.includes(k)).sort());
+      for (const [i, outcome] of settled.entries()) {
+        if (outcome.status === 'fulfilled') expect(outcome.value.status).toBe('completed');
+        else
+          expect(outcome.reason, fresh[i]).toMatchObject({
+            outcome: 'retryable',
+            info: { name: 'StoreUnavailableError' },
+          });
+      }
     } finally {
       await dropPrefix(client, keyPrefix);
       await client.quit();

@@ -8,6 +8,7 @@
  * sent at once, so with a small prefetch window the store round trips of batches overlap.
  */
 
+import { PartialBatchError } from '../errors.js';
 import { delegate } from './delegate.js';
 import type {
   BeginRequest,
@@ -46,7 +47,13 @@ function batcher<Q, A>(send: (requests: Q[]) => Promise<A[]>): (request: Q) => P
             for (const [j, p] of part.entries()) p.resolve(answers[j] as A);
           },
           (error: unknown) => {
-            for (const p of part) p.reject(error);
+            // Some servers answered (one Cluster node down): their requests go on, the rest fail.
+            if (error instanceof PartialBatchError && error.answers.length === part.length) {
+              for (const [j, p] of part.entries()) {
+                if (error.errors.has(j)) p.reject(error.errors.get(j));
+                else p.resolve(error.answers[j] as A);
+              }
+            } else for (const p of part) p.reject(error);
           },
         );
     }

@@ -273,6 +273,8 @@ export interface ProcessedStore {
    * another (so the same key twice in one batch: the second `begin` sees the first's lease).
    * A batch need not be atomic as a whole: a crash may apply a prefix of it, and each key's own
    * transition stays atomic. Without them, core calls the single operations concurrently.
+   * A batch that some requests' servers answered and others did not should reject with a
+   * `PartialBatchError` holding the answers it has: core then fails only the others.
    *
    * A wrapper that overrides a single operation (to count, delay or fail it) must override or
    * drop its batch form too: core prefers the batch form when there is one.
