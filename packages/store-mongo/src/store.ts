@@ -4,6 +4,8 @@
  * updates atomically (FerretDB 1.x) as well as on MongoDB. The protocol is described in the
  * package README ("How it works").
  */
+
+import { isDeepStrictEqual } from 'node:util';
 import {
   type AcquireKind,
   type BeginRequest,
@@ -402,7 +404,28 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       ...(last.x === undefined ? {} : { x: last.x }),
     };
     if (!(await append(chain, doc))) return undefined;
+    await catchUp(last, doc);
     return acquired(request, doc, (last.l ?? 0) === 0 ? 'retry' : 'takeover');
+  };
+
+  /**
+   * After inserting the element that continues `last`'s attempts: the previous holder may have
+   * journaled a step (or released) between our read of `last` and our insert. Its write checked
+   * for a successor, found none yet and was answered `ok`, so the new element must carry it: read
+   * `last` again and copy what changed. A write that lands after our insert sees the successor and
+   * is answered `lost`. (Holder: write, then read the successor; here: insert the successor, then
+   * read again. One of the two reads sees the other's write.)
+   */
+  const catchUp = async (last: RecordDoc, doc: RecordDoc): Promise<void> => {
+    const fresh = await collection.findOne({ _id: last._id }, { projection: { st: 1, x: 1, a: 1 } });
+    if (fresh === null) return;
+    const steps = fresh.st?.length ?? 0;
+    if (steps === (last.st?.length ?? 0) && isDeepStrictEqual(fresh.x, last.x) && fresh.a === last.a) return;
+    const update: Partial<RecordDoc> = { a: fresh.a + 1 };
+    if (fresh.st !== undefined) update.st = fresh.st;
+    if (fresh.x !== undefined) update.x = fresh.x;
+    await collection.updateOne({ _id: doc._id }, { $set: update }, write);
+    Object.assign(doc, update);
   };
 
   const begin = async (request: BeginRequest): Promise<BeginResult> => {

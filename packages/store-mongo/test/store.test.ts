@@ -296,6 +296,49 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       await swept.close();
     });
 
+    it('a step a stale holder journals while a takeover is between its read and its insert reaches the taker', async () => {
+      // Before: the holder's saveStep found no successor yet and was answered ok, but the taker
+      // had read the element before it and its attempt started without the step (run again).
+      const target = test.db.collection<RecordDoc>('takeover_window');
+      let inWindow: (() => Promise<void>) | undefined;
+      const collection = new Proxy(target, {
+        get(t, prop) {
+          const value = Reflect.get(t, prop, t);
+          if (prop !== 'insertOne' || typeof value !== 'function') {
+            return typeof value === 'function' ? value.bind(t) : value;
+          }
+          return async (...args: unknown[]) => {
+            const doc = args[0] as RecordDoc;
+            // The taker's lease element, after its read of the chain: let the holder write now.
+            if (inWindow !== undefined && doc.s === State.InProgress && doc.i === 2) {
+              const write = inWindow;
+              inWindow = undefined;
+              await write();
+            }
+            return value.apply(t, args);
+          };
+        },
+      });
+      const holder = createMongoStore({ db: test.db, collectionName: 'takeover_window' });
+      const taker = createMongoStore({ db: test.db, collection: collection as never });
+      const stale = await acquired(holder, 'k', 100);
+      expect(await holder.saveStep('k', stale.fence, 'before', Uint8Array.of(1))).toBe('ok');
+      await sleep(150); // the holder stalls past its lease
+      let answer: string | undefined;
+      inWindow = async () => {
+        answer = await holder.saveStep('k', stale.fence, 'charge', Uint8Array.of(2));
+      };
+      const next = await begin(taker, 'k', 'w2', 10_000);
+      expect(next).toMatchObject({ status: 'acquired', kind: 'takeover', attempt: 2 });
+      expect(answer).toBe('ok');
+      expect(Object.keys(next.status === 'acquired' ? next.steps : {})).toEqual(['before', 'charge']);
+      expect(Object.keys((await taker.get('k'))?.steps ?? {})).toEqual(['before', 'charge']);
+      // A holder write after the taker's insert is refused.
+      expect(await holder.saveStep('k', stale.fence, 'late', Uint8Array.of(3))).toBe('lost');
+      await holder.close();
+      await taker.close();
+    });
+
     it('a batch completion whose reply was lost after the server applied it answers ok, not lost', async () => {
       // Before: retried key by key, each insert met its own element and answered lost, and core
       // then deleted the blobs the COMPLETED records name.
