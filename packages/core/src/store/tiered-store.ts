@@ -37,7 +37,8 @@
  * Steps live in the hot tier only: an IN_PROGRESS record the hot store lost loses its steps.
  */
 
-import type { ErrorInfo } from '../errors.js';
+import { ConfigError, type ErrorInfo } from '../errors.js';
+import { MAX_DURATION_MS } from '../options.js';
 import type {
   BeginRequest,
   BeginResult,
@@ -109,8 +110,17 @@ function terminal(record: ProcessedRecord | undefined): boolean {
  */
 export function createTieredStore(options: TieredStoreOptions): TieredStore {
   const { hot, cold, hotRetentionMs } = options;
-  if (!hot || !cold) throw new TypeError('createTieredStore: hot and cold stores are required');
-  if (!(hotRetentionMs > 0)) throw new TypeError('createTieredStore: hotRetentionMs must be > 0');
+  if (!hot || !cold) throw new ConfigError('createTieredStore: hot and cold stores are required');
+  for (const [name, value] of [
+    ['hotRetentionMs', hotRetentionMs],
+    ['coldLeaseMs', options.coldLeaseMs ?? 30_000],
+    ['coldRetentionMs', options.coldRetentionMs ?? 1],
+  ] as const) {
+    // NaN would never expire a cold claim: every other attempt would read it as busy for ever.
+    if (!(value > 0 && value <= MAX_DURATION_MS)) {
+      throw new ConfigError(`createTieredStore: ${name} must be a duration in ms > 0 (got ${value})`);
+    }
+  }
   const coldLeaseMs = options.coldLeaseMs ?? 30_000;
   const coldRetention = (requested: number) => options.coldRetentionMs ?? requested;
   const hotRetention = (requested: number) => Math.min(hotRetentionMs, coldRetention(requested));
@@ -140,8 +150,14 @@ export function createTieredStore(options: TieredStoreOptions): TieredStore {
         leaseMs: Math.min(request.leaseMs, coldLeaseMs),
       });
       if (second.status === 'acquired') return first;
+      if (second.status === 'busy') {
+        // Another attempt's cold claim is still live. Give the hot lease back unrun rather than
+        // clear it: its record holds the key's journaled steps and attempt count, which the
+        // attempt that goes on next must find (a clear made it start over and repeat its steps).
+        await hot.release(request.key, first.fence, RELEASED, { notRun: true });
+        return { ...second, record: untag(second.record) };
+      }
       await dropHot(request.key, first.fence);
-      if (second.status === 'busy') return { ...second, record: untag(second.record) };
       if (second.status === 'mismatch') return { ...second, record: untag(second.record) };
       return second;
     },

@@ -1,0 +1,64 @@
+/**
+ * The tiered store's own rules, on two in-memory tiers (its behaviour on Redis + MongoDB is in
+ * test/tiered): what a `busy` cold tier leaves in the hot one, and its options.
+ */
+import { describe, expect, it } from 'vitest';
+import { ConfigError } from '../src/errors.js';
+import { Headers } from '../src/headers.js';
+import { createProcessor } from '../src/processor.js';
+import { withFaults } from '../src/store/faulty-store.js';
+import { createMemoryStore } from '../src/store/memory-store.js';
+import { createTieredStore } from '../src/store/tiered-store.js';
+import { delivery } from './helpers.js';
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+describe('tiered store', () => {
+  it('a busy cold tier leaves the hot record and its journal: the next attempt does not repeat a journaled step', async () => {
+    // Before: hot acquired, cold answered busy (the previous attempt's claim, whose release had
+    // failed), and the hot record was cleared with its steps: the next attempt charged again.
+    const hot = createMemoryStore();
+    let failColdRelease = false;
+    const cold = withFaults(createMemoryStore(), { failWhen: (op) => failColdRelease && op === 'release' });
+    const store = createTieredStore({ hot, cold, hotRetentionMs: 3_600_000, coldLeaseMs: 200 });
+    let charges = 0;
+    let runs = 0;
+    const attempts: number[] = [];
+    const processor = createProcessor<{ order: string }>({
+      consumer: 'billing',
+      store,
+      leaseMs: 1_000,
+      retentionCheck: 'off',
+      retry: { maxAttempts: 5, initialDelayMs: 1 },
+      handler: async (_payload, ctx) => {
+        runs++;
+        attempts.push(ctx.attempt);
+        const charge = await ctx.step('charge', async () => ({ id: `ch-${++charges}` }));
+        if (runs === 1) throw new Error('downstream timeout (retryable)');
+        return charge;
+      },
+    });
+    const message = () => delivery({ order: 'o-1' }, { [Headers.IdempotencyKey]: 'order-1' });
+
+    failColdRelease = true; // the cold half of the release after the retryable error fails once
+    expect((await processor.process(message())).outcome).toBe('store-unavailable');
+    failColdRelease = false;
+    expect(await processor.process(message())).toMatchObject({ action: 'defer', outcome: 'busy' });
+    expect(await hot.get('default:billing:order-1')).toMatchObject({ state: 'IN_PROGRESS' });
+    await sleep(250); // the cold claim lapses
+    expect(await processor.process(message())).toMatchObject({ action: 'ack' });
+    expect(charges).toBe(1);
+    expect(attempts).toEqual([1, 2]);
+  });
+
+  it('refuses missing tiers and durations that are not positive numbers with a ConfigError', () => {
+    const hot = createMemoryStore();
+    const cold = createMemoryStore();
+    const make = (extra: object) => () => createTieredStore({ hot, cold, hotRetentionMs: 1_000, ...extra });
+    expect(make({})).not.toThrow();
+    expect(make({ hotRetentionMs: 0 })).toThrow(ConfigError);
+    expect(make({ coldLeaseMs: Number.NaN })).toThrow(ConfigError);
+    expect(make({ coldRetentionMs: -1 })).toThrow(ConfigError);
+    expect(make({ cold: undefined })).toThrow(ConfigError);
+  });
+});
