@@ -1,13 +1,32 @@
 /** Encoding of payloads, results and outgoing bodies. JSON by default; bytes pass through. */
-import { MalformedMessageError } from './errors.js';
+import { MalformedMessageError, UnencodableValueError } from './errors.js';
 
 const decoder = new TextDecoder('utf-8', { fatal: true });
 
-/** Encodes a value for a message body or a stored result. */
-export function encodeValue(value: unknown): { bytes: Uint8Array; contentType: string } {
+/**
+ * Encodes a value for a message body or a stored result; `what` names it in the error.
+ * @throws UnencodableValueError when JSON cannot hold it (a BigInt, a cycle, a function).
+ */
+export function encodeValue(
+  value: unknown,
+  what = 'a message body',
+): { bytes: Uint8Array; contentType: string } {
   if (value instanceof Uint8Array) return { bytes: value, contentType: 'application/octet-stream' };
   if (typeof value === 'string') return { bytes: utf8Bytes(value), contentType: 'text/plain; charset=utf-8' };
-  return { bytes: utf8Bytes(JSON.stringify(value ?? null)), contentType: 'application/json' };
+  return { bytes: utf8Bytes(json(value ?? null, what)), contentType: 'application/json' };
+}
+
+/** JSON text of `value`, or an {@link UnencodableValueError} naming `what` it is. */
+function json(value: unknown, what: string): string {
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(value);
+  } catch (cause) {
+    throw new UnencodableValueError(what, cause);
+  }
+  // A function or a symbol stringifies to nothing at all.
+  if (typeof text !== 'string') throw new UnencodableValueError(what, `a ${typeof value} is not JSON`);
+  return text;
 }
 
 /** Default message decoder: UTF-8 JSON. */
@@ -26,9 +45,9 @@ export function decodeJson(body: Uint8Array): unknown {
 }
 
 /** Stored results are JSON; `undefined` round-trips as an absent result. */
-export function encodeResult(value: unknown): Uint8Array | undefined {
+export function encodeResult(value: unknown, what = 'a result'): Uint8Array | undefined {
   if (value === undefined) return undefined;
-  return utf8Bytes(JSON.stringify(value));
+  return utf8Bytes(json(value, what));
 }
 
 /**

@@ -173,7 +173,7 @@ class Run implements RunState {
     if (this.publishNames.has(name)) throw new ConfigError(`publish name "${name}" used twice in one run`);
     this.publishNames.add(name);
     const childKey = this.keyFor(`publish:${name}`);
-    const { bytes, contentType } = encodeValue(message);
+    const { bytes, contentType } = encodeValue(message, `a message to ${destination}`);
     // A `create` span per message gives each one its own creation context (messaging
     // conventions); the later `send` links to it.
     const create = tracer().startSpan(

@@ -163,6 +163,18 @@ export class PermanentError extends ExactlyOnceError {
   }
 }
 
+/**
+ * A value the SDK must store or send as JSON cannot be (a BigInt, a cycle, a function): a handler's
+ * result, a step's result, a `ctx.publish` message, an executor payload. Permanent: the same value
+ * would fail again, so the message is failed and dead-lettered with this reason, not retried.
+ */
+export class UnencodableValueError extends PermanentError {
+  override name = 'UnencodableValueError';
+  constructor(what: string, cause: unknown) {
+    super(`${what} cannot be encoded as JSON: ${describeCause(cause)}`, { cause });
+  }
+}
+
 /** The delivery could not be decoded or failed validation. */
 export class MalformedMessageError extends ExactlyOnceError {
   override name = 'MalformedMessageError';

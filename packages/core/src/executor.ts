@@ -142,7 +142,7 @@ export function createIdempotentExecutor<T = unknown, R = unknown>(
       injectContext(context.active(), headers);
       try {
         const d = await processor.process({
-          body: encodeValue(request.payload).bytes,
+          body: encodeValue(request.payload, 'the request payload').bytes,
           headers,
           destination: options.consumer,
           system: 'http',
@@ -166,6 +166,9 @@ export function createIdempotentExecutor<T = unknown, R = unknown>(
           case 'retry':
             throw new ExecutionFailedError('retryable', d.error);
           case 'dead-letter':
+            // Completed, but its outgoing messages were not confirmed: the same key again is
+            // answered as a duplicate and publishes them. Never "failed": the effect happened.
+            if (d.outcome === 'publish-failed') throw new ExecutionFailedError('retryable', d.reason.error);
             throw new ExecutionFailedError(d.outcome === 'mismatch' ? 'mismatch' : 'failed', d.reason.error);
         }
       } finally {

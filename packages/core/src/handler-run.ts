@@ -71,7 +71,13 @@ export async function storeResult<T, R>(
 ): Promise<StoredResult | undefined> {
   const stream = streamOf(result);
   if (stream !== undefined) return storeResultStream(o, ctx, stream);
-  const bytes = encodeResult(result);
+  let bytes: Uint8Array | undefined;
+  try {
+    bytes = encodeResult(result, "the handler's result");
+  } catch (error) {
+    // The handler's own doing (a BigInt, a cycle): it fails the message, it is no store outage.
+    throw new ResultSourceFailure(error);
+  }
   if (!bytes) return undefined;
   if (!o.blobs || bytes.byteLength <= o.inlineResultBytes) return { kind: 'inline', data: bytes };
   const blobs = o.blobs;

@@ -163,7 +163,8 @@ export async function runStep<S>(
  */
 async function save<S>(args: StepRunArgs, name: string, value: S, absent: 'null' | 'empty'): Promise<S> {
   const encoded =
-    encodeResult(value) ?? (absent === 'null' ? (encodeResult(null) as Uint8Array) : new Uint8Array(0));
+    encodeResult(value, `the result of step "${name}"`) ??
+    (absent === 'null' ? (encodeResult(null) as Uint8Array) : new Uint8Array(0));
   args.open();
   // Counted as journaled before the write: if the answer never arrives, it may have landed.
   const forget = args.journal(encoded);

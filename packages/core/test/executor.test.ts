@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { HandlerContext } from '../src/context.js';
-import { PermanentError } from '../src/errors.js';
+import { PermanentError, UnencodableValueError } from '../src/errors.js';
 import { createIdempotentExecutor, ExecutionFailedError, RequestInProgressError } from '../src/executor.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 import { deferred, recordingPublisher } from './helpers.js';
@@ -68,5 +68,40 @@ describe('idempotent executor (HTTP-style requests)', () => {
     const again = await ex.execute({ key: 'p', payload: {} }, () => 'never').catch((e) => e);
     expect(again).toMatchObject({ outcome: 'failed' });
     expect(again.info.code).toBe('PREVIOUSLY_FAILED');
+  });
+
+  it('a run whose messages were never confirmed is retryable, not failed: the same key answers its result and publishes', async () => {
+    // Before: ExecutionFailedError 'failed' ("500, failed permanently") for a COMPLETED charge.
+    const publisher = recordingPublisher();
+    const store = createMemoryStore();
+    const ex = createIdempotentExecutor<{ sku: string }, string>({
+      ...opts,
+      store,
+      publisher,
+      maxPublishDeferrals: 0,
+    });
+    let runs = 0;
+    const handler = (order: { sku: string }, ctx: HandlerContext) => {
+      runs++;
+      ctx.publish('orders', order);
+      return 'charged';
+    };
+    publisher.failing = true;
+    const error = await ex.execute({ key: 'k', payload: { sku: 'x' } }, handler).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ExecutionFailedError);
+    expect((error as ExecutionFailedError).outcome).toBe('retryable');
+    publisher.failing = false;
+    expect(await ex.execute({ key: 'k', payload: { sku: 'x' } }, handler)).toMatchObject({
+      status: 'duplicate',
+      result: 'charged',
+    });
+    expect(runs).toBe(1);
+    expect(publisher.sent).toHaveLength(1);
+  });
+
+  it('a payload JSON cannot hold is an UnencodableValueError, not a TypeError', async () => {
+    const ex = createIdempotentExecutor<{ n: bigint }, number>({ ...opts, store: createMemoryStore() });
+    const error = await ex.execute({ key: 'k', payload: { n: 1n } }, () => 1).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(UnencodableValueError);
   });
 });

@@ -229,6 +229,39 @@ describe('processor: failures', () => {
     expect(runs).toBe(1);
   });
 
+  it.each([
+    ['a handler result', (_: HandlerContext) => ({ amount: 10n })],
+    ['a step result', (ctx: HandlerContext) => ctx.step('charge', async () => ({ id: 1n }))],
+    ['a published message', (ctx: HandlerContext) => ctx.publish('payments', { amount: 10n })],
+  ])(
+    'dead-letters %s JSON cannot hold (UnencodableValueError) once, without running it again',
+    async (_, body) => {
+      // Before: a handler result was taken for a store outage and a step's or message's TypeError
+      // for a retryable one; each run repeated the effect (5 charges) before AttemptsExhausted.
+      const store = createMemoryStore();
+      let runs = 0;
+      const p = createProcessor({
+        consumer: 'billing',
+        store,
+        publisher: recordingPublisher(),
+        ...fast,
+        handler: async (_order, ctx) => {
+          runs++;
+          return body(ctx);
+        },
+      });
+      const first = await p.process(delivery({ amount: 10 }, key('big')));
+      expect(first).toMatchObject({ action: 'dead-letter', outcome: 'failed' });
+      expect(first.action === 'dead-letter' && first.reason.error).toMatchObject({
+        name: 'UnencodableValueError',
+        code: 'PERMANENT',
+      });
+      expect(await p.process(delivery({ amount: 10 }, key('big')))).toMatchObject({ action: 'dead-letter' });
+      expect(runs).toBe(1);
+      expect(await store.get('default:billing:big')).toMatchObject({ state: 'FAILED' });
+    },
+  );
+
   it('dead-letters malformed bodies and messages without a key, never running the handler', async () => {
     let runs = 0;
     const p = createProcessor({
