@@ -30,8 +30,9 @@ export async function releaseKept<T, R>(
 ) {
   group.released = true;
   group.markReleased();
-  // Deliveries whose begin is still on its way give their leases back when it answers.
-  if (group.notRunning > 0) {
+  // Deliveries whose begin is still on its way give their leases back when it answers. Tracked
+  // once: a second release (a revocation, then stop) must not orphan the first's promise.
+  if (group.notRunning > 0 && group.allRunning === undefined) {
     void trackGiveBack(
       shared,
       new Promise<void>((resolve) => {

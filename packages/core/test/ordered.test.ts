@@ -217,6 +217,24 @@ describe('a released group', () => {
     }
     expect((await Promise.all(run.dispositions)).map((d) => d.outcome)).toEqual(['not-run', 'not-run']);
   });
+
+  it('released twice (a revocation, then stop): givenBack() still settles', async () => {
+    // Before: the second release replaced the first's tracked give-back, which never settled.
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      ...fast,
+      handler: async (m: { i: number }) => {
+        if (m.i === 0) await new Promise((r) => setTimeout(r, 100));
+        return m.i;
+      },
+    });
+    const run = p.processInOrder(records('twice', 2));
+    await new Promise((r) => setTimeout(r, 20)); // record 0 runs, record 1 waits its turn
+    await Promise.all([run.release(), run.release()]);
+    expect((await Promise.all(run.dispositions)).map((d) => d.action)).toEqual(['ack', 'defer']);
+    await p.givenBack();
+  }, 10_000);
 });
 
 describe('the same message twice in a row (a retried send)', () => {
