@@ -3,6 +3,7 @@
 import type { Readable } from 'node:stream';
 import type { Context } from '@opentelemetry/api';
 import { streamOf } from './blob/result-stream.js';
+import type { BlobPointer, BlobStore } from './blob/types.js';
 import { encodeResult } from './codec.js';
 import type { Handler, HandlerContext } from './context.js';
 import { ConfigError } from './errors.js';
@@ -10,6 +11,7 @@ import type { ResolvedProcessorOptions } from './options.js';
 import { ATTR_EO_BLOB_SIZE } from './semconv.js';
 import type { StoredResult } from './store/types.js';
 import { inSpan, instrumentsFor, withContext } from './tracing.js';
+import { untilAborted } from './wait.js';
 
 export type HandlerRun<R> = { ok: true; value: R | undefined } | { ok: false; error: unknown };
 
@@ -64,13 +66,19 @@ export class ResultSourceFailure extends Error {
   }
 }
 
+/**
+ * Stores the handler's result: inline, or durable in the blob store first. `signal` (read only
+ * when a blob is written) aborts at `maxRunMs`: an upload still going then is given up, so a
+ * stalled source or blob store cannot hold the message for ever.
+ */
 export async function storeResult<T, R>(
   o: ResolvedProcessorOptions<T, R>,
   ctx: Context,
   result: R | undefined,
+  signal: () => AbortSignal,
 ): Promise<StoredResult | undefined> {
   const stream = streamOf(result);
-  if (stream !== undefined) return storeResultStream(o, ctx, stream);
+  if (stream !== undefined) return storeResultStream(o, ctx, stream, signal());
   let bytes: Uint8Array | undefined;
   try {
     bytes = encodeResult(result, "the handler's result");
@@ -86,7 +94,7 @@ export async function storeResult<T, R>(
     'exactly-once blob put',
     ctx,
     { 'exactly_once.blob.size': bytes.byteLength },
-    () => blobs.put(bytes),
+    () => putUnlessAborted(blobs, bytes, signal()),
   );
   return { kind: 'blob', pointer };
 }
@@ -96,6 +104,7 @@ async function storeResultStream<T, R>(
   o: ResolvedProcessorOptions<T, R>,
   ctx: Context,
   source: Readable | AsyncIterable<Uint8Array>,
+  signal: AbortSignal,
 ): Promise<StoredResult> {
   const blobs = o.blobs;
   if (!blobs) {
@@ -121,17 +130,34 @@ async function storeResultStream<T, R>(
   try {
     // The blob is durable before any record points at it.
     const pointer = await inSpan('exactly-once blob put', ctx, {}, async (span) => {
-      const p = await blobs.put(tracked());
+      const p = await putUnlessAborted(blobs, tracked(), signal);
       span.setAttribute(ATTR_EO_BLOB_SIZE, p.size);
       return p;
     });
     return { kind: 'blob', pointer, raw: true };
   } catch (error) {
     if (failed) throw new ResultSourceFailure(failed.error);
+    // Given up at maxRunMs: the source stalled (or the blob store did), a failure of the run.
+    if (signal.aborted) throw new ResultSourceFailure(error);
     throw error;
   } finally {
     // A put that failed before (or while) reading leaves the source open: close it.
     destroy(source);
+  }
+}
+
+/** A put given up when `signal` aborts; if it lands later, its blob is deleted (nothing names it). */
+async function putUnlessAborted(
+  blobs: BlobStore,
+  data: Uint8Array | AsyncIterable<Uint8Array>,
+  signal: AbortSignal,
+): Promise<BlobPointer> {
+  const put = blobs.put(data);
+  try {
+    return await untilAborted(put, signal);
+  } catch (error) {
+    if (signal.aborted) put.then((pointer) => blobs.delete(pointer)).catch(() => {});
+    throw error;
   }
 }
 

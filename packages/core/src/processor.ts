@@ -597,9 +597,14 @@ async function runAcquired<T, R>(
   // The heartbeat goes on while a large result uploads: a slow upload must not lose the lease.
   let stored: StoredResult | undefined;
   try {
-    stored = await storeResult(o, runCtx, ran.value);
+    stored = await storeResult(o, runCtx, ran.value, () => keeper.signal);
   } catch (error) {
     await keeper.stop();
+    // The upload was given up because a newer fence took the key over: nothing to record.
+    if (keeper.lost) {
+      await discardBlobs(o, state);
+      return leaseLost(storeKey, fence);
+    }
     if (error instanceof ResultSourceFailure) {
       // The handler's result stream failed (or cannot be stored): a failure of the handler.
       recordError(span, error.cause, scrubOf(runCtx));

@@ -37,6 +37,28 @@ export function pause(ms: number, signal?: AbortSignal): Promise<boolean> {
 }
 
 /**
+ * `promise`, or a rejection with the signal's reason as soon as it aborts (the work itself goes
+ * on: the caller stops waiting for it).
+ */
+export function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error);
+      },
+    );
+  });
+}
+
+/**
  * Waits until every promise has settled or `ms` passed, whichever comes first; never rejects.
  * True when they all settled in time.
  */

@@ -137,6 +137,30 @@ describe('streamed handler results', () => {
     expect(d).toMatchObject({ action: 'retry', error: { name: 'TypeError' } });
   });
 
+  it('a source that stalls is given up at maxRunMs: the run fails (retried), the source is closed, no blob is left', async () => {
+    // Before: process() awaited the upload for ever (the lease ran out, the delivery stayed held).
+    const { directory, blobs } = await blobStore();
+    let sent = false;
+    const source = new Readable({
+      read() {
+        if (!sent) this.push(Buffer.from('first chunk'));
+        sent = true; // then nothing more, ever: a download whose remote end stopped sending
+      },
+    });
+    const p = createProcessor({
+      consumer: 'exports',
+      store: createMemoryStore(),
+      blobs,
+      ...fast,
+      maxRunMs: 200,
+      handler: () => resultStream(source),
+    });
+    const d = await p.process(delivery({}, key('stalled')));
+    expect(d).toMatchObject({ action: 'retry', error: { name: 'RunTimeoutError' } });
+    expect(source.destroyed).toBe(true);
+    expect(await blobFiles(directory)).toBe(0);
+  });
+
   it('without a blob store a streamed result is dead-lettered with a ConfigError, its source closed', async () => {
     const source = Readable.from([Buffer.from('x')]);
     const p = createProcessor({
