@@ -59,7 +59,7 @@ export async function handleFailure<T, R>(
   } else {
     try {
       const r = await o.store.release(storeKey, fence, info);
-      if (r === 'lost') return leaseLost(storeKey, fence);
+      if (r !== 'ok') return leaseLost(storeKey, fence);
     } catch (storeError) {
       return storeDown(o, storeError, storeKey);
     }
@@ -83,7 +83,7 @@ export async function failAndDeadLetter<T, R>(
 ): Promise<Disposition> {
   try {
     const r = await o.store.fail(storeKey, fence, toErrorInfo(error), o.retentionMs);
-    if (r === 'lost') return leaseLost(storeKey, fence);
+    if (r !== 'ok') return leaseLost(storeKey, fence);
   } catch (storeError) {
     return storeDown(o, storeError, storeKey);
   }

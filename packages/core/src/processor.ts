@@ -644,7 +644,8 @@ async function runAcquired<T, R>(
     // Unknown whether the write landed: keep the blobs, redeliver; the next run resolves it.
     return storeDown(o, error, storeKey);
   }
-  if (completed === 'lost') {
+  // Anything but an acknowledged write (a store breaking its contract) is not a completion.
+  if (completed !== 'ok') {
     await discardBlobs(o, run);
     return leaseLost(storeKey, fence);
   }

@@ -169,7 +169,7 @@ async function save<S>(args: StepRunArgs, name: string, value: S, absent: 'null'
   // Counted as journaled before the write: if the answer never arrives, it may have landed.
   const forget = args.journal(encoded);
   const saved = await args.store.saveStep(args.storeKey, args.fence, name, encoded);
-  if (saved === 'lost') {
+  if (saved !== 'ok') {
     forget();
     throw new LeaseLostError({ key: args.storeKey, fence: args.fence });
   }

@@ -196,3 +196,17 @@ describe('coalescing a batch some servers answered', () => {
     expect((settled[1] as PromiseRejectedResult).reason).toMatchObject({ message: 'node down' });
   });
 });
+
+describe('a store that answers a batch short', () => {
+  it('is not taken for a completion: the delivery is not acked', async () => {
+    // Before: the missing answer was undefined, which was not 'lost', so the delivery was acked
+    // with its record still IN_PROGRESS.
+    const memory = createMemoryStore();
+    const store: ProcessedStore = Object.create(memory);
+    store.completeMany = async () => [];
+    const p = createProcessor({ consumer: 'c', store, ...fast, handler: () => 'done' });
+    const d = await p.process(delivery({}, key('short')));
+    expect(d.action).not.toBe('ack');
+    expect(await memory.get('default:c:short')).toMatchObject({ state: 'IN_PROGRESS' });
+  });
+});

@@ -8,7 +8,7 @@
  * sent at once, so with a small prefetch window the store round trips of batches overlap.
  */
 
-import { PartialBatchError } from '../errors.js';
+import { PartialBatchError, StoreUnavailableError } from '../errors.js';
 import { delegate } from './delegate.js';
 import type {
   BeginRequest,
@@ -44,6 +44,15 @@ function batcher<Q, A>(send: (requests: Q[]) => Promise<A[]>): (request: Q) => P
         .then(send)
         .then(
           (answers) => {
+            // One answer per request, or none counts: a short answer must not read as a success.
+            if (!Array.isArray(answers) || answers.length !== part.length) {
+              const error = new StoreUnavailableError({
+                operation: 'batch',
+                message: `a batch store call answered ${Array.isArray(answers) ? answers.length : 'no'} results for ${part.length} requests`,
+              });
+              for (const p of part) p.reject(error);
+              return;
+            }
             for (const [j, p] of part.entries()) p.resolve(answers[j] as A);
           },
           (error: unknown) => {
