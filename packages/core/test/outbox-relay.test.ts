@@ -3,6 +3,7 @@
  * the adaptive window, retries without loss, background marking and the lag alert.
  */
 import { describe, expect, it } from 'vitest';
+import { ConfigError } from '../src/errors.js';
 import { createOutboxRelay, type OutboxEntry, type OutboxSource } from '../src/outbox/relay.js';
 import type { OutgoingMessage } from '../src/store/types.js';
 
@@ -199,5 +200,19 @@ describe('outbox relay', () => {
     await healthy.stop();
     expect(alerts).toEqual([500, 500]);
     expect(recoveries[0]).toBeLessThanOrEqual(100);
+  });
+
+  it.each([
+    ['markBatch: 0', { markBatch: 0 }],
+    ['markBatch: NaN', { markBatch: Number.NaN }],
+    ['maxUnmarked: -1', { maxUnmarked: -1 }],
+    ['window.initial: NaN', { window: { initial: Number.NaN } }],
+    ['idleDelayMs: Infinity', { idleDelayMs: Number.POSITIVE_INFINITY }],
+    ['lagAlert.everyMs: 0', { lagAlert: { threshold: 1, everyMs: 0, onAlert: () => {} } }],
+  ])('refuses %s with a ConfigError (it marked nothing in a tight loop, or never published)', (_, extra) => {
+    const { source } = memorySource(1);
+    expect(() => createOutboxRelay({ source, publisher: recordingPublisher(), ...fast, ...extra })).toThrow(
+      ConfigError,
+    );
   });
 });

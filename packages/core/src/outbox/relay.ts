@@ -105,14 +105,24 @@ const DEFAULT_WINDOW = { initial: 256, min: 16, max: 2048 };
 
 export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
   const window = { ...DEFAULT_WINDOW, ...options.window };
-  if (!(Number.isInteger(window.min) && window.min >= 1 && window.max >= window.min)) {
-    throw new ConfigError('window needs integers 1 <= min <= max');
+  if (
+    !(
+      Number.isInteger(window.min) &&
+      Number.isInteger(window.max) &&
+      Number.isInteger(window.initial) &&
+      window.min >= 1 &&
+      window.max >= window.min
+    )
+  ) {
+    throw new ConfigError('window needs integers 1 <= min <= max, and an integer initial');
   }
   const retry = resolveRetryPolicy({ initialDelayMs: 200, maxDelayMs: 10_000, ...options.retry }, 'retry');
-  const targetRoundMs = options.targetRoundMs ?? 250;
-  const idleDelayMs = options.idleDelayMs ?? 200;
-  const markBatch = options.markBatch ?? 500;
-  const maxUnmarked = options.maxUnmarked ?? 200_000;
+  // A zero batch marked nothing in a tight loop, a negative maxUnmarked paused publishing for ever.
+  const targetRoundMs = positive('targetRoundMs', options.targetRoundMs ?? 250, false);
+  const idleDelayMs = positive('idleDelayMs', options.idleDelayMs ?? 200, false);
+  const markBatch = positive('markBatch', options.markBatch ?? 500, true);
+  const maxUnmarked = positive('maxUnmarked', options.maxUnmarked ?? 200_000, true);
+  positive('lagAlert.everyMs', options.lagAlert?.everyMs ?? 5_000, false);
   const logger = options.logger ?? silentLogger;
   const { source, publisher } = options;
 
@@ -325,4 +335,12 @@ function relayInstruments(lag: () => number | undefined): {
   };
   gauge.addCallback(observe);
   return { published, detach: () => gauge.removeCallback(observe) };
+}
+
+/** `value` if it is a finite number > 0 (an integer when `integer`), else a ConfigError. */
+function positive(name: string, value: number, integer: boolean): number {
+  if (!(Number.isFinite(value) && value > 0 && (!integer || Number.isInteger(value)))) {
+    throw new ConfigError(`${name} must be ${integer ? 'an integer' : 'a number'} > 0 (got ${value})`);
+  }
+  return value;
 }
