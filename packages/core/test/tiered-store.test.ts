@@ -1,6 +1,7 @@
 /**
  * The tiered store's own rules, on two in-memory tiers (its behaviour on Redis + MongoDB is in
- * test/tiered): what a `busy` cold tier leaves in the hot one, and its options.
+ * test/tiered): what a `busy` cold tier leaves in the hot one, and its options. Also the fault
+ * wrapper its test relies on.
  */
 import { describe, expect, it } from 'vitest';
 import { ConfigError } from '../src/errors.js';
@@ -60,5 +61,18 @@ describe('tiered store', () => {
     expect(make({ coldLeaseMs: Number.NaN })).toThrow(ConfigError);
     expect(make({ coldRetentionMs: -1 })).toThrow(ConfigError);
     expect(make({ cold: undefined })).toThrow(ConfigError);
+  });
+});
+
+describe('withFaults (the fault-injecting wrapper the tests above use)', () => {
+  it('passes a release given back unrun on as such (the attempt is not counted)', async () => {
+    // Before: the options were dropped, so every give-back through it counted an attempt.
+    const store = withFaults(createMemoryStore(), { failWhen: () => false });
+    const request = { key: 'k', fingerprint: 'f', owner: 'o', leaseMs: 1_000 };
+    const first = await store.begin(request);
+    if (first.status !== 'acquired') throw new Error(first.status);
+    const error = { name: 'NotRun', code: 'NOT_RUN', message: 'given back' };
+    expect(await store.release('k', first.fence, error, { notRun: true })).toBe('ok');
+    expect(await store.begin(request)).toMatchObject({ status: 'acquired', attempt: 1 });
   });
 });

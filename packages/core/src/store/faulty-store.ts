@@ -57,7 +57,8 @@ export function withFaults(store: ProcessedStore, options: FaultOptions): Proces
     begin: (request) => guard('begin', request.key, () => store.begin(request)),
     extend: (key, fence, leaseMs) => guard('extend', key, () => store.extend(key, fence, leaseMs)),
     complete: (request) => guard('complete', request.key, () => store.complete(request)),
-    release: (key, fence, error) => guard('release', key, () => store.release(key, fence, error)),
+    release: (key, fence, error, releaseOptions) =>
+      guard('release', key, () => store.release(key, fence, error, releaseOptions)),
     fail: (key, fence, error, retentionMs) =>
       guard('fail', key, () => store.fail(key, fence, error, retentionMs)),
     markPublished: (key, fence, ids) =>
@@ -79,8 +80,16 @@ export function withFaults(store: ProcessedStore, options: FaultOptions): Proces
     get: (key) => guard('get', key, () => store.get(key)),
     clear: (key) => guard('clear', key, () => store.clear(key)),
   };
+  // What reaches no server, or only reads, is passed through untouched.
   const close = store.close?.bind(store);
-  return close === undefined ? wrapped : { ...wrapped, close };
+  const list = store.listInProgress?.bind(store);
+  const retention = store.effectiveRetentionMs?.bind(store);
+  return {
+    ...wrapped,
+    ...(close === undefined ? {} : { close }),
+    ...(list === undefined ? {} : { listInProgress: list }),
+    ...(retention === undefined ? {} : { effectiveRetentionMs: retention }),
+  };
 }
 
 function injected(op: StoreOperation, when: 'before' | 'after'): StoreUnavailableError {
