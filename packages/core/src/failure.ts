@@ -141,11 +141,10 @@ export async function discardBlobs<T, R>(o: ResolvedProcessorOptions<T, R>, run:
   if (!o.blobs) return;
   for (const pointer of run.blobs) {
     if (run.isJournaled(pointer)) continue;
-    try {
-      await o.blobs.delete(pointer);
-    } catch {
-      // An orphan blob wastes space but never corrupts a record.
-    }
+    // An orphan blob wastes space but never corrupts a record: a delete that fails is left, and
+    // one that hangs (a stalled blob store) is waited for at most storeTimeoutMs.
+    const blobs = o.blobs;
+    await settledWithin([Promise.resolve().then(() => blobs.delete(pointer))], o.storeTimeoutMs);
   }
 }
 

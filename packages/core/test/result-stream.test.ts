@@ -10,7 +10,7 @@ import { Readable } from 'node:stream';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createFsBlobStore } from '../src/blob/fs-blob-store.js';
 import { type ResultStream, resultStream } from '../src/blob/result-stream.js';
-import { BlobIntegrityError, ErrorCode } from '../src/errors.js';
+import { BlobIntegrityError, ErrorCode, PermanentError } from '../src/errors.js';
 import { createIdempotentExecutor } from '../src/executor.js';
 import { Headers } from '../src/headers.js';
 import { createProcessor } from '../src/processor.js';
@@ -160,6 +160,24 @@ describe('streamed handler results', () => {
     expect(source.destroyed).toBe(true);
     expect(await blobFiles(directory)).toBe(0);
   });
+
+  it('a blob store whose delete hangs does not hold a failed run: its orphan is waited for storeTimeoutMs at most', async () => {
+    // Before: the run's disposition waited for the delete for ever.
+    const { blobs } = await blobStore();
+    const hanging = Object.assign(Object.create(blobs), { delete: () => new Promise<void>(() => {}) });
+    const p = createProcessor({
+      consumer: 'reports',
+      store: createMemoryStore(),
+      blobs: hanging,
+      ...fast,
+      storeTimeoutMs: 100,
+      handler: async (_: unknown, ctx) => {
+        await ctx.storeBlob(Readable.from([Buffer.from('orphan')]));
+        throw new PermanentError('declined after storing a blob');
+      },
+    });
+    expect(await p.process(delivery({}, key('hanging-delete')))).toMatchObject({ action: 'dead-letter' });
+  }, 10_000);
 
   it('without a blob store a streamed result is dead-lettered with a ConfigError, its source closed', async () => {
     const source = Readable.from([Buffer.from('x')]);
