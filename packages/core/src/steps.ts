@@ -4,7 +4,14 @@
  */
 import type { Span } from '@opentelemetry/api';
 import { decodeResult, encodeResult } from './codec.js';
-import { ConfigError, isRetryable, LeaseLostError, toErrorInfo } from './errors.js';
+import {
+  ConfigError,
+  describeThrown,
+  isRetryable,
+  LeaseLostError,
+  PermanentError,
+  toErrorInfo,
+} from './errors.js';
 import type { Logger } from './logger.js';
 import { type RetryPolicyOptions, resolveRetryPolicy, retryDelayMs } from './retry.js';
 import { ATTR_EO_STEP_REPLAYED } from './semconv.js';
@@ -128,6 +135,12 @@ export async function runStep<S>(
         startedAt: journaled.at,
         signal: args.signal(),
       });
+      // Not an answer: asking again would get the same, so it fails the message (not retried).
+      if (typeof (answer as { done?: unknown } | undefined)?.done !== 'boolean') {
+        throw new PermanentError(
+          `step "${name}": reconcile must answer { done: true, value } or { done: false } (got ${describeThrown(answer)})`,
+        );
+      }
       span.setAttribute('exactly_once.step.reconciled', answer.done);
       if (answer.done) return save(args, name, answer.value, 'null');
       // Not done at the provider: run fn. Its started marker is already there.
@@ -139,7 +152,7 @@ export async function runStep<S>(
         );
       }
       args.open();
-      if ((await mark(args.storeKey, args.fence, name)) === 'lost') {
+      if ((await mark(args.storeKey, args.fence, name)) !== 'ok') {
         throw new LeaseLostError({ key: args.storeKey, fence: args.fence });
       }
     }

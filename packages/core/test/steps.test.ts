@@ -207,6 +207,36 @@ describe('steps: in-doubt steps and reconcile (S3: the provider charged, the res
     expect(new Set(keys).size).toBe(1);
   });
 
+  it('a reconcile that answers nothing usable fails the message at once (PermanentError), fn never runs', async () => {
+    // Before: a TypeError, retried on every attempt until AttemptsExhausted.
+    const store = createMemoryStore();
+    let started = false;
+    let calls = 0;
+    const p = createProcessor({
+      consumer: 'payments',
+      store,
+      ...fast,
+      handler: (_: unknown, ctx: HandlerContext) =>
+        ctx.step(
+          'charge',
+          () => {
+            calls++;
+            if (!started) {
+              started = true;
+              throw new ResponseLost('socket hang up');
+            }
+            return 'charged';
+          },
+          { reconcile: () => undefined as never },
+        ),
+    });
+    expect(await p.process(delivery({}, key('bad-reconcile')))).toMatchObject({ action: 'retry' });
+    const d = await p.process(delivery({}, key('bad-reconcile')));
+    expect(d).toMatchObject({ action: 'dead-letter', outcome: 'failed' });
+    expect(d.action === 'dead-letter' && d.reason.error.message).toMatch(/reconcile must answer/);
+    expect(calls).toBe(1);
+  });
+
   it('costs one extra store write per reconcile step, none for a plain step', async () => {
     const { store, writes } = counting(createMemoryStore());
     const provider = fakeProvider();
