@@ -3,10 +3,12 @@
  * same document write as the state (one insert or update of one document is atomic on every
  * MongoDB-wire server, transactions or not), and core's `createOutboxRelay` publishes them.
  *
- * A document with pending events carries `eo_outbox` (the messages, in publish order) and
- * `eo_pending` (when they were written: the relay's reading order). The relay reads pending
- * documents oldest first and, after the broker confirmed their messages, unsets `eo_pending`.
+ * A document with pending events carries `eo_outbox` (the messages, in publish order),
+ * `eo_pending` (when they were written: the relay's reading order) and `eo_write` (a token unique
+ * to that write). The relay reads pending documents oldest first and, after the broker confirmed
+ * their messages, unsets both on the condition that the token is still the one it read.
  */
+import { randomBytes } from 'node:crypto';
 import { Headers, type OutboxEntry, type OutboxSource } from '@exactly-once/core';
 import { encodeValue, injectContext } from '@exactly-once/core/spi';
 import { context } from '@opentelemetry/api';
@@ -15,6 +17,7 @@ import { fromBinary, toBinary } from './codec.js';
 
 export const OUTBOX_FIELD = 'eo_outbox';
 export const PENDING_FIELD = 'eo_pending';
+export const WRITE_FIELD = 'eo_write';
 /** Updates per bulk write when marking documents published. */
 const MARK_BULK = 100;
 
@@ -62,7 +65,7 @@ export function outboxFields(
   documentId: string | number | { toString(): string },
   messages: readonly OutboxMessageInput[],
   options: OutboxFieldsOptions = {},
-): { [OUTBOX_FIELD]: OutboxMessageDoc[]; [PENDING_FIELD]: number } {
+): { [OUTBOX_FIELD]: OutboxMessageDoc[]; [PENDING_FIELD]: number; [WRITE_FIELD]: string } {
   const docId = String(documentId);
   const requestId = options.requestId ?? docId;
   const trace = injectContext(context.active(), {});
@@ -85,16 +88,11 @@ export function outboxFields(
         h: Object.entries(headers).flat(),
       };
     }),
-    [PENDING_FIELD]: pendingStamp(),
+    [PENDING_FIELD]: Date.now(),
+    // Tells this write from any other of the document (two in one millisecond have the same
+    // `eo_pending`): marking unsets only the write that was published.
+    [WRITE_FIELD]: randomBytes(12).toString('base64url'),
   };
-}
-
-// `eo_pending` is the write time in ms plus a per-process fraction: two writes of one document
-// in one millisecond still differ, so the relay's conditional `$unset` can tell them apart.
-let sequence = 0;
-function pendingStamp(): number {
-  sequence = (sequence + 1) % 1_000_000;
-  return Date.now() + sequence / 1_000_000;
 }
 
 export interface MongoOutboxSourceOptions {
@@ -118,10 +116,11 @@ export interface MongoOutboxSource extends OutboxSource {
 export function createMongoOutboxSource(options: MongoOutboxSourceOptions): MongoOutboxSource {
   const { collection } = options;
   const pageSize = options.pageSize ?? 10_000;
-  // Entry ids are strings; documents keep their own `_id` type (ObjectId, number, string). The
-  // `eo_pending` read with the entry makes its `$unset` conditional: a document rewritten with
-  // new events after the read (a new `eo_pending`) stays pending.
-  const read = new Map<string, { _id: unknown; pending: unknown }>();
+  // An entry is one write of one document: its id names the document (which keeps its own `_id`
+  // type: ObjectId, number, string) and the write's token. A document rewritten with new events
+  // after a read is a new entry, published in turn, and marking one write never unsets another.
+  // (A document written by an earlier version has no token: its `eo_pending` stands in for it.)
+  const read = new Map<string, { _id: unknown; condition: Document }>();
   const pending = { [PENDING_FIELD]: { $exists: true } };
   // One server call at a time per source: FerretDB 1.x (SQLite) was seen to stall every client
   // when a page read and the marking writes of the same relay overlapped.
@@ -152,7 +151,7 @@ export function createMongoOutboxSource(options: MongoOutboxSourceOptions): Mong
         serial(() =>
           collection
             .find(from === undefined ? pending : { [PENDING_FIELD]: { $gte: from } }, {
-              projection: { [OUTBOX_FIELD]: 1, [PENDING_FIELD]: 1 },
+              projection: { [OUTBOX_FIELD]: 1, [PENDING_FIELD]: 1, [WRITE_FIELD]: 1 },
               sort: { [PENDING_FIELD]: 1, _id: 1 },
               limit,
               batchSize: limit,
@@ -166,10 +165,14 @@ export function createMongoOutboxSource(options: MongoOutboxSourceOptions): Mong
         const page = await next;
         const entries: OutboxEntry[] = [];
         for (const doc of page) {
-          const id = `${typeof doc._id}:${String(doc._id)}`;
           const stamp = doc[PENDING_FIELD] as number;
+          const token = doc[WRITE_FIELD] as string | undefined;
+          const id = `${typeof doc._id}:${String(doc._id)}@${token ?? stamp}`;
           if (stamp === after && readAtAfter.has(id)) continue;
-          read.set(id, { _id: doc._id, pending: stamp });
+          read.set(id, {
+            _id: doc._id,
+            condition: token === undefined ? { [PENDING_FIELD]: stamp } : { [WRITE_FIELD]: token },
+          });
           if (stamp !== after) {
             after = stamp;
             readAtAfter = new Set();
@@ -192,8 +195,8 @@ export function createMongoOutboxSource(options: MongoOutboxSourceOptions): Mong
       const ops = entryIds.flatMap((id) => {
         const entry = read.get(id);
         if (entry === undefined) return [];
-        const filter = { _id: entry._id, [PENDING_FIELD]: entry.pending };
-        return [{ updateOne: { filter, update: { $unset: { [PENDING_FIELD]: '' } } } }];
+        const filter = { _id: entry._id, ...entry.condition };
+        return [{ updateOne: { filter, update: { $unset: { [PENDING_FIELD]: '', [WRITE_FIELD]: '' } } } }];
       });
       // In small bulks, each taking its turn: a page read waits for one bulk, not for all of them.
       for (let i = 0; i < ops.length; i += MARK_BULK) {
