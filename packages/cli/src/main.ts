@@ -8,7 +8,7 @@ import { stuck } from './commands/stuck.js';
 import { trace } from './commands/trace.js';
 import { CliError, describeError, UsageError } from './errors.js';
 import { type Io, processIo } from './output.js';
-import { parseDays, parseDuration, parseNumber } from './parse.js';
+import { parseDays, parseDuration, parseNamespace, parseNumber } from './parse.js';
 import { storeOptions } from './stores.js';
 
 const { version } = createRequire(import.meta.url)('../package.json') as { version: string };
@@ -36,7 +36,7 @@ function buildProgram(io: Io): Command {
       .argument('<consumer>', 'the consumer name (store keys are namespace:consumer:key)')
       .argument('<key>', 'the idempotency key (x-idempotency-key) as sent'),
   )
-    .option('--namespace <name>', 'the consumer namespace', 'default')
+    .option('--namespace <name>', 'the consumer namespace', parseNamespace, 'default')
     .option('--json', 'print JSON')
     .action(async (consumer: string, key: string, options) => {
       await inspect(io, consumer, key, options);
@@ -51,7 +51,11 @@ function buildProgram(io: Io): Command {
       parseDuration('--older-than', v),
     )
     .option('--consumer <name>', 'one consumer only (default: every consumer in the store)')
-    .option('--namespace <name>', "the consumer's namespace (default: 'default' with --consumer, else all)")
+    .option(
+      '--namespace <name>',
+      "the consumer's namespace (default: 'default' with --consumer, else all)",
+      parseNamespace,
+    )
     .option('--limit <n>', 'at most this many records', integer('--limit', 1), 1000)
     .option('--json', 'print JSON')
     .action(async (options) => {
@@ -104,7 +108,7 @@ function buildProgram(io: Io): Command {
       '--reset-key',
       "first clear each letter's FAILED record, so the replay is processed (needs a store)",
     )
-    .option('--namespace <name>', "the consumers' namespace, for --reset-key", 'default')
+    .option('--namespace <name>', "the consumers' namespace, for --reset-key", parseNamespace, 'default')
     .option('--json', 'print JSON')
     .action(async (source: string, ids: string[], options) => {
       await dlqReplay(io, source, ids, options);

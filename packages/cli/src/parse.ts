@@ -1,4 +1,5 @@
 /** Parsers for option values; each throws a {@link UsageError} naming the option. */
+import { validateName } from '@exactly-once/core';
 import { CliError, UsageError } from './errors.js';
 
 const UNITS: Record<string, number> = {
@@ -66,4 +67,15 @@ export function parseHostPorts(option: string, text: string): { host: string; po
     }
     return { host: (match[1] as string).replace(/^\[|\]$/g, ''), port };
   });
+}
+
+/** `--namespace`: a name the SDK accepts (letters, digits, `.`, `_`, `-`; 1 to 100). */
+export function parseNamespace(text: string): string {
+  try {
+    return validateName('namespace', text);
+  } catch {
+    throw new UsageError(
+      `--namespace must be 1 to 100 letters, digits, ".", "_" or "-" (got ${JSON.stringify(text)})`,
+    );
+  }
 }

@@ -1,5 +1,12 @@
 /** What the dead-letter commands share across RabbitMQ and Kafka: the letter, its reason, replay. */
-import { ErrorCode, Headers, type ProcessedStore, recordKeyFor } from '@exactly-once/core';
+import {
+  ErrorCode,
+  Headers,
+  InvalidKeyError,
+  type ProcessedStore,
+  readIdentityHeader,
+  recordKeyFor,
+} from '@exactly-once/core';
 import { formatBytes, table, truncate } from '../output.js';
 import { storeError } from '../stores.js';
 
@@ -150,7 +157,7 @@ export type ResetOutcome =
   | 'cleared' // the FAILED record was deleted: the replay runs the handler
   | 'absent' // no record: the replay runs the handler anyway
   | 'kept-completed' // COMPLETED: kept, the replay is answered as a duplicate (and republishes)
-  | 'busy' // a live lease holds the key: nothing deleted, the letter is not replayed
+  | 'busy' // an attempt holds the key (IN_PROGRESS, its lease live or lapsed): nothing deleted, not replayed
   | 'reset-earlier' // an earlier letter of this replay reset the same key: not cleared again
   | 'no-key'; // no usable key or no consumer header: nothing to clear
 
@@ -158,23 +165,40 @@ export type ResetOutcome =
 const KEYLESS_CODES: ReadonlySet<string> = new Set([ErrorCode.KeyMissing, ErrorCode.InvalidKey]);
 
 /**
+ * The store key of the letter's record, or undefined when it has none: no key or consumer header,
+ * a key the consumer refused (`KEY_MISSING`, `INVALID_KEY`, e.g. an empty one), so no record was
+ * ever written under it.
+ */
+function storeKeyOf(letter: DeadLetter, namespace: string): string | undefined {
+  const consumer = letter.reason.consumer;
+  if (letter.key === undefined || consumer === undefined || KEYLESS_CODES.has(letter.reason.errorCode ?? ''))
+    return undefined;
+  try {
+    return recordKeyFor({ consumer, key: letter.key, namespace });
+  } catch (error) {
+    if (error instanceof InvalidKeyError) return undefined;
+    throw error;
+  }
+}
+
+/**
  * Clears the letter's FAILED record (store's public `get` + `clear`), so its replay is processed
- * instead of being dead-lettered again as PreviouslyFailedError. A COMPLETED record is never
- * cleared: that would run the handler a second time.
+ * instead of being dead-lettered again as PreviouslyFailedError. Only a FAILED one: a COMPLETED
+ * record's clear would run the handler a second time, and an IN_PROGRESS one's would drop the
+ * journaled steps its next attempt must find (a lapsed lease is continued by the redelivery).
  */
 export async function resetKey(
   store: ProcessedStore,
   letter: DeadLetter,
   namespace: string,
 ): Promise<ResetOutcome> {
-  const consumer = letter.reason.consumer;
-  if (letter.key === undefined || consumer === undefined || KEYLESS_CODES.has(letter.reason.errorCode ?? ''))
-    return 'no-key';
-  const storeKey = recordKeyFor({ consumer, key: letter.key, namespace });
+  const storeKey = storeKeyOf(letter, namespace);
+  if (storeKey === undefined) return 'no-key';
   try {
     const record = await store.get(storeKey);
     if (!record) return 'absent';
     if (record.state === 'COMPLETED') return 'kept-completed';
+    if (record.state !== 'FAILED') return 'busy';
     const result = await store.clear(storeKey);
     return result === 'cleared' ? 'cleared' : result === 'absent' ? 'absent' : 'busy';
   } catch (error) {
@@ -193,9 +217,8 @@ export function resetEachKeyOnce(
 ): (letter: DeadLetter) => Promise<ResetOutcome> {
   const done = new Set<string>();
   return async (letter) => {
-    const consumer = letter.reason.consumer;
-    if (letter.key === undefined || consumer === undefined) return resetKey(store, letter, namespace);
-    const storeKey = recordKeyFor({ consumer, key: letter.key, namespace });
+    const storeKey = storeKeyOf(letter, namespace);
+    if (storeKey === undefined) return 'no-key';
     if (done.has(storeKey)) return 'reset-earlier';
     const outcome = await resetKey(store, letter, namespace);
     // A busy key was not reset (a later letter of it may try again); a keyless letter has no record.
@@ -227,4 +250,17 @@ export function renderReplay(source: string, results: readonly ReplayResult[], n
     ]),
   ];
   return [`${source}: ${ok} of ${results.length} replayed${note}`, '', ...table(rows)];
+}
+
+/**
+ * The letter's idempotency key as the consumer read it: in any letter case, once, a string or
+ * UTF-8 bytes. Anything the consumer would have refused (several values, a number) is no key.
+ */
+export function letterKey(headers: Readonly<Record<string, unknown>>): string | undefined {
+  try {
+    return readIdentityHeader(headers as never, Headers.IdempotencyKey);
+  } catch (error) {
+    if (error instanceof InvalidKeyError) return undefined;
+    throw error;
+  }
 }

@@ -18,6 +18,7 @@ import { parseHostPorts } from '../parse.js';
 import {
   type DeadLetter,
   isReplayDropped,
+  letterKey,
   type ReplayResult,
   type ResetOutcome,
   reasonOf,
@@ -189,7 +190,7 @@ export async function openKafka(io: Io, brokersText: string, topic: string): Pro
                 to,
                 reset,
                 replayed: false,
-                error: 'a live lease holds the key; try later',
+                error: 'an attempt holds the key (IN_PROGRESS); try later',
               });
               continue;
             }
@@ -256,7 +257,7 @@ function toLetter(partition: number, message: KafkaMessage): DeadLetter {
     const text = headerText(value);
     if (text !== undefined) headers[name] = text;
   }
-  const key = headers[Headers.IdempotencyKey];
+  const key = letterKey(message.headers ?? {});
   const requestId = headers[Headers.RequestId];
   const destination = headers['x-eo-original-topic'] ?? headers[Headers.OriginalDestination];
   const raw = { key: message.key, value: message.value, headers: message.headers ?? {} };

@@ -20,6 +20,7 @@ import { parseUrl } from '../parse.js';
 import {
   type DeadLetter,
   isReplayDropped,
+  letterKey,
   type ReplayResult,
   type ResetOutcome,
   reasonOf,
@@ -172,7 +173,13 @@ export async function openRabbit(io: Io, urlText: string, queue: string): Promis
         if (options.reset) {
           reset = await options.reset(letter);
           if (reset === 'busy') {
-            return { ...base, to, reset, replayed: false, error: 'a live lease holds the key; try later' };
+            return {
+              ...base,
+              to,
+              reset,
+              replayed: false,
+              error: 'an attempt holds the key (IN_PROGRESS); try later',
+            };
           }
         }
         returned = false;
@@ -247,10 +254,7 @@ function toLetter(message: GetMessage): DeadLetter {
     if (text !== undefined) headers[name] = text;
   }
   const messageId = message.properties.messageId as unknown;
-  const key =
-    typeof raw[Headers.IdempotencyKey] === 'string'
-      ? (raw[Headers.IdempotencyKey] as string)
-      : headers[Headers.IdempotencyKey];
+  const key = letterKey(raw);
   const requestId = headers[Headers.RequestId];
   const exchange = headers['x-eo-original-exchange'];
   const routingKey = headers['x-eo-original-routing-key'];

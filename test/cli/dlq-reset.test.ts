@@ -1,0 +1,119 @@
+/**
+ * `dlq replay --reset-key` on letters a consumer could have written but the happy path never
+ * does: an empty key (INVALID_KEY), a key whose record is IN_PROGRESS under a lapsed lease with a
+ * journaled step, and a key header in another letter case. Also a bad `--namespace`.
+ */
+import { recordKeyFor } from '@exactly-once/core';
+import { createRedisStore } from '@exactly-once/store-redis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { newRedis, rawChannel } from '../rabbitmq/helpers.js';
+import { env, uniqueName } from '../support/env.js';
+import { cli } from './helpers.js';
+
+const redis = newRedis();
+const keyPrefix = uniqueName('eot-cli-reset');
+const store = createRedisStore({ client: redis, keyPrefix });
+const consumer = uniqueName('cli-reset');
+const dlq = uniqueName('cli-reset-dlq');
+const target = uniqueName('cli-reset-target');
+const storeKey = (key: string) => recordKeyFor({ consumer, key });
+const storeArgs = ['--reset-key', '--redis', env.redisUrl, '--redis-prefix', keyPrefix];
+let raw: Awaited<ReturnType<typeof rawChannel>>;
+
+const letter = (id: string, code: string, keyHeader: Record<string, string>) =>
+  raw.publish(
+    dlq,
+    { id },
+    {
+      ...keyHeader,
+      'x-eo-error-class': 'Letter',
+      'x-eo-error-code': code,
+      'x-eo-consumer': consumer,
+      'x-eo-original-destination': target,
+    },
+    id,
+  );
+
+beforeAll(async () => {
+  raw = await rawChannel();
+  await raw.ch.assertQueue(dlq, { durable: true });
+  await raw.ch.assertQueue(target, { durable: true });
+  const lease = { fingerprint: 'f', owner: 'worker-1', leaseMs: 50 };
+  // key-ip: an attempt that journaled its charge, then its worker died (the lease lapses).
+  const running = await store.begin({ key: storeKey('key-ip'), ...lease });
+  if (running.status !== 'acquired') throw new Error(running.status);
+  await store.saveStep(storeKey('key-ip'), running.fence, 'charge', Buffer.from('"ch_1"'));
+  // key-case: failed for good.
+  const failed = await store.begin({ key: storeKey('key-case'), ...lease, leaseMs: 30_000 });
+  if (failed.status !== 'acquired') throw new Error(failed.status);
+  await store.fail(storeKey('key-case'), failed.fence, { name: 'E', code: 'E', message: 'declined' }, 60_000);
+  await letter('l-empty', 'INVALID_KEY', { 'x-idempotency-key': '' });
+  await letter('l-running', 'IDEMPOTENCY_KEY_REUSE', { 'x-idempotency-key': 'key-ip' });
+  await letter('l-case', 'PERMANENT', { 'X-Idempotency-Key': 'key-case' });
+  await new Promise((resolve) => setTimeout(resolve, 100));
+});
+
+afterAll(async () => {
+  await raw?.deleteQueues([dlq, target]);
+  await raw?.close();
+  let cursor = '0';
+  do {
+    const [next, keys] = await redis.scanBuffer(cursor, 'MATCH', `${keyPrefix}:*`, 'COUNT', 1000);
+    cursor = next.toString();
+    if (keys.length > 0) await redis.unlink(...keys);
+  } while (cursor !== '0');
+  await redis.quit();
+});
+
+describe('dlq replay --reset-key on hostile letters (RabbitMQ)', () => {
+  it('an empty key is no-key, a lapsed IN_PROGRESS record is kept (busy), a key header in another case is found', async () => {
+    // Before: the empty key crashed the command half-way (an untyped InvalidKeyError, exit 1,
+    // letters before it replayed and acked, no table); the IN_PROGRESS record was cleared with
+    // its journaled charge (the next attempt charged again); the upper-case header read as no key.
+    const run = await cli([
+      'dlq',
+      'replay',
+      dlq,
+      'l-empty',
+      'l-running',
+      'l-case',
+      ...storeArgs,
+      '--amqp',
+      env.amqpUrl,
+      '--json',
+    ]);
+    expect(run.stderr).not.toMatch(/unexpected error/);
+    const { results } = JSON.parse(run.stdout) as {
+      results: { id: string; reset: string; replayed: boolean }[];
+    };
+    const byId = Object.fromEntries(results.map((r) => [r.id, [r.reset, r.replayed]]));
+    expect(byId).toEqual({
+      'l-empty': ['no-key', true],
+      'l-running': ['busy', false],
+      'l-case': ['cleared', true],
+    });
+    expect(run.code).toBe(1); // one letter was not replayed
+    const running = await store.get(storeKey('key-ip'));
+    expect(running?.state).toBe('IN_PROGRESS');
+    expect(Object.keys(running?.state === 'IN_PROGRESS' ? running.steps : {})).toEqual(['charge']);
+    expect(await store.get(storeKey('key-case'))).toBeUndefined();
+    expect(await raw.count(dlq)).toBe(1);
+  });
+
+  it('a --namespace the SDK would refuse is a usage error before anything is read', async () => {
+    const run = await cli([
+      'dlq',
+      'replay',
+      dlq,
+      '--all',
+      ...storeArgs,
+      '--namespace',
+      'bad ns',
+      '--amqp',
+      env.amqpUrl,
+    ]);
+    expect(run.code).toBe(2);
+    expect(run.stderr).toMatch(/--namespace must be/);
+    expect(await raw.count(dlq)).toBe(1);
+  });
+});
