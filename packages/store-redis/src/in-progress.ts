@@ -39,7 +39,10 @@ export async function listInProgress(
     // `<prefix>:{` + 4 hex digits + `}:` + 16-byte id.
     const recordLength = head.length + 4 + 2 + 16;
     const pattern = `${globEscape(prefix)}:{*}:*`;
-    const found: InProgressEntry[] = [];
+    // The oldest `limit` of all: a SCAN meets records in no order, so every match is looked at,
+    // keeping at most twice the limit in memory.
+    let found: InProgressEntry[] = [];
+    const oldest = () => found.sort((a, b) => a.startedAt - b.startedAt).slice(0, query.limit);
     for (const node of nodes) {
       const [seconds, micros] = (await node.call('TIME')) as [string, string];
       const cutoff = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000) - query.olderThanMs;
@@ -54,11 +57,11 @@ export async function listInProgress(
           if (query.prefix !== undefined && !entry.key.startsWith(query.prefix)) continue;
           if (entry.startedAt > cutoff) continue;
           found.push(entry);
-          if (found.length >= query.limit) return found;
+          if (found.length >= 2 * query.limit) found = oldest();
         }
       } while (cursor !== '0');
     }
-    return found;
+    return oldest();
   } catch (cause) {
     throw cause instanceof StoreUnavailableError
       ? cause

@@ -524,3 +524,25 @@ describe('options', () => {
     await expect(store.compactCompleted()).rejects.toBeInstanceOf(ConfigError);
   });
 });
+
+describe('listInProgress', () => {
+  it('answers the `limit` oldest records, oldest first, not the first the SCAN meets', async () => {
+    // Before: the first `limit` records in SCAN order (any order), so `stuck --limit` could leave
+    // out the oldest stuck work.
+    const client = standalone();
+    const keyPrefix = testPrefix('oldest');
+    try {
+      const store = createRedisStore({ client, keyPrefix });
+      const keys = Array.from({ length: 40 }, (_, i) => `oldest:${String(i).padStart(2, '0')}`);
+      for (const key of keys) {
+        await store.begin({ key, fingerprint: 'f', owner: 'w', leaseMs });
+        await sleep(3);
+      }
+      const listed = await store.listInProgress?.({ olderThanMs: 0, limit: 5, prefix: 'oldest:' });
+      expect(listed?.map((e) => e.key)).toEqual(keys.slice(0, 5));
+    } finally {
+      await dropPrefix(client, keyPrefix);
+      client.disconnect();
+    }
+  });
+});

@@ -130,7 +130,6 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
       const cutoff = now() - query.olderThanMs;
       const found: InProgressEntry[] = [];
       for (const [key, record] of records) {
-        if (found.length >= query.limit) break;
         if (record.state !== RecordState.InProgress) continue;
         if (query.prefix !== undefined && !key.startsWith(query.prefix)) continue;
         const startedAt = started.get(key) ?? 0;
@@ -138,7 +137,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
         const { owner, attempt, fence, leaseUntil } = record;
         found.push({ key, owner, attempt, fence, leaseUntil, startedAt });
       }
-      return found;
+      return found.sort((a, b) => a.startedAt - b.startedAt).slice(0, Math.max(0, query.limit));
     },
 
     async extend(key: string, fence: number, leaseMs: number): Promise<FencedResult> {

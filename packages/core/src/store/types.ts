@@ -246,9 +246,9 @@ export interface ProcessedStore {
 
   /**
    * Optional operator query (alerts, CLI): IN_PROGRESS records whose current attempt started
-   * more than `olderThanMs` ago (store time), at most `limit`, optionally only keys starting with
-   * `prefix` (e.g. `namespace:consumer:`). Not part of the pipeline; it may scan. Records written
-   * before a store supported it may be left out.
+   * more than `olderThanMs` ago (store time), the `limit` oldest of them (oldest first),
+   * optionally only keys starting with `prefix` (e.g. `namespace:consumer:`). Not part of the
+   * pipeline; it may scan. Records written before a store supported it may be left out.
    */
   listInProgress?(query: InProgressQuery): Promise<InProgressEntry[]>;
 
