@@ -33,7 +33,9 @@ export type HeaderValue =
   | undefined;
 export type MessageHeaders = Readonly<Record<string, HeaderValue>>;
 
-const utf8 = new TextDecoder('utf-8', { fatal: true });
+// ignoreBOM: a leading U+FEFF is part of the value (by default the decoder drops it, and two
+// different keys would read as one).
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 /**
  * Reads a header as a string, leniently: for trace and informational headers only. Byte values

@@ -111,7 +111,9 @@ function canonicalize(value: unknown, seen: Set<object> | undefined, depth: numb
     if (Array.isArray(value))
       return value.map((v) => (v === undefined ? null : canonicalize(v, seen, depth + 1)));
     if (value instanceof Date) return value.toISOString();
-    const out: Record<string, unknown> = {};
+    // No prototype: a member named `__proto__` (JSON.parse makes it an own one) is kept as data,
+    // where `{}` would take it for the prototype and leave it out of the fingerprint.
+    const out: Record<string, unknown> = Object.create(null);
     for (const k of sortedKeys(value)) {
       const v = (value as Record<string, unknown>)[k];
       if (v !== undefined && typeof v !== 'function') out[k] = canonicalize(v, seen, depth + 1);

@@ -45,4 +45,40 @@ describe('identity headers are read strictly, never guessed', () => {
     expect(readIdentityHeader({ other: 'x' }, Headers.IdempotencyKey)).toBeUndefined();
     expect(readIdentityHeader({ 'x-idempotency-key': null }, Headers.IdempotencyKey)).toBeUndefined();
   });
+
+  it('keeps a leading U+FEFF of a byte value: two keys that differ by it stay two keys', async () => {
+    // Before: the decoder dropped it, and `\ufeffpay-7` was answered as a duplicate of `pay-7`.
+    const bom = Uint8Array.of(0xef, 0xbb, 0xbf, ...enc.encode('pay-7'));
+    expect(readIdentityHeader({ [Headers.IdempotencyKey]: bom }, Headers.IdempotencyKey)).toBe('\ufeffpay-7');
+    const keys: string[] = [];
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      retentionCheck: 'off',
+      handler: (_, ctx) => {
+        keys.push(ctx.key);
+      },
+    });
+    const a = await p.process(delivery({ amount: 100 }, { [Headers.IdempotencyKey]: bom }));
+    const b = await p.process(delivery({ amount: 100 }, { [Headers.IdempotencyKey]: enc.encode('pay-7') }));
+    expect([a.outcome, b.outcome]).toEqual(['acquired', 'acquired']);
+    expect(keys).toEqual(['\ufeffpay-7', 'pay-7']);
+  });
+
+  it('a payload member named __proto__ is part of the fingerprint', async () => {
+    // Before: the canonical form took it for the prototype and left it out: a payload without it
+    // was answered as a duplicate instead of IDEMPOTENCY_KEY_REUSE.
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      retentionCheck: 'off',
+      handler: () => 1,
+    });
+    const key = { [Headers.IdempotencyKey]: 'pay-8' };
+    await p.process(delivery('{"__proto__":{"amount":100},"customer":"c2"}', key));
+    expect(await p.process(delivery('{"customer":"c2"}', key))).toMatchObject({
+      action: 'dead-letter',
+      outcome: 'mismatch',
+    });
+  });
 });

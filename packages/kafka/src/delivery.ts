@@ -30,7 +30,9 @@ export const KafkaAttributes = {
 } as const;
 
 const EMPTY = new Uint8Array(0);
-const utf8 = new TextDecoder('utf-8', { fatal: true });
+// ignoreBOM: a leading U+FEFF is part of the value (by default the decoder drops it, and two
+// different keys would read as one).
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 /** `kafka:<topic>:<partition>:<offset>`: stable across redeliveries of the same record. */
 export function brokerIdOf(topic: string, partition: number, offset: string): string {
