@@ -154,4 +154,22 @@ describe('inspect: errors', () => {
     expect(missingArg.code).toBe(2);
     expect(missingArg.stderr).toMatch(/missing required argument 'key'/);
   });
+
+  it('a prefix or namespace the store refuses, or a Mongo URL without its database, exits 2 at once', async () => {
+    // Before: a bad prefix printed its error and then hung (the connected client kept the process
+    // up), a bad namespace crashed as an unexpected error, and a URL without a database read `test`.
+    for (const prefix of ['a{b}', '']) {
+      const r = await cli(['inspect', 'billing', 'k', '--redis', env.redisUrl, '--redis-prefix', prefix], {
+        timeoutMs: 20_000,
+      });
+      expect(r.code, `--redis-prefix ${JSON.stringify(prefix)}`).toBe(2);
+      expect(r.stderr).toMatch(/--redis-prefix must be non-empty/);
+    }
+    const namespace = await cli(['inspect', 'billing', 'k', '--redis', env.redisUrl, '--namespace', 'a b']);
+    expect(namespace.code).toBe(2);
+    expect(namespace.stderr).toMatch(/--namespace must be/);
+    const noDb = await cli(['inspect', 'billing', 'k', '--mongo', 'mongodb://127.0.0.1:27017']);
+    expect(noDb.code).toBe(2);
+    expect(noDb.stderr).toMatch(/name the database/);
+  });
 });

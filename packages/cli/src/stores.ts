@@ -29,7 +29,7 @@ export function storeOptions(command: Command): Command {
   return command
     .option('--redis <url>', 'Redis store: redis://[user:password@]host:port[/db]')
     .option('--redis-cluster <nodes>', 'Redis Cluster store: host:port,host:port,...')
-    .option('--redis-prefix <prefix>', "the store's keyPrefix", 'eo')
+    .option('--redis-prefix <prefix>', "the store's keyPrefix", parseRedisPrefix, 'eo')
     .option('--mongo <url>', 'MongoDB store: mongodb://host:port[/db]')
     .option('--mongo-db <name>', 'database of the records collection (default: the one in the URL)')
     .option('--mongo-collection <name>', "the store's collectionName", 'eo_records');
@@ -86,7 +86,9 @@ async function openRedis(text: string, prefix: string | undefined): Promise<Open
     throw new CliError(`cannot connect to Redis at ${redacted(url)}: ${describeError(lastError ?? error)}`);
   }
   // A read-only operator tool: the eviction policy is the workers' concern (they check it).
-  const store = createRedisStore({ client, keyPrefix: prefix ?? 'eo', checkEvictionPolicy: false });
+  const store = closingOnThrow(client, () =>
+    createRedisStore({ client, keyPrefix: prefix ?? 'eo', checkEvictionPolicy: false }),
+  );
   return {
     store,
     description: `redis ${redacted(url)} (prefix ${prefix ?? 'eo'})`,
@@ -115,7 +117,9 @@ async function openRedisCluster(text: string, prefix: string | undefined): Promi
     client.disconnect();
     throw new CliError(`cannot connect to Redis Cluster at ${text}: ${describeError(lastError ?? error)}`);
   }
-  const store = createRedisStore({ client, keyPrefix: prefix ?? 'eo', checkEvictionPolicy: false });
+  const store = closingOnThrow(client, () =>
+    createRedisStore({ client, keyPrefix: prefix ?? 'eo', checkEvictionPolicy: false }),
+  );
   return {
     store,
     description: `redis-cluster ${text} (prefix ${prefix ?? 'eo'})`,
@@ -131,6 +135,12 @@ async function openMongo(
   collectionName: string | undefined,
 ): Promise<OpenStore> {
   const url = parseUrl('--mongo', text, ['mongodb:', 'mongodb+srv:']);
+  // The driver's own default is the database `test`: a store never lives there by accident.
+  if (dbName === undefined && url.pathname.replace(/^\//, '') === '') {
+    throw new UsageError(
+      '--mongo: name the database in the URL (mongodb://host:port/<db>) or give --mongo-db',
+    );
+  }
   const { MongoClient } = await importPeer<typeof import('mongodb')>('mongodb');
   const { createMongoStore } = await import('@exactly-once/store-mongo');
   let client: InstanceType<typeof MongoClient>;
@@ -153,6 +163,26 @@ async function openMongo(
       await client.close().catch(() => undefined);
     },
   };
+}
+
+/** `--redis-prefix`: what the store accepts (non-empty, no `{` or `}`), checked before connecting. */
+function parseRedisPrefix(text: string): string {
+  if (text === '' || /[{}]/.test(text)) {
+    throw new UsageError(
+      `--redis-prefix must be non-empty and contain no "{" or "}" (got ${JSON.stringify(text)})`,
+    );
+  }
+  return text;
+}
+
+/** `make()`, disconnecting `client` if it throws: an open client would keep the command running. */
+function closingOnThrow<T>(client: { disconnect(): void }, make: () => T): T {
+  try {
+    return make();
+  } catch (error) {
+    client.disconnect();
+    throw error;
+  }
 }
 
 /** A URL without its password, for messages. */
