@@ -164,6 +164,9 @@ describe('dlq on Kafka', () => {
     const badId = await cli(['dlq', 'replay', dlq, 'zero', ...brokers]);
     expect(badId.code).toBe(2);
     expect(badId.stderr).toMatch(/is not <partition>:<offset>/);
+    const inverted = await cli(['dlq', 'replay', dlq, '0:5-3', ...brokers]);
+    expect(inverted.code).toBe(2);
+    expect(inverted.stderr).toMatch(/the range ends before it starts/);
     const both = await cli(['dlq', 'list', dlq, ...brokers, '--amqp', env.amqpUrl]);
     expect(both.code).toBe(2);
     const noTopic = await cli(['dlq', 'list', uniqueName('absent'), ...brokers]);

@@ -295,6 +295,8 @@ export function parseKafkaIds(
         `"${id}" is not <partition>:<offset>, <partition>:<from>-<to> or <partition>:<from>-`,
       );
     const partition = Number(m[1]);
+    if (m[4] !== undefined && Number(m[4]) < Number(m[2]))
+      throw new UsageError(`"${id}": the range ends before it starts (<partition>:<from>-<to>, from <= to)`);
     const mark = marks.find((w) => w.partition === partition);
     if (!mark) throw new CliError(`partition ${partition} does not exist`);
     const from = Math.max(Number(m[2]), mark.low);
@@ -304,7 +306,9 @@ export function parseKafkaIds(
     );
     if (to <= from)
       throw new CliError(
-        `${id}: no record there (partition ${partition} holds offsets ${mark.low} to ${mark.high - 1})`,
+        mark.high > mark.low
+          ? `${id}: no record there (partition ${partition} holds offsets ${mark.low} to ${mark.high - 1})`
+          : `${id}: no record there (partition ${partition} is empty)`,
       );
     ranges.push({ partition, from, to });
   }
