@@ -253,6 +253,29 @@ describe('kafka consumer shutdown', () => {
     expect(await topicSize(admin, dlq)).toBe(0);
   });
 
+  it('stop() while start() is under way: start() is refused with ClosedError and the member never joins the group', async () => {
+    // Before: start() went on after stop() resolved, joined the group, took the partitions and
+    // never processed them (each batch saw the stop and returned), with nobody left to disconnect.
+    const { topic, dlq, groupId, prefix } = await setup();
+    const consumer = createConsumer<{ id: string }>({
+      kafka,
+      groupId,
+      topics: [topic],
+      deadLetter: { topic: dlq },
+      store: createRedisStore({ client: redis, keyPrefix: prefix }),
+      consumerConfig: fastGroup,
+      handler: () => {},
+    });
+    cleanups.push(() => consumer.stop());
+    const started = consumer.start();
+    await consumer.stop();
+    await expect(started).rejects.toBeInstanceOf(ClosedError);
+    // Long enough for a member that went on starting to have joined.
+    await new Promise((resolve) => setTimeout(resolve, 3_000));
+    const { groups } = await admin.describeGroups([groupId]);
+    expect(groups[0]?.members ?? []).toEqual([]);
+  });
+
   it('a producer you pass in is left connected by stop(), but the stopped consumer publishes nothing more through it', async () => {
     const { topic, out, dlq, groupId, prefix } = await setup();
     const shared = createProducer({ kafka });

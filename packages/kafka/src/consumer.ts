@@ -229,6 +229,7 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
   const orphans = new Set<Promise<unknown>>();
   let state: 'new' | 'running' | 'stopping' | 'stopped' = 'new';
   let stopping: Promise<void> | undefined;
+  let starting: Promise<void> | undefined;
   let stopDeadline = Number.POSITIVE_INFINITY;
   const remaining = () => Math.max(0, stopDeadline - performance.now());
 
@@ -285,14 +286,26 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
     async start() {
       if (state !== 'new') throw new ConfigError('a consumer can be started once');
       state = 'running';
-      await producer.connect();
-      await consumer.connect();
-      await client.subscribe(retryTopic ? [...topics, retryTopic] : [...topics]);
-      // Offsets are resolved one by one as records settle (never past an unsettled one) and
-      // committed by the batch: no auto-commit, no auto-resolve.
-      await client.run(Math.max(1, Math.floor(partitionsConsumedConcurrently)), (payload) =>
-        runBatch(env, payload),
-      );
+      // A stop() while this is under way waits for it, then leaves: without the checks the member
+      // would join the group after stop() returned, take partitions and never process them.
+      const stoppedMeanwhile = () => {
+        if (stopController.signal.aborted)
+          throw new ClosedError('consumer', `consumer of ${topics.join(', ')} was stopped while it started`);
+      };
+      starting = (async () => {
+        await producer.connect();
+        stoppedMeanwhile();
+        await consumer.connect();
+        stoppedMeanwhile();
+        await client.subscribe(retryTopic ? [...topics, retryTopic] : [...topics]);
+        stoppedMeanwhile();
+        // Offsets are resolved one by one as records settle (never past an unsettled one) and
+        // committed by the batch: no auto-commit, no auto-resolve.
+        await client.run(Math.max(1, Math.floor(partitionsConsumedConcurrently)), (payload) =>
+          runBatch(env, payload),
+        );
+      })();
+      await starting;
     },
     idle: (timeoutMs = Number.POSITIVE_INFINITY) => settledWithin(orphans, timeoutMs),
     stop({ timeoutMs = revokeGraceMs }: StopOptions = {}) {
@@ -306,6 +319,7 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
         for (const t of resumeTimers) clearTimeout(t);
         resumeTimers.clear();
         try {
+          await starting?.catch(() => {});
           if (!wasNew) await consumer.disconnect();
         } finally {
           // Runs given up earlier (a revocation) get what is left of the same deadline.

@@ -385,7 +385,8 @@ export function createConsumer<T = unknown, R = unknown>(
       } catch (error) {
         const stoppedFirst = stopping.signal.aborted;
         await stop({ timeoutMs: 0 });
-        if (stoppedFirst) throw new Error(`consumer of "${queue}" was stopped before it started`);
+        if (stoppedFirst)
+          throw new ClosedError('consumer', `consumer of "${queue}" was stopped before it started`);
         throw new ConfigError(`RabbitMQ refused the setup of queue "${queue}": ${(error as Error).message}`);
       }
     },
