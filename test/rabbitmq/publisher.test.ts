@@ -2,7 +2,7 @@
  * The publisher's life cycle against the real broker: after `close()` every call is refused at
  * once with a ClosedError, instead of looking for a channel until `publishTimeoutMs` runs out.
  */
-import { ClosedError, ErrorCode, PublishError } from '@exactly-once/core';
+import { ClosedError, ErrorCode, Headers, PublishError, readIdentityHeader } from '@exactly-once/core';
 import { createPublisher } from '@exactly-once/rabbitmq';
 import amqp from 'amqp-connection-manager';
 import { describe, expect, it } from 'vitest';
@@ -71,6 +71,36 @@ describe('rabbitmq publisher and what AMQP cannot encode', () => {
         'k-3',
       ]);
       expect(String(got[0]?.properties.messageId)).toMatch(/^sha256:[0-9a-f]{64}$/);
+    } finally {
+      await publisher.close();
+      await raw.deleteQueues([queue]);
+      await raw.close();
+    }
+  });
+});
+
+describe('rabbitmq publisher headers', () => {
+  it("an extra header naming the SDK's own in another letter case is dropped: consumers read one key", async () => {
+    // Before: `X-Request-Id` went out beside `x-request-id`, and every consumer dead-lettered the
+    // message as INVALID_KEY (the name present twice).
+    const queue = `rmq-headers-${Date.now()}`;
+    const raw = await rawChannel();
+    await raw.ch.assertQueue(queue, { durable: true });
+    const publisher = createPublisher({ connection: env.amqpUrl });
+    try {
+      await publisher.send(
+        queue,
+        { n: 1 },
+        {
+          idempotencyKey: 'k1',
+          headers: { 'X-Request-Id': 'mine', 'X-IDEMPOTENCY-KEY': 'other', tenant: 't1' },
+        },
+      );
+      const [got] = await raw.drain(queue);
+      const headers = (got?.properties.headers ?? {}) as Record<string, unknown>;
+      expect(readIdentityHeader(headers as never, Headers.IdempotencyKey)).toBe('k1');
+      expect(readIdentityHeader(headers as never, Headers.RequestId)).not.toBe('mine');
+      expect(headers.tenant).toBe('t1');
     } finally {
       await publisher.close();
       await raw.deleteQueues([queue]);

@@ -136,3 +136,20 @@ function describeType(value: unknown): string {
   if (typeof value === 'object') return value === null ? 'null' : 'an object';
   return `a ${typeof value}`;
 }
+
+/** Headers the SDK sets on a message it sends and consumers read strictly (see readIdentityHeader). */
+const OWN_HEADERS: ReadonlySet<string> = new Set([Headers.RequestId, Headers.IdempotencyKey]);
+
+/**
+ * A sender's extra headers without the ones the SDK sets itself, in any letter case: the SDK's
+ * own win, and an `X-Request-Id` beside the SDK's `x-request-id` would make every consumer refuse
+ * the message (the name present twice).
+ */
+export function extraHeaders(headers: Readonly<Record<string, string>> | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (headers === undefined) return out;
+  for (const [name, value] of Object.entries(headers)) {
+    if (!OWN_HEADERS.has(name.toLowerCase())) out[name] = value;
+  }
+  return out;
+}

@@ -169,6 +169,7 @@ export function deadLetterHeaders(reason: DeadLetterReason): Record<string, stri
 
 export { abandonedAfterMsOf, sweepFromPuts } from './blob/abandoned.js';
 export { decodeJson, encodeValue } from './codec.js';
+export { extraHeaders } from './headers.js';
 export type { OrderedRun, Processor } from './processor.js';
 export { createProcessor } from './processor.js';
 export type {

@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { ClosedError, Headers, type OutgoingMessage, PublishError } from '@exactly-once/core';
 import type { OutgoingPublisher } from '@exactly-once/core/spi';
-import { encodeValue, injectContext, recordError, tracer } from '@exactly-once/core/spi';
+import { encodeValue, extraHeaders, injectContext, recordError, tracer } from '@exactly-once/core/spi';
 import { context, SpanKind, trace } from '@opentelemetry/api';
 import {
   type KafkaLike,
@@ -197,7 +197,10 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
       const requestId = sendOptions.requestId ?? randomUUID();
       const idempotencyKey = sendOptions.idempotencyKey ?? requestId;
       const { bytes, contentType } = encodeValue(message);
-      const base: Record<string, string> = { 'content-type': contentType, ...sendOptions.headers };
+      const base: Record<string, string> = {
+        'content-type': contentType,
+        ...extraHeaders(sendOptions.headers),
+      };
       const own = {
         [Headers.RequestId]: requestId,
         [Headers.IdempotencyKey]: idempotencyKey,

@@ -73,4 +73,23 @@ describe('producer', () => {
     expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
     expect((results[1] as PromiseRejectedResult).reason.code).toBe('PUBLISH_FAILED');
   });
+
+  it("send: an extra header naming the SDK's own in another letter case is dropped, not sent beside it", async () => {
+    // Before: `X-Request-Id` went out beside `x-request-id`, and every consumer dead-lettered the
+    // record as INVALID_KEY (the name present twice).
+    const { kafka, requests } = fakeKafka();
+    const producer = createProducer({ kafka });
+    await producer.send(
+      'payments',
+      { amount: 1 },
+      {
+        idempotencyKey: 'k1',
+        headers: { 'X-Request-Id': 'mine', 'X-Idempotency-Key': 'other', tenant: 't1' },
+      },
+    );
+    const headers = requests[0]?.[0]?.messages[0]?.headers as Record<string, string>;
+    const names = Object.keys(headers).map((n) => n.toLowerCase());
+    expect(names.filter((n) => n === 'x-request-id' || n === 'x-idempotency-key')).toHaveLength(2);
+    expect(headers).toMatchObject({ 'x-idempotency-key': 'k1', tenant: 't1' });
+  });
 });

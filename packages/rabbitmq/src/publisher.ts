@@ -14,7 +14,7 @@ import {
   sha256Hex,
   silentLogger,
 } from '@exactly-once/core';
-import { encodeValue, type OutgoingPublisher, tracer } from '@exactly-once/core/spi';
+import { encodeValue, extraHeaders, type OutgoingPublisher, tracer } from '@exactly-once/core/spi';
 import { context, propagation, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import { ChannelClosedError, keepChannel, publishConfirmed } from './channel.js';
 import { type ConnectionInput, resolveConnection } from './connection.js';
@@ -58,7 +58,8 @@ export interface RabbitPublisher extends OutgoingPublisher {
    * through the default exchange; with it, `destination` is an exchange.
    *
    * @throws PublishError when it was not confirmed within `publishTimeoutMs`, was nacked, or
-   * (with `mandatory`) no queue took it. Sending again with the same ids is safe.
+   * (with `mandatory`) no queue took it. Sending again with the same idempotency key (and
+   * message id) is safe; without one, each call is a new key.
    * @throws ClosedError after {@link RabbitPublisher.close} (also for a send still waiting then).
    */
   send(
@@ -195,7 +196,7 @@ export function createPublisher(options: PublisherOptions): RabbitPublisher {
         body: bytes,
         headers: {
           'content-type': contentType,
-          ...opts.headers,
+          ...extraHeaders(opts.headers),
           ...traceHeaders,
           [Headers.RequestId]: requestId,
           [Headers.IdempotencyKey]: idempotencyKey,
