@@ -39,6 +39,8 @@ const service = createChargeService({
 process.on('SIGTERM', () => {
   void service
     .stop({ timeoutMs: 5_000 })
+    // A run stop() gave up on still needs the store to record its completion.
+    .then(() => service.idle(30_000))
     .then(() => redis.quit())
     .finally(() => process.exit(0));
 });

@@ -24,6 +24,8 @@ const coordinator = createCoordinator({
 process.on('SIGTERM', () => {
   void coordinator
     .stop({ timeoutMs: 5_000 })
+    // A run stop() gave up on still needs the store to record its completion.
+    .then(() => coordinator.idle(30_000))
     .then(() => redis.quit())
     .finally(() => process.exit(0));
 });

@@ -45,6 +45,8 @@ const consumer = createRenewalConsumer({
 process.on('SIGTERM', () => {
   void consumer
     .stop({ timeoutMs: 5_000 })
+    // A run stop() gave up on still needs the store to record its completion.
+    .then(() => consumer.idle(30_000))
     .then(() => redis.quit())
     .finally(() => process.exit(0));
 });

@@ -108,7 +108,8 @@ export class Fleet {
     instance.stopping = true;
     const gone = new Promise((r) => instance.child.once('exit', r));
     instance.child.kill('SIGTERM');
-    const timer = setTimeout(() => instance.child.kill('SIGKILL'), 20_000);
+    // After the service's own shutdown guard (45 s): a graceful stop is never cut short.
+    const timer = setTimeout(() => instance.child.kill('SIGKILL'), 50_000);
     await gone;
     clearTimeout(timer);
     instance.alive = false;

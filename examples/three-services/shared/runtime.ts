@@ -62,10 +62,12 @@ export function onShutdown(logger: Logger, stop: () => Promise<void>): void {
     if (stopping) return;
     stopping = true;
     logger.info(`shutting down (${why})`);
+    // Longer than the services' stop (5 s) and idle (30 s): a run stop() gave up on may still
+    // be recording its completion, and exiting under it is a crash.
     const guard = setTimeout(() => {
       logger.error('shutdown took too long; exiting');
       process.exit(1);
-    }, 15_000);
+    }, 45_000);
     stop().then(
       () => {
         clearTimeout(guard);
