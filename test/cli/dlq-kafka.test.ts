@@ -15,6 +15,7 @@ import type { Admin, Kafka } from 'kafkajs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTopics, fastGroup, newKafka, newRedis, quietLogger, topicSize } from '../kafka/helpers.js';
 import { env, uniqueName } from '../support/env.js';
+import { dropRedisPrefix } from '../support/redis.js';
 import { waitUntil } from '../support/wait.js';
 import { cli, cliJson, cliText } from './helpers.js';
 
@@ -76,12 +77,7 @@ afterAll(async () => {
   await producer?.disconnect();
   await admin?.deleteTopics({ topics: [topic, dlq] }).catch(() => undefined);
   await admin?.disconnect();
-  let cursor = '0';
-  do {
-    const [next, keys] = await redis.scan(cursor, 'MATCH', `${keyPrefix}:*`, 'COUNT', 1000);
-    cursor = next;
-    if (keys.length > 0) await redis.unlink(...keys);
-  } while (cursor !== '0');
+  await dropRedisPrefix(redis, `${keyPrefix}:`);
   await redis.quit();
 });
 

@@ -14,6 +14,7 @@ import { createRedisStore } from '@exactly-once/store-redis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { newRedis, queuesOf, rawChannel } from '../rabbitmq/helpers.js';
 import { env, uniqueName } from '../support/env.js';
+import { dropRedisPrefix } from '../support/redis.js';
 import { waitUntil } from '../support/wait.js';
 import { cli, cliJson, cliText } from './helpers.js';
 
@@ -72,12 +73,7 @@ afterAll(async () => {
   await publisher?.close();
   await raw?.deleteQueues([...queuesOf(queue, delays)]);
   await raw?.close();
-  let cursor = '0';
-  do {
-    const [next, keys] = await redis.scan(cursor, 'MATCH', `${keyPrefix}:*`, 'COUNT', 1000);
-    cursor = next;
-    if (keys.length > 0) await redis.unlink(...keys);
-  } while (cursor !== '0');
+  await dropRedisPrefix(redis, `${keyPrefix}:`);
   await redis.quit();
 });
 

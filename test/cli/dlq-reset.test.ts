@@ -8,6 +8,7 @@ import { createRedisStore } from '@exactly-once/store-redis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { newRedis, rawChannel } from '../rabbitmq/helpers.js';
 import { env, uniqueName } from '../support/env.js';
+import { dropRedisPrefix } from '../support/redis.js';
 import { cli } from './helpers.js';
 
 const redis = newRedis();
@@ -56,12 +57,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await raw?.deleteQueues([dlq, target]);
   await raw?.close();
-  let cursor = '0';
-  do {
-    const [next, keys] = await redis.scanBuffer(cursor, 'MATCH', `${keyPrefix}:*`, 'COUNT', 1000);
-    cursor = next.toString();
-    if (keys.length > 0) await redis.unlink(...keys);
-  } while (cursor !== '0');
+  await dropRedisPrefix(redis, `${keyPrefix}:`);
   await redis.quit();
 });
 

@@ -5,24 +5,13 @@ import { createRedisStore } from '@exactly-once/store-redis';
 import { Cluster, Redis } from 'ioredis';
 import { MongoClient } from 'mongodb';
 import { env, uniqueName } from '../support/env.js';
+import { dropRedisPrefix } from '../support/redis.js';
 
 export interface TestStore {
   store: ProcessedStore;
   /** The CLI options that open the same store. */
   flags: string[];
   close(): Promise<void>;
-}
-
-async function dropRedisPrefix(client: Redis | Cluster, prefix: string): Promise<void> {
-  const nodes = client instanceof Cluster ? client.nodes('master') : [client];
-  for (const node of nodes) {
-    let cursor = '0';
-    do {
-      const [next, keys] = await node.scanBuffer(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
-      cursor = next.toString();
-      for (const key of keys) await node.unlink(key);
-    } while (cursor !== '0');
-  }
 }
 
 export const testStores: [string, () => Promise<TestStore>][] = [
@@ -35,7 +24,7 @@ export const testStores: [string, () => Promise<TestStore>][] = [
         store: createRedisStore({ client, keyPrefix }),
         flags: ['--redis', env.redisUrl, '--redis-prefix', keyPrefix],
         close: async () => {
-          await dropRedisPrefix(client, keyPrefix);
+          await dropRedisPrefix(client, `${keyPrefix}:`);
           await client.quit();
         },
       };
@@ -55,7 +44,7 @@ export const testStores: [string, () => Promise<TestStore>][] = [
           keyPrefix,
         ],
         close: async () => {
-          await dropRedisPrefix(client, keyPrefix);
+          await dropRedisPrefix(client, `${keyPrefix}:`);
           await client.quit();
         },
       };

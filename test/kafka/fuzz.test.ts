@@ -33,6 +33,7 @@ import {
   tally,
   validateFuzzPayload,
 } from '../support/fuzz-inputs.js';
+import { dropRedisPrefix } from '../support/redis.js';
 import {
   fastGroup,
   fullyCommitted,
@@ -110,16 +111,6 @@ async function createBigTopics(topics: string[]): Promise<void> {
     },
     { message: `leaders of ${topics.join(', ')}` },
   );
-}
-
-/** Deletes the store's keys of one run. */
-async function dropPrefix(prefix: string): Promise<void> {
-  let cursor = '0';
-  do {
-    const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
-    if (keys.length > 0) await redis.unlink(...keys);
-    cursor = next;
-  } while (cursor !== '0');
 }
 
 function toMessage(c: FuzzCase): Message {
@@ -242,7 +233,7 @@ describe('kafka: fuzzed records', () => {
     } finally {
       await consumer.stop();
       await admin.deleteTopics({ topics: [topic, dlq] }).catch(() => {});
-      await dropPrefix(prefix);
+      await dropRedisPrefix(redis, prefix);
     }
   });
 });
@@ -281,7 +272,7 @@ describe('kafka: a header named like an Object.prototype member', () => {
     } finally {
       await consumer.stop();
       await admin.deleteTopics({ topics: [topic, dlq] }).catch(() => {});
-      await dropPrefix(prefix);
+      await dropRedisPrefix(redis, prefix);
     }
   });
 });

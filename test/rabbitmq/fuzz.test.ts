@@ -32,6 +32,7 @@ import {
   tally,
   validateFuzzPayload,
 } from '../support/fuzz-inputs.js';
+import { dropRedisPrefix } from '../support/redis.js';
 import { waitUntil } from '../support/wait.js';
 import { newRedis, queuesOf, rawChannel } from './helpers.js';
 
@@ -70,16 +71,6 @@ afterAll(async () => {
   propagation.disable();
   await redis.quit();
 });
-
-/** Deletes the store's keys of one run. */
-async function dropPrefix(prefix: string): Promise<void> {
-  let cursor = '0';
-  do {
-    const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
-    if (keys.length > 0) await redis.unlink(...keys);
-    cursor = next;
-  } while (cursor !== '0');
-}
 
 const text = (v: unknown) =>
   Buffer.isBuffer(v) ? v.toString('utf8') : typeof v === 'string' ? v : undefined;
@@ -189,7 +180,7 @@ describe('rabbitmq: fuzzed deliveries', () => {
       await consumer.stop();
       await raw.deleteQueues(queuesOf(queue, DELAYS));
       await raw.close();
-      await dropPrefix(prefix);
+      await dropRedisPrefix(redis, prefix);
     }
   });
 });
@@ -224,7 +215,7 @@ async function deadLetterOf(label: string, headers: Record<string, unknown>) {
     await consumer.stop({ timeoutMs: 1_000 });
     await raw.deleteQueues(queuesOf(queue, DELAYS));
     await raw.close();
-    await dropPrefix(`t:${queue}`);
+    await dropRedisPrefix(redis, `t:${queue}`);
   }
 }
 

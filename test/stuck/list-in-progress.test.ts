@@ -18,24 +18,13 @@ import { Cluster, Redis } from 'ioredis';
 import { MongoClient } from 'mongodb';
 import { afterAll, describe, expect, it } from 'vitest';
 import { env, uniqueName } from '../support/env.js';
+import { dropRedisPrefix } from '../support/redis.js';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const cleanups: (() => Promise<unknown>)[] = [];
 afterAll(async () => {
   for (const cleanup of cleanups.reverse()) await cleanup().catch(() => undefined);
 });
-
-async function dropRedisPrefix(client: Redis | Cluster, prefix: string): Promise<void> {
-  const nodes = client instanceof Cluster ? client.nodes('master') : [client];
-  for (const node of nodes) {
-    let cursor = '0';
-    do {
-      const [next, keys] = await node.scanBuffer(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
-      cursor = next.toString();
-      for (const key of keys) await node.unlink(key);
-    } while (cursor !== '0');
-  }
-}
 
 const stores: [string, () => Promise<ProcessedStore>][] = [
   ['memory', async () => createMemoryStore()],
@@ -45,7 +34,7 @@ const stores: [string, () => Promise<ProcessedStore>][] = [
       const client = new Redis(env.redisUrl, { maxRetriesPerRequest: 2 });
       const keyPrefix = uniqueName('eot-stuck');
       cleanups.push(async () => {
-        await dropRedisPrefix(client, keyPrefix);
+        await dropRedisPrefix(client, `${keyPrefix}:`);
         await client.quit();
       });
       return createRedisStore({ client, keyPrefix });
@@ -57,7 +46,7 @@ const stores: [string, () => Promise<ProcessedStore>][] = [
       const client = new Cluster(env.redisClusterNodes, { redisOptions: { maxRetriesPerRequest: 2 } });
       const keyPrefix = uniqueName('eot-stuck');
       cleanups.push(async () => {
-        await dropRedisPrefix(client, keyPrefix);
+        await dropRedisPrefix(client, `${keyPrefix}:`);
         await client.quit();
       });
       const store = createRedisStore({ client, keyPrefix });
