@@ -262,7 +262,13 @@ export async function runLateRetry(
     // The alert rule: exactly_once_in_progress_stuck > 0 (here: the watch's last count).
     await waitFor('the stuck alert', () => (watch.count ?? 0) > 0);
     const alertAfterMs = Date.now() - stuckSent;
-    const alert = await findStuck(billingStore, { consumer: 'billing', olderThanMs: STUCK_AFTER_MS });
+    // Who is stuck: the same query. Asked again until it answers, since an attempt given up at
+    // maxRunMs starts again and is young for a moment (the query SCANs, and may take that long).
+    let alert: InProgressEntry[] = [];
+    await waitFor('the stuck order in the list', async () => {
+      alert = await findStuck(billingStore, { consumer: 'billing', olderThanMs: STUCK_AFTER_MS });
+      return alert.length > 0;
+    });
     log(
       `stuck alert after ${alertAfterMs} ms (threshold ${STUCK_AFTER_MS} ms): ${alert.map((e) => e.key).join(', ')}`,
     );
