@@ -12,7 +12,8 @@ export async function dropRedisPrefix(client: Redis | Cluster, prefix: string): 
     do {
       const [next, keys] = await node.scanBuffer(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
       cursor = next.toString();
-      if (keys.length > 0) await node.unlink(...keys);
+      // One UNLINK per key, pipelined: a Cluster node refuses one naming keys of several slots.
+      if (keys.length > 0) await keys.reduce((p, key) => p.unlink(key), node.pipeline()).exec();
     } while (cursor !== '0');
   }
 }
