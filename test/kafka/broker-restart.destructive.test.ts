@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   createTopics,
   distinctKeys,
+  dropStorePrefixes,
   fastGroup,
   fullyCommitted,
   newKafka,
@@ -21,6 +22,7 @@ import {
   produceOrders,
   quietLogger,
   readTopic,
+  storePrefix,
   table,
   uniqueName,
   waitUntil,
@@ -40,6 +42,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  if (redis) await dropStorePrefixes(redis);
   await redis?.quit();
   // Leave the broker up for whatever runs next, even when the test failed half-way.
   await infra('up', 'kafka');
@@ -57,7 +60,7 @@ describe('broker restart mid-stream (destructive)', () => {
     const ids = Array.from({ length: 1200 }, (_, i) => `br-${i}`);
     await produceOrders(kafka, topic, ids.slice(0, 600));
 
-    const store = createRedisStore({ client: redis, keyPrefix: uniqueName('eo') });
+    const store = createRedisStore({ client: redis, keyPrefix: storePrefix() });
     const effects = new Map<string, number>();
     const consumer = createConsumer<{ id: string }>({
       kafka,

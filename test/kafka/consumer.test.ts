@@ -16,6 +16,7 @@ import {
   clientKafka,
   committed,
   createTopics,
+  dropStorePrefixes,
   fastGroup,
   fullyCommitted,
   joinCounter,
@@ -23,6 +24,7 @@ import {
   newRedis,
   quietLogger,
   readTopic,
+  storePrefix,
   topicSize,
   uniqueName,
   waitUntil,
@@ -48,6 +50,7 @@ afterEach(async () => {
 
 afterAll(async () => {
   await admin?.disconnect();
+  if (redis) await dropStorePrefixes(redis);
   await redis?.quit();
 });
 
@@ -87,7 +90,7 @@ function start<T>(options: Parameters<typeof createConsumer<T>>[0]): Promise<Kaf
   return consumer.start().then(() => consumer);
 }
 
-const store = () => createRedisStore({ client: redis, keyPrefix: uniqueName('eo') });
+const store = () => createRedisStore({ client: redis, keyPrefix: storePrefix() });
 
 describe.each(CLIENTS)('kafka consumer on %s', (client) => {
   /** The adapter's client; `kafka` (kafkajs) sets up topics, sends the input and reads the output. */

@@ -14,6 +14,7 @@ import {
   CLIENTS,
   createTopics,
   distinctKeys,
+  dropStorePrefixes,
   exited,
   fullyCommitted,
   type KafkaClientName,
@@ -22,6 +23,7 @@ import {
   produceOrders,
   readTopic,
   spawnWorker,
+  storePrefix,
   table,
   topicSize,
   uniqueName,
@@ -56,6 +58,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await admin?.disconnect();
+  if (redis) await dropStorePrefixes(redis);
   await redis?.quit();
 });
 
@@ -72,7 +75,7 @@ async function scenario(client: KafkaClientName, point: (typeof POINTS)[number])
     dlqTopic: `${topic}.dlq`,
     groupId: uniqueName('crash-group'),
     ledger: uniqueName('ledger'),
-    storePrefix: uniqueName('eo'),
+    storePrefix: storePrefix(),
   };
   await createTopics(admin, [topic, config.outTopic, config.dlqTopic], PARTITIONS);
   const ids = Array.from({ length: MESSAGES }, (_, i) => `${point}-${i}`);

@@ -11,11 +11,13 @@ import { type Admin, ConfigResourceTypes, type Kafka } from 'kafkajs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   createTopics,
+  dropStorePrefixes,
   fastGroup,
   fullyCommitted,
   newKafka,
   newRedis,
   readTopic,
+  storePrefix,
   uniqueName,
   waitUntil,
 } from './helpers.js';
@@ -35,6 +37,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await consumer?.stop();
   await admin?.disconnect();
+  if (redis) await dropStorePrefixes(redis);
   await redis?.quit();
 });
 
@@ -50,7 +53,7 @@ describe('a dead-letter copy the topic refuses', () => {
       ],
     });
     const groupId = uniqueName('dlq-refused-group');
-    const store = createRedisStore({ client: redis, keyPrefix: uniqueName('eo') });
+    const store = createRedisStore({ client: redis, keyPrefix: storePrefix() });
     const handled: string[] = [];
     let refusals = 0;
     const count = (message: string) => {

@@ -11,12 +11,14 @@ import type { Admin, IHeaders, Kafka } from 'kafkajs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   createTopics,
+  dropStorePrefixes,
   fastGroup,
   fullyCommitted,
   newKafka,
   newRedis,
   quietLogger,
   readTopic,
+  storePrefix,
   uniqueName,
   waitUntil,
 } from './helpers.js';
@@ -34,6 +36,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await admin?.disconnect();
+  if (redis) await dropStorePrefixes(redis);
   await redis?.quit();
 });
 
@@ -68,7 +71,7 @@ describe('kafka: ambiguous identity headers', () => {
       groupId,
       topics: [topic],
       deadLetter: { topic: dlq },
-      store: createRedisStore({ client: redis, keyPrefix: uniqueName('eo') }),
+      store: createRedisStore({ client: redis, keyPrefix: storePrefix() }),
       missingKey: 'broker-id',
       fromBeginning: true,
       consumerConfig: fastGroup,

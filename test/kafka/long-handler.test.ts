@@ -11,12 +11,14 @@ import type { Admin, Kafka, Producer } from 'kafkajs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   createTopics,
+  dropStorePrefixes,
   fastGroup,
   fullyCommitted,
   newKafka,
   newRedis,
   quietLogger,
   readTopic,
+  storePrefix,
   uniqueName,
   waitUntil,
 } from './helpers.js';
@@ -40,6 +42,7 @@ afterAll(async () => {
   for (const c of consumers) await c.stop();
   await producer?.disconnect();
   await admin?.disconnect();
+  if (redis) await dropStorePrefixes(redis);
   await redis?.quit();
 });
 
@@ -71,7 +74,7 @@ function gatedHandler(onSlow: () => void) {
 /** A started consumer of `topic` on a fresh group and key prefix, dead letters to `dlq`. */
 async function startConsumer(topic: string, dlq: string, handler: (p: { id: string }) => Promise<void>) {
   const groupId = uniqueName('long-handler-group');
-  const store = createRedisStore({ client: redis, keyPrefix: uniqueName('eo') });
+  const store = createRedisStore({ client: redis, keyPrefix: storePrefix() });
   const consumer = createConsumer<{ id: string }>({
     kafka,
     groupId,

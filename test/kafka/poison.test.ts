@@ -10,12 +10,14 @@ import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   createTopics,
+  dropStorePrefixes,
   fastGroup,
   fullyCommitted,
   newKafka,
   newRedis,
   quietLogger,
   readTopic,
+  storePrefix,
   uniqueName,
   waitUntil,
 } from './helpers.js';
@@ -33,6 +35,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await admin?.disconnect();
+  if (redis) await dropStorePrefixes(redis);
   await redis?.quit();
 });
 
@@ -64,7 +67,7 @@ describe('poison and malformed records', () => {
     await producer.disconnect();
 
     const runs = new Map<string, number>();
-    const store = createRedisStore({ client: redis, keyPrefix: uniqueName('eo') });
+    const store = createRedisStore({ client: redis, keyPrefix: storePrefix() });
     const consumer = createConsumer<{ kind: string; n?: number }>({
       kafka,
       groupId,

@@ -12,6 +12,7 @@ import {
   CLIENTS,
   createTopics,
   distinctKeys,
+  dropStorePrefixes,
   exited,
   fullyCommitted,
   ledger,
@@ -20,6 +21,7 @@ import {
   produceOrders,
   readTopic,
   spawnWorker,
+  storePrefix,
   table,
   topicSize,
   uniqueName,
@@ -43,6 +45,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await admin?.disconnect();
+  if (redis) await dropStorePrefixes(redis);
   await redis?.quit();
 });
 
@@ -55,7 +58,7 @@ describe.each(CLIENTS)('rebalance under load on %s', (client) => {
       dlqTopic: `${topic}.dlq`,
       groupId: uniqueName('rebalance-group'),
       ledger: uniqueName('ledger'),
-      storePrefix: uniqueName('eo'),
+      storePrefix: storePrefix(),
       killPoint: 'none',
       // Slow enough that membership changes land while records are in flight.
       handlerDelayMs: 15,

@@ -14,11 +14,13 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   committed,
   createTopics,
+  dropStorePrefixes,
   fastGroup,
   fullyCommitted,
   newKafka,
   newRedis,
   quietLogger,
+  storePrefix,
   topicSize,
   uniqueName,
   waitUntil,
@@ -42,6 +44,7 @@ afterEach(async () => {
 
 afterAll(async () => {
   await admin?.disconnect();
+  if (redis) await dropStorePrefixes(redis);
   await redis?.quit();
 });
 
@@ -88,7 +91,7 @@ async function setup() {
     ],
   });
   await producer.disconnect();
-  return { topic, out, dlq, groupId: uniqueName('shutdown-group'), prefix: uniqueName('eo') };
+  return { topic, out, dlq, groupId: uniqueName('shutdown-group'), prefix: storePrefix() };
 }
 
 describe('kafka consumer shutdown', () => {
@@ -338,7 +341,7 @@ describe('kafka consumer shutdown', () => {
     });
     await producer.disconnect();
     const groupId = uniqueName('shutdown-giveback-group');
-    const store = createRedisStore({ client: redis, keyPrefix: uniqueName('eo') });
+    const store = createRedisStore({ client: redis, keyPrefix: storePrefix() });
     const keyOf = (id: string) => scopeKey('default', groupId, id);
     let started = false;
     let release!: () => void;

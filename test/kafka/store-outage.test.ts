@@ -11,12 +11,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   committed,
   createTopics,
+  dropStorePrefixes,
   fastGroup,
   fullyCommitted,
   newKafka,
   newRedis,
   produceOrders,
   quietLogger,
+  storePrefix,
   table,
   uniqueName,
   waitUntil,
@@ -35,6 +37,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await admin?.disconnect();
+  if (redis) await dropStorePrefixes(redis);
   await redis?.quit();
 });
 
@@ -49,7 +52,7 @@ describe('store outage mid-stream', () => {
     await produceOrders(kafka, topic, ids);
 
     let down = false;
-    const base = createRedisStore({ client: redis, keyPrefix: uniqueName('eo') });
+    const base = createRedisStore({ client: redis, keyPrefix: storePrefix() });
     const store = withFaults(base, { failWhen: () => down });
     const effects = new Set<string>();
     let runs = 0;

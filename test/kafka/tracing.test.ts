@@ -20,12 +20,14 @@ import type { Admin } from 'kafkajs';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import {
   createTopics,
+  dropStorePrefixes,
   fastGroup,
   fullyCommitted,
   newKafka,
   newRedis,
   quietLogger,
   readTopic,
+  storePrefix,
   uniqueName,
   waitUntil,
 } from './helpers.js';
@@ -50,6 +52,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await admin?.disconnect();
+  if (redis) await dropStorePrefixes(redis);
   await redis?.quit();
   trace.disable();
   context.disable();
@@ -74,7 +77,7 @@ async function roundTrip() {
     groupId,
     topics: [topic],
     deadLetter: { topic: `${topic}.dlq` },
-    store: createRedisStore({ client: redis, keyPrefix: uniqueName('eo') }),
+    store: createRedisStore({ client: redis, keyPrefix: storePrefix() }),
     fromBeginning: true,
     consumerConfig: fastGroup,
     logger: quietLogger,
