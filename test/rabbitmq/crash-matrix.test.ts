@@ -13,6 +13,7 @@ import { type Db, MongoClient } from 'mongodb';
 import { afterAll, describe, expect, it } from 'vitest';
 import { dropLedger, tallyLedger } from '../support/crash-ledger.js';
 import { env, uniqueName } from '../support/env.js';
+import { dropRedisPrefix } from '../support/redis.js';
 import { waitUntil } from '../support/wait.js';
 import type { CrashWorkerConfig, KillPoint } from './crash-worker.js';
 import { newRedis, rawChannel } from './helpers.js';
@@ -184,6 +185,7 @@ async function runPoint(point: KillPoint) {
   await raw.close();
   await dropLedger(redis, ledger);
   if (under.kind === 'mongo') await mongoDbFor(storePrefix).dropDatabase();
+  else await dropRedisPrefix(redis, `${storePrefix}:`);
   return {
     point,
     messages: MESSAGES,
