@@ -44,6 +44,12 @@ let consumer: RabbitConsumer;
 let publisher: RabbitPublisher;
 let raw: Awaited<ReturnType<typeof rawChannel>>;
 const amqp = ['--amqp', env.amqpUrl];
+/**
+ * Waits for the dead-letter queue to hold `n` letters: a command hands the letters it read back
+ * when its channel closes, and a quorum queue requeues them a moment after the command exits.
+ */
+const lettersBack = (n: number) =>
+  waitUntil(async () => (await raw.count(dlq)) === n, { message: `${n} letter(s) back in ${dlq}` });
 
 beforeAll(async () => {
   raw = await rawChannel();
@@ -94,7 +100,7 @@ describe('dlq on RabbitMQ', () => {
       },
       origin: { exchange: '', routingKey: queue, destination: queue },
     });
-    expect(await raw.count(dlq)).toBe(2);
+    await lettersBack(2);
     const text = await cliText(['dlq', 'list', dlq, ...amqp]);
     expect(text).toContain(`RabbitMQ queue ${dlq}: 2 dead letter(s)`);
     expect(text).toMatch(/key-a\s+\S+\s+\S+\s+PERMANENT\s+PermanentError\s+key-a\s+card declined for a/);
@@ -138,7 +144,7 @@ describe('dlq on RabbitMQ', () => {
       { message: 'key-a dead-lettered again', timeoutMs: 60_000 },
     );
     expect(back.reason.errorClass).toBe('PreviouslyFailedError');
-    expect(await raw.count(dlq)).toBe(2);
+    await lettersBack(2);
     expect(handled.filter((h) => h.startsWith('a:'))).toHaveLength(1);
   });
 
@@ -165,7 +171,7 @@ describe('dlq on RabbitMQ', () => {
       },
     );
     expect(handled.filter((h) => h.startsWith('a:'))).toEqual(['a:key-a', 'a:key-a']);
-    expect(await raw.count(dlq)).toBe(1);
+    await lettersBack(1);
     const left = await cliJson<{ letters: Letter[] }>(['dlq', 'list', dlq, ...amqp]);
     expect(left.letters.map((l) => l.id)).toEqual(['key-b']);
   });
@@ -191,7 +197,7 @@ describe('dlq on RabbitMQ', () => {
     const down = await cli(['dlq', 'list', dlq, '--amqp', 'amqp://guest:guest@127.0.0.1:1']);
     expect(down.code).toBe(1);
     expect(down.stderr).toMatch(/cannot connect to RabbitMQ at amqp:\/\/guest:\*\*\*@127\.0\.0\.1:1/);
-    expect(await raw.count(dlq)).toBe(1);
+    await lettersBack(1);
   });
 
   it('a letter without a message id keeps its id from one command to the next', async () => {

@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { newRedis, rawChannel } from '../rabbitmq/helpers.js';
 import { env, uniqueName } from '../support/env.js';
 import { dropRedisPrefix } from '../support/redis.js';
+import { waitUntil } from '../support/wait.js';
 import { cli } from './helpers.js';
 
 const redis = newRedis();
@@ -93,7 +94,8 @@ describe('dlq replay --reset-key on hostile letters (RabbitMQ)', () => {
     expect(running?.state).toBe('IN_PROGRESS');
     expect(Object.keys(running?.state === 'IN_PROGRESS' ? running.steps : {})).toEqual(['charge']);
     expect(await store.get(storeKey('key-case'))).toBeUndefined();
-    expect(await raw.count(dlq)).toBe(1);
+    // Letters the command read are requeued when its channel closes, a moment after it exits.
+    await waitUntil(async () => (await raw.count(dlq)) === 1, { message: 'one letter left in the queue' });
   });
 
   it('a --namespace the SDK would refuse is a usage error before anything is read', async () => {
@@ -110,6 +112,7 @@ describe('dlq replay --reset-key on hostile letters (RabbitMQ)', () => {
     ]);
     expect(run.code).toBe(2);
     expect(run.stderr).toMatch(/--namespace must be/);
-    expect(await raw.count(dlq)).toBe(1);
+    // Letters the command read are requeued when its channel closes, a moment after it exits.
+    await waitUntil(async () => (await raw.count(dlq)) === 1, { message: 'one letter left in the queue' });
   });
 });
