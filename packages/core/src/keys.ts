@@ -111,12 +111,22 @@ function canonicalize(value: unknown, seen: Set<object> | undefined, depth: numb
     if (Array.isArray(value))
       return value.map((v) => (v === undefined ? null : canonicalize(v, seen, depth + 1)));
     if (value instanceof Date) return value.toISOString();
-    // No prototype: a member named `__proto__` (JSON.parse makes it an own one) is kept as data,
-    // where `{}` would take it for the prototype and leave it out of the fingerprint.
-    const out: Record<string, unknown> = Object.create(null);
+    const out: Record<string, unknown> = {};
     for (const k of sortedKeys(value)) {
       const v = (value as Record<string, unknown>)[k];
-      if (v !== undefined && typeof v !== 'function') out[k] = canonicalize(v, seen, depth + 1);
+      if (v === undefined || typeof v === 'function') continue;
+      // A member named `__proto__` (JSON.parse makes it an own one) is data: assigned, it would
+      // set the prototype and drop out of the fingerprint. (`Object.create(null)` instead slows
+      // every payload's fingerprint.)
+      if (k === '__proto__') {
+        const member = {
+          value: canonicalize(v, seen, depth + 1),
+          enumerable: true,
+          writable: true,
+          configurable: true,
+        };
+        Object.defineProperty(out, k, member);
+      } else out[k] = canonicalize(v, seen, depth + 1);
     }
     return out;
   } finally {
