@@ -44,6 +44,14 @@ export class MailError extends Error {
   override name = 'MailError';
 }
 
+/** Records the key and the delivery at once; answers the key's message id. */
+const SEND_ONCE = `
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('RPUSH', KEYS[2], ARGV[3])
+  return ARGV[2]
+end
+return redis.call('HGET', KEYS[1], ARGV[1])`;
+
 export function createMailer(redis: Redis, name: string) {
   const k = {
     undeliverable: `${name}:mail:undeliverable`,
@@ -58,12 +66,12 @@ export function createMailer(redis: Redis, name: string) {
         throw new MailError(`550 5.1.1 <${mail.to}>: mailbox unavailable`);
       }
       const messageId = `msg_${randomUUID().slice(0, 8)}`;
-      // Idempotent by key: a second request with the key is answered, not sent again.
-      if (await redis.hsetnx(k.keys, mail.key, messageId)) {
-        await redis.rpush(k.sent, JSON.stringify({ to: mail.to, renewalId: mail.renewalId, messageId }));
-        return { messageId };
-      }
-      return { messageId: (await redis.hget(k.keys, mail.key)) as string };
+      // Idempotent by key: a second request with the key is answered, not sent again. The key and
+      // the delivery are recorded together, as a provider does: recorded in two calls, a caller
+      // killed between them left a key whose email was never delivered.
+      const sent = JSON.stringify({ to: mail.to, renewalId: mail.renewalId, messageId });
+      const answered = (await redis.eval(SEND_ONCE, 2, k.keys, k.sent, mail.key, messageId, sent)) as string;
+      return { messageId: answered };
     },
     async markUndeliverable(address: string) {
       await redis.sadd(k.undeliverable, address);
