@@ -139,6 +139,17 @@ export class PartialBatchError extends StoreUnavailableError {
   }
 }
 
+/**
+ * A batch call's outcome from the answers it has and the errors of the requests that failed, by
+ * index: the answers when none failed; the one error when every request failed, as a single call
+ * would; otherwise a {@link PartialBatchError} carrying both.
+ */
+export function batchAnswers<A>(operation: string, answers: A[], errors: ReadonlyMap<number, unknown>): A[] {
+  if (errors.size === 0) return answers;
+  if (errors.size === answers.length) throw errors.values().next().value;
+  throw new PartialBatchError({ operation, answers, errors });
+}
+
 /** Invalid options; thrown at construction, never while processing. */
 export class ConfigError extends ExactlyOnceError {
   override name = 'ConfigError';

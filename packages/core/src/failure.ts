@@ -138,12 +138,12 @@ export interface RunBlobs {
  * step outlives its run (a retry or a takeover replays it), so its blob must outlive it too.
  */
 export async function discardBlobs<T, R>(o: ResolvedProcessorOptions<T, R>, run: RunBlobs) {
-  if (!o.blobs) return;
+  const blobs = o.blobs;
+  if (!blobs) return;
   for (const pointer of run.blobs) {
     if (run.isJournaled(pointer)) continue;
     // An orphan blob wastes space but never corrupts a record: a delete that fails is left, and
     // one that hangs (a stalled blob store) is waited for at most storeTimeoutMs.
-    const blobs = o.blobs;
     await settledWithin([Promise.resolve().then(() => blobs.delete(pointer))], o.storeTimeoutMs);
   }
 }

@@ -173,9 +173,9 @@ export function resolveProcessorOptions<T, R>(o: ProcessorOptions<T, R>): Resolv
   const consumer = validateName('consumer', o.consumer);
   const namespace = validateName('namespace', o.namespace ?? PROCESSOR_DEFAULTS.namespace);
   const leaseMs = o.leaseMs ?? PROCESSOR_DEFAULTS.leaseMs;
-  positive('leaseMs', leaseMs);
+  positiveMs('leaseMs', leaseMs);
   const heartbeatMs = o.heartbeatMs ?? Math.max(1, Math.floor(leaseMs / 3));
-  positive('heartbeatMs', heartbeatMs);
+  positiveMs('heartbeatMs', heartbeatMs);
   if (heartbeatMs > leaseMs / 2) {
     throw new ConfigError(
       `heartbeatMs (${heartbeatMs}) must be at most half of leaseMs (${leaseMs}); a third is recommended, ` +
@@ -183,15 +183,15 @@ export function resolveProcessorOptions<T, R>(o: ProcessorOptions<T, R>): Resolv
     );
   }
   const maxRunMs = o.maxRunMs ?? PROCESSOR_DEFAULTS.maxRunMs;
-  positive('maxRunMs', maxRunMs);
+  positiveMs('maxRunMs', maxRunMs);
   const storeTimeoutMs = o.storeTimeoutMs ?? PROCESSOR_DEFAULTS.storeTimeoutMs;
-  if (storeTimeoutMs !== Number.POSITIVE_INFINITY) positive('storeTimeoutMs', storeTimeoutMs);
+  if (storeTimeoutMs !== Number.POSITIVE_INFINITY) positiveMs('storeTimeoutMs', storeTimeoutMs);
   const maxPublishDeferrals = o.maxPublishDeferrals ?? PROCESSOR_DEFAULTS.maxPublishDeferrals;
   if (!Number.isInteger(maxPublishDeferrals) || maxPublishDeferrals < 0) {
     throw new ConfigError(`maxPublishDeferrals must be an integer >= 0 (got ${maxPublishDeferrals})`);
   }
   const retentionMs = o.retentionMs ?? PROCESSOR_DEFAULTS.retentionMs;
-  positive('retentionMs', retentionMs);
+  positiveMs('retentionMs', retentionMs);
   const inlineResultBytes = o.inlineResultBytes ?? PROCESSOR_DEFAULTS.inlineResultBytes;
   if (!Number.isInteger(inlineResultBytes) || inlineResultBytes < 0) {
     throw new ConfigError('inlineResultBytes must be an integer >= 0');
@@ -277,7 +277,8 @@ export function checkRetentionHorizon(
  */
 export const MAX_DURATION_MS = 50 * 365 * 86_400_000;
 
-function positive(name: string, v: number): void {
+/** A duration option: a finite number of ms > 0, at most {@link MAX_DURATION_MS}; else a ConfigError. */
+export function positiveMs(name: string, v: number): void {
   if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0 || v > MAX_DURATION_MS) {
     throw new ConfigError(`${name} must be a positive number of milliseconds up to 50 years (got ${v})`);
   }

@@ -179,5 +179,6 @@ export type {
   SettlementPort,
 } from './settle.js';
 export { settle } from './settle.js';
+export { oldestFirst } from './store/stuck.js';
 export { extractContext, injectContext, inSpan, recordError, tracer } from './tracing.js';
 export { doublingBackoff, MAX_TIMER_MS, pause, settledWithin, sleep, timerMs } from './wait.js';

@@ -4,13 +4,13 @@
  * updates atomically (FerretDB 1.x) as well as on MongoDB. The protocol is described in the
  * package README ("How it works").
  */
-
 import { isDeepStrictEqual } from 'node:util';
 import {
   type AcquireKind,
   type BeginRequest,
   type BeginResult,
   type BlobStore,
+  batchAnswers,
   type ClearResult,
   type CompleteRequest,
   ConfigError,
@@ -20,7 +20,6 @@ import {
   type InProgressEntry,
   type InProgressQuery,
   type MarkPublishedRequest,
-  PartialBatchError,
   type ProcessedRecord,
   type ProcessedStore,
   type ReleaseOptions,
@@ -510,9 +509,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         }
       }),
     );
-    if (errors.size === 0) return;
-    if (errors.size === requests.length) throw errors.values().next().value;
-    throw new PartialBatchError({ operation, answers, errors });
+    batchAnswers(operation, answers, errors);
   };
 
   /**

@@ -10,6 +10,7 @@
  * hash) is read too.
  */
 import { type InProgressEntry, type InProgressQuery, StoreUnavailableError } from '@exactly-once/core';
+import { oldestFirst } from '@exactly-once/core/spi';
 import type { RedisClient } from './client.js';
 import { inProgressEntry } from './codec.js';
 
@@ -42,7 +43,6 @@ export async function listInProgress(
     // The oldest `limit` of all: a SCAN meets records in no order, so every match is looked at,
     // keeping at most twice the limit in memory.
     let found: InProgressEntry[] = [];
-    const oldest = () => found.sort((a, b) => a.startedAt - b.startedAt).slice(0, query.limit);
     for (const node of nodes) {
       const [seconds, micros] = (await node.call('TIME')) as [string, string];
       const cutoff = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000) - query.olderThanMs;
@@ -57,11 +57,11 @@ export async function listInProgress(
           if (query.prefix !== undefined && !entry.key.startsWith(query.prefix)) continue;
           if (entry.startedAt > cutoff) continue;
           found.push(entry);
-          if (found.length >= 2 * query.limit) found = oldest();
+          if (found.length >= 2 * query.limit) found = oldestFirst(found, query.limit);
         }
       } while (cursor !== '0');
     }
-    return oldest();
+    return oldestFirst(found, query.limit);
   } catch (cause) {
     throw cause instanceof StoreUnavailableError
       ? cause

@@ -6,6 +6,7 @@ import {
   type BeginRequest,
   type BeginResult,
   type BlobStore,
+  batchAnswers,
   type ClearResult,
   type CompleteRequest,
   ConfigError,
@@ -18,7 +19,6 @@ import {
   type Logger,
   MAX_DURATION_MS,
   type MarkPublishedRequest,
-  PartialBatchError,
   type ProcessedRecord,
   type ProcessedStore,
   type ReleaseOptions,
@@ -603,11 +603,9 @@ async function inGroups<T, A>(
       }
     }),
   );
-  if (errors.size === 0) return answers;
-  // Every node failed: one error, as a single call would. Some answered (a Cluster node down):
-  // their answers go back with the others' errors, so their leases and writes are not lost.
-  if (errors.size === items.length) throw errors.get(0);
-  throw new PartialBatchError({ operation, answers, errors });
+  // Some nodes answered (a Cluster node down): their answers go back with the others' errors, so
+  // their leases and writes are not lost.
+  return batchAnswers(operation, answers, errors);
 }
 
 function duration(name: string, value: number | undefined, fallback: number): number {

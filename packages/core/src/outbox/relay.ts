@@ -17,6 +17,7 @@ import type { Counter, ObservableGauge } from '@opentelemetry/api';
 import { ConfigError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { silentLogger } from '../logger.js';
+import { positiveMs } from '../options.js';
 import { type RetryPolicyOptions, resolveRetryPolicy, retryDelayMs } from '../retry.js';
 import type { OutgoingPublisher } from '../spi.js';
 import type { OutgoingMessage } from '../store/types.js';
@@ -118,11 +119,15 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
   }
   const retry = resolveRetryPolicy({ initialDelayMs: 200, maxDelayMs: 10_000, ...options.retry }, 'retry');
   // A zero batch marked nothing in a tight loop, a negative maxUnmarked paused publishing for ever.
-  const targetRoundMs = positive('targetRoundMs', options.targetRoundMs ?? 250, false);
-  const idleDelayMs = positive('idleDelayMs', options.idleDelayMs ?? 200, false);
-  const markBatch = positive('markBatch', options.markBatch ?? 500, true);
-  const maxUnmarked = positive('maxUnmarked', options.maxUnmarked ?? 200_000, true);
-  positive('lagAlert.everyMs', options.lagAlert?.everyMs ?? 5_000, false);
+  const targetRoundMs = options.targetRoundMs ?? 250;
+  const idleDelayMs = options.idleDelayMs ?? 200;
+  const markBatch = options.markBatch ?? 500;
+  const maxUnmarked = options.maxUnmarked ?? 200_000;
+  positiveMs('targetRoundMs', targetRoundMs);
+  positiveMs('idleDelayMs', idleDelayMs);
+  positiveMs('lagAlert.everyMs', options.lagAlert?.everyMs ?? 5_000);
+  positiveInteger('markBatch', markBatch);
+  positiveInteger('maxUnmarked', maxUnmarked);
   const logger = options.logger ?? silentLogger;
   const { source, publisher } = options;
 
@@ -337,10 +342,7 @@ function relayInstruments(lag: () => number | undefined): {
   return { published, detach: () => gauge.removeCallback(observe) };
 }
 
-/** `value` if it is a finite number > 0 (an integer when `integer`), else a ConfigError. */
-function positive(name: string, value: number, integer: boolean): number {
-  if (!(Number.isFinite(value) && value > 0 && (!integer || Number.isInteger(value)))) {
-    throw new ConfigError(`${name} must be ${integer ? 'an integer' : 'a number'} > 0 (got ${value})`);
-  }
-  return value;
+function positiveInteger(name: string, value: number): void {
+  if (!(Number.isInteger(value) && value > 0))
+    throw new ConfigError(`${name} must be an integer > 0 (got ${value})`);
 }

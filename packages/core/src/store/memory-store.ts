@@ -3,6 +3,7 @@
  * live in one process and vanish with it, so it cannot deduplicate across workers or restarts.
  */
 import type { ErrorInfo } from '../errors.js';
+import { oldestFirst } from './stuck.js';
 import {
   type BeginRequest,
   type BeginResult,
@@ -137,7 +138,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
         const { owner, attempt, fence, leaseUntil } = record;
         found.push({ key, owner, attempt, fence, leaseUntil, startedAt });
       }
-      return found.sort((a, b) => a.startedAt - b.startedAt).slice(0, Math.max(0, query.limit));
+      return oldestFirst(found, query.limit);
     },
 
     async extend(key: string, fence: number, leaseMs: number): Promise<FencedResult> {

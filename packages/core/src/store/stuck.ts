@@ -38,7 +38,12 @@ export async function findStuck(store: ProcessedStore, query: StuckQuery): Promi
     olderThanMs: query.olderThanMs,
     limit,
   });
-  return entries.sort((a, b) => a.startedAt - b.startedAt);
+  return oldestFirst(entries, limit);
+}
+
+/** The `limit` entries whose attempt started first, oldest first: what listInProgress answers. */
+export function oldestFirst(entries: InProgressEntry[], limit: number): InProgressEntry[] {
+  return entries.sort((a, b) => a.startedAt - b.startedAt).slice(0, Math.max(0, limit));
 }
 
 export interface WatchStuckOptions extends StuckQuery {

@@ -38,7 +38,7 @@
  */
 
 import { ConfigError, type ErrorInfo } from '../errors.js';
-import { MAX_DURATION_MS } from '../options.js';
+import { positiveMs } from '../options.js';
 import type {
   BeginRequest,
   BeginResult,
@@ -111,16 +111,10 @@ function terminal(record: ProcessedRecord | undefined): boolean {
 export function createTieredStore(options: TieredStoreOptions): TieredStore {
   const { hot, cold, hotRetentionMs } = options;
   if (!hot || !cold) throw new ConfigError('createTieredStore: hot and cold stores are required');
-  for (const [name, value] of [
-    ['hotRetentionMs', hotRetentionMs],
-    ['coldLeaseMs', options.coldLeaseMs ?? 30_000],
-    ['coldRetentionMs', options.coldRetentionMs ?? 1],
-  ] as const) {
-    // NaN would never expire a cold claim: every other attempt would read it as busy for ever.
-    if (!(value > 0 && value <= MAX_DURATION_MS)) {
-      throw new ConfigError(`createTieredStore: ${name} must be a duration in ms > 0 (got ${value})`);
-    }
-  }
+  // NaN would never expire a cold claim: every other attempt would read it as busy for ever.
+  positiveMs('hotRetentionMs', hotRetentionMs);
+  if (options.coldLeaseMs !== undefined) positiveMs('coldLeaseMs', options.coldLeaseMs);
+  if (options.coldRetentionMs !== undefined) positiveMs('coldRetentionMs', options.coldRetentionMs);
   const coldLeaseMs = options.coldLeaseMs ?? 30_000;
   const coldRetention = (requested: number) => options.coldRetentionMs ?? requested;
   const hotRetention = (requested: number) => Math.min(hotRetentionMs, coldRetention(requested));
