@@ -9,8 +9,13 @@
 
 import { createRequire } from 'node:module';
 
-/** A header value as kafkajs hands it over (Buffers) or accepts it (strings too). */
-export type KafkaHeaderValue = Uint8Array | string | readonly (Uint8Array | string)[] | undefined;
+/** A header value as kafkajs hands it over (Buffers; null for a header written without a value) or accepts it (strings too). */
+export type KafkaHeaderValue =
+  | Uint8Array
+  | string
+  | null
+  | readonly (Uint8Array | string | null)[]
+  | undefined;
 export type KafkaHeaders = Record<string, KafkaHeaderValue>;
 
 /** A consumed record. Offsets are decimal strings (64-bit). */

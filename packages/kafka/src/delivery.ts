@@ -82,30 +82,40 @@ export function isTombstone(delivery: Delivery): boolean {
  */
 export function copyHeaders(headers: KafkaHeaders | undefined): ProducerHeaders {
   const out: ProducerHeaders = {};
-  const one = (v: string | Uint8Array) => (typeof v === 'string' ? v : toBuffer(v));
+  // A null value cannot be produced (kafkajs refuses it): it goes out empty, still present, so
+  // the copy stays as ambiguous as the record was.
+  const one = (v: HeaderValue | null) => (typeof v === 'string' ? v : toBuffer(v ?? EMPTY));
   for (const [name, value] of Object.entries(cleanHeaders(headers))) {
-    out[name] = Array.isArray(value) ? value.map(one) : one(value as string | Uint8Array);
+    out[name] = Array.isArray(value) ? value.map(one) : one(value as HeaderValue | null);
   }
   return out;
 }
 
 type HeaderValue = string | Uint8Array;
+type CleanValue = HeaderValue | null | HeaderValue[];
 
 /**
- * The record's headers as strings and bytes only. kafkajs collects a header named like a member
- * of `Object.prototype` (`toString`, `constructor`...) into `[<that member>, <value>]`: the member
+ * The record's headers as strings, bytes and nulls only. A null value (a header written with no
+ * value, which kafkajs reads as null) is kept: the header is still there, so an
+ * `x-idempotency-key` with none beside an `X-Idempotency-Key` is two key headers, refused as
+ * ambiguous, not a key read from the second. kafkajs collects a header named like a member of
+ * `Object.prototype` (`toString`, `constructor`...) into `[<that member>, <value>]`: the member
  * is not a header and is dropped, and the header keeps its value.
  */
-export function cleanHeaders(headers: KafkaHeaders | undefined): Record<string, HeaderValue | HeaderValue[]> {
-  const out: Record<string, HeaderValue | HeaderValue[]> = {};
+export function cleanHeaders(headers: KafkaHeaders | undefined): Record<string, CleanValue> {
+  const out: Record<string, CleanValue> = {};
   for (const [name, value] of Object.entries(headers ?? {})) {
-    if ((typeof value === 'string' || value instanceof Uint8Array) && name !== '__proto__') {
+    if (
+      (typeof value === 'string' || value instanceof Uint8Array || value === null) &&
+      name !== '__proto__'
+    ) {
       out[name] = value; // the common case: one value, a plain name
       continue;
     }
-    const values = (Array.isArray(value) ? value : [value]).filter(
-      (v): v is HeaderValue => typeof v === 'string' || v instanceof Uint8Array,
-    );
+    // A null among repeated values stays a value (empty): the repeat is what core refuses.
+    const values = (Array.isArray(value) ? value : [value])
+      .map((v) => (v === null ? EMPTY : v))
+      .filter((v): v is HeaderValue => typeof v === 'string' || v instanceof Uint8Array);
     if (values.length === 0) continue;
     // defineProperty: a header named `__proto__` stays a header.
     Object.defineProperty(out, name, {
@@ -189,7 +199,7 @@ export function retryAtOf(message: KafkaMessageLike): number | undefined {
 function textOf(value: KafkaHeaderValue | Uint8Array | null | undefined): string | undefined {
   if (value === null || value === undefined) return undefined;
   const last = Array.isArray(value) ? value[value.length - 1] : value;
-  if (last === undefined) return undefined;
+  if (last === undefined || last === null) return undefined;
   if (typeof last === 'string') return last;
   try {
     return utf8.decode(last as Uint8Array);

@@ -1,0 +1,45 @@
+/**
+ * Record -> delivery mapping of headers kafkajs hands over as `null`: a header written without a
+ * value (length -1 on the wire, which Java producers write for a null header). kafkajs itself
+ * cannot produce one, so this is checked on the mapping, with core's key reading on top.
+ */
+import { InvalidKeyError, readIdentityHeader } from '@exactly-once/core';
+import { describe, expect, it } from 'vitest';
+import type { KafkaMessageLike } from '../src/client.js';
+import { copyHeaders, toDelivery } from '../src/delivery.js';
+
+function record(headers: KafkaMessageLike['headers']): KafkaMessageLike {
+  return { key: null, value: Buffer.from('{}'), offset: '7', headers };
+}
+
+describe('kafka delivery: null-valued headers', () => {
+  it('a null key header beside the key in another case is two key headers: refused, not read from the second', () => {
+    const delivery = toDelivery(
+      't',
+      0,
+      record({ 'x-idempotency-key': null, 'X-Idempotency-Key': Buffer.from('k') }),
+      'g',
+      false,
+    );
+    expect(() => readIdentityHeader(delivery.headers, 'x-idempotency-key')).toThrow(InvalidKeyError);
+  });
+
+  it('a null key header alone reads as no key', () => {
+    const delivery = toDelivery('t', 0, record({ 'x-idempotency-key': null }), 'g', false);
+    expect(readIdentityHeader(delivery.headers, 'x-idempotency-key')).toBeUndefined();
+  });
+
+  it('a copy keeps a null header as an empty one (kafkajs cannot produce null), so it stays as ambiguous', () => {
+    const headers = copyHeaders({
+      'x-idempotency-key': null,
+      'X-Idempotency-Key': Buffer.from('k'),
+      other: [null, 'v'],
+    });
+    expect(headers).toEqual({
+      'x-idempotency-key': Buffer.alloc(0),
+      'X-Idempotency-Key': Buffer.from('k'),
+      other: [Buffer.alloc(0), 'v'],
+    });
+    expect(() => readIdentityHeader(headers, 'x-idempotency-key')).toThrow(InvalidKeyError);
+  });
+});
