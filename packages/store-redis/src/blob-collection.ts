@@ -37,10 +37,13 @@ export async function collectBlobPass(
   const now = String(Number(seconds) * 1000 + Math.floor(Number(micros) / 1000));
   let deleted = 0;
   let next = 0;
+  // One worker's failure stops the others at their next step, and the pass answers only once all
+  // have stopped: a caller that runs the next pass on a rejection never has two passes deleting.
+  let failed = false;
   const worker = async () => {
-    while (next < TAG_COUNT) {
+    while (!failed && next < TAG_COUNT) {
       const key = blobIndexKey(prefix, next++);
-      for (;;) {
+      while (!failed) {
         // Members are pointers packed as ASCII JSON (`b[uri,size,sha256]`): strings round-trip them.
         const due = (await runCommand(client, 'collectBlobs', 'ZRANGE', [
           key,
@@ -52,6 +55,7 @@ export async function collectBlobPass(
           String(batchSize),
         ])) as string[];
         for (const member of due) {
+          if (failed) return;
           const result = unpackResult(Buffer.from(member));
           if (result.kind === 'blob') {
             await blobs.delete(result.pointer);
@@ -63,6 +67,15 @@ export async function collectBlobPass(
       }
     }
   };
-  await Promise.all(Array.from({ length: concurrency }, worker));
+  const ends = await Promise.allSettled(
+    Array.from({ length: concurrency }, () =>
+      worker().catch((error: unknown) => {
+        failed = true;
+        throw error;
+      }),
+    ),
+  );
+  const rejected = ends.find((end) => end.status === 'rejected');
+  if (rejected) throw rejected.reason;
   return { deleted };
 }

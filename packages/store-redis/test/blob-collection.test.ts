@@ -93,4 +93,50 @@ describe.each([
       client.disconnect();
     }
   }, 120_000);
+
+  it('a pass one blob delete fails rejects only after its other workers stopped; none deletes after it', async () => {
+    // Prepare: 40 expired blob results; the blob store refuses the third delete.
+    const client = connect();
+    const prefix = testPrefix('blobs-fail');
+    const directory = await mkdtemp(join(tmpdir(), 'eo-redis-blobs-'));
+    directories.push(directory);
+    const fs = createFsBlobStore({ directory });
+    let deletes = 0;
+    const blobs: BlobStore = {
+      ...fs,
+      put: (bytes) => fs.put(bytes),
+      get: (pointer) => fs.get(pointer),
+      delete: async (pointer) => {
+        const n = ++deletes;
+        await new Promise((r) => setTimeout(r, 5));
+        if (n === 3) throw new Error('blob store refused');
+        return fs.delete(pointer);
+      },
+    };
+    const store = createRedisStore({
+      client,
+      keyPrefix: prefix,
+      expiredGraceMs: 0,
+      checkEvictionPolicy: false,
+    });
+    try {
+      for (let i = 0; i < 40; i++) await completeWithBlob(store, fs, `f-${i}-${randomUUID()}`, 50);
+      await new Promise((r) => setTimeout(r, 200));
+      // Act
+      const pass = await store.collectBlobs(blobs, { concurrency: 8 }).then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+      const atRejection = deletes;
+      await new Promise((r) => setTimeout(r, 300));
+      // Assess
+      expect(pass).toBeInstanceOf(Error);
+      expect(deletes).toBe(atRejection);
+      expect(deletes).toBeLessThan(40);
+    } finally {
+      await dropPrefix(client, prefix);
+      await store.close();
+      client.disconnect();
+    }
+  }, 60_000);
 });
