@@ -9,7 +9,7 @@ import { Headers, type MessageHeaders, textHeaders } from './headers.js';
 import { deriveChildKey } from './keys.js';
 import type { Logger } from './logger.js';
 import { ATTR_EO_STEP, ATTR_MESSAGING_DESTINATION_NAME, BAGGAGE_REQUEST_ID } from './semconv.js';
-import { runStep, type StepEvent, type StepOptions, type StepRunArgs } from './steps.js';
+import { insideStep, runStep, type StepEvent, type StepOptions, type StepRunArgs } from './steps.js';
 import type { AcquireKind, OutgoingMessage, ProcessedStore, StepRecord } from './store/types.js';
 import { injectContext, inSpan, tracer } from './tracing.js';
 
@@ -83,6 +83,11 @@ export interface RunState {
   isJournaled(pointer: BlobPointer): boolean;
   /** Ends the run: `publish`, `step` and `storeBlob` throw from now on. */
   close(): void;
+  /**
+   * Settles once the steps still running have ended (their `fn` and journal write), or undefined
+   * when none is: a handler that failed may have left one running beside it.
+   */
+  stepsRunning(): Promise<void> | undefined;
 }
 
 export interface RunArgs {
@@ -128,6 +133,7 @@ class Run implements RunState {
   // Encoded step results that may be journaled: replayed ones, and this run's unless `lost`.
   private journalEntries: Buffer[] | undefined;
   private stepArgs: StepRunArgs | undefined;
+  private running: Set<Promise<unknown>> | undefined;
 
   constructor(readonly args: RunArgs) {
     this.ctx = new RunHandlerContext(this);
@@ -162,9 +168,21 @@ class Run implements RunState {
     this.closed = true;
   }
 
+  stepsRunning(): Promise<void> | undefined {
+    if (this.running === undefined || this.running.size === 0) return undefined;
+    return Promise.allSettled(this.running).then(() => undefined);
+  }
+
   publish(destination: string, message: unknown, options: PublishOptions = {}): void {
     const args = this.args;
     this.open('ctx.publish');
+    if (insideStep(this.stepArgs)) {
+      // A step that ran is replayed from its journaled result without running `fn`: a message
+      // published inside it would be sent by the attempt that ran it and lost by the others.
+      throw new ConfigError(
+        "ctx.publish inside a step's fn: a replayed step does not run fn, so the message would be lost; publish after the step, from its result",
+      );
+    }
     if (!args.canPublish) {
       throw new ConfigError('ctx.publish needs a publisher: pass `publisher` to the consumer options');
     }
@@ -215,9 +233,14 @@ class Run implements RunState {
     this.stepNames.add(name);
     const journaled = Object.hasOwn(args.steps, name) ? args.steps[name] : undefined;
     const stepArgs = this.stepRunArgs();
-    return inSpan(`step ${name}`, args.otelContext, { [ATTR_EO_STEP]: name }, (span) =>
+    const running = inSpan(`step ${name}`, args.otelContext, { [ATTR_EO_STEP]: name }, (span) =>
       runStep(stepArgs, name, fn, options, journaled, span),
     );
+    this.running ??= new Set();
+    this.running.add(running);
+    const ended = () => this.running?.delete(running);
+    running.then(ended, ended);
+    return running;
   }
 
   private stepRunArgs(): StepRunArgs {

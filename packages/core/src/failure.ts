@@ -29,34 +29,38 @@ export async function handleFailure<T, R>(
   blobs: RunBlobs,
   stillRunning?: Promise<void>,
 ): Promise<Disposition> {
-  await discardBlobs(o, blobs);
-  if (error instanceof LeaseLostError) return leaseLost(storeKey, fence);
-  if (!isRetryable(error)) {
-    const reason = error instanceof ExactlyOnceError ? error : new HandlerFailedError(error);
-    return failAndDeadLetter(o, delivery, storeKey, fence, reason, attempt);
+  if (error instanceof LeaseLostError) {
+    await discardBlobs(o, blobs);
+    return leaseLost(storeKey, fence);
   }
-  if (attempt >= o.retry.maxAttempts) {
-    // A run given up at maxRunMs on its last attempt may still be running: the key is marked
-    // FAILED (and the next message of an ordered group runs) once its handler returned, or after
-    // a lease at most, when the key could be taken over anyway (a stalled worker, as after a crash).
+  const retry = isRetryable(error) && attempt < o.retry.maxAttempts;
+  if (!retry) {
+    // What still runs (a handler given up at maxRunMs, steps a failed handler left running) may
+    // journal a step: the key is marked FAILED once it has ended, or after a lease at most, when
+    // the key could be taken over anyway (a stalled worker, as after a crash).
     if (stillRunning !== undefined) await settledWithin([stillRunning], o.leaseMs);
-    return failAndDeadLetter(
-      o,
-      delivery,
-      storeKey,
-      fence,
-      new AttemptsExhaustedError({ attempts: attempt, cause: error }),
-      attempt,
-    );
+    await discardBlobs(o, blobs);
+    const reason = !isRetryable(error)
+      ? error instanceof ExactlyOnceError
+        ? error
+        : new HandlerFailedError(error)
+      : new AttemptsExhaustedError({ attempts: attempt, cause: error });
+    return failAndDeadLetter(o, delivery, storeKey, fence, reason, attempt);
   }
   const info = toErrorInfo(error);
   if (stillRunning !== undefined) {
-    // A run given up at maxRunMs goes on (nothing stops a JavaScript function): its key stays held,
-    // no longer heartbeated, until the handler returns, so the retry starts after whatever the
-    // handler was still doing, not beside it. A handler that never returns lets its lease run out,
-    // as a crashed worker would.
-    void stillRunning.then(() => o.store.release(storeKey, fence, info)).catch(() => undefined);
+    // Nothing stops a JavaScript function: the key stays held, no longer heartbeated, until what
+    // still runs has ended (its step results journaled, its blobs kept), so the retry starts after
+    // it, not beside it. A handler that never returns lets its lease run out, as a crashed worker
+    // would.
+    void stillRunning
+      .then(async () => {
+        await discardBlobs(o, blobs);
+        await o.store.release(storeKey, fence, info);
+      })
+      .catch(() => undefined);
   } else {
+    await discardBlobs(o, blobs);
     try {
       const r = await o.store.release(storeKey, fence, info);
       if (r !== 'ok') return leaseLost(storeKey, fence);

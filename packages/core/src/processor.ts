@@ -577,8 +577,9 @@ async function runAcquired<T, R>(
   if (!ran.ok) {
     await keeper.stop();
     recordError(span, ran.error, scrubOf(runCtx));
-    // Given up at maxRunMs, the handler is still running: see handleFailure.
-    const stillRunning = givenUp ? handled.ended : undefined;
+    // Given up at maxRunMs, the handler is still running; a handler that failed may have left
+    // steps running beside it: see handleFailure.
+    const stillRunning = givenUp ? handled.ended.then(() => state.stepsRunning()) : state.stepsRunning();
     const d = await handleFailure(
       o,
       delivery,

@@ -2,6 +2,7 @@
  * Journaled steps (`ctx.step`): replay, in-doubt reconciling, in-process retries, give-up and
  * alerts. The run context (context.ts) owns naming and the blob journal; this module runs one step.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import type { Span } from '@opentelemetry/api';
 import { decodeResult, encodeResult } from './codec.js';
 import {
@@ -10,6 +11,7 @@ import {
   isRetryable,
   LeaseLostError,
   PermanentError,
+  StoreUnavailableError,
   toErrorInfo,
 } from './errors.js';
 import type { Logger } from './logger.js';
@@ -17,7 +19,7 @@ import { type RetryPolicyOptions, resolveRetryPolicy, retryDelayMs } from './ret
 import { ATTR_EO_STEP_REPLAYED } from './semconv.js';
 import type { ProcessedStore, StepRecord } from './store/types.js';
 import { instrumentsFor } from './tracing.js';
-import { sleep } from './wait.js';
+import { doublingBackoff, pause, sleep } from './wait.js';
 
 /** What `reconcile` is told about a step an earlier attempt started and never finished. */
 export interface StepReconcileInfo {
@@ -47,7 +49,9 @@ export interface StepOptions<S = unknown> {
    * `reconcile` instead of running `fn` blind: `{ done: true, value }` journals `value` as the
    * step's result, `{ done: false }` runs `fn`. Without `reconcile` nothing is written before `fn`,
    * and an in-doubt step simply runs `fn` again (make it idempotent with `ctx.keyFor(name)`).
-   * An error thrown by `reconcile` reaches the handler, and `fn` does not run.
+   * With `retry`, `reconcile` is also asked before each in-process retry (the failed call may
+   * have reached the provider). An error thrown by `reconcile` reaches the handler, and `fn` does
+   * not run.
    */
   // NoInfer: the step's type comes from `fn`; reconcile's `{ done: false }` must not widen it.
   reconcile?: (
@@ -124,26 +128,18 @@ export async function runStep<S>(
   }
   span.setAttribute(ATTR_EO_STEP_REPLAYED, false);
   const { reconcile } = options;
+  // Asked whenever the effect may have happened: a start an earlier attempt journaled, and before
+  // each in-process retry (the failed call may have reached the provider).
+  let inDoubt: ((startedAt: number) => Promise<StepReconcileResult<S>>) | undefined;
+  let startedAt = 0;
   if (reconcile !== undefined) {
+    inDoubt = (at) => askReconcile(args, name, reconcile, at, span);
     if (journaled?.state === 'started') {
       span.setAttribute('exactly_once.step.in_doubt', true);
-      const answer = await reconcile({
-        name,
-        key: args.keyFor(name),
-        messageKey: args.messageKey,
-        attempt: args.attempt,
-        startedAt: journaled.at,
-        signal: args.signal(),
-      });
-      // Not an answer: asking again would get the same, so it fails the message (not retried).
-      if (typeof (answer as { done?: unknown } | undefined)?.done !== 'boolean') {
-        throw new PermanentError(
-          `step "${name}": reconcile must answer { done: true, value } or { done: false } (got ${describeThrown(answer)})`,
-        );
-      }
-      span.setAttribute('exactly_once.step.reconciled', answer.done);
+      const answer = await inDoubt(journaled.at);
       if (answer.done) return save(args, name, answer.value, 'null');
       // Not done at the provider: run fn. Its started marker is already there.
+      startedAt = journaled.at;
     } else {
       const mark = args.store.markStepStarted?.bind(args.store);
       if (mark === undefined) {
@@ -152,21 +148,54 @@ export async function runStep<S>(
         );
       }
       args.open();
+      // This worker's clock: the store answers no time with the mark.
+      startedAt = Date.now();
       if ((await mark(args.storeKey, args.fence, name)) !== 'ok') {
         throw new LeaseLostError({ key: args.storeKey, fence: args.fence });
       }
     }
   }
 
-  const ran = await runWithRetry(args, name, fn, options);
+  const ran = await runWithRetry(args, name, fn, options, inDoubt && (() => inDoubt(startedAt)));
   if (ran.ok) return save(args, name, ran.value, 'null');
   const { error, failures } = ran;
-  if (options.onGiveUp !== 'continue' || args.signal().aborted || error instanceof LeaseLostError)
+  // A misuse (ConfigError) is never given up on: the fallback would hide it.
+  if (
+    options.onGiveUp !== 'continue' ||
+    args.signal().aborted ||
+    error instanceof LeaseLostError ||
+    error instanceof ConfigError
+  )
     throw error;
   span.setAttribute('exactly_once.step.gave_up', true);
   instrumentsFor().stepGiveUps.add(1, { consumer: args.consumer, step: name });
   emit(args, { type: 'give-up', step: name, failures, error });
   return save(args, name, options.fallback as S, 'empty');
+}
+
+async function askReconcile<S>(
+  args: StepRunArgs,
+  name: string,
+  reconcile: NonNullable<StepOptions<S>['reconcile']>,
+  startedAt: number,
+  span: Span,
+): Promise<StepReconcileResult<S>> {
+  const answer = await reconcile({
+    name,
+    key: args.keyFor(name),
+    messageKey: args.messageKey,
+    attempt: args.attempt,
+    startedAt,
+    signal: args.signal(),
+  });
+  // Not an answer: asking again would get the same, so it fails the message (not retried).
+  if (typeof (answer as { done?: unknown } | undefined)?.done !== 'boolean') {
+    throw new PermanentError(
+      `step "${name}": reconcile must answer { done: true, value } or { done: false } (got ${describeThrown(answer)})`,
+    );
+  }
+  span.setAttribute('exactly_once.step.reconciled', answer.done);
+  return answer;
 }
 
 /**
@@ -178,15 +207,37 @@ async function save<S>(args: StepRunArgs, name: string, value: S, absent: 'null'
   const encoded =
     encodeResult(value, `the result of step "${name}"`) ??
     (absent === 'null' ? (encodeResult(null) as Uint8Array) : new Uint8Array(0));
-  args.open();
+  // No `open()` check: a step that started while the run was open journals its result even when
+  // the run has ended meanwhile (given up at maxRunMs, or the handler failed beside it). The write
+  // is fenced, and the lease is released only after running steps end, so a retry replays the
+  // step instead of running its effect again.
   // Counted as journaled before the write: if the answer never arrives, it may have landed.
   const forget = args.journal(encoded);
-  const saved = await args.store.saveStep(args.storeKey, args.fence, name, encoded);
+  const saved = await saveWithRetries(args, name, encoded);
   if (saved !== 'ok') {
     forget();
     throw new LeaseLostError({ key: args.storeKey, fence: args.fence });
   }
   return decodeStepResult<S>(encoded);
+}
+
+const saveBackoff = doublingBackoff(100, 2_000);
+
+/**
+ * The journal write, tried again while the store is unavailable and the lease lasts: the effect
+ * has happened, and a write given up on would run it again on the next attempt. Writing a step
+ * twice is harmless (the last write is its result).
+ */
+async function saveWithRetries(args: StepRunArgs, name: string, encoded: Uint8Array) {
+  const signal = args.signal();
+  for (let failures = 1; ; failures++) {
+    try {
+      return await args.store.saveStep(args.storeKey, args.fence, name, encoded);
+    } catch (error) {
+      if (!(error instanceof StoreUnavailableError) || !(await pause(saveBackoff(failures), signal)))
+        throw error;
+    }
+  }
 }
 
 type Ran<S> = { ok: true; value: S } | { ok: false; error: unknown; failures: number };
@@ -196,6 +247,7 @@ async function runWithRetry<S>(
   name: string,
   fn: (signal: AbortSignal) => Promise<S> | S,
   options: StepOptions<S>,
+  inDoubt: (() => Promise<StepReconcileResult<S>>) | undefined,
 ): Promise<Ran<S>> {
   const policy = resolveRetryPolicy(options.retry ?? { maxAttempts: 1 }, 'step.retry');
   const { alertAfter } = options;
@@ -205,8 +257,12 @@ async function runWithRetry<S>(
   const signal = args.signal();
   for (let failures = 0; ; ) {
     signal.throwIfAborted();
+    if (failures > 0 && inDoubt !== undefined) {
+      const answer = await inDoubt();
+      if (answer.done) return { ok: true, value: answer.value };
+    }
     try {
-      return { ok: true, value: await fn(signal) };
+      return { ok: true, value: await stepScope.run(args, fn, signal) };
     } catch (error) {
       failures++;
       if (failures === alertAfter && !signal.aborted) {
@@ -219,6 +275,14 @@ async function runWithRetry<S>(
       await sleep(retryDelayMs(policy, failures), signal);
     }
   }
+}
+
+/** The run whose step `fn` the current code runs in (see `insideStep`). */
+const stepScope = new AsyncLocalStorage<StepRunArgs>();
+
+/** Whether the caller runs inside a step's `fn` of the run `args` belongs to. */
+export function insideStep(args: StepRunArgs | undefined): boolean {
+  return args !== undefined && stepScope.getStore() === args;
 }
 
 /** Calls the user's hook; whatever it does (throw, reject), processing goes on. */

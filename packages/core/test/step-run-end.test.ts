@@ -1,0 +1,184 @@
+/**
+ * Steps at the edges of a run: a step still running when the run ends (given up at maxRunMs, or
+ * the handler failed beside it), a journal write the store misses once, reconcile between
+ * in-process retries, and `ctx.publish` inside a step. Each must leave an effect made once, and
+ * a message published once.
+ */
+import { describe, expect, it } from 'vitest';
+import type { HandlerContext } from '../src/context.js';
+import { ConfigError } from '../src/errors.js';
+import { Headers } from '../src/headers.js';
+import { createProcessor } from '../src/processor.js';
+import type { Disposition } from '../src/spi.js';
+import { withFaults } from '../src/store/faulty-store.js';
+import { createMemoryStore } from '../src/store/memory-store.js';
+import { delivery, recordingPublisher } from './helpers.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const key = (k: string) => ({ [Headers.IdempotencyKey]: k, [Headers.RequestId]: `req-${k}` });
+const base = {
+  retentionCheck: 'off' as const,
+  retry: { maxAttempts: 3, initialDelayMs: 5, jitter: 'none' as const },
+};
+
+/** Delivers the message again after each retry or deferral, as an adapter would, until it is settled. */
+async function deliverUntilSettled(
+  p: { process(d: ReturnType<typeof delivery>): Promise<Disposition> },
+  k: string,
+) {
+  const seen: Disposition[] = [];
+  for (let i = 0; i < 40; i++) {
+    const d = await p.process(delivery({ order: k }, key(k)));
+    seen.push(d);
+    if (d.action === 'ack' || d.action === 'dead-letter') return seen;
+    await sleep(Math.max(10, d.action === 'retry' || d.action === 'defer' ? d.delayMs : 10));
+  }
+  throw new Error(`not settled: ${seen.map((d) => d.action).join(', ')}`);
+}
+
+describe('steps when the run ends while one still runs', () => {
+  it('a step that finishes after its run was given up at maxRunMs is journaled; the retry replays it', async () => {
+    const charges: number[] = [];
+    const p = createProcessor({
+      consumer: 'billing',
+      store: createMemoryStore(),
+      ...base,
+      leaseMs: 5_000,
+      heartbeatMs: 25,
+      maxRunMs: 100,
+      handler: async (_: unknown, ctx: HandlerContext) =>
+        ctx.step('charge', async () => {
+          await sleep(250); // the provider is slower than maxRunMs
+          charges.push(ctx.attempt);
+          return { charge: charges.length };
+        }),
+    });
+    const seen = await deliverUntilSettled(p, 'slow-charge');
+    expect(charges).toEqual([1]);
+    expect(seen.at(-1)).toMatchObject({ action: 'ack' });
+  });
+
+  it('a handler failing beside a running step keeps the key until the step has ended; the retry replays it', async () => {
+    const charges: number[] = [];
+    let inventoryCalls = 0;
+    const p = createProcessor({
+      consumer: 'billing',
+      store: createMemoryStore(),
+      ...base,
+      leaseMs: 5_000,
+      handler: async (_: unknown, ctx: HandlerContext) => {
+        const [charge] = await Promise.all([
+          ctx.step('charge', async () => {
+            await sleep(200);
+            charges.push(ctx.attempt);
+            return 'charged';
+          }),
+          ctx.step('inventory', async () => {
+            if (++inventoryCalls === 1) throw new Error('inventory service 503'); // retryable, at once
+            return 'reserved';
+          }),
+        ]);
+        return charge;
+      },
+    });
+    const seen = await deliverUntilSettled(p, 'parallel');
+    await sleep(300);
+    expect(charges).toEqual([1]);
+    expect(seen.at(-1)).toMatchObject({ action: 'ack' });
+  });
+
+  it('a failed step journal write is tried again while the lease holds; the effect is not repeated', async () => {
+    let blips = 1;
+    const store = withFaults(createMemoryStore(), { failWhen: (op) => op === 'saveStep' && blips-- > 0 });
+    let charges = 0;
+    const p = createProcessor({
+      consumer: 'billing',
+      store,
+      ...base,
+      handler: async (_: unknown, ctx: HandlerContext) =>
+        ctx.step('charge', async () => ({ charge: ++charges })),
+    });
+    const seen = await deliverUntilSettled(p, 'blip');
+    expect(charges).toBe(1);
+    expect(seen.map((d) => d.action)).toEqual(['ack']);
+  });
+});
+
+describe('steps: reconcile and in-process retries', () => {
+  it('reconcile is asked before an in-process retry: a call that charged and then failed is not made again', async () => {
+    const ledger: string[] = [];
+    let reconciles = 0;
+    const p = createProcessor({
+      consumer: 'billing',
+      store: createMemoryStore(),
+      ...base,
+      handler: async (_: unknown, ctx: HandlerContext) =>
+        ctx.step(
+          'charge',
+          async () => {
+            ledger.push(ctx.keyFor('charge'));
+            if (ledger.length === 1) throw new Error('ECONNRESET after the request was sent');
+            return 'charged';
+          },
+          {
+            retry: { maxAttempts: 3, initialDelayMs: 5 },
+            reconcile: ({ key: k }) => {
+              reconciles++;
+              return ledger.includes(k) ? { done: true, value: 'charged' } : { done: false };
+            },
+          },
+        ),
+    });
+    const seen = await deliverUntilSettled(p, 'in-process');
+    expect(ledger).toHaveLength(1);
+    expect(reconciles).toBe(1);
+    expect(seen.map((d) => d.action)).toEqual(['ack']);
+  });
+});
+
+describe('ctx.publish inside a step', () => {
+  it('is refused (ConfigError): a replayed step does not run fn, so its message would be lost', async () => {
+    const publisher = recordingPublisher();
+    const p = createProcessor({
+      consumer: 'billing',
+      store: createMemoryStore(),
+      ...base,
+      publisher,
+      handler: async (_: unknown, ctx: HandlerContext) => {
+        const charge = await ctx.step('charge', async () => {
+          ctx.publish('payment-captured', { charged: true });
+          return 'charged';
+        });
+        ctx.publish('order-paid', { charge }); // after the step: allowed
+        return charge;
+      },
+    });
+    const seen = await deliverUntilSettled(p, 'publish-in-step');
+    expect(seen.at(-1)).toMatchObject({ action: 'dead-letter' });
+    const last = seen.at(-1) as Extract<Disposition, { action: 'dead-letter' }>;
+    expect(last.reason.error.name).toBe(ConfigError.name);
+    expect(last.reason.error.message).toContain('ctx.publish inside a step');
+    expect(publisher.sent).toEqual([]);
+  });
+
+  it('is allowed after a step and beside a running one', async () => {
+    const publisher = recordingPublisher();
+    const p = createProcessor({
+      consumer: 'billing',
+      store: createMemoryStore(),
+      ...base,
+      publisher,
+      handler: async (_: unknown, ctx: HandlerContext) => {
+        const running = ctx.step('charge', async () => {
+          await sleep(20);
+          return 'charged';
+        });
+        ctx.publish('charge-requested', {});
+        ctx.publish('order-paid', { charge: await running });
+      },
+    });
+    const seen = await deliverUntilSettled(p, 'publish-beside');
+    expect(seen.at(-1)).toMatchObject({ action: 'ack' });
+    expect(publisher.sent.map((m) => m.destination)).toEqual(['charge-requested', 'order-paid']);
+  });
+});
