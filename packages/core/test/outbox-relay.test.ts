@@ -202,6 +202,26 @@ describe('outbox relay', () => {
     expect(recoveries[0]).toBeLessThanOrEqual(100);
   });
 
+  it('stopped while paused on maxUnmarked, publishes nothing more', async () => {
+    const { source } = memorySource(50, 1);
+    const publisher = recordingPublisher();
+    // Marking never succeeds, so the unmarked ids pile up past maxUnmarked and publishing pauses.
+    source.failMarks(Number.POSITIVE_INFINITY);
+    const relay = createOutboxRelay({
+      source,
+      publisher,
+      maxUnmarked: 3,
+      window: { initial: 1, min: 1, max: 1 },
+      ...fast,
+    });
+    relay.start();
+    while (relay.stats().unmarked <= 3) await new Promise((r) => setTimeout(r, 5));
+    await new Promise((r) => setTimeout(r, 100));
+    const beforeStop = publisher.sent.length;
+    await relay.stop();
+    expect(publisher.sent).toHaveLength(beforeStop);
+  });
+
   it.each([
     ['markBatch: 0', { markBatch: 0 }],
     ['markBatch: NaN', { markBatch: Number.NaN }],

@@ -216,6 +216,8 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
       let round = await nextRound();
       while (round.length > 0 && !signal.aborted) {
         while (toMark.length > maxUnmarked && !signal.aborted) await pause(50, signal);
+        // Stopped while it waited: the round is for the next start.
+        if (signal.aborted) break;
         const reading = nextRound();
         // An unhandled rejection of the read-ahead must not escape if the publish fails first.
         reading.catch(() => {});
