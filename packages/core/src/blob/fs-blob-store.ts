@@ -79,6 +79,7 @@ export function createFsBlobStore(options: FsBlobStoreOptions): FsBlobStore {
     const hash = createHash('sha256');
     let size = 0;
     let handle: FileHandle | undefined;
+    let placed: string | undefined;
     try {
       handle = await open(temp, 'wx', 0o600);
       for await (const chunk of chunksOf(source)) {
@@ -93,13 +94,16 @@ export function createFsBlobStore(options: FsBlobStoreOptions): FsBlobStore {
 
       const folder = join(root, id.slice(0, 2));
       await mkdir(folder, { recursive: true });
-      await rename(temp, join(folder, id));
+      placed = join(folder, id);
+      await rename(temp, placed);
       await syncDirectory(folder);
       // The rename removed the temporary file's entry from the root (and a new fan-out folder added one).
       await syncDirectory(root);
     } catch (error) {
       await handle?.close().catch(() => undefined);
       await unlink(temp).catch(() => undefined);
+      // Renamed but not made durable: the caller gets no pointer, so nothing would ever name it.
+      if (placed !== undefined) await unlink(placed).catch(() => undefined);
       throw error;
     }
     return { uri: `fs:${id}`, size, sha256: hash.digest('hex') };
