@@ -7,9 +7,31 @@ export const newRedis = () => new Redis(env.redisUrl, { maxRetriesPerRequest: 3 
 /** A raw amqplib connection for the test's own publishing and inspection. */
 export async function rawChannel() {
   const conn = await amqp.connect(env.amqpUrl);
+  // Byte rewrites on the socket: how a test sends what amqplib cannot write, e.g. an AMQP string
+  // whose bytes are not UTF-8 (each `from` is replaced by the `to` of the same length).
+  const rewrites: [Buffer, Buffer][] = [];
+  const stream = (conn as unknown as { connection: { stream: NodeJS.WritableStream } }).connection.stream;
+  const write = stream.write.bind(stream) as (chunk: unknown, ...rest: unknown[]) => boolean;
+  stream.write = ((chunk: unknown, ...rest: unknown[]) => {
+    let out = chunk;
+    if (Buffer.isBuffer(out)) {
+      for (const [from, to] of rewrites) {
+        for (let at = out.indexOf(from); at >= 0; at = out.indexOf(from, at + 1)) {
+          out = Buffer.from(out as Buffer);
+          to.copy(out as Buffer, at);
+        }
+      }
+    }
+    return write(out, ...rest);
+  }) as typeof stream.write;
   const ch = await conn.createConfirmChannel();
   return {
     ch,
+    /** From now on, every `from` this connection writes goes out as `to` (same length). */
+    rewriteOnWire(from: string, to: Buffer) {
+      if (Buffer.byteLength(from) !== to.length) throw new Error('a rewrite keeps the length');
+      rewrites.push([Buffer.from(from), to]);
+    },
     /** The queue's counts, or undefined when it does not exist (checked on a throwaway channel). */
     async check(queue: string) {
       const probe = await conn.createChannel();

@@ -82,4 +82,50 @@ describe('rabbitmq: ambiguous identity headers', () => {
       await raw.close();
     }
   });
+
+  it('keys and message ids whose bytes are not UTF-8 are refused (INVALID_KEY, encoding), not read as one key', async () => {
+    // amqplib decodes an AMQP string leniently: "pay-\xff123X" and "pay-\xfe123X" both read as
+    // "pay-\uFFFD123X", and the second payment was acked as a duplicate of the first.
+    const queue = uniqueName('rmq-ident-bytes');
+    const raw = await rawChannel();
+    raw.rewriteOnWire('KEYBYTESA', Buffer.from('pay-\xff123X', 'latin1'));
+    raw.rewriteOnWire('KEYBYTESB', Buffer.from('pay-\xfe123X', 'latin1'));
+    raw.rewriteOnWire('MSGIDBYTES', Buffer.from('id-\xff\xfe-0001', 'latin1'));
+    const runs: string[] = [];
+    const consumer: RabbitConsumer = createConsumer<{ n: number }>({
+      connection: env.amqpUrl,
+      queue,
+      consumer: 'ident-bytes',
+      store: createRedisStore({ client: redis, keyPrefix: `t:${queue}` }),
+      missingKey: 'broker-id',
+      retryDelaysMs: [100],
+      retentionCheck: 'off',
+      handler: (_p, ctx) => {
+        runs.push(ctx.key);
+      },
+    });
+    await consumer.start();
+    try {
+      await raw.publish(queue, { n: 1 }, { 'x-idempotency-key': 'KEYBYTESA' });
+      await raw.publish(queue, { n: 1 }, { 'x-idempotency-key': 'KEYBYTESB' });
+      await raw.publish(queue, { n: 2 }, { 'x-idempotency-key': 'k-ok', 'x-request-id': 'KEYBYTESA' });
+      // No key: under broker-id the message id would be the key.
+      await raw.publish(queue, { n: 3 }, {}, 'MSGIDBYTES');
+      const dlq = await waitUntil(
+        async () => ((await raw.count(`${queue}.dlq`)) === 4 ? raw.drain(`${queue}.dlq`) : undefined),
+        { message: () => `4 dead letters (${JSON.stringify(consumer.stats)})` },
+      );
+      expect(runs).toEqual([]);
+      for (const m of dlq) {
+        expect(m.properties.headers?.['x-eo-error-class']).toBe('InvalidKeyError');
+        expect(String(m.properties.headers?.['x-eo-error-message'])).toContain('U+FFFD');
+      }
+      expect(consumer.stats.byOutcome.duplicate).toBeUndefined();
+      expect(await raw.count(queue)).toBe(0);
+    } finally {
+      await consumer.stop();
+      await raw.deleteQueues(queuesOf(queue, [100]));
+      await raw.close();
+    }
+  });
 });
