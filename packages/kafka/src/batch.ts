@@ -49,6 +49,8 @@ export interface BatchEnv {
   readonly copiesOnHold: Map<string, CopyOnHold>;
   /** Group sizes of partitions whose last run was detached, by `<topic>:<partition>` (see CHUNK). */
   readonly groupSizes: Map<string, number>;
+  /** Partitions (`<topic>:<partition>`) this consumer has committed a position for (see anchor). */
+  readonly anchored: Set<string>;
 }
 
 /**
@@ -255,6 +257,7 @@ class BatchRun {
     // librdkafka, which heartbeats by itself, the timer only notices a revocation: isStale.)
     const timer = setInterval(() => this.heartbeat(), this.env.heartbeatIntervalMs);
     const messages = this.payload.batch.messages;
+    await this.anchor();
     // Retry-topic records wait for their due time one by one; the others run in ordered groups.
     const grouped = this.topic !== this.env.retryTopic;
     let group: { from: number; run: OrderedRun } | undefined;
@@ -593,6 +596,37 @@ class BatchRun {
     }
   }
 
+  /**
+   * Commits the batch's first offset before anything of it runs, once per partition in this
+   * consumer's life. A partition the group never committed starts wherever the client's reset
+   * points (its end, unless `fromBeginning`): were the first records' runs given up or their worker
+   * killed before a commit, the next owner would start at the end again, after them, and never
+   * read them. Committing the first fetched offset is always safe: nothing before it was read.
+   */
+  private async anchor(): Promise<void> {
+    const first = this.payload.batch.messages[0];
+    if (first === undefined || this.env.anchored.has(this.partitionId) || this.committedNext !== undefined)
+      return;
+    try {
+      await this.payload.commitOffsetsIfNecessary({
+        topics: [{ topic: this.topic, partitions: [{ partition: this.partition, offset: first.offset }] }],
+      });
+      this.env.anchored.add(this.partitionId);
+      this.env.stats.commits++;
+    } catch (error) {
+      if (isRebalanceError(error)) {
+        this.rebalanceError ??= error;
+        this.interrupt();
+      }
+      this.env.logger.warn('first offset commit failed', {
+        topic: this.topic,
+        partition: this.partition,
+        offset: first.offset,
+        error: toErrorInfo(error),
+      });
+    }
+  }
+
   private async commit(): Promise<void> {
     const next = this.settledNext;
     if (next === undefined || next === this.committedNext) return;
@@ -601,6 +635,7 @@ class BatchRun {
         topics: [{ topic: this.topic, partitions: [{ partition: this.partition, offset: next.toString() }] }],
       });
       this.committedNext = next;
+      this.env.anchored.add(this.partitionId);
       this.env.stats.commits++;
     } catch (error) {
       if (isRebalanceError(error)) {

@@ -263,7 +263,12 @@ export interface ConsumerClient {
   readonly kind: KafkaClientKind;
   /** The client's own consumer object. */
   readonly consumer: ConsumerLike;
-  subscribe(topics: string[]): Promise<void>;
+  /**
+   * Subscribes to `topics` with the consumer's `fromBeginning`, and to `retryTopic` from its
+   * beginning where the client allows it per topic (kafkajs): the retry topic holds only this
+   * consumer's copies, and one written before the group's first commit there must not be skipped.
+   */
+  subscribe(topics: string[], retryTopic?: string): Promise<void>;
   /** Runs `eachBatch` with offsets resolved and committed only by the caller. */
   run(
     partitionsConsumedConcurrently: number,
@@ -339,7 +344,10 @@ export function consumerClient(
     return {
       kind,
       consumer,
-      subscribe: (topics) => consumer.subscribe({ topics, fromBeginning: options.fromBeginning }),
+      async subscribe(topics, retryTopic) {
+        await consumer.subscribe({ topics, fromBeginning: options.fromBeginning });
+        if (retryTopic !== undefined) await consumer.subscribe({ topics: [retryTopic], fromBeginning: true });
+      },
       run: (partitionsConsumedConcurrently, eachBatch) =>
         consumer.run({
           autoCommit: false,
@@ -364,7 +372,9 @@ export function consumerClient(
   return {
     kind,
     consumer,
-    subscribe: (topics) => consumer.subscribe({ topics }),
+    // librdkafka's reset is consumer-wide (`fromBeginning` in its config): the retry topic shares it.
+    subscribe: (topics, retryTopic) =>
+      consumer.subscribe({ topics: retryTopic === undefined ? topics : [...topics, retryTopic] }),
     run: (partitionsConsumedConcurrently, eachBatch) =>
       consumer.run({
         eachBatchAutoResolve: false,

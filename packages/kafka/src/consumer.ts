@@ -247,6 +247,7 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
     maxInPlaceWaitMs,
     copiesOnHold: new Map(),
     groupSizes: new Map(),
+    anchored: new Set(),
     graceMs: () => (stopController.signal.aborted ? remaining() : revokeGraceMs),
     stopSignal: stopController.signal,
     scheduleResume(ms, resume) {
@@ -297,7 +298,7 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
         stoppedMeanwhile();
         await consumer.connect();
         stoppedMeanwhile();
-        await client.subscribe(retryTopic ? [...topics, retryTopic] : [...topics]);
+        await client.subscribe([...topics], retryTopic);
         stoppedMeanwhile();
         // Offsets are resolved one by one as records settle (never past an unsettled one) and
         // committed by the batch: no auto-commit, no auto-resolve.
