@@ -9,7 +9,7 @@ import { createConsumer, type KafkaConsumer } from '@exactly-once/kafka';
 import { createRedisStore } from '@exactly-once/store-redis';
 import type { Redis } from 'ioredis';
 import type { Admin, Kafka } from 'kafkajs';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, it } from 'vitest';
 import {
   createTopics,
   dropStorePrefixes,
