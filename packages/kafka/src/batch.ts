@@ -499,9 +499,15 @@ class BatchRun {
     try {
       await ackLast(settling, {
         retryCopy: (r) =>
-          copy(env.retryTopic as string, retryRecord(topic, partition, message, delivery, r, Date.now())),
+          copy(
+            env.retryTopic as string,
+            retryRecord(topic, partition, message, delivery, r, Date.now(), topic === env.retryTopic),
+          ),
         deadLetterCopy: (dl) =>
-          copy(env.deadLetterTopic, deadLetterRecord(topic, partition, message, dl.reason)),
+          copy(
+            env.deadLetterTopic,
+            deadLetterRecord(topic, partition, message, dl.reason, topic === env.retryTopic),
+          ),
         ack: () => this.resolve(message),
       });
       if (held !== undefined) env.copiesOnHold.delete(id);

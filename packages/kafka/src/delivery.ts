@@ -86,7 +86,13 @@ export function copyHeaders(headers: KafkaHeaders | undefined): ProducerHeaders 
   // the copy stays as ambiguous as the record was.
   const one = (v: HeaderValue | null) => (typeof v === 'string' ? v : toBuffer(v ?? EMPTY));
   for (const [name, value] of Object.entries(cleanHeaders(headers))) {
-    out[name] = Array.isArray(value) ? value.map(one) : one(value as HeaderValue | null);
+    // defineProperty: a header named `__proto__` stays a header (an assignment set the prototype).
+    Object.defineProperty(out, name, {
+      value: Array.isArray(value) ? value.map(one) : one(value as HeaderValue | null),
+      enumerable: true,
+      writable: true,
+      configurable: true,
+    });
   }
   return out;
 }
@@ -143,6 +149,7 @@ export function deadLetterRecord(
   partition: number,
   message: KafkaMessageLike,
   reason: DeadLetterReason,
+  fromRetryTopic: boolean,
 ): ProducerRecordMessageLike {
   return {
     key: toBuffer(message.key),
@@ -150,7 +157,7 @@ export function deadLetterRecord(
     headers: {
       ...copyHeaders(message.headers),
       ...deadLetterHeaders(reason),
-      ...originHeaders(topic, partition, message),
+      ...originHeaders(topic, partition, message, fromRetryTopic),
     },
   };
 }
@@ -163,13 +170,14 @@ export function retryRecord(
   delivery: Delivery,
   retry: { delayMs: number; nextAttempt: number },
   now: number,
+  fromRetryTopic: boolean,
 ): ProducerRecordMessageLike {
   return {
     key: toBuffer(message.key),
     value: toBuffer(message.value),
     headers: {
       ...copyHeaders(message.headers),
-      ...originHeaders(topic, partition, message),
+      ...originHeaders(topic, partition, message, fromRetryTopic),
       [Headers.Attempt]: String(retry.nextAttempt),
       [KafkaHeaderNames.RetryAt]: String(now + retry.delayMs),
       ...(delivery.brokerId ? { [KafkaHeaderNames.BrokerId]: delivery.brokerId } : {}),
@@ -177,9 +185,15 @@ export function retryRecord(
   };
 }
 
-function originHeaders(topic: string, partition: number, message: KafkaMessageLike): Record<string, string> {
-  // A copy of a copy keeps pointing at the first record.
-  const h = message.headers ?? {};
+function originHeaders(
+  topic: string,
+  partition: number,
+  message: KafkaMessageLike,
+  fromRetryTopic: boolean,
+): Record<string, string> {
+  // A copy of a copy keeps pointing at the first record. Only this consumer's retry topic holds
+  // copies: on any other topic such headers are a producer's, and would point the copy elsewhere.
+  const h = fromRetryTopic ? (message.headers ?? {}) : {};
   const keep = (name: string, value: string) => textOf(h[name]) ?? value;
   return {
     [KafkaHeaderNames.OriginalTopic]: keep(KafkaHeaderNames.OriginalTopic, topic),
