@@ -581,7 +581,15 @@ class BatchRun {
   ): Promise<Step> {
     for (let attempt = (this.env.copiesOnHold.get(id)?.attempts ?? 0) + 1; ; attempt++) {
       try {
-        await this.env.producer.sendRecords(topic, [record]);
+        const sending = this.env.producer.sendRecords(topic, [record]);
+        sending.catch(() => undefined); // a send given up on may still fail later
+        // Interrupted (revoked, stopping): the send gets the grace period like a run under way,
+        // then the record is left unresolved (a copy landing later is a duplicate copy, never a
+        // lost one) so that stop() keeps its timeout against a stalled broker.
+        if ((await this.unlessInterrupted(sending.then(() => true))) === undefined) {
+          if (!(await settledWithin([sending], this.env.graceMs()))) return 'abandoned';
+        }
+        await sending;
         return 'settled';
       } catch (error) {
         this.env.logger.warn(`${settling.action} copy not acknowledged; retrying`, {

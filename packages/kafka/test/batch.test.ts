@@ -401,6 +401,38 @@ describe('batch runner', () => {
     expect(tracked).toHaveLength(2); // its run, and the next record's (released, not run)
   });
 
+  it('on stop, a copy the broker never acknowledges gets the grace period, then the record is left unresolved', async () => {
+    const { p, resolved, commits } = payload(2);
+    const made = env(
+      (d) =>
+        offsetOf(d) === 1
+          ? {
+              action: 'dead-letter',
+              outcome: 'failed',
+              reason: {
+                error: { name: 'E', code: 'E', message: 'e' },
+                attempts: 1,
+                consumer: 'c',
+                originalDestination: 't',
+                at: 0,
+              },
+            }
+          : ack,
+      {
+        producer: {
+          sendRecords: () => {
+            made.stop(); // a stalled broker: the send never ends, and the consumer is being stopped
+            return new Promise<void>(() => {});
+          },
+        } as unknown as ExactlyOnceProducer,
+      },
+    );
+    // Before, the batch (and with it stop()) waited for the send for ever: the test timed out.
+    await runBatch(made.e, p);
+    expect(resolved).toEqual(['0']);
+    expect(commits).toEqual(['1']);
+  });
+
   it('rethrows a rebalance reported by a heartbeat so the client rejoins at once', async () => {
     const rebalance = Object.assign(new Error('rebalancing'), { type: 'REBALANCE_IN_PROGRESS' });
     const { p, resolved } = payload(3, async () => {
