@@ -81,6 +81,13 @@ export interface RedisStoreOptions {
    */
   readonly compactAfterMs?: number;
   /**
+   * Whether `complete` adds a blob result's pointer to the blob index that `collectBlobs` works
+   * through. The index grows by one entry per blob result until a pass removes it: set false where
+   * `collectBlobs` never runs on this store (the hot tier of a tiered store, whose blobs the cold
+   * tier's collection deletes). Default true.
+   */
+  readonly indexBlobs?: boolean;
+  /**
    * After `complete`, wait (Redis `WAIT`) until this many replicas acknowledged the write; fewer
    * within `timeoutMs` makes `complete` throw StoreUnavailableError so the message is not acked.
    */
@@ -113,6 +120,9 @@ export interface RedisProcessedStore extends ProcessedStore {
 export type { CompactedRecord };
 
 const DAY_MS = 86_400_000;
+/** Bits of a completion's index flags (see completeMany-n.lua). */
+const INDEX_COMPLETION = 1;
+const INDEX_BLOB = 2;
 
 export function createRedisStore(options: RedisStoreOptions): RedisProcessedStore {
   const client = options.client;
@@ -141,6 +151,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
   }
   const logger = options.logger ?? silentLogger;
   const enforce = options.checkEvictionPolicy ?? true;
+  const indexBlobs = options.indexBlobs ?? true;
   registerScripts(client);
   // On a Cluster a batch script runs on one node: batches go per node (see nodeOfTag).
   const cluster = (client as { isCluster?: boolean }).isCluster === true;
@@ -193,7 +204,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       .string(record)
       .uint(request.fence, 6)
       .uint(Number(ms(request.retentionMs)), 6)
-      .uint(indexed ? 1 : 0, 1)
+      .uint((indexed ? INDEX_COMPLETION : 0) | (indexBlobs ? INDEX_BLOB : 0), 1)
       .uint(request.outgoing.length, 4);
     if (request.traceId === undefined) out.string('');
     else out.packedText(request.traceId);

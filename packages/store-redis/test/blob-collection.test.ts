@@ -8,7 +8,7 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type BlobStore, createFsBlobStore } from '@exactly-once/core';
-import type { Cluster, Redis } from 'ioredis';
+import { Cluster, type Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createRedisStore } from '../src/index.js';
 import { cluster, dropPrefix, standalone, testPrefix } from './helpers.js';
@@ -22,6 +22,20 @@ async function blobFiles(directory: string): Promise<number> {
   let count = 0;
   for (const entry of await readdir(directory)) {
     if (/^[0-9a-f]{2}$/.test(entry)) count += (await readdir(join(directory, entry))).length;
+  }
+  return count;
+}
+
+/** How many blob index keys (`<prefix>:{<tag>}b`) exist, on every master. */
+async function blobIndexKeys(client: Redis | Cluster, prefix: string): Promise<number> {
+  let count = 0;
+  for (const node of client instanceof Cluster ? client.nodes('master') : [client]) {
+    let cursor = '0';
+    do {
+      const [next, keys] = await node.scan(cursor, 'MATCH', `${prefix}:{*}b`, 'COUNT', 1000);
+      cursor = next;
+      count += keys.length;
+    } while (cursor !== '0');
   }
   return count;
 }
@@ -133,6 +147,30 @@ describe.each([
       expect(pass).toBeInstanceOf(Error);
       expect(deletes).toBe(atRejection);
       expect(deletes).toBeLessThan(40);
+    } finally {
+      await dropPrefix(client, prefix);
+      await store.close();
+      client.disconnect();
+    }
+  }, 60_000);
+
+  it('indexBlobs: false adds nothing to the blob index (a store whose blobs another collection deletes)', async () => {
+    const client = connect();
+    const prefix = testPrefix('blobs-off');
+    const directory = await mkdtemp(join(tmpdir(), 'eo-redis-blobs-'));
+    directories.push(directory);
+    const blobs = createFsBlobStore({ directory });
+    const store = createRedisStore({
+      client,
+      keyPrefix: prefix,
+      indexBlobs: false,
+      checkEvictionPolicy: false,
+    });
+    try {
+      for (let i = 0; i < 20; i++)
+        await completeWithBlob(store, blobs, `off-${i}-${randomUUID()}`, 3_600_000);
+      expect(await blobIndexKeys(client, prefix)).toBe(0);
+      expect((await store.collectBlobs(blobs)).deleted).toBe(0);
     } finally {
       await dropPrefix(client, prefix);
       await store.close();

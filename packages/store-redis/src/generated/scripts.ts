@@ -1607,9 +1607,9 @@ return { #done, dropped, deferred }
 `,
   },
   completeMany: {
-    command: 'eoCompleteMany_v2_136fa68d',
+    command: 'eoCompleteMany_v2_80dbd762',
     numberOfKeys: undefined,
-    sha1: '136fa68d5572b8e6036ed3e7f5f6a41497b464e5',
+    sha1: '80dbd762c4e3debcd0a7933aa7f087c3379e38e7',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 completeMany: IN_PROGRESS(fence) -> COMPLETED with result and outgoing messages, in one write
@@ -1624,7 +1624,8 @@ KEYS[1]  the first key's record: it routes the call (see beginMany-n.lua, also f
          error; unacked, their messages come back as duplicates)
 ARGV[1]  grace (ms) a record is physically kept past its expiry
 ARGV[2]  per key, in order: its record's name (length-prefixed: 4-byte length, then the bytes),
-         fence (6 bytes), retention in ms (6 bytes), indexed for compaction (1 byte, 1 = yes),
+         fence (6 bytes), retention in ms (6 bytes), index flags (1 byte: bit 1, indexed for
+         compaction; bit 2, a blob result's pointer goes to the blob index),
          message count n (4 bytes), then length-prefixed: trace id (encoded; '' = keep the stored
          one), result (encoded; '' = none), and n pairs of message id, message (encoded).
          Numbers big-endian. A key's completion and blob indexes are derived from its record's
@@ -1791,8 +1792,9 @@ end
 -- \`tag\` is the record's name without its id (\`<prefix>:{<tag>}\`): the tag's completion index is
 -- tag .. 'i', its blob index tag .. 'b'.
 -- A blob result's pointer goes into the blob index (member = packed pointer, score = the record's
--- physical end), so collectBlobs can delete the blob once no record names it.
-local function completeOne(rec, tag, fence, retention, grace, trace, result, id, messages, now)
+-- physical end), so collectBlobs can delete the blob once no record names it; not with
+-- \`indexBlob\` false (a store whose blobs another store's collection deletes).
+local function completeOne(rec, tag, fence, retention, grace, trace, result, id, messages, now, indexBlob)
   local packed = loadPacked(rec)
   if not packed then return 0 end
   -- The head as locals, not a record table: this runs for every message.
@@ -1825,7 +1827,7 @@ local function completeOne(rec, tag, fence, retention, grace, trace, result, id,
     result), 'PXAT', at)
   if flags == 1 then rcall('PEXPIREAT', rec .. 'x', at) end
 
-  if string.sub(result, 1, 1) == 'b' then rcall('ZADD', tag .. 'b', 'GT', at, result) end
+  if indexBlob and string.sub(result, 1, 1) == 'b' then rcall('ZADD', tag .. 'b', 'GT', at, result) end
 
   if id ~= '' then
     local index = tag .. 'i'
@@ -1848,10 +1850,10 @@ while pos <= size do
     messages[j], pos = struct.unpack('>I4c0', packed, pos)
   end
   local id = ''
-  if indexed == 1 then id = string.sub(rec, -16) end
+  if indexed % 2 == 1 then id = string.sub(rec, -16) end
   -- rec = <prefix>:{<tag>}:<16-byte id>
   out[#out + 1] = completeOne(rec, string.sub(rec, 1, -18), fence, retention, grace, trace, result, id, messages,
-    now)
+    now, indexed >= 2)
 end
 return out
 `,

@@ -12,7 +12,8 @@ KEYS[1]  the first key's record: it routes the call (see beginMany-n.lua, also f
          error; unacked, their messages come back as duplicates)
 ARGV[1]  grace (ms) a record is physically kept past its expiry
 ARGV[2]  per key, in order: its record's name (length-prefixed: 4-byte length, then the bytes),
-         fence (6 bytes), retention in ms (6 bytes), indexed for compaction (1 byte, 1 = yes),
+         fence (6 bytes), retention in ms (6 bytes), index flags (1 byte: bit 1, indexed for
+         compaction; bit 2, a blob result's pointer goes to the blob index),
          message count n (4 bytes), then length-prefixed: trace id (encoded; '' = keep the stored
          one), result (encoded; '' = none), and n pairs of message id, message (encoded).
          Numbers big-endian. A key's completion and blob indexes are derived from its record's
@@ -37,9 +38,9 @@ while pos <= size do
     messages[j], pos = struct.unpack('>I4c0', packed, pos)
   end
   local id = ''
-  if indexed == 1 then id = string.sub(rec, -16) end
+  if indexed % 2 == 1 then id = string.sub(rec, -16) end
   -- rec = <prefix>:{<tag>}:<16-byte id>
   out[#out + 1] = completeOne(rec, string.sub(rec, 1, -18), fence, retention, grace, trace, result, id, messages,
-    now)
+    now, indexed >= 2)
 end
 return out

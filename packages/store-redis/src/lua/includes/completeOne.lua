@@ -4,8 +4,9 @@
 -- `tag` is the record's name without its id (`<prefix>:{<tag>}`): the tag's completion index is
 -- tag .. 'i', its blob index tag .. 'b'.
 -- A blob result's pointer goes into the blob index (member = packed pointer, score = the record's
--- physical end), so collectBlobs can delete the blob once no record names it.
-local function completeOne(rec, tag, fence, retention, grace, trace, result, id, messages, now)
+-- physical end), so collectBlobs can delete the blob once no record names it; not with
+-- `indexBlob` false (a store whose blobs another store's collection deletes).
+local function completeOne(rec, tag, fence, retention, grace, trace, result, id, messages, now, indexBlob)
   local packed = loadPacked(rec)
   if not packed then return 0 end
   -- The head as locals, not a record table: this runs for every message.
@@ -38,7 +39,7 @@ local function completeOne(rec, tag, fence, retention, grace, trace, result, id,
     result), 'PXAT', at)
   if flags == 1 then rcall('PEXPIREAT', rec .. 'x', at) end
 
-  if string.sub(result, 1, 1) == 'b' then rcall('ZADD', tag .. 'b', 'GT', at, result) end
+  if indexBlob and string.sub(result, 1, 1) == 'b' then rcall('ZADD', tag .. 'b', 'GT', at, result) end
 
   if id ~= '' then
     local index = tag .. 'i'
