@@ -70,6 +70,16 @@ export class NotConfirmedError extends Error {
   override name = 'NotConfirmedError';
 }
 
+/** amqplib cannot encode the message (a property over 255 bytes, a header it cannot type): never sent. */
+export class UnencodableMessageError extends NotConfirmedError {
+  override name = 'UnencodableMessageError';
+}
+
+/** The part of amqplib's confirm channel that orders confirms: one callback per publish, in order. */
+interface ConfirmWindow {
+  unconfirmed?: unknown[];
+}
+
 interface MutableKept {
   channel: ConfirmChannel;
   discard(): void;
@@ -306,23 +316,24 @@ export function publishConfirmed(
     if (i >= 0) list.splice(i, 1);
   };
   return new Promise<void>((resolve, reject) => {
+    const confirmed = (error: Error | null | undefined) => {
+      forget();
+      // amqplib fails unconfirmed publishes with 'channel closed' (before our close listener
+      // runs) and nacks with 'message nacked'.
+      if (error && error.message !== 'message nacked') {
+        reject(new ChannelClosedError('channel closed before the confirm'));
+      } else if (error) {
+        reject(new NotConfirmedError(`the broker nacked the message (${exchange}/${routingKey})`));
+      } else if (entry.returned !== undefined) {
+        const where =
+          exchange === '' ? `queue "${routingKey}"` : `exchange "${exchange}" key "${routingKey}"`;
+        reject(
+          new NotConfirmedError(`unroutable: no queue took the message for ${where} (${entry.returned})`),
+        );
+      } else resolve();
+    };
     try {
-      kept.channel.publish(exchange, routingKey, content, { ...options, mandatory }, (error) => {
-        forget();
-        // amqplib fails unconfirmed publishes with 'channel closed' (before our close listener
-        // runs) and nacks with 'message nacked'.
-        if (error && error.message !== 'message nacked') {
-          reject(new ChannelClosedError('channel closed before the confirm'));
-        } else if (error) {
-          reject(new NotConfirmedError(`the broker nacked the message (${exchange}/${routingKey})`));
-        } else if (entry.returned !== undefined) {
-          const where =
-            exchange === '' ? `queue "${routingKey}"` : `exchange "${exchange}" key "${routingKey}"`;
-          reject(
-            new NotConfirmedError(`unroutable: no queue took the message for ${where} (${entry.returned})`),
-          );
-        } else resolve();
-      });
+      kept.channel.publish(exchange, routingKey, content, { ...options, mandatory }, confirmed);
     } catch (error) {
       forget();
       // amqplib throws synchronously on a closing or closed channel ...
@@ -331,11 +342,14 @@ export function publishConfirmed(
         return;
       }
       // ... and when it cannot encode the message (a property over 255 bytes, a header it cannot
-      // type), after it has taken the message's place in the confirm order: every later confirm on
-      // this channel would answer the publish before it. Close the channel (its pending publishes
-      // fail as closed and are sent again on the next); this message can never be sent as it is.
-      kept.discard();
-      reject(new NotConfirmedError(`the message cannot be encoded: ${(error as Error).message}`));
+      // type), after it has taken the message's place in the confirm order, before anything was
+      // written. Its place is given back, so later confirms answer the right publishes and the
+      // channel (with the deliveries it carries) stays open. Where that cannot be done, the
+      // channel is closed instead: its pending publishes fail as closed and are sent again.
+      const window = (kept.channel as unknown as ConfirmWindow).unconfirmed;
+      if (window?.at(-1) === confirmed) window.pop();
+      else kept.discard();
+      reject(new UnencodableMessageError(`the message cannot be encoded: ${(error as Error).message}`));
     }
   });
 }

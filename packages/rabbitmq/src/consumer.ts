@@ -4,6 +4,7 @@ import {
   ClosedError,
   ConfigError,
   type Logger,
+  MalformedMessageError,
   type OutgoingPublisher,
   type ProcessorOptions,
   PublishError,
@@ -14,6 +15,7 @@ import {
 import {
   settle as ackLast,
   createProcessor,
+  type DeadLetterReason,
   type Disposition,
   doublingBackoff,
   type Processor,
@@ -22,9 +24,20 @@ import {
 } from '@exactly-once/core/spi';
 import type { ConsumeMessage } from 'amqplib';
 import { createSettler, type Settler } from './acks.js';
-import { type ChannelKeeper, type KeptChannel, keepChannel, publishConfirmed } from './channel.js';
+import {
+  type ChannelKeeper,
+  type KeptChannel,
+  keepChannel,
+  publishConfirmed,
+  UnencodableMessageError,
+} from './channel.js';
 import { type ConnectionInput, resolveConnection } from './connection.js';
-import { deadLetterCopyOptions, retryCopyOptions, toDelivery } from './delivery.js';
+import {
+  deadLetterCopyOptions,
+  reducedDeadLetterCopyOptions,
+  retryCopyOptions,
+  toDelivery,
+} from './delivery.js';
 import { createPublisher, type RabbitPublisher } from './publisher.js';
 import { type ConsumerStats, countOutcome, emptyStats } from './stats.js';
 import {
@@ -293,6 +306,28 @@ export function createConsumer<T = unknown, R = unknown>(
     msg: ConsumeMessage,
     d: Exclude<Disposition, { action: 'defer' }>,
   ) => {
+    // A dead letter instead of the retry whose copy could not be encoded.
+    let deadLetteredInstead = false;
+    const deadLetterCopy = async (reason: DeadLetterReason) => {
+      try {
+        await publishConfirmed(
+          kept,
+          '',
+          topology.deadLetterQueue,
+          msg.content,
+          deadLetterCopyOptions(msg, reason),
+        );
+      } catch (error) {
+        if (!(error instanceof UnencodableMessageError)) throw error;
+        await publishConfirmed(
+          kept,
+          '',
+          topology.deadLetterQueue,
+          msg.content,
+          reducedDeadLetterCopyOptions(msg, reason, error.message),
+        );
+      }
+    };
     for (let failures = 0; ; failures++) {
       if (!kept.open) {
         stats.abandoned++;
@@ -300,22 +335,30 @@ export function createConsumer<T = unknown, R = unknown>(
       }
       try {
         await ackLast(d, {
-          retryCopy: (r) =>
-            publishConfirmed(
-              kept,
-              '',
-              retryQueueFor(topology, r.delayMs),
-              msg.content,
-              retryCopyOptions(msg, r.nextAttempt),
-            ),
-          deadLetterCopy: (dl) =>
-            publishConfirmed(
-              kept,
-              '',
-              topology.deadLetterQueue,
-              msg.content,
-              deadLetterCopyOptions(msg, dl.reason),
-            ),
+          retryCopy: async (r) => {
+            try {
+              await publishConfirmed(
+                kept,
+                '',
+                retryQueueFor(topology, r.delayMs),
+                msg.content,
+                retryCopyOptions(msg, r.nextAttempt),
+              );
+            } catch (error) {
+              if (!(error instanceof UnencodableMessageError)) throw error;
+              // It could never come back from a retry queue: it is dead-lettered with the reason.
+              const reason = new MalformedMessageError(`its retry copy cannot be sent: ${error.message}`);
+              await deadLetterCopy({
+                error: toErrorInfo(reason),
+                attempts: r.nextAttempt - 1,
+                consumer: name,
+                originalDestination: queue,
+                at: Date.now(),
+              });
+              deadLetteredInstead = true;
+            }
+          },
+          deadLetterCopy: (dl) => deadLetterCopy(dl.reason),
           ack: () => settlerOf(kept).ack(msg),
         });
       } catch (error) {
@@ -334,7 +377,7 @@ export function createConsumer<T = unknown, R = unknown>(
         continue;
       }
       if (d.action === 'ack') stats.acked++;
-      else if (d.action === 'retry') stats.retried++;
+      else if (d.action === 'retry' && !deadLetteredInstead) stats.retried++;
       else stats.deadLettered++;
       return;
     }

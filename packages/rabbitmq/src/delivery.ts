@@ -93,7 +93,11 @@ function tableOf(table: Record<string, unknown>): Record<string, unknown> {
   return Object.fromEntries(Object.entries(table).map(([k, v]) => [k, reencodable(v)]));
 }
 
-/** Publish options that keep the original's identity and content description. */
+/**
+ * Publish options that keep the original's identity, content description, reply address and
+ * priority. Not `expiration` (a copy must not expire in the dead-letter queue) nor `userId` (the
+ * broker refuses one that is not the publishing connection's user).
+ */
 function copyOptions(props: MessageProperties, headers: Record<string, unknown>): Options.Publish {
   return {
     persistent: true,
@@ -102,6 +106,8 @@ function copyOptions(props: MessageProperties, headers: Record<string, unknown>)
     ...(props.contentType ? { contentType: String(props.contentType) } : {}),
     ...(props.contentEncoding ? { contentEncoding: String(props.contentEncoding) } : {}),
     ...(props.correlationId ? { correlationId: String(props.correlationId) } : {}),
+    ...(props.replyTo ? { replyTo: String(props.replyTo) } : {}),
+    ...(typeof props.priority === 'number' ? { priority: props.priority } : {}),
     ...(props.type ? { type: String(props.type) } : {}),
     ...(props.appId ? { appId: String(props.appId) } : {}),
     ...(props.timestamp ? { timestamp: Number(props.timestamp) } : {}),
@@ -124,4 +130,38 @@ export function deadLetterCopyOptions(msg: ConsumeMessage, reason: DeadLetterRea
     'x-eo-original-exchange': msg.fields.exchange,
     'x-eo-original-routing-key': msg.fields.routingKey,
   });
+}
+
+/** Identity headers longer than this are left out of a reduced copy (see below). */
+const MAX_KEPT_IDENTITY = 1024;
+
+/**
+ * The dead-letter copy of a message whose own headers or properties amqplib cannot encode again
+ * (a header table over its 64 KiB buffer once the reason headers are added, a table that reads
+ * as one of its typed values, a message id that grew past 255 bytes when bytes that were not
+ * UTF-8 were decoded): the body as it was, the reason headers, where it came from, the identity
+ * headers when they are plain strings, and `x-eo-copy-reduced` saying why the rest is missing.
+ * Without it such a message could never leave the queue.
+ */
+export function reducedDeadLetterCopyOptions(
+  msg: ConsumeMessage,
+  reason: DeadLetterReason,
+  why: string,
+): Options.Publish {
+  const identity: Record<string, string> = {};
+  for (const [name, v] of Object.entries(msg.properties.headers ?? {})) {
+    if (IDENTITY_HEADERS.has(name.toLowerCase()) && typeof v === 'string' && v.length <= MAX_KEPT_IDENTITY) {
+      identity[name] = v;
+    }
+  }
+  return {
+    persistent: true,
+    headers: {
+      ...identity,
+      ...deadLetterHeaders(reason),
+      'x-eo-original-exchange': msg.fields.exchange,
+      'x-eo-original-routing-key': msg.fields.routingKey,
+      'x-eo-copy-reduced': `original headers and properties left out: ${why}`,
+    },
+  };
 }
