@@ -117,6 +117,37 @@ describe('dlq on Kafka', () => {
     expect(missing.stderr).toMatch(/no record there/);
   });
 
+  it('show: a repeated header shows every value, and bytes that are not UTF-8 show as hex', async () => {
+    const letters = uniqueName('cli-letters');
+    await createTopics(admin, [letters], 1);
+    try {
+      const raw = kafka.producer();
+      await raw.connect();
+      await raw.send({
+        topic: letters,
+        messages: [
+          {
+            value: '{}',
+            headers: { 'x-idempotency-key': ['key-a', 'key-b'], bin: Buffer.from([0xff, 0x01]) },
+          },
+        ],
+      });
+      await raw.disconnect();
+      const shown = await cliJson<{ headers: Record<string, string> }>([
+        'dlq',
+        'show',
+        letters,
+        '0:0',
+        ...brokers,
+      ]);
+      // Only the last value shown made a letter refused for two keys look like one with a valid key.
+      expect(shown.headers['x-idempotency-key']).toBe('["key-a","key-b"]');
+      expect(shown.headers.bin).toBe('hex:ff01');
+    } finally {
+      await admin.deleteTopics({ topics: [letters] }).catch(() => undefined);
+    }
+  });
+
   it('replay by offset without --reset-key: dead-lettered again as PREVIOUSLY_FAILED', async () => {
     const out = await cliJson<{ results: unknown[] }>(['dlq', 'replay', dlq, '0:0', ...brokers]);
     expect(out.results).toEqual([{ id: '0:0', key: 'key-a', to: topic, replayed: true }]);
@@ -132,7 +163,7 @@ describe('dlq on Kafka', () => {
 
   it('replay --reset-key: clears the FAILED record and the replay is processed', async () => {
     failing.delete('a');
-    const out = await cliJson<{ results: unknown[] }>([
+    const run = await cli([
       'dlq',
       'replay',
       dlq,
@@ -143,7 +174,12 @@ describe('dlq on Kafka', () => {
       '--redis-prefix',
       keyPrefix,
       ...brokers,
+      '--json',
     ]);
+    expect(run.code).toBe(0);
+    // The operator is told that the replay runs the handler's steps again.
+    expect(run.stderr).toContain('its steps run again');
+    const out = JSON.parse(run.stdout) as { results: unknown[] };
     expect(out.results).toEqual([{ id: '0:0', key: 'key-a', to: topic, reset: 'cleared', replayed: true }]);
     await waitUntil(
       async () => (await store.get(recordKeyFor({ consumer: groupId, key: 'key-a' })))?.state === 'COMPLETED',

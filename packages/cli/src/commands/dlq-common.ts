@@ -264,3 +264,14 @@ export function letterKey(headers: Readonly<Record<string, unknown>>): string | 
     throw error;
   }
 }
+
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/** Header bytes as shown: their text when they are UTF-8, else `hex:` and the bytes, never mojibake. */
+export function bytesText(bytes: Uint8Array): string {
+  try {
+    return strictUtf8.decode(bytes);
+  } catch {
+    return `hex:${Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('hex')}`;
+  }
+}

@@ -16,6 +16,7 @@ import { type Io, progress } from '../output.js';
 import { importPeer } from '../stores.js';
 import { parseHostPorts } from '../parse.js';
 import {
+  bytesText,
   type DeadLetter,
   isReplayDropped,
   letterKey,
@@ -245,10 +246,11 @@ function replayHeaders(letter: DeadLetter): IHeaders {
   return out;
 }
 
+/** A header as shown: a repeated header shows every value (a JSON array), never only the last. */
 function headerText(value: IHeaders[string]): string | undefined {
-  const last = Array.isArray(value) ? value[value.length - 1] : value;
-  if (last === undefined) return undefined;
-  return Buffer.isBuffer(last) ? last.toString('utf8') : String(last);
+  const one = (v: Buffer | string) => (Buffer.isBuffer(v) ? bytesText(v) : String(v));
+  if (value === undefined || value === null) return undefined;
+  return Array.isArray(value) ? JSON.stringify(value.map(one)) : one(value as Buffer | string);
 }
 
 function toLetter(partition: number, message: KafkaMessage): DeadLetter {

@@ -18,6 +18,7 @@ import { type Io, progress } from '../output.js';
 import { importPeer, redacted } from '../stores.js';
 import { parseUrl } from '../parse.js';
 import {
+  bytesText,
   type DeadLetter,
   isReplayDropped,
   letterKey,
@@ -221,7 +222,7 @@ function headerText(value: unknown): string | undefined {
   if (typeof value === 'string') return value;
   if (typeof value === 'number' || typeof value === 'boolean' || typeof value === 'bigint')
     return String(value);
-  if (Buffer.isBuffer(value)) return value.toString('utf8');
+  if (Buffer.isBuffer(value)) return bytesText(value);
   if (value instanceof Date) return value.toISOString();
   try {
     return JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v));

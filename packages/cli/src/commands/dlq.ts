@@ -174,6 +174,11 @@ export async function dlqReplay(
   }
   if (options.json) printJson(io, { source: description, results });
   else printLines(io, renderReplay(description, results, note));
+  if (results.some((r) => r.reset === 'cleared')) {
+    io.err(
+      'note: a cleared key is processed from the start: its steps run again (a FAILED record keeps no step journal); only effects deduplicated by ctx.keyFor(name) are not repeated\n',
+    );
+  }
   const failed = results.filter((r) => !r.replayed);
   if (failed.length > 0) {
     throw new CliError(`${failed.length} of ${results.length} dead letter(s) not replayed`, {
