@@ -267,31 +267,50 @@ interface Pending {
   readonly route: string;
   returned?: string;
 }
-const pendingByChannel = new WeakMap<ConfirmChannel, Pending[]>();
+interface PendingList {
+  readonly entries: Pending[];
+  /** Pending publishes per route: a second publish on a route still pending gets a marker. */
+  readonly perRoute: Map<string, number>;
+}
+const pendingByChannel = new WeakMap<ConfirmChannel, PendingList>();
+
+const routeOf = (exchange: string, routingKey: string, messageId: unknown) =>
+  `${exchange}\u0000${routingKey}\u0000${messageId === undefined ? '' : String(messageId)}`;
+
+/**
+ * Marks a publish whose route (exchange, routing key, message id) another pending publish of the
+ * channel shares: returns carry the message's headers, so the return is matched to the publish it
+ * belongs to. Unique per process (a header left on a message by an earlier publish never matches).
+ */
+const MARKER_HEADER = 'x-eo-publish-mark';
+const markerPrefix = `${process.pid.toString(36)}.${Math.random().toString(36).slice(2, 8)}.`;
+let markers = 0;
 
 /**
  * With `mandatory`, the broker returns a message no queue accepted (`basic.return`) before it
  * confirms it; without this, a publish to a missing queue is "confirmed" and silently dropped.
- * A return names exchange, routing key and message id, so it is matched to the oldest pending
- * publish with the same route (returns and confirms come in publish order).
+ * A return names exchange, routing key and message id, and is matched to the oldest pending
+ * publish with the same route; where two publishes of one route are pending at once (retry copies
+ * of messages without an id, a repeated `messageId`), the later ones carry a marker header and
+ * are matched by it: confirms may come out of order (an unroutable message is confirmed at once),
+ * and the return of the second must not be pinned on the first.
  */
-function pendingOf(channel: ConfirmChannel): Pending[] {
+function pendingOf(channel: ConfirmChannel): PendingList {
   let pending = pendingByChannel.get(channel);
   if (!pending) {
-    const list: Pending[] = [];
+    const list: PendingList = { entries: [], perRoute: new Map() };
     pending = list;
     pendingByChannel.set(channel, list);
     channel.on('return', (msg) => {
       const route = routeOf(msg.fields.exchange, msg.fields.routingKey, msg.properties.messageId);
-      const p = list.find((x) => x.route === route && x.returned === undefined);
+      const mark = msg.properties.headers?.[MARKER_HEADER];
+      const open = (r: string) => list.entries.find((x) => x.route === r && x.returned === undefined);
+      const p = (typeof mark === 'string' ? open(`${route}\u0000${mark}`) : undefined) ?? open(route);
       if (p) p.returned = `${msg.fields.replyCode} ${msg.fields.replyText}`;
     });
   }
   return pending;
 }
-
-const routeOf = (exchange: string, routingKey: string, messageId: unknown) =>
-  `${exchange}\u0000${routingKey}\u0000${messageId === undefined ? '' : String(messageId)}`;
 
 /**
  * Publishes on `kept` and resolves when the broker confirmed the message into at least one queue.
@@ -309,11 +328,28 @@ export function publishConfirmed(
   if (!kept.open) return Promise.reject(new ChannelClosedError('channel closed'));
   const mandatory = options.mandatory !== false;
   const list = pendingOf(kept.channel);
-  const entry: Pending = { route: routeOf(exchange, routingKey, options.messageId) };
-  if (mandatory) list.push(entry);
+  const route = routeOf(exchange, routingKey, options.messageId);
+  let publishOptions: Options.Publish = options;
+  let entry: Pending = { route };
+  const sharing = mandatory ? (list.perRoute.get(route) ?? 0) : 0;
+  if (sharing > 0) {
+    const mark = `${markerPrefix}${++markers}`;
+    entry = { route: `${route}\u0000${mark}` };
+    publishOptions = { ...options, headers: { ...options.headers, [MARKER_HEADER]: mark } };
+  }
+  if (mandatory) {
+    list.entries.push(entry);
+    list.perRoute.set(route, sharing + 1);
+  }
+  let forgotten = !mandatory;
   const forget = () => {
-    const i = list.indexOf(entry);
-    if (i >= 0) list.splice(i, 1);
+    if (forgotten) return;
+    forgotten = true;
+    const i = list.entries.indexOf(entry);
+    if (i >= 0) list.entries.splice(i, 1);
+    const left = (list.perRoute.get(route) ?? 1) - 1;
+    if (left > 0) list.perRoute.set(route, left);
+    else list.perRoute.delete(route);
   };
   return new Promise<void>((resolve, reject) => {
     const confirmed = (error: Error | null | undefined) => {
@@ -333,7 +369,7 @@ export function publishConfirmed(
       } else resolve();
     };
     try {
-      kept.channel.publish(exchange, routingKey, content, { ...options, mandatory }, confirmed);
+      kept.channel.publish(exchange, routingKey, content, { ...publishOptions, mandatory }, confirmed);
     } catch (error) {
       forget();
       // amqplib throws synchronously on a closing or closed channel ...
