@@ -20,6 +20,8 @@
  * - index:   `<prefix>:{<tag>}i` — completions awaiting compaction (sorted set: id -> completedAt)
  * - blobs:   `<prefix>:{<tag>}b` — blob results of the tag's records (sorted set: packed pointer ->
  *            the record's physical end), for `collectBlobs`
+ * - probe:   `<prefix>:{<tag>}p` — never written: the batch scripts name it beside a record so that
+ *            a Cluster slot in migration refuses them (see refuseMigrating in lua/includes/record.lua)
  *
  * All keys of a record share the `{<tag>}` hash tag, and its marker bucket the tag's slot, so every
  * script on one key runs on one cluster slot.

@@ -231,7 +231,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
           route ??= record;
           packCompletion(packed, record, request);
         }
-        const call: RedisArg[] = [1, route as Buffer, String(graceMs), packed.finish()];
+        const call: RedisArg[] = [1, route as Buffer, String(graceMs), cluster ? '1' : '0', packed.finish()];
         const replies = (await batch(() =>
           wait === undefined
             ? runScript(client, 'completeMany', 'complete', call)

@@ -13,9 +13,9 @@ export const LAYOUT_VERSION = 2;
 
 export const scripts = {
   begin: {
-    command: 'eoBegin_v2_9c2cfd05',
+    command: 'eoBegin_v2_1ffad250',
     numberOfKeys: 3,
-    sha1: '9c2cfd053b9701773b7a79d2d88bf1f5bf0bfb5c',
+    sha1: '1ffad250eaa32be60181689fb67f3de367fa0e6e',
     lua: `--[[
 begin: claim the record of one key for an attempt, or say why not.
 
@@ -70,6 +70,18 @@ local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
 
+-- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
+local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
+
+-- Stops the script while the slot of record \`rec\` is being migrated between Cluster nodes: a
+-- command on several keys of a slot in migration, one of them missing (the probe always is), is
+-- refused then (ASK on the node the slot leaves, TRYAGAIN on the one it goes to), and the script
+-- fails before writing; the caller's retry comes after the move. A batch script is routed by its
+-- first key only: without this, sent on to the importing node, it took the keys that had not moved
+-- yet for absent (a COMPLETED key begun as new, a held one completed as lost). Outside a
+-- migration it is one EXISTS; on a standalone server nothing migrates.
+local function refuseMigrating(rec) rcall('EXISTS', rec, probeOf(rec)) end
+
 -- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
 local lastAt, lastAtText
 local function intAt(at)
@@ -286,9 +298,10 @@ end
 -- The marker standing in for the record with 16-byte id \`id\`, as scripts answer it (expiresAt
 -- in ms, 6 bytes, then the 4-byte fingerprint hash), expired or not; nil when there is none.
 -- \`legacy\`: the record's tag bucket of the previous layout.
-local function markerOf(bucket, legacy, id)
+-- \`present\`: what EXISTS answered for the two buckets, when the caller asked already.
+local function markerOf(bucket, legacy, id, present)
   -- One call answers "none" while neither bucket exists (a slot never compacted: most stores).
-  local present = rcall('EXISTS', bucket, legacy)
+  present = present or rcall('EXISTS', bucket, legacy)
   if present == 0 then return nil end
   local e, exists = findMarker(bucket, string.sub(id, 1, 10))
   if e then return struct.pack('>I6', struct.unpack('>I4', e) * 1000) .. string.sub(e, 5) end
@@ -370,6 +383,10 @@ local function newRecord(fence, leaseUntil, now, fp, trace, owner, name)
 end
 
 local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, now, full, name)
+  -- Whether the slot holds compaction markers, asked before anything is written and with the
+  -- slot's probe key (which never exists) among the keys: see refuseMigrating. A new key needs
+  -- the answer anyway.
+  local present = rcall('EXISTS', bucket, legacy, probeOf(rec))
   -- The path of every new key first: the new record is written only if there is none (NX), and
   -- the same call answers the stored one otherwise (GET), so a new key costs one call here.
   -- Fences of new records start at the server clock, so they do not repeat even after the old
@@ -389,7 +406,7 @@ local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, n
     -- No record was stored: a compacted one may still answer "already processed", in which case
     -- the record just written goes again. An expired marker is left for the bucket's sweep; a new
     -- marker replaces it.
-    local marker = markerOf(bucket, legacy, id)
+    local marker = markerOf(bucket, legacy, id, present)
     if marker and struct.unpack('>I6', marker) > now then
       rcall('DEL', rec)
       if string.sub(marker, 7) ~= markerFingerprint(fp) then return 'X', marker end
@@ -431,9 +448,9 @@ return { code, now, payload }
 `,
   },
   beginMany: {
-    command: 'eoBeginMany_v2_0327f220',
+    command: 'eoBeginMany_v2_71c72af1',
     numberOfKeys: undefined,
-    sha1: '0327f220634da9f4ebcebc53aaab878fdb087a70',
+    sha1: '71c72af1e60da9d9c489c6d1169da4af93cfea3a',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 beginMany: begin several keys in one call, in order, each exactly as begin-2.lua would (the same
@@ -484,6 +501,18 @@ local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
 
+-- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
+local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
+
+-- Stops the script while the slot of record \`rec\` is being migrated between Cluster nodes: a
+-- command on several keys of a slot in migration, one of them missing (the probe always is), is
+-- refused then (ASK on the node the slot leaves, TRYAGAIN on the one it goes to), and the script
+-- fails before writing; the caller's retry comes after the move. A batch script is routed by its
+-- first key only: without this, sent on to the importing node, it took the keys that had not moved
+-- yet for absent (a COMPLETED key begun as new, a held one completed as lost). Outside a
+-- migration it is one EXISTS; on a standalone server nothing migrates.
+local function refuseMigrating(rec) rcall('EXISTS', rec, probeOf(rec)) end
+
 -- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
 local lastAt, lastAtText
 local function intAt(at)
@@ -700,9 +729,10 @@ end
 -- The marker standing in for the record with 16-byte id \`id\`, as scripts answer it (expiresAt
 -- in ms, 6 bytes, then the 4-byte fingerprint hash), expired or not; nil when there is none.
 -- \`legacy\`: the record's tag bucket of the previous layout.
-local function markerOf(bucket, legacy, id)
+-- \`present\`: what EXISTS answered for the two buckets, when the caller asked already.
+local function markerOf(bucket, legacy, id, present)
   -- One call answers "none" while neither bucket exists (a slot never compacted: most stores).
-  local present = rcall('EXISTS', bucket, legacy)
+  present = present or rcall('EXISTS', bucket, legacy)
   if present == 0 then return nil end
   local e, exists = findMarker(bucket, string.sub(id, 1, 10))
   if e then return struct.pack('>I6', struct.unpack('>I4', e) * 1000) .. string.sub(e, 5) end
@@ -784,6 +814,10 @@ local function newRecord(fence, leaseUntil, now, fp, trace, owner, name)
 end
 
 local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, now, full, name)
+  -- Whether the slot holds compaction markers, asked before anything is written and with the
+  -- slot's probe key (which never exists) among the keys: see refuseMigrating. A new key needs
+  -- the answer anyway.
+  local present = rcall('EXISTS', bucket, legacy, probeOf(rec))
   -- The path of every new key first: the new record is written only if there is none (NX), and
   -- the same call answers the stored one otherwise (GET), so a new key costs one call here.
   -- Fences of new records start at the server clock, so they do not repeat even after the old
@@ -803,7 +837,7 @@ local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, n
     -- No record was stored: a compacted one may still answer "already processed", in which case
     -- the record just written goes again. An expired marker is left for the bucket's sweep; a new
     -- marker replaces it.
-    local marker = markerOf(bucket, legacy, id)
+    local marker = markerOf(bucket, legacy, id, present)
     if marker and struct.unpack('>I6', marker) > now then
       rcall('DEL', rec)
       if string.sub(marker, 7) ~= markerFingerprint(fp) then return 'X', marker end
@@ -855,9 +889,9 @@ return out
 `,
   },
   clear: {
-    command: 'eoClear_v2_182a669d',
+    command: 'eoClear_v2_715e5b0c',
     numberOfKeys: 4,
-    sha1: '182a669dca92b0849712bdf26fc0c8a83205e91d',
+    sha1: '715e5b0c285fb442cc2197a8bb7cbf997511a8d1',
     lua: `--[[
 clear: forget a key's record (or its compaction marker), so the next message with the key runs
 anew: an operator's step before replaying a dead letter whose record is FAILED, or re-running
@@ -904,6 +938,18 @@ local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
+local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
+
+-- Stops the script while the slot of record \`rec\` is being migrated between Cluster nodes: a
+-- command on several keys of a slot in migration, one of them missing (the probe always is), is
+-- refused then (ASK on the node the slot leaves, TRYAGAIN on the one it goes to), and the script
+-- fails before writing; the caller's retry comes after the move. A batch script is routed by its
+-- first key only: without this, sent on to the importing node, it took the keys that had not moved
+-- yet for absent (a COMPLETED key begun as new, a held one completed as lost). Outside a
+-- migration it is one EXISTS; on a standalone server nothing migrates.
+local function refuseMigrating(rec) rcall('EXISTS', rec, probeOf(rec)) end
 
 -- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
 local lastAt, lastAtText
@@ -1121,9 +1167,10 @@ end
 -- The marker standing in for the record with 16-byte id \`id\`, as scripts answer it (expiresAt
 -- in ms, 6 bytes, then the 4-byte fingerprint hash), expired or not; nil when there is none.
 -- \`legacy\`: the record's tag bucket of the previous layout.
-local function markerOf(bucket, legacy, id)
+-- \`present\`: what EXISTS answered for the two buckets, when the caller asked already.
+local function markerOf(bucket, legacy, id, present)
   -- One call answers "none" while neither bucket exists (a slot never compacted: most stores).
-  local present = rcall('EXISTS', bucket, legacy)
+  present = present or rcall('EXISTS', bucket, legacy)
   if present == 0 then return nil end
   local e, exists = findMarker(bucket, string.sub(id, 1, 10))
   if e then return struct.pack('>I6', struct.unpack('>I4', e) * 1000) .. string.sub(e, 5) end
@@ -1225,9 +1272,9 @@ return out
 `,
   },
   compactCompleted: {
-    command: 'eoCompactCompleted_v2_ccfb1ae0',
+    command: 'eoCompactCompleted_v2_c95b9437',
     numberOfKeys: undefined,
-    sha1: 'ccfb1ae0e03e9c8bf4548e6243b8ace8e8d79df0',
+    sha1: 'c95b9437e79dbd0dfda3367dbcbf366b771ac83f',
     lua: `--[[
 compactCompleted: replace old COMPLETED records of one cluster slot by compact markers.
 Called with a variable number of keys (numkeys = 1 + number of candidates).
@@ -1277,6 +1324,18 @@ local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
+local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
+
+-- Stops the script while the slot of record \`rec\` is being migrated between Cluster nodes: a
+-- command on several keys of a slot in migration, one of them missing (the probe always is), is
+-- refused then (ASK on the node the slot leaves, TRYAGAIN on the one it goes to), and the script
+-- fails before writing; the caller's retry comes after the move. A batch script is routed by its
+-- first key only: without this, sent on to the importing node, it took the keys that had not moved
+-- yet for absent (a COMPLETED key begun as new, a held one completed as lost). Outside a
+-- migration it is one EXISTS; on a standalone server nothing migrates.
+local function refuseMigrating(rec) rcall('EXISTS', rec, probeOf(rec)) end
 
 -- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
 local lastAt, lastAtText
@@ -1494,9 +1553,10 @@ end
 -- The marker standing in for the record with 16-byte id \`id\`, as scripts answer it (expiresAt
 -- in ms, 6 bytes, then the 4-byte fingerprint hash), expired or not; nil when there is none.
 -- \`legacy\`: the record's tag bucket of the previous layout.
-local function markerOf(bucket, legacy, id)
+-- \`present\`: what EXISTS answered for the two buckets, when the caller asked already.
+local function markerOf(bucket, legacy, id, present)
   -- One call answers "none" while neither bucket exists (a slot never compacted: most stores).
-  local present = rcall('EXISTS', bucket, legacy)
+  present = present or rcall('EXISTS', bucket, legacy)
   if present == 0 then return nil end
   local e, exists = findMarker(bucket, string.sub(id, 1, 10))
   if e then return struct.pack('>I6', struct.unpack('>I4', e) * 1000) .. string.sub(e, 5) end
@@ -1607,9 +1667,9 @@ return { #done, dropped, deferred }
 `,
   },
   completeMany: {
-    command: 'eoCompleteMany_v2_80dbd762',
+    command: 'eoCompleteMany_v2_eaf6246f',
     numberOfKeys: undefined,
-    sha1: '80dbd762c4e3debcd0a7933aa7f087c3379e38e7',
+    sha1: 'eaf6246ff4065254e61d5858a1c0a3cb81ee4901',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 completeMany: IN_PROGRESS(fence) -> COMPLETED with result and outgoing messages, in one write
@@ -1623,7 +1683,9 @@ KEYS[1]  the first key's record: it routes the call (see beginMany-n.lua, also f
          another node of a Cluster: the keys before it are completed, their answers lost with the
          error; unacked, their messages come back as duplicates)
 ARGV[1]  grace (ms) a record is physically kept past its expiry
-ARGV[2]  per key, in order: its record's name (length-prefixed: 4-byte length, then the bytes),
+ARGV[2]  '1' on a Cluster (each key's slot is checked for a migration first, see refuseMigrating),
+         '0' on a standalone server
+ARGV[3]  per key, in order: its record's name (length-prefixed: 4-byte length, then the bytes),
          fence (6 bytes), retention in ms (6 bytes), index flags (1 byte: bit 1, indexed for
          compaction; bit 2, a blob result's pointer goes to the blob index),
          message count n (4 bytes), then length-prefixed: trace id (encoded; '' = keep the stored
@@ -1658,6 +1720,18 @@ local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
+local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
+
+-- Stops the script while the slot of record \`rec\` is being migrated between Cluster nodes: a
+-- command on several keys of a slot in migration, one of them missing (the probe always is), is
+-- refused then (ASK on the node the slot leaves, TRYAGAIN on the one it goes to), and the script
+-- fails before writing; the caller's retry comes after the move. A batch script is routed by its
+-- first key only: without this, sent on to the importing node, it took the keys that had not moved
+-- yet for absent (a COMPLETED key begun as new, a held one completed as lost). Outside a
+-- migration it is one EXISTS; on a standalone server nothing migrates.
+local function refuseMigrating(rec) rcall('EXISTS', rec, probeOf(rec)) end
 
 -- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
 local lastAt, lastAtText
@@ -1793,8 +1867,10 @@ end
 -- tag .. 'i', its blob index tag .. 'b'.
 -- A blob result's pointer goes into the blob index (member = packed pointer, score = the record's
 -- physical end), so collectBlobs can delete the blob once no record names it; not with
--- \`indexBlob\` false (a store whose blobs another store's collection deletes).
-local function completeOne(rec, tag, fence, retention, grace, trace, result, id, messages, now, indexBlob)
+-- \`indexBlob\` false (a store whose blobs another store's collection deletes). \`cluster\`: see
+-- refuseMigrating.
+local function completeOne(rec, tag, fence, retention, grace, trace, result, id, messages, now, indexBlob, cluster)
+  if cluster then refuseMigrating(rec) end
   local packed = loadPacked(rec)
   if not packed then return 0 end
   -- The head as locals, not a record table: this runs for every message.
@@ -1839,7 +1915,7 @@ local function completeOne(rec, tag, fence, retention, grace, trace, result, id,
   return 1
 end
 
-local grace, packed = tonumber(ARGV[1]), ARGV[2]
+local grace, cluster, packed = tonumber(ARGV[1]), ARGV[2] == '1', ARGV[3]
 local out = {}
 local pos, size = 1, #packed
 while pos <= size do
@@ -1853,15 +1929,15 @@ while pos <= size do
   if indexed % 2 == 1 then id = string.sub(rec, -16) end
   -- rec = <prefix>:{<tag>}:<16-byte id>
   out[#out + 1] = completeOne(rec, string.sub(rec, 1, -18), fence, retention, grace, trace, result, id, messages,
-    now, indexed >= 2)
+    now, indexed >= 2, cluster)
 end
 return out
 `,
   },
   extend: {
-    command: 'eoExtend_v2_b5f0de25',
+    command: 'eoExtend_v2_761aee5d',
     numberOfKeys: 1,
-    sha1: 'b5f0de2585ad242823427e4f180a19036c6821d0',
+    sha1: '761aee5d923694249a2271220267d54643cad192',
     lua: `--[[
 extend: push the lease of the holding fence out to server now + lease.
 
@@ -1899,6 +1975,18 @@ local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
+local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
+
+-- Stops the script while the slot of record \`rec\` is being migrated between Cluster nodes: a
+-- command on several keys of a slot in migration, one of them missing (the probe always is), is
+-- refused then (ASK on the node the slot leaves, TRYAGAIN on the one it goes to), and the script
+-- fails before writing; the caller's retry comes after the move. A batch script is routed by its
+-- first key only: without this, sent on to the importing node, it took the keys that had not moved
+-- yet for absent (a COMPLETED key begun as new, a held one completed as lost). Outside a
+-- migration it is one EXISTS; on a standalone server nothing migrates.
+local function refuseMigrating(rec) rcall('EXISTS', rec, probeOf(rec)) end
 
 -- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
 local lastAt, lastAtText
@@ -2037,9 +2125,9 @@ return 1
 `,
   },
   fail: {
-    command: 'eoFail_v2_83962b5d',
+    command: 'eoFail_v2_b24b1f95',
     numberOfKeys: 1,
-    sha1: '83962b5db0f3f0bc1ae1dd3b06d9af003b821d05',
+    sha1: 'b24b1f95be2bea24a6551c0feb4f3f98af838d30',
     lua: `--[[
 fail: IN_PROGRESS(fence) -> FAILED, kept for the retention.
 
@@ -2081,6 +2169,18 @@ local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
+local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
+
+-- Stops the script while the slot of record \`rec\` is being migrated between Cluster nodes: a
+-- command on several keys of a slot in migration, one of them missing (the probe always is), is
+-- refused then (ASK on the node the slot leaves, TRYAGAIN on the one it goes to), and the script
+-- fails before writing; the caller's retry comes after the move. A batch script is routed by its
+-- first key only: without this, sent on to the importing node, it took the keys that had not moved
+-- yet for absent (a COMPLETED key begun as new, a held one completed as lost). Outside a
+-- migration it is one EXISTS; on a standalone server nothing migrates.
+local function refuseMigrating(rec) rcall('EXISTS', rec, probeOf(rec)) end
 
 -- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
 local lastAt, lastAtText
@@ -2222,9 +2322,9 @@ return 1
 `,
   },
   get: {
-    command: 'eoGet_v2_b9d2651d',
+    command: 'eoGet_v2_0627d9cf',
     numberOfKeys: 3,
-    sha1: 'b9d2651d509f26c2394e6a03db56682c0e966117',
+    sha1: '0627d9cf601500b36395b2327733dcc7f09985ce',
     lua: `--[[
 get: read a record, or the compaction marker standing in for it, with the server clock.
 
@@ -2262,6 +2362,18 @@ local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
+local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
+
+-- Stops the script while the slot of record \`rec\` is being migrated between Cluster nodes: a
+-- command on several keys of a slot in migration, one of them missing (the probe always is), is
+-- refused then (ASK on the node the slot leaves, TRYAGAIN on the one it goes to), and the script
+-- fails before writing; the caller's retry comes after the move. A batch script is routed by its
+-- first key only: without this, sent on to the importing node, it took the keys that had not moved
+-- yet for absent (a COMPLETED key begun as new, a held one completed as lost). Outside a
+-- migration it is one EXISTS; on a standalone server nothing migrates.
+local function refuseMigrating(rec) rcall('EXISTS', rec, probeOf(rec)) end
 
 -- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
 local lastAt, lastAtText
@@ -2479,9 +2591,10 @@ end
 -- The marker standing in for the record with 16-byte id \`id\`, as scripts answer it (expiresAt
 -- in ms, 6 bytes, then the 4-byte fingerprint hash), expired or not; nil when there is none.
 -- \`legacy\`: the record's tag bucket of the previous layout.
-local function markerOf(bucket, legacy, id)
+-- \`present\`: what EXISTS answered for the two buckets, when the caller asked already.
+local function markerOf(bucket, legacy, id, present)
   -- One call answers "none" while neither bucket exists (a slot never compacted: most stores).
-  local present = rcall('EXISTS', bucket, legacy)
+  present = present or rcall('EXISTS', bucket, legacy)
   if present == 0 then return nil end
   local e, exists = findMarker(bucket, string.sub(id, 1, 10))
   if e then return struct.pack('>I6', struct.unpack('>I4', e) * 1000) .. string.sub(e, 5) end
@@ -2555,9 +2668,9 @@ return { now, false, markerOf(KEYS[2], KEYS[3], ARGV[1]) or false }
 `,
   },
   markPublished: {
-    command: 'eoMarkPublished_v2_9d4cae32',
+    command: 'eoMarkPublished_v2_82b8943a',
     numberOfKeys: 1,
-    sha1: '9d4cae327bdf3d5d5d220844c6bb49e912c9787c',
+    sha1: '82b8943afb9c64f75a41e3f278aa8c6cc46cc108',
     lua: `--[[
 markPublished: flag outgoing messages of a live COMPLETED record as confirmed.
 
@@ -2594,6 +2707,18 @@ local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
+local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
+
+-- Stops the script while the slot of record \`rec\` is being migrated between Cluster nodes: a
+-- command on several keys of a slot in migration, one of them missing (the probe always is), is
+-- refused then (ASK on the node the slot leaves, TRYAGAIN on the one it goes to), and the script
+-- fails before writing; the caller's retry comes after the move. A batch script is routed by its
+-- first key only: without this, sent on to the importing node, it took the keys that had not moved
+-- yet for absent (a COMPLETED key begun as new, a held one completed as lost). Outside a
+-- migration it is one EXISTS; on a standalone server nothing migrates.
+local function refuseMigrating(rec) rcall('EXISTS', rec, probeOf(rec)) end
 
 -- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
 local lastAt, lastAtText
@@ -2742,9 +2867,9 @@ return markPublishedOne(KEYS[1], ARGV[1], wanted, now)
 `,
   },
   markPublishedMany: {
-    command: 'eoMarkPublishedMany_v2_76f298d6',
+    command: 'eoMarkPublishedMany_v2_be19cec4',
     numberOfKeys: undefined,
-    sha1: '76f298d6f4f804013ead689374646e4e422f0bae',
+    sha1: 'be19cec40432e205dff762a9fda287ab4e81c4be',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 markPublishedMany: markPublished-1.lua for several records in one call. Called with numkeys = 1.
@@ -2781,6 +2906,18 @@ local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
+local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
+
+-- Stops the script while the slot of record \`rec\` is being migrated between Cluster nodes: a
+-- command on several keys of a slot in migration, one of them missing (the probe always is), is
+-- refused then (ASK on the node the slot leaves, TRYAGAIN on the one it goes to), and the script
+-- fails before writing; the caller's retry comes after the move. A batch script is routed by its
+-- first key only: without this, sent on to the importing node, it took the keys that had not moved
+-- yet for absent (a COMPLETED key begun as new, a held one completed as lost). Outside a
+-- migration it is one EXISTS; on a standalone server nothing migrates.
+local function refuseMigrating(rec) rcall('EXISTS', rec, probeOf(rec)) end
 
 -- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
 local lastAt, lastAtText
@@ -2940,9 +3077,9 @@ return flagged
 `,
   },
   markStepStarted: {
-    command: 'eoMarkStepStarted_v2_48592974',
+    command: 'eoMarkStepStarted_v2_0bf64dd9',
     numberOfKeys: 1,
-    sha1: '48592974a6d312d3e8475b02ace69114ca5f9eeb',
+    sha1: '0bf64dd9bb65e1dab3d562d17530297311d60b71',
     lua: `--[[
 markStepStarted: journal that a step is about to run, under the IN_PROGRESS record held by the
 fence, so a later attempt knows the step is in doubt (see ctx.step's reconcile).
@@ -2983,6 +3120,18 @@ local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
+local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
+
+-- Stops the script while the slot of record \`rec\` is being migrated between Cluster nodes: a
+-- command on several keys of a slot in migration, one of them missing (the probe always is), is
+-- refused then (ASK on the node the slot leaves, TRYAGAIN on the one it goes to), and the script
+-- fails before writing; the caller's retry comes after the move. A batch script is routed by its
+-- first key only: without this, sent on to the importing node, it took the keys that had not moved
+-- yet for absent (a COMPLETED key begun as new, a held one completed as lost). Outside a
+-- migration it is one EXISTS; on a standalone server nothing migrates.
+local function refuseMigrating(rec) rcall('EXISTS', rec, probeOf(rec)) end
 
 -- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
 local lastAt, lastAtText
@@ -3121,9 +3270,9 @@ return 1
 `,
   },
   release: {
-    command: 'eoRelease_v2_84b25135',
+    command: 'eoRelease_v2_6baaba55',
     numberOfKeys: 1,
-    sha1: '84b25135bd29d9c5a274c1937ab1149d0c078a25',
+    sha1: '6baaba55d21cd0c93a86222b7c8e7ff22a5d862b',
     lua: `--[[
 release: give the lease up after a retryable error; the next begin acquires at once (retry).
 
@@ -3163,6 +3312,18 @@ local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
+local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
+
+-- Stops the script while the slot of record \`rec\` is being migrated between Cluster nodes: a
+-- command on several keys of a slot in migration, one of them missing (the probe always is), is
+-- refused then (ASK on the node the slot leaves, TRYAGAIN on the one it goes to), and the script
+-- fails before writing; the caller's retry comes after the move. A batch script is routed by its
+-- first key only: without this, sent on to the importing node, it took the keys that had not moved
+-- yet for absent (a COMPLETED key begun as new, a held one completed as lost). Outside a
+-- migration it is one EXISTS; on a standalone server nothing migrates.
+local function refuseMigrating(rec) rcall('EXISTS', rec, probeOf(rec)) end
 
 -- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
 local lastAt, lastAtText
@@ -3308,9 +3469,9 @@ return 1
 `,
   },
   saveStep: {
-    command: 'eoSaveStep_v2_50d43fe5',
+    command: 'eoSaveStep_v2_74d9a867',
     numberOfKeys: 1,
-    sha1: '50d43fe586865fc8dc407471084a05b18dadb731',
+    sha1: '74d9a867217b1982263aeac5789f67af2eb75ff1',
     lua: `--[[
 saveStep: journal a step's result under the IN_PROGRESS record held by the fence.
 
@@ -3350,6 +3511,18 @@ local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
+
+-- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
+local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
+
+-- Stops the script while the slot of record \`rec\` is being migrated between Cluster nodes: a
+-- command on several keys of a slot in migration, one of them missing (the probe always is), is
+-- refused then (ASK on the node the slot leaves, TRYAGAIN on the one it goes to), and the script
+-- fails before writing; the caller's retry comes after the move. A batch script is routed by its
+-- first key only: without this, sent on to the importing node, it took the keys that had not moved
+-- yet for absent (a COMPLETED key begun as new, a held one completed as lost). Outside a
+-- migration it is one EXISTS; on a standalone server nothing migrates.
+local function refuseMigrating(rec) rcall('EXISTS', rec, probeOf(rec)) end
 
 -- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
 local lastAt, lastAtText

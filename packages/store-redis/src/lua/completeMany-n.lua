@@ -11,7 +11,9 @@ KEYS[1]  the first key's record: it routes the call (see beginMany-n.lua, also f
          another node of a Cluster: the keys before it are completed, their answers lost with the
          error; unacked, their messages come back as duplicates)
 ARGV[1]  grace (ms) a record is physically kept past its expiry
-ARGV[2]  per key, in order: its record's name (length-prefixed: 4-byte length, then the bytes),
+ARGV[2]  '1' on a Cluster (each key's slot is checked for a migration first, see refuseMigrating),
+         '0' on a standalone server
+ARGV[3]  per key, in order: its record's name (length-prefixed: 4-byte length, then the bytes),
          fence (6 bytes), retention in ms (6 bytes), index flags (1 byte: bit 1, indexed for
          compaction; bit 2, a blob result's pointer goes to the blob index),
          message count n (4 bytes), then length-prefixed: trace id (encoded; '' = keep the stored
@@ -27,7 +29,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 --- @include "includes/record"
 --- @include "includes/completeOne"
 
-local grace, packed = tonumber(ARGV[1]), ARGV[2]
+local grace, cluster, packed = tonumber(ARGV[1]), ARGV[2] == '1', ARGV[3]
 local out = {}
 local pos, size = 1, #packed
 while pos <= size do
@@ -41,6 +43,6 @@ while pos <= size do
   if indexed % 2 == 1 then id = string.sub(rec, -16) end
   -- rec = <prefix>:{<tag>}:<16-byte id>
   out[#out + 1] = completeOne(rec, string.sub(rec, 1, -18), fence, retention, grace, trace, result, id, messages,
-    now, indexed >= 2)
+    now, indexed >= 2, cluster)
 end
 return out

@@ -13,6 +13,10 @@ local function newRecord(fence, leaseUntil, now, fp, trace, owner, name)
 end
 
 local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, now, full, name)
+  -- Whether the slot holds compaction markers, asked before anything is written and with the
+  -- slot's probe key (which never exists) among the keys: see refuseMigrating. A new key needs
+  -- the answer anyway.
+  local present = rcall('EXISTS', bucket, legacy, probeOf(rec))
   -- The path of every new key first: the new record is written only if there is none (NX), and
   -- the same call answers the stored one otherwise (GET), so a new key costs one call here.
   -- Fences of new records start at the server clock, so they do not repeat even after the old
@@ -32,7 +36,7 @@ local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, n
     -- No record was stored: a compacted one may still answer "already processed", in which case
     -- the record just written goes again. An expired marker is left for the bucket's sweep; a new
     -- marker replaces it.
-    local marker = markerOf(bucket, legacy, id)
+    local marker = markerOf(bucket, legacy, id, present)
     if marker and struct.unpack('>I6', marker) > now then
       rcall('DEL', rec)
       if string.sub(marker, 7) ~= markerFingerprint(fp) then return 'X', marker end

@@ -5,8 +5,10 @@
 -- tag .. 'i', its blob index tag .. 'b'.
 -- A blob result's pointer goes into the blob index (member = packed pointer, score = the record's
 -- physical end), so collectBlobs can delete the blob once no record names it; not with
--- `indexBlob` false (a store whose blobs another store's collection deletes).
-local function completeOne(rec, tag, fence, retention, grace, trace, result, id, messages, now, indexBlob)
+-- `indexBlob` false (a store whose blobs another store's collection deletes). `cluster`: see
+-- refuseMigrating.
+local function completeOne(rec, tag, fence, retention, grace, trace, result, id, messages, now, indexBlob, cluster)
+  if cluster then refuseMigrating(rec) end
   local packed = loadPacked(rec)
   if not packed then return 0 end
   -- The head as locals, not a record table: this runs for every message.

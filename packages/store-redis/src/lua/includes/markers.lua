@@ -87,9 +87,10 @@ end
 -- The marker standing in for the record with 16-byte id `id`, as scripts answer it (expiresAt
 -- in ms, 6 bytes, then the 4-byte fingerprint hash), expired or not; nil when there is none.
 -- `legacy`: the record's tag bucket of the previous layout.
-local function markerOf(bucket, legacy, id)
+-- `present`: what EXISTS answered for the two buckets, when the caller asked already.
+local function markerOf(bucket, legacy, id, present)
   -- One call answers "none" while neither bucket exists (a slot never compacted: most stores).
-  local present = rcall('EXISTS', bucket, legacy)
+  present = present or rcall('EXISTS', bucket, legacy)
   if present == 0 then return nil end
   local e, exists = findMarker(bucket, string.sub(id, 1, 10))
   if e then return struct.pack('>I6', struct.unpack('>I4', e) * 1000) .. string.sub(e, 5) end

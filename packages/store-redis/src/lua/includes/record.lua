@@ -21,6 +21,18 @@ local COMPLETED_RECORD = HEAD .. 'I4c0'
 
 local function int(n) return string.format('%d', n) end
 
+-- The probe key of the slot of record `rec` (`<prefix>:{<tag>}p`), never written.
+local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
+
+-- Stops the script while the slot of record `rec` is being migrated between Cluster nodes: a
+-- command on several keys of a slot in migration, one of them missing (the probe always is), is
+-- refused then (ASK on the node the slot leaves, TRYAGAIN on the one it goes to), and the script
+-- fails before writing; the caller's retry comes after the move. A batch script is routed by its
+-- first key only: without this, sent on to the importing node, it took the keys that had not moved
+-- yet for absent (a COMPLETED key begun as new, a held one completed as lost). Outside a
+-- migration it is one EXISTS; on a standalone server nothing migrates.
+local function refuseMigrating(rec) rcall('EXISTS', rec, probeOf(rec)) end
+
 -- int() of an expiry time: the keys of a batch mostly share one, so the last text is kept.
 local lastAt, lastAtText
 local function intAt(at)
