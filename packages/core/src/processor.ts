@@ -86,6 +86,7 @@ import {
   withContext,
   withScrub,
 } from './tracing.js';
+import { settledWithin } from './wait.js';
 
 export interface Processor {
   /**
@@ -412,17 +413,27 @@ async function run<T, R>(
     turn.group.kept.push(held);
     return { action: 'defer', outcome: 'not-run', delayMs: 0 };
   }
-  if (begun.status === 'acquired' && turn && performance.now() - leaseSince > o.leaseMs / 2) {
-    // A long wait for its turn used up half the lease: renew it before the handler starts.
+  if (begun.status === 'acquired' && begun.kind === 'takeover') {
+    // Taken over from a run of this very process that is still going (its lease ran out under a
+    // slow store, its handler did not stop): start after it, not beside it, so that what it did
+    // is there to see (reconcile); for maxRunMs at most, when that run is given up anyway.
+    const local = shared.publishing.get(storeKey);
+    if (local !== undefined) await settledWithin([local.wait()], o.maxRunMs);
+  }
+  if (begun.status === 'acquired' && performance.now() - leaseSince > o.leaseMs / 2) {
+    // A long wait for its turn, or a begin answered late (a slow store), used up half the lease:
+    // renew it before the handler starts. A lease that ran out meanwhile may have been taken over
+    // (by another worker, or by a copy of the message in this one), and the handler must not
+    // start beside the run that took it.
     try {
       const extendedAt = performance.now();
       if ((await o.store.extend(storeKey, begun.fence, o.leaseMs)) === 'lost') {
-        turn.go(false);
+        turn?.go(false);
         return leaseLost(storeKey, begun.fence);
       }
       leaseSince = extendedAt;
     } catch (error) {
-      turn.go(false);
+      turn?.go(false);
       return storeDown(o, error, storeKey);
     }
   }

@@ -182,3 +182,79 @@ describe('ctx.publish inside a step', () => {
     expect(publisher.sent.map((m) => m.destination)).toEqual(['charge-requested', 'order-paid']);
   });
 });
+
+describe('a begin answered after its lease ran out', () => {
+  it('does not start the handler when the key was taken over meanwhile', async () => {
+    const store = createMemoryStore();
+    const leaseMs = 200;
+    let runs = 0;
+    // The store grants the lease at once; its answer reaches the worker only after the lease
+    // (a slow store or network), by which time another worker has taken the key over.
+    const slow = {
+      ...store,
+      begin: async (request: Parameters<typeof store.begin>[0]) => {
+        const answer = await store.begin(request);
+        await sleep(leaseMs * 1.2);
+        return answer;
+      },
+      beginMany: undefined,
+    };
+    const p = createProcessor({
+      consumer: 'billing',
+      store: slow,
+      ...base,
+      leaseMs,
+      handler: () => {
+        runs++;
+      },
+    });
+    const processing = p.process(delivery({ order: 'late' }, key('late')));
+    await sleep(leaseMs * 1.05);
+    const held = await store.get('default:billing:late');
+    const other = await store.begin({
+      key: 'default:billing:late',
+      fingerprint: held?.fingerprint ?? '',
+      owner: 'other',
+      leaseMs: 60_000,
+    });
+    const d = await processing;
+    expect(other).toMatchObject({ status: 'acquired', kind: 'takeover' });
+    expect(runs).toBe(0);
+    expect(d.action).toBe('defer');
+  });
+});
+
+describe('a key taken over from a run of this process still going', () => {
+  it('runs after that run has ended, not beside it', async () => {
+    // Heartbeats fail for a while (a store too slow to answer), so the first run's lease runs out while
+    // its handler, which does not watch ctx.signal, goes on; a copy of the message then takes the
+    // key over in the same process.
+    const failUntil = Date.now() + 300;
+    const store = withFaults(createMemoryStore(), {
+      failWhen: (op) => op === 'extend' && Date.now() < failUntil,
+    });
+    let running = 0;
+    let most = 0;
+    let runs = 0;
+    const p = createProcessor({
+      consumer: 'billing',
+      store,
+      ...base,
+      leaseMs: 150,
+      heartbeatMs: 20,
+      handler: async () => {
+        runs++;
+        running++;
+        most = Math.max(most, running);
+        await sleep(500);
+        running--;
+      },
+    });
+    const first = p.process(delivery({ order: 'self' }, key('self')));
+    await sleep(250); // past the first run's lease
+    const copy = p.process(delivery({ order: 'self' }, key('self')));
+    await Promise.all([first, copy]);
+    expect(runs).toBe(2);
+    expect(most).toBe(1);
+  });
+});
