@@ -13,13 +13,12 @@ export async function rawChannel() {
   const stream = (conn as unknown as { connection: { stream: NodeJS.WritableStream } }).connection.stream;
   const write = stream.write.bind(stream) as (chunk: unknown, ...rest: unknown[]) => boolean;
   stream.write = ((chunk: unknown, ...rest: unknown[]) => {
-    let out = chunk;
-    if (Buffer.isBuffer(out)) {
-      for (const [from, to] of rewrites) {
-        for (let at = out.indexOf(from); at >= 0; at = out.indexOf(from, at + 1)) {
-          out = Buffer.from(out as Buffer);
-          to.copy(out as Buffer, at);
-        }
+    if (!Buffer.isBuffer(chunk) || rewrites.length === 0) return write(chunk, ...rest);
+    let out: Buffer = chunk;
+    for (const [from, to] of rewrites) {
+      for (let at = out.indexOf(from); at >= 0; at = out.indexOf(from, at + 1)) {
+        out = Buffer.from(out);
+        to.copy(out, at);
       }
     }
     return write(out, ...rest);

@@ -9,7 +9,7 @@ import type { KafkaMessageLike } from '../src/client.js';
 import { copyHeaders, deadLetterRecord, toDelivery } from '../src/delivery.js';
 
 function record(headers: KafkaMessageLike['headers']): KafkaMessageLike {
-  return { key: null, value: Buffer.from('{}'), offset: '7', headers };
+  return { key: null, value: Buffer.from('{}'), offset: '7', timestamp: '0', headers };
 }
 
 describe('kafka delivery: null-valued headers', () => {
