@@ -611,6 +611,33 @@ class BatchRun {
   }
 
   /**
+   * Commits `offset` as the partition's next; false when that failed (logged; a rebalance error
+   * also interrupts the batch, so kafkajs rejoins).
+   */
+  private async commitOffset(offset: string, what: string): Promise<boolean> {
+    try {
+      await this.payload.commitOffsetsIfNecessary({
+        topics: [{ topic: this.topic, partitions: [{ partition: this.partition, offset }] }],
+      });
+      this.env.anchored.add(this.partitionId);
+      this.env.stats.commits++;
+      return true;
+    } catch (error) {
+      if (isRebalanceError(error)) {
+        this.rebalanceError ??= error;
+        this.interrupt();
+      }
+      this.env.logger.warn(`${what} failed`, {
+        topic: this.topic,
+        partition: this.partition,
+        offset,
+        error: toErrorInfo(error),
+      });
+      return false;
+    }
+  }
+
+  /**
    * Commits the batch's first offset before anything of it runs, once per partition in this
    * consumer's life. A partition the group never committed starts wherever the client's reset
    * points (its end, unless `fromBeginning`): were the first records' runs given up or their worker
@@ -621,49 +648,16 @@ class BatchRun {
     const first = this.payload.batch.messages[0];
     if (first === undefined || this.env.anchored.has(this.partitionId) || this.committedNext !== undefined)
       return;
-    try {
-      await this.payload.commitOffsetsIfNecessary({
-        topics: [{ topic: this.topic, partitions: [{ partition: this.partition, offset: first.offset }] }],
-      });
-      this.env.anchored.add(this.partitionId);
-      this.env.stats.commits++;
-    } catch (error) {
-      if (isRebalanceError(error)) {
-        this.rebalanceError ??= error;
-        this.interrupt();
-      }
-      this.env.logger.warn('first offset commit failed', {
-        topic: this.topic,
-        partition: this.partition,
-        offset: first.offset,
-        error: toErrorInfo(error),
-      });
-    }
+    await this.commitOffset(first.offset, 'first offset commit');
   }
 
   private async commit(): Promise<void> {
     const next = this.settledNext;
     if (next === undefined || next === this.committedNext) return;
     try {
-      await this.payload.commitOffsetsIfNecessary({
-        topics: [{ topic: this.topic, partitions: [{ partition: this.partition, offset: next.toString() }] }],
-      });
-      this.committedNext = next;
-      this.env.anchored.add(this.partitionId);
-      this.env.stats.commits++;
-    } catch (error) {
-      if (isRebalanceError(error)) {
-        this.rebalanceError ??= error;
-        this.interrupt();
-      }
-      // Not fatal: a later commit carries a higher offset; until then a restart repeats a few
-      // settled records, which the store answers as duplicates.
-      this.env.logger.warn('offset commit failed', {
-        topic: this.topic,
-        partition: this.partition,
-        offset: next.toString(),
-        error: toErrorInfo(error),
-      });
+      // Not fatal when it fails: a later commit carries a higher offset; until then a restart
+      // repeats a few settled records, which the store answers as duplicates.
+      if (await this.commitOffset(next.toString(), 'offset commit')) this.committedNext = next;
     } finally {
       this.sinceCommit = 0;
       this.lastCommitAt = performance.now();
