@@ -257,13 +257,19 @@ async function runWithRetry<S>(
   const signal = args.signal();
   for (let failures = 0; ; ) {
     signal.throwIfAborted();
-    if (failures > 0 && inDoubt !== undefined) {
-      const answer = await inDoubt();
-      if (answer.done) return { ok: true, value: answer.value };
-    }
     try {
+      if (failures > 0 && inDoubt !== undefined) {
+        // A reconcile that fails here (the provider is down as well) is one more failure of the
+        // step, waited out like the others: fn runs only once reconcile answered not done.
+        const answer = await inDoubt().catch((error: unknown) => {
+          if (error instanceof PermanentError) throw new ReconcileRefused(error);
+          throw error;
+        });
+        if (answer.done) return { ok: true, value: answer.value };
+      }
       return { ok: true, value: await stepScope.run(args, fn, signal) };
     } catch (error) {
+      if (error instanceof ReconcileRefused) throw error.cause;
       failures++;
       if (failures === alertAfter && !signal.aborted) {
         instrumentsFor().stepAlerts.add(1, { consumer: args.consumer, step: name });
@@ -275,6 +281,11 @@ async function runWithRetry<S>(
       await sleep(retryDelayMs(policy, failures), signal);
     }
   }
+}
+
+/** A reconcile answer that is no answer (a PermanentError): it fails the message, never retried. */
+class ReconcileRefused {
+  constructor(readonly cause: PermanentError) {}
 }
 
 /** The run whose step `fn` the current code runs in (see `insideStep`). */

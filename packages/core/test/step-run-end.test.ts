@@ -136,6 +136,49 @@ describe('steps: reconcile and in-process retries', () => {
   });
 });
 
+describe('steps: reconcile failing between in-process retries', () => {
+  it('counts as a failure and waits again; fn runs only once reconcile answers', async () => {
+    let providerUp = false;
+    let calls = 0;
+    let reconciles = 0;
+    const alerts: number[] = [];
+    const p = createProcessor({
+      consumer: 'billing',
+      store: createMemoryStore(),
+      ...base,
+      onStepEvent: (e) => {
+        if (e.type === 'alert') alerts.push(e.failures);
+      },
+      handler: async (_: unknown, ctx: HandlerContext) =>
+        ctx.step(
+          'finish',
+          async () => {
+            calls++;
+            if (!providerUp) throw new Error('participant not answering');
+            return 'done';
+          },
+          {
+            retry: { maxAttempts: 50, initialDelayMs: 5, maxDelayMs: 5 },
+            alertAfter: 3,
+            reconcile: () => {
+              reconciles++;
+              if (!providerUp) throw new Error('participant not answering');
+              return { done: false };
+            },
+          },
+        ),
+    });
+    setTimeout(() => {
+      providerUp = true;
+    }, 100);
+    const seen = await deliverUntilSettled(p, 'down');
+    expect(seen.map((d) => d.action)).toEqual(['ack']);
+    expect(calls).toBe(2); // the first call, and one after reconcile answered not done
+    expect(reconciles).toBeGreaterThan(1);
+    expect(alerts).toEqual([3]);
+  });
+});
+
 describe('ctx.publish inside a step', () => {
   it('is refused (ConfigError): a replayed step does not run fn, so its message would be lost', async () => {
     const publisher = recordingPublisher();
