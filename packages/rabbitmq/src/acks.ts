@@ -10,8 +10,11 @@ import type { ConfirmChannel, ConsumeMessage } from 'amqplib';
 export interface Settler {
   /** Notes a delivery as outstanding; call it first thing for every delivery. */
   received(msg: ConsumeMessage): void;
-  /** Acks, coalesced with the other acks of this turn. */
-  ack(msg: ConsumeMessage): void;
+  /**
+   * Acks, coalesced with the other acks of this turn; `sent` is called once the ack was written
+   * to the channel (never, when the channel closed first and the broker redelivers).
+   */
+  ack(msg: ConsumeMessage, sent?: () => void): void;
   /** Nacks (requeue) at once. */
   requeue(msg: ConsumeMessage): void;
   /** Sends the acks of this turn now (before the channel is closed). */
@@ -22,7 +25,7 @@ export function createSettler(channel: ConfirmChannel): Settler {
   // Delivery tags grow by one per delivery on a channel, so arrival order is tag order.
   const outstanding: number[] = [];
   let head = 0;
-  const pending = new Map<number, ConsumeMessage>();
+  const pending = new Map<number, { msg: ConsumeMessage; sent: (() => void) | undefined }>();
   let scheduled = false;
 
   const forget = (tag: number) => {
@@ -34,33 +37,39 @@ export function createSettler(channel: ConfirmChannel): Settler {
     scheduled = false;
     if (pending.size === 0) return;
     let last: ConsumeMessage | undefined;
-    let covered = 0;
+    const covered: ((() => void) | undefined)[] = [];
     while (head < outstanding.length && pending.has(outstanding[head] as number)) {
       const tag = outstanding[head] as number;
-      last = pending.get(tag);
+      const entry = pending.get(tag) as { msg: ConsumeMessage; sent: (() => void) | undefined };
+      last = entry.msg;
+      covered.push(entry.sent);
       pending.delete(tag);
       head++;
-      covered++;
     }
     // Compact now and then, so the array does not grow with every delivery ever received.
     if (head > 1024) {
       outstanding.splice(0, head);
       head = 0;
     }
-    if (last) channel.ack(last, covered > 1);
-    for (const [tag, msg] of pending) {
+    const rest = [...pending];
+    pending.clear();
+    if (last) {
+      channel.ack(last, covered.length > 1);
+      for (const sent of covered) sent?.();
+    }
+    for (const [tag, { msg, sent }] of rest) {
       forget(tag);
       channel.ack(msg);
+      sent?.();
     }
-    pending.clear();
   };
 
   return {
     received(msg) {
       outstanding.push(msg.fields.deliveryTag);
     },
-    ack(msg) {
-      pending.set(msg.fields.deliveryTag, msg);
+    ack(msg, sent) {
+      pending.set(msg.fields.deliveryTag, { msg, sent });
       if (!scheduled) {
         scheduled = true;
         setImmediate(() => this.flush());

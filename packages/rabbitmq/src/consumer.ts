@@ -359,7 +359,13 @@ export function createConsumer<T = unknown, R = unknown>(
             }
           },
           deadLetterCopy: (dl) => deadLetterCopy(dl.reason),
-          ack: () => settlerOf(kept).ack(msg),
+          // Counted once the ack is written: one lost with its channel is redelivered, not done.
+          ack: () =>
+            settlerOf(kept).ack(msg, () => {
+              if (d.action === 'ack') stats.acked++;
+              else if (d.action === 'retry' && !deadLetteredInstead) stats.retried++;
+              else stats.deadLettered++;
+            }),
         });
       } catch (error) {
         if (!kept.open) {
@@ -376,9 +382,6 @@ export function createConsumer<T = unknown, R = unknown>(
         }
         continue;
       }
-      if (d.action === 'ack') stats.acked++;
-      else if (d.action === 'retry' && !deadLetteredInstead) stats.retried++;
-      else stats.deadLettered++;
       return;
     }
   };

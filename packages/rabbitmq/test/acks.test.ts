@@ -50,4 +50,21 @@ describe('settler', () => {
     s.flush();
     expect(frames).toEqual(['ack 8']);
   });
+
+  it('tells each ack once it was written, and never one the closed channel refused', async () => {
+    const { channel } = recorder();
+    const s = createSettler(channel);
+    const sent: number[] = [];
+    for (let t = 1; t <= 3; t++) s.received(msg(t));
+    s.ack(msg(1), () => sent.push(1));
+    s.ack(msg(2), () => sent.push(2));
+    await turn();
+    expect(sent).toEqual([1, 2]);
+    (channel as unknown as { ack: () => void }).ack = () => {
+      throw new Error('Channel closed');
+    };
+    s.ack(msg(3), () => sent.push(3));
+    await turn();
+    expect(sent).toEqual([1, 2]);
+  });
 });
