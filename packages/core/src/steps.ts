@@ -50,8 +50,9 @@ export interface StepOptions<S = unknown> {
    * step's result, `{ done: false }` runs `fn`. Without `reconcile` nothing is written before `fn`,
    * and an in-doubt step simply runs `fn` again (make it idempotent with `ctx.keyFor(name)`).
    * With `retry`, `reconcile` is also asked before each in-process retry (the failed call may
-   * have reached the provider). An error thrown by `reconcile` reaches the handler, and `fn` does
-   * not run.
+   * have reached the provider); an error it throws there counts as one more failure of the step.
+   * An error thrown by `reconcile` for an earlier attempt's start reaches the handler, and `fn`
+   * does not run.
    */
   // NoInfer: the step's type comes from `fn`; reconcile's `{ done: false }` must not widen it.
   reconcile?: (
