@@ -115,7 +115,7 @@ export function readIdentityHeader(headers: MessageHeaders | undefined, name: st
   }
   const value = found === undefined ? undefined : headers[found];
   if (value === undefined || value === null) return undefined;
-  if (typeof value === 'string') return withoutReplacement(value, `header ${name}`);
+  if (typeof value === 'string') return value;
   if (Array.isArray(value)) {
     throw new InvalidKeyError(
       `header ${name} is a list of ${value.length} value${value.length === 1 ? '' : 's'}; it must be one string`,
@@ -123,32 +123,13 @@ export function readIdentityHeader(headers: MessageHeaders | undefined, name: st
     );
   }
   if (value instanceof Uint8Array) {
-    let text: string;
     try {
-      text = utf8.decode(value);
+      return utf8.decode(value);
     } catch {
       throw new InvalidKeyError(`header ${name} is not valid UTF-8`, 'encoding');
     }
-    return withoutReplacement(text, `header ${name}`);
   }
   throw new InvalidKeyError(`header ${name} must be a string, not ${describeType(value)}`, 'type');
-}
-
-/**
- * `value`, unless it holds U+FFFD: what a lenient decoder (amqplib's, for AMQP strings) leaves
- * for bytes that were not UTF-8, so two different keys sent as bytes would read as one. Refused
- * as not UTF-8, never guessed at.
- *
- * @throws InvalidKeyError (reason `encoding`)
- */
-export function withoutReplacement(value: string, what: string): string {
-  if (value.includes('\uFFFD')) {
-    throw new InvalidKeyError(
-      `${what} holds U+FFFD, which stands for bytes that were not valid UTF-8: two different keys would read as one`,
-      'encoding',
-    );
-  }
-  return value;
 }
 
 function describeType(value: unknown): string {

@@ -24,6 +24,14 @@ export function normalizeKey(raw: string): string {
   if (!raw.isWellFormed()) {
     throw new InvalidKeyError('idempotency key contains an unpaired UTF-16 surrogate', 'encoding');
   }
+  // U+FFFD is what a lenient decoder (amqplib's, for AMQP strings) leaves for bytes that were not
+  // UTF-8: two different keys sent as such bytes would read as one. Refused, never guessed at.
+  if (raw.includes('\uFFFD')) {
+    throw new InvalidKeyError(
+      'idempotency key holds U+FFFD, which stands for bytes that were not valid UTF-8: two different keys would read as one',
+      'encoding',
+    );
+  }
   if (raw.startsWith(HASHED_PREFIX) || Buffer.byteLength(raw, 'utf8') > MAX_KEY_BYTES) {
     return HASHED_PREFIX + sha256Hex(raw);
   }

@@ -1,7 +1,7 @@
 /** Reading a delivery: decode, validate, fingerprint, key and request id. */
 import { decodeJson } from './codec.js';
 import { KeyMissingError, MalformedMessageError } from './errors.js';
-import { Headers, readIdentityHeader, withoutReplacement } from './headers.js';
+import { Headers, readIdentityHeader } from './headers.js';
 import { fingerprint, normalizeKey, scopeKey } from './keys.js';
 import type { ResolvedProcessorOptions } from './options.js';
 import type { Delivery } from './spi.js';
@@ -43,7 +43,7 @@ export function keyFromPolicy<T, R>(
 ): string {
   const policy = o.missingKey;
   if (policy === 'broker-id') {
-    if (delivery.brokerId) return withoutReplacement(delivery.brokerId, 'the broker id');
+    if (delivery.brokerId) return delivery.brokerId;
     throw new KeyMissingError(
       'message has no idempotency key and the broker gave it no stable id (missingKey: broker-id)',
     );

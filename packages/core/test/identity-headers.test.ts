@@ -18,6 +18,11 @@ describe('identity headers are read strictly, never guessed', () => {
     ['a repeated request id', { [Headers.IdempotencyKey]: 'k', [Headers.RequestId]: ['r1', 'r2'] }],
     ['a numeric request id', { [Headers.IdempotencyKey]: 'k', [Headers.RequestId]: 7 }],
     [
+      'a key holding U+FFFD (bytes a lenient decoder could not read)',
+      { [Headers.IdempotencyKey]: 'pay-\uFFFD1' },
+    ],
+    ['a request id holding U+FFFD', { [Headers.IdempotencyKey]: 'k', [Headers.RequestId]: 'r-\uFFFD' }],
+    [
       'a request id that is not UTF-8',
       { [Headers.IdempotencyKey]: 'k', [Headers.RequestId]: Uint8Array.of(0xff) },
     ],
