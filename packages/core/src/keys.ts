@@ -4,6 +4,7 @@
  */
 import * as crypto from 'node:crypto';
 import { ConfigError, InvalidKeyError } from './errors.js';
+import { setOwn } from './own.js';
 
 /** Keys longer than this many UTF-8 bytes are replaced by their sha256. */
 export const MAX_KEY_BYTES = 255;
@@ -122,19 +123,9 @@ function canonicalize(value: unknown, seen: Set<object> | undefined, depth: numb
     const out: Record<string, unknown> = {};
     for (const k of sortedKeys(value)) {
       const v = (value as Record<string, unknown>)[k];
-      if (v === undefined || typeof v === 'function') continue;
-      // A member named `__proto__` (JSON.parse makes it an own one) is data: assigned, it would
-      // set the prototype and drop out of the fingerprint. (`Object.create(null)` instead slows
-      // every payload's fingerprint.)
-      if (k === '__proto__') {
-        const member = {
-          value: canonicalize(v, seen, depth + 1),
-          enumerable: true,
-          writable: true,
-          configurable: true,
-        };
-        Object.defineProperty(out, k, member);
-      } else out[k] = canonicalize(v, seen, depth + 1);
+      // setOwn: a member named `__proto__` stays in the fingerprint. (`Object.create(null)`
+      // instead slows every payload's fingerprint.)
+      if (v !== undefined && typeof v !== 'function') setOwn(out, k, canonicalize(v, seen, depth + 1));
     }
     return out;
   } finally {

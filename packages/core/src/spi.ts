@@ -179,6 +179,7 @@ export type {
   SettlementPort,
 } from './settle.js';
 export { settle } from './settle.js';
+export { setOwn } from './own.js';
 export { oldestFirst } from './store/stuck.js';
 export { extractContext, injectContext, inSpan, recordError, tracer } from './tracing.js';
 export { doublingBackoff, MAX_TIMER_MS, pause, settledWithin, sleep, timerMs } from './wait.js';

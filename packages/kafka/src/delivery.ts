@@ -1,7 +1,7 @@
 /** Kafka record -> core `Delivery`, and the headers the adapter adds to copies it produces. */
 
 import { Headers } from '@exactly-once/core';
-import { type DeadLetterReason, type Delivery, deadLetterHeaders } from '@exactly-once/core/spi';
+import { type DeadLetterReason, type Delivery, deadLetterHeaders, setOwn } from '@exactly-once/core/spi';
 import type { KafkaHeaders, KafkaMessageLike, ProducerRecordMessageLike } from './client.js';
 
 /** Headers the Kafka adapter adds to dead-lettered and retried copies, besides core's `x-eo-*`. */
@@ -86,13 +86,7 @@ export function copyHeaders(headers: KafkaHeaders | undefined): ProducerHeaders 
   // the copy stays as ambiguous as the record was.
   const one = (v: HeaderValue | null) => (typeof v === 'string' ? v : toBuffer(v ?? EMPTY));
   for (const [name, value] of Object.entries(cleanHeaders(headers))) {
-    // defineProperty: a header named `__proto__` stays a header (an assignment set the prototype).
-    Object.defineProperty(out, name, {
-      value: Array.isArray(value) ? value.map(one) : one(value as HeaderValue | null),
-      enumerable: true,
-      writable: true,
-      configurable: true,
-    });
+    setOwn(out, name, Array.isArray(value) ? value.map(one) : one(value as HeaderValue | null));
   }
   return out;
 }
@@ -106,16 +100,14 @@ type CleanValue = HeaderValue | null | HeaderValue[];
  * `x-idempotency-key` with none beside an `X-Idempotency-Key` is two key headers, refused as
  * ambiguous, not a key read from the second. kafkajs collects a header named like a member of
  * `Object.prototype` (`toString`, `constructor`...) into `[<that member>, <value>]`: the member
- * is not a header and is dropped, and the header keeps its value.
+ * is not a header and is dropped, and the header keeps its value. A header named `__proto__` stays
+ * a header (setOwn).
  */
 export function cleanHeaders(headers: KafkaHeaders | undefined): Record<string, CleanValue> {
   const out: Record<string, CleanValue> = {};
   for (const [name, value] of Object.entries(headers ?? {})) {
-    if (
-      (typeof value === 'string' || value instanceof Uint8Array || value === null) &&
-      name !== '__proto__'
-    ) {
-      out[name] = value; // the common case: one value, a plain name
+    if (typeof value === 'string' || value instanceof Uint8Array || value === null) {
+      setOwn(out, name, value); // the common case: one value
       continue;
     }
     // A null among repeated values stays a value (empty): the repeat is what core refuses.
@@ -123,13 +115,7 @@ export function cleanHeaders(headers: KafkaHeaders | undefined): Record<string, 
       .map((v) => (v === null ? EMPTY : v))
       .filter((v): v is HeaderValue => typeof v === 'string' || v instanceof Uint8Array);
     if (values.length === 0) continue;
-    // defineProperty: a header named `__proto__` stays a header.
-    Object.defineProperty(out, name, {
-      value: values.length === 1 && !Array.isArray(value) ? values[0] : values,
-      enumerable: true,
-      writable: true,
-      configurable: true,
-    });
+    setOwn(out, name, values.length === 1 && !Array.isArray(value) ? values[0] : values);
   }
   return out;
 }
