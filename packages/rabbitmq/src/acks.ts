@@ -21,11 +21,17 @@ export interface Settler {
   flush(): void;
 }
 
+/** An ack waiting for the end of the turn, and who to tell once it is written. */
+interface Acking {
+  readonly msg: ConsumeMessage;
+  readonly sent: (() => void) | undefined;
+}
+
 export function createSettler(channel: ConfirmChannel): Settler {
   // Delivery tags grow by one per delivery on a channel, so arrival order is tag order.
   const outstanding: number[] = [];
   let head = 0;
-  const pending = new Map<number, { msg: ConsumeMessage; sent: (() => void) | undefined }>();
+  const pending = new Map<number, Acking>();
   let scheduled = false;
 
   const forget = (tag: number) => {
@@ -40,7 +46,7 @@ export function createSettler(channel: ConfirmChannel): Settler {
     const covered: ((() => void) | undefined)[] = [];
     while (head < outstanding.length && pending.has(outstanding[head] as number)) {
       const tag = outstanding[head] as number;
-      const entry = pending.get(tag) as { msg: ConsumeMessage; sent: (() => void) | undefined };
+      const entry = pending.get(tag) as Acking;
       last = entry.msg;
       covered.push(entry.sent);
       pending.delete(tag);

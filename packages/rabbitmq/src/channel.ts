@@ -264,23 +264,21 @@ export function keepChannel(options: ChannelKeeperOptions): ChannelKeeper {
 // ---------------------------------------------------------------- confirmed publishing
 
 interface Pending {
+  /** Exchange, routing key and message id (see routeOf). */
   readonly route: string;
+  /** The marker header's value, when another publish of the route was pending (see below). */
+  readonly mark?: string;
   returned?: string;
 }
-interface PendingList {
-  readonly entries: Pending[];
-  /** Pending publishes per route: a second publish on a route still pending gets a marker. */
-  readonly perRoute: Map<string, number>;
-}
-const pendingByChannel = new WeakMap<ConfirmChannel, PendingList>();
+const pendingByChannel = new WeakMap<ConfirmChannel, Pending[]>();
 
 const routeOf = (exchange: string, routingKey: string, messageId: unknown) =>
   `${exchange}\u0000${routingKey}\u0000${messageId === undefined ? '' : String(messageId)}`;
 
 /**
- * Marks a publish whose route (exchange, routing key, message id) another pending publish of the
- * channel shares: returns carry the message's headers, so the return is matched to the publish it
- * belongs to. Unique per process (a header left on a message by an earlier publish never matches).
+ * Marks a publish whose route another pending publish of the channel shares: returns carry the
+ * message's headers, so the return is matched to the publish it belongs to. Unique per process
+ * (a header left on a message by an earlier publish never matches).
  */
 const MARKER_HEADER = 'x-eo-publish-mark';
 const markerPrefix = `${process.pid.toString(36)}.${Math.random().toString(36).slice(2, 8)}.`;
@@ -295,17 +293,18 @@ let markers = 0;
  * are matched by it: confirms may come out of order (an unroutable message is confirmed at once),
  * and the return of the second must not be pinned on the first.
  */
-function pendingOf(channel: ConfirmChannel): PendingList {
+function pendingOf(channel: ConfirmChannel): Pending[] {
   let pending = pendingByChannel.get(channel);
   if (!pending) {
-    const list: PendingList = { entries: [], perRoute: new Map() };
+    const list: Pending[] = [];
     pending = list;
     pendingByChannel.set(channel, list);
     channel.on('return', (msg) => {
       const route = routeOf(msg.fields.exchange, msg.fields.routingKey, msg.properties.messageId);
-      const mark = msg.properties.headers?.[MARKER_HEADER];
-      const open = (r: string) => list.entries.find((x) => x.route === r && x.returned === undefined);
-      const p = (typeof mark === 'string' ? open(`${route}\u0000${mark}`) : undefined) ?? open(route);
+      const header = msg.properties.headers?.[MARKER_HEADER];
+      const open = (mark: unknown) =>
+        list.find((x) => x.route === route && x.mark === mark && x.returned === undefined);
+      const p = (typeof header === 'string' ? open(header) : undefined) ?? open(undefined);
       if (p) p.returned = `${msg.fields.replyCode} ${msg.fields.replyText}`;
     });
   }
@@ -331,25 +330,15 @@ export function publishConfirmed(
   const route = routeOf(exchange, routingKey, options.messageId);
   let publishOptions: Options.Publish = options;
   let entry: Pending = { route };
-  const sharing = mandatory ? (list.perRoute.get(route) ?? 0) : 0;
-  if (sharing > 0) {
+  if (mandatory && list.some((x) => x.route === route)) {
     const mark = `${markerPrefix}${++markers}`;
-    entry = { route: `${route}\u0000${mark}` };
+    entry = { route, mark };
     publishOptions = { ...options, headers: { ...options.headers, [MARKER_HEADER]: mark } };
   }
-  if (mandatory) {
-    list.entries.push(entry);
-    list.perRoute.set(route, sharing + 1);
-  }
-  let forgotten = !mandatory;
+  if (mandatory) list.push(entry);
   const forget = () => {
-    if (forgotten) return;
-    forgotten = true;
-    const i = list.entries.indexOf(entry);
-    if (i >= 0) list.entries.splice(i, 1);
-    const left = (list.perRoute.get(route) ?? 1) - 1;
-    if (left > 0) list.perRoute.set(route, left);
-    else list.perRoute.delete(route);
+    const i = list.indexOf(entry);
+    if (i >= 0) list.splice(i, 1);
   };
   return new Promise<void>((resolve, reject) => {
     const confirmed = (error: Error | null | undefined) => {

@@ -22,7 +22,7 @@ import {
   pause,
   settledWithin,
 } from '@exactly-once/core/spi';
-import type { ConsumeMessage } from 'amqplib';
+import type { ConsumeMessage, Options } from 'amqplib';
 import { createSettler, type Settler } from './acks.js';
 import {
   type ChannelKeeper,
@@ -306,26 +306,17 @@ export function createConsumer<T = unknown, R = unknown>(
     msg: ConsumeMessage,
     d: Exclude<Disposition, { action: 'defer' }>,
   ) => {
+    // A copy of the message, on the channel that delivered it.
+    const copyTo = (copyQueue: string, copyOptions: Options.Publish) =>
+      publishConfirmed(kept, '', copyQueue, msg.content, copyOptions);
     // A dead letter instead of the retry whose copy could not be encoded.
     let deadLetteredInstead = false;
     const deadLetterCopy = async (reason: DeadLetterReason) => {
       try {
-        await publishConfirmed(
-          kept,
-          '',
-          topology.deadLetterQueue,
-          msg.content,
-          deadLetterCopyOptions(msg, reason),
-        );
+        await copyTo(topology.deadLetterQueue, deadLetterCopyOptions(msg, reason));
       } catch (error) {
         if (!(error instanceof UnencodableMessageError)) throw error;
-        await publishConfirmed(
-          kept,
-          '',
-          topology.deadLetterQueue,
-          msg.content,
-          reducedDeadLetterCopyOptions(msg, reason, error.message),
-        );
+        await copyTo(topology.deadLetterQueue, reducedDeadLetterCopyOptions(msg, reason, error.message));
       }
     };
     for (let failures = 0; ; failures++) {
@@ -337,13 +328,7 @@ export function createConsumer<T = unknown, R = unknown>(
         await ackLast(d, {
           retryCopy: async (r) => {
             try {
-              await publishConfirmed(
-                kept,
-                '',
-                retryQueueFor(topology, r.delayMs),
-                msg.content,
-                retryCopyOptions(msg, r.nextAttempt),
-              );
+              await copyTo(retryQueueFor(topology, r.delayMs), retryCopyOptions(msg, r.nextAttempt));
             } catch (error) {
               if (!(error instanceof UnencodableMessageError)) throw error;
               // It could never come back from a retry queue: it is dead-lettered with the reason.

@@ -124,12 +124,16 @@ export function retryCopyOptions(msg: ConsumeMessage, nextAttempt: number): Opti
 
 /** The dead-letter copy: every original header, the reason headers, and where it came from. */
 export function deadLetterCopyOptions(msg: ConsumeMessage, reason: DeadLetterReason): Options.Publish {
-  return copyOptions(msg.properties, {
-    ...(msg.properties.headers ?? {}),
+  return copyOptions(msg.properties, { ...(msg.properties.headers ?? {}), ...reasonHeaders(msg, reason) });
+}
+
+/** What every dead letter carries: the reason headers, and the exchange and key it came through. */
+function reasonHeaders(msg: ConsumeMessage, reason: DeadLetterReason): Record<string, string> {
+  return {
     ...deadLetterHeaders(reason),
     'x-eo-original-exchange': msg.fields.exchange,
     'x-eo-original-routing-key': msg.fields.routingKey,
-  });
+  };
 }
 
 /** Identity headers longer than this are left out of a reduced copy (see below). */
@@ -158,9 +162,7 @@ export function reducedDeadLetterCopyOptions(
     persistent: true,
     headers: {
       ...identity,
-      ...deadLetterHeaders(reason),
-      'x-eo-original-exchange': msg.fields.exchange,
-      'x-eo-original-routing-key': msg.fields.routingKey,
+      ...reasonHeaders(msg, reason),
       'x-eo-copy-reduced': `original headers and properties left out: ${why}`,
     },
   };
