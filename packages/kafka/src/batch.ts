@@ -496,18 +496,16 @@ class BatchRun {
       sent = await this.produce(to, record, settling, id);
       if (sent !== 'settled') throw new Error('the copy was not acknowledged');
     };
+    const fromRetryTopic = topic === env.retryTopic;
     try {
       await ackLast(settling, {
         retryCopy: (r) =>
           copy(
             env.retryTopic as string,
-            retryRecord(topic, partition, message, delivery, r, Date.now(), topic === env.retryTopic),
+            retryRecord(topic, partition, message, delivery, r, Date.now(), fromRetryTopic),
           ),
         deadLetterCopy: (dl) =>
-          copy(
-            env.deadLetterTopic,
-            deadLetterRecord(topic, partition, message, dl.reason, topic === env.retryTopic),
-          ),
+          copy(env.deadLetterTopic, deadLetterRecord(topic, partition, message, dl.reason, fromRetryTopic)),
         ack: () => this.resolve(message),
       });
       if (held !== undefined) env.copiesOnHold.delete(id);
@@ -646,8 +644,7 @@ class BatchRun {
    */
   private async anchor(): Promise<void> {
     const first = this.payload.batch.messages[0];
-    if (first === undefined || this.env.anchored.has(this.partitionId) || this.committedNext !== undefined)
-      return;
+    if (first === undefined || this.env.anchored.has(this.partitionId)) return;
     await this.commitOffset(first.offset, 'first offset commit');
   }
 
