@@ -217,6 +217,26 @@ describe.each(servers)('document outbox on %s, relayed to Kafka', (_name, url) =
     expect(await orders.countDocuments({ _id: 'r-1' as never, [PENDING_FIELD]: { $exists: true } })).toBe(0);
   });
 
+  it('marks more confirmed documents at once than one FerretDB update command can hold', async () => {
+    // Before: marks went out in bulks of 100 updates. FerretDB 1.x keeps each statement's read
+    // open (one pooled SQLite connection) until its command ends, and a database has 100: a bulk
+    // of 100 waited for a connection for ever, and every later call on the database with it.
+    const ids = Array.from({ length: 250 }, (_, i) => `b-${i}`);
+    await orders.insertMany(
+      ids.map((id) => ({ _id: id as never, ...outboxFields(id, [{ destination: 'unused', body: { id } }]) })),
+    );
+    const source = createMongoOutboxSource({ collection: orders });
+    const entries: string[] = [];
+    for await (const entry of source.scan()) if (entry.id.startsWith('string:b-')) entries.push(entry.id);
+    // Act
+    await source.markPublished(entries);
+    // Assess
+    expect(entries).toHaveLength(250);
+    expect(
+      await orders.countDocuments({ _id: { $in: ids as never[] }, [PENDING_FIELD]: { $exists: true } }),
+    ).toBe(0);
+  });
+
   it('two writes of one document in the same millisecond: marking the first leaves the second pending', async () => {
     // Before: both had the same eo_pending (its sub-millisecond part rounds away), so the
     // conditional $unset of the first write also cleared the second's, and its events were lost.

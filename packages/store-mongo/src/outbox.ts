@@ -18,8 +18,12 @@ import { fromBinary, toBinary } from './codec.js';
 export const OUTBOX_FIELD = 'eo_outbox';
 export const PENDING_FIELD = 'eo_pending';
 export const WRITE_FIELD = 'eo_write';
-/** Updates per bulk write when marking documents published. */
-const MARK_BULK = 100;
+/**
+ * Updates per bulk write when marking documents published. Small because FerretDB 1.x holds one
+ * pooled SQLite connection per statement until its command ends, 100 per database: a command of
+ * 100 updates waits for ever, and the database's other callers with it.
+ */
+const MARK_BULK = 20;
 
 /** An event to publish with the document. */
 export interface OutboxMessageInput {
@@ -122,8 +126,8 @@ export function createMongoOutboxSource(options: MongoOutboxSourceOptions): Mong
   // (A document written by an earlier version has no token: its `eo_pending` stands in for it.)
   const read = new Map<string, { _id: unknown; condition: Document }>();
   const pending = { [PENDING_FIELD]: { $exists: true } };
-  // One server call at a time per source: FerretDB 1.x (SQLite) was seen to stall every client
-  // when a page read and the marking writes of the same relay overlapped.
+  // One server call at a time per source: a page read and the marking writes of one relay share
+  // FerretDB 1.x's connection pool (see MARK_BULK); overlapping, they were seen to stall it.
   let queue: Promise<unknown> = Promise.resolve();
   const serial = <T>(call: () => Promise<T>): Promise<T> => {
     const result = queue.then(call, call);
