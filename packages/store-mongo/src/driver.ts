@@ -6,6 +6,21 @@
 import { RecordTooLargeError, StoreUnavailableError } from '@exactly-once/core';
 import { MongoInvalidArgumentError, MongoServerError } from 'mongodb';
 
+/**
+ * Update statements per command. FerretDB 1.x (SQLite) holds one pooled connection for each
+ * statement of a command until the command ends, out of 100 per database: a command of 100
+ * updates waited for ever, and every later call on that database with it.
+ */
+const STATEMENTS_PER_COMMAND = 20;
+
+/** `statements` cut into commands FerretDB 1.x can run; send them one after another. */
+export function commandParts<T>(statements: readonly T[]): T[][] {
+  const parts: T[][] = [];
+  for (let i = 0; i < statements.length; i += STATEMENTS_PER_COMMAND)
+    parts.push(statements.slice(i, i + STATEMENTS_PER_COMMAND));
+  return parts;
+}
+
 /** E11000: an insert (or upsert) collided with an existing `_id`. */
 export function isDuplicateKey(error: unknown): boolean {
   if (error instanceof MongoServerError) {

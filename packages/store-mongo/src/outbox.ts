@@ -14,16 +14,11 @@ import { encodeValue, injectContext } from '@exactly-once/core/spi';
 import { context } from '@opentelemetry/api';
 import type { Binary, Collection, Document } from 'mongodb';
 import { fromBinary, toBinary } from './codec.js';
+import { commandParts } from './driver.js';
 
 export const OUTBOX_FIELD = 'eo_outbox';
 export const PENDING_FIELD = 'eo_pending';
 export const WRITE_FIELD = 'eo_write';
-/**
- * Updates per bulk write when marking documents published. Small because FerretDB 1.x holds one
- * pooled SQLite connection per statement until its command ends, 100 per database: a command of
- * 100 updates waits for ever, and the database's other callers with it.
- */
-const MARK_BULK = 20;
 
 /** An event to publish with the document. */
 export interface OutboxMessageInput {
@@ -127,7 +122,7 @@ export function createMongoOutboxSource(options: MongoOutboxSourceOptions): Mong
   const read = new Map<string, { _id: unknown; condition: Document }>();
   const pending = { [PENDING_FIELD]: { $exists: true } };
   // One server call at a time per source: a page read and the marking writes of one relay share
-  // FerretDB 1.x's connection pool (see MARK_BULK); overlapping, they were seen to stall it.
+  // FerretDB 1.x's connection pool (see commandParts); overlapping, they were seen to stall it.
   let queue: Promise<unknown> = Promise.resolve();
   const serial = <T>(call: () => Promise<T>): Promise<T> => {
     const result = queue.then(call, call);
@@ -202,10 +197,9 @@ export function createMongoOutboxSource(options: MongoOutboxSourceOptions): Mong
         const filter = { _id: entry._id, ...entry.condition };
         return [{ updateOne: { filter, update: { $unset: { [PENDING_FIELD]: '', [WRITE_FIELD]: '' } } } }];
       });
-      // In small bulks, each taking its turn: a page read waits for one bulk, not for all of them.
-      for (let i = 0; i < ops.length; i += MARK_BULK) {
-        const bulk = ops.slice(i, i + MARK_BULK);
-        await serial(() => collection.bulkWrite(bulk as never, { ordered: false }));
+      // Each part takes its turn: a page read waits for one part, not for all of them.
+      for (const part of commandParts(ops)) {
+        await serial(() => collection.bulkWrite(part as never, { ordered: false }));
       }
       for (const id of entryIds) read.delete(id);
     },

@@ -43,7 +43,14 @@ import {
   State,
   toBinary,
 } from './codec.js';
-import { asStoreError, duplicateIndexes, guarded, isDuplicateKey, isUnsupported } from './driver.js';
+import {
+  asStoreError,
+  commandParts,
+  duplicateIndexes,
+  guarded,
+  isDuplicateKey,
+  isUnsupported,
+} from './driver.js';
 import { dismantle, type SweepResult, sweepExpired } from './sweep.js';
 
 export interface MongoStoreOptions {
@@ -609,20 +616,17 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       const known = requests.filter((r) => r.ids.length > 0 && completed.has(heldKey(r.key, r.fence)));
       const unknown = requests.filter((r) => r.ids.length > 0 && !completed.has(heldKey(r.key, r.fence)));
       await guarded('markPublished', async () => {
-        if (known.length > 0) {
-          await collection.bulkWrite(
-            known.map((r) => {
-              const place = completed.get(heldKey(r.key, r.fence)) as Place;
-              return {
-                updateOne: {
-                  filter: { _id: elementId(place.chain, place.position) },
-                  update: { $addToSet: { pb: { $each: [...new Set(r.ids)] } } },
-                },
-              };
-            }),
-            { ordered: false, ...write },
-          );
-        }
+        const updates = known.map((r) => {
+          const place = completed.get(heldKey(r.key, r.fence)) as Place;
+          return {
+            updateOne: {
+              filter: { _id: elementId(place.chain, place.position) },
+              update: { $addToSet: { pb: { $each: [...new Set(r.ids)] } } },
+            },
+          };
+        });
+        for (const part of commandParts(updates))
+          await collection.bulkWrite(part, { ordered: false, ...write });
       });
       await Promise.all(unknown.map((r) => store.markPublished(r.key, r.fence, r.ids)));
     },

@@ -114,7 +114,7 @@ export function batchConformanceTests(store: () => ProcessedStore, leaseMs: numb
     expect(await store().get(keys[0] as string)).toMatchObject({ outgoing: [{ id: 'm0', published: true }] });
   });
 
-  it('a batch of 300 new keys acquires each once; a second batch of the same keys is all duplicates', async () => {
+  it('a batch of 300 new keys is acquired, completed and marked published in one call each; a second batch of the same keys is all duplicates', async () => {
     const p = prefix();
     const keys = Array.from({ length: 300 }, (_, i) => `${p}${i}`);
     const first = (await beginMany(
@@ -122,11 +122,21 @@ export function batchConformanceTests(store: () => ProcessedStore, leaseMs: numb
       keys.map((k) => request(k)),
     )) as Extract<BeginResult, { status: 'acquired' }>[];
     expect(first.every((r) => r.status === 'acquired' && r.kind === 'new')).toBe(true);
+    const fence = (i: number) => first[i]?.fence as number;
     const done = await completeMany(
       store(),
-      keys.map((key, i) => ({ key, fence: first[i]?.fence as number, outgoing: [], retentionMs })),
+      keys.map((key, i) => ({ key, fence: fence(i), outgoing: [message(`m${i}`)], retentionMs })),
     );
     expect(done.every((r) => r === 'ok')).toBe(true);
+    await markPublishedMany(
+      store(),
+      keys.map((key, i) => ({ key, fence: fence(i), ids: [`m${i}`] })),
+    );
+    for (const i of [0, 99, 100, 299]) {
+      expect(await store().get(keys[i] as string)).toMatchObject({
+        outgoing: [{ id: `m${i}`, published: true }],
+      });
+    }
     const again = await beginMany(
       store(),
       keys.map((k) => request(k)),
