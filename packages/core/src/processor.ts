@@ -481,10 +481,11 @@ async function run<T, R>(
   const marker = new RunUnderWay();
   shared.publishing.set(storeKey, marker);
   try {
-    return await runAcquired(o, delivery, span, runCtx, prepared, begun, leaseSince, shared, turn);
+    return await runAcquired(o, delivery, span, runCtx, prepared, begun, leaseSince, shared, turn, marker);
   } finally {
-    if (shared.publishing.get(storeKey) === marker) shared.publishing.delete(storeKey);
-    marker.end();
+    marker.end(() => {
+      if (shared.publishing.get(storeKey) === marker) shared.publishing.delete(storeKey);
+    });
   }
 }
 
@@ -510,6 +511,7 @@ async function runAcquired<T, R>(
   leaseSince: number,
   shared: Shared,
   turn: Turn | undefined,
+  marker: RunUnderWay,
 ): Promise<Disposition> {
   const { storeKey, requestId } = prepared;
   if (span.isRecording()) {
@@ -591,6 +593,9 @@ async function runAcquired<T, R>(
     // Given up at maxRunMs, the handler is still running; a handler that failed may have left
     // steps running beside it: see handleFailure.
     const stillRunning = givenUp ? handled.ended.then(() => state.stepsRunning()) : state.stepsRunning();
+    // A retry of the key in this process (a copy taking it over once the lease, no longer
+    // heartbeated, ran out) then waits for it rather than run beside it.
+    if (stillRunning !== undefined) marker.outlivedBy(stillRunning, o.maxRunMs);
     const d = await handleFailure(
       o,
       delivery,

@@ -1,6 +1,7 @@
 /** What the runs of one processor share: in-process state, never needed for correctness across workers. */
 import type { LeaseBoard } from './lease-keeper.js';
 import type { BeginResult } from './store/types.js';
+import { timerMs } from './wait.js';
 
 /**
  * A lease acquired for a delivery of an ordered group whose handler did not run because an
@@ -70,8 +71,9 @@ export class RunUnderWay {
   private ended = false;
   private promise: Promise<void> | undefined;
   private resolve: (() => void) | undefined;
+  private outliving: Promise<void> | undefined;
 
-  /** Resolves once {@link end} was called (at once if it was). */
+  /** Resolves once the run has ended (at once if it has). */
   wait(): Promise<void> {
     if (this.ended) return Promise.resolve();
     this.promise ??= new Promise<void>((resolve) => {
@@ -80,9 +82,32 @@ export class RunUnderWay {
     return this.promise;
   }
 
-  end(): void {
-    this.ended = true;
-    this.resolve?.();
+  /**
+   * The run is returning, but what it started goes on (a handler given up at maxRunMs, steps a
+   * failed handler left running): it is under way until `what` settles, `atMostMs` at most. The
+   * bound's timer does not keep the process alive.
+   */
+  outlivedBy(what: Promise<void>, atMostMs: number): void {
+    this.outliving = new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, timerMs(atMostMs));
+      timer.unref();
+      const done = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      what.then(done, done);
+    });
+  }
+
+  /** Ends the run, now or once what outlives it has settled; `then` runs first. */
+  end(then: () => void): void {
+    const finish = () => {
+      then();
+      this.ended = true;
+      this.resolve?.();
+    };
+    if (this.outliving === undefined) finish();
+    else void this.outliving.then(finish);
   }
 }
 

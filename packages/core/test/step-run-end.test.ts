@@ -7,6 +7,7 @@
 import { describe, expect, it } from 'vitest';
 import type { HandlerContext } from '../src/context.js';
 import { ConfigError } from '../src/errors.js';
+import { createIdempotentExecutor, ExecutionFailedError } from '../src/executor.js';
 import { Headers } from '../src/headers.js';
 import { createProcessor } from '../src/processor.js';
 import type { Disposition } from '../src/spi.js';
@@ -297,6 +298,69 @@ describe('a key taken over from a run of this process still going', () => {
     await sleep(250); // past the first run's lease
     const copy = p.process(delivery({ order: 'self' }, key('self')));
     await Promise.all([first, copy]);
+    expect(runs).toBe(2);
+    expect(most).toBe(1);
+  });
+
+  it('also when that run was given up at maxRunMs and its handler outlived the lease', async () => {
+    // Before: a run given up at maxRunMs was forgotten at once, so a retry that took the key over
+    // once its lease (no longer heartbeated) had run out started beside the handler still going.
+    // Given up at 150 ms, its lease runs out about 60 ms later, its handler returns at 290 ms.
+    let running = 0;
+    let most = 0;
+    let runs = 0;
+    const p = createProcessor({
+      consumer: 'billing',
+      store: createMemoryStore(),
+      ...base,
+      leaseMs: 60,
+      heartbeatMs: 15,
+      maxRunMs: 150,
+      handler: async () => {
+        runs++;
+        running++;
+        most = Math.max(most, running);
+        await sleep(runs === 1 ? 290 : 5);
+        running--;
+      },
+    });
+    const seen = await deliverUntilSettled(p, 'slow');
+    expect(seen[0]?.action).toBe('retry');
+    expect(seen.at(-1)?.action).toBe('ack');
+    expect(runs).toBe(2);
+    expect(most).toBe(1);
+  });
+
+  it('an idempotent executor too: a retry of a request given up at maxRunMs waits for its handler', async () => {
+    const executor = createIdempotentExecutor<{ order: string }, number>({
+      consumer: 'payments-api',
+      store: createMemoryStore(),
+      retentionCheck: 'off',
+      leaseMs: 60,
+      heartbeatMs: 15,
+      maxRunMs: 150,
+    });
+    let running = 0;
+    let most = 0;
+    let runs = 0;
+    const charge = async () => {
+      runs++;
+      running++;
+      most = Math.max(most, running);
+      await sleep(runs === 1 ? 290 : 5);
+      running--;
+      return runs;
+    };
+    const call = () => executor.execute({ key: 'pay-1', payload: { order: 'o' } }, charge);
+    const first = await call().catch((e: unknown) => e);
+    expect(first).toBeInstanceOf(ExecutionFailedError);
+    // The client retries until it has an answer, as after a 503 or a 409.
+    let answer: Awaited<ReturnType<typeof call>> | undefined;
+    for (let i = 0; i < 40 && answer === undefined; i++) {
+      answer = await call().catch(() => undefined);
+      if (answer === undefined) await sleep(20);
+    }
+    expect(answer?.status).toBe('completed');
     expect(runs).toBe(2);
     expect(most).toBe(1);
   });
