@@ -3,7 +3,12 @@
  * relay: every event once and in order per document; a document rewritten with a new event after
  * the relay read it stays pending and its new event is published too.
  */
-import { createOutboxRelay } from '@exactly-once/core';
+import {
+  createOutboxRelay,
+  InvalidKeyError,
+  MalformedMessageError,
+  UnencodableValueError,
+} from '@exactly-once/core';
 import { createProducer } from '@exactly-once/kafka';
 import { createMongoOutboxSource, outboxFields, PENDING_FIELD } from '@exactly-once/store-mongo';
 import { Kafka, logLevel } from 'kafkajs';
@@ -235,6 +240,30 @@ describe.each(servers)('document outbox on %s, relayed to Kafka', (_name, url) =
     expect(
       await orders.countDocuments({ _id: { $in: ids as never[] }, [PENDING_FIELD]: { $exists: true } }),
     ).toBe(0);
+  });
+
+  it('a document whose outbox fields were not written by outboxFields is refused by name, not published or marked', async () => {
+    // Before: an event of the wrong shape failed every round with a TypeError, and an `eo_outbox`
+    // that is not an array was marked published without a word.
+    const source = createMongoOutboxSource({ collection: orders });
+    const cases = [
+      { _id: 'h-1', eo_outbox: [{ i: 5, d: null, b: 'str', h: 7 }] },
+      { _id: 'h-2', eo_outbox: 'not events' },
+    ];
+    for (const doc of cases) {
+      await orders.insertOne({ ...doc, [PENDING_FIELD]: 1 } as never);
+      const read = async () => {
+        for await (const _ of source.scan());
+      };
+      await expect(read()).rejects.toThrow(MalformedMessageError);
+      await expect(read()).rejects.toThrow(doc._id);
+      await orders.deleteOne({ _id: doc._id as never });
+    }
+  });
+
+  it('outboxFields refuses an event that no consumer could take: an empty id, an undefined body', () => {
+    expect(() => outboxFields('d-1', [{ destination: 'd', id: '', body: {} }])).toThrow(InvalidKeyError);
+    expect(() => outboxFields('d-1', [{ destination: 'd', body: undefined }])).toThrow(UnencodableValueError);
   });
 
   it('two writes of one document in the same millisecond: marking the first leaves the second pending', async () => {

@@ -9,7 +9,14 @@
  * their messages, unsets both on the condition that the token is still the one it read.
  */
 import { randomBytes } from 'node:crypto';
-import { Headers, type OutboxEntry, type OutboxSource } from '@exactly-once/core';
+import {
+  Headers,
+  MalformedMessageError,
+  normalizeKey,
+  type OutboxEntry,
+  type OutboxSource,
+  UnencodableValueError,
+} from '@exactly-once/core';
 import { encodeValue, injectContext } from '@exactly-once/core/spi';
 import { context } from '@opentelemetry/api';
 import type { Binary, Collection, Document } from 'mongodb';
@@ -70,8 +77,13 @@ export function outboxFields(
   const trace = injectContext(context.active(), {});
   return {
     [OUTBOX_FIELD]: messages.map((m, position) => {
+      // Refused here, at the write, rather than published to be dead-lettered by every consumer.
+      if (m.body === undefined) {
+        throw new UnencodableValueError(`event ${position} of document ${docId}`, 'its body is undefined');
+      }
       const { bytes, contentType } = encodeValue(m.body);
       const id = m.id ?? `${docId}/${position}`;
+      normalizeKey(id);
       const headers: Record<string, string> = {
         'content-type': contentType,
         ...m.headers,
@@ -177,7 +189,7 @@ export function createMongoOutboxSource(options: MongoOutboxSourceOptions): Mong
             readAtAfter = new Set();
           }
           readAtAfter.add(id);
-          entries.push({ id, messages: decodeMessages(doc[OUTBOX_FIELD]) });
+          entries.push({ id, messages: decodeMessages(doc._id, doc[OUTBOX_FIELD]) });
         }
         const more = page.length === limit;
         if (more) {
@@ -207,8 +219,29 @@ export function createMongoOutboxSource(options: MongoOutboxSourceOptions): Mong
   };
 }
 
-function decodeMessages(value: unknown): OutboxEntry['messages'] {
-  if (!Array.isArray(value)) return [];
+/**
+ * The events of a pending document. Anything `outboxFields` does not write (a field written by
+ * hand, another program's document) is a MalformedMessageError naming the document: the relay
+ * logs it and retries, never publishes half of it or marks it published.
+ */
+function decodeMessages(docId: unknown, value: unknown): OutboxEntry['messages'] {
+  const malformed = (what: string) =>
+    new MalformedMessageError(`outbox document ${String(docId)}: ${what} (write it with outboxFields)`);
+  if (!Array.isArray(value)) throw malformed(`${OUTBOX_FIELD} is not an array`);
+  for (const [n, m] of (value as unknown[]).entries()) {
+    const e = m as Partial<Record<keyof OutboxMessageDoc, unknown>> | null;
+    const valid =
+      typeof e === 'object' &&
+      e !== null &&
+      typeof e.i === 'string' &&
+      typeof e.d === 'string' &&
+      (e.k === undefined || typeof e.k === 'string') &&
+      (e.b as Binary | undefined)?._bsontype === 'Binary' &&
+      Array.isArray(e.h) &&
+      e.h.length % 2 === 0 &&
+      e.h.every((h) => typeof h === 'string');
+    if (!valid) throw malformed(`event ${n} is not an event outboxFields wrote`);
+  }
   return (value as OutboxMessageDoc[]).map((m) => {
     const headers: Record<string, string> = {};
     for (let i = 0; i + 1 < m.h.length; i += 2) headers[m.h[i] as string] = m.h[i + 1] as string;

@@ -294,7 +294,7 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
         size = Math.max(window.min, Math.floor(size / 2));
         slowStart = true;
         const delay = retryDelayMs(retry, failures);
-        logger.warn('outbox relay: a round was not confirmed; backing off', {
+        logger.warn('outbox relay: a round was not read or not confirmed; backing off', {
           error: String(error),
           delayMs: delay,
           window: size,
