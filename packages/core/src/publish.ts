@@ -128,7 +128,7 @@ function publishFailed<T, R>(
     const oldest = shared.publishFailures.keys().next().value;
     if (oldest !== undefined) shared.publishFailures.delete(oldest);
   }
-  o.logger.warn('outgoing publish not confirmed; kept for the key's next delivery or call', {
+  o.logger.warn('outgoing publish not confirmed; kept for the next delivery or call of the key', {
     key: storeKey,
     attempt: failures,
   });
