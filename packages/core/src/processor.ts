@@ -413,74 +413,74 @@ async function run<T, R>(
     turn.group.kept.push(held);
     return { action: 'defer', outcome: 'not-run', delayMs: 0 };
   }
-  if (begun.status === 'acquired' && begun.kind === 'takeover') {
-    // Taken over from a run of this very process that is still going (its lease ran out under a
-    // slow store, its handler did not stop): start after it, not beside it, so that what it did
-    // is there to see (reconcile); for maxRunMs at most, when that run is given up anyway.
-    const local = shared.publishing.get(storeKey);
-    if (local !== undefined) await settledWithin([local.wait()], o.maxRunMs);
-  }
-  if (begun.status === 'acquired' && performance.now() - leaseSince > o.leaseMs / 2) {
-    // A long wait for its turn, or a begin answered late (a slow store), used up half the lease:
-    // renew it before the handler starts. A lease that ran out meanwhile may have been taken over
-    // (by another worker, or by a copy of the message in this one), and the handler must not
-    // start beside the run that took it.
-    try {
-      const extendedAt = performance.now();
-      if ((await o.store.extend(storeKey, begun.fence, o.leaseMs)) === 'lost') {
-        turn?.go(false);
-        return leaseLost(storeKey, begun.fence);
+  if (begun.status !== 'acquired') {
+    if (begun.status !== 'busy') await passOn();
+    switch (begun.status) {
+      case 'duplicate': {
+        span.addLinks(linkToRef(begun.record.traceId));
+        return finishCompleted(o, runCtx, delivery, storeKey, begun.record, shared);
       }
-      leaseSince = extendedAt;
-    } catch (error) {
-      turn?.go(false);
-      return storeDown(o, error, storeKey);
+      case 'busy':
+        // Poll well before the other lease ends: the other worker usually finishes early.
+        return {
+          action: 'defer',
+          outcome: 'busy',
+          delayMs: Math.max(50, Math.min(begun.retryAfterMs, Math.ceil(o.leaseMs / 10))),
+        };
+      case 'mismatch':
+        return deadLetter(
+          o,
+          delivery,
+          'mismatch',
+          new IdempotencyKeyReuseError({
+            key: prepared.key,
+            storedFingerprint: begun.record.fingerprint,
+            receivedFingerprint: prepared.fingerprint,
+          }),
+          begun.record.attempt,
+        );
+      case 'failed':
+        return deadLetter(
+          o,
+          delivery,
+          'failed',
+          new PreviouslyFailedError(prepared.key, begun.record.error),
+          begun.record.attempt,
+        );
     }
   }
-  if (begun.status !== 'acquired' && begun.status !== 'busy') await passOn();
-
-  switch (begun.status) {
-    case 'duplicate': {
-      span.addLinks(linkToRef(begun.record.traceId));
-      return finishCompleted(o, runCtx, delivery, storeKey, begun.record, shared);
-    }
-    case 'busy':
-      // Poll well before the other lease ends: the other worker usually finishes early.
-      return {
-        action: 'defer',
-        outcome: 'busy',
-        delayMs: Math.max(50, Math.min(begun.retryAfterMs, Math.ceil(o.leaseMs / 10))),
-      };
-    case 'mismatch':
-      return deadLetter(
-        o,
-        delivery,
-        'mismatch',
-        new IdempotencyKeyReuseError({
-          key: prepared.key,
-          storedFingerprint: begun.record.fingerprint,
-          receivedFingerprint: prepared.fingerprint,
-        }),
-        begun.record.attempt,
-      );
-    case 'failed':
-      return deadLetter(
-        o,
-        delivery,
-        'failed',
-        new PreviouslyFailedError(prepared.key, begun.record.error),
-        begun.record.attempt,
-      );
-    case 'acquired':
-      break;
-  }
-  // Copies of this key that arrive while this run completes and publishes wait for it instead
-  // of publishing the same outgoing messages again (see finishCompleted).
-  turn?.running();
-  onRunning?.();
+  // From here the run is under way in this processor: copies of its key that arrive wait for it
+  // (localRunOf) instead of polling the store, and do not publish its outgoing messages beside it
+  // (finishCompleted), also while it waits for an earlier run or renews a late lease.
+  const earlier = begun.kind === 'takeover' ? shared.publishing.get(storeKey) : undefined;
   const marker = new RunUnderWay();
   shared.publishing.set(storeKey, marker);
   try {
+    if (earlier !== undefined) {
+      // Taken over from a run of this very process that is still going (its lease ran out under
+      // a slow store, or it was given up at maxRunMs, and its handler did not stop): start after
+      // it, not beside it, so that what it did is there to see (reconcile); for maxRunMs at most.
+      await settledWithin([earlier.wait()], o.maxRunMs);
+    }
+    if (performance.now() - leaseSince > o.leaseMs / 2) {
+      // A long wait for its turn, or a begin answered late (a slow store), used up half the lease:
+      // renew it before the handler starts. A lease that ran out meanwhile may have been taken
+      // over (by another worker, or by a copy of the message in this one), and the handler must
+      // not start beside the run that took it.
+      try {
+        const extendedAt = performance.now();
+        if ((await o.store.extend(storeKey, begun.fence, o.leaseMs)) === 'lost') {
+          turn?.go(false);
+          return leaseLost(storeKey, begun.fence);
+        }
+        leaseSince = extendedAt;
+      } catch (error) {
+        turn?.go(false);
+        return storeDown(o, error, storeKey);
+      }
+    }
+    turn?.running();
+    onRunning?.();
     return await runAcquired(o, delivery, span, runCtx, prepared, begun, leaseSince, shared, turn, marker);
   } finally {
     marker.end(() => {

@@ -232,13 +232,18 @@ describe('a begin answered after its lease ran out', () => {
     const store = createMemoryStore();
     const leaseMs = 200;
     let runs = 0;
-    // The store grants the lease at once; its answer reaches the worker only after the lease
+    // The store grants the lease at once; its answer reaches the worker only well after the lease
     // (a slow store or network), by which time another worker has taken the key over.
+    let granted!: () => void;
+    const grant = new Promise<void>((resolve) => {
+      granted = resolve;
+    });
     const slow = {
       ...store,
       begin: async (request: Parameters<typeof store.begin>[0]) => {
         const answer = await store.begin(request);
-        await sleep(leaseMs * 1.2);
+        granted();
+        await sleep(leaseMs * 3);
         return answer;
       },
       beginMany: undefined,
@@ -253,7 +258,8 @@ describe('a begin answered after its lease ran out', () => {
       },
     });
     const processing = p.process(delivery({ order: 'late' }, key('late')));
-    await sleep(leaseMs * 1.05);
+    await grant;
+    await sleep(leaseMs * 1.5);
     const held = await store.get('default:billing:late');
     const other = await store.begin({
       key: 'default:billing:late',
@@ -265,6 +271,43 @@ describe('a begin answered after its lease ran out', () => {
     expect(other).toMatchObject({ status: 'acquired', kind: 'takeover' });
     expect(runs).toBe(0);
     expect(d.action).toBe('defer');
+  });
+
+  it('a copy arriving while its original renews a late lease waits for it, then is a duplicate', async () => {
+    // Before: the original counted as under way only once its lease was renewed, so a copy
+    // answered busy meanwhile was put off to poll the store (a loaded machine made this common).
+    const store = createMemoryStore();
+    const leaseMs = 400;
+    let runs = 0;
+    const slow = {
+      ...store,
+      begin: async (request: Parameters<typeof store.begin>[0]) => {
+        const answer = await store.begin(request);
+        await sleep(leaseMs * 0.6);
+        return answer;
+      },
+      extend: async (...args: Parameters<typeof store.extend>) => {
+        await sleep(100);
+        return store.extend(...args);
+      },
+      beginMany: undefined,
+    };
+    const p = createProcessor({
+      consumer: 'billing',
+      store: slow,
+      ...base,
+      leaseMs,
+      handler: () => {
+        runs++;
+      },
+    });
+    const [original, copy] = await Promise.all([
+      p.process(delivery({ order: 'twice' }, key('twice'))),
+      sleep(20).then(() => p.process(delivery({ order: 'twice' }, key('twice')))),
+    ]);
+    expect(runs).toBe(1);
+    expect(original).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    expect(copy).toMatchObject({ action: 'ack', outcome: 'duplicate' });
   });
 });
 
