@@ -13,6 +13,7 @@ import { createProcessor } from '../src/processor.js';
 import type { Disposition } from '../src/spi.js';
 import { withFaults } from '../src/store/faulty-store.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
+import type { BeginRequest, ProcessedStore } from '../src/store/types.js';
 import { delivery, recordingPublisher } from './helpers.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -227,6 +228,23 @@ describe('ctx.publish inside a step', () => {
   });
 });
 
+/**
+ * `store`, answering each single begin `delayMs` after the store took it (a slow store or
+ * network); `onGranted` runs when it took it. No beginMany, so every begin goes this way.
+ */
+function answeringBeginsLate(store: ProcessedStore, delayMs: number, onGranted: () => void = () => {}) {
+  return {
+    ...store,
+    begin: async (request: BeginRequest) => {
+      const answer = await store.begin(request);
+      onGranted();
+      await sleep(delayMs);
+      return answer;
+    },
+    beginMany: undefined,
+  };
+}
+
 describe('a begin answered after its lease ran out', () => {
   it('does not start the handler when the key was taken over meanwhile', async () => {
     const store = createMemoryStore();
@@ -238,16 +256,7 @@ describe('a begin answered after its lease ran out', () => {
     const grant = new Promise<void>((resolve) => {
       granted = resolve;
     });
-    const slow = {
-      ...store,
-      begin: async (request: Parameters<typeof store.begin>[0]) => {
-        const answer = await store.begin(request);
-        granted();
-        await sleep(leaseMs * 3);
-        return answer;
-      },
-      beginMany: undefined,
-    };
+    const slow = answeringBeginsLate(store, leaseMs * 3, granted);
     const p = createProcessor({
       consumer: 'billing',
       store: slow,
@@ -280,17 +289,11 @@ describe('a begin answered after its lease ran out', () => {
     const leaseMs = 400;
     let runs = 0;
     const slow = {
-      ...store,
-      begin: async (request: Parameters<typeof store.begin>[0]) => {
-        const answer = await store.begin(request);
-        await sleep(leaseMs * 0.6);
-        return answer;
-      },
+      ...answeringBeginsLate(store, leaseMs * 0.6),
       extend: async (...args: Parameters<typeof store.extend>) => {
         await sleep(100);
         return store.extend(...args);
       },
-      beginMany: undefined,
     };
     const p = createProcessor({
       consumer: 'billing',

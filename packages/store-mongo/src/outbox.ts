@@ -83,7 +83,7 @@ export function outboxFields(
       }
       const { bytes, contentType } = encodeValue(m.body);
       const id = m.id ?? `${docId}/${position}`;
-      normalizeKey(id);
+      normalizeKey(id); // InvalidKeyError for an id no consumer would take (empty, not UTF-8)
       const headers: Record<string, string> = {
         'content-type': contentType,
         ...m.headers,
