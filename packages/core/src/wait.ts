@@ -60,14 +60,9 @@ export function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promi
 
 /**
  * Waits until every promise has settled or `ms` passed, whichever comes first; never rejects.
- * True when they all settled in time. With `keepAlive: false` the deadline's timer does not keep
- * the process alive (a bound nobody must outlive the process for).
+ * True when they all settled in time.
  */
-export async function settledWithin(
-  promises: Iterable<Promise<unknown>>,
-  ms: number,
-  { keepAlive = true }: { keepAlive?: boolean } = {},
-): Promise<boolean> {
+export async function settledWithin(promises: Iterable<Promise<unknown>>, ms: number): Promise<boolean> {
   const all = [...promises];
   if (all.length === 0) return true;
   let timer: NodeJS.Timeout | undefined;
@@ -75,7 +70,6 @@ export async function settledWithin(
     Promise.allSettled(all).then(() => true),
     new Promise<boolean>((resolve) => {
       timer = setTimeout(resolve, timerMs(ms), false);
-      if (!keepAlive) timer.unref();
     }),
   ]);
   clearTimeout(timer);
