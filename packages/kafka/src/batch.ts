@@ -67,8 +67,11 @@ export interface CopyOnHold {
   readonly deadLetter?: DeadLetterDisposition;
 }
 
-/** Between two sends of a refused copy: 0.2 s, doubling, at most 30 s (core's backoff rule). */
-const copyBackoff = doublingBackoff(200, 30_000);
+/**
+ * Between two tries of a broker write that failed (a copy's send, the first offset commit): 0.2 s,
+ * doubling, at most 30 s (core's backoff rule).
+ */
+const brokerBackoff = doublingBackoff(200, 30_000);
 
 /**
  * `rebatch`: the record was not run because the one before it was tried again in place; run the
@@ -257,13 +260,13 @@ class BatchRun {
     // librdkafka, which heartbeats by itself, the timer only notices a revocation: isStale.)
     const timer = setInterval(() => this.heartbeat(), this.env.heartbeatIntervalMs);
     const messages = this.payload.batch.messages;
-    await this.anchor();
     // Retry-topic records wait for their due time one by one; the others run in ordered groups.
     const grouped = this.topic !== this.env.retryTopic;
     let group: { from: number; run: OrderedRun } | undefined;
     let i = 0;
     try {
-      while (i < messages.length) {
+      const anchored = await this.anchor();
+      while (anchored && i < messages.length) {
         const message = messages[i] as KafkaMessageLike;
         let started: Promise<Disposition> | undefined;
         if (grouped) {
@@ -595,7 +598,7 @@ class BatchRun {
           attempt,
           error: toErrorInfo(error),
         });
-        const backoff = copyBackoff(attempt);
+        const backoff = brokerBackoff(attempt);
         if (backoff > this.env.maxInPlaceWaitMs) {
           this.env.copiesOnHold.set(id, {
             attempts: attempt,
@@ -641,11 +644,16 @@ class BatchRun {
    * points (its end, unless `fromBeginning`): were the first records' runs given up or their worker
    * killed before a commit, the next owner would start at the end again, after them, and never
    * read them. Committing the first fetched offset is always safe: nothing before it was read.
+   * Until that commit is acknowledged no record of the batch runs: false when the batch ends
+   * without it (interrupted, or its partition paused to try again later, from the same offset).
    */
-  private async anchor(): Promise<void> {
+  private async anchor(): Promise<boolean> {
     const first = this.payload.batch.messages[0];
-    if (first === undefined || this.env.anchored.has(this.partitionId)) return;
-    await this.commitOffset(first.offset, 'first offset commit');
+    if (first === undefined || this.env.anchored.has(this.partitionId)) return true;
+    for (let attempt = 1; ; attempt++) {
+      if (await this.commitOffset(first.offset, 'first offset commit')) return true;
+      if (!this.live() || (await this.wait(brokerBackoff(attempt))) !== 'settled') return false;
+    }
   }
 
   private async commit(): Promise<void> {
