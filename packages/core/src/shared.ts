@@ -1,7 +1,7 @@
 /** What the runs of one processor share: in-process state, never needed for correctness across workers. */
 import type { LeaseBoard } from './lease-keeper.js';
 import type { BeginResult } from './store/types.js';
-import { timerMs } from './wait.js';
+import { settledWithin } from './wait.js';
 
 /**
  * A lease acquired for a delivery of an ordered group whose handler did not run because an
@@ -88,15 +88,7 @@ export class RunUnderWay {
    * bound's timer does not keep the process alive.
    */
   outlivedBy(what: Promise<void>, atMostMs: number): void {
-    this.outliving = new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, timerMs(atMostMs));
-      timer.unref();
-      const done = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-      what.then(done, done);
-    });
+    this.outliving = settledWithin([what], atMostMs, { keepAlive: false }).then(() => undefined);
   }
 
   /** Ends the run, now or once what outlives it has settled; `then` runs first. */

@@ -60,9 +60,14 @@ export function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promi
 
 /**
  * Waits until every promise has settled or `ms` passed, whichever comes first; never rejects.
- * True when they all settled in time.
+ * True when they all settled in time. With `keepAlive: false` the deadline's timer does not keep
+ * the process alive (a bound nobody must outlive the process for).
  */
-export async function settledWithin(promises: Iterable<Promise<unknown>>, ms: number): Promise<boolean> {
+export async function settledWithin(
+  promises: Iterable<Promise<unknown>>,
+  ms: number,
+  { keepAlive = true }: { keepAlive?: boolean } = {},
+): Promise<boolean> {
   const all = [...promises];
   if (all.length === 0) return true;
   let timer: NodeJS.Timeout | undefined;
@@ -70,6 +75,7 @@ export async function settledWithin(promises: Iterable<Promise<unknown>>, ms: nu
     Promise.allSettled(all).then(() => true),
     new Promise<boolean>((resolve) => {
       timer = setTimeout(resolve, timerMs(ms), false);
+      if (!keepAlive) timer.unref();
     }),
   ]);
   clearTimeout(timer);
