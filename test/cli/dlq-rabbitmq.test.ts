@@ -248,4 +248,53 @@ describe('dlq on RabbitMQ', () => {
     await new Promise((resolve) => setTimeout(resolve, 500));
     expect(handled.filter((h) => h.startsWith('d:'))).toHaveLength(2);
   });
+  it('replay --all goes through a letter with a header table amqplib reads as a type marker', async () => {
+    // A table with a field named `!` reads back from the broker as an amqplib type marker. The
+    // replay wrote it as one (`Unknown type to encode`); amqplib had already given that copy a
+    // place in the confirm order, so every later copy waited for ever for its confirm: the
+    // command hung, holding the queue's letters.
+    const trapQueue = uniqueName('cli-trap');
+    const trapDlq = `${trapQueue}.dlq`;
+    await raw.ch.assertQueue(trapQueue, { durable: true });
+    await raw.ch.assertQueue(trapDlq, { durable: true, arguments: { 'x-queue-type': 'quorum' } });
+    try {
+      const trap = { '!': 'object', value: { '!': 'bogus', value: 5 } };
+      for (const n of [1, 2, 3]) {
+        await raw.publish(
+          trapDlq,
+          { n },
+          {
+            'x-idempotency-key': `trap-${n}`,
+            'x-eo-original-destination': trapQueue,
+            'x-eo-error-code': 'PERMANENT',
+            ...(n === 2 ? { 'x-trap': trap } : {}),
+          },
+          `trap-${n}`,
+        );
+      }
+      // A listing raises the quorum queue's x-delivery-count of every letter.
+      await cliJson(['dlq', 'list', trapDlq, ...amqp]);
+      await waitUntil(async () => (await raw.count(trapDlq)) === 3, { message: 'the letters back' });
+      const run = await cli(['dlq', 'replay', trapDlq, '--all', ...amqp, '--json'], { timeoutMs: 30_000 });
+      expect(run.code, run.stderr).toBe(0);
+      const out = JSON.parse(run.stdout) as { results: { id: string; replayed: boolean }[] };
+      expect(out.results.map((r) => [r.id, r.replayed]).sort()).toEqual([
+        ['trap-1', true],
+        ['trap-2', true],
+        ['trap-3', true],
+      ]);
+      await waitUntil(async () => (await raw.count(trapQueue)) === 3, { message: 'three copies' });
+      const copies = await raw.drain(trapQueue);
+      const trapped = copies.find((m) => m.properties.messageId === 'trap-2');
+      // The table goes back as the table it was, with its field named `!`.
+      expect(trapped?.properties.headers?.['x-trap']).toEqual({ '!': 'bogus', value: 5 });
+      for (const copy of copies) {
+        expect(Object.keys(copy.properties.headers ?? {})).not.toContain('x-delivery-count');
+        expect(Object.keys(copy.properties.headers ?? {})).not.toContain('x-eo-error-code');
+      }
+      expect(await raw.count(trapDlq)).toBe(0);
+    } finally {
+      await raw.deleteQueues([trapQueue, trapDlq]);
+    }
+  });
 });

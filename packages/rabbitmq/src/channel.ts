@@ -80,6 +80,19 @@ interface ConfirmWindow {
   unconfirmed?: unknown[];
 }
 
+/**
+ * After amqplib's `publish` threw (it could not encode the message): amqplib has already given the
+ * message a place in the confirm order, though nothing was sent. Gives that place back, so later
+ * confirms answer the right publishes; false where it cannot (the channel must then be closed,
+ * its confirms no longer line up: the next publish would wait for ever).
+ */
+export function giveBackConfirmSlot(channel: ConfirmChannel, callback: unknown): boolean {
+  const window = (channel as unknown as ConfirmWindow).unconfirmed;
+  if (window === undefined || window.at(-1) !== callback) return false;
+  window.pop();
+  return true;
+}
+
 interface MutableKept {
   channel: ConfirmChannel;
   discard(): void;
@@ -371,9 +384,7 @@ export function publishConfirmed(
       // written. Its place is given back, so later confirms answer the right publishes and the
       // channel (with the deliveries it carries) stays open. Where that cannot be done, the
       // channel is closed instead: its pending publishes fail as closed and are sent again.
-      const window = (kept.channel as unknown as ConfirmWindow).unconfirmed;
-      if (window?.at(-1) === confirmed) window.pop();
-      else kept.discard();
+      if (!giveBackConfirmSlot(kept.channel, confirmed)) kept.discard();
       reject(new UnencodableMessageError(`the message cannot be encoded: ${(error as Error).message}`));
     }
   });

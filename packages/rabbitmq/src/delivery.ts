@@ -98,7 +98,7 @@ function tableOf(table: Record<string, unknown>): Record<string, unknown> {
  * priority. Not `expiration` (a copy must not expire in the dead-letter queue) nor `userId` (the
  * broker refuses one that is not the publishing connection's user).
  */
-function copyOptions(props: MessageProperties, headers: Record<string, unknown>): Options.Publish {
+export function copyOptions(props: MessageProperties, headers: Record<string, unknown>): Options.Publish {
   return {
     persistent: true,
     headers: tableOf(headers),

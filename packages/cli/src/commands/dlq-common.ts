@@ -56,12 +56,13 @@ export function reasonOf(headers: Readonly<Record<string, string>>): DeadLetter[
 
 /**
  * Headers a replayed copy leaves out: the reason and origin headers the dead-lettering added
- * (`x-eo-*`, the retry attempt included) and RabbitMQ's own `x-death` history. The key, the
+ * (`x-eo-*`, the retry attempt included) and RabbitMQ's own `x-death` history and quorum
+ * `x-delivery-count` (which every `list` of the letter raises). The key, the
  * request id, `traceparent` and every application header stay.
  */
 export function isReplayDropped(name: string): boolean {
   const lower = name.toLowerCase();
-  return lower.startsWith('x-eo-') || lower === 'x-death';
+  return lower.startsWith('x-eo-') || lower === 'x-death' || lower === 'x-delivery-count';
 }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });

@@ -12,6 +12,7 @@
  */
 import { createHash } from 'node:crypto';
 import { Headers } from '@exactly-once/core';
+import { copyOptions, giveBackConfirmSlot } from '@exactly-once/rabbitmq/spi';
 import type { Channel, ConfirmChannel, GetMessage, Options } from 'amqplib';
 import { CliError, describeError, UsageError } from '../errors.js';
 import { type Io, progress } from '../output.js';
@@ -186,9 +187,22 @@ export async function openRabbit(io: Io, urlText: string, queue: string): Promis
         returned = false;
         try {
           await new Promise<void>((resolve, reject) => {
-            ch.publish(target.exchange, target.routingKey, message.content, replayOptions(message), (err) =>
-              err ? reject(new Error('the broker refused the copy (nack)')) : resolve(),
-            );
+            const confirmed = (err: unknown) =>
+              err ? reject(new Error('the broker refused the copy (nack)')) : resolve();
+            try {
+              ch.publish(
+                target.exchange,
+                target.routingKey,
+                message.content,
+                replayOptions(message),
+                confirmed,
+              );
+            } catch (error) {
+              // amqplib could not encode the copy; nothing was sent. Unless its place in the
+              // confirm order is given back, every later copy would wait for ever for its confirm.
+              if (!giveBackConfirmSlot(ch, confirmed)) closed = error;
+              reject(error);
+            }
           });
         } catch (error) {
           return { ...base, to, ...(reset ? { reset } : {}), replayed: false, error: describeError(error) };
@@ -278,39 +292,16 @@ function toLetter(message: GetMessage): DeadLetter {
   };
 }
 
-/** Below this amqplib encodes a whole number as a 64-bit integer, and fails. */
-const MIN_INT64 = -0x8000000000000000;
-
-/** A header value as amqplib can encode it again (see the rabbitmq adapter's copies). */
-function reencodable(value: unknown): unknown {
-  if (typeof value === 'number') return value < MIN_INT64 ? { '!': 'double', value } : value;
-  if (Array.isArray(value)) return value.map(reencodable);
-  if (value === null || typeof value !== 'object' || Buffer.isBuffer(value) || value instanceof Date)
-    return value;
-  if ('!' in value) return value;
-  return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, reencodable(v)]));
-}
-
-/** The replayed copy: the original's identity and headers, without the dead-letter reason. */
+/**
+ * The replayed copy: made as the consumer makes its copies (the original's identity, properties
+ * and headers), without the dead-letter reason, and `mandatory` so that an unroutable one is seen.
+ */
 function replayOptions(message: GetMessage): Options.Publish {
-  const p = message.properties;
   const headers: Record<string, unknown> = {};
-  for (const [name, value] of Object.entries((p.headers ?? {}) as Record<string, unknown>)) {
-    if (!isReplayDropped(name)) headers[name] = reencodable(value);
+  for (const [name, value] of Object.entries((message.properties.headers ?? {}) as Record<string, unknown>)) {
+    if (!isReplayDropped(name)) headers[name] = value;
   }
-  return {
-    persistent: true,
-    mandatory: true,
-    headers,
-    ...(p.messageId ? { messageId: String(p.messageId) } : {}),
-    ...(p.contentType ? { contentType: String(p.contentType) } : {}),
-    ...(p.contentEncoding ? { contentEncoding: String(p.contentEncoding) } : {}),
-    ...(p.correlationId ? { correlationId: String(p.correlationId) } : {}),
-    ...(p.type ? { type: String(p.type) } : {}),
-    ...(p.appId ? { appId: String(p.appId) } : {}),
-    ...(p.priority !== undefined && p.priority !== null ? { priority: Number(p.priority) } : {}),
-    ...(p.timestamp ? { timestamp: Number(p.timestamp) } : {}),
-  };
+  return { ...copyOptions(message.properties, headers), mandatory: true };
 }
 
 /** `--limit` for a replay without ids must be explicit about taking everything. */
