@@ -38,6 +38,27 @@ async function deliverUntilSettled(
   throw new Error(`not settled: ${seen.map((d) => d.action).join(', ')}`);
 }
 
+/**
+ * A handler body that counts its runs and the most of them running at once (two at once: an
+ * effect made beside another). `msOf` gives a run's duration from its number (1 for the first).
+ */
+function overlapMeter(msOf: (run: number) => number) {
+  const meter = {
+    runs: 0,
+    most: 0,
+    running: 0,
+    async run(): Promise<number> {
+      const n = ++meter.runs;
+      meter.running++;
+      meter.most = Math.max(meter.most, meter.running);
+      await sleep(msOf(n));
+      meter.running--;
+      return n;
+    },
+  };
+  return meter;
+}
+
 describe('steps when the run ends while one still runs', () => {
   it('a step that finishes after its run was given up at maxRunMs is journaled; the retry replays it', async () => {
     const charges: number[] = [];
@@ -323,9 +344,7 @@ describe('a key taken over from a run of this process still going', () => {
     const store = withFaults(createMemoryStore(), {
       failWhen: (op) => op === 'extend' && Date.now() < failUntil,
     });
-    let running = 0;
-    let most = 0;
-    let runs = 0;
+    const meter = overlapMeter(() => 500);
     const p = createProcessor({
       consumer: 'billing',
       store,
@@ -333,28 +352,22 @@ describe('a key taken over from a run of this process still going', () => {
       leaseMs: 150,
       heartbeatMs: 20,
       handler: async () => {
-        runs++;
-        running++;
-        most = Math.max(most, running);
-        await sleep(500);
-        running--;
+        await meter.run();
       },
     });
     const first = p.process(delivery({ order: 'self' }, key('self')));
     await sleep(250); // past the first run's lease
     const copy = p.process(delivery({ order: 'self' }, key('self')));
     await Promise.all([first, copy]);
-    expect(runs).toBe(2);
-    expect(most).toBe(1);
+    expect(meter.runs).toBe(2);
+    expect(meter.most).toBe(1);
   });
 
   it('also when that run was given up at maxRunMs and its handler outlived the lease', async () => {
     // Before: a run given up at maxRunMs was forgotten at once, so a retry that took the key over
     // once its lease (no longer heartbeated) had run out started beside the handler still going.
     // Given up at 150 ms, its lease runs out about 60 ms later, its handler returns at 290 ms.
-    let running = 0;
-    let most = 0;
-    let runs = 0;
+    const meter = overlapMeter((run) => (run === 1 ? 290 : 5));
     const p = createProcessor({
       consumer: 'billing',
       store: createMemoryStore(),
@@ -363,18 +376,14 @@ describe('a key taken over from a run of this process still going', () => {
       heartbeatMs: 15,
       maxRunMs: 150,
       handler: async () => {
-        runs++;
-        running++;
-        most = Math.max(most, running);
-        await sleep(runs === 1 ? 290 : 5);
-        running--;
+        await meter.run();
       },
     });
     const seen = await deliverUntilSettled(p, 'slow');
     expect(seen[0]?.action).toBe('retry');
     expect(seen.at(-1)?.action).toBe('ack');
-    expect(runs).toBe(2);
-    expect(most).toBe(1);
+    expect(meter.runs).toBe(2);
+    expect(meter.most).toBe(1);
   });
 
   it('an idempotent executor too: a retry of a request given up at maxRunMs waits for its handler', async () => {
@@ -386,18 +395,8 @@ describe('a key taken over from a run of this process still going', () => {
       heartbeatMs: 15,
       maxRunMs: 150,
     });
-    let running = 0;
-    let most = 0;
-    let runs = 0;
-    const charge = async () => {
-      runs++;
-      running++;
-      most = Math.max(most, running);
-      await sleep(runs === 1 ? 290 : 5);
-      running--;
-      return runs;
-    };
-    const call = () => executor.execute({ key: 'pay-1', payload: { order: 'o' } }, charge);
+    const meter = overlapMeter((run) => (run === 1 ? 290 : 5));
+    const call = () => executor.execute({ key: 'pay-1', payload: { order: 'o' } }, () => meter.run());
     const first = await call().catch((e: unknown) => e);
     expect(first).toBeInstanceOf(ExecutionFailedError);
     // The client retries until it has an answer, as after a 503 or a 409.
@@ -407,7 +406,7 @@ describe('a key taken over from a run of this process still going', () => {
       if (answer === undefined) await sleep(20);
     }
     expect(answer?.status).toBe('completed');
-    expect(runs).toBe(2);
-    expect(most).toBe(1);
+    expect(meter.runs).toBe(2);
+    expect(meter.most).toBe(1);
   });
 });
