@@ -127,7 +127,14 @@ export interface ConsumeOptions {
 }
 
 /** The comparison that explains the figures: raw, pipeline alone, pipeline + Redis, Powertools. */
-export const PROFILED: readonly ConsumeVariant[] = ['raw', 'sdk-memory', 'sdk-redis', 'powertools'];
+export const PROFILED: readonly ConsumeVariant[] = [
+  'raw',
+  'sdk-memory',
+  'sdk-redis',
+  'powertools',
+  'raw-confluent',
+  'sdk-redis-confluent',
+];
 
 /**
  * Times every delivery through the processor and counts outcomes. The adapters call it through

@@ -182,4 +182,13 @@ export { settle } from './settle.js';
 export { setOwn } from './own.js';
 export { oldestFirst } from './store/stuck.js';
 export { extractContext, injectContext, inSpan, recordError, tracer } from './tracing.js';
-export { doublingBackoff, MAX_TIMER_MS, pause, settledWithin, sleep, timerMs } from './wait.js';
+export {
+  doublingBackoff,
+  MAX_TIMER_MS,
+  pause,
+  type Repeating,
+  repeatEvery,
+  settledWithin,
+  sleep,
+  timerMs,
+} from './wait.js';

@@ -93,3 +93,52 @@ export function doublingBackoff(initialMs: number, maxMs: number): (n: number) =
   );
   return (n) => backoffMs(policy, n);
 }
+
+/** A background task started by {@link repeatEvery}. */
+export interface Repeating {
+  /** No run starts after this; one under way finishes (see `settled`). */
+  stop(): void;
+  /** Resolves once no run is under way (at once between runs). */
+  settled(): Promise<void>;
+}
+
+/**
+ * Runs `task` every `intervalMs`, the first time `intervalMs` from now and each next one
+ * `intervalMs` after the last ended, so runs never overlap however long one takes. A run that
+ * throws is reported to `onError` and the next one runs as planned. The timer does not keep the
+ * process alive: a maintenance loop must not hold up a worker's exit.
+ */
+export function repeatEvery(
+  intervalMs: number,
+  task: () => Promise<unknown>,
+  onError: (error: unknown) => void,
+): Repeating {
+  let stopped = false;
+  let timer: NodeJS.Timeout | undefined;
+  let running: Promise<void> = Promise.resolve();
+  const schedule = () => {
+    if (!stopped) timer = setTimeout(tick, timerMs(intervalMs)).unref();
+  };
+  const tick = () => {
+    running = (async () => {
+      try {
+        await task();
+      } catch (error) {
+        try {
+          onError(error);
+        } catch {
+          // A throwing error hook must not end the loop.
+        }
+      }
+      schedule();
+    })();
+  };
+  schedule();
+  return {
+    stop() {
+      stopped = true;
+      clearTimeout(timer);
+    },
+    settled: () => running,
+  };
+}

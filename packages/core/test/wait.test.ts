@@ -1,5 +1,13 @@
 import { describe, expect, it } from 'vitest';
-import { doublingBackoff, MAX_TIMER_MS, pause, settledWithin, sleep, timerMs } from '../src/wait.js';
+import {
+  doublingBackoff,
+  MAX_TIMER_MS,
+  pause,
+  repeatEvery,
+  settledWithin,
+  sleep,
+  timerMs,
+} from '../src/wait.js';
 
 describe('waiting', () => {
   it('pause resolves true after its time, false at once when the signal aborts', async () => {
@@ -35,5 +43,42 @@ describe('waiting', () => {
   it('doublingBackoff starts at its initial delay and doubles up to its cap', () => {
     const backoff = doublingBackoff(200, 1_000);
     expect([1, 2, 3, 4, 10].map(backoff)).toEqual([200, 400, 800, 1_000, 1_000]);
+  });
+
+  it('repeatEvery never overlaps runs, goes on after a failing one, and stops when told', async () => {
+    // Prepare: runs that outlast the interval; the second one fails
+    let running = 0;
+    let most = 0;
+    let runs = 0;
+    let stopAfterFour: () => void = () => {};
+    const fourth = new Promise<void>((resolve) => {
+      stopAfterFour = resolve;
+    });
+    const errors: unknown[] = [];
+    const loop = repeatEvery(
+      1,
+      async () => {
+        running++;
+        most = Math.max(most, running);
+        await pause(10);
+        running--;
+        runs++;
+        if (runs === 4) stopAfterFour();
+        if (runs === 2) throw new Error('pass failed');
+      },
+      (error) => errors.push(error),
+    );
+
+    // Act
+    await fourth;
+    loop.stop();
+    await loop.settled();
+    const stoppedAt = runs;
+    await pause(30);
+
+    // Assert
+    expect(most).toBe(1);
+    expect(errors).toEqual([new Error('pass failed')]);
+    expect(runs).toBe(stoppedAt);
   });
 });

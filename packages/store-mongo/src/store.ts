@@ -25,6 +25,7 @@ import {
   type ReleaseOptions,
   StoreUnavailableError,
 } from '@exactly-once/core';
+import { repeatEvery } from '@exactly-once/core/spi';
 import type { Collection, Db, Document, UpdateFilter, WriteConcernSettings } from 'mongodb';
 import { type Chain, chainOf, hasSuccessor, headNames, newChainId, readChain, readChains } from './chain.js';
 import { clientClock, type StoreClock, serverClock } from './clock.js';
@@ -892,20 +893,13 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
 
     startSweeper(intervalMs: number): () => void {
       if (!(intervalMs > 0)) throw new ConfigError('startSweeper needs a positive interval');
-      let stopped = false;
-      let timer: NodeJS.Timeout | undefined;
-      const tick = async () => {
-        try {
-          await store.sweepExpired();
-        } catch (error) {
-          options.onSweepError?.(error);
-        }
-        if (!stopped) timer = setTimeout(tick, intervalMs).unref();
-      };
-      timer = setTimeout(tick, intervalMs).unref();
+      const loop = repeatEvery(
+        intervalMs,
+        () => store.sweepExpired(),
+        (error) => options.onSweepError?.(error),
+      );
       const stop = () => {
-        stopped = true;
-        clearTimeout(timer);
+        loop.stop();
         sweepers.delete(stop);
       };
       sweepers.add(stop);

@@ -7,5 +7,6 @@ export type { CompactedRecord, RedisProcessedStore, RedisStoreOptions } from './
 export type { RedisArg, RedisClient } from './client.js';
 export type { BlobCollectionOptions, BlobCollectionStats } from './blob-collection.js';
 export type { CompactionOptions, CompactionStats } from './compaction.js';
+export type { MaintenanceOptions, MaintenancePass } from './maintenance.js';
 export { LAYOUT_VERSION } from './generated/scripts.js';
 export { redisKeyFor } from './layout.js';

@@ -25,6 +25,7 @@ import {
   StoreUnavailableError,
   silentLogger,
 } from '@exactly-once/core';
+import type { Repeating } from '@exactly-once/core/spi';
 import calculateSlot from 'cluster-key-slot';
 import { type BlobCollectionOptions, type BlobCollectionStats, collectBlobPass } from './blob-collection.js';
 import {
@@ -50,6 +51,7 @@ import {
 import { type CompactionOptions, type CompactionStats, compactPass } from './compaction.js';
 import { scripts } from './generated/scripts.js';
 import { listInProgress } from './in-progress.js';
+import { type MaintenanceOptions, startMaintenance } from './maintenance.js';
 import { fingerprintClaimKey, keysFor } from './layout.js';
 import { ArgumentWriter } from './packing.js';
 import { checkServer } from './server-check.js';
@@ -114,6 +116,13 @@ export interface RedisProcessedStore extends ProcessedStore {
    * `expiredGraceMs`); run it periodically with the consumer's blob store (see the README).
    */
   collectBlobs(blobs: BlobStore, options?: BlobCollectionOptions): Promise<BlobCollectionStats>;
+  /**
+   * Runs `compactCompleted()` (with `compactAfterMs`) and `collectBlobs(blobs)` (with `blobs`) in
+   * the background every `everyMs`, one worker of the deployment per interval; call it on every
+   * worker. Returns a function that stops it; `close()` stops it too and waits for a running pass.
+   */
+  startMaintenance(options: MaintenanceOptions): () => void;
+  /** Stops maintenance (waiting for a running pass), then quits the client if `closeClient`. */
   close(): Promise<void>;
 }
 
@@ -241,6 +250,22 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       },
     );
   };
+
+  const compactCompleted = async (compaction?: CompactionOptions): Promise<CompactionStats> => {
+    if (compactAfterMs === undefined) {
+      throw new ConfigError('compactCompleted needs a store created with compactAfterMs');
+    }
+    await ready();
+    return compactPass({ client, prefix, compactAfterMs, graceMs }, compaction);
+  };
+  const collectBlobs = async (
+    blobs: BlobStore,
+    collection?: BlobCollectionOptions,
+  ): Promise<BlobCollectionStats> => {
+    await ready();
+    return collectBlobPass({ client, prefix, blobs }, collection);
+  };
+  const maintenance = new Set<Repeating>();
 
   return {
     async begin(request: BeginRequest): Promise<BeginResult> {
@@ -434,20 +459,32 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
 
     checkServer: check,
 
-    async compactCompleted(compaction?: CompactionOptions): Promise<CompactionStats> {
-      if (compactAfterMs === undefined) {
-        throw new ConfigError('compactCompleted needs a store created with compactAfterMs');
-      }
-      await ready();
-      return compactPass({ client, prefix, compactAfterMs, graceMs }, compaction);
-    },
+    compactCompleted,
+    collectBlobs,
 
-    async collectBlobs(blobs: BlobStore, collection?: BlobCollectionOptions): Promise<BlobCollectionStats> {
-      await ready();
-      return collectBlobPass({ client, prefix, blobs }, collection);
+    startMaintenance(maintenanceOptions: MaintenanceOptions): () => void {
+      const loop = startMaintenance(
+        {
+          client,
+          prefix,
+          logger,
+          compact: compactAfterMs === undefined ? undefined : compactCompleted,
+          collectBlobs,
+        },
+        maintenanceOptions,
+      );
+      maintenance.add(loop);
+      return () => {
+        loop.stop();
+        maintenance.delete(loop);
+      };
     },
 
     async close(): Promise<void> {
+      const loops = [...maintenance];
+      maintenance.clear();
+      for (const loop of loops) loop.stop();
+      await Promise.all(loops.map((loop) => loop.settled()));
       if (!options.closeClient) return;
       try {
         await client.quit();

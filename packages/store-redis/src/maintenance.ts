@@ -1,0 +1,91 @@
+/**
+ * Background maintenance: a compaction pass (stores with `compactAfterMs`) and a blob collection
+ * pass (when given the blob store), every `everyMs`. Every worker of a deployment may start it:
+ * the workers take turns through one short-lived Redis key, so each interval one pass runs, not
+ * one per worker (both passes are safe side by side, only redundant).
+ */
+import { randomUUID } from 'node:crypto';
+import { type BlobStore, ConfigError, type Logger, toErrorInfo } from '@exactly-once/core';
+import { type Repeating, repeatEvery } from '@exactly-once/core/spi';
+import type { BlobCollectionOptions, BlobCollectionStats } from './blob-collection.js';
+import { type RedisClient, runCommand } from './client.js';
+import type { CompactionOptions, CompactionStats } from './compaction.js';
+
+export interface MaintenanceOptions {
+  /** Time from the end of one interval's pass to the next turn (ms). Hourly is typical. */
+  readonly everyMs: number;
+  /** The consumers' blob store: each pass also runs `collectBlobs(blobs)`. */
+  readonly blobs?: BlobStore;
+  readonly compaction?: CompactionOptions;
+  readonly blobCollection?: BlobCollectionOptions;
+  /** A pass that failed; the next interval runs anyway. Default: a warning to the store's logger. */
+  readonly onError?: (error: unknown) => void;
+  /** What each of this worker's turns did (for metrics). */
+  readonly onPass?: (pass: MaintenancePass) => void;
+}
+
+/** One turn of a worker: its pass's figures, or `ran: false` when another worker had the interval. */
+export type MaintenancePass =
+  | { readonly ran: true; readonly compaction?: CompactionStats; readonly blobs?: BlobCollectionStats }
+  | { readonly ran: false };
+
+export interface MaintenanceContext {
+  readonly client: RedisClient;
+  readonly prefix: string;
+  readonly logger: Logger;
+  /** The store's compaction pass; undefined without `compactAfterMs`. */
+  readonly compact: ((options?: CompactionOptions) => Promise<CompactionStats>) | undefined;
+  readonly collectBlobs: (blobs: BlobStore, options?: BlobCollectionOptions) => Promise<BlobCollectionStats>;
+}
+
+export function startMaintenance(context: MaintenanceContext, options: MaintenanceOptions): Repeating {
+  const { client, prefix, logger, compact } = context;
+  const { everyMs, blobs } = options;
+  if (!(Number.isFinite(everyMs) && everyMs > 0)) {
+    throw new ConfigError('startMaintenance needs everyMs > 0');
+  }
+  if (compact === undefined && blobs === undefined) {
+    throw new ConfigError(
+      'startMaintenance has nothing to do: the store has no compactAfterMs and no blobs were given',
+    );
+  }
+  // The turn lasts one interval: whoever takes it runs the pass, the others skip until it lapses.
+  const turnKey = `${prefix}:maintenance`;
+  const me = randomUUID();
+  const onError =
+    options.onError ??
+    ((error: unknown) => logger.warn('store maintenance pass failed', { error: toErrorInfo(error) }));
+
+  const pass = async (): Promise<void> => {
+    const taken = await runCommand(client, 'maintenance', 'SET', [
+      turnKey,
+      me,
+      'NX',
+      'PX',
+      String(Math.ceil(everyMs)),
+    ]);
+    if (taken === null) {
+      options.onPass?.({ ran: false });
+      return;
+    }
+    // Each part runs even when the other failed; a failure is reported after both.
+    const failures: unknown[] = [];
+    const attempt = async <A>(run: () => Promise<A>): Promise<A | undefined> => {
+      try {
+        return await run();
+      } catch (error) {
+        failures.push(error);
+        return undefined;
+      }
+    };
+    const compaction = compact && (await attempt(() => compact(options.compaction)));
+    const collected = blobs && (await attempt(() => context.collectBlobs(blobs, options.blobCollection)));
+    options.onPass?.({
+      ran: true,
+      ...(compaction ? { compaction } : {}),
+      ...(collected ? { blobs: collected } : {}),
+    });
+    for (const error of failures) onError(error);
+  };
+  return repeatEvery(everyMs, pass, onError);
+}
