@@ -218,6 +218,22 @@ describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
     expect(() => createConsumer({ ...base, queue: 'q', deadLetter: { queue: 'q' } })).toThrow(ConfigError);
   });
 
+  it('refuses at creation a prefetch AMQP cannot carry and a queue type it does not declare', () => {
+    // Before: prefetch 70000 passed, and start() retried its channel setup for ever; 'stream'
+    // passed, and start() declared a stream queue before failing on the retry tiers.
+    const base = {
+      connection: env.amqpUrl,
+      queue: 'q',
+      store: createRedisStore({ client: redis }),
+      handler: () => {},
+    };
+    expect(() => createConsumer({ ...base, prefetch: 70_000 })).toThrow(
+      /prefetch must be an integer from 1 to 65535/,
+    );
+    expect(() => createConsumer({ ...base, prefetch: 65_535 })).not.toThrow();
+    expect(() => createConsumer({ ...base, queueType: 'stream' } as never)).toThrow(/queueType must be/);
+  });
+
   it('after stop() a run that outlived it publishes nothing through a publisher you passed', async () => {
     const sent: OutgoingMessage[] = [];
     const publisher = {

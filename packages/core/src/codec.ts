@@ -18,6 +18,18 @@ export function encodeValue(
 
 /** JSON text of `value`, or an {@link UnencodableValueError} naming `what` it is. */
 function json(value: unknown, what: string): string {
+  // JSON.stringify turns these into `{}` (or an object of indexes) without a word: a duplicate
+  // would be answered something else than the first run returned.
+  if (
+    value instanceof Map ||
+    value instanceof Set ||
+    (ArrayBuffer.isView(value) && !Buffer.isBuffer(value))
+  ) {
+    throw new UnencodableValueError(
+      what,
+      `a ${value.constructor.name} is not JSON (convert it: Object.fromEntries(map), [...set], bytes as base64 or a stream)`,
+    );
+  }
   let text: string | undefined;
   try {
     text = JSON.stringify(value);

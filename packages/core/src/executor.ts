@@ -131,6 +131,8 @@ export function createIdempotentExecutor<T = unknown, R = unknown>(
 
   return {
     async execute(request, handler) {
+      // Checked before anything is stored: a run that cannot start must not use up an attempt.
+      if (typeof handler !== 'function') throw new ConfigError('execute needs a handler function');
       const call = randomUUID();
       envelopes.set(call, { payload: request.payload, handler });
       const requestId = request.requestId ?? request.key;

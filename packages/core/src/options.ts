@@ -166,9 +166,29 @@ export const PROCESSOR_DEFAULTS = Object.freeze({
   missingKey: 'reject' as const,
 });
 
+const STORE_METHODS = ['begin', 'complete', 'fail', 'release', 'extend'] as const;
+const BLOB_STORE_METHODS = ['put', 'get', 'stream', 'delete'] as const;
+
+function hasMethods(value: unknown, names: readonly string[]): boolean {
+  return (
+    typeof value === 'object' &&
+    value !== null &&
+    names.every((name) => typeof (value as Record<string, unknown>)[name] === 'function')
+  );
+}
+
 export function resolveProcessorOptions<T, R>(o: ProcessorOptions<T, R>): ResolvedProcessorOptions<T, R> {
   if (!o || typeof o !== 'object') throw new ConfigError('options are required');
-  if (!o.store) throw new ConfigError('store is required (e.g. createRedisStore or createMongoStore)');
+  if (!hasMethods(o.store, STORE_METHODS)) {
+    throw new ConfigError('store is required (e.g. createRedisStore or createMongoStore)');
+  }
+  // A blob store that cannot work would fail every large result as a store outage, retried:
+  // the handler would run again each time before the message is given up.
+  if (o.blobs !== undefined && !hasMethods(o.blobs, BLOB_STORE_METHODS)) {
+    throw new ConfigError(
+      `blobs must be a blob store (${BLOB_STORE_METHODS.join(', ')}), e.g. createFsBlobStore({ directory })`,
+    );
+  }
   if (typeof o.handler !== 'function') throw new ConfigError('handler must be a function');
   const consumer = validateName('consumer', o.consumer);
   const namespace = validateName('namespace', o.namespace ?? PROCESSOR_DEFAULTS.namespace);

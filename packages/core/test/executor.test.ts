@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { HandlerContext } from '../src/context.js';
-import { PermanentError, UnencodableValueError } from '../src/errors.js';
+import { ConfigError, PermanentError, UnencodableValueError } from '../src/errors.js';
 import { createIdempotentExecutor, ExecutionFailedError, RequestInProgressError } from '../src/executor.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 import { deferred, recordingPublisher } from './helpers.js';
@@ -29,6 +29,14 @@ describe('idempotent executor (HTTP-style requests)', () => {
     expect(runs).toBe(1);
     expect(publisher.sent).toHaveLength(1);
     expect(publisher.sent[0]?.headers['x-request-id']).toBe('client-key-1');
+  });
+
+  it('refuses a handler that is not a function before storing anything', async () => {
+    // Before: a retryable TypeError from inside the run, which had used up an attempt.
+    const store = createMemoryStore();
+    const ex = createIdempotentExecutor({ ...opts, store });
+    await expect(ex.execute({ key: 'k', payload: {} }, 'nope' as never)).rejects.toThrow(ConfigError);
+    expect(store.size()).toBe(0);
   });
 
   it('rejects a different body under the same key, and a concurrent run of the same key', async () => {

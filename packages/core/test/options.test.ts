@@ -13,6 +13,16 @@ describe('options are validated with actionable messages', () => {
     expect(() => createProcessor({ ...base, consumer: '' })).toThrow(/consumer must match/);
   });
 
+  it('refuses a store or blob store that is not one, at creation', () => {
+    // Before: a blob store given uncalled (the factory itself) failed each large result as a
+    // store outage, retried, so the handler ran again before the message was given up.
+    const blobs = (() => undefined) as never;
+    expect(() => createProcessor({ ...base, consumer: 'c', blobs })).toThrow(/blobs must be a blob store/);
+    expect(() => createProcessor({ ...base, consumer: 'c', store: {} as never })).toThrow(
+      /store is required/,
+    );
+  });
+
   it('requires the heartbeat to be at most half the lease', () => {
     expect(() => createProcessor({ ...base, consumer: 'c', leaseMs: 1000, heartbeatMs: 900 })).toThrow(
       /heartbeatMs \(900\) must be at most half of leaseMs/,

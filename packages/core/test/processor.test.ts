@@ -233,6 +233,10 @@ describe('processor: failures', () => {
     ['a handler result', (_: HandlerContext) => ({ amount: 10n })],
     ['a step result', (ctx: HandlerContext) => ctx.step('charge', async () => ({ id: 1n }))],
     ['a published message', (ctx: HandlerContext) => ctx.publish('payments', { amount: 10n })],
+    // Before: stored as `{}` (an object of indexes for bytes), and answered so to duplicates.
+    ['a Map result', (_: HandlerContext) => new Map([['amount', 10]])],
+    ['a Set result', (_: HandlerContext) => new Set([10])],
+    ['a Uint8Array result', (_: HandlerContext) => new Uint8Array([1, 2])],
   ])(
     'dead-letters %s JSON cannot hold (UnencodableValueError) once, without running it again',
     async (_, body) => {

@@ -51,6 +51,8 @@ import {
 
 /** The consumer's default prefetch window. */
 export const DEFAULT_PREFETCH = 100;
+/** The most `basic.qos` can carry (a 16-bit field). */
+const MAX_PREFETCH = 65_535;
 
 export interface RabbitConsumerOptions<T = unknown, R = unknown>
   extends Omit<ProcessorOptions<T, R>, 'publisher' | 'consumer'>,
@@ -156,7 +158,13 @@ export function createConsumer<T = unknown, R = unknown>(
   if ('deadLetterQueue' in rest) {
     throw new ConfigError('deadLetterQueue was renamed: use deadLetter: { queue: "<name>" }');
   }
-  if (!Number.isInteger(prefetch) || prefetch < 1) throw new ConfigError('prefetch must be an integer >= 1');
+  // AMQP carries prefetch in 16 bits: amqplib refuses more on every channel opened.
+  if (!Number.isInteger(prefetch) || prefetch < 1 || prefetch > MAX_PREFETCH) {
+    throw new ConfigError(`prefetch must be an integer from 1 to ${MAX_PREFETCH}`);
+  }
+  if (queueType !== undefined && queueType !== 'quorum' && queueType !== 'classic') {
+    throw new ConfigError("queueType must be 'quorum' or 'classic'");
+  }
   if (topologyMode !== 'declare' && topologyMode !== 'assume') {
     throw new ConfigError("topology must be 'declare' or 'assume'");
   }

@@ -134,7 +134,10 @@ const INDEX_COMPLETION = 1;
 const INDEX_BLOB = 2;
 
 export function createRedisStore(options: RedisStoreOptions): RedisProcessedStore {
-  const client = options.client;
+  const client = options?.client;
+  if (typeof client?.call !== 'function' || typeof client.defineCommand !== 'function') {
+    throw new ConfigError('client is required: an ioredis Redis or Cluster');
+  }
   // ioredis prefixes the keys a script is given but not the names packed into its arguments:
   // the batch scripts and the single-key ones would then work on two different Redis keys for
   // one store key, and two workers could both hold it.

@@ -482,6 +482,11 @@ describe('options', () => {
     expect(() => createRedisStore({ client, compactAfterMs: Number.NaN })).toThrow(ConfigError);
   });
 
+  it('refuses a missing client with a ConfigError, not a TypeError', () => {
+    expect(() => createRedisStore({ keyPrefix: 'p' } as never)).toThrow(/client is required/);
+    expect(() => createRedisStore({ client: {} } as never)).toThrow(ConfigError);
+  });
+
   it('refuses an ioredis client with its own keyPrefix, on a Redis and on a Cluster', () => {
     // Found by a review: ioredis prefixes a script's keys but not the names packed into its
     // arguments, so the batch scripts and the single-key ones used two Redis keys for one store
