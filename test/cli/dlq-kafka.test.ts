@@ -155,7 +155,11 @@ describe('dlq on Kafka', () => {
     const again = await cliJson<Letter>(['dlq', 'show', dlq, '0:1', ...brokers]);
     expect(again).toMatchObject({
       key: 'key-a',
-      reason: { errorCode: 'PREVIOUSLY_FAILED', errorClass: 'PreviouslyFailedError' },
+      reason: {
+        errorCode: 'PREVIOUSLY_FAILED',
+        errorClass: 'PreviouslyFailedError',
+        originalErrorCode: 'PERMANENT',
+      },
       kafka: { key: 'order-a' },
     });
     expect(handled.filter((h) => h.startsWith('a:'))).toHaveLength(1);

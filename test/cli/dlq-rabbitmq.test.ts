@@ -143,7 +143,10 @@ describe('dlq on RabbitMQ', () => {
       },
       { message: 'key-a dead-lettered again', timeoutMs: 60_000 },
     );
-    expect(back.reason.errorClass).toBe('PreviouslyFailedError');
+    expect(back.reason).toMatchObject({
+      errorClass: 'PreviouslyFailedError',
+      originalErrorCode: 'PERMANENT',
+    });
     await lettersBack(2);
     expect(handled.filter((h) => h.startsWith('a:'))).toHaveLength(1);
   });

@@ -333,9 +333,16 @@ export interface ErrorInfo {
   /** `ExactlyOnceError.code`, or `ERROR` for foreign errors. */
   code: string;
   message: string;
+  /**
+   * `PREVIOUSLY_FAILED` only: the code of the failure that made the key FAILED (dead letters carry
+   * it as `x-eo-original-error-code`). Stores do not keep it.
+   */
+  originalCode?: string;
 }
 
 export function toErrorInfo(error: unknown): ErrorInfo {
+  if (error instanceof PreviouslyFailedError)
+    return { name: error.name, code: error.code, message: error.message, originalCode: error.original.code };
   if (error instanceof ExactlyOnceError)
     return { name: error.name, code: error.code, message: error.message };
   if (error instanceof Error) return { name: error.name, code: 'ERROR', message: error.message };

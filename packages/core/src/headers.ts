@@ -15,6 +15,8 @@ export const Headers = {
   ErrorClass: 'x-eo-error-class',
   ErrorCode: 'x-eo-error-code',
   ErrorMessage: 'x-eo-error-message',
+  /** `PREVIOUSLY_FAILED` letters: the code of the failure that made the key FAILED. */
+  OriginalErrorCode: 'x-eo-original-error-code',
   Attempts: 'x-eo-attempts',
   OriginalDestination: 'x-eo-original-destination',
   Consumer: 'x-eo-consumer',

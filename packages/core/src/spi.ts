@@ -160,6 +160,7 @@ export function deadLetterHeaders(reason: DeadLetterReason): Record<string, stri
     [Headers.ErrorCode]: reason.error.code,
     // Header values end up in broker UIs and logs; keep them bounded.
     [Headers.ErrorMessage]: reason.error.message.slice(0, 1024),
+    ...(reason.error.originalCode ? { [Headers.OriginalErrorCode]: reason.error.originalCode } : {}),
     [Headers.Attempts]: String(reason.attempts),
     [Headers.OriginalDestination]: reason.originalDestination,
     [Headers.Consumer]: reason.consumer,

@@ -7,6 +7,7 @@ import type { HandlerContext } from '../src/context.js';
 import { PermanentError } from '../src/errors.js';
 import { Headers } from '../src/headers.js';
 import { createProcessor } from '../src/processor.js';
+import { deadLetterHeaders } from '../src/spi.js';
 import { withFaults } from '../src/store/faulty-store.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 import { deferred, delivery, recordingPublisher } from './helpers.js';
@@ -260,7 +261,18 @@ describe('processor: failures', () => {
         name: 'UnencodableValueError',
         code: 'PERMANENT',
       });
-      expect(await p.process(delivery({ amount: 10 }, key('big')))).toMatchObject({ action: 'dead-letter' });
+      // The copy's letter names the failure behind it.
+      const again = await p.process(delivery({ amount: 10 }, key('big')));
+      expect(again).toMatchObject({
+        action: 'dead-letter',
+        reason: { error: { code: 'PREVIOUSLY_FAILED', originalCode: 'PERMANENT' } },
+      });
+      if (again.action === 'dead-letter') {
+        expect(deadLetterHeaders(again.reason)).toMatchObject({
+          'x-eo-error-code': 'PREVIOUSLY_FAILED',
+          'x-eo-original-error-code': 'PERMANENT',
+        });
+      }
       expect(runs).toBe(1);
       expect(await store.get('default:billing:big')).toMatchObject({ state: 'FAILED' });
     },

@@ -24,6 +24,8 @@ export interface DeadLetter {
   readonly reason: {
     readonly errorClass?: string;
     readonly errorCode?: string;
+    /** `PREVIOUSLY_FAILED` letters: the code of the failure that made the key FAILED. */
+    readonly originalErrorCode?: string;
     readonly errorMessage?: string;
     readonly attempts?: string;
     readonly consumer?: string;
@@ -47,6 +49,7 @@ export function reasonOf(headers: Readonly<Record<string, string>>): DeadLetter[
   return {
     ...(pick(Headers.ErrorClass) ? { errorClass: pick(Headers.ErrorClass) } : {}),
     ...(pick(Headers.ErrorCode) ? { errorCode: pick(Headers.ErrorCode) } : {}),
+    ...(pick(Headers.OriginalErrorCode) ? { originalErrorCode: pick(Headers.OriginalErrorCode) } : {}),
     ...(pick(Headers.ErrorMessage) ? { errorMessage: pick(Headers.ErrorMessage) } : {}),
     ...(pick(Headers.Attempts) ? { attempts: pick(Headers.Attempts) } : {}),
     ...(pick(Headers.Consumer) ? { consumer: pick(Headers.Consumer) } : {}),
@@ -102,6 +105,12 @@ export function letterJson(letter: DeadLetter, withBody: boolean): Record<string
   };
 }
 
+/** The letter's code; a PREVIOUSLY_FAILED one with the code of the failure behind it. */
+function codeOf(reason: DeadLetter['reason']): string {
+  const code = reason.errorCode ?? '-';
+  return reason.originalErrorCode ? `${code}/${reason.originalErrorCode}` : code;
+}
+
 export function renderList(source: string, letters: readonly DeadLetter[], total: number): string[] {
   if (letters.length === 0) return [`${source}: no dead letters`];
   const rows = [
@@ -110,7 +119,7 @@ export function renderList(source: string, letters: readonly DeadLetter[], total
       truncate(l.id, 40),
       l.reason.failedAt ?? '-',
       l.reason.consumer ?? '-',
-      l.reason.errorCode ?? '-',
+      codeOf(l.reason),
       l.reason.errorClass ?? '-',
       truncate(l.key ?? '-', 36),
       truncate((l.reason.errorMessage ?? '').replace(/\s+/g, ' '), 80),
@@ -127,7 +136,7 @@ export function renderLetter(source: string, letter: DeadLetter): string[] {
     ['id', letter.id],
     ['key', letter.key ?? '(none)'],
     ['request id', letter.requestId ?? '(none)'],
-    ['error', `${r.errorClass ?? '?'} (${r.errorCode ?? '?'})`],
+    ['error', `${r.errorClass ?? '?'} (${codeOf(r)})`],
     ['message', r.errorMessage ?? ''],
     ['attempts', r.attempts ?? '-'],
     ['consumer', r.consumer ?? '-'],
