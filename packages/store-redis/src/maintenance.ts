@@ -12,7 +12,11 @@ import { type RedisClient, runCommand } from './client.js';
 import type { CompactionOptions, CompactionStats } from './compaction.js';
 
 export interface MaintenanceOptions {
-  /** Time from the end of one interval's pass to the next turn (ms). Hourly is typical. */
+  /**
+   * How often each worker asks for a turn (ms, counted from the end of its last try), and how long
+   * a turn it took is held from its start. A pass walks every tag of the store: seconds even on an
+   * empty one, so minutes at least; hourly is typical.
+   */
   readonly everyMs: number;
   /** The consumers' blob store: each pass also runs `collectBlobs(blobs)`. */
   readonly blobs?: BlobStore;
@@ -26,7 +30,14 @@ export interface MaintenanceOptions {
 
 /** One turn of a worker: its pass's figures, or `ran: false` when another worker had the interval. */
 export type MaintenancePass =
-  | { readonly ran: true; readonly compaction?: CompactionStats; readonly blobs?: BlobCollectionStats }
+  | {
+      readonly ran: true;
+      /** When the pass started (ms since epoch, this worker's clock) and how long it took. */
+      readonly startedAt: number;
+      readonly durationMs: number;
+      readonly compaction?: CompactionStats;
+      readonly blobs?: BlobCollectionStats;
+    }
   | { readonly ran: false };
 
 export interface MaintenanceContext {
@@ -69,6 +80,7 @@ export function startMaintenance(context: MaintenanceContext, options: Maintenan
       return;
     }
     // Each part runs even when the other failed; a failure is reported after both.
+    const startedAt = Date.now();
     const failures: unknown[] = [];
     const attempt = async <A>(run: () => Promise<A>): Promise<A | undefined> => {
       try {
@@ -82,6 +94,8 @@ export function startMaintenance(context: MaintenanceContext, options: Maintenan
     const collected = blobs && (await attempt(() => context.collectBlobs(blobs, options.blobCollection)));
     options.onPass?.({
       ran: true,
+      startedAt,
+      durationMs: Date.now() - startedAt,
       ...(compaction ? { compaction } : {}),
       ...(collected ? { blobs: collected } : {}),
     });

@@ -177,4 +177,55 @@ describe.each([
       client.disconnect();
     }
   }, 60_000);
+
+  it("a compacted record's blob is collected at compaction, not at the record's original end", async () => {
+    // Before: the marker keeps no pointer, yet the blob stayed for the whole retention.
+    const client = connect();
+    const prefix = testPrefix('blobs-compact');
+    const directory = await mkdtemp(join(tmpdir(), 'eo-redis-blobs-'));
+    directories.push(directory);
+    const blobs = createFsBlobStore({ directory });
+    const store = createRedisStore({
+      client,
+      keyPrefix: prefix,
+      compactAfterMs: 0,
+      expiredGraceMs: 0,
+      checkEvictionPolicy: false,
+    });
+    const kept = createRedisStore({
+      client,
+      keyPrefix: `${prefix}-kept`,
+      compactAfterMs: 3_600_000,
+      expiredGraceMs: 0,
+      checkEvictionPolicy: false,
+    });
+    try {
+      // Prepare: an hour's retention each; one store compacts at once, the other keeps full records
+      const keys = Array.from({ length: 10 }, (_, i) => `c-${i}-${randomUUID()}`);
+      for (const key of keys) await completeWithBlob(store, blobs, key, 3_600_000);
+      await completeWithBlob(kept, blobs, `live-${randomUUID()}`, 3_600_000);
+      expect(await blobFiles(directory)).toBe(11);
+
+      // Act
+      expect((await store.compactCompleted()).compacted).toBe(10);
+      const collected = (await store.collectBlobs(blobs)).deleted + (await kept.collectBlobs(blobs)).deleted;
+
+      // Assert: the compacted records' blobs went; the full record's stays; the keys still answer
+      expect(collected).toBe(10);
+      expect(await blobFiles(directory)).toBe(1);
+      const again = await store.begin({
+        key: keys[0] as string,
+        fingerprint: 'fp',
+        owner: 'w2',
+        leaseMs: 1_000,
+      });
+      expect(again).toMatchObject({ status: 'duplicate', record: { compacted: true } });
+    } finally {
+      await dropPrefix(client, prefix);
+      await dropPrefix(client, `${prefix}-kept`);
+      await store.close();
+      await kept.close();
+      client.disconnect();
+    }
+  }, 60_000);
 });

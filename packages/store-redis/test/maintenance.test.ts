@@ -102,6 +102,7 @@ describe('startMaintenance', () => {
 
     // Assert: the turn ran both parts; the records answer as compacted, the blobs are gone
     expect(pass).toMatchObject({ ran: true, compaction: { compacted: 20 }, blobs: { deleted: 10 } });
+    expect(pass?.ran && pass.durationMs).toBeGreaterThanOrEqual(0);
     const again = await store.begin({ key: 'kept-3', fingerprint: 'fp', owner: 'w2', leaseMs: 30_000 });
     expect(again).toMatchObject({ status: 'duplicate', record: { compacted: true } });
     expect(await blobFiles(directory)).toBe(0);

@@ -17,6 +17,8 @@ are kept (their score is bumped to now): a marker cannot republish them. Index e
 expired or changed state are dropped. The markers are written before any record is deleted, so
 even a script stopped halfway by an error never loses a record without its marker.
 
+A compacted record's blob result is due for collection a grace from now (see collectBlobs).
+
 Returns { compacted, dropped, deferred }.
 ]]
 local rcall = redis.call
@@ -63,6 +65,12 @@ end
 
 if #done > 0 then addMarkers(bucket, markers, now, newest + grace) end
 for _, d in ipairs(done) do
+  -- A marker keeps no result: a blob result comes due for collection a grace from now (a duplicate
+  -- answered just before may still be reading it) rather than at the record's original end. XX: a
+  -- store that does not index its blobs gets no entry.
+  if string.sub(d[3].r or '', 1, 1) == 'b' then
+    rcall('ZADD', string.sub(d[1], 1, -18) .. 'b', 'XX', 'LT', int(now + grace), d[3].r)
+  end
   dropExtras(d[1], d[3])
   rcall('DEL', d[1])
   rcall('ZREM', d[4], d[2])
