@@ -531,7 +531,8 @@ async function runAcquired<T, R>(
       fence,
       new AttemptsExhaustedError({
         attempts: attempt - 1,
-        cause: 'none of them finished (each time its worker died, or stalled past its lease)',
+        cause:
+          'none of them finished (each time the worker holding it died, whether or not it had started the handler, or stalled past its lease)',
       }),
       attempt - 1,
     );
