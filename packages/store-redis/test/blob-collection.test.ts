@@ -4,26 +4,49 @@
  * a blob a live record (or nothing the store indexes, e.g. a journaled step's) names is kept.
  */
 import { randomUUID } from 'node:crypto';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type BlobStore, createFsBlobStore } from '@exactly-once/core';
 import { Cluster, type Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
-import { createRedisStore } from '../src/index.js';
-import { cluster, dropPrefix, standalone, testPrefix } from './helpers.js';
+import { createRedisStore, type RedisProcessedStore, type RedisStoreOptions } from '../src/index.js';
+import { blobFiles, cluster, dropPrefix, standalone, testPrefix } from './helpers.js';
 
 const directories: string[] = [];
 afterAll(async () => {
   await Promise.all(directories.map((d) => rm(d, { recursive: true, force: true })));
 });
 
-async function blobFiles(directory: string): Promise<number> {
-  let count = 0;
-  for (const entry of await readdir(directory)) {
-    if (/^[0-9a-f]{2}$/.test(entry)) count += (await readdir(join(directory, entry))).length;
-  }
-  return count;
+/**
+ * A client, a fresh key prefix and blob directory, and stores made on them (each with the prefix
+ * unless given another); `close()` drops every prefix used, closes the stores and the client.
+ */
+async function fixture(connect: () => Redis | Cluster, label: string) {
+  const client = connect();
+  const prefix = testPrefix(label);
+  const directory = await mkdtemp(join(tmpdir(), 'eo-redis-blobs-'));
+  directories.push(directory);
+  const stores: RedisProcessedStore[] = [];
+  const prefixes = new Set([prefix]);
+  return {
+    client,
+    prefix,
+    directory,
+    blobs: createFsBlobStore({ directory }),
+    store(options: Omit<RedisStoreOptions, 'client'> = {}): RedisProcessedStore {
+      const keyPrefix = options.keyPrefix ?? prefix;
+      prefixes.add(keyPrefix);
+      const store = createRedisStore({ client, keyPrefix, checkEvictionPolicy: false, ...options });
+      stores.push(store);
+      return store;
+    },
+    async close(): Promise<void> {
+      for (const p of prefixes) await dropPrefix(client, p);
+      for (const store of stores) await store.close();
+      client.disconnect();
+    },
+  };
 }
 
 /** How many blob index keys (`<prefix>:{<tag>}b`) exist, on every master. */
@@ -67,17 +90,9 @@ describe.each([
 ] as const)('blob collection on Redis %s', (_name, connect: () => Redis | Cluster) => {
   it('1,000 blob results whose records expired are deleted; the blob store is back at its starting size', async () => {
     // Prepare
-    const client = connect();
-    const prefix = testPrefix('blobs');
-    const directory = await mkdtemp(join(tmpdir(), 'eo-redis-blobs-'));
-    directories.push(directory);
-    const blobs = createFsBlobStore({ directory });
-    const store = createRedisStore({
-      client,
-      keyPrefix: prefix,
-      expiredGraceMs: 0,
-      checkEvictionPolicy: false,
-    });
+    const f = await fixture(connect, 'blobs');
+    const { blobs, directory } = f;
+    const store = f.store({ expiredGraceMs: 0 });
     const unreferenced = await blobs.put(
       Buffer.from('a step journaled this pointer; no record result names it'),
     );
@@ -102,19 +117,14 @@ describe.each([
       expect((await blobs.get(live)).byteLength).toBeGreaterThan(0);
       expect((await blobs.get(unreferenced)).byteLength).toBeGreaterThan(0);
     } finally {
-      await dropPrefix(client, prefix);
-      await store.close();
-      client.disconnect();
+      await f.close();
     }
   }, 120_000);
 
   it('a pass one blob delete fails rejects only after its other workers stopped; none deletes after it', async () => {
     // Prepare: 40 expired blob results; the blob store refuses the third delete.
-    const client = connect();
-    const prefix = testPrefix('blobs-fail');
-    const directory = await mkdtemp(join(tmpdir(), 'eo-redis-blobs-'));
-    directories.push(directory);
-    const fs = createFsBlobStore({ directory });
+    const f = await fixture(connect, 'blobs-fail');
+    const fs = f.blobs;
     let deletes = 0;
     const blobs: BlobStore = {
       ...fs,
@@ -127,12 +137,7 @@ describe.each([
         return fs.delete(pointer);
       },
     };
-    const store = createRedisStore({
-      client,
-      keyPrefix: prefix,
-      expiredGraceMs: 0,
-      checkEvictionPolicy: false,
-    });
+    const store = f.store({ expiredGraceMs: 0 });
     try {
       for (let i = 0; i < 40; i++) await completeWithBlob(store, fs, `f-${i}-${randomUUID()}`, 50);
       await new Promise((r) => setTimeout(r, 200));
@@ -148,57 +153,30 @@ describe.each([
       expect(deletes).toBe(atRejection);
       expect(deletes).toBeLessThan(40);
     } finally {
-      await dropPrefix(client, prefix);
-      await store.close();
-      client.disconnect();
+      await f.close();
     }
   }, 60_000);
 
   it('indexBlobs: false adds nothing to the blob index (a store whose blobs another collection deletes)', async () => {
-    const client = connect();
-    const prefix = testPrefix('blobs-off');
-    const directory = await mkdtemp(join(tmpdir(), 'eo-redis-blobs-'));
-    directories.push(directory);
-    const blobs = createFsBlobStore({ directory });
-    const store = createRedisStore({
-      client,
-      keyPrefix: prefix,
-      indexBlobs: false,
-      checkEvictionPolicy: false,
-    });
+    const f = await fixture(connect, 'blobs-off');
+    const { client, prefix, blobs } = f;
+    const store = f.store({ indexBlobs: false });
     try {
       for (let i = 0; i < 20; i++)
         await completeWithBlob(store, blobs, `off-${i}-${randomUUID()}`, 3_600_000);
       expect(await blobIndexKeys(client, prefix)).toBe(0);
       expect((await store.collectBlobs(blobs)).deleted).toBe(0);
     } finally {
-      await dropPrefix(client, prefix);
-      await store.close();
-      client.disconnect();
+      await f.close();
     }
   }, 60_000);
 
   it("a compacted record's blob is collected at compaction, not at the record's original end", async () => {
     // Before: the marker keeps no pointer, yet the blob stayed for the whole retention.
-    const client = connect();
-    const prefix = testPrefix('blobs-compact');
-    const directory = await mkdtemp(join(tmpdir(), 'eo-redis-blobs-'));
-    directories.push(directory);
-    const blobs = createFsBlobStore({ directory });
-    const store = createRedisStore({
-      client,
-      keyPrefix: prefix,
-      compactAfterMs: 0,
-      expiredGraceMs: 0,
-      checkEvictionPolicy: false,
-    });
-    const kept = createRedisStore({
-      client,
-      keyPrefix: `${prefix}-kept`,
-      compactAfterMs: 3_600_000,
-      expiredGraceMs: 0,
-      checkEvictionPolicy: false,
-    });
+    const f = await fixture(connect, 'blobs-compact');
+    const { blobs, directory } = f;
+    const store = f.store({ compactAfterMs: 0, expiredGraceMs: 0 });
+    const kept = f.store({ keyPrefix: `${f.prefix}-kept`, compactAfterMs: 3_600_000, expiredGraceMs: 0 });
     try {
       // Prepare: an hour's retention each; one store compacts at once, the other keeps full records
       const keys = Array.from({ length: 10 }, (_, i) => `c-${i}-${randomUUID()}`);
@@ -221,11 +199,7 @@ describe.each([
       });
       expect(again).toMatchObject({ status: 'duplicate', record: { compacted: true } });
     } finally {
-      await dropPrefix(client, prefix);
-      await dropPrefix(client, `${prefix}-kept`);
-      await store.close();
-      await kept.close();
-      client.disconnect();
+      await f.close();
     }
   }, 60_000);
 });

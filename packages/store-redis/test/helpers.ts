@@ -4,6 +4,8 @@
  * 127.0.0.1:7001-7003) and a fresh key prefix per store, whose keys are deleted afterwards.
  */
 import { randomBytes } from 'node:crypto';
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
 import { Cluster, Redis } from 'ioredis';
 
 export const REDIS_URL = process.env.EO_REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -44,4 +46,13 @@ export async function dropPrefix(client: Redis | Cluster, prefix: string): Promi
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
+}
+
+/** Blob files in a filesystem blob store's directory (its two-hex-digit fan-out folders). */
+export async function blobFiles(directory: string): Promise<number> {
+  let count = 0;
+  for (const entry of await readdir(directory)) {
+    if (/^[0-9a-f]{2}$/.test(entry)) count += (await readdir(join(directory, entry))).length;
+  }
+  return count;
 }

@@ -2,13 +2,13 @@
  * `startMaintenance` on a real server: compaction and blob collection run in the background, one
  * worker a turn; stopping it (or `close()`) ends it, waiting for a pass under way.
  */
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type BlobPointer, type BlobStore, ConfigError, createFsBlobStore } from '@exactly-once/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createRedisStore, type MaintenancePass, type RedisProcessedStore } from '../src/index.js';
-import { dropPrefix, standalone, testPrefix } from './helpers.js';
+import { blobFiles, dropPrefix, standalone, testPrefix } from './helpers.js';
 
 const cleanups: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -73,14 +73,6 @@ function turns(count: number): { onPass: (pass: MaintenancePass) => void; seen: 
     },
     seen,
   };
-}
-
-async function blobFiles(directory: string): Promise<number> {
-  let count = 0;
-  for (const entry of await readdir(directory)) {
-    if (/^[0-9a-f]{2}$/.test(entry)) count += (await readdir(join(directory, entry))).length;
-  }
-  return count;
 }
 
 describe('startMaintenance', () => {
