@@ -4,50 +4,11 @@
  * a blob a live record (or nothing the store indexes, e.g. a journaled step's) names is kept.
  */
 import { randomUUID } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { type BlobStore, createFsBlobStore } from '@exactly-once/core';
+import type { BlobStore } from '@exactly-once/core';
 import { Cluster, type Redis } from 'ioredis';
-import { afterAll, describe, expect, it } from 'vitest';
-import { createRedisStore, type RedisProcessedStore, type RedisStoreOptions } from '../src/index.js';
-import { blobFiles, cluster, dropPrefix, standalone, testPrefix } from './helpers.js';
-
-const directories: string[] = [];
-afterAll(async () => {
-  await Promise.all(directories.map((d) => rm(d, { recursive: true, force: true })));
-});
-
-/**
- * A client, a fresh key prefix and blob directory, and stores made on them (each with the prefix
- * unless given another); `close()` drops every prefix used, closes the stores and the client.
- */
-async function fixture(connect: () => Redis | Cluster, label: string) {
-  const client = connect();
-  const prefix = testPrefix(label);
-  const directory = await mkdtemp(join(tmpdir(), 'eo-redis-blobs-'));
-  directories.push(directory);
-  const stores: RedisProcessedStore[] = [];
-  const prefixes = new Set([prefix]);
-  return {
-    client,
-    prefix,
-    directory,
-    blobs: createFsBlobStore({ directory }),
-    store(options: Omit<RedisStoreOptions, 'client'> = {}): RedisProcessedStore {
-      const keyPrefix = options.keyPrefix ?? prefix;
-      prefixes.add(keyPrefix);
-      const store = createRedisStore({ client, keyPrefix, checkEvictionPolicy: false, ...options });
-      stores.push(store);
-      return store;
-    },
-    async close(): Promise<void> {
-      for (const p of prefixes) await dropPrefix(client, p);
-      for (const store of stores) await store.close();
-      client.disconnect();
-    },
-  };
-}
+import { describe, expect, it } from 'vitest';
+import type { createRedisStore } from '../src/index.js';
+import { blobFiles, blobFixture, cluster, standalone } from './helpers.js';
 
 /** How many blob index keys (`<prefix>:{<tag>}b`) exist, on every master. */
 async function blobIndexKeys(client: Redis | Cluster, prefix: string): Promise<number> {
@@ -90,7 +51,7 @@ describe.each([
 ] as const)('blob collection on Redis %s', (_name, connect: () => Redis | Cluster) => {
   it('1,000 blob results whose records expired are deleted; the blob store is back at its starting size', async () => {
     // Prepare
-    const f = await fixture(connect, 'blobs');
+    const f = await blobFixture(connect, 'blobs');
     const { blobs, directory } = f;
     const store = f.store({ expiredGraceMs: 0 });
     const unreferenced = await blobs.put(
@@ -123,7 +84,7 @@ describe.each([
 
   it('a pass one blob delete fails rejects only after its other workers stopped; none deletes after it', async () => {
     // Prepare: 40 expired blob results; the blob store refuses the third delete.
-    const f = await fixture(connect, 'blobs-fail');
+    const f = await blobFixture(connect, 'blobs-fail');
     const fs = f.blobs;
     let deletes = 0;
     const blobs: BlobStore = {
@@ -158,7 +119,7 @@ describe.each([
   }, 60_000);
 
   it('indexBlobs: false adds nothing to the blob index (a store whose blobs another collection deletes)', async () => {
-    const f = await fixture(connect, 'blobs-off');
+    const f = await blobFixture(connect, 'blobs-off');
     const { client, prefix, blobs } = f;
     const store = f.store({ indexBlobs: false });
     try {
@@ -173,7 +134,7 @@ describe.each([
 
   it("a compacted record's blob is collected at compaction, not at the record's original end", async () => {
     // Before: the marker keeps no pointer, yet the blob stayed for the whole retention.
-    const f = await fixture(connect, 'blobs-compact');
+    const f = await blobFixture(connect, 'blobs-compact');
     const { blobs, directory } = f;
     const store = f.store({ compactAfterMs: 0, expiredGraceMs: 0 });
     const kept = f.store({ keyPrefix: `${f.prefix}-kept`, compactAfterMs: 3_600_000, expiredGraceMs: 0 });

@@ -4,9 +4,12 @@
  * 127.0.0.1:7001-7003) and a fresh key prefix per store, whose keys are deleted afterwards.
  */
 import { randomBytes } from 'node:crypto';
-import { readdir } from 'node:fs/promises';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createFsBlobStore } from '@exactly-once/core';
 import { Cluster, Redis } from 'ioredis';
+import { createRedisStore, type RedisProcessedStore, type RedisStoreOptions } from '../src/index.js';
 
 export const REDIS_URL = process.env.EO_REDIS_URL ?? 'redis://127.0.0.1:6379';
 export const CLUSTER_NODES = (
@@ -55,4 +58,36 @@ export async function blobFiles(directory: string): Promise<number> {
     if (/^[0-9a-f]{2}$/.test(entry)) count += (await readdir(join(directory, entry))).length;
   }
   return count;
+}
+
+/**
+ * A client, a fresh key prefix, a filesystem blob store in a fresh directory, and stores made on
+ * them (each under the prefix unless given another); `close()` drops every prefix used, closes
+ * the stores and the client, and deletes the directory.
+ */
+export async function blobFixture(connect: () => Redis | Cluster, label: string) {
+  const client = connect();
+  const prefix = testPrefix(label);
+  const directory = await mkdtemp(join(tmpdir(), `eo-redis-${label}-`));
+  const stores: RedisProcessedStore[] = [];
+  const prefixes = new Set([prefix]);
+  return {
+    client,
+    prefix,
+    directory,
+    blobs: createFsBlobStore({ directory }),
+    store(options: Omit<RedisStoreOptions, 'client'> = {}): RedisProcessedStore {
+      const keyPrefix = options.keyPrefix ?? prefix;
+      prefixes.add(keyPrefix);
+      const store = createRedisStore({ client, keyPrefix, checkEvictionPolicy: false, ...options });
+      stores.push(store);
+      return store;
+    },
+    async close(): Promise<void> {
+      for (const store of stores) await store.close();
+      for (const p of prefixes) await dropPrefix(client, p);
+      client.disconnect();
+      await rm(directory, { recursive: true, force: true });
+    },
+  };
 }

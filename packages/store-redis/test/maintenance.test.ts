@@ -1,14 +1,7 @@
-/**
- * `startMaintenance` on a real server: compaction and blob collection run in the background, one
- * worker a turn; stopping it (or `close()`) ends it, waiting for a pass under way.
- */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { type BlobPointer, type BlobStore, ConfigError, createFsBlobStore } from '@exactly-once/core';
+import { type BlobPointer, type BlobStore, ConfigError } from '@exactly-once/core';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createRedisStore, type MaintenancePass, type RedisProcessedStore } from '../src/index.js';
-import { blobFiles, dropPrefix, standalone, testPrefix } from './helpers.js';
+import type { MaintenancePass, RedisProcessedStore } from '../src/index.js';
+import { blobFiles, blobFixture, standalone } from './helpers.js';
 
 const cleanups: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -16,29 +9,9 @@ afterEach(async () => {
 });
 
 async function setUp(options: { compactAfterMs?: number } = {}) {
-  const client = standalone();
-  const prefix = testPrefix('maint');
-  const directory = await mkdtemp(join(tmpdir(), 'eo-redis-maint-'));
-  const blobs = createFsBlobStore({ directory });
-  const open: RedisProcessedStore[] = [];
-  const make = () => {
-    const store = createRedisStore({
-      client,
-      keyPrefix: prefix,
-      expiredGraceMs: 0,
-      checkEvictionPolicy: false,
-      ...options,
-    });
-    open.push(store);
-    return store;
-  };
-  cleanups.push(async () => {
-    for (const store of open) await store.close();
-    await dropPrefix(client, prefix);
-    client.disconnect();
-    await rm(directory, { recursive: true, force: true });
-  });
-  return { client, prefix, blobs, directory, make };
+  const f = await blobFixture(standalone, 'maint');
+  cleanups.push(() => f.close());
+  return { ...f, make: () => f.store({ expiredGraceMs: 0, ...options }) };
 }
 
 async function complete(
