@@ -196,6 +196,31 @@ export interface UserProject {
 }
 
 /**
+ * The user project's `npm install`. After the workspace's `npm ci` the tarballs are in npm's cache
+ * but the packuments the version ranges need may not be, so the registry is asked. npm's default
+ * waits 5 minutes on a stalled request: a request here gives up after 30 s and npm retries it, and
+ * a whole install that still fails (or passes its time) runs once more.
+ */
+async function installWithRetry(dir: string): Promise<RunResult> {
+  const args = [
+    'install',
+    '--prefer-offline',
+    '--no-audit',
+    '--no-fund',
+    '--fetch-timeout=30000',
+    '--fetch-retries=4',
+  ];
+  const first = await run('npm', args, { cwd: dir, timeoutMs: 240_000 });
+  if (first.code === 0) return first;
+  console.warn(
+    `[install] npm install exited ${first.code ?? first.signal} after ${first.ms} ms; once more:\n` +
+      `${first.stdout}\n${first.stderr}`.trim(),
+  );
+  await rm(join(dir, 'node_modules'), { recursive: true, force: true });
+  return runOk('npm', args, { cwd: dir, timeoutMs: 240_000 });
+}
+
+/**
  * Packs every package and installs the tarballs, the peers they require and the user's type
  * packages in a new project under the OS temp dir, with `npm install --prefer-offline`.
  */
@@ -217,10 +242,7 @@ export async function createUserProject(): Promise<UserProject> {
       `${JSON.stringify({ name: 'eo-install-check', private: true, type: 'module', dependencies, devDependencies }, null, 2)}\n`,
     );
     await writeFile(join(dir, 'tsconfig.json'), `${JSON.stringify(USER_TSCONFIG, null, 2)}\n`);
-    const { ms } = await runOk('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund'], {
-      cwd: dir,
-      timeoutMs: 300_000,
-    });
+    const { ms } = await installWithRetry(dir);
     return { dir, tarballs, dependencies, devDependencies, installMs: ms, remove };
   } catch (error) {
     await remove();

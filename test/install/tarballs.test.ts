@@ -49,7 +49,7 @@ beforeAll(async () => {
         .map(([k, v]) => `${k}@${v}`)
         .join(', '),
   );
-}, 600_000);
+}, 720_000);
 
 afterAll(async () => {
   if (!project) return;
