@@ -196,6 +196,42 @@ describe('dlq on Kafka', () => {
     expect(text).toContain(`Kafka topic ${dlq}: 2 dead letter(s)`);
   });
 
+  it('--code lists and replays only the letters with those codes', async () => {
+    // The topic holds key-a's PERMANENT letter (0:0) and its PREVIOUSLY_FAILED copy (0:1).
+    const listed = await cliJson<{ total: number; letters: Letter[] }>([
+      'dlq',
+      'list',
+      dlq,
+      '--code',
+      'PREVIOUSLY_FAILED',
+      ...brokers,
+    ]);
+    expect(listed.total).toBe(2);
+    expect(listed.letters.map((l) => l.id)).toEqual(['0:1']);
+    const target = uniqueName('cli-coded');
+    await createTopics(admin, [target], 1);
+    try {
+      const out = await cliJson<{ results: { id: string; to: string; replayed: boolean }[] }>([
+        'dlq',
+        'replay',
+        dlq,
+        '--all',
+        '--code',
+        'PREVIOUSLY_FAILED/PERMANENT',
+        '--to',
+        target,
+        ...brokers,
+      ]);
+      expect(out.results.map((r) => [r.id, r.to, r.replayed])).toEqual([['0:1', target, true]]);
+      expect(await topicSize(admin, target)).toBe(1);
+      const byId = await cli(['dlq', 'replay', dlq, '0:0', '--code', 'ATTEMPTS_EXHAUSTED', ...brokers]);
+      expect(byId.code).toBe(1);
+      expect(byId.stderr).toMatch(/no dead letter 0:0 with code ATTEMPTS_EXHAUSTED to replay/);
+    } finally {
+      await admin.deleteTopics({ topics: [target] }).catch(() => undefined);
+    }
+  });
+
   it('usage and connection errors', async () => {
     const badId = await cli(['dlq', 'replay', dlq, 'zero', ...brokers]);
     expect(badId.code).toBe(2);

@@ -300,4 +300,87 @@ describe('dlq on RabbitMQ', () => {
       await raw.deleteQueues([trapQueue, trapDlq]);
     }
   });
+
+  it('--code lists and replays only the letters with those codes; the others stay', async () => {
+    const target = uniqueName('cli-coded');
+    const codedDlq = `${target}.dlq`;
+    await raw.ch.assertQueue(target, { durable: true });
+    await raw.ch.assertQueue(codedDlq, { durable: true, arguments: { 'x-queue-type': 'quorum' } });
+    try {
+      const letters: [string, string, string?][] = [
+        ['c-permanent', 'PERMANENT'],
+        ['c-exhausted', 'ATTEMPTS_EXHAUSTED'],
+        ['c-again-permanent', 'PREVIOUSLY_FAILED', 'PERMANENT'],
+        ['c-again-exhausted', 'PREVIOUSLY_FAILED', 'ATTEMPTS_EXHAUSTED'],
+      ];
+      for (const [id, code, original] of letters) {
+        await raw.publish(
+          codedDlq,
+          { id },
+          {
+            'x-idempotency-key': id,
+            'x-eo-original-destination': target,
+            'x-eo-error-code': code,
+            ...(original ? { 'x-eo-original-error-code': original } : {}),
+          },
+          id,
+        );
+      }
+      const listed = async (codes: string) => {
+        const out = await cliJson<{ total: number; codes: string[]; letters: Letter[] }>([
+          'dlq',
+          'list',
+          codedDlq,
+          '--code',
+          codes,
+          ...amqp,
+        ]);
+        await waitUntil(async () => (await raw.count(codedDlq)) === out.total, { message: 'letters back' });
+        return { ...out, ids: out.letters.map((l) => l.id).sort() };
+      };
+      expect(await listed('attempts_exhausted')).toMatchObject({
+        total: 4,
+        codes: ['ATTEMPTS_EXHAUSTED'],
+        ids: ['c-exhausted'],
+      });
+      expect((await listed('PREVIOUSLY_FAILED')).ids).toEqual(['c-again-exhausted', 'c-again-permanent']);
+      expect((await listed('PREVIOUSLY_FAILED/PERMANENT,PERMANENT')).ids).toEqual([
+        'c-again-permanent',
+        'c-permanent',
+      ]);
+      const text = await cliText(['dlq', 'list', codedDlq, '--code', 'ATTEMPTS_EXHAUSTED', ...amqp]);
+      expect(text).toContain(`RabbitMQ queue ${codedDlq}: 4 dead letter(s); 1 with code ATTEMPTS_EXHAUSTED`);
+      await waitUntil(async () => (await raw.count(codedDlq)) === 4, { message: 'letters back' });
+
+      const replay = await cliJson<{ results: { id: string; replayed: boolean; to: string }[] }>([
+        'dlq',
+        'replay',
+        codedDlq,
+        '--all',
+        '--code',
+        'ATTEMPTS_EXHAUSTED,PREVIOUSLY_FAILED/ATTEMPTS_EXHAUSTED',
+        ...amqp,
+      ]);
+      expect(replay.results.map((r) => [r.id, r.replayed, r.to]).sort()).toEqual([
+        ['c-again-exhausted', true, target],
+        ['c-exhausted', true, target],
+      ]);
+      await waitUntil(async () => (await raw.count(codedDlq)) === 2, { message: 'the others back' });
+      const copies = await raw.drain(target);
+      expect(copies.map((m) => m.properties.messageId).sort()).toEqual(['c-again-exhausted', 'c-exhausted']);
+      expect((await listed('PERMANENT,PREVIOUSLY_FAILED')).ids).toEqual(['c-again-permanent', 'c-permanent']);
+
+      const none = await cli(['dlq', 'replay', codedDlq, '--all', '--code', 'MALFORMED_MESSAGE', ...amqp]);
+      expect(none.code).toBe(1);
+      expect(none.stderr).toMatch(/no dead letters with code MALFORMED_MESSAGE to replay/);
+      for (const bad of ['ATTEMPT_EXHAUSTED', 'PERMANENT/PERMANENT', 'PREVIOUSLY_FAILED/NOPE', ',']) {
+        const refused = await cli(['dlq', 'list', codedDlq, '--code', bad, ...amqp]);
+        expect(refused.code, bad).toBe(2);
+        expect(refused.stderr).toMatch(/--code: (unknown code|no code given)/);
+      }
+      await waitUntil(async () => (await raw.count(codedDlq)) === 2, { message: 'letters back' });
+    } finally {
+      await raw.deleteQueues([target, codedDlq]);
+    }
+  });
 });

@@ -8,7 +8,7 @@ import { stuck } from './commands/stuck.js';
 import { trace } from './commands/trace.js';
 import { CliError, describeError, UsageError } from './errors.js';
 import { type Io, processIo } from './output.js';
-import { parseDays, parseDuration, parseNamespace, parseNumber } from './parse.js';
+import { parseCodes, parseDays, parseDuration, parseNamespace, parseNumber } from './parse.js';
 import { storeOptions } from './stores.js';
 
 const { version } = createRequire(import.meta.url)('../package.json') as { version: string };
@@ -17,6 +17,13 @@ const integer =
   (option: string, min = 0) =>
   (value: string) =>
     parseNumber(option, value, { integer: true, min });
+
+/** `--code` of `dlq list` and `dlq replay`. */
+const codeOption = () =>
+  new Option(
+    '--code <codes>',
+    'only letters with these codes, comma-separated (e.g. ATTEMPTS_EXHAUSTED, PREVIOUSLY_FAILED/PERMANENT)',
+  ).argParser((v) => parseCodes('--code', v));
 
 function buildProgram(io: Io): Command {
   const program = new Command()
@@ -72,6 +79,7 @@ function buildProgram(io: Io): Command {
   broker(dlq.command('list').description('dead letters with their reason headers, oldest first'))
     .argument('<source>', 'the dead-letter queue or topic (e.g. orders.dlq)')
     .option('--limit <n>', 'read at most this many', integer('--limit', 1), 100)
+    .addOption(codeOption())
     .option('--json', 'print JSON')
     .action(async (source: string, options) => {
       await dlqList(io, source, options);
@@ -103,6 +111,7 @@ function buildProgram(io: Io): Command {
       integer('--limit', 1),
       1000,
     )
+    .addOption(codeOption())
     .option('--to <destination>', 'replay to this queue or topic instead of the original one')
     .option(
       '--reset-key',

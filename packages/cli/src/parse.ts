@@ -1,5 +1,5 @@
 /** Parsers for option values; each throws a {@link UsageError} naming the option. */
-import { validateName } from '@exactly-once/core';
+import { ErrorCode, validateName } from '@exactly-once/core';
 import { CliError, UsageError } from './errors.js';
 
 const UNITS: Record<string, number> = {
@@ -78,4 +78,33 @@ export function parseNamespace(text: string): string {
       `--namespace must be 1 to 100 letters, digits, ".", "_" or "-" (got ${JSON.stringify(text)})`,
     );
   }
+}
+
+/** The codes a dead letter can carry: the library's, and ERROR for an error of the handler's own. */
+const LETTER_CODES: ReadonlySet<string> = new Set([...Object.values(ErrorCode), 'ERROR']);
+
+/**
+ * `--code`: comma-separated error codes as `dlq list` prints them, `PREVIOUSLY_FAILED/<code>`
+ * included. An unknown code is refused rather than matching nothing (a typo would replay nothing,
+ * or list an empty queue).
+ */
+export function parseCodes(option: string, text: string): string[] {
+  const codes = text
+    .split(',')
+    .map((s) => s.trim().toUpperCase())
+    .filter(Boolean);
+  if (codes.length === 0) throw new UsageError(`${option}: no code given`);
+  for (const code of codes) {
+    const [first, original, ...rest] = code.split('/');
+    const known =
+      rest.length === 0 &&
+      LETTER_CODES.has(first as string) &&
+      (original === undefined || (first === ErrorCode.PreviouslyFailed && LETTER_CODES.has(original)));
+    if (!known) {
+      throw new UsageError(
+        `${option}: unknown code "${code}" (one of ${[...LETTER_CODES].join(', ')}, or PREVIOUSLY_FAILED/<code>)`,
+      );
+    }
+  }
+  return codes;
 }

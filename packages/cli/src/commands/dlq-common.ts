@@ -105,14 +105,36 @@ export function letterJson(letter: DeadLetter, withBody: boolean): Record<string
   };
 }
 
+/**
+ * The letters `--code` selects (all without it): a code matches a letter's own code, and
+ * `PREVIOUSLY_FAILED/<code>` only the copies of keys that failed with `<code>`.
+ */
+export function codeMatcher(codes: readonly string[] | undefined): (letter: DeadLetter) => boolean {
+  if (codes === undefined) return () => true;
+  const wanted = new Set(codes);
+  return (letter) => wanted.has(letter.reason.errorCode ?? '') || wanted.has(codeOf(letter.reason));
+}
+
 /** The letter's code; a PREVIOUSLY_FAILED one with the code of the failure behind it. */
 function codeOf(reason: DeadLetter['reason']): string {
   const code = reason.errorCode ?? '-';
   return reason.originalErrorCode ? `${code}/${reason.originalErrorCode}` : code;
 }
 
-export function renderList(source: string, letters: readonly DeadLetter[], total: number): string[] {
-  if (letters.length === 0) return [`${source}: no dead letters`];
+export function renderList(
+  source: string,
+  letters: readonly DeadLetter[],
+  total: number,
+  codes?: readonly string[],
+): string[] {
+  const coded = codes ? ` with code ${codes.join(', ')}` : '';
+  if (letters.length === 0) {
+    return [
+      codes && total > 0
+        ? `${source}: ${total} dead letter(s), none${coded} among those read`
+        : `${source}: no dead letters`,
+    ];
+  }
   const rows = [
     ['id', 'failed at', 'consumer', 'code', 'error', 'key', 'message'],
     ...letters.map((l) => [
@@ -125,7 +147,11 @@ export function renderList(source: string, letters: readonly DeadLetter[], total
       truncate((l.reason.errorMessage ?? '').replace(/\s+/g, ' '), 80),
     ]),
   ];
-  const more = total > letters.length ? ` (first ${letters.length} shown; --limit for more)` : '';
+  const more = codes
+    ? `; ${letters.length}${coded} among those read (--limit reads more)`
+    : total > letters.length
+      ? ` (first ${letters.length} shown; --limit for more)`
+      : '';
   return [`${source}: ${total} dead letter(s)${more}`, '', ...table(rows)];
 }
 

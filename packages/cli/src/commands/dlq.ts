@@ -3,6 +3,7 @@ import { CliError, UsageError } from '../errors.js';
 import { type Io, printJson, printLines } from '../output.js';
 import { hasStore, type OpenStore, openStore, type StoreOptions } from '../stores.js';
 import {
+  codeMatcher,
   type DeadLetter,
   letterJson,
   renderLetter,
@@ -18,6 +19,8 @@ export interface DlqOptions extends StoreOptions {
   readonly amqp?: string;
   readonly kafka?: string;
   readonly limit: number;
+  /** Only letters with these codes (`--code`, see parseCodes). */
+  readonly code?: readonly string[];
   readonly json?: boolean;
 }
 
@@ -44,7 +47,7 @@ export async function dlqList(io: Io, source: string, options: DlqOptions): Prom
     try {
       description = rabbit.description;
       total = await rabbit.count();
-      letters = await rabbit.list(options.limit);
+      letters = (await rabbit.list(options.limit)).filter(codeMatcher(options.code));
     } finally {
       await rabbit.close();
     }
@@ -61,6 +64,7 @@ export async function dlqList(io: Io, source: string, options: DlqOptions): Prom
         to: Math.min(m.high, m.low + options.limit),
       }));
       letters = (await kafka.read(ranges))
+        .filter(codeMatcher(options.code))
         .sort((a, b) => (a.reason.failedAt ?? '').localeCompare(b.reason.failedAt ?? ''))
         .slice(0, options.limit);
     } finally {
@@ -68,9 +72,14 @@ export async function dlqList(io: Io, source: string, options: DlqOptions): Prom
     }
   }
   if (options.json) {
-    printJson(io, { source: description, total, letters: letters.map((l) => letterJson(l, false)) });
+    printJson(io, {
+      source: description,
+      total,
+      ...(options.code ? { codes: options.code } : {}),
+      letters: letters.map((l) => letterJson(l, false)),
+    });
   } else {
-    printLines(io, renderList(description, letters, total));
+    printLines(io, renderList(description, letters, total, options.code));
   }
 }
 
@@ -125,6 +134,7 @@ export async function dlqReplay(
   else if (ids.length === 0 && !options.all)
     throw new UsageError('give the ids to replay (see dlq list), or --all');
 
+  const hasCode = codeMatcher(options.code);
   let store: OpenStore | undefined;
   let results: ReplayResult[];
   let description: string;
@@ -139,7 +149,9 @@ export async function dlqReplay(
       try {
         description = rabbit.description;
         const limit = options.all ? options.limit : Number.MAX_SAFE_INTEGER;
-        results = await rabbit.replay(limit, rabbitSelection(ids, options.all === true), replayOptions);
+        const chosen = rabbitSelection(ids, options.all === true);
+        const select = (letter: DeadLetter) => chosen(letter) && hasCode(letter);
+        results = await rabbit.replay(limit, select, replayOptions);
         note = '; replayed letters were acked (removed), the others are back in the queue';
       } finally {
         await rabbit.close();
@@ -156,8 +168,8 @@ export async function dlqReplay(
               to: Math.min(m.high, m.low + options.limit),
             }))
           : parseKafkaIds(ids, marks);
-        const match = options.all ? () => true : kafkaIdMatcher(ids);
-        const letters = (await kafka.read(ranges)).filter(match);
+        const chosen = options.all ? () => true : kafkaIdMatcher(ids);
+        const letters = (await kafka.read(ranges)).filter((l) => chosen(l) && hasCode(l));
         results = await kafka.replay(letters, replayOptions);
         note = '; a Kafka topic keeps its records: these offsets stay in the dead-letter topic';
       } finally {
@@ -168,9 +180,9 @@ export async function dlqReplay(
     await store?.close();
   }
   if (results.length === 0) {
-    throw new CliError(
-      `${description}: ${ids.length > 0 ? `no dead letter ${ids.join(', ')}` : 'no dead letters'} to replay`,
-    );
+    const which = ids.length > 0 ? `no dead letter ${ids.join(', ')}` : 'no dead letters';
+    const coded = options.code ? ` with code ${options.code.join(', ')}` : '';
+    throw new CliError(`${description}: ${which}${coded} to replay`);
   }
   if (options.json) printJson(io, { source: description, results });
   else printLines(io, renderReplay(description, results, note));
