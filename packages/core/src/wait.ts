@@ -103,15 +103,17 @@ export interface Repeating {
 }
 
 /**
- * Runs `task` every `intervalMs`, the first time `intervalMs` from now and each next one
- * `intervalMs` after the last ended, so runs never overlap however long one takes. A run that
- * throws is reported to `onError` and the next one runs as planned. The timer does not keep the
- * process alive: a maintenance loop must not hold up a worker's exit.
+ * Runs `task` every `intervalMs`, the first time `intervalMs` from now (at once with
+ * `immediately`) and each next one `intervalMs` after the last ended, so runs never overlap
+ * however long one takes. A run that throws is reported to `onError` and the next one runs as
+ * planned. The timer does not keep the process alive: a maintenance loop must not hold up a
+ * worker's exit.
  */
 export function repeatEvery(
   intervalMs: number,
   task: () => Promise<unknown>,
   onError: (error: unknown) => void,
+  { immediately = false }: { readonly immediately?: boolean } = {},
 ): Repeating {
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
@@ -133,7 +135,8 @@ export function repeatEvery(
       schedule();
     })();
   };
-  schedule();
+  if (immediately) tick();
+  else schedule();
   return {
     stop() {
       stopped = true;

@@ -81,4 +81,25 @@ describe('waiting', () => {
     expect(errors).toEqual([new Error('pass failed')]);
     expect(runs).toBe(stoppedAt);
   });
+
+  it('repeatEvery with immediately runs once at once, then after the interval', async () => {
+    // Prepare: an interval far longer than the test
+    let runs = 0;
+    // Act
+    const loop = repeatEvery(
+      60_000,
+      async () => {
+        runs++;
+      },
+      () => {},
+      { immediately: true },
+    );
+    await loop.settled();
+    const first = runs;
+    await pause(20);
+    loop.stop();
+    // Assert
+    expect(first).toBe(1);
+    expect(runs).toBe(1);
+  });
 });

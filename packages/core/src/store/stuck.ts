@@ -9,6 +9,7 @@ import type { Attributes, ObservableGauge, ObservableResult } from '@opentelemet
 import { ConfigError } from '../errors.js';
 import { scopeKey, validateName } from '../keys.js';
 import { meter } from '../tracing.js';
+import { repeatEvery } from '../wait.js';
 import type { InProgressEntry, ProcessedStore } from './types.js';
 
 export interface StuckQuery {
@@ -64,8 +65,8 @@ export interface StuckWatch {
 
 /**
  * Registers the observable gauge `exactly_once.in_progress.stuck` (attributes
- * `exactly_once.consumer`, `exactly_once.namespace`) and polls {@link findStuck} every
- * `intervalMs`; the gauge reports the number of stuck records (capped by `limit`). The store is
+ * `exactly_once.consumer`, `exactly_once.namespace`) and polls {@link findStuck} at once and then
+ * `intervalMs` after each query ended; the gauge reports the number of stuck records (capped by `limit`). The store is
  * queried on the timer, never inside a metrics collection. Call `stop()` on shutdown.
  *
  * An alert rule: `exactly_once_in_progress_stuck > 0` for a few minutes.
@@ -91,26 +92,16 @@ export function watchStuck(store: ProcessedStore, options: WatchStuckOptions): S
     return count;
   };
   // A query slower than the interval (a scan of a large keyspace) must not pile up behind itself.
-  let running = false;
-  const tick = () => {
-    if (running) return;
-    running = true;
-    refresh()
-      .catch((error: unknown) => options.onError?.(error))
-      .finally(() => {
-        running = false;
-      });
-  };
-  const timer = setInterval(tick, intervalMs);
-  timer.unref?.();
-  tick();
+  const polling = repeatEvery(intervalMs, refresh, (error) => options.onError?.(error), {
+    immediately: true,
+  });
   return {
     get count() {
       return count;
     },
     refresh,
     stop() {
-      clearInterval(timer);
+      polling.stop();
       gauge.removeCallback(observe);
     },
   };
