@@ -201,10 +201,16 @@ export function buildProcessor<T, R>(
         allRunning: undefined,
       };
       let previous = Promise.resolve(true);
+      // Outgoing messages leave in the group's order: a record's publish waits for the one before.
+      let publishedBefore = Promise.resolve(true);
       const dispositions = deliveries.map((delivery, index) => {
         let go!: (proceed: boolean) => void;
         const next = new Promise<boolean>((resolve) => {
           go = resolve;
+        });
+        let published!: (inOrder: boolean) => void;
+        const nextPublished = new Promise<boolean>((resolve) => {
+          published = resolve;
         });
         let counted = false;
         const running = () => {
@@ -212,8 +218,9 @@ export function buildProcessor<T, R>(
           counted = true;
           if (--group.notRunning === 0) group.allRunning?.();
         };
-        const turn: Turn = { previous, go, group, index, running };
+        const turn: Turn = { previous, go, group, index, running, publishedBefore, published };
         previous = next;
+        publishedBefore = nextPublished;
         const disposition = processDelivery(o, delivery, shared, turn, onRunning && (() => onRunning(index)));
         group.ended.push(disposition.then(running));
         return disposition;
@@ -270,6 +277,9 @@ async function processDelivery<T, R>(
   if (turn && (disposition.outcome === 'store-unavailable' || disposition.outcome === 'lease-lost')) {
     turn.group.stopped = true;
   }
+  // A deferred delivery may still have messages to publish (on its redelivery): the later
+  // deliveries' messages wait for them.
+  turn?.published(disposition.action !== 'defer');
   if (span.isRecording()) {
     span.setAttribute(ATTR_EO_OUTCOME, disposition.outcome);
     span.setAttribute(ATTR_EO_ACTION, disposition.action);
@@ -418,7 +428,7 @@ async function run<T, R>(
     switch (begun.status) {
       case 'duplicate': {
         span.addLinks(linkToRef(begun.record.traceId));
-        return finishCompleted(o, runCtx, delivery, storeKey, begun.record, shared);
+        return finishCompleted(o, runCtx, delivery, storeKey, begun.record, shared, turn?.publishedBefore);
       }
       case 'busy':
         // Poll well before the other lease ends: the other worker usually finishes early.
@@ -667,7 +677,18 @@ async function runAcquired<T, R>(
     await discardBlobs(o, run);
     return leaseLost(storeKey, fence);
   }
-  return publishThenAck(o, runCtx, delivery, storeKey, fence, state.outgoing, outcome, stored, shared);
+  return publishThenAck(
+    o,
+    runCtx,
+    delivery,
+    storeKey,
+    fence,
+    state.outgoing,
+    outcome,
+    stored,
+    shared,
+    turn?.publishedBefore,
+  );
 }
 
 const noTurn = async () => {};

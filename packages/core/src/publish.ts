@@ -24,6 +24,7 @@ export async function finishCompleted<T, R>(
   storeKey: string,
   record: CompletedRecord,
   shared: Shared,
+  publishedBefore?: Promise<boolean>,
 ): Promise<Disposition> {
   let pending = record.outgoing.filter((m) => !m.published);
   const underWay = shared.publishing.get(storeKey);
@@ -44,6 +45,7 @@ export async function finishCompleted<T, R>(
     'duplicate',
     record.result,
     shared,
+    publishedBefore,
   );
   return record.compacted === true && d.action === 'ack' ? { ...d, compacted: true } : d;
 }
@@ -58,8 +60,13 @@ export async function publishThenAck<T, R>(
   outcome: Outcome,
   result: StoredResult | undefined,
   shared: Shared,
+  publishedBefore?: Promise<boolean>,
 ): Promise<Disposition> {
   if (outgoing.length > 0) {
+    // In an ordered group (a Kafka partition) the record before may complete later than this one
+    // (another Cluster node, another round trip): its messages go out first. If it was deferred,
+    // this record's messages wait for their redelivery too, which answers them as a duplicate.
+    if (publishedBefore !== undefined && !(await publishedBefore)) return awaitingEarlier;
     try {
       const publisher = o.publisher;
       if (!publisher) {
@@ -93,6 +100,18 @@ export async function publishThenAck<T, R>(
   }
   return result ? { action: 'ack', outcome, result } : { action: 'ack', outcome };
 }
+
+/** A completed delivery whose messages wait for an earlier delivery's (see publishThenAck). */
+const awaitingEarlier: Disposition = Object.freeze({
+  action: 'defer',
+  outcome: 'publish-failed',
+  delayMs: 0,
+  error: toErrorInfo(
+    new PublishError(
+      'not published yet: an earlier message of the partition has outgoing messages to publish first',
+    ),
+  ),
+});
 
 /**
  * An unconfirmed publish defers the message (COMPLETED is durable; the redelivery publishes what

@@ -28,6 +28,14 @@ export interface Turn {
   readonly index: number;
   /** Called as its handler starts: from then on the run, not the group, settles its lease. */
   readonly running: () => void;
+  /**
+   * Resolves once the delivery before it has settled its outgoing messages: true when they are
+   * out (or it had none, or it left the partition's order: dead letter, retry copy), false when it
+   * was deferred and its messages may still be to publish.
+   */
+  readonly publishedBefore: Promise<boolean>;
+  /** Says the same of itself, once its disposition is known (exactly once). */
+  published(inOrder: boolean): void;
 }
 
 /** The deliveries of one `processInOrder` call. */
