@@ -349,7 +349,24 @@ describe('dlq on RabbitMQ', () => {
         'c-permanent',
       ]);
       const text = await cliText(['dlq', 'list', codedDlq, '--code', 'ATTEMPTS_EXHAUSTED', ...amqp]);
-      expect(text).toContain(`RabbitMQ queue ${codedDlq}: 4 dead letter(s); 1 with code ATTEMPTS_EXHAUSTED`);
+      // Every letter was read: no call for a larger --limit (one was asked for).
+      expect(text).toContain(
+        `RabbitMQ queue ${codedDlq}: 4 dead letter(s); 1 with code ATTEMPTS_EXHAUSTED among the 4 read\n`,
+      );
+      await waitUntil(async () => (await raw.count(codedDlq)) === 4, { message: 'letters back' });
+      const part = await cliText([
+        'dlq',
+        'list',
+        codedDlq,
+        '--code',
+        'MALFORMED_MESSAGE',
+        '--limit',
+        '2',
+        ...amqp,
+      ]);
+      expect(part).toContain(
+        `RabbitMQ queue ${codedDlq}: 4 dead letter(s); none with code MALFORMED_MESSAGE among the 2 read (--limit for more)`,
+      );
       await waitUntil(async () => (await raw.count(codedDlq)) === 4, { message: 'letters back' });
 
       const replay = await cliJson<{ results: { id: string; replayed: boolean; to: string }[] }>([

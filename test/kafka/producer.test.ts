@@ -1,4 +1,5 @@
 /** The SDK producer: first-service headers on `send`, and core's confirmed publisher contract. */
+import { ErrorCode, InvalidKeyError } from '@exactly-once/core';
 import { createProducer } from '@exactly-once/kafka';
 import { type Admin, Kafka, logLevel } from 'kafkajs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -57,6 +58,23 @@ describe('kafka producer', () => {
       expect(r2?.headers['x-request-id']).toBe('req-2'); // the SDK's own headers win
       expect(r2?.headers['x-idempotency-key']).toBe('idem-2');
       expect(r2?.headers['x-tenant']).toBe('acme');
+    } finally {
+      await producer.disconnect();
+    }
+  });
+
+  it('send refuses an empty key or one that is not UTF-8 with InvalidKeyError and sends nothing', async () => {
+    const topic = uniqueName('producer-badkey');
+    await createTopics(admin, [topic], 1);
+    const producer = createProducer({ kafka });
+    try {
+      for (const idempotencyKey of ['', 'a\uFFFDb', 'lone \uD800']) {
+        const refused = await producer.send(topic, { n: 1 }, { idempotencyKey }).catch((e: unknown) => e);
+        expect(refused, JSON.stringify(idempotencyKey)).toBeInstanceOf(InvalidKeyError);
+        expect(refused).toMatchObject({ code: ErrorCode.InvalidKey, retryable: false });
+      }
+      await producer.send(topic, { n: 2 }, { idempotencyKey: 'k-ok' });
+      expect(await topicSize(admin, topic)).toBe(1);
     } finally {
       await producer.disconnect();
     }

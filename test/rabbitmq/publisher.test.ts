@@ -2,7 +2,14 @@
  * The publisher's life cycle against the real broker: after `close()` every call is refused at
  * once with a ClosedError, instead of looking for a channel until `publishTimeoutMs` runs out.
  */
-import { ClosedError, ErrorCode, Headers, PublishError, readIdentityHeader } from '@exactly-once/core';
+import {
+  ClosedError,
+  ErrorCode,
+  Headers,
+  InvalidKeyError,
+  PublishError,
+  readIdentityHeader,
+} from '@exactly-once/core';
 import { createPublisher } from '@exactly-once/rabbitmq';
 import amqp from 'amqp-connection-manager';
 import { describe, expect, it } from 'vitest';
@@ -71,6 +78,31 @@ describe('rabbitmq publisher and what AMQP cannot encode', () => {
         'k-3',
       ]);
       expect(String(got[0]?.properties.messageId)).toMatch(/^sha256:[0-9a-f]{64}$/);
+    } finally {
+      await publisher.close();
+      await raw.deleteQueues([queue]);
+      await raw.close();
+    }
+  });
+});
+
+describe('rabbitmq publisher and keys the consumers refuse', () => {
+  // Found by a review: send confirmed an empty key, and every consumer dead-lettered the
+  // message as KEY_MISSING; the sender was never told.
+  it('send refuses an empty key or one that is not UTF-8 with InvalidKeyError and sends nothing', async () => {
+    const queue = `rmq-badkey-${Date.now()}`;
+    const raw = await rawChannel();
+    await raw.ch.assertQueue(queue, { durable: true });
+    const publisher = createPublisher({ connection: env.amqpUrl, publishTimeoutMs: 5_000 });
+    try {
+      for (const idempotencyKey of ['', 'a\uFFFDb', 'lone \uD800']) {
+        const refused = await publisher.send(queue, { n: 1 }, { idempotencyKey }).catch((e: unknown) => e);
+        expect(refused, JSON.stringify(idempotencyKey)).toBeInstanceOf(InvalidKeyError);
+        expect(refused).toMatchObject({ code: ErrorCode.InvalidKey, retryable: false });
+      }
+      await publisher.send(queue, { n: 2 }, { idempotencyKey: 'k-ok' });
+      const got = await raw.drain(queue);
+      expect(got.map((m) => m.properties.headers?.['x-idempotency-key'])).toEqual(['k-ok']);
     } finally {
       await publisher.close();
       await raw.deleteQueues([queue]);

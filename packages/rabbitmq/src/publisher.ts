@@ -9,6 +9,7 @@ import {
   ConfigError,
   Headers,
   type Logger,
+  normalizeKey,
   type OutgoingMessage,
   PublishError,
   sha256Hex,
@@ -186,6 +187,9 @@ export function createPublisher(options: PublisherOptions): RabbitPublisher {
     async send(destination, message, opts = {}) {
       if (closed) throw closedError();
       const requestId = opts.requestId ?? randomUUID();
+      // A key the consumers would refuse (empty, not UTF-8) is refused here, where the sender
+      // learns of it, rather than dead-lettered as KEY_MISSING or INVALID_KEY downstream.
+      if (opts.idempotencyKey !== undefined) normalizeKey(opts.idempotencyKey);
       const idempotencyKey = opts.idempotencyKey ?? requestId;
       const { bytes, contentType } = encodeValue(message);
       const deadline = Date.now() + timeoutMs;

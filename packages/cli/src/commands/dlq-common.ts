@@ -121,21 +121,34 @@ function codeOf(reason: DeadLetter['reason']): string {
   return reason.originalErrorCode ? `${code}/${reason.originalErrorCode}` : code;
 }
 
+/**
+ * The list's lines. With `filter` (`--code`), the letters shown are those of the `read` ones
+ * (`--limit`) that have the codes; the head says so, and asks for a larger limit only when the
+ * queue or topic holds more than was read.
+ */
 export function renderList(
   source: string,
   letters: readonly DeadLetter[],
   total: number,
-  codes?: readonly string[],
+  filter?: { readonly codes: readonly string[]; readonly read: number },
 ): string[] {
-  const coded = codes ? ` with code ${codes.join(', ')}` : '';
-  if (letters.length === 0) {
+  const rows = letters.length > 0 ? ['', ...table(listRows(letters))] : [];
+  if (filter && total > 0) {
+    const more = total > filter.read ? ' (--limit for more)' : '';
+    const matched = letters.length > 0 ? `${letters.length}` : 'none';
+    const codes = filter.codes.join(', ');
     return [
-      codes && total > 0
-        ? `${source}: ${total} dead letter(s), none${coded} among those read`
-        : `${source}: no dead letters`,
+      `${source}: ${total} dead letter(s); ${matched} with code ${codes} among the ${filter.read} read${more}`,
+      ...rows,
     ];
   }
-  const rows = [
+  if (letters.length === 0) return [`${source}: no dead letters`];
+  const shown = total > letters.length ? ` (first ${letters.length} shown; --limit for more)` : '';
+  return [`${source}: ${total} dead letter(s)${shown}`, ...rows];
+}
+
+function listRows(letters: readonly DeadLetter[]): string[][] {
+  return [
     ['id', 'failed at', 'consumer', 'code', 'error', 'key', 'message'],
     ...letters.map((l) => [
       truncate(l.id, 40),
@@ -147,12 +160,6 @@ export function renderList(
       truncate((l.reason.errorMessage ?? '').replace(/\s+/g, ' '), 80),
     ]),
   ];
-  const more = codes
-    ? `; ${letters.length}${coded} among those read (--limit reads more)`
-    : total > letters.length
-      ? ` (first ${letters.length} shown; --limit for more)`
-      : '';
-  return [`${source}: ${total} dead letter(s)${more}`, '', ...table(rows)];
 }
 
 export function renderLetter(source: string, letter: DeadLetter): string[] {

@@ -39,7 +39,7 @@ function transport(options: DlqOptions): 'rabbitmq' | 'kafka' {
 }
 
 export async function dlqList(io: Io, source: string, options: DlqOptions): Promise<void> {
-  let letters: DeadLetter[];
+  let read: DeadLetter[];
   let total: number;
   let description: string;
   if (transport(options) === 'rabbitmq') {
@@ -47,7 +47,7 @@ export async function dlqList(io: Io, source: string, options: DlqOptions): Prom
     try {
       description = rabbit.description;
       total = await rabbit.count();
-      letters = (await rabbit.list(options.limit)).filter(codeMatcher(options.code));
+      read = await rabbit.list(options.limit);
     } finally {
       await rabbit.close();
     }
@@ -63,14 +63,14 @@ export async function dlqList(io: Io, source: string, options: DlqOptions): Prom
         from: m.low,
         to: Math.min(m.high, m.low + options.limit),
       }));
-      letters = (await kafka.read(ranges))
-        .filter(codeMatcher(options.code))
+      read = (await kafka.read(ranges))
         .sort((a, b) => (a.reason.failedAt ?? '').localeCompare(b.reason.failedAt ?? ''))
         .slice(0, options.limit);
     } finally {
       await kafka.close();
     }
   }
+  const letters = read.filter(codeMatcher(options.code));
   if (options.json) {
     printJson(io, {
       source: description,
@@ -79,7 +79,10 @@ export async function dlqList(io: Io, source: string, options: DlqOptions): Prom
       letters: letters.map((l) => letterJson(l, false)),
     });
   } else {
-    printLines(io, renderList(description, letters, total, options.code));
+    printLines(
+      io,
+      renderList(description, letters, total, options.code && { codes: options.code, read: read.length }),
+    );
   }
 }
 
