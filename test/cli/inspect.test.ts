@@ -3,13 +3,40 @@
  * outgoing messages published or not), an IN_PROGRESS one (lease, steps done and in doubt) and a
  * FAILED one, as JSON and as text; unknown keys, bad URLs and usage errors by exit code.
  */
-import { PermanentError, recordKeyFor, toErrorInfo } from '@exactly-once/core';
+import {
+  createMemoryStore,
+  createProcessor,
+  Headers,
+  PermanentError,
+  recordKeyFor,
+  toErrorInfo,
+} from '@exactly-once/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { env, uniqueName } from '../support/env.js';
 import { cli, cliJson, cliText } from './helpers.js';
 import { type TestStore, testStores } from './stores.js';
 
 const utf8 = (s: string) => new TextEncoder().encode(s);
+
+/** What `ctx.keyFor(name)` gives a handler of `consumer` running the message with `key`. */
+async function handlerKeyFor(consumer: string, key: string, name: string): Promise<string> {
+  let seen = '';
+  const processor = createProcessor({
+    consumer,
+    store: createMemoryStore(),
+    retentionCheck: 'off',
+    handler: (_payload, ctx) => {
+      seen = ctx.keyFor(name);
+    },
+  });
+  await processor.process({
+    body: utf8('{}'),
+    headers: { [Headers.IdempotencyKey]: key },
+    destination: 'orders',
+    system: 'test',
+  });
+  return seen;
+}
 
 describe.each(testStores)('inspect: %s', (_name, open) => {
   let t: TestStore;
@@ -112,6 +139,11 @@ describe.each(testStores)('inspect: %s', (_name, open) => {
     expect(text).toMatch(/lease\s+worker-7, until \S+ \(in \d+ s\)/);
     expect(text).toMatch(/STARTED\s+charge .*in doubt/);
     expect(text).toMatch(/done\s+reserve .*, 11 B/);
+    // Each step with the key its handler gave the provider: what to ask the provider about.
+    const charge = await handlerKeyFor(consumer, 'running', 'charge');
+    expect(charge).toMatch(/^eo2-/);
+    expect(steps.find((s) => s.name === 'charge')).toMatchObject({ keyFor: charge });
+    expect(text).toContain(`; keyFor ${charge}`);
   });
 
   it('a FAILED record: the error', async () => {
@@ -123,6 +155,16 @@ describe.each(testStores)('inspect: %s', (_name, open) => {
     expect(await cliText(['inspect', consumer, 'failed', ...t.flags])).toMatch(
       /error\s+PermanentError \(PERMANENT\): card declined/,
     );
+    // A FAILED record keeps no steps: --key-for names them, for the provider lookup.
+    const charge = await handlerKeyFor(consumer, 'failed', 'charge');
+    const refund = await handlerKeyFor(consumer, 'failed', 'refund, partial');
+    const asked = ['inspect', consumer, 'failed', '--key-for', 'charge', '--key-for', 'refund, partial'];
+    expect(await cliJson([...asked, ...t.flags])).toMatchObject({
+      keysFor: { charge, 'refund, partial': refund },
+    });
+    const text = await cliText([...asked, ...t.flags]);
+    expect(text).toContain(`keyFor("charge")  ${charge}`);
+    expect(text).toContain(`keyFor("refund, partial")  ${refund}`);
   });
 
   it('an unknown key exits 1 with a clear message', async () => {

@@ -70,9 +70,11 @@ export async function startPaymentApi(options: {
   });
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const key = req.headers['idempotency-key'];
-    if (typeof key !== 'string' || key === '') {
-      return reply(res, 400, { error: 'the Idempotency-Key header is required' });
+    // Sent twice, the header is refused: req.headers would join the values into "a, b".
+    const sent = req.headersDistinct['idempotency-key'];
+    const key = sent?.length === 1 ? sent[0] : undefined;
+    if (key === undefined || key === '') {
+      return reply(res, 400, { error: 'one Idempotency-Key header is required' });
     }
     let body: PaymentRequest;
     try {

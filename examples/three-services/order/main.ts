@@ -108,9 +108,11 @@ function reply(res: ServerResponse, status: number, body: unknown, headers: Reco
 }
 
 async function handleOrder(req: IncomingMessage, res: ServerResponse): Promise<number> {
-  const key = req.headers['idempotency-key'];
-  if (typeof key !== 'string' || key.length === 0) {
-    reply(res, 400, { error: 'the Idempotency-Key header is required' });
+  // Sent twice, the header is refused: req.headers would join the values into "a, b".
+  const sent = req.headersDistinct['idempotency-key'];
+  const key = sent?.length === 1 ? sent[0] : undefined;
+  if (key === undefined || key.length === 0) {
+    reply(res, 400, { error: 'one Idempotency-Key header is required' });
     return 400;
   }
   trace.getActiveSpan()?.setAttribute('exactly_once.request_id', key);

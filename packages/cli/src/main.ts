@@ -8,7 +8,7 @@ import { stuck } from './commands/stuck.js';
 import { trace } from './commands/trace.js';
 import { CliError, describeError, UsageError } from './errors.js';
 import { type Io, processIo } from './output.js';
-import { parseCodes, parseDays, parseDuration, parseNamespace, parseNumber } from './parse.js';
+import { collectName, parseCodes, parseDays, parseDuration, parseNamespace, parseNumber } from './parse.js';
 import { storeOptions } from './stores.js';
 
 const { version } = createRequire(import.meta.url)('../package.json') as { version: string };
@@ -44,6 +44,11 @@ function buildProgram(io: Io): Command {
       .argument('<key>', 'the idempotency key (x-idempotency-key) as sent'),
   )
     .option('--namespace <name>', 'the consumer namespace', parseNamespace, 'default')
+    .option(
+      '--key-for <name>',
+      'print ctx.keyFor(name), the key the handler gave a provider under that name (repeatable; also for a FAILED record, which keeps no steps)',
+      collectName('--key-for'),
+    )
     .option('--json', 'print JSON')
     .action(async (consumer: string, key: string, options) => {
       await inspect(io, consumer, key, options);

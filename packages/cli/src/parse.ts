@@ -108,3 +108,11 @@ export function parseCodes(option: string, text: string): string[] {
   }
   return codes;
 }
+
+/** A repeatable option's values in order (`--key-for charge --key-for refund`); empty ones refused. */
+export function collectName(option: string): (value: string, previous: string[] | undefined) => string[] {
+  return (value, previous) => {
+    if (value.length === 0) throw new UsageError(`${option}: a name must not be empty`);
+    return [...(previous ?? []), value];
+  };
+}

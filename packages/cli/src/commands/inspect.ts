@@ -1,13 +1,18 @@
 /** `inspect <consumer> <key>`: one record, read through the store's public `get`. */
-import { type ProcessedRecord, recordKeyFor } from '@exactly-once/core';
+import { deriveChildKey, type ProcessedRecord, recordKeyFor } from '@exactly-once/core';
 import { CliError } from '../errors.js';
 import { formatBytes, formatSpan, formatTime, type Io, printJson, printLines, table } from '../output.js';
 import { openStore, type StoreOptions, storeError } from '../stores.js';
 
 export interface InspectOptions extends StoreOptions {
   readonly namespace?: string;
+  /** Step names whose `ctx.keyFor(name)` to print, whatever the record holds (`--key-for`). */
+  readonly keyFor?: readonly string[];
   readonly json?: boolean;
 }
+
+/** `ctx.keyFor(name)` of the run of a key: what a handler sent to a provider under that name. */
+export type KeyFor = (name: string) => string;
 
 /** A record as `inspect --json` prints it: times in epoch ms, bytes counted, bodies left out. */
 export interface RecordView {
@@ -35,7 +40,11 @@ export interface RecordView {
     readonly state: 'started' | 'done';
     readonly at: number;
     readonly bytes: number;
+    /** `ctx.keyFor(name)`: the key to ask the provider about (when the key was given). */
+    readonly keyFor?: string;
   }[];
+  /** `ctx.keyFor(name)` of the names asked for with `--key-for`. */
+  readonly keysFor?: Readonly<Record<string, string>>;
   readonly error?: { readonly name: string; readonly code: string; readonly message: string };
   readonly lastError?: { readonly name: string; readonly code: string; readonly message: string };
   readonly completedAt?: number;
@@ -43,7 +52,7 @@ export interface RecordView {
   readonly expiresAt?: number;
 }
 
-export function recordView(record: ProcessedRecord, now = Date.now()): RecordView {
+export function recordView(record: ProcessedRecord, now = Date.now(), keyFor?: KeyFor): RecordView {
   const base = {
     storeKey: record.key,
     state: record.state,
@@ -62,6 +71,7 @@ export function recordView(record: ProcessedRecord, now = Date.now()): RecordVie
           state: step.state,
           at: step.at,
           bytes: step.result.byteLength,
+          ...(keyFor ? { keyFor: keyFor(name) } : {}),
         })),
         ...(record.lastError ? { lastError: { ...record.lastError } } : {}),
       };
@@ -114,10 +124,10 @@ export function renderRecord(view: RecordView, now = Date.now()): string[] {
     const { owner, until, live } = view.lease;
     const when =
       until === 0
-        ? 'released (the next delivery retries at once)'
+        ? 'released (the next delivery or request of the key retries at once)'
         : live
           ? `until ${formatTime(until)} (in ${formatSpan(until - now)})`
-          : `expired ${formatTime(until)} (${formatSpan(now - until)} ago: the next delivery takes over)`;
+          : `expired ${formatTime(until)} (${formatSpan(now - until)} ago: the next delivery or request of the key takes over)`;
     rows.push(['lease', `${owner || '-'}, ${when}`]);
   }
   if (view.lastError) rows.push(['last error', errorText(view.lastError)]);
@@ -155,10 +165,13 @@ export function renderRecord(view: RecordView, now = Date.now()): string[] {
     for (const s of view.steps) {
       lines.push(
         `  ${s.state === 'done' ? 'done   ' : 'STARTED'}  ${s.name}  ${formatTime(s.at)}` +
-          (s.state === 'done' ? `, ${formatBytes(s.bytes)}` : ' (in doubt: its effect may have happened)'),
+          (s.state === 'done' ? `, ${formatBytes(s.bytes)}` : ' (in doubt: its effect may have happened)') +
+          (s.keyFor ? `; keyFor ${s.keyFor}` : ''),
       );
     }
   }
+  for (const [name, key] of Object.entries(view.keysFor ?? {}))
+    lines.push(`keyFor(${JSON.stringify(name)})  ${key}`);
   return lines;
 }
 
@@ -185,7 +198,12 @@ export async function inspect(io: Io, consumer: string, key: string, options: In
           `in ${opened.description}: never processed, expired, or cleared`,
       );
     }
-    const view = recordView(record);
+    const namespace = options.namespace ?? 'default';
+    const keyFor: KeyFor = (name) => deriveChildKey(namespace, consumer, name, key);
+    const view: RecordView = {
+      ...recordView(record, Date.now(), keyFor),
+      ...(options.keyFor ? { keysFor: Object.fromEntries(options.keyFor.map((n) => [n, keyFor(n)])) } : {}),
+    };
     if (options.json) printJson(io, view);
     else printLines(io, renderRecord(view));
   } finally {
