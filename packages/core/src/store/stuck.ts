@@ -66,8 +66,9 @@ export interface StuckWatch {
 /**
  * Registers the observable gauge `exactly_once.in_progress.stuck` (attributes
  * `exactly_once.consumer`, `exactly_once.namespace`) and polls {@link findStuck} at once and then
- * `intervalMs` after each query ended; the gauge reports the number of stuck records (capped by `limit`). The store is
- * queried on the timer, never inside a metrics collection. Call `stop()` on shutdown.
+ * `intervalMs` after each query ended; the gauge reports the number of stuck records (capped by
+ * `limit`). The store is queried on the timer, never inside a metrics collection. Call `stop()` on
+ * shutdown.
  *
  * An alert rule: `exactly_once_in_progress_stuck > 0` for a few minutes.
  */
