@@ -142,9 +142,26 @@ describe('processInOrder: ordered groups with shared round trips', () => {
 });
 
 describe('outgoing messages of an ordered group', () => {
-  // Found by a black-box run on Kafka with the Redis Cluster store: a record's completion write,
-  // answered after the next record's (another node), published its messages after that record's,
-  // and a consumer downstream saw an order's "amended" before its "placed".
+  /** Handlers that publish `{ i }` (after `delayMs`); `send` sees each published `i`. */
+  const publishing = (store: ProcessedStore, send: (i: number) => void, delayMs = 0) =>
+    createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      publisher: {
+        publish: async (messages) => {
+          for (const m of messages) send(JSON.parse(new TextDecoder().decode(m.body)).i as number);
+        },
+      },
+      handler: async (m: { i: number }, ctx: HandlerContext) => {
+        if (delayMs > 0) await new Promise((r) => setTimeout(r, delayMs));
+        ctx.publish('out', { i: m.i });
+      },
+    });
+
+  // Found under load on Kafka with the Redis Cluster store: a record's completion write, answered
+  // after the next record's (another node), published its messages after that record's, and a
+  // consumer downstream saw an order's "amended" before its "placed".
   it('leave in the group order when a later completion write is answered first', async () => {
     const inner = createMemoryStore();
     const slowKey = 'o-0';
@@ -163,44 +180,19 @@ describe('outgoing messages of an ordered group', () => {
         ),
     };
     const published: number[] = [];
-    const p = createProcessor({
-      consumer: 'c',
-      store,
-      ...fast,
-      publisher: {
-        publish: async (messages) => {
-          for (const m of messages) published.push(JSON.parse(new TextDecoder().decode(m.body)).i);
-        },
-      },
-      // Each handler outlasts a turn: each record's completion is a store call of its own.
-      handler: async (m: { i: number }, ctx: HandlerContext) => {
-        await new Promise((r) => setTimeout(r, 5));
-        ctx.publish('out', { i: m.i });
-      },
-    });
+    // Each handler outlasts a turn: each record's completion is a store call of its own.
+    const p = publishing(store, (i) => published.push(i), 5);
     const ds = await Promise.all(p.processInOrder(records('o', 4)).dispositions);
     expect(ds.map((d) => d.action)).toEqual(['ack', 'ack', 'ack', 'ack']);
     expect(published).toEqual([0, 1, 2, 3]);
   });
 
   it('wait for an earlier record deferred with messages to publish: they go out after its redelivery', async () => {
-    const store = createMemoryStore();
     const published: number[] = [];
     let refuse = true;
-    const p = createProcessor({
-      consumer: 'c',
-      store,
-      ...fast,
-      publisher: {
-        publish: async (messages) => {
-          const i = JSON.parse(new TextDecoder().decode(messages[0]?.body)).i as number;
-          if (i === 0 && refuse) throw new Error('broker said no');
-          published.push(i);
-        },
-      },
-      handler: (m: { i: number }, ctx: HandlerContext) => {
-        ctx.publish('out', { i: m.i });
-      },
+    const p = publishing(createMemoryStore(), (i) => {
+      if (i === 0 && refuse) throw new Error('broker said no');
+      published.push(i);
     });
     const group = records('d', 3);
     const first = await Promise.all(p.processInOrder(group).dispositions);
