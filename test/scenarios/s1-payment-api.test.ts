@@ -4,7 +4,8 @@
  * which does not deduplicate.
  */
 import { randomUUID } from 'node:crypto';
-import { createRedisStore } from '@exactly-once/store-redis';
+import { recordKeyFor } from '@exactly-once/core';
+import { createRedisStore, type RedisProcessedStore } from '@exactly-once/store-redis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type PaymentApi, startPaymentApi } from '../../examples/scenarios/s1-payment-api/api.js';
 import {
@@ -22,9 +23,10 @@ const keyPrefix = uniqueName('s1');
 let processor: CardProcessor;
 let api: PaymentApi;
 let proxy: LossyProxy;
+let store: RedisProcessedStore;
 
 beforeAll(async () => {
-  const store = createRedisStore({ client: redis, keyPrefix });
+  store = createRedisStore({ client: redis, keyPrefix });
   await store.checkServer();
   processor = createCardProcessor();
   api = await startPaymentApi({ store, processor });
@@ -98,6 +100,22 @@ describe('S1 payment API retried after a lost response', () => {
     expect(retried.headers['idempotent-replayed']).toBe('true');
     expect(retried.body).toEqual(done.body);
     expect(chargesOf('cus_busy')).toHaveLength(1);
+  });
+
+  it('takes the key header as UTF-8 and refuses one that is not (400, nothing charged)', async () => {
+    // node hands header bytes over as latin1 text: this is how UTF-8 bytes reach the server.
+    const key = `ключ-${randomUUID()}`;
+    const onTheWire = Buffer.from(key, 'utf8').toString('latin1');
+    expect((await postPayment(api.url, onTheWire, body('cus_utf8'))).status).toBe(201);
+    expect((await store.get(recordKeyFor({ consumer: 'payments-api', key })))?.state).toBe('COMPLETED');
+    const again = await postPayment(api.url, onTheWire, body('cus_utf8'));
+    expect(again.headers['idempotent-replayed']).toBe('true');
+    expect(chargesOf('cus_utf8')).toHaveLength(1);
+
+    // Byte 0xFF is no UTF-8: refused, where taken as latin1 it was a key like any other.
+    const refused = await postPayment(api.url, `card-${randomUUID()}-\u00ff`, body('cus_not_utf8'));
+    expect(refused.status).toBe(400);
+    expect(chargesOf('cus_not_utf8')).toHaveLength(0);
   });
 
   it('refuses the same key with another body (422) and charges nothing', async () => {

@@ -70,9 +70,11 @@ export async function startPaymentApi(options: {
   });
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    // Sent twice, the header is refused: req.headers would join the values into "a, b".
+    // Sent twice, the header is refused: req.headers would join the values into "a, b". node
+    // hands header bytes over as latin1 text: decoded as UTF-8, a key that is not UTF-8 becomes
+    // U+FFFD, which the executor refuses (INVALID_KEY, a 400 below).
     const sent = req.headersDistinct['idempotency-key'];
-    const key = sent?.length === 1 ? sent[0] : undefined;
+    const key = sent?.length === 1 ? Buffer.from(sent[0] as string, 'latin1').toString('utf8') : undefined;
     if (key === undefined || key === '') {
       return reply(res, 400, { error: 'one Idempotency-Key header is required' });
     }
@@ -91,6 +93,8 @@ export async function startPaymentApi(options: {
         reply(res, 409, { error: 'a request with this key is in progress' }, { 'retry-after': `${seconds}` });
       } else if (error instanceof ExecutionFailedError && error.outcome === 'mismatch') {
         reply(res, 422, { error: 'this Idempotency-Key was used with another request body' });
+      } else if (error instanceof ExecutionFailedError && error.info.code === 'INVALID_KEY') {
+        reply(res, 400, { error: 'the Idempotency-Key is not UTF-8 text' });
       } else if (error instanceof ExecutionFailedError && error.outcome === 'retryable') {
         reply(res, 503, { error: 'try again with the same Idempotency-Key' }, { 'retry-after': '1' });
       } else {

@@ -41,7 +41,9 @@ export function postPayment(baseUrl: string, key: string, body: unknown): Promis
       },
     );
     req.on('error', reject);
-    req.end(payload);
+    // Bytes, not a string: node writes the headers with the first string chunk in that chunk's
+    // encoding (UTF-8), which would re-encode a header value's latin1 bytes.
+    req.end(Buffer.from(payload));
   });
 }
 

@@ -108,10 +108,13 @@ function reply(res: ServerResponse, status: number, body: unknown, headers: Reco
 }
 
 async function handleOrder(req: IncomingMessage, res: ServerResponse): Promise<number> {
-  // Sent twice, the header is refused: req.headers would join the values into "a, b".
+  // Sent twice, the header is refused: req.headers would join the values into "a, b". node
+  // hands header bytes over as latin1 text: decoded as UTF-8, a key that is not UTF-8 becomes
+  // U+FFFD, which the executor refuses (INVALID_KEY, a 400 below).
   const sent = req.headersDistinct['idempotency-key'];
-  const key = sent?.length === 1 ? sent[0] : undefined;
-  if (key === undefined || key.length === 0) {
+  const raw = sent?.length === 1 ? (sent[0] as string) : '';
+  const key = Buffer.from(raw, 'latin1').toString('utf8');
+  if (key.length === 0) {
     reply(res, 400, { error: 'one Idempotency-Key header is required' });
     return 400;
   }
@@ -127,7 +130,8 @@ async function handleOrder(req: IncomingMessage, res: ServerResponse): Promise<n
     // The client's key is the request id of everything downstream: B and C spans, messages, logs.
     const { status, result } = await orders.execute({ key, payload: order }, placeOrder);
     reply(res, 201, result, {
-      'idempotency-key': key,
+      // Echoed as it came: a header value is latin1 text.
+      'idempotency-key': raw,
       ...(status === 'duplicate' ? { 'idempotent-replayed': 'true' } : {}),
     });
     return 201;
@@ -145,6 +149,10 @@ async function handleOrder(req: IncomingMessage, res: ServerResponse): Promise<n
     if (error instanceof ExecutionFailedError && error.outcome === 'mismatch') {
       reply(res, 422, { error: 'this Idempotency-Key was used with a different request body' });
       return 422;
+    }
+    if (error instanceof ExecutionFailedError && error.info.code === 'INVALID_KEY') {
+      reply(res, 400, { error: 'the Idempotency-Key is not UTF-8 text' });
+      return 400;
     }
     if (error instanceof ExecutionFailedError && error.outcome === 'retryable') {
       // Typically RabbitMQ unreachable: the order is recorded, its message not yet confirmed.
