@@ -368,6 +368,37 @@ export function describeThrown(value: unknown): string {
   return String(value);
 }
 
+/**
+ * What a handler threw, as the pipeline can read it. Classifying and describing a thrown value reads
+ * its prototype chain and fields (`retryable`, `code`, `message`, `stack`, `cause`); a value that
+ * throws when read (a Proxy whose traps throw, a throwing getter) is replaced by an Error saying
+ * so, which is retried like any other. Left as it was, it broke the pipeline's own error path and
+ * was taken for a store outage.
+ */
+export function readableThrown(thrown: unknown): unknown {
+  try {
+    if (typeof thrown === 'object' && thrown !== null) {
+      void (thrown instanceof Error);
+      const fields = thrown as { retryable?: unknown; code?: unknown; stack?: unknown; cause?: unknown };
+      void ('retryable' in fields && fields.retryable);
+      if (fields.code !== undefined) String(fields.code);
+      void fields.stack;
+      toErrorInfo(thrown);
+      if (fields.cause !== undefined) describeCause(fields.cause);
+    }
+    describeThrown(thrown);
+    return thrown;
+  } catch (error) {
+    let why = 'reading it threw';
+    try {
+      why += ` ${describeThrown(error)}`;
+    } catch {
+      // and so did reading what it threw
+    }
+    return new Error(`the handler threw a value that cannot be read (${truncate(why)})`);
+  }
+}
+
 function describeCause(cause: unknown): string {
   if (cause instanceof Error) return cause.message;
   return cause === undefined ? 'unknown cause' : describeThrown(cause);

@@ -6,7 +6,7 @@ import { streamOf } from './blob/result-stream.js';
 import type { BlobPointer, BlobStore } from './blob/types.js';
 import { encodeResult } from './codec.js';
 import type { Handler, HandlerContext } from './context.js';
-import { ConfigError } from './errors.js';
+import { ConfigError, readableThrown } from './errors.js';
 import type { ResolvedProcessorOptions } from './options.js';
 import { ATTR_EO_BLOB_SIZE } from './semconv.js';
 import type { StoredResult } from './store/types.js';
@@ -45,10 +45,10 @@ export async function runHandler<T, R>(
     const value = withContext(runCtx, () => (o.handler as Handler<T, R>)(payload, ctx));
     run.ended = Promise.resolve(value).then(
       (v) => run.settle({ ok: true, value: v }),
-      (error: unknown) => run.settle({ ok: false, error }),
+      (error: unknown) => run.settle({ ok: false, error: readableThrown(error) }),
     );
   } catch (error) {
-    run.settle({ ok: false, error });
+    run.settle({ ok: false, error: readableThrown(error) });
   }
   const outcome = await run.outcome;
   instrumentsFor().handlerDuration.record((performance.now() - started) / 1000, { consumer: o.consumer });
@@ -61,8 +61,11 @@ export async function runHandler<T, R>(
  */
 export class ResultSourceFailure extends Error {
   override name = 'ResultSourceFailure';
-  constructor(override readonly cause: unknown) {
-    super('the handler result stream failed', { cause });
+  override readonly cause: unknown;
+  constructor(cause: unknown) {
+    const readable = readableThrown(cause);
+    super('the handler result stream failed', { cause: readable });
+    this.cause = readable;
   }
 }
 

@@ -35,6 +35,19 @@ export function prepare<T, R>(o: ResolvedProcessorOptions<T, R>, delivery: Deliv
   return { payload, key, storeKey: scopeKey(o.namespace, o.consumer, key), requestId, fingerprint: fp };
 }
 
+/**
+ * The request id header of a delivery that could not be read (a payload, key or hook refused), or
+ * undefined when it is absent or unusable itself: its span still carries the id a trace is found by.
+ */
+export function readableRequestId(delivery: Delivery): string | undefined {
+  try {
+    const header = readIdentityHeader(delivery.headers, Headers.RequestId);
+    return header ? normalizeKey(header) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 export function keyFromPolicy<T, R>(
   o: ResolvedProcessorOptions<T, R>,
   payload: T,

@@ -41,7 +41,7 @@ import { createLeaseBoard } from './lease-keeper.js';
 import { type ProcessorOptions, type ResolvedProcessorOptions, resolveProcessorOptions } from './options.js';
 import { mayRun, NOT_RUN, releaseKept, reuseHeld } from './ordered.js';
 import { guardPayload } from './payload-guard.js';
-import { type Prepared, prepare } from './prepare.js';
+import { type Prepared, prepare, readableRequestId } from './prepare.js';
 import { finishCompleted, publishThenAck } from './publish.js';
 import { createScrubber, noScrub, type Scrub, type Scrubber } from './redact.js';
 import {
@@ -324,6 +324,10 @@ async function run<T, R>(
       error instanceof ExactlyOnceError
         ? error
         : new MalformedMessageError(`message could not be read: ${describeThrown(error)}`, { cause: error });
+    if (span.isRecording()) {
+      const requestId = readableRequestId(delivery);
+      if (requestId !== undefined) span.setAttribute(ATTR_EO_REQUEST_ID, requestId);
+    }
     await passOn();
     return deadLetter(o, delivery, 'invalid', reason, 0);
   }
@@ -542,7 +546,7 @@ async function runAcquired<T, R>(
       new AttemptsExhaustedError({
         attempts: attempt - 1,
         cause:
-          'none of them finished (each time the worker holding it died, whether or not it had started the handler, or stalled past its lease)',
+          'none of them finished (each time the worker holding it died, whether or not it had started the handler, stalled past its lease, or ran a handler past maxRunMs that never returned)',
       }),
       attempt - 1,
     );

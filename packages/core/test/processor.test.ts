@@ -212,6 +212,41 @@ describe('processor: failures', () => {
     expect(runs).toBe(3);
   });
 
+  it('retries a thrown value that throws when read (a hostile Proxy) like any error, never as a store outage', async () => {
+    // Found by a review: reading it broke the pipeline's own error path ("unexpected pipeline
+    // error"), deferred as store-unavailable, and the letter blamed dead workers.
+    const store = createMemoryStore();
+    const trap = () => {
+      throw new Error('proto trap');
+    };
+    const hostile = () => new Proxy({}, { get: trap, has: trap, getPrototypeOf: trap, ownKeys: trap });
+    const fromCause = () => new Error('wrapped', { cause: hostile() });
+    for (const [k, make] of [
+      ['k8p', hostile],
+      ['k8c', fromCause],
+    ] as const) {
+      let runs = 0;
+      const p = createProcessor({
+        consumer: 'c',
+        store,
+        ...fast,
+        handler: async () => {
+          runs++;
+          throw make();
+        },
+      });
+      expect(await p.process(delivery({}, key(k)))).toMatchObject({ action: 'retry', nextAttempt: 2 });
+      await p.process(delivery({}, key(k)));
+      const last = await p.process(delivery({}, key(k)));
+      expect(last).toMatchObject({ action: 'dead-letter' });
+      if (last.action === 'dead-letter') {
+        expect(last.reason.error.code).toBe('ATTEMPTS_EXHAUSTED');
+        expect(last.reason.error.message).toMatch(/cannot be read .*proto trap/);
+      }
+      expect(runs).toBe(3);
+    }
+  });
+
   it('dead-letters a PermanentError at once', async () => {
     let runs = 0;
     const p = createProcessor({

@@ -184,4 +184,26 @@ describe('tracing', () => {
     // digits spell 4242.
     expect(all).not.toContain('pan-');
   });
+
+  it('records the request id on the span of a message that could not be read (found by its id)', async () => {
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      retentionCheck: 'off',
+      handler: () => 1,
+    });
+    const { [Headers.IdempotencyKey]: _, ...keyless } = headers('t6');
+    await p.process(delivery('not json', headers('t6')));
+    await p.process(delivery({}, keyless));
+    await p.process(delivery({}, { ...keyless, [Headers.RequestId]: 'bad \ud800' }));
+    const spans = exporter.getFinishedSpans().filter((s) => s.name === 'process orders');
+    expect(
+      spans.map((s) => [s.attributes['exactly_once.outcome'], s.attributes['exactly_once.request_id']]),
+    ).toEqual([
+      ['invalid', 'req-t6'],
+      ['invalid', 'req-t6'],
+      // An unusable request id is not recorded (the letter says why the message was refused).
+      ['invalid', undefined],
+    ]);
+  });
 });
