@@ -183,6 +183,9 @@ describe('dlq on RabbitMQ', () => {
     const noIds = await cli(['dlq', 'replay', dlq, ...amqp]);
     expect(noIds.code).toBe(2);
     expect(noIds.stderr).toMatch(/give the ids to replay .* or --all/);
+    const emptyId = await cli(['dlq', 'replay', dlq, '', ...amqp]);
+    expect(emptyId.code).toBe(2);
+    expect(emptyId.stderr).toMatch(/a dead letter id is empty/);
     const noStore = await cli(['dlq', 'replay', dlq, 'key-b', '--reset-key', ...amqp]);
     expect(noStore.code).toBe(2);
     expect(noStore.stderr).toMatch(/--reset-key needs the store/);

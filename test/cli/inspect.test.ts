@@ -17,6 +17,9 @@ import { cli, cliJson, cliText } from './helpers.js';
 import { type TestStore, testStores } from './stores.js';
 
 const utf8 = (s: string) => new TextEncoder().encode(s);
+/** The characters of `text` a terminal would obey rather than show. */
+const obeyed = (text: string) => [...text].filter((c) => ['\u001b', '\u0007', '\u202e'].includes(c));
+const HOSTILE = 'esc-\u001b[2J\u001b]0;PWNED\u0007\u202etxt\nforged line';
 
 /** What `ctx.keyFor(name)` gives a handler of `consumer` running the message with `key`. */
 async function handlerKeyFor(consumer: string, key: string, name: string): Promise<string> {
@@ -84,6 +87,11 @@ describe.each(testStores)('inspect: %s', (_name, open) => {
     const failed = await store.begin({ key: key('failed'), fingerprint: 'fp', owner: 'w1', leaseMs: 60_000 });
     if (failed.status !== 'acquired') throw new Error(failed.status);
     await store.fail(key('failed'), failed.fence, toErrorInfo(new PermanentError('card declined')), 600_000);
+    // FAILED, with a key and an error text a hostile producer chose.
+    const hostile = await store.begin({ key: key(HOSTILE), fingerprint: 'fp', owner: 'w1', leaseMs: 60_000 });
+    if (hostile.status !== 'acquired') throw new Error(hostile.status);
+    const error = toErrorInfo(new PermanentError('declined \u001b[31mRED\u001b[0m'));
+    await store.fail(key(HOSTILE), hostile.fence, error, 600_000);
   });
   afterAll(async () => {
     await t?.close();
@@ -165,6 +173,22 @@ describe.each(testStores)('inspect: %s', (_name, open) => {
     const text = await cliText([...asked, ...t.flags]);
     expect(text).toContain(`keyFor("charge")  ${charge}`);
     expect(text).toContain(`keyFor("refund, partial")  ${refund}`);
+  });
+
+  it('prints the control characters and bidi overrides of a key or an error escaped, never to the terminal', async () => {
+    // Found by a review: ESC and OSC sequences in a producer's key cleared the operator's
+    // screen and retitled the window.
+    const text = await cliText(['inspect', consumer, HOSTILE, ...t.flags]);
+    expect(obeyed(text)).toEqual([]);
+    expect(text).toContain('esc-\\x1b[2J\\x1b]0;PWNED\\x07\\u202etxt\\x0aforged line');
+    expect(text).toMatch(/error\s+PermanentError \(PERMANENT\): declined \\x1b\[31mRED\\x1b\[0m/);
+    // --json stays exact: JSON strings carry them escaped already.
+    expect(await cliJson(['inspect', consumer, HOSTILE, ...t.flags])).toMatchObject({
+      storeKey: key(HOSTILE),
+    });
+    const missing = await cli(['inspect', consumer, `${HOSTILE}-absent`, ...t.flags]);
+    expect(missing.code).toBe(1);
+    expect(obeyed(missing.stderr)).toEqual([]);
   });
 
   it('an unknown key exits 1 with a clear message', async () => {

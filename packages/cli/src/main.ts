@@ -7,7 +7,7 @@ import { inspect } from './commands/inspect.js';
 import { stuck } from './commands/stuck.js';
 import { trace } from './commands/trace.js';
 import { CliError, describeError, UsageError } from './errors.js';
-import { type Io, processIo } from './output.js';
+import { type Io, processIo, terminalSafe } from './output.js';
 import { collectName, parseCodes, parseDays, parseDuration, parseNamespace, parseNumber } from './parse.js';
 import { storeOptions } from './stores.js';
 
@@ -197,14 +197,18 @@ export async function main(argv: readonly string[], io: Io = processIo): Promise
       return error.code === 'commander.helpDisplayed' || error.code === 'commander.version' ? 0 : 2;
     }
     if (error instanceof UsageError) {
-      io.err(`exactly-once: ${error.message} (add --help for usage)\n`);
+      io.err(`exactly-once: ${terminalSafe(error.message)} (add --help for usage)\n`);
       return error.exitCode;
     }
     if (error instanceof CliError) {
-      io.err(`exactly-once: ${error.message}\n`);
+      io.err(`exactly-once: ${terminalSafe(error.message)}\n`);
       return error.exitCode;
     }
-    io.err(`exactly-once: unexpected error: ${describeError(error)}\n${(error as Error)?.stack ?? ''}\n`);
+    const stack = String((error as Error)?.stack ?? '')
+      .split('\n')
+      .map(terminalSafe)
+      .join('\n');
+    io.err(`exactly-once: unexpected error: ${terminalSafe(describeError(error))}\n${stack}\n`);
     return 1;
   }
 }

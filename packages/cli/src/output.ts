@@ -26,7 +26,26 @@ export function printJson(io: Io, value: unknown): void {
 }
 
 export function printLines(io: Io, lines: readonly string[]): void {
-  io.out(lines.length === 0 ? '' : `${lines.join('\n')}\n`);
+  io.out(lines.length === 0 ? '' : `${lines.map(terminalSafe).join('\n')}\n`);
+}
+
+// C0 controls but tab, DEL, C1 controls, and the bidirectional marks and overrides.
+// biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
+const UNSAFE = /[\u0000-\u0008\u000a-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+
+/**
+ * Text as a terminal shows it rather than obeys it. Keys, headers, bodies and error texts come
+ * from producers: their control characters and bidirectional overrides are printed as `\x1b` or
+ * `\u202e`, so a message cannot clear the operator's screen, retitle the window, fake colours, add
+ * lines or reorder what is read. (`--json` prints JSON, whose strings escape C0 controls.)
+ */
+export function terminalSafe(text: string): string {
+  return text.replace(UNSAFE, (c) => {
+    const code = c.charCodeAt(0);
+    return code <= 0xff
+      ? `\\x${code.toString(16).padStart(2, '0')}`
+      : `\\u${code.toString(16).padStart(4, '0')}`;
+  });
 }
 
 /** A progress bar on stderr, or nothing at all when stderr is not a terminal. */

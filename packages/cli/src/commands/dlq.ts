@@ -130,6 +130,7 @@ export async function dlqReplay(
       'a store option without --reset-key does nothing: add --reset-key or leave the store out',
     );
   }
+  if (ids.some((id) => id.trim() === '')) throw new UsageError('a dead letter id is empty (see dlq list)');
   const kind = transport(options);
   if (kind === 'rabbitmq')
     rabbitSelection(ids, options.all === true); // validates before connecting
