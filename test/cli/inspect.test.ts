@@ -19,6 +19,7 @@ import { type TestStore, testStores } from './stores.js';
 const utf8 = (s: string) => new TextEncoder().encode(s);
 /** The characters of `text` a terminal would obey rather than show. */
 const obeyed = (text: string) => [...text].filter((c) => ['\u001b', '\u0007', '\u202e'].includes(c));
+const NUL_KEY = 'nul-\u0000-key';
 const HOSTILE = 'esc-\u001b[2J\u001b]0;PWNED\u0007\u202etxt\nforged line';
 
 /** What `ctx.keyFor(name)` gives a handler of `consumer` running the message with `key`. */
@@ -92,6 +93,10 @@ describe.each(testStores)('inspect: %s', (_name, open) => {
     if (hostile.status !== 'acquired') throw new Error(hostile.status);
     const error = toErrorInfo(new PermanentError('declined \u001b[31mRED\u001b[0m'));
     await store.fail(key(HOSTILE), hostile.fence, error, 600_000);
+    // COMPLETED under a key no shell argument can carry.
+    const nul = await store.begin({ key: key(NUL_KEY), fingerprint: 'fp', owner: 'w1', leaseMs: 60_000 });
+    if (nul.status !== 'acquired') throw new Error(nul.status);
+    await store.complete({ key: key(NUL_KEY), fence: nul.fence, outgoing: [], retentionMs: 600_000 });
   });
   afterAll(async () => {
     await t?.close();
@@ -189,6 +194,14 @@ describe.each(testStores)('inspect: %s', (_name, open) => {
     const missing = await cli(['inspect', consumer, `${HOSTILE}-absent`, ...t.flags]);
     expect(missing.code).toBe(1);
     expect(obeyed(missing.stderr)).toEqual([]);
+  });
+
+  it('--json-key reads the key as a JSON string: a key holding NUL, as --json prints it', async () => {
+    const view = await cliJson(['inspect', consumer, JSON.stringify(NUL_KEY), '--json-key', ...t.flags]);
+    expect(view).toMatchObject({ storeKey: key(NUL_KEY), state: 'COMPLETED' });
+    const notJson = await cli(['inspect', consumer, 'nul-key', '--json-key', ...t.flags]);
+    expect(notJson.code).toBe(2);
+    expect(notJson.stderr).toMatch(/with --json-key, <key> must be a JSON string/);
   });
 
   it('an unknown key exits 1 with a clear message', async () => {

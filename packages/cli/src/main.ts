@@ -8,7 +8,15 @@ import { stuck } from './commands/stuck.js';
 import { trace } from './commands/trace.js';
 import { CliError, describeError, UsageError } from './errors.js';
 import { type Io, processIo, terminalSafe } from './output.js';
-import { collectName, parseCodes, parseDays, parseDuration, parseNamespace, parseNumber } from './parse.js';
+import {
+  collectName,
+  parseCodes,
+  parseDays,
+  parseDuration,
+  parseJsonKey,
+  parseNamespace,
+  parseNumber,
+} from './parse.js';
 import { storeOptions } from './stores.js';
 
 const { version } = createRequire(import.meta.url)('../package.json') as { version: string };
@@ -49,9 +57,13 @@ function buildProgram(io: Io): Command {
       'print ctx.keyFor(name), the key the handler gave a provider under that name (repeatable; also for a FAILED record, which keeps no steps)',
       collectName('--key-for'),
     )
+    .option(
+      '--json-key',
+      'read <key> as a JSON string ("a\\u0000b"), as --json output prints keys: for a NUL or control characters',
+    )
     .option('--json', 'print JSON')
     .action(async (consumer: string, key: string, options) => {
-      await inspect(io, consumer, key, options);
+      await inspect(io, consumer, options.jsonKey ? parseJsonKey(key) : key, options);
     });
 
   storeOptions(

@@ -17,6 +17,25 @@ export function parseDuration(option: string, text: string): number {
   return Math.round(Number(match[1]) * (UNITS[match[2] as string] as number));
 }
 
+/**
+ * A key given as a JSON string (`"a\u0000b"`), as `--json` output prints keys: for characters a
+ * shell argument cannot carry (NUL) or that are awkward to type (control characters).
+ */
+export function parseJsonKey(text: string): string {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    throw new UsageError(`with --json-key, <key> must be a JSON string such as "a\\u0000b" (got ${text})`);
+  }
+  if (typeof value !== 'string') {
+    throw new UsageError(
+      `with --json-key, <key> must be a JSON string, not ${value === null ? 'null' : typeof value}`,
+    );
+  }
+  return value;
+}
+
 /** A number of days: `30`, `0.5`, or a duration (`12h`, `90d`). */
 export function parseDays(option: string, text: string): number {
   const trimmed = text.trim();
