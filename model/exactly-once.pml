@@ -46,6 +46,10 @@
 /* retry.maxAttempts. 2 reaches every branch: a retryable error at attempt 1 releases and is
  * retried, one at attempt 2 is exhausted and fails, a takeover to attempt 3 fails at once. */
 #define MAXATT 2
+/* maxTakeoverAttempts: the code's own bound for takeovers (default 20); here the same as MAXATT,
+ * which reaches every branch: the properties hold for any bound, and a larger one only repeats
+ * the takeover stage. */
+#define MAXTAKE MAXATT
 #define NW 3
 
 /* ---------------------------------------------------------------- the store: one record a key */
@@ -364,7 +368,7 @@ again:
   :: res == ACQUIRED ->
        res = 0;
        if
-       :: a > MAXATT -> goto failing                 /* AttemptsExhaustedError (takeovers) */
+       :: a > MAXTAKE -> goto failing                /* AttemptsExhaustedError (takeovers) */
        :: else
        fi
   fi;

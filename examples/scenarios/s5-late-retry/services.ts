@@ -23,14 +23,16 @@ export const COLD_RETENTION_MS = 60_000;
 
 /**
  * The processing options of B and C, on the same scale. With them a message can come back at most
- * 3 × (maxRunMs + leaseMs) + retries + redeliveryHorizonMs ≈ 50 s after it first arrived: more than the hot
- * tier keeps (2 s), less than the cold tier (60 s). The consumer checks this at start.
+ * 3 × (maxRunMs + leaseMs) + retries + redeliveryHorizonMs ≈ 50 s after it first arrived (3 attempts,
+ * takeovers included): more than the hot tier keeps (2 s), less than the cold tier (60 s). The
+ * consumer checks this at start.
  */
 export const TIMING = {
   retentionMs: HOT_RETENTION_MS,
   leaseMs: 2_000,
   maxRunMs: 8_000,
   retry: { maxAttempts: 3, initialDelayMs: 100, maxDelayMs: 500 },
+  maxTakeoverAttempts: 3,
   /** How late a copy may come back besides retries ("10 days": a DLQ replay, an offset reset). */
   redeliveryHorizonMs: 20_000,
 } as const;

@@ -64,6 +64,16 @@ export interface ProcessorOptions<T = unknown, R = unknown> {
    */
   maxRunMs?: number;
   /**
+   * The attempt past which a **takeover** is not run: the key is FAILED as `ATTEMPTS_EXHAUSTED`.
+   * A takeover is an attempt that starts because the key's last holder died or stalled past its
+   * lease; the store cannot tell whether that holder had started the handler, so a worker that
+   * dies takes an attempt from every key it had begun. This bound, above `retry.maxAttempts`
+   * (which bounds handler errors), stops a message that kills its worker every time without
+   * dead-lettering innocent ones under a few crashes. Attempts count both kinds: a handler error
+   * at an attempt >= `retry.maxAttempts` is final. @defaultValue max(20, retry.maxAttempts)
+   */
+  maxTakeoverAttempts?: number;
+  /**
    * Longest the pipeline waits for one store call (a batch call counts as one). A call not
    * answered by then fails like an outage (`StoreUnavailableError`): the message is not acked and
    * is tried again, instead of waiting for ever on a server that stalled or a reply that was lost.
@@ -135,6 +145,7 @@ export interface ResolvedProcessorOptions<T, R> {
   readonly leaseMs: number;
   readonly heartbeatMs: number;
   readonly maxRunMs: number;
+  readonly maxTakeoverAttempts: number;
   readonly storeTimeoutMs: number;
   readonly maxPublishDeferrals: number;
   readonly retentionMs: number;
@@ -158,6 +169,8 @@ export const PROCESSOR_DEFAULTS = Object.freeze({
   storeTimeoutMs: 60_000,
   maxPublishDeferrals: 20,
   retentionMs: 7 * DAY,
+  /** The default `maxTakeoverAttempts` (at least `retry.maxAttempts`): RabbitMQ 4's default delivery limit. */
+  takeoverAttempts: 20,
   inlineResultBytes: 16 * 1024,
   redeliveryHorizonMs: DAY,
   retentionCheck: 'error' as const,
@@ -217,6 +230,11 @@ export function resolveProcessorOptions<T, R>(o: ProcessorOptions<T, R>): Resolv
     throw new ConfigError('inlineResultBytes must be an integer >= 0');
   }
   const retry = resolveRetryPolicy(o.retry);
+  const maxTakeoverAttempts =
+    o.maxTakeoverAttempts ?? Math.max(PROCESSOR_DEFAULTS.takeoverAttempts, retry.maxAttempts);
+  if (!Number.isInteger(maxTakeoverAttempts) || maxTakeoverAttempts < 1) {
+    throw new ConfigError(`maxTakeoverAttempts must be an integer >= 1 (got ${maxTakeoverAttempts})`);
+  }
   const redeliveryHorizonMs = o.redeliveryHorizonMs ?? PROCESSOR_DEFAULTS.redeliveryHorizonMs;
   if (!(redeliveryHorizonMs >= 0)) throw new ConfigError('redeliveryHorizonMs must be >= 0');
   const missingKey = o.missingKey ?? PROCESSOR_DEFAULTS.missingKey;
@@ -240,6 +258,7 @@ export function resolveProcessorOptions<T, R>(o: ProcessorOptions<T, R>): Resolv
     leaseMs,
     heartbeatMs,
     maxRunMs,
+    maxTakeoverAttempts,
     storeTimeoutMs,
     maxPublishDeferrals,
     retentionMs,
@@ -270,7 +289,7 @@ export function checkRetentionHorizon(
   o: Pick<
     ResolvedProcessorOptions<unknown, unknown>,
     'retentionMs' | 'retry' | 'redeliveryHorizonMs' | 'leaseMs' | 'logger' | 'consumer'
-  > & { readonly maxRunMs?: number; readonly store?: ProcessedStore },
+  > & { readonly maxRunMs?: number; readonly maxTakeoverAttempts?: number; readonly store?: ProcessedStore },
   mode: 'error' | 'warn' | 'off',
 ): void {
   if (mode === 'off') return;
@@ -279,11 +298,13 @@ export function checkRetentionHorizon(
   // Each attempt holds the key for at most its run bound and then its last lease (a run given up
   // at maxRunMs keeps the key until its handler returns or that lease ends; a dead worker's lease).
   const perAttempt = (o.maxRunMs ?? 0) + o.leaseMs;
-  const needed = worstCaseRetrySpanMs(o.retry) + o.retry.maxAttempts * perAttempt + o.redeliveryHorizonMs;
+  // Takeovers may go on past retry.maxAttempts, each after a lease.
+  const attempts = Math.max(o.retry.maxAttempts, o.maxTakeoverAttempts ?? 0);
+  const needed = worstCaseRetrySpanMs(o.retry) + attempts * perAttempt + o.redeliveryHorizonMs;
   if (retentionMs >= needed) return;
   const message =
     `consumer "${o.consumer}": retentionMs (${retentionMs} ms) is shorter than the longest a message can ` +
-    `come back (${needed} ms = retry schedule + ${o.retry.maxAttempts} × (maxRunMs + leaseMs) + redeliveryHorizonMs). ` +
+    `come back (${needed} ms = retry schedule + ${attempts} attempts × (maxRunMs + leaseMs) + redeliveryHorizonMs). ` +
     'A late copy would find no record and be processed again. Raise retentionMs, or lower the horizon, ' +
     "or set retentionCheck: 'warn'.";
   if (mode === 'error') throw new ConfigError(message);

@@ -535,8 +535,9 @@ async function runAcquired<T, R>(
   const outcome: Outcome = begun.kind === 'takeover' ? 'takeover' : 'acquired';
   const { fence, attempt } = begun;
 
-  // A message that keeps killing its worker comes back as takeovers; stop it here.
-  if (attempt > o.retry.maxAttempts) {
+  // A message that keeps killing its worker comes back as takeovers; stop it here. Takeovers
+  // have a bound of their own: the worker that died may never have started this key's handler.
+  if (attempt > (begun.kind === 'takeover' ? o.maxTakeoverAttempts : o.retry.maxAttempts)) {
     turn?.go(true);
     return failAndDeadLetter(
       o,

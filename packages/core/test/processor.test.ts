@@ -6,6 +6,7 @@ import { createFsBlobStore } from '../src/blob/fs-blob-store.js';
 import type { HandlerContext } from '../src/context.js';
 import { PermanentError } from '../src/errors.js';
 import { Headers } from '../src/headers.js';
+import { fingerprint } from '../src/keys.js';
 import { createProcessor } from '../src/processor.js';
 import { deadLetterHeaders } from '../src/spi.js';
 import { withFaults } from '../src/store/faulty-store.js';
@@ -245,6 +246,50 @@ describe('processor: failures', () => {
       }
       expect(runs).toBe(3);
     }
+  });
+
+  it('runs takeovers past retry.maxAttempts up to maxTakeoverAttempts: dead workers may never have started the handler', async () => {
+    // Found under SIGKILL storms: every worker that died took an attempt from each key it had
+    // begun, so innocent keys that never ran were dead-lettered as ATTEMPTS_EXHAUSTED.
+    let clock = 1_000_000;
+    const store = createMemoryStore({ now: () => clock });
+    let runs = 0;
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      maxTakeoverAttempts: 6,
+      handler: () => {
+        runs++;
+        return 'done';
+      },
+    });
+    const died = async (k: string) => {
+      // A worker begins the key and dies before its handler starts; its lease runs out.
+      const begun = await store.begin({
+        key: `default:c:${k}`,
+        fingerprint: fingerprint({}),
+        owner: 'dead',
+        leaseMs: 300,
+      });
+      expect(begun.status).toBe('acquired');
+      clock += 301;
+    };
+    for (let i = 0; i < 5; i++) await died('k8t'); // attempts 1-5: more than maxAttempts (3)
+    expect(await p.process(delivery({}, key('k8t')))).toMatchObject({ action: 'ack', outcome: 'takeover' });
+    expect(runs).toBe(1);
+    // A message that kills its worker every time still ends: FAILED past maxTakeoverAttempts.
+    for (let i = 0; i < 6; i++) await died('k8u');
+    const last = await p.process(delivery({}, key('k8u')));
+    expect(last).toMatchObject({ action: 'dead-letter' });
+    if (last.action === 'dead-letter') {
+      expect(last.reason.error.code).toBe('ATTEMPTS_EXHAUSTED');
+      expect(last.reason.attempts).toBe(6);
+    }
+    expect(runs).toBe(1);
+    expect(() => createProcessor({ consumer: 'c', store, handler: () => 1, maxTakeoverAttempts: 0 })).toThrow(
+      /maxTakeoverAttempts must be an integer >= 1/,
+    );
   });
 
   it('dead-letters a PermanentError at once', async () => {
