@@ -5,7 +5,7 @@
  * state by transfer id, so a call whose answer was lost (a timeout, a crash) is resolved by
  * asking, never by guessing.
  */
-import { PermanentError, type ProcessedStore, type StepEvent } from '@exactly-once/core';
+import { PermanentError, type ProcessedStore, type StepEvent, withTimeout } from '@exactly-once/core';
 import { createConsumer, type RabbitConsumer } from '@exactly-once/rabbitmq';
 import type { Operation, PrepareRequest, TransferState } from './participant.js';
 
@@ -38,7 +38,7 @@ export function participantClient(name: string, url: string, timeoutMs: number) 
         ...(body === undefined
           ? {}
           : { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } }),
-        signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]),
+        signal: withTimeout(signal, timeoutMs),
       });
     } catch (cause) {
       throw new NoAnswerError(`${name} ${method} ${path}: no answer`, { cause });

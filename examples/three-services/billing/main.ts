@@ -11,7 +11,7 @@
  * - PaymentCaptured goes through `ctx.publish`, the outbox: stored with the completion record and
  *   produced to Kafka after it, re-sent by a redelivery until Kafka acknowledged it.
  */
-import { type HandlerContext, PermanentError } from '@exactly-once/core';
+import { type HandlerContext, PermanentError, withTimeout } from '@exactly-once/core';
 import { createProducer } from '@exactly-once/kafka';
 import { createConsumer } from '@exactly-once/rabbitmq';
 import { createMongoStore } from '@exactly-once/store-mongo';
@@ -60,7 +60,7 @@ async function charge(order: OrderCreated, ctx: HandlerContext, signal: AbortSig
       customer: order.customerId,
       metadata: { orderId: order.orderId, requestId: ctx.requestId },
     }),
-    signal: AbortSignal.any([signal, AbortSignal.timeout(PROVIDER_TIMEOUT_MS)]),
+    signal: withTimeout(signal, PROVIDER_TIMEOUT_MS),
   });
   const body = (await res.json()) as ChargeResult & { error?: string };
   if (res.ok) return body;

@@ -9,7 +9,7 @@
  *   attempt of the message uses the same pointer and the email body stays byte-identical, which
  *   the email API checks under the key.
  */
-import { createFsBlobStore, type HandlerContext, PermanentError } from '@exactly-once/core';
+import { createFsBlobStore, type HandlerContext, PermanentError, withTimeout } from '@exactly-once/core';
 import { createConsumer } from '@exactly-once/kafka';
 import { createRedisStore } from '@exactly-once/store-redis';
 import { Redis } from 'ioredis';
@@ -59,7 +59,7 @@ async function sendEmail(p: PaymentCaptured, receipt: unknown, ctx: HandlerConte
       chargeId: p.chargeId,
       ...(receipt ? { receipt } : {}),
     }),
-    signal: AbortSignal.any([ctx.signal, AbortSignal.timeout(2_000)]),
+    signal: withTimeout(ctx.signal, 2_000),
   });
   const body = (await res.json()) as { id: string; error?: string };
   if (res.ok) return body;

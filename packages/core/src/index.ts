@@ -107,3 +107,4 @@ export type {
 } from './store/types.js';
 export { RecordState } from './store/types.js';
 export type { SpanKindMode } from './tracing.js';
+export { withTimeout } from './wait.js';

@@ -12,6 +12,26 @@ export function timerMs(ms: number): number {
   return ms >= 0 ? Math.min(ms, MAX_TIMER_MS) : 0;
 }
 
+/**
+ * `signal` with a deadline: aborts when `signal` does (with its reason) or after `ms` (a
+ * `TimeoutError`), e.g. `fetch(url, { signal: withTimeout(ctx.signal, 2_000) })`. Not
+ * `AbortSignal.any([signal, AbortSignal.timeout(ms)])`: on Node 20 the timeout signal can be
+ * garbage-collected before it fires, and the combined signal then never aborts. Here the timer
+ * holds its controller until it fires (unref'd: it keeps no process alive).
+ */
+export function withTimeout(signal: AbortSignal | undefined, ms: number): AbortSignal {
+  const controller = new AbortController();
+  const timer = setTimeout(
+    () => controller.abort(new DOMException(`timed out after ${ms} ms`, 'TimeoutError')),
+    timerMs(ms),
+  );
+  timer.unref?.();
+  if (signal === undefined) return controller.signal;
+  // Once the caller's signal aborts, the timer has nothing left to do.
+  signal.addEventListener('abort', () => clearTimeout(timer), { once: true });
+  return AbortSignal.any([signal, controller.signal]);
+}
+
 /** Waits `ms`; rejects with the signal's reason if it aborts first. */
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   if (signal?.aborted) return Promise.reject(signal.reason);

@@ -1,3 +1,6 @@
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import {
   doublingBackoff,
@@ -7,6 +10,7 @@ import {
   settledWithin,
   sleep,
   timerMs,
+  withTimeout,
 } from '../src/wait.js';
 
 describe('waiting', () => {
@@ -101,5 +105,34 @@ describe('waiting', () => {
     // Assert
     expect(first).toBe(1);
     expect(runs).toBe(1);
+  });
+
+  it('withTimeout aborts after its time (TimeoutError) or with the caller signal, whichever first', async () => {
+    const timedOut = withTimeout(undefined, 20);
+    await new Promise((resolve) => timedOut.addEventListener('abort', resolve));
+    expect((timedOut.reason as Error).name).toBe('TimeoutError');
+    const caller = new AbortController();
+    const combined = withTimeout(caller.signal, 60_000);
+    caller.abort(new Error('lease lost'));
+    expect(combined.aborted).toBe(true);
+    expect((combined.reason as Error).message).toBe('lease lost');
+  });
+
+  it('withTimeout still aborts after garbage collections (AbortSignal.timeout inside AbortSignal.any does not on Node 20)', async () => {
+    // Found by a review: a step's provider timeout built with AbortSignal.any never fired.
+    const wait = fileURLToPath(new URL('../src/wait.ts', import.meta.url));
+    const script = `
+      const { withTimeout } = await import(${JSON.stringify(wait)});
+      const s = withTimeout(new AbortController().signal, 100);
+      s.addEventListener('abort', () => { console.log('aborted', s.reason.name); process.exit(0); });
+      setInterval(() => globalThis.gc(), 10);
+      setTimeout(() => { console.log('never aborted'); process.exit(1); }, 2000);
+    `;
+    const run = await promisify(execFile)(
+      process.execPath,
+      ['--expose-gc', '--import', 'tsx', '--input-type=module', '-e', script],
+      { env: { ...process.env, NODE_OPTIONS: '' } },
+    );
+    expect(run.stdout.trim()).toBe('aborted TimeoutError');
   });
 });
