@@ -29,18 +29,20 @@ export function printLines(io: Io, lines: readonly string[]): void {
   io.out(lines.length === 0 ? '' : `${lines.map(terminalSafe).join('\n')}\n`);
 }
 
-// C0 controls but tab, DEL, C1 controls, and the bidirectional marks and overrides.
+// C0 controls but tab, DEL, C1 controls, the bidirectional marks and overrides, and the backslash.
 // biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
-const UNSAFE = /[\u0000-\u0008\u000a-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+const UNSAFE = /[\u0000-\u0008\u000a-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\\]/g;
 
 /**
  * Text as a terminal shows it rather than obeys it. Keys, headers, bodies and error texts come
  * from producers: their control characters and bidirectional overrides are printed as `\x1b` or
  * `\u202e`, so a message cannot clear the operator's screen, retitle the window, fake colours, add
- * lines or reorder what is read. (`--json` prints JSON, whose strings escape C0 controls.)
+ * lines or reorder what is read; a backslash is printed `\\`, so a key holding the text `\x1b`
+ * never reads like one holding ESC. (`--json` prints JSON, whose strings escape C0 controls.)
  */
 export function terminalSafe(text: string): string {
   return text.replace(UNSAFE, (c) => {
+    if (c === '\\') return '\\\\';
     const code = c.charCodeAt(0);
     return code <= 0xff
       ? `\\x${code.toString(16).padStart(2, '0')}`
@@ -111,15 +113,17 @@ export function formatTime(ms: number | undefined): string {
 
 /** Columns padded to their widest cell (the last column is not padded). */
 export function table(rows: readonly (readonly string[])[]): string[] {
+  // Columns line up as printed: a cell's escapes (see terminalSafe, applied by printLines) count.
+  const shown = (cell: string) => terminalSafe(cell).length;
   const widths: number[] = [];
   for (const row of rows) {
     row.forEach((cell, i) => {
-      widths[i] = Math.max(widths[i] ?? 0, cell.length);
+      widths[i] = Math.max(widths[i] ?? 0, shown(cell));
     });
   }
   return rows.map((row) =>
     row
-      .map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i] ?? 0)))
+      .map((cell, i) => (i === row.length - 1 ? cell : cell + ' '.repeat((widths[i] ?? 0) - shown(cell))))
       .join('  ')
       .trimEnd(),
   );

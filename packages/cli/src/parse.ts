@@ -26,7 +26,9 @@ export function parseJsonKey(text: string): string {
   try {
     value = JSON.parse(text);
   } catch {
-    throw new UsageError(`with --json-key, <key> must be a JSON string such as "a\\u0000b" (got ${text})`);
+    throw new UsageError(
+      `with --json-key, <key> must be a JSON string, quotes included, as --json prints it (got ${text})`,
+    );
   }
   if (typeof value !== 'string') {
     throw new UsageError(

@@ -1,0 +1,32 @@
+/**
+ * The CLI's text output: what a producer's bytes look like on the operator's terminal, and
+ * tables whose columns line up as printed.
+ */
+import { describe, expect, it } from 'vitest';
+import { type Io, printLines, table, terminalSafe } from '../../packages/cli/src/output.js';
+
+describe('cli text output', () => {
+  it('prints control characters escaped and a backslash doubled, so no two texts print alike', () => {
+    // Found by a review: a key holding ESC and one holding the text "\x1b" printed the same.
+    expect(terminalSafe('a\u001b[2Jb')).toBe('a\\x1b[2Jb');
+    expect(terminalSafe('a\\x1b[2Jb')).toBe('a\\\\x1b[2Jb');
+    expect(terminalSafe('tab\there\u202e\u0085')).toBe('tab\there\\u202e\\x85');
+  });
+
+  it('lines table columns up on the printed width of cells with escapes', () => {
+    let out = '';
+    const io: Io = { out: (text) => (out += text), err: () => {}, interactive: false };
+    printLines(
+      io,
+      table([
+        ['id', 'code'],
+        ['m\u001b[2J', 'PERMANENT'],
+        ['plain', 'KEY_MISSING'],
+      ]),
+    );
+    const lines = out.trimEnd().split('\n');
+    const column = lines.map((line) => line.search(/(code|PERMANENT|KEY_MISSING)$/));
+    expect(new Set(column).size).toBe(1);
+    expect(lines[1]).toBe('m\\x1b[2J  PERMANENT');
+  });
+});
