@@ -195,6 +195,7 @@ export function buildProcessor<T, R>(
         whenReleased,
         markReleased,
         stopped: false,
+        behindExhausted: false,
         ended: [],
         acquired: new Map(),
         notRunning: deliveries.length,
@@ -537,7 +538,13 @@ async function runAcquired<T, R>(
 
   // A message that keeps killing its worker comes back as takeovers; stop it here. Takeovers
   // have a bound of their own: the worker that died may never have started this key's handler.
-  if (attempt > (begun.kind === 'takeover' ? o.maxTakeoverAttempts : o.retry.maxAttempts)) {
+  // In an ordered group, the records behind one stopped here waited for it each time (found
+  // under SIGKILL storms: a poison record took 31 records that never ran to the dead-letter
+  // topic with it); they run, and a second poison among them is stopped as the next group's head.
+  const takeover = begun.kind === 'takeover';
+  const waitedBehindPoison = takeover && turn?.group.behindExhausted === true;
+  if (attempt > (takeover ? o.maxTakeoverAttempts : o.retry.maxAttempts) && !waitedBehindPoison) {
+    if (turn && takeover) turn.group.behindExhausted = true;
     turn?.go(true);
     return failAndDeadLetter(
       o,

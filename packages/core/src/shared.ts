@@ -52,6 +52,12 @@ export interface OrderedGroup {
    * later handler starts until the group is run again, so an outage stops the handlers too.
    */
   stopped: boolean;
+  /**
+   * Set when a delivery of the group was dead-lettered for takeovers past `maxTakeoverAttempts`:
+   * the deliveries begun behind it were taken over each time it killed its worker, most of them
+   * without ever starting, so their own takeover counts say nothing and they run regardless.
+   */
+  behindExhausted: boolean;
   /** Per delivery, resolved when its run has ended (its completion written or given up). */
   readonly ended: Promise<void>[];
   /** The delivery of the group that acquired each key, by store key. */

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { HandlerContext } from '../src/context.js';
 import { PermanentError } from '../src/errors.js';
 import { Headers } from '../src/headers.js';
+import { fingerprint } from '../src/keys.js';
 import { createProcessor } from '../src/processor.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 import type { ProcessedStore } from '../src/store/types.js';
@@ -383,5 +384,59 @@ describe('leases given back unrun', () => {
     const last = await Promise.all(p.processInOrder(group).dispositions);
     expect(last.map((d) => d.action)).toEqual(['ack', 'ack']);
     expect(ran.filter((r) => r.i === 1)).toEqual([{ i: 1, attempt: 1 }]);
+  });
+});
+
+describe('a record that kills its worker every time', () => {
+  it('is dead-lettered past maxTakeoverAttempts; the records begun behind it run, though their counts passed it too', async () => {
+    // Found under SIGKILL storms: each death of the poison record's worker took an attempt from
+    // the 31 records begun behind it, which never started, and all went to the dead-letter
+    // topic with it.
+    let clock = 1_000_000;
+    const store = createMemoryStore({ now: () => clock });
+    const ran: number[] = [];
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      maxTakeoverAttempts: 3,
+      handler: (m: { i: number }) => {
+        ran.push(m.i);
+      },
+    });
+    const group = records('poison', 4);
+    // Three workers began the whole group and died while record 0 ran: every key is at attempt 3.
+    for (let death = 0; death < 3; death++) {
+      for (let i = 0; i < 4; i++) {
+        const begun = await store.begin({
+          key: `default:c:poison-${i}`,
+          fingerprint: fingerprint({ i }),
+          owner: `dead-${death}`,
+          leaseMs: 100,
+        });
+        expect(begun).toMatchObject({ status: 'acquired', attempt: death + 1 });
+      }
+      clock += 101;
+    }
+    const ds = await Promise.all(p.processInOrder(group).dispositions);
+    expect(ds.map((d) => `${d.action}:${d.outcome}`)).toEqual([
+      'dead-letter:failed',
+      'ack:takeover',
+      'ack:takeover',
+      'ack:takeover',
+    ]);
+    expect(ran).toEqual([1, 2, 3]);
+    // Alone at the head of its group, a record past the bound is stopped.
+    for (let death = 0; death < 4; death++) {
+      await store.begin({
+        key: 'default:c:alone-0',
+        fingerprint: fingerprint({ i: 0 }),
+        owner: 'dead',
+        leaseMs: 100,
+      });
+      clock += 101;
+    }
+    const alone = await Promise.all(p.processInOrder(records('alone', 1)).dispositions);
+    expect(alone.map((d) => d.action)).toEqual(['dead-letter']);
   });
 });
