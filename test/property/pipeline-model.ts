@@ -60,6 +60,8 @@ export type Behaviour = 'ok' | 'flaky' | 'permanent' | 'always-fails';
 /** Short, so that waiting for frozen leases keeps runs quick; heartbeats every third of it. */
 export const LEASE_MS = 300;
 export const MAX_ATTEMPTS = 4;
+/** Takeovers have their own, larger bound; no attempt passes the larger of the two. */
+export const MAX_TAKEOVER_ATTEMPTS = 6;
 
 export interface Scenario {
   keys: { behaviour: Behaviour; copies: number }[];
@@ -282,6 +284,7 @@ export async function runScenario(
       leaseMs: LEASE_MS,
       retentionCheck: 'off',
       retry: { maxAttempts: MAX_ATTEMPTS, initialDelayMs: 1 },
+      maxTakeoverAttempts: MAX_TAKEOVER_ATTEMPTS,
       handler: async (_: unknown, ctx: HandlerContext) => {
         attemptsSeen.set(key, Math.max(attemptsSeen.get(key) ?? 0, ctx.attempt));
         rawEffects.set(key, (rawEffects.get(key) ?? 0) + 1);
@@ -388,6 +391,9 @@ export async function runScenario(
     if (!troubled.has(key) && k.behaviour === 'ok' && rawEffects.get(key) !== 1) {
       fail(`${key} ran ${rawEffects.get(key)} times without a crash, stall or failure`);
     }
-    if ((attemptsSeen.get(key) ?? 0) > MAX_ATTEMPTS) fail(`${key} ran attempt ${attemptsSeen.get(key)}`);
+    const attempts = attemptsSeen.get(key) ?? 0;
+    if (attempts > MAX_TAKEOVER_ATTEMPTS) fail(`${key} ran attempt ${attempts}`);
+    // A handler error past retry.maxAttempts is final: only takeovers start an attempt beyond it.
+    if (!troubled.has(key) && attempts > MAX_ATTEMPTS) fail(`${key} ran attempt ${attempts} untroubled`);
   }
 }
