@@ -377,16 +377,16 @@ export function describeThrown(value: unknown): string {
  */
 export function readableThrown(thrown: unknown): unknown {
   try {
+    // What classifying it (isRetryable, toErrorInfo), a letter's reason (the cause) and its span
+    // (code, stack) read of it.
+    isRetryable(thrown);
+    toErrorInfo(thrown);
     if (typeof thrown === 'object' && thrown !== null) {
-      void (thrown instanceof Error);
-      const fields = thrown as { retryable?: unknown; code?: unknown; stack?: unknown; cause?: unknown };
-      void ('retryable' in fields && fields.retryable);
-      if (fields.code !== undefined) String(fields.code);
-      void fields.stack;
-      toErrorInfo(thrown);
-      if (fields.cause !== undefined) describeCause(fields.cause);
+      const { code, stack, cause } = thrown as { code?: unknown; stack?: unknown; cause?: unknown };
+      if (code !== undefined) String(code);
+      void stack;
+      if (cause !== undefined) describeCause(cause);
     }
-    describeThrown(thrown);
     return thrown;
   } catch (error) {
     let why = 'reading it threw';

@@ -29,9 +29,7 @@ export function prepare<T, R>(o: ResolvedProcessorOptions<T, R>, delivery: Deliv
   let raw = readIdentityHeader(delivery.headers, Headers.IdempotencyKey);
   if (raw === undefined || raw === '') raw = keyFromPolicy(o, payload, delivery, fp);
   const key = normalizeKey(raw);
-  // A request id is validated as strictly as the key: it is copied onto every downstream message.
-  const header = readIdentityHeader(delivery.headers, Headers.RequestId);
-  const requestId = header ? normalizeKey(header) : key;
+  const requestId = requestIdHeader(delivery) ?? key;
   return { payload, key, storeKey: scopeKey(o.namespace, o.consumer, key), requestId, fingerprint: fp };
 }
 
@@ -41,11 +39,19 @@ export function prepare<T, R>(o: ResolvedProcessorOptions<T, R>, delivery: Deliv
  */
 export function readableRequestId(delivery: Delivery): string | undefined {
   try {
-    const header = readIdentityHeader(delivery.headers, Headers.RequestId);
-    return header ? normalizeKey(header) : undefined;
+    return requestIdHeader(delivery);
   } catch {
     return undefined;
   }
+}
+
+/**
+ * The delivery's request id header, normalized, or undefined when absent or empty. Validated as
+ * strictly as the key (it throws the same errors): it is copied onto every downstream message.
+ */
+function requestIdHeader(delivery: Delivery): string | undefined {
+  const header = readIdentityHeader(delivery.headers, Headers.RequestId);
+  return header ? normalizeKey(header) : undefined;
 }
 
 export function keyFromPolicy<T, R>(

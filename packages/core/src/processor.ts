@@ -533,7 +533,8 @@ async function runAcquired<T, R>(
     span.setAttribute(ATTR_EO_ATTEMPT, begun.attempt);
     span.setAttribute(ATTR_EO_FENCE, begun.fence);
   }
-  const outcome: Outcome = begun.kind === 'takeover' ? 'takeover' : 'acquired';
+  const takeover = begun.kind === 'takeover';
+  const outcome: Outcome = takeover ? 'takeover' : 'acquired';
   const { fence, attempt } = begun;
 
   // A message that keeps killing its worker comes back as takeovers; stop it here. Takeovers
@@ -541,7 +542,6 @@ async function runAcquired<T, R>(
   // In an ordered group, the records behind one stopped here waited for it each time (found
   // under SIGKILL storms: a poison record took 31 records that never ran to the dead-letter
   // topic with it); they run, and a second poison among them is stopped as the next group's head.
-  const takeover = begun.kind === 'takeover';
   const waitedBehindPoison = takeover && turn?.group.behindExhausted === true;
   if (attempt > (takeover ? o.maxTakeoverAttempts : o.retry.maxAttempts) && !waitedBehindPoison) {
     if (turn && takeover) turn.group.behindExhausted = true;
