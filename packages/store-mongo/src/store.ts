@@ -89,6 +89,13 @@ export interface MongoStoreOptions {
    * 60 s.
    */
   readonly expiredGraceMs?: number;
+  /**
+   * How long past its lease end (a released record: past the start of its attempt) an IN_PROGRESS
+   * record whose key never came again is dropped by the sweeper. Default 7 days, as the Redis
+   * store's. Keep it well above the longest retry delay plus `leaseMs`: a record dropped before its
+   * key comes back takes its attempts and journaled steps with it (the key then runs anew).
+   */
+  readonly inProgressTtlMs?: number;
   /** Receives errors of the background sweeper (the next round runs anyway). Default: ignored. */
   readonly onSweepError?: (error: unknown) => void;
   /**
@@ -115,7 +122,10 @@ export interface MongoProcessedStore extends ProcessedStore {
   getMany(keys: readonly string[]): Promise<(ProcessedRecord | undefined)[]>;
   /** Creates the sweeper's and the stuck-work query's indexes. Idempotent; call once at startup. */
   ensureIndexes(): Promise<void>;
-  /** Deletes records past their retention (and, with `blobs`, their blobs). Always needed: no TTL index. */
+  /**
+   * Deletes records past their retention, and IN_PROGRESS records abandoned past `inProgressTtlMs`
+   * (with `blobs`, their blobs too). Always needed: no TTL index.
+   */
   sweepExpired(): Promise<SweepResult>;
   /** Runs {@link sweepExpired} every `intervalMs` until the returned function or `close` is called. */
   startSweeper(intervalMs: number): () => void;
@@ -170,6 +180,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
   const sealTimeoutMs = duration('sealTimeoutMs', options.sealTimeoutMs, 30_000, 1);
   const expiredGraceMs = duration('expiredGraceMs', options.expiredGraceMs, 60_000, 0);
   const sweepBatchSize = duration('sweepBatchSize', options.sweepBatchSize, 500, 1);
+  const inProgressTtlMs = duration('inProgressTtlMs', options.inProgressTtlMs, 7 * 24 * 3_600_000, 1);
   let claimsCollection: Collection<ClaimDoc> | undefined;
   const claims = (): Collection<ClaimDoc> => {
     if (claimsCollection) return claimsCollection;
@@ -878,6 +889,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         batchSize: sweepBatchSize,
         sealTimeoutMs,
         graceMs: expiredGraceMs,
+        inProgressTtlMs,
       });
       sweeping = run.catch(() => undefined);
       // Lapsed payload-guard claims go too (a server without TTL indexes keeps them otherwise).

@@ -1,5 +1,6 @@
 /**
- * The sweeper: deletes the chains of keys whose last record expired, and their blobs.
+ * The sweeper: deletes the chains of keys whose last record expired, or whose last record is a
+ * lease abandoned longer than `inProgressTtlMs` (its key never came again), and their blobs.
  *
  * A chain cannot simply be deleted: a worker that read its last element may be about to insert
  * the next one. So the sweeper first inserts a SEALED element after the expired last one; that
@@ -20,6 +21,8 @@ export interface SweepResult {
   readonly deleted: number;
   /** Blobs deleted (each after the element naming it). */
   readonly blobsDeleted: number;
+  /** Keys whose abandoned IN_PROGRESS record was dropped (their documents are in `deleted`). */
+  readonly abandoned: number;
 }
 
 export interface DismantleContext extends ChainReader {
@@ -33,6 +36,8 @@ export interface SweepContext extends DismantleContext {
   readonly sealTimeoutMs: number;
   /** How long past their expiry records (and their blobs) are left: see `expiredGraceMs`. */
   readonly graceMs: number;
+  /** How long past its lease end (a released one: its attempt's start) a lease is dropped. */
+  readonly inProgressTtlMs: number;
 }
 
 const pointerOf = (doc: Pick<RecordDoc, 'b'>): BlobPointer | undefined =>
@@ -127,7 +132,68 @@ export async function sweepExpired(context: SweepContext): Promise<SweepResult> 
     }
     if (expired.length < batchSize) break;
   }
-  return { deleted, blobsDeleted };
+  const abandoned = await sweepAbandoned(context);
+  return {
+    deleted: deleted + abandoned.deleted,
+    blobsDeleted: blobsDeleted + abandoned.blobsDeleted,
+    abandoned: abandoned.abandoned,
+  };
+}
+
+/**
+ * Leases whose attempt began more than `inProgressTtlMs` ago (index `eo_in_progress`). The last of
+ * its chain, its lease ended (or, released, its attempt began) that long ago: the chain is sealed
+ * and deleted like an expired one, so a run that died on a key that never comes again does not
+ * keep its record for ever. A lease with a successor is a finished attempt's: its `sa` goes, so no
+ * later sweep (and no stuck-work query) reads it again. A stray (its chain deleted) goes.
+ */
+async function sweepAbandoned(context: SweepContext): Promise<SweepResult> {
+  const { collection, clock, batchSize, sealTimeoutMs, inProgressTtlMs, write } = context;
+  let deleted = 0;
+  let blobsDeleted = 0;
+  let abandoned = 0;
+  const seen = new Set<string>();
+  for (;;) {
+    const cutoff = (await guarded('sweep', () => clock.now())) - inProgressTtlMs;
+    const leases = await guarded('sweep', () =>
+      collection
+        .find(
+          { s: State.InProgress, sa: { $lte: cutoff }, _id: { $nin: [...seen] } },
+          { projection: { _id: 1, k: 1, c: 1, i: 1 }, limit: batchSize },
+        )
+        .toArray(),
+    );
+    if (leases.length === 0) break;
+    for (const doc of leases) {
+      const outcome = await guarded('sweep', async () => {
+        const key = doc.k ?? doc._id; // a previous-layout record is its own head
+        const chain = await readChain(context, key);
+        if (chain === 'gone') return 'kept';
+        if (chain === undefined || chain.chain !== (doc.c ?? chainOf(doc as unknown as HeadDoc))) {
+          if (doc.k === undefined) return 'kept';
+          return (await collection.deleteOne({ _id: doc._id, s: State.InProgress }, write)).deletedCount;
+        }
+        if (chain.position > (doc.i ?? 0)) {
+          await collection.updateOne({ _id: doc._id }, { $unset: { sa: '' } }, write);
+          return 'finished';
+        }
+        const last = chain.last;
+        // Read again with the chain: a holder still extending its lease keeps it.
+        if (last?.s !== State.InProgress || Math.max(last.l ?? 0, last.sa ?? 0) > cutoff) return 'kept';
+        return dismantle(context, chain, sealTimeoutMs);
+      });
+      if (outcome === 'kept') seen.add(doc._id);
+      if (typeof outcome === 'number') deleted += outcome; // a stray
+      if (typeof outcome !== 'object') continue;
+      if (outcome.deleted === 0)
+        seen.add(doc._id); // another worker appended first
+      else abandoned += 1;
+      deleted += outcome.deleted;
+      blobsDeleted += outcome.blobsDeleted;
+    }
+    if (leases.length < batchSize) break;
+  }
+  return { deleted, blobsDeleted, abandoned };
 }
 
 const KEPT = { deleted: 0, blobsDeleted: 0, kept: true } as const;

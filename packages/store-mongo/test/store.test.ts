@@ -395,10 +395,10 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       ).toBe('ok');
       await sleep(150);
       expect(await swept.get('graced')).toBeUndefined(); // expired: it reads as absent
-      expect(await swept.sweepExpired()).toEqual({ deleted: 0, blobsDeleted: 0 });
+      expect(await swept.sweepExpired()).toEqual({ deleted: 0, blobsDeleted: 0, abandoned: 0 });
       expect(Array.from(await blobs.get(blob))).toEqual([7, 7, 7]);
       await sleep(600);
-      expect(await swept.sweepExpired()).toEqual({ deleted: 4, blobsDeleted: 1 });
+      expect(await swept.sweepExpired()).toEqual({ deleted: 4, blobsDeleted: 1, abandoned: 0 });
       await expect(blobs.get(blob)).rejects.toMatchObject({ code: 'BLOB_INTEGRITY' });
       await swept.close();
     });
@@ -430,13 +430,80 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       await sleep(150);
 
       // Three chains of head + lease + terminal + the sweeper's seal.
-      expect(await swept.sweepExpired()).toEqual({ deleted: 12, blobsDeleted: 1 });
+      expect(await swept.sweepExpired()).toEqual({ deleted: 12, blobsDeleted: 1, abandoned: 0 });
       const left = await swept.collection.find({}).toArray();
       expect(new Set(left.map((d) => d.k ?? d._id))).toEqual(new Set(['in-progress', 'live-with-blob']));
       await expect(blobs.get(expiredBlob)).rejects.toMatchObject({ code: 'BLOB_INTEGRITY' });
       expect(Array.from(await blobs.get(liveBlob))).toEqual([2, 2, 2]);
-      expect(await swept.sweepExpired()).toEqual({ deleted: 0, blobsDeleted: 0 });
+      expect(await swept.sweepExpired()).toEqual({ deleted: 0, blobsDeleted: 0, abandoned: 0 });
       expect((await begin(swept, 'expired-plain')).status).toBe('acquired');
+      await swept.close();
+    });
+
+    it('drops a lease abandoned past inProgressTtlMs, never a live or a finished one', async () => {
+      // Before: an IN_PROGRESS record whose key never came again was never swept.
+      const swept = createMongoStore({
+        db: test.db,
+        collectionName: 'abandoned_records',
+        inProgressTtlMs: 400,
+        expiredGraceMs: 0,
+      });
+      const docsOf = async (key: string) =>
+        (await swept.collection.find({}).toArray()).filter((d) => (d.k ?? d._id) === key);
+      await acquired(swept, 'died', 50); // its worker died: nobody extends, nobody comes back
+      const released = await acquired(swept, 'released', 50);
+      expect(await swept.release('released', released.fence, { name: 'E', code: 'E', message: 'm' })).toBe(
+        'ok',
+      );
+      const finished = await acquired(swept, 'finished', 50);
+      expect(
+        await swept.complete({ key: 'finished', fence: finished.fence, outgoing: [], retentionMs: 600_000 }),
+      ).toBe('ok');
+      const live = await acquired(swept, 'live', 300);
+      await sleep(250);
+      expect(await swept.extend('live', live.fence, 600_000)).toBe('ok'); // a long run, still extending
+      await sleep(300);
+
+      expect(await swept.sweepExpired()).toEqual({ deleted: 6, blobsDeleted: 0, abandoned: 2 });
+      expect(await docsOf('died')).toEqual([]);
+      expect(await docsOf('released')).toEqual([]);
+      expect((await swept.get('live'))?.state).toBe('IN_PROGRESS');
+      expect((await swept.get('finished'))?.state).toBe('COMPLETED');
+      // The finished record's lease is read once, then left out of every later query.
+      const leftLeases = await swept.collection
+        .find({ s: State.InProgress, sa: { $exists: true } })
+        .toArray();
+      expect(leftLeases.map((d) => d.k)).toEqual(['live']);
+      expect(await swept.sweepExpired()).toEqual({ deleted: 0, blobsDeleted: 0, abandoned: 0 });
+      // The key runs anew when it comes back, at a higher fence.
+      const again = await acquired(swept, 'died');
+      expect(again.kind).toBe('new');
+      expect(again.attempt).toBe(1);
+      await swept.close();
+    });
+
+    it('a takeover racing the sweep of its abandoned lease: the taker keeps the key, or the key is gone and runs anew', async () => {
+      const swept = createMongoStore({ db: test.db, collectionName: 'abandoned_race', inProgressTtlMs: 100 });
+      const keys = Array.from({ length: 20 }, (_, i) => `abandoned-${i}`);
+      for (const key of keys) await acquired(swept, key, 20);
+      await sleep(250);
+      const [, ...begins] = await Promise.all([
+        swept.sweepExpired(),
+        ...keys.map((key) => begin(swept, key, 'taker', 60_000)),
+      ]);
+      for (const [i, key] of keys.entries()) {
+        const answer = begins[i];
+        const record = await swept.get(key);
+        if (answer?.status === 'acquired') {
+          // Won the race (a takeover, or a new key after the sweep): its lease is the key's state.
+          expect(record).toMatchObject({ state: 'IN_PROGRESS', fence: answer.fence, owner: 'taker' });
+        } else {
+          // Met the seal: busy until the sweep is done, then the key is new.
+          expect(answer?.status).toBe('busy');
+          expect(record === undefined || record.state === 'IN_PROGRESS').toBe(true);
+          expect((await begin(swept, key, 'later', 60_000)).status).toBe('acquired');
+        }
+      }
       await swept.close();
     });
 
