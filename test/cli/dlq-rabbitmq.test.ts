@@ -304,6 +304,46 @@ describe('dlq on RabbitMQ', () => {
     }
   });
 
+  it('--json-id names a letter whose id holds a NUL, as list --json prints it, on show and replay', async () => {
+    // Before: such a letter could not be named at all (a shell argument cannot carry a NUL).
+    const target = uniqueName('cli-nul');
+    const nulDlq = `${target}.dlq`;
+    const id = 'order\u000042';
+    await raw.ch.assertQueue(target, { durable: true });
+    await raw.ch.assertQueue(nulDlq, { durable: true, arguments: { 'x-queue-type': 'quorum' } });
+    try {
+      await raw.publish(
+        nulDlq,
+        { id: 'nul' },
+        { 'x-idempotency-key': id, 'x-eo-original-destination': target, 'x-eo-error-code': 'PERMANENT' },
+        id,
+      );
+      const listed = await cliJson<{ letters: Letter[] }>(['dlq', 'list', nulDlq, ...amqp]);
+      expect(listed.letters.map((l) => l.id)).toEqual([id]);
+      const named = JSON.stringify(id);
+      await waitUntil(async () => (await raw.count(nulDlq)) === 1, { message: 'letter back' });
+      const shown = await cliJson<Letter>(['dlq', 'show', nulDlq, named, '--json-id', ...amqp]);
+      expect(shown).toMatchObject({ id, key: id });
+      const notJson = await cli(['dlq', 'show', nulDlq, 'order', '--json-id', ...amqp]);
+      expect(notJson.code).toBe(2);
+      expect(notJson.stderr).toMatch(/with --json-id, <id> must be a JSON string/);
+      await waitUntil(async () => (await raw.count(nulDlq)) === 1, { message: 'letter back' });
+      const replayed = await cliJson<{ results: { id: string; replayed: boolean; to: string }[] }>([
+        'dlq',
+        'replay',
+        nulDlq,
+        named,
+        '--json-id',
+        ...amqp,
+      ]);
+      expect(replayed.results).toEqual([{ id, key: id, to: target, replayed: true }]);
+      await waitUntil(async () => (await raw.count(target)) === 1, { message: 'the letter replayed' });
+      expect(await raw.count(nulDlq)).toBe(0);
+    } finally {
+      await raw.deleteQueues([target, nulDlq]);
+    }
+  });
+
   it('--code lists and replays only the letters with those codes; the others stay', async () => {
     const target = uniqueName('cli-coded');
     const codedDlq = `${target}.dlq`;

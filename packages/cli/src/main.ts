@@ -13,7 +13,7 @@ import {
   parseCodes,
   parseDays,
   parseDuration,
-  parseJsonKey,
+  parseJsonString,
   parseNamespace,
   parseNumber,
 } from './parse.js';
@@ -32,6 +32,13 @@ const codeOption = () =>
     '--code <codes>',
     'only letters with these codes, comma-separated (e.g. ATTEMPTS_EXHAUSTED, PREVIOUSLY_FAILED/PERMANENT)',
   ).argParser((v) => parseCodes('--code', v));
+
+/** `--json-id` of `dlq show` and `dlq replay`: ids as `list --json` prints them. */
+const jsonIdOption = () =>
+  new Option(
+    '--json-id',
+    'read each <id> as a JSON string ("order\\u000042"), as list --json prints ids: for a NUL or control characters',
+  );
 
 function buildProgram(io: Io): Command {
   const program = new Command()
@@ -63,7 +70,7 @@ function buildProgram(io: Io): Command {
     )
     .option('--json', 'print JSON')
     .action(async (consumer: string, key: string, options) => {
-      await inspect(io, consumer, options.jsonKey ? parseJsonKey(key) : key, options);
+      await inspect(io, consumer, options.jsonKey ? parseJsonString(key) : key, options);
     });
 
   storeOptions(
@@ -105,9 +112,10 @@ function buildProgram(io: Io): Command {
     .argument('<source>', 'the dead-letter queue or topic')
     .argument('<id>', 'as dlq list prints it: a message id or #digest (RabbitMQ), partition:offset (Kafka)')
     .option('--limit <n>', 'RabbitMQ: look through at most this many messages', integer('--limit', 1), 10_000)
+    .addOption(jsonIdOption())
     .option('--json', 'print JSON')
     .action(async (source: string, id: string, options) => {
-      await dlqShow(io, source, id, options);
+      await dlqShow(io, source, options.jsonId ? parseJsonString(id, '--json-id', '<id>') : id, options);
     });
   storeOptions(
     broker(
@@ -135,9 +143,11 @@ function buildProgram(io: Io): Command {
       "first clear each letter's FAILED record, so the replay is processed (needs a store)",
     )
     .option('--namespace <name>', "the consumers' namespace, for --reset-key", parseNamespace, 'default')
+    .addOption(jsonIdOption())
     .option('--json', 'print JSON')
     .action(async (source: string, ids: string[], options) => {
-      await dlqReplay(io, source, ids, options);
+      const named = options.jsonId ? ids.map((id) => parseJsonString(id, '--json-id', '<id>')) : ids;
+      await dlqReplay(io, source, named, options);
     });
 
   program

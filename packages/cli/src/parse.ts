@@ -18,21 +18,22 @@ export function parseDuration(option: string, text: string): number {
 }
 
 /**
- * A key given as a JSON string (`"a\u0000b"`), as `--json` output prints keys: for characters a
- * shell argument cannot carry (NUL) or that are awkward to type (control characters).
+ * A key or id given as a JSON string (`"a\u0000b"`), as `--json` output prints it: for characters
+ * a shell argument cannot carry (NUL) or that are awkward to type (control characters).
+ * `option` and `what` name the flag and the argument in the usage error.
  */
-export function parseJsonKey(text: string): string {
+export function parseJsonString(text: string, option = '--json-key', what = '<key>'): string {
   let value: unknown;
   try {
     value = JSON.parse(text);
   } catch {
     throw new UsageError(
-      `with --json-key, <key> must be a JSON string, quotes included, as --json prints it (got ${text})`,
+      `with ${option}, ${what} must be a JSON string, quotes included, as --json prints it (got ${text})`,
     );
   }
   if (typeof value !== 'string') {
     throw new UsageError(
-      `with --json-key, <key> must be a JSON string, not ${value === null ? 'null' : typeof value}`,
+      `with ${option}, ${what} must be a JSON string, not ${value === null ? 'null' : typeof value}`,
     );
   }
   return value;
