@@ -24,6 +24,7 @@ import {
   MalformedMessageError,
   PreviouslyFailedError,
   RunTimeoutError,
+  StoreUnavailableError,
   toErrorInfo,
 } from './errors.js';
 import {
@@ -172,7 +173,13 @@ export function buildProcessor<T, R>(
       store: o.store,
       leaseMs: o.leaseMs,
       intervalMs: o.heartbeatMs,
-      onError: (key, error) => o.logger.warn('lease heartbeat failed', { key, error: toErrorInfo(error) }),
+      onError: (key, error) => {
+        // An outage is logged by the store's health watch (once as it starts, then every 30 s);
+        // a warning for each held lease at each retry would repeat it a prefetch window of times.
+        const meta = { key, error: toErrorInfo(error) };
+        if (error instanceof StoreUnavailableError) o.logger.debug('lease heartbeat failed', meta);
+        else o.logger.warn('lease heartbeat failed', meta);
+      },
     }),
   };
   return {

@@ -498,6 +498,40 @@ describe('processor: leases and steps', () => {
     expect(new TextDecoder().decode(rec.result.data)).toBe('"fresh"');
   });
 
+  it('a store outage during a run is not warned about once per held lease and retry (its health watch logs it)', async () => {
+    // Before: every held lease logged a warning at every retry of its extension (every 50 ms),
+    // 41 warnings in 20 s for a prefetch window of 20 runs.
+    let down = false;
+    const logged: { level: string; message: string }[] = [];
+    const log = (level: string) => (message: string) => logged.push({ level, message });
+    const gate = deferred();
+    const p = createProcessor({
+      consumer: 'c',
+      store: withFaults(createMemoryStore(), { failWhen: (op) => down && op === 'extend' }),
+      ...fast,
+      leaseMs: 400,
+      heartbeatMs: 20,
+      logger: { debug: log('debug'), info: log('info'), warn: log('warn'), error: log('error') },
+      handler: async () => {
+        down = true;
+        await gate.promise;
+        return 'ok';
+      },
+    });
+    const runs = [1, 2, 3].map((n) => p.process(delivery({}, key(`outage-${n}`))));
+    await new Promise((r) => setTimeout(r, 200));
+    down = false;
+    gate.resolve();
+    for (const run of runs) expect(await run).toMatchObject({ action: 'ack' });
+    const heartbeats = logged.filter((l) => l.message === 'lease heartbeat failed');
+    expect(heartbeats.length).toBeGreaterThan(3);
+    expect(heartbeats.every((l) => l.level === 'debug')).toBe(true);
+    // The outage itself: one warning as it starts.
+    expect(logged.filter((l) => l.level === 'warn').map((l) => l.message)).toEqual([
+      expect.stringMatching(/^processed-store unavailable/),
+    ]);
+  });
+
   it('journals steps: a retry skips steps that already succeeded', async () => {
     const calls: string[] = [];
     let failEmail = true;
