@@ -283,6 +283,49 @@ describe('kafka consumer shutdown', () => {
     expect(groups[0]?.members ?? []).toEqual([]);
   });
 
+  it('stop() while start() joins the group: start() is refused with ClosedError and the member leaves', async () => {
+    // Before (found by a rolling-deploy run): past connect and subscribe, a stop() let start()
+    // resolve, and the worker went on as started while stop() took the member out again.
+    const { topic, dlq, groupId, prefix } = await setup();
+    let stopNow!: () => void;
+    const joining = new Promise<void>((resolve) => {
+      stopNow = resolve;
+    });
+    const client: KafkaLike = {
+      consumer: (config) => {
+        const real = kafka.consumer(config as unknown as ConsumerConfig);
+        const run = real.run.bind(real);
+        // The join is under way once run() was called: that is when the stop comes.
+        real.run = (...args) => {
+          const running = run(...args);
+          stopNow();
+          return running;
+        };
+        return real as unknown as ReturnType<KafkaLike['consumer']>;
+      },
+      producer: (config) => kafka.producer(config),
+    };
+    const consumer = createConsumer<{ id: string }>({
+      kafka: client,
+      groupId,
+      topics: [topic],
+      deadLetter: { topic: dlq },
+      store: createRedisStore({ client: redis, keyPrefix: prefix }),
+      consumerConfig: fastGroup,
+      handler: () => {},
+    });
+    cleanups.push(() => consumer.stop());
+    const started = consumer.start().then(
+      () => 'started',
+      (error: unknown) => error,
+    );
+    await joining;
+    await consumer.stop();
+    expect(await started).toBeInstanceOf(ClosedError);
+    const { groups } = await admin.describeGroups([groupId]);
+    expect(groups[0]?.members ?? []).toEqual([]);
+  });
+
   it('a producer you pass in is left connected by stop(), but the stopped consumer publishes nothing more through it', async () => {
     const { topic, out, dlq, groupId, prefix } = await setup();
     const shared = createProducer({ kafka });

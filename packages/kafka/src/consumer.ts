@@ -305,6 +305,9 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
         await client.run(Math.max(1, Math.floor(partitionsConsumedConcurrently)), (payload) =>
           runBatch(env, payload),
         );
+        // A stop() during the join: kafkajs finishes joining (it cannot abandon a join), and the
+        // stop's disconnect takes the member out again; this start() must not pass for a success.
+        stoppedMeanwhile();
       })();
       await starting;
     },
