@@ -11,7 +11,7 @@
  */
 import type { BlobPointer, BlobStore } from '@exactly-once/core';
 import type { WriteConcernSettings } from 'mongodb';
-import { type Chain, type ChainReader, chainOf, readChain } from './chain.js';
+import { type Chain, type ChainReader, chainOf, hasSuccessor, readChain } from './chain.js';
 import type { StoreClock } from './clock.js';
 import { elementId, type HeadDoc, isExpired, type RecordDoc, State } from './codec.js';
 import { guarded, isDuplicateKey } from './driver.js';
@@ -167,6 +167,11 @@ async function sweepAbandoned(context: SweepContext): Promise<SweepResult> {
     for (const doc of leases) {
       const outcome = await guarded('sweep', async () => {
         const key = doc.k ?? doc._id; // a previous-layout record is its own head
+        // Most leases found are finished attempts': one read by _id tells, without the chain's walk.
+        if (doc.c !== undefined && (await hasSuccessor(context, doc.c, doc.i ?? 0))) {
+          await collection.updateOne({ _id: doc._id }, { $unset: { sa: '' } }, write);
+          return 'finished';
+        }
         const chain = await readChain(context, key);
         if (chain === 'gone') return 'kept';
         if (chain === undefined || chain.chain !== (doc.c ?? chainOf(doc as unknown as HeadDoc))) {
