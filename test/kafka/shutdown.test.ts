@@ -65,6 +65,29 @@ function countingKafka() {
   return { client, counts };
 }
 
+/**
+ * Starts a consumer with nothing to do on a fresh topic, for tests of a stop() during its start().
+ * `started` is its start()'s outcome, taken at once: it may reject while stop() is still under way.
+ */
+async function startIdle(client: KafkaLike) {
+  const { topic, dlq, groupId, prefix } = await setup();
+  const consumer = createConsumer<{ id: string }>({
+    kafka: client,
+    groupId,
+    topics: [topic],
+    deadLetter: { topic: dlq },
+    store: createRedisStore({ client: redis, keyPrefix: prefix }),
+    consumerConfig: fastGroup,
+    handler: () => {},
+  });
+  cleanups.push(() => consumer.stop());
+  const started = consumer.start().then(
+    () => 'started',
+    (error: unknown) => error,
+  );
+  return { consumer, groupId, started };
+}
+
 /** Logs as `{ level, message, meta }`, to see what the pipeline did with a run nobody awaits. */
 function recordingLogger() {
   const lines: { level: string; message: string; meta?: Record<string, unknown> }[] = [];
@@ -259,22 +282,7 @@ describe('kafka consumer shutdown', () => {
   it('stop() while start() is under way: start() is refused with ClosedError and the member never joins the group', async () => {
     // Before: start() went on after stop() resolved, joined the group, took the partitions and
     // never processed them (each batch saw the stop and returned), with nobody left to disconnect.
-    const { topic, dlq, groupId, prefix } = await setup();
-    const consumer = createConsumer<{ id: string }>({
-      kafka,
-      groupId,
-      topics: [topic],
-      deadLetter: { topic: dlq },
-      store: createRedisStore({ client: redis, keyPrefix: prefix }),
-      consumerConfig: fastGroup,
-      handler: () => {},
-    });
-    cleanups.push(() => consumer.stop());
-    // Its outcome is taken at once: it may reject while stop() is still under way.
-    const started = consumer.start().then(
-      () => 'started',
-      (error: unknown) => error,
-    );
+    const { consumer, groupId, started } = await startIdle(kafka);
     await consumer.stop();
     expect(await started).toBeInstanceOf(ClosedError);
     // Long enough for a member that went on starting to have joined.
@@ -286,7 +294,6 @@ describe('kafka consumer shutdown', () => {
   it('stop() while start() joins the group: start() is refused with ClosedError and the member leaves', async () => {
     // Before (found by a rolling-deploy run): past connect and subscribe, a stop() let start()
     // resolve, and the worker went on as started while stop() took the member out again.
-    const { topic, dlq, groupId, prefix } = await setup();
     let stopNow!: () => void;
     const joining = new Promise<void>((resolve) => {
       stopNow = resolve;
@@ -305,20 +312,7 @@ describe('kafka consumer shutdown', () => {
       },
       producer: (config) => kafka.producer(config),
     };
-    const consumer = createConsumer<{ id: string }>({
-      kafka: client,
-      groupId,
-      topics: [topic],
-      deadLetter: { topic: dlq },
-      store: createRedisStore({ client: redis, keyPrefix: prefix }),
-      consumerConfig: fastGroup,
-      handler: () => {},
-    });
-    cleanups.push(() => consumer.stop());
-    const started = consumer.start().then(
-      () => 'started',
-      (error: unknown) => error,
-    );
+    const { consumer, groupId, started } = await startIdle(client);
     await joining;
     await consumer.stop();
     expect(await started).toBeInstanceOf(ClosedError);

@@ -10,7 +10,7 @@
  * (see `append` in store.ts). A blob is deleted only after the last element that names it.
  */
 import type { BlobPointer, BlobStore } from '@exactly-once/core';
-import type { WriteConcernSettings } from 'mongodb';
+import type { Document, Filter, WriteConcernSettings } from 'mongodb';
 import { type Chain, type ChainReader, chainOf, hasSuccessor, readChain } from './chain.js';
 import type { StoreClock } from './clock.js';
 import { elementId, type HeadDoc, isExpired, type RecordDoc, State } from './codec.js';
@@ -107,98 +107,101 @@ export async function dismantle(
 }
 
 export async function sweepExpired(context: SweepContext): Promise<SweepResult> {
-  const { collection, clock, batchSize, sealTimeoutMs, graceMs } = context;
-  let deleted = 0;
-  let blobsDeleted = 0;
-  const seen = new Set<string>();
-  for (;;) {
-    const now = await guarded('sweep', () => clock.now());
-    // Elements carrying `e`: COMPLETED, FAILED (tombstones too), SEALED.
-    const expired = await guarded('sweep', () =>
-      collection
-        .find(
-          { e: { $lte: new Date(now - graceMs) }, _id: { $nin: [...seen] } },
-          { projection: { _id: 1, k: 1, c: 1, i: 1, s: 1, b: 1 }, limit: batchSize },
-        )
-        .toArray(),
-    );
-    if (expired.length === 0) break;
-    for (const doc of expired) {
-      const swept = await guarded('sweep', () => sweepOne(context, doc, now, sealTimeoutMs));
-      deleted += swept.deleted;
-      blobsDeleted += swept.blobsDeleted;
-      // Left as it was (its chain busy, or a young seal): not again in this sweep.
-      if (swept.kept) seen.add(doc._id);
-    }
-    if (expired.length < batchSize) break;
-  }
-  const abandoned = await sweepAbandoned(context);
+  const { sealTimeoutMs, graceMs, inProgressTtlMs } = context;
+  // Elements carrying `e`: COMPLETED, FAILED (tombstones too), SEALED.
+  const expired = await sweepEach(
+    context,
+    (now) => ({ e: { $lte: new Date(now - graceMs) } }),
+    { _id: 1, k: 1, c: 1, i: 1, s: 1, b: 1 },
+    (doc, now) => sweepOne(context, doc, now, sealTimeoutMs),
+  );
+  // Leases whose attempt began more than `inProgressTtlMs` ago (index `eo_in_progress`).
+  const leases = await sweepEach(
+    context,
+    (now) => ({ s: State.InProgress, sa: { $lte: now - inProgressTtlMs } }),
+    { _id: 1, k: 1, c: 1, i: 1 },
+    (doc, now) => sweepLease(context, doc, now - inProgressTtlMs),
+  );
   return {
-    deleted: deleted + abandoned.deleted,
-    blobsDeleted: blobsDeleted + abandoned.blobsDeleted,
-    abandoned: abandoned.abandoned,
+    deleted: expired.deleted + leases.deleted,
+    blobsDeleted: expired.blobsDeleted + leases.blobsDeleted,
+    abandoned: leases.abandoned,
   };
 }
 
-/**
- * Leases whose attempt began more than `inProgressTtlMs` ago (index `eo_in_progress`). The last of
- * its chain, its lease ended (or, released, its attempt began) that long ago: the chain is sealed
- * and deleted like an expired one, so a run that died on a key that never comes again does not
- * keep its record for ever. A lease with a successor is a finished attempt's: its `sa` goes, so no
- * later sweep (and no stuck-work query) reads it again. A stray (its chain deleted) goes.
- */
-async function sweepAbandoned(context: SweepContext): Promise<SweepResult> {
-  const { collection, clock, batchSize, sealTimeoutMs, inProgressTtlMs, write } = context;
+/** What sweeping one document did; `kept`: left as it was, so not read again in this sweep. */
+interface Swept {
+  readonly deleted: number;
+  readonly blobsDeleted: number;
+  readonly kept: boolean;
+  /** An abandoned lease's chain was deleted. */
+  readonly abandoned?: boolean;
+}
+
+/** Sweeps `filter`'s documents a batch at a time, each once per sweep; sums what was done. */
+async function sweepEach(
+  context: SweepContext,
+  filter: (now: number) => Filter<RecordDoc>,
+  projection: Document,
+  sweep: (doc: RecordDoc, now: number) => Promise<Swept>,
+): Promise<SweepResult> {
+  const { collection, clock, batchSize } = context;
   let deleted = 0;
   let blobsDeleted = 0;
   let abandoned = 0;
   const seen = new Set<string>();
   for (;;) {
-    const cutoff = (await guarded('sweep', () => clock.now())) - inProgressTtlMs;
-    const leases = await guarded('sweep', () =>
+    const now = await guarded('sweep', () => clock.now());
+    const docs = await guarded('sweep', () =>
       collection
-        .find(
-          { s: State.InProgress, sa: { $lte: cutoff }, _id: { $nin: [...seen] } },
-          { projection: { _id: 1, k: 1, c: 1, i: 1 }, limit: batchSize },
-        )
+        .find({ ...filter(now), _id: { $nin: [...seen] } }, { projection, limit: batchSize })
         .toArray(),
     );
-    if (leases.length === 0) break;
-    for (const doc of leases) {
-      const outcome = await guarded('sweep', async () => {
-        const key = doc.k ?? doc._id; // a previous-layout record is its own head
-        // Most leases found are finished attempts': one read by _id tells, without the chain's walk.
-        if (doc.c !== undefined && (await hasSuccessor(context, doc.c, doc.i ?? 0))) {
-          await collection.updateOne({ _id: doc._id }, { $unset: { sa: '' } }, write);
-          return 'finished';
-        }
-        const chain = await readChain(context, key);
-        if (chain === 'gone') return 'kept';
-        if (chain === undefined || chain.chain !== (doc.c ?? chainOf(doc as unknown as HeadDoc))) {
-          if (doc.k === undefined) return 'kept';
-          return (await collection.deleteOne({ _id: doc._id, s: State.InProgress }, write)).deletedCount;
-        }
-        if (chain.position > (doc.i ?? 0)) {
-          await collection.updateOne({ _id: doc._id }, { $unset: { sa: '' } }, write);
-          return 'finished';
-        }
-        const last = chain.last;
-        // Read again with the chain: a holder still extending its lease keeps it.
-        if (last?.s !== State.InProgress || Math.max(last.l ?? 0, last.sa ?? 0) > cutoff) return 'kept';
-        return dismantle(context, chain, sealTimeoutMs);
-      });
-      if (outcome === 'kept') seen.add(doc._id);
-      if (typeof outcome === 'number') deleted += outcome; // a stray
-      if (typeof outcome !== 'object') continue;
-      if (outcome.deleted === 0)
-        seen.add(doc._id); // another worker appended first
-      else abandoned += 1;
-      deleted += outcome.deleted;
-      blobsDeleted += outcome.blobsDeleted;
+    if (docs.length === 0) break;
+    for (const doc of docs) {
+      const swept = await guarded('sweep', () => sweep(doc, now));
+      deleted += swept.deleted;
+      blobsDeleted += swept.blobsDeleted;
+      if (swept.abandoned) abandoned += 1;
+      // Left as it was (its chain busy, a young seal, a live lease): not again in this sweep.
+      if (swept.kept) seen.add(doc._id);
     }
-    if (leases.length < batchSize) break;
+    if (docs.length < batchSize) break;
   }
   return { deleted, blobsDeleted, abandoned };
+}
+
+/**
+ * One lease whose attempt began before `cutoff`: a finished attempt's (it has a successor: its
+ * `sa` goes, so no later sweep and no stuck-work query reads it again), a stray (its chain
+ * deleted: it goes), or the last of its chain with its lease ended (or, released, its attempt
+ * begun) before `cutoff`: abandoned, so the chain is sealed and deleted like an expired one, and a
+ * run that died on a key that never comes again does not keep its record for ever.
+ */
+async function sweepLease(context: SweepContext, doc: RecordDoc, cutoff: number): Promise<Swept> {
+  const { collection, write, sealTimeoutMs } = context;
+  const chainId = doc.c ?? chainOf(doc as unknown as HeadDoc); // a previous-layout record: derived
+  const position = doc.i ?? 0;
+  const finished = async (): Promise<Swept> => {
+    await collection.updateOne({ _id: doc._id }, { $unset: { sa: '' } }, write);
+    return { deleted: 0, blobsDeleted: 0, kept: false };
+  };
+  // Most leases found are finished attempts': one read by _id tells, without the chain's walk.
+  if (await hasSuccessor(context, chainId, position)) return finished();
+  const chain = await readChain(context, doc.k ?? doc._id); // a previous-layout record is its own head
+  if (chain === 'gone') return KEPT;
+  if (chain === undefined || chain.chain !== chainId) {
+    if (doc.k === undefined) return KEPT;
+    const removed = (await collection.deleteOne({ _id: doc._id, s: State.InProgress }, write)).deletedCount;
+    return { deleted: removed, blobsDeleted: 0, kept: false };
+  }
+  if (chain.position > position) return finished(); // its successor came after the first read
+  const last = chain.last;
+  // Read again with the chain: a holder still extending its lease keeps it.
+  if (last?.s !== State.InProgress || Math.max(last.l ?? 0, last.sa ?? 0) > cutoff) return KEPT;
+  const swept = await dismantle(context, chain, sealTimeoutMs);
+  // Nothing deleted: another worker appended first.
+  return { ...swept, kept: swept.deleted === 0, abandoned: swept.deleted > 0 };
 }
 
 const KEPT = { deleted: 0, blobsDeleted: 0, kept: true } as const;
@@ -209,7 +212,7 @@ async function sweepOne(
   doc: RecordDoc,
   now: number,
   sealTimeoutMs: number,
-): Promise<{ deleted: number; blobsDeleted: number; kept: boolean }> {
+): Promise<Swept> {
   const { collection, write, blobs } = context;
   const key = doc.k ?? doc._id; // a previous-layout record is its own head
   const chainId = doc.c ?? chainOf(doc as unknown as HeadDoc);
