@@ -234,8 +234,25 @@ export class StoreKit {
       });
       this.cluster.on('error', () => {}); // reported through the failing commands instead
     }
-    // A keyless command makes it connect and learn its nodes.
-    await this.cluster.ping();
+    // A keyless command makes it connect and learn its nodes. A default Cluster client retries a
+    // refused connection for ever: give up after 10 s, as the Mongo clients do.
+    let timer: NodeJS.Timeout | undefined;
+    const unreachable = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new Error(
+              `Redis Cluster ${env.redisClusterNodes.map((n) => `${n.host}:${n.port}`).join(',')} unreachable after 10 s`,
+            ),
+          ),
+        10_000,
+      );
+    });
+    try {
+      await Promise.race([this.cluster.ping(), unreachable]);
+    } finally {
+      clearTimeout(timer);
+    }
     return this.cluster;
   }
 
