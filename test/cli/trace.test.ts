@@ -3,16 +3,17 @@
  * process span (with a journaled step under it) exported over OTLP to Jaeger, read back through
  * Jaeger's query API and printed as a span tree.
  */
+
+import { createConsumer, createPublisher } from '@exactly-once/rabbitmq';
+import { createRedisStore } from '@exactly-once/store-redis';
 import { context, propagation, trace } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { CompositePropagator, W3CBaggagePropagator, W3CTraceContextPropagator } from '@opentelemetry/core';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { BasicTracerProvider, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
-import { createConsumer, createPublisher } from '@exactly-once/rabbitmq';
-import { createRedisStore } from '@exactly-once/store-redis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { newRedis, queuesOf, rawChannel } from '../rabbitmq/helpers.js';
+import { closeRedis, newRedis, queuesOf, rawChannel, storePrefix } from '../rabbitmq/helpers.js';
 import { env, uniqueName } from '../support/env.js';
 import { waitUntil } from '../support/wait.js';
 import { cli, cliText } from './helpers.js';
@@ -47,7 +48,7 @@ beforeAll(async () => {
     connection: env.amqpUrl,
     queue,
     consumer: 'cli-trace',
-    store: createRedisStore({ client: redis, keyPrefix: `t:${queue}` }),
+    store: createRedisStore({ client: redis, keyPrefix: storePrefix(queue) }),
     retryDelaysMs: [100],
     retentionCheck: 'off',
     handler: async (_p, ctx) => {
@@ -72,7 +73,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await provider.shutdown();
-  await redis.quit();
+  await closeRedis(redis);
   trace.disable();
   context.disable();
   propagation.disable();

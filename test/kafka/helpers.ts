@@ -1,5 +1,5 @@
 /** Shared plumbing of the Kafka adapter tests: clients, topics, offsets, ledgers, output checks. */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';

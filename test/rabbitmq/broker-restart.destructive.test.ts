@@ -10,10 +10,10 @@ import { createRedisStore } from '@exactly-once/store-redis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { env, uniqueName } from '../support/env.js';
 import { waitUntil } from '../support/wait.js';
-import { newRedis, queuesOf, rawChannel } from './helpers.js';
+import { closeRedis, newRedis, queuesOf, rawChannel, storePrefix } from './helpers.js';
 
 const redis = newRedis();
-afterAll(() => redis.quit());
+afterAll(() => closeRedis(redis));
 const MESSAGES = 400;
 
 describe('rabbitmq broker restart', () => {
@@ -27,7 +27,7 @@ describe('rabbitmq broker restart', () => {
       connection: env.amqpUrl,
       queue,
       consumer: 'restart',
-      store: createRedisStore({ client: redis, keyPrefix: `t:${queue}` }),
+      store: createRedisStore({ client: redis, keyPrefix: storePrefix(queue) }),
       retryDelaysMs: [100],
       retentionCheck: 'off',
       leaseMs: 2_000,

@@ -15,7 +15,7 @@ import { createRedisStore } from '@exactly-once/store-redis';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { env, uniqueName } from '../support/env.js';
 import { waitUntil } from '../support/wait.js';
-import { newRedis, queuesOf, rawChannel } from './helpers.js';
+import { closeRedis, newRedis, queuesOf, rawChannel, storePrefix } from './helpers.js';
 
 const redis = newRedis();
 const delays = [50, 200];
@@ -23,7 +23,7 @@ const cleanups: (() => Promise<unknown>)[] = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0)) await c();
 });
-afterAll(() => redis.quit());
+afterAll(() => closeRedis(redis));
 
 async function setup(handler: (payload: { id: string }, ctx: HandlerContext) => unknown, extra = {}) {
   const queue = uniqueName('rmq');
@@ -35,7 +35,7 @@ async function setup(handler: (payload: { id: string }, ctx: HandlerContext) => 
     queue,
     consumer: 'rmq-test',
     namespace: queue.replace(/[^A-Za-z0-9._-]/g, ''),
-    store: createRedisStore({ client: redis, keyPrefix: `t:${queue}` }),
+    store: createRedisStore({ client: redis, keyPrefix: storePrefix(queue) }),
     retryDelaysMs: delays,
     // No jitter: attempt 1 waits 50 ms, attempt 2 100 ms, so the two retries take the two tiers
     // (equal jitter draws attempt 2 from [50, 100], and 50 lands in the 50 ms tier).
@@ -173,7 +173,7 @@ describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
     const queue = uniqueName('rmq-named');
     const dlq = `${queue}.dead`;
     const raw = await rawChannel();
-    const store = createRedisStore({ client: redis, keyPrefix: `t:${queue}` });
+    const store = createRedisStore({ client: redis, keyPrefix: storePrefix(queue) });
     const consumer = createConsumer<{ id: string }>({
       connection: env.amqpUrl,
       queue,
@@ -278,7 +278,7 @@ describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
     // the key over after the lease and ran the handler a second time.
     const queue = uniqueName('rmq-idle');
     const raw = await rawChannel();
-    const keyPrefix = `t:${queue}`;
+    const keyPrefix = storePrefix(queue);
     let runs = 0;
     let release!: () => void;
     const released = new Promise<void>((r) => {

@@ -12,10 +12,10 @@ import { createRedisStore } from '@exactly-once/store-redis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { env, uniqueName } from '../support/env.js';
 import { waitUntil } from '../support/wait.js';
-import { newRedis, queuesOf, rawChannel } from './helpers.js';
+import { closeRedis, newRedis, queuesOf, rawChannel, storePrefix } from './helpers.js';
 
 const redis = newRedis();
-afterAll(() => redis.quit());
+afterAll(() => closeRedis(redis));
 
 describe('rabbitmq: copies amqplib cannot encode', () => {
   it('are dead-lettered reduced, with their reason; the channel and the deliveries beside them go on', async () => {
@@ -28,7 +28,7 @@ describe('rabbitmq: copies amqplib cannot encode', () => {
       connection: env.amqpUrl,
       queue,
       consumer: 'unencodable',
-      store: createRedisStore({ client: redis, keyPrefix: `t:${queue}` }),
+      store: createRedisStore({ client: redis, keyPrefix: storePrefix(queue) }),
       retryDelaysMs: [100],
       retentionCheck: 'off',
       handler: (payload, ctx) => {
@@ -94,7 +94,7 @@ describe('rabbitmq: dead-letter copies', () => {
       connection: env.amqpUrl,
       queue,
       consumer: 'copy-props',
-      store: createRedisStore({ client: redis, keyPrefix: `t:${queue}` }),
+      store: createRedisStore({ client: redis, keyPrefix: storePrefix(queue) }),
       retryDelaysMs: [100],
       retentionCheck: 'off',
       handler: () => {},

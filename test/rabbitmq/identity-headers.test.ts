@@ -9,10 +9,10 @@ import { createRedisStore } from '@exactly-once/store-redis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { env, uniqueName } from '../support/env.js';
 import { waitUntil } from '../support/wait.js';
-import { newRedis, queuesOf, rawChannel } from './helpers.js';
+import { closeRedis, newRedis, queuesOf, rawChannel, storePrefix } from './helpers.js';
 
 const redis = newRedis();
-afterAll(() => redis.quit());
+afterAll(() => closeRedis(redis));
 
 const invalid: [string, Record<string, unknown>][] = [
   ['an AMQP array of strings', { 'x-idempotency-key': ['a', 'b'] }],
@@ -35,7 +35,7 @@ describe('rabbitmq: ambiguous identity headers', () => {
       connection: env.amqpUrl,
       queue,
       consumer: 'ident',
-      store: createRedisStore({ client: redis, keyPrefix: `t:${queue}` }),
+      store: createRedisStore({ client: redis, keyPrefix: storePrefix(queue) }),
       missingKey: 'broker-id',
       retryDelaysMs: [100],
       retentionCheck: 'off',
@@ -96,7 +96,7 @@ describe('rabbitmq: ambiguous identity headers', () => {
       connection: env.amqpUrl,
       queue,
       consumer: 'ident-bytes',
-      store: createRedisStore({ client: redis, keyPrefix: `t:${queue}` }),
+      store: createRedisStore({ client: redis, keyPrefix: storePrefix(queue) }),
       missingKey: 'broker-id',
       retryDelaysMs: [100],
       retentionCheck: 'off',

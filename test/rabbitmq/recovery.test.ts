@@ -7,12 +7,12 @@
 import { ConfigError, type HandlerContext, PermanentError } from '@exactly-once/core';
 import { createConsumer, createPublisher, type RabbitConsumer } from '@exactly-once/rabbitmq';
 import { createRedisStore } from '@exactly-once/store-redis';
-import type { Channel } from 'amqplib';
 import amqp from 'amqp-connection-manager';
+import type { Channel } from 'amqplib';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { env, uniqueName } from '../support/env.js';
 import { waitUntil } from '../support/wait.js';
-import { newRedis, queuesOf, rawChannel } from './helpers.js';
+import { closeRedis, newRedis, queuesOf, rawChannel, storePrefix } from './helpers.js';
 
 const redis = newRedis();
 const delays = [100];
@@ -20,7 +20,7 @@ const cleanups: (() => Promise<unknown>)[] = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
-afterAll(() => redis.quit());
+afterAll(() => closeRedis(redis));
 
 type Handler = (payload: { id: string }, ctx: HandlerContext) => unknown;
 
@@ -31,7 +31,7 @@ async function setup(handler: Handler, extra: Record<string, unknown> = {}, queu
     connection: env.amqpUrl,
     queue,
     consumer: 'recovery',
-    store: createRedisStore({ client: redis, keyPrefix: `t:${queue}` }),
+    store: createRedisStore({ client: redis, keyPrefix: storePrefix(queue) }),
     retryDelaysMs: delays,
     retry: { maxAttempts: 3, initialDelayMs: 50, maxDelayMs: 100 },
     retentionCheck: 'off',
@@ -140,7 +140,7 @@ describe('rabbitmq recovery', () => {
       await raw.close();
     });
     await raw.ch.assertQueue(queue, { durable: true }); // classic; the consumer wants quorum
-    const store = createRedisStore({ client: redis, keyPrefix: `t:${queue}` });
+    const store = createRedisStore({ client: redis, keyPrefix: storePrefix(queue) });
     const base = { connection: env.amqpUrl, consumer: 'refused', store, retryDelaysMs: delays };
     const opts = { ...base, retentionCheck: 'off' as const, handler: () => {} };
     await expect(createConsumer({ ...opts, queue }).start()).rejects.toThrow(ConfigError);
@@ -167,7 +167,7 @@ describe('rabbitmq recovery', () => {
       connection: env.amqpUrl,
       queue,
       consumer: 'recovery',
-      store: createRedisStore({ client: redis, keyPrefix: `t:${queue}` }),
+      store: createRedisStore({ client: redis, keyPrefix: storePrefix(queue) }),
       retryDelaysMs: delays,
       retentionCheck: 'off',
       leaseMs: 2_000,

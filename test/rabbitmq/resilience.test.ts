@@ -1,14 +1,14 @@
 import { type HandlerContext, withFaults } from '@exactly-once/core';
 import { createConsumer, type RabbitConsumer } from '@exactly-once/rabbitmq';
-import amqp from 'amqp-connection-manager';
 import { createRedisStore } from '@exactly-once/store-redis';
+import amqp from 'amqp-connection-manager';
 import { afterAll, describe, expect, it } from 'vitest';
 import { env, uniqueName } from '../support/env.js';
 import { waitUntil } from '../support/wait.js';
-import { newRedis, queuesOf, rawChannel } from './helpers.js';
+import { closeRedis, newRedis, queuesOf, rawChannel, storePrefix } from './helpers.js';
 
 const redis = newRedis();
-afterAll(() => redis.quit());
+afterAll(() => closeRedis(redis));
 
 function consumerOn(
   queue: string,
@@ -21,7 +21,7 @@ function consumerOn(
     connection: env.amqpUrl,
     queue,
     consumer: 'resilience',
-    store: createRedisStore({ client: redis, keyPrefix: `t:${queue}` }),
+    store: createRedisStore({ client: redis, keyPrefix: storePrefix(queue) }),
     retryDelaysMs: [100],
     retentionCheck: 'off',
     leaseMs: 2_000,
@@ -70,7 +70,7 @@ describe('rabbitmq resilience', () => {
     const raw = await rawChannel();
     const effects = new Map<string, number>();
     let down = false;
-    const store = withFaults(createRedisStore({ client: redis, keyPrefix: `t:${queue}` }), {
+    const store = withFaults(createRedisStore({ client: redis, keyPrefix: storePrefix(queue) }), {
       failWhen: () => down,
     });
     const consumer = consumerOn(queue, effects, { store });

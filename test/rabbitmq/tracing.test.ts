@@ -4,6 +4,8 @@
  * and the publisher's trace continued into the consumer.
  */
 import { createRequire } from 'node:module';
+import { createConsumer, createPublisher } from '@exactly-once/rabbitmq';
+import { createRedisStore } from '@exactly-once/store-redis';
 import { context, propagation, SpanKind, trace } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { CompositePropagator, W3CBaggagePropagator, W3CTraceContextPropagator } from '@opentelemetry/core';
@@ -13,12 +15,10 @@ import {
   InMemorySpanExporter,
   SimpleSpanProcessor,
 } from '@opentelemetry/sdk-trace-base';
-import { createConsumer, createPublisher } from '@exactly-once/rabbitmq';
-import { createRedisStore } from '@exactly-once/store-redis';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { env, uniqueName } from '../support/env.js';
 import { waitUntil } from '../support/wait.js';
-import { newRedis, queuesOf, rawChannel } from './helpers.js';
+import { closeRedis, newRedis, queuesOf, rawChannel, storePrefix } from './helpers.js';
 
 const exporter = new InMemorySpanExporter();
 const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
@@ -34,7 +34,7 @@ beforeAll(() => {
   );
 });
 afterAll(async () => {
-  await redis.quit();
+  await closeRedis(redis);
   trace.disable();
   context.disable();
   propagation.disable();
@@ -53,7 +53,7 @@ async function roundTrip() {
     connection: env.amqpUrl,
     queue,
     consumer: 'tracing',
-    store: createRedisStore({ client: redis, keyPrefix: `t:${queue}` }),
+    store: createRedisStore({ client: redis, keyPrefix: storePrefix(queue) }),
     retryDelaysMs: [100],
     retentionCheck: 'off',
     handler: () => {
