@@ -13,6 +13,8 @@ export interface LeaseKeeper {
   readonly signal: AbortSignal;
   /** True once the store said another fence holds the key. */
   readonly lost: boolean;
+  /** When the lease ends as last set or extended (monotonic clock, ms): the store's end is later. */
+  readonly deadline: number;
   /**
    * Stops heartbeating and waits for an extend already on its way, so it cannot land after the
    * caller's release or complete and revive the lease.

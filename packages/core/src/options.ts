@@ -305,8 +305,8 @@ export function checkRetentionHorizon(
   const message =
     `consumer "${o.consumer}": retentionMs (${retentionMs} ms) is shorter than the longest a message can ` +
     `come back (${needed} ms = retry schedule + ${attempts} attempts × (maxRunMs + leaseMs) + redeliveryHorizonMs). ` +
-    'A late copy would find no record and be processed again. Raise retentionMs, or lower the horizon, ' +
-    "or set retentionCheck: 'warn'.";
+    'A late copy would find no record and be processed again. Raise retentionMs, or lower the horizon' +
+    (mode === 'error' ? ", or set retentionCheck: 'warn'." : '.');
   if (mode === 'error') throw new ConfigError(message);
   o.logger.warn(message, { consumer: o.consumer });
 }

@@ -87,7 +87,7 @@ import {
   withContext,
   withScrub,
 } from './tracing.js';
-import { settledWithin } from './wait.js';
+import { retryWithin, settledWithin, storeWriteBackoff } from './wait.js';
 
 export interface Processor {
   /**
@@ -671,15 +671,26 @@ async function runAcquired<T, R>(
   }
 
   let completed: 'ok' | 'lost';
+  // A write that failed may still have landed, and a store answers the repeat of a landed
+  // complete `ok` (see ProcessedStore.complete): so a failed one is tried again while the lease
+  // lasts, rather than left to a takeover that would run the handler again (a Cluster slot in
+  // migration refuses a call for milliseconds).
+  let tries = 0;
+  const complete = () => {
+    tries++;
+    return o.store.complete({
+      key: storeKey,
+      fence,
+      ...(stored ? { result: stored } : {}),
+      outgoing: state.outgoing,
+      retentionMs: o.retentionMs,
+      ...(spanRef(span) ? { traceId: spanRef(span) as string } : {}),
+    });
+  };
   try {
     completed = await inSpan('exactly-once complete', runCtx, {}, () =>
-      o.store.complete({
-        key: storeKey,
-        fence,
-        ...(stored ? { result: stored } : {}),
-        outgoing: state.outgoing,
-        retentionMs: o.retentionMs,
-        ...(spanRef(span) ? { traceId: spanRef(span) as string } : {}),
+      retryWithin(complete, (error) => error instanceof StoreUnavailableError, storeWriteBackoff, {
+        deadline: keeper.deadline,
       }),
     );
   } catch (error) {
@@ -693,7 +704,9 @@ async function runAcquired<T, R>(
   }
   // Anything but an acknowledged write (a store breaking its contract) is not a completion.
   if (completed !== 'ok') {
-    await discardBlobs(o, run);
+    // After a failed try, a store that answers a landed write's repeat `lost` (a custom one of
+    // an earlier contract) may hold a record naming these blobs: keep them.
+    if (tries === 1) await discardBlobs(o, run);
     return leaseLost(storeKey, fence);
   }
   return publishThenAck(

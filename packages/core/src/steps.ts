@@ -19,7 +19,7 @@ import { type RetryPolicyOptions, resolveRetryPolicy, retryDelayMs } from './ret
 import { ATTR_EO_STEP_REPLAYED } from './semconv.js';
 import type { ProcessedStore, StepRecord } from './store/types.js';
 import { instrumentsFor } from './tracing.js';
-import { doublingBackoff, pause, sleep } from './wait.js';
+import { retryWithin, sleep, storeWriteBackoff } from './wait.js';
 
 /** What `reconcile` is told about a step an earlier attempt started and never finished. */
 export interface StepReconcileInfo {
@@ -222,23 +222,18 @@ async function save<S>(args: StepRunArgs, name: string, value: S, absent: 'null'
   return decodeStepResult<S>(encoded);
 }
 
-const saveBackoff = doublingBackoff(100, 2_000);
-
 /**
  * The journal write, tried again while the store is unavailable and the lease lasts: the effect
  * has happened, and a write given up on would run it again on the next attempt. Writing a step
  * twice is harmless (the last write is its result).
  */
-async function saveWithRetries(args: StepRunArgs, name: string, encoded: Uint8Array) {
-  const signal = args.signal();
-  for (let failures = 1; ; failures++) {
-    try {
-      return await args.store.saveStep(args.storeKey, args.fence, name, encoded);
-    } catch (error) {
-      if (!(error instanceof StoreUnavailableError) || !(await pause(saveBackoff(failures), signal)))
-        throw error;
-    }
-  }
+function saveWithRetries(args: StepRunArgs, name: string, encoded: Uint8Array) {
+  return retryWithin(
+    () => args.store.saveStep(args.storeKey, args.fence, name, encoded),
+    (error) => error instanceof StoreUnavailableError,
+    storeWriteBackoff,
+    { signal: args.signal() },
+  );
 }
 
 type Ran<S> = { ok: true; value: S } | { ok: false; error: unknown; failures: number };

@@ -113,6 +113,33 @@ export function doublingBackoff(initialMs: number, maxMs: number): (n: number) =
   return (n) => backoffMs(policy, n);
 }
 
+/** Between tries of a store write worth finishing while a lease lasts (a step's journal, a completion). */
+export const storeWriteBackoff = doublingBackoff(100, 2_000);
+
+/**
+ * `call`, tried again after each failure that `retryable` accepts, `backoff(failures)` apart,
+ * until `until.signal` aborts or the next try would start at or after `until.deadline` (monotonic
+ * clock, ms); then the last failure. For a write that is safe to repeat and worth finishing while
+ * a lease lasts.
+ */
+export async function retryWithin<T>(
+  call: () => Promise<T>,
+  retryable: (error: unknown) => boolean,
+  backoff: (failures: number) => number,
+  until: { readonly signal?: AbortSignal; readonly deadline?: number },
+): Promise<T> {
+  for (let failures = 1; ; failures++) {
+    try {
+      return await call();
+    } catch (error) {
+      if (!retryable(error)) throw error;
+      const ms = backoff(failures);
+      if (until.deadline !== undefined && performance.now() + ms >= until.deadline) throw error;
+      if (!(await pause(ms, until.signal))) throw error;
+    }
+  }
+}
+
 /** A background task started by {@link repeatEvery}. */
 export interface Repeating {
   /** No run starts after this; one under way finishes (see `settled`). */

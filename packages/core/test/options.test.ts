@@ -32,7 +32,7 @@ describe('options are validated with actionable messages', () => {
   it('refuses a retention shorter than the retry schedule plus the redelivery horizon', () => {
     expect(() =>
       createProcessor({ ...base, consumer: 'c', retentionMs: 60_000, redeliveryHorizonMs: 3_600_000 }),
-    ).toThrow(/retentionMs \(60000 ms\) is shorter/);
+    ).toThrow(/retentionMs \(60000 ms\) is shorter.*or set retentionCheck: 'warn'\.$/);
     const warnings: string[] = [];
     createProcessor({
       ...base,
@@ -42,6 +42,8 @@ describe('options are validated with actionable messages', () => {
       logger: { debug() {}, info() {}, error() {}, warn: (m) => warnings.push(m) },
     });
     expect(warnings).toHaveLength(1);
+    // Already warned: no advice to do what is done.
+    expect(warnings[0]).toMatch(/lower the horizon\.$/);
   });
 
   it('validates retry policies', () => {

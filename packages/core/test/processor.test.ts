@@ -461,6 +461,49 @@ describe('processor: failures', () => {
     expect(await p.process(delivery({}, key('k12')))).toMatchObject({ action: 'ack', outcome: 'takeover' });
     expect(runs).toBe(2);
   });
+
+  it('tries a failed complete again while the lease lasts: acked on this delivery, the handler run once', async () => {
+    // A Cluster slot in migration refuses a call for a moment; so does a reconnecting client.
+    let refusals = 2;
+    const store = createMemoryStore();
+    const p = createProcessor({
+      consumer: 'c',
+      store: withFaults(store, { failWhen: (op) => op === 'complete' && refusals-- > 0 }),
+      ...fast,
+      leaseMs: 5_000,
+      handler: () => {
+        runs++;
+      },
+    });
+    let runs = 0;
+    expect(await p.process(delivery({}, key('k12b')))).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    expect(runs).toBe(1);
+    expect(await store.get('default:c:k12b')).toMatchObject({ state: 'COMPLETED', attempt: 1 });
+  });
+
+  it('a complete whose write landed but whose answer was lost is asked again and answered ok', async () => {
+    let loseOne = true;
+    const store = createMemoryStore();
+    const p = createProcessor({
+      consumer: 'c',
+      store: withFaults(store, {
+        failWhen: () => false,
+        loseReplyWhen: (op) => {
+          if (op !== 'complete' || !loseOne) return false;
+          loseOne = false;
+          return true;
+        },
+      }),
+      ...fast,
+      leaseMs: 5_000,
+      handler: () => ({ charged: ++runs }),
+    });
+    let runs = 0;
+    expect(await p.process(delivery({}, key('k12c')))).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    expect(runs).toBe(1);
+    expect(await p.process(delivery({}, key('k12c')))).toMatchObject({ action: 'ack', outcome: 'duplicate' });
+    expect(runs).toBe(1);
+  });
 });
 
 describe('processor: leases and steps', () => {

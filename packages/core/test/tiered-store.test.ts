@@ -52,6 +52,26 @@ describe('tiered store', () => {
     expect(attempts).toEqual([1, 2]);
   });
 
+  it('a complete asked again after it landed in cold only answers ok and writes hot; a stale fence is lost', async () => {
+    // The hot half of the first complete failed after cold had committed: its caller asks again.
+    let failHotComplete = true;
+    const hot = withFaults(createMemoryStore(), { failWhen: (op) => failHotComplete && op === 'complete' });
+    const cold = createMemoryStore();
+    const store = createTieredStore({ hot, cold, hotRetentionMs: 3_600_000 });
+    const key = 'default:billing:order-2';
+    const begun = await store.begin({ key, fingerprint: 'fp', owner: 'w', leaseMs: 5_000 });
+    if (begun.status !== 'acquired') throw new Error(`begin answered ${begun.status}`);
+    const request = { key, fence: begun.fence, outgoing: [], retentionMs: 86_400_000 };
+    await expect(store.complete(request)).rejects.toThrow();
+    expect(await cold.get(key)).toMatchObject({ state: 'COMPLETED' });
+    expect(await hot.get(key)).toMatchObject({ state: 'IN_PROGRESS', fence: begun.fence });
+    failHotComplete = false;
+    expect(await store.complete({ ...request, fence: begun.fence + 1 })).toBe('lost');
+    expect(await store.complete(request)).toBe('ok');
+    expect(await hot.get(key)).toMatchObject({ state: 'COMPLETED', fence: begun.fence });
+    expect(await store.complete(request)).toBe('ok');
+  });
+
   it('refuses missing tiers and durations that are not positive numbers with a ConfigError', () => {
     const hot = createMemoryStore();
     const cold = createMemoryStore();

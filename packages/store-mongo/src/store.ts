@@ -294,7 +294,9 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
   ): Promise<{ result: FencedResult; place?: Place }> =>
     guarded(operation, async () => {
       const place = await placeOf(key, fence);
-      if (place === undefined) return { result: 'lost' };
+      if (place === undefined) {
+        return { result: operation === 'complete' && (await completedBy(key, fence)) ? 'ok' : 'lost' };
+      }
       const doc = terminalDoc(key, fence, place, fields(await clock.now()));
       try {
         await collection.insertOne(doc, write);
@@ -308,6 +310,22 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       held.delete(heldKey(key, fence));
       return { result: 'ok', place: { ...place, position: doc.i } };
     });
+
+  /**
+   * Whether the key's record is COMPLETED under `fence`: a repeated complete whose first one
+   * landed (its answer lost), which answers `ok` again (only the holder of `fence` completes with
+   * it). Read only when this process no longer knows the lease, so rarely.
+   */
+  const completedBy = async (key: string, fence: number): Promise<boolean> => {
+    const chain = await readChain(reader, key);
+    if (chain === undefined || chain === 'gone' || chain.last === undefined) return false;
+    const last = chain.last;
+    return (
+      last.s === State.Completed &&
+      last.n === fence &&
+      (last.e === undefined || last.e.getTime() > (await clock.now()))
+    );
+  };
 
   /**
    * Whether the element at `doc`'s position is the same terminal by the same holder: only the
@@ -578,13 +596,24 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       );
       const docs: RecordDoc[] = [];
       const at: number[] = [];
+      const gone: number[] = [];
       requests.forEach((request, i) => {
         const place = places[i];
-        if (place === undefined) answers[i] = 'lost';
+        if (place === undefined) gone.push(i);
         else {
           docs.push(terminalDoc(request.key, request.fence, place, completedFields(request, now)));
           at.push(i);
         }
+      });
+      const repeats = await guarded('complete', () =>
+        Promise.all(
+          gone.map((i) =>
+            completedBy((requests[i] as CompleteRequest).key, (requests[i] as CompleteRequest).fence),
+          ),
+        ),
+      );
+      gone.forEach((i, g) => {
+        answers[i] = repeats[g] ? 'ok' : 'lost';
       });
       let refused: Set<number> | undefined;
       try {

@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import calculateSlot from 'cluster-key-slot';
 import { Cluster, Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createProcessor } from '@exactly-once/core';
 import { createRedisStore, redisKeyFor } from '../src/index.js';
 import { sleep } from './helpers.js';
 
@@ -140,6 +141,14 @@ async function finishMove(slot: number): Promise<void> {
   for (const node of [a, b]) await node.call('CLUSTER', 'SETSLOT', String(slot), 'NODE', idB);
 }
 
+/** Moves all of `slot` from the first master to the second (the client is not told). */
+async function moveSlot(slot: number): Promise<void> {
+  const [idA, idB] = await Promise.all([a.call('CLUSTER', 'MYID'), b.call('CLUSTER', 'MYID')]);
+  await b.call('CLUSTER', 'SETSLOT', String(slot), 'IMPORTING', String(idA));
+  await a.call('CLUSTER', 'SETSLOT', String(slot), 'MIGRATING', String(idB));
+  await finishMove(slot);
+}
+
 const fingerprint = '8'.repeat(64);
 
 /** The store's batch forms (optional in the store contract; the Redis store has them). */
@@ -206,6 +215,64 @@ describe('store-redis on a Cluster slot in migration', () => {
       if (during === undefined) expect(await batch(store).completeMany(requests)).toEqual(['ok', 'ok']);
       const records = await Promise.all([moved, left].map((key) => store.get(key)));
       expect(records.map((r) => r?.state)).toEqual(['COMPLETED', 'COMPLETED']);
+    } finally {
+      await store.close();
+      client.disconnect();
+    }
+  }, 60_000);
+
+  it('a processor whose batch complete meets a slot moved away tries it again: each handler runs once', async () => {
+    // A reshard moved a held key's slot between its begin and its complete. The client's slot map
+    // still names the old node, so the batch complete goes there, completes the key before it and
+    // fails at the moved one ("non local key"). Before, both messages were deferred, and the
+    // moved key's handler ran again once its lease had run out.
+    const client = new Cluster([{ host: '127.0.0.1', port: ports[0] }]);
+    const store = createRedisStore({ client, keyPrefix: 'mig-run', checkEvictionPolicy: false });
+    const run = `run-${Date.now().toString(36)}`;
+    const slotOfMessage = (key: string) => slotOfKey(`default:mig:${key}`);
+    const onFirstMaster = (label: string, other?: number) => {
+      for (let i = 0; ; i++) {
+        const key = `${run}-${label}${i}`;
+        const slot = slotOfMessage(key);
+        if (slot < 8192 && slot !== other) return key;
+      }
+    };
+    const stays = onFirstMaster('s');
+    const moves = onFirstMaster('m', slotOfMessage(stays));
+    const runs = new Map<string, number>();
+    let started = 0;
+    let go: () => void = () => {};
+    const moved = new Promise<void>((resolve) => {
+      go = resolve;
+    });
+    const processor = createProcessor({
+      consumer: 'mig',
+      store,
+      leaseMs: 10_000,
+      retentionCheck: 'off',
+      handler: async (_payload: unknown, ctx) => {
+        runs.set(ctx.key, (runs.get(ctx.key) ?? 0) + 1);
+        if (++started === 2) {
+          await moveSlot(slotOfMessage(moves));
+          go();
+        }
+        await moved;
+        return { ok: true };
+      },
+    });
+    try {
+      const deliver = (key: string) =>
+        processor.process({
+          body: Buffer.from('{}'),
+          headers: { 'x-idempotency-key': key, 'x-request-id': `req-${key}` },
+          destination: 'mig',
+          system: 'test',
+        });
+      const answers = await Promise.all([deliver(stays), deliver(moves)]);
+      expect(answers.map((x) => x.action)).toEqual(['ack', 'ack']);
+      expect([runs.get(stays), runs.get(moves)]).toEqual([1, 1]);
+      const again = await Promise.all([deliver(stays), deliver(moves)]);
+      expect(again.map((x) => x.outcome)).toEqual(['duplicate', 'duplicate']);
     } finally {
       await store.close();
       client.disconnect();

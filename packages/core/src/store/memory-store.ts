@@ -80,6 +80,11 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
     const record = records.get(key);
     return record?.state === RecordState.InProgress && record.fence === fence ? record : undefined;
   };
+  /** Whether `key` is COMPLETED (and not expired) under `fence`: a repeated complete. */
+  const completedBy = (key: string, fence: number): boolean => {
+    const record = records.get(key);
+    return record?.state === RecordState.Completed && record.fence === fence && !isExpired(record, now());
+  };
 
   const store: MemoryStore = {
     async begin(request: BeginRequest): Promise<BeginResult> {
@@ -150,7 +155,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
 
     async complete(request: CompleteRequest): Promise<FencedResult> {
       const record = held(request.key, request.fence);
-      if (record === undefined) return 'lost';
+      if (record === undefined) return completedBy(request.key, request.fence) ? 'ok' : 'lost';
       const at = now();
       const traceId = request.traceId ?? record.traceId;
       const completed: CompletedRecord = {

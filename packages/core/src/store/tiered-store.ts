@@ -130,6 +130,22 @@ export function createTieredStore(options: TieredStoreOptions): TieredStore {
     return record?.state === RecordState.InProgress && hotFenceOf(record) === fence ? record : undefined;
   }
 
+  /**
+   * A complete without its cold claim: the repeat of one whose answer was lost, or a stale one.
+   * Hot COMPLETED under the fence: it landed whole. Hot still IN_PROGRESS under it and cold
+   * COMPLETED: it landed in cold only, and that cold record is this holder's (anyone else gets to
+   * cold only by taking the hot lease over, which changes hot's fence); hot is written now.
+   */
+  async function completeAgain(request: CompleteRequest): Promise<FencedResult> {
+    const held = await hot.get(request.key);
+    if (held?.fence !== request.fence) return 'lost';
+    if (held.state === RecordState.Completed) return 'ok';
+    if (held.state !== RecordState.InProgress) return 'lost';
+    if ((await cold.get(request.key))?.state !== RecordState.Completed) return 'lost';
+    await hot.complete({ ...request, retentionMs: hotRetention(request.retentionMs) });
+    return 'ok';
+  }
+
   return {
     hot,
     cold,
@@ -161,7 +177,7 @@ export function createTieredStore(options: TieredStoreOptions): TieredStore {
 
     async complete(request: CompleteRequest): Promise<FencedResult> {
       const claim = await coldClaim(request.key, request.fence);
-      if (!claim) return 'lost';
+      if (!claim) return completeAgain(request);
       // The commit point: durable in cold before anything else sees the record as COMPLETED.
       const committed = await cold.complete({
         ...request,

@@ -195,7 +195,11 @@ export interface ProcessedStore {
   begin(request: BeginRequest): Promise<BeginResult>;
   /** Extend the lease to store-now + `leaseMs` if `fence` still holds it. */
   extend(key: string, fence: number, leaseMs: number): Promise<FencedResult>;
-  /** IN_PROGRESS(fence) -> COMPLETED with result and outgoing messages, in one write. */
+  /**
+   * IN_PROGRESS(fence) -> COMPLETED with result and outgoing messages, in one write. A record
+   * already COMPLETED under `fence` answers `ok` and is left as it is: the repeat of a complete
+   * whose answer was lost (only the holder of `fence` completes with it).
+   */
   complete(request: CompleteRequest): Promise<FencedResult>;
   /**
    * Give the lease up after a retryable error: the next `begin` acquires at once (kind `retry`)

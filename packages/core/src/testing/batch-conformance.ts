@@ -100,6 +100,15 @@ export function batchConformanceTests(store: () => ProcessedStore, leaseMs: numb
       { key: `${p}absent`, fence: 1, outgoing: [], retentionMs },
     ]);
     expect(answers).toEqual(['ok', 'lost', 'ok', 'lost']);
+    // Asked again (the first answer lost): the completed keys answer ok, nothing is rewritten.
+    const completedC = await store().get(keys[2] as string);
+    expect(
+      await completeMany(store(), [
+        { key: keys[2] as string, fence: begun[2]?.fence as number, outgoing: [], retentionMs },
+        { key: keys[1] as string, fence: (begun[1]?.fence as number) - 1, outgoing: [], retentionMs },
+      ]),
+    ).toEqual(['ok', 'lost']);
+    expect(await store().get(keys[2] as string)).toEqual(completedC);
     expect(await store().get(keys[1] as string)).toMatchObject({ state: 'IN_PROGRESS' });
     expect(await store().get(keys[2] as string)).toMatchObject({
       state: 'COMPLETED',

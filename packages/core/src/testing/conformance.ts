@@ -280,6 +280,20 @@ export function describeStoreConformance(
       expect(await store().get(key)).toEqual(record);
     });
 
+    it('a repeated complete under the same fence answers ok and changes nothing; other fences are lost', async () => {
+      // The caller of a complete whose answer was lost (a timeout, a dropped connection) asks again.
+      const key = freshKey();
+      const acquired = await acquire(key);
+      await ok(completeWith(key, acquired.fence, { result: inline([1]), outgoing: [message('m1')] }));
+      await store().markPublished(key, acquired.fence, ['m1']);
+      const before = await store().get(key);
+      await ok(completeWith(key, acquired.fence, { result: inline([2]), outgoing: [message('m2')] }));
+      expect(await store().get(key)).toEqual(before);
+      await lost(completeWith(key, acquired.fence + 1));
+      await lost(completeWith(key, acquired.fence - 1));
+      expect(await store().get(key)).toEqual(before);
+    });
+
     it('a blob result pointer round-trips exactly', async () => {
       const key = freshKey();
       const pointer: BlobPointer = sut?.blobs

@@ -1675,9 +1675,9 @@ return { #done, dropped, deferred }
 `,
   },
   completeMany: {
-    command: 'eoCompleteMany_v2_eaf6246f',
+    command: 'eoCompleteMany_v2_b2c57b6b',
     numberOfKeys: undefined,
-    sha1: 'eaf6246ff4065254e61d5858a1c0a3cb81ee4901',
+    sha1: 'b2c57b6b300d6f1e53fde209dc1c994658c379d8',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 completeMany: IN_PROGRESS(fence) -> COMPLETED with result and outgoing messages, in one write
@@ -1701,7 +1701,8 @@ ARGV[3]  per key, in order: its record's name (length-prefixed: 4-byte length, t
          Numbers big-endian. A key's completion and blob indexes are derived from its record's
          name (see layout.ts).
 
-Returns { r1, r2, ... }: per key 1 (ok) or 0 (lost: not IN_PROGRESS under this fence).
+Returns { r1, r2, ... }: per key 1 (ok; also for a record already COMPLETED under this fence) or 0
+(lost: not IN_PROGRESS under this fence).
 ]]
 local rcall = redis.call
 local t = rcall('TIME')
@@ -1870,7 +1871,9 @@ local function recordReply(rec, r, packed)
 end
 -- completeOne: IN_PROGRESS(fence) -> COMPLETED of one key (see completeMany-n.lua). \`messages\` holds
 -- its outgoing messages as id, message, id, message, ...; \`fence\` is a number.
--- Returns 1 (ok) or 0 (lost).
+-- Returns 1 (ok) or 0 (lost). A record already COMPLETED under \`fence\` answers 1 and is left as it
+-- is: the caller's earlier complete landed and its answer was lost (only the holder of a fence
+-- completes with it).
 -- \`tag\` is the record's name without its id (\`<prefix>:{<tag>}\`): the tag's completion index is
 -- tag .. 'i', its blob index tag .. 'b'.
 -- A blob result's pointer goes into the blob index (member = packed pointer, score = the record's
@@ -1882,7 +1885,8 @@ local function completeOne(rec, tag, fence, retention, grace, trace, result, id,
   local packed = loadPacked(rec)
   if not packed then return 0 end
   -- The head as locals, not a record table: this runs for every message.
-  local s, n, a, _, _, flags, f, t = struct.unpack(HEAD, packed)
+  local s, n, a, _, t2, flags, f, t = struct.unpack(HEAD, packed)
+  if n == fence and s == 'C' and t2 > now then return 1 end
   if s ~= 'I' or n ~= fence then return 0 end
   local expiresAt = now + retention
   local physicalEnd = expiresAt + grace

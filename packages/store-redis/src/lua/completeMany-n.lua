@@ -21,7 +21,8 @@ ARGV[3]  per key, in order: its record's name (length-prefixed: 4-byte length, t
          Numbers big-endian. A key's completion and blob indexes are derived from its record's
          name (see layout.ts).
 
-Returns { r1, r2, ... }: per key 1 (ok) or 0 (lost: not IN_PROGRESS under this fence).
+Returns { r1, r2, ... }: per key 1 (ok; also for a record already COMPLETED under this fence) or 0
+(lost: not IN_PROGRESS under this fence).
 ]]
 local rcall = redis.call
 local t = rcall('TIME')

@@ -1,6 +1,8 @@
 -- completeOne: IN_PROGRESS(fence) -> COMPLETED of one key (see completeMany-n.lua). `messages` holds
 -- its outgoing messages as id, message, id, message, ...; `fence` is a number.
--- Returns 1 (ok) or 0 (lost).
+-- Returns 1 (ok) or 0 (lost). A record already COMPLETED under `fence` answers 1 and is left as it
+-- is: the caller's earlier complete landed and its answer was lost (only the holder of a fence
+-- completes with it).
 -- `tag` is the record's name without its id (`<prefix>:{<tag>}`): the tag's completion index is
 -- tag .. 'i', its blob index tag .. 'b'.
 -- A blob result's pointer goes into the blob index (member = packed pointer, score = the record's
@@ -12,7 +14,8 @@ local function completeOne(rec, tag, fence, retention, grace, trace, result, id,
   local packed = loadPacked(rec)
   if not packed then return 0 end
   -- The head as locals, not a record table: this runs for every message.
-  local s, n, a, _, _, flags, f, t = struct.unpack(HEAD, packed)
+  local s, n, a, _, t2, flags, f, t = struct.unpack(HEAD, packed)
+  if n == fence and s == 'C' and t2 > now then return 1 end
   if s ~= 'I' or n ~= fence then return 0 end
   local expiresAt = now + retention
   local physicalEnd = expiresAt + grace
