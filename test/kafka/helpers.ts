@@ -7,24 +7,14 @@ import type { KafkaConsumer, KafkaLike } from '@exactly-once/kafka';
 import { Redis } from 'ioredis';
 import { type Admin, Kafka, logLevel } from 'kafkajs';
 import { env, uniqueName } from '../support/env.js';
-import { dropRedisPrefix } from '../support/redis.js';
+import { dropStorePrefixes, trackedPrefix } from '../support/redis.js';
 import { waitUntil } from '../support/wait.js';
 
-export { env, uniqueName, waitUntil };
-
-/** The store key prefixes this test file made, for {@link dropStorePrefixes}. */
-const storePrefixes: string[] = [];
+export { dropStorePrefixes, env, uniqueName, waitUntil };
 
 /** A fresh store key prefix, deleted by {@link dropStorePrefixes} when the file is done. */
 export function storePrefix(): string {
-  const prefix = uniqueName('eo');
-  storePrefixes.push(prefix);
-  return prefix;
-}
-
-/** Deletes the keys of every prefix {@link storePrefix} made (call it in afterAll). */
-export async function dropStorePrefixes(redis: Redis): Promise<void> {
-  for (const prefix of storePrefixes.splice(0)) await dropRedisPrefix(redis, `${prefix}:`);
+  return trackedPrefix(uniqueName('eo'));
 }
 
 export function newKafka(clientId: string): Kafka {

@@ -1,24 +1,18 @@
 import amqp from 'amqplib';
 import { Redis } from 'ioredis';
 import { env } from '../support/env.js';
-import { dropRedisPrefix } from '../support/redis.js';
+import { dropStorePrefixes, trackedPrefix } from '../support/redis.js';
 
 export const newRedis = () => new Redis(env.redisUrl, { maxRetriesPerRequest: 3 });
 
-/** The key prefixes this test file gave its stores (a file's modules are its own in vitest). */
-const storePrefixes = new Set<string>();
-
 /** The Redis key prefix of the store of `queue`'s consumer, dropped by {@link closeRedis}. */
 export function storePrefix(queue: string): string {
-  const prefix = `t:${queue}`;
-  storePrefixes.add(prefix);
-  return prefix;
+  return trackedPrefix(`t:${queue}`);
 }
 
 /** Drops the records of every store this file made with {@link storePrefix}, then quits. */
 export async function closeRedis(redis: Redis): Promise<void> {
-  for (const prefix of storePrefixes) await dropRedisPrefix(redis, prefix);
-  storePrefixes.clear();
+  await dropStorePrefixes(redis);
   await redis.quit();
 }
 

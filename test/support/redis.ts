@@ -17,3 +17,17 @@ export async function dropRedisPrefix(client: Redis | Cluster, prefix: string): 
     } while (cursor !== '0');
   }
 }
+
+/** The store key prefixes this test file made (a file's modules are its own in vitest). */
+const storePrefixes: string[] = [];
+
+/** Records a store's key prefix for {@link dropStorePrefixes}; answers it. */
+export function trackedPrefix(prefix: string): string {
+  storePrefixes.push(prefix);
+  return prefix;
+}
+
+/** Deletes the keys of every store this file made with a {@link trackedPrefix} (in afterAll). */
+export async function dropStorePrefixes(client: Redis | Cluster): Promise<void> {
+  for (const prefix of storePrefixes.splice(0)) await dropRedisPrefix(client, `${prefix}:`);
+}
