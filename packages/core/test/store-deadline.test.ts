@@ -66,66 +66,43 @@ describe('store deadline (storeTimeoutMs)', () => {
     expect(runs).toBe(1);
   });
 
-  it('a complete that lands after its deadline, with no lease left for a second try, is not acked then and answers the redelivery as a duplicate', async () => {
-    const memory = createMemoryStore();
-    let landed: Promise<FencedResult[]> | undefined;
-    const store: ProcessedStore = Object.create(memory);
-    store.completeMany = (requests: readonly CompleteRequest[]) => {
-      if (landed) return memory.completeMany!(requests);
-      // The reply comes long after the deadline, but the write is applied.
-      landed = sleep(300).then(() => memory.completeMany!(requests));
-      return landed;
-    };
-    let runs = 0;
-    const p = createProcessor({
-      consumer: 'c',
-      store,
-      ...fast,
-      leaseMs: 150,
-      storeTimeoutMs: 100,
-      handler: () => {
-        runs++;
-        return { ok: true };
-      },
-    });
-    expect(await p.process(delivery({}, key('k2')))).toMatchObject({
-      action: 'defer',
-      outcome: 'store-unavailable',
-    });
-    expect(await landed).toEqual(['ok']);
-    expect(await p.process(delivery({}, key('k2')))).toMatchObject({ action: 'ack', outcome: 'duplicate' });
-    expect(runs).toBe(1);
-    expect((await memory.get('default:c:k2'))?.state).toBe('COMPLETED');
-  });
-
-  it('a complete that lands after its deadline is tried again while the lease lasts: acked once, the late write changes nothing', async () => {
-    const memory = createMemoryStore();
-    let landed: Promise<FencedResult[]> | undefined;
-    const store: ProcessedStore = Object.create(memory);
-    store.completeMany = (requests: readonly CompleteRequest[]) => {
-      if (landed) return memory.completeMany!(requests);
-      // The reply comes long after the deadline, but the write is applied.
-      landed = sleep(300).then(() => memory.completeMany!(requests));
-      return landed;
-    };
-    let runs = 0;
-    const p = createProcessor({
-      consumer: 'c',
-      store,
-      ...fast,
-      leaseMs: 5_000,
-      storeTimeoutMs: 100,
-      handler: () => {
-        runs++;
-        return { ok: true };
-      },
-    });
-    expect(await p.process(delivery({}, key('k2b')))).toMatchObject({ action: 'ack', outcome: 'acquired' });
-    expect(await landed).toEqual(['ok']);
-    expect(await p.process(delivery({}, key('k2b')))).toMatchObject({ action: 'ack', outcome: 'duplicate' });
-    expect(runs).toBe(1);
-    expect((await memory.get('default:c:k2b'))?.state).toBe('COMPLETED');
-  });
+  it.each([
+    // Lease left for a second try: it finds the late write landed and answers ok.
+    { leaseMs: 5_000, first: { action: 'ack', outcome: 'acquired' } },
+    // None left: not acked then; the redelivery is a duplicate.
+    { leaseMs: 150, first: { action: 'defer', outcome: 'store-unavailable' } },
+  ])(
+    'a complete that lands after its deadline, lease $leaseMs ms: $first.action, then a duplicate, the handler run once',
+    async ({ leaseMs, first }) => {
+      const memory = createMemoryStore();
+      let landed: Promise<FencedResult[]> | undefined;
+      const store: ProcessedStore = Object.create(memory);
+      store.completeMany = (requests: readonly CompleteRequest[]) => {
+        if (landed) return memory.completeMany!(requests);
+        // The reply comes long after the deadline, but the write is applied.
+        landed = sleep(300).then(() => memory.completeMany!(requests));
+        return landed;
+      };
+      let runs = 0;
+      const p = createProcessor({
+        consumer: 'c',
+        store,
+        ...fast,
+        leaseMs,
+        storeTimeoutMs: 100,
+        handler: () => {
+          runs++;
+          return { ok: true };
+        },
+      });
+      const k = `k2-${leaseMs}`;
+      expect(await p.process(delivery({}, key(k)))).toMatchObject(first);
+      expect(await landed).toEqual(['ok']);
+      expect(await p.process(delivery({}, key(k)))).toMatchObject({ action: 'ack', outcome: 'duplicate' });
+      expect(runs).toBe(1);
+      expect((await memory.get(`default:c:${k}`))?.state).toBe('COMPLETED');
+    },
+  );
 
   it('without a deadline the message waits as long as the call does (what the deadline prevents)', async () => {
     const memory = createMemoryStore();

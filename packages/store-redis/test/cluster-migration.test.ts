@@ -110,12 +110,17 @@ function twoKeysOfOneSlot(label: string): [string, string] {
   }
 }
 
-/** Starts moving the slot of `key` from the first master to the second, then moves `key` alone. */
-async function moveOnly(prefix: string, key: string): Promise<number> {
-  const slot = slotOfKey(key);
+/** Marks `slot` as leaving the first master for the second (what a reshard does first). */
+async function startMove(slot: number): Promise<void> {
   const [idA, idB] = await Promise.all([a.call('CLUSTER', 'MYID'), b.call('CLUSTER', 'MYID')]);
   await b.call('CLUSTER', 'SETSLOT', String(slot), 'IMPORTING', String(idA));
   await a.call('CLUSTER', 'SETSLOT', String(slot), 'MIGRATING', String(idB));
+}
+
+/** Starts moving the slot of `key` from the first master to the second, then moves `key` alone. */
+async function moveOnly(prefix: string, key: string): Promise<number> {
+  const slot = slotOfKey(key);
+  await startMove(slot);
   await a.callBuffer(
     'MIGRATE',
     '127.0.0.1',
@@ -143,9 +148,7 @@ async function finishMove(slot: number): Promise<void> {
 
 /** Moves all of `slot` from the first master to the second (the client is not told). */
 async function moveSlot(slot: number): Promise<void> {
-  const [idA, idB] = await Promise.all([a.call('CLUSTER', 'MYID'), b.call('CLUSTER', 'MYID')]);
-  await b.call('CLUSTER', 'SETSLOT', String(slot), 'IMPORTING', String(idA));
-  await a.call('CLUSTER', 'SETSLOT', String(slot), 'MIGRATING', String(idB));
+  await startMove(slot);
   await finishMove(slot);
 }
 
