@@ -16,7 +16,7 @@ import {
 import type { ResolvedProcessorOptions } from './options.js';
 import { retryDelayMs } from './retry.js';
 import type { Delivery, Disposition, Outcome } from './spi.js';
-import { settledWithin } from './wait.js';
+import { retryStoreWrite, settledWithin } from './wait.js';
 
 export async function handleFailure<T, R>(
   o: ResolvedProcessorOptions<T, R>,
@@ -27,6 +27,7 @@ export async function handleFailure<T, R>(
   outcome: Outcome,
   error: unknown,
   blobs: RunBlobs,
+  leaseDeadline: number,
   stillRunning?: Promise<void>,
 ): Promise<Disposition> {
   if (error instanceof LeaseLostError) {
@@ -45,7 +46,7 @@ export async function handleFailure<T, R>(
         ? error
         : new HandlerFailedError(error)
       : new AttemptsExhaustedError({ attempts: attempt, cause: error });
-    return failAndDeadLetter(o, delivery, storeKey, fence, reason, attempt);
+    return failAndDeadLetter(o, delivery, storeKey, fence, reason, attempt, leaseDeadline);
   }
   const info = toErrorInfo(error);
   if (stillRunning !== undefined) {
@@ -84,9 +85,16 @@ export async function failAndDeadLetter<T, R>(
   fence: number,
   error: unknown,
   attempts: number,
+  leaseDeadline: number,
 ): Promise<Disposition> {
+  const info = toErrorInfo(error);
   try {
-    const r = await o.store.fail(storeKey, fence, toErrorInfo(error), o.retentionMs);
+    // As a completion (see the processor): a failed write may have landed, a store answers the
+    // repeat of a landed fail `ok`, so it is tried again while the lease lasts rather than left
+    // to a takeover that would run the handler again before dead-lettering.
+    const r = await retryStoreWrite(() => o.store.fail(storeKey, fence, info, o.retentionMs), {
+      deadline: leaseDeadline,
+    });
     if (r !== 'ok') return leaseLost(storeKey, fence);
   } catch (storeError) {
     return storeDown(o, storeError, storeKey);

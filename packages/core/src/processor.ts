@@ -87,7 +87,7 @@ import {
   withContext,
   withScrub,
 } from './tracing.js';
-import { retryWithin, settledWithin, storeWriteBackoff } from './wait.js';
+import { retryStoreWrite, settledWithin } from './wait.js';
 
 export interface Processor {
   /**
@@ -564,6 +564,7 @@ async function runAcquired<T, R>(
           'none of them finished (each time the worker holding it died, whether or not it had started the handler, stalled past its lease, or ran a handler past maxRunMs that never returned)',
       }),
       attempt - 1,
+      leaseSince + o.leaseMs,
     );
   }
 
@@ -635,6 +636,7 @@ async function runAcquired<T, R>(
       outcome,
       ran.error,
       state,
+      keeper.deadline,
       stillRunning,
     );
     if (givenUp) turn?.go(proceed && d.action === 'dead-letter');
@@ -655,7 +657,17 @@ async function runAcquired<T, R>(
     if (error instanceof ResultSourceFailure) {
       // The handler's result stream failed (or cannot be stored): a failure of the handler.
       recordError(span, error.cause, scrubOf(runCtx));
-      return handleFailure(o, delivery, storeKey, fence, attempt, outcome, error.cause, state);
+      return handleFailure(
+        o,
+        delivery,
+        storeKey,
+        fence,
+        attempt,
+        outcome,
+        error.cause,
+        state,
+        keeper.deadline,
+      );
     }
     await release(o, storeKey, fence, error);
     return { action: 'defer', outcome: 'store-unavailable', delayMs: 1000, error: toErrorInfo(error) };
@@ -689,15 +701,13 @@ async function runAcquired<T, R>(
   };
   try {
     completed = await inSpan('exactly-once complete', runCtx, {}, () =>
-      retryWithin(complete, (error) => error instanceof StoreUnavailableError, storeWriteBackoff, {
-        deadline: keeper.deadline,
-      }),
+      retryStoreWrite(complete, { deadline: keeper.deadline }),
     );
   } catch (error) {
     if (!isRetryable(error)) {
       // The store refused the record itself (e.g. too large): the same write would fail again.
       await discardBlobs(o, run);
-      return failAndDeadLetter(o, delivery, storeKey, fence, error, attempt);
+      return failAndDeadLetter(o, delivery, storeKey, fence, error, attempt, keeper.deadline);
     }
     // Unknown whether the write landed: keep the blobs, redeliver; the next run resolves it.
     return storeDown(o, error, storeKey);

@@ -11,7 +11,6 @@ import {
   isRetryable,
   LeaseLostError,
   PermanentError,
-  StoreUnavailableError,
   toErrorInfo,
 } from './errors.js';
 import type { Logger } from './logger.js';
@@ -19,7 +18,7 @@ import { type RetryPolicyOptions, resolveRetryPolicy, retryDelayMs } from './ret
 import { ATTR_EO_STEP_REPLAYED } from './semconv.js';
 import type { ProcessedStore, StepRecord } from './store/types.js';
 import { instrumentsFor } from './tracing.js';
-import { retryWithin, sleep, storeWriteBackoff } from './wait.js';
+import { retryStoreWrite, sleep } from './wait.js';
 
 /** What `reconcile` is told about a step an earlier attempt started and never finished. */
 export interface StepReconcileInfo {
@@ -228,12 +227,9 @@ async function save<S>(args: StepRunArgs, name: string, value: S, absent: 'null'
  * twice is harmless (the last write is its result).
  */
 function saveWithRetries(args: StepRunArgs, name: string, encoded: Uint8Array) {
-  return retryWithin(
-    () => args.store.saveStep(args.storeKey, args.fence, name, encoded),
-    (error) => error instanceof StoreUnavailableError,
-    storeWriteBackoff,
-    { signal: args.signal() },
-  );
+  return retryStoreWrite(() => args.store.saveStep(args.storeKey, args.fence, name, encoded), {
+    signal: args.signal(),
+  });
 }
 
 type Ran<S> = { ok: true; value: S } | { ok: false; error: unknown; failures: number };

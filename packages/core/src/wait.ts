@@ -2,6 +2,7 @@
  * Waiting: timers that end early on a signal or give up at a deadline, and the exponential
  * backoffs without jitter that reconnects and re-sends use. Every adapter waits through these.
  */
+import { StoreUnavailableError } from './errors.js';
 import { backoffMs, resolveRetryPolicy } from './retry.js';
 
 /** setTimeout fires at once for a delay over 2^31 - 1 ms: a longer wait must be clamped to it. */
@@ -113,32 +114,29 @@ export function doublingBackoff(initialMs: number, maxMs: number): (n: number) =
   return (n) => backoffMs(policy, n);
 }
 
-/** Between tries of a store write worth finishing while a lease lasts (a step's journal, a completion). */
-export const storeWriteBackoff = doublingBackoff(100, 2_000);
-
 /**
- * `call`, tried again after each failure that `retryable` accepts, `backoff(failures)` apart,
- * until `until.signal` aborts or the next try would start at or after `until.deadline` (monotonic
- * clock, ms); then the last failure. For a write that is safe to repeat and worth finishing while
- * a lease lasts.
+ * A store write that is safe to repeat and worth finishing while a lease lasts (a completion, a
+ * fail, a step's journal): tried again after each `StoreUnavailableError`, 100 ms doubling to 2 s
+ * apart, until `until.signal` aborts or the next try would start at or after `until.deadline`
+ * (monotonic clock, ms); then the last failure. Any other error is thrown at once.
  */
-export async function retryWithin<T>(
-  call: () => Promise<T>,
-  retryable: (error: unknown) => boolean,
-  backoff: (failures: number) => number,
+export async function retryStoreWrite<T>(
+  write: () => Promise<T>,
   until: { readonly signal?: AbortSignal; readonly deadline?: number },
 ): Promise<T> {
   for (let failures = 1; ; failures++) {
     try {
-      return await call();
+      return await write();
     } catch (error) {
-      if (!retryable(error)) throw error;
-      const ms = backoff(failures);
+      if (!(error instanceof StoreUnavailableError)) throw error;
+      const ms = storeWriteBackoff(failures);
       if (until.deadline !== undefined && performance.now() + ms >= until.deadline) throw error;
       if (!(await pause(ms, until.signal))) throw error;
     }
   }
 }
+
+const storeWriteBackoff = doublingBackoff(100, 2_000);
 
 /** A background task started by {@link repeatEvery}. */
 export interface Repeating {

@@ -506,6 +506,43 @@ describe('processor: failures', () => {
   });
 });
 
+describe('processor: a fail the store refused or whose answer was lost', () => {
+  // Before, the message was deferred and its redelivery took the key over after one lease and
+  // ran the handler again before dead-lettering it.
+  const twice = () => {
+    let left = 2;
+    return (op: string) => op === 'fail' && left-- > 0;
+  };
+  it.each([
+    ['refused twice', () => ({ failWhen: twice() })],
+    ['landed, its answer lost', () => ({ failWhen: () => false, loseReplyWhen: twice() })],
+  ])(
+    '%s: tried again while the lease lasts, dead-lettered on this delivery, the handler run once',
+    async (_, faults) => {
+      const store = createMemoryStore();
+      let runs = 0;
+      const p = createProcessor({
+        consumer: 'c',
+        store: withFaults(store, faults()),
+        ...fast,
+        leaseMs: 5_000,
+        handler: () => {
+          runs++;
+          throw new PermanentError('card declined');
+        },
+      });
+      expect(await p.process(delivery({}, key('kf1')))).toMatchObject({
+        action: 'dead-letter',
+        outcome: 'failed',
+      });
+      expect(runs).toBe(1);
+      expect(await store.get('default:c:kf1')).toMatchObject({ state: 'FAILED', attempt: 1 });
+      expect(await p.process(delivery({}, key('kf1')))).toMatchObject({ action: 'dead-letter' });
+      expect(runs).toBe(1);
+    },
+  );
+});
+
 describe('processor: leases and steps', () => {
   it('a worker that lost its lease cannot complete; its signal aborts; the new owner completes', async () => {
     const store = createMemoryStore();

@@ -10,6 +10,7 @@ import { createProcessor } from '../src/processor.js';
 import { withFaults } from '../src/store/faulty-store.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 import { createTieredStore } from '../src/store/tiered-store.js';
+import type { ProcessedStore } from '../src/store/types.js';
 import { delivery } from './helpers.js';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -52,25 +53,40 @@ describe('tiered store', () => {
     expect(attempts).toEqual([1, 2]);
   });
 
-  it('a complete asked again after it landed in cold only answers ok and writes hot; a stale fence is lost', async () => {
-    // The hot half of the first complete failed after cold had committed: its caller asks again.
-    let failHotComplete = true;
-    const hot = withFaults(createMemoryStore(), { failWhen: (op) => failHotComplete && op === 'complete' });
-    const cold = createMemoryStore();
-    const store = createTieredStore({ hot, cold, hotRetentionMs: 3_600_000 });
-    const key = 'default:billing:order-2';
-    const begun = await store.begin({ key, fingerprint: 'fp', owner: 'w', leaseMs: 5_000 });
-    if (begun.status !== 'acquired') throw new Error(`begin answered ${begun.status}`);
-    const request = { key, fence: begun.fence, outgoing: [], retentionMs: 86_400_000 };
-    await expect(store.complete(request)).rejects.toThrow();
-    expect(await cold.get(key)).toMatchObject({ state: 'COMPLETED' });
-    expect(await hot.get(key)).toMatchObject({ state: 'IN_PROGRESS', fence: begun.fence });
-    failHotComplete = false;
-    expect(await store.complete({ ...request, fence: begun.fence + 1 })).toBe('lost');
-    expect(await store.complete(request)).toBe('ok');
-    expect(await hot.get(key)).toMatchObject({ state: 'COMPLETED', fence: begun.fence });
-    expect(await store.complete(request)).toBe('ok');
-  });
+  const fatal = { name: 'PermanentError', code: 'PERMANENT', message: 'card declined' };
+  it.each([
+    {
+      op: 'complete' as const,
+      state: 'COMPLETED',
+      end: (store: ProcessedStore, key: string, fence: number) =>
+        store.complete({ key, fence, outgoing: [], retentionMs: 86_400_000 }),
+    },
+    {
+      op: 'fail' as const,
+      state: 'FAILED',
+      end: (store: ProcessedStore, key: string, fence: number) => store.fail(key, fence, fatal, 86_400_000),
+    },
+  ])(
+    'a $op asked again after it landed in cold only answers ok and writes hot; a stale fence is lost',
+    async ({ op, state, end }) => {
+      // The hot half of the first one failed after cold had committed: its caller asks again.
+      let failHot = true;
+      const hot = withFaults(createMemoryStore(), { failWhen: (o) => failHot && o === op });
+      const cold = createMemoryStore();
+      const store = createTieredStore({ hot, cold, hotRetentionMs: 3_600_000 });
+      const key = `default:billing:order-${op}`;
+      const begun = await store.begin({ key, fingerprint: 'fp', owner: 'w', leaseMs: 5_000 });
+      if (begun.status !== 'acquired') throw new Error(`begin answered ${begun.status}`);
+      await expect(end(store, key, begun.fence)).rejects.toThrow();
+      expect(await cold.get(key)).toMatchObject({ state });
+      expect(await hot.get(key)).toMatchObject({ state: 'IN_PROGRESS', fence: begun.fence });
+      failHot = false;
+      expect(await end(store, key, begun.fence + 1)).toBe('lost');
+      expect(await end(store, key, begun.fence)).toBe('ok');
+      expect(await hot.get(key)).toMatchObject({ state, fence: begun.fence });
+      expect(await end(store, key, begun.fence)).toBe('ok');
+    },
+  );
 
   it('refuses missing tiers and durations that are not positive numbers with a ConfigError', () => {
     const hot = createMemoryStore();

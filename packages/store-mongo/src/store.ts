@@ -295,7 +295,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     guarded(operation, async () => {
       const place = await placeOf(key, fence);
       if (place === undefined) {
-        return { result: operation === 'complete' && (await completedBy(key, fence)) ? 'ok' : 'lost' };
+        return { result: (await endedBy(key, fence, fields(0))) ? 'ok' : 'lost' };
       }
       const doc = terminalDoc(key, fence, place, fields(await clock.now()));
       try {
@@ -312,30 +312,25 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     });
 
   /**
-   * Whether the key's record is COMPLETED under `fence`: a repeated complete whose first one
-   * landed (its answer lost), which answers `ok` again (only the holder of `fence` completes with
-   * it). Read only when this process no longer knows the lease, so rarely.
+   * Whether the key's record is the terminal `fields` describe (COMPLETED, or FAILED with their
+   * error code) under `fence`: a repeated complete or fail whose first one landed (its answer
+   * lost), which answers `ok` again. Read only when this process no longer knows the lease, so
+   * rarely.
    */
-  const completedBy = async (key: string, fence: number): Promise<boolean> => {
+  const endedBy = async (key: string, fence: number, fields: Partial<RecordDoc>): Promise<boolean> => {
     const chain = await readChain(reader, key);
     if (chain === undefined || chain === 'gone' || chain.last === undefined) return false;
     const last = chain.last;
     return (
-      last.s === State.Completed &&
-      last.n === fence &&
+      sameTerminal(last, { ...fields, n: fence }) &&
       (last.e === undefined || last.e.getTime() > (await clock.now()))
     );
   };
 
-  /**
-   * Whether the element at `doc`'s position is the same terminal by the same holder: only the
-   * holder of fence `n` writes a COMPLETED element with it; a FAILED one with it is also what
-   * `clear` writes, told apart by its error code.
-   */
+  /** Whether the element at `doc`'s position is `doc`'s terminal (see {@link sameTerminal}). */
   const isOwnTerminal = async (doc: RecordDoc): Promise<boolean> => {
     const there = await collection.findOne({ _id: doc._id }, { projection: { s: 1, n: 1, x: 1 } });
-    if (there === null || there.s !== doc.s || there.n !== doc.n) return false;
-    return doc.s !== State.Failed || there.x?.c === doc.x?.c;
+    return there !== null && sameTerminal(there, doc);
   };
 
   /**
@@ -608,7 +603,9 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       const repeats = await guarded('complete', () =>
         Promise.all(
           gone.map((i) =>
-            completedBy((requests[i] as CompleteRequest).key, (requests[i] as CompleteRequest).fence),
+            endedBy((requests[i] as CompleteRequest).key, (requests[i] as CompleteRequest).fence, {
+              s: State.Completed,
+            }),
           ),
         ),
       );
@@ -984,4 +981,14 @@ function duration(name: string, value: number | undefined, fallback: number, min
   if (value === undefined) return fallback;
   if (!Number.isFinite(value) || value < min) throw new ConfigError(`${name} must be a number >= ${min}`);
   return Math.ceil(value);
+}
+
+/**
+ * Whether `there` is the terminal `wanted` by the same holder: only the holder of fence `n` writes
+ * a COMPLETED element with it; a FAILED one with it is also what `clear` writes, told apart by its
+ * error code.
+ */
+function sameTerminal(there: Partial<RecordDoc>, wanted: Partial<RecordDoc>): boolean {
+  if (there.s !== wanted.s || there.n !== wanted.n) return false;
+  return wanted.s !== State.Failed || there.x?.c === wanted.x?.c;
 }

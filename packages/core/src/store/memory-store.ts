@@ -80,10 +80,10 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
     const record = records.get(key);
     return record?.state === RecordState.InProgress && record.fence === fence ? record : undefined;
   };
-  /** Whether `key` is COMPLETED (and not expired) under `fence`: a repeated complete. */
-  const completedBy = (key: string, fence: number): boolean => {
+  /** Whether `key` ended in `state` (and not expired) under `fence`: a repeated complete or fail. */
+  const endedBy = (key: string, fence: number, state: RecordState): boolean => {
     const record = records.get(key);
-    return record?.state === RecordState.Completed && record.fence === fence && !isExpired(record, now());
+    return record?.state === state && record.fence === fence && !isExpired(record, now());
   };
 
   const store: MemoryStore = {
@@ -155,7 +155,8 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
 
     async complete(request: CompleteRequest): Promise<FencedResult> {
       const record = held(request.key, request.fence);
-      if (record === undefined) return completedBy(request.key, request.fence) ? 'ok' : 'lost';
+      if (record === undefined)
+        return endedBy(request.key, request.fence, RecordState.Completed) ? 'ok' : 'lost';
       const at = now();
       const traceId = request.traceId ?? record.traceId;
       const completed: CompletedRecord = {
@@ -193,7 +194,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
 
     async fail(key: string, fence: number, error: ErrorInfo, retentionMs: number): Promise<FencedResult> {
       const record = held(key, fence);
-      if (record === undefined) return 'lost';
+      if (record === undefined) return endedBy(key, fence, RecordState.Failed) ? 'ok' : 'lost';
       const at = now();
       const failed: FailedRecord = {
         key: record.key,

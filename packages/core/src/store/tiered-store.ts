@@ -131,18 +131,24 @@ export function createTieredStore(options: TieredStoreOptions): TieredStore {
   }
 
   /**
-   * A complete without its cold claim: the repeat of one whose answer was lost, or a stale one.
-   * Hot COMPLETED under the fence: it landed whole. Hot still IN_PROGRESS under it and cold
-   * COMPLETED: it landed in cold only, and that cold record is this holder's (anyone else gets to
-   * cold only by taking the hot lease over, which changes hot's fence); hot is written now.
+   * A complete or fail without its cold claim: the repeat of one whose answer was lost, or a stale
+   * one. Hot ended in `state` under the fence: it landed whole. Hot still IN_PROGRESS under it and
+   * cold ended in `state`: it landed in cold only, and that cold record is this holder's (anyone
+   * else gets to cold only by taking the hot lease over, which changes hot's fence); hot is written
+   * now.
    */
-  async function completeAgain(request: CompleteRequest): Promise<FencedResult> {
-    const held = await hot.get(request.key);
-    if (held?.fence !== request.fence) return 'lost';
-    if (held.state === RecordState.Completed) return 'ok';
+  async function endAgain(
+    key: string,
+    fence: number,
+    state: typeof RecordState.Completed | typeof RecordState.Failed,
+    writeHot: () => Promise<FencedResult>,
+  ): Promise<FencedResult> {
+    const held = await hot.get(key);
+    if (held?.fence !== fence) return 'lost';
+    if (held.state === state) return 'ok';
     if (held.state !== RecordState.InProgress) return 'lost';
-    if ((await cold.get(request.key))?.state !== RecordState.Completed) return 'lost';
-    await hot.complete({ ...request, retentionMs: hotRetention(request.retentionMs) });
+    if ((await cold.get(key))?.state !== state) return 'lost';
+    await writeHot();
     return 'ok';
   }
 
@@ -177,7 +183,11 @@ export function createTieredStore(options: TieredStoreOptions): TieredStore {
 
     async complete(request: CompleteRequest): Promise<FencedResult> {
       const claim = await coldClaim(request.key, request.fence);
-      if (!claim) return completeAgain(request);
+      if (!claim) {
+        return endAgain(request.key, request.fence, RecordState.Completed, () =>
+          hot.complete({ ...request, retentionMs: hotRetention(request.retentionMs) }),
+        );
+      }
       // The commit point: durable in cold before anything else sees the record as COMPLETED.
       const committed = await cold.complete({
         ...request,
@@ -193,7 +203,11 @@ export function createTieredStore(options: TieredStoreOptions): TieredStore {
 
     async fail(key, fence, error, retentionMs): Promise<FencedResult> {
       const claim = await coldClaim(key, fence);
-      if (!claim) return 'lost';
+      if (!claim) {
+        return endAgain(key, fence, RecordState.Failed, () =>
+          hot.fail(key, fence, error, hotRetention(retentionMs)),
+        );
+      }
       const committed = await cold.fail(key, claim.fence, error, coldRetention(retentionMs));
       if (committed !== 'ok') return committed;
       await hot.fail(key, fence, error, hotRetention(retentionMs));

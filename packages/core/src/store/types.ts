@@ -208,7 +208,11 @@ export interface ProcessedStore {
    * attempt does not count and the last error stays as it was; `error` is not stored.
    */
   release(key: string, fence: number, error: ErrorInfo, options?: ReleaseOptions): Promise<FencedResult>;
-  /** IN_PROGRESS(fence) -> FAILED, kept for `retentionMs`. */
+  /**
+   * IN_PROGRESS(fence) -> FAILED, kept for `retentionMs`. A record already FAILED by the holder of
+   * `fence` answers `ok` and is left as it is: the repeat of a fail whose answer was lost (not a
+   * record an operator's `clear` ended).
+   */
   fail(key: string, fence: number, error: ErrorInfo, retentionMs: number): Promise<FencedResult>;
   /**
    * Flag outgoing messages of the COMPLETED record completed under `fence` as confirmed. Unknown

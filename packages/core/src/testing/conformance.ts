@@ -294,6 +294,22 @@ export function describeStoreConformance(
       expect(await store().get(key)).toEqual(before);
     });
 
+    it('a repeated fail under the same fence answers ok and changes nothing; other fences and a cleared record are lost', async () => {
+      const key = freshKey();
+      const acquired = await acquire(key);
+      await ok(store().fail(key, acquired.fence, fatal, retentionMs));
+      const before = await store().get(key);
+      await ok(store().fail(key, acquired.fence, fatal, retentionMs));
+      expect(await store().get(key)).toEqual(before);
+      await lost(store().fail(key, acquired.fence + 1, fatal, retentionMs));
+      await lost(store().fail(key, acquired.fence - 1, fatal, retentionMs));
+      expect(await store().get(key)).toEqual(before);
+      // An operator's clear ended it: not this holder's fail.
+      expect(await store().clear(key)).toBe('cleared');
+      await lost(store().fail(key, acquired.fence, fatal, retentionMs));
+      expect(await store().get(key)).toBeUndefined();
+    });
+
     it('a blob result pointer round-trips exactly', async () => {
       const key = freshKey();
       const pointer: BlobPointer = sut?.blobs

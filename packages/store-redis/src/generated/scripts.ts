@@ -2137,9 +2137,9 @@ return 1
 `,
   },
   fail: {
-    command: 'eoFail_v2_b24b1f95',
+    command: 'eoFail_v2_07e61b9d',
     numberOfKeys: 1,
-    sha1: 'b24b1f95be2bea24a6551c0feb4f3f98af838d30',
+    sha1: '07e61b9d75a805f55e0b753919c9a47dc39328ac',
     lua: `--[[
 fail: IN_PROGRESS(fence) -> FAILED, kept for the retention.
 
@@ -2153,7 +2153,8 @@ The new record replaces the old whole, which drops the journaled steps; the erro
 extras hash ('e').
 
 Returns:
-  1  ok
+  1  ok (also when the record is already FAILED under this fence: the repeat of a fail whose answer
+     was lost; a clear's tombstone is expired, so it is not taken for one)
   0  lost: the record is not IN_PROGRESS under this fence
 ]]
 local rcall = redis.call
@@ -2324,6 +2325,7 @@ end
 local rec = KEYS[1]
 
 local r = loadRecord(rec)
+if r and r.s == 'F' and r.n == tonumber(ARGV[1]) and r.t2 > now then return 1 end
 if not r or r.s ~= 'I' or r.n ~= tonumber(ARGV[1]) then return 0 end
 local expiresAt = now + tonumber(ARGV[3])
 dropExtras(rec, r)

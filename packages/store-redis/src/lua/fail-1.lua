@@ -11,7 +11,8 @@ The new record replaces the old whole, which drops the journaled steps; the erro
 extras hash ('e').
 
 Returns:
-  1  ok
+  1  ok (also when the record is already FAILED under this fence: the repeat of a fail whose answer
+     was lost; a clear's tombstone is expired, so it is not taken for one)
   0  lost: the record is not IN_PROGRESS under this fence
 ]]
 local rcall = redis.call
@@ -21,6 +22,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rec = KEYS[1]
 
 local r = loadRecord(rec)
+if r and r.s == 'F' and r.n == tonumber(ARGV[1]) and r.t2 > now then return 1 end
 if not r or r.s ~= 'I' or r.n ~= tonumber(ARGV[1]) then return 0 end
 local expiresAt = now + tonumber(ARGV[3])
 dropExtras(rec, r)
