@@ -295,6 +295,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     guarded(operation, async () => {
       const place = await placeOf(key, fence);
       if (place === undefined) {
+        // The state and error code decide; the fields' times (here 0) are not compared.
         return { result: (await endedBy(key, fence, fields(0))) ? 'ok' : 'lost' };
       }
       const doc = terminalDoc(key, fence, place, fields(await clock.now()));
