@@ -550,7 +550,11 @@ async function runAcquired<T, R>(
   // under SIGKILL storms: a poison record took 31 records that never ran to the dead-letter
   // topic with it); they run, and a second poison among them is stopped as the next group's head.
   const waitedBehindPoison = takeover && turn?.group.behindExhausted === true;
-  if (attempt > (takeover ? o.maxTakeoverAttempts : o.retry.maxAttempts) && !waitedBehindPoison) {
+  // A retry past retry.maxAttempts comes only from takeovers that counted the key up (the failure
+  // path ends a key whose handler failed that often), followed by a lease given back unrun: it is
+  // held to the larger bound, or an innocent key would be dead-lettered for its dead workers.
+  const bound = takeover ? o.maxTakeoverAttempts : Math.max(o.retry.maxAttempts, o.maxTakeoverAttempts);
+  if (attempt > bound && !waitedBehindPoison) {
     if (turn && takeover) turn.group.behindExhausted = true;
     turn?.go(true);
     return failAndDeadLetter(

@@ -292,6 +292,43 @@ describe('processor: failures', () => {
     );
   });
 
+  it('a lease given back unrun after takeovers passed retry.maxAttempts: the next begin (a retry) runs the handler', async () => {
+    // Found under rebalances and SIGKILLs on a slow store: dead workers' takeovers counted the key
+    // past retry.maxAttempts, a batch then gave a begun lease back unrun, and the next begin, a
+    // `retry`, was held to retry.maxAttempts: an innocent payment dead-lettered ATTEMPTS_EXHAUSTED.
+    let clock = 1_000_000;
+    const store = createMemoryStore({ now: () => clock });
+    let runs = 0;
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      maxTakeoverAttempts: 20,
+      handler: () => {
+        runs++;
+        return 'done';
+      },
+    });
+    const begin = () =>
+      store.begin({ key: 'default:c:k8v', fingerprint: fingerprint({}), owner: 'w', leaseMs: 300 });
+    for (let i = 0; i < 5; i++) {
+      expect((await begin()).status).toBe('acquired'); // attempts 1-5: workers that died
+      clock += 301;
+    }
+    const given = await begin(); // attempt 6, given back before its handler's turn
+    if (given.status !== 'acquired') throw new Error(given.status);
+    expect(
+      await store.release(
+        'default:c:k8v',
+        given.fence,
+        { name: 'E', code: 'E', message: '' },
+        { notRun: true },
+      ),
+    ).toBe('ok');
+    expect(await p.process(delivery({}, key('k8v')))).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    expect(runs).toBe(1);
+  });
+
   it('dead-letters a PermanentError at once', async () => {
     let runs = 0;
     const p = createProcessor({
