@@ -1,7 +1,8 @@
 /**
  * `dlq replay --reset-key` on letters a consumer could have written but the happy path never
  * does: an empty key (INVALID_KEY), a key whose record is IN_PROGRESS under a lapsed lease with a
- * journaled step, and a key header in another letter case. Also a bad `--namespace`.
+ * journaled step, a key header in another letter case, and the copies of a completed key. Also
+ * a bad `--namespace`.
  */
 import { recordKeyFor } from '@exactly-once/core';
 import { createRedisStore } from '@exactly-once/store-redis';
@@ -50,7 +51,7 @@ beforeAll(async () => {
   if (failed.status !== 'acquired') throw new Error(failed.status);
   await store.fail(storeKey('key-case'), failed.fence, { name: 'E', code: 'E', message: 'declined' }, 60_000);
   await letter('l-empty', 'INVALID_KEY', { 'x-idempotency-key': '' });
-  await letter('l-running', 'IDEMPOTENCY_KEY_REUSE', { 'x-idempotency-key': 'key-ip' });
+  await letter('l-running', 'PERMANENT', { 'x-idempotency-key': 'key-ip' });
   await letter('l-case', 'PERMANENT', { 'X-Idempotency-Key': 'key-case' });
   await new Promise((resolve) => setTimeout(resolve, 100));
 });
@@ -114,5 +115,84 @@ describe('dlq replay --reset-key on hostile letters (RabbitMQ)', () => {
     expect(run.stderr).toMatch(/--namespace must be/);
     // Letters the command read are requeued when its channel closes, a moment after it exits.
     await waitUntil(async () => (await raw.count(dlq)) === 1, { message: 'one letter left in the queue' });
+  });
+  it('the copies of a completed key all say kept-completed, not reset-earlier: nothing was reset', async () => {
+    // Before: the second letter of the key said `reset-earlier`, as if the first had cleared it.
+    const done = await store.begin({
+      key: storeKey('key-done'),
+      fingerprint: 'f',
+      owner: 'w',
+      leaseMs: 30_000,
+    });
+    if (done.status !== 'acquired') throw new Error(done.status);
+    await store.complete({ key: storeKey('key-done'), fence: done.fence, outgoing: [], retentionMs: 60_000 });
+    await letter('l-done-1', 'PUBLISH_FAILED', { 'x-idempotency-key': 'key-done' });
+    await letter('l-done-2', 'PREVIOUSLY_FAILED', { 'x-idempotency-key': 'key-done' });
+    await waitUntil(async () => (await raw.count(dlq)) === 3, { message: 'two more letters' });
+    const run = await cli([
+      'dlq',
+      'replay',
+      dlq,
+      'l-done-1',
+      'l-done-2',
+      ...storeArgs,
+      '--amqp',
+      env.amqpUrl,
+      '--json',
+    ]);
+    const { results } = JSON.parse(run.stdout) as {
+      results: { id: string; reset: string; replayed: boolean }[];
+    };
+    expect(results.map((r) => [r.id, r.reset, r.replayed])).toEqual([
+      ['l-done-1', 'kept-completed', true],
+      ['l-done-2', 'kept-completed', true],
+    ]);
+    expect(run.code).toBe(0);
+    expect((await store.get(storeKey('key-done')))?.state).toBe('COMPLETED');
+    await waitUntil(async () => (await raw.count(dlq)) === 1, { message: 'one letter left in the queue' });
+  });
+  it("a key's IDEMPOTENCY_KEY_REUSE letter neither clears the key nor is replayed: its own letter is", async () => {
+    // Before: replaying a failed key's PERMANENT letter and the letter of another payload sent
+    // under the same key, both with --reset-key, cleared the key and replayed both; the two raced
+    // and the other payload became the key's (an order shipped with the wrong quantity).
+    const failed = await store.begin({
+      key: storeKey('key-two'),
+      fingerprint: 'f',
+      owner: 'w',
+      leaseMs: 30_000,
+    });
+    if (failed.status !== 'acquired') throw new Error(failed.status);
+    await store.fail(
+      storeKey('key-two'),
+      failed.fence,
+      { name: 'E', code: 'PERMANENT', message: 'no warehouse' },
+      60_000,
+    );
+    const before = await raw.count(dlq);
+    await letter('l-two-reuse', 'IDEMPOTENCY_KEY_REUSE', { 'x-idempotency-key': 'key-two' });
+    await letter('l-two-own', 'PERMANENT', { 'x-idempotency-key': 'key-two' });
+    await waitUntil(async () => (await raw.count(dlq)) === before + 2, { message: 'two more letters' });
+    const run = await cli([
+      'dlq',
+      'replay',
+      dlq,
+      'l-two-reuse',
+      'l-two-own',
+      ...storeArgs,
+      '--amqp',
+      env.amqpUrl,
+      '--json',
+    ]);
+    const { results } = JSON.parse(run.stdout) as {
+      results: { id: string; reset: string; replayed: boolean }[];
+    };
+    expect(results.map((r) => [r.id, r.reset, r.replayed])).toEqual([
+      ['l-two-reuse', 'different-payload', false],
+      ['l-two-own', 'cleared', true],
+    ]);
+    expect(run.code).toBe(1); // one letter was not replayed
+    await waitUntil(async () => (await raw.count(dlq)) === before + 1, {
+      message: 'the reuse letter back in the queue',
+    });
   });
 });

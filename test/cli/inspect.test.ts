@@ -208,6 +208,8 @@ describe.each(testStores)('inspect: %s', (_name, open) => {
     const r = await cli(['inspect', consumer, 'never-seen', ...t.flags]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/no record for key "never-seen" of consumer "[^"]+"/);
+    // A wrong store, prefix or consumer name reads the same: the message says so.
+    expect(r.stderr).toMatch(/or not kept here: check the store/);
     expect(r.stdout).toBe('');
   });
 });
@@ -229,6 +231,10 @@ describe('inspect: errors', () => {
     const badConsumer = await cli(['inspect', 'no spaces!', 'k', '--redis', env.redisUrl]);
     expect(badConsumer.code).toBe(2);
     expect(badConsumer.stderr).toMatch(/consumer must match/);
+    // Before: exit 1, as if the run had failed.
+    const emptyKey = await cli(['inspect', 'billing', '', '--redis', env.redisUrl]);
+    expect(emptyKey.code).toBe(2);
+    expect(emptyKey.stderr).toMatch(/<key>: .*empty/);
     const missingArg = await cli(['inspect', 'billing']);
     expect(missingArg.code).toBe(2);
     expect(missingArg.stderr).toMatch(/missing required argument 'key'/);

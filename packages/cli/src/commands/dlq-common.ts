@@ -91,6 +91,8 @@ export function letterJson(letter: DeadLetter, withBody: boolean): Record<string
     id: letter.id,
     ...(letter.key === undefined ? {} : { key: letter.key }),
     ...(letter.requestId === undefined ? {} : { requestId: letter.requestId }),
+    // As the text's code column: `PREVIOUSLY_FAILED/<first code>` for a failed key's copy.
+    code: codeOf(letter.reason),
     reason: letter.reason,
     origin: letter.origin,
     ...(letter.kafka ? { kafka: letter.kafka } : {}),
@@ -201,8 +203,21 @@ export type ResetOutcome =
   | 'absent' // no record: the replay runs the handler anyway
   | 'kept-completed' // COMPLETED: kept, the replay is answered as a duplicate (and republishes)
   | 'busy' // an attempt holds the key (IN_PROGRESS, its lease live or lapsed): nothing deleted, not replayed
-  | 'reset-earlier' // an earlier letter of this replay reset the same key: not cleared again
+  | 'reset-earlier' // an earlier letter of this replay cleared the same key: not cleared again
+  | 'different-payload' // an IDEMPOTENCY_KEY_REUSE letter: nothing cleared, not replayed
   | 'no-key'; // no usable key or no consumer header: nothing to clear
+
+/**
+ * Why a letter is not replayed after what its reset found, or undefined when it is replayed: one
+ * rule for every broker.
+ */
+export function refusedAfterReset(reset: ResetOutcome | undefined): string | undefined {
+  if (reset === 'busy') return 'an attempt holds the key (IN_PROGRESS); try later';
+  if (reset === 'different-payload') {
+    return 'another payload under a key that has its own: after a reset it would race that payload for the key (it needs a new key, or replay it without --reset-key)';
+  }
+  return undefined;
+}
 
 /** Letters whose key header was missing or unusable: no record was ever written under it. */
 const KEYLESS_CODES: ReadonlySet<string> = new Set([ErrorCode.KeyMissing, ErrorCode.InvalidKey]);
@@ -258,14 +273,22 @@ export function resetEachKeyOnce(
   store: ProcessedStore,
   namespace: string,
 ): (letter: DeadLetter) => Promise<ResetOutcome> {
-  const done = new Set<string>();
+  const done = new Map<string, ResetOutcome>();
   return async (letter) => {
     const storeKey = storeKeyOf(letter, namespace);
     if (storeKey === undefined) return 'no-key';
-    if (done.has(storeKey)) return 'reset-earlier';
+    // Its payload differs from the key's own: clearing the key for it, or replaying it once the
+    // key's own letter cleared it, lets whichever copy arrives first become the key's payload
+    // (found replaying a key's PERMANENT letter with its IDEMPOTENCY_KEY_REUSE one: the reused
+    // payload won).
+    if (letter.reason.errorCode === ErrorCode.KeyReuse) return 'different-payload';
+    const earlier = done.get(storeKey);
+    // What the key's first letter found stands for the others (a kept COMPLETED record, say);
+    // only a key that letter cleared is `reset-earlier`.
+    if (earlier !== undefined) return earlier === 'cleared' ? 'reset-earlier' : earlier;
     const outcome = await resetKey(store, letter, namespace);
     // A busy key was not reset (a later letter of it may try again); a keyless letter has no record.
-    if (outcome !== 'busy' && outcome !== 'no-key') done.add(storeKey);
+    if (outcome !== 'busy' && outcome !== 'no-key') done.set(storeKey, outcome);
     return outcome;
   };
 }

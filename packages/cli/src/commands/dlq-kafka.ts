@@ -23,6 +23,7 @@ import {
   type ReplayResult,
   type ResetOutcome,
   reasonOf,
+  refusedAfterReset,
 } from './dlq-common.js';
 
 type KafkaModule = typeof import('kafkajs');
@@ -185,14 +186,9 @@ export async function openKafka(io: Io, brokersText: string, topic: string): Pro
           let reset: ResetOutcome | undefined;
           if (options.reset) {
             reset = await options.reset(letter);
-            if (reset === 'busy') {
-              results.push({
-                ...base,
-                to,
-                reset,
-                replayed: false,
-                error: 'an attempt holds the key (IN_PROGRESS); try later',
-              });
+            const refused = refusedAfterReset(reset);
+            if (refused !== undefined) {
+              results.push({ ...base, to, reset, replayed: false, error: refused });
               continue;
             }
           }

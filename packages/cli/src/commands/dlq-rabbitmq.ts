@@ -26,6 +26,7 @@ import {
   type ReplayResult,
   type ResetOutcome,
   reasonOf,
+  refusedAfterReset,
   replayTarget,
 } from './dlq-common.js';
 
@@ -174,15 +175,8 @@ export async function openRabbit(io: Io, urlText: string, queue: string): Promis
         let reset: ResetOutcome | undefined;
         if (options.reset) {
           reset = await options.reset(letter);
-          if (reset === 'busy') {
-            return {
-              ...base,
-              to,
-              reset,
-              replayed: false,
-              error: 'an attempt holds the key (IN_PROGRESS); try later',
-            };
-          }
+          const refused = refusedAfterReset(reset);
+          if (refused !== undefined) return { ...base, to, reset, replayed: false, error: refused };
         }
         returned = false;
         try {

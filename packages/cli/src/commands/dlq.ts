@@ -75,7 +75,8 @@ export async function dlqList(io: Io, source: string, options: DlqOptions): Prom
     printJson(io, {
       source: description,
       total,
-      ...(options.code ? { codes: options.code } : {}),
+      // With --code, the letters shown are those of the `read` ones that have the codes.
+      ...(options.code ? { codes: options.code, read: read.length } : {}),
       letters: letters.map((l) => letterJson(l, false)),
     });
   } else {

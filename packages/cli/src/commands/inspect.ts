@@ -1,6 +1,6 @@
 /** `inspect <consumer> <key>`: one record, read through the store's public `get`. */
-import { deriveChildKey, type ProcessedRecord, recordKeyFor } from '@exactly-once/core';
-import { CliError } from '../errors.js';
+import { deriveChildKey, InvalidKeyError, type ProcessedRecord, recordKeyFor } from '@exactly-once/core';
+import { CliError, UsageError } from '../errors.js';
 import { formatBytes, formatSpan, formatTime, type Io, printJson, printLines, table } from '../output.js';
 import { openStore, type StoreOptions, storeError } from '../stores.js';
 
@@ -184,6 +184,8 @@ export async function inspect(io: Io, consumer: string, key: string, options: In
     try {
       return recordKeyFor({ consumer, key, namespace: options.namespace ?? 'default' });
     } catch (error) {
+      // A key no consumer would accept (empty, too long) is a malformed argument: usage.
+      if (error instanceof InvalidKeyError) throw new UsageError(`<key>: ${error.message}`);
       throw storeError(error);
     }
   })();
@@ -195,7 +197,8 @@ export async function inspect(io: Io, consumer: string, key: string, options: In
     if (!record) {
       throw new CliError(
         `no record for key "${key}" of consumer "${consumer}" (namespace ${options.namespace ?? 'default'}) ` +
-          `in ${opened.description}: never processed, expired, or cleared`,
+          `in ${opened.description}: never processed, expired, or cleared (or not kept here: check the ` +
+          'store, its prefix or database and collection, the consumer name and the namespace)',
       );
     }
     const namespace = options.namespace ?? 'default';
