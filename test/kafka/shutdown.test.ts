@@ -19,6 +19,7 @@ import {
   fullyCommitted,
   newKafka,
   newRedis,
+  produceOrders,
   quietLogger,
   storePrefix,
   topicSize,
@@ -421,5 +422,57 @@ describe('kafka consumer shutdown', () => {
       expect(record?.state === 'IN_PROGRESS' && record.leaseUntil <= Date.now()).toBe(true);
     }
     release();
+  }, 90_000);
+  it('idle() after stop() waits for the give-back of leases whose begin answered after stop() resolved', async () => {
+    // On a slow store a group's begin can still be on its way when stop() stops waiting for
+    // give-backs (2 s): its leases are written after stop() resolved. idle() waits for them to be
+    // given back, so a store closed after it leaves none held for the next owner to wait out.
+    const topic = uniqueName('shutdown-slowbegin');
+    const dlq = `${topic}.dlq`;
+    await createTopics(admin, [topic, dlq], 1);
+    const ids = ['s-0', 's-1', 's-2'];
+    await produceOrders(kafka, topic, ids);
+    const groupId = uniqueName('shutdown-slowbegin-group');
+    const inner = createRedisStore({ client: redis, keyPrefix: storePrefix() });
+    let beginCalled = false;
+    // Every begin answers 4 s late: longer than stop() waits for give-backs.
+    const store = new Proxy(inner, {
+      get(target, prop) {
+        const value = Reflect.get(target, prop) as unknown;
+        if (typeof value !== 'function') return value;
+        if (prop !== 'begin' && prop !== 'beginMany') return value.bind(target);
+        return async (...args: unknown[]) => {
+          beginCalled = true;
+          await new Promise((r) => setTimeout(r, 4_000));
+          return value.apply(target, args);
+        };
+      },
+    });
+    let runs = 0;
+    const a = createConsumer<{ id: string }>({
+      kafka,
+      groupId,
+      topics: [topic],
+      deadLetter: { topic: dlq },
+      store,
+      fromBeginning: true,
+      consumerConfig: fastGroup,
+      leaseMs: 30_000,
+      handler: () => {
+        runs++;
+      },
+    });
+    cleanups.push(() => a.stop());
+    await a.start();
+    await waitUntil(() => beginCalled, { message: 'the first begin sent' });
+    await a.stop({ timeoutMs: 0 });
+    expect(await a.idle(30_000)).toBe(true);
+    // The store can be closed now: every lease the late begin wrote has been given back.
+    for (const id of ids) {
+      const record = await inner.get(scopeKey('default', groupId, id));
+      expect(record?.state).toBe('IN_PROGRESS');
+      expect(record?.state === 'IN_PROGRESS' && record.leaseUntil <= Date.now()).toBe(true);
+    }
+    expect(runs).toBe(0);
   }, 90_000);
 });
