@@ -37,6 +37,27 @@ const letter = (id: string, code: string, keyHeader: Record<string, string>) =>
     id,
   );
 
+/** `dlq replay <ids> --reset-key --json`: its exit code and the result of each letter. */
+const replay = async (...ids: string[]) => {
+  const run = await cli(['dlq', 'replay', dlq, ...ids, ...storeArgs, '--amqp', env.amqpUrl, '--json']);
+  const { results } = JSON.parse(run.stdout) as {
+    results: { id: string; reset: string; replayed: boolean }[];
+  };
+  return { code: run.code, results: results.map((r) => [r.id, r.reset, r.replayed]) };
+};
+
+/** A record of `key` ended as `how`: COMPLETED, or FAILED for good. */
+const ended = async (key: string, how: 'complete' | 'fail') => {
+  const begun = await store.begin({ key: storeKey(key), fingerprint: 'f', owner: 'w', leaseMs: 30_000 });
+  if (begun.status !== 'acquired') throw new Error(begun.status);
+  if (how === 'complete') {
+    await store.complete({ key: storeKey(key), fence: begun.fence, outgoing: [], retentionMs: 60_000 });
+  } else {
+    const declined = { name: 'E', code: 'PERMANENT', message: 'no warehouse' };
+    await store.fail(storeKey(key), begun.fence, declined, 60_000);
+  }
+};
+
 beforeAll(async () => {
   raw = await rawChannel();
   await raw.ch.assertQueue(dlq, { durable: true });
@@ -118,80 +139,37 @@ describe('dlq replay --reset-key on hostile letters (RabbitMQ)', () => {
   });
   it('the copies of a completed key all say kept-completed, not reset-earlier: nothing was reset', async () => {
     // Before: the second letter of the key said `reset-earlier`, as if the first had cleared it.
-    const done = await store.begin({
-      key: storeKey('key-done'),
-      fingerprint: 'f',
-      owner: 'w',
-      leaseMs: 30_000,
-    });
-    if (done.status !== 'acquired') throw new Error(done.status);
-    await store.complete({ key: storeKey('key-done'), fence: done.fence, outgoing: [], retentionMs: 60_000 });
+    await ended('key-done', 'complete');
     await letter('l-done-1', 'PUBLISH_FAILED', { 'x-idempotency-key': 'key-done' });
     await letter('l-done-2', 'PREVIOUSLY_FAILED', { 'x-idempotency-key': 'key-done' });
     await waitUntil(async () => (await raw.count(dlq)) === 3, { message: 'two more letters' });
-    const run = await cli([
-      'dlq',
-      'replay',
-      dlq,
-      'l-done-1',
-      'l-done-2',
-      ...storeArgs,
-      '--amqp',
-      env.amqpUrl,
-      '--json',
-    ]);
-    const { results } = JSON.parse(run.stdout) as {
-      results: { id: string; reset: string; replayed: boolean }[];
-    };
-    expect(results.map((r) => [r.id, r.reset, r.replayed])).toEqual([
-      ['l-done-1', 'kept-completed', true],
-      ['l-done-2', 'kept-completed', true],
-    ]);
-    expect(run.code).toBe(0);
+    expect(await replay('l-done-1', 'l-done-2')).toEqual({
+      code: 0,
+      results: [
+        ['l-done-1', 'kept-completed', true],
+        ['l-done-2', 'kept-completed', true],
+      ],
+    });
     expect((await store.get(storeKey('key-done')))?.state).toBe('COMPLETED');
     await waitUntil(async () => (await raw.count(dlq)) === 1, { message: 'one letter left in the queue' });
   });
+
   it("a key's IDEMPOTENCY_KEY_REUSE letter neither clears the key nor is replayed: its own letter is", async () => {
     // Before: replaying a failed key's PERMANENT letter and the letter of another payload sent
     // under the same key, both with --reset-key, cleared the key and replayed both; the two raced
     // and the other payload became the key's (an order shipped with the wrong quantity).
-    const failed = await store.begin({
-      key: storeKey('key-two'),
-      fingerprint: 'f',
-      owner: 'w',
-      leaseMs: 30_000,
-    });
-    if (failed.status !== 'acquired') throw new Error(failed.status);
-    await store.fail(
-      storeKey('key-two'),
-      failed.fence,
-      { name: 'E', code: 'PERMANENT', message: 'no warehouse' },
-      60_000,
-    );
-    const before = await raw.count(dlq);
+    await ended('key-two', 'fail');
     await letter('l-two-reuse', 'IDEMPOTENCY_KEY_REUSE', { 'x-idempotency-key': 'key-two' });
     await letter('l-two-own', 'PERMANENT', { 'x-idempotency-key': 'key-two' });
-    await waitUntil(async () => (await raw.count(dlq)) === before + 2, { message: 'two more letters' });
-    const run = await cli([
-      'dlq',
-      'replay',
-      dlq,
-      'l-two-reuse',
-      'l-two-own',
-      ...storeArgs,
-      '--amqp',
-      env.amqpUrl,
-      '--json',
-    ]);
-    const { results } = JSON.parse(run.stdout) as {
-      results: { id: string; reset: string; replayed: boolean }[];
-    };
-    expect(results.map((r) => [r.id, r.reset, r.replayed])).toEqual([
-      ['l-two-reuse', 'different-payload', false],
-      ['l-two-own', 'cleared', true],
-    ]);
-    expect(run.code).toBe(1); // one letter was not replayed
-    await waitUntil(async () => (await raw.count(dlq)) === before + 1, {
+    await waitUntil(async () => (await raw.count(dlq)) === 3, { message: 'two more letters' });
+    expect(await replay('l-two-reuse', 'l-two-own')).toEqual({
+      code: 1, // one letter was not replayed
+      results: [
+        ['l-two-reuse', 'different-payload', false],
+        ['l-two-own', 'cleared', true],
+      ],
+    });
+    await waitUntil(async () => (await raw.count(dlq)) === 2, {
       message: 'the reuse letter back in the queue',
     });
   });
