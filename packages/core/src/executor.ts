@@ -11,8 +11,17 @@ import type { ResultStream } from './blob/result-stream.js';
 import type { BlobPointer } from './blob/types.js';
 import { decodeResult, encodeValue } from './codec.js';
 import type { Handler } from './context.js';
-import { ConfigError, ErrorCode, type ErrorInfo, ExactlyOnceError } from './errors.js';
+import {
+  ConfigError,
+  ErrorCode,
+  type ErrorInfo,
+  ExactlyOnceError,
+  MalformedMessageError,
+  toErrorInfo,
+  UnencodableValueError,
+} from './errors.js';
 import { Headers } from './headers.js';
+import { MAX_PAYLOAD_DEPTH } from './keys.js';
 import type { ProcessorOptions } from './options.js';
 import { buildProcessor } from './processor.js';
 import type { StoredResult } from './store/types.js';
@@ -29,13 +38,20 @@ export class RequestInProgressError extends ExactlyOnceError {
 /**
  * The run did not complete. `outcome` says why: `mismatch` (the key was used with another
  * payload: answer 422), `failed` (failed permanently, now or earlier), `retryable` (the client may
- * retry with the same key). `info` is the underlying error.
+ * retry with the same key, best after `retryAfterMs`: answer e.g. 503 with `Retry-After`). `info`
+ * is the underlying error.
  */
 export class ExecutionFailedError extends ExactlyOnceError {
   override name = 'ExecutionFailedError';
   constructor(
     readonly outcome: 'mismatch' | 'failed' | 'retryable',
     readonly info: ErrorInfo,
+    /**
+     * With `retryable`: the wait the `retry` policy asks before the next attempt (or before the
+     * store is asked again). Not enforced: a call with the key before it runs the next attempt
+     * at once, and uses up `retry.maxAttempts` sooner.
+     */
+    readonly retryAfterMs?: number,
   ) {
     super(ErrorCode.ExecutionFailed, `${info.name}: ${info.message}`, outcome === 'retryable');
   }
@@ -144,7 +160,7 @@ export function createIdempotentExecutor<T = unknown, R = unknown>(
       injectContext(context.active(), headers);
       try {
         const d = await processor.process({
-          body: encodeValue(request.payload, 'the request payload').bytes,
+          body: requestBody(request.payload),
           headers,
           destination: options.consumer,
           system: 'http',
@@ -164,9 +180,10 @@ export function createIdempotentExecutor<T = unknown, R = unknown>(
             throw new ExecutionFailedError(
               'retryable',
               d.error ?? { name: 'Error', code: 'ERROR', message: d.outcome },
+              d.delayMs,
             );
           case 'retry':
-            throw new ExecutionFailedError('retryable', d.error);
+            throw new ExecutionFailedError('retryable', d.error, d.delayMs);
           case 'dead-letter':
             // Completed, but its outgoing messages were not confirmed: the same key again is
             // answered as a duplicate and publishes them. Never "failed": the effect happened.
@@ -178,4 +195,21 @@ export function createIdempotentExecutor<T = unknown, R = unknown>(
       }
     },
   };
+}
+
+/**
+ * The payload as the bytes the pipeline reads. One nested so deep that encoding it overflows the
+ * stack is refused as the pipeline refuses one past MAX_PAYLOAD_DEPTH (MALFORMED_MESSAGE), not as
+ * a value JSON cannot hold: it is the client's request that is wrong.
+ */
+function requestBody(payload: unknown): Uint8Array {
+  try {
+    return encodeValue(payload, 'the request payload').bytes;
+  } catch (error) {
+    if (!(error instanceof UnencodableValueError && error.cause instanceof RangeError)) throw error;
+    const malformed = new MalformedMessageError(
+      `message could not be read: value nests deeper than ${MAX_PAYLOAD_DEPTH} levels`,
+    );
+    throw new ExecutionFailedError('failed', toErrorInfo(malformed));
+  }
 }

@@ -59,13 +59,18 @@ describe('idempotent executor (HTTP-style requests)', () => {
   });
 
   it('lets a client retry a retryable failure with the same key, and remembers a permanent one', async () => {
-    const ex = createIdempotentExecutor<object, string>({ ...opts, store: createMemoryStore() });
+    const ex = createIdempotentExecutor<object, string>({
+      ...opts,
+      store: createMemoryStore(),
+      retry: { initialDelayMs: 5_000, jitter: 'none' },
+    });
     const flaky = await ex
       .execute({ key: 'r', payload: {} }, () => {
         throw new Error('provider timeout');
       })
       .catch((e) => e);
-    expect(flaky).toMatchObject({ outcome: 'retryable', retryable: true });
+    // The policy's wait, for a Retry-After header.
+    expect(flaky).toMatchObject({ outcome: 'retryable', retryable: true, retryAfterMs: 5_000 });
     expect((await ex.execute({ key: 'r', payload: {} }, () => 'ok')).result).toBe('ok');
     const declined = await ex
       .execute({ key: 'p', payload: {} }, () => {
@@ -111,5 +116,17 @@ describe('idempotent executor (HTTP-style requests)', () => {
     const ex = createIdempotentExecutor<{ n: bigint }, number>({ ...opts, store: createMemoryStore() });
     const error = await ex.execute({ key: 'k', payload: { n: 1n } }, () => 1).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(UnencodableValueError);
+  });
+  it('a payload nested too deep to encode is MALFORMED_MESSAGE, as one past the depth limit is', async () => {
+    // Before: 5,000 levels overflowed the stack while encoding and threw a bare
+    // UnencodableValueError, which an API maps to 500 instead of 400.
+    const ex = createIdempotentExecutor<object, number>({ ...opts, store: createMemoryStore() });
+    for (const depth of [1_500, 20_000]) {
+      let payload: object = {};
+      for (let i = 0; i < depth; i++) payload = { a: payload };
+      const error = await ex.execute({ key: `deep-${depth}`, payload }, () => 1).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(ExecutionFailedError);
+      expect(error).toMatchObject({ outcome: 'failed', info: { code: 'MALFORMED_MESSAGE' } });
+    }
   });
 });
