@@ -248,36 +248,48 @@ describe('processor: failures', () => {
     }
   });
 
-  it('runs takeovers past retry.maxAttempts up to maxTakeoverAttempts: dead workers may never have started the handler', async () => {
-    // Found under SIGKILL storms: every worker that died took an attempt from each key it had
-    // begun, so innocent keys that never ran were dead-lettered as ATTEMPTS_EXHAUSTED.
+  /**
+   * A processor on a memory store with its own clock, and workers that begin a key behind its back:
+   * `died` is one that dies before its handler starts (its lease runs out).
+   */
+  const withDeadWorkers = (maxTakeoverAttempts: number) => {
     let clock = 1_000_000;
     const store = createMemoryStore({ now: () => clock });
-    let runs = 0;
+    const runs = { count: 0 };
     const p = createProcessor({
       consumer: 'c',
       store,
       ...fast,
-      maxTakeoverAttempts: 6,
+      maxTakeoverAttempts,
       handler: () => {
-        runs++;
+        runs.count++;
         return 'done';
       },
     });
-    const died = async (k: string) => {
-      // A worker begins the key and dies before its handler starts; its lease runs out.
+    const begin = async (k: string) => {
       const begun = await store.begin({
         key: `default:c:${k}`,
         fingerprint: fingerprint({}),
-        owner: 'dead',
+        owner: 'w',
         leaseMs: 300,
       });
-      expect(begun.status).toBe('acquired');
+      if (begun.status !== 'acquired') throw new Error(`begin answered ${begun.status}`);
+      return begun;
+    };
+    const died = async (k: string) => {
+      await begin(k);
       clock += 301;
     };
+    return { store, p, runs, begin, died };
+  };
+
+  it('runs takeovers past retry.maxAttempts up to maxTakeoverAttempts: dead workers may never have started the handler', async () => {
+    // Found under SIGKILL storms: every worker that died took an attempt from each key it had
+    // begun, so innocent keys that never ran were dead-lettered as ATTEMPTS_EXHAUSTED.
+    const { store, p, runs, died } = withDeadWorkers(6);
     for (let i = 0; i < 5; i++) await died('k8t'); // attempts 1-5: more than maxAttempts (3)
     expect(await p.process(delivery({}, key('k8t')))).toMatchObject({ action: 'ack', outcome: 'takeover' });
-    expect(runs).toBe(1);
+    expect(runs.count).toBe(1);
     // A message that kills its worker every time still ends: FAILED past maxTakeoverAttempts.
     for (let i = 0; i < 6; i++) await died('k8u');
     const last = await p.process(delivery({}, key('k8u')));
@@ -286,7 +298,7 @@ describe('processor: failures', () => {
       expect(last.reason.error.code).toBe('ATTEMPTS_EXHAUSTED');
       expect(last.reason.attempts).toBe(6);
     }
-    expect(runs).toBe(1);
+    expect(runs.count).toBe(1);
     expect(() => createProcessor({ consumer: 'c', store, handler: () => 1, maxTakeoverAttempts: 0 })).toThrow(
       /maxTakeoverAttempts must be an integer >= 1/,
     );
@@ -296,37 +308,13 @@ describe('processor: failures', () => {
     // Found under rebalances and SIGKILLs on a slow store: dead workers' takeovers counted the key
     // past retry.maxAttempts, a batch then gave a begun lease back unrun, and the next begin, a
     // `retry`, was held to retry.maxAttempts: an innocent payment dead-lettered ATTEMPTS_EXHAUSTED.
-    let clock = 1_000_000;
-    const store = createMemoryStore({ now: () => clock });
-    let runs = 0;
-    const p = createProcessor({
-      consumer: 'c',
-      store,
-      ...fast,
-      maxTakeoverAttempts: 20,
-      handler: () => {
-        runs++;
-        return 'done';
-      },
-    });
-    const begin = () =>
-      store.begin({ key: 'default:c:k8v', fingerprint: fingerprint({}), owner: 'w', leaseMs: 300 });
-    for (let i = 0; i < 5; i++) {
-      expect((await begin()).status).toBe('acquired'); // attempts 1-5: workers that died
-      clock += 301;
-    }
-    const given = await begin(); // attempt 6, given back before its handler's turn
-    if (given.status !== 'acquired') throw new Error(given.status);
-    expect(
-      await store.release(
-        'default:c:k8v',
-        given.fence,
-        { name: 'E', code: 'E', message: '' },
-        { notRun: true },
-      ),
-    ).toBe('ok');
+    const { store, p, runs, begin, died } = withDeadWorkers(20);
+    for (let i = 0; i < 5; i++) await died('k8v'); // attempts 1-5
+    const given = await begin('k8v'); // attempt 6, given back before its handler's turn
+    const notRun = { name: 'E', code: 'E', message: '' };
+    expect(await store.release('default:c:k8v', given.fence, notRun, { notRun: true })).toBe('ok');
     expect(await p.process(delivery({}, key('k8v')))).toMatchObject({ action: 'ack', outcome: 'acquired' });
-    expect(runs).toBe(1);
+    expect(runs.count).toBe(1);
   });
 
   it('dead-letters a PermanentError at once', async () => {
