@@ -16,13 +16,13 @@ import {
   ErrorCode,
   type ErrorInfo,
   ExactlyOnceError,
-  MalformedMessageError,
   toErrorInfo,
   UnencodableValueError,
 } from './errors.js';
 import { Headers } from './headers.js';
-import { MAX_PAYLOAD_DEPTH } from './keys.js';
+import { tooDeep } from './keys.js';
 import type { ProcessorOptions } from './options.js';
+import { unreadable } from './prepare.js';
 import { buildProcessor } from './processor.js';
 import type { StoredResult } from './store/types.js';
 import { injectContext } from './tracing.js';
@@ -207,9 +207,6 @@ function requestBody(payload: unknown): Uint8Array {
     return encodeValue(payload, 'the request payload').bytes;
   } catch (error) {
     if (!(error instanceof UnencodableValueError && error.cause instanceof RangeError)) throw error;
-    const malformed = new MalformedMessageError(
-      `message could not be read: value nests deeper than ${MAX_PAYLOAD_DEPTH} levels`,
-    );
-    throw new ExecutionFailedError('failed', toErrorInfo(malformed));
+    throw new ExecutionFailedError('failed', toErrorInfo(unreadable(tooDeep())));
   }
 }

@@ -102,6 +102,11 @@ export function canonicalJson(value: unknown): string {
   }
 }
 
+/** What a payload nested past MAX_PAYLOAD_DEPTH is refused with (as MALFORMED_MESSAGE, see `unreadable`). */
+export function tooDeep(): RangeError {
+  return new RangeError(`value nests deeper than ${MAX_PAYLOAD_DEPTH} levels`);
+}
+
 /** `seen`: the objects on the path, to name a cycle; without it a cycle ends at the depth limit. */
 function canonicalize(value: unknown, seen: Set<object> | undefined, depth: number): unknown {
   if (value === null || typeof value !== 'object') {
@@ -113,7 +118,7 @@ function canonicalize(value: unknown, seen: Set<object> | undefined, depth: numb
   }
   if (seen?.has(value)) throw new TypeError('cannot fingerprint a cyclic value');
   // A walk this deep would overflow the stack; a real payload never nests like this.
-  if (depth >= MAX_PAYLOAD_DEPTH) throw new RangeError(`value nests deeper than ${MAX_PAYLOAD_DEPTH} levels`);
+  if (depth >= MAX_PAYLOAD_DEPTH) throw tooDeep();
   seen?.add(value);
   try {
     if (value instanceof Uint8Array) return { $bytes: Buffer.from(value).toString('base64') };

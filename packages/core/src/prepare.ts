@@ -1,10 +1,20 @@
 /** Reading a delivery: decode, validate, fingerprint, key and request id. */
 import { decodeJson } from './codec.js';
-import { KeyMissingError, MalformedMessageError } from './errors.js';
+import { describeThrown, ExactlyOnceError, KeyMissingError, MalformedMessageError } from './errors.js';
 import { Headers, readIdentityHeader } from './headers.js';
 import { fingerprint, normalizeKey, scopeKey } from './keys.js';
 import type { ResolvedProcessorOptions } from './options.js';
 import type { Delivery } from './spi.js';
+
+/**
+ * The reason a delivery that could not be read is dead-lettered with: a library error as it is,
+ * anything else (a user hook or a hostile payload may throw anything) as MALFORMED_MESSAGE.
+ */
+export function unreadable(error: unknown): ExactlyOnceError {
+  return error instanceof ExactlyOnceError
+    ? error
+    : new MalformedMessageError(`message could not be read: ${describeThrown(error)}`, { cause: error });
+}
 
 export interface Prepared<T> {
   payload: T;

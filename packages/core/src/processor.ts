@@ -16,12 +16,10 @@ import { type Context, propagation, type Span, SpanStatusCode } from '@opentelem
 import { createRunContext } from './context.js';
 import {
   AttemptsExhaustedError,
-  describeThrown,
-  ExactlyOnceError,
+  type ExactlyOnceError,
   IdempotencyKeyReuseError,
   isRetryable,
   LeaseLostError,
-  MalformedMessageError,
   PreviouslyFailedError,
   RunTimeoutError,
   StoreUnavailableError,
@@ -42,7 +40,7 @@ import { createLeaseBoard } from './lease-keeper.js';
 import { type ProcessorOptions, type ResolvedProcessorOptions, resolveProcessorOptions } from './options.js';
 import { mayRun, NOT_RUN, releaseKept, reuseHeld } from './ordered.js';
 import { guardPayload } from './payload-guard.js';
-import { type Prepared, prepare, readableRequestId } from './prepare.js';
+import { type Prepared, prepare, readableRequestId, unreadable } from './prepare.js';
 import { finishCompleted, publishThenAck } from './publish.js';
 import { createScrubber, noScrub, type Scrub, type Scrubber } from './redact.js';
 import {
@@ -327,11 +325,7 @@ async function run<T, R>(
   try {
     prepared = prepare(o, delivery);
   } catch (error) {
-    // A user hook or a hostile payload may throw anything; the reason is always a library error.
-    const reason =
-      error instanceof ExactlyOnceError
-        ? error
-        : new MalformedMessageError(`message could not be read: ${describeThrown(error)}`, { cause: error });
+    const reason = unreadable(error);
     if (span.isRecording()) {
       const requestId = readableRequestId(delivery);
       if (requestId !== undefined) span.setAttribute(ATTR_EO_REQUEST_ID, requestId);
