@@ -34,7 +34,9 @@
  *                       completed once; its redelivery is a duplicate that publishes its outgoing
  *                       messages from the record;
  *       notCompleted -> still IN_PROGRESS under its own fence at the kill, taken over, and re-run
- *                       exactly once (its killed attempt's effect is a legitimate extra run).
+ *                       exactly once (its killed attempt's effect is a legitimate extra run);
+ *       either half, when a later fence held the record at the kill (its worker stalled past the
+ *       lease, as the soak's SIGSTOPs do): a superseded attempt, refused if it was sent.
  *   - its neighbours in flight: taken over without a re-run if caught between begin and effect,
  *     re-run if caught between effect and complete, neither once complete landed.
  * {@link tallyLedger} checks this per attempt against the store's attempt numbers.
@@ -413,10 +415,22 @@ export async function tallyLedger(
           problems.push(`${what}: no record`);
           continue;
         }
+        // A complete is only requested once the handler returned: its effect happened, by this pid.
+        const killed = [...(byKey.get(b.key)?.values() ?? [])].flat().filter((e) => e.pid === k.pid);
+        if (killed.length === 0) problems.push(`${what}: did not reach its effect`);
+        if (b.recordFence !== undefined && b.recordFence > b.fence) {
+          // Its holder stalled past the lease before the kill and another worker took the key over:
+          // the request was already stale, so the store must have refused it, and the killed
+          // attempt is a superseded one (counted with the reruns of the other workers' keys).
+          if (b.result === 'ok') problems.push(`${what}: completed under a superseded fence`);
+          for (const e of killed) {
+            if (e.attempt >= final.attempt)
+              problems.push(`${what}: killed attempt ${e.attempt} not superseded`);
+          }
+          continue;
+        }
         if (b.recordFence !== b.fence)
           problems.push(`${what}: fence ${b.recordFence} at the kill, not ${b.fence}`);
-        // A complete is only requested once the handler returned: its effect happened.
-        if (!(byKey.get(b.key)?.has(b.attempt) ?? false)) problems.push(`${what}: did not reach its effect`);
         if (b.result !== undefined) {
           if (b.result !== 'ok' || b.state !== 'COMPLETED') {
             problems.push(`${what}: ${b.result}, record ${b.state} at the kill`);
