@@ -63,7 +63,11 @@ export async function handleFailure<T, R>(
   } else {
     await discardBlobs(o, blobs);
     try {
-      const r = await o.store.release(storeKey, fence, info);
+      // As a fail: a store answers the repeat of a landed release `ok`, so it is tried again
+      // while the lease lasts rather than leaving the retry to wait the lease out.
+      const r = await retryStoreWrite(() => o.store.release(storeKey, fence, info), {
+        deadline: leaseDeadline,
+      });
       if (r !== 'ok') return leaseLost(storeKey, fence);
     } catch (storeError) {
       return storeDown(o, storeError, storeKey);

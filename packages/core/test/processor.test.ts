@@ -568,6 +568,35 @@ describe('processor: a fail the store refused or whose answer was lost', () => {
   );
 });
 
+describe('processor: a release the store refused or whose answer was lost', () => {
+  // Before, the message was deferred and its retry waited out the lease (a takeover).
+  const twice = () => {
+    let left = 2;
+    return (op: string) => op === 'release' && left-- > 0;
+  };
+  it.each([
+    ['refused twice', () => ({ failWhen: twice() })],
+    ['landed, its answer lost', () => ({ failWhen: () => false, loseReplyWhen: twice() })],
+  ])('%s: tried again while the lease lasts, and the retry runs at once', async (_, faults) => {
+    const store = createMemoryStore();
+    let runs = 0;
+    const p = createProcessor({
+      consumer: 'c',
+      store: withFaults(store, faults()),
+      ...fast,
+      leaseMs: 60_000,
+      handler: () => {
+        if (++runs === 1) throw new Error('gateway timeout');
+        return 'charged';
+      },
+    });
+    expect(await p.process(delivery({}, key('kr1')))).toMatchObject({ action: 'retry', nextAttempt: 2 });
+    expect(await p.process(delivery({}, key('kr1')))).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    expect(runs).toBe(2);
+    expect(await store.get('default:c:kr1')).toMatchObject({ state: 'COMPLETED', attempt: 2 });
+  });
+});
+
 describe('processor: leases and steps', () => {
   it('a worker that lost its lease cannot complete; its signal aborts; the new owner completes', async () => {
     const store = createMemoryStore();

@@ -22,14 +22,15 @@ describe('tiered store', () => {
     const hot = createMemoryStore();
     let failColdRelease = false;
     const cold = withFaults(createMemoryStore(), { failWhen: (op) => failColdRelease && op === 'release' });
-    const store = createTieredStore({ hot, cold, hotRetentionMs: 3_600_000, coldLeaseMs: 200 });
+    // The cold claim outlives the run's lease: the release is tried again until the lease's end.
+    const store = createTieredStore({ hot, cold, hotRetentionMs: 3_600_000, coldLeaseMs: 600 });
     let charges = 0;
     let runs = 0;
     const attempts: number[] = [];
     const processor = createProcessor<{ order: string }>({
       consumer: 'billing',
       store,
-      leaseMs: 1_000,
+      leaseMs: 200,
       retentionCheck: 'off',
       retry: { maxAttempts: 5, initialDelayMs: 1 },
       handler: async (_payload, ctx) => {
@@ -47,7 +48,7 @@ describe('tiered store', () => {
     failColdRelease = false;
     expect(await processor.process(message())).toMatchObject({ action: 'defer', outcome: 'busy' });
     expect(await hot.get('default:billing:order-1')).toMatchObject({ state: 'IN_PROGRESS' });
-    await sleep(250); // the cold claim lapses
+    await sleep(650); // the cold claim lapses
     expect(await processor.process(message())).toMatchObject({ action: 'ack' });
     expect(charges).toBe(1);
     expect(attempts).toEqual([1, 2]);

@@ -203,9 +203,11 @@ export interface ProcessedStore {
   complete(request: CompleteRequest): Promise<FencedResult>;
   /**
    * Give the lease up after a retryable error: the next `begin` acquires at once (kind `retry`)
-   * as the next attempt, and the record keeps `error` as its `lastError`. With `notRun` (the
-   * handler never started under this lease: an ordered delivery given back before its turn) the
-   * attempt does not count and the last error stays as it was; `error` is not stored.
+   * as the next attempt, and the record keeps `error` as its `lastError`. A record already
+   * released under `fence` answers `ok` again (the repeat of a release whose answer was lost).
+   * With `notRun` (the handler never started under this lease: an ordered delivery given back
+   * before its turn) the attempt does not count and the last error stays as it was; `error` is
+   * not stored. A give-back is not repeated: its repeat would uncount the attempt twice.
    */
   release(key: string, fence: number, error: ErrorInfo, options?: ReleaseOptions): Promise<FencedResult>;
   /**
