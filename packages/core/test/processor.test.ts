@@ -531,30 +531,39 @@ describe('processor: failures', () => {
   });
 });
 
-describe('processor: a fail the store refused or whose answer was lost', () => {
+describe('processor: a fail or a release the store refused or whose answer was lost', () => {
+  /** The two ways a store write `op` can fail twice: refused, or landed with its answer lost. */
+  const failingTwice = (op: string) => {
+    const twice = () => {
+      let left = 2;
+      return (called: string) => called === op && left-- > 0;
+    };
+    return [
+      ['refused twice', () => ({ failWhen: twice() })],
+      ['landed, its answer lost', () => ({ failWhen: () => false, loseReplyWhen: twice() })],
+    ] as const;
+  };
+  const withFaultyStore = (faults: Parameters<typeof withFaults>[1], handler: () => unknown) => {
+    const store = createMemoryStore();
+    const p = createProcessor({
+      consumer: 'c',
+      store: withFaults(store, faults),
+      ...fast,
+      leaseMs: 60_000,
+      handler,
+    });
+    return { store, p };
+  };
+
   // Before, the message was deferred and its redelivery took the key over after one lease and
   // ran the handler again before dead-lettering it.
-  const twice = () => {
-    let left = 2;
-    return (op: string) => op === 'fail' && left-- > 0;
-  };
-  it.each([
-    ['refused twice', () => ({ failWhen: twice() })],
-    ['landed, its answer lost', () => ({ failWhen: () => false, loseReplyWhen: twice() })],
-  ])(
-    '%s: tried again while the lease lasts, dead-lettered on this delivery, the handler run once',
+  it.each(failingTwice('fail'))(
+    'fail %s: tried again while the lease lasts, dead-lettered on this delivery, the handler run once',
     async (_, faults) => {
-      const store = createMemoryStore();
       let runs = 0;
-      const p = createProcessor({
-        consumer: 'c',
-        store: withFaults(store, faults()),
-        ...fast,
-        leaseMs: 5_000,
-        handler: () => {
-          runs++;
-          throw new PermanentError('card declined');
-        },
+      const { store, p } = withFaultyStore(faults(), () => {
+        runs++;
+        throw new PermanentError('card declined');
       });
       expect(await p.process(delivery({}, key('kf1')))).toMatchObject({
         action: 'dead-letter',
@@ -566,35 +575,22 @@ describe('processor: a fail the store refused or whose answer was lost', () => {
       expect(runs).toBe(1);
     },
   );
-});
 
-describe('processor: a release the store refused or whose answer was lost', () => {
   // Before, the message was deferred and its retry waited out the lease (a takeover).
-  const twice = () => {
-    let left = 2;
-    return (op: string) => op === 'release' && left-- > 0;
-  };
-  it.each([
-    ['refused twice', () => ({ failWhen: twice() })],
-    ['landed, its answer lost', () => ({ failWhen: () => false, loseReplyWhen: twice() })],
-  ])('%s: tried again while the lease lasts, and the retry runs at once', async (_, faults) => {
-    const store = createMemoryStore();
-    let runs = 0;
-    const p = createProcessor({
-      consumer: 'c',
-      store: withFaults(store, faults()),
-      ...fast,
-      leaseMs: 60_000,
-      handler: () => {
+  it.each(failingTwice('release'))(
+    'release %s: tried again while the lease lasts, and the retry runs at once',
+    async (_, faults) => {
+      let runs = 0;
+      const { store, p } = withFaultyStore(faults(), () => {
         if (++runs === 1) throw new Error('gateway timeout');
         return 'charged';
-      },
-    });
-    expect(await p.process(delivery({}, key('kr1')))).toMatchObject({ action: 'retry', nextAttempt: 2 });
-    expect(await p.process(delivery({}, key('kr1')))).toMatchObject({ action: 'ack', outcome: 'acquired' });
-    expect(runs).toBe(2);
-    expect(await store.get('default:c:kr1')).toMatchObject({ state: 'COMPLETED', attempt: 2 });
-  });
+      });
+      expect(await p.process(delivery({}, key('kr1')))).toMatchObject({ action: 'retry', nextAttempt: 2 });
+      expect(await p.process(delivery({}, key('kr1')))).toMatchObject({ action: 'ack', outcome: 'acquired' });
+      expect(runs).toBe(2);
+      expect(await store.get('default:c:kr1')).toMatchObject({ state: 'COMPLETED', attempt: 2 });
+    },
+  );
 });
 
 describe('processor: leases and steps', () => {
