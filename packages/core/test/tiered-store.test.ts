@@ -23,7 +23,7 @@ describe('tiered store', () => {
     let failColdRelease = false;
     const cold = withFaults(createMemoryStore(), { failWhen: (op) => failColdRelease && op === 'release' });
     // The cold claim outlives the run's lease: the release is tried again until the lease's end.
-    const store = createTieredStore({ hot, cold, hotRetentionMs: 3_600_000, coldLeaseMs: 600 });
+    const store = createTieredStore({ hot, cold, hotRetentionMs: 3_600_000, coldLeaseMs: 1_500 });
     let charges = 0;
     let runs = 0;
     const attempts: number[] = [];
@@ -48,7 +48,7 @@ describe('tiered store', () => {
     failColdRelease = false;
     expect(await processor.process(message())).toMatchObject({ action: 'defer', outcome: 'busy' });
     expect(await hot.get('default:billing:order-1')).toMatchObject({ state: 'IN_PROGRESS' });
-    await sleep(650); // the cold claim lapses
+    await sleep(1_550); // the cold claim lapses
     expect(await processor.process(message())).toMatchObject({ action: 'ack' });
     expect(charges).toBe(1);
     expect(attempts).toEqual([1, 2]);
