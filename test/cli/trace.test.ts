@@ -4,6 +4,7 @@
  * Jaeger's query API and printed as a span tree.
  */
 
+import { createHash } from 'node:crypto';
 import { createConsumer, createPublisher } from '@exactly-once/rabbitmq';
 import { createRedisStore } from '@exactly-once/store-redis';
 import { context, propagation, trace } from '@opentelemetry/api';
@@ -34,6 +35,8 @@ const contextManager = new AsyncLocalStorageContextManager();
 const redis = newRedis();
 const queue = uniqueName('cli-trace');
 const requestId = uniqueName('req');
+/** A request id over 255 bytes: recorded in its sha256:<hex> form. */
+const longId = `${uniqueName('long')}-${'x'.repeat(300)}`;
 
 beforeAll(async () => {
   contextManager.enable();
@@ -43,7 +46,7 @@ beforeAll(async () => {
     new CompositePropagator({ propagators: [new W3CTraceContextPropagator(), new W3CBaggagePropagator()] }),
   );
   const raw = await rawChannel();
-  let done = false;
+  let done = 0;
   const consumer = createConsumer<{ id: string }>({
     connection: env.amqpUrl,
     queue,
@@ -53,15 +56,16 @@ beforeAll(async () => {
     retentionCheck: 'off',
     handler: async (_p, ctx) => {
       await ctx.step('charge', async () => ({ chargeId: 'ch_1' }));
-      done = true;
+      done++;
     },
   });
   const publisher = createPublisher({ connection: env.amqpUrl });
   try {
     await consumer.start();
     await publisher.send(queue, { id: '1' }, { requestId, idempotencyKey: `key-${requestId}` });
-    await waitUntil(() => done, { message: 'the message processed' });
-    await waitUntil(() => consumer.stats.acked === 1, { message: 'acked' });
+    await publisher.send(queue, { id: '2' }, { requestId: longId, idempotencyKey: `key-long-${requestId}` });
+    await waitUntil(() => done === 2, { message: 'the messages processed' });
+    await waitUntil(() => consumer.stats.acked === 2, { message: 'acked' });
   } finally {
     await consumer.stop();
     await publisher.close();
@@ -120,6 +124,26 @@ describe('trace', () => {
     expect(text).toContain(`/api/traces/${t?.traceId}`);
     // Without --service it asks Jaeger for every service it knows.
     expect(await cliText(['trace', requestId])).toContain(`trace ${t?.traceId}`);
+  }, 120_000);
+
+  it('finds a request id over 255 bytes as sent and in its sha256: form', async () => {
+    const hashed = `sha256:${createHash('sha256').update(longId).digest('hex')}`;
+    const traceIds = async (id: string) => {
+      const r = await cli(['trace', id, '--service', service, '--json']);
+      if (r.code !== 0) return undefined;
+      const out = JSON.parse(r.stdout) as { requestId: string; traces: { traceId: string }[] };
+      return { requestId: out.requestId, traceIds: out.traces.map((t) => t.traceId) };
+    };
+    const asSent = await waitUntil(() => traceIds(longId), {
+      timeoutMs: 60_000,
+      intervalMs: 1_000,
+      message: 'the long request id in Jaeger',
+    });
+    expect(asSent.requestId).toBe(hashed);
+    expect(await traceIds(hashed)).toEqual(asSent);
+    const empty = await cli(['trace', '']);
+    expect(empty.code).toBe(2);
+    expect(empty.stderr).toMatch(/<request-id>: request id is empty/);
   }, 120_000);
 
   it('an unknown request id or an unreachable Jaeger exits 1', async () => {

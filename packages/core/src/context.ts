@@ -11,7 +11,7 @@ import type { Logger } from './logger.js';
 import { ATTR_EO_STEP, ATTR_MESSAGING_DESTINATION_NAME, BAGGAGE_REQUEST_ID } from './semconv.js';
 import { insideStep, runStep, type StepEvent, type StepOptions, type StepRunArgs } from './steps.js';
 import type { AcquireKind, OutgoingMessage, ProcessedStore, StepRecord } from './store/types.js';
-import { injectContext, inSpan, tracer } from './tracing.js';
+import { injectContext, inSpan, passTraceOn, tracer } from './tracing.js';
 
 export interface PublishOptions {
   /**
@@ -205,6 +205,7 @@ class Run implements RunState {
     );
     const carrier: Record<string, string> = {};
     injectContext(propagation.setBaggage(trace.setSpan(args.otelContext, create), bag), carrier);
+    if (carrier[Headers.Traceparent] === undefined) passTraceOn(args.headers, carrier);
     create.end();
     this.outgoing.push({
       id: childKey,

@@ -20,7 +20,7 @@ import {
   UnencodableValueError,
 } from './errors.js';
 import { Headers } from './headers.js';
-import { tooDeep } from './keys.js';
+import { normalizeKey, normalizeRequestId, tooDeep } from './keys.js';
 import type { ProcessorOptions } from './options.js';
 import { unreadable } from './prepare.js';
 import { buildProcessor } from './processor.js';
@@ -92,6 +92,10 @@ export interface ExecuteResult<R> {
    * the keys of requests whose response must be replayed.
    */
   readonly compacted?: true;
+  /**
+   * The request id as this run recorded and passed on (`x-request-id` of its outgoing messages):
+   * the one given, or the key, in `sha256:<hex>` form when over 255 bytes.
+   */
   readonly requestId: string;
 }
 
@@ -173,7 +177,8 @@ export function createIdempotentExecutor<T = unknown, R = unknown>(
               result: await readResult(d.result),
               ...(d.result?.kind === 'blob' ? { pointer: d.result.pointer } : {}),
               ...(d.compacted ? { compacted: true } : {}),
-              requestId,
+              // As the pipeline read it (an empty one counts as absent); both passed its checks.
+              requestId: requestId ? normalizeRequestId(requestId) : normalizeKey(request.key),
             };
           case 'defer':
             if (d.outcome === 'busy') throw new RequestInProgressError(d.delayMs);

@@ -36,6 +36,7 @@ export {
   fingerprint,
   MAX_KEY_BYTES,
   normalizeKey,
+  normalizeRequestId,
   recordKeyFor,
   scopeKey,
   sha256,

@@ -20,24 +20,37 @@ export const MAX_PAYLOAD_DEPTH = 1000;
  * `sha256:` is hashed too, so a literal key can never collide with the hashed form of another.
  */
 export function normalizeKey(raw: string): string {
-  if (typeof raw !== 'string') throw new InvalidKeyError('idempotency key must be a string', 'type');
-  if (raw.length === 0) throw new InvalidKeyError('idempotency key is empty', 'empty');
-  if (!raw.isWellFormed()) {
-    throw new InvalidKeyError('idempotency key contains an unpaired UTF-16 surrogate', 'encoding');
-  }
+  checkIdentity(raw, 'idempotency key');
+  return raw.startsWith(HASHED_PREFIX) || tooLong(raw) ? HASHED_PREFIX + sha256Hex(raw) : raw;
+}
+
+/**
+ * Validates a request id as strictly as a key and returns the form that travels on: the id
+ * itself, or `sha256:<hex>` when it is longer than {@link MAX_KEY_BYTES}. Unlike a key, an id that
+ * starts with `sha256:` is kept: a request id only correlates (no record is found by it), and the
+ * next service must read the same id as this one, so a hashed long id is carried on unchanged.
+ */
+export function normalizeRequestId(raw: string): string {
+  checkIdentity(raw, 'request id');
+  return tooLong(raw) ? HASHED_PREFIX + sha256Hex(raw) : raw;
+}
+
+function checkIdentity(raw: string, what: 'idempotency key' | 'request id'): void {
+  if (typeof raw !== 'string') throw new InvalidKeyError(`${what} must be a string`, 'type');
+  if (raw.length === 0) throw new InvalidKeyError(`${what} is empty`, 'empty');
+  if (!raw.isWellFormed())
+    throw new InvalidKeyError(`${what} contains an unpaired UTF-16 surrogate`, 'encoding');
   // U+FFFD is what a lenient decoder (amqplib's, for AMQP strings) leaves for bytes that were not
-  // UTF-8: two different keys sent as such bytes would read as one. Refused, never guessed at.
+  // UTF-8: two different ids sent as such bytes would read as one. Refused, never guessed at.
   if (raw.includes('\uFFFD')) {
     throw new InvalidKeyError(
-      'idempotency key holds U+FFFD, which stands for bytes that were not valid UTF-8: two different keys would read as one',
+      `${what} holds U+FFFD, which stands for bytes that were not valid UTF-8: two different ids would read as one`,
       'encoding',
     );
   }
-  if (raw.startsWith(HASHED_PREFIX) || Buffer.byteLength(raw, 'utf8') > MAX_KEY_BYTES) {
-    return HASHED_PREFIX + sha256Hex(raw);
-  }
-  return raw;
 }
+
+const tooLong = (raw: string) => Buffer.byteLength(raw, 'utf8') > MAX_KEY_BYTES;
 
 /** Checks a namespace or consumer name: they become part of every store key. */
 export function validateName(kind: 'namespace' | 'consumer', name: string): string {

@@ -2,7 +2,7 @@
 import { decodeJson } from './codec.js';
 import { describeThrown, ExactlyOnceError, KeyMissingError, MalformedMessageError } from './errors.js';
 import { Headers, readIdentityHeader } from './headers.js';
-import { fingerprint, normalizeKey, scopeKey } from './keys.js';
+import { fingerprint, normalizeKey, normalizeRequestId, scopeKey } from './keys.js';
 import type { ResolvedProcessorOptions } from './options.js';
 import type { Delivery } from './spi.js';
 
@@ -61,7 +61,7 @@ export function readableRequestId(delivery: Delivery): string | undefined {
  */
 function requestIdHeader(delivery: Delivery): string | undefined {
   const header = readIdentityHeader(delivery.headers, Headers.RequestId);
-  return header ? normalizeKey(header) : undefined;
+  return header ? normalizeRequestId(header) : undefined;
 }
 
 export function keyFromPolicy<T, R>(

@@ -21,7 +21,7 @@ import {
   trace,
 } from '@opentelemetry/api';
 import { describeThrown } from './errors.js';
-import { type MessageHeaders, readHeader } from './headers.js';
+import { Headers, type MessageHeaders, readHeader } from './headers.js';
 import { noScrub, type Scrub } from './redact.js';
 
 const SCOPE = '@exactly-once/core';
@@ -80,6 +80,35 @@ export function extractContext(headers: MessageHeaders): Context {
 export function injectContext(ctx: Context, carrier: Record<string, string>): Record<string, string> {
   propagation.inject(ctx, carrier, headerSetter);
   return carrier;
+}
+
+const TRACEPARENT = /^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/;
+/** W3C's limits: what a propagator would read at all. */
+const PASSED_ON = [
+  [Headers.Traceparent, 55],
+  [Headers.Tracestate, 512],
+  [Headers.Baggage, 8_192],
+] as const;
+
+/**
+ * Adds to `carrier` the incoming trace headers it lacks, as received, when this process put none
+ * there: a service without an OpenTelemetry SDK (no propagator registered) still passes its
+ * producer's trace on, so the next service's spans join that trace rather than start a new one.
+ * A traceparent that is malformed, or a header over W3C's size limit, is left out, never passed on.
+ */
+export function passTraceOn(incoming: MessageHeaders, carrier: Record<string, string>): void {
+  for (const [name, max] of PASSED_ON) {
+    if (carrier[name] !== undefined) continue;
+    let value: string | undefined;
+    try {
+      value = readHeader(incoming, name);
+    } catch {
+      continue;
+    }
+    if (value === undefined || value.length > max) continue;
+    if (name === Headers.Traceparent && !TRACEPARENT.test(value)) continue;
+    carrier[name] = value;
+  }
 }
 
 /**

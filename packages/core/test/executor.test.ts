@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { HandlerContext } from '../src/context.js';
 import { ConfigError, PermanentError, UnencodableValueError } from '../src/errors.js';
 import { createIdempotentExecutor, ExecutionFailedError, RequestInProgressError } from '../src/executor.js';
+import { sha256Hex } from '../src/keys.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 import { deferred, recordingPublisher } from './helpers.js';
 
@@ -29,6 +30,25 @@ describe('idempotent executor (HTTP-style requests)', () => {
     expect(runs).toBe(1);
     expect(publisher.sent).toHaveLength(1);
     expect(publisher.sent[0]?.headers['x-request-id']).toBe('client-key-1');
+  });
+
+  it.each([
+    ['a long one', { requestId: 'r'.repeat(300) }, `sha256:${sha256Hex('r'.repeat(300))}`],
+    ['one starting with sha256:', { requestId: 'sha256:my-request-1' }, 'sha256:my-request-1'],
+    ['an empty one', { requestId: '' }, 'client-key-2'],
+    ['none', {}, 'client-key-2'],
+  ])('answers the request id it recorded and passed on: %s', async (_, given, expected) => {
+    // Before: the id as given, though a long one was recorded and sent on as sha256:<hex>.
+    const publisher = recordingPublisher();
+    const ex = createIdempotentExecutor({ ...opts, store: createMemoryStore(), publisher });
+    let recorded: string | undefined;
+    const r = await ex.execute({ key: 'client-key-2', payload: {}, ...given }, (_, ctx) => {
+      recorded = ctx.requestId;
+      ctx.publish('orders', {}, { name: 'created' });
+    });
+    expect(r.requestId).toBe(expected);
+    expect(recorded).toBe(expected);
+    expect(publisher.sent[0]?.headers['x-request-id']).toBe(expected);
   });
 
   it('refuses a handler that is not a function before storing anything', async () => {

@@ -1,8 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { Headers, readIdentityHeader } from '../src/headers.js';
+import { sha256Hex } from '../src/keys.js';
 import { createProcessor } from '../src/processor.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
-import { delivery } from './helpers.js';
+import { delivery, recordingPublisher } from './helpers.js';
 
 const enc = new TextEncoder();
 
@@ -68,6 +69,39 @@ describe('identity headers are read strictly, never guessed', () => {
     const b = await p.process(delivery({ amount: 100 }, { [Headers.IdempotencyKey]: enc.encode('pay-7') }));
     expect([a.outcome, b.outcome]).toEqual(['acquired', 'acquired']);
     expect(keys).toEqual(['\ufeffpay-7', 'pay-7']);
+  });
+
+  it.each([
+    ['over 255 bytes', 'r'.repeat(300)],
+    ['starting with sha256:', 'sha256:my-request-1'],
+    ['a plain id', 'req-42'],
+  ])('a request id %s is the same in every service it passes through', async (_, sent) => {
+    // Before: a long id became sha256:<hex> at the first hop, and every later hop hashed that
+    // again (it starts with sha256:): each service recorded and passed on another id.
+    const seen: string[] = [];
+    let headers: Record<string, string> = { [Headers.RequestId]: sent };
+    for (const hop of ['a', 'b', 'c']) {
+      const publisher = recordingPublisher();
+      const p = createProcessor({
+        consumer: hop,
+        store: createMemoryStore(),
+        publisher,
+        retentionCheck: 'off',
+        handler: (_payload, ctx) => {
+          seen.push(ctx.requestId);
+          ctx.publish('next', { from: hop });
+        },
+      });
+      expect(
+        await p.process(delivery({ hop }, { ...headers, [Headers.IdempotencyKey]: `k-${hop}` })),
+      ).toMatchObject({
+        action: 'ack',
+      });
+      headers = { [Headers.RequestId]: String(publisher.sent[0]?.headers?.[Headers.RequestId]) };
+    }
+    expect(new Set(seen).size).toBe(1);
+    expect(headers[Headers.RequestId]).toBe(seen[0]);
+    expect(seen[0]).toBe(sent.length > 255 ? `sha256:${sha256Hex(sent)}` : sent);
   });
 
   it('a payload member named __proto__ is part of the fingerprint', async () => {

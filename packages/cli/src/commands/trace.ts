@@ -2,7 +2,8 @@
  * `trace <request-id>`: the traces whose spans carry `exactly_once.request_id` = the request id,
  * read from Jaeger's query API (`/api/services`, `/api/traces`), each printed as a span tree.
  */
-import { CliError, describeError } from '../errors.js';
+import { InvalidKeyError, normalizeRequestId } from '@exactly-once/core';
+import { CliError, describeError, UsageError } from '../errors.js';
 import { formatSpan, type Io, printJson, printLines } from '../output.js';
 import { parseUrl } from '../parse.js';
 
@@ -178,8 +179,16 @@ function flatten(nodes: readonly SpanNode[]): SpanNode[] {
   return nodes.flatMap((n) => [n, ...flatten(n.children)]);
 }
 
-export async function trace(io: Io, requestId: string, options: TraceOptions): Promise<void> {
+export async function trace(io: Io, given: string, options: TraceOptions): Promise<void> {
   const base = parseUrl('--jaeger', options.jaeger, ['http:', 'https:']).toString().replace(/\/$/, '');
+  // Spans record an id over 255 bytes as its `sha256:<hex>` form: either finds the trace.
+  let requestId: string;
+  try {
+    requestId = normalizeRequestId(given);
+  } catch (error) {
+    if (error instanceof InvalidKeyError) throw new UsageError(`<request-id>: ${error.message}`);
+    throw error;
+  }
   const traces = await findTraces(base, requestId, options);
   if (traces.length === 0) {
     throw new CliError(`no trace with ${REQUEST_ID_TAG}=${requestId} in ${base} (last ${options.hours} h)`);
