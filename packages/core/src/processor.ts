@@ -673,7 +673,7 @@ async function runAcquired<T, R>(
   await keeper.stop();
   const run: RunBlobs = {
     blobs: stored?.kind === 'blob' ? [...state.blobs, stored.pointer] : state.blobs,
-    isJournaled: state.isJournaled,
+    isJournaled: (pointer) => state.isJournaled(pointer),
   };
   if (keeper.lost) {
     await discardBlobs(o, run);

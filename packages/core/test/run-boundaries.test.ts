@@ -432,6 +432,59 @@ describe('large results', () => {
     expect(await run).toMatchObject({ action: 'ack', outcome: 'acquired' });
   });
 
+  it('an upload that ends after a takeover: the run is lease-lost and its blob deleted', async () => {
+    // Before: the run threw `TypeError: this.journal is not a function` (a method taken off the
+    // run's state unbound), was deferred as store-unavailable, and left its blob on disk.
+    const store = createMemoryStore();
+    const directory = await mkdtemp(join(tmpdir(), 'eo-blobs-'));
+    dirs.push(directory);
+    const inner = createFsBlobStore({ directory });
+    const written = deferred();
+    const finishUpload = deferred();
+    const slow: BlobStore = {
+      ...inner,
+      async put(source) {
+        const pointer = await inner.put(source);
+        written.resolve();
+        await finishUpload.promise;
+        return pointer;
+      },
+    };
+    // The heartbeat's extension hangs (a stalled connection) until after the rival took over.
+    const extensionsHeld = deferred();
+    const stalled: ProcessedStore = {
+      ...store,
+      extend: async (...args) => {
+        await extensionsHeld.promise;
+        return store.extend(...args);
+      },
+    };
+    const p = createProcessor({
+      consumer: 'c',
+      store: stalled,
+      blobs: slow,
+      ...fast,
+      leaseMs: 60,
+      heartbeatMs: 20,
+      inlineResultBytes: 10,
+      handler: () => 'x'.repeat(1000),
+    });
+    const run = p.process(delivery({}, key('big-lost')));
+    await written.promise;
+    await new Promise((r) => setTimeout(r, 150)); // well past one lease
+    const rival = createProcessor({ consumer: 'c', store, ...fast, handler: () => 'rival' });
+    expect(await rival.process(delivery({}, key('big-lost')))).toMatchObject({ outcome: 'takeover' });
+    // The upload ends first; the extension in flight is then answered `lost`.
+    finishUpload.resolve();
+    await new Promise((r) => setTimeout(r, 20));
+    extensionsHeld.resolve();
+    expect(await run).toMatchObject({ action: 'defer', outcome: 'lease-lost' });
+    const files = (
+      await Promise.all((await readdir(directory)).map((d) => readdir(join(directory, d))))
+    ).flat();
+    expect(files).toEqual([]);
+  });
+
   it('a result the store refuses as too large fails permanently and is dead-lettered', async () => {
     const inner = createMemoryStore();
     const store: ProcessedStore = {
