@@ -1,7 +1,7 @@
 /** The `exactly-once` command line: parses with commander and maps every failure to an exit code. */
 import { createRequire } from 'node:module';
 import { Command, CommanderError, Option } from 'commander';
-import { capacity } from './commands/capacity.js';
+import { capacity, MARKER_BYTES, RECORD_BYTES, RECORD_WITH_INDEX_BYTES } from './commands/capacity.js';
 import { dlqList, dlqReplay, dlqShow } from './commands/dlq.js';
 import { inspect } from './commands/inspect.js';
 import { stuck } from './commands/stuck.js';
@@ -180,11 +180,13 @@ function buildProgram(io: Io): Command {
     )
     .option(
       '--record-bytes <n>',
-      'bytes per record (default: measured, 312 with compaction, 241 without)',
+      `bytes per record (default: measured, ${RECORD_WITH_INDEX_BYTES} with compaction, ${RECORD_BYTES} without; a blob result's record more)`,
       (v) => parseNumber('--record-bytes', v, { min: 1 }),
     )
-    .option('--marker-bytes <n>', 'bytes per marker, flat (default: measured, 29 + bucket overhead)', (v) =>
-      parseNumber('--marker-bytes', v, { min: 1 }),
+    .option(
+      '--marker-bytes <n>',
+      `bytes per marker, flat (default: measured, ${MARKER_BYTES} + bucket overhead)`,
+      (v) => parseNumber('--marker-bytes', v, { min: 1 }),
     )
     .option('--json', 'print JSON')
     .action((options) => {

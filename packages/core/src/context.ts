@@ -103,6 +103,8 @@ export interface RunArgs {
   headers: MessageHeaders;
   /** The run's abort signal, made on first use (most handlers never read it). */
   signal: () => AbortSignal;
+  /** See `LeaseKeeper.confirm`: checked before a step runs its effect. */
+  confirmLease: () => Promise<void>;
   span: Span;
   otelContext: Context;
   steps: Readonly<Record<string, StepRecord>>;
@@ -254,6 +256,7 @@ class Run implements RunState {
       fence: args.fence,
       store: args.store,
       signal: args.signal,
+      confirmLease: args.confirmLease,
       keyFor: (name) => this.keyFor(name),
       onStepEvent: args.onStepEvent,
       logger: args.logger,

@@ -22,6 +22,12 @@ export interface LeaseKeeper {
   stop(): Promise<void>;
   /** Gives the run up: aborts the signal with `reason` and stops heartbeating. */
   abort(reason: Error): void;
+  /**
+   * Resolves while the lease is this run's by the local clock; past its local deadline (a
+   * heartbeat late or failing, a process frozen past its lease) it extends the lease first.
+   * Rejects with `LeaseLostError` when the store answers `lost` or the extension fails.
+   */
+  confirm(): Promise<void>;
 }
 
 export interface LeaseBoardOptions {
@@ -93,6 +99,16 @@ class Held implements LeaseKeeper {
     this.abortReason ??= reason;
     this.controller?.abort(this.abortReason);
   }
+
+  async confirm(): Promise<void> {
+    if (!this.lost && !this.done && performance.now() < this.deadline) return;
+    // The heartbeat's own extension first, if one is on its way; then one now if still needed.
+    await this.inflight;
+    if (!this.lost && !this.done && performance.now() >= this.deadline) await this.board.extendNow(this);
+    if (this.lost || performance.now() >= this.deadline) {
+      throw new LeaseLostError({ key: this.key, fence: this.fence });
+    }
+  }
 }
 
 export interface LeaseBoard {
@@ -137,12 +153,16 @@ class Board implements LeaseBoard {
         h.onTimeout();
         continue;
       }
-      if (h.inflight === undefined && now >= h.nextAt) {
-        h.inflight = this.extend(h).finally(() => {
-          h.inflight = undefined;
-        });
-      }
+      if (h.inflight === undefined && now >= h.nextAt) void this.extendNow(h);
     }
+  }
+
+  /** Extends `h` now, as its heartbeat would (the two never overlap). */
+  extendNow(h: Held): Promise<void> {
+    h.inflight ??= this.extend(h).finally(() => {
+      h.inflight = undefined;
+    });
+    return h.inflight;
   }
 
   private async extend(h: Held): Promise<void> {

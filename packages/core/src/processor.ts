@@ -589,6 +589,7 @@ async function runAcquired<T, R>(
     consumer: o.consumer,
     headers: delivery.headers,
     signal: () => keeper.signal,
+    confirmLease: () => keeper.confirm(),
     span,
     otelContext: runCtx,
     steps: begun.steps,

@@ -96,6 +96,8 @@ export interface StepRunArgs {
   readonly fence: number;
   readonly store: ProcessedStore;
   readonly signal: () => AbortSignal;
+  /** Rejects with `LeaseLostError` unless the lease is still this run's (see `LeaseKeeper.confirm`). */
+  readonly confirmLease: () => Promise<void>;
   readonly keyFor: (name: string) => string;
   readonly onStepEvent: ((event: StepEvent) => void) | undefined;
   readonly logger: Logger | undefined;
@@ -127,6 +129,9 @@ export async function runStep<S>(
     return decodeStepResult<S>(journaled.result);
   }
   span.setAttribute(ATTR_EO_STEP_REPLAYED, false);
+  // An effect starts only under a lease this worker still holds: a process that was frozen past
+  // its lease (a blocked event loop) would otherwise start it before its heartbeat noticed.
+  await args.confirmLease();
   const { reconcile } = options;
   // Asked whenever the effect may have happened: a start an earlier attempt journaled, and before
   // each in-process retry (the failed call may have reached the provider).

@@ -7,7 +7,7 @@ import { createProcessor } from '../src/processor.js';
 import type { StepEvent } from '../src/steps.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 import type { FencedResult, ProcessedStore } from '../src/store/types.js';
-import { delivery } from './helpers.js';
+import { deferred, delivery } from './helpers.js';
 
 const key = (k: string) => ({ [Headers.IdempotencyKey]: k, [Headers.RequestId]: `req-${k}` });
 const fast = { leaseMs: 300, retentionCheck: 'off' as const, retry: { maxAttempts: 5, initialDelayMs: 5 } };
@@ -631,5 +631,43 @@ describe('steps: per-step retry, give-up and alerts (S8: payment, email, status)
     });
     await p.process(delivery({}, key('bad')));
     expect(caught).toBeInstanceOf(ConfigError);
+  });
+});
+
+describe('a step under a lease that lapsed by this worker clock', () => {
+  it('does not start its effect once another worker took the key over', async () => {
+    // Before: a run whose heartbeat could not extend in time (a stalled store connection, a
+    // frozen process) started the step as soon as the handler reached it, beside the new owner.
+    const store = createMemoryStore();
+    const extensionsHeld = deferred();
+    const stalled: ProcessedStore = {
+      ...store,
+      extend: async (...args) => {
+        await extensionsHeld.promise;
+        return store.extend(...args);
+      },
+    };
+    const reached = deferred();
+    let charges = 0;
+    const stale = createProcessor({
+      consumer: 'c',
+      store: stalled,
+      ...fast,
+      leaseMs: 60,
+      heartbeatMs: 20,
+      handler: async (_: unknown, ctx: HandlerContext) => {
+        await reached.promise;
+        await ctx.step('charge', () => ++charges);
+      },
+    });
+    const run = stale.process(delivery({}, key('lapsed')));
+    await new Promise((r) => setTimeout(r, 150)); // well past the lease
+    const rival = createProcessor({ consumer: 'c', store, ...fast, handler: () => 'rival' });
+    expect(await rival.process(delivery({}, key('lapsed')))).toMatchObject({ outcome: 'takeover' });
+    reached.resolve();
+    await new Promise((r) => setTimeout(r, 20));
+    extensionsHeld.resolve();
+    expect(await run).toMatchObject({ action: 'defer', outcome: 'lease-lost' });
+    expect(charges).toBe(0);
   });
 });

@@ -1,7 +1,7 @@
 /**
  * Memory per processed key, measured on a real server through the real scripts.
  *
- *   npx tsx --conditions=@exactly-once/source packages/store-redis/bench/bytes-per-key.ts [N] [--plain] [--chunk C]
+ *   npx tsx --conditions=@exactly-once/source packages/store-redis/bench/bytes-per-key.ts [N] [--plain] [--chunk C] [--blob]
  *
  * Writes N COMPLETED records (scoped key `orders:billing:<uuid>`, sha256 fingerprint, trace ref,
  * an 11-byte inline result, no outgoing messages) under a fresh prefix in DB 15 of EO_REDIS_URL
@@ -9,6 +9,8 @@
  * into markers and measures again; with --plain, the store has no compactAfterMs (no index, no
  * markers). With --chunk C, records are written and compacted C at a time, so N markers (30M) can
  * be measured without holding N full records; the record figures are then the first chunk's.
+ * With --blob (and --plain), each result is a blob pointer (an fs blob's uri, size and sha256)
+ * instead, and `complete` indexes it for blob collection: what a record with a blob result costs.
  * Deletes only its own keys at the end. Run it on an otherwise
  * idle server: used_memory is server-wide.
  */
@@ -20,7 +22,11 @@ import { deletePrefix } from './own-keys.js';
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
-  options: { plain: { type: 'boolean', default: false }, chunk: { type: 'string' } },
+  options: {
+    plain: { type: 'boolean', default: false },
+    chunk: { type: 'string' },
+    blob: { type: 'boolean', default: false },
+  },
 });
 const n = Number(positionals[0] ?? process.env.EO_BENCH_N ?? 1_000_000);
 const plain = values.plain;
@@ -30,7 +36,17 @@ const client = new Redis(url, { db: 15, maxRetriesPerRequest: 1 });
 // As short as the default `eo`, so the figures hold for it; random, so runs never collide.
 const keyPrefix = `b${randomBytes(1).toString('hex')}`;
 const store = createRedisStore({ client, keyPrefix, ...(plain ? {} : { compactAfterMs: 0 }) });
-const result = { kind: 'inline' as const, data: new TextEncoder().encode('{"ok":true}') };
+const inline = { kind: 'inline' as const, data: new TextEncoder().encode('{"ok":true}') };
+// A pointer as the fs blob store makes one: `fs:<32 hex>`, the size and the content's sha256.
+const blobResult = () => ({
+  kind: 'blob' as const,
+  pointer: {
+    uri: `fs:${randomBytes(16).toString('hex')}`,
+    size: 250_000,
+    sha256: randomBytes(32).toString('hex'),
+  },
+});
+if (values.blob && !plain) throw new Error('--blob measures records only: pass --plain too');
 const traceId = `${randomBytes(16).toString('hex')}-${randomBytes(8).toString('hex')}`;
 const fingerprint = randomBytes(32).toString('hex');
 const retentionMs = 7 * 86_400_000;
@@ -44,6 +60,7 @@ async function writeOne(i: number): Promise<void> {
   const key = `orders:billing:${randomUUID()}`;
   const begun = await store.begin({ key, fingerprint, owner: `worker-${i % 16}`, leaseMs: 60_000, traceId });
   if (begun.status !== 'acquired') throw new Error(`key ${i}: ${begun.status}`);
+  const result = values.blob ? blobResult() : inline;
   const done = await store.complete({ key, fence: begun.fence, result, outgoing: [], retentionMs, traceId });
   if (done !== 'ok') throw new Error(`key ${i}: complete ${done}`);
 }
@@ -66,7 +83,11 @@ try {
   const withRecords = await usedMemory();
   const perRecord = (withRecords - base) / written;
   console.log(`N=${written} keys, written in ${writeSeconds.toFixed(1)} s (begin + complete each)`);
-  if (plain) {
+  if (plain && values.blob) {
+    console.log(
+      `COMPLETED records with a blob result, blob index included: ${perRecord.toFixed(1)} bytes/key`,
+    );
+  } else if (plain) {
     console.log(`COMPLETED records (no compaction index): ${perRecord.toFixed(1)} bytes/key`);
   } else {
     // Records written by a store with compactAfterMs are also indexed; sample the index apart.
