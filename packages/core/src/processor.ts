@@ -302,6 +302,11 @@ async function processDelivery<T, R>(
       error: { ...disposition.error, message: scrub(disposition.error.message) },
     };
   }
+  if (disposition.outcome === 'lease-lost') {
+    // Another worker holds the key now (this one stalled, or the store did): nothing of this run
+    // is recorded, and an effect it made outside a step or a keyed call may happen twice.
+    o.logger.warn('lease lost to another worker; this run is not recorded', { error: disposition.error });
+  }
   const attrs = { consumer: o.consumer, outcome: disposition.outcome, action: disposition.action };
   const m = instrumentsFor();
   m.deliveries.add(1, attrs);

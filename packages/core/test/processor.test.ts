@@ -600,12 +600,15 @@ describe('processor: leases and steps', () => {
     const slowStore = withFaults(store, { failWhen: (op) => op === 'extend' && extendsFail });
     const gate = deferred();
     let aborted = false;
+    const warned: string[] = [];
+    const quiet = () => undefined;
     const stale = createProcessor({
       consumer: 'c',
       store: slowStore,
       ...fast,
       leaseMs: 60,
       heartbeatMs: 20,
+      logger: { debug: quiet, info: quiet, warn: (message: string) => warned.push(message), error: quiet },
       handler: async (_: unknown, ctx: HandlerContext) => {
         ctx.signal.addEventListener('abort', () => {
           aborted = true;
@@ -623,6 +626,8 @@ describe('processor: leases and steps', () => {
     gate.resolve();
     expect(await staleRun).toMatchObject({ action: 'defer', outcome: 'lease-lost' });
     expect(aborted).toBe(true);
+    // Said once, at warn: its effects outside steps may repeat (before, only the stats showed it).
+    expect(warned.filter((m) => m.startsWith('lease lost'))).toHaveLength(1);
     const rec = await store.get('default:c:k13');
     if (rec?.state !== 'COMPLETED' || rec.result?.kind !== 'inline') throw new Error('expected completed');
     expect(new TextDecoder().decode(rec.result.data)).toBe('"fresh"');
