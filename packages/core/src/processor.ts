@@ -289,10 +289,16 @@ async function processDelivery<T, R>(
   if (span.isRecording()) {
     span.setAttribute(ATTR_EO_OUTCOME, disposition.outcome);
     span.setAttribute(ATTR_EO_ACTION, disposition.action);
-    if (disposition.action === 'dead-letter' || disposition.action === 'retry') {
-      const error = disposition.action === 'retry' ? disposition.error : disposition.reason.error;
+    // A failure of the message, or of the store under it (deferred: the outage is still an error).
+    const error =
+      disposition.action === 'dead-letter'
+        ? disposition.reason.error
+        : disposition.action === 'retry' ||
+            (disposition.action === 'defer' && disposition.outcome === 'store-unavailable')
+          ? disposition.error
+          : undefined;
+    if (error)
       span.setStatus({ code: SpanStatusCode.ERROR, message: scrub(`${error.name}: ${error.message}`) });
-    }
   }
   span.end();
   // A deferral's error only goes to logs and metrics (no copy carries it): keep keys out of it.
@@ -302,7 +308,7 @@ async function processDelivery<T, R>(
       error: { ...disposition.error, message: scrub(disposition.error.message) },
     };
   }
-  if (disposition.outcome === 'lease-lost') {
+  if (disposition.action === 'defer' && disposition.outcome === 'lease-lost') {
     // Another worker holds the key now (this one stalled, or the store did): nothing of this run
     // is recorded, and an effect it made outside a step or a keyed call may happen twice.
     o.logger.warn('lease lost to another worker; this run is not recorded', { error: disposition.error });

@@ -1,4 +1,4 @@
-import { context, propagation, ROOT_CONTEXT, SpanKind, trace } from '@opentelemetry/api';
+import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { CompositePropagator, W3CBaggagePropagator, W3CTraceContextPropagator } from '@opentelemetry/core';
 import {
@@ -10,6 +10,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { HandlerContext } from '../src/context.js';
 import { Headers } from '../src/headers.js';
 import { createProcessor } from '../src/processor.js';
+import { withFaults } from '../src/store/faulty-store.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 import { delivery, recordingPublisher } from './helpers.js';
 
@@ -61,6 +62,20 @@ describe('tracing', () => {
     });
     const names = exporter.getFinishedSpans().map((s) => s.name);
     expect(names).toEqual(expect.arrayContaining(['exactly-once begin', 'exactly-once complete']));
+  });
+
+  it('marks the span of a message deferred for a store outage as an error', async () => {
+    // Before: its status was unset, so a trace viewer's error filter missed the outage.
+    const p = createProcessor({
+      consumer: 'c',
+      store: withFaults(createMemoryStore(), { failWhen: (op) => op === 'begin' }),
+      retentionCheck: 'off',
+      handler: () => 1,
+    });
+    expect(await p.process(delivery({}, headers('t-down')))).toMatchObject({ outcome: 'store-unavailable' });
+    const span = exporter.getFinishedSpans().find((s) => s.name === 'process orders');
+    expect(span?.status.code).toBe(SpanStatusCode.ERROR);
+    expect(span?.status.message).toMatch(/^StoreUnavailableError: /);
   });
 
   it('records the key (and key-bearing message attributes) only with recordKeys', async () => {
