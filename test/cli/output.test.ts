@@ -3,7 +3,7 @@
  * tables whose columns line up as printed.
  */
 import { describe, expect, it } from 'vitest';
-import { type Io, printLines, table, terminalSafe } from '../../packages/cli/src/output.js';
+import { type Io, printLines, shown, table, terminalSafe } from '../../packages/cli/src/output.js';
 
 describe('cli text output', () => {
   it('prints control characters escaped and a backslash doubled, so no two texts print alike', () => {
@@ -28,5 +28,20 @@ describe('cli text output', () => {
     const column = lines.map((line) => line.search(/(code|PERMANENT|KEY_MISSING)$/));
     expect(new Set(column).size).toBe(1);
     expect(lines[1]).toBe('m\\x1b[2J  PERMANENT');
+  });
+
+  it('quotes a key that would print like another or like none', () => {
+    // Before: an empty key, a key of one space and no key printed alike (blank, or `-`).
+    expect(['', ' ', ' pay-1', 'pay-1 ', '-', '(none)', '(null)'].map(shown)).toEqual([
+      '""',
+      '" "',
+      '" pay-1"',
+      '"pay-1 "',
+      '"-"',
+      '"(none)"',
+      '"(null)"',
+    ]);
+    expect(shown('pay-1')).toBe('pay-1');
+    expect(shown('a b')).toBe('a b');
   });
 });

@@ -50,6 +50,18 @@ export function terminalSafe(text: string): string {
   });
 }
 
+/** What the text output prints for an absent value. */
+const NO_VALUE = new Set(['-', '(none)', '(null)']);
+
+/**
+ * A producer's text (a key, a request id) as a cell shows it unmistakably: in double quotes when
+ * it is empty, starts or ends with whitespace, or reads like the mark of an absent value (`-`,
+ * `(none)`), so that `""`, `" "` and `"-"` never print like each other or like no key at all.
+ */
+export function shown(text: string): string {
+  return text === '' || text !== text.trim() || NO_VALUE.has(text) ? `"${text}"` : text;
+}
+
 /** A progress bar on stderr, or nothing at all when stderr is not a terminal. */
 export interface Progress {
   setTotal(total: number): void;

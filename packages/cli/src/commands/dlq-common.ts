@@ -7,7 +7,7 @@ import {
   readIdentityHeader,
   recordKeyFor,
 } from '@exactly-once/core';
-import { formatBytes, table, truncate } from '../output.js';
+import { formatBytes, shown, table, truncate } from '../output.js';
 import { storeError } from '../stores.js';
 
 /** One dead letter, as read from a dead-letter queue or topic. */
@@ -158,7 +158,7 @@ function listRows(letters: readonly DeadLetter[]): string[][] {
       l.reason.consumer ?? '-',
       codeOf(l.reason),
       l.reason.errorClass ?? '-',
-      truncate(l.key ?? '-', 36),
+      truncate(l.key === undefined ? '-' : shown(l.key), 36),
       truncate((l.reason.errorMessage ?? '').replace(/\s+/g, ' '), 80),
     ]),
   ];
@@ -169,8 +169,8 @@ export function renderLetter(source: string, letter: DeadLetter): string[] {
   const rows: string[][] = [
     ['source', source],
     ['id', letter.id],
-    ['key', letter.key ?? '(none)'],
-    ['request id', letter.requestId ?? '(none)'],
+    ['key', letter.key === undefined ? '(none)' : shown(letter.key)],
+    ['request id', letter.requestId === undefined ? '(none)' : shown(letter.requestId)],
     ['error', `${r.errorClass ?? '?'} (${codeOf(r)})`],
     ['message', r.errorMessage ?? ''],
     ['attempts', r.attempts ?? '-'],

@@ -1,7 +1,16 @@
 /** `inspect <consumer> <key>`: one record, read through the store's public `get`. */
 import { deriveChildKey, InvalidKeyError, type ProcessedRecord, recordKeyFor } from '@exactly-once/core';
 import { CliError, UsageError } from '../errors.js';
-import { formatBytes, formatSpan, formatTime, type Io, printJson, printLines, table } from '../output.js';
+import {
+  formatBytes,
+  formatSpan,
+  formatTime,
+  type Io,
+  printJson,
+  printLines,
+  shown,
+  table,
+} from '../output.js';
 import { openStore, type StoreOptions, storeError } from '../stores.js';
 
 export interface InspectOptions extends StoreOptions {
@@ -114,7 +123,7 @@ export function recordView(record: ProcessedRecord, now = Date.now(), keyFor?: K
 
 export function renderRecord(view: RecordView, now = Date.now()): string[] {
   const rows: string[][] = [
-    ['record', view.storeKey],
+    ['record', shown(view.storeKey)],
     ['state', view.compacted ? `${view.state} (compaction marker: no result or messages kept)` : view.state],
     ['attempt', String(view.attempt)],
     ['fence', String(view.fence)],

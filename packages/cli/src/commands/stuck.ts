@@ -12,6 +12,7 @@ import {
   printJson,
   printLines,
   progress,
+  shown,
   table,
   truncate,
 } from '../output.js';
@@ -117,7 +118,7 @@ export async function stuck(io: Io, options: StuckOptions): Promise<void> {
               ? `live, ${formatSpan(v.leaseUntil - now)} left`
               : `expired ${formatSpan(now - v.leaseUntil)} ago`,
         v.stepsStarted.length === 0 ? '-' : v.stepsStarted.join(', '),
-        v.key,
+        shown(v.key),
       ]),
     ];
     printLines(io, [
