@@ -54,6 +54,40 @@ describe('tiered store', () => {
     expect(attempts).toEqual([1, 2]);
   });
 
+  it('a cold tier that cannot be reached gives the hot lease back: the outage counts no attempt', async () => {
+    // Before: each try took the hot lease (a takeover once the last one ran out) and counted an
+    // attempt, then failed on cold; when cold answered again, messages that never ran were
+    // dead-lettered ATTEMPTS_EXHAUSTED ("each time the worker holding it died").
+    const hot = createMemoryStore();
+    let coldDown = true;
+    const cold = withFaults(createMemoryStore(), { failWhen: (op) => coldDown && op === 'begin' });
+    const store = createTieredStore({ hot, cold, hotRetentionMs: 3_600_000 });
+    const attempts: number[] = [];
+    const processor = createProcessor({
+      consumer: 'billing',
+      store,
+      leaseMs: 60,
+      heartbeatMs: 20,
+      maxTakeoverAttempts: 3,
+      retentionCheck: 'off',
+      handler: (_payload, ctx) => {
+        attempts.push(ctx.attempt);
+        return 'charged';
+      },
+    });
+    const message = () => delivery({ order: 'o-2' }, { [Headers.IdempotencyKey]: 'order-2' });
+    for (let i = 0; i < 6; i++) {
+      expect(await processor.process(message())).toMatchObject({
+        action: 'defer',
+        outcome: 'store-unavailable',
+      });
+      await sleep(80); // past the lease, as a redelivery after an outage would be
+    }
+    coldDown = false;
+    expect(await processor.process(message())).toMatchObject({ action: 'ack' });
+    expect(attempts).toEqual([1]);
+  });
+
   const fatal = { name: 'PermanentError', code: 'PERMANENT', message: 'card declined' };
   it.each([
     {

@@ -160,11 +160,21 @@ export function createTieredStore(options: TieredStoreOptions): TieredStore {
     async begin(request: BeginRequest): Promise<BeginResult> {
       const first = await hot.begin(request);
       if (first.status !== 'acquired') return first;
-      const second = await cold.begin({
-        ...request,
-        owner: tag(request.owner, first.fence),
-        leaseMs: Math.min(request.leaseMs, coldLeaseMs),
-      });
+      let second: BeginResult;
+      try {
+        second = await cold.begin({
+          ...request,
+          owner: tag(request.owner, first.fence),
+          leaseMs: Math.min(request.leaseMs, coldLeaseMs),
+        });
+      } catch (error) {
+        // Cold cannot be reached: give the hot lease back unrun, so that the outage counts no
+        // attempt (each try would otherwise take the lease over and count one, until innocent
+        // messages were ATTEMPTS_EXHAUSTED). A cold claim that landed all the same answers the
+        // next try busy until it lapses.
+        await hot.release(request.key, first.fence, RELEASED, { notRun: true }).catch(() => undefined);
+        throw error;
+      }
       if (second.status === 'acquired') return first;
       if (second.status === 'busy') {
         // Another attempt's cold claim is still live. Give the hot lease back unrun rather than
