@@ -281,6 +281,29 @@ describe.each(servers)('document outbox on %s, relayed to Kafka', (_name, url) =
     expect(() => outboxFields('d-1', [{ destination: 'd', body: undefined }])).toThrow(UnencodableValueError);
   });
 
+  it.each([
+    ['an empty destination', [{ destination: '', body: {} }], /destination must be a non-empty string/],
+    ['a number as key', [{ destination: 'd', key: 7, body: {} }], /key must be a string/],
+    [
+      'a number as header value',
+      [{ destination: 'd', headers: { n: 5 }, body: {} }],
+      /header n must be a string/,
+    ],
+    [
+      'one id twice',
+      [
+        { destination: 'd', id: 'e-1', body: { a: 1 } },
+        { destination: 'd', id: 'e-1', body: { a: 2 } },
+      ],
+      /"e-1" is used twice/,
+    ],
+  ])(
+    'outboxFields refuses %s at the write (the relay refused it for ever, holding up what came after)',
+    (_, events, message) => {
+      expect(() => outboxFields('d-2', events as never)).toThrow(message);
+    },
+  );
+
   it('two writes of one document in the same millisecond: marking the first leaves the second pending', async () => {
     // Before: both had the same eo_pending (its sub-millisecond part rounds away), so the
     // conditional $unset of the first write also cleared the second's, and its events were lost.

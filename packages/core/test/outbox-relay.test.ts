@@ -126,8 +126,40 @@ describe('outbox relay', () => {
     expectAllInOrder(publisher.sent, 400, 2);
     expect(relay.stats().failures).toBe(5);
     expect(pending.size).toBe(0);
-    // The first five rounds were halved from 128: 128, 64, 32, 16, 8, then the successful one.
-    expect(publisher.calls.slice(0, 6)).toEqual([128, 64, 32, 16, 8, 4]);
+    // After the first failed round, the oldest entry goes alone until a round is confirmed; the
+    // window halved at each failure (128 -> 4) and grows again from there.
+    expect(publisher.calls.slice(0, 6)).toEqual([128, 2, 2, 2, 2, 2]);
+    expect(relay.stats().window).toBeGreaterThan(4);
+  });
+
+  it('an entry the broker refuses is retried alone: the entries behind it are not sent again with it', async () => {
+    // Before: every retry sent the whole round again, and the broker took the later entries each
+    // time (126 copies of 15 entries in 40 s behind one 2 MB entry, `published` 0).
+    const { source, pending } = memorySource(50, 1);
+    const sent: string[] = [];
+    let refusals = 8;
+    const publisher = {
+      async publish(messages: readonly OutgoingMessage[]) {
+        // Like Kafka: every other message of the request is appended, the first is refused.
+        sent.push(...messages.slice(1).map((m) => m.id));
+        if (messages[0]?.id === 'e000000/0' && refusals-- > 0) throw new Error('MESSAGE_TOO_LARGE');
+        sent.push(messages[0]?.id as string);
+      },
+    };
+    const warned: Record<string, unknown>[] = [];
+    const logger = { ...quiet, warn: (_: string, meta?: Record<string, unknown>) => warned.push(meta ?? {}) };
+    const relay = createOutboxRelay({ source, publisher, window: { initial: 16, min: 1 }, ...fast, logger });
+    relay.start();
+    await relay.drained();
+    await relay.stop();
+    expect(pending.size).toBe(0);
+    const copies = (id: string) => sent.filter((s) => s === id).length;
+    // The first round carried the next 15 past it once; the eight retries carried nothing else.
+    expect(copies('e000005/0')).toBe(2);
+    expect(copies('e000020/0')).toBe(1);
+    expect(copies('e000000/0')).toBe(1);
+    // Each failure names the entry it held up on.
+    expect(warned.slice(1).every((w) => w.entry === 'e000000' && w.entries === 1)).toBe(true);
   });
 
   it('a slow broker shrinks the window to its minimum', async () => {

@@ -10,6 +10,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import {
+  ConfigError,
   Headers,
   MalformedMessageError,
   normalizeKey,
@@ -75,15 +76,28 @@ export function outboxFields(
   const docId = String(documentId);
   const requestId = options.requestId ?? docId;
   const trace = injectContext(context.active(), {});
+  const ids = new Set<string>();
   return {
     [OUTBOX_FIELD]: messages.map((m, position) => {
-      // Refused here, at the write, rather than published to be dead-lettered by every consumer.
-      if (m.body === undefined) {
-        throw new UnencodableValueError(`event ${position} of document ${docId}`, 'its body is undefined');
+      // Refused here, at the write, rather than published to be dead-lettered by every consumer,
+      // or written in a shape the relay refuses for ever (holding up every event behind it).
+      const event = `event ${position} of document ${docId}`;
+      if (m.body === undefined) throw new UnencodableValueError(event, 'its body is undefined');
+      if (typeof m.destination !== 'string' || m.destination === '') {
+        throw new ConfigError(`${event}: destination must be a non-empty string`);
+      }
+      if (m.key !== undefined && typeof m.key !== 'string')
+        throw new ConfigError(`${event}: key must be a string`);
+      for (const [name, value] of Object.entries(m.headers ?? {})) {
+        if (typeof value !== 'string') throw new ConfigError(`${event}: header ${name} must be a string`);
       }
       const { bytes, contentType } = encodeValue(m.body);
       const id = m.id ?? `${docId}/${position}`;
       normalizeKey(id); // InvalidKeyError for an id no consumer would take (empty, not UTF-8)
+      // Two events under one id: the second would be IDEMPOTENCY_KEY_REUSE at every consumer.
+      if (ids.has(id))
+        throw new ConfigError(`${event}: id ${JSON.stringify(id)} is used twice in this write`);
+      ids.add(id);
       const headers: Record<string, string> = {
         'content-type': contentType,
         ...m.headers,

@@ -159,16 +159,26 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
     }
   };
 
+  // After a failed round the oldest unconfirmed entry goes alone until a round is confirmed: an
+  // entry the broker refuses for ever is retried by itself, and the entries behind it are not
+  // sent again with it at every retry (only the failed round itself could carry them past it).
+  let solo = false;
+  /** The round being published: what a failure's log line names. */
+  let current: readonly OutboxEntry[] = [];
+
   const publishRound = async (round: OutboxEntry[]) => {
     const messages = round.flatMap((e) => e.messages);
     s.inFlight = messages.length;
     s.maxInFlight = Math.max(s.maxInFlight, messages.length);
+    current = round;
     const started = performance.now();
     try {
       await publisher.publish(messages);
     } finally {
       s.inFlight = 0;
     }
+    solo = false;
+    current = [];
     grow(performance.now() - started);
     s.rounds++;
     s.published += messages.length;
@@ -202,7 +212,7 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
           toMark.push(entry.id);
           continue;
         }
-        if (count > 0 && count + entry.messages.length > size) {
+        if (count > 0 && (solo || count + entry.messages.length > size)) {
           carry = entry;
           break;
         }
@@ -293,11 +303,15 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
         s.failures++;
         size = Math.max(window.min, Math.floor(size / 2));
         slowStart = true;
+        solo = true;
         const delay = retryDelayMs(retry, failures);
         logger.warn('outbox relay: a round was not read or not confirmed; backing off', {
           error: String(error),
           delayMs: delay,
           window: size,
+          // The oldest entry of the round (alone after the first failure): the one to look at
+          // when the broker refuses it for good.
+          ...(current.length > 0 ? { entry: current[0]?.id, entries: current.length } : {}),
         });
         await pause(delay, signal);
       }
