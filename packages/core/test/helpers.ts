@@ -1,5 +1,5 @@
 import type { Delivery, OutgoingPublisher } from '../src/spi.js';
-import type { OutgoingMessage } from '../src/store/types.js';
+import type { OutgoingMessage, ProcessedStore } from '../src/store/types.js';
 
 const enc = new TextEncoder();
 
@@ -38,4 +38,22 @@ export function deferred<T = void>() {
     reject = rej;
   });
   return { promise, resolve, reject };
+}
+
+/**
+ * `store` whose lease extensions hang (a stalled connection) until `release()`: a heartbeat can
+ * then neither extend the lease nor notice that it lost it.
+ */
+export function withHeldExtensions(store: ProcessedStore): { store: ProcessedStore; release: () => void } {
+  const held = deferred();
+  return {
+    store: {
+      ...store,
+      extend: async (...args) => {
+        await held.promise;
+        return store.extend(...args);
+      },
+    },
+    release: () => held.resolve(),
+  };
 }

@@ -17,7 +17,7 @@ import { createProcessor } from '../src/processor.js';
 import { withFaults } from '../src/store/faulty-store.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 import type { ProcessedStore } from '../src/store/types.js';
-import { deferred, delivery, recordingPublisher } from './helpers.js';
+import { deferred, delivery, recordingPublisher, withHeldExtensions } from './helpers.js';
 
 const key = (k: string) => ({ [Headers.IdempotencyKey]: k });
 const fast = { leaseMs: 300, retentionCheck: 'off' as const, retry: { maxAttempts: 3, initialDelayMs: 10 } };
@@ -400,35 +400,47 @@ describe('bounded runs and deferrals', () => {
 });
 
 describe('large results', () => {
-  it('the lease is extended while a large result uploads; a rival sees the key busy', async () => {
-    const store = createMemoryStore();
-    const inner = await fsBlobs();
-    const uploading = deferred();
-    const finishUpload = deferred();
-    const slow: BlobStore = {
+  /** A blob store whose put waits for `finish`, before or after writing, once it got there. */
+  function pausedPuts(inner: BlobStore, when: 'before-write' | 'after-write') {
+    const reached = deferred();
+    const finish = deferred();
+    const blobs: BlobStore = {
       ...inner,
       async put(source) {
-        uploading.resolve();
-        await finishUpload.promise;
-        return inner.put(source);
+        if (when === 'before-write') {
+          reached.resolve();
+          await finish.promise;
+          return inner.put(source);
+        }
+        const pointer = await inner.put(source);
+        reached.resolve();
+        await finish.promise;
+        return pointer;
       },
     };
-    const p = createProcessor({
+    return { blobs, reached, finish };
+  }
+  const uploader = (store: ProcessedStore, blobs: BlobStore) =>
+    createProcessor({
       consumer: 'c',
       store,
-      blobs: slow,
+      blobs,
       ...fast,
       leaseMs: 60,
       heartbeatMs: 20,
       inlineResultBytes: 10,
       handler: () => 'x'.repeat(1000),
     });
-    const run = p.process(delivery({}, key('big')));
-    await uploading.promise;
+
+  it('the lease is extended while a large result uploads; a rival sees the key busy', async () => {
+    const store = createMemoryStore();
+    const upload = pausedPuts(await fsBlobs(), 'before-write');
+    const run = uploader(store, upload.blobs).process(delivery({}, key('big')));
+    await upload.reached.promise;
     await new Promise((r) => setTimeout(r, 150)); // well past one lease
     const rival = createProcessor({ consumer: 'c', store, ...fast, handler: () => 'rival' });
     expect(await rival.process(delivery({}, key('big')))).toMatchObject({ action: 'defer', outcome: 'busy' });
-    finishUpload.resolve();
+    upload.finish.resolve();
     expect(await run).toMatchObject({ action: 'ack', outcome: 'acquired' });
   });
 
@@ -438,46 +450,18 @@ describe('large results', () => {
     const store = createMemoryStore();
     const directory = await mkdtemp(join(tmpdir(), 'eo-blobs-'));
     dirs.push(directory);
-    const inner = createFsBlobStore({ directory });
-    const written = deferred();
-    const finishUpload = deferred();
-    const slow: BlobStore = {
-      ...inner,
-      async put(source) {
-        const pointer = await inner.put(source);
-        written.resolve();
-        await finishUpload.promise;
-        return pointer;
-      },
-    };
-    // The heartbeat's extension hangs (a stalled connection) until after the rival took over.
-    const extensionsHeld = deferred();
-    const stalled: ProcessedStore = {
-      ...store,
-      extend: async (...args) => {
-        await extensionsHeld.promise;
-        return store.extend(...args);
-      },
-    };
-    const p = createProcessor({
-      consumer: 'c',
-      store: stalled,
-      blobs: slow,
-      ...fast,
-      leaseMs: 60,
-      heartbeatMs: 20,
-      inlineResultBytes: 10,
-      handler: () => 'x'.repeat(1000),
-    });
-    const run = p.process(delivery({}, key('big-lost')));
-    await written.promise;
+    const upload = pausedPuts(createFsBlobStore({ directory }), 'after-write');
+    // The heartbeat's extension hangs until after the rival took over.
+    const stalled = withHeldExtensions(store);
+    const run = uploader(stalled.store, upload.blobs).process(delivery({}, key('big-lost')));
+    await upload.reached.promise;
     await new Promise((r) => setTimeout(r, 150)); // well past one lease
     const rival = createProcessor({ consumer: 'c', store, ...fast, handler: () => 'rival' });
     expect(await rival.process(delivery({}, key('big-lost')))).toMatchObject({ outcome: 'takeover' });
     // The upload ends first; the extension in flight is then answered `lost`.
-    finishUpload.resolve();
+    upload.finish.resolve();
     await new Promise((r) => setTimeout(r, 20));
-    extensionsHeld.resolve();
+    stalled.release();
     expect(await run).toMatchObject({ action: 'defer', outcome: 'lease-lost' });
     const files = (
       await Promise.all((await readdir(directory)).map((d) => readdir(join(directory, d))))

@@ -7,7 +7,7 @@ import { createProcessor } from '../src/processor.js';
 import type { StepEvent } from '../src/steps.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 import type { FencedResult, ProcessedStore } from '../src/store/types.js';
-import { deferred, delivery } from './helpers.js';
+import { deferred, delivery, withHeldExtensions } from './helpers.js';
 
 const key = (k: string) => ({ [Headers.IdempotencyKey]: k, [Headers.RequestId]: `req-${k}` });
 const fast = { leaseMs: 300, retentionCheck: 'off' as const, retry: { maxAttempts: 5, initialDelayMs: 5 } };
@@ -639,19 +639,12 @@ describe('a step under a lease that lapsed by this worker clock', () => {
     // Before: a run whose heartbeat could not extend in time (a stalled store connection, a
     // frozen process) started the step as soon as the handler reached it, beside the new owner.
     const store = createMemoryStore();
-    const extensionsHeld = deferred();
-    const stalled: ProcessedStore = {
-      ...store,
-      extend: async (...args) => {
-        await extensionsHeld.promise;
-        return store.extend(...args);
-      },
-    };
+    const stalled = withHeldExtensions(store);
     const reached = deferred();
     let charges = 0;
     const stale = createProcessor({
       consumer: 'c',
-      store: stalled,
+      store: stalled.store,
       ...fast,
       leaseMs: 60,
       heartbeatMs: 20,
@@ -666,7 +659,7 @@ describe('a step under a lease that lapsed by this worker clock', () => {
     expect(await rival.process(delivery({}, key('lapsed')))).toMatchObject({ outcome: 'takeover' });
     reached.resolve();
     await new Promise((r) => setTimeout(r, 20));
-    extensionsHeld.resolve();
+    stalled.release();
     expect(await run).toMatchObject({ action: 'defer', outcome: 'lease-lost' });
     expect(charges).toBe(0);
   });
