@@ -16,6 +16,7 @@ import { type Context, propagation, type Span, SpanStatusCode } from '@opentelem
 import { createRunContext } from './context.js';
 import {
   AttemptsExhaustedError,
+  type ErrorInfo,
   type ExactlyOnceError,
   IdempotencyKeyReuseError,
   isRetryable,
@@ -289,14 +290,7 @@ async function processDelivery<T, R>(
   if (span.isRecording()) {
     span.setAttribute(ATTR_EO_OUTCOME, disposition.outcome);
     span.setAttribute(ATTR_EO_ACTION, disposition.action);
-    // A failure of the message, or of the store under it (deferred: the outage is still an error).
-    const error =
-      disposition.action === 'dead-letter'
-        ? disposition.reason.error
-        : disposition.action === 'retry' ||
-            (disposition.action === 'defer' && disposition.outcome === 'store-unavailable')
-          ? disposition.error
-          : undefined;
+    const error = spanError(disposition);
     if (error)
       span.setStatus({ code: SpanStatusCode.ERROR, message: scrub(`${error.name}: ${error.message}`) });
   }
@@ -318,6 +312,14 @@ async function processDelivery<T, R>(
   m.deliveries.add(1, attrs);
   m.processDuration.record((performance.now() - started) / 1000, attrs);
   return disposition;
+}
+
+/** A failure of the message, or of the store under it (deferred: an outage is still an error). */
+function spanError(d: Disposition): ErrorInfo | undefined {
+  if (d.action === 'dead-letter') return d.reason.error;
+  if (d.action === 'retry') return d.error;
+  if (d.action === 'defer' && d.outcome === 'store-unavailable') return d.error;
+  return undefined;
 }
 
 async function run<T, R>(

@@ -124,6 +124,15 @@ export function createTieredStore(options: TieredStoreOptions): TieredStore {
     if ((await hot.release(key, fence, RELEASED)) === 'ok') await hot.clear(key);
   }
 
+  /**
+   * Give a hot lease back unrun when cold cannot be asked yet (busy, or unreachable) rather than
+   * clear it: its record holds the key's journaled steps and attempt count, which the attempt that
+   * goes on next must find, and a try that never ran counts no attempt.
+   */
+  function giveBackHot(key: string, fence: number): Promise<FencedResult> {
+    return hot.release(key, fence, RELEASED, { notRun: true });
+  }
+
   /** Cold's IN_PROGRESS record claimed under hot fence `fence`, if it is still that claim. */
   async function coldClaim(key: string, fence: number): Promise<InProgressRecord | undefined> {
     const record = await cold.get(key);
@@ -168,19 +177,17 @@ export function createTieredStore(options: TieredStoreOptions): TieredStore {
           leaseMs: Math.min(request.leaseMs, coldLeaseMs),
         });
       } catch (error) {
-        // Cold cannot be reached: give the hot lease back unrun, so that the outage counts no
-        // attempt (each try would otherwise take the lease over and count one, until innocent
-        // messages were ATTEMPTS_EXHAUSTED). A cold claim that landed all the same answers the
-        // next try busy until it lapses.
-        await hot.release(request.key, first.fence, RELEASED, { notRun: true }).catch(() => undefined);
+        // Cold cannot be reached: an outage must count no attempt (each try would otherwise take
+        // the lease over and count one, until innocent messages were ATTEMPTS_EXHAUSTED). A cold
+        // claim that landed all the same answers the next try busy until it lapses.
+        await giveBackHot(request.key, first.fence).catch(() => undefined);
         throw error;
       }
       if (second.status === 'acquired') return first;
       if (second.status === 'busy') {
-        // Another attempt's cold claim is still live. Give the hot lease back unrun rather than
-        // clear it: its record holds the key's journaled steps and attempt count, which the
-        // attempt that goes on next must find (a clear made it start over and repeat its steps).
-        await hot.release(request.key, first.fence, RELEASED, { notRun: true });
+        // Another attempt's cold claim is still live (a clear of hot made the next attempt start
+        // over and repeat its steps).
+        await giveBackHot(request.key, first.fence);
         return { ...second, record: untag(second.record) };
       }
       await dropHot(request.key, first.fence);
