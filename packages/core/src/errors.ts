@@ -67,6 +67,11 @@ export class InvalidKeyError extends ExactlyOnceError {
 }
 
 /** The same key arrived with a different payload fingerprint: never processed as a duplicate. */
+/** Enough of a fingerprint to tell two apart; a compaction marker's (`compacted:` + 8 hex) whole. */
+function shortFingerprint(fingerprint: string): string {
+  return fingerprint.length <= 20 ? fingerprint : `${fingerprint.slice(0, 12)}…`;
+}
+
 export class IdempotencyKeyReuseError extends ExactlyOnceError {
   override name = 'IdempotencyKeyReuseError';
   readonly key: string;
@@ -76,7 +81,7 @@ export class IdempotencyKeyReuseError extends ExactlyOnceError {
     super(
       ErrorCode.KeyReuse,
       `idempotency key "${truncate(opts.key)}" was already used with a different payload ` +
-        `(stored fingerprint ${opts.storedFingerprint.slice(0, 12)}…, received ${opts.receivedFingerprint.slice(0, 12)}…)`,
+        `(stored fingerprint ${shortFingerprint(opts.storedFingerprint)}, received ${shortFingerprint(opts.receivedFingerprint)})`,
       false,
     );
     this.key = opts.key;
@@ -198,10 +203,17 @@ export class MalformedMessageError extends ExactlyOnceError {
 export class AttemptsExhaustedError extends ExactlyOnceError {
   override name = 'AttemptsExhaustedError';
   readonly attempts: number;
-  constructor(opts: { attempts: number; cause?: unknown }) {
+  /**
+   * @param opts.cutShort at least this many of the attempts ended with the worker holding the key
+   * dying or stalling rather than with a handler error (attempts count both kinds)
+   */
+  constructor(opts: { attempts: number; cause?: unknown; cutShort?: number }) {
+    const cutShort = opts.cutShort
+      ? ` (at least ${opts.cutShort} of them cut short by a worker that died or stalled holding the key)`
+      : '';
     super(
       ErrorCode.AttemptsExhausted,
-      `gave up after ${opts.attempts} attempts: ${describeCause(opts.cause)}`,
+      `gave up after ${opts.attempts} attempts${cutShort}: ${describeCause(opts.cause)}`,
       false,
       opts,
     );

@@ -45,7 +45,12 @@ export async function handleFailure<T, R>(
       ? error instanceof ExactlyOnceError
         ? error
         : new HandlerFailedError(error)
-      : new AttemptsExhaustedError({ attempts: attempt, cause: error });
+      : // Handler errors end a key at retry.maxAttempts: any attempt past it was a takeover's.
+        new AttemptsExhaustedError({
+          attempts: attempt,
+          cause: error,
+          cutShort: Math.max(0, attempt - o.retry.maxAttempts),
+        });
     return failAndDeadLetter(o, delivery, storeKey, fence, reason, attempt, leaseDeadline);
   }
   const info = toErrorInfo(error);

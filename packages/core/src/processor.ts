@@ -303,9 +303,12 @@ async function processDelivery<T, R>(
     };
   }
   if (disposition.action === 'defer' && disposition.outcome === 'lease-lost') {
-    // Another worker holds the key now (this one stalled, or the store did): nothing of this run
-    // is recorded, and an effect it made outside a step or a keyed call may happen twice.
-    o.logger.warn('lease lost to another worker; this run is not recorded', { error: disposition.error });
+    // Another run holds the key now (this one stalled, or the store did; the run that took it
+    // over may be a later copy in this very process): nothing of this run is recorded, and an
+    // effect it made outside a step or a keyed call may happen twice.
+    o.logger.warn('lease lost: the key was taken over, and this run is not recorded', {
+      error: disposition.error,
+    });
   }
   const attrs = { consumer: o.consumer, outcome: disposition.outcome, action: disposition.action };
   const m = instrumentsFor();
@@ -579,6 +582,15 @@ async function runAcquired<T, R>(
     );
   }
 
+  if (takeover) {
+    // The only trace in the logs of a worker that died or stalled mid-run (after a SIGKILL the
+    // dead process logged nothing): its handler runs again here, under the steps it journaled.
+    o.logger.warn('taking over a key whose last run did not finish; its handler runs again', {
+      key: storeKey,
+      attempt,
+      journaledSteps: Object.keys(begun.steps).length,
+    });
+  }
   const handled = handlerRun<R>();
   const keeper = shared.leases.hold({
     key: storeKey,

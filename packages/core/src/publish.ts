@@ -8,7 +8,7 @@ import { describeThrown, ExactlyOnceError, PublishError, toErrorInfo } from './e
 import { deadLetter } from './failure.js';
 import type { ResolvedProcessorOptions } from './options.js';
 import { ATTR_MESSAGING_OPERATION_TYPE } from './semconv.js';
-import { MAX_TRACKED_PUBLISH_FAILURES, type Shared } from './shared.js';
+import { MAX_TRACKED_PUBLISH_FAILURES, RunUnderWay, type Shared } from './shared.js';
 import type { Delivery, Disposition, Outcome } from './spi.js';
 import type { CompletedRecord, OutgoingMessage, StoredResult } from './store/types.js';
 import { inSpan, instrumentsFor } from './tracing.js';
@@ -27,14 +27,38 @@ export async function finishCompleted<T, R>(
   publishedBefore?: Promise<boolean>,
 ): Promise<Disposition> {
   let pending = record.outgoing.filter((m) => !m.published);
-  const underWay = shared.publishing.get(storeKey);
-  if (pending.length > 0 && underWay) {
-    // A concurrent copy in this process is publishing the same messages right now: wait for it
-    // rather than send them twice, then publish only what it did not confirm.
+  // A run or another copy in this process publishing the same messages right now (copies that
+  // came together after a crash, a Kafka refetch): wait for it rather than send them twice, then
+  // publish only what it did not confirm.
+  for (let underWay = shared.publishing.get(storeKey); pending.length > 0 && underWay; ) {
     await underWay.wait();
     const fresh = await o.store.get(storeKey).catch(() => undefined);
     if (fresh?.state === 'COMPLETED') pending = fresh.outgoing.filter((m) => !m.published);
+    underWay = shared.publishing.get(storeKey);
   }
+  // Copies that come after this one wait for it in turn.
+  const marker = pending.length > 0 ? new RunUnderWay() : undefined;
+  if (marker) shared.publishing.set(storeKey, marker);
+  try {
+    return await answered(o, ctx, delivery, storeKey, record, shared, pending, publishedBefore);
+  } finally {
+    marker?.end(() => {
+      if (shared.publishing.get(storeKey) === marker) shared.publishing.delete(storeKey);
+    });
+  }
+}
+
+/** A duplicate's disposition once `pending` (its record's unconfirmed messages) were published. */
+async function answered<T, R>(
+  o: ResolvedProcessorOptions<T, R>,
+  ctx: Context,
+  delivery: Delivery,
+  storeKey: string,
+  record: CompletedRecord,
+  shared: Shared,
+  pending: readonly OutgoingMessage[],
+  publishedBefore: Promise<boolean> | undefined,
+): Promise<Disposition> {
   const d = await publishThenAck(
     o,
     ctx,

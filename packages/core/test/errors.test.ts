@@ -1,5 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { AttemptsExhaustedError, describeThrown, HandlerFailedError, toErrorInfo } from '../src/errors.js';
+import {
+  AttemptsExhaustedError,
+  describeThrown,
+  HandlerFailedError,
+  IdempotencyKeyReuseError,
+  toErrorInfo,
+} from '../src/errors.js';
 
 describe('what a thrown value says in a dead letter', () => {
   it('an Error: its name and message', () => {
@@ -22,6 +28,16 @@ describe('what a thrown value says in a dead letter', () => {
     const circular: Record<string, unknown> = {};
     circular.self = circular;
     expect(describeThrown(circular)).toBe('[object Object]');
+  });
+
+  it("a key reuse names a compaction marker's fingerprint whole, a full one by its start", () => {
+    // Before: "stored fingerprint compacted:31…", two of the marker's eight hex digits.
+    const error = new IdempotencyKeyReuseError({
+      key: 'k',
+      storedFingerprint: 'compacted:31ee07aa',
+      receivedFingerprint: '0123456789abcdef0123456789abcdef',
+    });
+    expect(error.message).toContain('(stored fingerprint compacted:31ee07aa, received 0123456789ab…)');
   });
 
   it('a string or nothing: as it is', () => {

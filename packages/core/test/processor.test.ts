@@ -8,7 +8,8 @@ import { PermanentError } from '../src/errors.js';
 import { Headers } from '../src/headers.js';
 import { fingerprint } from '../src/keys.js';
 import { createProcessor } from '../src/processor.js';
-import { deadLetterHeaders } from '../src/spi.js';
+import { deadLetterHeaders, type OutgoingPublisher } from '../src/spi.js';
+import type { OutgoingMessage } from '../src/store/types.js';
 import { withFaults } from '../src/store/faulty-store.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 import { deferred, delivery, recordingPublisher } from './helpers.js';
@@ -98,6 +99,34 @@ describe('processor: completed and duplicate', () => {
     expect(publisher.sent).toHaveLength(1);
     const third = await p.process(delivery({}, key('k3')));
     expect(third.action).toBe('ack');
+    expect(publisher.sent).toHaveLength(1);
+  });
+
+  it('copies of a completed key that arrive together publish its unconfirmed messages once', async () => {
+    // After a crash between the completion and the publish confirm, the redelivered message and
+    // its duplicates come in one prefetch window (or a Kafka refetch): each one re-published.
+    const store = createMemoryStore();
+    const publisher = recordingPublisher();
+    const slow: OutgoingPublisher = {
+      async publish(messages: readonly OutgoingMessage[]) {
+        await new Promise((r) => setTimeout(r, 20));
+        await publisher.publish(messages);
+      },
+    };
+    const p = createProcessor({
+      consumer: 'billing',
+      store,
+      publisher: slow,
+      ...fast,
+      handler: (_: unknown, ctx: HandlerContext) => {
+        ctx.publish('payments', { n: 1 });
+      },
+    });
+    publisher.failing = true;
+    expect(await p.process(delivery({}, key('k3b')))).toMatchObject({ outcome: 'publish-failed' });
+    publisher.failing = false;
+    const copies = await Promise.all([1, 2, 3].map(() => p.process(delivery({}, key('k3b')))));
+    expect(copies.map((d) => d.outcome)).toEqual(['duplicate', 'duplicate', 'duplicate']);
     expect(publisher.sent).toHaveLength(1);
   });
 
@@ -252,7 +281,7 @@ describe('processor: failures', () => {
    * A processor on a memory store with its own clock, and workers that begin a key behind its back:
    * `died` is one that dies before its handler starts (its lease runs out).
    */
-  const withDeadWorkers = (maxTakeoverAttempts: number) => {
+  const withDeadWorkers = (maxTakeoverAttempts: number, handler = () => 'done') => {
     let clock = 1_000_000;
     const store = createMemoryStore({ now: () => clock });
     const runs = { count: 0 };
@@ -263,7 +292,7 @@ describe('processor: failures', () => {
       maxTakeoverAttempts,
       handler: () => {
         runs.count++;
-        return 'done';
+        return handler();
       },
     });
     const begin = async (k: string) => {
@@ -301,6 +330,20 @@ describe('processor: failures', () => {
     expect(runs.count).toBe(1);
     expect(() => createProcessor({ consumer: 'c', store, handler: () => 1, maxTakeoverAttempts: 0 })).toThrow(
       /maxTakeoverAttempts must be an integer >= 1/,
+    );
+  });
+
+  it('a handler error after takeovers past retry.maxAttempts is final, and its reason says why', async () => {
+    // Found under SIGKILL storms: "gave up after 9 attempts" for a message whose handler ran once.
+    const { p, runs, died } = withDeadWorkers(20, () => {
+      throw new Error('gateway timeout');
+    });
+    for (let i = 0; i < 5; i++) await died('k8e');
+    const last = await p.process(delivery({}, key('k8e')));
+    expect(runs.count).toBe(1);
+    if (last.action !== 'dead-letter') throw new Error(`expected a dead letter, got ${last.action}`);
+    expect(last.reason.error.message).toBe(
+      'gave up after 6 attempts (at least 3 of them cut short by a worker that died or stalled holding the key): gateway timeout',
     );
   });
 
@@ -617,7 +660,14 @@ describe('processor: leases and steps', () => {
         return 'stale';
       },
     });
-    const fresh = createProcessor({ consumer: 'c', store, ...fast, handler: () => 'fresh' });
+    const tookOver: string[] = [];
+    const fresh = createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      logger: { debug: quiet, info: quiet, warn: (message: string) => tookOver.push(message), error: quiet },
+      handler: () => 'fresh',
+    });
     const staleRun = stale.process(delivery({}, key('k13')));
     await new Promise((r) => setTimeout(r, 120));
     const takeover = await fresh.process(delivery({}, key('k13')));
@@ -628,6 +678,8 @@ describe('processor: leases and steps', () => {
     expect(aborted).toBe(true);
     // Said once, at warn: its effects outside steps may repeat (before, only the stats showed it).
     expect(warned.filter((m) => m.startsWith('lease lost'))).toHaveLength(1);
+    // The worker that took over says so (after a SIGKILL, the only line in the logs about it).
+    expect(tookOver).toEqual([expect.stringMatching(/^taking over a key whose last run did not finish/)]);
     const rec = await store.get('default:c:k13');
     if (rec?.state !== 'COMPLETED' || rec.result?.kind !== 'inline') throw new Error('expected completed');
     expect(new TextDecoder().decode(rec.result.data)).toBe('"fresh"');

@@ -157,7 +157,8 @@ interface Place {
 }
 
 /**
- * Creates a processed-store on a MongoDB collection (MongoDB 4.4+, or a wire-compatible server).
+ * Creates a processed-store on a MongoDB collection (MongoDB, or a wire-compatible server such as
+ * FerretDB or mongo-java-server, which reports MongoDB 4.2; see the README for drivers).
  *
  * A key's head (`_id` = key) names a chain of elements, each one state of the key. Element i + 1
  * is inserted only by a worker that read element i as the last one, and `_id` uniqueness lets
