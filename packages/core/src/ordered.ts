@@ -51,15 +51,23 @@ export async function releaseKept<T, R>(
 
 /**
  * Whether an ordered delivery may run its handler now: the one before it went well, the group
- * is neither released nor stopped, and at most ORDERED_WINDOW handlers run ahead of their writes.
+ * is neither released nor stopped, and at most ORDERED_WINDOW handlers run ahead of their writes
+ * (none for a takeover: see below).
  */
-export async function mayRun(turn: Turn): Promise<boolean> {
+export async function mayRun(turn: Turn, takeover: boolean): Promise<boolean> {
   const group = turn.group;
   // A released group's deliveries stop waiting at once and give their leases back, rather than
   // when the run ahead of them ends (a run that outlives stop() may never end soon).
   if (!(await Promise.race([turn.previous, group.whenReleased]))) return false;
-  if (turn.index >= ORDERED_WINDOW)
+  if (takeover && turn.index > 0) {
+    // The last worker holding this key died or stalled: it may be the record that kills its
+    // worker. It starts once the runs before it have ended (their completions written), so that
+    // if it kills this worker too they are not run again with it at every crash, until they
+    // reach maxTakeoverAttempts before it (found with a record killing its worker at once).
+    await Promise.race([Promise.all(group.ended.slice(0, turn.index)), group.whenReleased]);
+  } else if (turn.index >= ORDERED_WINDOW) {
     await Promise.race([group.ended[turn.index - ORDERED_WINDOW], group.whenReleased]);
+  }
   return !group.released && !group.stopped;
 }
 

@@ -304,9 +304,10 @@ async function processDelivery<T, R>(
   }
   if (disposition.action === 'defer' && disposition.outcome === 'lease-lost') {
     // Another run holds the key now (this one stalled, or the store did; the run that took it
-    // over may be a later copy in this very process): nothing of this run is recorded, and an
-    // effect it made outside a step or a keyed call may happen twice.
-    o.logger.warn('lease lost: the key was taken over, and this run is not recorded', {
+    // over may be a later copy in this very process), or the store lost the record (a Redis
+    // restarted without persistence): nothing of this run is recorded, and an effect it made
+    // outside a step or a keyed call may happen twice.
+    o.logger.warn('lease lost: the key was taken over or its record is gone; this run is not recorded', {
       error: disposition.error,
     });
   }
@@ -428,7 +429,7 @@ async function run<T, R>(
     return storeDown(o, error, storeKey);
   }
   if (begun.status === 'acquired' && turn) turn.group.acquired.set(storeKey, turn.index);
-  if (begun.status === 'acquired' && turn && !(await mayRun(turn))) {
+  if (begun.status === 'acquired' && turn && !(await mayRun(turn, begun.kind === 'takeover'))) {
     if (turn.group.released) {
       // The group was given up while this begin was on its way.
       await giveBackUnrun(shared, () => o.store.release(storeKey, begun.fence, NOT_RUN, { notRun: true }));

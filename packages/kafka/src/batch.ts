@@ -671,7 +671,9 @@ class BatchRun {
 
   private logDefer(d: Extract<Disposition, { action: 'defer' }>, message: KafkaMessageLike): void {
     if (d.outcome === 'busy') return; // routine: another run holds the key
-    this.env.logger.info('record deferred', {
+    // A store outage is logged once by the store's health watch, not once a second per partition.
+    const log = d.outcome === 'store-unavailable' ? this.env.logger.debug : this.env.logger.info;
+    log.call(this.env.logger, 'record deferred', {
       topic: this.topic,
       partition: this.partition,
       offset: message.offset,

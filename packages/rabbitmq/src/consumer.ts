@@ -39,6 +39,7 @@ import {
   toDelivery,
 } from './delivery.js';
 import { createPublisher, type RabbitPublisher } from './publisher.js';
+import { redeliveryGate } from './redelivered.js';
 import { type ConsumerStats, countOutcome, emptyStats } from './stats.js';
 import {
   checkTopology,
@@ -193,6 +194,7 @@ export function createConsumer<T = unknown, R = unknown>(
   const processor = createProcessor<T, R>({ ...rest, consumer: name, publisher });
   const stats = emptyStats();
   const inFlight = new Set<Promise<void>>();
+  const alone = redeliveryGate();
   const consumerTags = new Map<KeptChannel, string>();
   // Aborted by stop(): wakes deliveries waiting to run again, so shutdown does not wait them out.
   const stopping = new AbortController();
@@ -283,7 +285,15 @@ export function createConsumer<T = unknown, R = unknown>(
           stats.abandoned++; // its channel is gone; the broker redelivers it on a live one
           return;
         }
-        const d = await processor.process(delivery);
+        // A delivery that waited for a redelivered one to run alone starts only if it still may.
+        const d = await alone(msg.fields.redelivered, async () =>
+          kept.open && !stopping.signal.aborted ? processor.process(delivery) : undefined,
+        );
+        if (d === undefined) {
+          stats.abandoned++; // its channel is gone, or stopping: the broker redelivers it
+          if (kept.open) settlerOf(kept).requeue(msg);
+          return;
+        }
         countOutcome(stats, d.outcome);
         if (d.action !== 'defer') {
           await settle(kept, msg, d);

@@ -1,0 +1,53 @@
+/**
+ * A Kafka consumer process for the poison-crash test: the record `poison` SIGKILLs its worker as
+ * its handler starts; every other handler appends its id to the ledger (a file, written before
+ * the handler returns) and returns at once.
+ *
+ * Config: JSON in EO_WORKER_CONFIG (see PoisonWorkerConfig).
+ */
+import { appendFileSync } from 'node:fs';
+import { silentLogger } from '@exactly-once/core';
+import { createConsumer } from '@exactly-once/kafka';
+import { createRedisStore } from '@exactly-once/store-redis';
+import { fastGroup, newKafka, newRedis } from './helpers.js';
+
+export interface PoisonWorkerConfig {
+  topic: string;
+  dlqTopic: string;
+  groupId: string;
+  ledger: string;
+  storePrefix: string;
+  maxTakeoverAttempts: number;
+}
+
+const config = JSON.parse(process.env.EO_WORKER_CONFIG ?? '{}') as PoisonWorkerConfig;
+const redis = newRedis();
+const consumer = createConsumer<{ id: string }>({
+  kafka: newKafka(`poison-${process.pid}`),
+  groupId: config.groupId,
+  topics: [config.topic],
+  deadLetter: { topic: config.dlqTopic },
+  store: createRedisStore({ client: redis, keyPrefix: config.storePrefix }),
+  fromBeginning: true,
+  consumerConfig: fastGroup,
+  leaseMs: 1_000,
+  maxTakeoverAttempts: config.maxTakeoverAttempts,
+  retentionCheck: 'off',
+  logger: silentLogger,
+  handler: ({ id }) => {
+    if (id === 'poison') process.kill(process.pid, 'SIGKILL');
+    appendFileSync(config.ledger, `${id}\n`);
+    return { ok: true };
+  },
+});
+
+process.on('SIGTERM', () => {
+  void (async () => {
+    await consumer.stop();
+    await redis.quit();
+    process.exit(0);
+  })();
+});
+
+await consumer.start();
+process.stdout.write('started\n');
