@@ -16,6 +16,7 @@ import {
   settle as ackLast,
   createProcessor,
   type DeadLetterReason,
+  type Delivery,
   type Disposition,
   doublingBackoff,
   type Processor,
@@ -194,7 +195,7 @@ export function createConsumer<T = unknown, R = unknown>(
   const processor = createProcessor<T, R>({ ...rest, consumer: name, publisher });
   const stats = emptyStats();
   const inFlight = new Set<Promise<void>>();
-  const alone = redeliveryGate();
+  const gate = redeliveryGate();
   const consumerTags = new Map<KeptChannel, string>();
   // Aborted by stop(): wakes deliveries waiting to run again, so shutdown does not wait them out.
   const stopping = new AbortController();
@@ -285,15 +286,8 @@ export function createConsumer<T = unknown, R = unknown>(
           stats.abandoned++; // its channel is gone; the broker redelivers it on a live one
           return;
         }
-        // A delivery that waited for a redelivered one to run alone starts only if it still may.
-        const d = await alone(msg.fields.redelivered, async () =>
-          kept.open && !stopping.signal.aborted ? processor.process(delivery) : undefined,
-        );
-        if (d === undefined) {
-          stats.abandoned++; // its channel is gone, or stopping: the broker redelivers it
-          if (kept.open) settlerOf(kept).requeue(msg);
-          return;
-        }
+        const d = await runGated(kept, msg, delivery);
+        if (d === undefined) return; // handed back while it waited its turn
         countOutcome(stats, d.outcome);
         if (d.action !== 'defer') {
           await settle(kept, msg, d);
@@ -315,6 +309,28 @@ export function createConsumer<T = unknown, R = unknown>(
       logger.warn('delivery not settled; the broker will redeliver it', { queue, error: toErrorInfo(error) });
     } finally {
       stats.inFlight--;
+    }
+  };
+
+  /**
+   * Runs the pipeline once its turn has come (see redelivered.ts); a delivery that waited for it
+   * and meanwhile lost its channel, or saw stop() begin, is handed back unrun (undefined).
+   */
+  const runGated = async (kept: KeptChannel, msg: ConsumeMessage, delivery: Delivery) => {
+    const { redelivered } = msg.fields;
+    try {
+      const turn = gate.enter(redelivered);
+      if (turn !== undefined) {
+        await turn;
+        if (!kept.open || stopping.signal.aborted) {
+          stats.abandoned++; // the broker redelivers it
+          if (kept.open) settlerOf(kept).requeue(msg);
+          return undefined;
+        }
+      }
+      return await processor.process(delivery);
+    } finally {
+      gate.leave(redelivered);
     }
   };
 
