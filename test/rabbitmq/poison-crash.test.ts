@@ -5,37 +5,18 @@
  * in it (found under a crash loop: all 20 messages of the window dead-lettered ATTEMPTS_EXHAUSTED
  * beside the one poison message, each innocent handler started 5 times).
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_RETRY_DELAYS_MS } from '@exactly-once/rabbitmq';
 import { afterAll, expect, it } from 'vitest';
 import { uniqueName } from '../support/env.js';
+import { ledgerLines, supervise } from '../support/supervisor.js';
 import { waitUntil } from '../support/wait.js';
 import { closeRedis, newRedis, queuesOf, rawChannel, storePrefix } from './helpers.js';
-import type { PoisonWorkerConfig } from './poison-worker.js';
 
 const redis = newRedis();
-const children = new Set<ChildProcess>();
-afterAll(async () => {
-  for (const c of children) c.kill('SIGKILL');
-  await closeRedis(redis);
-});
-
-function startWorker(config: PoisonWorkerConfig): ChildProcess {
-  const child = spawn(
-    process.execPath,
-    ['--import', 'tsx', '--conditions=@exactly-once/source', 'test/rabbitmq/poison-worker.ts'],
-    {
-      env: { ...process.env, EO_WORKER_CONFIG: JSON.stringify(config) },
-      stdio: ['ignore', 'ignore', 'inherit'],
-    },
-  );
-  children.add(child);
-  child.on('exit', () => children.delete(child));
-  return child;
-}
+afterAll(() => closeRedis(redis));
 
 it('a message that crashes its worker is dead-lettered alone; the window delivered with it runs once', async () => {
   const queue = uniqueName('poison-crash');
@@ -48,20 +29,8 @@ it('a message that crashes its worker is dead-lettered alone; the window deliver
   for (const id of ids) await raw.publish(queue, { id }, { 'x-idempotency-key': id });
 
   const config = { queue, ledger, storePrefix: storePrefix(queue), maxTakeoverAttempts: 3 };
-  // A supervisor: the worker is started again each time it dies, as a deployment would.
-  let worker = startWorker(config);
-  let restarts = 0;
-  let done = false;
-  const supervise = (child: ChildProcess) =>
-    child.on('exit', () => {
-      if (done) return;
-      restarts++;
-      worker = startWorker(config);
-      supervise(worker);
-    });
-  supervise(worker);
-  const effects = async () =>
-    (await readFile(ledger, 'utf8').catch(() => '')).split('\n').filter((line) => line !== '');
+  const workers = supervise('test/rabbitmq/poison-worker.ts', config);
+  const effects = () => ledgerLines(ledger);
   try {
     const letters = await waitUntil(
       async () => {
@@ -73,7 +42,7 @@ it('a message that crashes its worker is dead-lettered alone; the window deliver
           ? raw.drain(`${queue}.dlq`)
           : undefined;
       },
-      { timeoutMs: 60_000, progress: () => restarts },
+      { timeoutMs: 60_000, progress: () => workers.restarts },
     );
     expect(letters.map((m) => m.properties.headers?.['x-idempotency-key'])).toEqual(['poison']);
     expect(letters[0]?.properties.headers?.['x-eo-error-code']).toBe('ATTEMPTS_EXHAUSTED');
@@ -81,11 +50,9 @@ it('a message that crashes its worker is dead-lettered alone; the window deliver
     const counts = new Map<string, number>();
     for (const id of await effects()) counts.set(id, (counts.get(id) ?? 0) + 1);
     expect(Object.fromEntries(counts)).toEqual(Object.fromEntries(innocents.map((id) => [id, 1])));
-    expect(restarts).toBeGreaterThanOrEqual(3);
+    expect(workers.restarts).toBeGreaterThanOrEqual(3);
   } finally {
-    done = true;
-    worker.kill('SIGTERM');
-    await waitUntil(() => children.size === 0, { timeoutMs: 15_000 }).catch(() => worker.kill('SIGKILL'));
+    await workers.stop();
     await raw.deleteQueues(queuesOf(queue, [...DEFAULT_RETRY_DELAYS_MS]));
     await raw.close();
     await rm(dir, { recursive: true, force: true });

@@ -66,12 +66,12 @@ export class InvalidKeyError extends ExactlyOnceError {
   }
 }
 
-/** The same key arrived with a different payload fingerprint: never processed as a duplicate. */
 /** Enough of a fingerprint to tell two apart; a compaction marker's (`compacted:` + 8 hex) whole. */
 function shortFingerprint(fingerprint: string): string {
   return fingerprint.length <= 20 ? fingerprint : `${fingerprint.slice(0, 12)}…`;
 }
 
+/** The same key arrived with a different payload fingerprint: never processed as a duplicate. */
 export class IdempotencyKeyReuseError extends ExactlyOnceError {
   override name = 'IdempotencyKeyReuseError';
   readonly key: string;

@@ -61,10 +61,12 @@ import {
   KEY_ATTRIBUTES,
 } from './semconv.js';
 import {
+  endPublishingRun,
   giveBackUnrun,
   type HeldLease,
   type OrderedGroup,
-  RunUnderWay,
+  publishingRun,
+  type RunUnderWay,
   type Shared,
   type Turn,
 } from './shared.js';
@@ -486,8 +488,7 @@ async function run<T, R>(
   // (localRunOf) instead of polling the store, and do not publish its outgoing messages beside it
   // (finishCompleted), also while it waits for an earlier run or renews a late lease.
   const earlier = begun.kind === 'takeover' ? shared.publishing.get(storeKey) : undefined;
-  const marker = new RunUnderWay();
-  shared.publishing.set(storeKey, marker);
+  const marker = publishingRun(shared, storeKey);
   try {
     if (earlier !== undefined) {
       // Taken over from a run of this very process that is still going (its lease ran out under
@@ -516,9 +517,7 @@ async function run<T, R>(
     onRunning?.();
     return await runAcquired(o, delivery, span, runCtx, prepared, begun, leaseSince, shared, turn, marker);
   } finally {
-    marker.end(() => {
-      if (shared.publishing.get(storeKey) === marker) shared.publishing.delete(storeKey);
-    });
+    endPublishingRun(shared, storeKey, marker);
   }
 }
 

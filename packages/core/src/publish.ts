@@ -8,7 +8,7 @@ import { describeThrown, ExactlyOnceError, PublishError, toErrorInfo } from './e
 import { deadLetter } from './failure.js';
 import type { ResolvedProcessorOptions } from './options.js';
 import { ATTR_MESSAGING_OPERATION_TYPE } from './semconv.js';
-import { MAX_TRACKED_PUBLISH_FAILURES, RunUnderWay, type Shared } from './shared.js';
+import { endPublishingRun, MAX_TRACKED_PUBLISH_FAILURES, publishingRun, type Shared } from './shared.js';
 import type { Delivery, Disposition, Outcome } from './spi.js';
 import type { CompletedRecord, OutgoingMessage, StoredResult } from './store/types.js';
 import { inSpan, instrumentsFor } from './tracing.js';
@@ -37,41 +37,24 @@ export async function finishCompleted<T, R>(
     underWay = shared.publishing.get(storeKey);
   }
   // Copies that come after this one wait for it in turn.
-  const marker = pending.length > 0 ? new RunUnderWay() : undefined;
-  if (marker) shared.publishing.set(storeKey, marker);
+  const marker = pending.length > 0 ? publishingRun(shared, storeKey) : undefined;
   try {
-    return await answered(o, ctx, delivery, storeKey, record, shared, pending, publishedBefore);
+    const d = await publishThenAck(
+      o,
+      ctx,
+      delivery,
+      storeKey,
+      record.fence,
+      pending,
+      'duplicate',
+      record.result,
+      shared,
+      publishedBefore,
+    );
+    return record.compacted === true && d.action === 'ack' ? { ...d, compacted: true } : d;
   } finally {
-    marker?.end(() => {
-      if (shared.publishing.get(storeKey) === marker) shared.publishing.delete(storeKey);
-    });
+    if (marker) endPublishingRun(shared, storeKey, marker);
   }
-}
-
-/** A duplicate's disposition once `pending` (its record's unconfirmed messages) were published. */
-async function answered<T, R>(
-  o: ResolvedProcessorOptions<T, R>,
-  ctx: Context,
-  delivery: Delivery,
-  storeKey: string,
-  record: CompletedRecord,
-  shared: Shared,
-  pending: readonly OutgoingMessage[],
-  publishedBefore: Promise<boolean> | undefined,
-): Promise<Disposition> {
-  const d = await publishThenAck(
-    o,
-    ctx,
-    delivery,
-    storeKey,
-    record.fence,
-    pending,
-    'duplicate',
-    record.result,
-    shared,
-    publishedBefore,
-  );
-  return record.compacted === true && d.action === 'ack' ? { ...d, compacted: true } : d;
 }
 
 export async function publishThenAck<T, R>(

@@ -117,6 +117,20 @@ export class RunUnderWay {
   }
 }
 
+/** Registers a run of `storeKey` that may publish its messages: copies of the key wait for it. */
+export function publishingRun(shared: Shared, storeKey: string): RunUnderWay {
+  const marker = new RunUnderWay();
+  shared.publishing.set(storeKey, marker);
+  return marker;
+}
+
+/** Ends a run from {@link publishingRun} (once what outlives it has settled). */
+export function endPublishingRun(shared: Shared, storeKey: string, marker: RunUnderWay): void {
+  marker.end(() => {
+    if (shared.publishing.get(storeKey) === marker) shared.publishing.delete(storeKey);
+  });
+}
+
 /** What the runs of one processor share. */
 export interface Shared {
   /**
