@@ -76,21 +76,24 @@ for (const [name, connect] of [
       // Found by a review: the entry of a record deferred by a pass (outgoing unconfirmed) outlived
       // it; the key's next record, completed with a retention under the window (not indexed), was
       // compacted by the next pass at once and lost its result for its duplicates.
-      const window = createRedisStore({ client, keyPrefix: `${keyPrefix}w`, compactAfterMs: 1_500 });
+      // Seconds of slack at each step: on a loaded machine a step can take one (this failed with
+      // a 1.5 s window, the second record expiring before its duplicate came).
+      const windowMs = 4_000;
+      const window = createRedisStore({ client, keyPrefix: `${keyPrefix}w`, compactAfterMs: windowMs });
       const key = `${randomUUID()}:again`;
       const begin = () => window.begin({ key, fingerprint: 'fp', owner, leaseMs });
       const first = await begin();
       if (first.status !== 'acquired') throw new Error('not acquired');
       const outgoing = [{ id: 'm1', destination: 'q', body: Uint8Array.of(1), headers: {} }];
       const completedAt = Date.now();
-      await window.complete({ key, fence: first.fence, outgoing, retentionMs: 3_500 });
-      await sleep(1_600);
+      await window.complete({ key, fence: first.fence, outgoing, retentionMs: 2 * windowMs });
+      await sleep(windowMs + 100);
       expect((await window.compactCompleted()).deferred).toBe(1); // unpublished: kept, entry rescored
-      await sleep(completedAt + 3_600 - Date.now()); // the record expired; its entry is still indexed
+      await sleep(completedAt + 2 * windowMs + 100 - Date.now()); // the record expired; its entry is still indexed
       const second = await begin();
       if (second.status !== 'acquired') throw new Error(`not acquired: ${second.status}`);
       const result = { kind: 'inline' as const, data: Uint8Array.of(42) };
-      await window.complete({ key, fence: second.fence, outgoing: [], result, retentionMs: 1_500 });
+      await window.complete({ key, fence: second.fence, outgoing: [], result, retentionMs: windowMs });
       await sleep(20);
       await window.compactCompleted();
       const duplicate = await begin();
