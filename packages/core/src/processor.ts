@@ -584,12 +584,16 @@ async function runAcquired<T, R>(
 
   if (takeover) {
     // The only trace in the logs of a worker that died or stalled mid-run (after a SIGKILL the
-    // dead process logged nothing): its handler runs again here, under the steps it journaled.
-    o.logger.warn('taking over a key whose last run did not finish; its handler runs again', {
-      key: storeKey,
-      attempt,
-      journaledSteps: Object.keys(begun.steps).length,
-    });
+    // dead process logged nothing). The store cannot tell whether that run had started its
+    // handler (a batch begins keys before their handlers start): the line says both.
+    o.logger.warn(
+      'taking over a key whose last holder died or stalled; its handler runs (again, if that run had started it)',
+      {
+        key: storeKey,
+        attempt,
+        journaledSteps: Object.keys(begun.steps).length,
+      },
+    );
   }
   const handled = handlerRun<R>();
   const keeper = shared.leases.hold({

@@ -679,7 +679,7 @@ describe('processor: leases and steps', () => {
     // Said once, at warn: its effects outside steps may repeat (before, only the stats showed it).
     expect(warned.filter((m) => m.startsWith('lease lost'))).toHaveLength(1);
     // The worker that took over says so (after a SIGKILL, the only line in the logs about it).
-    expect(tookOver).toEqual([expect.stringMatching(/^taking over a key whose last run did not finish/)]);
+    expect(tookOver).toEqual([expect.stringMatching(/^taking over a key whose last holder died or stalled/)]);
     const rec = await store.get('default:c:k13');
     if (rec?.state !== 'COMPLETED' || rec.result?.kind !== 'inline') throw new Error('expected completed');
     expect(new TextDecoder().decode(rec.result.data)).toBe('"fresh"');
