@@ -97,3 +97,69 @@ it('a record that crashes its worker is dead-lettered alone; the records before 
     await rm(dir, { recursive: true, force: true });
   }
 }, 300_000);
+
+it('a record that crashes its worker does not take the records of other partitions to the dead-letter topic', async () => {
+  // Four partitions in one worker: the poison record kills it 200 ms into its handler, while the
+  // other partitions' records (400 ms each) run. Before, every crash took an attempt from every
+  // record the worker had begun, on every partition; the records taken over together with the
+  // poison one ran beside it again at each restart and reached maxTakeoverAttempts with it.
+  const topic = uniqueName('poison-partitions');
+  const dlqTopic = `${topic}.dlq`;
+  await createTopics(admin, [topic, dlqTopic], 4);
+  const dir = await mkdtemp(join(tmpdir(), 'eo-poison-'));
+  const ledger = join(dir, 'ledger');
+  const records = [0, 1, 2, 3].flatMap((partition) =>
+    Array.from({ length: 4 }, (_, i) => ({
+      partition,
+      id: partition === 0 && i === 1 ? 'poison' : `p${partition}-${i}`,
+    })),
+  );
+  const innocents = records.map((r) => r.id).filter((id) => id !== 'poison');
+  const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+  await producer.connect();
+  await producer.send({
+    topic,
+    acks: -1,
+    messages: records.map(({ partition, id }) => ({
+      partition,
+      value: JSON.stringify({ id }),
+      headers: { 'x-idempotency-key': id },
+    })),
+  });
+  await producer.disconnect();
+
+  const workers = supervise('test/kafka/poison-worker.ts', {
+    topic,
+    dlqTopic,
+    groupId: uniqueName('poison-group'),
+    ledger,
+    storePrefix: storePrefix(),
+    maxTakeoverAttempts: 3,
+    poisonAfterMs: 200,
+    workMs: 400,
+  });
+  const effects = () => ledgerLines(ledger);
+  try {
+    const letters = await readTopic(kafka, dlqTopic, (r) => r.length >= 1, 240_000);
+    await waitUntil(
+      async () => {
+        const ran = new Set(await effects());
+        return innocents.every((id) => ran.has(id));
+      },
+      { timeoutMs: 90_000, progress: () => workers.restarts },
+    );
+    // Every letter written by now (an innocent one, dead-lettered unrun, would be missing above).
+    const written = (await admin.fetchTopicOffsets(dlqTopic)).reduce((n, p) => n + Number(p.high), 0);
+    const all = await readTopic(kafka, dlqTopic, (r) => r.length >= Math.max(written, letters.length));
+    expect(all.map((r) => r.headers['x-idempotency-key'])).toEqual(['poison']);
+    expect(all[0]?.headers['x-eo-error-code']).toBe('ATTEMPTS_EXHAUSTED');
+    const counts = new Map<string, number>();
+    for (const id of await effects()) counts.set(id, (counts.get(id) ?? 0) + 1);
+    for (const id of innocents) expect(counts.get(id), id).toBe(1);
+    expect(workers.restarts).toBeGreaterThanOrEqual(3);
+  } finally {
+    await workers.stop();
+    await admin.deleteTopics({ topics: [topic, dlqTopic] }).catch(() => {});
+    await rm(dir, { recursive: true, force: true });
+  }
+}, 300_000);

@@ -1,11 +1,12 @@
 /**
- * A Kafka consumer process for the poison-crash test: the record `poison` SIGKILLs its worker as
- * its handler starts; every other handler appends its id to the ledger (a file, written before
- * the handler returns) and returns at once.
+ * A Kafka consumer process for the poison-crash tests: the record `poison` SIGKILLs its worker
+ * `poisonAfterMs` into its handler (default: as it starts); every other handler works `workMs`
+ * (default 0), then appends its id to the ledger (a file, written before the handler returns).
  *
  * Config: JSON in EO_WORKER_CONFIG (see PoisonWorkerConfig).
  */
 import { appendFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { silentLogger } from '@exactly-once/core';
 import { createConsumer } from '@exactly-once/kafka';
 import { createRedisStore } from '@exactly-once/store-redis';
@@ -18,6 +19,8 @@ export interface PoisonWorkerConfig {
   ledger: string;
   storePrefix: string;
   maxTakeoverAttempts: number;
+  poisonAfterMs?: number;
+  workMs?: number;
 }
 
 const config = JSON.parse(process.env.EO_WORKER_CONFIG ?? '{}') as PoisonWorkerConfig;
@@ -34,8 +37,12 @@ const consumer = createConsumer<{ id: string }>({
   maxTakeoverAttempts: config.maxTakeoverAttempts,
   retentionCheck: 'off',
   logger: silentLogger,
-  handler: ({ id }) => {
-    if (id === 'poison') process.kill(process.pid, 'SIGKILL');
+  handler: async ({ id }) => {
+    if (id === 'poison') {
+      if (config.poisonAfterMs) await sleep(config.poisonAfterMs);
+      process.kill(process.pid, 'SIGKILL');
+    }
+    if (config.workMs) await sleep(config.workMs);
     appendFileSync(config.ledger, `${id}\n`);
     return { ok: true };
   },

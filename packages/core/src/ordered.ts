@@ -4,6 +4,7 @@
  */
 import type { ResolvedProcessorOptions } from './options.js';
 import {
+  allGivenBack,
   giveBackUnrun,
   ORDERED_WINDOW,
   type OrderedGroup,
@@ -11,13 +12,67 @@ import {
   type Turn,
   trackGiveBack,
 } from './shared.js';
+import type { Disposition } from './spi.js';
 import type { BeginResult } from './store/types.js';
 
-export const NOT_RUN = {
+const NOT_RUN = {
   name: 'NotRun',
   code: 'NOT_RUN',
   message: 'an earlier message of its group is retried',
 };
+
+/** The answer for a delivery whose handler did not start and whose lease was kept or given back. */
+export const NOT_RUN_DISPOSITION: Disposition = Object.freeze({
+  action: 'defer',
+  outcome: 'not-run',
+  delayMs: 0,
+});
+
+/**
+ * Gives back a lease acquired for a delivery whose handler never started: uncounted, and a
+ * takeover stays one (its last run that started still died or stalled: see alone.ts).
+ */
+export function giveBack<T, R>(
+  o: ResolvedProcessorOptions<T, R>,
+  shared: Shared,
+  key: string,
+  begun: Extract<BeginResult, { status: 'acquired' }>,
+): Promise<void> {
+  return giveBackUnrun(shared, () =>
+    o.store.release(key, begun.fence, NOT_RUN, { notRun: true, takenOver: begun.kind === 'takeover' }),
+  );
+}
+
+/**
+ * The gate of takeovers (alone.ts) for an acquired delivery about to start its handler: a
+ * takeover of an ordered group takes it, any other run enters beside what runs (at once, no
+ * promise). Answers what to call once the run has ended, or undefined when the delivery may not
+ * start now: its lease was given back and its group given up, to be begun again once the
+ * takeover has ended.
+ */
+export function passGate<T, R>(
+  o: ResolvedProcessorOptions<T, R>,
+  shared: Shared,
+  turn: Turn | undefined,
+  key: string,
+  begun: Extract<BeginResult, { status: 'acquired' }>,
+): (() => void) | Promise<(() => void) | undefined> {
+  const { gate } = shared;
+  const refused = async () => {
+    if (turn !== undefined) void releaseKept(o, shared, turn.group);
+    await giveBack(o, shared, key, begun);
+    return undefined;
+  };
+  if (turn !== undefined && begun.kind === 'takeover') {
+    return gate
+      .take(turn.group, (others) => {
+        for (const other of others) void releaseKept(o, shared, other);
+        return allGivenBack(shared);
+      })
+      .then((letGo) => letGo ?? refused());
+  }
+  return gate.enter(turn?.group) ? gate.leave : refused();
+}
 
 /**
  * Ends a group: no handler of it starts any more, and the kept leases nobody took over since are
@@ -42,30 +97,20 @@ export async function releaseKept<T, R>(
   }
   const left = group.kept.splice(0).filter((h) => shared.held.get(h.key) === h);
   for (const h of left) shared.held.delete(h.key);
-  await Promise.all(
-    left.map((h) =>
-      giveBackUnrun(shared, () => o.store.release(h.key, h.begun.fence, NOT_RUN, { notRun: true })),
-    ),
-  );
+  await Promise.all(left.map((h) => giveBack(o, shared, h.key, h.begun)));
 }
 
 /**
  * Whether an ordered delivery may run its handler now: the one before it went well, the group
- * is neither released nor stopped, and at most ORDERED_WINDOW handlers run ahead of their writes
- * (none for a takeover: see below).
+ * is neither released nor stopped, and at most ORDERED_WINDOW handlers run ahead of their writes.
+ * (A takeover then also waits for every run under way to end: see alone.ts.)
  */
-export async function mayRun(turn: Turn, takeover: boolean): Promise<boolean> {
+export async function mayRun(turn: Turn): Promise<boolean> {
   const group = turn.group;
   // A released group's deliveries stop waiting at once and give their leases back, rather than
   // when the run ahead of them ends (a run that outlives stop() may never end soon).
   if (!(await Promise.race([turn.previous, group.whenReleased]))) return false;
-  if (takeover && turn.index > 0) {
-    // The last worker holding this key died or stalled: it may be the record that kills its
-    // worker. It starts once the runs before it have ended (their completions written), so that
-    // if it kills this worker too they are not run again with it at every crash, until they
-    // reach maxTakeoverAttempts before it (found with a record killing its worker at once).
-    await Promise.race([Promise.all(group.ended.slice(0, turn.index)), group.whenReleased]);
-  } else if (turn.index >= ORDERED_WINDOW) {
+  if (turn.index >= ORDERED_WINDOW) {
     await Promise.race([group.ended[turn.index - ORDERED_WINDOW], group.whenReleased]);
   }
   return !group.released && !group.stopped;

@@ -39,7 +39,8 @@ import {
 import { handlerRun, ResultSourceFailure, runHandler, storeResult } from './handler-run.js';
 import { createLeaseBoard } from './lease-keeper.js';
 import { type ProcessorOptions, type ResolvedProcessorOptions, resolveProcessorOptions } from './options.js';
-import { mayRun, NOT_RUN, releaseKept, reuseHeld } from './ordered.js';
+import { TakeoverGate } from './alone.js';
+import { giveBack, mayRun, NOT_RUN_DISPOSITION, passGate, releaseKept, reuseHeld } from './ordered.js';
 import { guardPayload } from './payload-guard.js';
 import { type Prepared, prepare, readableRequestId, unreadable } from './prepare.js';
 import { finishCompleted, publishThenAck } from './publish.js';
@@ -61,8 +62,8 @@ import {
   KEY_ATTRIBUTES,
 } from './semconv.js';
 import {
+  allGivenBack,
   endPublishingRun,
-  giveBackUnrun,
   type HeldLease,
   type OrderedGroup,
   publishingRun,
@@ -170,6 +171,7 @@ export function buildProcessor<T, R>(
     publishFailures: new Map(),
     held: new Map(),
     givingBack: new Set(),
+    gate: new TakeoverGate(),
     leases: createLeaseBoard({
       store: o.store,
       leaseMs: o.leaseMs,
@@ -186,11 +188,7 @@ export function buildProcessor<T, R>(
   return {
     options: o as ResolvedProcessorOptions<unknown, unknown>,
     storeHealth: watched.health,
-    givenBack: async () => {
-      // A turn first: deliveries of a group released just now register their give-backs then.
-      await new Promise((resolve) => setImmediate(resolve));
-      while (shared.givingBack.size > 0) await Promise.all(shared.givingBack);
-    },
+    givenBack: () => allGivenBack(shared),
     process: (delivery, onRunning) => processDelivery(o, delivery, shared, undefined, onRunning),
     processInOrder(deliveries, onRunning) {
       let markReleased!: () => void;
@@ -212,6 +210,7 @@ export function buildProcessor<T, R>(
       let previous = Promise.resolve(true);
       // Outgoing messages leave in the group's order: a record's publish waits for the one before.
       let publishedBefore = Promise.resolve(true);
+      shared.gate.groups.add(group);
       const dispositions = deliveries.map((delivery, index) => {
         let go!: (proceed: boolean) => void;
         const next = new Promise<boolean>((resolve) => {
@@ -234,6 +233,7 @@ export function buildProcessor<T, R>(
         group.ended.push(disposition.then(running));
         return disposition;
       });
+      void Promise.allSettled(dispositions).then(() => shared.gate.groups.delete(group));
       return { dispositions, release: () => releaseKept(o, shared, group) };
     },
   };
@@ -413,6 +413,12 @@ async function run<T, R>(
       }),
     );
   };
+  const closed = shared.gate.whenOpen();
+  if (closed !== undefined) {
+    // A takeover runs alone: no begin until it ends (see alone.ts), unless the group is given up.
+    await (turn === undefined ? closed : Promise.race([closed, turn.group.whenReleased]));
+    if (turn?.group.released) return NOT_RUN_DISPOSITION;
+  }
   let begun: BeginResult;
   try {
     begun = await beginOnce();
@@ -431,11 +437,11 @@ async function run<T, R>(
     return storeDown(o, error, storeKey);
   }
   if (begun.status === 'acquired' && turn) turn.group.acquired.set(storeKey, turn.index);
-  if (begun.status === 'acquired' && turn && !(await mayRun(turn, begun.kind === 'takeover'))) {
+  if (begun.status === 'acquired' && turn && !(await mayRun(turn))) {
     if (turn.group.released) {
       // The group was given up while this begin was on its way.
-      await giveBackUnrun(shared, () => o.store.release(storeKey, begun.fence, NOT_RUN, { notRun: true }));
-      return { action: 'defer', outcome: 'not-run', delayMs: 0 };
+      await giveBack(o, shared, storeKey, begun);
+      return NOT_RUN_DISPOSITION;
     }
     // An earlier delivery of the group will be tried again: this one waits its turn, lease kept.
     const held: HeldLease = {
@@ -446,7 +452,7 @@ async function run<T, R>(
     };
     shared.held.set(storeKey, held);
     turn.group.kept.push(held);
-    return { action: 'defer', outcome: 'not-run', delayMs: 0 };
+    return NOT_RUN_DISPOSITION;
   }
   if (begun.status !== 'acquired') {
     if (begun.status !== 'busy') await passOn();
@@ -489,7 +495,13 @@ async function run<T, R>(
   // (finishCompleted), also while it waits for an earlier run or renews a late lease.
   const earlier = begun.kind === 'takeover' ? shared.publishing.get(storeKey) : undefined;
   const marker = publishingRun(shared, storeKey);
+  let leave: (() => void) | undefined;
   try {
+    // Not awaited when the run may start at once: the run is registered above before anything
+    // else happens, so a copy's busy answer finds it.
+    const passing = passGate(o, shared, turn, storeKey, begun);
+    leave = typeof passing === 'function' ? passing : await passing;
+    if (leave === undefined) return NOT_RUN_DISPOSITION;
     if (earlier !== undefined) {
       // Taken over from a run of this very process that is still going (its lease ran out under
       // a slow store, or it was given up at maxRunMs, and its handler did not stop): start after
@@ -517,7 +529,7 @@ async function run<T, R>(
     onRunning?.();
     return await runAcquired(o, delivery, span, runCtx, prepared, begun, leaseSince, shared, turn, marker);
   } finally {
-    endPublishingRun(shared, storeKey, marker);
+    endPublishingRun(shared, storeKey, marker, leave);
   }
 }
 

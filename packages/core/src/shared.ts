@@ -1,4 +1,5 @@
 /** What the runs of one processor share: in-process state, never needed for correctness across workers. */
+import type { TakeoverGate } from './alone.js';
 import type { LeaseBoard } from './lease-keeper.js';
 import type { BeginResult } from './store/types.js';
 import { settledWithin } from './wait.js';
@@ -124,10 +125,18 @@ export function publishingRun(shared: Shared, storeKey: string): RunUnderWay {
   return marker;
 }
 
-/** Ends a run from {@link publishingRun} (once what outlives it has settled). */
-export function endPublishingRun(shared: Shared, storeKey: string, marker: RunUnderWay): void {
+/**
+ * Ends a run from {@link publishingRun} (once what outlives it has settled); `then` runs with it.
+ */
+export function endPublishingRun(
+  shared: Shared,
+  storeKey: string,
+  marker: RunUnderWay,
+  then?: () => void,
+): void {
   marker.end(() => {
     if (shared.publishing.get(storeKey) === marker) shared.publishing.delete(storeKey);
+    then?.();
   });
 }
 
@@ -148,6 +157,8 @@ export interface Shared {
   readonly held: Map<string, HeldLease>;
   /** Releases of leases given back unrun, under way (see `Processor.givenBack`). */
   readonly givingBack: Set<Promise<unknown>>;
+  /** Takeovers of ordered deliveries run alone (see alone.ts). */
+  readonly gate: TakeoverGate;
 }
 
 /**
@@ -162,6 +173,15 @@ export function giveBackUnrun(shared: Shared, release: () => Promise<unknown>): 
       () => undefined,
     ),
   );
+}
+
+/**
+ * Settles once every lease being given back unrun has been released, or failed to be; a turn
+ * first, so that deliveries of a group released just now register their give-backs.
+ */
+export async function allGivenBack(shared: Shared): Promise<void> {
+  await new Promise((resolve) => setImmediate(resolve));
+  while (shared.givingBack.size > 0) await Promise.all(shared.givingBack);
 }
 
 /** Counts `pending` (which never rejects) among the give-backs under way until it settles. */

@@ -440,3 +440,90 @@ describe('a record that kills its worker every time', () => {
     expect(alone.map((d) => d.action)).toEqual(['dead-letter']);
   });
 });
+
+describe('takeovers run alone in their process', () => {
+  /** Keys begun by a worker that then died: their next begin is a takeover (attempt 2). */
+  async function diedHolding(store: ProcessedStore, prefix: string, n: number, advance: () => void) {
+    for (let i = 0; i < n; i++) {
+      await store.begin({
+        key: `default:c:${prefix}-${i}`,
+        fingerprint: fingerprint({ i }),
+        owner: 'dead',
+        leaseMs: 100,
+      });
+    }
+    advance();
+  }
+
+  it('other groups give their unstarted leases back uncounted, and nothing runs or begins beside it', async () => {
+    let clock = 1_000_000;
+    const store = createMemoryStore({ now: () => clock });
+    // Two partitions' groups, every key held by a worker that died (SIGKILLed by one of them).
+    await diedHolding(store, 'p', 2, () => {});
+    await diedHolding(store, 'q', 3, () => {
+      clock += 101;
+    });
+    let running = 0;
+    let overlap = false;
+    const seen: string[] = [];
+    let during: unknown[] = [];
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      handler: async (_m: { i: number }, ctx: HandlerContext) => {
+        overlap ||= running > 0;
+        running++;
+        seen.push(`${ctx.key}:${ctx.attempt}`);
+        if (ctx.key === 'p-0') {
+          // While it runs, the other group's keys are given back: not held, no attempt counted.
+          during = await Promise.all([0, 1, 2].map((i) => store.get(`default:c:q-${i}`)));
+        }
+        await new Promise((r) => setTimeout(r, 5));
+        running--;
+      },
+    });
+    // As a Kafka batch does: a group answered not-run is processed again from that record.
+    const drive = async (prefix: string, n: number) => {
+      const outcomes: string[] = [];
+      for (let from = 0; from < n; ) {
+        const ds = await Promise.all(p.processInOrder(records(prefix, n).slice(from)).dispositions);
+        for (const d of ds) {
+          if (d.outcome === 'not-run') break;
+          outcomes.push(`${d.action}:${d.outcome}`);
+          from++;
+        }
+      }
+      return outcomes;
+    };
+    const [ps, qs] = await Promise.all([drive('p', 2), drive('q', 3)]);
+    expect(ps).toEqual(['ack:takeover', 'ack:takeover']);
+    expect(qs).toEqual(['ack:takeover', 'ack:takeover', 'ack:takeover']);
+    expect(overlap).toBe(false);
+    // Each ran once, at attempt 2: a lease given back before its handler started counted nothing.
+    expect(seen.sort()).toEqual(['p-0:2', 'p-1:2', 'q-0:2', 'q-1:2', 'q-2:2']);
+    for (const record of during) {
+      expect(record).toMatchObject({ state: 'IN_PROGRESS', attempt: 1 });
+      expect((record as { leaseUntil: number }).leaseUntil).toBeLessThanOrEqual(clock);
+    }
+  });
+
+  it('a run that is not a takeover starts beside others at once', async () => {
+    let running = 0;
+    let most = 0;
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      ...fast,
+      handler: async () => {
+        most = Math.max(most, ++running);
+        await new Promise((r) => setTimeout(r, 5));
+        running--;
+      },
+    });
+    const groups = ['a', 'b', 'c'].map((prefix) => p.processInOrder(records(prefix, 2)).dispositions);
+    const ds = await Promise.all(groups.flat());
+    expect(ds.every((d) => d.action === 'ack')).toBe(true);
+    expect(most).toBe(3);
+  });
+});

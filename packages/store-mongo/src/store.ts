@@ -696,9 +696,10 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       error: ErrorInfo,
       options?: ReleaseOptions,
     ): Promise<FencedResult> {
-      // Not run: the next begin's element counts the attempt again, and the last error stays.
+      // Not run: the next begin's element counts the attempt again, and the last error stays; a
+      // lease end in the past but not 0 keeps a takeover one.
       const update: UpdateFilter<RecordDoc> = options?.notRun
-        ? { $set: { l: 0 }, $inc: { a: -1 } }
+        ? { $set: { l: options.takenOver ? 1 : 0 }, $inc: { a: -1 } }
         : { $set: { l: 0, x: encodeError(error) } };
       const result = await holderWrite('release', key, fence, update);
       held.delete(heldKey(key, fence));

@@ -374,7 +374,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
         String(fence),
         notRun ? '' : packError(error),
         String(ttlMs),
-        notRun ? '1' : '0',
+        notRun ? (options?.takenOver ? '2' : '1') : '0',
       ]);
     },
 

@@ -114,9 +114,11 @@ export async function stuck(io: Io, options: StuckOptions): Promise<void> {
           ? 'finished since'
           : v.leaseUntil === 0
             ? 'released'
-            : v.leaseUntil > now
-              ? `live, ${formatSpan(v.leaseUntil - now)} left`
-              : `expired ${formatSpan(now - v.leaseUntil)} ago`,
+            : v.leaseUntil === 1
+              ? 'released (taken over)'
+              : v.leaseUntil > now
+                ? `live, ${formatSpan(v.leaseUntil - now)} left`
+                : `expired ${formatSpan(now - v.leaseUntil)} ago`,
         v.stepsStarted.length === 0 ? '-' : v.stepsStarted.join(', '),
         shown(v.key),
       ]),

@@ -186,7 +186,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
       records.set(
         key,
         options?.notRun
-          ? { ...record, leaseUntil: 0, attempt: Math.max(record.attempt - 1, 0) }
+          ? { ...record, leaseUntil: options.takenOver ? 1 : 0, attempt: Math.max(record.attempt - 1, 0) }
           : { ...record, leaseUntil: 0, lastError: copyError(error) },
       );
       return 'ok';

@@ -176,6 +176,11 @@ export type ClearResult = 'cleared' | 'absent' | 'busy';
 export interface ReleaseOptions {
   /** The handler never started under this lease: no attempt is counted, the last error stays. */
   readonly notRun?: boolean;
+  /**
+   * With `notRun`, for a lease acquired as a takeover: the key stays one, so its next `begin`
+   * answers kind `takeover` again (its last run that started still died or stalled), not `retry`.
+   */
+  readonly takenOver?: boolean;
 }
 
 /**
@@ -207,7 +212,8 @@ export interface ProcessedStore {
    * released under `fence` answers `ok` again (the repeat of a release whose answer was lost).
    * With `notRun` (the handler never started under this lease: an ordered delivery given back
    * before its turn) the attempt does not count and the last error stays as it was; `error` is
-   * not stored. A give-back is not repeated: its repeat would uncount the attempt twice.
+   * not stored; with `takenOver` as well, the next `begin` answers kind `takeover` (a lease
+   * end in the past, not 0). A give-back is not repeated: its repeat would uncount the attempt twice.
    */
   release(key: string, fence: number, error: ErrorInfo, options?: ReleaseOptions): Promise<FencedResult>;
   /**

@@ -414,6 +414,22 @@ export function describeStoreConformance(
       await lost(store().release(key, second.fence, fatal, { notRun: true }));
     });
 
+    it('release notRun of a takeover keeps the key a takeover, without counting the attempt', async () => {
+      const key = freshKey();
+      await acquire(key);
+      await sleep(pastLease);
+      const second = await acquire(key, { owner: 'worker-b' });
+      expect(second).toMatchObject({ kind: 'takeover', attempt: 2 });
+      // Given back before its handler started: the run that died under the first lease is still
+      // the key's last run, so the next begin is a takeover again, as attempt 2 again.
+      await ok(store().release(key, second.fence, fatal, { notRun: true, takenOver: true }));
+      const released = inState(await store().get(key), 'IN_PROGRESS');
+      expect(released.leaseUntil).toBeLessThanOrEqual(Date.now());
+      expect(released.leaseUntil).not.toBe(0);
+      const third = await acquire(key, { owner: 'worker-c' });
+      expect(third).toMatchObject({ kind: 'takeover', fence: second.fence + 1, attempt: 2 });
+    });
+
     it('fail makes the record FAILED; begin then answers failed with the error', async () => {
       const key = freshKey();
       const acquired = await acquire(key);

@@ -3284,9 +3284,9 @@ return 1
 `,
   },
   release: {
-    command: 'eoRelease_v2_6baaba55',
+    command: 'eoRelease_v2_c1e7a59f',
     numberOfKeys: 1,
-    sha1: '6baaba55d21cd0c93a86222b7c8e7ff22a5d862b',
+    sha1: 'c1e7a59f6a814008bfdcc0e5d4ef3210dc7f194a',
     lua: `--[[
 release: give the lease up after a retryable error; the next begin acquires at once (retry).
 
@@ -3295,7 +3295,9 @@ ARGV[1]  fence
 ARGV[2]  error (encoded)
 ARGV[3]  safety TTL of an IN_PROGRESS record past its lease end (ms)
 ARGV[4]  '1': the handler never ran under this lease (given back before its turn): the attempt
-         is not counted (the next begin adds it again) and the last error stays; ARGV[2] unused
+         is not counted (the next begin adds it again) and the last error stays; ARGV[2] unused.
+         '2': the same for a lease acquired as a takeover, which the key stays: its lease end is
+         set in the past but not 0, so the next begin answers takeover, not retry
 
 Returns:
   1  ok
@@ -3471,13 +3473,14 @@ local rec = KEYS[1]
 local r = loadRecord(rec)
 if not r or r.s ~= 'I' or r.n ~= tonumber(ARGV[1]) then return 0 end
 -- Steps stay: the retry continues where this attempt stopped.
-if ARGV[4] == '1' then
-  r.a = math.max(r.a - 1, 0)
-else
+r.t1 = 0
+if ARGV[4] == '0' then
   rcall('HSET', rec .. 'x', 'e', ARGV[2])
   r.flags = 1
+else
+  r.a = math.max(r.a - 1, 0)
+  if ARGV[4] == '2' then r.t1 = 1 end
 end
-r.t1 = 0
 saveRecord(rec, r, now + tonumber(ARGV[3]))
 return 1
 `,

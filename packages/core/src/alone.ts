@@ -1,0 +1,85 @@
+/**
+ * Takeovers of ordered deliveries run alone in their process. A key taken over was held by a
+ * worker that died or stalled: its delivery may be the one that kills its worker. A crash counts
+ * an attempt for every lease the process holds, started or not, and Kafka has no "redelivered"
+ * mark to run such a record apart before its begin; so while a takeover runs, nothing else in the
+ * process holds a lease: the runs under way end first, every other ordered group is given up (the
+ * leases of its deliveries not started go back uncounted, see `releaseKept`) and no begin is sent
+ * until it ends. If it kills this worker too, the crash counts an attempt for it and for the
+ * deliveries waiting behind it in its own group only (see `OrderedGroup.behindExhausted`), not
+ * for records of other partitions, which would otherwise reach `maxTakeoverAttempts` with it.
+ */
+import type { OrderedGroup } from './shared.js';
+
+export class TakeoverGate {
+  /** Runs under way that entered outside a takeover's turn, or beside it in its own group. */
+  private running = 0;
+  private drained: (() => void) | undefined;
+  /** The group of the takeover that holds the gate, while one does. */
+  private holder: OrderedGroup | undefined;
+  private opened: Promise<void> | undefined;
+  private open: (() => void) | undefined;
+  /** Ordered groups with deliveries not settled yet: given up when a takeover takes the gate. */
+  readonly groups = new Set<OrderedGroup>();
+
+  /** Before a begin: resolves once no takeover holds the gate; undefined (no promise) if none does. */
+  whenOpen(): Promise<void> | undefined {
+    return this.opened;
+  }
+
+  /**
+   * A run of `group` (undefined: not ordered) is about to start its handler: false while another
+   * group's takeover holds the gate (give its lease back). Each true is followed by one `leave`.
+   */
+  enter(group: OrderedGroup | undefined): boolean {
+    if (this.holder !== undefined && this.holder !== group) return false;
+    this.running++;
+    return true;
+  }
+
+  /** A run that entered has ended, and what outlived it too. */
+  readonly leave = (): void => {
+    if (--this.running === 0) this.drained?.();
+  };
+
+  /**
+   * A takeover of `group` is about to start its handler: it takes the gate once no other takeover
+   * holds it, gives up every other group (`giveUp`, which settles once their leases are back)
+   * and waits for the runs under way to end. Answers how to let the gate go once its run has
+   * ended, or undefined when its own group was given up meanwhile (by another takeover, a
+   * revocation or stop): give its lease back.
+   */
+  async take(
+    group: OrderedGroup,
+    giveUp: (others: OrderedGroup[]) => Promise<void>,
+  ): Promise<(() => void) | undefined> {
+    while (this.opened !== undefined) {
+      if (!(await Promise.race([this.opened.then(() => true), group.whenReleased]))) return undefined;
+    }
+    if (group.released) return undefined;
+    this.holder = group;
+    this.opened = new Promise<void>((resolve) => {
+      this.open = resolve;
+    });
+    const letGo = () => {
+      this.holder = undefined;
+      this.opened = undefined;
+      this.open?.();
+    };
+    const drained =
+      this.running === 0
+        ? undefined
+        : new Promise<void>((resolve) => {
+            this.drained = resolve;
+          });
+    const others = [...this.groups].filter((other) => other !== group);
+    const alone = await Promise.race([
+      Promise.all([giveUp(others), drained]).then(() => true),
+      group.whenReleased,
+    ]);
+    this.drained = undefined;
+    if (alone) return letGo;
+    letGo();
+    return undefined;
+  }
+}
