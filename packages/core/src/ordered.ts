@@ -44,6 +44,28 @@ export function giveBack<T, R>(
 }
 
 /**
+ * Whether an acquired delivery is dead-lettered `ATTEMPTS_EXHAUSTED` without running its handler.
+ * Takeovers have a bound of their own: the worker that died may never have started this key's
+ * handler. In an ordered group, the deliveries behind one stopped here waited for it each time
+ * its crashes counted them up (found under SIGKILL storms: a poison record took 31 records that
+ * never ran to the dead-letter topic with it); they run, and a second poison among them is
+ * stopped as the next group's head. A retry past retry.maxAttempts comes only from takeovers that
+ * counted the key up (the failure path ends a key whose handler failed that often), followed by
+ * a lease given back unrun: it is held to the larger bound, or an innocent key would be
+ * dead-lettered for its dead workers.
+ */
+export function exhausted<T, R>(
+  o: ResolvedProcessorOptions<T, R>,
+  begun: Extract<BeginResult, { status: 'acquired' }>,
+  turn: Turn | undefined,
+): boolean {
+  const takeover = begun.kind === 'takeover';
+  if (takeover && turn?.group.behindExhausted === true) return false;
+  const bound = takeover ? o.maxTakeoverAttempts : Math.max(o.retry.maxAttempts, o.maxTakeoverAttempts);
+  return begun.attempt > bound;
+}
+
+/**
  * The gate of takeovers (alone.ts) for an acquired delivery about to start its handler: a
  * takeover of an ordered group takes it, any other run enters beside what runs (at once, no
  * promise). Answers what to call once the run has ended, or undefined when the delivery may not
@@ -63,13 +85,25 @@ export function passGate<T, R>(
     await giveBack(o, shared, key, begun);
     return undefined;
   };
-  if (turn !== undefined && begun.kind === 'takeover') {
+  // A takeover past its bound runs no handler (see exhausted): nothing to run alone.
+  if (turn !== undefined && begun.kind === 'takeover' && !exhausted(o, begun, turn)) {
+    const group = turn.group;
     return gate
-      .take(turn.group, (others) => {
+      .take(group, (others) => {
         for (const other of others) void releaseKept(o, shared, other);
         return allGivenBack(shared);
       })
-      .then((letGo) => letGo ?? refused());
+      .then(async (letGo) => {
+        if (letGo === undefined) return refused();
+        // The deliveries after it in its group give their leases back too, unless they waited
+        // behind a poison record (see exhausted), and are run again once it has ended.
+        if (!group.behindExhausted) {
+          turn.running();
+          void releaseKept(o, shared, group);
+          await allGivenBack(shared);
+        }
+        return letGo;
+      });
   }
   return gate.enter(turn?.group) ? gate.leave : refused();
 }

@@ -40,7 +40,15 @@ import { handlerRun, ResultSourceFailure, runHandler, storeResult } from './hand
 import { createLeaseBoard } from './lease-keeper.js';
 import { type ProcessorOptions, type ResolvedProcessorOptions, resolveProcessorOptions } from './options.js';
 import { TakeoverGate } from './alone.js';
-import { giveBack, mayRun, NOT_RUN_DISPOSITION, passGate, releaseKept, reuseHeld } from './ordered.js';
+import {
+  exhausted,
+  giveBack,
+  mayRun,
+  NOT_RUN_DISPOSITION,
+  passGate,
+  releaseKept,
+  reuseHeld,
+} from './ordered.js';
 import { guardPayload } from './payload-guard.js';
 import { type Prepared, prepare, readableRequestId, unreadable } from './prepare.js';
 import { finishCompleted, publishThenAck } from './publish.js';
@@ -566,17 +574,8 @@ async function runAcquired<T, R>(
   const outcome: Outcome = takeover ? 'takeover' : 'acquired';
   const { fence, attempt } = begun;
 
-  // A message that keeps killing its worker comes back as takeovers; stop it here. Takeovers
-  // have a bound of their own: the worker that died may never have started this key's handler.
-  // In an ordered group, the records behind one stopped here waited for it each time (found
-  // under SIGKILL storms: a poison record took 31 records that never ran to the dead-letter
-  // topic with it); they run, and a second poison among them is stopped as the next group's head.
-  const waitedBehindPoison = takeover && turn?.group.behindExhausted === true;
-  // A retry past retry.maxAttempts comes only from takeovers that counted the key up (the failure
-  // path ends a key whose handler failed that often), followed by a lease given back unrun: it is
-  // held to the larger bound, or an innocent key would be dead-lettered for its dead workers.
-  const bound = takeover ? o.maxTakeoverAttempts : Math.max(o.retry.maxAttempts, o.maxTakeoverAttempts);
-  if (attempt > bound && !waitedBehindPoison) {
+  // A message that keeps killing its worker comes back as takeovers; stop it here (see exhausted).
+  if (exhausted(o, begun, turn)) {
     if (turn && takeover) turn.group.behindExhausted = true;
     turn?.go(true);
     return failAndDeadLetter(
