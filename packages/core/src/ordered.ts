@@ -4,11 +4,11 @@
  */
 import type { ResolvedProcessorOptions } from './options.js';
 import {
-  allGivenBack,
   giveBackUnrun,
   ORDERED_WINDOW,
   type OrderedGroup,
   type Shared,
+  leasesGivenBack,
   type Turn,
   trackGiveBack,
 } from './shared.js';
@@ -80,32 +80,26 @@ export function passGate<T, R>(
   begun: Extract<BeginResult, { status: 'acquired' }>,
 ): (() => void) | Promise<(() => void) | undefined> {
   const { gate } = shared;
-  const refused = async () => {
-    if (turn !== undefined) void releaseKept(o, shared, turn.group);
-    await giveBack(o, shared, key, begun);
-    return undefined;
-  };
   // A takeover past its bound runs no handler (see exhausted): nothing to run alone.
   if (turn !== undefined && begun.kind === 'takeover' && !exhausted(o, begun, turn)) {
     const group = turn.group;
     return gate
       .take(group, (others) => {
         for (const other of others) void releaseKept(o, shared, other);
-        return allGivenBack(shared);
+        return leasesGivenBack(shared);
       })
       .then(async (letGo) => {
-        if (letGo === undefined) return refused();
+        if (letGo === undefined) return refuse(o, shared, turn, key, begun);
         // The deliveries after it in its group give their leases back too, unless they waited
         // behind a poison record (see exhausted), and are run again once it has ended.
         if (!group.behindExhausted) {
-          turn.running();
           void releaseKept(o, shared, group);
-          await allGivenBack(shared);
+          await leasesGivenBack(shared);
         }
         return letGo;
       });
   }
-  return gate.enter(turn?.group) ? gate.leave : refused();
+  return gate.enter(turn?.group) ? gate.leave : refuse(o, shared, turn, key, begun);
 }
 
 /**
@@ -171,4 +165,17 @@ export async function reuseHeld<T, R>(
   const since = performance.now();
   if ((await o.store.extend(storeKey, held.begun.fence, o.leaseMs)) === 'lost') return undefined;
   return { begun: held.begun, since };
+}
+
+/** A delivery that may not start now: its group gives up, its lease goes back (see passGate). */
+async function refuse<T, R>(
+  o: ResolvedProcessorOptions<T, R>,
+  shared: Shared,
+  turn: Turn | undefined,
+  key: string,
+  begun: Extract<BeginResult, { status: 'acquired' }>,
+): Promise<undefined> {
+  if (turn !== undefined) void releaseKept(o, shared, turn.group);
+  await giveBack(o, shared, key, begun);
+  return undefined;
 }

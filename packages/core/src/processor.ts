@@ -70,7 +70,6 @@ import {
   KEY_ATTRIBUTES,
 } from './semconv.js';
 import {
-  allGivenBack,
   endPublishingRun,
   type HeldLease,
   type OrderedGroup,
@@ -179,6 +178,7 @@ export function buildProcessor<T, R>(
     publishFailures: new Map(),
     held: new Map(),
     givingBack: new Set(),
+    leasesGoingBack: new Set(),
     gate: new TakeoverGate(),
     leases: createLeaseBoard({
       store: o.store,
@@ -196,7 +196,11 @@ export function buildProcessor<T, R>(
   return {
     options: o as ResolvedProcessorOptions<unknown, unknown>,
     storeHealth: watched.health,
-    givenBack: () => allGivenBack(shared),
+    givenBack: async () => {
+      // A turn first: deliveries of a group released just now register their give-backs then.
+      await new Promise((resolve) => setImmediate(resolve));
+      while (shared.givingBack.size > 0) await Promise.all(shared.givingBack);
+    },
     process: (delivery, onRunning) => processDelivery(o, delivery, shared, undefined, onRunning),
     processInOrder(deliveries, onRunning) {
       let markReleased!: () => void;

@@ -155,8 +155,13 @@ export interface Shared {
   readonly leases: LeaseBoard;
   /** Leases of ordered deliveries that were not run yet, by store key. */
   readonly held: Map<string, HeldLease>;
-  /** Releases of leases given back unrun, under way (see `Processor.givenBack`). */
+  /**
+   * Give-backs under way (see `Processor.givenBack`): releases of leases given back unrun, and
+   * the end of deliveries of released groups whose begin was still on its way.
+   */
   readonly givingBack: Set<Promise<unknown>>;
+  /** Releases of leases given back unrun, under way. */
+  readonly leasesGoingBack: Set<Promise<unknown>>;
   /** Takeovers of ordered deliveries run alone (see alone.ts). */
   readonly gate: TakeoverGate;
 }
@@ -166,22 +171,24 @@ export interface Shared {
  * tracked until it settles so a stopping adapter can wait for it before the store is closed.
  */
 export function giveBackUnrun(shared: Shared, release: () => Promise<unknown>): Promise<void> {
-  return trackGiveBack(
-    shared,
-    release().then(
-      () => undefined,
-      () => undefined,
-    ),
+  const pending = release().then(
+    () => undefined,
+    () => undefined,
   );
+  shared.leasesGoingBack.add(pending);
+  void pending.then(() => shared.leasesGoingBack.delete(pending));
+  return trackGiveBack(shared, pending);
 }
 
 /**
- * Settles once every lease being given back unrun has been released, or failed to be; a turn
- * first, so that deliveries of a group released just now register their give-backs.
+ * Settles once the leases given back unrun so far have been released, or failed to be; a turn
+ * first, so that acquired deliveries of a group released just now (waiting for their turn) issue
+ * theirs. Deliveries that hold no lease are not waited for: one may itself wait for the caller (a
+ * duplicate publishing after the delivery before it).
  */
-export async function allGivenBack(shared: Shared): Promise<void> {
+export async function leasesGivenBack(shared: Shared): Promise<void> {
   await new Promise((resolve) => setImmediate(resolve));
-  while (shared.givingBack.size > 0) await Promise.all(shared.givingBack);
+  while (shared.leasesGoingBack.size > 0) await Promise.all(shared.leasesGoingBack);
 }
 
 /** Counts `pending` (which never rejects) among the give-backs under way until it settles. */

@@ -510,6 +510,40 @@ describe('takeovers run alone in their process', () => {
     }
   });
 
+  it('records behind it that completed before the crash answer as duplicates after it (no wait for each other)', async () => {
+    let clock = 1_000_000;
+    const store = createMemoryStore({ now: () => clock });
+    // The dead worker had completed r-1 (its handler ran ahead) but not r-0 and r-2.
+    const done = await store.begin({
+      key: 'default:c:r-1',
+      fingerprint: fingerprint({ i: 1 }),
+      owner: 'dead',
+      leaseMs: 100,
+    });
+    if (done.status !== 'acquired') throw new Error(done.status);
+    await store.complete({ key: 'default:c:r-1', fence: done.fence, outgoing: [], retentionMs: 60_000 });
+    await diedHolding(store, 'r', 3, () => {
+      clock += 101;
+    });
+    const ran: string[] = [];
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      handler: (_m: { i: number }, ctx: HandlerContext) => {
+        ran.push(ctx.key);
+      },
+    });
+    const ds = await Promise.all(p.processInOrder(records('r', 3)).dispositions);
+    // r-1 waited to publish after r-0, which waited for the leases behind it to go back.
+    expect(ds.map((d) => `${d.action}:${d.outcome}`)).toEqual([
+      'ack:takeover',
+      'ack:duplicate',
+      'defer:not-run',
+    ]);
+    expect(ran).toEqual(['r-0']);
+  });
+
   it('a run that is not a takeover starts beside others at once', async () => {
     let running = 0;
     let most = 0;
