@@ -672,8 +672,8 @@ class BatchRun {
   private logDefer(d: Extract<Disposition, { action: 'defer' }>, message: KafkaMessageLike): void {
     if (d.outcome === 'busy') return; // routine: another run holds the key
     // A store outage is logged once by the store's health watch, not once a second per partition.
-    const log = d.outcome === 'store-unavailable' ? this.env.logger.debug : this.env.logger.info;
-    log.call(this.env.logger, 'record deferred', {
+    const level = d.outcome === 'store-unavailable' ? 'debug' : 'info';
+    this.env.logger[level]('record deferred', {
       topic: this.topic,
       partition: this.partition,
       offset: message.offset,

@@ -298,8 +298,7 @@ export function createConsumer<T = unknown, R = unknown>(
         // its prefetch slot, so a store outage throttles consumption instead of spinning, and
         // does not count against a quorum queue's delivery limit.
         if (!(await pause(d.delayMs, stopping.signal))) {
-          stats.abandoned++; // stopping: hand it back now
-          if (kept.open) settlerOf(kept).requeue(msg);
+          handBack(kept, msg); // stopping: now
           return;
         }
       }
@@ -310,6 +309,12 @@ export function createConsumer<T = unknown, R = unknown>(
     } finally {
       stats.inFlight--;
     }
+  };
+
+  /** A delivery that is not run: the broker redelivers it (on this channel while it is open). */
+  const handBack = (kept: KeptChannel, msg: ConsumeMessage) => {
+    stats.abandoned++;
+    if (kept.open) settlerOf(kept).requeue(msg);
   };
 
   /**
@@ -323,8 +328,7 @@ export function createConsumer<T = unknown, R = unknown>(
       if (turn !== undefined) {
         await turn;
         if (!kept.open || stopping.signal.aborted) {
-          stats.abandoned++; // the broker redelivers it
-          if (kept.open) settlerOf(kept).requeue(msg);
+          handBack(kept, msg);
           return undefined;
         }
       }
