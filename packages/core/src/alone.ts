@@ -3,11 +3,11 @@
  * worker that died or stalled: its delivery may be the one that kills its worker. A crash counts
  * an attempt for every lease the process holds, started or not, and Kafka has no "redelivered"
  * mark to run such a record apart before its begin; so while a takeover runs, nothing else in the
- * process holds a lease: the runs under way end first, every other ordered group is given up (the
- * leases of its deliveries not started go back uncounted, see `releaseKept`) and no begin is sent
- * until it ends. If it kills this worker too, the crash counts an attempt for it and for the
- * deliveries waiting behind it in its own group only (see `OrderedGroup.behindExhausted`), not
- * for records of other partitions, which would otherwise reach `maxTakeoverAttempts` with it.
+ * process holds a lease: the runs under way end first, every other ordered group and the rest of
+ * its own are given up (the leases of their deliveries not started go back uncounted, see
+ * `passGate`) and no begin is sent until it ends. If it kills this worker too, the crash counts
+ * an attempt for it only, not for records of other partitions or behind it, which would
+ * otherwise reach `maxTakeoverAttempts` with it.
  */
 import type { OrderedGroup } from './shared.js';
 

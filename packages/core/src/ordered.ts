@@ -104,7 +104,7 @@ export function passGate<T, R>(
 
 /**
  * Ends a group: no handler of it starts any more, and the kept leases nobody took over since are
- * given back (their next begin is a retry).
+ * given back (see giveBack); deliveries waiting for their turn give theirs back as they stop.
  */
 export async function releaseKept<T, R>(
   o: ResolvedProcessorOptions<T, R>,
