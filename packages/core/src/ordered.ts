@@ -28,6 +28,13 @@ export const NOT_RUN_DISPOSITION: Disposition = Object.freeze({
   delayMs: 0,
 });
 
+const GAVE_WAY: Disposition = Object.freeze({ ...NOT_RUN_DISPOSITION, gaveWay: true });
+
+/** {@link NOT_RUN_DISPOSITION}, saying whether the group gave way to a takeover (see alone.ts). */
+export function notRun(turn: Turn | undefined): Disposition {
+  return turn?.group.gaveWay ? GAVE_WAY : NOT_RUN_DISPOSITION;
+}
+
 /**
  * Gives back a lease acquired for a delivery whose handler never started: uncounted, and a
  * takeover stays one (its last run that started still died or stalled: see alone.ts).
@@ -85,7 +92,10 @@ export function passGate<T, R>(
     const group = turn.group;
     return gate
       .take(group, (others) => {
-        for (const other of others) void releaseKept(o, shared, other);
+        for (const other of others) {
+          other.gaveWay = true;
+          void releaseKept(o, shared, other);
+        }
         return leasesGivenBack(shared);
       })
       .then(async (letGo) => {
@@ -93,6 +103,7 @@ export function passGate<T, R>(
         // The deliveries after it in its group give their leases back too, unless they waited
         // behind a poison record (see exhausted), and are run again once it has ended.
         if (!group.behindExhausted) {
+          group.gaveWay = true;
           void releaseKept(o, shared, group);
           await leasesGivenBack(shared);
         }

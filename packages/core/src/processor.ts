@@ -45,6 +45,7 @@ import {
   giveBack,
   mayRun,
   NOT_RUN_DISPOSITION,
+  notRun,
   passGate,
   releaseKept,
   reuseHeld,
@@ -214,6 +215,7 @@ export function buildProcessor<T, R>(
         markReleased,
         stopped: false,
         behindExhausted: false,
+        gaveWay: false,
         ended: [],
         acquired: new Map(),
         notRunning: deliveries.length,
@@ -429,7 +431,7 @@ async function run<T, R>(
   if (closed !== undefined) {
     // A takeover runs alone: no begin until it ends (see alone.ts), unless the group is given up.
     await (turn === undefined ? closed : Promise.race([closed, turn.group.whenReleased]));
-    if (turn?.group.released) return NOT_RUN_DISPOSITION;
+    if (turn?.group.released) return notRun(turn);
   }
   let begun: BeginResult;
   try {
@@ -453,7 +455,7 @@ async function run<T, R>(
     if (turn.group.released) {
       // The group was given up while this begin was on its way.
       await giveBack(o, shared, storeKey, begun);
-      return NOT_RUN_DISPOSITION;
+      return notRun(turn);
     }
     // An earlier delivery of the group will be tried again: this one waits its turn, lease kept.
     const held: HeldLease = {
@@ -513,7 +515,7 @@ async function run<T, R>(
     // else happens, so a copy's busy answer finds it.
     const passing = passGate(o, shared, turn, storeKey, begun);
     leave = typeof passing === 'function' ? passing : await passing;
-    if (leave === undefined) return NOT_RUN_DISPOSITION;
+    if (leave === undefined) return notRun(turn);
     if (earlier !== undefined) {
       // Taken over from a run of this very process that is still going (its lease ran out under
       // a slow store, or it was given up at maxRunMs, and its handler did not stop): start after

@@ -59,6 +59,8 @@ export interface OrderedGroup {
    * without ever starting, so their own takeover counts say nothing and they run regardless.
    */
   behindExhausted: boolean;
+  /** Set when a takeover running alone gave the group up (see alone.ts). */
+  gaveWay: boolean;
   /** Per delivery, resolved when its run has ended (its completion written or given up). */
   readonly ended: Promise<void>[];
   /** The delivery of the group that acquired each key, by store key. */

@@ -96,6 +96,12 @@ export type Disposition =
       readonly outcome: Outcome;
       readonly delayMs: number;
       readonly error?: ErrorInfo;
+      /**
+       * With outcome `not-run`: the delivery gave way to a record taken over, which runs alone
+       * (its lease was given back). Records taken over from a worker that died run one at a time,
+       * so begin the next ones in small groups (Kafka: one record, doubling).
+       */
+      readonly gaveWay?: true;
     };
 
 /**

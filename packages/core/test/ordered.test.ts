@@ -491,7 +491,11 @@ describe('takeovers run alone in their process', () => {
       for (let from = 0; from < n; ) {
         const ds = await Promise.all(p.processInOrder(records(prefix, n).slice(from)).dispositions);
         for (const d of ds) {
-          if (d.outcome === 'not-run') break;
+          if (d.outcome === 'not-run') {
+            // Given up for a takeover: the adapter begins the next ones in small groups.
+            expect(d).toMatchObject({ gaveWay: true });
+            break;
+          }
           outcomes.push(`${d.action}:${d.outcome}`);
           from++;
         }

@@ -47,7 +47,10 @@ export interface BatchEnv {
   track(run: Promise<unknown>): void;
   /** Copies the broker refused, by `<topic>:<partition>:<offset>`, while their partition is paused. */
   readonly copiesOnHold: Map<string, CopyOnHold>;
-  /** Group sizes of partitions whose last run was detached, by `<topic>:<partition>` (see CHUNK). */
+  /**
+   * Group sizes of partitions whose last run was detached or gave way to a takeover, by
+   * `<topic>:<partition>` (see CHUNK).
+   */
   readonly groupSizes: Map<string, number>;
   /** Partitions (`<topic>:<partition>`) this consumer has committed a position for (see anchor). */
   readonly anchored: Set<string>;
@@ -89,7 +92,8 @@ const CHUNK = 32;
 /*
  * A detached run gives back the leases of the records begun after it (up to CHUNK - 1): where
  * every handler runs long, that would be CHUNK begins and releases per record. So after a detach
- * a partition's groups start at one record and double with each group run to its end.
+ * (and after giving way to a record taken over, see settle) a partition's groups start at one
+ * record and double with each group run to its end.
  */
 
 /** Runs one batch. Throws only a rebalance error, so kafkajs rejoins the group at once. */
@@ -429,7 +433,12 @@ class BatchRun {
         this.goOnWithout(pending);
         return 'abandoned';
       }
-      if (d.outcome === 'not-run') return 'rebatch';
+      if (d.outcome === 'not-run') {
+        // Gave way to a record taken over: the records a dead worker held run one at a time, so
+        // beginning 32 at once here would be given back again at each of them.
+        if (d.action === 'defer' && d.gaveWay) env.groupSizes.set(this.partitionId, 1);
+        return 'rebatch';
+      }
       countOutcome(env.stats, d.outcome);
       switch (d.action) {
         case 'ack':
