@@ -5,8 +5,9 @@
  * mark to run such a record apart before its begin; so while a takeover runs, nothing else in the
  * process holds a lease: the runs under way end first, every other ordered group and the rest of
  * its own are given up (the leases of their deliveries not started go back uncounted, see
- * `passGate`) and no begin is sent until it ends. If it kills this worker too, the crash counts
- * an attempt for it only, not for records of other partitions or behind it, which would
+ * `passGate`) and no begin is sent until it ends, or until it has run alone for a lease (a long
+ * handler must not hold the process for its whole run). If it kills this worker too, the crash
+ * counts an attempt for it only, not for records of other partitions or behind it, which would
  * otherwise reach `maxTakeoverAttempts` with it.
  */
 import type { OrderedGroup } from './shared.js';
@@ -45,13 +46,14 @@ export class TakeoverGate {
   /**
    * A takeover of `group` is about to start its handler: it takes the gate once no other takeover
    * holds it, gives up every other group (`giveUp`, which settles once their leases are back)
-   * and waits for the runs under way to end. Answers how to let the gate go once its run has
-   * ended, or undefined when its own group was given up meanwhile (by another takeover, a
-   * revocation or stop): give its lease back.
+   * and waits for the runs under way to end; it holds the gate for `aloneMs` at most. Answers
+   * what to call once its run has ended, or undefined when its own group was given up meanwhile
+   * (by another takeover, a revocation or stop): give its lease back.
    */
   async take(
     group: OrderedGroup,
     giveUp: (others: OrderedGroup[]) => Promise<void>,
+    aloneMs: number,
   ): Promise<(() => void) | undefined> {
     while (this.opened !== undefined) {
       if (!(await Promise.race([this.opened.then(() => true), group.whenReleased]))) return undefined;
@@ -78,8 +80,25 @@ export class TakeoverGate {
       group.whenReleased,
     ]);
     this.drained = undefined;
-    if (alone) return letGo;
-    letGo();
-    return undefined;
+    if (!alone) {
+      letGo();
+      return undefined;
+    }
+    // Alone for `aloneMs` at most: a run that has not killed its worker by then (a long handler)
+    // lets the others begin and run beside it, as a run under way like theirs.
+    let state: 'alone' | 'beside' | 'ended' = 'alone';
+    const timer = setTimeout(() => {
+      if (state !== 'alone') return;
+      state = 'beside';
+      this.running++;
+      letGo();
+    }, aloneMs);
+    timer.unref?.();
+    return () => {
+      clearTimeout(timer);
+      if (state === 'alone') letGo();
+      else if (state === 'beside') this.leave();
+      state = 'ended';
+    };
   }
 }

@@ -91,13 +91,17 @@ export function passGate<T, R>(
   if (turn !== undefined && begun.kind === 'takeover' && !exhausted(o, begun, turn)) {
     const group = turn.group;
     return gate
-      .take(group, (others) => {
-        for (const other of others) {
-          other.gaveWay = true;
-          void releaseKept(o, shared, other);
-        }
-        return leasesGivenBack(shared);
-      })
+      .take(
+        group,
+        (others) => {
+          for (const other of others) {
+            other.gaveWay = true;
+            void releaseKept(o, shared, other);
+          }
+          return leasesGivenBack(shared);
+        },
+        o.leaseMs,
+      )
       .then(async (letGo) => {
         if (letGo === undefined) return refuse(o, shared, turn, key, begun);
         // The deliveries after it in its group give their leases back too, unless they waited

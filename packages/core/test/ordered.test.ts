@@ -548,6 +548,45 @@ describe('takeovers run alone in their process', () => {
     expect(ran).toEqual(['r-0']);
   });
 
+  it('a takeover that has run alone for a lease lets the others begin and run beside it', async () => {
+    const store = createMemoryStore();
+    await store.begin({
+      key: 'default:c:long-0',
+      fingerprint: fingerprint({ i: 0 }),
+      owner: 'dead',
+      leaseMs: 50,
+    });
+    await new Promise((r) => setTimeout(r, 60));
+    let othersStarted!: () => void;
+    const started = new Promise<boolean>((resolve) => {
+      othersStarted = () => resolve(true);
+    });
+    let sawOthers = false;
+    let later: Promise<unknown> | undefined;
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      leaseMs: 400,
+      handler: async (_m: { i: number }, ctx: HandlerContext) => {
+        if (ctx.key !== 'long-0') {
+          othersStarted();
+          return;
+        }
+        // A long handler taken over: another partition's record comes while it runs.
+        later = Promise.all(p.processInOrder(records('other', 1)).dispositions);
+        sawOthers = await Promise.race([
+          started,
+          new Promise<boolean>((r) => setTimeout(() => r(false), 3000)),
+        ]);
+      },
+    });
+    const ds = await Promise.all(p.processInOrder(records('long', 1)).dispositions);
+    expect(ds.map((d) => `${d.action}:${d.outcome}`)).toEqual(['ack:takeover']);
+    expect(sawOthers).toBe(true);
+    await later;
+  });
+
   it('a run that is not a takeover starts beside others at once', async () => {
     let running = 0;
     let most = 0;
