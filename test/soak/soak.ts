@@ -35,7 +35,13 @@ import {
   topicSize,
 } from '../kafka/helpers.js';
 import { rawChannel } from '../rabbitmq/helpers.js';
-import { dropLedger, type KillPoint, ledgerKeys, tallyLedger } from '../support/crash-ledger.js';
+import {
+  type AppliedEntry,
+  dropLedger,
+  type KillPoint,
+  ledgerKeys,
+  tallyLedger,
+} from '../support/crash-ledger.js';
 import { env, uniqueName } from '../support/env.js';
 import { waitUntil } from '../support/wait.js';
 import {
@@ -102,6 +108,13 @@ export interface SoakRow {
   readonly doubleCompletions: number;
   readonly deadLettered: number;
   readonly outgoingDistinct: number;
+  /**
+   * The stopped run reached its effect and another attempt completed its key: what the SIGSTOP is
+   * for. Read from the stop entry, the applied list and the final record, not from the tally.
+   */
+  readonly stoppedRunSuperseded: boolean;
+  /** What was read for it, printed with the details. */
+  readonly stoppedRun: string;
   /** Runs superseded while their (stopped) worker lived, and completes the store refused as stale. */
   readonly staleAttempts: number;
   readonly staleCompletesRefused: number;
@@ -710,6 +723,8 @@ export async function runSoak(combination: Combination, options: SoakOptions): P
       else problems.push(p);
     }
     // The stopped run: taken over, completed by another attempt, completed at most once.
+    let stoppedRunSuperseded = false;
+    let stoppedRun = 'none';
     if (stopEntry) {
       const r = finalRecords.get(stopEntry.key);
       const done = Number(await ledgerRedis.hget(ledgerKeys(ledger).completions, stopEntry.key));
@@ -721,6 +736,14 @@ export async function runSoak(combination: Combination, options: SoakOptions): P
       // restart, a broken client) after the write landed, and later copies were duplicates.
       // The record above says COMPLETED by a later attempt; more than one completion is a fault.
       if (done > 1) problems.push(`stopped run ${stopEntry.key}: completed ${done}x`);
+      const stopped = stopEntry;
+      const reachedEffect = (await ledgerRedis.lrange(ledgerKeys(ledger).applied, 0, -1))
+        .map((s) => JSON.parse(s) as AppliedEntry)
+        .some((a) => a.key === stopped.key && a.attempt === stopped.attempt && a.pid === stopped.pid);
+      stoppedRunSuperseded = reachedEffect && r?.state === 'COMPLETED' && r.attempt > stopped.attempt;
+      stoppedRun =
+        `${stopped.key}#${stopped.attempt} (pid ${stopped.pid}): reached its effect ${reachedEffect}, ` +
+        `final record ${r?.state} attempt ${r?.attempt}, pid among the killed ${tally.kills.some((k) => k.pid === stopped.pid)}`;
     }
     if (killsMissed > 0) say(`${killsMissed} kill(s) found no worker to fire in`);
     const byPoint = new Map<string, number>();
@@ -749,6 +772,8 @@ export async function runSoak(combination: Combination, options: SoakOptions): P
       doubleCompletions: tally.doubleCompletions,
       deadLettered,
       outgoingDistinct: outgoing.size,
+      stoppedRunSuperseded,
+      stoppedRun,
       staleAttempts: staleLines.length,
       staleCompletesRefused: Object.values(fenced).reduce((n, v) => n + Number(v), 0),
       liveTakeovers: liveLines.length,
@@ -858,6 +883,7 @@ export function soakDetails(row: SoakRow): string {
     `  SIGKILLs ${row.kills} (${row.killPoints}); SIGSTOP ${row.stops} for ${row.stoppedMs} ms; broker restarts ${row.brokerRestarts}; store restarts ${row.storeRestarts}`,
     `  takeovers ${row.takeovers}; handler runs ${row.handlerRuns}; non-idempotent effects ${row.appliedEffects}; idempotent effects ${row.effects}`,
     `  duplicate effects ${row.duplicateEffects}; lost ${row.lost}; double completions ${row.doubleCompletions}; dead-lettered ${row.deadLettered}; outgoing distinct ${row.outgoingDistinct}`,
+    `  stopped run ${row.stoppedRun}`,
     `  stale attempts of the stopped worker ${row.staleAttempts}; stale completes refused ${row.staleCompletesRefused}; takeovers from live workers ${row.liveTakeovers}; unplanned worker exits ${row.unplannedExits}`,
     ...(row.problems.length
       ? [`  PROBLEMS (${row.problems.length}):`, ...row.problems.slice(0, 20).map((p) => `    ${p}`)]
