@@ -76,6 +76,7 @@ import {
   type OrderedGroup,
   publishingRun,
   type RunUnderWay,
+  settleAll,
   type Shared,
   type Turn,
 } from './shared.js';
@@ -197,11 +198,7 @@ export function buildProcessor<T, R>(
   return {
     options: o as ResolvedProcessorOptions<unknown, unknown>,
     storeHealth: watched.health,
-    givenBack: async () => {
-      // A turn first: deliveries of a group released just now register their give-backs then.
-      await new Promise((resolve) => setImmediate(resolve));
-      while (shared.givingBack.size > 0) await Promise.all(shared.givingBack);
-    },
+    givenBack: () => settleAll(shared.givingBack),
     process: (delivery, onRunning) => processDelivery(o, delivery, shared, undefined, onRunning),
     processInOrder(deliveries, onRunning) {
       let markReleased!: () => void;

@@ -183,14 +183,22 @@ export function giveBackUnrun(shared: Shared, release: () => Promise<unknown>): 
 }
 
 /**
- * Settles once the leases given back unrun so far have been released, or failed to be; a turn
- * first, so that acquired deliveries of a group released just now (waiting for their turn) issue
- * theirs. Deliveries that hold no lease are not waited for: one may itself wait for the caller (a
- * duplicate publishing after the delivery before it).
+ * Settles once the leases given back unrun so far have been released, or failed to be. Deliveries
+ * that hold no lease are not waited for: one may itself wait for the caller (a duplicate
+ * publishing after the delivery before it).
  */
-export async function leasesGivenBack(shared: Shared): Promise<void> {
+export function leasesGivenBack(shared: Shared): Promise<void> {
+  return settleAll(shared.leasesGoingBack);
+}
+
+/**
+ * Settles once `pending` (promises that never reject, each removing itself when settled) is empty;
+ * a turn first, so that acquired deliveries of a group released just now (waiting for their turn)
+ * add theirs.
+ */
+export async function settleAll(pending: ReadonlySet<Promise<unknown>>): Promise<void> {
   await new Promise((resolve) => setImmediate(resolve));
-  while (shared.leasesGoingBack.size > 0) await Promise.all(shared.leasesGoingBack);
+  while (pending.size > 0) await Promise.all(pending);
 }
 
 /** Counts `pending` (which never rejects) among the give-backs under way until it settles. */
