@@ -239,6 +239,61 @@ describe('kafka consumer shutdown', () => {
     expect(runs).toBe(1);
   });
 
+  it('stop() aborts ctx.signal of a run still going after timeoutMs: its key goes back uncounted and the next owner runs the record at once', async () => {
+    // Before, the handler was never told: the next owner waited the whole lease out (busy), then
+    // took the key over as after a crash, the shutdown counted as one of its attempts.
+    const { topic, dlq, groupId, prefix } = await setup();
+    const attempts: number[] = [];
+    const reasons: unknown[] = [];
+    const options = {
+      kafka,
+      groupId,
+      topics: [topic],
+      deadLetter: { topic: dlq },
+      fromBeginning: true,
+      consumerConfig: fastGroup,
+      leaseMs: 120_000,
+      logger: quietLogger,
+    };
+    const ownClient = newRedis();
+    const a = createConsumer<{ id: string }>({
+      ...options,
+      store: createRedisStore({ client: ownClient, keyPrefix: prefix }),
+      // A permanent error on the abort: still not the record's failure, so not FAILED.
+      handler: (_, ctx) =>
+        new Promise((_resolve, reject) => {
+          attempts.push(ctx.attempt);
+          ctx.signal.addEventListener('abort', () => {
+            reasons.push(ctx.signal.reason);
+            reject(Object.assign(new Error('aborted'), { retryable: false }));
+          });
+        }),
+    });
+    cleanups.push(() => a.stop());
+    await a.start();
+    await waitUntil(() => attempts.length === 1, { message: 'the handler started' });
+    await a.stop({ timeoutMs: 200 });
+    expect(await a.idle()).toBe(true);
+    await ownClient.quit();
+    expect(reasons).toHaveLength(1);
+    expect(reasons[0]).toBeInstanceOf(ClosedError);
+
+    const store = createRedisStore({ client: redis, keyPrefix: prefix });
+    const record = await store.get(scopeKey('default', groupId, 'late-1'));
+    expect(record).toMatchObject({ state: 'IN_PROGRESS', leaseUntil: 0, attempt: 0 });
+    const b = createConsumer<{ id: string }>({
+      ...options,
+      store,
+      handler: (_, ctx) => void attempts.push(ctx.attempt),
+    });
+    cleanups.push(() => b.stop());
+    await b.start();
+    await waitUntil(() => fullyCommitted(admin, groupId, topic), { message: 'committed by the next owner' });
+    expect(b.stats.byOutcome.acquired).toBe(1);
+    expect(attempts).toEqual([1, 1]);
+    expect((await store.get(scopeKey('default', groupId, 'late-1')))?.state).toBe('COMPLETED');
+  });
+
   it('after stop() the default producer refuses every call with ClosedError and never reconnects', async () => {
     const { topic, dlq, groupId, prefix } = await setup();
     const { client, counts } = countingKafka();

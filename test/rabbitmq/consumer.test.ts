@@ -1,4 +1,5 @@
 import {
+  ClosedError,
   ConfigError,
   type HandlerContext,
   type OutgoingMessage,
@@ -321,5 +322,63 @@ describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
     await waitUntil(() => second.stats.acked === 1, { message: 'the redelivery acked' });
     expect(second.stats.byOutcome.duplicate).toBe(1);
     expect(runs).toBe(1);
+  });
+
+  it('stop() aborts ctx.signal of a run still going after timeoutMs: its key goes back uncounted and the next consumer runs the message at once', async () => {
+    // Before, the handler was never told: the next consumer waited the whole lease out (busy),
+    // then took the key over as after a crash, the shutdown counted as one of its attempts.
+    const queue = uniqueName('rmq-cut');
+    const raw = await rawChannel();
+    const keyPrefix = storePrefix(queue);
+    const options = {
+      connection: env.amqpUrl,
+      queue,
+      consumer: 'rmq-cut',
+      retentionCheck: 'off' as const,
+      leaseMs: 120_000,
+    };
+    const attempts: number[] = [];
+    const reasons: unknown[] = [];
+    const ownClient = newRedis();
+    const first = createConsumer<{ id: string }>({
+      ...options,
+      store: createRedisStore({ client: ownClient, keyPrefix }),
+      // A permanent error on the abort: still not the message's failure, so not FAILED.
+      handler: (_, ctx) =>
+        new Promise((_resolve, reject) => {
+          attempts.push(ctx.attempt);
+          ctx.signal.addEventListener('abort', () => {
+            reasons.push(ctx.signal.reason);
+            reject(Object.assign(new Error('aborted'), { retryable: false }));
+          });
+        }),
+    });
+    await first.start();
+    await raw.publish(queue, { id: 'cut' }, { 'x-idempotency-key': 'cut-1' });
+    await waitUntil(() => attempts.length === 1, { message: 'the handler started' });
+    await first.stop({ timeoutMs: 50 });
+    expect(await first.idle()).toBe(true);
+    await ownClient.quit();
+    expect(reasons).toHaveLength(1);
+    expect(reasons[0]).toBeInstanceOf(ClosedError);
+
+    const store = createRedisStore({ client: redis, keyPrefix });
+    const record = await store.get(scopeKey('default', 'rmq-cut', 'cut-1'));
+    expect(record).toMatchObject({ state: 'IN_PROGRESS', leaseUntil: 0, attempt: 0 });
+    const second = createConsumer<{ id: string }>({
+      ...options,
+      store,
+      handler: (_, ctx) => void attempts.push(ctx.attempt),
+    });
+    cleanups.push(async () => {
+      await second.stop();
+      await raw.deleteQueues(queuesOf(queue, [...DEFAULT_RETRY_DELAYS_MS]));
+      await raw.close();
+    });
+    await second.start();
+    await waitUntil(() => second.stats.acked === 1, { message: 'the redelivery acked' });
+    expect(second.stats.byOutcome.acquired).toBe(1);
+    expect(attempts).toEqual([1, 1]);
+    expect((await store.get(scopeKey('default', 'rmq-cut', 'cut-1')))?.state).toBe('COMPLETED');
   });
 });

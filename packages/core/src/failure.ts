@@ -14,8 +14,11 @@ import {
   toErrorInfo,
 } from './errors.js';
 import type { ResolvedProcessorOptions } from './options.js';
+import { notRun } from './ordered.js';
 import { retryDelayMs } from './retry.js';
+import type { Turn } from './shared.js';
 import type { Delivery, Disposition, Outcome } from './spi.js';
+import type { BeginResult } from './store/types.js';
 import { retryStoreWrite, settledWithin } from './wait.js';
 
 export async function handleFailure<T, R>(
@@ -85,6 +88,37 @@ export async function handleFailure<T, R>(
     nextAttempt: attempt + 1,
     error: info,
   };
+}
+
+/**
+ * A run whose handler failed after the consumer's stop() aborted its signal (see
+ * `Processor.abortRuns`): its key is given back uncounted, once the steps it left running have
+ * ended (for a lease at most), and stays a takeover if it was one. Nothing is settled: the broker
+ * delivers the message again, and the next consumer runs it at once instead of after the lease.
+ */
+export async function giveBackCut<T, R>(
+  o: ResolvedProcessorOptions<T, R>,
+  storeKey: string,
+  begun: Extract<BeginResult, { status: 'acquired' }>,
+  error: unknown,
+  run: RunBlobs & { stepsRunning(): Promise<void> | undefined },
+  leaseDeadline: number,
+  turn: Turn | undefined,
+): Promise<Disposition> {
+  const stillRunning = run.stepsRunning();
+  if (stillRunning !== undefined) await settledWithin([stillRunning], o.leaseMs);
+  await discardBlobs(o, run);
+  // Not tried again: a give-back's repeat would uncount the attempt twice. If it does not land,
+  // the lease runs out and the next consumer takes the key over, as after a crash.
+  if (performance.now() < leaseDeadline) {
+    const options = { notRun: true, takenOver: begun.kind === 'takeover' };
+    await o.store.release(storeKey, begun.fence, toErrorInfo(error), options).catch(() => undefined);
+  }
+  o.logger.info('a run cut short by stop() gave its key back; the message is delivered again', {
+    key: storeKey,
+    attempt: begun.attempt,
+  });
+  return notRun(turn);
 }
 
 export async function failAndDeadLetter<T, R>(

@@ -13,6 +13,8 @@ export interface LeaseKeeper {
   readonly signal: AbortSignal;
   /** True once the store said another fence holds the key. */
   readonly lost: boolean;
+  /** True once {@link LeaseBoard.cutAll} aborted the signal (the consumer is stopping). */
+  readonly cut: boolean;
   /** When the lease ends as last set or extended (monotonic clock, ms): the store's end is later. */
   readonly deadline: number;
   /**
@@ -58,6 +60,7 @@ class Held implements LeaseKeeper {
   deadline: number;
   nextAt: number;
   lost = false;
+  cut = false;
   done = false;
   abortReason: Error | undefined = undefined;
   controller: AbortController | undefined = undefined;
@@ -113,6 +116,11 @@ class Held implements LeaseKeeper {
 
 export interface LeaseBoard {
   hold(options: HoldOptions): LeaseKeeper;
+  /**
+   * Aborts the signal of every run held now with `reason`, and keeps heartbeating their leases
+   * until each run ends: the consumer is stopping and asks its handlers to end. Answers how many.
+   */
+  cutAll(reason: Error): number;
 }
 
 /** Every lease of one processor, extended from one timer. */
@@ -134,6 +142,17 @@ class Board implements LeaseBoard {
       this.timer.unref?.();
     }
     return h;
+  }
+
+  cutAll(reason: Error): number {
+    let cut = 0;
+    for (const h of this.held) {
+      if (h.done || h.abortReason !== undefined) continue;
+      h.cut = true;
+      h.fire(reason);
+      cut++;
+    }
+    return cut;
   }
 
   release(h: Held): void {

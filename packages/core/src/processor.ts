@@ -16,6 +16,7 @@ import { type Context, propagation, type Span, SpanStatusCode } from '@opentelem
 import { createRunContext } from './context.js';
 import {
   AttemptsExhaustedError,
+  ClosedError,
   type ErrorInfo,
   type ExactlyOnceError,
   IdempotencyKeyReuseError,
@@ -30,6 +31,7 @@ import {
   deadLetter,
   discardBlobs,
   failAndDeadLetter,
+  giveBackCut,
   handleFailure,
   leaseLost,
   type RunBlobs,
@@ -128,6 +130,14 @@ export interface Processor {
    * find them busy until the leases ran out).
    */
   givenBack(): Promise<void>;
+  /**
+   * Aborts `ctx.signal` of every handler running now with `reason` (an adapter's `stop()` does
+   * once its `timeoutMs` has passed). Their leases are kept until each handler ends; one that then
+   * fails gives its key back uncounted (a shutdown is not the message's failure), so the
+   * redelivered message runs at once instead of after the lease. The signal's reason is a
+   * `ClosedError` unless given. Answers how many were aborted.
+   */
+  abortRuns(reason?: Error): number;
   readonly options: ResolvedProcessorOptions<unknown, unknown>;
 }
 
@@ -199,6 +209,8 @@ export function buildProcessor<T, R>(
     options: o as ResolvedProcessorOptions<unknown, unknown>,
     storeHealth: watched.health,
     givenBack: () => settleAll(shared.givingBack),
+    abortRuns: (reason = new ClosedError('the consumer', 'the consumer stopped before this run ended')) =>
+      shared.leases.cutAll(reason),
     process: (delivery, onRunning) => processDelivery(o, delivery, shared, undefined, onRunning),
     processInOrder(deliveries, onRunning) {
       let markReleased!: () => void;
@@ -650,7 +662,8 @@ async function runAcquired<T, R>(
   const proceed =
     !keeper.lost &&
     (ran.ok ||
-      (!(ran.error instanceof LeaseLostError) &&
+      (!keeper.cut &&
+        !(ran.error instanceof LeaseLostError) &&
         (!isRetryable(ran.error) || attempt >= o.retry.maxAttempts)));
   const givenUp = !ran.ok && ran.error instanceof RunTimeoutError;
   if (!givenUp) turn?.go(proceed);
@@ -659,6 +672,12 @@ async function runAcquired<T, R>(
     await keeper.stop();
     await discardBlobs(o, state);
     return leaseLost(storeKey, fence);
+  }
+  if (!ran.ok && keeper.cut) {
+    // Aborted by the consumer's stop (abortRuns): a shutdown, not the message's failure.
+    await keeper.stop();
+    recordError(span, ran.error, scrubOf(runCtx));
+    return giveBackCut(o, storeKey, begun, ran.error, state, keeper.deadline, turn);
   }
   if (!ran.ok) {
     await keeper.stop();

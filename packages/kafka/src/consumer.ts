@@ -326,8 +326,10 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
           await starting?.catch(() => {});
           if (!wasNew) await consumer.disconnect();
         } finally {
-          // Runs given up earlier (a revocation) get what is left of the same deadline.
-          await settledWithin(orphans, remaining());
+          // Runs given up earlier (a revocation) get what is left of the same deadline; the
+          // handlers still running then are asked to end (ctx.signal), and one that then fails
+          // gives its key back (see Processor.abortRuns).
+          if (!(await settledWithin(orphans, remaining()))) processor.abortRuns();
           // Leases of records begun but not run go back before stop() resolves: a store closed
           // right after it would cut them off, and the next owner would wait out each lease.
           await settledWithin([processor.givenBack()], Math.max(remaining(), GIVE_BACK_MIN_WAIT_MS));

@@ -422,6 +422,8 @@ export function createConsumer<T = unknown, R = unknown>(
           queue,
           inFlight: inFlight.size,
         });
+        // Their handlers are asked to end (ctx.signal); one that then fails gives its key back.
+        processor.abortRuns();
       }
       for (const settler of settlers.values()) settler.flush();
       await keeper?.close();

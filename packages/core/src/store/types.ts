@@ -174,7 +174,10 @@ export type ClearResult = 'cleared' | 'absent' | 'busy';
 
 /** How a lease is given back (see {@link ProcessedStore.release}). */
 export interface ReleaseOptions {
-  /** The handler never started under this lease: no attempt is counted, the last error stays. */
+  /**
+   * The handler never started under this lease, or was cut short by the consumer's stop (see
+   * `Processor.abortRuns`): no attempt is counted, the last error stays.
+   */
   readonly notRun?: boolean;
   /**
    * With `notRun`, for a lease acquired as a takeover: the key stays one, so its next `begin`

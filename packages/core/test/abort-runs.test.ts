@@ -1,0 +1,116 @@
+/**
+ * `Processor.abortRuns` (an adapter's `stop()` past its timeout): the handlers running are asked
+ * to end through `ctx.signal`; a run that then fails gives its key back uncounted instead of
+ * counting a failure, and one that returns anyway completes as usual.
+ */
+import { describe, expect, it } from 'vitest';
+import { ClosedError } from '../src/errors.js';
+import { createProcessor } from '../src/processor.js';
+import { createMemoryStore } from '../src/store/memory-store.js';
+import { scopeKey } from '../src/keys.js';
+import type { HandlerContext } from '../src/context.js';
+import { deferred, delivery } from './helpers.js';
+
+const headers = (key: string) => ({ 'x-idempotency-key': key });
+
+/** A handler that waits for its signal, then fails with a permanent error (or `then` says). */
+function waitingForAbort(started: string[], then: 'fail' | 'return' = 'fail') {
+  return (payload: { id: string }, ctx: HandlerContext) =>
+    new Promise<string>((resolve, reject) => {
+      started.push(payload.id);
+      ctx.signal.addEventListener('abort', () => {
+        if (then === 'return') resolve('done anyway');
+        else reject(Object.assign(new Error('aborted'), { retryable: false }));
+      });
+    });
+}
+
+describe('abortRuns', () => {
+  it('a run that fails on the abort gives its key back uncounted, not FAILED; its retry runs at once', async () => {
+    const store = createMemoryStore();
+    const started: string[] = [];
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      retentionCheck: 'off',
+      retry: { maxAttempts: 1 },
+      handler: waitingForAbort(started),
+    });
+    const pending = p.process(delivery({ id: 'a' }, headers('k1')));
+    while (started.length === 0) await new Promise((r) => setTimeout(r, 1));
+    expect(p.abortRuns()).toBe(1);
+    expect(await pending).toMatchObject({ action: 'defer', outcome: 'not-run' });
+    // With maxAttempts 1 a counted failure would have been FAILED and dead-lettered.
+    expect(await store.get(scopeKey('default', 'c', 'k1'))).toMatchObject({
+      state: 'IN_PROGRESS',
+      leaseUntil: 0,
+      attempt: 0,
+    });
+    const again = createProcessor({ consumer: 'c', store, retentionCheck: 'off', handler: () => 'ok' });
+    expect(await again.process(delivery({ id: 'a' }, headers('k1')))).toMatchObject({
+      action: 'ack',
+      outcome: 'acquired',
+    });
+  });
+
+  it('the signal says why; a handler that returns anyway completes as usual', async () => {
+    const store = createMemoryStore();
+    const started: string[] = [];
+    let reason: unknown;
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      retentionCheck: 'off',
+      handler: (payload: { id: string }, ctx: HandlerContext) => {
+        ctx.signal.addEventListener('abort', () => {
+          reason = ctx.signal.reason;
+        });
+        return waitingForAbort(started, 'return')(payload, ctx);
+      },
+    });
+    const pending = p.process(delivery({ id: 'a' }, headers('k2')));
+    while (started.length === 0) await new Promise((r) => setTimeout(r, 1));
+    p.abortRuns();
+    expect(await pending).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    expect(reason).toBeInstanceOf(ClosedError);
+    expect((await store.get(scopeKey('default', 'c', 'k2')))?.state).toBe('COMPLETED');
+  });
+
+  it('in an ordered group the records after a cut run do not start', async () => {
+    const store = createMemoryStore();
+    const started: string[] = [];
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      retentionCheck: 'off',
+      handler: waitingForAbort(started),
+    });
+    const run = p.processInOrder([
+      delivery({ id: 'a' }, headers('o1')),
+      delivery({ id: 'b' }, headers('o2')),
+    ]);
+    while (started.length === 0) await new Promise((r) => setTimeout(r, 1));
+    p.abortRuns();
+    const [first, second] = await Promise.all(run.dispositions);
+    expect(first).toMatchObject({ action: 'defer', outcome: 'not-run' });
+    expect(second).toMatchObject({ action: 'defer', outcome: 'not-run' });
+    await run.release();
+    expect(started).toEqual(['a']);
+    expect((await store.get(scopeKey('default', 'c', 'o2')))?.attempt).toBe(0);
+  });
+
+  it('aborts nothing while no handler runs', async () => {
+    const gate = deferred();
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      retentionCheck: 'off',
+      handler: () => gate.promise,
+    });
+    expect(p.abortRuns()).toBe(0);
+    const pending = p.process(delivery({ id: 'a' }, headers('k3')));
+    gate.resolve();
+    expect(await pending).toMatchObject({ action: 'ack' });
+    expect(p.abortRuns()).toBe(0);
+  });
+});
