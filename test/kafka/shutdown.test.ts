@@ -26,6 +26,7 @@ import {
   uniqueName,
   waitUntil,
 } from './helpers.js';
+import { endingOnAbort } from '../support/abort.js';
 
 let kafka: Kafka;
 let admin: Admin;
@@ -259,15 +260,7 @@ describe('kafka consumer shutdown', () => {
     const a = createConsumer<{ id: string }>({
       ...options,
       store: createRedisStore({ client: ownClient, keyPrefix: prefix }),
-      // A permanent error on the abort: still not the record's failure, so not FAILED.
-      handler: (_, ctx) =>
-        new Promise((_resolve, reject) => {
-          attempts.push(ctx.attempt);
-          ctx.signal.addEventListener('abort', () => {
-            reasons.push(ctx.signal.reason);
-            reject(Object.assign(new Error('aborted'), { retryable: false }));
-          });
-        }),
+      handler: endingOnAbort({ attempts, reasons }),
     });
     cleanups.push(() => a.stop());
     await a.start();

@@ -15,6 +15,7 @@ import {
 import { createRedisStore } from '@exactly-once/store-redis';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { env, uniqueName } from '../support/env.js';
+import { endingOnAbort } from '../support/abort.js';
 import { waitUntil } from '../support/wait.js';
 import { closeRedis, newRedis, queuesOf, rawChannel, storePrefix } from './helpers.js';
 
@@ -343,15 +344,7 @@ describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
     const first = createConsumer<{ id: string }>({
       ...options,
       store: createRedisStore({ client: ownClient, keyPrefix }),
-      // A permanent error on the abort: still not the message's failure, so not FAILED.
-      handler: (_, ctx) =>
-        new Promise((_resolve, reject) => {
-          attempts.push(ctx.attempt);
-          ctx.signal.addEventListener('abort', () => {
-            reasons.push(ctx.signal.reason);
-            reject(Object.assign(new Error('aborted'), { retryable: false }));
-          });
-        }),
+      handler: endingOnAbort({ attempts, reasons }),
     });
     await first.start();
     await raw.publish(queue, { id: 'cut' }, { 'x-idempotency-key': 'cut-1' });
