@@ -374,4 +374,54 @@ describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
     expect(attempts).toEqual([1, 1]);
     expect((await store.get(scopeKey('default', 'rmq-cut', 'cut-1')))?.state).toBe('COMPLETED');
   });
+
+  it('messages whose runs stop() cut run together on the next consumer, not one at a time', async () => {
+    // Before, every redelivered message ran alone (the poison-message gate): a window of long
+    // runs cut at a rolling restart drained one run after another, some waiting past the lease.
+    // Now only a key held under a lease nobody gave back runs alone.
+    const queue = uniqueName('rmq-cut-many');
+    const raw = await rawChannel();
+    const keyPrefix = storePrefix(queue);
+    const options = {
+      connection: env.amqpUrl,
+      queue,
+      consumer: 'rmq-cut-many',
+      retentionCheck: 'off' as const,
+      leaseMs: 120_000,
+    };
+    const seen = { attempts: [] as number[], reasons: [] as unknown[] };
+    const ownClient = newRedis();
+    const first = createConsumer<{ id: string }>({
+      ...options,
+      store: createRedisStore({ client: ownClient, keyPrefix }),
+      handler: endingOnAbort(seen),
+    });
+    await first.start();
+    for (let i = 0; i < 4; i++)
+      await raw.publish(queue, { id: `m${i}` }, { 'x-idempotency-key': `many-${i}` });
+    await waitUntil(() => seen.attempts.length === 4, { message: 'four handlers started' });
+    await first.stop({ timeoutMs: 50 });
+    expect(await first.idle()).toBe(true);
+    await ownClient.quit();
+
+    // Each handler of the next consumer returns only once all four run at the same time.
+    let running = 0;
+    const second = createConsumer<{ id: string }>({
+      ...options,
+      store: createRedisStore({ client: redis, keyPrefix }),
+      handler: async (_, ctx) => {
+        expect(ctx.acquiredAs).toBe('retry');
+        running++;
+        await waitUntil(() => running === 4, { message: 'four handlers running together' });
+      },
+    });
+    cleanups.push(async () => {
+      await second.stop();
+      await raw.deleteQueues(queuesOf(queue, [...DEFAULT_RETRY_DELAYS_MS]));
+      await raw.close();
+    });
+    await second.start();
+    await waitUntil(() => second.stats.acked === 4, { message: 'the four redeliveries acked' });
+    expect(second.stats.byOutcome.acquired).toBe(4);
+  });
 });

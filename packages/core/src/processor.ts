@@ -86,7 +86,7 @@ import type { Delivery, Disposition, Outcome } from './spi.js';
 import { coalescing } from './store/coalesce.js';
 import { withDeadline } from './store/deadline.js';
 import { type StoreHealth, withHealth } from './store/health.js';
-import type { BeginResult, StoredResult } from './store/types.js';
+import { type BeginResult, RecordState, type StoredResult } from './store/types.js';
 import {
   inSpan,
   instrumentsFor,
@@ -138,6 +138,14 @@ export interface Processor {
    * `ClosedError` unless given. Answers how many were aborted.
    */
   abortRuns(reason?: Error): number;
+  /**
+   * Whether a worker may have died running this message: its key's record is IN_PROGRESS under a
+   * lease nobody gave back (held, lapsed, or a takeover given back unrun). False for a key never
+   * begun, given back (a stop, a retryable failure), completed or failed; true when the message
+   * cannot be read or the store does not answer. One store read, no attempt counted: the RabbitMQ
+   * adapter asks it of redelivered messages, to run only those alone.
+   */
+  lastRunMayHaveDied(delivery: Delivery): Promise<boolean>;
   readonly options: ResolvedProcessorOptions<unknown, unknown>;
 }
 
@@ -211,6 +219,14 @@ export function buildProcessor<T, R>(
     givenBack: () => settleAll(shared.givingBack),
     abortRuns: (reason = new ClosedError('the consumer', 'the consumer stopped before this run ended')) =>
       shared.leases.cutAll(reason),
+    async lastRunMayHaveDied(delivery) {
+      try {
+        const record = await o.store.get(prepare(o, delivery).storeKey);
+        return record?.state === RecordState.InProgress && record.leaseUntil !== 0;
+      } catch {
+        return true;
+      }
+    },
     process: (delivery, onRunning) => processDelivery(o, delivery, shared, undefined, onRunning),
     processInOrder(deliveries, onRunning) {
       let markReleased!: () => void;

@@ -314,7 +314,8 @@ export function createConsumer<T = unknown, R = unknown>(
   /** A delivery that is not run: the broker redelivers it (on this channel while it is open). */
   const handBack = (kept: KeptChannel, msg: ConsumeMessage) => {
     stats.abandoned++;
-    if (kept.open) settlerOf(kept).requeue(msg);
+    // After stop() its channel is closing, and the broker requeues whatever it did not ack.
+    if (kept.open && !finished) settlerOf(kept).requeue(msg);
   };
 
   /**
@@ -322,9 +323,18 @@ export function createConsumer<T = unknown, R = unknown>(
    * and meanwhile lost its channel, or saw stop() begin, is handed back unrun (undefined).
    */
   const runGated = async (kept: KeptChannel, msg: ConsumeMessage, delivery: Delivery) => {
-    const { redelivered } = msg.fields;
+    // Only a redelivered message whose last run may have died with its worker runs alone: one
+    // handed back unrun or given back at a stop is not a suspect, and runs as a new one does.
+    let alone = false;
+    if (msg.fields.redelivered) {
+      alone = await processor.lastRunMayHaveDied(delivery);
+      if (!kept.open || stopping.signal.aborted) {
+        handBack(kept, msg);
+        return undefined;
+      }
+    }
     try {
-      const turn = gate.enter(redelivered);
+      const turn = gate.enter(alone);
       if (turn !== undefined) {
         await turn;
         if (!kept.open || stopping.signal.aborted) {
@@ -334,7 +344,7 @@ export function createConsumer<T = unknown, R = unknown>(
       }
       return await processor.process(delivery);
     } finally {
-      gate.leave(redelivered);
+      gate.leave(alone);
     }
   };
 

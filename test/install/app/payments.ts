@@ -11,7 +11,10 @@ export interface Charge {
 export const charges: Charge[] = [];
 
 export const payments = {
-  async charge(order: { orderId: string; amount: number }, options: { idempotencyKey: string }) {
+  async charge(
+    order: { orderId: string; amount: number },
+    options: { idempotencyKey: string; signal?: AbortSignal },
+  ) {
     charges.push({ orderId: order.orderId, amount: order.amount, idempotencyKey: options.idempotencyKey });
     return { chargeId: `ch-${charges.length}` };
   },
