@@ -328,40 +328,15 @@ describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
   it('stop() aborts ctx.signal of a run still going after timeoutMs: its key goes back uncounted and the next consumer runs the message at once', async () => {
     // Before, the handler was never told: the next consumer waited the whole lease out (busy),
     // then took the key over as after a crash, the shutdown counted as one of its attempts.
-    const queue = uniqueName('rmq-cut');
-    const raw = await rawChannel();
-    const keyPrefix = storePrefix(queue);
-    const options = {
-      connection: env.amqpUrl,
-      queue,
-      consumer: 'rmq-cut',
-      retentionCheck: 'off' as const,
-      leaseMs: 120_000,
-    };
-    const attempts: number[] = [];
-    const reasons: unknown[] = [];
-    const ownClient = newRedis();
-    const first = createConsumer<{ id: string }>({
-      ...options,
-      store: createRedisStore({ client: ownClient, keyPrefix }),
-      handler: endingOnAbort({ attempts, reasons }),
-    });
-    await first.start();
-    await raw.publish(queue, { id: 'cut' }, { 'x-idempotency-key': 'cut-1' });
-    await waitUntil(() => attempts.length === 1, { message: 'the handler started' });
-    await first.stop({ timeoutMs: 50 });
-    expect(await first.idle()).toBe(true);
-    await ownClient.quit();
-    expect(reasons).toHaveLength(1);
-    expect(reasons[0]).toBeInstanceOf(ClosedError);
-
-    const store = createRedisStore({ client: redis, keyPrefix });
+    const { queue, raw, options, seen, store } = await cutAtStop('rmq-cut', ['cut-1']);
+    expect(seen.reasons).toHaveLength(1);
+    expect(seen.reasons[0]).toBeInstanceOf(ClosedError);
     const record = await store.get(scopeKey('default', 'rmq-cut', 'cut-1'));
     expect(record).toMatchObject({ state: 'IN_PROGRESS', leaseUntil: 0, attempt: 0 });
     const second = createConsumer<{ id: string }>({
       ...options,
       store,
-      handler: (_, ctx) => void attempts.push(ctx.attempt),
+      handler: (_, ctx) => void seen.attempts.push(ctx.attempt),
     });
     cleanups.push(async () => {
       await second.stop();
@@ -371,7 +346,7 @@ describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
     await second.start();
     await waitUntil(() => second.stats.acked === 1, { message: 'the redelivery acked' });
     expect(second.stats.byOutcome.acquired).toBe(1);
-    expect(attempts).toEqual([1, 1]);
+    expect(seen.attempts).toEqual([1, 1]);
     expect((await store.get(scopeKey('default', 'rmq-cut', 'cut-1')))?.state).toBe('COMPLETED');
   });
 
@@ -379,40 +354,17 @@ describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
     // Before, every redelivered message ran alone (the poison-message gate): a window of long
     // runs cut at a rolling restart drained one run after another, some waiting past the lease.
     // Now only a key held under a lease nobody gave back runs alone.
-    const queue = uniqueName('rmq-cut-many');
-    const raw = await rawChannel();
-    const keyPrefix = storePrefix(queue);
-    const options = {
-      connection: env.amqpUrl,
-      queue,
-      consumer: 'rmq-cut-many',
-      retentionCheck: 'off' as const,
-      leaseMs: 120_000,
-    };
-    const seen = { attempts: [] as number[], reasons: [] as unknown[] };
-    const ownClient = newRedis();
-    const first = createConsumer<{ id: string }>({
-      ...options,
-      store: createRedisStore({ client: ownClient, keyPrefix }),
-      handler: endingOnAbort(seen),
-    });
-    await first.start();
-    for (let i = 0; i < 4; i++)
-      await raw.publish(queue, { id: `m${i}` }, { 'x-idempotency-key': `many-${i}` });
-    await waitUntil(() => seen.attempts.length === 4, { message: 'four handlers started' });
-    await first.stop({ timeoutMs: 50 });
-    expect(await first.idle()).toBe(true);
-    await ownClient.quit();
-
+    const keys = ['many-0', 'many-1', 'many-2', 'many-3'];
+    const { queue, raw, options, store } = await cutAtStop('rmq-cut-many', keys);
     // Each handler of the next consumer returns only once all four run at the same time.
     let running = 0;
     const second = createConsumer<{ id: string }>({
       ...options,
-      store: createRedisStore({ client: redis, keyPrefix }),
+      store,
       handler: async (_, ctx) => {
         expect(ctx.acquiredAs).toBe('retry');
         running++;
-        await waitUntil(() => running === 4, { message: 'four handlers running together' });
+        await waitUntil(() => running === keys.length, { message: 'four handlers running together' });
       },
     });
     cleanups.push(async () => {
@@ -425,3 +377,35 @@ describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
     expect(second.stats.byOutcome.acquired).toBe(4);
   });
 });
+
+/**
+ * A consumer whose handlers end on their signal runs one message per key until all have started,
+ * then stop() waits 50 ms and aborts them; once it is idle its store client is closed. Answers
+ * what the next consumer of the queue needs, and what the handlers saw.
+ */
+async function cutAtStop(consumer: string, keys: readonly string[]) {
+  const queue = uniqueName(consumer);
+  const raw = await rawChannel();
+  const keyPrefix = storePrefix(queue);
+  const options = {
+    connection: env.amqpUrl,
+    queue,
+    consumer,
+    retentionCheck: 'off' as const,
+    leaseMs: 120_000,
+  };
+  const seen = { attempts: [] as number[], reasons: [] as unknown[] };
+  const ownClient = newRedis();
+  const first = createConsumer<{ id: string }>({
+    ...options,
+    store: createRedisStore({ client: ownClient, keyPrefix }),
+    handler: endingOnAbort(seen),
+  });
+  await first.start();
+  for (const key of keys) await raw.publish(queue, { id: key }, { 'x-idempotency-key': key });
+  await waitUntil(() => seen.attempts.length === keys.length, { message: 'every handler started' });
+  await first.stop({ timeoutMs: 50 });
+  expect(await first.idle()).toBe(true);
+  await ownClient.quit();
+  return { queue, raw, options, seen, store: createRedisStore({ client: redis, keyPrefix }) };
+}
