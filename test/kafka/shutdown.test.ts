@@ -6,7 +6,13 @@
  * it as a duplicate and publishes the outgoing message then.
  */
 import { ClosedError, scopeKey } from '@exactly-once/core';
-import { createConsumer, createProducer, type KafkaConsumer, type KafkaLike } from '@exactly-once/kafka';
+import {
+  createConsumer,
+  createProducer,
+  type KafkaConsumer,
+  type KafkaConsumerOptions,
+  type KafkaLike,
+} from '@exactly-once/kafka';
 import { createRedisStore } from '@exactly-once/store-redis';
 import type { Redis } from 'ioredis';
 import type { Admin, ConsumerConfig, Kafka } from 'kafkajs';
@@ -119,6 +125,43 @@ async function setup() {
   return { topic, out, dlq, groupId: uniqueName('shutdown-group'), prefix: storePrefix() };
 }
 
+/**
+ * The first owner of a test's topic, started on a store client of its own (the test closes it once
+ * the consumer is idle), and the next owner's store (on the shared client) and start.
+ */
+async function firstOwner(
+  t: Awaited<ReturnType<typeof setup>>,
+  leaseMs: number,
+  handler: KafkaConsumerOptions<{ id: string }>['handler'],
+) {
+  const options = {
+    kafka,
+    groupId: t.groupId,
+    topics: [t.topic],
+    deadLetter: { topic: t.dlq },
+    fromBeginning: true,
+    consumerConfig: fastGroup,
+    leaseMs,
+    logger: quietLogger,
+  };
+  const ownClient = newRedis();
+  const a = createConsumer<{ id: string }>({
+    ...options,
+    store: createRedisStore({ client: ownClient, keyPrefix: t.prefix }),
+    handler,
+  });
+  cleanups.push(() => a.stop());
+  await a.start();
+  const store = createRedisStore({ client: redis, keyPrefix: t.prefix });
+  const start = async (next: KafkaConsumerOptions<{ id: string }>['handler']): Promise<KafkaConsumer> => {
+    const b = createConsumer<{ id: string }>({ ...options, store, handler: next });
+    cleanups.push(() => b.stop());
+    await b.start();
+    return b;
+  };
+  return { a, ownClient, next: { store, start } };
+}
+
 describe('kafka consumer shutdown', () => {
   it('a run that outlives stop() cannot reconnect the producer; the record is redone on restart as a duplicate', async () => {
     const { topic, out, dlq, groupId, prefix } = await setup();
@@ -196,33 +239,16 @@ describe('kafka consumer shutdown', () => {
   it('idle() after stop() waits for a run stop() gave up on, so the store can be closed: the next owner acks it as a duplicate', async () => {
     // Closing the store right after stop() cut that run's completion off: the next owner took
     // the key over after the lease and ran the handler a second time.
-    const { topic, dlq, groupId, prefix } = await setup();
+    const t = await setup();
     let runs = 0;
     let release!: () => void;
     const released = new Promise<void>((r) => {
       release = r;
     });
-    const options = {
-      kafka,
-      groupId,
-      topics: [topic],
-      deadLetter: { topic: dlq },
-      fromBeginning: true,
-      consumerConfig: fastGroup,
-      leaseMs: 5_000,
-      logger: quietLogger,
-    };
-    const ownClient = newRedis();
-    const a = createConsumer<{ id: string }>({
-      ...options,
-      store: createRedisStore({ client: ownClient, keyPrefix: prefix }),
-      handler: async () => {
-        runs++;
-        await released;
-      },
+    const { a, ownClient, next } = await firstOwner(t, 5_000, async () => {
+      runs++;
+      await released;
     });
-    cleanups.push(() => a.stop());
-    await a.start();
     await waitUntil(() => runs === 1, { message: 'the handler started' });
     await a.stop({ timeoutMs: 200 });
     expect(await a.idle(50)).toBe(false); // still running
@@ -230,12 +256,11 @@ describe('kafka consumer shutdown', () => {
     expect(await a.idle()).toBe(true);
     await ownClient.quit(); // the store goes once nothing of the consumer runs any more
 
-    const store = createRedisStore({ client: redis, keyPrefix: prefix });
-    expect((await store.get(scopeKey('default', groupId, 'late-1')))?.state).toBe('COMPLETED');
-    const b = createConsumer<{ id: string }>({ ...options, store, handler: () => void runs++ });
-    cleanups.push(() => b.stop());
-    await b.start();
-    await waitUntil(() => fullyCommitted(admin, groupId, topic), { message: 'committed by the next owner' });
+    expect((await next.store.get(scopeKey('default', t.groupId, 'late-1')))?.state).toBe('COMPLETED');
+    const b = await next.start(() => void runs++);
+    await waitUntil(() => fullyCommitted(admin, t.groupId, t.topic), {
+      message: 'committed by the next owner',
+    });
     expect(b.stats.byOutcome.duplicate).toBe(1);
     expect(runs).toBe(1);
   });
@@ -243,27 +268,10 @@ describe('kafka consumer shutdown', () => {
   it('stop() aborts ctx.signal of a run still going after timeoutMs: its key goes back uncounted and the next owner runs the record at once', async () => {
     // Before, the handler was never told: the next owner waited the whole lease out (busy), then
     // took the key over as after a crash, the shutdown counted as one of its attempts.
-    const { topic, dlq, groupId, prefix } = await setup();
+    const t = await setup();
     const attempts: number[] = [];
     const reasons: unknown[] = [];
-    const options = {
-      kafka,
-      groupId,
-      topics: [topic],
-      deadLetter: { topic: dlq },
-      fromBeginning: true,
-      consumerConfig: fastGroup,
-      leaseMs: 120_000,
-      logger: quietLogger,
-    };
-    const ownClient = newRedis();
-    const a = createConsumer<{ id: string }>({
-      ...options,
-      store: createRedisStore({ client: ownClient, keyPrefix: prefix }),
-      handler: endingOnAbort({ attempts, reasons }),
-    });
-    cleanups.push(() => a.stop());
-    await a.start();
+    const { a, ownClient, next } = await firstOwner(t, 120_000, endingOnAbort({ attempts, reasons }));
     await waitUntil(() => attempts.length === 1, { message: 'the handler started' });
     await a.stop({ timeoutMs: 200 });
     expect(await a.idle()).toBe(true);
@@ -271,20 +279,15 @@ describe('kafka consumer shutdown', () => {
     expect(reasons).toHaveLength(1);
     expect(reasons[0]).toBeInstanceOf(ClosedError);
 
-    const store = createRedisStore({ client: redis, keyPrefix: prefix });
-    const record = await store.get(scopeKey('default', groupId, 'late-1'));
-    expect(record).toMatchObject({ state: 'IN_PROGRESS', leaseUntil: 0, attempt: 0 });
-    const b = createConsumer<{ id: string }>({
-      ...options,
-      store,
-      handler: (_, ctx) => void attempts.push(ctx.attempt),
+    const storeKey = scopeKey('default', t.groupId, 'late-1');
+    expect(await next.store.get(storeKey)).toMatchObject({ state: 'IN_PROGRESS', leaseUntil: 0, attempt: 0 });
+    const b = await next.start((_, ctx) => void attempts.push(ctx.attempt));
+    await waitUntil(() => fullyCommitted(admin, t.groupId, t.topic), {
+      message: 'committed by the next owner',
     });
-    cleanups.push(() => b.stop());
-    await b.start();
-    await waitUntil(() => fullyCommitted(admin, groupId, topic), { message: 'committed by the next owner' });
     expect(b.stats.byOutcome.acquired).toBe(1);
     expect(attempts).toEqual([1, 1]);
-    expect((await store.get(scopeKey('default', groupId, 'late-1')))?.state).toBe('COMPLETED');
+    expect((await next.store.get(storeKey))?.state).toBe('COMPLETED');
   });
 
   it('after stop() the default producer refuses every call with ClosedError and never reconnects', async () => {

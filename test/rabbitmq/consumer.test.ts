@@ -286,11 +286,11 @@ describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
     const released = new Promise<void>((r) => {
       release = r;
     });
-    const options = {
+    const options: FirstOptions = {
       connection: env.amqpUrl,
       queue,
       consumer: 'rmq-idle',
-      retentionCheck: 'off' as const,
+      retentionCheck: 'off',
       leaseMs: 5_000,
     };
     const ownClient = newRedis();
@@ -313,13 +313,7 @@ describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
 
     const store = createRedisStore({ client: redis, keyPrefix });
     expect((await store.get(scopeKey('default', 'rmq-idle', 'slow-1')))?.state).toBe('COMPLETED');
-    const second = createConsumer<{ id: string }>({ ...options, store, handler: () => void runs++ });
-    cleanups.push(async () => {
-      await second.stop();
-      await raw.deleteQueues(queuesOf(queue, [...DEFAULT_RETRY_DELAYS_MS]));
-      await raw.close();
-    });
-    await second.start();
+    const second = await startNext({ queue, raw, options }, store, () => void runs++);
     await waitUntil(() => second.stats.acked === 1, { message: 'the redelivery acked' });
     expect(second.stats.byOutcome.duplicate).toBe(1);
     expect(runs).toBe(1);
@@ -333,17 +327,11 @@ describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
     expect(seen.reasons[0]).toBeInstanceOf(ClosedError);
     const record = await store.get(scopeKey('default', 'rmq-cut', 'cut-1'));
     expect(record).toMatchObject({ state: 'IN_PROGRESS', leaseUntil: 0, attempt: 0 });
-    const second = createConsumer<{ id: string }>({
-      ...options,
+    const second = await startNext(
+      { queue, raw, options },
       store,
-      handler: (_, ctx) => void seen.attempts.push(ctx.attempt),
-    });
-    cleanups.push(async () => {
-      await second.stop();
-      await raw.deleteQueues(queuesOf(queue, [...DEFAULT_RETRY_DELAYS_MS]));
-      await raw.close();
-    });
-    await second.start();
+      (_, ctx) => void seen.attempts.push(ctx.attempt),
+    );
     await waitUntil(() => second.stats.acked === 1, { message: 'the redelivery acked' });
     expect(second.stats.byOutcome.acquired).toBe(1);
     expect(seen.attempts).toEqual([1, 1]);
@@ -358,21 +346,11 @@ describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
     const { queue, raw, options, store } = await cutAtStop('rmq-cut-many', keys);
     // Each handler of the next consumer returns only once all four run at the same time.
     let running = 0;
-    const second = createConsumer<{ id: string }>({
-      ...options,
-      store,
-      handler: async (_, ctx) => {
-        expect(ctx.acquiredAs).toBe('retry');
-        running++;
-        await waitUntil(() => running === keys.length, { message: 'four handlers running together' });
-      },
+    const second = await startNext({ queue, raw, options }, store, async (_, ctx) => {
+      expect(ctx.acquiredAs).toBe('retry');
+      running++;
+      await waitUntil(() => running === keys.length, { message: 'four handlers running together' });
     });
-    cleanups.push(async () => {
-      await second.stop();
-      await raw.deleteQueues(queuesOf(queue, [...DEFAULT_RETRY_DELAYS_MS]));
-      await raw.close();
-    });
-    await second.start();
     await waitUntil(() => second.stats.acked === 4, { message: 'the four redeliveries acked' });
     expect(second.stats.byOutcome.acquired).toBe(4);
   });
@@ -387,11 +365,11 @@ async function cutAtStop(consumer: string, keys: readonly string[]) {
   const queue = uniqueName(consumer);
   const raw = await rawChannel();
   const keyPrefix = storePrefix(queue);
-  const options = {
+  const options: FirstOptions = {
     connection: env.amqpUrl,
     queue,
     consumer,
-    retentionCheck: 'off' as const,
+    retentionCheck: 'off',
     leaseMs: 120_000,
   };
   const seen = { attempts: [] as number[], reasons: [] as unknown[] };
@@ -408,4 +386,29 @@ async function cutAtStop(consumer: string, keys: readonly string[]) {
   expect(await first.idle()).toBe(true);
   await ownClient.quit();
   return { queue, raw, options, seen, store: createRedisStore({ client: redis, keyPrefix }) };
+}
+
+/** What the tests of a queue's first and next consumer share. */
+interface FirstOptions {
+  connection: string;
+  queue: string;
+  consumer: string;
+  retentionCheck: 'off';
+  leaseMs: number;
+}
+
+/** Starts the next consumer of a queue after its first one stopped; cleaned up with the queue. */
+async function startNext(
+  first: { queue: string; raw: Awaited<ReturnType<typeof rawChannel>>; options: FirstOptions },
+  store: ReturnType<typeof createRedisStore>,
+  handler: (payload: { id: string }, ctx: HandlerContext) => unknown,
+): Promise<RabbitConsumer> {
+  const next = createConsumer<{ id: string }>({ ...first.options, store, handler });
+  cleanups.push(async () => {
+    await next.stop();
+    await first.raw.deleteQueues(queuesOf(first.queue, [...DEFAULT_RETRY_DELAYS_MS]));
+    await first.raw.close();
+  });
+  await next.start();
+  return next;
 }

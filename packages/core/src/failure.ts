@@ -14,9 +14,9 @@ import {
   toErrorInfo,
 } from './errors.js';
 import type { ResolvedProcessorOptions } from './options.js';
-import { notRun } from './ordered.js';
+import { giveBack, notRun } from './ordered.js';
 import { retryDelayMs } from './retry.js';
-import type { Turn } from './shared.js';
+import type { Shared, Turn } from './shared.js';
 import type { Delivery, Disposition, Outcome } from './spi.js';
 import type { BeginResult } from './store/types.js';
 import { retryStoreWrite, settledWithin } from './wait.js';
@@ -98,9 +98,9 @@ export async function handleFailure<T, R>(
  */
 export async function giveBackCut<T, R>(
   o: ResolvedProcessorOptions<T, R>,
+  shared: Shared,
   storeKey: string,
   begun: Extract<BeginResult, { status: 'acquired' }>,
-  error: unknown,
   run: RunBlobs & { stepsRunning(): Promise<void> | undefined },
   leaseDeadline: number,
   turn: Turn | undefined,
@@ -108,12 +108,10 @@ export async function giveBackCut<T, R>(
   const stillRunning = run.stepsRunning();
   if (stillRunning !== undefined) await settledWithin([stillRunning], o.leaseMs);
   await discardBlobs(o, run);
-  // Not tried again: a give-back's repeat would uncount the attempt twice. If it does not land,
-  // the lease runs out and the next consumer takes the key over, as after a crash.
-  if (performance.now() < leaseDeadline) {
-    const options = { notRun: true, takenOver: begun.kind === 'takeover' };
-    await o.store.release(storeKey, begun.fence, toErrorInfo(error), options).catch(() => undefined);
-  }
+  // Past the lease a release would answer `lost` or land after a takeover: left to the lease.
+  // Not tried again either: a give-back's repeat would uncount the attempt twice. If it does not
+  // land, the lease runs out and the next consumer takes the key over, as after a crash.
+  if (performance.now() < leaseDeadline) await giveBack(o, shared, storeKey, begun);
   o.logger.info('a run cut short by stop() gave its key back; the message is delivered again', {
     key: storeKey,
     attempt: begun.attempt,

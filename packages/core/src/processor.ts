@@ -693,7 +693,7 @@ async function runAcquired<T, R>(
     // Aborted by the consumer's stop (abortRuns): a shutdown, not the message's failure.
     await keeper.stop();
     recordError(span, ran.error, scrubOf(runCtx));
-    return giveBackCut(o, storeKey, begun, ran.error, state, keeper.deadline, turn);
+    return giveBackCut(o, shared, storeKey, begun, state, keeper.deadline, turn);
   }
   if (!ran.ok) {
     await keeper.stop();

@@ -9,6 +9,8 @@ import { createProcessor } from '../src/processor.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 import { scopeKey } from '../src/keys.js';
 import type { HandlerContext } from '../src/context.js';
+import type { ProcessorOptions } from '../src/options.js';
+import type { ProcessedStore } from '../src/store/types.js';
 import { deferred, delivery } from './helpers.js';
 
 const headers = (key: string) => ({ 'x-idempotency-key': key });
@@ -25,19 +27,32 @@ function waitingForAbort(started: string[], then: 'fail' | 'return' = 'fail') {
     });
 }
 
+/** A processor of consumer `c` on `store`. */
+function processorOn<R>(
+  store: ProcessedStore,
+  handler: (payload: { id: string }, ctx: HandlerContext) => R | Promise<R>,
+  extra: Partial<ProcessorOptions<{ id: string }, R>> = {},
+) {
+  return createProcessor<{ id: string }, R>({
+    consumer: 'c',
+    store,
+    retentionCheck: 'off',
+    handler,
+    ...extra,
+  });
+}
+
+async function firstStarted(started: readonly string[]): Promise<void> {
+  while (started.length === 0) await new Promise((r) => setTimeout(r, 1));
+}
+
 describe('abortRuns', () => {
   it('a run that fails on the abort gives its key back uncounted, not FAILED; its retry runs at once', async () => {
     const store = createMemoryStore();
     const started: string[] = [];
-    const p = createProcessor({
-      consumer: 'c',
-      store,
-      retentionCheck: 'off',
-      retry: { maxAttempts: 1 },
-      handler: waitingForAbort(started),
-    });
+    const p = processorOn(store, waitingForAbort(started), { retry: { maxAttempts: 1 } });
     const pending = p.process(delivery({ id: 'a' }, headers('k1')));
-    while (started.length === 0) await new Promise((r) => setTimeout(r, 1));
+    await firstStarted(started);
     expect(p.abortRuns()).toBe(1);
     expect(await pending).toMatchObject({ action: 'defer', outcome: 'not-run' });
     // With maxAttempts 1 a counted failure would have been FAILED and dead-lettered.
@@ -46,7 +61,7 @@ describe('abortRuns', () => {
       leaseUntil: 0,
       attempt: 0,
     });
-    const again = createProcessor({ consumer: 'c', store, retentionCheck: 'off', handler: () => 'ok' });
+    const again = processorOn(store, () => 'ok');
     expect(await again.process(delivery({ id: 'a' }, headers('k1')))).toMatchObject({
       action: 'ack',
       outcome: 'acquired',
@@ -57,19 +72,14 @@ describe('abortRuns', () => {
     const store = createMemoryStore();
     const started: string[] = [];
     let reason: unknown;
-    const p = createProcessor({
-      consumer: 'c',
-      store,
-      retentionCheck: 'off',
-      handler: (payload: { id: string }, ctx: HandlerContext) => {
-        ctx.signal.addEventListener('abort', () => {
-          reason = ctx.signal.reason;
-        });
-        return waitingForAbort(started, 'return')(payload, ctx);
-      },
+    const p = processorOn(store, (payload: { id: string }, ctx: HandlerContext) => {
+      ctx.signal.addEventListener('abort', () => {
+        reason = ctx.signal.reason;
+      });
+      return waitingForAbort(started, 'return')(payload, ctx);
     });
     const pending = p.process(delivery({ id: 'a' }, headers('k2')));
-    while (started.length === 0) await new Promise((r) => setTimeout(r, 1));
+    await firstStarted(started);
     p.abortRuns();
     expect(await pending).toMatchObject({ action: 'ack', outcome: 'acquired' });
     expect(reason).toBeInstanceOf(ClosedError);
@@ -79,17 +89,12 @@ describe('abortRuns', () => {
   it('in an ordered group the records after a cut run do not start', async () => {
     const store = createMemoryStore();
     const started: string[] = [];
-    const p = createProcessor({
-      consumer: 'c',
-      store,
-      retentionCheck: 'off',
-      handler: waitingForAbort(started),
-    });
+    const p = processorOn(store, waitingForAbort(started));
     const run = p.processInOrder([
       delivery({ id: 'a' }, headers('o1')),
       delivery({ id: 'b' }, headers('o2')),
     ]);
-    while (started.length === 0) await new Promise((r) => setTimeout(r, 1));
+    await firstStarted(started);
     p.abortRuns();
     const [first, second] = await Promise.all(run.dispositions);
     expect(first).toMatchObject({ action: 'defer', outcome: 'not-run' });
@@ -101,12 +106,7 @@ describe('abortRuns', () => {
 
   it('aborts nothing while no handler runs', async () => {
     const gate = deferred();
-    const p = createProcessor({
-      consumer: 'c',
-      store: createMemoryStore(),
-      retentionCheck: 'off',
-      handler: () => gate.promise,
-    });
+    const p = processorOn(createMemoryStore(), () => gate.promise);
     expect(p.abortRuns()).toBe(0);
     const pending = p.process(delivery({ id: 'a' }, headers('k3')));
     gate.resolve();
