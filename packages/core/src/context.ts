@@ -278,7 +278,7 @@ class Run implements RunState {
     this.open('ctx.storeBlob');
     if (!this.args.blobStore)
       throw new ConfigError('ctx.storeBlob needs a blob store: pass `blobs` to the options');
-    const pointer = await this.args.blobStore.put(source);
+    const pointer = await this.args.blobStore.put(source, { owner: this.args.storeKey });
     this.blobs.push(pointer);
     return pointer;
   }

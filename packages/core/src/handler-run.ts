@@ -77,11 +77,12 @@ export class ResultSourceFailure extends Error {
 export async function storeResult<T, R>(
   o: ResolvedProcessorOptions<T, R>,
   ctx: Context,
+  owner: string,
   result: R | undefined,
   signal: () => AbortSignal,
 ): Promise<StoredResult | undefined> {
   const stream = streamOf(result);
-  if (stream !== undefined) return storeResultStream(o, ctx, stream, signal());
+  if (stream !== undefined) return storeResultStream(o, ctx, owner, stream, signal());
   let bytes: Uint8Array | undefined;
   try {
     bytes = encodeResult(result, "the handler's result");
@@ -97,7 +98,7 @@ export async function storeResult<T, R>(
     'exactly-once blob put',
     ctx,
     { 'exactly_once.blob.size': bytes.byteLength },
-    () => putUnlessAborted(blobs, bytes, signal()),
+    () => putUnlessAborted(blobs, bytes, owner, signal()),
   );
   return { kind: 'blob', pointer };
 }
@@ -106,6 +107,7 @@ export async function storeResult<T, R>(
 async function storeResultStream<T, R>(
   o: ResolvedProcessorOptions<T, R>,
   ctx: Context,
+  owner: string,
   source: Readable | AsyncIterable<Uint8Array>,
   signal: AbortSignal,
 ): Promise<StoredResult> {
@@ -133,7 +135,7 @@ async function storeResultStream<T, R>(
   try {
     // The blob is durable before any record points at it.
     const pointer = await inSpan('exactly-once blob put', ctx, {}, async (span) => {
-      const p = await putUnlessAborted(blobs, tracked(), signal);
+      const p = await putUnlessAborted(blobs, tracked(), owner, signal);
       span.setAttribute(ATTR_EO_BLOB_SIZE, p.size);
       return p;
     });
@@ -153,9 +155,10 @@ async function storeResultStream<T, R>(
 async function putUnlessAborted(
   blobs: BlobStore,
   data: Uint8Array | AsyncIterable<Uint8Array>,
+  owner: string,
   signal: AbortSignal,
 ): Promise<BlobPointer> {
-  const put = blobs.put(data);
+  const put = blobs.put(data, { owner });
   try {
     return await untilAborted(put, signal);
   } catch (error) {

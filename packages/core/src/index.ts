@@ -7,7 +7,9 @@ export type { FsBlobStore, FsBlobStoreOptions } from './blob/fs-blob-store.js';
 export { createFsBlobStore } from './blob/fs-blob-store.js';
 export type { ResultStream } from './blob/result-stream.js';
 export { resultStream } from './blob/result-stream.js';
-export type { BlobPointer, BlobSource, BlobStore } from './blob/types.js';
+export type { OrphanBlobOptions, OrphanBlobStats } from './blob/orphans.js';
+export { collectOrphanBlobs } from './blob/orphans.js';
+export type { BlobPointer, BlobPutOptions, BlobSource, BlobStore, ListedBlob } from './blob/types.js';
 export { decodeResult } from './codec.js';
 export type {
   Handler,

@@ -723,7 +723,7 @@ async function runAcquired<T, R>(
   // The heartbeat goes on while a large result uploads: a slow upload must not lose the lease.
   let stored: StoredResult | undefined;
   try {
-    stored = await storeResult(o, runCtx, ran.value, () => keeper.signal);
+    stored = await storeResult(o, runCtx, storeKey, ran.value, () => keeper.signal);
   } catch (error) {
     await keeper.stop();
     // The upload was given up because a newer fence took the key over: nothing to record.

@@ -7,8 +7,10 @@ import { pipeline } from 'node:stream/promises';
 import {
   BlobIntegrityError,
   type BlobPointer,
+  type BlobPutOptions,
   type BlobSource,
   type BlobStore,
+  type ListedBlob,
   StoreUnavailableError,
 } from '@exactly-once/core';
 import { abandonedAfterMsOf, sweepFromPuts } from '@exactly-once/core/spi';
@@ -47,6 +49,7 @@ export interface GridFsBlobStore extends BlobStore {
    * Each process looks at an upload once it is old enough, and not again.
    */
   removeAbandoned(): Promise<number>;
+  list(): AsyncIterable<ListedBlob>;
 }
 
 export const DEFAULT_BUCKET = 'eo_blobs';
@@ -134,9 +137,11 @@ export function createGridFsBlobStore(options: GridFsBlobStoreOptions): GridFsBl
   const sweep = sweepFromPuts(abandonedAfterMs, removeAbandoned);
 
   return {
-    async put(source: BlobSource): Promise<BlobPointer> {
+    async put(source: BlobSource, putOptions?: BlobPutOptions): Promise<BlobPointer> {
       sweep();
-      const upload = bucket.openUploadStream('eo-blob');
+      // The files document (written last) carries the owner: a listed blob always has it.
+      const owner = putOptions?.owner;
+      const upload = bucket.openUploadStream('eo-blob', owner === undefined ? {} : { metadata: { owner } });
       const hash = createHash('sha256');
       let size = 0;
       async function* hashed(): AsyncGenerator<Buffer> {
@@ -181,7 +186,38 @@ export function createGridFsBlobStore(options: GridFsBlobStoreOptions): GridFsBl
       return out;
     },
 
-    async delete(pointer: BlobPointer): Promise<void> {
+    async *list(): AsyncGenerator<ListedBlob> {
+      let after: ObjectId | undefined;
+      for (;;) {
+        let page: Document[];
+        try {
+          page = await files
+            .find(after === undefined ? {} : { _id: { $gt: after } }, {
+              projection: { _id: 1, uploadDate: 1, metadata: 1 },
+              sort: { _id: 1 },
+              limit: LIST_PAGE,
+            })
+            .toArray();
+        } catch (error) {
+          throw new StoreUnavailableError({ operation: 'blob.list', cause: error });
+        }
+        for (const doc of page) {
+          const id = doc._id;
+          if (!(id instanceof ObjectId)) continue; // not one of this store's uploads
+          const owner: unknown = (doc.metadata as { owner?: unknown } | undefined)?.owner;
+          const uploaded: unknown = doc.uploadDate;
+          yield {
+            uri: `gridfs:${id.toHexString()}`,
+            owner: typeof owner === 'string' ? owner : undefined,
+            storedAt: uploaded instanceof Date ? uploaded.getTime() : id.getTimestamp().getTime(),
+          };
+        }
+        if (page.length < LIST_PAGE) return;
+        after = page[page.length - 1]?._id as ObjectId;
+      }
+    },
+
+    async delete(pointer: Pick<BlobPointer, 'uri'>): Promise<void> {
       const id = idOf(pointer);
       try {
         // The files document first: a reader then finds no file, never a file with chunks missing.
@@ -193,6 +229,9 @@ export function createGridFsBlobStore(options: GridFsBlobStoreOptions): GridFsBl
     },
   };
 }
+
+/** Files documents read per query by `list`. */
+const LIST_PAGE = 500;
 
 /** Chunks fetched per query on a read: memory holds one window (about 4 MiB), not a server batch. */
 const READ_WINDOW_CHUNKS = 16;
@@ -267,7 +306,7 @@ function readError(pointer: BlobPointer, error: unknown): unknown {
   return error;
 }
 
-function idOf(pointer: BlobPointer): ObjectId {
+function idOf(pointer: Pick<BlobPointer, 'uri'>): ObjectId {
   const uri: unknown = pointer?.uri;
   const hex = typeof uri === 'string' ? URI_PATTERN.exec(uri)?.[1] : undefined;
   if (hex === undefined) {

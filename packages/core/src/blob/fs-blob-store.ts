@@ -3,11 +3,11 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { type FileHandle, mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BlobIntegrityError } from '../errors.js';
 import { abandonedAfterMsOf, sweepFromPuts } from './abandoned.js';
-import type { BlobPointer, BlobSource, BlobStore } from './types.js';
+import type { BlobPointer, BlobPutOptions, BlobSource, BlobStore, ListedBlob } from './types.js';
 
 export interface FsBlobStoreOptions {
   /** Root directory of the store; created on first `put`. Every worker sharing blobs uses the same one. */
@@ -24,16 +24,22 @@ export interface FsBlobStoreOptions {
 export interface FsBlobStore extends BlobStore {
   /** Removes the temporary files of dead puts now (see `abandonedAfterMs`); resolves to how many. */
   removeAbandoned(): Promise<number>;
+  list(): AsyncIterable<ListedBlob>;
 }
 
 const URI_PATTERN = /^fs:([0-9a-f]{32})$/;
+const ID_PATTERN = /^[0-9a-f]{32}$/;
+const FOLDER_PATTERN = /^[0-9a-f]{2}$/;
+/** Beside a blob `<id>`, the file holding its put's `owner`. */
+const OWNER_SUFFIX = '.owner';
 const SHA256_PATTERN = /^[0-9a-f]{64}$/;
 const TEMP_PREFIX = '.tmp-';
 
 /**
  * Creates a blob store that keeps each blob in `<directory>/<ab>/<id>`, where `<id>` is 128 random
  * bits in hex and `<ab>` its first two characters (so no directory grows past a few thousand
- * entries). Pointers are `fs:<id>`.
+ * entries). Pointers are `fs:<id>`. A put given an `owner` writes it to `<ab>/<id>.owner` first,
+ * so a blob that `list` finds always has its owner.
  *
  * `put` streams into a temporary file in `directory`, hashing and counting as it writes, fsyncs
  * it, renames it into place and fsyncs the directories: once `put` resolves, the blob survives a
@@ -71,7 +77,7 @@ export function createFsBlobStore(options: FsBlobStoreOptions): FsBlobStore {
   };
   const sweep = sweepFromPuts(abandonedAfterMs, removeAbandoned);
 
-  const put = async (source: BlobSource): Promise<BlobPointer> => {
+  const put = async (source: BlobSource, putOptions?: BlobPutOptions): Promise<BlobPointer> => {
     await mkdir(root, { recursive: true });
     sweep();
     const id = randomBytes(16).toString('hex');
@@ -94,6 +100,10 @@ export function createFsBlobStore(options: FsBlobStoreOptions): FsBlobStore {
 
       const folder = join(root, id.slice(0, 2));
       await mkdir(folder, { recursive: true });
+      // Made durable by the folder's sync below; a put that dies before the rename leaves it
+      // without its blob, for list() to remove.
+      if (putOptions?.owner !== undefined)
+        await writeDurably(join(folder, id + OWNER_SUFFIX), putOptions.owner);
       placed = join(folder, id);
       await rename(temp, placed);
       await syncDirectory(folder);
@@ -104,6 +114,7 @@ export function createFsBlobStore(options: FsBlobStoreOptions): FsBlobStore {
       await unlink(temp).catch(() => undefined);
       // Renamed but not made durable: the caller gets no pointer, so nothing would ever name it.
       if (placed !== undefined) await unlink(placed).catch(() => undefined);
+      await unlink(join(root, id.slice(0, 2), id + OWNER_SUFFIX)).catch(() => undefined);
       throw error;
     }
     return { uri: `fs:${id}`, size, sha256: hash.digest('hex') };
@@ -138,14 +149,71 @@ export function createFsBlobStore(options: FsBlobStoreOptions): FsBlobStore {
       return out;
     },
 
-    async delete(pointer: BlobPointer): Promise<void> {
-      try {
-        await unlink(pathOf(root, pointer));
-      } catch (error) {
-        if (codeOf(error) !== 'ENOENT') throw error;
-      }
+    async delete(pointer: Pick<BlobPointer, 'uri'>): Promise<void> {
+      const path = pathOf(root, pointer);
+      await unlinkIfThere(path);
+      await unlinkIfThere(path + OWNER_SUFFIX);
     },
+
+    list: () => listBlobs(root, abandonedAfterMs),
   };
+}
+
+/** Every placed blob, folder by folder; owner files left by puts that died are removed. */
+async function* listBlobs(root: string, abandonedAfterMs: number): AsyncGenerator<ListedBlob> {
+  let folders: string[];
+  try {
+    folders = await readdir(root);
+  } catch (error) {
+    if (codeOf(error) === 'ENOENT') return;
+    throw error;
+  }
+  for (const folder of folders) {
+    if (!FOLDER_PATTERN.test(folder)) continue;
+    const names = new Set(await readdir(join(root, folder)).catch(() => [] as string[]));
+    for (const name of names) {
+      const path = join(root, folder, name);
+      if (name.endsWith(OWNER_SUFFIX)) {
+        const blob = name.slice(0, -OWNER_SUFFIX.length);
+        if (names.has(blob)) continue;
+        // Its put died between writing it and placing the blob (or a delete between the two).
+        const since = await stat(path).then(
+          (s) => s.mtimeMs,
+          () => undefined,
+        );
+        if (since !== undefined && since < Date.now() - abandonedAfterMs) await unlinkIfThere(path);
+        continue;
+      }
+      if (!ID_PATTERN.test(name)) continue;
+      const storedAt = await stat(path).then(
+        (s) => s.mtimeMs,
+        () => undefined,
+      );
+      if (storedAt === undefined) continue; // deleted meanwhile
+      const owner = names.has(name + OWNER_SUFFIX)
+        ? await readFile(path + OWNER_SUFFIX, 'utf8').catch(() => undefined)
+        : undefined;
+      yield { uri: `fs:${name}`, owner, storedAt };
+    }
+  }
+}
+
+async function writeDurably(path: string, text: string): Promise<void> {
+  const handle = await open(path, 'w', 0o600);
+  try {
+    await writeFully(handle, Buffer.from(text, 'utf8'));
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+async function unlinkIfThere(path: string): Promise<void> {
+  try {
+    await unlink(path);
+  } catch (error) {
+    if (codeOf(error) !== 'ENOENT') throw error;
+  }
 }
 
 async function* verified(path: string, pointer: BlobPointer): AsyncGenerator<Uint8Array> {
@@ -185,7 +253,7 @@ async function openForReading(path: string): Promise<AsyncIterable<Buffer>> {
   return stream;
 }
 
-function pathOf(root: string, pointer: BlobPointer): string {
+function pathOf(root: string, pointer: Pick<BlobPointer, 'uri'>): string {
   const uri: unknown = pointer?.uri;
   const match = typeof uri === 'string' ? URI_PATTERN.exec(uri) : null;
   const id = match?.[1];

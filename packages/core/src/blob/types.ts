@@ -23,13 +23,36 @@ export interface BlobPointer {
  */
 export type BlobSource = Uint8Array | Readable | AsyncIterable<Uint8Array>;
 
+/** What a put may say about the blob besides its bytes. */
+export interface BlobPutOptions {
+  /**
+   * The store key of the run that stores it (the pipeline passes it for every blob of a run), so
+   * {@link collectOrphanBlobs} can ask that key's record whether it still names the blob.
+   */
+  readonly owner?: string;
+}
+
+/** A blob as {@link BlobStore.list} reports it. */
+export interface ListedBlob {
+  readonly uri: string;
+  /** {@link BlobPutOptions.owner} as given to its put; undefined when none was. */
+  readonly owner: string | undefined;
+  /** When the put stored it (ms since epoch, the blob store's clock). */
+  readonly storedAt: number;
+}
+
 export interface BlobStore {
   /** Stores the bytes durably and returns their pointer. Streams are never buffered whole. */
-  put(source: BlobSource): Promise<BlobPointer>;
+  put(source: BlobSource, options?: BlobPutOptions): Promise<BlobPointer>;
   /** Streams the content, throwing {@link BlobIntegrityError} at the end when size or hash differ. */
   stream(pointer: BlobPointer): AsyncIterable<Uint8Array>;
   /** Reads the whole content (verified). For results known to fit in memory. */
   get(pointer: BlobPointer): Promise<Uint8Array>;
-  /** Deletes the blob; deleting a missing blob is not an error. */
-  delete(pointer: BlobPointer): Promise<void>;
+  /** Deletes the blob; deleting a missing blob is not an error. Only the pointer's `uri` is read. */
+  delete(pointer: Pick<BlobPointer, 'uri'>): Promise<void>;
+  /**
+   * Every blob stored (puts under way excluded), for {@link collectOrphanBlobs}. Optional: a
+   * store without it has no orphan collection.
+   */
+  list?(): AsyncIterable<ListedBlob>;
 }

@@ -83,5 +83,27 @@ export function describeBlobStoreConformance(
       await expect(blobs.get(pointer)).rejects.toThrow();
       await blobs.delete(pointer);
     });
+
+    it("list (when the store has it) reports each blob with its put's owner, and not once deleted", async () => {
+      const blobs = current();
+      if (!blobs.list) return; // optional in the contract: such a store has no orphan collection
+      const startedAt = Date.now();
+      const owned = await blobs.put(bytes([1]), { owner: 'ns:consumer:key with spaces and é' });
+      const unowned = await blobs.put(bytes([2]));
+      const listed = async () => {
+        const found = new Map<string, { owner: string | undefined; storedAt: number }>();
+        for await (const blob of blobs.list?.() ?? []) found.set(blob.uri, blob);
+        return found;
+      };
+      const found = await listed();
+      expect(found.get(owned.uri)?.owner).toBe('ns:consumer:key with spaces and é');
+      expect(found.get(unowned.uri)?.owner).toBeUndefined();
+      // Clocks of a blob store may be a server's or a file system's: within a minute of this one.
+      expect(Math.abs((found.get(owned.uri)?.storedAt ?? 0) - startedAt)).toBeLessThan(60_000);
+      await blobs.delete({ uri: owned.uri });
+      await blobs.delete(unowned);
+      const after = await listed();
+      expect(after.has(owned.uri) || after.has(unowned.uri)).toBe(false);
+    });
   });
 }
