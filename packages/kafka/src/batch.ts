@@ -16,7 +16,12 @@ import {
   type Processor,
   settledWithin,
 } from '@exactly-once/core/spi';
-import { type EachBatchPayloadLike, isRebalanceError, type KafkaMessageLike } from './client.js';
+import {
+  type EachBatchPayloadLike,
+  isRebalanceError,
+  type KafkaMessageLike,
+  kafkaErrorTags,
+} from './client.js';
 import { deadLetterRecord, retryAtOf, retryRecord, toDelivery } from './delivery.js';
 import type { ExactlyOnceProducer } from './producer.js';
 import { type ConsumerStats, countOutcome } from './stats.js';
@@ -602,10 +607,12 @@ class BatchRun {
         await sending;
         return 'settled';
       } catch (error) {
+        const tags = kafkaErrorTags(error);
         this.env.logger.warn(`${settling.action} copy not acknowledged; retrying`, {
           topic,
           attempt,
           error: toErrorInfo(error),
+          ...(tags ? { kafkaError: tags } : {}),
         });
         const backoff = brokerBackoff(attempt);
         if (backoff > this.env.maxInPlaceWaitMs) {

@@ -149,6 +149,32 @@ export function isRebalanceError(error: unknown): boolean {
   );
 }
 
+/**
+ * The client's own tags on an error, for logs: kafkajs' `type` (e.g. `MESSAGE_TOO_LARGE`), or
+ * librdkafka's `ERR_...` name and Kafka error `code`. A refusal by the producer's own
+ * `message.max.bytes` and one by the topic's `max.message.bytes` both read "Message size too
+ * large": these say which client spoke, undefined when the error has neither.
+ */
+export function kafkaErrorTags(error: unknown): { type?: string; code?: number } | undefined {
+  // kafkajs wraps a send's last failure after its retries (`originalError`); wrappers use `cause`.
+  for (let e = error as Tagged | null | undefined, depth = 0; e && depth < 3; depth++) {
+    const type = typeof e.type === 'string' ? e.type : undefined;
+    const code = typeof e.code === 'number' ? e.code : undefined;
+    if (type !== undefined || code !== undefined) {
+      return { ...(type === undefined ? {} : { type }), ...(code === undefined ? {} : { code }) };
+    }
+    e = (e.originalError ?? e.cause) as Tagged | null | undefined;
+  }
+  return undefined;
+}
+
+interface Tagged {
+  type?: unknown;
+  code?: unknown;
+  originalError?: unknown;
+  cause?: unknown;
+}
+
 /** The client a `Kafka` instance comes from. */
 export type KafkaClientKind = 'kafkajs' | 'confluent';
 

@@ -9,6 +9,7 @@ import {
   type EachBatchPayloadLike,
   isRebalanceError,
   type KafkaLike,
+  kafkaErrorTags,
   producerClient,
 } from '../src/client.js';
 
@@ -259,5 +260,26 @@ describe('client bridge', () => {
     expect(isRebalanceError({ type: 'ERR__TRANSPORT', code: -195 })).toBe(false);
     expect(isRebalanceError(new Error('x'))).toBe(false);
     expect(isRebalanceError(null)).toBe(false);
+  });
+
+  it("reads a client's own tags off an error for logs, through kafkajs' retry wrapper", () => {
+    // librdkafka: "Broker: Message size too large" from the broker or from the client's own limit.
+    expect(kafkaErrorTags({ type: 'ERR_MSG_SIZE_TOO_LARGE', code: 10 })).toEqual({
+      type: 'ERR_MSG_SIZE_TOO_LARGE',
+      code: 10,
+    });
+    const protocol = Object.assign(
+      new Error('The request included a message larger than the max message size'),
+      {
+        type: 'MESSAGE_TOO_LARGE',
+      },
+    );
+    expect(kafkaErrorTags(Object.assign(new Error('retries exceeded'), { originalError: protocol }))).toEqual(
+      {
+        type: 'MESSAGE_TOO_LARGE',
+      },
+    );
+    expect(kafkaErrorTags(new Error('plain'))).toBeUndefined();
+    expect(kafkaErrorTags(undefined)).toBeUndefined();
   });
 });

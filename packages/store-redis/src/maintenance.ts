@@ -1,11 +1,18 @@
 /**
  * Background maintenance: a compaction pass (stores with `compactAfterMs`) and a blob collection
- * pass (when given the blob store), every `everyMs`. Every worker of a deployment may start it:
+ * pass (when given the blob store; its orphans too with `orphanBlobs`), every `everyMs`. Every worker of a deployment may start it:
  * the workers take turns through one short-lived Redis key, so each interval one pass runs, not
  * one per worker (both passes are safe side by side, only redundant).
  */
 import { randomUUID } from 'node:crypto';
-import { type BlobStore, ConfigError, type Logger, toErrorInfo } from '@exactly-once/core';
+import {
+  type BlobStore,
+  ConfigError,
+  type Logger,
+  type OrphanBlobOptions,
+  type OrphanBlobStats,
+  toErrorInfo,
+} from '@exactly-once/core';
 import { type Repeating, repeatEvery } from '@exactly-once/core/spi';
 import type { BlobCollectionOptions, BlobCollectionStats } from './blob-collection.js';
 import { type RedisClient, runCommand } from './client.js';
@@ -22,11 +29,19 @@ export interface MaintenanceOptions {
   readonly blobs?: BlobStore;
   readonly compaction?: CompactionOptions;
   readonly blobCollection?: BlobCollectionOptions;
+  /**
+   * With `blobs`: each pass also runs core's `collectOrphanBlobs` on this store and `blobs`, for
+   * the blobs of runs killed before `complete` (see core's README, "Large results").
+   */
+  readonly orphanBlobs?: OrphanCollectionOptions;
   /** A pass that failed; the next interval runs anyway. Default: a warning to the store's logger. */
   readonly onError?: (error: unknown) => void;
   /** What each of this worker's turns did (for metrics). */
   readonly onPass?: (pass: MaintenancePass) => void;
 }
+
+/** core's `collectOrphanBlobs` options, the store and blob store being maintenance's own. */
+export type OrphanCollectionOptions = Pick<OrphanBlobOptions, 'olderThanMs' | 'whenRecordGone'>;
 
 /** One turn of a worker: its pass's figures, or `ran: false` when another worker had the interval. */
 export type MaintenancePass =
@@ -37,6 +52,7 @@ export type MaintenancePass =
       readonly durationMs: number;
       readonly compaction?: CompactionStats;
       readonly blobs?: BlobCollectionStats;
+      readonly orphanBlobs?: OrphanBlobStats;
     }
   | { readonly ran: false };
 
@@ -47,6 +63,7 @@ export interface MaintenanceContext {
   /** The store's compaction pass; undefined without `compactAfterMs`. */
   readonly compact: ((options?: CompactionOptions) => Promise<CompactionStats>) | undefined;
   readonly collectBlobs: (blobs: BlobStore, options?: BlobCollectionOptions) => Promise<BlobCollectionStats>;
+  readonly collectOrphans: (blobs: BlobStore, options: OrphanCollectionOptions) => Promise<OrphanBlobStats>;
 }
 
 export function startMaintenance(context: MaintenanceContext, options: MaintenanceOptions): Repeating {
@@ -54,6 +71,9 @@ export function startMaintenance(context: MaintenanceContext, options: Maintenan
   const { everyMs, blobs } = options;
   if (!(Number.isFinite(everyMs) && everyMs > 0)) {
     throw new ConfigError('startMaintenance needs everyMs > 0');
+  }
+  if (options.orphanBlobs !== undefined && blobs === undefined) {
+    throw new ConfigError("startMaintenance: orphanBlobs needs blobs (the consumers' blob store)");
   }
   if (compact === undefined && blobs === undefined) {
     throw new ConfigError(
@@ -92,12 +112,15 @@ export function startMaintenance(context: MaintenanceContext, options: Maintenan
     };
     const compaction = compact && (await attempt(() => compact(options.compaction)));
     const collected = blobs && (await attempt(() => context.collectBlobs(blobs, options.blobCollection)));
+    const orphans = options.orphanBlobs;
+    const orphaned = blobs && orphans && (await attempt(() => context.collectOrphans(blobs, orphans)));
     options.onPass?.({
       ran: true,
       startedAt,
       durationMs: Date.now() - startedAt,
       ...(compaction ? { compaction } : {}),
       ...(collected ? { blobs: collected } : {}),
+      ...(orphaned ? { orphanBlobs: orphaned } : {}),
     });
     for (const error of failures) onError(error);
   };

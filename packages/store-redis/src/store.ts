@@ -8,6 +8,7 @@ import {
   type BlobStore,
   batchAnswers,
   type ClearResult,
+  collectOrphanBlobs,
   type CompleteRequest,
   ConfigError,
   type ErrorInfo,
@@ -117,9 +118,9 @@ export interface RedisProcessedStore extends ProcessedStore {
    */
   collectBlobs(blobs: BlobStore, options?: BlobCollectionOptions): Promise<BlobCollectionStats>;
   /**
-   * Runs `compactCompleted()` (with `compactAfterMs`) and `collectBlobs(blobs)` (with `blobs`) in
-   * the background every `everyMs`, one worker of the deployment per interval; call it on every
-   * worker. Returns a function that stops it; `close()` stops it too and waits for a running pass.
+   * Runs `compactCompleted()` (with `compactAfterMs`) and `collectBlobs(blobs)` (with `blobs`; and
+   * core's `collectOrphanBlobs` with `orphanBlobs`) in the background every `everyMs`, one worker
+   * of the deployment per interval; call it on every worker. Returns a function that stops it; `close()` stops it too and waits for a running pass.
    */
   startMaintenance(options: MaintenanceOptions): () => void;
   /** Stops maintenance (waiting for a running pass), then quits the client if `closeClient`. */
@@ -270,7 +271,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
   };
   const maintenance = new Set<Repeating>();
 
-  return {
+  const store: RedisProcessedStore = {
     async begin(request: BeginRequest): Promise<BeginResult> {
       await ready();
       const keys = keysFor(prefix, request.key);
@@ -473,6 +474,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
           logger,
           compact: compactAfterMs === undefined ? undefined : compactCompleted,
           collectBlobs,
+          collectOrphans: (blobs, orphans) => collectOrphanBlobs({ ...orphans, store, blobs }),
         },
         maintenanceOptions,
       );
@@ -496,6 +498,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       }
     },
   };
+  return store;
 }
 
 type PipelineLike = Record<string, (...args: RedisArg[]) => unknown> & {

@@ -73,6 +73,35 @@ describe('startMaintenance', () => {
     expect(await blobFiles(directory)).toBe(0);
   });
 
+  it('with orphanBlobs, also deletes the blob of a run that died before complete once its key completed without it', async () => {
+    const { blobs, directory, make } = await setUp();
+    const store = make();
+    // A dead run: its key begun, its blob stored under the key, then a takeover completed the key.
+    const dead = await store.begin({ key: 'o-1', fingerprint: 'fp', owner: 'dead', leaseMs: 1 });
+    if (dead.status !== 'acquired') throw new Error(dead.status);
+    const orphan = await blobs.put(Buffer.from('left by the dead run'), { owner: 'o-1' });
+    await new Promise((r) => setTimeout(r, 20));
+    const taken = await store.begin({ key: 'o-1', fingerprint: 'fp', owner: 'w', leaseMs: 30_000 });
+    if (taken.status !== 'acquired') throw new Error(taken.status);
+    const named = await blobs.put(Buffer.from('the result'), { owner: 'o-1' });
+    const result = { kind: 'blob', pointer: named } as const;
+    expect(
+      await store.complete({ key: 'o-1', fence: taken.fence, result, outgoing: [], retentionMs: 3_600_000 }),
+    ).toBe('ok');
+
+    const { onPass, seen } = turns(1);
+    store.startMaintenance({ everyMs: 20, blobs, onPass, orphanBlobs: { olderThanMs: 0 } });
+    const [pass] = await seen;
+    expect(pass).toMatchObject({
+      ran: true,
+      blobs: { deleted: 0 },
+      orphanBlobs: { examined: 2, deleted: 1 },
+    });
+    await expect(blobs.get(orphan)).rejects.toThrow();
+    expect((await blobs.get(named)).byteLength).toBeGreaterThan(0);
+    expect(await blobFiles(directory)).toBe(2); // the result and its owner file
+  });
+
   it('workers take turns: while another worker holds the interval, a worker skips its pass', async () => {
     // Prepare: another worker took this interval's turn
     const { client, prefix, blobs, make } = await setUp();
@@ -172,5 +201,8 @@ describe('startMaintenance', () => {
     const store = make();
     expect(() => store.startMaintenance({ everyMs: 0, blobs })).toThrow(ConfigError);
     expect(() => store.startMaintenance({ everyMs: 1000 })).toThrow(/nothing to do/);
+    expect(() => store.startMaintenance({ everyMs: 1000, orphanBlobs: {} })).toThrow(
+      /orphanBlobs needs blobs/,
+    );
   });
 });
