@@ -3,10 +3,10 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { BlobIntegrityError, ConfigError } from '@exactly-once/core';
+import { BlobIntegrityError, ConfigError, collectOrphanBlobs } from '@exactly-once/core';
 import { Binary, type Document, ObjectId } from 'mongodb';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { createGridFsBlobStore } from '../src/index.js';
+import { createGridFsBlobStore, createMongoStore } from '../src/index.js';
 import { MONGO_SERVERS, openTestDatabase, type TestDatabase } from './helpers.js';
 
 let test: TestDatabase;
@@ -203,6 +203,27 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       expect(await chunks.countDocuments({})).toBe(0);
       await blobs.delete(pointer);
       await expect(blobs.get(pointer)).rejects.toBeInstanceOf(BlobIntegrityError);
+    });
+
+    it("collectOrphanBlobs on the Mongo store: a dead run's blob goes once a takeover completed the key; its result blob stays", async () => {
+      const { blobs, files } = bucket('orphans');
+      const store = createMongoStore({ db: test.db, collectionName: 'orphan_records' });
+      const key = 'shop:billing:invoice-1';
+      const dead = await store.begin({ key, fingerprint: 'fp', owner: 'dead', leaseMs: 1 });
+      if (dead.status !== 'acquired') throw new Error(dead.status);
+      const orphan = await blobs.put(new Uint8Array(10), { owner: key });
+      await new Promise((r) => setTimeout(r, 20));
+      const taken = await store.begin({ key, fingerprint: 'fp', owner: 'w', leaseMs: 30_000 });
+      if (taken.status !== 'acquired') throw new Error(taken.status);
+      const result = { kind: 'blob', pointer: await blobs.put(new Uint8Array(20), { owner: key }) } as const;
+      expect(
+        await store.complete({ key, fence: taken.fence, result, outgoing: [], retentionMs: 60_000 }),
+      ).toBe('ok');
+
+      expect(await collectOrphanBlobs({ store, blobs, olderThanMs: 0 })).toEqual({ examined: 2, deleted: 1 });
+      expect(await files.countDocuments({ _id: idOf(orphan.uri) })).toBe(0);
+      expect((await blobs.get(result.pointer)).byteLength).toBe(20);
+      await store.close();
     });
   });
 });
