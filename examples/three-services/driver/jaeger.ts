@@ -50,34 +50,48 @@ export interface TraceExpectation {
   notificationDuplicate: boolean;
   /** The client got the stored answer back at least once: A's `duplicate` span must link here. */
   replayed: boolean;
+  /**
+   * Consumers whose every run of this order was on a worker the driver then SIGKILLed: spans a
+   * run ended shortly before (still in that worker's exporter, sent every 100 ms) died with it.
+   */
+  ranOnlyOnKilled: Service[];
 }
 
 export interface TraceCheck {
   /** What is wrong with the order's trace; empty when it is complete. */
   problems: string[];
+  /** The consumers whose spans are missing because the worker that ran the order was SIGKILLed. */
+  lostWithKill: Service[];
   /** Consumers whose processing of the order was acked more than once (not as a duplicate). */
   completedTwice: Service[];
 }
 
-type Service = 'billing' | 'notification';
+export type Service = 'billing' | 'notification';
 
 /** Checks one order's trace: one trace, all three services, the expected duplicates. */
 export async function checkTrace(base: string, e: TraceExpectation, sinceMs: number): Promise<TraceCheck> {
   const tags = { 'exactly_once.request_id': e.requestId };
-  const traces = await findTraces(base, 'billing', tags, sinceMs);
+  // The trace is found by billing's spans, or by order's when billing's died with its worker.
+  const lostBilling = e.ranOnlyOnKilled.includes('billing');
+  let traces = await findTraces(base, 'billing', tags, sinceMs);
+  if (traces.length === 0 && lostBilling) traces = await findTraces(base, 'order', tags, sinceMs);
   if (traces.length !== 1) {
     return {
       problems: [`${e.requestId}: billing spans in ${traces.length} traces, expected 1`],
+      lostWithKill: [],
       completedTwice: [],
     };
   }
   const trace = traces[0] as JaegerTrace;
   const problems: string[] = [];
+  const lostWithKill: Service[] = [];
   const completedTwice: Service[] = [];
   const where = `${e.requestId} (trace ${trace.traceID})`;
   const services = new Set(trace.spans.map((s) => serviceOf(trace, s)));
-  for (const s of ['order', 'billing', 'notification']) {
-    if (!services.has(s)) problems.push(`${where}: no ${s} span`);
+  for (const s of ['order', 'billing', 'notification'] as const) {
+    if (services.has(s)) continue;
+    if (s !== 'order' && e.ranOnlyOnKilled.includes(s)) lostWithKill.push(s);
+    else problems.push(`${where}: no ${s} span`);
   }
   const isStart = (s: JaegerSpan) =>
     s.references.length === 0 && s.operationName === 'POST /orders' && serviceOf(trace, s) === 'order';
@@ -113,7 +127,7 @@ export async function checkTrace(base: string, e: TraceExpectation, sinceMs: num
     );
     if (!linked) problems.push(`${where}: no replay links to it`);
   }
-  return { problems, completedTwice };
+  return { problems, lostWithKill, completedTwice };
 }
 
 export interface TraceReport {
@@ -122,6 +136,8 @@ export interface TraceReport {
   withCopies: number;
   replayed: number;
   problems: string[];
+  /** `<request id>: <consumer>` whose spans died with a SIGKILLed worker (see TraceExpectation). */
+  lostWithKill: string[];
   /** Orders whose trace shows a consumer completing the key twice, per consumer. */
   completedTwice: Record<Service, number>;
 }
@@ -141,10 +157,9 @@ export async function checkTraces(
     for (let i = 0; i < failing.length; i += 8) {
       await Promise.all(
         failing.slice(i, i + 8).map(async (e) => {
-          const check = await checkTrace(base, e, sinceMs).catch((err) => ({
-            problems: [String(err)],
-            completedTwice: [],
-          }));
+          const check = await checkTrace(base, e, sinceMs).catch(
+            (err): TraceCheck => ({ problems: [String(err)], lostWithKill: [], completedTwice: [] }),
+          );
           found.set(e, check);
           last.set(e, check);
         }),
@@ -159,6 +174,9 @@ export async function checkTraces(
     withCopies: expectations.filter((e) => e.billingDuplicate || e.notificationDuplicate).length,
     replayed: expectations.filter((e) => e.replayed).length,
     problems,
+    lostWithKill: [...last].flatMap(([e, c]) =>
+      c.lostWithKill.map((service) => `${e.requestId}: ${service}`),
+    ),
     completedTwice: {
       billing: [...last.values()].filter((c) => c.completedTwice.includes('billing')).length,
       notification: [...last.values()].filter((c) => c.completedTwice.includes('notification')).length,

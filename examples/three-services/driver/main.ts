@@ -134,6 +134,7 @@ async function main(): Promise<number> {
 
     const injected = { rabbitDuplicates: 0, kafkaDuplicates: 0, tamperedRabbit: 0, tamperedKafka: 0 };
     const killed = { billing: 0, notification: 0 };
+    const killedWorkers = new Set<string>();
     /** Retries `attempt` until it reports success (the tap may not have the message yet). */
     const eventually = async (what: string, attempt: () => Promise<boolean>) => {
       for (const deadline = Date.now() + 90_000; Date.now() < deadline; await sleep(200)) {
@@ -156,6 +157,7 @@ async function main(): Promise<number> {
       progress.event(`SIGKILL ${victim.name}: ${peer} acted on ${requestId}, its answer never arrives`);
       await fleet.kill(victim);
       killed[service as 'billing' | 'notification']++;
+      killedWorkers.add(victim.name);
       const replacement = await fleet.start(service);
       progress.event(`started ${replacement.name} in its place`);
     };
@@ -255,6 +257,13 @@ async function main(): Promise<number> {
     await fleet.stopAll();
     progress.stop();
 
+    // Which workers made each order's charges and emails: a run's spans can die with its worker.
+    const charges = (await getJson<ProviderState>(`${provider.url}/admin/state`)).charges;
+    const emails = (await sinkState()).emails;
+    const onlyOnKilled = (made: { requestId: string; by: string }[], requestId: string) => {
+      const by = made.filter((m) => m.requestId === requestId).map((m) => m.by);
+      return by.length > 0 && by.every((worker) => killedWorkers.has(worker));
+    };
     const traces = await checkTraces(
       servers.jaegerQueryUrl,
       results
@@ -264,6 +273,10 @@ async function main(): Promise<number> {
           billingDuplicate: r.plan.rabbitDuplicate,
           notificationDuplicate: r.plan.kafkaDuplicate,
           replayed: r.replayed > 0,
+          ranOnlyOnKilled: [
+            ...(onlyOnKilled(charges, r.plan.key) ? (['billing'] as const) : []),
+            ...(onlyOnKilled(emails, r.plan.key) ? (['notification'] as const) : []),
+          ],
         })),
       started - 60_000,
     );
@@ -318,6 +331,8 @@ async function printTraces(results: OrderResult[], report: TraceReport, since: n
       `duplicates; ${report.replayed} have replayed requests linked to them`,
   );
   for (const p of report.problems.slice(0, 10)) console.log(`  FAIL ${p}`);
+  // Not a failure: the run's effect is counted above; its spans were in the killed worker's exporter.
+  for (const l of report.lostWithKill) console.log(`  spans lost with a SIGKILLed worker: ${l}`);
   const sample = results.find((r) => r.plan.killBilling && r.orderId) ?? results.find((r) => r.orderId);
   if (!sample) return;
   const tags = { 'exactly_once.request_id': sample.plan.key };
