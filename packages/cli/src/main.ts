@@ -1,6 +1,7 @@
 /** The `exactly-once` command line: parses with commander and maps every failure to an exit code. */
 import { createRequire } from 'node:module';
 import { Command, CommanderError, Option } from 'commander';
+import { orphans } from './commands/blobs.js';
 import { capacity, MARKER_BYTES, RECORD_BYTES, RECORD_WITH_INDEX_BYTES } from './commands/capacity.js';
 import { dlqList, dlqReplay, dlqShow } from './commands/dlq.js';
 import { inspect } from './commands/inspect.js';
@@ -148,6 +149,36 @@ function buildProgram(io: Io): Command {
     .action(async (source: string, ids: string[], options) => {
       const named = options.jsonId ? ids.map((id) => parseJsonString(id, '--json-id', '<id>')) : ids;
       await dlqReplay(io, source, named, options);
+    });
+
+  const blobs = program.command('blobs').description('blob stores: what no record names any more');
+  storeOptions(
+    blobs
+      .command('orphans')
+      .description(
+        "delete blobs of runs killed before complete (core's collectOrphanBlobs): a blob goes once its key's record is final and does not name it",
+      ),
+  )
+    .option('--blob-dir <directory>', 'the fs blob store (createFsBlobStore directory)')
+    .option('--gridfs-bucket <name>', "the GridFS blob store's bucket in the --mongo store's database")
+    .option(
+      '--older-than <duration>',
+      'only blobs stored longer ago (e.g. 30m, 1h)',
+      (v) => parseDuration('--older-than', v),
+      3_600_000,
+    )
+    .addOption(
+      new Option(
+        '--when-record-gone <what>',
+        'a blob whose key has no record: keep it, or delete it (a blob store serving this store alone)',
+      )
+        .choices(['keep', 'delete'])
+        .default('keep'),
+    )
+    .option('--dry-run', 'count what would be deleted, delete nothing')
+    .option('--json', 'print JSON')
+    .action(async (options) => {
+      await orphans(io, { ...options, olderThanMs: options.olderThan });
     });
 
   program

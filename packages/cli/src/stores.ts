@@ -3,7 +3,7 @@
  * clients are created here and closed by `close()`; they fail fast (no reconnect loop) so an
  * unreachable server is an error, not a hang. Only the stores' public API is used.
  */
-import { ConfigError, type ProcessedStore, StoreUnavailableError } from '@exactly-once/core';
+import { type BlobStore, ConfigError, type ProcessedStore, StoreUnavailableError } from '@exactly-once/core';
 import type { Command } from 'commander';
 import { CliError, describeError, UsageError } from './errors.js';
 import { parseHostPorts, parseUrl } from './parse.js';
@@ -21,6 +21,8 @@ export interface OpenStore {
   readonly store: ProcessedStore;
   /** `redis`, `redis-cluster` or `mongo`, and where. */
   readonly description: string;
+  /** The GridFS blob store `bucketName` in the store's database (`--mongo` only). */
+  readonly gridFs?: (bucketName: string) => BlobStore;
   close(): Promise<void>;
 }
 
@@ -142,7 +144,7 @@ async function openMongo(
     );
   }
   const { MongoClient } = await importPeer<typeof import('mongodb')>('mongodb');
-  const { createMongoStore } = await import('@exactly-once/store-mongo');
+  const { createGridFsBlobStore, createMongoStore } = await import('@exactly-once/store-mongo');
   let client: InstanceType<typeof MongoClient>;
   try {
     client = new MongoClient(text, {
@@ -158,6 +160,7 @@ async function openMongo(
   return {
     store,
     description: `mongo ${redacted(url)} (${db.databaseName}.${collectionName ?? 'eo_records'})`,
+    gridFs: (bucketName) => createGridFsBlobStore({ db, bucketName }),
     close: async () => {
       await store.close().catch(() => undefined);
       await client.close().catch(() => undefined);

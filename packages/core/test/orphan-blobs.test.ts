@@ -83,6 +83,11 @@ describe('collectOrphanBlobs', () => {
     pass(2_000); // the dead run's lease ran out
     const taken = await p.process(delivery({}, { [Headers.IdempotencyKey]: 'k1' }));
     expect(taken).toMatchObject({ action: 'ack', outcome: 'takeover' });
+    expect(await collectOrphanBlobs({ store, blobs, olderThanMs: 0, dryRun: true })).toEqual({
+      examined: 3,
+      deleted: 1,
+    });
+    expect(await uris(blobs)).toContain(dead.uri); // a dry run deletes nothing
 
     expect(await collect(store, blobs)).toEqual({ examined: 3, deleted: 1 });
     const left = await uris(blobs);

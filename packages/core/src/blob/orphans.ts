@@ -30,6 +30,8 @@ export interface OrphanBlobOptions {
    * which nothing else collects. @defaultValue 'keep'
    */
   readonly whenRecordGone?: 'keep' | 'delete';
+  /** Count what would be deleted, delete nothing. */
+  readonly dryRun?: boolean;
   /** Stops the pass between two blobs. */
   readonly signal?: AbortSignal;
 }
@@ -37,7 +39,7 @@ export interface OrphanBlobOptions {
 export interface OrphanBlobStats {
   /** Blobs listed old enough and with an owner. */
   readonly examined: number;
-  /** Blobs deleted: their owner's record is final and does not name them. */
+  /** Blobs deleted (with `dryRun`: to delete): their owner's record is final and does not name them. */
   readonly deleted: number;
 }
 
@@ -59,7 +61,7 @@ export async function collectOrphanBlobs(options: OrphanBlobOptions): Promise<Or
     const record = await store.get(blob.owner);
     if (record === undefined ? options.whenRecordGone !== 'delete' : await names(record, blob.uri, blobs))
       continue;
-    await blobs.delete(blob);
+    if (!options.dryRun) await blobs.delete(blob);
     deleted++;
   }
   return { examined, deleted };
