@@ -1,8 +1,9 @@
 /**
  * Background maintenance: a compaction pass (stores with `compactAfterMs`) and a blob collection
- * pass (when given the blob store; its orphans too with `orphanBlobs`), every `everyMs`. Every worker of a deployment may start it:
- * the workers take turns through one short-lived Redis key, so each interval one pass runs, not
- * one per worker (both passes are safe side by side, only redundant).
+ * pass (when given the blob store; its orphans too with `orphanBlobs`), every `everyMs`. Every
+ * worker of a deployment may start it: the workers take turns through one short-lived Redis key,
+ * so each interval one pass runs, not one per worker (the passes are safe side by side, only
+ * redundant).
  */
 import { randomUUID } from 'node:crypto';
 import {

@@ -120,7 +120,8 @@ export interface RedisProcessedStore extends ProcessedStore {
   /**
    * Runs `compactCompleted()` (with `compactAfterMs`) and `collectBlobs(blobs)` (with `blobs`; and
    * core's `collectOrphanBlobs` with `orphanBlobs`) in the background every `everyMs`, one worker
-   * of the deployment per interval; call it on every worker. Returns a function that stops it; `close()` stops it too and waits for a running pass.
+   * of the deployment per interval; call it on every worker. Returns a function that stops it;
+   * `close()` stops it too and waits for a running pass.
    */
   startMaintenance(options: MaintenanceOptions): () => void;
   /** Stops maintenance (waiting for a running pass), then quits the client if `closeClient`. */

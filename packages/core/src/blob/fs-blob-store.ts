@@ -81,6 +81,8 @@ export function createFsBlobStore(options: FsBlobStoreOptions): FsBlobStore {
     await mkdir(root, { recursive: true });
     sweep();
     const id = randomBytes(16).toString('hex');
+    const folder = join(root, id.slice(0, 2));
+    const ownerFile = join(folder, id + OWNER_SUFFIX);
     const temp = join(root, `${TEMP_PREFIX}${randomBytes(16).toString('hex')}`);
     const hash = createHash('sha256');
     let size = 0;
@@ -98,12 +100,10 @@ export function createFsBlobStore(options: FsBlobStoreOptions): FsBlobStore {
       await handle.close();
       handle = undefined;
 
-      const folder = join(root, id.slice(0, 2));
       await mkdir(folder, { recursive: true });
       // Made durable by the folder's sync below; a put that dies before the rename leaves it
       // without its blob, for list() to remove.
-      if (putOptions?.owner !== undefined)
-        await writeDurably(join(folder, id + OWNER_SUFFIX), putOptions.owner);
+      if (putOptions?.owner !== undefined) await writeDurably(ownerFile, putOptions.owner);
       placed = join(folder, id);
       await rename(temp, placed);
       await syncDirectory(folder);
@@ -114,7 +114,7 @@ export function createFsBlobStore(options: FsBlobStoreOptions): FsBlobStore {
       await unlink(temp).catch(() => undefined);
       // Renamed but not made durable: the caller gets no pointer, so nothing would ever name it.
       if (placed !== undefined) await unlink(placed).catch(() => undefined);
-      await unlink(join(root, id.slice(0, 2), id + OWNER_SUFFIX)).catch(() => undefined);
+      await unlink(ownerFile).catch(() => undefined);
       throw error;
     }
     return { uri: `fs:${id}`, size, sha256: hash.digest('hex') };
