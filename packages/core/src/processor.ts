@@ -448,6 +448,8 @@ async function run<T, R>(
         fingerprint: prepared.fingerprint,
         owner: o.ownerId,
         leaseMs: o.leaseMs,
+        // The deadline (store/deadline.ts) abandons it then: a store that can refuses it later.
+        abandonAfterMs: o.storeTimeoutMs,
         ...(spanRef(span) ? { traceId: spanRef(span) as string } : {}),
       }),
     );

@@ -56,6 +56,7 @@ import { type MaintenanceOptions, startMaintenance } from './maintenance.js';
 import { fingerprintClaimKey, keysFor } from './layout.js';
 import { ArgumentWriter } from './packing.js';
 import { checkServer } from './server-check.js';
+import { ServerClocks } from './server-clock.js';
 
 export interface RedisStoreOptions {
   /** An ioredis `Redis` or `Cluster`. The store does not close it unless `closeClient` is set. */
@@ -170,6 +171,8 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
   // On a Cluster a batch script runs on one node: batches go per node (see nodeOfTag).
   const cluster = (client as { isCluster?: boolean }).isCluster === true;
   const nodeOf = (key: string): string => (cluster ? nodeOfTag(client, keysFor(prefix, key).tag) : '');
+  // Each node's clock, for the time after which a begin's caller has given up.
+  const clocks = new ServerClocks();
   /**
    * Runs a batch call. After a resharding, a batch grouped by a stale slot map names a key its
    * node no longer serves: Redis answers "non local key" (not MOVED, so ioredis would not notice)
@@ -274,8 +277,10 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
 
   const store: RedisProcessedStore = {
     async begin(request: BeginRequest): Promise<BeginResult> {
+      const startedAt = ServerClocks.now();
       await ready();
       const keys = keysFor(prefix, request.key);
+      const node = nodeOf(request.key);
       const fingerprint = packText(request.fingerprint);
       const [code, now, payload] = (await runScript(client, 'begin', 'begin', [
         keys.record,
@@ -288,19 +293,22 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
         String(ttlMs),
         keys.id,
         request.key,
+        String(clocks.deadline(node, startedAt, request.abandonAfterMs)),
       ])) as [Buffer, number, BeginPayload];
+      clocks.observe(node, Number(now));
       return decodeBegin(request, code, now, payload, request.leaseMs);
     },
 
     async beginMany(requests: readonly BeginRequest[]): Promise<BeginResult[]> {
       if (requests.length === 0) return [];
+      const startedAt = ServerClocks.now();
       await ready();
       // One call (per node on a Cluster): keys in request order, so a key asked twice sees itself.
       return inGroups(
         'begin',
         requests,
         (r) => nodeOf(r.key),
-        async (group) => {
+        async (group, node) => {
           const packed = new ArgumentWriter(group.length * 256);
           let route: Buffer | undefined;
           for (const request of group) {
@@ -313,7 +321,8 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
               .string(request.key)
               .string(request.owner)
               .string(keys.markers)
-              .uint(Number(ms(request.leaseMs)), 6);
+              .uint(Number(ms(request.leaseMs)), 6)
+              .uint(clocks.deadline(node, startedAt, request.abandonAfterMs), 6);
           }
           const args = [1, route as Buffer, String(ttlMs), packed.finish()];
           const reply = (await batch(() => runScript(client, 'beginMany', 'begin', args))) as [
@@ -321,6 +330,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
             ...(Buffer | BeginPayload)[],
           ];
           const now = reply[0];
+          clocks.observe(node, now);
           return group.map((request, i) =>
             decodeBegin(
               request,
@@ -635,7 +645,7 @@ async function inGroups<T, A>(
   operation: string,
   items: readonly T[],
   group: (item: T) => string,
-  run: (items: T[]) => Promise<A[]>,
+  run: (items: T[], group: string) => Promise<A[]>,
 ): Promise<A[]> {
   const groups = new Map<string, number[]>();
   items.forEach((item, i) => {
@@ -647,9 +657,12 @@ async function inGroups<T, A>(
   const answers = new Array<A>(items.length);
   const errors = new Map<number, unknown>();
   await Promise.all(
-    [...groups.values()].map(async (indexes) => {
+    [...groups].map(async ([name, indexes]) => {
       try {
-        const replies = await run(indexes.map((i) => items[i] as T));
+        const replies = await run(
+          indexes.map((i) => items[i] as T),
+          name,
+        );
         indexes.forEach((i, j) => {
           answers[i] = replies[j] as A;
         });

@@ -9,7 +9,9 @@
  * The call itself is not cancelled (the clients have no way to), so a write may still land after
  * its deadline. That is the outcome any store outage leaves unknown, and the protocol already
  * answers it: fences refuse a late write of a superseded attempt, and a complete that landed
- * answers the message's next delivery as a duplicate.
+ * answers the message's next delivery as a duplicate. A begin that lands late would take a lease
+ * nobody holds: the pipeline's begins say when they are abandoned (`abandonAfterMs`), for the
+ * stores that can refuse them.
  */
 import { StoreUnavailableError } from '../errors.js';
 import { wrapServerCalls } from './delegate.js';

@@ -123,6 +123,15 @@ export interface BeginRequest {
   readonly owner: string;
   readonly leaseMs: number;
   readonly traceId?: string;
+  /**
+   * The caller gives up waiting for the answer this long (ms) after the call. A request can reach
+   * the server later than that (queued by the client through an outage, resent on a reconnect),
+   * and the lease it would take then is held by nobody: the key answers `busy` until the lease
+   * runs out, and the next run counts as a takeover. A store that can tell takes no lease for such
+   * a request and answers `busy` without a record (nothing was written). The pipeline sets it to
+   * `storeTimeoutMs`; absent or `Infinity`: never abandoned.
+   */
+  readonly abandonAfterMs?: number;
 }
 
 /**

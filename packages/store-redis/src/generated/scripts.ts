@@ -13,9 +13,9 @@ export const LAYOUT_VERSION = 2;
 
 export const scripts = {
   begin: {
-    command: 'eoBegin_v2_1ffad250',
+    command: 'eoBegin_v2_07497fda',
     numberOfKeys: 3,
-    sha1: '1ffad250eaa32be60181689fb67f3de367fa0e6e',
+    sha1: '07497fdaa1f3b72c038eb9b1a4108ad782d4591e',
     lua: `--[[
 begin: claim the record of one key for an attempt, or say why not.
 
@@ -29,6 +29,7 @@ ARGV[4]  trace id (encoded; '' = none)
 ARGV[5]  safety TTL of an IN_PROGRESS record past its lease end (ms)
 ARGV[6]  record id (16 bytes)
 ARGV[7]  the store key itself (kept while IN_PROGRESS, for listInProgress)
+ARGV[8]  server time (ms) after which the caller has given up waiting for the answer ('0' = never)
 
 A new record's fence is max(server now in ms, previous fence + 1); takeover and retry add 1.
 
@@ -36,7 +37,8 @@ Returns { code, server now (ms), payload }:
   'N'  acquired, kind new       payload = fence (the lease ends at server now + lease)
   'R'  acquired, kind retry     payload = the record after the write
   'T'  acquired, kind takeover  payload = the record after the write
-  'B'  busy                     payload = the stored record
+  'B'  busy                     payload = the stored record, or { server now } for a request
+                                that arrived after its caller gave up (nothing written)
   'D'  duplicate                payload = the stored record
   'F'  failed                   payload = the stored record
   'M'  mismatch                 payload = the stored record
@@ -376,13 +378,17 @@ end
 -- \`name\` is the store key itself: kept with the attempt's start time while the record is
 -- IN_PROGRESS (complete and fail write records without them), for listInProgress.
 -- \`bucket\`/\`legacy\`: where a compacted record's marker is (see markerOf), \`id\` its 16-byte id.
+-- \`deadline\`: the server time (ms) after which the caller has given up waiting (0 = never).
 -- A new IN_PROGRESS record: attempt 1, its lease from now.
 local function newRecord(fence, leaseUntil, now, fp, trace, owner, name)
   return struct.pack(IN_PROGRESS_RECORD, 'I', fence, 1, leaseUntil, now, 0, #fp, fp, #trace, trace, #owner, owner,
     #name, name)
 end
 
-local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, now, full, name)
+local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, now, full, name, deadline)
+  -- Arrived after its caller gave up (the client queued it through an outage): a lease taken now
+  -- would be held by nobody, and the key busy until it ran out. Busy with no record: nothing written.
+  if deadline > 0 and now > deadline then return 'B', { now } end
   -- Whether the slot holds compaction markers, asked before anything is written and with the
   -- slot's probe key (which never exists) among the keys: see refuseMigrating. A new key needs
   -- the answer anyway.
@@ -443,14 +449,14 @@ local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, n
 end
 
 local code, payload = beginOne(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4],
-  tonumber(ARGV[5]), ARGV[6], now, true, ARGV[7])
+  tonumber(ARGV[5]), ARGV[6], now, true, ARGV[7], tonumber(ARGV[8]) or 0)
 return { code, now, payload }
 `,
   },
   beginMany: {
-    command: 'eoBeginMany_v2_71c72af1',
+    command: 'eoBeginMany_v2_2a057cf0',
     numberOfKeys: undefined,
-    sha1: '71c72af1e60da9d9c489c6d1169da4af93cfea3a',
+    sha1: '2a057cf0215c7b6ef96184e00618be2b60c027a4',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 beginMany: begin several keys in one call, in order, each exactly as begin-2.lua would (the same
@@ -461,7 +467,8 @@ ARGV[1]  safety TTL of an IN_PROGRESS record past its lease end (ms)
 ARGV[2]  per key, in order, six length-prefixed strings (4-byte big-endian length, then the
          bytes): its record's name, fingerprint (encoded), trace id (encoded; '' = none), the store
          key itself (kept while IN_PROGRESS, for listInProgress), owner, the marker bucket of its
-         cluster slot; then its lease in ms (6 bytes, big-endian)
+         cluster slot; then its lease in ms and the server time (ms) after which its caller has
+         given up (0 = never), 6 bytes each, big-endian
 
 A key's id and its previous layout's marker bucket are derived from its record's name (see
 layout.ts). One packed
@@ -807,13 +814,17 @@ end
 -- \`name\` is the store key itself: kept with the attempt's start time while the record is
 -- IN_PROGRESS (complete and fail write records without them), for listInProgress.
 -- \`bucket\`/\`legacy\`: where a compacted record's marker is (see markerOf), \`id\` its 16-byte id.
+-- \`deadline\`: the server time (ms) after which the caller has given up waiting (0 = never).
 -- A new IN_PROGRESS record: attempt 1, its lease from now.
 local function newRecord(fence, leaseUntil, now, fp, trace, owner, name)
   return struct.pack(IN_PROGRESS_RECORD, 'I', fence, 1, leaseUntil, now, 0, #fp, fp, #trace, trace, #owner, owner,
     #name, name)
 end
 
-local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, now, full, name)
+local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, now, full, name, deadline)
+  -- Arrived after its caller gave up (the client queued it through an outage): a lease taken now
+  -- would be held by nobody, and the key busy until it ran out. Busy with no record: nothing written.
+  if deadline > 0 and now > deadline then return 'B', { now } end
   -- Whether the slot holds compaction markers, asked before anything is written and with the
   -- slot's probe key (which never exists) among the keys: see refuseMigrating. A new key needs
   -- the answer anyway.
@@ -877,11 +888,12 @@ local ttl, packed = tonumber(ARGV[1]), ARGV[2]
 local out = { now }
 local pos, size = 1, #packed
 while pos <= size do
-  local rec, fp, trace, name, owner, bucket, lease
-  rec, fp, trace, name, owner, bucket, lease, pos = struct.unpack('>I4c0I4c0I4c0I4c0I4c0I4c0I6', packed, pos)
+  local rec, fp, trace, name, owner, bucket, lease, deadline
+  rec, fp, trace, name, owner, bucket, lease, deadline, pos =
+    struct.unpack('>I4c0I4c0I4c0I4c0I4c0I4c0I6I6', packed, pos)
   -- rec = <prefix>:{<tag>}:<16-byte id>; the previous layout's bucket is <prefix>:{<tag>}m.
   local code, payload = beginOne(rec, bucket, string.sub(rec, 1, -18) .. 'm', fp, owner, lease, trace, ttl,
-    string.sub(rec, -16), now, false, name)
+    string.sub(rec, -16), now, false, name, deadline)
   out[#out + 1] = code
   out[#out + 1] = payload
 end

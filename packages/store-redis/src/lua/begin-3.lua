@@ -11,6 +11,7 @@ ARGV[4]  trace id (encoded; '' = none)
 ARGV[5]  safety TTL of an IN_PROGRESS record past its lease end (ms)
 ARGV[6]  record id (16 bytes)
 ARGV[7]  the store key itself (kept while IN_PROGRESS, for listInProgress)
+ARGV[8]  server time (ms) after which the caller has given up waiting for the answer ('0' = never)
 
 A new record's fence is max(server now in ms, previous fence + 1); takeover and retry add 1.
 
@@ -18,7 +19,8 @@ Returns { code, server now (ms), payload }:
   'N'  acquired, kind new       payload = fence (the lease ends at server now + lease)
   'R'  acquired, kind retry     payload = the record after the write
   'T'  acquired, kind takeover  payload = the record after the write
-  'B'  busy                     payload = the stored record
+  'B'  busy                     payload = the stored record, or { server now } for a request
+                                that arrived after its caller gave up (nothing written)
   'D'  duplicate                payload = the stored record
   'F'  failed                   payload = the stored record
   'M'  mismatch                 payload = the stored record
@@ -34,5 +36,5 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 --- @include "includes/beginOne"
 
 local code, payload = beginOne(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4],
-  tonumber(ARGV[5]), ARGV[6], now, true, ARGV[7])
+  tonumber(ARGV[5]), ARGV[6], now, true, ARGV[7], tonumber(ARGV[8]) or 0)
 return { code, now, payload }

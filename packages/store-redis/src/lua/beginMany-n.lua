@@ -8,7 +8,8 @@ ARGV[1]  safety TTL of an IN_PROGRESS record past its lease end (ms)
 ARGV[2]  per key, in order, six length-prefixed strings (4-byte big-endian length, then the
          bytes): its record's name, fingerprint (encoded), trace id (encoded; '' = none), the store
          key itself (kept while IN_PROGRESS, for listInProgress), owner, the marker bucket of its
-         cluster slot; then its lease in ms (6 bytes, big-endian)
+         cluster slot; then its lease in ms and the server time (ms) after which its caller has
+         given up (0 = never), 6 bytes each, big-endian
 
 A key's id and its previous layout's marker bucket are derived from its record's name (see
 layout.ts). One packed
@@ -33,11 +34,12 @@ local ttl, packed = tonumber(ARGV[1]), ARGV[2]
 local out = { now }
 local pos, size = 1, #packed
 while pos <= size do
-  local rec, fp, trace, name, owner, bucket, lease
-  rec, fp, trace, name, owner, bucket, lease, pos = struct.unpack('>I4c0I4c0I4c0I4c0I4c0I4c0I6', packed, pos)
+  local rec, fp, trace, name, owner, bucket, lease, deadline
+  rec, fp, trace, name, owner, bucket, lease, deadline, pos =
+    struct.unpack('>I4c0I4c0I4c0I4c0I4c0I4c0I6I6', packed, pos)
   -- rec = <prefix>:{<tag>}:<16-byte id>; the previous layout's bucket is <prefix>:{<tag>}m.
   local code, payload = beginOne(rec, bucket, string.sub(rec, 1, -18) .. 'm', fp, owner, lease, trace, ttl,
-    string.sub(rec, -16), now, false, name)
+    string.sub(rec, -16), now, false, name, deadline)
   out[#out + 1] = code
   out[#out + 1] = payload
 end

@@ -6,13 +6,17 @@
 -- `name` is the store key itself: kept with the attempt's start time while the record is
 -- IN_PROGRESS (complete and fail write records without them), for listInProgress.
 -- `bucket`/`legacy`: where a compacted record's marker is (see markerOf), `id` its 16-byte id.
+-- `deadline`: the server time (ms) after which the caller has given up waiting (0 = never).
 -- A new IN_PROGRESS record: attempt 1, its lease from now.
 local function newRecord(fence, leaseUntil, now, fp, trace, owner, name)
   return struct.pack(IN_PROGRESS_RECORD, 'I', fence, 1, leaseUntil, now, 0, #fp, fp, #trace, trace, #owner, owner,
     #name, name)
 end
 
-local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, now, full, name)
+local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, now, full, name, deadline)
+  -- Arrived after its caller gave up (the client queued it through an outage): a lease taken now
+  -- would be held by nobody, and the key busy until it ran out. Busy with no record: nothing written.
+  if deadline > 0 and now > deadline then return 'B', { now } end
   -- Whether the slot holds compaction markers, asked before anything is written and with the
   -- slot's probe key (which never exists) among the keys: see refuseMigrating. A new key needs
   -- the answer anyway.
