@@ -38,6 +38,12 @@ export interface LeaseBoardOptions {
   /** Extend period of each lease. */
   readonly intervalMs: number;
   readonly onError?: (key: string, error: unknown) => void;
+  /**
+   * The event loop was blocked for `blockedMs` (a handler computing without awaiting, a long
+   * synchronous call) and the leases of `keys` ran out meanwhile, unextended: another worker may
+   * have taken them over. Reported once per stall.
+   */
+  readonly onStall?: (blockedMs: number, keys: readonly string[]) => void;
 }
 
 export interface HoldOptions {
@@ -123,12 +129,16 @@ export interface LeaseBoard {
   cutAll(reason: Error): number;
 }
 
+/** A gap of this many ticks between two ticks is the event loop blocked, not timer jitter. */
+const STALL_TICKS = 4;
+
 /** Every lease of one processor, extended from one timer. */
 class Board implements LeaseBoard {
   private readonly held = new Set<Held>();
   // Often enough to extend each lease on time and to notice a failing store before its deadline.
   private readonly tickMs: number;
   private timer: NodeJS.Timeout | undefined;
+  private lastTickAt = 0;
 
   constructor(readonly opts: LeaseBoardOptions) {
     this.tickMs = Math.max(1, Math.min(opts.intervalMs, 1000) / 2);
@@ -138,6 +148,7 @@ class Board implements LeaseBoard {
     const h = new Held(this, key, fence, leaseSince, maxRunMs, onTimeout);
     this.held.add(h);
     if (this.timer === undefined) {
+      this.lastTickAt = performance.now();
       this.timer = setInterval(() => this.tick(), this.tickMs);
       this.timer.unref?.();
     }
@@ -166,6 +177,9 @@ class Board implements LeaseBoard {
 
   private tick(): void {
     const now = performance.now();
+    const since = this.lastTickAt;
+    this.lastTickAt = now;
+    if (now - since > STALL_TICKS * this.tickMs) this.reportStall(since, now);
     for (const h of this.held) {
       if (h.done) continue;
       if (now - h.startedAt >= h.maxRunMs) {
@@ -174,6 +188,16 @@ class Board implements LeaseBoard {
       }
       if (h.inflight === undefined && now >= h.nextAt) void this.extendNow(h);
     }
+  }
+
+  /**
+   * The timer fired late, the event loop blocked from `since` to `now`: the leases whose local end
+   * fell in between ran out with no chance to be extended.
+   */
+  private reportStall(since: number, now: number): void {
+    const keys: string[] = [];
+    for (const h of this.held) if (!h.done && h.deadline > since && h.deadline <= now) keys.push(h.key);
+    if (keys.length > 0) this.opts.onStall?.(Math.round(now - since), keys);
   }
 
   /** Extends `h` now, as its heartbeat would (the two never overlap). */

@@ -211,6 +211,13 @@ export function buildProcessor<T, R>(
         if (error instanceof StoreUnavailableError) o.logger.debug('lease heartbeat failed', meta);
         else o.logger.warn('lease heartbeat failed', meta);
       },
+      onStall: (blockedMs, keys) => {
+        o.logger.warn(
+          'event loop blocked past the lease of running handlers: their keys may have been taken over ' +
+            '(keep CPU-bound work off the event loop, or raise leaseMs)',
+          { blockedMs, leaseMs: o.leaseMs, runs: keys.length, keys: keys.slice(0, 10) },
+        );
+      },
     }),
   };
   return {

@@ -1,0 +1,80 @@
+/**
+ * A handler that blocks the event loop past its lease (computing without awaiting): the heartbeat
+ * cannot extend the lease meanwhile, so another worker may take the key over and run it beside
+ * this one. Nothing else tells the operator why; the lease board reports the stall once.
+ */
+import { describe, expect, it } from 'vitest';
+import type { Logger } from '../src/logger.js';
+import { createProcessor } from '../src/processor.js';
+import { createMemoryStore } from '../src/store/memory-store.js';
+import { delivery } from './helpers.js';
+
+function recordingLogger(): Logger & { warnings: { message: string; meta: unknown }[] } {
+  const warnings: { message: string; meta: unknown }[] = [];
+  const ignore = () => {};
+  return {
+    warnings,
+    debug: ignore,
+    info: ignore,
+    warn: (message: string, meta?: unknown) => warnings.push({ message, meta }),
+    error: ignore,
+  };
+}
+
+/** Blocks the event loop for `ms`. */
+function blockFor(ms: number): void {
+  const until = performance.now() + ms;
+  while (performance.now() < until) {
+    // spinning: no timer fires meanwhile
+  }
+}
+
+describe('an event loop blocked past the lease', () => {
+  const stallWarnings = (logger: ReturnType<typeof recordingLogger>) =>
+    logger.warnings.filter((w) => w.message.startsWith('event loop blocked past the lease'));
+
+  it('is reported once, with the keys whose leases ran out', async () => {
+    const logger = recordingLogger();
+    const p = createProcessor<{ id: string }>({
+      consumer: 'c',
+      store: createMemoryStore(),
+      retentionCheck: 'off',
+      leaseMs: 300,
+      heartbeatMs: 100,
+      logger,
+      handler: async () => {
+        // Let the lease board's timer start, then block past the lease.
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        blockFor(600);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      },
+    });
+    await p.process(delivery({ id: 'a' }, { 'x-idempotency-key': 'k1' }));
+    const stalls = stallWarnings(logger);
+    expect(stalls).toHaveLength(1);
+    expect(stalls[0]?.meta).toMatchObject({
+      leaseMs: 300,
+      runs: 1,
+      keys: ['default:c:k1'],
+      blockedMs: expect.any(Number),
+    });
+    expect((stalls[0]?.meta as { blockedMs: number } | undefined)?.blockedMs).toBeGreaterThanOrEqual(300);
+  });
+
+  it('a handler that waits as long without blocking is not reported', async () => {
+    const logger = recordingLogger();
+    const p = createProcessor<{ id: string }>({
+      consumer: 'c',
+      store: createMemoryStore(),
+      retentionCheck: 'off',
+      leaseMs: 600,
+      heartbeatMs: 200,
+      logger,
+      handler: () => new Promise((resolve) => setTimeout(resolve, 1_300)),
+    });
+    expect(await p.process(delivery({ id: 'a' }, { 'x-idempotency-key': 'k1' }))).toMatchObject({
+      action: 'ack',
+    });
+    expect(stallWarnings(logger)).toHaveLength(0);
+  });
+});
