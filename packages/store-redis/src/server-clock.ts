@@ -18,9 +18,12 @@ const localNow = (): number => performance.timeOrigin + performance.now();
 export class ServerClocks {
   private readonly readings = new Map<string, { offset: number; at: number }>();
 
+  /** `now`: the local monotonic clock in ms (replaced in tests). */
+  constructor(private readonly now: () => number = localNow) {}
+
   /** Notes that `node` answered `serverNow` (ms) in a reply that arrived just now. */
   observe(node: string, serverNow: number): void {
-    const at = localNow();
+    const at = this.now();
     const offset = serverNow - at;
     const kept = this.readings.get(node);
     if (kept === undefined || offset >= kept.offset || at - kept.at > FRESH_MS) {
@@ -41,7 +44,7 @@ export class ServerClocks {
   }
 
   /** The local time to pass as `startedAt`. */
-  static now(): number {
-    return localNow();
+  started(): number {
+    return this.now();
   }
 }

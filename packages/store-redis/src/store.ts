@@ -277,7 +277,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
 
   const store: RedisProcessedStore = {
     async begin(request: BeginRequest): Promise<BeginResult> {
-      const startedAt = ServerClocks.now();
+      const startedAt = clocks.started();
       await ready();
       const keys = keysFor(prefix, request.key);
       const node = nodeOf(request.key);
@@ -301,7 +301,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
 
     async beginMany(requests: readonly BeginRequest[]): Promise<BeginResult[]> {
       if (requests.length === 0) return [];
-      const startedAt = ServerClocks.now();
+      const startedAt = clocks.started();
       await ready();
       // One call (per node on a Cluster): keys in request order, so a key asked twice sees itself.
       return inGroups(
