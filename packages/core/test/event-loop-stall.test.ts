@@ -29,25 +29,35 @@ function blockFor(ms: number): void {
   }
 }
 
+/** A processor whose leases last `leaseMs`, extended every `heartbeatMs`, logging to `logger`. */
+function processorWith(
+  logger: Logger,
+  leaseMs: number,
+  heartbeatMs: number,
+  handler: () => Promise<unknown>,
+) {
+  return createProcessor<{ id: string }>({
+    consumer: 'c',
+    store: createMemoryStore(),
+    retentionCheck: 'off',
+    leaseMs,
+    heartbeatMs,
+    logger,
+    handler,
+  });
+}
+
 describe('an event loop blocked past the lease', () => {
   const stallWarnings = (logger: ReturnType<typeof recordingLogger>) =>
     logger.warnings.filter((w) => w.message.startsWith('event loop blocked past the lease'));
 
   it('is reported once, with the keys whose leases ran out', async () => {
     const logger = recordingLogger();
-    const p = createProcessor<{ id: string }>({
-      consumer: 'c',
-      store: createMemoryStore(),
-      retentionCheck: 'off',
-      leaseMs: 300,
-      heartbeatMs: 100,
-      logger,
-      handler: async () => {
-        // Let the lease board's timer start, then block past the lease.
-        await new Promise((resolve) => setTimeout(resolve, 20));
-        blockFor(600);
-        await new Promise((resolve) => setTimeout(resolve, 20));
-      },
+    const p = processorWith(logger, 300, 100, async () => {
+      // Let the lease board's timer start, then block past the lease.
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      blockFor(600);
+      await new Promise((resolve) => setTimeout(resolve, 20));
     });
     await p.process(delivery({ id: 'a' }, { 'x-idempotency-key': 'k1' }));
     const stalls = stallWarnings(logger);
@@ -63,15 +73,7 @@ describe('an event loop blocked past the lease', () => {
 
   it('a handler that waits as long without blocking is not reported', async () => {
     const logger = recordingLogger();
-    const p = createProcessor<{ id: string }>({
-      consumer: 'c',
-      store: createMemoryStore(),
-      retentionCheck: 'off',
-      leaseMs: 600,
-      heartbeatMs: 200,
-      logger,
-      handler: () => new Promise((resolve) => setTimeout(resolve, 1_300)),
-    });
+    const p = processorWith(logger, 600, 200, () => new Promise((resolve) => setTimeout(resolve, 1_300)));
     expect(await p.process(delivery({ id: 'a' }, { 'x-idempotency-key': 'k1' }))).toMatchObject({
       action: 'ack',
     });
