@@ -28,12 +28,13 @@ export function prepare<T, R>(o: ResolvedProcessorOptions<T, R>, delivery: Deliv
   let payload: T;
   try {
     payload = o.decode ? o.decode(delivery.body, delivery) : (decodeJson(delivery.body) as T);
+  } catch (error) {
+    throw malformed('could not be decoded', error);
+  }
+  try {
     o.validate?.(payload);
   } catch (error) {
-    if (error instanceof MalformedMessageError) throw error;
-    throw new MalformedMessageError(`message failed validation: ${(error as Error)?.message ?? error}`, {
-      cause: error,
-    });
+    throw malformed('failed validation', error);
   }
   const fp = fingerprint(o.fingerprint ? o.fingerprint(payload) : payload);
   let raw = readIdentityHeader(delivery.headers, Headers.IdempotencyKey);
@@ -83,4 +84,10 @@ export function keyFromPolicy<T, R>(
     if (k) return k;
   }
   throw new KeyMissingError();
+}
+
+/** `error` of decode or validate as the MalformedMessageError it is dead-lettered with. */
+function malformed(what: string, error: unknown): MalformedMessageError {
+  if (error instanceof MalformedMessageError) return error;
+  return new MalformedMessageError(`message ${what}: ${(error as Error)?.message ?? error}`, { cause: error });
 }

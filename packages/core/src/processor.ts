@@ -350,6 +350,17 @@ async function processDelivery<T, R>(
       error: { ...disposition.error, message: scrub(disposition.error.message) },
     };
   }
+  if (disposition.action === 'dead-letter') {
+    // The message will not be processed: say so where operators look, not only in the letter.
+    const { error, attempts } = disposition.reason;
+    o.logger.warn('message dead-lettered', {
+      consumer: o.consumer,
+      destination: delivery.destination,
+      outcome: disposition.outcome,
+      attempts,
+      error: { ...error, message: scrub(error.message) },
+    });
+  }
   if (disposition.action === 'defer' && disposition.outcome === 'lease-lost') {
     // Another run holds the key now (this one stalled, or the store did; the run that took it
     // over may be a later copy in this very process), or the store lost the record (a Redis
