@@ -89,5 +89,7 @@ export function keyFromPolicy<T, R>(
 /** `error` of decode or validate as the MalformedMessageError it is dead-lettered with. */
 function malformed(what: string, error: unknown): MalformedMessageError {
   if (error instanceof MalformedMessageError) return error;
-  return new MalformedMessageError(`message ${what}: ${(error as Error)?.message ?? error}`, { cause: error });
+  return new MalformedMessageError(`message ${what}: ${(error as Error)?.message ?? error}`, {
+    cause: error,
+  });
 }
