@@ -22,6 +22,7 @@ import {
   IdempotencyKeyReuseError,
   isRetryable,
   LeaseLostError,
+  PartialBatchError,
   PreviouslyFailedError,
   RunTimeoutError,
   StoreUnavailableError,
@@ -86,7 +87,7 @@ import type { Delivery, Disposition, Outcome } from './spi.js';
 import { coalescing } from './store/coalesce.js';
 import { withDeadline } from './store/deadline.js';
 import { type StoreHealth, withHealth } from './store/health.js';
-import { type BeginResult, RecordState, type StoredResult } from './store/types.js';
+import { type BeginRequest, type BeginResult, RecordState, type StoredResult } from './store/types.js';
 import {
   inSpan,
   instrumentsFor,
@@ -187,7 +188,12 @@ export function buildProcessor<T, R>(
   const resolved = resolveProcessorOptions(options);
   // Concurrent runs share store round trips (see store/coalesce.ts); each call has a deadline,
   // and a missed deadline counts as an outage for storeHealth.
-  const watched = withHealth(withDeadline(resolved.store, resolved.storeTimeoutMs), resolved.logger);
+  const watched = withHealth(
+    withDeadline(resolved.store, resolved.storeTimeoutMs, (name, args, answer) =>
+      giveBackLateLeases(o, shared, name, args, answer),
+    ),
+    resolved.logger,
+  );
   const o: ResolvedProcessorOptions<T, R> = Object.freeze({
     ...resolved,
     store: coalescing(watched.store),
@@ -196,6 +202,7 @@ export function buildProcessor<T, R>(
     waitForOwnRuns: choices.waitForOwnRuns,
     publishing: new Map(),
     publishFailures: new Map(),
+    publishAtOnce: new Set(),
     held: new Map(),
     givingBack: new Set(),
     leasesGoingBack: new Set(),
@@ -283,6 +290,40 @@ export function buildProcessor<T, R>(
       return { dispositions, release: () => releaseKept(o, shared, group) };
     },
   };
+}
+
+/**
+ * A begin abandoned at `storeTimeoutMs` whose answer came back after all (the store was slow, or
+ * the reply was on its way as the deadline passed): the leases it took are held by nobody, and
+ * would leave their keys busy for a lease and then be taken over. They are given back unrun.
+ */
+function giveBackLateLeases<T, R>(
+  o: ResolvedProcessorOptions<T, R>,
+  shared: Shared,
+  name: string,
+  args: readonly unknown[],
+  answer: { value: unknown } | { error: unknown },
+): void {
+  if (name !== 'begin' && name !== 'beginMany') return;
+  const requests = (name === 'begin' ? [args[0]] : args[0]) as readonly BeginRequest[];
+  const results =
+    'value' in answer
+      ? ((name === 'begin' ? [answer.value] : answer.value) as readonly (BeginResult | undefined)[])
+      : answer.error instanceof PartialBatchError
+        ? (answer.error.answers as readonly (BeginResult | undefined)[])
+        : [];
+  let given = 0;
+  results.forEach((begun, i) => {
+    const request = requests[i];
+    if (begun?.status !== 'acquired' || request === undefined) return;
+    given++;
+    void giveBack(o, shared, request.key, begun);
+  });
+  if (given > 0) {
+    o.logger.info('a begin answered after storeTimeoutMs had taken leases; they are given back', {
+      leases: given,
+    });
+  }
 }
 
 async function processDelivery<T, R>(

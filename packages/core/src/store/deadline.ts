@@ -11,19 +11,31 @@
  * answers it: fences refuse a late write of a superseded attempt, and a complete that landed
  * answers the message's next delivery as a duplicate. A begin that lands late would take a lease
  * nobody holds: the pipeline's begins say when they are abandoned (`abandonAfterMs`), for the
- * stores that can refuse them.
+ * stores that can refuse them, and a lease a late answer reports taken is given back (`onLate`).
  */
 import { StoreUnavailableError } from '../errors.js';
 import { wrapServerCalls } from './delegate.js';
 import type { ProcessedStore } from './types.js';
 
+/**
+ * Called with what a call abandoned at its deadline answered after all (its value, or the error it
+ * rejected with): its caller is gone, so what it took (a begin's lease) is nobody's.
+ */
+export type LateAnswer = (
+  name: string,
+  args: readonly unknown[],
+  answer: { value: unknown } | { error: unknown },
+) => void;
+
 /** `store` with every server call bounded by `timeoutMs`; the store itself when it is Infinity. */
-export function withDeadline(store: ProcessedStore, timeoutMs: number): ProcessedStore {
+export function withDeadline(store: ProcessedStore, timeoutMs: number, onLate?: LateAnswer): ProcessedStore {
   if (timeoutMs === Number.POSITIVE_INFINITY) return store;
   return wrapServerCalls(store, (name, call) => (...args) => {
     let timer: NodeJS.Timeout | undefined;
+    let abandoned = false;
     const late = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
+        abandoned = true;
         reject(
           new StoreUnavailableError({
             operation: name,
@@ -34,8 +46,15 @@ export function withDeadline(store: ProcessedStore, timeoutMs: number): Processe
     });
     // A store that throws instead of rejecting must not leave `late` to reject unhandled.
     const answer = Promise.resolve().then(() => call(...args));
-    // A late rejection of the abandoned call is nobody's to handle.
-    answer.catch(() => {});
+    // A late rejection of the abandoned call is nobody's to handle, but for onLate.
+    answer.then(
+      (value) => {
+        if (abandoned) onLate?.(name, args, { value });
+      },
+      (error: unknown) => {
+        if (abandoned) onLate?.(name, args, { error });
+      },
+    );
     return Promise.race([answer, late]).finally(() => clearTimeout(timer));
   });
 }
