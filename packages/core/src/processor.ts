@@ -202,7 +202,6 @@ export function buildProcessor<T, R>(
     waitForOwnRuns: choices.waitForOwnRuns,
     publishing: new Map(),
     publishFailures: new Map(),
-    publishAtOnce: new Set(),
     held: new Map(),
     givingBack: new Set(),
     leasesGoingBack: new Set(),

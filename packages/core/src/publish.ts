@@ -30,16 +30,11 @@ export async function finishCompleted<T, R>(
   // A run or another copy in this process publishing the same messages right now (copies that
   // came together after a crash, a Kafka refetch): wait for it rather than send them twice, then
   // publish only what it did not confirm.
-  let waitedHere = false;
   for (let underWay = shared.publishing.get(storeKey); pending.length > 0 && underWay; ) {
-    waitedHere = true;
     await underWay.wait();
     const fresh = await o.store.get(storeKey).catch(() => undefined);
     if (fresh?.state === 'COMPLETED') pending = fresh.outgoing.filter((m) => !m.published);
     underWay = shared.publishing.get(storeKey);
-  }
-  if (pending.length > 0 && !waitedHere && waitsForItsPublisher(shared, storeKey, record)) {
-    return publisherWait;
   }
   // Copies that come after this one wait for it in turn.
   const marker = pending.length > 0 ? publishingRun(shared, storeKey) : undefined;
@@ -62,41 +57,6 @@ export async function finishCompleted<T, R>(
   }
 }
 
-/** A record completed this recently (by the local clock) may still be publishing its messages. */
-const RECENT_COMPLETION_MS = 60_000;
-/** How long a duplicate waits once for the worker that completed its key to publish. */
-const PUBLISHER_WAIT_MS = 1_000;
-
-const publisherWait: Disposition = Object.freeze({
-  action: 'defer',
-  outcome: 'busy',
-  delayMs: PUBLISHER_WAIT_MS,
-});
-
-/**
- * A copy that finds its key completed moments ago by another worker, its messages not marked
- * published yet: that worker is most likely publishing them right now (a client's retry sent
- * twice at once, two copies on two workers). Waiting for it once, instead of publishing beside
- * it, spares the downstream a second copy of each message; if they are still unmarked after the
- * wait (that worker died, or its publish failed), this copy publishes them. Consumers only: the
- * idempotent executor answers a request at once.
- */
-function waitsForItsPublisher(shared: Shared, storeKey: string, record: CompletedRecord): boolean {
-  if (!shared.waitForOwnRuns || Date.now() - record.completedAt > RECENT_COMPLETION_MS) return false;
-  if (shared.publishAtOnce.delete(storeKey)) return false;
-  publishNextAtOnce(shared, storeKey);
-  return true;
-}
-
-/** The next copy of `storeKey` publishes its messages without waiting (see waitsForItsPublisher). */
-function publishNextAtOnce(shared: Shared, storeKey: string): void {
-  shared.publishAtOnce.add(storeKey);
-  if (shared.publishAtOnce.size > MAX_TRACKED_PUBLISH_FAILURES) {
-    const oldest = shared.publishAtOnce.values().next().value;
-    if (oldest !== undefined) shared.publishAtOnce.delete(oldest);
-  }
-}
-
 export async function publishThenAck<T, R>(
   o: ResolvedProcessorOptions<T, R>,
   ctx: Context,
@@ -113,10 +73,7 @@ export async function publishThenAck<T, R>(
     // In an ordered group (a Kafka partition) the record before may complete later than this one
     // (another Cluster node, another round trip): its messages go out first. If it was deferred,
     // this record's messages wait for their redelivery too, which answers them as a duplicate.
-    if (publishedBefore !== undefined && !(await publishedBefore)) {
-      publishNextAtOnce(shared, storeKey);
-      return awaitingEarlier;
-    }
+    if (publishedBefore !== undefined && !(await publishedBefore)) return awaitingEarlier;
     try {
       const publisher = o.publisher;
       if (!publisher) {
@@ -131,11 +88,9 @@ export async function publishThenAck<T, R>(
         SpanKind.CLIENT,
       );
     } catch (error) {
-      publishNextAtOnce(shared, storeKey);
       return publishFailed(o, delivery, storeKey, error, shared);
     }
     shared.publishFailures.delete(storeKey);
-    shared.publishAtOnce.delete(storeKey);
     try {
       await o.store.markPublished(
         storeKey,

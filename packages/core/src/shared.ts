@@ -153,12 +153,6 @@ export interface Shared {
   readonly publishing: Map<string, RunUnderWay>;
   /** Consecutive unconfirmed publishes, by store key (see publishThenAck). */
   readonly publishFailures: Map<string, number>;
-  /**
-   * Keys whose next copy publishes their messages at once (see finishCompleted): a copy waited
-   * once already for the worker that completed the key, or this process completed it and put its
-   * own publish off. The oldest is forgotten first.
-   */
-  readonly publishAtOnce: Set<string>;
   /** The heartbeat of every running handler's lease. */
   readonly leases: LeaseBoard;
   /** Leases of ordered deliveries that were not run yet, by store key. */
