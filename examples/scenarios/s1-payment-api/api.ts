@@ -121,7 +121,7 @@ function validate(body: unknown): PaymentRequest {
     typeof p !== 'object' ||
     p === null ||
     typeof p.customerId !== 'string' ||
-    !Number.isInteger(p.amountCents) ||
+    !Number.isSafeInteger(p.amountCents) ||
     (p.amountCents as number) <= 0 ||
     typeof p.currency !== 'string'
   ) {

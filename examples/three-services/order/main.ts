@@ -83,7 +83,7 @@ function validate(body: unknown): OrderRequest {
     o !== null &&
     typeof o.customerId === 'string' &&
     typeof o.email === 'string' &&
-    Number.isInteger(o.amountCents) &&
+    Number.isSafeInteger(o.amountCents) &&
     (o.amountCents as number) > 0 &&
     typeof o.currency === 'string' &&
     Array.isArray(o.items);

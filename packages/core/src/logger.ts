@@ -20,25 +20,33 @@ export const silentLogger: Logger = Object.freeze({
   error: (message: string) => process.emitWarning(message, 'ExactlyOnceError'),
 });
 
-/** Meta fields that hold idempotency keys or store keys. */
-const KEY_FIELDS = ['key', 'storeKey', 'firstKey'] as const;
+/** Meta fields that hold an idempotency key or store key, or a list of them (`keys`). */
+const KEY_FIELDS: readonly string[] = ['key', 'storeKey', 'firstKey', 'keys'];
+
+/** The keys a key field holds: a string, or the strings of a list. */
+function keysIn(value: unknown): string[] | undefined {
+  if (typeof value === 'string') return [value];
+  if (Array.isArray(value) && value.every((v) => typeof v === 'string')) return value;
+  return undefined;
+}
 
 /**
- * A logger that drops key fields (`key`, `storeKey`, `firstKey`) from the metadata and replaces
+ * A logger that drops key fields (`key`, `storeKey`, `firstKey`, `keys`) from the metadata and replaces
  * the keys they held wherever the message or another field (an error's message) quotes them. The
  * pipeline wraps its logger in this unless `recordKeys` is set.
  */
 export function keyRedactingLogger(logger: Logger): Logger {
   const redacted = (level: keyof Logger) => (message: string, meta?: LogMeta) => {
-    if (meta === undefined || !KEY_FIELDS.some((field) => typeof meta[field] === 'string')) {
+    if (meta === undefined || !KEY_FIELDS.some((field) => keysIn(meta[field]) !== undefined)) {
       logger[level](message, meta);
       return;
     }
     const scrubber = createScrubber();
     const rest: Record<string, unknown> = {};
     for (const [field, value] of Object.entries(meta)) {
-      if ((KEY_FIELDS as readonly string[]).includes(field) && typeof value === 'string') scrubber.add(value);
-      else rest[field] = value;
+      const keys = KEY_FIELDS.includes(field) ? keysIn(value) : undefined;
+      if (keys === undefined) rest[field] = value;
+      else for (const key of keys) scrubber.add(key);
     }
     const scrubbed: Record<string, unknown> = {};
     for (const [field, value] of Object.entries(rest)) scrubbed[field] = scrubValue(value, scrubber.scrub);

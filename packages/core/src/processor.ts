@@ -692,6 +692,8 @@ async function runAcquired<T, R>(
       'taking over a key whose last holder died or stalled; its handler runs (again, if that run had started it)',
       {
         key: storeKey,
+        // Always logged, like the span's: what an operator finds the run's trace and letters by.
+        requestId,
         attempt,
         journaledSteps: Object.keys(begun.steps).length,
       },

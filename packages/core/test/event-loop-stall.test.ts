@@ -35,6 +35,7 @@ function processorWith(
   leaseMs: number,
   heartbeatMs: number,
   handler: () => Promise<unknown>,
+  recordKeys = true,
 ) {
   return createProcessor<{ id: string }>({
     consumer: 'c',
@@ -44,6 +45,7 @@ function processorWith(
     heartbeatMs,
     logger,
     handler,
+    recordKeys,
   });
 }
 
@@ -69,6 +71,23 @@ describe('an event loop blocked past the lease', () => {
       blockedMs: expect.any(Number),
     });
     expect((stalls[0]?.meta as { blockedMs: number } | undefined)?.blockedMs).toBeGreaterThanOrEqual(300);
+  });
+
+  it('names no key without recordKeys', async () => {
+    // Before, the keys were logged whatever recordKeys said.
+    const logger = recordingLogger();
+    const blocking = async () => {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      blockFor(600);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    };
+    const p = processorWith(logger, 300, 100, blocking, false);
+    await p.process(delivery({ id: 'a' }, { 'x-idempotency-key': 'k1' }));
+    const stalls = stallWarnings(logger);
+    expect(stalls).toHaveLength(1);
+    expect(stalls[0]?.meta).toMatchObject({ leaseMs: 300, runs: 1 });
+    expect(stalls[0]?.meta).not.toHaveProperty('keys');
+    expect(JSON.stringify(stalls[0])).not.toContain('k1');
   });
 
   it('a handler that waits as long without blocking is not reported', async () => {

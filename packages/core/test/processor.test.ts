@@ -661,11 +661,20 @@ describe('processor: leases and steps', () => {
       },
     });
     const tookOver: string[] = [];
+    const tookOverMeta: unknown[] = [];
     const fresh = createProcessor({
       consumer: 'c',
       store,
       ...fast,
-      logger: { debug: quiet, info: quiet, warn: (message: string) => tookOver.push(message), error: quiet },
+      logger: {
+        debug: quiet,
+        info: quiet,
+        warn: (message: string, meta?: unknown) => {
+          tookOver.push(message);
+          tookOverMeta.push(meta);
+        },
+        error: quiet,
+      },
       handler: () => 'fresh',
     });
     const staleRun = stale.process(delivery({}, key('k13')));
@@ -680,6 +689,8 @@ describe('processor: leases and steps', () => {
     expect(warned.filter((m) => m.startsWith('lease lost'))).toHaveLength(1);
     // The worker that took over says so (after a SIGKILL, the only line in the logs about it).
     expect(tookOver).toEqual([expect.stringMatching(/^taking over a key whose last holder died or stalled/)]);
+    // With the request id, which is always logged: what the run's trace and letters are found by.
+    expect(tookOverMeta[0]).toMatchObject({ requestId: expect.any(String), attempt: 2 });
     const rec = await store.get('default:c:k13');
     if (rec?.state !== 'COMPLETED' || rec.result?.kind !== 'inline') throw new Error('expected completed');
     expect(new TextDecoder().decode(rec.result.data)).toBe('"fresh"');

@@ -46,6 +46,13 @@ export function toDelivery(msg: ConsumeMessage, queue: string): Delivery {
     props.messageId === undefined || props.messageId === null ? undefined : String(props.messageId);
   const headers = scalarHeaders(props.headers);
   if (messageId !== undefined && headers['message-id'] === undefined) headers['message-id'] = messageId;
+  // AMQP carries these as properties, Kafka as headers: a `decode` finds them in one place.
+  if (props.contentType && headers['content-type'] === undefined) {
+    headers['content-type'] = String(props.contentType);
+  }
+  if (props.contentEncoding && headers['content-encoding'] === undefined) {
+    headers['content-encoding'] = String(props.contentEncoding);
+  }
   return {
     body: msg.content,
     headers,

@@ -20,7 +20,13 @@ describe('delivery mapping', () => {
     expect(d.destination).toBe('orders');
     expect(d.brokerId).toBe('amqp:m-1');
     // Nested tables (x-death) are not core header values; scalars and bytes are kept.
-    expect(Object.keys(d.headers).sort()).toEqual(['b', 'message-id', 'n', 'x-idempotency-key']);
+    expect(Object.keys(d.headers).sort()).toEqual([
+      'b',
+      'content-type',
+      'message-id',
+      'n',
+      'x-idempotency-key',
+    ]);
     expect(d.attributes).toMatchObject({
       'messaging.rabbitmq.destination.routing_key': 'rk',
       'messaging.rabbitmq.message.delivery_tag': 7,
@@ -28,6 +34,19 @@ describe('delivery mapping', () => {
       'exactly_once.redelivered': true,
     });
     expect(toDelivery(message({}), 'orders').brokerId).toBeUndefined();
+  });
+
+  it('hands the content type and encoding properties to decode as headers, a sent header first', () => {
+    const gzip = {
+      ...message({}),
+      properties: { headers: {}, contentType: 'text/plain', contentEncoding: 'gzip' },
+    } as unknown as ConsumeMessage;
+    expect(toDelivery(gzip, 'orders').headers).toEqual({
+      'content-type': 'text/plain',
+      'content-encoding': 'gzip',
+    });
+    const both = message({ 'content-type': 'application/xml' });
+    expect(toDelivery(both, 'orders').headers['content-type']).toBe('application/xml');
   });
 
   it('hands the identity headers to core exactly as decoded, whatever their type, for core to refuse', () => {
