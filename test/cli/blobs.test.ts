@@ -11,7 +11,7 @@ import { createGridFsBlobStore, createMongoStore } from '@exactly-once/store-mon
 import { MongoClient } from 'mongodb';
 import { afterAll, describe, expect, it } from 'vitest';
 import { env, uniqueName } from '../support/env.js';
-import { cli, cliJson } from './helpers.js';
+import { cli, cliJson, cliText } from './helpers.js';
 import { testStores } from './stores.js';
 
 const dirs: string[] = [];
@@ -58,6 +58,11 @@ describe.each(testStores)('blobs orphans: %s', (_name, open) => {
         examined: 0,
         deleted: 0,
       });
+      // With records gone counting as final, the blob of the key this store does not hold goes too,
+      // and the line says why (before, it said the records were final and did not name them).
+      const gone = await cliText([...args, '--when-record-gone', 'delete', '--dry-run']);
+      expect(gone).toContain('2 would be deleted (dry run)');
+      expect(gone).toContain('or is gone');
       expect(await cliJson(args)).toEqual({ examined: 3, deleted: 1, dryRun: false });
       expect(await listed(blobs)).toEqual([named.uri, elsewhere.uri].sort());
       expect(all).toContain(orphan.uri);

@@ -393,7 +393,9 @@ async function processDelivery<T, R>(
   if (disposition.action === 'dead-letter') {
     // The message will not be processed: say so where operators look, not only in the letter.
     const { error, attempts } = disposition.reason;
-    o.logger.warn('message dead-lettered', {
+    // Logged as decided: the adapter's publish of the letter comes next (and is logged apart when
+    // the broker refuses it; the message then comes back and is decided again).
+    o.logger.warn('dead-lettering message', {
       consumer: o.consumer,
       destination: delivery.destination,
       outcome: disposition.outcome,

@@ -14,12 +14,14 @@ import {
   type ClearResult,
   type CompleteRequest,
   ConfigError,
+  collectOrphanBlobs,
   type ErrorInfo,
   type FencedResult,
   type FingerprintClaim,
   type InProgressEntry,
   type InProgressQuery,
   type MarkPublishedRequest,
+  type OrphanBlobOptions,
   type ProcessedRecord,
   type ProcessedStore,
   type ReleaseOptions,
@@ -127,13 +129,29 @@ export interface MongoProcessedStore extends ProcessedStore {
    * (with `blobs`, their blobs too). Always needed: no TTL index.
    */
   sweepExpired(): Promise<SweepResult>;
-  /** Runs {@link sweepExpired} every `intervalMs` until the returned function or `close` is called. */
-  startSweeper(intervalMs: number): () => void;
+  /**
+   * Runs {@link sweepExpired} every `intervalMs` until the returned function or `close` is called;
+   * with `orphanBlobs` (and the store's `blobs`), also the blob passes of {@link SweeperOptions}.
+   */
+  startSweeper(intervalMs: number, options?: SweeperOptions): () => void;
   /** Stops sweepers and waits for a running sweep. The client belongs to the caller and stays open. */
   close(): Promise<void>;
 }
 
 export type { SweepResult } from './sweep.js';
+
+export interface SweeperOptions {
+  /**
+   * Also collect the blobs no record will ever delete, at most once every `everyMs` (default 1 h)
+   * after a sweep: core's `collectOrphanBlobs` on this store and its `blobs` (the blobs of runs
+   * killed before `complete`; with `whenRecordGone: 'delete'` also the `ctx.storeBlob` blobs named
+   * inside results whose records the sweeper removed), then, on a blob store that has it
+   * (GridFS), `removeAbandoned()` (chunks of uploads killed midway). Needs the store's `blobs`.
+   */
+  readonly orphanBlobs?: Pick<OrphanBlobOptions, 'olderThanMs' | 'whenRecordGone'> & {
+    readonly everyMs?: number;
+  };
+}
 
 export const DEFAULT_COLLECTION = 'eo_records';
 /** The error a cleared record's tombstone carries (it reads as absent). */
@@ -194,6 +212,8 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
   };
   const blobs = options.blobs;
   const sweepers = new Set<() => void>();
+  /** The running pass of each started sweeper, for close to wait on. */
+  const sweeperPasses = new Set<() => Promise<void>>();
   let sweeping: Promise<unknown> = Promise.resolve();
 
   // ---- leases this process holds, and one writer at a time per element
@@ -932,11 +952,29 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       });
     },
 
-    startSweeper(intervalMs: number): () => void {
+    startSweeper(intervalMs: number, sweeper: SweeperOptions = {}): () => void {
       if (!(intervalMs > 0)) throw new ConfigError('startSweeper needs a positive interval');
+      const orphans = sweeper.orphanBlobs;
+      if (orphans !== undefined && blobs === undefined) {
+        throw new ConfigError("startSweeper: orphanBlobs needs the store's blobs option");
+      }
+      const orphansEveryMs = duration('orphanBlobs.everyMs', orphans?.everyMs, 3_600_000, 1);
+      let orphansDueAt = 0;
+      const collectBlobs = async (): Promise<void> => {
+        if (orphans === undefined || blobs === undefined || performance.now() < orphansDueAt) return;
+        orphansDueAt = performance.now() + orphansEveryMs;
+        await collectOrphanBlobs({ store, blobs, ...orphans });
+        await (blobs as { removeAbandoned?: () => Promise<number> }).removeAbandoned?.();
+      };
       const loop = repeatEvery(
         intervalMs,
-        () => store.sweepExpired(),
+        async () => {
+          // A failed sweep does not hold up the blob pass: each failure is reported.
+          const failures: unknown[] = [];
+          await store.sweepExpired().catch((error: unknown) => failures.push(error));
+          await collectBlobs().catch((error: unknown) => failures.push(error));
+          for (const error of failures) options.onSweepError?.(error);
+        },
         (error) => options.onSweepError?.(error),
       );
       const stop = () => {
@@ -944,12 +982,14 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         sweepers.delete(stop);
       };
       sweepers.add(stop);
+      sweeperPasses.add(loop.settled);
       return stop;
     },
 
     async close(): Promise<void> {
       for (const stop of [...sweepers]) stop();
-      await sweeping;
+      await Promise.all([sweeping, ...[...sweeperPasses].map((settled) => settled())]);
+      sweeperPasses.clear();
     },
   };
   return store;

@@ -225,6 +225,64 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       expect((await blobs.get(result.pointer)).byteLength).toBe(20);
       await store.close();
     });
+
+    it('startSweeper with orphanBlobs: a storeBlob blob goes once the sweeper removed the record naming it, and a killed upload goes', async () => {
+      // Before, nothing collected either: the sweeper deletes result blobs only, and a killed
+      // upload's chunks went only when a later put happened to look.
+      const { files, chunks } = bucket('swept');
+      const blobs = createGridFsBlobStore({ db: test.db, bucketName: 'swept', abandonedAfterMs: 1_000 });
+      const errors: unknown[] = [];
+      const store = createMongoStore({
+        db: test.db,
+        collectionName: 'swept_records',
+        blobs,
+        expiredGraceMs: 0,
+        onSweepError: (error) => errors.push(error),
+      });
+      await store.ensureIndexes();
+      const key = 'shop:billing:invoice-2';
+      const begun = await store.begin({ key, fingerprint: 'fp', owner: 'w', leaseMs: 30_000 });
+      if (begun.status !== 'acquired') throw new Error(begun.status);
+      // What `ctx.storeBlob` does: a blob owned by the run, its pointer inside the JSON result.
+      const stored = await blobs.put(new Uint8Array(30).fill(3), { owner: key });
+      const data = new TextEncoder().encode(JSON.stringify({ invoice: stored }));
+      const result = { kind: 'inline', data } as const;
+      expect(await store.complete({ key, fence: begun.fence, result, outgoing: [], retentionMs: 300 })).toBe(
+        'ok',
+      );
+      // An upload killed after its first chunk, 10 s ago: chunks and no files document.
+      const upload = ObjectId.createFromTime(Math.floor(Date.now() / 1000) - 10);
+      await chunks.insertOne({
+        _id: ObjectId.createFromTime(Math.floor(Date.now() / 1000) - 10),
+        files_id: upload,
+        n: 0,
+        data: new Binary(new Uint8Array(8)),
+      });
+
+      const stop = store.startSweeper(100, {
+        orphanBlobs: { olderThanMs: 0, whenRecordGone: 'delete', everyMs: 100 },
+      });
+      try {
+        await vi.waitFor(
+          async () => {
+            expect(await files.countDocuments({ _id: idOf(stored.uri) })).toBe(0);
+            expect(await chunks.countDocuments({ files_id: upload })).toBe(0);
+          },
+          { timeout: 30_000, interval: 200 },
+        );
+        expect(await store.get(key)).toBeUndefined();
+        expect(errors).toEqual([]);
+      } finally {
+        stop();
+        await store.close();
+      }
+    });
+
+    it("startSweeper refuses orphanBlobs without the store's blobs", async () => {
+      const store = createMongoStore({ db: test.db, collectionName: 'swept_none' });
+      expect(() => store.startSweeper(1_000, { orphanBlobs: {} })).toThrow(ConfigError);
+      await store.close();
+    });
   });
 });
 
