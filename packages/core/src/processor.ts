@@ -696,6 +696,9 @@ async function runAcquired<T, R>(
         key: storeKey,
         // Always logged, like the span's: what an operator finds the run's trace and letters by.
         requestId,
+        // Where the message is (partition and offset, delivery tag), without key-bearing ones.
+        destination: delivery.destination,
+        message: o.recordKeys ? delivery.attributes : withoutKeys(delivery.attributes),
         attempt,
         journaledSteps: Object.keys(begun.steps).length,
       },

@@ -690,7 +690,11 @@ describe('processor: leases and steps', () => {
     // The worker that took over says so (after a SIGKILL, the only line in the logs about it).
     expect(tookOver).toEqual([expect.stringMatching(/^taking over a key whose last holder died or stalled/)]);
     // With the request id, which is always logged: what the run's trace and letters are found by.
-    expect(tookOverMeta[0]).toMatchObject({ requestId: expect.any(String), attempt: 2 });
+    expect(tookOverMeta[0]).toMatchObject({
+      requestId: expect.any(String),
+      attempt: 2,
+      destination: 'orders',
+    });
     const rec = await store.get('default:c:k13');
     if (rec?.state !== 'COMPLETED' || rec.result?.kind !== 'inline') throw new Error('expected completed');
     expect(new TextDecoder().decode(rec.result.data)).toBe('"fresh"');
