@@ -958,12 +958,13 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       if (orphans !== undefined && blobs === undefined) {
         throw new ConfigError("startSweeper: orphanBlobs needs the store's blobs option");
       }
-      const orphansEveryMs = duration('orphanBlobs.everyMs', orphans?.everyMs, 3_600_000, 1);
+      const { everyMs, ...collection } = orphans ?? {};
+      const orphansEveryMs = duration('orphanBlobs.everyMs', everyMs, 3_600_000, 1);
       let orphansDueAt = 0;
       const collectBlobs = async (): Promise<void> => {
         if (orphans === undefined || blobs === undefined || performance.now() < orphansDueAt) return;
         orphansDueAt = performance.now() + orphansEveryMs;
-        await collectOrphanBlobs({ store, blobs, ...orphans });
+        await collectOrphanBlobs({ store, blobs, ...collection });
         await (blobs as { removeAbandoned?: () => Promise<number> }).removeAbandoned?.();
       };
       const loop = repeatEvery(
