@@ -17,6 +17,7 @@ import { createRunContext } from './context.js';
 import {
   AttemptsExhaustedError,
   ClosedError,
+  DuplicatePayloadError,
   type ErrorInfo,
   type ExactlyOnceError,
   IdempotencyKeyReuseError,
@@ -485,6 +486,8 @@ async function run<T, R>(
       return storeDown(o, error, storeKey);
     }
     if (reuse) {
+      // Its message quotes the other key too: keep that out of spans and logs as well.
+      if (reuse instanceof DuplicatePayloadError) scrubber?.add(reuse.firstKey);
       await passOn();
       return deadLetter(o, delivery, 'payload-reuse', reuse, 0);
     }

@@ -103,6 +103,28 @@ describe('payloadGuard', () => {
     expect(error.code).toBe('DUPLICATE_PAYLOAD');
   });
 
+  it('dead-letter without recordKeys: neither key reaches the log line (the message quotes both)', async () => {
+    // Before, the dead-letter line scrubbed this message's key but quoted the first key in full.
+    const logger = recordingLogger();
+    const p = createProcessor({
+      consumer: 'billing',
+      store: createMemoryStore(),
+      ...fast,
+      logger,
+      payloadGuard: { windowMs: 60_000, action: 'dead-letter' },
+      handler: () => 'charged',
+    });
+    const charge = { user: 7, amount: 100 };
+    await p.process(delivery(charge, key('first-key-1234')));
+    expect(await p.process(delivery(charge, key('second-key-5678')))).toMatchObject({
+      action: 'dead-letter',
+    });
+    const logged = JSON.stringify(logger.warnings);
+    expect(logged).toContain('[redacted]');
+    expect(logged).not.toContain('first-key-1234');
+    expect(logged).not.toContain('second-key-5678');
+  });
+
   it('the window lapses on the store clock: after it, the same payload under a new key runs', async () => {
     let now = 1_000_000;
     const p = createProcessor({
