@@ -303,7 +303,11 @@ export function checkRetentionHorizon(
   const needed = worstCaseRetrySpanMs(o.retry) + attempts * perAttempt + o.redeliveryHorizonMs;
   if (retentionMs >= needed) return;
   const message =
-    `consumer "${o.consumer}": retentionMs (${retentionMs} ms) is shorter than the longest a message can ` +
+    `consumer "${o.consumer}": ${
+      retentionMs === o.retentionMs
+        ? `retentionMs (${retentionMs} ms)`
+        : `the store's retention (${retentionMs} ms for retentionMs ${o.retentionMs}: a tiered store's cold tier)`
+    } is shorter than the longest a message can ` +
     `come back (${needed} ms = retry schedule + ${attempts} attempts × (maxRunMs + leaseMs) + redeliveryHorizonMs). ` +
     'A late copy would find no record and be processed again. Raise retentionMs, or lower the horizon' +
     (mode === 'error' ? ", or set retentionCheck: 'warn'." : '.');

@@ -46,6 +46,14 @@ describe('options are validated with actionable messages', () => {
     expect(warnings[0]).toMatch(/lower the horizon\.$/);
   });
 
+  it("names the store's retention when it keeps records longer than retentionMs (a tiered store)", () => {
+    // Before, the message said "retentionMs (150000 ms)" to a user who had set 15000.
+    const store = Object.assign(createMemoryStore(), { effectiveRetentionMs: () => 150_000 });
+    expect(() => createProcessor({ ...base, store, consumer: 'c', retentionMs: 15_000 })).toThrow(
+      /the store's retention \(150000 ms for retentionMs 15000: a tiered store's cold tier\) is shorter/,
+    );
+  });
+
   it('validates retry policies', () => {
     expect(() => resolveRetryPolicy({ maxAttempts: 0 })).toThrow(ConfigError);
     expect(() => resolveRetryPolicy({ initialDelayMs: 10, maxDelayMs: 5 })).toThrow(/maxDelayMs/);
