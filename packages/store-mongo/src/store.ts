@@ -27,7 +27,7 @@ import {
   type ReleaseOptions,
   StoreUnavailableError,
 } from '@exactly-once/core';
-import { repeatEvery } from '@exactly-once/core/spi';
+import { type Repeating, repeatEvery } from '@exactly-once/core/spi';
 import type { Collection, Db, Document, UpdateFilter, WriteConcernSettings } from 'mongodb';
 import { type Chain, chainOf, hasSuccessor, headNames, newChainId, readChain, readChains } from './chain.js';
 import { clientClock, type StoreClock, serverClock } from './clock.js';
@@ -211,9 +211,8 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     return claimsCollection;
   };
   const blobs = options.blobs;
-  const sweepers = new Set<() => void>();
-  /** The running pass of each started sweeper, for close to wait on. */
-  const sweeperPasses = new Set<() => Promise<void>>();
+  /** Every sweeper started: close stops them and waits for a pass under way, stopped or not. */
+  const sweepers = new Set<Repeating>();
   let sweeping: Promise<unknown> = Promise.resolve();
 
   // ---- leases this process holds, and one writer at a time per element
@@ -978,19 +977,14 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         },
         (error) => options.onSweepError?.(error),
       );
-      const stop = () => {
-        loop.stop();
-        sweepers.delete(stop);
-      };
-      sweepers.add(stop);
-      sweeperPasses.add(loop.settled);
-      return stop;
+      sweepers.add(loop);
+      return () => loop.stop();
     },
 
     async close(): Promise<void> {
-      for (const stop of [...sweepers]) stop();
-      await Promise.all([sweeping, ...[...sweeperPasses].map((settled) => settled())]);
-      sweeperPasses.clear();
+      for (const loop of sweepers) loop.stop();
+      await Promise.all([sweeping, ...[...sweepers].map((loop) => loop.settled())]);
+      sweepers.clear();
     },
   };
   return store;

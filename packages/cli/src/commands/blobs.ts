@@ -48,10 +48,8 @@ export async function orphans(io: Io, options: OrphansOptions): Promise<void> {
     }
     printLines(io, [
       `${stats.examined} blobs with an owner, stored over ${Math.round(options.olderThanMs / 60_000)} min ago, looked up in ${opened.description}`,
-      `${stats.deleted} ${options.dryRun ? 'would be deleted (dry run)' : 'deleted'}: ${
-        options.whenRecordGone === 'delete'
-          ? "their key's record is final and does not name them, or is gone"
-          : "their key's record is final and does not name them"
+      `${stats.deleted} ${options.dryRun ? 'would be deleted (dry run)' : 'deleted'}: their key's record is final and does not name them${
+        options.whenRecordGone === 'delete' ? ', or is gone' : ''
       }`,
     ]);
   } finally {
