@@ -72,8 +72,7 @@ export async function guardPayload(args: {
 }): Promise<DuplicatePayloadError | undefined> {
   const { guard, store, key, fingerprint } = args;
   const claim = store.claimFingerprint as NonNullable<ProcessedStore['claimFingerprint']>;
-  const scope = `${args.namespace}:${args.consumer}`;
-  const held = await claim.call(store, scope, fingerprint, key, guard.windowMs);
+  const held = await claim.call(store, scopeOf(args), fingerprint, key, guard.windowMs);
   if (held === undefined) return undefined;
   instrumentsFor().payloadReuse.add(1, { consumer: args.consumer, action: guard.action });
   if (args.span.isRecording()) {
@@ -90,4 +89,39 @@ export async function guardPayload(args: {
   return guard.action === 'dead-letter'
     ? new DuplicatePayloadError({ key, firstKey: held.firstKey, fingerprint })
     : undefined;
+}
+
+/**
+ * Gives a refused key-reuse copy's claim back (see {@link ProcessedStore.releaseFingerprint}): its
+ * payload ran under no key, so a corrected request carrying it under a new key is not refused as
+ * a duplicate of the refused copy. Deletes only a claim `key` holds. A store without the
+ * operation, or one that fails, leaves the claim to lapse with its window (logged).
+ */
+export async function releasePayloadClaim(args: {
+  store: ProcessedStore;
+  namespace: string;
+  consumer: string;
+  key: string;
+  fingerprint: string;
+  logger: Logger;
+}): Promise<void> {
+  const release = args.store.releaseFingerprint;
+  if (release === undefined) return;
+  try {
+    await release.call(args.store, scopeOf(args), args.fingerprint, args.key);
+  } catch (error) {
+    args.logger.warn(
+      'could not release the payload guard claim of a refused key reuse; it lasts its window',
+      {
+        consumer: args.consumer,
+        key: args.key,
+        error: error instanceof Error ? error.message : String(error),
+      },
+    );
+  }
+}
+
+/** Claims are per consumer: another consumer may see the same payload for its own reasons. */
+function scopeOf(at: { namespace: string; consumer: string }): string {
+  return `${at.namespace}:${at.consumer}`;
 }

@@ -54,7 +54,7 @@ import {
   releaseKept,
   reuseHeld,
 } from './ordered.js';
-import { guardPayload } from './payload-guard.js';
+import { guardPayload, releasePayloadClaim } from './payload-guard.js';
 import { type Prepared, prepare, readableRequestId, unreadable } from './prepare.js';
 import { finishCompleted, publishThenAck } from './publish.js';
 import { createScrubber, noScrub, type Scrub, type Scrubber } from './redact.js';
@@ -573,6 +573,17 @@ async function run<T, R>(
           delayMs: Math.max(50, Math.min(begun.retryAfterMs, Math.ceil(o.leaseMs / 10))),
         };
       case 'mismatch':
+        // The guard's claim of this payload, if this copy made it, must not outlive the refusal.
+        if (o.payloadGuard) {
+          await releasePayloadClaim({
+            store: o.store,
+            namespace: o.namespace,
+            consumer: o.consumer,
+            key: prepared.key,
+            fingerprint: prepared.fingerprint,
+            logger: o.logger,
+          });
+        }
         return deadLetter(
           o,
           delivery,

@@ -7,6 +7,7 @@ import { describeFingerprintClaimConformance } from '@exactly-once/core/testing'
 import { describe, expect, it } from 'vitest';
 import { DuplicatePayloadError, ErrorCode } from '../src/errors.js';
 import { Headers } from '../src/headers.js';
+import { fingerprint as fingerprintOf } from '../src/keys.js';
 import type { Logger, LogMeta } from '../src/logger.js';
 import { createProcessor } from '../src/processor.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
@@ -123,6 +124,76 @@ describe('payloadGuard', () => {
     expect(logged).toContain('[redacted]');
     expect(logged).not.toContain('first-key-1234');
     expect(logged).not.toContain('second-key-5678');
+  });
+
+  it('a copy refused as a key reuse gives its claim back: the corrected request under a new key runs', async () => {
+    // Before, the refused copy (K1 with 700) kept the claim of 700 for the whole window, and the
+    // client's corrected request (K2 with 700) was refused as DUPLICATE_PAYLOAD naming K1.
+    const charged: number[] = [];
+    const p = createProcessor<{ amount: number }>({
+      consumer: 'billing',
+      store: createMemoryStore(),
+      ...fast,
+      logger: recordingLogger(),
+      payloadGuard: { windowMs: 60_000, action: 'dead-letter' },
+      handler: (m) => {
+        charged.push(m.amount);
+        return 'charged';
+      },
+    });
+    expect(await p.process(delivery({ amount: 500 }, key('K1')))).toMatchObject({ action: 'ack' });
+    expect(await p.process(delivery({ amount: 700 }, key('K1')))).toMatchObject({
+      action: 'dead-letter',
+      outcome: 'mismatch',
+      reason: { error: { code: ErrorCode.KeyReuse } },
+    });
+    expect(await p.process(delivery({ amount: 700 }, key('K2')))).toMatchObject({
+      action: 'ack',
+      outcome: 'acquired',
+    });
+    // The corrected request now holds the claim: a fourth key with 700 is refused naming K2.
+    expect(await p.process(delivery({ amount: 700 }, key('K3')))).toMatchObject({
+      action: 'dead-letter',
+      outcome: 'payload-reuse',
+      reason: { error: { message: expect.stringContaining('K2') } },
+    });
+    expect(charged).toEqual([500, 700]);
+  });
+
+  it("a key reuse never releases another key's claim, and a failed release only lets the claim lapse", async () => {
+    const store = createMemoryStore();
+    let releaseDown = false;
+    const flaky: ProcessedStore = Object.create(store);
+    flaky.releaseFingerprint = async (...args) => {
+      if (releaseDown) throw new Error('connection refused');
+      return store.releaseFingerprint?.(...args);
+    };
+    const logger = recordingLogger();
+    const p = createProcessor<{ amount: number }>({
+      consumer: 'billing',
+      store: flaky,
+      ...fast,
+      logger,
+      payloadGuard: { windowMs: 60_000, action: 'flag' },
+      handler: () => 'charged',
+    });
+    // K2 claims 700 and runs; K1 (completed with 500) resent with 700 is a key reuse whose
+    // claim attempt found K2's: K2's claim stays.
+    await p.process(delivery({ amount: 500 }, key('K1')));
+    await p.process(delivery({ amount: 700 }, key('K2')));
+    expect(await p.process(delivery({ amount: 700 }, key('K1')))).toMatchObject({ outcome: 'mismatch' });
+    expect(
+      await store.claimFingerprint?.('default:billing', fingerprintOf({ amount: 700 }), 'K9', 60_000),
+    ).toEqual({
+      firstKey: 'K2',
+    });
+    // A release that fails is logged; the refusal stands.
+    await p.process(delivery({ amount: 800 }, key('K3')));
+    releaseDown = true;
+    expect(await p.process(delivery({ amount: 900 }, key('K3')))).toMatchObject({ action: 'dead-letter' });
+    expect(logger.warnings.map((w) => w.message)).toContain(
+      'could not release the payload guard claim of a refused key reuse; it lasts its window',
+    );
   });
 
   it('the window lapses on the store clock: after it, the same payload under a new key runs', async () => {

@@ -115,6 +115,8 @@ export interface MongoProcessedStore extends ProcessedStore {
     key: string,
     windowMs: number,
   ): Promise<FingerprintClaim | undefined>;
+  /** Gives a refused key reuse's claim back (see {@link ProcessedStore.releaseFingerprint}). */
+  releaseFingerprint(scope: string, fingerprint: string, key: string): Promise<void>;
   readonly collection: Collection<RecordDoc>;
   /**
    * {@link ProcessedStore.get} of many keys (in the order given), in a few queries per 1,000 keys
@@ -876,8 +878,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     ): Promise<FingerprintClaim | undefined> {
       const fingerprints = claims();
       return guarded('claimFingerprint', async () => {
-        // Length-prefixed, so no (scope, fingerprint) pair can spell another's id.
-        const _id = `${scope.length}:${scope}:${fingerprint}`;
+        const _id = claimIdOf(scope, fingerprint);
         for (let round = 0; round < MAX_ROUNDS; round++) {
           const now = await clock.now();
           const until = new Date(now + Math.max(1, windowMs));
@@ -903,6 +904,14 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
           operation: 'claimFingerprint',
           message: `claimFingerprint kept racing other writers after ${MAX_ROUNDS} rounds`,
         });
+      });
+    },
+
+    async releaseFingerprint(scope: string, fingerprint: string, key: string): Promise<void> {
+      const fingerprints = claims();
+      await guarded('releaseFingerprint', async () => {
+        // The filter names the holder: a claim another key took since is not deleted.
+        await fingerprints.deleteOne({ _id: claimIdOf(scope, fingerprint), k: key }, write);
       });
     },
 
@@ -1029,4 +1038,9 @@ function duration(name: string, value: number | undefined, fallback: number, min
 function sameTerminal(there: Partial<RecordDoc>, wanted: Partial<RecordDoc>): boolean {
   if (there.s !== wanted.s || there.n !== wanted.n) return false;
   return wanted.s !== State.Failed || there.x?.c === wanted.x?.c;
+}
+
+/** A fingerprint claim's `_id`; length-prefixed, so no (scope, fingerprint) pair spells another's. */
+function claimIdOf(scope: string, fingerprint: string): string {
+  return `${scope.length}:${scope}:${fingerprint}`;
 }

@@ -109,6 +109,8 @@ export interface RedisProcessedStore extends ProcessedStore {
     key: string,
     windowMs: number,
   ): Promise<FingerprintClaim | undefined>;
+  /** Gives a refused key reuse's claim back (see {@link ProcessedStore.releaseFingerprint}). */
+  releaseFingerprint(scope: string, fingerprint: string, key: string): Promise<void>;
   /** Checks the server's eviction policy; throws ConfigError when it is unsafe (see options). */
   checkServer(): Promise<void>;
   /** One compaction pass over this store's index; needs `compactAfterMs`. */
@@ -470,6 +472,14 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       ]);
       if (held === null || held === undefined || held === key) return undefined;
       return { firstKey: String(held) };
+    },
+
+    async releaseFingerprint(scope: string, fingerprint: string, key: string): Promise<void> {
+      await ready();
+      await runScript(client, 'releaseFingerprint', 'releaseFingerprint', [
+        fingerprintClaimKey(prefix, scope, fingerprint),
+        key,
+      ]);
     },
 
     checkServer: check,

@@ -95,4 +95,30 @@ describe('redis claimFingerprint', () => {
       reason: { error: { code: 'DUPLICATE_PAYLOAD' } },
     });
   });
+
+  it('a key reused for another payload is refused and gives that payload back for a new key', async () => {
+    const charged: number[] = [];
+    const p = createProcessor<{ amount: number }>({
+      consumer: 'refunds',
+      store,
+      retentionCheck: 'off',
+      logger: quiet,
+      payloadGuard: { windowMs: 60_000, action: 'dead-letter' },
+      handler: (m) => {
+        charged.push(m.amount);
+        return 'charged';
+      },
+    });
+    const d = (k: string, amount: number) => ({
+      body: enc.encode(JSON.stringify({ amount })),
+      headers: { [Headers.IdempotencyKey]: k },
+      destination: 'q',
+      system: 'test',
+    });
+    expect(await p.process(d('K1', 500))).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    expect(await p.process(d('K1', 700))).toMatchObject({ action: 'dead-letter', outcome: 'mismatch' });
+    expect(await p.process(d('K2', 700))).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    expect(await p.process(d('K3', 700))).toMatchObject({ action: 'dead-letter', outcome: 'payload-reuse' });
+    expect(charged).toEqual([500, 700]);
+  });
 });

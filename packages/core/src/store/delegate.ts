@@ -23,6 +23,7 @@ export const SERVER_CALLS = [
   'clear',
   'listInProgress',
   'claimFingerprint',
+  'releaseFingerprint',
 ] as const satisfies readonly (keyof ProcessedStore)[];
 
 const METHODS = [

@@ -16,6 +16,7 @@ export type StoreOperation =
   | 'saveStep'
   | 'markStepStarted'
   | 'claimFingerprint'
+  | 'releaseFingerprint'
   | 'get'
   | 'clear';
 
@@ -53,6 +54,7 @@ export function withFaults(store: ProcessedStore, options: FaultOptions): Proces
 
   const started = store.markStepStarted?.bind(store);
   const claim = store.claimFingerprint?.bind(store);
+  const unclaim = store.releaseFingerprint?.bind(store);
   const wrapped: ProcessedStore = {
     begin: (request) => guard('begin', request.key, () => store.begin(request)),
     extend: (key, fence, leaseMs) => guard('extend', key, () => store.extend(key, fence, leaseMs)),
@@ -76,6 +78,12 @@ export function withFaults(store: ProcessedStore, options: FaultOptions): Proces
       : {
           claimFingerprint: (scope: string, fingerprint: string, key: string, windowMs: number) =>
             guard('claimFingerprint', key, () => claim(scope, fingerprint, key, windowMs)),
+        }),
+    ...(unclaim === undefined
+      ? {}
+      : {
+          releaseFingerprint: (scope: string, fingerprint: string, key: string) =>
+            guard('releaseFingerprint', key, () => unclaim(scope, fingerprint, key)),
         }),
     get: (key) => guard('get', key, () => store.get(key)),
     clear: (key) => guard('clear', key, () => store.clear(key)),

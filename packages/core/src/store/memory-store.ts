@@ -276,7 +276,7 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
       windowMs: number,
     ): Promise<FingerprintClaim | undefined> {
       const at = now();
-      const id = `${scope.length}:${scope}\u0000${fingerprint}`;
+      const id = claimId(scope, fingerprint);
       const claim = claims.get(id);
       if (claim !== undefined && claim.until > at)
         return claim.key === key ? undefined : { firstKey: claim.key };
@@ -286,11 +286,21 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
       return undefined;
     },
 
+    async releaseFingerprint(scope: string, fingerprint: string, key: string): Promise<void> {
+      const id = claimId(scope, fingerprint);
+      if (claims.get(id)?.key === key) claims.delete(id);
+    },
+
     size(): number {
       return records.size;
     },
   };
   return store;
+}
+
+/** A fingerprint claim's map key; length-prefixed so no (scope, fingerprint) spells another's. */
+function claimId(scope: string, fingerprint: string): string {
+  return `${scope.length}:${scope}\u0000${fingerprint}`;
 }
 
 /** A record that reads as absent but keeps the key's fence (see createMemoryStore). */

@@ -28,7 +28,7 @@
  * - `markPublished`: both tiers; cold's record is addressed by its own fence.
  * - `get`: hot; when hot has no terminal record, cold too (a terminal record wins).
  * - `clear`: hot, then cold.
- * - `listInProgress`, `claimFingerprint`: hot's, when it has them.
+ * - `listInProgress`, `claimFingerprint`, `releaseFingerprint`: hot's, when it has them.
  *
  * Fences: the fence handed to the pipeline is always the hot tier's, which starts at hot store
  * time for a new record, so it stays monotonic even after hot forgot a key. A duplicate answered
@@ -274,6 +274,7 @@ export function createTieredStore(options: TieredStoreOptions): TieredStore {
     ...(hot.listInProgress ? { listInProgress: hot.listInProgress.bind(hot) } : {}),
     ...(hot.markStepStarted ? { markStepStarted: hot.markStepStarted.bind(hot) } : {}),
     ...(hot.claimFingerprint ? { claimFingerprint: hot.claimFingerprint.bind(hot) } : {}),
+    ...(hot.releaseFingerprint ? { releaseFingerprint: hot.releaseFingerprint.bind(hot) } : {}),
 
     async close(): Promise<void> {
       await Promise.all([hot.close?.(), cold.close?.()]);

@@ -296,6 +296,15 @@ export interface ProcessedStore {
   ): Promise<FingerprintClaim | undefined>;
 
   /**
+   * Optional (the payload guard uses it when present): delete the claim of `fingerprint` within
+   * `scope` if `key` holds it, live or lapsed, in one atomic operation; leave any other key's claim
+   * alone. The guard calls it when the claiming message is refused as a key reuse (its key
+   * completed with another payload), so that payload stays free for a new key. Without it, that
+   * claim lasts its window.
+   */
+  releaseFingerprint?(scope: string, fingerprint: string, key: string): Promise<void>;
+
+  /**
    * Batch forms, optional: one round trip for many keys. Each answers one result per request,
    * in order, exactly as if the single operation had been called for each request one after
    * another (so the same key twice in one batch: the second `begin` sees the first's lease).

@@ -10,12 +10,17 @@ import type { StoreUnderTest } from './conformance.js';
 export interface FingerprintClaimConformanceOptions {
   /** Concurrent claimers in the race test. @defaultValue 16 */
   readonly concurrency?: number;
+  /**
+   * Whether the store implements the optional `releaseFingerprint` (then its cases run; a store
+   * that says so and lacks it fails them). @defaultValue true
+   */
+  readonly release?: boolean;
 }
 
 /**
  * The claimFingerprint suite: first writer wins, the same key is never told about itself, scopes
  * and fingerprints are independent, a lapsed claim is replaced, racing claimers agree on one
- * winner, and keys come back byte for byte.
+ * winner, keys come back byte for byte, and `releaseFingerprint` deletes the holder's claim only.
  */
 export function describeFingerprintClaimConformance(
   name: string,
@@ -23,6 +28,7 @@ export function describeFingerprintClaimConformance(
   options: FingerprintClaimConformanceOptions = {},
 ): void {
   const concurrency = options.concurrency ?? 16;
+  const withRelease = options.release ?? true;
   describe(`claimFingerprint conformance: ${name}`, () => {
     let sut: StoreUnderTest | undefined;
     beforeAll(async () => {
@@ -36,6 +42,11 @@ export function describeFingerprintClaimConformance(
       const store = sut?.store as ProcessedStore;
       if (typeof store?.claimFingerprint !== 'function') throw new Error('store has no claimFingerprint');
       return store.claimFingerprint(scope, fingerprint, key, windowMs);
+    };
+    const release = (scope: string, fingerprint: string, key: string) => {
+      const store = sut?.store as ProcessedStore;
+      if (typeof store?.releaseFingerprint !== 'function') throw new Error('store has no releaseFingerprint');
+      return store.releaseFingerprint(scope, fingerprint, key);
     };
     const fp = () => randomBytes(32).toString('hex');
     const scope = `ns:${randomUUID().slice(0, 8)}`;
@@ -78,6 +89,40 @@ export function describeFingerprintClaimConformance(
       expect(winners).toHaveLength(1);
       for (const answer of answers) if (answer) expect(answer).toEqual({ firstKey: winners[0] });
     });
+
+    if (withRelease) {
+      it("releaseFingerprint deletes the holder's claim only", async () => {
+        const f = fp();
+        expect(await claim(scope, f, 'refused-copy')).toBeUndefined();
+        // Another key, another scope or another fingerprint releases nothing.
+        await release(scope, f, 'someone-else');
+        await release(`${scope}-other`, f, 'refused-copy');
+        await release(scope, fp(), 'refused-copy');
+        expect(await claim(scope, f, 'corrected')).toEqual({ firstKey: 'refused-copy' });
+        // The holder's release frees it for the next key, which then holds it.
+        await release(scope, f, 'refused-copy');
+        expect(await claim(scope, f, 'corrected')).toBeUndefined();
+        expect(await claim(scope, f, 'refused-copy')).toEqual({ firstKey: 'corrected' });
+        // Releasing what is not there, twice, is harmless.
+        await release(scope, fp(), 'nobody');
+        await release(scope, f, 'refused-copy');
+        expect(await claim(scope, f, 'third')).toEqual({ firstKey: 'corrected' });
+      });
+
+      it('releaseFingerprint deletes a lapsed claim of the holder, and keeps keys verbatim', async () => {
+        const f = fp();
+        expect(await claim(scope, f, 'k\u0000{tag}ключ', 200)).toBeUndefined();
+        await new Promise((resolve) => setTimeout(resolve, 400));
+        await release(scope, f, 'k\u0000{tag}ключ');
+        expect(await claim(scope, f, 'next', 60_000)).toBeUndefined();
+        // A key that differs in one byte is another key.
+        const g = fp();
+        expect(await claim(scope, g, 'key-a')).toBeUndefined();
+        await release(scope, g, 'key-a\u0000');
+        await release(scope, g, 'key-A');
+        expect(await claim(scope, g, 'key-b')).toEqual({ firstKey: 'key-a' });
+      });
+    }
 
     it('keeps any key and fingerprint verbatim', async () => {
       const odd = ['k\u0000ey', '{tag}*$.', 'ключ-🔑', 'x'.repeat(2000)];

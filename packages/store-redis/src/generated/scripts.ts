@@ -3497,6 +3497,27 @@ saveRecord(rec, r, now + tonumber(ARGV[3]))
 return 1
 `,
   },
+  releaseFingerprint: {
+    command: 'eoReleaseFingerprint_v2_c8446b95',
+    numberOfKeys: 1,
+    sha1: 'c8446b9507131830084f4bb0a0fa1f388960b17d',
+    lua: `--[[
+releaseFingerprint: delete the payload guard's claim if the given key holds it.
+
+KEYS[1]  the claim (see fingerprintClaimKey)
+ARGV[1]  the key that must hold it
+
+Compare and delete in one step: a claim another key took after this one's lapsed is kept.
+
+Returns:
+  1  deleted
+  0  absent, or held by another key
+]]
+local rcall = redis.call
+if rcall('GET', KEYS[1]) == ARGV[1] then return rcall('DEL', KEYS[1]) end
+return 0
+`,
+  },
   saveStep: {
     command: 'eoSaveStep_v2_74d9a867',
     numberOfKeys: 1,
