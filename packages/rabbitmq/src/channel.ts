@@ -13,7 +13,7 @@
 import { type Logger, toErrorInfo } from '@exactly-once/core';
 import { doublingBackoff } from '@exactly-once/core/spi';
 import type { AmqpConnectionManager } from 'amqp-connection-manager';
-import type { ConfirmChannel, Options } from 'amqplib';
+import type { ConfirmChannel, ConsumeMessage, Options } from 'amqplib';
 
 /** One channel we opened, as deliveries and publishes see it. */
 export interface KeptChannel {
@@ -81,16 +81,21 @@ interface ConfirmWindow {
 }
 
 /**
- * After amqplib's `publish` threw (it could not encode the message): amqplib has already given the
- * message a place in the confirm order, though nothing was sent. Gives that place back, so later
- * confirms answer the right publishes; false where it cannot (the channel must then be closed,
- * its confirms no longer line up: the next publish would wait for ever).
+ * After amqplib's `publish` threw (it could not encode the message), nothing was sent, but amqplib
+ * 0.10 has already given the message a place in the confirm order (1.x and 2.x take it only after
+ * a publish that did not throw). Gives that place back, so later confirms answer the right
+ * publishes; true when the order is right again (also when no place was taken), false where it
+ * cannot tell (the channel must then be closed, its confirms no longer line up: the next publish
+ * would wait for ever).
  */
 export function giveBackConfirmSlot(channel: ConfirmChannel, callback: unknown): boolean {
   const window = (channel as unknown as ConfirmWindow).unconfirmed;
-  if (window === undefined || window.at(-1) !== callback) return false;
-  window.pop();
-  return true;
+  if (window === undefined) return false;
+  if (window.at(-1) === callback) {
+    window.pop();
+    return true;
+  }
+  return !window.includes(callback);
 }
 
 interface MutableKept {
@@ -312,13 +317,15 @@ function pendingOf(channel: ConfirmChannel): Pending[] {
     const list: Pending[] = [];
     pending = list;
     pendingByChannel.set(channel, list);
-    channel.on('return', (msg) => {
+    channel.on('return', (msg: ConsumeMessage) => {
       const route = routeOf(msg.fields.exchange, msg.fields.routingKey, msg.properties.messageId);
       const header = msg.properties.headers?.[MARKER_HEADER];
       const open = (mark: unknown) =>
         list.find((x) => x.route === route && x.mark === mark && x.returned === undefined);
       const p = (typeof header === 'string' ? open(header) : undefined) ?? open(undefined);
-      if (p) p.returned = `${msg.fields.replyCode} ${msg.fields.replyText}`;
+      // A basic.return's fields (amqplib 0.10's types have them, 2.x's do not name them).
+      const { replyCode, replyText } = msg.fields as { replyCode?: number; replyText?: string };
+      if (p) p.returned = `${replyCode} ${replyText}`;
     });
   }
   return pending;
