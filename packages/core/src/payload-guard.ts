@@ -64,6 +64,8 @@ export async function guardPayload(args: {
   namespace: string;
   consumer: string;
   key: string;
+  /** The key as the store names it: its own record, if any, is looked up (see below). */
+  storeKey: string;
   fingerprint: string;
   span: Span;
   logger: Logger;
@@ -74,6 +76,11 @@ export async function guardPayload(args: {
   const claim = store.claimFingerprint as NonNullable<ProcessedStore['claimFingerprint']>;
   const held = await claim.call(store, scopeOf(args), fingerprint, key, guard.windowMs);
   if (held === undefined) return undefined;
+  // Another key holds the payload. A key the store knows is not a new key: it is this key's own
+  // message again after its claim lapsed (a duplicate to answer with its result), or the key
+  // reused for another payload (IDEMPOTENCY_KEY_REUSE): its begin tells which. Only a key with no
+  // record is a new key for a payload already seen. One read, on this path only.
+  if ((await store.get(args.storeKey)) !== undefined) return undefined;
   instrumentsFor().payloadReuse.add(1, { consumer: args.consumer, action: guard.action });
   if (args.span.isRecording()) {
     args.span.setAttribute(ATTR_EO_PAYLOAD_REUSE, true);

@@ -477,6 +477,7 @@ async function run<T, R>(
         namespace: o.namespace,
         consumer: o.consumer,
         key: prepared.key,
+        storeKey,
         fingerprint: prepared.fingerprint,
         span,
         logger: o.logger,

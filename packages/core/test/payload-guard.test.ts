@@ -196,6 +196,58 @@ describe('payloadGuard', () => {
     );
   });
 
+  it("a key's own message after its claim lapsed and another key took the payload is its duplicate, not a reuse", async () => {
+    // Before, K1 redelivered after the window, once K2 had claimed the same payload, was refused
+    // as DUPLICATE_PAYLOAD naming K2, though the README says a key's own redelivery never is.
+    let now = 1_000_000;
+    let runs = 0;
+    const p = createProcessor({
+      consumer: 'billing',
+      store: createMemoryStore({ now: () => now }),
+      ...fast,
+      logger: recordingLogger(),
+      payloadGuard: { windowMs: 5_000, action: 'dead-letter' },
+      handler: () => {
+        runs++;
+        return 'charged';
+      },
+    });
+    expect(await p.process(delivery({ n: 1 }, key('K1')))).toMatchObject({ outcome: 'acquired' });
+    now += 6_000;
+    expect(await p.process(delivery({ n: 1 }, key('K2')))).toMatchObject({ outcome: 'acquired' });
+    expect(await p.process(delivery({ n: 1 }, key('K1')))).toMatchObject({
+      action: 'ack',
+      outcome: 'duplicate',
+    });
+    // A key the store has never seen is still refused while K2's claim lives.
+    expect(await p.process(delivery({ n: 1 }, key('K3')))).toMatchObject({ outcome: 'payload-reuse' });
+    expect(runs).toBe(2);
+  });
+
+  it('a key reused for a payload another key already carries is a key reuse, whatever came first', async () => {
+    // K1 charged 500; the corrected K2 with 700 ran before K1's buggy copy with 700 arrived:
+    // before, that copy was DUPLICATE_PAYLOAD (naming K2), not the IDEMPOTENCY_KEY_REUSE it is.
+    const p = createProcessor<{ amount: number }>({
+      consumer: 'billing',
+      store: createMemoryStore(),
+      ...fast,
+      logger: recordingLogger(),
+      payloadGuard: { windowMs: 60_000, action: 'dead-letter' },
+      handler: () => 'charged',
+    });
+    await p.process(delivery({ amount: 500 }, key('K1')));
+    await p.process(delivery({ amount: 700 }, key('K2')));
+    for (let copy = 0; copy < 2; copy++) {
+      expect(await p.process(delivery({ amount: 700 }, key('K1')))).toMatchObject({
+        action: 'dead-letter',
+        outcome: 'mismatch',
+        reason: { error: { code: ErrorCode.KeyReuse }, attempts: 1 },
+      });
+    }
+    // K2's claim was not K1's to give back: a new key with 700 is still refused.
+    expect(await p.process(delivery({ amount: 700 }, key('K3')))).toMatchObject({ outcome: 'payload-reuse' });
+  });
+
   it('the window lapses on the store clock: after it, the same payload under a new key runs', async () => {
     let now = 1_000_000;
     const p = createProcessor({
