@@ -42,6 +42,11 @@ export function hasStore(options: StoreOptions): boolean {
 }
 
 const CONNECT_TIMEOUT_MS = 5_000;
+/**
+ * The longest one Redis command may take: a server that accepts connections and never answers
+ * (stopped with SIGSTOP, or its host hung) must end the command with an error, not hang it.
+ */
+const ANSWER_TIMEOUT_MS = 15_000;
 
 export async function openStore(options: StoreOptions): Promise<OpenStore> {
   const chosen = [options.redis, options.redisCluster, options.mongo].filter(Boolean).length;
@@ -81,21 +86,26 @@ async function openRedis(text: string, prefix: string | undefined): Promise<Open
   client.on('error', (error: unknown) => {
     lastError = error;
   });
+  const where = `Redis at ${redacted(url)}`;
   try {
-    await client.connect();
+    await answered(client.connect(), where);
   } catch (error) {
     client.disconnect();
-    throw new CliError(`cannot connect to Redis at ${redacted(url)}: ${describeError(lastError ?? error)}`);
+    if (error instanceof CliError) throw error;
+    throw new CliError(`cannot connect to ${where}: ${describeError(lastError ?? error)}`);
   }
   // A read-only operator tool: the eviction policy is the workers' concern (they check it).
   const store = closingOnThrow(client, () =>
     createRedisStore({ client, keyPrefix: prefix ?? 'eo', checkEvictionPolicy: false }),
   );
+  const bounded = answeringWithin(store, where);
   return {
-    store,
+    store: bounded.store,
     description: `redis ${redacted(url)} (prefix ${prefix ?? 'eo'})`,
     close: async () => {
-      await client.quit().catch(() => client.disconnect());
+      // QUIT waits for the server's answer: not from one that did not answer.
+      if (bounded.hung()) client.disconnect();
+      else await answered(client.quit(), where).catch(() => client.disconnect());
     },
   };
 }
@@ -107,26 +117,33 @@ async function openRedisCluster(text: string, prefix: string | undefined): Promi
   const client = new Cluster(nodes, {
     lazyConnect: true,
     clusterRetryStrategy: () => null,
-    redisOptions: { connectTimeout: CONNECT_TIMEOUT_MS, maxRetriesPerRequest: 1 },
+    redisOptions: {
+      connectTimeout: CONNECT_TIMEOUT_MS,
+      maxRetriesPerRequest: 1,
+    },
   });
   let lastError: unknown;
   client.on('error', (error: unknown) => {
     lastError = error;
   });
+  const where = `Redis Cluster at ${text}`;
   try {
-    await client.connect();
+    await answered(client.connect(), where);
   } catch (error) {
     client.disconnect();
-    throw new CliError(`cannot connect to Redis Cluster at ${text}: ${describeError(lastError ?? error)}`);
+    if (error instanceof CliError) throw error;
+    throw new CliError(`cannot connect to ${where}: ${describeError(lastError ?? error)}`);
   }
   const store = closingOnThrow(client, () =>
     createRedisStore({ client, keyPrefix: prefix ?? 'eo', checkEvictionPolicy: false }),
   );
+  const bounded = answeringWithin(store, where);
   return {
-    store,
+    store: bounded.store,
     description: `redis-cluster ${text} (prefix ${prefix ?? 'eo'})`,
     close: async () => {
-      await client.quit().catch(() => client.disconnect());
+      if (bounded.hung()) client.disconnect();
+      else await answered(client.quit(), where).catch(() => client.disconnect());
     },
   };
 }
@@ -157,15 +174,61 @@ async function openMongo(
   }
   const db = client.db(dbName);
   const store = createMongoStore({ db, collectionName: collectionName ?? 'eo_records' });
+  const bounded = answeringWithin(store, `MongoDB at ${redacted(url)}`);
   return {
-    store,
+    store: bounded.store,
     description: `mongo ${redacted(url)} (${db.databaseName}.${collectionName ?? 'eo_records'})`,
     gridFs: (bucketName) => createGridFsBlobStore({ db, bucketName }),
     close: async () => {
       await store.close().catch(() => undefined);
-      await client.close().catch(() => undefined);
+      await answered(client.close(), 'MongoDB').catch(() => undefined);
     },
   };
+}
+
+/** The error of a server that did not answer in time, naming it. */
+function noAnswer(where: string): CliError {
+  return new CliError(
+    `${where} did not answer within ${ANSWER_TIMEOUT_MS / 1000} s: is it stopped, hung or overloaded?`,
+  );
+}
+
+/** `promise`, or a {@link noAnswer} error once the server has had ANSWER_TIMEOUT_MS to answer. */
+async function answered<T>(promise: Promise<T>, where: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(noAnswer(where)), ANSWER_TIMEOUT_MS);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * The store with each call bounded by ANSWER_TIMEOUT_MS: a call the server has not answered by
+ * then fails with a {@link noAnswer} error naming it (the client would wait for ever on a server
+ * that accepts connections and never answers). `hung()`: whether one did.
+ */
+function answeringWithin(store: ProcessedStore, where: string): { store: ProcessedStore; hung(): boolean } {
+  let hung = false;
+  const bound = (answer: Promise<unknown>) =>
+    answered(answer, where).catch((error: unknown) => {
+      if (error instanceof CliError && error.message.startsWith(where)) hung = true;
+      throw error;
+    });
+  const bounded = new Proxy(store, {
+    get(target, name) {
+      const value = Reflect.get(target, name, target) as unknown;
+      if (typeof value !== 'function' || name === 'close') return value;
+      return (...args: unknown[]) => {
+        const answer = (value as (...a: unknown[]) => unknown).apply(target, args);
+        return answer instanceof Promise ? bound(answer) : answer;
+      };
+    },
+  });
+  return { store: bounded, hung: () => hung };
 }
 
 /** `--redis-prefix`: what the store accepts (non-empty, no `{` or `}`), checked before connecting. */
