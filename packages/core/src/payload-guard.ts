@@ -12,6 +12,7 @@
  */
 import type { Span } from '@opentelemetry/api';
 import { ConfigError, DuplicatePayloadError } from './errors.js';
+import { scopeKey } from './keys.js';
 import type { Logger } from './logger.js';
 import { ATTR_EO_PAYLOAD_REUSE, ATTR_EO_PAYLOAD_REUSE_FIRST_KEY } from './semconv.js';
 import type { ProcessedStore } from './store/types.js';
@@ -74,13 +75,24 @@ export async function guardPayload(args: {
 }): Promise<DuplicatePayloadError | undefined> {
   const { guard, store, key, fingerprint } = args;
   const claim = store.claimFingerprint as NonNullable<ProcessedStore['claimFingerprint']>;
-  const held = await claim.call(store, scopeOf(args), fingerprint, key, guard.windowMs);
+  const scope = scopeOf(args);
+  let held = await claim.call(store, scope, fingerprint, key, guard.windowMs);
   if (held === undefined) return undefined;
   // Another key holds the payload. A key the store knows is not a new key: it is this key's own
   // message again after its claim lapsed (a duplicate to answer with its result), or the key
   // reused for another payload (IDEMPOTENCY_KEY_REUSE): its begin tells which. Only a key with no
-  // record is a new key for a payload already seen. One read, on this path only.
+  // record is a new key for a payload already seen. Reads on this path only.
   if ((await store.get(args.storeKey)) !== undefined) return undefined;
+  for (let round = 0; held !== undefined && round < MAX_VOID_CLAIMS; round++) {
+    // A holder whose record carries another payload never ran this one: its claim was made by a
+    // copy refused as a key reuse, which gives it back once its begin answers. A request sent
+    // right behind that copy (the client's correction under a new key) must not be refused for
+    // it: give the claim back on the holder's behalf (only if it still holds it) and claim again.
+    if (!(await reusedFor(store, scopeKey(args.namespace, args.consumer, held.firstKey), fingerprint))) break;
+    await store.releaseFingerprint?.(scope, fingerprint, held.firstKey);
+    held = await claim.call(store, scope, fingerprint, key, guard.windowMs);
+  }
+  if (held === undefined) return undefined;
   instrumentsFor().payloadReuse.add(1, { consumer: args.consumer, action: guard.action });
   if (args.span.isRecording()) {
     args.span.setAttribute(ATTR_EO_PAYLOAD_REUSE, true);
@@ -126,6 +138,20 @@ export async function releasePayloadClaim(args: {
       },
     );
   }
+}
+
+/** Void claims given back for one message before it is refused after all (racing reuses). */
+const MAX_VOID_CLAIMS = 3;
+
+/**
+ * Whether the key under `storeKey` is recorded with a payload other than `fingerprint` (so it
+ * cannot have run this one). A compaction marker keeps only a hash: it cannot tell, so no.
+ */
+async function reusedFor(store: ProcessedStore, storeKey: string, fingerprint: string): Promise<boolean> {
+  if (store.releaseFingerprint === undefined) return false;
+  const record = await store.get(storeKey);
+  if (record === undefined || ('compacted' in record && record.compacted === true)) return false;
+  return record.fingerprint !== fingerprint;
 }
 
 /** Claims are per consumer: another consumer may see the same payload for its own reasons. */

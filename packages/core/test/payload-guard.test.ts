@@ -160,6 +160,37 @@ describe('payloadGuard', () => {
     expect(charged).toEqual([500, 700]);
   });
 
+  it('the corrected request sent right behind the refused reuse runs, however the two interleave', async () => {
+    // Before, K2 arrived while K1's copy with 700 held the claim (its begin had not answered
+    // yet, so it had not given the claim back) and was refused as DUPLICATE_PAYLOAD naming K1:
+    // the customer's 700 was never charged.
+    const charged: string[] = [];
+    const p = createProcessor<{ amount: number }>({
+      consumer: 'billing',
+      store: createMemoryStore(),
+      ...fast,
+      logger: recordingLogger(),
+      payloadGuard: { windowMs: 60_000, action: 'dead-letter' },
+      handler: (m, ctx) => {
+        charged.push(`${ctx.key}:${m.amount}`);
+        return 'charged';
+      },
+    });
+    await p.process(delivery({ amount: 500 }, key('K1')));
+    const [reuse, corrected] = await Promise.all([
+      p.process(delivery({ amount: 700 }, key('K1'))),
+      p.process(delivery({ amount: 700 }, key('K2'))),
+    ]);
+    expect(reuse).toMatchObject({ action: 'dead-letter', outcome: 'mismatch' });
+    expect(corrected).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    // K2 holds the claim now: a new-key retry of the correction is refused, naming K2.
+    expect(await p.process(delivery({ amount: 700 }, key('K3')))).toMatchObject({
+      outcome: 'payload-reuse',
+      reason: { error: { message: expect.stringContaining('K2') } },
+    });
+    expect(charged).toEqual(['K1:500', 'K2:700']);
+  });
+
   it("a key reuse never releases another key's claim, and a failed release only lets the claim lapse", async () => {
     const store = createMemoryStore();
     let releaseDown = false;
