@@ -122,7 +122,9 @@ export function renderCapacity(e: CapacityEstimate): string[] {
       `without compaction (full records for ${days(e.retentionDays)}): ${formatBytes(e.recordsOnlyBytes)}`,
     );
     lines.push(
-      `store option: createRedisStore({ compactAfterMs: ${Math.round(e.recordWindowDays * 86_400_000)} })`,
+      `store: createRedisStore({ compactAfterMs: ${Math.round(e.recordWindowDays * 86_400_000)} }) with ` +
+        'store.startMaintenance({ everyMs: 3_600_000 }) running (it compacts);',
+      `consumers: retentionMs: ${Math.round(e.retentionDays * 86_400_000)} (the default keeps 7 days)`,
     );
   }
   const measured = e.records.bytesPerRecord === (e.compaction ? RECORD_WITH_INDEX_BYTES : RECORD_BYTES);
@@ -132,7 +134,7 @@ export function renderCapacity(e: CapacityEstimate): string[] {
           `${RECORD_WITH_INDEX_BYTES} B with its compaction index entry; a marker ${MARKER_BYTES} B plus ` +
           `${MARKER_BUCKET_BYTES} B per bucket, ${formatCount(MARKER_BUCKETS)} buckets)`
       : 'per key: as given',
-    'larger results, outgoing messages, steps and in-flight records cost more; leave maxmemory headroom for',
+    'larger results, outgoing messages (kept in the record beside it until compaction), steps and in-flight records cost more; leave maxmemory headroom for',
     'fragmentation and replication buffers',
   );
   for (const w of e.warnings) lines.push(`warning: ${w}`);
