@@ -157,7 +157,8 @@ export async function dlqReplay(
         const chosen = rabbitSelection(ids, options.all === true);
         const select = (letter: DeadLetter) => chosen(letter) && hasCode(letter);
         results = await rabbit.replay(limit, select, replayOptions);
-        note = '; replayed letters were acked (removed); any not replayed (not chosen, or failed) stay in the queue';
+        note =
+          '; replayed letters were acked (removed); any not replayed (not chosen, or failed) stay in the queue';
       } finally {
         await rabbit.close();
       }
