@@ -43,7 +43,7 @@ export function hasStore(options: StoreOptions): boolean {
 
 const CONNECT_TIMEOUT_MS = 5_000;
 /**
- * The longest one Redis command may take: a server that accepts connections and never answers
+ * The longest one store call may take: a server that accepts connections and never answers
  * (stopped with SIGSTOP, or its host hung) must end the command with an error, not hang it.
  */
 const ANSWER_TIMEOUT_MS = 15_000;
@@ -117,10 +117,7 @@ async function openRedisCluster(text: string, prefix: string | undefined): Promi
   const client = new Cluster(nodes, {
     lazyConnect: true,
     clusterRetryStrategy: () => null,
-    redisOptions: {
-      connectTimeout: CONNECT_TIMEOUT_MS,
-      maxRetriesPerRequest: 1,
-    },
+    redisOptions: { connectTimeout: CONNECT_TIMEOUT_MS, maxRetriesPerRequest: 1 },
   });
   let lastError: unknown;
   client.on('error', (error: unknown) => {
