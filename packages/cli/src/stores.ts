@@ -4,6 +4,7 @@
  * unreachable server is an error, not a hang. Only the stores' public API is used.
  */
 import { type BlobStore, ConfigError, type ProcessedStore, StoreUnavailableError } from '@exactly-once/core';
+import type { RedisClient } from '@exactly-once/store-redis';
 import type { Command } from 'commander';
 import { CliError, describeError, UsageError } from './errors.js';
 import { parseHostPorts, parseUrl } from './parse.js';
@@ -75,18 +76,48 @@ export function storeError(error: unknown): Error {
 async function openRedis(text: string, prefix: string | undefined): Promise<OpenStore> {
   const url = parseUrl('--redis', text, ['redis:', 'rediss:']);
   const { Redis } = await importPeer<typeof import('ioredis')>('ioredis');
-  const { createRedisStore } = await import('@exactly-once/store-redis');
   const client = new Redis(url.toString(), {
     lazyConnect: true,
     connectTimeout: CONNECT_TIMEOUT_MS,
     maxRetriesPerRequest: 1,
     retryStrategy: () => null,
   });
+  return await redisStore(client, `Redis at ${redacted(url)}`, `redis ${redacted(url)}`, prefix);
+}
+
+async function openRedisCluster(text: string, prefix: string | undefined): Promise<OpenStore> {
+  const nodes = parseHostPorts('--redis-cluster', text);
+  const { Cluster } = await importPeer<typeof import('ioredis')>('ioredis');
+  const client = new Cluster(nodes, {
+    lazyConnect: true,
+    clusterRetryStrategy: () => null,
+    redisOptions: { connectTimeout: CONNECT_TIMEOUT_MS, maxRetriesPerRequest: 1 },
+  });
+  return await redisStore(client, `Redis Cluster at ${text}`, `redis-cluster ${text}`, prefix);
+}
+
+/** An ioredis `Redis` or `Cluster` made with `lazyConnect`. */
+type LazyRedisClient = RedisClient & {
+  connect(): Promise<void>;
+  disconnect(): void;
+  on(event: 'error', listener: (error: unknown) => void): unknown;
+};
+
+/**
+ * The store on a lazily connecting ioredis `client` (standalone or Cluster): connected within
+ * ANSWER_TIMEOUT_MS, every call bounded the same way. `where` names the server in errors.
+ */
+async function redisStore(
+  client: LazyRedisClient,
+  where: string,
+  description: string,
+  prefix: string | undefined,
+): Promise<OpenStore> {
+  const { createRedisStore } = await import('@exactly-once/store-redis');
   let lastError: unknown;
   client.on('error', (error: unknown) => {
     lastError = error;
   });
-  const where = `Redis at ${redacted(url)}`;
   try {
     await answered(client.connect(), where);
   } catch (error) {
@@ -101,44 +132,9 @@ async function openRedis(text: string, prefix: string | undefined): Promise<Open
   const bounded = answeringWithin(store, where);
   return {
     store: bounded.store,
-    description: `redis ${redacted(url)} (prefix ${prefix ?? 'eo'})`,
+    description: `${description} (prefix ${prefix ?? 'eo'})`,
     close: async () => {
       // QUIT waits for the server's answer: not from one that did not answer.
-      if (bounded.hung()) client.disconnect();
-      else await answered(client.quit(), where).catch(() => client.disconnect());
-    },
-  };
-}
-
-async function openRedisCluster(text: string, prefix: string | undefined): Promise<OpenStore> {
-  const nodes = parseHostPorts('--redis-cluster', text);
-  const { Cluster } = await importPeer<typeof import('ioredis')>('ioredis');
-  const { createRedisStore } = await import('@exactly-once/store-redis');
-  const client = new Cluster(nodes, {
-    lazyConnect: true,
-    clusterRetryStrategy: () => null,
-    redisOptions: { connectTimeout: CONNECT_TIMEOUT_MS, maxRetriesPerRequest: 1 },
-  });
-  let lastError: unknown;
-  client.on('error', (error: unknown) => {
-    lastError = error;
-  });
-  const where = `Redis Cluster at ${text}`;
-  try {
-    await answered(client.connect(), where);
-  } catch (error) {
-    client.disconnect();
-    if (error instanceof CliError) throw error;
-    throw new CliError(`cannot connect to ${where}: ${describeError(lastError ?? error)}`);
-  }
-  const store = closingOnThrow(client, () =>
-    createRedisStore({ client, keyPrefix: prefix ?? 'eo', checkEvictionPolicy: false }),
-  );
-  const bounded = answeringWithin(store, where);
-  return {
-    store: bounded.store,
-    description: `redis-cluster ${text} (prefix ${prefix ?? 'eo'})`,
-    close: async () => {
       if (bounded.hung()) client.disconnect();
       else await answered(client.quit(), where).catch(() => client.disconnect());
     },
