@@ -319,6 +319,32 @@ describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
     expect(runs).toBe(1);
   });
 
+  it('stop() while start() is under way (a SIGTERM during a deploy): start() is refused with ClosedError and nothing is consumed', async () => {
+    const queue = uniqueName('rmq-early-stop');
+    const raw = await rawChannel();
+    let runs = 0;
+    const consumer = createConsumer<{ id: string }>({
+      connection: env.amqpUrl,
+      queue,
+      consumer: 'rmq-early-stop',
+      store: createRedisStore({ client: redis, keyPrefix: storePrefix(queue) }),
+      retentionCheck: 'off',
+      handler: () => {
+        runs++;
+      },
+    });
+    cleanups.push(async () => {
+      await raw.deleteQueues(queuesOf(queue, [...DEFAULT_RETRY_DELAYS_MS]));
+      await raw.close();
+    });
+    const started = consumer.start();
+    const stopped = consumer.stop();
+    await expect(started).rejects.toBeInstanceOf(ClosedError);
+    await stopped;
+    expect(consumer.stats.received).toBe(0);
+    expect(runs).toBe(0);
+  });
+
   it('stop() aborts ctx.signal of a run still going after timeoutMs: its key goes back uncounted and the next consumer runs the message at once', async () => {
     // Before, the handler was never told: the next consumer waited the whole lease out (busy),
     // then took the key over as after a crash, the shutdown counted as one of its attempts.
