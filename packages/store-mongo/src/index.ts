@@ -2,7 +2,13 @@
  * `@exactly-once/store-mongo`: a MongoDB processed-store and a GridFS blob store.
  */
 export { createMongoStore, DEFAULT_COLLECTION } from './store.js';
-export type { MongoProcessedStore, MongoStoreOptions, SweeperOptions, SweepResult } from './store.js';
+export type {
+  MongoProcessedStore,
+  MongoStoreOptions,
+  SweeperOptions,
+  SweeperPass,
+  SweepResult,
+} from './store.js';
 export type { RecordDoc } from './codec.js';
 export { createGridFsBlobStore, DEFAULT_BUCKET } from './gridfs-blob-store.js';
 export type { GridFsBlobStore, GridFsBlobStoreOptions } from './gridfs-blob-store.js';

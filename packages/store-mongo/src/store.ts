@@ -22,6 +22,7 @@ import {
   type InProgressQuery,
   type MarkPublishedRequest,
   type OrphanBlobOptions,
+  type OrphanBlobStats,
   type ProcessedRecord,
   type ProcessedStore,
   type ReleaseOptions,
@@ -153,6 +154,20 @@ export interface SweeperOptions {
   readonly orphanBlobs?: Pick<OrphanBlobOptions, 'olderThanMs' | 'whenRecordGone'> & {
     readonly everyMs?: number;
   };
+  /** What each round did (for metrics and logs); a part that failed is absent (see `onSweepError`). */
+  readonly onPass?: (pass: SweeperPass) => void;
+}
+
+/** One round of the sweeper. */
+export interface SweeperPass {
+  /** When the round started (ms since epoch, this process's clock) and how long it took. */
+  readonly startedAt: number;
+  readonly durationMs: number;
+  readonly sweep?: SweepResult;
+  /** Rounds that ran the orphan pass (at most once every `orphanBlobs.everyMs`): its figures. */
+  readonly orphanBlobs?: OrphanBlobStats;
+  /** With the orphan pass, on a blob store that has `removeAbandoned()`: the uploads it removed. */
+  readonly abandonedUploads?: number;
 }
 
 export const DEFAULT_COLLECTION = 'eo_records';
@@ -969,19 +984,38 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       const { everyMs, ...collection } = orphans ?? {};
       const orphansEveryMs = duration('orphanBlobs.everyMs', everyMs, 3_600_000, 1);
       let orphansDueAt = 0;
-      const collectBlobs = async (): Promise<void> => {
-        if (orphans === undefined || blobs === undefined || performance.now() < orphansDueAt) return;
-        orphansDueAt = performance.now() + orphansEveryMs;
-        await collectOrphanBlobs({ store, blobs, ...collection });
-        await (blobs as { removeAbandoned?: () => Promise<number> }).removeAbandoned?.();
-      };
       const loop = repeatEvery(
         intervalMs,
         async () => {
-          // A failed sweep does not hold up the blob pass: each failure is reported.
+          // A failed part does not hold up the next: each failure is reported after the round.
+          const startedAt = Date.now();
           const failures: unknown[] = [];
-          await store.sweepExpired().catch((error: unknown) => failures.push(error));
-          await collectBlobs().catch((error: unknown) => failures.push(error));
+          const attempt = async <A>(run: () => Promise<A>): Promise<A | undefined> => {
+            try {
+              return await run();
+            } catch (error) {
+              failures.push(error);
+              return undefined;
+            }
+          };
+          const sweep = await attempt(() => store.sweepExpired());
+          let orphanBlobs: OrphanBlobStats | undefined;
+          let abandonedUploads: number | undefined;
+          if (orphans !== undefined && blobs !== undefined && performance.now() >= orphansDueAt) {
+            orphansDueAt = performance.now() + orphansEveryMs;
+            orphanBlobs = await attempt(() => collectOrphanBlobs({ store, blobs, ...collection }));
+            const { removeAbandoned } = blobs as { removeAbandoned?: () => Promise<number> };
+            if (orphanBlobs !== undefined && removeAbandoned !== undefined) {
+              abandonedUploads = await attempt(() => removeAbandoned.call(blobs));
+            }
+          }
+          sweeper.onPass?.({
+            startedAt,
+            durationMs: Date.now() - startedAt,
+            ...(sweep ? { sweep } : {}),
+            ...(orphanBlobs ? { orphanBlobs } : {}),
+            ...(abandonedUploads !== undefined ? { abandonedUploads } : {}),
+          });
           for (const error of failures) options.onSweepError?.(error);
         },
         (error) => options.onSweepError?.(error),

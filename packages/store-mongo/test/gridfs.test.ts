@@ -6,7 +6,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { BlobIntegrityError, ConfigError, collectOrphanBlobs } from '@exactly-once/core';
 import { Binary, type Document, ObjectId } from 'mongodb';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { createGridFsBlobStore, createMongoStore } from '../src/index.js';
+import { createGridFsBlobStore, createMongoStore, type SweeperPass } from '../src/index.js';
 import { MONGO_SERVERS, openTestDatabase, type TestDatabase } from './helpers.js';
 
 let test: TestDatabase;
@@ -259,8 +259,10 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
         data: new Binary(new Uint8Array(8)),
       });
 
+      const passes: SweeperPass[] = [];
       const stop = store.startSweeper(100, {
         orphanBlobs: { olderThanMs: 0, whenRecordGone: 'delete', everyMs: 100 },
+        onPass: (pass) => passes.push(pass),
       });
       try {
         await vi.waitFor(
@@ -272,6 +274,13 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
         );
         expect(await store.get(key)).toBeUndefined();
         expect(errors).toEqual([]);
+        // onPass reports what the rounds did: the record swept, the blob it named, the upload.
+        const total = (figure: (pass: SweeperPass) => number | undefined) =>
+          passes.reduce((sum, pass) => sum + (figure(pass) ?? 0), 0);
+        expect(passes.every((pass) => pass.sweep !== undefined && pass.durationMs >= 0)).toBe(true);
+        expect(total((pass) => pass.sweep?.deleted)).toBeGreaterThan(0);
+        expect(total((pass) => pass.orphanBlobs?.deleted)).toBe(1);
+        expect(total((pass) => pass.abandonedUploads)).toBe(1);
       } finally {
         stop();
         await store.close();
