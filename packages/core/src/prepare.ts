@@ -83,6 +83,12 @@ export function keyFromPolicy<T, R>(
     const k = policy(payload, delivery);
     if (k) return k;
   }
+  // An executor's call (see executor.ts) names its key as the HTTP header, not the broker one.
+  if (delivery.system === 'http') {
+    throw new KeyMissingError(
+      'request has no idempotency key (Idempotency-Key) and missingKey policy is "reject"',
+    );
+  }
   throw new KeyMissingError();
 }
 

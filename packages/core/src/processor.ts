@@ -395,8 +395,9 @@ async function processDelivery<T, R>(
     // The message will not be processed: say so where operators look, not only in the letter.
     const { error, attempts } = disposition.reason;
     // Logged as decided: the adapter's publish of the letter comes next (and is logged apart when
-    // the broker refuses it; the message then comes back and is decided again).
-    o.logger.warn('dead-lettering message', {
+    // the broker refuses it; the message then comes back and is decided again). An executor's
+    // call is not dead-lettered: its caller gets the error.
+    o.logger.warn(delivery.system === 'http' ? 'refusing request' : 'dead-lettering message', {
       consumer: o.consumer,
       destination: delivery.destination,
       outcome: disposition.outcome,

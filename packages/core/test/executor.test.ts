@@ -149,4 +149,27 @@ describe('idempotent executor (HTTP-style requests)', () => {
       expect(error).toMatchObject({ outcome: 'failed', info: { code: 'MALFORMED_MESSAGE' } });
     }
   });
+  it('speaks of requests, not messages: a refusal logs "refusing request", a missing key names Idempotency-Key', async () => {
+    // Before: "dead-lettering message" for a request nothing dead-letters, and a KEY_MISSING
+    // naming the broker header x-idempotency-key.
+    const warnings: string[] = [];
+    const noop = () => {};
+    const logger = {
+      debug: noop,
+      info: noop,
+      error: noop,
+      warn: (message: string) => warnings.push(message),
+    };
+    const ex = createIdempotentExecutor<{ sku: string }, number>({
+      ...opts,
+      store: createMemoryStore(),
+      logger,
+    });
+    const error = await ex.execute({ key: '', payload: { sku: 'x' } }, () => 1).catch((e: unknown) => e);
+    expect(error).toMatchObject({ outcome: 'failed', info: { code: 'KEY_MISSING' } });
+    expect((error as ExecutionFailedError).info.message).toBe(
+      'request has no idempotency key (Idempotency-Key) and missingKey policy is "reject"',
+    );
+    expect(warnings).toEqual(['refusing request']);
+  });
 });
