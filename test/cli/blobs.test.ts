@@ -63,7 +63,7 @@ describe.each(testStores)('blobs orphans: %s', (_name, open) => {
       const gone = await cliText([...args, '--when-record-gone', 'delete', '--dry-run']);
       expect(gone).toContain('2 would be deleted (dry run)');
       expect(gone).toContain('or is gone');
-      expect(await cliJson(args)).toEqual({ examined: 3, deleted: 1, dryRun: false });
+      expect(await cliJson(args)).toEqual({ examined: 3, deleted: 1, abandonedUploads: 0, dryRun: false });
       expect(await listed(blobs)).toEqual([named.uri, elsewhere.uri].sort());
       expect(all).toContain(orphan.uri);
     } finally {
@@ -93,6 +93,7 @@ describe('blobs orphans: GridFS', () => {
       expect(await cliJson(['blobs', 'orphans', ...args, '--older-than', '0ms'])).toEqual({
         examined: 1,
         deleted: 1,
+        abandonedUploads: 0,
         dryRun: false,
       });
       await expect(blobs.get(orphan)).rejects.toThrow();

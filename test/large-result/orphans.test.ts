@@ -94,7 +94,11 @@ describe('orphan blobs of killed runs', () => {
       return uris;
     };
     expect(await listed()).toHaveLength(2);
-    expect(await collectOrphanBlobs({ store, blobs, olderThanMs: 0 })).toEqual({ examined: 2, deleted: 1 });
+    expect(await collectOrphanBlobs({ store, blobs, olderThanMs: 0 })).toEqual({
+      examined: 2,
+      deleted: 1,
+      abandonedUploads: 0,
+    });
     const left = await listed();
     expect(left).toHaveLength(1);
     expect(left).not.toContain(dead.pointer.uri);

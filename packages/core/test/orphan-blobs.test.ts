@@ -4,7 +4,7 @@
  * its key begun under a lease and its blob stored, nothing completed (test/large-result runs the
  * same with a process killed for real).
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -29,6 +29,7 @@ async function setup() {
   let now = Date.now();
   const store = createMemoryStore({ now: () => now });
   return {
+    directory,
     blobs: createFsBlobStore({ directory }),
     store,
     /** Moves the store's clock: leases run out. */
@@ -79,7 +80,7 @@ describe('collectOrphanBlobs', () => {
 
     const storeKey = scopeKey('default', consumer, 'k1');
     const dead = await killedRun(store, blobs, storeKey);
-    expect(await collect(store, blobs)).toEqual({ examined: 2, deleted: 0 }); // IN_PROGRESS: kept
+    expect(await collect(store, blobs)).toEqual({ examined: 2, deleted: 0, abandonedUploads: 0 }); // IN_PROGRESS: kept
     pass(2_000); // the dead run's lease ran out
     const taken = await p.process(delivery({}, { [Headers.IdempotencyKey]: 'k1' }));
     expect(taken).toMatchObject({ action: 'ack', outcome: 'takeover' });
@@ -89,7 +90,7 @@ describe('collectOrphanBlobs', () => {
     });
     expect(await uris(blobs)).toContain(dead.uri); // a dry run deletes nothing
 
-    expect(await collect(store, blobs)).toEqual({ examined: 3, deleted: 1 });
+    expect(await collect(store, blobs)).toEqual({ examined: 3, deleted: 1, abandonedUploads: 0 });
     const left = await uris(blobs);
     expect(left).not.toContain(dead.uri);
     expect(left).toHaveLength(2);
@@ -99,7 +100,7 @@ describe('collectOrphanBlobs', () => {
     expect(JSON.parse(new TextDecoder().decode(await blobs.get(pointer)))).toMatchObject({
       report: 'x'.repeat(100),
     });
-    expect(await collect(store, blobs)).toEqual({ examined: 2, deleted: 0 });
+    expect(await collect(store, blobs)).toEqual({ examined: 2, deleted: 0, abandonedUploads: 0 });
   });
 
   it('keeps what a final record names inside its result or outgoing messages, and what it cannot judge', async () => {
@@ -133,7 +134,11 @@ describe('collectOrphanBlobs', () => {
     });
 
     // Too young for the default hour: nothing is even looked at.
-    expect(await collectOrphanBlobs({ store, blobs })).toEqual({ examined: 0, deleted: 0 });
+    expect(await collectOrphanBlobs({ store, blobs })).toEqual({
+      examined: 0,
+      deleted: 0,
+      abandonedUploads: 0,
+    });
     const before = await uris(blobs);
     expect(await collect(store, blobs)).toMatchObject({ deleted: 1 });
     expect(await uris(blobs)).toEqual(before.filter((uri) => uri !== stored.unnamed?.uri));
@@ -155,12 +160,13 @@ describe('collectOrphanBlobs', () => {
       }),
     });
     expect(await p.process(delivery({}, { [Headers.IdempotencyKey]: 'k' }))).toMatchObject({ action: 'ack' });
-    expect(await collect(store, blobs)).toEqual({ examined: 1, deleted: 0 }); // named by its result
+    expect(await collect(store, blobs)).toEqual({ examined: 1, deleted: 0, abandonedUploads: 0 }); // named by its result
     pass(61_000); // the record expired
-    expect(await collect(store, blobs)).toEqual({ examined: 1, deleted: 0 }); // kept by default
+    expect(await collect(store, blobs)).toEqual({ examined: 1, deleted: 0, abandonedUploads: 0 }); // kept by default
     expect(await collectOrphanBlobs({ store, blobs, olderThanMs: 0, whenRecordGone: 'delete' })).toEqual({
       examined: 1,
       deleted: 1,
+      abandonedUploads: 0,
     });
     expect(await uris(blobs)).toEqual([]);
   });
@@ -173,7 +179,27 @@ describe('collectOrphanBlobs', () => {
     const pointer = await blobs.put(new TextEncoder().encode('of a failed run'), { owner: storeKey });
     const error = { name: 'Error', message: 'no', code: 'HANDLER_FAILED', retryable: false };
     expect(await store.fail(storeKey, begun.fence, error, 60_000)).toBe('ok');
-    expect(await collect(store, blobs)).toEqual({ examined: 1, deleted: 1 });
+    expect(await collect(store, blobs)).toEqual({ examined: 1, deleted: 1, abandonedUploads: 0 });
     expect(await uris(blobs)).not.toContain(pointer.uri);
+  });
+
+  it('then removes the partial files of puts killed midway, once untouched for abandonedAfterMs; a dry run leaves them', async () => {
+    // Before: only a later put removed them (at most hourly), so a store that stopped storing
+    // blobs kept them for ever, and no pass reported them.
+    const { directory, store } = await setup();
+    const blobs = createFsBlobStore({ directory, abandonedAfterMs: 60_000 });
+    const old = join(directory, '.tmp-killed');
+    const fresh = join(directory, '.tmp-under-way');
+    await writeFile(old, 'half a blob');
+    await writeFile(fresh, 'a put still writing');
+    const twoMinutesAgo = new Date(Date.now() - 120_000);
+    await utimes(old, twoMinutesAgo, twoMinutesAgo);
+    expect(await collectOrphanBlobs({ store, blobs, dryRun: true })).toEqual({ examined: 0, deleted: 0 });
+    expect(await collectOrphanBlobs({ store, blobs })).toEqual({
+      examined: 0,
+      deleted: 0,
+      abandonedUploads: 1,
+    });
+    expect(await readdir(directory)).toEqual(['.tmp-under-way']);
   });
 });

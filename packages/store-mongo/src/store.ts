@@ -148,8 +148,8 @@ export interface SweeperOptions {
    * Also collect the blobs no record will ever delete, at most once every `everyMs` (default 1 h)
    * after a sweep: core's `collectOrphanBlobs` on this store and its `blobs` (the blobs of runs
    * killed before `complete`; with `whenRecordGone: 'delete'` also the `ctx.storeBlob` blobs named
-   * inside results whose records the sweeper removed), then, on a blob store that has it
-   * (GridFS), `removeAbandoned()` (chunks of uploads killed midway). Needs the store's `blobs`.
+   * inside results whose records the sweeper removed; then the blob store's `removeAbandoned()`,
+   * for GridFS the chunks of uploads killed midway). Needs the store's `blobs`.
    */
   readonly orphanBlobs?: Pick<OrphanBlobOptions, 'olderThanMs' | 'whenRecordGone'> & {
     readonly everyMs?: number;
@@ -166,8 +166,6 @@ export interface SweeperPass {
   readonly sweep?: SweepResult;
   /** Rounds that ran the orphan pass (at most once every `orphanBlobs.everyMs`): its figures. */
   readonly orphanBlobs?: OrphanBlobStats;
-  /** With the orphan pass, on a blob store that has `removeAbandoned()`: the uploads it removed. */
-  readonly abandonedUploads?: number;
 }
 
 export const DEFAULT_COLLECTION = 'eo_records';
@@ -1000,21 +998,15 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
           };
           const sweep = await attempt(() => store.sweepExpired());
           let orphanBlobs: OrphanBlobStats | undefined;
-          let abandonedUploads: number | undefined;
           if (orphans !== undefined && blobs !== undefined && performance.now() >= orphansDueAt) {
             orphansDueAt = performance.now() + orphansEveryMs;
             orphanBlobs = await attempt(() => collectOrphanBlobs({ store, blobs, ...collection }));
-            const { removeAbandoned } = blobs as { removeAbandoned?: () => Promise<number> };
-            if (orphanBlobs !== undefined && removeAbandoned !== undefined) {
-              abandonedUploads = await attempt(() => removeAbandoned.call(blobs));
-            }
           }
           sweeper.onPass?.({
             startedAt,
             durationMs: Date.now() - startedAt,
             ...(sweep ? { sweep } : {}),
             ...(orphanBlobs ? { orphanBlobs } : {}),
-            ...(abandonedUploads !== undefined ? { abandonedUploads } : {}),
           });
           for (const error of failures) options.onSweepError?.(error);
         },

@@ -51,6 +51,9 @@ export async function orphans(io: Io, options: OrphansOptions): Promise<void> {
       `${stats.deleted} ${options.dryRun ? 'would be deleted (dry run)' : 'deleted'}: their key's record is final and does not name them${
         options.whenRecordGone === 'delete' ? ', or is gone' : ''
       }`,
+      ...(stats.abandonedUploads === undefined
+        ? []
+        : [`${stats.abandonedUploads} partial blobs of puts killed midway removed (untouched for 1 h)`]),
     ]);
   } finally {
     await opened.close();

@@ -41,6 +41,12 @@ export interface OrphanBlobStats {
   readonly examined: number;
   /** Blobs deleted (with `dryRun`: to delete): their owner's record is final and does not name them. */
   readonly deleted: number;
+  /**
+   * Partial puts removed after the pass (the blob store's `removeAbandoned`, when it has one; not
+   * with `dryRun`): temporary files, or GridFS chunks without their files document, older than
+   * the blob store's `abandonedAfterMs`.
+   */
+  readonly abandonedUploads?: number;
 }
 
 /**
@@ -64,7 +70,9 @@ export async function collectOrphanBlobs(options: OrphanBlobOptions): Promise<Or
     if (!options.dryRun) await blobs.delete(blob);
     deleted++;
   }
-  return { examined, deleted };
+  // The other leftover of a killed run: its put's partial bytes, which `list` never reports.
+  if (options.dryRun || blobs.removeAbandoned === undefined) return { examined, deleted };
+  return { examined, deleted, abandonedUploads: await blobs.removeAbandoned() };
 }
 
 /** Whether `record` may still name the blob `uri`; true when that cannot be read for sure. */

@@ -55,4 +55,10 @@ export interface BlobStore {
    * store without it has no orphan collection.
    */
   list?(): AsyncIterable<ListedBlob>;
+  /**
+   * Removes what puts killed midway left (never a blob `list` reports), once old enough for the
+   * store to tell them from puts under way; resolves to how many. Optional: run by
+   * {@link collectOrphanBlobs} after its pass.
+   */
+  removeAbandoned?(): Promise<number>;
 }
