@@ -5,6 +5,7 @@ import { orphans } from './commands/blobs.js';
 import { capacity, MARKER_BYTES, RECORD_BYTES, RECORD_WITH_INDEX_BYTES } from './commands/capacity.js';
 import { dlqList, dlqReplay, dlqShow } from './commands/dlq.js';
 import { inspect } from './commands/inspect.js';
+import { outboxPending } from './commands/outbox.js';
 import { stuck } from './commands/stuck.js';
 import { trace } from './commands/trace.js';
 import { CliError, describeError, UsageError } from './errors.js';
@@ -179,6 +180,24 @@ function buildProgram(io: Io): Command {
     .option('--json', 'print JSON')
     .action(async (options) => {
       await orphans(io, { ...options, olderThanMs: options.olderThan });
+    });
+
+  const outbox = program
+    .command('outbox')
+    .description(
+      "documents written with store-mongo's outboxFields whose events the relay has not published",
+    );
+  storeOptions(
+    outbox
+      .command('pending')
+      .description(
+        "count them (the relay's countPending()): a backlog growing while a broker is down, or draining",
+      ),
+  )
+    .requiredOption('--collection <name>', 'the collection your documents and their outbox events live in')
+    .option('--json', 'print JSON')
+    .action(async (options) => {
+      await outboxPending(io, options);
     });
 
   program

@@ -24,6 +24,12 @@ export interface OpenStore {
   readonly description: string;
   /** The GridFS blob store `bucketName` in the store's database (`--mongo` only). */
   readonly gridFs?: (bucketName: string) => BlobStore;
+  /**
+   * Documents of `collectionName` in the store's database whose outbox events are not published
+   * yet: the outbox relay's `countPending()` (`--mongo` only; bounded like every store call), and
+   * the collection as `<database>.<collection>`.
+   */
+  readonly outboxPending?: (collectionName: string) => Promise<{ pending: number; collection: string }>;
   close(): Promise<void>;
 }
 
@@ -154,7 +160,9 @@ async function openMongo(
     );
   }
   const { MongoClient } = await importPeer<typeof import('mongodb')>('mongodb');
-  const { createGridFsBlobStore, createMongoStore } = await import('@exactly-once/store-mongo');
+  const { createGridFsBlobStore, createMongoOutboxSource, createMongoStore } = await import(
+    '@exactly-once/store-mongo'
+  );
   let client: InstanceType<typeof MongoClient>;
   try {
     client = new MongoClient(text, {
@@ -167,11 +175,19 @@ async function openMongo(
   }
   const db = client.db(dbName);
   const store = createMongoStore({ db, collectionName: collectionName ?? 'eo_records' });
-  const bounded = answeringWithin(store, `MongoDB at ${redacted(url)}`);
+  const where = `MongoDB at ${redacted(url)}`;
+  const bounded = answeringWithin(store, where);
   return {
     store: bounded.store,
     description: `mongo ${redacted(url)} (${db.databaseName}.${collectionName ?? 'eo_records'})`,
     gridFs: (bucketName) => createGridFsBlobStore({ db, bucketName }),
+    outboxPending: async (name) => ({
+      pending: await answered(
+        createMongoOutboxSource({ collection: db.collection(name) }).countPending(),
+        where,
+      ),
+      collection: `${db.databaseName}.${name}`,
+    }),
     close: async () => {
       await store.close().catch(() => undefined);
       await answered(client.close(), 'MongoDB').catch(() => undefined);
