@@ -190,6 +190,7 @@ export { setOwn } from './own.js';
 export { oldestFirst } from './store/stuck.js';
 export { extractContext, injectContext, inSpan, recordError, tracer } from './tracing.js';
 export {
+  collectingFailures,
   doublingBackoff,
   MAX_TIMER_MS,
   pause,

@@ -138,6 +138,29 @@ export async function retryStoreWrite<T>(
 
 const storeWriteBackoff = doublingBackoff(100, 2_000);
 
+/**
+ * For a pass of several parts that must each run even when another failed: `attempt(part)`
+ * answers the part's result, or `undefined` after keeping its error in `failures`, which the
+ * caller reports once the pass is done.
+ */
+export function collectingFailures(): {
+  attempt<A>(part: () => Promise<A>): Promise<A | undefined>;
+  readonly failures: unknown[];
+} {
+  const failures: unknown[] = [];
+  return {
+    failures,
+    async attempt(part) {
+      try {
+        return await part();
+      } catch (error) {
+        failures.push(error);
+        return undefined;
+      }
+    },
+  };
+}
+
 /** A background task started by {@link repeatEvery}. */
 export interface Repeating {
   /** No run starts after this; one under way finishes (see `settled`). */

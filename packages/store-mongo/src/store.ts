@@ -28,7 +28,7 @@ import {
   type ReleaseOptions,
   StoreUnavailableError,
 } from '@exactly-once/core';
-import { type Repeating, repeatEvery } from '@exactly-once/core/spi';
+import { collectingFailures, type Repeating, repeatEvery } from '@exactly-once/core/spi';
 import type { Collection, Db, Document, UpdateFilter, WriteConcernSettings } from 'mongodb';
 import { type Chain, chainOf, hasSuccessor, headNames, newChainId, readChain, readChains } from './chain.js';
 import { clientClock, type StoreClock, serverClock } from './clock.js';
@@ -987,15 +987,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         async () => {
           // A failed part does not hold up the next: each failure is reported after the round.
           const startedAt = Date.now();
-          const failures: unknown[] = [];
-          const attempt = async <A>(run: () => Promise<A>): Promise<A | undefined> => {
-            try {
-              return await run();
-            } catch (error) {
-              failures.push(error);
-              return undefined;
-            }
-          };
+          const { attempt, failures } = collectingFailures();
           const sweep = await attempt(() => store.sweepExpired());
           let orphanBlobs: OrphanBlobStats | undefined;
           if (orphans !== undefined && blobs !== undefined && performance.now() >= orphansDueAt) {

@@ -14,7 +14,7 @@ import {
   type OrphanBlobStats,
   toErrorInfo,
 } from '@exactly-once/core';
-import { type Repeating, repeatEvery } from '@exactly-once/core/spi';
+import { collectingFailures, type Repeating, repeatEvery } from '@exactly-once/core/spi';
 import type { BlobCollectionOptions, BlobCollectionStats } from './blob-collection.js';
 import { type RedisClient, runCommand } from './client.js';
 import type { CompactionOptions, CompactionStats } from './compaction.js';
@@ -102,15 +102,7 @@ export function startMaintenance(context: MaintenanceContext, options: Maintenan
     }
     // Each part runs even when the other failed; a failure is reported after both.
     const startedAt = Date.now();
-    const failures: unknown[] = [];
-    const attempt = async <A>(run: () => Promise<A>): Promise<A | undefined> => {
-      try {
-        return await run();
-      } catch (error) {
-        failures.push(error);
-        return undefined;
-      }
-    };
+    const { attempt, failures } = collectingFailures();
     const compaction = compact && (await attempt(() => compact(options.compaction)));
     const collected = blobs && (await attempt(() => context.collectBlobs(blobs, options.blobCollection)));
     const orphans = options.orphanBlobs;
