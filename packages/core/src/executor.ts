@@ -52,8 +52,13 @@ export class ExecutionFailedError extends ExactlyOnceError {
      * at once, and uses up `retry.maxAttempts` sooner.
      */
     readonly retryAfterMs?: number,
+    /**
+     * What the handler threw, when this call ran it (its own error class and fields, for mapping
+     * to a response); absent when the failure was answered from the store or came before the run.
+     */
+    cause?: unknown,
   ) {
-    super(ErrorCode.ExecutionFailed, `${info.name}: ${info.message}`, outcome === 'retryable');
+    super(ErrorCode.ExecutionFailed, `${info.name}: ${info.message}`, outcome === 'retryable', { cause });
   }
 }
 
@@ -120,7 +125,7 @@ export function createIdempotentExecutor<T = unknown, R = unknown>(
   options: ExecutorOptions<T, R>,
 ): IdempotentExecutor<T, R> {
   // One processor per executor; the handler of the current call travels with the payload.
-  type Envelope = { payload: T; handler: Handler<T, R> };
+  type Envelope = { payload: T; handler: Handler<T, R>; thrown?: unknown };
   const envelopes = new Map<string, Envelope>();
   const processor = buildProcessor<T, R>(
     {
@@ -130,9 +135,15 @@ export function createIdempotentExecutor<T = unknown, R = unknown>(
         const id = delivery.brokerId as string;
         return (envelopes.get(id) as Envelope).payload;
       },
-      handler: (payload, ctx) => {
-        const id = ctx.headers['x-eo-call'] as string;
-        return (envelopes.get(id) as Envelope).handler(payload, ctx);
+      handler: async (payload, ctx) => {
+        const envelope = envelopes.get(ctx.headers['x-eo-call'] as string) as Envelope;
+        try {
+          return await envelope.handler(payload, ctx);
+        } catch (error) {
+          // The pipeline keeps only its ErrorInfo; the caller gets the error itself as `cause`.
+          envelope.thrown = error;
+          throw error;
+        }
       },
     },
     { waitForOwnRuns: false },
@@ -154,7 +165,8 @@ export function createIdempotentExecutor<T = unknown, R = unknown>(
       // Checked before anything is stored: a run that cannot start must not use up an attempt.
       if (typeof handler !== 'function') throw new ConfigError('execute needs a handler function');
       const call = randomUUID();
-      envelopes.set(call, { payload: request.payload, handler });
+      const envelope: Envelope = { payload: request.payload, handler };
+      envelopes.set(call, envelope);
       const requestId = request.requestId ?? request.key;
       const headers: Record<string, string> = {
         [Headers.IdempotencyKey]: request.key,
@@ -186,14 +198,20 @@ export function createIdempotentExecutor<T = unknown, R = unknown>(
               'retryable',
               d.error ?? { name: 'Error', code: 'ERROR', message: d.outcome },
               d.delayMs,
+              envelope.thrown,
             );
           case 'retry':
-            throw new ExecutionFailedError('retryable', d.error, d.delayMs);
+            throw new ExecutionFailedError('retryable', d.error, d.delayMs, envelope.thrown);
           case 'dead-letter':
             // Completed, but its outgoing messages were not confirmed: the same key again is
             // answered as a duplicate and publishes them. Never "failed": the effect happened.
             if (d.outcome === 'publish-failed') throw new ExecutionFailedError('retryable', d.reason.error);
-            throw new ExecutionFailedError(d.outcome === 'mismatch' ? 'mismatch' : 'failed', d.reason.error);
+            throw new ExecutionFailedError(
+              d.outcome === 'mismatch' ? 'mismatch' : 'failed',
+              d.reason.error,
+              undefined,
+              envelope.thrown,
+            );
         }
       } finally {
         envelopes.delete(call);

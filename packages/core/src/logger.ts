@@ -12,12 +12,30 @@ export interface Logger {
 
 const noop = () => {};
 
-/** Drops debug and info; warnings and errors become process warnings, so they are never lost. */
+/** The metadata as one JSON line (what was affected and why), or none. */
+function detailOf(meta: LogMeta | undefined): string | undefined {
+  if (meta === undefined || Object.keys(meta).length === 0) return undefined;
+  try {
+    return JSON.stringify(meta, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
+  } catch {
+    return undefined; // a cycle: the message alone still says what happened
+  }
+}
+
+const asWarning = (type: string) => (message: string, meta?: LogMeta) => {
+  const detail = detailOf(meta);
+  process.emitWarning(message, detail === undefined ? { type } : { type, detail });
+};
+
+/**
+ * Drops debug and info; warnings and errors become process warnings (their metadata as the
+ * warning's detail line), so they are never lost.
+ */
 export const silentLogger: Logger = Object.freeze({
   debug: noop,
   info: noop,
-  warn: (message: string) => process.emitWarning(message, 'ExactlyOnceWarning'),
-  error: (message: string) => process.emitWarning(message, 'ExactlyOnceError'),
+  warn: asWarning('ExactlyOnceWarning'),
+  error: asWarning('ExactlyOnceError'),
 });
 
 /** Meta fields that hold an idempotency key or store key, or a list of them (`keys`). */

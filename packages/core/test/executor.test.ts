@@ -8,6 +8,16 @@ import { deferred, recordingPublisher } from './helpers.js';
 
 const opts = { consumer: 'orders-api', retentionCheck: 'off' as const };
 
+/** The ExecutionFailedError a call must end in. */
+const failure = (call: Promise<unknown>): Promise<ExecutionFailedError> =>
+  call.then(
+    () => expect.fail('the call succeeded'),
+    (error: unknown) => {
+      expect(error).toBeInstanceOf(ExecutionFailedError);
+      return error as ExecutionFailedError;
+    },
+  );
+
 describe('idempotent executor (HTTP-style requests)', () => {
   it('runs once per key and replays the stored response', async () => {
     const publisher = recordingPublisher();
@@ -57,6 +67,40 @@ describe('idempotent executor (HTTP-style requests)', () => {
     const ex = createIdempotentExecutor({ ...opts, store });
     await expect(ex.execute({ key: 'k', payload: {} }, 'nope' as never)).rejects.toThrow(ConfigError);
     expect(store.size()).toBe(0);
+  });
+
+  it("hands the handler's own error over as cause when this call ran it, and none on a replay", async () => {
+    // Before: only `info` (name, code, message); a caller could not tell its own error classes apart.
+    class CardDeclined extends PermanentError {
+      readonly declineCode = 'insufficient_funds';
+    }
+    const ex = createIdempotentExecutor<{ n: number }, number>({
+      ...opts,
+      store: createMemoryStore(),
+      retry: { maxAttempts: 3, initialDelayMs: 1 },
+    });
+    const declined = await failure(
+      ex.execute({ key: 'declined', payload: { n: 1 } }, () => {
+        throw new CardDeclined('card declined');
+      }),
+    );
+    expect(declined.outcome).toBe('failed');
+    expect(declined.cause).toBeInstanceOf(CardDeclined);
+    expect((declined.cause as CardDeclined).declineCode).toBe('insufficient_funds');
+    // The stored failure, answered without a run: its info only.
+    const replayed = await failure(ex.execute({ key: 'declined', payload: { n: 1 } }, () => 1));
+    expect(replayed.outcome).toBe('failed');
+    expect(replayed.info.message).toContain('card declined');
+    expect(replayed.cause).toBeUndefined();
+
+    const timeout = new Error('provider timed out');
+    const retryable = await failure(
+      ex.execute({ key: 'slow', payload: { n: 1 } }, async () => {
+        throw timeout;
+      }),
+    );
+    expect(retryable.outcome).toBe('retryable');
+    expect(retryable.cause).toBe(timeout);
   });
 
   it('rejects a different body under the same key, and a concurrent run of the same key', async () => {
