@@ -137,7 +137,10 @@ function publishFailed<T, R>(
   const failures = (shared.publishFailures.get(storeKey) ?? 0) + 1;
   shared.publishFailures.delete(storeKey); // re-inserted last: the map forgets the oldest first
   if (failures > o.maxPublishDeferrals) {
-    o.logger.error('outgoing messages never confirmed; dead-lettering the message', {
+    // A request is answered retryable instead (see executor.ts): its next call publishes them.
+    const outcome =
+      delivery.system === 'http' ? 'answering the request as retryable' : 'dead-lettering the message';
+    o.logger.error(`outgoing messages never confirmed; ${outcome}`, {
       key: storeKey,
       attempts: failures,
       error: toErrorInfo(error),

@@ -151,11 +151,14 @@ describe('idempotent executor (HTTP-style requests)', () => {
     // Before: ExecutionFailedError 'failed' ("500, failed permanently") for a COMPLETED charge.
     const publisher = recordingPublisher();
     const store = createMemoryStore();
+    const errors: string[] = [];
+    const noop = () => {};
     const ex = createIdempotentExecutor<{ sku: string }, string>({
       ...opts,
       store,
       publisher,
       maxPublishDeferrals: 0,
+      logger: { debug: noop, info: noop, warn: noop, error: (message: string) => errors.push(message) },
     });
     let runs = 0;
     const handler = (order: { sku: string }, ctx: HandlerContext) => {
@@ -167,6 +170,8 @@ describe('idempotent executor (HTTP-style requests)', () => {
     const error = await ex.execute({ key: 'k', payload: { sku: 'x' } }, handler).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(ExecutionFailedError);
     expect((error as ExecutionFailedError).outcome).toBe('retryable');
+    // Before: "dead-lettering the message", for a request that nothing dead-letters.
+    expect(errors).toEqual(['outgoing messages never confirmed; answering the request as retryable']);
     publisher.failing = false;
     expect(await ex.execute({ key: 'k', payload: { sku: 'x' } }, handler)).toMatchObject({
       status: 'duplicate',
