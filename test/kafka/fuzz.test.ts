@@ -184,7 +184,8 @@ describe('kafka: fuzzed records', () => {
     await consumer.start();
     try {
       await waitUntil(() => consumer.stats.acked + consumer.stats.deadLettered >= cases.length, {
-        timeoutMs: 50_000,
+        // Failing only when nothing settles for 30 s: a loaded machine is slow, not stuck.
+        progress: () => consumer.stats.acked + consumer.stats.deadLettered,
         message: () => `${cases.length} settled (${JSON.stringify(consumer.stats)})`,
       });
       await waitUntil(() => fullyCommitted(admin, groupId, topic), { message: 'all committed' });
@@ -235,7 +236,7 @@ describe('kafka: fuzzed records', () => {
       await admin.deleteTopics({ topics: [topic, dlq] }).catch(() => {});
       await dropRedisPrefix(redis, prefix);
     }
-  });
+  }, 300_000);
 });
 
 describe('kafka: a header named like an Object.prototype member', () => {

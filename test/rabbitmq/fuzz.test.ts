@@ -119,7 +119,8 @@ describe('rabbitmq: fuzzed deliveries', () => {
         await Promise.all(cases.slice(i, i + 100).map((c) => publish(raw.ch, queue, c)));
       }
       await waitUntil(() => consumer.stats.acked + consumer.stats.deadLettered >= cases.length, {
-        timeoutMs: 50_000,
+        // Failing only when nothing settles for 30 s: a loaded machine is slow, not stuck.
+        progress: () => consumer.stats.acked + consumer.stats.deadLettered,
         message: () => `${cases.length} settled (${JSON.stringify(consumer.stats)})`,
       });
       const letters = await waitUntil(
@@ -182,7 +183,7 @@ describe('rabbitmq: fuzzed deliveries', () => {
       await raw.close();
       await dropRedisPrefix(redis, prefix);
     }
-  });
+  }, 300_000);
 });
 
 /**
