@@ -9,6 +9,7 @@ import { DuplicatePayloadError, ErrorCode } from '../src/errors.js';
 import { Headers } from '../src/headers.js';
 import { fingerprint as fingerprintOf } from '../src/keys.js';
 import type { Logger, LogMeta } from '../src/logger.js';
+import type { ProcessorOptions } from '../src/options.js';
 import { createProcessor } from '../src/processor.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 import type { ProcessedStore } from '../src/store/types.js';
@@ -29,6 +30,20 @@ function recordingLogger(): Logger & { warnings: { message: string; meta?: LogMe
   };
 }
 
+/** A `billing` processor with the payload guard: the memory store and a recording logger unless given. */
+function guarded<T = unknown>(
+  options: Pick<ProcessorOptions<T, unknown>, 'payloadGuard' | 'handler'> &
+    Partial<ProcessorOptions<T, unknown>>,
+) {
+  return createProcessor<T>({
+    consumer: 'billing',
+    store: createMemoryStore(),
+    ...fast,
+    logger: recordingLogger(),
+    ...options,
+  });
+}
+
 describeFingerprintClaimConformance('memory', () => ({ store: createMemoryStore() }));
 
 describe('payloadGuard', () => {
@@ -36,10 +51,7 @@ describe('payloadGuard', () => {
     // Prepare
     const logger = recordingLogger();
     let runs = 0;
-    const p = createProcessor({
-      consumer: 'billing',
-      store: createMemoryStore(),
-      ...fast,
+    const p = guarded({
       logger,
       // Keys in log lines only with recordKeys (see the redaction tests in tracing.test.ts).
       recordKeys: true,
@@ -68,11 +80,7 @@ describe('payloadGuard', () => {
 
   it('dead-letter: the second key is refused with DuplicatePayloadError before its handler runs', async () => {
     let runs = 0;
-    const p = createProcessor({
-      consumer: 'billing',
-      store: createMemoryStore(),
-      ...fast,
-      logger: recordingLogger(),
+    const p = guarded({
       payloadGuard: { windowMs: 60_000, action: 'dead-letter' },
       handler: () => {
         runs++;
@@ -107,10 +115,7 @@ describe('payloadGuard', () => {
   it('dead-letter without recordKeys: neither key reaches the log line (the message quotes both)', async () => {
     // Before, the dead-letter line scrubbed this message's key but quoted the first key in full.
     const logger = recordingLogger();
-    const p = createProcessor({
-      consumer: 'billing',
-      store: createMemoryStore(),
-      ...fast,
+    const p = guarded({
       logger,
       payloadGuard: { windowMs: 60_000, action: 'dead-letter' },
       handler: () => 'charged',
@@ -130,11 +135,7 @@ describe('payloadGuard', () => {
     // Before, the refused copy (K1 with 700) kept the claim of 700 for the whole window, and the
     // client's corrected request (K2 with 700) was refused as DUPLICATE_PAYLOAD naming K1.
     const charged: number[] = [];
-    const p = createProcessor<{ amount: number }>({
-      consumer: 'billing',
-      store: createMemoryStore(),
-      ...fast,
-      logger: recordingLogger(),
+    const p = guarded<{ amount: number }>({
       payloadGuard: { windowMs: 60_000, action: 'dead-letter' },
       handler: (m) => {
         charged.push(m.amount);
@@ -165,11 +166,7 @@ describe('payloadGuard', () => {
     // yet, so it had not given the claim back) and was refused as DUPLICATE_PAYLOAD naming K1:
     // the customer's 700 was never charged.
     const charged: string[] = [];
-    const p = createProcessor<{ amount: number }>({
-      consumer: 'billing',
-      store: createMemoryStore(),
-      ...fast,
-      logger: recordingLogger(),
+    const p = guarded<{ amount: number }>({
       payloadGuard: { windowMs: 60_000, action: 'dead-letter' },
       handler: (m, ctx) => {
         charged.push(`${ctx.key}:${m.amount}`);
@@ -200,10 +197,8 @@ describe('payloadGuard', () => {
       return store.releaseFingerprint?.(...args);
     };
     const logger = recordingLogger();
-    const p = createProcessor<{ amount: number }>({
-      consumer: 'billing',
+    const p = guarded<{ amount: number }>({
       store: flaky,
-      ...fast,
       logger,
       payloadGuard: { windowMs: 60_000, action: 'flag' },
       handler: () => 'charged',
@@ -232,11 +227,8 @@ describe('payloadGuard', () => {
     // as DUPLICATE_PAYLOAD naming K2, though the README says a key's own redelivery never is.
     let now = 1_000_000;
     let runs = 0;
-    const p = createProcessor({
-      consumer: 'billing',
+    const p = guarded({
       store: createMemoryStore({ now: () => now }),
-      ...fast,
-      logger: recordingLogger(),
       payloadGuard: { windowMs: 5_000, action: 'dead-letter' },
       handler: () => {
         runs++;
@@ -258,11 +250,7 @@ describe('payloadGuard', () => {
   it('a key reused for a payload another key already carries is a key reuse, whatever came first', async () => {
     // K1 charged 500; the corrected K2 with 700 ran before K1's buggy copy with 700 arrived:
     // before, that copy was DUPLICATE_PAYLOAD (naming K2), not the IDEMPOTENCY_KEY_REUSE it is.
-    const p = createProcessor<{ amount: number }>({
-      consumer: 'billing',
-      store: createMemoryStore(),
-      ...fast,
-      logger: recordingLogger(),
+    const p = guarded<{ amount: number }>({
       payloadGuard: { windowMs: 60_000, action: 'dead-letter' },
       handler: () => 'charged',
     });
@@ -281,11 +269,8 @@ describe('payloadGuard', () => {
 
   it('the window lapses on the store clock: after it, the same payload under a new key runs', async () => {
     let now = 1_000_000;
-    const p = createProcessor({
-      consumer: 'billing',
+    const p = guarded({
       store: createMemoryStore({ now: () => now }),
-      ...fast,
-      logger: recordingLogger(),
       payloadGuard: { windowMs: 5_000, action: 'dead-letter' },
       handler: () => 'ok',
     });
@@ -324,11 +309,8 @@ describe('payloadGuard', () => {
       return store.claimFingerprint?.(...args);
     };
     let runs = 0;
-    const p = createProcessor({
-      consumer: 'billing',
+    const p = guarded({
       store: flaky,
-      ...fast,
-      logger: recordingLogger(),
       payloadGuard: { windowMs: 60_000, action: 'flag' },
       handler: () => {
         runs++;
