@@ -373,6 +373,36 @@ describe.each(CLIENTS)('kafka consumer on %s', (client) => {
     expect(total).toBeLessThan(90);
   });
 
+  it('publishes in offset order past a dead-lettered record and records that publish nothing', async () => {
+    // Found by a README-only tester: the records behind a malformed one published their messages
+    // side by side with the ones ahead of it (e01 e12 e02 e13 ...), out of the partition's order.
+    const { topic, dlq, groupId } = await setup(1);
+    const out = `${topic}.out`;
+    await createTopics(admin, [out], 1);
+    await send(topic, [
+      ...Array.from({ length: 21 }, (_, seq) => ({ key: 'acct-1', value: { seq }, id: `${topic}-${seq}` })),
+    ]);
+    await start<{ seq: number }>({
+      kafka: subject,
+      groupId,
+      topics: [topic],
+      deadLetter: { topic: dlq },
+      store: store(),
+      validate: (m) => {
+        if (m.seq === 10) throw new Error('not an event');
+      },
+      handler: (m, ctx) => {
+        // Every fifth record changes nothing downstream: no message.
+        if (m.seq % 5 !== 4) ctx.publish(out, { seq: m.seq }, { routingKey: 'acct-1' });
+      },
+    });
+    await waitUntil(() => fullyCommitted(admin, groupId, topic), { message: 'all committed' });
+    const expected = Array.from({ length: 21 }, (_, seq) => seq).filter((seq) => seq !== 10 && seq % 5 !== 4);
+    const records = await readTopic(kafka, out, (r) => r.length >= expected.length);
+    expect(records.map((r) => (JSON.parse(String(r.value)) as { seq: number }).seq)).toEqual(expected);
+    expect(await topicSize(admin, dlq)).toBe(1);
+  });
+
   it('publisher takes the ctx.publish messages (here: RabbitMQ); producer still writes the dead letters', async () => {
     const { topic, dlq, groupId } = await setup(1);
     const queue = uniqueName('from-kafka');

@@ -270,8 +270,11 @@ export function buildProcessor<T, R>(
           go = resolve;
         });
         let published!: (inOrder: boolean) => void;
+        // Cumulative: a delivery that publishes nothing (no messages, a dead letter) passes on
+        // the wait for the ones before it, so the one behind it never publishes ahead of them.
+        const before = publishedBefore;
         const nextPublished = new Promise<boolean>((resolve) => {
-          published = resolve;
+          published = (inOrder) => resolve(before.then((earlier) => earlier && inOrder));
         });
         let counted = false;
         const running = () => {

@@ -30,12 +30,15 @@ export interface Turn {
   /** Called as its handler starts: from then on the run, not the group, settles its lease. */
   readonly running: () => void;
   /**
-   * Resolves once the delivery before it has settled its outgoing messages: true when they are
-   * out (or it had none, or it left the partition's order: dead letter, retry copy), false when it
+   * Resolves once every delivery before it has settled its outgoing messages: true when they are
+   * out (or they had none, or left the partition's order: dead letter, retry copy), false when one
    * was deferred and its messages may still be to publish.
    */
   readonly publishedBefore: Promise<boolean>;
-  /** Says the same of itself, once its disposition is known (exactly once). */
+  /**
+   * Says whether its own messages are out, once its disposition is known (exactly once); the
+   * next delivery's `publishedBefore` also waits for this one's.
+   */
   published(inOrder: boolean): void;
 }
 

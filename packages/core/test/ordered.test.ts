@@ -5,6 +5,7 @@ import { Headers } from '../src/headers.js';
 import { fingerprint } from '../src/keys.js';
 import { createProcessor } from '../src/processor.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
+import type { Delivery } from '../src/spi.js';
 import type { ProcessedStore } from '../src/store/types.js';
 import { delivery } from './helpers.js';
 
@@ -186,6 +187,38 @@ describe('outgoing messages of an ordered group', () => {
     const ds = await Promise.all(p.processInOrder(records('o', 4)).dispositions);
     expect(ds.map((d) => d.action)).toEqual(['ack', 'ack', 'ack', 'ack']);
     expect(published).toEqual([0, 1, 2, 3]);
+  });
+
+  // Found by a README-only tester on Kafka: a malformed record (dead-lettered before any run) in
+  // a partition's backlog let the records behind it publish before the ones ahead of it, and a
+  // downstream consumer saw an account's balance changes out of order.
+  it.each([
+    ['a malformed record', delivery('not json', { [Headers.IdempotencyKey]: 'm-bad' }), 'dead-letter'],
+    ['a record that publishes nothing', delivery({ i: -1 }, { [Headers.IdempotencyKey]: 'm-none' }), 'ack'],
+  ])('leave in the group order around %s in the middle', async (_, middle, middleAction) => {
+    const published: number[] = [];
+    let slowFirst = true;
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      ...fast,
+      publisher: {
+        publish: async (messages) => {
+          const i = JSON.parse(new TextDecoder().decode(messages[0]?.body)).i as number;
+          // The broker is slow to confirm the first record's messages.
+          if (i === 0 && slowFirst) await new Promise((r) => setTimeout(r, 100));
+          slowFirst = false;
+          published.push(i);
+        },
+      },
+      handler: (m: { i: number }, ctx: HandlerContext) => {
+        if (m.i >= 0) ctx.publish('out', { i: m.i });
+      },
+    });
+    const [first, second] = records('m', 2) as [Delivery, Delivery];
+    const ds = await Promise.all(p.processInOrder([first, middle, second]).dispositions);
+    expect(ds.map((d) => d.action)).toEqual(['ack', middleAction, 'ack']);
+    expect(published).toEqual([0, 1]);
   });
 
   it('wait for an earlier record deferred with messages to publish: they go out after its redelivery', async () => {
