@@ -22,7 +22,7 @@ import {
 import { Headers } from './headers.js';
 import { normalizeKey, normalizeRequestId, tooDeep } from './keys.js';
 import type { ProcessorOptions } from './options.js';
-import { unreadable } from './prepare.js';
+import { REQUEST_SYSTEM, unreadable } from './prepare.js';
 import { buildProcessor } from './processor.js';
 import type { StoredResult } from './store/types.js';
 import { injectContext } from './tracing.js';
@@ -179,7 +179,7 @@ export function createIdempotentExecutor<T = unknown, R = unknown>(
           body: requestBody(request.payload),
           headers,
           destination: options.consumer,
-          system: 'http',
+          system: REQUEST_SYSTEM,
           brokerId: call,
         });
         switch (d.action) {

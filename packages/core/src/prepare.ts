@@ -6,6 +6,17 @@ import { fingerprint, normalizeKey, normalizeRequestId, scopeKey } from './keys.
 import type { ResolvedProcessorOptions } from './options.js';
 import type { Delivery } from './spi.js';
 
+/** The `system` of an idempotent executor's call (executor.ts): a request, not a message. */
+export const REQUEST_SYSTEM = 'http';
+
+/**
+ * Whether `delivery` is an executor's call: its words are a request's and its header name the HTTP
+ * one, and its refusals go to the caller, never to a dead-letter destination.
+ */
+export function isRequest(delivery: Delivery): boolean {
+  return delivery.system === REQUEST_SYSTEM;
+}
+
 /**
  * The reason a delivery that could not be read is dead-lettered with: a library error as it is,
  * anything else (a user hook or a hostile payload may throw anything) as MALFORMED_MESSAGE.
@@ -84,7 +95,7 @@ export function keyFromPolicy<T, R>(
     if (k) return k;
   }
   // An executor's call (see executor.ts) names its key as the HTTP header, not the broker one.
-  if (delivery.system === 'http') {
+  if (isRequest(delivery)) {
     throw new KeyMissingError(
       'request has no idempotency key (Idempotency-Key) and missingKey policy is "reject"',
     );

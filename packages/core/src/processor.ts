@@ -55,7 +55,7 @@ import {
   reuseHeld,
 } from './ordered.js';
 import { guardPayload, releasePayloadClaim } from './payload-guard.js';
-import { type Prepared, prepare, readableRequestId, unreadable } from './prepare.js';
+import { isRequest, type Prepared, prepare, readableRequestId, unreadable } from './prepare.js';
 import { finishCompleted, publishThenAck } from './publish.js';
 import { createScrubber, noScrub, type Scrub, type Scrubber } from './redact.js';
 import {
@@ -400,7 +400,7 @@ async function processDelivery<T, R>(
     // Logged as decided: the adapter's publish of the letter comes next (and is logged apart when
     // the broker refuses it; the message then comes back and is decided again). An executor's
     // call is not dead-lettered: its caller gets the error.
-    o.logger.warn(delivery.system === 'http' ? 'refusing request' : 'dead-lettering message', {
+    o.logger.warn(isRequest(delivery) ? 'refusing request' : 'dead-lettering message', {
       consumer: o.consumer,
       destination: delivery.destination,
       outcome: disposition.outcome,

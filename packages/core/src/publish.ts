@@ -7,6 +7,7 @@ import { type Context, SpanKind } from '@opentelemetry/api';
 import { describeThrown, ExactlyOnceError, PublishError, toErrorInfo } from './errors.js';
 import { deadLetter } from './failure.js';
 import type { ResolvedProcessorOptions } from './options.js';
+import { isRequest } from './prepare.js';
 import { ATTR_MESSAGING_OPERATION_TYPE } from './semconv.js';
 import { endPublishingRun, MAX_TRACKED_PUBLISH_FAILURES, publishingRun, type Shared } from './shared.js';
 import type { Delivery, Disposition, Outcome } from './spi.js';
@@ -138,8 +139,7 @@ function publishFailed<T, R>(
   shared.publishFailures.delete(storeKey); // re-inserted last: the map forgets the oldest first
   if (failures > o.maxPublishDeferrals) {
     // A request is answered retryable instead (see executor.ts): its next call publishes them.
-    const outcome =
-      delivery.system === 'http' ? 'answering the request as retryable' : 'dead-lettering the message';
+    const outcome = isRequest(delivery) ? 'answering the request as retryable' : 'dead-lettering the message';
     o.logger.error(`outgoing messages never confirmed; ${outcome}`, {
       key: storeKey,
       attempts: failures,
