@@ -384,9 +384,13 @@ export async function runSoak(combination: Combination, options: SoakOptions): P
         continue;
       }
       const victim = pool[rand(pool.length)]!;
-      if (!(await victim.ready)) continue;
-      const point = POINTS[transport][rand(POINTS[transport].length)]!;
+      // Claimed before the await: a pause running beside this must not pick the same worker.
       victim.armed = true;
+      if (!(await victim.ready)) {
+        victim.armed = false;
+        continue;
+      }
+      const point = POINTS[transport][rand(POINTS[transport].length)]!;
       // mid-batch fires on a batch of >= 2 completes only: the first one.
       command(victim, { type: 'arm', point, at: point === 'mid-batch' ? 1 : 1 + rand(3) });
       // Each try may take a window of new work: the victim gets its share of it.
@@ -419,11 +423,14 @@ export async function runSoak(combination: Combination, options: SoakOptions): P
     for (let tries = 0; tries < 6 && stopEntry === undefined; tries++) {
       const pool = candidates();
       const victim = pool[rand(pool.length)];
+      // Claimed before the await: a kill armed meanwhile must not pick the same worker (a worker
+      // both stopped and armed dies on answers it reads after the SIGCONT, long stale).
+      if (victim) victim.paused = true;
       if (!victim || !(await victim.ready)) {
+        if (victim) victim.paused = false;
         await sleep(500);
         continue;
       }
-      victim.paused = true;
       pausedPids.add(victim.pid);
       command(victim, { type: 'pause' });
       const entry = await waitUntil(

@@ -10,9 +10,11 @@
  *                               the NON-idempotent effect, never deduplicated. Same MULTI as the
  *                               HSETNX, so a SIGKILL lands before both writes or after both.
  *   <ledger>:completions  hash  store key -> successful completes (fencing allows one)
- *   <ledger>:kills        list  one JSON {point, key, state, attempt, pid} per SIGKILL, written just
- *                               before it: the delivery the kill point fired on, as the store had it
- *                               (mid-batch: {point, batch: {completed, notCompleted}, pid} instead)
+ *   <ledger>:kills        list  one JSON {point, key, held, state, attempt, recordFence, pid} per
+ *                               SIGKILL, written just before it: the delivery the kill point fired
+ *                               on, the attempt and fence this worker held on it, and its record as
+ *                               the store had it (mid-batch: {point, batch: {completed,
+ *                               notCompleted}, pid} instead)
  *   <ledger>:batches      hash  batch size -> completeMany calls of that size (how well completes
  *                               coalesce; mid-batch needs calls of >= 2)
  *
@@ -39,6 +41,10 @@
  *       lease, as the soak's SIGSTOPs do): a superseded attempt, refused if it was sent.
  *   - its neighbours in flight: taken over without a re-run if caught between begin and effect,
  *     re-run if caught between effect and complete, neither once complete landed.
+ *   - after-begin and in-handler, when a later fence held the record at the kill: the worker stalled
+ *     past its lease between its begin and the kill (a SIGSTOP, or a begin answered while it was
+ *     stopped) and another attempt took the key over. The killed attempt is a superseded one: taken
+ *     over, and it reached its effect only at in-handler.
  * {@link tallyLedger} checks this per attempt against the store's attempt numbers.
  */
 import {
@@ -90,9 +96,12 @@ export interface KillEntry {
   readonly point: KillPoint;
   /** Store key of the delivery the point fired on; absent for batch-level points. */
   readonly key?: string;
+  /** The attempt and fence this worker held on `key` (after-begin, in-handler). */
+  readonly held?: { readonly attempt: number; readonly fence: number };
   /** Its record as the store had it just before the kill. */
   readonly state?: ProcessedRecord['state'];
   readonly attempt?: number;
+  readonly recordFence?: number;
   /** mid-batch: the cut completeMany call, split into the half sent and the half never sent. */
   readonly batch?: { readonly completed: readonly BatchKey[]; readonly notCompleted: readonly BatchKey[] };
   readonly pid: number;
@@ -117,7 +126,7 @@ export interface CrashKit {
    * Counts an event of `point`; at the configured n-th one, records the kill (with the store's
    * view of `storeKey`) and SIGKILLs this process. Never returns then.
    */
-  hit(point: KillPoint, storeKey?: string): Promise<void>;
+  hit(point: KillPoint, storeKey?: string, held?: KillEntry['held']): Promise<void>;
   /** Counts a handler start (first thing in the handler). */
   started(ctx: HandlerContext): Promise<void>;
   /** Applies both effects in one MULTI, then the in-handler point. */
@@ -160,13 +169,14 @@ export function crashKit(options: {
     return new Promise<never>(() => {});
   };
 
-  const hit = async (point: KillPoint, storeKey?: string): Promise<void> => {
+  const hit = async (point: KillPoint, storeKey?: string, held?: KillEntry['held']): Promise<void> => {
     if (!fires(point)) return;
     const record = storeKey === undefined ? undefined : await base.get(storeKey);
     await kill({
       point,
       ...(storeKey === undefined ? {} : { key: storeKey }),
-      ...(record ? { state: record.state, attempt: record.attempt } : {}),
+      ...(held === undefined ? {} : { held }),
+      ...(record ? { state: record.state, attempt: record.attempt, recordFence: record.fence } : {}),
       pid: process.pid,
     });
   };
@@ -211,7 +221,7 @@ export function crashKit(options: {
   };
 
   const afterBegin = async (key: string, r: BeginResult) => {
-    if (r.status === 'acquired') await hit('after-begin', key);
+    if (r.status === 'acquired') await hit('after-begin', key, { attempt: r.attempt, fence: r.fence });
   };
   const afterComplete = async (key: string, r: FencedResult) => {
     if (r !== 'ok') return;
@@ -278,7 +288,7 @@ export function crashKit(options: {
         .hsetnx(keys.effects, ctx.keyFor('effect'), ctx.key)
         .rpush(keys.applied, JSON.stringify(applied))
         .exec();
-      await hit('in-handler', storeKey);
+      await hit('in-handler', storeKey, { attempt: ctx.attempt, fence: ctx.fence });
     },
     publishHeaders: (ctx) => ({ [SUBJECT_HEADER]: storeKeyOf(ctx) }),
     async published(messages) {
@@ -445,20 +455,23 @@ export async function tallyLedger(
       continue;
     }
     if (k.key === undefined) continue;
-    const what = `${k.point} kill of ${k.key} attempt ${k.attempt}`;
+    const attempt = k.held?.attempt ?? k.attempt;
+    const what = `${k.point} kill of ${k.key} attempt ${attempt}`;
     const final = records.get(k.key);
-    if (!final || k.attempt === undefined) {
+    if (!final || attempt === undefined) {
       problems.push(`${what}: no record`);
       continue;
     }
-    const reachedEffect = byKey.get(k.key)?.has(k.attempt) ?? false;
     if (k.point === 'after-begin' || k.point === 'in-handler') {
-      if (k.state !== 'IN_PROGRESS') problems.push(`${what}: record was ${k.state} at the kill`);
-      if (final.attempt <= k.attempt) problems.push(`${what}: never taken over`);
+      // Reached by this very worker: another attempt of the same number cannot be this one's.
+      const reachedEffect = (byKey.get(k.key)?.get(attempt) ?? []).some((e) => e.pid === k.pid);
+      const stale = k.held !== undefined && k.recordFence !== undefined && k.recordFence > k.held.fence;
+      if (!stale && k.state !== 'IN_PROGRESS') problems.push(`${what}: record was ${k.state} at the kill`);
+      if (final.attempt <= attempt) problems.push(`${what}: never taken over`);
       if (reachedEffect !== (k.point === 'in-handler')) {
         problems.push(`${what}: ${reachedEffect ? 'reached' : 'did not reach'} its effect`);
       }
-      if (k.point === 'in-handler' && superseded.has(`${k.key}#${k.attempt}`)) rerunsOfKilled++;
+      if (k.point === 'in-handler' && superseded.has(`${k.key}#${attempt}`)) rerunsOfKilled++;
     } else if (AFTER_COMPLETE.includes(k.point)) {
       if (k.state !== 'COMPLETED') problems.push(`${what}: record was ${k.state} at the kill`);
       if (final.attempt !== k.attempt) problems.push(`${what}: taken over to attempt ${final.attempt}`);
