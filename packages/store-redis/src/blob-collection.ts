@@ -9,14 +9,17 @@
  * JSON result or a journaled step are never collected here.
  */
 import type { BlobStore } from '@exactly-once/core';
-import { type RedisClient, runCommand } from './client.js';
+import { type RedisClient, runCommand, runScript } from './client.js';
 import { unpackResult } from './codec.js';
-import { blobIndexKey, TAG_COUNT } from './layout.js';
+import { blobIndexKey, nodeOfTag, TAG_COUNT } from './layout.js';
 
 export interface BlobCollectionOptions {
   /** Index entries read per tag per call. Default 100. */
   readonly batchSize?: number;
-  /** Tags worked on in parallel (a pass visits all 65,536). Default 32. */
+  /**
+   * Calls in parallel. A pass reads the indexes of all 65,536 tags, 256 tags of a node per call,
+   * then works on the tags that have due entries. Default 32.
+   */
   readonly concurrency?: number;
 }
 
@@ -24,6 +27,12 @@ export interface BlobCollectionStats {
   /** Blobs deleted from the blob store. */
   readonly deleted: number;
 }
+
+/**
+ * Tags whose blob indexes one call reads, on their node: a pass over a store with few blobs makes
+ * about 65,536 / 256 calls instead of one per tag.
+ */
+const TAGS_PER_CALL = 256;
 
 export async function collectBlobPass(
   context: { client: RedisClient; prefix: string; blobs: BlobStore },
@@ -36,34 +45,62 @@ export async function collectBlobPass(
   const [seconds, micros] = (await runCommand(client, 'collectBlobs', 'TIME', [])) as [string, string];
   const now = String(Number(seconds) * 1000 + Math.floor(Number(micros) / 1000));
   let deleted = 0;
+  const chunks = tagChunks(client);
   let next = 0;
   // One worker's failure stops the others at their next step, and the pass answers only once all
   // have stopped: a caller that runs the next pass on a rejection never has two passes deleting.
   let failed = false;
-  const worker = async () => {
-    while (!failed && next < TAG_COUNT) {
-      const key = blobIndexKey(prefix, next++);
-      while (!failed) {
-        // Members are pointers packed as ASCII JSON (`b[uri,size,sha256]`): strings round-trip them.
-        const due = (await runCommand(client, 'collectBlobs', 'ZRANGE', [
-          key,
-          '-inf',
-          now,
-          'BYSCORE',
-          'LIMIT',
-          '0',
-          String(batchSize),
-        ])) as string[];
-        for (const member of due) {
-          if (failed) return;
-          const result = unpackResult(Buffer.from(member));
-          if (result.kind === 'blob') {
-            await blobs.delete(result.pointer);
-            deleted++;
-          }
-          await runCommand(client, 'collectBlobs', 'ZREM', [key, member]);
+
+  /** The due entries of one tag's index, read alone (as strings: the members are ASCII). */
+  const dueOf = async (key: Buffer): Promise<string[]> =>
+    (await runCommand(client, 'collectBlobs', 'ZRANGE', [
+      key,
+      '-inf',
+      now,
+      'BYSCORE',
+      'LIMIT',
+      '0',
+      String(batchSize),
+    ])) as string[];
+  /** Deletes the blobs of `due` and their entries, then reads the tag again while batches are full. */
+  const collectTag = async (key: Buffer, first: readonly (Buffer | string)[] | undefined): Promise<void> => {
+    let due: readonly (Buffer | string)[] = first ?? (await dueOf(key));
+    for (;;) {
+      for (const member of due) {
+        if (failed) return;
+        // Members are pointers packed as ASCII JSON (`b[uri,size,sha256]`).
+        const result = unpackResult(Buffer.from(member));
+        if (result.kind === 'blob') {
+          await blobs.delete(result.pointer);
+          deleted++;
         }
-        if (due.length < batchSize) break;
+        await runCommand(client, 'collectBlobs', 'ZREM', [key, member]);
+      }
+      if (failed || due.length < batchSize) return;
+      due = await dueOf(key);
+    }
+  };
+  const worker = async () => {
+    while (!failed && next < chunks.length) {
+      const keys = (chunks[next++] as readonly number[]).map((tag) => blobIndexKey(prefix, tag));
+      let lists: Buffer[][];
+      try {
+        lists = (await runScript(client, 'blobsDue', 'collectBlobs', [
+          keys[0] as Buffer,
+          now,
+          String(batchSize),
+          ...keys,
+        ])) as Buffer[][];
+      } catch {
+        // A tag of the chunk moved to another node (a resharding under a stale slot map): a call
+        // per tag, each routed by its own key (an outage fails there as well).
+        (client as { refreshSlotsCache?: () => void }).refreshSlotsCache?.();
+        for (const key of keys) if (!failed) await collectTag(key, undefined);
+        continue;
+      }
+      for (const [i, key] of keys.entries()) {
+        const due = lists[i] as Buffer[];
+        if (due.length > 0 && !failed) await collectTag(key, due);
       }
     }
   };
@@ -78,4 +115,21 @@ export async function collectBlobPass(
   const rejected = ends.find((end) => end.status === 'rejected');
   if (rejected) throw rejected.reason;
   return { deleted };
+}
+
+/** All tags, in groups of at most TAGS_PER_CALL served by one node. */
+function tagChunks(client: RedisClient): number[][] {
+  const open = new Map<string, number[]>();
+  const chunks: number[][] = [];
+  for (let tag = 0; tag < TAG_COUNT; tag++) {
+    const node = nodeOfTag(client, tag);
+    let chunk = open.get(node);
+    if (chunk === undefined || chunk.length === TAGS_PER_CALL) {
+      chunk = [];
+      open.set(node, chunk);
+      chunks.push(chunk);
+    }
+    chunk.push(tag);
+  }
+  return chunks;
 }

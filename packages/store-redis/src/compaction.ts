@@ -5,14 +5,15 @@
  * a pass reads each tag's index from the oldest completion on, and never scans the keyspace.
  */
 import { type RedisClient, runScript } from './client.js';
-import { indexKey, markerBucketKey, recordKey, tagsBySlot } from './layout.js';
+import { indexKey, markerBucketKey, nodeOfTag, recordKey, tagsBySlot } from './layout.js';
 
 export interface CompactionOptions {
   /** Index entries examined per tag and script call (a call covers the ~5 tags of a cluster slot). Default 100. */
   readonly batchSize?: number;
   /**
-   * Cluster slots worked on in parallel. A pass visits the 13,152 slots that the 65,536 tags hash
-   * to, so it is bound by round trips: under a second on a local server at the default 32.
+   * Calls in parallel. A pass reads the indexes of the 13,152 slots that the 65,536 tags hash to,
+   * 64 slots of a node per call, then works on the slots that have entries, one slot per call.
+   * Default 32.
    */
   readonly concurrency?: number;
 }
@@ -33,6 +34,12 @@ export interface CompactionContext {
   readonly graceMs: number;
 }
 
+/**
+ * Slots whose indexes one candidates call reads, on their node: a pass over a sparse store (most
+ * indexes empty) makes about 13,152 / 64 calls instead of one per slot.
+ */
+const SLOTS_PER_CALL = 64;
+
 /** One pass over every tag's index, a cluster slot at a time (the tags of a slot share a bucket). */
 export async function compactPass(
   context: CompactionContext,
@@ -41,34 +48,91 @@ export async function compactPass(
   const batchSize = Math.max(1, Math.floor(options.batchSize ?? 100));
   const concurrency = Math.max(1, Math.floor(options.concurrency ?? 32));
   const stats: CompactionStats = { compacted: 0, dropped: 0, deferred: 0 };
-  const slots = tagsBySlot();
+  const chunks = slotChunks(context.client);
   let next = 0;
   const worker = async () => {
-    while (next < slots.length) {
-      const tags = slots[next++] as readonly number[];
-      await compactSlot(context, tags, batchSize, stats);
+    while (next < chunks.length) {
+      const chunk = chunks[next++] as readonly (readonly number[])[];
+      await compactChunk(context, chunk, batchSize, stats);
     }
   };
   await Promise.all(Array.from({ length: concurrency }, worker));
   return stats;
 }
 
+/** The slots (as their tags) in groups of at most SLOTS_PER_CALL served by one node. */
+function slotChunks(client: RedisClient): (readonly (readonly number[])[])[] {
+  const open = new Map<string, (readonly number[])[]>();
+  const chunks: (readonly (readonly number[])[])[] = [];
+  for (const tags of tagsBySlot()) {
+    const node = nodeOfTag(client, tags[0] as number);
+    let chunk = open.get(node);
+    if (chunk === undefined || chunk.length === SLOTS_PER_CALL) {
+      chunk = [];
+      open.set(node, chunk);
+      chunks.push(chunk);
+    }
+    chunk.push(tags);
+  }
+  return chunks;
+}
+
+/** The oldest `batchSize` entries of each tag's index, in `tags` order. */
+async function candidates(
+  context: CompactionContext,
+  tags: readonly number[],
+  batchSize: number,
+): Promise<Buffer[][]> {
+  const indexes = tags.map((tag) => indexKey(context.prefix, tag));
+  return (await runScript(context.client, 'compactCandidates', 'compactCompleted', [
+    indexes[0] as Buffer,
+    String(batchSize),
+    ...indexes,
+  ])) as Buffer[][];
+}
+
+/** Reads a chunk's indexes in one call, then works on the slots that have entries. */
+async function compactChunk(
+  context: CompactionContext,
+  chunk: readonly (readonly number[])[],
+  batchSize: number,
+  stats: CompactionStats,
+): Promise<void> {
+  let lists: Buffer[][];
+  try {
+    lists = await candidates(context, chunk.flat(), batchSize);
+  } catch (error) {
+    if (chunk.length === 1) throw error;
+    // A slot of the chunk moved to another node (a resharding under a stale slot map): a call
+    // per slot, each routed by its own keys.
+    (context.client as { refreshSlotsCache?: () => void }).refreshSlotsCache?.();
+    for (const tags of chunk) await compactSlot(context, tags, batchSize, stats);
+    return;
+  }
+  let offset = 0;
+  for (const tags of chunk) {
+    const first = lists.slice(offset, offset + tags.length);
+    offset += tags.length;
+    if (first.some((list) => list.length > 0)) await compactSlot(context, tags, batchSize, stats, first);
+  }
+}
+
+/** Compacts one slot's tags; `first`: their first candidates, when already read. */
 async function compactSlot(
   context: CompactionContext,
   slotTags: readonly number[],
   batchSize: number,
   stats: CompactionStats,
+  first?: Buffer[][],
 ): Promise<void> {
   const { client, prefix } = context;
   const bucket = markerBucketKey(prefix, slotTags[0] as number);
   let tags = slotTags;
+  let read = first;
   while (tags.length > 0) {
     // Oldest completions first: once one is inside the hot window, so is the rest of its index.
-    const lists = (await runScript(client, 'compactCandidates', 'compactCompleted', [
-      tags.length,
-      ...tags.map((tag) => indexKey(prefix, tag)),
-      String(batchSize),
-    ])) as Buffer[][];
+    const lists = read ?? (await candidates(context, tags, batchSize));
+    read = undefined;
     const records: Buffer[] = [];
     const ids: Buffer[] = [];
     lists.forEach((list, i) => {

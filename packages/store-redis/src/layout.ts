@@ -76,6 +76,8 @@ export function tagPrefix(prefix: string, tag: number): string {
 let slotGroups: number[][] | undefined;
 /** Per tag, the first tag of its cluster slot (see markerBucketKey). */
 let slotFirstTag: Uint16Array | undefined;
+/** Per tag, its cluster slot. */
+let tagSlot: Uint16Array | undefined;
 
 /**
  * The tags grouped by cluster slot (1 to 12 a slot, about 5; 13,152 slots have any): the unit of a
@@ -94,8 +96,23 @@ export function tagsBySlot(): readonly (readonly number[])[] {
     }
     slotGroups = [...bySlot.values()];
     slotFirstTag = slots.map((slot) => (bySlot.get(slot) as number[])[0] as number);
+    tagSlot = slots;
   }
   return slotGroups;
+}
+
+/**
+ * The master node serving `tag`'s slot, as a Cluster client's slot map names it (`host:port`); the
+ * slot itself while the map is not loaded, and '' on a single server. Keys grouped by it share one
+ * script call: the batch scripts reach keys of several slots on their node (allow-cross-slot-keys).
+ */
+export function nodeOfTag(client: object, tag: number): string {
+  if ((client as { isCluster?: boolean }).isCluster !== true) return '';
+  if (tagSlot === undefined) tagsBySlot();
+  const slot = (tagSlot as Uint16Array)[tag] as number;
+  return (
+    (client as { slots?: readonly (readonly string[] | undefined)[] }).slots?.[slot]?.[0] ?? `slot ${slot}`
+  );
 }
 
 function firstTagOfSlot(tag: number): number {

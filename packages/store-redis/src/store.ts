@@ -8,9 +8,9 @@ import {
   type BlobStore,
   batchAnswers,
   type ClearResult,
-  collectOrphanBlobs,
   type CompleteRequest,
   ConfigError,
+  collectOrphanBlobs,
   type ErrorInfo,
   type FencedResult,
   type FingerprintClaim,
@@ -27,7 +27,6 @@ import {
   silentLogger,
 } from '@exactly-once/core';
 import type { Repeating } from '@exactly-once/core/spi';
-import calculateSlot from 'cluster-key-slot';
 import { type BlobCollectionOptions, type BlobCollectionStats, collectBlobPass } from './blob-collection.js';
 import {
   type RedisArg,
@@ -52,8 +51,8 @@ import {
 import { type CompactionOptions, type CompactionStats, compactPass } from './compaction.js';
 import { scripts } from './generated/scripts.js';
 import { listInProgress } from './in-progress.js';
+import { fingerprintClaimKey, keysFor, nodeOfTag } from './layout.js';
 import { type MaintenanceOptions, startMaintenance } from './maintenance.js';
-import { fingerprintClaimKey, keysFor } from './layout.js';
 import { ArgumentWriter } from './packing.js';
 import { checkServer } from './server-check.js';
 import { ServerClocks } from './server-clock.js';
@@ -172,7 +171,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
   registerScripts(client);
   // On a Cluster a batch script runs on one node: batches go per node (see nodeOfTag).
   const cluster = (client as { isCluster?: boolean }).isCluster === true;
-  const nodeOf = (key: string): string => (cluster ? nodeOfTag(client, keysFor(prefix, key).tag) : '');
+  const nodeOf = (key: string): string => nodeOfTag(client, keysFor(prefix, key).tag);
   // Each node's clock, for the time after which a begin's caller has given up.
   const clocks = new ServerClocks();
   /**
@@ -560,25 +559,6 @@ async function withWait(
     });
   }
   return written?.[1];
-}
-
-/** The cluster slot of each tag (its keys' hash tag is the tag's 4 hex digits), computed once. */
-const tagSlots = new Int16Array(65_536).fill(-1);
-
-/**
- * The master node serving `tag`'s slot, as ioredis's slot map names it (`host:port`); the slot
- * itself while the map is not loaded. Keys grouped by it share one script call: the batch
- * scripts reach keys of several slots on their node (allow-cross-slot-keys).
- */
-function nodeOfTag(client: RedisClient, tag: number): string {
-  let slot = tagSlots[tag] as number;
-  if (slot < 0) {
-    slot = calculateSlot(tag.toString(16).padStart(4, '0'));
-    tagSlots[tag] = slot;
-  }
-  return (
-    (client as { slots?: readonly (readonly string[] | undefined)[] }).slots?.[slot]?.[0] ?? `slot ${slot}`
-  );
 }
 
 /** A record as the scripts answer it: the packed record and its extras hash (flat). */

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createFsBlobStore } from '@exactly-once/core';
 import { Cluster, Redis } from 'ioredis';
+import { vi } from 'vitest';
 import { createRedisStore, type RedisProcessedStore, type RedisStoreOptions } from '../src/index.js';
 
 export const REDIS_URL = process.env.EO_REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -90,4 +91,10 @@ export async function blobFixture(connect: () => Redis | Cluster, label: string)
       await rm(directory, { recursive: true, force: true });
     },
   };
+}
+
+/** Spies on the ioredis command a store script is registered as (`<command>Buffer`, how the store calls it). */
+export function spyOnScript(client: Redis | Cluster, script: { readonly command: string }) {
+  const methods = client as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
+  return vi.spyOn(methods, `${script.command}Buffer`);
 }

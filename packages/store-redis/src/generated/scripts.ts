@@ -900,6 +900,31 @@ end
 return out
 `,
   },
+  blobsDue: {
+    command: 'eoBlobsDue_v2_ef10d147',
+    numberOfKeys: 1,
+    sha1: 'ef10d1470a5f46e59d5146d447472aac7596a1f9',
+    lua: `#!lua flags=allow-cross-slot-keys
+--[[
+blobsDue: the blob index entries whose records have passed their physical end, for some tags at
+once (of several cluster slots of one node: a blob collection pass reads many tags per call). The
+indexes go as arguments, as in compactCandidates-1.lua (a Cluster refuses declared keys of several
+slots).
+
+KEYS[1]      the first index: it routes the call (on a Cluster, to the node of its slot)
+ARGV[1]      the server time (ms) up to which entries are due (an entry's score is its record's end)
+ARGV[2]      how many entries to return per index
+ARGV[3] ...  the blob indexes of the tags (sorted sets: packed pointer -> end), the first one again
+             first
+
+Returns one list per index, in ARGV order: the due members (packed pointers), earliest first.
+]]
+local rcall = redis.call
+local out, now, count = {}, ARGV[1], ARGV[2]
+for i = 3, #ARGV do out[i - 2] = rcall('ZRANGE', ARGV[i], '-inf', now, 'BYSCORE', 'LIMIT', 0, count) end
+return out
+`,
+  },
   clear: {
     command: 'eoClear_v2_715e5b0c',
     numberOfKeys: 4,
@@ -1265,21 +1290,26 @@ return 0
 `,
   },
   compactCandidates: {
-    command: 'eoCompactCandidates_v2_fb398497',
-    numberOfKeys: undefined,
-    sha1: 'fb398497f32edca54800d1945f57312c4ceef6a5',
-    lua: `--[[
-compactCandidates: the oldest entries of the completion indexes of one cluster slot's tags, as
-binary-safe ids. Called with numkeys = the number of indexes.
+    command: 'eoCompactCandidates_v2_95a16edb',
+    numberOfKeys: 1,
+    sha1: '95a16edbea07ea51ecab669c6cb711392844e5cf',
+    lua: `#!lua flags=allow-cross-slot-keys
+--[[
+compactCandidates: the oldest entries of the completion indexes of some tags, as binary-safe ids.
+The tags may be of several cluster slots of one node: a pass reads many slots' indexes per call.
+A Cluster refuses declared keys of several slots (CROSSSLOT), so the indexes go as arguments
+(like beginMany's records) and allow-cross-slot-keys lets the script reach them on this node.
 
-KEYS[1] ...  completion indexes of the tags (sorted sets: record id -> completedAt), one slot
-ARGV[1]  how many entries to return per index
+KEYS[1]      the first index: it routes the call (on a Cluster, to the node of its slot)
+ARGV[1]      how many entries to return per index
+ARGV[2] ...  the completion indexes of the tags (sorted sets: record id -> completedAt), the
+             first one again first
 
-Returns one list per index, in KEYS order: record ids (16 bytes each), oldest completion first.
+Returns one list per index, in ARGV order: record ids (16 bytes each), oldest completion first.
 ]]
 local rcall = redis.call
 local out, count = {}, tonumber(ARGV[1]) - 1
-for i = 1, #KEYS do out[i] = rcall('ZRANGE', KEYS[i], 0, count) end
+for i = 2, #ARGV do out[i - 1] = rcall('ZRANGE', ARGV[i], 0, count) end
 return out
 `,
   },
