@@ -185,6 +185,8 @@ describe('dlq on Kafka', () => {
     expect(run.stderr).toContain('its steps run again');
     const out = JSON.parse(run.stdout) as { results: unknown[] };
     expect(out.results).toEqual([{ id: '0:0', key: 'key-a', to: topic, reset: 'cleared', replayed: true }]);
+    // A line per letter as it goes (stderr is not a terminal here): a killed replay leaves a record.
+    expect(run.stderr).toContain(`replayed 0:0 (key "key-a") to ${topic}, key cleared\n`);
     await waitUntil(
       async () => (await store.get(recordKeyFor({ consumer: groupId, key: 'key-a' })))?.state === 'COMPLETED',
       { message: 'key-a completed', timeoutMs: 60_000 },

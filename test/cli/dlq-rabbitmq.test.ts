@@ -153,7 +153,7 @@ describe('dlq on RabbitMQ', () => {
 
   it('replay --reset-key: clears the FAILED record, and the replay is processed', async () => {
     failing.delete('a');
-    const out = await cliJson<{ results: { id: string; replayed: boolean; reset: string }[] }>([
+    const run = await cli([
       'dlq',
       'replay',
       dlq,
@@ -164,8 +164,13 @@ describe('dlq on RabbitMQ', () => {
       '--redis-prefix',
       keyPrefix,
       ...amqp,
+      '--json',
     ]);
+    expect(run.code, run.stderr).toBe(0);
+    const out = JSON.parse(run.stdout) as { results: unknown[] };
     expect(out.results).toEqual([{ id: 'key-a', key: 'key-a', to: queue, reset: 'cleared', replayed: true }]);
+    // A line per letter as it goes (stderr is not a terminal here): a killed replay leaves a record.
+    expect(run.stderr).toContain(`replayed key-a (key "key-a") to ${queue}, key cleared\n`);
     await waitUntil(
       async () =>
         (await store.get(recordKeyFor({ consumer: consumerName, key: 'key-a' })))?.state === 'COMPLETED',

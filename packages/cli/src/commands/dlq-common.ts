@@ -7,7 +7,7 @@ import {
   readIdentityHeader,
   recordKeyFor,
 } from '@exactly-once/core';
-import { formatBytes, shown, table, truncate } from '../output.js';
+import { formatBytes, type Io, shown, table, truncate } from '../output.js';
 import { storeError } from '../stores.js';
 
 /** One dead letter, as read from a dead-letter queue or topic. */
@@ -301,6 +301,23 @@ export interface ReplayResult {
   readonly replayed: boolean;
   readonly reset?: ResetOutcome;
   readonly error?: string;
+}
+
+/**
+ * One stderr line per letter as the replay goes, where no progress bar is drawn (stderr not a
+ * terminal): a replay killed part-way leaves a record of what it sent. The table comes at the end.
+ */
+export function replayLog(io: Io): (result: ReplayResult) => void {
+  if (io.interactive) return () => {};
+  return (r) => {
+    const key = r.key === undefined ? 'no key' : `key ${JSON.stringify(r.key)}`;
+    const reset = r.reset === undefined ? '' : `, key ${r.reset}`;
+    io.err(
+      r.replayed
+        ? `replayed ${r.id} (${key}) to ${r.to}${reset}\n`
+        : `NOT replayed ${r.id} (${key})${reset}: ${r.error ?? ''}\n`,
+    );
+  };
 }
 
 export function renderReplay(source: string, results: readonly ReplayResult[], note: string): string[] {

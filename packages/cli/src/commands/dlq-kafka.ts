@@ -21,6 +21,7 @@ import {
   isReplayDropped,
   letterKey,
   type ReplayResult,
+  replayLog,
   type ResetOutcome,
   reasonOf,
   refusedAfterReset,
@@ -171,12 +172,17 @@ export async function openKafka(io: Io, brokersText: string, topic: string): Pro
       }
       const bar = progress(io, 'replaying', letters.length);
       const results: ReplayResult[] = [];
+      const log = replayLog(io);
+      const done = (result: ReplayResult) => {
+        results.push(result);
+        log(result);
+      };
       try {
         for (const letter of letters) {
           const base = { id: letter.id, ...(letter.key === undefined ? {} : { key: letter.key }) };
           const to = options.to ?? letter.origin.destination;
           if (!to) {
-            results.push({
+            done({
               ...base,
               replayed: false,
               error: 'no x-eo-original-topic header: give --to <topic>',
@@ -188,7 +194,7 @@ export async function openKafka(io: Io, brokersText: string, topic: string): Pro
             reset = await options.reset(letter);
             const refused = refusedAfterReset(reset);
             if (refused !== undefined) {
-              results.push({ ...base, to, reset, replayed: false, error: refused });
+              done({ ...base, to, reset, replayed: false, error: refused });
               continue;
             }
           }
@@ -204,9 +210,9 @@ export async function openKafka(io: Io, brokersText: string, topic: string): Pro
                 },
               ],
             });
-            results.push({ ...base, to, ...(reset ? { reset } : {}), replayed: true });
+            done({ ...base, to, ...(reset ? { reset } : {}), replayed: true });
           } catch (error) {
-            results.push({
+            done({
               ...base,
               to,
               ...(reset ? { reset } : {}),

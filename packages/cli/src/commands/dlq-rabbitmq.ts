@@ -24,6 +24,7 @@ import {
   isReplayDropped,
   letterKey,
   type ReplayResult,
+  replayLog,
   type ResetOutcome,
   reasonOf,
   refusedAfterReset,
@@ -135,13 +136,18 @@ export async function openRabbit(io: Io, urlText: string, queue: string): Promis
         const chosen = (await getAll(ch, limit, 'reading')).filter((g) => select(g.letter));
         const bar = progress(io, 'replaying', chosen.length);
         const results: ReplayResult[] = [];
+        const log = replayLog(io);
+        const done = (result: ReplayResult) => {
+          results.push(result);
+          log(result);
+        };
         try {
           for (const { message, letter } of chosen) {
             if (closed !== undefined) {
-              results.push({ id: letter.id, ...keyOf(letter), replayed: false, error: 'channel closed' });
+              done({ id: letter.id, ...keyOf(letter), replayed: false, error: 'channel closed' });
               continue;
             }
-            results.push(await replayOne(ch, message, letter));
+            done(await replayOne(ch, message, letter));
             bar.increment();
           }
         } finally {
