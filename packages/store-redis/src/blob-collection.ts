@@ -11,7 +11,7 @@
 import type { BlobStore } from '@exactly-once/core';
 import { type RedisClient, runCommand, runScript } from './client.js';
 import { unpackResult } from './codec.js';
-import { blobIndexKey, nodeOfTag, TAG_COUNT } from './layout.js';
+import { blobIndexKey, chunksByNode, TAG_COUNT } from './layout.js';
 
 export interface BlobCollectionOptions {
   /** Index entries read per tag per call. Default 100. */
@@ -45,7 +45,8 @@ export async function collectBlobPass(
   const [seconds, micros] = (await runCommand(client, 'collectBlobs', 'TIME', [])) as [string, string];
   const now = String(Number(seconds) * 1000 + Math.floor(Number(micros) / 1000));
   let deleted = 0;
-  const chunks = tagChunks(client);
+  const tags = Array.from({ length: TAG_COUNT }, (_, tag) => tag);
+  const chunks = chunksByNode(client, tags, (tag) => tag, TAGS_PER_CALL);
   let next = 0;
   // One worker's failure stops the others at their next step, and the pass answers only once all
   // have stopped: a caller that runs the next pass on a rejection never has two passes deleting.
@@ -115,21 +116,4 @@ export async function collectBlobPass(
   const rejected = ends.find((end) => end.status === 'rejected');
   if (rejected) throw rejected.reason;
   return { deleted };
-}
-
-/** All tags, in groups of at most TAGS_PER_CALL served by one node. */
-function tagChunks(client: RedisClient): number[][] {
-  const open = new Map<string, number[]>();
-  const chunks: number[][] = [];
-  for (let tag = 0; tag < TAG_COUNT; tag++) {
-    const node = nodeOfTag(client, tag);
-    let chunk = open.get(node);
-    if (chunk === undefined || chunk.length === TAGS_PER_CALL) {
-      chunk = [];
-      open.set(node, chunk);
-      chunks.push(chunk);
-    }
-    chunk.push(tag);
-  }
-  return chunks;
 }

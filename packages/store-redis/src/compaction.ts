@@ -5,7 +5,7 @@
  * a pass reads each tag's index from the oldest completion on, and never scans the keyspace.
  */
 import { type RedisClient, runScript } from './client.js';
-import { indexKey, markerBucketKey, nodeOfTag, recordKey, tagsBySlot } from './layout.js';
+import { chunksByNode, indexKey, markerBucketKey, recordKey, tagsBySlot } from './layout.js';
 
 export interface CompactionOptions {
   /** Index entries examined per tag and script call (a call covers the ~5 tags of a cluster slot). Default 100. */
@@ -48,7 +48,8 @@ export async function compactPass(
   const batchSize = Math.max(1, Math.floor(options.batchSize ?? 100));
   const concurrency = Math.max(1, Math.floor(options.concurrency ?? 32));
   const stats: CompactionStats = { compacted: 0, dropped: 0, deferred: 0 };
-  const chunks = slotChunks(context.client);
+  // The slots (as their tags) in groups served by one node.
+  const chunks = chunksByNode(context.client, tagsBySlot(), (tags) => tags[0] as number, SLOTS_PER_CALL);
   let next = 0;
   const worker = async () => {
     while (next < chunks.length) {
@@ -58,23 +59,6 @@ export async function compactPass(
   };
   await Promise.all(Array.from({ length: concurrency }, worker));
   return stats;
-}
-
-/** The slots (as their tags) in groups of at most SLOTS_PER_CALL served by one node. */
-function slotChunks(client: RedisClient): (readonly (readonly number[])[])[] {
-  const open = new Map<string, (readonly number[])[]>();
-  const chunks: (readonly (readonly number[])[])[] = [];
-  for (const tags of tagsBySlot()) {
-    const node = nodeOfTag(client, tags[0] as number);
-    let chunk = open.get(node);
-    if (chunk === undefined || chunk.length === SLOTS_PER_CALL) {
-      chunk = [];
-      open.set(node, chunk);
-      chunks.push(chunk);
-    }
-    chunk.push(tags);
-  }
-  return chunks;
 }
 
 /** The oldest `batchSize` entries of each tag's index, in `tags` order. */

@@ -102,6 +102,31 @@ export function tagsBySlot(): readonly (readonly number[])[] {
 }
 
 /**
+ * `items` in groups of at most `size` whose tags are served by one node (see nodeOfTag), in
+ * order: what one multi-slot script call can carry.
+ */
+export function chunksByNode<T>(
+  client: object,
+  items: Iterable<T>,
+  tagOf: (item: T) => number,
+  size: number,
+): T[][] {
+  const open = new Map<string, T[]>();
+  const chunks: T[][] = [];
+  for (const item of items) {
+    const node = nodeOfTag(client, tagOf(item));
+    let chunk = open.get(node);
+    if (chunk === undefined || chunk.length === size) {
+      chunk = [];
+      open.set(node, chunk);
+      chunks.push(chunk);
+    }
+    chunk.push(item);
+  }
+  return chunks;
+}
+
+/**
  * The master node serving `tag`'s slot, as a Cluster client's slot map names it (`host:port`); the
  * slot itself while the map is not loaded, and '' on a single server. Keys grouped by it share one
  * script call: the batch scripts reach keys of several slots on their node (allow-cross-slot-keys).

@@ -213,16 +213,22 @@ for (const [name, connect] of [
       expect(record?.state === 'COMPLETED' && 'compacted' in record).toBe(false);
     });
 
+    /** A store on a prefix of its own with `n` COMPLETED records, for counting a pass's calls. */
+    const ownStoreWith = async (n: number, label: string) => {
+      const prefix = testPrefix(label);
+      const own = createRedisStore({ client, keyPrefix: prefix, compactAfterMs: 0 });
+      const keys = Array.from({ length: n }, () => `${randomUUID()}:${label}`);
+      for (const key of keys) {
+        const begun = await own.begin({ key, fingerprint: 'fp', owner, leaseMs });
+        if (begun.status !== 'acquired') throw new Error(begun.status);
+        await own.complete({ key, fence: begun.fence, outgoing: [], retentionMs });
+      }
+      return { prefix, store: own, keys };
+    };
+
     it('a pass reads the indexes of up to 64 slots of a node per call, and works only on slots with entries', async () => {
       // One call per slot made a pass 13,152 calls even on an empty store: seconds on a loaded Cluster.
-      const sparsePrefix = testPrefix('sparse');
-      const sparse = createRedisStore({ client, keyPrefix: sparsePrefix, compactAfterMs: 0 });
-      const keys = Array.from({ length: 3 }, () => `${randomUUID()}:sparse`);
-      for (const key of keys) {
-        const begun = await sparse.begin({ key, fingerprint: 'fp', owner, leaseMs });
-        if (begun.status !== 'acquired') throw new Error(begun.status);
-        await sparse.complete({ key, fence: begun.fence, outgoing: [], retentionMs });
-      }
+      const { prefix: sparsePrefix, store: sparse, keys } = await ownStoreWith(3, 'sparse');
       const reads = spyOnScript(client, scripts.compactCandidates);
       const masters = name === 'cluster' ? (client as Cluster).nodes('master').length : 1;
       try {
@@ -240,14 +246,7 @@ for (const [name, connect] of [
     // A stale slot map is a Cluster's.
     if (name === 'cluster')
       it('a pass under a stale slot map (a resharding) reads slot by slot where a call met a key of another node', async () => {
-        const stalePrefix = testPrefix('stale');
-        const stale = createRedisStore({ client, keyPrefix: stalePrefix, compactAfterMs: 0 });
-        const keys = Array.from({ length: 12 }, () => `${randomUUID()}:stale`);
-        for (const key of keys) {
-          const begun = await stale.begin({ key, fingerprint: 'fp', owner, leaseMs });
-          if (begun.status !== 'acquired') throw new Error(begun.status);
-          await stale.complete({ key, fence: begun.fence, outgoing: [], retentionMs });
-        }
+        const { prefix: stalePrefix, store: stale, keys } = await ownStoreWith(12, 'stale');
         // Every slot mapped to the first slot's node: each call of 64 slots names keys of the
         // other masters, which Redis refuses ("non local key").
         const map = client as unknown as { slots: string[][] };
