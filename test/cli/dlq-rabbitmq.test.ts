@@ -101,6 +101,31 @@ describe('dlq on RabbitMQ', () => {
       origin: { exchange: '', routingKey: queue, destination: queue },
     });
     await lettersBack(2);
+    // --bodies: the headers and body of each, as show gives them (a script tells letters apart).
+    const withBodies = await cliJson<{ letters: (Letter & { body: string; bodyEncoding: string })[] }>([
+      'dlq',
+      'list',
+      dlq,
+      '--bodies',
+      ...amqp,
+    ]);
+    const shown = await cliJson<{ headers: Record<string, unknown>; body: string }>([
+      'dlq',
+      'show',
+      dlq,
+      'key-b',
+      ...amqp,
+    ]);
+    expect(withBodies.letters.find((l) => l.id === 'key-b')).toMatchObject({
+      // Each read raises the quorum queue's delivery count.
+      headers: { ...shown.headers, 'x-delivery-count': expect.any(String) },
+      body: shown.body,
+      bodyEncoding: 'utf8',
+    });
+    expect(out.letters.every((l) => !('body' in l))).toBe(true);
+    const textOnly = await cli(['dlq', 'list', dlq, '--bodies', ...amqp]);
+    expect(textOnly.code).toBe(2);
+    expect(textOnly.stderr).toMatch(/--bodies needs --json/);
     const text = await cliText(['dlq', 'list', dlq, ...amqp]);
     expect(text).toContain(`RabbitMQ queue ${dlq}: 2 dead letter(s)`);
     expect(text).toMatch(/key-a\s+\S+\s+\S+\s+PERMANENT\s+PermanentError\s+key-a\s+card declined for a/);

@@ -107,6 +107,7 @@ function buildProgram(io: Io): Command {
     .option('--limit <n>', 'read at most this many', integer('--limit', 1), 100)
     .addOption(codeOption())
     .option('--json', 'print JSON')
+    .option('--bodies', "with --json: each letter's headers and body too, as dlq show gives them")
     .action(async (source: string, options) => {
       await dlqList(io, source, options);
     });

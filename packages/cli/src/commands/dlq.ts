@@ -22,6 +22,8 @@ export interface DlqOptions extends StoreOptions {
   /** Only letters with these codes (`--code`, see parseCodes). */
   readonly code?: readonly string[];
   readonly json?: boolean;
+  /** `dlq list --json --bodies`: each letter's headers and body too. */
+  readonly bodies?: boolean;
 }
 
 export interface ReplayOptions extends DlqOptions {
@@ -39,6 +41,8 @@ function transport(options: DlqOptions): 'rabbitmq' | 'kafka' {
 }
 
 export async function dlqList(io: Io, source: string, options: DlqOptions): Promise<void> {
+  if (options.bodies && !options.json)
+    throw new UsageError('--bodies needs --json (dlq show prints one letter as text)');
   let read: DeadLetter[];
   let total: number;
   let description: string;
@@ -77,7 +81,7 @@ export async function dlqList(io: Io, source: string, options: DlqOptions): Prom
       total,
       // With --code, the letters shown are those of the `read` ones that have the codes.
       ...(options.code ? { codes: options.code, read: read.length } : {}),
-      letters: letters.map((l) => letterJson(l, false)),
+      letters: letters.map((l) => letterJson(l, options.bodies === true)),
     });
   } else {
     printLines(
