@@ -65,8 +65,11 @@ export class ExecutionFailedError extends ExactlyOnceError {
 export type ExecutorOptions<T, R> = Omit<ProcessorOptions<T, R>, 'handler' | 'decode' | 'missingKey'>;
 
 export interface ExecuteRequest<T> {
-  /** The client's idempotency key. */
-  key: string;
+  /**
+   * The client's idempotency key, as the request carried it: absent or empty is refused as
+   * `KEY_MISSING` (so a header that was not sent can be passed as it is).
+   */
+  key: string | undefined;
   payload: T;
   /** Defaults to the key: a first hop's request id is its key. */
   requestId?: string;
@@ -146,7 +149,7 @@ export function createIdempotentExecutor<T = unknown, R = unknown>(
         }
       },
     },
-    { waitForOwnRuns: false },
+    { waitForOwnRuns: false, duringOutage: 'requests are answered as retryable (STORE_UNAVAILABLE)' },
   );
   const blobs = options.blobs;
 
@@ -168,9 +171,10 @@ export function createIdempotentExecutor<T = unknown, R = unknown>(
       const envelope: Envelope = { payload: request.payload, handler };
       envelopes.set(call, envelope);
       const requestId = request.requestId ?? request.key;
+      // No key: no header, which the pipeline refuses as KEY_MISSING like a delivery without one.
       const headers: Record<string, string> = {
-        [Headers.IdempotencyKey]: request.key,
-        [Headers.RequestId]: requestId,
+        ...(request.key === undefined ? {} : { [Headers.IdempotencyKey]: request.key }),
+        ...(requestId === undefined ? {} : { [Headers.RequestId]: requestId }),
         'x-eo-call': call,
       };
       injectContext(context.active(), headers);
@@ -190,7 +194,8 @@ export function createIdempotentExecutor<T = unknown, R = unknown>(
               ...(d.result?.kind === 'blob' ? { pointer: d.result.pointer } : {}),
               ...(d.compacted ? { compacted: true } : {}),
               // As the pipeline read it (an empty one counts as absent); both passed its checks.
-              requestId: requestId ? normalizeRequestId(requestId) : normalizeKey(request.key),
+              // (A completed or duplicate call had a key.)
+              requestId: requestId ? normalizeRequestId(requestId) : normalizeKey(request.key as string),
             };
           case 'defer':
             if (d.outcome === 'busy') throw new RequestInProgressError(d.delayMs);

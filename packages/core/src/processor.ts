@@ -174,17 +174,21 @@ export interface OrderedRun {
  * ```
  */
 export function createProcessor<T = unknown, R = unknown>(options: ProcessorOptions<T, R>): Processor {
-  return buildProcessor(options, { waitForOwnRuns: true });
+  return buildProcessor(options, {
+    waitForOwnRuns: true,
+    duringOutage: 'messages are kept unacked and tried again',
+  });
 }
 
 /**
- * {@link createProcessor} with the choice the idempotent executor makes differently: a request
+ * {@link createProcessor} with the choices the idempotent executor makes differently: a request
  * whose key this process is running is answered busy at once (a client gets "in progress"), where
- * a delivery waits for that run and is then a duplicate.
+ * a delivery waits for that run and is then a duplicate; and what a store outage's warning says
+ * happens to the work meanwhile.
  */
 export function buildProcessor<T, R>(
   options: ProcessorOptions<T, R>,
-  choices: { readonly waitForOwnRuns: boolean },
+  choices: { readonly waitForOwnRuns: boolean; readonly duringOutage: string },
 ): Processor {
   const resolved = resolveProcessorOptions(options);
   // Concurrent runs share store round trips (see store/coalesce.ts); each call has a deadline,
@@ -194,6 +198,7 @@ export function buildProcessor<T, R>(
       giveBackLateLeases(o, shared, name, args, answer),
     ),
     resolved.logger,
+    choices.duringOutage,
   );
   const o: ResolvedProcessorOptions<T, R> = Object.freeze({
     ...resolved,

@@ -3,6 +3,7 @@ import type { HandlerContext } from '../src/context.js';
 import { ConfigError, PermanentError, UnencodableValueError } from '../src/errors.js';
 import { createIdempotentExecutor, ExecutionFailedError, RequestInProgressError } from '../src/executor.js';
 import { sha256Hex } from '../src/keys.js';
+import { withFaults } from '../src/store/faulty-store.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 import { deferred, recordingPublisher } from './helpers.js';
 
@@ -220,5 +221,32 @@ describe('idempotent executor (HTTP-style requests)', () => {
       'request has no idempotency key (Idempotency-Key) and missingKey policy is "reject"',
     );
     expect(warnings).toEqual(['refusing request']);
+  });
+  it('takes a header that was not sent as it is: key undefined is KEY_MISSING (the type allows it)', async () => {
+    // Before: `key: string`, so the README's own `sent ? ... : undefined` did not compile under strict.
+    const ex = createIdempotentExecutor<{ sku: string }, number>({ ...opts, store: createMemoryStore() });
+    const sent: string | undefined = undefined;
+    const error = await ex.execute({ key: sent, payload: { sku: 'x' } }, () => 1).catch((e: unknown) => e);
+    expect(error).toMatchObject({ outcome: 'failed', info: { code: 'KEY_MISSING' } });
+  });
+  it('says what a store outage means for requests: answered as retryable, not "kept unacked"', async () => {
+    const warnings: string[] = [];
+    const noop = () => {};
+    const logger = {
+      debug: noop,
+      info: noop,
+      error: noop,
+      warn: (message: string) => warnings.push(message),
+    };
+    const ex = createIdempotentExecutor<{ sku: string }, number>({
+      ...opts,
+      store: withFaults(createMemoryStore(), { failWhen: () => true }),
+      logger,
+    });
+    const error = await ex.execute({ key: 'k', payload: { sku: 'x' } }, () => 1).catch((e: unknown) => e);
+    expect(error).toMatchObject({ outcome: 'retryable', info: { code: 'STORE_UNAVAILABLE' } });
+    expect(warnings).toContain(
+      'processed-store unavailable; requests are answered as retryable (STORE_UNAVAILABLE)',
+    );
   });
 });

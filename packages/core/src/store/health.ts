@@ -38,6 +38,8 @@ export const OUTAGE_REMINDER_MS = 30_000;
 export function withHealth(
   store: ProcessedStore,
   logger: Logger,
+  /** What happens to the work meanwhile, in the outage's first warning. */
+  meanwhile: string,
 ): { store: ProcessedStore; health(): StoreHealth } {
   let lastAnswerAt: number | undefined;
   let unavailableSince: number | undefined;
@@ -61,7 +63,7 @@ export function withHealth(
     if (unavailableSince === undefined) {
       unavailableSince = Math.max(calledAt, lastAnswerAt ?? calledAt);
       loggedAt = now;
-      logger.warn('processed-store unavailable; messages are kept unacked and tried again', {
+      logger.warn(`processed-store unavailable; ${meanwhile}`, {
         unavailableForMs: now - unavailableSince,
         error: toErrorInfo(error),
       });
