@@ -39,6 +39,19 @@ describe('capacity', () => {
       '1',
     ]);
     expect(m.markers.bytesPerMarker).toBeCloseTo(22.76, 1);
+    // A window that is not a whole number of keys: records and markers still add up to the
+    // retention's keys (each was rounded up on its own: 1,041,667 + 28,958,334 = 30,000,001).
+    const w = await cliJson<Estimate>([
+      'capacity',
+      '--keys-per-day',
+      '1000000',
+      '--retention',
+      '30',
+      '--record-window',
+      '25h',
+    ]);
+    expect(w.records.count).toBe(1_041_667);
+    expect(w.records.count + w.markers.count).toBe(30_000_000);
 
     const text = await cliText(['capacity', '--keys-per-day', '1,000,000', '--retention', '30d']);
     expect(text).toContain('full records for 1 day, compaction markers for the other 29 days');

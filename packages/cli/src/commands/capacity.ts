@@ -64,7 +64,8 @@ export function estimateCapacity(input: CapacityInput): CapacityEstimate {
   const compaction = window < retentionDays;
   const recordCount = Math.ceil(keysPerDay * window);
   const bytesPerRecord = input.recordBytes ?? (compaction ? RECORD_WITH_INDEX_BYTES : RECORD_BYTES);
-  const markerCount = compaction ? Math.ceil(keysPerDay * (retentionDays - window)) : 0;
+  // The rest of the retention's keys (not rounded on its own: records + markers = all the keys).
+  const markerCount = compaction ? Math.max(0, Math.ceil(keysPerDay * retentionDays) - recordCount) : 0;
   const bucketOverheadBytes =
     input.markerBytes === undefined && markerCount > 0 ? MARKER_BUCKETS * MARKER_BUCKET_BYTES : 0;
   const markerBytes = markerCount * (input.markerBytes ?? MARKER_BYTES) + bucketOverheadBytes;
