@@ -9,6 +9,14 @@ import { deferred, recordingPublisher } from './helpers.js';
 
 const opts = { consumer: 'orders-api', retentionCheck: 'off' as const };
 
+/** A logger that keeps the warnings' messages and drops the rest. */
+const warningsLogger = () => {
+  const warnings: string[] = [];
+  const noop = () => {};
+  const logger = { debug: noop, info: noop, error: noop, warn: (message: string) => warnings.push(message) };
+  return { warnings, logger };
+};
+
 /** The ExecutionFailedError a call must end in. */
 const failure = (call: Promise<unknown>): Promise<ExecutionFailedError> =>
   call.then(
@@ -202,14 +210,7 @@ describe('idempotent executor (HTTP-style requests)', () => {
   it('speaks of requests, not messages: a refusal logs "refusing request", a missing key names Idempotency-Key', async () => {
     // Before: "dead-lettering message" for a request nothing dead-letters, and a KEY_MISSING
     // naming the broker header x-idempotency-key.
-    const warnings: string[] = [];
-    const noop = () => {};
-    const logger = {
-      debug: noop,
-      info: noop,
-      error: noop,
-      warn: (message: string) => warnings.push(message),
-    };
+    const { warnings, logger } = warningsLogger();
     const ex = createIdempotentExecutor<{ sku: string }, number>({
       ...opts,
       store: createMemoryStore(),
@@ -230,14 +231,7 @@ describe('idempotent executor (HTTP-style requests)', () => {
     expect(error).toMatchObject({ outcome: 'failed', info: { code: 'KEY_MISSING' } });
   });
   it('says what a store outage means for requests: answered as retryable, not "kept unacked"', async () => {
-    const warnings: string[] = [];
-    const noop = () => {};
-    const logger = {
-      debug: noop,
-      info: noop,
-      error: noop,
-      warn: (message: string) => warnings.push(message),
-    };
+    const { warnings, logger } = warningsLogger();
     const ex = createIdempotentExecutor<{ sku: string }, number>({
       ...opts,
       store: withFaults(createMemoryStore(), { failWhen: () => true }),
