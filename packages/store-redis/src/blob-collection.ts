@@ -11,7 +11,7 @@
 import type { BlobStore } from '@exactly-once/core';
 import { type RedisClient, runCommand, runScript } from './client.js';
 import { unpackResult } from './codec.js';
-import { blobIndexKey, chunksByNode, TAG_COUNT } from './layout.js';
+import { blobIndexKey, chunksByNode, staleSlotMap, TAG_COUNT } from './layout.js';
 
 export interface BlobCollectionOptions {
   /** Index entries read per tag per call. Default 100. */
@@ -92,10 +92,9 @@ export async function collectBlobPass(
           String(batchSize),
           ...keys,
         ])) as Buffer[][];
-      } catch {
-        // A tag of the chunk moved to another node (a resharding under a stale slot map): a call
-        // per tag, each routed by its own key (an outage fails there as well).
-        (client as { refreshSlotsCache?: () => void }).refreshSlotsCache?.();
+      } catch (error) {
+        // A tag of the chunk moved to another node: a call per tag, each routed by its own key.
+        if (!staleSlotMap(client, error)) throw error;
         for (const key of keys) if (!failed) await collectTag(key, undefined);
         continue;
       }

@@ -5,7 +5,7 @@
  * a pass reads each tag's index from the oldest completion on, and never scans the keyspace.
  */
 import { type RedisClient, runScript } from './client.js';
-import { chunksByNode, indexKey, markerBucketKey, recordKey, tagsBySlot } from './layout.js';
+import { chunksByNode, indexKey, markerBucketKey, recordKey, staleSlotMap, tagsBySlot } from './layout.js';
 
 export interface CompactionOptions {
   /** Index entries examined per tag and script call (a call covers the ~5 tags of a cluster slot). Default 100. */
@@ -86,10 +86,8 @@ async function compactChunk(
   try {
     lists = await candidates(context, chunk.flat(), batchSize);
   } catch (error) {
-    if (chunk.length === 1) throw error;
-    // A slot of the chunk moved to another node (a resharding under a stale slot map): a call
-    // per slot, each routed by its own keys.
-    (context.client as { refreshSlotsCache?: () => void }).refreshSlotsCache?.();
+    // A slot of the chunk moved to another node: a call per slot, each routed by its own keys.
+    if (!staleSlotMap(context.client, error)) throw error;
     for (const tags of chunk) await compactSlot(context, tags, batchSize, stats);
     return;
   }

@@ -102,6 +102,18 @@ export function tagsBySlot(): readonly (readonly number[])[] {
 }
 
 /**
+ * Whether `error` is a Cluster refusing a multi-slot call for a key its node no longer serves:
+ * after a resharding, calls grouped by a stale slot map get "non local key" (not MOVED, so
+ * ioredis would not notice). Refreshes the map when it is, so the next grouping is right.
+ */
+export function staleSlotMap(client: object, error: unknown): boolean {
+  if ((client as { isCluster?: boolean }).isCluster !== true) return false;
+  if (!(error instanceof Error && error.message.includes('non local key'))) return false;
+  (client as { refreshSlotsCache?: () => void }).refreshSlotsCache?.();
+  return true;
+}
+
+/**
  * `items` in groups of at most `size` whose tags are served by one node (see nodeOfTag), in
  * order: what one multi-slot script call can carry.
  */

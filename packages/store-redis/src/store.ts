@@ -51,7 +51,7 @@ import {
 import { type CompactionOptions, type CompactionStats, compactPass } from './compaction.js';
 import { scripts } from './generated/scripts.js';
 import { listInProgress } from './in-progress.js';
-import { fingerprintClaimKey, keysFor, nodeOfTag } from './layout.js';
+import { fingerprintClaimKey, keysFor, nodeOfTag, staleSlotMap } from './layout.js';
 import { type MaintenanceOptions, startMaintenance } from './maintenance.js';
 import { ArgumentWriter } from './packing.js';
 import { checkServer } from './server-check.js';
@@ -175,17 +175,14 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
   // Each node's clock, for the time after which a begin's caller has given up.
   const clocks = new ServerClocks();
   /**
-   * Runs a batch call. After a resharding, a batch grouped by a stale slot map names a key its
-   * node no longer serves: Redis answers "non local key" (not MOVED, so ioredis would not notice)
-   * and the call fails whole; refreshing the map lets the redelivery be grouped right.
+   * Runs a batch call. A batch grouped by a stale slot map fails whole (see staleSlotMap), and
+   * refreshing the map lets the redelivery be grouped right.
    */
   const batch = async <A>(call: () => Promise<A>): Promise<A> => {
     try {
       return await call();
     } catch (error) {
-      if (cluster && error instanceof Error && error.message.includes('non local key')) {
-        (client as { refreshSlotsCache?: () => void }).refreshSlotsCache?.();
-      }
+      staleSlotMap(client, error);
       throw error;
     }
   };
