@@ -170,6 +170,71 @@ describe('rabbitmq consumer', () => {
   });
 });
 
+describe('rabbitmq consumer: copies of a message at two workers at once', () => {
+  it('a copy that finds the key just completed by the other worker leaves its publish to that worker: one outgoing message per key', async () => {
+    // Both workers' broker confirms take 800 ms. The copy the other worker holds is answered busy,
+    // comes back 200 ms later, and finds the record COMPLETED with its message not yet confirmed.
+    const queue = uniqueName('rmq-pair');
+    const raw = await rawChannel();
+    await raw.ch.assertQueue(`${queue}.out`, { durable: true });
+    const rabbit = createPublisher({ connection: env.amqpUrl });
+    const slowConfirms = {
+      async publish(messages: readonly OutgoingMessage[]) {
+        await new Promise((r) => setTimeout(r, 800));
+        await rabbit.publish(messages);
+      },
+    };
+    const effects = new Map<string, number>();
+    const worker = () =>
+      createConsumer<{ id: string }>({
+        connection: env.amqpUrl,
+        queue,
+        consumer: 'rmq-pair',
+        namespace: queue.replace(/[^A-Za-z0-9._-]/g, ''),
+        store: createRedisStore({ client: redis, keyPrefix: storePrefix(queue) }),
+        publisher: slowConfirms,
+        retryDelaysMs: delays,
+        retentionCheck: 'off',
+        leaseMs: 2_000,
+        handler: (p, ctx) => {
+          effects.set(ctx.key, (effects.get(ctx.key) ?? 0) + 1);
+          ctx.publish(`${queue}.out`, { id: p.id });
+        },
+      });
+    const workers = [worker(), worker()];
+    cleanups.push(async () => {
+      for (const w of workers) await w.stop();
+      await rabbit.close();
+      await raw.deleteQueues(queuesOf(queue, delays));
+      await raw.close();
+    });
+    for (const w of workers) await w.start();
+    // Published back to back, the two copies of a key go one to each worker.
+    for (let i = 0; i < 20; i++) {
+      for (let copy = 0; copy < 2; copy++)
+        await raw.publish(queue, { id: `p${i}` }, { 'x-idempotency-key': `p${i}` });
+    }
+    const acked = () => workers.reduce((n, w) => n + w.stats.acked, 0);
+    await waitUntil(() => acked() === 40, {
+      message: `40 acks (${workers.map((w) => JSON.stringify(w.stats))})`,
+    });
+    expect(effects.size).toBe(20);
+    expect([...effects.values()].every((n) => n === 1)).toBe(true);
+    // The premise: copies answered as duplicates at the worker that did not run their key (at
+    // most one copy a key can be a duplicate at the worker that ran it).
+    const elsewhere = workers.reduce(
+      (n, w) => n + Math.max(0, (w.stats.byOutcome.duplicate ?? 0) - (w.stats.byOutcome.acquired ?? 0)),
+      0,
+    );
+    expect(elsewhere).toBeGreaterThan(5);
+    // Every publish came before its message's ack.
+    const out = await raw.drain(`${queue}.out`);
+    const keys = out.map((m) => String(m.properties.headers?.['x-idempotency-key']));
+    expect(new Set(keys).size).toBe(20);
+    expect(keys).toHaveLength(20);
+  });
+});
+
 describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
   it('names the consumer after its queue by default, and sends dead letters to deadLetter.queue', async () => {
     const queue = uniqueName('rmq-named');

@@ -573,7 +573,7 @@ async function run<T, R>(
     switch (begun.status) {
       case 'duplicate': {
         span.addLinks(linkToRef(begun.record.traceId));
-        return finishCompleted(o, runCtx, delivery, storeKey, begun.record, shared, turn?.publishedBefore);
+        return finishCompleted(o, runCtx, delivery, storeKey, begun, shared, turn?.publishedBefore);
       }
       case 'busy':
         // Poll well before the other lease ends: the other worker usually finishes early.

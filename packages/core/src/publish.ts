@@ -11,27 +11,38 @@ import { isRequest } from './prepare.js';
 import { ATTR_MESSAGING_OPERATION_TYPE } from './semconv.js';
 import { endPublishingRun, MAX_TRACKED_PUBLISH_FAILURES, publishingRun, type Shared } from './shared.js';
 import type { Delivery, Disposition, Outcome } from './spi.js';
-import type { CompletedRecord, OutgoingMessage, StoredResult } from './store/types.js';
+import type { CompletedRecord, OutgoingMessage, OutgoingRecord, StoredResult } from './store/types.js';
 import { inSpan, instrumentsFor } from './tracing.js';
-import { doublingBackoff } from './wait.js';
+import { doublingBackoff, pause } from './wait.js';
 
 /** Before a message whose outgoing publish failed comes back: 0.5 s, doubling to 30 s. */
 const publishBackoff = doublingBackoff(500, 30_000);
+
+/**
+ * How long after its completion, on the store's clock, a record's unconfirmed outgoing messages are
+ * left to the worker that completed it (cut to `leaseMs`): a copy that finds them then watches the
+ * record meanwhile, and publishes what is still unconfirmed at the end (that worker may have died).
+ * A healthy publish is confirmed within milliseconds.
+ */
+export const COMPLETER_PUBLISH_WAIT_MS = 3_000;
 
 export async function finishCompleted<T, R>(
   o: ResolvedProcessorOptions<T, R>,
   ctx: Context,
   delivery: Delivery,
   storeKey: string,
-  record: CompletedRecord,
+  found: { readonly record: CompletedRecord; readonly completedAgoMs?: number },
   shared: Shared,
   publishedBefore?: Promise<boolean>,
 ): Promise<Disposition> {
-  let pending = record.outgoing.filter((m) => !m.published);
+  const { record } = found;
+  let pending: readonly OutgoingRecord[] = record.outgoing.filter((m) => !m.published);
   // A run or another copy in this process publishing the same messages right now (copies that
   // came together after a crash, a Kafka refetch): wait for it rather than send them twice, then
   // publish only what it did not confirm.
+  let waited = false;
   for (let underWay = shared.publishing.get(storeKey); pending.length > 0 && underWay; ) {
+    waited = true;
     await underWay.wait();
     const fresh = await o.store.get(storeKey).catch(() => undefined);
     if (fresh?.state === 'COMPLETED') pending = fresh.outgoing.filter((m) => !m.published);
@@ -40,6 +51,18 @@ export async function finishCompleted<T, R>(
   // Copies that come after this one wait for it in turn.
   const marker = pending.length > 0 ? publishingRun(shared, storeKey) : undefined;
   try {
+    // Completed moments ago by another worker (copies that reached two workers at once): that
+    // worker is most likely publishing them now. Not when this process's own publish of them was
+    // refused: nobody else is at it.
+    if (
+      pending.length > 0 &&
+      !waited &&
+      found.completedAgoMs !== undefined &&
+      !shared.publishFailures.has(storeKey)
+    ) {
+      const waitMs = Math.min(COMPLETER_PUBLISH_WAIT_MS, o.leaseMs) - Math.max(0, found.completedAgoMs);
+      pending = await publishedMeanwhile(o, storeKey, record.fence, pending, waitMs);
+    }
     const d = await publishThenAck(
       o,
       ctx,
@@ -58,6 +81,31 @@ export async function finishCompleted<T, R>(
   }
 }
 
+/**
+ * Watches the record for up to `waitMs` (25 ms between reads, doubling to 400 ms) while the worker
+ * that completed it publishes: what it has not confirmed by then, or as soon as the record is no
+ * longer that completion (cleared, or the store does not answer).
+ */
+async function publishedMeanwhile<T, R>(
+  o: ResolvedProcessorOptions<T, R>,
+  storeKey: string,
+  fence: number,
+  pending: readonly OutgoingRecord[],
+  waitMs: number,
+): Promise<readonly OutgoingRecord[]> {
+  const until = performance.now() + waitMs;
+  let left = pending;
+  for (let step = 25; left.length > 0; step = Math.min(step * 2, 400)) {
+    const remaining = until - performance.now();
+    if (remaining <= 0) break;
+    await pause(Math.min(step, remaining));
+    const fresh = await o.store.get(storeKey).catch(() => undefined);
+    if (fresh?.state !== 'COMPLETED' || fresh.fence !== fence) break;
+    left = fresh.outgoing.filter((m) => !m.published);
+  }
+  return left;
+}
+
 export async function publishThenAck<T, R>(
   o: ResolvedProcessorOptions<T, R>,
   ctx: Context,
@@ -74,7 +122,11 @@ export async function publishThenAck<T, R>(
     // In an ordered group (a Kafka partition) the record before may complete later than this one
     // (another Cluster node, another round trip): its messages go out first. If it was deferred,
     // this record's messages wait for their redelivery too, which answers them as a duplicate.
-    if (publishedBefore !== undefined && !(await publishedBefore)) return awaitingEarlier;
+    if (publishedBefore !== undefined && !(await publishedBefore)) {
+      // Left to the redelivery, which then knows that nobody else is publishing them.
+      leftUnpublished(shared, storeKey, shared.publishFailures.get(storeKey) ?? 0);
+      return awaitingEarlier;
+    }
     try {
       const publisher = o.publisher;
       if (!publisher) {
@@ -136,8 +188,8 @@ function publishFailed<T, R>(
   shared: Shared,
 ): Disposition {
   const failures = (shared.publishFailures.get(storeKey) ?? 0) + 1;
-  shared.publishFailures.delete(storeKey); // re-inserted last: the map forgets the oldest first
   if (failures > o.maxPublishDeferrals) {
+    shared.publishFailures.delete(storeKey);
     // A request is answered retryable instead (see executor.ts): its next call publishes them.
     const outcome = isRequest(delivery) ? 'answering the request as retryable' : 'dead-lettering the message';
     o.logger.error(`outgoing messages never confirmed; ${outcome}`, {
@@ -152,11 +204,7 @@ function publishFailed<T, R>(
     );
     return deadLetter(o, delivery, 'publish-failed', reason, failures);
   }
-  shared.publishFailures.set(storeKey, failures);
-  if (shared.publishFailures.size > MAX_TRACKED_PUBLISH_FAILURES) {
-    const oldest = shared.publishFailures.keys().next().value;
-    if (oldest !== undefined) shared.publishFailures.delete(oldest);
-  }
+  leftUnpublished(shared, storeKey, failures);
   o.logger.warn('outgoing publish not confirmed; kept for the next delivery or call of the key', {
     key: storeKey,
     attempt: failures,
@@ -166,4 +214,18 @@ function publishFailed<T, R>(
     error instanceof ExactlyOnceError ? error : new PublishError(describeThrown(error), { cause: error }),
   );
   return { action: 'defer', outcome: 'publish-failed', delayMs, error: info };
+}
+
+/**
+ * Remembers that this process left `storeKey`'s messages unpublished after `failures` refused
+ * publishes in a row (0: held back behind an earlier record): its next copy publishes them at once.
+ * The map forgets the oldest first.
+ */
+function leftUnpublished(shared: Shared, storeKey: string, failures: number): void {
+  shared.publishFailures.delete(storeKey);
+  shared.publishFailures.set(storeKey, failures);
+  if (shared.publishFailures.size > MAX_TRACKED_PUBLISH_FAILURES) {
+    const oldest = shared.publishFailures.keys().next().value;
+    if (oldest !== undefined) shared.publishFailures.delete(oldest);
+  }
 }

@@ -154,7 +154,10 @@ export interface Shared {
   readonly waitForOwnRuns: boolean;
   /** Runs that may publish, by store key (see finishCompleted). */
   readonly publishing: Map<string, RunUnderWay>;
-  /** Consecutive unconfirmed publishes, by store key (see publishThenAck). */
+  /**
+   * Keys whose outgoing messages this process left unpublished, with the unconfirmed publishes in
+   * a row (0: held back behind an earlier record; see publishThenAck). Their copies publish at once.
+   */
   readonly publishFailures: Map<string, number>;
   /** The heartbeat of every running handler's lease. */
   readonly leases: LeaseBoard;

@@ -130,6 +130,88 @@ describe('processor: completed and duplicate', () => {
     expect(publisher.sent).toHaveLength(1);
   });
 
+  describe('a copy that reaches another worker just after the completion', () => {
+    // Two workers: the first completes the key and is publishing its messages; the copy on the
+    // second finds the record COMPLETED with the messages not yet confirmed.
+    const setUp = (clock?: { now: number }) => {
+      const store = createMemoryStore(clock ? { now: () => clock.now } : {});
+      let reads = 0;
+      const watched = {
+        ...store,
+        get: (k: string) => {
+          reads++;
+          return store.get(k);
+        },
+      };
+      const publisher = recordingPublisher();
+      const confirm = deferred();
+      const worker = (publish: OutgoingPublisher) =>
+        createProcessor({
+          consumer: 'billing',
+          store: watched,
+          publisher: publish,
+          ...fast,
+          leaseMs: 2_000,
+          handler: (_: unknown, ctx: HandlerContext) => {
+            ctx.publish('payments', { n: 1 });
+          },
+        });
+      // The first worker's broker confirms when told to (or never: the worker died meanwhile).
+      const first = worker({
+        async publish(messages) {
+          await confirm.promise;
+          await publisher.publish(messages);
+        },
+      });
+      const second = worker(publisher);
+      const completed = async (k: string) => {
+        while ((await store.get(k))?.state !== 'COMPLETED') await new Promise((r) => setTimeout(r, 5));
+      };
+      return { publisher, confirm, first, second, completed, reads: () => reads };
+    };
+
+    it('waits for the first worker to publish, and sends nothing again', async () => {
+      const { publisher, confirm, first, second, completed } = setUp();
+      const running = first.process(delivery({}, key('k3c')));
+      await completed('default:billing:k3c');
+      const copy = second.process(delivery({}, key('k3c')));
+      await new Promise((r) => setTimeout(r, 100));
+      confirm.resolve();
+      expect(await copy).toMatchObject({ action: 'ack', outcome: 'duplicate' });
+      expect(await running).toMatchObject({ action: 'ack', outcome: 'acquired' });
+      expect(publisher.sent).toHaveLength(1);
+    });
+
+    it('publishes them itself when the first worker never does (it died after completing)', async () => {
+      const { publisher, first, second, completed, reads } = setUp();
+      void first.process(delivery({}, key('k3d')));
+      await completed('default:billing:k3d');
+      const before = reads();
+      expect(await second.process(delivery({}, key('k3d')))).toMatchObject({
+        action: 'ack',
+        outcome: 'duplicate',
+      });
+      expect(publisher.sent).toHaveLength(1);
+      // It watched the record while it waited.
+      expect(reads() - before).toBeGreaterThan(1);
+    });
+
+    it('publishes them at once when the completion is older than the wait, on the store clock', async () => {
+      const clock = { now: 1_000_000 };
+      const { publisher, first, second, completed, reads } = setUp(clock);
+      void first.process(delivery({}, key('k3e')));
+      await completed('default:billing:k3e');
+      clock.now += 2_000;
+      const before = reads();
+      expect(await second.process(delivery({}, key('k3e')))).toMatchObject({
+        action: 'ack',
+        outcome: 'duplicate',
+      });
+      expect(publisher.sent).toHaveLength(1);
+      expect(reads()).toBe(before);
+    });
+  });
+
   it('defers a delivery of a key another worker is running (busy) instead of running it twice', async () => {
     const gate = deferred();
     let runs = 0;

@@ -461,7 +461,9 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     }
     const record = decodeRecord(last);
     if (record.fingerprint !== request.fingerprint) return { status: 'mismatch', record };
-    if (record.state === 'COMPLETED') return { status: 'duplicate', record };
+    if (record.state === 'COMPLETED') {
+      return { status: 'duplicate', record, completedAgoMs: now - record.completedAt };
+    }
     if (record.state === 'FAILED') return { status: 'failed', record };
     if (record.leaseUntil > now) return { status: 'busy', record, retryAfterMs: record.leaseUntil - now };
     const doc: RecordDoc = {

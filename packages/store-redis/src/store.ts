@@ -613,7 +613,9 @@ function decodeBegin(
       return { status: 'busy', record: busy, retryAfterMs: Math.max(1, busy.leaseUntil - Number(now)) };
     }
     case 'D':
-      if (record.state === 'COMPLETED') return { status: 'duplicate', record };
+      if (record.state === 'COMPLETED') {
+        return { status: 'duplicate', record, completedAgoMs: Number(now) - record.completedAt };
+      }
       break;
     case 'F':
       if (record.state === 'FAILED') return { status: 'failed', record };

@@ -96,8 +96,13 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
         if (current.fingerprint !== request.fingerprint) {
           return { status: 'mismatch', record: copyRecord(current) };
         }
-        if (current.state === RecordState.Completed)
-          return { status: 'duplicate', record: copyRecord(current) };
+        if (current.state === RecordState.Completed) {
+          return {
+            status: 'duplicate',
+            record: copyRecord(current),
+            completedAgoMs: at - current.completedAt,
+          };
+        }
         if (current.state === RecordState.Failed) return { status: 'failed', record: copyRecord(current) };
         if (current.leaseUntil > at) {
           return { status: 'busy', record: copyRecord(current), retryAfterMs: current.leaseUntil - at };

@@ -151,7 +151,17 @@ export type BeginResult =
       /** Steps journaled by earlier attempts of this record. */
       readonly steps: Readonly<Record<string, StepRecord>>;
     }
-  | { readonly status: 'duplicate'; readonly record: CompletedRecord }
+  | {
+      readonly status: 'duplicate';
+      readonly record: CompletedRecord;
+      /**
+       * How long before this answer the record completed, on the store's clock (the answer's
+       * store time less `record.completedAt`). A copy that finds outgoing messages not yet
+       * confirmed moments after the completion gives the worker that completed it time to publish
+       * them. Absent: the store cannot tell, and such a copy publishes them at once.
+       */
+      readonly completedAgoMs?: number;
+    }
   | {
       readonly status: 'busy';
       /** The holder's record; a batch answer (`beginMany`) may leave it out. */

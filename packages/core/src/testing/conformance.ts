@@ -280,6 +280,26 @@ export function describeStoreConformance(
       expect(await store().get(key)).toEqual(record);
     });
 
+    it('a duplicate answer says how long ago its record completed, on the store clock (begin and beginMany)', async () => {
+      const key = freshKey();
+      const acquired = await acquire(key);
+      await ok(completeWith(key, acquired.fence));
+      const first = expectStatus(await store().begin(request(key)), 'duplicate');
+      // Optional in the contract: a store that cannot tell leaves it out.
+      if (first.completedAgoMs === undefined) return;
+      const since = performance.now();
+      expect(first.completedAgoMs).toBeGreaterThanOrEqual(0);
+      expect(first.completedAgoMs).toBeLessThan(5_000);
+      await sleep(pastLease);
+      const ask = store().beginMany;
+      const [again] = ask ? await ask.call(store(), [request(key)]) : [await store().begin(request(key))];
+      const later = expectStatus(again as NonNullable<typeof again>, 'duplicate');
+      const slept = performance.now() - since;
+      // The store's clock moved as this one did, give or take its granularity.
+      expect(later.completedAgoMs).toBeGreaterThanOrEqual(first.completedAgoMs + pastLease - 20);
+      expect(later.completedAgoMs).toBeLessThanOrEqual(first.completedAgoMs + slept + 1_000);
+    });
+
     it('a repeated complete under the same fence answers ok and changes nothing; other fences are lost', async () => {
       // The caller of a complete whose answer was lost (a timeout, a dropped connection) asks again.
       const key = freshKey();
