@@ -191,6 +191,9 @@ async function runVariant(
   }
 }
 
+/** How long after a completion a copy elsewhere leaves its unconfirmed messages to the completer. */
+const COMPLETER_WAIT_MS = 3_000;
+
 async function drain(
   queue: string,
   batch: string,
@@ -232,6 +235,10 @@ async function drain(
     }).finally(() => writing.stop());
 
     // 2. The drain: redeliveries find COMPLETED records and publish what was never confirmed.
+    // Another worker drains them (the writer died): its copies leave a record's messages to the
+    // worker that completed it for 3 s after the completion (core's README), so the timed drain
+    // starts once the newest record is that old.
+    await new Promise((r) => setTimeout(r, COMPLETER_WAIT_MS));
     let inFlight = 0;
     let maxInFlight = 0;
     const counting: OutgoingPublisher = {
