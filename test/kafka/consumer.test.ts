@@ -99,7 +99,7 @@ describe.each(CLIENTS)('kafka consumer on %s', (client) => {
     subject = clientKafka(client, 'consumer-test');
   });
 
-  it('keeps per-partition order and keys keyless records by topic/partition/offset', async () => {
+  it('keeps per-partition order, keys keyless records by topic/partition/offset, and tells the handler where each came from', async () => {
     const { topic, dlq, groupId } = await setup();
     const keys = ['a', 'b', 'c', 'd'];
     await send(
@@ -109,7 +109,7 @@ describe.each(CLIENTS)('kafka consumer on %s', (client) => {
         value: { k: keys[i % 4], seq: i },
       })),
     );
-    const seen: { k: string; seq: number; key: string }[] = [];
+    const seen: { k: string; seq: number; key: string; from: string }[] = [];
     await start<{ k: string; seq: number }>({
       kafka: subject,
       groupId,
@@ -118,7 +118,9 @@ describe.each(CLIENTS)('kafka consumer on %s', (client) => {
       store: store(),
       missingKey: 'broker-id',
       handler: (p, ctx) => {
-        seen.push({ k: p.k, seq: p.seq, key: ctx.key });
+        const { destination, system, attributes } = ctx.delivery;
+        const at = `kafka:${destination}:${attributes?.['messaging.destination.partition.id']}:${attributes?.['messaging.kafka.offset']}`;
+        seen.push({ k: p.k, seq: p.seq, key: ctx.key, from: `${system} ${at} ${ctx.delivery.brokerId}` });
       },
     });
     await waitUntil(() => fullyCommitted(admin, groupId, topic), { message: 'all committed' });
@@ -129,6 +131,8 @@ describe.each(CLIENTS)('kafka consumer on %s', (client) => {
     }
     expect(seen.every((s) => /^kafka:consumer-[^:]+:\d:\d+$/.test(s.key))).toBe(true);
     expect(new Set(seen.map((s) => s.key)).size).toBe(200);
+    // The partition and offset the handler was told are the record's own (its broker id).
+    expect(seen.every((s) => s.from === `kafka ${s.key} ${s.key}`)).toBe(true);
   });
 
   it('a record sent twice in a row (a retried send) is run once; the copy is a duplicate, never busy', async () => {

@@ -5,10 +5,11 @@ import { type Context, propagation, type Span, SpanKind, trace } from '@opentele
 import type { BlobPointer, BlobSource, BlobStore } from './blob/types.js';
 import { encodeValue } from './codec.js';
 import { ClosedError, ConfigError } from './errors.js';
-import { Headers, type MessageHeaders, textHeaders } from './headers.js';
+import { Headers, textHeaders } from './headers.js';
 import { deriveChildKey } from './keys.js';
 import type { Logger } from './logger.js';
 import { ATTR_EO_STEP, ATTR_MESSAGING_DESTINATION_NAME, BAGGAGE_REQUEST_ID } from './semconv.js';
+import type { Delivery } from './spi.js';
 import { insideStep, runStep, type StepEvent, type StepOptions, type StepRunArgs } from './steps.js';
 import type { AcquireKind, OutgoingMessage, ProcessedStore, StepRecord } from './store/types.js';
 import { injectContext, inSpan, passTraceOn, tracer } from './tracing.js';
@@ -40,6 +41,13 @@ export interface HandlerContext {
   readonly consumer: string;
   /** Text headers of the delivery. */
   readonly headers: Readonly<Record<string, string>>;
+  /**
+   * Where this copy came from, for logs and audits: its queue or topic, the broker's id for the
+   * message (see `Delivery.brokerId`) and its `messaging.*` attributes (Kafka partition and offset,
+   * RabbitMQ routing key, delivery tag and redelivered flag). It differs between copies of one
+   * message: never key an effect on it (use `keyFor`).
+   */
+  readonly delivery: DeliveryInfo;
   /** Aborts when the lease is lost: stop work, nothing this run does can complete any more. */
   readonly signal: AbortSignal;
   /** The run's `process` span. */
@@ -68,6 +76,9 @@ export interface HandlerContext {
    */
   storeBlob(source: BlobSource): Promise<BlobPointer>;
 }
+
+/** A delivery as a handler sees it: everything but the body, which it has decoded. */
+export type DeliveryInfo = Readonly<Pick<Delivery, 'destination' | 'system' | 'brokerId' | 'attributes'>>;
 
 export type Handler<T = unknown, R = unknown> = (payload: T, ctx: HandlerContext) => Promise<R> | R;
 
@@ -99,8 +110,8 @@ export interface RunArgs {
   kind: AcquireKind;
   namespace: string;
   consumer: string;
-  /** The delivery's headers; their text form is made on first read of `ctx.headers`. */
-  headers: MessageHeaders;
+  /** The delivery; its headers' text form is made on first read of `ctx.headers`. */
+  delivery: Delivery;
   /** The run's abort signal, made on first use (most handlers never read it). */
   signal: () => AbortSignal;
   /** See `LeaseKeeper.confirm`: checked before a step runs its effect. */
@@ -207,7 +218,7 @@ class Run implements RunState {
     );
     const carrier: Record<string, string> = {};
     injectContext(propagation.setBaggage(trace.setSpan(args.otelContext, create), bag), carrier);
-    if (carrier[Headers.Traceparent] === undefined) passTraceOn(args.headers, carrier);
+    if (carrier[Headers.Traceparent] === undefined) passTraceOn(args.delivery.headers, carrier);
     create.end();
     this.outgoing.push({
       id: childKey,
@@ -316,8 +327,18 @@ class RunHandlerContext implements HandlerContext {
   }
 
   get headers(): Readonly<Record<string, string>> {
-    this.#headers ??= textHeaders(this.#run.args.headers);
+    this.#headers ??= textHeaders(this.#run.args.delivery.headers);
     return this.#headers;
+  }
+
+  get delivery(): DeliveryInfo {
+    const { destination, system, brokerId, attributes } = this.#run.args.delivery;
+    return {
+      destination,
+      system,
+      ...(brokerId === undefined ? {} : { brokerId }),
+      ...(attributes === undefined ? {} : { attributes }),
+    };
   }
 
   get signal(): AbortSignal {

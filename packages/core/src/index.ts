@@ -12,6 +12,7 @@ export { collectOrphanBlobs } from './blob/orphans.js';
 export type { BlobPointer, BlobPutOptions, BlobSource, BlobStore, ListedBlob } from './blob/types.js';
 export { decodeResult } from './codec.js';
 export type {
+  DeliveryInfo,
   Handler,
   HandlerContext,
   PublishOptions,

@@ -749,7 +749,7 @@ async function runAcquired<T, R>(
     kind: begun.kind,
     namespace: o.namespace,
     consumer: o.consumer,
-    headers: delivery.headers,
+    delivery,
     signal: () => keeper.signal,
     confirmLease: () => keeper.confirm(),
     span,

@@ -75,6 +75,26 @@ describe('processor: completed and duplicate', () => {
     expect(b?.headers['content-type']).toContain('text/plain');
   });
 
+  it('tells the handler where the delivery came from, without its body', async () => {
+    let seen: unknown;
+    const p = createProcessor({
+      consumer: 'billing',
+      store: createMemoryStore(),
+      ...fast,
+      handler: (_: unknown, ctx: HandlerContext) => {
+        seen = ctx.delivery;
+      },
+    });
+    const attributes = { 'messaging.destination.partition.id': '2', 'messaging.kafka.offset': 41 };
+    await p.process(delivery({}, key('k2d'), { brokerId: 'kafka:orders:2:41', attributes }));
+    expect(seen).toEqual({
+      destination: 'orders',
+      system: 'test',
+      brokerId: 'kafka:orders:2:41',
+      attributes,
+    });
+  });
+
   it('re-publishes outgoing messages that were not confirmed, on the duplicate path, with the same ids', async () => {
     const store = createMemoryStore();
     const publisher = recordingPublisher();
