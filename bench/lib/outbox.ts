@@ -12,7 +12,7 @@
  *
  * "Max in-flight" is the most messages handed to the publisher and not yet confirmed at once.
  */
-import { createProcessor, type OutgoingMessage } from '@exactly-once/core';
+import { createProcessor, type OutgoingMessage, PROCESSOR_DEFAULTS } from '@exactly-once/core';
 import type { Delivery, OutgoingPublisher } from '@exactly-once/core/spi';
 import { createPublisher } from '@exactly-once/rabbitmq';
 import { env, sampleLoad, uniqueName } from './env.js';
@@ -191,9 +191,6 @@ async function runVariant(
   }
 }
 
-/** How long after a completion a copy elsewhere leaves its unconfirmed messages to the completer. */
-const COMPLETER_WAIT_MS = 3_000;
-
 async function drain(
   queue: string,
   batch: string,
@@ -236,9 +233,9 @@ async function drain(
 
     // 2. The drain: redeliveries find COMPLETED records and publish what was never confirmed.
     // Another worker drains them (the writer died): its copies leave a record's messages to the
-    // worker that completed it for 3 s after the completion (core's README), so the timed drain
-    // starts once the newest record is that old.
-    await new Promise((r) => setTimeout(r, COMPLETER_WAIT_MS));
+    // worker that completed it for `publishWaitMs` after the completion, so the timed drain starts
+    // once the newest record is that old.
+    await new Promise((r) => setTimeout(r, PROCESSOR_DEFAULTS.publishWaitMs));
     let inFlight = 0;
     let maxInFlight = 0;
     const counting: OutgoingPublisher = {

@@ -3,6 +3,7 @@
  * tables whose columns line up as printed.
  */
 import { describe, expect, it } from 'vitest';
+import { letterKey, renderLetter } from '../../packages/cli/src/commands/dlq-common.js';
 import { type Io, printLines, shown, table, terminalSafe } from '../../packages/cli/src/output.js';
 
 describe('cli text output', () => {
@@ -43,5 +44,18 @@ describe('cli text output', () => {
     ]);
     expect(shown('pay-1')).toBe('pay-1');
     expect(shown('a b')).toBe('a b');
+    expect(shown('(unusable)')).toBe('"(unusable)"');
+  });
+
+  it('shows a key header the SDK refused as unusable, with why, never as no key', () => {
+    // Before: a key sent as an AMQP number printed `(none)`, the mark of a message without one.
+    const refused = letterKey({ 'x-idempotency-key': 12345 });
+    expect(refused.key).toBeUndefined();
+    expect(refused.unusableKey).toMatch(/number/);
+    expect(letterKey({})).toEqual({});
+    expect(letterKey({ 'x-idempotency-key': 'k-1' })).toEqual({ key: 'k-1' });
+    const letter = { id: 'm-1', ...refused, reason: {}, origin: {}, headers: {}, body: Buffer.alloc(0) };
+    const keyRow = renderLetter('rabbitmq orders.dlq', letter).find((line) => line.startsWith('key '));
+    expect(keyRow).toMatch(/^key +\(unusable: .*number.*\)$/);
   });
 });

@@ -51,7 +51,7 @@ export function terminalSafe(text: string): string {
 }
 
 /** What the text output prints for an absent value. */
-const NO_VALUE = new Set(['-', '(none)', '(null)']);
+const NO_VALUE = new Set(['-', '(none)', '(null)', '(unusable)']);
 
 /**
  * A producer's text (a key, a request id) as a cell shows it unmistakably: in double quotes when

@@ -89,6 +89,14 @@ export interface ProcessorOptions<T = unknown, R = unknown> {
    * then it is redelivered with a growing delay (0.5 s doubling to 30 s). @defaultValue 20
    */
   maxPublishDeferrals?: number;
+  /**
+   * How long after a completion, on the store's clock, a copy of the message at another worker
+   * leaves the record's unconfirmed outgoing messages to the worker that completed it (reading
+   * the record meanwhile) before it publishes what is still unconfirmed itself. Set it above your
+   * broker's slowest healthy publish confirm; 0 publishes at once. @defaultValue 3000, or
+   * `leaseMs` if shorter
+   */
+  publishWaitMs?: number;
   /** How long a COMPLETED or FAILED record answers duplicates. @defaultValue 7 days */
   retentionMs?: number;
   /** Results larger than this many bytes go to `blobs`. @defaultValue 16384 */
@@ -148,6 +156,7 @@ export interface ResolvedProcessorOptions<T, R> {
   readonly maxTakeoverAttempts: number;
   readonly storeTimeoutMs: number;
   readonly maxPublishDeferrals: number;
+  readonly publishWaitMs: number;
   readonly retentionMs: number;
   readonly inlineResultBytes: number;
   readonly retry: RetryPolicy;
@@ -168,6 +177,7 @@ export const PROCESSOR_DEFAULTS = Object.freeze({
   maxRunMs: 15 * 60_000,
   storeTimeoutMs: 60_000,
   maxPublishDeferrals: 20,
+  publishWaitMs: 3_000,
   retentionMs: 7 * DAY,
   /** The default `maxTakeoverAttempts` (at least `retry.maxAttempts`): RabbitMQ 4's default delivery limit. */
   takeoverAttempts: 20,
@@ -223,6 +233,8 @@ export function resolveProcessorOptions<T, R>(o: ProcessorOptions<T, R>): Resolv
   if (!Number.isInteger(maxPublishDeferrals) || maxPublishDeferrals < 0) {
     throw new ConfigError(`maxPublishDeferrals must be an integer >= 0 (got ${maxPublishDeferrals})`);
   }
+  const publishWaitMs = o.publishWaitMs ?? Math.min(PROCESSOR_DEFAULTS.publishWaitMs, leaseMs);
+  if (publishWaitMs !== 0) positiveMs('publishWaitMs', publishWaitMs);
   const retentionMs = o.retentionMs ?? PROCESSOR_DEFAULTS.retentionMs;
   positiveMs('retentionMs', retentionMs);
   const inlineResultBytes = o.inlineResultBytes ?? PROCESSOR_DEFAULTS.inlineResultBytes;
@@ -261,6 +273,7 @@ export function resolveProcessorOptions<T, R>(o: ProcessorOptions<T, R>): Resolv
     maxTakeoverAttempts,
     storeTimeoutMs,
     maxPublishDeferrals,
+    publishWaitMs,
     retentionMs,
     inlineResultBytes,
     retry,

@@ -18,14 +18,6 @@ import { doublingBackoff, pause } from './wait.js';
 /** Before a message whose outgoing publish failed comes back: 0.5 s, doubling to 30 s. */
 const publishBackoff = doublingBackoff(500, 30_000);
 
-/**
- * How long after its completion, on the store's clock, a record's unconfirmed outgoing messages are
- * left to the worker that completed it (cut to `leaseMs`): a copy that finds them then watches the
- * record meanwhile, and publishes what is still unconfirmed at the end (that worker may have died).
- * A healthy publish is confirmed within milliseconds.
- */
-export const COMPLETER_PUBLISH_WAIT_MS = 3_000;
-
 export async function finishCompleted<T, R>(
   o: ResolvedProcessorOptions<T, R>,
   ctx: Context,
@@ -52,15 +44,15 @@ export async function finishCompleted<T, R>(
   const marker = pending.length > 0 ? publishingRun(shared, storeKey) : undefined;
   try {
     // Completed moments ago by another worker (copies that reached two workers at once): that
-    // worker is most likely publishing them now. Not when this process's own publish of them was
-    // refused: nobody else is at it.
+    // worker is most likely publishing them now (see `publishWaitMs`). Not when this process's own
+    // publish of them was refused: nobody else is at it.
     if (
       pending.length > 0 &&
       !waited &&
       found.completedAgoMs !== undefined &&
       !shared.publishFailures.has(storeKey)
     ) {
-      const waitMs = Math.min(COMPLETER_PUBLISH_WAIT_MS, o.leaseMs) - Math.max(0, found.completedAgoMs);
+      const waitMs = o.publishWaitMs - Math.max(0, found.completedAgoMs);
       pending = await publishedMeanwhile(o, storeKey, record.fence, pending, waitMs);
     }
     const d = await publishThenAck(
@@ -194,7 +186,7 @@ function publishFailed<T, R>(
     const outcome = isRequest(delivery) ? 'answering the request as retryable' : 'dead-lettering the message';
     o.logger.error(`outgoing messages never confirmed; ${outcome}`, {
       key: storeKey,
-      attempts: failures,
+      unconfirmedInARow: failures,
       error: toErrorInfo(error),
     });
     instrumentsFor().publishEscalations.add(1, { consumer: o.consumer });
@@ -207,7 +199,7 @@ function publishFailed<T, R>(
   leftUnpublished(shared, storeKey, failures);
   o.logger.warn('outgoing publish not confirmed; kept for the next delivery or call of the key', {
     key: storeKey,
-    attempt: failures,
+    unconfirmedInARow: failures,
   });
   const delayMs = publishBackoff(failures);
   const info = toErrorInfo(

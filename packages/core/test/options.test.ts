@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { ConfigError } from '../src/errors.js';
 import { stableKey } from '../src/keys.js';
+import { resolveProcessorOptions } from '../src/options.js';
 import { createProcessor } from '../src/processor.js';
 import { backoffMs, resolveRetryPolicy, retryDelayMs, worstCaseRetrySpanMs } from '../src/retry.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
@@ -26,6 +27,19 @@ describe('options are validated with actionable messages', () => {
   it('requires the heartbeat to be at most half the lease', () => {
     expect(() => createProcessor({ ...base, consumer: 'c', leaseMs: 1000, heartbeatMs: 900 })).toThrow(
       /heartbeatMs \(900\) must be at most half of leaseMs/,
+    );
+  });
+
+  it('takes a publishWaitMs of 0 or a positive duration, and cuts the default to the lease', () => {
+    expect(() => createProcessor({ ...base, consumer: 'c', publishWaitMs: -1 })).toThrow(/publishWaitMs/);
+    expect(() => createProcessor({ ...base, consumer: 'c', publishWaitMs: Number.NaN })).toThrow(
+      /publishWaitMs/,
+    );
+    expect(resolveProcessorOptions({ ...base, consumer: 'c', publishWaitMs: 0 }).publishWaitMs).toBe(0);
+    expect(resolveProcessorOptions({ ...base, consumer: 'c' }).publishWaitMs).toBe(3_000);
+    expect(resolveProcessorOptions({ ...base, consumer: 'c', leaseMs: 1_000 }).publishWaitMs).toBe(1_000);
+    expect(resolveProcessorOptions({ ...base, consumer: 'c', publishWaitMs: 10_000 }).publishWaitMs).toBe(
+      10_000,
     );
   });
 

@@ -153,7 +153,7 @@ describe('processor: completed and duplicate', () => {
   describe('a copy that reaches another worker just after the completion', () => {
     // Two workers: the first completes the key and is publishing its messages; the copy on the
     // second finds the record COMPLETED with the messages not yet confirmed.
-    const setUp = (clock?: { now: number }) => {
+    const setUp = (clock?: { now: number }, publishWaitMs?: number) => {
       const store = createMemoryStore(clock ? { now: () => clock.now } : {});
       let reads = 0;
       const watched = {
@@ -172,6 +172,7 @@ describe('processor: completed and duplicate', () => {
           publisher: publish,
           ...fast,
           leaseMs: 2_000,
+          ...(publishWaitMs === undefined ? {} : { publishWaitMs }),
           handler: (_: unknown, ctx: HandlerContext) => {
             ctx.publish('payments', { n: 1 });
           },
@@ -214,6 +215,16 @@ describe('processor: completed and duplicate', () => {
       expect(publisher.sent).toHaveLength(1);
       // It watched the record while it waited.
       expect(reads() - before).toBeGreaterThan(1);
+    });
+
+    it('publishes them at once with publishWaitMs 0', async () => {
+      const { publisher, first, second, completed, reads } = setUp(undefined, 0);
+      void first.process(delivery({}, key('k3f')));
+      await completed('default:billing:k3f');
+      const before = reads();
+      expect(await second.process(delivery({}, key('k3f')))).toMatchObject({ outcome: 'duplicate' });
+      expect(publisher.sent).toHaveLength(1);
+      expect(reads()).toBe(before);
     });
 
     it('publishes them at once when the completion is older than the wait, on the store clock', async () => {

@@ -301,6 +301,9 @@ describe('bounded runs and deferrals', () => {
       consumer: 'c',
       store,
       ...fast,
+      // The given-up run's lease must outlast the next call even on a loaded machine (with the
+      // 300 ms of the others, a slow turn let it lapse: a takeover, not busy).
+      leaseMs: 2_000,
       heartbeatMs: 50,
       maxRunMs: 100,
       handler: async (_: unknown, ctx: HandlerContext) => {

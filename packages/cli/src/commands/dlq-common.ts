@@ -20,6 +20,11 @@ export interface DeadLetter {
   readonly id: string;
   /** The dedup key (`x-idempotency-key`), when the message had one. */
   readonly key?: string;
+  /**
+   * Why the message's key header could not be read, when it had one the SDK refuses (an AMQP
+   * number, array or table, a repeated header, bytes that are not UTF-8): as the SDK said it.
+   */
+  readonly unusableKey?: string;
   readonly requestId?: string;
   readonly reason: {
     readonly errorClass?: string;
@@ -90,6 +95,7 @@ export function letterJson(letter: DeadLetter, withBody: boolean): Record<string
   return {
     id: letter.id,
     ...(letter.key === undefined ? {} : { key: letter.key }),
+    ...(letter.unusableKey === undefined ? {} : { unusableKey: letter.unusableKey }),
     ...(letter.requestId === undefined ? {} : { requestId: letter.requestId }),
     // As the text's code column: `PREVIOUSLY_FAILED/<first code>` for a failed key's copy.
     code: codeOf(letter.reason),
@@ -158,7 +164,7 @@ function listRows(letters: readonly DeadLetter[]): string[][] {
       l.reason.consumer ?? '-',
       codeOf(l.reason),
       l.reason.errorClass ?? '-',
-      truncate(l.key === undefined ? '-' : shown(l.key), 36),
+      truncate(keyCell(l, '-'), 36),
       truncate((l.reason.errorMessage ?? '').replace(/\s+/g, ' '), 80),
     ]),
   ];
@@ -169,7 +175,10 @@ export function renderLetter(source: string, letter: DeadLetter): string[] {
   const rows: string[][] = [
     ['source', source],
     ['id', letter.id],
-    ['key', letter.key === undefined ? '(none)' : shown(letter.key)],
+    [
+      'key',
+      letter.unusableKey === undefined ? keyCell(letter, '(none)') : `(unusable: ${letter.unusableKey})`,
+    ],
     ['request id', letter.requestId === undefined ? '(none)' : shown(letter.requestId)],
     ['error', `${r.errorClass ?? '?'} (${codeOf(r)})`],
     ['message', r.errorMessage ?? ''],
@@ -339,13 +348,24 @@ export function renderReplay(source: string, results: readonly ReplayResult[], n
  * The letter's idempotency key as the consumer read it: in any letter case, once, a string or
  * UTF-8 bytes. Anything the consumer would have refused (several values, a number) is no key.
  */
-export function letterKey(headers: Readonly<Record<string, unknown>>): string | undefined {
+/** A letter's key, or why its key header is unusable; neither when it had none. */
+export function letterKey(headers: Readonly<Record<string, unknown>>): {
+  readonly key?: string;
+  readonly unusableKey?: string;
+} {
   try {
-    return readIdentityHeader(headers as never, Headers.IdempotencyKey);
+    const key = readIdentityHeader(headers as never, Headers.IdempotencyKey);
+    return key === undefined ? {} : { key };
   } catch (error) {
-    if (error instanceof InvalidKeyError) return undefined;
+    if (error instanceof InvalidKeyError) return { unusableKey: error.message };
     throw error;
   }
+}
+
+/** A letter's key as a cell: the key, `(unusable)` for a header the SDK refused, else `none`. */
+function keyCell(letter: DeadLetter, none: string): string {
+  if (letter.key !== undefined) return shown(letter.key);
+  return letter.unusableKey === undefined ? none : '(unusable)';
 }
 
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });

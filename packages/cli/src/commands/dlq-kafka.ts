@@ -261,13 +261,14 @@ function toLetter(partition: number, message: KafkaMessage): DeadLetter {
     const text = headerText(value);
     if (text !== undefined) headers[name] = text;
   }
-  const key = letterKey(message.headers ?? {});
+  const { key, unusableKey } = letterKey(message.headers ?? {});
   const requestId = headers[Headers.RequestId];
   const destination = headers['x-eo-original-topic'] ?? headers[Headers.OriginalDestination];
   const raw = { key: message.key, value: message.value, headers: message.headers ?? {} };
   const letter: DeadLetter = {
     id: `${partition}:${message.offset}`,
     ...(key === undefined ? {} : { key }),
+    ...(unusableKey === undefined ? {} : { unusableKey }),
     ...(requestId === undefined ? {} : { requestId }),
     reason: reasonOf(headers),
     origin: destination === undefined ? {} : { destination },

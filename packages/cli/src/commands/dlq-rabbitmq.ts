@@ -269,7 +269,7 @@ function toLetter(message: GetMessage): DeadLetter {
     if (text !== undefined) headers[name] = text;
   }
   const messageId = message.properties.messageId as unknown;
-  const key = letterKey(raw);
+  const { key, unusableKey } = letterKey(raw);
   const requestId = headers[Headers.RequestId];
   const exchange = headers['x-eo-original-exchange'];
   const routingKey = headers['x-eo-original-routing-key'];
@@ -280,6 +280,7 @@ function toLetter(message: GetMessage): DeadLetter {
         ? digestId(message, headers)
         : String(messageId),
     ...(key === undefined ? {} : { key }),
+    ...(unusableKey === undefined ? {} : { unusableKey }),
     ...(requestId === undefined ? {} : { requestId }),
     reason: reasonOf(headers),
     origin: {
