@@ -207,7 +207,7 @@ export function buildProcessor<T, R>(
   const shared: Shared = {
     waitForOwnRuns: choices.waitForOwnRuns,
     publishing: new Map(),
-    publishFailures: new Map(),
+    leftUnpublished: new Map(),
     held: new Map(),
     givingBack: new Set(),
     leasesGoingBack: new Set(),

@@ -9,7 +9,7 @@ import { deadLetter } from './failure.js';
 import type { ResolvedProcessorOptions } from './options.js';
 import { isRequest } from './prepare.js';
 import { ATTR_MESSAGING_OPERATION_TYPE } from './semconv.js';
-import { endPublishingRun, MAX_TRACKED_PUBLISH_FAILURES, publishingRun, type Shared } from './shared.js';
+import { endPublishingRun, MAX_TRACKED_UNPUBLISHED, publishingRun, type Shared } from './shared.js';
 import type { Delivery, Disposition, Outcome } from './spi.js';
 import type { CompletedRecord, OutgoingMessage, OutgoingRecord, StoredResult } from './store/types.js';
 import { inSpan, instrumentsFor } from './tracing.js';
@@ -28,7 +28,7 @@ export async function finishCompleted<T, R>(
   publishedBefore?: Promise<boolean>,
 ): Promise<Disposition> {
   const { record } = found;
-  let pending: readonly OutgoingRecord[] = record.outgoing.filter((m) => !m.published);
+  let pending = unconfirmed(record);
   // A run or another copy in this process publishing the same messages right now (copies that
   // came together after a crash, a Kafka refetch): wait for it rather than send them twice, then
   // publish only what it did not confirm.
@@ -37,7 +37,7 @@ export async function finishCompleted<T, R>(
     waited = true;
     await underWay.wait();
     const fresh = await o.store.get(storeKey).catch(() => undefined);
-    if (fresh?.state === 'COMPLETED') pending = fresh.outgoing.filter((m) => !m.published);
+    if (fresh?.state === 'COMPLETED') pending = unconfirmed(fresh);
     underWay = shared.publishing.get(storeKey);
   }
   // Copies that come after this one wait for it in turn.
@@ -50,7 +50,7 @@ export async function finishCompleted<T, R>(
       pending.length > 0 &&
       !waited &&
       found.completedAgoMs !== undefined &&
-      !shared.publishFailures.has(storeKey)
+      !shared.leftUnpublished.has(storeKey)
     ) {
       const waitMs = o.publishWaitMs - Math.max(0, found.completedAgoMs);
       pending = await publishedMeanwhile(o, storeKey, record.fence, pending, waitMs);
@@ -73,6 +73,11 @@ export async function finishCompleted<T, R>(
   }
 }
 
+/** A COMPLETED record's outgoing messages not yet confirmed. */
+function unconfirmed(record: CompletedRecord): readonly OutgoingRecord[] {
+  return record.outgoing.filter((m) => !m.published);
+}
+
 /**
  * Watches the record for up to `waitMs` (25 ms between reads, doubling to 400 ms) while the worker
  * that completed it publishes: what it has not confirmed by then, or as soon as the record is no
@@ -93,7 +98,7 @@ async function publishedMeanwhile<T, R>(
     await pause(Math.min(step, remaining));
     const fresh = await o.store.get(storeKey).catch(() => undefined);
     if (fresh?.state !== 'COMPLETED' || fresh.fence !== fence) break;
-    left = fresh.outgoing.filter((m) => !m.published);
+    left = unconfirmed(fresh);
   }
   return left;
 }
@@ -116,7 +121,7 @@ export async function publishThenAck<T, R>(
     // this record's messages wait for their redelivery too, which answers them as a duplicate.
     if (publishedBefore !== undefined && !(await publishedBefore)) {
       // Left to the redelivery, which then knows that nobody else is publishing them.
-      leftUnpublished(shared, storeKey, shared.publishFailures.get(storeKey) ?? 0);
+      rememberUnpublished(shared, storeKey, shared.leftUnpublished.get(storeKey) ?? 0);
       return awaitingEarlier;
     }
     try {
@@ -135,7 +140,7 @@ export async function publishThenAck<T, R>(
     } catch (error) {
       return publishFailed(o, delivery, storeKey, error, shared);
     }
-    shared.publishFailures.delete(storeKey);
+    shared.leftUnpublished.delete(storeKey);
     try {
       await o.store.markPublished(
         storeKey,
@@ -179,9 +184,9 @@ function publishFailed<T, R>(
   error: unknown,
   shared: Shared,
 ): Disposition {
-  const failures = (shared.publishFailures.get(storeKey) ?? 0) + 1;
+  const failures = (shared.leftUnpublished.get(storeKey) ?? 0) + 1;
   if (failures > o.maxPublishDeferrals) {
-    shared.publishFailures.delete(storeKey);
+    shared.leftUnpublished.delete(storeKey);
     // A request is answered retryable instead (see executor.ts): its next call publishes them.
     const outcome = isRequest(delivery) ? 'answering the request as retryable' : 'dead-lettering the message';
     o.logger.error(`outgoing messages never confirmed; ${outcome}`, {
@@ -196,7 +201,7 @@ function publishFailed<T, R>(
     );
     return deadLetter(o, delivery, 'publish-failed', reason, failures);
   }
-  leftUnpublished(shared, storeKey, failures);
+  rememberUnpublished(shared, storeKey, failures);
   o.logger.warn('outgoing publish not confirmed; kept for the next delivery or call of the key', {
     key: storeKey,
     unconfirmedInARow: failures,
@@ -213,11 +218,11 @@ function publishFailed<T, R>(
  * publishes in a row (0: held back behind an earlier record): its next copy publishes them at once.
  * The map forgets the oldest first.
  */
-function leftUnpublished(shared: Shared, storeKey: string, failures: number): void {
-  shared.publishFailures.delete(storeKey);
-  shared.publishFailures.set(storeKey, failures);
-  if (shared.publishFailures.size > MAX_TRACKED_PUBLISH_FAILURES) {
-    const oldest = shared.publishFailures.keys().next().value;
-    if (oldest !== undefined) shared.publishFailures.delete(oldest);
+function rememberUnpublished(shared: Shared, storeKey: string, failures: number): void {
+  shared.leftUnpublished.delete(storeKey);
+  shared.leftUnpublished.set(storeKey, failures);
+  if (shared.leftUnpublished.size > MAX_TRACKED_UNPUBLISHED) {
+    const oldest = shared.leftUnpublished.keys().next().value;
+    if (oldest !== undefined) shared.leftUnpublished.delete(oldest);
   }
 }

@@ -158,7 +158,7 @@ export interface Shared {
    * Keys whose outgoing messages this process left unpublished, with the unconfirmed publishes in
    * a row (0: held back behind an earlier record; see publishThenAck). Their copies publish at once.
    */
-  readonly publishFailures: Map<string, number>;
+  readonly leftUnpublished: Map<string, number>;
   /** The heartbeat of every running handler's lease. */
   readonly leases: LeaseBoard;
   /** Leases of ordered deliveries that were not run yet, by store key. */
@@ -214,5 +214,5 @@ export function trackGiveBack(shared: Shared, pending: Promise<void>): Promise<v
   return pending;
 }
 
-/** Keys whose publish failures are remembered at once; the oldest is forgotten first. */
-export const MAX_TRACKED_PUBLISH_FAILURES = 10_000;
+/** Keys left unpublished that are remembered at once; the oldest is forgotten first. */
+export const MAX_TRACKED_UNPUBLISHED = 10_000;

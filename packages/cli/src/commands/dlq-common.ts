@@ -345,10 +345,10 @@ export function renderReplay(source: string, results: readonly ReplayResult[], n
 }
 
 /**
- * The letter's idempotency key as the consumer read it: in any letter case, once, a string or
- * UTF-8 bytes. Anything the consumer would have refused (several values, a number) is no key.
+ * The letter's idempotency key as the consumer read it (in any letter case, once, a string or
+ * UTF-8 bytes), or why the consumer refused its key header (several values, a number); neither
+ * when it had none.
  */
-/** A letter's key, or why its key header is unusable; neither when it had none. */
 export function letterKey(headers: Readonly<Record<string, unknown>>): {
   readonly key?: string;
   readonly unusableKey?: string;
