@@ -5,10 +5,11 @@
  * mark to run such a record apart before its begin; so while a takeover runs, nothing else in the
  * process holds a lease: the runs under way end first, every other ordered group and the rest of
  * its own are given up (the leases of their deliveries not started go back uncounted, see
- * `passGate`) and no begin is sent until it ends, or until it has run alone for a lease (a long
- * handler must not hold the process for its whole run). If it kills this worker too, the crash
- * counts an attempt for it only, not for records of other partitions or behind it, which would
- * otherwise reach `maxTakeoverAttempts` with it.
+ * `passGate`) and no begin is sent until it ends, or until a lease has passed since it took the
+ * gate (a long handler, its own or one under way before it, must not hold the process for its
+ * whole run: it then runs beside the others). If it kills this worker too, the crash counts an
+ * attempt for it only, not for records of other partitions or behind it, which would otherwise
+ * reach `maxTakeoverAttempts` with it.
  */
 import type { OrderedGroup } from './shared.js';
 
@@ -46,9 +47,10 @@ export class TakeoverGate {
   /**
    * A takeover of `group` is about to start its handler: it takes the gate once no other takeover
    * holds it, gives up every other group (`giveUp`, which settles once their leases are back)
-   * and waits for the runs under way to end; it holds the gate for `aloneMs` at most. Answers
-   * what to call once its run has ended, or undefined when its own group was given up meanwhile
-   * (by another takeover, a revocation or stop): give its lease back.
+   * and waits for the runs under way to end; it holds the gate for `aloneMs` at most, that wait
+   * included (a run under way may be a long handler). Answers what to call once its run has
+   * ended, or undefined when its own group was given up meanwhile (by another takeover, a
+   * revocation or stop): give its lease back.
    */
   async take(
     group: OrderedGroup,
@@ -68,6 +70,24 @@ export class TakeoverGate {
       this.opened = undefined;
       this.open?.();
     };
+    // Alone until `aloneMs` has passed: a run that has not killed its worker by then (a long
+    // handler) lets the others begin and run beside it, as a run under way like theirs; a run
+    // under way that has not ended by then has the takeover run beside it.
+    let state: 'waiting' | 'alone' | 'beside' | 'ended' = 'waiting';
+    let timedOut = false;
+    let timesUp!: () => void;
+    const late = new Promise<'late'>((resolve) => {
+      timesUp = () => resolve('late');
+    });
+    const timer = setTimeout(() => {
+      timedOut = true;
+      timesUp();
+      if (state !== 'alone') return;
+      state = 'beside';
+      this.running++;
+      letGo();
+    }, aloneMs);
+    timer.unref?.();
     const drained =
       this.running === 0
         ? undefined
@@ -76,24 +96,25 @@ export class TakeoverGate {
           });
     const others = [...this.groups].filter((other) => other !== group);
     const alone = await Promise.race([
-      Promise.all([giveUp(others), drained]).then(() => true),
+      Promise.all([giveUp(others), drained]).then(() => 'alone' as const),
+      late,
       group.whenReleased,
     ]);
     this.drained = undefined;
-    if (!alone) {
+    if (alone === false) {
+      clearTimeout(timer);
+      state = 'ended';
       letGo();
       return undefined;
     }
-    // Alone for `aloneMs` at most: a run that has not killed its worker by then (a long handler)
-    // lets the others begin and run beside it, as a run under way like theirs.
-    let state: 'alone' | 'beside' | 'ended' = 'alone';
-    const timer = setTimeout(() => {
-      if (state !== 'alone') return;
+    // Past the deadline (also when the runs under way ended just as it passed): beside them.
+    if (timedOut) {
       state = 'beside';
       this.running++;
       letGo();
-    }, aloneMs);
-    timer.unref?.();
+    } else {
+      state = 'alone';
+    }
     return () => {
       clearTimeout(timer);
       if (state === 'alone') letGo();

@@ -146,7 +146,7 @@ export async function releaseKept<T, R>(
 /**
  * Whether an ordered delivery may run its handler now: the one before it went well, the group
  * is neither released nor stopped, and at most ORDERED_WINDOW handlers run ahead of their writes.
- * (A takeover then also waits for every run under way to end: see alone.ts.)
+ * (A takeover then also waits for every run under way to end, a lease at most: see alone.ts.)
  */
 export async function mayRun(turn: Turn): Promise<boolean> {
   const group = turn.group;

@@ -620,6 +620,58 @@ describe('takeovers run alone in their process', () => {
     await later;
   });
 
+  it('a takeover behind a long run under way waits for it a lease at most: then it runs, and the others begin', async () => {
+    const store = createMemoryStore();
+    await store.begin({
+      key: 'default:c:tk-0',
+      fingerprint: fingerprint({ i: 0 }),
+      owner: 'dead',
+      leaseMs: 50,
+    });
+    await new Promise((r) => setTimeout(r, 60));
+    // The long run ends when the test lets it, or after 3 s (then the takeover waited for it).
+    let endLong!: () => void;
+    const longMayEnd = new Promise<void>((resolve) => {
+      endLong = resolve;
+      setTimeout(resolve, 3000);
+    });
+    let longStarted!: () => void;
+    const longRunning = new Promise<void>((resolve) => {
+      longStarted = resolve;
+    });
+    const startedWhileLongRan: string[] = [];
+    let longEnded = false;
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      leaseMs: 400,
+      handler: async (_m: { i: number }, ctx: HandlerContext) => {
+        if (ctx.key === 'long-0') {
+          longStarted();
+          await longMayEnd;
+          longEnded = true;
+          return;
+        }
+        if (!longEnded) startedWhileLongRan.push(ctx.key);
+        if (startedWhileLongRan.length === 2) endLong();
+      },
+    });
+    const long = Promise.all(p.processInOrder(records('long', 1)).dispositions);
+    await longRunning;
+    const takeover = Promise.all(p.processInOrder(records('tk', 1)).dispositions);
+    // Another partition's record, begun while the takeover waits.
+    await new Promise((r) => setTimeout(r, 20));
+    const other = Promise.all(p.processInOrder(records('other', 1)).dispositions);
+    const [ls, ts, os] = await Promise.all([long, takeover, other]);
+    expect([...ls, ...ts, ...os].map((d) => `${d.action}:${d.outcome}`)).toEqual([
+      'ack:acquired',
+      'ack:takeover',
+      'ack:acquired',
+    ]);
+    expect(startedWhileLongRan.sort()).toEqual(['other-0', 'tk-0']);
+  });
+
   it('a run that is not a takeover starts beside others at once', async () => {
     let running = 0;
     let most = 0;
