@@ -232,6 +232,7 @@ describe('rabbitmq consumer: copies of a message at two workers at once', () => 
     const keys = out.map((m) => String(m.properties.headers?.['x-idempotency-key']));
     expect(new Set(keys).size).toBe(20);
     expect(keys).toHaveLength(20);
+    expect(workers.map((w) => w.stats.republished)).toEqual([0, 0]);
   });
 });
 
@@ -340,7 +341,7 @@ describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
     expect(consumer.stats.byOutcome['publish-failed']).toBe(1); // refused: the consumer is closed
   });
 
-  it('idle() after stop() waits for a run stop() gave up on, so the store can be closed: the next consumer acks it as a duplicate', async () => {
+  it('idle() after stop() waits for a run stop() gave up on, so the store can be closed: the next consumer acks it as a duplicate and publishes its message', async () => {
     // Closing the store right after stop() cut that run's completion off: the next consumer took
     // the key over after the lease and ran the handler a second time.
     const queue = uniqueName('rmq-idle');
@@ -357,14 +358,18 @@ describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
       consumer: 'rmq-idle',
       retentionCheck: 'off',
       leaseMs: 5_000,
+      // Nobody else is publishing the stopped consumer's message: the next one sends it at once.
+      publishWaitMs: 0,
     };
+    await raw.ch.assertQueue(`${queue}.out`, { durable: true });
     const ownClient = newRedis();
     const first = createConsumer<{ id: string }>({
       ...options,
       store: createRedisStore({ client: ownClient, keyPrefix }),
-      handler: async () => {
+      handler: async (p, ctx) => {
         runs++;
         await released;
+        ctx.publish(`${queue}.out`, { id: p.id }); // refused: its consumer has stopped
       },
     });
     await first.start();
@@ -382,6 +387,11 @@ describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
     await waitUntil(() => second.stats.acked === 1, { message: 'the redelivery acked' });
     expect(second.stats.byOutcome.duplicate).toBe(1);
     expect(runs).toBe(1);
+    // The message the stopped run could not send, sent by the duplicate and counted.
+    expect(second.stats.republished).toBe(1);
+    expect(first.stats.republished).toBe(0);
+    expect(await raw.drain(`${queue}.out`)).toHaveLength(1);
+    await raw.ch.deleteQueue(`${queue}.out`);
   });
 
   it('stop() while start() is under way (a SIGTERM during a deploy): start() is refused with ClosedError and nothing is consumed', async () => {
@@ -486,6 +496,7 @@ interface FirstOptions {
   consumer: string;
   retentionCheck: 'off';
   leaseMs: number;
+  publishWaitMs?: number;
 }
 
 /** Starts the next consumer of a queue after its first one stopped; cleaned up with the queue. */

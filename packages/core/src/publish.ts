@@ -155,7 +155,18 @@ export async function publishThenAck<T, R>(
       });
     }
   }
-  return result ? { action: 'ack', outcome, result } : { action: 'ack', outcome };
+  const ack: Disposition = result ? { action: 'ack', outcome, result } : { action: 'ack', outcome };
+  if (outcome !== 'duplicate' || outgoing.length === 0) return ack;
+  // Messages another run completed but never confirmed: worth seeing, as copies on the wire.
+  instrumentsFor().republished.add(outgoing.length, { consumer: o.consumer });
+  o.logger.info(
+    "published a completed record's unconfirmed outgoing messages for the run that completed it",
+    {
+      key: storeKey,
+      messages: outgoing.length,
+    },
+  );
+  return { ...ack, republished: outgoing.length };
 }
 
 /** A completed delivery whose messages wait for an earlier delivery's (see publishThenAck). */

@@ -68,6 +68,8 @@ export type Disposition =
       readonly outcome: Outcome;
       readonly result?: StoredResult;
       readonly compacted?: true;
+      /** A duplicate that published the record's unconfirmed outgoing messages: how many. */
+      readonly republished?: number;
     }
   /**
    * A retryable failure; the lease was released. Schedule a copy of the message for `delayMs`
@@ -147,11 +149,19 @@ export interface BaseConsumerStats {
   inFlight: number;
   /** Pipeline runs by outcome (`acquired`, `duplicate`, `busy`, `invalid`, ...). */
   byOutcome: Partial<Record<Outcome, number>>;
+  /**
+   * Outgoing messages that a duplicate delivery published, with confirmation, for the run that
+   * completed its key: that run had not confirmed them (it died, was stopped, its publish was
+   * refused, or its confirm took longer than `publishWaitMs`). Some may have reached the broker
+   * before: at most this many copies on the wire, each with the same idempotency key.
+   */
+  republished: number;
 }
 
-/** Counts a pipeline outcome in `stats.byOutcome`. */
-export function countOutcome(stats: BaseConsumerStats, outcome: Outcome): void {
-  stats.byOutcome[outcome] = (stats.byOutcome[outcome] ?? 0) + 1;
+/** Counts what a pipeline run answered: its outcome, and the messages a duplicate published. */
+export function countOutcome(stats: BaseConsumerStats, d: Disposition): void {
+  stats.byOutcome[d.outcome] = (stats.byOutcome[d.outcome] ?? 0) + 1;
+  if (d.action === 'ack' && d.republished !== undefined) stats.republished += d.republished;
 }
 
 /** Publishes outgoing messages and resolves only when the broker confirmed every one of them. */

@@ -260,6 +260,10 @@ function createInstruments() {
     publishEscalations: m.createCounter('exactly_once.publish.escalations', {
       description: 'Messages dead-lettered because their outgoing messages were never confirmed',
     }),
+    republished: m.createCounter('exactly_once.publish.republished', {
+      description:
+        'Outgoing messages a duplicate delivery published for the run that completed its key, which had not confirmed them',
+    }),
     stepGiveUps: m.createCounter('exactly_once.step.give_ups', {
       description: "Steps that gave up (`onGiveUp: 'continue'`) and resolved with their fallback",
     }),

@@ -198,7 +198,9 @@ describe('processor: completed and duplicate', () => {
       const copy = second.process(delivery({}, key('k3c')));
       await new Promise((r) => setTimeout(r, 100));
       confirm.resolve();
-      expect(await copy).toMatchObject({ action: 'ack', outcome: 'duplicate' });
+      const d = await copy;
+      expect(d).toMatchObject({ action: 'ack', outcome: 'duplicate' });
+      expect(d).not.toHaveProperty('republished');
       expect(await running).toMatchObject({ action: 'ack', outcome: 'acquired' });
       expect(publisher.sent).toHaveLength(1);
     });
@@ -208,9 +210,11 @@ describe('processor: completed and duplicate', () => {
       void first.process(delivery({}, key('k3d')));
       await completed('default:billing:k3d');
       const before = reads();
+      // Counted (the adapters' stats.republished): a copy on the wire if that worker had sent it.
       expect(await second.process(delivery({}, key('k3d')))).toMatchObject({
         action: 'ack',
         outcome: 'duplicate',
+        republished: 1,
       });
       expect(publisher.sent).toHaveLength(1);
       // It watched the record while it waited.

@@ -243,7 +243,7 @@ class BatchRun {
     void pending
       .then(
         (d) => {
-          countOutcome(env.stats, d.outcome);
+          countOutcome(env.stats, d);
           ended?.(d);
         },
         () => ended?.(undefined),
@@ -444,7 +444,7 @@ class BatchRun {
         if (d.action === 'defer' && d.gaveWay) env.groupSizes.set(this.partitionId, 1);
         return 'rebatch';
       }
-      countOutcome(env.stats, d.outcome);
+      countOutcome(env.stats, d);
       switch (d.action) {
         case 'ack':
           env.stats.acked++;

@@ -27,6 +27,7 @@ export function emptyStats(): ConsumerStats {
     abandoned: 0,
     inFlight: 0,
     byOutcome: {},
+    republished: 0,
     paused: 0,
     detached: 0,
     commits: 0,

@@ -288,7 +288,7 @@ export function createConsumer<T = unknown, R = unknown>(
         }
         const d = await runGated(kept, msg, delivery);
         if (d === undefined) return; // handed back while it waited its turn
-        countOutcome(stats, d.outcome);
+        countOutcome(stats, d);
         if (d.action !== 'defer') {
           await settle(kept, msg, d);
           return;

@@ -24,6 +24,7 @@ export function emptyStats(): ConsumerStats {
     abandoned: 0,
     inFlight: 0,
     byOutcome: {},
+    republished: 0,
     settleFailures: 0,
     cancelled: 0,
     channels: 0,
