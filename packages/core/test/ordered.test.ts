@@ -476,7 +476,12 @@ describe('a record that kills its worker every time', () => {
 
 describe('takeovers run alone in their process', () => {
   /** Keys begun by a worker that then died: their next begin is a takeover (attempt 2). */
-  async function diedHolding(store: ProcessedStore, prefix: string, n: number, advance: () => void) {
+  async function diedHolding(
+    store: ProcessedStore,
+    prefix: string,
+    n: number,
+    advance: () => void | Promise<unknown>,
+  ) {
     for (let i = 0; i < n; i++) {
       await store.begin({
         key: `default:c:${prefix}-${i}`,
@@ -485,7 +490,7 @@ describe('takeovers run alone in their process', () => {
         leaseMs: 100,
       });
     }
-    advance();
+    await advance();
   }
 
   it('every other unstarted lease is given back uncounted, and nothing runs or begins beside it', async () => {
@@ -583,13 +588,7 @@ describe('takeovers run alone in their process', () => {
 
   it('a takeover that has run alone for a lease lets the others begin and run beside it', async () => {
     const store = createMemoryStore();
-    await store.begin({
-      key: 'default:c:long-0',
-      fingerprint: fingerprint({ i: 0 }),
-      owner: 'dead',
-      leaseMs: 50,
-    });
-    await new Promise((r) => setTimeout(r, 60));
+    await diedHolding(store, 'long', 1, () => new Promise((r) => setTimeout(r, 110)));
     let othersStarted!: () => void;
     const started = new Promise<boolean>((resolve) => {
       othersStarted = () => resolve(true);
@@ -622,13 +621,7 @@ describe('takeovers run alone in their process', () => {
 
   it('a takeover behind a long run under way waits for it a lease at most: then it runs, and the others begin', async () => {
     const store = createMemoryStore();
-    await store.begin({
-      key: 'default:c:tk-0',
-      fingerprint: fingerprint({ i: 0 }),
-      owner: 'dead',
-      leaseMs: 50,
-    });
-    await new Promise((r) => setTimeout(r, 60));
+    await diedHolding(store, 'tk', 1, () => new Promise((r) => setTimeout(r, 110)));
     // The long run ends when the test lets it, or after 3 s (then the takeover waited for it).
     let endLong!: () => void;
     const longMayEnd = new Promise<void>((resolve) => {
