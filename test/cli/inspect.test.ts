@@ -204,6 +204,24 @@ describe.each(testStores)('inspect: %s', (_name, open) => {
     expect(notJson.stderr).toMatch(/with --json-key, <key> must be a JSON string/);
   });
 
+  it('--history: every attempt as it was left where the store keeps them (MongoDB), else says it is not kept', async () => {
+    const view = await cliJson(['inspect', consumer, 'done', '--history', ...t.flags]);
+    const text = await cliText(['inspect', consumer, 'done', '--history', ...t.flags]);
+    if (!t.store.history) {
+      expect(view.history).toBeNull();
+      expect(text).toMatch(/history\s+not kept by this store/);
+      return;
+    }
+    // The lease element its worker held, then the completion.
+    expect(view.history).toMatchObject([
+      { state: 'IN_PROGRESS', attempt: 1, lease: { owner: 'w1' }, startedAt: expect.any(Number) },
+      { state: 'COMPLETED', attempt: 1, completedAt: expect.any(Number) },
+    ]);
+    expect(text).toMatch(/history\s+2 state\(s\), oldest first/);
+    expect(text).toMatch(/ {2}1 {2}IN_PROGRESS +attempt 1 {2}fence \d+ {2}owner w1 {2}started /);
+    expect(text).toMatch(/ {2}2 {2}COMPLETED +attempt 1 {2}fence \d+ {2}completed /);
+  });
+
   it('an unknown key exits 1 with a clear message', async () => {
     const r = await cli(['inspect', consumer, 'never-seen', ...t.flags]);
     expect(r.code).toBe(1);

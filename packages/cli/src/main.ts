@@ -70,6 +70,10 @@ function buildProgram(io: Io): Command {
       '--json-key',
       'read <key> as a JSON string ("a\\u0000b"), as --json output prints keys: for a NUL or control characters',
     )
+    .option(
+      '--history',
+      'also the states the record went through, each attempt as it was left (the MongoDB store keeps them until the record is swept; Redis keeps the current state only)',
+    )
     .option('--json', 'print JSON')
     .action(async (consumer: string, key: string, options) => {
       await inspect(io, consumer, options.jsonKey ? parseJsonString(key) : key, options);

@@ -96,6 +96,7 @@ export type {
   FailedRecord,
   FencedResult,
   FingerprintClaim,
+  HistoryEntry,
   InProgressEntry,
   InProgressQuery,
   InProgressRecord,

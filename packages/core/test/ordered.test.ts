@@ -476,12 +476,7 @@ describe('a record that kills its worker every time', () => {
 
 describe('takeovers run alone in their process', () => {
   /** Keys begun by a worker that then died: their next begin is a takeover (attempt 2). */
-  async function diedHolding(
-    store: ProcessedStore,
-    prefix: string,
-    n: number,
-    advance: () => void | Promise<unknown>,
-  ) {
+  async function diedHolding(store: ProcessedStore, prefix: string, n: number, advance: () => unknown) {
     for (let i = 0; i < n; i++) {
       await store.begin({
         key: `default:c:${prefix}-${i}`,

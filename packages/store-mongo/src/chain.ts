@@ -152,6 +152,32 @@ export async function readChains(
   return answers;
 }
 
+/** Elements fetched per find by {@link readHistory}. */
+const HISTORY_PAGE = 16;
+
+/**
+ * Every element of the key's chain, first to last (for inspection: `history`), or undefined when
+ * the key has no head. Elements are contiguous, so the walk ends at the first one missing; a chain
+ * being swept meanwhile reads short.
+ */
+export async function readHistory(reader: ChainReader, key: string): Promise<RecordDoc[] | undefined> {
+  const head = (await reader.heads.findOne({ _id: key })) as AnyHead | null;
+  if (head === null) return undefined;
+  const chain = chainOf(head);
+  const elements: RecordDoc[] =
+    head.c === undefined ? [{ ...(head as unknown as RecordDoc), k: key, c: chain, i: 0 }] : [];
+  for (let from = 1; ; from += HISTORY_PAGE) {
+    const ids = Array.from({ length: HISTORY_PAGE }, (_, d) => elementId(chain, from + d));
+    const found = new Map<string, RecordDoc>();
+    for (const doc of await reader.collection.find({ _id: { $in: ids } }).toArray()) found.set(doc._id, doc);
+    for (const id of ids) {
+      const doc = found.get(id);
+      if (doc === undefined) return elements;
+      elements.push(doc);
+    }
+  }
+}
+
 /** Whether the element after `position` exists: if it does, `position` no longer decides anything. */
 export async function hasSuccessor(reader: ChainReader, chain: string, position: number): Promise<boolean> {
   const found = await reader.collection.findOne(

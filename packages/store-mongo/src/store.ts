@@ -18,6 +18,7 @@ import {
   type ErrorInfo,
   type FencedResult,
   type FingerprintClaim,
+  type HistoryEntry,
   type InProgressEntry,
   type InProgressQuery,
   type MarkPublishedRequest,
@@ -30,7 +31,16 @@ import {
 } from '@exactly-once/core';
 import { collectingFailures, type Repeating, repeatEvery } from '@exactly-once/core/spi';
 import type { Collection, Db, Document, UpdateFilter, WriteConcernSettings } from 'mongodb';
-import { type Chain, chainOf, hasSuccessor, headNames, newChainId, readChain, readChains } from './chain.js';
+import {
+  type Chain,
+  chainOf,
+  hasSuccessor,
+  headNames,
+  newChainId,
+  readChain,
+  readChains,
+  readHistory,
+} from './chain.js';
 import { clientClock, type StoreClock, serverClock } from './clock.js';
 import {
   decodeRecord,
@@ -118,6 +128,8 @@ export interface MongoProcessedStore extends ProcessedStore {
   ): Promise<FingerprintClaim | undefined>;
   /** Gives a refused key reuse's claim back (see {@link ProcessedStore.releaseFingerprint}). */
   releaseFingerprint(scope: string, fingerprint: string, key: string): Promise<void>;
+  /** Every state of the key's chain, oldest first (see {@link ProcessedStore.history}). */
+  history(key: string): Promise<HistoryEntry[]>;
   readonly collection: Collection<RecordDoc>;
   /**
    * {@link ProcessedStore.get} of many keys (in the order given), in a few queries per 1,000 keys
@@ -822,6 +834,19 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
           if (found.length >= query.limit) break;
         }
         return found;
+      });
+    },
+
+    /** Every element of the key's chain but the sweeper's seal, oldest first. */
+    async history(key: string): Promise<HistoryEntry[]> {
+      return guarded('history', async () => {
+        const elements = (await readHistory(reader, key)) ?? [];
+        return elements
+          .filter((doc) => doc.s !== State.Sealed)
+          .map((doc) => ({
+            record: decodeRecord(doc),
+            ...(doc.s === State.InProgress && doc.sa !== undefined ? { startedAt: doc.sa } : {}),
+          }));
       });
     },
 

@@ -191,6 +191,34 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
     });
   });
 
+  describe('history', () => {
+    it('lists every state of the key, oldest first: each attempt as it was left, then the completion', async () => {
+      const key = 'history:k';
+      expect(await store.history(key)).toEqual([]);
+      const first = await begin(store, key, 'dead', 100);
+      if (first.status !== 'acquired') throw new Error(first.status);
+      expect(await store.saveStep(key, first.fence, 'charge', Uint8Array.of(1))).toBe('ok');
+      await sleep(150);
+      const second = await begin(store, key, 'taker', 300);
+      expect(second).toMatchObject({ status: 'acquired', kind: 'takeover', attempt: 2 });
+      if (second.status !== 'acquired') throw new Error(second.status);
+      expect(await store.complete({ key, fence: second.fence, outgoing: [], retentionMs: 60_000 })).toBe(
+        'ok',
+      );
+      const history = await store.history(key);
+      expect(history.map((h) => [h.record.state, h.record.attempt, h.record.fence])).toEqual([
+        ['IN_PROGRESS', 1, first.fence],
+        ['IN_PROGRESS', 2, second.fence],
+        ['COMPLETED', 2, second.fence],
+      ]);
+      expect(history[0]?.record).toMatchObject({ owner: 'dead', steps: { charge: { state: 'done' } } });
+      expect(history[1]?.record).toMatchObject({ owner: 'taker' });
+      expect(history[0]?.startedAt).toBeGreaterThan(0);
+      expect(history[1]?.startedAt).toBeGreaterThanOrEqual(history[0]?.startedAt ?? 0);
+      expect(history[2]?.startedAt).toBeUndefined();
+    });
+  });
+
   describe('getMany', () => {
     it('answers for each key what get answers, in the order asked, in a few queries', async () => {
       const k = (name: string) => `many:${name}`;

@@ -1,5 +1,11 @@
 /** `inspect <consumer> <key>`: one record, read through the store's public `get`. */
-import { deriveChildKey, InvalidKeyError, type ProcessedRecord, recordKeyFor } from '@exactly-once/core';
+import {
+  deriveChildKey,
+  InvalidKeyError,
+  type ProcessedRecord,
+  type ProcessedStore,
+  recordKeyFor,
+} from '@exactly-once/core';
 import { CliError, UsageError } from '../errors.js';
 import {
   formatBytes,
@@ -17,6 +23,8 @@ export interface InspectOptions extends StoreOptions {
   readonly namespace?: string;
   /** Step names whose `ctx.keyFor(name)` to print, whatever the record holds (`--key-for`). */
   readonly keyFor?: readonly string[];
+  /** Also the states the record went through, where the store keeps them (`--history`). */
+  readonly history?: boolean;
   readonly json?: boolean;
 }
 
@@ -59,6 +67,11 @@ export interface RecordView {
   readonly completedAt?: number;
   readonly failedAt?: number;
   readonly expiresAt?: number;
+  /**
+   * With `--history`: the states the key went through, oldest first (each as this view, plus when
+   * an attempt began); null when the store keeps the current state only (Redis).
+   */
+  readonly history?: readonly (RecordView & { readonly startedAt?: number })[] | null;
 }
 
 export function recordView(record: ProcessedRecord, now = Date.now(), keyFor?: KeyFor): RecordView {
@@ -181,11 +194,49 @@ export function renderRecord(view: RecordView, now = Date.now()): string[] {
   }
   for (const [name, key] of Object.entries(view.keysFor ?? {}))
     lines.push(`keyFor(${JSON.stringify(name)})  ${key}`);
+  if (view.history === null)
+    lines.push('history     not kept by this store (it keeps the current state only)');
+  else if (view.history) {
+    lines.push(`history     ${view.history.length} state(s), oldest first`);
+    for (const [i, h] of view.history.entries()) lines.push(`  ${i + 1}  ${historyLine(h)}`);
+  }
   return lines;
+}
+
+/** One state of a key's history on one line. */
+function historyLine(h: RecordView & { readonly startedAt?: number }): string {
+  const parts = [h.state.padEnd(11), `attempt ${h.attempt}`, `fence ${h.fence}`];
+  if (h.lease) parts.push(`owner ${shown(h.lease.owner || '-')}`);
+  if (h.startedAt !== undefined) parts.push(`started ${formatTime(h.startedAt)}`);
+  if (h.lease)
+    parts.push(h.lease.until === 0 ? 'lease released' : `lease until ${formatTime(h.lease.until)}`);
+  if (h.steps && h.steps.length > 0)
+    parts.push(`steps ${h.steps.map((st) => `${shown(st.name)} (${st.state})`).join(', ')}`);
+  if (h.lastError) parts.push(`last error ${errorText(h.lastError)}`);
+  if (h.completedAt !== undefined && h.completedAt > 0) parts.push(`completed ${formatTime(h.completedAt)}`);
+  if (h.failedAt !== undefined) parts.push(`failed ${formatTime(h.failedAt)}`);
+  if (h.error) parts.push(`error ${errorText(h.error)}`);
+  return parts.join('  ');
 }
 
 function errorText(e: { name: string; code: string; message: string }): string {
   return `${e.name} (${e.code}): ${e.message}`;
+}
+
+/** The key's states as views, or null when the store keeps the current state only. */
+async function historyOf(
+  store: ProcessedStore,
+  storeKey: string,
+  now: number,
+): Promise<RecordView['history']> {
+  if (!store.history) return null;
+  const entries = await store.history(storeKey).catch((error: unknown) => {
+    throw storeError(error);
+  });
+  return entries.map((e) => ({
+    ...recordView(e.record, now),
+    ...(e.startedAt === undefined ? {} : { startedAt: e.startedAt }),
+  }));
 }
 
 export async function inspect(io: Io, consumer: string, key: string, options: InspectOptions): Promise<void> {
@@ -212,9 +263,12 @@ export async function inspect(io: Io, consumer: string, key: string, options: In
     }
     const namespace = options.namespace ?? 'default';
     const keyFor: KeyFor = (name) => deriveChildKey(namespace, consumer, name, key);
+    const now = Date.now();
+    const history = options.history ? await historyOf(opened.store, storeKey, now) : undefined;
     const view: RecordView = {
-      ...recordView(record, Date.now(), keyFor),
+      ...recordView(record, now, keyFor),
       ...(options.keyFor ? { keysFor: Object.fromEntries(options.keyFor.map((n) => [n, keyFor(n)])) } : {}),
+      ...(history === undefined ? {} : { history }),
     };
     if (options.json) printJson(io, view);
     else printLines(io, renderRecord(view));

@@ -22,6 +22,7 @@ export const SERVER_CALLS = [
   'get',
   'clear',
   'listInProgress',
+  'history',
   'claimFingerprint',
   'releaseFingerprint',
 ] as const satisfies readonly (keyof ProcessedStore)[];

@@ -291,6 +291,14 @@ export interface ProcessedStore {
   listInProgress?(query: InProgressQuery): Promise<InProgressEntry[]>;
 
   /**
+   * Optional, for inspection (the CLI's `inspect --history`): the states the key's record went
+   * through, oldest first, as far as the store keeps them (the MongoDB store keeps every attempt
+   * until the record is swept; a store that keeps the current state only leaves it out). Empty
+   * when the key has no record. Not part of the pipeline.
+   */
+  history?(key: string): Promise<HistoryEntry[]>;
+
+  /**
    * Optional (needed by the processor's `payloadGuard`): claim `fingerprint` within `scope` for
    * `key` during `windowMs` of store time, in one atomic operation. The first key to claim a
    * fingerprint wins; its claim is never extended or moved by later calls while it is live.
@@ -351,6 +359,17 @@ export interface InProgressQuery {
   readonly olderThanMs: number;
   /** At most this many entries. */
   readonly limit: number;
+}
+
+/** One state of a key, as {@link ProcessedStore.history} reports it. */
+export interface HistoryEntry {
+  /**
+   * The record in that state: as it was left when the next state followed it (an attempt's lease
+   * as last extended or released, its steps and error), or as it is, for the last entry.
+   */
+  readonly record: ProcessedRecord;
+  /** Store time (ms) when an IN_PROGRESS entry's attempt began, where the store kept it. */
+  readonly startedAt?: number;
 }
 
 /** One IN_PROGRESS record, as {@link ProcessedStore.listInProgress} reports it. */
