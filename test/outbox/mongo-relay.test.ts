@@ -244,7 +244,10 @@ describe.each(servers)('document outbox on %s, relayed to Kafka', (_name, url) =
           ...outboxFields(id, [{ destination: 'unused', body: { id } }]),
         })),
       );
-      const source = createMongoOutboxSource({ collection: batch });
+      // Typed as an application keeps its collection: the source takes it as it is.
+      const source = createMongoOutboxSource({
+        collection: batch as unknown as Collection<{ _id: string; total: number }>,
+      });
       const entries: string[] = [];
       for await (const entry of source.scan()) entries.push(entry.id);
       // Act

@@ -17,5 +17,6 @@ export type {
   MongoOutboxSource,
   MongoOutboxSourceOptions,
   OutboxFieldsOptions,
+  OutboxMessageDoc,
   OutboxMessageInput,
 } from './outbox.js';

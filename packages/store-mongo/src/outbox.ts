@@ -44,7 +44,8 @@ export interface OutboxMessageInput {
   headers?: Readonly<Record<string, string>>;
 }
 
-interface OutboxMessageDoc {
+/** One event as `outboxFields` writes it in `eo_outbox` (short names; read by the relay). */
+export interface OutboxMessageDoc {
   i: string;
   d: string;
   k?: string;
@@ -120,9 +121,9 @@ export function outboxFields(
   };
 }
 
-export interface MongoOutboxSourceOptions {
-  /** The collection your documents (and their `eo_outbox`) live in. */
-  collection: Collection<Document>;
+export interface MongoOutboxSourceOptions<TSchema extends Document = Document> {
+  /** The collection your documents (and their `eo_outbox`) live in, typed as you keep it. */
+  collection: Collection<TSchema>;
   /**
    * Documents per read. Each read is one complete query (no cursor stays open while the relay
    * publishes and marks: FerretDB 1.x stalls every writer while a cursor is open). A read on a
@@ -138,8 +139,11 @@ export interface MongoOutboxSource extends OutboxSource {
 }
 
 /** The relay's source over `collection`; see {@link outboxFields}. */
-export function createMongoOutboxSource(options: MongoOutboxSourceOptions): MongoOutboxSource {
-  const { collection } = options;
+export function createMongoOutboxSource<TSchema extends Document = Document>(
+  options: MongoOutboxSourceOptions<TSchema>,
+): MongoOutboxSource {
+  // Only the outbox fields and `_id` are read and written: the schema of the rest is yours.
+  const collection = options.collection as unknown as Collection<Document>;
   const pageSize = options.pageSize ?? 10_000;
   // An entry is one write of one document: its id names the document (which keeps its own `_id`
   // type: ObjectId, number, string) and the write's token. A document rewritten with new events
