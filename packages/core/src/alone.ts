@@ -74,20 +74,19 @@ export class TakeoverGate {
     // handler) lets the others begin and run beside it, as a run under way like theirs; a run
     // under way that has not ended by then has the takeover run beside it.
     let state: 'waiting' | 'alone' | 'beside' | 'ended' = 'waiting';
-    let timedOut = false;
-    let timesUp!: () => void;
-    const late = new Promise<'late'>((resolve) => {
-      timesUp = () => resolve('late');
-    });
-    const timer = setTimeout(() => {
-      timedOut = true;
-      timesUp();
-      if (state !== 'alone') return;
+    const beside = () => {
       state = 'beside';
       this.running++;
       letGo();
-    }, aloneMs);
-    timer.unref?.();
+    };
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((resolve) => {
+      timer = setTimeout(() => {
+        if (state === 'alone') beside();
+        resolve('late');
+      }, aloneMs);
+      timer.unref?.();
+    });
     const drained =
       this.running === 0
         ? undefined
@@ -107,14 +106,9 @@ export class TakeoverGate {
       letGo();
       return undefined;
     }
-    // Past the deadline (also when the runs under way ended just as it passed): beside them.
-    if (timedOut) {
-      state = 'beside';
-      this.running++;
-      letGo();
-    } else {
-      state = 'alone';
-    }
+    // The deadline passed before the runs under way ended: the takeover runs beside them.
+    if (alone === 'late') beside();
+    else state = 'alone';
     return () => {
       clearTimeout(timer);
       if (state === 'alone') letGo();

@@ -46,6 +46,12 @@ export function chainOf(head: AnyHead): string {
   return head.c ?? legacyChainId(head._id);
 }
 
+/** A previous-layout head read as element 0 of its derived chain; undefined for a head of chains. */
+function legacyElementOf(head: AnyHead): RecordDoc | undefined {
+  if (head.c !== undefined) return undefined;
+  return { ...(head as unknown as RecordDoc), k: head._id, c: chainOf(head), i: 0 } satisfies RecordDoc;
+}
+
 /**
  * The key's chain, or `undefined` when the key has no head, or when the chain went away while it
  * was being read (deleted by the sweeper: read again).
@@ -54,11 +60,8 @@ export async function readChain(reader: ChainReader, key: string): Promise<Chain
   const head = (await reader.heads.findOne({ _id: key })) as AnyHead | null;
   if (head === null) return undefined;
   const chain = chainOf(head);
-  const legacy = head.c === undefined;
-  const legacyElement: RecordDoc | undefined = legacy
-    ? ({ ...(head as unknown as RecordDoc), k: key, c: chain, i: 0 } satisfies RecordDoc)
-    : undefined;
-  const first = legacy ? 0 : 1;
+  const legacyElement = legacyElementOf(head);
+  const first = legacyElement ? 0 : 1;
   const fetch = (position: number): Promise<RecordDoc | null> =>
     position === 0
       ? Promise.resolve(legacyElement ?? null)
@@ -105,16 +108,13 @@ export async function readChains(
     restarted: boolean;
   }
   let walks: Walk[] = heads.map((head) => {
-    const chain = chainOf(head);
-    const legacy = head.c === undefined;
-    const first = legacy ? 0 : 1;
+    const legacyElement = legacyElementOf(head);
+    const first = legacyElement ? 0 : 1;
     return {
       key: head._id,
-      chain,
+      chain: chainOf(head),
       first,
-      legacyElement: legacy
-        ? ({ ...(head as unknown as RecordDoc), k: head._id, c: chain, i: 0 } satisfies RecordDoc)
-        : undefined,
+      legacyElement,
       position: Math.max(first, head.h ?? first),
       restarted: false,
     };
@@ -164,8 +164,8 @@ export async function readHistory(reader: ChainReader, key: string): Promise<Rec
   const head = (await reader.heads.findOne({ _id: key })) as AnyHead | null;
   if (head === null) return undefined;
   const chain = chainOf(head);
-  const elements: RecordDoc[] =
-    head.c === undefined ? [{ ...(head as unknown as RecordDoc), k: key, c: chain, i: 0 }] : [];
+  const legacyElement = legacyElementOf(head);
+  const elements: RecordDoc[] = legacyElement ? [legacyElement] : [];
   for (let from = 1; ; from += HISTORY_PAGE) {
     const ids = Array.from({ length: HISTORY_PAGE }, (_, d) => elementId(chain, from + d));
     const found = new Map<string, RecordDoc>();
