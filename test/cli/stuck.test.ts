@@ -96,6 +96,8 @@ describe.each(testStores)('stuck: %s', (_name, open) => {
     expect(text).toMatch(
       new RegExp(`\\d+ s\\s+\\S+\\s+1\\s+worker-1\\s+live, \\d+ s left\\s+charge\\s+${key(billing, 'old')}`),
     );
+    // The time since the attempt started, which a key whose holder died does not spend running.
+    expect(text).toMatch(/^in progress {2}started\s+attempt\s+owner\s+lease/m);
   });
 
   it('every consumer of a namespace, oldest first; a longer threshold finds nothing', {

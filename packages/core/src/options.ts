@@ -322,7 +322,7 @@ export function checkRetentionHorizon(
         : `the store's retention (${retentionMs} ms for retentionMs ${o.retentionMs}: a tiered store's cold tier)`
     } is shorter than the longest a message can ` +
     `come back (${needed} ms = retry schedule + ${attempts} attempts × (maxRunMs + leaseMs) + redeliveryHorizonMs). ` +
-    'A late copy would find no record and be processed again. Raise retentionMs, or lower the horizon' +
+    'A late copy (a redelivered message, a request repeated by its client) would find no record and be processed again. Raise retentionMs, or lower the horizon' +
     (mode === 'error' ? ", or set retentionCheck: 'warn'." : '.');
   if (mode === 'error') throw new ConfigError(message);
   o.logger.warn(message, { consumer: o.consumer });

@@ -104,7 +104,7 @@ export async function stuck(io: Io, options: StuckOptions): Promise<void> {
     }
     const now = Date.now();
     const rows = [
-      ['running', 'started', 'attempt', 'owner', 'lease', 'steps in doubt', 'key'],
+      ['in progress', 'started', 'attempt', 'owner', 'lease', 'steps in doubt', 'key'],
       ...views.map((v) => [
         formatSpan(now - v.startedAt),
         formatTime(v.startedAt),
