@@ -16,6 +16,15 @@ interface Estimate {
 }
 
 describe('capacity', () => {
+  it('ends quietly when the reader closes the pipe early, as `| head` does', async () => {
+    // An outside test: `dlq list ... | head` died with an unhandled "write EPIPE" and its stack.
+    const r = await cli(['capacity', '--keys-per-day', '1000000', '--retention', '30'], {
+      closeStdout: true,
+    });
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+  });
+
   it('records for the window, markers for the rest of the retention, with the measured figures', async () => {
     const e = await cliJson<Estimate>(['capacity', '--keys-per-day', '1000000', '--retention', '30']);
     expect(e.compaction).toBe(true);

@@ -13,7 +13,12 @@ export interface CliRun {
 
 export function cli(
   args: readonly string[],
-  options: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
+  options: {
+    timeoutMs?: number;
+    env?: NodeJS.ProcessEnv;
+    /** Closes the read end of stdout at once, as `| head` does once it has its lines. */
+    closeStdout?: boolean;
+  } = {},
 ): Promise<CliRun> {
   return new Promise((resolve, reject) => {
     const child = spawn(
@@ -27,9 +32,11 @@ export function cli(
     );
     let stdout = '';
     let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => {
-      stdout += d;
-    });
+    if (options.closeStdout) child.stdout.destroy();
+    else
+      child.stdout.setEncoding('utf8').on('data', (d: string) => {
+        stdout += d;
+      });
     child.stderr.setEncoding('utf8').on('data', (d: string) => {
       stderr += d;
     });

@@ -230,6 +230,16 @@ describe.each(testStores)('inspect: %s', (_name, open) => {
     expect(r.stderr).toMatch(/or not kept here: check the store/);
     expect(r.stdout).toBe('');
   });
+
+  it('--key-for of a key with no record still prints its keys (a charge repeated after retention)', async () => {
+    // An outside test: the key an operator asks the provider about was refused as "no record".
+    const charge = await handlerKeyFor(consumer, 'never-seen', 'charge');
+    const asked = ['inspect', consumer, 'never-seen', '--key-for', 'charge', ...t.flags];
+    expect(await cliJson(asked)).toEqual({ storeKey: key('never-seen'), state: null, keysFor: { charge } });
+    const text = await cliText(asked);
+    expect(text).toMatch(/state\s+no record \(never processed, expired or cleared\)/);
+    expect(text).toContain(`keyFor("charge")  ${charge}`);
+  });
 });
 
 describe('inspect: errors', () => {

@@ -13,8 +13,24 @@ export interface Io {
   readonly interactive: boolean;
 }
 
+/** Whether stdout's reader has gone (see {@link finishWhenStdoutCloses}). */
+let stdoutGone = false;
+
+/**
+ * When stdout's reader goes (`| head` got its lines), the command finishes without printing
+ * rather than die halfway (a replay mid-way, say) with an unhandled EPIPE. For the CLI's process.
+ */
+export function finishWhenStdoutCloses(): void {
+  process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code !== 'EPIPE') throw error;
+    stdoutGone = true;
+  });
+}
+
 export const processIo: Io = {
-  out: (text) => process.stdout.write(text),
+  out: (text) => {
+    if (!stdoutGone) process.stdout.write(text);
+  },
   err: (text) => process.stderr.write(text),
   get interactive() {
     return process.stderr.isTTY === true;

@@ -192,8 +192,7 @@ export function renderRecord(view: RecordView, now = Date.now()): string[] {
       );
     }
   }
-  for (const [name, key] of Object.entries(view.keysFor ?? {}))
-    lines.push(`keyFor(${JSON.stringify(name)})  ${key}`);
+  lines.push(...keysForLines(view.keysFor));
   if (view.history === null)
     lines.push('history     not kept by this store (it keeps the current state only)');
   else if (view.history) {
@@ -221,6 +220,20 @@ function historyLine(h: RecordView & { readonly startedAt?: number }): string {
 
 function errorText(e: { name: string; code: string; message: string }): string {
   return `${e.name} (${e.code}): ${e.message}`;
+}
+
+/** `--key-for` of a key with no record: its keys still are what a handler sent. */
+function renderNoRecord(storeKey: string, keysFor: Readonly<Record<string, string>>): string[] {
+  const lines = table([
+    ['record', shown(storeKey)],
+    ['state', 'no record (never processed, expired or cleared)'],
+  ]);
+  lines.push(...keysForLines(keysFor));
+  return lines;
+}
+
+function keysForLines(keysFor: Readonly<Record<string, string>> | undefined): string[] {
+  return Object.entries(keysFor ?? {}).map(([name, key]) => `keyFor(${JSON.stringify(name)})  ${key}`);
 }
 
 /** The key's states as views, or null when the store keeps the current state only. */
@@ -254,6 +267,18 @@ export async function inspect(io: Io, consumer: string, key: string, options: In
     const record = await opened.store.get(storeKey).catch((error: unknown) => {
       throw storeError(error);
     });
+    const namespace = options.namespace ?? 'default';
+    const keyFor: KeyFor = (name) => deriveChildKey(namespace, consumer, name, key);
+    const keysFor = options.keyFor
+      ? Object.fromEntries(options.keyFor.map((n) => [n, keyFor(n)]))
+      : undefined;
+    if (!record && keysFor) {
+      // The keys derive from the key alone: a key that came back after its record's retention
+      // is the one an operator asks the provider about.
+      if (options.json) printJson(io, { storeKey, state: null, keysFor });
+      else printLines(io, renderNoRecord(storeKey, keysFor));
+      return;
+    }
     if (!record) {
       throw new CliError(
         `no record for key "${key}" of consumer "${consumer}" (namespace ${options.namespace ?? 'default'}) ` +
@@ -261,13 +286,11 @@ export async function inspect(io: Io, consumer: string, key: string, options: In
           'store, its prefix or database and collection, the consumer name and the namespace)',
       );
     }
-    const namespace = options.namespace ?? 'default';
-    const keyFor: KeyFor = (name) => deriveChildKey(namespace, consumer, name, key);
     const now = Date.now();
     const history = options.history ? await historyOf(opened.store, storeKey, now) : undefined;
     const view: RecordView = {
       ...recordView(record, now, keyFor),
-      ...(options.keyFor ? { keysFor: Object.fromEntries(options.keyFor.map((n) => [n, keyFor(n)])) } : {}),
+      ...(keysFor ? { keysFor } : {}),
       ...(history === undefined ? {} : { history }),
     };
     if (options.json) printJson(io, view);
