@@ -24,7 +24,11 @@ export interface BlobCollectionOptions {
 }
 
 export interface BlobCollectionStats {
-  /** Blobs deleted from the blob store. */
+  /**
+   * Blob results collected: each deleted from the blob store, or found gone already (deleted by
+   * `orphanBlobs`' pass, or by a pass that died before dropping its index entry). Added to the
+   * orphan pass's `deleted`, a blob can count twice.
+   */
   readonly deleted: number;
 }
 

@@ -117,5 +117,8 @@ export function startMaintenance(context: MaintenanceContext, options: Maintenan
     });
     for (const error of failures) onError(error);
   };
-  return repeatEvery(everyMs, pass, onError);
+  // The first ask at once: a worker restarted more often than everyMs (a crash loop, frequent
+  // deploys, a sweeper of its own) would otherwise never run a pass. The turn key still allows
+  // one pass per interval, however many workers start together.
+  return repeatEvery(everyMs, pass, onError, { immediately: true });
 }

@@ -116,6 +116,16 @@ describe('startMaintenance', () => {
     expect(await seen).toEqual([{ ran: false }, { ran: false }, { ran: false }]);
   });
 
+  it('a worker asks for its first turn at once, so one restarted more often than everyMs still runs passes', async () => {
+    // An outside test: a sweeper killed every few seconds, with a longer everyMs, never ran a pass.
+    const { blobs, make } = await setUp();
+    const { onPass, seen } = turns(1);
+    const stop = make().startMaintenance({ everyMs: 3_600_000, blobs, onPass });
+    const [pass] = await seen;
+    stop();
+    expect(pass).toMatchObject({ ran: true });
+  });
+
   it('one of two workers runs each interval', async () => {
     // Prepare: two workers of one deployment, whose first turns come at the same moment
     const { blobs, make } = await setUp();
