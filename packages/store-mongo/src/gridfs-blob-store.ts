@@ -217,12 +217,13 @@ export function createGridFsBlobStore(options: GridFsBlobStoreOptions): GridFsBl
       }
     },
 
-    async delete(pointer: Pick<BlobPointer, 'uri'>): Promise<void> {
+    async delete(pointer: Pick<BlobPointer, 'uri'>): Promise<boolean> {
       const id = idOf(pointer);
       try {
         // The files document first: a reader then finds no file, never a file with chunks missing.
-        await files.deleteOne({ _id: id }, { writeConcern });
+        const { deletedCount } = await files.deleteOne({ _id: id }, { writeConcern });
         await chunks.deleteMany({ files_id: id }, { writeConcern });
+        return deletedCount > 0;
       } catch (error) {
         throw new StoreUnavailableError({ operation: 'blob.delete', cause: error });
       }

@@ -100,8 +100,7 @@ export async function dismantle(
   }
   let blobsDeleted = 0;
   for (const pointer of blobs === undefined ? [] : pointers) {
-    await blobs?.delete(pointer);
-    blobsDeleted += 1;
+    if ((await blobs?.delete(pointer)) !== false) blobsDeleted += 1;
   }
   return { deleted, blobsDeleted };
 }
@@ -224,8 +223,8 @@ async function sweepOne(
     const removed = (await collection.deleteOne({ _id: doc._id }, write)).deletedCount;
     const pointer = pointerOf(doc);
     if (removed === 1 && pointer !== undefined && blobs !== undefined) {
-      await blobs.delete(pointer);
-      return { deleted: removed, blobsDeleted: 1, kept: false };
+      const found = (await blobs.delete(pointer)) !== false;
+      return { deleted: removed, blobsDeleted: found ? 1 : 0, kept: false };
     }
     return { deleted: removed, blobsDeleted: 0, kept: false };
   }

@@ -25,9 +25,9 @@ export interface BlobCollectionOptions {
 
 export interface BlobCollectionStats {
   /**
-   * Blob results collected: each deleted from the blob store, or found gone already (deleted by
-   * `orphanBlobs`' pass, or by a pass that died before dropping its index entry). Added to the
-   * orphan pass's `deleted`, a blob can count twice.
+   * Blobs deleted from the blob store. One found gone already (deleted by `orphanBlobs`' pass, or
+   * by a pass that died before dropping its index entry) is not counted, unless the blob store
+   * cannot tell (its `delete` answers nothing).
    */
   readonly deleted: number;
 }
@@ -75,10 +75,8 @@ export async function collectBlobPass(
         if (failed) return;
         // Members are pointers packed as ASCII JSON (`b[uri,size,sha256]`).
         const result = unpackResult(Buffer.from(member));
-        if (result.kind === 'blob') {
-          await blobs.delete(result.pointer);
-          deleted++;
-        }
+        // Not counted when already gone (an orphan pass, or a pass that died before the ZREM).
+        if (result.kind === 'blob' && (await blobs.delete(result.pointer)) !== false) deleted++;
         await runCommand(client, 'collectBlobs', 'ZREM', [key, member]);
       }
       if (failed || due.length < batchSize) return;

@@ -149,10 +149,11 @@ export function createFsBlobStore(options: FsBlobStoreOptions): FsBlobStore {
       return out;
     },
 
-    async delete(pointer: Pick<BlobPointer, 'uri'>): Promise<void> {
+    async delete(pointer: Pick<BlobPointer, 'uri'>): Promise<boolean> {
       const path = pathOf(root, pointer);
-      await unlinkIfThere(path);
+      const found = await unlinkIfThere(path);
       await unlinkIfThere(path + OWNER_SUFFIX);
+      return found;
     },
 
     list: () => listBlobs(root, abandonedAfterMs),
@@ -208,11 +209,14 @@ async function writeDurably(path: string, text: string): Promise<void> {
   }
 }
 
-async function unlinkIfThere(path: string): Promise<void> {
+/** Whether there was a file to delete. */
+async function unlinkIfThere(path: string): Promise<boolean> {
   try {
     await unlink(path);
+    return true;
   } catch (error) {
     if (codeOf(error) !== 'ENOENT') throw error;
+    return false;
   }
 }
 

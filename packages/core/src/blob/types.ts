@@ -48,8 +48,13 @@ export interface BlobStore {
   stream(pointer: BlobPointer): AsyncIterable<Uint8Array>;
   /** Reads the whole content (verified). For results known to fit in memory. */
   get(pointer: BlobPointer): Promise<Uint8Array>;
-  /** Deletes the blob; deleting a missing blob is not an error. Only the pointer's `uri` is read. */
-  delete(pointer: Pick<BlobPointer, 'uri'>): Promise<void>;
+  /**
+   * Deletes the blob; deleting a missing blob is not an error. Only the pointer's `uri` is read.
+   * Answers whether there was a blob to delete, for the collections' counts (a store that cannot
+   * tell answers nothing: counted as deleted).
+   */
+  // biome-ignore lint/suspicious/noConfusingVoidType: stores written against Promise<void> still fit
+  delete(pointer: Pick<BlobPointer, 'uri'>): Promise<boolean | void>;
   /**
    * Every blob stored (puts under way excluded), for {@link collectOrphanBlobs}. Optional: a
    * store without it has no orphan collection.
