@@ -125,6 +125,22 @@ describe.each(testStores)('inspect: %s', (_name, open) => {
     expect(text).toMatch(/UNPUBLISHED\s+m-2 -> events \(order\.paid\), 8 B/);
   });
 
+  it('--result: an inline result as the handler returned it; a blob result is named, not read', async () => {
+    // An outside test: reading a stored result back needed code of one's own.
+    expect(await cliJson(['inspect', consumer, 'done', '--result', ...t.flags])).toMatchObject({
+      resultValue: { chargeId: 'ch_1' },
+    });
+    expect(await cliText(['inspect', consumer, 'done', '--result', ...t.flags])).toContain(
+      'result value\n  {\n    "chargeId": "ch_1"\n  }',
+    );
+    expect(await cliJson(['inspect', consumer, 'blob', '--result', ...t.flags])).toMatchObject({
+      resultValue: null,
+    });
+    expect(await cliText(['inspect', consumer, 'blob', '--result', ...t.flags])).toMatch(
+      /result value\s+stored by reference: read it from the blob store/,
+    );
+  });
+
   it('a COMPLETED record with a blob result: the pointer and its size', async () => {
     const view = await cliJson(['inspect', consumer, 'blob', ...t.flags]);
     expect(view.result).toEqual({ kind: 'blob', bytes: 3_145_728, uri: 'fs:abc', sha256: 'a'.repeat(64) });

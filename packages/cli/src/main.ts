@@ -70,6 +70,7 @@ function buildProgram(io: Io): Command {
       '--json-key',
       'read <key> as a JSON string ("a\\u0000b"), as --json output prints keys: for a NUL or control characters',
     )
+    .option('--result', 'also the stored result itself when it is inline (the JSON the handler returned)')
     .option(
       '--history',
       'also the states the record went through, each attempt as it was left (the MongoDB store keeps them until the record is swept; Redis keeps the current state only)',

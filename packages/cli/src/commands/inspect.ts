@@ -25,6 +25,8 @@ export interface InspectOptions extends StoreOptions {
   readonly keyFor?: readonly string[];
   /** Also the states the record went through, where the store keeps them (`--history`). */
   readonly history?: boolean;
+  /** Also the stored result itself, when it is inline (`--result`). */
+  readonly result?: boolean;
   readonly json?: boolean;
 }
 
@@ -72,6 +74,22 @@ export interface RecordView {
    * an attempt began); null when the store keeps the current state only (Redis).
    */
   readonly history?: readonly (RecordView & { readonly startedAt?: number })[] | null;
+  /**
+   * With `--result`: an inline result as the handler returned it (JSON), or `null` for a result
+   * stored by reference (read it from the blob store, by `result.uri`) or none.
+   */
+  readonly resultValue?: unknown;
+}
+
+/** `--result`: the inline result decoded, as stored (bytes that are not JSON as text). */
+function resultValueOf(record: ProcessedRecord): unknown {
+  if (record.state !== 'COMPLETED' || record.result?.kind !== 'inline') return null;
+  const text = new TextDecoder().decode(record.result.data);
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return text;
+  }
 }
 
 export function recordView(record: ProcessedRecord, now = Date.now(), keyFor?: KeyFor): RecordView {
@@ -193,6 +211,15 @@ export function renderRecord(view: RecordView, now = Date.now()): string[] {
     }
   }
   lines.push(...keysForLines(view.keysFor));
+  if (view.resultValue !== undefined) {
+    lines.push(
+      view.resultValue === null
+        ? `result value  ${view.result?.kind === 'blob' ? 'stored by reference: read it from the blob store' : 'none'}`
+        : 'result value',
+    );
+    if (view.resultValue !== null)
+      for (const line of JSON.stringify(view.resultValue, null, 2).split('\n')) lines.push(`  ${line}`);
+  }
   if (view.history === null)
     lines.push('history     not kept by this store (it keeps the current state only)');
   else if (view.history) {
@@ -292,6 +319,7 @@ export async function inspect(io: Io, consumer: string, key: string, options: In
       ...recordView(record, now, keyFor),
       ...(keysFor ? { keysFor } : {}),
       ...(history === undefined ? {} : { history }),
+      ...(options.result ? { resultValue: resultValueOf(record) } : {}),
     };
     if (options.json) printJson(io, view);
     else printLines(io, renderRecord(view));
