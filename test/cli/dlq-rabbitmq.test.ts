@@ -132,18 +132,17 @@ describe('dlq on RabbitMQ', () => {
   });
 
   it('show: one letter with its headers and body', async () => {
-    const out = await cliJson<Letter & { headers: Record<string, string>; body: string }>([
-      'dlq',
-      'show',
-      dlq,
-      'key-b',
-      ...amqp,
-    ]);
+    const out = await cliJson<
+      Letter & { headers: Record<string, string>; properties: Record<string, string>; body: string }
+    >(['dlq', 'show', dlq, 'key-b', ...amqp]);
     expect(out).toMatchObject({ id: 'key-b', key: 'key-b', reason: { errorCode: 'PERMANENT' } });
     expect(JSON.parse(out.body)).toEqual({ id: 'b' });
     expect(out.headers['x-idempotency-key']).toBe('key-b');
     expect(out.headers['x-eo-original-destination']).toBe(queue);
+    // The AMQP properties that are not headers too (an outside test missed a contentType).
+    expect(out.properties).toMatchObject({ messageId: 'key-b' });
     const text = await cliText(['dlq', 'show', dlq, 'key-b', ...amqp]);
+    expect(text).toMatch(/\nproperties\n(?: {2}\S+\s+\S.*\n)* {2}messageId\s+key-b\n/);
     expect(text).toMatch(/error\s+PermanentError \(PERMANENT\)/);
     expect(text).toMatch(new RegExp(`replays to\\s+${queue}`));
     expect(text).toContain('"id": "b"');

@@ -44,6 +44,11 @@ export interface DeadLetter {
   };
   /** Every header with a text form. */
   readonly headers: Readonly<Record<string, string>>;
+  /**
+   * RabbitMQ only: the AMQP properties set on the letter, headers apart (`contentType`,
+   * `messageId`, `timestamp`...), as text.
+   */
+  readonly properties?: Readonly<Record<string, string>>;
   readonly body: Buffer;
   /** Kafka only: the record key, partition and offset in the dead-letter topic. */
   readonly kafka?: { readonly key: string | null; readonly partition: number; readonly offset: string };
@@ -106,6 +111,7 @@ export function letterJson(letter: DeadLetter, withBody: boolean): Record<string
     ...(withBody
       ? {
           headers: letter.headers,
+          ...(letter.properties ? { properties: letter.properties } : {}),
           body: body.encoding === 'utf8' ? letter.body.toString('utf8') : body.text,
           bodyEncoding: body.encoding,
         }
@@ -193,6 +199,12 @@ export function renderLetter(source: string, letter: DeadLetter): string[] {
     ...table(rows),
     'headers',
     ...table(Object.entries(letter.headers).map(([k, v]) => [`  ${k}`, truncate(v, 200)])),
+    ...(letter.properties && Object.keys(letter.properties).length > 0
+      ? [
+          'properties',
+          ...table(Object.entries(letter.properties).map(([k, v]) => [`  ${k}`, truncate(v, 200)])),
+        ]
+      : []),
     `body (${formatBytes(letter.body.byteLength)}${body.encoding === 'base64' ? ', not UTF-8: base64' : ''})`,
     ...body.text.split('\n').map((l) => `  ${l}`),
   ];

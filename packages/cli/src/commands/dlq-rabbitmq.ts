@@ -289,8 +289,18 @@ function toLetter(message: GetMessage): DeadLetter {
       ...(routingKey === undefined ? {} : { routingKey }),
     },
     headers,
+    properties: propertiesOf(message),
     body: message.content,
   };
+}
+
+/** The letter's AMQP properties but its headers, as text, as set (a timestamp's unit is the publisher's). */
+function propertiesOf(message: GetMessage): Record<string, string> {
+  const properties: Record<string, string> = {};
+  for (const [name, value] of Object.entries(message.properties as unknown as Record<string, unknown>)) {
+    if (name !== 'headers' && value !== undefined && value !== null) properties[name] = String(value);
+  }
+  return properties;
 }
 
 /**
