@@ -198,16 +198,18 @@ export function renderLetter(source: string, letter: DeadLetter): string[] {
   return [
     ...table(rows),
     'headers',
-    ...table(Object.entries(letter.headers).map(([k, v]) => [`  ${k}`, truncate(v, 200)])),
+    ...fieldRows(letter.headers),
     ...(letter.properties && Object.keys(letter.properties).length > 0
-      ? [
-          'properties',
-          ...table(Object.entries(letter.properties).map(([k, v]) => [`  ${k}`, truncate(v, 200)])),
-        ]
+      ? ['properties', ...fieldRows(letter.properties)]
       : []),
     `body (${formatBytes(letter.body.byteLength)}${body.encoding === 'base64' ? ', not UTF-8: base64' : ''})`,
     ...body.text.split('\n').map((l) => `  ${l}`),
   ];
+}
+
+/** Named text fields (headers, properties) as an indented table, long values cut. */
+function fieldRows(fields: Readonly<Record<string, string>>): string[] {
+  return table(Object.entries(fields).map(([name, value]) => [`  ${name}`, truncate(value, 200)]));
 }
 
 export function replayTarget(letter: DeadLetter): string | undefined {

@@ -211,14 +211,12 @@ export function renderRecord(view: RecordView, now = Date.now()): string[] {
     }
   }
   lines.push(...keysForLines(view.keysFor));
-  if (view.resultValue !== undefined) {
-    lines.push(
-      view.resultValue === null
-        ? `result value  ${view.result?.kind === 'blob' ? 'stored by reference: read it from the blob store' : 'none'}`
-        : 'result value',
-    );
-    if (view.resultValue !== null)
-      for (const line of JSON.stringify(view.resultValue, null, 2).split('\n')) lines.push(`  ${line}`);
+  if (view.resultValue === null) {
+    const where = view.result?.kind === 'blob' ? 'stored by reference: read it from the blob store' : 'none';
+    lines.push(`result value  ${where}`);
+  } else if (view.resultValue !== undefined) {
+    const json = JSON.stringify(view.resultValue, null, 2).split('\n');
+    lines.push('result value', ...json.map((line) => `  ${line}`));
   }
   if (view.history === null)
     lines.push('history     not kept by this store (it keeps the current state only)');
