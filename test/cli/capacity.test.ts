@@ -118,7 +118,86 @@ describe('capacity', () => {
     expect(usual.warnings).toEqual([]);
   });
 
+  it('a tiered store: the hot Redis for its window, the cold MongoDB for the whole retention', async () => {
+    const e = await cliJson<{
+      tiered: boolean;
+      hotDays: number;
+      hot: { count: number; bytesPerRecord: number; bytes: number };
+      cold: { count: number; documents: number; bytesPerRecord: number; bytes: number };
+      redisOnlyBytes: number;
+      warnings: string[];
+    }>(['capacity', '--keys-per-day', '1000000', '--retention', '30', '--tiered-hot', '1']);
+    expect(e.tiered).toBe(true);
+    expect(e.hotDays).toBe(1);
+    // Whole records in the hot Redis (no compaction index), three documents a record in MongoDB.
+    expect(e.hot).toEqual({ count: 1_000_000, bytesPerRecord: 241, bytes: 241_000_000 });
+    expect(e.cold).toEqual({
+      count: 30_000_000,
+      documents: 90_000_000,
+      bytesPerRecord: 599,
+      bytes: 30_000_000 * 599,
+    });
+    expect(e.redisOnlyBytes).toBe(30_000_000 * 241);
+    expect(e.warnings).toEqual([]);
+
+    const text = await cliText([
+      'capacity',
+      '--keys-per-day',
+      '1e6',
+      '--retention',
+      '30d',
+      '--tiered-hot',
+      '24h',
+      '--record-bytes',
+      '300',
+      '--cold-bytes',
+      '700',
+    ]);
+    expect(text).toContain('the hot Redis keeps records 1 day, the cold MongoDB all 30 days');
+    expect(text).toMatch(/hot \(Redis\)\s+1,000,000\s+300 B\s+286 MiB/);
+    expect(text).toMatch(/cold \(MongoDB\)\s+30,000,000\s+700 B\s+19\.6 GiB\s+BSON in 90,000,000 documents/);
+    expect(text).toContain('hotRetentionMs: 86400000, coldRetentionMs: 2592000000');
+    expect(text).toContain('per key: as given');
+
+    // A hot window as long as the retention leaves the cold tier nothing to answer.
+    const covered = await cliJson<{ hotDays: number; warnings: string[] }>([
+      'capacity',
+      '--keys-per-day',
+      '1000',
+      '--retention',
+      '7',
+      '--tiered-hot',
+      '30',
+    ]);
+    expect(covered.hotDays).toBe(7);
+    expect(covered.warnings[0]).toMatch(/hot window covers the retention/);
+  });
+
   it('usage errors exit 2', async () => {
+    const tieredWindow = await cli([
+      'capacity',
+      '--keys-per-day',
+      '10',
+      '--retention',
+      '7',
+      '--tiered-hot',
+      '1',
+      '--record-window',
+      '1',
+    ]);
+    expect(tieredWindow.code).toBe(2);
+    expect(tieredWindow.stderr).toMatch(/--record-window and --marker-bytes do not apply/);
+    const coldAlone = await cli([
+      'capacity',
+      '--keys-per-day',
+      '10',
+      '--retention',
+      '7',
+      '--cold-bytes',
+      '500',
+    ]);
+    expect(coldAlone.code).toBe(2);
+    expect(coldAlone.stderr).toMatch(/--cold-bytes needs --tiered-hot/);
     const missing = await cli(['capacity', '--keys-per-day', '10']);
     expect(missing.code).toBe(2);
     expect(missing.stderr).toMatch(/required option '--retention <days>'/);

@@ -2,7 +2,13 @@
 import { createRequire } from 'node:module';
 import { Command, CommanderError, Option } from 'commander';
 import { orphans } from './commands/blobs.js';
-import { capacity, MARKER_BYTES, RECORD_BYTES, RECORD_WITH_INDEX_BYTES } from './commands/capacity.js';
+import {
+  capacity,
+  MARKER_BYTES,
+  MONGO_RECORD_BYTES,
+  RECORD_BYTES,
+  RECORD_WITH_INDEX_BYTES,
+} from './commands/capacity.js';
 import { dlqList, dlqReplay, dlqShow } from './commands/dlq.js';
 import { inspect } from './commands/inspect.js';
 import { outboxPending } from './commands/outbox.js';
@@ -224,7 +230,9 @@ function buildProgram(io: Io): Command {
 
   program
     .command('capacity')
-    .description('Redis memory for a retention: full records for a window, compaction markers for the rest')
+    .description(
+      'Redis memory for a retention: full records for a window, compaction markers for the rest (or a tiered store: --tiered-hot)',
+    )
     .requiredOption('--keys-per-day <n>', 'new idempotency keys per day', (v) =>
       parseNumber('--keys-per-day', v),
     )
@@ -244,8 +252,40 @@ function buildProgram(io: Io): Command {
       `bytes per marker, flat (default: measured, ${MARKER_BYTES} + bucket overhead)`,
       (v) => parseNumber('--marker-bytes', v, { min: 1 }),
     )
+    .option(
+      '--tiered-hot <days>',
+      'size a tiered store instead: the hot Redis keeps records this long (hotRetentionMs), the cold MongoDB the whole retention',
+      (v) => parseDays('--tiered-hot', v),
+    )
+    .option(
+      '--cold-bytes <n>',
+      `with --tiered-hot: BSON bytes per MongoDB record (default: measured, ${MONGO_RECORD_BYTES})`,
+      (v) => parseNumber('--cold-bytes', v, { min: 1 }),
+    )
     .option('--json', 'print JSON')
     .action((options) => {
+      if (options.tieredHot === undefined) {
+        if (options.coldBytes !== undefined) throw new UsageError('--cold-bytes needs --tiered-hot');
+      } else {
+        // A tiered hot Redis keeps whole records (no compaction): window and markers do not apply.
+        if (options.recordWindow !== undefined || options.markerBytes !== undefined) {
+          throw new UsageError(
+            '--tiered-hot sizes a tiered store: --record-window and --marker-bytes do not apply',
+          );
+        }
+        capacity(
+          io,
+          {
+            keysPerDay: options.keysPerDay,
+            retentionDays: options.retention,
+            hotDays: options.tieredHot,
+            ...(options.recordBytes === undefined ? {} : { recordBytes: options.recordBytes }),
+            ...(options.coldBytes === undefined ? {} : { coldBytes: options.coldBytes }),
+          },
+          options,
+        );
+        return;
+      }
       capacity(
         io,
         {

@@ -3,6 +3,8 @@
  * record window, answering duplicates with their result) and compaction markers (the rest of the
  * retention, answering "already processed"). Defaults are `used_memory` figures measured with
  * the Redis store on Redis 7.0 (store-redis README "Memory figures", bench/RESULTS.md "Storage").
+ * With `--tiered-hot`, the tiered store instead: Redis for the hot window, MongoDB for the whole
+ * retention (BSON figures measured with the MongoDB store, store-mongo README "Sizes").
  */
 import { UsageError } from '../errors.js';
 import { formatBytes, formatCount, type Io, printJson, printLines, table } from '../output.js';
@@ -24,6 +26,14 @@ export const MARKER_ENTRY_BYTES = 18;
 export const MARKER_BUCKETS = 13_152;
 /** Bucket size above which the warning says what each compaction call rewrites (a bucket is rewritten whole). */
 export const LARGE_BUCKET_BYTES = 64 * 1024;
+
+/**
+ * A COMPLETED record in the MongoDB store: its head, its lease element and its COMPLETED element,
+ * 599 B of BSON with an 11-byte result and a 49-character key (store-mongo README "Sizes").
+ */
+export const MONGO_RECORD_BYTES = 599;
+/** Documents a COMPLETED record takes in the MongoDB store (head, lease, COMPLETED element). */
+export const MONGO_RECORD_DOCUMENTS = 3;
 
 export interface CapacityInput {
   readonly keysPerDay: number;
@@ -96,6 +106,70 @@ export function estimateCapacity(input: CapacityInput): CapacityEstimate {
   };
 }
 
+export interface TieredCapacityInput {
+  readonly keysPerDay: number;
+  readonly retentionDays: number;
+  /** Days the hot Redis keeps a terminal record (`hotRetentionMs`). */
+  readonly hotDays: number;
+  /** Overrides the hot (Redis) per-record figure. */
+  readonly recordBytes?: number;
+  /** Overrides the cold (MongoDB) per-record figure, BSON bytes. */
+  readonly coldBytes?: number;
+}
+
+export interface TieredCapacityEstimate {
+  readonly tiered: true;
+  readonly keysPerDay: number;
+  readonly retentionDays: number;
+  readonly hotDays: number;
+  /** Redis memory (`used_memory`): the records of the hot window. */
+  readonly hot: { readonly count: number; readonly bytesPerRecord: number; readonly bytes: number };
+  /** MongoDB data (BSON, before compression and indexes): every record of the retention. */
+  readonly cold: {
+    readonly count: number;
+    readonly documents: number;
+    readonly bytesPerRecord: number;
+    readonly bytes: number;
+  };
+  /** The same retention as full records in Redis alone. */
+  readonly redisOnlyBytes: number;
+  readonly warnings: string[];
+}
+
+/** A tiered store: the hot Redis keeps the window's records, the cold MongoDB all of them. */
+export function estimateTieredCapacity(input: TieredCapacityInput): TieredCapacityEstimate {
+  const { keysPerDay, retentionDays } = input;
+  if (!(keysPerDay >= 0) || !(retentionDays > 0) || !(input.hotDays > 0)) {
+    throw new UsageError('--keys-per-day must be >= 0, --retention and --tiered-hot > 0');
+  }
+  const hotDays = Math.min(input.hotDays, retentionDays);
+  const all = Math.ceil(keysPerDay * retentionDays);
+  const hotCount = Math.ceil(keysPerDay * hotDays);
+  const hotBytesPerRecord = input.recordBytes ?? RECORD_BYTES;
+  const coldBytesPerRecord = input.coldBytes ?? MONGO_RECORD_BYTES;
+  const warnings: string[] = [];
+  if (hotDays >= retentionDays) {
+    warnings.push(
+      'the hot window covers the retention: every duplicate is answered by Redis, and the cold tier only adds its writes (a plain Redis store does the same)',
+    );
+  }
+  return {
+    tiered: true,
+    keysPerDay,
+    retentionDays,
+    hotDays,
+    hot: { count: hotCount, bytesPerRecord: hotBytesPerRecord, bytes: hotCount * hotBytesPerRecord },
+    cold: {
+      count: all,
+      documents: all * MONGO_RECORD_DOCUMENTS,
+      bytesPerRecord: coldBytesPerRecord,
+      bytes: all * coldBytesPerRecord,
+    },
+    redisOnlyBytes: all * hotBytesPerRecord,
+    warnings,
+  };
+}
+
 const days = (d: number) => `${Number(d.toFixed(3))} day${d === 1 ? '' : 's'}`;
 
 export function renderCapacity(e: CapacityEstimate): string[] {
@@ -142,7 +216,57 @@ export function renderCapacity(e: CapacityEstimate): string[] {
   return lines.slice(1);
 }
 
-export function capacity(io: Io, input: CapacityInput, options: { json?: boolean }): void {
+export function renderTieredCapacity(e: TieredCapacityEstimate): string[] {
+  const perKey = (b: number) => `${b} B`;
+  const rows = [
+    ['', 'keys', 'per key', 'size', ''],
+    [
+      'hot (Redis)',
+      formatCount(e.hot.count),
+      perKey(e.hot.bytesPerRecord),
+      formatBytes(e.hot.bytes),
+      'memory (used_memory)',
+    ],
+    [
+      'cold (MongoDB)',
+      formatCount(e.cold.count),
+      perKey(e.cold.bytesPerRecord),
+      formatBytes(e.cold.bytes),
+      `BSON in ${formatCount(e.cold.documents)} documents, before compression and indexes`,
+    ],
+  ];
+  const ms = (d: number) => Math.round(d * 86_400_000);
+  const lines = [
+    `Tiered store for ${formatCount(e.keysPerDay)} keys/day kept ${days(e.retentionDays)}: the hot Redis keeps ` +
+      `records ${days(e.hotDays)}, the cold MongoDB all ${days(e.retentionDays)}`,
+    '',
+    ...table(rows).map((l) => `  ${l}`),
+    '',
+    `Redis alone (full records for ${days(e.retentionDays)}): ${formatBytes(e.redisOnlyBytes)}`,
+    `store: createTieredStore({ hot: createRedisStore({ ..., indexBlobs: false }), cold, hotRetentionMs: ${ms(e.hotDays)}, ` +
+      `coldRetentionMs: ${ms(e.retentionDays)} }) with cold.startSweeper(60_000) running (it deletes expired records)`,
+    e.hot.bytesPerRecord === RECORD_BYTES && e.cold.bytesPerRecord === MONGO_RECORD_BYTES
+      ? `per key: measured with an 11-byte result (Redis 7.0 used_memory ${RECORD_BYTES} B; MongoDB store ` +
+        `${MONGO_RECORD_BYTES} B of BSON with a 49-character key, ${MONGO_RECORD_DOCUMENTS} documents)`
+      : 'per key: as given',
+    'longer keys, larger results, outgoing messages, steps, retries and takeovers (one more MongoDB document each) cost more;',
+    'MongoDB adds an _id index entry per document and an eo_expiry entry per record, and in-flight leases live in the hot Redis',
+  ];
+  for (const w of e.warnings) lines.push(`warning: ${w}`);
+  return lines;
+}
+
+export function capacity(
+  io: Io,
+  input: CapacityInput | TieredCapacityInput,
+  options: { json?: boolean },
+): void {
+  if ('hotDays' in input) {
+    const estimate = estimateTieredCapacity(input);
+    if (options.json) printJson(io, estimate);
+    else printLines(io, renderTieredCapacity(estimate));
+    return;
+  }
   const estimate = estimateCapacity(input);
   if (options.json) printJson(io, estimate);
   else printLines(io, renderCapacity(estimate));
