@@ -3,7 +3,12 @@
  * outgoing messages published or not), an IN_PROGRESS one (lease, steps done and in doubt) and a
  * FAILED one, as JSON and as text; unknown keys, bad URLs and usage errors by exit code.
  */
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import {
+  createFsBlobStore,
   createMemoryStore,
   createProcessor,
   Headers,
@@ -44,12 +49,32 @@ async function handlerKeyFor(consumer: string, key: string, name: string): Promi
 
 describe.each(testStores)('inspect: %s', (_name, open) => {
   let t: TestStore;
+  let blobDir: string;
   const consumer = uniqueName('billing');
   const key = (k: string) => recordKeyFor({ consumer, key: k });
+  const report = { report: 'daily', rows: Array.from({ length: 50 }, (_, i) => ({ i, total: i * 100 })) };
+  const streamed = new Uint8Array(Array.from({ length: 70_000 }, (_, i) => i % 251));
 
   beforeAll(async () => {
     t = await open();
     const { store } = t;
+    blobDir = await mkdtemp(join(tmpdir(), 'eo-cli-blobs-'));
+    const blobs = createFsBlobStore({ directory: blobDir });
+    // COMPLETED with results in the blob store: a large JSON result, and a stream's bytes.
+    for (const [name, result] of [
+      ['big', { kind: 'blob', pointer: await blobs.put(utf8(JSON.stringify(report))) }],
+      ['stream', { kind: 'blob', pointer: await blobs.put(streamed), raw: true }],
+    ] as const) {
+      const begun = await store.begin({ key: key(name), fingerprint: 'fp', owner: 'w1', leaseMs: 60_000 });
+      if (begun.status !== 'acquired') throw new Error(begun.status);
+      await store.complete({
+        key: key(name),
+        fence: begun.fence,
+        result,
+        outgoing: [],
+        retentionMs: 600_000,
+      });
+    }
     // COMPLETED: inline result, two outgoing messages, one confirmed.
     const done = await store.begin({ key: key('done'), fingerprint: 'fp', owner: 'w1', leaseMs: 60_000 });
     if (done.status !== 'acquired') throw new Error(done.status);
@@ -100,6 +125,7 @@ describe.each(testStores)('inspect: %s', (_name, open) => {
   });
   afterAll(async () => {
     await t?.close();
+    if (blobDir) await rm(blobDir, { recursive: true, force: true });
   });
 
   it('a COMPLETED record: result size, outgoing messages and whether each is published', async () => {
@@ -137,8 +163,70 @@ describe.each(testStores)('inspect: %s', (_name, open) => {
       resultValue: null,
     });
     expect(await cliText(['inspect', consumer, 'blob', '--result', ...t.flags])).toMatch(
-      /result value\s+stored by reference: read it from the blob store/,
+      /result value\s+stored by reference: give its blob store \(--blob-dir or --gridfs-bucket\) to read it/,
     );
+  });
+
+  it('--result with the blob store: a JSON result stored by reference, read and checked', async () => {
+    // An outside test: a large result could be named but not read back.
+    const blobFlags = ['--blob-dir', blobDir];
+    expect(await cliJson(['inspect', consumer, 'big', '--result', ...blobFlags, ...t.flags])).toMatchObject({
+      result: { kind: 'blob' },
+      resultValue: report,
+    });
+    expect(await cliText(['inspect', consumer, 'big', '--result', ...blobFlags, ...t.flags])).toContain(
+      'result value\n  {\n    "report": "daily",',
+    );
+    // A stream's bytes are not JSON: named, and written out with --result-to.
+    const stream = await cliJson(['inspect', consumer, 'stream', '--result', ...blobFlags, ...t.flags]);
+    expect(stream).toMatchObject({
+      result: { kind: 'blob', bytes: streamed.byteLength, raw: true },
+      resultValue: null,
+    });
+    expect(await cliText(['inspect', consumer, 'stream', '--result', ...blobFlags, ...t.flags])).toMatch(
+      /result\s+blob \(a stream\), 68\.4 KiB[\s\S]*result value\s+a stream's bytes: write them out with --result-to <file>/,
+    );
+    // A pointer whose blob is gone: exit 1, naming it.
+    const gone = await cli(['inspect', consumer, 'blob', '--result', ...blobFlags, ...t.flags]);
+    expect(gone.code).toBe(1);
+    expect(gone.stderr).toMatch(/the result's blob fs:abc could not be read from the blob store/);
+  });
+
+  it('--result-to writes the stored bytes to a file: inline, a blob streamed and checked, or nothing', async () => {
+    const out = join(blobDir, 'out');
+    const blobFlags = ['--blob-dir', blobDir];
+    const inline = await cliJson(['inspect', consumer, 'done', '--result-to', `${out}-inline`, ...t.flags]);
+    expect(inline.resultFile).toEqual({ path: `${out}-inline`, bytes: 19 });
+    expect(await readFile(`${out}-inline`, 'utf8')).toBe('{"chargeId":"ch_1"}');
+    const text = await cliText([
+      'inspect',
+      consumer,
+      'stream',
+      '--result-to',
+      `${out}-stream`,
+      ...blobFlags,
+      ...t.flags,
+    ]);
+    expect(text).toContain(`result written to ${out}-stream, 68.4 KiB`);
+    expect(new Uint8Array(await readFile(`${out}-stream`))).toEqual(streamed);
+    // A blob result without its blob store is a usage error; a missing blob leaves no file.
+    const noStore = await cli(['inspect', consumer, 'stream', '--result-to', `${out}-none`, ...t.flags]);
+    expect(noStore.code).toBe(2);
+    expect(noStore.stderr).toMatch(/stored by reference: give its blob store/);
+    const gone = await cli([
+      'inspect',
+      consumer,
+      'blob',
+      '--result-to',
+      `${out}-gone`,
+      ...blobFlags,
+      ...t.flags,
+    ]);
+    expect(gone.code).toBe(1);
+    expect(existsSync(`${out}-gone`)).toBe(false);
+    const failed = await cli(['inspect', consumer, 'failed', '--result-to', `${out}-failed`, ...t.flags]);
+    expect(failed.code).toBe(1);
+    expect(failed.stderr).toMatch(/no stored result to write: the record is FAILED/);
   });
 
   it('a COMPLETED record with a blob result: the pointer and its size', async () => {

@@ -25,7 +25,7 @@ import {
   parseNamespace,
   parseNumber,
 } from './parse.js';
-import { storeOptions } from './stores.js';
+import { blobStoreOptions, storeOptions } from './stores.js';
 
 const { version } = createRequire(import.meta.url)('../package.json') as { version: string };
 
@@ -59,12 +59,15 @@ function buildProgram(io: Io): Command {
     .configureOutput({ writeOut: io.out, writeErr: io.err })
     .showHelpAfterError('(add --help for usage)');
 
-  storeOptions(
-    program
-      .command('inspect')
-      .description("a record's state, attempts, fence, lease, result size, outgoing messages and steps")
-      .argument('<consumer>', 'the consumer name (store keys are namespace:consumer:key)')
-      .argument('<key>', 'the idempotency key (x-idempotency-key) as sent'),
+  blobStoreOptions(
+    storeOptions(
+      program
+        .command('inspect')
+        .description("a record's state, attempts, fence, lease, result size, outgoing messages and steps")
+        .argument('<consumer>', 'the consumer name (store keys are namespace:consumer:key)')
+        .argument('<key>', 'the idempotency key (x-idempotency-key) as sent'),
+    ),
+    'where --result and --result-to read a result stored by reference',
   )
     .option('--namespace <name>', 'the consumer namespace', parseNamespace, 'default')
     .option(
@@ -76,7 +79,14 @@ function buildProgram(io: Io): Command {
       '--json-key',
       'read <key> as a JSON string ("a\\u0000b"), as --json output prints keys: for a NUL or control characters',
     )
-    .option('--result', 'also the stored result itself when it is inline (the JSON the handler returned)')
+    .option(
+      '--result',
+      'also the stored result itself (the JSON the handler returned): inline, or from the blob store given',
+    )
+    .option(
+      '--result-to <file>',
+      "write the stored result's bytes to a file (a stream result's too; a blob result needs its blob store)",
+    )
     .option(
       '--history',
       'also the states the record went through, each attempt as it was left (the MongoDB store keeps them until the record is swept; Redis keeps the current state only)',
@@ -165,15 +175,16 @@ function buildProgram(io: Io): Command {
     });
 
   const blobs = program.command('blobs').description('blob stores: what no record names any more');
-  storeOptions(
-    blobs
-      .command('orphans')
-      .description(
-        "delete blobs of runs killed before complete (core's collectOrphanBlobs): a blob goes once its key's record is final and does not name it",
-      ),
+  blobStoreOptions(
+    storeOptions(
+      blobs
+        .command('orphans')
+        .description(
+          "delete blobs of runs killed before complete (core's collectOrphanBlobs): a blob goes once its key's record is final and does not name it",
+        ),
+    ),
+    'the blobs to collect',
   )
-    .option('--blob-dir <directory>', 'the fs blob store (createFsBlobStore directory)')
-    .option('--gridfs-bucket <name>', "the GridFS blob store's bucket in the --mongo store's database")
     .option(
       '--older-than <duration>',
       'only blobs stored longer ago (e.g. 30m, 1h)',

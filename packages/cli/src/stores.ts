@@ -3,7 +3,13 @@
  * clients are created here and closed by `close()`; they fail fast (no reconnect loop) so an
  * unreachable server is an error, not a hang. Only the stores' public API is used.
  */
-import { type BlobStore, ConfigError, type ProcessedStore, StoreUnavailableError } from '@exactly-once/core';
+import {
+  type BlobStore,
+  ConfigError,
+  createFsBlobStore,
+  type ProcessedStore,
+  StoreUnavailableError,
+} from '@exactly-once/core';
 import type { RedisClient } from '@exactly-once/store-redis';
 import type { Command } from 'commander';
 import { CliError, describeError, UsageError } from './errors.js';
@@ -42,6 +48,44 @@ export function storeOptions(command: Command): Command {
     .option('--mongo <url>', 'MongoDB store: mongodb://host:port[/db]')
     .option('--mongo-db <name>', 'database of the records collection (default: the one in the URL)')
     .option('--mongo-collection <name>', "the store's collectionName", 'eo_records');
+}
+
+/** The blob store the consumers use: the fs store's directory, or a GridFS bucket of `--mongo`. */
+export interface BlobStoreOptions {
+  readonly blobDir?: string;
+  readonly gridfsBucket?: string;
+}
+
+/** Checks the blob store options before anything is opened; `required` when a command needs one. */
+export function checkBlobStoreOptions(options: BlobStoreOptions & StoreOptions, required: boolean): void {
+  const given = [options.blobDir, options.gridfsBucket].filter((o) => o !== undefined).length;
+  if (given > 1 || (required && given === 0)) {
+    throw new UsageError(
+      'give the blob store: --blob-dir <directory> or --gridfs-bucket <name> (with --mongo)',
+    );
+  }
+  if (options.gridfsBucket !== undefined && !options.mongo) {
+    throw new UsageError('--gridfs-bucket reads the GridFS bucket of the --mongo store: give --mongo');
+  }
+}
+
+/** The blob store the options name (see {@link checkBlobStoreOptions}), or undefined. */
+export function openBlobStore(options: BlobStoreOptions, opened: OpenStore): BlobStore | undefined {
+  if (options.blobDir !== undefined) return createFsBlobStore({ directory: options.blobDir });
+  if (options.gridfsBucket === undefined) return undefined;
+  const blobs = opened.gridFs?.(options.gridfsBucket);
+  if (blobs === undefined) throw new UsageError('--gridfs-bucket needs the --mongo store');
+  return blobs;
+}
+
+/** Adds the blob store options to a command. */
+export function blobStoreOptions(command: Command, purpose: string): Command {
+  return command
+    .option('--blob-dir <directory>', `${purpose}: the fs blob store (createFsBlobStore directory)`)
+    .option(
+      '--gridfs-bucket <name>',
+      `${purpose}: the GridFS blob store's bucket in the --mongo store's database`,
+    );
 }
 
 export function hasStore(options: StoreOptions): boolean {

@@ -3,14 +3,19 @@
  * blob store, against the processed-store the consumers use (`--redis`, `--redis-cluster`,
  * `--mongo`). `--dry-run` counts what it would delete.
  */
-import { type BlobStore, collectOrphanBlobs, createFsBlobStore } from '@exactly-once/core';
+import { collectOrphanBlobs } from '@exactly-once/core';
 import { UsageError } from '../errors.js';
 import { type Io, printJson, printLines } from '../output.js';
-import { openStore, type StoreOptions, storeError } from '../stores.js';
+import {
+  type BlobStoreOptions,
+  checkBlobStoreOptions,
+  openBlobStore,
+  openStore,
+  type StoreOptions,
+  storeError,
+} from '../stores.js';
 
-export interface OrphansOptions extends StoreOptions {
-  readonly blobDir?: string;
-  readonly gridfsBucket?: string;
+export interface OrphansOptions extends StoreOptions, BlobStoreOptions {
   readonly olderThanMs: number;
   readonly whenRecordGone: 'keep' | 'delete';
   readonly dryRun?: boolean;
@@ -18,21 +23,11 @@ export interface OrphansOptions extends StoreOptions {
 }
 
 export async function orphans(io: Io, options: OrphansOptions): Promise<void> {
-  if ((options.blobDir === undefined) === (options.gridfsBucket === undefined)) {
-    throw new UsageError(
-      'give the blob store: --blob-dir <directory> or --gridfs-bucket <name> (with --mongo)',
-    );
-  }
-  if (options.gridfsBucket !== undefined && !options.mongo) {
-    throw new UsageError('--gridfs-bucket reads the GridFS bucket of the --mongo store: give --mongo');
-  }
+  checkBlobStoreOptions(options, true);
   const opened = await openStore(options);
   try {
-    const blobs: BlobStore | undefined =
-      options.blobDir !== undefined
-        ? createFsBlobStore({ directory: options.blobDir })
-        : opened.gridFs?.(options.gridfsBucket as string);
-    if (blobs === undefined) throw new UsageError('--gridfs-bucket needs the --mongo store');
+    const blobs = openBlobStore(options, opened);
+    if (blobs === undefined) throw new UsageError('give the blob store: --blob-dir or --gridfs-bucket');
     const stats = await collectOrphanBlobs({
       store: opened.store,
       blobs,

@@ -1,12 +1,18 @@
 /** `inspect <consumer> <key>`: one record, read through the store's public `get`. */
+import { createWriteStream } from 'node:fs';
+import { rm, writeFile } from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import {
+  type BlobPointer,
+  type BlobStore,
   deriveChildKey,
   InvalidKeyError,
   type ProcessedRecord,
   type ProcessedStore,
   recordKeyFor,
 } from '@exactly-once/core';
-import { CliError, UsageError } from '../errors.js';
+import { CliError, describeError, UsageError } from '../errors.js';
 import {
   formatBytes,
   formatSpan,
@@ -17,16 +23,28 @@ import {
   shown,
   table,
 } from '../output.js';
-import { openStore, type StoreOptions, storeError } from '../stores.js';
+import {
+  type BlobStoreOptions,
+  checkBlobStoreOptions,
+  openBlobStore,
+  openStore,
+  type StoreOptions,
+  storeError,
+} from '../stores.js';
 
-export interface InspectOptions extends StoreOptions {
+export interface InspectOptions extends StoreOptions, BlobStoreOptions {
   readonly namespace?: string;
   /** Step names whose `ctx.keyFor(name)` to print, whatever the record holds (`--key-for`). */
   readonly keyFor?: readonly string[];
   /** Also the states the record went through, where the store keeps them (`--history`). */
   readonly history?: boolean;
-  /** Also the stored result itself, when it is inline (`--result`). */
+  /**
+   * Also the stored result itself (`--result`): inline, or a JSON result stored by reference, read
+   * from the blob store when one is given.
+   */
   readonly result?: boolean;
+  /** Writes the stored result's bytes to this file (`--result-to`), a stream's too. */
+  readonly resultTo?: string;
   readonly json?: boolean;
 }
 
@@ -46,7 +64,14 @@ export interface RecordView {
   readonly lease?: { readonly owner: string; readonly until: number; readonly live: boolean };
   readonly result?:
     | { readonly kind: 'inline'; readonly bytes: number }
-    | { readonly kind: 'blob'; readonly bytes: number; readonly uri: string; readonly sha256: string };
+    | {
+        readonly kind: 'blob';
+        readonly bytes: number;
+        readonly uri: string;
+        readonly sha256: string;
+        /** The handler returned a stream (`resultStream`): the blob holds its bytes, not JSON. */
+        readonly raw?: true;
+      };
   readonly outgoing?: readonly {
     readonly id: string;
     readonly destination: string;
@@ -75,21 +100,73 @@ export interface RecordView {
    */
   readonly history?: readonly (RecordView & { readonly startedAt?: number })[] | null;
   /**
-   * With `--result`: an inline result as the handler returned it (JSON), or `null` for a result
-   * stored by reference (read it from the blob store, by `result.uri`) or none.
+   * With `--result`: the result as the handler returned it (JSON), inline or read from the blob
+   * store given; `null` for none, a stream's bytes, or a blob result without its blob store.
    */
   readonly resultValue?: unknown;
+  /** With `--result-to`: the file the result's bytes went to, and how many. */
+  readonly resultFile?: { readonly path: string; readonly bytes: number };
 }
 
-/** `--result`: the inline result decoded, as stored (bytes that are not JSON as text). */
-function resultValueOf(record: ProcessedRecord): unknown {
-  if (record.state !== 'COMPLETED' || record.result?.kind !== 'inline') return null;
-  const text = new TextDecoder().decode(record.result.data);
+/** A stored result's text as JSON (bytes that are not JSON as text). */
+function decoded(bytes: Uint8Array): unknown {
+  const text = new TextDecoder().decode(bytes);
   try {
     return JSON.parse(text) as unknown;
   } catch {
     return text;
   }
+}
+
+function blobUnreadable(pointer: BlobPointer, error: unknown): CliError {
+  return new CliError(
+    `the result's blob ${pointer.uri} could not be read from the blob store: ${describeError(error)}`,
+  );
+}
+
+/** `--result`: the stored result decoded; a JSON blob read (and verified) from `blobs`. */
+async function resultValueOf(record: ProcessedRecord, blobs: BlobStore | undefined): Promise<unknown> {
+  if (record.state !== 'COMPLETED' || record.result === undefined) return null;
+  const result = record.result;
+  if (result.kind === 'inline') return decoded(result.data);
+  // A stream's bytes are not JSON and may be large: --result-to writes them out.
+  if (result.raw || blobs === undefined) return null;
+  const bytes = await blobs.get(result.pointer).catch((error: unknown) => {
+    throw blobUnreadable(result.pointer, error);
+  });
+  return decoded(bytes);
+}
+
+/** `--result-to`: the stored result's bytes into `path` (a blob streamed and verified); how many. */
+async function writeResult(
+  record: ProcessedRecord,
+  blobs: BlobStore | undefined,
+  path: string,
+): Promise<number> {
+  const result = record.state === 'COMPLETED' ? record.result : undefined;
+  if (result === undefined) {
+    throw new CliError(
+      `no stored result to write: the record is ${record.state}` +
+        ((record as { compacted?: boolean }).compacted ? ' (a compaction marker keeps no result)' : ''),
+    );
+  }
+  if (result.kind === 'inline') {
+    await writeFile(path, result.data);
+    return result.data.byteLength;
+  }
+  if (blobs === undefined) {
+    throw new UsageError(
+      'the result is stored by reference: give its blob store (--blob-dir or --gridfs-bucket)',
+    );
+  }
+  try {
+    await pipeline(Readable.from(blobs.stream(result.pointer)), createWriteStream(path));
+  } catch (error) {
+    // A blob missing or failing its size or hash check leaves no partial file behind.
+    await rm(path, { force: true });
+    throw blobUnreadable(result.pointer, error);
+  }
+  return result.pointer.size;
 }
 
 export function recordView(record: ProcessedRecord, now = Date.now(), keyFor?: KeyFor): RecordView {
@@ -130,6 +207,7 @@ export function recordView(record: ProcessedRecord, now = Date.now(), keyFor?: K
                       bytes: record.result.pointer.size,
                       uri: record.result.pointer.uri,
                       sha256: record.result.pointer.sha256,
+                      ...(record.result.raw ? { raw: true as const } : {}),
                     },
             }),
         outgoing: record.outgoing.map((m) => ({
@@ -184,7 +262,7 @@ export function renderRecord(view: RecordView, now = Date.now()): string[] {
         ? 'none'
         : r.kind === 'inline'
           ? `inline, ${formatBytes(r.bytes)}`
-          : `blob, ${formatBytes(r.bytes)} (${r.uri}, sha256 ${r.sha256.slice(0, 16)}…)`,
+          : `blob${r.raw ? ' (a stream)' : ''}, ${formatBytes(r.bytes)} (${r.uri}, sha256 ${r.sha256.slice(0, 16)}…)`,
     ]);
     const outgoing = view.outgoing ?? [];
     const unpublished = outgoing.filter((m) => !m.published).length;
@@ -212,12 +290,20 @@ export function renderRecord(view: RecordView, now = Date.now()): string[] {
   }
   lines.push(...keysForLines(view.keysFor));
   if (view.resultValue === null) {
-    const where = view.result?.kind === 'blob' ? 'stored by reference: read it from the blob store' : 'none';
+    const r = view.result;
+    const where =
+      r?.kind !== 'blob'
+        ? 'none'
+        : r.raw
+          ? "a stream's bytes: write them out with --result-to <file>"
+          : 'stored by reference: give its blob store (--blob-dir or --gridfs-bucket) to read it';
     lines.push(`result value  ${where}`);
   } else if (view.resultValue !== undefined) {
     const json = JSON.stringify(view.resultValue, null, 2).split('\n');
     lines.push('result value', ...json.map((line) => `  ${line}`));
   }
+  if (view.resultFile)
+    lines.push(`result written to ${view.resultFile.path}, ${formatBytes(view.resultFile.bytes)}`);
   if (view.history === null)
     lines.push('history     not kept by this store (it keeps the current state only)');
   else if (view.history) {
@@ -287,8 +373,10 @@ export async function inspect(io: Io, consumer: string, key: string, options: In
       throw storeError(error);
     }
   })();
+  checkBlobStoreOptions(options, false);
   const opened = await openStore(options);
   try {
+    const blobs = openBlobStore(options, opened);
     const record = await opened.store.get(storeKey).catch((error: unknown) => {
       throw storeError(error);
     });
@@ -313,11 +401,16 @@ export async function inspect(io: Io, consumer: string, key: string, options: In
     }
     const now = Date.now();
     const history = options.history ? await historyOf(opened.store, storeKey, now) : undefined;
+    const resultFile =
+      options.resultTo === undefined
+        ? undefined
+        : { path: options.resultTo, bytes: await writeResult(record, blobs, options.resultTo) };
     const view: RecordView = {
       ...recordView(record, now, keyFor),
       ...(keysFor ? { keysFor } : {}),
       ...(history === undefined ? {} : { history }),
-      ...(options.result ? { resultValue: resultValueOf(record) } : {}),
+      ...(options.result ? { resultValue: await resultValueOf(record, blobs) } : {}),
+      ...(resultFile ? { resultFile } : {}),
     };
     if (options.json) printJson(io, view);
     else printLines(io, renderRecord(view));
