@@ -405,9 +405,12 @@ async function processDelivery<T, R>(
     // Logged as decided: the adapter's publish of the letter comes next (and is logged apart when
     // the broker refuses it; the message then comes back and is decided again). An executor's
     // call is not dead-lettered: its caller gets the error.
+    const requestId = readableRequestId(delivery);
     o.logger.warn(isRequest(delivery) ? 'refusing request' : 'dead-lettering message', {
       consumer: o.consumer,
       destination: delivery.destination,
+      // As sent (x-request-id), like the takeover's line: what the letter and its trace are found by.
+      ...(requestId === undefined ? {} : { requestId }),
       outcome: disposition.outcome,
       attempts,
       error: { ...error, message: scrub(error.message) },

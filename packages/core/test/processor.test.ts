@@ -495,6 +495,40 @@ describe('processor: failures', () => {
     expect(runs).toBe(1);
   });
 
+  it("a PermanentError of the handler's own class names the letter; the warning names the request id", async () => {
+    // An outside test had no reason of its own for a letter, and could tie the warning to its
+    // message only by its time.
+    class TransferReversedError extends PermanentError {
+      override name = 'TransferReversedError';
+    }
+    const warned: { message: string; meta: Record<string, unknown> }[] = [];
+    const quiet = () => {};
+    const p = createProcessor({
+      consumer: 'transfers',
+      store: createMemoryStore(),
+      ...fast,
+      logger: {
+        debug: quiet,
+        info: quiet,
+        warn: (message: string, meta?: Record<string, unknown>) => warned.push({ message, meta: meta ?? {} }),
+        error: quiet,
+      },
+      handler: () => {
+        throw new TransferReversedError('credit refused: account closed; debit refunded');
+      },
+    });
+    const d = await p.process(delivery({}, key('t-1')));
+    expect(d.action === 'dead-letter' && deadLetterHeaders(d.reason)).toMatchObject({
+      'x-eo-error-class': 'TransferReversedError',
+      'x-eo-error-code': 'PERMANENT',
+    });
+    // No request id header: the key is not logged in its place (recordKeys is off).
+    await p.process(delivery({}, { [Headers.IdempotencyKey]: 't-2' }));
+    const lines = warned.filter((w) => w.message === 'dead-lettering message');
+    expect(lines.map((w) => w.meta.requestId)).toEqual(['req-t-1', undefined]);
+    expect(JSON.stringify(lines)).not.toContain('t-2');
+  });
+
   it.each([
     ['a handler result', (_: HandlerContext) => ({ amount: 10n })],
     ['a step result', (ctx: HandlerContext) => ctx.step('charge', async () => ({ id: 1n }))],
