@@ -114,6 +114,8 @@ export interface RunArgs {
   delivery: Delivery;
   /** The run's abort signal, made on first use (most handlers never read it). */
   signal: () => AbortSignal;
+  /** See `LeaseKeeper.writeSignal`: how long a step's journal write is tried again. */
+  writeSignal: () => AbortSignal;
   /** See `LeaseKeeper.confirm`: checked before a step runs its effect. */
   confirmLease: () => Promise<void>;
   span: Span;
@@ -267,6 +269,7 @@ class Run implements RunState {
       fence: args.fence,
       store: args.store,
       signal: args.signal,
+      writeSignal: args.writeSignal,
       confirmLease: args.confirmLease,
       keyFor: (name) => this.keyFor(name),
       onStepEvent: args.onStepEvent,

@@ -11,6 +11,13 @@ import type { ProcessedStore } from './store/types.js';
 export interface LeaseKeeper {
   /** Aborts when the lease is lost or the run is given up. Made on first read. */
   readonly signal: AbortSignal;
+  /**
+   * Aborts only once a write for this run is pointless: the store said another fence holds the
+   * key, or the consumer is stopping. Not at the lease's local end, nor at `maxRunMs`: a fenced
+   * write made after an effect (a step's journal) still lands if nobody took the key over, and
+   * is refused if somebody did. Made on first read.
+   */
+  readonly writeSignal: AbortSignal;
   /** True once the store said another fence holds the key. */
   readonly lost: boolean;
   /** True once {@link LeaseBoard.cutAll} aborted the signal (the consumer is stopping). */
@@ -70,6 +77,9 @@ class Held implements LeaseKeeper {
   done = false;
   abortReason: Error | undefined = undefined;
   controller: AbortController | undefined = undefined;
+  /** Why writing is pointless (see {@link LeaseKeeper.writeSignal}), once it is. */
+  endReason: Error | undefined = undefined;
+  writeController: AbortController | undefined = undefined;
   inflight: Promise<void> | undefined = undefined;
 
   constructor(
@@ -94,6 +104,14 @@ class Held implements LeaseKeeper {
     return this.controller.signal;
   }
 
+  get writeSignal(): AbortSignal {
+    if (this.writeController === undefined) {
+      this.writeController = new AbortController();
+      if (this.endReason) this.writeController.abort(this.endReason);
+    }
+    return this.writeController.signal;
+  }
+
   async stop(): Promise<void> {
     this.board.release(this);
     await this.inflight;
@@ -107,6 +125,13 @@ class Held implements LeaseKeeper {
   fire(reason: Error): void {
     this.abortReason ??= reason;
     this.controller?.abort(this.abortReason);
+  }
+
+  /** The key is lost or the consumer is stopping: the run's signal and its writes end. */
+  end(reason: Error): void {
+    this.fire(reason);
+    this.endReason ??= reason;
+    this.writeController?.abort(this.endReason);
   }
 
   async confirm(): Promise<void> {
@@ -160,7 +185,7 @@ class Board implements LeaseBoard {
     for (const h of this.held) {
       if (h.done || h.abortReason !== undefined) continue;
       h.cut = true;
-      h.fire(reason);
+      h.end(reason);
       cut++;
     }
     return cut;
@@ -220,7 +245,7 @@ class Board implements LeaseBoard {
       if (r === 'lost') {
         h.lost = true;
         h.done = true;
-        h.fire(new LeaseLostError({ key: h.key, fence: h.fence }));
+        h.end(new LeaseLostError({ key: h.key, fence: h.fence }));
         return;
       }
       h.deadline = askedAt + leaseMs;

@@ -754,6 +754,7 @@ async function runAcquired<T, R>(
     consumer: o.consumer,
     delivery,
     signal: () => keeper.signal,
+    writeSignal: () => keeper.writeSignal,
     confirmLease: () => keeper.confirm(),
     span,
     otelContext: runCtx,

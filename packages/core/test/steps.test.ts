@@ -1,7 +1,7 @@
 import { type Meter, type MeterProvider, metrics } from '@opentelemetry/api';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { HandlerContext } from '../src/context.js';
-import { ConfigError, PermanentError } from '../src/errors.js';
+import { ConfigError, PermanentError, StoreUnavailableError } from '../src/errors.js';
 import { Headers } from '../src/headers.js';
 import { createProcessor } from '../src/processor.js';
 import type { StepEvent } from '../src/steps.js';
@@ -662,5 +662,53 @@ describe('a step under a lease that lapsed by this worker clock', () => {
     stalled.release();
     expect(await run).toMatchObject({ action: 'defer', outcome: 'lease-lost' });
     expect(charges).toBe(0);
+  });
+
+  it("a journal write refused past the lease's local end is tried until the store answers: no second effect", async () => {
+    // An outside test on a slow MongoWire server: the step's effect happened, its journal write
+    // and the heartbeat met the server's lock errors for longer than the lease, and the run gave
+    // the write up at the lease's local end. Nobody had taken the key over: its release was
+    // accepted, and the retry ran the effect again.
+    const store = createMemoryStore();
+    let down = false;
+    const failing =
+      <A extends unknown[], R>(call: (...a: A) => Promise<R>) =>
+      (...a: A): Promise<R> =>
+        down
+          ? Promise.reject(new StoreUnavailableError({ operation: 'x', message: 'database is locked' }))
+          : call(...a);
+    const flaky: ProcessedStore = {
+      ...store,
+      begin: (r) => store.begin(r),
+      extend: failing((k: string, f: number, ms: number) => store.extend(k, f, ms)),
+      saveStep: failing((k: string, f: number, n: string, r: Uint8Array) => store.saveStep(k, f, n, r)),
+    };
+    let effects = 0;
+    const p = createProcessor({
+      consumer: 'c',
+      store: flaky,
+      ...fast,
+      leaseMs: 200,
+      heartbeatMs: 50,
+      handler: async (_: unknown, ctx: HandlerContext) => {
+        await ctx.step('reserve', () => {
+          effects++;
+          // Down from the effect on, for twice the lease.
+          down = true;
+          setTimeout(() => {
+            down = false;
+          }, 400);
+          return { reserved: true };
+        });
+        return 'done';
+      },
+    });
+    let d = await p.process(delivery({}, key('slow-store')));
+    for (let i = 0; i < 5 && d.action !== 'ack'; i++) {
+      await sleep(50);
+      d = await p.process(delivery({}, key('slow-store')));
+    }
+    expect(d).toMatchObject({ action: 'ack' });
+    expect(effects).toBe(1);
   });
 });
