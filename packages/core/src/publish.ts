@@ -13,7 +13,10 @@ import { endPublishingRun, MAX_TRACKED_UNPUBLISHED, publishingRun, type Shared }
 import type { Delivery, Disposition, Outcome } from './spi.js';
 import type { CompletedRecord, OutgoingMessage, OutgoingRecord, StoredResult } from './store/types.js';
 import { inSpan, instrumentsFor } from './tracing.js';
-import { doublingBackoff, pause } from './wait.js';
+import { doublingBackoff, pause, retryStoreWrite } from './wait.js';
+
+/** How long a refused `markPublished` is tried again before the ack goes out without it. */
+const MARK_PUBLISHED_TRIES_MS = 3_000;
 
 /** Before a message whose outgoing publish failed comes back: 0.5 s, doubling to 30 s. */
 const publishBackoff = doublingBackoff(500, 30_000);
@@ -141,12 +144,13 @@ export async function publishThenAck<T, R>(
       return publishFailed(o, delivery, storeKey, error, shared);
     }
     shared.leftUnpublished.delete(storeKey);
+    const ids = outgoing.map((m) => m.id);
     try {
-      await o.store.markPublished(
-        storeKey,
-        fence,
-        outgoing.map((m) => m.id),
-      );
+      // A store that refuses a call for a moment (a lock error, a failover) must not leave the
+      // record naming confirmed messages as unsent: every later duplicate would send them again.
+      await retryStoreWrite(() => o.store.markPublished(storeKey, fence, ids), {
+        deadline: performance.now() + MARK_PUBLISHED_TRIES_MS,
+      });
     } catch (error) {
       // Published and confirmed: a later duplicate re-sends them, and receivers dedup by child key.
       o.logger.warn('markPublished failed after a confirmed publish', {

@@ -122,6 +122,30 @@ describe('processor: completed and duplicate', () => {
     expect(publisher.sent).toHaveLength(1);
   });
 
+  it('a published mark the store refuses for a moment is tried again: no later duplicate sends the message again', async () => {
+    // An outside test on a server with lock errors: one refused mark left a delivered message
+    // unconfirmed in its record for good, and late duplicates sent it again minutes later.
+    const memory = createMemoryStore();
+    let refusals = 2;
+    const store = withFaults(memory, { failWhen: (op) => op === 'markPublished' && refusals-- > 0 });
+    const publisher = recordingPublisher();
+    const p = createProcessor({
+      consumer: 'billing',
+      store,
+      publisher,
+      ...fast,
+      handler: (_: unknown, ctx: HandlerContext) => {
+        ctx.publish('payments', { n: 1 });
+      },
+    });
+    expect(await p.process(delivery({}, key('mark')))).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    expect(refusals).toBeLessThan(0);
+    const record = await memory.get('default:billing:mark');
+    expect(record?.state === 'COMPLETED' && record.outgoing.map((m) => m.published)).toEqual([true]);
+    expect(await p.process(delivery({}, key('mark')))).toMatchObject({ action: 'ack', outcome: 'duplicate' });
+    expect(publisher.sent).toHaveLength(1);
+  });
+
   it('copies of a completed key that arrive together publish its unconfirmed messages once', async () => {
     // After a crash between the completion and the publish confirm, the redelivered message and
     // its duplicates come in one prefetch window (or a Kafka refetch): each one re-published.
