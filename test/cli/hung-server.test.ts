@@ -39,6 +39,31 @@ describe('the CLI against a server that never answers', () => {
     expect(r.stderr).toContain(`127.0.0.1:${port}`);
   });
 
+  it('--timeout sets how long a call may wait, and the error says how to give a slow server longer', async () => {
+    // An outside test: `stuck` over a few thousand records on a slow server needed more than 15 s.
+    const r = await cli([
+      'inspect',
+      'billing',
+      'order-1',
+      '--timeout',
+      '2s',
+      '--redis',
+      `redis://127.0.0.1:${port}`,
+    ]);
+    expect(r.code, r.stderr).toBe(1);
+    expect(r.stderr).toMatch(/did not answer within 2 s: .*give it longer with --timeout/);
+    const bad = await cli([
+      'inspect',
+      'billing',
+      'order-1',
+      '--timeout',
+      'soon',
+      '--redis',
+      'redis://127.0.0.1:1',
+    ]);
+    expect(bad.code).toBe(2);
+  });
+
   it('stuck --mongo ends with an error too', { timeout: 100_000 }, async () => {
     const r = await cli(
       ['stuck', '--older-than', '5s', '--consumer', 'billing', '--mongo', `mongodb://127.0.0.1:${port}/eo`],

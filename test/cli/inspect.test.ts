@@ -324,6 +324,10 @@ describe.each(testStores)('inspect: %s', (_name, open) => {
     expect(text).toMatch(/history\s+2 state\(s\), oldest first/);
     expect(text).toMatch(/ {2}1 {2}IN_PROGRESS +attempt 1 {2}fence \d+ {2}owner w1 {2}started /);
     expect(text).toMatch(/ {2}2 {2}COMPLETED +attempt 1 {2}fence \d+ {2}completed /);
+    // Each step with the time its journal entry was written: an outside test could not tell a
+    // late write of a stalled worker from one made during its attempt.
+    const running = await cliText(['inspect', consumer, 'running', '--history', ...t.flags]);
+    expect(running).toMatch(/steps reserve \(done \d{4}-\d\d-\d\dT[\d:.]+Z\), charge \(started \d{4}-/);
   });
 
   it('an unknown key exits 1 with a clear message', async () => {

@@ -13,7 +13,7 @@ import {
 import type { RedisClient } from '@exactly-once/store-redis';
 import type { Command } from 'commander';
 import { CliError, describeError, UsageError } from './errors.js';
-import { parseHostPorts, parseUrl } from './parse.js';
+import { parseDuration, parseHostPorts, parseUrl } from './parse.js';
 
 export interface StoreOptions {
   readonly redis?: string;
@@ -22,6 +22,8 @@ export interface StoreOptions {
   readonly mongo?: string;
   readonly mongoDb?: string;
   readonly mongoCollection?: string;
+  /** The longest one store call may take, ms (`--timeout`). */
+  readonly timeout?: number;
 }
 
 export interface OpenStore {
@@ -47,7 +49,12 @@ export function storeOptions(command: Command): Command {
     .option('--redis-prefix <prefix>', "the store's keyPrefix", parseRedisPrefix, 'eo')
     .option('--mongo <url>', 'MongoDB store: mongodb://host:port[/db]')
     .option('--mongo-db <name>', 'database of the records collection (default: the one in the URL)')
-    .option('--mongo-collection <name>', "the store's collectionName", 'eo_records');
+    .option('--mongo-collection <name>', "the store's collectionName", 'eo_records')
+    .option(
+      '--timeout <duration>',
+      'how long the server may take to answer one call before the command fails (e.g. 60s; default 15s)',
+      (v) => parseDuration('--timeout', v),
+    );
 }
 
 /** The blob store the consumers use: the fs store's directory, or a GridFS bucket of `--mongo`. */
@@ -94,8 +101,9 @@ export function hasStore(options: StoreOptions): boolean {
 
 const CONNECT_TIMEOUT_MS = 5_000;
 /**
- * The longest one store call may take: a server that accepts connections and never answers
- * (stopped with SIGSTOP, or its host hung) must end the command with an error, not hang it.
+ * The longest one store call may take unless `--timeout` says otherwise: a server that accepts
+ * connections and never answers (stopped with SIGSTOP, or its host hung) must end the command
+ * with an error, not hang it.
  */
 const ANSWER_TIMEOUT_MS = 15_000;
 
@@ -104,10 +112,13 @@ export async function openStore(options: StoreOptions): Promise<OpenStore> {
   if (chosen === 0)
     throw new UsageError('give a store: --redis <url>, --redis-cluster <nodes> or --mongo <url>');
   if (chosen > 1) throw new UsageError('give one store only: --redis, --redis-cluster or --mongo');
+  const answerMs = options.timeout ?? ANSWER_TIMEOUT_MS;
   try {
-    if (options.redis) return await openRedis(options.redis, options.redisPrefix);
-    if (options.redisCluster) return await openRedisCluster(options.redisCluster, options.redisPrefix);
-    return await openMongo(options.mongo as string, options.mongoDb, options.mongoCollection);
+    if (options.redis) return await openRedis(options.redis, options.redisPrefix, answerMs);
+    if (options.redisCluster) {
+      return await openRedisCluster(options.redisCluster, options.redisPrefix, answerMs);
+    }
+    return await openMongo(options.mongo as string, options.mongoDb, options.mongoCollection, answerMs);
   } catch (error) {
     throw storeError(error);
   }
@@ -123,7 +134,7 @@ export function storeError(error: unknown): Error {
   return new CliError(describeError(error), { cause: error });
 }
 
-async function openRedis(text: string, prefix: string | undefined): Promise<OpenStore> {
+async function openRedis(text: string, prefix: string | undefined, answerMs: number): Promise<OpenStore> {
   const url = parseUrl('--redis', text, ['redis:', 'rediss:']);
   const { Redis } = await importPeer<typeof import('ioredis')>('ioredis');
   const client = new Redis(url.toString(), {
@@ -132,10 +143,14 @@ async function openRedis(text: string, prefix: string | undefined): Promise<Open
     maxRetriesPerRequest: 1,
     retryStrategy: () => null,
   });
-  return await redisStore(client, `Redis at ${redacted(url)}`, `redis ${redacted(url)}`, prefix);
+  return await redisStore(client, `Redis at ${redacted(url)}`, `redis ${redacted(url)}`, prefix, answerMs);
 }
 
-async function openRedisCluster(text: string, prefix: string | undefined): Promise<OpenStore> {
+async function openRedisCluster(
+  text: string,
+  prefix: string | undefined,
+  answerMs: number,
+): Promise<OpenStore> {
   const nodes = parseHostPorts('--redis-cluster', text);
   const { Cluster } = await importPeer<typeof import('ioredis')>('ioredis');
   const client = new Cluster(nodes, {
@@ -143,7 +158,7 @@ async function openRedisCluster(text: string, prefix: string | undefined): Promi
     clusterRetryStrategy: () => null,
     redisOptions: { connectTimeout: CONNECT_TIMEOUT_MS, maxRetriesPerRequest: 1 },
   });
-  return await redisStore(client, `Redis Cluster at ${text}`, `redis-cluster ${text}`, prefix);
+  return await redisStore(client, `Redis Cluster at ${text}`, `redis-cluster ${text}`, prefix, answerMs);
 }
 
 /** An ioredis `Redis` or `Cluster` made with `lazyConnect`. */
@@ -155,13 +170,14 @@ type LazyRedisClient = RedisClient & {
 
 /**
  * The store on a lazily connecting ioredis `client` (standalone or Cluster): connected within
- * ANSWER_TIMEOUT_MS, every call bounded the same way. `where` names the server in errors.
+ * `answerMs`, every call bounded the same way. `where` names the server in errors.
  */
 async function redisStore(
   client: LazyRedisClient,
   where: string,
   description: string,
   prefix: string | undefined,
+  answerMs: number,
 ): Promise<OpenStore> {
   const { createRedisStore } = await import('@exactly-once/store-redis');
   let lastError: unknown;
@@ -169,7 +185,7 @@ async function redisStore(
     lastError = error;
   });
   try {
-    await answered(client.connect(), where);
+    await answered(client.connect(), where, answerMs);
   } catch (error) {
     client.disconnect();
     if (error instanceof CliError) throw error;
@@ -179,14 +195,14 @@ async function redisStore(
   const store = closingOnThrow(client, () =>
     createRedisStore({ client, keyPrefix: prefix ?? 'eo', checkEvictionPolicy: false }),
   );
-  const bounded = answeringWithin(store, where);
+  const bounded = answeringWithin(store, where, answerMs);
   return {
     store: bounded.store,
     description: `${description} (prefix ${prefix ?? 'eo'})`,
     close: async () => {
       // QUIT waits for the server's answer: not from one that did not answer.
       if (bounded.hung()) client.disconnect();
-      else await answered(client.quit(), where).catch(() => client.disconnect());
+      else await answered(client.quit(), where, answerMs).catch(() => client.disconnect());
     },
   };
 }
@@ -195,6 +211,7 @@ async function openMongo(
   text: string,
   dbName: string | undefined,
   collectionName: string | undefined,
+  answerMs: number,
 ): Promise<OpenStore> {
   const url = parseUrl('--mongo', text, ['mongodb:', 'mongodb+srv:']);
   // The driver's own default is the database `test`: a store never lives there by accident.
@@ -220,7 +237,7 @@ async function openMongo(
   const db = client.db(dbName);
   const store = createMongoStore({ db, collectionName: collectionName ?? 'eo_records' });
   const where = `MongoDB at ${redacted(url)}`;
-  const bounded = answeringWithin(store, where);
+  const bounded = answeringWithin(store, where, answerMs);
   return {
     store: bounded.store,
     description: `mongo ${redacted(url)} (${db.databaseName}.${collectionName ?? 'eo_records'})`,
@@ -229,28 +246,30 @@ async function openMongo(
       pending: await answered(
         createMongoOutboxSource({ collection: db.collection(name) }).countPending(),
         where,
+        answerMs,
       ),
       collection: `${db.databaseName}.${name}`,
     }),
     close: async () => {
       await store.close().catch(() => undefined);
-      await answered(client.close(), 'MongoDB').catch(() => undefined);
+      await answered(client.close(), 'MongoDB', answerMs).catch(() => undefined);
     },
   };
 }
 
 /** The error of a server that did not answer in time, naming it. */
-function noAnswer(where: string): CliError {
+function noAnswer(where: string, answerMs: number): CliError {
   return new CliError(
-    `${where} did not answer within ${ANSWER_TIMEOUT_MS / 1000} s: is it stopped, hung or overloaded?`,
+    `${where} did not answer within ${answerMs / 1000} s: is it stopped, hung or overloaded? ` +
+      '(a slow server: give it longer with --timeout)',
   );
 }
 
-/** `promise`, or a {@link noAnswer} error once the server has had ANSWER_TIMEOUT_MS to answer. */
-async function answered<T>(promise: Promise<T>, where: string): Promise<T> {
+/** `promise`, or a {@link noAnswer} error once the server has had `answerMs` to answer. */
+async function answered<T>(promise: Promise<T>, where: string, answerMs: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(noAnswer(where)), ANSWER_TIMEOUT_MS);
+    timer = setTimeout(() => reject(noAnswer(where, answerMs)), answerMs);
   });
   try {
     return await Promise.race([promise, late]);
@@ -260,14 +279,18 @@ async function answered<T>(promise: Promise<T>, where: string): Promise<T> {
 }
 
 /**
- * The store with each call bounded by ANSWER_TIMEOUT_MS: a call the server has not answered by
+ * The store with each call bounded by `answerMs`: a call the server has not answered by
  * then fails with a {@link noAnswer} error naming it (the client would wait for ever on a server
  * that accepts connections and never answers). `hung()`: whether one did.
  */
-function answeringWithin(store: ProcessedStore, where: string): { store: ProcessedStore; hung(): boolean } {
+function answeringWithin(
+  store: ProcessedStore,
+  where: string,
+  answerMs: number,
+): { store: ProcessedStore; hung(): boolean } {
   let hung = false;
   const bound = (answer: Promise<unknown>) =>
-    answered(answer, where).catch((error: unknown) => {
+    answered(answer, where, answerMs).catch((error: unknown) => {
       if (error instanceof CliError && error.message.startsWith(where)) hung = true;
       throw error;
     });

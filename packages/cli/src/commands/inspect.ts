@@ -321,7 +321,9 @@ function historyLine(h: RecordView & { readonly startedAt?: number }): string {
   if (h.lease)
     parts.push(h.lease.until === 0 ? 'lease released' : `lease until ${formatTime(h.lease.until)}`);
   if (h.steps && h.steps.length > 0)
-    parts.push(`steps ${h.steps.map((st) => `${shown(st.name)} (${st.state})`).join(', ')}`);
+    parts.push(
+      `steps ${h.steps.map((st) => `${shown(st.name)} (${st.state} ${formatTime(st.at)})`).join(', ')}`,
+    );
   if (h.lastError) parts.push(`last error ${errorText(h.lastError)}`);
   if (h.completedAt !== undefined && h.completedAt > 0) parts.push(`completed ${formatTime(h.completedAt)}`);
   if (h.failedAt !== undefined) parts.push(`failed ${formatTime(h.failedAt)}`);
