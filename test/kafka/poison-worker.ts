@@ -7,7 +7,7 @@
  */
 import { appendFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { silentLogger } from '@exactly-once/core';
+import { defaultLogger } from '@exactly-once/core';
 import { createConsumer } from '@exactly-once/kafka';
 import { createRedisStore } from '@exactly-once/store-redis';
 import { fastGroup, newKafka, newRedis } from './helpers.js';
@@ -36,7 +36,7 @@ const consumer = createConsumer<{ id: string }>({
   leaseMs: 1_000,
   maxTakeoverAttempts: config.maxTakeoverAttempts,
   retentionCheck: 'off',
-  logger: silentLogger,
+  logger: defaultLogger,
   handler: async ({ id }) => {
     if (id === 'poison') {
       if (config.poisonAfterMs) await sleep(config.poisonAfterMs);

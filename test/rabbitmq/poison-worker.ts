@@ -7,7 +7,7 @@
  */
 import { appendFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { silentLogger } from '@exactly-once/core';
+import { defaultLogger } from '@exactly-once/core';
 import { createConsumer } from '@exactly-once/rabbitmq';
 import { createRedisStore } from '@exactly-once/store-redis';
 import { env } from '../support/env.js';
@@ -31,7 +31,7 @@ const consumer = createConsumer<{ id: string }>({
   leaseMs: 1_000,
   maxTakeoverAttempts: config.maxTakeoverAttempts,
   retentionCheck: 'off',
-  logger: silentLogger,
+  logger: defaultLogger,
   handler: async ({ id }) => {
     if (id === 'poison') {
       await sleep(100);

@@ -10,7 +10,7 @@ import {
   createTieredStore,
   recordKeyFor,
   resolveRetryPolicy,
-  silentLogger,
+  defaultLogger,
   type TieredStore,
 } from '@exactly-once/core';
 import { createMongoStore } from '@exactly-once/store-mongo';
@@ -146,7 +146,7 @@ describe('retention horizon with a tiered store', () => {
     retry: resolveRetryPolicy(undefined),
     redeliveryHorizonMs: 86_400_000,
     leaseMs: 30_000,
-    logger: silentLogger,
+    logger: defaultLogger,
     consumer: 'c',
   };
 

@@ -48,7 +48,7 @@ export {
   validateName,
 } from './keys.js';
 export type { Logger, LogMeta } from './logger.js';
-export { silentLogger } from './logger.js';
+export { defaultLogger, silentLogger } from './logger.js';
 export type { MissingKeyPolicy, ProcessorOptions, ResolvedProcessorOptions } from './options.js';
 export {
   checkRetentionHorizon,

@@ -28,15 +28,21 @@ const asWarning = (type: string) => (message: string, meta?: LogMeta) => {
 };
 
 /**
- * Drops debug and info; warnings and errors become process warnings (their metadata as the
- * warning's detail line), so they are never lost.
+ * The default: drops debug and info; warnings and errors become process warnings (their metadata
+ * as the warning's detail line), so they are never lost.
  */
-export const silentLogger: Logger = Object.freeze({
+export const defaultLogger: Logger = Object.freeze({
   debug: noop,
   info: noop,
   warn: asWarning('ExactlyOnceWarning'),
   error: asWarning('ExactlyOnceError'),
 });
+
+/**
+ * @deprecated The same logger as {@link defaultLogger}, under its first name: it is not silent
+ * (warnings and errors become process warnings).
+ */
+export const silentLogger: Logger = defaultLogger;
 
 /** Meta fields that hold an idempotency key or store key, or a list of them (`keys`). */
 const KEY_FIELDS: readonly string[] = ['key', 'storeKey', 'firstKey', 'keys'];

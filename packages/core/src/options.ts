@@ -7,7 +7,7 @@ import type { Handler } from './context.js';
 import { ConfigError } from './errors.js';
 import { validateName } from './keys.js';
 import type { Logger } from './logger.js';
-import { keyRedactingLogger, silentLogger } from './logger.js';
+import { keyRedactingLogger, defaultLogger } from './logger.js';
 import { type PayloadGuardOptions, type ResolvedPayloadGuard, resolvePayloadGuard } from './payload-guard.js';
 import {
   type RetryPolicy,
@@ -255,7 +255,7 @@ export function resolveProcessorOptions<T, R>(o: ProcessorOptions<T, R>): Resolv
   }
   const recordKeys = o.recordKeys ?? PROCESSOR_DEFAULTS.recordKeys;
   if (typeof recordKeys !== 'boolean') throw new ConfigError('recordKeys must be a boolean');
-  const logger = recordKeys ? (o.logger ?? silentLogger) : keyRedactingLogger(o.logger ?? silentLogger);
+  const logger = recordKeys ? (o.logger ?? defaultLogger) : keyRedactingLogger(o.logger ?? defaultLogger);
   const resolved: ResolvedProcessorOptions<T, R> = Object.freeze({
     consumer,
     namespace,

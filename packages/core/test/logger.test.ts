@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { keyRedactingLogger, silentLogger } from '../src/logger.js';
+import { defaultLogger, keyRedactingLogger, silentLogger } from '../src/logger.js';
 
 const warnings: Error[] = [];
 const onWarning = (w: Error) => warnings.push(w);
@@ -21,12 +21,12 @@ describe('the default logger', () => {
   it('turns warnings and errors into process warnings that keep their metadata', async () => {
     // Before: the metadata (which queue, which error) was dropped; only the message was left.
     const got = await emitted(() => {
-      silentLogger.warn('delivery not settled; the broker will redeliver it', {
+      defaultLogger.warn('delivery not settled; the broker will redeliver it', {
         queue: 'payments',
         error: { name: 'IllegalOperationError', message: 'Channel closed' },
       });
-      silentLogger.error('maintenance pass failed', { sizes: 10n });
-      silentLogger.info('dropped');
+      defaultLogger.error('maintenance pass failed', { sizes: 10n });
+      defaultLogger.info('dropped');
     });
     expect(got.map((w) => [w.name, w.message])).toEqual([
       ['ExactlyOnceWarning', 'delivery not settled; the broker will redeliver it'],
@@ -37,6 +37,12 @@ describe('the default logger', () => {
       error: { name: 'IllegalOperationError', message: 'Channel closed' },
     });
     expect(got[1]?.detail).toBe('{"sizes":"10"}');
+  });
+
+  it('is exported as defaultLogger, and under its first name, silentLogger, which it is not', () => {
+    // An outside test took `silentLogger` (the documented default) for a logger that drops
+    // everything.
+    expect(silentLogger).toBe(defaultLogger);
   });
 
   it('leaves key fields out of the detail when wrapped for redaction, as the pipeline wraps it', async () => {

@@ -8,7 +8,7 @@ import {
   MalformedMessageError,
   type OutgoingPublisher,
   type ProcessorOptions,
-  silentLogger,
+  defaultLogger,
   toErrorInfo,
   validateName,
 } from '@exactly-once/core';
@@ -196,7 +196,7 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
     }
   }
   const name = consumerName ?? defaultName('groupId', groupId);
-  const logger = rest.logger ?? silentLogger;
+  const logger = rest.logger ?? defaultLogger;
   const producer = givenProducer ?? createProducer({ kafka });
   // Set once stop() is over: a run that outlived it publishes nothing more, through any
   // publisher (its record stays uncommitted; the next owner publishes its outgoing messages).

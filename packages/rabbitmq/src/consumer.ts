@@ -8,7 +8,7 @@ import {
   type OutgoingPublisher,
   type ProcessorOptions,
   PublishError,
-  silentLogger,
+  defaultLogger,
   toErrorInfo,
   validateName,
 } from '@exactly-once/core';
@@ -178,7 +178,7 @@ export function createConsumer<T = unknown, R = unknown>(
   };
   const topology = topologyFor(topologyOptions);
   const name = consumerName ?? defaultName(queue);
-  const logger: Logger = rest.logger ?? silentLogger;
+  const logger: Logger = rest.logger ?? defaultLogger;
   let ownPublisher: RabbitPublisher | undefined;
   // Set once stop() is over: a run that outlived it publishes nothing more, through any
   // publisher (its message was not acked; the next consumer publishes its outgoing messages).

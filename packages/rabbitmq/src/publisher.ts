@@ -13,7 +13,7 @@ import {
   type OutgoingMessage,
   PublishError,
   sha256Hex,
-  silentLogger,
+  defaultLogger,
 } from '@exactly-once/core';
 import { encodeValue, extraHeaders, type OutgoingPublisher, tracer } from '@exactly-once/core/spi';
 import { context, propagation, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
@@ -95,7 +95,7 @@ export function createPublisher(options: PublisherOptions): RabbitPublisher {
   const { manager, owned } = resolveConnection(options.connection);
   const timeoutMs = options.publishTimeoutMs ?? 30_000;
   const mandatory = options.mandatory ?? true;
-  const logger = options.logger ?? silentLogger;
+  const logger = options.logger ?? defaultLogger;
   let instrumented = false;
   // Set by close(): from then on nothing looks for a channel again (the keeper's get() would
   // reject at once, and a retry loop around it would spin until its deadline).

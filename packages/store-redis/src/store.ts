@@ -24,7 +24,7 @@ import {
   type ProcessedStore,
   type ReleaseOptions,
   StoreUnavailableError,
-  silentLogger,
+  defaultLogger,
 } from '@exactly-once/core';
 import type { Repeating } from '@exactly-once/core/spi';
 import { type BlobCollectionOptions, type BlobCollectionStats, collectBlobPass } from './blob-collection.js';
@@ -165,7 +165,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
   if (wait && !(Number.isInteger(wait.replicas) && wait.replicas >= 0 && wait.timeoutMs >= 0)) {
     throw new ConfigError('waitReplicas needs an integer replicas >= 0 and timeoutMs >= 0');
   }
-  const logger = options.logger ?? silentLogger;
+  const logger = options.logger ?? defaultLogger;
   const enforce = options.checkEvictionPolicy ?? true;
   const indexBlobs = options.indexBlobs ?? true;
   registerScripts(client);

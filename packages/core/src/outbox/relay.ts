@@ -16,7 +16,7 @@
 import type { Counter, ObservableGauge } from '@opentelemetry/api';
 import { ConfigError } from '../errors.js';
 import type { Logger } from '../logger.js';
-import { silentLogger } from '../logger.js';
+import { defaultLogger } from '../logger.js';
 import { positiveMs } from '../options.js';
 import { type RetryPolicyOptions, resolveRetryPolicy, retryDelayMs } from '../retry.js';
 import type { OutgoingPublisher } from '../spi.js';
@@ -128,7 +128,7 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
   positiveMs('lagAlert.everyMs', options.lagAlert?.everyMs ?? 5_000);
   positiveInteger('markBatch', markBatch);
   positiveInteger('maxUnmarked', maxUnmarked);
-  const logger = options.logger ?? silentLogger;
+  const logger = options.logger ?? defaultLogger;
   const { source, publisher } = options;
 
   const s = { published: 0, rounds: 0, failures: 0, maxInFlight: 0, inFlight: 0 };
