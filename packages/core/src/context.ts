@@ -114,8 +114,10 @@ export interface RunArgs {
   delivery: Delivery;
   /** The run's abort signal, made on first use (most handlers never read it). */
   signal: () => AbortSignal;
-  /** See `LeaseKeeper.writeSignal`: how long a step's journal write is tried again. */
+  /** See `LeaseKeeper.writeSignal`: when a step's journal write stops being tried again. */
   writeSignal: () => AbortSignal;
+  /** The processor's `maxRunMs`: the longest a step's journal write is tried again. */
+  maxRunMs: number;
   /** See `LeaseKeeper.confirm`: checked before a step runs its effect. */
   confirmLease: () => Promise<void>;
   span: Span;
@@ -270,6 +272,7 @@ class Run implements RunState {
       store: args.store,
       signal: args.signal,
       writeSignal: args.writeSignal,
+      maxRunMs: args.maxRunMs,
       confirmLease: args.confirmLease,
       keyFor: (name) => this.keyFor(name),
       onStepEvent: args.onStepEvent,

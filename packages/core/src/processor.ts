@@ -755,6 +755,7 @@ async function runAcquired<T, R>(
     delivery,
     signal: () => keeper.signal,
     writeSignal: () => keeper.writeSignal,
+    maxRunMs: o.maxRunMs,
     confirmLease: () => keeper.confirm(),
     span,
     otelContext: runCtx,

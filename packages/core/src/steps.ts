@@ -98,6 +98,8 @@ export interface StepRunArgs {
   readonly signal: () => AbortSignal;
   /** Ends the journal write's tries: the key is lost, or the consumer is stopping. */
   readonly writeSignal: () => AbortSignal;
+  /** The longest the journal write is tried again, from its first try. */
+  readonly maxRunMs: number;
   /** Rejects with `LeaseLostError` unless the lease is still this run's (see `LeaseKeeper.confirm`). */
   readonly confirmLease: () => Promise<void>;
   readonly keyFor: (name: string) => string;
@@ -232,12 +234,14 @@ async function save<S>(args: StepRunArgs, name: string, value: S, absent: 'null'
  * The journal write, tried again while the store is unavailable, until it answers: the effect has
  * happened, and a write given up on would run it again on the next attempt. Also past the lease's
  * local end (a heartbeat failing beside the write): the write is fenced, so it lands if nobody
- * took the key over and is refused if somebody did. Only a store that said `lost`, or a consumer
- * that is stopping, ends the tries. Writing a step twice is harmless (the last write is its result).
+ * took the key over and is refused if somebody did. A store that said `lost`, a consumer that is
+ * stopping, or `maxRunMs` of tries end them. Writing a step twice is harmless (the last write is
+ * its result).
  */
 function saveWithRetries(args: StepRunArgs, name: string, encoded: Uint8Array) {
   return retryStoreWrite(() => args.store.saveStep(args.storeKey, args.fence, name, encoded), {
     signal: args.writeSignal(),
+    deadline: performance.now() + args.maxRunMs,
   });
 }
 
