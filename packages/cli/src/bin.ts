@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { main } from './main.js';
-import { finishWhenStdoutCloses } from './output.js';
+import { exitOnceWritten, finishWhenStdoutCloses } from './output.js';
 
 finishWhenStdoutCloses();
-process.exitCode = await main(process.argv);
+exitOnceWritten(await main(process.argv));

@@ -27,6 +27,26 @@ export function finishWhenStdoutCloses(): void {
   });
 }
 
+/**
+ * Ends the CLI's process with `code` once what it wrote has been handed on: a finished command
+ * must not wait for a client's own timers (ioredis keeps a socket it gave up on for 2 s before
+ * destroying it, so a refused connection took 2.3 s to report, and every `--timeout` 2.3 s more).
+ */
+export function exitOnceWritten(code: number): void {
+  process.exitCode = code;
+  const streams = [process.stdout, process.stderr].filter(
+    (stream) => !stream.destroyed && !(stream === process.stdout && stdoutGone),
+  );
+  let waiting = streams.length;
+  if (waiting === 0) process.exit(code);
+  // A write's callback runs once the writes before it are flushed (or failed: EPIPE).
+  for (const stream of streams) {
+    stream.write('', () => {
+      if (--waiting === 0) process.exit(code);
+    });
+  }
+}
+
 export const processIo: Io = {
   out: (text) => {
     if (!stdoutGone) process.stdout.write(text);
