@@ -275,9 +275,7 @@ function buildProgram(io: Io): Command {
     )
     .option('--json', 'print JSON')
     .action((options) => {
-      if (options.tieredHot === undefined) {
-        if (options.coldBytes !== undefined) throw new UsageError('--cold-bytes needs --tiered-hot');
-      } else {
+      if (options.tieredHot !== undefined) {
         // A tiered hot Redis keeps whole records (no compaction): window and markers do not apply.
         if (options.recordWindow !== undefined || options.markerBytes !== undefined) {
           throw new UsageError(
@@ -297,6 +295,7 @@ function buildProgram(io: Io): Command {
         );
         return;
       }
+      if (options.coldBytes !== undefined) throw new UsageError('--cold-bytes needs --tiered-hot');
       capacity(
         io,
         {

@@ -77,8 +77,6 @@ class Held implements LeaseKeeper {
   done = false;
   abortReason: Error | undefined = undefined;
   controller: AbortController | undefined = undefined;
-  /** Why writing is pointless (see {@link LeaseKeeper.writeSignal}), once it is. */
-  endReason: Error | undefined = undefined;
   writeController: AbortController | undefined = undefined;
   inflight: Promise<void> | undefined = undefined;
 
@@ -107,7 +105,8 @@ class Held implements LeaseKeeper {
   get writeSignal(): AbortSignal {
     if (this.writeController === undefined) {
       this.writeController = new AbortController();
-      if (this.endReason) this.writeController.abort(this.endReason);
+      // Writing is pointless once the key is lost or the consumer is stopping (see `end`).
+      if (this.lost || this.cut) this.writeController.abort(this.abortReason);
     }
     return this.writeController.signal;
   }
@@ -127,11 +126,10 @@ class Held implements LeaseKeeper {
     this.controller?.abort(this.abortReason);
   }
 
-  /** The key is lost or the consumer is stopping: the run's signal and its writes end. */
+  /** The key is lost or the consumer is stopping (set first): the run's signal and its writes end. */
   end(reason: Error): void {
     this.fire(reason);
-    this.endReason ??= reason;
-    this.writeController?.abort(this.endReason);
+    this.writeController?.abort(this.abortReason);
   }
 
   async confirm(): Promise<void> {

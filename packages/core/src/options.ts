@@ -7,7 +7,7 @@ import type { Handler } from './context.js';
 import { ConfigError } from './errors.js';
 import { validateName } from './keys.js';
 import type { Logger } from './logger.js';
-import { keyRedactingLogger, defaultLogger } from './logger.js';
+import { defaultLogger, keyRedactingLogger } from './logger.js';
 import { type PayloadGuardOptions, type ResolvedPayloadGuard, resolvePayloadGuard } from './payload-guard.js';
 import {
   type RetryPolicy,

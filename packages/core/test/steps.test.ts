@@ -1,10 +1,11 @@
 import { type Meter, type MeterProvider, metrics } from '@opentelemetry/api';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { HandlerContext } from '../src/context.js';
-import { ConfigError, PermanentError, StoreUnavailableError } from '../src/errors.js';
+import { ConfigError, PermanentError } from '../src/errors.js';
 import { Headers } from '../src/headers.js';
 import { createProcessor } from '../src/processor.js';
 import type { StepEvent } from '../src/steps.js';
+import { withFaults } from '../src/store/faulty-store.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 import type { FencedResult, ProcessedStore } from '../src/store/types.js';
 import { deferred, delivery, withHeldExtensions } from './helpers.js';
@@ -669,20 +670,10 @@ describe('a step under a lease that lapsed by this worker clock', () => {
     // and the heartbeat met the server's lock errors for longer than the lease, and the run gave
     // the write up at the lease's local end. Nobody had taken the key over: its release was
     // accepted, and the retry ran the effect again.
-    const store = createMemoryStore();
     let down = false;
-    const failing =
-      <A extends unknown[], R>(call: (...a: A) => Promise<R>) =>
-      (...a: A): Promise<R> =>
-        down
-          ? Promise.reject(new StoreUnavailableError({ operation: 'x', message: 'database is locked' }))
-          : call(...a);
-    const flaky: ProcessedStore = {
-      ...store,
-      begin: (r) => store.begin(r),
-      extend: failing((k: string, f: number, ms: number) => store.extend(k, f, ms)),
-      saveStep: failing((k: string, f: number, n: string, r: Uint8Array) => store.saveStep(k, f, n, r)),
-    };
+    const flaky = withFaults(createMemoryStore(), {
+      failWhen: (op) => down && (op === 'extend' || op === 'saveStep'),
+    });
     let effects = 0;
     const p = createProcessor({
       consumer: 'c',
