@@ -114,10 +114,8 @@ export interface RunArgs {
   delivery: Delivery;
   /** The run's abort signal, made on first use (most handlers never read it). */
   signal: () => AbortSignal;
-  /** See `LeaseKeeper.writeSignal`: when a step's journal write stops being tried again. */
-  writeSignal: () => AbortSignal;
-  /** The processor's `maxRunMs`: the longest a step's journal write is tried again. */
-  maxRunMs: number;
+  /** See `LeaseKeeper.writeUntilAnswered`: how a step's journal write is tried. */
+  writeUntilAnswered: <A>(write: () => Promise<A>) => Promise<A>;
   /** See `LeaseKeeper.confirm`: checked before a step runs its effect. */
   confirmLease: () => Promise<void>;
   span: Span;
@@ -271,8 +269,7 @@ class Run implements RunState {
       fence: args.fence,
       store: args.store,
       signal: args.signal,
-      writeSignal: args.writeSignal,
-      maxRunMs: args.maxRunMs,
+      writeUntilAnswered: args.writeUntilAnswered,
       confirmLease: args.confirmLease,
       keyFor: (name) => this.keyFor(name),
       onStepEvent: args.onStepEvent,

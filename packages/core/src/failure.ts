@@ -13,6 +13,7 @@ import {
   LeaseLostError,
   toErrorInfo,
 } from './errors.js';
+import type { LeaseKeeper } from './lease-keeper.js';
 import type { ResolvedProcessorOptions } from './options.js';
 import { giveBack, notRun } from './ordered.js';
 import { retryDelayMs } from './retry.js';
@@ -30,7 +31,7 @@ export async function handleFailure<T, R>(
   outcome: Outcome,
   error: unknown,
   blobs: RunBlobs,
-  leaseDeadline: number,
+  keeper: Pick<LeaseKeeper, 'deadline' | 'writeUntilAnswered'>,
   stillRunning?: Promise<void>,
 ): Promise<Disposition> {
   if (error instanceof LeaseLostError) {
@@ -54,7 +55,9 @@ export async function handleFailure<T, R>(
           cause: error,
           cutShort: Math.max(0, attempt - o.retry.maxAttempts),
         });
-    return failAndDeadLetter(o, delivery, storeKey, fence, reason, attempt, leaseDeadline);
+    return failAndDeadLetter(o, delivery, storeKey, fence, reason, attempt, (write) =>
+      keeper.writeUntilAnswered(write),
+    );
   }
   const info = toErrorInfo(error);
   if (stillRunning !== undefined) {
@@ -71,10 +74,11 @@ export async function handleFailure<T, R>(
   } else {
     await discardBlobs(o, blobs);
     try {
-      // As a fail: a store answers the repeat of a landed release `ok`, so it is tried again
-      // while the lease lasts rather than leaving the retry to wait the lease out.
+      // A store answers the repeat of a landed release `ok`, so it is tried again while the
+      // lease lasts rather than leaving the retry to wait the lease out (past it, the retry is a
+      // takeover anyway: no effect is at stake).
       const r = await retryStoreWrite(() => o.store.release(storeKey, fence, info), {
-        deadline: leaseDeadline,
+        deadline: keeper.deadline,
       });
       if (r !== 'ok') return leaseLost(storeKey, fence);
     } catch (storeError) {
@@ -126,16 +130,14 @@ export async function failAndDeadLetter<T, R>(
   fence: number,
   error: unknown,
   attempts: number,
-  leaseDeadline: number,
+  tryWrite: <A>(write: () => Promise<A>) => Promise<A>,
 ): Promise<Disposition> {
   const info = toErrorInfo(error);
   try {
     // As a completion (see the processor): a failed write may have landed, a store answers the
-    // repeat of a landed fail `ok`, so it is tried again while the lease lasts rather than left
-    // to a takeover that would run the handler again before dead-lettering.
-    const r = await retryStoreWrite(() => o.store.fail(storeKey, fence, info, o.retentionMs), {
-      deadline: leaseDeadline,
-    });
+    // repeat of a landed fail `ok`, so it is tried again (`tryWrite`) rather than left to a
+    // takeover that would run the handler again before dead-lettering.
+    const r = await tryWrite(() => o.store.fail(storeKey, fence, info, o.retentionMs));
     if (r !== 'ok') return leaseLost(storeKey, fence);
   } catch (storeError) {
     return storeDown(o, storeError, storeKey);

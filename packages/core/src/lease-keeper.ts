@@ -7,17 +7,20 @@
  */
 import { LeaseLostError } from './errors.js';
 import type { ProcessedStore } from './store/types.js';
+import { retryStoreWrite } from './wait.js';
 
 export interface LeaseKeeper {
   /** Aborts when the lease is lost or the run is given up. Made on first read. */
   readonly signal: AbortSignal;
   /**
-   * Aborts only once a write for this run is pointless: the store said another fence holds the
-   * key, or the consumer is stopping. Not at the lease's local end, nor at `maxRunMs`: a fenced
-   * write made after an effect (a step's journal) still lands if nobody took the key over, and
-   * is refused if somebody did. Made on first read.
+   * A fenced write made after an effect (a step's journal, the run's completion, its FAILED
+   * record): tried again after each `StoreUnavailableError` until the store answers, also past
+   * the lease's local end and after {@link stop}, since it lands if nobody took the key over and
+   * is refused if somebody did. Ended, with the last failure, by the store saying another fence
+   * holds the key, by the consumer stopping ({@link LeaseBoard.cutAll} reaches it after `stop`
+   * too), or after `maxRunMs` of tries.
    */
-  readonly writeSignal: AbortSignal;
+  writeUntilAnswered<T>(write: () => Promise<T>): Promise<T>;
   /** True once the store said another fence holds the key. */
   readonly lost: boolean;
   /** True once {@link LeaseBoard.cutAll} aborted the signal (the consumer is stopping). */
@@ -102,6 +105,7 @@ class Held implements LeaseKeeper {
     return this.controller.signal;
   }
 
+  /** Made on the first failed write: most runs' writes land at once. */
   get writeSignal(): AbortSignal {
     if (this.writeController === undefined) {
       this.writeController = new AbortController();
@@ -109,6 +113,18 @@ class Held implements LeaseKeeper {
       if (this.lost || this.cut) this.writeController.abort(this.abortReason);
     }
     return this.writeController.signal;
+  }
+
+  async writeUntilAnswered<T>(write: () => Promise<T>): Promise<T> {
+    this.board.writing.add(this);
+    try {
+      return await retryStoreWrite(write, {
+        signal: () => this.writeSignal,
+        deadline: performance.now() + this.maxRunMs,
+      });
+    } finally {
+      this.board.writing.delete(this);
+    }
   }
 
   async stop(): Promise<void> {
@@ -158,6 +174,8 @@ const STALL_TICKS = 4;
 /** Every lease of one processor, extended from one timer. */
 class Board implements LeaseBoard {
   private readonly held = new Set<Held>();
+  /** Runs with a write being tried (see `writeUntilAnswered`), held or not. */
+  readonly writing = new Set<Held>();
   // Often enough to extend each lease on time and to notice a failing store before its deadline.
   private readonly tickMs: number;
   private timer: NodeJS.Timeout | undefined;
@@ -185,6 +203,13 @@ class Board implements LeaseBoard {
       h.cut = true;
       h.end(reason);
       cut++;
+    }
+    // Writes of runs whose heartbeat stopped (a completion, the journal of steps a given-up
+    // handler left running) end too; their handlers are over, so they are not counted.
+    for (const h of this.writing) {
+      if (!h.done || h.cut) continue;
+      h.cut = true;
+      h.end(reason);
     }
     return cut;
   }

@@ -709,7 +709,8 @@ async function runAcquired<T, R>(
           'none of them finished (each time the worker holding it died, whether or not it had started the handler, stalled past its lease, or ran a handler past maxRunMs that never returned)',
       }),
       attempt - 1,
-      leaseSince + o.leaseMs,
+      // No run: tried while the lease taken for it lasts.
+      (write) => retryStoreWrite(write, { deadline: leaseSince + o.leaseMs }),
     );
   }
 
@@ -754,8 +755,7 @@ async function runAcquired<T, R>(
     consumer: o.consumer,
     delivery,
     signal: () => keeper.signal,
-    writeSignal: () => keeper.writeSignal,
-    maxRunMs: o.maxRunMs,
+    writeUntilAnswered: (write) => keeper.writeUntilAnswered(write),
     confirmLease: () => keeper.confirm(),
     span,
     otelContext: runCtx,
@@ -809,7 +809,7 @@ async function runAcquired<T, R>(
       outcome,
       ran.error,
       state,
-      keeper.deadline,
+      keeper,
       stillRunning,
     );
     if (givenUp) turn?.go(proceed && d.action === 'dead-letter');
@@ -830,17 +830,7 @@ async function runAcquired<T, R>(
     if (error instanceof ResultSourceFailure) {
       // The handler's result stream failed (or cannot be stored): a failure of the handler.
       recordError(span, error.cause, scrubOf(runCtx));
-      return handleFailure(
-        o,
-        delivery,
-        storeKey,
-        fence,
-        attempt,
-        outcome,
-        error.cause,
-        state,
-        keeper.deadline,
-      );
+      return handleFailure(o, delivery, storeKey, fence, attempt, outcome, error.cause, state, keeper);
     }
     await release(o, storeKey, fence, error);
     return { action: 'defer', outcome: 'store-unavailable', delayMs: 1000, error: toErrorInfo(error) };
@@ -857,9 +847,10 @@ async function runAcquired<T, R>(
 
   let completed: 'ok' | 'lost';
   // A write that failed may still have landed, and a store answers the repeat of a landed
-  // complete `ok` (see ProcessedStore.complete): so a failed one is tried again while the lease
-  // lasts, rather than left to a takeover that would run the handler again (a Cluster slot in
-  // migration refuses a call for milliseconds).
+  // complete `ok` (see ProcessedStore.complete): so a failed one is tried again until the store
+  // answers, past the lease's local end too, rather than left to a takeover that would run the
+  // handler again (a Cluster slot in migration refuses a call for milliseconds, a busy server
+  // for seconds, an outage for longer than a lease).
   let tries = 0;
   const complete = () => {
     tries++;
@@ -873,14 +864,14 @@ async function runAcquired<T, R>(
     });
   };
   try {
-    completed = await inSpan('exactly-once complete', runCtx, {}, () =>
-      retryStoreWrite(complete, { deadline: keeper.deadline }),
-    );
+    completed = await inSpan('exactly-once complete', runCtx, {}, () => keeper.writeUntilAnswered(complete));
   } catch (error) {
     if (!isRetryable(error)) {
       // The store refused the record itself (e.g. too large): the same write would fail again.
       await discardBlobs(o, run);
-      return failAndDeadLetter(o, delivery, storeKey, fence, error, attempt, keeper.deadline);
+      return failAndDeadLetter(o, delivery, storeKey, fence, error, attempt, (write) =>
+        keeper.writeUntilAnswered(write),
+      );
     }
     // Unknown whether the write landed: keep the blobs, redeliver; the next run resolves it.
     return storeDown(o, error, storeKey);

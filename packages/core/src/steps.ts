@@ -18,7 +18,7 @@ import { type RetryPolicyOptions, resolveRetryPolicy, retryDelayMs } from './ret
 import { ATTR_EO_STEP_REPLAYED } from './semconv.js';
 import type { ProcessedStore, StepRecord } from './store/types.js';
 import { instrumentsFor } from './tracing.js';
-import { retryStoreWrite, sleep } from './wait.js';
+import { sleep } from './wait.js';
 
 /** What `reconcile` is told about a step an earlier attempt started and never finished. */
 export interface StepReconcileInfo {
@@ -96,10 +96,8 @@ export interface StepRunArgs {
   readonly fence: number;
   readonly store: ProcessedStore;
   readonly signal: () => AbortSignal;
-  /** Ends the journal write's tries: the key is lost, or the consumer is stopping. */
-  readonly writeSignal: () => AbortSignal;
-  /** The longest the journal write is tried again, from its first try. */
-  readonly maxRunMs: number;
+  /** The journal write, tried until the store answers (see `LeaseKeeper.writeUntilAnswered`). */
+  readonly writeUntilAnswered: <A>(write: () => Promise<A>) => Promise<A>;
   /** Rejects with `LeaseLostError` unless the lease is still this run's (see `LeaseKeeper.confirm`). */
   readonly confirmLease: () => Promise<void>;
   readonly keyFor: (name: string) => string;
@@ -232,17 +230,11 @@ async function save<S>(args: StepRunArgs, name: string, value: S, absent: 'null'
 
 /**
  * The journal write, tried again while the store is unavailable, until it answers: the effect has
- * happened, and a write given up on would run it again on the next attempt. Also past the lease's
- * local end (a heartbeat failing beside the write): the write is fenced, so it lands if nobody
- * took the key over and is refused if somebody did. A store that said `lost`, a consumer that is
- * stopping, or `maxRunMs` of tries end them. Writing a step twice is harmless (the last write is
- * its result).
+ * happened, and a write given up on would run it again on the next attempt. Writing a step twice
+ * is harmless (the last write is its result).
  */
 function saveWithRetries(args: StepRunArgs, name: string, encoded: Uint8Array) {
-  return retryStoreWrite(() => args.store.saveStep(args.storeKey, args.fence, name, encoded), {
-    signal: args.writeSignal(),
-    deadline: performance.now() + args.maxRunMs,
-  });
+  return args.writeUntilAnswered(() => args.store.saveStep(args.storeKey, args.fence, name, encoded));
 }
 
 type Ran<S> = { ok: true; value: S } | { ok: false; error: unknown; failures: number };

@@ -115,14 +115,15 @@ export function doublingBackoff(initialMs: number, maxMs: number): (n: number) =
 }
 
 /**
- * A store write that is safe to repeat and worth finishing while a lease lasts (a completion, a
- * fail, a step's journal): tried again after each `StoreUnavailableError`, 100 ms doubling to 2 s
- * apart, until `until.signal` aborts or the next try would start at or after `until.deadline`
- * (monotonic clock, ms); then the last failure. Any other error is thrown at once.
+ * A store write that is safe to repeat (a completion, a fail, a release, a step's journal): tried
+ * again after each `StoreUnavailableError`, 100 ms doubling to 2 s apart, until `until.signal`
+ * aborts or the next try would start at or after `until.deadline` (monotonic clock, ms); then the
+ * last failure. Any other error is thrown at once. A signal given as a function is asked for only
+ * after a failed try.
  */
 export async function retryStoreWrite<T>(
   write: () => Promise<T>,
-  until: { readonly signal?: AbortSignal; readonly deadline?: number },
+  until: { readonly signal?: AbortSignal | (() => AbortSignal); readonly deadline?: number },
 ): Promise<T> {
   for (let failures = 1; ; failures++) {
     try {
@@ -131,7 +132,8 @@ export async function retryStoreWrite<T>(
       if (!(error instanceof StoreUnavailableError)) throw error;
       const ms = storeWriteBackoff(failures);
       if (until.deadline !== undefined && performance.now() + ms >= until.deadline) throw error;
-      if (!(await pause(ms, until.signal))) throw error;
+      const signal = typeof until.signal === 'function' ? until.signal() : until.signal;
+      if (!(await pause(ms, signal))) throw error;
     }
   }
 }

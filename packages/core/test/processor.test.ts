@@ -12,6 +12,7 @@ import { deadLetterHeaders, type OutgoingPublisher } from '../src/spi.js';
 import type { OutgoingMessage } from '../src/store/types.js';
 import { withFaults } from '../src/store/faulty-store.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
+import { sleep } from '../src/wait.js';
 import { deferred, delivery, recordingPublisher } from './helpers.js';
 
 const key = (k: string) => ({ [Headers.IdempotencyKey]: k, [Headers.RequestId]: `req-${k}` });
@@ -684,7 +685,7 @@ describe('processor: failures', () => {
     expect(runs).toBe(1);
   });
 
-  it('does not ack when complete fails, and the next delivery takes over and completes', async () => {
+  it('does not ack when complete fails for maxRunMs, and the next delivery takes over and completes', async () => {
     let failComplete = true;
     const store = withFaults(createMemoryStore(), { failWhen: (op) => op === 'complete' && failComplete });
     let runs = 0;
@@ -694,6 +695,7 @@ describe('processor: failures', () => {
       ...fast,
       leaseMs: 60,
       heartbeatMs: 20,
+      maxRunMs: 150,
       handler: () => {
         runs++;
       },
@@ -722,6 +724,52 @@ describe('processor: failures', () => {
     expect(await p.process(delivery({}, key('k12b')))).toMatchObject({ action: 'ack', outcome: 'acquired' });
     expect(runs).toBe(1);
     expect(await store.get('default:c:k12b')).toMatchObject({ state: 'COMPLETED', attempt: 1 });
+  });
+
+  it("a completion refused past the lease's local end is tried until the store answers: the handler runs once", async () => {
+    // As a step's journal write (see steps.test.ts): the handler's effect happened, the completion
+    // and the heartbeat met a store refusing calls for longer than the lease, and the completion
+    // given up at the lease's local end left the key to a takeover that ran the handler again.
+    let down = false;
+    let effects = 0;
+    const p = createProcessor({
+      consumer: 'c',
+      store: withFaults(createMemoryStore(), {
+        failWhen: (op) => down && (op === 'extend' || op === 'complete'),
+      }),
+      ...fast,
+      leaseMs: 200,
+      heartbeatMs: 50,
+      handler: () => {
+        // Down from the first effect on, for twice the lease.
+        if (++effects > 1) return;
+        down = true;
+        setTimeout(() => {
+          down = false;
+        }, 400);
+      },
+    });
+    let d = await p.process(delivery({}, key('slow-complete')));
+    for (let i = 0; i < 10 && d.action !== 'ack'; i++) {
+      await sleep(50);
+      d = await p.process(delivery({}, key('slow-complete')));
+    }
+    expect(effects).toBe(1);
+    expect(d).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    expect(effects).toBe(1);
+  });
+
+  it("a completion tried past its run is ended by the consumer's stop (abortRuns): not acked", async () => {
+    const p = createProcessor({
+      consumer: 'c',
+      store: withFaults(createMemoryStore(), { failWhen: (op) => op === 'complete' }),
+      ...fast,
+      handler: () => 'done',
+    });
+    const processing = p.process(delivery({}, key('cut-complete')));
+    await sleep(150);
+    expect(p.abortRuns()).toBe(0); // no handler is running: only the write is ended
+    expect(await processing).toMatchObject({ action: 'defer', outcome: 'store-unavailable' });
   });
 
   it('a complete whose write landed but whose answer was lost is asked again and answered ok', async () => {
