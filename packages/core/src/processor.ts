@@ -421,7 +421,13 @@ async function processDelivery<T, R>(
     // over may be a later copy in this very process), or the store lost the record (a Redis
     // restarted without persistence): nothing of this run is recorded, and an effect it made
     // outside a step or a keyed call may happen twice.
+    const requestId = readableRequestId(delivery);
     o.logger.warn('lease lost: the key was taken over or its record is gone; this run is not recorded', {
+      consumer: o.consumer,
+      destination: delivery.destination,
+      // What an operator ties the run to its effects by (the key only with recordKeys: see the
+      // error's message).
+      ...(requestId === undefined ? {} : { requestId }),
       error: disposition.error,
     });
   }
@@ -719,7 +725,7 @@ async function runAcquired<T, R>(
     // dead process logged nothing). The store cannot tell whether that run had started its
     // handler (a batch begins keys before their handlers start): the line says both.
     o.logger.warn(
-      'taking over a key whose last holder died or stalled; its handler runs (again, if that run had started it)',
+      'taking over a key whose last holder died, stalled or could not reach the store past its lease; its handler runs (again, if that run had started it)',
       {
         key: storeKey,
         // Always logged, like the span's: what an operator finds the run's trace and letters by.

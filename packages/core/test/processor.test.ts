@@ -867,6 +867,7 @@ describe('processor: leases and steps', () => {
     const gate = deferred();
     let aborted = false;
     const warned: string[] = [];
+    const warnedMeta: unknown[] = [];
     const quiet = () => undefined;
     const stale = createProcessor({
       consumer: 'c',
@@ -874,7 +875,15 @@ describe('processor: leases and steps', () => {
       ...fast,
       leaseMs: 60,
       heartbeatMs: 20,
-      logger: { debug: quiet, info: quiet, warn: (message: string) => warned.push(message), error: quiet },
+      logger: {
+        debug: quiet,
+        info: quiet,
+        warn: (message: string, meta?: unknown) => {
+          warned.push(message);
+          warnedMeta.push(meta);
+        },
+        error: quiet,
+      },
       handler: async (_: unknown, ctx: HandlerContext) => {
         ctx.signal.addEventListener('abort', () => {
           aborted = true;
@@ -910,8 +919,18 @@ describe('processor: leases and steps', () => {
     expect(aborted).toBe(true);
     // Said once, at warn: its effects outside steps may repeat (before, only the stats showed it).
     expect(warned.filter((m) => m.startsWith('lease lost'))).toHaveLength(1);
+    // With the request id: an outside test could not tie the line to a payment (the key is
+    // logged only with recordKeys).
+    expect(warnedMeta[warned.findIndex((m) => m.startsWith('lease lost'))]).toMatchObject({
+      requestId: 'req-k13',
+      destination: 'orders',
+    });
     // The worker that took over says so (after a SIGKILL, the only line in the logs about it).
-    expect(tookOver).toEqual([expect.stringMatching(/^taking over a key whose last holder died or stalled/)]);
+    expect(tookOver).toEqual([
+      expect.stringMatching(
+        /^taking over a key whose last holder died, stalled or could not reach the store/,
+      ),
+    ]);
     // With the request id, which is always logged: what the run's trace and letters are found by.
     expect(tookOverMeta[0]).toMatchObject({
       requestId: expect.any(String),
