@@ -398,7 +398,8 @@ export async function inspect(io: Io, consumer: string, key: string, options: In
       throw new CliError(
         `no record for key "${key}" of consumer "${consumer}" (namespace ${options.namespace ?? 'default'}) ` +
           `in ${opened.description}: never processed, expired, or cleared (or not kept here: check the ` +
-          'store, its prefix or database and collection, the consumer name and the namespace)',
+          'store, its prefix or database and collection, the consumer name and the namespace; with a ' +
+          'tiered store, ask the cold one, --mongo, for a key past the hot retention)',
       );
     }
     const now = Date.now();
