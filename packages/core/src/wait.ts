@@ -118,12 +118,12 @@ export function doublingBackoff(initialMs: number, maxMs: number): (n: number) =
  * A store write that is safe to repeat (a completion, a fail, a release, a step's journal): tried
  * again after each `StoreUnavailableError`, 100 ms doubling to 2 s apart, until `until.signal`
  * aborts or the next try would start at or after `until.deadline` (monotonic clock, ms); then the
- * last failure. Any other error is thrown at once. A signal given as a function is asked for only
- * after a failed try.
+ * last failure. Any other error is thrown at once. `until.signal` is asked for only after a failed
+ * try, so a write that lands at once makes none.
  */
 export async function retryStoreWrite<T>(
   write: () => Promise<T>,
-  until: { readonly signal?: AbortSignal | (() => AbortSignal); readonly deadline?: number },
+  until: { readonly signal?: () => AbortSignal; readonly deadline?: number },
 ): Promise<T> {
   for (let failures = 1; ; failures++) {
     try {
@@ -132,8 +132,7 @@ export async function retryStoreWrite<T>(
       if (!(error instanceof StoreUnavailableError)) throw error;
       const ms = storeWriteBackoff(failures);
       if (until.deadline !== undefined && performance.now() + ms >= until.deadline) throw error;
-      const signal = typeof until.signal === 'function' ? until.signal() : until.signal;
-      if (!(await pause(ms, signal))) throw error;
+      if (!(await pause(ms, until.signal?.()))) throw error;
     }
   }
 }
