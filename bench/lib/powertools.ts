@@ -12,6 +12,7 @@
  */
 import { IdempotencyConfig, makeIdempotent } from '@aws-lambda-powertools/idempotency';
 import { CachePersistenceLayer } from '@aws-lambda-powertools/idempotency/cache';
+import type { IdempotencyRecord } from '@aws-lambda-powertools/idempotency/persistence';
 import { createClient } from '@redis/client';
 import type { Redis } from 'ioredis';
 import { env, uniqueName } from './env.js';
@@ -50,6 +51,35 @@ const fakeContext = {
   succeed() {},
 };
 
+/**
+ * The cache layer as fixed upstream (github.com/aws-powertools/powertools-lambda-typescript,
+ * issue 5705: merged, not yet released in 2.35.0): its completion rewrote the record without the payload's validation
+ * hash, so every redelivery of a completed record (a Kafka refetch after a rebalance) failed
+ * validation, and the raw consumer's loop fetched it again for ever. The fix keeps the hash in the
+ * same one `SET`: no command is added, so the comparison stays as it was.
+ */
+class CompletingWithHash extends CachePersistenceLayer {
+  constructor(
+    private readonly store: { set(name: string, value: string, options: { EX: number }): unknown },
+  ) {
+    super({ client: store as ConstructorParameters<typeof CachePersistenceLayer>[0]['client'] });
+  }
+
+  protected override async _updateRecord(record: IdempotencyRecord): Promise<void> {
+    const item = {
+      status: record.getStatus(),
+      expiration: record.expiryTimestamp,
+      data: record.responseData,
+      ...(record.payloadHash === undefined ? {} : { validation: record.payloadHash }),
+    };
+    const ttl =
+      record.expiryTimestamp === undefined
+        ? this.expiresAfterSeconds
+        : record.expiryTimestamp - Math.floor(Date.now() / 1000);
+    await this.store.set(record.idempotencyKey, JSON.stringify(item), { EX: ttl });
+  }
+}
+
 const newClient = () => createClient({ url: env.redisUrl, database: env.redisDb });
 type RedisClient = ReturnType<typeof newClient>;
 
@@ -84,7 +114,7 @@ export class PowertoolsKit {
         return client.del(keys);
       },
     };
-    const persistenceStore = new CachePersistenceLayer({ client: counting });
+    const persistenceStore = new CompletingWithHash(counting);
     const keyPrefix = uniqueName('pt');
     const config = new IdempotencyConfig({
       eventKeyJmesPath: 'key',
