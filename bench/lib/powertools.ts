@@ -54,7 +54,7 @@ const fakeContext = {
 /**
  * The cache layer as fixed upstream (github.com/aws-powertools/powertools-lambda-typescript,
  * issue 5705: merged, not yet released in 2.35.0): its completion rewrote the record without the payload's validation
- * hash, so every redelivery of a completed record (a Kafka refetch after a rebalance) failed
+ * hash, so every redelivery of a completed record (a Kafka refetch of records already handled) failed
  * validation, and the raw consumer's loop fetched it again for ever. The fix keeps the hash in the
  * same one `SET`: no command is added, so the comparison stays as it was.
  */
