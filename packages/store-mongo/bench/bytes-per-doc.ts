@@ -15,6 +15,7 @@
  */
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { BSON, type Document, MongoClient } from 'mongodb';
+import { elementId } from '../src/codec.js';
 import { createMongoStore, type MongoProcessedStore } from '../src/index.js';
 import { retried, retries } from './retried.js';
 
@@ -86,16 +87,33 @@ try {
   const dbStats: Document = await db.command({ dbStats: 1 });
   // A record is its key's head and its chain's elements (a lease, then the COMPLETED element).
   const records = stores[0] as MongoProcessedStore;
-  const sample = await records.collection
+  const heads = await records.collection
     .find({ c: { $exists: true }, k: { $exists: false } })
     .limit(200)
     .toArray();
-  let sampleBytes = 0;
-  for (const head of sample) {
-    const chain = await records.collection.find({ k: head._id }).toArray();
-    sampleBytes += [head, ...chain].reduce((sum, doc) => sum + BSON.calculateObjectSize(doc), 0);
+  const sampleBson = async (): Promise<number> => {
+    let bytes = 0;
+    for (const head of heads) {
+      const chain = String(head.c);
+      const ids = [1, 2, 3].map((position) => elementId(chain, position));
+      const elements = await records.collection.find({ _id: { $in: ids } }).toArray();
+      bytes += [head, ...elements].reduce((sum, doc) => sum + BSON.calculateObjectSize(doc), 0);
+    }
+    return bytes / heads.length;
+  };
+  const bson = await sampleBson();
+  // The sweeper's pass once `finishedLeaseMs` has gone by (here 0): each finished lease becomes a
+  // tombstone, which is what a record weighs for the rest of its retention.
+  const sweepers = stores.map((store) =>
+    createMongoStore({ db, collectionName: store.collection.collectionName, finishedLeaseMs: 0 }),
+  );
+  for (const sweeper of sweepers) await retried(() => sweeper.sweepExpired());
+  const swept = await sampleBson();
+  let sweptSize = 0;
+  for (const store of stores) {
+    const stats = await db.command({ collStats: store.collection.collectionName });
+    sweptSize += Number(stats.size);
   }
-  const bson = sampleBytes / sample.length;
 
   const perDoc = (bytes: number) => bytes / total;
   const at30M = (bytes: number) => `${((perDoc(bytes) * TARGET) / 1024 ** 3).toFixed(1)} GiB`;
@@ -103,7 +121,7 @@ try {
   out(
     `records: ${total} COMPLETED (${count} documents) in ${collections} collection(s), ${(total / seconds).toFixed(0)}/s, ${retries.count} retries`,
   );
-  out(`sample document: ${JSON.stringify(sample[0])}`);
+  out(`sample head: ${JSON.stringify(heads[0])}`);
   out();
   out('                               bytes/record   at 30 M');
   const row = (label: string, bytes: number) =>
@@ -111,7 +129,9 @@ try {
       `${label.padEnd(30)} ${bytes.toFixed(0).padStart(12)}   ${((bytes * TARGET) / 1024 ** 3).toFixed(1)} GiB`,
     );
   row('BSON (calculateObjectSize)', bson);
+  row('BSON after the sweeper', swept);
   row('collStats size', perDoc(size));
+  row('collStats size after sweeper', perDoc(sweptSize));
   row('collStats storageSize', perDoc(storageSize));
   row('collStats totalIndexSize', perDoc(indexSize));
   row('dbStats totalSize', perDoc(Number(dbStats.totalSize)));

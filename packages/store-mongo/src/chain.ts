@@ -7,7 +7,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import type { Collection } from 'mongodb';
-import { elementId, type HeadDoc, type RecordDoc, State } from './codec.js';
+import { elementId, type HeadDoc, isTombstone, type RecordDoc, State } from './codec.js';
 
 /** A fresh chain id (72 random bits). */
 export function newChainId(): string {
@@ -78,9 +78,12 @@ export async function readChain(reader: ChainReader, key: string): Promise<Chain
     // A missing first element: its head's writer is between its two inserts (or died there).
     return next === null ? { key, chain, position: 0, last: undefined } : 'gone';
   }
+  // A tombstone is never the last element of a live chain: found last, the chain is being swept.
+  const ending = (at: number, last: RecordDoc): Chain | 'gone' =>
+    isTombstone(last) ? 'gone' : { key, chain, position: at, last };
   for (;;) {
-    if (next === null) return { key, chain, position, last: current };
-    if (after === null) return { key, chain, position: position + 1, last: next };
+    if (next === null) return ending(position, current);
+    if (after === null) return ending(position + 1, next);
     position += 2;
     current = after;
     [next, after] = await Promise.all([fetch(position + 1), fetch(position + 2)]);
@@ -119,6 +122,9 @@ export async function readChains(
       restarted: false,
     };
   });
+  // As in readChain: a tombstone found last means the chain is being swept.
+  const ending = (w: Walk, position: number, last: RecordDoc): Chain | 'gone' =>
+    isTombstone(last) ? 'gone' : { key: w.key, chain: w.chain, position, last };
   while (walks.length > 0) {
     const ids = walks.flatMap((w) => [0, 1, 2].map((d) => elementId(w.chain, w.position + d)));
     const found = new Map<string, RecordDoc>();
@@ -139,9 +145,9 @@ export async function readChains(
           next === null ? { key: w.key, chain: w.chain, position: 0, last: undefined } : 'gone',
         );
       } else if (next === null) {
-        answers.set(w.key, { key: w.key, chain: w.chain, position: w.position, last: current });
+        answers.set(w.key, ending(w, w.position, current));
       } else if (after === null) {
-        answers.set(w.key, { key: w.key, chain: w.chain, position: w.position + 1, last: next });
+        answers.set(w.key, ending(w, w.position + 1, next));
       } else {
         w.position += 2;
         return true;
@@ -178,13 +184,18 @@ export async function readHistory(reader: ChainReader, key: string): Promise<Rec
   }
 }
 
+/** The element after `position` (its state only), or null when `position` is the last. */
+export function successorOf(
+  reader: ChainReader,
+  chain: string,
+  position: number,
+): Promise<Pick<RecordDoc, '_id' | 's'> | null> {
+  return reader.collection.findOne({ _id: elementId(chain, position + 1) }, { projection: { s: 1 } });
+}
+
 /** Whether the element after `position` exists: if it does, `position` no longer decides anything. */
 export async function hasSuccessor(reader: ChainReader, chain: string, position: number): Promise<boolean> {
-  const found = await reader.collection.findOne(
-    { _id: elementId(chain, position + 1) },
-    { projection: { _id: 1 } },
-  );
-  return found !== null;
+  return (await successorOf(reader, chain, position)) !== null;
 }
 
 /** Whether the key's head still names `chain` (a chain deleted meanwhile, or replaced, does not). */

@@ -111,6 +111,14 @@ export interface RecordDoc {
 }
 
 /**
+ * Whether an element is a tombstone: the lease of an attempt that ended with a result (its
+ * successor is COMPLETED or FAILED), cut by the sweeper to its `_id` after `finishedLeaseMs`.
+ * Nothing reads such a lease but `history`; its `_id` alone keeps the chain contiguous and the
+ * insert race on its position decided. Never the last element of a live chain.
+ */
+export const isTombstone = (doc: RecordDoc): boolean => (doc as Partial<RecordDoc>).s === undefined;
+
+/**
  * `_id` of element `position` of `chain`. The leading NUL and the random chain id keep these apart
  * from heads, whose `_id` is a store key (a key equal to one would have to guess the chain id).
  */

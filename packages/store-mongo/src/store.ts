@@ -51,6 +51,7 @@ import {
   encodeResult,
   type HeadDoc,
   isExpired,
+  isTombstone,
   packFingerprint,
   packTraceId,
   type RecordDoc,
@@ -109,6 +110,13 @@ export interface MongoStoreOptions {
    * key comes back takes its attempts and journaled steps with it (the key then runs anew).
    */
   readonly inProgressTtlMs?: number;
+  /**
+   * How long after its attempt began the sweeper keeps whole the lease element of an attempt
+   * that ended with a result (COMPLETED or FAILED), for `history` (its owner, when it began);
+   * then it cuts it to its `_id` (a tombstone: about 30 bytes of BSON instead of about 260, while
+   * the record's result is kept for its retention). Default 1 hour.
+   */
+  readonly finishedLeaseMs?: number;
   /** Receives errors of the background sweeper (the next round runs anyway). Default: ignored. */
   readonly onSweepError?: (error: unknown) => void;
   /**
@@ -227,6 +235,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
   const expiredGraceMs = duration('expiredGraceMs', options.expiredGraceMs, 60_000, 0);
   const sweepBatchSize = duration('sweepBatchSize', options.sweepBatchSize, 500, 1);
   const inProgressTtlMs = duration('inProgressTtlMs', options.inProgressTtlMs, 7 * 24 * 3_600_000, 1);
+  const finishedLeaseMs = duration('finishedLeaseMs', options.finishedLeaseMs, 3_600_000, 0);
   let claimsCollection: Collection<ClaimDoc> | undefined;
   const claims = (): Collection<ClaimDoc> => {
     if (claimsCollection) return claimsCollection;
@@ -837,12 +846,15 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       });
     },
 
-    /** Every element of the key's chain but the sweeper's seal, oldest first. */
+    /**
+     * Every element of the key's chain but the sweeper's seal and tombstones (the leases of
+     * attempts that ended with a result, past `finishedLeaseMs`), oldest first.
+     */
     async history(key: string): Promise<HistoryEntry[]> {
       return guarded('history', async () => {
         const elements = (await readHistory(reader, key)) ?? [];
         return elements
-          .filter((doc) => doc.s !== State.Sealed)
+          .filter((doc) => doc.s !== State.Sealed && !isTombstone(doc))
           .map((doc) => ({
             record: decodeRecord(doc),
             ...(doc.s === State.InProgress && doc.sa !== undefined ? { startedAt: doc.sa } : {}),
@@ -987,6 +999,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         sealTimeoutMs,
         graceMs: expiredGraceMs,
         inProgressTtlMs,
+        finishedLeaseMs,
       });
       sweeping = run.catch(() => undefined);
       // Lapsed payload-guard claims go too (a server without TTL indexes keeps them otherwise).

@@ -10,8 +10,8 @@
  * (see `append` in store.ts). A blob is deleted only after the last element that names it.
  */
 import type { BlobPointer, BlobStore } from '@exactly-once/core';
-import type { Document, Filter, WriteConcernSettings } from 'mongodb';
-import { type Chain, type ChainReader, chainOf, hasSuccessor, readChain } from './chain.js';
+import type { Document, Filter, WithoutId, WriteConcernSettings } from 'mongodb';
+import { type Chain, type ChainReader, chainOf, isTerminal, readChain, successorOf } from './chain.js';
 import type { StoreClock } from './clock.js';
 import { elementId, type HeadDoc, isExpired, type RecordDoc, State } from './codec.js';
 import { guarded, isDuplicateKey } from './driver.js';
@@ -38,6 +38,8 @@ export interface SweepContext extends DismantleContext {
   readonly graceMs: number;
   /** How long past its lease end (a released one: its attempt's start) a lease is dropped. */
   readonly inProgressTtlMs: number;
+  /** How long after its attempt began a lease followed by a result is cut to a tombstone. */
+  readonly finishedLeaseMs: number;
 }
 
 const pointerOf = (doc: Pick<RecordDoc, 'b'>): BlobPointer | undefined =>
@@ -106,7 +108,7 @@ export async function dismantle(
 }
 
 export async function sweepExpired(context: SweepContext): Promise<SweepResult> {
-  const { sealTimeoutMs, graceMs, inProgressTtlMs } = context;
+  const { sealTimeoutMs, graceMs, inProgressTtlMs, finishedLeaseMs } = context;
   // Elements carrying `e`: COMPLETED, FAILED (tombstones too), SEALED.
   const expired = await sweepEach(
     context,
@@ -114,12 +116,13 @@ export async function sweepExpired(context: SweepContext): Promise<SweepResult> 
     { _id: 1, k: 1, c: 1, i: 1, s: 1, b: 1 },
     (doc, now) => sweepOne(context, doc, now, sealTimeoutMs),
   );
-  // Leases whose attempt began more than `inProgressTtlMs` ago (index `eo_in_progress`).
+  // Leases whose attempt began more than `finishedLeaseMs` or `inProgressTtlMs` ago, whichever is
+  // shorter (index `eo_in_progress`).
   const leases = await sweepEach(
     context,
-    (now) => ({ s: State.InProgress, sa: { $lte: now - inProgressTtlMs } }),
-    { _id: 1, k: 1, c: 1, i: 1 },
-    (doc, now) => sweepLease(context, doc, now - inProgressTtlMs),
+    (now) => ({ s: State.InProgress, sa: { $lte: now - Math.min(finishedLeaseMs, inProgressTtlMs) } }),
+    { _id: 1, k: 1, c: 1, i: 1, sa: 1 },
+    (doc, now) => sweepLease(context, doc, now),
   );
   return {
     deleted: expired.deleted + leases.deleted,
@@ -171,22 +174,36 @@ async function sweepEach(
 }
 
 /**
- * One lease whose attempt began before `cutoff`: a finished attempt's (it has a successor: its
- * `sa` goes, so no later sweep and no stuck-work query reads it again), a stray (its chain
- * deleted: it goes), or the last of its chain with its lease ended (or, released, its attempt
- * begun) before `cutoff`: abandoned, so the chain is sealed and deleted like an expired one, and a
- * run that died on a key that never comes again does not keep its record for ever.
+ * One lease whose attempt began more than `finishedLeaseMs` (or `inProgressTtlMs`) before `now`: a
+ * finished attempt's (it has a successor: a result's lease becomes a tombstone, another lease's
+ * loses its `sa`, so no later sweep and no stuck-work query reads it again), a stray (its chain
+ * deleted: it goes), or the last of its chain, abandoned when its lease ended (or, released, its
+ * attempt began) more than `inProgressTtlMs` ago: then the chain is sealed and deleted like an
+ * expired one, and a run that died on a key that never comes again does not keep its record for
+ * ever.
  */
-async function sweepLease(context: SweepContext, doc: RecordDoc, cutoff: number): Promise<Swept> {
-  const { collection, write, sealTimeoutMs } = context;
+async function sweepLease(context: SweepContext, doc: RecordDoc, now: number): Promise<Swept> {
+  const { collection, write, sealTimeoutMs, inProgressTtlMs } = context;
+  const cutoff = now - inProgressTtlMs;
   const chainId = doc.c ?? chainOf(doc as unknown as HeadDoc); // a previous-layout record: derived
   const position = doc.i ?? 0;
-  const finished = async (): Promise<Swept> => {
-    await collection.updateOne({ _id: doc._id }, { $unset: { sa: '' } }, write);
+  const finished = async (successor: Pick<RecordDoc, 's'>): Promise<Swept> => {
+    // Only an element (not a previous-layout head) followed by a result: a lease's successor may
+    // still be copying its steps (`catchUp` in store.ts).
+    if (doc.c !== undefined && isTerminal(successor as RecordDoc)) {
+      // The _id alone (see isTombstone): a replacement keeps only that. Filtered by _id alone
+      // (an element's state never changes; a filter on more fields scans on some servers).
+      const tombstone = {} as WithoutId<RecordDoc>;
+      await collection.replaceOne({ _id: doc._id }, tombstone, write);
+    } else {
+      await collection.updateOne({ _id: doc._id }, { $unset: { sa: '' } }, write);
+    }
     return { deleted: 0, blobsDeleted: 0, kept: false };
   };
   // Most leases found are finished attempts': one read by _id tells, without the chain's walk.
-  if (await hasSuccessor(context, chainId, position)) return finished();
+  const successor = await successorOf(context, chainId, position);
+  if (successor !== null) return finished(successor);
+  if ((doc.sa ?? 0) > cutoff) return KEPT; // unfinished, and not yet old enough to be abandoned
   const chain = await readChain(context, doc.k ?? doc._id); // a previous-layout record is its own head
   if (chain === 'gone') return KEPT;
   if (chain === undefined || chain.chain !== chainId) {
@@ -194,7 +211,11 @@ async function sweepLease(context: SweepContext, doc: RecordDoc, cutoff: number)
     const removed = (await collection.deleteOne({ _id: doc._id, s: State.InProgress }, write)).deletedCount;
     return { deleted: removed, blobsDeleted: 0, kept: false };
   }
-  if (chain.position > position) return finished(); // its successor came after the first read
+  if (chain.position > position) {
+    // Its successor came after the first read.
+    const late = await successorOf(context, chainId, position);
+    return late === null ? KEPT : finished(late);
+  }
   const last = chain.last;
   // Read again with the chain: a holder still extending its lease keeps it.
   if (last?.s !== State.InProgress || Math.max(last.l ?? 0, last.sa ?? 0) > cutoff) return KEPT;

@@ -510,6 +510,79 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       await swept.close();
     });
 
+    it('cuts the lease of an attempt that ended with a result to its _id after finishedLeaseMs; the record reads as before', async () => {
+      // Before: a finished attempt's lease (~260 of a record's ~600 bytes of BSON) stayed whole
+      // until the record expired.
+      const swept = createMongoStore({
+        db: test.db,
+        collectionName: 'tombstone_records',
+        finishedLeaseMs: 200,
+        expiredGraceMs: 0,
+      });
+      const chainOfKey = async (key: string) => {
+        const head = (await swept.collection.findOne({ _id: key })) as unknown as HeadDoc;
+        return head.c;
+      };
+      const elementOf = async (key: string, position: number) =>
+        swept.collection.findOne({ _id: elementId(await chainOfKey(key), position) });
+      const paid = await acquired(swept, 'paid');
+      expect(await swept.saveStep('paid', paid.fence, 'charge', Uint8Array.of(1))).toBe('ok');
+      const result = { kind: 'inline', data: Uint8Array.of(4, 2) } as const;
+      expect(
+        await swept.complete({ key: 'paid', fence: paid.fence, outgoing: [], retentionMs: 600_000, result }),
+      ).toBe('ok');
+      const refused = await acquired(swept, 'refused');
+      const error = { name: 'E', code: 'E', message: 'm' };
+      expect(await swept.fail('refused', refused.fence, error, 600_000)).toBe('ok');
+      await acquired(swept, 'taken', 50); // its worker died: the next copy takes it over
+      await sleep(100);
+      expect((await begin(swept, 'taken', 'taker', 600_000)).status).toBe('acquired');
+      await acquired(swept, 'live', 600_000);
+      await sleep(300);
+
+      expect(await swept.sweepExpired()).toEqual({ deleted: 0, blobsDeleted: 0, abandoned: 0 });
+      for (const key of ['paid', 'refused']) {
+        expect(await elementOf(key, 1)).toEqual({ _id: elementId(await chainOfKey(key), 1) });
+      }
+      // A lease followed by another lease stays whole (its successor copied its steps from it);
+      // only its `sa` goes. The live lease is untouched.
+      expect(await elementOf('taken', 1)).toMatchObject({ s: State.InProgress, o: 'w' });
+      expect((await elementOf('taken', 1))?.sa).toBeUndefined();
+      expect(await elementOf('live', 1)).toMatchObject({ s: State.InProgress, sa: expect.any(Number) });
+
+      expect(await swept.get('paid')).toMatchObject({ state: 'COMPLETED', fence: paid.fence, result });
+      expect(await begin(swept, 'paid')).toMatchObject({ status: 'duplicate' });
+      expect((await swept.getMany(['paid', 'refused'])).map((r) => r?.state)).toEqual([
+        'COMPLETED',
+        'FAILED',
+      ]);
+      expect(await begin(swept, 'refused')).toMatchObject({ status: 'failed' });
+      expect((await swept.history('paid')).map((h) => h.record.state)).toEqual(['COMPLETED']);
+      // The tombstone still holds its place: a stalled worker's late insert there is refused.
+      await expect(
+        swept.collection.insertOne({ _id: elementId(await chainOfKey('paid'), 1) } as unknown as RecordDoc),
+      ).rejects.toMatchObject({ code: 11000 });
+      expect(await swept.sweepExpired()).toEqual({ deleted: 0, blobsDeleted: 0, abandoned: 0 });
+      await swept.close();
+    });
+
+    it("a chain whose last element is a tombstone is being swept: it is never read as the key's state", async () => {
+      const key = 'tomb:last';
+      const lease = await acquired(store, key);
+      expect(await store.complete({ key, fence: lease.fence, outgoing: [], retentionMs: 600_000 })).toBe(
+        'ok',
+      );
+      const head = (await raw.findOne({ _id: key })) as unknown as HeadDoc;
+      // What a walker that read the head before the sweeper deleted it can meet: element 2 gone
+      // first, element 1 already a tombstone.
+      await raw.deleteOne({ _id: elementId(head.c, 2) });
+      await raw.replaceOne({ _id: elementId(head.c, 1) }, {} as RecordDoc);
+      expect(await readChain({ collection: raw, heads: raw as unknown as Collection<HeadDoc> }, key)).toBe(
+        'gone',
+      );
+      await raw.deleteMany({ _id: { $in: [key, elementId(head.c, 1)] } });
+    });
+
     it('a takeover racing the sweep of its abandoned lease: the taker keeps the key, or the key is gone and runs anew', async () => {
       const swept = createMongoStore({ db: test.db, collectionName: 'abandoned_race', inProgressTtlMs: 100 });
       const keys = Array.from({ length: 20 }, (_, i) => `abandoned-${i}`);
