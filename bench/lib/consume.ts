@@ -61,7 +61,12 @@ export interface Source {
    * A plain client consumer: decode, `handle`, ack/commit. `onError` counts failed handles.
    * `client`: Kafka's client (RabbitMQ has one).
    */
-  startRaw(meter: Meter, handle: Handle, onError: () => void, client: KafkaClient): Promise<Running>;
+  startRaw(
+    meter: Meter,
+    handle: Handle,
+    onError: (error: unknown) => void,
+    client: KafkaClient,
+  ): Promise<Running>;
   /** The SDK's consumer on `store`, with the same handler; counts pipeline outcomes. */
   startSdk(
     meter: Meter,
@@ -202,6 +207,9 @@ export async function retried<T>(what: string, progress: Progress, run: () => Pr
   }
 }
 
+/** Handler failures per message after which a raw or Powertools run gives up (see runOne). */
+const HANDLER_ERRORS_LIMIT = 5;
+
 export async function runConsume(
   driver: Driver,
   options: ConsumeOptions,
@@ -292,7 +300,20 @@ export async function runOne(
       running = await source.startSdk(meter, store.store, outcomes, client);
     } else {
       const handle: Handle = pt ? (payload, key) => pt.handle({ key, payload }) : handler;
-      running = await source.startRaw(meter, handle, () => errors++, client);
+      // The raw loops fetch a failed record again, as a real consumer retries it: a handler that
+      // fails for good (a Powertools validation error on every redelivery) loops until the
+      // round's timeout. Far more failures than records ends the round with that error instead.
+      const onError = (error: unknown) => {
+        if (++errors === HANDLER_ERRORS_LIMIT * messages) {
+          const last = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+          meter.fail(
+            new Error(
+              `${driver.broker} ${variant}: ${errors} handler failures (the last: ${last}), ${meter.settled} settled`,
+            ),
+          );
+        }
+      };
+      running = await source.startRaw(meter, handle, onError, client);
     }
     await within(meter.finished, options.timeoutMs, `${driver.broker} ${variant} consuming ${messages}`);
     const cpuAfter = snapshot(cpuGroups);

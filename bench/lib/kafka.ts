@@ -131,7 +131,12 @@ class KafkaSource implements Source {
     private readonly partitions: number,
   ) {}
 
-  async startRaw(meter: Meter, handle: Handle, onError: () => void, client: KafkaClient): Promise<Running> {
+  async startRaw(
+    meter: Meter,
+    handle: Handle,
+    onError: (error: unknown) => void,
+    client: KafkaClient,
+  ): Promise<Running> {
     if (client === 'confluent') return this.startRawConfluent(meter, handle, onError);
     const groupId = uniqueName('eo-bench-raw');
     this.groups.push(groupId);
@@ -159,7 +164,11 @@ class KafkaSource implements Source {
    * consumer options there, and explicit offsets are committed through the consumer (the
    * payload's commit takes no offsets).
    */
-  private async startRawConfluent(meter: Meter, handle: Handle, onError: () => void): Promise<Running> {
+  private async startRawConfluent(
+    meter: Meter,
+    handle: Handle,
+    onError: (error: unknown) => void,
+  ): Promise<Running> {
     const groupId = uniqueName('eo-bench-raw');
     this.groups.push(groupId);
     const consumer = this.confluent().consumer({
@@ -226,7 +235,7 @@ async function rawBatch(
   payload: Pick<EachBatchPayload, 'batch' | 'resolveOffset' | 'isRunning' | 'isStale'>,
   meter: Meter,
   handle: Handle,
-  onError: () => void,
+  onError: (error: unknown) => void,
   commitNext: (offset: string) => Promise<void>,
 ): Promise<void> {
   const { batch, resolveOffset, isRunning, isStale } = payload;
@@ -240,8 +249,8 @@ async function rawBatch(
     const key = String(m.headers?.['x-idempotency-key']);
     try {
       await handle(order, key);
-    } catch {
-      onError();
+    } catch (error) {
+      onError(error);
       break; // the record is fetched again, as a real consumer would retry it
     }
     resolveOffset(m.offset);

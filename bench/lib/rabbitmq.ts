@@ -123,7 +123,7 @@ class RabbitSource implements Source {
     private readonly prefetch: number,
   ) {}
 
-  async startRaw(meter: Meter, handle: Handle, onError: () => void): Promise<Running> {
+  async startRaw(meter: Meter, handle: Handle, onError: (error: unknown) => void): Promise<Running> {
     const connection = await connect();
     const channel = await connection.createChannel();
     channel.on('error', () => {});
@@ -138,8 +138,8 @@ class RabbitSource implements Source {
           channel.ack(msg);
           meter.settle(startedAt);
         },
-        () => {
-          onError();
+        (error: unknown) => {
+          onError(error);
           channel.nack(msg, false, true); // back to the queue, as a real consumer would
         },
       );

@@ -56,12 +56,20 @@ export class Meter {
   /** Called once, when the first message arrives: starts what must cover exactly the window. */
   onFirst: (() => void) | undefined;
   private done!: () => void;
+  private failed!: (error: Error) => void;
+  /** Resolves when every expected message settled; rejects on {@link fail}. */
   readonly finished: Promise<void>;
   constructor(readonly expected: number) {
     this.durations = new Durations(expected);
-    this.finished = new Promise<void>((resolve) => {
+    this.finished = new Promise<void>((resolve, reject) => {
       this.done = resolve;
+      this.failed = reject;
     });
+    this.finished.catch(() => {}); // whoever awaits it sees the error; nobody else must
+  }
+  /** Ends the run with `error` (a consumer that cannot make progress), instead of its timeout. */
+  fail(error: Error): void {
+    this.failed(error);
   }
   /** Call when a message arrives; returns its start time. */
   start(): number {
