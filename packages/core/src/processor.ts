@@ -405,12 +405,8 @@ async function processDelivery<T, R>(
     // Logged as decided: the adapter's publish of the letter comes next (and is logged apart when
     // the broker refuses it; the message then comes back and is decided again). An executor's
     // call is not dead-lettered: its caller gets the error.
-    const requestId = readableRequestId(delivery);
     o.logger.warn(isRequest(delivery) ? 'refusing request' : 'dead-lettering message', {
-      consumer: o.consumer,
-      destination: delivery.destination,
-      // As sent (x-request-id), like the takeover's line: what the letter and its trace are found by.
-      ...(requestId === undefined ? {} : { requestId }),
+      ...loggedAs(o.consumer, delivery),
       outcome: disposition.outcome,
       attempts,
       error: { ...error, message: scrub(error.message) },
@@ -421,13 +417,8 @@ async function processDelivery<T, R>(
     // over may be a later copy in this very process), or the store lost the record (a Redis
     // restarted without persistence): nothing of this run is recorded, and an effect it made
     // outside a step or a keyed call may happen twice.
-    const requestId = readableRequestId(delivery);
     o.logger.warn('lease lost: the key was taken over or its record is gone; this run is not recorded', {
-      consumer: o.consumer,
-      destination: delivery.destination,
-      // What an operator ties the run to its effects by (the key only with recordKeys: see the
-      // error's message).
-      ...(requestId === undefined ? {} : { requestId }),
+      ...loggedAs(o.consumer, delivery),
       error: disposition.error,
     });
   }
@@ -439,6 +430,20 @@ async function processDelivery<T, R>(
 }
 
 /** A failure of the message, or of the store under it (deferred: an outage is still an error). */
+/**
+ * What a warning about a delivery names it by: its consumer, destination and request id as sent
+ * (x-request-id), like the takeover's line: what its letter, trace and effects are found by (the
+ * key only with recordKeys).
+ */
+function loggedAs(consumer: string, delivery: Delivery): Record<string, string> {
+  const requestId = readableRequestId(delivery);
+  return {
+    consumer,
+    destination: delivery.destination,
+    ...(requestId === undefined ? {} : { requestId }),
+  };
+}
+
 function spanError(d: Disposition): ErrorInfo | undefined {
   if (d.action === 'dead-letter') return d.reason.error;
   if (d.action === 'retry') return d.error;

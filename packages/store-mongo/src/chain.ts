@@ -53,6 +53,14 @@ function legacyElementOf(head: AnyHead): RecordDoc | undefined {
 }
 
 /**
+ * A walk's answer once `last` (at `position`) has no successor. A tombstone is never the last
+ * element of a live chain: found last, the chain is being swept (`'gone'`: read again).
+ */
+function ending(key: string, chain: string, position: number, last: RecordDoc): Chain | 'gone' {
+  return isTombstone(last) ? 'gone' : { key, chain, position, last };
+}
+
+/**
  * The key's chain, or `undefined` when the key has no head, or when the chain went away while it
  * was being read (deleted by the sweeper: read again).
  */
@@ -78,12 +86,9 @@ export async function readChain(reader: ChainReader, key: string): Promise<Chain
     // A missing first element: its head's writer is between its two inserts (or died there).
     return next === null ? { key, chain, position: 0, last: undefined } : 'gone';
   }
-  // A tombstone is never the last element of a live chain: found last, the chain is being swept.
-  const ending = (at: number, last: RecordDoc): Chain | 'gone' =>
-    isTombstone(last) ? 'gone' : { key, chain, position: at, last };
   for (;;) {
-    if (next === null) return ending(position, current);
-    if (after === null) return ending(position + 1, next);
+    if (next === null) return ending(key, chain, position, current);
+    if (after === null) return ending(key, chain, position + 1, next);
     position += 2;
     current = after;
     [next, after] = await Promise.all([fetch(position + 1), fetch(position + 2)]);
@@ -122,9 +127,6 @@ export async function readChains(
       restarted: false,
     };
   });
-  // As in readChain: a tombstone found last means the chain is being swept.
-  const ending = (w: Walk, position: number, last: RecordDoc): Chain | 'gone' =>
-    isTombstone(last) ? 'gone' : { key: w.key, chain: w.chain, position, last };
   while (walks.length > 0) {
     const ids = walks.flatMap((w) => [0, 1, 2].map((d) => elementId(w.chain, w.position + d)));
     const found = new Map<string, RecordDoc>();
@@ -145,9 +147,9 @@ export async function readChains(
           next === null ? { key: w.key, chain: w.chain, position: 0, last: undefined } : 'gone',
         );
       } else if (next === null) {
-        answers.set(w.key, ending(w, w.position, current));
+        answers.set(w.key, ending(w.key, w.chain, w.position, current));
       } else if (after === null) {
-        answers.set(w.key, ending(w, w.position + 1, next));
+        answers.set(w.key, ending(w.key, w.chain, w.position + 1, next));
       } else {
         w.position += 2;
         return true;
