@@ -70,17 +70,18 @@ export class ResultSourceFailure extends Error {
 }
 
 /**
- * Stores the handler's result: inline, or durable in the blob store first. `signal` (read only
- * when a blob is written) aborts at `maxRunMs`: an upload still going then is given up, so a
- * stalled source or blob store cannot hold the message for ever.
+ * Stores the handler's result: inline, or durable in the blob store first (then a promise).
+ * `signal` (read only when a blob is written) aborts at `maxRunMs`: an upload still going then is
+ * given up, so a stalled source or blob store cannot hold the message for ever. Throws
+ * {@link ResultSourceFailure} (or rejects with it, for a stream).
  */
-export async function storeResult<T, R>(
+export function storeResult<T, R>(
   o: ResolvedProcessorOptions<T, R>,
   ctx: Context,
   owner: string,
   result: R | undefined,
   signal: () => AbortSignal,
-): Promise<StoredResult | undefined> {
+): StoredResult | undefined | Promise<StoredResult> {
   const stream = streamOf(result);
   if (stream !== undefined) return storeResultStream(o, ctx, owner, stream, signal());
   let bytes: Uint8Array | undefined;
@@ -91,8 +92,18 @@ export async function storeResult<T, R>(
     throw new ResultSourceFailure(error);
   }
   if (!bytes) return undefined;
+  // Inline (most results): answered at once, not through a promise.
   if (!o.blobs || bytes.byteLength <= o.inlineResultBytes) return { kind: 'inline', data: bytes };
-  const blobs = o.blobs;
+  return storeResultBlob(o.blobs, ctx, owner, bytes, signal);
+}
+
+async function storeResultBlob(
+  blobs: BlobStore,
+  ctx: Context,
+  owner: string,
+  bytes: Uint8Array,
+  signal: () => AbortSignal,
+): Promise<StoredResult> {
   // The blob is durable before any record points at it.
   const pointer = await inSpan(
     'exactly-once blob put',

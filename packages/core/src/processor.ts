@@ -88,7 +88,13 @@ import type { Delivery, Disposition, Outcome } from './spi.js';
 import { coalescing } from './store/coalesce.js';
 import { withDeadline } from './store/deadline.js';
 import { type StoreHealth, withHealth } from './store/health.js';
-import { type BeginRequest, type BeginResult, RecordState, type StoredResult } from './store/types.js';
+import {
+  type BeginRequest,
+  type BeginResult,
+  type CompleteRequest,
+  RecordState,
+  type StoredResult,
+} from './store/types.js';
 import {
   inSpan,
   instrumentsFor,
@@ -521,26 +527,33 @@ async function run<T, R>(
   // kept while earlier deliveries were retried is dated from its begin or last extension, never
   // from when it was kept or reused (that let a handler start under a lease already passed).
   let leaseSince = performance.now();
-  const beginOnce = async (): Promise<BeginResult> => {
-    const reused =
-      shared.held.size > 0 ? await reuseHeld(o, shared, storeKey, prepared.fingerprint) : undefined;
-    if (reused !== undefined) {
-      leaseSince = reused.since;
-      return reused.begun;
-    }
+  const beginAnew = (): Promise<BeginResult> => {
     leaseSince = performance.now();
-    return inSpan('exactly-once begin', runCtx, {}, () =>
-      o.store.begin({
-        key: storeKey,
-        fingerprint: prepared.fingerprint,
-        owner: o.ownerId,
-        leaseMs: o.leaseMs,
-        // The deadline (store/deadline.ts) abandons it then: a store that can refuses it later.
-        abandonAfterMs: o.storeTimeoutMs,
-        ...(spanRef(span) ? { traceId: spanRef(span) as string } : {}),
-      }),
-    );
+    const request: Writable<BeginRequest> = {
+      key: storeKey,
+      fingerprint: prepared.fingerprint,
+      owner: o.ownerId,
+      leaseMs: o.leaseMs,
+      // The deadline (store/deadline.ts) abandons it then: a store that can refuses it later.
+      abandonAfterMs: o.storeTimeoutMs,
+    };
+    // Absent rather than undefined, as stores have always seen it (and set, not spread: cheaper).
+    const traceId = spanRef(span);
+    if (traceId !== undefined) request.traceId = traceId;
+    // Untraced (most runs): no span to make, nor a closure for one.
+    return span.isRecording()
+      ? inSpan('exactly-once begin', runCtx, {}, () => o.store.begin(request))
+      : o.store.begin(request);
   };
+  // A lease kept for this key by an earlier call of its group (see reuseHeld) is used again.
+  const beginOnce = (): Promise<BeginResult> =>
+    shared.held.size > 0
+      ? reuseHeld(o, shared, storeKey, prepared.fingerprint).then((reused) => {
+          if (reused === undefined) return beginAnew();
+          leaseSince = reused.since;
+          return reused.begun;
+        })
+      : beginAnew();
   const closed = shared.gate.whenOpen();
   if (closed !== undefined) {
     // A takeover runs alone: no begin until it ends (see alone.ts), unless the group is given up.
@@ -830,7 +843,8 @@ async function runAcquired<T, R>(
   // The heartbeat goes on while a large result uploads: a slow upload must not lose the lease.
   let stored: StoredResult | undefined;
   try {
-    stored = await storeResult(o, runCtx, storeKey, ran.value, () => keeper.signal);
+    const storing = storeResult(o, runCtx, storeKey, ran.value, () => keeper.signal);
+    stored = storing instanceof Promise ? await storing : storing;
   } catch (error) {
     await keeper.stop();
     // The upload was given up because a newer fence took the key over: nothing to record.
@@ -863,19 +877,23 @@ async function runAcquired<T, R>(
   // handler again (a Cluster slot in migration refuses a call for milliseconds, a busy server
   // for seconds, an outage for longer than a lease).
   let tries = 0;
+  const request: Writable<CompleteRequest> = {
+    key: storeKey,
+    fence,
+    outgoing: state.outgoing,
+    retentionMs: o.retentionMs,
+  };
+  if (stored !== undefined) request.result = stored;
+  const traceId = spanRef(span);
+  if (traceId !== undefined) request.traceId = traceId;
   const complete = () => {
     tries++;
-    return o.store.complete({
-      key: storeKey,
-      fence,
-      ...(stored ? { result: stored } : {}),
-      outgoing: state.outgoing,
-      retentionMs: o.retentionMs,
-      ...(spanRef(span) ? { traceId: spanRef(span) as string } : {}),
-    });
+    return o.store.complete(request);
   };
   try {
-    completed = await inSpan('exactly-once complete', runCtx, {}, () => keeper.writeUntilAnswered(complete));
+    completed = await (span.isRecording()
+      ? inSpan('exactly-once complete', runCtx, {}, () => keeper.writeUntilAnswered(complete))
+      : keeper.writeUntilAnswered(complete));
   } catch (error) {
     if (!isRetryable(error)) {
       // The store refused the record itself (e.g. too large): the same write would fail again.
@@ -909,6 +927,9 @@ async function runAcquired<T, R>(
 }
 
 const noTurn = async () => {};
+
+/** A request built field by field (its optional fields only when set). */
+type Writable<T> = { -readonly [K in keyof T]: T[K] };
 
 /** Delivery attributes without the ones that carry keys (message id, Kafka message key). */
 function withoutKeys(attributes: Delivery['attributes']): Delivery['attributes'] {

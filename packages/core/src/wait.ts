@@ -121,18 +121,39 @@ export function doublingBackoff(initialMs: number, maxMs: number): (n: number) =
  * last failure. Any other error is thrown at once. `until.signal` is asked for only after a failed
  * try, so a write that lands at once makes none.
  */
-export async function retryStoreWrite<T>(
+export function retryStoreWrite<T>(
   write: () => Promise<T>,
   until: { readonly signal?: () => AbortSignal; readonly deadline?: number },
 ): Promise<T> {
+  // The first try outside the loop's async frame: every message's completion comes through here,
+  // and the frame cost more than a microsecond a message when the write landed at once.
+  return tryWrite(write).then(undefined, (error: unknown) => retryAfter(write, until, error));
+}
+
+/** `write()`, with a synchronous throw as a rejection (as an `await` inside a `try` would have it). */
+function tryWrite<T>(write: () => Promise<T>): Promise<T> {
+  try {
+    return write();
+  } catch (error) {
+    return Promise.reject(error);
+  }
+}
+
+/** The tries of {@link retryStoreWrite} after the first one failed with `error`. */
+async function retryAfter<T>(
+  write: () => Promise<T>,
+  until: { readonly signal?: () => AbortSignal; readonly deadline?: number },
+  error: unknown,
+): Promise<T> {
   for (let failures = 1; ; failures++) {
+    if (!(error instanceof StoreUnavailableError)) throw error;
+    const ms = storeWriteBackoff(failures);
+    if (until.deadline !== undefined && performance.now() + ms >= until.deadline) throw error;
+    if (!(await pause(ms, until.signal?.()))) throw error;
     try {
       return await write();
-    } catch (error) {
-      if (!(error instanceof StoreUnavailableError)) throw error;
-      const ms = storeWriteBackoff(failures);
-      if (until.deadline !== undefined && performance.now() + ms >= until.deadline) throw error;
-      if (!(await pause(ms, until.signal?.()))) throw error;
+    } catch (next) {
+      error = next;
     }
   }
 }

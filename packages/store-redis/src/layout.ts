@@ -190,7 +190,14 @@ export function blobIndexKey(prefix: string, tag: number): Buffer {
 }
 
 export function recordKey(prefix: string, tag: number, id: Buffer): Buffer {
-  return Buffer.concat([Buffer.from(`${tagPrefix(prefix, tag)}:`), id]);
+  // Written in place: every new key's begin makes one, and concatenating two buffers cost a tenth
+  // of keysFor.
+  const head = `${tagPrefix(prefix, tag)}:`;
+  const at = Buffer.byteLength(head);
+  const out = Buffer.allocUnsafe(at + id.length);
+  out.write(head, 0, 'utf8');
+  id.copy(out, at);
+  return out;
 }
 
 // A key is begun and then completed moments later: remember the last few thousand layouts of each
