@@ -95,6 +95,11 @@ const program = new Command('bench')
   )
   .option('--rounds <n>', 'interleaved rounds of consume and latency runs (default 5; quick 1)', int)
   .option(
+    '--warmup <n>',
+    'messages of the unreported first run of each consume variant (default 5000; quick 0)',
+    int,
+  )
+  .option(
     '--variants <list>',
     `consume/latency variants (${CONSUME_VARIANTS.join(',')})`,
     list(CONSUME_VARIANTS),
@@ -169,6 +174,7 @@ const config = {
   messages: pick(o.messages, 50_000, 60),
   mongoMessages: pick(o.mongoMessages, 500, 20),
   rounds: pick(o.rounds, 5, 1),
+  warmup: pick(o.warmup, 5000, 0),
   variants: (o.variants as ConsumeVariant[] | undefined) ?? [...CONSUME_VARIANTS],
   partitions: pick(o.partitions, 4, 2),
   // The SDK consumer's own default (its exported constant), for the raw and Powertools variants too.
@@ -277,6 +283,7 @@ async function consume(driver: Driver): Promise<void> {
         rounds: config.rounds,
         messages: config.messages,
         mongoMessages: config.mongoMessages,
+        warmupMessages: config.warmup,
         variants: config.variants,
         timeoutMs: config.timeoutMs,
         ...(config.profile ? { profilePrefix: join(String(o.out), stamp) } : {}),
@@ -395,7 +402,9 @@ lines.push(
 );
 if (config.sections.includes('kafka') || config.sections.includes('rabbitmq')) {
   lines.push(
-    `${HEADERS.consume} (medians of ${config.rounds} interleaved rounds; ${config.partitions} Kafka partitions, ` +
+    `${HEADERS.consume} (medians of ${config.rounds} interleaved rounds` +
+      (config.warmup > 0 ? ` after a ${config.warmup}-message warm-up run of each variant` : '') +
+      `; ${config.partitions} Kafka partitions, ` +
       `RabbitMQ prefetch ${config.prefetch} (${config.prefetchSource}), ${config.queueType} queues) ==`,
     consumeTable(consumeSummary),
     '  x raw / x powertools: median of per-round ratios. p50/p99: per-message time from delivery to settle,',

@@ -122,6 +122,8 @@ export interface ConsumeOptions {
   rounds: number;
   messages: number;
   mongoMessages: number;
+  /** Messages of each variant's unreported first run (0: none; see runConsume). */
+  warmupMessages: number;
   variants: readonly ConsumeVariant[];
   timeoutMs: number;
   /**
@@ -219,6 +221,24 @@ export async function runConsume(
   const results: ConsumeRound[] = [];
   const variants =
     driver.broker === 'kafka' ? options.variants : options.variants.filter((v) => !isConfluent(v));
+  // One unreported run of each variant first. A variant's first run in a process paid for
+  // compiling its code paths (1.5-2x the CPU a message of its later runs), so round 1 was slow
+  // for every variant, and with 3 rounds that run weighed on the medians.
+  if (options.warmupMessages > 0) {
+    const warmup = {
+      ...options,
+      messages: options.warmupMessages,
+      mongoMessages: Math.min(options.mongoMessages, options.warmupMessages),
+    };
+    for (const variant of variants) {
+      progress.note(
+        `${driver.broker}: warm-up run of ${variant} (${warmup.messages} messages, not reported)`,
+      );
+      await retried(`${driver.broker} ${variant} warm-up`, progress, () =>
+        runOne(driver, variant, options.rounds + 1, warmup, kits, progress),
+      );
+    }
+  }
   for (let round = 0; round < options.rounds; round++) {
     for (const variant of rotate(variants, round)) {
       const result = await retried(`${driver.broker} ${variant}`, progress, () =>
