@@ -134,8 +134,8 @@ describe('capacity', () => {
     expect(e.cold).toEqual({
       count: 30_000_000,
       documents: 90_000_000,
-      bytesPerRecord: 373,
-      bytes: 30_000_000 * 373,
+      bytesPerRecord: 346,
+      bytes: 30_000_000 * 346,
     });
     expect(e.redisOnlyBytes).toBe(30_000_000 * 241);
     expect(e.warnings).toEqual([]);

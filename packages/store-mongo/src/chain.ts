@@ -7,7 +7,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import type { Collection } from 'mongodb';
-import { elementId, type HeadDoc, isTombstone, type RecordDoc, State } from './codec.js';
+import { elementId, elementPlace, type HeadDoc, isTombstone, type RecordDoc, State } from './codec.js';
 
 /** A fresh chain id (72 random bits). */
 export function newChainId(): string {
@@ -49,7 +49,16 @@ export function chainOf(head: AnyHead): string {
 /** A previous-layout head read as element 0 of its derived chain; undefined for a head of chains. */
 function legacyElementOf(head: AnyHead): RecordDoc | undefined {
   if (head.c !== undefined) return undefined;
-  return { ...(head as unknown as RecordDoc), k: head._id, c: chainOf(head), i: 0 } satisfies RecordDoc;
+  return { ...(head as unknown as RecordDoc), k: head._id } satisfies RecordDoc;
+}
+
+/**
+ * Chain and position of a document a query on records found (the sweeper's, listInProgress's): an
+ * element, read from its `_id`, or a previous-layout record (no `k`: its own head), which is
+ * element 0 of its derived chain.
+ */
+export function placeOfRecord(doc: RecordDoc): { readonly chain: string; readonly position: number } {
+  return doc.k === undefined ? { chain: legacyChainId(doc._id), position: 0 } : elementPlace(doc._id);
 }
 
 /**

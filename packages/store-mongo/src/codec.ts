@@ -69,17 +69,21 @@ export interface HeadDoc {
 }
 
 /**
- * One state of a key: element `i` of chain `c`, `_id` = {@link elementId}. Written once by an
- * insert that decides a race; afterwards only its own lease holder updates it (lease, steps), and
- * the sweeper and `markPublished` touch terminal ones.
+ * One state of a key: element `position` of chain `chain`, `_id` = {@link elementId} (which is
+ * where both are read from: {@link elementPlace}). Written once by an insert that decides a race;
+ * afterwards only its own lease holder updates it (lease, steps), and the sweeper and
+ * `markPublished` touch terminal ones.
  */
 export interface RecordDoc {
   _id: string;
   /** The store key (for the sweeper and operator queries). */
   k: string;
-  /** Chain id and position. */
-  c: string;
-  i: number;
+  /**
+   * Chain id and position, as written by earlier versions (27 bytes an element): never read, since
+   * the `_id` holds both; the documents still carrying them keep them until they are swept.
+   */
+  c?: string;
+  i?: number;
   s: State;
   /** Fingerprint (32 bytes when it is lower-case sha256 hex, see {@link packFingerprint}). */
   f: string | Binary;
@@ -124,6 +128,13 @@ export const isTombstone = (doc: RecordDoc): boolean => (doc as Partial<RecordDo
  */
 export function elementId(chain: string, position: number): string {
   return `\u0000${chain}:${position}`;
+}
+
+/** Chain id and position of the element whose `_id` is `id` (the inverse of {@link elementId}). */
+export function elementPlace(id: string): { readonly chain: string; readonly position: number } {
+  // Chain ids are base64url (see newChainId; a derived one is `L` and base64url): no `:`.
+  const colon = id.lastIndexOf(':');
+  return { chain: id.slice(1, colon), position: Number(id.slice(colon + 1)) };
 }
 
 const SHA256_HEX = /^[0-9a-f]{64}$/;

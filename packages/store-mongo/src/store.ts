@@ -33,10 +33,10 @@ import { collectingFailures, type Repeating, repeatEvery } from '@exactly-once/c
 import type { Collection, Db, Document, UpdateFilter, WriteConcernSettings } from 'mongodb';
 import {
   type Chain,
-  chainOf,
   hasSuccessor,
   headNames,
   newChainId,
+  placeOfRecord,
   readChain,
   readChains,
   readHistory,
@@ -46,6 +46,7 @@ import {
   decodeRecord,
   decodeSteps,
   elementId,
+  elementPlace,
   encodeError,
   encodeOutgoing,
   encodeResult,
@@ -318,8 +319,6 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     return {
       _id: elementId(place.chain, position),
       k: key,
-      c: place.chain,
-      i: position,
       s: State.Completed,
       f: place.fingerprint,
       n: fence,
@@ -365,7 +364,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       }
       if (!(await stillLive(key, place, [doc._id]))) return { result: 'lost' };
       held.delete(heldKey(key, fence));
-      return { result: 'ok', place: { ...place, position: doc.i } };
+      return { result: 'ok', place: { ...place, position: place.position + 1 } };
     });
 
   /**
@@ -412,8 +411,6 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
   ): RecordDoc => ({
     _id: elementId(chain, position),
     k: request.key,
-    c: chain,
-    i: position,
     s: State.InProgress,
     f: packFingerprint(request.fingerprint),
     n: fence,
@@ -424,7 +421,8 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     sa: now,
   });
   const acquired = (request: BeginRequest, doc: RecordDoc, kind: AcquireKind): BeginResult => {
-    remember(held, request.key, doc.n, placeFor(doc.c, doc.i, doc));
+    const { chain, position } = elementPlace(doc._id);
+    remember(held, request.key, doc.n, placeFor(chain, position, doc));
     return {
       status: 'acquired',
       kind,
@@ -452,7 +450,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       return false;
     }
     // Readers start at the hint; a lost or stale hint only costs them a longer walk.
-    await heads.updateOne({ _id: chain.key }, { $set: { h: doc.i } }, write);
+    await heads.updateOne({ _id: chain.key }, { $set: { h: elementPlace(doc._id).position } }, write);
     return true;
   };
 
@@ -823,9 +821,9 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         for await (const doc of cursor) {
           const key = doc.k ?? doc._id; // a previous-layout record is its own head
           if (!key.startsWith(prefix)) continue;
-          const chain = doc.c ?? chainOf(doc as unknown as HeadDoc);
-          if (await hasSuccessor(reader, chain, doc.i ?? 0)) continue;
-          if (doc.c !== undefined && !(await headNames(reader, key, doc.c))) {
+          const { chain, position } = placeOfRecord(doc);
+          if (await hasSuccessor(reader, chain, position)) continue;
+          if (doc.k !== undefined && !(await headNames(reader, key, chain))) {
             // A stray: a lease inserted into a chain deleted meanwhile, whose writer died before
             // taking it back. Nothing reads it as the key's state, and it has no expiry for the
             // sweeper to find: it goes here.
@@ -906,8 +904,6 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
           const tombstone: RecordDoc = {
             _id: elementId(chain.chain, position),
             k: key,
-            c: chain.chain,
-            i: position,
             s: State.Failed,
             f: last.f,
             n: last.n,

@@ -11,7 +11,15 @@
  */
 import type { BlobPointer, BlobStore } from '@exactly-once/core';
 import type { Document, Filter, WithoutId, WriteConcernSettings } from 'mongodb';
-import { type Chain, type ChainReader, chainOf, isTerminal, readChain, successorOf } from './chain.js';
+import {
+  type Chain,
+  type ChainReader,
+  chainOf,
+  isTerminal,
+  placeOfRecord,
+  readChain,
+  successorOf,
+} from './chain.js';
 import type { StoreClock } from './clock.js';
 import { elementId, type HeadDoc, isExpired, type RecordDoc, State } from './codec.js';
 import { guarded, isDuplicateKey } from './driver.js';
@@ -65,8 +73,6 @@ export async function dismantle(
       {
         _id: elementId(chain.chain, seal),
         k: chain.key,
-        c: chain.chain,
-        i: seal,
         s: State.Sealed,
         d: now,
         e: new Date(now),
@@ -113,7 +119,7 @@ export async function sweepExpired(context: SweepContext): Promise<SweepResult> 
   const expired = await sweepEach(
     context,
     (now) => ({ e: { $lte: new Date(now - graceMs) } }),
-    { _id: 1, k: 1, c: 1, i: 1, s: 1, b: 1 },
+    { _id: 1, k: 1, s: 1, b: 1 },
     (doc, now) => sweepOne(context, doc, now, sealTimeoutMs),
   );
   // Leases whose attempt began more than `finishedLeaseMs` or `inProgressTtlMs` ago, whichever is
@@ -121,7 +127,7 @@ export async function sweepExpired(context: SweepContext): Promise<SweepResult> 
   const leases = await sweepEach(
     context,
     (now) => ({ s: State.InProgress, sa: { $lte: now - Math.min(finishedLeaseMs, inProgressTtlMs) } }),
-    { _id: 1, k: 1, c: 1, i: 1, sa: 1 },
+    { _id: 1, k: 1, sa: 1 },
     (doc, now) => sweepLease(context, doc, now),
   );
   return {
@@ -185,12 +191,11 @@ async function sweepEach(
 async function sweepLease(context: SweepContext, doc: RecordDoc, now: number): Promise<Swept> {
   const { collection, write, sealTimeoutMs, inProgressTtlMs } = context;
   const cutoff = now - inProgressTtlMs;
-  const chainId = doc.c ?? chainOf(doc as unknown as HeadDoc); // a previous-layout record: derived
-  const position = doc.i ?? 0;
+  const { chain: chainId, position } = placeOfRecord(doc);
   const finished = async (successor: Pick<RecordDoc, 's'>): Promise<Swept> => {
     // Only an element (not a previous-layout head) followed by a result: a lease's successor may
     // still be copying its steps (`catchUp` in store.ts).
-    if (doc.c !== undefined && isTerminal(successor as RecordDoc)) {
+    if (doc.k !== undefined && isTerminal(successor as RecordDoc)) {
       // The _id alone (see isTombstone): a replacement keeps only that. Filtered by _id alone
       // (an element's state never changes; a filter on more fields scans on some servers).
       const tombstone = {} as WithoutId<RecordDoc>;
@@ -235,7 +240,7 @@ async function sweepOne(
 ): Promise<Swept> {
   const { collection, write, blobs } = context;
   const key = doc.k ?? doc._id; // a previous-layout record is its own head
-  const chainId = doc.c ?? chainOf(doc as unknown as HeadDoc);
+  const { chain: chainId, position } = placeOfRecord(doc);
   const chain = await readChain(context, key);
   if (chain === 'gone') return KEPT;
   if (chain === undefined || chain.chain !== chainId) {
@@ -256,10 +261,10 @@ async function sweepOne(
     if (now - (last.d ?? 0) < sealTimeoutMs) return KEPT;
     return { ...(await dismantle(context, chain, sealTimeoutMs)), kept: false };
   }
-  if (chain.position === (doc.i ?? 0) && isExpired(last, now)) {
+  if (chain.position === position && isExpired(last, now)) {
     return { ...(await dismantle(context, chain, sealTimeoutMs)), kept: false };
   }
-  if (chain.position > (doc.i ?? 0) && doc.s !== State.Sealed) {
+  if (chain.position > position && doc.s !== State.Sealed) {
     // An older record of a key used again since: it stays (the chain must have no gaps) until the
     // whole chain goes, but the sweeper need not look at it again.
     await collection.updateOne({ _id: doc._id }, { $unset: { e: '' } }, write);

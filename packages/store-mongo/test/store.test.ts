@@ -9,7 +9,7 @@ import { Binary, MongoClient, MongoNetworkError } from 'mongodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readChain } from '../src/chain.js';
 import { clientClock, serverClock } from '../src/clock.js';
-import { elementId, type HeadDoc, type RecordDoc, State } from '../src/codec.js';
+import { elementId, elementPlace, type HeadDoc, type RecordDoc, State } from '../src/codec.js';
 import { createGridFsBlobStore, createMongoStore, type MongoProcessedStore } from '../src/index.js';
 import { dismantle } from '../src/sweep.js';
 import { MONGO_SERVERS, MONGO_URL, openTestDatabase, type TestDatabase } from './helpers.js';
@@ -71,7 +71,9 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
 
   /** The elements of `key`'s chain, in order, as stored. */
   const elementsOf = async (collection: Collection<RecordDoc>, key: string) =>
-    (await collection.find({ k: key }).toArray()).sort((x, y) => x.i - y.i);
+    (await collection.find({ k: key }).toArray()).sort(
+      (x, y) => elementPlace(x._id).position - elementPlace(y._id).position,
+    );
 
   describe('document layout', () => {
     it('a head names the chain; each state is its own element with short field names', async () => {
@@ -82,6 +84,10 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       expect(Object.keys(head).sort()).toEqual(['_id', 'c', 'h']);
       const [first] = await elementsOf(raw, key);
       expect(first?._id).toBe(elementId(head.c, 1));
+      // Chain id and position are read from the _id: an element does not store them again.
+      expect(Object.keys(first ?? {}).sort()).toEqual(
+        ['_id', 'k', 's', 'a', 'f', 'n', 'o', 'l', 'sa', 'st'].sort(),
+      );
       expect(first?.st?.[0]).toMatchObject({ k: 'a.b$c' });
 
       const body = Uint8Array.of(9);
@@ -104,11 +110,57 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       expect(extra).toBeUndefined();
       expect(done?._id).toBe(elementId(head.c, 2));
       expect(Object.keys(done ?? {}).sort()).toEqual(
-        ['_id', 'k', 'c', 'i', 's', 'a', 'd', 'e', 'f', 'n', 'ob', 'r'].sort(),
+        ['_id', 'k', 's', 'a', 'd', 'e', 'f', 'n', 'ob', 'r'].sort(),
       );
       expect(done?.e).toBeInstanceOf(Date);
       const record = await store.get(key);
       expect(record?.state === 'COMPLETED' && record.outgoing[0]?.headers).toEqual(headers);
+    });
+
+    it('elements written with their chain id and position (c, i: earlier versions) read, continue and are swept as before', async () => {
+      const earlier = createMongoStore({
+        db: test.db,
+        collectionName: 'earlier_elements',
+        expiredGraceMs: 0,
+      });
+      const elements = earlier.collection;
+      /** Gives every element of `key` the two fields earlier versions wrote. */
+      const asWrittenEarlier = async (key: string) => {
+        for (const doc of await elements.find({ k: key }).toArray()) {
+          const { chain, position } = elementPlace(doc._id);
+          await elements.updateOne({ _id: doc._id }, { $set: { c: chain, i: position } });
+        }
+      };
+      // A completed key: answered as a duplicate, then swept whole once expired.
+      const done = await acquired(earlier, 'earlier:done');
+      await earlier.complete({
+        key: 'earlier:done',
+        fence: done.fence,
+        result: { kind: 'inline', data: Uint8Array.of(7) },
+        outgoing: [],
+        retentionMs: 100,
+      });
+      await asWrittenEarlier('earlier:done');
+      expect(await begin(earlier, 'earlier:done')).toMatchObject({ status: 'duplicate' });
+      // A lapsed lease: taken over (its step journal kept), completed, and listed as stuck before.
+      const lapsed = await acquired(earlier, 'earlier:lapsed', 50);
+      expect(await earlier.saveStep('earlier:lapsed', lapsed.fence, 'charge', Uint8Array.of(1))).toBe('ok');
+      await asWrittenEarlier('earlier:lapsed');
+      await sleep(80);
+      const stuck = (await earlier.listInProgress?.({ olderThanMs: 0, limit: 10 })) ?? [];
+      expect(stuck.map((e) => e.key)).toEqual(['earlier:lapsed']);
+      const taken = await begin(earlier, 'earlier:lapsed');
+      expect(taken).toMatchObject({ status: 'acquired', kind: 'takeover', attempt: 2 });
+      if (taken.status !== 'acquired') throw new Error('not acquired');
+      expect(Object.keys(taken.steps)).toEqual(['charge']);
+      expect(
+        await earlier.complete({ key: 'earlier:lapsed', fence: taken.fence, outgoing: [], retentionMs: 100 }),
+      ).toBe('ok');
+      expect(await earlier.get('earlier:lapsed')).toMatchObject({ state: 'COMPLETED', attempt: 2 });
+      await sleep(150);
+      await earlier.sweepExpired();
+      expect(await elements.countDocuments({})).toBe(0);
+      await earlier.close();
     });
 
     it('hex fingerprints and trace ids are stored as bytes and read back as the exact strings', async () => {
@@ -338,7 +390,11 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
           return async (...args: unknown[]) => {
             const doc = args[0] as RecordDoc;
             // The taker's lease element, after its read of the chain: let the holder write now.
-            if (inWindow !== undefined && doc.s === State.InProgress && doc.i === 2) {
+            if (
+              inWindow !== undefined &&
+              doc.s === State.InProgress &&
+              elementPlace(doc._id).position === 2
+            ) {
               const write = inWindow;
               inWindow = undefined;
               await write();
@@ -693,8 +749,6 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       await swept.collection.insertOne({
         _id: elementId(chain.chain, 3),
         k: key,
-        c: chain.chain,
-        i: 3,
         s: State.Sealed,
         d: Date.now(),
         e: new Date(),

@@ -29,10 +29,10 @@ export const LARGE_BUCKET_BYTES = 64 * 1024;
 
 /**
  * A COMPLETED record in the MongoDB store: its head, its lease element cut to a tombstone by the
- * sweeper (`finishedLeaseMs`, 1 hour) and its COMPLETED element, 373 B of BSON with an 11-byte
- * result and a 49-character key (599 B in its first hour; store-mongo README "Sizes").
+ * sweeper (`finishedLeaseMs`, 1 hour) and its COMPLETED element, 346 B of BSON with an 11-byte
+ * result and a 49-character key (545 B in its first hour; store-mongo README "Sizes").
  */
-export const MONGO_RECORD_BYTES = 373;
+export const MONGO_RECORD_BYTES = 346;
 /** Documents a COMPLETED record takes in the MongoDB store (head, lease, COMPLETED element). */
 export const MONGO_RECORD_DOCUMENTS = 3;
 
@@ -248,7 +248,7 @@ export function renderTieredCapacity(e: TieredCapacityEstimate): string[] {
       `coldRetentionMs: ${ms(e.retentionDays)} }) with cold.startSweeper(60_000) running (it deletes expired records)`,
     e.hot.bytesPerRecord === RECORD_BYTES && e.cold.bytesPerRecord === MONGO_RECORD_BYTES
       ? `per key: measured with an 11-byte result (Redis 7.0 used_memory ${RECORD_BYTES} B; MongoDB store ` +
-        `${MONGO_RECORD_BYTES} B of BSON with a 49-character key, ${MONGO_RECORD_DOCUMENTS} documents, 599 B in a record's first hour)`
+        `${MONGO_RECORD_BYTES} B of BSON with a 49-character key, ${MONGO_RECORD_DOCUMENTS} documents, 545 B in a record's first hour)`
       : 'per key: as given',
     'longer keys, larger results, outgoing messages, steps, retries and takeovers (one more MongoDB document each) cost more;',
     'MongoDB adds an _id index entry per document and an eo_expiry entry per record, and in-flight leases live in the hot Redis',
