@@ -8,3 +8,6 @@ export function setOwn<V>(target: Record<string, V>, key: string, value: V): voi
     Object.defineProperty(target, key, { value, enumerable: true, writable: true, configurable: true });
   } else target[key] = value;
 }
+
+/** `T` built field by field: its optional fields set only when they have a value (not spread in). */
+export type Writable<T> = { -readonly [K in keyof T]: T[K] };

@@ -54,6 +54,7 @@ import {
   releaseKept,
   reuseHeld,
 } from './ordered.js';
+import type { Writable } from './own.js';
 import { guardPayload, releasePayloadClaim } from './payload-guard.js';
 import { isRequest, type Prepared, prepare, readableRequestId, unreadable } from './prepare.js';
 import { finishCompleted, publishThenAck } from './publish.js';
@@ -927,9 +928,6 @@ async function runAcquired<T, R>(
 }
 
 const noTurn = async () => {};
-
-/** A request built field by field (its optional fields only when set). */
-type Writable<T> = { -readonly [K in keyof T]: T[K] };
 
 /** Delivery attributes without the ones that carry keys (message id, Kafka message key). */
 function withoutKeys(attributes: Delivery['attributes']): Delivery['attributes'] {
