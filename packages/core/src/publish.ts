@@ -120,76 +120,63 @@ export function publishThenAck<T, R>(
 ): Promise<Disposition> | Disposition {
   // Nothing to publish (most runs): the ack at once, without an async frame.
   if (outgoing.length === 0) return ackOf(outcome, result);
-  return publishAndAck(o, ctx, delivery, storeKey, fence, outgoing, outcome, result, shared, publishedBefore);
+  return (async (): Promise<Disposition> => {
+    // In an ordered group (a Kafka partition) the record before may complete later than this one
+    // (another Cluster node, another round trip): its messages go out first. If it was deferred,
+    // this record's messages wait for their redelivery too, which answers them as a duplicate.
+    if (publishedBefore !== undefined && !(await publishedBefore)) {
+      // Left to the redelivery, which then knows that nobody else is publishing them.
+      rememberUnpublished(shared, storeKey, shared.leftUnpublished.get(storeKey) ?? 0);
+      return awaitingEarlier;
+    }
+    try {
+      const publisher = o.publisher;
+      if (!publisher) {
+        throw new PublishError('record has unconfirmed outgoing messages but the consumer has no publisher');
+      }
+      const destinations = [...new Set(outgoing.map((m) => m.destination))].join(',');
+      await inSpan(
+        `send ${destinations}`,
+        ctx,
+        { [ATTR_MESSAGING_OPERATION_TYPE]: 'send', 'messaging.batch.message_count': outgoing.length },
+        () => publisher.publish(outgoing),
+        SpanKind.CLIENT,
+      );
+    } catch (error) {
+      return publishFailed(o, delivery, storeKey, error, shared);
+    }
+    shared.leftUnpublished.delete(storeKey);
+    const ids = outgoing.map((m) => m.id);
+    try {
+      // A store that refuses a call for a moment (a lock error, a failover) must not leave the
+      // record naming confirmed messages as unsent: every later duplicate would send them again.
+      await retryStoreWrite(() => o.store.markPublished(storeKey, fence, ids), {
+        deadline: performance.now() + MARK_PUBLISHED_TRIES_MS,
+      });
+    } catch (error) {
+      // Published and confirmed: a later duplicate re-sends them, and receivers dedup by child key.
+      o.logger.warn('markPublished failed after a confirmed publish', {
+        key: storeKey,
+        error: toErrorInfo(error),
+      });
+    }
+    const ack = ackOf(outcome, result);
+    if (outcome !== 'duplicate') return ack;
+    // Messages another run completed but never confirmed: worth seeing, as copies on the wire.
+    instrumentsFor().republished.add(outgoing.length, { consumer: o.consumer });
+    o.logger.info(
+      "published a completed record's unconfirmed outgoing messages for the run that completed it",
+      {
+        key: storeKey,
+        messages: outgoing.length,
+      },
+    );
+    return { ...ack, republished: outgoing.length };
+  })();
 }
 
 function ackOf(outcome: Outcome, result: StoredResult | undefined): Extract<Disposition, { action: 'ack' }> {
   return result ? { action: 'ack', outcome, result } : { action: 'ack', outcome };
-}
-
-async function publishAndAck<T, R>(
-  o: ResolvedProcessorOptions<T, R>,
-  ctx: Context,
-  delivery: Delivery,
-  storeKey: string,
-  fence: number,
-  outgoing: readonly OutgoingMessage[],
-  outcome: Outcome,
-  result: StoredResult | undefined,
-  shared: Shared,
-  publishedBefore: Promise<boolean> | undefined,
-): Promise<Disposition> {
-  // In an ordered group (a Kafka partition) the record before may complete later than this one
-  // (another Cluster node, another round trip): its messages go out first. If it was deferred,
-  // this record's messages wait for their redelivery too, which answers them as a duplicate.
-  if (publishedBefore !== undefined && !(await publishedBefore)) {
-    // Left to the redelivery, which then knows that nobody else is publishing them.
-    rememberUnpublished(shared, storeKey, shared.leftUnpublished.get(storeKey) ?? 0);
-    return awaitingEarlier;
-  }
-  try {
-    const publisher = o.publisher;
-    if (!publisher) {
-      throw new PublishError('record has unconfirmed outgoing messages but the consumer has no publisher');
-    }
-    const destinations = [...new Set(outgoing.map((m) => m.destination))].join(',');
-    await inSpan(
-      `send ${destinations}`,
-      ctx,
-      { [ATTR_MESSAGING_OPERATION_TYPE]: 'send', 'messaging.batch.message_count': outgoing.length },
-      () => publisher.publish(outgoing),
-      SpanKind.CLIENT,
-    );
-  } catch (error) {
-    return publishFailed(o, delivery, storeKey, error, shared);
-  }
-  shared.leftUnpublished.delete(storeKey);
-  const ids = outgoing.map((m) => m.id);
-  try {
-    // A store that refuses a call for a moment (a lock error, a failover) must not leave the
-    // record naming confirmed messages as unsent: every later duplicate would send them again.
-    await retryStoreWrite(() => o.store.markPublished(storeKey, fence, ids), {
-      deadline: performance.now() + MARK_PUBLISHED_TRIES_MS,
-    });
-  } catch (error) {
-    // Published and confirmed: a later duplicate re-sends them, and receivers dedup by child key.
-    o.logger.warn('markPublished failed after a confirmed publish', {
-      key: storeKey,
-      error: toErrorInfo(error),
-    });
-  }
-  const ack = ackOf(outcome, result);
-  if (outcome !== 'duplicate') return ack;
-  // Messages another run completed but never confirmed: worth seeing, as copies on the wire.
-  instrumentsFor().republished.add(outgoing.length, { consumer: o.consumer });
-  o.logger.info(
-    "published a completed record's unconfirmed outgoing messages for the run that completed it",
-    {
-      key: storeKey,
-      messages: outgoing.length,
-    },
-  );
-  return { ...ack, republished: outgoing.length };
 }
 
 /** A completed delivery whose messages wait for an earlier delivery's (see publishThenAck). */

@@ -126,7 +126,7 @@ export function retryStoreWrite<T>(
   until: { readonly signal?: () => AbortSignal; readonly deadline?: number },
 ): Promise<T> {
   // The first try outside the loop's async frame: every message's completion comes through here,
-  // and the frame cost more than a microsecond a message when the write landed at once.
+  // and nearly every write lands at once, with no loop to run.
   return tryWrite(write).then(undefined, (error: unknown) => retryAfter(write, until, error));
 }
 
