@@ -196,7 +196,9 @@ const config = {
   profile: o.profile === true,
   redisAutoPipelining: o.redisAutopipelining === true,
 };
-if (!config.variants.includes('raw') && o.brokerApart === undefined)
+/** Set in the process that runs one broker's section for its parent (see consumeApart). */
+const brokerRunsFile = typeof o.brokerApart === 'string' ? o.brokerApart : undefined;
+if (!config.variants.includes('raw') && brokerRunsFile === undefined)
   console.error('note: without the raw variant there are no ratios');
 
 const stamp = new Date().toISOString().replace(/[:.]/g, '-');
@@ -217,7 +219,7 @@ let outboxRounds: OutboxRound[] | undefined;
 let accumulation: AccumulationResult | undefined;
 let relayRounds: RelayRound[] | undefined;
 
-if (o.brokerApart === undefined)
+if (brokerRunsFile === undefined)
   progress.note(
     `bench ${quick ? '(quick) ' : ''}sections ${config.sections.join(',')}; ` +
       `load ${machine.loadavg.join(' ')} on ${machine.nproc} CPUs`,
@@ -299,10 +301,11 @@ async function consume(driver: Driver): Promise<void> {
 }
 
 try {
-  const apart = typeof o.brokerApart === 'string';
-  await section('kafka', () => (apart ? consume(new KafkaDriver(config.partitions)) : consumeApart('kafka')));
+  // A broker's section runs in its own process: this one, when its parent started it for that.
+  const here = brokerRunsFile !== undefined;
+  await section('kafka', () => (here ? consume(new KafkaDriver(config.partitions)) : consumeApart('kafka')));
   await section('rabbitmq', () =>
-    apart ? consume(new RabbitDriver(config.prefetch, config.queueType)) : consumeApart('rabbitmq'),
+    here ? consume(new RabbitDriver(config.prefetch, config.queueType)) : consumeApart('rabbitmq'),
   );
   await section('latency', async () => {
     latency = await runLatency(
@@ -377,9 +380,9 @@ try {
   await powertools.close().catch(() => {});
 }
 
-if (typeof o.brokerApart === 'string') {
+if (brokerRunsFile !== undefined) {
   const runs: BrokerRuns = { rounds: consumeRounds, profiles, failures };
-  await writeFile(o.brokerApart, JSON.stringify(runs));
+  await writeFile(brokerRunsFile, JSON.stringify(runs));
   process.exit(0);
 }
 
