@@ -10,7 +10,7 @@ import { ConfigError, readableThrown } from './errors.js';
 import type { ResolvedProcessorOptions } from './options.js';
 import { ATTR_EO_BLOB_SIZE } from './semconv.js';
 import type { StoredResult } from './store/types.js';
-import { inSpan, instrumentsFor, withContext } from './tracing.js';
+import { inSpan, instrumentsFor, metricAttributes, withContext } from './tracing.js';
 import { untilAborted } from './wait.js';
 
 export type HandlerRun<R> = { ok: true; value: R | undefined } | { ok: false; error: unknown };
@@ -51,7 +51,7 @@ export async function runHandler<T, R>(
     run.settle({ ok: false, error: readableThrown(error) });
   }
   const outcome = await run.outcome;
-  instrumentsFor().handlerDuration.record((performance.now() - started) / 1000, { consumer: o.consumer });
+  instrumentsFor().handlerDuration.record((performance.now() - started) / 1000, metricAttributes(o.consumer));
   return outcome;
 }
 

@@ -9,9 +9,6 @@ import { LeaseLostError } from './errors.js';
 import type { ProcessedStore } from './store/types.js';
 import { retryStoreWrite } from './wait.js';
 
-/** What `stop` answers when no extend is on its way. */
-const DONE = Promise.resolve();
-
 export interface LeaseKeeper {
   /** Aborts when the lease is lost or the run is given up. Made on first read. */
   readonly signal: AbortSignal;
@@ -31,10 +28,10 @@ export interface LeaseKeeper {
   /** When the lease ends as last set or extended (monotonic clock, ms): the store's end is later. */
   readonly deadline: number;
   /**
-   * Stops heartbeating and waits for an extend already on its way, so it cannot land after the
-   * caller's release or complete and revive the lease.
+   * Stops heartbeating. Answers the extend already on its way, if any: the caller waits for it,
+   * so that it cannot land after the caller's release or complete and revive the lease.
    */
-  stop(): Promise<void>;
+  stop(): Promise<void> | undefined;
   /** Gives the run up: aborts the signal with `reason` and stops heartbeating. */
   abort(reason: Error): void;
   /**
@@ -137,10 +134,11 @@ class Held implements LeaseKeeper {
     );
   }
 
-  stop(): Promise<void> {
+  stop(): Promise<void> | undefined {
     this.board.release(this);
-    // Not an async frame: every run stops its keeper, and almost none has an extend on its way.
-    return this.inflight ?? DONE;
+    // Nothing to wait for, most of the time: every run stops its keeper, and almost none has an
+    // extend on its way (a run that would await it anyway costs nothing more).
+    return this.inflight;
   }
 
   abort(reason: Error): void {

@@ -144,19 +144,32 @@ export async function releaseKept<T, R>(
 }
 
 /**
- * Whether an ordered delivery may run its handler now: the one before it went well, the group
- * is neither released nor stopped, and at most ORDERED_WINDOW handlers run ahead of their writes.
- * (A takeover then also waits for every run under way to end, a lease at most: see alone.ts.)
+ * Whether an ordered delivery may run its handler: its turn came (the one before it went well,
+ * and at most ORDERED_WINDOW handlers run ahead of their writes: see turnCame) and the group is
+ * neither released nor stopped. (A takeover then also waits for every run under way to end, a
+ * lease at most: see alone.ts.)
  */
-export async function mayRun(turn: Turn): Promise<boolean> {
+export function mayRun(turn: Turn, came: boolean): boolean {
+  return came && !turn.group.released && !turn.group.stopped;
+}
+
+/**
+ * Resolves when the delivery before this one has gone on or not (true: it went well), and the
+ * delivery ORDERED_WINDOW places ahead has ended. Within the window (every group the adapters
+ * make) that is the previous delivery's word itself: the caller awaits it, no async frame here.
+ * A released group's deliveries stop waiting at once and give their leases back, rather than
+ * when the run ahead of them ends (a run that outlives stop() may never end soon): the release
+ * answers every `previous` false (see processInOrder).
+ */
+export function turnCame(turn: Turn): Promise<boolean> {
+  return turn.index < ORDERED_WINDOW ? turn.previous : behindWindow(turn);
+}
+
+async function behindWindow(turn: Turn): Promise<boolean> {
   const group = turn.group;
-  // A released group's deliveries stop waiting at once and give their leases back, rather than
-  // when the run ahead of them ends (a run that outlives stop() may never end soon).
-  if (!(await Promise.race([turn.previous, group.whenReleased]))) return false;
-  if (turn.index >= ORDERED_WINDOW) {
-    await Promise.race([group.ended[turn.index - ORDERED_WINDOW], group.whenReleased]);
-  }
-  return !group.released && !group.stopped;
+  if (!(await turn.previous)) return false;
+  await Promise.race([group.ended[turn.index - ORDERED_WINDOW], group.whenReleased]);
+  return true;
 }
 
 /**

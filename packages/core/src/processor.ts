@@ -53,6 +53,7 @@ import {
   passGate,
   releaseKept,
   reuseHeld,
+  turnCame,
 } from './ordered.js';
 import type { Writable } from './own.js';
 import { guardPayload, releasePayloadClaim } from './payload-guard.js';
@@ -100,6 +101,7 @@ import {
   inSpan,
   instrumentsFor,
   linkToRef,
+  metricAttributes,
   recordError,
   scrubOf,
   spanRef,
@@ -255,9 +257,15 @@ export function buildProcessor<T, R>(
     },
     process: (delivery, onRunning) => processDelivery(o, delivery, shared, undefined, onRunning),
     processInOrder(deliveries, onRunning) {
+      // Each delivery's `go`: a release tells every one waiting for its turn not to run (see
+      // turnCame), without a race against `whenReleased` per delivery.
+      const gos: ((proceed: boolean) => void)[] = [];
       let markReleased!: () => void;
       const whenReleased = new Promise<false>((resolve) => {
-        markReleased = () => resolve(false);
+        markReleased = () => {
+          resolve(false);
+          for (const go of gos) go(false);
+        };
       });
       const group: OrderedGroup = {
         kept: [],
@@ -281,6 +289,7 @@ export function buildProcessor<T, R>(
         const next = new Promise<boolean>((resolve) => {
           go = resolve;
         });
+        gos.push(go);
         let published!: (inOrder: boolean) => void;
         // Cumulative: a delivery that publishes nothing (no messages, a dead letter) passes on
         // the wait for the ones before it, so the one behind it never publishes ahead of them.
@@ -365,8 +374,8 @@ async function processDelivery<T, R>(
   // Keys (known once the delivery is read) and quoted payload fragments leave error texts
   // before they reach spans; the run's child spans find the scrub on their context.
   const scrubber: Scrubber | undefined = o.recordKeys ? undefined : createScrubber(delivery.body);
-  const scrub: Scrub = scrubber?.scrub ?? noScrub;
-  const ctx = scrubber && traced ? withScrub(spanCtx, scrub) : spanCtx;
+  // The scrub function is made when something is reported (see scrubFor), not for each delivery.
+  const ctx = scrubber && traced ? withScrub(spanCtx, scrubber.scrub) : spanCtx;
   let disposition: Disposition;
   try {
     disposition = await (traced
@@ -374,6 +383,7 @@ async function processDelivery<T, R>(
       : run(o, delivery, span, ctx, shared, turn, onRunning, scrubber));
   } catch (error) {
     // Only a bug gets here; never ack what we do not understand.
+    const scrub = scrubFor(scrubber);
     recordError(span, error, scrub);
     const info = toErrorInfo(error);
     o.logger.error('unexpected pipeline error; message will be redelivered', {
@@ -396,14 +406,17 @@ async function processDelivery<T, R>(
     span.setAttribute(ATTR_EO_ACTION, disposition.action);
     const error = spanError(disposition);
     if (error)
-      span.setStatus({ code: SpanStatusCode.ERROR, message: scrub(`${error.name}: ${error.message}`) });
+      span.setStatus({
+        code: SpanStatusCode.ERROR,
+        message: scrubFor(scrubber)(`${error.name}: ${error.message}`),
+      });
   }
   span.end();
   // A deferral's error only goes to logs and metrics (no copy carries it): keep keys out of it.
   if (scrubber && disposition.action === 'defer' && disposition.error) {
     disposition = {
       ...disposition,
-      error: { ...disposition.error, message: scrub(disposition.error.message) },
+      error: { ...disposition.error, message: scrubber.scrub(disposition.error.message) },
     };
   }
   if (disposition.action === 'dead-letter') {
@@ -416,7 +429,7 @@ async function processDelivery<T, R>(
       ...loggedAs(o.consumer, delivery),
       outcome: disposition.outcome,
       attempts,
-      error: { ...error, message: scrub(error.message) },
+      error: { ...error, message: scrubFor(scrubber)(error.message) },
     });
   }
   if (disposition.action === 'defer' && disposition.outcome === 'lease-lost') {
@@ -429,11 +442,16 @@ async function processDelivery<T, R>(
       error: disposition.error,
     });
   }
-  const attrs = { consumer: o.consumer, outcome: disposition.outcome, action: disposition.action };
+  const attrs = metricAttributes(o.consumer, disposition.outcome, disposition.action);
   const m = instrumentsFor();
   m.deliveries.add(1, attrs);
   m.processDuration.record((performance.now() - started) / 1000, attrs);
   return disposition;
+}
+
+/** What keeps keys and payload text out of a report of this delivery (nothing with recordKeys). */
+function scrubFor(scrubber: Scrubber | undefined): Scrub {
+  return scrubber?.scrub ?? noScrub;
 }
 
 /** A failure of the message, or of the store under it (deferred: an outage is still an error). */
@@ -468,8 +486,6 @@ async function run<T, R>(
   onRunning: (() => void) | undefined,
   scrubber: Scrubber | undefined,
 ): Promise<Disposition> {
-  // A delivery needing no handler run lets the next one go as soon as the one before it did.
-  const passOn = turn ? async () => turn.go(await turn.previous) : noTurn;
   let prepared: Prepared<T>;
   try {
     prepared = prepare(o, delivery);
@@ -479,7 +495,7 @@ async function run<T, R>(
       const requestId = readableRequestId(delivery);
       if (requestId !== undefined) span.setAttribute(ATTR_EO_REQUEST_ID, requestId);
     }
-    await passOn();
+    await passOn(turn);
     return deadLetter(o, delivery, 'invalid', reason, 0);
   }
   const { storeKey, requestId } = prepared;
@@ -519,7 +535,7 @@ async function run<T, R>(
     if (reuse) {
       // Its message quotes the other key too: keep that out of spans and logs as well.
       if (reuse instanceof DuplicatePayloadError) scrubber?.add(reuse.firstKey);
-      await passOn();
+      await passOn(turn);
       return deadLetter(o, delivery, 'payload-reuse', reuse, 0);
     }
   }
@@ -579,7 +595,7 @@ async function run<T, R>(
     return storeDown(o, error, storeKey);
   }
   if (begun.status === 'acquired' && turn) turn.group.acquired.set(storeKey, turn.index);
-  if (begun.status === 'acquired' && turn && !(await mayRun(turn))) {
+  if (begun.status === 'acquired' && turn && !mayRun(turn, await turnCame(turn))) {
     if (turn.group.released) {
       // The group was given up while this begin was on its way.
       await giveBack(o, shared, storeKey, begun);
@@ -597,7 +613,7 @@ async function run<T, R>(
     return NOT_RUN_DISPOSITION;
   }
   if (begun.status !== 'acquired') {
-    if (begun.status !== 'busy') await passOn();
+    if (begun.status !== 'busy') await passOn(turn);
     switch (begun.status) {
       case 'duplicate': {
         span.addLinks(linkToRef(begun.record.traceId));
@@ -861,7 +877,8 @@ async function runAcquired<T, R>(
     await release(o, storeKey, fence, error);
     return { action: 'defer', outcome: 'store-unavailable', delayMs: 1000, error: toErrorInfo(error) };
   }
-  await keeper.stop();
+  const extending = keeper.stop();
+  if (extending !== undefined) await extending;
   const run: RunBlobs = {
     blobs: stored?.kind === 'blob' ? [...state.blobs, stored.pointer] : state.blobs,
     isJournaled: (pointer) => state.isJournaled(pointer),
@@ -927,7 +944,10 @@ async function runAcquired<T, R>(
   );
 }
 
-const noTurn = async () => {};
+/** A delivery needing no handler run lets the next one go as soon as the one before it did. */
+async function passOn(turn: Turn | undefined): Promise<void> {
+  if (turn !== undefined) turn.go(await turn.previous);
+}
 
 /** Delivery attributes without the ones that carry keys (message id, Kafka message key). */
 function withoutKeys(attributes: Delivery['attributes']): Delivery['attributes'] {

@@ -44,9 +44,14 @@ export function tracingEnabled(): boolean {
 
 const NOT_RECORDING = trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
 
-/** The span and context of a run when nothing records. */
-export function untraced(): { span: Span; ctx: Context } {
-  return { span: NOT_RECORDING, ctx: ROOT_CONTEXT };
+const UNTRACED: { readonly span: Span; readonly ctx: Context } = Object.freeze({
+  span: NOT_RECORDING,
+  ctx: ROOT_CONTEXT,
+});
+
+/** The span and context of a run when nothing records (one shared object). */
+export function untraced(): { readonly span: Span; readonly ctx: Context } {
+  return UNTRACED;
 }
 
 /** `context.with`, skipped when the context carries no recording span (nothing to propagate). */
@@ -272,6 +277,44 @@ function createInstruments() {
     }),
   };
 }
+/** Per consumer, its metric attributes `{ consumer }` (see metricAttributes). */
+const consumerSets = new Map<string, Attributes>();
+/** Per consumer, outcome and action, the attributes of a delivery's metrics. */
+const deliverySets = new Map<string, Map<string, Map<string, Attributes>>>();
+
+/**
+ * A metric's attributes, one frozen object per distinct set, made once: every delivery records a
+ * few metrics, and most deliveries share a handful of sets.
+ */
+export function metricAttributes(consumer: string): Attributes;
+export function metricAttributes(consumer: string, outcome: string, action: string): Attributes;
+export function metricAttributes(consumer: string, outcome?: string, action?: string): Attributes {
+  if (outcome === undefined || action === undefined) {
+    let set = consumerSets.get(consumer);
+    if (set === undefined) {
+      set = Object.freeze({ consumer });
+      consumerSets.set(consumer, set);
+    }
+    return set;
+  }
+  let byOutcome = deliverySets.get(consumer);
+  if (byOutcome === undefined) {
+    byOutcome = new Map();
+    deliverySets.set(consumer, byOutcome);
+  }
+  let byAction = byOutcome.get(outcome);
+  if (byAction === undefined) {
+    byAction = new Map();
+    byOutcome.set(outcome, byAction);
+  }
+  let set = byAction.get(action);
+  if (set === undefined) {
+    set = Object.freeze({ consumer, outcome, action });
+    byAction.set(action, set);
+  }
+  return set;
+}
+
 export function instrumentsFor() {
   const provider = metrics.getMeterProvider();
   if (instruments?.provider !== provider) instruments = { provider, value: createInstruments() };
