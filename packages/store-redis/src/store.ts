@@ -292,6 +292,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
         keys.id,
         request.key,
         String(clocks.deadline(node, startedAt, request.abandonAfterMs)),
+        cluster ? '1' : '0',
       ])) as [Buffer, number, BeginPayload];
       clocks.observe(node, Number(now));
       return decodeBegin(request, code, now, payload, request.leaseMs);
@@ -322,7 +323,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
               .uint(Number(ms(request.leaseMs)), 6)
               .uint(clocks.deadline(node, startedAt, request.abandonAfterMs), 6);
           }
-          const args = [1, route as Buffer, String(ttlMs), packed.finish()];
+          const args = [1, route as Buffer, String(ttlMs), cluster ? '1' : '0', packed.finish()];
           const reply = (await batch(() => runScript(client, 'beginMany', 'begin', args))) as [
             number,
             ...(Buffer | BeginPayload)[],

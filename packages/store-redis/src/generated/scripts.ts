@@ -13,9 +13,9 @@ export const LAYOUT_VERSION = 2;
 
 export const scripts = {
   begin: {
-    command: 'eoBegin_v2_07497fda',
+    command: 'eoBegin_v2_b459e434',
     numberOfKeys: 3,
-    sha1: '07497fdaa1f3b72c038eb9b1a4108ad782d4591e',
+    sha1: 'b459e434f65b442951ff418cbc9f3ac5e628b955',
     lua: `--[[
 begin: claim the record of one key for an attempt, or say why not.
 
@@ -30,6 +30,8 @@ ARGV[5]  safety TTL of an IN_PROGRESS record past its lease end (ms)
 ARGV[6]  record id (16 bytes)
 ARGV[7]  the store key itself (kept while IN_PROGRESS, for listInProgress)
 ARGV[8]  server time (ms) after which the caller has given up waiting for the answer ('0' = never)
+ARGV[9]  '1' on a Cluster (the slot is checked for a migration first, see refuseMigrating), '0' on
+         a standalone server
 
 A new record's fence is max(server now in ms, previous fence + 1); takeover and retry add 1.
 
@@ -379,20 +381,26 @@ end
 -- IN_PROGRESS (complete and fail write records without them), for listInProgress.
 -- \`bucket\`/\`legacy\`: where a compacted record's marker is (see markerOf), \`id\` its 16-byte id.
 -- \`deadline\`: the server time (ms) after which the caller has given up waiting (0 = never).
+-- \`cluster\`: true on a Cluster (the probe of refuseMigrating goes with the first read).
 -- A new IN_PROGRESS record: attempt 1, its lease from now.
 local function newRecord(fence, leaseUntil, now, fp, trace, owner, name)
   return struct.pack(IN_PROGRESS_RECORD, 'I', fence, 1, leaseUntil, now, 0, #fp, fp, #trace, trace, #owner, owner,
     #name, name)
 end
 
-local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, now, full, name, deadline)
+local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, now, full, name, deadline, cluster)
   -- Arrived after its caller gave up (the client queued it through an outage): a lease taken now
   -- would be held by nobody, and the key busy until it ran out. Busy with no record: nothing written.
   if deadline > 0 and now > deadline then return 'B', { now } end
-  -- Whether the slot holds compaction markers, asked before anything is written and with the
-  -- slot's probe key (which never exists) among the keys: see refuseMigrating. A new key needs
-  -- the answer anyway.
-  local present = rcall('EXISTS', bucket, legacy, probeOf(rec))
+  -- Whether the slot holds compaction markers, asked before anything is written and, on a
+  -- Cluster, with the slot's probe key (which never exists) among the keys: see refuseMigrating.
+  -- A new key needs the answer anyway.
+  local present
+  if cluster then
+    present = rcall('EXISTS', bucket, legacy, probeOf(rec))
+  else
+    present = rcall('EXISTS', bucket, legacy)
+  end
   -- The path of every new key first: the new record is written only if there is none (NX), and
   -- the same call answers the stored one otherwise (GET), so a new key costs one call here.
   -- Fences of new records start at the server clock, so they do not repeat even after the old
@@ -449,14 +457,14 @@ local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, n
 end
 
 local code, payload = beginOne(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4],
-  tonumber(ARGV[5]), ARGV[6], now, true, ARGV[7], tonumber(ARGV[8]) or 0)
+  tonumber(ARGV[5]), ARGV[6], now, true, ARGV[7], tonumber(ARGV[8]) or 0, ARGV[9] == '1')
 return { code, now, payload }
 `,
   },
   beginMany: {
-    command: 'eoBeginMany_v2_2a057cf0',
+    command: 'eoBeginMany_v2_29c70076',
     numberOfKeys: undefined,
-    sha1: '2a057cf0215c7b6ef96184e00618be2b60c027a4',
+    sha1: '29c70076312f90080c98557d66210d7f12eb8388',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 beginMany: begin several keys in one call, in order, each exactly as begin-2.lua would (the same
@@ -464,7 +472,9 @@ key twice: the second sees the first's lease). Called with numkeys = 1.
 
 KEYS[1]  the first key's record: it routes the call (on a Cluster, to the node of its slot)
 ARGV[1]  safety TTL of an IN_PROGRESS record past its lease end (ms)
-ARGV[2]  per key, in order, six length-prefixed strings (4-byte big-endian length, then the
+ARGV[2]  '1' on a Cluster (each key's slot is checked for a migration first, see
+         refuseMigrating), '0' on a standalone server
+ARGV[3]  per key, in order, six length-prefixed strings (4-byte big-endian length, then the
          bytes): its record's name, fingerprint (encoded), trace id (encoded; '' = none), the store
          key itself (kept while IN_PROGRESS, for listInProgress), owner, the marker bucket of its
          cluster slot; then its lease in ms and the server time (ms) after which its caller has
@@ -815,20 +825,26 @@ end
 -- IN_PROGRESS (complete and fail write records without them), for listInProgress.
 -- \`bucket\`/\`legacy\`: where a compacted record's marker is (see markerOf), \`id\` its 16-byte id.
 -- \`deadline\`: the server time (ms) after which the caller has given up waiting (0 = never).
+-- \`cluster\`: true on a Cluster (the probe of refuseMigrating goes with the first read).
 -- A new IN_PROGRESS record: attempt 1, its lease from now.
 local function newRecord(fence, leaseUntil, now, fp, trace, owner, name)
   return struct.pack(IN_PROGRESS_RECORD, 'I', fence, 1, leaseUntil, now, 0, #fp, fp, #trace, trace, #owner, owner,
     #name, name)
 end
 
-local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, now, full, name, deadline)
+local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, now, full, name, deadline, cluster)
   -- Arrived after its caller gave up (the client queued it through an outage): a lease taken now
   -- would be held by nobody, and the key busy until it ran out. Busy with no record: nothing written.
   if deadline > 0 and now > deadline then return 'B', { now } end
-  -- Whether the slot holds compaction markers, asked before anything is written and with the
-  -- slot's probe key (which never exists) among the keys: see refuseMigrating. A new key needs
-  -- the answer anyway.
-  local present = rcall('EXISTS', bucket, legacy, probeOf(rec))
+  -- Whether the slot holds compaction markers, asked before anything is written and, on a
+  -- Cluster, with the slot's probe key (which never exists) among the keys: see refuseMigrating.
+  -- A new key needs the answer anyway.
+  local present
+  if cluster then
+    present = rcall('EXISTS', bucket, legacy, probeOf(rec))
+  else
+    present = rcall('EXISTS', bucket, legacy)
+  end
   -- The path of every new key first: the new record is written only if there is none (NX), and
   -- the same call answers the stored one otherwise (GET), so a new key costs one call here.
   -- Fences of new records start at the server clock, so they do not repeat even after the old
@@ -884,7 +900,7 @@ local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, n
   return 'N', fence
 end
 
-local ttl, packed = tonumber(ARGV[1]), ARGV[2]
+local ttl, cluster, packed = tonumber(ARGV[1]), ARGV[2] == '1', ARGV[3]
 local out = { now }
 local pos, size = 1, #packed
 while pos <= size do
@@ -893,7 +909,7 @@ while pos <= size do
     struct.unpack('>I4c0I4c0I4c0I4c0I4c0I4c0I6I6', packed, pos)
   -- rec = <prefix>:{<tag>}:<16-byte id>; the previous layout's bucket is <prefix>:{<tag>}m.
   local code, payload = beginOne(rec, bucket, string.sub(rec, 1, -18) .. 'm', fp, owner, lease, trace, ttl,
-    string.sub(rec, -16), now, false, name, deadline)
+    string.sub(rec, -16), now, false, name, deadline, cluster)
   out[#out + 1] = code
   out[#out + 1] = payload
 end

@@ -12,6 +12,8 @@ ARGV[5]  safety TTL of an IN_PROGRESS record past its lease end (ms)
 ARGV[6]  record id (16 bytes)
 ARGV[7]  the store key itself (kept while IN_PROGRESS, for listInProgress)
 ARGV[8]  server time (ms) after which the caller has given up waiting for the answer ('0' = never)
+ARGV[9]  '1' on a Cluster (the slot is checked for a migration first, see refuseMigrating), '0' on
+         a standalone server
 
 A new record's fence is max(server now in ms, previous fence + 1); takeover and retry add 1.
 
@@ -36,5 +38,5 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 --- @include "includes/beginOne"
 
 local code, payload = beginOne(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4],
-  tonumber(ARGV[5]), ARGV[6], now, true, ARGV[7], tonumber(ARGV[8]) or 0)
+  tonumber(ARGV[5]), ARGV[6], now, true, ARGV[7], tonumber(ARGV[8]) or 0, ARGV[9] == '1')
 return { code, now, payload }

@@ -5,7 +5,9 @@ key twice: the second sees the first's lease). Called with numkeys = 1.
 
 KEYS[1]  the first key's record: it routes the call (on a Cluster, to the node of its slot)
 ARGV[1]  safety TTL of an IN_PROGRESS record past its lease end (ms)
-ARGV[2]  per key, in order, six length-prefixed strings (4-byte big-endian length, then the
+ARGV[2]  '1' on a Cluster (each key's slot is checked for a migration first, see
+         refuseMigrating), '0' on a standalone server
+ARGV[3]  per key, in order, six length-prefixed strings (4-byte big-endian length, then the
          bytes): its record's name, fingerprint (encoded), trace id (encoded; '' = none), the store
          key itself (kept while IN_PROGRESS, for listInProgress), owner, the marker bucket of its
          cluster slot; then its lease in ms and the server time (ms) after which its caller has
@@ -30,7 +32,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 --- @include "includes/markers"
 --- @include "includes/beginOne"
 
-local ttl, packed = tonumber(ARGV[1]), ARGV[2]
+local ttl, cluster, packed = tonumber(ARGV[1]), ARGV[2] == '1', ARGV[3]
 local out = { now }
 local pos, size = 1, #packed
 while pos <= size do
@@ -39,7 +41,7 @@ while pos <= size do
     struct.unpack('>I4c0I4c0I4c0I4c0I4c0I4c0I6I6', packed, pos)
   -- rec = <prefix>:{<tag>}:<16-byte id>; the previous layout's bucket is <prefix>:{<tag>}m.
   local code, payload = beginOne(rec, bucket, string.sub(rec, 1, -18) .. 'm', fp, owner, lease, trace, ttl,
-    string.sub(rec, -16), now, false, name, deadline)
+    string.sub(rec, -16), now, false, name, deadline, cluster)
   out[#out + 1] = code
   out[#out + 1] = payload
 end

@@ -7,20 +7,26 @@
 -- IN_PROGRESS (complete and fail write records without them), for listInProgress.
 -- `bucket`/`legacy`: where a compacted record's marker is (see markerOf), `id` its 16-byte id.
 -- `deadline`: the server time (ms) after which the caller has given up waiting (0 = never).
+-- `cluster`: true on a Cluster (the probe of refuseMigrating goes with the first read).
 -- A new IN_PROGRESS record: attempt 1, its lease from now.
 local function newRecord(fence, leaseUntil, now, fp, trace, owner, name)
   return struct.pack(IN_PROGRESS_RECORD, 'I', fence, 1, leaseUntil, now, 0, #fp, fp, #trace, trace, #owner, owner,
     #name, name)
 end
 
-local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, now, full, name, deadline)
+local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, now, full, name, deadline, cluster)
   -- Arrived after its caller gave up (the client queued it through an outage): a lease taken now
   -- would be held by nobody, and the key busy until it ran out. Busy with no record: nothing written.
   if deadline > 0 and now > deadline then return 'B', { now } end
-  -- Whether the slot holds compaction markers, asked before anything is written and with the
-  -- slot's probe key (which never exists) among the keys: see refuseMigrating. A new key needs
-  -- the answer anyway.
-  local present = rcall('EXISTS', bucket, legacy, probeOf(rec))
+  -- Whether the slot holds compaction markers, asked before anything is written and, on a
+  -- Cluster, with the slot's probe key (which never exists) among the keys: see refuseMigrating.
+  -- A new key needs the answer anyway.
+  local present
+  if cluster then
+    present = rcall('EXISTS', bucket, legacy, probeOf(rec))
+  else
+    present = rcall('EXISTS', bucket, legacy)
+  end
   -- The path of every new key first: the new record is written only if there is none (NX), and
   -- the same call answers the stored one otherwise (GET), so a new key costs one call here.
   -- Fences of new records start at the server clock, so they do not repeat even after the old
