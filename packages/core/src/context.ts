@@ -7,6 +7,7 @@ import { encodeValue } from './codec.js';
 import { ClosedError, ConfigError } from './errors.js';
 import { Headers, textHeaders } from './headers.js';
 import { deriveChildKey } from './keys.js';
+import type { LeaseKeeper } from './lease-keeper.js';
 import type { Logger } from './logger.js';
 import { ATTR_EO_STEP, ATTR_MESSAGING_DESTINATION_NAME, BAGGAGE_REQUEST_ID } from './semconv.js';
 import type { Delivery } from './spi.js';
@@ -101,6 +102,9 @@ export interface RunState {
   stepsRunning(): Promise<void> | undefined;
 }
 
+/** What a run uses of its lease keeper: steps only (the processor keeps the rest). */
+export type RunLease = Pick<LeaseKeeper, 'signal' | 'writeUntilAnswered' | 'confirm'>;
+
 export interface RunArgs {
   key: string;
   storeKey: string;
@@ -112,12 +116,11 @@ export interface RunArgs {
   consumer: string;
   /** The delivery; its headers' text form is made on first read of `ctx.headers`. */
   delivery: Delivery;
-  /** The run's abort signal, made on first use (most handlers never read it). */
-  signal: () => AbortSignal;
-  /** See `LeaseKeeper.writeUntilAnswered`: how a step's journal write is tried. */
-  writeUntilAnswered: <A>(write: () => Promise<A>) => Promise<A>;
-  /** See `LeaseKeeper.confirm`: checked before a step runs its effect. */
-  confirmLease: () => Promise<void>;
+  /**
+   * The run's lease keeper: its abort signal (made on first read: most handlers never read it),
+   * how a step's journal write is tried, and the check before a step runs its effect.
+   */
+  lease: RunLease;
   span: Span;
   otelContext: Context;
   steps: Readonly<Record<string, StepRecord>>;
@@ -268,9 +271,9 @@ class Run implements RunState {
       attempt: args.attempt,
       fence: args.fence,
       store: args.store,
-      signal: args.signal,
-      writeUntilAnswered: args.writeUntilAnswered,
-      confirmLease: args.confirmLease,
+      signal: () => args.lease.signal,
+      writeUntilAnswered: (write) => args.lease.writeUntilAnswered(write),
+      confirmLease: () => args.lease.confirm(),
       keyFor: (name) => this.keyFor(name),
       onStepEvent: args.onStepEvent,
       logger: args.logger,
@@ -345,7 +348,7 @@ class RunHandlerContext implements HandlerContext {
   }
 
   get signal(): AbortSignal {
-    return this.#run.args.signal();
+    return this.#run.args.lease.signal;
   }
 
   get keyFor(): HandlerContext['keyFor'] {

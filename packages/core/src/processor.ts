@@ -795,9 +795,7 @@ async function runAcquired<T, R>(
     namespace: o.namespace,
     consumer: o.consumer,
     delivery,
-    signal: () => keeper.signal,
-    writeUntilAnswered: (write) => keeper.writeUntilAnswered(write),
-    confirmLease: () => keeper.confirm(),
+    lease: keeper,
     span,
     otelContext: runCtx,
     steps: begun.steps,
@@ -879,10 +877,11 @@ async function runAcquired<T, R>(
   }
   const extending = keeper.stop();
   if (extending !== undefined) await extending;
-  const run: RunBlobs = {
-    blobs: stored?.kind === 'blob' ? [...state.blobs, stored.pointer] : state.blobs,
-    isJournaled: (pointer) => state.isJournaled(pointer),
-  };
+  // The run's blobs and the result's, if a blob: deleted should the completion not land.
+  const run: RunBlobs =
+    stored?.kind === 'blob'
+      ? { blobs: [...state.blobs, stored.pointer], isJournaled: (pointer) => state.isJournaled(pointer) }
+      : state;
   if (keeper.lost) {
     await discardBlobs(o, run);
     return leaseLost(storeKey, fence);
