@@ -276,6 +276,11 @@ export function createConsumer<T = unknown, R = unknown>(
     })();
   };
 
+  // Counted once the ack is written: one lost with its channel is redelivered, not done.
+  const countAcked = () => {
+    stats.acked++;
+  };
+
   const handle = async (kept: KeptChannel, msg: ConsumeMessage) => {
     stats.received++;
     stats.inFlight++;
@@ -289,6 +294,12 @@ export function createConsumer<T = unknown, R = unknown>(
         const d = await runGated(kept, msg, delivery);
         if (d === undefined) return; // handed back while it waited its turn
         countOutcome(stats, d);
+        if (d.action === 'ack') {
+          // Nothing to copy first (see settle for the copies' order): the ack goes at once.
+          if (kept.open) settlerOf(kept).ack(msg, countAcked);
+          else stats.abandoned++; // its channel is gone; the broker redelivers it on a live one
+          return;
+        }
         if (d.action !== 'defer') {
           await settle(kept, msg, d);
           return;
@@ -348,11 +359,11 @@ export function createConsumer<T = unknown, R = unknown>(
     }
   };
 
-  /** Carries out a disposition on the delivering channel; a copy is confirmed before the ack. */
+  /** Carries out a retry or dead letter on the delivering channel: the copy confirmed, then the ack. */
   const settle = async (
     kept: KeptChannel,
     msg: ConsumeMessage,
-    d: Exclude<Disposition, { action: 'defer' }>,
+    d: Extract<Disposition, { action: 'retry' | 'dead-letter' }>,
   ) => {
     // A copy of the message, on the channel that delivered it.
     const copyTo = (copyQueue: string, copyOptions: Options.Publish) =>
@@ -395,8 +406,7 @@ export function createConsumer<T = unknown, R = unknown>(
           // Counted once the ack is written: one lost with its channel is redelivered, not done.
           ack: () =>
             settlerOf(kept).ack(msg, () => {
-              if (d.action === 'ack') stats.acked++;
-              else if (d.action === 'retry' && !deadLetteredInstead) stats.retried++;
+              if (d.action === 'retry' && !deadLetteredInstead) stats.retried++;
               else stats.deadLettered++;
             }),
         });
