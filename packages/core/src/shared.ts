@@ -19,7 +19,8 @@ export interface HeldLease {
 
 /**
  * One delivery's place in an ordered group: it may run its handler once `previous` says the
- * delivery before it went well, and it says the same of itself through `go` (exactly once).
+ * delivery before it went well, and it says the same of itself through `go` (the first word
+ * counts; a release of the group says false for every delivery at once).
  */
 export interface Turn {
   readonly previous: Promise<boolean>;
@@ -48,7 +49,10 @@ export interface OrderedGroup {
   readonly kept: HeldLease[];
   /** Set by `release`: no handler of the group starts any more. */
   released: boolean;
-  /** Resolves (false) when the group is released: deliveries waiting for their turn stop waiting. */
+  /**
+   * Resolves (false) when the group is released, as every delivery's `previous` then does:
+   * deliveries waiting for their turn stop waiting.
+   */
   readonly whenReleased: Promise<false>;
   readonly markReleased: () => void;
   /**
