@@ -2,8 +2,9 @@
  * Kafka driver, on kafkajs or (the `-confluent` variants) `@confluentinc/kafka-javascript`. Raw
  * and SDK consumers are configured alike: same partitions, same `partitionsConsumedConcurrently`,
  * same fetch wait, manual offset resolution and explicit commits every 100 settled records and
- * at the end of each batch (the SDK's own commit cadence), so the difference between them is the
- * SDK's work per record. Topics are created and loaded with kafkajs for every variant.
+ * at the end of each batch, one at a time and not awaited by the records but at the batch's end
+ * (the SDK's own commit cadence), so the difference between them is the SDK's work per record.
+ * Topics are created and loaded with kafkajs for every variant.
  */
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -240,6 +241,23 @@ async function rawBatch(
 ): Promise<void> {
   const { batch, resolveOffset, isRunning, isStale } = payload;
   const commit = (offset: string) => commitNext((BigInt(offset) + 1n).toString());
+  // As the SDK commits: one commit on its way at a time, not awaited by the records; the batch's
+  // last commit after it.
+  let committing: Promise<void> | undefined;
+  let committed: string | undefined;
+  let commitFailed: { error: unknown } | undefined;
+  const commitAlong = (offset: string) => {
+    committing ??= commit(offset).then(
+      () => {
+        committed = offset;
+        committing = undefined;
+      },
+      (error: unknown) => {
+        committing = undefined;
+        commitFailed ??= { error };
+      },
+    );
+  };
   let last: string | undefined;
   let since = 0;
   for (const m of batch.messages) {
@@ -256,10 +274,13 @@ async function rawBatch(
     resolveOffset(m.offset);
     last = m.offset;
     meter.settle(startedAt);
-    if (++since >= COMMIT_EVERY) {
-      await commit(m.offset);
+    if (++since >= COMMIT_EVERY && committing === undefined) {
+      commitAlong(m.offset);
       since = 0;
     }
   }
-  if (last !== undefined && since > 0) await commit(last);
+  await committing;
+  // Thrown from the batch, as an awaited commit's failure was: kafkajs fetches it again.
+  if (commitFailed) throw commitFailed.error;
+  if (last !== undefined && last !== committed) await commit(last);
 }

@@ -150,6 +150,35 @@ describe('batch runner', () => {
     expect(second.commits).toEqual(['2']);
   });
 
+  it('records go on while an offset commit is on its way; the batch returns after it, with its last commit', async () => {
+    const { p, resolved, commits } = payload(7);
+    const { e } = env(() => ack, { commitEveryMessages: 2 });
+    // The first commit (after 2 records) is held until every record has been resolved.
+    let release!: () => void;
+    const held = new Promise<void>((r) => {
+      release = r;
+    });
+    let commitsStarted = 0;
+    const commit = p.commitOffsetsIfNecessary;
+    p.commitOffsetsIfNecessary = async (offsets) => {
+      if (++commitsStarted === 1) await held;
+      return commit(offsets);
+    };
+    let returned = false;
+    const running = runBatch(e, p).then(() => {
+      returned = true;
+    });
+    for (let i = 0; i < 100 && resolved.length < 7; i++) await new Promise((r) => setTimeout(r, 5));
+    // Awaited in the records' loop, the held commit stopped the batch at its second record.
+    expect(resolved).toEqual(['0', '1', '2', '3', '4', '5', '6']);
+    // One commit at a time: none other started while the first is on its way, and the batch waits.
+    expect(commitsStarted).toBe(1);
+    expect(returned).toBe(false);
+    release();
+    await running;
+    expect(commits).toEqual(['2', '7']);
+  });
+
   it('resolves and commits only up to the first unsettled record, pausing for a long wait', async () => {
     const { p, resolved, commits, paused } = payload(5);
     const { e, resumes } = env((d) => (offsetOf(d) === 2 ? defer(5_000) : ack));
