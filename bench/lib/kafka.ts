@@ -247,7 +247,7 @@ async function rawBatch(
   let committed: string | undefined;
   let commitFailed: { error: unknown } | undefined;
   const commitAlong = (offset: string) => {
-    committing ??= commit(offset).then(
+    committing = commit(offset).then(
       () => {
         committed = offset;
         committing = undefined;

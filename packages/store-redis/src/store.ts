@@ -171,6 +171,8 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
   registerScripts(client);
   // On a Cluster a batch script runs on one node: batches go per node (see nodeOfTag).
   const cluster = (client as { isCluster?: boolean }).isCluster === true;
+  // The scripts' argument for it (see refuseMigrating in lua/includes/record.lua).
+  const clusterArg = cluster ? '1' : '0';
   const nodeOf = (key: string): string => nodeOfTag(client, keysFor(prefix, key).tag);
   // Each node's clock, for the time after which a begin's caller has given up.
   const clocks = new ServerClocks();
@@ -246,7 +248,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
           route ??= record;
           packCompletion(packed, record, request);
         }
-        const call: RedisArg[] = [1, route as Buffer, String(graceMs), cluster ? '1' : '0', packed.finish()];
+        const call: RedisArg[] = [1, route as Buffer, String(graceMs), clusterArg, packed.finish()];
         const replies = (await batch(() =>
           wait === undefined
             ? runScript(client, 'completeMany', 'complete', call)
@@ -292,7 +294,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
         keys.id,
         request.key,
         String(clocks.deadline(node, startedAt, request.abandonAfterMs)),
-        cluster ? '1' : '0',
+        clusterArg,
       ])) as [Buffer, number, BeginPayload];
       clocks.observe(node, Number(now));
       return decodeBegin(request, code, now, payload, request.leaseMs);
@@ -323,7 +325,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
               .uint(Number(ms(request.leaseMs)), 6)
               .uint(clocks.deadline(node, startedAt, request.abandonAfterMs), 6);
           }
-          const args = [1, route as Buffer, String(ttlMs), cluster ? '1' : '0', packed.finish()];
+          const args = [1, route as Buffer, String(ttlMs), clusterArg, packed.finish()];
           const reply = (await batch(() => runScript(client, 'beginMany', 'begin', args))) as [
             number,
             ...(Buffer | BeginPayload)[],
