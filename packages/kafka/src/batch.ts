@@ -112,25 +112,26 @@ class BatchRun {
   private readonly partition: number;
   /** `<topic>:<partition>`. */
   private readonly partitionId: string;
-  /**
-   * Called when this batch must stop taking on work (revoked, stale, or the consumer stops), by
-   * whatever waits at that moment (see {@link unlessInterrupted}).
-   */
-  private readonly onInterrupt = new Set<() => void>();
   private stopped = false;
   /** Per record of the batch, when (monotonic ms) its handler last started; 0: not yet. */
   private readonly handlerStartedAt: Float64Array;
   /**
-   * While the batch waits for a record's run: the record, and how to stop waiting and detach the
-   * run (see {@link detach}). The heartbeat tick calls it once the handler has run past
-   * `maxInPlaceWaitMs`.
+   * Ends the batch's latest wait (see {@link unlessInterrupted}) with `undefined` when the batch
+   * must stop taking on work (revoked, stale, or the consumer stops), or `detached`. The batch
+   * waits for one thing at a time; a wait that has ended already takes no second answer.
    */
+  private endWait: ((answer: undefined | 'detached') => void) | undefined;
+  /**
+   * Whether that wait is for record `waitingIndex`'s run, which the heartbeat tick detaches (see
+   * {@link detach}) once its handler has run past `maxInPlaceWaitMs`.
+   */
+  private waitIsRun = false;
   private waitingIndex = 0;
-  private detachWaiting: (() => void) | undefined;
   private rebalanceError: unknown;
   /** Ordered groups started by this batch (see Processor.processInOrder). */
   private readonly runs: OrderedRun[] = [];
-  private settledNext: bigint | undefined;
+  /** The offset of the batch's last settled record; a BigInt only when it is committed. */
+  private settledOffset: string | undefined;
   private committedNext: bigint | undefined;
   private sinceCommit = 0;
   private lastCommitAt = performance.now();
@@ -157,8 +158,9 @@ class BatchRun {
     this.stopped = true;
     // Handlers of records not under way yet must not start once the batch is given up.
     void this.releaseRuns();
-    for (const cut of this.onInterrupt) cut();
-    this.onInterrupt.clear();
+    const end = this.endWait;
+    this.endWait = undefined;
+    end?.(undefined);
   }
 
   /**
@@ -166,41 +168,18 @@ class BatchRun {
    * also `detached` once the heartbeat tick detaches the wait for that record's run (see
    * {@link detach}). Not a race with a promise of the interrupt: every race would leave a reaction
    * on that batch-long promise, and with it each record's run, until the batch ends (a batch is
-   * thousands of records).
+   * thousands of records). On every record's path: a promise and nothing else made per wait.
    */
   private unlessInterrupted<T>(pending: Promise<T>): Promise<T | undefined>;
   private unlessInterrupted<T>(pending: Promise<T>, detachAt: number): Promise<T | 'detached' | undefined>;
   private unlessInterrupted<T>(pending: Promise<T>, detachAt?: number): Promise<T | 'detached' | undefined> {
     // Interrupted already: an answer that is already there still wins, as in a race.
     if (this.stopped) return Promise.race([pending, Promise.resolve(undefined)]);
+    this.waitIsRun = detachAt !== undefined;
+    if (detachAt !== undefined) this.waitingIndex = detachAt;
     return new Promise<T | 'detached' | undefined>((resolve, reject) => {
-      const end = () => {
-        this.onInterrupt.delete(cut);
-        if (this.detachWaiting === detach) this.detachWaiting = undefined;
-      };
-      const cut = () => {
-        end();
-        resolve(undefined);
-      };
-      const detach = () => {
-        end();
-        resolve('detached');
-      };
-      this.onInterrupt.add(cut);
-      if (detachAt !== undefined) {
-        this.waitingIndex = detachAt;
-        this.detachWaiting = detach;
-      }
-      pending.then(
-        (value) => {
-          end();
-          resolve(value);
-        },
-        (error: unknown) => {
-          end();
-          reject(error);
-        },
-      );
+      this.endWait = resolve;
+      pending.then(resolve, reject);
     });
   }
 
@@ -271,6 +250,7 @@ class BatchRun {
     // librdkafka, which heartbeats by itself, the timer only notices a revocation: isStale.)
     const timer = setInterval(() => this.heartbeat(), this.env.heartbeatIntervalMs);
     const messages = this.payload.batch.messages;
+    const { stats } = this.env;
     // Retry-topic records wait for their due time one by one; the others run in ordered groups.
     const grouped = this.topic !== this.env.retryTopic;
     let group: { from: number; run: OrderedRun } | undefined;
@@ -298,8 +278,25 @@ class BatchRun {
           // Already started: an interrupt gives it the grace period like any run under way.
           started = group.run.dispositions[i - group.from];
         } else if (!this.live()) break;
-        const step = await this.handle(message, i, started);
+        stats.received++;
+        stats.inFlight++;
+        let step: Step | 'again' = 'again';
+        try {
+          if (started !== undefined) {
+            const answer = await this.unlessInterrupted(started, i);
+            // An ack, the common answer, is settled here rather than in another async frame.
+            step =
+              typeof answer === 'object' && answer.action === 'ack'
+                ? this.acked(message, answer)
+                : await this.answered(message, started, answer);
+          }
+          if (step === 'again') step = await this.settle(message, i);
+        } finally {
+          stats.inFlight--;
+        }
+        if (step === 'abandoned') stats.abandoned++;
         if (step === 'rebatch') {
+          stats.received--; // counted again when it is run
           if (!this.live()) break;
           group = undefined;
           continue;
@@ -336,8 +333,8 @@ class BatchRun {
     // its handler passed maxInPlaceWaitMs. Not before the handler started: a slow begin detached
     // would release its group and give its own lease back, again at every fetch.
     const since = this.handlerStartedAt[this.waitingIndex] ?? 0;
-    if (this.detachWaiting && since > 0 && performance.now() - since > this.env.maxInPlaceWaitMs) {
-      this.detachWaiting();
+    if (this.waitIsRun && since > 0 && performance.now() - since > this.env.maxInPlaceWaitMs) {
+      this.endWait?.('detached');
     }
     this.payload.heartbeat().catch((error: unknown) => {
       if (isRebalanceError(error)) {
@@ -380,25 +377,6 @@ class BatchRun {
     }
   }
 
-  /** {@link settle} with the counters every consumer keeps. */
-  private async handle(
-    message: KafkaMessageLike,
-    index: number,
-    first: Promise<Disposition> | undefined,
-  ): Promise<Step> {
-    const { stats } = this.env;
-    stats.received++;
-    stats.inFlight++;
-    try {
-      const step = await this.settle(message, index, first);
-      if (step === 'abandoned') stats.abandoned++;
-      if (step === 'rebatch') stats.received--; // counted again when it is run
-      return step;
-    } finally {
-      stats.inFlight--;
-    }
-  }
-
   private deliveryOf(message: KafkaMessageLike) {
     return toDelivery(
       this.topic,
@@ -410,22 +388,12 @@ class BatchRun {
   }
 
   /**
-   * Processes one record until it is settled, or the batch pauses or gives it up. `first` is the
-   * record's run already started in an ordered group; later runs of it start here.
+   * Runs a record (again, for a grouped record: its first run started in its group) until it is
+   * settled, or the batch pauses or gives it up.
    */
-  private async settle(
-    message: KafkaMessageLike,
-    index: number,
-    first: Promise<Disposition> | undefined,
-  ): Promise<Step> {
-    const { env, topic } = this;
-    // A grouped record's run already has its delivery: map it again only to run it here or copy it.
-    let mapped: Delivery | undefined;
-    const delivery = () => {
-      mapped ??= this.deliveryOf(message);
-      return mapped;
-    };
-    if (topic === env.retryTopic) {
+  private async settle(message: KafkaMessageLike, index: number): Promise<Step> {
+    const { env } = this;
+    if (this.topic === env.retryTopic) {
       const due = retryAtOf(message);
       const wait = due === undefined ? 0 : due - Date.now();
       if (wait > 0) {
@@ -433,66 +401,83 @@ class BatchRun {
         if (step !== 'settled') return step;
       }
     }
-    for (let started = first; ; started = undefined) {
-      if (started === undefined) this.handlerStartedAt[index] = 0;
-      const pending = started ?? env.processor.process(delivery(), () => this.handlerStarted(index));
-      const d = await this.awaitOrAbandon(pending, index);
-      if (d === 'detached') return this.detach(message, pending);
-      if (d === undefined) {
-        // Given up; the run goes on unowned (its writes are fenced) and is still in flight.
-        this.goOnWithout(pending);
-        return 'abandoned';
+    for (;;) {
+      this.handlerStartedAt[index] = 0;
+      const pending = env.processor.process(this.deliveryOf(message), () => this.handlerStarted(index));
+      const step = await this.answered(message, pending, await this.unlessInterrupted(pending, index));
+      if (step !== 'again') return step;
+    }
+  }
+
+  /**
+   * Acts on what the run `pending` of a record answered (see {@link unlessInterrupted}); `again`
+   * when the record is to run again now (a retry or a deferral waited out in place).
+   */
+  private async answered(
+    message: KafkaMessageLike,
+    pending: Promise<Disposition>,
+    answer: Disposition | 'detached' | undefined,
+  ): Promise<Step | 'again'> {
+    const { env } = this;
+    if (answer === 'detached') return this.detach(message, pending);
+    const d = answer ?? (await this.lateAnswer(pending));
+    if (d === undefined) {
+      // Given up; the run goes on unowned (its writes are fenced) and is still in flight.
+      this.goOnWithout(pending);
+      return 'abandoned';
+    }
+    if (d.outcome === 'not-run') {
+      // Gave way to a record taken over: the records a dead worker held run one at a time, so
+      // beginning 32 at once here would be given back again at each of them.
+      if (d.action === 'defer' && d.gaveWay) env.groupSizes.set(this.partitionId, 1);
+      return 'rebatch';
+    }
+    if (d.action === 'ack') return this.acked(message, d);
+    countOutcome(env.stats, d);
+    // A grouped record's run has its delivery already: it is mapped again only to be copied.
+    switch (d.action) {
+      case 'dead-letter': {
+        const step = await this.settleWithCopy(d, message, this.deliveryOf(message));
+        if (step !== 'settled') return step;
+        env.stats.deadLettered++;
+        return 'settled';
       }
-      if (d.outcome === 'not-run') {
-        // Gave way to a record taken over: the records a dead worker held run one at a time, so
-        // beginning 32 at once here would be given back again at each of them.
-        if (d.action === 'defer' && d.gaveWay) env.groupSizes.set(this.partitionId, 1);
-        return 'rebatch';
+      case 'retry': {
+        if (env.retryTopic !== undefined) {
+          const step = await this.settleWithCopy(d, message, this.deliveryOf(message));
+          if (step !== 'settled') return step;
+          env.stats.retried++;
+          return 'settled';
+        }
+        env.stats.retried++;
+        const step = await this.wait(d.delayMs);
+        return step === 'settled' ? 'again' : step;
       }
-      countOutcome(env.stats, d);
-      switch (d.action) {
-        case 'ack':
-          env.stats.acked++;
-          if (env.copiesOnHold.size > 0) env.copiesOnHold.delete(this.copyId(message));
-          return this.resolve(message);
-        case 'dead-letter': {
-          const step = await this.settleWithCopy(d, message, delivery());
+      case 'defer': {
+        // Its dead letter was decided before (a copy refused, or a detached run escalating an
+        // unconfirmed publish): the record is still unpublished, so that decision stands
+        // rather than another round of deferrals.
+        const held = d.outcome === 'publish-failed' ? env.copiesOnHold.get(this.copyId(message)) : undefined;
+        if (held?.deadLetter !== undefined) {
+          const step = await this.settleWithCopy(held.deadLetter, message, this.deliveryOf(message));
           if (step !== 'settled') return step;
           env.stats.deadLettered++;
           return 'settled';
         }
-        case 'retry': {
-          if (env.retryTopic !== undefined) {
-            const step = await this.settleWithCopy(d, message, delivery());
-            if (step !== 'settled') return step;
-            env.stats.retried++;
-            return 'settled';
-          }
-          env.stats.retried++;
-          const step = await this.wait(d.delayMs);
-          if (step !== 'settled') return step;
-          break;
-        }
-        case 'defer': {
-          // Its dead letter was decided before (a copy refused, or a detached run escalating an
-          // unconfirmed publish): the record is still unpublished, so that decision stands
-          // rather than another round of deferrals.
-          const held =
-            d.outcome === 'publish-failed' ? env.copiesOnHold.get(this.copyId(message)) : undefined;
-          if (held?.deadLetter !== undefined) {
-            const step = await this.settleWithCopy(held.deadLetter, message, delivery());
-            if (step !== 'settled') return step;
-            env.stats.deadLettered++;
-            return 'settled';
-          }
-          env.stats.deferred++;
-          this.logDefer(d, message);
-          const step = await this.wait(d.delayMs);
-          if (step !== 'settled') return step;
-          break;
-        }
+        env.stats.deferred++;
+        this.logDefer(d, message);
+        const step = await this.wait(d.delayMs);
+        return step === 'settled' ? 'again' : step;
       }
     }
+  }
+
+  private acked(message: KafkaMessageLike, d: Extract<Disposition, { action: 'ack' }>): Step {
+    const { env } = this;
+    countOutcome(env.stats, d);
+    env.stats.acked++;
+    if (env.copiesOnHold.size > 0) env.copiesOnHold.delete(this.copyId(message));
+    return this.resolve(message);
   }
 
   private copyId(message: KafkaMessageLike): string {
@@ -539,24 +524,18 @@ class BatchRun {
 
   private resolve(message: KafkaMessageLike): Step {
     this.payload.resolveOffset(message.offset);
-    this.settledNext = BigInt(message.offset) + 1n;
+    this.settledOffset = message.offset;
     this.sinceCommit++;
     return 'settled';
   }
 
   /**
-   * Waits for a run. Past `maxInPlaceWaitMs` the heartbeat tick detaches it (`detached`, see
-   * {@link detach}). On an interrupt it still gives the run `revokeGraceMs` (when stopping: the
-   * rest of stop's timeout) to finish, so a short handler's work is committed rather than
-   * repeated; after that the run goes on unowned (its writes are fenced) and the record stays
-   * unresolved for whoever owns the partition next.
+   * The batch was interrupted while it waited for a run (see {@link unlessInterrupted}): the run
+   * still gets `revokeGraceMs` (when stopping: the rest of stop's timeout) to finish, so a short
+   * handler's work is committed rather than repeated. After that it goes on unowned (its writes
+   * are fenced; undefined) and the record stays unresolved for whoever owns the partition next.
    */
-  private async awaitOrAbandon(
-    pending: Promise<Disposition>,
-    index: number,
-  ): Promise<Disposition | 'detached' | undefined> {
-    const first = await this.unlessInterrupted(pending, index);
-    if (first !== undefined) return first;
+  private async lateAnswer(pending: Promise<Disposition>): Promise<Disposition | undefined> {
     if (!(await settledWithin([pending], this.env.graceMs()))) return undefined;
     const late = await pending;
     // Only a settle that needs no more broker round trips than a commit is taken this late.
@@ -693,8 +672,9 @@ class BatchRun {
   }
 
   private async commit(): Promise<void> {
-    const next = this.settledNext;
-    if (next === undefined || next === this.committedNext) return;
+    if (this.settledOffset === undefined) return;
+    const next = BigInt(this.settledOffset) + 1n;
+    if (next === this.committedNext) return;
     this.sinceCommit = 0;
     this.lastCommitAt = performance.now();
     // Not fatal when it fails: a later commit carries a higher offset; until then a restart
