@@ -87,7 +87,12 @@ const program = new Command('bench')
     `comma list of ${SECTIONS.join(',')} (default all but ${OPT_IN.join(',')})`,
     list(SECTIONS),
   )
-  .option('--messages <n>', 'messages per consume run (default 50000; quick 60)', int)
+  .option('--messages <n>', 'messages per RabbitMQ consume run (default 50000; quick 60)', int)
+  .option(
+    '--kafka-messages <n>',
+    'messages per Kafka consume run: several fetches of them, see README (default 200000; quick 60)',
+    int,
+  )
   .option(
     '--mongo-messages <n>',
     'messages per sdk-mongo and sdk-mongo-java run (default 500; quick 20)',
@@ -172,6 +177,7 @@ const config = {
   quick,
   sections: (o.only as Section[] | undefined) ?? SECTIONS.filter((s) => !OPT_IN.includes(s)),
   messages: pick(o.messages, 50_000, 60),
+  kafkaMessages: pick(o.kafkaMessages, 200_000, 60),
   mongoMessages: pick(o.mongoMessages, 500, 20),
   rounds: pick(o.rounds, 5, 1),
   warmup: pick(o.warmup, 5000, 0),
@@ -283,7 +289,7 @@ async function consume(driver: Driver): Promise<void> {
       driver,
       {
         rounds: config.rounds,
-        messages: config.messages,
+        messages: driver.broker === 'kafka' ? config.kafkaMessages : config.messages,
         mongoMessages: config.mongoMessages,
         warmupMessages: config.warmup,
         variants: config.variants,
