@@ -333,19 +333,47 @@ export function createConsumer<T = unknown, R = unknown>(
    * Runs the pipeline once its turn has come (see redelivered.ts); a delivery that waited for it
    * and meanwhile lost its channel, or saw stop() begin, is handed back unrun (undefined).
    */
-  const runGated = async (kept: KeptChannel, msg: ConsumeMessage, delivery: Delivery) => {
+  const runGated = (
+    kept: KeptChannel,
+    msg: ConsumeMessage,
+    delivery: Delivery,
+  ): Promise<Disposition | undefined> => {
     // Only a redelivered message whose last run may have died with its worker runs alone: one
     // handed back unrun or given back at a stop is not a suspect, and runs as a new one does.
-    let alone = false;
-    if (msg.fields.redelivered) {
-      alone = await processor.lastRunMayHaveDied(delivery);
-      if (!kept.open || stopping.signal.aborted) {
-        handBack(kept, msg);
-        return undefined;
-      }
+    if (msg.fields.redelivered) return runRedelivered(kept, msg, delivery);
+    const turn = gate.enter(false);
+    // Nothing runs alone (nearly always): the run starts now, with no async frame of its own.
+    if (turn === undefined) return processor.process(delivery).then(leftGate, leftGateFailing);
+    return runEntered(kept, msg, delivery, false, turn);
+  };
+  // Made once rather than per delivery: the gate's leave after a run that entered it as new.
+  const leftGate = (d: Disposition) => {
+    gate.leave(false);
+    return d;
+  };
+  const leftGateFailing = (error: unknown): never => {
+    gate.leave(false);
+    throw error;
+  };
+
+  const runRedelivered = async (kept: KeptChannel, msg: ConsumeMessage, delivery: Delivery) => {
+    const alone = await processor.lastRunMayHaveDied(delivery);
+    if (!kept.open || stopping.signal.aborted) {
+      handBack(kept, msg);
+      return undefined;
     }
+    return runEntered(kept, msg, delivery, alone, gate.enter(alone));
+  };
+
+  /** The run once the gate lets it start (`turn`: what `gate.enter(alone)` answered), then its leave. */
+  const runEntered = async (
+    kept: KeptChannel,
+    msg: ConsumeMessage,
+    delivery: Delivery,
+    alone: boolean,
+    turn: Promise<void> | undefined,
+  ) => {
     try {
-      const turn = gate.enter(alone);
       if (turn !== undefined) {
         await turn;
         if (!kept.open || stopping.signal.aborted) {
