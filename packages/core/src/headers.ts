@@ -100,9 +100,11 @@ export function readIdentityHeader(headers: MessageHeaders | undefined, name: st
   const lower = name.toLowerCase();
   let found: string | undefined;
   let all: string[] | undefined;
-  for (const k of Object.keys(headers)) {
+  // for-in, not Object.keys: no array of names made for each header read of each message.
+  for (const k in headers) {
     // Names are ASCII: a key of another length cannot be the same name in another case.
     if (k.length !== lower.length || (k !== lower && k.toLowerCase() !== lower)) continue;
+    if (!Object.hasOwn(headers, k)) continue;
     if (found === undefined) found = k;
     else {
       all ??= [found];

@@ -105,7 +105,11 @@ type CleanValue = HeaderValue | null | HeaderValue[];
  */
 export function cleanHeaders(headers: KafkaHeaders | undefined): Record<string, CleanValue> {
   const out: Record<string, CleanValue> = {};
-  for (const [name, value] of Object.entries(headers ?? {})) {
+  if (headers === undefined) return out;
+  // for-in, not Object.entries: no array of pairs made for each record.
+  for (const name in headers) {
+    if (!Object.hasOwn(headers, name)) continue;
+    const value = headers[name];
     if (typeof value === 'string' || value instanceof Uint8Array || value === null) {
       setOwn(out, name, value); // the common case: one value
       continue;

@@ -23,7 +23,11 @@ const IDENTITY_HEADERS = new Set<string>([Headers.IdempotencyKey, Headers.Reques
  */
 function scalarHeaders(headers: Record<string, unknown> | undefined): Record<string, HeaderValue> {
   const out: Record<string, HeaderValue> = {};
-  for (const [name, v] of Object.entries(headers ?? {})) {
+  if (headers === undefined) return out;
+  // for-in, not Object.entries: no array of pairs made for each message.
+  for (const name in headers) {
+    if (!Object.hasOwn(headers, name)) continue;
+    const v = headers[name];
     if (IDENTITY_HEADERS.has(name.toLowerCase())) {
       out[name] = v as HeaderValue; // raw: core decides
     } else if (
