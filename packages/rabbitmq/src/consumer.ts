@@ -194,7 +194,20 @@ export function createConsumer<T = unknown, R = unknown>(
   };
   const processor = createProcessor<T, R>({ ...rest, consumer: name, publisher });
   const stats = emptyStats();
-  const inFlight = new Set<Promise<void>>();
+  // Deliveries under way are counted (stats.inFlight), not kept: stop() and idle() wait for the
+  // count to reach 0, and no promise or closure is made per delivery to track it.
+  let noneInFlight: { readonly reached: Promise<void>; readonly resolve: () => void } | undefined;
+  const allSettled = (): Promise<void> => {
+    if (stats.inFlight === 0) return Promise.resolve();
+    if (noneInFlight === undefined) {
+      let resolve!: () => void;
+      const reached = new Promise<void>((r) => {
+        resolve = r;
+      });
+      noneInFlight = { reached, resolve };
+    }
+    return noneInFlight.reached;
+  };
   const gate = redeliveryGate();
   const consumerTags = new Map<KeptChannel, string>();
   // Aborted by stop(): wakes deliveries waiting to run again, so shutdown does not wait them out.
@@ -243,8 +256,7 @@ export function createConsumer<T = unknown, R = unknown>(
         }
         return;
       }
-      const run = handle(kept, msg).finally(() => inFlight.delete(run));
-      inFlight.add(run);
+      void handle(kept, msg);
     });
     if (stopping.signal.aborted) {
       // stop() ran while this subscription was on its way and found no tag to cancel: without
@@ -318,7 +330,10 @@ export function createConsumer<T = unknown, R = unknown>(
       stats.abandoned++;
       logger.warn('delivery not settled; the broker will redeliver it', { queue, error: toErrorInfo(error) });
     } finally {
-      stats.inFlight--;
+      if (--stats.inFlight === 0 && noneInFlight !== undefined) {
+        noneInFlight.resolve();
+        noneInFlight = undefined;
+      }
     }
   };
 
@@ -463,12 +478,12 @@ export function createConsumer<T = unknown, R = unknown>(
       for (const [kept, tag] of consumerTags) {
         if (kept.open) await kept.channel.cancel(tag).catch(() => {});
       }
-      await settledWithin(inFlight, timeoutMs);
+      await settledWithin([allSettled()], timeoutMs);
       finished = true;
-      if (inFlight.size > 0) {
+      if (stats.inFlight > 0) {
         logger.warn('stopping with deliveries in flight; the broker will redeliver them', {
           queue,
-          inFlight: inFlight.size,
+          inFlight: stats.inFlight,
         });
         // Their handlers are asked to end (ctx.signal); one that then fails gives its key back.
         processor.abortRuns();
@@ -486,7 +501,7 @@ export function createConsumer<T = unknown, R = unknown>(
     topology,
     stats,
     stop,
-    idle: (timeoutMs = Number.POSITIVE_INFINITY) => settledWithin(inFlight, timeoutMs),
+    idle: (timeoutMs = Number.POSITIVE_INFINITY) => settledWithin([allSettled()], timeoutMs),
     async start() {
       if (keeper || stopped) throw new ConfigError('a consumer can be started once');
       manager = resolveConnection(connection);
