@@ -577,6 +577,12 @@ async function run<T, R>(
     await (turn === undefined ? closed : Promise.race([closed, turn.group.whenReleased]));
     if (turn?.group.released) return notRun(turn);
   }
+  // This process runs the key already (a Kafka record fetched again, a message redelivered, while
+  // that run still tries its completion through an outage): its end first. Begun now, once the
+  // store is back, the copy would find the lease run out, take the key over and run the handler
+  // again while the completion waits for its next try. (Another process's copy still can: README.)
+  const own = shared.waitForOwnRuns ? shared.publishing.get(storeKey) : undefined;
+  if (own !== undefined) await settledWithin([own.wait()], o.maxRunMs);
   let begun: BeginResult;
   try {
     begun = await beginOnce();

@@ -759,6 +759,32 @@ describe('processor: failures', () => {
     expect(effects).toBe(1);
   });
 
+  it("a copy that arrives while its key's run still tries its completion waits for that run: no takeover, the handler runs once", async () => {
+    // A Kafka record fetched again, or a message redelivered, as the store comes back from an
+    // outage longer than the lease: the copy's begin found the lease run out and took the key
+    // over, while the first run's completion waited for its next try.
+    let down = false;
+    let effects = 0;
+    const p = createProcessor({
+      consumer: 'c',
+      store: withFaults(createMemoryStore(), { failWhen: (op) => down && op !== 'get' }),
+      ...fast,
+      leaseMs: 200,
+      heartbeatMs: 50,
+      handler: () => {
+        if (++effects === 1) down = true;
+      },
+    });
+    const first = p.process(delivery({}, key('copy-in-outage')));
+    // Past the lease; the completion's next try is due some 250 ms after the store is back.
+    await sleep(450);
+    down = false;
+    const copy = await p.process(delivery({}, key('copy-in-outage')));
+    expect(await first).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    expect(copy).toMatchObject({ action: 'ack', outcome: 'duplicate' });
+    expect(effects).toBe(1);
+  });
+
   it("a completion tried past its run is ended by the consumer's stop (abortRuns): not acked", async () => {
     const p = createProcessor({
       consumer: 'c',

@@ -336,7 +336,7 @@ describe('a begin answered after its lease ran out', () => {
 });
 
 describe('a key taken over from a run of this process still going', () => {
-  it('runs after that run has ended, not beside it', async () => {
+  it('a copy waits for that run to end before its begin: never beside it, and then a duplicate', async () => {
     // Heartbeats fail for a while (a store too slow to answer), so the first run's lease runs out while
     // its handler, which does not watch ctx.signal, goes on; a copy of the message then takes the
     // key over in the same process.
@@ -358,8 +358,11 @@ describe('a key taken over from a run of this process still going', () => {
     const first = p.process(delivery({ order: 'self' }, key('self')));
     await sleep(250); // past the first run's lease
     const copy = p.process(delivery({ order: 'self' }, key('self')));
-    await Promise.all([first, copy]);
-    expect(meter.runs).toBe(2);
+    // The copy waits for that run before its begin, so it finds the key completed: before, it
+    // took the key over and ran the handler a second time once the first had ended.
+    expect(await first).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    expect(await copy).toMatchObject({ action: 'ack', outcome: 'duplicate' });
+    expect(meter.runs).toBe(1);
     expect(meter.most).toBe(1);
   });
 
