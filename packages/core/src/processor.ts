@@ -581,8 +581,8 @@ async function run<T, R>(
   // that run still tries its completion through an outage): its end first. Begun now, once the
   // store is back, the copy would find the lease run out, take the key over and run the handler
   // again while the completion waits for its next try. (Another process's copy still can: README.)
-  const own = shared.waitForOwnRuns ? shared.publishing.get(storeKey) : undefined;
-  if (own !== undefined) await settledWithin([own.wait()], o.maxRunMs);
+  const own = localRunOf(shared, storeKey, turn);
+  if (own !== undefined) await settledWithin([own], o.maxRunMs);
   let begun: BeginResult;
   try {
     begun = await beginOnce();
@@ -709,8 +709,8 @@ async function run<T, R>(
 }
 
 /**
- * The end of this processor's own run of `storeKey`, if one is under way that a busy delivery may
- * wait for without a cycle: a run past its turn (it waits for no other delivery), or in an ordered
+ * The end of this processor's own run of `storeKey`, if one is under way that a delivery about to
+ * begin, or answered busy, may wait for without a cycle: a run past its turn (it waits for no other delivery), or in an ordered
  * group an earlier delivery of the same group (deliveries of a group wait only for earlier ones).
  */
 function localRunOf(shared: Shared, storeKey: string, turn: Turn | undefined): Promise<void> | undefined {
