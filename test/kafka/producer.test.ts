@@ -63,12 +63,17 @@ describe('kafka producer', () => {
     }
   });
 
-  it('send refuses an empty key or one that is not UTF-8 with InvalidKeyError and sends nothing', async () => {
+  it('send refuses an empty key or request id, or one that is not UTF-8, with InvalidKeyError and sends nothing', async () => {
     const topic = uniqueName('producer-badkey');
     await createTopics(admin, [topic], 1);
     const producer = createProducer({ kafka });
     try {
       await expectUnusableKeysRefused((idempotencyKey) => producer.send(topic, { n: 1 }, { idempotencyKey }));
+      // A request id is checked as the consumers check it: it is also the key when none is given.
+      await expectUnusableKeysRefused((requestId) => producer.send(topic, { n: 1 }, { requestId }));
+      await expectUnusableKeysRefused((requestId) =>
+        producer.send(topic, { n: 1 }, { requestId, idempotencyKey: 'k-valid' }),
+      );
       await producer.send(topic, { n: 2 }, { idempotencyKey: 'k-ok' });
       expect(await topicSize(admin, topic)).toBe(1);
     } finally {

@@ -83,7 +83,7 @@ describe('rabbitmq publisher and what AMQP cannot encode', () => {
 describe('rabbitmq publisher and keys the consumers refuse', () => {
   // Found by a review: send confirmed an empty key, and every consumer dead-lettered the
   // message as KEY_MISSING; the sender was never told.
-  it('send refuses an empty key or one that is not UTF-8 with InvalidKeyError and sends nothing', async () => {
+  it('send refuses an empty key or request id, or one that is not UTF-8, with InvalidKeyError and sends nothing', async () => {
     const queue = `rmq-badkey-${Date.now()}`;
     const raw = await rawChannel();
     await raw.ch.assertQueue(queue, { durable: true });
@@ -91,6 +91,11 @@ describe('rabbitmq publisher and keys the consumers refuse', () => {
     try {
       await expectUnusableKeysRefused((idempotencyKey) =>
         publisher.send(queue, { n: 1 }, { idempotencyKey }),
+      );
+      // A request id is checked as the consumers check it: it is also the key when none is given.
+      await expectUnusableKeysRefused((requestId) => publisher.send(queue, { n: 1 }, { requestId }));
+      await expectUnusableKeysRefused((requestId) =>
+        publisher.send(queue, { n: 1 }, { requestId, idempotencyKey: 'k-valid' }),
       );
       await publisher.send(queue, { n: 2 }, { idempotencyKey: 'k-ok' });
       const got = await raw.drain(queue);

@@ -3,7 +3,14 @@
  * context) and core's confirmed `OutgoingPublisher` for handler outputs and dead-letter copies.
  */
 import { randomUUID } from 'node:crypto';
-import { ClosedError, Headers, normalizeKey, type OutgoingMessage, PublishError } from '@exactly-once/core';
+import {
+  ClosedError,
+  Headers,
+  normalizeKey,
+  normalizeRequestId,
+  type OutgoingMessage,
+  PublishError,
+} from '@exactly-once/core';
 import type { OutgoingPublisher } from '@exactly-once/core/spi';
 import { encodeValue, extraHeaders, injectContext, recordError, tracer } from '@exactly-once/core/spi';
 import { context, SpanKind, trace } from '@opentelemetry/api';
@@ -195,8 +202,10 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
     async send(topic, message, sendOptions = {}) {
       if (closed) throw closedError();
       const requestId = sendOptions.requestId ?? randomUUID();
-      // A key the consumers would refuse (empty, not UTF-8) is refused here, where the sender
-      // learns of it, rather than dead-lettered as KEY_MISSING or INVALID_KEY downstream.
+      // A key or request id the consumers would refuse (empty, not UTF-8) is refused here, where
+      // the sender learns of it, rather than dead-lettered as KEY_MISSING or INVALID_KEY
+      // downstream. The request id is also the key when no key is given.
+      if (sendOptions.requestId !== undefined) normalizeRequestId(sendOptions.requestId);
       if (sendOptions.idempotencyKey !== undefined) normalizeKey(sendOptions.idempotencyKey);
       const idempotencyKey = sendOptions.idempotencyKey ?? requestId;
       const { bytes, contentType } = encodeValue(message);

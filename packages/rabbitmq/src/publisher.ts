@@ -10,6 +10,7 @@ import {
   Headers,
   type Logger,
   normalizeKey,
+  normalizeRequestId,
   type OutgoingMessage,
   PublishError,
   sha256Hex,
@@ -187,8 +188,10 @@ export function createPublisher(options: PublisherOptions): RabbitPublisher {
     async send(destination, message, opts = {}) {
       if (closed) throw closedError();
       const requestId = opts.requestId ?? randomUUID();
-      // A key the consumers would refuse (empty, not UTF-8) is refused here, where the sender
-      // learns of it, rather than dead-lettered as KEY_MISSING or INVALID_KEY downstream.
+      // A key or request id the consumers would refuse (empty, not UTF-8) is refused here, where
+      // the sender learns of it, rather than dead-lettered as KEY_MISSING or INVALID_KEY
+      // downstream. The request id is also the key when no key is given.
+      if (opts.requestId !== undefined) normalizeRequestId(opts.requestId);
       if (opts.idempotencyKey !== undefined) normalizeKey(opts.idempotencyKey);
       const idempotencyKey = opts.idempotencyKey ?? requestId;
       const { bytes, contentType } = encodeValue(message);
