@@ -226,6 +226,8 @@ function publishFailed<T, R>(
   o.logger.warn('outgoing publish not confirmed; kept for the next delivery or call of the key', {
     key: storeKey,
     unconfirmedInARow: failures,
+    // What the broker said, and where to: a missing queue shows here, not only at escalation.
+    error: toErrorInfo(error),
   });
   const delayMs = publishBackoff(failures);
   const info = toErrorInfo(

@@ -99,12 +99,19 @@ describe('processor: completed and duplicate', () => {
   it('re-publishes outgoing messages that were not confirmed, on the duplicate path, with the same ids', async () => {
     const store = createMemoryStore();
     const publisher = recordingPublisher();
+    const warnings: { message: string; meta?: Record<string, unknown> }[] = [];
     let runs = 0;
     const p = createProcessor({
       consumer: 'billing',
       store,
       publisher,
       ...fast,
+      logger: {
+        debug() {},
+        info() {},
+        error() {},
+        warn: (message, meta) => warnings.push({ message, meta }),
+      },
       handler: (_: unknown, ctx: HandlerContext) => {
         runs++;
         ctx.publish('payments', { n: 1 });
@@ -113,6 +120,14 @@ describe('processor: completed and duplicate', () => {
     publisher.failing = true;
     const first = await p.process(delivery({}, key('k3')));
     expect(first).toMatchObject({ action: 'defer', outcome: 'publish-failed' });
+    // The warning says what the publisher answered (an outside test's missing queue showed only a
+    // count of failures in a row).
+    expect(warnings).toContainEqual({
+      message: 'outgoing publish not confirmed; kept for the next delivery or call of the key',
+      meta: expect.objectContaining({
+        error: expect.objectContaining({ message: 'broker did not confirm' }),
+      }),
+    });
     publisher.failing = false;
     const second = await p.process(delivery({}, key('k3')));
     expect(second).toMatchObject({ action: 'ack', outcome: 'duplicate' });

@@ -149,7 +149,11 @@ export function createPublisher(options: PublisherOptions): RabbitPublisher {
       try {
         await checkExchange(exchange);
         const kept = await keeper.get(Math.max(1, deadline - Date.now()));
-        await withDeadline(publishConfirmed(kept, exchange, key, content, publishOptions), deadline);
+        await withDeadline(
+          publishConfirmed(kept, exchange, key, content, publishOptions),
+          deadline,
+          m.destination,
+        );
         return;
       } catch (error) {
         if (closed) throw closedError();
@@ -271,11 +275,11 @@ export function createPublisher(options: PublisherOptions): RabbitPublisher {
 }
 
 /** `p`, or a PublishError if it has not settled by `deadline` (the broker never confirmed). */
-function withDeadline<T>(p: Promise<T>, deadline: number): Promise<T> {
+function withDeadline<T>(p: Promise<T>, deadline: number, destination: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<never>((_, reject) => {
     timer = setTimeout(
-      () => reject(new PublishError('the broker did not confirm in time')),
+      () => reject(new PublishError(`publish to ${destination}: the broker did not confirm in time`)),
       Math.max(0, deadline - Date.now()),
     );
   });
