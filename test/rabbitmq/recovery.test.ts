@@ -100,8 +100,18 @@ describe('rabbitmq recovery', () => {
   });
 
   it('never acks a message whose dead-letter copy had nowhere to go; delivers it once the DLQ is back', async () => {
-    const { queue, raw, consumer } = await setup(() => {
-      throw new PermanentError('declined');
+    // 'assume': the queues are the operator's, so only the operator brings the DLQ back.
+    const { queue, raw, consumer } = await setup(
+      () => {
+        throw new PermanentError('declined');
+      },
+      { topology: 'assume' },
+    );
+    await raw.ch.assertQueue(queue, { durable: true, arguments: { 'x-queue-type': 'quorum' } });
+    await raw.ch.assertQueue(`${queue}.dlq`, { durable: true, arguments: { 'x-queue-type': 'quorum' } });
+    await raw.ch.assertQueue(`${queue}.retry.100`, {
+      durable: true,
+      arguments: { 'x-queue-type': 'quorum' },
     });
     await consumer.start();
     await raw.ch.deleteQueue(`${queue}.dlq`);
@@ -110,6 +120,22 @@ describe('rabbitmq recovery', () => {
     expect(consumer.stats.acked).toBe(0);
     await raw.ch.assertQueue(`${queue}.dlq`, { durable: true, arguments: { 'x-queue-type': 'quorum' } });
     await waitUntil(() => consumer.stats.deadLettered === 1, { timeoutMs: 60_000, message: 'dead-lettered' });
+    const [dead] = await raw.drain(`${queue}.dlq`);
+    expect(dead?.properties.headers?.['x-eo-error-code']).toBe('PERMANENT');
+    expect(await raw.count(queue)).toBe(0);
+  });
+
+  it("under 'declare', a dead-letter queue deleted while the consumer runs is declared again: the copy lands, no restart", async () => {
+    // An outside test deleted the DLQ of a running consumer: every copy was returned (NO_ROUTE)
+    // until the process restarted, and the message held its prefetch slot meanwhile.
+    const { queue, raw, consumer } = await setup(() => {
+      throw new PermanentError('declined');
+    });
+    await consumer.start();
+    await raw.ch.deleteQueue(`${queue}.dlq`);
+    await raw.publish(queue, { id: 'p' }, { 'x-idempotency-key': 'poison' });
+    await waitUntil(() => consumer.stats.deadLettered === 1, { timeoutMs: 30_000, message: 'dead-lettered' });
+    expect(consumer.stats.settleFailures).toBeGreaterThanOrEqual(1);
     const [dead] = await raw.drain(`${queue}.dlq`);
     expect(dead?.properties.headers?.['x-eo-error-code']).toBe('PERMANENT');
     expect(await raw.count(queue)).toBe(0);

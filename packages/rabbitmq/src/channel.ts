@@ -70,6 +70,11 @@ export class NotConfirmedError extends Error {
   override name = 'NotConfirmedError';
 }
 
+/** The broker returned the message: no queue took it (NO_ROUTE: the queue does not exist). */
+export class UnroutableError extends NotConfirmedError {
+  override name = 'UnroutableError';
+}
+
 /** amqplib cannot encode the message (a property over 255 bytes, a header it cannot type): never sent. */
 export class UnencodableMessageError extends NotConfirmedError {
   override name = 'UnencodableMessageError';
@@ -372,9 +377,7 @@ export function publishConfirmed(
       } else if (entry.returned !== undefined) {
         const where =
           exchange === '' ? `queue "${routingKey}"` : `exchange "${exchange}" key "${routingKey}"`;
-        reject(
-          new NotConfirmedError(`unroutable: no queue took the message for ${where} (${entry.returned})`),
-        );
+        reject(new UnroutableError(`unroutable: no queue took the message for ${where} (${entry.returned})`));
       } else resolve();
     };
     try {

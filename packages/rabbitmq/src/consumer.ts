@@ -31,6 +31,7 @@ import {
   keepChannel,
   publishConfirmed,
   UnencodableMessageError,
+  UnroutableError,
 } from './channel.js';
 import { type ConnectionInput, resolveConnection } from './connection.js';
 import {
@@ -465,6 +466,13 @@ export function createConsumer<T = unknown, R = unknown>(
         if (!(await pause(backoff(failures + 1), stopping.signal))) {
           stats.abandoned++; // stopping: left unacked, the broker redelivers it
           return;
+        }
+        // Its queue was deleted while the consumer runs: under 'declare', declared again (as a
+        // reconnect would), so the copy lands at the next try rather than at the next restart.
+        if (error instanceof UnroutableError && topologyMode === 'declare' && kept.open) {
+          await declareTopology(kept.channel, topologyOptions).catch((cause: unknown) =>
+            logger.warn('could not declare the queues again', { queue, error: toErrorInfo(cause) }),
+          );
         }
         continue;
       }
