@@ -252,11 +252,21 @@ class Board implements LeaseBoard {
 
   /**
    * The timer fired late, the event loop blocked from `since` to `now`: the leases whose local end
-   * fell in between ran out with no chance to be extended.
+   * fell in between ran out with no chance to be extended. Their runs' signals abort now, as for a
+   * lease that ran out under a failing store: the handlers' own timers and I/O come due in this
+   * same turn, after this earlier timer, so a handler resuming from the stall finds its signal
+   * aborted. The extend that follows tells whether another worker took the key.
    */
   private reportStall(since: number, now: number): void {
     const keys: string[] = [];
-    for (const h of this.held) if (!h.done && h.deadline > since && h.deadline <= now) keys.push(h.key);
+    for (const h of this.held) {
+      if (h.done || h.deadline <= since || h.deadline > now) continue;
+      keys.push(h.key);
+      const stalled = new Error(
+        `the event loop was blocked for ${Math.round(now - since)} ms, past the lease`,
+      );
+      h.fire(new LeaseLostError({ key: h.key, fence: h.fence, cause: stalled }));
+    }
     if (keys.length > 0) this.opts.onStall?.(Math.round(now - since), keys);
   }
 

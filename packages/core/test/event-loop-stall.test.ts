@@ -4,6 +4,7 @@
  * this one. Nothing else tells the operator why; the lease board reports the stall once.
  */
 import { describe, expect, it } from 'vitest';
+import { LeaseLostError } from '../src/errors.js';
 import type { Logger } from '../src/logger.js';
 import { createProcessor } from '../src/processor.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
@@ -71,6 +72,33 @@ describe('an event loop blocked past the lease', () => {
       blockedMs: expect.any(Number),
     });
     expect((stalls[0]?.meta as { blockedMs: number } | undefined)?.blockedMs).toBeGreaterThanOrEqual(300);
+  });
+
+  it("aborts the run's signal before its handler resumes; nobody took the key, so the run completes", async () => {
+    // An outside test froze a worker (SIGSTOP) past its lease: the stall was logged 3 ms before
+    // its handler resumed, which found ctx.signal not aborted and went on to its effect; the
+    // signal aborted only ~60 ms later, when the extend answered lost.
+    const logger = recordingLogger();
+    let seen: { aborted: boolean; reason: unknown } | undefined;
+    const p = createProcessor<{ id: string }>({
+      consumer: 'c',
+      store: createMemoryStore(),
+      retentionCheck: 'off',
+      leaseMs: 300,
+      heartbeatMs: 100,
+      logger,
+      handler: async (_payload, ctx) => {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        blockFor(600);
+        await new Promise((resolve) => setTimeout(resolve, 0));
+        seen = { aborted: ctx.signal.aborted, reason: ctx.signal.reason };
+      },
+    });
+    const d = await p.process(delivery({ id: 'a' }, { 'x-idempotency-key': 'k1' }));
+    expect(seen?.aborted).toBe(true);
+    expect(seen?.reason).toBeInstanceOf(LeaseLostError);
+    // The handler did not heed it and nobody took the key over: its completion still lands.
+    expect(d).toMatchObject({ action: 'ack', outcome: 'acquired' });
   });
 
   it('names no key without recordKeys', async () => {
