@@ -34,10 +34,11 @@ export async function handleFailure<T, R>(
   keeper: Pick<LeaseKeeper, 'deadline' | 'writeUntilAnswered'>,
   stillRunning?: Promise<void>,
 ): Promise<Disposition> {
-  if (error instanceof LeaseLostError) {
-    await discardBlobs(o, blobs);
-    return leaseLost(storeKey, fence);
-  }
+  // A LeaseLostError is either the store refusing a step's journal (another fence holds the key) or
+  // the handler throwing its aborted signal's reason, the lease having run out by this worker's
+  // clock (an event loop blocked past it, a store failing meanwhile) while the key may still be
+  // this run's. The fenced release or fail below tells which (`lost` for the first), so a retry
+  // need not wait out a lease that is still held.
   const retry = isRetryable(error) && attempt < o.retry.maxAttempts;
   if (!retry) {
     // What still runs (a handler given up at maxRunMs, steps a failed handler left running) may

@@ -101,6 +101,38 @@ describe('an event loop blocked past the lease', () => {
     expect(d).toMatchObject({ action: 'ack', outcome: 'acquired' });
   });
 
+  it('a handler that stops on that signal gives the key back when nobody took it: its retry runs at once', async () => {
+    // Before, the run was taken for lost ("the key was taken over", nothing released): its copy
+    // was answered busy until the lease, which the stall's extend had renewed, ran out.
+    const store = createMemoryStore();
+    let runs = 0;
+    const p = createProcessor<{ id: string }>({
+      consumer: 'c',
+      store,
+      retentionCheck: 'off',
+      leaseMs: 300,
+      heartbeatMs: 100,
+      retry: { maxAttempts: 3, initialDelayMs: 10, maxDelayMs: 10 },
+      logger: recordingLogger(),
+      handler: async (_payload, ctx) => {
+        runs++;
+        if (runs === 1) {
+          await new Promise((resolve) => setTimeout(resolve, 20));
+          blockFor(600);
+          await new Promise((resolve) => setTimeout(resolve, 0));
+          ctx.signal.throwIfAborted();
+        }
+        return 'done';
+      },
+    });
+    const first = await p.process(delivery({ id: 'a' }, { 'x-idempotency-key': 'k1' }));
+    expect(first).toMatchObject({ action: 'retry', nextAttempt: 2, error: { code: 'LEASE_LOST' } });
+    expect(await store.get('default:c:k1')).toMatchObject({ state: 'IN_PROGRESS', leaseUntil: 0 });
+    const second = await p.process(delivery({ id: 'a' }, { 'x-idempotency-key': 'k1' }));
+    expect(second).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    expect(runs).toBe(2);
+  });
+
   it('names no key without recordKeys', async () => {
     // Before, the keys were logged whatever recordKeys said.
     const logger = recordingLogger();
