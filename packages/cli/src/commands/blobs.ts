@@ -5,7 +5,7 @@
  */
 import { collectOrphanBlobs } from '@exactly-once/core';
 import { UsageError } from '../errors.js';
-import { type Io, printJson, printLines } from '../output.js';
+import { formatSpan, type Io, printJson, printLines } from '../output.js';
 import {
   type BlobStoreOptions,
   checkBlobStoreOptions,
@@ -42,7 +42,7 @@ export async function orphans(io: Io, options: OrphansOptions): Promise<void> {
       return;
     }
     printLines(io, [
-      `${stats.examined} blobs with an owner, stored over ${Math.round(options.olderThanMs / 60_000)} min ago, looked up in ${opened.description}`,
+      `${stats.examined} blobs with an owner, stored over ${formatSpan(options.olderThanMs)} ago, looked up in ${opened.description}`,
       `${stats.deleted} ${options.dryRun ? 'would be deleted (dry run)' : 'deleted'}: their key's record is final and does not name them${
         options.whenRecordGone === 'delete' ? ', or is gone' : ''
       }`,
