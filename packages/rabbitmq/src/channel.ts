@@ -203,10 +203,17 @@ export function keepChannel(options: ChannelKeeperOptions): ChannelKeeper {
       const cause = kept?.closeError ?? error;
       const refused = REFUSALS.has(codeOf(cause) as number);
       // A refusal needs someone to fix the broker side; anything else is a connection going away.
-      (refused ? logger.error : logger.warn).call(logger, `${name}: channel setup failed; trying again`, {
-        error: toErrorInfo(cause),
-      });
-      if (!firstSettled && refused) {
+      // Refused before any setup succeeded, it goes to whoever waits for the first (a consumer's
+      // start() rejects and closes the keeper): no "trying again" then.
+      const atStart = !firstSettled && refused;
+      (refused ? logger.error : logger.warn).call(
+        logger,
+        atStart
+          ? `${name}: channel setup refused by the broker`
+          : `${name}: channel setup failed; trying again`,
+        { error: toErrorInfo(cause) },
+      );
+      if (atStart) {
         firstSettled = true;
         rejectFirst(cause);
       }
