@@ -235,7 +235,8 @@ export function buildProcessor<T, R>(
       onStall: (blockedMs, keys) => {
         o.logger.warn(
           'event loop blocked past the lease of running handlers: their keys may have been taken over ' +
-            '(keep CPU-bound work off the event loop, or raise leaseMs)',
+            '(CPU-bound work on the event loop, or the process paused: SIGSTOP, a VM pause; keep ' +
+            'CPU-bound work off the event loop, or raise leaseMs)',
           { blockedMs, leaseMs: o.leaseMs, runs: keys.length, keys: keys.slice(0, 10) },
         );
       },
