@@ -7,12 +7,13 @@
  * `socketTimeout`, which the store README recommends, destroys a connection that answers nothing
  * for that long and reconnects: a new connection through the proxy, which is forwarded.
  */
-import { createProcessor, type Disposition, Headers } from '@exactly-once/core';
+import { createProcessor, type Disposition } from '@exactly-once/core';
 import { createRedisStore } from '@exactly-once/store-redis';
 import { Redis, type RedisOptions } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { env, uniqueName } from '../support/env.js';
 import { type FreezingProxy, startFreezingProxy } from '../support/freezing-proxy.js';
+import { keyedDelivery, untilAckedBy } from '../support/until-acked.js';
 
 const target = new URL(env.redisUrl);
 const cleanups: (() => Promise<unknown>)[] = [];
@@ -39,13 +40,6 @@ async function clientBehindProxy(options: RedisOptions): Promise<{ proxy: Freezi
   return { proxy, client };
 }
 
-const delivery = (k: string) => ({
-  body: new TextEncoder().encode(JSON.stringify({ k })),
-  headers: { [Headers.IdempotencyKey]: k, [Headers.RequestId]: `req-${k}` },
-  destination: 'orders',
-  system: 'test',
-});
-
 function processorOn(client: Redis, runs: Map<string, number>) {
   return createProcessor<{ k: string }>({
     consumer: 'socket-reset',
@@ -68,15 +62,7 @@ describe('a Redis connection that goes silent and stays open', () => {
     const runs = new Map<string, number>();
     const p = processorOn(client, runs);
     const outcomes: Disposition[] = [];
-    /** Processes a message as a broker would: redelivered until it is acked. */
-    const untilAcked = async (k: string) => {
-      for (let i = 0; i < 60; i++) {
-        const d = await p.process(delivery(k));
-        outcomes.push(d);
-        if (d.action === 'ack') return d;
-      }
-      throw new Error(`${k} never acked`);
-    };
+    const untilAcked = untilAckedBy(p, outcomes);
     await Promise.all(Array.from({ length: 10 }, (_, i) => untilAcked(`before-${i}`)));
     proxy.freeze();
     expect(proxy.frozen).toBe(1);
@@ -92,11 +78,11 @@ describe('a Redis connection that goes silent and stays open', () => {
     const { proxy, client } = await clientBehindProxy({});
     const runs = new Map<string, number>();
     const p = processorOn(client, runs);
-    expect(await p.process(delivery('warm'))).toMatchObject({ action: 'ack' });
+    expect(await p.process(keyedDelivery('warm'))).toMatchObject({ action: 'ack' });
     proxy.freeze();
     const outcomes: Disposition[] = [];
     const until = Date.now() + 5_000;
-    while (Date.now() < until) outcomes.push(await p.process(delivery('stuck')));
+    while (Date.now() < until) outcomes.push(await p.process(keyedDelivery('stuck')));
     // Each call was given up at storeTimeoutMs (1 s) on the same frozen connection.
     expect(outcomes.length).toBeGreaterThanOrEqual(3);
     expect(outcomes.every((d) => d.action === 'defer' && d.outcome === 'store-unavailable')).toBe(true);

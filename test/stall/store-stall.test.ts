@@ -5,12 +5,13 @@
  * come back as store outages and the messages are tried again. Without it the first message
  * waits for ever.
  */
-import { createProcessor, type Disposition, Headers } from '@exactly-once/core';
+import { createProcessor, type Disposition } from '@exactly-once/core';
 import { createMongoStore } from '@exactly-once/store-mongo';
 import { MongoClient } from 'mongodb';
 import { afterAll, describe, expect, it } from 'vitest';
 import { env, uniqueName } from '../support/env.js';
 import { type FreezingProxy, startFreezingProxy } from '../support/freezing-proxy.js';
+import { keyedDelivery, untilAckedBy } from '../support/until-acked.js';
 
 const target = new URL(env.mongoUrl);
 const cleanups: (() => Promise<unknown>)[] = [];
@@ -42,13 +43,6 @@ async function storeBehindProxy(): Promise<{
   return { proxy, store };
 }
 
-const delivery = (k: string) => ({
-  body: new TextEncoder().encode(JSON.stringify({ k })),
-  headers: { [Headers.IdempotencyKey]: k, [Headers.RequestId]: `req-${k}` },
-  destination: 'orders',
-  system: 'test',
-});
-
 describe('a stalled store connection (MongoDB store on FerretDB)', () => {
   it('with storeTimeoutMs every message is acked once: the hung calls fail as outages and are retried', async () => {
     const { proxy, store } = await storeBehindProxy();
@@ -64,15 +58,7 @@ describe('a stalled store connection (MongoDB store on FerretDB)', () => {
       },
     });
     const outcomes: Disposition[] = [];
-    /** Processes a message as a broker would: redelivered until it is acked. */
-    const untilAcked = async (k: string) => {
-      for (let i = 0; i < 60; i++) {
-        const d = await p.process(delivery(k));
-        outcomes.push(d);
-        if (d.action === 'ack') return d;
-      }
-      throw new Error(`${k} never acked`);
-    };
+    const untilAcked = untilAckedBy(p, outcomes);
     await Promise.all(Array.from({ length: 10 }, (_, i) => untilAcked(`before-${i}`)));
     proxy.freeze();
     expect(proxy.frozen).toBeGreaterThan(0);
@@ -98,9 +84,9 @@ describe('a stalled store connection (MongoDB store on FerretDB)', () => {
       retentionCheck: 'off',
       handler: () => {},
     });
-    expect(await p.process(delivery('warm'))).toMatchObject({ action: 'ack' });
+    expect(await p.process(keyedDelivery('warm'))).toMatchObject({ action: 'ack' });
     proxy.freeze();
-    const pending = p.process(delivery('stuck'));
+    const pending = p.process(keyedDelivery('stuck'));
     const state = await Promise.race([pending, new Promise((r) => setTimeout(r, 4_000, 'still pending'))]);
     expect(state).toBe('still pending');
   }, 30_000);
