@@ -153,6 +153,20 @@ async function cleanUp(run: string, queue: string, redis: Redis) {
   } while (cursor !== '0');
 }
 
+/**
+ * Deletes the run's queues and keys, then quits the client. A failure here (a connection the
+ * server dropped during the run: ioredis's "Connection is closed.") is logged and not thrown: it
+ * must not replace the scenario's own result or error.
+ */
+async function cleanUpAndQuit(run: string, queue: string, redis: Redis, log: (line: string) => void) {
+  try {
+    await cleanUp(run, queue, redis);
+  } catch (error) {
+    log(`clean-up failed: ${(error as Error).message}`);
+  }
+  await redis.quit().catch(() => redis.disconnect());
+}
+
 async function deadLetters(queue: string): Promise<number> {
   const conn = await amqp.connect(servers.amqpUrl);
   try {
@@ -170,6 +184,7 @@ export async function runTransfers(
   const run = randomBytes(5).toString('hex');
   const queue = `s7.${run}.transfers`;
   const redis = new Redis(servers.redisUrl, { maxRetriesPerRequest: 3 });
+  redis.on('error', (error: Error) => log(`redis: ${error.message}`)); // ioredis reconnects by itself
   const store = createRedisStore({ client: redis, keyPrefix: `s7-${run}` });
   const ps1 = await startParticipant('PS-1', { A: 10_000 });
   const ps2 = await startParticipant('PS-2', { B: 0 }, { dropCommitAnswerEvery: 2 });
@@ -267,8 +282,7 @@ export async function runTransfers(
     await publisher.close();
     await ps1.close();
     await ps2.close();
-    await cleanUp(run, queue, redis);
-    await redis.quit();
+    await cleanUpAndQuit(run, queue, redis, log);
   }
 }
 
@@ -298,6 +312,7 @@ export async function runParticipantDown(
   const run = randomBytes(5).toString('hex');
   const queue = `s7.${run}.transfers`;
   const redis = new Redis(servers.redisUrl, { maxRetriesPerRequest: 3 });
+  redis.on('error', (error: Error) => log(`redis: ${error.message}`)); // ioredis reconnects by itself
   const store = createRedisStore({ client: redis, keyPrefix: `s7-${run}` });
   const ps1 = await startParticipant('PS-1', { A: 1_000 });
   const ps2 = await startParticipant('PS-2', { B: 0 });
@@ -365,7 +380,6 @@ export async function runParticipantDown(
     await publisher.close();
     await ps1.close();
     await ps2.close();
-    await cleanUp(run, queue, redis);
-    await redis.quit();
+    await cleanUpAndQuit(run, queue, redis, log);
   }
 }
