@@ -13,7 +13,16 @@ import {
 import { createRedisStore } from '@exactly-once/store-redis';
 import type { Admin, Kafka } from 'kafkajs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTopics, fastGroup, newKafka, newRedis, quietLogger, topicSize } from '../kafka/helpers.js';
+import {
+  clientKafka,
+  createTopics,
+  fastGroup,
+  newKafka,
+  newRedis,
+  quietLogger,
+  readTopic,
+  topicSize,
+} from '../kafka/helpers.js';
 import { env, uniqueName } from '../support/env.js';
 import { dropRedisPrefix } from '../support/redis.js';
 import { waitUntil } from '../support/wait.js';
@@ -23,7 +32,8 @@ interface Letter {
   id: string;
   key?: string;
   reason: { errorClass?: string; errorCode?: string; errorMessage?: string; consumer?: string };
-  origin: { destination?: string };
+  unusableKey?: string;
+  origin: { destination?: string; partition?: string; offset?: string };
   kafka: { key: string | null; partition: number; offset: string };
 }
 
@@ -95,7 +105,7 @@ describe('dlq on Kafka', () => {
         errorMessage: 'card declined for a',
         consumer: groupId,
       },
-      origin: { destination: topic },
+      origin: { destination: topic, partition: '0', offset: '0' },
       kafka: { key: 'order-a', partition: 0, offset: '0' },
     });
     const text = await cliText(['dlq', 'list', dlq, ...brokers]);
@@ -145,6 +155,74 @@ describe('dlq on Kafka', () => {
       expect(shown.headers.bin).toBe('hex:ff01');
     } finally {
       await admin.deleteTopics({ topics: [letters] }).catch(() => undefined);
+    }
+  });
+
+  it('letters with odd key headers: a header without a value, an empty key, a key holding U+FFFD', async () => {
+    const letters = uniqueName('cli-odd-letters');
+    const target = uniqueName('cli-odd-target');
+    await createTopics(admin, [letters, target], 1);
+    try {
+      // librdkafka writes an empty Buffer as a header without a value (null), as the Kafka
+      // adapter's copies on that client once did: the replay failed on it ("Received null").
+      const native = clientKafka('confluent', 'cli-null-header').producer();
+      await native.connect();
+      await native.sendBatch({
+        topicMessages: [
+          {
+            topic: letters,
+            messages: [
+              {
+                value: '{"n":0}',
+                headers: { 'x-idempotency-key': Buffer.alloc(0), 'x-eo-error-code': 'KEY_MISSING' },
+              },
+            ],
+          },
+        ],
+      });
+      await native.disconnect();
+      const raw = kafka.producer();
+      await raw.connect();
+      await raw.send({
+        topic: letters,
+        messages: [
+          { value: '{"n":1}', headers: { 'x-idempotency-key': '', 'x-eo-error-code': 'KEY_MISSING' } },
+          {
+            value: '{"n":2}',
+            headers: { 'x-idempotency-key': 'k\uFFFDx', 'x-eo-error-code': 'INVALID_KEY' },
+          },
+        ],
+      });
+      await raw.disconnect();
+
+      const nullShown = await cliText(['dlq', 'show', letters, '0:0', ...brokers]);
+      expect(nullShown).toMatch(/key\s+\(none\)/);
+      expect(nullShown).toMatch(/x-idempotency-key\s+\(no value\)/);
+      const nullJson = await cliJson<{ headers: Record<string, string | null> }>([
+        'dlq',
+        'show',
+        letters,
+        '0:0',
+        ...brokers,
+      ]);
+      expect(nullJson.headers['x-idempotency-key']).toBeNull();
+      // The consumer read U+FFFD as bytes that were not UTF-8 and refused the key: not a key here.
+      const odd = await cliJson<Letter>(['dlq', 'show', letters, '0:2', ...brokers]);
+      expect(odd.key).toBeUndefined();
+      expect(odd.unusableKey).toMatch(/U\+FFFD/);
+      expect(await cliText(['dlq', 'list', letters, ...brokers])).toMatch(/0:2 .*\(unusable\)/);
+
+      const replay = await cli(['dlq', 'replay', letters, '--all', '--to', target, ...brokers]);
+      expect(replay.code, replay.stderr).toBe(0);
+      expect(replay.stdout).toMatch(/0:0\s+-\s/);
+      expect(replay.stdout).toMatch(/0:1\s+""\s/);
+      expect(replay.stdout).toMatch(/0:2\s+\(unusable\)\s/);
+      expect(replay.stderr).toContain('replayed 0:2 (unusable key)');
+      const copies = await readTopic(kafka, target, (r) => r.length >= 3);
+      // The header without a value goes out present and empty (no producer takes a null one).
+      expect(copies.map((c) => c.headerValues['x-idempotency-key'])).toEqual([[''], [''], ['k\uFFFDx']]);
+    } finally {
+      await admin.deleteTopics({ topics: [letters, target] }).catch(() => undefined);
     }
   });
 

@@ -83,8 +83,11 @@ export function isTombstone(delivery: Delivery): boolean {
 export function copyHeaders(headers: KafkaHeaders | undefined): ProducerHeaders {
   const out: ProducerHeaders = {};
   // A null value cannot be produced (kafkajs refuses it): it goes out empty, still present, so
-  // the copy stays as ambiguous as the record was.
-  const one = (v: HeaderValue | null) => (typeof v === 'string' ? v : toBuffer(v ?? EMPTY));
+  // the copy stays as ambiguous as the record was. Empty bytes go out as an empty string: the
+  // librdkafka client writes an empty Buffer as a null value, which the copy's readers (the
+  // CLI's replay among them) would meet as a header without a value.
+  const one = (v: HeaderValue | null) =>
+    typeof v === 'string' ? v : v === null || v.byteLength === 0 ? '' : toBuffer(v);
   for (const [name, value] of Object.entries(cleanHeaders(headers))) {
     setOwn(out, name, Array.isArray(value) ? value.map(one) : one(value as HeaderValue | null));
   }

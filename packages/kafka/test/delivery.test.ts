@@ -36,9 +36,9 @@ describe('kafka delivery: null-valued headers', () => {
       other: [null, 'v'],
     });
     expect(headers).toEqual({
-      'x-idempotency-key': Buffer.alloc(0),
+      'x-idempotency-key': '',
       'X-Idempotency-Key': Buffer.from('k'),
-      other: [Buffer.alloc(0), 'v'],
+      other: ['', 'v'],
     });
     expect(() => readIdentityHeader(headers, 'x-idempotency-key')).toThrow(InvalidKeyError);
   });

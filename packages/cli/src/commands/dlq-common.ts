@@ -3,6 +3,7 @@ import {
   ErrorCode,
   Headers,
   InvalidKeyError,
+  normalizeKey,
   type ProcessedStore,
   readIdentityHeader,
   recordKeyFor,
@@ -21,8 +22,9 @@ export interface DeadLetter {
   /** The dedup key (`x-idempotency-key`), when the message had one. */
   readonly key?: string;
   /**
-   * Why the message's key header could not be read, when it had one the SDK refuses (an AMQP
-   * number, array or table, a repeated header, bytes that are not UTF-8): as the SDK said it.
+   * Why the message's key could not be used, when it had a key header the SDK refuses (an AMQP
+   * number, array or table, a repeated header, bytes that are not UTF-8, text holding U+FFFD): as
+   * the SDK said it.
    */
   readonly unusableKey?: string;
   readonly requestId?: string;
@@ -36,14 +38,20 @@ export interface DeadLetter {
     readonly consumer?: string;
     readonly failedAt?: string;
   };
-  /** Where a replay sends it (`--to` overrides). */
+  /** Where it came from; a replay sends it to `destination` (`--to` overrides). */
   readonly origin: {
     readonly destination?: string;
     readonly exchange?: string;
     readonly routingKey?: string;
+    /** Kafka: the partition and offset of the record in its original topic. */
+    readonly partition?: string;
+    readonly offset?: string;
   };
-  /** Every header with a text form. */
-  readonly headers: Readonly<Record<string, string>>;
+  /**
+   * Every header with a text form; `null` for a Kafka header present without a value (the key
+   * header, if so, counts as missing, as the consumer read it).
+   */
+  readonly headers: Readonly<Record<string, string | null>>;
   /**
    * RabbitMQ only: the AMQP properties set on the letter, headers apart (`contentType`,
    * `messageId`, `timestamp`...), as text.
@@ -54,8 +62,8 @@ export interface DeadLetter {
   readonly kafka?: { readonly key: string | null; readonly partition: number; readonly offset: string };
 }
 
-export function reasonOf(headers: Readonly<Record<string, string>>): DeadLetter['reason'] {
-  const pick = (name: string) => headers[name];
+export function reasonOf(headers: DeadLetter['headers']): DeadLetter['reason'] {
+  const pick = (name: string) => headers[name] ?? undefined;
   return {
     ...(pick(Headers.ErrorClass) ? { errorClass: pick(Headers.ErrorClass) } : {}),
     ...(pick(Headers.ErrorCode) ? { errorCode: pick(Headers.ErrorCode) } : {}),
@@ -208,8 +216,13 @@ export function renderLetter(source: string, letter: DeadLetter): string[] {
 }
 
 /** Named text fields (headers, properties) as an indented table, long values cut. */
-function fieldRows(fields: Readonly<Record<string, string>>): string[] {
-  return table(Object.entries(fields).map(([name, value]) => [`  ${name}`, truncate(value, 200)]));
+function fieldRows(fields: Readonly<Record<string, string | null>>): string[] {
+  return table(
+    Object.entries(fields).map(([name, value]) => [
+      `  ${name}`,
+      value === null ? '(no value)' : truncate(value, 200),
+    ]),
+  );
 }
 
 export function replayTarget(letter: DeadLetter): string | undefined {
@@ -320,6 +333,8 @@ export function resetEachKeyOnce(
 export interface ReplayResult {
   readonly id: string;
   readonly key?: string;
+  /** The letter's key header was refused by the SDK (see {@link DeadLetter.unusableKey}). */
+  readonly unusableKey?: string;
   readonly to?: string;
   readonly replayed: boolean;
   readonly reset?: ResetOutcome;
@@ -333,7 +348,12 @@ export interface ReplayResult {
 export function replayLog(io: Io): (result: ReplayResult) => void {
   if (io.interactive) return () => {};
   return (r) => {
-    const key = r.key === undefined ? 'no key' : `key ${JSON.stringify(r.key)}`;
+    const key =
+      r.key !== undefined
+        ? `key ${JSON.stringify(r.key)}`
+        : r.unusableKey !== undefined
+          ? 'unusable key'
+          : 'no key';
     const reset = r.reset === undefined ? '' : `, key ${r.reset}`;
     io.err(
       r.replayed
@@ -349,7 +369,7 @@ export function renderReplay(source: string, results: readonly ReplayResult[], n
     ['id', 'key', 'to', 'reset', 'result'],
     ...results.map((r) => [
       truncate(r.id, 40),
-      truncate(r.key ?? '-', 36),
+      truncate(keyCell(r, '-'), 36),
       r.to ?? '-',
       r.reset ?? '-',
       r.replayed ? 'replayed' : `NOT replayed: ${r.error ?? ''}`,
@@ -358,10 +378,20 @@ export function renderReplay(source: string, results: readonly ReplayResult[], n
   return [`${source}: ${ok} of ${results.length} replayed${note}`, '', ...table(rows)];
 }
 
+/** What a replay reports of a letter before it is tried: its id and key. */
+export function replayBase(letter: DeadLetter): Pick<ReplayResult, 'id' | 'key' | 'unusableKey'> {
+  return {
+    id: letter.id,
+    ...(letter.key === undefined ? {} : { key: letter.key }),
+    ...(letter.unusableKey === undefined ? {} : { unusableKey: letter.unusableKey }),
+  };
+}
+
 /**
  * The letter's idempotency key as the consumer read it (in any letter case, once, a string or
- * UTF-8 bytes), or why the consumer refused its key header (several values, a number); neither
- * when it had none.
+ * UTF-8 bytes), or why the consumer refused its key (several values, a number, U+FFFD); neither
+ * when it had none. An empty key is a key here (`""`): the consumer dead-lettered it as
+ * `KEY_MISSING`.
  */
 export function letterKey(headers: Readonly<Record<string, unknown>>): {
   readonly key?: string;
@@ -369,7 +399,10 @@ export function letterKey(headers: Readonly<Record<string, unknown>>): {
 } {
   try {
     const key = readIdentityHeader(headers as never, Headers.IdempotencyKey);
-    return key === undefined ? {} : { key };
+    if (key === undefined) return {};
+    // The key's own rules, as the consumer applied them (an empty one is shown as it is).
+    if (key !== '') normalizeKey(key);
+    return { key };
   } catch (error) {
     if (error instanceof InvalidKeyError) return { unusableKey: error.message };
     throw error;
@@ -377,7 +410,7 @@ export function letterKey(headers: Readonly<Record<string, unknown>>): {
 }
 
 /** A letter's key as a cell: the key, `(unusable)` for a header the SDK refused, else `none`. */
-function keyCell(letter: DeadLetter, none: string): string {
+function keyCell(letter: Pick<DeadLetter, 'key' | 'unusableKey'>, none: string): string {
   if (letter.key !== undefined) return shown(letter.key);
   return letter.unusableKey === undefined ? none : '(unusable)';
 }

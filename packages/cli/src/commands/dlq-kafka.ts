@@ -25,6 +25,7 @@ import {
   type ResetOutcome,
   reasonOf,
   refusedAfterReset,
+  replayBase,
 } from './dlq-common.js';
 
 type KafkaModule = typeof import('kafkajs');
@@ -179,7 +180,7 @@ export async function openKafka(io: Io, brokersText: string, topic: string): Pro
       };
       try {
         for (const letter of letters) {
-          const base = { id: letter.id, ...(letter.key === undefined ? {} : { key: letter.key }) };
+          const base = replayBase(letter);
           const to = options.to ?? letter.origin.destination;
           if (!to) {
             done({
@@ -242,8 +243,12 @@ const rawOf = new WeakMap<
 
 function replayHeaders(letter: DeadLetter): IHeaders {
   const out: IHeaders = {};
+  // A header without a value cannot be produced (the client refuses null): it goes out empty,
+  // still present, as the consumer's own copies carry it.
+  const one = (v: Buffer | string | null) => v ?? '';
   for (const [name, value] of Object.entries(rawOf.get(letter)?.headers ?? {})) {
-    if (!isReplayDropped(name) && value !== undefined) out[name] = value;
+    if (isReplayDropped(name) || value === undefined) continue;
+    out[name] = Array.isArray(value) ? value.map(one) : one(value as Buffer | string | null);
   }
   return out;
 }
@@ -256,14 +261,16 @@ function headerText(value: IHeaders[string]): string | undefined {
 }
 
 function toLetter(partition: number, message: KafkaMessage): DeadLetter {
-  const headers: Record<string, string> = {};
+  const headers: Record<string, string | null> = {};
   for (const [name, value] of Object.entries(message.headers ?? {})) {
-    const text = headerText(value);
+    const text = value === null ? null : headerText(value);
     if (text !== undefined) headers[name] = text;
   }
   const { key, unusableKey } = letterKey(message.headers ?? {});
-  const requestId = headers[Headers.RequestId];
-  const destination = headers['x-eo-original-topic'] ?? headers[Headers.OriginalDestination];
+  const requestId = headers[Headers.RequestId] ?? undefined;
+  const destination = headers['x-eo-original-topic'] ?? headers[Headers.OriginalDestination] ?? undefined;
+  const originalPartition = headers['x-eo-original-partition'] ?? undefined;
+  const originalOffset = headers['x-eo-original-offset'] ?? undefined;
   const raw = { key: message.key, value: message.value, headers: message.headers ?? {} };
   const letter: DeadLetter = {
     id: `${partition}:${message.offset}`,
@@ -271,7 +278,11 @@ function toLetter(partition: number, message: KafkaMessage): DeadLetter {
     ...(unusableKey === undefined ? {} : { unusableKey }),
     ...(requestId === undefined ? {} : { requestId }),
     reason: reasonOf(headers),
-    origin: destination === undefined ? {} : { destination },
+    origin: {
+      ...(destination === undefined ? {} : { destination }),
+      ...(originalPartition === undefined ? {} : { partition: originalPartition }),
+      ...(originalOffset === undefined ? {} : { offset: originalOffset }),
+    },
     headers,
     body: message.value ?? Buffer.alloc(0),
     kafka: {

@@ -28,6 +28,7 @@ import {
   type ResetOutcome,
   reasonOf,
   refusedAfterReset,
+  replayBase,
   replayTarget,
 } from './dlq-common.js';
 
@@ -144,7 +145,7 @@ export async function openRabbit(io: Io, urlText: string, queue: string): Promis
         try {
           for (const { message, letter } of chosen) {
             if (closed !== undefined) {
-              done({ id: letter.id, ...keyOf(letter), replayed: false, error: 'channel closed' });
+              done({ ...replayBase(letter), replayed: false, error: 'channel closed' });
               continue;
             }
             done(await replayOne(ch, message, letter));
@@ -172,7 +173,7 @@ export async function openRabbit(io: Io, urlText: string, queue: string): Promis
               : letter.origin.destination !== undefined
                 ? { exchange: '', routingKey: letter.origin.destination }
                 : undefined;
-        const base = { id: letter.id, ...keyOf(letter) };
+        const base = replayBase(letter);
         if (!target) return { ...base, replayed: false, error: 'no origin header: give --to <queue>' };
         const to = options.to ?? replayTarget(letter) ?? target.routingKey;
         if (!(await exchangeExists(target.exchange))) {
@@ -224,10 +225,6 @@ export async function openRabbit(io: Io, urlText: string, queue: string): Promis
       await connection.close().catch(() => undefined);
     },
   };
-}
-
-function keyOf(letter: DeadLetter): { key?: string } {
-  return letter.key === undefined ? {} : { key: letter.key };
 }
 
 /** A header value's text, for display and for reading the reason headers. */
