@@ -45,7 +45,7 @@ describe('outbox pending', () => {
     if (first.done) throw new Error('no pending entry');
     await source.markPublished([first.value.id]);
     expect(await cliText([...args, 'orders'])).toBe(
-      `2 documents of ${db.databaseName}.orders with outbox events not published yet\n`,
+      `2 documents of ${db.databaseName}.orders with outbox events the relay has not marked published (not published yet, or published and waiting for their mark)\n`,
     );
     expect(await cliJson([...args, 'missing'])).toMatchObject({ pending: 0 });
   });

@@ -9,9 +9,11 @@ import {
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { HandlerContext } from '../src/context.js';
 import { Headers } from '../src/headers.js';
+import { createOutboxRelay, type OutboxEntry } from '../src/outbox/relay.js';
 import { createProcessor } from '../src/processor.js';
 import { withFaults } from '../src/store/faulty-store.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
+import type { OutgoingMessage } from '../src/store/types.js';
 import { delivery, recordingPublisher } from './helpers.js';
 
 const exporter = new InMemorySpanExporter();
@@ -220,5 +222,91 @@ describe('tracing', () => {
       // An unusable request id is not recorded (the letter says why the message was refused).
       ['invalid', undefined],
     ]);
+  });
+});
+
+describe('tracing: the outbox relay', () => {
+  const entry = (id: string, traceparent: string): OutboxEntry => ({
+    id,
+    messages: [
+      {
+        id: `${id}/0`,
+        destination: 'order-events',
+        body: new Uint8Array([1]),
+        headers: { [Headers.IdempotencyKey]: `${id}/0`, [Headers.RequestId]: `req-${id}`, traceparent },
+      },
+    ],
+  });
+
+  it('publishes each message in an `outbox publish` PRODUCER span, child of the context it was written with', async () => {
+    const pending = new Map([['o1', entry('o1', `00-${producerTraceId}-00f067aa0ba902b7-01`)]]);
+    const sent: OutgoingMessage[] = [];
+    let failures = 1;
+    const relay = createOutboxRelay({
+      source: {
+        async *scan() {
+          yield* [...pending.values()];
+        },
+        markPublished: async (ids) => {
+          for (const id of ids) pending.delete(id);
+        },
+        countPending: async () => pending.size,
+      },
+      publisher: {
+        async publish(messages) {
+          if (failures-- > 0) throw new Error('broker down');
+          sent.push(...messages);
+        },
+      },
+      retry: { initialDelayMs: 1, maxDelayMs: 1 },
+      idleDelayMs: 1,
+      logger: { debug() {}, info() {}, warn() {}, error() {} },
+    });
+    relay.start();
+    await relay.drained();
+    await relay.stop();
+    const spans = exporter.getFinishedSpans().filter((s) => s.name === 'outbox publish order-events');
+    // The failed round's span, then the confirmed one's: both in the writer's trace.
+    expect(spans).toHaveLength(2);
+    for (const span of spans) {
+      expect(span.kind).toBe(SpanKind.PRODUCER);
+      expect(span.spanContext().traceId).toBe(producerTraceId);
+      expect(span.parentSpanContext?.spanId).toBe('00f067aa0ba902b7');
+      expect(span.attributes).toMatchObject({
+        'messaging.destination.name': 'order-events',
+        'exactly_once.request_id': 'req-o1',
+      });
+    }
+    expect(spans[0]?.status.code).toBe(SpanStatusCode.ERROR);
+    expect(spans[1]?.status.code).not.toBe(SpanStatusCode.ERROR);
+    // The consumer continues from the relay's span, so the trace shows the wait in the outbox.
+    expect(sent).toHaveLength(1);
+    expect(sent[0]?.headers.traceparent).toBe(`00-${producerTraceId}-${spans[1]?.spanContext().spanId}-01`);
+    expect(sent[0]?.headers[Headers.IdempotencyKey]).toBe('o1/0');
+  });
+
+  it('leaves a message whose span is not sampled as it was written', async () => {
+    const unsampled = `00-${producerTraceId}-00f067aa0ba902b7-00`;
+    const sent: OutgoingMessage[] = [];
+    const relay = createOutboxRelay({
+      source: {
+        async *scan() {
+          if (sent.length === 0) yield entry('o2', unsampled);
+        },
+        markPublished: async () => {},
+        countPending: async () => (sent.length === 0 ? 1 : 0),
+      },
+      publisher: {
+        async publish(messages) {
+          sent.push(...messages);
+        },
+      },
+      idleDelayMs: 1,
+    });
+    relay.start();
+    await relay.drained();
+    await relay.stop();
+    expect(exporter.getFinishedSpans().filter((s) => s.name.startsWith('outbox publish'))).toHaveLength(0);
+    expect(sent[0]?.headers.traceparent).toBe(unsampled);
   });
 });

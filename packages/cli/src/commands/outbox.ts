@@ -1,6 +1,6 @@
 /**
  * `outbox pending --mongo <url> --collection <name>`: how many documents of a collection hold
- * outbox events the relay has not published yet (`createMongoOutboxSource`'s `countPending()`),
+ * outbox events the relay has not marked published (`createMongoOutboxSource`'s `countPending()`),
  * for an operator watching a backlog grow while a broker is down, or drain after it.
  */
 import { UsageError } from '../errors.js';
@@ -29,7 +29,9 @@ export async function outboxPending(io: Io, options: OutboxPendingOptions): Prom
       printJson(io, { collection, pending });
       return;
     }
-    printLines(io, [`${pending} documents of ${collection} with outbox events not published yet`]);
+    printLines(io, [
+      `${pending} documents of ${collection} with outbox events the relay has not marked published (not published yet, or published and waiting for their mark)`,
+    ]);
   } finally {
     await opened.close();
   }

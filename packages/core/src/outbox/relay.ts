@@ -23,6 +23,7 @@ import type { OutgoingPublisher } from '../spi.js';
 import type { OutgoingMessage } from '../store/types.js';
 import { meter } from '../tracing.js';
 import { pause } from '../wait.js';
+import { traceRound } from './relay-spans.js';
 
 /** One unit of the source (e.g. a document) and the messages it holds, in publish order. */
 export interface OutboxEntry {
@@ -172,8 +173,13 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
     s.maxInFlight = Math.max(s.maxInFlight, messages.length);
     current = round;
     const started = performance.now();
+    const traced = traceRound(messages);
     try {
-      await publisher.publish(messages);
+      await publisher.publish(traced.messages);
+      traced.end();
+    } catch (error) {
+      traced.end(error);
+      throw error;
     } finally {
       s.inFlight = 0;
     }
