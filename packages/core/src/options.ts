@@ -278,7 +278,7 @@ export function resolveProcessorOptions<T, R>(o: ProcessorOptions<T, R>): Resolv
     inlineResultBytes,
     retry,
     redeliveryHorizonMs,
-    spanKind: o.spanKind ?? PROCESSOR_DEFAULTS.spanKind,
+    spanKind: oneOf('spanKind', o.spanKind, SPAN_KINDS) ?? PROCESSOR_DEFAULTS.spanKind,
     recordKeys,
     payloadGuard: resolvePayloadGuard(o.payloadGuard, o.store),
     ownerId: o.ownerId ?? `${hostname()}/${process.pid}/${randomUUID().slice(0, 8)}`,
@@ -288,8 +288,24 @@ export function resolveProcessorOptions<T, R>(o: ProcessorOptions<T, R>): Resolv
   if (o.onStepEvent !== undefined && typeof o.onStepEvent !== 'function') {
     throw new ConfigError('onStepEvent must be a function');
   }
-  checkRetentionHorizon(resolved, o.retentionCheck ?? PROCESSOR_DEFAULTS.retentionCheck);
+  checkRetentionHorizon(
+    resolved,
+    oneOf('retentionCheck', o.retentionCheck, RETENTION_CHECKS) ?? PROCESSOR_DEFAULTS.retentionCheck,
+  );
   return resolved;
+}
+
+const RETENTION_CHECKS = ['error', 'warn', 'off'] as const;
+const SPAN_KINDS = ['auto', 'consumer', 'internal'] as const;
+
+/** A string option from JavaScript (no types to catch a typo): one of `allowed`, else a ConfigError. */
+function oneOf<T extends string>(name: string, value: T | undefined, allowed: readonly T[]): T | undefined {
+  if (value !== undefined && !allowed.includes(value)) {
+    throw new ConfigError(
+      `${name} must be one of ${allowed.map((a) => `'${a}'`).join(', ')} (got ${JSON.stringify(value)})`,
+    );
+  }
+  return value;
 }
 
 /**

@@ -79,6 +79,37 @@ export function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promi
 }
 
 /**
+ * `answer`, or a rejection with `timedOut()` once `ms` passed without it. The work itself goes on
+ * (nothing here can cancel it): `onLate` gets what it answered after that, value or error, since
+ * its caller is gone (a lease it took is nobody's).
+ */
+export function answeredWithin<T>(
+  answer: Promise<T>,
+  ms: number,
+  timedOut: () => Error,
+  onLate?: (late: { value: T } | { error: unknown }) => void,
+): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  let abandoned = false;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      abandoned = true;
+      reject(timedOut());
+    }, timerMs(ms));
+  });
+  // A late rejection of the abandoned work is nobody's to handle, but for onLate.
+  answer.then(
+    (value) => {
+      if (abandoned) onLate?.({ value });
+    },
+    (error: unknown) => {
+      if (abandoned) onLate?.({ error });
+    },
+  );
+  return Promise.race([answer, late]).finally(() => clearTimeout(timer));
+}
+
+/**
  * Waits until every promise has settled or `ms` passed, whichever comes first; never rejects.
  * True when they all settled in time. With `keepAlive: false` the deadline's timer does not keep
  * the process alive (a bound nobody must outlive the process for).

@@ -24,6 +24,19 @@ describe('options are validated with actionable messages', () => {
     );
   });
 
+  it('refuses a retentionCheck or spanKind that is none of its values (a typo from JavaScript)', () => {
+    // Before: 'bogus' was taken, and checked the retention as 'warn' does.
+    expect(() => createProcessor({ ...base, consumer: 'c', retentionCheck: 'bogus' as never })).toThrow(
+      /retentionCheck must be one of 'error', 'warn', 'off' \(got "bogus"\)/,
+    );
+    expect(() => createProcessor({ ...base, consumer: 'c', spanKind: 'producer' as never })).toThrow(
+      /spanKind must be one of/,
+    );
+    expect(() =>
+      createProcessor({ ...base, consumer: 'c', retentionCheck: 'off', spanKind: 'internal' }),
+    ).not.toThrow();
+  });
+
   it('requires the heartbeat to be at most half the lease', () => {
     expect(() => createProcessor({ ...base, consumer: 'c', leaseMs: 1000, heartbeatMs: 900 })).toThrow(
       /heartbeatMs \(900\) must be at most half of leaseMs/,

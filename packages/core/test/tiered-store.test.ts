@@ -132,6 +132,89 @@ describe('tiered store', () => {
     expect(make({ coldLeaseMs: Number.NaN })).toThrow(ConfigError);
     expect(make({ coldRetentionMs: -1 })).toThrow(ConfigError);
     expect(make({ cold: undefined })).toThrow(ConfigError);
+    // Before: taken; every key then claimed twice in one store and answered busy for ever.
+    expect(make({ cold: hot })).toThrow(/two stores, not one/);
+  });
+
+  it("a key's own payload, retried after hot forgot it, is answered from cold past a claim another payload left in hot", async () => {
+    // Before: hot's leftover claim of payload B (its cold begin failed in an outage) answered the
+    // key's own payload A `mismatch` from hot alone (IDEMPOTENCY_KEY_REUSE, a 422) for as long as
+    // the claim was kept (up to inProgressTtlMs, 7 days on Redis), though cold held A COMPLETED.
+    let now = 1_000_000;
+    const clock = () => now;
+    const hot = createMemoryStore({ now: clock });
+    let coldDown = false;
+    const cold = withFaults(createMemoryStore({ now: clock }), {
+      failWhen: (op) => coldDown && op === 'begin',
+    });
+    const store = createTieredStore({ hot, cold, hotRetentionMs: 5_000 });
+    const request = (fingerprint: string) => ({ key: 'k', fingerprint, owner: 'w', leaseMs: 1_000 });
+    const first = await store.begin(request('A'));
+    if (first.status !== 'acquired') throw new Error(first.status);
+    expect(
+      await store.complete({ key: 'k', fence: first.fence, outgoing: [], retentionMs: 86_400_000 }),
+    ).toBe('ok');
+    now += 6_000; // hot's copy of the record expired; cold keeps it a day
+
+    coldDown = true;
+    await expect(store.begin(request('B'))).rejects.toThrow(/injected fault/);
+    coldDown = false;
+    expect(await hot.get('k')).toMatchObject({ state: 'IN_PROGRESS', fingerprint: 'B', leaseUntil: 0 });
+
+    expect(await store.begin(request('A'))).toMatchObject({
+      status: 'duplicate',
+      record: { state: 'COMPLETED', fingerprint: 'A' },
+    });
+    expect(await store.begin(request('B'))).toMatchObject({
+      status: 'mismatch',
+      record: { fingerprint: 'A' },
+    });
+    // And while B's claim is live (its cold begin under way), A is not refused either.
+    const live = await hot.begin(request('B'));
+    expect(live.status).toBe('acquired');
+    expect(await store.begin(request('A'))).toMatchObject({ status: 'duplicate' });
+  });
+
+  it('a cold tier that does not answer within the lease gives the hot lease back before it ends: no attempt counted', async () => {
+    // Before: the begin waited on cold for as long as its client did (storeTimeoutMs); the hot
+    // lease ran out meanwhile, each copy took the key over and counted an attempt, and the run
+    // that got through was a takeover at attempt 4 with no process dead.
+    const hot = createMemoryStore();
+    const coldStore = createMemoryStore();
+    let answer: () => void = () => undefined;
+    let hanging = true;
+    const cold: ProcessedStore = {
+      ...coldStore,
+      begin: async (request) => {
+        if (hanging) await new Promise<void>((resolve) => (answer = resolve));
+        return coldStore.begin(request);
+      },
+    };
+    const store = createTieredStore({ hot, cold, hotRetentionMs: 3_600_000 });
+    const attempts: number[] = [];
+    const processor = createProcessor({
+      consumer: 'billing',
+      store,
+      leaseMs: 100,
+      heartbeatMs: 30,
+      retentionCheck: 'off',
+      handler: (_payload, ctx) => {
+        attempts.push(ctx.attempt);
+        return ctx.acquiredAs;
+      },
+    });
+    const message = () => delivery({ order: 'o-3' }, { [Headers.IdempotencyKey]: 'order-3' });
+    for (let i = 0; i < 3; i++) {
+      expect(await processor.process(message())).toMatchObject({
+        action: 'defer',
+        outcome: 'store-unavailable',
+      });
+    }
+    hanging = false;
+    answer(); // the last abandoned cold begin lands its claim late: it is given back
+    await sleep(20);
+    expect(await processor.process(message())).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    expect(attempts).toEqual([1]);
   });
 });
 

@@ -14,6 +14,7 @@
  * stores that can refuse them, and a lease a late answer reports taken is given back (`onLate`).
  */
 import { StoreUnavailableError } from '../errors.js';
+import { answeredWithin } from '../wait.js';
 import { wrapServerCalls } from './delegate.js';
 import type { ProcessedStore } from './types.js';
 
@@ -30,31 +31,20 @@ export type LateAnswer = (
 /** `store` with every server call bounded by `timeoutMs`; the store itself when it is Infinity. */
 export function withDeadline(store: ProcessedStore, timeoutMs: number, onLate?: LateAnswer): ProcessedStore {
   if (timeoutMs === Number.POSITIVE_INFINITY) return store;
-  return wrapServerCalls(store, (name, call) => (...args) => {
-    let timer: NodeJS.Timeout | undefined;
-    let abandoned = false;
-    const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        abandoned = true;
-        reject(
-          new StoreUnavailableError({
-            operation: name,
-            message: `processed-store ${name} did not answer within ${timeoutMs} ms (storeTimeoutMs)`,
-          }),
-        );
-      }, timeoutMs);
-    });
-    // A store that throws instead of rejecting must not leave `late` to reject unhandled.
-    const answer = Promise.resolve().then(() => call(...args));
-    // A late rejection of the abandoned call is nobody's to handle, but for onLate.
-    answer.then(
-      (value) => {
-        if (abandoned) onLate?.(name, args, { value });
-      },
-      (error: unknown) => {
-        if (abandoned) onLate?.(name, args, { error });
-      },
-    );
-    return Promise.race([answer, late]).finally(() => clearTimeout(timer));
-  });
+  return wrapServerCalls(
+    store,
+    (name, call) =>
+      (...args) =>
+        // Through a promise: a store that throws instead of rejecting is answered like one that rejects.
+        answeredWithin(
+          Promise.resolve().then(() => call(...args)),
+          timeoutMs,
+          () =>
+            new StoreUnavailableError({
+              operation: name,
+              message: `processed-store ${name} did not answer within ${timeoutMs} ms (storeTimeoutMs)`,
+            }),
+          onLate && ((answer) => onLate(name, args, answer)),
+        ),
+  );
 }

@@ -8,11 +8,13 @@
  * Protocol (both tiers are ordinary {@link ProcessedStore}s; nothing else is assumed of them):
  *
  * - `begin`: hot first. busy / duplicate / failed / mismatch from hot are answered at once (one
- *   round trip: a recent duplicate never touches cold). When hot acquires, cold is asked with the
+ *   round trip: a recent duplicate never touches cold), but for a mismatch with an IN_PROGRESS
+ *   record, which cold's COMPLETED or FAILED record overrules. When hot acquires, cold is asked with the
  *   same request (`cold.begin`, lease `leaseMs`, the owner tagged with the hot fence): cold
  *   `acquired` -> acquired (the returned fence is the hot one); cold `duplicate` / `failed` /
  *   `mismatch` / `busy` -> that answer (the long tail), and the hot lease just taken is released
- *   and cleared so the hot tier does not shadow the cold record.
+ *   and cleared so the hot tier does not shadow the cold record. Cold is waited for four fifths
+ *   of the lease at most; then (or when it fails) the hot lease is given back unrun.
  * - `complete` and `fail`: **cold first, then hot.** The cold write is the commit point: it is
  *   fenced by cold's own lease (found by the hot-fence tag of the cold IN_PROGRESS record), so a
  *   stale worker whose cold lease was taken over commits nothing. Only after cold acknowledged is
@@ -37,13 +39,16 @@
  * Steps live in the hot tier only: an IN_PROGRESS record the hot store lost loses its steps.
  */
 
-import { ConfigError, type ErrorInfo } from '../errors.js';
+import { ConfigError, type ErrorInfo, StoreUnavailableError } from '../errors.js';
 import { positiveMs } from '../options.js';
+import { answeredWithin } from '../wait.js';
 import type {
   BeginRequest,
   BeginResult,
   ClearResult,
+  CompletedRecord,
   CompleteRequest,
+  FailedRecord,
   FencedResult,
   InProgressRecord,
   ProcessedRecord,
@@ -100,9 +105,20 @@ function hotFenceOf(record: ProcessedRecord | undefined): number | undefined {
   return at < 0 ? undefined : Number(record.owner.slice(at + TAG.length));
 }
 
-function terminal(record: ProcessedRecord | undefined): boolean {
+function terminal(record: ProcessedRecord | undefined): record is CompletedRecord | FailedRecord {
   return record !== undefined && record.state !== RecordState.InProgress;
 }
+
+/** The answer a begin of `fingerprint` gets from a COMPLETED or FAILED record, as a store's own. */
+function answerOf(record: CompletedRecord | FailedRecord, fingerprint: string): BeginResult {
+  if (record.fingerprint !== fingerprint) return { status: 'mismatch', record };
+  return record.state === RecordState.Completed
+    ? { status: 'duplicate', record }
+    : { status: 'failed', record };
+}
+
+/** The share of a begin's lease the cold tier is waited for (see begin). */
+const COLD_WAIT_SHARE = 0.8;
 
 /**
  * Builds a {@link TieredStore}. Retention check: the processor checks its horizon against
@@ -111,6 +127,8 @@ function terminal(record: ProcessedRecord | undefined): boolean {
 export function createTieredStore(options: TieredStoreOptions): TieredStore {
   const { hot, cold, hotRetentionMs } = options;
   if (!hot || !cold) throw new ConfigError('createTieredStore: hot and cold stores are required');
+  // One store as both tiers would claim each key twice in it: every new key would answer busy.
+  if (hot === cold) throw new ConfigError('createTieredStore: hot and cold must be two stores, not one');
   // NaN would never expire a cold claim: every other attempt would read it as busy for ever.
   positiveMs('hotRetentionMs', hotRetentionMs);
   if (options.coldLeaseMs !== undefined) positiveMs('coldLeaseMs', options.coldLeaseMs);
@@ -168,14 +186,42 @@ export function createTieredStore(options: TieredStoreOptions): TieredStore {
 
     async begin(request: BeginRequest): Promise<BeginResult> {
       const first = await hot.begin(request);
+      if (first.status === 'mismatch' && first.record.state === RecordState.InProgress) {
+        // Hot's record is an unfinished claim of another payload: one whose cold begin failed or
+        // is under way (hot acquired, cold not asked yet or unreachable). While cold holds the
+        // key's outcome, that claim does not own the key: an answer from hot alone refused the
+        // key's own payload, retried after hot forgot it, for as long as the claim was kept.
+        const durable = await cold.get(request.key);
+        if (terminal(durable)) return answerOf(durable, request.fingerprint);
+        return first;
+      }
       if (first.status !== 'acquired') return first;
+      // Cold is given up on before the hot lease ends, so a copy arriving meanwhile is answered
+      // busy and the outage counts no attempt; past the lease, each copy took the key over.
+      const giveUpMs = Math.max(1, Math.floor(request.leaseMs * COLD_WAIT_SHARE));
       let second: BeginResult;
       try {
-        second = await cold.begin({
-          ...request,
-          owner: tag(request.owner, first.fence),
-          leaseMs: Math.min(request.leaseMs, coldLeaseMs),
-        });
+        second = await answeredWithin(
+          cold.begin({
+            ...request,
+            owner: tag(request.owner, first.fence),
+            leaseMs: Math.min(request.leaseMs, coldLeaseMs),
+            // A cold store that can refuses it past this (see BeginRequest.abandonAfterMs).
+            abandonAfterMs: Math.min(request.abandonAfterMs ?? Number.POSITIVE_INFINITY, giveUpMs),
+          }),
+          giveUpMs,
+          () =>
+            new StoreUnavailableError({
+              operation: 'begin',
+              message: `the cold tier did not answer a begin within ${giveUpMs} ms (four fifths of leaseMs): the hot lease is given back unrun`,
+            }),
+          (late) => {
+            // Its claim is nobody's: given back, so the next try is not answered busy until it lapses.
+            if ('value' in late && late.value.status === 'acquired') {
+              cold.release(request.key, late.value.fence, RELEASED, { notRun: true }).catch(() => undefined);
+            }
+          },
+        );
       } catch (error) {
         // Cold cannot be reached: an outage must count no attempt (each try would otherwise take
         // the lease over and count one, until innocent messages were ATTEMPTS_EXHAUSTED). A cold
