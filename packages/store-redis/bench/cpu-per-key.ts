@@ -1,7 +1,7 @@
 /**
  * Redis server CPU per processed key, measured on a real server through the real batch scripts.
  *
- *   npx tsx --conditions=@exactly-once/source packages/store-redis/bench/cpu-per-key.ts [N] [--batch B] [--compact] [--markers M]
+ *   npx tsx --conditions=@exactly-once/source packages/store-redis/bench/cpu-per-key.ts [N] [--batch B] [--compact] [--markers M] [--floor]
  *
  * Begins and completes N new keys (default 100,000) in batches of B (default 32, about what a
  * consumer under load hands the store), one batch in flight, with an 11-byte inline result and no
@@ -13,12 +13,17 @@
  * With --markers M, every marker bucket first holds what M compacted keys would leave there (random
  * ids, written directly in the bucket layout), so each new key's begin looks through buckets of a
  * store of that size; then (with --compact) the N keys are compacted and begun once more.
- * Deletes only its own keys. Run it on an otherwise idle server: commandstats are server-wide.
+ * With --floor, the same batches then run the commands a new key's begin and complete run (EXISTS
+ * of two marker keys, SET NX GET PXAT of a value the size of its IN_PROGRESS record; GET, SET PXAT
+ * of one the size of its COMPLETED record) in a script that does nothing else, and an empty
+ * script is called once per batch: what the store's scripts cost beyond their commands, per key
+ * and per call. Deletes only its own keys. Run it on an otherwise idle server: commandstats are
+ * server-wide.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
-import { createRedisStore } from '../src/index.js';
+import { createRedisStore, redisKeyFor } from '../src/index.js';
 import { markerBucketKey, TAG_COUNT, tagsBySlot } from '../src/layout.js';
 import { deletePrefix } from './own-keys.js';
 
@@ -28,6 +33,7 @@ const { values, positionals } = parseArgs({
     batch: { type: 'string', default: '32' },
     compact: { type: 'boolean', default: false },
     markers: { type: 'string', default: '0' },
+    floor: { type: 'boolean', default: false },
   },
 });
 const n = Number(positionals[0] ?? 100_000);
@@ -128,6 +134,39 @@ try {
       for (const done of await completeMany.call(store, requests)) if (done !== 'ok') throw new Error(done);
     }
   });
+  if (values.floor) {
+    // Every key of the first phase is COMPLETED now: the size a complete writes.
+    const completedBytes = Number(await client.strlen(redisKeyFor(keyPrefix, keys[0] as string)));
+    const floorBegin = `for i = 1, #KEYS do
+      redis.call('EXISTS', KEYS[i] .. 'm', KEYS[i] .. 'l')
+      redis.call('SET', KEYS[i], ARGV[1], 'NX', 'GET', 'PXAT', ARGV[2])
+    end`;
+    const floorComplete = `for i = 1, #KEYS do
+      redis.call('GET', KEYS[i])
+      redis.call('SET', KEYS[i], ARGV[1], 'PXAT', ARGV[2])
+    end`;
+    const until = String(Date.now() + 86_400_000);
+    const floorKeys = keys.map((key) => `${keyPrefix}:floor:{${key}}:${randomBytes(8).toString('hex')}`);
+    const value = (bytes: number) => randomBytes(bytes);
+    const inProgress = value(completedBytes + 60); // an IN_PROGRESS record holds its owner and key too
+    const completed = value(completedBytes);
+    console.log(
+      `floor values: ${inProgress.length} B (IN_PROGRESS), ${completed.length} B (COMPLETED, as stored above)`,
+    );
+    await phase('floor: commands alone', async () => {
+      for (let i = 0; i < n; i += batch) {
+        const part = floorKeys.slice(i, i + batch);
+        await client.eval(floorBegin, part.length, ...part, inProgress, until);
+        await client.eval(floorComplete, part.length, ...part, completed, until);
+      }
+    });
+    await phase('floor: empty calls', async () => {
+      for (let i = 0; i < n; i += batch) {
+        await client.eval('return 1', 0);
+        await client.eval('return 1', 0);
+      }
+    });
+  }
   await phase('begin (duplicate)', async () => {
     for (let i = 0; i < n; i += batch) {
       for (const begun of await beginMany.call(store, begins(i))) {
