@@ -7,7 +7,7 @@
 import { createConsumer } from '@exactly-once/kafka';
 import { createRedisStore } from '@exactly-once/store-redis';
 import type { Redis } from 'ioredis';
-import type { Admin, IHeaders, Kafka } from 'kafkajs';
+import type { Admin, IHeaders, Kafka, Message } from 'kafkajs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   CLIENTS,
@@ -48,23 +48,30 @@ const invalid: [string, IHeaders][] = [
   ['a repeated request id', { 'x-idempotency-key': 'with-bad-request-id', 'x-request-id': ['r1', 'r2'] }],
 ];
 
+/** A new topic (and its dead-letter topic) holding `messages`, and a group name to read it with. */
+async function topicWith(
+  name: string,
+  messages: Message[],
+): Promise<{ topic: string; dlq: string; groupId: string }> {
+  const topic = uniqueName(name);
+  const dlq = `${topic}.dlq`;
+  await createTopics(admin, [topic, dlq], 1);
+  const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+  await producer.connect();
+  try {
+    await producer.send({ topic, acks: -1, messages });
+  } finally {
+    await producer.disconnect();
+  }
+  return { topic, dlq, groupId: uniqueName(`${name}-group`) };
+}
+
 describe('kafka: ambiguous identity headers', () => {
   it('dead-letters each as InvalidKeyError with every original value; the handler never runs', async () => {
-    const topic = uniqueName('ident');
-    const dlq = `${topic}.dlq`;
-    const groupId = uniqueName('ident-group');
-    await createTopics(admin, [topic, dlq], 1);
-    const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
-    await producer.connect();
-    await producer.send({
-      topic,
-      acks: -1,
-      messages: [
-        ...invalid.map(([what, headers]) => ({ key: what, value: JSON.stringify({ what }), headers })),
-        { key: 'good', value: JSON.stringify({ what: 'good' }), headers: { 'x-idempotency-key': 'good-1' } },
-      ],
-    });
-    await producer.disconnect();
+    const { topic, dlq, groupId } = await topicWith('ident', [
+      ...invalid.map(([what, headers]) => ({ key: what, value: JSON.stringify({ what }), headers })),
+      { key: 'good', value: JSON.stringify({ what: 'good' }), headers: { 'x-idempotency-key': 'good-1' } },
+    ]);
 
     const runs: string[] = [];
     // broker-id: a key the adapter dropped or collapsed would be processed under another key.
@@ -110,21 +117,10 @@ describe('kafka: ambiguous identity headers', () => {
 
 describe.each(CLIENTS)('kafka on %s: an empty key header', (client) => {
   it('is dead-lettered KEY_MISSING with the header still present and empty in the copy, not null', async () => {
-    const topic = uniqueName('empty-key');
-    const dlq = `${topic}.dlq`;
-    const groupId = uniqueName('empty-key-group');
-    await createTopics(admin, [topic, dlq], 1);
-    const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
-    await producer.connect();
-    await producer.send({
-      topic,
-      acks: -1,
-      messages: [
-        { key: 'empty', value: '{}', headers: { 'x-idempotency-key': '', note: Buffer.alloc(0) } },
-        { key: 'good', value: '{}', headers: { 'x-idempotency-key': 'good-1' } },
-      ],
-    });
-    await producer.disconnect();
+    const { topic, dlq, groupId } = await topicWith('empty-key', [
+      { key: 'empty', value: '{}', headers: { 'x-idempotency-key': '', note: Buffer.alloc(0) } },
+      { key: 'good', value: '{}', headers: { 'x-idempotency-key': 'good-1' } },
+    ]);
 
     const runs: string[] = [];
     const consumer = createConsumer({
