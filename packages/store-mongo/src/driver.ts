@@ -86,13 +86,42 @@ export function isTooLarge(error: unknown): boolean {
   return false;
 }
 
-/** Runs one store operation, turning every failure into the SDK's error for it (see {@link asStoreError}). */
-export async function guarded<T>(operation: string, fn: () => Promise<T>): Promise<T> {
+/**
+ * Runs one store operation, turning every failure into the SDK's error for it (see
+ * {@link asStoreError}); `onFailure` sees the driver's error first.
+ */
+export async function guarded<T>(
+  operation: string,
+  fn: () => Promise<T>,
+  onFailure?: (error: unknown) => void,
+): Promise<T> {
   try {
     return await fn();
   } catch (error) {
+    onFailure?.(error);
     throw asStoreError(operation, error);
   }
+}
+
+/** What {@link reopenAfterFailedConnect} uses of a client. */
+interface ReopenableClient {
+  connect(): Promise<unknown>;
+}
+
+/**
+ * Driver 6 connects a client on its first operation; when that connection fails (the server was
+ * down as the process started), it closes the client's topology and refuses every later operation
+ * with `MongoTopologyClosedError` until `connect()` is called again: a process started during an
+ * outage never reached the server once it was back. This calls `connect()` for such an error (the
+ * driver's own lock makes concurrent calls one), so the next try of the operation gets through. A
+ * client closed on purpose (`client.close()`) is left closed: its operations fail with another
+ * error (`MongoNotConnectedError`), and one in flight at the close sees the client marked closed.
+ */
+export function reopenAfterFailedConnect(client: ReopenableClient | undefined, error: unknown): void {
+  if (client === undefined || (error as { name?: unknown } | undefined)?.name !== 'MongoTopologyClosedError')
+    return;
+  if ((client as { s?: { hasBeenClosed?: unknown } }).s?.hasBeenClosed === true) return;
+  client.connect().catch(() => undefined);
 }
 
 export function asStoreError(operation: string, error: unknown): StoreUnavailableError | RecordTooLargeError {

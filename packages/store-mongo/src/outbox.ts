@@ -20,9 +20,9 @@ import {
 } from '@exactly-once/core';
 import { encodeValue, injectContext } from '@exactly-once/core/spi';
 import { context } from '@opentelemetry/api';
-import type { Binary, Collection, Document } from 'mongodb';
+import type { Binary, Collection, Db, Document } from 'mongodb';
 import { fromBinary, toBinary } from './codec.js';
-import { commandParts } from './driver.js';
+import { commandParts, reopenAfterFailedConnect } from './driver.js';
 
 export const OUTBOX_FIELD = 'eo_outbox';
 export const PENDING_FIELD = 'eo_pending';
@@ -154,17 +154,18 @@ export function createMongoOutboxSource<TSchema extends Document = Document>(
   // One server call at a time per source: a page read and the marking writes of one relay share
   // FerretDB 1.x's connection pool (see commandParts); overlapping, they were seen to stall it.
   let queue: Promise<unknown> = Promise.resolve();
+  // A relay started while the server was down: its client is opened again (see reopenAfterFailedConnect).
+  const client = (collection as { db?: Db }).db?.client;
   const serial = <T>(call: () => Promise<T>): Promise<T> => {
     const result = queue.then(call, call);
-    queue = result.catch(() => {});
+    queue = result.catch((error: unknown) => reopenAfterFailedConnect(client, error));
     return result;
   };
 
   return {
     async ensureIndexes() {
-      await collection.createIndex(
-        { [PENDING_FIELD]: 1, _id: 1 },
-        { name: 'eo_outbox_pending', sparse: true },
+      await serial(() =>
+        collection.createIndex({ [PENDING_FIELD]: 1, _id: 1 }, { name: 'eo_outbox_pending', sparse: true }),
       );
     },
     async *scan() {

@@ -63,9 +63,10 @@ import {
   asStoreError,
   commandParts,
   duplicateIndexes,
-  guarded,
+  guarded as guardedCall,
   isDuplicateKey,
   isUnsupported,
+  reopenAfterFailedConnect,
 } from './driver.js';
 import { dismantle, type SweepResult, sweepExpired } from './sweep.js';
 
@@ -248,6 +249,15 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     return claimsCollection;
   };
   const blobs = options.blobs;
+  // The client of a first connection that failed is opened again (see reopenAfterFailedConnect),
+  // until the store is closed.
+  const client = (options.db ?? (collection as { db?: Db }).db)?.client;
+  let closed = false;
+  const reopen = (error: unknown) => {
+    if (!closed) reopenAfterFailedConnect(client, error);
+  };
+  const guarded = <T>(operation: string, fn: () => Promise<T>): Promise<T> =>
+    guardedCall(operation, fn, reopen);
   /** Every sweeper started: close stops them and waits for a pass under way, stopped or not. */
   const sweepers = new Set<Repeating>();
   let sweeping: Promise<unknown> = Promise.resolve();
@@ -592,6 +602,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
           try {
             answers[i] = await run(requests[i] as Q);
           } catch (error) {
+            reopen(error);
             for (const j of list.slice(n)) errors.set(j, asStoreError(operation, error));
             return;
           }
@@ -973,7 +984,10 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         } else if (isUnsupported(error)) {
           // No TTL (FerretDB 1.x): index `e` for the sweeper's delete instead.
           await guarded('ensureIndexes', () => claims().createIndex({ e: 1 }, { name: 'eo_claim_expiry' }));
-        } else throw asStoreError('ensureIndexes', error);
+        } else {
+          reopen(error);
+          throw asStoreError('ensureIndexes', error);
+        }
       }
       await guarded('ensureIndexes', async () => {
         // Stuck-work queries (listInProgress): lease elements by the start of their attempt.
@@ -1045,6 +1059,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     },
 
     async close(): Promise<void> {
+      closed = true;
       for (const loop of sweepers) loop.stop();
       await Promise.all([sweeping, ...[...sweepers].map((loop) => loop.settled())]);
       sweepers.clear();

@@ -10,7 +10,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readChain } from '../src/chain.js';
 import { clientClock, serverClock } from '../src/clock.js';
 import { elementId, elementPlace, type HeadDoc, type RecordDoc, State } from '../src/codec.js';
-import { createGridFsBlobStore, createMongoStore, type MongoProcessedStore } from '../src/index.js';
+import {
+  createGridFsBlobStore,
+  createMongoOutboxSource,
+  createMongoStore,
+  type MongoProcessedStore,
+} from '../src/index.js';
 import { dismantle } from '../src/sweep.js';
 import { MONGO_SERVERS, MONGO_URL, openTestDatabase, type TestDatabase } from './helpers.js';
 
@@ -848,6 +853,77 @@ describe('outage', () => {
       await client.close();
       await proxy.close();
     }
+  });
+});
+
+describe('a process started while the server is down', () => {
+  useServer(MONGO_URL);
+  it('its store reaches the server once it is back (the driver closed the client after the failed first connection)', async () => {
+    // Before: every operation failed with "Topology is closed" for good, as long as the process
+    // lived (an outside test's API answered 503 for 90 s after the server was back).
+    const proxy = await startProxy(new URL(MONGO_URL.replace(/^mongodb:/, 'http:')));
+    proxy.down();
+    const client = new MongoClient(`mongodb://127.0.0.1:${proxy.port}/?directConnection=true`, {
+      serverSelectionTimeoutMS: 300,
+    });
+    try {
+      const late = createMongoStore({ db: client.db(test.db.databaseName), collectionName: 'late_start' });
+      await expect(late.ensureIndexes()).rejects.toBeInstanceOf(StoreUnavailableError);
+      proxy.up();
+      let acquiredAt: number | undefined;
+      for (let i = 0; i < 40 && acquiredAt === undefined; i++) {
+        try {
+          const begun = await late.begin({ key: 'late:1', fingerprint: 'f', owner: 'o', leaseMs: 1_000 });
+          if (begun.status === 'acquired') acquiredAt = i;
+        } catch (error) {
+          expect(error).toBeInstanceOf(StoreUnavailableError);
+          await sleep(100);
+        }
+      }
+      expect(acquiredAt, 'a begin acquired once the server was back').toBeDefined();
+      await late.close();
+    } finally {
+      await client.close();
+      await proxy.close();
+    }
+  });
+
+  it("its outbox source reaches the server once it is back (a relay's reads and marks)", async () => {
+    const proxy = await startProxy(new URL(MONGO_URL.replace(/^mongodb:/, 'http:')));
+    proxy.down();
+    const client = new MongoClient(`mongodb://127.0.0.1:${proxy.port}/?directConnection=true`, {
+      serverSelectionTimeoutMS: 300,
+    });
+    try {
+      const source = createMongoOutboxSource({
+        collection: client.db(test.db.databaseName).collection('late_outbox'),
+      });
+      await expect(source.countPending()).rejects.toThrow();
+      proxy.up();
+      let pending: number | undefined;
+      for (let i = 0; i < 40 && pending === undefined; i++) {
+        pending = await source.countPending().catch(() => sleep(100).then(() => undefined));
+      }
+      expect(pending).toBe(0);
+    } finally {
+      await client.close();
+      await proxy.close();
+    }
+  });
+
+  it('a client closed on purpose stays closed', async () => {
+    const client = new MongoClient(MONGO_URL, { serverSelectionTimeoutMS: 300 });
+    const store = createMongoStore({
+      db: client.db(test.db.databaseName),
+      collectionName: 'closed_on_purpose',
+    });
+    await store.get('closed:1');
+    await client.close();
+    await expect(store.get('closed:1')).rejects.toBeInstanceOf(StoreUnavailableError);
+    await sleep(200);
+    // Not opened again by the store: no topology, as close() left it.
+    expect((client as unknown as { topology?: unknown }).topology).toBeUndefined();
+    await store.close();
   });
 });
 
