@@ -24,6 +24,7 @@ import { normalizeKey, normalizeRequestId, tooDeep } from './keys.js';
 import type { ProcessorOptions } from './options.js';
 import { REQUEST_SYSTEM, unreadable } from './prepare.js';
 import { buildProcessor } from './processor.js';
+import type { StoreHealth } from './store/health.js';
 import type { StoredResult } from './store/types.js';
 import { injectContext } from './tracing.js';
 
@@ -114,6 +115,8 @@ export interface IdempotentExecutor<T, R> {
    * run failed.
    */
   execute(request: ExecuteRequest<T>, handler: Handler<T, R>): Promise<ExecuteResult<R>>;
+  /** Since when the store has not answered this executor's calls (a liveness probe's input). */
+  storeHealth(): StoreHealth;
 }
 
 /**
@@ -164,6 +167,7 @@ export function createIdempotentExecutor<T = unknown, R = unknown>(
   };
 
   return {
+    storeHealth: () => processor.storeHealth(),
     async execute(request, handler) {
       // Checked before anything is stored: a run that cannot start must not use up an attempt.
       if (typeof handler !== 'function') throw new ConfigError('execute needs a handler function');

@@ -1,4 +1,5 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
+import { createIdempotentExecutor } from '../src/executor.js';
 import { Headers } from '../src/headers.js';
 import type { Logger, LogMeta } from '../src/logger.js';
 import { createProcessor } from '../src/processor.js';
@@ -13,6 +14,21 @@ const fast = { leaseMs: 300, retentionCheck: 'off' as const, retry: { maxAttempt
 const never = new Promise<never>(() => {});
 
 describe('storeHealth (for a liveness probe)', () => {
+  it("an executor says it too (an API's probe had nothing to ask)", async () => {
+    let down = false;
+    const executor = createIdempotentExecutor({
+      consumer: 'api',
+      store: withFaults(createMemoryStore(), { failWhen: () => down }),
+      ...fast,
+    });
+    await executor.execute({ key: 'r1', payload: {} }, () => 'ok');
+    expect(executor.storeHealth().unavailableSince).toBeUndefined();
+    down = true;
+    const before = Date.now();
+    await expect(executor.execute({ key: 'r2', payload: {} }, () => 'ok')).rejects.toThrow();
+    expect(executor.storeHealth().unavailableSince).toBeGreaterThanOrEqual(before);
+  });
+
   it('says since when the store has not answered, and clears once it answers again', async () => {
     let down = false;
     const p = createProcessor({
