@@ -19,8 +19,15 @@ import type {
   ProcessedStore,
 } from './types.js';
 
-/** Most requests in one batch call; a larger turn is sent as several calls. */
-export const MAX_BATCH = 256;
+/**
+ * Most requests in one batch call; a larger turn is sent as several calls, at once. Several calls
+ * rather than one: the first answers while the store still works on the others, so the handlers
+ * of its keys run meanwhile. With one call for a whole turn (the groups of all of a consumer's
+ * Kafka partitions begin in the same turn), every run waited for the slowest part and the event
+ * loop sat idle a third of the time (Kafka with Redis: 23,378 msg/s with 256 against 28,223 with
+ * 64, 0.02 and 0.03 store calls a message).
+ */
+export const MAX_BATCH = 64;
 
 interface Pending<Q, A> {
   readonly request: Q;
