@@ -178,6 +178,36 @@ describe('coalescing on a class store with the deadline off', () => {
   });
 });
 
+describe('coalescing a large turn', () => {
+  it('sends it as calls of at most 64, all at once: the first answers while the store works on the rest', async () => {
+    // One call of a whole turn (all Kafka partitions' groups) made every run wait for the slowest
+    // part, and the event loop sat idle a third of the time.
+    const { coalescing, MAX_BATCH } = await import('../src/store/coalesce.js');
+    const memory = createMemoryStore();
+    const store: ProcessedStore = Object.create(memory);
+    const sizes: number[] = [];
+    let inFlight = 0;
+    let mostInFlight = 0;
+    store.beginMany = async (requests) => {
+      sizes.push(requests.length);
+      mostInFlight = Math.max(mostInFlight, ++inFlight);
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      inFlight--;
+      return Promise.all(requests.map((r) => memory.begin(r)));
+    };
+    const batched = coalescing(store);
+    const answers = await Promise.all(
+      Array.from({ length: 130 }, (_, i) =>
+        batched.begin({ key: `k${i}`, fingerprint: 'f', owner: 'o', leaseMs: 1_000 }),
+      ),
+    );
+    expect(MAX_BATCH).toBe(64);
+    expect(sizes).toEqual([64, 64, 2]);
+    expect(mostInFlight).toBe(3);
+    expect(answers.every((a) => a.status === 'acquired')).toBe(true);
+  });
+});
+
 describe('coalescing a batch some servers answered', () => {
   it('settles the answered requests and fails only the others (PartialBatchError)', async () => {
     const { coalescing } = await import('../src/store/coalesce.js');

@@ -4,7 +4,7 @@
  */
 import { connect, createServer, type Socket } from 'node:net';
 import { StoreUnavailableError } from '@exactly-once/core';
-import type { Collection } from 'mongodb';
+import type { Collection, Db } from 'mongodb';
 import { Binary, MongoClient, MongoNetworkError } from 'mongodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readChain } from '../src/chain.js';
@@ -858,57 +858,59 @@ describe('outage', () => {
 
 describe('a process started while the server is down', () => {
   useServer(MONGO_URL);
+
+  /**
+   * A client first used while its server is unreachable (a proxy refusing connections), the
+   * database it opens, and `serverBack()`; closed with the proxy afterwards.
+   */
+  async function startedDuringOutage(use: (db: Db, serverBack: () => void) => Promise<void>): Promise<void> {
+    const proxy = await startProxy(new URL(MONGO_URL.replace(/^mongodb:/, 'http:')));
+    proxy.down();
+    const client = new MongoClient(`mongodb://127.0.0.1:${proxy.port}/?directConnection=true`, {
+      serverSelectionTimeoutMS: 300,
+    });
+    try {
+      await use(client.db(test.db.databaseName), () => proxy.up());
+    } finally {
+      await client.close();
+      await proxy.close();
+    }
+  }
+
+  /** The first answer of `call` within 4 s, retried every 100 ms while it fails. */
+  async function firstAnswer<T>(call: () => Promise<T>): Promise<T | undefined> {
+    for (let i = 0; i < 40; i++) {
+      try {
+        return await call();
+      } catch {
+        await sleep(100);
+      }
+    }
+    return undefined;
+  }
+
   it('its store reaches the server once it is back (the driver closed the client after the failed first connection)', async () => {
     // Before: every operation failed with "Topology is closed" for good, as long as the process
     // lived (an outside test's API answered 503 for 90 s after the server was back).
-    const proxy = await startProxy(new URL(MONGO_URL.replace(/^mongodb:/, 'http:')));
-    proxy.down();
-    const client = new MongoClient(`mongodb://127.0.0.1:${proxy.port}/?directConnection=true`, {
-      serverSelectionTimeoutMS: 300,
-    });
-    try {
-      const late = createMongoStore({ db: client.db(test.db.databaseName), collectionName: 'late_start' });
+    await startedDuringOutage(async (db, serverBack) => {
+      const late = createMongoStore({ db, collectionName: 'late_start' });
       await expect(late.ensureIndexes()).rejects.toBeInstanceOf(StoreUnavailableError);
-      proxy.up();
-      let acquiredAt: number | undefined;
-      for (let i = 0; i < 40 && acquiredAt === undefined; i++) {
-        try {
-          const begun = await late.begin({ key: 'late:1', fingerprint: 'f', owner: 'o', leaseMs: 1_000 });
-          if (begun.status === 'acquired') acquiredAt = i;
-        } catch (error) {
-          expect(error).toBeInstanceOf(StoreUnavailableError);
-          await sleep(100);
-        }
-      }
-      expect(acquiredAt, 'a begin acquired once the server was back').toBeDefined();
+      serverBack();
+      const begun = await firstAnswer(() =>
+        late.begin({ key: 'late:1', fingerprint: 'f', owner: 'o', leaseMs: 1_000 }),
+      );
+      expect(begun?.status, 'a begin acquired once the server was back').toBe('acquired');
       await late.close();
-    } finally {
-      await client.close();
-      await proxy.close();
-    }
+    });
   });
 
   it("its outbox source reaches the server once it is back (a relay's reads and marks)", async () => {
-    const proxy = await startProxy(new URL(MONGO_URL.replace(/^mongodb:/, 'http:')));
-    proxy.down();
-    const client = new MongoClient(`mongodb://127.0.0.1:${proxy.port}/?directConnection=true`, {
-      serverSelectionTimeoutMS: 300,
-    });
-    try {
-      const source = createMongoOutboxSource({
-        collection: client.db(test.db.databaseName).collection('late_outbox'),
-      });
+    await startedDuringOutage(async (db, serverBack) => {
+      const source = createMongoOutboxSource({ collection: db.collection('late_outbox') });
       await expect(source.countPending()).rejects.toThrow();
-      proxy.up();
-      let pending: number | undefined;
-      for (let i = 0; i < 40 && pending === undefined; i++) {
-        pending = await source.countPending().catch(() => sleep(100).then(() => undefined));
-      }
-      expect(pending).toBe(0);
-    } finally {
-      await client.close();
-      await proxy.close();
-    }
+      serverBack();
+      expect(await firstAnswer(() => source.countPending())).toBe(0);
+    });
   });
 
   it('a client closed on purpose stays closed', async () => {
