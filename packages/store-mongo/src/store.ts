@@ -228,10 +228,12 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
   const collection = (options.collection ??
     options.db?.collection(options.collectionName ?? DEFAULT_COLLECTION)) as Collection<RecordDoc>;
   const heads = collection as unknown as Collection<HeadDoc>;
+  // Collection#db is public from driver 6.9; older drivers need `db` passed alongside.
+  const db = options.db ?? (collection as { db?: Db }).db;
   const reader = { collection, heads };
   const writeConcern = options.writeConcern ?? { w: 'majority' };
   const write = { writeConcern };
-  const clock = makeClock(options, collection);
+  const clock = makeClock(options, db);
   // A NaN seal timeout would let every begin take every seal over at once.
   const sealTimeoutMs = duration('sealTimeoutMs', options.sealTimeoutMs, 30_000, 1);
   const expiredGraceMs = duration('expiredGraceMs', options.expiredGraceMs, 60_000, 0);
@@ -241,7 +243,6 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
   let claimsCollection: Collection<ClaimDoc> | undefined;
   const claims = (): Collection<ClaimDoc> => {
     if (claimsCollection) return claimsCollection;
-    const db = options.db ?? (collection as { db?: Db }).db;
     const named =
       options.fingerprintCollection ?? db?.collection(`${collection.collectionName}_fingerprints`);
     if (named === undefined) throw new ConfigError('claimFingerprint needs `db` or `fingerprintCollection`');
@@ -251,7 +252,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
   const blobs = options.blobs;
   // The client of a first connection that failed is opened again (see reopenAfterFailedConnect),
   // until the store is closed.
-  const client = (options.db ?? (collection as { db?: Db }).db)?.client;
+  const client = db?.client;
   let closed = false;
   const reopen = (error: unknown) => {
     if (!closed) reopenAfterFailedConnect(client, error);
@@ -1075,12 +1076,10 @@ interface ClaimDoc {
   e: Date;
 }
 
-function makeClock(options: MongoStoreOptions, collection: Collection<RecordDoc>): StoreClock {
+function makeClock(options: MongoStoreOptions, db: Db | undefined): StoreClock {
   const mode = options.clock ?? 'server';
   if (mode === 'client') return clientClock();
   if (mode !== 'server') throw new ConfigError(`clock must be 'server' or 'client' (got ${String(mode)})`);
-  // Collection#db is public from driver 6.9; older drivers need `db` passed alongside.
-  const db = options.db ?? (collection as { db?: Db }).db;
   if (db === undefined) throw new ConfigError("clock 'server' needs `db` with this driver version");
   return serverClock(db, options.clockRefreshMs === undefined ? {} : { refreshMs: options.clockRefreshMs });
 }
