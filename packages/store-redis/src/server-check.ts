@@ -14,6 +14,8 @@ export interface ServerCheckOptions {
   readonly logger: Logger;
   /** When false, an unsafe policy is logged instead of thrown. */
   readonly enforce: boolean;
+  /** Told what the servers answered besides the policy, before an unsafe policy is thrown. */
+  readonly seen?: (state: ServerState) => void;
 }
 
 /**
@@ -25,6 +27,8 @@ export interface ServerCheckOptions {
 export async function checkServer(options: ServerCheckOptions): Promise<void> {
   const { client, logger, enforce } = options;
   const refused: string[] = [];
+  let unsafe: string | undefined;
+  let evictedKeys: number | undefined;
   for (const node of await targets(client)) {
     let reply: unknown;
     try {
@@ -45,10 +49,12 @@ export async function checkServer(options: ServerCheckOptions): Promise<void> {
         `Redis maxmemory-policy is "${policy}": the server may evict processed-records under memory ` +
         `pressure, and an evicted record lets its message be processed again. Set it to "${SAFE_POLICY}" ` +
         '(or pass checkEvictionPolicy: false to accept the risk).';
-      if (enforce) throw new ConfigError(message);
-      logger.warn(message);
+      if (enforce) unsafe ??= message;
+      else logger.warn(message);
     }
     await checkVersion(node);
+    const evicted = await evictedKeysOf(node);
+    if (evicted !== undefined) evictedKeys = (evictedKeys ?? 0) + evicted;
   }
   if (refused.length > 0) {
     const denied = refused.some((m) => m.startsWith('NOPERM'));
@@ -58,6 +64,28 @@ export async function checkServer(options: ServerCheckOptions): Promise<void> {
       { code: 'CONFIG_GET_REFUSED', error: refused[0] },
     );
   }
+  // Seen whatever the policy: keys evicted while it was unsafe are the ones to report.
+  options.seen?.(evictedKeys === undefined ? {} : { evictedKeys });
+  if (unsafe !== undefined) throw new ConfigError(unsafe);
+}
+
+/** What a check saw besides the policy. */
+export interface ServerState {
+  /** `evicted_keys` of INFO stats, summed over the masters; absent where INFO is refused. */
+  readonly evictedKeys?: number;
+}
+
+/** The node's `evicted_keys` since it started, or undefined where INFO is refused. */
+async function evictedKeysOf(node: RedisClient): Promise<number | undefined> {
+  let info: unknown;
+  try {
+    info = await node.call('INFO', 'stats');
+  } catch (cause) {
+    if (cause instanceof Error && cause.name === 'ReplyError') return undefined;
+    throw unavailable('checkServer', cause);
+  }
+  const evicted = /evicted_keys:(\d+)/.exec(String(info));
+  return evicted ? Number(evicted[1]) : undefined;
 }
 
 /**

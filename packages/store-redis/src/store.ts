@@ -54,8 +54,8 @@ import { listInProgress } from './in-progress.js';
 import { fingerprintClaimKey, keysFor, nodeOfTag, staleSlotMap } from './layout.js';
 import { type MaintenanceOptions, startMaintenance } from './maintenance.js';
 import { ArgumentWriter } from './packing.js';
-import { checkServer } from './server-check.js';
 import { ServerClocks } from './server-clock.js';
+import { policyGate } from './policy-gate.js';
 
 export interface RedisStoreOptions {
   /** An ioredis `Redis` or `Cluster`. The store does not close it unless `closeClient` is set. */
@@ -189,24 +189,8 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
     }
   };
 
-  const check = () => checkServer({ client, logger, enforce });
-  // The policy is checked once before the first operation; an outage during the check is
-  // retried on the next call, an unsafe policy keeps failing every call.
-  let checked: Promise<void> | undefined;
-  let passed = !enforce;
-  const ready = async (): Promise<void> => {
-    if (passed) return;
-    checked ??= check().then(
-      () => {
-        passed = true;
-      },
-      (error: unknown) => {
-        if (!(error instanceof ConfigError)) checked = undefined;
-        throw error;
-      },
-    );
-    await checked;
-  };
+  const gate = policyGate({ client, logger, enforce });
+  const ready = gate.ready;
 
   const fenced = async (operation: string, args: RedisArg[]): Promise<FencedResult> => {
     await ready();
@@ -278,7 +262,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
   const store: RedisProcessedStore = {
     async begin(request: BeginRequest): Promise<BeginResult> {
       const startedAt = clocks.started();
-      await ready();
+      await gate.readyToBegin();
       const keys = keysFor(prefix, request.key);
       const node = nodeOf(request.key);
       const fingerprint = packText(request.fingerprint);
@@ -303,7 +287,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
     async beginMany(requests: readonly BeginRequest[]): Promise<BeginResult[]> {
       if (requests.length === 0) return [];
       const startedAt = clocks.started();
-      await ready();
+      await gate.readyToBegin();
       // One call (per node on a Cluster): keys in request order, so a key asked twice sees itself.
       return inGroups(
         'begin',
@@ -481,7 +465,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       ]);
     },
 
-    checkServer: check,
+    checkServer: gate.check,
 
     compactCompleted,
     collectBlobs,
@@ -510,6 +494,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       maintenance.clear();
       for (const loop of loops) loop.stop();
       await Promise.all(loops.map((loop) => loop.settled()));
+      gate.close();
       if (!options.closeClient) return;
       try {
         await client.quit();
