@@ -127,7 +127,7 @@ describe('dlq on Kafka', () => {
     expect(missing.stderr).toMatch(/no record there/);
   });
 
-  it('show: a repeated header shows every value, and bytes that are not UTF-8 show as hex', async () => {
+  it('show: a repeated header shows every value, apart from one value that looks like a list; non-UTF-8 bytes show as hex; a tombstone is not an empty value', async () => {
     const letters = uniqueName('cli-letters');
     await createTopics(admin, [letters], 1);
     try {
@@ -138,21 +138,48 @@ describe('dlq on Kafka', () => {
         messages: [
           {
             value: '{}',
-            headers: { 'x-idempotency-key': ['key-a', 'key-b'], bin: Buffer.from([0xff, 0x01]) },
+            headers: {
+              'x-idempotency-key': ['key-a', 'key-b'],
+              'x-request-id': ['r-1', 'r-2'],
+              'x-tenant': ['a', 'b'],
+              bin: Buffer.from([0xff, 0x01]),
+            },
           },
+          { value: '{}', headers: { 'x-tenant': '["a","b"]', 'x-request-id': 'r-3' } },
+          { value: null, headers: {} },
+          { value: '', headers: {} },
         ],
       });
       await raw.disconnect();
-      const shown = await cliJson<{ headers: Record<string, string> }>([
-        'dlq',
-        'show',
-        letters,
-        '0:0',
-        ...brokers,
-      ]);
-      // Only the last value shown made a letter refused for two keys look like one with a valid key.
-      expect(shown.headers['x-idempotency-key']).toBe('["key-a","key-b"]');
-      expect(shown.headers.bin).toBe('hex:ff01');
+      type Shown = Letter & {
+        headers: Record<string, unknown>;
+        requestId?: string;
+        unusableRequestId?: string;
+        body: string | null;
+        bytes: number;
+      };
+      const show = (id: string) => cliJson<Shown>(['dlq', 'show', letters, id, ...brokers]);
+      const [repeated, single, tombstone, empty] = await Promise.all(['0:0', '0:1', '0:2', '0:3'].map(show));
+      // Only the last value shown made a letter refused for two keys look like one with a valid key;
+      // then a JSON text of the values made it look like one value that reads as a list.
+      expect(repeated?.headers['x-idempotency-key']).toEqual(['key-a', 'key-b']);
+      expect(repeated?.headers['x-tenant']).toEqual(['a', 'b']);
+      expect(single?.headers['x-tenant']).toBe('["a","b"]');
+      expect(repeated?.headers.bin).toBe('hex:ff01');
+      // Refused by the consumer (INVALID_KEY) as a repeated header: not a request id here either.
+      expect(repeated?.requestId).toBeUndefined();
+      expect(repeated?.unusableRequestId).toMatch(/x-request-id/);
+      expect(single?.requestId).toBe('r-3');
+      const text = await cliText(['dlq', 'show', letters, '0:0', ...brokers]);
+      expect(text).toMatch(/request id\s+\(unusable: /);
+      expect(text).toMatch(/x-tenant\s+\[1\/2\] a/);
+      expect(text).toMatch(/x-tenant\s+\[2\/2\] b/);
+      expect(tombstone?.body).toBeNull();
+      expect(empty?.body).toBe('');
+      expect(await cliText(['dlq', 'show', letters, '0:2', ...brokers])).toContain(
+        'body (no value: a tombstone)',
+      );
+      expect(await cliText(['dlq', 'show', letters, '0:3', ...brokers])).toContain('body (0 B)');
     } finally {
       await admin.deleteTopics({ topics: [letters] }).catch(() => undefined);
     }

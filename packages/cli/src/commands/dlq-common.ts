@@ -4,6 +4,7 @@ import {
   Headers,
   InvalidKeyError,
   normalizeKey,
+  normalizeRequestId,
   type ProcessedStore,
   readIdentityHeader,
   recordKeyFor,
@@ -28,6 +29,8 @@ export interface DeadLetter {
    */
   readonly unusableKey?: string;
   readonly requestId?: string;
+  /** Why the message's request id header could not be used (repeated, not text...), as the SDK said it. */
+  readonly unusableRequestId?: string;
   readonly reason: {
     readonly errorClass?: string;
     readonly errorCode?: string;
@@ -49,21 +52,32 @@ export interface DeadLetter {
   };
   /**
    * Every header with a text form; `null` for a Kafka header present without a value (the key
-   * header, if so, counts as missing, as the consumer read it).
+   * header, if so, counts as missing, as the consumer read it); for a header repeated (Kafka) or
+   * an AMQP array, the text of each value in order, so that it never reads as one value.
    */
-  readonly headers: Readonly<Record<string, string | null>>;
+  readonly headers: Readonly<Record<string, HeaderText>>;
   /**
    * RabbitMQ only: the AMQP properties set on the letter, headers apart (`contentType`,
    * `messageId`, `timestamp`...), as text.
    */
   readonly properties?: Readonly<Record<string, string>>;
   readonly body: Buffer;
+  /** Kafka only: the record had no value at all (a tombstone), not an empty one; `body` is empty. */
+  readonly noValue?: true;
   /** Kafka only: the record key, partition and offset in the dead-letter topic. */
   readonly kafka?: { readonly key: string | null; readonly partition: number; readonly offset: string };
 }
 
+/** A header as a letter shows it: its text, `null` without a value, each value's text when repeated. */
+export type HeaderText = string | null | readonly string[];
+
+/** A header's text where one value is expected (reasons, origins); a repeated one has none. */
+export function single(value: HeaderText | undefined): string | undefined {
+  return typeof value === 'string' ? value : undefined;
+}
+
 export function reasonOf(headers: DeadLetter['headers']): DeadLetter['reason'] {
-  const pick = (name: string) => headers[name] ?? undefined;
+  const pick = (name: string) => single(headers[name]);
   return {
     ...(pick(Headers.ErrorClass) ? { errorClass: pick(Headers.ErrorClass) } : {}),
     ...(pick(Headers.ErrorCode) ? { errorCode: pick(Headers.ErrorCode) } : {}),
@@ -110,6 +124,7 @@ export function letterJson(letter: DeadLetter, withBody: boolean): Record<string
     ...(letter.key === undefined ? {} : { key: letter.key }),
     ...(letter.unusableKey === undefined ? {} : { unusableKey: letter.unusableKey }),
     ...(letter.requestId === undefined ? {} : { requestId: letter.requestId }),
+    ...(letter.unusableRequestId === undefined ? {} : { unusableRequestId: letter.unusableRequestId }),
     // As the text's code column: `PREVIOUSLY_FAILED/<first code>` for a failed key's copy.
     code: codeOf(letter.reason),
     reason: letter.reason,
@@ -120,8 +135,12 @@ export function letterJson(letter: DeadLetter, withBody: boolean): Record<string
       ? {
           headers: letter.headers,
           ...(letter.properties ? { properties: letter.properties } : {}),
-          body: body.encoding === 'utf8' ? letter.body.toString('utf8') : body.text,
-          bodyEncoding: body.encoding,
+          ...(letter.noValue
+            ? { body: null }
+            : {
+                body: body.encoding === 'utf8' ? letter.body.toString('utf8') : body.text,
+                bodyEncoding: body.encoding,
+              }),
         }
       : {}),
   };
@@ -193,7 +212,14 @@ export function renderLetter(source: string, letter: DeadLetter): string[] {
       'key',
       letter.unusableKey === undefined ? keyCell(letter, '(none)') : `(unusable: ${letter.unusableKey})`,
     ],
-    ['request id', letter.requestId === undefined ? '(none)' : shown(letter.requestId)],
+    [
+      'request id',
+      letter.unusableRequestId !== undefined
+        ? `(unusable: ${letter.unusableRequestId})`
+        : letter.requestId === undefined
+          ? '(none)'
+          : shown(letter.requestId),
+    ],
     ['error', `${r.errorClass ?? '?'} (${codeOf(r)})`],
     ['message', r.errorMessage ?? ''],
     ['attempts', r.attempts ?? '-'],
@@ -210,18 +236,27 @@ export function renderLetter(source: string, letter: DeadLetter): string[] {
     ...(letter.properties && Object.keys(letter.properties).length > 0
       ? ['properties', ...fieldRows(letter.properties)]
       : []),
-    `body (${formatBytes(letter.body.byteLength)}${body.encoding === 'base64' ? ', not UTF-8: base64' : ''})`,
-    ...body.text.split('\n').map((l) => `  ${l}`),
+    ...(letter.noValue
+      ? ['body (no value: a tombstone)']
+      : [
+          `body (${formatBytes(letter.body.byteLength)}${body.encoding === 'base64' ? ', not UTF-8: base64' : ''})`,
+          ...body.text.split('\n').map((l) => `  ${l}`),
+        ]),
   ];
 }
 
-/** Named text fields (headers, properties) as an indented table, long values cut. */
-function fieldRows(fields: Readonly<Record<string, string | null>>): string[] {
+/**
+ * Named text fields (headers, properties) as an indented table, long values cut; a repeated
+ * header as a row per value, so it never reads like one value that looks like a list.
+ */
+function fieldRows(fields: Readonly<Record<string, HeaderText>>): string[] {
+  const cell = (value: string | null) => (value === null ? '(no value)' : truncate(value, 200));
   return table(
-    Object.entries(fields).map(([name, value]) => [
-      `  ${name}`,
-      value === null ? '(no value)' : truncate(value, 200),
-    ]),
+    Object.entries(fields).flatMap(([name, value]): string[][] => {
+      if (typeof value === 'string' || value === null) return [[`  ${name}`, cell(value)]];
+      if (value.length === 0) return [[`  ${name}`, '(an empty list)']];
+      return value.map((one, i) => [`  ${name}`, `[${i + 1}/${value.length}] ${cell(one)}`]);
+    }),
   );
 }
 
@@ -405,6 +440,22 @@ export function letterKey(headers: Readonly<Record<string, unknown>>): {
     return { key };
   } catch (error) {
     if (error instanceof InvalidKeyError) return { unusableKey: error.message };
+    throw error;
+  }
+}
+
+/** The letter's request id, or why the SDK refused it (as it refused it when the message came). */
+export function letterRequestId(headers: Readonly<Record<string, unknown>>): {
+  readonly requestId?: string;
+  readonly unusableRequestId?: string;
+} {
+  try {
+    const requestId = readIdentityHeader(headers as never, Headers.RequestId);
+    if (requestId === undefined) return {};
+    if (requestId !== '') normalizeRequestId(requestId);
+    return { requestId };
+  } catch (error) {
+    if (error instanceof InvalidKeyError) return { unusableRequestId: error.message };
     throw error;
   }
 }

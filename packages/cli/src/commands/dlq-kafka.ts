@@ -18,14 +18,17 @@ import { parseHostPorts } from '../parse.js';
 import {
   bytesText,
   type DeadLetter,
+  type HeaderText,
   isReplayDropped,
   letterKey,
+  letterRequestId,
   type ReplayResult,
   replayLog,
   type ResetOutcome,
   reasonOf,
   refusedAfterReset,
   replayBase,
+  single,
 } from './dlq-common.js';
 
 type KafkaModule = typeof import('kafkajs');
@@ -253,30 +256,32 @@ function replayHeaders(letter: DeadLetter): IHeaders {
   return out;
 }
 
-/** A header as shown: a repeated header shows every value (a JSON array), never only the last. */
-function headerText(value: IHeaders[string]): string | undefined {
-  const one = (v: Buffer | string) => (Buffer.isBuffer(v) ? bytesText(v) : String(v));
+/** A header as shown: a repeated header shows every value, never only the last. */
+function headerText(value: IHeaders[string]): HeaderText | undefined {
+  const one = (v: Buffer | string | null) =>
+    v === null ? '' : Buffer.isBuffer(v) ? bytesText(v) : String(v);
   if (value === undefined || value === null) return undefined;
-  return Array.isArray(value) ? JSON.stringify(value.map(one)) : one(value as Buffer | string);
+  return Array.isArray(value) ? value.map(one) : one(value as Buffer | string);
 }
 
 function toLetter(partition: number, message: KafkaMessage): DeadLetter {
-  const headers: Record<string, string | null> = {};
+  const headers: Record<string, HeaderText> = {};
   for (const [name, value] of Object.entries(message.headers ?? {})) {
     const text = value === null ? null : headerText(value);
     if (text !== undefined) headers[name] = text;
   }
   const { key, unusableKey } = letterKey(message.headers ?? {});
-  const requestId = headers[Headers.RequestId] ?? undefined;
-  const destination = headers['x-eo-original-topic'] ?? headers[Headers.OriginalDestination] ?? undefined;
-  const originalPartition = headers['x-eo-original-partition'] ?? undefined;
-  const originalOffset = headers['x-eo-original-offset'] ?? undefined;
+  const { requestId, unusableRequestId } = letterRequestId(message.headers ?? {});
+  const destination = single(headers['x-eo-original-topic']) ?? single(headers[Headers.OriginalDestination]);
+  const originalPartition = single(headers['x-eo-original-partition']);
+  const originalOffset = single(headers['x-eo-original-offset']);
   const raw = { key: message.key, value: message.value, headers: message.headers ?? {} };
   const letter: DeadLetter = {
     id: `${partition}:${message.offset}`,
     ...(key === undefined ? {} : { key }),
     ...(unusableKey === undefined ? {} : { unusableKey }),
     ...(requestId === undefined ? {} : { requestId }),
+    ...(unusableRequestId === undefined ? {} : { unusableRequestId }),
     reason: reasonOf(headers),
     origin: {
       ...(destination === undefined ? {} : { destination }),
@@ -285,6 +290,7 @@ function toLetter(partition: number, message: KafkaMessage): DeadLetter {
     },
     headers,
     body: message.value ?? Buffer.alloc(0),
+    ...(message.value === null ? { noValue: true as const } : {}),
     kafka: {
       key: message.key === null ? null : message.key.toString('utf8'),
       partition,

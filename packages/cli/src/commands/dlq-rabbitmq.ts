@@ -21,8 +21,10 @@ import { parseUrl } from '../parse.js';
 import {
   bytesText,
   type DeadLetter,
+  type HeaderText,
   isReplayDropped,
   letterKey,
+  letterRequestId,
   type ReplayResult,
   replayLog,
   type ResetOutcome,
@@ -30,6 +32,7 @@ import {
   refusedAfterReset,
   replayBase,
   replayTarget,
+  single,
 } from './dlq-common.js';
 
 type AmqpModule = typeof import('amqplib');
@@ -227,8 +230,12 @@ export async function openRabbit(io: Io, urlText: string, queue: string): Promis
   };
 }
 
-/** A header value's text, for display and for reading the reason headers. */
-function headerText(value: unknown): string | undefined {
+/** A header value's text, for display and for reading the reason headers; an array's, per value. */
+function headerText(value: unknown): HeaderText | undefined {
+  return Array.isArray(value) ? value.map((v) => valueText(v) ?? '') : valueText(value);
+}
+
+function valueText(value: unknown): string | undefined {
   if (value === undefined || value === null) return undefined;
   if (typeof value === 'string') return value;
   if (typeof value === 'number' || typeof value === 'boolean' || typeof value === 'bigint')
@@ -250,27 +257,29 @@ const REDELIVERY_HEADERS = new Set(['x-delivery-count', 'x-death']);
  * headers. Not its position: a quorum queue hands listed letters back in another order, so a
  * position would name another letter in the next command.
  */
-function digestId(message: GetMessage, headers: Readonly<Record<string, string>>): string {
+function digestId(message: GetMessage, headers: Readonly<Record<string, HeaderText>>): string {
   const hash = createHash('sha256');
   for (const name of Object.keys(headers).sort()) {
-    if (!REDELIVERY_HEADERS.has(name.toLowerCase())) hash.update(`${name}\0${headers[name]}\0`);
+    const value = headers[name];
+    const text = typeof value === 'string' ? value : JSON.stringify(value);
+    if (!REDELIVERY_HEADERS.has(name.toLowerCase())) hash.update(`${name}\0${text}\0`);
   }
   return `#${hash.update(message.content).digest('hex').slice(0, 12)}`;
 }
 
 function toLetter(message: GetMessage): DeadLetter {
   const raw = (message.properties.headers ?? {}) as Record<string, unknown>;
-  const headers: Record<string, string> = {};
+  const headers: Record<string, HeaderText> = {};
   for (const [name, value] of Object.entries(raw)) {
     const text = headerText(value);
     if (text !== undefined) headers[name] = text;
   }
   const messageId = message.properties.messageId as unknown;
   const { key, unusableKey } = letterKey(raw);
-  const requestId = headers[Headers.RequestId];
-  const exchange = headers['x-eo-original-exchange'];
-  const routingKey = headers['x-eo-original-routing-key'];
-  const destination = headers[Headers.OriginalDestination];
+  const { requestId, unusableRequestId } = letterRequestId(raw);
+  const exchange = single(headers['x-eo-original-exchange']);
+  const routingKey = single(headers['x-eo-original-routing-key']);
+  const destination = single(headers[Headers.OriginalDestination]);
   return {
     id:
       messageId === undefined || messageId === null || messageId === ''
@@ -279,6 +288,7 @@ function toLetter(message: GetMessage): DeadLetter {
     ...(key === undefined ? {} : { key }),
     ...(unusableKey === undefined ? {} : { unusableKey }),
     ...(requestId === undefined ? {} : { requestId }),
+    ...(unusableRequestId === undefined ? {} : { unusableRequestId }),
     reason: reasonOf(headers),
     origin: {
       ...(destination === undefined ? {} : { destination }),
