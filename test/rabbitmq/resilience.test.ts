@@ -1,3 +1,4 @@
+import { type AddressInfo, connect, createServer, type Server } from 'node:net';
 import { type HandlerContext, withFaults } from '@exactly-once/core';
 import { createConsumer, type RabbitConsumer } from '@exactly-once/rabbitmq';
 import { createRedisStore } from '@exactly-once/store-redis';
@@ -36,6 +37,56 @@ function consumerOn(
 }
 
 describe('rabbitmq resilience', () => {
+  it('a broker unreachable at start is said once, and so is the connection once made', async () => {
+    const queue = uniqueName('rmq-unreachable');
+    const raw = await rawChannel();
+    // A port nothing listens on yet; later a forwarder to the broker opens on it.
+    const probe = createServer();
+    await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+    const port = (probe.address() as AddressInfo).port;
+    await new Promise((resolve) => probe.close(resolve));
+    const broker = new URL(env.amqpUrl);
+    const said: string[] = [];
+    const note = (level: string) => (message: string) => said.push(`${level} ${message}`);
+    const logger = { debug() {}, info: note('info'), warn: note('warn'), error: note('error') };
+    const effects = new Map<string, number>();
+    const url = new URL(env.amqpUrl);
+    url.port = String(port);
+    const consumer = consumerOn(queue, effects, { connection: url.toString(), logger });
+    const started = consumer.start();
+    started.catch(() => undefined); // awaited below; a failed wait must not leave it unhandled
+    let forwarder: Server | undefined;
+    try {
+      // Before: nothing at all was logged while start() waited.
+      await waitUntil(() => said.some((l) => /cannot reach the broker/.test(l)), {
+        message: 'the unreachable broker said',
+      });
+      forwarder = createServer((client) => {
+        const upstream = connect(Number(broker.port || 5672), broker.hostname);
+        client.pipe(upstream).pipe(client);
+        const end = () => {
+          client.destroy();
+          upstream.destroy();
+        };
+        client.on('error', end).on('close', end);
+        upstream.on('error', end).on('close', end);
+      });
+      await new Promise<void>((resolve) => forwarder?.listen(port, '127.0.0.1', resolve));
+      await started;
+      await raw.publish(queue, { id: '1' }, { 'x-idempotency-key': 'u1' });
+      await waitUntil(() => effects.size === 1, { message: 'processed once the broker answers' });
+      expect(said.filter((l) => /connect|reach/.test(l))).toEqual([
+        expect.stringMatching(/^warn .*cannot reach the broker; trying again until it answers$/),
+        expect.stringMatching(/^info .*connected to the broker$/),
+      ]);
+    } finally {
+      await consumer.stop();
+      await new Promise((resolve) => (forwarder ? forwarder.close(resolve) : resolve(undefined)));
+      await raw.deleteQueues(queuesOf(queue, [100]));
+      await raw.close();
+    }
+  });
+
   it('two consumers on one queue with every key delivered three times: one effect per key', async () => {
     const queue = uniqueName('rmq-two');
     const raw = await rawChannel();

@@ -226,22 +226,38 @@ export function keepChannel(options: ChannelKeeperOptions): ChannelKeeper {
   };
 
   // A lost connection is said once, and once when it is back: the manager tries again every
-  // `reconnectTimeInSeconds` meanwhile, and a line per attempt would flood the log.
+  // `reconnectTimeInSeconds` meanwhile, and a line per attempt would flood the log. So is a
+  // broker unreachable from the start (else a deploy during an outage looks like a silent hang).
   let lost = false;
+  let connected = manager.isConnected();
+  let unreachable = false;
   const onDisconnect = (event: { err?: unknown } | undefined) => {
     if (closed || lost || !options.reportConnection) return;
     lost = true;
     logger.warn(`${name}: connection to the broker lost; reconnecting`, { error: toErrorInfo(event?.err) });
   };
+  const onConnectFailed = (event: { err?: unknown } | undefined) => {
+    if (closed || connected || unreachable || !options.reportConnection) return;
+    unreachable = true;
+    logger.warn(`${name}: cannot reach the broker; trying again until it answers`, {
+      error: toErrorInfo(event?.err),
+    });
+  };
   const onConnect = () => {
+    connected = true;
     if (lost && !closed) {
       lost = false;
       logger.info(`${name}: connected to the broker again`);
+    }
+    if (unreachable && !closed) {
+      unreachable = false;
+      logger.info(`${name}: connected to the broker`);
     }
     void open();
   };
   manager.on('connect', onConnect);
   manager.on('disconnect', onDisconnect);
+  manager.on('connectFailed', onConnectFailed);
   void open();
 
   return {
@@ -278,6 +294,7 @@ export function keepChannel(options: ChannelKeeperOptions): ChannelKeeper {
       closed = true;
       manager.off('connect', onConnect);
       manager.off('disconnect', onDisconnect);
+      manager.off('connectFailed', onConnectFailed);
       if (timer) clearTimeout(timer);
       wake();
       if (!firstSettled) {
