@@ -166,6 +166,24 @@ describe('published tarballs, installed as a user installs them', () => {
     }
   });
 
+  it('loads every export from CommonJS too (require of an ES module: Node 20.19+, 22.12+, 24)', async () => {
+    // A CommonJS service (NestJS's default) requires the packages: Node loads an ES module that
+    // way unless it has top-level await somewhere in its graph (ERR_REQUIRE_ASYNC_MODULE).
+    const specifiers = names.subpaths.filter((s) => !s.endsWith('/testing'));
+    const program = [
+      'const counts = {};',
+      ...specifiers.map(
+        (s) => `counts[${JSON.stringify(s)}] = Object.keys(require(${JSON.stringify(s)})).length;`,
+      ),
+      "console.log('EO_INSTALL_RESULT', JSON.stringify(counts));",
+    ].join('\n');
+    await writeFile(join(project.dir, 'require-all.cjs'), `${program}\n`);
+    const r = await run(process.execPath, ['require-all.cjs'], { cwd: project.dir, timeoutMs: 30_000 });
+    const counts = resultOf(r);
+    log(`require: ${JSON.stringify(counts)}`);
+    for (const specifier of specifiers) expect(counts[specifier], specifier).toBeGreaterThan(0);
+  });
+
   it('runs the RabbitMQ README consumer: one order charged once, acked', async () => {
     const r = await run(process.execPath, ['dist/rabbitmq.js'], {
       cwd: project.dir,
