@@ -50,6 +50,7 @@ export {
 export type { Logger, LogMeta } from './logger.js';
 export { defaultLogger, silentLogger } from './logger.js';
 export type { MissingKeyPolicy, ProcessorOptions, ResolvedProcessorOptions } from './options.js';
+export type { StandardSchemaV1 } from './schema.js';
 export {
   checkRetentionHorizon,
   MAX_DURATION_MS,

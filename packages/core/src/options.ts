@@ -7,6 +7,7 @@ import type { Handler } from './context.js';
 import { ConfigError } from './errors.js';
 import { validateName } from './keys.js';
 import type { Logger } from './logger.js';
+import type { StandardSchemaV1 } from './schema.js';
 import { defaultLogger, keyRedactingLogger } from './logger.js';
 import { type PayloadGuardOptions, type ResolvedPayloadGuard, resolvePayloadGuard } from './payload-guard.js';
 import {
@@ -46,6 +47,12 @@ export interface ProcessorOptions<T = unknown, R = unknown> {
   publisher?: OutgoingPublisher;
   /** Turns the body into the handler's payload; throw to dead-letter it. @defaultValue UTF-8 JSON */
   decode?: (body: Uint8Array, delivery: Delivery) => T;
+  /**
+   * A schema (Zod, Valibot, ArkType... any Standard Schema) the decoded payload must pass: its
+   * output is the handler's payload, and `T` is inferred from it. A payload it refuses is
+   * dead-lettered as malformed, with the schema's issues. Runs before `validate`.
+   */
+  schema?: StandardSchemaV1<unknown, T>;
   /** Checks the decoded payload; throw to dead-letter it as malformed. */
   validate?: (payload: T) => void;
   /** Selects what the fingerprint covers. @defaultValue the whole payload */
@@ -147,6 +154,7 @@ export interface ResolvedProcessorOptions<T, R> {
   readonly blobs: BlobStore | undefined;
   readonly publisher: OutgoingPublisher | undefined;
   readonly decode: ((body: Uint8Array, delivery: Delivery) => T) | undefined;
+  readonly schema: StandardSchemaV1<unknown, T> | undefined;
   readonly validate: ((payload: T) => void) | undefined;
   readonly fingerprint: ((payload: T) => unknown) | undefined;
   readonly missingKey: MissingKeyPolicy<T>;
@@ -213,6 +221,9 @@ export function resolveProcessorOptions<T, R>(o: ProcessorOptions<T, R>): Resolv
     );
   }
   if (typeof o.handler !== 'function') throw new ConfigError('handler must be a function');
+  if (o.schema !== undefined && typeof o.schema?.['~standard']?.validate !== 'function') {
+    throw new ConfigError('schema must be a Standard Schema (Zod 3.24+, Valibot 1, ArkType 2...)');
+  }
   const consumer = validateName('consumer', o.consumer);
   const namespace = validateName('namespace', o.namespace ?? PROCESSOR_DEFAULTS.namespace);
   const leaseMs = o.leaseMs ?? PROCESSOR_DEFAULTS.leaseMs;
@@ -264,6 +275,7 @@ export function resolveProcessorOptions<T, R>(o: ProcessorOptions<T, R>): Resolv
     blobs: o.blobs,
     publisher: o.publisher,
     decode: o.decode,
+    schema: o.schema,
     validate: o.validate,
     fingerprint: o.fingerprint,
     missingKey,

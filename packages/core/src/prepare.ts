@@ -4,6 +4,7 @@ import { describeThrown, ExactlyOnceError, KeyMissingError, MalformedMessageErro
 import { Headers, readIdentityHeader } from './headers.js';
 import { fingerprint, normalizeKey, normalizeRequestId, scopeKey } from './keys.js';
 import type { ResolvedProcessorOptions } from './options.js';
+import { parseWith } from './schema.js';
 import type { Delivery } from './spi.js';
 
 /** The `system` of an idempotent executor's call (executor.ts): a request, not a message. */
@@ -35,13 +36,39 @@ export interface Prepared<T> {
   fingerprint: string;
 }
 
-export function prepare<T, R>(o: ResolvedProcessorOptions<T, R>, delivery: Delivery): Prepared<T> {
+/**
+ * Reads `delivery`; throws what it is dead-lettered with. A promise only when the consumer's
+ * `schema` answers asynchronously.
+ */
+export function prepare<T, R>(
+  o: ResolvedProcessorOptions<T, R>,
+  delivery: Delivery,
+): Prepared<T> | Promise<Prepared<T>> {
   let payload: T;
   try {
     payload = o.decode ? o.decode(delivery.body, delivery) : (decodeJson(delivery.body) as T);
   } catch (error) {
     throw malformed('could not be decoded', error);
   }
+  if (o.schema === undefined) return identify(o, delivery, payload);
+  let parsed: T | Promise<T>;
+  try {
+    parsed = parseWith(o.schema, payload);
+  } catch (error) {
+    throw malformed('failed validation', error);
+  }
+  return parsed instanceof Promise
+    ? parsed.then(
+        (output) => identify(o, delivery, output),
+        (error: unknown) => {
+          throw malformed('failed validation', error);
+        },
+      )
+    : identify(o, delivery, parsed);
+}
+
+/** The payload's validation (the `validate` hook), fingerprint, key and request id. */
+function identify<T, R>(o: ResolvedProcessorOptions<T, R>, delivery: Delivery, payload: T): Prepared<T> {
   try {
     o.validate?.(payload);
   } catch (error) {

@@ -250,7 +250,7 @@ export function buildProcessor<T, R>(
       shared.leases.cutAll(reason),
     async lastRunMayHaveDied(delivery) {
       try {
-        const record = await o.store.get(prepare(o, delivery).storeKey);
+        const record = await o.store.get((await prepare(o, delivery)).storeKey);
         return record?.state === RecordState.InProgress && record.leaseUntil !== 0;
       } catch {
         return true;
@@ -489,7 +489,8 @@ async function run<T, R>(
 ): Promise<Disposition> {
   let prepared: Prepared<T>;
   try {
-    prepared = prepare(o, delivery);
+    const reading = prepare(o, delivery);
+    prepared = reading instanceof Promise ? await reading : reading;
   } catch (error) {
     const reason = unreadable(error);
     if (span.isRecording()) {

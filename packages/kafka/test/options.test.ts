@@ -1,7 +1,8 @@
 /** Option checks at construction (a real kafkajs client; nothing connects before start()). */
 import { ConfigError, createMemoryStore } from '@exactly-once/core';
 import { Kafka, logLevel } from 'kafkajs';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, expectTypeOf, it } from 'vitest';
+import { z } from 'zod';
 import { createConsumer, type KafkaConsumerOptions } from '../src/consumer.js';
 
 const kafka = new Kafka({ brokers: ['127.0.0.1:9092'], logLevel: logLevel.NOTHING });
@@ -25,6 +26,20 @@ function configError(options: Partial<KafkaConsumerOptions>): ConfigError {
 }
 
 describe('kafka consumer options', () => {
+  it('infers the payload type from a schema', () => {
+    createConsumer({
+      kafka,
+      groupId: 'billing',
+      topics: ['orders'],
+      deadLetter: { topic: 'orders.dlq' },
+      store: createMemoryStore(),
+      schema: z.object({ orderId: z.string(), amount: z.number() }),
+      handler: (order) => {
+        expectTypeOf(order).toEqualTypeOf<{ orderId: string; amount: number }>();
+      },
+    });
+  });
+
   it('refuses a retry topic that is the dead-letter topic: dead letters would be consumed and loop', () => {
     const e = configError({ retryTopic: 'orders.dlq' });
     expect(e.message).toMatch(/retryTopic .*orders\.dlq.* deadLetter\.topic/);
