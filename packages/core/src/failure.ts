@@ -16,7 +16,7 @@ import {
 import type { LeaseKeeper } from './lease-keeper.js';
 import type { ResolvedProcessorOptions } from './options.js';
 import { giveBack, notRun } from './ordered.js';
-import { retryDelayMs } from './retry.js';
+import { delayAfterFailure } from './retry.js';
 import type { Shared, Turn } from './shared.js';
 import type { Delivery, Disposition, Outcome } from './spi.js';
 import type { BeginResult } from './store/types.js';
@@ -89,7 +89,7 @@ export async function handleFailure<T, R>(
   return {
     action: 'retry',
     outcome,
-    delayMs: retryDelayMs(o.retry, attempt),
+    delayMs: delayAfterFailure(o.retry, attempt, error),
     nextAttempt: attempt + 1,
     error: info,
   };

@@ -72,6 +72,24 @@ export function retryDelayMs(
   }
 }
 
+/**
+ * The delay before the next attempt after `attempt` failed with `error`: the jittered backoff, or
+ * the error's own `retryAfterMs` when that is longer (a provider's 429 or 503 says when to come
+ * back), never past `maxDelayMs`, which bounds the whole retry span (see worstCaseRetrySpanMs).
+ */
+export function delayAfterFailure(policy: RetryPolicy, attempt: number, error: unknown): number {
+  const backoff = retryDelayMs(policy, attempt);
+  const asked = retryAfterOf(error);
+  return asked === undefined || asked <= backoff ? backoff : Math.min(asked, policy.maxDelayMs);
+}
+
+/** A thrown value's own `retryAfterMs`: a finite number >= 0, else none. */
+export function retryAfterOf(error: unknown): number | undefined {
+  if (typeof error !== 'object' || error === null || !('retryAfterMs' in error)) return undefined;
+  const asked = (error as { retryAfterMs: unknown }).retryAfterMs;
+  return typeof asked === 'number' && Number.isFinite(asked) && asked >= 0 ? Math.ceil(asked) : undefined;
+}
+
 /** The longest a message can take from its first delivery to its last retry. */
 export function worstCaseRetrySpanMs(policy: RetryPolicy): number {
   let total = 0;

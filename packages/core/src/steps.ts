@@ -14,7 +14,7 @@ import {
   toErrorInfo,
 } from './errors.js';
 import type { Logger } from './logger.js';
-import { type RetryPolicyOptions, resolveRetryPolicy, retryDelayMs } from './retry.js';
+import { delayAfterFailure, type RetryPolicyOptions, resolveRetryPolicy } from './retry.js';
 import { ATTR_EO_STEP_REPLAYED } from './semconv.js';
 import type { ProcessedStore, StepRecord } from './store/types.js';
 import { instrumentsFor } from './tracing.js';
@@ -275,7 +275,7 @@ async function runWithRetry<S>(
       if (!isRetryable(error) || failures >= policy.maxAttempts || signal.aborted) {
         return { ok: false, error, failures };
       }
-      await sleep(retryDelayMs(policy, failures), signal);
+      await sleep(delayAfterFailure(policy, failures, error), signal);
     }
   }
 }

@@ -3,7 +3,13 @@ import { ConfigError } from '../src/errors.js';
 import { stableKey } from '../src/keys.js';
 import { resolveProcessorOptions } from '../src/options.js';
 import { createProcessor } from '../src/processor.js';
-import { backoffMs, resolveRetryPolicy, retryDelayMs, worstCaseRetrySpanMs } from '../src/retry.js';
+import {
+  backoffMs,
+  delayAfterFailure,
+  resolveRetryPolicy,
+  retryDelayMs,
+  worstCaseRetrySpanMs,
+} from '../src/retry.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 
 const base = { store: createMemoryStore(), handler: () => undefined };
@@ -95,6 +101,25 @@ describe('retry delays', () => {
     expect(retryDelayMs(p, 3, () => 0)).toBe(200);
     expect(retryDelayMs(p, 3, () => 1)).toBe(400);
     expect(retryDelayMs({ ...p, jitter: 'full' }, 3, () => 0)).toBe(0);
+  });
+});
+
+describe("an error's own retryAfterMs", () => {
+  const p = resolveRetryPolicy({ initialDelayMs: 100, maxDelayMs: 10_000, jitter: 'none' });
+  const rateLimited = (retryAfterMs: unknown) => Object.assign(new Error('429'), { retryAfterMs });
+
+  it('sets the delay when longer than the backoff, never past maxDelayMs', () => {
+    expect(delayAfterFailure(p, 1, rateLimited(2_500))).toBe(2_500);
+    expect(delayAfterFailure(p, 1, rateLimited(60_000))).toBe(10_000);
+    // Shorter than the backoff: the backoff (a provider does not make retries faster).
+    expect(delayAfterFailure(p, 3, rateLimited(50))).toBe(400);
+  });
+
+  it('is ignored unless a finite number >= 0', () => {
+    for (const odd of [undefined, -1, Number.NaN, Number.POSITIVE_INFINITY, '5000', null]) {
+      expect(delayAfterFailure(p, 1, rateLimited(odd))).toBe(100);
+    }
+    expect(delayAfterFailure(p, 1, 'a string thrown')).toBe(100);
   });
 });
 

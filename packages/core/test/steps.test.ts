@@ -414,6 +414,36 @@ describe('steps: per-step retry, give-up and alerts (S8: payment, email, status)
     expect(results).toEqual([{ sent: false }, { sent: false }]);
   });
 
+  it("a failure's retryAfterMs sets the message's retry delay and a step's wait before its next try", async () => {
+    const waits: number[] = [];
+    let calls = 0;
+    let last = 0;
+    const p = createProcessor({
+      consumer: 'renewal',
+      store: createMemoryStore(),
+      ...fast,
+      retry: { maxAttempts: 3, initialDelayMs: 5, maxDelayMs: 60_000, jitter: 'none' },
+      handler: async (_: unknown, ctx: HandlerContext) => {
+        await ctx.step(
+          'charge',
+          () => {
+            const now = performance.now();
+            if (calls++ > 0) waits.push(now - last);
+            last = now;
+            // The provider's 429 says when to come back; the step's own backoff is 1 ms.
+            if (calls < 3) throw Object.assign(new Error('429 too many requests'), { retryAfterMs: 150 });
+          },
+          { retry: { maxAttempts: 5, initialDelayMs: 1, jitter: 'none' } },
+        );
+        throw Object.assign(new Error('503 later'), { retryAfterMs: 45_000 });
+      },
+    });
+    const d = await p.process(delivery({}, key('rate-limited')));
+    expect(d).toMatchObject({ action: 'retry', delayMs: 45_000 });
+    expect(waits).toHaveLength(2);
+    for (const waited of waits) expect(waited).toBeGreaterThanOrEqual(140);
+  });
+
   it('without a fallback a step that gave up resolves undefined, on replay too', async () => {
     const store = createMemoryStore();
     const results: unknown[] = [];
