@@ -10,7 +10,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import calculateSlot from 'cluster-key-slot';
@@ -18,7 +17,7 @@ import { Cluster, Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createProcessor } from '@exactly-once/core';
 import { createRedisStore, redisKeyFor } from '../src/index.js';
-import { sleep } from './helpers.js';
+import { listening, sleep } from './helpers.js';
 
 // A cluster node also binds its bus port, its port + 10,000. Both stay under Linux's ephemeral
 // range (32,768 and up), where a client socket of another test could hold the bus port: a
@@ -77,23 +76,6 @@ afterAll(async () => {
   for (const server of servers) server.kill('SIGKILL');
   if (directory) await rm(directory, { recursive: true, force: true });
 });
-
-/** Resolves once something accepts connections on `port` (the server just spawned). */
-async function listening(port: number): Promise<void> {
-  for (let i = 0; i < 100; i++) {
-    const up = await new Promise<boolean>((resolve) => {
-      const socket = connect(port, '127.0.0.1');
-      socket.once('connect', () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.once('error', () => resolve(false));
-    });
-    if (up) return;
-    await sleep(100);
-  }
-  throw new Error(`redis-server did not start on ${port}`);
-}
 
 /** The cluster slot of a store key (its record's hash tag: the first two bytes of its sha256). */
 const slotOfKey = (key: string) =>

@@ -6,6 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { createFsBlobStore } from '@exactly-once/core';
 import { Cluster, Redis } from 'ioredis';
@@ -97,4 +98,21 @@ export async function blobFixture(connect: () => Redis | Cluster, label: string)
 export function spyOnScript(client: Redis | Cluster, script: { readonly command: string }) {
   const methods = client as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
   return vi.spyOn(methods, `${script.command}Buffer`);
+}
+
+/** Resolves once something accepts connections on `port` (the server just spawned). */
+export async function listening(port: number): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    const up = await new Promise<boolean>((resolve) => {
+      const socket = connect(port, '127.0.0.1');
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once('error', () => resolve(false));
+    });
+    if (up) return;
+    await sleep(100);
+  }
+  throw new Error(`redis-server did not start on ${port}`);
 }

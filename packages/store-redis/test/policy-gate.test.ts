@@ -4,32 +4,21 @@
  * server evicted meanwhile are logged. A server of its own: the test changes its configuration.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { connect } from 'node:net';
 import { ConfigError, type Logger } from '@exactly-once/core';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RedisClient } from '../src/client.js';
 import { createRedisStore } from '../src/index.js';
 import { policyGate, RECHECK_MS, REFUSED_RECHECK_MS } from '../src/policy-gate.js';
+import { listening } from './helpers.js';
 
 const port = 20_000 + Math.floor(Math.random() * 8_000);
 let server: ChildProcess;
 
 beforeAll(async () => {
-  server = spawn(
-    'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
-    {
-      stdio: 'ignore',
-    },
-  );
-  for (let up = false; !up; ) {
-    up = await new Promise<boolean>((resolve) => {
-      const socket = connect(port, '127.0.0.1');
-      socket.once('connect', () => resolve(socket.destroy() !== undefined));
-      socket.once('error', () => setTimeout(resolve, 100, false));
-    });
-  }
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'];
+  server = spawn('redis-server', args, { stdio: 'ignore' });
+  await listening(port);
 }, 30_000);
 
 afterAll(() => {
