@@ -102,13 +102,15 @@ export function tagsBySlot(): readonly (readonly number[])[] {
 }
 
 /**
- * Whether `error` is a Cluster refusing a multi-slot call for a key its node no longer serves:
- * after a resharding, calls grouped by a stale slot map get "non local key" (not MOVED, so
- * ioredis would not notice). Refreshes the map when it is, so the next grouping is right.
+ * Whether `error` is a Cluster refusing a call for a key its node no longer serves, where ioredis
+ * would not notice: after a resharding, multi-slot calls grouped by a stale slot map get "non
+ * local key" (not MOVED); after a failover or resharding, a complete sent with its `WAIT` in one
+ * pipeline gets MOVED that ioredis does not follow (the WAIT was answered). Refreshes the map
+ * when it is, so the next call goes to the right node.
  */
 export function staleSlotMap(client: object, error: unknown): boolean {
   if ((client as { isCluster?: boolean }).isCluster !== true) return false;
-  if (!(error instanceof Error && error.message.includes('non local key'))) return false;
+  if (!(error instanceof Error && /non local key|\bMOVED \d+ /.test(error.message))) return false;
   (client as { refreshSlotsCache?: () => void }).refreshSlotsCache?.();
   return true;
 }

@@ -80,7 +80,14 @@ export function policyGate(options: {
           recheckAt = now() + RECHECK_MS;
         },
         (error: unknown) => {
-          if (!(error instanceof ConfigError)) throw error; // an outage: the next begin asks again
+          if (!(error instanceof ConfigError)) {
+            // A node that does not answer (a master down on a Cluster, a reconnect under way):
+            // the begin goes on as the last check left it, and asks again soon. Failing it would
+            // fail the begins of every node for one node's outage.
+            logger.debug('eviction policy check failed; tried again shortly', { error: String(error) });
+            recheckAt = now() + REFUSED_RECHECK_MS;
+            return;
+          }
           if (!refused) {
             logger.error(
               'Redis maxmemory-policy is no longer "noeviction": begins are refused until it is again',

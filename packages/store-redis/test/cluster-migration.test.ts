@@ -209,6 +209,42 @@ describe('store-redis on a Cluster slot in migration', () => {
     }
   }, 60_000);
 
+  it('with waitReplicas, a complete whose slot moved away gets MOVED once, then finds the new node', async () => {
+    // The complete and its WAIT go as one pipeline; a MOVED for the script alone (WAIT answered)
+    // is not followed by ioredis, and nothing else refreshed the slot map: after a failover the
+    // consumers retried the complete against the old node for minutes, until restarted.
+    const client = new Cluster([{ host: '127.0.0.1', port: ports[0] }]);
+    const prefix = 'mig-wait';
+    const store = createRedisStore({
+      client,
+      keyPrefix: prefix,
+      checkEvictionPolicy: false,
+      waitReplicas: { replicas: 0, timeoutMs: 10 },
+    });
+    try {
+      const [key] = twoKeysOfOneSlot('wait');
+      const [held] = await batch(store).beginMany([{ key, fingerprint, owner: 'w', leaseMs: 30_000 }]);
+      if (held?.status !== 'acquired') throw new Error(String(held?.status));
+      await moveSlot(slotOfKey(key));
+      const request = { key, fence: held.fence, retentionMs: 3_600_000, outgoing: [] };
+      let answer: string[] | undefined;
+      for (let tries = 0; answer === undefined && tries < 5; tries++) {
+        answer = await batch(store)
+          .completeMany([request])
+          .catch((error: unknown) => {
+            expect(String(error)).toMatch(/MOVED/);
+            return undefined;
+          });
+        if (answer === undefined) await sleep(200);
+      }
+      expect(answer).toEqual(['ok']);
+      expect((await store.get(key))?.state).toBe('COMPLETED');
+    } finally {
+      await store.close();
+      client.disconnect();
+    }
+  }, 60_000);
+
   it('a processor whose batch complete meets a slot moved away tries it again: each handler runs once', async () => {
     // A reshard moved a held key's slot between its begin and its complete. The client's slot map
     // still names the old node, so the batch complete goes there, completes the key before it and

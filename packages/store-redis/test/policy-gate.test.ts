@@ -91,15 +91,17 @@ describe('the eviction policy after the first check', () => {
     }
   }, 30_000);
 
-  it('begins check again every RECHECK_MS without a reconnect, and every REFUSED_RECHECK_MS while refused', async () => {
+  it('begins check again every RECHECK_MS without a reconnect, every REFUSED_RECHECK_MS while refused, and go on through a check that meets an outage', async () => {
     let policy = 'noeviction';
     let configGets = 0;
+    let down = false;
     const client: RedisClient = {
       isCluster: false,
       defineCommand: () => {},
       call: async (command: string) => {
         if (command === 'INFO') return '';
         configGets++;
+        if (down) throw new Error('Connection is closed.');
         return ['maxmemory-policy', policy];
       },
       pipeline: () => ({}),
@@ -123,5 +125,18 @@ describe('the eviction policy after the first check', () => {
     now += REFUSED_RECHECK_MS;
     await gate.readyToBegin();
     expect(configGets).toBe(3);
+
+    // A check that meets an outage (a Cluster master down) does not fail the begin: it goes on
+    // as the last check left it, and asks again after REFUSED_RECHECK_MS.
+    down = true;
+    now += RECHECK_MS;
+    await gate.readyToBegin();
+    expect(configGets).toBe(4);
+    await gate.readyToBegin();
+    expect(configGets).toBe(4);
+    down = false;
+    now += REFUSED_RECHECK_MS;
+    await gate.readyToBegin();
+    expect(configGets).toBe(5);
   });
 });
