@@ -23,6 +23,7 @@ interface Node {
   name: string;
   service: string;
   outcome?: string;
+  links?: { traceId: string; spanId: string }[];
   children: Node[];
 }
 
@@ -35,6 +36,8 @@ const contextManager = new AsyncLocalStorageContextManager();
 const redis = newRedis();
 const queue = uniqueName('cli-trace');
 const requestId = uniqueName('req');
+/** A request sent twice: its copy is a duplicate in a trace of its own, linked to the first. */
+const twiceId = uniqueName('twice');
 /** A request id over 255 bytes: recorded in its sha256:<hex> form. */
 const longId = `${uniqueName('long')}-${'x'.repeat(300)}`;
 
@@ -65,7 +68,10 @@ beforeAll(async () => {
     await publisher.send(queue, { id: '1' }, { requestId, idempotencyKey: `key-${requestId}` });
     await publisher.send(queue, { id: '2' }, { requestId: longId, idempotencyKey: `key-long-${requestId}` });
     await waitUntil(() => done === 2, { message: 'the messages processed' });
-    await waitUntil(() => consumer.stats.acked === 2, { message: 'acked' });
+    for (let copy = 0; copy < 2; copy++) {
+      await publisher.send(queue, { id: '3' }, { requestId: twiceId, idempotencyKey: `key-${twiceId}` });
+      await waitUntil(() => consumer.stats.acked === 3 + copy, { message: `copy ${copy} acked` });
+    }
   } finally {
     await consumer.stop();
     await publisher.close();
@@ -124,6 +130,28 @@ describe('trace', () => {
     expect(text).toContain(`/api/traces/${t?.traceId}`);
     // Without --service it asks Jaeger for every service it knows.
     expect(await cliText(['trace', requestId])).toContain(`trace ${t?.traceId}`);
+  }, 120_000);
+
+  it("shows a duplicate's link to the run that completed its record, in another trace", async () => {
+    const found = await waitUntil(
+      async () => {
+        const r = await cli(['trace', twiceId, '--service', service, '--json']);
+        if (r.code !== 0) return undefined;
+        const out = JSON.parse(r.stdout) as { traces: { traceId: string; tree: Node[] }[] };
+        const outcomes = out.traces.flatMap((t) => flatten(t.tree).map((n) => n.outcome));
+        return outcomes.includes('acquired') && outcomes.includes('duplicate') ? out : undefined;
+      },
+      { timeoutMs: 60_000, intervalMs: 1_000, message: `both traces of ${twiceId} in Jaeger` },
+    );
+    const [first, second] = found.traces;
+    const completed = flatten(first?.tree ?? []).find((n) => n.outcome === 'acquired');
+    const duplicate = flatten(second?.tree ?? []).find((n) => n.outcome === 'duplicate');
+    expect(duplicate?.links).toEqual([{ traceId: first?.traceId, spanId: expect.any(String) }]);
+    expect(completed).toBeDefined();
+    // Before: nothing said where the first run was (Zipkin drops links; Jaeger keeps them).
+    expect(await cliText(['trace', twiceId, '--service', service])).toMatch(
+      new RegExp(`\\[duplicate\\] \\(linked to trace ${first?.traceId}\\)`),
+    );
   }, 120_000);
 
   it('finds a request id over 255 bytes as sent and in its sha256: form', async () => {

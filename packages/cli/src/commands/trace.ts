@@ -44,6 +44,11 @@ export interface SpanNode {
   readonly error?: boolean;
   /** Its parent span is not in the trace (never exported: e.g. its process was killed). */
   readonly parentMissing?: boolean;
+  /**
+   * The spans it links to (a duplicate's: the run that completed its record), in this trace or
+   * another (a repeated HTTP request's first trace).
+   */
+  readonly links?: readonly { readonly traceId: string; readonly spanId: string }[];
   readonly attributes: Record<string, unknown>;
   readonly children: SpanNode[];
 }
@@ -102,6 +107,7 @@ export async function findTraces(
 export function spanTree(trace: JaegerTrace): SpanNode[] {
   const byId = new Map(trace.spans.map((s) => [s.spanID, s]));
   const children = new Map<string, JaegerSpan[]>();
+  const linksOf = new Map<string, { traceId: string; spanId: string }[]>();
   const roots: JaegerSpan[] = [];
   for (const s of trace.spans) {
     // Jaeger keeps one reference per span; a span linked to its own parent can come back with
@@ -110,6 +116,13 @@ export function spanTree(trace: JaegerTrace): SpanNode[] {
     const parent = inTrace.find((r) => r.refType === 'CHILD_OF') ?? inTrace[0];
     if (parent) children.set(parent.spanID, [...(children.get(parent.spanID) ?? []), s]);
     else roots.push(s);
+    // Every other reference is a link (OpenTelemetry links arrive as FOLLOWS_FROM).
+    const links = s.references.filter((r) => r !== parent && r.refType === 'FOLLOWS_FROM');
+    if (links.length > 0)
+      linksOf.set(
+        s.spanID,
+        links.map((r) => ({ traceId: r.traceID, spanId: r.spanID })),
+      );
   }
   const t0 = Math.min(...trace.spans.map((s) => s.startTime));
   const node = (s: JaegerSpan, root = false): SpanNode => {
@@ -125,6 +138,7 @@ export function spanTree(trace: JaegerTrace): SpanNode[] {
       ...(root && s.references.some((r) => r.refType === 'CHILD_OF' && r.traceID === trace.traceID)
         ? { parentMissing: true }
         : {}),
+      ...(linksOf.has(s.spanID) ? { links: linksOf.get(s.spanID) } : {}),
       attributes: Object.fromEntries(s.tags.map((t) => [t.key, t.value])),
       children: (children.get(s.spanID) ?? []).sort((a, b) => a.startTime - b.startTime).map((c) => node(c)),
     };
@@ -134,10 +148,11 @@ export function spanTree(trace: JaegerTrace): SpanNode[] {
 
 /**
  * The tree as text: offset and duration, service, then the span name under box-drawing branches,
- * with the pipeline outcome, HTTP status and replay marks. Consecutive `busy` polls of one
+ * with the pipeline outcome, HTTP status, replay marks and links (to a span of `traceId`, or to
+ * another trace). Consecutive `busy` polls of one
  * operation collapse into one line.
  */
-export function renderSpanTree(roots: readonly SpanNode[]): string[] {
+export function renderSpanTree(roots: readonly SpanNode[], traceId?: string): string[] {
   const ms = (v: number) => `${v.toFixed(1)} ms`.padStart(10);
   const serviceWidth = Math.max(7, ...flatten(roots).map((n) => n.service.length));
   const lines = [
@@ -150,6 +165,9 @@ export function renderSpanTree(roots: readonly SpanNode[]): string[] {
       status === undefined ? '' : `[${String(status)}]`,
       n.attributes['exactly_once.step.replayed'] === true ? '[replayed from the journal]' : '',
       n.parentMissing ? '(parent span not in the trace)' : '',
+      ...(n.links ?? []).map((l) =>
+        l.traceId === traceId ? `(linked to span ${l.spanId})` : `(linked to trace ${l.traceId})`,
+      ),
       n.error ? '(error)' : '',
       repeats > 1 ? `x${repeats}: waited for the key's lease` : '',
     ]
@@ -218,7 +236,7 @@ export async function trace(io: Io, given: string, options: TraceOptions): Promi
       `trace ${s.traceId}  request ${requestId}  ${s.spans} span(s)  ${s.services.join(', ')}  ` +
         `${formatSpan(s.durationMs)}  ${s.startedAt}`,
       '',
-      ...renderSpanTree(s.tree),
+      ...renderSpanTree(s.tree, s.traceId),
       '',
       s.url,
     );
