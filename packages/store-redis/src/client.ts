@@ -16,7 +16,6 @@ export interface RedisClient {
   quit(): Promise<unknown>;
   /** Connection events (`ready` on every connect; a Cluster's `+node`), where the client has them. */
   on?(event: string, listener: () => void): unknown;
-  off?(event: string, listener: () => void): unknown;
   /** Cluster only: the node connections. */
   nodes?(role?: 'all' | 'master' | 'slave'): RedisClient[];
 }

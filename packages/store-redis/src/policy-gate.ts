@@ -24,7 +24,7 @@ export interface PolicyGate {
   readyToBegin(): Promise<void>;
   /** Runs the check now, as `checkServer()` (throws on an unsafe policy when enforced). */
   check(): Promise<void>;
-  /** Stops listening to the client's reconnects. */
+  /** Stops following the client's reconnects (its one listener stays, shared by the stores on it). */
   close(): void;
 }
 
@@ -111,8 +111,7 @@ export function policyGate(options: {
   const reconnected = () => {
     if (enforce && passed) recheckAt = 0;
   };
-  client.on?.('ready', reconnected);
-  client.on?.('+node', reconnected);
+  const unwatch = onReconnect(client, reconnected);
 
   return {
     ready,
@@ -123,9 +122,28 @@ export function policyGate(options: {
       if (refused) throw refused;
     },
     check,
-    close() {
-      client.off?.('ready', reconnected);
-      client.off?.('+node', reconnected);
-    },
+    close: unwatch,
+  };
+}
+
+/** Per client, what its reconnects tell: one listener a client, however many stores share it. */
+const watchers = new WeakMap<object, Set<() => void>>();
+
+function onReconnect(client: RedisClient, listener: () => void): () => void {
+  let listeners = watchers.get(client);
+  if (listeners === undefined) {
+    const all = new Set<() => void>();
+    const tell = () => {
+      for (const l of all) l();
+    };
+    client.on?.('ready', tell);
+    client.on?.('+node', tell);
+    watchers.set(client, all);
+    listeners = all;
+  }
+  listeners.add(listener);
+  const own = listeners;
+  return () => {
+    own.delete(listener);
   };
 }
