@@ -7,7 +7,6 @@ import type { Handler } from './context.js';
 import { ConfigError } from './errors.js';
 import { validateName } from './keys.js';
 import type { Logger } from './logger.js';
-import type { StandardSchemaV1 } from './schema.js';
 import { defaultLogger, keyRedactingLogger } from './logger.js';
 import { type PayloadGuardOptions, type ResolvedPayloadGuard, resolvePayloadGuard } from './payload-guard.js';
 import {
@@ -16,6 +15,7 @@ import {
   resolveRetryPolicy,
   worstCaseRetrySpanMs,
 } from './retry.js';
+import type { StandardSchemaV1 } from './schema.js';
 import type { Delivery, OutgoingPublisher } from './spi.js';
 import type { StepEvent } from './steps.js';
 import type { ProcessedStore } from './store/types.js';
