@@ -432,16 +432,11 @@ export function letterKey(headers: Readonly<Record<string, unknown>>): {
   readonly key?: string;
   readonly unusableKey?: string;
 } {
-  try {
-    const key = readIdentityHeader(headers as never, Headers.IdempotencyKey);
-    if (key === undefined) return {};
-    // The key's own rules, as the consumer applied them (an empty one is shown as it is).
-    if (key !== '') normalizeKey(key);
-    return { key };
-  } catch (error) {
-    if (error instanceof InvalidKeyError) return { unusableKey: error.message };
-    throw error;
-  }
+  const { value, unusable } = identityOf(headers, Headers.IdempotencyKey, normalizeKey);
+  return {
+    ...(value === undefined ? {} : { key: value }),
+    ...(unusable === undefined ? {} : { unusableKey: unusable }),
+  };
 }
 
 /** The letter's request id, or why the SDK refused it (as it refused it when the message came). */
@@ -449,13 +444,26 @@ export function letterRequestId(headers: Readonly<Record<string, unknown>>): {
   readonly requestId?: string;
   readonly unusableRequestId?: string;
 } {
+  const { value, unusable } = identityOf(headers, Headers.RequestId, normalizeRequestId);
+  return {
+    ...(value === undefined ? {} : { requestId: value }),
+    ...(unusable === undefined ? {} : { unusableRequestId: unusable }),
+  };
+}
+
+/** An identity header as the consumer read it, checked by its own rules (an empty one as it is). */
+function identityOf(
+  headers: Readonly<Record<string, unknown>>,
+  name: string,
+  check: (value: string) => string,
+): { readonly value?: string; readonly unusable?: string } {
   try {
-    const requestId = readIdentityHeader(headers as never, Headers.RequestId);
-    if (requestId === undefined) return {};
-    if (requestId !== '') normalizeRequestId(requestId);
-    return { requestId };
+    const value = readIdentityHeader(headers as never, name);
+    if (value === undefined) return {};
+    if (value !== '') check(value);
+    return { value };
   } catch (error) {
-    if (error instanceof InvalidKeyError) return { unusableRequestId: error.message };
+    if (error instanceof InvalidKeyError) return { unusable: error.message };
     throw error;
   }
 }
