@@ -80,24 +80,21 @@ export function policyGate(options: {
           recheckAt = now() + RECHECK_MS;
         },
         (error: unknown) => {
+          recheckAt = now() + REFUSED_RECHECK_MS;
           if (!(error instanceof ConfigError)) {
             // A node that does not answer (a master down on a Cluster, a reconnect under way):
             // the begin goes on as the last check left it, and asks again soon. Failing it would
             // fail the begins of every node for one node's outage.
             logger.debug('eviction policy check failed; tried again shortly', { error: String(error) });
-            recheckAt = now() + REFUSED_RECHECK_MS;
             return;
           }
           if (!refused) {
             logger.error(
               'Redis maxmemory-policy is no longer "noeviction": begins are refused until it is again',
-              {
-                error: error.message,
-              },
+              { error: error.message },
             );
           }
           refused = error;
-          recheckAt = now() + REFUSED_RECHECK_MS;
         },
       )
       .finally(() => {
@@ -109,9 +106,10 @@ export function policyGate(options: {
   // After a reconnect the server may be another one (a restart, a failover): check before the
   // next begin. The first connect is covered by `ready`.
   const reconnected = () => {
-    if (enforce && passed) recheckAt = 0;
+    if (passed) recheckAt = 0;
   };
-  const unwatch = onReconnect(client, reconnected);
+  // Nothing to follow when the check is opted out of.
+  const unwatch = enforce ? onReconnect(client, reconnected) : () => {};
 
   return {
     ready,

@@ -149,8 +149,7 @@ export function spanTree(trace: JaegerTrace): SpanNode[] {
 /**
  * The tree as text: offset and duration, service, then the span name under box-drawing branches,
  * with the pipeline outcome, HTTP status, replay marks and links (to a span of `traceId`, or to
- * another trace). Consecutive `busy` polls of one
- * operation collapse into one line.
+ * another trace). Consecutive `busy` polls of one operation collapse into one line.
  */
 export function renderSpanTree(roots: readonly SpanNode[], traceId?: string): string[] {
   const ms = (v: number) => `${v.toFixed(1)} ms`.padStart(10);
