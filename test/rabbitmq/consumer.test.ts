@@ -3,7 +3,9 @@ import {
   ConfigError,
   type HandlerContext,
   type OutgoingMessage,
+  type Logger,
   PermanentError,
+  recordKeyFor,
   scopeKey,
 } from '@exactly-once/core';
 import {
@@ -12,7 +14,7 @@ import {
   DEFAULT_RETRY_DELAYS_MS,
   type RabbitConsumer,
 } from '@exactly-once/rabbitmq';
-import { createRedisStore } from '@exactly-once/store-redis';
+import { createRedisStore, redisKeyFor } from '@exactly-once/store-redis';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { env, uniqueName } from '../support/env.js';
 import { endingOnAbort } from '../support/abort.js';
@@ -146,6 +148,48 @@ describe('rabbitmq consumer', () => {
     await waitUntil(() => consumer.stats.acked === 1 && consumer.stats.deadLettered === 4);
     expect(consumer.stats.retried).toBe(2); // 'always' went through both tiers
     expect(await raw.count(queue)).toBe(0);
+  });
+
+  it('a record damaged by hand (a list at its name) dead-letters its message CORRUPT_RECORD; the others run at once, no outage', async () => {
+    const warnings: string[] = [];
+    const noop = () => {};
+    const logger: Logger = {
+      debug: noop,
+      info: noop,
+      error: noop,
+      warn: (message) => void warnings.push(message),
+    };
+    const attempts: number[] = [];
+    const { queue, raw, consumer, effects } = await setup(
+      (_p, ctx) => {
+        attempts.push(ctx.attempt);
+      },
+      { logger },
+    );
+    const namespace = queue.replace(/[^A-Za-z0-9._-]/g, '');
+    const damaged = redisKeyFor(
+      storePrefix(queue),
+      recordKeyFor({ consumer: 'rmq-test', key: 'd3', namespace }),
+    );
+    await redis.rpush(damaged, 'not a record');
+    for (const key of ['d1', 'd2', 'd3', 'd4', 'd5'])
+      await raw.publish(queue, { id: key }, { 'x-idempotency-key': key });
+    const [letter] = await waitUntil(
+      async () => ((await raw.count(`${queue}.dlq`)) === 1 ? raw.drain(`${queue}.dlq`) : undefined),
+      { message: 'one dead letter' },
+    );
+    expect(letter?.properties.headers).toMatchObject({
+      'x-eo-error-code': 'CORRUPT_RECORD',
+      'x-eo-error-class': 'CorruptRecordError',
+    });
+    expect(String(letter?.properties.headers?.['x-eo-error-message'])).toContain('a list at the record');
+    await waitUntil(() => consumer.stats.acked === 4 && consumer.stats.deadLettered === 1);
+    // The four others ran once each, on their first attempt: no lease of theirs was stranded by the
+    // damaged key beside them (each would have come back as a takeover after leaseMs).
+    expect([...effects.values()]).toEqual([1, 1, 1, 1]);
+    expect(attempts).toEqual([1, 1, 1, 1]);
+    expect(warnings.filter((w) => w.includes('unavailable'))).toEqual([]);
+    expect(await redis.type(damaged)).toBe('list');
   });
 
   it('a first service publishes with request id, key, message id and trace headers', async () => {

@@ -24,6 +24,7 @@ export const ErrorCode = {
   HandlerFailed: 'HANDLER_FAILED',
   Closed: 'CLOSED',
   DuplicatePayload: 'DUPLICATE_PAYLOAD',
+  CorruptRecord: 'CORRUPT_RECORD',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -146,12 +147,15 @@ export class PartialBatchError extends StoreUnavailableError {
 
 /**
  * A batch call's outcome from the answers it has and the errors of the requests that failed, by
- * index: the answers when none failed; the one error when every request failed, as a single call
- * would; otherwise a {@link PartialBatchError} carrying both.
+ * index: the answers when none failed; the one error when every request failed with it, as a
+ * single call would; otherwise a {@link PartialBatchError} carrying both.
  */
 export function batchAnswers<A>(operation: string, answers: A[], errors: ReadonlyMap<number, unknown>): A[] {
   if (errors.size === 0) return answers;
-  if (errors.size === answers.length) throw errors.values().next().value;
+  // One failure of the whole call (a server down) stands for every request; errors of their own
+  // (a damaged record each) stay apart.
+  if (errors.size === answers.length && new Set(errors.values()).size === 1)
+    throw errors.values().next().value;
   throw new PartialBatchError({ operation, answers, errors });
 }
 
@@ -241,6 +245,29 @@ export class PreviouslyFailedError extends ExactlyOnceError {
       `key "${truncate(key)}" already failed permanently (${original.code}: ${original.message})`,
       false,
     );
+  }
+}
+
+/**
+ * What the processed-store holds under a key is not a record it wrote (another type of value, a
+ * value it cannot decode: written, edited or damaged outside the store). Nothing can say whether
+ * the message was processed, so nothing is run: the message is dead-lettered with this error, and
+ * the other messages of the same batch go on. Permanent until an operator removes the value.
+ */
+export class CorruptRecordError extends ExactlyOnceError {
+  override name = 'CorruptRecordError';
+  readonly key: string | undefined;
+  readonly detail: string;
+  constructor(opts: { key?: string; detail: string }) {
+    super(
+      ErrorCode.CorruptRecord,
+      `the processed-store's record${opts.key === undefined ? '' : ` of key "${truncate(opts.key)}"`} cannot be read ` +
+        `(${opts.detail}): it was written or changed outside the store, so whether the message was processed is ` +
+        'unknown and nothing was run; remove the value once you know (see the store README, "Damaged records")',
+      false,
+    );
+    this.key = opts.key;
+    this.detail = opts.detail;
   }
 }
 

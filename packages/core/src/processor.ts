@@ -17,6 +17,7 @@ import { createRunContext } from './context.js';
 import {
   AttemptsExhaustedError,
   ClosedError,
+  CorruptRecordError,
   DuplicatePayloadError,
   type ErrorInfo,
   type ExactlyOnceError,
@@ -600,6 +601,12 @@ async function run<T, R>(
       begun = await beginOnce();
     }
   } catch (error) {
+    if (error instanceof CorruptRecordError) {
+      // The store answered, but what it holds under the key is not its record: nothing can say
+      // whether this message ran, so it does not run (see CorruptRecordError).
+      await passOn(turn);
+      return deadLetter(o, delivery, 'corrupt-record', error, 0);
+    }
     return storeDown(o, error, storeKey);
   }
   if (begun.status === 'acquired' && turn) turn.group.acquired.set(storeKey, turn.index);

@@ -40,6 +40,8 @@ export type Outcome =
   | 'publish-failed'
   /** Dead-lettered by `payloadGuard`: the same payload came under another key within the window. */
   | 'payload-reuse'
+  /** Dead-lettered: the store holds something under the key that is not its record (CorruptRecordError). */
+  | 'corrupt-record'
   /** An ordered delivery whose handler waits for an earlier one to be tried again. */
   | 'not-run';
 

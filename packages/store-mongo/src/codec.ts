@@ -8,6 +8,7 @@
 import {
   type BlobPointer,
   type CompletedRecord,
+  CorruptRecordError,
   type ErrorInfo,
   type FailedRecord,
   type InProgressRecord,
@@ -285,7 +286,7 @@ export function decodeRecord(doc: RecordDoc): ProcessedRecord {
       };
       return record;
     }
-    default: {
+    case State.Failed: {
       const record: FailedRecord = {
         ...base,
         state: RecordState.Failed,
@@ -295,5 +296,11 @@ export function decodeRecord(doc: RecordDoc): ProcessedRecord {
       };
       return record;
     }
+    default:
+      // Not a state this store writes: the element was edited or written outside it.
+      throw new CorruptRecordError({
+        key: doc.k,
+        detail: `an element whose state is ${JSON.stringify(doc.s)}`,
+      });
   }
 }

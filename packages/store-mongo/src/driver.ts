@@ -3,7 +3,7 @@
  * StoreUnavailableError (retryable), or RecordTooLargeError (permanent) when the server or the
  * driver refused the document for its size; the duplicate-key race is handled by callers.
  */
-import { RecordTooLargeError, StoreUnavailableError } from '@exactly-once/core';
+import { CorruptRecordError, RecordTooLargeError, StoreUnavailableError } from '@exactly-once/core';
 import { MongoInvalidArgumentError, MongoServerError } from 'mongodb';
 
 /**
@@ -124,8 +124,16 @@ export function reopenAfterFailedConnect(client: ReopenableClient | undefined, e
   client.connect().catch(() => undefined);
 }
 
-export function asStoreError(operation: string, error: unknown): StoreUnavailableError | RecordTooLargeError {
-  if (error instanceof StoreUnavailableError || error instanceof RecordTooLargeError) return error;
+export function asStoreError(
+  operation: string,
+  error: unknown,
+): StoreUnavailableError | RecordTooLargeError | CorruptRecordError {
+  if (
+    error instanceof StoreUnavailableError ||
+    error instanceof RecordTooLargeError ||
+    error instanceof CorruptRecordError
+  )
+    return error;
   if (isTooLarge(error)) return new RecordTooLargeError({ operation, cause: error });
   return new StoreUnavailableError({ operation, cause: error });
 }

@@ -3,7 +3,7 @@
  * server, the document layout, the sweeper, index creation, outages and the clock.
  */
 import { connect, createServer, type Socket } from 'node:net';
-import { StoreUnavailableError } from '@exactly-once/core';
+import { CorruptRecordError, ErrorCode, PartialBatchError, StoreUnavailableError } from '@exactly-once/core';
 import type { Collection, Db } from 'mongodb';
 import { Binary, MongoClient, MongoNetworkError } from 'mongodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -166,6 +166,27 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       await earlier.sweepExpired();
       expect(await elements.countDocuments({})).toBe(0);
       await earlier.close();
+    });
+
+    it('an element whose state was edited by hand is refused as CorruptRecordError, not read as FAILED; the batch beside it is begun', async () => {
+      const key = 'damaged:state';
+      const held = await acquired(store, key);
+      await store.complete({ key, fence: held.fence, outgoing: [], retentionMs: 60_000 });
+      const [, done] = await elementsOf(raw, key);
+      await raw.updateOne({ _id: done?._id }, { $set: { s: 'garbage' as never } });
+      const refused = { code: ErrorCode.CorruptRecord, key, retryable: false };
+      await expect(begin(store, key)).rejects.toMatchObject(refused);
+      await expect(store.get(key)).rejects.toBeInstanceOf(CorruptRecordError);
+      const beside = 'damaged:beside';
+      const error = await store
+        .beginMany?.([key, beside].map((k) => ({ key: k, fingerprint: 'fp', owner: 'w', leaseMs: 300 })))
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+      expect(error).toBeInstanceOf(PartialBatchError);
+      expect((error as PartialBatchError).errors.get(0)).toMatchObject(refused);
+      expect((error as PartialBatchError).answers[1]).toMatchObject({ status: 'acquired' });
     });
 
     it('hex fingerprints and trace ids are stored as bytes and read back as the exact strings', async () => {

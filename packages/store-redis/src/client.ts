@@ -2,7 +2,7 @@
  * The slice of an ioredis client (standalone `Redis` or `Cluster`) the store uses, typed
  * structurally so the public API does not tie callers to one ioredis build.
  */
-import { StoreUnavailableError } from '@exactly-once/core';
+import { CorruptRecordError, StoreUnavailableError } from '@exactly-once/core';
 import { type LuaScript, scripts } from './generated/scripts.js';
 
 export type RedisArg = string | Buffer | number;
@@ -41,21 +41,36 @@ export function registerScripts(client: RedisClient): void {
   registered.add(client);
 }
 
-/** Runs a script, replies as Buffers; any failure becomes a retryable StoreUnavailableError. */
+/**
+ * Runs a script, replies as Buffers. A value at a record's name that is not a record (the
+ * scripts' EOCORRUPT, see includes/record.lua) becomes a CorruptRecordError naming `key`; any
+ * other failure a retryable StoreUnavailableError.
+ */
 export async function runScript(
   client: RedisClient | object,
   name: ScriptName,
   operation: string,
   args: RedisArg[],
+  key?: string,
 ): Promise<unknown> {
   const command = (client as Record<string, Command | undefined>)[`${scripts[name].command}Buffer`];
   if (command === undefined) throw new Error(`script ${name} is not registered on this client`);
   try {
     return await command.apply(client, args);
   } catch (cause) {
+    const why = cause instanceof Error ? corruption(cause.message) : undefined;
+    if (why !== undefined)
+      throw new CorruptRecordError({ ...(key === undefined ? {} : { key }), detail: why });
     throw unavailable(operation, cause);
   }
 }
+
+/** What a script's EOCORRUPT error (or a batch script's `E` answer) said, if `text` is one. */
+export function corruption(text: string): string | undefined {
+  const at = text.indexOf(CORRUPT);
+  return at < 0 ? undefined : text.slice(at + CORRUPT.length);
+}
+const CORRUPT = 'EOCORRUPT ';
 
 /**
  * Runs a plain command with the same error mapping; replies are strings. (Not `callBuffer`:

@@ -10,6 +10,7 @@ import {
   type ClearResult,
   type CompleteRequest,
   ConfigError,
+  CorruptRecordError,
   collectOrphanBlobs,
   type ErrorInfo,
   type FencedResult,
@@ -194,7 +195,14 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
 
   const fenced = async (operation: string, args: RedisArg[]): Promise<FencedResult> => {
     await ready();
-    const reply = await runScript(client, operation as 'extend', operation, args);
+    let reply: unknown;
+    try {
+      reply = await runScript(client, operation as 'extend', operation, args);
+    } catch (error) {
+      // Damaged since its begin: the record no longer holds the fence.
+      if (error instanceof CorruptRecordError) return 'lost';
+      throw error;
+    }
     return reply === 1 ? 'ok' : 'lost';
   };
 
@@ -266,20 +274,26 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       const keys = keysFor(prefix, request.key);
       const node = nodeOf(request.key);
       const fingerprint = packText(request.fingerprint);
-      const [code, now, payload] = (await runScript(client, 'begin', 'begin', [
-        keys.record,
-        keys.markers,
-        keys.legacyMarkers,
-        fingerprint,
-        request.owner,
-        ms(request.leaseMs),
-        request.traceId === undefined ? '' : packText(request.traceId),
-        String(ttlMs),
-        keys.id,
+      const [code, now, payload] = (await runScript(
+        client,
+        'begin',
+        'begin',
+        [
+          keys.record,
+          keys.markers,
+          keys.legacyMarkers,
+          fingerprint,
+          request.owner,
+          ms(request.leaseMs),
+          request.traceId === undefined ? '' : packText(request.traceId),
+          String(ttlMs),
+          keys.id,
+          request.key,
+          String(clocks.deadline(node, startedAt, request.abandonAfterMs)),
+          clusterArg,
+        ],
         request.key,
-        String(clocks.deadline(node, startedAt, request.abandonAfterMs)),
-        clusterArg,
-      ])) as [Buffer, number, BeginPayload];
+      )) as [Buffer, number, BeginPayload];
       clocks.observe(node, Number(now));
       return decodeBegin(request, code, now, payload, request.leaseMs);
     },
@@ -316,15 +330,15 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
           ];
           const now = reply[0];
           clocks.observe(node, now);
-          return group.map((request, i) =>
-            decodeBegin(
-              request,
-              reply[1 + 2 * i] as Buffer,
-              now,
-              reply[2 + 2 * i] as BeginPayload,
-              request.leaseMs,
-            ),
-          );
+          return group.map((request, i) => {
+            const code = reply[1 + 2 * i] as Buffer;
+            const payload = reply[2 + 2 * i] as BeginPayload;
+            // A damaged record: this key's error alone (see inGroups), the others' answers stand.
+            if (code.toString('latin1') === 'E') {
+              return new CorruptRecordError({ key: request.key, detail: String(payload) });
+            }
+            return decodeBegin(request, code, now, payload, request.leaseMs);
+          });
         },
       );
     },
@@ -384,7 +398,7 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       if (ids.length === 0) return;
       await ready();
       const args = [keysFor(prefix, key).record, String(fence), ...ids];
-      await runScript(client, 'markPublished', 'markPublished', args);
+      await runScript(client, 'markPublished', 'markPublished', args, key);
     },
 
     saveStep(key: string, fence: number, name: string, result: Uint8Array): Promise<FencedResult> {
@@ -399,14 +413,13 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       await ready();
       const keys = keysFor(prefix, key);
       const code = Number(
-        await runScript(client, 'clear', 'clear', [
-          keys.record,
-          keys.markers,
-          keys.legacyMarkers,
-          keys.index,
-          keys.id,
-          String(graceMs),
-        ]),
+        await runScript(
+          client,
+          'clear',
+          'clear',
+          [keys.record, keys.markers, keys.legacyMarkers, keys.index, keys.id, String(graceMs)],
+          key,
+        ),
       );
       if (code === 1) return 'cleared';
       if (code === 0) return 'absent';
@@ -423,12 +436,13 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
     async get(key: string): Promise<ProcessedRecord | undefined> {
       await ready();
       const keys = keysFor(prefix, key);
-      const [now, stored, marker] = (await runScript(client, 'get', 'get', [
-        keys.record,
-        keys.markers,
-        keys.legacyMarkers,
-        keys.id,
-      ])) as [number, StoredRecord | null, Buffer | null];
+      const [now, stored, marker] = (await runScript(
+        client,
+        'get',
+        'get',
+        [keys.record, keys.markers, keys.legacyMarkers, keys.id],
+        key,
+      )) as [number, StoredRecord | null, Buffer | null];
       const record = stored ? decodeRecord(key, stored[0], stored[1]) : undefined;
       if (record !== undefined) return isExpired(record, Number(now)) ? undefined : record;
       if (marker !== null && markerExpiry(marker) > Number(now)) return decodeMarker(key, marker);
@@ -622,7 +636,8 @@ async function inGroups<T, A>(
   operation: string,
   items: readonly T[],
   group: (item: T) => string,
-  run: (items: T[], group: string) => Promise<A[]>,
+  // A CorruptRecordError in place of an answer fails that item alone.
+  run: (items: T[], group: string) => Promise<(A | CorruptRecordError)[]>,
 ): Promise<A[]> {
   const groups = new Map<string, number[]>();
   items.forEach((item, i) => {
@@ -641,7 +656,9 @@ async function inGroups<T, A>(
           name,
         );
         indexes.forEach((i, j) => {
-          answers[i] = replies[j] as A;
+          const reply = replies[j];
+          if (reply instanceof CorruptRecordError) errors.set(i, reply);
+          else answers[i] = reply as A;
         });
       } catch (error) {
         for (const i of indexes) errors.set(i, error);

@@ -419,10 +419,11 @@ describe('a batch one Cluster node fails', () => {
       const nodeOf = (key: string) =>
         slots[calculateSlot(keysFor(keyPrefix, key).tag.toString(16).padStart(4, '0'))]?.[0];
       const keys = Array.from({ length: 30 }, () => randomUUID());
-      // A real server error on one node: the record of one key is a list, so that node's script
-      // fails with WRONGTYPE (what an older SDK's record would cause) and the others run.
+      // A real server error on one node: the marker bucket of one key's slot is a list, so that
+      // node's script fails with WRONGTYPE as it looks for a marker, and the others run. (A
+      // damaged record fails its own key only: damaged-records.test.ts.)
       const poisoned = keys[0] as string;
-      await client.rpush(keysFor(keyPrefix, poisoned).record, 'not a record');
+      await client.rpush(keysFor(keyPrefix, poisoned).markers, 'not a bucket');
       const failing = keys.filter((k) => nodeOf(k) === nodeOf(poisoned));
       expect(failing.length).toBeLessThan(keys.length);
 
@@ -450,7 +451,7 @@ describe('a batch one Cluster node fails', () => {
       const fresh = Array.from({ length: 30 }, () => randomUUID());
       const poisonedRun = fresh[0] as string;
       await client.rpush(
-        keysFor(keyPrefix, recordKeyFor({ consumer: 'partial', key: poisonedRun })).record,
+        keysFor(keyPrefix, recordKeyFor({ consumer: 'partial', key: poisonedRun })).markers,
         'x',
       );
       const ran: string[] = [];

@@ -9,7 +9,7 @@
  * cannot take over what this one holds. Only the process can tell, and only a restart (a new
  * client) ends it. `unavailableSince` is what a liveness probe compares with its patience.
  */
-import { StoreUnavailableError, toErrorInfo } from '../errors.js';
+import { CorruptRecordError, PartialBatchError, StoreUnavailableError, toErrorInfo } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { wrapServerCalls } from './delegate.js';
 import type { ProcessedStore } from './types.js';
@@ -57,7 +57,16 @@ export function withHealth(
     }
   };
   const failed = (error: unknown, calledAt: number) => {
-    if (!(error instanceof StoreUnavailableError)) return;
+    // A damaged record is the store's answer, not an outage; so is a batch whose only failures
+    // were damaged records.
+    if (
+      error instanceof CorruptRecordError ||
+      (error instanceof PartialBatchError && ![...error.errors.values()].some(unavailable))
+    ) {
+      answered();
+      return;
+    }
+    if (!unavailable(error)) return;
     const now = Date.now();
     failedCalls++;
     if (unavailableSince === undefined) {
@@ -86,4 +95,8 @@ export function withHealth(
     store: wrapped,
     health: () => ({ lastAnswerAt, unavailableSince }),
   };
+}
+
+function unavailable(error: unknown): boolean {
+  return error instanceof StoreUnavailableError;
 }

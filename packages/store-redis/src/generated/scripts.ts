@@ -13,9 +13,9 @@ export const LAYOUT_VERSION = 2;
 
 export const scripts = {
   begin: {
-    command: 'eoBegin_v2_b459e434',
+    command: 'eoBegin_v2_ea8f9ed2',
     numberOfKeys: 3,
-    sha1: 'b459e434f65b442951ff418cbc9f3ac5e628b955',
+    sha1: 'ea8f9ed2ac7ad5bc2444f0a8d4c7d6638896882f',
     lua: `--[[
 begin: claim the record of one key for an attempt, or say why not.
 
@@ -72,7 +72,21 @@ local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
+local STATES = { I = true, C = true, F = true }
+
 local function int(n) return string.format('%d', n) end
+
+-- A value at a record's name that this store did not write (written, edited or damaged by hand):
+-- the call fails for this key with EOCORRUPT, which the client raises as CorruptRecordError (a
+-- batch script answers it for this key alone, see beginMany-n.lua).
+local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
+
+-- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
+-- 7.0 hands pcall an error table as its text.)
+local function corruption(e)
+  if type(e) == 'table' then e = e.err end
+  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
 local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
@@ -103,14 +117,16 @@ end
 -- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
 -- record whole and answers no record needs none of them).
 local function unpackRecord(v, headOnly)
-  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
+  if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
   if headOnly then return r end
   if s == 'I' then
-    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    r.r = struct.unpack('>I4c0', v, pos)
+    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
   end
+  if not ok then corrupt('a record cut short') end
   return r
 end
 
@@ -126,6 +142,9 @@ local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true
 
 -- A record of the previous layout: rewritten in this one, with the same expiry.
 local function convertLegacy(rec)
+  -- Only a hash can be one; any other type at the name was put there by something else.
+  local kind = rcall('TYPE', rec).ok
+  if kind ~= 'hash' then corrupt('a ' .. kind .. ' at the record\\'s name') end
   local all = rcall('HGETALL', rec)
   local h, extras = {}, {}
   for i = 1, #all, 2 do
@@ -136,9 +155,11 @@ local function convertLegacy(rec)
       extras[#extras + 1] = all[i + 1]
     end
   end
+  -- That layout always wrote a state and a fence: a hash without them is not a record.
+  if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
-  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+  local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
     flags = 0 }
   if r.s == 'I' then
     r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
@@ -462,9 +483,9 @@ return { code, now, payload }
 `,
   },
   beginMany: {
-    command: 'eoBeginMany_v2_29c70076',
+    command: 'eoBeginMany_v2_16e34d37',
     numberOfKeys: undefined,
-    sha1: '29c70076312f90080c98557d66210d7f12eb8388',
+    sha1: '16e34d37619d9de42162228a10b3edd68407426b',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 beginMany: begin several keys in one call, in order, each exactly as begin-2.lua would (the same
@@ -490,7 +511,8 @@ begun, but their answers are lost with the error, like a lost reply: the retry f
 lease and waits it out.
 
 Returns { server now (ms), code 1, payload 1, code 2, payload 2, ... } with the codes and
-payloads of begin-2.lua, except busy: payload = { leaseUntil } (no record read).
+payloads of begin-2.lua, except busy: payload = { leaseUntil } (no record read), and 'E' for a
+key whose stored value is not a record (see corrupt in includes/record.lua): payload = why.
 ]]
 local rcall = redis.call
 local t = rcall('TIME')
@@ -516,7 +538,21 @@ local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
+local STATES = { I = true, C = true, F = true }
+
 local function int(n) return string.format('%d', n) end
+
+-- A value at a record's name that this store did not write (written, edited or damaged by hand):
+-- the call fails for this key with EOCORRUPT, which the client raises as CorruptRecordError (a
+-- batch script answers it for this key alone, see beginMany-n.lua).
+local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
+
+-- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
+-- 7.0 hands pcall an error table as its text.)
+local function corruption(e)
+  if type(e) == 'table' then e = e.err end
+  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
 local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
@@ -547,14 +583,16 @@ end
 -- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
 -- record whole and answers no record needs none of them).
 local function unpackRecord(v, headOnly)
-  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
+  if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
   if headOnly then return r end
   if s == 'I' then
-    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    r.r = struct.unpack('>I4c0', v, pos)
+    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
   end
+  if not ok then corrupt('a record cut short') end
   return r
 end
 
@@ -570,6 +608,9 @@ local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true
 
 -- A record of the previous layout: rewritten in this one, with the same expiry.
 local function convertLegacy(rec)
+  -- Only a hash can be one; any other type at the name was put there by something else.
+  local kind = rcall('TYPE', rec).ok
+  if kind ~= 'hash' then corrupt('a ' .. kind .. ' at the record\\'s name') end
   local all = rcall('HGETALL', rec)
   local h, extras = {}, {}
   for i = 1, #all, 2 do
@@ -580,9 +621,11 @@ local function convertLegacy(rec)
       extras[#extras + 1] = all[i + 1]
     end
   end
+  -- That layout always wrote a state and a fence: a hash without them is not a record.
+  if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
-  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+  local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
     flags = 0 }
   if r.s == 'I' then
     r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
@@ -908,8 +951,14 @@ while pos <= size do
   rec, fp, trace, name, owner, bucket, lease, deadline, pos =
     struct.unpack('>I4c0I4c0I4c0I4c0I4c0I4c0I6I6', packed, pos)
   -- rec = <prefix>:{<tag>}:<16-byte id>; the previous layout's bucket is <prefix>:{<tag>}m.
-  local code, payload = beginOne(rec, bucket, string.sub(rec, 1, -18) .. 'm', fp, owner, lease, trace, ttl,
-    string.sub(rec, -16), now, false, name, deadline, cluster)
+  local ok, code, payload = pcall(beginOne, rec, bucket, string.sub(rec, 1, -18) .. 'm', fp, owner, lease, trace,
+    ttl, string.sub(rec, -16), now, false, name, deadline, cluster)
+  if not ok then
+    -- A damaged record fails its own key (nothing was written for it), not the batch.
+    local why = corruption(code)
+    if not why then error(code, 0) end
+    code, payload = 'E', why
+  end
   out[#out + 1] = code
   out[#out + 1] = payload
 end
@@ -942,9 +991,9 @@ return out
 `,
   },
   clear: {
-    command: 'eoClear_v2_715e5b0c',
+    command: 'eoClear_v2_026c186f',
     numberOfKeys: 4,
-    sha1: '715e5b0c285fb442cc2197a8bb7cbf997511a8d1',
+    sha1: '026c186f854b86820fa4fa8a67f71cce8375ce58',
     lua: `--[[
 clear: forget a key's record (or its compaction marker), so the next message with the key runs
 anew: an operator's step before replaying a dead letter whose record is FAILED, or re-running
@@ -990,7 +1039,21 @@ local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
+local STATES = { I = true, C = true, F = true }
+
 local function int(n) return string.format('%d', n) end
+
+-- A value at a record's name that this store did not write (written, edited or damaged by hand):
+-- the call fails for this key with EOCORRUPT, which the client raises as CorruptRecordError (a
+-- batch script answers it for this key alone, see beginMany-n.lua).
+local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
+
+-- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
+-- 7.0 hands pcall an error table as its text.)
+local function corruption(e)
+  if type(e) == 'table' then e = e.err end
+  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
 local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
@@ -1021,14 +1084,16 @@ end
 -- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
 -- record whole and answers no record needs none of them).
 local function unpackRecord(v, headOnly)
-  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
+  if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
   if headOnly then return r end
   if s == 'I' then
-    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    r.r = struct.unpack('>I4c0', v, pos)
+    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
   end
+  if not ok then corrupt('a record cut short') end
   return r
 end
 
@@ -1044,6 +1109,9 @@ local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true
 
 -- A record of the previous layout: rewritten in this one, with the same expiry.
 local function convertLegacy(rec)
+  -- Only a hash can be one; any other type at the name was put there by something else.
+  local kind = rcall('TYPE', rec).ok
+  if kind ~= 'hash' then corrupt('a ' .. kind .. ' at the record\\'s name') end
   local all = rcall('HGETALL', rec)
   local h, extras = {}, {}
   for i = 1, #all, 2 do
@@ -1054,9 +1122,11 @@ local function convertLegacy(rec)
       extras[#extras + 1] = all[i + 1]
     end
   end
+  -- That layout always wrote a state and a fence: a hash without them is not a record.
+  if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
-  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+  local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
     flags = 0 }
   if r.s == 'I' then
     r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
@@ -1330,9 +1400,9 @@ return out
 `,
   },
   compactCompleted: {
-    command: 'eoCompactCompleted_v2_d7649eb7',
+    command: 'eoCompactCompleted_v2_e65bf203',
     numberOfKeys: undefined,
-    sha1: 'd7649eb7113cd081860803fd4eb6d1ec199dc285',
+    sha1: 'e65bf20309f395b8fa04f63e5a8f22435179f6a8',
     lua: `--[[
 compactCompleted: replace old COMPLETED records of one cluster slot by compact markers.
 Called with a variable number of keys (numkeys = 1 + number of candidates).
@@ -1383,7 +1453,21 @@ local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
+local STATES = { I = true, C = true, F = true }
+
 local function int(n) return string.format('%d', n) end
+
+-- A value at a record's name that this store did not write (written, edited or damaged by hand):
+-- the call fails for this key with EOCORRUPT, which the client raises as CorruptRecordError (a
+-- batch script answers it for this key alone, see beginMany-n.lua).
+local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
+
+-- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
+-- 7.0 hands pcall an error table as its text.)
+local function corruption(e)
+  if type(e) == 'table' then e = e.err end
+  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
 local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
@@ -1414,14 +1498,16 @@ end
 -- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
 -- record whole and answers no record needs none of them).
 local function unpackRecord(v, headOnly)
-  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
+  if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
   if headOnly then return r end
   if s == 'I' then
-    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    r.r = struct.unpack('>I4c0', v, pos)
+    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
   end
+  if not ok then corrupt('a record cut short') end
   return r
 end
 
@@ -1437,6 +1523,9 @@ local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true
 
 -- A record of the previous layout: rewritten in this one, with the same expiry.
 local function convertLegacy(rec)
+  -- Only a hash can be one; any other type at the name was put there by something else.
+  local kind = rcall('TYPE', rec).ok
+  if kind ~= 'hash' then corrupt('a ' .. kind .. ' at the record\\'s name') end
   local all = rcall('HGETALL', rec)
   local h, extras = {}, {}
   for i = 1, #all, 2 do
@@ -1447,9 +1536,11 @@ local function convertLegacy(rec)
       extras[#extras + 1] = all[i + 1]
     end
   end
+  -- That layout always wrote a state and a fence: a hash without them is not a record.
+  if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
-  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+  local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
     flags = 0 }
   if r.s == 'I' then
     r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
@@ -1733,9 +1824,9 @@ return { #done, dropped, deferred }
 `,
   },
   completeMany: {
-    command: 'eoCompleteMany_v2_b2c57b6b',
+    command: 'eoCompleteMany_v2_675083c2',
     numberOfKeys: undefined,
-    sha1: 'b2c57b6b300d6f1e53fde209dc1c994658c379d8',
+    sha1: '675083c23636fa868a404cd90c6d4549f60bb0ee',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 completeMany: IN_PROGRESS(fence) -> COMPLETED with result and outgoing messages, in one write
@@ -1760,7 +1851,7 @@ ARGV[3]  per key, in order: its record's name (length-prefixed: 4-byte length, t
          name (see layout.ts).
 
 Returns { r1, r2, ... }: per key 1 (ok; also for a record already COMPLETED under this fence) or 0
-(lost: not IN_PROGRESS under this fence).
+(lost: not IN_PROGRESS under this fence, or no longer a record at all).
 ]]
 local rcall = redis.call
 local t = rcall('TIME')
@@ -1786,7 +1877,21 @@ local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
+local STATES = { I = true, C = true, F = true }
+
 local function int(n) return string.format('%d', n) end
+
+-- A value at a record's name that this store did not write (written, edited or damaged by hand):
+-- the call fails for this key with EOCORRUPT, which the client raises as CorruptRecordError (a
+-- batch script answers it for this key alone, see beginMany-n.lua).
+local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
+
+-- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
+-- 7.0 hands pcall an error table as its text.)
+local function corruption(e)
+  if type(e) == 'table' then e = e.err end
+  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
 local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
@@ -1817,14 +1922,16 @@ end
 -- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
 -- record whole and answers no record needs none of them).
 local function unpackRecord(v, headOnly)
-  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
+  if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
   if headOnly then return r end
   if s == 'I' then
-    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    r.r = struct.unpack('>I4c0', v, pos)
+    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
   end
+  if not ok then corrupt('a record cut short') end
   return r
 end
 
@@ -1840,6 +1947,9 @@ local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true
 
 -- A record of the previous layout: rewritten in this one, with the same expiry.
 local function convertLegacy(rec)
+  -- Only a hash can be one; any other type at the name was put there by something else.
+  local kind = rcall('TYPE', rec).ok
+  if kind ~= 'hash' then corrupt('a ' .. kind .. ' at the record\\'s name') end
   local all = rcall('HGETALL', rec)
   local h, extras = {}, {}
   for i = 1, #all, 2 do
@@ -1850,9 +1960,11 @@ local function convertLegacy(rec)
       extras[#extras + 1] = all[i + 1]
     end
   end
+  -- That layout always wrote a state and a fence: a hash without them is not a record.
+  if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
-  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+  local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
     flags = 0 }
   if r.s == 'I' then
     r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
@@ -1943,7 +2055,8 @@ local function completeOne(rec, tag, fence, retention, grace, trace, result, id,
   local packed = loadPacked(rec)
   if not packed then return 0 end
   -- The head as locals, not a record table: this runs for every message.
-  local s, n, a, _, t2, flags, f, t = struct.unpack(HEAD, packed)
+  local ok, s, n, a, _, t2, flags, f, t = pcall(struct.unpack, HEAD, packed)
+  if not ok or not STATES[s] then corrupt('a value that is not a record') end
   if n == fence and s == 'C' and t2 > now then return 1 end
   if s ~= 'I' or n ~= fence then return 0 end
   local expiresAt = now + retention
@@ -1998,16 +2111,22 @@ while pos <= size do
   local id = ''
   if indexed % 2 == 1 then id = string.sub(rec, -16) end
   -- rec = <prefix>:{<tag>}:<16-byte id>
-  out[#out + 1] = completeOne(rec, string.sub(rec, 1, -18), fence, retention, grace, trace, result, id, messages,
-    now, indexed >= 2, cluster)
+  local ok, done = pcall(completeOne, rec, string.sub(rec, 1, -18), fence, retention, grace, trace, result, id,
+    messages, now, indexed >= 2, cluster)
+  if not ok then
+    -- A record damaged since its begin no longer holds the fence: lost, for this key alone.
+    if not corruption(done) then error(done, 0) end
+    done = 0
+  end
+  out[#out + 1] = done
 end
 return out
 `,
   },
   extend: {
-    command: 'eoExtend_v2_761aee5d',
+    command: 'eoExtend_v2_caa69d9e',
     numberOfKeys: 1,
-    sha1: '761aee5d923694249a2271220267d54643cad192',
+    sha1: 'caa69d9e5d3b6d82cf07a84a3570ec46ce3ded4a',
     lua: `--[[
 extend: push the lease of the holding fence out to server now + lease.
 
@@ -2044,7 +2163,21 @@ local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
+local STATES = { I = true, C = true, F = true }
+
 local function int(n) return string.format('%d', n) end
+
+-- A value at a record's name that this store did not write (written, edited or damaged by hand):
+-- the call fails for this key with EOCORRUPT, which the client raises as CorruptRecordError (a
+-- batch script answers it for this key alone, see beginMany-n.lua).
+local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
+
+-- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
+-- 7.0 hands pcall an error table as its text.)
+local function corruption(e)
+  if type(e) == 'table' then e = e.err end
+  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
 local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
@@ -2075,14 +2208,16 @@ end
 -- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
 -- record whole and answers no record needs none of them).
 local function unpackRecord(v, headOnly)
-  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
+  if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
   if headOnly then return r end
   if s == 'I' then
-    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    r.r = struct.unpack('>I4c0', v, pos)
+    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
   end
+  if not ok then corrupt('a record cut short') end
   return r
 end
 
@@ -2098,6 +2233,9 @@ local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true
 
 -- A record of the previous layout: rewritten in this one, with the same expiry.
 local function convertLegacy(rec)
+  -- Only a hash can be one; any other type at the name was put there by something else.
+  local kind = rcall('TYPE', rec).ok
+  if kind ~= 'hash' then corrupt('a ' .. kind .. ' at the record\\'s name') end
   local all = rcall('HGETALL', rec)
   local h, extras = {}, {}
   for i = 1, #all, 2 do
@@ -2108,9 +2246,11 @@ local function convertLegacy(rec)
       extras[#extras + 1] = all[i + 1]
     end
   end
+  -- That layout always wrote a state and a fence: a hash without them is not a record.
+  if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
-  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+  local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
     flags = 0 }
   if r.s == 'I' then
     r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
@@ -2195,9 +2335,9 @@ return 1
 `,
   },
   fail: {
-    command: 'eoFail_v2_07e61b9d',
+    command: 'eoFail_v2_9c19b38b',
     numberOfKeys: 1,
-    sha1: '07e61b9d75a805f55e0b753919c9a47dc39328ac',
+    sha1: '9c19b38bd067f81e7380215930abdee0a4921747',
     lua: `--[[
 fail: IN_PROGRESS(fence) -> FAILED, kept for the retention.
 
@@ -2239,7 +2379,21 @@ local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
+local STATES = { I = true, C = true, F = true }
+
 local function int(n) return string.format('%d', n) end
+
+-- A value at a record's name that this store did not write (written, edited or damaged by hand):
+-- the call fails for this key with EOCORRUPT, which the client raises as CorruptRecordError (a
+-- batch script answers it for this key alone, see beginMany-n.lua).
+local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
+
+-- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
+-- 7.0 hands pcall an error table as its text.)
+local function corruption(e)
+  if type(e) == 'table' then e = e.err end
+  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
 local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
@@ -2270,14 +2424,16 @@ end
 -- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
 -- record whole and answers no record needs none of them).
 local function unpackRecord(v, headOnly)
-  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
+  if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
   if headOnly then return r end
   if s == 'I' then
-    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    r.r = struct.unpack('>I4c0', v, pos)
+    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
   end
+  if not ok then corrupt('a record cut short') end
   return r
 end
 
@@ -2293,6 +2449,9 @@ local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true
 
 -- A record of the previous layout: rewritten in this one, with the same expiry.
 local function convertLegacy(rec)
+  -- Only a hash can be one; any other type at the name was put there by something else.
+  local kind = rcall('TYPE', rec).ok
+  if kind ~= 'hash' then corrupt('a ' .. kind .. ' at the record\\'s name') end
   local all = rcall('HGETALL', rec)
   local h, extras = {}, {}
   for i = 1, #all, 2 do
@@ -2303,9 +2462,11 @@ local function convertLegacy(rec)
       extras[#extras + 1] = all[i + 1]
     end
   end
+  -- That layout always wrote a state and a fence: a hash without them is not a record.
+  if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
-  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+  local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
     flags = 0 }
   if r.s == 'I' then
     r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
@@ -2394,9 +2555,9 @@ return 1
 `,
   },
   get: {
-    command: 'eoGet_v2_0627d9cf',
+    command: 'eoGet_v2_83609b37',
     numberOfKeys: 3,
-    sha1: '0627d9cf601500b36395b2327733dcc7f09985ce',
+    sha1: '83609b37b831d94e3ab6260bb46f78761cf0e0c0',
     lua: `--[[
 get: read a record, or the compaction marker standing in for it, with the server clock.
 
@@ -2433,7 +2594,21 @@ local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
+local STATES = { I = true, C = true, F = true }
+
 local function int(n) return string.format('%d', n) end
+
+-- A value at a record's name that this store did not write (written, edited or damaged by hand):
+-- the call fails for this key with EOCORRUPT, which the client raises as CorruptRecordError (a
+-- batch script answers it for this key alone, see beginMany-n.lua).
+local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
+
+-- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
+-- 7.0 hands pcall an error table as its text.)
+local function corruption(e)
+  if type(e) == 'table' then e = e.err end
+  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
 local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
@@ -2464,14 +2639,16 @@ end
 -- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
 -- record whole and answers no record needs none of them).
 local function unpackRecord(v, headOnly)
-  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
+  if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
   if headOnly then return r end
   if s == 'I' then
-    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    r.r = struct.unpack('>I4c0', v, pos)
+    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
   end
+  if not ok then corrupt('a record cut short') end
   return r
 end
 
@@ -2487,6 +2664,9 @@ local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true
 
 -- A record of the previous layout: rewritten in this one, with the same expiry.
 local function convertLegacy(rec)
+  -- Only a hash can be one; any other type at the name was put there by something else.
+  local kind = rcall('TYPE', rec).ok
+  if kind ~= 'hash' then corrupt('a ' .. kind .. ' at the record\\'s name') end
   local all = rcall('HGETALL', rec)
   local h, extras = {}, {}
   for i = 1, #all, 2 do
@@ -2497,9 +2677,11 @@ local function convertLegacy(rec)
       extras[#extras + 1] = all[i + 1]
     end
   end
+  -- That layout always wrote a state and a fence: a hash without them is not a record.
+  if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
-  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+  local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
     flags = 0 }
   if r.s == 'I' then
     r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
@@ -2740,9 +2922,9 @@ return { now, false, markerOf(KEYS[2], KEYS[3], ARGV[1]) or false }
 `,
   },
   markPublished: {
-    command: 'eoMarkPublished_v2_82b8943a',
+    command: 'eoMarkPublished_v2_150f0350',
     numberOfKeys: 1,
-    sha1: '82b8943afb9c64f75a41e3f278aa8c6cc46cc108',
+    sha1: '150f035079700465b2f674e8b7665f3c801ddcb6',
     lua: `--[[
 markPublished: flag outgoing messages of a live COMPLETED record as confirmed.
 
@@ -2778,7 +2960,21 @@ local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
+local STATES = { I = true, C = true, F = true }
+
 local function int(n) return string.format('%d', n) end
+
+-- A value at a record's name that this store did not write (written, edited or damaged by hand):
+-- the call fails for this key with EOCORRUPT, which the client raises as CorruptRecordError (a
+-- batch script answers it for this key alone, see beginMany-n.lua).
+local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
+
+-- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
+-- 7.0 hands pcall an error table as its text.)
+local function corruption(e)
+  if type(e) == 'table' then e = e.err end
+  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
 local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
@@ -2809,14 +3005,16 @@ end
 -- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
 -- record whole and answers no record needs none of them).
 local function unpackRecord(v, headOnly)
-  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
+  if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
   if headOnly then return r end
   if s == 'I' then
-    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    r.r = struct.unpack('>I4c0', v, pos)
+    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
   end
+  if not ok then corrupt('a record cut short') end
   return r
 end
 
@@ -2832,6 +3030,9 @@ local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true
 
 -- A record of the previous layout: rewritten in this one, with the same expiry.
 local function convertLegacy(rec)
+  -- Only a hash can be one; any other type at the name was put there by something else.
+  local kind = rcall('TYPE', rec).ok
+  if kind ~= 'hash' then corrupt('a ' .. kind .. ' at the record\\'s name') end
   local all = rcall('HGETALL', rec)
   local h, extras = {}, {}
   for i = 1, #all, 2 do
@@ -2842,9 +3043,11 @@ local function convertLegacy(rec)
       extras[#extras + 1] = all[i + 1]
     end
   end
+  -- That layout always wrote a state and a fence: a hash without them is not a record.
+  if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
-  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+  local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
     flags = 0 }
   if r.s == 'I' then
     r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
@@ -2939,9 +3142,9 @@ return markPublishedOne(KEYS[1], ARGV[1], wanted, now)
 `,
   },
   markPublishedMany: {
-    command: 'eoMarkPublishedMany_v2_be19cec4',
+    command: 'eoMarkPublishedMany_v2_ddf0f99e',
     numberOfKeys: undefined,
-    sha1: 'be19cec40432e205dff762a9fda287ab4e81c4be',
+    sha1: 'ddf0f99e582c0e551b1dbd227da67bdf88985e2d',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 markPublishedMany: markPublished-1.lua for several records in one call. Called with numkeys = 1.
@@ -2977,7 +3180,21 @@ local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
+local STATES = { I = true, C = true, F = true }
+
 local function int(n) return string.format('%d', n) end
+
+-- A value at a record's name that this store did not write (written, edited or damaged by hand):
+-- the call fails for this key with EOCORRUPT, which the client raises as CorruptRecordError (a
+-- batch script answers it for this key alone, see beginMany-n.lua).
+local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
+
+-- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
+-- 7.0 hands pcall an error table as its text.)
+local function corruption(e)
+  if type(e) == 'table' then e = e.err end
+  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
 local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
@@ -3008,14 +3225,16 @@ end
 -- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
 -- record whole and answers no record needs none of them).
 local function unpackRecord(v, headOnly)
-  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
+  if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
   if headOnly then return r end
   if s == 'I' then
-    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    r.r = struct.unpack('>I4c0', v, pos)
+    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
   end
+  if not ok then corrupt('a record cut short') end
   return r
 end
 
@@ -3031,6 +3250,9 @@ local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true
 
 -- A record of the previous layout: rewritten in this one, with the same expiry.
 local function convertLegacy(rec)
+  -- Only a hash can be one; any other type at the name was put there by something else.
+  local kind = rcall('TYPE', rec).ok
+  if kind ~= 'hash' then corrupt('a ' .. kind .. ' at the record\\'s name') end
   local all = rcall('HGETALL', rec)
   local h, extras = {}, {}
   for i = 1, #all, 2 do
@@ -3041,9 +3263,11 @@ local function convertLegacy(rec)
       extras[#extras + 1] = all[i + 1]
     end
   end
+  -- That layout always wrote a state and a fence: a hash without them is not a record.
+  if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
-  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+  local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
     flags = 0 }
   if r.s == 'I' then
     r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
@@ -3143,15 +3367,23 @@ while pos <= size do
     id, pos = struct.unpack('>I4c0', packed, pos)
     wanted[id] = true
   end
-  if n > 0 then flagged = flagged + markPublishedOne(rec, fence, wanted, now) end
+  if n > 0 then
+    local ok, newly = pcall(markPublishedOne, rec, fence, wanted, now)
+    if not ok then
+      -- A damaged record has nothing to flag; the others of the batch are flagged.
+      if not corruption(newly) then error(newly, 0) end
+      newly = 0
+    end
+    flagged = flagged + newly
+  end
 end
 return flagged
 `,
   },
   markStepStarted: {
-    command: 'eoMarkStepStarted_v2_0bf64dd9',
+    command: 'eoMarkStepStarted_v2_8da867c7',
     numberOfKeys: 1,
-    sha1: '0bf64dd9bb65e1dab3d562d17530297311d60b71',
+    sha1: '8da867c77108df4c1399464e857b52bff5586b35',
     lua: `--[[
 markStepStarted: journal that a step is about to run, under the IN_PROGRESS record held by the
 fence, so a later attempt knows the step is in doubt (see ctx.step's reconcile).
@@ -3191,7 +3423,21 @@ local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
+local STATES = { I = true, C = true, F = true }
+
 local function int(n) return string.format('%d', n) end
+
+-- A value at a record's name that this store did not write (written, edited or damaged by hand):
+-- the call fails for this key with EOCORRUPT, which the client raises as CorruptRecordError (a
+-- batch script answers it for this key alone, see beginMany-n.lua).
+local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
+
+-- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
+-- 7.0 hands pcall an error table as its text.)
+local function corruption(e)
+  if type(e) == 'table' then e = e.err end
+  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
 local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
@@ -3222,14 +3468,16 @@ end
 -- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
 -- record whole and answers no record needs none of them).
 local function unpackRecord(v, headOnly)
-  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
+  if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
   if headOnly then return r end
   if s == 'I' then
-    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    r.r = struct.unpack('>I4c0', v, pos)
+    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
   end
+  if not ok then corrupt('a record cut short') end
   return r
 end
 
@@ -3245,6 +3493,9 @@ local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true
 
 -- A record of the previous layout: rewritten in this one, with the same expiry.
 local function convertLegacy(rec)
+  -- Only a hash can be one; any other type at the name was put there by something else.
+  local kind = rcall('TYPE', rec).ok
+  if kind ~= 'hash' then corrupt('a ' .. kind .. ' at the record\\'s name') end
   local all = rcall('HGETALL', rec)
   local h, extras = {}, {}
   for i = 1, #all, 2 do
@@ -3255,9 +3506,11 @@ local function convertLegacy(rec)
       extras[#extras + 1] = all[i + 1]
     end
   end
+  -- That layout always wrote a state and a fence: a hash without them is not a record.
+  if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
-  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+  local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
     flags = 0 }
   if r.s == 'I' then
     r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
@@ -3342,9 +3595,9 @@ return 1
 `,
   },
   release: {
-    command: 'eoRelease_v2_c1e7a59f',
+    command: 'eoRelease_v2_95b458a9',
     numberOfKeys: 1,
-    sha1: 'c1e7a59f6a814008bfdcc0e5d4ef3210dc7f194a',
+    sha1: '95b458a9548f42ade135f5803a514fc00893ef51',
     lua: `--[[
 release: give the lease up after a retryable error; the next begin acquires at once (retry).
 
@@ -3385,7 +3638,21 @@ local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
+local STATES = { I = true, C = true, F = true }
+
 local function int(n) return string.format('%d', n) end
+
+-- A value at a record's name that this store did not write (written, edited or damaged by hand):
+-- the call fails for this key with EOCORRUPT, which the client raises as CorruptRecordError (a
+-- batch script answers it for this key alone, see beginMany-n.lua).
+local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
+
+-- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
+-- 7.0 hands pcall an error table as its text.)
+local function corruption(e)
+  if type(e) == 'table' then e = e.err end
+  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
 local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
@@ -3416,14 +3683,16 @@ end
 -- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
 -- record whole and answers no record needs none of them).
 local function unpackRecord(v, headOnly)
-  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
+  if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
   if headOnly then return r end
   if s == 'I' then
-    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    r.r = struct.unpack('>I4c0', v, pos)
+    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
   end
+  if not ok then corrupt('a record cut short') end
   return r
 end
 
@@ -3439,6 +3708,9 @@ local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true
 
 -- A record of the previous layout: rewritten in this one, with the same expiry.
 local function convertLegacy(rec)
+  -- Only a hash can be one; any other type at the name was put there by something else.
+  local kind = rcall('TYPE', rec).ok
+  if kind ~= 'hash' then corrupt('a ' .. kind .. ' at the record\\'s name') end
   local all = rcall('HGETALL', rec)
   local h, extras = {}, {}
   for i = 1, #all, 2 do
@@ -3449,9 +3721,11 @@ local function convertLegacy(rec)
       extras[#extras + 1] = all[i + 1]
     end
   end
+  -- That layout always wrote a state and a fence: a hash without them is not a record.
+  if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
-  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+  local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
     flags = 0 }
   if r.s == 'I' then
     r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''
@@ -3565,9 +3839,9 @@ return 0
 `,
   },
   saveStep: {
-    command: 'eoSaveStep_v2_74d9a867',
+    command: 'eoSaveStep_v2_0da9bfad',
     numberOfKeys: 1,
-    sha1: '74d9a867217b1982263aeac5789f67af2eb75ff1',
+    sha1: '0da9bfad667b4d64aeb397554128272fd812bc30',
     lua: `--[[
 saveStep: journal a step's result under the IN_PROGRESS record held by the fence.
 
@@ -3606,7 +3880,21 @@ local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
+local STATES = { I = true, C = true, F = true }
+
 local function int(n) return string.format('%d', n) end
+
+-- A value at a record's name that this store did not write (written, edited or damaged by hand):
+-- the call fails for this key with EOCORRUPT, which the client raises as CorruptRecordError (a
+-- batch script answers it for this key alone, see beginMany-n.lua).
+local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
+
+-- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
+-- 7.0 hands pcall an error table as its text.)
+local function corruption(e)
+  if type(e) == 'table' then e = e.err end
+  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
 local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
@@ -3637,14 +3925,16 @@ end
 -- \`headOnly\`: without the owner, the store key and the result (a caller that replaces the
 -- record whole and answers no record needs none of them).
 local function unpackRecord(v, headOnly)
-  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
+  if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
   if headOnly then return r end
   if s == 'I' then
-    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    r.r = struct.unpack('>I4c0', v, pos)
+    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
   end
+  if not ok then corrupt('a record cut short') end
   return r
 end
 
@@ -3660,6 +3950,9 @@ local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true
 
 -- A record of the previous layout: rewritten in this one, with the same expiry.
 local function convertLegacy(rec)
+  -- Only a hash can be one; any other type at the name was put there by something else.
+  local kind = rcall('TYPE', rec).ok
+  if kind ~= 'hash' then corrupt('a ' .. kind .. ' at the record\\'s name') end
   local all = rcall('HGETALL', rec)
   local h, extras = {}, {}
   for i = 1, #all, 2 do
@@ -3670,9 +3963,11 @@ local function convertLegacy(rec)
       extras[#extras + 1] = all[i + 1]
     end
   end
+  -- That layout always wrote a state and a fence: a hash without them is not a record.
+  if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
-  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+  local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
     flags = 0 }
   if r.s == 'I' then
     r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''

@@ -23,7 +23,8 @@ begun, but their answers are lost with the error, like a lost reply: the retry f
 lease and waits it out.
 
 Returns { server now (ms), code 1, payload 1, code 2, payload 2, ... } with the codes and
-payloads of begin-2.lua, except busy: payload = { leaseUntil } (no record read).
+payloads of begin-2.lua, except busy: payload = { leaseUntil } (no record read), and 'E' for a
+key whose stored value is not a record (see corrupt in includes/record.lua): payload = why.
 ]]
 local rcall = redis.call
 local t = rcall('TIME')
@@ -40,8 +41,14 @@ while pos <= size do
   rec, fp, trace, name, owner, bucket, lease, deadline, pos =
     struct.unpack('>I4c0I4c0I4c0I4c0I4c0I4c0I6I6', packed, pos)
   -- rec = <prefix>:{<tag>}:<16-byte id>; the previous layout's bucket is <prefix>:{<tag>}m.
-  local code, payload = beginOne(rec, bucket, string.sub(rec, 1, -18) .. 'm', fp, owner, lease, trace, ttl,
-    string.sub(rec, -16), now, false, name, deadline, cluster)
+  local ok, code, payload = pcall(beginOne, rec, bucket, string.sub(rec, 1, -18) .. 'm', fp, owner, lease, trace,
+    ttl, string.sub(rec, -16), now, false, name, deadline, cluster)
+  if not ok then
+    -- A damaged record fails its own key (nothing was written for it), not the batch.
+    local why = corruption(code)
+    if not why then error(code, 0) end
+    code, payload = 'E', why
+  end
   out[#out + 1] = code
   out[#out + 1] = payload
 end

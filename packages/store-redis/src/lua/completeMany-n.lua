@@ -22,7 +22,7 @@ ARGV[3]  per key, in order: its record's name (length-prefixed: 4-byte length, t
          name (see layout.ts).
 
 Returns { r1, r2, ... }: per key 1 (ok; also for a record already COMPLETED under this fence) or 0
-(lost: not IN_PROGRESS under this fence).
+(lost: not IN_PROGRESS under this fence, or no longer a record at all).
 ]]
 local rcall = redis.call
 local t = rcall('TIME')
@@ -43,7 +43,13 @@ while pos <= size do
   local id = ''
   if indexed % 2 == 1 then id = string.sub(rec, -16) end
   -- rec = <prefix>:{<tag>}:<16-byte id>
-  out[#out + 1] = completeOne(rec, string.sub(rec, 1, -18), fence, retention, grace, trace, result, id, messages,
-    now, indexed >= 2, cluster)
+  local ok, done = pcall(completeOne, rec, string.sub(rec, 1, -18), fence, retention, grace, trace, result, id,
+    messages, now, indexed >= 2, cluster)
+  if not ok then
+    -- A record damaged since its begin no longer holds the fence: lost, for this key alone.
+    if not corruption(done) then error(done, 0) end
+    done = 0
+  end
+  out[#out + 1] = done
 end
 return out

@@ -27,6 +27,14 @@ while pos <= size do
     id, pos = struct.unpack('>I4c0', packed, pos)
     wanted[id] = true
   end
-  if n > 0 then flagged = flagged + markPublishedOne(rec, fence, wanted, now) end
+  if n > 0 then
+    local ok, newly = pcall(markPublishedOne, rec, fence, wanted, now)
+    if not ok then
+      -- A damaged record has nothing to flag; the others of the batch are flagged.
+      if not corruption(newly) then error(newly, 0) end
+      newly = 0
+    end
+    flagged = flagged + newly
+  end
 end
 return flagged

@@ -14,7 +14,8 @@ local function completeOne(rec, tag, fence, retention, grace, trace, result, id,
   local packed = loadPacked(rec)
   if not packed then return 0 end
   -- The head as locals, not a record table: this runs for every message.
-  local s, n, a, _, t2, flags, f, t = struct.unpack(HEAD, packed)
+  local ok, s, n, a, _, t2, flags, f, t = pcall(struct.unpack, HEAD, packed)
+  if not ok or not STATES[s] then corrupt('a value that is not a record') end
   if n == fence and s == 'C' and t2 > now then return 1 end
   if s ~= 'I' or n ~= fence then return 0 end
   local expiresAt = now + retention

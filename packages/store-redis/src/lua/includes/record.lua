@@ -19,7 +19,21 @@ local HEAD = '>c1I6I4I6I6BI4c0I4c0'
 local IN_PROGRESS_RECORD = HEAD .. 'I4c0I4c0'
 local COMPLETED_RECORD = HEAD .. 'I4c0'
 
+local STATES = { I = true, C = true, F = true }
+
 local function int(n) return string.format('%d', n) end
+
+-- A value at a record's name that this store did not write (written, edited or damaged by hand):
+-- the call fails for this key with EOCORRUPT, which the client raises as CorruptRecordError (a
+-- batch script answers it for this key alone, see beginMany-n.lua).
+local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
+
+-- What `corrupt` said, when `e` (caught by pcall) is its error; nil for any other error. (Redis
+-- 7.0 hands pcall an error table as its text.)
+local function corruption(e)
+  if type(e) == 'table' then e = e.err end
+  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+end
 
 -- The probe key of the slot of record `rec` (`<prefix>:{<tag>}p`), never written.
 local function probeOf(rec) return string.sub(rec, 1, -18) .. 'p' end
@@ -50,14 +64,16 @@ end
 -- `headOnly`: without the owner, the store key and the result (a caller that replaces the
 -- record whole and answers no record needs none of them).
 local function unpackRecord(v, headOnly)
-  local s, n, a, t1, t2, flags, f, t, pos = struct.unpack(HEAD, v)
+  local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
+  if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
   if headOnly then return r end
   if s == 'I' then
-    r.w, r.k = struct.unpack('>I4c0I4c0', v, pos)
+    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    r.r = struct.unpack('>I4c0', v, pos)
+    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
   end
+  if not ok then corrupt('a record cut short') end
   return r
 end
 
@@ -73,6 +89,9 @@ local LEGACY_CORE = { s = true, f = true, n = true, a = true, w = true, l = true
 
 -- A record of the previous layout: rewritten in this one, with the same expiry.
 local function convertLegacy(rec)
+  -- Only a hash can be one; any other type at the name was put there by something else.
+  local kind = rcall('TYPE', rec).ok
+  if kind ~= 'hash' then corrupt('a ' .. kind .. ' at the record\'s name') end
   local all = rcall('HGETALL', rec)
   local h, extras = {}, {}
   for i = 1, #all, 2 do
@@ -83,9 +102,11 @@ local function convertLegacy(rec)
       extras[#extras + 1] = all[i + 1]
     end
   end
+  -- That layout always wrote a state and a fence: a hash without them is not a record.
+  if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
-  local r = { s = h.s or 'F', n = tonumber(h.n) or 0, a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
+  local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
     flags = 0 }
   if r.s == 'I' then
     r.t1, r.t2, r.w, r.k = tonumber(h.l) or 0, tonumber(h.b) or 0, h.w or '', h.k or ''

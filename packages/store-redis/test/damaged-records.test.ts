@@ -1,0 +1,110 @@
+/**
+ * Values at a record's name that the store did not write (another type, bytes it cannot decode, a
+ * hash that is not the previous layout): each is refused as a CorruptRecordError for its own key,
+ * on a standalone server and on a Cluster, and never read as "no record" (which would run a
+ * processed key again) nor fails the other keys of its batch (whose leases it would strand).
+ */
+import { randomUUID } from 'node:crypto';
+import { CorruptRecordError, ErrorCode, PartialBatchError } from '@exactly-once/core';
+import type { Cluster, Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createRedisStore } from '../src/index.js';
+import { keysFor } from '../src/layout.js';
+import { cluster, dropPrefix, standalone, testPrefix } from './helpers.js';
+
+const leaseMs = 30_000;
+const fingerprint = 'a'.repeat(64);
+
+/** Ways a record's name gets something else written at it. */
+const damages: Record<string, (client: Redis | Cluster, name: Buffer) => Promise<unknown>> = {
+  'a string of other bytes': (c, name) => c.set(name, 'garbage'),
+  'a record cut short': (c, name) => c.set(name, Buffer.from('C\x00\x00')),
+  'a list': (c, name) => c.rpush(name, 'a'),
+  'a set': (c, name) => c.sadd(name, 'a'),
+  'a hash that is not a record': (c, name) => c.hset(name, 'foo', 'bar'),
+};
+
+describe.each([
+  ['standalone', standalone],
+  ['cluster', cluster],
+] as const)('damaged records (%s)', (_, connect) => {
+  let client: Redis | Cluster;
+  const keyPrefix = testPrefix('damaged');
+  beforeAll(() => {
+    client = connect();
+  });
+  afterAll(async () => {
+    await dropPrefix(client, keyPrefix);
+    await client.quit();
+  });
+
+  /** A completed key, then damaged as `damage` says. */
+  async function damagedKey(damage: keyof typeof damages): Promise<string> {
+    const store = createRedisStore({ client, keyPrefix });
+    const key = `damaged:${randomUUID()}`;
+    const begun = await store.begin({ key, fingerprint, owner: 'w', leaseMs });
+    if (begun.status !== 'acquired') throw new Error('not acquired');
+    expect(await store.complete({ key, fence: begun.fence, outgoing: [], retentionMs: 60_000 })).toBe('ok');
+    const name = keysFor(keyPrefix, key).record;
+    await client.del(name);
+    await damages[damage]?.(client, name);
+    return key;
+  }
+
+  it.each(Object.keys(damages))(
+    '%s: refused for that key alone in a batch; the others are begun',
+    async (damage) => {
+      const store = createRedisStore({ client, keyPrefix });
+      const bad = await damagedKey(damage);
+      const good = [`good:${randomUUID()}`, `good:${randomUUID()}`];
+      const requests = [good[0], bad, good[1]].map((key) => ({
+        key: key as string,
+        fingerprint,
+        owner: 'w',
+        leaseMs,
+      }));
+      const error = await store.beginMany?.(requests).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(error).toBeInstanceOf(PartialBatchError);
+      const partial = error as PartialBatchError;
+      expect([...partial.errors.keys()]).toEqual([1]);
+      const refused = partial.errors.get(1);
+      expect(refused).toBeInstanceOf(CorruptRecordError);
+      expect(refused).toMatchObject({ code: ErrorCode.CorruptRecord, key: bad, retryable: false });
+      expect(partial.answers[0]).toMatchObject({ status: 'acquired', kind: 'new' });
+      expect(partial.answers[2]).toMatchObject({ status: 'acquired', kind: 'new' });
+
+      // Alone, through every call that reads it: refused, never "no record"; fenced writes lose.
+      await expect(store.begin({ key: bad, fingerprint, owner: 'w', leaseMs })).rejects.toMatchObject({
+        code: ErrorCode.CorruptRecord,
+        key: bad,
+      });
+      await expect(store.get(bad)).rejects.toBeInstanceOf(CorruptRecordError);
+      await expect(
+        store.beginMany?.([{ key: bad, fingerprint, owner: 'w', leaseMs }]),
+      ).rejects.toBeInstanceOf(CorruptRecordError);
+      expect(await store.extend(bad, 1, leaseMs)).toBe('lost');
+      expect(await store.complete({ key: bad, fence: 1, outgoing: [], retentionMs: 60_000 })).toBe('lost');
+      // Nothing was written over it: an operator finds it as it was.
+      expect(await client.type(keysFor(keyPrefix, bad).record)).not.toBe('none');
+    },
+  );
+
+  it('a record damaged while its run holds it: the completion is lost, the batch beside it completes', async () => {
+    const store = createRedisStore({ client, keyPrefix });
+    const keys = [`held:${randomUUID()}`, `held:${randomUUID()}`];
+    const fences: number[] = [];
+    for (const key of keys) {
+      const begun = await store.begin({ key, fingerprint, owner: 'w', leaseMs });
+      if (begun.status !== 'acquired') throw new Error('not acquired');
+      fences.push(begun.fence);
+    }
+    await client.set(keysFor(keyPrefix, keys[0] as string).record, 'garbage');
+    const completed = await store.completeMany?.(
+      keys.map((key, i) => ({ key, fence: fences[i] as number, outgoing: [], retentionMs: 60_000 })),
+    );
+    expect(completed).toEqual(['lost', 'ok']);
+  });
+});
