@@ -328,6 +328,13 @@ describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
     expect(() => createConsumer({ ...base, queue: 'orders/eu' })).toThrow(/set consumer explicitly/);
     expect(() => createConsumer({ ...base, queue: 'orders/eu', consumer: 'orders-eu' })).not.toThrow();
     expect(() => createConsumer({ ...base, queue: 'q', deadLetter: { queue: 'q' } })).toThrow(ConfigError);
+    // Any other name it does not know: before, a typo kept the option's default without a word.
+    expect(() => createConsumer({ ...base, queue: 'q', prefetchCount: 10 } as never)).toThrow(
+      /^unknown option "prefetchCount"$/,
+    );
+    expect(() => createConsumer({ ...base, queue: 'q', leaseMS: 5_000 } as never)).toThrow(
+      'unknown option "leaseMS" (did you mean "leaseMs"?)',
+    );
   });
 
   it('refuses at creation a prefetch AMQP cannot carry and a queue type it does not declare', () => {

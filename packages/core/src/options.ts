@@ -8,6 +8,7 @@ import { ConfigError } from './errors.js';
 import { validateName } from './keys.js';
 import type { Logger } from './logger.js';
 import { defaultLogger, keyRedactingLogger } from './logger.js';
+import { type OptionNames, refuseUnknownOptions } from './option-names.js';
 import { type PayloadGuardOptions, type ResolvedPayloadGuard, resolvePayloadGuard } from './payload-guard.js';
 import {
   type RetryPolicy,
@@ -208,8 +209,45 @@ function hasMethods(value: unknown, names: readonly string[]): boolean {
   );
 }
 
+/**
+ * The names {@link resolveProcessorOptions} knows; an adapter checks its options against these
+ * and its own (so that a misspelt name of its own is recognised too) before it takes its own out.
+ */
+export const PROCESSOR_OPTIONS = {
+  consumer: true,
+  namespace: true,
+  store: true,
+  handler: true,
+  blobs: true,
+  publisher: true,
+  decode: true,
+  schema: true,
+  validate: true,
+  fingerprint: true,
+  missingKey: true,
+  leaseMs: true,
+  heartbeatMs: true,
+  maxRunMs: true,
+  maxTakeoverAttempts: true,
+  storeTimeoutMs: true,
+  maxPublishDeferrals: true,
+  publishWaitMs: true,
+  retentionMs: true,
+  inlineResultBytes: true,
+  retry: true,
+  redeliveryHorizonMs: true,
+  retentionCheck: true,
+  spanKind: true,
+  recordKeys: true,
+  payloadGuard: true,
+  ownerId: true,
+  logger: true,
+  onStepEvent: true,
+} as const satisfies OptionNames<ProcessorOptions>;
+
 export function resolveProcessorOptions<T, R>(o: ProcessorOptions<T, R>): ResolvedProcessorOptions<T, R> {
   if (!o || typeof o !== 'object') throw new ConfigError('options are required');
+  refuseUnknownOptions(o, PROCESSOR_OPTIONS);
   if (!hasMethods(o.store, STORE_METHODS)) {
     throw new ConfigError('store is required (e.g. createRedisStore or createMongoStore)');
   }

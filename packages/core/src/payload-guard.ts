@@ -13,6 +13,7 @@
 import type { Span } from '@opentelemetry/api';
 import { ConfigError, DuplicatePayloadError } from './errors.js';
 import { scopeKey } from './keys.js';
+import { type OptionNames, refuseUnknownOptions } from './option-names.js';
 import type { Logger } from './logger.js';
 import { ATTR_EO_PAYLOAD_REUSE, ATTR_EO_PAYLOAD_REUSE_FIRST_KEY } from './semconv.js';
 import type { ProcessedStore } from './store/types.js';
@@ -38,6 +39,11 @@ export function resolvePayloadGuard(
 ): ResolvedPayloadGuard | undefined {
   if (guard === undefined) return undefined;
   if (typeof guard !== 'object' || guard === null) throw new ConfigError('payloadGuard must be an object');
+  refuseUnknownOptions(
+    guard,
+    { windowMs: true, action: true } satisfies OptionNames<PayloadGuardOptions>,
+    'payloadGuard',
+  );
   const { windowMs, action } = guard;
   if (typeof windowMs !== 'number' || !Number.isInteger(windowMs) || windowMs <= 0) {
     throw new ConfigError(

@@ -1,5 +1,6 @@
 /** Retry policies: how many attempts, and how long to wait before each. */
 import { ConfigError } from './errors.js';
+import { type OptionNames, refuseUnknownOptions } from './option-names.js';
 
 export interface RetryPolicyOptions {
   /**
@@ -31,7 +32,17 @@ export const DEFAULT_RETRY_POLICY: RetryPolicy = Object.freeze({
   jitter: 'equal',
 });
 
+const RETRY_OPTIONS = {
+  maxAttempts: true,
+  initialDelayMs: true,
+  maxDelayMs: true,
+  multiplier: true,
+  jitter: true,
+} as const satisfies OptionNames<RetryPolicyOptions>;
+
 export function resolveRetryPolicy(options: RetryPolicyOptions = {}, label = 'retry'): RetryPolicy {
+  if (typeof options !== 'object' || options === null) throw new ConfigError(`${label} must be an object`);
+  refuseUnknownOptions(options, RETRY_OPTIONS, label);
   const p = { ...DEFAULT_RETRY_POLICY, ...stripUndefined(options) };
   if (!Number.isInteger(p.maxAttempts) || p.maxAttempts < 1) {
     throw new ConfigError(`${label}.maxAttempts must be an integer >= 1 (got ${p.maxAttempts})`);

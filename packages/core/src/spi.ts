@@ -198,6 +198,8 @@ export type {
   SettlementPort,
 } from './settle.js';
 export { settle } from './settle.js';
+export { type OptionNames, refuseUnknownOptions } from './option-names.js';
+export { PROCESSOR_OPTIONS } from './options.js';
 export { setOwn } from './own.js';
 export { oldestFirst } from './store/stuck.js';
 export { extractContext, injectContext, inSpan, recordError, tracer } from './tracing.js';

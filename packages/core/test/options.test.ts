@@ -43,6 +43,27 @@ describe('options are validated with actionable messages', () => {
     ).not.toThrow();
   });
 
+  it('refuses an option name it does not know, naming the one it most likely meant', () => {
+    // Before: a misspelt name was ignored and its option kept the default (a JavaScript caller
+    // or a spread config object has no compile-time check).
+    const create = (extra: object) => () => createProcessor({ ...base, consumer: 'c', ...extra } as never);
+    expect(create({ leaseMS: 5_000 })).toThrow(ConfigError);
+    expect(create({ leaseMS: 5_000 })).toThrow('unknown option "leaseMS" (did you mean "leaseMs"?)');
+    expect(create({ retentionMS: 1 })).toThrow('(did you mean "retentionMs"?)');
+    expect(create({ prefetchCount: 10 })).toThrow(/^unknown option "prefetchCount"$/);
+    expect(create({ retry: { maxAttempt: 3 } })).toThrow(
+      'unknown option "retry.maxAttempt" (did you mean "retry.maxAttempts"?)',
+    );
+    expect(create({ payloadGuard: { windowMs: 1000, action: 'flag', windowMS: 1 } })).toThrow(
+      'unknown option "payloadGuard.windowMS" (did you mean "payloadGuard.windowMs"?)',
+    );
+    // Every documented name is known, undefined values included.
+    expect(
+      create({ leaseMs: 5_000, heartbeatMs: 1_000, retry: { maxAttempts: 3, jitter: 'none' } }),
+    ).not.toThrow();
+    expect(create({ recordKeys: undefined, ownerId: undefined })).not.toThrow();
+  });
+
   it('requires the heartbeat to be at most half the lease', () => {
     expect(() => createProcessor({ ...base, consumer: 'c', leaseMs: 1000, heartbeatMs: 900 })).toThrow(
       /heartbeatMs \(900\) must be at most half of leaseMs/,

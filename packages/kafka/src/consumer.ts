@@ -16,7 +16,10 @@ import {
   createProcessor,
   type Delivery,
   decodeJson,
+  type OptionNames,
+  PROCESSOR_OPTIONS,
   type Processor,
+  refuseUnknownOptions,
   settledWithin,
   timerMs,
 } from '@exactly-once/core/spi';
@@ -159,7 +162,31 @@ const GIVE_BACK_MIN_WAIT_MS = 2_000;
  * await consumer.start();
  * ```
  */
+/** The consumer's own option names; the rest are core's. */
+const KAFKA_OPTIONS = {
+  kafka: true,
+  groupId: true,
+  topics: true,
+  consumer: true,
+  deadLetter: true,
+  retryTopic: true,
+  publisher: true,
+  producer: true,
+  partitionsConsumedConcurrently: true,
+  fromBeginning: true,
+  consumerConfig: true,
+  commitEveryMessages: true,
+  commitIntervalMs: true,
+  maxInPlaceWaitMs: true,
+  revokeGraceMs: true,
+} as const satisfies OptionNames<
+  Omit<KafkaConsumerOptions, Exclude<keyof ProcessorOptions, 'consumer' | 'publisher'>>
+>;
+
 export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerOptions<T, R>): KafkaConsumer {
+  if (typeof options === 'object' && options !== null) {
+    refuseUnknownOptions(options, { ...PROCESSOR_OPTIONS, ...KAFKA_OPTIONS });
+  }
   const {
     kafka,
     groupId,

@@ -52,6 +52,13 @@ describe('kafka consumer options', () => {
     expect(e.message).toMatch(/remove it from topics/i);
   });
 
+  it("refuses an option name it does not know, the adapter's own and core's alike", () => {
+    expect(configError({ partitionsConsumedConcurently: 4 } as never).message).toBe(
+      'unknown option "partitionsConsumedConcurently" (did you mean "partitionsConsumedConcurrently"?)',
+    );
+    expect(configError({ leaseMS: 5_000 } as never).message).toMatch(/did you mean "leaseMs"/);
+  });
+
   it('refuses an empty retry topic', () => {
     expect(configError({ retryTopic: '' }).message).toMatch(/retryTopic/);
   });

@@ -19,8 +19,11 @@ import {
   type Delivery,
   type Disposition,
   doublingBackoff,
+  type OptionNames,
+  PROCESSOR_OPTIONS,
   type Processor,
   pause,
+  refuseUnknownOptions,
   settledWithin,
 } from '@exactly-once/core/spi';
 import type { ConsumeMessage, Options } from 'amqplib';
@@ -141,6 +144,21 @@ export interface RabbitConsumer {
  * await consumer.start();
  * ```
  */
+/** The consumer's own option names; the rest are core's. */
+const RABBIT_OPTIONS = {
+  connection: true,
+  queue: true,
+  consumer: true,
+  prefetch: true,
+  topology: true,
+  publisher: true,
+  retryDelaysMs: true,
+  deadLetter: true,
+  queueType: true,
+} as const satisfies OptionNames<
+  Omit<RabbitConsumerOptions, Exclude<keyof ProcessorOptions, 'consumer' | 'publisher'>>
+>;
+
 export function createConsumer<T = unknown, R = unknown>(
   options: RabbitConsumerOptions<T, R>,
 ): RabbitConsumer {
@@ -161,6 +179,7 @@ export function createConsumer<T = unknown, R = unknown>(
   if ('deadLetterQueue' in rest) {
     throw new ConfigError('deadLetterQueue was renamed: use deadLetter: { queue: "<name>" }');
   }
+  refuseUnknownOptions(options, { ...PROCESSOR_OPTIONS, ...RABBIT_OPTIONS });
   // AMQP carries prefetch in 16 bits: amqplib refuses more on every channel opened.
   if (!Number.isInteger(prefetch) || prefetch < 1 || prefetch > MAX_PREFETCH) {
     throw new ConfigError(`prefetch must be an integer from 1 to ${MAX_PREFETCH}`);

@@ -29,7 +29,13 @@ import {
   type ReleaseOptions,
   StoreUnavailableError,
 } from '@exactly-once/core';
-import { collectingFailures, type Repeating, repeatEvery } from '@exactly-once/core/spi';
+import {
+  collectingFailures,
+  type OptionNames,
+  type Repeating,
+  refuseUnknownOptions,
+  repeatEvery,
+} from '@exactly-once/core/spi';
 import type { Collection, Db, Document, UpdateFilter, WriteConcernSettings } from 'mongodb';
 import {
   type Chain,
@@ -221,7 +227,27 @@ interface Place {
  * holder's complete, a clear against a begin). The lease holder alone updates its element
  * (lease end, steps), then checks that no successor exists before answering `ok`.
  */
+const MONGO_STORE_OPTIONS = {
+  db: true,
+  collection: true,
+  collectionName: true,
+  writeConcern: true,
+  clock: true,
+  clockRefreshMs: true,
+  blobs: true,
+  sealTimeoutMs: true,
+  sweepBatchSize: true,
+  expiredGraceMs: true,
+  inProgressTtlMs: true,
+  finishedLeaseMs: true,
+  onSweepError: true,
+  fingerprintCollection: true,
+} as const satisfies OptionNames<MongoStoreOptions>;
+
 export function createMongoStore(options: MongoStoreOptions): MongoProcessedStore {
+  if (typeof options !== 'object' || options === null)
+    throw new ConfigError('createMongoStore needs options');
+  refuseUnknownOptions(options, MONGO_STORE_OPTIONS);
   if (options.db === undefined && options.collection === undefined) {
     throw new ConfigError('createMongoStore needs `db` or `collection`');
   }

@@ -46,6 +46,15 @@ afterAll(async () => {
   await test?.drop();
 });
 
+describe('options', () => {
+  it('refuses an option name it does not know: a misspelt collectionName would move the key space', () => {
+    const db = new MongoClient('mongodb://127.0.0.1:1').db('never-used');
+    expect(() => createMongoStore({ db, colectionName: 'records' } as never)).toThrow(
+      'unknown option "colectionName" (did you mean "collectionName"?)',
+    );
+  });
+});
+
 // The store's own behaviour on each server: FerretDB 1.x (no atomic filtered updates) and
 // mongo-java-server (atomic per document, no TTL, no `hello`).
 describe.each(MONGO_SERVERS)('$name', (server) => {

@@ -27,7 +27,7 @@ import {
   StoreUnavailableError,
   defaultLogger,
 } from '@exactly-once/core';
-import type { Repeating } from '@exactly-once/core/spi';
+import { type OptionNames, type Repeating, refuseUnknownOptions } from '@exactly-once/core/spi';
 import { type BlobCollectionOptions, type BlobCollectionStats, collectBlobPass } from './blob-collection.js';
 import {
   type RedisArg,
@@ -138,7 +138,21 @@ const DAY_MS = 86_400_000;
 const INDEX_COMPLETION = 1;
 const INDEX_BLOB = 2;
 
+const REDIS_STORE_OPTIONS = {
+  client: true,
+  keyPrefix: true,
+  inProgressTtlMs: true,
+  expiredGraceMs: true,
+  checkEvictionPolicy: true,
+  compactAfterMs: true,
+  indexBlobs: true,
+  waitReplicas: true,
+  closeClient: true,
+  logger: true,
+} as const satisfies OptionNames<RedisStoreOptions>;
+
 export function createRedisStore(options: RedisStoreOptions): RedisProcessedStore {
+  if (typeof options === 'object' && options !== null) refuseUnknownOptions(options, REDIS_STORE_OPTIONS);
   const client = options?.client;
   if (typeof client?.call !== 'function' || typeof client.defineCommand !== 'function') {
     throw new ConfigError('client is required: an ioredis Redis or Cluster');

@@ -483,6 +483,13 @@ describe('a batch one Cluster node fails', () => {
 });
 
 describe('options', () => {
+  it('refuses an option name it does not know: a misspelt keyPrefix would move the key space', () => {
+    const client = fakeClient([]);
+    expect(() => createRedisStore({ client, keyPrefx: 'billing' } as never)).toThrow(
+      'unknown option "keyPrefx" (did you mean "keyPrefix"?)',
+    );
+  });
+
   it('rejects a key prefix with braces and negative durations', () => {
     const client = fakeClient([]);
     expect(() => createRedisStore({ client, keyPrefix: 'a{b}' })).toThrow(ConfigError);
