@@ -78,14 +78,29 @@ async function readEntry(node: ScanningNode, name: Buffer): Promise<InProgressEn
     if (!String((error as Error).message).includes('WRONGTYPE')) throw error;
     return readLegacyEntry(node, name);
   }
-  const entry = packed ? inProgressEntry(packed) : undefined;
+  let entry: InProgressEntry | undefined;
+  try {
+    entry = packed ? inProgressEntry(packed) : undefined;
+  } catch {
+    // Bytes that are no record (written by hand): not work in progress (begin refuses the key).
+    return undefined;
+  }
   // Records begun before the key was kept have none: they cannot be reported.
   return entry && entry.key.length > 0 ? entry : undefined;
 }
 
 /** A record of the previous layout: a hash with one-letter fields. */
 async function readLegacyEntry(node: ScanningNode, name: Buffer): Promise<InProgressEntry | undefined> {
-  const [s, k, b, w, a, n, l] = await node.hmgetBuffer(name, 's', 'k', 'b', 'w', 'a', 'n', 'l');
+  let fields: (Buffer | null)[];
+  try {
+    fields = await node.hmgetBuffer(name, 's', 'k', 'b', 'w', 'a', 'n', 'l');
+  } catch (error) {
+    // A list or a set at a record's name (written by hand) is no record: skipped, not a failure
+    // of the whole listing.
+    if (String((error as Error).message).includes('WRONGTYPE')) return undefined;
+    throw error;
+  }
+  const [s, k, b, w, a, n, l] = fields;
   if (s?.toString('latin1') !== 'I' || !k || !b) return undefined;
   return {
     key: k.toString('utf8'),

@@ -92,6 +92,18 @@ describe.each([
     },
   );
 
+  it("listInProgress (the CLI's stuck) skips damaged values and lists the work in progress beside them", async () => {
+    const store = createRedisStore({ client, keyPrefix });
+    for (const damage of Object.keys(damages)) await damagedKey(damage);
+    await client.set(keysFor(keyPrefix, `listed:${randomUUID()}`).record, Buffer.from('I garbage'));
+    const held = `listed:${randomUUID()}`;
+    expect(await store.begin({ key: held, fingerprint, owner: 'w', leaseMs })).toMatchObject({
+      status: 'acquired',
+    });
+    const listed = await store.listInProgress?.({ olderThanMs: 0, limit: 100, prefix: 'listed:' });
+    expect(listed?.map((e) => e.key)).toEqual([held]);
+  });
+
   it('a record damaged while its run holds it: the completion is lost, the batch beside it completes', async () => {
     const store = createRedisStore({ client, keyPrefix });
     const keys = [`held:${randomUUID()}`, `held:${randomUUID()}`];
