@@ -339,6 +339,16 @@ describe('dlq on Kafka', () => {
     }
   });
 
+  it('warns when the topic named holds no dead letters (the work topic named by mistake)', async () => {
+    const work = await cli(['dlq', 'list', topic, ...brokers]);
+    expect(work.code, work.stderr).toBe(0);
+    expect(work.stderr).toMatch(
+      /warning: none of the \d+ message\(s\) read .* carries the x-eo-\* reason headers/,
+    );
+    const letters = await cli(['dlq', 'list', dlq, ...brokers]);
+    expect(letters.stderr).not.toMatch(/warning/);
+  });
+
   it('usage and connection errors', async () => {
     const badId = await cli(['dlq', 'replay', dlq, 'zero', ...brokers]);
     expect(badId.code).toBe(2);

@@ -74,6 +74,7 @@ export async function dlqList(io: Io, source: string, options: DlqOptions): Prom
       await kafka.close();
     }
   }
+  warnIfNoLetters(io, description, read);
   const letters = read.filter(codeMatcher(options.code));
   if (options.json) {
     printJson(io, {
@@ -89,6 +90,18 @@ export async function dlqList(io: Io, source: string, options: DlqOptions): Prom
       renderList(description, letters, total, options.code && { codes: options.code, read: read.length }),
     );
   }
+}
+
+/**
+ * A warning on stderr when none of the messages read carries a dead letter's reason headers: the
+ * work queue or topic was most likely named instead of its dead-letter one (a replay would copy
+ * work messages back where they came from).
+ */
+function warnIfNoLetters(io: Io, description: string, read: readonly DeadLetter[]): void {
+  if (read.length === 0 || read.some((letter) => letter.reason.errorCode !== undefined)) return;
+  io.err(
+    `warning: none of the ${read.length} message(s) read from ${description} carries the x-eo-* reason headers of a dead letter: is it the work queue or topic rather than its dead-letter one?\n`,
+  );
 }
 
 export async function dlqShow(io: Io, source: string, id: string, options: DlqOptions): Promise<void> {
@@ -179,7 +192,9 @@ export async function dlqReplay(
             }))
           : parseKafkaIds(ids, marks);
         const chosen = options.all ? () => true : kafkaIdMatcher(ids);
-        const letters = (await kafka.read(ranges)).filter((l) => chosen(l) && hasCode(l));
+        const read = await kafka.read(ranges);
+        warnIfNoLetters(io, description, read);
+        const letters = read.filter((l) => chosen(l) && hasCode(l));
         results = await kafka.replay(letters, replayOptions);
         note = '; a Kafka topic keeps its records: these offsets stay in the dead-letter topic';
       } finally {
