@@ -404,6 +404,7 @@ export const MAX_DURATION_MS = 50 * 365 * 86_400_000;
 /** A duration option: a finite number of ms > 0, at most {@link MAX_DURATION_MS}; else a ConfigError. */
 export function positiveMs(name: string, v: number): void {
   if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0 || v > MAX_DURATION_MS) {
-    throw new ConfigError(`${name} must be a positive number of milliseconds up to 50 years (got ${v})`);
+    const got = typeof v === 'string' ? `the string ${JSON.stringify(v)}` : String(v);
+    throw new ConfigError(`${name} must be a positive number of milliseconds up to 50 years (got ${got})`);
   }
 }

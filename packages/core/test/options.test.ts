@@ -62,6 +62,8 @@ describe('options are validated with actionable messages', () => {
       create({ leaseMs: 5_000, heartbeatMs: 1_000, retry: { maxAttempts: 3, jitter: 'none' } }),
     ).not.toThrow();
     expect(create({ recordKeys: undefined, ownerId: undefined })).not.toThrow();
+    // A number given as a string (an environment variable passed on) is named as one.
+    expect(create({ leaseMs: '30000' })).toThrow('(got the string "30000")');
   });
 
   it('requires the heartbeat to be at most half the lease', () => {

@@ -211,6 +211,11 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
   if (!Array.isArray(topics) || topics.length === 0)
     throw new ConfigError('topics must list at least one topic');
   checkTopics(topics, deadLetter, retryTopic);
+  if (!Number.isInteger(partitionsConsumedConcurrently) || partitionsConsumedConcurrently < 1) {
+    throw new ConfigError(
+      `partitionsConsumedConcurrently must be an integer >= 1 (got ${String(partitionsConsumedConcurrently)})`,
+    );
+  }
   for (const [name, v] of Object.entries({
     partitionsConsumedConcurrently,
     commitEveryMessages,

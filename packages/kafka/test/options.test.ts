@@ -59,6 +59,11 @@ describe('kafka consumer options', () => {
     expect(configError({ leaseMS: 5_000 } as never).message).toMatch(/did you mean "leaseMs"/);
   });
 
+  it('refuses partitionsConsumedConcurrently below 1 (no partition would ever be processed)', () => {
+    expect(configError({ partitionsConsumedConcurrently: 0 }).message).toMatch(/integer >= 1 \(got 0\)/);
+    expect(configError({ partitionsConsumedConcurrently: 1.5 }).message).toMatch(/integer >= 1/);
+  });
+
   it('refuses an empty retry topic', () => {
     expect(configError({ retryTopic: '' }).message).toMatch(/retryTopic/);
   });
