@@ -65,10 +65,12 @@ export async function runScript(
   }
 }
 
-/** What a script's EOCORRUPT error (or a batch script's `E` answer) said, if `text` is one. */
-export function corruption(text: string): string | undefined {
+/** What a script's EOCORRUPT error said, if `text` is one (without where Redis says it was raised). */
+function corruption(text: string): string | undefined {
   const at = text.indexOf(CORRUPT);
-  return at < 0 ? undefined : text.slice(at + CORRUPT.length);
+  return at < 0
+    ? undefined
+    : text.slice(at + CORRUPT.length).replace(/ script: \w+, on @user_script:\d+\.$/, '');
 }
 const CORRUPT = 'EOCORRUPT ';
 
