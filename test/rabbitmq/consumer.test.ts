@@ -2,8 +2,8 @@ import {
   ClosedError,
   ConfigError,
   type HandlerContext,
-  type OutgoingMessage,
   type Logger,
+  type OutgoingMessage,
   PermanentError,
   recordKeyFor,
   scopeKey,
@@ -16,8 +16,8 @@ import {
 } from '@exactly-once/rabbitmq';
 import { createRedisStore, redisKeyFor } from '@exactly-once/store-redis';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { env, uniqueName } from '../support/env.js';
 import { endingOnAbort } from '../support/abort.js';
+import { env, uniqueName } from '../support/env.js';
 import { waitUntil } from '../support/wait.js';
 import { closeRedis, newRedis, queuesOf, rawChannel, storePrefix } from './helpers.js';
 
@@ -331,6 +331,9 @@ describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
     // Any other name it does not know: before, a typo kept the option's default without a word.
     expect(() => createConsumer({ ...base, queue: 'q', prefetchCount: 10 } as never)).toThrow(
       /^unknown option "prefetchCount"$/,
+    );
+    expect(() => createPublisher({ connection: env.amqpUrl, publishTimeoutMS: 5 } as never)).toThrow(
+      '(did you mean "publishTimeoutMs"?)',
     );
     expect(() => createConsumer({ ...base, queue: 'q', leaseMS: 5_000 } as never)).toThrow(
       'unknown option "leaseMS" (did you mean "leaseMs"?)',

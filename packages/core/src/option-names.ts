@@ -17,6 +17,8 @@ export function refuseUnknownOptions(
   known: Readonly<Record<string, true>>,
   label?: string,
 ): void {
+  // A missing options object is the caller's own check (its required options name it).
+  if (typeof options !== 'object' || options === null) return;
   for (const name of Object.keys(options)) {
     if (Object.hasOwn(known, name)) continue;
     const meant = closest(name, Object.keys(known));

@@ -1,7 +1,9 @@
 import { describe, expect, it } from 'vitest';
+import { createFsBlobStore } from '../src/blob/fs-blob-store.js';
 import { ConfigError } from '../src/errors.js';
 import { stableKey } from '../src/keys.js';
 import { resolveProcessorOptions } from '../src/options.js';
+import { createOutboxRelay } from '../src/outbox/relay.js';
 import { createProcessor } from '../src/processor.js';
 import {
   backoffMs,
@@ -11,6 +13,7 @@ import {
   worstCaseRetrySpanMs,
 } from '../src/retry.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
+import { createTieredStore } from '../src/store/tiered-store.js';
 
 const base = { store: createMemoryStore(), handler: () => undefined };
 
@@ -62,6 +65,18 @@ describe('options are validated with actionable messages', () => {
       create({ leaseMs: 5_000, heartbeatMs: 1_000, retry: { maxAttempts: 3, jitter: 'none' } }),
     ).not.toThrow();
     expect(create({ recordKeys: undefined, ownerId: undefined })).not.toThrow();
+    // The other factories of core do the same.
+    const memory = createMemoryStore();
+    expect(() =>
+      createTieredStore({ hot: memory, cold: createMemoryStore(), hotRetentionMS: 1 } as never),
+    ).toThrow('(did you mean "hotRetentionMs"?)');
+    expect(() => createFsBlobStore({ directory: '/tmp/never', abandonedAfterMS: 1 } as never)).toThrow(
+      '(did you mean "abandonedAfterMs"?)',
+    );
+    const source = { read: async () => [], mark: async () => {} };
+    expect(() =>
+      createOutboxRelay({ source, publisher: { publish: async () => {} }, idleDelayMS: 5 } as never),
+    ).toThrow('(did you mean "idleDelayMs"?)');
     // A number given as a string (an environment variable passed on) is named as one.
     expect(create({ leaseMs: '30000' })).toThrow('(got the string "30000")');
   });

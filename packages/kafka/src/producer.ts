@@ -12,7 +12,15 @@ import {
   PublishError,
 } from '@exactly-once/core';
 import type { OutgoingPublisher } from '@exactly-once/core/spi';
-import { encodeValue, extraHeaders, injectContext, recordError, tracer } from '@exactly-once/core/spi';
+import {
+  encodeValue,
+  extraHeaders,
+  injectContext,
+  type OptionNames,
+  recordError,
+  refuseUnknownOptions,
+  tracer,
+} from '@exactly-once/core/spi';
 import { context, SpanKind, trace } from '@opentelemetry/api';
 import {
   type KafkaLike,
@@ -95,6 +103,12 @@ export interface ExactlyOnceProducer extends OutgoingPublisher {
  * ```
  */
 export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
+  refuseUnknownOptions(options, {
+    kafka: true,
+    producerConfig: true,
+    timeoutMs: true,
+    recordKeys: true,
+  } satisfies OptionNames<ProducerOptions>);
   const timeout = options.timeoutMs ?? 30_000;
   // Set by disconnect(): a send after it (a late run of a stopped consumer, say) must not
   // connect the client again and leave it connected with nobody to disconnect it.

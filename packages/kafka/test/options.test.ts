@@ -4,6 +4,7 @@ import { Kafka, logLevel } from 'kafkajs';
 import { describe, expect, expectTypeOf, it } from 'vitest';
 import { z } from 'zod';
 import { createConsumer, type KafkaConsumerOptions } from '../src/consumer.js';
+import { createProducer } from '../src/producer.js';
 
 const kafka = new Kafka({ brokers: ['127.0.0.1:9092'], logLevel: logLevel.NOTHING });
 const base: KafkaConsumerOptions = {
@@ -57,6 +58,10 @@ describe('kafka consumer options', () => {
       'unknown option "partitionsConsumedConcurently" (did you mean "partitionsConsumedConcurrently"?)',
     );
     expect(configError({ leaseMS: 5_000 } as never).message).toMatch(/did you mean "leaseMs"/);
+  });
+
+  it("refuses an unknown option name of the producer's", () => {
+    expect(() => createProducer({ kafka, timeoutMS: 5 } as never)).toThrow('(did you mean "timeoutMs"?)');
   });
 
   it('refuses partitionsConsumedConcurrently below 1 (no partition would ever be processed)', () => {

@@ -16,7 +16,14 @@ import {
   sha256Hex,
   defaultLogger,
 } from '@exactly-once/core';
-import { encodeValue, extraHeaders, type OutgoingPublisher, tracer } from '@exactly-once/core/spi';
+import {
+  encodeValue,
+  extraHeaders,
+  type OptionNames,
+  type OutgoingPublisher,
+  refuseUnknownOptions,
+  tracer,
+} from '@exactly-once/core/spi';
 import { context, propagation, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import { ChannelClosedError, keepChannel, publishConfirmed } from './channel.js';
 import { type ConnectionInput, resolveConnection } from './connection.js';
@@ -93,6 +100,13 @@ export function createPublisher(options: PublisherOptions): RabbitPublisher {
   if (!options?.connection) {
     throw new ConfigError('connection (an AMQP URL or connection manager) is required');
   }
+  refuseUnknownOptions(options, {
+    connection: true,
+    publishTimeoutMs: true,
+    mandatory: true,
+    recordKeys: true,
+    logger: true,
+  } satisfies OptionNames<PublisherOptions>);
   const { manager, owned } = resolveConnection(options.connection);
   const timeoutMs = options.publishTimeoutMs ?? 30_000;
   const mandatory = options.mandatory ?? true;

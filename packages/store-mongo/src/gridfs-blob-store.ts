@@ -13,7 +13,12 @@ import {
   type ListedBlob,
   StoreUnavailableError,
 } from '@exactly-once/core';
-import { abandonedAfterMsOf, sweepFromPuts } from '@exactly-once/core/spi';
+import {
+  abandonedAfterMsOf,
+  type OptionNames,
+  refuseUnknownOptions,
+  sweepFromPuts,
+} from '@exactly-once/core/spi';
 import {
   Binary,
   type Collection,
@@ -68,6 +73,13 @@ const SHA256_PATTERN = /^[0-9a-f]{64}$/;
  * or a missing or mis-sized chunk. Driver failures surface as StoreUnavailableError (retryable).
  */
 export function createGridFsBlobStore(options: GridFsBlobStoreOptions): GridFsBlobStore {
+  refuseUnknownOptions(options, {
+    db: true,
+    bucketName: true,
+    chunkSizeBytes: true,
+    writeConcern: true,
+    abandonedAfterMs: true,
+  } satisfies OptionNames<GridFsBlobStoreOptions>);
   const bucketName = options.bucketName ?? DEFAULT_BUCKET;
   const abandonedAfterMs = abandonedAfterMsOf(options.abandonedAfterMs);
   const writeConcern = options.writeConcern ?? { w: 'majority' };

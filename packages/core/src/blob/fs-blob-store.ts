@@ -6,6 +6,7 @@ import { createReadStream } from 'node:fs';
 import { type FileHandle, mkdir, open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BlobIntegrityError } from '../errors.js';
+import { type OptionNames, refuseUnknownOptions } from '../option-names.js';
 import { abandonedAfterMsOf, sweepFromPuts } from './abandoned.js';
 import type { BlobPointer, BlobPutOptions, BlobSource, BlobStore, ListedBlob } from './types.js';
 
@@ -48,6 +49,10 @@ const TEMP_PREFIX = '.tmp-';
  * pointer read from a record can never name a path outside the store.
  */
 export function createFsBlobStore(options: FsBlobStoreOptions): FsBlobStore {
+  refuseUnknownOptions(options, {
+    directory: true,
+    abandonedAfterMs: true,
+  } satisfies OptionNames<FsBlobStoreOptions>);
   const root = options.directory;
   const abandonedAfterMs = abandonedAfterMsOf(options.abandonedAfterMs);
 

@@ -17,6 +17,7 @@ import type { Counter, ObservableGauge } from '@opentelemetry/api';
 import { ConfigError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { defaultLogger } from '../logger.js';
+import { type OptionNames, refuseUnknownOptions } from '../option-names.js';
 import { positiveMs } from '../options.js';
 import { type RetryPolicyOptions, resolveRetryPolicy, retryDelayMs } from '../retry.js';
 import type { OutgoingPublisher } from '../spi.js';
@@ -106,6 +107,18 @@ export interface OutboxRelay {
 const DEFAULT_WINDOW = { initial: 256, min: 16, max: 2048 };
 
 export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
+  refuseUnknownOptions(options, {
+    source: true,
+    publisher: true,
+    window: true,
+    targetRoundMs: true,
+    retry: true,
+    idleDelayMs: true,
+    markBatch: true,
+    maxUnmarked: true,
+    lagAlert: true,
+    logger: true,
+  } satisfies OptionNames<OutboxRelayOptions>);
   const window = { ...DEFAULT_WINDOW, ...options.window };
   if (
     !(

@@ -40,6 +40,7 @@
  */
 
 import { ConfigError, type ErrorInfo, StoreUnavailableError } from '../errors.js';
+import { type OptionNames, refuseUnknownOptions } from '../option-names.js';
 import { positiveMs } from '../options.js';
 import { answeredWithin } from '../wait.js';
 import type {
@@ -125,6 +126,13 @@ const COLD_WAIT_SHARE = 0.8;
  * {@link TieredStore.effectiveRetentionMs} (the cold tier's retention), not `hotRetentionMs`.
  */
 export function createTieredStore(options: TieredStoreOptions): TieredStore {
+  refuseUnknownOptions(options, {
+    hot: true,
+    cold: true,
+    hotRetentionMs: true,
+    coldRetentionMs: true,
+    coldLeaseMs: true,
+  } satisfies OptionNames<TieredStoreOptions>);
   const { hot, cold, hotRetentionMs } = options;
   if (!hot || !cold) throw new ConfigError('createTieredStore: hot and cold stores are required');
   // One store as both tiers would claim each key twice in it: every new key would answer busy.
