@@ -4,13 +4,15 @@
  * longer than the session timeout, long retry waits that pause only their partition, the
  * optional retry topic, revocation, and commit on stop.
  */
-import { PermanentError } from '@exactly-once/core';
+import { PermanentError, recordKeyFor } from '@exactly-once/core';
 import { createConsumer, type KafkaConsumer, type KafkaLike } from '@exactly-once/kafka';
 import { createPublisher } from '@exactly-once/rabbitmq';
-import { createRedisStore } from '@exactly-once/store-redis';
+import { createRedisStore, redisKeyFor } from '@exactly-once/store-redis';
 import type { Redis } from 'ioredis';
 import type { Admin, Kafka } from 'kafkajs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { rawChannel } from '../rabbitmq/helpers.js';
+import { env } from '../support/env.js';
 import {
   CLIENTS,
   clientKafka,
@@ -29,8 +31,6 @@ import {
   uniqueName,
   waitUntil,
 } from './helpers.js';
-import { env } from '../support/env.js';
-import { rawChannel } from '../rabbitmq/helpers.js';
 
 let kafka: Kafka;
 let admin: Admin;
@@ -405,6 +405,39 @@ describe.each(CLIENTS)('kafka consumer on %s', (client) => {
     const records = await readTopic(kafka, out, (r) => r.length >= expected.length);
     expect(records.map((r) => (JSON.parse(String(r.value)) as { seq: number }).seq)).toEqual(expected);
     expect(await topicSize(admin, dlq)).toBe(1);
+  });
+
+  it('a record damaged by hand dead-letters its record CORRUPT_RECORD; the partition goes on in order, nothing taken over', async () => {
+    const { topic, dlq, groupId } = await setup(1);
+    const keyPrefix = storePrefix();
+    const damaged = redisKeyFor(keyPrefix, recordKeyFor({ consumer: groupId, key: `${topic}-2` }));
+    await redis.set(damaged, 'not a record');
+    await send(
+      topic,
+      Array.from({ length: 6 }, (_, seq) => ({ key: 'acct-1', value: { seq }, id: `${topic}-${seq}` })),
+    );
+    const ran: [number, number][] = [];
+    await start<{ seq: number }>({
+      kafka: subject,
+      groupId,
+      topics: [topic],
+      deadLetter: { topic: dlq },
+      store: createRedisStore({ client: redis, keyPrefix }),
+      handler: (m, ctx) => {
+        ran.push([m.seq, ctx.attempt]);
+      },
+    });
+    await waitUntil(() => fullyCommitted(admin, groupId, topic), { message: 'all committed' });
+    expect(ran).toEqual([
+      [0, 1],
+      [1, 1],
+      [3, 1],
+      [4, 1],
+      [5, 1],
+    ]);
+    const [letter] = await readTopic(kafka, dlq, (r) => r.length >= 1);
+    expect(String(letter?.headers?.['x-eo-error-code'])).toBe('CORRUPT_RECORD');
+    expect(await redis.get(damaged)).toBe('not a record');
   });
 
   it('publisher takes the ctx.publish messages (here: RabbitMQ); producer still writes the dead letters', async () => {
