@@ -22,6 +22,7 @@ import {
 import { Headers } from './headers.js';
 import { normalizeKey, normalizeRequestId, tooDeep } from './keys.js';
 import type { ProcessorOptions } from './options.js';
+import type { StandardSchemaV1 } from './schema.js';
 import { REQUEST_SYSTEM, unreadable } from './prepare.js';
 import { buildProcessor } from './processor.js';
 import type { StoreHealth } from './store/health.js';
@@ -63,7 +64,18 @@ export class ExecutionFailedError extends ExactlyOnceError {
   }
 }
 
-export type ExecutorOptions<T, R> = Omit<ProcessorOptions<T, R>, 'handler' | 'decode' | 'missingKey'>;
+/**
+ * `In`: what {@link IdempotentExecutor.execute} takes as `payload`. Without a `schema` it is what
+ * the handler gets (`T`); with one, the schema's input (a field it defaults may be left out),
+ * while the handler gets its output.
+ */
+export type ExecutorOptions<T, R, In = T> = Omit<
+  ProcessorOptions<T, R>,
+  'handler' | 'decode' | 'missingKey' | 'schema'
+> & {
+  /** As the processor's `schema`; `execute` then takes its input type. */
+  schema?: StandardSchemaV1<In, T>;
+};
 
 export interface ExecuteRequest<T> {
   /**
@@ -108,13 +120,13 @@ export interface ExecuteResult<R> {
   readonly requestId: string;
 }
 
-export interface IdempotentExecutor<T, R> {
+export interface IdempotentExecutor<T, R, In = T> {
   /**
    * Runs `handler` once per key. Throws {@link RequestInProgressError} while another run holds
    * the key, and {@link ExecutionFailedError} when the key was reused with another payload or the
    * run failed.
    */
-  execute(request: ExecuteRequest<T>, handler: Handler<T, R>): Promise<ExecuteResult<R>>;
+  execute(request: ExecuteRequest<In>, handler: Handler<T, R>): Promise<ExecuteResult<R>>;
   /** Since when the store has not answered this executor's calls (a liveness probe's input). */
   storeHealth(): StoreHealth;
 }
@@ -127,19 +139,21 @@ export interface IdempotentExecutor<T, R> {
  *   async (order, ctx) => { ctx.publish('orders', order); return { orderId: ctx.keyFor('order') }; });
  * ```
  */
-export function createIdempotentExecutor<T = unknown, R = unknown>(
-  options: ExecutorOptions<T, R>,
-): IdempotentExecutor<T, R> {
-  // One processor per executor; the handler of the current call travels with the payload.
-  type Envelope = { payload: T; handler: Handler<T, R>; thrown?: unknown };
+export function createIdempotentExecutor<T = unknown, R = unknown, In = T>(
+  options: ExecutorOptions<T, R, In>,
+): IdempotentExecutor<T, R, In> {
+  // One processor per executor; the handler of the current call travels with the payload (as
+  // given: the pipeline's schema, if any, turns it into the handler's).
+  type Envelope = { payload: In; handler: Handler<T, R>; thrown?: unknown };
   const envelopes = new Map<string, Envelope>();
   const processor = buildProcessor<T, R>(
     {
       ...options,
       spanKind: options.spanKind ?? 'internal',
+      // The payload as given; with a schema, the schema's input (it runs next and gives `T`).
       decode: (_body, delivery) => {
         const id = delivery.brokerId as string;
-        return (envelopes.get(id) as Envelope).payload;
+        return (envelopes.get(id) as Envelope).payload as unknown as T;
       },
       handler: async (payload, ctx) => {
         const envelope = envelopes.get(ctx.headers['x-eo-call'] as string) as Envelope;

@@ -6,6 +6,7 @@ import * as v from 'valibot';
 import { describe, expect, expectTypeOf, it } from 'vitest';
 import { z } from 'zod';
 import { ConfigError } from '../src/errors.js';
+import { createIdempotentExecutor, type ExecuteRequest } from '../src/executor.js';
 import { Headers } from '../src/headers.js';
 import { createProcessor } from '../src/processor.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
@@ -113,6 +114,27 @@ describe('schema', () => {
     const other = await p.process(delivery({ orderId: 'o-1', amount: 200 }, keyed('f1')));
     expect(other.outcome).toBe('mismatch');
     expect(runs).toBe(1);
+  });
+
+  it("an executor takes the schema's input (a defaulted field may be left out); its handler gets the output", async () => {
+    const orders = createIdempotentExecutor({
+      consumer: 'api',
+      store: createMemoryStore(),
+      retentionCheck: 'off',
+      schema: Order,
+    });
+    // Before: execute wanted the output type, so a caller had to fill in what the schema defaults.
+    const { result } = await orders.execute(
+      { key: 'k-1', payload: { orderId: 'o-1', amount: 5 } },
+      (order) => {
+        expectTypeOf(order).toEqualTypeOf<{ orderId: string; amount: number; currency: string }>();
+        return order.currency;
+      },
+    );
+    expect(result).toBe('EUR');
+    expectTypeOf(orders.execute)
+      .parameter(0)
+      .toEqualTypeOf<ExecuteRequest<{ orderId: string; amount: number; currency?: string | undefined }>>();
   });
 
   it('refuses something that is not a Standard Schema', () => {

@@ -39,8 +39,8 @@ export interface OutgoingMessage {
   readonly id: string;
   /** Queue, exchange or topic; the transport's publisher interprets it. */
   readonly destination: string;
-  /** Routing key (RabbitMQ) or partition key (Kafka). */
-  readonly routingKey?: string;
+  /** Routing key (RabbitMQ) or partition key (Kafka); undefined is the same as absent. */
+  readonly routingKey?: string | undefined;
   readonly body: Uint8Array;
   /** Headers, the propagated `x-request-id`, `x-idempotency-key` and `traceparent` included. */
   readonly headers: Readonly<Record<string, string>>;
