@@ -43,8 +43,8 @@ export function registerScripts(client: RedisClient): void {
 
 /**
  * Runs a script, replies as Buffers. A value at a record's name that is not a record (the
- * scripts' EOCORRUPT, see includes/record.lua) becomes a CorruptRecordError naming `key`; any
- * other failure a retryable StoreUnavailableError.
+ * scripts' EOCORRUPT, see includes/record.lua), or one of another type at a key the call touches,
+ * becomes a CorruptRecordError naming `key`; any other failure a retryable StoreUnavailableError.
  */
 export async function runScript(
   client: RedisClient | object,
@@ -65,12 +65,17 @@ export async function runScript(
   }
 }
 
-/** What a script's EOCORRUPT error said, if `text` is one (without where Redis says it was raised). */
+/**
+ * What a script's EOCORRUPT error said, if `text` is one (without where Redis says it was raised);
+ * a WRONGTYPE is damage too (see corruption in includes/record.lua).
+ */
 function corruption(text: string): string | undefined {
   const at = text.indexOf(CORRUPT);
-  return at < 0
-    ? undefined
-    : text.slice(at + CORRUPT.length).replace(/ script: \w+, on @user_script:\d+\.$/, '');
+  if (at >= 0) return text.slice(at + CORRUPT.length).replace(/ script: \w+, on @user_script:\d+\.$/, '');
+  if (text.includes('WRONGTYPE')) {
+    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)";
+  }
+  return undefined;
 }
 const CORRUPT = 'EOCORRUPT ';
 

@@ -106,6 +106,56 @@ describe.each([
     expect(listed?.map((e) => e.key)).toEqual([held]);
   });
 
+  it("damage at a record's other keys: a damaged extras hash refuses the key, a damaged marker bucket the keys of its slot (nothing left behind), a damaged index is let go", async () => {
+    const store = createRedisStore({ client, keyPrefix, indexBlobs: true, compactAfterMs: 1 });
+    // Extras (steps, outgoing): the holder's step writes lose, then the key is refused.
+    const stepped = `extras:${randomUUID()}`;
+    const held = await store.begin({ key: stepped, fingerprint, owner: 'w', leaseMs });
+    if (held.status !== 'acquired') throw new Error('not acquired');
+    expect(await store.saveStep(stepped, held.fence, 'charge', Uint8Array.of(1))).toBe('ok');
+    const extras = Buffer.concat([keysFor(keyPrefix, stepped).record, Buffer.from('x')]);
+    await client.del(extras);
+    await client.set(extras, 'garbage');
+    expect(await store.saveStep(stepped, held.fence, 'email', Uint8Array.of(2))).toBe('lost');
+    await expect(store.get(stepped)).rejects.toMatchObject({ code: ErrorCode.CorruptRecord, key: stepped });
+
+    // A marker bucket: its keys are refused one by one, the others of the batch begun; the record
+    // the refused begin wrote is gone again (no later copy can take it over and run).
+    const inSlot = `bucket:${randomUUID()}`;
+    const beside = `bucket:${randomUUID()}`;
+    await client.rpush(keysFor(keyPrefix, inSlot).markers, 'not a bucket');
+    const error = await store
+      .beginMany?.([inSlot, beside].map((key) => ({ key, fingerprint, owner: 'w', leaseMs })))
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+    expect((error as PartialBatchError).errors.get(0)).toMatchObject({
+      code: ErrorCode.CorruptRecord,
+      key: inSlot,
+    });
+    expect((error as PartialBatchError).answers[1]).toMatchObject({ status: 'acquired' });
+    expect(await client.type(keysFor(keyPrefix, inSlot).record)).toBe('none');
+
+    // The blob and completion indexes: the completion lands all the same (the record unindexed).
+    const indexed = `index:${randomUUID()}`;
+    const begun = await store.begin({ key: indexed, fingerprint, owner: 'w', leaseMs });
+    if (begun.status !== 'acquired') throw new Error('not acquired');
+    await client.set(keysFor(keyPrefix, indexed).blobs, 'garbage');
+    await client.set(keysFor(keyPrefix, indexed).index, 'garbage');
+    const pointer = { uri: 'fs:b-1', size: 1, sha256: 'a'.repeat(64) };
+    expect(
+      await store.complete({
+        key: indexed,
+        fence: begun.fence,
+        result: { kind: 'blob', pointer },
+        outgoing: [],
+        retentionMs: 60_000,
+      }),
+    ).toBe('ok');
+    expect(await store.get(indexed)).toMatchObject({ state: 'COMPLETED', result: { kind: 'blob', pointer } });
+  });
+
   it('a record damaged while its run holds it: the completion is lost, the batch beside it completes', async () => {
     const store = createRedisStore({ client, keyPrefix });
     const keys = [`held:${randomUUID()}`, `held:${randomUUID()}`];

@@ -13,9 +13,9 @@ export const LAYOUT_VERSION = 2;
 
 export const scripts = {
   begin: {
-    command: 'eoBegin_v2_ea8f9ed2',
+    command: 'eoBegin_v2_dc5c045f',
     numberOfKeys: 3,
-    sha1: 'ea8f9ed2ac7ad5bc2444f0a8d4c7d6638896882f',
+    sha1: 'dc5c045fe5eb434506cac34e67c6378d8a66825e',
     lua: `--[[
 begin: claim the record of one key for an attempt, or say why not.
 
@@ -82,10 +82,16 @@ local function int(n) return string.format('%d', n) end
 local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
 
 -- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
--- 7.0 hands pcall an error table as its text.)
+-- 7.0 hands pcall an error table as its text.) A WRONGTYPE is damage too: only a value written by
+-- hand at one of the keys a record's call touches (its extras hash, its slot's marker bucket or
+-- indexes) has another type than this store gives it.
 local function corruption(e)
   if type(e) == 'table' then e = e.err end
-  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if type(e) ~= 'string' then return nil end
+  if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if string.find(e, 'WRONGTYPE', 1, true) then
+    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+  end
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -120,13 +126,20 @@ local function unpackRecord(v, headOnly)
   local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
   if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
-  if headOnly then return r end
+  -- The tail is read (or, \`headOnly\`, only checked: a record cut short is refused either way).
+  local w, k
   if s == 'I' then
-    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
+    ok, w, k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
+    ok, w = pcall(struct.unpack, '>I4c0', v, pos)
   end
   if not ok then corrupt('a record cut short') end
+  if headOnly then return r end
+  if s == 'I' then
+    r.w, r.k = w, k
+  elseif s == 'C' then
+    r.r = w
+  end
   return r
 end
 
@@ -441,7 +454,13 @@ local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, n
     -- No record was stored: a compacted one may still answer "already processed", in which case
     -- the record just written goes again. An expired marker is left for the bucket's sweep; a new
     -- marker replaces it.
-    local marker = markerOf(bucket, legacy, id, present)
+    local found, marker = pcall(markerOf, bucket, legacy, id, present)
+    if not found then
+      -- A damaged bucket: whether the key was processed and compacted is unknown. The record just
+      -- written goes again, so that no later copy takes it over and runs.
+      rcall('DEL', rec)
+      error(marker, 0)
+    end
     if marker and struct.unpack('>I6', marker) > now then
       rcall('DEL', rec)
       if string.sub(marker, 7) ~= markerFingerprint(fp) then return 'X', marker end
@@ -483,9 +502,9 @@ return { code, now, payload }
 `,
   },
   beginMany: {
-    command: 'eoBeginMany_v2_16e34d37',
+    command: 'eoBeginMany_v2_f732d37d',
     numberOfKeys: undefined,
-    sha1: '16e34d37619d9de42162228a10b3edd68407426b',
+    sha1: 'f732d37de38a9f8c627517a9fb6cf7786cc85473',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 beginMany: begin several keys in one call, in order, each exactly as begin-2.lua would (the same
@@ -548,10 +567,16 @@ local function int(n) return string.format('%d', n) end
 local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
 
 -- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
--- 7.0 hands pcall an error table as its text.)
+-- 7.0 hands pcall an error table as its text.) A WRONGTYPE is damage too: only a value written by
+-- hand at one of the keys a record's call touches (its extras hash, its slot's marker bucket or
+-- indexes) has another type than this store gives it.
 local function corruption(e)
   if type(e) == 'table' then e = e.err end
-  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if type(e) ~= 'string' then return nil end
+  if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if string.find(e, 'WRONGTYPE', 1, true) then
+    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+  end
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -586,13 +611,20 @@ local function unpackRecord(v, headOnly)
   local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
   if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
-  if headOnly then return r end
+  -- The tail is read (or, \`headOnly\`, only checked: a record cut short is refused either way).
+  local w, k
   if s == 'I' then
-    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
+    ok, w, k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
+    ok, w = pcall(struct.unpack, '>I4c0', v, pos)
   end
   if not ok then corrupt('a record cut short') end
+  if headOnly then return r end
+  if s == 'I' then
+    r.w, r.k = w, k
+  elseif s == 'C' then
+    r.r = w
+  end
   return r
 end
 
@@ -907,7 +939,13 @@ local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, n
     -- No record was stored: a compacted one may still answer "already processed", in which case
     -- the record just written goes again. An expired marker is left for the bucket's sweep; a new
     -- marker replaces it.
-    local marker = markerOf(bucket, legacy, id, present)
+    local found, marker = pcall(markerOf, bucket, legacy, id, present)
+    if not found then
+      -- A damaged bucket: whether the key was processed and compacted is unknown. The record just
+      -- written goes again, so that no later copy takes it over and runs.
+      rcall('DEL', rec)
+      error(marker, 0)
+    end
     if marker and struct.unpack('>I6', marker) > now then
       rcall('DEL', rec)
       if string.sub(marker, 7) ~= markerFingerprint(fp) then return 'X', marker end
@@ -991,9 +1029,9 @@ return out
 `,
   },
   clear: {
-    command: 'eoClear_v2_026c186f',
+    command: 'eoClear_v2_6c0dc129',
     numberOfKeys: 4,
-    sha1: '026c186f854b86820fa4fa8a67f71cce8375ce58',
+    sha1: '6c0dc129fa3f14a8f1e5a22a07324bbdcfb6f008',
     lua: `--[[
 clear: forget a key's record (or its compaction marker), so the next message with the key runs
 anew: an operator's step before replaying a dead letter whose record is FAILED, or re-running
@@ -1049,10 +1087,16 @@ local function int(n) return string.format('%d', n) end
 local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
 
 -- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
--- 7.0 hands pcall an error table as its text.)
+-- 7.0 hands pcall an error table as its text.) A WRONGTYPE is damage too: only a value written by
+-- hand at one of the keys a record's call touches (its extras hash, its slot's marker bucket or
+-- indexes) has another type than this store gives it.
 local function corruption(e)
   if type(e) == 'table' then e = e.err end
-  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if type(e) ~= 'string' then return nil end
+  if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if string.find(e, 'WRONGTYPE', 1, true) then
+    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+  end
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -1087,13 +1131,20 @@ local function unpackRecord(v, headOnly)
   local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
   if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
-  if headOnly then return r end
+  -- The tail is read (or, \`headOnly\`, only checked: a record cut short is refused either way).
+  local w, k
   if s == 'I' then
-    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
+    ok, w, k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
+    ok, w = pcall(struct.unpack, '>I4c0', v, pos)
   end
   if not ok then corrupt('a record cut short') end
+  if headOnly then return r end
+  if s == 'I' then
+    r.w, r.k = w, k
+  elseif s == 'C' then
+    r.r = w
+  end
   return r
 end
 
@@ -1400,9 +1451,9 @@ return out
 `,
   },
   compactCompleted: {
-    command: 'eoCompactCompleted_v2_e65bf203',
+    command: 'eoCompactCompleted_v2_85d9f6bb',
     numberOfKeys: undefined,
-    sha1: 'e65bf20309f395b8fa04f63e5a8f22435179f6a8',
+    sha1: '85d9f6bbb8419e215c7b1104c6909b64f0adf96c',
     lua: `--[[
 compactCompleted: replace old COMPLETED records of one cluster slot by compact markers.
 Called with a variable number of keys (numkeys = 1 + number of candidates).
@@ -1463,10 +1514,16 @@ local function int(n) return string.format('%d', n) end
 local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
 
 -- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
--- 7.0 hands pcall an error table as its text.)
+-- 7.0 hands pcall an error table as its text.) A WRONGTYPE is damage too: only a value written by
+-- hand at one of the keys a record's call touches (its extras hash, its slot's marker bucket or
+-- indexes) has another type than this store gives it.
 local function corruption(e)
   if type(e) == 'table' then e = e.err end
-  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if type(e) ~= 'string' then return nil end
+  if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if string.find(e, 'WRONGTYPE', 1, true) then
+    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+  end
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -1501,13 +1558,20 @@ local function unpackRecord(v, headOnly)
   local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
   if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
-  if headOnly then return r end
+  -- The tail is read (or, \`headOnly\`, only checked: a record cut short is refused either way).
+  local w, k
   if s == 'I' then
-    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
+    ok, w, k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
+    ok, w = pcall(struct.unpack, '>I4c0', v, pos)
   end
   if not ok then corrupt('a record cut short') end
+  if headOnly then return r end
+  if s == 'I' then
+    r.w, r.k = w, k
+  elseif s == 'C' then
+    r.r = w
+  end
   return r
 end
 
@@ -1824,9 +1888,9 @@ return { #done, dropped, deferred }
 `,
   },
   completeMany: {
-    command: 'eoCompleteMany_v2_675083c2',
+    command: 'eoCompleteMany_v2_09705ba2',
     numberOfKeys: undefined,
-    sha1: '675083c23636fa868a404cd90c6d4549f60bb0ee',
+    sha1: '09705ba25edfc22ef4befb4e191b66083a04e380',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 completeMany: IN_PROGRESS(fence) -> COMPLETED with result and outgoing messages, in one write
@@ -1887,10 +1951,16 @@ local function int(n) return string.format('%d', n) end
 local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
 
 -- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
--- 7.0 hands pcall an error table as its text.)
+-- 7.0 hands pcall an error table as its text.) A WRONGTYPE is damage too: only a value written by
+-- hand at one of the keys a record's call touches (its extras hash, its slot's marker bucket or
+-- indexes) has another type than this store gives it.
 local function corruption(e)
   if type(e) == 'table' then e = e.err end
-  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if type(e) ~= 'string' then return nil end
+  if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if string.find(e, 'WRONGTYPE', 1, true) then
+    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+  end
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -1925,13 +1995,20 @@ local function unpackRecord(v, headOnly)
   local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
   if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
-  if headOnly then return r end
+  -- The tail is read (or, \`headOnly\`, only checked: a record cut short is refused either way).
+  local w, k
   if s == 'I' then
-    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
+    ok, w, k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
+    ok, w = pcall(struct.unpack, '>I4c0', v, pos)
   end
   if not ok then corrupt('a record cut short') end
+  if headOnly then return r end
+  if s == 'I' then
+    r.w, r.k = w, k
+  elseif s == 'C' then
+    r.r = w
+  end
   return r
 end
 
@@ -2050,6 +2127,19 @@ end
 -- physical end), so collectBlobs can delete the blob once no record names it; not with
 -- \`indexBlob\` false (a store whose blobs another store's collection deletes). \`cluster\`: see
 -- refuseMigrating.
+-- Adds \`id\` to a tag's completion index, which lives as long as its newest record (compaction
+-- prunes it meanwhile).
+local function indexCompletion(index, id, now, physicalEnd)
+  rcall('ZADD', index, int(now), id)
+  local ttl = rcall('PTTL', index)
+  if ttl < 0 or now + ttl < physicalEnd then rcall('PEXPIREAT', index, int(physicalEnd)) end
+end
+
+-- The outcome of a pcall: a damaged key is let go, any other error raised again.
+local function unlessDamaged(ok, e)
+  if not ok and not corruption(e) then error(e, 0) end
+end
+
 local function completeOne(rec, tag, fence, retention, grace, trace, result, id, messages, now, indexBlob, cluster)
   if cluster then refuseMigrating(rec) end
   local packed = loadPacked(rec)
@@ -2086,15 +2176,12 @@ local function completeOne(rec, tag, fence, retention, grace, trace, result, id,
     result), 'PXAT', at)
   if flags == 1 then rcall('PEXPIREAT', rec .. 'x', at) end
 
-  if indexBlob and string.sub(result, 1, 1) == 'b' then rcall('ZADD', tag .. 'b', 'GT', at, result) end
-
-  if id ~= '' then
-    local index = tag .. 'i'
-    rcall('ZADD', index, int(now), id)
-    -- The index lives as long as its newest record; compaction prunes it meanwhile.
-    local ttl = rcall('PTTL', index)
-    if ttl < 0 or now + ttl < physicalEnd then rcall('PEXPIREAT', index, int(physicalEnd)) end
+  -- The indexes serve blob collection and compaction only: one damaged by hand (another type at
+  -- its name) must not undo the completion written above; the record just goes unindexed.
+  if indexBlob and string.sub(result, 1, 1) == 'b' then
+    unlessDamaged(pcall(rcall, 'ZADD', tag .. 'b', 'GT', at, result))
   end
+  if id ~= '' then unlessDamaged(pcall(indexCompletion, tag .. 'i', id, now, physicalEnd)) end
   return 1
 end
 
@@ -2124,9 +2211,9 @@ return out
 `,
   },
   extend: {
-    command: 'eoExtend_v2_caa69d9e',
+    command: 'eoExtend_v2_bc36c3bd',
     numberOfKeys: 1,
-    sha1: 'caa69d9e5d3b6d82cf07a84a3570ec46ce3ded4a',
+    sha1: 'bc36c3bd559eb7e9c663f5b35b21dae5e72998f2',
     lua: `--[[
 extend: push the lease of the holding fence out to server now + lease.
 
@@ -2173,10 +2260,16 @@ local function int(n) return string.format('%d', n) end
 local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
 
 -- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
--- 7.0 hands pcall an error table as its text.)
+-- 7.0 hands pcall an error table as its text.) A WRONGTYPE is damage too: only a value written by
+-- hand at one of the keys a record's call touches (its extras hash, its slot's marker bucket or
+-- indexes) has another type than this store gives it.
 local function corruption(e)
   if type(e) == 'table' then e = e.err end
-  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if type(e) ~= 'string' then return nil end
+  if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if string.find(e, 'WRONGTYPE', 1, true) then
+    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+  end
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -2211,13 +2304,20 @@ local function unpackRecord(v, headOnly)
   local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
   if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
-  if headOnly then return r end
+  -- The tail is read (or, \`headOnly\`, only checked: a record cut short is refused either way).
+  local w, k
   if s == 'I' then
-    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
+    ok, w, k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
+    ok, w = pcall(struct.unpack, '>I4c0', v, pos)
   end
   if not ok then corrupt('a record cut short') end
+  if headOnly then return r end
+  if s == 'I' then
+    r.w, r.k = w, k
+  elseif s == 'C' then
+    r.r = w
+  end
   return r
 end
 
@@ -2335,9 +2435,9 @@ return 1
 `,
   },
   fail: {
-    command: 'eoFail_v2_9c19b38b',
+    command: 'eoFail_v2_beebfcb3',
     numberOfKeys: 1,
-    sha1: '9c19b38bd067f81e7380215930abdee0a4921747',
+    sha1: 'beebfcb31ae1aef6a2c6990e51ad05235d2ddbc3',
     lua: `--[[
 fail: IN_PROGRESS(fence) -> FAILED, kept for the retention.
 
@@ -2389,10 +2489,16 @@ local function int(n) return string.format('%d', n) end
 local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
 
 -- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
--- 7.0 hands pcall an error table as its text.)
+-- 7.0 hands pcall an error table as its text.) A WRONGTYPE is damage too: only a value written by
+-- hand at one of the keys a record's call touches (its extras hash, its slot's marker bucket or
+-- indexes) has another type than this store gives it.
 local function corruption(e)
   if type(e) == 'table' then e = e.err end
-  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if type(e) ~= 'string' then return nil end
+  if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if string.find(e, 'WRONGTYPE', 1, true) then
+    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+  end
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -2427,13 +2533,20 @@ local function unpackRecord(v, headOnly)
   local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
   if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
-  if headOnly then return r end
+  -- The tail is read (or, \`headOnly\`, only checked: a record cut short is refused either way).
+  local w, k
   if s == 'I' then
-    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
+    ok, w, k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
+    ok, w = pcall(struct.unpack, '>I4c0', v, pos)
   end
   if not ok then corrupt('a record cut short') end
+  if headOnly then return r end
+  if s == 'I' then
+    r.w, r.k = w, k
+  elseif s == 'C' then
+    r.r = w
+  end
   return r
 end
 
@@ -2555,9 +2668,9 @@ return 1
 `,
   },
   get: {
-    command: 'eoGet_v2_83609b37',
+    command: 'eoGet_v2_4d1961c1',
     numberOfKeys: 3,
-    sha1: '83609b37b831d94e3ab6260bb46f78761cf0e0c0',
+    sha1: '4d1961c16af1f4d2337a880a05c8b949fbf83ecc',
     lua: `--[[
 get: read a record, or the compaction marker standing in for it, with the server clock.
 
@@ -2604,10 +2717,16 @@ local function int(n) return string.format('%d', n) end
 local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
 
 -- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
--- 7.0 hands pcall an error table as its text.)
+-- 7.0 hands pcall an error table as its text.) A WRONGTYPE is damage too: only a value written by
+-- hand at one of the keys a record's call touches (its extras hash, its slot's marker bucket or
+-- indexes) has another type than this store gives it.
 local function corruption(e)
   if type(e) == 'table' then e = e.err end
-  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if type(e) ~= 'string' then return nil end
+  if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if string.find(e, 'WRONGTYPE', 1, true) then
+    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+  end
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -2642,13 +2761,20 @@ local function unpackRecord(v, headOnly)
   local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
   if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
-  if headOnly then return r end
+  -- The tail is read (or, \`headOnly\`, only checked: a record cut short is refused either way).
+  local w, k
   if s == 'I' then
-    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
+    ok, w, k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
+    ok, w = pcall(struct.unpack, '>I4c0', v, pos)
   end
   if not ok then corrupt('a record cut short') end
+  if headOnly then return r end
+  if s == 'I' then
+    r.w, r.k = w, k
+  elseif s == 'C' then
+    r.r = w
+  end
   return r
 end
 
@@ -2922,9 +3048,9 @@ return { now, false, markerOf(KEYS[2], KEYS[3], ARGV[1]) or false }
 `,
   },
   markPublished: {
-    command: 'eoMarkPublished_v2_150f0350',
+    command: 'eoMarkPublished_v2_13b559d9',
     numberOfKeys: 1,
-    sha1: '150f035079700465b2f674e8b7665f3c801ddcb6',
+    sha1: '13b559d9260b43eeb3c28ab0ab74b3235df7db15',
     lua: `--[[
 markPublished: flag outgoing messages of a live COMPLETED record as confirmed.
 
@@ -2970,10 +3096,16 @@ local function int(n) return string.format('%d', n) end
 local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
 
 -- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
--- 7.0 hands pcall an error table as its text.)
+-- 7.0 hands pcall an error table as its text.) A WRONGTYPE is damage too: only a value written by
+-- hand at one of the keys a record's call touches (its extras hash, its slot's marker bucket or
+-- indexes) has another type than this store gives it.
 local function corruption(e)
   if type(e) == 'table' then e = e.err end
-  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if type(e) ~= 'string' then return nil end
+  if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if string.find(e, 'WRONGTYPE', 1, true) then
+    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+  end
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -3008,13 +3140,20 @@ local function unpackRecord(v, headOnly)
   local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
   if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
-  if headOnly then return r end
+  -- The tail is read (or, \`headOnly\`, only checked: a record cut short is refused either way).
+  local w, k
   if s == 'I' then
-    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
+    ok, w, k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
+    ok, w = pcall(struct.unpack, '>I4c0', v, pos)
   end
   if not ok then corrupt('a record cut short') end
+  if headOnly then return r end
+  if s == 'I' then
+    r.w, r.k = w, k
+  elseif s == 'C' then
+    r.r = w
+  end
   return r
 end
 
@@ -3142,9 +3281,9 @@ return markPublishedOne(KEYS[1], ARGV[1], wanted, now)
 `,
   },
   markPublishedMany: {
-    command: 'eoMarkPublishedMany_v2_ddf0f99e',
+    command: 'eoMarkPublishedMany_v2_13662d49',
     numberOfKeys: undefined,
-    sha1: 'ddf0f99e582c0e551b1dbd227da67bdf88985e2d',
+    sha1: '13662d49747d1db91db1dde21a3facc5ccb30714',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 markPublishedMany: markPublished-1.lua for several records in one call. Called with numkeys = 1.
@@ -3190,10 +3329,16 @@ local function int(n) return string.format('%d', n) end
 local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
 
 -- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
--- 7.0 hands pcall an error table as its text.)
+-- 7.0 hands pcall an error table as its text.) A WRONGTYPE is damage too: only a value written by
+-- hand at one of the keys a record's call touches (its extras hash, its slot's marker bucket or
+-- indexes) has another type than this store gives it.
 local function corruption(e)
   if type(e) == 'table' then e = e.err end
-  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if type(e) ~= 'string' then return nil end
+  if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if string.find(e, 'WRONGTYPE', 1, true) then
+    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+  end
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -3228,13 +3373,20 @@ local function unpackRecord(v, headOnly)
   local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
   if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
-  if headOnly then return r end
+  -- The tail is read (or, \`headOnly\`, only checked: a record cut short is refused either way).
+  local w, k
   if s == 'I' then
-    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
+    ok, w, k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
+    ok, w = pcall(struct.unpack, '>I4c0', v, pos)
   end
   if not ok then corrupt('a record cut short') end
+  if headOnly then return r end
+  if s == 'I' then
+    r.w, r.k = w, k
+  elseif s == 'C' then
+    r.r = w
+  end
   return r
 end
 
@@ -3381,9 +3533,9 @@ return flagged
 `,
   },
   markStepStarted: {
-    command: 'eoMarkStepStarted_v2_8da867c7',
+    command: 'eoMarkStepStarted_v2_16a12994',
     numberOfKeys: 1,
-    sha1: '8da867c77108df4c1399464e857b52bff5586b35',
+    sha1: '16a129949e6cd95704bbea4d1ec30d8ce990db07',
     lua: `--[[
 markStepStarted: journal that a step is about to run, under the IN_PROGRESS record held by the
 fence, so a later attempt knows the step is in doubt (see ctx.step's reconcile).
@@ -3433,10 +3585,16 @@ local function int(n) return string.format('%d', n) end
 local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
 
 -- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
--- 7.0 hands pcall an error table as its text.)
+-- 7.0 hands pcall an error table as its text.) A WRONGTYPE is damage too: only a value written by
+-- hand at one of the keys a record's call touches (its extras hash, its slot's marker bucket or
+-- indexes) has another type than this store gives it.
 local function corruption(e)
   if type(e) == 'table' then e = e.err end
-  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if type(e) ~= 'string' then return nil end
+  if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if string.find(e, 'WRONGTYPE', 1, true) then
+    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+  end
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -3471,13 +3629,20 @@ local function unpackRecord(v, headOnly)
   local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
   if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
-  if headOnly then return r end
+  -- The tail is read (or, \`headOnly\`, only checked: a record cut short is refused either way).
+  local w, k
   if s == 'I' then
-    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
+    ok, w, k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
+    ok, w = pcall(struct.unpack, '>I4c0', v, pos)
   end
   if not ok then corrupt('a record cut short') end
+  if headOnly then return r end
+  if s == 'I' then
+    r.w, r.k = w, k
+  elseif s == 'C' then
+    r.r = w
+  end
   return r
 end
 
@@ -3595,9 +3760,9 @@ return 1
 `,
   },
   release: {
-    command: 'eoRelease_v2_95b458a9',
+    command: 'eoRelease_v2_e293d2bb',
     numberOfKeys: 1,
-    sha1: '95b458a9548f42ade135f5803a514fc00893ef51',
+    sha1: 'e293d2bb80dac54f65c3e8e753dc7864b09bf916',
     lua: `--[[
 release: give the lease up after a retryable error; the next begin acquires at once (retry).
 
@@ -3648,10 +3813,16 @@ local function int(n) return string.format('%d', n) end
 local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
 
 -- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
--- 7.0 hands pcall an error table as its text.)
+-- 7.0 hands pcall an error table as its text.) A WRONGTYPE is damage too: only a value written by
+-- hand at one of the keys a record's call touches (its extras hash, its slot's marker bucket or
+-- indexes) has another type than this store gives it.
 local function corruption(e)
   if type(e) == 'table' then e = e.err end
-  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if type(e) ~= 'string' then return nil end
+  if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if string.find(e, 'WRONGTYPE', 1, true) then
+    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+  end
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -3686,13 +3857,20 @@ local function unpackRecord(v, headOnly)
   local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
   if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
-  if headOnly then return r end
+  -- The tail is read (or, \`headOnly\`, only checked: a record cut short is refused either way).
+  local w, k
   if s == 'I' then
-    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
+    ok, w, k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
+    ok, w = pcall(struct.unpack, '>I4c0', v, pos)
   end
   if not ok then corrupt('a record cut short') end
+  if headOnly then return r end
+  if s == 'I' then
+    r.w, r.k = w, k
+  elseif s == 'C' then
+    r.r = w
+  end
   return r
 end
 
@@ -3839,9 +4017,9 @@ return 0
 `,
   },
   saveStep: {
-    command: 'eoSaveStep_v2_0da9bfad',
+    command: 'eoSaveStep_v2_9d188df0',
     numberOfKeys: 1,
-    sha1: '0da9bfad667b4d64aeb397554128272fd812bc30',
+    sha1: '9d188df0022c82e10acf63219ac4e960b32dd390',
     lua: `--[[
 saveStep: journal a step's result under the IN_PROGRESS record held by the fence.
 
@@ -3890,10 +4068,16 @@ local function int(n) return string.format('%d', n) end
 local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
 
 -- What \`corrupt\` said, when \`e\` (caught by pcall) is its error; nil for any other error. (Redis
--- 7.0 hands pcall an error table as its text.)
+-- 7.0 hands pcall an error table as its text.) A WRONGTYPE is damage too: only a value written by
+-- hand at one of the keys a record's call touches (its extras hash, its slot's marker bucket or
+-- indexes) has another type than this store gives it.
 local function corruption(e)
   if type(e) == 'table' then e = e.err end
-  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if type(e) ~= 'string' then return nil end
+  if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if string.find(e, 'WRONGTYPE', 1, true) then
+    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+  end
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -3928,13 +4112,20 @@ local function unpackRecord(v, headOnly)
   local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
   if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
-  if headOnly then return r end
+  -- The tail is read (or, \`headOnly\`, only checked: a record cut short is refused either way).
+  local w, k
   if s == 'I' then
-    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
+    ok, w, k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
+    ok, w = pcall(struct.unpack, '>I4c0', v, pos)
   end
   if not ok then corrupt('a record cut short') end
+  if headOnly then return r end
+  if s == 'I' then
+    r.w, r.k = w, k
+  elseif s == 'C' then
+    r.r = w
+  end
   return r
 end
 

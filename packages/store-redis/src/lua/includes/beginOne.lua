@@ -46,7 +46,13 @@ local function beginOne(rec, bucket, legacy, fp, owner, lease, trace, ttl, id, n
     -- No record was stored: a compacted one may still answer "already processed", in which case
     -- the record just written goes again. An expired marker is left for the bucket's sweep; a new
     -- marker replaces it.
-    local marker = markerOf(bucket, legacy, id, present)
+    local found, marker = pcall(markerOf, bucket, legacy, id, present)
+    if not found then
+      -- A damaged bucket: whether the key was processed and compacted is unknown. The record just
+      -- written goes again, so that no later copy takes it over and runs.
+      rcall('DEL', rec)
+      error(marker, 0)
+    end
     if marker and struct.unpack('>I6', marker) > now then
       rcall('DEL', rec)
       if string.sub(marker, 7) ~= markerFingerprint(fp) then return 'X', marker end

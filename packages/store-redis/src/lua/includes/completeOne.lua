@@ -9,6 +9,19 @@
 -- physical end), so collectBlobs can delete the blob once no record names it; not with
 -- `indexBlob` false (a store whose blobs another store's collection deletes). `cluster`: see
 -- refuseMigrating.
+-- Adds `id` to a tag's completion index, which lives as long as its newest record (compaction
+-- prunes it meanwhile).
+local function indexCompletion(index, id, now, physicalEnd)
+  rcall('ZADD', index, int(now), id)
+  local ttl = rcall('PTTL', index)
+  if ttl < 0 or now + ttl < physicalEnd then rcall('PEXPIREAT', index, int(physicalEnd)) end
+end
+
+-- The outcome of a pcall: a damaged key is let go, any other error raised again.
+local function unlessDamaged(ok, e)
+  if not ok and not corruption(e) then error(e, 0) end
+end
+
 local function completeOne(rec, tag, fence, retention, grace, trace, result, id, messages, now, indexBlob, cluster)
   if cluster then refuseMigrating(rec) end
   local packed = loadPacked(rec)
@@ -45,14 +58,11 @@ local function completeOne(rec, tag, fence, retention, grace, trace, result, id,
     result), 'PXAT', at)
   if flags == 1 then rcall('PEXPIREAT', rec .. 'x', at) end
 
-  if indexBlob and string.sub(result, 1, 1) == 'b' then rcall('ZADD', tag .. 'b', 'GT', at, result) end
-
-  if id ~= '' then
-    local index = tag .. 'i'
-    rcall('ZADD', index, int(now), id)
-    -- The index lives as long as its newest record; compaction prunes it meanwhile.
-    local ttl = rcall('PTTL', index)
-    if ttl < 0 or now + ttl < physicalEnd then rcall('PEXPIREAT', index, int(physicalEnd)) end
+  -- The indexes serve blob collection and compaction only: one damaged by hand (another type at
+  -- its name) must not undo the completion written above; the record just goes unindexed.
+  if indexBlob and string.sub(result, 1, 1) == 'b' then
+    unlessDamaged(pcall(rcall, 'ZADD', tag .. 'b', 'GT', at, result))
   end
+  if id ~= '' then unlessDamaged(pcall(indexCompletion, tag .. 'i', id, now, physicalEnd)) end
   return 1
 end

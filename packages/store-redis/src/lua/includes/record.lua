@@ -29,10 +29,16 @@ local function int(n) return string.format('%d', n) end
 local function corrupt(why) error({ err = 'EOCORRUPT ' .. why }) end
 
 -- What `corrupt` said, when `e` (caught by pcall) is its error; nil for any other error. (Redis
--- 7.0 hands pcall an error table as its text.)
+-- 7.0 hands pcall an error table as its text.) A WRONGTYPE is damage too: only a value written by
+-- hand at one of the keys a record's call touches (its extras hash, its slot's marker bucket or
+-- indexes) has another type than this store gives it.
 local function corruption(e)
   if type(e) == 'table' then e = e.err end
-  if type(e) == 'string' and string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if type(e) ~= 'string' then return nil end
+  if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
+  if string.find(e, 'WRONGTYPE', 1, true) then
+    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+  end
 end
 
 -- The probe key of the slot of record `rec` (`<prefix>:{<tag>}p`), never written.
@@ -67,13 +73,20 @@ local function unpackRecord(v, headOnly)
   local ok, s, n, a, t1, t2, flags, f, t, pos = pcall(struct.unpack, HEAD, v)
   if not ok or not STATES[s] then corrupt('a value that is not a record') end
   local r = { s = s, n = n, a = a, t1 = t1, t2 = t2, flags = flags, f = f, t = t }
-  if headOnly then return r end
+  -- The tail is read (or, `headOnly`, only checked: a record cut short is refused either way).
+  local w, k
   if s == 'I' then
-    ok, r.w, r.k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
+    ok, w, k = pcall(struct.unpack, '>I4c0I4c0', v, pos)
   elseif s == 'C' then
-    ok, r.r = pcall(struct.unpack, '>I4c0', v, pos)
+    ok, w = pcall(struct.unpack, '>I4c0', v, pos)
   end
   if not ok then corrupt('a record cut short') end
+  if headOnly then return r end
+  if s == 'I' then
+    r.w, r.k = w, k
+  elseif s == 'C' then
+    r.r = w
+  end
   return r
 end
 
