@@ -7,7 +7,17 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import type { Collection } from 'mongodb';
-import { elementId, elementPlace, type HeadDoc, isTombstone, type RecordDoc, State } from './codec.js';
+import { CorruptRecordError } from '@exactly-once/core';
+import {
+  checkElement,
+  describe,
+  elementId,
+  elementPlace,
+  type HeadDoc,
+  isTombstone,
+  type RecordDoc,
+  State,
+} from './codec.js';
 
 /** A fresh chain id (72 random bits). */
 export function newChainId(): string {
@@ -43,6 +53,10 @@ export interface ChainReader {
 
 /** The chain id a head names (a previous-layout head names its derived one). */
 export function chainOf(head: AnyHead): string {
+  if (head.c !== undefined && typeof head.c !== 'string') {
+    // Edited by hand: no chain of this store is named so, and read as new its key would run again.
+    throw new CorruptRecordError({ key: head._id, detail: `a head whose chain id is ${describe(head.c)}` });
+  }
   return head.c ?? legacyChainId(head._id);
 }
 
@@ -66,7 +80,9 @@ export function placeOfRecord(doc: RecordDoc): { readonly chain: string; readonl
  * element of a live chain: found last, the chain is being swept (`'gone'`: read again).
  */
 function ending(key: string, chain: string, position: number, last: RecordDoc): Chain | 'gone' {
-  return isTombstone(last) ? 'gone' : { key, chain, position, last };
+  if (isTombstone(last)) return 'gone';
+  checkElement(key, last);
+  return { key, chain, position, last };
 }
 
 /**

@@ -253,6 +253,65 @@ export function isExpired(doc: RecordDoc, now: number): boolean {
   );
 }
 
+/**
+ * Refuses, as CorruptRecordError, the last element of `key`'s chain when a field has a type this
+ * store never writes (edited by hand): read on, it would fail every call as a TypeError, taken for
+ * an outage, or be read as something it is not.
+ */
+export function checkElement(key: string, doc: RecordDoc): void {
+  const wrong = wrongField(doc);
+  if (wrong !== undefined) {
+    throw new CorruptRecordError({ key, detail: `an element whose ${wrong[0]} is ${describe(wrong[1])}` });
+  }
+}
+
+function wrongField(doc: RecordDoc): [string, unknown] | undefined {
+  const fields = doc as unknown as Record<string, unknown>;
+  const is = {
+    number: (v: unknown) => typeof v === 'number' && Number.isFinite(v),
+    bytes: (v: unknown) => typeof v === 'string' || v instanceof Binary,
+    string: (v: unknown) => typeof v === 'string',
+    date: (v: unknown) => v instanceof Date && !Number.isNaN(v.getTime()),
+    binary: (v: unknown) => v instanceof Binary,
+    array: (v: unknown) => Array.isArray(v),
+    object: (v: unknown) => typeof v === 'object' && v !== null && !Array.isArray(v),
+  };
+  const states: unknown[] = [State.InProgress, State.Completed, State.Failed, State.Sealed];
+  if (!states.includes(fields.s)) return ['state', fields.s];
+  if (doc.s === State.Sealed) return undefined;
+  const checks: [string, string, (v: unknown) => boolean, boolean][] = [
+    ['n', 'fence', is.number, true],
+    ['a', 'attempt', is.number, true],
+    ['f', 'fingerprint', is.bytes, true],
+    ['t', 'trace id', is.bytes, false],
+    ['o', 'owner', is.string, false],
+    ['l', 'lease end', is.number, false],
+    ['sa', 'start', is.number, false],
+    ['st', 'steps', is.array, false],
+    ['x', 'error', is.object, false],
+    ['r', 'result', is.binary, false],
+    ['b', 'blob pointer', is.object, false],
+    ['ob', 'outgoing messages', is.array, false],
+    ['pb', 'published ids', is.array, false],
+    ['d', 'time', is.number, false],
+    ['e', 'expiry', is.date, false],
+  ];
+  for (const [field, name, ok, needed] of checks) {
+    const value = fields[field];
+    if (value === undefined ? needed : !ok(value)) return [name, value];
+  }
+  return undefined;
+}
+
+/** A value as an error message shows it: its type and a short rendering. */
+export function describe(value: unknown): string {
+  if (value === undefined) return 'missing';
+  if (value instanceof Binary) return 'binary data';
+  if (value instanceof Date) return `a date (${String(value)})`;
+  const text = JSON.stringify(value) ?? String(value);
+  return `${Array.isArray(value) ? 'an array' : typeof value} ${text.length > 40 ? `${text.slice(0, 40)}…` : text}`;
+}
+
 /** A lease, completed or failed element as the contract's record (never a sealed one). */
 export function decodeRecord(doc: RecordDoc): ProcessedRecord {
   const base = {

@@ -198,6 +198,32 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       expect((error as PartialBatchError).answers[1]).toMatchObject({ status: 'acquired' });
     });
 
+    it.each([
+      ['its fingerprint', { f: 12345 }],
+      ['its expiry', { e: 'yesterday' }],
+      ['its time', { d: 'yesterday' }],
+      ['its result', { r: 42 }],
+    ])(
+      'an element with %s of another type is refused as CorruptRecordError, not taken for an outage',
+      async (_, edit) => {
+        const key = `damaged:field:${Object.keys(edit)[0]}`;
+        const held = await acquired(store, key);
+        await store.complete({ key, fence: held.fence, outgoing: [], retentionMs: 60_000 });
+        const [, done] = await elementsOf(raw, key);
+        await raw.updateOne({ _id: done?._id }, { $set: edit as never });
+        await expect(begin(store, key)).rejects.toMatchObject({ code: ErrorCode.CorruptRecord, key });
+        await expect(store.get(key)).rejects.toBeInstanceOf(CorruptRecordError);
+      },
+    );
+
+    it('a head whose chain id was edited to another type is refused, not read as a new key', async () => {
+      const key = 'damaged:head';
+      const held = await acquired(store, key);
+      await store.complete({ key, fence: held.fence, outgoing: [], retentionMs: 60_000 });
+      await store.collection.updateOne({ _id: key } as never, { $set: { c: 12345 } as never });
+      await expect(begin(store, key)).rejects.toMatchObject({ code: ErrorCode.CorruptRecord, key });
+    });
+
     it('hex fingerprints and trace ids are stored as bytes and read back as the exact strings', async () => {
       const sha = 'ab'.repeat(32);
       const trace = `${'0f'.repeat(16)}-${'e1'.repeat(8)}`;
