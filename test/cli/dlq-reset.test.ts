@@ -5,7 +5,7 @@
  * a bad `--namespace`.
  */
 import { recordKeyFor } from '@exactly-once/core';
-import { createRedisStore } from '@exactly-once/store-redis';
+import { createRedisStore, redisKeyFor } from '@exactly-once/store-redis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { newRedis, rawChannel } from '../rabbitmq/helpers.js';
 import { env, uniqueName } from '../support/env.js';
@@ -172,5 +172,22 @@ describe('dlq replay --reset-key on hostile letters (RabbitMQ)', () => {
     await waitUntil(async () => (await raw.count(dlq)) === 2, {
       message: 'the reuse letter back in the queue',
     });
+  });
+
+  it("a CORRUPT_RECORD letter's damaged key is reported for that letter alone; the others are replayed", async () => {
+    // Before: the damaged record's CorruptRecordError stopped the whole replay at that letter.
+    await redis.rpush(redisKeyFor(keyPrefix, storeKey('key-damaged')), 'not a record');
+    await ended('key-fine', 'fail');
+    await letter('l-damaged', 'CORRUPT_RECORD', { 'x-idempotency-key': 'key-damaged' });
+    await letter('l-fine', 'PERMANENT', { 'x-idempotency-key': 'key-fine' });
+    await waitUntil(async () => (await raw.count(dlq)) === 4, { message: 'two more letters' });
+    expect(await replay('l-damaged', 'l-fine')).toEqual({
+      code: 1, // one letter was not replayed
+      results: [
+        ['l-damaged', 'damaged', false],
+        ['l-fine', 'cleared', true],
+      ],
+    });
+    expect(await redis.type(redisKeyFor(keyPrefix, storeKey('key-damaged')))).toBe('list');
   });
 });

@@ -1,5 +1,6 @@
 /** What the dead-letter commands share across RabbitMQ and Kafka: the letter, its reason, replay. */
 import {
+  CorruptRecordError,
   ErrorCode,
   Headers,
   InvalidKeyError,
@@ -276,6 +277,7 @@ export type ResetOutcome =
   | 'busy' // an attempt holds the key (IN_PROGRESS, its lease live or lapsed): nothing deleted, not replayed
   | 'reset-earlier' // an earlier letter of this replay cleared the same key: not cleared again
   | 'different-payload' // an IDEMPOTENCY_KEY_REUSE letter: nothing cleared, not replayed
+  | 'damaged' // the store holds a value under the key it did not write (CORRUPT_RECORD): not replayed
   | 'no-key'; // no usable key or no consumer header: nothing to clear
 
 /**
@@ -286,6 +288,9 @@ export function refusedAfterReset(reset: ResetOutcome | undefined): string | und
   if (reset === 'busy') return 'an attempt holds the key (IN_PROGRESS); try later';
   if (reset === 'different-payload') {
     return 'another payload under a key that has its own: after a reset it would race that payload for the key (it needs a new key, or replay it without --reset-key)';
+  }
+  if (reset === 'damaged') {
+    return 'the store holds a damaged value under the key: find out whether the message was processed first (the store README, "Damaged records")';
   }
   return undefined;
 }
@@ -331,6 +336,8 @@ export async function resetKey(
     const result = await store.clear(storeKey);
     return result === 'cleared' ? 'cleared' : result === 'absent' ? 'absent' : 'busy';
   } catch (error) {
+    // This letter's alone: the other letters of the replay go on.
+    if (error instanceof CorruptRecordError) return 'damaged';
     throw storeError(error);
   }
 }
