@@ -335,6 +335,9 @@ describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
     expect(() => createPublisher({ connection: env.amqpUrl, publishTimeoutMS: 5 } as never)).toThrow(
       '(did you mean "publishTimeoutMs"?)',
     );
+    expect(() => createConsumer({ ...base, queue: 'q', deadLetter: { queu: 'q.dead' } } as never)).toThrow(
+      'unknown option "deadLetter.queu" (did you mean "deadLetter.queue"?)',
+    );
     expect(() => createConsumer({ ...base, queue: 'q', leaseMS: 5_000 } as never)).toThrow(
       'unknown option "leaseMS" (did you mean "leaseMs"?)',
     );

@@ -12,7 +12,7 @@ import { createConsumer, createPublisher } from '@exactly-once/rabbitmq';
 import { createMongoStore } from '@exactly-once/store-mongo';
 import { createRedisStore } from '@exactly-once/store-redis';
 import { MongoClient } from 'mongodb';
-import { crashKit, type KillPoint as AnyKillPoint } from '../support/crash-ledger.js';
+import { type KillPoint as AnyKillPoint, crashKit } from '../support/crash-ledger.js';
 import { env } from '../support/env.js';
 import { newRedis } from './helpers.js';
 

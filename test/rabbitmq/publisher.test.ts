@@ -130,6 +130,11 @@ describe('rabbitmq publisher headers', () => {
       expect(readIdentityHeader(headers as never, Headers.IdempotencyKey)).toBe('k1');
       expect(readIdentityHeader(headers as never, Headers.RequestId)).not.toBe('mine');
       expect(headers.tenant).toBe('t1');
+      // A misspelt option is refused, not sent under a random key (the receivers' deduplication lost).
+      await expect(publisher.send(queue, { n: 2 }, { idempotencykey: 'k2' } as never)).rejects.toThrow(
+        'unknown option "idempotencykey" in send options (did you mean "idempotencyKey"?)',
+      );
+      expect(await raw.count(queue)).toBe(0);
     } finally {
       await publisher.close();
       await raw.deleteQueues([queue]);

@@ -9,6 +9,7 @@ import { Headers, textHeaders } from './headers.js';
 import { deriveChildKey } from './keys.js';
 import type { LeaseKeeper } from './lease-keeper.js';
 import type { Logger } from './logger.js';
+import { type OptionNames, refuseUnknownOptions } from './option-names.js';
 import { ATTR_EO_STEP, ATTR_MESSAGING_DESTINATION_NAME, BAGGAGE_REQUEST_ID } from './semconv.js';
 import type { Delivery } from './spi.js';
 import { insideStep, runStep, type StepEvent, type StepOptions, type StepRunArgs } from './steps.js';
@@ -26,6 +27,19 @@ export interface PublishOptions {
   /** Extra headers; the SDK's own (`x-request-id`, `x-idempotency-key`, trace) always win. */
   headers?: Readonly<Record<string, string>>;
 }
+
+const PUBLISH_OPTIONS = {
+  name: true,
+  routingKey: true,
+  headers: true,
+} as const satisfies OptionNames<PublishOptions>;
+const STEP_OPTIONS = {
+  retry: true,
+  reconcile: true,
+  onGiveUp: true,
+  fallback: true,
+  alertAfter: true,
+} as const satisfies OptionNames<StepOptions>;
 
 /** What a handler receives besides the payload. */
 export interface HandlerContext {
@@ -194,6 +208,7 @@ class Run implements RunState {
   publish(destination: string, message: unknown, options: PublishOptions = {}): void {
     const args = this.args;
     this.open('ctx.publish');
+    refuseUnknownOptions(options, PUBLISH_OPTIONS, 'ctx.publish options');
     if (insideStep(this.stepArgs)) {
       // A step that ran is replayed from its journaled result without running `fn`: a message
       // published inside it would be sent by the attempt that ran it and lost by the others.
@@ -247,6 +262,8 @@ class Run implements RunState {
   ): Promise<S> {
     const args = this.args;
     this.open('ctx.step');
+    // A misspelt `reconcile` would run an in-doubt step again without asking: refused.
+    refuseUnknownOptions(options, STEP_OPTIONS, 'ctx.step options');
     this.stepNames ??= new Set();
     if (this.stepNames.has(name)) throw new ConfigError(`step name "${name}" used twice in one run`);
     this.stepNames.add(name);

@@ -21,10 +21,11 @@ import {
 } from './errors.js';
 import { Headers } from './headers.js';
 import { normalizeKey, normalizeRequestId, tooDeep } from './keys.js';
+import { type OptionNames, refuseUnknownOptions } from './option-names.js';
 import type { ProcessorOptions } from './options.js';
-import type { StandardSchemaV1 } from './schema.js';
 import { REQUEST_SYSTEM, unreadable } from './prepare.js';
 import { buildProcessor } from './processor.js';
+import type { StandardSchemaV1 } from './schema.js';
 import type { StoreHealth } from './store/health.js';
 import type { StoredResult } from './store/types.js';
 import { injectContext } from './tracing.js';
@@ -185,6 +186,11 @@ export function createIdempotentExecutor<T = unknown, R = unknown, In = T>(
     async execute(request, handler) {
       // Checked before anything is stored: a run that cannot start must not use up an attempt.
       if (typeof handler !== 'function') throw new ConfigError('execute needs a handler function');
+      refuseUnknownOptions(
+        request,
+        { key: true, payload: true, requestId: true } satisfies OptionNames<ExecuteRequest<In>>,
+        'execute request',
+      );
       const call = randomUUID();
       const envelope: Envelope = { payload: request.payload, handler };
       envelopes.set(call, envelope);

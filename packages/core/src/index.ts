@@ -5,10 +5,10 @@
 
 export type { FsBlobStore, FsBlobStoreOptions } from './blob/fs-blob-store.js';
 export { createFsBlobStore } from './blob/fs-blob-store.js';
-export type { ResultStream } from './blob/result-stream.js';
-export { resultStream } from './blob/result-stream.js';
 export type { OrphanBlobOptions, OrphanBlobStats } from './blob/orphans.js';
 export { collectOrphanBlobs } from './blob/orphans.js';
+export type { ResultStream } from './blob/result-stream.js';
+export { resultStream } from './blob/result-stream.js';
 export type { BlobPointer, BlobPutOptions, BlobSource, BlobStore, ListedBlob } from './blob/types.js';
 export { decodeResult } from './codec.js';
 export type {
@@ -50,7 +50,6 @@ export {
 export type { Logger, LogMeta } from './logger.js';
 export { defaultLogger, silentLogger } from './logger.js';
 export type { MissingKeyPolicy, ProcessorOptions, ResolvedProcessorOptions } from './options.js';
-export type { StandardSchemaV1 } from './schema.js';
 export {
   checkRetentionHorizon,
   MAX_DURATION_MS,
@@ -76,6 +75,7 @@ export {
   retryDelayMs,
   worstCaseRetrySpanMs,
 } from './retry.js';
+export type { StandardSchemaV1 } from './schema.js';
 export * as semconv from './semconv.js';
 export type { DeadLetterReason, Delivery, Disposition, Outcome, OutgoingPublisher } from './spi.js';
 export type { FaultOptions, StoreOperation } from './store/faulty-store.js';

@@ -10,7 +10,9 @@ export type OptionNames<O> = { readonly [K in keyof Required<O>]: true };
 
 /**
  * Throws ConfigError naming the first own property of `options` that `known` does not list, with
- * the known name it most likely meant. `label` prefixes names of a nested object (`retry`).
+ * the known name it most likely meant. `label`: the path of a nested options object (`retry`,
+ * names shown as `retry.maxAttempts`), or where a call's options are read (`ctx.step options`,
+ * with a space: shown as `"reconcle" in ctx.step options`).
  */
 export function refuseUnknownOptions(
   options: object,
@@ -22,9 +24,11 @@ export function refuseUnknownOptions(
   for (const name of Object.keys(options)) {
     if (Object.hasOwn(known, name)) continue;
     const meant = closest(name, Object.keys(known));
-    const named = (n: string) => `"${label === undefined ? n : `${label}.${n}`}"`;
+    const path = label !== undefined && !label.includes(' ');
+    const named = (n: string) => `"${path ? `${label}.${n}` : n}"`;
+    const where = label === undefined || path ? '' : ` in ${label}`;
     throw new ConfigError(
-      `unknown option ${named(name)}${meant === undefined ? '' : ` (did you mean ${named(meant)}?)`}`,
+      `unknown option ${named(name)}${where}${meant === undefined ? '' : ` (did you mean ${named(meant)}?)`}`,
     );
   }
 }

@@ -5,10 +5,10 @@
 import type { ResolvedProcessorOptions } from './options.js';
 import {
   giveBackUnrun,
+  leasesGivenBack,
   ORDERED_WINDOW,
   type OrderedGroup,
   type Shared,
-  leasesGivenBack,
   type Turn,
   trackGiveBack,
 } from './shared.js';

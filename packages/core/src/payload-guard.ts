@@ -13,8 +13,8 @@
 import type { Span } from '@opentelemetry/api';
 import { ConfigError, DuplicatePayloadError } from './errors.js';
 import { scopeKey } from './keys.js';
-import { type OptionNames, refuseUnknownOptions } from './option-names.js';
 import type { Logger } from './logger.js';
+import { type OptionNames, refuseUnknownOptions } from './option-names.js';
 import { ATTR_EO_PAYLOAD_REUSE, ATTR_EO_PAYLOAD_REUSE_FIRST_KEY } from './semconv.js';
 import type { ProcessedStore } from './store/types.js';
 import { instrumentsFor } from './tracing.js';

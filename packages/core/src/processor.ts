@@ -13,6 +13,7 @@
  * {@link Disposition} says, and settling is always the last step.
  */
 import { type Context, propagation, type Span, SpanStatusCode } from '@opentelemetry/api';
+import { TakeoverGate } from './alone.js';
 import { createRunContext } from './context.js';
 import {
   AttemptsExhaustedError,
@@ -44,7 +45,6 @@ import {
 import { handlerRun, ResultSourceFailure, runHandler, storeResult } from './handler-run.js';
 import { createLeaseBoard } from './lease-keeper.js';
 import { type ProcessorOptions, type ResolvedProcessorOptions, resolveProcessorOptions } from './options.js';
-import { TakeoverGate } from './alone.js';
 import {
   exhausted,
   giveBack,
@@ -83,8 +83,8 @@ import {
   type OrderedGroup,
   publishingRun,
   type RunUnderWay,
-  settleAll,
   type Shared,
+  settleAll,
   type Turn,
 } from './shared.js';
 import type { Delivery, Disposition, Outcome } from './spi.js';

@@ -189,6 +189,9 @@ export function deadLetterHeaders(reason: DeadLetterReason): Record<string, stri
 export { abandonedAfterMsOf, sweepFromPuts } from './blob/abandoned.js';
 export { decodeJson, encodeValue } from './codec.js';
 export { extraHeaders } from './headers.js';
+export { type OptionNames, refuseUnknownOptions } from './option-names.js';
+export { PROCESSOR_OPTIONS } from './options.js';
+export { setOwn } from './own.js';
 export type { OrderedRun, Processor } from './processor.js';
 export { createProcessor } from './processor.js';
 export type {
@@ -198,9 +201,6 @@ export type {
   SettlementPort,
 } from './settle.js';
 export { settle } from './settle.js';
-export { type OptionNames, refuseUnknownOptions } from './option-names.js';
-export { PROCESSOR_OPTIONS } from './options.js';
-export { setOwn } from './own.js';
 export { oldestFirst } from './store/stuck.js';
 export { extractContext, injectContext, inSpan, recordError, tracer } from './tracing.js';
 export {

@@ -4,12 +4,12 @@
  * counting a failure, and one that returns anyway completes as usual.
  */
 import { describe, expect, it } from 'vitest';
+import type { HandlerContext } from '../src/context.js';
 import { ClosedError } from '../src/errors.js';
+import { scopeKey } from '../src/keys.js';
+import type { ProcessorOptions } from '../src/options.js';
 import { createProcessor } from '../src/processor.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
-import { scopeKey } from '../src/keys.js';
-import type { HandlerContext } from '../src/context.js';
-import type { ProcessorOptions } from '../src/options.js';
 import type { ProcessedStore } from '../src/store/types.js';
 import { deferred, delivery } from './helpers.js';
 

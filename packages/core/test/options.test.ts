@@ -1,7 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { createFsBlobStore } from '../src/blob/fs-blob-store.js';
+import type { HandlerContext } from '../src/context.js';
 import { ConfigError } from '../src/errors.js';
+import { createIdempotentExecutor } from '../src/executor.js';
 import { stableKey } from '../src/keys.js';
+import type { Logger } from '../src/logger.js';
 import { resolveProcessorOptions } from '../src/options.js';
 import { createOutboxRelay } from '../src/outbox/relay.js';
 import { createProcessor } from '../src/processor.js';
@@ -12,10 +15,14 @@ import {
   retryDelayMs,
   worstCaseRetrySpanMs,
 } from '../src/retry.js';
+import type { Disposition } from '../src/spi.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
+import { findStuck } from '../src/store/stuck.js';
 import { createTieredStore } from '../src/store/tiered-store.js';
+import { delivery } from './helpers.js';
 
 const base = { store: createMemoryStore(), handler: () => undefined };
+const quiet: Logger = { debug() {}, info() {}, warn() {}, error() {} };
 
 describe('options are validated with actionable messages', () => {
   it('rejects consumer names that could collide inside a store key', () => {
@@ -79,6 +86,34 @@ describe('options are validated with actionable messages', () => {
     ).toThrow('(did you mean "idleDelayMs"?)');
     // A number given as a string (an environment variable passed on) is named as one.
     expect(create({ leaseMs: '30000' })).toThrow('(got the string "30000")');
+  });
+
+  it("refuses an unknown name in a call's options too: ctx.step, ctx.publish, execute, findStuck", async () => {
+    // A misspelt `reconcile` ran an in-doubt step again without asking; a misspelt routingKey
+    // published without one.
+    const run = async (handler: (ctx: HandlerContext) => Promise<unknown>) => {
+      const p = createProcessor({
+        ...base,
+        consumer: 'c',
+        logger: quiet,
+        handler: (_: unknown, ctx) => handler(ctx),
+      });
+      return p.process(delivery({ n: 1 }, { 'x-idempotency-key': `k-${Math.random()}` }));
+    };
+    const refused = (d: Disposition) => (d.action === 'dead-letter' ? d.reason.error.message : d.action);
+    expect(
+      refused(await run((ctx) => ctx.step('charge', () => 1, { reconcle: () => undefined } as never))),
+    ).toBe('unknown option "reconcle" in ctx.step options (did you mean "reconcile"?)');
+    expect(refused(await run(async (ctx) => ctx.publish('q', {}, { routingkey: 'r' } as never)))).toBe(
+      'unknown option "routingkey" in ctx.publish options (did you mean "routingKey"?)',
+    );
+    const executor = createIdempotentExecutor({ consumer: 'api', store: createMemoryStore(), logger: quiet });
+    await expect(
+      executor.execute({ key: 'k', payload: 1, requestID: 'r' } as never, () => 1),
+    ).rejects.toThrow('unknown option "requestID" in execute request (did you mean "requestId"?)');
+    await expect(findStuck(createMemoryStore(), { consumer: 'c', olderThanMS: 1 } as never)).rejects.toThrow(
+      '(did you mean "olderThanMs"?)',
+    );
   });
 
   it('requires the heartbeat to be at most half the lease', () => {

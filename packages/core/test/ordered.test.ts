@@ -4,8 +4,8 @@ import { PermanentError } from '../src/errors.js';
 import { Headers } from '../src/headers.js';
 import { fingerprint } from '../src/keys.js';
 import { createProcessor } from '../src/processor.js';
-import { createMemoryStore } from '../src/store/memory-store.js';
 import type { Delivery } from '../src/spi.js';
+import { createMemoryStore } from '../src/store/memory-store.js';
 import type { ProcessedStore } from '../src/store/types.js';
 import { delivery } from './helpers.js';
 

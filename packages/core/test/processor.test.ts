@@ -9,9 +9,9 @@ import { Headers } from '../src/headers.js';
 import { fingerprint } from '../src/keys.js';
 import { createProcessor } from '../src/processor.js';
 import { deadLetterHeaders, type OutgoingPublisher } from '../src/spi.js';
-import type { OutgoingMessage } from '../src/store/types.js';
 import { withFaults } from '../src/store/faulty-store.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
+import type { OutgoingMessage } from '../src/store/types.js';
 import { sleep } from '../src/wait.js';
 import { deferred, delivery, recordingPublisher } from './helpers.js';
 

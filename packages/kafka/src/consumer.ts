@@ -380,6 +380,9 @@ function checkTopics(
   deadLetter: { topic: string } | undefined,
   retryTopic: string | undefined,
 ): void {
+  if (typeof deadLetter === 'object' && deadLetter !== null) {
+    refuseUnknownOptions(deadLetter, { topic: true }, 'deadLetter');
+  }
   const dlq = deadLetter?.topic;
   if (typeof dlq !== 'string' || dlq.length === 0) {
     throw new ConfigError('deadLetter.topic is required (e.g. deadLetter: { topic: "orders.dlq" })');

@@ -67,6 +67,13 @@ export interface SendOptions {
   headers?: Readonly<Record<string, string>>;
 }
 
+const SEND_OPTIONS = {
+  requestId: true,
+  idempotencyKey: true,
+  key: true,
+  headers: true,
+} as const satisfies OptionNames<SendOptions>;
+
 export interface SendResult {
   readonly requestId: string;
   readonly idempotencyKey: string;
@@ -215,6 +222,8 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
 
     async send(topic, message, sendOptions = {}) {
       if (closed) throw closedError();
+      // A misspelt idempotencyKey would send under the request id: the receivers' deduplication lost.
+      refuseUnknownOptions(sendOptions, SEND_OPTIONS, 'send options');
       const requestId = sendOptions.requestId ?? randomUUID();
       // A key or request id the consumers would refuse (empty, not UTF-8) is refused here, where
       // the sender learns of it, rather than dead-lettered as KEY_MISSING or INVALID_KEY

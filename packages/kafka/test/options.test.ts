@@ -60,8 +60,17 @@ describe('kafka consumer options', () => {
     expect(configError({ leaseMS: 5_000 } as never).message).toMatch(/did you mean "leaseMs"/);
   });
 
-  it("refuses an unknown option name of the producer's", () => {
+  it("refuses an unknown option name of the producer's, of a send's and of deadLetter's", async () => {
     expect(() => createProducer({ kafka, timeoutMS: 5 } as never)).toThrow('(did you mean "timeoutMs"?)');
+    // Before: a misspelt idempotencyKey sent the record under its request id, unnoticed.
+    const producer = createProducer({ kafka });
+    await expect(producer.send('orders', {}, { idempotencyKy: 'k' } as never)).rejects.toThrow(
+      'unknown option "idempotencyKy" in send options (did you mean "idempotencyKey"?)',
+    );
+    await producer.disconnect();
+    expect(configError({ deadLetter: { topc: 'orders.dlq' } } as never).message).toBe(
+      'unknown option "deadLetter.topc" (did you mean "deadLetter.topic"?)',
+    );
   });
 
   it('refuses partitionsConsumedConcurrently below 1 (no partition would ever be processed)', () => {

@@ -60,6 +60,14 @@ export interface SendOptions {
   messageId?: string;
 }
 
+const SEND_OPTIONS = {
+  requestId: true,
+  idempotencyKey: true,
+  routingKey: true,
+  headers: true,
+  messageId: true,
+} as const satisfies OptionNames<SendOptions>;
+
 export interface RabbitPublisher extends OutgoingPublisher {
   /**
    * Publishes one message as the start (or a hop) of a request and resolves when the broker
@@ -205,6 +213,8 @@ export function createPublisher(options: PublisherOptions): RabbitPublisher {
 
     async send(destination, message, opts = {}) {
       if (closed) throw closedError();
+      // A misspelt idempotencyKey would send under a random key: the receivers' deduplication lost.
+      refuseUnknownOptions(opts, SEND_OPTIONS, 'send options');
       const requestId = opts.requestId ?? randomUUID();
       // A key or request id the consumers would refuse (empty, not UTF-8) is refused here, where
       // the sender learns of it, rather than dead-lettered as KEY_MISSING or INVALID_KEY

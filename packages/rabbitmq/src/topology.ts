@@ -10,6 +10,7 @@
  * head of a queue, so mixed delays in one queue would hold short ones behind long ones.
  */
 import { ConfigError } from '@exactly-once/core';
+import { refuseUnknownOptions } from '@exactly-once/core/spi';
 import type { Channel } from 'amqplib';
 
 export interface TopologyOptions {
@@ -47,6 +48,9 @@ export function topologyFor(options: TopologyOptions): Topology {
     // Renamed to match the Kafka consumer's deadLetter: { topic }; silently ignoring the old
     // name would send dead letters to the default queue instead.
     throw new ConfigError('deadLetterQueue was renamed: use deadLetter: { queue: "<name>" }');
+  }
+  if (typeof options.deadLetter === 'object' && options.deadLetter !== null) {
+    refuseUnknownOptions(options.deadLetter, { queue: true }, 'deadLetter');
   }
   const given = options.retryDelaysMs ?? DEFAULT_RETRY_DELAYS_MS;
   if (given.length === 0 || !given.every((d) => Number.isInteger(d) && d > 0)) {

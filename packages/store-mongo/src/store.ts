@@ -1052,6 +1052,18 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
 
     startSweeper(intervalMs: number, sweeper: SweeperOptions = {}): () => void {
       if (!(intervalMs > 0)) throw new ConfigError('startSweeper needs a positive interval');
+      refuseUnknownOptions(
+        sweeper,
+        { orphanBlobs: true, onPass: true } satisfies OptionNames<SweeperOptions>,
+        'startSweeper',
+      );
+      if (sweeper.orphanBlobs !== undefined) {
+        refuseUnknownOptions(
+          sweeper.orphanBlobs,
+          { olderThanMs: true, whenRecordGone: true, everyMs: true },
+          'orphanBlobs',
+        );
+      }
       const orphans = sweeper.orphanBlobs;
       if (orphans !== undefined && blobs === undefined) {
         throw new ConfigError("startSweeper: orphanBlobs needs the store's blobs option");

@@ -14,7 +14,13 @@ import {
   type OrphanBlobStats,
   toErrorInfo,
 } from '@exactly-once/core';
-import { collectingFailures, type Repeating, repeatEvery } from '@exactly-once/core/spi';
+import {
+  collectingFailures,
+  type OptionNames,
+  type Repeating,
+  refuseUnknownOptions,
+  repeatEvery,
+} from '@exactly-once/core/spi';
 import type { BlobCollectionOptions, BlobCollectionStats } from './blob-collection.js';
 import { type RedisClient, runCommand } from './client.js';
 import type { CompactionOptions, CompactionStats } from './compaction.js';
@@ -67,8 +73,23 @@ export interface MaintenanceContext {
   readonly collectOrphans: (blobs: BlobStore, options: OrphanCollectionOptions) => Promise<OrphanBlobStats>;
 }
 
+const MAINTENANCE_OPTIONS = {
+  everyMs: true,
+  blobs: true,
+  compaction: true,
+  blobCollection: true,
+  orphanBlobs: true,
+  onError: true,
+  onPass: true,
+} as const satisfies OptionNames<MaintenanceOptions>;
+
 export function startMaintenance(context: MaintenanceContext, options: MaintenanceOptions): Repeating {
   const { client, prefix, logger, compact } = context;
+  refuseUnknownOptions(options, MAINTENANCE_OPTIONS, 'startMaintenance');
+  if (options.orphanBlobs !== undefined) {
+    // A misspelt olderThanMs would delete orphan blobs without the age guard meant for them.
+    refuseUnknownOptions(options.orphanBlobs, { olderThanMs: true, whenRecordGone: true }, 'orphanBlobs');
+  }
   const { everyMs, blobs } = options;
   if (!(Number.isFinite(everyMs) && everyMs > 0)) {
     throw new ConfigError('startMaintenance needs everyMs > 0');

@@ -8,6 +8,7 @@
 import type { Attributes, ObservableGauge, ObservableResult } from '@opentelemetry/api';
 import { ConfigError } from '../errors.js';
 import { scopeKey, validateName } from '../keys.js';
+import { type OptionNames, refuseUnknownOptions } from '../option-names.js';
 import { meter } from '../tracing.js';
 import { repeatEvery } from '../wait.js';
 import type { InProgressEntry, ProcessedStore } from './types.js';
@@ -27,7 +28,15 @@ export interface StuckQuery {
  * oldest first. The keys returned are scoped (`namespace:consumer:key`), ready for `store.get`
  * or `store.clear`.
  */
+const STUCK_QUERY = {
+  consumer: true,
+  namespace: true,
+  olderThanMs: true,
+  limit: true,
+} as const satisfies OptionNames<StuckQuery>;
+
 export async function findStuck(store: ProcessedStore, query: StuckQuery): Promise<InProgressEntry[]> {
+  refuseUnknownOptions(query, STUCK_QUERY);
   if (!store.listInProgress) throw new ConfigError('this store does not implement listInProgress');
   const consumer = validateName('consumer', query.consumer);
   const namespace = validateName('namespace', query.namespace ?? 'default');
@@ -73,6 +82,11 @@ export interface StuckWatch {
  * An alert rule: `exactly_once_in_progress_stuck > 0` for a few minutes.
  */
 export function watchStuck(store: ProcessedStore, options: WatchStuckOptions): StuckWatch {
+  refuseUnknownOptions(options, {
+    ...STUCK_QUERY,
+    intervalMs: true,
+    onError: true,
+  } satisfies OptionNames<WatchStuckOptions>);
   const intervalMs = options.intervalMs ?? 60_000;
   if (!(intervalMs > 0)) throw new ConfigError('intervalMs must be > 0');
   if (!store.listInProgress) throw new ConfigError('this store does not implement listInProgress');
@@ -88,8 +102,15 @@ export function watchStuck(store: ProcessedStore, options: WatchStuckOptions): S
     if (count !== undefined) result.observe(count, attributes);
   };
   gauge.addCallback(observe);
+  const { consumer, namespace, olderThanMs, limit } = options;
+  const query: StuckQuery = {
+    consumer,
+    olderThanMs,
+    ...(namespace === undefined ? {} : { namespace }),
+    ...(limit === undefined ? {} : { limit }),
+  };
   const refresh = async () => {
-    count = (await findStuck(store, options)).length;
+    count = (await findStuck(store, query)).length;
     return count;
   };
   // A query slower than the interval (a scan of a large keyspace) must not pile up behind itself.
