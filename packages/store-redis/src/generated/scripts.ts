@@ -502,9 +502,9 @@ return { code, now, payload }
 `,
   },
   beginMany: {
-    command: 'eoBeginMany_v2_f732d37d',
+    command: 'eoBeginMany_v2_2a035619',
     numberOfKeys: undefined,
-    sha1: 'f732d37de38a9f8c627517a9fb6cf7786cc85473',
+    sha1: '2a0356196be1060fc81f7b089da021334f466200',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 beginMany: begin several keys in one call, in order, each exactly as begin-2.lua would (the same
@@ -992,7 +992,7 @@ while pos <= size do
   local ok, code, payload = pcall(beginOne, rec, bucket, string.sub(rec, 1, -18) .. 'm', fp, owner, lease, trace,
     ttl, string.sub(rec, -16), now, false, name, deadline, cluster)
   if not ok then
-    -- A damaged record fails its own key (nothing was written for it), not the batch.
+    -- A damaged record fails its own key, not the batch (see corruption in includes/record.lua).
     local why = corruption(code)
     if not why then error(code, 0) end
     code, payload = 'E', why
@@ -1888,9 +1888,9 @@ return { #done, dropped, deferred }
 `,
   },
   completeMany: {
-    command: 'eoCompleteMany_v2_09705ba2',
+    command: 'eoCompleteMany_v2_efa846aa',
     numberOfKeys: undefined,
-    sha1: '09705ba25edfc22ef4befb4e191b66083a04e380',
+    sha1: 'efa846aa1a4754c4098253e3126b3c4fc22ea8df',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 completeMany: IN_PROGRESS(fence) -> COMPLETED with result and outgoing messages, in one write
@@ -2116,17 +2116,6 @@ local function recordReply(rec, r, packed)
   if r.flags == 1 then extras = rcall('HGETALL', rec .. 'x') end
   return { packed or packRecord(r), extras }
 end
--- completeOne: IN_PROGRESS(fence) -> COMPLETED of one key (see completeMany-n.lua). \`messages\` holds
--- its outgoing messages as id, message, id, message, ...; \`fence\` is a number.
--- Returns 1 (ok) or 0 (lost). A record already COMPLETED under \`fence\` answers 1 and is left as it
--- is: the caller's earlier complete landed and its answer was lost (only the holder of a fence
--- completes with it).
--- \`tag\` is the record's name without its id (\`<prefix>:{<tag>}\`): the tag's completion index is
--- tag .. 'i', its blob index tag .. 'b'.
--- A blob result's pointer goes into the blob index (member = packed pointer, score = the record's
--- physical end), so collectBlobs can delete the blob once no record names it; not with
--- \`indexBlob\` false (a store whose blobs another store's collection deletes). \`cluster\`: see
--- refuseMigrating.
 -- Adds \`id\` to a tag's completion index, which lives as long as its newest record (compaction
 -- prunes it meanwhile).
 local function indexCompletion(index, id, now, physicalEnd)
@@ -2140,6 +2129,17 @@ local function unlessDamaged(ok, e)
   if not ok and not corruption(e) then error(e, 0) end
 end
 
+-- completeOne: IN_PROGRESS(fence) -> COMPLETED of one key (see completeMany-n.lua). \`messages\` holds
+-- its outgoing messages as id, message, id, message, ...; \`fence\` is a number.
+-- Returns 1 (ok) or 0 (lost). A record already COMPLETED under \`fence\` answers 1 and is left as it
+-- is: the caller's earlier complete landed and its answer was lost (only the holder of a fence
+-- completes with it).
+-- \`tag\` is the record's name without its id (\`<prefix>:{<tag>}\`): the tag's completion index is
+-- tag .. 'i', its blob index tag .. 'b'.
+-- A blob result's pointer goes into the blob index (member = packed pointer, score = the record's
+-- physical end), so collectBlobs can delete the blob once no record names it; not with
+-- \`indexBlob\` false (a store whose blobs another store's collection deletes). \`cluster\`: see
+-- refuseMigrating.
 local function completeOne(rec, tag, fence, retention, grace, trace, result, id, messages, now, indexBlob, cluster)
   if cluster then refuseMigrating(rec) end
   local packed = loadPacked(rec)

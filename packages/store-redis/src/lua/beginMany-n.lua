@@ -44,7 +44,7 @@ while pos <= size do
   local ok, code, payload = pcall(beginOne, rec, bucket, string.sub(rec, 1, -18) .. 'm', fp, owner, lease, trace,
     ttl, string.sub(rec, -16), now, false, name, deadline, cluster)
   if not ok then
-    -- A damaged record fails its own key (nothing was written for it), not the batch.
+    -- A damaged record fails its own key, not the batch (see corruption in includes/record.lua).
     local why = corruption(code)
     if not why then error(code, 0) end
     code, payload = 'E', why

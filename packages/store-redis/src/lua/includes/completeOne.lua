@@ -1,14 +1,3 @@
--- completeOne: IN_PROGRESS(fence) -> COMPLETED of one key (see completeMany-n.lua). `messages` holds
--- its outgoing messages as id, message, id, message, ...; `fence` is a number.
--- Returns 1 (ok) or 0 (lost). A record already COMPLETED under `fence` answers 1 and is left as it
--- is: the caller's earlier complete landed and its answer was lost (only the holder of a fence
--- completes with it).
--- `tag` is the record's name without its id (`<prefix>:{<tag>}`): the tag's completion index is
--- tag .. 'i', its blob index tag .. 'b'.
--- A blob result's pointer goes into the blob index (member = packed pointer, score = the record's
--- physical end), so collectBlobs can delete the blob once no record names it; not with
--- `indexBlob` false (a store whose blobs another store's collection deletes). `cluster`: see
--- refuseMigrating.
 -- Adds `id` to a tag's completion index, which lives as long as its newest record (compaction
 -- prunes it meanwhile).
 local function indexCompletion(index, id, now, physicalEnd)
@@ -22,6 +11,17 @@ local function unlessDamaged(ok, e)
   if not ok and not corruption(e) then error(e, 0) end
 end
 
+-- completeOne: IN_PROGRESS(fence) -> COMPLETED of one key (see completeMany-n.lua). `messages` holds
+-- its outgoing messages as id, message, id, message, ...; `fence` is a number.
+-- Returns 1 (ok) or 0 (lost). A record already COMPLETED under `fence` answers 1 and is left as it
+-- is: the caller's earlier complete landed and its answer was lost (only the holder of a fence
+-- completes with it).
+-- `tag` is the record's name without its id (`<prefix>:{<tag>}`): the tag's completion index is
+-- tag .. 'i', its blob index tag .. 'b'.
+-- A blob result's pointer goes into the blob index (member = packed pointer, score = the record's
+-- physical end), so collectBlobs can delete the blob once no record names it; not with
+-- `indexBlob` false (a store whose blobs another store's collection deletes). `cluster`: see
+-- refuseMigrating.
 local function completeOne(rec, tag, fence, retention, grace, trace, result, id, messages, now, indexBlob, cluster)
   if cluster then refuseMigrating(rec) end
   local packed = loadPacked(rec)
