@@ -148,20 +148,6 @@ export interface KafkaConsumer {
 /** How long stop() waits for unrun leases to go back even when its own deadline has passed. */
 const GIVE_BACK_MIN_WAIT_MS = 2_000;
 
-/**
- * Creates an exactly-once consumer: ordered per partition, offsets committed only past settled
- * records, retries in place, poison to the dead-letter topic.
- *
- * @example
- * ```ts
- * const consumer = createConsumer({
- *   kafka, groupId: 'billing', topics: ['orders'], deadLetter: { topic: 'orders.dlq' },
- *   store: createRedisStore({ client: redis }),
- *   handler: async (order, ctx) => ctx.publish('invoices', { orderId: order.id }),
- * });
- * await consumer.start();
- * ```
- */
 /** The consumer's own option names; the rest are core's. */
 const KAFKA_OPTIONS = {
   kafka: true,
@@ -183,6 +169,20 @@ const KAFKA_OPTIONS = {
   Omit<KafkaConsumerOptions, Exclude<keyof ProcessorOptions, 'consumer' | 'publisher'>>
 >;
 
+/**
+ * Creates an exactly-once consumer: ordered per partition, offsets committed only past settled
+ * records, retries in place, poison to the dead-letter topic.
+ *
+ * @example
+ * ```ts
+ * const consumer = createConsumer({
+ *   kafka, groupId: 'billing', topics: ['orders'], deadLetter: { topic: 'orders.dlq' },
+ *   store: createRedisStore({ client: redis }),
+ *   handler: async (order, ctx) => ctx.publish('invoices', { orderId: order.id }),
+ * });
+ * await consumer.start();
+ * ```
+ */
 export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerOptions<T, R>): KafkaConsumer {
   if (typeof options === 'object' && options !== null) {
     refuseUnknownOptions(options, { ...PROCESSOR_OPTIONS, ...KAFKA_OPTIONS });

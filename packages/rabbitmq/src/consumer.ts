@@ -133,17 +133,6 @@ export interface RabbitConsumer {
   readonly stats: Readonly<ConsumerStats>;
 }
 
-/**
- * @example
- * ```ts
- * const consumer = createConsumer({
- *   connection: 'amqp://127.0.0.1', queue: 'orders', consumer: 'billing',
- *   store: createRedisStore({ client: new Redis() }),
- *   handler: async (order, ctx) => chargeCard(order, { idempotencyKey: ctx.keyFor('charge') }),
- * });
- * await consumer.start();
- * ```
- */
 /** The consumer's own option names; the rest are core's. */
 const RABBIT_OPTIONS = {
   connection: true,
@@ -159,6 +148,17 @@ const RABBIT_OPTIONS = {
   Omit<RabbitConsumerOptions, Exclude<keyof ProcessorOptions, 'consumer' | 'publisher'>>
 >;
 
+/**
+ * @example
+ * ```ts
+ * const consumer = createConsumer({
+ *   connection: 'amqp://127.0.0.1', queue: 'orders', consumer: 'billing',
+ *   store: createRedisStore({ client: new Redis() }),
+ *   handler: async (order, ctx) => chargeCard(order, { idempotencyKey: ctx.keyFor('charge') }),
+ * });
+ * await consumer.start();
+ * ```
+ */
 export function createConsumer<T = unknown, R = unknown>(
   options: RabbitConsumerOptions<T, R>,
 ): RabbitConsumer {

@@ -217,16 +217,6 @@ interface Place {
   readonly leaseUntil: number;
 }
 
-/**
- * Creates a processed-store on a MongoDB collection (MongoDB, or a wire-compatible server such as
- * FerretDB or mongo-java-server, which reports MongoDB 4.2; see the README for drivers).
- *
- * A key's head (`_id` = key) names a chain of elements, each one state of the key. Element i + 1
- * is inserted only by a worker that read element i as the last one, and `_id` uniqueness lets
- * exactly one such insert win: that is every race (two begins, a takeover against a stale
- * holder's complete, a clear against a begin). The lease holder alone updates its element
- * (lease end, steps), then checks that no successor exists before answering `ok`.
- */
 const MONGO_STORE_OPTIONS = {
   db: true,
   collection: true,
@@ -244,6 +234,16 @@ const MONGO_STORE_OPTIONS = {
   fingerprintCollection: true,
 } as const satisfies OptionNames<MongoStoreOptions>;
 
+/**
+ * Creates a processed-store on a MongoDB collection (MongoDB, or a wire-compatible server such as
+ * FerretDB or mongo-java-server, which reports MongoDB 4.2; see the README for drivers).
+ *
+ * A key's head (`_id` = key) names a chain of elements, each one state of the key. Element i + 1
+ * is inserted only by a worker that read element i as the last one, and `_id` uniqueness lets
+ * exactly one such insert win: that is every race (two begins, a takeover against a stale
+ * holder's complete, a clear against a begin). The lease holder alone updates its element
+ * (lease end, steps), then checks that no successor exists before answering `ok`.
+ */
 export function createMongoStore(options: MongoStoreOptions): MongoProcessedStore {
   if (typeof options !== 'object' || options === null)
     throw new ConfigError('createMongoStore needs options');

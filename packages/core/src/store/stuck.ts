@@ -23,11 +23,6 @@ export interface StuckQuery {
   readonly limit?: number;
 }
 
-/**
- * IN_PROGRESS records of one consumer whose current attempt started at least `olderThanMs` ago,
- * oldest first. The keys returned are scoped (`namespace:consumer:key`), ready for `store.get`
- * or `store.clear`.
- */
 const STUCK_QUERY = {
   consumer: true,
   namespace: true,
@@ -35,6 +30,11 @@ const STUCK_QUERY = {
   limit: true,
 } as const satisfies OptionNames<StuckQuery>;
 
+/**
+ * IN_PROGRESS records of one consumer whose current attempt started at least `olderThanMs` ago,
+ * oldest first. The keys returned are scoped (`namespace:consumer:key`), ready for `store.get`
+ * or `store.clear`.
+ */
 export async function findStuck(store: ProcessedStore, query: StuckQuery): Promise<InProgressEntry[]> {
   refuseUnknownOptions(query, STUCK_QUERY);
   if (!store.listInProgress) throw new ConfigError('this store does not implement listInProgress');
