@@ -533,6 +533,11 @@ async function run<T, R>(
         recordKeys: o.recordKeys,
       });
     } catch (error) {
+      // A claim damaged by hand: refused for this message alone (see CorruptRecordError).
+      if (error instanceof CorruptRecordError) {
+        await passOn(turn);
+        return deadLetter(o, delivery, 'corrupt-record', error, 0);
+      }
       return storeDown(o, error, storeKey);
     }
     if (reuse) {

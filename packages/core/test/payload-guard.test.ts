@@ -5,7 +5,7 @@
  */
 import { describeFingerprintClaimConformance } from '@exactly-once/core/testing';
 import { describe, expect, it } from 'vitest';
-import { DuplicatePayloadError, ErrorCode } from '../src/errors.js';
+import { CorruptRecordError, DuplicatePayloadError, ErrorCode } from '../src/errors.js';
 import { Headers } from '../src/headers.js';
 import { fingerprint as fingerprintOf } from '../src/keys.js';
 import type { Logger, LogMeta } from '../src/logger.js';
@@ -110,6 +110,33 @@ describe('payloadGuard', () => {
     const error = new DuplicatePayloadError({ key: 'b', firstKey: 'a', fingerprint: 'f'.repeat(64) });
     expect(error.retryable).toBe(false);
     expect(error.code).toBe('DUPLICATE_PAYLOAD');
+  });
+
+  it("a claim damaged in the store dead-letters its message CORRUPT_RECORD, not an outage's defer", async () => {
+    const store = createMemoryStore();
+    const damaged: ProcessedStore = {
+      ...store,
+      begin: store.begin.bind(store),
+      complete: store.complete.bind(store),
+      claimFingerprint: async (_scope, _fingerprint, key) => {
+        throw new CorruptRecordError({ key, detail: "a value of another type at its payload's claim" });
+      },
+    };
+    let runs = 0;
+    const p = guarded({
+      store: damaged,
+      payloadGuard: { windowMs: 60_000, action: 'dead-letter' },
+      handler: () => {
+        runs++;
+      },
+    });
+    expect(await p.process(delivery({ amount: 5 }, key('K1')))).toMatchObject({
+      action: 'dead-letter',
+      outcome: 'corrupt-record',
+      reason: { error: { code: ErrorCode.CorruptRecord } },
+    });
+    expect(runs).toBe(0);
+    expect(p.storeHealth().unavailableSince).toBeUndefined();
   });
 
   it('dead-letter without recordKeys: neither key reaches the log line (the message quotes both)', async () => {

@@ -8,7 +8,7 @@
  * Only result pointers are indexed: blobs a handler stored with `ctx.storeBlob` and put inside a
  * JSON result or a journaled step are never collected here.
  */
-import type { BlobStore } from '@exactly-once/core';
+import { type BlobStore, CorruptRecordError } from '@exactly-once/core';
 import { type RedisClient, runCommand, runScript } from './client.js';
 import { unpackResult } from './codec.js';
 import { blobIndexKey, chunksByNode, staleSlotMap, TAG_COUNT } from './layout.js';
@@ -30,6 +30,8 @@ export interface BlobCollectionStats {
    * cannot tell (its `delete` answers nothing).
    */
   readonly deleted: number;
+  /** Tags whose blob index was damaged by hand (another type at its name): left as they are. */
+  readonly damaged: number;
 }
 
 /**
@@ -49,6 +51,7 @@ export async function collectBlobPass(
   const [seconds, micros] = (await runCommand(client, 'collectBlobs', 'TIME', [])) as [string, string];
   const now = String(Number(seconds) * 1000 + Math.floor(Number(micros) / 1000));
   let deleted = 0;
+  let damaged = 0;
   const tags = Array.from({ length: TAG_COUNT }, (_, tag) => tag);
   const chunks = chunksByNode(client, tags, (tag) => tag, TAGS_PER_CALL);
   let next = 0;
@@ -95,9 +98,18 @@ export async function collectBlobPass(
           ...keys,
         ])) as Buffer[][];
       } catch (error) {
-        // A tag of the chunk moved to another node: a call per tag, each routed by its own key.
-        if (!staleSlotMap(client, error)) throw error;
-        for (const key of keys) if (!failed) await collectTag(key, undefined);
+        // A tag of the chunk moved to another node, or one tag's index is damaged: a call per
+        // tag, each routed by its own key; a damaged index is counted and left as it is.
+        if (!staleSlotMap(client, error) && !(error instanceof CorruptRecordError)) throw error;
+        for (const key of keys) {
+          if (failed) break;
+          try {
+            await collectTag(key, undefined);
+          } catch (tagError) {
+            if (!String((tagError as Error).message).includes('WRONGTYPE')) throw tagError;
+            damaged++;
+          }
+        }
         continue;
       }
       for (const [i, key] of keys.entries()) {
@@ -116,5 +128,5 @@ export async function collectBlobPass(
   );
   const rejected = ends.find((end) => end.status === 'rejected');
   if (rejected) throw rejected.reason;
-  return { deleted };
+  return { deleted, damaged };
 }

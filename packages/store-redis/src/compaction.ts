@@ -4,6 +4,7 @@
  * expiry. Only records indexed at completion (stores created with `compactAfterMs`) are visited:
  * a pass reads each tag's index from the oldest completion on, and never scans the keyspace.
  */
+import { CorruptRecordError } from '@exactly-once/core';
 import { type RedisClient, runScript } from './client.js';
 import { chunksByNode, indexKey, markerBucketKey, recordKey, staleSlotMap, tagsBySlot } from './layout.js';
 
@@ -25,6 +26,11 @@ export interface CompactionStats {
   dropped: number;
   /** Records kept because some outgoing message is not confirmed yet; retried a window later. */
   deferred: number;
+  /**
+   * Slots left as they are because one of their keys was damaged by hand (a value of another
+   * type at a completion index or marker bucket, see README "Damaged records"); the others go on.
+   */
+  damaged: number;
 }
 
 export interface CompactionContext {
@@ -47,7 +53,7 @@ export async function compactPass(
 ): Promise<CompactionStats> {
   const batchSize = Math.max(1, Math.floor(options.batchSize ?? 100));
   const concurrency = Math.max(1, Math.floor(options.concurrency ?? 32));
-  const stats: CompactionStats = { compacted: 0, dropped: 0, deferred: 0 };
+  const stats: CompactionStats = { compacted: 0, dropped: 0, deferred: 0, damaged: 0 };
   // The slots (as their tags) in groups served by one node.
   const chunks = chunksByNode(context.client, tagsBySlot(), (tags) => tags[0] as number, SLOTS_PER_CALL);
   let next = 0;
@@ -86,8 +92,9 @@ async function compactChunk(
   try {
     lists = await candidates(context, chunk.flat(), batchSize);
   } catch (error) {
-    // A slot of the chunk moved to another node: a call per slot, each routed by its own keys.
-    if (!staleSlotMap(context.client, error)) throw error;
+    // A slot of the chunk moved to another node, or one of its indexes is damaged: a call per
+    // slot, each routed by its own keys (a damaged one is skipped there).
+    if (!staleSlotMap(context.client, error) && !(error instanceof CorruptRecordError)) throw error;
     for (const tags of chunk) await compactSlot(context, tags, batchSize, stats);
     return;
   }
@@ -100,7 +107,23 @@ async function compactChunk(
 }
 
 /** Compacts one slot's tags; `first`: their first candidates, when already read. */
+/** {@link compactSlotOnce}, a slot with a damaged key counted and left as it is. */
 async function compactSlot(
+  context: CompactionContext,
+  slotTags: readonly number[],
+  batchSize: number,
+  stats: CompactionStats,
+  first?: Buffer[][],
+): Promise<void> {
+  try {
+    await compactSlotOnce(context, slotTags, batchSize, stats, first);
+  } catch (error) {
+    if (!(error instanceof CorruptRecordError)) throw error;
+    stats.damaged++;
+  }
+}
+
+async function compactSlotOnce(
   context: CompactionContext,
   slotTags: readonly number[],
   batchSize: number,

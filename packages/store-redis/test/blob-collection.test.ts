@@ -193,7 +193,7 @@ describe.each([
       await completeWithBlob(store, blobs, `there-${randomUUID()}`, 1);
       await blobs.delete(gone);
       await new Promise((resolve) => setTimeout(resolve, 20));
-      expect(await store.collectBlobs(blobs)).toEqual({ deleted: 1 });
+      expect(await store.collectBlobs(blobs)).toEqual({ deleted: 1, damaged: 0 });
       expect(await blobIndexKeys(client, prefix)).toBe(0);
     } finally {
       await f.close();

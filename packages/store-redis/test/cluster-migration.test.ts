@@ -12,10 +12,10 @@ import { createHash } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createProcessor } from '@exactly-once/core';
 import calculateSlot from 'cluster-key-slot';
 import { Cluster, Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createProcessor } from '@exactly-once/core';
 import { createRedisStore, redisKeyFor } from '../src/index.js';
 import { listening, sleep } from './helpers.js';
 

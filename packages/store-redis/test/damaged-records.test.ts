@@ -9,7 +9,7 @@ import { CorruptRecordError, ErrorCode, PartialBatchError } from '@exactly-once/
 import type { Cluster, Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRedisStore } from '../src/index.js';
-import { keysFor } from '../src/layout.js';
+import { fingerprintClaimKey, keysFor } from '../src/layout.js';
 import { cluster, dropPrefix, standalone, testPrefix } from './helpers.js';
 
 const leaseMs = 30_000;
@@ -154,6 +154,63 @@ describe.each([
       }),
     ).toBe('ok');
     expect(await store.get(indexed)).toMatchObject({ state: 'COMPLETED', result: { kind: 'blob', pointer } });
+  });
+
+  it('a marker bucket cut short refuses the keys of its slot; a compaction or blob collection pass skips what is damaged and goes on', async () => {
+    const store = createRedisStore({ client, keyPrefix, compactAfterMs: 1, indexBlobs: true });
+    const complete = async (
+      key: string,
+      result?: { kind: 'blob'; pointer: { uri: string; size: number; sha256: string } },
+    ) => {
+      const begun = await store.begin({ key, fingerprint, owner: 'w', leaseMs });
+      if (begun.status !== 'acquired') throw new Error('not acquired');
+      await store.complete({
+        key,
+        fence: begun.fence,
+        outgoing: [],
+        retentionMs: 60_000,
+        ...(result ? { result } : {}),
+      });
+    };
+    // Compacted, then its slot's bucket cut by a byte: before, the key read as new and ran again.
+    const compacted = `compacted:${randomUUID()}`;
+    await complete(compacted);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    expect((await store.compactCompleted()).compacted).toBeGreaterThanOrEqual(1);
+    const bucket = keysFor(keyPrefix, compacted).markers;
+    const bytes = await client.getBuffer(bucket);
+    await client.set(bucket, (bytes as Buffer).subarray(0, (bytes as Buffer).length - 1));
+    await expect(store.begin({ key: compacted, fingerprint, owner: 'w', leaseMs })).rejects.toMatchObject({
+      code: ErrorCode.CorruptRecord,
+    });
+
+    // A damaged record and a damaged completion index beside healthy ones: the pass goes on.
+    const keys = Array.from({ length: 20 }, () => `pass:${randomUUID()}`);
+    for (const key of keys)
+      await complete(key, { kind: 'blob', pointer: { uri: `fs:${key}`, size: 1, sha256: 'a'.repeat(64) } });
+    await client.set(keysFor(keyPrefix, keys[0] as string).record, 'garbage');
+    await client.del(keysFor(keyPrefix, keys[1] as string).index);
+    await client.hset(keysFor(keyPrefix, keys[1] as string).index, 'not', 'an index');
+    await client.del(keysFor(keyPrefix, keys[2] as string).blobs);
+    await client.hset(keysFor(keyPrefix, keys[2] as string).blobs, 'not', 'an index');
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    const stats = await store.compactCompleted();
+    expect(stats.damaged).toBeGreaterThanOrEqual(1);
+    expect(stats.compacted).toBeGreaterThanOrEqual(15);
+    const blobs = { delete: async () => true } as unknown as Parameters<typeof store.collectBlobs>[0];
+    const collected = await store.collectBlobs(blobs);
+    expect(collected.damaged).toBeGreaterThanOrEqual(1);
+  });
+
+  it('a damaged payload-guard claim is refused for its key, not taken for an outage', async () => {
+    const store = createRedisStore({ client, keyPrefix });
+    const claim = fingerprintClaimKey(keyPrefix, 'default:c', fingerprint);
+    await client.hset(claim, 'not', 'a claim');
+    await expect(store.claimFingerprint?.('default:c', fingerprint, 'k-1', 60_000)).rejects.toMatchObject({
+      code: ErrorCode.CorruptRecord,
+      key: 'k-1',
+    });
+    await client.del(claim);
   });
 
   it('a record damaged while its run holds it: the completion is lost, the batch beside it completes', async () => {

@@ -5,8 +5,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createFsBlobStore } from '@exactly-once/core';
 import { Cluster, Redis } from 'ioredis';

@@ -232,7 +232,12 @@ for (const [name, connect] of [
       const reads = spyOnScript(client, scripts.compactCandidates);
       const masters = name === 'cluster' ? (client as Cluster).nodes('master').length : 1;
       try {
-        expect(await sparse.compactCompleted()).toEqual({ compacted: 3, dropped: 0, deferred: 0 });
+        expect(await sparse.compactCompleted()).toEqual({
+          compacted: 3,
+          dropped: 0,
+          deferred: 0,
+          damaged: 0,
+        });
         expect(reads.mock.calls.length).toBeLessThanOrEqual(Math.ceil(13_152 / 64) + masters);
         for (const key of keys) {
           expect(await sparse.get(key)).toMatchObject({ state: 'COMPLETED', compacted: true });
@@ -253,7 +258,12 @@ for (const [name, connect] of [
         const real = map.slots;
         map.slots = real.map(() => [...(real[0] as string[])]);
         try {
-          expect(await stale.compactCompleted()).toEqual({ compacted: 12, dropped: 0, deferred: 0 });
+          expect(await stale.compactCompleted()).toEqual({
+            compacted: 12,
+            dropped: 0,
+            deferred: 0,
+            damaged: 0,
+          });
           for (const key of keys) {
             expect(await stale.get(key)).toMatchObject({ state: 'COMPLETED', compacted: true });
           }

@@ -13,9 +13,9 @@ export const LAYOUT_VERSION = 2;
 
 export const scripts = {
   begin: {
-    command: 'eoBegin_v2_dc5c045f',
+    command: 'eoBegin_v2_2b0b4bf4',
     numberOfKeys: 3,
-    sha1: 'dc5c045fe5eb434506cac34e67c6378d8a66825e',
+    sha1: '2b0b4bf42a4db6d87b2b2cebb388e8aecd74b3ec',
     lua: `--[[
 begin: claim the record of one key for an attempt, or say why not.
 
@@ -305,8 +305,17 @@ end
 -- window around it is read (GETRANGE of 2 * MARKER_WINDOW + 1 entries); when the id is outside
 -- it, the window's edge narrows the estimate for the next read. Reading a 30 KB bucket whole
 -- would cost ~35 us; this costs one read, two for big buckets (see the README's CPU figures).
+-- The store writes a header and whole entries only: a bucket of any other length was cut or
+-- written by hand, and its entries cannot be found (a processed key would read as new).
+local function checkBucketLength(len)
+  if len > 0 and (len < MARKER_HEAD or (len - MARKER_HEAD) % MARKER_WIDTH ~= 0) then
+    corrupt('a marker bucket of ' .. len .. ' bytes, not a header and whole markers')
+  end
+end
+
 local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
+  checkBucketLength(len)
   if len <= MARKER_HEAD then return nil, len > 0 end
   local a, b, c = struct.unpack('>I4I4I2', id)
   local lo, hi = 0, markerCount(len)
@@ -375,6 +384,7 @@ end
 -- \`keepUntil\` (ms) at least.
 local function addMarkers(bucket, entries, now, keepUntil)
   local v = rcall('GET', bucket)
+  if v then checkBucketLength(#v) end
   local nextSweep, body = 0, ''
   if v then nextSweep, body = struct.unpack('>I4', v), string.sub(v, MARKER_HEAD + 1) end
   local nowS = math.floor(now / 1000)
@@ -502,9 +512,9 @@ return { code, now, payload }
 `,
   },
   beginMany: {
-    command: 'eoBeginMany_v2_2a035619',
+    command: 'eoBeginMany_v2_4c16708a',
     numberOfKeys: undefined,
-    sha1: '2a0356196be1060fc81f7b089da021334f466200',
+    sha1: '4c16708aac7d68a405485b08bf3145b729d36e5b',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 beginMany: begin several keys in one call, in order, each exactly as begin-2.lua would (the same
@@ -790,8 +800,17 @@ end
 -- window around it is read (GETRANGE of 2 * MARKER_WINDOW + 1 entries); when the id is outside
 -- it, the window's edge narrows the estimate for the next read. Reading a 30 KB bucket whole
 -- would cost ~35 us; this costs one read, two for big buckets (see the README's CPU figures).
+-- The store writes a header and whole entries only: a bucket of any other length was cut or
+-- written by hand, and its entries cannot be found (a processed key would read as new).
+local function checkBucketLength(len)
+  if len > 0 and (len < MARKER_HEAD or (len - MARKER_HEAD) % MARKER_WIDTH ~= 0) then
+    corrupt('a marker bucket of ' .. len .. ' bytes, not a header and whole markers')
+  end
+end
+
 local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
+  checkBucketLength(len)
   if len <= MARKER_HEAD then return nil, len > 0 end
   local a, b, c = struct.unpack('>I4I4I2', id)
   local lo, hi = 0, markerCount(len)
@@ -860,6 +879,7 @@ end
 -- \`keepUntil\` (ms) at least.
 local function addMarkers(bucket, entries, now, keepUntil)
   local v = rcall('GET', bucket)
+  if v then checkBucketLength(#v) end
   local nextSweep, body = 0, ''
   if v then nextSweep, body = struct.unpack('>I4', v), string.sub(v, MARKER_HEAD + 1) end
   local nowS = math.floor(now / 1000)
@@ -1029,9 +1049,9 @@ return out
 `,
   },
   clear: {
-    command: 'eoClear_v2_6c0dc129',
+    command: 'eoClear_v2_a337db31',
     numberOfKeys: 4,
-    sha1: '6c0dc129fa3f14a8f1e5a22a07324bbdcfb6f008',
+    sha1: 'a337db31a6682976a45e8c4886b606c61ee804f7',
     lua: `--[[
 clear: forget a key's record (or its compaction marker), so the next message with the key runs
 anew: an operator's step before replaying a dead letter whose record is FAILED, or re-running
@@ -1310,8 +1330,17 @@ end
 -- window around it is read (GETRANGE of 2 * MARKER_WINDOW + 1 entries); when the id is outside
 -- it, the window's edge narrows the estimate for the next read. Reading a 30 KB bucket whole
 -- would cost ~35 us; this costs one read, two for big buckets (see the README's CPU figures).
+-- The store writes a header and whole entries only: a bucket of any other length was cut or
+-- written by hand, and its entries cannot be found (a processed key would read as new).
+local function checkBucketLength(len)
+  if len > 0 and (len < MARKER_HEAD or (len - MARKER_HEAD) % MARKER_WIDTH ~= 0) then
+    corrupt('a marker bucket of ' .. len .. ' bytes, not a header and whole markers')
+  end
+end
+
 local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
+  checkBucketLength(len)
   if len <= MARKER_HEAD then return nil, len > 0 end
   local a, b, c = struct.unpack('>I4I4I2', id)
   local lo, hi = 0, markerCount(len)
@@ -1380,6 +1409,7 @@ end
 -- \`keepUntil\` (ms) at least.
 local function addMarkers(bucket, entries, now, keepUntil)
   local v = rcall('GET', bucket)
+  if v then checkBucketLength(#v) end
   local nextSweep, body = 0, ''
   if v then nextSweep, body = struct.unpack('>I4', v), string.sub(v, MARKER_HEAD + 1) end
   local nowS = math.floor(now / 1000)
@@ -1451,9 +1481,9 @@ return out
 `,
   },
   compactCompleted: {
-    command: 'eoCompactCompleted_v2_85d9f6bb',
+    command: 'eoCompactCompleted_v2_6e0d9ac5',
     numberOfKeys: undefined,
-    sha1: '85d9f6bbb8419e215c7b1104c6909b64f0adf96c',
+    sha1: '6e0d9ac5498fb2bd7785bf69af610e7d548d2191',
     lua: `--[[
 compactCompleted: replace old COMPLETED records of one cluster slot by compact markers.
 Called with a variable number of keys (numkeys = 1 + number of candidates).
@@ -1737,8 +1767,17 @@ end
 -- window around it is read (GETRANGE of 2 * MARKER_WINDOW + 1 entries); when the id is outside
 -- it, the window's edge narrows the estimate for the next read. Reading a 30 KB bucket whole
 -- would cost ~35 us; this costs one read, two for big buckets (see the README's CPU figures).
+-- The store writes a header and whole entries only: a bucket of any other length was cut or
+-- written by hand, and its entries cannot be found (a processed key would read as new).
+local function checkBucketLength(len)
+  if len > 0 and (len < MARKER_HEAD or (len - MARKER_HEAD) % MARKER_WIDTH ~= 0) then
+    corrupt('a marker bucket of ' .. len .. ' bytes, not a header and whole markers')
+  end
+end
+
 local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
+  checkBucketLength(len)
   if len <= MARKER_HEAD then return nil, len > 0 end
   local a, b, c = struct.unpack('>I4I4I2', id)
   local lo, hi = 0, markerCount(len)
@@ -1807,6 +1846,7 @@ end
 -- \`keepUntil\` (ms) at least.
 local function addMarkers(bucket, entries, now, keepUntil)
   local v = rcall('GET', bucket)
+  if v then checkBucketLength(#v) end
   local nextSweep, body = 0, ''
   if v then nextSweep, body = struct.unpack('>I4', v), string.sub(v, MARKER_HEAD + 1) end
   local nowS = math.floor(now / 1000)
@@ -1854,7 +1894,13 @@ for i = 1, #ARGV - 2 do
   local index = string.sub(rec, 1, -18) .. 'i'
   local score = rcall('ZSCORE', index, member)
   if score and tonumber(score) <= cutoff then
-    local r = loadRecord(rec)
+    -- A damaged record reads as none: its entry is dropped and the record left as it is (begin
+    -- refuses its key, see corrupt in includes/record.lua).
+    local readable, r = pcall(loadRecord, rec)
+    if not readable then
+      if not corruption(r) then error(r, 0) end
+      r = nil
+    end
     -- completedAt past the window too: an entry left by an earlier record of the key (expired,
     -- then begun anew) must not compact the new one before its own window.
     if not r or r.s ~= 'C' or r.t2 <= now or r.t1 > cutoff then
@@ -2668,9 +2714,9 @@ return 1
 `,
   },
   get: {
-    command: 'eoGet_v2_4d1961c1',
+    command: 'eoGet_v2_bfc21808',
     numberOfKeys: 3,
-    sha1: '4d1961c16af1f4d2337a880a05c8b949fbf83ecc',
+    sha1: 'bfc21808a3918324b32f68cd94c3dcffbe1f938b',
     lua: `--[[
 get: read a record, or the compaction marker standing in for it, with the server clock.
 
@@ -2940,8 +2986,17 @@ end
 -- window around it is read (GETRANGE of 2 * MARKER_WINDOW + 1 entries); when the id is outside
 -- it, the window's edge narrows the estimate for the next read. Reading a 30 KB bucket whole
 -- would cost ~35 us; this costs one read, two for big buckets (see the README's CPU figures).
+-- The store writes a header and whole entries only: a bucket of any other length was cut or
+-- written by hand, and its entries cannot be found (a processed key would read as new).
+local function checkBucketLength(len)
+  if len > 0 and (len < MARKER_HEAD or (len - MARKER_HEAD) % MARKER_WIDTH ~= 0) then
+    corrupt('a marker bucket of ' .. len .. ' bytes, not a header and whole markers')
+  end
+end
+
 local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
+  checkBucketLength(len)
   if len <= MARKER_HEAD then return nil, len > 0 end
   local a, b, c = struct.unpack('>I4I4I2', id)
   local lo, hi = 0, markerCount(len)
@@ -3010,6 +3065,7 @@ end
 -- \`keepUntil\` (ms) at least.
 local function addMarkers(bucket, entries, now, keepUntil)
   local v = rcall('GET', bucket)
+  if v then checkBucketLength(#v) end
   local nextSweep, body = 0, ''
   if v then nextSweep, body = struct.unpack('>I4', v), string.sub(v, MARKER_HEAD + 1) end
   local nowS = math.floor(now / 1000)

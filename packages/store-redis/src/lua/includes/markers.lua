@@ -56,8 +56,17 @@ end
 -- window around it is read (GETRANGE of 2 * MARKER_WINDOW + 1 entries); when the id is outside
 -- it, the window's edge narrows the estimate for the next read. Reading a 30 KB bucket whole
 -- would cost ~35 us; this costs one read, two for big buckets (see the README's CPU figures).
+-- The store writes a header and whole entries only: a bucket of any other length was cut or
+-- written by hand, and its entries cannot be found (a processed key would read as new).
+local function checkBucketLength(len)
+  if len > 0 and (len < MARKER_HEAD or (len - MARKER_HEAD) % MARKER_WIDTH ~= 0) then
+    corrupt('a marker bucket of ' .. len .. ' bytes, not a header and whole markers')
+  end
+end
+
 local function findMarker(bucket, id)
   local len = rcall('STRLEN', bucket)
+  checkBucketLength(len)
   if len <= MARKER_HEAD then return nil, len > 0 end
   local a, b, c = struct.unpack('>I4I4I2', id)
   local lo, hi = 0, markerCount(len)
@@ -126,6 +135,7 @@ end
 -- `keepUntil` (ms) at least.
 local function addMarkers(bucket, entries, now, keepUntil)
   local v = rcall('GET', bucket)
+  if v then checkBucketLength(#v) end
   local nextSweep, body = 0, ''
   if v then nextSweep, body = struct.unpack('>I4', v), string.sub(v, MARKER_HEAD + 1) end
   local nowS = math.floor(now / 1000)
