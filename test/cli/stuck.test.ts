@@ -3,8 +3,11 @@
  * per consumer and across consumers, with their steps in doubt; finished and fresh ones left out.
  */
 import { recordKeyFor } from '@exactly-once/core';
+import { createRedisStore, redisKeyFor } from '@exactly-once/store-redis';
+import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { uniqueName } from '../support/env.js';
+import { env, uniqueName } from '../support/env.js';
+import { dropRedisPrefix } from '../support/redis.js';
 import { cli, cliJson, cliText } from './helpers.js';
 import { type TestStore, testStores } from './stores.js';
 
@@ -145,5 +148,42 @@ describe('stuck: usage', () => {
     const bad = await cli(['stuck', '--older-than', 'five', '--redis', 'redis://127.0.0.1:6379']);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toMatch(/--older-than must be a duration such as 30s, 5m/);
+  });
+});
+
+describe('stuck beside a damaged record (Redis)', () => {
+  it('shows a record damaged since it was listed as damaged, and lists the others', async () => {
+    // Before: one listed key whose extras hash had been overwritten by hand failed the whole
+    // command (exit 1, nothing listed) with that key's CorruptRecordError.
+    const client = new Redis(env.redisUrl, { maxRetriesPerRequest: 2 });
+    const keyPrefix = uniqueName('eot-cli-damaged');
+    const store = createRedisStore({ client, keyPrefix });
+    const consumer = uniqueName('c');
+    const stored = (k: string) => recordKeyFor({ consumer, key: k });
+    try {
+      for (const k of ['damaged', 'fine']) {
+        const begun = await store.begin({ key: stored(k), fingerprint: 'fp', owner: 'w', leaseMs: 120_000 });
+        if (begun.status !== 'acquired') throw new Error(begun.status);
+        await store.saveStep(stored(k), begun.fence, 'charge', new TextEncoder().encode('1'));
+      }
+      const extras = Buffer.concat([redisKeyFor(keyPrefix, stored('damaged')), Buffer.from('x')]);
+      await client.del(extras);
+      await client.rpush(extras, 'not', 'a hash');
+      const flags = ['--redis', env.redisUrl, '--redis-prefix', keyPrefix];
+      const out = await cliJson<StuckJson & { records: { damaged?: string }[] }>([
+        'stuck',
+        '--older-than',
+        '0ms',
+        '--consumer',
+        consumer,
+        ...flags,
+      ]);
+      const byKey = Object.fromEntries(out.records.map((r) => [r.key, r]));
+      expect(byKey[stored('fine')]).toMatchObject({ stepsDone: ['charge'] });
+      expect(byKey[stored('damaged')]?.damaged).toMatch(/another type/);
+    } finally {
+      await dropRedisPrefix(client, `${keyPrefix}:`);
+      await client.quit();
+    }
   });
 });

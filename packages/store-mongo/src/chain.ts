@@ -57,6 +57,12 @@ export function chainOf(head: AnyHead): string {
     // Edited by hand: no chain of this store is named so, and read as new its key would run again.
     throw new CorruptRecordError({ key: head._id, detail: `a head whose chain id is ${describe(head.c)}` });
   }
+  if (head.h !== undefined && !(typeof head.h === 'number' && Number.isInteger(head.h))) {
+    throw new CorruptRecordError({
+      key: head._id,
+      detail: `a head whose position hint is ${describe(head.h)}`,
+    });
+  }
   return head.c ?? legacyChainId(head._id);
 }
 

@@ -222,6 +222,12 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       await store.complete({ key, fence: held.fence, outgoing: [], retentionMs: 60_000 });
       await store.collection.updateOne({ _id: key } as never, { $set: { c: 12345 } as never });
       await expect(begin(store, key)).rejects.toMatchObject({ code: ErrorCode.CorruptRecord, key });
+      // Its position hint: before, a string there made every begin give up as an outage.
+      await store.collection.updateOne(
+        { _id: key } as never,
+        { $unset: { c: 1 }, $set: { h: 'x' } } as never,
+      );
+      await expect(begin(store, key)).rejects.toMatchObject({ code: ErrorCode.CorruptRecord, key });
     });
 
     it('hex fingerprints and trace ids are stored as bytes and read back as the exact strings', async () => {

@@ -3,7 +3,7 @@
  * longer ago than the threshold (core's `findStuck`, or the store's `listInProgress` across every
  * consumer), each read again to show its steps in doubt.
  */
-import { findStuck, type InProgressEntry } from '@exactly-once/core';
+import { CorruptRecordError, findStuck, type InProgressEntry } from '@exactly-once/core';
 import { CliError } from '../errors.js';
 import {
   formatSpan,
@@ -32,6 +32,8 @@ export interface StuckView extends InProgressEntry {
   readonly stepsDone: string[];
   /** The record completed, failed or was cleared between the listing and the read. */
   readonly finished?: boolean;
+  /** The record (or its steps) cannot be read: damaged by hand (see the store README). */
+  readonly damaged?: string;
 }
 
 export async function stuck(io: Io, options: StuckOptions): Promise<void> {
@@ -67,8 +69,15 @@ export async function stuck(io: Io, options: StuckOptions): Promise<void> {
     try {
       for (const entry of entries) {
         const record = await store.get(entry.key).catch((error: unknown) => {
+          // Listed, but damaged since (or its steps are): shown as such, the others still are.
+          if (error instanceof CorruptRecordError) return error;
           throw storeError(error);
         });
+        if (record instanceof CorruptRecordError) {
+          views.push({ ...entry, stepsStarted: [], stepsDone: [], damaged: record.detail });
+          bar.increment();
+          continue;
+        }
         const steps = record?.state === 'IN_PROGRESS' ? Object.entries(record.steps) : [];
         views.push({
           ...entry,
@@ -110,15 +119,17 @@ export async function stuck(io: Io, options: StuckOptions): Promise<void> {
         formatTime(v.startedAt),
         String(v.attempt),
         truncate(v.owner || '-', 30),
-        v.finished
-          ? 'finished since'
-          : v.leaseUntil === 0
-            ? 'released'
-            : v.leaseUntil === 1
-              ? 'released (taken over)'
-              : v.leaseUntil > now
-                ? `live, ${formatSpan(v.leaseUntil - now)} left`
-                : `expired ${formatSpan(now - v.leaseUntil)} ago`,
+        v.damaged !== undefined
+          ? `damaged: ${v.damaged}`
+          : v.finished
+            ? 'finished since'
+            : v.leaseUntil === 0
+              ? 'released'
+              : v.leaseUntil === 1
+                ? 'released (taken over)'
+                : v.leaseUntil > now
+                  ? `live, ${formatSpan(v.leaseUntil - now)} left`
+                  : `expired ${formatSpan(now - v.leaseUntil)} ago`,
         v.stepsStarted.length === 0 ? '-' : v.stepsStarted.join(', '),
         shown(v.key),
       ]),
