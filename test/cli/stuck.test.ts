@@ -27,6 +27,7 @@ interface StuckJson {
     startedAt: number;
     stepsStarted: string[];
     stepsDone: string[];
+    damaged?: string;
   }[];
 }
 
@@ -170,7 +171,7 @@ describe('stuck beside a damaged record (Redis)', () => {
       await client.del(extras);
       await client.rpush(extras, 'not', 'a hash');
       const flags = ['--redis', env.redisUrl, '--redis-prefix', keyPrefix];
-      const out = await cliJson<StuckJson & { records: { damaged?: string }[] }>([
+      const out = await cliJson<StuckJson>([
         'stuck',
         '--older-than',
         '0ms',
