@@ -106,7 +106,6 @@ async function compactChunk(
   }
 }
 
-/** Compacts one slot's tags; `first`: their first candidates, when already read. */
 /** {@link compactSlotOnce}, a slot with a damaged key counted and left as it is. */
 async function compactSlot(
   context: CompactionContext,
@@ -123,6 +122,7 @@ async function compactSlot(
   }
 }
 
+/** Compacts one slot's tags; `first`: their first candidates, when already read. */
 async function compactSlotOnce(
   context: CompactionContext,
   slotTags: readonly number[],
