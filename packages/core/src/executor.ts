@@ -96,6 +96,12 @@ export interface ExecuteRequest<T> {
  * verifies size and sha256 as it goes and fails with `BlobIntegrityError` at the end if they
  * differ. Any other result comes back decoded from its stored JSON.
  */
+const EXECUTE_REQUEST = {
+  key: true,
+  payload: true,
+  requestId: true,
+} as const satisfies OptionNames<ExecuteRequest<unknown>>;
+
 export type ExecutedResult<R> = R extends ResultStream | Readable | AsyncIterable<Uint8Array> ? Readable : R;
 
 export interface ExecuteResult<R> {
@@ -186,11 +192,7 @@ export function createIdempotentExecutor<T = unknown, R = unknown, In = T>(
     async execute(request, handler) {
       // Checked before anything is stored: a run that cannot start must not use up an attempt.
       if (typeof handler !== 'function') throw new ConfigError('execute needs a handler function');
-      refuseUnknownOptions(
-        request,
-        { key: true, payload: true, requestId: true } satisfies OptionNames<ExecuteRequest<In>>,
-        'execute request',
-      );
+      refuseUnknownOptions(request, EXECUTE_REQUEST, 'execute request');
       const call = randomUUID();
       const envelope: Envelope = { payload: request.payload, handler };
       envelopes.set(call, envelope);

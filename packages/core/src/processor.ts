@@ -533,12 +533,7 @@ async function run<T, R>(
         recordKeys: o.recordKeys,
       });
     } catch (error) {
-      // A claim damaged by hand: refused for this message alone (see CorruptRecordError).
-      if (error instanceof CorruptRecordError) {
-        await passOn(turn);
-        return deadLetter(o, delivery, 'corrupt-record', error, 0);
-      }
-      return storeDown(o, error, storeKey);
+      return beforeRunFailed(o, delivery, turn, storeKey, error);
     }
     if (reuse) {
       // Its message quotes the other key too: keep that out of spans and logs as well.
@@ -606,13 +601,7 @@ async function run<T, R>(
       begun = await beginOnce();
     }
   } catch (error) {
-    if (error instanceof CorruptRecordError) {
-      // The store answered, but what it holds under the key is not its record: nothing can say
-      // whether this message ran, so it does not run (see CorruptRecordError).
-      await passOn(turn);
-      return deadLetter(o, delivery, 'corrupt-record', error, 0);
-    }
-    return storeDown(o, error, storeKey);
+    return beforeRunFailed(o, delivery, turn, storeKey, error);
   }
   if (begun.status === 'acquired' && turn) turn.group.acquired.set(storeKey, turn.index);
   if (begun.status === 'acquired' && turn && !mayRun(turn, await turnCame(turn))) {
@@ -961,6 +950,23 @@ async function runAcquired<T, R>(
     shared,
     turn?.publishedBefore,
   );
+}
+
+/**
+ * A store call before the run (the payload guard's claim, the begin) that failed: a damaged
+ * record is the store's answer for this message alone, dead-lettered unrun (nothing can say
+ * whether it ran; see CorruptRecordError); anything else, an outage.
+ */
+async function beforeRunFailed<T, R>(
+  o: ResolvedProcessorOptions<T, R>,
+  delivery: Delivery,
+  turn: Turn | undefined,
+  storeKey: string,
+  error: unknown,
+): Promise<Disposition> {
+  if (!(error instanceof CorruptRecordError)) return storeDown(o, error, storeKey);
+  await passOn(turn);
+  return deadLetter(o, delivery, 'corrupt-record', error, 0);
 }
 
 /** A delivery needing no handler run lets the next one go as soon as the one before it did. */

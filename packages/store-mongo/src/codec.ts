@@ -357,9 +357,6 @@ export function decodeRecord(doc: RecordDoc): ProcessedRecord {
     }
     default:
       // Not a state this store writes: the element was edited or written outside it.
-      throw new CorruptRecordError({
-        key: doc.k,
-        detail: `an element whose state is ${JSON.stringify(doc.s)}`,
-      });
+      throw new CorruptRecordError({ key: doc.k, detail: `an element whose state is ${describe(doc.s)}` });
   }
 }

@@ -106,7 +106,7 @@ export async function collectBlobPass(
           try {
             await collectTag(key, undefined);
           } catch (tagError) {
-            if (!String((tagError as Error).message).includes('WRONGTYPE')) throw tagError;
+            if (!(tagError instanceof CorruptRecordError)) throw tagError;
             damaged++;
           }
         }

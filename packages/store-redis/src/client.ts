@@ -58,26 +58,9 @@ export async function runScript(
   try {
     return await command.apply(client, args);
   } catch (cause) {
-    const why = cause instanceof Error ? corruption(cause.message) : undefined;
-    if (why !== undefined)
-      throw new CorruptRecordError({ ...(key === undefined ? {} : { key }), detail: why });
-    throw unavailable(operation, cause);
+    throw storeError(operation, cause, key);
   }
 }
-
-/**
- * What a script's EOCORRUPT error said, if `text` is one (without where Redis says it was raised);
- * a WRONGTYPE is damage too (see corruption in includes/record.lua).
- */
-function corruption(text: string): string | undefined {
-  const at = text.indexOf(CORRUPT);
-  if (at >= 0) return text.slice(at + CORRUPT.length).replace(/ script: \w+, on @user_script:\d+\.$/, '');
-  if (text.includes('WRONGTYPE')) {
-    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)";
-  }
-  return undefined;
-}
-const CORRUPT = 'EOCORRUPT ';
 
 /**
  * Runs a plain command with the same error mapping; replies are strings. (Not `callBuffer`:
@@ -88,12 +71,39 @@ export async function runCommand(
   operation: string,
   command: string,
   args: RedisArg[],
+  key?: string,
 ): Promise<unknown> {
   try {
     return await client.call(command, ...args);
   } catch (cause) {
-    throw unavailable(operation, cause);
+    throw storeError(operation, cause, key);
   }
+}
+
+/** A failed call's error: damage (see {@link corruption}) for `key`, else an outage. */
+function storeError(operation: string, cause: unknown, key: string | undefined): Error {
+  const why = cause instanceof Error ? corruption(cause.message) : undefined;
+  if (why === undefined) return unavailable(operation, cause);
+  return new CorruptRecordError({ ...(key === undefined ? {} : { key }), detail: why });
+}
+
+/**
+ * What a script's EOCORRUPT error said, if `text` is one (without where Redis says it was raised);
+ * a WRONGTYPE is damage too (see corruption in includes/record.lua, which says it in the same words).
+ */
+function corruption(text: string): string | undefined {
+  const at = text.indexOf(CORRUPT);
+  if (at >= 0) return text.slice(at + CORRUPT.length).replace(/ script: \w+, on @user_script:\d+\.$/, '');
+  if (isWrongType(text)) return WRONG_TYPE;
+  return undefined;
+}
+const CORRUPT = 'EOCORRUPT ';
+const WRONG_TYPE =
+  "a value of another type at one of its keys (its record's extras, its slot's marker bucket or an index, its payload's claim)";
+
+/** Whether `error` (or its text) is Redis' WRONGTYPE: a key holds another type than the command needs. */
+export function isWrongType(error: unknown): boolean {
+  return String(error instanceof Error ? error.message : error).includes('WRONGTYPE');
 }
 
 export function unavailable(operation: string, cause: unknown): StoreUnavailableError {

@@ -11,7 +11,7 @@
  */
 import { type InProgressEntry, type InProgressQuery, StoreUnavailableError } from '@exactly-once/core';
 import { oldestFirst } from '@exactly-once/core/spi';
-import type { RedisClient } from './client.js';
+import { isWrongType, type RedisClient } from './client.js';
 import { inProgressEntry } from './codec.js';
 
 interface ScanningNode {
@@ -75,7 +75,7 @@ async function readEntry(node: ScanningNode, name: Buffer): Promise<InProgressEn
   try {
     packed = await node.getBuffer(name);
   } catch (error) {
-    if (!String((error as Error).message).includes('WRONGTYPE')) throw error;
+    if (!isWrongType(error)) throw error;
     return readLegacyEntry(node, name);
   }
   let entry: InProgressEntry | undefined;
@@ -97,7 +97,7 @@ async function readLegacyEntry(node: ScanningNode, name: Buffer): Promise<InProg
   } catch (error) {
     // A list or a set at a record's name (written by hand) is no record: skipped, not a failure
     // of the whole listing.
-    if (String((error as Error).message).includes('WRONGTYPE')) return undefined;
+    if (isWrongType(error)) return undefined;
     throw error;
   }
   const [s, k, b, w, a, n, l] = fields;

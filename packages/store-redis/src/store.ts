@@ -472,9 +472,12 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       await ready();
       // One command: SET NX sets only when no live claim exists; GET answers the holder's key
       // (nil when this call set it). PX expires the claim on the server's clock.
-      let held: unknown;
-      try {
-        held = await runCommand(client, 'claimFingerprint', 'SET', [
+      // A claim damaged by hand (another type at its name) is this key's CorruptRecordError.
+      const held = await runCommand(
+        client,
+        'claimFingerprint',
+        'SET',
+        [
           fingerprintClaimKey(prefix, scope, fingerprint),
           key,
           'NX',
@@ -482,14 +485,9 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
           'PX',
           // PX needs at least 1.
           String(Math.max(1, Number(ms(windowMs)))),
-        ]);
-      } catch (error) {
-        // Another type at the claim's name was written by hand: this key's alone, not an outage.
-        if (String((error as { cause?: Error }).cause?.message).includes('WRONGTYPE')) {
-          throw new CorruptRecordError({ key, detail: "a value of another type at its payload's claim" });
-        }
-        throw error;
-      }
+        ],
+        key,
+      );
       if (held === null || held === undefined || held === key) return undefined;
       return { firstKey: String(held) };
     },

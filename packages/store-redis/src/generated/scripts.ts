@@ -13,9 +13,9 @@ export const LAYOUT_VERSION = 2;
 
 export const scripts = {
   begin: {
-    command: 'eoBegin_v2_2b0b4bf4',
+    command: 'eoBegin_v2_f8ee991b',
     numberOfKeys: 3,
-    sha1: '2b0b4bf42a4db6d87b2b2cebb388e8aecd74b3ec',
+    sha1: 'f8ee991bde1a0fac4f288601ccc4ad665c935cc3',
     lua: `--[[
 begin: claim the record of one key for an attempt, or say why not.
 
@@ -90,8 +90,18 @@ local function corruption(e)
   if type(e) ~= 'string' then return nil end
   if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
   if string.find(e, 'WRONGTYPE', 1, true) then
-    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+    return "a value of another type at one of its keys (its record's extras, its slot's marker bucket or an index, its payload's claim)"
   end
+end
+
+-- The outcome of \`pcall\` of one key's work: true and its results, or false and what was damaged
+-- (corruption) when it refused the key; any other error is raised again and fails the call.
+local function forKey(ok, ...)
+  if ok then return true, ... end
+  local e = ...
+  local why = corruption(e)
+  if not why then error(e, 0) end
+  return false, why
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -512,9 +522,9 @@ return { code, now, payload }
 `,
   },
   beginMany: {
-    command: 'eoBeginMany_v2_4c16708a',
+    command: 'eoBeginMany_v2_08b2543c',
     numberOfKeys: undefined,
-    sha1: '4c16708aac7d68a405485b08bf3145b729d36e5b',
+    sha1: '08b2543cf23d80dd5f5ffe71dfac70f5f781c483',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 beginMany: begin several keys in one call, in order, each exactly as begin-2.lua would (the same
@@ -585,8 +595,18 @@ local function corruption(e)
   if type(e) ~= 'string' then return nil end
   if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
   if string.find(e, 'WRONGTYPE', 1, true) then
-    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+    return "a value of another type at one of its keys (its record's extras, its slot's marker bucket or an index, its payload's claim)"
   end
+end
+
+-- The outcome of \`pcall\` of one key's work: true and its results, or false and what was damaged
+-- (corruption) when it refused the key; any other error is raised again and fails the call.
+local function forKey(ok, ...)
+  if ok then return true, ... end
+  local e = ...
+  local why = corruption(e)
+  if not why then error(e, 0) end
+  return false, why
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -1009,14 +1029,10 @@ while pos <= size do
   rec, fp, trace, name, owner, bucket, lease, deadline, pos =
     struct.unpack('>I4c0I4c0I4c0I4c0I4c0I4c0I6I6', packed, pos)
   -- rec = <prefix>:{<tag>}:<16-byte id>; the previous layout's bucket is <prefix>:{<tag>}m.
-  local ok, code, payload = pcall(beginOne, rec, bucket, string.sub(rec, 1, -18) .. 'm', fp, owner, lease, trace,
-    ttl, string.sub(rec, -16), now, false, name, deadline, cluster)
-  if not ok then
-    -- A damaged record fails its own key, not the batch (see corruption in includes/record.lua).
-    local why = corruption(code)
-    if not why then error(code, 0) end
-    code, payload = 'E', why
-  end
+  local intact, code, payload = forKey(pcall(beginOne, rec, bucket, string.sub(rec, 1, -18) .. 'm', fp, owner,
+    lease, trace, ttl, string.sub(rec, -16), now, false, name, deadline, cluster))
+  -- A damaged record fails its own key, not the batch (see corruption in includes/record.lua).
+  if not intact then code, payload = 'E', code end
   out[#out + 1] = code
   out[#out + 1] = payload
 end
@@ -1049,9 +1065,9 @@ return out
 `,
   },
   clear: {
-    command: 'eoClear_v2_a337db31',
+    command: 'eoClear_v2_6db80d57',
     numberOfKeys: 4,
-    sha1: 'a337db31a6682976a45e8c4886b606c61ee804f7',
+    sha1: '6db80d57ba24114295934b0d9a0bd973814781f1',
     lua: `--[[
 clear: forget a key's record (or its compaction marker), so the next message with the key runs
 anew: an operator's step before replaying a dead letter whose record is FAILED, or re-running
@@ -1115,8 +1131,18 @@ local function corruption(e)
   if type(e) ~= 'string' then return nil end
   if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
   if string.find(e, 'WRONGTYPE', 1, true) then
-    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+    return "a value of another type at one of its keys (its record's extras, its slot's marker bucket or an index, its payload's claim)"
   end
+end
+
+-- The outcome of \`pcall\` of one key's work: true and its results, or false and what was damaged
+-- (corruption) when it refused the key; any other error is raised again and fails the call.
+local function forKey(ok, ...)
+  if ok then return true, ... end
+  local e = ...
+  local why = corruption(e)
+  if not why then error(e, 0) end
+  return false, why
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -1481,9 +1507,9 @@ return out
 `,
   },
   compactCompleted: {
-    command: 'eoCompactCompleted_v2_6e0d9ac5',
+    command: 'eoCompactCompleted_v2_7c6f7b0e',
     numberOfKeys: undefined,
-    sha1: '6e0d9ac5498fb2bd7785bf69af610e7d548d2191',
+    sha1: '7c6f7b0eded77796931d4e109ab44363c82c14ed',
     lua: `--[[
 compactCompleted: replace old COMPLETED records of one cluster slot by compact markers.
 Called with a variable number of keys (numkeys = 1 + number of candidates).
@@ -1552,8 +1578,18 @@ local function corruption(e)
   if type(e) ~= 'string' then return nil end
   if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
   if string.find(e, 'WRONGTYPE', 1, true) then
-    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+    return "a value of another type at one of its keys (its record's extras, its slot's marker bucket or an index, its payload's claim)"
   end
+end
+
+-- The outcome of \`pcall\` of one key's work: true and its results, or false and what was damaged
+-- (corruption) when it refused the key; any other error is raised again and fails the call.
+local function forKey(ok, ...)
+  if ok then return true, ... end
+  local e = ...
+  local why = corruption(e)
+  if not why then error(e, 0) end
+  return false, why
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -1896,11 +1932,8 @@ for i = 1, #ARGV - 2 do
   if score and tonumber(score) <= cutoff then
     -- A damaged record reads as none: its entry is dropped and the record left as it is (begin
     -- refuses its key, see corrupt in includes/record.lua).
-    local readable, r = pcall(loadRecord, rec)
-    if not readable then
-      if not corruption(r) then error(r, 0) end
-      r = nil
-    end
+    local intact, r = forKey(pcall(loadRecord, rec))
+    if not intact then r = nil end
     -- completedAt past the window too: an entry left by an earlier record of the key (expired,
     -- then begun anew) must not compact the new one before its own window.
     if not r or r.s ~= 'C' or r.t2 <= now or r.t1 > cutoff then
@@ -1934,9 +1967,9 @@ return { #done, dropped, deferred }
 `,
   },
   completeMany: {
-    command: 'eoCompleteMany_v2_efa846aa',
+    command: 'eoCompleteMany_v2_5c1c749e',
     numberOfKeys: undefined,
-    sha1: 'efa846aa1a4754c4098253e3126b3c4fc22ea8df',
+    sha1: '5c1c749e7d8d23ad0ecd897e65ce9eb9e99a4122',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 completeMany: IN_PROGRESS(fence) -> COMPLETED with result and outgoing messages, in one write
@@ -2005,8 +2038,18 @@ local function corruption(e)
   if type(e) ~= 'string' then return nil end
   if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
   if string.find(e, 'WRONGTYPE', 1, true) then
-    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+    return "a value of another type at one of its keys (its record's extras, its slot's marker bucket or an index, its payload's claim)"
   end
+end
+
+-- The outcome of \`pcall\` of one key's work: true and its results, or false and what was damaged
+-- (corruption) when it refused the key; any other error is raised again and fails the call.
+local function forKey(ok, ...)
+  if ok then return true, ... end
+  local e = ...
+  local why = corruption(e)
+  if not why then error(e, 0) end
+  return false, why
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -2170,11 +2213,6 @@ local function indexCompletion(index, id, now, physicalEnd)
   if ttl < 0 or now + ttl < physicalEnd then rcall('PEXPIREAT', index, int(physicalEnd)) end
 end
 
--- The outcome of a pcall: a damaged key is let go, any other error raised again.
-local function unlessDamaged(ok, e)
-  if not ok and not corruption(e) then error(e, 0) end
-end
-
 -- completeOne: IN_PROGRESS(fence) -> COMPLETED of one key (see completeMany-n.lua). \`messages\` holds
 -- its outgoing messages as id, message, id, message, ...; \`fence\` is a number.
 -- Returns 1 (ok) or 0 (lost). A record already COMPLETED under \`fence\` answers 1 and is left as it
@@ -2225,9 +2263,9 @@ local function completeOne(rec, tag, fence, retention, grace, trace, result, id,
   -- The indexes serve blob collection and compaction only: one damaged by hand (another type at
   -- its name) must not undo the completion written above; the record just goes unindexed.
   if indexBlob and string.sub(result, 1, 1) == 'b' then
-    unlessDamaged(pcall(rcall, 'ZADD', tag .. 'b', 'GT', at, result))
+    forKey(pcall(rcall, 'ZADD', tag .. 'b', 'GT', at, result))
   end
-  if id ~= '' then unlessDamaged(pcall(indexCompletion, tag .. 'i', id, now, physicalEnd)) end
+  if id ~= '' then forKey(pcall(indexCompletion, tag .. 'i', id, now, physicalEnd)) end
   return 1
 end
 
@@ -2244,22 +2282,19 @@ while pos <= size do
   local id = ''
   if indexed % 2 == 1 then id = string.sub(rec, -16) end
   -- rec = <prefix>:{<tag>}:<16-byte id>
-  local ok, done = pcall(completeOne, rec, string.sub(rec, 1, -18), fence, retention, grace, trace, result, id,
-    messages, now, indexed >= 2, cluster)
-  if not ok then
-    -- A record damaged since its begin no longer holds the fence: lost, for this key alone.
-    if not corruption(done) then error(done, 0) end
-    done = 0
-  end
+  local intact, done = forKey(pcall(completeOne, rec, string.sub(rec, 1, -18), fence, retention, grace, trace,
+    result, id, messages, now, indexed >= 2, cluster))
+  -- A record damaged since its begin no longer holds the fence: lost, for this key alone.
+  if not intact then done = 0 end
   out[#out + 1] = done
 end
 return out
 `,
   },
   extend: {
-    command: 'eoExtend_v2_bc36c3bd',
+    command: 'eoExtend_v2_e2051cba',
     numberOfKeys: 1,
-    sha1: 'bc36c3bd559eb7e9c663f5b35b21dae5e72998f2',
+    sha1: 'e2051cba9c4aaee7184f2036153dd5d29b585eee',
     lua: `--[[
 extend: push the lease of the holding fence out to server now + lease.
 
@@ -2314,8 +2349,18 @@ local function corruption(e)
   if type(e) ~= 'string' then return nil end
   if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
   if string.find(e, 'WRONGTYPE', 1, true) then
-    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+    return "a value of another type at one of its keys (its record's extras, its slot's marker bucket or an index, its payload's claim)"
   end
+end
+
+-- The outcome of \`pcall\` of one key's work: true and its results, or false and what was damaged
+-- (corruption) when it refused the key; any other error is raised again and fails the call.
+local function forKey(ok, ...)
+  if ok then return true, ... end
+  local e = ...
+  local why = corruption(e)
+  if not why then error(e, 0) end
+  return false, why
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -2481,9 +2526,9 @@ return 1
 `,
   },
   fail: {
-    command: 'eoFail_v2_beebfcb3',
+    command: 'eoFail_v2_8e407ecf',
     numberOfKeys: 1,
-    sha1: 'beebfcb31ae1aef6a2c6990e51ad05235d2ddbc3',
+    sha1: '8e407ecfdc76937a06eb225d19d189327c3d5d89',
     lua: `--[[
 fail: IN_PROGRESS(fence) -> FAILED, kept for the retention.
 
@@ -2543,8 +2588,18 @@ local function corruption(e)
   if type(e) ~= 'string' then return nil end
   if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
   if string.find(e, 'WRONGTYPE', 1, true) then
-    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+    return "a value of another type at one of its keys (its record's extras, its slot's marker bucket or an index, its payload's claim)"
   end
+end
+
+-- The outcome of \`pcall\` of one key's work: true and its results, or false and what was damaged
+-- (corruption) when it refused the key; any other error is raised again and fails the call.
+local function forKey(ok, ...)
+  if ok then return true, ... end
+  local e = ...
+  local why = corruption(e)
+  if not why then error(e, 0) end
+  return false, why
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -2714,9 +2769,9 @@ return 1
 `,
   },
   get: {
-    command: 'eoGet_v2_bfc21808',
+    command: 'eoGet_v2_9f91310a',
     numberOfKeys: 3,
-    sha1: 'bfc21808a3918324b32f68cd94c3dcffbe1f938b',
+    sha1: '9f91310a35f39c03fcc463fff82dc3b0961255f5',
     lua: `--[[
 get: read a record, or the compaction marker standing in for it, with the server clock.
 
@@ -2771,8 +2826,18 @@ local function corruption(e)
   if type(e) ~= 'string' then return nil end
   if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
   if string.find(e, 'WRONGTYPE', 1, true) then
-    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+    return "a value of another type at one of its keys (its record's extras, its slot's marker bucket or an index, its payload's claim)"
   end
+end
+
+-- The outcome of \`pcall\` of one key's work: true and its results, or false and what was damaged
+-- (corruption) when it refused the key; any other error is raised again and fails the call.
+local function forKey(ok, ...)
+  if ok then return true, ... end
+  local e = ...
+  local why = corruption(e)
+  if not why then error(e, 0) end
+  return false, why
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -3104,9 +3169,9 @@ return { now, false, markerOf(KEYS[2], KEYS[3], ARGV[1]) or false }
 `,
   },
   markPublished: {
-    command: 'eoMarkPublished_v2_13b559d9',
+    command: 'eoMarkPublished_v2_5ab009c0',
     numberOfKeys: 1,
-    sha1: '13b559d9260b43eeb3c28ab0ab74b3235df7db15',
+    sha1: '5ab009c0d4b8b33f257bc2912c4ccb33d537b4cf',
     lua: `--[[
 markPublished: flag outgoing messages of a live COMPLETED record as confirmed.
 
@@ -3160,8 +3225,18 @@ local function corruption(e)
   if type(e) ~= 'string' then return nil end
   if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
   if string.find(e, 'WRONGTYPE', 1, true) then
-    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+    return "a value of another type at one of its keys (its record's extras, its slot's marker bucket or an index, its payload's claim)"
   end
+end
+
+-- The outcome of \`pcall\` of one key's work: true and its results, or false and what was damaged
+-- (corruption) when it refused the key; any other error is raised again and fails the call.
+local function forKey(ok, ...)
+  if ok then return true, ... end
+  local e = ...
+  local why = corruption(e)
+  if not why then error(e, 0) end
+  return false, why
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -3337,9 +3412,9 @@ return markPublishedOne(KEYS[1], ARGV[1], wanted, now)
 `,
   },
   markPublishedMany: {
-    command: 'eoMarkPublishedMany_v2_13662d49',
+    command: 'eoMarkPublishedMany_v2_5bca9055',
     numberOfKeys: undefined,
-    sha1: '13662d49747d1db91db1dde21a3facc5ccb30714',
+    sha1: '5bca9055e11c7c25abd1223625a31d71d845700c',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 markPublishedMany: markPublished-1.lua for several records in one call. Called with numkeys = 1.
@@ -3393,8 +3468,18 @@ local function corruption(e)
   if type(e) ~= 'string' then return nil end
   if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
   if string.find(e, 'WRONGTYPE', 1, true) then
-    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+    return "a value of another type at one of its keys (its record's extras, its slot's marker bucket or an index, its payload's claim)"
   end
+end
+
+-- The outcome of \`pcall\` of one key's work: true and its results, or false and what was damaged
+-- (corruption) when it refused the key; any other error is raised again and fails the call.
+local function forKey(ok, ...)
+  if ok then return true, ... end
+  local e = ...
+  local why = corruption(e)
+  if not why then error(e, 0) end
+  return false, why
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -3576,12 +3661,9 @@ while pos <= size do
     wanted[id] = true
   end
   if n > 0 then
-    local ok, newly = pcall(markPublishedOne, rec, fence, wanted, now)
-    if not ok then
-      -- A damaged record has nothing to flag; the others of the batch are flagged.
-      if not corruption(newly) then error(newly, 0) end
-      newly = 0
-    end
+    local intact, newly = forKey(pcall(markPublishedOne, rec, fence, wanted, now))
+    -- A damaged record has nothing to flag; the others of the batch are flagged.
+    if not intact then newly = 0 end
     flagged = flagged + newly
   end
 end
@@ -3589,9 +3671,9 @@ return flagged
 `,
   },
   markStepStarted: {
-    command: 'eoMarkStepStarted_v2_16a12994',
+    command: 'eoMarkStepStarted_v2_ef55d740',
     numberOfKeys: 1,
-    sha1: '16a129949e6cd95704bbea4d1ec30d8ce990db07',
+    sha1: 'ef55d7406f2cb32c8662c807c8f5c54173b5fe8c',
     lua: `--[[
 markStepStarted: journal that a step is about to run, under the IN_PROGRESS record held by the
 fence, so a later attempt knows the step is in doubt (see ctx.step's reconcile).
@@ -3649,8 +3731,18 @@ local function corruption(e)
   if type(e) ~= 'string' then return nil end
   if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
   if string.find(e, 'WRONGTYPE', 1, true) then
-    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+    return "a value of another type at one of its keys (its record's extras, its slot's marker bucket or an index, its payload's claim)"
   end
+end
+
+-- The outcome of \`pcall\` of one key's work: true and its results, or false and what was damaged
+-- (corruption) when it refused the key; any other error is raised again and fails the call.
+local function forKey(ok, ...)
+  if ok then return true, ... end
+  local e = ...
+  local why = corruption(e)
+  if not why then error(e, 0) end
+  return false, why
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -3816,9 +3908,9 @@ return 1
 `,
   },
   release: {
-    command: 'eoRelease_v2_e293d2bb',
+    command: 'eoRelease_v2_73985591',
     numberOfKeys: 1,
-    sha1: 'e293d2bb80dac54f65c3e8e753dc7864b09bf916',
+    sha1: '73985591182a4a45a2aede460da2554ac49769d2',
     lua: `--[[
 release: give the lease up after a retryable error; the next begin acquires at once (retry).
 
@@ -3877,8 +3969,18 @@ local function corruption(e)
   if type(e) ~= 'string' then return nil end
   if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
   if string.find(e, 'WRONGTYPE', 1, true) then
-    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+    return "a value of another type at one of its keys (its record's extras, its slot's marker bucket or an index, its payload's claim)"
   end
+end
+
+-- The outcome of \`pcall\` of one key's work: true and its results, or false and what was damaged
+-- (corruption) when it refused the key; any other error is raised again and fails the call.
+local function forKey(ok, ...)
+  if ok then return true, ... end
+  local e = ...
+  local why = corruption(e)
+  if not why then error(e, 0) end
+  return false, why
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.
@@ -4073,9 +4175,9 @@ return 0
 `,
   },
   saveStep: {
-    command: 'eoSaveStep_v2_9d188df0',
+    command: 'eoSaveStep_v2_2b02c479',
     numberOfKeys: 1,
-    sha1: '9d188df0022c82e10acf63219ac4e960b32dd390',
+    sha1: '2b02c479de05b6380bd33e7cf681db3c84afd766',
     lua: `--[[
 saveStep: journal a step's result under the IN_PROGRESS record held by the fence.
 
@@ -4132,8 +4234,18 @@ local function corruption(e)
   if type(e) ~= 'string' then return nil end
   if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
   if string.find(e, 'WRONGTYPE', 1, true) then
-    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+    return "a value of another type at one of its keys (its record's extras, its slot's marker bucket or an index, its payload's claim)"
   end
+end
+
+-- The outcome of \`pcall\` of one key's work: true and its results, or false and what was damaged
+-- (corruption) when it refused the key; any other error is raised again and fails the call.
+local function forKey(ok, ...)
+  if ok then return true, ... end
+  local e = ...
+  local why = corruption(e)
+  if not why then error(e, 0) end
+  return false, why
 end
 
 -- The probe key of the slot of record \`rec\` (\`<prefix>:{<tag>}p\`), never written.

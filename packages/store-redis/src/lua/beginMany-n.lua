@@ -41,14 +41,10 @@ while pos <= size do
   rec, fp, trace, name, owner, bucket, lease, deadline, pos =
     struct.unpack('>I4c0I4c0I4c0I4c0I4c0I4c0I6I6', packed, pos)
   -- rec = <prefix>:{<tag>}:<16-byte id>; the previous layout's bucket is <prefix>:{<tag>}m.
-  local ok, code, payload = pcall(beginOne, rec, bucket, string.sub(rec, 1, -18) .. 'm', fp, owner, lease, trace,
-    ttl, string.sub(rec, -16), now, false, name, deadline, cluster)
-  if not ok then
-    -- A damaged record fails its own key, not the batch (see corruption in includes/record.lua).
-    local why = corruption(code)
-    if not why then error(code, 0) end
-    code, payload = 'E', why
-  end
+  local intact, code, payload = forKey(pcall(beginOne, rec, bucket, string.sub(rec, 1, -18) .. 'm', fp, owner,
+    lease, trace, ttl, string.sub(rec, -16), now, false, name, deadline, cluster))
+  -- A damaged record fails its own key, not the batch (see corruption in includes/record.lua).
+  if not intact then code, payload = 'E', code end
   out[#out + 1] = code
   out[#out + 1] = payload
 end

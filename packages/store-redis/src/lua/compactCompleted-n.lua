@@ -47,11 +47,8 @@ for i = 1, #ARGV - 2 do
   if score and tonumber(score) <= cutoff then
     -- A damaged record reads as none: its entry is dropped and the record left as it is (begin
     -- refuses its key, see corrupt in includes/record.lua).
-    local readable, r = pcall(loadRecord, rec)
-    if not readable then
-      if not corruption(r) then error(r, 0) end
-      r = nil
-    end
+    local intact, r = forKey(pcall(loadRecord, rec))
+    if not intact then r = nil end
     -- completedAt past the window too: an entry left by an earlier record of the key (expired,
     -- then begun anew) must not compact the new one before its own window.
     if not r or r.s ~= 'C' or r.t2 <= now or r.t1 > cutoff then

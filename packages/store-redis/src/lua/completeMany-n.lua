@@ -43,13 +43,10 @@ while pos <= size do
   local id = ''
   if indexed % 2 == 1 then id = string.sub(rec, -16) end
   -- rec = <prefix>:{<tag>}:<16-byte id>
-  local ok, done = pcall(completeOne, rec, string.sub(rec, 1, -18), fence, retention, grace, trace, result, id,
-    messages, now, indexed >= 2, cluster)
-  if not ok then
-    -- A record damaged since its begin no longer holds the fence: lost, for this key alone.
-    if not corruption(done) then error(done, 0) end
-    done = 0
-  end
+  local intact, done = forKey(pcall(completeOne, rec, string.sub(rec, 1, -18), fence, retention, grace, trace,
+    result, id, messages, now, indexed >= 2, cluster))
+  -- A record damaged since its begin no longer holds the fence: lost, for this key alone.
+  if not intact then done = 0 end
   out[#out + 1] = done
 end
 return out

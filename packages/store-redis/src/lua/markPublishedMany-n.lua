@@ -28,12 +28,9 @@ while pos <= size do
     wanted[id] = true
   end
   if n > 0 then
-    local ok, newly = pcall(markPublishedOne, rec, fence, wanted, now)
-    if not ok then
-      -- A damaged record has nothing to flag; the others of the batch are flagged.
-      if not corruption(newly) then error(newly, 0) end
-      newly = 0
-    end
+    local intact, newly = forKey(pcall(markPublishedOne, rec, fence, wanted, now))
+    -- A damaged record has nothing to flag; the others of the batch are flagged.
+    if not intact then newly = 0 end
     flagged = flagged + newly
   end
 end

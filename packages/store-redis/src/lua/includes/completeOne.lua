@@ -6,11 +6,6 @@ local function indexCompletion(index, id, now, physicalEnd)
   if ttl < 0 or now + ttl < physicalEnd then rcall('PEXPIREAT', index, int(physicalEnd)) end
 end
 
--- The outcome of a pcall: a damaged key is let go, any other error raised again.
-local function unlessDamaged(ok, e)
-  if not ok and not corruption(e) then error(e, 0) end
-end
-
 -- completeOne: IN_PROGRESS(fence) -> COMPLETED of one key (see completeMany-n.lua). `messages` holds
 -- its outgoing messages as id, message, id, message, ...; `fence` is a number.
 -- Returns 1 (ok) or 0 (lost). A record already COMPLETED under `fence` answers 1 and is left as it
@@ -61,8 +56,8 @@ local function completeOne(rec, tag, fence, retention, grace, trace, result, id,
   -- The indexes serve blob collection and compaction only: one damaged by hand (another type at
   -- its name) must not undo the completion written above; the record just goes unindexed.
   if indexBlob and string.sub(result, 1, 1) == 'b' then
-    unlessDamaged(pcall(rcall, 'ZADD', tag .. 'b', 'GT', at, result))
+    forKey(pcall(rcall, 'ZADD', tag .. 'b', 'GT', at, result))
   end
-  if id ~= '' then unlessDamaged(pcall(indexCompletion, tag .. 'i', id, now, physicalEnd)) end
+  if id ~= '' then forKey(pcall(indexCompletion, tag .. 'i', id, now, physicalEnd)) end
   return 1
 end

@@ -37,8 +37,18 @@ local function corruption(e)
   if type(e) ~= 'string' then return nil end
   if string.sub(e, 1, 10) == 'EOCORRUPT ' then return string.sub(e, 11) end
   if string.find(e, 'WRONGTYPE', 1, true) then
-    return "a value of another type at one of the record's keys (its extras, or its slot's marker bucket or index)"
+    return "a value of another type at one of its keys (its record's extras, its slot's marker bucket or an index, its payload's claim)"
   end
+end
+
+-- The outcome of `pcall` of one key's work: true and its results, or false and what was damaged
+-- (corruption) when it refused the key; any other error is raised again and fails the call.
+local function forKey(ok, ...)
+  if ok then return true, ... end
+  local e = ...
+  local why = corruption(e)
+  if not why then error(e, 0) end
+  return false, why
 end
 
 -- The probe key of the slot of record `rec` (`<prefix>:{<tag>}p`), never written.
