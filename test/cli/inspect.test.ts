@@ -16,8 +16,11 @@ import {
   recordKeyFor,
   toErrorInfo,
 } from '@exactly-once/core';
+import { redisKeyFor } from '@exactly-once/store-redis';
+import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { env, uniqueName } from '../support/env.js';
+import { dropRedisPrefix } from '../support/redis.js';
 import { cli, cliJson, cliText } from './helpers.js';
 import { type TestStore, testStores } from './stores.js';
 
@@ -395,5 +398,30 @@ describe('inspect: errors', () => {
     const noDb = await cli(['inspect', 'billing', 'k', '--mongo', 'mongodb://127.0.0.1:27017']);
     expect(noDb.code).toBe(2);
     expect(noDb.stderr).toMatch(/name the database/);
+  });
+});
+
+describe('inspect of a damaged record (Redis)', () => {
+  it('says the value is damaged, as JSON too, and exits 1', async () => {
+    // Before: `--json` printed nothing on stdout for a damaged key, only the store's error text.
+    const client = new Redis(env.redisUrl, { maxRetriesPerRequest: 2 });
+    const keyPrefix = uniqueName('eot-cli-inspect-damaged');
+    const consumer = uniqueName('c');
+    const storeKey = recordKeyFor({ consumer, key: 'k' });
+    try {
+      await client.rpush(redisKeyFor(keyPrefix, storeKey), 'not', 'a record');
+      const flags = ['inspect', consumer, 'k', '--redis', env.redisUrl, '--redis-prefix', keyPrefix];
+      const json = await cli([...flags, '--json']);
+      expect(json.code).toBe(1);
+      expect(JSON.parse(json.stdout)).toMatchObject({ storeKey, state: null, damaged: expect.any(String) });
+      expect(json.stderr).toMatch(/damaged value under key "k".*CORRUPT_RECORD.*Damaged records/);
+      const text = await cli(flags);
+      expect(text.code).toBe(1);
+      expect(text.stdout).toBe('');
+      expect(text.stderr).toMatch(/damaged value under key "k"/);
+    } finally {
+      await dropRedisPrefix(client, `${keyPrefix}:`);
+      await client.quit();
+    }
   });
 });

@@ -6,6 +6,7 @@ import { pipeline } from 'node:stream/promises';
 import {
   type BlobPointer,
   type BlobStore,
+  CorruptRecordError,
   deriveChildKey,
   InvalidKeyError,
   type ProcessedRecord,
@@ -380,6 +381,16 @@ export async function inspect(io: Io, consumer: string, key: string, options: In
   try {
     const blobs = openBlobStore(options, opened);
     const record = await opened.store.get(storeKey).catch((error: unknown) => {
+      // A value the store did not write: said as such (and as JSON with --json, for scripts),
+      // still a failed run (exit 1).
+      if (error instanceof CorruptRecordError) {
+        if (options.json) printJson(io, { storeKey, state: null, damaged: error.message });
+        throw new CliError(
+          `the store holds a damaged value under key "${key}" of consumer "${consumer}" (CORRUPT_RECORD: ` +
+            `${error.message}); find out whether the message was processed before deleting it (the store README, "Damaged records")`,
+          { cause: error },
+        );
+      }
       throw storeError(error);
     });
     const namespace = options.namespace ?? 'default';
