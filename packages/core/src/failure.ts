@@ -100,6 +100,9 @@ export async function handleFailure<T, R>(
  * `Processor.abortRuns`): its key is given back uncounted, once the steps it left running have
  * ended (for a lease at most), and stays a takeover if it was one. Nothing is settled: the broker
  * delivers the message again, and the next consumer runs it at once instead of after the lease.
+ * `handlerRunning`: the handler, given up at maxRunMs, still runs; the key goes back once it and
+ * its steps have ended (not awaited: stop() does not wait for a handler that may never return),
+ * and is left to its lease if that is later than the lease's end.
  */
 export async function giveBackCut<T, R>(
   o: ResolvedProcessorOptions<T, R>,
@@ -109,18 +112,26 @@ export async function giveBackCut<T, R>(
   run: RunBlobs & { stepsRunning(): Promise<void> | undefined },
   leaseDeadline: number,
   turn: Turn | undefined,
+  handlerRunning?: Promise<void>,
 ): Promise<Disposition> {
+  const giveBackNow = async () => {
+    await discardBlobs(o, run);
+    // Past the lease a release would answer `lost` or land after a takeover: left to the lease.
+    // Not tried again either: a give-back's repeat would uncount the attempt twice. If it does not
+    // land, the lease runs out and the next consumer takes the key over, as after a crash.
+    if (performance.now() < leaseDeadline) await giveBack(o, shared, storeKey, begun);
+    o.logger.info('a run cut short by stop() gave its key back; the message is delivered again', {
+      key: storeKey,
+      attempt: begun.attempt,
+    });
+  };
+  if (handlerRunning !== undefined) {
+    void handlerRunning.then(giveBackNow).catch(() => undefined);
+    return notRun(turn);
+  }
   const stillRunning = run.stepsRunning();
   if (stillRunning !== undefined) await settledWithin([stillRunning], o.leaseMs);
-  await discardBlobs(o, run);
-  // Past the lease a release would answer `lost` or land after a takeover: left to the lease.
-  // Not tried again either: a give-back's repeat would uncount the attempt twice. If it does not
-  // land, the lease runs out and the next consumer takes the key over, as after a crash.
-  if (performance.now() < leaseDeadline) await giveBack(o, shared, storeKey, begun);
-  o.logger.info('a run cut short by stop() gave its key back; the message is delivered again', {
-    key: storeKey,
-    attempt: begun.attempt,
-  });
+  await giveBackNow();
   return notRun(turn);
 }
 

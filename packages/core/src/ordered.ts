@@ -13,7 +13,7 @@ import {
   trackGiveBack,
 } from './shared.js';
 import type { Disposition } from './spi.js';
-import type { BeginResult } from './store/types.js';
+import type { BeginResult, FencedResult } from './store/types.js';
 
 const NOT_RUN = {
   name: 'NotRun',
@@ -184,14 +184,24 @@ export async function reuseHeld<T, R>(
   fingerprint: string,
 ): Promise<{ begun: Extract<BeginResult, { status: 'acquired' }>; since: number } | undefined> {
   const held = shared.held.get(storeKey);
-  if (held === undefined) return undefined;
+  // Another payload under the key is not this lease's message: the lease stays kept for it (the
+  // begin that follows answers mismatch).
+  if (held === undefined || held.fingerprint !== fingerprint) return undefined;
   shared.held.delete(storeKey);
-  if (held.fingerprint !== fingerprint) return undefined;
   if (held.deadline - performance.now() > o.leaseMs / 2) {
     return { begun: held.begun, since: held.deadline - o.leaseMs };
   }
   const since = performance.now();
-  if ((await o.store.extend(storeKey, held.begun.fence, o.leaseMs)) === 'lost') return undefined;
+  let extended: FencedResult;
+  try {
+    extended = await o.store.extend(storeKey, held.begun.fence, o.leaseMs);
+  } catch (error) {
+    // The store did not answer: the lease is still this processor's to reuse or give back (its
+    // group's release), not left to run out and come back as a takeover.
+    if (!shared.held.has(storeKey)) shared.held.set(storeKey, held);
+    throw error;
+  }
+  if (extended === 'lost') return undefined;
   return { begun: held.begun, since };
 }
 

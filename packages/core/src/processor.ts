@@ -700,6 +700,9 @@ async function run<T, R>(
         leaseSince = extendedAt;
       } catch (error) {
         turn?.go(false);
+        // Unrun, the lease is given back (it lands once the store answers again), not left to
+        // run out and come back as a takeover.
+        void giveBack(o, shared, storeKey, begun);
         return storeDown(o, error, storeKey);
       }
     }
@@ -837,7 +840,11 @@ async function runAcquired<T, R>(
     // Aborted by the consumer's stop (abortRuns): a shutdown, not the message's failure.
     await keeper.stop();
     recordError(span, ran.error, scrubOf(runCtx));
-    return giveBackCut(o, shared, storeKey, begun, state, keeper.deadline, turn);
+    // Given up at maxRunMs after the abort, the handler still runs: the key goes back once it
+    // has ended, never while it runs (a redelivered copy would run beside it).
+    const stillRunning = givenUp ? handled.ended.then(() => state.stepsRunning()) : undefined;
+    if (stillRunning !== undefined) marker.outlivedBy(stillRunning, o.maxRunMs);
+    return giveBackCut(o, shared, storeKey, begun, state, keeper.deadline, turn, stillRunning);
   }
   if (!ran.ok) {
     await keeper.stop();

@@ -104,6 +104,49 @@ describe('abortRuns', () => {
     expect((await store.get(scopeKey('default', 'c', 'o2')))?.attempt).toBe(0);
   });
 
+  it('a run given up at maxRunMs after the abort keeps its key until its handler has ended', async () => {
+    // Before: the cut run gave its key back as soon as maxRunMs answered for it, its handler still
+    // running: the redelivered message ran beside it at another worker.
+    const store = createMemoryStore();
+    const stuck = deferred();
+    let running = 0;
+    let most = 0;
+    const handler = async () => {
+      most = Math.max(most, ++running);
+      try {
+        await stuck.promise; // deaf to ctx.signal, as a slow HTTP call without it
+      } finally {
+        running--;
+      }
+      return 'ok';
+    };
+    const options = { leaseMs: 2_000, maxRunMs: 200, ownerId: 'w1' };
+    const first = processorOn(store, handler, options);
+    const pending = first.process(delivery({ id: 'a' }, headers('k-cut-timeout')));
+    while (running === 0) await new Promise((r) => setTimeout(r, 5));
+    expect(first.abortRuns()).toBe(1);
+    expect(await pending).toMatchObject({ action: 'defer', outcome: 'not-run' });
+    expect(running).toBe(1);
+    const second = processorOn(store, handler, { ...options, ownerId: 'w2' });
+    expect(await second.process(delivery({ id: 'a' }, headers('k-cut-timeout')))).toMatchObject({
+      action: 'defer',
+      outcome: 'busy',
+    });
+    stuck.resolve();
+    // Once it ended the key goes back uncounted, and the copy runs at once.
+    await expect
+      .poll(async () => {
+        const record = await store.get(scopeKey('default', 'c', 'k-cut-timeout'));
+        return record?.state === 'IN_PROGRESS' ? record.leaseUntil : undefined;
+      })
+      .toBe(0);
+    expect(await second.process(delivery({ id: 'a' }, headers('k-cut-timeout')))).toMatchObject({
+      action: 'ack',
+      outcome: 'acquired',
+    });
+    expect(most).toBe(1);
+  });
+
   it('aborts nothing while no handler runs', async () => {
     const gate = deferred();
     const p = processorOn(createMemoryStore(), () => gate.promise);

@@ -5,6 +5,7 @@ import { Headers } from '../src/headers.js';
 import { fingerprint } from '../src/keys.js';
 import { createProcessor } from '../src/processor.js';
 import type { Delivery } from '../src/spi.js';
+import { withFaults } from '../src/store/faulty-store.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 import type { ProcessedStore } from '../src/store/types.js';
 import { delivery } from './helpers.js';
@@ -115,6 +116,88 @@ describe('processInOrder: ordered groups with shared round trips', () => {
     expect(d).toMatchObject({ action: 'ack', outcome: 'acquired' });
     // Its first run: the lease given back unrun was no attempt.
     expect(await store.get('default:c:r-1')).toMatchObject({ state: 'COMPLETED', attempt: 1 });
+  });
+
+  it('a kept lease whose extension fails stays kept: its release gives it back', async () => {
+    // Before: the lease was dropped from the kept ones before the extension was tried; when the
+    // store did not answer, nobody gave it back, and the record came back busy for a lease and
+    // then as a takeover (an attempt counted, the takeover gate closed for the whole process).
+    const inner = createMemoryStore();
+    let failExtend = false;
+    const store = withFaults(inner, { failWhen: (op) => op === 'extend' && failExtend });
+    let tries = 0;
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      ...fast,
+      leaseMs: 400,
+      handler: (m: { i: number }) => {
+        if (m.i === 0 && tries++ === 0) throw new Error('transient');
+      },
+    });
+    const group = records('x', 2);
+    const first = p.processInOrder(group);
+    expect((await Promise.all(first.dispositions)).map((d) => d.outcome)).toEqual(['acquired', 'not-run']);
+    await new Promise((r) => setTimeout(r, 250)); // past half the kept lease: its reuse extends it
+    failExtend = true;
+    const second = p.processInOrder(group.slice(1));
+    expect((await Promise.all(second.dispositions)).map((d) => d.outcome)).toEqual(['store-unavailable']);
+    failExtend = false;
+    await second.release();
+    await first.release();
+    await p.givenBack();
+    expect(await inner.get('default:c:x-1')).toMatchObject({
+      state: 'IN_PROGRESS',
+      leaseUntil: 0,
+      attempt: 0,
+    });
+    expect(await p.process(group[1] as Delivery)).toMatchObject({ action: 'ack', outcome: 'acquired' });
+  });
+
+  it('a lease whose extension before the handler fails is given back, not left to run out', async () => {
+    // A begin answered after half the lease is extended before the handler starts; before, when
+    // that extension failed, the lease was left held by nobody (busy for a lease, then a takeover).
+    const inner = createMemoryStore();
+    const faulty = withFaults(inner, { failWhen: (op) => op === 'extend' });
+    const store: ProcessedStore = {
+      ...faulty,
+      beginMany: async (requests) => {
+        const answers = await inner.beginMany?.(requests);
+        await new Promise((r) => setTimeout(r, 250)); // answered late: past half the lease
+        return answers ?? [];
+      },
+    };
+    const p = createProcessor({ consumer: 'c', store, ...fast, leaseMs: 400, handler: () => 'ran' });
+    const [d] = await Promise.all(p.processInOrder(records('z', 1)).dispositions);
+    expect(d).toMatchObject({ outcome: 'store-unavailable' });
+    await p.givenBack();
+    expect(await inner.get('default:c:z-0')).toMatchObject({
+      state: 'IN_PROGRESS',
+      leaseUntil: 0,
+      attempt: 0,
+    });
+  });
+
+  it('a kept lease stays kept for its own payload when another payload comes under its key', async () => {
+    const inner = createMemoryStore();
+    let tries = 0;
+    const p = createProcessor({
+      consumer: 'c',
+      store: inner,
+      ...fast,
+      handler: (m: { i: number }) => {
+        if (m.i === 0 && tries++ === 0) throw new Error('transient');
+      },
+    });
+    const group = records('y', 2);
+    const first = p.processInOrder(group);
+    await Promise.all(first.dispositions);
+    const other = delivery({ i: 99 }, { [Headers.IdempotencyKey]: 'y-1' });
+    expect(await p.processInOrder([other]).dispositions[0]).toMatchObject({ outcome: 'mismatch' });
+    await first.release();
+    await p.givenBack();
+    // Before: the mismatched copy took the lease out of the kept ones, and the release missed it.
+    expect(await inner.get('default:c:y-1')).toMatchObject({ state: 'IN_PROGRESS', leaseUntil: 0 });
   });
 
   it('a permanent failure or a duplicate in the middle lets the later records run', async () => {
