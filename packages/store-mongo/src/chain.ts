@@ -6,8 +6,8 @@
  * first, so a walk that finds element i and not i + 1 has found the last element at that moment.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import type { Collection } from 'mongodb';
 import { CorruptRecordError } from '@exactly-once/core';
+import type { Collection } from 'mongodb';
 import {
   checkElement,
   describe,
@@ -99,6 +99,20 @@ export async function readChain(reader: ChainReader, key: string): Promise<Chain
   const head = (await reader.heads.findOne({ _id: key })) as AnyHead | null;
   if (head === null) return undefined;
   const chain = chainOf(head);
+  const read = await walk(reader, key, head, chain);
+  // A chain is deleted head first: a gap or a tombstone found last while its head still names it
+  // is no sweep but documents deleted or emptied by hand; read again, it would read so for ever.
+  if (read === 'gone' && (await headNames(reader, key, chain))) {
+    throw new CorruptRecordError({
+      key,
+      detail: 'a chain with an element deleted or emptied while its head still names it',
+    });
+  }
+  return read;
+}
+
+/** {@link readChain}'s walk from the head's hint to the last element. */
+async function walk(reader: ChainReader, key: string, head: AnyHead, chain: string): Promise<Chain | 'gone'> {
   const legacyElement = legacyElementOf(head);
   const first = legacyElement ? 0 : 1;
   const fetch = (position: number): Promise<RecordDoc | null> =>

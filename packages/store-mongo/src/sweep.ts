@@ -9,7 +9,7 @@
  * lands in a chain deleted meanwhile finds the head gone or naming another chain, and undoes it
  * (see `append` in store.ts). A blob is deleted only after the last element that names it.
  */
-import type { BlobPointer, BlobStore } from '@exactly-once/core';
+import { type BlobPointer, type BlobStore, CorruptRecordError } from '@exactly-once/core';
 import type { Document, Filter, WithoutId, WriteConcernSettings } from 'mongodb';
 import {
   type Chain,
@@ -31,6 +31,11 @@ export interface SweepResult {
   readonly blobsDeleted: number;
   /** Keys whose abandoned IN_PROGRESS record was dropped (their documents are in `deleted`). */
   readonly abandoned: number;
+  /**
+   * Documents left because their key's chain is damaged (see the README, "Damaged records"):
+   * they are read again at each round until deleted by hand.
+   */
+  readonly damaged: number;
 }
 
 export interface DismantleContext extends ChainReader {
@@ -134,6 +139,7 @@ export async function sweepExpired(context: SweepContext): Promise<SweepResult> 
     deleted: expired.deleted + leases.deleted,
     blobsDeleted: expired.blobsDeleted + leases.blobsDeleted,
     abandoned: leases.abandoned,
+    damaged: expired.damaged + leases.damaged,
   };
 }
 
@@ -157,6 +163,7 @@ async function sweepEach(
   let deleted = 0;
   let blobsDeleted = 0;
   let abandoned = 0;
+  let damaged = 0;
   const seen = new Set<string>();
   for (;;) {
     const now = await guarded('sweep', () => clock.now());
@@ -167,7 +174,16 @@ async function sweepEach(
     );
     if (docs.length === 0) break;
     for (const doc of docs) {
-      const swept = await guarded('sweep', () => sweep(doc, now));
+      let swept: Swept;
+      try {
+        swept = await guarded('sweep', () => sweep(doc, now));
+      } catch (error) {
+        // One damaged chain must not fail every round (the documents after it never swept).
+        if (!(error instanceof CorruptRecordError)) throw error;
+        damaged += 1;
+        seen.add(doc._id);
+        continue;
+      }
       deleted += swept.deleted;
       blobsDeleted += swept.blobsDeleted;
       if (swept.abandoned) abandoned += 1;
@@ -176,7 +192,7 @@ async function sweepEach(
     }
     if (docs.length < batchSize) break;
   }
-  return { deleted, blobsDeleted, abandoned };
+  return { deleted, blobsDeleted, abandoned, damaged };
 }
 
 /**

@@ -216,6 +216,43 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       },
     );
 
+    it('a chain whose last element was emptied, or deleted behind a tombstone, is refused, not taken for a sweep', async () => {
+      // Before: read as a chain being swept, every begin gave up after 8 rounds as an outage, for
+      // ever (a Kafka partition held behind the key).
+      const emptied = 'damaged:emptied';
+      const held = await acquired(store, emptied);
+      await store.complete({ key: emptied, fence: held.fence, outgoing: [], retentionMs: 60_000 });
+      const [, done] = await elementsOf(raw, emptied);
+      await raw.replaceOne({ _id: done?._id }, {} as never);
+      const refused = { code: ErrorCode.CorruptRecord, key: emptied, retryable: false };
+      await expect(begin(store, emptied)).rejects.toMatchObject(refused);
+      await expect(store.get(emptied)).rejects.toBeInstanceOf(CorruptRecordError);
+      // The COMPLETED element deleted once the sweeper had cut the lease before it to a tombstone.
+      const cut = 'damaged:cut';
+      const lease = await acquired(store, cut);
+      await store.complete({ key: cut, fence: lease.fence, outgoing: [], retentionMs: 60_000 });
+      const [first, completed] = await elementsOf(raw, cut);
+      await raw.replaceOne({ _id: first?._id }, {} as never);
+      await raw.deleteOne({ _id: completed?._id });
+      await expect(begin(store, cut)).rejects.toMatchObject({ code: ErrorCode.CorruptRecord, key: cut });
+    });
+
+    it('the sweeper leaves a damaged chain, counts it, and sweeps the others', async () => {
+      // Before: one damaged expired chain failed every sweep at that document.
+      const swept = createMongoStore({ db: test.db, collectionName: 'damaged_sweep', expiredGraceMs: 0 });
+      for (const key of ['bad', 'good']) {
+        const lease = await acquired(swept, key);
+        await swept.complete({ key, fence: lease.fence, outgoing: [], retentionMs: 50 });
+      }
+      const [, done] = await elementsOf(swept.collection, 'bad');
+      await swept.collection.updateOne({ _id: done?._id }, { $set: { f: 12345 } as never });
+      await sleep(150);
+      expect(await swept.sweepExpired()).toEqual({ deleted: 4, blobsDeleted: 0, abandoned: 0, damaged: 1 });
+      expect(await swept.collection.countDocuments({ k: 'good' })).toBe(0);
+      expect(await swept.collection.countDocuments({ k: 'bad' })).toBe(2);
+      await swept.close();
+    });
+
     it('a head whose chain id was edited to another type is refused, not read as a new key', async () => {
       const key = 'damaged:head';
       const held = await acquired(store, key);
@@ -546,10 +583,10 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       ).toBe('ok');
       await sleep(150);
       expect(await swept.get('graced')).toBeUndefined(); // expired: it reads as absent
-      expect(await swept.sweepExpired()).toEqual({ deleted: 0, blobsDeleted: 0, abandoned: 0 });
+      expect(await swept.sweepExpired()).toEqual({ deleted: 0, blobsDeleted: 0, abandoned: 0, damaged: 0 });
       expect(Array.from(await blobs.get(blob))).toEqual([7, 7, 7]);
       await sleep(600);
-      expect(await swept.sweepExpired()).toEqual({ deleted: 4, blobsDeleted: 1, abandoned: 0 });
+      expect(await swept.sweepExpired()).toEqual({ deleted: 4, blobsDeleted: 1, abandoned: 0, damaged: 0 });
       await expect(blobs.get(blob)).rejects.toMatchObject({ code: 'BLOB_INTEGRITY' });
       await swept.close();
     });
@@ -581,12 +618,12 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       await sleep(150);
 
       // Three chains of head + lease + terminal + the sweeper's seal.
-      expect(await swept.sweepExpired()).toEqual({ deleted: 12, blobsDeleted: 1, abandoned: 0 });
+      expect(await swept.sweepExpired()).toEqual({ deleted: 12, blobsDeleted: 1, abandoned: 0, damaged: 0 });
       const left = await swept.collection.find({}).toArray();
       expect(new Set(left.map((d) => d.k ?? d._id))).toEqual(new Set(['in-progress', 'live-with-blob']));
       await expect(blobs.get(expiredBlob)).rejects.toMatchObject({ code: 'BLOB_INTEGRITY' });
       expect(Array.from(await blobs.get(liveBlob))).toEqual([2, 2, 2]);
-      expect(await swept.sweepExpired()).toEqual({ deleted: 0, blobsDeleted: 0, abandoned: 0 });
+      expect(await swept.sweepExpired()).toEqual({ deleted: 0, blobsDeleted: 0, abandoned: 0, damaged: 0 });
       expect((await begin(swept, 'expired-plain')).status).toBe('acquired');
       await swept.close();
     });
@@ -615,7 +652,7 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       expect(await swept.extend('live', live.fence, 600_000)).toBe('ok'); // a long run, still extending
       await sleep(300);
 
-      expect(await swept.sweepExpired()).toEqual({ deleted: 6, blobsDeleted: 0, abandoned: 2 });
+      expect(await swept.sweepExpired()).toEqual({ deleted: 6, blobsDeleted: 0, abandoned: 2, damaged: 0 });
       expect(await docsOf('died')).toEqual([]);
       expect(await docsOf('released')).toEqual([]);
       expect((await swept.get('live'))?.state).toBe('IN_PROGRESS');
@@ -625,7 +662,7 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
         .find({ s: State.InProgress, sa: { $exists: true } })
         .toArray();
       expect(leftLeases.map((d) => d.k)).toEqual(['live']);
-      expect(await swept.sweepExpired()).toEqual({ deleted: 0, blobsDeleted: 0, abandoned: 0 });
+      expect(await swept.sweepExpired()).toEqual({ deleted: 0, blobsDeleted: 0, abandoned: 0, damaged: 0 });
       // The key runs anew when it comes back, at a higher fence.
       const again = await acquired(swept, 'died');
       expect(again.kind).toBe('new');
@@ -663,7 +700,7 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       await acquired(swept, 'live', 600_000);
       await sleep(300);
 
-      expect(await swept.sweepExpired()).toEqual({ deleted: 0, blobsDeleted: 0, abandoned: 0 });
+      expect(await swept.sweepExpired()).toEqual({ deleted: 0, blobsDeleted: 0, abandoned: 0, damaged: 0 });
       for (const key of ['paid', 'refused']) {
         expect(await elementOf(key, 1)).toEqual({ _id: elementId(await chainOfKey(key), 1) });
       }
@@ -685,7 +722,7 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       await expect(
         swept.collection.insertOne({ _id: elementId(await chainOfKey('paid'), 1) } as unknown as RecordDoc),
       ).rejects.toMatchObject({ code: 11000 });
-      expect(await swept.sweepExpired()).toEqual({ deleted: 0, blobsDeleted: 0, abandoned: 0 });
+      expect(await swept.sweepExpired()).toEqual({ deleted: 0, blobsDeleted: 0, abandoned: 0, damaged: 0 });
       await swept.close();
     });
 
@@ -696,14 +733,15 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
         'ok',
       );
       const head = (await raw.findOne({ _id: key })) as unknown as HeadDoc;
-      // What a walker that read the head before the sweeper deleted it can meet: element 2 gone
-      // first, element 1 already a tombstone.
+      // What a walker that read the head before the sweeper deleted it (head first, then the
+      // elements) can meet: element 2 gone first, element 1 already a tombstone.
       await raw.deleteOne({ _id: elementId(head.c, 2) });
       await raw.replaceOne({ _id: elementId(head.c, 1) }, {} as RecordDoc);
-      expect(await readChain({ collection: raw, heads: raw as unknown as Collection<HeadDoc> }, key)).toBe(
-        'gone',
-      );
-      await raw.deleteMany({ _id: { $in: [key, elementId(head.c, 1)] } });
+      await raw.deleteOne({ _id: key });
+      const reads = [head]; // the walker's read of the head, before the sweeper deleted it
+      const heads = { findOne: async () => reads.shift() ?? null } as unknown as Collection<HeadDoc>;
+      expect(await readChain({ collection: raw, heads }, key)).toBe('gone');
+      await raw.deleteMany({ _id: { $in: [elementId(head.c, 1)] } });
     });
 
     it('a takeover racing the sweep of its abandoned lease: the taker keeps the key, or the key is gone and runs anew', async () => {
