@@ -333,6 +333,28 @@ describe.each(testStores)('inspect: %s', (_name, open) => {
     expect(running).toMatch(/steps reserve \(done \d{4}-\d\d-\d\dT[\d:.]+Z\), charge \(started \d{4}-/);
   });
 
+  it('a lease given back unrun that keeps its key a takeover reads as released, not as a date in 1970', async () => {
+    // An outside run: `--history` printed such leases `lease until 1970-01-01T00:00:00.001Z`.
+    const { store } = t;
+    const stored = key('given-back');
+    const first = await store.begin({ key: stored, fingerprint: 'fp', owner: 'w1', leaseMs: 1 });
+    if (first.status !== 'acquired') throw new Error(first.status);
+    await new Promise((r) => setTimeout(r, 20));
+    const taken = await store.begin({ key: stored, fingerprint: 'fp', owner: 'w2', leaseMs: 60_000 });
+    if (taken.status !== 'acquired' || taken.kind !== 'takeover') throw new Error(JSON.stringify(taken));
+    await store.release(stored, taken.fence, toErrorInfo(new Error('not run')), {
+      notRun: true,
+      takenOver: true,
+    });
+    const text = await cliText(['inspect', consumer, 'given-back', '--history', ...t.flags]);
+    expect(text).toMatch(/lease +w2, released, still a takeover/);
+    if (t.store.history)
+      expect(text).toMatch(
+        /IN_PROGRESS +attempt \d+ +fence \d+ +owner w2 +started \S+ +lease released \(taken over\)/,
+      );
+    expect(text).not.toMatch(/1970/);
+  });
+
   it('an unknown key exits 1 with a clear message', async () => {
     const r = await cli(['inspect', consumer, 'never-seen', ...t.flags]);
     expect(r.code).toBe(1);

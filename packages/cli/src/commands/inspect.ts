@@ -244,9 +244,11 @@ export function renderRecord(view: RecordView, now = Date.now()): string[] {
     const when =
       until === 0
         ? 'released (the next delivery or request of the key retries at once)'
-        : live
-          ? `until ${formatTime(until)} (in ${formatSpan(until - now)})`
-          : `expired ${formatTime(until)} (${formatSpan(now - until)} ago: the next delivery or request of the key takes over)`;
+        : until === 1
+          ? 'released, still a takeover (the next delivery or request of the key takes it over at once)'
+          : live
+            ? `until ${formatTime(until)} (in ${formatSpan(until - now)})`
+            : `expired ${formatTime(until)} (${formatSpan(now - until)} ago: the next delivery or request of the key takes over)`;
     rows.push(['lease', `${owner || '-'}, ${when}`]);
   }
   if (view.lastError) rows.push(['last error', errorText(view.lastError)]);
@@ -319,8 +321,16 @@ function historyLine(h: RecordView & { readonly startedAt?: number }): string {
   const parts = [h.state.padEnd(11), `attempt ${h.attempt}`, `fence ${h.fence}`];
   if (h.lease) parts.push(`owner ${shown(h.lease.owner || '-')}`);
   if (h.startedAt !== undefined) parts.push(`started ${formatTime(h.startedAt)}`);
-  if (h.lease)
-    parts.push(h.lease.until === 0 ? 'lease released' : `lease until ${formatTime(h.lease.until)}`);
+  if (h.lease) {
+    const { until } = h.lease;
+    parts.push(
+      until === 0
+        ? 'lease released'
+        : until === 1
+          ? 'lease released (taken over)'
+          : `lease until ${formatTime(until)}`,
+    );
+  }
   if (h.steps && h.steps.length > 0)
     parts.push(
       `steps ${h.steps.map((st) => `${shown(st.name)} (${st.state} ${formatTime(st.at)})`).join(', ')}`,

@@ -87,7 +87,10 @@ interface RecordBase {
 export interface InProgressRecord extends RecordBase {
   readonly state: typeof RecordState.InProgress;
   readonly owner: string;
-  /** Store time (ms) when the lease ends; 0 after a `release`. */
+  /**
+   * Store time (ms) when the lease ends; 0 after a `release`, 1 after one that keeps the key a
+   * takeover (`ReleaseOptions.takenOver`).
+   */
   readonly leaseUntil: number;
   /** The error of the last released attempt, if any. */
   readonly lastError?: ErrorInfo;
