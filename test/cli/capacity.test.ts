@@ -8,6 +8,7 @@ import { cli, cliJson, cliText } from './helpers.js';
 interface Estimate {
   compaction: boolean;
   recordWindowDays: number;
+  maintenanceEveryMs: number;
   records: { count: number; bytesPerRecord: number; bytes: number };
   markers: { count: number; bytesPerMarker: number; bucketOverheadBytes: number; bytes: number };
   totalBytes: number;
@@ -25,19 +26,21 @@ describe('capacity', () => {
     expect(r.code).toBe(0);
   });
 
-  it('records for the window, markers for the rest of the retention, with the measured figures', async () => {
+  it('records for the window and the maintenance interval, markers for the rest of the retention, with the measured figures', async () => {
     const e = await cliJson<Estimate>(['capacity', '--keys-per-day', '1000000', '--retention', '30']);
     expect(e.compaction).toBe(true);
     expect(e.recordWindowDays).toBe(1);
-    expect(e.records).toEqual({ count: 1_000_000, bytesPerRecord: 312, bytes: 312_000_000 });
+    // Whole for the day and until the hourly pass after it: 25 hours of keys.
+    expect(e.maintenanceEveryMs).toBe(3_600_000);
+    expect(e.records).toEqual({ count: 1_041_667, bytesPerRecord: 312, bytes: 1_041_667 * 312 });
     // 21 B a marker plus 134 B for each of the 13,152 buckets (one per cluster slot in use).
-    expect(e.markers.count).toBe(29_000_000);
+    expect(e.markers.count).toBe(28_958_333);
     expect(e.markers.bucketOverheadBytes).toBe(13_152 * 134);
-    expect(e.markers.bytes).toBe(29_000_000 * 21 + 13_152 * 134);
+    expect(e.markers.bytes).toBe(28_958_333 * 21 + 13_152 * 134);
     expect(e.totalBytes).toBe(e.records.bytes + e.markers.bytes);
     expect(e.recordsOnlyBytes).toBe(30_000_000 * 241);
     expect(e.warnings).toEqual([]);
-    // At 1M markers the model gives 22.8 B per marker (measured: 21.7).
+    // At ~1M markers the model gives 22.8 B per marker (measured: 21.7 at 1M).
     const m = await cliJson<Estimate>([
       'capacity',
       '--keys-per-day',
@@ -47,9 +50,9 @@ describe('capacity', () => {
       '--record-window',
       '1',
     ]);
-    expect(m.markers.bytesPerMarker).toBeCloseTo(22.76, 1);
+    expect(m.markers.bytesPerMarker).toBeCloseTo(22.84, 1);
     // A window that is not a whole number of keys: records and markers still add up to the
-    // retention's keys (each was rounded up on its own: 1,041,667 + 28,958,334 = 30,000,001).
+    // retention's keys (each was rounded up on its own: 1,083,334 + 28,916,667 = 30,000,001).
     const w = await cliJson<Estimate>([
       'capacity',
       '--keys-per-day',
@@ -59,16 +62,48 @@ describe('capacity', () => {
       '--record-window',
       '25h',
     ]);
-    expect(w.records.count).toBe(1_041_667);
+    expect(w.records.count).toBe(1_083_334);
     expect(w.records.count + w.markers.count).toBe(30_000_000);
 
     const text = await cliText(['capacity', '--keys-per-day', '1,000,000', '--retention', '30d']);
-    expect(text).toContain('full records for 1 day, compaction markers for the other 29 days');
-    expect(text).toMatch(/records\s+1,000,000\s+312 B\s+298 MiB/);
-    expect(text).toMatch(/markers\s+29,000,000\s+21\.1 B\s+582 MiB/);
-    expect(text).toMatch(/total\s+30,000,000\s+880 MiB/);
+    expect(text).toContain(
+      'full records for 1 day (and up to 60 min more, until the maintenance pass that compacts them), compaction markers for the rest',
+    );
+    expect(text).toMatch(/records\s+1,041,667\s+312 B\s+310 MiB/);
+    expect(text).toMatch(/markers\s+28,958,333\s+21\.1 B\s+582 MiB/);
+    expect(text).toMatch(/total\s+30,000,000\s+892 MiB/);
     expect(text).toContain('without compaction (full records for 30 days): 6.73 GiB');
     expect(text).toContain('compactAfterMs: 86400000');
+    expect(text).toContain('startMaintenance({ everyMs: 3600000 })');
+  });
+
+  it('a window shorter than an hour: a pass as often as the window, spans in seconds; a retention consumers refuse is said', async () => {
+    // An outside run: a 5 s window counted records for 5 s though it printed hourly passes, read
+    // "full records for 0 days", and a 1-day retention was printed as if consumers took it.
+    const e = await cliJson<Estimate>([
+      'capacity',
+      '--keys-per-day',
+      '1000000',
+      '--retention',
+      '1',
+      '--record-window',
+      '5s',
+    ]);
+    expect(e.maintenanceEveryMs).toBe(5_000);
+    expect(e.records.count).toBe(Math.ceil((1_000_000 * 10) / 86_400));
+    expect(e.warnings).toEqual([expect.stringMatching(/consumers refuse this retention at start/)]);
+    const text = await cliText([
+      'capacity',
+      '--keys-per-day',
+      '1000000',
+      '--retention',
+      '1',
+      '--record-window',
+      '5s',
+    ]);
+    expect(text).toContain('full records for 5 s (and up to 5 s more');
+    expect(text).toContain('startMaintenance({ everyMs: 5000 })');
+    expect(text).not.toMatch(/0 days|1 days/);
   });
 
   it('figures from the command line; a window covering the retention means records only', async () => {
@@ -86,14 +121,15 @@ describe('capacity', () => {
       '24',
     ]);
     expect(e.recordWindowDays).toBe(0.5);
-    expect(e.records).toEqual({ count: 250_000, bytesPerRecord: 400, bytes: 100_000_000 });
+    // Whole for 12 hours and until the hourly pass after them.
+    expect(e.records).toEqual({ count: 270_834, bytesPerRecord: 400, bytes: 108_333_600 });
     expect(e.markers).toEqual({
-      count: 6_750_000,
+      count: 6_729_166,
       bytesPerMarker: 24,
       bucketOverheadBytes: 0,
-      bytes: 162_000_000,
+      bytes: 161_499_984,
     });
-    expect(e.totalBytes).toBe(262_000_000);
+    expect(e.totalBytes).toBe(269_833_584);
 
     const all = await cliJson<Estimate>([
       'capacity',

@@ -255,8 +255,8 @@ describe('published tarballs, installed as a user installs them', () => {
     log(`exactly-once capacity: ${r.ms} ms`);
     expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout)).toMatchObject({
-      records: { count: 1_000_000 },
-      markers: { count: 29_000_000 },
+      records: { count: 1_041_667 },
+      markers: { count: 28_958_333 },
     });
     const usage = await run(exe, ['capacity'], { cwd: project.dir, timeoutMs: 30_000 });
     expect(usage.code).toBe(2);

@@ -6,8 +6,9 @@
  * With `--tiered-hot`, the tiered store instead: Redis for the hot window, MongoDB for the whole
  * retention (BSON figures measured with the MongoDB store, store-mongo README "Sizes").
  */
+import { ConfigError, createMemoryStore, resolveProcessorOptions } from '@exactly-once/core';
 import { UsageError } from '../errors.js';
-import { formatBytes, formatCount, type Io, printJson, printLines, table } from '../output.js';
+import { formatBytes, formatCount, formatSpan, type Io, printJson, printLines, table } from '../output.js';
 
 /** A COMPLETED record (11-byte result, sha256 fingerprint, trace ref), no compaction: 240.8 B/key at 1M keys. */
 export const RECORD_BYTES = 241;
@@ -26,6 +27,12 @@ export const MARKER_ENTRY_BYTES = 18;
 export const MARKER_BUCKETS = 13_152;
 /** Bucket size above which the warning says what each compaction call rewrites (a bucket is rewritten whole). */
 export const LARGE_BUCKET_BYTES = 64 * 1024;
+/**
+ * The maintenance interval the estimate suggests: an hour, or the record window when shorter. A
+ * record stays whole until the pass after its window, so records count for the window plus it.
+ */
+export const MAINTENANCE_EVERY_MS = 3_600_000;
+const DAY_MS = 86_400_000;
 
 /**
  * A COMPLETED record in the MongoDB store: its head, its lease element cut to a tombstone by the
@@ -52,6 +59,8 @@ export interface CapacityEstimate {
   readonly retentionDays: number;
   readonly recordWindowDays: number;
   readonly compaction: boolean;
+  /** `startMaintenance`'s `everyMs` assumed (with compaction): records count for the window plus it. */
+  readonly maintenanceEveryMs: number;
   readonly records: { readonly count: number; readonly bytesPerRecord: number; readonly bytes: number };
   readonly markers: {
     readonly count: number;
@@ -73,7 +82,10 @@ export function estimateCapacity(input: CapacityInput): CapacityEstimate {
   }
   const window = Math.min(input.recordWindowDays ?? 1, retentionDays);
   const compaction = window < retentionDays;
-  const recordCount = Math.ceil(keysPerDay * window);
+  const maintenanceEveryMs = Math.max(1_000, Math.min(MAINTENANCE_EVERY_MS, Math.round(window * DAY_MS)));
+  // Whole until the maintenance pass after the window compacts them.
+  const whole = compaction ? Math.min(retentionDays, window + maintenanceEveryMs / DAY_MS) : window;
+  const recordCount = Math.ceil(keysPerDay * whole);
   const bytesPerRecord = input.recordBytes ?? (compaction ? RECORD_WITH_INDEX_BYTES : RECORD_BYTES);
   // The rest of the retention's keys (not rounded on its own: records + markers = all the keys).
   const markerCount = compaction ? Math.max(0, Math.ceil(keysPerDay * retentionDays) - recordCount) : 0;
@@ -82,6 +94,8 @@ export function estimateCapacity(input: CapacityInput): CapacityEstimate {
   const markerBytes = markerCount * (input.markerBytes ?? MARKER_BYTES) + bucketOverheadBytes;
   const recordBytes = recordCount * bytesPerRecord;
   const warnings: string[] = [];
+  const refused = retentionRefusal(retentionDays);
+  if (refused !== undefined) warnings.push(refused);
   const bucketBytes = (markerCount / MARKER_BUCKETS) * MARKER_ENTRY_BYTES;
   if (bucketBytes > LARGE_BUCKET_BYTES) {
     warnings.push(
@@ -94,6 +108,7 @@ export function estimateCapacity(input: CapacityInput): CapacityEstimate {
     retentionDays,
     recordWindowDays: window,
     compaction,
+    maintenanceEveryMs,
     records: { count: recordCount, bytesPerRecord, bytes: recordBytes },
     markers: {
       count: markerCount,
@@ -171,7 +186,34 @@ export function estimateTieredCapacity(input: TieredCapacityInput): TieredCapaci
   };
 }
 
-const days = (d: number) => `${Number(d.toFixed(3))} day${d === 1 ? '' : 's'}`;
+/**
+ * Why consumers with the default retry and redelivery options would refuse `retentionDays` at
+ * start (core's retention check), or undefined when they accept it.
+ */
+function retentionRefusal(retentionDays: number): string | undefined {
+  try {
+    resolveProcessorOptions({
+      consumer: 'capacity',
+      store: createMemoryStore(),
+      handler: () => undefined,
+      retentionMs: Math.round(retentionDays * DAY_MS),
+    });
+    return undefined;
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    return (
+      'with the default retry and redelivery options consumers refuse this retention at start: it must cover ' +
+      'the retry schedule, the attempts and redeliveryHorizonMs (1 day by default; core README, "Retention")'
+    );
+  }
+}
+
+/** A duration in days as text: whole days as `N days`, less than a day as a span (`5 s`, `2.5 h`). */
+const days = (d: number) => {
+  if (d < 1) return formatSpan(d * DAY_MS);
+  const shown = Number(d.toFixed(3));
+  return `${shown} day${shown === 1 ? '' : 's'}`;
+};
 
 export function renderCapacity(e: CapacityEstimate): string[] {
   const perKey = (b: number) => (Number.isInteger(b) ? `${b} B` : `${b.toFixed(1)} B`);
@@ -190,7 +232,8 @@ export function renderCapacity(e: CapacityEstimate): string[] {
   rows.push(['total', formatCount(e.records.count + e.markers.count), '', formatBytes(e.totalBytes)]);
   const head = e.compaction
     ? `Redis memory for ${formatCount(e.keysPerDay)} keys/day kept ${days(e.retentionDays)}: full records for ` +
-      `${days(e.recordWindowDays)}, compaction markers for the other ${days(e.retentionDays - e.recordWindowDays)}`
+      `${days(e.recordWindowDays)} (and up to ${formatSpan(e.maintenanceEveryMs)} more, until the maintenance pass that compacts them), ` +
+      `compaction markers for the rest`
     : `Redis memory for ${formatCount(e.keysPerDay)} keys/day kept ${days(e.retentionDays)} as full records (no compaction)`;
   const lines = ['', head, '', ...table(rows).map((l) => `  ${l}`), ''];
   if (e.compaction) {
@@ -198,8 +241,8 @@ export function renderCapacity(e: CapacityEstimate): string[] {
       `without compaction (full records for ${days(e.retentionDays)}): ${formatBytes(e.recordsOnlyBytes)}`,
     );
     lines.push(
-      `store: createRedisStore({ compactAfterMs: ${Math.round(e.recordWindowDays * 86_400_000)} }) with ` +
-        'store.startMaintenance({ everyMs: 3_600_000 }) running (it compacts);',
+      `store: createRedisStore({ compactAfterMs: ${Math.round(e.recordWindowDays * DAY_MS)} }) with ` +
+        `store.startMaintenance({ everyMs: ${e.maintenanceEveryMs} }) running (it compacts);`,
       `consumers: retentionMs: ${Math.round(e.retentionDays * 86_400_000)} (the default keeps 7 days)`,
     );
   }
