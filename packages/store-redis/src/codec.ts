@@ -16,6 +16,7 @@
  */
 import {
   type CompletedRecord,
+  CorruptRecordError,
   type ErrorInfo,
   type InProgressEntry,
   type OutgoingMessage,
@@ -163,6 +164,18 @@ export function decodeRecord(
   extrasFlat: readonly Buffer[] = [],
 ): ProcessedRecord | undefined {
   if (!packed || packed.length < HEAD_BYTES) return undefined;
+  try {
+    return decodeFields(key, packed, extrasFlat);
+  } catch (error) {
+    // Fields the store did not write (an error, a result pointer or a message that is not the
+    // JSON it writes): that key's damage, not a failure of the call.
+    if (error instanceof CorruptRecordError) throw error;
+    const why = error instanceof Error ? error.message : String(error);
+    throw new CorruptRecordError({ key, detail: `a field that does not decode (${why})` });
+  }
+}
+
+function decodeFields(key: string, packed: Buffer, extrasFlat: readonly Buffer[]): ProcessedRecord {
   const state = String.fromCharCode(packed[0] as number);
   const fence = packed.readUIntBE(1, 6);
   const attempt = packed.readUInt32BE(7);

@@ -347,11 +347,17 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
           return group.map((request, i) => {
             const code = reply[1 + 2 * i] as Buffer;
             const payload = reply[2 + 2 * i] as BeginPayload;
-            // A damaged record: this key's error alone (see inGroups), the others' answers stand.
+            // A damaged record: this key's error alone (see inGroups), the others' answers stand,
+            // whether the script refused it or its fields do not decode here.
             if (code.toString('latin1') === 'E') {
               return new CorruptRecordError({ key: request.key, detail: String(payload) });
             }
-            return decodeBegin(request, code, now, payload, request.leaseMs);
+            try {
+              return decodeBegin(request, code, now, payload, request.leaseMs);
+            } catch (error) {
+              if (error instanceof CorruptRecordError) return error;
+              throw error;
+            }
           });
         },
       );

@@ -94,6 +94,63 @@ describe.each([
     },
   );
 
+  it('a field that does not decode (an error that is not the JSON the store writes): that key refused, the batch begun', async () => {
+    // Before: a plain SyntaxError failed the whole batch as an outage, and the leases the script
+    // had written for the other keys were held by nobody.
+    const store = createRedisStore({ client, keyPrefix });
+    const failed = `undecodable:${randomUUID()}`;
+    const begun = await store.begin({ key: failed, fingerprint, owner: 'w', leaseMs });
+    if (begun.status !== 'acquired') throw new Error('not acquired');
+    await store.fail(failed, begun.fence, { name: 'E', code: 'C', message: 'm' }, 60_000);
+    await client.hset(Buffer.concat([keysFor(keyPrefix, failed).record, Buffer.from('x')]), 'e', 'not json');
+    const good = [`good:${randomUUID()}`, `good:${randomUUID()}`];
+    const error = await store
+      .beginMany?.(
+        [good[0], failed, good[1]].map((key) => ({ key: key as string, fingerprint, owner: 'w', leaseMs })),
+      )
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+    expect(error).toBeInstanceOf(PartialBatchError);
+    expect((error as PartialBatchError).errors.get(1)).toMatchObject({
+      code: ErrorCode.CorruptRecord,
+      key: failed,
+    });
+    expect((error as PartialBatchError).answers[0]).toMatchObject({ status: 'acquired' });
+    expect((error as PartialBatchError).answers[2]).toMatchObject({ status: 'acquired' });
+    await expect(store.begin({ key: failed, fingerprint, owner: 'w', leaseMs })).rejects.toBeInstanceOf(
+      CorruptRecordError,
+    );
+    await expect(store.get(failed)).rejects.toBeInstanceOf(CorruptRecordError);
+  });
+
+  it('a record of the previous layout whose extras name holds another type is refused and kept, never deleted', async () => {
+    // Before: the conversion deleted the record before its extras write failed (a script is not
+    // rolled back), and the next begin took the processed key as new.
+    const store = createRedisStore({ client, keyPrefix });
+    const key = `legacy:${randomUUID()}`;
+    const name = keysFor(keyPrefix, key).record;
+    const time = Number((await client.time())[0]) * 1000;
+    await client.hset(name, {
+      s: 'C',
+      n: '5',
+      a: '1',
+      f: 'fp',
+      c: String(time),
+      x: String(time + 3_600_000),
+      e: '["E","C","m"]',
+    });
+    await client.pexpireat(name, time + 3_700_000);
+    await client.set(Buffer.concat([name, Buffer.from('x')]), 'garbage');
+    for (let i = 0; i < 2; i++) {
+      await expect(store.begin({ key, fingerprint, owner: 'w', leaseMs })).rejects.toBeInstanceOf(
+        CorruptRecordError,
+      );
+    }
+    expect(await client.type(name)).toBe('hash');
+  });
+
   it("listInProgress (the CLI's stuck) skips damaged values and lists the work in progress beside them", async () => {
     const store = createRedisStore({ client, keyPrefix });
     for (const damage of Object.keys(damages)) await damagedKey(damage);

@@ -348,6 +348,33 @@ for (const [name, connect] of [
       expect(((await client.strlen(markers)) - 4) / 18).toBeGreaterThanOrEqual(entries.length + 10);
     });
 
+    it('clear answers absent for a key whose only trace is an expired marker, of either layout', async () => {
+      // Before: `cleared`, though the key read as absent (get undefined, begin new).
+      const ownPrefix = testPrefix('markers-clear');
+      const own = createRedisStore({ client, keyPrefix: ownPrefix });
+      try {
+        const nowS = Math.floor(Date.now() / 1000);
+        const expired = `${randomUUID()}:expired`;
+        const { markers, id } = keysFor(ownPrefix, expired);
+        await client.set(markers, bucketOf(0, [entry(id, nowS - 10, 'fp')]), 'EX', 600);
+        expect(await own.get(expired)).toBeUndefined();
+        expect(await own.clear(expired)).toBe('absent');
+        const live = `${randomUUID()}:live`;
+        const liveKeys = keysFor(ownPrefix, live);
+        await client.set(liveKeys.markers, bucketOf(0, [entry(liveKeys.id, nowS + 600, 'fp')]), 'EX', 600);
+        expect(await own.clear(live)).toBe('cleared');
+        const old = `${randomUUID()}:old`;
+        const oldKeys = keysFor(ownPrefix, old);
+        const at = Buffer.alloc(6);
+        at.writeUIntBE(Date.now() - 10_000, 0, 6);
+        await client.hset(oldKeys.legacyMarkers, oldKeys.id, Buffer.concat([at, Buffer.alloc(8)]));
+        expect(await own.clear(old)).toBe('absent');
+        expect(await client.hexists(oldKeys.legacyMarkers, oldKeys.id)).toBe(0);
+      } finally {
+        await dropPrefix(client, ownPrefix);
+      }
+    });
+
     it('markers of the previous layout (a hash per tag) are still read, and clear removes them', async () => {
       const key = `${randomUUID()}:legacy`;
       const { legacyMarkers, id } = keysFor(keyPrefix, key);

@@ -13,9 +13,9 @@ export const LAYOUT_VERSION = 2;
 
 export const scripts = {
   begin: {
-    command: 'eoBegin_v2_f8ee991b',
+    command: 'eoBegin_v2_8130eba0',
     numberOfKeys: 3,
-    sha1: 'f8ee991bde1a0fac4f288601ccc4ad665c935cc3',
+    sha1: '8130eba0dbf3430b391e7a9b2f9731f10dac4c5e',
     lua: `--[[
 begin: claim the record of one key for an attempt, or say why not.
 
@@ -180,6 +180,14 @@ local function convertLegacy(rec)
   end
   -- That layout always wrote a state and a fence: a hash without them is not a record.
   if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
+  -- Checked before the DEL below: a script is not rolled back, and a failed HSET after it would
+  -- leave the record deleted (its key then begun as new).
+  if #extras > 0 then
+    local extrasKind = rcall('TYPE', rec .. 'x').ok
+    if extrasKind ~= 'hash' and extrasKind ~= 'none' then
+      corrupt('a ' .. extrasKind .. ' at the record\\'s extras name')
+    end
+  end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
   local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
@@ -416,7 +424,8 @@ local function addMarkers(bucket, entries, now, keepUntil)
   rcall('SET', bucket, table.concat(parts), 'PXAT', string.format('%d', at))
 end
 
--- Removes the entry of \`id\` (10 bytes) from \`bucket\`; 1 if there was one, else 0.
+-- Removes the entry of \`id\` (10 bytes) from \`bucket\`; its expiresAt (seconds) if there was one,
+-- else 0.
 local function removeMarker(bucket, id)
   local v = rcall('GET', bucket)
   if not v or #v <= MARKER_HEAD then return 0 end
@@ -424,7 +433,7 @@ local function removeMarker(bucket, id)
   if not found then return 0 end
   local at = MARKER_HEAD + i * MARKER_WIDTH
   rcall('SET', bucket, string.sub(v, 1, at) .. string.sub(v, at + MARKER_WIDTH + 1), 'KEEPTTL')
-  return 1
+  return struct.unpack('>I4', v, at + 11)
 end
 -- beginOne: the begin transition of one key (see begin-2.lua for the codes). \`full\` asks for the
 -- whole record with a busy answer; batches answer busy with the lease end only.
@@ -522,9 +531,9 @@ return { code, now, payload }
 `,
   },
   beginMany: {
-    command: 'eoBeginMany_v2_08b2543c',
+    command: 'eoBeginMany_v2_bec4858b',
     numberOfKeys: undefined,
-    sha1: '08b2543cf23d80dd5f5ffe71dfac70f5f781c483',
+    sha1: 'bec4858bf9e9f6d93f3618e8e4b853cbc41ed226',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 beginMany: begin several keys in one call, in order, each exactly as begin-2.lua would (the same
@@ -685,6 +694,14 @@ local function convertLegacy(rec)
   end
   -- That layout always wrote a state and a fence: a hash without them is not a record.
   if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
+  -- Checked before the DEL below: a script is not rolled back, and a failed HSET after it would
+  -- leave the record deleted (its key then begun as new).
+  if #extras > 0 then
+    local extrasKind = rcall('TYPE', rec .. 'x').ok
+    if extrasKind ~= 'hash' and extrasKind ~= 'none' then
+      corrupt('a ' .. extrasKind .. ' at the record\\'s extras name')
+    end
+  end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
   local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
@@ -921,7 +938,8 @@ local function addMarkers(bucket, entries, now, keepUntil)
   rcall('SET', bucket, table.concat(parts), 'PXAT', string.format('%d', at))
 end
 
--- Removes the entry of \`id\` (10 bytes) from \`bucket\`; 1 if there was one, else 0.
+-- Removes the entry of \`id\` (10 bytes) from \`bucket\`; its expiresAt (seconds) if there was one,
+-- else 0.
 local function removeMarker(bucket, id)
   local v = rcall('GET', bucket)
   if not v or #v <= MARKER_HEAD then return 0 end
@@ -929,7 +947,7 @@ local function removeMarker(bucket, id)
   if not found then return 0 end
   local at = MARKER_HEAD + i * MARKER_WIDTH
   rcall('SET', bucket, string.sub(v, 1, at) .. string.sub(v, at + MARKER_WIDTH + 1), 'KEEPTTL')
-  return 1
+  return struct.unpack('>I4', v, at + 11)
 end
 -- beginOne: the begin transition of one key (see begin-2.lua for the codes). \`full\` asks for the
 -- whole record with a busy answer; batches answer busy with the lease end only.
@@ -1065,9 +1083,9 @@ return out
 `,
   },
   clear: {
-    command: 'eoClear_v2_6db80d57',
+    command: 'eoClear_v2_d28b4549',
     numberOfKeys: 4,
-    sha1: '6db80d57ba24114295934b0d9a0bd973814781f1',
+    sha1: 'd28b4549a0417d5f710ecb75da57b7800fea6daf',
     lua: `--[[
 clear: forget a key's record (or its compaction marker), so the next message with the key runs
 anew: an operator's step before replaying a dead letter whose record is FAILED, or re-running
@@ -1086,7 +1104,7 @@ same millisecond.
 
 Returns:
   1  cleared: the record or its marker was forgotten
-  0  absent: nothing was stored for the key (or only an expired record)
+  0  absent: nothing was stored for the key (or only an expired record or marker)
  -1  busy: the record is IN_PROGRESS under a live lease (nothing changed)
 ]]
 local rcall = redis.call
@@ -1221,6 +1239,14 @@ local function convertLegacy(rec)
   end
   -- That layout always wrote a state and a fence: a hash without them is not a record.
   if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
+  -- Checked before the DEL below: a script is not rolled back, and a failed HSET after it would
+  -- leave the record deleted (its key then begun as new).
+  if #extras > 0 then
+    local extrasKind = rcall('TYPE', rec .. 'x').ok
+    if extrasKind ~= 'hash' and extrasKind ~= 'none' then
+      corrupt('a ' .. extrasKind .. ' at the record\\'s extras name')
+    end
+  end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
   local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
@@ -1457,7 +1483,8 @@ local function addMarkers(bucket, entries, now, keepUntil)
   rcall('SET', bucket, table.concat(parts), 'PXAT', string.format('%d', at))
 end
 
--- Removes the entry of \`id\` (10 bytes) from \`bucket\`; 1 if there was one, else 0.
+-- Removes the entry of \`id\` (10 bytes) from \`bucket\`; its expiresAt (seconds) if there was one,
+-- else 0.
 local function removeMarker(bucket, id)
   local v = rcall('GET', bucket)
   if not v or #v <= MARKER_HEAD then return 0 end
@@ -1465,14 +1492,21 @@ local function removeMarker(bucket, id)
   if not found then return 0 end
   local at = MARKER_HEAD + i * MARKER_WIDTH
   rcall('SET', bucket, string.sub(v, 1, at) .. string.sub(v, at + MARKER_WIDTH + 1), 'KEEPTTL')
-  return 1
+  return struct.unpack('>I4', v, at + 11)
 end
 local rec, bucket, legacy, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
 local r = loadRecord(rec)
 if r and r.s == 'I' and r.t1 > now then return -1 end
 local live = r and (r.s == 'I' or r.t2 > now)
-local removed = removeMarker(bucket, string.sub(ARGV[1], 1, 10)) + rcall('HDEL', legacy, ARGV[1])
+-- A marker counts only while it answers for the key: an expired one is removed, but was absent.
+local removed = 0
+if removeMarker(bucket, string.sub(ARGV[1], 1, 10)) * 1000 > now then removed = 1 end
+local old = rcall('HGET', legacy, ARGV[1])
+if old then
+  rcall('HDEL', legacy, ARGV[1])
+  if struct.unpack('>I6', old) > now then removed = 1 end
+end
 rcall('ZREM', index, ARGV[1])
 if r then
   dropExtras(rec, r)
@@ -1507,9 +1541,9 @@ return out
 `,
   },
   compactCompleted: {
-    command: 'eoCompactCompleted_v2_7c6f7b0e',
+    command: 'eoCompactCompleted_v2_d7173a88',
     numberOfKeys: undefined,
-    sha1: '7c6f7b0eded77796931d4e109ab44363c82c14ed',
+    sha1: 'd7173a886bec66120a0e2ec67fa9ceb1fdb6eb77',
     lua: `--[[
 compactCompleted: replace old COMPLETED records of one cluster slot by compact markers.
 Called with a variable number of keys (numkeys = 1 + number of candidates).
@@ -1668,6 +1702,14 @@ local function convertLegacy(rec)
   end
   -- That layout always wrote a state and a fence: a hash without them is not a record.
   if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
+  -- Checked before the DEL below: a script is not rolled back, and a failed HSET after it would
+  -- leave the record deleted (its key then begun as new).
+  if #extras > 0 then
+    local extrasKind = rcall('TYPE', rec .. 'x').ok
+    if extrasKind ~= 'hash' and extrasKind ~= 'none' then
+      corrupt('a ' .. extrasKind .. ' at the record\\'s extras name')
+    end
+  end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
   local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
@@ -1904,7 +1946,8 @@ local function addMarkers(bucket, entries, now, keepUntil)
   rcall('SET', bucket, table.concat(parts), 'PXAT', string.format('%d', at))
 end
 
--- Removes the entry of \`id\` (10 bytes) from \`bucket\`; 1 if there was one, else 0.
+-- Removes the entry of \`id\` (10 bytes) from \`bucket\`; its expiresAt (seconds) if there was one,
+-- else 0.
 local function removeMarker(bucket, id)
   local v = rcall('GET', bucket)
   if not v or #v <= MARKER_HEAD then return 0 end
@@ -1912,7 +1955,7 @@ local function removeMarker(bucket, id)
   if not found then return 0 end
   local at = MARKER_HEAD + i * MARKER_WIDTH
   rcall('SET', bucket, string.sub(v, 1, at) .. string.sub(v, at + MARKER_WIDTH + 1), 'KEEPTTL')
-  return 1
+  return struct.unpack('>I4', v, at + 11)
 end
 
 local function allPublished(rec, r)
@@ -1967,9 +2010,9 @@ return { #done, dropped, deferred }
 `,
   },
   completeMany: {
-    command: 'eoCompleteMany_v2_5c1c749e',
+    command: 'eoCompleteMany_v2_01ec32ed',
     numberOfKeys: undefined,
-    sha1: '5c1c749e7d8d23ad0ecd897e65ce9eb9e99a4122',
+    sha1: '01ec32edc566b6c9fa196d3642b942f63ad2f5d7',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 completeMany: IN_PROGRESS(fence) -> COMPLETED with result and outgoing messages, in one write
@@ -2128,6 +2171,14 @@ local function convertLegacy(rec)
   end
   -- That layout always wrote a state and a fence: a hash without them is not a record.
   if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
+  -- Checked before the DEL below: a script is not rolled back, and a failed HSET after it would
+  -- leave the record deleted (its key then begun as new).
+  if #extras > 0 then
+    local extrasKind = rcall('TYPE', rec .. 'x').ok
+    if extrasKind ~= 'hash' and extrasKind ~= 'none' then
+      corrupt('a ' .. extrasKind .. ' at the record\\'s extras name')
+    end
+  end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
   local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
@@ -2292,9 +2343,9 @@ return out
 `,
   },
   extend: {
-    command: 'eoExtend_v2_e2051cba',
+    command: 'eoExtend_v2_b6453754',
     numberOfKeys: 1,
-    sha1: 'e2051cba9c4aaee7184f2036153dd5d29b585eee',
+    sha1: 'b6453754d5c0795b12dad10e45a5817d25fad5b3',
     lua: `--[[
 extend: push the lease of the holding fence out to server now + lease.
 
@@ -2439,6 +2490,14 @@ local function convertLegacy(rec)
   end
   -- That layout always wrote a state and a fence: a hash without them is not a record.
   if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
+  -- Checked before the DEL below: a script is not rolled back, and a failed HSET after it would
+  -- leave the record deleted (its key then begun as new).
+  if #extras > 0 then
+    local extrasKind = rcall('TYPE', rec .. 'x').ok
+    if extrasKind ~= 'hash' and extrasKind ~= 'none' then
+      corrupt('a ' .. extrasKind .. ' at the record\\'s extras name')
+    end
+  end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
   local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
@@ -2526,9 +2585,9 @@ return 1
 `,
   },
   fail: {
-    command: 'eoFail_v2_8e407ecf',
+    command: 'eoFail_v2_c85180ab',
     numberOfKeys: 1,
-    sha1: '8e407ecfdc76937a06eb225d19d189327c3d5d89',
+    sha1: 'c85180ab2c7f6faa7a82c8a5cc888d64aec84d45',
     lua: `--[[
 fail: IN_PROGRESS(fence) -> FAILED, kept for the retention.
 
@@ -2678,6 +2737,14 @@ local function convertLegacy(rec)
   end
   -- That layout always wrote a state and a fence: a hash without them is not a record.
   if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
+  -- Checked before the DEL below: a script is not rolled back, and a failed HSET after it would
+  -- leave the record deleted (its key then begun as new).
+  if #extras > 0 then
+    local extrasKind = rcall('TYPE', rec .. 'x').ok
+    if extrasKind ~= 'hash' and extrasKind ~= 'none' then
+      corrupt('a ' .. extrasKind .. ' at the record\\'s extras name')
+    end
+  end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
   local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
@@ -2769,9 +2836,9 @@ return 1
 `,
   },
   get: {
-    command: 'eoGet_v2_9f91310a',
+    command: 'eoGet_v2_f8e23be4',
     numberOfKeys: 3,
-    sha1: '9f91310a35f39c03fcc463fff82dc3b0961255f5',
+    sha1: 'f8e23be4ea12ae9f81455ee4d73033a2adc19801',
     lua: `--[[
 get: read a record, or the compaction marker standing in for it, with the server clock.
 
@@ -2916,6 +2983,14 @@ local function convertLegacy(rec)
   end
   -- That layout always wrote a state and a fence: a hash without them is not a record.
   if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
+  -- Checked before the DEL below: a script is not rolled back, and a failed HSET after it would
+  -- leave the record deleted (its key then begun as new).
+  if #extras > 0 then
+    local extrasKind = rcall('TYPE', rec .. 'x').ok
+    if extrasKind ~= 'hash' and extrasKind ~= 'none' then
+      corrupt('a ' .. extrasKind .. ' at the record\\'s extras name')
+    end
+  end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
   local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
@@ -3152,7 +3227,8 @@ local function addMarkers(bucket, entries, now, keepUntil)
   rcall('SET', bucket, table.concat(parts), 'PXAT', string.format('%d', at))
 end
 
--- Removes the entry of \`id\` (10 bytes) from \`bucket\`; 1 if there was one, else 0.
+-- Removes the entry of \`id\` (10 bytes) from \`bucket\`; its expiresAt (seconds) if there was one,
+-- else 0.
 local function removeMarker(bucket, id)
   local v = rcall('GET', bucket)
   if not v or #v <= MARKER_HEAD then return 0 end
@@ -3160,7 +3236,7 @@ local function removeMarker(bucket, id)
   if not found then return 0 end
   local at = MARKER_HEAD + i * MARKER_WIDTH
   rcall('SET', bucket, string.sub(v, 1, at) .. string.sub(v, at + MARKER_WIDTH + 1), 'KEEPTTL')
-  return 1
+  return struct.unpack('>I4', v, at + 11)
 end
 
 local r = loadRecord(KEYS[1])
@@ -3169,9 +3245,9 @@ return { now, false, markerOf(KEYS[2], KEYS[3], ARGV[1]) or false }
 `,
   },
   markPublished: {
-    command: 'eoMarkPublished_v2_5ab009c0',
+    command: 'eoMarkPublished_v2_75a7414c',
     numberOfKeys: 1,
-    sha1: '5ab009c0d4b8b33f257bc2912c4ccb33d537b4cf',
+    sha1: '75a7414c0600bedc38b13ef8ddcfef888ce955de',
     lua: `--[[
 markPublished: flag outgoing messages of a live COMPLETED record as confirmed.
 
@@ -3315,6 +3391,14 @@ local function convertLegacy(rec)
   end
   -- That layout always wrote a state and a fence: a hash without them is not a record.
   if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
+  -- Checked before the DEL below: a script is not rolled back, and a failed HSET after it would
+  -- leave the record deleted (its key then begun as new).
+  if #extras > 0 then
+    local extrasKind = rcall('TYPE', rec .. 'x').ok
+    if extrasKind ~= 'hash' and extrasKind ~= 'none' then
+      corrupt('a ' .. extrasKind .. ' at the record\\'s extras name')
+    end
+  end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
   local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
@@ -3412,9 +3496,9 @@ return markPublishedOne(KEYS[1], ARGV[1], wanted, now)
 `,
   },
   markPublishedMany: {
-    command: 'eoMarkPublishedMany_v2_5bca9055',
+    command: 'eoMarkPublishedMany_v2_3facbed5',
     numberOfKeys: undefined,
-    sha1: '5bca9055e11c7c25abd1223625a31d71d845700c',
+    sha1: '3facbed5bee1b3d6cbf1cf88e98a7ed3e4e8b339',
     lua: `#!lua flags=allow-cross-slot-keys
 --[[
 markPublishedMany: markPublished-1.lua for several records in one call. Called with numkeys = 1.
@@ -3558,6 +3642,14 @@ local function convertLegacy(rec)
   end
   -- That layout always wrote a state and a fence: a hash without them is not a record.
   if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
+  -- Checked before the DEL below: a script is not rolled back, and a failed HSET after it would
+  -- leave the record deleted (its key then begun as new).
+  if #extras > 0 then
+    local extrasKind = rcall('TYPE', rec .. 'x').ok
+    if extrasKind ~= 'hash' and extrasKind ~= 'none' then
+      corrupt('a ' .. extrasKind .. ' at the record\\'s extras name')
+    end
+  end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
   local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
@@ -3671,9 +3763,9 @@ return flagged
 `,
   },
   markStepStarted: {
-    command: 'eoMarkStepStarted_v2_ef55d740',
+    command: 'eoMarkStepStarted_v2_3f627a8e',
     numberOfKeys: 1,
-    sha1: 'ef55d7406f2cb32c8662c807c8f5c54173b5fe8c',
+    sha1: '3f627a8ea02734a90f77c30c67a27afa1115fc04',
     lua: `--[[
 markStepStarted: journal that a step is about to run, under the IN_PROGRESS record held by the
 fence, so a later attempt knows the step is in doubt (see ctx.step's reconcile).
@@ -3821,6 +3913,14 @@ local function convertLegacy(rec)
   end
   -- That layout always wrote a state and a fence: a hash without them is not a record.
   if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
+  -- Checked before the DEL below: a script is not rolled back, and a failed HSET after it would
+  -- leave the record deleted (its key then begun as new).
+  if #extras > 0 then
+    local extrasKind = rcall('TYPE', rec .. 'x').ok
+    if extrasKind ~= 'hash' and extrasKind ~= 'none' then
+      corrupt('a ' .. extrasKind .. ' at the record\\'s extras name')
+    end
+  end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
   local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
@@ -3908,9 +4008,9 @@ return 1
 `,
   },
   release: {
-    command: 'eoRelease_v2_73985591',
+    command: 'eoRelease_v2_d90e1337',
     numberOfKeys: 1,
-    sha1: '73985591182a4a45a2aede460da2554ac49769d2',
+    sha1: 'd90e1337121e17307a8f05fdc795f549a58e0ee8',
     lua: `--[[
 release: give the lease up after a retryable error; the next begin acquires at once (retry).
 
@@ -4059,6 +4159,14 @@ local function convertLegacy(rec)
   end
   -- That layout always wrote a state and a fence: a hash without them is not a record.
   if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
+  -- Checked before the DEL below: a script is not rolled back, and a failed HSET after it would
+  -- leave the record deleted (its key then begun as new).
+  if #extras > 0 then
+    local extrasKind = rcall('TYPE', rec .. 'x').ok
+    if extrasKind ~= 'hash' and extrasKind ~= 'none' then
+      corrupt('a ' .. extrasKind .. ' at the record\\'s extras name')
+    end
+  end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
   local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
@@ -4175,9 +4283,9 @@ return 0
 `,
   },
   saveStep: {
-    command: 'eoSaveStep_v2_2b02c479',
+    command: 'eoSaveStep_v2_70ab957b',
     numberOfKeys: 1,
-    sha1: '2b02c479de05b6380bd33e7cf681db3c84afd766',
+    sha1: '70ab957bc02bf85ed8645eb67e2335ac7d87d159',
     lua: `--[[
 saveStep: journal a step's result under the IN_PROGRESS record held by the fence.
 
@@ -4324,6 +4432,14 @@ local function convertLegacy(rec)
   end
   -- That layout always wrote a state and a fence: a hash without them is not a record.
   if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
+  -- Checked before the DEL below: a script is not rolled back, and a failed HSET after it would
+  -- leave the record deleted (its key then begun as new).
+  if #extras > 0 then
+    local extrasKind = rcall('TYPE', rec .. 'x').ok
+    if extrasKind ~= 'hash' and extrasKind ~= 'none' then
+      corrupt('a ' .. extrasKind .. ' at the record\\'s extras name')
+    end
+  end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
   local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',

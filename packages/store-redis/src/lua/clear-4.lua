@@ -16,7 +16,7 @@ same millisecond.
 
 Returns:
   1  cleared: the record or its marker was forgotten
-  0  absent: nothing was stored for the key (or only an expired record)
+  0  absent: nothing was stored for the key (or only an expired record or marker)
  -1  busy: the record is IN_PROGRESS under a live lease (nothing changed)
 ]]
 local rcall = redis.call
@@ -29,7 +29,14 @@ local rec, bucket, legacy, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local r = loadRecord(rec)
 if r and r.s == 'I' and r.t1 > now then return -1 end
 local live = r and (r.s == 'I' or r.t2 > now)
-local removed = removeMarker(bucket, string.sub(ARGV[1], 1, 10)) + rcall('HDEL', legacy, ARGV[1])
+-- A marker counts only while it answers for the key: an expired one is removed, but was absent.
+local removed = 0
+if removeMarker(bucket, string.sub(ARGV[1], 1, 10)) * 1000 > now then removed = 1 end
+local old = rcall('HGET', legacy, ARGV[1])
+if old then
+  rcall('HDEL', legacy, ARGV[1])
+  if struct.unpack('>I6', old) > now then removed = 1 end
+end
 rcall('ZREM', index, ARGV[1])
 if r then
   dropExtras(rec, r)

@@ -157,7 +157,8 @@ local function addMarkers(bucket, entries, now, keepUntil)
   rcall('SET', bucket, table.concat(parts), 'PXAT', string.format('%d', at))
 end
 
--- Removes the entry of `id` (10 bytes) from `bucket`; 1 if there was one, else 0.
+-- Removes the entry of `id` (10 bytes) from `bucket`; its expiresAt (seconds) if there was one,
+-- else 0.
 local function removeMarker(bucket, id)
   local v = rcall('GET', bucket)
   if not v or #v <= MARKER_HEAD then return 0 end
@@ -165,5 +166,5 @@ local function removeMarker(bucket, id)
   if not found then return 0 end
   local at = MARKER_HEAD + i * MARKER_WIDTH
   rcall('SET', bucket, string.sub(v, 1, at) .. string.sub(v, at + MARKER_WIDTH + 1), 'KEEPTTL')
-  return 1
+  return struct.unpack('>I4', v, at + 11)
 end

@@ -127,6 +127,14 @@ local function convertLegacy(rec)
   end
   -- That layout always wrote a state and a fence: a hash without them is not a record.
   if not STATES[h.s] or not tonumber(h.n) then corrupt('a hash that is not a record') end
+  -- Checked before the DEL below: a script is not rolled back, and a failed HSET after it would
+  -- leave the record deleted (its key then begun as new).
+  if #extras > 0 then
+    local extrasKind = rcall('TYPE', rec .. 'x').ok
+    if extrasKind ~= 'hash' and extrasKind ~= 'none' then
+      corrupt('a ' .. extrasKind .. ' at the record\'s extras name')
+    end
+  end
   local at = rcall('PEXPIRETIME', rec)
   rcall('DEL', rec)
   local r = { s = h.s, n = tonumber(h.n), a = tonumber(h.a) or 0, f = h.f or '', t = h.t or '',
