@@ -13,7 +13,7 @@ import { endPublishingRun, MAX_TRACKED_UNPUBLISHED, publishingRun, type Shared }
 import type { Delivery, Disposition, Outcome } from './spi.js';
 import type { CompletedRecord, OutgoingMessage, OutgoingRecord, StoredResult } from './store/types.js';
 import { inSpan, instrumentsFor } from './tracing.js';
-import { doublingBackoff, pause, retryStoreWrite } from './wait.js';
+import { doublingBackoff, pause, retryStoreWrite, settledWithin } from './wait.js';
 
 /** How long a refused `markPublished` is tried again before the ack goes out without it. */
 const MARK_PUBLISHED_TRIES_MS = 3_000;
@@ -32,16 +32,24 @@ export async function finishCompleted<T, R>(
 ): Promise<Disposition> {
   const { record } = found;
   let pending = unconfirmed(record);
+  // The messages of the delivery before it in its ordered group go out first. Waited for before
+  // this copy waits for, or becomes, its key's publisher: a copy holding a key while it waits for
+  // another delivery let two groups with copies of two keys in crossed order wait for each other.
+  if (pending.length > 0 && publishedBefore !== undefined && !(await publishedBefore)) {
+    return leftForRedelivery(shared, storeKey);
+  }
   // A run or another copy in this process publishing the same messages right now (copies that
   // came together after a crash, a Kafka refetch): wait for it rather than send them twice, then
-  // publish only what it did not confirm.
+  // publish only what it did not confirm. For a lease at most: a run waits for the delivery before
+  // it in its own group, which may wait for this one's group; past that, this copy publishes them
+  // itself (copies with the same ids, which receivers deduplicate).
   let waited = false;
   for (let underWay = shared.publishing.get(storeKey); pending.length > 0 && underWay; ) {
     waited = true;
-    await underWay.wait();
+    const ended = await settledWithin([underWay.wait()], o.leaseMs);
     const fresh = await o.store.get(storeKey).catch(() => undefined);
     if (fresh?.state === 'COMPLETED') pending = unconfirmed(fresh);
-    underWay = shared.publishing.get(storeKey);
+    underWay = ended ? shared.publishing.get(storeKey) : undefined;
   }
   // Copies that come after this one wait for it in turn.
   const marker = pending.length > 0 ? publishingRun(shared, storeKey) : undefined;
@@ -68,7 +76,6 @@ export async function finishCompleted<T, R>(
       'duplicate',
       record.result,
       shared,
-      publishedBefore,
     );
     return record.compacted === true && d.action === 'ack' ? { ...d, compacted: true } : d;
   } finally {
@@ -124,11 +131,7 @@ export function publishThenAck<T, R>(
     // In an ordered group (a Kafka partition) the record before may complete later than this one
     // (another Cluster node, another round trip): its messages go out first. If it was deferred,
     // this record's messages wait for their redelivery too, which answers them as a duplicate.
-    if (publishedBefore !== undefined && !(await publishedBefore)) {
-      // Left to the redelivery, which then knows that nobody else is publishing them.
-      rememberUnpublished(shared, storeKey, shared.leftUnpublished.get(storeKey) ?? 0);
-      return awaitingEarlier;
-    }
+    if (publishedBefore !== undefined && !(await publishedBefore)) return leftForRedelivery(shared, storeKey);
     try {
       const publisher = o.publisher;
       if (!publisher) {
@@ -177,6 +180,15 @@ export function publishThenAck<T, R>(
 
 function ackOf(outcome: Outcome, result: StoredResult | undefined): Extract<Disposition, { action: 'ack' }> {
   return result ? { action: 'ack', outcome, result } : { action: 'ack', outcome };
+}
+
+/**
+ * A completed delivery whose messages wait for those of the delivery before it, which was deferred:
+ * left to its redelivery, which then knows that nobody else is publishing them.
+ */
+function leftForRedelivery(shared: Shared, storeKey: string): Disposition {
+  rememberUnpublished(shared, storeKey, shared.leftUnpublished.get(storeKey) ?? 0);
+  return awaitingEarlier;
 }
 
 /** A completed delivery whose messages wait for an earlier delivery's (see publishThenAck). */

@@ -7,8 +7,8 @@ import { createProcessor } from '../src/processor.js';
 import type { Delivery } from '../src/spi.js';
 import { withFaults } from '../src/store/faulty-store.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
-import type { ProcessedStore } from '../src/store/types.js';
-import { delivery } from './helpers.js';
+import type { OutgoingMessage, ProcessedStore } from '../src/store/types.js';
+import { deferred, delivery } from './helpers.js';
 
 const fast = { leaseMs: 2000, retentionCheck: 'off' as const, retry: { maxAttempts: 3, initialDelayMs: 10 } };
 const records = (prefix: string, n: number) =>
@@ -227,6 +227,82 @@ describe('processInOrder: ordered groups with shared round trips', () => {
 });
 
 describe('outgoing messages of an ordered group', () => {
+  it('copies of two keys in two groups in crossed order do not wait for each other for ever', async () => {
+    // Before: a copy held its key's publishing marker while it waited for the delivery before it
+    // in its group; with K1, K2 in one group and K2, K1 in another, and store answers in the
+    // wrong order, the four waited for each other and never settled (every later copy of K1 or K2
+    // with them: two Kafka partitions stopped for good).
+    const inner = createMemoryStore();
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    let slowNextGet: string | undefined;
+    const beginDelays = new Map<string, number[]>();
+    const store: ProcessedStore = {
+      ...inner,
+      beginMany: undefined,
+      completeMany: undefined,
+      begin: async (r) => {
+        const ms = beginDelays.get(r.key)?.shift() ?? 0;
+        if (ms > 0) await sleep(ms);
+        return inner.begin(r);
+      },
+      get: async (k) => {
+        if (slowNextGet === k) {
+          slowNextGet = undefined;
+          await sleep(50);
+        }
+        return inner.get(k);
+      },
+    };
+    let refusing = true;
+    const hold = deferred();
+    let holdNext = false;
+    const sent: OutgoingMessage[] = [];
+    const publisher = {
+      async publish(messages: readonly OutgoingMessage[]) {
+        if (holdNext) {
+          holdNext = false;
+          await hold.promise;
+          throw new Error('broker did not confirm');
+        }
+        if (refusing) throw new Error('broker did not confirm');
+        sent.push(...messages);
+      },
+    };
+    const p = createProcessor<{ k: string }>({
+      consumer: 'c',
+      store,
+      publisher,
+      leaseMs: 60_000,
+      retentionCheck: 'off',
+      publishWaitMs: 0,
+      handler: (m, ctx) => {
+        ctx.publish('out', { k: m.k });
+      },
+    });
+    const d = (k: string) => delivery({ k }, { [Headers.IdempotencyKey]: k });
+    expect((await p.process(d('K1'))).outcome).toBe('publish-failed');
+    expect((await p.process(d('K2'))).outcome).toBe('publish-failed');
+    refusing = false;
+    beginDelays.set('default:c:K2', [100, 0, 0]);
+    beginDelays.set('default:c:K1', [0, 200]);
+    const second = p.processInOrder([d('K2'), d('K1')]);
+    const first = p.processInOrder([d('K1'), d('K2')]);
+    holdNext = true;
+    const alone = p.process(d('K2'));
+    await sleep(300);
+    slowNextGet = 'default:c:K2';
+    hold.resolve();
+    await alone;
+    // Settled well before the lease that bounds any wait for another copy's publish.
+    const all = [...second.dispositions, ...first.dispositions];
+    const settled = await Promise.race([
+      Promise.all(all).then(() => 'settled'),
+      sleep(10_000).then(() => 'stuck'),
+    ]);
+    expect(settled).toBe('settled');
+    expect(new Set(sent.map((m) => m.id)).size).toBe(2);
+  }, 20_000);
+
   /** Handlers that publish `{ i }` (after `delayMs`); `send` sees each published `i`. */
   const publishing = (store: ProcessedStore, send: (i: number) => void, delayMs = 0) =>
     createProcessor({

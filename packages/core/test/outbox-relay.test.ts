@@ -3,7 +3,7 @@
  * the adaptive window, retries without loss, background marking and the lag alert.
  */
 import { describe, expect, it } from 'vitest';
-import { ConfigError } from '../src/errors.js';
+import { ClosedError, ConfigError } from '../src/errors.js';
 import { createOutboxRelay, type OutboxEntry, type OutboxSource } from '../src/outbox/relay.js';
 import type { OutgoingMessage } from '../src/store/types.js';
 
@@ -109,6 +109,18 @@ describe('outbox relay', () => {
     expect(marked.size).toBe(1_000);
     // The window grew from 32 while rounds confirmed quickly.
     expect(relay.stats().window).toBeGreaterThan(32);
+  });
+
+  it('drained() of a stopped relay rejects with ClosedError, whether asked before or after stop()', async () => {
+    // Before: it never settled, and a shutdown hook awaiting it hung.
+    const { source } = memorySource(10, 1);
+    const failing = { publish: async () => Promise.reject(new Error('broker down')) };
+    const relay = createOutboxRelay({ source, publisher: failing, ...fast });
+    relay.start();
+    const waiting = relay.drained();
+    await relay.stop();
+    await expect(waiting).rejects.toBeInstanceOf(ClosedError);
+    await expect(relay.drained()).rejects.toBeInstanceOf(ClosedError);
   });
 
   it('a broker that fails rounds: backs off, halves the window, loses nothing and keeps each entry in order', async () => {

@@ -39,6 +39,7 @@ import {
 import type { Collection, Db, Document, UpdateFilter, WriteConcernSettings } from 'mongodb';
 import {
   type Chain,
+  chainOf,
   hasSuccessor,
   headNames,
   newChainId,
@@ -213,8 +214,6 @@ interface Place {
   readonly fingerprint: RecordDoc['f'];
   readonly attempt: number;
   readonly traceId?: RecordDoc['t'];
-  /** The lease's end in store time as last written by this process (0: released or unknown). */
-  readonly leaseUntil: number;
 }
 
 const MONGO_STORE_OPTIONS = {
@@ -328,7 +327,6 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     fingerprint: doc.f,
     attempt: doc.a,
     ...(doc.t === undefined ? {} : { traceId: doc.t }),
-    leaseUntil: doc.l ?? 0,
   });
 
   /**
@@ -399,7 +397,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         // by one after a network error): it stands.
         if (!(await isOwnTerminal(doc))) return { result: 'lost' };
       }
-      if (!(await stillLive(key, place, [doc._id]))) return { result: 'lost' };
+      if (!(await stillLive([{ key, chain: place.chain, id: doc._id }]))[0]) return { result: 'lost' };
       held.delete(heldKey(key, fence));
       return { result: 'ok', place: { ...place, position: place.position + 1 } };
     });
@@ -427,16 +425,31 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
   };
 
   /**
-   * After a terminal insert: whether the chain it went into is still the key's. A lease this
-   * process saw live when it was last written cannot have been superseded, expired and swept;
-   * past its end it may have been (a stalled holder), and an insert into a deleted chain lands
-   * at a free position and must not count. Such inserts are taken back.
+   * After terminal inserts: whether each went into a chain that is still its key's (one read of
+   * the heads for all). An insert into a chain deleted meanwhile (swept, or cleared and swept,
+   * while its holder stalled) lands at a free position and must not count; such inserts are taken
+   * back. Always read, even within the holder's lease as this process last wrote it: an
+   * extension answered `ok` may have landed between another writer's read of the chain and its
+   * insert after it (a sweeper's seal, a clear), and the chain then went all the same.
    */
-  const stillLive = async (key: string, place: Place, ids: readonly string[]): Promise<boolean> => {
-    if ((await clock.now()) < place.leaseUntil) return true;
-    if (await headNames(reader, key, place.chain)) return true;
-    await collection.deleteMany({ _id: { $in: [...ids] } }, write);
-    return false;
+  const stillLive = async (
+    inserted: readonly { readonly key: string; readonly chain: string; readonly id: string }[],
+  ): Promise<boolean[]> => {
+    if (inserted.length === 0) return [];
+    const keys = [...new Set(inserted.map((e) => e.key))];
+    const found = (await heads.find({ _id: { $in: keys } }).toArray()) as (HeadDoc & { c?: unknown })[];
+    const named = new Map<string, string | undefined>();
+    for (const head of found) {
+      try {
+        named.set(head._id, chainOf(head));
+      } catch {
+        named.set(head._id, undefined); // a damaged head names no chain: the key's begin refuses it
+      }
+    }
+    const live = inserted.map((e) => named.get(e.key) === e.chain);
+    const gone = inserted.filter((_, i) => !live[i]).map((e) => e.id);
+    if (gone.length > 0) await collection.deleteMany({ _id: { $in: gone } }, write);
+    return live;
   };
 
   const lease = (
@@ -718,17 +731,21 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         await perKey('complete', requests, at, answers, (request) => store.complete(request));
         return answers;
       }
-      const live = await guarded('complete', () =>
-        Promise.all(
-          at.map((i, d) =>
-            refused.has(d)
-              ? false
-              : stillLive((requests[i] as CompleteRequest).key, places[i] as Place, [
-                  (docs[d] as RecordDoc)._id,
-                ]),
-          ),
-        ),
+      // A refused insert may be this call's own, applied by an earlier try whose answer was lost
+      // (the contract answers a landed complete's repeat `ok`).
+      const own = await guarded('complete', () =>
+        Promise.all(at.map((_, d) => (refused.has(d) ? isOwnTerminal(docs[d] as RecordDoc) : true))),
       );
+      const checked = at.flatMap((i, d) =>
+        own[d] ? [{ d, key: (requests[i] as CompleteRequest).key, chain: (places[i] as Place).chain }] : [],
+      );
+      const liveOnes = await guarded('complete', () =>
+        stillLive(checked.map(({ d, key, chain }) => ({ key, chain, id: (docs[d] as RecordDoc)._id }))),
+      );
+      const live = at.map(() => false);
+      checked.forEach(({ d }, c) => {
+        live[d] = liveOnes[c] === true;
+      });
       at.forEach((i, d) => {
         const request = requests[i] as CompleteRequest;
         if (!live[d]) {
@@ -767,9 +784,6 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     async extend(key: string, fence: number, leaseMs: number): Promise<FencedResult> {
       const now = await guarded('extend', () => clock.now());
       const answer = await holderWrite('extend', key, fence, { $set: { l: now + leaseMs } });
-      const known = held.get(heldKey(key, fence));
-      if (answer === 'ok' && known !== undefined)
-        remember(held, key, fence, { ...known, leaseUntil: now + leaseMs });
       return answer;
     },
 

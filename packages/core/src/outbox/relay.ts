@@ -14,7 +14,7 @@
  *   again: the consumers' deduplication (their idempotency key) drops them.
  */
 import type { Counter, ObservableGauge } from '@opentelemetry/api';
-import { ConfigError } from '../errors.js';
+import { ClosedError, ConfigError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { defaultLogger } from '../logger.js';
 import { type OptionNames, refuseUnknownOptions } from '../option-names.js';
@@ -99,7 +99,10 @@ export interface OutboxRelay {
   start(): void;
   /** Stops after the round in flight and the marking of what it confirmed. */
   stop(): Promise<void>;
-  /** Resolves when a pass finds nothing left to publish and every confirmed entry is marked. */
+  /**
+   * Resolves when a pass finds nothing left to publish and every confirmed entry is marked;
+   * rejects with a `ClosedError` once the relay is stopped (a call waiting then, or made after).
+   */
   drained(): Promise<void>;
   stats(): OutboxRelayStats;
 }
@@ -157,7 +160,8 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
   let controller: AbortController | undefined;
   let loop: Promise<void> | undefined;
   let passes = 0;
-  let drainWaiters: { afterPass: number; resolve: () => void }[] = [];
+  let drainWaiters: { afterPass: number; resolve: () => void; reject: (error: Error) => void }[] = [];
+  let relayStopped = false;
   const instruments = relayInstruments(() => (lag === undefined ? undefined : Math.max(0, lag)));
 
   // Slow start: after a failure (and at first) the window doubles per quick round until a round
@@ -342,6 +346,7 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
   return {
     start() {
       if (loop) return;
+      relayStopped = false;
       controller = new AbortController();
       loop = run(controller.signal);
     },
@@ -350,10 +355,16 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
       await loop;
       loop = undefined;
       instruments.detach();
+      // No pass will come to answer them: said rather than left pending for ever.
+      relayStopped = true;
+      const waiting = drainWaiters;
+      drainWaiters = [];
+      for (const w of waiting) w.reject(notDrained());
     },
     drained() {
+      if (relayStopped) return Promise.reject(notDrained());
       // Only a pass that starts after this call can say nothing written before it is left.
-      return new Promise((resolve) => drainWaiters.push({ afterPass: passes, resolve }));
+      return new Promise((resolve, reject) => drainWaiters.push({ afterPass: passes, resolve, reject }));
     },
     stats: () => ({ ...s, window: size, unmarked: toMark.length, lag }),
   };
@@ -375,6 +386,14 @@ function relayInstruments(lag: () => number | undefined): {
   };
   gauge.addCallback(observe);
   return { published, detach: () => gauge.removeCallback(observe) };
+}
+
+/** What `drained()` rejects with once the relay has stopped. */
+function notDrained(): ClosedError {
+  return new ClosedError(
+    'outbox relay',
+    'the outbox relay stopped before a pass found nothing left to publish',
+  );
 }
 
 function positiveInteger(name: string, value: number): void {
