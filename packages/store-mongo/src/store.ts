@@ -36,7 +36,7 @@ import {
   refuseUnknownOptions,
   repeatEvery,
 } from '@exactly-once/core/spi';
-import type { Collection, Db, Document, UpdateFilter, WriteConcernSettings } from 'mongodb';
+import type { Collection, Db, Document, Filter, UpdateFilter, WriteConcernSettings } from 'mongodb';
 import {
   type Chain,
   chainOf,
@@ -984,7 +984,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
           const until = new Date(now + Math.max(1, windowMs));
           try {
             // The unique _id makes the first writer win.
-            await fingerprints.insertOne({ _id, k: key, e: until }, write);
+            await fingerprints.insertOne({ _id, k: key, e: until, g: newChainId() }, write);
             return undefined;
           } catch (error) {
             if (!isDuplicateKey(error)) throw error;
@@ -992,10 +992,11 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
           const held = await fingerprints.findOne({ _id });
           if (held === null) continue; // swept meanwhile: insert again
           if (held.e.getTime() > now) return held.k === key ? undefined : { firstKey: held.k };
-          // Expired: replace it, unless another worker renewed it since it was read.
+          // Lapsed: replaced by the one writer that locks its generation (see lockClaim).
+          if (!(await lockClaim(fingerprints, held, now, write))) continue;
           const replaced = await fingerprints.updateOne(
-            { _id, k: held.k, e: held.e },
-            { $set: { k: key, e: until } },
+            sameGeneration(held),
+            { $set: { k: key, e: until, g: newChainId() } },
             write,
           );
           if (replaced.matchedCount === 1) return undefined;
@@ -1010,8 +1011,12 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     async releaseFingerprint(scope: string, fingerprint: string, key: string): Promise<void> {
       const fingerprints = claims();
       await guarded('releaseFingerprint', async () => {
-        // The filter names the holder: a claim another key took since is not deleted.
-        await fingerprints.deleteOne({ _id: claimIdOf(scope, fingerprint), k: key }, write);
+        const _id = claimIdOf(scope, fingerprint);
+        const held = await fingerprints.findOne({ _id });
+        // Only this key's claim, and only if no other writer is replacing it (see lockClaim).
+        if (held === null || held.k !== key) return;
+        if (!(await lockClaim(fingerprints, held, await clock.now(), write))) return;
+        await fingerprints.deleteOne(sameGeneration(held), write);
       });
     },
 
@@ -1056,9 +1061,8 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       // Lapsed payload-guard claims go too (a server without TTL indexes keeps them otherwise).
       return run.then(async (result) => {
         if (claimsCollection !== undefined) {
-          const now = await guarded('sweepExpired', () => clock.now());
           const fingerprints = claimsCollection;
-          await guarded('sweepExpired', () => fingerprints.deleteMany({ e: { $lte: new Date(now) } }, write));
+          await guarded('sweepExpired', () => sweepClaims(fingerprints, clock, write));
         }
         return result;
       });
@@ -1121,11 +1125,71 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
   return store;
 }
 
-/** A payload-guard claim: the first key and when the claim lapses. */
+/**
+ * A payload-guard claim: the first key, when the claim lapses, and its generation (a random id,
+ * new with each key that holds it; absent in claims of earlier versions). A lock (`l: 1`) stands
+ * for one generation of a claim (see lockClaim).
+ */
 interface ClaimDoc {
   _id: string;
   k: string;
   e: Date;
+  g?: string;
+  l?: 1;
+}
+
+/** The claim `held` as long as it is the same generation (a claim of an earlier version has none). */
+function sameGeneration(held: ClaimDoc): Filter<ClaimDoc> {
+  return held.g === undefined ? { _id: held._id, g: { $exists: false } } : { _id: held._id, g: held.g };
+}
+
+/** How long a claim's generation lock is kept: far longer than any writer holds one. */
+const CLAIM_LOCK_MS = 86_400_000;
+
+/**
+ * Takes the lock of `held`'s generation: true for the one writer that may replace or delete the
+ * claim as read. An insert decides, as everywhere in this store: a server without atomic filtered
+ * writes (FerretDB 1.x) applies a filtered update or delete as a read and a write back, so two
+ * writers filtering on the lapsed claim could both win it, or a release could delete the claim
+ * another key had just taken.
+ */
+async function lockClaim(
+  fingerprints: Collection<ClaimDoc>,
+  held: ClaimDoc,
+  now: number,
+  write: { readonly writeConcern: WriteConcernSettings },
+): Promise<boolean> {
+  try {
+    await fingerprints.insertOne(
+      { _id: `${held._id}\u0000${held.g ?? ''}`, k: '', e: new Date(now + CLAIM_LOCK_MS), l: 1 },
+      write,
+    );
+    return true;
+  } catch (error) {
+    if (isDuplicateKey(error)) return false;
+    throw error;
+  }
+}
+
+/**
+ * Deletes lapsed claims, each through its generation's lock (a claim replaced meanwhile is not
+ * deleted), and lapsed locks.
+ */
+async function sweepClaims(
+  fingerprints: Collection<ClaimDoc>,
+  clock: StoreClock,
+  write: { readonly writeConcern: WriteConcernSettings },
+): Promise<void> {
+  const now = await clock.now();
+  const lapsed = await fingerprints.find({ e: { $lte: new Date(now) } }).toArray();
+  const claimsLapsed = lapsed.filter((doc) => doc.l !== 1);
+  const locks = lapsed.filter((doc) => doc.l === 1).map((doc) => doc._id);
+  if (locks.length > 0) await fingerprints.deleteMany({ _id: { $in: locks } }, write);
+  for (const held of claimsLapsed) {
+    if (await lockClaim(fingerprints, held, now, write)) {
+      await fingerprints.deleteOne(sameGeneration(held), write);
+    }
+  }
 }
 
 function makeClock(options: MongoStoreOptions, db: Db | undefined): StoreClock {
