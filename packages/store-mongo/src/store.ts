@@ -214,6 +214,11 @@ interface Place {
   readonly fingerprint: RecordDoc['f'];
   readonly attempt: number;
   readonly traceId?: RecordDoc['t'];
+  /**
+   * The end of the lease its `begin` took, in store time (0: released or unknown). Never moved
+   * by an extension: see stillLive.
+   */
+  readonly leaseUntil: number;
 }
 
 const MONGO_STORE_OPTIONS = {
@@ -327,6 +332,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     fingerprint: doc.f,
     attempt: doc.a,
     ...(doc.t === undefined ? {} : { traceId: doc.t }),
+    leaseUntil: doc.l ?? 0,
   });
 
   /**
@@ -397,7 +403,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         // by one after a network error): it stands.
         if (!(await isOwnTerminal(doc))) return { result: 'lost' };
       }
-      if (!(await stillLive([{ key, chain: place.chain, id: doc._id }]))[0]) return { result: 'lost' };
+      if (!(await stillLive([{ key, place, id: doc._id }]))[0]) return { result: 'lost' };
       held.delete(heldKey(key, fence));
       return { result: 'ok', place: { ...place, position: place.position + 1 } };
     });
@@ -425,19 +431,25 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
   };
 
   /**
-   * After terminal inserts: whether each went into a chain that is still its key's (one read of
-   * the heads for all). An insert into a chain deleted meanwhile (swept, or cleared and swept,
-   * while its holder stalled) lands at a free position and must not count; such inserts are taken
-   * back. Always read, even within the holder's lease as this process last wrote it: an
-   * extension answered `ok` may have landed between another writer's read of the chain and its
-   * insert after it (a sweeper's seal, a clear), and the chain then went all the same.
+   * After terminal inserts: whether each went into a chain that is still its key's. Within the
+   * lease its `begin` took nobody can have ended the chain (a takeover, a `clear` and the sweeper
+   * all wait for a lease to pass), so an insert that went in counts without a read: the common
+   * path stays one insert (on FerretDB 1.x every read by `_id` scans the collection). Past it the
+   * chain may have been ended and deleted (a stalled holder), and an insert into a deleted chain
+   * lands at a free position and must not count: the heads are read (once for all of a batch)
+   * and such inserts taken back. An extension does not move that bound: one answered `ok` may
+   * have landed between another writer's read of the chain and its insert after it (a sweeper's
+   * seal, a clear), and the chain then went all the same.
    */
   const stillLive = async (
-    inserted: readonly { readonly key: string; readonly chain: string; readonly id: string }[],
+    inserted: readonly { readonly key: string; readonly place: Place; readonly id: string }[],
   ): Promise<boolean[]> => {
-    if (inserted.length === 0) return [];
-    const keys = [...new Set(inserted.map((e) => e.key))];
-    const found = (await heads.find({ _id: { $in: keys } }).toArray()) as (HeadDoc & { c?: unknown })[];
+    const now = inserted.length === 0 ? 0 : await clock.now();
+    const live = inserted.map((e) => now < e.place.leaseUntil);
+    const stale = inserted.filter((_, i) => !live[i]);
+    if (stale.length === 0) return live;
+    const keys = [...new Set(stale.map((e) => e.key))];
+    const found = (await heads.find({ _id: { $in: keys } }).toArray()) as HeadDoc[];
     const named = new Map<string, string | undefined>();
     for (const head of found) {
       try {
@@ -446,8 +458,12 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         named.set(head._id, undefined); // a damaged head names no chain: the key's begin refuses it
       }
     }
-    const live = inserted.map((e) => named.get(e.key) === e.chain);
-    const gone = inserted.filter((_, i) => !live[i]).map((e) => e.id);
+    const gone: string[] = [];
+    inserted.forEach((e, i) => {
+      if (live[i]) return;
+      live[i] = named.get(e.key) === e.place.chain;
+      if (!live[i]) gone.push(e.id);
+    });
     if (gone.length > 0) await collection.deleteMany({ _id: { $in: gone } }, write);
     return live;
   };
@@ -737,10 +753,10 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         Promise.all(at.map((_, d) => (refused.has(d) ? isOwnTerminal(docs[d] as RecordDoc) : true))),
       );
       const checked = at.flatMap((i, d) =>
-        own[d] ? [{ d, key: (requests[i] as CompleteRequest).key, chain: (places[i] as Place).chain }] : [],
+        own[d] ? [{ d, key: (requests[i] as CompleteRequest).key, place: places[i] as Place }] : [],
       );
       const liveOnes = await guarded('complete', () =>
-        stillLive(checked.map(({ d, key, chain }) => ({ key, chain, id: (docs[d] as RecordDoc)._id }))),
+        stillLive(checked.map(({ d, key, place }) => ({ key, place, id: (docs[d] as RecordDoc)._id }))),
       );
       const live = at.map(() => false);
       checked.forEach(({ d }, c) => {
