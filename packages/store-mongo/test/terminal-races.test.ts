@@ -6,7 +6,7 @@
 import { MongoNetworkError } from 'mongodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type RecordDoc, State } from '../src/codec.js';
-import { createMongoStore } from '../src/index.js';
+import { createMongoStore, type MongoStoreOptions } from '../src/index.js';
 import { MONGO_SERVERS, openTestDatabase, type TestDatabase } from './helpers.js';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -36,72 +36,63 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
     await test?.drop();
   });
 
-  it('an extension answered ok just before the sweeper dropped the chain does not make a completion count', async () => {
-    // Before: the completion trusted the lease as last extended, was answered `ok` into the
-    // deleted chain, and the key was begun again as new (a processed message run twice).
-    const name = 'swept_under_extend';
+  /**
+   * A holder of key `k` in collection `name` whose lease (100 ms) has passed, and another writer
+   * (a store with `options`) whose insert of an element in `state` is preceded by the holder's
+   * extension, answered `ok`: the extension lands between that writer's read and its insert.
+   */
+  async function holderAndWriter(name: string, state: State, options: Partial<MongoStoreOptions>) {
     const holder = createMongoStore({ db: test.db, collectionName: name });
-    let inWindow: (() => Promise<void>) | undefined;
-    const sweeperCollection = hooked(test.db.collection<RecordDoc>(name), 'insertOne', async (args, call) => {
-      // The extension lands between the sweeper's read of the abandoned lease and its seal.
-      if (inWindow && (args[0] as RecordDoc).s === State.Sealed) {
-        const extend = inWindow;
-        inWindow = undefined;
-        await extend();
+    const extensions: string[] = [];
+    let armed = false;
+    const begun = await holder.begin({ key: 'k', fingerprint: 'fp', owner: 'h', leaseMs: 100 });
+    if (begun.status !== 'acquired') throw new Error(begun.status);
+    const collection = hooked(test.db.collection<RecordDoc>(name), 'insertOne', async (args, call) => {
+      if (armed && (args[0] as RecordDoc).s === state) {
+        armed = false;
+        extensions.push(await holder.extend('k', begun.fence, 60_000));
       }
       return call();
     });
-    const sweeper = createMongoStore({ collection: sweeperCollection as never, inProgressTtlMs: 1 });
-    const begun = await holder.begin({ key: 'k', fingerprint: 'fp', owner: 'h', leaseMs: 100 });
-    if (begun.status !== 'acquired') throw new Error(begun.status);
+    const writer = createMongoStore({ collection: collection as never, ...options });
     await sleep(200);
-    let extended: string | undefined;
-    inWindow = async () => {
-      extended = await holder.extend('k', begun.fence, 60_000);
-    };
-    expect(await sweeper.sweepExpired()).toMatchObject({ abandoned: 1 });
-    expect(extended).toBe('ok');
-    const completed = await holder.complete({
-      key: 'k',
-      fence: begun.fence,
-      outgoing: [],
-      retentionMs: 3_600_000,
-    });
-    expect(completed).toBe('lost');
+    armed = true;
+    const complete = () =>
+      holder.complete({ key: 'k', fence: begun.fence, outgoing: [], retentionMs: 3_600_000 });
+    return { holder, writer, extensions, complete };
+  }
+
+  it('an extension answered ok just before the sweeper dropped the chain does not make a completion count', async () => {
+    // Before: the completion trusted the lease as last extended, was answered `ok` into the
+    // deleted chain, and the key was begun again as new (a processed message run twice).
+    const { holder, writer, extensions, complete } = await holderAndWriter(
+      'swept_under_extend',
+      State.Sealed,
+      {
+        inProgressTtlMs: 1,
+      },
+    );
+    expect(await writer.sweepExpired()).toMatchObject({ abandoned: 1 });
+    expect(extensions).toEqual(['ok']);
+    expect(await complete()).toBe('lost');
     expect(await holder.get('k')).toBeUndefined();
-    await Promise.all([holder.close(), sweeper.close()]);
+    await Promise.all([holder.close(), writer.close()]);
   });
 
   it('an extension answered ok just before an operator cleared the key does not make a completion count', async () => {
-    const name = 'cleared_under_extend';
-    const holder = createMongoStore({ db: test.db, collectionName: name });
-    let inWindow: (() => Promise<void>) | undefined;
-    const operatorCollection = hooked(
-      test.db.collection<RecordDoc>(name),
-      'insertOne',
-      async (args, call) => {
-        if (inWindow && (args[0] as RecordDoc).s === State.Failed) {
-          const extend = inWindow;
-          inWindow = undefined;
-          await extend();
-        }
-        return call();
+    const { holder, writer, extensions, complete } = await holderAndWriter(
+      'cleared_under_extend',
+      State.Failed,
+      {
+        expiredGraceMs: 0,
       },
     );
-    const operator = createMongoStore({ collection: operatorCollection as never, expiredGraceMs: 0 });
-    const begun = await holder.begin({ key: 'k', fingerprint: 'fp', owner: 'h', leaseMs: 100 });
-    if (begun.status !== 'acquired') throw new Error(begun.status);
-    await sleep(150);
-    inWindow = async () => {
-      await holder.extend('k', begun.fence, 60_000);
-    };
-    expect(await operator.clear('k')).toBe('cleared');
+    expect(await writer.clear('k')).toBe('cleared');
+    expect(extensions).toEqual(['ok']);
     await sleep(5);
-    await operator.sweepExpired();
-    expect(
-      await holder.complete({ key: 'k', fence: begun.fence, outgoing: [], retentionMs: 3_600_000 }),
-    ).toBe('lost');
-    await Promise.all([holder.close(), operator.close()]);
+    await writer.sweepExpired();
+    expect(await complete()).toBe('lost');
+    await Promise.all([holder.close(), writer.close()]);
   });
 
   it('completeMany tried again after its insert landed unanswered answers ok, as complete does', async () => {
