@@ -1162,6 +1162,11 @@ function sameGeneration(held: ClaimDoc): Filter<ClaimDoc> {
 /** How long a claim's generation lock is kept: far longer than any writer holds one. */
 const CLAIM_LOCK_MS = 86_400_000;
 
+/** The lock document of `held`'s generation (see lockClaim). */
+function claimLock(held: ClaimDoc, now: number): ClaimDoc {
+  return { _id: `${held._id}\u0000${held.g ?? ''}`, k: '', e: new Date(now + CLAIM_LOCK_MS), l: 1 };
+}
+
 /**
  * Takes the lock of `held`'s generation: true for the one writer that may replace or delete the
  * claim as read. An insert decides, as everywhere in this store: a server without atomic filtered
@@ -1176,10 +1181,7 @@ async function lockClaim(
   write: { readonly writeConcern: WriteConcernSettings },
 ): Promise<boolean> {
   try {
-    await fingerprints.insertOne(
-      { _id: `${held._id}\u0000${held.g ?? ''}`, k: '', e: new Date(now + CLAIM_LOCK_MS), l: 1 },
-      write,
-    );
+    await fingerprints.insertOne(claimLock(held, now), write);
     return true;
   } catch (error) {
     if (isDuplicateKey(error)) return false;
@@ -1187,9 +1189,12 @@ async function lockClaim(
   }
 }
 
+/** Lapsed claims (and their locks) deleted per command: one scan each on FerretDB 1.x. */
+const CLAIM_SWEEP_CHUNK = 500;
+
 /**
  * Deletes lapsed claims, each through its generation's lock (a claim replaced meanwhile is not
- * deleted), and lapsed locks.
+ * deleted), and lapsed locks: a few commands per chunk, not a few per claim.
  */
 async function sweepClaims(
   fingerprints: Collection<ClaimDoc>,
@@ -1198,13 +1203,26 @@ async function sweepClaims(
 ): Promise<void> {
   const now = await clock.now();
   const lapsed = await fingerprints.find({ e: { $lte: new Date(now) } }).toArray();
-  const claimsLapsed = lapsed.filter((doc) => doc.l !== 1);
   const locks = lapsed.filter((doc) => doc.l === 1).map((doc) => doc._id);
-  if (locks.length > 0) await fingerprints.deleteMany({ _id: { $in: locks } }, write);
-  for (const held of claimsLapsed) {
-    if (await lockClaim(fingerprints, held, now, write)) {
-      await fingerprints.deleteOne(sameGeneration(held), write);
+  for (let c = 0; c < locks.length; c += CLAIM_SWEEP_CHUNK) {
+    await fingerprints.deleteMany({ _id: { $in: locks.slice(c, c + CLAIM_SWEEP_CHUNK) } }, write);
+  }
+  const claimsLapsed = lapsed.filter((doc) => doc.l !== 1);
+  for (let c = 0; c < claimsLapsed.length; c += CLAIM_SWEEP_CHUNK) {
+    const chunk = claimsLapsed.slice(c, c + CLAIM_SWEEP_CHUNK);
+    let refused = new Set<number>();
+    try {
+      await fingerprints.insertMany(
+        chunk.map((held) => claimLock(held, now)),
+        { ordered: false, ...write },
+      );
+    } catch (error) {
+      const indexes = duplicateIndexes(error);
+      if (indexes === undefined) throw error;
+      refused = indexes;
     }
+    const locked = chunk.filter((_, i) => !refused.has(i));
+    if (locked.length > 0) await fingerprints.deleteMany({ $or: locked.map(sameGeneration) }, write);
   }
 }
 

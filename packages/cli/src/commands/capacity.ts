@@ -243,7 +243,7 @@ export function renderCapacity(e: CapacityEstimate): string[] {
     lines.push(
       `store: createRedisStore({ compactAfterMs: ${Math.round(e.recordWindowDays * DAY_MS)} }) with ` +
         `store.startMaintenance({ everyMs: ${e.maintenanceEveryMs} }) running (it compacts);`,
-      `consumers: retentionMs: ${Math.round(e.retentionDays * 86_400_000)} (the default keeps 7 days)`,
+      `consumers: retentionMs: ${Math.round(e.retentionDays * DAY_MS)} (the default keeps 7 days)`,
     );
   }
   const measured = e.records.bytesPerRecord === (e.compaction ? RECORD_WITH_INDEX_BYTES : RECORD_BYTES);
