@@ -1008,8 +1008,12 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
           const held = await fingerprints.findOne({ _id });
           if (held === null) continue; // swept meanwhile: insert again
           if (held.e.getTime() > now) return held.k === key ? undefined : { firstKey: held.k };
-          // Lapsed: replaced by the one writer that locks its generation (see lockClaim).
-          if (!(await lockClaim(fingerprints, held, now, write))) continue;
+          // Lapsed: replaced by the one writer that locks its generation (see lockClaim). Another
+          // writer holds it: read again once it has had time to write (a round or two of its).
+          if (!(await lockClaim(fingerprints, held, now, write))) {
+            await new Promise((resolve) => setTimeout(resolve, 5 * 2 ** round));
+            continue;
+          }
           const replaced = await fingerprints.updateOne(
             sameGeneration(held),
             { $set: { k: key, e: until, g: newChainId() } },
