@@ -89,6 +89,13 @@ export interface ExecuteRequest<T> {
   requestId?: string;
 }
 
+/** The names an {@link ExecuteRequest} may carry (others are refused). */
+const EXECUTE_REQUEST = {
+  key: true,
+  payload: true,
+  requestId: true,
+} as const satisfies OptionNames<ExecuteRequest<unknown>>;
+
 /**
  * The result as `execute` hands it back. A handler that returned a stream (`resultStream(...)`, a
  * `Readable` or an async iterable of bytes) gets a `Readable` of the stored bytes, on the first call
@@ -96,12 +103,6 @@ export interface ExecuteRequest<T> {
  * verifies size and sha256 as it goes and fails with `BlobIntegrityError` at the end if they
  * differ. Any other result comes back decoded from its stored JSON.
  */
-const EXECUTE_REQUEST = {
-  key: true,
-  payload: true,
-  requestId: true,
-} as const satisfies OptionNames<ExecuteRequest<unknown>>;
-
 export type ExecutedResult<R> = R extends ResultStream | Readable | AsyncIterable<Uint8Array> ? Readable : R;
 
 export interface ExecuteResult<R> {
