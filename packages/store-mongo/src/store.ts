@@ -31,7 +31,9 @@ import {
 } from '@exactly-once/core';
 import {
   collectingFailures,
+  doublingBackoff,
   type OptionNames,
+  pause,
   type Repeating,
   refuseUnknownOptions,
   repeatEvery,
@@ -618,22 +620,6 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     );
 
   /**
-   * Inserts `docs` in one round trip (unordered): the positions of those refused as duplicates, or
-   * `undefined` when the call failed otherwise (nothing can be said of which went in).
-   */
-  const insertEach = async (docs: RecordDoc[]): Promise<Set<number> | undefined> => {
-    if (docs.length === 0) return new Set();
-    try {
-      await collection.insertMany(docs, { ordered: false, ...write });
-      return new Set();
-    } catch (error) {
-      const refused = duplicateIndexes(error);
-      if (refused === undefined) throw error;
-      return refused;
-    }
-  };
-
-  /**
    * Runs `requests` one key after another within a key, keys concurrently. A request that fails
    * fails the key's later ones (their order matters) and not the other keys': then the call
    * rejects with a `PartialBatchError` carrying the answers it has (or with the error alone when
@@ -684,12 +670,12 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     const now = await clock.now();
     const chains = firsts.map(() => newChainId());
     const heads = firsts.map((i, j) => ({ _id: (requests[i] as BeginRequest).key, c: chains[j], h: 1 }));
-    const refusedHeads = (await insertEach(heads as unknown as RecordDoc[])) ?? new Set<number>();
+    const refusedHeads = await insertEach(collection, heads as unknown as RecordDoc[], write);
     const won = firsts.map((_, j) => j).filter((j) => !refusedHeads.has(j));
     const leases = won.map((j) =>
       lease(requests[firsts[j] as number] as BeginRequest, chains[j] as string, 1, now, now),
     );
-    const refusedLeases = (await insertEach(leases)) ?? new Set<number>();
+    const refusedLeases = await insertEach(collection, leases, write);
     won.forEach((j, w) => {
       const i = firsts[j] as number;
       if (!refusedLeases.has(w))
@@ -738,7 +724,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       });
       let refused: Set<number> | undefined;
       try {
-        refused = await insertEach(docs);
+        refused = await insertEach(collection, docs, write);
       } catch {
         // One record too large, or the server failed: each on its own, with its own answer or error.
         refused = undefined;
@@ -1011,7 +997,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
           // Lapsed: replaced by the one writer that locks its generation (see lockClaim). Another
           // writer holds it: read again once it has had time to write (a round or two of its).
           if (!(await lockClaim(fingerprints, held, now, write))) {
-            await new Promise((resolve) => setTimeout(resolve, 5 * 2 ** round));
+            await pause(lockWait(round + 1));
             continue;
           }
           const replaced = await fingerprints.updateOne(
@@ -1163,6 +1149,9 @@ function sameGeneration(held: ClaimDoc): Filter<ClaimDoc> {
   return held.g === undefined ? { _id: held._id, g: { $exists: false } } : { _id: held._id, g: held.g };
 }
 
+/** Between a claimer's reads of a claim whose lock another writer holds: 5 ms, doubling. */
+const lockWait = doublingBackoff(5, 1_000);
+
 /** How long a claim's generation lock is kept: far longer than any writer holds one. */
 const CLAIM_LOCK_MS = 86_400_000;
 
@@ -1193,6 +1182,26 @@ async function lockClaim(
   }
 }
 
+/**
+ * Inserts `docs` in one round trip (unordered): the positions of those refused as duplicates.
+ * Any other failure is thrown (nothing can be said of which went in).
+ */
+async function insertEach<D extends Document>(
+  collection: Collection<D>,
+  docs: D[],
+  write: { readonly writeConcern: WriteConcernSettings },
+): Promise<Set<number>> {
+  if (docs.length === 0) return new Set();
+  try {
+    await collection.insertMany(docs as never, { ordered: false, ...write });
+    return new Set();
+  } catch (error) {
+    const refused = duplicateIndexes(error);
+    if (refused === undefined) throw error;
+    return refused;
+  }
+}
+
 /** Lapsed claims (and their locks) deleted per command: one scan each on FerretDB 1.x. */
 const CLAIM_SWEEP_CHUNK = 500;
 
@@ -1214,17 +1223,11 @@ async function sweepClaims(
   const claimsLapsed = lapsed.filter((doc) => doc.l !== 1);
   for (let c = 0; c < claimsLapsed.length; c += CLAIM_SWEEP_CHUNK) {
     const chunk = claimsLapsed.slice(c, c + CLAIM_SWEEP_CHUNK);
-    let refused = new Set<number>();
-    try {
-      await fingerprints.insertMany(
-        chunk.map((held) => claimLock(held, now)),
-        { ordered: false, ...write },
-      );
-    } catch (error) {
-      const indexes = duplicateIndexes(error);
-      if (indexes === undefined) throw error;
-      refused = indexes;
-    }
+    const refused = await insertEach(
+      fingerprints,
+      chunk.map((held) => claimLock(held, now)),
+      write,
+    );
     const locked = chunk.filter((_, i) => !refused.has(i));
     if (locked.length > 0) await fingerprints.deleteMany({ $or: locked.map(sameGeneration) }, write);
   }
