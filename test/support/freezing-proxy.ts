@@ -12,6 +12,8 @@ export interface FreezingProxy {
   readonly port: number;
   /** Connections frozen so far. */
   readonly frozen: number;
+  /** Connections open now (a client that gave one up has closed it). */
+  readonly open: number;
   freeze(): void;
   /** Keeps what clients send (on every connection, open or new) until `release`. */
   hold(): void;
@@ -51,6 +53,9 @@ export async function startFreezingProxy(target: { host: string; port: number })
     port: address.port,
     get frozen() {
       return frozen;
+    },
+    get open() {
+      return open.size;
     },
     freeze() {
       for (const link of open) {

@@ -255,6 +255,7 @@ class BatchRun {
     const grouped = this.topic !== this.env.retryTopic;
     let group: { from: number; run: OrderedRun } | undefined;
     let i = 0;
+    if (this.env.copiesOnHold.size > 0) this.letGoOfSettledHolds();
     try {
       const anchored = await this.anchor();
       while (anchored && i < messages.length) {
@@ -325,6 +326,22 @@ class BatchRun {
     }
     // Rethrown so kafkajs rejoins now instead of after its next own heartbeat.
     if (this.rebalanceError !== undefined) throw this.rebalanceError;
+  }
+
+  /**
+   * Copies on hold of this partition before the batch's first record: that record's position is
+   * past them, so they were settled, by this member or by another one that owned the partition
+   * meanwhile (a rebalance took it away while it was paused). Without this, each such entry stayed
+   * for the consumer's life.
+   */
+  private letGoOfSettledHolds(): void {
+    const first = this.payload.batch.messages[0];
+    if (first === undefined) return;
+    const prefix = `${this.partitionId}:`;
+    const from = BigInt(first.offset);
+    for (const id of this.env.copiesOnHold.keys()) {
+      if (id.startsWith(prefix) && BigInt(id.slice(prefix.length)) < from) this.env.copiesOnHold.delete(id);
+    }
   }
 
   private heartbeat(): void {

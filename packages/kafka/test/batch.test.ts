@@ -125,6 +125,14 @@ function env(
 
 const offsetOf = (d: Delivery) => Number(d.attributes?.['messaging.kafka.offset']);
 
+/** A batch of `count` records of partition `partition` from offset `from`. */
+function batchOf(partition: number, from: number, count: number) {
+  const made = payload(count);
+  const messages = made.p.batch.messages.map((m, i) => ({ ...m, offset: String(from + i) }));
+  made.p = { ...made.p, batch: { topic: 't', partition, messages } };
+  return made;
+}
+
 describe('batch runner', () => {
   it("commits a partition's first fetched offset before anything runs, once per partition", async () => {
     const order: string[] = [];
@@ -261,6 +269,38 @@ describe('batch runner', () => {
     await runBatch(made.e, third.p);
     expect(third.resolved).toEqual(['0', '1']);
     expect(sent[0]?.headers).toMatchObject({ 'x-eo-error-code': 'MALFORMED_MESSAGE' });
+    expect(made.e.copiesOnHold.size).toBe(0);
+  });
+
+  it('lets go of the copies on hold of a partition revoked meanwhile once a fetch starts past them', async () => {
+    // The dead-letter topic refuses every copy: each partition's first record is put on hold and
+    // the partition paused. A rebalance then takes the partitions away and their next owner
+    // settles the records and commits past them (the consumer is told nothing of it); given the
+    // partitions back, this member fetches from the committed offsets, never the held records.
+    let refusing = true;
+    const producer = {
+      sendRecords: async () => {
+        if (refusing) throw new Error('NOT_ENOUGH_REPLICAS');
+      },
+    } as unknown as ExactlyOnceProducer;
+    const partitions = 20;
+    const made = env(() => deadLetter, {
+      producer,
+      anchored: new Set(Array.from({ length: partitions }, (_, p) => `t:${p}`)),
+    });
+    for (let p = 0; p < partitions; p++) {
+      const b = batchOf(p, 0, 1);
+      await runBatch(made.e, b.p);
+      expect(b.paused()).toBe(1);
+    }
+    expect(made.e.copiesOnHold.size).toBe(partitions);
+    refusing = false;
+    for (let p = 0; p < partitions; p++) {
+      const b = batchOf(p, 1, 2);
+      await runBatch(made.e, b.p);
+      expect(b.resolved).toEqual(['1', '2']);
+    }
+    // Each entry stayed for the consumer's life: one more per partition and rebalance.
     expect(made.e.copiesOnHold.size).toBe(0);
   });
 

@@ -502,10 +502,14 @@ export function createConsumer<T = unknown, R = unknown>(
   const stop = ({ timeoutMs = 10_000 }: StopOptions = {}) => {
     stopped ??= (async () => {
       stopping.abort();
+      // Every broker call here is bounded: a broker that keeps the socket open and answers
+      // nothing (frozen, or a link that drops replies) must not hold stop() until the heartbeat
+      // gives the connection up. The cancels and the runs share timeoutMs.
+      const cancels: Promise<unknown>[] = [];
       for (const [kept, tag] of consumerTags) {
-        if (kept.open) await kept.channel.cancel(tag).catch(() => {});
+        if (kept.open) cancels.push(kept.channel.cancel(tag).catch(() => {}));
       }
-      await settledWithin([allSettled()], timeoutMs);
+      await settledWithin([...cancels, allSettled()], timeoutMs);
       finished = true;
       if (stats.inFlight > 0) {
         logger.warn('stopping with deliveries in flight; the broker will redeliver them', {
@@ -516,9 +520,22 @@ export function createConsumer<T = unknown, R = unknown>(
         processor.abortRuns();
       }
       for (const settler of settlers.values()) settler.flush();
-      await keeper?.close();
-      await ownPublisher?.close();
-      if (manager?.owned) await manager.manager.close();
+      // Each close is begun (so nothing reopens or reconnects), and waited for within one budget.
+      const closeBy = performance.now() + CLOSE_WAIT_MS;
+      const closedInTime = (closing: Promise<unknown> | undefined) =>
+        closing === undefined
+          ? Promise.resolve(true)
+          : settledWithin([closing], Math.max(0, closeBy - performance.now()));
+      const answered = [
+        await closedInTime(keeper?.close()),
+        await closedInTime(ownPublisher?.close()),
+        await closedInTime(manager?.owned ? manager.manager.close() : undefined),
+      ];
+      if (answered.includes(false)) {
+        logger.warn('stopped without the broker confirming the close; the connection closes on its own', {
+          queue,
+        });
+      }
     })();
     return stopped;
   };
@@ -553,6 +570,9 @@ export function createConsumer<T = unknown, R = unknown>(
     },
   };
 }
+
+/** How long stop() waits, after its timeoutMs, for the broker to close the channel and connection. */
+const CLOSE_WAIT_MS = 2_000;
 
 /** The wait before setting the channel up again, or re-sending a copy the broker refused. */
 const backoff = doublingBackoff(200, 30_000);

@@ -345,14 +345,26 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
 
   return {
     start() {
-      if (loop) return;
+      // Running (and not stopping): nothing to do.
+      if (loop && controller && !controller.signal.aborted) return;
       relayStopped = false;
-      controller = new AbortController();
-      loop = run(controller.signal);
+      instruments.attach();
+      const next = new AbortController();
+      controller = next;
+      // Started while a stop() was under way: the new run begins once the old one has ended
+      // (its round confirmed and marked), rather than being dropped by that stop.
+      const previous = loop;
+      loop = (async () => {
+        await previous;
+        if (!next.signal.aborted) await run(next.signal);
+      })();
     },
     async stop() {
+      const stopping = loop;
       controller?.abort();
-      await loop;
+      await stopping;
+      // A start() during this stop owns the relay now: its run goes on.
+      if (loop !== stopping) return;
       loop = undefined;
       instruments.detach();
       // No pass will come to answer them: said rather than left pending for ever.
@@ -372,6 +384,7 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
 
 function relayInstruments(lag: () => number | undefined): {
   published: Counter;
+  attach(): void;
   detach(): void;
 } {
   const published = meter().createCounter('exactly_once.outbox.published', {
@@ -384,8 +397,19 @@ function relayInstruments(lag: () => number | undefined): {
     const value = lag();
     if (value !== undefined) result.observe(value);
   };
-  gauge.addCallback(observe);
-  return { published, detach: () => gauge.removeCallback(observe) };
+  // Observed while the relay runs: stop() takes the callback off, a start() after it puts it back.
+  let attached = false;
+  return {
+    published,
+    attach: () => {
+      if (!attached) gauge.addCallback(observe);
+      attached = true;
+    },
+    detach: () => {
+      if (attached) gauge.removeCallback(observe);
+      attached = false;
+    },
+  };
 }
 
 /** What `drained()` rejects with once the relay has stopped. */
