@@ -146,6 +146,19 @@ export interface RunArgs {
   logger?: Logger;
 }
 
+/**
+ * A name with an unpaired UTF-16 surrogate (a string cut by `slice` in the middle of an emoji)
+ * travels as UTF-8 with U+FFFD in its place: the stores would journal its step under another name
+ * (the retry misses it and runs it again), and two such names would derive one child key.
+ */
+function checkWellFormed(name: string, what: string): void {
+  if (!name.isWellFormed()) {
+    throw new ConfigError(
+      `${what}: ${JSON.stringify(name)} contains an unpaired UTF-16 surrogate, which no store or hash keeps apart from U+FFFD`,
+    );
+  }
+}
+
 export function createRunContext(args: RunArgs): RunState {
   return new Run(args);
 }
@@ -183,6 +196,7 @@ class Run implements RunState {
   keyFor(name: string): string {
     if (typeof name !== 'string' || name.length === 0)
       throw new ConfigError('keyFor(name) needs a non-empty name');
+    checkWellFormed(name, 'keyFor(name)');
     return deriveChildKey(this.args.namespace, this.args.consumer, name, this.args.key);
   }
 
@@ -264,6 +278,8 @@ class Run implements RunState {
     this.open('ctx.step');
     // A misspelt `reconcile` would run an in-doubt step again without asking: refused.
     refuseUnknownOptions(options, STEP_OPTIONS, 'ctx.step options');
+    if (typeof name !== 'string') throw new ConfigError('ctx.step(name) needs a string name');
+    checkWellFormed(name, 'ctx.step(name)');
     this.stepNames ??= new Set();
     if (this.stepNames.has(name)) throw new ConfigError(`step name "${name}" used twice in one run`);
     this.stepNames.add(name);

@@ -883,11 +883,19 @@ async function runAcquired<T, R>(
       await discardBlobs(o, state);
       return leaseLost(storeKey, fence);
     }
+    // Given up because the consumer is stopping (abortRuns): a shutdown, not the message's
+    // failure; the key goes back uncounted, as for a handler that failed on the abort.
+    if (keeper.cut) {
+      recordError(span, error instanceof ResultSourceFailure ? error.cause : error, scrubOf(runCtx));
+      return giveBackCut(o, shared, storeKey, begun, state, keeper.deadline, turn);
+    }
     if (error instanceof ResultSourceFailure) {
       // The handler's result stream failed (or cannot be stored): a failure of the handler.
       recordError(span, error.cause, scrubOf(runCtx));
       return handleFailure(o, delivery, storeKey, fence, attempt, outcome, error.cause, state, keeper);
     }
+    // The run does not complete: its blobs go, but for those a journaled step names.
+    await discardBlobs(o, state);
     await release(o, storeKey, fence, error);
     return { action: 'defer', outcome: 'store-unavailable', delayMs: 1000, error: toErrorInfo(error) };
   }

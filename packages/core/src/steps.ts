@@ -220,9 +220,12 @@ async function save<S>(args: StepRunArgs, name: string, value: S, absent: 'null'
   // step instead of running its effect again.
   // Counted as journaled before the write: if the answer never arrives, it may have landed.
   const forget = args.journal(encoded);
-  const saved = await saveWithRetries(args, name, encoded);
+  let tries = 0;
+  const saved = await saveWithRetries(args, name, encoded, () => tries++);
   if (saved !== 'ok') {
-    forget();
+    // Taken back only when the one write made was refused: after a failed try, the write may have
+    // landed before another worker took the key over, which then replays it (its blobs included).
+    if (tries === 1) forget();
     throw new LeaseLostError({ key: args.storeKey, fence: args.fence });
   }
   return decodeStepResult<S>(encoded);
@@ -233,8 +236,11 @@ async function save<S>(args: StepRunArgs, name: string, value: S, absent: 'null'
  * happened, and a write given up on would run it again on the next attempt. Writing a step twice
  * is harmless (the last write is its result).
  */
-function saveWithRetries(args: StepRunArgs, name: string, encoded: Uint8Array) {
-  return args.writeUntilAnswered(() => args.store.saveStep(args.storeKey, args.fence, name, encoded));
+function saveWithRetries(args: StepRunArgs, name: string, encoded: Uint8Array, onTry: () => void) {
+  return args.writeUntilAnswered(() => {
+    onTry();
+    return args.store.saveStep(args.storeKey, args.fence, name, encoded);
+  });
 }
 
 type Ran<S> = { ok: true; value: S } | { ok: false; error: unknown; failures: number };

@@ -8,11 +8,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createFsBlobStore } from '../src/blob/fs-blob-store.js';
+import { resultStream } from '../src/blob/result-stream.js';
 import type { BlobPointer, BlobStore } from '../src/blob/types.js';
 import type { HandlerContext } from '../src/context.js';
-import { RecordTooLargeError } from '../src/errors.js';
+import { RecordTooLargeError, StoreUnavailableError } from '../src/errors.js';
 import { Headers } from '../src/headers.js';
-import { normalizeKey, sha256Hex } from '../src/keys.js';
+import { normalizeKey, scopeKey, sha256Hex } from '../src/keys.js';
 import { createProcessor } from '../src/processor.js';
 import { withFaults } from '../src/store/faulty-store.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
@@ -485,5 +486,122 @@ describe('large results', () => {
     const d = await p.process(delivery({}, key('huge')));
     expect(d).toMatchObject({ action: 'dead-letter', reason: { error: { code: 'RECORD_TOO_LARGE' } } });
     expect(await inner.get('default:c:huge')).toMatchObject({ state: 'FAILED' });
+  });
+});
+
+describe('the blobs of a run that does not complete', () => {
+  it('a step write that landed unanswered and was then refused keeps the blob the run that took over completed with', async () => {
+    const blobs = await fsBlobs();
+    const memory = createMemoryStore();
+    // Worker A: its heartbeats fail (its lease runs out), and its first saveStep lands but the
+    // answer is lost (a connection reset after the server applied it); its repeat, once worker B
+    // has taken the key over, is answered `lost`.
+    const landed = deferred();
+    const takenOver = deferred();
+    let saves = 0;
+    const storeA: ProcessedStore = {
+      ...memory,
+      extend: async () => {
+        throw new StoreUnavailableError({ operation: 'extend', message: 'connection reset' });
+      },
+      saveStep: async (k, f, n, r) => {
+        saves++;
+        const answer = await memory.saveStep(k, f, n, r);
+        if (saves > 1) return answer;
+        landed.resolve();
+        await takenOver.promise;
+        throw new StoreUnavailableError({ operation: 'saveStep', message: 'connection reset' });
+      },
+    };
+    delete (storeA as { beginMany?: unknown }).beginMany;
+    delete (storeA as { completeMany?: unknown }).completeMany;
+    let effects = 0;
+    const handler = async (_: unknown, ctx: HandlerContext) => {
+      const pointer = await ctx.step('render', async () => {
+        effects++;
+        return ctx.storeBlob(new TextEncoder().encode('the rendered invoice'));
+      });
+      return { invoice: pointer };
+    };
+    const a = createProcessor({ consumer: 'inv', store: storeA, blobs, ...fast, handler });
+    const b = createProcessor({ consumer: 'inv', store: memory, blobs, ...fast, handler });
+    const first = a.process(delivery({}, key('k1')));
+    await landed.promise;
+    await new Promise((r) => setTimeout(r, fast.leaseMs + 100));
+    // B takes the key over, replays the journaled step and completes with its pointer.
+    expect(await b.process(delivery({}, key('k1')))).toMatchObject({ action: 'ack', outcome: 'takeover' });
+    expect(effects).toBe(1);
+    takenOver.resolve();
+    expect(await first).toMatchObject({ action: 'defer', outcome: 'lease-lost' });
+    const record = await memory.get('default:inv:k1');
+    if (record?.state !== 'COMPLETED' || record.result?.kind !== 'inline') throw new Error('not completed');
+    const { invoice } = JSON.parse(new TextDecoder().decode(record.result.data)) as { invoice: BlobPointer };
+    // A deleted it as the blob of a run that did not complete: B's record named nothing.
+    expect(new TextDecoder().decode(await blobs.get(invoice))).toBe('the rendered invoice');
+  });
+
+  it('a run whose large result cannot be uploaded deletes the blobs it stored with ctx.storeBlob', async () => {
+    const directory = await mkdtemp(join(tmpdir(), 'eo-blobs-'));
+    dirs.push(directory);
+    const fs = createFsBlobStore({ directory });
+    let puts = 0;
+    // The blob store fails the run's second put (the result's): a full disk, an outage.
+    const blobs: BlobStore = {
+      ...fs,
+      put: (source, options) => {
+        puts++;
+        if (puts === 2) return Promise.reject(new Error('ENOSPC: no space left on device'));
+        return fs.put(source, options);
+      },
+    };
+    let stored: BlobPointer | undefined;
+    const p = createProcessor({
+      consumer: 'exports',
+      store: createMemoryStore(),
+      blobs,
+      inlineResultBytes: 64,
+      ...fast,
+      handler: async (_: unknown, ctx: HandlerContext) => {
+        stored = await ctx.storeBlob(new TextEncoder().encode('attachment'));
+        return { attachment: stored, summary: 'x'.repeat(1_000) };
+      },
+    });
+    expect((await p.process(delivery({}, key('k1')))).action).not.toBe('ack');
+    if (stored === undefined) throw new Error('the handler stored no blob');
+    // Left behind, only an orphan pass would have found it.
+    expect(await readdir(directory, { recursive: true })).not.toContainEqual(
+      expect.stringContaining(stored.uri.split(':').pop() as string),
+    );
+  });
+
+  it("a consumer's stop during a streamed result's upload gives the key back uncounted, never FAILED", async () => {
+    const store = createMemoryStore();
+    const uploading = deferred();
+    const more = deferred();
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      blobs: await fsBlobs(),
+      ...fast,
+      handler: () =>
+        resultStream(
+          (async function* () {
+            yield new Uint8Array(1024);
+            uploading.resolve();
+            await more.promise; // a slow source: the export is still being read
+            yield new Uint8Array(1024);
+          })(),
+        ),
+    });
+    const pending = p.process(delivery({}, key('k1')));
+    await uploading.promise;
+    p.abortRuns();
+    more.resolve();
+    // Before: the abort's ClosedError was taken for the handler's failure, the key FAILED and
+    // the message dead-lettered at its first attempt.
+    expect(await pending).toMatchObject({ action: 'defer', outcome: 'not-run' });
+    const record = await store.get(scopeKey('default', 'c', 'k1'));
+    // Given back uncounted: the next attempt is its first again.
+    expect(record).toMatchObject({ state: 'IN_PROGRESS', attempt: 0, leaseUntil: 0 });
   });
 });

@@ -8,7 +8,7 @@ import type { StepEvent } from '../src/steps.js';
 import { withFaults } from '../src/store/faulty-store.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 import type { FencedResult, ProcessedStore } from '../src/store/types.js';
-import { deferred, delivery, withHeldExtensions } from './helpers.js';
+import { deferred, delivery, recordingPublisher, withHeldExtensions } from './helpers.js';
 
 const key = (k: string) => ({ [Headers.IdempotencyKey]: k, [Headers.RequestId]: `req-${k}` });
 const fast = { leaseMs: 300, retentionCheck: 'off' as const, retry: { maxAttempts: 5, initialDelayMs: 5 } };
@@ -662,6 +662,37 @@ describe('steps: per-step retry, give-up and alerts (S8: payment, email, status)
     });
     await p.process(delivery({}, key('bad')));
     expect(caught).toBeInstanceOf(ConfigError);
+  });
+
+  it('refuses a step, keyFor or publish name cut inside a surrogate pair: the stores would keep it as U+FFFD', async () => {
+    // Labels cut by slice() in the middle of an emoji: two different names, one U+FFFD text.
+    const [a, b] = ['gift \u{1F600} box', 'gift \u{1F916} box'].map((label) => label.slice(0, 6)) as [
+      string,
+      string,
+    ];
+    const caught: unknown[] = [];
+    const publisher = recordingPublisher();
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      publisher,
+      ...fast,
+      handler: async (_: unknown, ctx: HandlerContext) => {
+        const attempts = [
+          () => ctx.step(a, () => 1),
+          async () => ctx.keyFor(a),
+          async () => ctx.publish('items', {}, { name: b }),
+        ];
+        for (const attempt of attempts) await attempt().catch((error: unknown) => caught.push(error));
+        return null;
+      },
+    });
+    await p.process(delivery({}, key('cut')));
+    // Before, a Redis or MongoDB store journaled the step under another name (its retry ran it
+    // again), and both names derived one child key (two messages, one x-idempotency-key).
+    expect(caught).toHaveLength(3);
+    for (const error of caught) expect(error).toBeInstanceOf(ConfigError);
+    expect(publisher.sent).toHaveLength(0);
   });
 });
 
