@@ -1,7 +1,8 @@
 /**
  * A step name that is not well-formed UTF-16 (a lone surrogate: a title cut by `slice` inside an
- * emoji) reaches the store as U+FFFD: the retry looked the step up by its real name, missed it,
- * and ran its effect again. The pipeline now refuses such a name before anything runs.
+ * emoji) reaches the store as U+FFFD (Redis here; MongoDB too, BSON being UTF-8): the retry looked
+ * the step up by its real name, missed it, and ran its effect again. The pipeline now refuses such
+ * a name before anything runs.
  */
 import { createProcessor, type HandlerContext } from '@exactly-once/core';
 import { afterAll, expect, it } from 'vitest';
