@@ -10,7 +10,7 @@ import { createProcessor } from '../src/processor.js';
 import { withFaults } from '../src/store/faulty-store.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 import { createTieredStore } from '../src/store/tiered-store.js';
-import type { ProcessedStore } from '../src/store/types.js';
+import type { BeginRequest, ProcessedStore } from '../src/store/types.js';
 import { delivery } from './helpers.js';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -228,5 +228,162 @@ describe('withFaults (the fault-injecting wrapper the tests above use)', () => {
     const error = { name: 'NotRun', code: 'NOT_RUN', message: 'given back' };
     expect(await store.release('k', first.fence, error, { notRun: true })).toBe('ok');
     expect(await store.begin(request)).toMatchObject({ status: 'acquired', attempt: 1 });
+  });
+});
+
+// A begin that got past hot, then reached cold late (its process paused between the tiers, or its
+// cold request delayed), took over the cold claim of the worker that meanwhile took the hot lease
+// over and ran: that claim is never extended, so it had lapsed. The running worker's completion
+// then found no claim of its own and was refused: its run went unrecorded and the key's next
+// delivery ran the handler again. On one store the stale begin cannot take a heartbeated lease.
+describe('tiered store: a stale begin reaching cold after the running worker’s claim lapsed', () => {
+  it('the running worker still commits; the key is then a duplicate, never run again', async () => {
+    let now = 1_000_000;
+    const clock = () => now;
+    const hot = createMemoryStore({ now: clock });
+    const coldStore = createMemoryStore({ now: clock });
+    // W's cold begin is held (its process paused after hot answered); every other call goes on.
+    let resume!: () => void;
+    const paused = new Promise<void>((resolve) => (resume = resolve));
+    const cold: ProcessedStore = {
+      ...coldStore,
+      begin: async (request: BeginRequest) => {
+        if (request.owner.startsWith('W')) await paused;
+        return coldStore.begin(request);
+      },
+    };
+    // leaseMs in store time; the real-time give-up (4/5 of it) never fires within the test.
+    const leaseMs = 60_000;
+    const store = createTieredStore({ hot, cold, hotRetentionMs: 3_600_000 });
+    const key = 'default:billing:order-1';
+    const request = (owner: string) => ({ key, fingerprint: 'fp', owner, leaseMs });
+
+    const w = store.begin(request('W')); // hot acquired; cold begin not sent yet (paused)
+    await new Promise((r) => setTimeout(r, 10));
+    now += leaseMs + 1; // W's hot lease lapses
+
+    const a = await store.begin(request('A')); // takes hot over, and claims cold
+    expect(a).toMatchObject({ status: 'acquired', kind: 'takeover' });
+    if (a.status !== 'acquired') return;
+    // A runs a long handler: its heartbeat extends hot (only hot, by design).
+    for (let i = 0; i < 4; i++) {
+      now += leaseMs / 3;
+      expect(await store.extend(key, a.fence, leaseMs)).toBe('ok');
+    }
+    // W wakes: its cold begin takes over A's claim, which was never extended and has lapsed.
+    resume();
+    const wAnswer = await w;
+    // W's processor then finds its hot lease lost (extend before the handler) and stops.
+    if (wAnswer.status === 'acquired') {
+      expect(await store.extend(key, wAnswer.fence, leaseMs)).toBe('lost');
+    }
+
+    // A's handler finished; its completion must be recorded (hot still names A as the holder).
+    const completed = await store.complete({ key, fence: a.fence, outgoing: [], retentionMs: 86_400_000 });
+    expect(completed).toBe('ok');
+    now += leaseMs + 1;
+    expect(await store.begin(request('B'))).toMatchObject({ status: 'duplicate' });
+  });
+});
+
+describe('tiered store: the same, end to end through two processors', () => {
+  it('a cold begin that lands late, after the running worker’s cold claim lapsed, does not make the handler run twice', async () => {
+    const hot = createMemoryStore();
+    const coldStore = createMemoryStore();
+    // The first cold begin is delayed (a slow connection to cold; or the worker paused).
+    let first = true;
+    let land!: () => void;
+    const delayed = new Promise<void>((resolve) => (land = resolve));
+    const cold: ProcessedStore = {
+      ...coldStore,
+      beginMany: undefined,
+      begin: async (request: BeginRequest) => {
+        if (first) {
+          first = false;
+          await delayed;
+        }
+        return coldStore.begin(request);
+      },
+    };
+    const store = createTieredStore({ hot, cold, hotRetentionMs: 3_600_000 });
+    let runs = 0;
+    const make = (owner: string) =>
+      createProcessor({
+        consumer: 'billing',
+        store,
+        ownerId: owner,
+        leaseMs: 300,
+        retentionCheck: 'off',
+        handler: async () => {
+          runs++;
+          await new Promise((r) => setTimeout(r, 1_000)); // a long run: its cold claim lapses
+          return 'charged';
+        },
+      });
+    const message = () => delivery({ order: 'o-1' }, { [Headers.IdempotencyKey]: 'order-1' });
+    const w = make('W');
+    const a = make('A');
+    // W: hot acquired, cold does not answer within 4/5 of the lease: store-unavailable, given back.
+    expect(await w.process(message())).toMatchObject({ outcome: 'store-unavailable' });
+    // A (the redelivery) runs; meanwhile W's cold begin lands, after A's claim (300 ms) lapsed.
+    const running = a.process(message());
+    setTimeout(land, 700);
+    const d1 = await running;
+    // Then the message is delivered again until it is acked.
+    let d = d1;
+    for (let i = 0; i < 20 && d.action !== 'ack'; i++) {
+      await new Promise((r) => setTimeout(r, 200));
+      d = await a.process(message());
+    }
+    expect(d.action).toBe('ack');
+    expect({ runs, firstOutcome: d1.outcome }).toEqual({ runs: 1, firstOutcome: 'acquired' });
+  }, 20_000);
+});
+
+// A takeover given back unrun (cold unreachable, slow, or still busy) lost `takenOver`: the next
+// begin answered 'retry', and the handler was told its last run failed cleanly although a worker
+// died mid-run (no takeover gate, bound or log).
+describe('tiered store: a takeover given back unrun stays a takeover', () => {
+  it('cold unreachable while a dead worker’s key is taken over: the next begin is still a takeover', async () => {
+    let now = 1_000_000;
+    const clock = () => now;
+    const hot = createMemoryStore({ now: clock });
+    let coldDown = false;
+    const cold = withFaults(createMemoryStore({ now: clock }), {
+      failWhen: (op) => coldDown && op === 'begin',
+    });
+    const store = createTieredStore({ hot, cold, hotRetentionMs: 3_600_000 });
+    const request = (owner: string) => ({ key: 'k', fingerprint: 'fp', owner, leaseMs: 1_000 });
+
+    expect(await store.begin(request('dies'))).toMatchObject({ status: 'acquired', kind: 'new' });
+    now += 5_000; // the worker died mid-run: both leases lapse
+
+    coldDown = true; // the redelivery meets a cold blip
+    await expect(store.begin(request('b'))).rejects.toThrow(/injected fault/);
+    coldDown = false;
+    expect(await store.begin(request('c'))).toMatchObject({ status: 'acquired', kind: 'takeover' });
+  });
+
+  it('cold still busy (its claim was taken a round trip after hot’s lease): the next begin is still a takeover', async () => {
+    let now = 1_000_000;
+    const clock = () => now;
+    const hot = createMemoryStore({ now: clock });
+    const coldStore = createMemoryStore({ now: clock });
+    const cold = {
+      ...coldStore,
+      // The dying worker's cold begin reaches cold 30 ms after its hot one.
+      begin: async (r: Parameters<typeof coldStore.begin>[0]) => {
+        if (r.owner.startsWith('dies')) now += 30;
+        return coldStore.begin(r);
+      },
+    };
+    const store = createTieredStore({ hot, cold, hotRetentionMs: 3_600_000 });
+    const request = (owner: string) => ({ key: 'k', fingerprint: 'fp', owner, leaseMs: 1_000 });
+
+    expect(await store.begin(request('dies'))).toMatchObject({ status: 'acquired' });
+    now += 1_000 - 30 + 10; // dead before its first heartbeat: hot lease lapsed, cold claim not yet
+    expect(await store.begin(request('b'))).toMatchObject({ status: 'busy' });
+    now += 100;
+    expect(await store.begin(request('c'))).toMatchObject({ status: 'acquired', kind: 'takeover' });
   });
 });

@@ -155,14 +155,29 @@ export function createTieredStore(options: TieredStoreOptions): TieredStore {
    * clear it: its record holds the key's journaled steps and attempt count, which the attempt that
    * goes on next must find, and a try that never ran counts no attempt.
    */
-  function giveBackHot(key: string, fence: number): Promise<FencedResult> {
-    return hot.release(key, fence, RELEASED, { notRun: true });
+  function giveBackHot(key: string, begun: { fence: number; kind: string }): Promise<FencedResult> {
+    // A takeover stays one (its last run that started still died or stalled): see ReleaseOptions.
+    return hot.release(key, begun.fence, RELEASED, {
+      notRun: true,
+      ...(begun.kind === 'takeover' ? { takenOver: true } : {}),
+    });
   }
 
   /** Cold's IN_PROGRESS record claimed under hot fence `fence`, if it is still that claim. */
   async function coldClaim(key: string, fence: number): Promise<InProgressRecord | undefined> {
     const record = await cold.get(key);
-    return record?.state === RecordState.InProgress && hotFenceOf(record) === fence ? record : undefined;
+    if (record?.state !== RecordState.InProgress) return undefined;
+    const tagged = hotFenceOf(record);
+    if (tagged === fence) return record;
+    // A claim tagged with an older hot fence: a begin that got past hot before this holder took
+    // the hot lease over, and reached cold only after this holder's claim had lapsed (it is never
+    // extended) and took it over (a process paused between the tiers, a cold request delayed).
+    // Hot, where leases are kept, still names this holder: the commit is this holder's, not lost.
+    if (tagged !== undefined && tagged < fence) {
+      const held = await hot.get(key);
+      if (held?.state === RecordState.InProgress && held.fence === fence) return record;
+    }
+    return undefined;
   }
 
   /**
@@ -234,14 +249,14 @@ export function createTieredStore(options: TieredStoreOptions): TieredStore {
         // Cold cannot be reached: an outage must count no attempt (each try would otherwise take
         // the lease over and count one, until innocent messages were ATTEMPTS_EXHAUSTED). A cold
         // claim that landed all the same answers the next try busy until it lapses.
-        await giveBackHot(request.key, first.fence).catch(() => undefined);
+        await giveBackHot(request.key, first).catch(() => undefined);
         throw error;
       }
       if (second.status === 'acquired') return first;
       if (second.status === 'busy') {
         // Another attempt's cold claim is still live (a clear of hot made the next attempt start
         // over and repeat its steps).
-        await giveBackHot(request.key, first.fence);
+        await giveBackHot(request.key, first);
         return { ...second, record: untag(second.record) };
       }
       await dropHot(request.key, first.fence);
