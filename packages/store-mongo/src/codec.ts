@@ -101,6 +101,13 @@ export interface RecordDoc {
   sa?: number;
   /** Steps in the order saved; a name saved twice keeps its last entry (see {@link decodeSteps}). */
   st?: StepDoc[];
+  /**
+   * A lease that continues the previous element's attempts (a retry or takeover): `[m, c]`, its
+   * first `c` steps account for the previous element's first `m` (see `catchUp` in store.ts). A
+   * begin that failed before its catch-up leaves the previous element's later steps out of this
+   * element; the next takeover of it adds them back from there.
+   */
+  cp?: [number, number];
   /** IN_PROGRESS: the last released attempt's error. FAILED: the error. */
   x?: ErrorDoc;
   /** COMPLETED: inline result, or blob pointer. */
@@ -288,6 +295,7 @@ function wrongField(doc: RecordDoc): [string, unknown] | undefined {
     ['l', 'lease end', is.number, false],
     ['sa', 'start', is.number, false],
     ['st', 'steps', is.array, false],
+    ['cp', 'copied steps', is.array, false],
     ['x', 'error', is.object, false],
     ['r', 'result', is.binary, false],
     ['b', 'blob pointer', is.object, false],

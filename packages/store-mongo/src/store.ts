@@ -21,6 +21,7 @@ import {
   type HistoryEntry,
   type InProgressEntry,
   type InProgressQuery,
+  type InProgressRecord,
   type MarkPublishedRequest,
   type OrphanBlobOptions,
   type OrphanBlobStats,
@@ -66,6 +67,7 @@ import {
   packTraceId,
   type RecordDoc,
   State,
+  type StepDoc,
   toBinary,
 } from './codec.js';
 import {
@@ -553,15 +555,29 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     }
     if (record.state === 'FAILED') return { status: 'failed', record };
     if (record.leaseUntil > now) return { status: 'busy', record, retryAfterMs: record.leaseUntil - now };
+    const steps = await stepsOf(chain, last);
     const doc: RecordDoc = {
       ...lease(request, chain.chain, next, now, last.n + 1),
       a: last.a + 1,
-      ...(last.st === undefined ? {} : { st: last.st }),
+      ...(steps.length === 0 ? {} : { st: steps }),
+      cp: [last.st?.length ?? 0, steps.length],
       ...(last.x === undefined ? {} : { x: last.x }),
     };
     if (!(await append(chain, doc))) return undefined;
-    await catchUp(last, doc);
-    return acquired(request, doc, (last.l ?? 0) === 0 ? 'retry' : 'takeover');
+    const fresh = await catchUp(last, doc);
+    if (fresh !== null && (fresh.l ?? 0) > Math.max(last.l ?? 0, 1)) {
+      // The passed lease was extended between our read and our insert, and the extension may have
+      // been answered `ok`: its holder runs on, and nobody may start beside it. This element keeps
+      // the key for it until that lease ends (the holder's next write is `lost`: this element
+      // follows its own), then the key is taken over as usual.
+      return {
+        status: 'busy',
+        record: decodeRecord(doc) as InProgressRecord,
+        retryAfterMs: Math.max(1, (fresh.l ?? 0) - now),
+      };
+    }
+    // A release answered `ok` between our read and our insert makes this begin a retry.
+    return acquired(request, doc, ((fresh ?? last).l ?? 0) === 0 ? 'retry' : 'takeover');
   };
 
   /**
@@ -572,16 +588,53 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
    * is answered `lost`. (Holder: write, then read the successor; here: insert the successor, then
    * read again. One of the two reads sees the other's write.)
    */
-  const catchUp = async (last: RecordDoc, doc: RecordDoc): Promise<void> => {
-    const fresh = await collection.findOne({ _id: last._id }, { projection: { st: 1, x: 1, a: 1 } });
-    if (fresh === null) return;
+  const catchUp = async (last: RecordDoc, doc: RecordDoc): Promise<RecordDoc | null> => {
+    const fresh = await collection.findOne(
+      { _id: last._id },
+      { projection: { st: 1, x: 1, a: 1, l: 1, o: 1 } },
+    );
+    if (fresh === null) return null;
+    const read = last.st?.length ?? 0;
     const steps = fresh.st?.length ?? 0;
-    if (steps === (last.st?.length ?? 0) && isDeepStrictEqual(fresh.x, last.x) && fresh.a === last.a) return;
-    const update: Partial<RecordDoc> = { a: fresh.a + 1 };
-    if (fresh.st !== undefined) update.st = fresh.st;
+    // A lease end moved up (0 and 1 are releases' marks): an extension.
+    const extended = (fresh.l ?? 0) > Math.max(last.l ?? 0, 1);
+    if (!extended && steps === read && isDeepStrictEqual(fresh.x, last.x) && fresh.a === last.a) {
+      return fresh;
+    }
+    // Extended: the holder's attempt goes on; this element stands for it until its lease ends.
+    const update: Partial<RecordDoc> = { a: extended ? fresh.a : fresh.a + 1 };
+    if (extended) {
+      update.l = fresh.l;
+      if (fresh.o !== undefined) update.o = fresh.o;
+    }
+    if (steps > read) {
+      // The holder only appends: what it journaled since our read follows what we copied.
+      const st = [...(doc.st ?? []), ...(fresh.st ?? []).slice(read)];
+      update.st = st;
+      update.cp = [steps, st.length];
+    }
     if (fresh.x !== undefined) update.x = fresh.x;
     await collection.updateOne({ _id: doc._id }, { $set: update }, write);
     Object.assign(doc, update);
+    return fresh;
+  };
+
+  /**
+   * The steps a retry or takeover of `last` starts with: `last`'s, and, when `last` itself
+   * continued an earlier lease (`cp`), the steps that lease's holder journaled between the read
+   * and the insert of `last` (answered `ok`): a begin that failed before its catch-up finished
+   * (a connection reset) left them out of `last`.
+   */
+  const stepsOf = async (chain: Chain, last: RecordDoc): Promise<StepDoc[]> => {
+    const own = last.st ?? [];
+    if (last.cp === undefined || chain.position < 1) return own;
+    const [accounted, copied] = last.cp;
+    // The previous lease: element position - 1, or a previous-layout record (its own head).
+    const previousId = chain.position === 1 ? chain.key : elementId(chain.chain, chain.position - 1);
+    const previous = await collection.findOne({ _id: previousId }, { projection: { st: 1 } });
+    const late = previous?.st?.slice(accounted) ?? [];
+    if (late.length === 0) return own;
+    return [...own.slice(0, copied), ...late, ...own.slice(copied)];
   };
 
   const begin = async (request: BeginRequest): Promise<BeginResult> => {

@@ -4,7 +4,8 @@
  * FerretDB (EO_MONGO_URL, the default) and mongo-java-server (EO_MONGO_JAVA_URL).
  */
 import { randomBytes } from 'node:crypto';
-import { type Db, type Document, MongoClient } from 'mongodb';
+import { type Collection, type Db, type Document, MongoClient, MongoNetworkError } from 'mongodb';
+import { elementPlace, type RecordDoc, State } from '../src/codec.js';
 
 export const MONGO_URL = process.env.EO_MONGO_URL ?? 'mongodb://127.0.0.1:27017';
 export const MONGO_JAVA_URL = process.env.EO_MONGO_JAVA_URL ?? 'mongodb://127.0.0.1:27018';
@@ -72,4 +73,60 @@ export async function serverLocalTime(db: Db): Promise<number> {
     reply = await db.command({ isMaster: 1 });
   }
   return (reply.localTime as Date).getTime();
+}
+
+/** Whether to fail this call of the taker's (true: a connection reset), asked after its insert. */
+export type WindowFault = (method: 'findOne' | 'updateOne', args: unknown[]) => boolean;
+
+/**
+ * `target` seen by a taker: its insert of a key's second lease element (a takeover's or a
+ * retry's, after its read of the chain) first awaits what `open` was given, so another writer's
+ * call lands between the taker's read and its insert. From that insert on, `fault` may fail any
+ * `findOne` or `updateOne` (a connection reset): the begin then throws with its element in.
+ */
+export function takeoverWindow(target: Collection<RecordDoc>, fault?: WindowFault) {
+  let pending: (() => Promise<void>) | undefined;
+  let inserted = false;
+  let faulted = 0;
+  const collection = new Proxy(target, {
+    get(t, prop) {
+      const value = Reflect.get(t, prop, t);
+      if (typeof value !== 'function') return value;
+      if (prop === 'insertOne') {
+        return async (...args: unknown[]) => {
+          const doc = args[0] as RecordDoc;
+          const taking =
+            pending !== undefined && doc.s === State.InProgress && elementPlace(doc._id).position === 2;
+          if (!taking) return value.apply(t, args);
+          const write = pending as () => Promise<void>;
+          pending = undefined;
+          await write();
+          const answer = await value.apply(t, args);
+          inserted = true;
+          return answer;
+        };
+      }
+      if ((prop === 'findOne' || prop === 'updateOne') && fault !== undefined) {
+        return async (...args: unknown[]) => {
+          if (inserted && fault(prop, args)) {
+            faulted += 1;
+            throw new MongoNetworkError(`connection reset (${prop})`);
+          }
+          return value.apply(t, args);
+        };
+      }
+      return value.bind(t);
+    },
+  });
+  return {
+    collection,
+    /** Runs `write` inside the next such insert, before it. */
+    open(write: () => Promise<void>) {
+      pending = write;
+    },
+    /** Calls failed so far. */
+    get faulted() {
+      return faulted;
+    },
+  };
 }

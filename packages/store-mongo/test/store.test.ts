@@ -17,9 +17,20 @@ import {
   type MongoProcessedStore,
 } from '../src/index.js';
 import { dismantle } from '../src/sweep.js';
-import { MONGO_SERVERS, MONGO_URL, openTestDatabase, type TestDatabase } from './helpers.js';
+import {
+  MONGO_SERVERS,
+  MONGO_URL,
+  openTestDatabase,
+  type TestDatabase,
+  takeoverWindow,
+  type WindowFault,
+} from './helpers.js';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+/** A takeover's catch-up: its re-read of the lease it took over (steps, error, attempt). */
+const isCatchUpRead = (args: unknown[]) =>
+  (args[1] as { projection?: Record<string, unknown> } | undefined)?.projection?.a === 1;
+const setsField = (args: unknown[], field: string) => field in ((args[1] as { $set?: object }).$set ?? {});
 const begin = (store: MongoProcessedStore, key: string, owner = 'w', leaseMs = 300) =>
   store.begin({ key, fingerprint: 'fp', owner, leaseMs });
 const acquired = async (store: MongoProcessedStore, key: string, leaseMs = 300) => {
@@ -484,39 +495,16 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
     it('a step a stale holder journals while a takeover is between its read and its insert reaches the taker', async () => {
       // Before: the holder's saveStep found no successor yet and was answered ok, but the taker
       // had read the element before it and its attempt started without the step (run again).
-      const target = test.db.collection<RecordDoc>('takeover_window');
-      let inWindow: (() => Promise<void>) | undefined;
-      const collection = new Proxy(target, {
-        get(t, prop) {
-          const value = Reflect.get(t, prop, t);
-          if (prop !== 'insertOne' || typeof value !== 'function') {
-            return typeof value === 'function' ? value.bind(t) : value;
-          }
-          return async (...args: unknown[]) => {
-            const doc = args[0] as RecordDoc;
-            // The taker's lease element, after its read of the chain: let the holder write now.
-            if (
-              inWindow !== undefined &&
-              doc.s === State.InProgress &&
-              elementPlace(doc._id).position === 2
-            ) {
-              const write = inWindow;
-              inWindow = undefined;
-              await write();
-            }
-            return value.apply(t, args);
-          };
-        },
-      });
+      const window = takeoverWindow(test.db.collection<RecordDoc>('takeover_window'));
       const holder = createMongoStore({ db: test.db, collectionName: 'takeover_window' });
-      const taker = createMongoStore({ db: test.db, collection: collection as never });
+      const taker = createMongoStore({ db: test.db, collection: window.collection as never });
       const stale = await acquired(holder, 'k', 100);
       expect(await holder.saveStep('k', stale.fence, 'before', Uint8Array.of(1))).toBe('ok');
       await sleep(150); // the holder stalls past its lease
       let answer: string | undefined;
-      inWindow = async () => {
+      window.open(async () => {
         answer = await holder.saveStep('k', stale.fence, 'charge', Uint8Array.of(2));
-      };
+      });
       const next = await begin(taker, 'k', 'w2', 10_000);
       expect(next).toMatchObject({ status: 'acquired', kind: 'takeover', attempt: 2 });
       expect(answer).toBe('ok');
@@ -527,6 +515,113 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       expect(await holder.saveStep('k', stale.fence, 'late', Uint8Array.of(3))).toBe('lost');
       await holder.close();
       await taker.close();
+    });
+
+    const catchUpFaults: [string, WindowFault][] = [
+      ['its catch-up read', (method, args) => method === 'findOne' && isCatchUpRead(args)],
+      ['its catch-up update', (method, args) => method === 'updateOne' && setsField(args, 'a')],
+      ['its head hint update', (method, args) => method === 'updateOne' && setsField(args, 'h')],
+    ];
+    it.each(catchUpFaults)(
+      'a step the stale holder journaled (answered ok) reaches the next attempt when a takeover fails %s',
+      async (label, fault) => {
+        // Before: the taker's element went in without the step and its begin threw; the next
+        // takeover copied that element and ran the step's effect again.
+        const name = `catch_up_${label.replace(/\W/g, '_')}`;
+        let failed = false; // once, at the first call it names
+        const window = takeoverWindow(test.db.collection<RecordDoc>(name), (method, args) => {
+          if (failed || !fault(method, args)) return false;
+          failed = true;
+          return true;
+        });
+        const holder = createMongoStore({ db: test.db, collectionName: name });
+        const taker = createMongoStore({ db: test.db, collection: window.collection as never });
+        const stale = await acquired(holder, 'k', 100);
+        expect(await holder.saveStep('k', stale.fence, 'before', Uint8Array.of(1))).toBe('ok');
+        await sleep(150); // the holder stalls past its lease
+        let answer: string | undefined;
+        window.open(async () => {
+          answer = await holder.saveStep('k', stale.fence, 'charge', Uint8Array.of(2));
+        });
+        await expect(begin(taker, 'k', 't', 200)).rejects.toThrow();
+        expect(window.faulted).toBe(1);
+        expect(answer).toBe('ok'); // the holder was told its step is journaled
+        await sleep(300); // the failed begin's lease runs out
+        const next = await begin(holder, 'k', 'w3', 10_000);
+        expect(next).toMatchObject({ status: 'acquired', kind: 'takeover' });
+        expect(Object.keys(next.status === 'acquired' ? next.steps : {}).sort()).toEqual([
+          'before',
+          'charge',
+        ]);
+        await Promise.all([holder.close(), taker.close()]);
+      },
+    );
+
+    it("two takeovers in a row that fail their catch-up still pass the first holder's step on", async () => {
+      let reads = 2; // catch-up reads still to fail
+      const window = takeoverWindow(test.db.collection<RecordDoc>('catch_up_twice'), (method, args) => {
+        if (method !== 'findOne' || !isCatchUpRead(args) || reads === 0) return false;
+        reads -= 1;
+        return true;
+      });
+      const holder = createMongoStore({ db: test.db, collectionName: 'catch_up_twice' });
+      const taker = createMongoStore({ db: test.db, collection: window.collection as never });
+      const stale = await acquired(holder, 'k', 100);
+      await sleep(200);
+      let answer: string | undefined;
+      window.open(async () => {
+        answer = await holder.saveStep('k', stale.fence, 'charge', Uint8Array.of(2));
+      });
+      await expect(begin(taker, 'k', 't', 100)).rejects.toThrow();
+      await sleep(200);
+      await expect(begin(taker, 'k', 't', 100)).rejects.toThrow();
+      expect({ reads, answer }).toEqual({ reads: 0, answer: 'ok' });
+      await sleep(200);
+      const next = await begin(holder, 'k', 'w4', 10_000);
+      expect(next).toMatchObject({ status: 'acquired', kind: 'takeover', attempt: 4 });
+      expect(Object.keys(next.status === 'acquired' ? next.steps : {})).toEqual(['charge']);
+      await Promise.all([holder.close(), taker.close()]);
+    });
+
+    it('an extension answered ok while a takeover is between its read and its insert keeps the key its holder’s', async () => {
+      // Before: the extension (the processor's, before a handler whose lease ran out meanwhile)
+      // found no successor and was answered ok, and the taker was answered acquired: both ran.
+      const window = takeoverWindow(test.db.collection<RecordDoc>('extend_race'));
+      const holder = createMongoStore({ db: test.db, collectionName: 'extend_race' });
+      const taker = createMongoStore({ db: test.db, collection: window.collection as never });
+      const stale = await acquired(holder, 'k', 100);
+      await sleep(200); // the holder's begin was answered late: its lease ran out before it started
+      let extended: string | undefined;
+      window.open(async () => {
+        extended = await holder.extend('k', stale.fence, 400);
+      });
+      const next = await begin(taker, 'k', 't', 60_000);
+      expect({ extended, taken: next.status }).toEqual({ extended: 'ok', taken: 'busy' });
+      // The holder's next write finds the key moved on; after the lease it extended the key is
+      // taken over once, with what the holder journaled.
+      expect(await holder.saveStep('k', stale.fence, 'charge', Uint8Array.of(2))).toBe('lost');
+      await sleep(500);
+      const after = await begin(holder, 'k', 'w3', 60_000);
+      expect(after).toMatchObject({ status: 'acquired', kind: 'takeover', attempt: 2 });
+      expect(Object.keys(after.status === 'acquired' ? after.steps : {})).toEqual(['charge']);
+      await Promise.all([holder.close(), taker.close()]);
+    });
+
+    it('a release answered ok while a takeover is between its read and its insert makes the begin a retry', async () => {
+      const window = takeoverWindow(test.db.collection<RecordDoc>('release_race'));
+      const holder = createMongoStore({ db: test.db, collectionName: 'release_race' });
+      const taker = createMongoStore({ db: test.db, collection: window.collection as never });
+      const stale = await acquired(holder, 'k', 100);
+      await sleep(200);
+      let released: string | undefined;
+      window.open(async () => {
+        released = await holder.release('k', stale.fence, { name: 'E', code: 'RETRY', message: 'boom' });
+      });
+      const next = await begin(taker, 'k', 't', 60_000);
+      expect(released).toBe('ok');
+      // Before: 'takeover', from the lease as first read.
+      expect(next).toMatchObject({ status: 'acquired', attempt: 2, kind: 'retry' });
+      await Promise.all([holder.close(), taker.close()]);
     });
 
     it('a batch completion whose reply was lost after the server applied it answers ok, not lost', async () => {
