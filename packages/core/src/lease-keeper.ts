@@ -208,10 +208,13 @@ class Board implements LeaseBoard {
   cutAll(reason: Error): number {
     let cut = 0;
     for (const h of this.held) {
-      if (h.done || h.abortReason !== undefined) continue;
+      if (h.done) continue;
+      // A run whose signal aborted already (its lease ran out locally: a failing or hung
+      // heartbeat, a stall) is not asked again, but its writes end too: the consumer is stopping.
+      const asked = h.abortReason === undefined;
       h.cut = true;
       h.end(reason);
-      cut++;
+      if (asked) cut++;
     }
     // Writes of runs whose heartbeat stopped (a completion, the journal of steps a given-up
     // handler left running) end too; their handlers are over, so they are not counted.
@@ -245,6 +248,13 @@ class Board implements LeaseBoard {
       if (now - h.startedAt >= h.maxRunMs) {
         h.onTimeout();
         continue;
+      }
+      // The lease ran out locally with its extension still unanswered (a store that hangs, for
+      // up to storeTimeoutMs): another worker may take the key now, so the signal aborts, as
+      // for an extension that failed. The extension's answer still says whether the key is lost.
+      if (now >= h.deadline && h.abortReason === undefined) {
+        const late = new Error('the lease ran out before its extension was answered');
+        h.fire(new LeaseLostError({ key: h.key, fence: h.fence, cause: late }));
       }
       if (h.inflight === undefined && now >= h.nextAt) void this.extendNow(h);
     }
@@ -283,13 +293,15 @@ class Board implements LeaseBoard {
     const askedAt = performance.now();
     try {
       const r = await store.extend(h.key, h.fence, leaseMs);
-      if (h.done) return;
       if (r === 'lost') {
+        // Also for a run stopped meanwhile: its caller waits for this answer (see stop) and
+        // reads `lost`.
         h.lost = true;
         h.done = true;
         h.end(new LeaseLostError({ key: h.key, fence: h.fence }));
         return;
       }
+      if (h.done) return;
       h.deadline = askedAt + leaseMs;
       h.nextAt = askedAt + intervalMs;
     } catch (error) {

@@ -9,6 +9,7 @@ import { ClosedError } from '../src/errors.js';
 import { scopeKey } from '../src/keys.js';
 import type { ProcessorOptions } from '../src/options.js';
 import { createProcessor } from '../src/processor.js';
+import { withFaults } from '../src/store/faulty-store.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 import type { ProcessedStore } from '../src/store/types.js';
 import { deferred, delivery } from './helpers.js';
@@ -155,5 +156,42 @@ describe('abortRuns', () => {
     gate.resolve();
     expect(await pending).toMatchObject({ action: 'ack' });
     expect(p.abortRuns()).toBe(0);
+  });
+
+  it('ends the journal write of a run whose signal had aborted already (its lease ran out locally)', async () => {
+    // Before, such a run was skipped: its write went on against the store that was down until
+    // maxRunMs (here 2 minutes: this test would time out), and idle() with it.
+    let down = false;
+    let saveTries = 0;
+    const firstSaveFailed = deferred();
+    const flaky = withFaults(createMemoryStore(), {
+      failWhen: (op) => {
+        if (!down) return false;
+        if (op === 'saveStep' && ++saveTries === 1) firstSaveFailed.resolve();
+        return op === 'extend' || op === 'saveStep';
+      },
+    });
+    const p = createProcessor({
+      consumer: 'c',
+      store: flaky,
+      retentionCheck: 'off',
+      leaseMs: 100,
+      heartbeatMs: 30,
+      maxRunMs: 120_000,
+      handler: async (_: unknown, ctx: HandlerContext) => {
+        await ctx.step('reserve', async () => {
+          down = true; // the store goes away after the effect
+          // The lease runs out locally under failing heartbeats: the signal aborts.
+          await new Promise<void>((resolve) => ctx.signal.addEventListener('abort', () => resolve()));
+          return { reserved: true };
+        });
+        return 'done';
+      },
+    });
+    const pending = p.process(delivery({}, headers('cut-after-lapse')));
+    await firstSaveFailed.promise;
+    p.abortRuns(); // the consumer's stop() past its timeoutMs; the store is still down
+    // A shutdown, not the message's failure: nothing counted, the key left to its lease.
+    expect(await pending).toMatchObject({ action: 'defer', outcome: 'not-run' });
   });
 });

@@ -4,11 +4,12 @@
  * this one. Nothing else tells the operator why; the lease board reports the stall once.
  */
 import { describe, expect, it } from 'vitest';
+import type { HandlerContext } from '../src/context.js';
 import { LeaseLostError } from '../src/errors.js';
 import type { Logger } from '../src/logger.js';
 import { createProcessor } from '../src/processor.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
-import { delivery } from './helpers.js';
+import { deferred, delivery, withHeldExtensions } from './helpers.js';
 
 function recordingLogger(): Logger & { warnings: { message: string; meta: unknown }[] } {
   const warnings: { message: string; meta: unknown }[] = [];
@@ -157,5 +158,46 @@ describe('an event loop blocked past the lease', () => {
       action: 'ack',
     });
     expect(stallWarnings(logger)).toHaveLength(0);
+  });
+});
+
+describe('a heartbeat extension that hangs past the lease', () => {
+  it('aborts ctx.signal when the lease runs out locally, before the extension is answered', async () => {
+    // A store call that hangs (storeTimeoutMs is 60 s by default, twice the default lease): the
+    // signal stayed live until it was given up, while another worker could take the key over.
+    const store = createMemoryStore();
+    const stalled = withHeldExtensions(store);
+    const rivalRan = deferred();
+    let abortedWhenRivalRan: boolean | undefined;
+    const stale = createProcessor({
+      consumer: 'c',
+      store: stalled.store,
+      retentionCheck: 'off',
+      leaseMs: 100,
+      heartbeatMs: 30,
+      handler: async (_: unknown, ctx: HandlerContext) => {
+        await rivalRan.promise;
+        abortedWhenRivalRan = ctx.signal.aborted;
+        return 'stale';
+      },
+    });
+    const run = stale.process(delivery({}, { 'x-idempotency-key': 'hung-extend' }));
+    await new Promise((resolve) => setTimeout(resolve, 400)); // four leases
+    const rival = createProcessor({
+      consumer: 'c',
+      store,
+      retentionCheck: 'off',
+      leaseMs: 100,
+      handler: () => {
+        rivalRan.resolve();
+        return 'rival';
+      },
+    });
+    expect(await rival.process(delivery({}, { 'x-idempotency-key': 'hung-extend' }))).toMatchObject({
+      outcome: 'takeover',
+    });
+    stalled.release();
+    expect(await run).toMatchObject({ outcome: 'lease-lost' });
+    expect(abortedWhenRivalRan).toBe(true);
   });
 });
