@@ -81,6 +81,7 @@ import {
   endPublishingRun,
   type HeldLease,
   type OrderedGroup,
+  PublishOrder,
   publishingRun,
   type RunUnderWay,
   type Shared,
@@ -283,8 +284,8 @@ export function buildProcessor<T, R>(
         allRunning: undefined,
       };
       let previous = Promise.resolve(true);
-      // Outgoing messages leave in the group's order: a record's publish waits for the one before.
-      let publishedBefore = Promise.resolve(true);
+      // Outgoing messages leave in the group's order: a record's publish waits for the ones before.
+      const publishOrder = new PublishOrder();
       shared.gate.groups.add(group);
       const dispositions = deliveries.map((delivery, index) => {
         let go!: (proceed: boolean) => void;
@@ -292,22 +293,24 @@ export function buildProcessor<T, R>(
           go = resolve;
         });
         gos.push(go);
-        let published!: (inOrder: boolean) => void;
-        // Cumulative: a delivery that publishes nothing (no messages, a dead letter) passes on
-        // the wait for the ones before it, so the one behind it never publishes ahead of them.
-        const before = publishedBefore;
-        const nextPublished = new Promise<boolean>((resolve) => {
-          published = (inOrder) => resolve(before.then((earlier) => earlier && inOrder));
-        });
         let counted = false;
         const running = () => {
           if (counted) return;
           counted = true;
           if (--group.notRunning === 0) group.allRunning?.();
         };
-        const turn: Turn = { previous, go, group, index, running, publishedBefore, published };
+        const turn: Turn = {
+          previous,
+          go,
+          group,
+          index,
+          running,
+          publishedBefore: () => publishOrder.before(index),
+          // Cumulative: a delivery that publishes nothing (no messages, a dead letter) says true,
+          // so the one behind it still waits for the ones before it.
+          published: (inOrder) => publishOrder.said(index, inOrder),
+        };
         previous = next;
-        publishedBefore = nextPublished;
         const disposition = processDelivery(o, delivery, shared, turn, onRunning && (() => onRunning(index)));
         group.ended.push(disposition.then(running));
         return disposition;

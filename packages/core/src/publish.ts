@@ -28,14 +28,14 @@ export async function finishCompleted<T, R>(
   storeKey: string,
   found: { readonly record: CompletedRecord; readonly completedAgoMs?: number },
   shared: Shared,
-  publishedBefore?: Promise<boolean>,
+  publishedBefore?: () => Promise<boolean>,
 ): Promise<Disposition> {
   const { record } = found;
   let pending = unconfirmed(record);
   // The messages of the delivery before it in its ordered group go out first. Waited for before
   // this copy waits for, or becomes, its key's publisher: a copy holding a key while it waits for
   // another delivery let two groups with copies of two keys in crossed order wait for each other.
-  if (pending.length > 0 && publishedBefore !== undefined && !(await publishedBefore)) {
+  if (pending.length > 0 && publishedBefore !== undefined && !(await publishedBefore())) {
     return leftForRedelivery(shared, storeKey);
   }
   // A run or another copy in this process publishing the same messages right now (copies that
@@ -123,7 +123,7 @@ export function publishThenAck<T, R>(
   outcome: Outcome,
   result: StoredResult | undefined,
   shared: Shared,
-  publishedBefore?: Promise<boolean>,
+  publishedBefore?: () => Promise<boolean>,
 ): Promise<Disposition> | Disposition {
   // Nothing to publish (most runs): the ack at once, without an async frame.
   if (outgoing.length === 0) return ackOf(outcome, result);
@@ -131,7 +131,8 @@ export function publishThenAck<T, R>(
     // In an ordered group (a Kafka partition) the record before may complete later than this one
     // (another Cluster node, another round trip): its messages go out first. If it was deferred,
     // this record's messages wait for their redelivery too, which answers them as a duplicate.
-    if (publishedBefore !== undefined && !(await publishedBefore)) return leftForRedelivery(shared, storeKey);
+    if (publishedBefore !== undefined && !(await publishedBefore()))
+      return leftForRedelivery(shared, storeKey);
     try {
       const publisher = o.publisher;
       if (!publisher) {

@@ -33,14 +33,51 @@ export interface Turn {
   /**
    * Resolves once every delivery before it has settled its outgoing messages: true when they are
    * out (or they had none, or left the partition's order: dead letter, retry copy), false when one
-   * was deferred and its messages may still be to publish.
+   * was deferred and its messages may still be to publish. Made when asked (only a delivery with
+   * messages to publish asks).
    */
-  readonly publishedBefore: Promise<boolean>;
+  publishedBefore(): Promise<boolean>;
   /**
    * Says whether its own messages are out, once its disposition is known (exactly once); the
    * next delivery's `publishedBefore` also waits for this one's.
    */
   published(inOrder: boolean): void;
+}
+
+/**
+ * The words of an ordered group's deliveries on their outgoing messages (see
+ * {@link Turn.published}), kept as numbers: a promise is made only for a delivery that asks
+ * whether the ones before it are out, which few do (most have no messages).
+ */
+export class PublishOrder {
+  /** Deliveries 0 .. settled - 1 have all said their word. */
+  private settled = 0;
+  /** The first of those that said false (deferred), or Infinity. */
+  private firstDeferred = Number.POSITIVE_INFINITY;
+  private readonly words: (boolean | undefined)[] = [];
+  private waiters: { readonly index: number; readonly resolve: (inOrder: boolean) => void }[] = [];
+
+  said(index: number, inOrder: boolean): void {
+    this.words[index] = inOrder;
+    while (this.words[this.settled] !== undefined) {
+      if (this.words[this.settled] === false && this.firstDeferred > this.settled)
+        this.firstDeferred = this.settled;
+      this.settled++;
+    }
+    if (this.waiters.length === 0) return;
+    const waiting = this.waiters;
+    this.waiters = [];
+    for (const w of waiting) {
+      if (w.index <= this.settled) w.resolve(this.firstDeferred >= w.index);
+      else this.waiters.push(w);
+    }
+  }
+
+  /** Whether every delivery before `index` has its messages out, once they all said so. */
+  before(index: number): Promise<boolean> {
+    if (index <= this.settled) return Promise.resolve(this.firstDeferred >= index);
+    return new Promise((resolve) => this.waiters.push({ index, resolve }));
+  }
 }
 
 /** The deliveries of one `processInOrder` call. */

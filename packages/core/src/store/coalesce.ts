@@ -29,10 +29,30 @@ import type {
  */
 export const MAX_BATCH = 64;
 
-interface Pending<Q, A> {
-  readonly request: Q;
-  resolve(answer: A): void;
-  reject(error: unknown): void;
+/** How one batch call ended: an answer per request, some failed (one Cluster node down), or none. */
+type Outcome<A> =
+  | { readonly answers: readonly A[]; readonly errors?: ReadonlyMap<number, unknown> }
+  | { readonly error: unknown };
+
+/** Requests sent in one call, and its outcome: one promise for them all, not one each. */
+interface Part<Q, A> {
+  readonly requests: Q[];
+  readonly outcome: Promise<Outcome<A>>;
+  readonly settle: (outcome: Outcome<A>) => void;
+}
+
+function newPart<Q, A>(): Part<Q, A> {
+  let settle!: (outcome: Outcome<A>) => void;
+  const outcome = new Promise<Outcome<A>>((resolve) => {
+    settle = resolve;
+  });
+  return { requests: [], outcome, settle };
+}
+
+function answerOf<A>(outcome: Outcome<A>, index: number): A {
+  if ('error' in outcome) throw outcome.error;
+  if (outcome.errors?.has(index)) throw outcome.errors.get(index);
+  return outcome.answers[index] as A;
 }
 
 /**
@@ -40,45 +60,48 @@ interface Pending<Q, A> {
  * (`setImmediate`), then sends them with `send`, at most {@link MAX_BATCH} per call.
  */
 function batcher<Q, A>(send: (requests: Q[]) => Promise<A[]>): (request: Q) => Promise<A> {
-  let queue: Pending<Q, A>[] = [];
-  const flush = () => {
-    const taken = queue;
-    queue = [];
-    for (let i = 0; i < taken.length; i += MAX_BATCH) {
-      const part = taken.slice(i, i + MAX_BATCH);
-      // Through a promise: a store that throws instead of rejecting fails its part, not the process.
-      Promise.resolve(part.map((p) => p.request))
-        .then(send)
-        .then(
-          (answers) => {
-            // One answer per request, or none counts: a short answer must not read as a success.
-            if (!Array.isArray(answers) || answers.length !== part.length) {
-              const error = new StoreUnavailableError({
-                operation: 'batch',
-                message: `a batch store call answered ${Array.isArray(answers) ? answers.length : 'no'} results for ${part.length} requests`,
-              });
-              for (const p of part) p.reject(error);
-              return;
-            }
-            for (const [j, p] of part.entries()) p.resolve(answers[j] as A);
-          },
-          (error: unknown) => {
-            // Some servers answered (one Cluster node down): their requests go on, the rest fail.
-            if (error instanceof PartialBatchError && error.answers.length === part.length) {
-              for (const [j, p] of part.entries()) {
-                if (error.errors.has(j)) p.reject(error.errors.get(j));
-                else p.resolve(error.answers[j] as A);
-              }
-            } else for (const p of part) p.reject(error);
-          },
-        );
-    }
+  let parts: Part<Q, A>[] = [];
+  const sendPart = (part: Part<Q, A>) => {
+    const count = part.requests.length;
+    // Through a promise: a store that throws instead of rejecting fails its part, not the process.
+    Promise.resolve(part.requests)
+      .then(send)
+      .then(
+        (answers) => {
+          // One answer per request, or none counts: a short answer must not read as a success.
+          if (!Array.isArray(answers) || answers.length !== count) {
+            const error = new StoreUnavailableError({
+              operation: 'batch',
+              message: `a batch store call answered ${Array.isArray(answers) ? answers.length : 'no'} results for ${count} requests`,
+            });
+            part.settle({ error });
+            return;
+          }
+          part.settle({ answers });
+        },
+        (error: unknown) => {
+          // Some servers answered (one Cluster node down): their requests go on, the rest fail.
+          if (error instanceof PartialBatchError && error.answers.length === count) {
+            part.settle({ answers: error.answers as A[], errors: error.errors });
+          } else part.settle({ error });
+        },
+      );
   };
-  return (request) =>
-    new Promise<A>((resolve, reject) => {
-      if (queue.length === 0) setImmediate(flush);
-      queue.push({ request, resolve, reject });
-    });
+  const flush = () => {
+    const taken = parts;
+    parts = [];
+    for (const part of taken) sendPart(part);
+  };
+  return (request) => {
+    let part = parts[parts.length - 1];
+    if (part === undefined || part.requests.length === MAX_BATCH) {
+      if (parts.length === 0) setImmediate(flush);
+      part = newPart<Q, A>();
+      parts.push(part);
+    }
+    const index = part.requests.push(request) - 1;
+    return part.outcome.then((outcome) => answerOf(outcome, index));
+  };
 }
 
 /**
