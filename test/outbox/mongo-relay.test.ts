@@ -4,13 +4,14 @@
  * the relay read it stays pending and its new event is published too.
  */
 import {
+  ConfigError,
   createOutboxRelay,
   InvalidKeyError,
   MalformedMessageError,
   UnencodableValueError,
 } from '@exactly-once/core';
 import { createProducer } from '@exactly-once/kafka';
-import { createMongoOutboxSource, outboxFields, PENDING_FIELD } from '@exactly-once/store-mongo';
+import { createMongoOutboxSource, outboxFields, PENDING_FIELD, WRITE_FIELD } from '@exactly-once/store-mongo';
 import { Kafka, logLevel } from 'kafkajs';
 import { type Collection, type Document, MongoClient } from 'mongodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -322,5 +323,66 @@ describe.each(servers)('document outbox on %s, relayed to Kafka', (_name, url) =
     );
     await source.markPublished(entries);
     expect(await orders.countDocuments({ _id: 'm-1' as never, [PENDING_FIELD]: { $exists: true } })).toBe(1);
+  });
+  /** A collection of its own, dropped after `use`: a test that counts what is pending. */
+  async function alone(label: string, use: (collection: Collection<Document>) => Promise<void>) {
+    const collection = mongo.db('outbox_test').collection(uniqueName(label));
+    try {
+      await use(collection);
+    } finally {
+      await collection.drop().catch(() => {});
+    }
+  }
+
+  it("an earlier version's writer appending an event after the relay read the document: the event stays pending", () =>
+    // Releases run beside each other (a rolling deploy); a writer of the earlier version knows no
+    // eo_write: it sets eo_pending and pushes its event, leaving the last write's token in place.
+    // Before, the mark of the write the relay read matched that token and unset the document:
+    // the appended event was never published.
+    alone('rolling', async (collection) => {
+      const created = outboxFields('o-1', [
+        { destination: 'events', id: 'o-1/created', body: { t: 'created' } },
+      ]);
+      await collection.insertOne({ _id: 'o-1' as never, status: 'new', ...created });
+      const source = createMongoOutboxSource({ collection });
+      const read: string[] = [];
+      for await (const entry of source.scan()) read.push(entry.id);
+      expect(read).toHaveLength(1);
+      const shipped = outboxFields('o-1', [
+        { destination: 'events', id: 'o-1/shipped', body: { t: 'shipped' } },
+      ]);
+      await collection.updateOne({ _id: 'o-1' as never }, {
+        $set: { status: 'shipped', [PENDING_FIELD]: created[PENDING_FIELD] + 1 },
+        $push: { eo_outbox: { $each: shipped.eo_outbox } },
+      } as never);
+      await source.markPublished(read);
+      expect(await source.countPending()).toBe(1);
+      const next: string[] = [];
+      for await (const entry of source.scan()) next.push(...entry.messages.map((m) => m.id));
+      expect(next).toContain('o-1/shipped');
+    }));
+
+  it("an earlier version's documents with compound _ids, written in one millisecond, are each read", () =>
+    // Before, both were named "object:[object Object]@<eo_pending>": the second was skipped as
+    // read already, on every pass, and stayed pending for ever.
+    alone('legacy_ids', async (collection) => {
+      const legacy = (id: { tenant: string; order: number }) => {
+        const { [WRITE_FIELD]: _token, ...fields } = outboxFields(`${id.tenant}/${id.order}`, [
+          { destination: 'events', body: { id } },
+        ]);
+        return { _id: id, ...fields, [PENDING_FIELD]: 1_700_000_000_000 } as unknown as Document;
+      };
+      await collection.insertMany([legacy({ tenant: 't1', order: 1 }), legacy({ tenant: 't1', order: 2 })]);
+      const read: string[] = [];
+      for await (const entry of createMongoOutboxSource({ collection }).scan()) {
+        read.push(entry.messages[0]?.headers['x-idempotency-key'] ?? '');
+      }
+      expect(read.sort()).toEqual(['t1/1/0', 't1/2/0']);
+    }));
+
+  it('refuses a pageSize that is not a whole number above 0 (0 is "no limit" to MongoDB: a pass never ended)', () => {
+    for (const pageSize of [0, -1, 1.5]) {
+      expect(() => createMongoOutboxSource({ collection: orders, pageSize })).toThrow(ConfigError);
+    }
   });
 });

@@ -2,6 +2,7 @@
  * The relay's stop() racing a round in flight, and start() racing stop().
  */
 import { describe, expect, it } from 'vitest';
+import { ClosedError } from '../src/errors.js';
 import { createOutboxRelay, type OutboxEntry, type OutboxSource } from '../src/outbox/relay.js';
 import type { OutgoingMessage } from '../src/store/types.js';
 
@@ -111,5 +112,49 @@ describe('outbox relay stop() during a round, start() during a stop', () => {
     pub.calls[0]?.settle(true);
     await relay.stop();
     expect(published).toBe(1);
+  });
+
+  it('a waiter on drained() when stop() cuts the first pass short is rejected, not resolved with entries pending', async () => {
+    // Prepare: one pending entry whose page takes a while to read.
+    const entry: OutboxEntry = {
+      id: 'e0',
+      messages: [{ id: 'e0/0', destination: 'events', body: new Uint8Array([1]), headers: {} }],
+    };
+    const published: string[] = [];
+    let pending = 1;
+    const source: OutboxSource = {
+      async *scan() {
+        await sleep(150);
+        if (pending > 0) yield entry;
+      },
+      async markPublished() {
+        pending = 0;
+      },
+      countPending: async () => pending,
+    };
+    const relay = createOutboxRelay({
+      source,
+      publisher: {
+        async publish(messages: readonly OutgoingMessage[]) {
+          published.push(...messages.map((m) => m.id));
+        },
+      },
+      idleDelayMs: 10,
+      logger: quiet,
+    });
+    relay.start();
+    const drained = relay.drained().then(
+      () => 'resolved' as const,
+      (error: unknown) => (error instanceof ClosedError ? ('closed' as const) : ('other' as const)),
+    );
+
+    // Act: stopped while the first pass reads its page.
+    await sleep(30);
+    await relay.stop();
+
+    // Assert
+    expect(published).toEqual([]);
+    expect(pending).toBe(1);
+    expect(await drained).toBe('closed');
   });
 });

@@ -6,7 +6,7 @@
  * A document with pending events carries `eo_outbox` (the messages, in publish order),
  * `eo_pending` (when they were written: the relay's reading order) and `eo_write` (a token unique
  * to that write). The relay reads pending documents oldest first and, after the broker confirmed
- * their messages, unsets both on the condition that the token is still the one it read.
+ * their messages, unsets both on the condition that the token and the time are still those it read.
  */
 import { randomBytes } from 'node:crypto';
 import {
@@ -20,7 +20,7 @@ import {
 } from '@exactly-once/core';
 import { encodeValue, injectContext } from '@exactly-once/core/spi';
 import { context } from '@opentelemetry/api';
-import type { Binary, Collection, Db, Document } from 'mongodb';
+import { type Binary, BSON, type Collection, type Db, type Document } from 'mongodb';
 import { fromBinary, toBinary } from './codec.js';
 import { commandParts, reopenAfterFailedConnect } from './driver.js';
 
@@ -145,6 +145,10 @@ export function createMongoOutboxSource<TSchema extends Document = Document>(
   // Only the outbox fields and `_id` are read and written: the schema of the rest is yours.
   const collection = options.collection as unknown as Collection<Document>;
   const pageSize = options.pageSize ?? 10_000;
+  // 0 is "no limit" to MongoDB and made an empty page look full (a pass that never ended); a
+  // negative or fractional limit is not a page size either.
+  if (!(Number.isInteger(pageSize) && pageSize > 0))
+    throw new ConfigError(`pageSize must be an integer > 0 (got ${pageSize})`);
   // An entry is one write of one document: its id names the document (which keeps its own `_id`
   // type: ObjectId, number, string) and the write's token. A document rewritten with new events
   // after a read is a new entry, published in turn, and marking one write never unsets another.
@@ -197,11 +201,17 @@ export function createMongoOutboxSource<TSchema extends Document = Document>(
         for (const doc of page) {
           const stamp = doc[PENDING_FIELD] as number;
           const token = doc[WRITE_FIELD] as string | undefined;
-          const id = `${typeof doc._id}:${String(doc._id)}@${token ?? stamp}`;
+          // The token and the time both: a writer of the earlier version (no eo_write) appends
+          // its events with a new eo_pending and leaves the token of the last write in place, so
+          // the token alone would name (and its mark unset) a write the relay never read.
+          const id = `${typeof doc._id}:${idText(doc._id)}@${token === undefined ? stamp : `${token}@${stamp}`}`;
           if (stamp === after && readAtAfter.has(id)) continue;
           read.set(id, {
             _id: doc._id,
-            condition: token === undefined ? { [PENDING_FIELD]: stamp } : { [WRITE_FIELD]: token },
+            condition:
+              token === undefined
+                ? { [PENDING_FIELD]: stamp }
+                : { [WRITE_FIELD]: token, [PENDING_FIELD]: stamp },
           });
           if (stamp !== after) {
             after = stamp;
@@ -236,6 +246,17 @@ export function createMongoOutboxSource<TSchema extends Document = Document>(
     },
     countPending: () => serial(() => collection.countDocuments(pending)),
   };
+}
+
+/**
+ * An `_id` as text that tells it from every other `_id`: `String()` of a compound `_id` is
+ * "[object Object]" for all of them (and of a Date, its second), so an object is written out in
+ * canonical extended JSON (an ObjectId keeps its hex form).
+ */
+function idText(id: unknown): string {
+  if (typeof id !== 'object' || id === null) return String(id);
+  if ((id as { _bsontype?: unknown })._bsontype === 'ObjectId') return String(id);
+  return BSON.EJSON.stringify(id as Document, { relaxed: false });
 }
 
 /**

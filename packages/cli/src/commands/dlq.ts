@@ -172,8 +172,19 @@ export async function dlqReplay(
         description = rabbit.description;
         const limit = options.all ? options.limit : Number.MAX_SAFE_INTEGER;
         const chosen = rabbitSelection(ids, options.all === true);
-        const select = (letter: DeadLetter) => chosen(letter) && hasCode(letter);
+        // Every letter read passes here: the ids asked for that name none of them are reported.
+        const seen = new Set<string>();
+        const select = (letter: DeadLetter) => {
+          seen.add(letter.id);
+          return chosen(letter) && hasCode(letter);
+        };
         results = await rabbit.replay(limit, select, replayOptions);
+        if (results.length > 0) {
+          for (const id of new Set(ids)) {
+            if (!seen.has(id))
+              results.push({ id, replayed: false, error: 'no dead letter with this id (see dlq list)' });
+          }
+        }
         note =
           '; replayed letters were acked (removed); any not replayed (not chosen, or failed) stay in the queue';
       } finally {

@@ -316,7 +316,9 @@ export function createOutboxRelay(options: OutboxRelayOptions): OutboxRelay {
       try {
         const sent = await pass(signal);
         failures = 0;
-        if (sent === 0 && toMark.length === 0) {
+        // A pass stopped before its first round (its round read, then left for the next start)
+        // sent nothing too: only a pass that ran to its end says nothing is left.
+        if (sent === 0 && toMark.length === 0 && !signal.aborted) {
           for (const w of drainWaiters) if (w.afterPass < number) w.resolve();
           drainWaiters = drainWaiters.filter((w) => w.afterPass >= number);
         }
