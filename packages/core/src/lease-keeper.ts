@@ -7,7 +7,7 @@
  */
 import { LeaseLostError } from './errors.js';
 import type { ProcessedStore } from './store/types.js';
-import { retryStoreWrite } from './wait.js';
+import { retryStoreWriteAfter, tryWrite } from './wait.js';
 
 export interface LeaseKeeper {
   /** Aborts when the lease is lost or the run is given up. Made on first read. */
@@ -116,22 +116,24 @@ class Held implements LeaseKeeper {
   }
 
   writeUntilAnswered<T>(write: () => Promise<T>): Promise<T> {
-    // Not an async frame around the write: see retryStoreWrite.
-    const writing = this.board.writing;
-    writing.add(this);
-    return retryStoreWrite(write, {
-      signal: () => this.writeSignal,
-      deadline: performance.now() + this.maxRunMs,
-    }).then(
+    // The first try bare (no async frame, no retry state): nearly every write lands at once.
+    const since = performance.now();
+    this.board.writing.add(this);
+    return tryWrite(write).then(
       (value) => {
-        writing.delete(this);
+        this.board.writing.delete(this);
         return value;
       },
-      (error: unknown) => {
-        writing.delete(this);
-        throw error;
-      },
+      (error: unknown) => this.retryWrite(write, error, since + this.maxRunMs),
     );
+  }
+
+  private async retryWrite<T>(write: () => Promise<T>, error: unknown, deadline: number): Promise<T> {
+    try {
+      return await retryStoreWriteAfter(write, { signal: () => this.writeSignal, deadline }, error);
+    } finally {
+      this.board.writing.delete(this);
+    }
   }
 
   stop(): Promise<void> | undefined {

@@ -286,7 +286,8 @@ export function buildProcessor<T, R>(
       let previous = Promise.resolve(true);
       // Outgoing messages leave in the group's order: a record's publish waits for the ones before.
       const publishOrder = new PublishOrder();
-      shared.gate.groups.add(group);
+      let unsettled = deliveries.length;
+      if (unsettled > 0) shared.gate.groups.add(group);
       const dispositions = deliveries.map((delivery, index) => {
         let go!: (proceed: boolean) => void;
         const next = new Promise<boolean>((resolve) => {
@@ -312,10 +313,15 @@ export function buildProcessor<T, R>(
         };
         previous = next;
         const disposition = processDelivery(o, delivery, shared, turn, onRunning && (() => onRunning(index)));
-        group.ended.push(disposition.then(running));
+        // processDelivery never rejects: each ends, and the last one takes the group off the gate.
+        group.ended.push(
+          disposition.then(() => {
+            running();
+            if (--unsettled === 0) shared.gate.groups.delete(group);
+          }),
+        );
         return disposition;
       });
-      void Promise.allSettled(dispositions).then(() => shared.gate.groups.delete(group));
       return { dispositions, release: () => releaseKept(o, shared, group) };
     },
   };

@@ -28,7 +28,8 @@ const TRUNCATED_AT = 77;
  */
 export interface Scrubber {
   readonly scrub: Scrub;
-  add(...secrets: (string | undefined)[]): void;
+  /** Up to two at a time (a key and its store key): no array made for every delivery. */
+  add(secret: string | undefined, also?: string): void;
 }
 
 export function createScrubber(payload?: Uint8Array): Scrubber {
@@ -51,12 +52,15 @@ class SecretScrubber implements Scrubber {
     return this.bound;
   }
 
-  add(...values: (string | undefined)[]): void {
-    for (const value of values) {
-      if (typeof value !== 'string' || value.length === 0) continue;
-      this.secrets.push(value);
-      if (value.length > TRUNCATED_AT + 3) this.secrets.push(`${value.slice(0, TRUNCATED_AT)}...`);
-    }
+  add(secret: string | undefined, also?: string): void {
+    this.addOne(secret);
+    this.addOne(also);
+  }
+
+  private addOne(value: string | undefined): void {
+    if (typeof value !== 'string' || value.length === 0) return;
+    this.secrets.push(value);
+    if (value.length > TRUNCATED_AT + 3) this.secrets.push(`${value.slice(0, TRUNCATED_AT)}...`);
   }
 
   private text(): string | undefined {

@@ -158,11 +158,11 @@ export function retryStoreWrite<T>(
 ): Promise<T> {
   // The first try outside the loop's async frame: every message's completion comes through here,
   // and nearly every write lands at once, with no loop to run.
-  return tryWrite(write).then(undefined, (error: unknown) => retryAfter(write, until, error));
+  return tryWrite(write).then(undefined, (error: unknown) => retryStoreWriteAfter(write, until, error));
 }
 
 /** `write()`, with a synchronous throw as a rejection (as an `await` inside a `try` would have it). */
-function tryWrite<T>(write: () => Promise<T>): Promise<T> {
+export function tryWrite<T>(write: () => Promise<T>): Promise<T> {
   try {
     return write();
   } catch (error) {
@@ -171,7 +171,7 @@ function tryWrite<T>(write: () => Promise<T>): Promise<T> {
 }
 
 /** The tries of {@link retryStoreWrite} after the first one failed with `error`. */
-async function retryAfter<T>(
+export async function retryStoreWriteAfter<T>(
   write: () => Promise<T>,
   until: { readonly signal?: () => AbortSignal; readonly deadline?: number },
   error: unknown,
