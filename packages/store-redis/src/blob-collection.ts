@@ -8,7 +8,7 @@
  * Only result pointers are indexed: blobs a handler stored with `ctx.storeBlob` and put inside a
  * JSON result or a journaled step are never collected here.
  */
-import { type BlobStore, CorruptRecordError } from '@exactly-once/core';
+import { BlobIntegrityError, type BlobStore, CorruptRecordError } from '@exactly-once/core';
 import { type RedisClient, runCommand, runScript } from './client.js';
 import { unpackResult } from './codec.js';
 import { blobIndexKey, chunksByNode, staleSlotMap, TAG_COUNT } from './layout.js';
@@ -59,6 +59,15 @@ export async function collectBlobPass(
   // have stopped: a caller that runs the next pass on a rejection never has two passes deleting.
   let failed = false;
 
+  const deleteBlob = async (pointer: Parameters<BlobStore['delete']>[0]): Promise<boolean | void> => {
+    try {
+      return await blobs.delete(pointer);
+    } catch (error) {
+      if (error instanceof BlobIntegrityError) return false;
+      throw error;
+    }
+  };
+
   /** The due entries of one tag's index, read alone (as strings: the members are ASCII). */
   const dueOf = async (key: Buffer): Promise<string[]> =>
     (await runCommand(client, 'collectBlobs', 'ZRANGE', [
@@ -78,8 +87,10 @@ export async function collectBlobPass(
         if (failed) return;
         // Members are pointers packed as ASCII JSON (`b[uri,size,sha256]`).
         const result = unpackResult(Buffer.from(member));
-        // Not counted when already gone (an orphan pass, or a pass that died before the ZREM).
-        if (result.kind === 'blob' && (await blobs.delete(result.pointer)) !== false) deleted++;
+        // Not counted when already gone (an orphan pass, or a pass that died before the ZREM). A
+        // pointer this blob store refuses to name (another store's, see the README) is taken for
+        // one it cannot find: failing on it would stop every pass at this entry for good.
+        if (result.kind === 'blob' && (await deleteBlob(result.pointer)) !== false) deleted++;
         await runCommand(client, 'collectBlobs', 'ZREM', [key, member]);
       }
       if (failed || due.length < batchSize) return;

@@ -200,6 +200,36 @@ describe.each([
     }
   }, 60_000);
 
+  it("a pointer this blob store refuses (another store's) is dropped like a blob already gone; the pass goes on", async () => {
+    // Before: its BlobIntegrityError failed the pass at that entry, every pass after it too, and
+    // the tags after it were never collected (consumers of a prefix moved from GridFS to files).
+    const f = await blobFixture(connect, 'blobs-foreign');
+    const { client, prefix, blobs, directory } = f;
+    const store = f.store({ expiredGraceMs: 0 });
+    try {
+      const key = `foreign-${randomUUID()}`;
+      const begun = await store.begin({ key, fingerprint: 'fp', owner: 'w', leaseMs: 30_000 });
+      if (begun.status !== 'acquired') throw new Error(begun.status);
+      const gridfs = { uri: `gridfs:${'a'.repeat(24)}`, size: 3, sha256: 'b'.repeat(64) };
+      expect(
+        await store.complete({
+          key,
+          fence: begun.fence,
+          result: { kind: 'blob', pointer: gridfs },
+          outgoing: [],
+          retentionMs: 1,
+        }),
+      ).toBe('ok');
+      await completeWithBlob(store, blobs, `there-${randomUUID()}`, 1);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(await store.collectBlobs(blobs)).toEqual({ deleted: 1, damaged: 0 });
+      expect(await blobIndexKeys(client, prefix)).toBe(0);
+      expect(await blobFiles(directory)).toBe(0);
+    } finally {
+      await f.close();
+    }
+  }, 60_000);
+
   it("a compacted record's blob is collected at compaction, not at the record's original end", async () => {
     // Before: the marker keeps no pointer, yet the blob stayed for the whole retention.
     const f = await blobFixture(connect, 'blobs-compact');
