@@ -59,7 +59,7 @@ export async function collectBlobPass(
   // have stopped: a caller that runs the next pass on a rejection never has two passes deleting.
   let failed = false;
 
-  const deleteBlob = async (pointer: Parameters<BlobStore['delete']>[0]): Promise<boolean | void> => {
+  const deleteBlob = async (pointer: Parameters<BlobStore['delete']>[0]): ReturnType<BlobStore['delete']> => {
     try {
       return await blobs.delete(pointer);
     } catch (error) {
