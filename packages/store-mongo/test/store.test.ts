@@ -492,13 +492,22 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       await swept.close();
     });
 
+    /**
+     * A holder whose 100 ms lease is passing, on collection `name`, and a taker on the same one
+     * through {@link takeoverWindow} (`fault` as there).
+     */
+    const holderAndTaker = async (name: string, fault?: WindowFault) => {
+      const window = takeoverWindow(test.db.collection<RecordDoc>(name), fault);
+      const holder = createMongoStore({ db: test.db, collectionName: name });
+      const taker = createMongoStore({ db: test.db, collection: window.collection as never });
+      const stale = await acquired(holder, 'k', 100);
+      return { window, holder, taker, stale, close: () => Promise.all([holder.close(), taker.close()]) };
+    };
+
     it('a step a stale holder journals while a takeover is between its read and its insert reaches the taker', async () => {
       // Before: the holder's saveStep found no successor yet and was answered ok, but the taker
       // had read the element before it and its attempt started without the step (run again).
-      const window = takeoverWindow(test.db.collection<RecordDoc>('takeover_window'));
-      const holder = createMongoStore({ db: test.db, collectionName: 'takeover_window' });
-      const taker = createMongoStore({ db: test.db, collection: window.collection as never });
-      const stale = await acquired(holder, 'k', 100);
+      const { window, holder, taker, stale, close } = await holderAndTaker('takeover_window');
       expect(await holder.saveStep('k', stale.fence, 'before', Uint8Array.of(1))).toBe('ok');
       await sleep(150); // the holder stalls past its lease
       let answer: string | undefined;
@@ -513,8 +522,7 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       expect(Object.keys(record?.state === 'IN_PROGRESS' ? record.steps : {})).toEqual(['before', 'charge']);
       // A holder write after the taker's insert is refused.
       expect(await holder.saveStep('k', stale.fence, 'late', Uint8Array.of(3))).toBe('lost');
-      await holder.close();
-      await taker.close();
+      await close();
     });
 
     const catchUpFaults: [string, WindowFault][] = [
@@ -528,15 +536,11 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
         // Before: the taker's element went in without the step and its begin threw; the next
         // takeover copied that element and ran the step's effect again.
         const name = `catch_up_${label.replace(/\W/g, '_')}`;
-        let failed = false; // once, at the first call it names
-        const window = takeoverWindow(test.db.collection<RecordDoc>(name), (method, args) => {
-          if (failed || !fault(method, args)) return false;
-          failed = true;
-          return true;
-        });
-        const holder = createMongoStore({ db: test.db, collectionName: name });
-        const taker = createMongoStore({ db: test.db, collection: window.collection as never });
-        const stale = await acquired(holder, 'k', 100);
+        // Once, at the first call it names.
+        const { window, holder, taker, stale, close } = await holderAndTaker(
+          name,
+          (method, args) => window.faulted === 0 && fault(method, args),
+        );
         expect(await holder.saveStep('k', stale.fence, 'before', Uint8Array.of(1))).toBe('ok');
         await sleep(150); // the holder stalls past its lease
         let answer: string | undefined;
@@ -553,20 +557,16 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
           'before',
           'charge',
         ]);
-        await Promise.all([holder.close(), taker.close()]);
+        await close();
       },
     );
 
     it("two takeovers in a row that fail their catch-up still pass the first holder's step on", async () => {
-      let reads = 2; // catch-up reads still to fail
-      const window = takeoverWindow(test.db.collection<RecordDoc>('catch_up_twice'), (method, args) => {
-        if (method !== 'findOne' || !isCatchUpRead(args) || reads === 0) return false;
-        reads -= 1;
-        return true;
-      });
-      const holder = createMongoStore({ db: test.db, collectionName: 'catch_up_twice' });
-      const taker = createMongoStore({ db: test.db, collection: window.collection as never });
-      const stale = await acquired(holder, 'k', 100);
+      // The first two catch-up reads fail.
+      const { window, holder, taker, stale, close } = await holderAndTaker(
+        'catch_up_twice',
+        (method, args) => window.faulted < 2 && method === 'findOne' && isCatchUpRead(args),
+      );
       await sleep(200);
       let answer: string | undefined;
       window.open(async () => {
@@ -575,21 +575,18 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       await expect(begin(taker, 'k', 't', 100)).rejects.toThrow();
       await sleep(200);
       await expect(begin(taker, 'k', 't', 100)).rejects.toThrow();
-      expect({ reads, answer }).toEqual({ reads: 0, answer: 'ok' });
+      expect({ faulted: window.faulted, answer }).toEqual({ faulted: 2, answer: 'ok' });
       await sleep(200);
       const next = await begin(holder, 'k', 'w4', 10_000);
       expect(next).toMatchObject({ status: 'acquired', kind: 'takeover', attempt: 4 });
       expect(Object.keys(next.status === 'acquired' ? next.steps : {})).toEqual(['charge']);
-      await Promise.all([holder.close(), taker.close()]);
+      await close();
     });
 
     it('an extension answered ok while a takeover is between its read and its insert keeps the key its holder’s', async () => {
       // Before: the extension (the processor's, before a handler whose lease ran out meanwhile)
       // found no successor and was answered ok, and the taker was answered acquired: both ran.
-      const window = takeoverWindow(test.db.collection<RecordDoc>('extend_race'));
-      const holder = createMongoStore({ db: test.db, collectionName: 'extend_race' });
-      const taker = createMongoStore({ db: test.db, collection: window.collection as never });
-      const stale = await acquired(holder, 'k', 100);
+      const { window, holder, stale, close, taker } = await holderAndTaker('extend_race');
       await sleep(200); // the holder's begin was answered late: its lease ran out before it started
       let extended: string | undefined;
       window.open(async () => {
@@ -604,14 +601,11 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       const after = await begin(holder, 'k', 'w3', 60_000);
       expect(after).toMatchObject({ status: 'acquired', kind: 'takeover', attempt: 2 });
       expect(Object.keys(after.status === 'acquired' ? after.steps : {})).toEqual(['charge']);
-      await Promise.all([holder.close(), taker.close()]);
+      await close();
     });
 
     it('a release answered ok while a takeover is between its read and its insert makes the begin a retry', async () => {
-      const window = takeoverWindow(test.db.collection<RecordDoc>('release_race'));
-      const holder = createMongoStore({ db: test.db, collectionName: 'release_race' });
-      const taker = createMongoStore({ db: test.db, collection: window.collection as never });
-      const stale = await acquired(holder, 'k', 100);
+      const { window, holder, taker, stale, close } = await holderAndTaker('release_race');
       await sleep(200);
       let released: string | undefined;
       window.open(async () => {
@@ -621,7 +615,7 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       expect(released).toBe('ok');
       // Before: 'takeover', from the lease as first read.
       expect(next).toMatchObject({ status: 'acquired', attempt: 2, kind: 'retry' });
-      await Promise.all([holder.close(), taker.close()]);
+      await close();
     });
 
     it('a batch completion whose reply was lost after the server applied it answers ok, not lost', async () => {
