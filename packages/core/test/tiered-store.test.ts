@@ -15,6 +15,17 @@ import { delivery } from './helpers.js';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** Two in-memory tiers on one clock the test steps (`now`); cold's begins fail while `coldDown`. */
+function steppedTiers(hotRetentionMs: number) {
+  const tiers = { now: 1_000_000, coldDown: false };
+  const clock = () => tiers.now;
+  const hot = createMemoryStore({ now: clock });
+  const cold = withFaults(createMemoryStore({ now: clock }), {
+    failWhen: (op) => tiers.coldDown && op === 'begin',
+  });
+  return Object.assign(tiers, { hot, store: createTieredStore({ hot, cold, hotRetentionMs }) });
+}
+
 describe('tiered store', () => {
   it('a busy cold tier leaves the hot record and its journal: the next attempt does not repeat a journaled step', async () => {
     // Before: hot acquired, cold answered busy (the previous attempt's claim, whose release had
@@ -140,25 +151,19 @@ describe('tiered store', () => {
     // Before: hot's leftover claim of payload B (its cold begin failed in an outage) answered the
     // key's own payload A `mismatch` from hot alone (IDEMPOTENCY_KEY_REUSE, a 422) for as long as
     // the claim was kept (up to inProgressTtlMs, 7 days on Redis), though cold held A COMPLETED.
-    let now = 1_000_000;
-    const clock = () => now;
-    const hot = createMemoryStore({ now: clock });
-    let coldDown = false;
-    const cold = withFaults(createMemoryStore({ now: clock }), {
-      failWhen: (op) => coldDown && op === 'begin',
-    });
-    const store = createTieredStore({ hot, cold, hotRetentionMs: 5_000 });
+    const tiers = steppedTiers(5_000);
+    const { hot, store } = tiers;
     const request = (fingerprint: string) => ({ key: 'k', fingerprint, owner: 'w', leaseMs: 1_000 });
     const first = await store.begin(request('A'));
     if (first.status !== 'acquired') throw new Error(first.status);
     expect(
       await store.complete({ key: 'k', fence: first.fence, outgoing: [], retentionMs: 86_400_000 }),
     ).toBe('ok');
-    now += 6_000; // hot's copy of the record expired; cold keeps it a day
+    tiers.now += 6_000; // hot's copy of the record expired; cold keeps it a day
 
-    coldDown = true;
+    tiers.coldDown = true;
     await expect(store.begin(request('B'))).rejects.toThrow(/injected fault/);
-    coldDown = false;
+    tiers.coldDown = false;
     expect(await hot.get('k')).toMatchObject({ state: 'IN_PROGRESS', fingerprint: 'B', leaseUntil: 0 });
 
     expect(await store.begin(request('A'))).toMatchObject({
@@ -345,22 +350,16 @@ describe('tiered store: the same, end to end through two processors', () => {
 // died mid-run (no takeover gate, bound or log).
 describe('tiered store: a takeover given back unrun stays a takeover', () => {
   it('cold unreachable while a dead worker’s key is taken over: the next begin is still a takeover', async () => {
-    let now = 1_000_000;
-    const clock = () => now;
-    const hot = createMemoryStore({ now: clock });
-    let coldDown = false;
-    const cold = withFaults(createMemoryStore({ now: clock }), {
-      failWhen: (op) => coldDown && op === 'begin',
-    });
-    const store = createTieredStore({ hot, cold, hotRetentionMs: 3_600_000 });
+    const tiers = steppedTiers(3_600_000);
+    const { store } = tiers;
     const request = (owner: string) => ({ key: 'k', fingerprint: 'fp', owner, leaseMs: 1_000 });
 
     expect(await store.begin(request('dies'))).toMatchObject({ status: 'acquired', kind: 'new' });
-    now += 5_000; // the worker died mid-run: both leases lapse
+    tiers.now += 5_000; // the worker died mid-run: both leases lapse
 
-    coldDown = true; // the redelivery meets a cold blip
+    tiers.coldDown = true; // the redelivery meets a cold blip
     await expect(store.begin(request('b'))).rejects.toThrow(/injected fault/);
-    coldDown = false;
+    tiers.coldDown = false;
     expect(await store.begin(request('c'))).toMatchObject({ status: 'acquired', kind: 'takeover' });
   });
 
