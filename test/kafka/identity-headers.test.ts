@@ -155,49 +155,41 @@ describe.each(CLIENTS)('kafka on %s: an empty key header', (client) => {
 const TP = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
 
 // A value null on the wire (length -1, as Java producers write a null header). kafkajs cannot
-// produce one, so the test lets it: its size check calls Buffer.byteLength(null), patched for the
-// send only; its encoder then writes -1.
+// produce one, so the test lets it: its size check calls Buffer.byteLength(null), patched while the
+// records are written only; its encoder then writes -1.
 describe('kafka repeated header with a null value', () => {
   it('ambiguous keys are dead-lettered InvalidKeyError, other repeated nulls are harmless; the partition goes on', async () => {
-    const topic = uniqueName('nullhdr');
-    const dlq = `${topic}.dlq`;
-    await createTopics(admin, [topic, dlq], 1);
-    const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
-    await producer.connect();
     const byteLength = Buffer.byteLength;
     // biome-ignore lint/suspicious/noExplicitAny: test-only patch
     (Buffer as any).byteLength = (v: unknown, ...rest: unknown[]) =>
       v === null ? 0 : (byteLength as (...a: unknown[]) => number)(v, ...rest);
+    let made: Awaited<ReturnType<typeof topicWith>>;
     try {
-      await producer.send({
-        topic,
-        acks: -1,
-        messages: [
-          { key: 'key-then-null', value: '{}', headers: { 'x-idempotency-key': ['a', null] as never } },
-          { key: 'null-then-key', value: '{}', headers: { 'x-idempotency-key': [null, 'b'] as never } },
-          {
-            key: 'null-elsewhere',
-            value: '{}',
-            headers: {
-              'x-idempotency-key': 'c',
-              traceparent: [null, TP] as never,
-              baggage: ['k=v', null] as never,
-              other: [null, null] as never,
-            },
+      made = await topicWith('nullhdr', [
+        { key: 'key-then-null', value: '{}', headers: { 'x-idempotency-key': ['a', null] as never } },
+        { key: 'null-then-key', value: '{}', headers: { 'x-idempotency-key': [null, 'b'] as never } },
+        {
+          key: 'null-elsewhere',
+          value: '{}',
+          headers: {
+            'x-idempotency-key': 'c',
+            traceparent: [null, TP] as never,
+            baggage: ['k=v', null] as never,
+            other: [null, null] as never,
           },
-          {
-            key: 'request-id-null',
-            value: '{}',
-            headers: { 'x-idempotency-key': 'd', 'x-request-id': ['r', null] as never },
-          },
-          { key: 'good', value: '{}', headers: { 'x-idempotency-key': 'e' } },
-        ],
-      });
+        },
+        {
+          key: 'request-id-null',
+          value: '{}',
+          headers: { 'x-idempotency-key': 'd', 'x-request-id': ['r', null] as never },
+        },
+        { key: 'good', value: '{}', headers: { 'x-idempotency-key': 'e' } },
+      ]);
     } finally {
       // biome-ignore lint/suspicious/noExplicitAny: test-only patch
       (Buffer as any).byteLength = byteLength;
-      await producer.disconnect();
     }
+    const { topic, dlq, groupId } = made;
     // The records really carry nulls.
     const raw = await readTopic(kafka, topic, (r) => r.length >= 5);
     expect(raw.find((r) => r.key === 'key-then-null')?.headerValues['x-idempotency-key']).toEqual([
@@ -205,7 +197,6 @@ describe('kafka repeated header with a null value', () => {
       'null',
     ]);
 
-    const groupId = uniqueName('nullhdr-group');
     const runs: string[] = [];
     const errors: unknown[] = [];
     const logger = { ...quietLogger, error: (m: string, meta?: unknown) => errors.push([m, meta]) };
