@@ -122,6 +122,17 @@ export function describeStoreConformance(
     const completeWith = (key: string, fence: number, extra: Partial<CompleteRequest> = {}) =>
       store().complete({ key, fence, outgoing: [], retentionMs, ...extra });
 
+    /** Acquires `count` fresh keys, then waits once for all their leases to pass. */
+    const acquireAndLetPass = async (count: number) => {
+      const held: [string, Awaited<ReturnType<typeof acquire>>][] = [];
+      for (let k = 0; k < count; k++) {
+        const key = freshKey();
+        held.push([key, await acquire(key)]);
+      }
+      await sleep(pastLease);
+      return held;
+    };
+
     batchConformanceTests(store, leaseMs);
 
     it('begin on an absent key acquires a new lease: attempt 1, no steps', async () => {
@@ -177,10 +188,9 @@ export function describeStoreConformance(
 
     if (options.existingRecordRaces !== false) {
       it(`${concurrency} racing takeovers of a passed lease: exactly one acquires (5 keys)`, async () => {
-        for (let k = 0; k < 5; k++) {
-          const key = freshKey();
-          const first = await acquire(key);
-          await sleep(pastLease);
+        // One wait for all five leases to pass: each key is then raced in turn.
+        const held = await acquireAndLetPass(5);
+        for (const [key, first] of held) {
           // The racers' own leases are long: on a loaded machine a slow racer could otherwise see
           // the winner's lease pass too, and take over from it, rightly.
           const results = await Promise.all(
@@ -195,10 +205,8 @@ export function describeStoreConformance(
       });
 
       it('a stale holder completing while others take over: exactly one of them wins (5 keys)', async () => {
-        for (let k = 0; k < 5; k++) {
-          const key = freshKey();
-          const stale = await acquire(key);
-          await sleep(pastLease);
+        const held = await acquireAndLetPass(5);
+        for (const [key, stale] of held) {
           const [completed, ...begins] = await Promise.all([
             completeWith(key, stale.fence),
             ...Array.from({ length: 8 }, (_, i) =>
