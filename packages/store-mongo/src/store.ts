@@ -348,12 +348,17 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     key: string,
     fence: number,
     update: UpdateFilter<RecordDoc>,
+    condition: Filter<RecordDoc> = {},
   ): Promise<FencedResult> =>
     guarded(operation, async () => {
       const place = await placeOf(key, fence);
       if (place === undefined) return 'lost';
       const id = elementId(place.chain, place.position);
-      const { matchedCount } = await serially(id, () => collection.updateOne({ _id: id }, update, write));
+      // Only the holder's process writes its element, one write at a time (serially): a condition
+      // on the element's own fields is not raced by another writer, even without atomic filters.
+      const { matchedCount } = await serially(id, () =>
+        collection.updateOne({ ...condition, _id: id }, update, write),
+      );
       if (matchedCount !== 1) return 'lost';
       return (await hasSuccessor(reader, place.chain, place.position)) ? 'lost' : 'ok';
     });
@@ -838,8 +843,9 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
 
     async extend(key: string, fence: number, leaseMs: number): Promise<FencedResult> {
       const now = await guarded('extend', () => clock.now());
-      const answer = await holderWrite('extend', key, fence, { $set: { l: now + leaseMs } });
-      return answer;
+      // A released lease (its end 0, or 1 for a takeover given back) stays released: an extension
+      // given up at its deadline may land after the run's release.
+      return holderWrite('extend', key, fence, { $set: { l: now + leaseMs } }, { l: { $gt: 1 } });
     },
 
     async complete(request: CompleteRequest): Promise<FencedResult> {

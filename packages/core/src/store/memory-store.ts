@@ -183,7 +183,8 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
 
     async extend(key: string, fence: number, leaseMs: number): Promise<FencedResult> {
       const record = held(key, fence);
-      if (record === undefined) return 'lost';
+      // A released lease (its end 0 or 1) is not held: a late extension must not revive it.
+      if (record === undefined || record.leaseUntil <= 1) return 'lost';
       records.set(key, { ...record, leaseUntil: now() + leaseMs });
       return 'ok';
     },

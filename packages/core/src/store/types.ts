@@ -223,7 +223,12 @@ export interface ProcessedStore {
    * whatever the state.
    */
   begin(request: BeginRequest): Promise<BeginResult>;
-  /** Extend the lease to store-now + `leaseMs` if `fence` still holds it. */
+  /**
+   * Extend the lease to store-now + `leaseMs` if `fence` still holds it: `lost` once the lease
+   * was released (an extension given up at its deadline may land after the run's release, and
+   * must not make the lease live again). A lease that passed unreleased and was not taken over
+   * is still held, and is extended.
+   */
   extend(key: string, fence: number, leaseMs: number): Promise<FencedResult>;
   /**
    * IN_PROGRESS(fence) -> COMPLETED with result and outgoing messages, in one write. A record

@@ -458,6 +458,38 @@ export function describeStoreConformance(
       expect(third).toMatchObject({ kind: 'takeover', fence: second.fence + 1, attempt: 2 });
     });
 
+    it('extend after a release is lost and leaves the key released (a late extension revives nothing)', async () => {
+      // An extension given up at its deadline may land after the run released the key: it must
+      // not make the lease live again (the retry would wait a lease, then come as a takeover).
+      const k = keys();
+      const released = await acquire(k('released'));
+      await ok(store().release(k('released'), released.fence, boom));
+      await lost(store().extend(k('released'), released.fence, leaseMs * 10));
+      expect(inState(await store().get(k('released')), 'IN_PROGRESS').leaseUntil).toBe(0);
+      expect(await acquire(k('released'), { owner: 'worker-b' })).toMatchObject({
+        kind: 'retry',
+        attempt: 2,
+      });
+
+      const givenBack = await acquire(k('given back'));
+      await ok(store().release(k('given back'), givenBack.fence, fatal, { notRun: true }));
+      await lost(store().extend(k('given back'), givenBack.fence, leaseMs * 10));
+      expect(await acquire(k('given back'), { owner: 'worker-b' })).toMatchObject({
+        kind: 'retry',
+        attempt: 1,
+      });
+    });
+
+    it('extend after a takeover is given back unrun is lost; the key stays a takeover', async () => {
+      const key = freshKey();
+      await acquire(key);
+      await sleep(pastLease);
+      const second = await acquire(key, { owner: 'worker-b' });
+      await ok(store().release(key, second.fence, fatal, { notRun: true, takenOver: true }));
+      await lost(store().extend(key, second.fence, leaseMs * 10));
+      expect(await acquire(key, { owner: 'worker-c' })).toMatchObject({ kind: 'takeover', attempt: 2 });
+    });
+
     it('fail makes the record FAILED; begin then answers failed with the error', async () => {
       const key = freshKey();
       const acquired = await acquire(key);

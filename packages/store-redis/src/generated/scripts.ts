@@ -2343,9 +2343,9 @@ return out
 `,
   },
   extend: {
-    command: 'eoExtend_v2_b6453754',
+    command: 'eoExtend_v2_b3312022',
     numberOfKeys: 1,
-    sha1: 'b6453754d5c0795b12dad10e45a5817d25fad5b3',
+    sha1: 'b33120226c221c62000fa59f6bd8afa54936a8f1',
     lua: `--[[
 extend: push the lease of the holding fence out to server now + lease.
 
@@ -2356,7 +2356,8 @@ ARGV[3]  safety TTL of an IN_PROGRESS record past its lease end (ms)
 
 Returns:
   1  ok
-  0  lost: the record is not IN_PROGRESS under this fence
+  0  lost: the record is not IN_PROGRESS under this fence, or its lease was released (lease end
+     0 or 1): an extension that lands after the release must not make the lease live again
 ]]
 local rcall = redis.call
 local t = rcall('TIME')
@@ -2578,7 +2579,7 @@ end
 local rec = KEYS[1]
 
 local r = loadRecord(rec)
-if not r or r.s ~= 'I' or r.n ~= tonumber(ARGV[1]) then return 0 end
+if not r or r.s ~= 'I' or r.n ~= tonumber(ARGV[1]) or r.t1 <= 1 then return 0 end
 r.t1 = now + tonumber(ARGV[2])
 saveRecord(rec, r, r.t1 + tonumber(ARGV[3]))
 return 1

@@ -8,7 +8,8 @@ ARGV[3]  safety TTL of an IN_PROGRESS record past its lease end (ms)
 
 Returns:
   1  ok
-  0  lost: the record is not IN_PROGRESS under this fence
+  0  lost: the record is not IN_PROGRESS under this fence, or its lease was released (lease end
+     0 or 1): an extension that lands after the release must not make the lease live again
 ]]
 local rcall = redis.call
 local t = rcall('TIME')
@@ -17,7 +18,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rec = KEYS[1]
 
 local r = loadRecord(rec)
-if not r or r.s ~= 'I' or r.n ~= tonumber(ARGV[1]) then return 0 end
+if not r or r.s ~= 'I' or r.n ~= tonumber(ARGV[1]) or r.t1 <= 1 then return 0 end
 r.t1 = now + tonumber(ARGV[2])
 saveRecord(rec, r, r.t1 + tonumber(ARGV[3]))
 return 1
