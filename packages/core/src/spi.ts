@@ -187,6 +187,7 @@ export function deadLetterHeaders(reason: DeadLetterReason): Record<string, stri
 }
 
 export { abandonedAfterMsOf, sweepFromPuts } from './blob/abandoned.js';
+export { deleteCollectedBlob } from './blob/collected.js';
 export { decodeJson, encodeValue } from './codec.js';
 export { extraHeaders } from './headers.js';
 export { type OptionNames, refuseUnknownOptions } from './option-names.js';

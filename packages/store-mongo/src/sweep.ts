@@ -10,6 +10,7 @@
  * (see `append` in store.ts). A blob is deleted only after the last element that names it.
  */
 import { type BlobPointer, type BlobStore, CorruptRecordError } from '@exactly-once/core';
+import { deleteCollectedBlob } from '@exactly-once/core/spi';
 import type { Document, Filter, WithoutId, WriteConcernSettings } from 'mongodb';
 import {
   type Chain,
@@ -112,8 +113,8 @@ export async function dismantle(
     if (pointer !== undefined) pointers.push(pointer);
   }
   let blobsDeleted = 0;
-  for (const pointer of blobs === undefined ? [] : pointers) {
-    if ((await blobs?.delete(pointer)) !== false) blobsDeleted += 1;
+  if (blobs !== undefined) {
+    for (const pointer of pointers) if (await deleteCollectedBlob(blobs, pointer)) blobsDeleted += 1;
   }
   return { deleted, blobsDeleted };
 }
@@ -265,7 +266,7 @@ async function sweepOne(
     const removed = (await collection.deleteOne({ _id: doc._id }, write)).deletedCount;
     const pointer = pointerOf(doc);
     if (removed === 1 && pointer !== undefined && blobs !== undefined) {
-      const found = (await blobs.delete(pointer)) !== false;
+      const found = await deleteCollectedBlob(blobs, pointer);
       return { deleted: removed, blobsDeleted: found ? 1 : 0, kept: false };
     }
     return { deleted: removed, blobsDeleted: 0, kept: false };

@@ -180,7 +180,13 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       if (taken.status !== 'acquired') throw new Error('not acquired');
       expect(Object.keys(taken.steps)).toEqual(['charge']);
       expect(
-        await earlier.complete({ key: 'earlier:lapsed', fence: taken.fence, outgoing: [], retentionMs: 100 }),
+        // A second, like the first key's: 100 ms had expired before the read below, under load.
+        await earlier.complete({
+          key: 'earlier:lapsed',
+          fence: taken.fence,
+          outgoing: [],
+          retentionMs: 1_000,
+        }),
       ).toBe('ok');
       expect(await earlier.get('earlier:lapsed')).toMatchObject({ state: 'COMPLETED', attempt: 2 });
       await sleep(1_100);
@@ -681,6 +687,35 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       await swept.close();
     });
 
+    it("a pointer the blob store refuses (another store's) is swept like a blob already gone; the pass goes on", async () => {
+      // Before: its BlobIntegrityError failed every pass at that chain, and nothing after it in
+      // the pass was swept (records written with another blob store, e.g. files, before a move).
+      const blobs = createGridFsBlobStore({ db: test.db, bucketName: 'foreign_blobs' });
+      const swept = createMongoStore({
+        db: test.db,
+        collectionName: 'foreign_records',
+        blobs,
+        expiredGraceMs: 0,
+      });
+      const files = { uri: `fs:${'c'.repeat(64)}`, size: 3, sha256: 'd'.repeat(64) };
+      const own = await blobs.put(Uint8Array.of(4, 4, 4));
+      for (const [key, pointer] of [
+        ['foreign', files],
+        ['own', own],
+      ] as const) {
+        const lease = await acquired(swept, key);
+        const result = { kind: 'blob', pointer } as const;
+        expect(await swept.complete({ key, fence: lease.fence, outgoing: [], retentionMs: 50, result })).toBe(
+          'ok',
+        );
+      }
+      await sleep(150);
+      expect(await swept.sweepExpired()).toEqual({ deleted: 8, blobsDeleted: 1, abandoned: 0, damaged: 0 });
+      await expect(blobs.get(own)).rejects.toMatchObject({ code: 'BLOB_INTEGRITY' });
+      expect(await swept.collection.countDocuments({})).toBe(0);
+      await swept.close();
+    });
+
     it('the sweeper deletes expired chains and their blobs, never a live record or its blob', async () => {
       const blobs = createGridFsBlobStore({ db: test.db, bucketName: 'sweep_blobs' });
       const swept = createMongoStore({
@@ -931,7 +966,8 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
       const swept = createMongoStore({
         db: test.db,
         collectionName: 'sealed_records',
-        sealTimeoutMs: 100,
+        // Long enough that the begin below comes before the seal times out, however loaded.
+        sealTimeoutMs: 1_500,
         expiredGraceMs: 0,
       });
       const key = 'sealed';
@@ -949,7 +985,7 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
         e: new Date(),
       } as RecordDoc);
       expect((await begin(swept, key)).status).toBe('busy');
-      await sleep(150);
+      await sleep(1_600);
       expect((await swept.sweepExpired()).deleted).toBe(5);
       expect(await begin(swept, key)).toMatchObject({ status: 'acquired', kind: 'new' });
       await swept.close();

@@ -8,7 +8,8 @@
  * Only result pointers are indexed: blobs a handler stored with `ctx.storeBlob` and put inside a
  * JSON result or a journaled step are never collected here.
  */
-import { BlobIntegrityError, type BlobStore, CorruptRecordError } from '@exactly-once/core';
+import { type BlobStore, CorruptRecordError } from '@exactly-once/core';
+import { deleteCollectedBlob } from '@exactly-once/core/spi';
 import { type RedisClient, runCommand, runScript } from './client.js';
 import { unpackResult } from './codec.js';
 import { blobIndexKey, chunksByNode, staleSlotMap, TAG_COUNT } from './layout.js';
@@ -59,15 +60,6 @@ export async function collectBlobPass(
   // have stopped: a caller that runs the next pass on a rejection never has two passes deleting.
   let failed = false;
 
-  const deleteBlob = async (pointer: Parameters<BlobStore['delete']>[0]): ReturnType<BlobStore['delete']> => {
-    try {
-      return await blobs.delete(pointer);
-    } catch (error) {
-      if (error instanceof BlobIntegrityError) return false;
-      throw error;
-    }
-  };
-
   /** The due entries of one tag's index, read alone (as strings: the members are ASCII). */
   const dueOf = async (key: Buffer): Promise<string[]> =>
     (await runCommand(client, 'collectBlobs', 'ZRANGE', [
@@ -90,7 +82,7 @@ export async function collectBlobPass(
         // Not counted when already gone (an orphan pass, or a pass that died before the ZREM). A
         // pointer this blob store refuses to name (another store's, see the README) is taken for
         // one it cannot find: failing on it would stop every pass at this entry for good.
-        if (result.kind === 'blob' && (await deleteBlob(result.pointer)) !== false) deleted++;
+        if (result.kind === 'blob' && (await deleteCollectedBlob(blobs, result.pointer))) deleted++;
         await runCommand(client, 'collectBlobs', 'ZREM', [key, member]);
       }
       if (failed || due.length < batchSize) return;

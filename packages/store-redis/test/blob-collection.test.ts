@@ -62,13 +62,15 @@ describe.each([
     const live = await completeWithBlob(store, blobs, `live-${randomUUID()}`, 3_600_000);
     const keys = Array.from({ length: 1_000 }, (_, i) => `k-${i}-${randomUUID()}`);
     for (let i = 0; i < keys.length; i += 50) {
-      await Promise.all(keys.slice(i, i + 50).map((key) => completeWithBlob(store, blobs, key, 200)));
+      // Retention of 3 s: the writes end before the first record expires, even on a loaded machine
+      // (200 ms did not, and the early pass found them all expired).
+      await Promise.all(keys.slice(i, i + 50).map((key) => completeWithBlob(store, blobs, key, 3_000)));
     }
     expect(await blobFiles(directory)).toBe(start + 1_001);
     try {
       // Act: before expiry nothing goes; after it every expired record's blob does.
       const early = await store.collectBlobs(blobs);
-      await new Promise((r) => setTimeout(r, 400));
+      await new Promise((r) => setTimeout(r, 3_200));
       const late = await store.collectBlobs(blobs);
       const again = await store.collectBlobs(blobs);
       // Assess
