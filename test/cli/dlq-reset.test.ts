@@ -4,9 +4,10 @@
  * journaled step, a key header in another letter case, and the copies of a completed key. Also
  * a bad `--namespace`.
  */
-import { recordKeyFor } from '@exactly-once/core';
+import { type ProcessedStore, recordKeyFor } from '@exactly-once/core';
 import { createRedisStore, redisKeyFor } from '@exactly-once/store-redis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type DeadLetter, refusedAfterReset, resetKey } from '../../packages/cli/src/commands/dlq-common.js';
 import { newRedis, rawChannel } from '../rabbitmq/helpers.js';
 import { env, uniqueName } from '../support/env.js';
 import { dropRedisPrefix } from '../support/redis.js';
@@ -189,5 +190,38 @@ describe('dlq replay --reset-key on hostile letters (RabbitMQ)', () => {
       ],
     });
     expect(await redis.type(redisKeyFor(keyPrefix, storeKey('key-damaged')))).toBe('list');
+  });
+});
+
+describe('--reset-key beside a second replay of the same letter', () => {
+  it('a record completed between the read and the clear is kept (changed), not cleared and run again', async () => {
+    // Before: the check (get: FAILED) and the clear were two calls; a second replay that cleared
+    // the record in between, and whose copy COMPLETED the key, had that record cleared, and this
+    // replay's copy ran the handler a second time.
+    await ended('key-race', 'fail');
+    const interleaved: ProcessedStore = {
+      ...store,
+      get: async (key) => {
+        const read = await store.get(key);
+        // The other replay, between this one's read and its clear: reset, then processed.
+        expect(await store.clear(key)).toBe('cleared');
+        const begun = await store.begin({ key, fingerprint: 'f', owner: 'w2', leaseMs: 30_000 });
+        if (begun.status !== 'acquired') throw new Error(begun.status);
+        await store.complete({ key, fence: begun.fence, outgoing: [], retentionMs: 60_000 });
+        return read;
+      },
+      clear: (key, options) => store.clear(key, options),
+    };
+    const raced: DeadLetter = {
+      id: 'l-race',
+      key: 'key-race',
+      reason: { errorCode: 'PERMANENT', consumer },
+      origin: { destination: target },
+      headers: { 'x-idempotency-key': 'key-race' },
+      body: Buffer.from('{"id":"l-race"}'),
+    };
+    expect(await resetKey(interleaved, raced, 'default')).toBe('changed');
+    expect(refusedAfterReset('changed')).toMatch(/changed while it was being reset/);
+    expect(await store.get(storeKey('key-race'))).toMatchObject({ state: 'COMPLETED' });
   });
 });

@@ -92,6 +92,7 @@ export type {
   BeginRequest,
   BeginResult,
   ClearResult,
+  ClearOptions,
   CompletedRecord,
   CompleteRequest,
   FailedRecord,

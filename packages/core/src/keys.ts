@@ -74,7 +74,8 @@ export function scopeKey(namespace: string, consumer: string, key: string): stri
  * ```ts
  * const storeKey = recordKeyFor({ consumer: 'billing', key: 'order-42' });
  * console.log(await store.get(storeKey)); // state, attempt, fence, lease, result, outgoing
- * if ((await store.get(storeKey))?.state === 'FAILED') await store.clear(storeKey);
+ * const record = await store.get(storeKey);
+ * if (record?.state === 'FAILED') await store.clear(storeKey, { failedFence: record.fence });
  * ```
  */
 export function recordKeyFor(message: { consumer: string; key: string; namespace?: string }): string {

@@ -147,6 +147,42 @@ describe('tiered store', () => {
     expect(make({ cold: hot })).toThrow(/two stores, not one/);
   });
 
+  it("clear with failedFence: hot's FAILED record by hot's fence, cold's by cold's own once hot forgot it", async () => {
+    let now = 1_000_000;
+    const hot = createMemoryStore({ now: () => now });
+    // Cold's clock runs ahead, so its fences differ from hot's for the same record.
+    const cold = createMemoryStore({ now: () => now + 777 });
+    const store = createTieredStore({ hot, cold, hotRetentionMs: 5_000 });
+    const request = { key: 'k', fingerprint: 'A', owner: 'w', leaseMs: 1_000 };
+    const fatal = { name: 'E', code: 'PERMANENT', message: 'declined' };
+    const failOnce = async () => {
+      const begun = await store.begin(request);
+      if (begun.status !== 'acquired') throw new Error(begun.status);
+      expect(await store.fail('k', begun.fence, fatal, 86_400_000)).toBe('ok');
+      return begun.fence;
+    };
+    // Hot holds the FAILED record: the caller read hot's fence; both tiers are cleared.
+    const hotFence = await failOnce();
+    const coldFence = (await cold.get('k'))?.fence as number;
+    expect(coldFence).not.toBe(hotFence);
+    expect(await store.get('k')).toMatchObject({ state: 'FAILED', fence: hotFence });
+    expect(await store.clear('k', { failedFence: coldFence })).toBe('changed');
+    expect(await store.clear('k', { failedFence: hotFence })).toBe('cleared');
+    expect(await hot.get('k')).toBeUndefined();
+    expect(await cold.get('k')).toBeUndefined();
+
+    // Hot forgot it: get answers cold's record and fence, which the clear checks in cold.
+    const hotAgain = await failOnce();
+    now += 6_000;
+    expect(await hot.get('k')).toBeUndefined();
+    const read = await store.get('k');
+    if (read?.state !== 'FAILED') throw new Error(String(read?.state));
+    expect(read.fence).not.toBe(hotAgain);
+    expect(await store.clear('k', { failedFence: hotAgain })).toBe('changed');
+    expect(await store.clear('k', { failedFence: read.fence })).toBe('cleared');
+    expect(await store.begin(request)).toMatchObject({ status: 'acquired', kind: 'new' });
+  });
+
   it("a key's own payload, retried after hot forgot it, is answered from cold past a claim another payload left in hot", async () => {
     // Before: hot's leftover claim of payload B (its cold begin failed in an outage) answered the
     // key's own payload A `mismatch` from hot alone (IDEMPOTENCY_KEY_REUSE, a 422) for as long as

@@ -11,6 +11,7 @@ import {
   type BeginResult,
   type BlobStore,
   batchAnswers,
+  type ClearOptions,
   type ClearResult,
   type CompleteRequest,
   ConfigError,
@@ -1000,7 +1001,8 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       return keys.map((key) => answers.get(key));
     },
 
-    async clear(key: string): Promise<ClearResult> {
+    async clear(key: string, options?: ClearOptions): Promise<ClearResult> {
+      const failedFence = options?.failedFence;
       return guarded('clear', async () => {
         for (let round = 0; round < MAX_ROUNDS; round++) {
           const now = await clock.now();
@@ -1010,6 +1012,11 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
           const last = chain.last;
           // A head without its first lease (its writer died in between), or a chain being swept.
           if (last === undefined || last.s === State.Sealed) return 'absent';
+          // The element read is the one the tombstone's insert below succeeds after, or not at all:
+          // the check and the clear are one step.
+          if (failedFence !== undefined && !isExpired(last, now)) {
+            if (last.s !== State.Failed || last.n !== failedFence) return 'changed';
+          }
           if (last.s === State.InProgress && (last.l ?? 0) > now) return 'busy';
           // The record becomes an expired FAILED tombstone rather than going away, so the next
           // begin continues its fence (even within the same millisecond); the sweeper removes it.

@@ -7,6 +7,7 @@ import {
   type BeginResult,
   type BlobStore,
   batchAnswers,
+  type ClearOptions,
   type ClearResult,
   type CompleteRequest,
   ConfigError,
@@ -429,21 +430,29 @@ export function createRedisStore(options: RedisStoreOptions): RedisProcessedStor
       return fenced('markStepStarted', [keysFor(prefix, key).record, String(fence), name]);
     },
 
-    async clear(key: string): Promise<ClearResult> {
+    async clear(key: string, options?: ClearOptions): Promise<ClearResult> {
       await ready();
       const keys = keysFor(prefix, key);
+      const fence = options?.failedFence;
+      if (fence !== undefined && !Number.isSafeInteger(fence)) {
+        throw new ConfigError(
+          `clear: failedFence must be a record's fence (an integer), not ${String(fence)}`,
+        );
+      }
+      const failedFence = fence === undefined ? '' : String(fence);
       const code = Number(
         await runScript(
           client,
           'clear',
           'clear',
-          [keys.record, keys.markers, keys.legacyMarkers, keys.index, keys.id, String(graceMs)],
+          [keys.record, keys.markers, keys.legacyMarkers, keys.index, keys.id, String(graceMs), failedFence],
           key,
         ),
       );
       if (code === 1) return 'cleared';
       if (code === 0) return 'absent';
       if (code === -1) return 'busy';
+      if (code === -2) return 'changed';
       throw malformed('clear', String(code));
     },
 

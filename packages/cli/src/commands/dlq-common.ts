@@ -275,6 +275,7 @@ export type ResetOutcome =
   | 'absent' // no record: the replay runs the handler anyway
   | 'kept-completed' // COMPLETED: kept, the replay is answered as a duplicate (and republishes)
   | 'busy' // an attempt holds the key (IN_PROGRESS, its lease live or lapsed): nothing deleted, not replayed
+  | 'changed' // the record changed between the read and the clear (another replay or a delivery ran the key): kept, not replayed
   | 'reset-earlier' // an earlier letter of this replay cleared the same key: not cleared again
   | 'different-payload' // an IDEMPOTENCY_KEY_REUSE letter: nothing cleared, not replayed
   | 'damaged' // the store holds a value under the key it did not write (CORRUPT_RECORD): not replayed
@@ -286,6 +287,9 @@ export type ResetOutcome =
  */
 export function refusedAfterReset(reset: ResetOutcome | undefined): string | undefined {
   if (reset === 'busy') return 'an attempt holds the key (IN_PROGRESS); try later';
+  if (reset === 'changed') {
+    return "the key's record changed while it was being reset (another replay of it, or a delivery, ran the key meanwhile): nothing cleared; see `inspect`";
+  }
   if (reset === 'different-payload') {
     return 'another payload under a key that has its own: after a reset it would race that payload for the key (it needs a new key, or replay it without --reset-key)';
   }
@@ -333,8 +337,9 @@ export async function resetKey(
     if (!record) return 'absent';
     if (record.state === 'COMPLETED') return 'kept-completed';
     if (record.state !== 'FAILED') return 'busy';
-    const result = await store.clear(storeKey);
-    return result === 'cleared' ? 'cleared' : result === 'absent' ? 'absent' : 'busy';
+    // Only the FAILED record just read, checked in the clear's own atomic step: a second replay
+    // of this letter running beside this one must not clear the record its copy completed.
+    return await store.clear(storeKey, { failedFence: record.fence });
   } catch (error) {
     // This letter's alone: the other letters of the replay go on.
     if (error instanceof CorruptRecordError) return 'damaged';

@@ -86,7 +86,7 @@ export function withFaults(store: ProcessedStore, options: FaultOptions): Proces
             guard('releaseFingerprint', key, () => unclaim(scope, fingerprint, key)),
         }),
     get: (key) => guard('get', key, () => store.get(key)),
-    clear: (key) => guard('clear', key, () => store.clear(key)),
+    clear: (key, options) => guard('clear', key, () => store.clear(key, options)),
   };
   // What reaches no server, or only reads, is passed through untouched.
   const close = store.close?.bind(store);

@@ -8,6 +8,7 @@ import { oldestFirst } from './stuck.js';
 import {
   type BeginRequest,
   type BeginResult,
+  type ClearOptions,
   type ClearResult,
   type CompletedRecord,
   type CompleteRequest,
@@ -260,8 +261,11 @@ export function createMemoryStore(options: MemoryStoreOptions = {}): MemoryStore
       return record === undefined ? undefined : copyRecord(record);
     },
 
-    async clear(key: string): Promise<ClearResult> {
+    async clear(key: string, options?: ClearOptions): Promise<ClearResult> {
       const record = live(key, now());
+      if (options?.failedFence !== undefined && record !== undefined) {
+        if (record.state !== RecordState.Failed || record.fence !== options.failedFence) return 'changed';
+      }
       if (record?.state === RecordState.InProgress && record.leaseUntil > now()) return 'busy';
       // Kept (as an expired tombstone) so the key's fences keep growing; reads as absent.
       const stored = records.get(key);

@@ -145,6 +145,27 @@ export function createTieredStore(options: TieredStoreOptions): TieredStore {
   const coldRetention = (requested: number) => options.coldRetentionMs ?? requested;
   const hotRetention = (requested: number) => Math.min(hotRetentionMs, coldRetention(requested));
 
+  /**
+   * `clear` of the FAILED record the caller read with `get`, whose fence is hot's when hot held
+   * that record (get reads hot first) and cold's otherwise. Each tier's clear checks its own
+   * record in the same step as it deletes it, cold's against the fence read from cold.
+   */
+  async function clearFailed(key: string, fence: number): Promise<ClearResult> {
+    const inHot = await hot.get(key);
+    if (!terminal(inHot)) {
+      // The caller read cold's record; a hot lease beside it is left to the key's next begin.
+      return cold.clear(key, { failedFence: fence });
+    }
+    if (inHot.state !== RecordState.Failed || inHot.fence !== fence) return 'changed';
+    const inCold = await cold.get(key);
+    const first = await hot.clear(key, { failedFence: fence });
+    if (first !== 'cleared') return first;
+    if (inCold?.state !== RecordState.Failed) return 'cleared';
+    // Cold failed the key first (its write is the commit point), under its own fence.
+    const second = await cold.clear(key, { failedFence: inCold.fence });
+    return second === 'absent' ? 'cleared' : second;
+  }
+
   /** Give up a hot lease taken only to consult cold, so hot does not shadow cold's answer. */
   async function dropHot(key: string, fence: number): Promise<void> {
     if ((await hot.release(key, fence, RELEASED)) === 'ok') await hot.clear(key);
@@ -330,7 +351,8 @@ export function createTieredStore(options: TieredStoreOptions): TieredStore {
       return record ?? untag(durable);
     },
 
-    async clear(key): Promise<ClearResult> {
+    async clear(key, options): Promise<ClearResult> {
+      if (options?.failedFence !== undefined) return clearFailed(key, options.failedFence);
       const first = await hot.clear(key);
       if (first === 'busy') return 'busy';
       const second = await cold.clear(key);

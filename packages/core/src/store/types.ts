@@ -190,9 +190,21 @@ export type FencedResult = 'ok' | 'lost';
 
 /**
  * `cleared`: the record is gone and the key's next message runs anew; `absent`: nothing was
- * stored; `busy`: a worker holds the key under a live lease, nothing was deleted.
+ * stored; `busy`: a worker holds the key under a live lease, nothing was deleted; `changed`: with
+ * {@link ClearOptions.failedFence}, the record is no longer that FAILED one, nothing was deleted.
  */
-export type ClearResult = 'cleared' | 'absent' | 'busy';
+export type ClearResult = 'cleared' | 'absent' | 'busy' | 'changed';
+
+/** What a `clear` must still find to delete anything (see {@link ProcessedStore.clear}). */
+export interface ClearOptions {
+  /**
+   * Clear only the FAILED record of this fence, as the caller read it with `get`: any other
+   * record (COMPLETED since, failed again under a newer fence, IN_PROGRESS) is kept and answered
+   * `changed`. A check and a clear as two calls race: a second replay of the same letter could
+   * clear the record the first one's copy has just COMPLETED, and run its handler again.
+   */
+  readonly failedFence?: number;
+}
 
 /** How a lease is given back (see {@link ProcessedStore.release}). */
 export interface ReleaseOptions {
@@ -278,8 +290,10 @@ export interface ProcessedStore {
    * lapsed IN_PROGRESS record, so the next message with the key runs the handler again, e.g.
    * before replaying a dead letter whose record is FAILED. A record under a live lease is kept
    * (`busy`). A later record's fence starts at store time, above every fence of the deleted one.
+   * With `options.failedFence`, only that FAILED record is deleted, in the same atomic step as
+   * the check (`changed` otherwise).
    */
-  clear(key: string): Promise<ClearResult>;
+  clear(key: string, options?: ClearOptions): Promise<ClearResult>;
   /** Release connections the store opened itself. */
   close?(): Promise<void>;
 

@@ -413,6 +413,36 @@ export function describeStoreConformance(
       expect(await store().clear(freshKey())).toBe('absent');
     });
 
+    it('clear with failedFence deletes only that FAILED record; a record completed or failed again since is kept (changed)', async () => {
+      // Two replays of one letter: the second read FAILED before the first cleared it, and
+      // clears after the first's copy COMPLETED the key anew. Its clear must keep that record.
+      const key = freshKey();
+      const first = await acquire(key);
+      await ok(store().fail(key, first.fence, fatal, retentionMs));
+      expect(await store().clear(key, { failedFence: first.fence + 1 })).toBe('changed');
+      expect(await store().get(key)).toMatchObject({ state: 'FAILED', fence: first.fence });
+      expect(await store().clear(key, { failedFence: first.fence })).toBe('cleared');
+      const replay = await acquire(key);
+      expect(await store().clear(key, { failedFence: first.fence })).toBe('changed');
+      await ok(completeWith(key, replay.fence));
+      expect(await store().clear(key, { failedFence: first.fence })).toBe('changed');
+      expectStatus(await store().begin(request(key)), 'duplicate');
+
+      // Failed again under a newer fence: the stale clear keeps it too.
+      const again = freshKey();
+      const one = await acquire(again);
+      await ok(store().fail(again, one.fence, fatal, retentionMs));
+      expect(await store().clear(again, { failedFence: one.fence })).toBe('cleared');
+      const two = await acquire(again);
+      await ok(store().release(again, two.fence, boom));
+      expect(await store().clear(again, { failedFence: one.fence })).toBe('changed');
+      const three = await acquire(again);
+      await ok(store().fail(again, three.fence, fatal, retentionMs));
+      expect(await store().clear(again, { failedFence: one.fence })).toBe('changed');
+      expect(await store().get(again)).toMatchObject({ state: 'FAILED', fence: three.fence });
+      expect(await store().clear(freshKey(), { failedFence: one.fence })).toBe('absent');
+    });
+
     it('release keeps the record IN_PROGRESS with leaseUntil 0 and lastError; begin retries at once', async () => {
       const key = freshKey();
       const first = await acquire(key);
