@@ -11,7 +11,10 @@
  * - `raw`: decode the JSON body and call the handler, as the raw consumers do;
  * - `sdk-memory`: the processor on core's in-memory store (the broker runs' `sdk-memory`);
  * - `sdk-nothing`: the processor on a store that answers every begin `acquired` and every
- *   completion `ok` and keeps nothing: the pipeline's cost without any store's.
+ *   completion `ok` and keeps nothing: the pipeline's cost without any store's;
+ * - `sdk-redis` (with `--redis`): the processor on the Redis store (`EO_REDIS_URL`, default
+ *   127.0.0.1:6379, database 14, a prefix of its own): the store's client-side cost, and its
+ *   server time (`INFO commandstats`, the scripts' usec) without a broker beside it.
  * Modes: `in-order` (Kafka: ordered groups of 32 records, 4 partitions at once) and `one-by-one`
  * (RabbitMQ: each delivery processed apart, 100 in flight).
  */
@@ -26,13 +29,16 @@ import {
   type FencedResult,
   type ProcessedStore,
 } from '@exactly-once/core';
+import { createRedisStore } from '@exactly-once/store-redis';
 import { Command } from 'commander';
+import { Redis } from 'ioredis';
+import { env, uniqueName } from './lib/env.js';
+import { commandDelta, commandStats } from './lib/stores.js';
 import { median } from './lib/stats.js';
 import { handler, message, type Order } from './lib/workload.js';
 
-type Variant = 'raw' | 'sdk-memory' | 'sdk-nothing';
+type Variant = 'raw' | 'sdk-memory' | 'sdk-nothing' | 'sdk-redis';
 type Mode = 'in-order' | 'one-by-one';
-const VARIANTS: readonly Variant[] = ['raw', 'sdk-memory', 'sdk-nothing'];
 const MODES: readonly Mode[] = ['in-order', 'one-by-one'];
 const GROUP = 32;
 const PARTITIONS = 4;
@@ -42,10 +48,19 @@ const o = new Command()
   .option('--messages <n>', 'messages per measured run', '200000')
   .option('--rounds <n>', 'interleaved rounds', '3')
   .option('--warmup <n>', "messages of each variant's unreported first run", '20000')
+  .option('--redis', 'also the Redis store (sdk-redis), on the server of EO_REDIS_URL')
   .parse()
-  .opts<{ messages: string; rounds: string; warmup: string }>();
+  .opts<{ messages: string; rounds: string; warmup: string; redis?: boolean }>();
 const messages = Number(o.messages);
 const rounds = Number(o.rounds);
+const VARIANTS: readonly Variant[] = [
+  'raw',
+  'sdk-memory',
+  'sdk-nothing',
+  ...(o.redis ? (['sdk-redis'] as const) : []),
+];
+const redis = o.redis ? new Redis(env.redisUrl, { db: env.redisDb, maxRetriesPerRequest: 2 }) : undefined;
+const redisPrefix = uniqueName('eo-bench-pipeline');
 
 /** Keeps nothing: every key is new, every completion lands. Its answers are shared, not made. */
 function storeKeepingNothing(): ProcessedStore {
@@ -86,7 +101,12 @@ function consumer(variant: Variant): (deliveries: Delivery[], mode: Mode) => Pro
   }
   const processor = createProcessor<Order>({
     consumer: 'bench',
-    store: variant === 'sdk-memory' ? createMemoryStore() : storeKeepingNothing(),
+    store:
+      variant === 'sdk-memory'
+        ? createMemoryStore()
+        : variant === 'sdk-redis' && redis
+          ? createRedisStore({ client: redis, keyPrefix: redisPrefix })
+          : storeKeepingNothing(),
     handler,
     retentionMs: 3_600_000,
     retentionCheck: 'off',
@@ -118,15 +138,19 @@ interface Measured {
   cpuUs: number;
   allocatedKb: number;
   gcUs: number;
+  /** Redis server time in the store's scripts (`INFO commandstats` usec), per message. */
+  serverUs?: number;
 }
 
 /** CPU, bytes allocated (heap growth between collections) and collection time, per message. */
-async function measure(run: () => Promise<void>, count: number): Promise<Measured> {
+async function measure(run: () => Promise<void>, count: number, server?: Redis): Promise<Measured> {
+  const before = server && (await commandStats(server));
   const profiler = new GCProfiler();
   profiler.start();
   const cpu = process.cpuUsage();
   await run();
   const used = process.cpuUsage(cpu);
+  const after = server && (await commandStats(server));
   const gcs = profiler.stop()?.statistics ?? [];
   let allocated = 0;
   let gcUs = 0;
@@ -141,6 +165,7 @@ async function measure(run: () => Promise<void>, count: number): Promise<Measure
     cpuUs: (used.user + used.system) / count,
     allocatedKb: allocated / count / 1024,
     gcUs: gcUs / count,
+    ...(before && after ? { serverUs: commandDelta(before, after, ['evalsha', 'eval']).usec / count } : {}),
   };
 }
 
@@ -161,14 +186,23 @@ for (const mode of MODES) {
       batch++;
       const run = consumers.get(v);
       if (!run) continue;
-      const m = await measure(() => run(deliveries, mode), messages);
+      const m = await measure(() => run(deliveries, mode), messages, v === 'sdk-redis' ? redis : undefined);
       const key = `${mode} ${v}`;
       results.set(key, [...(results.get(key) ?? []), m]);
     }
   }
 }
 
-const header = ['mode', 'variant', 'CPU us/msg', '+us vs raw', 'alloc kB/msg', 'GC us/msg', 'GC %'];
+const header = [
+  'mode',
+  'variant',
+  'CPU us/msg',
+  '+us vs raw',
+  'alloc kB/msg',
+  'GC us/msg',
+  'GC %',
+  'Redis us/msg',
+];
 const rows: string[][] = [];
 for (const mode of MODES) {
   const raw = median((results.get(`${mode} raw`) ?? []).map((m) => m.cpuUs));
@@ -184,6 +218,7 @@ for (const mode of MODES) {
       median(ms.map((m) => m.allocatedKb)).toFixed(1),
       gc.toFixed(1),
       ((gc / cpu) * 100).toFixed(0),
+      v === 'sdk-redis' ? median(ms.map((m) => m.serverUs ?? Number.NaN)).toFixed(1) : '',
     ]);
   }
 }
@@ -199,5 +234,16 @@ for (const r of rows) console.log(line(r));
 console.log(
   '  CPU: this process (GC threads included). alloc: heap growth between collections, per message.\n' +
     '  GC: time in collections (their cost as V8 reports it). No broker, no server: the broker runs\n' +
-    "  measure the targets; this shows core's own share and the in-memory store's apart.",
+    "  measure the targets; this shows core's own share and the in-memory store's apart.\n" +
+    "  Redis us/msg (--redis): the server's time in the store's scripts (INFO commandstats usec).",
 );
+if (redis) {
+  // The run's records: everything under its own prefix, in the bench's own database.
+  let cursor = '0';
+  do {
+    const [next, keys] = await redis.scan(cursor, 'MATCH', `${redisPrefix}:*`, 'COUNT', 1000);
+    cursor = next;
+    if (keys.length > 0) await redis.unlink(...keys);
+  } while (cursor !== '0');
+  await redis.quit();
+}

@@ -45,3 +45,51 @@ it('runs every section of the bench in quick mode and prints the tables', async 
   expect(cpu).toMatch(/broker\s+variant\s+consumer us\s+broker us\s+redis us/);
   expect(cpu).toMatch(/rabbitmq\s+raw\s+\d+\.\d\s+\d+\.\d/);
 }, 600_000);
+
+/** Runs a bench script with tiny sizes; resolves with what it printed once it exited 0. */
+async function runScript(args: string[]): Promise<string> {
+  const child = spawn(process.execPath, ['--import', 'tsx', '--conditions=@exactly-once/source', ...args], {
+    cwd: benchDir,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  onTestFinished(() => {
+    if (child.exitCode === null) child.kill('SIGINT');
+  });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
+  child.stderr.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  expect(code, `exit ${code}\n${out.slice(-4000)}`).toBe(0);
+  return out;
+}
+
+it('the diagnostics run: the pipeline alone (with the Redis store) and the Redis scripts alone', async () => {
+  const pipeline = await runScript([
+    'pipeline.ts',
+    '--messages',
+    '300',
+    '--rounds',
+    '1',
+    '--warmup',
+    '100',
+    '--redis',
+  ]);
+  expect(pipeline).toMatch(/mode\s+variant\s+CPU us\/msg/);
+  expect(pipeline).toMatch(/one-by-one\s+sdk-redis\s+\d+\.\d/);
+  const scripts = await runScript([
+    'redis-scripts.ts',
+    '--keys',
+    '200',
+    '--rounds',
+    '1',
+    '--batches',
+    '1,16',
+  ]);
+  expect(scripts).toMatch(/commands\s+batch\s+begin us\/key\s+complete us\/key/);
+  expect(scripts).toMatch(/store scripts\s+16\s+\d+\.\d/);
+  expect(scripts).toMatch(/SET NX \+ SET\s+16\s+\d+\.\d/);
+}, 300_000);
