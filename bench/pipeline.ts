@@ -49,16 +49,14 @@ const o = new Command()
   .option('--rounds <n>', 'interleaved rounds', '3')
   .option('--warmup <n>', "messages of each variant's unreported first run", '20000')
   .option('--redis', 'also the Redis store (sdk-redis), on the server of EO_REDIS_URL')
+  .option('--variants <list>', 'only these variants (e.g. sdk-redis, to profile it alone)')
   .parse()
-  .opts<{ messages: string; rounds: string; warmup: string; redis?: boolean }>();
+  .opts<{ messages: string; rounds: string; warmup: string; redis?: boolean; variants?: string }>();
 const messages = Number(o.messages);
 const rounds = Number(o.rounds);
-const VARIANTS: readonly Variant[] = [
-  'raw',
-  'sdk-memory',
-  'sdk-nothing',
-  ...(o.redis ? (['sdk-redis'] as const) : []),
-];
+const VARIANTS: readonly Variant[] = (
+  ['raw', 'sdk-memory', 'sdk-nothing', ...(o.redis ? (['sdk-redis'] as const) : [])] as const
+).filter((v) => o.variants === undefined || o.variants.split(',').includes(v));
 const redis = o.redis ? new Redis(env.redisUrl, { db: env.redisDb, maxRetriesPerRequest: 2 }) : undefined;
 const redisPrefix = uniqueName('eo-bench-pipeline');
 
