@@ -33,7 +33,7 @@ import { createRedisStore } from '@exactly-once/store-redis';
 import { Command } from 'commander';
 import { Redis } from 'ioredis';
 import { env, uniqueName } from './lib/env.js';
-import { commandDelta, commandStats } from './lib/stores.js';
+import { commandDelta, commandStats, deleteByPrefix } from './lib/stores.js';
 import { median } from './lib/stats.js';
 import { handler, message, type Order } from './lib/workload.js';
 
@@ -237,11 +237,6 @@ console.log(
 );
 if (redis) {
   // The run's records: everything under its own prefix, in the bench's own database.
-  let cursor = '0';
-  do {
-    const [next, keys] = await redis.scan(cursor, 'MATCH', `${redisPrefix}:*`, 'COUNT', 1000);
-    cursor = next;
-    if (keys.length > 0) await redis.unlink(...keys);
-  } while (cursor !== '0');
+  await deleteByPrefix(redis, `${redisPrefix}:`);
   await redis.quit();
 }

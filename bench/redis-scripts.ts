@@ -17,7 +17,7 @@ import { createRedisStore, type RedisProcessedStore } from '@exactly-once/store-
 import { Command } from 'commander';
 import { Redis } from 'ioredis';
 import { env, uniqueName } from './lib/env.js';
-import { commandStats } from './lib/stores.js';
+import { commandStats, deleteByPrefix } from './lib/stores.js';
 import { median } from './lib/stats.js';
 
 const o = new Command()
@@ -173,10 +173,5 @@ console.log(
     '  INFO commandstats usec: wall time inside the command; a loaded machine inflates it.',
 );
 
-let cursor = '0';
-do {
-  const [next, found] = await redis.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
-  cursor = next;
-  if (found.length > 0) await redis.unlink(...found);
-} while (cursor !== '0');
+await deleteByPrefix(redis, `${prefix}:`);
 await redis.quit();

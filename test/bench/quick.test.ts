@@ -9,12 +9,15 @@ import { expect, it, onTestFinished } from 'vitest';
 
 const benchDir = fileURLToPath(new URL('../../bench/', import.meta.url));
 
-it('runs every section of the bench in quick mode and prints the tables', async () => {
-  const child = spawn(
-    process.execPath,
-    ['--import', 'tsx', '--conditions=@exactly-once/source', 'run.ts', '--quick', '--no-progress'],
-    { cwd: benchDir, stdio: ['ignore', 'pipe', 'pipe'] },
-  );
+/**
+ * Runs a bench script (under its sources, as `npm run bench` does); resolves with its stdout (the
+ * tables) once it exited 0.
+ */
+async function runScript(args: string[]): Promise<string> {
+  const child = spawn(process.execPath, ['--import', 'tsx', '--conditions=@exactly-once/source', ...args], {
+    cwd: benchDir,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   // SIGINT lets the package benches it started delete their keys.
   onTestFinished(() => {
     if (child.exitCode === null) child.kill('SIGINT');
@@ -29,6 +32,11 @@ it('runs every section of the bench in quick mode and prints the tables', async 
   });
   const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
   expect(code, `exit ${code}\n${stdout.slice(-4000)}\n${stderr.slice(-4000)}`).toBe(0);
+  return stdout;
+}
+
+it('runs every section of the bench in quick mode and prints the tables', async () => {
+  const stdout = await runScript(['run.ts', '--quick', '--no-progress']);
   for (const header of [
     '== Consume throughput',
     '== CPU per message by process',
@@ -45,27 +53,6 @@ it('runs every section of the bench in quick mode and prints the tables', async 
   expect(cpu).toMatch(/broker\s+variant\s+consumer us\s+broker us\s+redis us/);
   expect(cpu).toMatch(/rabbitmq\s+raw\s+\d+\.\d\s+\d+\.\d/);
 }, 600_000);
-
-/** Runs a bench script with tiny sizes; resolves with what it printed once it exited 0. */
-async function runScript(args: string[]): Promise<string> {
-  const child = spawn(process.execPath, ['--import', 'tsx', '--conditions=@exactly-once/source', ...args], {
-    cwd: benchDir,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  onTestFinished(() => {
-    if (child.exitCode === null) child.kill('SIGINT');
-  });
-  let out = '';
-  child.stdout.on('data', (d: Buffer) => {
-    out += d.toString();
-  });
-  child.stderr.on('data', (d: Buffer) => {
-    out += d.toString();
-  });
-  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
-  expect(code, `exit ${code}\n${out.slice(-4000)}`).toBe(0);
-  return out;
-}
 
 it('the diagnostics run: the pipeline alone (with the Redis store) and the Redis scripts alone', async () => {
   const pipeline = await runScript([
