@@ -63,6 +63,7 @@ describe('blobs stored inside a journaled step survive the run that stored them'
     const blobs = await fsBlobs();
     const store = createMemoryStore();
     const gate = deferred();
+    const stepped = deferred();
     let pointer: BlobPointer | undefined;
     const stale = createProcessor({
       consumer: 'render',
@@ -70,15 +71,18 @@ describe('blobs stored inside a journaled step survive the run that stored them'
       store: withFaults(store, { failWhen: (op) => op === 'extend' }),
       blobs,
       ...fast,
-      leaseMs: 60,
-      heartbeatMs: 20,
+      heartbeatMs: 100,
       handler: async (_: unknown, ctx: HandlerContext) => {
         pointer = await ctx.step('render', () => ctx.storeBlob(pdf()));
+        stepped.resolve();
         await gate.promise; // stalls past its lease
         throw new Error('too late anyway');
       },
     });
     const staleRun = stale.process(delivery({}, key('b2')));
+    // The rival comes once the step is journaled: before, a loaded machine let the stale lease
+    // (then 60 ms) run out inside the step itself, and the blob was never the stale run's.
+    await stepped.promise;
     const rival = createProcessor({
       consumer: 'render',
       store,
@@ -268,6 +272,9 @@ describe('bounded runs and deferrals', () => {
       consumer: 'c',
       store,
       ...fast,
+      // A lease well past maxRunMs: the key is still held when the next delivery comes, however
+      // long giving the run up took on a loaded machine (300 ms was not always enough).
+      leaseMs: 1_000,
       heartbeatMs: 50,
       maxRunMs: 200,
       handler: (_: unknown, ctx: HandlerContext) =>
@@ -285,7 +292,7 @@ describe('bounded runs and deferrals', () => {
     expect(held).toMatchObject({ state: 'IN_PROGRESS', attempt: 1 });
     expect(held?.state === 'IN_PROGRESS' && held.leaseUntil).toBeGreaterThan(0);
     expect(await p.process(delivery({}, key('hung')))).toMatchObject({ action: 'defer', outcome: 'busy' });
-    await new Promise((r) => setTimeout(r, 400));
+    await new Promise((r) => setTimeout(r, 1_200));
     // The lease ran out: the next delivery takes the key over, as after a crash.
     const next = p.process(delivery({}, key('hung')));
     await new Promise((r) => setTimeout(r, 50));
