@@ -29,7 +29,7 @@ const o = new Command()
 const keys = Number(o.keys);
 const rounds = Number(o.rounds);
 const batches = o.batches.split(',').map(Number);
-/** The budget for the whole message, begin and completion together. */
+/** The target for the whole message's server time, begin and completion together (bench/README.md). */
 const TARGET_US = 6;
 
 const redis = new Redis(env.redisUrl, { db: env.redisDb, maxRetriesPerRequest: 2 });
