@@ -17,7 +17,7 @@ export type HandlerRun<R> = { ok: true; value: R | undefined } | { ok: false; er
 
 /**
  * One run's outcome, settled by the handler or, past `maxRunMs`, by the lease board; `ended`
- * (set by {@link runHandler}) resolves once the handler itself has returned or thrown, later than
+ * (set by {@link startHandler}) resolves once the handler itself has returned or thrown, later than
  * `outcome` for a run given up.
  */
 export function handlerRun<R>() {
@@ -29,17 +29,19 @@ export function handlerRun<R>() {
 }
 
 /**
- * Runs the handler under the lease. A handler still running after `maxRunMs` is abandoned (the
- * lease board settles the run with a RunTimeoutError and aborts its signal); its context is
- * closed, and every store write it could still make is fenced.
+ * Starts the handler under the lease; `run.outcome` settles with its end. A handler still running
+ * after `maxRunMs` is abandoned (the lease board settles the run with a RunTimeoutError and aborts
+ * its signal); its context is closed, and every store write it could still make is fenced. Answers
+ * when it started (monotonic clock), for {@link recordHandlerDuration}. Not async: the caller
+ * awaits `run.outcome` itself, one async frame fewer on every message's path.
  */
-export async function runHandler<T, R>(
+export function startHandler<T, R>(
   o: ResolvedProcessorOptions<T, R>,
   payload: T,
   ctx: HandlerContext,
   runCtx: Context,
   run: ReturnType<typeof handlerRun<R>>,
-): Promise<HandlerRun<R>> {
+): number {
   const started = performance.now();
   try {
     const value = withContext(runCtx, () => (o.handler as Handler<T, R>)(payload, ctx));
@@ -50,9 +52,12 @@ export async function runHandler<T, R>(
   } catch (error) {
     run.settle({ ok: false, error: readableThrown(error) });
   }
-  const outcome = await run.outcome;
-  instrumentsFor().handlerDuration.record((performance.now() - started) / 1000, metricAttributes(o.consumer));
-  return outcome;
+  return started;
+}
+
+/** Records a handler's run time, from {@link startHandler}'s answer to its outcome. */
+export function recordHandlerDuration(consumer: string, started: number): void {
+  instrumentsFor().handlerDuration.record((performance.now() - started) / 1000, metricAttributes(consumer));
 }
 
 /**

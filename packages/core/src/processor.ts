@@ -42,7 +42,13 @@ import {
   release,
   storeDown,
 } from './failure.js';
-import { handlerRun, ResultSourceFailure, runHandler, storeResult } from './handler-run.js';
+import {
+  handlerRun,
+  ResultSourceFailure,
+  recordHandlerDuration,
+  startHandler,
+  storeResult,
+} from './handler-run.js';
 import { createLeaseBoard } from './lease-keeper.js';
 import { type ProcessorOptions, type ResolvedProcessorOptions, resolveProcessorOptions } from './options.js';
 import {
@@ -81,6 +87,7 @@ import {
   endPublishingRun,
   type HeldLease,
   type OrderedGroup,
+  GroupTurn,
   PublishOrder,
   publishingRun,
   type RunUnderWay,
@@ -294,29 +301,13 @@ export function buildProcessor<T, R>(
           go = resolve;
         });
         gos.push(go);
-        let counted = false;
-        const running = () => {
-          if (counted) return;
-          counted = true;
-          if (--group.notRunning === 0) group.allRunning?.();
-        };
-        const turn: Turn = {
-          previous,
-          go,
-          group,
-          index,
-          running,
-          publishedBefore: () => publishOrder.before(index),
-          // Cumulative: a delivery that publishes nothing (no messages, a dead letter) says true,
-          // so the one behind it still waits for the ones before it.
-          published: (inOrder) => publishOrder.said(index, inOrder),
-        };
+        const turn = new GroupTurn(previous, go, group, index, publishOrder);
         previous = next;
         const disposition = processDelivery(o, delivery, shared, turn, onRunning && (() => onRunning(index)));
         // processDelivery never rejects: each ends, and the last one takes the group off the gate.
         group.ended.push(
           disposition.then(() => {
-            running();
+            turn.running();
             if (--unsettled === 0) shared.gate.groups.delete(group);
           }),
         );
@@ -552,37 +543,6 @@ async function run<T, R>(
     }
   }
 
-  // When (monotonic clock) the lease in hand was set in the store, or a little earlier: a lease
-  // kept while earlier deliveries were retried is dated from its begin or last extension, never
-  // from when it was kept or reused (that let a handler start under a lease already passed).
-  let leaseSince = performance.now();
-  const beginAnew = (): Promise<BeginResult> => {
-    leaseSince = performance.now();
-    const request: Writable<BeginRequest> = {
-      key: storeKey,
-      fingerprint: prepared.fingerprint,
-      owner: o.ownerId,
-      leaseMs: o.leaseMs,
-      // The deadline (store/deadline.ts) abandons it then: a store that can refuses it later.
-      abandonAfterMs: o.storeTimeoutMs,
-    };
-    // Absent rather than undefined, as stores have always seen it (and set, not spread: cheaper).
-    const traceId = spanRef(span);
-    if (traceId !== undefined) request.traceId = traceId;
-    // Untraced (most runs): no span to make, nor a closure for one.
-    return span.isRecording()
-      ? inSpan('exactly-once begin', runCtx, {}, () => o.store.begin(request))
-      : o.store.begin(request);
-  };
-  // A lease kept for this key by an earlier call of its group (see reuseHeld) is used again.
-  const beginOnce = (): Promise<BeginResult> =>
-    shared.held.size > 0
-      ? reuseHeld(o, shared, storeKey, prepared.fingerprint).then((reused) => {
-          if (reused === undefined) return beginAnew();
-          leaseSince = reused.since;
-          return reused.begun;
-        })
-      : beginAnew();
   const closed = shared.gate.whenOpen();
   if (closed !== undefined) {
     // A takeover runs alone: no begin until it ends (see alone.ts), unless the group is given up.
@@ -596,18 +556,32 @@ async function run<T, R>(
   const own = localRunOf(shared, storeKey, turn);
   if (own !== undefined) await settledWithin([own], o.maxRunMs);
   let begun: BeginResult;
+  // When (monotonic clock) the lease in hand was set in the store, or a little earlier: a lease
+  // kept while earlier deliveries were retried is dated from its begin or last extension, never
+  // from when it was kept or reused (that let a handler start under a lease already passed).
+  let leaseSince: number;
   try {
-    begun = await beginOnce();
-    // Busy because this process runs the key itself (the same message twice in a row, as a
-    // retried send makes, or twice in one prefetch window): wait for that run rather than poll
-    // the store, then ask again; the answer is then a duplicate. Each run is waited for once.
     let waited: Promise<void> | undefined;
-    for (let tries = 0; begun.status === 'busy' && tries < 3; tries++) {
+    for (let tries = 0; ; tries++) {
+      // A lease kept for this key by an earlier call of its group (see reuseHeld) is used again.
+      const reused =
+        shared.held.size > 0 ? await reuseHeld(o, shared, storeKey, prepared.fingerprint) : undefined;
+      if (reused === undefined) {
+        leaseSince = performance.now();
+        begun = await beginNew(o, storeKey, prepared.fingerprint, span, runCtx);
+      } else {
+        leaseSince = reused.since;
+        begun = reused.begun;
+      }
+      // Busy because this process runs the key itself (the same message twice in a row, as a
+      // retried send makes, or twice in one prefetch window): wait for that run rather than poll
+      // the store, then ask again; the answer is then a duplicate. Each run is waited for once,
+      // three at most.
+      if (begun.status !== 'busy' || tries === 3) break;
       const local = localRunOf(shared, storeKey, turn);
       if (local === undefined || local === waited) break;
       waited = local;
       await local;
-      begun = await beginOnce();
     }
   } catch (error) {
     return beforeRunFailed(o, delivery, turn, storeKey, error);
@@ -635,7 +609,7 @@ async function run<T, R>(
     switch (begun.status) {
       case 'duplicate': {
         span.addLinks(linkToRef(begun.record.traceId));
-        return finishCompleted(o, runCtx, delivery, storeKey, begun, shared, turn?.publishedBefore);
+        return finishCompleted(o, runCtx, delivery, storeKey, begun, shared, turn);
       }
       case 'busy':
         // Poll well before the other lease ends: the other worker usually finishes early.
@@ -721,6 +695,33 @@ async function run<T, R>(
   } finally {
     endPublishingRun(shared, storeKey, marker, leave);
   }
+}
+
+/**
+ * A begin of `storeKey` for this run. A module function, not a closure of the run: nothing is
+ * made for it but the request. Untraced (most runs): no span, nor a closure for one.
+ */
+function beginNew<T, R>(
+  o: ResolvedProcessorOptions<T, R>,
+  storeKey: string,
+  fingerprint: string,
+  span: Span,
+  runCtx: Context,
+): Promise<BeginResult> {
+  const request: Writable<BeginRequest> = {
+    key: storeKey,
+    fingerprint,
+    owner: o.ownerId,
+    leaseMs: o.leaseMs,
+    // The deadline (store/deadline.ts) abandons it then: a store that can refuses it later.
+    abandonAfterMs: o.storeTimeoutMs,
+  };
+  // Absent rather than undefined, as stores have always seen it (and set, not spread: cheaper).
+  const traceId = spanRef(span);
+  if (traceId !== undefined) request.traceId = traceId;
+  return span.isRecording()
+    ? inSpan('exactly-once begin', runCtx, {}, () => o.store.begin(request))
+    : o.store.begin(request);
 }
 
 /**
@@ -827,7 +828,9 @@ async function runAcquired<T, R>(
     logger: o.logger,
   });
 
-  const ran = await runHandler(o, prepared.payload, state.ctx, runCtx, handled);
+  const started = startHandler(o, prepared.payload, state.ctx, runCtx, handled);
+  const ran = await handled.outcome;
+  recordHandlerDuration(o.consumer, started);
   state.close();
   // The next delivery of an ordered group may run unless this one will be tried again; after a
   // handler given up at maxRunMs (still running), only once it has ended (see handleFailure).
@@ -962,18 +965,7 @@ async function runAcquired<T, R>(
     if (tries === 1) await discardBlobs(o, run);
     return leaseLost(storeKey, fence);
   }
-  return publishThenAck(
-    o,
-    runCtx,
-    delivery,
-    storeKey,
-    fence,
-    state.outgoing,
-    outcome,
-    stored,
-    shared,
-    turn?.publishedBefore,
-  );
+  return publishThenAck(o, runCtx, delivery, storeKey, fence, state.outgoing, outcome, stored, shared, turn);
 }
 
 /**

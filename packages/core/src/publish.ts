@@ -9,7 +9,13 @@ import { deadLetter } from './failure.js';
 import type { ResolvedProcessorOptions } from './options.js';
 import { isRequest } from './prepare.js';
 import { ATTR_MESSAGING_OPERATION_TYPE } from './semconv.js';
-import { endPublishingRun, MAX_TRACKED_UNPUBLISHED, publishingRun, type Shared } from './shared.js';
+import {
+  endPublishingRun,
+  MAX_TRACKED_UNPUBLISHED,
+  type PublishTurn,
+  publishingRun,
+  type Shared,
+} from './shared.js';
 import type { Delivery, Disposition, Outcome } from './spi.js';
 import type { CompletedRecord, OutgoingMessage, OutgoingRecord, StoredResult } from './store/types.js';
 import { inSpan, instrumentsFor } from './tracing.js';
@@ -28,14 +34,14 @@ export async function finishCompleted<T, R>(
   storeKey: string,
   found: { readonly record: CompletedRecord; readonly completedAgoMs?: number },
   shared: Shared,
-  publishedBefore?: () => Promise<boolean>,
+  order?: PublishTurn,
 ): Promise<Disposition> {
   const { record } = found;
   let pending = unconfirmed(record);
   // The messages of the delivery before it in its ordered group go out first. Waited for before
   // this copy waits for, or becomes, its key's publisher: a copy holding a key while it waits for
   // another delivery let two groups with copies of two keys in crossed order wait for each other.
-  if (pending.length > 0 && publishedBefore !== undefined && !(await publishedBefore())) {
+  if (pending.length > 0 && order !== undefined && !(await order.publishedBefore())) {
     return leftForRedelivery(shared, storeKey);
   }
   // A run or another copy in this process publishing the same messages right now (copies that
@@ -123,7 +129,7 @@ export function publishThenAck<T, R>(
   outcome: Outcome,
   result: StoredResult | undefined,
   shared: Shared,
-  publishedBefore?: () => Promise<boolean>,
+  order?: PublishTurn,
 ): Promise<Disposition> | Disposition {
   // Nothing to publish (most runs): the ack at once, without an async frame.
   if (outgoing.length === 0) return ackOf(outcome, result);
@@ -131,8 +137,7 @@ export function publishThenAck<T, R>(
     // In an ordered group (a Kafka partition) the record before may complete later than this one
     // (another Cluster node, another round trip): its messages go out first. If it was deferred,
     // this record's messages wait for their redelivery too, which answers them as a duplicate.
-    if (publishedBefore !== undefined && !(await publishedBefore()))
-      return leftForRedelivery(shared, storeKey);
+    if (order !== undefined && !(await order.publishedBefore())) return leftForRedelivery(shared, storeKey);
     try {
       const publisher = o.publisher;
       if (!publisher) {

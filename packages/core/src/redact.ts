@@ -60,7 +60,6 @@ class SecretScrubber implements Scrubber {
   private addOne(value: string | undefined): void {
     if (typeof value !== 'string' || value.length === 0) return;
     this.secrets.push(value);
-    if (value.length > TRUNCATED_AT + 3) this.secrets.push(`${value.slice(0, TRUNCATED_AT)}...`);
   }
 
   private text(): string | undefined {
@@ -74,8 +73,14 @@ class SecretScrubber implements Scrubber {
   private apply(input: string): string {
     if (typeof input !== 'string' || input.length === 0) return input;
     let out = input;
+    // A long secret also as error messages shorten it; made here, not for every delivery.
+    const secrets = new Set<string>();
+    for (const secret of this.secrets) {
+      secrets.add(secret);
+      if (secret.length > TRUNCATED_AT + 3) secrets.add(`${secret.slice(0, TRUNCATED_AT)}...`);
+    }
     // Longest first, so a store key (`ns:consumer:key`) goes whole before its key part.
-    for (const secret of [...new Set(this.secrets)].sort((a, b) => b.length - a.length)) {
+    for (const secret of [...secrets].sort((a, b) => b.length - a.length)) {
       out =
         secret.length >= MIN_BARE_LENGTH
           ? out.split(secret).join(REDACTED)

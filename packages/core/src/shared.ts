@@ -22,14 +22,8 @@ export interface HeldLease {
  * delivery before it went well, and it says the same of itself through `go` (the first word
  * counts; a release of the group says false for every delivery at once).
  */
-export interface Turn {
-  readonly previous: Promise<boolean>;
-  go(proceed: boolean): void;
-  readonly group: OrderedGroup;
-  /** Position in the group. */
-  readonly index: number;
-  /** Called as its handler starts: from then on the run, not the group, settles its lease. */
-  readonly running: () => void;
+/** What a delivery's publish asks of its ordered group: whether the ones before it are out. */
+export interface PublishTurn {
   /**
    * Resolves once every delivery before it has settled its outgoing messages: true when they are
    * out (or they had none, or left the partition's order: dead letter, retry copy), false when one
@@ -37,11 +31,50 @@ export interface Turn {
    * messages to publish asks).
    */
   publishedBefore(): Promise<boolean>;
+}
+
+export interface Turn extends PublishTurn {
+  readonly previous: Promise<boolean>;
+  go(proceed: boolean): void;
+  readonly group: OrderedGroup;
+  /** Position in the group. */
+  readonly index: number;
+  /** Called as its handler starts: from then on the run, not the group, settles its lease. */
+  running(): void;
   /**
    * Says whether its own messages are out, once its disposition is known (exactly once); the
    * next delivery's `publishedBefore` also waits for this one's.
    */
   published(inOrder: boolean): void;
+}
+
+/** A delivery's {@link Turn} in its group: methods, not a closure each, made for every record. */
+export class GroupTurn implements Turn {
+  private counted = false;
+
+  constructor(
+    readonly previous: Promise<boolean>,
+    readonly go: (proceed: boolean) => void,
+    readonly group: OrderedGroup,
+    readonly index: number,
+    private readonly order: PublishOrder,
+  ) {}
+
+  running(): void {
+    if (this.counted) return;
+    this.counted = true;
+    if (--this.group.notRunning === 0) this.group.allRunning?.();
+  }
+
+  publishedBefore(): Promise<boolean> {
+    return this.order.before(this.index);
+  }
+
+  // Cumulative: a delivery that publishes nothing (no messages, a dead letter) says true, so the
+  // one behind it still waits for the ones before it.
+  published(inOrder: boolean): void {
+    this.order.said(this.index, inOrder);
+  }
 }
 
 /**
