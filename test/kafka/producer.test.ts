@@ -1,4 +1,5 @@
 /** The SDK producer: first-service headers on `send`, and core's confirmed publisher contract. */
+import { createHash } from 'node:crypto';
 import { createProducer } from '@exactly-once/kafka';
 import { type Admin, Kafka, logLevel } from 'kafkajs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -58,6 +59,26 @@ describe('kafka producer', () => {
       expect(r2?.headers['x-request-id']).toBe('req-2'); // the SDK's own headers win
       expect(r2?.headers['x-idempotency-key']).toBe('idem-2');
       expect(r2?.headers['x-tenant']).toBe('acme');
+    } finally {
+      await producer.disconnect();
+    }
+  });
+
+  it('send answers and sends a request id past 255 bytes as the sha256 form consumers read it as', async () => {
+    // Before: the 300-byte id went out and came back as given, while every consumer logged and
+    // traced it as sha256:<hex>: the sender's logs named a request id no service had.
+    const topic = uniqueName('producer-long-id');
+    await createTopics(admin, [topic], 1);
+    const producer = createProducer({ kafka });
+    const given = `req-${'r'.repeat(300)}`;
+    try {
+      const sent = await producer.send(topic, { n: 1 }, { requestId: given });
+      expect(sent.requestId).toBe(`sha256:${createHash('sha256').update(given).digest('hex')}`);
+      // The key defaults to the request id as given: consumers hash a long key themselves.
+      expect(sent.idempotencyKey).toBe(given);
+      const [record] = await readTopic(kafka, topic, (r) => r.length >= 1);
+      expect(record?.headers['x-request-id']).toBe(sent.requestId);
+      expect(record?.headers['x-idempotency-key']).toBe(given);
     } finally {
       await producer.disconnect();
     }

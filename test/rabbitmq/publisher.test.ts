@@ -2,6 +2,7 @@
  * The publisher's life cycle against the real broker: after `close()` every call is refused at
  * once with a ClosedError, instead of looking for a channel until `publishTimeoutMs` runs out.
  */
+import { createHash } from 'node:crypto';
 import { ClosedError, ErrorCode, Headers, PublishError, readIdentityHeader } from '@exactly-once/core';
 import { createPublisher } from '@exactly-once/rabbitmq';
 import amqp from 'amqp-connection-manager';
@@ -100,6 +101,31 @@ describe('rabbitmq publisher and keys the consumers refuse', () => {
       await publisher.send(queue, { n: 2 }, { idempotencyKey: 'k-ok' });
       const got = await raw.drain(queue);
       expect(got.map((m) => m.properties.headers?.['x-idempotency-key'])).toEqual(['k-ok']);
+    } finally {
+      await publisher.close();
+      await raw.deleteQueues([queue]);
+      await raw.close();
+    }
+  });
+});
+
+describe('rabbitmq publisher and a long request id', () => {
+  it('send answers and sends a request id past 255 bytes as the sha256 form consumers read it as', async () => {
+    // Before: the 300-byte id went out and came back as given, while every consumer logged and
+    // traced it as sha256:<hex>: the sender's logs named a request id no service had.
+    const queue = `rmq-long-id-${Date.now()}`;
+    const raw = await rawChannel();
+    await raw.ch.assertQueue(queue, { durable: true });
+    const publisher = createPublisher({ connection: env.amqpUrl, publishTimeoutMs: 5_000 });
+    const given = `req-${'r'.repeat(300)}`;
+    try {
+      const sent = await publisher.send(queue, { n: 1 }, { requestId: given });
+      expect(sent.requestId).toBe(`sha256:${createHash('sha256').update(given).digest('hex')}`);
+      // The key defaults to the request id as given: consumers hash a long key themselves.
+      expect(sent.idempotencyKey).toBe(given);
+      const [got] = await raw.drain(queue);
+      expect(String(got?.properties.headers?.['x-request-id'])).toBe(sent.requestId);
+      expect(String(got?.properties.headers?.['x-idempotency-key'])).toBe(given);
     } finally {
       await publisher.close();
       await raw.deleteQueues([queue]);

@@ -224,13 +224,15 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
       if (closed) throw closedError();
       // A misspelt idempotencyKey would send under the request id: the receivers' deduplication lost.
       refuseUnknownOptions(sendOptions, SEND_OPTIONS, 'send options');
-      const requestId = sendOptions.requestId ?? randomUUID();
       // A key or request id the consumers would refuse (empty, not UTF-8) is refused here, where
       // the sender learns of it, rather than dead-lettered as KEY_MISSING or INVALID_KEY
-      // downstream. The request id is also the key when no key is given.
-      if (sendOptions.requestId !== undefined) normalizeRequestId(sendOptions.requestId);
+      // downstream. A request id past 255 bytes goes out as the `sha256:<hex>` every consumer
+      // reads it as: what this call answers, its span and the consumers' logs name the same id.
+      const requestId =
+        sendOptions.requestId === undefined ? randomUUID() : normalizeRequestId(sendOptions.requestId);
       if (sendOptions.idempotencyKey !== undefined) normalizeKey(sendOptions.idempotencyKey);
-      const idempotencyKey = sendOptions.idempotencyKey ?? requestId;
+      // The request id as given is also the key when no key is given (consumers hash a long key).
+      const idempotencyKey = sendOptions.idempotencyKey ?? sendOptions.requestId ?? requestId;
       const { bytes, contentType } = encodeValue(message);
       const base: Record<string, string> = {
         'content-type': contentType,

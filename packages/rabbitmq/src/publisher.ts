@@ -215,13 +215,14 @@ export function createPublisher(options: PublisherOptions): RabbitPublisher {
       if (closed) throw closedError();
       // A misspelt idempotencyKey would send under a random key: the receivers' deduplication lost.
       refuseUnknownOptions(opts, SEND_OPTIONS, 'send options');
-      const requestId = opts.requestId ?? randomUUID();
       // A key or request id the consumers would refuse (empty, not UTF-8) is refused here, where
       // the sender learns of it, rather than dead-lettered as KEY_MISSING or INVALID_KEY
-      // downstream. The request id is also the key when no key is given.
-      if (opts.requestId !== undefined) normalizeRequestId(opts.requestId);
+      // downstream. A request id past 255 bytes goes out as the `sha256:<hex>` every consumer
+      // reads it as: what this call answers, its span and the consumers' logs name the same id.
+      const requestId = opts.requestId === undefined ? randomUUID() : normalizeRequestId(opts.requestId);
       if (opts.idempotencyKey !== undefined) normalizeKey(opts.idempotencyKey);
-      const idempotencyKey = opts.idempotencyKey ?? requestId;
+      // The request id as given is also the key when no key is given (consumers hash a long key).
+      const idempotencyKey = opts.idempotencyKey ?? opts.requestId ?? requestId;
       const { bytes, contentType } = encodeValue(message);
       const deadline = Date.now() + timeoutMs;
       const build = (traceHeaders: Record<string, string>): OutgoingMessage => ({
