@@ -35,6 +35,23 @@ export function normalizeRequestId(raw: string): string {
   return tooLong(raw) ? HASHED_PREFIX + sha256Hex(raw) : raw;
 }
 
+/**
+ * The identity a first service's `send` gives a message: its request id (a new UUID when none is
+ * given; one past {@link MAX_KEY_BYTES} as the `sha256:<hex>` every consumer reads it as, so what
+ * the sender answers, traces and logs names the same id) and its key (the request id as given
+ * when none is; consumers hash a long key themselves). Throws InvalidKeyError for either that the
+ * consumers would refuse (empty, not UTF-8): the sender learns of it, rather than a dead letter
+ * downstream.
+ */
+export function sendIdentity(given: { requestId?: string; idempotencyKey?: string }): {
+  requestId: string;
+  idempotencyKey: string;
+} {
+  const requestId = given.requestId === undefined ? crypto.randomUUID() : normalizeRequestId(given.requestId);
+  if (given.idempotencyKey !== undefined) normalizeKey(given.idempotencyKey);
+  return { requestId, idempotencyKey: given.idempotencyKey ?? given.requestId ?? requestId };
+}
+
 function checkIdentity(raw: string, what: 'idempotency key' | 'request id'): void {
   if (typeof raw !== 'string') throw new InvalidKeyError(`${what} must be a string`, 'type');
   if (raw.length === 0) throw new InvalidKeyError(`${what} is empty`, 'empty');

@@ -17,11 +17,6 @@ export interface HeldLease {
   readonly deadline: number;
 }
 
-/**
- * One delivery's place in an ordered group: it may run its handler once `previous` says the
- * delivery before it went well, and it says the same of itself through `go` (the first word
- * counts; a release of the group says false for every delivery at once).
- */
 /** What a delivery's publish asks of its ordered group: whether the ones before it are out. */
 export interface PublishTurn {
   /**
@@ -33,6 +28,11 @@ export interface PublishTurn {
   publishedBefore(): Promise<boolean>;
 }
 
+/**
+ * One delivery's place in an ordered group: it may run its handler once `previous` says the
+ * delivery before it went well, and it says the same of itself through `go` (the first word
+ * counts; a release of the group says false for every delivery at once).
+ */
 export interface Turn extends PublishTurn {
   readonly previous: Promise<boolean>;
   go(proceed: boolean): void;

@@ -190,6 +190,7 @@ export { abandonedAfterMsOf, sweepFromPuts } from './blob/abandoned.js';
 export { deleteCollectedBlob } from './blob/collected.js';
 export { decodeJson, encodeValue } from './codec.js';
 export { extraHeaders } from './headers.js';
+export { sendIdentity } from './keys.js';
 export { type OptionNames, refuseUnknownOptions } from './option-names.js';
 export { PROCESSOR_OPTIONS } from './options.js';
 export { setOwn } from './own.js';

@@ -2,15 +2,7 @@
  * The idempotent producer: a first service's `send` (sets request id, idempotency key and trace
  * context) and core's confirmed `OutgoingPublisher` for handler outputs and dead-letter copies.
  */
-import { randomUUID } from 'node:crypto';
-import {
-  ClosedError,
-  Headers,
-  normalizeKey,
-  normalizeRequestId,
-  type OutgoingMessage,
-  PublishError,
-} from '@exactly-once/core';
+import { ClosedError, Headers, type OutgoingMessage, PublishError } from '@exactly-once/core';
 import type { OutgoingPublisher } from '@exactly-once/core/spi';
 import {
   encodeValue,
@@ -19,6 +11,7 @@ import {
   type OptionNames,
   recordError,
   refuseUnknownOptions,
+  sendIdentity,
   tracer,
 } from '@exactly-once/core/spi';
 import { context, SpanKind, trace } from '@opentelemetry/api';
@@ -224,15 +217,8 @@ export function createProducer(options: ProducerOptions): ExactlyOnceProducer {
       if (closed) throw closedError();
       // A misspelt idempotencyKey would send under the request id: the receivers' deduplication lost.
       refuseUnknownOptions(sendOptions, SEND_OPTIONS, 'send options');
-      // A key or request id the consumers would refuse (empty, not UTF-8) is refused here, where
-      // the sender learns of it, rather than dead-lettered as KEY_MISSING or INVALID_KEY
-      // downstream. A request id past 255 bytes goes out as the `sha256:<hex>` every consumer
-      // reads it as: what this call answers, its span and the consumers' logs name the same id.
-      const requestId =
-        sendOptions.requestId === undefined ? randomUUID() : normalizeRequestId(sendOptions.requestId);
-      if (sendOptions.idempotencyKey !== undefined) normalizeKey(sendOptions.idempotencyKey);
-      // The request id as given is also the key when no key is given (consumers hash a long key).
-      const idempotencyKey = sendOptions.idempotencyKey ?? sendOptions.requestId ?? requestId;
+      // Refused here if a consumer would refuse it; a long request id as consumers read it.
+      const { requestId, idempotencyKey } = sendIdentity(sendOptions);
       const { bytes, contentType } = encodeValue(message);
       const base: Record<string, string> = {
         'content-type': contentType,

@@ -3,14 +3,11 @@
  * `send` is for a first service (it mints the request id); `publish` is core's OutgoingPublisher,
  * used by consumers for the handler's outgoing messages.
  */
-import { randomUUID } from 'node:crypto';
 import {
   ClosedError,
   ConfigError,
   Headers,
   type Logger,
-  normalizeKey,
-  normalizeRequestId,
   type OutgoingMessage,
   PublishError,
   sha256Hex,
@@ -22,6 +19,7 @@ import {
   type OptionNames,
   type OutgoingPublisher,
   refuseUnknownOptions,
+  sendIdentity,
   tracer,
 } from '@exactly-once/core/spi';
 import { context, propagation, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
@@ -215,14 +213,8 @@ export function createPublisher(options: PublisherOptions): RabbitPublisher {
       if (closed) throw closedError();
       // A misspelt idempotencyKey would send under a random key: the receivers' deduplication lost.
       refuseUnknownOptions(opts, SEND_OPTIONS, 'send options');
-      // A key or request id the consumers would refuse (empty, not UTF-8) is refused here, where
-      // the sender learns of it, rather than dead-lettered as KEY_MISSING or INVALID_KEY
-      // downstream. A request id past 255 bytes goes out as the `sha256:<hex>` every consumer
-      // reads it as: what this call answers, its span and the consumers' logs name the same id.
-      const requestId = opts.requestId === undefined ? randomUUID() : normalizeRequestId(opts.requestId);
-      if (opts.idempotencyKey !== undefined) normalizeKey(opts.idempotencyKey);
-      // The request id as given is also the key when no key is given (consumers hash a long key).
-      const idempotencyKey = opts.idempotencyKey ?? opts.requestId ?? requestId;
+      // Refused here if a consumer would refuse it; a long request id as consumers read it.
+      const { requestId, idempotencyKey } = sendIdentity(opts);
       const { bytes, contentType } = encodeValue(message);
       const deadline = Date.now() + timeoutMs;
       const build = (traceHeaders: Record<string, string>): OutgoingMessage => ({
