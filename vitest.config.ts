@@ -1,4 +1,5 @@
 import { defineConfig } from 'vitest/config';
+import { LongestFirst } from './test/support/long-first.js';
 
 // Tests import workspace packages by name; this condition resolves them to their TypeScript
 // sources so a test run never depends on a stale build.
@@ -21,5 +22,8 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 120_000,
     reporters: ['default'],
+    // Builds the CLI and bundles the worker scripts the tests start, once a run.
+    globalSetup: ['test/support/global-setup.ts'],
+    sequence: { sequencer: LongestFirst },
   },
 });

@@ -1,9 +1,12 @@
-/** Runs the `exactly-once` CLI from its TypeScript sources as a subprocess, as an operator would. */
+/**
+ * Runs the `exactly-once` CLI as a subprocess, as an operator would: its built `dist/bin.js`, which
+ * Vitest's global setup brings up to date with the sources (`tsc -b`) before any test file runs.
+ */
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
 const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
-const bin = 'packages/cli/src/bin.ts';
+const bin = 'packages/cli/dist/bin.js';
 
 export interface CliRun {
   code: number | null;
@@ -21,15 +24,11 @@ export function cli(
   } = {},
 ): Promise<CliRun> {
   return new Promise((resolve, reject) => {
-    const child = spawn(
-      process.execPath,
-      ['--import', 'tsx', '--conditions=@exactly-once/source', bin, ...args],
-      {
-        cwd: repoRoot,
-        env: { ...process.env, NODE_OPTIONS: '', ...options.env },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      },
-    );
+    const child = spawn(process.execPath, [bin, ...args], {
+      cwd: repoRoot,
+      env: { ...process.env, NODE_OPTIONS: '', ...options.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     if (options.closeStdout) child.stdout.destroy();

@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import type { KafkaConsumer, KafkaLike } from '@exactly-once/kafka';
 import { Redis } from 'ioredis';
 import { type Admin, Kafka, logLevel } from 'kafkajs';
+import { workerArgs } from '../support/bundle.js';
 import { env, uniqueName } from '../support/env.js';
 import { dropStorePrefixes, trackedPrefix } from '../support/redis.js';
 import { waitUntil } from '../support/wait.js';
@@ -232,8 +233,6 @@ export function distinctKeys(records: ReadRecord[]): number {
   return new Set(records.map((r) => r.headers['x-idempotency-key'])).size;
 }
 
-export const workerScript = fileURLToPath(new URL('./crash-worker.ts', import.meta.url));
-
 export interface WorkerConfig {
   topic: string;
   outTopic: string;
@@ -251,18 +250,14 @@ export interface WorkerConfig {
 
 /** Spawns the crash worker as a real process (SIGKILL is the real thing). */
 export function spawnWorker(config: WorkerConfig, log: (line: string) => void = () => {}): ChildProcess {
-  const child = spawn(
-    process.execPath,
-    ['--import', 'tsx', '--conditions=@exactly-once/source', workerScript],
-    {
-      cwd: fileURLToPath(new URL('../..', import.meta.url)),
-      env: {
-        ...process.env,
-        EO_WORKER_CONFIG: JSON.stringify(config),
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
+  const child = spawn(process.execPath, workerArgs('test/kafka/crash-worker.ts'), {
+    cwd: fileURLToPath(new URL('../..', import.meta.url)),
+    env: {
+      ...process.env,
+      EO_WORKER_CONFIG: JSON.stringify(config),
     },
-  );
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const forward = (chunk: Buffer) => {
     for (const line of chunk.toString().split('\n')) if (line.trim()) log(line);
   };

@@ -26,6 +26,7 @@ import {
 import { createGridFsBlobStore } from '@exactly-once/store-mongo';
 import { Binary, type Document, MongoClient, ObjectId } from 'mongodb';
 import { afterAll, describe, expect, it } from 'vitest';
+import { workerArgs } from '../support/bundle.js';
 import { env } from '../support/env.js';
 
 const run = promisify(execFile);
@@ -50,7 +51,7 @@ interface WorkerReport {
 async function streamInChild(bytes: number, env: Record<string, string>): Promise<WorkerReport> {
   const { stdout } = await run(
     process.execPath,
-    ['--expose-gc', '--import', 'tsx', '--conditions=@exactly-once/source', 'test/large-result/worker.ts'],
+    ['--expose-gc', ...workerArgs('test/large-result/worker.ts')],
     { env: { ...process.env, ...env, EO_RESULT_BYTES: String(bytes) }, maxBuffer: 1 << 20 },
   );
   return JSON.parse(stdout.trim().split('\n').at(-1) as string) as WorkerReport;

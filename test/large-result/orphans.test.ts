@@ -17,6 +17,7 @@ import {
 import { createRedisStore } from '@exactly-once/store-redis';
 import { Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
+import { workerArgs } from '../support/bundle.js';
 import { uniqueName } from '../support/env.js';
 import { dropRedisPrefix } from '../support/redis.js';
 
@@ -32,7 +33,7 @@ function dyingRun(env: Record<string, string>): Promise<{ pointer: BlobPointer; 
   return new Promise((resolve, reject) => {
     execFile(
       process.execPath,
-      ['--import', 'tsx', '--conditions=@exactly-once/source', 'test/large-result/orphan-worker.ts'],
+      workerArgs('test/large-result/orphan-worker.ts'),
       { env: { ...process.env, ...env } },
       (error, stdout) => {
         const line = stdout.trim().split('\n').at(-1);

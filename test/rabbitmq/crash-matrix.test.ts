@@ -11,6 +11,7 @@ import { createMongoStore } from '@exactly-once/store-mongo';
 import { createRedisStore } from '@exactly-once/store-redis';
 import { type Db, MongoClient } from 'mongodb';
 import { afterAll, describe, expect, it } from 'vitest';
+import { workerArgs } from '../support/bundle.js';
 import { dropLedger, tallyLedger } from '../support/crash-ledger.js';
 import { env, uniqueName } from '../support/env.js';
 import { dropRedisPrefix } from '../support/redis.js';
@@ -68,14 +69,10 @@ function startWorker(config: CrashWorkerConfig): {
   child: ChildProcess;
   exited: Promise<NodeJS.Signals | null>;
 } {
-  const child = spawn(
-    process.execPath,
-    ['--import', 'tsx', '--conditions=@exactly-once/source', 'test/rabbitmq/crash-worker.ts'],
-    {
-      env: { ...process.env, EO_WORKER_CONFIG: JSON.stringify(config) },
-      stdio: ['ignore', 'ignore', 'inherit'],
-    },
-  );
+  const child = spawn(process.execPath, workerArgs('test/rabbitmq/crash-worker.ts'), {
+    env: { ...process.env, EO_WORKER_CONFIG: JSON.stringify(config) },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
   children.add(child);
   child.on('exit', () => children.delete(child));
   const exited = new Promise<NodeJS.Signals | null>((resolve) =>

@@ -42,6 +42,7 @@ import {
   ledgerKeys,
   tallyLedger,
 } from '../support/crash-ledger.js';
+import { workerArgs } from '../support/bundle.js';
 import { env, uniqueName } from '../support/env.js';
 import { waitUntil } from '../support/wait.js';
 import {
@@ -128,7 +129,6 @@ export interface SoakRow {
 }
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
-const workerScript = fileURLToPath(new URL('./worker.ts', import.meta.url));
 const execFileP = promisify(execFile);
 
 /** Pipeline points a kill is drawn from, per transport (crash-ledger.ts describes each). */
@@ -300,15 +300,11 @@ export async function runSoak(combination: Combination, options: SoakOptions): P
     ...(transport === 'kafka' ? { groupId, dlqTopic: dlq } : {}),
   };
   const spawnWorker = (): Worker => {
-    const child = spawn(
-      process.execPath,
-      ['--import', 'tsx', '--conditions=@exactly-once/source', workerScript],
-      {
-        cwd: root,
-        env: { ...process.env, EO_SOAK_WORKER: JSON.stringify(config) },
-        stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
-      },
-    );
+    const child = spawn(process.execPath, workerArgs('test/soak/worker.ts'), {
+      cwd: root,
+      env: { ...process.env, EO_SOAK_WORKER: JSON.stringify(config) },
+      stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+    });
     const tail: string[] = [];
     const keep = (chunk: Buffer) => {
       for (const line of chunk.toString().split('\n')) {

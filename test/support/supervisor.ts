@@ -5,6 +5,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
+import { type WorkerScript, workerArgs } from './bundle.js';
 import { waitUntil } from './wait.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
@@ -17,12 +18,12 @@ export interface Supervised {
 }
 
 /** Runs `script` (a path from the repository root) with its config in EO_WORKER_CONFIG. */
-export function supervise(script: string, config: object): Supervised {
+export function supervise(script: WorkerScript, config: object): Supervised {
   let worker: ChildProcess;
   let restarts = 0;
   let stopping = false;
   const start = () => {
-    worker = spawn(process.execPath, ['--import', 'tsx', '--conditions=@exactly-once/source', script], {
+    worker = spawn(process.execPath, workerArgs(script), {
       cwd: root,
       env: { ...process.env, EO_WORKER_CONFIG: JSON.stringify(config) },
       stdio: ['ignore', 'ignore', 'inherit'],
