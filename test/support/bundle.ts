@@ -7,6 +7,7 @@
  * bundle is never stale; outside Vitest (`npm run soak`) the workers start through tsx as before.
  */
 import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { join, relative, sep } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -60,6 +61,23 @@ const thirdPartyExternal: Plugin = {
   },
 };
 
+/**
+ * Each source module keeps its own `import.meta.url` (its file's URL, not the bundle's): the
+ * sources find files next to them by it (the confluent client's build, the repository root).
+ */
+const ownImportMetaUrl: Plugin = {
+  name: 'own-import-meta-url',
+  setup(b) {
+    b.onLoad({ filter: /\.ts$/ }, async ({ path }) => ({
+      contents: (await readFile(path, 'utf8')).replaceAll(
+        'import.meta.url',
+        JSON.stringify(pathToFileURL(path).href),
+      ),
+      loader: 'ts',
+    }));
+  },
+};
+
 /** Bundles every worker script into a fresh directory and points this process's children at it. */
 export async function bundleWorkers(): Promise<string> {
   const dir = join(root, 'node_modules', '.cache', 'exactly-once-test-bundles', String(process.pid));
@@ -79,7 +97,7 @@ export async function bundleWorkers(): Promise<string> {
     keepNames: true,
     sourcemap: 'inline',
     logLevel: 'error',
-    plugins: [thirdPartyExternal],
+    plugins: [thirdPartyExternal, ownImportMetaUrl],
   });
   process.env[BUNDLES_ENV] = dir;
   return dir;
