@@ -627,8 +627,12 @@ start_zipkin() {
   # In-memory storage (the oldest traces go past MEM_MAX_SPANS), no self-tracing, and on loopback
   # only: a list entry given on the command line replaces the whole default entry, port included.
   # C1 only and the serial GC: it starts in seconds and stays small on a busy machine.
+  # Its Brotli library unpacks a native copy of itself into a new directory of java.io.tmpdir at
+  # each start: one of the state's, emptied first, rather than one more in /tmp every time.
+  rm -rf "$DATA/zipkin-tmp" && mkdir -p "$DATA/zipkin-tmp"
   spawn zipkin "$LOGS/zipkin.log" env STORAGE_TYPE=mem MEM_MAX_SPANS=100000 SELF_TRACING_ENABLED=false \
     java -Xms64m -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true \
+    "-Djava.io.tmpdir=$DATA/zipkin-tmp" \
     -jar "$ZIPKIN_JAR" '--armeria.ports[0].ip=127.0.0.1' "--armeria.ports[0].port=$ZIPKIN_PORT" \
     '--armeria.ports[0].protocols=http'
 }
