@@ -96,7 +96,7 @@ export async function bundleWorkers(): Promise<string> {
     // Error names and stack traces read as they do from the sources.
     keepNames: true,
     sourcemap: 'inline',
-    logLevel: 'error',
+    logLevel: 'warning',
     plugins: [thirdPartyExternal, ownImportMetaUrl],
   });
   process.env[BUNDLES_ENV] = dir;
