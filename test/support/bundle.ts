@@ -1,8 +1,8 @@
 /**
  * The tests' worker processes (crash workers, soak workers, supervised workers) start from esbuild
  * bundles of their TypeScript sources rather than through tsx, which compiles or reads from its
- * cache every module at each start: about 1 s of CPU a process against 0.5 s for a bundle, and the
- * crash tests start hundreds. Vitest's global setup (global-setup.ts) bundles them from the sources
+ * cache every module at each start: 1.5 s of CPU for a process that loads every adapter and store,
+ * against 0.6 s from a bundle, and the crash tests start hundreds. Vitest's global setup (global-setup.ts) bundles them from the sources
  * at the start of each run, as the tests import them (the `@exactly-once/source` condition), so a
  * bundle is never stale; outside Vitest (`npm run soak`) the workers start through tsx as before.
  */
