@@ -2,12 +2,13 @@
  * The tests' worker processes (crash workers, soak workers, supervised workers) start from esbuild
  * bundles of their TypeScript sources rather than through tsx, which compiles or reads from its
  * cache every module at each start: 1.5 s of CPU for a process that loads every adapter and store,
- * against 0.6 s from a bundle, and the crash tests start hundreds. Vitest's global setup (global-setup.ts) bundles them from the sources
- * at the start of each run, as the tests import them (the `@exactly-once/source` condition), so a
- * bundle is never stale; outside Vitest (`npm run soak`) the workers start through tsx as before.
+ * against 0.6 s from a bundle, and the crash tests start hundreds. Vitest's global setup
+ * (global-setup.ts) bundles them from the sources at the start of each run, as the tests import
+ * them (the `@exactly-once/source` condition), so a bundle is never stale; outside Vitest
+ * (`npm run soak`) the workers start through tsx as before.
  */
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile, rm } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { join, relative, sep } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -29,6 +30,8 @@ export type WorkerScript = (typeof WORKER_SCRIPTS)[number];
 
 /** Set by the global setup to the directory of this run's bundles. */
 const BUNDLES_ENV = 'EO_TEST_BUNDLES';
+/** Each run's bundles go in a directory of its own here, named by the run's PID. */
+const BUNDLES_HOME = join(root, 'node_modules', '.cache', 'exactly-once-test-bundles');
 const bundleName = (script: WorkerScript) => `${script.replace(/[^a-zA-Z0-9]+/g, '-')}.mjs`;
 
 /** Node's arguments to run `script`: its bundle when this run made one, else the source through tsx. */
@@ -78,9 +81,24 @@ const ownImportMetaUrl: Plugin = {
   },
 };
 
-/** Bundles every worker script into a fresh directory and points this process's children at it. */
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+};
+
+/**
+ * Bundles every worker script into a fresh directory and points this process's children at it.
+ * First removes the bundles of runs killed before their teardown (their PID is gone).
+ */
 export async function bundleWorkers(): Promise<string> {
-  const dir = join(root, 'node_modules', '.cache', 'exactly-once-test-bundles', String(process.pid));
+  for (const entry of await readdir(BUNDLES_HOME).catch(() => [])) {
+    if (!alive(Number(entry))) await rm(join(BUNDLES_HOME, entry), { recursive: true, force: true });
+  }
+  const dir = join(BUNDLES_HOME, String(process.pid));
   await build({
     entryPoints: WORKER_SCRIPTS.map((script) => ({
       in: join(root, script),

@@ -4,9 +4,8 @@
  * and bundles the worker scripts (bundle.ts).
  */
 import { execFile } from 'node:child_process';
-import { readdir, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { createRequire } from 'node:module';
-import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { bundleWorkers } from './bundle.js';
@@ -14,21 +13,7 @@ import { bundleWorkers } from './bundle.js';
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
 
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-};
-
 export default async function setup(): Promise<() => Promise<void>> {
-  const bundles = join(root, 'node_modules', '.cache', 'exactly-once-test-bundles');
-  // Bundles of runs that were killed before their teardown.
-  for (const entry of await readdir(bundles).catch(() => [])) {
-    if (!alive(Number(entry))) await rm(join(bundles, entry), { recursive: true, force: true });
-  }
   const [dir] = await Promise.all([
     bundleWorkers(),
     promisify(execFile)(process.execPath, [tsc, '-b', 'packages/cli'], { cwd: root }),
