@@ -6,11 +6,17 @@
 import {
   type Attributes,
   type Context,
+  type Counter,
   context,
   createContextKey,
+  createNoopMeter,
+  type Histogram,
   INVALID_SPAN_CONTEXT,
   type Link,
+  type Meter,
+  type MetricOptions,
   metrics,
+  type ObservableGauge,
   propagation,
   ROOT_CONTEXT,
   type Span,
@@ -241,38 +247,107 @@ export function linkToRef(ref: string | undefined): Link[] {
 }
 
 /** The library's meter (one scope and version for every instrument it makes). */
-export const meter = () => metrics.getMeter(SCOPE, VERSION);
+const meter = () => metrics.getMeter(SCOPE, VERSION);
+const noopMeter = createNoopMeter();
+let metricsFailureReported = false;
+
+/**
+ * A provider's instrument that throws (the API says none may; a hand-written provider can) must
+ * not fail a delivery: a delivery records its metrics between its handler's end and the release
+ * of its lease. The measurement is dropped; the first such error becomes a process warning.
+ */
+function metricsFailed(error: unknown): void {
+  if (metricsFailureReported) return;
+  metricsFailureReported = true;
+  process.emitWarning(
+    `the metrics provider threw; measurements it refuses are dropped (${describeThrown(error)})`,
+    { type: 'ExactlyOnceWarning' },
+  );
+}
+
+/** Makes an instrument with the library's meter, or a no-op one if the provider throws. */
+function made<I>(make: (m: Meter) => I): I {
+  try {
+    return make(meter());
+  } catch (error) {
+    metricsFailed(error);
+    return make(noopMeter);
+  }
+}
+
+/** A counter whose `add` never throws (see metricsFailed). */
+export function counter(name: string, options: MetricOptions): Counter {
+  const c = made((m) => m.createCounter(name, options));
+  return {
+    add(value, attributes, ctx) {
+      try {
+        c.add(value, attributes, ctx);
+      } catch (error) {
+        metricsFailed(error);
+      }
+    },
+  };
+}
+
+/** A histogram whose `record` never throws (see metricsFailed). */
+export function histogram(name: string, options: MetricOptions): Histogram {
+  const h = made((m) => m.createHistogram(name, options));
+  return {
+    record(value, attributes, ctx) {
+      try {
+        h.record(value, attributes, ctx);
+      } catch (error) {
+        metricsFailed(error);
+      }
+    },
+  };
+}
+
+/** An observable gauge whose callbacks are added and removed without throwing (see metricsFailed). */
+export function observableGauge(name: string, options: MetricOptions): ObservableGauge {
+  const g = made((m) => m.createObservableGauge(name, options));
+  const guarded = (call: () => void) => {
+    try {
+      call();
+    } catch (error) {
+      metricsFailed(error);
+    }
+  };
+  return {
+    addCallback: (callback) => guarded(() => g.addCallback(callback)),
+    removeCallback: (callback) => guarded(() => g.removeCallback(callback)),
+  };
+}
 // The metrics API has no proxy provider: instruments made before the application registers its
 // SDK would stay no-ops, so they are re-made when the global provider changes.
 let instruments: { provider: unknown; value: ReturnType<typeof createInstruments> } | undefined;
 function createInstruments() {
-  const m = meter();
   return {
-    deliveries: m.createCounter('exactly_once.deliveries', {
+    deliveries: counter('exactly_once.deliveries', {
       description: 'Deliveries handled, by outcome and settle action',
     }),
-    processDuration: m.createHistogram('exactly_once.process.duration', {
+    processDuration: histogram('exactly_once.process.duration', {
       description: 'Time from receipt to settle decision',
       unit: 's',
     }),
-    handlerDuration: m.createHistogram('exactly_once.handler.duration', {
+    handlerDuration: histogram('exactly_once.handler.duration', {
       description: 'Handler run time',
       unit: 's',
     }),
-    payloadReuse: m.createCounter('exactly_once.payload_reuse', {
+    payloadReuse: counter('exactly_once.payload_reuse', {
       description: 'Messages whose payload fingerprint another key claimed within payloadGuard.windowMs',
     }),
-    publishEscalations: m.createCounter('exactly_once.publish.escalations', {
+    publishEscalations: counter('exactly_once.publish.escalations', {
       description: 'Messages dead-lettered because their outgoing messages were never confirmed',
     }),
-    republished: m.createCounter('exactly_once.publish.republished', {
+    republished: counter('exactly_once.publish.republished', {
       description:
         'Outgoing messages a duplicate delivery published for the run that completed its key, which had not confirmed them',
     }),
-    stepGiveUps: m.createCounter('exactly_once.step.give_ups', {
+    stepGiveUps: counter('exactly_once.step.give_ups', {
       description: "Steps that gave up (`onGiveUp: 'continue'`) and resolved with their fallback",
     }),
-    stepAlerts: m.createCounter('exactly_once.step.alerts', {
+    stepAlerts: counter('exactly_once.step.alerts', {
       description: 'Steps whose function failed `alertAfter` times in one run',
     }),
   };

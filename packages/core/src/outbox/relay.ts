@@ -22,7 +22,7 @@ import { positiveMs } from '../options.js';
 import { type RetryPolicyOptions, resolveRetryPolicy, retryDelayMs } from '../retry.js';
 import type { OutgoingPublisher } from '../spi.js';
 import type { OutgoingMessage } from '../store/types.js';
-import { meter } from '../tracing.js';
+import { counter, observableGauge } from '../tracing.js';
 import { pause } from '../wait.js';
 import { traceRound } from './relay-spans.js';
 
@@ -389,10 +389,10 @@ function relayInstruments(lag: () => number | undefined): {
   attach(): void;
   detach(): void;
 } {
-  const published = meter().createCounter('exactly_once.outbox.published', {
+  const published = counter('exactly_once.outbox.published', {
     description: 'Outbox messages confirmed by the broker',
   });
-  const gauge: ObservableGauge = meter().createObservableGauge('exactly_once.outbox.lag', {
+  const gauge: ObservableGauge = observableGauge('exactly_once.outbox.lag', {
     description: 'Outbox entries not yet published',
   });
   const observe = (result: { observe(value: number): void }) => {

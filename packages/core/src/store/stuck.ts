@@ -9,7 +9,7 @@ import type { Attributes, ObservableGauge, ObservableResult } from '@opentelemet
 import { ConfigError } from '../errors.js';
 import { scopeKey, validateName } from '../keys.js';
 import { type OptionNames, refuseUnknownOptions } from '../option-names.js';
-import { meter } from '../tracing.js';
+import { observableGauge } from '../tracing.js';
 import { repeatEvery } from '../wait.js';
 import type { InProgressEntry, ProcessedStore } from './types.js';
 
@@ -95,7 +95,7 @@ export function watchStuck(store: ProcessedStore, options: WatchStuckOptions): S
     'exactly_once.namespace': validateName('namespace', options.namespace ?? 'default'),
   };
   let count: number | undefined;
-  const gauge: ObservableGauge = meter().createObservableGauge('exactly_once.in_progress.stuck', {
+  const gauge: ObservableGauge = observableGauge('exactly_once.in_progress.stuck', {
     description: 'IN_PROGRESS records whose current attempt started longer ago than the threshold',
   });
   const observe = (result: ObservableResult) => {
