@@ -31,36 +31,72 @@ interface StuckJson {
   }[];
 }
 
-describe.each(testStores)('stuck: %s', (_name, open) => {
-  let t: TestStore;
-  const namespace = uniqueName('ns').slice(0, 40);
-  const billing = uniqueName('billing');
-  const orders = uniqueName('orders');
-  const key = (consumer: string, k: string) => recordKeyFor({ namespace, consumer, key: k });
-  let freshAt = 0;
-  /** A threshold between the ages of the fresh record and of the older ones, as of now. */
-  const between = () => `${Date.now() - freshAt + GAP_MS / 2}ms`;
+/** Each store's records: begun for all stores at once, so that the wait between them is one. */
+interface Fixture {
+  t: TestStore;
+  namespace: string;
+  billing: string;
+  orders: string;
+  /** When the fresh record was begun (the others GAP_MS before). */
+  freshAt: number;
+}
+const fixtures = new Map<string, Fixture>();
 
-  beforeAll(async () => {
-    t = await open();
-    const { store } = t;
-    const begin = async (consumer: string, k: string, owner: string) => {
-      const r = await store.begin({ key: key(consumer, k), fingerprint: 'fp', owner, leaseMs: 120_000 });
-      if (r.status !== 'acquired') throw new Error(r.status);
-      return r.fence;
-    };
-    const oldFence = await begin(billing, 'old', 'worker-1');
-    await store.markStepStarted?.(key(billing, 'old'), oldFence, 'charge');
-    await store.saveStep(key(billing, 'old'), oldFence, 'reserve', new TextEncoder().encode('1'));
-    await begin(orders, 'other', 'worker-2');
-    const doneFence = await begin(billing, 'done', 'worker-3');
-    await store.complete({ key: key(billing, 'done'), fence: doneFence, outgoing: [], retentionMs: 60_000 });
-    await sleep(GAP_MS);
-    freshAt = Date.now();
-    await begin(billing, 'fresh', 'worker-4');
-  });
-  afterAll(async () => {
-    await t?.close();
+beforeAll(async () => {
+  const begun = await Promise.all(
+    testStores.map(async ([name, open]) => {
+      const f: Fixture = {
+        t: await open(),
+        namespace: uniqueName('ns').slice(0, 40),
+        billing: uniqueName('billing'),
+        orders: uniqueName('orders'),
+        freshAt: 0,
+      };
+      fixtures.set(name, f);
+      const { store } = f.t;
+      const key = (consumer: string, k: string) => recordKeyFor({ namespace: f.namespace, consumer, key: k });
+      const begin = async (consumer: string, k: string, owner: string) => {
+        const r = await store.begin({ key: key(consumer, k), fingerprint: 'fp', owner, leaseMs: 120_000 });
+        if (r.status !== 'acquired') throw new Error(r.status);
+        return r.fence;
+      };
+      const oldFence = await begin(f.billing, 'old', 'worker-1');
+      await store.markStepStarted?.(key(f.billing, 'old'), oldFence, 'charge');
+      await store.saveStep(key(f.billing, 'old'), oldFence, 'reserve', new TextEncoder().encode('1'));
+      await begin(f.orders, 'other', 'worker-2');
+      const doneFence = await begin(f.billing, 'done', 'worker-3');
+      await store.complete({
+        key: key(f.billing, 'done'),
+        fence: doneFence,
+        outgoing: [],
+        retentionMs: 60_000,
+      });
+      return async () => {
+        f.freshAt = Date.now();
+        await begin(f.billing, 'fresh', 'worker-4');
+      };
+    }),
+  );
+  await sleep(GAP_MS);
+  for (const beginFresh of begun) await beginFresh();
+});
+
+afterAll(async () => {
+  await Promise.all([...fixtures.values()].map((f) => f.t.close()));
+});
+
+describe.each(testStores)('stuck: %s', (name) => {
+  const f = () => fixtures.get(name) as Fixture;
+  let t: TestStore;
+  let namespace: string;
+  let billing: string;
+  let orders: string;
+  const key = (consumer: string, k: string) => recordKeyFor({ namespace, consumer, key: k });
+  /** A threshold between the ages of the fresh record and of the older ones, as of now. */
+  const between = () => `${Date.now() - f().freshAt + GAP_MS / 2}ms`;
+
+  beforeAll(() => {
+    ({ t, namespace, billing, orders } = f());
   });
 
   it('one consumer: only its records older than the threshold, with steps in doubt', {

@@ -16,7 +16,6 @@ const LONGEST = [
   'test/kafka/rebalance.test.ts', // 71 s
   'test/cli/inspect.test.ts', // 69 s
   'test/kafka/poison-crash.test.ts', // 63 s
-  'test/cli/stuck.test.ts', // 60 s
   'packages/store-redis/test/markers.test.ts', // 56 s
   'test/tiered/conformance.test.ts', // 54 s
   'test/install/tarballs.test.ts', // 53 s

@@ -318,6 +318,7 @@ export function observableGauge(name: string, options: MetricOptions): Observabl
     removeCallback: (callback) => guarded(() => g.removeCallback(callback)),
   };
 }
+
 // The metrics API has no proxy provider: instruments made before the application registers its
 // SDK would stay no-ops, so they are re-made when the global provider changes.
 let instruments: { provider: unknown; value: ReturnType<typeof createInstruments> } | undefined;
