@@ -275,31 +275,39 @@ function made<I>(make: (m: Meter) => I): I {
   }
 }
 
+/**
+ * A provider's `add` or `record` that never throws (see metricsFailed): one closure an instrument,
+ * none a measurement.
+ */
+function measuring(
+  measure: (value: number, attributes?: Attributes, ctx?: Context) => void,
+): (value: number, attributes?: Attributes, ctx?: Context) => void {
+  return (value, attributes, ctx) => {
+    try {
+      measure(value, attributes, ctx);
+    } catch (error) {
+      metricsFailed(error);
+    }
+  };
+}
+
 /** A counter whose `add` never throws (see metricsFailed). */
 export function counter(name: string, options: MetricOptions): Counter {
-  const c = made((m) => m.createCounter(name, options));
   return {
-    add(value, attributes, ctx) {
-      try {
-        c.add(value, attributes, ctx);
-      } catch (error) {
-        metricsFailed(error);
-      }
-    },
+    add: made((m) => {
+      const c = m.createCounter(name, options);
+      return measuring(c.add.bind(c));
+    }),
   };
 }
 
 /** A histogram whose `record` never throws (see metricsFailed). */
 export function histogram(name: string, options: MetricOptions): Histogram {
-  const h = made((m) => m.createHistogram(name, options));
   return {
-    record(value, attributes, ctx) {
-      try {
-        h.record(value, attributes, ctx);
-      } catch (error) {
-        metricsFailed(error);
-      }
-    },
+    record: made((m) => {
+      const h = m.createHistogram(name, options);
+      return measuring(h.record.bind(h));
+    }),
   };
 }
 
