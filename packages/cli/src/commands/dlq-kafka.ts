@@ -117,10 +117,18 @@ export async function openKafka(io: Io, brokersText: string, topic: string): Pro
             () => reject(new CliError(`${description}: read timed out after ${READ_TIMEOUT_MS / 1000} s`)),
             READ_TIMEOUT_MS,
           );
-          const finish = () => {
-            clearTimeout(timer);
-            resolve();
-          };
+          // A partition's range is read once a batch reaches its last offset. The batch's end event,
+          // not eachBatch, says so: kafkajs hands eachBatch no batch whose records are all filtered
+          // out (a commit marker, an aborted transaction's records), and a range may end in one.
+          consumer.on(consumer.events.END_BATCH_PROCESS, ({ payload }) => {
+            const range = wanted.get(payload.partition);
+            if (!range || Number(payload.lastOffset) < range.to - 1) return;
+            done.add(payload.partition);
+            if (done.size === wanted.size) {
+              clearTimeout(timer);
+              resolve();
+            }
+          });
           consumer
             .run({
               autoCommit: false,
@@ -136,9 +144,6 @@ export async function openKafka(io: Io, brokersText: string, topic: string): Pro
                     bar.increment();
                   }
                 }
-                const last = Number(batch.lastOffset());
-                if (last >= range.to - 1) done.add(batch.partition);
-                if (done.size === wanted.size) finish();
               },
             })
             .then(() => {
