@@ -21,6 +21,7 @@ import {
   isRebalanceError,
   type KafkaMessageLike,
   kafkaErrorTags,
+  type SkippedBatch,
 } from './client.js';
 import { deadLetterRecord, retryAtOf, retryRecord, toDelivery } from './delivery.js';
 import type { ExactlyOnceProducer } from './producer.js';
@@ -105,6 +106,30 @@ const CHUNK = 32;
 export async function runBatch(env: BatchEnv, payload: EachBatchPayloadLike): Promise<void> {
   const run = new BatchRun(env, payload);
   await run.run();
+}
+
+/**
+ * Commits the position after a batch kafkajs skipped (records a reader never gets: transaction
+ * markers, an aborted transaction's records), so that a partition whose last offset is a
+ * transaction's marker reaches a lag of 0. As safe as any commit here: kafkajs fetches a partition
+ * from its first unresolved offset, so every record before the batch is settled. Not retried: the
+ * next record's commit covers it.
+ */
+export async function commitSkipped(env: BatchEnv, skipped: SkippedBatch): Promise<void> {
+  if (env.stopSignal.aborted) return;
+  const { topic, partition, next } = skipped;
+  try {
+    await skipped.commit();
+    env.anchored.add(`${topic}:${partition}`);
+    env.stats.commits++;
+  } catch (error) {
+    env.logger.debug('offset commit after skipped records failed', {
+      topic,
+      partition,
+      offset: next,
+      error: toErrorInfo(error),
+    });
+  }
 }
 
 class BatchRun {
@@ -311,6 +336,7 @@ class BatchRun {
           this.commitAlong();
         }
       }
+      if (i > 0 && i === messages.length) this.settleTrailing();
     } finally {
       clearInterval(timer);
       // Records begun but never run (the batch paused or was given up): give their leases back,
@@ -537,6 +563,18 @@ class BatchRun {
     } catch {
       return sent === 'paused' ? 'paused' : 'abandoned';
     }
+  }
+
+  /**
+   * Every record settled: records a reader never gets after the last one (a transaction's commit
+   * marker) are settled with it, so the commit covers them and the partition's lag can reach 0.
+   */
+  private settleTrailing(): void {
+    const last = this.payload.batch.lastOffset?.();
+    if (last === undefined || this.settledOffset === undefined || BigInt(last) <= BigInt(this.settledOffset))
+      return;
+    this.payload.resolveOffset(last);
+    this.settledOffset = last;
   }
 
   private resolve(message: KafkaMessageLike): Step {

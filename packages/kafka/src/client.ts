@@ -31,6 +31,11 @@ export interface KafkaBatchLike {
   readonly topic: string;
   readonly partition: number;
   readonly messages: readonly KafkaMessageLike[];
+  /**
+   * The last offset the fetch covered, records a reader never gets included (a transaction's
+   * commit or abort marker after the last record); kafkajs has it.
+   */
+  lastOffset?(): string;
 }
 
 export interface OffsetsByTopicPartitionLike {
@@ -305,11 +310,38 @@ export interface ConsumerClient {
    * with whether kafkajs restarts the consumer (its event says; undefined when it does not).
    */
   onCrash(listener: (error: unknown, restart: boolean | undefined) => void): void;
+  /**
+   * Reports a fetched batch that held only records a reader never gets (transaction markers, an
+   * aborted transaction's records), with the offset after it. kafkajs hands eachBatch no such
+   * batch: it moves its fetch position past it and says so only in its END_BATCH_PROCESS event.
+   * Not called on librdkafka.
+   */
+  onSkipped(listener: (skipped: SkippedBatch) => void): void;
+}
+
+/** A batch of records a reader never gets (see {@link ConsumerClient.onSkipped}). */
+export interface SkippedBatch {
+  readonly topic: string;
+  readonly partition: number;
+  /** The offset after the batch: the partition's fetch position now. */
+  readonly next: string;
+  /** Commits `next` as the partition's position. */
+  commit(): Promise<void>;
 }
 
 /** The parts of `@confluentinc/kafka-javascript`'s consumer used beyond the kafkajs contract. */
-interface ConfluentConsumer extends ConsumerLike {
+interface CommittingConsumer extends ConsumerLike {
   commitOffsets(offsets: { topic: string; partition: number; offset: string }[]): Promise<void>;
+}
+
+interface BatchEndEvent {
+  payload?: {
+    topic: string;
+    partition: number;
+    batchSize: number;
+    firstOffset: string | null;
+    lastOffset: string;
+  };
 }
 
 interface RebalanceEvent {
@@ -391,10 +423,30 @@ export function consumerClient(
             ),
         );
       },
+      onSkipped(listener) {
+        consumer.on?.(
+          consumer.events?.END_BATCH_PROCESS ?? 'consumer.end_batch_process',
+          (event: BatchEndEvent) => {
+            const batch = event?.payload;
+            // No first offset: nothing at or after the fetched one came back (kafkajs then moves on
+            // by itself); only records it read and filtered out are skipped here.
+            if (batch?.batchSize !== 0 || batch.firstOffset === null) return;
+            const { topic, partition } = batch;
+            const next = (BigInt(batch.lastOffset) + 1n).toString();
+            listener({
+              topic,
+              partition,
+              next,
+              commit: () =>
+                (consumer as CommittingConsumer).commitOffsets([{ topic, partition, offset: next }]),
+            });
+          },
+        );
+      },
     };
   }
 
-  const confluent = consumer as ConfluentConsumer;
+  const confluent = consumer as CommittingConsumer;
   return {
     kind,
     consumer,
@@ -444,6 +496,7 @@ export function consumerClient(
         },
       }),
     onCrash() {},
+    onSkipped() {},
   };
 }
 

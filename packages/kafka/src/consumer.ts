@@ -23,7 +23,7 @@ import {
   settledWithin,
   timerMs,
 } from '@exactly-once/core/spi';
-import { type BatchEnv, runBatch } from './batch.js';
+import { type BatchEnv, commitSkipped, runBatch } from './batch.js';
 import { type ConsumerConfigLike, type ConsumerLike, consumerClient, type KafkaLike } from './client.js';
 import { isTombstone } from './delivery.js';
 import { createProducer, type ExactlyOnceProducer } from './producer.js';
@@ -211,6 +211,7 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
   if (!Array.isArray(topics) || topics.length === 0)
     throw new ConfigError('topics must list at least one topic');
   checkTopics(topics, deadLetter, retryTopic);
+  checkIsolation(consumerConfig);
   if (!Number.isInteger(partitionsConsumedConcurrently) || partitionsConsumedConcurrently < 1) {
     throw new ConfigError(
       `partitionsConsumedConcurrently must be an integer >= 1 (got ${String(partitionsConsumedConcurrently)})`,
@@ -311,6 +312,8 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
     }
   });
 
+  client.onSkipped((skipped) => void commitSkipped(env, skipped));
+
   return {
     consumer,
     processor,
@@ -373,6 +376,25 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
       return stopping;
     },
   };
+}
+
+/**
+ * Records of an aborted transaction are never handed to a handler: their producer took them back.
+ * Reading uncommitted records (kafkajs' `readUncommitted`, librdkafka's `isolation.level`) would.
+ */
+function checkIsolation(config: Record<string, unknown>): void {
+  const kafkaJs = config.kafkaJS as Record<string, unknown> | undefined;
+  if (
+    config.readUncommitted === true ||
+    kafkaJs?.readUncommitted === true ||
+    config['isolation.level'] === 'read_uncommitted'
+  ) {
+    throw new ConfigError(
+      'consumerConfig: reading uncommitted records would run handlers on records of aborted ' +
+        'transactions, which their producer took back; the consumer reads committed records only. ' +
+        'Remove readUncommitted (isolation.level).',
+    );
+  }
 }
 
 function checkTopics(

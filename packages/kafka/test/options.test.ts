@@ -73,6 +73,17 @@ describe('kafka consumer options', () => {
     );
   });
 
+  it("refuses reading uncommitted records (an aborted transaction's records would be handled), in either layout", () => {
+    for (const consumerConfig of [
+      { readUncommitted: true },
+      { kafkaJS: { readUncommitted: true } },
+      { 'isolation.level': 'read_uncommitted' },
+    ]) {
+      expect(configError({ consumerConfig }).message).toMatch(/aborted transactions/);
+    }
+    createConsumer({ ...base, consumerConfig: { readUncommitted: false } });
+  });
+
   it('refuses partitionsConsumedConcurrently below 1 (no partition would ever be processed)', () => {
     expect(configError({ partitionsConsumedConcurrently: 0 }).message).toMatch(/integer >= 1 \(got 0\)/);
     expect(configError({ partitionsConsumedConcurrently: 1.5 }).message).toMatch(/integer >= 1/);
