@@ -167,14 +167,18 @@ export async function runScenario(
   const nextPlan = (): CrashPoint => s.crashes[call++] ?? 'none';
   let rivals: Run['result'][] = [];
 
-  /** Waits until no live lease is held on `key` (its holder is frozen, or paused). */
+  /**
+   * Waits until no live lease is held on `key` (its holder is frozen, or paused). A frozen lease
+   * passes within one LEASE_MS; the margin is for a store whose calls take seconds on a loaded
+   * machine (FerretDB's one SQLite writer shared with the rest of the suite).
+   */
   const leasePassed = (key: string) =>
     waitUntil(
       async () => {
         const rec = await shared.get(storeKey(key));
         return rec?.state !== 'IN_PROGRESS' || rec.leaseUntil < (await sut.now());
       },
-      { timeoutMs: 20 * LEASE_MS, intervalMs: 20, message: `the lease on ${key} to pass` },
+      { timeoutMs: 60 * LEASE_MS, intervalMs: 20, message: `the lease on ${key} to pass` },
     );
 
   const work = (key: string, plan: CrashPoint): Run => {
