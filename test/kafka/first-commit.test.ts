@@ -48,13 +48,13 @@ afterAll(async () => {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function produce(topic: string, key: string): Promise<void> {
+async function produce(topic: string, key: string, partition?: number): Promise<void> {
   const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
   await producer.connect();
   await producer.send({
     topic,
     acks: -1,
-    messages: [{ value: JSON.stringify({ amount: 1 }), headers: { 'x-idempotency-key': key } }],
+    messages: [{ value: JSON.stringify({ amount: 1 }), headers: { 'x-idempotency-key': key }, partition }],
   });
   await producer.disconnect();
 }
@@ -109,7 +109,9 @@ async function givenUpBeforeAnyCommit(client: Kafka, logger: Logger = quietLogge
 
 /**
  * `kafka` whose consumers' first offset commit fails once, as a broker request can (the commits
- * after it, and everything else, go to the real broker).
+ * after it, and everything else, go to the real broker). It has no admin client, so the consumer
+ * cannot commit the position of an assignment's uncommitted partitions before their first fetch
+ * (as when that commit fails): the first batch's own commit is the partition's first.
  */
 function failingFirstCommit(real: Kafka): Kafka {
   let failed = false;
@@ -136,7 +138,8 @@ function failingFirstCommit(real: Kafka): Kafka {
     return c;
   };
   return new Proxy(real, {
-    get: (target, p, r) => (p === 'consumer' ? consumer : Reflect.get(target, p, r)),
+    get: (target, p, r) =>
+      p === 'consumer' ? consumer : p === 'admin' ? undefined : Reflect.get(target, p, r),
   });
 }
 
@@ -158,6 +161,49 @@ describe('kafka: partitions the group never committed (fromBeginning: false)', (
     };
     await givenUpBeforeAnyCommit(failingFirstCommit(kafka), logger);
     expect(refused).toContain('first offset commit failed');
+  }, 120_000);
+
+  it('a record written while the group was down, to a partition that was quiet while it ran, is processed after the restart', async () => {
+    // A ran with both partitions assigned; only partition 0 had records. Before, nothing was ever
+    // committed for partition 1, so B's start reset it to its end again, past the record written
+    // while no member ran: it was never processed.
+    const topic = uniqueName('quiet-partition');
+    const groupId = uniqueName('quiet-partition-group');
+    await createTopics(admin, [topic, `${topic}.dlq`], 2);
+    const keyPrefix = storePrefix();
+    const handled: string[] = [];
+    const make = (): KafkaConsumer =>
+      createConsumer<{ amount: number }>({
+        kafka,
+        groupId,
+        topics: [topic],
+        deadLetter: { topic: `${topic}.dlq` },
+        store: createRedisStore({ client: redis, keyPrefix }),
+        consumerConfig: fastGroup,
+        logger: quietLogger,
+        retentionCheck: 'off',
+        handler: (_p, ctx) => {
+          handled.push(ctx.key);
+        },
+      });
+    const a = make();
+    await a.start();
+    await waitUntil(async () => (await admin.describeGroups([groupId])).groups[0]?.state === 'Stable', {
+      message: 'A joined',
+    });
+    await sleep(1_500);
+    await produce(topic, 'qp-0', 0);
+    await waitUntil(() => a.stats.acked === 1, { message: 'A settled the record of partition 0' });
+    await a.stop();
+    await produce(topic, 'qp-1', 1);
+    const b = make();
+    cleanups.push(() => b.stop());
+    await b.start();
+    await waitUntil(() => handled.includes('qp-1'), {
+      timeoutMs: 30_000,
+      message: () => `B processed the record of the quiet partition (handled: ${handled})`,
+    });
+    expect(handled).toEqual(['qp-0', 'qp-1']);
   }, 120_000);
 
   it('a retry copy written before the retry topic was ever committed is read after a restart', async () => {

@@ -128,6 +128,35 @@ export interface KafkaLike {
   consumer(config: any): ConsumerLike;
   // biome-ignore lint/suspicious/noExplicitAny: each client's own config type (see above)
   producer(config?: any): ProducerLike;
+  admin?(): AdminLike;
+}
+
+/** The admin calls the consumer makes (both clients have them). */
+export interface AdminLike {
+  connect(): Promise<void>;
+  disconnect(): Promise<void>;
+  fetchOffsets(request: {
+    groupId: string;
+    topics: string[];
+  }): Promise<{ topic: string; partitions: { partition: number; offset: string }[] }[]>;
+  fetchTopicOffsets(topic: string): Promise<{ partition: number; high: string; low: string }[]>;
+}
+
+export interface TopicPartitions {
+  readonly topic: string;
+  readonly partitions: number[];
+}
+
+/** What an assignment's listener may do with its partitions before they are fetched. */
+export interface PartitionControl {
+  /** The partitions paused now. */
+  paused(): TopicPartitions[];
+  pause(partitions: TopicPartitions[]): void;
+  resume(partitions: TopicPartitions[]): void;
+  /** Moves the partition's fetch position (applied at its next fetch). */
+  seek(at: { topic: string; partition: number; offset: string }): void;
+  /** Commits these offsets as the partitions' next. */
+  commit(offsets: { topic: string; partition: number; offset: string }[]): Promise<void>;
 }
 
 /** The kafkajs errors (`type`) and Kafka protocol error codes (`code`) of a lost membership. */
@@ -317,6 +346,11 @@ export interface ConsumerClient {
    * Not called on librdkafka.
    */
   onSkipped(listener: (skipped: SkippedBatch) => void): void;
+  /**
+   * Calls `listener` with each assignment the member receives, before any of it is fetched
+   * (kafkajs' GROUP_JOIN event, emitted before its fetch loop goes on). Not called on librdkafka.
+   */
+  onAssigned(listener: (assignment: TopicPartitions[], control: PartitionControl) => void): void;
 }
 
 /** A batch of records a reader never gets (see {@link ConsumerClient.onSkipped}). */
@@ -332,6 +366,18 @@ export interface SkippedBatch {
 /** The parts of `@confluentinc/kafka-javascript`'s consumer used beyond the kafkajs contract. */
 interface CommittingConsumer extends ConsumerLike {
   commitOffsets(offsets: { topic: string; partition: number; offset: string }[]): Promise<void>;
+}
+
+/** kafkajs' consumer calls behind {@link PartitionControl}. */
+interface KafkajsConsumer extends CommittingConsumer {
+  paused(): TopicPartitions[];
+  pause(partitions: TopicPartitions[]): void;
+  resume(partitions: TopicPartitions[]): void;
+  seek(at: { topic: string; partition: number; offset: string }): void;
+}
+
+interface GroupJoinEvent {
+  payload?: { memberAssignment?: Record<string, number[]> };
 }
 
 interface BatchEndEvent {
@@ -443,6 +489,23 @@ export function consumerClient(
           },
         );
       },
+      onAssigned(listener) {
+        const kafkajs = consumer as KafkajsConsumer;
+        const control: PartitionControl = {
+          paused: () => kafkajs.paused(),
+          pause: (partitions) => kafkajs.pause(partitions),
+          resume: (partitions) => kafkajs.resume(partitions),
+          seek: (at) => kafkajs.seek(at),
+          commit: (offsets) => kafkajs.commitOffsets(offsets),
+        };
+        consumer.on?.(consumer.events?.GROUP_JOIN ?? 'consumer.group_join', (event: GroupJoinEvent) => {
+          const assigned = event?.payload?.memberAssignment ?? {};
+          listener(
+            Object.entries(assigned).map(([topic, partitions]) => ({ topic, partitions })),
+            control,
+          );
+        });
+      },
     };
   }
 
@@ -497,6 +560,7 @@ export function consumerClient(
       }),
     onCrash() {},
     onSkipped() {},
+    onAssigned() {},
   };
 }
 

@@ -24,7 +24,14 @@ import {
   timerMs,
 } from '@exactly-once/core/spi';
 import { type BatchEnv, commitSkipped, runBatch } from './batch.js';
-import { type ConsumerConfigLike, type ConsumerLike, consumerClient, type KafkaLike } from './client.js';
+import { pinUncommitted } from './positions.js';
+import {
+  type AdminLike,
+  type ConsumerConfigLike,
+  type ConsumerLike,
+  consumerClient,
+  type KafkaLike,
+} from './client.js';
 import { isTombstone } from './delivery.js';
 import { createProducer, type ExactlyOnceProducer } from './producer.js';
 import { type ConsumerStats, emptyStats } from './stats.js';
@@ -314,6 +321,36 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
 
   client.onSkipped((skipped) => void commitSkipped(env, skipped));
 
+  // An admin client, connected on first use: the pinning of never-committed partitions reads
+  // the group's commits and the partitions' ends with it. (With fromBeginning a reset skips
+  // nothing, so there is nothing to pin.)
+  let admin: Promise<AdminLike> | undefined;
+  const adminOf = kafka.admin?.bind(kafka);
+  if (!fromBeginning && adminOf) {
+    const connected = async () => {
+      const a = adminOf();
+      await a.connect();
+      return a;
+    };
+    client.onAssigned(
+      pinUncommitted({
+        groupId,
+        topics,
+        admin: () => {
+          admin ??= connected().catch((error) => {
+            admin = undefined;
+            throw error;
+          });
+          return admin;
+        },
+        logger,
+        anchored: env.anchored,
+        stopSignal: stopController.signal,
+        track: env.track,
+      }),
+    );
+  }
+
   return {
     consumer,
     processor,
@@ -369,6 +406,7 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
           // right after it would cut them off, and the next owner would wait out each lease.
           await settledWithin([processor.givenBack()], Math.max(remaining(), GIVE_BACK_MIN_WAIT_MS));
           finished = true;
+          await admin?.then((a) => a.disconnect()).catch(() => {});
           if (!givenProducer) await producer.disconnect().catch(() => {});
           state = 'stopped';
         }
