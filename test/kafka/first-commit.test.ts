@@ -13,6 +13,8 @@ import type { Redis } from 'ioredis';
 import type { Admin, EachBatchHandler, Kafka } from 'kafkajs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
+  CLIENTS,
+  clientKafka,
   createTopics,
   dropStorePrefixes,
   fastGroup,
@@ -163,48 +165,52 @@ describe('kafka: partitions the group never committed (fromBeginning: false)', (
     expect(refused).toContain('first offset commit failed');
   }, 120_000);
 
-  it('a record written while the group was down, to a partition that was quiet while it ran, is processed after the restart', async () => {
-    // A ran with both partitions assigned; only partition 0 had records. Before, nothing was ever
-    // committed for partition 1, so B's start reset it to its end again, past the record written
-    // while no member ran: it was never processed.
-    const topic = uniqueName('quiet-partition');
-    const groupId = uniqueName('quiet-partition-group');
-    await createTopics(admin, [topic, `${topic}.dlq`], 2);
-    const keyPrefix = storePrefix();
-    const handled: string[] = [];
-    const make = (): KafkaConsumer =>
-      createConsumer<{ amount: number }>({
-        kafka,
-        groupId,
-        topics: [topic],
-        deadLetter: { topic: `${topic}.dlq` },
-        store: createRedisStore({ client: redis, keyPrefix }),
-        consumerConfig: fastGroup,
-        logger: quietLogger,
-        retentionCheck: 'off',
-        handler: (_p, ctx) => {
-          handled.push(ctx.key);
-        },
+  it.each(CLIENTS)(
+    '%s: a record written while the group was down, to a partition that was quiet while it ran, is processed after the restart',
+    async (client) => {
+      // A ran with both partitions assigned; only partition 0 had records. Before, nothing was ever
+      // committed for partition 1, so B's start reset it to its end again, past the record written
+      // while no member ran: it was never processed.
+      const topic = uniqueName('quiet-partition');
+      const groupId = uniqueName('quiet-partition-group');
+      await createTopics(admin, [topic, `${topic}.dlq`], 2);
+      const keyPrefix = storePrefix();
+      const handled: string[] = [];
+      const make = (): KafkaConsumer =>
+        createConsumer<{ amount: number }>({
+          kafka: clientKafka(client, 'quiet-partition-test'),
+          groupId,
+          topics: [topic],
+          deadLetter: { topic: `${topic}.dlq` },
+          store: createRedisStore({ client: redis, keyPrefix }),
+          consumerConfig: fastGroup,
+          logger: quietLogger,
+          retentionCheck: 'off',
+          handler: (_p, ctx) => {
+            handled.push(ctx.key);
+          },
+        });
+      const a = make();
+      await a.start();
+      await waitUntil(async () => (await admin.describeGroups([groupId])).groups[0]?.state === 'Stable', {
+        message: 'A joined',
       });
-    const a = make();
-    await a.start();
-    await waitUntil(async () => (await admin.describeGroups([groupId])).groups[0]?.state === 'Stable', {
-      message: 'A joined',
-    });
-    await sleep(1_500);
-    await produce(topic, 'qp-0', 0);
-    await waitUntil(() => a.stats.acked === 1, { message: 'A settled the record of partition 0' });
-    await a.stop();
-    await produce(topic, 'qp-1', 1);
-    const b = make();
-    cleanups.push(() => b.stop());
-    await b.start();
-    await waitUntil(() => handled.includes('qp-1'), {
-      timeoutMs: 30_000,
-      message: () => `B processed the record of the quiet partition (handled: ${handled})`,
-    });
-    expect(handled).toEqual(['qp-0', 'qp-1']);
-  }, 120_000);
+      await sleep(1_500);
+      await produce(topic, 'qp-0', 0);
+      await waitUntil(() => a.stats.acked === 1, { message: 'A settled the record of partition 0' });
+      await a.stop();
+      await produce(topic, 'qp-1', 1);
+      const b = make();
+      cleanups.push(() => b.stop());
+      await b.start();
+      await waitUntil(() => handled.includes('qp-1'), {
+        timeoutMs: 30_000,
+        message: () => `B processed the record of the quiet partition (handled: ${handled})`,
+      });
+      expect(handled).toEqual(['qp-0', 'qp-1']);
+    },
+    120_000,
+  );
 
   it('a retry copy written before the retry topic was ever committed is read after a restart', async () => {
     const topic = uniqueName('first-retry');

@@ -142,6 +142,11 @@ export interface AdminLike {
   fetchTopicOffsets(topic: string): Promise<{ partition: number; high: string; low: string }[]>;
 }
 
+export type AssignmentListener = (
+  assignment: TopicPartitions[],
+  control: PartitionControl,
+) => Promise<void> | undefined;
+
 export interface TopicPartitions {
   readonly topic: string;
   readonly partitions: number[];
@@ -347,10 +352,13 @@ export interface ConsumerClient {
    */
   onSkipped(listener: (skipped: SkippedBatch) => void): void;
   /**
-   * Calls `listener` with each assignment the member receives, before any of it is fetched
-   * (kafkajs' GROUP_JOIN event, emitted before its fetch loop goes on). Not called on librdkafka.
+   * Calls `listener` with each assignment the member receives, before any of it is fetched.
+   * kafkajs: from its GROUP_JOIN event, before its fetch loop goes on (the listener pauses what it
+   * must hold). librdkafka: from the rebalance callback, before the assignment is applied, which
+   * waits for the promise the listener returns (pausing and seeking do nothing there: the
+   * partitions start from their commits once it resolves).
    */
-  onAssigned(listener: (assignment: TopicPartitions[], control: PartitionControl) => void): void;
+  onAssigned(listener: AssignmentListener): void;
 }
 
 /** A batch of records a reader never gets (see {@link ConsumerClient.onSkipped}). */
@@ -401,6 +409,8 @@ type RebalanceCallback = (
 
 /** librdkafka's rebalance event code for a revocation (ERR__REVOKE_PARTITIONS). */
 const REVOKE_PARTITIONS = -174;
+/** librdkafka's rebalance event code for an assignment (ERR__ASSIGN_PARTITIONS). */
+const ASSIGN_PARTITIONS = -175;
 
 /**
  * Creates the group member. On `@confluentinc/kafka-javascript`:
@@ -423,13 +433,22 @@ export function consumerClient(
   const running = new Map<string, Set<{ revoked: boolean }>>();
   const tp = (topic: string, partition: number) => `${partition}:${topic}`;
   const userRebalance = config.rebalance_cb;
+  let onAssign: ((assignment: TopicPartitions[]) => Promise<void> | undefined) | undefined;
   const rebalance: RebalanceCallback = (event, assignment, ...rest) => {
     if (event?.code === REVOKE_PARTITIONS) {
       for (const { topic, partition } of assignment) {
         for (const batch of running.get(tp(topic, partition)) ?? []) batch.revoked = true;
       }
     }
-    return typeof userRebalance === 'function' ? userRebalance(event, assignment, ...rest) : undefined;
+    const user = () =>
+      typeof userRebalance === 'function' ? userRebalance(event, assignment, ...rest) : undefined;
+    if (event?.code !== ASSIGN_PARTITIONS || onAssign === undefined) return user();
+    // The client applies the assignment once this callback's promise resolves.
+    const byTopic = new Map<string, number[]>();
+    for (const { topic, partition } of assignment)
+      byTopic.set(topic, [...(byTopic.get(topic) ?? []), partition]);
+    const held = onAssign([...byTopic].map(([topic, partitions]) => ({ topic, partitions })));
+    return held ? held.then(user) : user();
   };
   const { client: consumer, kind } = create(
     (c) => kafka.consumer(c),
@@ -500,7 +519,8 @@ export function consumerClient(
         };
         consumer.on?.(consumer.events?.GROUP_JOIN ?? 'consumer.group_join', (event: GroupJoinEvent) => {
           const assigned = event?.payload?.memberAssignment ?? {};
-          listener(
+          // Not awaited: kafkajs goes on at once; the listener holds what it must by pausing.
+          void listener(
             Object.entries(assigned).map(([topic, partitions]) => ({ topic, partitions })),
             control,
           );
@@ -560,7 +580,16 @@ export function consumerClient(
       }),
     onCrash() {},
     onSkipped() {},
-    onAssigned() {},
+    onAssigned(listener) {
+      const control: PartitionControl = {
+        paused: () => [],
+        pause() {},
+        resume() {},
+        seek() {},
+        commit: (offsets) => confluent.commitOffsets(offsets),
+      };
+      onAssign = (assignment) => listener(assignment, control);
+    },
   };
 }
 
