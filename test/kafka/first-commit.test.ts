@@ -15,6 +15,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   CLIENTS,
   clientKafka,
+  committed,
   createTopics,
   dropStorePrefixes,
   fastGroup,
@@ -166,6 +167,53 @@ describe('kafka: partitions the group never committed (fromBeginning: false)', (
   }, 120_000);
 
   it.each(CLIENTS)(
+    '%s: on assignment, partitions without a commit are committed at once: work topics at their end, the retry topic at its beginning',
+    async (client) => {
+      const topic = uniqueName('pinned');
+      const retryTopic = `${topic}.retry`;
+      const groupId = uniqueName('pinned-group');
+      await createTopics(admin, [topic, retryTopic, `${topic}.dlq`], 2);
+      // Written before the group's first start: not for it (fromBeginning: false).
+      await produce(topic, 'before-1', 0);
+      await produce(topic, 'before-2', 0);
+      const handled: string[] = [];
+      const consumer = createConsumer<{ amount: number }>({
+        kafka: clientKafka(client, 'pinned-test'),
+        groupId,
+        topics: [topic],
+        retryTopic,
+        deadLetter: { topic: `${topic}.dlq` },
+        store: createRedisStore({ client: redis, keyPrefix: storePrefix() }),
+        consumerConfig: fastGroup,
+        logger: quietLogger,
+        retentionCheck: 'off',
+        handler: (_p, ctx) => {
+          handled.push(ctx.key);
+        },
+      });
+      cleanups.push(() => consumer.stop());
+      await consumer.start();
+      let last: (number | undefined)[] = [];
+      const positions = async () => {
+        const [work, retry] = await Promise.all([
+          committed(admin, groupId, topic),
+          committed(admin, groupId, retryTopic),
+        ]);
+        last = [work.get(0), work.get(1), retry.get(0), retry.get(1)];
+        return last;
+      };
+      // Before, none of these had a commit until a record of theirs was processed.
+      await waitUntil(async () => (await positions()).every((o) => o !== undefined && o >= 0), {
+        timeoutMs: 30_000,
+        message: () => `every partition committed (${last.join(', ')})`,
+      });
+      expect(last).toEqual([2, 0, 0, 0]);
+      expect(handled).toEqual([]);
+    },
+    120_000,
+  );
+
+  it.each(CLIENTS)(
     '%s: a record written while the group was down, to a partition that was quiet while it ran, is processed after the restart',
     async (client) => {
       // A ran with both partitions assigned; only partition 0 had records. Before, nothing was ever
@@ -212,45 +260,49 @@ describe('kafka: partitions the group never committed (fromBeginning: false)', (
     120_000,
   );
 
-  it('a retry copy written before the retry topic was ever committed is read after a restart', async () => {
-    const topic = uniqueName('first-retry');
-    const retryTopic = `${topic}.retry`;
-    const groupId = uniqueName('first-retry-group');
-    await createTopics(admin, [topic, retryTopic, `${topic}.dlq`], 1);
-    const keyPrefix = storePrefix();
-    const runs: string[] = [];
-    const make = (name: string): KafkaConsumer =>
-      createConsumer<{ amount: number }>({
-        kafka,
-        groupId,
-        topics: [topic],
-        retryTopic,
-        deadLetter: { topic: `${topic}.dlq` },
-        store: createRedisStore({ client: redis, keyPrefix }),
-        consumerConfig: fastGroup,
-        logger: quietLogger,
-        retentionCheck: 'off',
-        retry: { maxAttempts: 3, initialDelayMs: 4_000, maxDelayMs: 4_000, jitter: 'none' },
-        handler: async (_p, ctx) => {
-          runs.push(`${name} attempt ${ctx.attempt}`);
-          if (ctx.attempt === 1) throw new Error('try again later');
-        },
+  it.each(CLIENTS)(
+    '%s: a retry copy written before the retry topic was ever committed is read after a restart',
+    async (client) => {
+      const topic = uniqueName('first-retry');
+      const retryTopic = `${topic}.retry`;
+      const groupId = uniqueName('first-retry-group');
+      await createTopics(admin, [topic, retryTopic, `${topic}.dlq`], 1);
+      const keyPrefix = storePrefix();
+      const runs: string[] = [];
+      const make = (name: string): KafkaConsumer =>
+        createConsumer<{ amount: number }>({
+          kafka: clientKafka(client, 'first-retry-test'),
+          groupId,
+          topics: [topic],
+          retryTopic,
+          deadLetter: { topic: `${topic}.dlq` },
+          store: createRedisStore({ client: redis, keyPrefix }),
+          consumerConfig: fastGroup,
+          logger: quietLogger,
+          retentionCheck: 'off',
+          retry: { maxAttempts: 3, initialDelayMs: 4_000, maxDelayMs: 4_000, jitter: 'none' },
+          handler: async (_p, ctx) => {
+            runs.push(`${name} attempt ${ctx.attempt}`);
+            if (ctx.attempt === 1) throw new Error('try again later');
+          },
+        });
+      const a = make('A');
+      await a.start();
+      await waitUntil(async () => (await admin.describeGroups([groupId])).groups[0]?.state === 'Stable', {
+        message: 'A joined',
       });
-    const a = make('A');
-    await a.start();
-    await waitUntil(async () => (await admin.describeGroups([groupId])).groups[0]?.state === 'Stable', {
-      message: 'A joined',
-    });
-    await sleep(1_500);
-    await produce(topic, 'rt-1');
-    await waitUntil(() => a.stats.retried === 1, { message: 'the retry copy written' });
-    await a.stop(); // a deploy: the copy is not due yet
-    const b = make('B');
-    cleanups.push(() => b.stop());
-    await b.start();
-    await waitUntil(() => runs.includes('B attempt 2'), {
-      timeoutMs: 60_000,
-      message: () => `B ran attempt 2 (${runs})`,
-    });
-  }, 120_000);
+      await sleep(1_500);
+      await produce(topic, 'rt-1');
+      await waitUntil(() => a.stats.retried === 1, { message: 'the retry copy written' });
+      await a.stop(); // a deploy: the copy is not due yet
+      const b = make('B');
+      cleanups.push(() => b.stop());
+      await b.start();
+      await waitUntil(() => runs.includes('B attempt 2'), {
+        timeoutMs: 60_000,
+        message: () => `B ran attempt 2 (${runs})`,
+      });
+    },
+    120_000,
+  );
 });

@@ -336,6 +336,7 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
       pinUncommitted({
         groupId,
         topics,
+        retryTopic,
         admin: () => {
           admin ??= connected().catch((error) => {
             admin = undefined;

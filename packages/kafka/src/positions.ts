@@ -7,6 +7,7 @@
  * processed. So on each assignment the partitions without a commit are held until their end is
  * committed and the client moved there, then fetched from it: a later start continues from that
  * commit. (kafkajs: paused meanwhile; librdkafka: its assignment waits for the returned promise.)
+ * The retry topic's partitions are pinned at their beginning.
  */
 
 import { type Logger, toErrorInfo } from '@exactly-once/core';
@@ -14,8 +15,13 @@ import type { AdminLike, AssignmentListener } from './client.js';
 
 export interface PinEnv {
   readonly groupId: string;
-  /** The work topics (the retry topic is read from its beginning: a reset skips nothing there). */
+  /** The work topics: pinned at their end. */
   readonly topics: readonly string[];
+  /**
+   * Pinned at its beginning: it holds only this consumer's copies, none to skip. (kafkajs reads it
+   * from its beginning anyway; librdkafka's reset is consumer-wide and would start it at its end.)
+   */
+  readonly retryTopic: string | undefined;
   /** A connected admin client, made on first use. */
   admin(): Promise<AdminLike>;
   readonly logger: Logger;
@@ -38,7 +44,7 @@ export function pinUncommitted(env: PinEnv): AssignmentListener {
     );
     // Partitions the batches paused (a retry's wait, a detached run) are theirs: left alone.
     const held = assignment
-      .filter(({ topic }) => env.topics.includes(topic))
+      .filter(({ topic }) => env.topics.includes(topic) || topic === env.retryTopic)
       .map(({ topic, partitions }) => ({
         topic,
         partitions: partitions.filter((p) => {
@@ -66,7 +72,9 @@ export function pinUncommitted(env: PinEnv): AssignmentListener {
           const offsets = without.map((partition) => ({
             topic,
             partition,
-            offset: String(ends.find((e) => e.partition === partition)?.high ?? '0'),
+            offset: String(
+              ends.find((e) => e.partition === partition)?.[topic === env.retryTopic ? 'low' : 'high'] ?? '0',
+            ),
           }));
           await control.commit(offsets);
           for (const o of offsets) {
