@@ -306,3 +306,111 @@ describe('kafka: partitions the group never committed (fromBeginning: false)', (
     120_000,
   );
 });
+
+/** `kafka` whose admin clients fail their first offset fetch (the rest goes to the real broker). */
+function failingFirstOffsetFetch(real: Kafka): Kafka {
+  let failed = false;
+  const admin = () => {
+    const a = real.admin();
+    const fetchOffsets = a.fetchOffsets.bind(a);
+    a.fetchOffsets = (async (options: Parameters<typeof fetchOffsets>[0]) => {
+      if (!failed) {
+        failed = true;
+        throw new Error('Request OffsetFetch(key: 9, version: 3) timed out');
+      }
+      return fetchOffsets(options);
+    }) as typeof a.fetchOffsets;
+    return a;
+  };
+  return new Proxy(real, {
+    get: (target, p, r) => (p === 'admin' ? admin : Reflect.get(target, p, r)),
+  });
+}
+
+describe('kafka: a pin that fails', () => {
+  it('holds the partitions and is tried again: the records written before the group existed stay skipped', async () => {
+    // Released unpinned, the partitions would start at their beginning (the client's reset when
+    // the consumer pins): a new group would process the whole topic.
+    const topic = uniqueName('pin-fails');
+    const groupId = uniqueName('pin-fails-group');
+    await createTopics(admin, [topic, `${topic}.dlq`], 1);
+    await produce(topic, 'before', 0);
+    const handled: string[] = [];
+    const warnings: string[] = [];
+    const consumer = createConsumer<{ amount: number }>({
+      kafka: failingFirstOffsetFetch(kafka),
+      groupId,
+      topics: [topic],
+      deadLetter: { topic: `${topic}.dlq` },
+      store: createRedisStore({ client: redis, keyPrefix: storePrefix() }),
+      consumerConfig: fastGroup,
+      logger: { ...quietLogger, warn: (message: string) => void warnings.push(message) },
+      retentionCheck: 'off',
+      handler: (_p, ctx) => {
+        handled.push(ctx.key);
+      },
+    });
+    cleanups.push(() => consumer.stop());
+    await consumer.start();
+    await waitUntil(async () => (await committed(admin, groupId, topic)).get(0) === 1, {
+      message: 'the pin tried again and committed',
+    });
+    await produce(topic, 'after', 0);
+    await waitUntil(() => handled.length >= 1, { message: 'the record written after the pin' });
+    expect(handled).toEqual(['after']);
+    expect(warnings.some((w) => w.startsWith('could not commit the start of partitions'))).toBe(true);
+  }, 120_000);
+});
+
+describe('kafka: a committed offset the log no longer holds (deleted by retention)', () => {
+  it.each(CLIENTS)(
+    '%s: the group resumes at the oldest record kept, not at the end',
+    async (client) => {
+      // kafkajs and librdkafka reset an out-of-range position as for a new group: with
+      // fromBeginning false, to the end. Before, the records still kept after the deleted ones were
+      // skipped, never processed, as if the group were new.
+      const topic = uniqueName('out-of-range');
+      const groupId = uniqueName('out-of-range-group');
+      await createTopics(admin, [topic, `${topic}.dlq`], 1);
+      const keyPrefix = storePrefix();
+      const handled: string[] = [];
+      const make = (): KafkaConsumer =>
+        createConsumer<{ amount: number }>({
+          kafka: clientKafka(client, 'out-of-range-test'),
+          groupId,
+          topics: [topic],
+          deadLetter: { topic: `${topic}.dlq` },
+          store: createRedisStore({ client: redis, keyPrefix }),
+          consumerConfig: fastGroup,
+          logger: quietLogger,
+          retentionCheck: 'off',
+          handler: (_p, ctx) => {
+            handled.push(ctx.key);
+          },
+        });
+      const a = make();
+      await a.start();
+      await waitUntil(async () => (await admin.describeGroups([groupId])).groups[0]?.state === 'Stable', {
+        message: 'A joined',
+      });
+      await sleep(1_500); // the new group's position on the empty partition is set (its end)
+      await produce(topic, 'r-0', 0);
+      await waitUntil(async () => (await committed(admin, groupId, topic)).get(0) === 1, {
+        message: 'A committed r-0',
+      });
+      await a.stop();
+      // While the group is down: five records, the first two deleted before it comes back.
+      for (let i = 1; i <= 5; i++) await produce(topic, `r-${i}`, 0);
+      await admin.deleteTopicRecords({ topic, partitions: [{ partition: 0, offset: '3' }] });
+      const b = make();
+      cleanups.push(() => b.stop());
+      await b.start();
+      await waitUntil(() => handled.length >= 4, {
+        timeoutMs: 30_000,
+        message: () => `B processed the records kept (handled: ${handled})`,
+      });
+      expect(handled).toEqual(['r-0', 'r-3', 'r-4', 'r-5']);
+    },
+    120_000,
+  );
+});

@@ -77,10 +77,11 @@ export interface CopyOnHold {
 }
 
 /**
- * Between two tries of a broker write that failed (a copy's send, the first offset commit): 0.2 s,
- * doubling, at most 30 s (core's backoff rule).
+ * Between two tries of a broker write that failed (a copy's send, the first offset commit, the
+ * pin of an assignment's uncommitted partitions): 0.2 s, doubling, at most 30 s (core's backoff
+ * rule).
  */
-const brokerBackoff = doublingBackoff(200, 30_000);
+export const brokerBackoff = doublingBackoff(200, 30_000);
 
 /**
  * `rebatch`: the record was not run because the one before it was tried again in place; run the

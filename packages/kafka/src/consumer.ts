@@ -261,7 +261,28 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
   });
 
   const heartbeatIntervalMs = Math.max(100, Math.floor(Number(consumerConfig.heartbeatInterval ?? 3000) / 3));
-  const client = consumerClient(kafka, { ...consumerConfig, groupId }, { fromBeginning });
+  // With fromBeginning false, where a never-committed partition starts is pinned by the consumer
+  // (positions.ts), with an admin client of its own, connected at start; the client's reset then
+  // always goes to the beginning. Without an admin client, the reset is the client's.
+  const adminOf = kafka.admin?.bind(kafka);
+  const pinning = !fromBeginning && adminOf !== undefined;
+  let admin: Promise<AdminLike> | undefined;
+  const adminClient = () => {
+    admin ??= (async () => {
+      const a = (adminOf as () => AdminLike)();
+      await a.connect();
+      return a;
+    })().catch((error) => {
+      admin = undefined;
+      throw error;
+    });
+    return admin;
+  };
+  const client = consumerClient(
+    kafka,
+    { ...consumerConfig, groupId },
+    { fromBeginning: fromBeginning || pinning },
+  );
   const consumer = client.consumer;
   const stats = emptyStats();
   const stopController = new AbortController();
@@ -321,29 +342,13 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
 
   client.onSkipped((skipped) => void commitSkipped(env, skipped));
 
-  // An admin client, connected on first use: the pinning of never-committed partitions reads
-  // the group's commits and the partitions' ends with it. (With fromBeginning a reset skips
-  // nothing, so there is nothing to pin.)
-  let admin: Promise<AdminLike> | undefined;
-  const adminOf = kafka.admin?.bind(kafka);
-  if (!fromBeginning && adminOf) {
-    const connected = async () => {
-      const a = adminOf();
-      await a.connect();
-      return a;
-    };
+  if (pinning) {
     client.onAssigned(
       pinUncommitted({
         groupId,
         topics,
         retryTopic,
-        admin: () => {
-          admin ??= connected().catch((error) => {
-            admin = undefined;
-            throw error;
-          });
-          return admin;
-        },
+        admin: adminClient,
         logger,
         anchored: env.anchored,
         stopSignal: stopController.signal,
@@ -370,6 +375,10 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
         await producer.connect();
         stoppedMeanwhile();
         await consumer.connect();
+        stoppedMeanwhile();
+        // Connected before the first assignment, so that its pin waits for no connection (a
+        // failure here is tried again by the pin).
+        if (pinning) await adminClient().catch(() => {});
         stoppedMeanwhile();
         await client.subscribe([...topics], retryTopic);
         stoppedMeanwhile();

@@ -1,17 +1,22 @@
 /**
- * Partitions the group never committed, pinned where their reset put them. With
- * `fromBeginning: false` a partition without a committed offset starts at its end whenever a member
- * is assigned it. The first batch of a partition commits its first offset (see BatchRun.anchor),
- * but a partition that got no record while a member owned it was never committed: the next start
- * reset it to its end again, past every record written while no member ran, and those were never
- * processed. So on each assignment the partitions without a commit are held until their end is
- * committed and the client moved there, then fetched from it: a later start continues from that
- * commit. (kafkajs: paused meanwhile; librdkafka: its assignment waits for the returned promise.)
- * The retry topic's partitions are pinned at their beginning.
+ * Where a partition the group never committed starts, decided by the consumer rather than by the
+ * client's reset. With `fromBeginning: false` such a partition starts at its end. Left to the
+ * client, that reset came back: a partition that got no record while a member owned it was never
+ * committed, and the next start reset it to its end again, past every record written while no
+ * member ran; and a committed offset the log no longer holds (records deleted by retention) was
+ * reset to the end too, past every record still kept. So the client's reset always goes to the
+ * beginning (an out-of-range position resumes at the oldest record kept), and on each assignment
+ * the partitions without a commit are held until their end is committed and the client moved
+ * there, then fetched from it. (kafkajs: paused meanwhile; librdkafka: its assignment waits for
+ * the returned promise.) The retry topic's partitions are pinned at their beginning. A pin that
+ * fails is tried again, the partitions held, until it is through: released unpinned, they would
+ * start at their beginning.
  */
 
 import { type Logger, toErrorInfo } from '@exactly-once/core';
-import type { AdminLike, AssignmentListener } from './client.js';
+import { pause } from '@exactly-once/core/spi';
+import { brokerBackoff } from './batch.js';
+import type { AdminLike, AssignmentListener, PartitionControl, TopicPartitions } from './client.js';
 
 export interface PinEnv {
   readonly groupId: string;
@@ -57,37 +62,20 @@ export function pinUncommitted(env: PinEnv): AssignmentListener {
     for (const { topic, partitions } of held)
       for (const p of partitions) holding.set(`${topic}:${p}`, current);
     control.pause(held);
+    const voided = () => current !== assignments || env.stopSignal.aborted;
     const pinning = (async () => {
       try {
-        const admin = await env.admin();
-        for (const { topic, partitions } of held) {
-          const [committed] = await admin.fetchOffsets({ groupId: env.groupId, topics: [topic] });
-          const without = partitions.filter(
-            (p) => Number(committed?.partitions.find((c) => c.partition === p)?.offset ?? -1) < 0,
-          );
-          if (without.length === 0) continue;
-          const ends = await admin.fetchTopicOffsets(topic);
-          // A newer assignment or a stop made this one void: its partitions may be another member's.
-          if (current !== assignments || env.stopSignal.aborted) return;
-          const offsets = without.map((partition) => ({
-            topic,
-            partition,
-            offset: String(
-              ends.find((e) => e.partition === partition)?.[topic === env.retryTopic ? 'low' : 'high'] ?? '0',
-            ),
-          }));
-          await control.commit(offsets);
-          for (const o of offsets) {
-            control.seek(o);
-            env.anchored.add(`${topic}:${o.partition}`);
+        for (let attempt = 1; !voided(); attempt++) {
+          try {
+            await pin(env, held, control, voided);
+            return;
+          } catch (error) {
+            env.logger.warn(
+              'could not commit the start of partitions the group never committed; they wait and it is tried again',
+              { groupId: env.groupId, partitions: held, attempt, error: toErrorInfo(error) },
+            );
           }
-        }
-      } catch (error) {
-        if (!env.stopSignal.aborted) {
-          env.logger.warn(
-            'could not commit the position of partitions the group never committed: until a record of theirs is processed, a restart resets them to their end again',
-            { groupId: env.groupId, partitions: held, error: toErrorInfo(error) },
-          );
+          await pause(brokerBackoff(attempt), env.stopSignal);
         }
       } finally {
         const release = held
@@ -104,4 +92,37 @@ export function pinUncommitted(env: PinEnv): AssignmentListener {
     env.track(pinning);
     return pinning;
   };
+}
+
+/** Commits the start of `held`'s partitions that have no commit, and moves the client there. */
+async function pin(
+  env: PinEnv,
+  held: readonly TopicPartitions[],
+  control: PartitionControl,
+  voided: () => boolean,
+): Promise<void> {
+  const admin = await env.admin();
+  for (const { topic, partitions } of held) {
+    const [committed] = await admin.fetchOffsets({ groupId: env.groupId, topics: [topic] });
+    const without = partitions.filter(
+      (p) =>
+        !env.anchored.has(`${topic}:${p}`) &&
+        Number(committed?.partitions.find((c) => c.partition === p)?.offset ?? -1) < 0,
+    );
+    if (without.length === 0) continue;
+    const ends = await admin.fetchTopicOffsets(topic);
+    // A newer assignment or a stop made this one void: its partitions may be another member's.
+    if (voided()) return;
+    const side = topic === env.retryTopic ? 'low' : 'high';
+    const offsets = without.map((partition) => ({
+      topic,
+      partition,
+      offset: String(ends.find((e) => e.partition === partition)?.[side] ?? '0'),
+    }));
+    await control.commit(offsets);
+    for (const o of offsets) {
+      control.seek(o);
+      env.anchored.add(`${topic}:${o.partition}`);
+    }
+  }
 }
