@@ -1,13 +1,18 @@
 /**
- * Partitions the group has never committed, against the real broker, with the default
- * `fromBeginning: false` (kafkajs starts such a partition at its end). A record fetched there
- * whose run was given up before the first commit, and a retry copy written to a retry-topic
- * partition nobody had committed yet, were both skipped by the next owner: it started at the end
- * again, after them, and they were never processed.
+ * Where the group's position on a partition starts and how far its commits go, against the real
+ * broker: partitions the group never committed (with the default `fromBeginning: false`, a
+ * position the consumer pins on assignment), a committed position the log no longer holds, and a
+ * topic written in transactions (commits past the markers). Each test names what was skipped,
+ * never processed, before.
  */
 
 import type { Logger } from '@exactly-once/core';
-import { createConsumer, type KafkaConsumer } from '@exactly-once/kafka';
+import {
+  createConsumer,
+  type KafkaConsumer,
+  type KafkaConsumerOptions,
+  type KafkaLike,
+} from '@exactly-once/kafka';
 import { createRedisStore } from '@exactly-once/store-redis';
 import type { Redis } from 'ioredis';
 import type { Admin, EachBatchHandler, Kafka } from 'kafkajs';
@@ -60,6 +65,42 @@ async function produce(topic: string, key: string, partition?: number): Promise<
     messages: [{ value: JSON.stringify({ amount: 1 }), headers: { 'x-idempotency-key': key }, partition }],
   });
   await producer.disconnect();
+}
+
+/** A consumer of `topic` (dead letters to `<topic>.dlq`) noting each key it handles in `handled`. */
+function noting(
+  kafkaOf: KafkaLike,
+  {
+    topic,
+    handled,
+    ...options
+  }: { topic: string; handled: string[] } & Omit<
+    KafkaConsumerOptions<{ amount: number }>,
+    'kafka' | 'topics' | 'deadLetter' | 'store' | 'handler'
+  > & { keyPrefix?: string },
+): KafkaConsumer {
+  const { keyPrefix = storePrefix(), ...rest } = options;
+  return createConsumer<{ amount: number }>({
+    kafka: kafkaOf,
+    topics: [topic],
+    deadLetter: { topic: `${topic}.dlq` },
+    store: createRedisStore({ client: redis, keyPrefix }),
+    consumerConfig: fastGroup,
+    logger: quietLogger,
+    retentionCheck: 'off',
+    handler: (_p, ctx) => {
+      handled.push(ctx.key);
+    },
+    ...rest,
+  });
+}
+
+/** Waits until the group is stable and its new member's positions are set. */
+async function joined(groupId: string): Promise<void> {
+  await waitUntil(async () => (await admin.describeGroups([groupId])).groups[0]?.state === 'Stable', {
+    message: 'the member joined',
+  });
+  await sleep(1_500);
 }
 
 /**
@@ -177,20 +218,7 @@ describe('kafka: partitions the group never committed (fromBeginning: false)', (
       await produce(topic, 'before-1', 0);
       await produce(topic, 'before-2', 0);
       const handled: string[] = [];
-      const consumer = createConsumer<{ amount: number }>({
-        kafka: clientKafka(client, 'pinned-test'),
-        groupId,
-        topics: [topic],
-        retryTopic,
-        deadLetter: { topic: `${topic}.dlq` },
-        store: createRedisStore({ client: redis, keyPrefix: storePrefix() }),
-        consumerConfig: fastGroup,
-        logger: quietLogger,
-        retentionCheck: 'off',
-        handler: (_p, ctx) => {
-          handled.push(ctx.key);
-        },
-      });
+      const consumer = noting(clientKafka(client, 'pinned-test'), { topic, groupId, retryTopic, handled });
       cleanups.push(() => consumer.stop());
       await consumer.start();
       let last: (number | undefined)[] = [];
@@ -224,26 +252,11 @@ describe('kafka: partitions the group never committed (fromBeginning: false)', (
       await createTopics(admin, [topic, `${topic}.dlq`], 2);
       const keyPrefix = storePrefix();
       const handled: string[] = [];
-      const make = (): KafkaConsumer =>
-        createConsumer<{ amount: number }>({
-          kafka: clientKafka(client, 'quiet-partition-test'),
-          groupId,
-          topics: [topic],
-          deadLetter: { topic: `${topic}.dlq` },
-          store: createRedisStore({ client: redis, keyPrefix }),
-          consumerConfig: fastGroup,
-          logger: quietLogger,
-          retentionCheck: 'off',
-          handler: (_p, ctx) => {
-            handled.push(ctx.key);
-          },
-        });
+      const make = () =>
+        noting(clientKafka(client, 'quiet-partition-test'), { topic, groupId, keyPrefix, handled });
       const a = make();
       await a.start();
-      await waitUntil(async () => (await admin.describeGroups([groupId])).groups[0]?.state === 'Stable', {
-        message: 'A joined',
-      });
-      await sleep(1_500);
+      await joined(groupId);
       await produce(topic, 'qp-0', 0);
       await waitUntil(() => a.stats.acked === 1, { message: 'A settled the record of partition 0' });
       await a.stop();
@@ -337,18 +350,11 @@ describe('kafka: a pin that fails', () => {
     await produce(topic, 'before', 0);
     const handled: string[] = [];
     const warnings: string[] = [];
-    const consumer = createConsumer<{ amount: number }>({
-      kafka: failingFirstOffsetFetch(kafka),
+    const consumer = noting(failingFirstOffsetFetch(kafka), {
+      topic,
       groupId,
-      topics: [topic],
-      deadLetter: { topic: `${topic}.dlq` },
-      store: createRedisStore({ client: redis, keyPrefix: storePrefix() }),
-      consumerConfig: fastGroup,
+      handled,
       logger: { ...quietLogger, warn: (message: string) => void warnings.push(message) },
-      retentionCheck: 'off',
-      handler: (_p, ctx) => {
-        handled.push(ctx.key);
-      },
     });
     cleanups.push(() => consumer.stop());
     await consumer.start();
@@ -374,26 +380,11 @@ describe('kafka: a committed offset the log no longer holds (deleted by retentio
       await createTopics(admin, [topic, `${topic}.dlq`], 1);
       const keyPrefix = storePrefix();
       const handled: string[] = [];
-      const make = (): KafkaConsumer =>
-        createConsumer<{ amount: number }>({
-          kafka: clientKafka(client, 'out-of-range-test'),
-          groupId,
-          topics: [topic],
-          deadLetter: { topic: `${topic}.dlq` },
-          store: createRedisStore({ client: redis, keyPrefix }),
-          consumerConfig: fastGroup,
-          logger: quietLogger,
-          retentionCheck: 'off',
-          handler: (_p, ctx) => {
-            handled.push(ctx.key);
-          },
-        });
+      const make = () =>
+        noting(clientKafka(client, 'out-of-range-test'), { topic, groupId, keyPrefix, handled });
       const a = make();
       await a.start();
-      await waitUntil(async () => (await admin.describeGroups([groupId])).groups[0]?.state === 'Stable', {
-        message: 'A joined',
-      });
-      await sleep(1_500); // the new group's position on the empty partition is set (its end)
+      await joined(groupId); // the new group's position on the empty partition is set (its end)
       await produce(topic, 'r-0', 0);
       await waitUntil(async () => (await committed(admin, groupId, topic)).get(0) === 1, {
         message: 'A committed r-0',
@@ -413,4 +404,49 @@ describe('kafka: a committed offset the log no longer holds (deleted by retentio
     },
     120_000,
   );
+});
+
+describe('kafka: a work topic written in transactions', () => {
+  it('processes each committed record once, no aborted one, and commits past the markers', async () => {
+    // A transactional producer upstream (Kafka Streams, a Java service with transactional.id).
+    // Before, the commit stopped at the last record (a lag of 1 or more that never went away), and
+    // a trailing aborted transaction was never committed past at all.
+    const topic = uniqueName('tx-input');
+    const groupId = uniqueName('tx-input-group');
+    await createTopics(admin, [topic, `${topic}.dlq`], 1);
+    const writer = kafka.producer({
+      transactionalId: uniqueName('tx-writer'),
+      idempotent: true,
+      maxInFlightRequests: 1,
+    });
+    await writer.connect();
+    cleanups.push(() => writer.disconnect());
+    const write = async (keys: string[], commit: boolean) => {
+      const tx = await writer.transaction();
+      await tx.send({
+        topic,
+        messages: keys.map((key) => ({ value: '{"amount":1}', headers: { 'x-idempotency-key': key } })),
+      });
+      await (commit ? tx.commit() : tx.abort());
+    };
+    const handled: string[] = [];
+    const consumer = noting(kafka, { topic, groupId, handled, fromBeginning: true });
+    cleanups.push(() => consumer.stop());
+    const committedTo = (offset: number, message: string) =>
+      waitUntil(async () => (await committed(admin, groupId, topic)).get(0) === offset, { message });
+    // Offsets: k0 0, k1 1, commit marker 2; k2 3, k3 4 aborted, marker 5; k4 6, marker 7. Written
+    // before the consumer starts, so that its first fetch ends in the marker.
+    await write(['k0', 'k1'], true);
+    await write(['k2', 'k3'], false);
+    await write(['k4'], true);
+    await consumer.start();
+    await committedTo(8, 'a commit past the last marker');
+    expect(handled).toEqual(['k0', 'k1', 'k4']);
+    // Caught up, an aborted transaction (8, 9, marker 10): a fetch of nothing but filtered records.
+    await write(['k5', 'k6'], false);
+    await committedTo(11, 'a commit past the aborted transaction');
+    await write(['k7'], true);
+    await committedTo(13, 'a commit past the next transaction');
+    expect(handled).toEqual(['k0', 'k1', 'k4', 'k7']);
+  }, 120_000);
 });
