@@ -380,8 +380,15 @@ describe('kafka: a committed offset the log no longer holds (deleted by retentio
       await createTopics(admin, [topic, `${topic}.dlq`], 1);
       const keyPrefix = storePrefix();
       const handled: string[] = [];
+      const errors: Record<string, unknown>[] = [];
       const make = () =>
-        noting(clientKafka(client, 'out-of-range-test'), { topic, groupId, keyPrefix, handled });
+        noting(clientKafka(client, 'out-of-range-test'), {
+          topic,
+          groupId,
+          keyPrefix,
+          handled,
+          logger: { ...quietLogger, error: (message, meta) => void errors.push({ message, ...meta }) },
+        });
       const a = make();
       await a.start();
       await joined(groupId); // the new group's position on the empty partition is set (its end)
@@ -401,6 +408,16 @@ describe('kafka: a committed offset the log no longer holds (deleted by retentio
         message: () => `B processed the records kept (handled: ${handled})`,
       });
       expect(handled).toEqual(['r-0', 'r-3', 'r-4', 'r-5']);
+      // And the loss is said: two records deleted before the group processed them.
+      expect(errors).toEqual([
+        expect.objectContaining({
+          message: expect.stringMatching(/^records were deleted by the topic's retention/),
+          partition: 0,
+          committed: 1,
+          oldestKept: 3,
+          lost: 2,
+        }),
+      ]);
     },
     120_000,
   );

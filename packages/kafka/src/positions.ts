@@ -104,23 +104,34 @@ async function pin(
   const admin = await env.admin();
   for (const { topic, partitions } of held) {
     const [committed] = await admin.fetchOffsets({ groupId: env.groupId, topics: [topic] });
-    const without = partitions.filter(
-      (p) =>
-        !env.anchored.has(`${topic}:${p}`) &&
-        Number(committed?.partitions.find((c) => c.partition === p)?.offset ?? -1) < 0,
-    );
-    if (without.length === 0) continue;
     const ends = await admin.fetchTopicOffsets(topic);
     // A newer assignment or a stop made this one void: its partitions may be another member's.
     if (voided()) return;
-    const side = topic === env.retryTopic ? 'low' : 'high';
-    const offsets = without.map((partition) => ({
-      topic,
-      partition,
-      offset: String(ends.find((e) => e.partition === partition)?.[side] ?? '0'),
-    }));
-    await control.commit(offsets);
-    for (const o of offsets) {
+    const without: { topic: string; partition: number; offset: string }[] = [];
+    for (const partition of partitions) {
+      const at = Number(committed?.partitions.find((c) => c.partition === partition)?.offset ?? -1);
+      const end = ends.find((e) => e.partition === partition);
+      if (at < 0) {
+        without.push({
+          topic,
+          partition,
+          offset: String(end?.[topic === env.retryTopic ? 'low' : 'high'] ?? '0'),
+        });
+        continue;
+      }
+      // Committed, so never reset by the client, except past a position the log no longer holds.
+      env.anchored.add(`${topic}:${partition}`);
+      const oldest = Number(end?.low ?? 0);
+      if (at < oldest) {
+        env.logger.error(
+          "records were deleted by the topic's retention before the group processed them; it resumes at the oldest record kept",
+          { groupId: env.groupId, topic, partition, committed: at, oldestKept: oldest, lost: oldest - at },
+        );
+      }
+    }
+    if (without.length === 0) continue;
+    await control.commit(without);
+    for (const o of without) {
       control.seek(o);
       env.anchored.add(`${topic}:${o.partition}`);
     }
