@@ -58,7 +58,10 @@ export interface BatchEnv {
    * `<topic>:<partition>` (see CHUNK).
    */
   readonly groupSizes: Map<string, number>;
-  /** Partitions (`<topic>:<partition>`) this consumer has committed a position for (see anchor). */
+  /**
+   * Partitions (`<topic>:<partition>`) known to have a commit: this consumer's, or found on
+   * assignment (see anchor, and positions.ts).
+   */
   readonly anchored: Set<string>;
 }
 

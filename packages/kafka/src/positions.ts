@@ -30,7 +30,7 @@ export interface PinEnv {
   /** A connected admin client, made on first use. */
   admin(): Promise<AdminLike>;
   readonly logger: Logger;
-  /** Partitions (`<topic>:<partition>`) this consumer has committed a position for. */
+  /** Partitions (`<topic>:<partition>`) known to have a commit: this consumer's, or found on assignment. */
   readonly anchored: Set<string>;
   readonly stopSignal: AbortSignal;
   /** Tracks the pinning under way, so `stop` can wait for it. */
