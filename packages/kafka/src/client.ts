@@ -464,6 +464,7 @@ export function consumerClient(
   );
 
   if (kind === 'kafkajs') {
+    const kafkajs = consumer as KafkajsConsumer;
     return {
       kind,
       consumer,
@@ -502,14 +503,12 @@ export function consumerClient(
               topic,
               partition,
               next,
-              commit: () =>
-                (consumer as CommittingConsumer).commitOffsets([{ topic, partition, offset: next }]),
+              commit: () => kafkajs.commitOffsets([{ topic, partition, offset: next }]),
             });
           },
         );
       },
       onAssigned(listener) {
-        const kafkajs = consumer as KafkajsConsumer;
         const control: PartitionControl = {
           paused: () => kafkajs.paused(),
           pause: (partitions) => kafkajs.pause(partitions),

@@ -109,6 +109,8 @@ async function pin(
     if (voided()) return;
     const without: { topic: string; partition: number; offset: string }[] = [];
     for (const partition of partitions) {
+      // Pinned or found committed by an earlier try of this pin: not logged or committed again.
+      if (env.anchored.has(`${topic}:${partition}`)) continue;
       const at = Number(committed?.partitions.find((c) => c.partition === partition)?.offset ?? -1);
       const end = ends.find((e) => e.partition === partition);
       if (at < 0) {
