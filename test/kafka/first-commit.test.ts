@@ -95,6 +95,19 @@ function noting(
   });
 }
 
+/** Raises `topic` to `count` partitions and waits until the cluster's metadata has them all. */
+async function addPartition(topic: string, count: number): Promise<void> {
+  await admin.createPartitions({ topicPartitions: [{ topic, count }] });
+  await waitUntil(
+    async () => {
+      const { topics } = await admin.fetchTopicMetadata({ topics: [topic] });
+      const partitions = topics[0]?.partitions ?? [];
+      return partitions.length === count && partitions.every((p) => p.leader >= 0);
+    },
+    { message: `${topic} has ${count} partitions` },
+  );
+}
+
 /** Waits until the group is stable and its new member's positions are set. */
 async function joined(groupId: string): Promise<void> {
   await waitUntil(async () => (await admin.describeGroups([groupId])).groups[0]?.state === 'Stable', {
@@ -272,6 +285,128 @@ describe('kafka: partitions the group never committed (fromBeginning: false)', (
     },
     120_000,
   );
+
+  it.each(CLIENTS)(
+    '%s: a record written while the group was down, to a partition added meanwhile, is processed after the restart',
+    async (client) => {
+      // Before, the added partition had no commit and was pinned at its end like a partition of a
+      // new group: the record written to it before B was assigned it was never processed.
+      const topic = uniqueName('added-partition');
+      const groupId = uniqueName('added-partition-group');
+      await createTopics(admin, [topic, `${topic}.dlq`], 2);
+      const keyPrefix = storePrefix();
+      const handled: string[] = [];
+      const make = () =>
+        noting(clientKafka(client, 'added-partition-test'), { topic, groupId, keyPrefix, handled });
+      const a = make();
+      await a.start();
+      await joined(groupId);
+      await produce(topic, 'ap-0', 0);
+      await waitUntil(() => a.stats.acked === 1, { message: 'A settled the record of partition 0' });
+      await a.stop();
+      await addPartition(topic, 3);
+      await produce(topic, 'ap-2', 2);
+      const b = make();
+      cleanups.push(() => b.stop());
+      await b.start();
+      await waitUntil(() => handled.includes('ap-2'), {
+        timeoutMs: 30_000,
+        message: () => `B processed the record of the added partition (handled: ${handled})`,
+      });
+      expect(handled).toEqual(['ap-0', 'ap-2']);
+    },
+    120_000,
+  );
+
+  it('a record written to a partition added while the group runs is processed once the group sees it', async () => {
+    const topic = uniqueName('added-running');
+    const groupId = uniqueName('added-running-group');
+    await createTopics(admin, [topic, `${topic}.dlq`], 1);
+    const handled: string[] = [];
+    const c = noting(kafka, {
+      topic,
+      groupId,
+      handled,
+      // The group learns of the partition at its next metadata refresh (kafkajs: 5 min by default).
+      consumerConfig: { ...fastGroup, metadataMaxAge: 3_000 },
+    });
+    cleanups.push(() => c.stop());
+    await c.start();
+    await joined(groupId);
+    await produce(topic, 'ar-0', 0);
+    await waitUntil(() => handled.includes('ar-0'), { message: 'the record of partition 0 processed' });
+    await addPartition(topic, 2);
+    await produce(topic, 'ar-1', 1);
+    await waitUntil(() => handled.includes('ar-1'), {
+      timeoutMs: 45_000,
+      message: () => `the record of the added partition processed (handled: ${handled})`,
+    });
+    expect(handled).toEqual(['ar-0', 'ar-1']);
+  }, 120_000);
+
+  it("a member that pinned before another member's partition had a commit marks its commits once it has one", async () => {
+    // The member of an earlier version (a plain kafkajs consumer) holds one partition and commits
+    // nothing at first: the consumer's pin of the other cannot see every partition committed.
+    const topic = uniqueName('late-mark');
+    const groupId = uniqueName('late-mark-group');
+    await createTopics(admin, [topic, `${topic}.dlq`], 2);
+    const earlier = kafka.consumer({ groupId, ...fastGroup });
+    cleanups.push(() => earlier.disconnect());
+    let theirs: number | undefined;
+    earlier.on(earlier.events.GROUP_JOIN, (event) => {
+      theirs = event.payload.memberAssignment[topic]?.[0];
+    });
+    await earlier.connect();
+    await earlier.subscribe({ topics: [topic] });
+    await earlier.run({ autoCommit: false, eachMessage: async () => {} });
+    const handled: string[] = [];
+    const c = noting(kafka, { topic, groupId, handled });
+    cleanups.push(() => c.stop());
+    await c.start();
+    await waitUntil(
+      async () => {
+        const members = (await admin.describeGroups([groupId])).groups[0]?.members ?? [];
+        return members.length === 2 && theirs !== undefined;
+      },
+      { message: 'both members assigned a partition' },
+    );
+    await joined(groupId);
+    const ours = theirs === 0 ? 1 : 0;
+    await earlier.commitOffsets([{ topic, partition: theirs as number, offset: '0' }]);
+    // The consumer looks again 1, 2, 4... s after its pin; then its commits carry the mark.
+    await sleep(4_000);
+    await produce(topic, 'lm-0', ours);
+    await waitUntil(() => c.stats.acked === 1, { message: 'the record settled' });
+    await waitUntil(
+      async () => {
+        const [t] = await admin.fetchOffsets({ groupId, topics: [topic] });
+        return t?.partitions.find((p) => p.partition === ours)?.metadata === 'exactly-once:partitions=2';
+      },
+      { timeoutMs: 15_000, message: 'the commit of the record carries the partition count' },
+    );
+  }, 120_000);
+
+  it("an uncommitted partition of a group whose commits carry no partition count (an earlier version's) starts at its end", async () => {
+    // Nothing tells a partition added later from one that was quiet under an earlier version,
+    // whose records from before the group began must stay skipped.
+    const topic = uniqueName('unmarked');
+    const groupId = uniqueName('unmarked-group');
+    await createTopics(admin, [topic, `${topic}.dlq`], 2);
+    await produce(topic, 'um-old-0', 0);
+    await produce(topic, 'um-old-1', 1);
+    await admin.setOffsets({ groupId, topic, partitions: [{ partition: 0, offset: '1' }] });
+    const handled: string[] = [];
+    const c = noting(kafka, { topic, groupId, handled });
+    cleanups.push(() => c.stop());
+    await c.start();
+    await joined(groupId);
+    await produce(topic, 'um-new-1', 1);
+    await waitUntil(() => handled.includes('um-new-1'), {
+      message: () => `the record written after the start processed (handled: ${handled})`,
+    });
+    await sleep(1_000);
+    expect(handled).toEqual(['um-new-1']);
+  }, 120_000);
 
   it.each(CLIENTS)(
     '%s: a retry copy written before the retry topic was ever committed is read after a restart',

@@ -22,6 +22,7 @@ import {
   type KafkaMessageLike,
   kafkaErrorTags,
   type SkippedBatch,
+  withMetadata,
 } from './client.js';
 import { deadLetterRecord, retryAtOf, retryRecord, toDelivery } from './delivery.js';
 import type { ExactlyOnceProducer } from './producer.js';
@@ -63,6 +64,8 @@ export interface BatchEnv {
    * assignment (see anchor, and positions.ts).
    */
   readonly anchored: Set<string>;
+  /** By work topic, the metadata its commits carry (see positions.ts). */
+  readonly marks: ReadonlyMap<string, string>;
 }
 
 /**
@@ -123,7 +126,7 @@ export async function commitSkipped(env: BatchEnv, skipped: SkippedBatch): Promi
   if (env.stopSignal.aborted) return;
   const { topic, partition, next } = skipped;
   try {
-    await skipped.commit();
+    await skipped.commit(env.marks.get(topic));
     env.anchored.add(`${topic}:${partition}`);
     env.stats.commits++;
   } catch (error) {
@@ -677,7 +680,12 @@ class BatchRun {
   private async commitOffset(offset: string, what: string): Promise<boolean> {
     try {
       await this.payload.commitOffsetsIfNecessary({
-        topics: [{ topic: this.topic, partitions: [{ partition: this.partition, offset }] }],
+        topics: [
+          {
+            topic: this.topic,
+            partitions: [withMetadata({ partition: this.partition, offset }, this.env.marks.get(this.topic))],
+          },
+        ],
       });
       this.env.anchored.add(this.partitionId);
       this.env.stats.commits++;

@@ -38,8 +38,15 @@ export interface KafkaBatchLike {
   lastOffset?(): string;
 }
 
+/** An offset to commit as a partition's next, with the commit's metadata (see positions.ts). */
+export interface PartitionOffset {
+  partition: number;
+  offset: string;
+  metadata?: string;
+}
+
 export interface OffsetsByTopicPartitionLike {
-  topics: { topic: string; partitions: { partition: number; offset: string }[] }[];
+  topics: { topic: string; partitions: PartitionOffset[] }[];
 }
 
 /** What `eachBatch` receives. */
@@ -138,7 +145,9 @@ export interface AdminLike {
   fetchOffsets(request: {
     groupId: string;
     topics: string[];
-  }): Promise<{ topic: string; partitions: { partition: number; offset: string }[] }[]>;
+  }): Promise<
+    { topic: string; partitions: { partition: number; offset: string; metadata?: string | null }[] }[]
+  >;
   fetchTopicOffsets(topic: string): Promise<{ partition: number; high: string; low: string }[]>;
 }
 
@@ -146,6 +155,19 @@ export type AssignmentListener = (
   assignment: TopicPartitions[],
   control: PartitionControl,
 ) => Promise<void> | undefined;
+
+/** An offset to commit on a topic's partition. */
+export interface TopicPartitionOffset extends PartitionOffset {
+  topic: string;
+}
+
+/** `offset` with `metadata` when there is one (a commit without it clears the partition's). */
+export function withMetadata<O extends TopicPartitionOffset | PartitionOffset>(
+  offset: O,
+  metadata?: string,
+): O {
+  return metadata === undefined ? offset : { ...offset, metadata };
+}
 
 export interface TopicPartitions {
   readonly topic: string;
@@ -161,7 +183,7 @@ export interface PartitionControl {
   /** Moves the partition's fetch position (applied at its next fetch). */
   seek(at: { topic: string; partition: number; offset: string }): void;
   /** Commits these offsets as the partitions' next. */
-  commit(offsets: { topic: string; partition: number; offset: string }[]): Promise<void>;
+  commit(offsets: TopicPartitionOffset[]): Promise<void>;
 }
 
 /** The kafkajs errors (`type`) and Kafka protocol error codes (`code`) of a lost membership. */
@@ -367,13 +389,13 @@ export interface SkippedBatch {
   readonly partition: number;
   /** The offset after the batch: the partition's fetch position now. */
   readonly next: string;
-  /** Commits `next` as the partition's position. */
-  commit(): Promise<void>;
+  /** Commits `next` as the partition's position, with `metadata`. */
+  commit(metadata?: string): Promise<void>;
 }
 
 /** The parts of `@confluentinc/kafka-javascript`'s consumer used beyond the kafkajs contract. */
 interface CommittingConsumer extends ConsumerLike {
-  commitOffsets(offsets: { topic: string; partition: number; offset: string }[]): Promise<void>;
+  commitOffsets(offsets: TopicPartitionOffset[]): Promise<void>;
 }
 
 /** kafkajs' consumer calls behind {@link PartitionControl}. */
@@ -503,7 +525,8 @@ export function consumerClient(
               topic,
               partition,
               next,
-              commit: () => kafkajs.commitOffsets([{ topic, partition, offset: next }]),
+              commit: (metadata) =>
+                kafkajs.commitOffsets([withMetadata({ topic, partition, offset: next }, metadata)]),
             });
           },
         );
@@ -562,7 +585,7 @@ export function consumerClient(
                 offsets
                   ? confluent.commitOffsets(
                       offsets.topics.flatMap(({ topic, partitions }) =>
-                        partitions.map(({ partition, offset }) => ({ topic, partition, offset })),
+                        partitions.map((p) => ({ topic, ...p })),
                       ),
                     )
                   : payload.commitOffsetsIfNecessary(),

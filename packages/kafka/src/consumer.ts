@@ -294,6 +294,8 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
   let stopDeadline = Number.POSITIVE_INFINITY;
   const remaining = () => Math.max(0, stopDeadline - performance.now());
 
+  // Shared by the pin, which sets them, and the batches, whose commits carry them (positions.ts).
+  const marks = new Map<string, string>();
   const env: BatchEnv = {
     processor,
     groupId,
@@ -309,6 +311,7 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
     copiesOnHold: new Map(),
     groupSizes: new Map(),
     anchored: new Set(),
+    marks,
     graceMs: () => (stopController.signal.aborted ? remaining() : revokeGraceMs),
     stopSignal: stopController.signal,
     scheduleResume(ms, resume) {
@@ -351,6 +354,7 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
         admin: adminClient,
         logger,
         anchored: env.anchored,
+        marks,
         stopSignal: stopController.signal,
         track: env.track,
       }),

@@ -11,12 +11,43 @@
  * the returned promise.) The retry topic's partitions are pinned at their beginning. A pin that
  * fails is tried again, the partitions held, until it is through: released unpinned, they would
  * start at their beginning.
+ *
+ * A partition added to a topic later is no partition to skip: its records were all written after
+ * the group began, but the group learns of it only at its next assignment (kafkajs refreshes
+ * metadata every 5 minutes), and pinned at its end, the records written to it meanwhile were
+ * never processed. Once every partition of a work topic has a commit, the consumer's commits on
+ * that topic carry its partition count in their metadata (`exactly-once:partitions=<n>`), and a
+ * partition found without a commit at or past the count a commit carries was added since: it is
+ * pinned at its beginning. Without such a commit (a group of an earlier version, whose quiet
+ * partitions were never committed) nothing tells a new partition from an old quiet one, and it is
+ * pinned at its end.
  */
 
 import { type Logger, toErrorInfo } from '@exactly-once/core';
 import { pause } from '@exactly-once/core/spi';
 import { brokerBackoff } from './batch.js';
-import type { AdminLike, AssignmentListener, PartitionControl, TopicPartitions } from './client.js';
+import {
+  type AdminLike,
+  type AssignmentListener,
+  type PartitionControl,
+  type TopicPartitionOffset,
+  type TopicPartitions,
+  withMetadata,
+} from './client.js';
+
+const MARK_PREFIX = 'exactly-once:partitions=';
+
+/** The metadata of commits on a topic whose `partitions` partitions all have a commit. */
+export function partitionsMark(partitions: number): string {
+  return `${MARK_PREFIX}${partitions}`;
+}
+
+/** The partition count a commit's metadata carries, or undefined (none, or another's metadata). */
+export function markedPartitions(metadata: string | null | undefined): number | undefined {
+  if (typeof metadata !== 'string' || !metadata.startsWith(MARK_PREFIX)) return undefined;
+  const digits = metadata.slice(MARK_PREFIX.length);
+  return /^[1-9][0-9]{0,8}$/.test(digits) ? Number(digits) : undefined;
+}
 
 export interface PinEnv {
   readonly groupId: string;
@@ -32,6 +63,11 @@ export interface PinEnv {
   readonly logger: Logger;
   /** Partitions (`<topic>:<partition>`) known to have a commit: this consumer's, or found on assignment. */
   readonly anchored: Set<string>;
+  /**
+   * By work topic, the metadata of this consumer's commits on it: {@link partitionsMark} of its
+   * partition count, set once every partition was seen with a commit.
+   */
+  readonly marks: Map<string, string>;
   readonly stopSignal: AbortSignal;
   /** Tracks the pinning under way, so `stop` can wait for it. */
   track(work: Promise<unknown>): void;
@@ -42,6 +78,8 @@ export function pinUncommitted(env: PinEnv): AssignmentListener {
   let assignments = 0;
   // Partitions held now, with the assignment that holds them (a newer one takes them over).
   const holding = new Map<string, number>();
+  // Work topics whose commits are looked at again until they can be marked (see confirmMarks).
+  const confirming = new Set<string>();
   return (assignment, control) => {
     const current = ++assignments;
     const paused = new Set(
@@ -67,7 +105,14 @@ export function pinUncommitted(env: PinEnv): AssignmentListener {
       try {
         for (let attempt = 1; !voided(); attempt++) {
           try {
-            await pin(env, held, control, voided);
+            const unmarked = (await pin(env, held, control, voided)).filter((t) => !confirming.has(t));
+            if (unmarked.length > 0) {
+              for (const t of unmarked) confirming.add(t);
+              const confirm = confirmMarks(env, unmarked).finally(() => {
+                for (const t of unmarked) confirming.delete(t);
+              });
+              env.track(confirm);
+            }
             return;
           } catch (error) {
             env.logger.warn(
@@ -94,31 +139,49 @@ export function pinUncommitted(env: PinEnv): AssignmentListener {
   };
 }
 
-/** Commits the start of `held`'s partitions that have no commit, and moves the client there. */
+/**
+ * Commits the start of `held`'s partitions that have no commit, and moves the client there.
+ * Answers the work topics not every partition of which was seen with a commit (see confirmMarks).
+ */
 async function pin(
   env: PinEnv,
   held: readonly TopicPartitions[],
   control: PartitionControl,
   voided: () => boolean,
-): Promise<void> {
+): Promise<string[]> {
   const admin = await env.admin();
+  const unmarked: string[] = [];
   for (const { topic, partitions } of held) {
     const [committed] = await admin.fetchOffsets({ groupId: env.groupId, topics: [topic] });
     const ends = await admin.fetchTopicOffsets(topic);
     // A newer assignment or a stop made this one void: its partitions may be another member's.
-    if (voided()) return;
-    const without: { topic: string; partition: number; offset: string }[] = [];
+    if (voided()) return [];
+    const commits = committed?.partitions ?? [];
+    const retry = topic === env.retryTopic;
+    // Partitions at or past the count the group's commits carry were added since.
+    let marked: number | undefined;
+    for (const c of commits) {
+      const n = markedPartitions(c.metadata);
+      if (n !== undefined && (marked === undefined || n > marked)) marked = n;
+    }
+    const without: TopicPartitionOffset[] = [];
     for (const partition of partitions) {
       // Pinned or found committed by an earlier try of this pin: not logged or committed again.
       if (env.anchored.has(`${topic}:${partition}`)) continue;
-      const at = Number(committed?.partitions.find((c) => c.partition === partition)?.offset ?? -1);
+      const at = committedAt(commits, partition);
       const end = ends.find((e) => e.partition === partition);
       if (at < 0) {
-        without.push({
-          topic,
-          partition,
-          offset: String(end?.[topic === env.retryTopic ? 'low' : 'high'] ?? '0'),
-        });
+        const added = !retry && marked !== undefined && partition >= marked;
+        if (added) {
+          env.logger.info('a partition added to the topic since the group began is read from its beginning', {
+            groupId: env.groupId,
+            topic,
+            partition,
+            partitionsBefore: marked,
+          });
+        }
+        const offset = String(end?.[retry || added ? 'low' : 'high'] ?? '0');
+        without.push(withMetadata({ topic, partition, offset }, env.marks.get(topic)));
         continue;
       }
       // Committed, so never reset by the client, except past a position the log no longer holds.
@@ -131,11 +194,61 @@ async function pin(
         );
       }
     }
-    if (without.length === 0) continue;
-    await control.commit(without);
-    for (const o of without) {
-      control.seek(o);
-      env.anchored.add(`${topic}:${o.partition}`);
+    if (without.length > 0) {
+      await control.commit(without);
+      for (const o of without) {
+        control.seek(o);
+        env.anchored.add(`${topic}:${o.partition}`);
+      }
     }
+    if (retry) continue;
+    const pinned = new Set(without.map((o) => o.partition));
+    if (ends.every((e) => pinned.has(e.partition) || committedAt(commits, e.partition) >= 0)) {
+      env.marks.set(topic, partitionsMark(ends.length));
+    } else {
+      unmarked.push(topic);
+    }
+  }
+  return unmarked;
+}
+
+function committedAt(commits: readonly { partition: number; offset: string }[], partition: number): number {
+  return Number(commits.find((c) => c.partition === partition)?.offset ?? -1);
+}
+
+/**
+ * Looks again, a few times, at the commits of work topics some partition of which had none when
+ * this consumer pinned (another member was pinning it at the same moment, or an earlier version's
+ * member owns a quiet one): once every partition has one, this consumer's commits carry the mark.
+ * Given up after ten looks (about 4 minutes): until then, and without a mark, a partition added
+ * later is pinned at its end, as by an earlier version.
+ */
+async function confirmMarks(env: PinEnv, topics: readonly string[]): Promise<void> {
+  let left = topics.filter((t) => !env.marks.has(t));
+  for (let look = 1; look <= 10 && left.length > 0 && !env.stopSignal.aborted; look++) {
+    await pause(Math.min(1_000 * 2 ** (look - 1), 30_000), env.stopSignal);
+    if (env.stopSignal.aborted) return;
+    const unmarked: string[] = [];
+    for (const topic of left) {
+      if (env.marks.has(topic)) continue;
+      try {
+        const admin = await env.admin();
+        const [committed] = await admin.fetchOffsets({ groupId: env.groupId, topics: [topic] });
+        const ends = await admin.fetchTopicOffsets(topic);
+        const commits = committed?.partitions ?? [];
+        if (ends.every((e) => committedAt(commits, e.partition) >= 0)) {
+          env.marks.set(topic, partitionsMark(ends.length));
+          continue;
+        }
+      } catch (error) {
+        env.logger.debug('could not read the commits of a topic to mark them', {
+          groupId: env.groupId,
+          topic,
+          error: toErrorInfo(error),
+        });
+      }
+      unmarked.push(topic);
+    }
+    left = unmarked;
   }
 }

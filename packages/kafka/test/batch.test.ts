@@ -11,6 +11,7 @@ import type {
 } from '../src/client.js';
 import type { ExactlyOnceProducer } from '../src/producer.js';
 import { emptyStats } from '../src/stats.js';
+import { partitionsMark } from '../src/positions.js';
 
 const ack: Disposition = { action: 'ack', outcome: 'acquired' };
 const defer = (delayMs: number): Disposition => ({ action: 'defer', outcome: 'busy', delayMs });
@@ -118,6 +119,7 @@ function env(
     groupSizes: new Map(),
     // Anchored already (as after a first batch): the tests below count only their own commits.
     anchored: new Set(['t:0']),
+    marks: new Map(),
     ...over,
   };
   return { e, calls, sent, resumes, stop: () => controller.abort() };
@@ -156,6 +158,22 @@ describe('batch runner', () => {
     const second = payload(2);
     await runBatch(e, second.p);
     expect(second.commits).toEqual(['2']);
+  });
+
+  it("carries the topic's partition mark in each commit's metadata, once the consumer has one", async () => {
+    const marks = new Map<string, string>();
+    const { e } = env(() => ({ action: 'ack', outcome: 'acquired' }), { marks });
+    const seen: (string | undefined)[] = [];
+    const record = (b: ReturnType<typeof payload>) => {
+      b.p.commitOffsetsIfNecessary = async (offsets) => {
+        seen.push(offsets?.topics[0]?.partitions[0]?.metadata);
+      };
+      return b.p;
+    };
+    await runBatch(e, record(payload(1)));
+    marks.set('t', partitionsMark(4));
+    await runBatch(e, record(payload(2)));
+    expect(seen).toEqual([undefined, 'exactly-once:partitions=4']);
   });
 
   it('records go on while an offset commit is on its way; the batch returns after it, with its last commit', async () => {
