@@ -558,6 +558,71 @@ describe('kafka: a committed offset the log no longer holds (deleted by retentio
   );
 });
 
+describe("kafka: kafkajs' own reset of a position the log no longer holds", () => {
+  it('a member that ends before its first commit after the reset leaves the records kept to the next owner', async () => {
+    // kafkajs commits its reset (-2, "earliest") to the group before it fetches again. Before, a
+    // member that ended before its own next commit (a stop past its timeout here; a crash or a
+    // rebalance likewise) left that -2, which the next owner's pin took for "never committed" and
+    // pinned at the end: the records kept were skipped, never processed.
+    const topic = uniqueName('reset-window');
+    const groupId = uniqueName('reset-window-group');
+    await createTopics(admin, [topic, `${topic}.dlq`], 1);
+    const keyPrefix = storePrefix();
+    const handled: string[] = [];
+    const a = noting(kafka, { topic, groupId, keyPrefix, handled });
+    await a.start();
+    await joined(groupId);
+    await produce(topic, 'rw-0', 0);
+    await waitUntil(async () => (await committed(admin, groupId, topic)).get(0) === 1, {
+      message: 'A committed rw-0',
+    });
+    await a.stop();
+    for (let i = 1; i <= 4; i++) await produce(topic, `rw-${i}`, 0);
+    await admin.deleteTopicRecords({ topic, partitions: [{ partition: 0, offset: '3' }] });
+    // B's handler runs until stop() aborts it: B settles nothing after kafkajs' reset, and its key
+    // goes back uncounted.
+    const b = createConsumer<{ amount: number }>({
+      kafka: newKafka('reset-window-test'),
+      groupId,
+      topics: [topic],
+      deadLetter: { topic: `${topic}.dlq` },
+      store: createRedisStore({ client: redis, keyPrefix }),
+      consumerConfig: fastGroup,
+      logger: quietLogger,
+      retentionCheck: 'off',
+      leaseMs: 2_000,
+      handler: (_p, ctx) =>
+        new Promise((_resolve, reject) => {
+          ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason), { once: true });
+        }),
+    });
+    await b.start();
+    await waitUntil(async () => (await committed(admin, groupId, topic)).get(0) === -2, {
+      message: 'kafkajs committed its reset (-2) for the group',
+    });
+    await b.stop({ timeoutMs: 500 });
+    await b.idle(10_000);
+    const warnings: string[] = [];
+    const c = noting(kafka, {
+      topic,
+      groupId,
+      keyPrefix,
+      handled,
+      logger: { ...quietLogger, warn: (message) => void warnings.push(message) },
+    });
+    cleanups.push(() => c.stop());
+    await c.start();
+    await waitUntil(() => handled.length >= 3, {
+      timeoutMs: 30_000,
+      message: () => `C processed the records kept (handled: ${handled})`,
+    });
+    expect(handled).toEqual(['rw-0', 'rw-3', 'rw-4']);
+    expect(warnings).toEqual([
+      expect.stringMatching(/^the group's commit is kafkajs' reset to the oldest record/),
+    ]);
+  }, 120_000);
+});
+
 describe('kafka: a work topic written in transactions', () => {
   it('processes each committed record once, no aborted one, and commits past the markers', async () => {
     // A transactional producer upstream (Kafka Streams, a Java service with transactional.id).

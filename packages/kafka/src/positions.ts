@@ -8,9 +8,10 @@
  * beginning (an out-of-range position resumes at the oldest record kept), and on each assignment
  * the partitions without a commit are held until their end is committed and the client moved
  * there, then fetched from it. (kafkajs: paused meanwhile; librdkafka: its assignment waits for
- * the returned promise.) The retry topic's partitions are pinned at their beginning. A pin that
- * fails is tried again, the partitions held, until it is through: released unpinned, they would
- * start at their beginning.
+ * the returned promise.) A commit of kafkajs' own reset to the earliest offset (-2, left by a
+ * member that ended before its next commit) is no missing commit: pinned at the beginning. The
+ * retry topic's partitions are pinned at their beginning. A pin that fails is tried again, the
+ * partitions held, until it is through: released unpinned, they would start at their beginning.
  *
  * A partition added to a topic later is no partition to skip: its records were all written after
  * the group began, but the group learns of it only at its next assignment (kafkajs refreshes
@@ -36,6 +37,8 @@ import {
 } from './client.js';
 
 const MARK_PREFIX = 'exactly-once:partitions=';
+/** What kafkajs commits when it resets a position the log no longer holds (its "earliest"). */
+const RESET_TO_EARLIEST = -2;
 
 /** The metadata of commits on a topic whose `partitions` partitions all have a commit. */
 export function partitionsMark(partitions: number): string {
@@ -170,6 +173,19 @@ async function pin(
       if (env.anchored.has(`${topic}:${partition}`)) continue;
       const at = committedAt(commits, partition);
       const end = ends.find((e) => e.partition === partition);
+      if (at === RESET_TO_EARLIEST) {
+        // kafkajs commits its reset of an out-of-range position, then fetches from the oldest
+        // record kept; a member that ended before its next commit left it. Not a partition the
+        // group never committed: it resumes where that member did.
+        env.logger.warn(
+          "the group's commit is kafkajs' reset to the oldest record (records were deleted by the topic's retention before the group processed them); it resumes at the oldest record kept",
+          { groupId: env.groupId, topic, partition, oldestKept: Number(end?.low ?? 0) },
+        );
+        without.push(
+          withMetadata({ topic, partition, offset: String(end?.low ?? '0') }, env.marks.get(topic)),
+        );
+        continue;
+      }
       if (at < 0) {
         const added = !retry && marked !== undefined && partition >= marked;
         if (added) {
