@@ -236,14 +236,13 @@ function committedAt(commits: readonly { partition: number; offset: string }[], 
  * Looks again, a few times, at the commits of work topics some partition of which had none when
  * this consumer pinned (another member was pinning it at the same moment, or an earlier version's
  * member owns a quiet one): once every partition has one, this consumer's commits carry the mark.
- * Given up after ten looks (about 4 minutes): until then, and without a mark, a partition added
+ * Given up after ten looks (about 3 minutes): until then, and without a mark, a partition added
  * later is pinned at its end, as by an earlier version.
  */
 async function confirmMarks(env: PinEnv, topics: readonly string[]): Promise<void> {
   let left = topics.filter((t) => !env.marks.has(t));
-  for (let look = 1; look <= 10 && left.length > 0 && !env.stopSignal.aborted; look++) {
-    await pause(Math.min(1_000 * 2 ** (look - 1), 30_000), env.stopSignal);
-    if (env.stopSignal.aborted) return;
+  for (let look = 1; look <= 10 && left.length > 0; look++) {
+    if (!(await pause(Math.min(1_000 * 2 ** (look - 1), 30_000), env.stopSignal))) return;
     const unmarked: string[] = [];
     for (const topic of left) {
       if (env.marks.has(topic)) continue;
