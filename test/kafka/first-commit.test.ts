@@ -558,6 +558,63 @@ describe('kafka: a committed offset the log no longer holds (deleted by retentio
   );
 });
 
+describe('kafka: a running member that falls behind the retention', () => {
+  it('says how many records were deleted before it processed them, and goes on with the oldest kept', async () => {
+    // Before, only kafkajs' own logger said so ("Offset out of range, resetting to default offset").
+    // kafkajs fetches a partition again only once its batch returned; librdkafka fetches ahead (up
+    // to its queue's size), so a lag of a few records, as here, never reaches the deleted ones.
+    const topic = uniqueName('lagging');
+    const groupId = uniqueName('lagging-group');
+    await createTopics(admin, [topic, `${topic}.dlq`], 1);
+    const handled: string[] = [];
+    const errors: Record<string, unknown>[] = [];
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const c = createConsumer<{ amount: number }>({
+      kafka,
+      groupId,
+      topics: [topic],
+      deadLetter: { topic: `${topic}.dlq` },
+      store: createRedisStore({ client: redis, keyPrefix: storePrefix() }),
+      consumerConfig: fastGroup,
+      retentionCheck: 'off',
+      fromBeginning: true,
+      // The slow record is waited for in place: the partition is not fetched meanwhile.
+      maxInPlaceWaitMs: 60_000,
+      logger: { ...quietLogger, error: (message, meta) => void errors.push({ message, ...meta }) },
+      handler: async (_p, ctx) => {
+        if (ctx.key === 'lg-1') await held;
+        handled.push(ctx.key);
+      },
+    });
+    cleanups.push(() => c.stop());
+    await c.start();
+    await produce(topic, 'lg-0', 0);
+    await waitUntil(() => handled.includes('lg-0'), { message: 'lg-0 processed' });
+    await produce(topic, 'lg-1', 0); // its handler waits
+    for (let i = 2; i <= 5; i++) await produce(topic, `lg-${i}`, 0);
+    await admin.deleteTopicRecords({ topic, partitions: [{ partition: 0, offset: '4' }] });
+    release();
+    await waitUntil(() => handled.includes('lg-5'), {
+      timeoutMs: 30_000,
+      message: () => `the records kept processed (handled: ${handled})`,
+    });
+    expect(handled).toEqual(['lg-0', 'lg-1', 'lg-4', 'lg-5']);
+    await waitUntil(() => errors.length > 0, { message: 'the loss reported' });
+    expect(errors).toEqual([
+      expect.objectContaining({
+        message: expect.stringMatching(/^records were deleted by the topic's retention/),
+        partition: 0,
+        position: 2,
+        oldestKept: 4,
+        lost: 2,
+      }),
+    ]);
+  }, 120_000);
+});
+
 describe("kafka: kafkajs' own reset of a position the log no longer holds", () => {
   it('a member that ends before its first commit after the reset leaves the records kept to the next owner', async () => {
     // kafkajs commits its reset (-2, "earliest") to the group before it fetches again. Before, a

@@ -66,6 +66,16 @@ export interface BatchEnv {
   readonly anchored: Set<string>;
   /** By work topic, the metadata its commits carry (see positions.ts). */
   readonly marks: ReadonlyMap<string, string>;
+  /**
+   * By partition (`<topic>:<partition>`), the offset after the last record this consumer settled
+   * there, since the partition was last assigned to it (cleared on each assignment).
+   */
+  readonly positions: Map<string, bigint>;
+  /**
+   * A batch started past where the partition's last one left off, by more than a transaction's
+   * marker: `from` is where it left off (see positions.ts, noticeSkip).
+   */
+  noticeSkip(topic: string, partition: number, from: bigint): void;
 }
 
 /**
@@ -128,6 +138,7 @@ export async function commitSkipped(env: BatchEnv, skipped: SkippedBatch): Promi
   try {
     await skipped.commit(env.marks.get(topic));
     env.anchored.add(`${topic}:${partition}`);
+    env.positions.set(`${topic}:${partition}`, BigInt(next));
     env.stats.commits++;
   } catch (error) {
     env.logger.debug('offset commit after skipped records failed', {
@@ -288,6 +299,7 @@ class BatchRun {
     let group: { from: number; run: OrderedRun } | undefined;
     let i = 0;
     if (this.env.copiesOnHold.size > 0) this.letGoOfSettledHolds();
+    this.checkSkip();
     try {
       const anchored = await this.anchor();
       while (anchored && i < messages.length) {
@@ -356,6 +368,9 @@ class BatchRun {
       // until its eachBatch returns.
       await this.committing;
       await this.commit();
+      if (this.settledOffset !== undefined && this.rebalanceError === undefined && !this.payload.isStale()) {
+        this.env.positions.set(this.partitionId, BigInt(this.settledOffset) + 1n);
+      }
     }
     // Rethrown so kafkajs rejoins now instead of after its next own heartbeat.
     if (this.rebalanceError !== undefined) throw this.rebalanceError;
@@ -374,6 +389,19 @@ class BatchRun {
     const from = BigInt(first.offset);
     for (const id of this.env.copiesOnHold.keys()) {
       if (id.startsWith(prefix) && BigInt(id.slice(prefix.length)) < from) this.env.copiesOnHold.delete(id);
+    }
+  }
+
+  /**
+   * The client fetches a partition from where its last batch left off, unless that position was
+   * no longer in the log (its records deleted by retention while this consumer lagged) and the
+   * client reset it to the oldest record kept. A gap of one offset is a transaction's marker.
+   */
+  private checkSkip(): void {
+    const first = this.payload.batch.messages[0];
+    const from = this.env.positions.get(this.partitionId);
+    if (first !== undefined && from !== undefined && BigInt(first.offset) > from + 1n) {
+      this.env.noticeSkip(this.topic, this.partition, from);
     }
   }
 

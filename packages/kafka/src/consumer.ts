@@ -24,7 +24,7 @@ import {
   timerMs,
 } from '@exactly-once/core/spi';
 import { type BatchEnv, commitSkipped, runBatch } from './batch.js';
-import { pinUncommitted } from './positions.js';
+import { noticeSkip, pinUncommitted } from './positions.js';
 import {
   type AdminLike,
   type ConsumerConfigLike,
@@ -294,8 +294,14 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
   let stopDeadline = Number.POSITIVE_INFINITY;
   const remaining = () => Math.max(0, stopDeadline - performance.now());
 
+  const track = (run: Promise<unknown>) => {
+    orphans.add(run);
+    void run.finally(() => orphans.delete(run));
+  };
   // Shared by the pin, which sets them, and the batches, whose commits carry them (positions.ts).
   const marks = new Map<string, string>();
+  const skipped =
+    adminOf === undefined ? undefined : noticeSkip({ groupId, admin: adminClient, logger, track });
   const env: BatchEnv = {
     processor,
     groupId,
@@ -312,6 +318,8 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
     groupSizes: new Map(),
     anchored: new Set(),
     marks,
+    positions: new Map(),
+    noticeSkip: (topic, partition, from) => skipped?.(topic, partition, from),
     graceMs: () => (stopController.signal.aborted ? remaining() : revokeGraceMs),
     stopSignal: stopController.signal,
     scheduleResume(ms, resume) {
@@ -324,10 +332,7 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
       timer.unref();
       resumeTimers.add(timer);
     },
-    track(run) {
-      orphans.add(run);
-      void run.finally(() => orphans.delete(run));
-    },
+    track,
   };
 
   client.onCrash((error, restart) => {
@@ -345,9 +350,8 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
 
   client.onSkipped((skipped) => void commitSkipped(env, skipped));
 
-  if (pinning) {
-    client.onAssigned(
-      pinUncommitted({
+  const pin = pinning
+    ? pinUncommitted({
         groupId,
         topics,
         retryTopic,
@@ -356,10 +360,14 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
         anchored: env.anchored,
         marks,
         stopSignal: stopController.signal,
-        track: env.track,
-      }),
-    );
-  }
+        track,
+      })
+    : undefined;
+  client.onAssigned((assignment, control) => {
+    // Where this consumer left a partition says nothing of where the next owner left it.
+    env.positions.clear();
+    return pin?.(assignment, control);
+  });
 
   return {
     consumer,

@@ -267,3 +267,55 @@ async function confirmMarks(env: PinEnv, topics: readonly string[]): Promise<voi
     left = unmarked;
   }
 }
+
+/** What {@link noticeSkip} needs of the consumer. */
+export interface SkipEnv {
+  readonly groupId: string;
+  admin(): Promise<AdminLike>;
+  readonly logger: Logger;
+  track(work: Promise<unknown>): void;
+}
+
+/**
+ * Says so when records of a partition this consumer was reading were deleted by retention before
+ * it processed them: its client then resets the position to the oldest record kept, by itself
+ * (kafkajs logs it only to its own logger). Called when a batch starts past where the last one
+ * left off (`from`); a gap of aborted or compacted records is no loss: the oldest record kept is
+ * not past `from` then. One look at a time per partition.
+ */
+export function noticeSkip(env: SkipEnv): (topic: string, partition: number, from: bigint) => void {
+  const looking = new Set<string>();
+  return (topic, partition, from) => {
+    const id = `${topic}:${partition}`;
+    if (looking.has(id)) return;
+    looking.add(id);
+    const look = (async () => {
+      try {
+        const admin = await env.admin();
+        const oldest = (await admin.fetchTopicOffsets(topic)).find((e) => e.partition === partition)?.low;
+        if (oldest === undefined || BigInt(oldest) <= from) return;
+        env.logger.error(
+          "records were deleted by the topic's retention before the group processed them; it resumes at the oldest record kept",
+          {
+            groupId: env.groupId,
+            topic,
+            partition,
+            position: Number(from),
+            oldestKept: Number(oldest),
+            lost: Number(BigInt(oldest) - from),
+          },
+        );
+      } catch (error) {
+        env.logger.debug('could not read the oldest offset of a partition read past a gap', {
+          groupId: env.groupId,
+          topic,
+          partition,
+          error: toErrorInfo(error),
+        });
+      } finally {
+        looking.delete(id);
+      }
+    })();
+    env.track(look);
+  };
+}

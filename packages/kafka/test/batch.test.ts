@@ -120,6 +120,8 @@ function env(
     // Anchored already (as after a first batch): the tests below count only their own commits.
     anchored: new Set(['t:0']),
     marks: new Map(),
+    positions: new Map(),
+    noticeSkip: () => {},
     ...over,
   };
   return { e, calls, sent, resumes, stop: () => controller.abort() };
@@ -174,6 +176,20 @@ describe('batch runner', () => {
     marks.set('t', partitionsMark(4));
     await runBatch(e, record(payload(2)));
     expect(seen).toEqual([undefined, 'exactly-once:partitions=4']);
+  });
+
+  it('notices a batch that starts past where the last one left off by more than a marker', async () => {
+    const skips: string[] = [];
+    const { e } = env(() => ({ action: 'ack', outcome: 'acquired' }), {
+      noticeSkip: (topic, partition, from) => void skips.push(`${topic}:${partition} from ${from}`),
+    });
+    await runBatch(e, batchOf(0, 0, 2).p); // left off at 2
+    await runBatch(e, batchOf(0, 2, 1).p); // where it left off
+    await runBatch(e, batchOf(0, 4, 1).p); // one offset on: a transaction's marker
+    expect(skips).toEqual([]);
+    await runBatch(e, batchOf(0, 9, 1).p); // offsets 5 to 8 skipped
+    expect(skips).toEqual(['t:0 from 5']);
+    expect(e.positions.get('t:0')).toBe(10n);
   });
 
   it('records go on while an offset commit is on its way; the batch returns after it, with its last commit', async () => {
