@@ -67,7 +67,10 @@ async function produce(topic: string, key: string, partition?: number): Promise<
   await producer.disconnect();
 }
 
-/** A consumer of `topic` (dead letters to `<topic>.dlq`) noting each key it handles in `handled`. */
+/**
+ * A consumer of `topic` (dead letters to `<topic>.dlq`) noting each key it handles in `handled`,
+ * unless given a handler of its own.
+ */
 function noting(
   kafkaOf: KafkaLike,
   {
@@ -77,7 +80,7 @@ function noting(
   }: { topic: string; handled: string[] } & Omit<
     KafkaConsumerOptions<{ amount: number }>,
     'kafka' | 'topics' | 'deadLetter' | 'store' | 'handler'
-  > & { keyPrefix?: string },
+  > & { keyPrefix?: string; handler?: KafkaConsumerOptions<{ amount: number }>['handler'] },
 ): KafkaConsumer {
   const { keyPrefix = storePrefix(), ...rest } = options;
   return createConsumer<{ amount: number }>({
@@ -93,6 +96,78 @@ function noting(
     },
     ...rest,
   });
+}
+
+/**
+ * A, the group's first member, settles `<name>-0` on partition 0 of a new two-partition topic and
+ * stops; `meanwhile` runs while no member does and writes `<name>-1`; B then starts on the same
+ * group. Answers the keys handled once `<name>-1` is among them.
+ */
+async function acrossARestart(
+  client: (typeof CLIENTS)[number],
+  name: string,
+  meanwhile: (topic: string) => Promise<void>,
+): Promise<string[]> {
+  const topic = uniqueName(name);
+  const groupId = uniqueName(`${name}-group`);
+  await createTopics(admin, [topic, `${topic}.dlq`], 2);
+  const keyPrefix = storePrefix();
+  const handled: string[] = [];
+  const make = () => noting(clientKafka(client, `${name}-test`), { topic, groupId, keyPrefix, handled });
+  const a = make();
+  await a.start();
+  await joined(groupId);
+  await produce(topic, `${name}-0`, 0);
+  await waitUntil(() => a.stats.acked === 1, { message: 'A settled the record of partition 0' });
+  await a.stop();
+  await meanwhile(topic);
+  const b = make();
+  cleanups.push(() => b.stop());
+  await b.start();
+  await waitUntil(() => handled.includes(`${name}-1`), {
+    timeoutMs: 30_000,
+    message: () => `B processed the record written while the group was down (handled: ${handled})`,
+  });
+  return handled;
+}
+
+/**
+ * A, the group's first member, commits `<name>-0` on a new one-partition topic and stops; then
+ * `<name>-1` to `<name>-<written>` are written and the records before offset `deletedBefore`
+ * deleted, as a retention would while the group is down.
+ */
+async function committedThenDeleted(
+  kafkaOf: KafkaLike,
+  name: string,
+  written: number,
+  deletedBefore: number,
+) {
+  const topic = uniqueName(name);
+  const groupId = uniqueName(`${name}-group`);
+  await createTopics(admin, [topic, `${topic}.dlq`], 1);
+  const keyPrefix = storePrefix();
+  const handled: string[] = [];
+  const a = noting(kafkaOf, { topic, groupId, keyPrefix, handled });
+  await a.start();
+  await joined(groupId); // the new group's position on the empty partition is set (its end)
+  await produce(topic, `${name}-0`, 0);
+  await waitUntil(async () => (await committed(admin, groupId, topic)).get(0) === 1, {
+    message: `A committed ${name}-0`,
+  });
+  await a.stop();
+  for (let i = 1; i <= written; i++) await produce(topic, `${name}-${i}`, 0);
+  await admin.deleteTopicRecords({ topic, partitions: [{ partition: 0, offset: String(deletedBefore) }] });
+  return { topic, groupId, keyPrefix, handled };
+}
+
+/** `errors` holds one error, the one saying records were deleted before the group processed them. */
+function expectOneLoss(errors: Record<string, unknown>[], fields: Record<string, number>): void {
+  expect(errors).toEqual([
+    expect.objectContaining({
+      message: expect.stringMatching(/^records were deleted by the topic's retention/),
+      ...fields,
+    }),
+  ]);
 }
 
 /** Raises `topic` to `count` partitions and waits until the cluster's metadata has them all. */
@@ -260,28 +335,10 @@ describe('kafka: partitions the group never committed (fromBeginning: false)', (
       // A ran with both partitions assigned; only partition 0 had records. Before, nothing was ever
       // committed for partition 1, so B's start reset it to its end again, past the record written
       // while no member ran: it was never processed.
-      const topic = uniqueName('quiet-partition');
-      const groupId = uniqueName('quiet-partition-group');
-      await createTopics(admin, [topic, `${topic}.dlq`], 2);
-      const keyPrefix = storePrefix();
-      const handled: string[] = [];
-      const make = () =>
-        noting(clientKafka(client, 'quiet-partition-test'), { topic, groupId, keyPrefix, handled });
-      const a = make();
-      await a.start();
-      await joined(groupId);
-      await produce(topic, 'qp-0', 0);
-      await waitUntil(() => a.stats.acked === 1, { message: 'A settled the record of partition 0' });
-      await a.stop();
-      await produce(topic, 'qp-1', 1);
-      const b = make();
-      cleanups.push(() => b.stop());
-      await b.start();
-      await waitUntil(() => handled.includes('qp-1'), {
-        timeoutMs: 30_000,
-        message: () => `B processed the record of the quiet partition (handled: ${handled})`,
+      const handled = await acrossARestart(client, 'quiet-partition', async (topic) => {
+        await produce(topic, 'quiet-partition-1', 1);
       });
-      expect(handled).toEqual(['qp-0', 'qp-1']);
+      expect(handled).toEqual(['quiet-partition-0', 'quiet-partition-1']);
     },
     120_000,
   );
@@ -291,29 +348,11 @@ describe('kafka: partitions the group never committed (fromBeginning: false)', (
     async (client) => {
       // Before, the added partition had no commit and was pinned at its end like a partition of a
       // new group: the record written to it before B was assigned it was never processed.
-      const topic = uniqueName('added-partition');
-      const groupId = uniqueName('added-partition-group');
-      await createTopics(admin, [topic, `${topic}.dlq`], 2);
-      const keyPrefix = storePrefix();
-      const handled: string[] = [];
-      const make = () =>
-        noting(clientKafka(client, 'added-partition-test'), { topic, groupId, keyPrefix, handled });
-      const a = make();
-      await a.start();
-      await joined(groupId);
-      await produce(topic, 'ap-0', 0);
-      await waitUntil(() => a.stats.acked === 1, { message: 'A settled the record of partition 0' });
-      await a.stop();
-      await addPartition(topic, 3);
-      await produce(topic, 'ap-2', 2);
-      const b = make();
-      cleanups.push(() => b.stop());
-      await b.start();
-      await waitUntil(() => handled.includes('ap-2'), {
-        timeoutMs: 30_000,
-        message: () => `B processed the record of the added partition (handled: ${handled})`,
+      const handled = await acrossARestart(client, 'added-partition', async (topic) => {
+        await addPartition(topic, 3);
+        await produce(topic, 'added-partition-1', 2);
       });
-      expect(handled).toEqual(['ap-0', 'ap-2']);
+      expect(handled).toEqual(['added-partition-0', 'added-partition-1']);
     },
     120_000,
   );
@@ -510,11 +549,13 @@ describe('kafka: a committed offset the log no longer holds (deleted by retentio
       // kafkajs and librdkafka reset an out-of-range position as for a new group: with
       // fromBeginning false, to the end. Before, the records still kept after the deleted ones were
       // skipped, never processed, as if the group were new.
-      const topic = uniqueName('out-of-range');
-      const groupId = uniqueName('out-of-range-group');
-      await createTopics(admin, [topic, `${topic}.dlq`], 1);
-      const keyPrefix = storePrefix();
-      const handled: string[] = [];
+      // While the group is down: five records, the first two deleted before it comes back.
+      const { topic, groupId, keyPrefix, handled } = await committedThenDeleted(
+        clientKafka(client, 'out-of-range-test'),
+        'out-of-range',
+        5,
+        3,
+      );
       const errors: Record<string, unknown>[] = [];
       const make = () =>
         noting(clientKafka(client, 'out-of-range-test'), {
@@ -524,17 +565,6 @@ describe('kafka: a committed offset the log no longer holds (deleted by retentio
           handled,
           logger: { ...quietLogger, error: (message, meta) => void errors.push({ message, ...meta }) },
         });
-      const a = make();
-      await a.start();
-      await joined(groupId); // the new group's position on the empty partition is set (its end)
-      await produce(topic, 'r-0', 0);
-      await waitUntil(async () => (await committed(admin, groupId, topic)).get(0) === 1, {
-        message: 'A committed r-0',
-      });
-      await a.stop();
-      // While the group is down: five records, the first two deleted before it comes back.
-      for (let i = 1; i <= 5; i++) await produce(topic, `r-${i}`, 0);
-      await admin.deleteTopicRecords({ topic, partitions: [{ partition: 0, offset: '3' }] });
       const b = make();
       cleanups.push(() => b.stop());
       await b.start();
@@ -542,17 +572,9 @@ describe('kafka: a committed offset the log no longer holds (deleted by retentio
         timeoutMs: 30_000,
         message: () => `B processed the records kept (handled: ${handled})`,
       });
-      expect(handled).toEqual(['r-0', 'r-3', 'r-4', 'r-5']);
+      expect(handled).toEqual(['out-of-range-0', 'out-of-range-3', 'out-of-range-4', 'out-of-range-5']);
       // And the loss is said: two records deleted before the group processed them.
-      expect(errors).toEqual([
-        expect.objectContaining({
-          message: expect.stringMatching(/^records were deleted by the topic's retention/),
-          partition: 0,
-          committed: 1,
-          oldestKept: 3,
-          lost: 2,
-        }),
-      ]);
+      expectOneLoss(errors, { partition: 0, committed: 1, oldestKept: 3, lost: 2 });
     },
     120_000,
   );
@@ -572,14 +594,10 @@ describe('kafka: a running member that falls behind the retention', () => {
     const held = new Promise<void>((resolve) => {
       release = resolve;
     });
-    const c = createConsumer<{ amount: number }>({
-      kafka,
+    const c = noting(kafka, {
+      topic,
       groupId,
-      topics: [topic],
-      deadLetter: { topic: `${topic}.dlq` },
-      store: createRedisStore({ client: redis, keyPrefix: storePrefix() }),
-      consumerConfig: fastGroup,
-      retentionCheck: 'off',
+      handled,
       fromBeginning: true,
       // The slow record is waited for in place: the partition is not fetched meanwhile.
       maxInPlaceWaitMs: 60_000,
@@ -603,15 +621,7 @@ describe('kafka: a running member that falls behind the retention', () => {
     });
     expect(handled).toEqual(['lg-0', 'lg-1', 'lg-4', 'lg-5']);
     await waitUntil(() => errors.length > 0, { message: 'the loss reported' });
-    expect(errors).toEqual([
-      expect.objectContaining({
-        message: expect.stringMatching(/^records were deleted by the topic's retention/),
-        partition: 0,
-        position: 2,
-        oldestKept: 4,
-        lost: 2,
-      }),
-    ]);
+    expectOneLoss(errors, { partition: 0, position: 2, oldestKept: 4, lost: 2 });
   }, 120_000);
 });
 
@@ -621,32 +631,14 @@ describe("kafka: kafkajs' own reset of a position the log no longer holds", () =
     // member that ended before its own next commit (a stop past its timeout here; a crash or a
     // rebalance likewise) left that -2, which the next owner's pin took for "never committed" and
     // pinned at the end: the records kept were skipped, never processed.
-    const topic = uniqueName('reset-window');
-    const groupId = uniqueName('reset-window-group');
-    await createTopics(admin, [topic, `${topic}.dlq`], 1);
-    const keyPrefix = storePrefix();
-    const handled: string[] = [];
-    const a = noting(kafka, { topic, groupId, keyPrefix, handled });
-    await a.start();
-    await joined(groupId);
-    await produce(topic, 'rw-0', 0);
-    await waitUntil(async () => (await committed(admin, groupId, topic)).get(0) === 1, {
-      message: 'A committed rw-0',
-    });
-    await a.stop();
-    for (let i = 1; i <= 4; i++) await produce(topic, `rw-${i}`, 0);
-    await admin.deleteTopicRecords({ topic, partitions: [{ partition: 0, offset: '3' }] });
+    const { topic, groupId, keyPrefix, handled } = await committedThenDeleted(kafka, 'reset-window', 4, 3);
     // B's handler runs until stop() aborts it: B settles nothing after kafkajs' reset, and its key
     // goes back uncounted.
-    const b = createConsumer<{ amount: number }>({
-      kafka: newKafka('reset-window-test'),
+    const b = noting(newKafka('reset-window-test'), {
+      topic,
       groupId,
-      topics: [topic],
-      deadLetter: { topic: `${topic}.dlq` },
-      store: createRedisStore({ client: redis, keyPrefix }),
-      consumerConfig: fastGroup,
-      logger: quietLogger,
-      retentionCheck: 'off',
+      keyPrefix,
+      handled,
       leaseMs: 2_000,
       handler: (_p, ctx) =>
         new Promise((_resolve, reject) => {
@@ -673,7 +665,7 @@ describe("kafka: kafkajs' own reset of a position the log no longer holds", () =
       timeoutMs: 30_000,
       message: () => `C processed the records kept (handled: ${handled})`,
     });
-    expect(handled).toEqual(['rw-0', 'rw-3', 'rw-4']);
+    expect(handled).toEqual(['reset-window-0', 'reset-window-3', 'reset-window-4']);
     expect(warnings).toEqual([
       expect.stringMatching(/^the group's commit is kafkajs' reset to the oldest record/),
     ]);
