@@ -300,8 +300,9 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
   };
   // Shared by the pin, which sets them, and the batches, whose commits carry them (positions.ts).
   const marks = new Map<string, string>();
+  // Without an admin client nothing can say whether a gap was a loss: nothing is said.
   const skipped =
-    adminOf === undefined ? undefined : noticeSkip({ groupId, admin: adminClient, logger, track });
+    adminOf === undefined ? () => {} : noticeSkip({ groupId, admin: adminClient, logger, track });
   const env: BatchEnv = {
     processor,
     groupId,
@@ -319,7 +320,7 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
     anchored: new Set(),
     marks,
     positions: new Map(),
-    noticeSkip: (topic, partition, from) => skipped?.(topic, partition, from),
+    noticeSkip: skipped,
     graceMs: () => (stopController.signal.aborted ? remaining() : revokeGraceMs),
     stopSignal: stopController.signal,
     scheduleResume(ms, resume) {

@@ -37,6 +37,9 @@ import {
 } from './client.js';
 
 const MARK_PREFIX = 'exactly-once:partitions=';
+/** The error a loss to the topic's retention is logged with (the pin's, and a running member's). */
+const DELETED_UNPROCESSED =
+  "records were deleted by the topic's retention before the group processed them; it resumes at the oldest record kept";
 /** What kafkajs commits when it resets a position the log no longer holds (its "earliest"). */
 const RESET_TO_EARLIEST = -2;
 
@@ -155,11 +158,9 @@ async function pin(
   const admin = await env.admin();
   const unmarked: string[] = [];
   for (const { topic, partitions } of held) {
-    const [committed] = await admin.fetchOffsets({ groupId: env.groupId, topics: [topic] });
-    const ends = await admin.fetchTopicOffsets(topic);
+    const { commits, ends } = await readTopic(env, admin, topic);
     // A newer assignment or a stop made this one void: its partitions may be another member's.
     if (voided()) return [];
-    const commits = committed?.partitions ?? [];
     const retry = topic === env.retryTopic;
     // Partitions at or past the count the group's commits carry were added since.
     let marked: number | undefined;
@@ -167,12 +168,14 @@ async function pin(
       const n = markedPartitions(c.metadata);
       if (n !== undefined && (marked === undefined || n > marked)) marked = n;
     }
+    const mark = env.marks.get(topic);
     const without: TopicPartitionOffset[] = [];
     for (const partition of partitions) {
       // Pinned or found committed by an earlier try of this pin: not logged or committed again.
       if (env.anchored.has(`${topic}:${partition}`)) continue;
       const at = committedAt(commits, partition);
       const end = ends.find((e) => e.partition === partition);
+      let start: 'low' | 'high' | undefined;
       if (at === RESET_TO_EARLIEST) {
         // kafkajs commits its reset of an out-of-range position, then fetches from the oldest
         // record kept; a member that ended before its next commit left it. Not a partition the
@@ -181,12 +184,8 @@ async function pin(
           "the group's commit is kafkajs' reset to the oldest record (records were deleted by the topic's retention before the group processed them); it resumes at the oldest record kept",
           { groupId: env.groupId, topic, partition, oldestKept: Number(end?.low ?? 0) },
         );
-        without.push(
-          withMetadata({ topic, partition, offset: String(end?.low ?? '0') }, env.marks.get(topic)),
-        );
-        continue;
-      }
-      if (at < 0) {
+        start = 'low';
+      } else if (at < 0) {
         const added = !retry && marked !== undefined && partition >= marked;
         if (added) {
           env.logger.info('a partition added to the topic since the group began is read from its beginning', {
@@ -196,18 +195,24 @@ async function pin(
             partitionsBefore: marked,
           });
         }
-        const offset = String(end?.[retry || added ? 'low' : 'high'] ?? '0');
-        without.push(withMetadata({ topic, partition, offset }, env.marks.get(topic)));
+        start = retry || added ? 'low' : 'high';
+      }
+      if (start !== undefined) {
+        without.push(withMetadata({ topic, partition, offset: String(end?.[start] ?? '0') }, mark));
         continue;
       }
       // Committed, so never reset by the client, except past a position the log no longer holds.
       env.anchored.add(`${topic}:${partition}`);
       const oldest = Number(end?.low ?? 0);
       if (at < oldest) {
-        env.logger.error(
-          "records were deleted by the topic's retention before the group processed them; it resumes at the oldest record kept",
-          { groupId: env.groupId, topic, partition, committed: at, oldestKept: oldest, lost: oldest - at },
-        );
+        env.logger.error(DELETED_UNPROCESSED, {
+          groupId: env.groupId,
+          topic,
+          partition,
+          committed: at,
+          oldestKept: oldest,
+          lost: oldest - at,
+        });
       }
     }
     if (without.length > 0) {
@@ -219,17 +224,37 @@ async function pin(
     }
     if (retry) continue;
     const pinned = new Set(without.map((o) => o.partition));
-    if (ends.every((e) => pinned.has(e.partition) || committedAt(commits, e.partition) >= 0)) {
-      env.marks.set(topic, partitionsMark(ends.length));
-    } else {
-      unmarked.push(topic);
-    }
+    if (!markIfAllCommitted(env, topic, { commits, ends }, pinned)) unmarked.push(topic);
   }
   return unmarked;
 }
 
-function committedAt(commits: readonly { partition: number; offset: string }[], partition: number): number {
+type TopicCommits = Awaited<ReturnType<typeof readTopic>>;
+
+/** The group's commits on `topic` and the topic's partitions with their oldest and end offsets. */
+async function readTopic(env: PinEnv, admin: AdminLike, topic: string) {
+  const [committed] = await admin.fetchOffsets({ groupId: env.groupId, topics: [topic] });
+  const ends = await admin.fetchTopicOffsets(topic);
+  return { commits: committed?.partitions ?? [], ends };
+}
+
+function committedAt(commits: TopicCommits['commits'], partition: number): number {
   return Number(commits.find((c) => c.partition === partition)?.offset ?? -1);
+}
+
+/**
+ * Sets the topic's mark when every partition has a commit (or is among `pinned`, committed just
+ * now); answers whether it did.
+ */
+function markIfAllCommitted(
+  env: PinEnv,
+  topic: string,
+  { commits, ends }: TopicCommits,
+  pinned: ReadonlySet<number> = new Set(),
+): boolean {
+  if (!ends.every((e) => pinned.has(e.partition) || committedAt(commits, e.partition) >= 0)) return false;
+  env.marks.set(topic, partitionsMark(ends.length));
+  return true;
 }
 
 /**
@@ -247,14 +272,7 @@ async function confirmMarks(env: PinEnv, topics: readonly string[]): Promise<voi
     for (const topic of left) {
       if (env.marks.has(topic)) continue;
       try {
-        const admin = await env.admin();
-        const [committed] = await admin.fetchOffsets({ groupId: env.groupId, topics: [topic] });
-        const ends = await admin.fetchTopicOffsets(topic);
-        const commits = committed?.partitions ?? [];
-        if (ends.every((e) => committedAt(commits, e.partition) >= 0)) {
-          env.marks.set(topic, partitionsMark(ends.length));
-          continue;
-        }
+        if (markIfAllCommitted(env, topic, await readTopic(env, await env.admin(), topic))) continue;
       } catch (error) {
         env.logger.debug('could not read the commits of a topic to mark them', {
           groupId: env.groupId,
@@ -294,17 +312,14 @@ export function noticeSkip(env: SkipEnv): (topic: string, partition: number, fro
         const admin = await env.admin();
         const oldest = (await admin.fetchTopicOffsets(topic)).find((e) => e.partition === partition)?.low;
         if (oldest === undefined || BigInt(oldest) <= from) return;
-        env.logger.error(
-          "records were deleted by the topic's retention before the group processed them; it resumes at the oldest record kept",
-          {
-            groupId: env.groupId,
-            topic,
-            partition,
-            position: Number(from),
-            oldestKept: Number(oldest),
-            lost: Number(BigInt(oldest) - from),
-          },
-        );
+        env.logger.error(DELETED_UNPROCESSED, {
+          groupId: env.groupId,
+          topic,
+          partition,
+          position: Number(from),
+          oldestKept: Number(oldest),
+          lost: Number(BigInt(oldest) - from),
+        });
       } catch (error) {
         env.logger.debug('could not read the oldest offset of a partition read past a gap', {
           groupId: env.groupId,
