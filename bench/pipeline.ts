@@ -18,6 +18,7 @@
  * Modes: `in-order` (Kafka: ordered groups of 32 records, 4 partitions at once) and `one-by-one`
  * (RabbitMQ: each delivery processed apart, 100 in flight).
  */
+import { createHook } from 'node:async_hooks';
 import { GCProfiler } from 'node:v8';
 import {
   type BeginRequest,
@@ -50,8 +51,16 @@ const o = new Command()
   .option('--warmup <n>', "messages of each variant's unreported first run", '20000')
   .option('--redis', 'also the Redis store (sdk-redis), on the server of EO_REDIS_URL')
   .option('--variants <list>', 'only these variants (e.g. sdk-redis, to profile it alone)')
+  .option('--promises', 'also count the promises made a message, in one more run of each (not timed)')
   .parse()
-  .opts<{ messages: string; rounds: string; warmup: string; redis?: boolean; variants?: string }>();
+  .opts<{
+    messages: string;
+    rounds: string;
+    warmup: string;
+    redis?: boolean;
+    variants?: string;
+    promises?: boolean;
+  }>();
 const messages = Number(o.messages);
 const rounds = Number(o.rounds);
 const VARIANTS: readonly Variant[] = (
@@ -167,7 +176,28 @@ async function measure(run: () => Promise<void>, count: number, server?: Redis):
   };
 }
 
+/**
+ * Promises made a message (async functions' own, `then`s', and an await's, which V8 makes only
+ * while a hook watches), counted by an async hook in a run of its own: a hook slows every
+ * promise, so no timed run has one.
+ */
+async function promisesPerMessage(run: () => Promise<void>, count: number): Promise<number> {
+  let made = 0;
+  const hook = createHook({
+    init(_id, type) {
+      if (type === 'PROMISE') made++;
+    },
+  }).enable();
+  try {
+    await run();
+  } finally {
+    hook.disable();
+  }
+  return made / count;
+}
+
 const results = new Map<string, Measured[]>();
+const promises = new Map<string, number>();
 let batch = 0;
 for (const mode of MODES) {
   const consumers = new Map(VARIANTS.map((v) => [v, consumer(v)]));
@@ -189,6 +219,18 @@ for (const mode of MODES) {
       results.set(key, [...(results.get(key) ?? []), m]);
     }
   }
+  if (o.promises) {
+    for (const v of VARIANTS) {
+      const deliveries = Array.from({ length: Number(o.warmup) }, (_, i) => deliveryOf(`p${batch}`, i));
+      batch++;
+      const run = consumers.get(v);
+      if (run)
+        promises.set(
+          `${mode} ${v}`,
+          await promisesPerMessage(() => run(deliveries, mode), deliveries.length),
+        );
+    }
+  }
 }
 
 const header = [
@@ -200,6 +242,7 @@ const header = [
   'GC us/msg',
   'GC %',
   'Redis us/msg',
+  ...(o.promises ? ['promises/msg'] : []),
 ];
 const rows: string[][] = [];
 for (const mode of MODES) {
@@ -217,6 +260,7 @@ for (const mode of MODES) {
       gc.toFixed(1),
       ((gc / cpu) * 100).toFixed(0),
       v === 'sdk-redis' ? median(ms.map((m) => m.serverUs ?? Number.NaN)).toFixed(1) : '',
+      ...(o.promises ? [(promises.get(`${mode} ${v}`) ?? Number.NaN).toFixed(1)] : []),
     ]);
   }
 }
@@ -233,7 +277,9 @@ console.log(
   '  CPU: this process (GC threads included). alloc: heap growth between collections, per message.\n' +
     '  GC: time in collections (their cost as V8 reports it). No broker, no server: the broker runs\n' +
     "  measure the targets; this shows core's own share and the in-memory store's apart.\n" +
-    "  Redis us/msg (--redis): the server's time in the store's scripts (INFO commandstats usec).",
+    "  Redis us/msg (--redis): the server's time in the store's scripts (INFO commandstats usec).\n" +
+    '  promises/msg (--promises): promises made a message (async functions, thens, and an await each,\n' +
+    '  as a hook sees them), counted in one more run of --warmup messages of each, after the timed ones.',
 );
 if (redis) {
   // The run's records: everything under its own prefix, in the bench's own database.
