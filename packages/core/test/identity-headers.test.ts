@@ -121,3 +121,47 @@ describe('identity headers are read strictly, never guessed', () => {
     });
   });
 });
+
+describe('a producer that sets only x-request-id', () => {
+  const processor = (missingKey?: 'reject') => {
+    const runs: { key: string; requestId: string }[] = [];
+    const p = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      retentionCheck: 'off',
+      // The core README's recipe (Keys): the request id as the key, read as strictly as a key.
+      missingKey: missingKey ?? ((_payload, d) => readIdentityHeader(d.headers, Headers.RequestId)),
+      handler: (_payload, ctx) => {
+        runs.push({ key: ctx.key, requestId: ctx.requestId });
+      },
+    });
+    return { p, runs };
+  };
+
+  it('is KEY_MISSING by default: a request id never stands in for a key on its own', async () => {
+    const { p, runs } = processor('reject');
+    const d = await p.process(delivery({ a: 1 }, { [Headers.RequestId]: 'req-1' }));
+    expect(d).toMatchObject({ action: 'dead-letter', outcome: 'invalid' });
+    if (d.action === 'dead-letter') expect(d.reason.error).toMatchObject({ code: 'KEY_MISSING' });
+    expect(runs).toEqual([]);
+  });
+
+  it('is deduplicated by its request id with the missingKey recipe', async () => {
+    const { p, runs } = processor();
+    const copy = () => delivery({ a: 1 }, { [Headers.RequestId]: 'req-1' });
+    expect(await p.process(copy())).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    expect(await p.process(copy())).toMatchObject({ action: 'ack', outcome: 'duplicate' });
+    expect(runs).toEqual([{ key: 'req-1', requestId: 'req-1' }]);
+  });
+
+  it('with the recipe, a repeated request id is INVALID_KEY and no request id KEY_MISSING', async () => {
+    const { p, runs } = processor();
+    const repeated = await p.process(delivery({ a: 1 }, { [Headers.RequestId]: ['r1', 'r2'] } as never));
+    if (repeated.action !== 'dead-letter') throw new Error(`not dead-lettered: ${repeated.action}`);
+    expect(repeated.reason.error).toMatchObject({ code: 'INVALID_KEY' });
+    const none = await p.process(delivery({ a: 1 }, {}));
+    if (none.action !== 'dead-letter') throw new Error(`not dead-lettered: ${none.action}`);
+    expect(none.reason.error).toMatchObject({ code: 'KEY_MISSING' });
+    expect(runs).toEqual([]);
+  });
+});
