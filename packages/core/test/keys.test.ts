@@ -1,7 +1,11 @@
-/** Canonical JSON, the fingerprint's input: key order never matters, and the order is the sort's. */
+/**
+ * Canonical JSON, the fingerprint's input: key order never matters, and the order is the sort's.
+ * And sha256, which stores name records by: the same bytes as node:crypto's digest.
+ */
+import crypto from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { canonicalJson } from '../src/keys.js';
+import { canonicalJson, sha256 } from '../src/keys.js';
 
 /** The definition: every object's keys through `Array.prototype.sort` (UTF-16 code units). */
 function reference(value: unknown): string {
@@ -62,5 +66,29 @@ describe('canonicalJson', () => {
       }),
       { numRuns: 300 },
     );
+  });
+});
+
+describe('sha256', () => {
+  const digest = (data: string | Uint8Array) => crypto.createHash('sha256').update(data).digest();
+
+  it('is the digest of strings (UTF-8, lone surrogates included) and of bytes', () => {
+    fc.assert(
+      fc.property(fc.oneof(fc.string({ unit: 'binary' }), fc.uint8Array({ maxLength: 300 })), (data) => {
+        expect(sha256(data).equals(digest(data))).toBe(true);
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  it('keeps every byte value of the digest (high bytes included)', () => {
+    const seen = new Set<number>();
+    for (let i = 0; seen.size < 256 && i < 10_000; i++) {
+      const out = sha256(`key-${i}`);
+      expect(out.length).toBe(32);
+      expect(out.equals(digest(`key-${i}`))).toBe(true);
+      for (const b of out) seen.add(b);
+    }
+    expect(seen.size).toBe(256);
   });
 });
