@@ -1,5 +1,7 @@
 /** Encoding of payloads, results and outgoing bodies. JSON by default; bytes pass through. */
-import { MalformedMessageError, UnencodableValueError } from './errors.js';
+import { ConfigError, MalformedMessageError, UnencodableValueError } from './errors.js';
+import { readHeader } from './headers.js';
+import type { Delivery } from './spi.js';
 
 const decoder = new TextDecoder('utf-8', { fatal: true });
 
@@ -54,6 +56,68 @@ export function decodeJson(body: Uint8Array): unknown {
   } catch (cause) {
     throw new MalformedMessageError(`message body is not valid JSON: ${(cause as Error).message}`, { cause });
   }
+}
+
+export interface JsonDecoderOptions {
+  /** The largest body accepted, in bytes; a larger one is refused before it is read. */
+  readonly maxBytes?: number;
+  /**
+   * The media types accepted (`application/json`), compared without their parameters
+   * (`; charset=utf-8`) and letter case. A message with another `content-type` is refused; one
+   * without any passes, unless `requireContentType`.
+   */
+  readonly contentTypes?: readonly string[];
+  /** Refuse a message that carries no `content-type` (with `contentTypes`). Default false. */
+  readonly requireContentType?: boolean;
+}
+
+/**
+ * A `decode` for UTF-8 JSON that first refuses bodies over `maxBytes` and content types other than
+ * `contentTypes`: what a consumer open to producers it does not control usually wants. A refused
+ * message is dead-lettered `MALFORMED_MESSAGE` with the reason, like a body that is not JSON.
+ */
+export function jsonDecoder(
+  options: JsonDecoderOptions = {},
+): (body: Uint8Array, delivery: Delivery) => unknown {
+  const { maxBytes, contentTypes, requireContentType = false } = options;
+  if (maxBytes !== undefined && !(Number.isSafeInteger(maxBytes) && maxBytes > 0)) {
+    throw new ConfigError('jsonDecoder: maxBytes must be a positive integer');
+  }
+  if (
+    contentTypes !== undefined &&
+    (contentTypes.length === 0 || contentTypes.some((t) => mediaType(t) === ''))
+  ) {
+    throw new ConfigError('jsonDecoder: contentTypes must list at least one media type');
+  }
+  if (requireContentType && contentTypes === undefined) {
+    throw new ConfigError('jsonDecoder: requireContentType needs contentTypes');
+  }
+  const accepted = contentTypes && new Set(contentTypes.map(mediaType));
+  return (body, delivery) => {
+    if (maxBytes !== undefined && body.byteLength > maxBytes) {
+      throw new MalformedMessageError(
+        `message body of ${body.byteLength} bytes is over maxBytes ${maxBytes}`,
+      );
+    }
+    if (accepted !== undefined) {
+      const sent = readHeader(delivery.headers, 'content-type');
+      if (sent === undefined || mediaType(sent) === '') {
+        if (requireContentType)
+          throw new MalformedMessageError('message has no content-type, and one is required');
+      } else if (!accepted.has(mediaType(sent))) {
+        throw new MalformedMessageError(
+          `message content-type ${JSON.stringify(sent.slice(0, 100))} is not accepted`,
+        );
+      }
+    }
+    return decodeJson(body);
+  };
+}
+
+/** `text/plain; charset=utf-8` -> `text/plain`. */
+function mediaType(contentType: string): string {
+  const semicolon = contentType.indexOf(';');
+  return (semicolon < 0 ? contentType : contentType.slice(0, semicolon)).trim().toLowerCase();
 }
 
 /** Stored results are JSON; `undefined` round-trips as an absent result. */

@@ -10,7 +10,8 @@ export { collectOrphanBlobs } from './blob/orphans.js';
 export type { ResultStream } from './blob/result-stream.js';
 export { resultStream } from './blob/result-stream.js';
 export type { BlobPointer, BlobPutOptions, BlobSource, BlobStore, ListedBlob } from './blob/types.js';
-export { decodeResult } from './codec.js';
+export type { JsonDecoderOptions } from './codec.js';
+export { decodeResult, jsonDecoder } from './codec.js';
 export type {
   DeliveryInfo,
   Handler,
