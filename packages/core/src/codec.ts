@@ -76,9 +76,9 @@ export interface JsonDecoderOptions {
  * `contentTypes`: what a consumer open to producers it does not control usually wants. A refused
  * message is dead-lettered `MALFORMED_MESSAGE` with the reason, like a body that is not JSON.
  */
-export function jsonDecoder(
+export function jsonDecoder<T = unknown>(
   options: JsonDecoderOptions = {},
-): (body: Uint8Array, delivery: Delivery) => unknown {
+): (body: Uint8Array, delivery: Delivery) => T {
   const { maxBytes, contentTypes, requireContentType = false } = options;
   if (maxBytes !== undefined && !(Number.isSafeInteger(maxBytes) && maxBytes > 0)) {
     throw new ConfigError('jsonDecoder: maxBytes must be a positive integer');
@@ -110,7 +110,8 @@ export function jsonDecoder(
         );
       }
     }
-    return decodeJson(body);
+    // What the payload is, the handler's type or the schema's says (as with the default decode).
+    return decodeJson(body) as T;
   };
 }
 

@@ -1,5 +1,6 @@
 /** jsonDecoder: size and content-type limits on the default JSON decoding, dead-lettered with why. */
-import { describe, expect, it } from 'vitest';
+import { describe, expect, expectTypeOf, it } from 'vitest';
+import { z } from 'zod';
 import { jsonDecoder } from '../src/codec.js';
 import { ConfigError } from '../src/errors.js';
 import { createProcessor } from '../src/processor.js';
@@ -92,5 +93,36 @@ describe('jsonDecoder', () => {
     expect(() => jsonDecoder({ contentTypes: [] })).toThrow(ConfigError);
     expect(() => jsonDecoder({ contentTypes: [' ; charset=utf-8'] })).toThrow(ConfigError);
     expect(() => jsonDecoder({ requireContentType: true })).toThrow(ConfigError);
+  });
+});
+
+describe('jsonDecoder types', () => {
+  it('gives the payload the type of the schema or of the processor', async () => {
+    const Order = z.object({ orderId: z.string(), amount: z.number() });
+    const seen: string[] = [];
+    const withSchema = createProcessor({
+      consumer: 'c',
+      store: createMemoryStore(),
+      retentionCheck: 'off',
+      decode: jsonDecoder({ maxBytes: 1000 }),
+      schema: Order,
+      handler: (order) => {
+        expectTypeOf(order).toEqualTypeOf<{ orderId: string; amount: number }>();
+        seen.push(order.orderId);
+      },
+    });
+    const typed = createProcessor<{ orderId: string }>({
+      consumer: 'c',
+      store: createMemoryStore(),
+      retentionCheck: 'off',
+      decode: jsonDecoder({ contentTypes: ['application/json'] }),
+      handler: (order) => {
+        seen.push(order.orderId);
+      },
+    });
+    const order = { orderId: 'o1', amount: 5 };
+    await withSchema.process(delivery(order, { 'x-idempotency-key': 'k1' }));
+    await typed.process(delivery(order, { 'x-idempotency-key': 'k2' }));
+    expect(seen).toEqual(['o1', 'o1']);
   });
 });
