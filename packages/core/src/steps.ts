@@ -157,7 +157,10 @@ export async function runStep<S>(
       args.open();
       // This worker's clock: the store answers no time with the mark.
       startedAt = Date.now();
-      if ((await mark(args.storeKey, args.fence, name)) !== 'ok') {
+      // Tried again while the store is unavailable, like the journal write: a refusal thrown out
+      // of the step would count as the handler's failure, and a few of them (a store's lock
+      // errors) would fail the key without its effect ever having run.
+      if ((await args.writeUntilAnswered(() => mark(args.storeKey, args.fence, name))) !== 'ok') {
         throw new LeaseLostError({ key: args.storeKey, fence: args.fence });
       }
     }

@@ -3,6 +3,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { HandlerContext } from '../src/context.js';
 import { ConfigError, PermanentError } from '../src/errors.js';
 import { Headers } from '../src/headers.js';
+import { recordKeyFor } from '../src/keys.js';
 import { createProcessor } from '../src/processor.js';
 import type { StepEvent } from '../src/steps.js';
 import { withFaults } from '../src/store/faulty-store.js';
@@ -762,5 +763,39 @@ describe('a step under a lease that lapsed by this worker clock', () => {
     }
     expect(d).toMatchObject({ action: 'ack' });
     expect(effects).toBe(1);
+  });
+
+  it("a step's started mark refused by the store is tried until it answers, not counted as an attempt", async () => {
+    // An outside test on FerretDB (SQLite): the mark of a step with reconcile met "database is
+    // locked" five times, each ended its attempt as a handler failure, and the key was FAILED
+    // (ATTEMPTS_EXHAUSTED) without its effect ever running.
+    let refusals = 0;
+    const flaky = withFaults(createMemoryStore(), {
+      failWhen: (op) => op === 'markStepStarted' && refusals++ < 8,
+    });
+    let effects = 0;
+    const p = createProcessor({
+      consumer: 'c',
+      store: flaky,
+      ...fast,
+      handler: async (_: unknown, ctx: HandlerContext) =>
+        ctx.step(
+          'charge',
+          () => {
+            effects++;
+            return 'charged';
+          },
+          { reconcile: async () => ({ done: false }) },
+        ),
+    });
+    let d = await p.process(delivery({}, key('locked-mark')));
+    for (let i = 0; i < 10 && d.action !== 'ack'; i++) {
+      await sleep(20);
+      d = await p.process(delivery({}, key('locked-mark')));
+    }
+    expect(d).toMatchObject({ action: 'ack', outcome: 'acquired' });
+    expect(refusals).toBeGreaterThan(8);
+    expect(effects).toBe(1);
+    expect((await flaky.get(recordKeyFor({ consumer: 'c', key: 'locked-mark' })))?.attempt).toBe(1);
   });
 });
