@@ -83,16 +83,13 @@ export function jsonDecoder<T = unknown>(
   if (maxBytes !== undefined && !(Number.isSafeInteger(maxBytes) && maxBytes > 0)) {
     throw new ConfigError('jsonDecoder: maxBytes must be a positive integer');
   }
-  if (
-    contentTypes !== undefined &&
-    (contentTypes.length === 0 || contentTypes.some((t) => mediaType(t) === ''))
-  ) {
+  const accepted = contentTypes && new Set(contentTypes.map(mediaType));
+  if (accepted !== undefined && (accepted.size === 0 || accepted.has(''))) {
     throw new ConfigError('jsonDecoder: contentTypes must list at least one media type');
   }
-  if (requireContentType && contentTypes === undefined) {
+  if (requireContentType && accepted === undefined) {
     throw new ConfigError('jsonDecoder: requireContentType needs contentTypes');
   }
-  const accepted = contentTypes && new Set(contentTypes.map(mediaType));
   return (body, delivery) => {
     if (maxBytes !== undefined && body.byteLength > maxBytes) {
       throw new MalformedMessageError(
@@ -100,11 +97,12 @@ export function jsonDecoder<T = unknown>(
       );
     }
     if (accepted !== undefined) {
-      const sent = readHeader(delivery.headers, 'content-type');
-      if (sent === undefined || mediaType(sent) === '') {
+      const sent = readHeader(delivery.headers, 'content-type') ?? '';
+      const type = mediaType(sent);
+      if (type === '') {
         if (requireContentType)
           throw new MalformedMessageError('message has no content-type, and one is required');
-      } else if (!accepted.has(mediaType(sent))) {
+      } else if (!accepted.has(type)) {
         throw new MalformedMessageError(
           `message content-type ${JSON.stringify(sent.slice(0, 100))} is not accepted`,
         );
