@@ -5,6 +5,7 @@ import {
   type Logger,
   type OutgoingMessage,
   PermanentError,
+  type ProcessedStore,
   recordKeyFor,
   scopeKey,
 } from '@exactly-once/core';
@@ -512,14 +513,35 @@ describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
     await waitUntil(() => second.stats.acked === 4, { message: 'the four redeliveries acked' });
     expect(second.stats.byOutcome.acquired).toBe(4);
   });
+
+  it('stop() resolves once the runs it cut gave their keys back: a store closed right after it is not too early', async () => {
+    // Before, stop() closed the channel as it aborted the runs: a store client closed next cut
+    // their give-backs off, and the next consumer found each key busy, a suspect run alone after
+    // its lease.
+    const keys = ['early-0', 'early-1', 'early-2'];
+    const { store } = await cutAtStop('rmq-cut-close', keys, { waitIdle: false, releaseDelayMs: 100 });
+    for (const key of keys) {
+      expect(await store.get(scopeKey('default', 'rmq-cut-close', key))).toMatchObject({
+        state: 'IN_PROGRESS',
+        leaseUntil: 0,
+        attempt: 0,
+      });
+    }
+  });
 });
 
 /**
  * A consumer whose handlers end on their signal runs one message per key until all have started,
- * then stop() waits 50 ms and aborts them; once it is idle its store client is closed. Answers
+ * then stop() waits 50 ms and aborts them; once it is idle (or `waitIdle` false: once stop()
+ * resolves) its store client is closed. `releaseDelayMs`: its store answers each release that
+ * much later (a slow server). Answers
  * what the next consumer of the queue needs, and what the handlers saw.
  */
-async function cutAtStop(consumer: string, keys: readonly string[]) {
+async function cutAtStop(
+  consumer: string,
+  keys: readonly string[],
+  { waitIdle = true, releaseDelayMs = 0 } = {},
+) {
   const queue = uniqueName(consumer);
   const raw = await rawChannel();
   const keyPrefix = storePrefix(queue);
@@ -534,16 +556,31 @@ async function cutAtStop(consumer: string, keys: readonly string[]) {
   const ownClient = newRedis();
   const first = createConsumer<{ id: string }>({
     ...options,
-    store: createRedisStore({ client: ownClient, keyPrefix }),
+    store: slowReleases(createRedisStore({ client: ownClient, keyPrefix }), releaseDelayMs),
     handler: endingOnAbort(seen),
   });
   await first.start();
   for (const key of keys) await raw.publish(queue, { id: key }, { 'x-idempotency-key': key });
   await waitUntil(() => seen.attempts.length === keys.length, { message: 'every handler started' });
   await first.stop({ timeoutMs: 50 });
-  expect(await first.idle()).toBe(true);
+  if (waitIdle) expect(await first.idle()).toBe(true);
   await ownClient.quit();
   return { queue, raw, options, seen, store: createRedisStore({ client: redis, keyPrefix }) };
+}
+
+/** `store`, answering each release `delayMs` later. */
+function slowReleases(store: ProcessedStore, delayMs: number): ProcessedStore {
+  if (delayMs === 0) return store;
+  return new Proxy(store, {
+    get(target, name, receiver) {
+      const value = Reflect.get(target, name, receiver);
+      if (name !== 'release') return value;
+      return async (...args: Parameters<ProcessedStore['release']>) => {
+        await new Promise((resolve) => setTimeout(resolve, delayMs));
+        return target.release(...args);
+      };
+    },
+  });
 }
 
 /** What the tests of a queue's first and next consumer share. */

@@ -61,7 +61,12 @@ export async function handleFailure<T, R>(
     );
   }
   const info = toErrorInfo(error);
-  if (stillRunning !== undefined) {
+  // A LeaseLostError beside running steps: whether the key was taken over only the fenced release
+  // tells (`lost`: no retry, no attempt), so it is awaited below, once they have ended or after a
+  // lease at most, as for a final failure.
+  const lostMaybe = error instanceof LeaseLostError;
+  if (stillRunning !== undefined && lostMaybe) await settledWithin([stillRunning], o.leaseMs);
+  if (stillRunning !== undefined && !lostMaybe) {
     // Nothing stops a JavaScript function: the key stays held, no longer heartbeated, until what
     // still runs has ended (its step results journaled, its blobs kept), so the retry starts after
     // it, not beside it. A handler that never returns lets its lease run out, as a crashed worker

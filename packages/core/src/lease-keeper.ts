@@ -109,8 +109,10 @@ class Held implements LeaseKeeper {
   get writeSignal(): AbortSignal {
     if (this.writeController === undefined) {
       this.writeController = new AbortController();
-      // Writing is pointless once the key is lost or the consumer is stopping (see `end`).
+      // Writing is pointless once the key is lost or the consumer is stopping (see `end`); a
+      // write begun after the stop (a completion, once its heartbeat was answered) ends too.
       if (this.lost || this.cut) this.writeController.abort(this.abortReason);
+      else if (this.board.stopping !== undefined) this.writeController.abort(this.board.stopping);
     }
     return this.writeController.signal;
   }
@@ -177,6 +179,8 @@ export interface LeaseBoard {
    * until each run ends: the consumer is stopping and asks its handlers to end. Answers how many.
    */
   cutAll(reason: Error): number;
+  /** Set by the first {@link cutAll}: the consumer is stopping, and no handler starts any more. */
+  readonly stopping: Error | undefined;
 }
 
 /** A gap of this many ticks between two ticks is the event loop blocked, not timer jitter. */
@@ -191,6 +195,7 @@ class Board implements LeaseBoard {
   private readonly tickMs: number;
   private timer: NodeJS.Timeout | undefined;
   private lastTickAt = 0;
+  stopping: Error | undefined = undefined;
 
   constructor(readonly opts: LeaseBoardOptions) {
     this.tickMs = Math.max(1, Math.min(opts.intervalMs, 1000) / 2);
@@ -208,6 +213,7 @@ class Board implements LeaseBoard {
   }
 
   cutAll(reason: Error): number {
+    this.stopping ??= reason;
     let cut = 0;
     for (const h of this.held) {
       if (h.done) continue;

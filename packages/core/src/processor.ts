@@ -154,8 +154,9 @@ export interface Processor {
    * Aborts `ctx.signal` of every handler running now with `reason` (an adapter's `stop()` does
    * once its `timeoutMs` has passed). Their leases are kept until each handler ends; one that then
    * fails gives its key back uncounted (a shutdown is not the message's failure), so the
-   * redelivered message runs at once instead of after the lease. The signal's reason is a
-   * `ClosedError` unless given. Answers how many were aborted.
+   * redelivered message runs at once instead of after the lease. From then on no handler starts:
+   * a delivery begun meanwhile gives its key back unrun (the consumer is stopping). The signal's
+   * reason is a `ClosedError` unless given. Answers how many were aborted.
    */
   abortRuns(reason?: Error): number;
   /**
@@ -688,6 +689,14 @@ async function run<T, R>(
         void giveBack(o, shared, storeKey, begun);
         return storeDown(o, error, storeKey);
       }
+    }
+    if (shared.leases.stopping !== undefined) {
+      // Begun while the consumer stopped (abortRuns): the handler would start after stop() with
+      // a signal nobody aborts, and its writes would go on against a store about to be closed.
+      // The key goes back unrun; the broker delivers the message again.
+      turn?.go(false);
+      await giveBack(o, shared, storeKey, begun);
+      return notRun(turn);
     }
     turn?.running();
     onRunning?.();

@@ -148,14 +148,97 @@ describe('abortRuns', () => {
     expect(most).toBe(1);
   });
 
-  it('aborts nothing while no handler runs', async () => {
+  it('a delivery whose begin answers after the abort does not start its handler: its key goes back unrun', async () => {
+    // Before: its handler started after stop() with a signal never aborted, and its writes were
+    // tried until maxRunMs against the store the application closed next (the process ran on).
+    const inner = createMemoryStore();
+    const beginAnswers = deferred();
+    const store = new Proxy(inner, {
+      get(target, name, receiver) {
+        if (name === 'beginMany') return undefined;
+        if (name === 'begin') {
+          return async (request: Parameters<ProcessedStore['begin']>[0]) => {
+            await beginAnswers.promise;
+            return target.begin(request);
+          };
+        }
+        const value = Reflect.get(target, name, receiver);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    let ran = 0;
+    const p = processorOn(store, () => {
+      ran++;
+      return 'ok';
+    });
+    const pending = p.process(delivery({ id: 'a' }, headers('k-begun-late')));
+    await new Promise((r) => setTimeout(r, 5));
+    expect(p.abortRuns()).toBe(0); // no handler runs yet: its begin is on its way
+    beginAnswers.resolve();
+    expect(await pending).toMatchObject({ action: 'defer', outcome: 'not-run' });
+    expect(ran).toBe(0);
+    await p.givenBack();
+    // Given back uncounted: the next consumer runs the redelivered message at once.
+    expect(await inner.get(scopeKey('default', 'c', 'k-begun-late'))).toMatchObject({
+      state: 'IN_PROGRESS',
+      leaseUntil: 0,
+      attempt: 0,
+    });
+  });
+
+  it('ends a completion write that began after the abort, its handler over by then', async () => {
+    // Before, such a run was neither running (cut) nor writing at the abort: its completion went
+    // on against the store that was down (closed by the application after stop()) until maxRunMs
+    // (here 2 minutes: this test would time out), holding the process.
+    let down = false;
+    const extendCalled = deferred();
+    const extendAnswers = deferred();
+    const flaky = withFaults(createMemoryStore(), { failWhen: (op) => down && op === 'complete' });
+    const store = new Proxy(flaky, {
+      get(target, name, receiver) {
+        if (name === 'extend') {
+          return async (...args: Parameters<ProcessedStore['extend']>) => {
+            extendCalled.resolve();
+            await extendAnswers.promise;
+            return target.extend(...args);
+          };
+        }
+        return Reflect.get(target, name, receiver);
+      },
+    });
+    const p = createProcessor({
+      consumer: 'c',
+      store,
+      retentionCheck: 'off',
+      leaseMs: 1_000,
+      heartbeatMs: 10,
+      maxRunMs: 120_000,
+      handler: async () => {
+        await extendCalled.promise; // a heartbeat is on its way as the handler returns
+        return 'done';
+      },
+    });
+    const pending = p.process(delivery({}, headers('completed-after-abort')));
+    await extendCalled.promise;
+    await new Promise((r) => setTimeout(r, 5));
+    expect(p.abortRuns()).toBe(0); // the handler is over; its run waits for the heartbeat's answer
+    down = true;
+    extendAnswers.resolve();
+    expect(await pending).toMatchObject({ action: 'defer', outcome: 'store-unavailable' });
+  });
+
+  it('aborts nothing while no handler runs; no handler starts after it', async () => {
     const gate = deferred();
     const p = processorOn(createMemoryStore(), () => gate.promise);
-    expect(p.abortRuns()).toBe(0);
     const pending = p.process(delivery({ id: 'a' }, headers('k3')));
     gate.resolve();
     expect(await pending).toMatchObject({ action: 'ack' });
     expect(p.abortRuns()).toBe(0);
+    // The consumer is stopping: a delivery that still arrives is given back, not run.
+    expect(await p.process(delivery({ id: 'b' }, headers('k4')))).toMatchObject({
+      action: 'defer',
+      outcome: 'not-run',
+    });
   });
 
   it('ends the journal write of a run whose signal had aborted already (its lease ran out locally)', async () => {

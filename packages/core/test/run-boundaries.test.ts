@@ -612,3 +612,46 @@ describe('the blobs of a run that does not complete', () => {
     expect(record).toMatchObject({ state: 'IN_PROGRESS', attempt: 0, leaseUntil: 0 });
   });
 });
+
+describe('a lease taken over while a step still runs', () => {
+  it('a step answered `lost` beside a step still running: the run is lease-lost, no retry counted', async () => {
+    // Before: the release was left to run after the step still going, its `lost` answer unread,
+    // and the run was counted `acquired` and retried at attempt 2 on a key another worker held.
+    const memory = createMemoryStore();
+    const storeA: ProcessedStore = {
+      ...memory,
+      // The heartbeat fails: the lease runs out, and another worker takes the key over.
+      extend: async () => {
+        throw new StoreUnavailableError({ operation: 'extend', message: 'connection reset' });
+      },
+    };
+    delete (storeA as { beginMany?: unknown }).beginMany;
+    delete (storeA as { completeMany?: unknown }).completeMany;
+    const takenOver = deferred();
+    const slow = deferred();
+    const bothStarted = deferred();
+    let started = 0;
+    const a = createProcessor({
+      consumer: 'c',
+      store: storeA,
+      ...fast,
+      handler: async (_: unknown, ctx: HandlerContext) => {
+        const step = (name: string, until: Promise<void>) =>
+          ctx.step(name, async () => {
+            if (++started === 2) bothStarted.resolve();
+            await until;
+            return name;
+          });
+        return Promise.all([step('quick', takenOver.promise), step('slow', slow.promise)]);
+      },
+    });
+    const first = a.process(delivery({}, key('lost-beside')));
+    await bothStarted.promise;
+    await new Promise((r) => setTimeout(r, fast.leaseMs + 100));
+    const b = createProcessor({ consumer: 'c', store: memory, ...fast, handler: () => 'b' });
+    expect(await b.process(delivery({}, key('lost-beside')))).toMatchObject({ outcome: 'takeover' });
+    takenOver.resolve(); // `quick` journals, and is answered `lost`; `slow` still runs
+    setTimeout(() => slow.resolve(), 50);
+    expect(await first).toMatchObject({ action: 'defer', outcome: 'lease-lost' });
+  });
+});

@@ -518,6 +518,14 @@ export function createConsumer<T = unknown, R = unknown>(
         });
         // Their handlers are asked to end (ctx.signal); one that then fails gives its key back.
         processor.abortRuns();
+        // ...before the channel closes and the broker redelivers: a key not yet given back is
+        // busy for the next consumer, which takes it for a suspect and runs it alone after its
+        // lease; and a store closed right after stop() would cut the give-back off. Bounded: a
+        // handler deaf to its signal keeps its lease. (A cut run gives its key back before its
+        // delivery settles, so deliveries first, then what gave back unrun.)
+        const giveBackBy = performance.now() + GIVE_BACK_WAIT_MS;
+        await settledWithin([allSettled()], GIVE_BACK_WAIT_MS);
+        await settledWithin([processor.givenBack()], Math.max(0, giveBackBy - performance.now()));
       }
       for (const settler of settlers.values()) settler.flush();
       // Each close is begun (so nothing reopens or reconnects), and waited for within one budget.
@@ -573,6 +581,9 @@ export function createConsumer<T = unknown, R = unknown>(
 
 /** How long stop() waits, after its timeoutMs, for the broker to close the channel and connection. */
 const CLOSE_WAIT_MS = 2_000;
+
+/** How long stop(), once past its timeoutMs, waits for the runs it cut to give their keys back. */
+const GIVE_BACK_WAIT_MS = 2_000;
 
 /** The wait before setting the channel up again, or re-sending a copy the broker refused. */
 const backoff = doublingBackoff(200, 30_000);
