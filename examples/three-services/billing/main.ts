@@ -90,7 +90,9 @@ const consumer = createConsumer<OrderCreated, { chargeId: string }>({
   store,
   publisher: producer,
   prefetch: 4,
-  // Short leases: a SIGKILLed worker's message is taken over within seconds.
+  // Short leases: a SIGKILLed worker's message is taken over within seconds. Only with a store
+  // that answers in milliseconds: a heartbeat answered later than leaseMs * 2/3 lets the lease
+  // lapse, and the run's steps refuse to start (LeaseLostError); a slow server wants the default.
   leaseMs: 5_000,
   retry: { maxAttempts: 6, initialDelayMs: 500, maxDelayMs: 5_000 },
   retryDelaysMs: BILLING_RETRY_DELAYS_MS,
