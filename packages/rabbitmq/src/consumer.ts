@@ -512,11 +512,7 @@ export function createConsumer<T = unknown, R = unknown>(
       await settledWithin([...cancels, allSettled()], timeoutMs);
       finished = true;
       if (stats.inFlight > 0) {
-        logger.warn('stopping with deliveries in flight; the broker will redeliver them', {
-          queue,
-          inFlight: stats.inFlight,
-        });
-        // Their handlers are asked to end (ctx.signal); one that then fails gives its key back.
+        // Their handlers are asked to end (ctx.signal); one that then fails gives its key back...
         processor.abortRuns();
         // ...before the channel closes and the broker redelivers: a key not yet given back is
         // busy for the next consumer, which takes it for a suspect and runs it alone after its
@@ -526,6 +522,13 @@ export function createConsumer<T = unknown, R = unknown>(
         const giveBackBy = performance.now() + GIVE_BACK_WAIT_MS;
         await settledWithin([allSettled()], GIVE_BACK_WAIT_MS);
         await settledWithin([processor.givenBack()], Math.max(0, giveBackBy - performance.now()));
+        // Said once the wait is over: runs that completed in it were acked, not redelivered.
+        if (stats.inFlight > 0) {
+          logger.warn('stopping with deliveries in flight; the broker will redeliver them', {
+            queue,
+            inFlight: stats.inFlight,
+          });
+        }
       }
       for (const settler of settlers.values()) settler.flush();
       // Each close is begun (so nothing reopens or reconnects), and waited for within one budget.
