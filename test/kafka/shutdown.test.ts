@@ -5,7 +5,7 @@
  * producer is not reconnected, and the record stays uncommitted for the next owner, which answers
  * it as a duplicate and publishes the outgoing message then.
  */
-import { ClosedError, scopeKey } from '@exactly-once/core';
+import { ClosedError, type Logger, scopeKey } from '@exactly-once/core';
 import {
   createConsumer,
   createProducer,
@@ -133,6 +133,7 @@ async function firstOwner(
   t: Awaited<ReturnType<typeof setup>>,
   leaseMs: number,
   handler: KafkaConsumerOptions<{ id: string }>['handler'],
+  firstLogger: Logger = quietLogger,
 ) {
   const options = {
     kafka,
@@ -149,6 +150,7 @@ async function firstOwner(
     ...options,
     store: createRedisStore({ client: ownClient, keyPrefix: t.prefix }),
     handler,
+    logger: firstLogger,
   });
   cleanups.push(() => a.stop());
   await a.start();
@@ -271,10 +273,15 @@ describe('kafka consumer shutdown', () => {
     const t = await setup();
     const attempts: number[] = [];
     const reasons: unknown[] = [];
-    const { a, ownClient, next } = await firstOwner(t, 120_000, endingOnAbort({ attempts, reasons }));
+    const warnings: string[] = [];
+    const logger = { ...quietLogger, warn: (message: string) => void warnings.push(message) };
+    const { a, ownClient, next } = await firstOwner(t, 120_000, endingOnAbort({ attempts, reasons }), logger);
     await waitUntil(() => attempts.length === 1, { message: 'the handler started' });
     await a.stop({ timeoutMs: 200 });
     expect(await a.idle()).toBe(true);
+    expect(warnings).toContain(
+      'stopping with runs still going after timeoutMs; their records go to the next owner',
+    );
     await ownClient.quit();
     expect(reasons).toHaveLength(1);
     expect(reasons[0]).toBeInstanceOf(ClosedError);

@@ -424,7 +424,19 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
           // Runs given up earlier (a revocation) get what is left of the same deadline; the
           // handlers still running then are asked to end (ctx.signal), and one that then fails
           // gives its key back (see Processor.abortRuns).
-          if (!(await settledWithin(orphans, remaining()))) processor.abortRuns();
+          if (!(await settledWithin(orphans, remaining()))) {
+            const cut = processor.abortRuns();
+            // As the RabbitMQ consumer says it: records the next owner gets again, its own runs'.
+            if (cut > 0) {
+              logger.warn(
+                'stopping with runs still going after timeoutMs; their records go to the next owner',
+                {
+                  groupId,
+                  runs: cut,
+                },
+              );
+            }
+          }
           // Leases of records begun but not run go back before stop() resolves: a store closed
           // right after it would cut them off, and the next owner would wait out each lease.
           await settledWithin([processor.givenBack()], Math.max(remaining(), GIVE_BACK_MIN_WAIT_MS));
