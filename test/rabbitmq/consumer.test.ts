@@ -534,8 +534,8 @@ describe('rabbitmq consumer options (aligned with the Kafka consumer)', () => {
  * A consumer whose handlers end on their signal runs one message per key until all have started,
  * then stop() waits 50 ms and aborts them; once it is idle (or `waitIdle` false: once stop()
  * resolves) its store client is closed. `releaseDelayMs`: its store answers each release that
- * much later (a slow server). Answers
- * what the next consumer of the queue needs, and what the handlers saw.
+ * much later (a slow server). Answers what the next consumer of the queue needs, and what the
+ * handlers saw.
  */
 async function cutAtStop(
   consumer: string,

@@ -12,7 +12,7 @@ import { createProcessor } from '../src/processor.js';
 import { withFaults } from '../src/store/faulty-store.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 import type { ProcessedStore } from '../src/store/types.js';
-import { deferred, delivery } from './helpers.js';
+import { deferred, delivery, withHeldExtensions } from './helpers.js';
 
 const headers = (key: string) => ({ 'x-idempotency-key': key });
 
@@ -153,19 +153,14 @@ describe('abortRuns', () => {
     // tried until maxRunMs against the store the application closed next (the process ran on).
     const inner = createMemoryStore();
     const beginAnswers = deferred();
-    const store = new Proxy(inner, {
-      get(target, name, receiver) {
-        if (name === 'beginMany') return undefined;
-        if (name === 'begin') {
-          return async (request: Parameters<ProcessedStore['begin']>[0]) => {
-            await beginAnswers.promise;
-            return target.begin(request);
-          };
-        }
-        const value = Reflect.get(target, name, receiver);
-        return typeof value === 'function' ? value.bind(target) : value;
+    const store: ProcessedStore = {
+      ...inner,
+      begin: async (request) => {
+        await beginAnswers.promise;
+        return inner.begin(request);
       },
-    });
+    };
+    delete (store as { beginMany?: unknown }).beginMany;
     let ran = 0;
     const p = processorOn(store, () => {
       ran++;
@@ -191,39 +186,27 @@ describe('abortRuns', () => {
     // on against the store that was down (closed by the application after stop()) until maxRunMs
     // (here 2 minutes: this test would time out), holding the process.
     let down = false;
-    const extendCalled = deferred();
-    const extendAnswers = deferred();
-    const flaky = withFaults(createMemoryStore(), { failWhen: (op) => down && op === 'complete' });
-    const store = new Proxy(flaky, {
-      get(target, name, receiver) {
-        if (name === 'extend') {
-          return async (...args: Parameters<ProcessedStore['extend']>) => {
-            extendCalled.resolve();
-            await extendAnswers.promise;
-            return target.extend(...args);
-          };
-        }
-        return Reflect.get(target, name, receiver);
-      },
-    });
+    const held = withHeldExtensions(
+      withFaults(createMemoryStore(), { failWhen: (op) => down && op === 'complete' }),
+    );
     const p = createProcessor({
       consumer: 'c',
-      store,
+      store: held.store,
       retentionCheck: 'off',
       leaseMs: 1_000,
       heartbeatMs: 10,
       maxRunMs: 120_000,
       handler: async () => {
-        await extendCalled.promise; // a heartbeat is on its way as the handler returns
+        await held.reached; // a heartbeat is on its way as the handler returns
         return 'done';
       },
     });
     const pending = p.process(delivery({}, headers('completed-after-abort')));
-    await extendCalled.promise;
+    await held.reached;
     await new Promise((r) => setTimeout(r, 5));
     expect(p.abortRuns()).toBe(0); // the handler is over; its run waits for the heartbeat's answer
     down = true;
-    extendAnswers.resolve();
+    held.release();
     expect(await pending).toMatchObject({ action: 'defer', outcome: 'store-unavailable' });
   });
 

@@ -42,18 +42,25 @@ export function deferred<T = void>() {
 
 /**
  * `store` whose lease extensions hang (a stalled connection) until `release()`: a heartbeat can
- * then neither extend the lease nor notice that it lost it.
+ * then neither extend the lease nor notice that it lost it. `reached` resolves once one is held.
  */
-export function withHeldExtensions(store: ProcessedStore): { store: ProcessedStore; release: () => void } {
+export function withHeldExtensions(store: ProcessedStore): {
+  store: ProcessedStore;
+  reached: Promise<void>;
+  release: () => void;
+} {
   const held = deferred();
+  const reached = deferred();
   return {
     store: {
       ...store,
       extend: async (...args) => {
+        reached.resolve();
         await held.promise;
         return store.extend(...args);
       },
     },
+    reached: reached.promise,
     release: () => held.resolve(),
   };
 }

@@ -426,7 +426,7 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
           // gives its key back (see Processor.abortRuns).
           if (!(await settledWithin(orphans, remaining()))) {
             const cut = processor.abortRuns();
-            // As the RabbitMQ consumer says it: records the next owner gets again, its own runs'.
+            // Said as the RabbitMQ consumer says it: these records are the next owner's to run.
             if (cut > 0) {
               logger.warn(
                 'stopping with runs still going after timeoutMs; their records go to the next owner',

@@ -519,9 +519,7 @@ export function createConsumer<T = unknown, R = unknown>(
         // lease; and a store closed right after stop() would cut the give-back off. Bounded: a
         // handler deaf to its signal keeps its lease. (A cut run gives its key back before its
         // delivery settles, so deliveries first, then what gave back unrun.)
-        const giveBackBy = performance.now() + GIVE_BACK_WAIT_MS;
-        await settledWithin([allSettled()], GIVE_BACK_WAIT_MS);
-        await settledWithin([processor.givenBack()], Math.max(0, giveBackBy - performance.now()));
+        await settledWithin([allSettled().then(() => processor.givenBack())], GIVE_BACK_WAIT_MS);
         // Said once the wait is over: runs that completed in it were acked, not redelivered.
         if (stats.inFlight > 0) {
           logger.warn('stopping with deliveries in flight; the broker will redeliver them', {
