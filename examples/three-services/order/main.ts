@@ -202,7 +202,9 @@ announceReady({ instance, port, statsPort: stats.port });
 logger.info(`order API on http://127.0.0.1:${port}/orders`);
 
 onShutdown(logger, async () => {
-  await new Promise<void>((resolve) => server.close(() => resolve()));
+  const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+  await orders.stop({ timeoutMs: 5_000 }); // the calls in flight answer, or are cut short
+  await closed;
   await publisher.close();
   await stats.close();
   await tracing.shutdown();

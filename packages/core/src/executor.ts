@@ -12,6 +12,7 @@ import type { BlobPointer } from './blob/types.js';
 import { decodeResult, encodeValue } from './codec.js';
 import type { Handler } from './context.js';
 import {
+  ClosedError,
   ConfigError,
   ErrorCode,
   type ErrorInfo,
@@ -29,6 +30,7 @@ import type { StandardSchemaV1 } from './schema.js';
 import type { StoreHealth } from './store/health.js';
 import type { StoredResult } from './store/types.js';
 import { injectContext } from './tracing.js';
+import { settledWithin } from './wait.js';
 
 /** Another request with the same key is running; answer e.g. 409 with `Retry-After`. */
 export class RequestInProgressError extends ExactlyOnceError {
@@ -137,7 +139,26 @@ export interface IdempotentExecutor<T, R, In = T> {
   execute(request: ExecuteRequest<In>, handler: Handler<T, R>): Promise<ExecuteResult<R>>;
   /** Since when the store has not answered this executor's calls (a liveness probe's input). */
   storeHealth(): StoreHealth;
+  /**
+   * Refuses new calls (`retryable`, `CLOSED`), lets the calls in flight answer within
+   * `timeoutMs` (default 10 s), then aborts `ctx.signal` of the handlers still running: a call
+   * whose handler then fails, or whose store writes are still being tried (an outage), answers
+   * `retryable` (`CLOSED`) and gives its key back uncounted, so the key's next call runs at once.
+   * Resolves once that is done (2 s more at most: a handler deaf to its signal keeps its lease).
+   * Close the store after it, not before: a call still running tries its writes until `maxRunMs`.
+   * Safe to call twice.
+   */
+  stop(options?: { timeoutMs?: number }): Promise<void>;
 }
+
+/** How long stop(), once past its timeoutMs, waits for the calls it cut to give their keys back. */
+const GIVE_BACK_WAIT_MS = 2_000;
+
+/** What a call refused or cut by stop() answers: ask again, here after a restart or elsewhere. */
+const STOPPED = toErrorInfo(
+  new ClosedError('the executor', 'the executor is stopping: call again with the same key'),
+);
+const STOPPED_RETRY_AFTER_MS = 1_000;
 
 /**
  * @example
@@ -188,68 +209,111 @@ export function createIdempotentExecutor<T = unknown, R = unknown, In = T>(
     return decodeResult<ExecutedResult<R>>(await blobs.get(stored.pointer));
   };
 
-  return {
-    storeHealth: () => processor.storeHealth(),
-    async execute(request, handler) {
-      // Checked before anything is stored: a run that cannot start must not use up an attempt.
-      if (typeof handler !== 'function') throw new ConfigError('execute needs a handler function');
-      refuseUnknownOptions(request, EXECUTE_REQUEST, 'execute request');
-      const call = randomUUID();
-      const envelope: Envelope = { payload: request.payload, handler };
-      envelopes.set(call, envelope);
-      const requestId = request.requestId ?? request.key;
-      // No key: no header, which the pipeline refuses as KEY_MISSING like a delivery without one.
-      const headers: Record<string, string> = {
-        ...(request.key === undefined ? {} : { [Headers.IdempotencyKey]: request.key }),
-        ...(requestId === undefined ? {} : { [Headers.RequestId]: requestId }),
-        'x-eo-call': call,
-      };
-      injectContext(context.active(), headers);
-      try {
-        const d = await processor.process({
-          body: requestBody(request.payload),
-          headers,
-          destination: options.consumer,
-          system: REQUEST_SYSTEM,
-          brokerId: call,
-        });
-        switch (d.action) {
-          case 'ack':
-            return {
-              status: d.outcome === 'duplicate' ? 'duplicate' : 'completed',
-              result: await readResult(d.result),
-              ...(d.result?.kind === 'blob' ? { pointer: d.result.pointer } : {}),
-              ...(d.compacted ? { compacted: true } : {}),
-              // As the pipeline read it (an empty one counts as absent); both passed its checks.
-              // (A completed or duplicate call had a key.)
-              requestId: requestId ? normalizeRequestId(requestId) : normalizeKey(request.key as string),
-            };
-          case 'defer':
-            if (d.outcome === 'busy') throw new RequestInProgressError(d.delayMs);
-            throw new ExecutionFailedError(
-              'retryable',
-              d.error ?? { name: 'Error', code: 'ERROR', message: d.outcome },
-              d.delayMs,
-              envelope.thrown,
-            );
-          case 'retry':
-            throw new ExecutionFailedError('retryable', d.error, d.delayMs, envelope.thrown);
-          case 'dead-letter':
-            // Completed, but its outgoing messages were not confirmed: the same key again is
-            // answered as a duplicate and publishes them. Never "failed": the effect happened.
-            if (d.outcome === 'publish-failed') throw new ExecutionFailedError('retryable', d.reason.error);
-            throw new ExecutionFailedError(
-              d.outcome === 'mismatch' ? 'mismatch' : 'failed',
-              d.reason.error,
-              undefined,
-              envelope.thrown,
-            );
-        }
-      } finally {
-        envelopes.delete(call);
+  // The calls in flight, for stop() to wait for.
+  const calls = new Set<Promise<unknown>>();
+  let stopping: Promise<void> | undefined;
+  const stop = async (timeoutMs: number): Promise<void> => {
+    if (!(await settledWithin(calls, timeoutMs))) {
+      const reason = new ClosedError('the executor', 'the executor stopped before this call ended');
+      const cut = processor.abortRuns(reason);
+      if (cut > 0) {
+        processor.options.logger.warn(
+          'stopping with calls still running after timeoutMs; they answer retryable',
+          {
+            consumer: options.consumer,
+            calls: cut,
+          },
+        );
       }
+    }
+    // A cut run gives its key back before its call answers (see Processor.abortRuns); so does a
+    // begin answered after its deadline.
+    await settledWithin([Promise.allSettled(calls).then(() => processor.givenBack())], GIVE_BACK_WAIT_MS);
+  };
+
+  const executor: IdempotentExecutor<T, R, In> = {
+    storeHealth: () => processor.storeHealth(),
+    stop: ({ timeoutMs = 10_000 } = {}) => {
+      stopping ??= stop(timeoutMs);
+      return stopping;
+    },
+    execute(request, handler) {
+      // Checked before anything is stored: a run that cannot start must not use up an attempt.
+      if (typeof handler !== 'function')
+        return Promise.reject(new ConfigError('execute needs a handler function'));
+      if (stopping !== undefined) {
+        return Promise.reject(new ExecutionFailedError('retryable', STOPPED, STOPPED_RETRY_AFTER_MS));
+      }
+      const answer = run(request, handler);
+      calls.add(answer);
+      const forget = () => calls.delete(answer);
+      answer.then(forget, forget);
+      return answer;
     },
   };
+  return executor;
+
+  async function run(request: ExecuteRequest<In>, handler: Handler<T, R>): Promise<ExecuteResult<R>> {
+    refuseUnknownOptions(request, EXECUTE_REQUEST, 'execute request');
+    const call = randomUUID();
+    const envelope: Envelope = { payload: request.payload, handler };
+    envelopes.set(call, envelope);
+    const requestId = request.requestId ?? request.key;
+    // No key: no header, which the pipeline refuses as KEY_MISSING like a delivery without one.
+    const headers: Record<string, string> = {
+      ...(request.key === undefined ? {} : { [Headers.IdempotencyKey]: request.key }),
+      ...(requestId === undefined ? {} : { [Headers.RequestId]: requestId }),
+      'x-eo-call': call,
+    };
+    injectContext(context.active(), headers);
+    try {
+      const d = await processor.process({
+        body: requestBody(request.payload),
+        headers,
+        destination: options.consumer,
+        system: REQUEST_SYSTEM,
+        brokerId: call,
+      });
+      switch (d.action) {
+        case 'ack':
+          return {
+            status: d.outcome === 'duplicate' ? 'duplicate' : 'completed',
+            result: await readResult(d.result),
+            ...(d.result?.kind === 'blob' ? { pointer: d.result.pointer } : {}),
+            ...(d.compacted ? { compacted: true } : {}),
+            // As the pipeline read it (an empty one counts as absent); both passed its checks.
+            // (A completed or duplicate call had a key.)
+            requestId: requestId ? normalizeRequestId(requestId) : normalizeKey(request.key as string),
+          };
+        case 'defer':
+          if (d.outcome === 'busy') throw new RequestInProgressError(d.delayMs);
+          // Given back unrun or cut short by stop(): the key's next call runs it.
+          if (d.outcome === 'not-run') {
+            throw new ExecutionFailedError('retryable', STOPPED, STOPPED_RETRY_AFTER_MS, envelope.thrown);
+          }
+          throw new ExecutionFailedError(
+            'retryable',
+            d.error ?? { name: 'Error', code: 'ERROR', message: d.outcome },
+            d.delayMs,
+            envelope.thrown,
+          );
+        case 'retry':
+          throw new ExecutionFailedError('retryable', d.error, d.delayMs, envelope.thrown);
+        case 'dead-letter':
+          // Completed, but its outgoing messages were not confirmed: the same key again is
+          // answered as a duplicate and publishes them. Never "failed": the effect happened.
+          if (d.outcome === 'publish-failed') throw new ExecutionFailedError('retryable', d.reason.error);
+          throw new ExecutionFailedError(
+            d.outcome === 'mismatch' ? 'mismatch' : 'failed',
+            d.reason.error,
+            undefined,
+            envelope.thrown,
+          );
+      }
+    } finally {
+      envelopes.delete(call);
+    }
+  }
 }
 
 /**
