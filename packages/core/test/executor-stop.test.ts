@@ -6,24 +6,14 @@
  */
 import { describe, expect, it } from 'vitest';
 import type { HandlerContext } from '../src/context.js';
-import { createIdempotentExecutor, ExecutionFailedError } from '../src/executor.js';
+import { createIdempotentExecutor } from '../src/executor.js';
 import { scopeKey } from '../src/keys.js';
 import { withFaults } from '../src/store/faulty-store.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
 import { RecordState } from '../src/store/types.js';
-import { deferred } from './helpers.js';
+import { deferred, failure } from './helpers.js';
 
 const opts = { consumer: 'payments-api', retentionCheck: 'off' as const };
-
-/** The ExecutionFailedError a call must end in. */
-const failure = (call: Promise<unknown>): Promise<ExecutionFailedError> =>
-  call.then(
-    () => expect.fail('the call succeeded'),
-    (error: unknown) => {
-      expect(error).toBeInstanceOf(ExecutionFailedError);
-      return error as ExecutionFailedError;
-    },
-  );
 
 /** Resolves once `started` holds something (the handler began). */
 async function started(list: readonly unknown[]): Promise<void> {

@@ -5,7 +5,7 @@ import { createIdempotentExecutor, ExecutionFailedError, RequestInProgressError 
 import { sha256Hex } from '../src/keys.js';
 import { withFaults } from '../src/store/faulty-store.js';
 import { createMemoryStore } from '../src/store/memory-store.js';
-import { deferred, recordingPublisher } from './helpers.js';
+import { deferred, failure, recordingPublisher } from './helpers.js';
 
 const opts = { consumer: 'orders-api', retentionCheck: 'off' as const };
 
@@ -16,16 +16,6 @@ const warningsLogger = () => {
   const logger = { debug: noop, info: noop, error: noop, warn: (message: string) => warnings.push(message) };
   return { warnings, logger };
 };
-
-/** The ExecutionFailedError a call must end in. */
-const failure = (call: Promise<unknown>): Promise<ExecutionFailedError> =>
-  call.then(
-    () => expect.fail('the call succeeded'),
-    (error: unknown) => {
-      expect(error).toBeInstanceOf(ExecutionFailedError);
-      return error as ExecutionFailedError;
-    },
-  );
 
 describe('idempotent executor (HTTP-style requests)', () => {
   it('runs once per key and replays the stored response', async () => {

@@ -1,3 +1,5 @@
+import { expect } from 'vitest';
+import { ExecutionFailedError } from '../src/executor.js';
 import type { Delivery, OutgoingPublisher } from '../src/spi.js';
 import type { OutgoingMessage, ProcessedStore } from '../src/store/types.js';
 
@@ -16,6 +18,16 @@ export function delivery(
     ...extra,
   };
 }
+
+/** The ExecutionFailedError an executor call must end in. */
+export const failure = (call: Promise<unknown>): Promise<ExecutionFailedError> =>
+  call.then(
+    () => expect.fail('the call succeeded'),
+    (error: unknown) => {
+      expect(error).toBeInstanceOf(ExecutionFailedError);
+      return error as ExecutionFailedError;
+    },
+  );
 
 /** A publisher that records what it was asked to send and can be made to fail. */
 export function recordingPublisher(): OutgoingPublisher & { sent: OutgoingMessage[]; failing: boolean } {
