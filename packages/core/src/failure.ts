@@ -125,7 +125,7 @@ export async function giveBackCut<T, R>(
     // Not tried again either: a give-back's repeat would uncount the attempt twice. If it does not
     // land, the lease runs out and the next consumer takes the key over, as after a crash.
     if (performance.now() < leaseDeadline) await giveBack(o, shared, storeKey, begun);
-    o.logger.info('a run cut short by stop() gave its key back; the message is delivered again', {
+    o.logger.info('a run cut short by stop() gave its key back; its next delivery or call runs it', {
       key: storeKey,
       attempt: begun.attempt,
     });
