@@ -81,6 +81,7 @@ import {
   reopenAfterFailedConnect,
 } from './driver.js';
 import { dismantle, type SweepResult, sweepExpired } from './sweep.js';
+import { updateGate } from './update-gate.js';
 
 export interface MongoStoreOptions {
   /** Database holding the records collection (ignored for records when `collection` is given). */
@@ -111,6 +112,14 @@ export interface MongoStoreOptions {
   readonly sealTimeoutMs?: number;
   /** Expired records the sweeper reads per round. Default 500. */
   readonly sweepBatchSize?: number;
+  /**
+   * Update statements this store has on the server at once, at most (a step's journal, a lease
+   * extension, `markPublished`, the sweeper's cuts); the others wait their turn. Inserts and reads
+   * are not held back. FerretDB 1.x (SQLite) deadlocks a database for good once 100 update
+   * statements of all its clients are in flight (README, "FerretDB 1.x"): keep this times the
+   * number of processes on one database under 100. Default 24.
+   */
+  readonly maxConcurrentUpdates?: number;
   /**
    * How long past its expiry the sweeper leaves a record (it already reads as absent) and the blob
    * it names: a duplicate answered just before the expiry may still be reading that blob. Default
@@ -203,6 +212,8 @@ export interface SweeperPass {
 }
 
 export const DEFAULT_COLLECTION = 'eo_records';
+/** Four processes on one FerretDB 1.x database stay under its 100 (see update-gate.ts). */
+const DEFAULT_MAX_CONCURRENT_UPDATES = 24;
 /** The error a cleared record's tombstone carries (it reads as absent). */
 const CLEARED = { name: 'Cleared', code: 'CLEARED', message: 'cleared by an operator' };
 /** Rounds of begin's insert/read loop; only writers racing on the same key ever need a second one. */
@@ -241,6 +252,7 @@ const MONGO_STORE_OPTIONS = {
   finishedLeaseMs: true,
   onSweepError: true,
   fingerprintCollection: true,
+  maxConcurrentUpdates: true,
 } as const satisfies OptionNames<MongoStoreOptions>;
 
 /**
@@ -275,6 +287,9 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
   const sweepBatchSize = duration('sweepBatchSize', options.sweepBatchSize, 500, 1);
   const inProgressTtlMs = duration('inProgressTtlMs', options.inProgressTtlMs, 7 * 24 * 3_600_000, 1);
   const finishedLeaseMs = duration('finishedLeaseMs', options.finishedLeaseMs, 3_600_000, 0);
+  const updating = updateGate(
+    duration('maxConcurrentUpdates', options.maxConcurrentUpdates, DEFAULT_MAX_CONCURRENT_UPDATES, 1),
+  );
   let claimsCollection: Collection<ClaimDoc> | undefined;
   const claims = (): Collection<ClaimDoc> => {
     if (claimsCollection) return claimsCollection;
@@ -358,7 +373,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       // Only the holder's process writes its element, one write at a time (serially): a condition
       // on the element's own fields is not raced by another writer, even without atomic filters.
       const { matchedCount } = await serially(id, () =>
-        collection.updateOne({ ...condition, _id: id }, update, write),
+        updating(1, () => collection.updateOne({ ...condition, _id: id }, update, write)),
       );
       if (matchedCount !== 1) return 'lost';
       return (await hasSuccessor(reader, place.chain, place.position)) ? 'lost' : 'ok';
@@ -526,7 +541,8 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       return false;
     }
     // Readers start at the hint; a lost or stale hint only costs them a longer walk.
-    await heads.updateOne({ _id: chain.key }, { $set: { h: elementPlace(doc._id).position } }, write);
+    const hint = { $set: { h: elementPlace(doc._id).position } };
+    await updating(1, () => heads.updateOne({ _id: chain.key }, hint, write));
     return true;
   };
 
@@ -620,7 +636,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       update.cp = [steps, st.length];
     }
     if (fresh.x !== undefined) update.x = fresh.x;
-    await collection.updateOne({ _id: doc._id }, { $set: update }, write);
+    await updating(1, () => collection.updateOne({ _id: doc._id }, { $set: update }, write));
     Object.assign(doc, update);
     return fresh;
   };
@@ -837,7 +853,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
           };
         });
         for (const part of commandParts(updates))
-          await collection.bulkWrite(part, { ordered: false, ...write });
+          await updating(part.length, () => collection.bulkWrite(part, { ordered: false, ...write }));
       });
       await Promise.all(unknown.map((r) => store.markPublished(r.key, r.fence, r.ids)));
     },
@@ -900,9 +916,8 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
         // nor the positional operator, and a set of confirmed ids needs no read-modify-write.
         // Concurrent calls may lose one another's ids there: those messages are sent again.
         const id = elementId(place.chain, place.position);
-        await serially(id, () =>
-          collection.updateOne({ _id: id }, { $addToSet: { pb: { $each: [...new Set(ids)] } } }, write),
-        );
+        const confirmed = { $addToSet: { pb: { $each: [...new Set(ids)] } } };
+        await serially(id, () => updating(1, () => collection.updateOne({ _id: id }, confirmed, write)));
       });
     },
 
@@ -1066,10 +1081,9 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
             await pause(lockWait(round + 1));
             continue;
           }
-          const replaced = await fingerprints.updateOne(
-            sameGeneration(held),
-            { $set: { k: key, e: until, g: newChainId() } },
-            write,
+          const claim = { $set: { k: key, e: until, g: newChainId() } };
+          const replaced = await updating(1, () =>
+            fingerprints.updateOne(sameGeneration(held), claim, write),
           );
           if (replaced.matchedCount === 1) return undefined;
         }
@@ -1093,26 +1107,43 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     },
 
     async ensureIndexes(): Promise<void> {
+      // Only the missing ones: FerretDB 1.x creates an index under a lock of the whole server and
+      // writes through the database's connection pool, so a worker starting beside a database
+      // whose pool is stuck stopped every database (see update-gate.ts). A list takes neither.
+      let claimsOf: Collection<ClaimDoc> | undefined;
       try {
-        // Lapsed fingerprint claims: TTL where supported, else the sweeper deletes them.
-        await claims().createIndex({ e: 1 }, { name: 'eo_claim_ttl', expireAfterSeconds: 0 });
+        claimsOf = claims();
       } catch (error) {
-        if (error instanceof ConfigError) {
-          // No database to put claims in: nothing to index (claimFingerprint will say so).
-        } else if (isUnsupported(error)) {
+        // No database to put claims in: nothing to index (claimFingerprint will say so).
+        if (!(error instanceof ConfigError)) throw error;
+      }
+      const claimIndexes = claimsOf === undefined ? undefined : await indexNames(claimsOf);
+      if (
+        claimIndexes !== undefined &&
+        !claimIndexes.has('eo_claim_ttl') &&
+        !claimIndexes.has('eo_claim_expiry')
+      ) {
+        const target = claimsOf as Collection<ClaimDoc>;
+        try {
+          // Lapsed fingerprint claims: TTL where supported, else the sweeper deletes them.
+          await target.createIndex({ e: 1 }, { name: 'eo_claim_ttl', expireAfterSeconds: 0 });
+        } catch (error) {
+          if (!isUnsupported(error)) {
+            reopen(error);
+            throw asStoreError('ensureIndexes', error);
+          }
           // No TTL (FerretDB 1.x): index `e` for the sweeper's delete instead.
-          await guarded('ensureIndexes', () => claims().createIndex({ e: 1 }, { name: 'eo_claim_expiry' }));
-        } else {
-          reopen(error);
-          throw asStoreError('ensureIndexes', error);
+          await guarded('ensureIndexes', () => target.createIndex({ e: 1 }, { name: 'eo_claim_expiry' }));
         }
       }
       await guarded('ensureIndexes', async () => {
+        const existing = await indexNames(collection);
         // Stuck-work queries (listInProgress): lease elements by the start of their attempt.
-        await collection.createIndex({ s: 1, sa: 1 }, { name: 'eo_in_progress' });
+        if (!existing.has('eo_in_progress'))
+          await collection.createIndex({ s: 1, sa: 1 }, { name: 'eo_in_progress' });
         // The sweeper's query. Never a TTL index: it would delete elements one by one, in any
         // order, and a chain with a hole could take a second element at one position.
-        await collection.createIndex({ e: 1 }, { name: 'eo_expiry' });
+        if (!existing.has('eo_expiry')) await collection.createIndex({ e: 1 }, { name: 'eo_expiry' });
       });
     },
 
@@ -1120,6 +1151,7 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       const run = sweepExpired({
         collection,
         heads,
+        updating,
         clock,
         write,
         ...(blobs === undefined ? {} : { blobs }),
@@ -1315,6 +1347,18 @@ function readable(chain: Chain | undefined, now: number): ProcessedRecord | unde
 }
 
 /** A whole number option of at least `min`, or its default; anything else is a ConfigError. */
+/**
+ * The names of `target`'s indexes; none when they cannot be listed (the collection does not exist
+ * yet, or the server cannot list them): the indexes are then created, which is safe to repeat.
+ */
+async function indexNames(target: Pick<Collection, 'listIndexes'>): Promise<Set<string>> {
+  try {
+    return new Set((await target.listIndexes().toArray()).map((index) => String(index.name)));
+  } catch {
+    return new Set();
+  }
+}
+
 function duration(name: string, value: number | undefined, fallback: number, min: number): number {
   if (value === undefined) return fallback;
   if (!Number.isFinite(value) || value < min) throw new ConfigError(`${name} must be a number >= ${min}`);

@@ -24,6 +24,7 @@ import {
 import type { StoreClock } from './clock.js';
 import { elementId, type HeadDoc, isExpired, type RecordDoc, State } from './codec.js';
 import { guarded, isDuplicateKey } from './driver.js';
+import type { UpdateGate } from './update-gate.js';
 
 export interface SweepResult {
   /** Documents deleted: heads and elements of swept chains, stray elements. */
@@ -46,6 +47,8 @@ export interface DismantleContext extends ChainReader {
 }
 
 export interface SweepContext extends DismantleContext {
+  /** The store's bound on its update statements in flight (see update-gate.ts). */
+  readonly updating: UpdateGate;
   readonly batchSize: number;
   readonly sealTimeoutMs: number;
   /** How long past their expiry records (and their blobs) are left: see `expiredGraceMs`. */
@@ -206,7 +209,7 @@ async function sweepEach(
  * ever.
  */
 async function sweepLease(context: SweepContext, doc: RecordDoc, now: number): Promise<Swept> {
-  const { collection, write, sealTimeoutMs, inProgressTtlMs } = context;
+  const { collection, write, sealTimeoutMs, inProgressTtlMs, updating } = context;
   const cutoff = now - inProgressTtlMs;
   const { chain: chainId, position } = placeOfRecord(doc);
   const finished = async (successor: Pick<RecordDoc, 's'>): Promise<Swept> => {
@@ -216,9 +219,9 @@ async function sweepLease(context: SweepContext, doc: RecordDoc, now: number): P
       // The _id alone (see isTombstone): a replacement keeps only that. Filtered by _id alone
       // (an element's state never changes; a filter on more fields scans on some servers).
       const tombstone = {} as WithoutId<RecordDoc>;
-      await collection.replaceOne({ _id: doc._id }, tombstone, write);
+      await updating(1, () => collection.replaceOne({ _id: doc._id }, tombstone, write));
     } else {
-      await collection.updateOne({ _id: doc._id }, { $unset: { sa: '' } }, write);
+      await updating(1, () => collection.updateOne({ _id: doc._id }, { $unset: { sa: '' } }, write));
     }
     return { deleted: 0, blobsDeleted: 0, kept: false };
   };
@@ -255,7 +258,7 @@ async function sweepOne(
   now: number,
   sealTimeoutMs: number,
 ): Promise<Swept> {
-  const { collection, write, blobs } = context;
+  const { collection, write, blobs, updating } = context;
   const key = doc.k ?? doc._id; // a previous-layout record is its own head
   const { chain: chainId, position } = placeOfRecord(doc);
   const chain = await readChain(context, key);
@@ -284,7 +287,7 @@ async function sweepOne(
   if (chain.position > position && doc.s !== State.Sealed) {
     // An older record of a key used again since: it stays (the chain must have no gaps) until the
     // whole chain goes, but the sweeper need not look at it again.
-    await collection.updateOne({ _id: doc._id }, { $unset: { e: '' } }, write);
+    await updating(1, () => collection.updateOne({ _id: doc._id }, { $unset: { e: '' } }, write));
     return { deleted: 0, blobsDeleted: 0, kept: false };
   }
   return KEPT;
