@@ -50,8 +50,8 @@ describe.each(MONGO_SERVERS)('$name', (server) => {
     const db = counting.client.db(test.db.databaseName);
     const store = createMongoStore({ db, collectionName: 'gated', maxConcurrentUpdates: 3 });
     const keys = Array.from({ length: 20 }, (_, i) => `k${i}`);
-    const begun = await store.beginMany(
-      keys.map((key) => ({ key, fingerprint: 'fp', owner: 'w', leaseMs: 60_000 })),
+    const begun = await Promise.all(
+      keys.map((key) => store.begin({ key, fingerprint: 'fp', owner: 'w', leaseMs: 60_000 })),
     );
     const fences = begun.map((b) => (b.status === 'acquired' ? b.fence : expect.fail(`begun ${b.status}`)));
     counting.counts.mostInFlight = 0;
