@@ -25,7 +25,7 @@ import { normalizeKey, normalizeRequestId, tooDeep } from './keys.js';
 import { type OptionNames, refuseUnknownOptions } from './option-names.js';
 import type { ProcessorOptions } from './options.js';
 import { REQUEST_SYSTEM, unreadable } from './prepare.js';
-import { buildProcessor } from './processor.js';
+import { buildProcessor, keysGivenBack } from './processor.js';
 import type { StandardSchemaV1 } from './schema.js';
 import type { StoreHealth } from './store/health.js';
 import type { StoredResult } from './store/types.js';
@@ -151,9 +151,6 @@ export interface IdempotentExecutor<T, R, In = T> {
   stop(options?: { timeoutMs?: number }): Promise<void>;
 }
 
-/** How long stop(), once past its timeoutMs, waits for the calls it cut to give their keys back. */
-const GIVE_BACK_WAIT_MS = 2_000;
-
 /** What a call refused or cut by stop() answers: ask again, here after a restart or elsewhere. */
 const STOPPED = toErrorInfo(
   new ClosedError('the executor', 'the executor is stopping: call again with the same key'),
@@ -226,9 +223,8 @@ export function createIdempotentExecutor<T = unknown, R = unknown, In = T>(
         );
       }
     }
-    // A cut run gives its key back before its call answers (see Processor.abortRuns); so does a
-    // begin answered after its deadline.
-    await settledWithin([Promise.allSettled(calls).then(() => processor.givenBack())], GIVE_BACK_WAIT_MS);
+    // Also the keys of begins answered after their deadline (given back unrun).
+    await keysGivenBack(processor, Promise.allSettled(calls));
   };
 
   const executor: IdempotentExecutor<T, R, In> = {

@@ -85,9 +85,9 @@ import {
 } from './semconv.js';
 import {
   endPublishingRun,
+  GroupTurn,
   type HeldLease,
   type OrderedGroup,
-  GroupTurn,
   PublishOrder,
   publishingRun,
   type RunUnderWay,
@@ -317,6 +317,25 @@ export function buildProcessor<T, R>(
       return { dispositions, release: () => releaseKept(o, shared, group) };
     },
   };
+}
+
+/** How long a stop, past its timeoutMs, waits for the runs it cut to give their keys back. */
+export const GIVE_BACK_WAIT_MS = 2_000;
+
+/**
+ * Resolves once `runsSettled` has and every key `processor` is giving back went back (see
+ * {@link Processor.givenBack}), or after `withinMs`: what a stop waits for after
+ * {@link Processor.abortRuns} (a cut run gives its key back before its run settles), so that a
+ * store closed right after the stop does not cut the give-backs off, and the next consumer does not
+ * find those keys busy. Bounded: a handler deaf to its signal keeps its lease. Answers whether all
+ * was done in time.
+ */
+export function keysGivenBack(
+  processor: Pick<Processor, 'givenBack'>,
+  runsSettled: Promise<unknown>,
+  withinMs = GIVE_BACK_WAIT_MS,
+): Promise<boolean> {
+  return settledWithin([runsSettled.then(() => processor.givenBack())], withinMs);
 }
 
 /**

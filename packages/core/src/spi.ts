@@ -195,7 +195,7 @@ export { type OptionNames, refuseUnknownOptions } from './option-names.js';
 export { PROCESSOR_OPTIONS } from './options.js';
 export { setOwn } from './own.js';
 export type { OrderedRun, Processor } from './processor.js';
-export { createProcessor } from './processor.js';
+export { createProcessor, GIVE_BACK_WAIT_MS, keysGivenBack } from './processor.js';
 export type {
   DeadLetterDisposition,
   RetryDisposition,

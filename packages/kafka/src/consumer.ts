@@ -5,10 +5,10 @@
 import {
   ClosedError,
   ConfigError,
+  defaultLogger,
   MalformedMessageError,
   type OutgoingPublisher,
   type ProcessorOptions,
-  defaultLogger,
   toErrorInfo,
   validateName,
 } from '@exactly-once/core';
@@ -16,6 +16,8 @@ import {
   createProcessor,
   type Delivery,
   decodeJson,
+  GIVE_BACK_WAIT_MS,
+  keysGivenBack,
   type OptionNames,
   PROCESSOR_OPTIONS,
   type Processor,
@@ -24,7 +26,6 @@ import {
   timerMs,
 } from '@exactly-once/core/spi';
 import { type BatchEnv, commitSkipped, runBatch } from './batch.js';
-import { noticeSkip, pinUncommitted } from './positions.js';
 import {
   type AdminLike,
   type ConsumerConfigLike,
@@ -33,6 +34,7 @@ import {
   type KafkaLike,
 } from './client.js';
 import { isTombstone } from './delivery.js';
+import { noticeSkip, pinUncommitted } from './positions.js';
 import { createProducer, type ExactlyOnceProducer } from './producer.js';
 import { type ConsumerStats, emptyStats } from './stats.js';
 
@@ -151,9 +153,6 @@ export interface KafkaConsumer {
   /** Live counters. */
   readonly stats: Readonly<ConsumerStats>;
 }
-
-/** How long stop() waits for unrun leases to go back even when its own deadline has passed. */
-const GIVE_BACK_MIN_WAIT_MS = 2_000;
 
 /** The consumer's own option names; the rest are core's. */
 const KAFKA_OPTIONS = {
@@ -439,7 +438,7 @@ export function createConsumer<T = unknown, R = unknown>(options: KafkaConsumerO
           }
           // Leases of records begun but not run go back before stop() resolves: a store closed
           // right after it would cut them off, and the next owner would wait out each lease.
-          await settledWithin([processor.givenBack()], Math.max(remaining(), GIVE_BACK_MIN_WAIT_MS));
+          await keysGivenBack(processor, Promise.resolve(), Math.max(remaining(), GIVE_BACK_WAIT_MS));
           finished = true;
           await admin?.then((a) => a.disconnect()).catch(() => {});
           if (!givenProducer) await producer.disconnect().catch(() => {});

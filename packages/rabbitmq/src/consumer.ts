@@ -3,12 +3,12 @@ import { setMaxListeners } from 'node:events';
 import {
   ClosedError,
   ConfigError,
+  defaultLogger,
   type Logger,
   MalformedMessageError,
   type OutgoingPublisher,
   type ProcessorOptions,
   PublishError,
-  defaultLogger,
   toErrorInfo,
   validateName,
 } from '@exactly-once/core';
@@ -19,6 +19,7 @@ import {
   type Delivery,
   type Disposition,
   doublingBackoff,
+  keysGivenBack,
   type OptionNames,
   PROCESSOR_OPTIONS,
   type Processor,
@@ -516,10 +517,8 @@ export function createConsumer<T = unknown, R = unknown>(
         processor.abortRuns();
         // ...before the channel closes and the broker redelivers: a key not yet given back is
         // busy for the next consumer, which takes it for a suspect and runs it alone after its
-        // lease; and a store closed right after stop() would cut the give-back off. Bounded: a
-        // handler deaf to its signal keeps its lease. (A cut run gives its key back before its
-        // delivery settles, so deliveries first, then what gave back unrun.)
-        await settledWithin([allSettled().then(() => processor.givenBack())], GIVE_BACK_WAIT_MS);
+        // lease.
+        await keysGivenBack(processor, allSettled());
         // Said once the wait is over: runs that completed in it were acked, not redelivered.
         if (stats.inFlight > 0) {
           logger.warn('stopping with deliveries in flight; the broker will redeliver them', {
@@ -582,9 +581,6 @@ export function createConsumer<T = unknown, R = unknown>(
 
 /** How long stop() waits, after its timeoutMs, for the broker to close the channel and connection. */
 const CLOSE_WAIT_MS = 2_000;
-
-/** How long stop(), once past its timeoutMs, waits for the runs it cut to give their keys back. */
-const GIVE_BACK_WAIT_MS = 2_000;
 
 /** The wait before setting the channel up again, or re-sending a copy the broker refused. */
 const backoff = doublingBackoff(200, 30_000);
