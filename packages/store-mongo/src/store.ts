@@ -299,6 +299,15 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
     claimsCollection = named as unknown as Collection<ClaimDoc>;
     return claimsCollection;
   };
+  /** The claims' collection; none without a database to put it in (claimFingerprint says so). */
+  const claimsIfAny = (): Collection<ClaimDoc> | undefined => {
+    try {
+      return claims();
+    } catch (error) {
+      if (error instanceof ConfigError) return undefined;
+      throw error;
+    }
+  };
   const blobs = options.blobs;
   // The client of a first connection that failed is opened again (see reopenAfterFailedConnect),
   // until the store is closed.
@@ -1110,30 +1119,21 @@ export function createMongoStore(options: MongoStoreOptions): MongoProcessedStor
       // Only the missing ones: FerretDB 1.x creates an index under a lock of the whole server and
       // writes through the database's connection pool, so a worker starting beside a database
       // whose pool is stuck stopped every database (see update-gate.ts). A list takes neither.
-      let claimsOf: Collection<ClaimDoc> | undefined;
-      try {
-        claimsOf = claims();
-      } catch (error) {
-        // No database to put claims in: nothing to index (claimFingerprint will say so).
-        if (!(error instanceof ConfigError)) throw error;
-      }
-      const claimIndexes = claimsOf === undefined ? undefined : await indexNames(claimsOf);
-      if (
-        claimIndexes !== undefined &&
-        !claimIndexes.has('eo_claim_ttl') &&
-        !claimIndexes.has('eo_claim_expiry')
-      ) {
-        const target = claimsOf as Collection<ClaimDoc>;
-        try {
-          // Lapsed fingerprint claims: TTL where supported, else the sweeper deletes them.
-          await target.createIndex({ e: 1 }, { name: 'eo_claim_ttl', expireAfterSeconds: 0 });
-        } catch (error) {
-          if (!isUnsupported(error)) {
-            reopen(error);
-            throw asStoreError('ensureIndexes', error);
+      const claimsOf = claimsIfAny();
+      if (claimsOf !== undefined) {
+        const existing = await indexNames(claimsOf);
+        if (!existing.has('eo_claim_ttl') && !existing.has('eo_claim_expiry')) {
+          try {
+            // Lapsed fingerprint claims: TTL where supported, else the sweeper deletes them.
+            await claimsOf.createIndex({ e: 1 }, { name: 'eo_claim_ttl', expireAfterSeconds: 0 });
+          } catch (error) {
+            if (!isUnsupported(error)) {
+              reopen(error);
+              throw asStoreError('ensureIndexes', error);
+            }
+            // No TTL (FerretDB 1.x): index `e` for the sweeper's delete instead.
+            await guarded('ensureIndexes', () => claimsOf.createIndex({ e: 1 }, { name: 'eo_claim_expiry' }));
           }
-          // No TTL (FerretDB 1.x): index `e` for the sweeper's delete instead.
-          await guarded('ensureIndexes', () => target.createIndex({ e: 1 }, { name: 'eo_claim_expiry' }));
         }
       }
       await guarded('ensureIndexes', async () => {
